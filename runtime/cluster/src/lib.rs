@@ -1,0 +1,280 @@
+//! The cluster seam: what Cairn needs from a place where applications run.
+//!
+//! [`Cluster`] is shaped like Kubernetes — namespaces, workloads with replicas, pods,
+//! containers, volumes and volume snapshots — so that the Kubernetes backend drops in beside
+//! [`LocalCluster`], the backend for one machine: an inventory file names namespaces and
+//! workloads whose "pods" are local processes and whose volumes are directories.
+//!
+//! Start with [`LocalCluster::from_inventory`] and the [`Cluster`] methods. The engine checks
+//! capabilities and scope before it calls any of them; a backend only checks what it
+//! must to protect itself (the local backend's program allow-list and directory confinement).
+
+mod local;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+pub use local::{Inventory, LocalCluster};
+
+/// A namespace and a workload in it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WorkloadRef {
+    /// The namespace.
+    pub namespace: String,
+    /// The workload's name.
+    pub name: String,
+}
+
+impl WorkloadRef {
+    /// A reference to `name` in `namespace`.
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self { namespace: namespace.into(), name: name.into() }
+    }
+}
+
+impl std::fmt::Display for WorkloadRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// How a workload keeps its pods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkloadKind {
+    /// Interchangeable replicas.
+    Deployment,
+    /// Replicas with stable identities.
+    StatefulSet,
+    /// Anything else (a single local process).
+    Other,
+}
+
+/// One running replica of a workload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pod {
+    /// The pod's name.
+    pub name: String,
+    /// Whether it is ready.
+    pub ready: bool,
+    /// Its containers; the first is the default for exec.
+    pub containers: Vec<String>,
+}
+
+/// A volume mounted by a workload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Volume {
+    /// The volume's name.
+    pub name: String,
+    /// Bytes in use, when known.
+    pub bytes: Option<u64>,
+}
+
+/// What a backend knows of a workload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Workload {
+    /// Which workload.
+    pub reference: WorkloadRef,
+    /// Its kind.
+    pub kind: WorkloadKind,
+    /// Desired replicas.
+    pub replicas: u32,
+    /// Ready replicas.
+    pub ready_replicas: u32,
+    /// Its pods.
+    pub pods: Vec<Pod>,
+    /// Its volumes.
+    pub volumes: Vec<Volume>,
+}
+
+/// A point-in-time copy of one volume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeSnapshot {
+    /// The backend's id for it.
+    pub id: String,
+    /// The workload whose volume it copies.
+    pub workload: WorkloadRef,
+    /// The volume's name.
+    pub volume: String,
+    /// Milliseconds since the Unix epoch.
+    pub created_ms: u64,
+    /// Bytes copied.
+    pub bytes: u64,
+}
+
+/// Where a command's stdin comes from.
+pub enum Stdin {
+    /// Nothing: stdin is closed at once.
+    Empty,
+    /// A few bytes held in memory.
+    Bytes(Vec<u8>),
+    /// A stream copied into stdin until it ends (bulk restore data).
+    Stream(Box<dyn AsyncRead + Send + Unpin>),
+}
+
+impl std::fmt::Debug for Stdin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Stdin::Empty => f.write_str("Empty"),
+            Stdin::Bytes(b) => write!(f, "Bytes({} bytes)", b.len()),
+            Stdin::Stream(_) => f.write_str("Stream"),
+        }
+    }
+}
+
+/// Where a command's stdout goes.
+pub enum Stdout {
+    /// Captured in memory up to [`ExecRequest::output_limit`]; the rest is drained and counted.
+    Capture,
+    /// Copied into a stream (bulk export data); flushed and shut down when the command ends.
+    Stream(Box<dyn AsyncWrite + Send + Unpin>),
+}
+
+impl std::fmt::Debug for Stdout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Stdout::Capture => f.write_str("Capture"),
+            Stdout::Stream(_) => f.write_str("Stream"),
+        }
+    }
+}
+
+/// A command to run in a workload's container.
+#[derive(Debug)]
+pub struct ExecRequest {
+    /// The pod; `None` picks a ready one.
+    pub pod: Option<String>,
+    /// The container; `None` is the pod's first.
+    pub container: Option<String>,
+    /// Program and arguments.
+    pub argv: Vec<String>,
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
+    /// Where stdin comes from.
+    pub stdin: Stdin,
+    /// Where stdout goes.
+    pub stdout: Stdout,
+    /// Cap on captured stdout and on captured stderr, each.
+    pub output_limit: usize,
+    /// The command is killed when it runs longer than this.
+    pub timeout: Duration,
+}
+
+/// What a finished command produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecOutput {
+    /// The pod it ran in.
+    pub pod: String,
+    /// Its exit status (a signal is reported as 128 + the signal number).
+    pub exit_code: i32,
+    /// Captured stdout (empty when stdout was streamed).
+    pub stdout: Vec<u8>,
+    /// Whether stdout was cut at the limit.
+    pub stdout_truncated: bool,
+    /// Captured stderr.
+    pub stderr: Vec<u8>,
+    /// Whether stderr was cut at the limit.
+    pub stderr_truncated: bool,
+    /// Bytes the command wrote to stdout in total (captured or streamed).
+    pub stdout_bytes: u64,
+    /// Bytes fed to the command's stdin.
+    pub stdin_bytes: u64,
+}
+
+/// Why a cluster operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The named object does not exist.
+    #[error("{kind} {name:?} not found{hint}")]
+    NotFound {
+        /// What kind of object (namespace, workload, pod, container, volume, snapshot, object).
+        kind: &'static str,
+        /// Its name.
+        name: String,
+        /// What to do about it, starting with "; " (or empty).
+        hint: String,
+    },
+    /// The backend refuses the operation (a program not on the allow-list, a path outside a
+    /// volume).
+    #[error("denied: {0}")]
+    Denied(String),
+    /// An argument was malformed.
+    #[error("invalid: {0}")]
+    Invalid(String),
+    /// The operation ran past its deadline.
+    #[error("{what} timed out after {after:?}")]
+    TimedOut {
+        /// What was running.
+        what: String,
+        /// The deadline.
+        after: Duration,
+    },
+    /// The inventory file is unusable.
+    #[error("inventory {path}: {reason}")]
+    Inventory {
+        /// The file.
+        path: String,
+        /// What is wrong, and where.
+        reason: String,
+    },
+    /// Anything else; the message says what was being done.
+    #[error("{what}: {source}")]
+    Failed {
+        /// What was being done.
+        what: String,
+        /// Why it failed.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// A `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A place where applications run, shaped like Kubernetes.
+///
+/// Every method is scoped by the caller (the engine); implementations are shared across
+/// concurrent actions and must be `Send + Sync`.
+#[async_trait]
+pub trait Cluster: Send + Sync + std::fmt::Debug + 'static {
+    /// A short name for logs and audit ("local", "kubernetes").
+    fn backend(&self) -> &'static str;
+
+    /// The namespaces that exist.
+    async fn namespaces(&self) -> Result<Vec<String>>;
+
+    /// The workloads of a namespace.
+    async fn workloads(&self, namespace: &str) -> Result<Vec<Workload>>;
+
+    /// One workload.
+    async fn workload(&self, workload: &WorkloadRef) -> Result<Workload>;
+
+    /// Runs a command in one pod of a workload.
+    async fn exec(&self, workload: &WorkloadRef, request: ExecRequest) -> Result<ExecOutput>;
+
+    /// Sets desired replicas; returns the previous desired count.
+    async fn scale(&self, workload: &WorkloadRef, replicas: u32) -> Result<u32>;
+
+    /// Waits until ready replicas equal desired replicas.
+    async fn wait_ready(&self, workload: &WorkloadRef, timeout: Duration) -> Result<Workload>;
+
+    /// One object of `kind` in `namespace`, as JSON.
+    async fn get_object(&self, namespace: &str, kind: &str, name: &str) -> Result<serde_json::Value>;
+
+    /// Every object of `kind` in `namespace`.
+    async fn list_objects(&self, namespace: &str, kind: &str) -> Result<Vec<serde_json::Value>>;
+
+    /// Snapshots one volume of a workload.
+    async fn snapshot(&self, workload: &WorkloadRef, volume: &str) -> Result<VolumeSnapshot>;
+
+    /// Looks a snapshot up by id.
+    async fn snapshot_info(&self, id: &str) -> Result<VolumeSnapshot>;
+
+    /// Replaces the snapshotted volume's contents with the snapshot's.
+    async fn restore_snapshot(&self, id: &str) -> Result<VolumeSnapshot>;
+
+    /// Deletes a snapshot.
+    async fn delete_snapshot(&self, id: &str) -> Result<()>;
+}
