@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# Side-by-side data-path benchmark: Cairn's export repository against restic and borg (Debian
+# packages), in one run, on the shared database-like dataset (../shared/bench/gen-dataset.py).
+#
+#   bench/compare.sh [WORKDIR] [SIZE_MIB]        # defaults: /tmp/cairn-bench 1024
+#
+# For each tool: init an encrypted repository, day-1 backup, then (after the dataset's day-2
+# mutation, applied once for all tools) a day-2 backup, then a restore of day 2 that is checked
+# file by file against the source. Wall time, CPU time and peak RSS come from GNU time; bytes
+# from `du` of each repository. Medians need repeated runs: RUNS=3 bench/compare.sh.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+top=$(cd "$here/.." && pwd)
+work=${1:-/tmp/cairn-bench}
+size_mib=${2:-1024}
+runs=${RUNS:-1}
+gen="$top/../shared/bench/gen-dataset.py"
+[ -f "$gen" ] || { echo "compare.sh: $gen not found (the shared/ folder beside the checkout)" >&2; exit 2; }
+
+need() { command -v "$1" >/dev/null || { echo "compare.sh: $1 missing; install: $2" >&2; exit 2; }; }
+need restic "apt-get install restic"
+need borg "apt-get install borgbackup"
+need /usr/bin/time "apt-get install time"
+python3 -c 'import numpy' 2>/dev/null || python3 -m pip install --quiet numpy
+
+step() { printf '==> %s\n' "$*" >&2; }
+
+step "cargo build --release -p cairn-cli"
+(cd "$top" && cargo build --release --locked -p cairn-cli >&2)
+cairn="${CARGO_TARGET_DIR:-$top/target}/release/cairn"
+
+export CAIRN_PASSPHRASE=bench-passphrase RESTIC_PASSWORD=bench-passphrase BORG_PASSPHRASE=bench-passphrase
+export BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes BORG_RELOCATED_REPO_ACCESS_IS_OK=yes
+export RESTIC_CACHE_DIR="$work/cache/restic" BORG_CACHE_DIR="$work/cache/borg" BORG_BASE_DIR="$work/cache/borg-base"
+
+# measure NAME CMD... : runs CMD under GNU time; appends "NAME wall cpu rss_kib" to $results.
+measure() {
+  local name=$1; shift
+  local tf; tf=$(mktemp)
+  /usr/bin/time -f '%e %U %S %M' -o "$tf" "$@" >/dev/null
+  read -r wall user sys rss <"$tf"; rm -f "$tf"
+  echo "$name $wall $(echo "$user + $sys" | bc) $rss" >>"$results"
+}
+
+bytes_of() { du -sb "$1" | cut -f1; }
+
+check_restore() { # SRC_MANIFEST DIR
+  python3 "$gen" manifest "$2" 2>/dev/null | diff -q "$1" - >/dev/null \
+    || { echo "compare.sh: restore into $2 differs from the source" >&2; exit 1; }
+}
+
+for run in $(seq 1 "$runs"); do
+  rm -rf "$work"; mkdir -p "$work"
+  results="$work/results.txt"; : >"$results"
+  data="$work/data"
+  step "run $run/$runs: dataset day 1 ($size_mib MiB)"
+  python3 "$gen" day1 "$data" --size-mib "$size_mib" >&2
+  dataset_bytes=$(bytes_of "$data")
+
+  step "day 1"
+  "$cairn" repo init --repo "file://$work/cairn" >/dev/null
+  measure cairn-day1 "$cairn" repo backup "$data" --repo "file://$work/cairn" --tag day1
+  restic init --repo "$work/restic" >/dev/null
+  measure restic-day1 restic backup --repo "$work/restic" "$data"
+  borg init --encryption=repokey-blake2 "$work/borg" >/dev/null
+  measure borg-day1 sh -c "cd '$data' && borg create --compression lz4 '$work/borg::day1' ."
+  for t in cairn restic borg; do echo "$t-size1 $(bytes_of "$work/$t")" >>"$results"; done
+
+  step "day 2"
+  python3 "$gen" mutate "$data" >&2
+  python3 "$gen" manifest "$data" >"$work/day2.manifest" 2>/dev/null
+  measure cairn-day2 "$cairn" repo backup "$data" --repo "file://$work/cairn" --tag day2
+  measure restic-day2 restic backup --repo "$work/restic" "$data"
+  measure borg-day2 sh -c "cd '$data' && borg create --compression lz4 '$work/borg::day2' ."
+  for t in cairn restic borg; do echo "$t-size2 $(bytes_of "$work/$t")" >>"$results"; done
+
+  step "restore day 2"
+  id=$("$cairn" repo snapshots --repo "file://$work/cairn" --tag day2 --output json \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)[-1]["id"])')
+  measure cairn-restore "$cairn" repo restore "$id" --repo "file://$work/cairn" --target "$work/r-cairn"
+  check_restore "$work/day2.manifest" "$work/r-cairn"
+  measure restic-restore restic restore latest --repo "$work/restic" --target "$work/r-restic"
+  check_restore "$work/day2.manifest" "$work/r-restic$data"
+  mkdir -p "$work/r-borg"
+  measure borg-restore sh -c "cd '$work/r-borg' && borg extract '$work/borg::day2'"
+  check_restore "$work/day2.manifest" "$work/r-borg"
+  rm -rf "$work"/r-*
+
+  python3 - "$results" "$dataset_bytes" <<'PY'
+import sys
+rows = {}
+for line in open(sys.argv[1]):
+    k, *v = line.split()
+    rows[k] = [float(x) for x in v]
+ds = int(sys.argv[2]); gib = ds / 2**30
+day2_bytes = ds  # restores are of day 2; its size is close enough for a rate
+print(f"\ndataset: {ds/1e6:.0f} MB\n")
+print("| tool | day-1 backup | CPU s/GiB | repo after day 1 | day-2 backup | day-2 bytes added | restore | restore CPU s | restore peak RSS |")
+print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+for t in ("cairn", "restic", "borg"):
+    w1, c1, r1 = rows[f"{t}-day1"]
+    w2, c2, r2 = rows[f"{t}-day2"]
+    wr, cr, rr = rows[f"{t}-restore"]
+    s1 = rows[f"{t}-size1"][0]; s2 = rows[f"{t}-size2"][0]
+    print(f"| {t} | {ds/w1/1e6:.0f} MB/s | {c1/gib:.2f} | {s1/1e6:.0f} MB | {ds/w2/1e6:.0f} MB/s | {(s2-s1)/1e6:.1f} MB | {day2_bytes/wr/1e6:.0f} MB/s | {cr:.1f} | {rr/1024:.0f} MiB |")
+c = rows
+def rate(t): return ds / c[f"{t}-day1"][0]
+print(f"\nday-1 throughput: cairn/restic {rate('cairn')/rate('restic'):.2f}x, cairn/borg {rate('cairn')/rate('borg'):.2f}x")
+print(f"repository after day 1: cairn/restic {c['cairn-size1'][0]/c['restic-size1'][0]:.2f}")
+print(f"CPU per GiB: cairn {c['cairn-day1'][1]/gib:.2f} s, borg {c['borg-day1'][1]/gib:.2f} s")
+print(f"day-2 added: cairn {(c['cairn-size2'][0]-c['cairn-size1'][0])/1e6:.1f} MB (target <= 110 MB on 1 GiB)")
+PY
+done

@@ -1,0 +1,238 @@
+//! `cairn blueprint build|inspect`.
+
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
+
+use anyhow::{Context as _, bail};
+use clap::Subcommand;
+use serde::Serialize;
+
+use crate::home::Home;
+use crate::{Output, UsageError, exit};
+
+/// The target every blueprint is built for.
+const WASM_TARGET: &str = "wasm32-wasip2";
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum BlueprintCommand {
+    /// Build a blueprint crate into a WebAssembly component and print the `.wasm` path.
+    Build {
+        /// The blueprint crate (a directory with a Cargo.toml).
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// Build with the dev profile instead of release.
+        #[arg(long)]
+        debug: bool,
+        /// How to print the result.
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Show what a blueprint is and needs: actions, parameters, capabilities, WIT version, digest.
+    Inspect {
+        /// The blueprint component (`.wasm`).
+        file: PathBuf,
+        /// How to print the result.
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
+}
+
+pub(crate) async fn run(cmd: BlueprintCommand, home: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    match cmd {
+        BlueprintCommand::Build { dir, debug, output } => build(&dir, debug, output, home).await,
+        BlueprintCommand::Inspect { file, output } => {
+            let home = Home::resolve(home)?;
+            let engine = crate::run::engine(&home)?;
+            let blueprint = load(&engine, &file).await?;
+            print_inspect(&blueprint, output)?;
+            Ok(ExitCode::from(exit::OK))
+        }
+    }
+}
+
+/// Loads a blueprint file, turning every way it can be unusable into a usage error.
+pub(crate) async fn load(engine: &cairn_engine::Engine, file: &Path) -> anyhow::Result<cairn_engine::Blueprint> {
+    if !file.is_file() {
+        return Err(UsageError(format!(
+            "blueprint {} does not exist (build one with `cairn blueprint build DIR`)",
+            file.display()
+        ))
+        .into());
+    }
+    engine
+        .load_file(file)
+        .await
+        .map_err(|e| UsageError(format!("blueprint {}: {e}", file.display())).into())
+}
+
+#[derive(Serialize)]
+struct Inspect<'a> {
+    name: &'a str,
+    version: &'a str,
+    description: &'a str,
+    actions: &'a [cairn_engine::ActionSpec],
+    parameters: &'a [cairn_engine::ParamSpec],
+    capabilities: &'a [cairn_engine::Capability],
+    min_runtime: &'a str,
+    wit: &'a str,
+    digest: &'a str,
+}
+
+fn print_inspect(bp: &cairn_engine::Blueprint, output: Output) -> anyhow::Result<()> {
+    let d = bp.description();
+    let view = Inspect {
+        name: &d.name,
+        version: &d.version,
+        description: &d.description,
+        actions: &d.actions,
+        parameters: &d.parameters,
+        capabilities: &d.capabilities,
+        min_runtime: &d.min_runtime,
+        wit: bp.wit_version(),
+        digest: bp.digest(),
+    };
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&view)?),
+        Output::Text => {
+            println!("{} {}", view.name, view.version);
+            if !view.description.is_empty() {
+                println!("  {}", view.description);
+            }
+            println!("wit:          cairn:blueprint@{}", view.wit);
+            println!("digest:       {}", view.digest);
+            println!("min runtime:  {}", view.min_runtime);
+            let caps: Vec<String> = view.capabilities.iter().map(|c| c.to_string()).collect();
+            println!("capabilities: {}", if caps.is_empty() { "(none)".into() } else { caps.join(", ") });
+            println!("actions:");
+            for a in view.actions {
+                println!("  {:<18} {}", a.name, a.description);
+            }
+            if !view.parameters.is_empty() {
+                println!("parameters:");
+                for p in view.parameters {
+                    let mut extra = Vec::new();
+                    if p.required {
+                        extra.push("required".to_string());
+                    }
+                    if let Some(d) = &p.default {
+                        extra.push(format!("default {d}"));
+                    }
+                    if !p.choices.is_empty() {
+                        extra.push(format!("one of {}", p.choices.join("|")));
+                    }
+                    let extra = if extra.is_empty() { String::new() } else { format!(" ({})", extra.join(", ")) };
+                    println!("  {:<18} {:<8} {}{}", p.name, p.kind, p.description, extra);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct Built {
+    wasm: PathBuf,
+    name: String,
+    version: String,
+    digest: String,
+}
+
+async fn build(dir: &Path, debug: bool, output: Output, home: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let manifest = dir.join("Cargo.toml");
+    if !manifest.is_file() {
+        return Err(UsageError(format!(
+            "{} is not a blueprint crate: it has no Cargo.toml",
+            dir.display()
+        ))
+        .into());
+    }
+    ensure_target()?;
+    let manifest = manifest
+        .canonicalize()
+        .with_context(|| format!("cannot resolve {}", manifest.display()))?;
+    let wasm = cargo_build(&manifest, debug)?;
+    // Load what was built: it proves the component is a usable blueprint and warms the cache.
+    let home = Home::resolve(home)?;
+    let engine = crate::run::engine(&home)?;
+    let blueprint = load(&engine, &wasm).await?;
+    let d = blueprint.description();
+    let built = Built {
+        wasm: wasm.clone(),
+        name: d.name.clone(),
+        version: d.version.clone(),
+        digest: blueprint.digest().to_string(),
+    };
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&built)?),
+        Output::Text => {
+            eprintln!("built {} {} ({})", built.name, built.version, built.digest);
+            println!("{}", wasm.display());
+        }
+    }
+    Ok(ExitCode::from(exit::OK))
+}
+
+/// Makes sure the standard library for [`WASM_TARGET`] is installed, installing it with rustup.
+fn ensure_target() -> anyhow::Result<()> {
+    let sysroot = std::process::Command::new("rustc")
+        .args(["--print", "sysroot"])
+        .output()
+        .context("cannot run rustc: install Rust from https://rustup.rs")?;
+    let sysroot = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim());
+    if sysroot.join("lib/rustlib").join(WASM_TARGET).is_dir() {
+        return Ok(());
+    }
+    eprintln!("cairn: installing the {WASM_TARGET} target (rustup target add {WASM_TARGET})");
+    let status = std::process::Command::new("rustup")
+        .args(["target", "add", WASM_TARGET])
+        .status();
+    match status {
+        Ok(s) if s.success() => Ok(()),
+        Ok(s) => bail!("`rustup target add {WASM_TARGET}` failed ({s}); install the target and retry"),
+        Err(_) => Err(UsageError(format!(
+            "the {WASM_TARGET} target is not installed and rustup is not available: install the \
+             target's standard library for your toolchain and retry"
+        ))
+        .into()),
+    }
+}
+
+/// Runs cargo and returns the `.wasm` it produced for the crate at `manifest`.
+fn cargo_build(manifest: &Path, debug: bool) -> anyhow::Result<PathBuf> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.args(["build", "--target", WASM_TARGET, "--message-format=json-render-diagnostics"])
+        .arg("--manifest-path")
+        .arg(manifest)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    if !debug {
+        cmd.arg("--release");
+    }
+    let out = cmd.output().context("cannot run cargo")?;
+    if !out.status.success() {
+        bail!("cargo build of {} failed ({})", manifest.display(), out.status);
+    }
+    let mut wasm = None;
+    for line in out.stdout.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        let Ok(msg) = serde_json::from_slice::<serde_json::Value>(line) else { continue };
+        if msg["reason"] != "compiler-artifact" || msg["manifest_path"].as_str() != manifest.to_str() {
+            continue;
+        }
+        if let Some(files) = msg["filenames"].as_array() {
+            wasm = files
+                .iter()
+                .filter_map(|f| f.as_str())
+                .find(|f| f.ends_with(".wasm"))
+                .map(PathBuf::from)
+                .or(wasm);
+        }
+    }
+    wasm.ok_or_else(|| {
+        UsageError(format!(
+            "cargo built {} but produced no .wasm: a blueprint crate needs `[lib] crate-type = [\"cdylib\"]`",
+            manifest.display()
+        ))
+        .into()
+    })
+}

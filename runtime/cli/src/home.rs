@@ -1,0 +1,60 @@
+//! The instance's state directory.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+
+/// The state directory of one Cairn instance and the places inside it.
+#[derive(Debug, Clone)]
+pub(crate) struct Home {
+    root: PathBuf,
+}
+
+impl Home {
+    /// `--home`/`CAIRN_HOME`, else `$XDG_DATA_HOME/cairn`, else `~/.local/share/cairn`; created
+    /// if missing.
+    pub(crate) fn resolve(explicit: Option<PathBuf>) -> anyhow::Result<Self> {
+        let root = match explicit {
+            Some(dir) => dir,
+            None => default_home().context(
+                "no state directory: set --home DIR or CAIRN_HOME (neither XDG_DATA_HOME nor HOME is set)",
+            )?,
+        };
+        std::fs::create_dir_all(&root)
+            .with_context(|| format!("cannot create the state directory {}", root.display()))?;
+        Ok(Self { root })
+    }
+
+    pub(crate) fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Compiled components, keyed by digest and engine.
+    pub(crate) fn cache(&self) -> PathBuf {
+        self.root.join("cache")
+    }
+
+    /// The append-only audit log (JSON lines).
+    pub(crate) fn audit_log(&self) -> PathBuf {
+        self.root.join("audit.jsonl")
+    }
+
+    /// State of the local target: persisted replica counts and volume snapshots.
+    pub(crate) fn local_cluster(&self) -> PathBuf {
+        self.root.join("cluster")
+    }
+
+    /// The default export repository.
+    pub(crate) fn repository(&self) -> PathBuf {
+        self.root.join("repository")
+    }
+}
+
+fn default_home() -> Option<PathBuf> {
+    if let Some(data) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return Some(PathBuf::from(data).join("cairn"));
+    }
+    std::env::var_os("HOME")
+        .filter(|v| !v.is_empty())
+        .map(|h| PathBuf::from(h).join(".local/share/cairn"))
+}

@@ -1,0 +1,149 @@
+//! The `cairn` command line.
+//!
+//! `cairn blueprint build|inspect`, `cairn run` and `cairn repo …`. Every command takes
+//! `--home DIR` (or `CAIRN_HOME`): the instance's state directory, holding the compile cache,
+//! the audit log, the local target's state and the default export location.
+//!
+//! Exit codes are the same for every command: see [`exit`].
+
+mod blueprint;
+mod home;
+mod repo;
+mod run;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Exit codes shared by every command.
+pub mod exit {
+    /// Success.
+    pub const OK: u8 = 0;
+    /// The action (or the operation) ran and failed: a blueprint error, a failed check.
+    pub const FAILED: u8 = 1;
+    /// The input was refused before anything ran: usage, a bad file, a bad parameter.
+    pub const USAGE: u8 = 2;
+    /// The runtime itself failed (I/O, the cache, the state directory).
+    pub const RUNTIME: u8 = 3;
+}
+
+/// How results are printed on stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum Output {
+    /// For people.
+    #[default]
+    Text,
+    /// One JSON document.
+    Json,
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "cairn", version, about = "Cairn: application-consistent backup and DR with WebAssembly blueprints")]
+struct Cli {
+    /// The instance's state directory (compile cache, audit log, local target state, default
+    /// exports). Default: $XDG_DATA_HOME/cairn, or ~/.local/share/cairn.
+    #[arg(long, env = "CAIRN_HOME", global = true, value_name = "DIR")]
+    home: Option<PathBuf>,
+
+    /// More diagnostics on stderr (repeat for more); `RUST_LOG` overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Build and inspect blueprints.
+    #[command(subcommand)]
+    Blueprint(blueprint::BlueprintCommand),
+    /// Run an action of a blueprint against a target.
+    Run(run::RunArgs),
+    /// Manage export repositories.
+    Repo(repo::RepoArgs),
+}
+
+/// Runs the command line and returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { exit::USAGE } else { exit::OK });
+        }
+    };
+    init_tracing(cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cairn: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::RUNTIME);
+        }
+    };
+    runtime.block_on(async move {
+        match dispatch(cli).await {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("cairn: {}", one_line(&e));
+                ExitCode::from(classify(&e))
+            }
+        }
+    })
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Blueprint(cmd) => blueprint::run(cmd, cli.home).await,
+        Command::Run(args) => run::run(args, cli.home).await,
+        Command::Repo(args) => repo::run(args).await,
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 => "warn",
+        1 => "info,cairn=debug",
+        _ => "debug",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// An error and its causes on one line: "what failed: because: because".
+pub(crate) fn one_line(e: &anyhow::Error) -> String {
+    let mut s = String::new();
+    for (i, cause) in e.chain().enumerate() {
+        let text = cause.to_string();
+        if i > 0 {
+            if s.contains(&text) {
+                continue;
+            }
+            s.push_str(": ");
+        }
+        s.push_str(&text);
+    }
+    s
+}
+
+/// A usage error: refused before anything ran.
+#[derive(Debug)]
+pub(crate) struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+fn classify(e: &anyhow::Error) -> u8 {
+    if e.chain().any(|c| c.is::<UsageError>()) { exit::USAGE } else { exit::RUNTIME }
+}

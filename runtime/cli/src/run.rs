@@ -1,0 +1,286 @@
+//! `cairn run`: one action of a blueprint against a target.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use cairn_engine::{Capability, Engine, EngineConfig, HostContext, Limits, RunRequest};
+use clap::Args;
+use serde::Serialize;
+
+use crate::home::Home;
+use crate::{Output, UsageError, exit};
+
+#[derive(Debug, Args)]
+pub(crate) struct RunArgs {
+    /// The blueprint component (`.wasm`).
+    file: PathBuf,
+    /// The action to run; `backup` and `restore` also run their pre- and posthooks.
+    #[arg(long)]
+    action: String,
+    /// Where the application runs: `local:INVENTORY.yaml` (a local target).
+    #[arg(long, value_name = "local:PATH")]
+    target: String,
+    /// The namespace of the target workload.
+    #[arg(long, short = 'n', default_value = "default")]
+    namespace: String,
+    /// The workload the action is scoped to.
+    #[arg(long, short = 'w')]
+    workload: Option<String>,
+    /// A blueprint parameter, `name=value` (repeatable); checked against the declared types.
+    #[arg(long = "param", short = 'p', value_name = "NAME=VALUE")]
+    params: Vec<String>,
+    /// A capability granted to the blueprint (repeatable or comma-separated): exec, workloads,
+    /// scale, volumes, export, import, secrets.
+    #[arg(long = "grant", short = 'g', value_name = "CAP", value_delimiter = ',')]
+    grants: Vec<String>,
+    /// A secret the blueprint may read, `name=env:VAR`, `name=file:PATH` or `name=raw:VALUE`.
+    #[arg(long = "secret", value_name = "NAME=SOURCE")]
+    secrets: Vec<String>,
+    /// The restore point to restore or delete: the JSON report (`--output json`) of the
+    /// backup run that produced it.
+    #[arg(long, value_name = "REPORT.json")]
+    from: Option<PathBuf>,
+    /// Deadline for the main phase, e.g. `30s`, `10m`.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    timeout: Option<Duration>,
+    /// Memory cap for the blueprint, e.g. `64MiB`, `1GiB`.
+    #[arg(long, value_parser = parse_size)]
+    memory: Option<u64>,
+    /// How to print the result.
+    #[arg(long, value_enum, default_value_t)]
+    output: Output,
+}
+
+/// The engine of this instance, with its compile cache in the home.
+pub(crate) fn engine(home: &Home) -> anyhow::Result<Engine> {
+    let config = EngineConfig { cache_dir: Some(home.cache()), ..EngineConfig::default() };
+    Engine::new(config).context("cannot start the WebAssembly engine")
+}
+
+pub(crate) async fn run(args: RunArgs, home: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let home = Home::resolve(home)?;
+    let grants = parse_grants(&args.grants)?;
+    let secrets = parse_secrets(&args.secrets)?;
+    let artifacts = match &args.from {
+        Some(path) => read_restore_point(path)?,
+        None => Vec::new(),
+    };
+    let cluster = open_target(&args.target, &home)?;
+    let engine = engine(&home)?;
+    let blueprint = crate::blueprint::load(&engine, &args.file).await?;
+
+    let mut limits = Limits::default();
+    if let Some(t) = args.timeout {
+        limits.deadline = t;
+    }
+    if let Some(m) = args.memory {
+        limits.memory = usize::try_from(m).unwrap_or(usize::MAX);
+    }
+    let exports = Arc::new(
+        cairn_engine::DirExports::new(&home.root().join("exports"))
+            .context("cannot open the export directory")?,
+    );
+    let audit = Arc::new(
+        cairn_engine::AuditLog::open(&home.audit_log())
+            .with_context(|| format!("cannot open the audit log {}", home.audit_log().display()))?,
+    );
+    let host = HostContext { cluster, exports, audit, events: crate::run::event_sink() };
+    let request = RunRequest {
+        action: args.action.clone(),
+        namespace: args.namespace.clone(),
+        workload: args.workload.clone(),
+        params: parse_params(&args.params)?,
+        grants,
+        secrets,
+        artifacts,
+        limits,
+    };
+    let report = engine
+        .run(&blueprint, &host, request)
+        .await
+        .map_err(|e| UsageError(format!("cannot run {}: {e}", args.action)))?;
+    print_report(&report, args.output)?;
+    if report.ok {
+        Ok(ExitCode::from(exit::OK))
+    } else {
+        if args.output == Output::Text {
+            eprintln!(
+                "cairn: action {} failed: {}",
+                args.action,
+                report.error.as_deref().unwrap_or("unknown error")
+            );
+        }
+        Ok(ExitCode::from(exit::FAILED))
+    }
+}
+
+fn open_target(target: &str, home: &Home) -> anyhow::Result<Arc<dyn cairn_cluster::Cluster>> {
+    let Some(inventory) = target.strip_prefix("local:") else {
+        return Err(UsageError(format!(
+            "unsupported target {target:?}: use local:PATH to an inventory file (Kubernetes targets \
+             come with the Kubernetes backend)"
+        ))
+        .into());
+    };
+    let cluster = cairn_cluster::LocalCluster::from_inventory(Path::new(inventory), &home.local_cluster())
+        .map_err(|e| UsageError(e.to_string()))?;
+    Ok(Arc::new(cluster))
+}
+
+fn parse_grants(raw: &[String]) -> anyhow::Result<BTreeSet<Capability>> {
+    raw.iter()
+        .filter(|g| !g.is_empty())
+        .map(|g| {
+            g.parse::<Capability>()
+                .map_err(|e| UsageError(format!("--grant {g}: {e}")).into())
+        })
+        .collect()
+}
+
+fn parse_params(raw: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    raw.iter()
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ => Err(UsageError(format!("--param {p:?}: expected NAME=VALUE")).into()),
+        })
+        .collect()
+}
+
+fn parse_secrets(raw: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for s in raw {
+        let usage = || UsageError(format!("--secret {s:?}: expected NAME=env:VAR, NAME=file:PATH or NAME=raw:VALUE"));
+        let (name, source) = s.split_once('=').filter(|(n, _)| !n.is_empty()).ok_or_else(usage)?;
+        let value = if let Some(var) = source.strip_prefix("env:") {
+            std::env::var(var).map_err(|_| UsageError(format!("--secret {name}: environment variable {var} is not set")))?
+        } else if let Some(path) = source.strip_prefix("file:") {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| UsageError(format!("--secret {name}: cannot read {path}: {e}")))?;
+            text.trim_end_matches(['\r', '\n']).to_string()
+        } else if let Some(value) = source.strip_prefix("raw:") {
+            value.to_string()
+        } else {
+            return Err(usage().into());
+        };
+        out.insert(name.to_string(), value);
+    }
+    Ok(out)
+}
+
+/// The artifacts of the restore point a `--from` report describes.
+fn read_restore_point(path: &Path) -> anyhow::Result<Vec<cairn_engine::Artifact>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| UsageError(format!("--from {}: {e}", path.display())))?;
+    let report: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| UsageError(format!("--from {}: not a JSON run report: {e}", path.display())))?;
+    let artifacts = report["outputs"]["artifacts"].clone();
+    serde_json::from_value(artifacts).map_err(|e| {
+        UsageError(format!(
+            "--from {}: no artifacts in it ({e}); pass the `--output json` report of a backup run",
+            path.display()
+        ))
+        .into()
+    })
+}
+
+/// Parses `64MiB`, `1GiB`, `512M`, `1048576`.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size like 64MiB or 1GiB"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        other => return Err(format!("unknown size unit {other:?}: use KiB, MiB or GiB")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
+}
+
+#[derive(Serialize)]
+struct JsonReport<'a> {
+    status: &'static str,
+    action_id: &'a str,
+    outputs: &'a cairn_engine::Outputs,
+    error: Option<&'a str>,
+    phases: &'a [cairn_engine::PhaseReport],
+}
+
+fn print_report(report: &cairn_engine::RunReport, output: Output) -> anyhow::Result<()> {
+    match output {
+        Output::Json => {
+            let view = JsonReport {
+                status: if report.ok { "succeeded" } else { "failed" },
+                action_id: &report.action_id,
+                outputs: &report.outputs,
+                error: report.error.as_deref(),
+                phases: &report.phases,
+            };
+            println!("{}", serde_json::to_string_pretty(&view)?);
+        }
+        Output::Text => {
+            for a in &report.outputs.artifacts {
+                println!("artifact {}", a.name);
+                for (k, v) in &a.values {
+                    println!("  {k} = {v}");
+                }
+            }
+            for (k, v) in &report.outputs.values {
+                println!("{k} = {v}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Renders the guest's logs and progress on stderr.
+pub(crate) fn event_sink() -> cairn_engine::EventSink {
+    Arc::new(|event: cairn_engine::Event| match event {
+        cairn_engine::Event::Log { phase, level, message, .. } => {
+            eprintln!("[{phase}] {level}: {message}");
+        }
+        cairn_engine::Event::Progress { phase, progress, .. } => {
+            let mut parts = Vec::new();
+            if let Some(p) = progress.percent {
+                parts.push(format!("{p:.0}%"));
+            }
+            match (progress.bytes_done, progress.bytes_total) {
+                (Some(d), Some(t)) => parts.push(format!("{d}/{t} bytes")),
+                (Some(d), None) => parts.push(format!("{d} bytes")),
+                _ => {}
+            }
+            if let Some(m) = progress.message {
+                parts.push(m);
+            }
+            eprintln!("[{phase}] progress: {}", parts.join(" "));
+        }
+        _ => {}
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("1g"), Ok(1 << 30));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("3 parsecs").is_err());
+    }
+
+    #[test]
+    fn params_need_a_name() {
+        assert!(parse_params(&["=x".into()]).is_err());
+        assert!(parse_params(&["x".into()]).is_err());
+        assert_eq!(parse_params(&["a=b=c".into()]).ok(), Some(vec![("a".into(), "b=c".into())]));
+    }
+}

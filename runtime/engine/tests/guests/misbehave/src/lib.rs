@@ -1,0 +1,272 @@
+//! The engine's test blueprint: one action per bad case the host must survive (spin, allocate,
+//! recurse, panic, flood), and well-behaved actions for the lifecycle, capability, export and
+//! benchmark tests. The parameter `mode` (`ok`, `fail`, `spin`, `trap`) steers the lifecycle
+//! phases.
+
+wit_bindgen::generate!({ path: "../../../../../wit", world: "blueprint" });
+
+use cairn::blueprint::types::{Artifact, Capability, Error, ParamKind, ParamSpec, ParamValue, WorkloadRef};
+use cairn::blueprint::{data, exec, log, secrets, volumes, workloads};
+use exports::cairn::blueprint::guest::{ActionSpec, Description, Guest, Inputs, Outputs};
+
+struct Misbehave;
+
+const ACTIONS: &[&str] = &[
+    "hello",
+    "noop",
+    "log-n",
+    "spin",
+    "alloc",
+    "recurse",
+    "panic",
+    "log-flood",
+    "stdout-flood",
+    "output-flood",
+    "exec",
+    "exec-outside",
+    "exec-other-namespace",
+    "exec-sleep",
+    "run-all",
+    "secret",
+    "scale",
+    "snapshot",
+    "export",
+    "import",
+    "params",
+    "backupPrehook",
+    "backup",
+    "backupPosthook",
+    "restorePrehook",
+    "restore",
+    "restorePosthook",
+];
+
+fn spec(name: &str, kind: ParamKind, required: bool, default: Option<&str>, choices: &[&str]) -> ParamSpec {
+    ParamSpec {
+        name: name.into(),
+        kind,
+        description: format!("the {name} parameter"),
+        required,
+        default: default.map(Into::into),
+        choices: choices.iter().map(|c| c.to_string()).collect(),
+    }
+}
+
+fn text(inputs: &Inputs, name: &str) -> String {
+    inputs
+        .params
+        .iter()
+        .find_map(|(k, v)| match v {
+            ParamValue::Text(t) if k == name => Some(t.clone()),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+fn integer(inputs: &Inputs, name: &str) -> i64 {
+    inputs
+        .params
+        .iter()
+        .find_map(|(k, v)| match v {
+            ParamValue::Integer(i) if k == name => Some(*i),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+fn values(pairs: &[(&str, String)]) -> Outputs {
+    Outputs { artifacts: vec![], values: pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect() }
+}
+
+fn command(workload: Option<WorkloadRef>, argv: &[&str]) -> exec::Command {
+    exec::Command {
+        workload,
+        pod: None,
+        container: None,
+        argv: argv.iter().map(|a| a.to_string()).collect(),
+        env: vec![],
+        stdin: None,
+        timeout_ms: None,
+    }
+}
+
+#[inline(never)]
+fn recurse(depth: u64) -> u64 {
+    let local = std::hint::black_box([depth; 16]);
+    recurse(local[3] + 1) + local[7]
+}
+
+/// What a lifecycle phase does: say what it saw, then behave as `mode` asks (main phases only).
+fn phase(action: &str, inputs: &Inputs) -> Result<Outputs, Error> {
+    let seen: Vec<String> = inputs.phases.iter().map(|p| p.action.clone()).collect();
+    let earlier: Vec<String> =
+        inputs.phases.iter().flat_map(|p| p.outputs.values.iter().map(|(k, v)| format!("{k}={v}"))).collect();
+    log::log(log::Level::Info, &format!("{action} sees [{}]", seen.join(",")));
+    let failure = inputs.failure.as_ref().map(|f| format!("{f:?}")).unwrap_or_default();
+    let out = values(&[
+        ("phase", action.to_string()),
+        ("seen", seen.join(",")),
+        ("earlier", earlier.join(",")),
+        ("failure", failure),
+    ]);
+    if action == "backup" || action == "restore" {
+        match text(inputs, "mode").as_str() {
+            "fail" => return Err(Error::Failed(format!("{action} failed on purpose"))),
+            "spin" => loop {
+                std::hint::black_box(0);
+            },
+            "trap" => panic!("{action} trapped on purpose"),
+            _ => {}
+        }
+    }
+    if action.ends_with("Prehook") && text(inputs, "mode") == "prefail" {
+        return Err(Error::Failed(format!("{action} failed on purpose")));
+    }
+    Ok(out)
+}
+
+impl Guest for Misbehave {
+    fn describe() -> Description {
+        Description {
+            name: "misbehave".into(),
+            version: "0.1.0".into(),
+            description: "the engine's test blueprint".into(),
+            actions: ACTIONS
+                .iter()
+                .map(|a| ActionSpec { name: a.to_string(), description: format!("the {a} action") })
+                .collect(),
+            parameters: vec![
+                spec("mode", ParamKind::Text, false, Some("ok"), &["ok", "fail", "prefail", "spin", "trap"]),
+                spec("count", ParamKind::Integer, false, Some("10"), &[]),
+                spec("ratio", ParamKind::Float, false, None, &[]),
+                spec("verbose", ParamKind::Boolean, false, Some("false"), &[]),
+                spec("label", ParamKind::Text, true, None, &[]),
+            ],
+            capabilities: vec![
+                Capability::Exec,
+                Capability::Workloads,
+                Capability::Scale,
+                Capability::Volumes,
+                Capability::Export,
+                Capability::Import,
+                Capability::Secrets,
+            ],
+            min_runtime: "0.1.0".into(),
+        }
+    }
+
+    fn run(action: String, inputs: Inputs) -> Result<Outputs, Error> {
+        match action.as_str() {
+            "hello" => {
+                log::log(log::Level::Info, &format!("hello from {}", inputs.action_id));
+                log::report(&log::Progress {
+                    percent: Some(100.0),
+                    bytes_done: None,
+                    bytes_total: None,
+                    message: Some("done".into()),
+                });
+                Ok(values(&[("greeting", "hello".into())]))
+            }
+            "noop" => Ok(values(&[])),
+            "log-n" => {
+                for _ in 0..integer(&inputs, "count") {
+                    log::log(log::Level::Trace, "x");
+                }
+                Ok(values(&[]))
+            }
+            "spin" => loop {
+                std::hint::black_box(0);
+            },
+            "alloc" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(std::hint::black_box(vec![1u8; 1 << 20]));
+                }
+            }
+            "recurse" => Ok(values(&[("depth", recurse(0).to_string())])),
+            "panic" => panic!("the blueprint panicked on purpose"),
+            "log-flood" => {
+                let line = "y".repeat(1000);
+                for _ in 0..100_000 {
+                    log::log(log::Level::Info, &line);
+                }
+                Ok(values(&[]))
+            }
+            "stdout-flood" => {
+                let line = "z".repeat(1000);
+                for _ in 0..100_000 {
+                    println!("{line}");
+                }
+                Ok(values(&[]))
+            }
+            "output-flood" => Ok(values(&[("flood", "w".repeat(16 << 20))])),
+            "exec" => {
+                let out = exec::run(&command(None, &["echo", "hi"]))?;
+                Ok(values(&[
+                    ("stdout", String::from_utf8_lossy(&out.stdout).into_owned()),
+                    ("exit", out.exit_code.to_string()),
+                    ("pod", out.pod),
+                ]))
+            }
+            "exec-outside" => {
+                let other = WorkloadRef { namespace: inputs.namespace.clone(), name: "other".into() };
+                exec::run(&command(Some(other), &["echo", "hi"]))?;
+                Ok(values(&[]))
+            }
+            "exec-other-namespace" => {
+                let other = WorkloadRef { namespace: "elsewhere".into(), name: "db".into() };
+                exec::run(&command(Some(other), &["echo", "hi"]))?;
+                Ok(values(&[]))
+            }
+            "exec-sleep" => {
+                let mut cmd = command(None, &["sleep", "30"]);
+                cmd.timeout_ms = Some(200);
+                exec::run(&cmd)?;
+                Ok(values(&[]))
+            }
+            "run-all" => {
+                let outs = exec::run_all(&command(None, &["echo", "hi"]))?;
+                Ok(values(&[("pods", outs.len().to_string())]))
+            }
+            "secret" => Ok(values(&[("token", secrets::get("token")?)])),
+            "scale" => {
+                let before = workloads::scale(None, 0)?;
+                workloads::scale(None, before)?;
+                Ok(values(&[("before", before.to_string())]))
+            }
+            "snapshot" => {
+                let snaps = volumes::snapshot(None, &[])?;
+                Ok(values(&[("snapshots", snaps.len().to_string())]))
+            }
+            "export" => {
+                let stream = data::open_export("dump")?;
+                stream.write(b"header\n")?;
+                let transfer = stream.pipe_from(&command(None, &["cat", "data.txt"]))?;
+                let artifact = stream.finish()?;
+                Ok(Outputs { artifacts: vec![artifact], values: vec![("bytes".into(), transfer.bytes.to_string())] })
+            }
+            "import" => {
+                let source: &Artifact =
+                    inputs.artifacts.first().ok_or_else(|| Error::Invalid("no artifact to import".into()))?;
+                let stream = data::open_import(source)?;
+                let head = stream.read(7)?;
+                let transfer = stream.pipe_into(&command(None, &["sh", "-c", "cat > restored.txt"]))?;
+                Ok(values(&[
+                    ("head", String::from_utf8_lossy(&head).into_owned()),
+                    ("bytes", transfer.bytes.to_string()),
+                    ("exit", transfer.exit_code.to_string()),
+                ]))
+            }
+            "params" => Ok(Outputs {
+                artifacts: vec![],
+                values: inputs.params.iter().map(|(k, v)| (k.clone(), format!("{v:?}"))).collect(),
+            }),
+            "backupPrehook" | "backup" | "backupPosthook" | "restorePrehook" | "restore" | "restorePosthook" => {
+                phase(&action, &inputs)
+            }
+            other => Err(Error::Invalid(format!("unknown action {other}"))),
+        }
+    }
+}
+
+export!(Misbehave);

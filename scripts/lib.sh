@@ -1,0 +1,40 @@
+# Shared by scripts/*.sh: install what the build and the tests need, once, idempotently.
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+apt_updated=
+apt_install() {
+  if [ -z "$apt_updated" ]; then as_root apt-get update -qq; apt_updated=1; fi
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+ensure_rust_components() {
+  if command -v rustup >/dev/null; then
+    rustup component add rustfmt clippy >/dev/null 2>&1 || true
+  fi
+}
+
+ensure_wasm_target() {
+  local sysroot
+  sysroot=$(rustc --print sysroot)
+  if [ ! -d "$sysroot/lib/rustlib/wasm32-wasip2" ]; then
+    step "rustup target add wasm32-wasip2"
+    rustup target add wasm32-wasip2
+  fi
+}
+
+# S3-compatible servers for the repository's conformance suite: s3s-fs (basics) and moto's
+# server mode (Object Lock). Installed when missing.
+ensure_test_servers() {
+  export PATH="$HOME/.cargo/bin:$PATH"
+  if ! command -v s3s-fs >/dev/null; then
+    step "cargo install s3s-fs 0.14.1"
+    cargo install --quiet --locked s3s-fs --version 0.14.1 --features binary
+  fi
+  if ! command -v moto_server >/dev/null; then
+    step "pip install moto[server]"
+    python3 -m pip install --quiet 'moto[server]'
+  fi
+}

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Every check CI runs, on a fresh machine: installs what the tests need, then fmt, clippy, the
+# whole test suite (guest components are built by the tests themselves) and the docs.
+#
+#   ./scripts/test.sh
+#
+# Needs: a Rust toolchain from rustup (1.95), and root for apt-get/pip when test servers are
+# missing. Set CARGO_TARGET_DIR to reuse a build directory.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib.sh
+
+step "toolchain"
+ensure_rust_components
+ensure_wasm_target
+
+step "test servers"
+ensure_test_servers
+# The repository's conformance suite must reach a real S3-compatible server in CI, not skip.
+export CAIRN_TEST_S3=required
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo test"
+cargo test --workspace --locked --no-fail-fast
+
+step "cargo doc"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
+
+step "done"
