@@ -30,7 +30,10 @@ pub struct WorkloadRef {
 impl WorkloadRef {
     /// A reference to `name` in `namespace`.
     pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        Self { namespace: namespace.into(), name: name.into() }
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
     }
 }
 
@@ -261,7 +264,12 @@ pub trait Cluster: Send + Sync + std::fmt::Debug + 'static {
     async fn wait_ready(&self, workload: &WorkloadRef, timeout: Duration) -> Result<Workload>;
 
     /// One object of `kind` in `namespace`, as JSON.
-    async fn get_object(&self, namespace: &str, kind: &str, name: &str) -> Result<serde_json::Value>;
+    async fn get_object(
+        &self,
+        namespace: &str,
+        kind: &str,
+        name: &str,
+    ) -> Result<serde_json::Value>;
 
     /// Every object of `kind` in `namespace`.
     async fn list_objects(&self, namespace: &str, kind: &str) -> Result<Vec<serde_json::Value>>;

@@ -1,0 +1,1191 @@
+//! The local backend: a cluster of processes and directories on this machine, described by an
+//! inventory file.
+//!
+//! # Inventory format
+//!
+//! An inventory is a YAML file. Unknown fields are errors (a typo never silently does
+//! nothing); an error names the file, the line and column, the field and the valid fields.
+//! Names of namespaces, workloads, containers and volumes are DNS labels (lowercase letters,
+//! digits and `-`, at most 63 characters), as in Kubernetes.
+//!
+//! ```yaml
+//! namespaces:                  # required, at least one
+//!   default:                   # a namespace
+//!     objects:                 # optional: what get_object/list_objects return
+//!       configmap:             #   by kind (matched case-insensitively; `configmaps` works too)
+//!         settings: {data: {a: "1"}}   # then by name; any YAML, returned as JSON
+//!     workloads:
+//!       hello:
+//!         kind: deployment     # deployment | statefulset | other; default deployment
+//!         replicas: 1          # initial desired replicas (until a scale is persisted); default 1
+//!         containers: [main]   # container names; the first is the default; default [main]
+//!         workdir: .           # working directory of every command; default `.`
+//!         env: {GREETING: hello}
+//!         allow: [echo, sh, cat]
+//!         start: [sh, -c, "..."]   # optional: run when scaling from 0 to 1 or more
+//!         stop: [sh, -c, "..."]    # optional: run when scaling to 0
+//!         ready: [sh, -c, "..."]   # optional readiness probe
+//!         volumes:
+//!           data: ./data       # volume name -> directory
+//! ```
+//!
+//! | field | meaning |
+//! | --- | --- |
+//! | `namespaces.<ns>.objects.<kind>.<name>` | An object returned by `get_object(ns, kind, name)` and listed by `list_objects(ns, kind)`. The kind `workload` (or `workloads`) is reserved: it lists the workloads themselves. |
+//! | `kind` | What the workload stands for; reported as is, it changes nothing locally. |
+//! | `replicas` | The desired replica count when the state directory has none recorded. A workload with `N` replicas has the pods `<name>-0` … `<name>-(N-1)`; with 0 it has no pods and exec fails with not-found. At most 1024. |
+//! | `containers` | Names accepted by exec as the container; each pod has all of them. |
+//! | `workdir` | Relative to the inventory file's directory (or absolute); must be an existing directory. |
+//! | `env` | Added to the environment of every command. |
+//! | `allow` | The programs exec may run (the first argument must equal one entry): bare names, looked up on `PATH` when the command runs, or absolute paths. Anything else (including `./x`) is denied. `start`, `stop` and `ready` come from the inventory itself and are not checked against it. |
+//! | `start` | A command (`[program, args...]`; the program is a bare name looked up on `PATH`, an absolute path, or a path relative to `workdir` such as `./start.sh`) run (in `workdir`, timeout 2 minutes) when the workload is scaled from 0 to 1 or more; a non-zero exit fails the scale with the tail of its output. Its output goes to `<state_dir>/logs/<ns>.<workload>.start.log`, so it may start a daemon in the background. |
+//! | `stop` | The same, when scaled to 0 (`<ns>.<workload>.stop.log`). |
+//! | `ready` | A readiness probe: the workload's pods are ready while it exits 0 (it gets 10 seconds). Without it, a workload is ready when it has replicas. |
+//! | `volumes.<name>` | A directory, relative to the inventory file's directory and inside it (no absolute paths, no `..`, no symlink out of it), that must exist and must not overlap the state directory. |
+//!
+//! # Processes
+//!
+//! A command (exec, start, stop, ready) runs as a child of the runtime, in its own process
+//! group, with a cleared environment: `PATH` and `HOME` of the runtime, then the workload's
+//! `env`, then (exec only) the request's env, then `CAIRN_NAMESPACE`, `CAIRN_WORKLOAD` and, for
+//! exec, `CAIRN_POD` and `CAIRN_CONTAINER` (start and stop get `CAIRN_REPLICAS`). A request may
+//! not set `PATH`, `LD_*`, `DYLD_*` or `CAIRN_*`: those would change which program an allowed
+//! name runs, or lie about where it runs. On timeout (or when the caller gives up on the
+//! command) the whole process group is killed. An exec ends when the command has exited and
+//! closed its stdout and stderr: a background process that keeps them open keeps the exec
+//! running until the timeout. A streamed stdout is shut down when the command has ended (whatever
+//! its exit code); when the exec fails instead (timeout, a failing stdin source or stdout sink)
+//! the command's group is killed and the sink is left as it is, not shut down, so the caller
+//! can abort the export rather than commit a truncated one.
+//!
+//! # State directory
+//!
+//! `state_dir` holds `replicas.json` (desired replicas, written atomically on every scale, so
+//! they survive a restart), `logs/`, and `snapshots/<id>/` (`data/`, a copy of the volume, and
+//! `meta.json`). A snapshot is copied into `snapshots/.tmp-<id>` and renamed into place, so a
+//! snapshot id that exists is complete; a delete renames it away before removing it.
+//!
+//! # Volumes and confinement
+//!
+//! Volume directories are reached through `cap-std` directory handles opened once at load
+//! (the only use of ambient authority); copies never follow symlinks (a symlink is recreated
+//! with its target text, so a link to `/etc` stays a link and `/etc` is never read) and skip
+//! sockets, fifos and devices with a warning (hard links are copied as separate files). File data is reflinked where the filesystem
+//! supports it. Snapshot ids are `<ns>.<workload>.<volume>.<utc-timestamp>.<random>` and are
+//! checked on input, so an id cannot name a path (`/`, `..`).
+//!
+//! A restore copies the snapshot into a new directory beside the volume, then swaps the two
+//! with one atomic `renameat2(RENAME_EXCHANGE)` and removes the old contents: a crash leaves
+//! the volume with either its old contents or the snapshot's, never a mix (at worst a stray
+//! `.<volume>.cairn-restore-*` directory beside it). On a filesystem without the exchange the
+//! swap is two renames, and a crash between them leaves the old contents in
+//! `.<volume>.cairn-old-*` beside a missing volume.
+
+mod inventory;
+mod process;
+mod tree;
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use cap_std::ambient_authority;
+use cap_std::fs::Dir;
+use serde::{Deserialize, Serialize};
+use tokio::process::Command;
+
+pub use self::inventory::Inventory;
+use self::inventory::{
+    KindSpec, MAX_REPLICAS, WorkloadSpec, confined_relative, is_dns_label, is_env_name,
+};
+use crate::{
+    Cluster, Error, ExecOutput, ExecRequest, Pod, Result, Volume, VolumeSnapshot, Workload,
+    WorkloadKind, WorkloadRef,
+};
+
+/// How long a `start` or `stop` command may run before the scale fails and it is killed.
+pub const START_STOP_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How long one run of a `ready` probe may take; a probe that takes longer counts as not ready.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// First pause between readiness probes in `wait_ready`; it doubles up to [`PROBE_MAX_BACKOFF`].
+const PROBE_FIRST_BACKOFF: Duration = Duration::from_millis(25);
+
+/// Longest pause between readiness probes: a ready workload is noticed within about a second.
+const PROBE_MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// How much of a failed start/stop command's output is quoted in the error.
+const OUTPUT_TAIL: u64 = 2048;
+
+/// `PATH` for commands when the runtime itself has none.
+const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+const REPLICAS_FILE: &str = "replicas.json";
+const SNAPSHOTS_DIR: &str = "snapshots";
+const LOGS_DIR: &str = "logs";
+const SNAPSHOT_META: &str = "meta.json";
+const SNAPSHOT_DATA: &str = "data";
+
+/// The local backend: namespaces and workloads from an inventory file, whose pods are
+/// processes on this machine and whose volumes are directories.
+///
+/// Build it with [`LocalCluster::from_inventory`]; the inventory format is documented in the
+/// module docs of `runtime/cluster/src/local.rs` (and the README).
+#[derive(Debug)]
+pub struct LocalCluster {
+    inventory_path: PathBuf,
+    namespaces: BTreeMap<String, LocalNamespace>,
+    state: Arc<Dir>,
+    snapshots: Arc<Dir>,
+    logs: Arc<Dir>,
+    /// Desired replicas by `ns/name`; the lock is held while the file is rewritten so writes
+    /// land in order.
+    replicas: tokio::sync::Mutex<BTreeMap<String, u32>>,
+}
+
+#[derive(Debug)]
+struct LocalNamespace {
+    objects: BTreeMap<String, BTreeMap<String, serde_json::Value>>,
+    workloads: BTreeMap<String, Arc<LocalWorkload>>,
+}
+
+#[derive(Debug)]
+struct LocalWorkload {
+    reference: WorkloadRef,
+    kind: KindSpec,
+    containers: Vec<String>,
+    workdir: PathBuf,
+    env: BTreeMap<String, String>,
+    allow: Vec<String>,
+    start: Option<Vec<String>>,
+    stop: Option<Vec<String>>,
+    ready: Option<Vec<String>>,
+    volumes: BTreeMap<String, Arc<LocalVolume>>,
+    /// Serializes scales of this workload (start/stop commands must not interleave).
+    scale_lock: tokio::sync::Mutex<()>,
+}
+
+#[derive(Debug)]
+struct LocalVolume {
+    /// The directory holding the volume; the volume is swapped in it on restore, so it is
+    /// reached by name through this handle, not held open itself.
+    parent: Dir,
+    /// The volume directory's name in `parent`.
+    name: OsString,
+    /// For messages only.
+    path: PathBuf,
+    /// Serializes snapshot, restore and delete on this volume; other volumes run in parallel.
+    lock: tokio::sync::Mutex<()>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SnapshotMeta {
+    id: String,
+    namespace: String,
+    workload: String,
+    volume: String,
+    created_ms: u64,
+    bytes: u64,
+}
+
+impl SnapshotMeta {
+    fn to_snapshot(&self) -> VolumeSnapshot {
+        VolumeSnapshot {
+            id: self.id.clone(),
+            workload: WorkloadRef::new(&self.namespace, &self.workload),
+            volume: self.volume.clone(),
+            created_ms: self.created_ms,
+            bytes: self.bytes,
+        }
+    }
+}
+
+fn failed(
+    what: impl Into<String>,
+    source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+) -> Error {
+    Error::Failed {
+        what: what.into(),
+        source: source.into(),
+    }
+}
+
+fn list_hint(what: &str, names: impl Iterator<Item = impl AsRef<str>>) -> String {
+    let names: Vec<String> = names.map(|n| n.as_ref().to_owned()).collect();
+    if names.is_empty() {
+        format!("; there are no {what}")
+    } else {
+        format!("; {what}: {}", names.join(", "))
+    }
+}
+
+/// A short random hex string for unique names (no extra dependency: std's hasher keys are
+/// random per process and per call).
+pub(crate) fn random_suffix() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    hasher.write_u128(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    format!("{:08x}", hasher.finish() as u32)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// `YYYYMMDDTHHMMSSmmmZ` for a time in milliseconds since the epoch (UTC).
+fn utc_stamp(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}{month:02}{day:02}T{:02}{:02}{:02}{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
+/// Checks a snapshot id's shape (`<ns>.<workload>.<volume>.<stamp>.<random>`), so that it is
+/// one safe path component, and returns its namespace, workload and volume.
+fn parse_snapshot_id(id: &str) -> Result<(&str, &str, &str)> {
+    let invalid = || {
+        Error::Invalid(format!(
+            "snapshot id {id:?} is malformed: expected <namespace>.<workload>.<volume>.<timestamp>.<random>"
+        ))
+    };
+    let parts: Vec<&str> = id.split('.').collect();
+    let [ns, workload, volume, stamp, random] = parts.as_slice() else {
+        return Err(invalid());
+    };
+    let stamp_ok = !stamp.is_empty()
+        && stamp
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b == b'T' || b == b'Z');
+    let random_ok = !random.is_empty() && random.bytes().all(|b| b.is_ascii_hexdigit());
+    if is_dns_label(ns) && is_dns_label(workload) && is_dns_label(volume) && stamp_ok && random_ok {
+        Ok((ns, workload, volume))
+    } else {
+        Err(invalid())
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    what: &str,
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(failed(what, e)),
+        Err(join) => Err(failed(what, join)),
+    }
+}
+
+impl LocalCluster {
+    /// Loads an inventory file and opens (creating it if missing) the state directory that
+    /// holds snapshots and persisted replica counts.
+    ///
+    /// Fails with [`Error::Inventory`] when the file is malformed, when a workload's `workdir`
+    /// or a volume's directory is missing, or when a volume path leaves the inventory's
+    /// directory.
+    pub fn from_inventory(path: &Path, state_dir: &Path) -> Result<LocalCluster> {
+        let inventory = Inventory::load(path)?;
+        let origin = path.display().to_string();
+        let bad = |reason: String| Error::Inventory {
+            path: origin.clone(),
+            reason,
+        };
+        let base = match path.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let base = std::path::absolute(&base)
+            .map_err(|e| bad(format!("cannot resolve its directory: {e}")))?;
+        // The one use of ambient authority for volumes: the inventory's directory.
+        let base_dir = Dir::open_ambient_dir(&base, ambient_authority())
+            .map_err(|e| bad(format!("cannot open its directory {}: {e}", base.display())))?;
+
+        std::fs::create_dir_all(state_dir).map_err(|e| {
+            failed(
+                format!("creating the state directory {}", state_dir.display()),
+                e,
+            )
+        })?;
+        let state = Dir::open_ambient_dir(state_dir, ambient_authority()).map_err(|e| {
+            failed(
+                format!("opening the state directory {}", state_dir.display()),
+                e,
+            )
+        })?;
+        for sub in [SNAPSHOTS_DIR, LOGS_DIR] {
+            state
+                .create_dir_all(sub)
+                .map_err(|e| failed(format!("creating {}/{sub}", state_dir.display()), e))?;
+        }
+        let snapshots = state
+            .open_dir(SNAPSHOTS_DIR)
+            .map_err(|e| failed("opening the snapshots directory", e))?;
+        let logs = state
+            .open_dir(LOGS_DIR)
+            .map_err(|e| failed("opening the logs directory", e))?;
+        clean_leftovers(&snapshots);
+
+        let persisted = read_replicas(&state)?;
+        let mut replicas = BTreeMap::new();
+        let mut namespaces = BTreeMap::new();
+        for (ns_name, ns) in inventory.namespaces {
+            let mut workloads = BTreeMap::new();
+            for (name, spec) in ns.workloads {
+                let reference = WorkloadRef::new(&ns_name, &name);
+                let workload = build_workload(reference.clone(), spec.clone(), &base, &base_dir)
+                    .map_err(|reason| bad(format!("workload {reference}: {reason}")))?;
+                replicas.insert(
+                    reference.to_string(),
+                    persisted
+                        .get(&reference.to_string())
+                        .copied()
+                        .unwrap_or(spec.replicas),
+                );
+                check_apart(&workload, state_dir).map_err(bad)?;
+                workloads.insert(name, Arc::new(workload));
+            }
+            let objects = ns
+                .objects
+                .into_iter()
+                .map(|(kind, objects)| (kind.to_ascii_lowercase(), objects))
+                .collect();
+            namespaces.insert(ns_name, LocalNamespace { objects, workloads });
+        }
+        Ok(LocalCluster {
+            inventory_path: path.to_path_buf(),
+            namespaces,
+            state: Arc::new(state),
+            snapshots: Arc::new(snapshots),
+            logs: Arc::new(logs),
+            replicas: tokio::sync::Mutex::new(replicas),
+        })
+    }
+
+    /// The inventory file this cluster was loaded from.
+    pub fn inventory_path(&self) -> &Path {
+        &self.inventory_path
+    }
+
+    fn namespace(&self, namespace: &str) -> Result<&LocalNamespace> {
+        self.namespaces
+            .get(namespace)
+            .ok_or_else(|| Error::NotFound {
+                kind: "namespace",
+                name: namespace.to_owned(),
+                hint: list_hint(
+                    "the inventory defines the namespaces",
+                    self.namespaces.keys(),
+                ),
+            })
+    }
+
+    fn lookup(&self, workload: &WorkloadRef) -> Result<&Arc<LocalWorkload>> {
+        let ns = self.namespace(&workload.namespace)?;
+        ns.workloads
+            .get(&workload.name)
+            .ok_or_else(|| Error::NotFound {
+                kind: "workload",
+                name: workload.to_string(),
+                hint: list_hint(
+                    &format!("namespace {} defines the workloads", workload.namespace),
+                    ns.workloads.keys(),
+                ),
+            })
+    }
+
+    async fn desired(&self, workload: &WorkloadRef) -> u32 {
+        self.replicas
+            .lock()
+            .await
+            .get(&workload.to_string())
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The environment every command of `w` starts from.
+    fn base_env(w: &LocalWorkload) -> BTreeMap<String, String> {
+        let mut env = BTreeMap::new();
+        env.insert(
+            "PATH".to_owned(),
+            std::env::var("PATH").unwrap_or_else(|_| DEFAULT_PATH.to_owned()),
+        );
+        if let Ok(home) = std::env::var("HOME") {
+            env.insert("HOME".to_owned(), home);
+        }
+        env.extend(w.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        env.insert("CAIRN_NAMESPACE".to_owned(), w.reference.namespace.clone());
+        env.insert("CAIRN_WORKLOAD".to_owned(), w.reference.name.clone());
+        env
+    }
+
+    fn command(
+        w: &LocalWorkload,
+        program: &Path,
+        argv: &[String],
+        env: &BTreeMap<String, String>,
+    ) -> Command {
+        let mut command = Command::new(program);
+        if let Some(first) = argv.first() {
+            command.arg0(first);
+        }
+        command
+            .args(argv.iter().skip(1))
+            .env_clear()
+            .envs(env)
+            .current_dir(&w.workdir);
+        command
+    }
+
+    /// Runs the readiness probe (or applies the default rule) for a workload with `replicas`.
+    async fn probe(&self, w: &LocalWorkload, replicas: u32, timeout: Duration) -> Result<bool> {
+        if replicas == 0 {
+            return Ok(false);
+        }
+        let Some(argv) = &w.ready else {
+            return Ok(true);
+        };
+        let mut env = Self::base_env(w);
+        env.insert("CAIRN_REPLICAS".to_owned(), replicas.to_string());
+        let program = resolve_hook_program(w, &argv[0], &env)?;
+        let mut command = Self::command(w, &program, argv, &env);
+        let what = format!("the ready probe of workload {}", w.reference);
+        match process::run_logged(&mut command, &what, None, timeout).await {
+            Ok(code) => Ok(code == 0),
+            Err(Error::TimedOut { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn describe(&self, w: &LocalWorkload, probe: bool) -> Result<Workload> {
+        let replicas = self.desired(&w.reference).await;
+        let ready = if probe {
+            self.probe(w, replicas, PROBE_TIMEOUT).await?
+        } else {
+            replicas > 0
+        };
+        Ok(describe(w, replicas, ready))
+    }
+
+    async fn run_hook(
+        &self,
+        w: &LocalWorkload,
+        hook: &str,
+        argv: &[String],
+        replicas: u32,
+    ) -> Result<()> {
+        let mut env = Self::base_env(w);
+        env.insert("CAIRN_REPLICAS".to_owned(), replicas.to_string());
+        let program = resolve_hook_program(w, &argv[0], &env)?;
+        let mut command = Self::command(w, &program, argv, &env);
+        let log_name = format!("{}.{}.{hook}.log", w.reference.namespace, w.reference.name);
+        let logs = Arc::clone(&self.logs);
+        let log_name2 = log_name.clone();
+        let log = blocking("opening the log file", move || {
+            let mut options = cap_std::fs::OpenOptions::new();
+            options.write(true).create(true).truncate(true);
+            logs.open_with(&log_name2, &options).map(|f| f.into_std())
+        })
+        .await?;
+        let what = format!("the {hook} command of workload {}", w.reference);
+        let code = process::run_logged(&mut command, &what, Some(log), START_STOP_TIMEOUT).await?;
+        if code == 0 {
+            return Ok(());
+        }
+        let logs = Arc::clone(&self.logs);
+        let tail = blocking("reading the log file", move || read_tail(&logs, &log_name))
+            .await
+            .unwrap_or_default();
+        Err(failed(
+            what,
+            std::io::Error::other(format!("exited with {code}; output ends with:\n{tail}")),
+        ))
+    }
+
+    fn volume(&self, workload: &WorkloadRef, volume: &str) -> Result<Arc<LocalVolume>> {
+        let w = self.lookup(workload)?;
+        w.volumes
+            .get(volume)
+            .cloned()
+            .ok_or_else(|| Error::NotFound {
+                kind: "volume",
+                name: volume.to_owned(),
+                hint: list_hint(
+                    &format!("workload {workload} has the volumes"),
+                    w.volumes.keys(),
+                ),
+            })
+    }
+
+    async fn read_meta(&self, id: &str) -> Result<SnapshotMeta> {
+        parse_snapshot_id(id)?;
+        let snapshots = Arc::clone(&self.snapshots);
+        let path = format!("{id}/{SNAPSHOT_META}");
+        let bytes = match tokio::task::spawn_blocking(move || snapshots.read(path)).await {
+            Ok(Ok(bytes)) => bytes,
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::NotFound {
+                    kind: "snapshot",
+                    name: id.to_owned(),
+                    hint: "; it was deleted, or taken by another state directory".to_owned(),
+                });
+            }
+            Ok(Err(e)) => return Err(failed(format!("reading snapshot {id}"), e)),
+            Err(e) => return Err(failed(format!("reading snapshot {id}"), e)),
+        };
+        let meta: SnapshotMeta = serde_json::from_slice(&bytes)
+            .map_err(|e| failed(format!("reading the metadata of snapshot {id}"), e))?;
+        if meta.id != id {
+            return Err(failed(
+                format!("reading snapshot {id}"),
+                std::io::Error::other(format!("its metadata names another snapshot ({})", meta.id)),
+            ));
+        }
+        Ok(meta)
+    }
+}
+
+fn describe(w: &LocalWorkload, replicas: u32, ready: bool) -> Workload {
+    let pods = (0..replicas)
+        .map(|i| Pod {
+            name: format!("{}-{i}", w.reference.name),
+            ready,
+            containers: w.containers.clone(),
+        })
+        .collect();
+    Workload {
+        reference: w.reference.clone(),
+        kind: w.kind.into(),
+        replicas,
+        ready_replicas: if ready { replicas } else { 0 },
+        pods,
+        volumes: w
+            .volumes
+            .keys()
+            .map(|name| Volume {
+                name: name.clone(),
+                bytes: None,
+            })
+            .collect(),
+    }
+}
+
+fn workload_json(w: &Workload, spec: &LocalWorkload) -> serde_json::Value {
+    let kind = match w.kind {
+        WorkloadKind::Deployment => "deployment",
+        WorkloadKind::StatefulSet => "statefulset",
+        WorkloadKind::Other => "other",
+    };
+    serde_json::json!({
+        "namespace": w.reference.namespace,
+        "name": w.reference.name,
+        "kind": kind,
+        "replicas": w.replicas,
+        "pods": w.pods.iter().map(|p| p.name.clone()).collect::<Vec<_>>(),
+        "containers": spec.containers,
+        "volumes": w.volumes.iter().map(|v| v.name.clone()).collect::<Vec<_>>(),
+    })
+}
+
+fn build_workload(
+    reference: WorkloadRef,
+    spec: WorkloadSpec,
+    base: &Path,
+    base_dir: &Dir,
+) -> std::result::Result<LocalWorkload, String> {
+    let workdir = base.join(&spec.workdir);
+    if !workdir.is_dir() {
+        return Err(format!(
+            "workdir {} is not an existing directory",
+            workdir.display()
+        ));
+    }
+    let mut volumes = BTreeMap::new();
+    for (name, path) in &spec.volumes {
+        let relative = confined_relative(path).ok_or_else(|| {
+            format!(
+                "volume {name}: path {} leaves the inventory's directory",
+                path.display()
+            )
+        })?;
+        let (parent_rel, leaf) = match (relative.parent(), relative.file_name()) {
+            (Some(parent), Some(leaf)) => (parent.to_path_buf(), leaf.to_os_string()),
+            _ => {
+                return Err(format!(
+                    "volume {name}: path {} names no directory",
+                    path.display()
+                ));
+            }
+        };
+        let shown = base.join(&relative);
+        let parent = if parent_rel.as_os_str().is_empty() {
+            base_dir.try_clone()
+        } else {
+            base_dir.open_dir(&parent_rel)
+        }
+        .map_err(|e| format!("volume {name}: cannot open {}: {e}", shown.display()))?;
+        // cap-std refuses a path that resolves outside the inventory's directory (a symlink
+        // out of it); the volume must be a directory.
+        match parent.symlink_metadata(&leaf) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(meta) if meta.is_symlink() => {
+                return Err(format!(
+                    "volume {name}: {} is a symlink; name the directory itself",
+                    shown.display()
+                ));
+            }
+            Ok(_) => {
+                return Err(format!(
+                    "volume {name}: {} is not a directory",
+                    shown.display()
+                ));
+            }
+            Err(e) => {
+                return Err(format!(
+                    "volume {name}: directory {} is missing: {e}",
+                    shown.display()
+                ));
+            }
+        }
+        volumes.insert(
+            name.clone(),
+            Arc::new(LocalVolume {
+                parent,
+                name: leaf,
+                path: shown,
+                lock: tokio::sync::Mutex::new(()),
+            }),
+        );
+    }
+    Ok(LocalWorkload {
+        reference,
+        kind: spec.kind,
+        containers: spec.containers,
+        workdir,
+        env: spec.env,
+        allow: spec.allow,
+        start: spec.start,
+        stop: spec.stop,
+        ready: spec.ready,
+        volumes,
+        scale_lock: tokio::sync::Mutex::new(()),
+    })
+}
+
+/// Refuses a volume that holds the state directory or lies inside it: a snapshot would copy
+/// itself, and a restore would replace the state.
+fn check_apart(w: &LocalWorkload, state_dir: &Path) -> std::result::Result<(), String> {
+    let Ok(state) = std::fs::canonicalize(state_dir) else {
+        return Ok(());
+    };
+    for (name, volume) in &w.volumes {
+        let Ok(path) = std::fs::canonicalize(&volume.path) else {
+            continue;
+        };
+        if state.starts_with(&path) || path.starts_with(&state) {
+            return Err(format!(
+                "workload {}: volume {name} ({}) and the state directory ({}) overlap; keep the \
+                 state directory outside every volume",
+                w.reference,
+                path.display(),
+                state.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Removes what an interrupted snapshot or delete left behind.
+fn clean_leftovers(snapshots: &Dir) {
+    let Ok(entries) = snapshots.entries() else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if (name.starts_with(".tmp-") || name.starts_with(".deleting-"))
+            && let Err(e) = tree::remove_tree(snapshots, Path::new(&*name))
+        {
+            tracing::warn!(entry = %name, error = %e, "cannot remove a leftover snapshot directory");
+        }
+    }
+}
+
+fn read_replicas(state: &Dir) -> Result<BTreeMap<String, u32>> {
+    match state.read(REPLICAS_FILE) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map_err(|e| failed(format!("reading {REPLICAS_FILE}"), e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+        Err(e) => Err(failed(format!("reading {REPLICAS_FILE}"), e)),
+    }
+}
+
+fn read_tail(dir: &Dir, name: &str) -> std::io::Result<String> {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    let mut file = dir.open(name)?.into_std();
+    let len = file.metadata()?.len();
+    file.seek(SeekFrom::Start(len.saturating_sub(OUTPUT_TAIL)))?;
+    let mut bytes = Vec::new();
+    file.take(OUTPUT_TAIL).read_to_end(&mut bytes)?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// Finds the program to run for an allowed `name`: itself when absolute, else the first
+/// executable file of that name on the command's `PATH`.
+fn resolve_program(name: &str, env: &BTreeMap<String, String>) -> Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+    if name.starts_with('/') {
+        return Ok(PathBuf::from(name));
+    }
+    let path = env.get("PATH").map(String::as_str).unwrap_or(DEFAULT_PATH);
+    for dir in path.split(':').filter(|d| d.starts_with('/')) {
+        let candidate = Path::new(dir).join(name);
+        if let Ok(meta) = std::fs::metadata(&candidate)
+            && meta.is_file()
+            && meta.permissions().mode() & 0o111 != 0
+        {
+            return Ok(candidate);
+        }
+    }
+    Err(Error::NotFound {
+        kind: "program",
+        name: name.to_owned(),
+        hint: format!("; it is not on PATH ({path})"),
+    })
+}
+
+/// Finds the program of a `start`, `stop` or `ready` command: like [`resolve_program`], and a
+/// relative path with a `/` (`./start.sh`) is taken from the workload's `workdir`.
+fn resolve_hook_program(
+    w: &LocalWorkload,
+    name: &str,
+    env: &BTreeMap<String, String>,
+) -> Result<PathBuf> {
+    if name.contains('/') && !name.starts_with('/') {
+        return Ok(w.workdir.join(name));
+    }
+    resolve_program(name, env)
+}
+
+/// Whether a request may set this environment variable (see the module docs).
+fn env_allowed(name: &str) -> bool {
+    name != "PATH"
+        && !name.starts_with("LD_")
+        && !name.starts_with("DYLD_")
+        && !name.starts_with("CAIRN_")
+}
+
+#[async_trait]
+impl Cluster for LocalCluster {
+    fn backend(&self) -> &'static str {
+        "local"
+    }
+
+    async fn namespaces(&self) -> Result<Vec<String>> {
+        Ok(self.namespaces.keys().cloned().collect())
+    }
+
+    async fn workloads(&self, namespace: &str) -> Result<Vec<Workload>> {
+        let ns = self.namespace(namespace)?;
+        let mut out = Vec::with_capacity(ns.workloads.len());
+        for w in ns.workloads.values() {
+            out.push(self.describe(w, true).await?);
+        }
+        Ok(out)
+    }
+
+    async fn workload(&self, workload: &WorkloadRef) -> Result<Workload> {
+        let w = self.lookup(workload)?;
+        self.describe(w, true).await
+    }
+
+    async fn exec(&self, workload: &WorkloadRef, request: ExecRequest) -> Result<ExecOutput> {
+        let w = self.lookup(workload)?;
+        let replicas = self.desired(workload).await;
+        if replicas == 0 {
+            return Err(Error::NotFound {
+                kind: "pod",
+                name: request
+                    .pod
+                    .clone()
+                    .unwrap_or_else(|| format!("{}-0", workload.name)),
+                hint: format!(
+                    "; workload {workload} has no running pods (replicas 0): scale it up first"
+                ),
+            });
+        }
+        let pods: Vec<String> = (0..replicas)
+            .map(|i| format!("{}-{i}", workload.name))
+            .collect();
+        let pod = match &request.pod {
+            None => pods[0].clone(),
+            Some(pod) if pods.contains(pod) => pod.clone(),
+            Some(pod) => {
+                return Err(Error::NotFound {
+                    kind: "pod",
+                    name: pod.clone(),
+                    hint: list_hint(&format!("workload {workload} has the pods"), pods.iter()),
+                });
+            }
+        };
+        let container = match &request.container {
+            None => w.containers[0].clone(),
+            Some(c) if w.containers.contains(c) => c.clone(),
+            Some(c) => {
+                return Err(Error::NotFound {
+                    kind: "container",
+                    name: c.clone(),
+                    hint: list_hint(
+                        &format!("pod {pod} has the containers"),
+                        w.containers.iter(),
+                    ),
+                });
+            }
+        };
+        let Some(program) = request.argv.first() else {
+            return Err(Error::Invalid(
+                "exec needs a command: argv is empty".to_owned(),
+            ));
+        };
+        if !w.allow.iter().any(|allowed| allowed == program) {
+            return Err(Error::Denied(format!(
+                "program {program:?} is not allowed in workload {workload}; its allow list is [{}] \
+                 (add it to `allow` in {})",
+                w.allow.join(", "),
+                self.inventory_path.display()
+            )));
+        }
+        let mut env = Self::base_env(w);
+        for (name, value) in &request.env {
+            if !is_env_name(name) {
+                return Err(Error::Invalid(format!(
+                    "environment variable name {name:?} is malformed"
+                )));
+            }
+            if !env_allowed(name) {
+                return Err(Error::Denied(format!(
+                    "an exec may not set {name} (PATH, LD_*, DYLD_* and CAIRN_* are reserved)"
+                )));
+            }
+            env.insert(name.clone(), value.clone());
+        }
+        env.insert("CAIRN_POD".to_owned(), pod.clone());
+        env.insert("CAIRN_CONTAINER".to_owned(), container);
+        let resolved = resolve_program(program, &env)?;
+        let mut command = Self::command(w, &resolved, &request.argv, &env);
+        let what = format!("{program} in pod {pod} of workload {workload}");
+        let done = process::run(
+            &mut command,
+            &what,
+            request.stdin,
+            request.stdout,
+            request.output_limit,
+            request.timeout,
+        )
+        .await?;
+        Ok(ExecOutput {
+            pod,
+            exit_code: done.exit_code,
+            stdout: done.stdout,
+            stdout_truncated: done.stdout_truncated,
+            stderr: done.stderr,
+            stderr_truncated: done.stderr_truncated,
+            stdout_bytes: done.stdout_bytes,
+            stdin_bytes: done.stdin_bytes,
+        })
+    }
+
+    async fn scale(&self, workload: &WorkloadRef, replicas: u32) -> Result<u32> {
+        if replicas > MAX_REPLICAS {
+            return Err(Error::Invalid(format!(
+                "cannot scale {workload} to {replicas} replicas: the local backend allows at most {MAX_REPLICAS}"
+            )));
+        }
+        let w = self.lookup(workload)?;
+        let _serial = w.scale_lock.lock().await;
+        let previous = self.desired(workload).await;
+        if previous == 0
+            && replicas > 0
+            && let Some(start) = &w.start
+        {
+            self.run_hook(w, "start", start, replicas).await?;
+        } else if previous > 0
+            && replicas == 0
+            && let Some(stop) = &w.stop
+        {
+            self.run_hook(w, "stop", stop, replicas).await?;
+        }
+        let mut map = self.replicas.lock().await;
+        let mut next = map.clone();
+        next.insert(workload.to_string(), replicas);
+        let bytes =
+            serde_json::to_vec_pretty(&next).map_err(|e| failed("encoding replica counts", e))?;
+        let state = Arc::clone(&self.state);
+        blocking("saving replica counts", move || {
+            tree::write_atomic(&state, REPLICAS_FILE, &bytes)
+        })
+        .await?;
+        *map = next;
+        tracing::info!(%workload, previous, replicas, "scaled");
+        Ok(previous)
+    }
+
+    async fn wait_ready(&self, workload: &WorkloadRef, timeout: Duration) -> Result<Workload> {
+        let w = self.lookup(workload)?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut pause = PROBE_FIRST_BACKOFF;
+        loop {
+            let replicas = self.desired(workload).await;
+            if replicas == 0 {
+                // Ready replicas equal desired replicas: nothing to wait for.
+                return Ok(describe(w, 0, false));
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if self.probe(w, replicas, left.min(PROBE_TIMEOUT)).await? {
+                return Ok(describe(w, replicas, true));
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Err(Error::TimedOut {
+                    what: format!("waiting for workload {workload} to be ready"),
+                    after: timeout,
+                });
+            }
+            tokio::time::sleep(pause.min(left)).await;
+            pause = (pause * 2).min(PROBE_MAX_BACKOFF);
+        }
+    }
+
+    async fn get_object(
+        &self,
+        namespace: &str,
+        kind: &str,
+        name: &str,
+    ) -> Result<serde_json::Value> {
+        let ns = self.namespace(namespace)?;
+        let kind_lower = kind.to_ascii_lowercase();
+        if kind_lower == "workload" || kind_lower == "workloads" {
+            let w = ns.workloads.get(name).ok_or_else(|| Error::NotFound {
+                kind: "workload",
+                name: format!("{namespace}/{name}"),
+                hint: list_hint(
+                    &format!("namespace {namespace} defines the workloads"),
+                    ns.workloads.keys(),
+                ),
+            })?;
+            let described = self.describe(w, false).await?;
+            return Ok(workload_json(&described, w));
+        }
+        let objects = objects_of(ns, &kind_lower).ok_or_else(|| Error::NotFound {
+            kind: "object",
+            name: format!("{kind}/{name}"),
+            hint: list_hint(
+                &format!("namespace {namespace} has objects of the kinds"),
+                ns.objects.keys(),
+            ),
+        })?;
+        objects.get(name).cloned().ok_or_else(|| Error::NotFound {
+            kind: "object",
+            name: format!("{kind}/{name}"),
+            hint: list_hint(
+                &format!("namespace {namespace} has the {kind} objects"),
+                objects.keys(),
+            ),
+        })
+    }
+
+    async fn list_objects(&self, namespace: &str, kind: &str) -> Result<Vec<serde_json::Value>> {
+        let ns = self.namespace(namespace)?;
+        let kind_lower = kind.to_ascii_lowercase();
+        if kind_lower == "workload" || kind_lower == "workloads" {
+            let mut out = Vec::with_capacity(ns.workloads.len());
+            for w in ns.workloads.values() {
+                out.push(workload_json(&self.describe(w, false).await?, w));
+            }
+            return Ok(out);
+        }
+        Ok(objects_of(ns, &kind_lower)
+            .map(|objects| objects.values().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    async fn snapshot(&self, workload: &WorkloadRef, volume: &str) -> Result<VolumeSnapshot> {
+        let vol = self.volume(workload, volume)?;
+        let _serial = vol.lock.lock().await;
+        let created_ms = now_ms();
+        let id = format!(
+            "{}.{}.{volume}.{}.{}",
+            workload.namespace,
+            workload.name,
+            utc_stamp(created_ms),
+            random_suffix()
+        );
+        let mut meta = SnapshotMeta {
+            id: id.clone(),
+            namespace: workload.namespace.clone(),
+            workload: workload.name.clone(),
+            volume: volume.to_owned(),
+            created_ms,
+            bytes: 0,
+        };
+        let snapshots = Arc::clone(&self.snapshots);
+        let vol2 = Arc::clone(&vol);
+        let tmp = format!(".tmp-{id}");
+        let id2 = id.clone();
+        let bytes = blocking(
+            &format!("snapshotting volume {volume} ({})", vol.path.display()),
+            move || {
+                let result = (|| {
+                    let source = vol2.parent.open_dir(&vol2.name)?;
+                    snapshots.create_dir(&tmp)?;
+                    let staging = snapshots.open_dir(&tmp)?;
+                    staging.create_dir(SNAPSHOT_DATA)?;
+                    let data = staging.open_dir(SNAPSHOT_DATA)?;
+                    let bytes = tree::copy_tree(&source, &data)?;
+                    meta.bytes = bytes;
+                    let json = serde_json::to_vec_pretty(&meta).map_err(std::io::Error::other)?;
+                    tree::write_atomic(&staging, SNAPSHOT_META, &json)?;
+                    snapshots.rename(&tmp, &snapshots, &id2)?;
+                    Ok(bytes)
+                })();
+                if result.is_err() {
+                    let _ = tree::remove_tree(&snapshots, Path::new(&tmp));
+                }
+                result
+            },
+        )
+        .await?;
+        tracing::info!(%workload, volume, id, bytes, "volume snapshotted");
+        Ok(VolumeSnapshot {
+            id,
+            workload: workload.clone(),
+            volume: volume.to_owned(),
+            created_ms,
+            bytes,
+        })
+    }
+
+    async fn snapshot_info(&self, id: &str) -> Result<VolumeSnapshot> {
+        Ok(self.read_meta(id).await?.to_snapshot())
+    }
+
+    async fn restore_snapshot(&self, id: &str) -> Result<VolumeSnapshot> {
+        let meta = self.read_meta(id).await?;
+        let snapshot = meta.to_snapshot();
+        let vol = self.volume(&snapshot.workload, &snapshot.volume)?;
+        let _serial = vol.lock.lock().await;
+        let snapshots = Arc::clone(&self.snapshots);
+        let vol2 = Arc::clone(&vol);
+        let data_path = format!("{id}/{SNAPSHOT_DATA}");
+        blocking(
+            &format!("restoring snapshot {id} into {}", vol.path.display()),
+            move || restore_into(&snapshots, &data_path, &vol2),
+        )
+        .await?;
+        tracing::info!(workload = %snapshot.workload, volume = snapshot.volume, id, "volume restored");
+        Ok(snapshot)
+    }
+
+    async fn delete_snapshot(&self, id: &str) -> Result<()> {
+        let meta = self.read_meta(id).await?;
+        let snapshot = meta.to_snapshot();
+        // Not a restore of this snapshot at the same time; the workload may have left the
+        // inventory since, which does not stop a delete.
+        let vol = self.volume(&snapshot.workload, &snapshot.volume).ok();
+        let _serial = match &vol {
+            Some(vol) => Some(vol.lock.lock().await),
+            None => None,
+        };
+        let snapshots = Arc::clone(&self.snapshots);
+        let id2 = id.to_owned();
+        blocking(&format!("deleting snapshot {id}"), move || {
+            let doomed = format!(".deleting-{id2}");
+            snapshots.rename(&id2, &snapshots, &doomed)?;
+            tree::remove_tree(&snapshots, Path::new(&doomed))
+        })
+        .await?;
+        tracing::info!(id, "snapshot deleted");
+        Ok(())
+    }
+}
+
+fn objects_of<'a>(
+    ns: &'a LocalNamespace,
+    kind: &str,
+) -> Option<&'a BTreeMap<String, serde_json::Value>> {
+    ns.objects.get(kind).or_else(|| {
+        kind.strip_suffix('s')
+            .and_then(|singular| ns.objects.get(singular))
+    })
+}
+
+/// Copies a snapshot's data beside the volume, swaps it in, and removes the old contents.
+fn restore_into(snapshots: &Dir, data_path: &str, vol: &LocalVolume) -> std::io::Result<()> {
+    let source = snapshots.open_dir(data_path)?;
+    let leaf = vol.name.to_string_lossy();
+    let staging = format!(".{leaf}.cairn-restore-{}", random_suffix());
+    vol.parent.create_dir(&staging)?;
+    let copied = vol
+        .parent
+        .open_dir(&staging)
+        .and_then(|target| tree::copy_tree(&source, &target));
+    if let Err(e) = copied {
+        let _ = tree::remove_tree(&vol.parent, Path::new(&staging));
+        return Err(e);
+    }
+    let swapped = rustix::fs::renameat_with(
+        &vol.parent,
+        Path::new(&staging),
+        &vol.parent,
+        Path::new(&vol.name),
+        rustix::fs::RenameFlags::EXCHANGE,
+    );
+    match swapped {
+        // The old contents are now under the staging name.
+        Ok(()) => tree::remove_tree(&vol.parent, Path::new(&staging)),
+        Err(e)
+            if e == rustix::io::Errno::INVAL
+                || e == rustix::io::Errno::NOSYS
+                || e == rustix::io::Errno::NOTSUP =>
+        {
+            let old = format!(".{leaf}.cairn-old-{}", random_suffix());
+            vol.parent.rename(&vol.name, &vol.parent, &old)?;
+            vol.parent.rename(&staging, &vol.parent, &vol.name)?;
+            tree::remove_tree(&vol.parent, Path::new(&old))
+        }
+        Err(e) => {
+            let _ = tree::remove_tree(&vol.parent, Path::new(&staging));
+            Err(e.into())
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! Scale (start/stop commands, persistence) and readiness.
+
+use std::time::Duration;
+
+use cairn_cluster::{Cluster, Error, WorkloadRef};
+
+use crate::{Fixture, bounded, request};
+
+const SERVICE: &str = r#"
+namespaces:
+  apps:
+    workloads:
+      db:
+        kind: statefulset
+        replicas: 1
+        workdir: work
+        allow: ["true"]
+        # A daemon in the background: scale must not wait for it.
+        start: [sh, -c, "echo start $CAIRN_REPLICAS >> events; sleep 300 & echo $! > daemon.pid"]
+        stop: [sh, -c, "echo stop >> events; if [ -f daemon.pid ]; then kill $(cat daemon.pid); rm daemon.pid; fi"]
+        ready: [sh, -c, "test -f ready"]
+      broken:
+        replicas: 0
+        workdir: work
+        start: [sh, -c, "echo boom >&2; exit 4"]
+"#;
+
+fn db() -> WorkloadRef {
+    WorkloadRef::new("apps", "db")
+}
+
+#[tokio::test]
+async fn scale_runs_start_and_stop_and_persists() {
+    let fx = Fixture::new(SERVICE, &["work"]);
+    let cluster = fx.open();
+    assert_eq!(
+        bounded(cluster.scale(&db(), 0)).await.expect("scale down"),
+        1
+    );
+    assert_eq!(crate::read(&fx.path("work/events")), "stop\n");
+
+    // Persisted across a reopen: the inventory says 1, the state says 0.
+    drop(cluster);
+    let cluster = fx.open();
+    let w = bounded(cluster.workload(&db())).await.expect("db");
+    assert_eq!(w.replicas, 0);
+    assert!(w.pods.is_empty());
+
+    assert_eq!(bounded(cluster.scale(&db(), 3)).await.expect("scale up"), 0);
+    assert_eq!(crate::read(&fx.path("work/events")), "stop\nstart 3\n");
+    // Scaling between non-zero counts runs neither command.
+    assert_eq!(bounded(cluster.scale(&db(), 2)).await.expect("scale"), 3);
+    assert_eq!(crate::read(&fx.path("work/events")), "stop\nstart 3\n");
+    let w = bounded(cluster.workload(&db())).await.expect("db");
+    assert_eq!(
+        w.pods.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
+        ["db-0", "db-1"]
+    );
+    let mut req = request(&["true"]);
+    req.pod = Some("db-1".to_owned());
+    assert_eq!(
+        bounded(cluster.exec(&db(), req))
+            .await
+            .expect("exec in db-1")
+            .pod,
+        "db-1"
+    );
+
+    drop(cluster);
+    let cluster = fx.open();
+    assert_eq!(
+        bounded(cluster.scale(&db(), 0)).await.expect("scale down"),
+        2
+    );
+    assert!(fx.path("state/logs/apps.db.start.log").exists());
+}
+
+#[tokio::test]
+async fn a_failing_start_command_fails_the_scale_with_its_output() {
+    let fx = Fixture::new(SERVICE, &["work"]);
+    let cluster = fx.open();
+    let broken = WorkloadRef::new("apps", "broken");
+    let err = bounded(cluster.scale(&broken, 1))
+        .await
+        .expect_err("start fails");
+    let message = err.to_string();
+    assert!(
+        message.contains("boom") && message.contains("exited with 4"),
+        "{message}"
+    );
+    // Nothing changed.
+    assert_eq!(
+        bounded(cluster.workload(&broken))
+            .await
+            .expect("broken")
+            .replicas,
+        0
+    );
+}
+
+#[tokio::test]
+async fn scale_bounds_and_unknown_workloads() {
+    let fx = Fixture::new(SERVICE, &["work"]);
+    let cluster = fx.open();
+    let err = bounded(cluster.scale(&db(), 100_000))
+        .await
+        .expect_err("too many");
+    assert!(matches!(err, Error::Invalid(_)), "{err}");
+    let err = bounded(cluster.scale(&WorkloadRef::new("apps", "nope"), 1))
+        .await
+        .expect_err("unknown");
+    assert!(
+        matches!(&err, Error::NotFound { hint, .. } if hint.contains("broken, db")),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn wait_ready_polls_the_probe_until_the_timeout() {
+    let fx = Fixture::new(SERVICE, &["work"]);
+    let cluster = fx.open();
+    let err = bounded(cluster.wait_ready(&db(), Duration::from_millis(300)))
+        .await
+        .expect_err("never ready");
+    assert!(matches!(err, Error::TimedOut { .. }), "{err}");
+    let w = bounded(cluster.workload(&db())).await.expect("db");
+    assert_eq!(w.ready_replicas, 0);
+    assert!(!w.pods[0].ready);
+
+    std::fs::write(fx.path("work/ready"), "").expect("mark ready");
+    let w = bounded(cluster.wait_ready(&db(), Duration::from_secs(30)))
+        .await
+        .expect("ready");
+    assert_eq!(w.ready_replicas, 1);
+    assert!(w.pods[0].ready);
+}
+
+#[tokio::test]
+async fn wait_ready_without_a_probe_follows_replicas() {
+    let fx = Fixture::new(crate::HELLO, &["work", "data"]);
+    let cluster = fx.open();
+    let w = bounded(cluster.wait_ready(&crate::hello(), Duration::from_secs(5)))
+        .await
+        .expect("ready");
+    assert_eq!((w.replicas, w.ready_replicas), (1, 1));
+    bounded(cluster.scale(&crate::hello(), 0))
+        .await
+        .expect("scale");
+    let w = bounded(cluster.wait_ready(&crate::hello(), Duration::from_secs(5)))
+        .await
+        .expect("nothing to wait for");
+    assert_eq!((w.replicas, w.ready_replicas), (0, 0));
+}
+
+#[tokio::test]
+async fn hook_programs_may_be_scripts_in_the_workdir() {
+    let yaml = r#"
+namespaces:
+  default:
+    workloads:
+      svc:
+        replicas: 0
+        workdir: work
+        start: [./start.sh, fast]
+        ready: [./start.sh, probe]
+"#;
+    let fx = Fixture::new(yaml, &["work"]);
+    let script = fx.path("work/start.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\necho \"$1 $CAIRN_NAMESPACE/$CAIRN_WORKLOAD\" >> calls\n",
+    )
+    .expect("write");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let cluster = fx.open();
+    let svc = WorkloadRef::new("default", "svc");
+    assert_eq!(bounded(cluster.scale(&svc, 1)).await.expect("scale up"), 0);
+    bounded(cluster.wait_ready(&svc, Duration::from_secs(30)))
+        .await
+        .expect("ready");
+    assert_eq!(
+        crate::read(&fx.path("work/calls")),
+        "fast default/svc\nprobe default/svc\n"
+    );
+}
