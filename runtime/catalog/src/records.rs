@@ -1,0 +1,403 @@
+//! Typed records for the kinds the runtime writes now. The other kinds are stored as JSON
+//! through [`Catalog::put`] until their controllers bring their own types.
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+use crate::{Catalog, Kind, Transaction};
+
+/// A record type with its kind and key.
+pub trait Record: Serialize + DeserializeOwned {
+    /// The kinds values of this type are stored as (restore points: local or exported).
+    const KINDS: &'static [Kind];
+
+    /// The kind this value is stored as.
+    fn kind(&self) -> Kind;
+
+    /// Its key: a name or an id, unique across [`KINDS`](Self::KINDS).
+    fn key(&self) -> &str;
+}
+
+/// Where an action ran: a namespace and, when the run names one, a workload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Target {
+    /// The namespace.
+    pub namespace: String,
+    /// The workload (`kind/name`, e.g. `statefulset/db`), when the run names one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<String>,
+}
+
+/// A named record of small key/values an action produced (the WIT `artifact`): where an export
+/// went, a snapshot id, an LSN.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Artifact {
+    /// Its name.
+    pub name: String,
+    /// Its key/values.
+    #[serde(default)]
+    pub values: BTreeMap<String, String>,
+}
+
+/// Where a restore point's data is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum Location {
+    /// In the cluster (volume snapshots): stored as [`Kind::LocalRestorePoint`].
+    Local,
+    /// In an export repository: stored as [`Kind::ExportedRestorePoint`].
+    Exported {
+        /// The repository URL.
+        repository: String,
+        /// The location profile it was exported through, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        profile: Option<String>,
+    },
+}
+
+/// A restore point: what a `backup` action produced and a `restore` consumes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestorePoint {
+    /// Its id (unique across local and exported restore points).
+    pub id: String,
+    /// Where its data is; decides its kind.
+    pub location: Location,
+    /// The blueprint's name.
+    pub blueprint: String,
+    /// The blueprint component's digest, so a restore runs the same code or knowingly not.
+    pub blueprint_digest: String,
+    /// The action that produced it (usually `backup`).
+    pub action: String,
+    /// The id of the run that produced it.
+    pub action_id: String,
+    /// What was backed up.
+    pub target: Target,
+    /// When it was recorded.
+    pub created: Timestamp,
+    /// The artifacts the run produced.
+    #[serde(default)]
+    pub artifacts: Vec<Artifact>,
+    /// The repository snapshot ids it references (retention must keep them).
+    #[serde(default)]
+    pub snapshots: Vec<String>,
+    /// The policy that produced it, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+}
+
+impl Record for RestorePoint {
+    const KINDS: &'static [Kind] = &[Kind::LocalRestorePoint, Kind::ExportedRestorePoint];
+
+    fn kind(&self) -> Kind {
+        match self.location {
+            Location::Local => Kind::LocalRestorePoint,
+            Location::Exported { .. } => Kind::ExportedRestorePoint,
+        }
+    }
+
+    fn key(&self) -> &str {
+        &self.id
+    }
+}
+
+/// The state of an action or one of its phases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ActionStatus {
+    /// Accepted, not started.
+    Pending,
+    /// Running.
+    Running,
+    /// Finished without error.
+    Succeeded,
+    /// Finished with an error.
+    Failed,
+    /// Stopped before it finished.
+    Cancelled,
+}
+
+/// One phase of an action (prehook, main, posthook) and how it went.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Phase {
+    /// The lifecycle action it ran (`backupPrehook`, `backup`, ...).
+    pub name: String,
+    /// How it went.
+    pub status: ActionStatus,
+    /// When it started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<Timestamp>,
+    /// When it finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished: Option<Timestamp>,
+    /// Its error, when it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A run of a blueprint action: the action history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Action {
+    /// The run's id.
+    pub id: String,
+    /// The blueprint's name.
+    pub blueprint: String,
+    /// The action (`backup`, `restore`, a custom name).
+    pub action: String,
+    /// Where it ran.
+    pub target: Target,
+    /// How it is going or went.
+    pub status: ActionStatus,
+    /// Its phases, in the order they ran.
+    #[serde(default)]
+    pub phases: Vec<Phase>,
+    /// When it started.
+    pub started: Timestamp,
+    /// When it finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished: Option<Timestamp>,
+    /// Its error, when it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The restore point it produced or used, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_point: Option<String>,
+}
+
+impl Record for Action {
+    const KINDS: &'static [Kind] = &[Kind::Action];
+
+    fn kind(&self) -> Kind {
+        Kind::Action
+    }
+
+    fn key(&self) -> &str {
+        &self.id
+    }
+}
+
+/// A location profile: a repository and how to reach it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Profile {
+    /// Its name.
+    pub name: String,
+    /// The repository URL (`file:///...`, `s3://...`, ...).
+    pub repository: String,
+    /// Backend options (region, endpoint, ...). Keep secrets out: name their source
+    /// (`env:VAR`, `file:PATH`) instead.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+impl Record for Profile {
+    const KINDS: &'static [Kind] = &[Kind::Profile];
+
+    fn kind(&self) -> Kind {
+        Kind::Profile
+    }
+
+    fn key(&self) -> &str {
+        &self.name
+    }
+}
+
+/// A registered blueprint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Blueprint {
+    /// Its name (the key: one registered version per name).
+    pub name: String,
+    /// Its version (semver, from `describe`).
+    pub version: String,
+    /// The component's digest.
+    pub digest: String,
+    /// Where the `.wasm` component is (a path or URL).
+    pub wasm: String,
+}
+
+impl Record for Blueprint {
+    const KINDS: &'static [Kind] = &[Kind::Blueprint];
+
+    fn kind(&self) -> Kind {
+        Kind::Blueprint
+    }
+
+    fn key(&self) -> &str {
+        &self.name
+    }
+}
+
+/// How many restore points to keep per period (GFS).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Retention {
+    /// Hourly points kept.
+    pub hourly: u32,
+    /// Daily points kept.
+    pub daily: u32,
+    /// Weekly points kept.
+    pub weekly: u32,
+    /// Monthly points kept.
+    pub monthly: u32,
+    /// Yearly points kept.
+    pub yearly: u32,
+}
+
+/// A backup policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Policy {
+    /// Its name.
+    pub name: String,
+    /// How often it runs (`@hourly`, `@daily`, a cron expression).
+    pub frequency: String,
+    /// The blueprint it runs (else bindings decide).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blueprint: Option<String>,
+    /// The namespace it selects, if it names one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Label selector of the workloads it protects.
+    #[serde(default)]
+    pub selector: BTreeMap<String, String>,
+    /// What it keeps.
+    #[serde(default)]
+    pub retention: Retention,
+    /// The profile it exports to, when it exports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub export_profile: Option<String>,
+    /// Whether it is paused.
+    #[serde(default)]
+    pub paused: bool,
+}
+
+impl Record for Policy {
+    const KINDS: &'static [Kind] = &[Kind::Policy];
+
+    fn kind(&self) -> Kind {
+        Kind::Policy
+    }
+
+    fn key(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Transaction<'_> {
+    /// Writes a typed record under its kind and key, and removes a record of the same key from
+    /// the type's other kinds (a restore point that moves from local to exported), atomically.
+    pub fn save<R: Record>(&mut self, record: &R) -> Result<u64> {
+        let kind = record.kind();
+        let key = record.key();
+        for other in R::KINDS.iter().filter(|k| **k != kind) {
+            self.delete(*other, key)?;
+        }
+        self.put(kind, key, record)
+    }
+}
+
+impl Catalog {
+    /// Writes a typed record; see [`Transaction::save`].
+    pub fn save<R: Record>(&self, record: &R) -> Result<u64> {
+        self.write(|tx| tx.save(record))
+    }
+
+    /// Reads a typed record by key, whichever of its kinds it is stored as.
+    pub fn load<R: Record>(&self, key: &str) -> Result<Option<R>> {
+        for kind in R::KINDS {
+            if let Some(record) = self.get(*kind, key)? {
+                return Ok(Some(record));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Every record of a type, kind by kind, each in key order.
+    pub fn load_all<R: Record>(&self) -> Result<Vec<R>> {
+        let mut all = Vec::new();
+        for kind in R::KINDS {
+            all.extend(self.list_as::<R>(*kind)?);
+        }
+        Ok(all)
+    }
+
+    /// Records a restore point (local or exported, by its [`Location`]).
+    pub fn record_restore_point(&self, point: &RestorePoint) -> Result<u64> {
+        self.save(point)
+    }
+
+    /// A restore point by id.
+    pub fn restore_point(&self, id: &str) -> Result<Option<RestorePoint>> {
+        self.load(id)
+    }
+
+    /// Every restore point, local and exported, oldest first (ties by id).
+    pub fn restore_points(&self) -> Result<Vec<RestorePoint>> {
+        let mut all = self.load_all::<RestorePoint>()?;
+        all.sort_by(|a, b| a.created.cmp(&b.created).then_with(|| a.id.cmp(&b.id)));
+        Ok(all)
+    }
+
+    /// Records an action (a new run, or an update of its status and phases).
+    pub fn record_action(&self, action: &Action) -> Result<u64> {
+        self.save(action)
+    }
+
+    /// An action by id.
+    pub fn action(&self, id: &str) -> Result<Option<Action>> {
+        self.load(id)
+    }
+
+    /// Every action, oldest first (ties by id).
+    pub fn actions(&self) -> Result<Vec<Action>> {
+        let mut all = self.load_all::<Action>()?;
+        all.sort_by(|a, b| a.started.cmp(&b.started).then_with(|| a.id.cmp(&b.id)));
+        Ok(all)
+    }
+
+    /// Records a location profile.
+    pub fn record_profile(&self, profile: &Profile) -> Result<u64> {
+        self.save(profile)
+    }
+
+    /// A location profile by name.
+    pub fn profile(&self, name: &str) -> Result<Option<Profile>> {
+        self.load(name)
+    }
+
+    /// Every location profile, by name.
+    pub fn profiles(&self) -> Result<Vec<Profile>> {
+        self.load_all()
+    }
+
+    /// Records a blueprint.
+    pub fn record_blueprint(&self, blueprint: &Blueprint) -> Result<u64> {
+        self.save(blueprint)
+    }
+
+    /// A blueprint by name.
+    pub fn blueprint(&self, name: &str) -> Result<Option<Blueprint>> {
+        self.load(name)
+    }
+
+    /// Every blueprint, by name.
+    pub fn blueprints(&self) -> Result<Vec<Blueprint>> {
+        self.load_all()
+    }
+
+    /// Records a policy.
+    pub fn record_policy(&self, policy: &Policy) -> Result<u64> {
+        self.save(policy)
+    }
+
+    /// A policy by name.
+    pub fn policy(&self, name: &str) -> Result<Option<Policy>> {
+        self.load(name)
+    }
+
+    /// Every policy, by name.
+    pub fn policies(&self) -> Result<Vec<Policy>> {
+        self.load_all()
+    }
+}
