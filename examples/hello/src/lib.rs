@@ -1,1 +1,125 @@
+//! Run with
+//!
+//! ```text
+//! cargo build --release --target wasm32-wasip2 -p hello
+//! cairn run target/wasm32-wasip2/release/hello.wasm --action backup \
+//!     --target local:examples/hello/inventory.yaml --workload hello --grant exec
+//! ```
+//!
+//! and expect, logs and progress on stderr and the outputs on stdout:
+//!
+//! ```text
+//! [backup] progress: 0% greeting hello
+//! [backup] info: hello-0 says: hello, world
+//! [backup] progress: 100% greeted
+//! artifact greeting
+//!   pod = hello-0
+//!   exit-code = 0
+//!   stdout = hello, world
+//! ```
+//!
+//! `--param greeting=hi` changes the greeting. `--action restore --from REPORT.json` (the
+//! `--output json` report of a backup) echoes the recorded greeting back in the workload.
+//!
+//! The smallest useful blueprint: it execs a command in the target workload, logs what the
+//! command printed, reports progress and records the result in an artifact. It declares only
+//! the capability it uses, `exec`.
 
+use cairn_sdk::exec::Command;
+use cairn_sdk::lifecycle::{BACKUP, RESTORE};
+use cairn_sdk::{Artifact, Blueprint, Capability, Context, Description, Error, Outputs, Param};
+use cairn_sdk::{Progress, Result, info, progress};
+
+/// The artifact a backup records and a restore reads.
+const ARTIFACT: &str = "greeting";
+
+struct Hello;
+
+impl Blueprint for Hello {
+    fn describe() -> Description {
+        Description::new("hello", env!("CARGO_PKG_VERSION"))
+            .describe("Greets from inside a workload and records the answer")
+            .action(
+                BACKUP,
+                "Echo a greeting in the workload and record what it said",
+            )
+            .action(RESTORE, "Echo the greeting a backup recorded")
+            .param(
+                Param::text("greeting")
+                    .default("hello")
+                    .describe("What the workload says"),
+            )
+            .capability(Capability::Exec)
+    }
+
+    fn run(action: &str, ctx: &Context) -> Result<Outputs> {
+        match action {
+            BACKUP => backup(ctx),
+            RESTORE => restore(ctx),
+            other => Err(Error::unknown_action(other)),
+        }
+    }
+}
+
+fn backup(ctx: &Context) -> Result<Outputs> {
+    let greeting = ctx.text("greeting")?;
+    progress(Progress::percent(0.0).message(format!(
+        "greeting {}",
+        ctx.workload().unwrap_or("the target")
+    )));
+
+    let output = Command::new(["echo"])
+        .arg(format!("{greeting}, world"))
+        .run()?
+        .ok()?;
+    let said = output.stdout_str().trim().to_owned();
+    info!("{} says: {said}", output.pod);
+    progress(Progress::percent(100.0).message("greeted"));
+
+    Ok(Outputs::new().artifact(
+        Artifact::new(ARTIFACT)
+            .value("pod", &output.pod)
+            .value("exit-code", output.exit_code)
+            .value("stdout", &said),
+    ))
+}
+
+fn restore(ctx: &Context) -> Result<Outputs> {
+    let recorded = ctx.artifact(ARTIFACT)?;
+    let said = recorded.require("stdout")?;
+    let output = Command::new(["echo", said]).run()?.ok()?;
+    info!("{} says again: {}", output.pod, output.stdout_str().trim());
+    Ok(Outputs::new())
+}
+
+cairn_sdk::export!(Hello);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn declares_only_exec() {
+        let d = Hello::describe();
+        assert_eq!(d.name(), "hello");
+        assert!(d.has_action(BACKUP) && d.has_action(RESTORE));
+        assert_eq!(d.capabilities(), [Capability::Exec]);
+    }
+
+    #[test]
+    fn refuses_unknown_actions() {
+        let ctx = Context::builder("frobnicate", "default").build();
+        assert!(matches!(
+            Hello::run("frobnicate", &ctx),
+            Err(Error::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn restore_needs_the_recorded_greeting() {
+        let ctx = Context::builder(RESTORE, "default")
+            .workload("hello")
+            .build();
+        assert!(matches!(Hello::run(RESTORE, &ctx), Err(Error::NotFound(_))));
+    }
+}

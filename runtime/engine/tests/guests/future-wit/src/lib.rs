@@ -2,8 +2,8 @@
 
 wit_bindgen::generate!({ path: "wit", world: "blueprint" });
 
-use exports::cairn::blueprint::guest::{Description, Guest, Inputs, Outputs};
 use cairn::blueprint::types::Error;
+use exports::cairn::blueprint::guest::{Description, Guest, Inputs, Outputs};
 
 struct Future;
 
@@ -21,7 +21,10 @@ impl Guest for Future {
     }
 
     fn run(_action: String, _inputs: Inputs) -> Result<Outputs, Error> {
-        Ok(Outputs { artifacts: vec![], values: vec![] })
+        Ok(Outputs {
+            artifacts: vec![],
+            values: vec![],
+        })
     }
 }
 

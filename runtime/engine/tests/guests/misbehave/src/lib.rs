@@ -5,7 +5,9 @@
 
 wit_bindgen::generate!({ path: "../../../../../wit", world: "blueprint" });
 
-use cairn::blueprint::types::{Artifact, Capability, Error, ParamKind, ParamSpec, ParamValue, WorkloadRef};
+use cairn::blueprint::types::{
+    Artifact, Capability, Error, ParamKind, ParamSpec, ParamValue, WorkloadRef,
+};
 use cairn::blueprint::{data, exec, log, secrets, volumes, workloads};
 use exports::cairn::blueprint::guest::{ActionSpec, Description, Guest, Inputs, Outputs};
 
@@ -41,7 +43,13 @@ const ACTIONS: &[&str] = &[
     "restorePosthook",
 ];
 
-fn spec(name: &str, kind: ParamKind, required: bool, default: Option<&str>, choices: &[&str]) -> ParamSpec {
+fn spec(
+    name: &str,
+    kind: ParamKind,
+    required: bool,
+    default: Option<&str>,
+    choices: &[&str],
+) -> ParamSpec {
     ParamSpec {
         name: name.into(),
         kind,
@@ -75,7 +83,13 @@ fn integer(inputs: &Inputs, name: &str) -> i64 {
 }
 
 fn values(pairs: &[(&str, String)]) -> Outputs {
-    Outputs { artifacts: vec![], values: pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect() }
+    Outputs {
+        artifacts: vec![],
+        values: pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect(),
+    }
 }
 
 fn command(workload: Option<WorkloadRef>, argv: &[&str]) -> exec::Command {
@@ -93,16 +107,29 @@ fn command(workload: Option<WorkloadRef>, argv: &[&str]) -> exec::Command {
 #[inline(never)]
 fn recurse(depth: u64) -> u64 {
     let local = std::hint::black_box([depth; 16]);
+    if local[0] == u64::MAX {
+        return 0;
+    }
     recurse(local[3] + 1) + local[7]
 }
 
 /// What a lifecycle phase does: say what it saw, then behave as `mode` asks (main phases only).
 fn phase(action: &str, inputs: &Inputs) -> Result<Outputs, Error> {
     let seen: Vec<String> = inputs.phases.iter().map(|p| p.action.clone()).collect();
-    let earlier: Vec<String> =
-        inputs.phases.iter().flat_map(|p| p.outputs.values.iter().map(|(k, v)| format!("{k}={v}"))).collect();
-    log::log(log::Level::Info, &format!("{action} sees [{}]", seen.join(",")));
-    let failure = inputs.failure.as_ref().map(|f| format!("{f:?}")).unwrap_or_default();
+    let earlier: Vec<String> = inputs
+        .phases
+        .iter()
+        .flat_map(|p| p.outputs.values.iter().map(|(k, v)| format!("{k}={v}")))
+        .collect();
+    log::log(
+        log::Level::Info,
+        &format!("{action} sees [{}]", seen.join(",")),
+    );
+    let failure = inputs
+        .failure
+        .as_ref()
+        .map(|f| format!("{f:?}"))
+        .unwrap_or_default();
     let out = values(&[
         ("phase", action.to_string()),
         ("seen", seen.join(",")),
@@ -133,10 +160,19 @@ impl Guest for Misbehave {
             description: "the engine's test blueprint".into(),
             actions: ACTIONS
                 .iter()
-                .map(|a| ActionSpec { name: a.to_string(), description: format!("the {a} action") })
+                .map(|a| ActionSpec {
+                    name: a.to_string(),
+                    description: format!("the {a} action"),
+                })
                 .collect(),
             parameters: vec![
-                spec("mode", ParamKind::Text, false, Some("ok"), &["ok", "fail", "prefail", "spin", "trap"]),
+                spec(
+                    "mode",
+                    ParamKind::Text,
+                    false,
+                    Some("ok"),
+                    &["ok", "fail", "prefail", "spin", "trap"],
+                ),
                 spec("count", ParamKind::Integer, false, Some("10"), &[]),
                 spec("ratio", ParamKind::Float, false, None, &[]),
                 spec("verbose", ParamKind::Boolean, false, Some("false"), &[]),
@@ -158,7 +194,10 @@ impl Guest for Misbehave {
     fn run(action: String, inputs: Inputs) -> Result<Outputs, Error> {
         match action.as_str() {
             "hello" => {
-                log::log(log::Level::Info, &format!("hello from {}", inputs.action_id));
+                log::log(
+                    log::Level::Info,
+                    &format!("hello from {}", inputs.action_id),
+                );
                 log::report(&log::Progress {
                     percent: Some(100.0),
                     bytes_done: None,
@@ -209,12 +248,18 @@ impl Guest for Misbehave {
                 ]))
             }
             "exec-outside" => {
-                let other = WorkloadRef { namespace: inputs.namespace.clone(), name: "other".into() };
+                let other = WorkloadRef {
+                    namespace: inputs.namespace.clone(),
+                    name: "other".into(),
+                };
                 exec::run(&command(Some(other), &["echo", "hi"]))?;
                 Ok(values(&[]))
             }
             "exec-other-namespace" => {
-                let other = WorkloadRef { namespace: "elsewhere".into(), name: "db".into() };
+                let other = WorkloadRef {
+                    namespace: "elsewhere".into(),
+                    name: "db".into(),
+                };
                 exec::run(&command(Some(other), &["echo", "hi"]))?;
                 Ok(values(&[]))
             }
@@ -243,14 +288,20 @@ impl Guest for Misbehave {
                 stream.write(b"header\n")?;
                 let transfer = stream.pipe_from(&command(None, &["cat", "data.txt"]))?;
                 let artifact = stream.finish()?;
-                Ok(Outputs { artifacts: vec![artifact], values: vec![("bytes".into(), transfer.bytes.to_string())] })
+                Ok(Outputs {
+                    artifacts: vec![artifact],
+                    values: vec![("bytes".into(), transfer.bytes.to_string())],
+                })
             }
             "import" => {
-                let source: &Artifact =
-                    inputs.artifacts.first().ok_or_else(|| Error::Invalid("no artifact to import".into()))?;
+                let source: &Artifact = inputs
+                    .artifacts
+                    .first()
+                    .ok_or_else(|| Error::Invalid("no artifact to import".into()))?;
                 let stream = data::open_import(source)?;
                 let head = stream.read(7)?;
-                let transfer = stream.pipe_into(&command(None, &["sh", "-c", "cat > restored.txt"]))?;
+                let transfer =
+                    stream.pipe_into(&command(None, &["sh", "-c", "cat > restored.txt"]))?;
                 Ok(values(&[
                     ("head", String::from_utf8_lossy(&head).into_owned()),
                     ("bytes", transfer.bytes.to_string()),
@@ -259,11 +310,14 @@ impl Guest for Misbehave {
             }
             "params" => Ok(Outputs {
                 artifacts: vec![],
-                values: inputs.params.iter().map(|(k, v)| (k.clone(), format!("{v:?}"))).collect(),
+                values: inputs
+                    .params
+                    .iter()
+                    .map(|(k, v)| (k.clone(), format!("{v:?}")))
+                    .collect(),
             }),
-            "backupPrehook" | "backup" | "backupPosthook" | "restorePrehook" | "restore" | "restorePosthook" => {
-                phase(&action, &inputs)
-            }
+            "backupPrehook" | "backup" | "backupPosthook" | "restorePrehook" | "restore"
+            | "restorePosthook" => phase(&action, &inputs),
             other => Err(Error::Invalid(format!("unknown action {other}"))),
         }
     }

@@ -1,0 +1,185 @@
+//! A loaded blueprint and what it says about itself.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::bindings::{self, guest};
+use crate::capability::Capability;
+use crate::state::HostState;
+
+/// An action a blueprint can run.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct ActionSpec {
+    /// Its name (`backup`, `restore`, a custom name).
+    pub name: String,
+    /// What it does.
+    pub description: String,
+}
+
+/// The type of a parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum ParamKind {
+    /// Any string.
+    Text,
+    /// A signed 64-bit integer.
+    Integer,
+    /// `true` or `false`.
+    Boolean,
+    /// A 64-bit float.
+    Float,
+}
+
+impl fmt::Display for ParamKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ParamKind::Text => "text",
+            ParamKind::Integer => "integer",
+            ParamKind::Boolean => "boolean",
+            ParamKind::Float => "float",
+        })
+    }
+}
+
+/// A parameter a blueprint accepts.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct ParamSpec {
+    /// Its name.
+    pub name: String,
+    /// Its type.
+    pub kind: ParamKind,
+    /// What it means.
+    pub description: String,
+    /// Whether a run must give it (unless it has a default).
+    pub required: bool,
+    /// Its default, as a user would write it.
+    pub default: Option<String>,
+    /// When not empty, the only values accepted.
+    pub choices: Vec<String>,
+}
+
+/// What a blueprint is and needs, from its `describe()`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct Description {
+    /// The blueprint's name.
+    pub name: String,
+    /// Its own version.
+    pub version: String,
+    /// What it is for.
+    pub description: String,
+    /// Its actions.
+    pub actions: Vec<ActionSpec>,
+    /// Its parameters.
+    pub parameters: Vec<ParamSpec>,
+    /// Every capability any of its actions may use.
+    pub capabilities: Vec<Capability>,
+    /// The oldest runtime it runs on.
+    pub min_runtime: String,
+}
+
+impl Description {
+    /// Whether the blueprint describes an action named `name`.
+    pub fn has_action(&self, name: &str) -> bool {
+        self.actions.iter().any(|a| a.name == name)
+    }
+}
+
+impl From<guest::Description> for Description {
+    fn from(d: guest::Description) -> Self {
+        Description {
+            name: d.name,
+            version: d.version,
+            description: d.description,
+            actions: d
+                .actions
+                .into_iter()
+                .map(|a| ActionSpec {
+                    name: a.name,
+                    description: a.description,
+                })
+                .collect(),
+            parameters: d
+                .parameters
+                .into_iter()
+                .map(|p| ParamSpec {
+                    name: p.name,
+                    kind: match p.kind {
+                        bindings::types::ParamKind::Text => ParamKind::Text,
+                        bindings::types::ParamKind::Integer => ParamKind::Integer,
+                        bindings::types::ParamKind::Boolean => ParamKind::Boolean,
+                        bindings::types::ParamKind::Float => ParamKind::Float,
+                    },
+                    description: p.description,
+                    required: p.required,
+                    default: p.default,
+                    choices: p.choices,
+                })
+                .collect(),
+            capabilities: d.capabilities.into_iter().map(Capability::from).collect(),
+            min_runtime: d.min_runtime,
+        }
+    }
+}
+
+/// Where [`crate::Engine::load`] found a blueprint's compiled code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum LoadedFrom {
+    /// The engine had it in memory already.
+    Memory,
+    /// Deserialized from the on-disk compile cache.
+    DiskCache,
+    /// Compiled now.
+    Compiled,
+}
+
+/// A loaded, checked and described blueprint, ready to run. Cheap to clone.
+#[derive(Clone)]
+pub struct Blueprint {
+    pub(crate) inner: Arc<Loaded>,
+    pub(crate) loaded_from: LoadedFrom,
+}
+
+pub(crate) struct Loaded {
+    pub digest: String,
+    pub wit_version: String,
+    pub description: Description,
+    pub pre: bindings::BlueprintPre<HostState>,
+}
+
+impl fmt::Debug for Blueprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Blueprint")
+            .field("name", &self.inner.description.name)
+            .field("digest", &self.inner.digest)
+            .field("wit", &self.inner.wit_version)
+            .finish()
+    }
+}
+
+impl Blueprint {
+    /// `sha256:<hex>` of the component's bytes.
+    pub fn digest(&self) -> &str {
+        &self.inner.digest
+    }
+
+    /// What the blueprint said about itself at load time.
+    pub fn description(&self) -> &Description {
+        &self.inner.description
+    }
+
+    /// The `cairn:blueprint` version it was built against.
+    pub fn wit_version(&self) -> &str {
+        &self.inner.wit_version
+    }
+
+    /// Where its compiled code came from.
+    pub fn loaded_from(&self) -> LoadedFrom {
+        self.loaded_from
+    }
+}

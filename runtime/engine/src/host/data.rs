@@ -1,0 +1,366 @@
+//! `cairn:blueprint/data`: export and import streams (capabilities `export` and `import`).
+//!
+//! Bulk bytes never enter guest memory: `pipe-from` runs a command through the cluster with
+//! its stdout streamed straight into the export writer, and `pipe-into` streams an export into
+//! a command's stdin. Piping runs a command in the workload, so it also needs `exec`. Only
+//! `write` and `read` move bytes through the guest, each bounded by [`MAX_DATA_IO`].
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use wasmtime::component::Resource;
+
+use super::exec::Checked;
+use super::{bounded, from_cluster, from_engine};
+use crate::bindings::{HostResult, WitError, data, exec, types};
+use crate::capability::Capability;
+use crate::exports::{Artifact, ExportWriter, check_name};
+use crate::limits::{MAX_DATA_IO, human_bytes};
+use crate::state::HostState;
+
+type Writer = Arc<Mutex<Option<Box<dyn ExportWriter>>>>;
+
+/// An open export stream. Dropped without `finish`, its writer is dropped, which discards it.
+pub struct ExportStreamState {
+    name: String,
+    writer: Writer,
+    finished: bool,
+}
+
+/// An open import stream.
+pub struct ImportStreamState {
+    name: String,
+    reader: Option<Box<dyn AsyncRead + Send + Unpin>>,
+}
+
+/// The export writer, lent to a command's stdout; shutting it down only flushes, because the
+/// stream stays open for more writes until the guest calls `finish`.
+struct Lent(Writer);
+
+impl Lent {
+    fn with<R>(
+        &self,
+        f: impl FnOnce(Pin<&mut (dyn ExportWriter + 'static)>) -> Poll<std::io::Result<R>>,
+    ) -> Poll<std::io::Result<R>> {
+        let mut guard = match self.0.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        match guard.as_mut() {
+            Some(w) => f(Pin::new(w.as_mut())),
+            None => Poll::Ready(Err(std::io::Error::other("the export stream is closed"))),
+        }
+    }
+}
+
+impl AsyncWrite for Lent {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.with(|w| w.poll_write(cx, buf))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.with(|w| w.poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.with(|w| w.poll_flush(cx))
+    }
+}
+
+fn to_artifact(a: types::Artifact) -> Artifact {
+    Artifact {
+        name: a.name,
+        values: a.values,
+    }
+}
+
+impl HostState {
+    /// Checks a pipe: the command as exec checks it, plus the data capability.
+    fn check_pipe(&self, cap: Capability, command: exec::Command) -> Result<Checked, WitError> {
+        self.require(cap)?;
+        self.check_command(Capability::Exec, command)
+    }
+}
+
+impl data::HostExportStream for HostState {
+    async fn pipe_from(
+        &mut self,
+        stream: Resource<ExportStreamState>,
+        command: exec::Command,
+    ) -> HostResult<data::Transfer> {
+        let state = self.table().get(&stream)?;
+        let (name, writer, finished) = (state.name.clone(), state.writer.clone(), state.finished);
+        let checked = self.check_pipe(Capability::Export, command);
+        let target = match &checked {
+            Ok(c) => format!("{} -> export {name}", c.workload),
+            Err(_) => format!("export {name}"),
+        };
+        let result = match checked {
+            Err(e) => Err(e),
+            Ok(_) if finished => Err(WitError::Invalid(format!(
+                "export {name:?} is already finished"
+            ))),
+            Ok(Checked {
+                host,
+                workload,
+                mut request,
+                call_timeout,
+            }) => {
+                request.stdout = cairn_cluster::Stdout::Stream(Box::new(Lent(writer)));
+                bounded("data.pipe-from", call_timeout, async {
+                    let out = host
+                        .cluster
+                        .exec(&workload, request)
+                        .await
+                        .map_err(from_cluster)?;
+                    Ok(data::Transfer {
+                        bytes: out.stdout_bytes,
+                        exit_code: out.exit_code,
+                        stderr: out.stderr,
+                        stderr_truncated: out.stderr_truncated,
+                    })
+                })
+                .await
+            }
+        };
+        self.audit(Capability::Export, "data.pipe-from", &target, &result);
+        Ok(result)
+    }
+
+    async fn write(
+        &mut self,
+        stream: Resource<ExportStreamState>,
+        bytes: Vec<u8>,
+    ) -> HostResult<()> {
+        let timeout = self.call_timeout(self.action.limits.host_call_timeout);
+        let state = self.table().get(&stream)?;
+        let (name, writer, finished) = (state.name.clone(), state.writer.clone(), state.finished);
+        if let Err(e) = self.require(Capability::Export) {
+            return Ok(Err(e));
+        }
+        if finished {
+            return Ok(Err(WitError::Invalid(format!(
+                "export {name:?} is already finished"
+            ))));
+        }
+        if bytes.len() > MAX_DATA_IO {
+            return Ok(Err(WitError::Invalid(format!(
+                "a write of {} is over the limit of {}; pipe bulk data with pipe-from",
+                human_bytes(bytes.len() as u64),
+                human_bytes(MAX_DATA_IO as u64)
+            ))));
+        }
+        Ok(bounded("data.write", timeout, async {
+            Lent(writer)
+                .write_all(&bytes)
+                .await
+                .map_err(|e| WitError::Failed(format!("writing export {name:?}: {e}")))
+        })
+        .await)
+    }
+
+    async fn finish(&mut self, stream: Resource<ExportStreamState>) -> HostResult<types::Artifact> {
+        let timeout = self.call_timeout(self.action.limits.host_call_timeout);
+        let state = self.table().get_mut(&stream)?;
+        let name = state.name.clone();
+        let already = state.finished;
+        state.finished = true;
+        let writer = match state.writer.lock() {
+            Ok(mut guard) => guard.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        let result = match (self.require(Capability::Export), writer) {
+            (Err(e), _) => Err(e),
+            (Ok(_), None) if already => Err(WitError::Invalid(format!(
+                "export {name:?} is already finished"
+            ))),
+            (Ok(_), None) => Err(WitError::Failed(format!("export {name:?} lost its writer"))),
+            (Ok(_), Some(writer)) => {
+                bounded("data.finish", timeout, async {
+                    let values = writer.finish().await.map_err(from_engine)?;
+                    Ok(types::Artifact {
+                        name: name.clone(),
+                        values,
+                    })
+                })
+                .await
+            }
+        };
+        let target = match &result {
+            Ok(a) => format!(
+                "export {name} ({})",
+                to_artifact(a.clone()).get("path").unwrap_or("?")
+            ),
+            Err(_) => format!("export {name}"),
+        };
+        self.audit(Capability::Export, "data.finish", &target, &result);
+        Ok(result)
+    }
+
+    async fn drop(&mut self, stream: Resource<ExportStreamState>) -> wasmtime::Result<()> {
+        let state = self.table().delete(stream)?;
+        if !state.finished {
+            tracing::debug!(export = %state.name, "export stream dropped without finish; discarded");
+        }
+        Ok(())
+    }
+}
+
+impl data::HostImportStream for HostState {
+    async fn pipe_into(
+        &mut self,
+        stream: Resource<ImportStreamState>,
+        command: exec::Command,
+    ) -> HostResult<data::Transfer> {
+        let checked = self.check_pipe(Capability::Import, command);
+        let state = self.table().get_mut(&stream)?;
+        let name = state.name.clone();
+        let target = match &checked {
+            Ok(c) => format!("import {name} -> {}", c.workload),
+            Err(_) => format!("import {name}"),
+        };
+        let result = match checked {
+            Err(e) => Err(e),
+            Ok(Checked {
+                host,
+                workload,
+                mut request,
+                call_timeout,
+            }) => {
+                let reader = state
+                    .reader
+                    .take()
+                    .unwrap_or_else(|| Box::new(tokio::io::empty()));
+                request.stdin = cairn_cluster::Stdin::Stream(reader);
+                bounded("data.pipe-into", call_timeout, async {
+                    let out = host
+                        .cluster
+                        .exec(&workload, request)
+                        .await
+                        .map_err(from_cluster)?;
+                    Ok(data::Transfer {
+                        bytes: out.stdin_bytes,
+                        exit_code: out.exit_code,
+                        stderr: out.stderr,
+                        stderr_truncated: out.stderr_truncated,
+                    })
+                })
+                .await
+            }
+        };
+        self.audit(Capability::Import, "data.pipe-into", &target, &result);
+        Ok(result)
+    }
+
+    async fn read(&mut self, stream: Resource<ImportStreamState>, max: u32) -> HostResult<Vec<u8>> {
+        let timeout = self.call_timeout(self.action.limits.host_call_timeout);
+        if let Err(e) = self.require(Capability::Import) {
+            return Ok(Err(e));
+        }
+        let state = self.table().get_mut(&stream)?;
+        let name = state.name.clone();
+        let Some(reader) = state.reader.as_mut() else {
+            return Ok(Ok(Vec::new()));
+        };
+        let max = (max as usize).min(MAX_DATA_IO);
+        Ok(bounded("data.read", timeout, async {
+            let mut buf = Vec::with_capacity(max.min(64 << 10));
+            reader
+                .take(max as u64)
+                .read_to_end(&mut buf)
+                .await
+                .map_err(|e| WitError::Failed(format!("reading import {name:?}: {e}")))?;
+            Ok(buf)
+        })
+        .await)
+    }
+
+    async fn drop(&mut self, stream: Resource<ImportStreamState>) -> wasmtime::Result<()> {
+        self.table().delete(stream)?;
+        Ok(())
+    }
+}
+
+impl data::Host for HostState {
+    async fn open_export(&mut self, name: String) -> HostResult<Resource<ExportStreamState>> {
+        let timeout = self.call_timeout(self.action.limits.host_call_timeout);
+        let host = match self.require(Capability::Export) {
+            Ok(host) => host,
+            Err(e) => return Ok(Err(e)),
+        };
+        if let Err(e) = check_name(&name) {
+            return Ok(Err(WitError::Invalid(e.to_string())));
+        }
+        if !self.export_names.insert(name.clone()) {
+            return Ok(Err(WitError::Invalid(format!(
+                "an export named {name:?} was already opened by this action"
+            ))));
+        }
+        let action_id = self.action.action_id.clone();
+        let writer = bounded("data.open-export", timeout, async {
+            host.exports
+                .create(&action_id, &name)
+                .await
+                .map_err(from_engine)
+        })
+        .await;
+        Ok(match writer {
+            Err(e) => Err(e),
+            Ok(writer) => Ok(self.table().push(ExportStreamState {
+                name,
+                writer: Arc::new(Mutex::new(Some(writer))),
+                finished: false,
+            })?),
+        })
+    }
+
+    async fn open_import(
+        &mut self,
+        source: types::Artifact,
+    ) -> HostResult<Resource<ImportStreamState>> {
+        let timeout = self.call_timeout(self.action.limits.host_call_timeout);
+        let host = match self.require(Capability::Import) {
+            Ok(host) => host,
+            Err(e) => return Ok(Err(e)),
+        };
+        let artifact = to_artifact(source);
+        let reader = bounded("data.open-import", timeout, async {
+            host.exports.open(&artifact).await.map_err(from_engine)
+        })
+        .await;
+        Ok(match reader {
+            Err(e) => Err(e),
+            Ok(reader) => Ok(self.table().push(ImportStreamState {
+                name: artifact.name,
+                reader: Some(reader),
+            })?),
+        })
+    }
+
+    async fn delete(&mut self, source: types::Artifact) -> HostResult<()> {
+        let timeout = self.call_timeout(self.action.limits.host_call_timeout);
+        let artifact = to_artifact(source);
+        let target = format!(
+            "export {} ({})",
+            artifact.name,
+            artifact.get("path").unwrap_or("?")
+        );
+        let result = match self.require(Capability::Export) {
+            Err(e) => Err(e),
+            Ok(host) => {
+                bounded("data.delete", timeout, async {
+                    host.exports.delete(&artifact).await.map_err(from_engine)
+                })
+                .await
+            }
+        };
+        self.audit(Capability::Export, "data.delete", &target, &result);
+        Ok(result)
+    }
+}

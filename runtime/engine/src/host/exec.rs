@@ -1,0 +1,176 @@
+//! `cairn:blueprint/exec`: commands in the target workload's containers (capability `exec`).
+
+use std::time::Duration;
+
+use cairn_cluster::{ExecOutput, ExecRequest, Stdin, Stdout, WorkloadRef};
+
+use super::{bounded, from_cluster};
+use crate::bindings::{HostResult, WitError, exec};
+use crate::capability::Capability;
+use crate::limits::{MAX_STDIN, human_bytes};
+use crate::state::HostState;
+
+/// A checked command: where it runs and how long it may take.
+pub(crate) struct Checked {
+    pub host: crate::run::HostContext,
+    pub workload: WorkloadRef,
+    pub request: ExecRequest,
+    /// The host call's own timeout: the command's plus a margin for the backend to report.
+    pub call_timeout: Duration,
+}
+
+/// Time a backend gets past a command's own timeout to kill it and report.
+const REPORT_MARGIN: Duration = Duration::from_secs(5);
+
+impl HostState {
+    /// Checks a command against the grant and the scope, and builds the backend request.
+    pub(crate) fn check_command(
+        &self,
+        cap: Capability,
+        command: exec::Command,
+    ) -> Result<Checked, WitError> {
+        let host = self.require(cap)?;
+        let workload = self.resolve(command.workload)?;
+        if command.argv.is_empty() {
+            return Err(WitError::Invalid(
+                "the command's argv is empty; name a program".into(),
+            ));
+        }
+        let stdin = match command.stdin {
+            None => Stdin::Empty,
+            Some(bytes) if bytes.len() > MAX_STDIN => {
+                return Err(WitError::Invalid(format!(
+                    "stdin of {} is over the limit of {}; pipe bulk input from an import stream",
+                    human_bytes(bytes.len() as u64),
+                    human_bytes(MAX_STDIN as u64)
+                )));
+            }
+            Some(bytes) => Stdin::Bytes(bytes),
+        };
+        let limits = &self.action.limits;
+        let wanted = command
+            .timeout_ms
+            .map_or(limits.exec_timeout, Duration::from_millis);
+        let timeout = self.call_timeout(wanted);
+        Ok(Checked {
+            host,
+            workload,
+            request: ExecRequest {
+                pod: command.pod,
+                container: command.container,
+                argv: command.argv,
+                env: command.env,
+                stdin,
+                stdout: Stdout::Capture,
+                output_limit: limits.exec_output,
+                timeout,
+            },
+            call_timeout: timeout + REPORT_MARGIN,
+        })
+    }
+}
+
+fn to_wit(out: ExecOutput) -> exec::Output {
+    exec::Output {
+        pod: out.pod,
+        exit_code: out.exit_code,
+        stdout: out.stdout,
+        stderr: out.stderr,
+        stdout_truncated: out.stdout_truncated,
+        stderr_truncated: out.stderr_truncated,
+    }
+}
+
+impl exec::Host for HostState {
+    async fn run(&mut self, command: exec::Command) -> HostResult<exec::Output> {
+        let target = command
+            .workload
+            .as_ref()
+            .map_or_else(|| self.scope(), |w| format!("{}/{}", w.namespace, w.name));
+        let checked = self.check_command(Capability::Exec, command);
+        let result = match checked {
+            Err(e) => Err(e),
+            Ok(Checked {
+                host,
+                workload,
+                request,
+                call_timeout,
+            }) => {
+                let argv0 = request.argv.first().cloned().unwrap_or_default();
+                tracing::debug!(%workload, program = %argv0, "exec");
+                bounded("exec.run", call_timeout, async {
+                    host.cluster
+                        .exec(&workload, request)
+                        .await
+                        .map(to_wit)
+                        .map_err(from_cluster)
+                })
+                .await
+            }
+        };
+        self.audit(Capability::Exec, "exec.run", &target, &result);
+        Ok(result)
+    }
+
+    async fn run_all(&mut self, command: exec::Command) -> HostResult<Vec<exec::Output>> {
+        let target = command
+            .workload
+            .as_ref()
+            .map_or_else(|| self.scope(), |w| format!("{}/{}", w.namespace, w.name));
+        let checked = self.check_command(Capability::Exec, command);
+        let result = match checked {
+            Err(e) => Err(e),
+            Ok(Checked {
+                host,
+                workload,
+                request,
+                call_timeout,
+            }) => {
+                let ExecRequest {
+                    container,
+                    argv,
+                    env,
+                    stdin,
+                    output_limit,
+                    timeout,
+                    ..
+                } = request;
+                let stdin = match stdin {
+                    Stdin::Bytes(b) => Some(b),
+                    _ => None,
+                };
+                bounded("exec.run-all", call_timeout, async {
+                    let info = host
+                        .cluster
+                        .workload(&workload)
+                        .await
+                        .map_err(from_cluster)?;
+                    let runs = info.pods.iter().map(|pod| {
+                        let req = ExecRequest {
+                            pod: Some(pod.name.clone()),
+                            container: container.clone(),
+                            argv: argv.clone(),
+                            env: env.clone(),
+                            stdin: stdin.clone().map_or(Stdin::Empty, Stdin::Bytes),
+                            stdout: Stdout::Capture,
+                            output_limit,
+                            timeout,
+                        };
+                        let (cluster, workload) = (host.cluster.clone(), workload.clone());
+                        async move {
+                            cluster
+                                .exec(&workload, req)
+                                .await
+                                .map(to_wit)
+                                .map_err(from_cluster)
+                        }
+                    });
+                    futures::future::join_all(runs).await.into_iter().collect()
+                })
+                .await
+            }
+        };
+        self.audit(Capability::Exec, "exec.run-all", &target, &result);
+        Ok(result)
+    }
+}

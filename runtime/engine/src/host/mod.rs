@@ -1,0 +1,228 @@
+//! Host functions, one module per capability.
+//!
+//! # Which failures a guest sees, and which trap
+//!
+//! Every function here first checks the capability grant, then the scope (the action's
+//! namespace and, when it has one, its workload), and only then calls the cluster or the
+//! export store. Everything that can go wrong with a *request* is returned to the guest as the
+//! WIT `error` variant, which a blueprint can match on:
+//!
+//! - `denied`: the capability is not granted (the message names it and the `--grant` to add),
+//!   or a workload, snapshot or namespace is outside the action's scope (it names both);
+//! - `not-found`: the workload, pod, container, snapshot, secret or artifact does not exist;
+//! - `invalid`: a malformed argument or one over a cap (stdin, a write, a duplicate export);
+//! - `timed-out`: the call ran past its own timeout or the phase's deadline;
+//! - `failed`: anything else the backend reports.
+//!
+//! A trap (the outer `wasmtime::Result`) is reserved for faults of the host: a resource
+//! handle that is not in the store's table. A guest cannot cause one with valid handles, and
+//! the bindings only hand it valid ones.
+
+pub(crate) mod data;
+mod exec;
+mod log;
+mod secrets;
+mod volumes;
+mod workloads;
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use cairn_cluster::WorkloadRef;
+
+use crate::audit::Entry;
+use crate::bindings::{WitError, types};
+use crate::capability::Capability;
+use crate::limits::human_duration;
+use crate::run::HostContext;
+use crate::state::{ActionCtx, HostState};
+
+/// Extra time a host call may take past the phase's deadline before it is cut, so that a
+/// command killed at the deadline can still report.
+const DEADLINE_GRACE: Duration = Duration::from_millis(500);
+
+impl types::Host for HostState {}
+
+impl HostState {
+    /// The host context, if `cap` is granted; `denied` naming it otherwise.
+    pub(crate) fn require(&self, cap: Capability) -> Result<HostContext, WitError> {
+        if !self.action.grants.contains(&cap) {
+            return Err(WitError::Denied(format!(
+                "capability `{cap}` not granted; rerun with --grant {cap}"
+            )));
+        }
+        self.action.host.clone().ok_or_else(|| {
+            WitError::Denied(format!(
+                "describe() may only log; calling a `{cap}` function there is refused"
+            ))
+        })
+    }
+
+    /// The action's scope, for messages: `ns` or `ns/workload`.
+    pub(crate) fn scope(&self) -> String {
+        match &self.action.workload {
+            Some(w) => format!("{}/{w}", self.action.namespace),
+            None => self.action.namespace.clone(),
+        }
+    }
+
+    /// Resolves a guest's workload reference against the action's scope.
+    pub(crate) fn resolve(
+        &self,
+        workload: Option<types::WorkloadRef>,
+    ) -> Result<WorkloadRef, WitError> {
+        let action = &self.action;
+        match workload {
+            None => match &action.workload {
+                Some(w) => Ok(WorkloadRef::new(&action.namespace, w)),
+                None => Err(WitError::Invalid(
+                    "this action has no target workload, so `none` names nothing; run it with --workload \
+                     or name a workload"
+                        .into(),
+                )),
+            },
+            Some(r) => {
+                let inside =
+                    r.namespace == action.namespace && action.workload.as_ref().is_none_or(|w| *w == r.name);
+                if inside {
+                    Ok(WorkloadRef::new(r.namespace, r.name))
+                } else {
+                    Err(WitError::Denied(format!(
+                        "workload `{}/{}` is outside this action's scope `{}`",
+                        r.namespace,
+                        r.name,
+                        self.scope()
+                    )))
+                }
+            }
+        }
+    }
+
+    /// The timeout of a host call: `base`, but never past the phase's deadline.
+    pub(crate) fn call_timeout(&self, base: Duration) -> Duration {
+        let left = self.deadline.saturating_duration_since(Instant::now()) + DEADLINE_GRACE;
+        base.min(left)
+    }
+
+    /// Appends the audit record of a side-effecting call.
+    pub(crate) fn audit<T>(
+        &self,
+        cap: Capability,
+        operation: &str,
+        target: &str,
+        result: &Result<T, WitError>,
+    ) {
+        let Some(host) = &self.action.host else {
+            return;
+        };
+        let outcome = match result {
+            Ok(_) => "ok".to_string(),
+            Err(WitError::Denied(_)) => "denied".to_string(),
+            Err(e) => format!("error: {}", message(e)),
+        };
+        host.audit.append(Entry {
+            action_id: &self.action.action_id,
+            blueprint: &self.action.blueprint,
+            capability: cap.as_str(),
+            target: target.to_string(),
+            operation,
+            outcome,
+        });
+    }
+}
+
+/// Checks that a workload a backend object belongs to (a snapshot's) is in the action's scope.
+pub(crate) fn in_scope(
+    action: &ActionCtx,
+    workload: &WorkloadRef,
+    what: &str,
+) -> Result<(), WitError> {
+    let inside = workload.namespace == action.namespace
+        && action.workload.as_ref().is_none_or(|w| *w == workload.name);
+    if inside {
+        return Ok(());
+    }
+    let scope = match &action.workload {
+        Some(w) => format!("{}/{w}", action.namespace),
+        None => action.namespace.clone(),
+    };
+    Err(WitError::Denied(format!(
+        "{what} belongs to workload `{workload}`, outside this action's scope `{scope}`"
+    )))
+}
+
+/// Runs a host call's future with its timeout, inside a span.
+pub(crate) async fn bounded<T>(
+    operation: &'static str,
+    timeout: Duration,
+    fut: impl Future<Output = Result<T, WitError>>,
+) -> Result<T, WitError> {
+    use tracing::Instrument;
+    let span = tracing::debug_span!("host_call", operation);
+    async move {
+        let result = match tokio::time::timeout(timeout, fut).await {
+            Ok(result) => result,
+            Err(_) => Err(WitError::TimedOut(format!(
+                "{operation} ran past its timeout of {}",
+                human_duration(timeout)
+            ))),
+        };
+        if let Err(e) = &result {
+            tracing::debug!(error = %message(e), "host call refused or failed");
+        }
+        result
+    }
+    .instrument(span)
+    .await
+}
+
+/// The message of a WIT error.
+pub(crate) fn message(e: &WitError) -> &str {
+    match e {
+        WitError::Denied(m)
+        | WitError::NotFound(m)
+        | WitError::Invalid(m)
+        | WitError::TimedOut(m)
+        | WitError::Failed(m) => m,
+    }
+}
+
+/// `denied: …`, `timed-out: …`: a WIT error in one line.
+pub(crate) fn describe_error(e: &WitError) -> String {
+    let kind = match e {
+        WitError::Denied(_) => "denied",
+        WitError::NotFound(_) => "not-found",
+        WitError::Invalid(_) => "invalid",
+        WitError::TimedOut(_) => "timed-out",
+        WitError::Failed(_) => "failed",
+    };
+    format!("{kind}: {}", message(e))
+}
+
+/// A cluster error as the guest sees it.
+pub(crate) fn from_cluster(e: cairn_cluster::Error) -> WitError {
+    use cairn_cluster::Error as C;
+    match e {
+        C::NotFound { .. } => WitError::NotFound(e.to_string()),
+        C::Denied(m) => WitError::Denied(m),
+        C::Invalid(m) => WitError::Invalid(m),
+        C::TimedOut { .. } => WitError::TimedOut(e.to_string()),
+        other => WitError::Failed(other.to_string()),
+    }
+}
+
+/// An engine error (from the export store) as the guest sees it.
+pub(crate) fn from_engine(e: crate::Error) -> WitError {
+    use crate::Error as E;
+    match e {
+        E::InvalidName { .. } => WitError::Invalid(e.to_string()),
+        E::BadArtifact { .. } => WitError::Invalid(e.to_string()),
+        E::Io { ref source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+            WitError::NotFound(e.to_string())
+        }
+        E::Io { ref source, .. } if source.kind() == std::io::ErrorKind::AlreadyExists => {
+            WitError::Invalid(e.to_string())
+        }
+        other => WitError::Failed(other.to_string()),
+    }
+}

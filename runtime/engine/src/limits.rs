@@ -1,0 +1,174 @@
+//! Limits: every bound the engine puts on a blueprint, each a named default.
+
+use std::time::Duration;
+
+use crate::error::Error;
+
+/// How often the epoch advances. A running guest yields to tokio at every tick (so one
+/// spinning guest cannot starve other actions on the same thread) and is stopped within one
+/// tick of its deadline. 10 ms keeps the ticker's cost negligible and the overshoot small.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// The deadline of a phase (prehook, main phase). Long enough for a real dump driven by
+/// host-side pipes (the guest only orchestrates), short enough that a stuck blueprint does not
+/// hold an application quiesced for hours.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(30 * 60);
+
+/// The deadline of a posthook. Posthooks undo what a prehook did (unquiesce, scale back up);
+/// they must finish quickly even after the main phase timed out.
+pub const DEFAULT_POSTHOOK_DEADLINE: Duration = Duration::from_secs(5 * 60);
+
+/// The timeout of one host call that is not a command (scale, snapshot, get, wait-ready's
+/// own bound aside). Epochs cannot interrupt a guest blocked in a host call, so every call has
+/// its own bound; it is also never longer than what is left of the phase's deadline.
+pub const DEFAULT_HOST_CALL_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+
+/// The timeout of a command run by exec or a data pipe when the guest names none. A dump of
+/// a large database runs this long at most unless the blueprint asks for more.
+pub const DEFAULT_EXEC_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+/// The memory cap of one guest. Blueprints orchestrate and never hold bulk data, so a few
+/// megabytes are typical; 64 MiB leaves room for JSON parsing of large object lists.
+pub const DEFAULT_MEMORY: usize = 64 << 20;
+
+/// The largest memory cap a run may ask for: the size of each slot in the engine's pooling
+/// allocator.
+pub const MAX_MEMORY: usize = 4 << 30;
+
+/// The cap on captured stdout and on captured stderr of one command (each). Bulk output goes
+/// through export streams, never back to the guest.
+pub const DEFAULT_EXEC_OUTPUT: usize = 1 << 20;
+
+/// The cap on log volume of one phase (log calls plus guest stdout/stderr). Beyond it lines
+/// are dropped and the log says so once.
+pub const DEFAULT_LOG_BYTES: usize = 1 << 20;
+
+/// The cap on the outputs a phase returns (names and values of values and artifacts).
+/// Outputs are small records (an artifact id, an LSN); anything bigger belongs in an export.
+pub const DEFAULT_OUTPUT_BYTES: usize = 1 << 20;
+
+/// The cap on a command's in-memory stdin: it moves small inputs through guest memory; bulk
+/// input is piped from an import stream.
+pub const MAX_STDIN: usize = 1 << 20;
+
+/// The cap on one `export-stream.write` or `import-stream.read` call: these move small
+/// records through guest memory; bulk data is piped on the host side.
+pub const MAX_DATA_IO: usize = 1 << 20;
+
+/// The longest log line kept; longer lines are cut (and marked) so one line cannot use the
+/// whole log budget.
+pub(crate) const MAX_LOG_LINE: usize = 16 << 10;
+
+/// The bounds of one run. Every field defaults to its `DEFAULT_…` constant.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Limits {
+    /// The deadline of each phase except posthooks ([`DEFAULT_DEADLINE`]).
+    pub deadline: Duration,
+    /// The deadline of a posthook ([`DEFAULT_POSTHOOK_DEADLINE`]).
+    pub posthook_deadline: Duration,
+    /// The timeout of one host call ([`DEFAULT_HOST_CALL_TIMEOUT`]).
+    pub host_call_timeout: Duration,
+    /// The default timeout of a command ([`DEFAULT_EXEC_TIMEOUT`]).
+    pub exec_timeout: Duration,
+    /// The guest's memory cap in bytes ([`DEFAULT_MEMORY`], at most [`MAX_MEMORY`]).
+    pub memory: usize,
+    /// The cap on a command's captured stdout and stderr, each ([`DEFAULT_EXEC_OUTPUT`]).
+    pub exec_output: usize,
+    /// The cap on log volume per phase ([`DEFAULT_LOG_BYTES`]).
+    pub log_bytes: usize,
+    /// The cap on a phase's returned outputs ([`DEFAULT_OUTPUT_BYTES`]).
+    pub output_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            deadline: DEFAULT_DEADLINE,
+            posthook_deadline: DEFAULT_POSTHOOK_DEADLINE,
+            host_call_timeout: DEFAULT_HOST_CALL_TIMEOUT,
+            exec_timeout: DEFAULT_EXEC_TIMEOUT,
+            memory: DEFAULT_MEMORY,
+            exec_output: DEFAULT_EXEC_OUTPUT,
+            log_bytes: DEFAULT_LOG_BYTES,
+            output_bytes: DEFAULT_OUTPUT_BYTES,
+        }
+    }
+}
+
+impl Limits {
+    /// Checks that the engine can honour these limits.
+    pub(crate) fn validate(&self) -> Result<(), Error> {
+        if self.memory > MAX_MEMORY {
+            return Err(Error::InvalidLimit(format!(
+                "memory {} is above the engine's maximum of {}",
+                human_bytes(self.memory as u64),
+                human_bytes(MAX_MEMORY as u64)
+            )));
+        }
+        if self.memory < (1 << 20) {
+            return Err(Error::InvalidLimit(format!(
+                "memory {} is below 1 MiB, too small for any component",
+                human_bytes(self.memory as u64)
+            )));
+        }
+        if self.deadline.is_zero() || self.posthook_deadline.is_zero() {
+            return Err(Error::InvalidLimit(
+                "a deadline must be longer than zero".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `64 MiB`, `1.5 GiB`, `512 bytes`.
+pub(crate) fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} bytes");
+    }
+    let mut value = n as f64;
+    let mut unit = "";
+    for u in UNITS {
+        value /= 1024.0;
+        unit = u;
+        if value < 1024.0 {
+            break;
+        }
+    }
+    let rounded = (value * 10.0).round() / 10.0;
+    if rounded.fract() == 0.0 {
+        format!("{rounded:.0} {unit}")
+    } else {
+        format!("{rounded:.1} {unit}")
+    }
+}
+
+/// `5s`, `1.5s`, `250ms`, `30m`.
+pub(crate) fn human_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms.is_multiple_of(60_000) {
+        format!("{}m", ms / 60_000)
+    } else if ms.is_multiple_of(1000) {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{:.1}s", d.as_secs_f64())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_units() {
+        assert_eq!(human_bytes(64 << 20), "64 MiB");
+        assert_eq!(human_bytes(1536 << 20), "1.5 GiB");
+        assert_eq!(human_bytes(12), "12 bytes");
+        assert_eq!(human_bytes((16 << 20) + 5), "16 MiB");
+        assert_eq!(human_duration(Duration::from_millis(250)), "250ms");
+        assert_eq!(human_duration(Duration::from_secs(5)), "5s");
+        assert_eq!(human_duration(Duration::from_secs(1800)), "30m");
+    }
+}

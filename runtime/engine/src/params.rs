@@ -1,0 +1,134 @@
+//! Checking user-supplied `k=v` parameters against a blueprint's declared types.
+
+use crate::bindings::types::ParamValue;
+use crate::blueprint::{ParamKind, ParamSpec};
+use crate::error::{Error, Result};
+
+/// Parses one value as `spec` declares it.
+fn parse(spec: &ParamSpec, raw: &str) -> std::result::Result<ParamValue, String> {
+    if !spec.choices.is_empty() && !spec.choices.iter().any(|c| c == raw) {
+        return Err(format!("expected one of {}", spec.choices.join(", ")));
+    }
+    match spec.kind {
+        ParamKind::Text => Ok(ParamValue::Text(raw.to_string())),
+        ParamKind::Integer => raw
+            .trim()
+            .parse()
+            .map(ParamValue::Integer)
+            .map_err(|_| "expected an integer".into()),
+        ParamKind::Float => match raw.trim().parse::<f64>() {
+            Ok(f) if f.is_finite() => Ok(ParamValue::Float(f)),
+            _ => Err("expected a number".into()),
+        },
+        ParamKind::Boolean => match raw.trim() {
+            "true" => Ok(ParamValue::Boolean(true)),
+            "false" => Ok(ParamValue::Boolean(false)),
+            _ => Err("expected true or false".into()),
+        },
+    }
+}
+
+/// Validates `given` against `specs` and applies defaults; the result is in declaration order.
+pub(crate) fn validate(
+    specs: &[ParamSpec],
+    given: &[(String, String)],
+) -> Result<Vec<(String, ParamValue)>> {
+    for (i, (name, value)) in given.iter().enumerate() {
+        if !specs.iter().any(|s| s.name == *name) {
+            let known: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+            let accepts = if known.is_empty() {
+                "it accepts no parameters".to_string()
+            } else {
+                format!("it accepts {}", known.join(", "))
+            };
+            return Err(Error::InvalidParam(format!(
+                "--param {name}={value}: the blueprint has no parameter {name:?}; {accepts}"
+            )));
+        }
+        if given[..i].iter().any(|(n, _)| n == name) {
+            return Err(Error::InvalidParam(format!(
+                "--param {name} is given more than once"
+            )));
+        }
+    }
+    let mut out = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let name = &spec.name;
+        let value = match given.iter().find(|(n, _)| n == name) {
+            Some((_, raw)) => parse(spec, raw).map_err(|why| {
+                Error::InvalidParam(format!("--param {name}={raw}: {why}"))
+            })?,
+            None => match &spec.default {
+                Some(default) => parse(spec, default).map_err(|why| {
+                    Error::InvalidParam(format!(
+                        "the blueprint's default for parameter {name:?} ({default:?}) is malformed: {why}; \
+                         pass --param {name}=… or fix the blueprint"
+                    ))
+                })?,
+                None if spec.required => {
+                    return Err(Error::InvalidParam(format!(
+                        "missing --param {name}=…: the parameter is required ({}; {})",
+                        spec.kind, spec.description
+                    )));
+                }
+                None => continue,
+            },
+        };
+        out.push((name.clone(), value));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(
+        name: &str,
+        kind: ParamKind,
+        required: bool,
+        default: Option<&str>,
+        choices: &[&str],
+    ) -> ParamSpec {
+        ParamSpec {
+            name: name.into(),
+            kind,
+            description: String::new(),
+            required,
+            default: default.map(Into::into),
+            choices: choices.iter().map(|c| c.to_string()).collect(),
+        }
+    }
+
+    fn given(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn types_defaults_and_choices() {
+        let specs = [
+            spec("replicas", ParamKind::Integer, false, Some("1"), &[]),
+            spec("mode", ParamKind::Text, false, None, &["fast", "safe"]),
+            spec("db", ParamKind::Text, true, None, &[]),
+        ];
+        let err =
+            validate(&specs, &given(&[("replicas", "abc"), ("db", "x")])).expect_err("bad integer");
+        assert_eq!(err.to_string(), "--param replicas=abc: expected an integer");
+        let err =
+            validate(&specs, &given(&[("mode", "slow"), ("db", "x")])).expect_err("bad choice");
+        assert_eq!(
+            err.to_string(),
+            "--param mode=slow: expected one of fast, safe"
+        );
+        let err = validate(&specs, &given(&[])).expect_err("missing");
+        assert!(err.to_string().starts_with("missing --param db=…"), "{err}");
+        let err = validate(&specs, &given(&[("nope", "1")])).expect_err("unknown");
+        assert!(err.to_string().contains("no parameter \"nope\""), "{err}");
+        let ok = validate(&specs, &given(&[("db", "x")])).expect("valid");
+        assert_eq!(ok.len(), 2);
+        assert!(matches!(ok[0].1, ParamValue::Integer(1)));
+    }
+}

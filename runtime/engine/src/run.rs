@@ -1,0 +1,462 @@
+//! Running an action: parameters, the lifecycle of phases, and the report.
+//!
+//! `backup` on a blueprint that describes `backupPrehook` and `backupPosthook` runs
+//! prehook → backup → posthook (the same for `restore`); any other action runs alone. Each
+//! phase is a fresh store and sees the outputs of the phases before it. If the prehook fails,
+//! the main phase is skipped; the posthook runs whenever it exists — after a failed, trapped
+//! or timed-out prehook or main phase too — with its own, shorter deadline, and sees the
+//! failure in `inputs.failure`, so an application is never left quiesced.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cairn_cluster::Cluster;
+use tracing::Instrument;
+
+use crate::audit::AuditLog;
+use crate::bindings::{WitError, guest, types};
+use crate::blueprint::Blueprint;
+use crate::capability::Capability;
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::events::{Event, EventKind, EventSink};
+use crate::exports::{Artifact, Exports};
+use crate::host::describe_error;
+use crate::limits::{Limits, human_bytes, human_duration};
+use crate::params;
+use crate::state::{ActionCtx, HostState};
+
+/// How long past a phase's deadline the engine waits for a guest stuck in a host call before
+/// abandoning the phase (host calls are bounded by the deadline themselves; this is the
+/// backstop).
+const ABANDON_GRACE: Duration = Duration::from_secs(10);
+
+/// What the host offers a run: the cluster, where exports go, the audit log, and where events
+/// go. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct HostContext {
+    /// The cluster the action targets.
+    pub cluster: Arc<dyn Cluster>,
+    /// Where export streams go.
+    pub exports: Arc<dyn Exports>,
+    /// The audit log.
+    pub audit: Arc<AuditLog>,
+    /// Where logs and progress go.
+    pub events: EventSink,
+}
+
+/// What to run, where, and with what.
+#[derive(Debug, Clone, Default)]
+pub struct RunRequest {
+    /// The action (`backup`, `restore`, a custom name).
+    pub action: String,
+    /// The target namespace.
+    pub namespace: String,
+    /// The target workload, if any.
+    pub workload: Option<String>,
+    /// `--param k=v` pairs, checked against the blueprint's declared parameters.
+    pub params: Vec<(String, String)>,
+    /// The capabilities the operator grants.
+    pub grants: BTreeSet<Capability>,
+    /// Secret values the blueprint may read (capability `secrets`).
+    pub secrets: BTreeMap<String, String>,
+    /// For `restore` and `delete`: the restore point's artifacts.
+    pub artifacts: Vec<Artifact>,
+    /// The run's limits.
+    pub limits: Limits,
+}
+
+/// What a phase produced.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
+#[non_exhaustive]
+pub struct Outputs {
+    /// Artifacts (where exports went, snapshot ids).
+    pub artifacts: Vec<Artifact>,
+    /// Small key/values.
+    pub values: Vec<(String, String)>,
+}
+
+impl Outputs {
+    /// The value of `key`, if any.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.values
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// How a phase ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum PhaseStatus {
+    /// It returned outputs.
+    Ok,
+    /// It returned an error, or outputs the host refused.
+    Failed,
+    /// It trapped (panic, stack overflow, memory cap).
+    Trapped,
+    /// It ran past its deadline and was stopped.
+    TimedOut,
+    /// It did not run because an earlier phase failed.
+    Skipped,
+}
+
+/// One phase of a run.
+#[derive(Debug, Clone, serde::Serialize)]
+#[non_exhaustive]
+pub struct PhaseReport {
+    /// The phase's action name.
+    pub action: String,
+    /// How it ended.
+    pub status: PhaseStatus,
+    /// How long it ran, in milliseconds.
+    pub duration_ms: u64,
+    /// What it produced.
+    pub outputs: Outputs,
+    /// Why it failed, in one line.
+    pub error: Option<String>,
+    /// Whether its log hit the cap.
+    pub log_truncated: bool,
+}
+
+/// The result of a run.
+#[derive(Debug, Clone, serde::Serialize)]
+#[non_exhaustive]
+pub struct RunReport {
+    /// The run's id.
+    pub action_id: String,
+    /// Whether every phase succeeded.
+    pub ok: bool,
+    /// Every phase, in order.
+    pub phases: Vec<PhaseReport>,
+    /// The main phase's outputs.
+    pub outputs: Outputs,
+    /// Why the run failed, in one line.
+    pub error: Option<String>,
+}
+
+fn to_outputs(o: guest::Outputs) -> Outputs {
+    Outputs {
+        artifacts: o
+            .artifacts
+            .into_iter()
+            .map(|a| Artifact {
+                name: a.name,
+                values: a.values,
+            })
+            .collect(),
+        values: o.values,
+    }
+}
+
+fn to_guest(o: &Outputs) -> guest::Outputs {
+    guest::Outputs {
+        artifacts: o
+            .artifacts
+            .iter()
+            .map(|a| types::Artifact {
+                name: a.name.clone(),
+                values: a.values.clone(),
+            })
+            .collect(),
+        values: o.values.clone(),
+    }
+}
+
+fn outputs_size(o: &guest::Outputs) -> usize {
+    let pairs = |v: &[(String, String)]| v.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+    pairs(&o.values)
+        + o.artifacts
+            .iter()
+            .map(|a| a.name.len() + pairs(&a.values))
+            .sum::<usize>()
+}
+
+/// The lifecycle phases around `action`, when the blueprint describes them.
+fn hooks(action: &str) -> Option<(&'static str, &'static str)> {
+    match action {
+        "backup" => Some(("backupPrehook", "backupPosthook")),
+        "restore" => Some(("restorePrehook", "restorePosthook")),
+        _ => None,
+    }
+}
+
+/// One line saying why a guest stopped, naming the cause.
+pub(crate) fn trap_reason(err: &wasmtime::Error, state: &HostState) -> String {
+    if state.deadline_hit {
+        return format!(
+            "the blueprint ran past its deadline of {} and was stopped",
+            human_duration(state.action.deadline)
+        );
+    }
+    if let Some(asked) = state.limiter.rejected {
+        return format!(
+            "the blueprint exceeded the memory limit of {} (it tried to grow its memory to {})",
+            human_bytes(state.action.limits.memory as u64),
+            human_bytes(asked as u64)
+        );
+    }
+    match err.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::StackOverflow) => {
+            "the blueprint overflowed its stack (unbounded recursion?) and was stopped".to_string()
+        }
+        Some(wasmtime::Trap::MemoryOutOfBounds) => {
+            // A Rust or C guest keeps its stack in linear memory: running off its bottom is an
+            // out-of-bounds access, the usual face of unbounded recursion.
+            "the blueprint accessed memory out of bounds, most likely because it overflowed its stack \
+             (unbounded recursion?), and was stopped"
+                .to_string()
+        }
+        Some(wasmtime::Trap::UnreachableCodeReached) => match state.log.panic_message() {
+            Some(message) => format!("the blueprint panicked: {message}"),
+            None => "the blueprint trapped: it reached an `unreachable` instruction (an abort or a panic)".to_string(),
+        },
+        Some(trap) => format!("the blueprint trapped: {trap}"),
+        None => {
+            let text = format!("{err}");
+            format!("the blueprint trapped: {}", text.lines().next().unwrap_or("unknown error"))
+        }
+    }
+}
+
+/// How a phase ended, with what the next phases need.
+struct Ran {
+    report: PhaseReport,
+    failure: Option<WitError>,
+}
+
+pub(crate) async fn run(
+    engine: &Engine,
+    blueprint: &Blueprint,
+    host: &HostContext,
+    request: RunRequest,
+) -> Result<RunReport> {
+    request.limits.validate()?;
+    let description = blueprint.description();
+    if !description.has_action(&request.action) {
+        return Err(Error::UnknownAction {
+            action: request.action.clone(),
+            available: description.actions.iter().map(|a| a.name.clone()).collect(),
+        });
+    }
+    let params = params::validate(&description.parameters, &request.params)?;
+    let action_id = uuid::Uuid::new_v4().simple().to_string();
+    let span = tracing::info_span!(
+        "action",
+        action_id = %action_id,
+        blueprint = %blueprint.digest(),
+        action = %request.action,
+        namespace = %request.namespace,
+        workload = request.workload.as_deref().unwrap_or(""),
+    );
+    async move {
+        let main = request.action.clone();
+        let (pre, post) = match hooks(&main) {
+            Some((pre, post)) => (
+                description.has_action(pre).then_some(pre),
+                description.has_action(post).then_some(post),
+            ),
+            None => (None, None),
+        };
+        let phase = |name: &str, deadline: Duration| {
+            Arc::new(ActionCtx {
+                action_id: action_id.clone(),
+                phase: name.to_string(),
+                blueprint: blueprint.digest().to_string(),
+                namespace: request.namespace.clone(),
+                workload: request.workload.clone(),
+                grants: request.grants.clone(),
+                secrets: request.secrets.clone(),
+                limits: request.limits.clone(),
+                deadline,
+                host: Some(host.clone()),
+            })
+        };
+        let inputs = |failure: Option<WitError>, phases: &[PhaseReport]| guest::Inputs {
+            action_id: action_id.clone(),
+            namespace: request.namespace.clone(),
+            workload: request.workload.clone(),
+            params: params.clone(),
+            phases: phases
+                .iter()
+                .filter(|p| p.status == PhaseStatus::Ok)
+                .map(|p| guest::Phase {
+                    action: p.action.clone(),
+                    outputs: to_guest(&p.outputs),
+                })
+                .collect(),
+            failure,
+            artifacts: request
+                .artifacts
+                .iter()
+                .map(|a| types::Artifact {
+                    name: a.name.clone(),
+                    values: a.values.clone(),
+                })
+                .collect(),
+        };
+
+        let mut reports: Vec<PhaseReport> = Vec::new();
+        let mut failure: Option<WitError> = None;
+        if let Some(pre) = pre {
+            let ran = run_phase(
+                engine,
+                blueprint,
+                host,
+                phase(pre, request.limits.deadline),
+                inputs(None, &reports),
+            )
+            .await;
+            failure = ran.failure;
+            reports.push(ran.report);
+        }
+        if failure.is_none() {
+            let ran = run_phase(
+                engine,
+                blueprint,
+                host,
+                phase(&main, request.limits.deadline),
+                inputs(None, &reports),
+            )
+            .await;
+            failure = ran.failure;
+            reports.push(ran.report);
+        } else {
+            reports.push(PhaseReport {
+                action: main.clone(),
+                status: PhaseStatus::Skipped,
+                duration_ms: 0,
+                outputs: Outputs::default(),
+                error: Some(format!(
+                    "skipped because {} failed",
+                    pre.unwrap_or("an earlier phase")
+                )),
+                log_truncated: false,
+            });
+        }
+        if let Some(post) = post {
+            let ran = run_phase(
+                engine,
+                blueprint,
+                host,
+                phase(post, request.limits.posthook_deadline),
+                inputs(failure.clone(), &reports),
+            )
+            .await;
+            reports.push(ran.report);
+        }
+
+        let ok = reports.iter().all(|p| p.status == PhaseStatus::Ok);
+        let main_report = reports.iter().find(|p| p.action == main);
+        let main_ok = main_report.is_some_and(|p| p.status == PhaseStatus::Ok);
+        let error = reports
+            .iter()
+            .find(|p| {
+                matches!(
+                    p.status,
+                    PhaseStatus::Failed | PhaseStatus::Trapped | PhaseStatus::TimedOut
+                )
+            })
+            .map(|p| {
+                let why = p.error.clone().unwrap_or_default();
+                if main_ok && Some(p.action.as_str()) == post {
+                    format!("{} failed after {main} succeeded: {why}", p.action)
+                } else {
+                    format!("{}: {why}", p.action)
+                }
+            });
+        let outputs = main_report.map(|p| p.outputs.clone()).unwrap_or_default();
+        match &error {
+            None => tracing::info!("action succeeded"),
+            Some(e) => tracing::warn!(error = %e, "action failed"),
+        }
+        Ok(RunReport {
+            action_id: action_id.clone(),
+            ok,
+            phases: reports,
+            outputs,
+            error,
+        })
+    }
+    .instrument(span)
+    .await
+}
+
+async fn run_phase(
+    engine: &Engine,
+    blueprint: &Blueprint,
+    host: &HostContext,
+    ctx: Arc<ActionCtx>,
+    inputs: guest::Inputs,
+) -> Ran {
+    let name = ctx.phase.clone();
+    let budget = ctx.deadline;
+    let output_cap = ctx.limits.output_bytes;
+    let span = tracing::info_span!("phase", phase = %name);
+    async move {
+        let event = |kind| Event { action_id: ctx.action_id.clone(), phase: name.clone(), kind };
+        host.events.emit(event(EventKind::PhaseStarted));
+        let started = Instant::now();
+        let mut store = engine.store(ctx.clone(), host.events.clone(), started + budget);
+        let call = async {
+            let instance = blueprint.inner.pre.instantiate_async(&mut store).await?;
+            instance.cairn_blueprint_guest().call_run(&mut store, &name, &inputs).await
+        };
+        let result = tokio::time::timeout(budget + ABANDON_GRACE, call).await;
+        let duration = started.elapsed();
+        let state = store.data();
+        let (status, outputs, error, failure) = match result {
+            Ok(Ok(Ok(outputs))) => {
+                let size = outputs_size(&outputs);
+                if size > output_cap {
+                    let why = format!(
+                        "the blueprint returned {} of outputs, over the limit of {}; return small records and \
+                         put bulk data in an export",
+                        human_bytes(size as u64),
+                        human_bytes(output_cap as u64)
+                    );
+                    (PhaseStatus::Failed, Outputs::default(), Some(why.clone()), Some(WitError::Invalid(why)))
+                } else {
+                    (PhaseStatus::Ok, to_outputs(outputs), None, None)
+                }
+            }
+            Ok(Ok(Err(e))) => (PhaseStatus::Failed, Outputs::default(), Some(describe_error(&e)), Some(e)),
+            Ok(Err(trap)) => {
+                let why = trap_reason(&trap, state);
+                let status = if state.deadline_hit { PhaseStatus::TimedOut } else { PhaseStatus::Trapped };
+                let failure = if state.deadline_hit { WitError::TimedOut(why.clone()) } else { WitError::Failed(why.clone()) };
+                (status, Outputs::default(), Some(why), Some(failure))
+            }
+            Err(_) => {
+                let why = format!(
+                    "the blueprint ran past its deadline of {} inside a host call that did not return, and was \
+                     abandoned",
+                    human_duration(budget)
+                );
+                (PhaseStatus::TimedOut, Outputs::default(), Some(why.clone()), Some(WitError::TimedOut(why)))
+            }
+        };
+        let log_truncated = state.log.truncated().is_some();
+        match &error {
+            None => tracing::info!(elapsed = ?duration, "phase succeeded"),
+            Some(e) => tracing::warn!(elapsed = ?duration, error = %e, "phase failed"),
+        }
+        host.events.emit(event(EventKind::PhaseFinished { ok: error.is_none(), duration, error: error.clone() }));
+        Ran {
+            report: PhaseReport {
+                action: name.clone(),
+                status,
+                duration_ms: duration.as_millis() as u64,
+                outputs,
+                error,
+                log_truncated,
+            },
+            failure,
+        }
+    }
+    .instrument(span)
+    .await
+}

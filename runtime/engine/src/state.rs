@@ -1,0 +1,358 @@
+//! The per-phase store data: what one guest instance can reach, and what it has used.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::capability::Capability;
+use crate::events::{Event, EventKind, EventSink, LogLevel, Progress};
+use crate::limits::{Limits, MAX_LOG_LINE, human_bytes};
+use crate::run::HostContext;
+
+/// The largest table a guest may grow (function references); far above what a blueprint
+/// needs, far below what would strain the host.
+const MAX_TABLE_ELEMENTS: usize = 100_000;
+
+/// What a phase runs as: its identity, scope, grants and limits. Shared, immutable.
+#[derive(Debug)]
+pub(crate) struct ActionCtx {
+    pub action_id: String,
+    pub phase: String,
+    pub blueprint: String,
+    pub namespace: String,
+    pub workload: Option<String>,
+    pub grants: BTreeSet<Capability>,
+    pub secrets: BTreeMap<String, String>,
+    pub limits: Limits,
+    /// How long this phase may run.
+    pub deadline: std::time::Duration,
+    /// `None` while `describe()` runs at load time: it may only log.
+    pub host: Option<HostContext>,
+}
+
+/// The store's data.
+pub(crate) struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub limiter: MemoryLimiter,
+    pub action: Arc<ActionCtx>,
+    pub log: LogCapture,
+    pub deadline: Instant,
+    /// Set by the epoch callback when it stopped the guest at its deadline.
+    pub deadline_hit: bool,
+    /// Export names opened so far in this phase (they must be unique).
+    pub export_names: HashSet<String>,
+}
+
+impl std::fmt::Debug for HostState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostState")
+            .field("action", &self.action.action_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HostState {
+    pub(crate) fn new(action: Arc<ActionCtx>, sink: EventSink, deadline: Instant) -> HostState {
+        let log = LogCapture::new(&action, sink);
+        let mut wasi = WasiCtx::builder();
+        // Nothing is granted: no preopens, environment, arguments or network. Only stdout and
+        // stderr exist, and they go to the action's log.
+        wasi.stdout(log.stream(LogLevel::Info))
+            .stderr(log.stream(LogLevel::Warn))
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .socket_addr_check(
+                |_, _| -> Pin<Box<dyn Future<Output = bool> + Send + Sync>> {
+                    Box::pin(async { false })
+                },
+            );
+        HostState {
+            wasi: wasi.build(),
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter {
+                cap: action.limits.memory,
+                rejected: None,
+            },
+            log,
+            action,
+            deadline,
+            deadline_hit: false,
+            export_names: HashSet::new(),
+        }
+    }
+
+    pub(crate) fn table(&mut self) -> &mut ResourceTable {
+        &mut self.table
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Caps each linear memory and remembers a refusal, so the run can say why the guest died.
+#[derive(Debug)]
+pub(crate) struct MemoryLimiter {
+    cap: usize,
+    /// The size the guest asked for when it was refused.
+    pub rejected: Option<usize>,
+}
+
+impl wasmtime::ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.cap {
+            self.rejected = Some(desired);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+}
+
+/// The action's log: `log` calls and guest stdout/stderr lines, bounded by
+/// [`Limits::log_bytes`]. Shared with the WASI output streams.
+#[derive(Clone)]
+pub(crate) struct LogCapture {
+    inner: Arc<Mutex<LogInner>>,
+    sink: EventSink,
+    action_id: Arc<str>,
+    phase: Arc<str>,
+}
+
+struct LogInner {
+    used: usize,
+    cap: usize,
+    truncated: bool,
+    dropped: u64,
+    partial: [Vec<u8>; 2],
+    /// The first line that looks like a Rust panic message, for the trap report.
+    panic: Option<String>,
+}
+
+impl LogCapture {
+    fn new(action: &ActionCtx, sink: EventSink) -> LogCapture {
+        LogCapture {
+            inner: Arc::new(Mutex::new(LogInner {
+                used: 0,
+                cap: action.limits.log_bytes,
+                truncated: false,
+                dropped: 0,
+                partial: [Vec::new(), Vec::new()],
+                panic: None,
+            })),
+            sink,
+            action_id: action.action_id.as_str().into(),
+            phase: action.phase.as_str().into(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LogInner> {
+        match self.inner.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Logs one line, unless the budget is spent (then says so, once).
+    pub(crate) fn line(&self, level: LogLevel, message: &str) {
+        let message = cut_line(message);
+        let notice = {
+            let mut inner = self.lock();
+            if inner.truncated {
+                inner.dropped += 1;
+                return;
+            }
+            if inner.used + message.len() > inner.cap {
+                inner.truncated = true;
+                inner.dropped += 1;
+                Some(format!(
+                    "log truncated: this phase reached its log limit of {}; further lines are dropped",
+                    human_bytes(inner.cap as u64)
+                ))
+            } else {
+                inner.used += message.len();
+                None
+            }
+        };
+        match notice {
+            Some(notice) => self.emit(LogLevel::Warn, notice),
+            None => self.emit(level, message),
+        }
+    }
+
+    pub(crate) fn progress(&self, progress: Progress) {
+        tracing::info!(
+            target: "cairn::guest",
+            action_id = %self.action_id, phase = %self.phase,
+            percent = ?progress.percent, bytes_done = ?progress.bytes_done, bytes_total = ?progress.bytes_total,
+            message = progress.message.as_deref().unwrap_or(""),
+            "progress"
+        );
+        self.sink.emit(Event {
+            action_id: self.action_id.to_string(),
+            phase: self.phase.to_string(),
+            kind: EventKind::Progress(progress),
+        });
+    }
+
+    fn emit(&self, level: LogLevel, message: String) {
+        let (a, p) = (&*self.action_id, &*self.phase);
+        match level {
+            LogLevel::Trace => {
+                tracing::trace!(target: "cairn::guest", action_id = %a, phase = %p, "{message}")
+            }
+            LogLevel::Debug => {
+                tracing::debug!(target: "cairn::guest", action_id = %a, phase = %p, "{message}")
+            }
+            LogLevel::Info => {
+                tracing::info!(target: "cairn::guest", action_id = %a, phase = %p, "{message}")
+            }
+            LogLevel::Warn => {
+                tracing::warn!(target: "cairn::guest", action_id = %a, phase = %p, "{message}")
+            }
+            LogLevel::Error => {
+                tracing::error!(target: "cairn::guest", action_id = %a, phase = %p, "{message}")
+            }
+        }
+        self.sink.emit(Event {
+            action_id: self.action_id.to_string(),
+            phase: self.phase.to_string(),
+            kind: EventKind::Log { level, message },
+        });
+    }
+
+    /// Whether the log was truncated, and how many lines were dropped.
+    pub(crate) fn truncated(&self) -> Option<u64> {
+        let inner = self.lock();
+        inner.truncated.then_some(inner.dropped)
+    }
+
+    /// The panic message the guest printed, if any.
+    pub(crate) fn panic_message(&self) -> Option<String> {
+        self.lock().panic.clone()
+    }
+
+    /// Bytes written by the guest to stdout (`Info`) or stderr (`Warn`), split into lines.
+    fn write_stdio(&self, level: LogLevel, bytes: &[u8]) {
+        let idx = usize::from(level != LogLevel::Info);
+        let mut lines = Vec::new();
+        {
+            let mut inner = self.lock();
+            if inner.truncated {
+                inner.dropped += bytes.iter().filter(|b| **b == b'\n').count() as u64;
+                return;
+            }
+            let partial = &mut inner.partial[idx];
+            for &b in bytes {
+                if b == b'\n' {
+                    lines.push(String::from_utf8_lossy(partial).into_owned());
+                    partial.clear();
+                } else if partial.len() < MAX_LOG_LINE + 1 {
+                    partial.push(b);
+                }
+            }
+            if idx == 1 && inner.panic.is_none() {
+                inner.panic = lines.iter().find(|l| l.contains("panicked at")).cloned();
+                if inner.panic.is_some()
+                    && let Some(next) = lines
+                        .iter()
+                        .skip_while(|l| !l.contains("panicked at"))
+                        .nth(1)
+                {
+                    // Rust prints the location, then the message on the next line.
+                    inner.panic = Some(next.clone());
+                }
+            }
+        }
+        for line in lines {
+            self.line(level, &line);
+        }
+    }
+
+    /// A WASI output stream that writes into this log at `level`.
+    fn stream(&self, level: LogLevel) -> StdioLog {
+        StdioLog {
+            log: self.clone(),
+            level,
+        }
+    }
+}
+
+fn cut_line(message: &str) -> String {
+    if message.len() <= MAX_LOG_LINE {
+        return message.to_string();
+    }
+    let mut end = MAX_LOG_LINE;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!(
+        "{}… [line cut at {}]",
+        &message[..end],
+        human_bytes(MAX_LOG_LINE as u64)
+    )
+}
+
+/// Guest stdout or stderr, forwarded line by line to the log.
+#[derive(Clone)]
+struct StdioLog {
+    log: LogCapture,
+    level: LogLevel,
+}
+
+impl IsTerminal for StdioLog {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for StdioLog {
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+impl tokio::io::AsyncWrite for StdioLog {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.log.write_stdio(self.level, buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}

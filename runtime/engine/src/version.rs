@@ -1,0 +1,80 @@
+//! Versions of the WIT contract and of the runtime, and which ones are compatible.
+
+/// The version of the `cairn:blueprint` WIT package this runtime implements.
+pub const WIT_VERSION: &str = "0.1.0";
+
+/// The WIT package whose interfaces this runtime provides.
+pub(crate) const WIT_PACKAGE: &str = "cairn:blueprint";
+
+/// This runtime's own version, compared with a blueprint's `min-runtime`.
+pub(crate) const RUNTIME_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// A `major.minor.patch` version (pre-release and build suffixes are ignored).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Semver {
+    pub major: u64,
+    pub minor: u64,
+    pub patch: u64,
+}
+
+impl Semver {
+    pub(crate) fn parse(s: &str) -> Option<Semver> {
+        let core = s.trim().split(['-', '+']).next()?;
+        let mut parts = core.split('.');
+        let major = parts.next()?.parse().ok()?;
+        let minor = parts.next().unwrap_or("0").parse().ok()?;
+        let patch = parts.next().unwrap_or("0").parse().ok()?;
+        if parts.next().is_some() {
+            return None;
+        }
+        Some(Semver {
+            major,
+            minor,
+            patch,
+        })
+    }
+
+    /// Whether a component built against `theirs` runs on a host implementing `self`: the
+    /// same major (for 0.x the same minor too), and not newer than ours.
+    pub(crate) fn accepts(self, theirs: Semver) -> bool {
+        if theirs.major != self.major {
+            return false;
+        }
+        if self.major == 0 {
+            theirs.minor == self.minor && theirs.patch <= self.patch
+        } else {
+            (theirs.minor, theirs.patch) <= (self.minor, self.patch)
+        }
+    }
+
+    /// `0.1.x` or `1.x`: what [`Semver::accepts`] takes, for messages.
+    pub(crate) fn accepted_range(self) -> String {
+        if self.major == 0 {
+            format!("0.{}.x", self.minor)
+        } else {
+            format!("{}.x", self.major)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(s: &str) -> Semver {
+        Semver::parse(s).expect("valid version")
+    }
+
+    #[test]
+    fn compatibility() {
+        assert!(v("0.1.0").accepts(v("0.1.0")));
+        assert!(!v("0.1.0").accepts(v("0.1.1")));
+        assert!(!v("0.1.0").accepts(v("0.2.0")));
+        assert!(!v("0.1.0").accepts(v("9.0.0")));
+        assert!(v("1.3.0").accepts(v("1.2.9")));
+        assert!(!v("1.3.0").accepts(v("1.4.0")));
+        assert_eq!(v("0.1.0").accepted_range(), "0.1.x");
+        assert_eq!(Semver::parse("1.2.3-rc.1"), Some(v("1.2.3")));
+        assert_eq!(Semver::parse("x"), None);
+    }
+}

@@ -1,0 +1,63 @@
+//! The audit log: one hash-chained line per side effect.
+
+use cairn_engine::{AuditLog, Capability};
+
+use crate::support::{Fixture, request};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn side_effects_are_audited_in_a_hash_chain() {
+    let fixture = Fixture::new();
+    let exec = fixture.run(request("exec")).await;
+    assert!(exec.ok);
+    let mut denied = request("exec");
+    denied.grants.remove(&Capability::Exec);
+    fixture.run(denied).await;
+    let export = fixture.run(request("export")).await;
+    assert!(export.ok);
+    fixture.run(request("hello")).await;
+
+    let path = fixture.path("audit.jsonl");
+    let records = AuditLog::verify(&path).expect("the chain holds");
+    let ops: Vec<(&str, &str, &str)> = records
+        .iter()
+        .map(|r| {
+            (
+                r.capability.as_str(),
+                r.operation.as_str(),
+                r.outcome.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ops,
+        [
+            ("exec", "exec.run", "ok"),
+            ("exec", "exec.run", "denied"),
+            ("export", "data.pipe-from", "ok"),
+            ("export", "data.finish", "ok"),
+        ]
+    );
+    let first = &records[0];
+    assert_eq!(first.action_id, exec.action_id);
+    assert_eq!(first.target, "default/hello");
+    assert!(first.blueprint.starts_with("sha256:"));
+    assert_eq!(first.prev, "0".repeat(64));
+
+    // Reopening continues the chain.
+    drop(fixture.host.audit.clone());
+    let log = AuditLog::open(&path).expect("reopen");
+    drop(log);
+
+    // Tampering with a line breaks the chain after it.
+    let text = std::fs::read_to_string(&path).expect("audit");
+    std::fs::write(
+        &path,
+        text.replacen("\"outcome\":\"denied\"", "\"outcome\":\"ok\"", 1),
+    )
+    .expect("tamper");
+    let err = AuditLog::verify(&path).expect_err("tampered");
+    assert!(
+        err.to_string().contains("line 3: the hash chain is broken"),
+        "{err}"
+    );
+}

@@ -1,0 +1,129 @@
+//! Capabilities against the local cluster: exec, secrets, scale, snapshots, exports and
+//! imports.
+
+use cairn_engine::Capability;
+
+use crate::support::{Fixture, request};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_runs_in_the_target_workload() {
+    let fixture = Fixture::new();
+    let report = fixture.run(request("exec")).await;
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.outputs.get("stdout"), Some("hi\n"));
+    assert_eq!(report.outputs.get("exit"), Some("0"));
+    assert_eq!(report.outputs.get("pod"), Some("hello-0"));
+    let report = fixture.run(request("run-all")).await;
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.outputs.get("pods"), Some("1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_are_read_only_when_granted() {
+    let fixture = Fixture::new();
+    let mut req = request("secret");
+    req.secrets.insert("token".into(), "s3cr3t".into());
+    let report = fixture.run(req.clone()).await;
+    assert_eq!(report.outputs.get("token"), Some("s3cr3t"));
+    req.grants.remove(&Capability::Secrets);
+    let report = fixture.run(req).await;
+    assert!(
+        report
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("capability `secrets` not granted")),
+        "{report:?}"
+    );
+    let report = fixture.run(request("secret")).await;
+    assert!(
+        report
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("not-found")),
+        "{report:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_and_snapshot_work_in_scope() {
+    let fixture = Fixture::new();
+    let report = fixture.run(request("scale")).await;
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.outputs.get("before"), Some("1"));
+    let report = fixture.run(request("snapshot")).await;
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.outputs.get("snapshots"), Some("1"));
+    let mut req = request("scale");
+    req.grants.remove(&Capability::Scale);
+    let report = fixture.run(req).await;
+    assert!(
+        report
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("--grant scale")),
+        "{report:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_is_a_file_and_imports_back_into_a_command() {
+    let fixture = Fixture::new();
+    let report = fixture.run(request("export")).await;
+    assert!(report.ok, "{report:?}");
+    assert_eq!(
+        report.outputs.get("bytes"),
+        Some("8"),
+        "the command's stdout was piped"
+    );
+    let artifact = report
+        .outputs
+        .artifacts
+        .first()
+        .expect("an artifact")
+        .clone();
+    assert_eq!(artifact.name, "dump");
+    assert_eq!(artifact.get("kind"), Some("file"));
+    assert_eq!(artifact.get("bytes"), Some("15"));
+    let path = artifact.get("path").expect("path");
+    assert_eq!(path, format!("{}/dump", report.action_id));
+    let stored =
+        std::fs::read_to_string(fixture.path("exports").join(path)).expect("the export file");
+    assert_eq!(stored, "header\npayload\n");
+    let leftovers: Vec<_> = std::fs::read_dir(fixture.path("exports").join(&report.action_id))
+        .expect("action dir")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(
+        leftovers.len(),
+        1,
+        "no temporary files remain: {leftovers:?}"
+    );
+
+    let mut req = request("import");
+    req.artifacts = vec![artifact.clone()];
+    let report = fixture.run(req).await;
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.outputs.get("head"), Some("header\n"));
+    assert_eq!(report.outputs.get("bytes"), Some("8"));
+    assert_eq!(
+        std::fs::read_to_string(fixture.path("restored.txt")).expect("restored"),
+        "payload\n"
+    );
+
+    // An artifact that points outside the export directory is refused.
+    let mut evil = artifact;
+    evil.values = vec![
+        ("kind".into(), "file".into()),
+        ("path".into(), "../inventory.yaml".into()),
+    ];
+    let mut req = request("import");
+    req.artifacts = vec![evil];
+    let report = fixture.run(req).await;
+    assert!(
+        report
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("invalid")),
+        "{report:?}"
+    );
+}

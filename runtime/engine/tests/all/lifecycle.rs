@@ -1,0 +1,150 @@
+//! The lifecycle: prehook → main → posthook, outputs flowing forward, and the posthook running
+//! after every kind of failure.
+
+use std::time::Duration;
+
+use cairn_engine::{PhaseStatus, RunReport};
+
+use crate::support::{Fixture, request};
+
+fn phases(report: &RunReport) -> Vec<(&str, PhaseStatus)> {
+    report
+        .phases
+        .iter()
+        .map(|p| (p.action.as_str(), p.status))
+        .collect()
+}
+
+fn backup(mode: &str) -> cairn_engine::RunRequest {
+    let mut req = request("backup");
+    req.params.push(("mode".into(), mode.into()));
+    req
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_runs_prehook_backup_posthook_in_order_with_earlier_outputs() {
+    let fixture = Fixture::new();
+    let report = fixture.run(backup("ok")).await;
+    assert!(report.ok, "{report:?}");
+    assert_eq!(
+        phases(&report),
+        [
+            ("backupPrehook", PhaseStatus::Ok),
+            ("backup", PhaseStatus::Ok),
+            ("backupPosthook", PhaseStatus::Ok)
+        ]
+    );
+    assert_eq!(report.phases[0].outputs.get("seen"), Some(""));
+    assert_eq!(report.phases[1].outputs.get("seen"), Some("backupPrehook"));
+    assert_eq!(
+        report.phases[2].outputs.get("seen"),
+        Some("backupPrehook,backup")
+    );
+    let earlier = report.phases[2].outputs.get("earlier").expect("earlier");
+    assert!(
+        earlier.contains("phase=backupPrehook") && earlier.contains("phase=backup,"),
+        "{earlier}"
+    );
+    assert_eq!(report.phases[2].outputs.get("failure"), Some(""));
+    assert_eq!(
+        report.outputs.get("phase"),
+        Some("backup"),
+        "the run's outputs are the main phase's"
+    );
+    let restore = fixture.run(request("restore")).await;
+    assert_eq!(
+        phases(&restore),
+        [
+            ("restorePrehook", PhaseStatus::Ok),
+            ("restore", PhaseStatus::Ok),
+            ("restorePosthook", PhaseStatus::Ok)
+        ]
+    );
+    let alone = fixture.run(request("hello")).await;
+    assert_eq!(phases(&alone), [("hello", PhaseStatus::Ok)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_posthook_runs_after_the_main_phase_fails() {
+    let fixture = Fixture::new();
+    let report = fixture.run(backup("fail")).await;
+    assert!(!report.ok);
+    assert_eq!(
+        phases(&report),
+        [
+            ("backupPrehook", PhaseStatus::Ok),
+            ("backup", PhaseStatus::Failed),
+            ("backupPosthook", PhaseStatus::Ok)
+        ]
+    );
+    assert_eq!(
+        report.error.as_deref(),
+        Some("backup: failed: backup failed on purpose")
+    );
+    let failure = report.phases[2].outputs.get("failure").expect("failure");
+    assert!(failure.contains("backup failed on purpose"), "{failure}");
+    assert_eq!(
+        report.phases[2].outputs.get("seen"),
+        Some("backupPrehook"),
+        "a failed phase has no outputs"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_posthook_runs_after_the_main_phase_times_out_or_traps() {
+    let fixture = Fixture::new();
+    let mut req = backup("spin");
+    req.limits.deadline = Duration::from_millis(300);
+    let report = fixture.run(req).await;
+    assert_eq!(
+        phases(&report),
+        [
+            ("backupPrehook", PhaseStatus::Ok),
+            ("backup", PhaseStatus::TimedOut),
+            ("backupPosthook", PhaseStatus::Ok)
+        ]
+    );
+    let failure = report.phases[2].outputs.get("failure").expect("failure");
+    assert!(
+        failure.contains("TimedOut") && failure.contains("deadline"),
+        "{failure}"
+    );
+
+    let report = fixture.run(backup("trap")).await;
+    assert_eq!(
+        phases(&report),
+        [
+            ("backupPrehook", PhaseStatus::Ok),
+            ("backup", PhaseStatus::Trapped),
+            ("backupPosthook", PhaseStatus::Ok)
+        ]
+    );
+    assert!(
+        report
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("backup trapped on purpose")),
+        "{report:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_prehook_skips_the_main_phase_but_not_the_posthook() {
+    let fixture = Fixture::new();
+    let report = fixture.run(backup("prefail")).await;
+    assert_eq!(
+        phases(&report),
+        [
+            ("backupPrehook", PhaseStatus::Failed),
+            ("backup", PhaseStatus::Skipped),
+            ("backupPosthook", PhaseStatus::Ok)
+        ]
+    );
+    assert!(
+        report
+            .error
+            .as_deref()
+            .is_some_and(|e| e.starts_with("backupPrehook: failed")),
+        "{report:?}"
+    );
+}

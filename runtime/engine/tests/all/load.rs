@@ -1,0 +1,89 @@
+//! Loading: what is not a blueprint is refused by name; a blueprint is described once.
+
+use cairn_engine::{Capability, Error, LoadedFrom};
+
+use crate::support::{engine, guest, misbehave};
+
+#[tokio::test]
+async fn a_blueprint_is_checked_and_described() {
+    let blueprint = misbehave().await;
+    assert!(blueprint.digest().starts_with("sha256:") && blueprint.digest().len() == 71);
+    assert_eq!(blueprint.wit_version(), "0.1.0");
+    let d = blueprint.description();
+    assert_eq!(d.name, "misbehave");
+    assert!(d.has_action("backup") && d.has_action("spin"));
+    assert!(d.capabilities.contains(&Capability::Exec));
+    let json = serde_json::to_value(d).expect("serializable");
+    assert_eq!(json["capabilities"][0], "exec");
+    assert_eq!(json["parameters"][1]["kind"], "integer");
+    let again = misbehave().await;
+    assert_eq!(again.loaded_from(), LoadedFrom::Memory);
+}
+
+#[tokio::test]
+async fn garbage_is_not_a_component() {
+    let err = engine()
+        .load(b"#!/bin/sh\necho hi\n")
+        .await
+        .expect_err("garbage");
+    assert!(matches!(err, Error::NotAComponent { .. }), "{err:?}");
+    assert!(err.to_string().contains("WebAssembly magic bytes"), "{err}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("notes.wasm");
+    std::fs::write(&path, b"hello").expect("write");
+    let err = engine().load_file(&path).await.expect_err("garbage file");
+    assert!(
+        err.to_string().starts_with(&format!(
+            "{} is not a WebAssembly component",
+            path.display()
+        )),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_core_module_is_not_a_component() {
+    // The smallest core module: magic and version 1.
+    let err = engine()
+        .load(b"\0asm\x01\0\0\0")
+        .await
+        .expect_err("core module");
+    assert!(
+        err.to_string().contains("is a core WebAssembly module"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("wasm32-wasip2"), "{err}");
+}
+
+#[tokio::test]
+async fn an_unknown_wit_major_is_refused_by_name() {
+    let err = engine()
+        .load_file(&guest("future-wit"))
+        .await
+        .expect_err("future WIT");
+    assert!(matches!(err, Error::IncompatibleWit { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("built against cairn:blueprint@9.0.0 but this runtime supports 0.1.x"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("rebuild it against cairn:blueprint@0.1.0"),
+        "{msg}"
+    );
+}
+
+#[tokio::test]
+async fn a_component_without_describe_is_not_a_blueprint() {
+    let err = engine()
+        .load_file(&guest("no-describe"))
+        .await
+        .expect_err("no describe");
+    assert!(matches!(err, Error::NotABlueprint { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("does not export cairn:blueprint/guest@0.1.0 (`describe` and `run`)"),
+        "{msg}"
+    );
+    assert!(msg.contains("it exports hello"), "{msg}");
+}

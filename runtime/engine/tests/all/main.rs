@@ -1,0 +1,10 @@
+//! The engine's integration tests: one binary, one module per concern. Guest components are
+//! built by `support::guest` the first time a test needs them.
+
+mod audit;
+mod bad_input;
+mod cache;
+mod capabilities;
+mod lifecycle;
+mod load;
+mod support;

@@ -1,0 +1,225 @@
+//! Exports and imports of bulk data (capabilities [`Export`](crate::Capability::Export) and
+//! [`Import`](crate::Capability::Import)).
+//!
+//! Bulk bytes never enter the blueprint: the host runs a command and pipes its stdout into an
+//! export stream (or an import stream into its stdin), and hands back a small [`Transfer`].
+//! [`Export::finish`] seals the stream into an [`Artifact`] for the restore point; the
+//! restore opens it again with [`Import::open`].
+//!
+//! ```no_run
+//! use cairn_sdk::data::{Export, Import};
+//! use cairn_sdk::exec::Command;
+//! use cairn_sdk::{Artifact, Context};
+//!
+//! fn backup() -> cairn_sdk::Result<Artifact> {
+//!     let export = Export::open("dump")?;
+//!     export.pipe_from(&Command::new(["pg_dump", "-Fc", "shop"]))?.ok()?;
+//!     export.finish()
+//! }
+//!
+//! fn restore(ctx: &Context) -> cairn_sdk::Result<()> {
+//!     let import = Import::open(ctx.artifact("dump")?)?;
+//!     import.pipe_into(&Command::new(["pg_restore", "-d", "shop"]))?.ok()?;
+//!     Ok(())
+//! }
+//! ```
+
+use std::borrow::Cow;
+use std::io;
+
+use crate::exec::{Command, exit_error};
+use crate::wit::bindings::cairn::blueprint::data as wit;
+use crate::wit::{host, types};
+use crate::{Artifact, Result};
+
+/// The outcome of a pipe between a command and a stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Transfer {
+    /// Bytes that crossed the pipe.
+    pub bytes: u64,
+    /// The command's exit status; a non-zero status is reported, not raised.
+    pub exit_code: i32,
+    /// The command's stderr, capped by the host.
+    pub stderr: Vec<u8>,
+    /// Whether stderr was cut at the cap.
+    pub stderr_truncated: bool,
+    program: String,
+}
+
+impl Transfer {
+    fn new(command: &Command, t: wit::Transfer) -> Self {
+        Self {
+            bytes: t.bytes,
+            exit_code: t.exit_code,
+            stderr: t.stderr,
+            stderr_truncated: t.stderr_truncated,
+            program: command.argv().first().cloned().unwrap_or_default(),
+        }
+    }
+
+    /// Whether the command exited with 0.
+    pub fn success(&self) -> bool {
+        self.exit_code == 0
+    }
+
+    /// Itself when the command exited with 0; otherwise [`Error::Failed`](crate::Error::Failed)
+    /// naming the program, the exit status and the end of stderr.
+    pub fn ok(self) -> Result<Self> {
+        if self.success() {
+            return Ok(self);
+        }
+        Err(exit_error(
+            &format!("`{}`", self.program),
+            self.exit_code,
+            &self.stderr,
+        ))
+    }
+
+    /// Stderr as text (invalid UTF-8 replaced).
+    pub fn stderr_str(&self) -> Cow<'_, str> {
+        String::from_utf8_lossy(&self.stderr)
+    }
+}
+
+/// A stream being written to the export repository. Dropped without [`finish`](Self::finish),
+/// it is discarded and never becomes part of a restore point.
+#[derive(Debug)]
+pub struct Export {
+    stream: wit::ExportStream,
+    name: String,
+}
+
+impl Export {
+    /// Opens a new export named `name` (unique within the action).
+    pub fn open(name: &str) -> Result<Self> {
+        host("data.open-export", || wit::open_export(name)).map(|stream| Self {
+            stream,
+            name: name.to_owned(),
+        })
+    }
+
+    /// Runs `command` and pipes its stdout into the stream on the host side.
+    pub fn pipe_from(&self, command: &Command) -> Result<Transfer> {
+        let c = command.to_wit()?;
+        host("data.pipe-from", || self.stream.pipe_from(&c))
+            .map(|t| Transfer::new(command, t))
+            .map_err(|e| e.context(format_args!("export `{}`", self.name)))
+    }
+
+    /// Appends a few bytes written by the blueprint itself (bounded by the host).
+    pub fn write(&self, bytes: &[u8]) -> Result<()> {
+        host("data.write", || self.stream.write(bytes))
+            .map_err(|e| e.context(format_args!("export `{}`", self.name)))
+    }
+
+    /// Seals the stream; the artifact names it for [`Import::open`] and [`delete`].
+    pub fn finish(self) -> Result<Artifact> {
+        host("data.finish", || self.stream.finish())
+            .map(Into::into)
+            .map_err(|e| e.context(format_args!("export `{}`", self.name)))
+    }
+}
+
+impl io::Write for Export {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        Export::write(self, buf)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A stream being read back from the export repository.
+#[derive(Debug)]
+pub struct Import {
+    stream: wit::ImportStream,
+    name: String,
+}
+
+impl Import {
+    /// Opens the export that `artifact` (from [`Export::finish`]) names.
+    pub fn open(artifact: &Artifact) -> Result<Self> {
+        let source = types::Artifact::from(artifact);
+        host("data.open-import", || wit::open_import(&source)).map(|stream| Self {
+            stream,
+            name: artifact.name().to_owned(),
+        })
+    }
+
+    /// Runs `command` and pipes the rest of the stream into its stdin on the host side.
+    pub fn pipe_into(&self, command: &Command) -> Result<Transfer> {
+        let c = command.to_wit()?;
+        host("data.pipe-into", || self.stream.pipe_into(&c))
+            .map(|t| Transfer::new(command, t))
+            .map_err(|e| e.context(format_args!("import `{}`", self.name)))
+    }
+
+    /// Reads up to `max` bytes into the blueprint (bounded by the host); empty at the end.
+    pub fn read(&self, max: u32) -> Result<Vec<u8>> {
+        host("data.read", || self.stream.read(max))
+            .map_err(|e| e.context(format_args!("import `{}`", self.name)))
+    }
+}
+
+impl io::Read for Import {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let max = u32::try_from(buf.len()).unwrap_or(u32::MAX);
+        let bytes = Import::read(self, max)?;
+        // The host never returns more than asked; cut anyway rather than panic on a slice.
+        let n = bytes.len().min(buf.len());
+        buf[..n].copy_from_slice(&bytes[..n]);
+        Ok(n)
+    }
+}
+
+/// Removes the export `artifact` names (for the `delete` action). Needs
+/// [`Export`](crate::Capability::Export).
+pub fn delete(artifact: &Artifact) -> Result<()> {
+    let source = types::Artifact::from(artifact);
+    host("data.delete", || wit::delete(&source))
+        .map_err(|e| e.context(format_args!("deleting export `{}`", artifact.name())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Error;
+
+    fn transfer(exit_code: i32) -> Transfer {
+        Transfer::new(
+            &Command::new(["pg_dump"]),
+            wit::Transfer {
+                bytes: 42,
+                exit_code,
+                stderr: b"disk full\n".to_vec(),
+                stderr_truncated: false,
+            },
+        )
+    }
+
+    #[test]
+    fn ok_checks_the_exit_status() {
+        assert_eq!(transfer(0).ok().map(|t| t.bytes), Ok(42));
+        assert_eq!(
+            transfer(1).ok(),
+            Err(Error::failed("`pg_dump` exited with 1: disk full"))
+        );
+        assert_eq!(transfer(1).stderr_str(), "disk full\n");
+    }
+
+    #[test]
+    #[cfg(not(target_arch = "wasm32"))]
+    fn host_calls_fail_cleanly_off_wasm() {
+        assert!(matches!(Export::open("dump"), Err(Error::Failed(_))));
+        assert!(matches!(
+            Import::open(&Artifact::new("dump")),
+            Err(Error::Failed(_))
+        ));
+        assert!(
+            matches!(delete(&Artifact::new("dump")), Err(Error::Failed(m)) if m.contains("`dump`"))
+        );
+    }
+}

@@ -1,0 +1,487 @@
+use std::fmt;
+
+use crate::WIT_VERSION;
+use crate::wit::bindings::exports::cairn::blueprint::guest as wit;
+use crate::wit::types;
+
+/// Names of the lifecycle actions. The runtime runs `backupPrehook` → `backup` →
+/// `backupPosthook` (the posthook even when the backup fails), and the same for restore.
+pub mod lifecycle {
+    /// Runs before [`BACKUP`], for example to quiesce the application.
+    pub const BACKUP_PREHOOK: &str = "backupPrehook";
+    /// Takes the backup.
+    pub const BACKUP: &str = "backup";
+    /// Runs after [`BACKUP`], even when it failed or timed out, to undo the prehook.
+    pub const BACKUP_POSTHOOK: &str = "backupPosthook";
+    /// Runs before [`RESTORE`], for example to scale the workload down.
+    pub const RESTORE_PREHOOK: &str = "restorePrehook";
+    /// Restores a restore point.
+    pub const RESTORE: &str = "restore";
+    /// Runs after [`RESTORE`], even when it failed or timed out.
+    pub const RESTORE_POSTHOOK: &str = "restorePosthook";
+    /// Removes what a backup stored outside the restore point (exports, snapshots).
+    pub const DELETE: &str = "delete";
+}
+
+/// What a blueprint may ask the host to do. [`Description::capability`] declares the set it
+/// needs; the operator grants a set per run; each host call checks it. Logging and progress
+/// need none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum Capability {
+    /// Run commands in the target workload's containers ([`exec`](crate::exec)).
+    Exec,
+    /// Read workloads and other objects in the target namespace
+    /// ([`workloads`](crate::workloads)).
+    Workloads,
+    /// Change a workload's replica count ([`workloads::scale`](crate::workloads::scale)).
+    Scale,
+    /// Snapshot, restore and delete the target workload's volumes ([`volumes`](crate::volumes)).
+    Volumes,
+    /// Write export streams, and delete the exports this blueprint wrote
+    /// ([`data::Export`](crate::data::Export)).
+    Export,
+    /// Read export streams back for restore ([`data::Import`](crate::data::Import)).
+    Import,
+    /// Read secret values the operator granted to the run ([`secrets`](crate::secrets)).
+    Secrets,
+}
+
+impl Capability {
+    /// Every capability, in WIT order.
+    pub const ALL: [Capability; 7] = [
+        Self::Exec,
+        Self::Workloads,
+        Self::Scale,
+        Self::Volumes,
+        Self::Export,
+        Self::Import,
+        Self::Secrets,
+    ];
+
+    /// The name the CLI's `--grant` and `cairn blueprint inspect` use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Exec => "exec",
+            Self::Workloads => "workloads",
+            Self::Scale => "scale",
+            Self::Volumes => "volumes",
+            Self::Export => "export",
+            Self::Import => "import",
+            Self::Secrets => "secrets",
+        }
+    }
+}
+
+impl fmt::Display for Capability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<Capability> for types::Capability {
+    fn from(c: Capability) -> Self {
+        match c {
+            Capability::Exec => Self::Exec,
+            Capability::Workloads => Self::Workloads,
+            Capability::Scale => Self::Scale,
+            Capability::Volumes => Self::Volumes,
+            Capability::Export => Self::Export,
+            Capability::Import => Self::Import,
+            Capability::Secrets => Self::Secrets,
+        }
+    }
+}
+
+/// The type of a [`Param`]; the host checks values against it before `run` is called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ParamKind {
+    /// A string.
+    Text,
+    /// A signed 64-bit integer.
+    Integer,
+    /// `true` or `false`.
+    Boolean,
+    /// A 64-bit float.
+    Float,
+}
+
+impl fmt::Display for ParamKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Text => "text",
+            Self::Integer => "integer",
+            Self::Boolean => "boolean",
+            Self::Float => "float",
+        })
+    }
+}
+
+impl From<ParamKind> for types::ParamKind {
+    fn from(k: ParamKind) -> Self {
+        match k {
+            ParamKind::Text => Self::Text,
+            ParamKind::Integer => Self::Integer,
+            ParamKind::Boolean => Self::Boolean,
+            ParamKind::Float => Self::Float,
+        }
+    }
+}
+
+/// A parameter a blueprint accepts, declared in its [`Description`].
+///
+/// ```
+/// use cairn_sdk::Param;
+///
+/// let count = Param::integer("count").default(3).describe("How many greetings");
+/// let mode = Param::text("mode").choices(["fast", "safe"]).required();
+/// assert_eq!(count.default_value(), Some("3"));
+/// assert!(mode.is_required());
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct Param {
+    name: String,
+    kind: ParamKind,
+    description: String,
+    required: bool,
+    default: Option<String>,
+    choices: Vec<String>,
+}
+
+impl Param {
+    fn new(name: impl Into<String>, kind: ParamKind) -> Self {
+        Self {
+            name: name.into(),
+            kind,
+            description: String::new(),
+            required: false,
+            default: None,
+            choices: Vec::new(),
+        }
+    }
+
+    /// A text parameter, read with [`Context::text`](crate::Context::text).
+    pub fn text(name: impl Into<String>) -> Self {
+        Self::new(name, ParamKind::Text)
+    }
+
+    /// An integer parameter, read with [`Context::integer`](crate::Context::integer) or
+    /// [`Context::param`](crate::Context::param).
+    pub fn integer(name: impl Into<String>) -> Self {
+        Self::new(name, ParamKind::Integer)
+    }
+
+    /// A boolean parameter, read with [`Context::flag`](crate::Context::flag).
+    pub fn flag(name: impl Into<String>) -> Self {
+        Self::new(name, ParamKind::Boolean)
+    }
+
+    /// A float parameter, read with [`Context::float`](crate::Context::float).
+    pub fn float(name: impl Into<String>) -> Self {
+        Self::new(name, ParamKind::Float)
+    }
+
+    /// Sets the help text.
+    #[must_use]
+    pub fn describe(mut self, description: impl Into<String>) -> Self {
+        self.description = description.into();
+        self
+    }
+
+    /// Sets the default, written as a user would on the command line (`3`, `true`, `hi`).
+    #[must_use]
+    pub fn default(mut self, value: impl fmt::Display) -> Self {
+        self.default = Some(value.to_string());
+        self
+    }
+
+    /// Makes a run without this parameter fail before the blueprint starts (unless a default
+    /// is set).
+    #[must_use]
+    pub fn required(mut self) -> Self {
+        self.required = true;
+        self
+    }
+
+    /// Restricts the values the host accepts.
+    #[must_use]
+    pub fn choices<I>(mut self, choices: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        self.choices = choices.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// The name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The type.
+    pub fn kind(&self) -> ParamKind {
+        self.kind
+    }
+
+    /// The help text.
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+
+    /// Whether a run must give it.
+    pub fn is_required(&self) -> bool {
+        self.required
+    }
+
+    /// The default, as written.
+    pub fn default_value(&self) -> Option<&str> {
+        self.default.as_deref()
+    }
+
+    /// The accepted values; empty when any value of the type is.
+    pub fn allowed_values(&self) -> &[String] {
+        &self.choices
+    }
+}
+
+impl From<Param> for types::ParamSpec {
+    fn from(p: Param) -> Self {
+        Self {
+            name: p.name,
+            kind: p.kind.into(),
+            description: p.description,
+            required: p.required,
+            default: p.default,
+            choices: p.choices,
+        }
+    }
+}
+
+/// What a blueprint is and needs: the answer to [`Blueprint::describe`](crate::Blueprint).
+///
+/// ```
+/// use cairn_sdk::{Capability, Description, Param, lifecycle};
+///
+/// let d = Description::new("postgres", "1.2.0")
+///     .describe("Logical dumps of a PostgreSQL database")
+///     .action(lifecycle::BACKUP, "pg_dump into an export")
+///     .action(lifecycle::RESTORE, "pg_restore from the export")
+///     .param(Param::text("database").required())
+///     .capability(Capability::Exec)
+///     .capability(Capability::Export)
+///     .capability(Capability::Import);
+/// assert!(d.has_action("restore"));
+/// assert_eq!(d.capabilities(), [Capability::Exec, Capability::Export, Capability::Import]);
+/// assert_eq!(d.min_runtime(), cairn_sdk::WIT_VERSION);
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct Description {
+    name: String,
+    version: String,
+    description: String,
+    actions: Vec<(String, String)>,
+    params: Vec<Param>,
+    capabilities: Vec<Capability>,
+    min_runtime: String,
+}
+
+impl Description {
+    /// A blueprint named `name` at `version` (its own semver; `env!("CARGO_PKG_VERSION")` is
+    /// the usual choice), with no actions, parameters or capabilities yet, running on any
+    /// runtime that speaks [`WIT_VERSION`].
+    pub fn new(name: impl Into<String>, version: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            version: version.into(),
+            description: String::new(),
+            actions: Vec::new(),
+            params: Vec::new(),
+            capabilities: Vec::new(),
+            min_runtime: WIT_VERSION.to_owned(),
+        }
+    }
+
+    /// Sets the one-paragraph summary.
+    #[must_use]
+    pub fn describe(mut self, description: impl Into<String>) -> Self {
+        self.description = description.into();
+        self
+    }
+
+    /// Adds an action ([`lifecycle`] names, or a custom one) with its help text.
+    #[must_use]
+    pub fn action(mut self, name: impl Into<String>, description: impl Into<String>) -> Self {
+        self.actions.push((name.into(), description.into()));
+        self
+    }
+
+    /// Adds a parameter.
+    #[must_use]
+    pub fn param(mut self, param: Param) -> Self {
+        self.params.push(param);
+        self
+    }
+
+    /// Declares a capability some action uses; declaring one twice is harmless.
+    #[must_use]
+    pub fn capability(mut self, capability: Capability) -> Self {
+        if !self.capabilities.contains(&capability) {
+            self.capabilities.push(capability);
+        }
+        self
+    }
+
+    /// Requires a runtime at least this version (semver); the default is [`WIT_VERSION`].
+    #[must_use]
+    pub fn requires_runtime(mut self, version: impl Into<String>) -> Self {
+        self.min_runtime = version.into();
+        self
+    }
+
+    /// The name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The blueprint's version.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// The summary.
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+
+    /// The actions, as `(name, help)`, in declaration order.
+    pub fn actions(&self) -> impl ExactSizeIterator<Item = (&str, &str)> {
+        self.actions.iter().map(|(n, d)| (n.as_str(), d.as_str()))
+    }
+
+    /// Whether `action` is declared.
+    pub fn has_action(&self, action: &str) -> bool {
+        self.actions.iter().any(|(n, _)| n == action)
+    }
+
+    /// The parameters.
+    pub fn params(&self) -> &[Param] {
+        &self.params
+    }
+
+    /// The declared capabilities, without duplicates, in declaration order.
+    pub fn capabilities(&self) -> &[Capability] {
+        &self.capabilities
+    }
+
+    /// The oldest runtime version this blueprint runs on.
+    pub fn min_runtime(&self) -> &str {
+        &self.min_runtime
+    }
+}
+
+impl From<Description> for wit::Description {
+    fn from(d: Description) -> Self {
+        Self {
+            name: d.name,
+            version: d.version,
+            description: d.description,
+            actions: d
+                .actions
+                .into_iter()
+                .map(|(name, description)| wit::ActionSpec { name, description })
+                .collect(),
+            parameters: d.params.into_iter().map(Into::into).collect(),
+            capabilities: d.capabilities.into_iter().map(Into::into).collect(),
+            min_runtime: d.min_runtime,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello() -> Description {
+        Description::new("hello", "0.1.0")
+            .describe("Greets")
+            .action(lifecycle::BACKUP, "Greets in the workload")
+            .param(
+                Param::text("greeting")
+                    .default("hi")
+                    .describe("What to say"),
+            )
+            .param(Param::integer("times").default(2))
+            .param(Param::flag("loud").required())
+            .param(Param::float("ratio").choices(["0.5", "1"]))
+            .capability(Capability::Exec)
+            .capability(Capability::Exec)
+    }
+
+    #[test]
+    fn builds_the_wit_record() {
+        let wit: wit::Description = hello().into();
+        assert_eq!(wit.name, "hello");
+        assert_eq!(wit.version, "0.1.0");
+        assert_eq!(wit.description, "Greets");
+        assert_eq!(wit.min_runtime, WIT_VERSION);
+        assert_eq!(wit.actions.len(), 1);
+        assert_eq!(wit.actions[0].name, "backup");
+        assert_eq!(wit.capabilities, [types::Capability::Exec]);
+        let p = &wit.parameters;
+        assert_eq!(p.len(), 4);
+        assert_eq!(p[0].name, "greeting");
+        assert_eq!(p[0].kind, types::ParamKind::Text);
+        assert_eq!(p[0].default.as_deref(), Some("hi"));
+        assert_eq!(p[0].description, "What to say");
+        assert!(!p[0].required);
+        assert_eq!(p[1].kind, types::ParamKind::Integer);
+        assert_eq!(p[1].default.as_deref(), Some("2"));
+        assert_eq!(p[2].kind, types::ParamKind::Boolean);
+        assert!(p[2].required);
+        assert_eq!(p[3].kind, types::ParamKind::Float);
+        assert_eq!(p[3].choices, ["0.5", "1"]);
+    }
+
+    #[test]
+    fn capabilities_are_deduplicated_in_order() {
+        let d = Description::new("x", "1.0.0")
+            .capability(Capability::Export)
+            .capability(Capability::Exec)
+            .capability(Capability::Export);
+        assert_eq!(d.capabilities(), [Capability::Export, Capability::Exec]);
+    }
+
+    #[test]
+    fn capability_names_match_the_wit() {
+        let names: Vec<_> = Capability::ALL.iter().map(|c| c.to_string()).collect();
+        assert_eq!(
+            names,
+            [
+                "exec",
+                "workloads",
+                "scale",
+                "volumes",
+                "export",
+                "import",
+                "secrets"
+            ]
+        );
+    }
+
+    #[test]
+    fn requires_runtime_overrides_the_default() {
+        let d = hello().requires_runtime("0.3.0");
+        assert_eq!(d.min_runtime(), "0.3.0");
+    }
+
+    #[test]
+    fn wit_version_matches_the_wit_package() {
+        let world = include_str!("../../wit/world.wit");
+        assert!(
+            world.contains(&format!("package cairn:blueprint@{WIT_VERSION};")),
+            "WIT_VERSION is out of date with wit/world.wit"
+        );
+    }
+}

@@ -1,0 +1,383 @@
+//! Running commands inside a workload's containers (capability
+//! [`Exec`](crate::Capability::Exec)).
+//!
+//! A command that exits non-zero is a result, not an error: [`Command::run`] returns its
+//! [`Output`], and [`Output::ok`] turns a failure into an [`Error`] that quotes the end of
+//! stderr. Errors are for what stopped the command from running or finishing (denied, no such
+//! container, timed out).
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use cairn_sdk::exec::Command;
+//!
+//! # fn main() -> cairn_sdk::Result<()> {
+//! let out = Command::new(["psql", "-Atc", "select pg_current_wal_lsn()"])
+//!     .container("postgres")
+//!     .env("PGUSER", "postgres")
+//!     .timeout(Duration::from_secs(30))
+//!     .run()?
+//!     .ok()?;
+//! let lsn = out.stdout_str().trim().to_owned();
+//! # let _ = lsn;
+//! # Ok(())
+//! # }
+//! ```
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use crate::wit::bindings::cairn::blueprint::exec as wit;
+use crate::wit::{host, types};
+use crate::workloads::millis;
+use crate::{Error, Result, WorkloadRef};
+
+/// How much of stderr [`Output::ok`] quotes in its error: enough for the last few lines of a
+/// tool's complaint, small enough for a one-line failure reason.
+pub const STDERR_TAIL_BYTES: usize = 512;
+
+/// A command to run in a workload's container. Nothing runs until [`run`](Self::run) or
+/// [`run_all`](Self::run_all).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Command {
+    workload: Option<WorkloadRef>,
+    pod: Option<String>,
+    container: Option<String>,
+    argv: Vec<String>,
+    env: Vec<(String, String)>,
+    stdin: Option<Vec<u8>>,
+    timeout: Option<Duration>,
+}
+
+impl Command {
+    /// A command running `argv` (program and arguments; no shell is involved unless the
+    /// program is one) in a ready pod of the action's target workload, in the pod's first
+    /// container, with the host's default deadline.
+    pub fn new<I>(argv: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        Self {
+            workload: None,
+            pod: None,
+            container: None,
+            argv: argv.into_iter().map(Into::into).collect(),
+            env: Vec::new(),
+            stdin: None,
+            timeout: None,
+        }
+    }
+
+    /// `sh -c script`: for pipes, redirections and variables in the container.
+    pub fn shell(script: impl Into<String>) -> Self {
+        Self::new(["sh".to_owned(), "-c".to_owned(), script.into()])
+    }
+
+    /// Appends an argument.
+    #[must_use]
+    pub fn arg(mut self, arg: impl Into<String>) -> Self {
+        self.argv.push(arg.into());
+        self
+    }
+
+    /// Appends arguments.
+    #[must_use]
+    pub fn args<I>(mut self, args: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        self.argv.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Runs in another workload of the action's namespace instead of the target.
+    #[must_use]
+    pub fn workload(mut self, workload: WorkloadRef) -> Self {
+        self.workload = Some(workload);
+        self
+    }
+
+    /// Runs in this pod instead of any ready one. Ignored by [`run_all`](Self::run_all).
+    #[must_use]
+    pub fn pod(mut self, pod: impl Into<String>) -> Self {
+        self.pod = Some(pod.into());
+        self
+    }
+
+    /// Runs in this container instead of the pod's first.
+    #[must_use]
+    pub fn container(mut self, container: impl Into<String>) -> Self {
+        self.container = Some(container.into());
+        self
+    }
+
+    /// Sets an environment variable.
+    #[must_use]
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Feeds these bytes to stdin (bounded by the host). Stream bulk input with
+    /// [`data::Import::pipe_into`](crate::data::Import::pipe_into) instead.
+    #[must_use]
+    pub fn stdin(mut self, input: impl Into<Vec<u8>>) -> Self {
+        self.stdin = Some(input.into());
+        self
+    }
+
+    /// Sets a deadline for the command; past it, the call fails with
+    /// [`Error::TimedOut`].
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// The program and its arguments.
+    pub fn argv(&self) -> &[String] {
+        &self.argv
+    }
+
+    /// The program, for messages.
+    fn program(&self) -> &str {
+        self.argv.first().map_or("", String::as_str)
+    }
+
+    pub(crate) fn to_wit(&self) -> Result<wit::Command> {
+        if self.program().is_empty() {
+            return Err(Error::invalid("a command needs a program to run"));
+        }
+        Ok(wit::Command {
+            workload: self.workload.as_ref().map(types::WorkloadRef::from),
+            pod: self.pod.clone(),
+            container: self.container.clone(),
+            argv: self.argv.clone(),
+            env: self.env.clone(),
+            stdin: self.stdin.clone(),
+            timeout_ms: self.timeout.map(millis),
+        })
+    }
+
+    /// Runs the command in one pod and waits for it.
+    pub fn run(&self) -> Result<Output> {
+        let command = self.to_wit()?;
+        host("exec.run", || wit::run(&command))
+            .map(|o| Output::new(self.program(), o))
+            .map_err(|e| e.context(format_args!("running `{}`", self.program())))
+    }
+
+    /// Runs the command in every pod of the workload in parallel; one output per pod.
+    pub fn run_all(&self) -> Result<Vec<Output>> {
+        let command = self.to_wit()?;
+        host("exec.run-all", || wit::run_all(&command))
+            .map(|outs| {
+                outs.into_iter()
+                    .map(|o| Output::new(self.program(), o))
+                    .collect()
+            })
+            .map_err(|e| e.context(format_args!("running `{}` in every pod", self.program())))
+    }
+}
+
+/// What a finished command produced. Output beyond the host's cap is cut and flagged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Output {
+    /// The pod it ran in.
+    pub pod: String,
+    /// Its exit status.
+    pub exit_code: i32,
+    /// Its stdout, up to the host's cap.
+    pub stdout: Vec<u8>,
+    /// Its stderr, up to the host's cap.
+    pub stderr: Vec<u8>,
+    /// Whether stdout was cut at the cap.
+    pub stdout_truncated: bool,
+    /// Whether stderr was cut at the cap.
+    pub stderr_truncated: bool,
+    program: String,
+}
+
+impl Output {
+    fn new(program: &str, o: wit::Output) -> Self {
+        Self {
+            pod: o.pod,
+            exit_code: o.exit_code,
+            stdout: o.stdout,
+            stderr: o.stderr,
+            stdout_truncated: o.stdout_truncated,
+            stderr_truncated: o.stderr_truncated,
+            program: program.to_owned(),
+        }
+    }
+
+    /// Whether it exited with 0.
+    pub fn success(&self) -> bool {
+        self.exit_code == 0
+    }
+
+    /// Itself when it exited with 0; otherwise [`Error::Failed`] naming the program, the pod,
+    /// the exit status and the end of stderr.
+    pub fn ok(self) -> Result<Self> {
+        if self.success() {
+            return Ok(self);
+        }
+        Err(exit_error(
+            &format!("`{}` in pod {}", self.program, self.pod),
+            self.exit_code,
+            &self.stderr,
+        ))
+    }
+
+    /// Stdout as text (invalid UTF-8 replaced).
+    pub fn stdout_str(&self) -> Cow<'_, str> {
+        String::from_utf8_lossy(&self.stdout)
+    }
+
+    /// Stderr as text (invalid UTF-8 replaced).
+    pub fn stderr_str(&self) -> Cow<'_, str> {
+        String::from_utf8_lossy(&self.stderr)
+    }
+}
+
+/// `{what} exited with {code}: {tail of stderr}`.
+pub(crate) fn exit_error(what: &str, exit_code: i32, stderr: &[u8]) -> Error {
+    let tail = tail(stderr, STDERR_TAIL_BYTES);
+    if tail.is_empty() {
+        Error::failed(format!("{what} exited with {exit_code}"))
+    } else {
+        Error::failed(format!("{what} exited with {exit_code}: {tail}"))
+    }
+}
+
+/// The last `max` bytes of `bytes` as trimmed text, starting on a character boundary, with a
+/// leading `…` when cut.
+fn tail(bytes: &[u8], max: usize) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let text = text.trim();
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut start = text.len() - max;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    format!("…{}", &text[start..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn output(exit_code: i32, stderr: &str) -> Output {
+        Output::new(
+            "pg_dump",
+            wit::Output {
+                pod: "db-0".into(),
+                exit_code,
+                stdout: b"out\xff\n".to_vec(),
+                stderr: stderr.as_bytes().to_vec(),
+                stdout_truncated: false,
+                stderr_truncated: false,
+            },
+        )
+    }
+
+    #[test]
+    fn builds_the_wit_command() {
+        let cmd = Command::new(["pg_dump", "-Fc"])
+            .arg("shop")
+            .args(["--no-owner"])
+            .workload(WorkloadRef::new("shop", "db"))
+            .pod("db-0")
+            .container("postgres")
+            .env("PGUSER", "postgres")
+            .stdin("input")
+            .timeout(Duration::from_secs(2));
+        let wit = cmd.to_wit().ok();
+        let wit = wit.as_ref();
+        assert_eq!(
+            wit.map(|c| c.argv.clone()),
+            Some(vec![
+                "pg_dump".into(),
+                "-Fc".into(),
+                "shop".into(),
+                "--no-owner".into()
+            ])
+        );
+        assert_eq!(wit.and_then(|c| c.timeout_ms), Some(2000));
+        assert_eq!(wit.and_then(|c| c.stdin.clone()), Some(b"input".to_vec()));
+        assert_eq!(
+            wit.and_then(|c| c.workload.as_ref())
+                .map(|w| w.name.as_str()),
+            Some("db")
+        );
+        assert_eq!(wit.and_then(|c| c.container.as_deref()), Some("postgres"));
+        assert_eq!(wit.and_then(|c| c.pod.as_deref()), Some("db-0"));
+        assert_eq!(wit.map(|c| c.env.len()), Some(1));
+    }
+
+    #[test]
+    fn shell_wraps_in_sh() {
+        assert_eq!(
+            Command::shell("echo $HOME").argv(),
+            ["sh", "-c", "echo $HOME"]
+        );
+    }
+
+    #[test]
+    fn an_empty_command_is_invalid() {
+        let none: [&str; 0] = [];
+        assert!(matches!(Command::new(none).run(), Err(Error::Invalid(_))));
+        assert!(matches!(
+            Command::new([""]).run_all(),
+            Err(Error::Invalid(_))
+        ));
+    }
+
+    #[test]
+    #[cfg(not(target_arch = "wasm32"))]
+    fn host_calls_fail_cleanly_off_wasm() {
+        assert!(
+            matches!(Command::new(["true"]).run(), Err(Error::Failed(m)) if m.contains("`true`"))
+        );
+    }
+
+    #[test]
+    fn ok_passes_success_through() {
+        let out = output(0, "");
+        assert!(out.success());
+        assert_eq!(out.clone().ok(), Ok(out));
+    }
+
+    #[test]
+    fn ok_quotes_the_end_of_stderr() {
+        let err = output(1, "\nconnection refused\n").ok();
+        assert_eq!(
+            err,
+            Err(Error::failed(
+                "`pg_dump` in pod db-0 exited with 1: connection refused"
+            ))
+        );
+        let long = format!("{}END", "é".repeat(STDERR_TAIL_BYTES));
+        let Err(Error::Failed(message)) = output(2, &long).ok() else {
+            panic!("expected a failure");
+        };
+        assert!(message.ends_with("END"));
+        assert!(message.contains('…'));
+        assert!(message.len() < STDERR_TAIL_BYTES + 64);
+        assert_eq!(
+            output(3, "").ok(),
+            Err(Error::failed("`pg_dump` in pod db-0 exited with 3"))
+        );
+    }
+
+    #[test]
+    fn lossy_text() {
+        let out = output(0, "warn");
+        assert_eq!(out.stdout_str(), "out\u{fffd}\n");
+        assert_eq!(out.stderr_str(), "warn");
+    }
+}
