@@ -1,1 +1,64 @@
-//! placeholder until the crate lands
+//! Cairn's export repository: where backups live when the cluster is gone.
+//!
+//! A repository is a set of objects in any `object_store` backend (local directory, memory,
+//! S3, Azure, GCS). Data is cut into chunks (page-aligned for files databases rewrite in place,
+//! content-defined for streams), named by a keyed BLAKE3 hash, deduplicated, compressed with
+//! zstd in frames of consecutive new chunks, sealed with AES-256-GCM and packed into pack
+//! files with an index. Snapshots are manifests of a tree or a stream. The data key is wrapped
+//! in key slots (envelope encryption), so passphrases and key providers rotate without
+//! rewriting data. `FORMAT.md` documents the format.
+//!
+//! Start with [`Repository::open`] (or [`Repository::init`], or
+//! [`Repository::open_or_init_local`] for a zero-setup local repository), then
+//! [`Repository::stream_writer`] / [`Repository::backup_tree`] to back up and
+//! [`Repository::stream_reader`] / [`Repository::restore_tree`] to restore.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), cairn_repository::Error> {
+//! use cairn_repository::{BackupOptions, Passphrase, Repository};
+//! use tokio::io::AsyncWriteExt;
+//! let repo = Repository::open("/backups/repo", &Passphrase::new("correct horse")).await?;
+//! let mut w = repo.stream_writer("db.sql", BackupOptions::new().tag("nightly")).await?;
+//! w.write_all(b"COPY ...").await.map_err(|e| cairn_repository::Error::Invalid(e.to_string()))?;
+//! let snapshot = w.finish().await?;
+//! println!("{}", snapshot.id);
+//! # Ok(()) }
+//! ```
+
+mod backend;
+mod chunker;
+mod crypto;
+mod error;
+mod format;
+mod keys;
+mod lock;
+mod pipeline;
+mod repo;
+mod restore;
+mod retention;
+mod stream;
+mod tree;
+
+pub use backend::Location;
+pub use chunker::Chunking;
+pub use crypto::ChunkId;
+pub use error::{Error, Result};
+pub use format::{BackupSummary, FORMAT_VERSION, SnapshotInfo, SnapshotKind};
+pub use keys::{KdfParams, KeyFile, KeyProvider, KeySlotInfo, Passphrase, WrappedKey};
+pub use lock::{LOCK_REFRESH, LOCK_STALE_AFTER};
+pub use pipeline::{
+    DEFAULT_FRAME_BYTES, DEFAULT_PACK_BYTES, DEFAULT_ZSTD_LEVEL, MAX_UPLOADS_IN_FLIGHT,
+};
+pub use repo::{
+    BackupOptions, CheckReport, ForgetReport, InitOptions, Problem, PruneReport, Repository,
+    RestoreSummary, SnapshotFilter,
+};
+pub use retention::Retention;
+pub use stream::{SnapshotReader, SnapshotWriter};
+
+/// Building blocks exposed for the benchmarks only; not a stable API.
+#[doc(hidden)]
+pub mod bench_internals {
+    pub use crate::bench::*;
+}
+mod bench;

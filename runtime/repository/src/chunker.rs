@@ -1,0 +1,189 @@
+//! Splitting byte streams into chunks, incrementally.
+
+use serde::{Deserialize, Serialize};
+
+/// How an artifact is cut into chunks; chosen per artifact.
+///
+/// Measured on the reference dataset (FORMAT.md, "Measurements"): databases rewrite 8 KiB pages in
+/// place, and page-aligned fixed chunks store exactly the rewritten pages, where
+/// content-defined chunks of 16 KiB average store about twice that. Streams (dumps, logs) are
+/// regenerated with insertions, which only content-defined chunking survives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "mode")]
+#[non_exhaustive]
+pub enum Chunking {
+    /// Fixed-size chunks aligned to the start of the file: for files rewritten in place.
+    Fixed {
+        /// Chunk size in bytes (the database page size).
+        size: u32,
+    },
+    /// FastCDC (2020) content-defined chunks: for streams.
+    Cdc {
+        /// Smallest chunk.
+        min: u32,
+        /// Target average.
+        avg: u32,
+        /// Largest chunk.
+        max: u32,
+    },
+}
+
+impl Chunking {
+    /// 8 KiB page-aligned chunks, the page size of PostgreSQL (and a multiple of most
+    /// others'): the default for files of a tree.
+    pub const PAGES: Chunking = Chunking::Fixed { size: 8 * 1024 };
+    /// FastCDC with 8/32/128 KiB min/avg/max: the default for streams. Smaller averages dedup
+    /// insertions a little better but grow the index and the chunk list of a 10 GiB stream.
+    pub const STREAM: Chunking = Chunking::Cdc {
+        min: 8 * 1024,
+        avg: 32 * 1024,
+        max: 128 * 1024,
+    };
+
+    /// The largest chunk this mode produces.
+    pub fn max_chunk(&self) -> usize {
+        match *self {
+            Chunking::Fixed { size } => size as usize,
+            Chunking::Cdc { max, .. } => max as usize,
+        }
+    }
+
+    pub(crate) fn validate(&self) -> crate::Result<()> {
+        let ok = match *self {
+            Chunking::Fixed { size } => {
+                (512..=crate::format::MAX_FRAME_BYTES as u32 / 2).contains(&size)
+            }
+            Chunking::Cdc { min, avg, max } => {
+                min >= fastcdc::v2020::MINIMUM_MIN
+                    && avg >= fastcdc::v2020::AVERAGE_MIN
+                    && max >= fastcdc::v2020::MAXIMUM_MIN
+                    && min <= avg
+                    && avg <= max
+                    && max as usize <= crate::format::MAX_FRAME_BYTES / 2
+                    && min <= fastcdc::v2020::MINIMUM_MAX
+                    && avg <= fastcdc::v2020::AVERAGE_MAX
+            }
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(crate::Error::Invalid(format!(
+                "invalid chunking parameters {self:?}"
+            )))
+        }
+    }
+}
+
+/// Incremental chunker: feed blocks, get the same chunks as over the whole stream at once.
+#[derive(Debug)]
+pub(crate) struct Chunker {
+    mode: Chunking,
+    buf: Vec<u8>,
+}
+
+impl Chunker {
+    pub(crate) fn new(mode: Chunking) -> Self {
+        Self {
+            mode,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Feeds `data`, calling `emit` for every chunk that is complete.
+    pub(crate) fn push(&mut self, mut data: &[u8], emit: &mut dyn FnMut(&[u8])) {
+        match self.mode {
+            Chunking::Fixed { size } => {
+                let size = size as usize;
+                if !self.buf.is_empty() {
+                    let need = size - self.buf.len();
+                    let take = need.min(data.len());
+                    self.buf.extend_from_slice(&data[..take]);
+                    data = &data[take..];
+                    if self.buf.len() == size {
+                        emit(&self.buf);
+                        self.buf.clear();
+                    }
+                }
+                let mut chunks = data.chunks_exact(size);
+                for c in &mut chunks {
+                    emit(c);
+                }
+                self.buf.extend_from_slice(chunks.remainder());
+            }
+            Chunking::Cdc { min, avg, max } => {
+                self.buf.extend_from_slice(data);
+                // Cut only when enough is buffered that every cut but the last is final.
+                if self.buf.len() < 2 * max as usize {
+                    return;
+                }
+                let mut last_start = 0;
+                let mut last_len = 0;
+                for c in fastcdc::v2020::FastCDC::new(&self.buf, min, avg, max) {
+                    if last_len > 0 {
+                        emit(&self.buf[last_start..last_start + last_len]);
+                    }
+                    last_start = c.offset;
+                    last_len = c.length;
+                }
+                // The last cut may have been forced by the end of the buffer: keep it.
+                self.buf.drain(..last_start);
+            }
+        }
+    }
+
+    /// Ends the stream, emitting what is left.
+    pub(crate) fn finish(&mut self, emit: &mut dyn FnMut(&[u8])) {
+        match self.mode {
+            Chunking::Fixed { .. } => {
+                if !self.buf.is_empty() {
+                    emit(&self.buf);
+                }
+            }
+            Chunking::Cdc { min, avg, max } => {
+                for c in fastcdc::v2020::FastCDC::new(&self.buf, min, avg, max) {
+                    emit(&self.buf[c.offset..c.offset + c.length]);
+                }
+            }
+        }
+        self.buf.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(n: usize) -> Vec<u8> {
+        let mut x = 0x12345678u32;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x as u8
+            })
+            .collect()
+    }
+
+    fn cuts(mode: Chunking, d: &[u8], block: usize) -> Vec<usize> {
+        let mut c = Chunker::new(mode);
+        let mut v = Vec::new();
+        for b in d.chunks(block) {
+            c.push(b, &mut |x| v.push(x.len()));
+        }
+        c.finish(&mut |x| v.push(x.len()));
+        v
+    }
+
+    #[test]
+    fn incremental_cuts_match_whole_stream() {
+        let d = data(3_000_000);
+        for mode in [Chunking::STREAM, Chunking::PAGES] {
+            let whole = cuts(mode, &d, d.len());
+            assert_eq!(whole.iter().sum::<usize>(), d.len());
+            for block in [1000, 65536, 1 << 20] {
+                assert_eq!(cuts(mode, &d, block), whole, "{mode:?} block {block}");
+            }
+        }
+    }
+}

@@ -1,0 +1,434 @@
+//! The on-disk format: object names, the config, index and pack encodings, and snapshots.
+//! `FORMAT.md` beside `Cargo.toml` is the reference; keep the two in step.
+
+use crate::crypto::{self, ChunkId, MasterKeys};
+use crate::error::{Error, Result};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+
+/// The format version this build writes and the newest it reads.
+pub const FORMAT_VERSION: u32 = 1;
+/// The `format` field of the config, so foreign JSON is not mistaken for a repository.
+pub(crate) const FORMAT_NAME: &str = "cairn-repository";
+/// Upper bound of a frame's decoded size, checked before decompressing so a damaged or
+/// hostile frame cannot make a reader allocate without bound (4 MiB).
+pub(crate) const MAX_FRAME_BYTES: usize = 4 << 20;
+/// Upper bound of a decoded metadata object (index, snapshot content): 1 GiB.
+pub(crate) const MAX_OBJECT_BYTES: usize = 1 << 30;
+/// Bytes of one index entry.
+const INDEX_ENTRY_LEN: usize = 32 + 4 * 5;
+/// Bytes of one pack-header entry.
+const HEADER_ENTRY_LEN: usize = 32 + 4 * 4;
+
+/// A random object id (128 bits, hex).
+pub(crate) fn new_id() -> String {
+    let mut b = [0u8; 16];
+    rand::rng().fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+pub(crate) fn is_id(s: &str) -> bool {
+    s.len() == 32
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+pub(crate) const CONFIG: &str = "config";
+pub(crate) fn pack_path(id: &str) -> String {
+    format!("data/{}/{id}", &id[..2])
+}
+pub(crate) fn index_path(id: &str) -> String {
+    format!("index/{id}")
+}
+pub(crate) fn snapshot_path(id: &str) -> String {
+    format!("snapshots/{id}")
+}
+pub(crate) fn content_path(id: &str) -> String {
+    format!("content/{id}")
+}
+pub(crate) fn key_path(id: &str) -> String {
+    format!("keys/{id}")
+}
+pub(crate) fn lock_path(id: &str) -> String {
+    format!("locks/{id}")
+}
+
+/// The plaintext `config` object.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Config {
+    pub(crate) format: String,
+    pub(crate) version: u32,
+    pub(crate) id: String,
+    pub(crate) created: jiff::Timestamp,
+    /// Seconds during which objects may not be deleted or overwritten.
+    #[serde(default)]
+    pub(crate) protection_secs: u64,
+}
+
+impl Config {
+    pub(crate) fn parse(bytes: &[u8], url: &str) -> Result<Self> {
+        let v: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
+            Error::corrupt(
+                "config",
+                format!("not JSON ({e}); is {url} a cairn repository?"),
+            )
+        })?;
+        if v.get("format").and_then(|f| f.as_str()) != Some(FORMAT_NAME) {
+            return Err(Error::corrupt(
+                "config",
+                format!("{url} holds no cairn repository config"),
+            ));
+        }
+        let found = v.get("version").and_then(|f| f.as_u64()).unwrap_or(0);
+        if found != u64::from(FORMAT_VERSION) {
+            return Err(Error::UnsupportedVersion {
+                found: u32::try_from(found).unwrap_or(u32::MAX),
+                supported: FORMAT_VERSION,
+            });
+        }
+        serde_json::from_value(v).map_err(|e| Error::corrupt("config", e))
+    }
+}
+
+/// Where a chunk lives: pack (index into the pack table), frame, and place in the frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Loc {
+    pub(crate) pack: u32,
+    pub(crate) frame_off: u32,
+    pub(crate) frame_len: u32,
+    pub(crate) inner_off: u32,
+    pub(crate) len: u32,
+}
+
+/// A pack id: 16 random bytes, hex in object names.
+pub(crate) type PackId = [u8; 16];
+
+pub(crate) fn pack_hex(p: &PackId) -> String {
+    hex::encode(p)
+}
+
+/// One entry of an index file or a pack header.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Entry {
+    pub(crate) id: ChunkId,
+    pub(crate) frame_off: u32,
+    pub(crate) frame_len: u32,
+    pub(crate) inner_off: u32,
+    pub(crate) len: u32,
+}
+
+/// The repository's chunk index, merged from all index files.
+#[derive(Debug, Default)]
+pub(crate) struct Index {
+    pub(crate) packs: Vec<PackId>,
+    pack_pos: HashMap<PackId, u32>,
+    pub(crate) map: HashMap<ChunkId, Loc>,
+    /// Index objects merged in, by id, with the packs each references.
+    pub(crate) files: HashMap<String, Vec<PackId>>,
+}
+
+impl Index {
+    pub(crate) fn pack_no(&mut self, p: PackId) -> u32 {
+        if let Some(&n) = self.pack_pos.get(&p) {
+            return n;
+        }
+        let n = self.packs.len() as u32;
+        self.packs.push(p);
+        self.pack_pos.insert(p, n);
+        n
+    }
+
+    pub(crate) fn add(&mut self, pack: PackId, e: &Entry) {
+        let pack = self.pack_no(pack);
+        self.map.entry(e.id).or_insert(Loc {
+            pack,
+            frame_off: e.frame_off,
+            frame_len: e.frame_len,
+            inner_off: e.inner_off,
+            len: e.len,
+        });
+    }
+
+    pub(crate) fn contains(&self, id: &ChunkId) -> bool {
+        self.map.contains_key(id)
+    }
+}
+
+/// Encodes an index file's plaintext: `CIDX`, version, pack table, entries.
+pub(crate) fn encode_index(packs: &[(PackId, Vec<Entry>)]) -> Vec<u8> {
+    let n: usize = packs.iter().map(|p| p.1.len()).sum();
+    let mut out = Vec::with_capacity(16 + packs.len() * 16 + n * INDEX_ENTRY_LEN);
+    out.extend_from_slice(b"CIDX");
+    out.extend_from_slice(&1u32.to_le_bytes());
+    out.extend_from_slice(&(packs.len() as u32).to_le_bytes());
+    for (p, _) in packs {
+        out.extend_from_slice(p);
+    }
+    out.extend_from_slice(&(n as u32).to_le_bytes());
+    for (i, (_, entries)) in packs.iter().enumerate() {
+        for e in entries {
+            out.extend_from_slice(&e.id.0);
+            for v in [i as u32, e.frame_off, e.frame_len, e.inner_off, e.len] {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+    }
+    out
+}
+
+struct Reader<'a>(&'a [u8]);
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Some(a)
+    }
+    fn u32(&mut self) -> Option<u32> {
+        self.take(4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn id(&mut self) -> Option<ChunkId> {
+        let b = self.take(32)?;
+        let mut a = [0u8; 32];
+        a.copy_from_slice(b);
+        Some(ChunkId(a))
+    }
+}
+
+pub(crate) fn decode_index(buf: &[u8]) -> Option<Vec<(PackId, Vec<Entry>)>> {
+    let mut r = Reader(buf);
+    if r.take(4)? != b"CIDX" || r.u32()? != 1 {
+        return None;
+    }
+    let np = r.u32()? as usize;
+    let mut packs = Vec::with_capacity(np.min(1 << 20));
+    for _ in 0..np {
+        let mut p = [0u8; 16];
+        p.copy_from_slice(r.take(16)?);
+        packs.push((p, Vec::new()));
+    }
+    let n = r.u32()? as usize;
+    for _ in 0..n {
+        let id = r.id()?;
+        let (pi, frame_off, frame_len, inner_off, len) =
+            (r.u32()?, r.u32()?, r.u32()?, r.u32()?, r.u32()?);
+        packs.get_mut(pi as usize)?.1.push(Entry {
+            id,
+            frame_off,
+            frame_len,
+            inner_off,
+            len,
+        });
+    }
+    Some(packs)
+}
+
+/// Encodes a pack header (the pack's own list of chunks, so a lost index can be rebuilt and
+/// `check` can compare the two).
+pub(crate) fn encode_pack_header(entries: &[Entry]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + entries.len() * HEADER_ENTRY_LEN);
+    out.extend_from_slice(b"CPAK");
+    out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+    for e in entries {
+        out.extend_from_slice(&e.id.0);
+        for v in [e.frame_off, e.frame_len, e.inner_off, e.len] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    out
+}
+
+pub(crate) fn decode_pack_header(buf: &[u8]) -> Option<Vec<Entry>> {
+    let mut r = Reader(buf);
+    if r.take(4)? != b"CPAK" {
+        return None;
+    }
+    let n = r.u32()? as usize;
+    let mut v = Vec::with_capacity(n.min(1 << 20));
+    for _ in 0..n {
+        let id = r.id()?;
+        v.push(Entry {
+            id,
+            frame_off: r.u32()?,
+            frame_len: r.u32()?,
+            inner_off: r.u32()?,
+            len: r.u32()?,
+        });
+    }
+    Some(v)
+}
+
+/// Seals a metadata object: zstd (level 3: these are small and read often) then AES-GCM bound
+/// to `kind/id`.
+pub(crate) fn seal_object(keys: &MasterKeys, kind: &str, id: &str, plain: &[u8]) -> Vec<u8> {
+    let payload = crypto::encode_payload(plain, 3);
+    keys.seal(&crypto::object_aad(kind, id), &payload)
+}
+
+pub(crate) fn open_object(
+    keys: &MasterKeys,
+    kind: &str,
+    id: &str,
+    path: &str,
+    sealed: &[u8],
+) -> Result<Vec<u8>> {
+    let payload = keys
+        .open(&crypto::object_aad(kind, id), sealed)
+        .ok_or_else(|| {
+            Error::corrupt(
+                path,
+                "fails authentication (damaged, truncated or not from this repository)",
+            )
+        })?;
+    crypto::decode_payload(&payload, MAX_OBJECT_BYTES)
+        .ok_or_else(|| Error::corrupt(path, "cannot be decompressed"))
+}
+
+/// What a snapshot holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "type")]
+#[non_exhaustive]
+pub enum SnapshotKind {
+    /// A directory tree.
+    Tree {
+        /// The directory backed up, as given.
+        path: String,
+    },
+    /// A byte stream (a dump, a command's stdout).
+    Stream {
+        /// The stream's name.
+        name: String,
+    },
+}
+
+/// Counters of a backup.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct BackupSummary {
+    /// Files in a tree snapshot (1 for a stream).
+    pub files: u64,
+    /// Directories in a tree snapshot.
+    pub dirs: u64,
+    /// Bytes read.
+    pub bytes: u64,
+    /// Chunks in the snapshot.
+    pub chunks: u64,
+    /// Chunks that were new to the repository.
+    pub new_chunks: u64,
+    /// Bytes of new chunks before compression.
+    pub new_bytes: u64,
+    /// Bytes added to the repository (packs, index and snapshot objects).
+    pub stored_bytes: u64,
+}
+
+/// A snapshot's metadata, as listed and as stored in `snapshots/<id>`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct SnapshotInfo {
+    /// The snapshot id (32 hex characters; unique prefixes are accepted where an id is asked).
+    pub id: String,
+    /// When the backup started.
+    pub time: jiff::Timestamp,
+    /// The host that made it.
+    pub hostname: String,
+    /// Tags given at backup.
+    pub tags: Vec<String>,
+    /// A tree or a stream.
+    pub kind: SnapshotKind,
+    /// Counters.
+    pub summary: BackupSummary,
+    /// The content object (tree or chunk list).
+    pub(crate) content: String,
+}
+
+impl SnapshotInfo {
+    /// The first 8 characters of the id, as shown in listings.
+    pub fn short_id(&self) -> &str {
+        &self.id[..8.min(self.id.len())]
+    }
+    /// The path or stream name, for grouping and filtering.
+    pub fn source(&self) -> &str {
+        match &self.kind {
+            SnapshotKind::Tree { path } => path,
+            SnapshotKind::Stream { name } => name,
+        }
+    }
+}
+
+/// A node of a tree snapshot.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Node {
+    /// Path relative to the snapshot root, `/`-separated.
+    pub(crate) path: String,
+    /// The raw path bytes, hex, when the path is not UTF-8 (Unix).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) path_raw: Option<String>,
+    #[serde(rename = "type")]
+    pub(crate) kind: NodeKind,
+    pub(crate) mode: u32,
+    pub(crate) mtime_ns: i64,
+    #[serde(default)]
+    pub(crate) size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) target: Option<String>,
+    /// Concatenated chunk ids, hex.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub(crate) chunks: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum NodeKind {
+    File,
+    Dir,
+    Symlink,
+}
+
+/// The content object of a snapshot.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "type")]
+pub(crate) enum Content {
+    Tree { nodes: Vec<Node> },
+    Stream { size: u64, chunks: String },
+}
+
+pub(crate) fn ids_to_hex(ids: &[ChunkId]) -> String {
+    let mut s = String::with_capacity(ids.len() * 64);
+    for id in ids {
+        s.push_str(&id.to_hex());
+    }
+    s
+}
+
+pub(crate) fn hex_to_ids(s: &str, object: &str) -> Result<Vec<ChunkId>> {
+    if !s.len().is_multiple_of(64) {
+        return Err(Error::corrupt(object, "chunk list has a bad length"));
+    }
+    let mut out = Vec::with_capacity(s.len() / 64);
+    let mut buf = [0u8; 32];
+    for i in (0..s.len()).step_by(64) {
+        hex::decode_to_slice(&s[i..i + 64], &mut buf)
+            .map_err(|_| Error::corrupt(object, "chunk list is not hex"))?;
+        out.push(ChunkId(buf));
+    }
+    Ok(out)
+}
+
+impl Content {
+    pub(crate) fn chunk_ids(&self, object: &str) -> Result<Vec<ChunkId>> {
+        match self {
+            Content::Stream { chunks, .. } => hex_to_ids(chunks, object),
+            Content::Tree { nodes } => {
+                let mut v = Vec::new();
+                for n in nodes {
+                    v.extend(hex_to_ids(&n.chunks, object)?);
+                }
+                Ok(v)
+            }
+        }
+    }
+}

@@ -1,0 +1,1291 @@
+//! The repository handle and its operations.
+
+use crate::backend::{Backend, Location};
+use crate::chunker::Chunking;
+use crate::crypto::{ChunkId, MasterKeys};
+use crate::error::{Error, Result};
+use crate::format::{self, Config, Content, Index, SnapshotInfo, SnapshotKind};
+use crate::keys::{self, KeyFile, KeyProvider, KeySlotInfo, SlotFile};
+use crate::lock::LockGuard;
+use crate::pipeline::{self, Pipeline, PipelineConfig};
+use crate::retention::Retention;
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+/// Metadata objects read at once when listing (snapshots, index files).
+const METADATA_READS_IN_FLIGHT: usize = 16;
+
+/// Options of [`Repository::init`].
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct InitOptions {
+    /// During this period after it is written, no object of the repository may be deleted or
+    /// overwritten (immutability). Zero disables protection.
+    pub protection: Duration,
+    /// A label for the first key slot.
+    pub label: String,
+}
+
+impl InitOptions {
+    /// Default options: no protection.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Sets the protection period.
+    pub fn protection(mut self, p: Duration) -> Self {
+        self.protection = p;
+        self
+    }
+}
+
+/// Options of a backup.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct BackupOptions {
+    /// Tags recorded in the snapshot.
+    pub tags: Vec<String>,
+    /// Chunking; `None` picks per artifact: [`Chunking::PAGES`] for tree files,
+    /// [`Chunking::STREAM`] for streams.
+    pub chunking: Option<Chunking>,
+    /// zstd level for data (negative levels are faster still).
+    pub zstd_level: i32,
+    /// Uncompressed bytes of new chunks compressed together as one frame; the chunk size
+    /// compresses every chunk on its own.
+    pub frame_bytes: usize,
+    /// Compression threads (default: the available cores).
+    pub threads: usize,
+    /// Bytes read so far, updated as the backup runs (for progress bars).
+    pub progress: Option<Arc<AtomicU64>>,
+}
+
+impl Default for BackupOptions {
+    fn default() -> Self {
+        Self {
+            tags: Vec::new(),
+            chunking: None,
+            zstd_level: pipeline::DEFAULT_ZSTD_LEVEL,
+            frame_bytes: pipeline::DEFAULT_FRAME_BYTES,
+            threads: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+            progress: None,
+        }
+    }
+}
+
+impl BackupOptions {
+    /// Default options.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Adds a tag.
+    pub fn tag(mut self, t: impl Into<String>) -> Self {
+        self.tags.push(t.into());
+        self
+    }
+    /// Sets the chunking.
+    pub fn chunking(mut self, c: Chunking) -> Self {
+        self.chunking = Some(c);
+        self
+    }
+    /// Sets the zstd level.
+    pub fn zstd_level(mut self, l: i32) -> Self {
+        self.zstd_level = l;
+        self
+    }
+    /// Sets the frame size.
+    pub fn frame_bytes(mut self, n: usize) -> Self {
+        self.frame_bytes = n;
+        self
+    }
+    /// Sets the progress counter.
+    pub fn progress(mut self, p: Arc<AtomicU64>) -> Self {
+        self.progress = Some(p);
+        self
+    }
+}
+
+/// Which snapshots to list or forget.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct SnapshotFilter {
+    /// Snapshots carrying all of these tags.
+    pub tags: Vec<String>,
+    /// Snapshots of this tree path or stream name.
+    pub source: Option<String>,
+    /// Made at or after.
+    pub since: Option<jiff::Timestamp>,
+    /// Made before.
+    pub until: Option<jiff::Timestamp>,
+}
+
+impl SnapshotFilter {
+    /// Everything.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Requires a tag.
+    pub fn tag(mut self, t: impl Into<String>) -> Self {
+        self.tags.push(t.into());
+        self
+    }
+    /// Requires a source (path or stream name).
+    pub fn source(mut self, s: impl Into<String>) -> Self {
+        self.source = Some(s.into());
+        self
+    }
+    /// Requires snapshots made at or after an RFC 3339 time.
+    pub fn since(mut self, rfc3339: &str) -> Result<Self> {
+        self.since = Some(parse_time(rfc3339)?);
+        Ok(self)
+    }
+    /// Requires snapshots made before an RFC 3339 time.
+    pub fn until(mut self, rfc3339: &str) -> Result<Self> {
+        self.until = Some(parse_time(rfc3339)?);
+        Ok(self)
+    }
+    fn matches(&self, s: &SnapshotInfo) -> bool {
+        self.tags.iter().all(|t| s.tags.contains(t))
+            && self.source.as_deref().is_none_or(|p| s.source() == p)
+            && self.since.is_none_or(|t| s.time >= t)
+            && self.until.is_none_or(|t| s.time < t)
+    }
+}
+
+fn parse_time(s: &str) -> Result<jiff::Timestamp> {
+    s.parse().map_err(|e| {
+        Error::Invalid(format!(
+            "{s:?} is not an RFC 3339 time (e.g. 2026-01-31T12:00:00Z): {e}"
+        ))
+    })
+}
+
+/// A damaged or missing object found by `check`.
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct Problem {
+    /// The object path.
+    pub object: String,
+    /// What is wrong.
+    pub reason: String,
+    /// Snapshots that can no longer be fully restored because of it.
+    pub snapshots: Vec<String>,
+}
+
+/// The result of [`Repository::check`].
+#[derive(Debug, Clone, Default, Serialize)]
+#[non_exhaustive]
+pub struct CheckReport {
+    /// Damage: the repository is not healthy when this is not empty.
+    pub errors: Vec<Problem>,
+    /// Harmless findings (foreign files, unreferenced data that prune removes).
+    pub warnings: Vec<String>,
+    /// Snapshots checked.
+    pub snapshots: usize,
+    /// Packs whose data was read and verified.
+    pub packs_read: usize,
+    /// Bytes read and verified.
+    pub bytes_read: u64,
+}
+
+impl CheckReport {
+    /// Whether no damage was found.
+    pub fn is_ok(&self) -> bool {
+        self.errors.is_empty()
+    }
+}
+
+/// The result of [`Repository::forget`].
+#[derive(Debug, Clone, Default, Serialize)]
+#[non_exhaustive]
+pub struct ForgetReport {
+    /// Kept snapshots and the rules that keep them.
+    pub kept: BTreeMap<String, Vec<&'static str>>,
+    /// Snapshots removed (or that would be, in a dry run).
+    pub removed: Vec<String>,
+    /// Snapshots the policy would remove but the protection period keeps, with its end.
+    pub protected: Vec<(String, String)>,
+}
+
+/// The result of [`Repository::prune`].
+#[derive(Debug, Clone, Default, Serialize)]
+#[non_exhaustive]
+pub struct PruneReport {
+    /// Packs deleted (or that would be, in a dry run).
+    pub packs_deleted: usize,
+    /// Their bytes.
+    pub bytes_deleted: u64,
+    /// Unreferenced packs kept because they are protected.
+    pub packs_protected: usize,
+    /// Packs still in use.
+    pub packs_kept: usize,
+    /// Index files rewritten into one.
+    pub index_files_replaced: usize,
+    /// Orphaned snapshot contents deleted.
+    pub contents_deleted: usize,
+}
+
+/// The result of a restore.
+#[derive(Debug, Clone, Default, Serialize)]
+#[non_exhaustive]
+pub struct RestoreSummary {
+    /// Files written.
+    pub files: u64,
+    /// Directories created.
+    pub dirs: u64,
+    /// Bytes written.
+    pub bytes: u64,
+}
+
+pub(crate) struct Inner {
+    pub(crate) backend: Backend,
+    pub(crate) config: Config,
+    pub(crate) keys: Arc<MasterKeys>,
+    slot: String,
+    pub(crate) index: Arc<RwLock<Index>>,
+}
+
+/// An open repository. Cheap to clone; every clone shares the index.
+#[derive(Clone)]
+pub struct Repository {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Repository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Repository")
+            .field("url", &self.inner.backend.url)
+            .finish_non_exhaustive()
+    }
+}
+
+fn poisoned() -> Error {
+    Error::Invalid("repository index lock poisoned".into())
+}
+
+impl Repository {
+    /// Creates a repository at `location`, with one key slot wrapped by `key`.
+    pub async fn init(
+        location: impl Into<Location>,
+        key: &dyn KeyProvider,
+        opts: InitOptions,
+    ) -> Result<Self> {
+        let location = location.into();
+        let mut backend = Backend::connect(&location, true)?;
+        if backend.get(format::CONFIG).await?.is_some() {
+            return Err(Error::AlreadyInitialised { url: location.url });
+        }
+        let keys = MasterKeys::generate();
+        let config = Config {
+            format: format::FORMAT_NAME.into(),
+            version: format::FORMAT_VERSION,
+            id: format::new_id(),
+            created: jiff::Timestamp::now(),
+            protection_secs: opts.protection.as_secs(),
+        };
+        let slot = write_slot(&backend, &config.id, &keys, key, &opts.label).await?;
+        let body = serde_json::to_vec_pretty(&config).map_err(|e| Error::Invalid(e.to_string()))?;
+        backend
+            .put_new(format::CONFIG, Bytes::from(body))
+            .await
+            .map_err(|e| match e {
+                Error::Protected { .. } => Error::AlreadyInitialised {
+                    url: location.url.clone(),
+                },
+                e => e,
+            })?;
+        backend.protection = opts.protection;
+        Ok(Self::from_parts(
+            backend,
+            config,
+            keys,
+            slot,
+            Index::default(),
+        ))
+    }
+
+    /// Opens the repository at `location` with `key`. Reads only: a wrong key writes nothing.
+    pub async fn open(location: impl Into<Location>, key: &dyn KeyProvider) -> Result<Self> {
+        let location = location.into();
+        let mut backend = Backend::connect(&location, false)?;
+        let config = match backend.get(format::CONFIG).await? {
+            Some(b) => Config::parse(&b, &location.url)?,
+            None => return Err(Error::NotARepository { url: location.url }),
+        };
+        backend.protection = Duration::from_secs(config.protection_secs);
+        let (keys, slot) = open_slots(&backend, &config.id, key).await?;
+        let index = load_index(&backend, &keys).await?;
+        Ok(Self::from_parts(backend, config, keys, slot, index))
+    }
+
+    /// Opens the local repository in `dir` with the key in `key_file`, creating both when
+    /// absent: the zero-setup default repository of `cairn run`.
+    pub async fn open_or_init_local(
+        dir: impl AsRef<std::path::Path>,
+        key_file: impl AsRef<std::path::Path>,
+    ) -> Result<Self> {
+        let dir = dir.as_ref();
+        let key = KeyFile::load_or_create(key_file)?;
+        if dir.join(format::CONFIG).exists() {
+            Self::open(dir, &key).await
+        } else {
+            let opts = InitOptions {
+                label: "default local key file".into(),
+                ..Default::default()
+            };
+            Self::init(dir, &key, opts).await
+        }
+    }
+
+    fn from_parts(
+        backend: Backend,
+        config: Config,
+        keys: MasterKeys,
+        slot: String,
+        index: Index,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                backend,
+                config,
+                keys: Arc::new(keys),
+                slot,
+                index: Arc::new(RwLock::new(index)),
+            }),
+        }
+    }
+
+    /// The repository's id (from its config).
+    pub fn id(&self) -> &str {
+        &self.inner.config.id
+    }
+
+    /// The protection period set at init.
+    pub fn protection(&self) -> Duration {
+        self.inner.backend.protection
+    }
+
+    pub(crate) async fn start_backup(
+        &self,
+        opts: &BackupOptions,
+        default: Chunking,
+    ) -> Result<(LockGuard, Pipeline)> {
+        let lock = LockGuard::acquire(&self.inner.backend, false, "backup").await?;
+        // Dedup against what other processes stored since this handle opened.
+        if let Err(e) = self.refresh_index().await {
+            lock.release().await;
+            return Err(e);
+        }
+        let cfg = PipelineConfig {
+            chunking: opts.chunking.unwrap_or(default),
+            level: opts.zstd_level,
+            frame_bytes: opts.frame_bytes,
+            pack_bytes: pipeline::DEFAULT_PACK_BYTES,
+            threads: opts.threads,
+            progress: opts.progress.clone(),
+        };
+        let shared = pipeline::Shared {
+            backend: self.inner.backend.clone(),
+            keys: self.inner.keys.clone(),
+            index: self.inner.index.clone(),
+        };
+        match Pipeline::start(shared, cfg) {
+            Ok(p) => Ok((lock, p)),
+            Err(e) => {
+                lock.release().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Writes the content and then the snapshot object: the snapshot is the commit.
+    pub(crate) async fn commit(
+        &self,
+        kind: SnapshotKind,
+        tags: Vec<String>,
+        content: Content,
+        mut summary: format::BackupSummary,
+        time: jiff::Timestamp,
+    ) -> Result<SnapshotInfo> {
+        let keys = &self.inner.keys;
+        let content_id = format::new_id();
+        let plain = serde_json::to_vec(&content).map_err(|e| Error::Invalid(e.to_string()))?;
+        let sealed = format::seal_object(keys, "content", &content_id, &plain);
+        summary.stored_bytes += sealed.len() as u64;
+        self.inner
+            .backend
+            .put_new(&format::content_path(&content_id), Bytes::from(sealed))
+            .await?;
+        let info = SnapshotInfo {
+            id: format::new_id(),
+            time,
+            hostname: crate::lock::hostname(),
+            tags,
+            kind,
+            summary,
+            content: content_id,
+        };
+        let plain = serde_json::to_vec(&info).map_err(|e| Error::Invalid(e.to_string()))?;
+        let sealed = format::seal_object(keys, "snapshot", &info.id, &plain);
+        self.inner
+            .backend
+            .put_new(&format::snapshot_path(&info.id), Bytes::from(sealed))
+            .await?;
+        tracing::info!(snapshot = %info.id, bytes = info.summary.bytes, stored = info.summary.stored_bytes, "snapshot written");
+        Ok(info)
+    }
+
+    async fn snapshot_ids(&self) -> Result<Vec<String>> {
+        Ok(self
+            .inner
+            .backend
+            .list("snapshots/")
+            .await?
+            .into_iter()
+            .filter_map(|m| {
+                m.location
+                    .filename()
+                    .filter(|n| format::is_id(n))
+                    .map(str::to_string)
+            })
+            .collect())
+    }
+
+    async fn read_snapshot(&self, id: &str) -> Result<SnapshotInfo> {
+        let path = format::snapshot_path(id);
+        let b = self
+            .inner
+            .backend
+            .get(&path)
+            .await?
+            .ok_or_else(|| Error::NotFound {
+                kind: "snapshot",
+                id: id.to_string(),
+            })?;
+        let plain = format::open_object(&self.inner.keys, "snapshot", id, &path, &b)?;
+        let info: SnapshotInfo =
+            serde_json::from_slice(&plain).map_err(|e| Error::corrupt(&path, e))?;
+        if info.id != id {
+            return Err(Error::corrupt(&path, "holds another snapshot's id"));
+        }
+        Ok(info)
+    }
+
+    /// Lists snapshots matching `filter`, oldest first.
+    pub async fn snapshots(&self, filter: &SnapshotFilter) -> Result<Vec<SnapshotInfo>> {
+        let ids = self.snapshot_ids().await?;
+        let mut v: Vec<SnapshotInfo> = futures::stream::iter(ids)
+            .map(|id| async move { self.read_snapshot(&id).await })
+            .buffer_unordered(METADATA_READS_IN_FLIGHT)
+            .try_collect()
+            .await?;
+        v.retain(|s| filter.matches(s));
+        v.sort_by(|a, b| a.time.cmp(&b.time).then_with(|| a.id.cmp(&b.id)));
+        Ok(v)
+    }
+
+    /// Finds a snapshot by id or unique id prefix; `latest` is the newest snapshot.
+    pub async fn snapshot(&self, id_or_prefix: &str) -> Result<SnapshotInfo> {
+        if id_or_prefix == "latest" {
+            return self
+                .snapshots(&SnapshotFilter::default())
+                .await?
+                .pop()
+                .ok_or_else(|| Error::NotFound {
+                    kind: "snapshot",
+                    id: "latest".into(),
+                });
+        }
+        let ids: Vec<String> = self
+            .snapshot_ids()
+            .await?
+            .into_iter()
+            .filter(|i| i.starts_with(id_or_prefix))
+            .collect();
+        match ids.as_slice() {
+            [one] => self.read_snapshot(one).await,
+            [] => Err(Error::NotFound {
+                kind: "snapshot",
+                id: id_or_prefix.to_string(),
+            }),
+            _ => Err(Error::Ambiguous {
+                prefix: id_or_prefix.to_string(),
+            }),
+        }
+    }
+
+    pub(crate) async fn content(&self, info: &SnapshotInfo) -> Result<Content> {
+        let path = format::content_path(&info.content);
+        let b = self
+            .inner
+            .backend
+            .get(&path)
+            .await?
+            .ok_or_else(|| Error::Missing {
+                object: path.clone(),
+                snapshots: vec![info.id.clone()],
+            })?;
+        let plain = format::open_object(&self.inner.keys, "content", &info.content, &path, &b)
+            .map_err(|e| with_snapshot(e, &info.id))?;
+        serde_json::from_slice(&plain)
+            .map_err(|e| with_snapshot(Error::corrupt(&path, e), &info.id))
+    }
+
+    /// Plans the reads of `ids` and returns the decoded chunks in order. Chunks this handle
+    /// has not seen (written by another process since it opened) are found by reloading the
+    /// index once.
+    pub(crate) async fn read_chunks(
+        &self,
+        ids: &[ChunkId],
+        snapshot: &str,
+    ) -> Result<impl futures::Stream<Item = Result<Vec<Bytes>>> + Send + 'static> {
+        let planned = {
+            let idx = self.inner.index.read().map_err(|_| poisoned())?;
+            crate::restore::plan(&idx, ids)
+        };
+        let units = match planned {
+            Ok(u) => u,
+            Err(Error::Missing { .. }) => {
+                self.refresh_index().await?;
+                let idx = self.inner.index.read().map_err(|_| poisoned())?;
+                crate::restore::plan(&idx, ids).map_err(|e| with_snapshot(e, snapshot))?
+            }
+            Err(e) => return Err(with_snapshot(e, snapshot)),
+        };
+        let snap = snapshot.to_string();
+        Ok(
+            crate::restore::chunks(self.inner.backend.clone(), self.inner.keys.clone(), units)
+                .map(move |r| r.map_err(|e| with_snapshot(e, &snap))),
+        )
+    }
+
+    /// Reloads the chunk index from the store.
+    pub(crate) async fn refresh_index(&self) -> Result<()> {
+        let fresh = load_index(&self.inner.backend, &self.inner.keys).await?;
+        *self.inner.index.write().map_err(|_| poisoned())? = fresh;
+        Ok(())
+    }
+
+    /// Verifies the repository. Structure always: config, key slots, index files, snapshots
+    /// and their contents, and that every chunk a snapshot needs is indexed in an existing
+    /// pack. With `read_data`, every pack is read, decrypted and every chunk hash-verified.
+    pub async fn check(&self, read_data: bool) -> Result<CheckReport> {
+        let mut report = CheckReport::default();
+        self.refresh_index().await?;
+        let backend = &self.inner.backend;
+        let keys = &self.inner.keys;
+        // Foreign objects.
+        let all = backend.list("").await?;
+        let mut packs_present: HashMap<String, u64> = HashMap::new();
+        for m in &all {
+            let p = m.location.to_string();
+            let parts: Vec<&str> = p.split('/').collect();
+            let known = match parts.as_slice() {
+                ["config"] => true,
+                ["keys" | "index" | "snapshots" | "content" | "locks", id] => format::is_id(id),
+                ["data", pre, id] => {
+                    let ok = format::is_id(id) && id.starts_with(pre);
+                    if ok {
+                        packs_present.insert(id.to_string(), m.size);
+                    }
+                    ok
+                }
+                _ => false,
+            };
+            if !known {
+                report.warnings.push(format!(
+                    "foreign object {p} (not part of the repository format; ignored)"
+                ));
+            }
+        }
+        // Snapshots and the chunks they need.
+        let mut snap_chunks: Vec<(String, HashSet<ChunkId>)> = Vec::new();
+        for id in self.snapshot_ids().await? {
+            let info = match self.read_snapshot(&id).await {
+                Ok(i) => i,
+                Err(e) => {
+                    report.errors.push(problem(e, vec![id.clone()]));
+                    continue;
+                }
+            };
+            match self
+                .content(&info)
+                .await
+                .and_then(|c| c.chunk_ids(&format::content_path(&info.content)))
+            {
+                Ok(ids) => snap_chunks.push((id, ids.into_iter().collect())),
+                Err(e) => report.errors.push(problem(e, vec![id.clone()])),
+            }
+        }
+        report.snapshots = snap_chunks.len() + report.errors.len();
+        let affected = |damaged: &HashSet<ChunkId>| -> Vec<String> {
+            snap_chunks
+                .iter()
+                .filter(|(_, ids)| ids.iter().any(|c| damaged.contains(c)))
+                .map(|(s, _)| s.clone())
+                .collect()
+        };
+        // Index files must all open.
+        for m in backend.list("index/").await? {
+            let Some(id) = m.location.filename().filter(|n| format::is_id(n)) else {
+                continue;
+            };
+            let path = format::index_path(id);
+            if let Some(b) = backend.get(&path).await?
+                && let Err(e) = format::open_object(keys, "index", id, &path, &b).and_then(|p| {
+                    format::decode_index(&p)
+                        .ok_or_else(|| Error::corrupt(&path, "bad index encoding"))
+                })
+            {
+                report.errors.push(problem(e, Vec::new()));
+            }
+        }
+        let (by_pack, missing_chunks) = {
+            let idx = self.inner.index.read().map_err(|_| poisoned())?;
+            let mut by_pack: HashMap<String, Vec<(ChunkId, format::Loc)>> = HashMap::new();
+            for (c, l) in &idx.map {
+                by_pack
+                    .entry(format::pack_hex(&idx.packs[l.pack as usize]))
+                    .or_default()
+                    .push((*c, *l));
+            }
+            let mut missing = HashSet::new();
+            for (_, ids) in &snap_chunks {
+                for c in ids {
+                    if !idx.map.contains_key(c) {
+                        missing.insert(*c);
+                    }
+                }
+            }
+            (by_pack, missing)
+        };
+        if !missing_chunks.is_empty() {
+            report.errors.push(Problem {
+                object: "index".into(),
+                reason: format!(
+                    "{} chunks referenced by snapshots are in no index",
+                    missing_chunks.len()
+                ),
+                snapshots: affected(&missing_chunks),
+            });
+        }
+        let mut referenced: HashSet<ChunkId> = HashSet::new();
+        for (_, ids) in &snap_chunks {
+            referenced.extend(ids.iter().copied());
+        }
+        let mut unreferenced_packs = 0usize;
+        let mut pack_names: Vec<&String> = by_pack.keys().collect();
+        pack_names.sort();
+        for hex in pack_names {
+            let entries = &by_pack[hex];
+            let path = format::pack_path(hex);
+            let damaged: HashSet<ChunkId> = entries.iter().map(|e| e.0).collect();
+            if !entries.iter().any(|e| referenced.contains(&e.0)) {
+                unreferenced_packs += 1;
+            }
+            let Some(&size) = packs_present.get(hex.as_str()) else {
+                report.errors.push(Problem {
+                    object: path,
+                    reason: "is missing".into(),
+                    snapshots: affected(&damaged),
+                });
+                continue;
+            };
+            let needed = entries
+                .iter()
+                .map(|(_, l)| u64::from(l.frame_off) + u64::from(l.frame_len))
+                .max()
+                .unwrap_or(0);
+            if size < needed {
+                report.errors.push(Problem {
+                    object: path,
+                    reason: format!("is truncated ({size} bytes, index needs {needed})"),
+                    snapshots: affected(&damaged),
+                });
+                continue;
+            }
+            if read_data {
+                report.packs_read += 1;
+                report.bytes_read += size;
+                if let Err(e) = self.verify_pack(hex, &path, entries).await {
+                    let bad: HashSet<ChunkId> = match &e {
+                        VerifyError::Chunks(c, _) => c.clone(),
+                        VerifyError::Whole(_) => damaged.clone(),
+                    };
+                    report.errors.push(Problem {
+                        object: path,
+                        reason: e.reason(),
+                        snapshots: affected(&bad),
+                    });
+                }
+            }
+        }
+        for hex in packs_present.keys() {
+            if !by_pack.contains_key(hex) {
+                report.warnings.push(format!(
+                    "pack {} is in no index (left by an interrupted backup; prune removes it)",
+                    format::pack_path(hex)
+                ));
+            }
+        }
+        if unreferenced_packs > 0 {
+            report.warnings.push(format!(
+                "{unreferenced_packs} packs hold only unreferenced data (prune removes them)"
+            ));
+        }
+        Ok(report)
+    }
+
+    async fn verify_pack(
+        &self,
+        hex: &str,
+        path: &str,
+        entries: &[(ChunkId, format::Loc)],
+    ) -> Result<(), VerifyError> {
+        let data = self
+            .inner
+            .backend
+            .get(path)
+            .await
+            .map_err(|e| VerifyError::Whole(e.to_string()))?;
+        let Some(data) = data else {
+            return Err(VerifyError::Whole("is missing".into()));
+        };
+        let keys = self.inner.keys.clone();
+        let (hex, path, entries) = (hex.to_string(), path.to_string(), entries.to_vec());
+        tokio::task::spawn_blocking(move || {
+            // The trailer names the header; a damaged header is reported but frames are still
+            // verified against the index.
+            let mut header_problem = None;
+            if data.len() < 4 {
+                return Err(VerifyError::Whole("is truncated".into()));
+            }
+            let hl = u32::from_le_bytes([
+                data[data.len() - 4],
+                data[data.len() - 3],
+                data[data.len() - 2],
+                data[data.len() - 1],
+            ]) as usize;
+            if hl + 4 > data.len() {
+                header_problem = Some("pack header length is out of range".to_string());
+            } else {
+                let sealed = &data[data.len() - 4 - hl..data.len() - 4];
+                match keys
+                    .open(&crate::crypto::object_aad("pack-header", &hex), sealed)
+                    .and_then(|h| format::decode_pack_header(&h))
+                {
+                    Some(h) => {
+                        let in_header: HashSet<ChunkId> = h.iter().map(|e| e.id).collect();
+                        if entries.iter().any(|(c, _)| !in_header.contains(c)) {
+                            header_problem = Some(
+                                "pack header does not list chunks the index places in it".into(),
+                            );
+                        }
+                    }
+                    None => header_problem = Some("pack header fails authentication".into()),
+                }
+            }
+            let mut frames: HashMap<u32, Option<Bytes>> = HashMap::new();
+            let mut bad = HashSet::new();
+            let mut first = None;
+            for (c, l) in &entries {
+                let f = frames.entry(l.frame_off).or_insert_with(|| {
+                    let (a, b) = (
+                        l.frame_off as usize,
+                        l.frame_off as usize + l.frame_len as usize,
+                    );
+                    data.get(a..b).and_then(|s| {
+                        crate::restore::decode_frame(&keys, &hex, &path, u64::from(l.frame_off), s)
+                            .ok()
+                    })
+                });
+                let ok = f.as_ref().is_some_and(|f| {
+                    let (a, b) = (l.inner_off as usize, l.inner_off as usize + l.len as usize);
+                    f.get(a..b).is_some_and(|s| keys.chunk_id(s) == *c)
+                });
+                if !ok {
+                    bad.insert(*c);
+                    first.get_or_insert(l.frame_off);
+                }
+            }
+            if let Some(off) = first {
+                return Err(VerifyError::Chunks(
+                    bad,
+                    format!("frame at offset {off} is damaged"),
+                ));
+            }
+            match header_problem {
+                Some(p) => Err(VerifyError::Chunks(HashSet::new(), p)),
+                None => Ok(()),
+            }
+        })
+        .await
+        .map_err(|e| VerifyError::Whole(e.to_string()))?
+    }
+
+    /// Removes snapshots that `policy` does not keep, among those matching `filter`. Protected
+    /// snapshots are kept and reported.
+    pub async fn forget(
+        &self,
+        policy: &Retention,
+        filter: &SnapshotFilter,
+        dry_run: bool,
+    ) -> Result<ForgetReport> {
+        if policy.is_empty() {
+            return Err(Error::Invalid(
+                "no retention rule given; refusing to forget every snapshot".into(),
+            ));
+        }
+        let snaps = self.snapshots(filter).await?;
+        let mut report = ForgetReport {
+            kept: policy.apply(&snaps),
+            ..Default::default()
+        };
+        let listed: HashMap<String, i64> = self
+            .inner
+            .backend
+            .list("snapshots/")
+            .await?
+            .into_iter()
+            .filter_map(|m| {
+                m.location
+                    .filename()
+                    .map(|n| (n.to_string(), m.last_modified.timestamp()))
+            })
+            .collect();
+        for s in snaps {
+            if report.kept.contains_key(&s.id) {
+                continue;
+            }
+            let written = listed
+                .get(&s.id)
+                .copied()
+                .unwrap_or(s.time.as_second())
+                .max(s.time.as_second());
+            if let Some(until) = self.inner.backend.protected_until(written) {
+                report.protected.push((s.id.clone(), until.to_string()));
+                continue;
+            }
+            if !dry_run {
+                self.remove_snapshot(&s).await?;
+            }
+            report.removed.push(s.id);
+        }
+        Ok(report)
+    }
+
+    /// Removes one snapshot (an export whose restore point was retired), unless the
+    /// protection period still covers it. Its data goes at the next `prune`.
+    pub async fn forget_snapshot(&self, id_or_prefix: &str) -> Result<()> {
+        let s = self.snapshot(id_or_prefix).await?;
+        self.remove_snapshot(&s).await
+    }
+
+    async fn remove_snapshot(&self, s: &SnapshotInfo) -> Result<()> {
+        // The backend refuses deletes inside the protection period (Error::Protected).
+        self.inner
+            .backend
+            .delete_data(&format::snapshot_path(&s.id), None)
+            .await?;
+        // The content goes with it; prune would collect it otherwise.
+        match self
+            .inner
+            .backend
+            .delete_data(&format::content_path(&s.content), None)
+            .await
+        {
+            Ok(()) | Err(Error::Protected { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes data no snapshot references. Takes the exclusive lock, so it never runs while
+    /// a backup is writing (see FORMAT.md, "Prune and concurrency").
+    pub async fn prune(&self, dry_run: bool) -> Result<PruneReport> {
+        let lock = LockGuard::acquire(&self.inner.backend, true, "prune").await?;
+        let r = self.prune_locked(dry_run).await;
+        lock.release().await;
+        r
+    }
+
+    async fn prune_locked(&self, dry_run: bool) -> Result<PruneReport> {
+        let backend = &self.inner.backend;
+        let mut report = PruneReport::default();
+        // Reload the index: other processes may have added to it.
+        self.refresh_index().await?;
+        let snaps = self.snapshots(&SnapshotFilter::default()).await?;
+        let mut referenced = HashSet::new();
+        let mut contents = HashSet::new();
+        for s in &snaps {
+            let c = self.content(s).await?;
+            referenced.extend(c.chunk_ids(&format::content_path(&s.content))?);
+            contents.insert(s.content.clone());
+        }
+        for m in backend.list("content/").await? {
+            let Some(id) = m.location.filename().filter(|n| format::is_id(n)) else {
+                continue;
+            };
+            if !contents.contains(id)
+                && backend
+                    .protected_until(m.last_modified.timestamp())
+                    .is_none()
+            {
+                if !dry_run {
+                    backend.delete_data(m.location.as_ref(), Some(&m)).await?;
+                }
+                report.contents_deleted += 1;
+            }
+        }
+        let listed: HashMap<String, object_store::ObjectMeta> = backend
+            .list("data/")
+            .await?
+            .into_iter()
+            .filter_map(|m| {
+                m.location
+                    .filename()
+                    .filter(|n| format::is_id(n))
+                    .map(|n| (n.to_string(), m.clone()))
+            })
+            .collect();
+        let index_files: Vec<object_store::ObjectMeta> = backend.list("index/").await?;
+        let (used_packs, survivors, protected_index_packs) = {
+            let idx = self.inner.index.read().map_err(|_| poisoned())?;
+            let mut used: HashSet<String> = HashSet::new();
+            for c in &referenced {
+                if let Some(l) = idx.map.get(c) {
+                    used.insert(format::pack_hex(&idx.packs[l.pack as usize]));
+                }
+            }
+            // Entries that survive: the canonical location of every chunk in a used pack.
+            let mut survivors: BTreeMap<format::PackId, Vec<format::Entry>> = BTreeMap::new();
+            for (c, l) in &idx.map {
+                let p = idx.packs[l.pack as usize];
+                if used.contains(&format::pack_hex(&p)) {
+                    survivors.entry(p).or_default().push(format::Entry {
+                        id: *c,
+                        frame_off: l.frame_off,
+                        frame_len: l.frame_len,
+                        inner_off: l.inner_off,
+                        len: l.len,
+                    });
+                }
+            }
+            // Packs named by an index file that cannot be deleted yet must stay, or that file
+            // would point at nothing.
+            let mut protected_packs = HashSet::new();
+            for m in &index_files {
+                if backend
+                    .protected_until(m.last_modified.timestamp())
+                    .is_some()
+                    && let Some(ps) = m.location.filename().and_then(|n| idx.files.get(n))
+                {
+                    protected_packs.extend(ps.iter().map(format::pack_hex));
+                }
+            }
+            (used, survivors, protected_packs)
+        };
+        let mut doomed = Vec::new();
+        for (hex, m) in &listed {
+            if used_packs.contains(hex) {
+                report.packs_kept += 1;
+            } else if protected_index_packs.contains(hex)
+                || backend
+                    .protected_until(m.last_modified.timestamp())
+                    .is_some()
+            {
+                report.packs_protected += 1;
+            } else {
+                doomed.push((hex.clone(), m.clone()));
+            }
+        }
+        report.packs_deleted = doomed.len();
+        report.bytes_deleted = doomed.iter().map(|(_, m)| m.size).sum();
+        if dry_run || doomed.is_empty() {
+            return Ok(report);
+        }
+        // 1. one new index with the survivors, 2. drop the old index files, 3. drop packs.
+        // A crash between steps leaves duplicates or orphans, never a dangling reference.
+        let new_id = format::new_id();
+        let entries: Vec<(format::PackId, Vec<format::Entry>)> = survivors.into_iter().collect();
+        let sealed = format::seal_object(
+            &self.inner.keys,
+            "index",
+            &new_id,
+            &format::encode_index(&entries),
+        );
+        backend
+            .put_new(&format::index_path(&new_id), Bytes::from(sealed))
+            .await?;
+        for m in &index_files {
+            let p = m.location.to_string();
+            if m.location.filename().is_some_and(format::is_id)
+                && backend
+                    .protected_until(m.last_modified.timestamp())
+                    .is_none()
+            {
+                backend.delete_data(&p, Some(m)).await?;
+                report.index_files_replaced += 1;
+            }
+        }
+        for (hex, m) in &doomed {
+            backend
+                .delete_data(&format::pack_path(hex), Some(m))
+                .await?;
+        }
+        let fresh = load_index(backend, &self.inner.keys).await?;
+        *self.inner.index.write().map_err(|_| poisoned())? = fresh;
+        Ok(report)
+    }
+
+    /// Adds a key slot wrapped by `key`; returns its id.
+    pub async fn add_key(&self, key: &dyn KeyProvider, label: &str) -> Result<String> {
+        write_slot(
+            &self.inner.backend,
+            &self.inner.config.id,
+            &self.inner.keys,
+            key,
+            label,
+        )
+        .await
+    }
+
+    /// Lists key slots.
+    pub async fn keys(&self) -> Result<Vec<KeySlotInfo>> {
+        let mut v = Vec::new();
+        for (id, s) in read_slots(&self.inner.backend).await? {
+            v.push(KeySlotInfo {
+                current: id == self.inner.slot,
+                id,
+                kind: s.key.kind,
+                label: s.label,
+                created: s.created,
+            });
+        }
+        v.sort_by_key(|k| k.created);
+        Ok(v)
+    }
+
+    /// Removes a key slot (id or unique prefix); refuses to remove the last one.
+    pub async fn remove_key(&self, id_or_prefix: &str) -> Result<()> {
+        let slots = read_slots(&self.inner.backend).await?;
+        let matching: Vec<&String> = slots
+            .iter()
+            .map(|(i, _)| i)
+            .filter(|i| i.starts_with(id_or_prefix))
+            .collect();
+        let id = match matching.as_slice() {
+            [one] => (*one).clone(),
+            [] => {
+                return Err(Error::NotFound {
+                    kind: "key slot",
+                    id: id_or_prefix.into(),
+                });
+            }
+            _ => {
+                return Err(Error::Ambiguous {
+                    prefix: id_or_prefix.into(),
+                });
+            }
+        };
+        if slots.len() <= 1 {
+            return Err(Error::LastKey { slot: id });
+        }
+        self.inner.backend.delete_any(&format::key_path(&id)).await
+    }
+
+    /// Replaces the slot this repository was opened with by one wrapped by `new_key` (a new
+    /// passphrase or key); data is not rewritten. Returns the new slot id.
+    pub async fn rotate_key(&self, new_key: &dyn KeyProvider) -> Result<String> {
+        let old = read_slots(&self.inner.backend)
+            .await?
+            .into_iter()
+            .find(|(i, _)| *i == self.inner.slot);
+        let label = old.map(|(_, s)| s.label).unwrap_or_default();
+        let id = self.add_key(new_key, &label).await?;
+        self.inner
+            .backend
+            .delete_any(&format::key_path(&self.inner.slot))
+            .await?;
+        Ok(id)
+    }
+}
+
+enum VerifyError {
+    Whole(String),
+    Chunks(HashSet<ChunkId>, String),
+}
+
+impl VerifyError {
+    fn reason(&self) -> String {
+        match self {
+            VerifyError::Whole(r) | VerifyError::Chunks(_, r) => r.clone(),
+        }
+    }
+}
+
+fn problem(e: Error, snapshots: Vec<String>) -> Problem {
+    match e {
+        Error::Corrupt { object, reason, .. } => Problem {
+            object,
+            reason,
+            snapshots,
+        },
+        Error::Missing { object, .. } => Problem {
+            object,
+            reason: "is missing".into(),
+            snapshots,
+        },
+        e => Problem {
+            object: String::new(),
+            reason: e.to_string(),
+            snapshots,
+        },
+    }
+}
+
+pub(crate) fn with_snapshot(e: Error, snapshot: &str) -> Error {
+    match e {
+        Error::Corrupt {
+            object,
+            reason,
+            mut snapshots,
+        } => {
+            snapshots.push(snapshot.to_string());
+            Error::Corrupt {
+                object,
+                reason,
+                snapshots,
+            }
+        }
+        Error::Missing {
+            object,
+            mut snapshots,
+        } => {
+            snapshots.push(snapshot.to_string());
+            Error::Missing { object, snapshots }
+        }
+        e => e,
+    }
+}
+
+async fn write_slot(
+    backend: &Backend,
+    repository: &str,
+    keys: &MasterKeys,
+    key: &dyn KeyProvider,
+    label: &str,
+) -> Result<String> {
+    let id = format::new_id();
+    let wrapped = key
+        .wrap(keys.raw(), &keys::slot_aad(repository, &id))
+        .await?;
+    let slot = SlotFile {
+        version: 1,
+        id: id.clone(),
+        label: label.to_string(),
+        created: jiff::Timestamp::now(),
+        key: wrapped,
+    };
+    let body = serde_json::to_vec_pretty(&slot).map_err(|e| Error::Invalid(e.to_string()))?;
+    backend
+        .put_new(&format::key_path(&id), Bytes::from(body))
+        .await?;
+    Ok(id)
+}
+
+async fn read_slots(backend: &Backend) -> Result<Vec<(String, SlotFile)>> {
+    let mut v = Vec::new();
+    for m in backend.list("keys/").await? {
+        let Some(id) = m.location.filename().filter(|n| format::is_id(n)) else {
+            continue;
+        };
+        let Some(b) = backend.get(m.location.as_ref()).await? else {
+            continue;
+        };
+        // A slot that does not parse is not a working key; it is skipped, not fatal.
+        if let Ok(s) = serde_json::from_slice::<SlotFile>(&b)
+            && s.id == id
+        {
+            v.push((id.to_string(), s));
+        }
+    }
+    Ok(v)
+}
+
+async fn open_slots(
+    backend: &Backend,
+    repository: &str,
+    key: &dyn KeyProvider,
+) -> Result<(MasterKeys, String)> {
+    for (id, s) in read_slots(backend).await? {
+        if s.key.kind != key.kind() {
+            continue;
+        }
+        if let Some(secret) = key.unwrap(&s.key, &keys::slot_aad(repository, &id)).await? {
+            return Ok((keys::master_from(&secret)?, id));
+        }
+    }
+    Err(if key.kind() == "passphrase" {
+        Error::WrongPassphrase
+    } else {
+        Error::WrongKey {
+            provider: key.kind().into(),
+        }
+    })
+}
+
+/// A decoded index file: packs and their entries.
+type IndexFile = Vec<(format::PackId, Vec<format::Entry>)>;
+
+pub(crate) async fn load_index(backend: &Backend, keys: &MasterKeys) -> Result<Index> {
+    let files: Vec<String> = backend
+        .list("index/")
+        .await?
+        .into_iter()
+        .filter_map(|m| {
+            m.location
+                .filename()
+                .filter(|n| format::is_id(n))
+                .map(str::to_string)
+        })
+        .collect();
+    let decoded: Vec<(String, IndexFile)> = futures::stream::iter(files)
+        .map(|id| async move {
+            let path = format::index_path(&id);
+            let Some(b) = backend.get(&path).await? else {
+                return Ok((id, Vec::new()));
+            };
+            // A damaged index file is skipped (check reports it): its chunks are then stored
+            // again by the next backup instead of the repository becoming unusable.
+            let packs = format::open_object(keys, "index", &id, &path, &b).and_then(|p| {
+                format::decode_index(&p).ok_or_else(|| Error::corrupt(&path, "bad index encoding"))
+            });
+            match packs {
+                Ok(p) => Ok::<_, Error>((id, p)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "skipping damaged index file");
+                    Ok((id, Vec::new()))
+                }
+            }
+        })
+        .buffer_unordered(METADATA_READS_IN_FLIGHT)
+        .try_collect()
+        .await?;
+    let mut index = Index::default();
+    for (id, packs) in decoded {
+        let mut names = Vec::new();
+        for (p, entries) in packs {
+            for e in &entries {
+                index.add(p, e);
+            }
+            names.push(p);
+        }
+        index.files.insert(id, names);
+    }
+    Ok(index)
+}

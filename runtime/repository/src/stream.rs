@@ -1,0 +1,307 @@
+//! Streaming backup and restore: an `AsyncWrite` a command's stdout pipes into, and an
+//! `AsyncRead` over a stream snapshot.
+
+use crate::chunker::Chunking;
+use crate::error::{Error, Result};
+use crate::format::{self, Content, SnapshotInfo, SnapshotKind};
+use crate::lock::LockGuard;
+use crate::pipeline::{INPUT_BLOCK, Input, Pipeline};
+use crate::repo::{BackupOptions, Repository};
+use bytes::Bytes;
+use futures::StreamExt;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::mpsc::{OwnedPermit, Sender};
+
+/// Decoded read units queued ahead of a [`SnapshotReader`]'s consumer.
+const READER_QUEUE: usize = 2;
+
+type PermitFuture = Pin<
+    Box<
+        dyn Future<Output = Result<OwnedPermit<Input>, tokio::sync::mpsc::error::SendError<()>>>
+            + Send,
+    >,
+>;
+
+/// Backs up a byte stream: write into it (it is a [`tokio::io::AsyncWrite`]), then call
+/// [`SnapshotWriter::finish`]. Memory is bounded whatever the size: writes wait while the
+/// pipeline is busy (backpressure). Dropped without `finish`, it writes no snapshot.
+pub struct SnapshotWriter {
+    repo: Repository,
+    name: String,
+    tags: Vec<String>,
+    time: jiff::Timestamp,
+    lock: Option<LockGuard>,
+    pipeline: Option<Pipeline>,
+    tx: Option<Sender<Input>>,
+    buf: Vec<u8>,
+    pending: Option<PermitFuture>,
+}
+
+impl std::fmt::Debug for SnapshotWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotWriter")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+fn broken() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::BrokenPipe,
+        "the backup pipeline stopped; finish() tells why",
+    )
+}
+
+impl SnapshotWriter {
+    pub(crate) async fn new(repo: &Repository, name: &str, opts: BackupOptions) -> Result<Self> {
+        if name.is_empty() {
+            return Err(Error::Invalid("a stream needs a name".into()));
+        }
+        let time = jiff::Timestamp::now();
+        let (lock, pipeline) = repo.start_backup(&opts, Chunking::STREAM).await?;
+        let tx = pipeline.sender();
+        Ok(Self {
+            repo: repo.clone(),
+            name: name.to_string(),
+            tags: opts.tags,
+            time,
+            lock: Some(lock),
+            pipeline: Some(pipeline),
+            tx,
+            buf: Vec::with_capacity(INPUT_BLOCK),
+            pending: None,
+        })
+    }
+
+    /// Sends the buffered block once the pipeline has room.
+    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if self.buf.is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        if self.pending.is_none() {
+            let tx = self.tx.clone().ok_or_else(broken)?;
+            self.pending = Some(Box::pin(tx.reserve_owned()));
+        }
+        let Some(fut) = self.pending.as_mut() else {
+            return Poll::Ready(Err(broken()));
+        };
+        let permit = ready!(fut.as_mut().poll(cx));
+        self.pending = None;
+        let permit = permit.map_err(|_| broken())?;
+        let block = std::mem::replace(&mut self.buf, Vec::with_capacity(INPUT_BLOCK));
+        permit.send(Input::Data(block));
+        Poll::Ready(Ok(()))
+    }
+
+    /// Ends the stream and commits the snapshot once all its data is stored.
+    pub async fn finish(mut self) -> Result<SnapshotInfo> {
+        if !self.buf.is_empty() {
+            let tx = self.tx.clone().ok_or(Error::Aborted)?;
+            let block = std::mem::take(&mut self.buf);
+            // A closed channel means the pipeline failed; its error comes from finish below.
+            let _ = tx.send(Input::Data(block)).await;
+        }
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(Input::EndFile).await;
+        }
+        let lock = self.lock.take().ok_or(Error::Aborted)?;
+        let pipeline = self.pipeline.take().ok_or(Error::Aborted)?;
+        let result = pipeline.finish().await;
+        let r = match result {
+            Ok((c, p)) => {
+                let (ids, size) = c.files.into_iter().next().unwrap_or_default();
+                let summary = format::BackupSummary {
+                    files: 1,
+                    dirs: 0,
+                    bytes: size,
+                    chunks: c.chunks,
+                    new_chunks: c.new_chunks,
+                    new_bytes: c.new_bytes,
+                    stored_bytes: p.stored_bytes,
+                };
+                let content = Content::Stream {
+                    size,
+                    chunks: format::ids_to_hex(&ids),
+                };
+                let kind = SnapshotKind::Stream {
+                    name: self.name.clone(),
+                };
+                self.repo
+                    .commit(
+                        kind,
+                        std::mem::take(&mut self.tags),
+                        content,
+                        summary,
+                        self.time,
+                    )
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        lock.release().await;
+        r
+    }
+}
+
+impl AsyncWrite for SnapshotWriter {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if self.buf.len() >= INPUT_BLOCK {
+            ready!(self.poll_send(cx))?;
+        }
+        let n = data.len().min(INPUT_BLOCK - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.poll_send(cx)
+    }
+
+    /// Shutting down only flushes: the snapshot is written by [`SnapshotWriter::finish`].
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.poll_send(cx)
+    }
+}
+
+/// Reads a stream snapshot back (a [`tokio::io::AsyncRead`]); a damaged or missing object is
+/// an I/O error whose inner error is the crate's [`Error`] naming it.
+pub struct SnapshotReader {
+    rx: tokio::sync::mpsc::Receiver<Result<Vec<Bytes>>>,
+    current: VecDeque<Bytes>,
+    size: u64,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for SnapshotReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotReader")
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SnapshotReader {
+    pub(crate) async fn new(repo: &Repository, info: &SnapshotInfo) -> Result<Self> {
+        let content = repo.content(info).await?;
+        let Content::Stream { size, chunks } = content else {
+            return Err(Error::Invalid(format!(
+                "snapshot {} is a tree, not a stream; restore it into a directory",
+                info.short_id()
+            )));
+        };
+        let ids = format::hex_to_ids(&chunks, &format::content_path(&info.content))?;
+        let mut stream = Box::pin(repo.read_chunks(&ids, &info.id).await?);
+        let (tx, rx) = tokio::sync::mpsc::channel(READER_QUEUE);
+        let task = tokio::spawn(async move {
+            while let Some(item) = stream.next().await {
+                let stop = item.is_err();
+                if tx.send(item).await.is_err() || stop {
+                    break;
+                }
+            }
+        });
+        Ok(Self {
+            rx,
+            current: VecDeque::new(),
+            size,
+            task,
+        })
+    }
+
+    /// The stream's size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+}
+
+impl Drop for SnapshotReader {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl AsyncRead for SnapshotReader {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        loop {
+            if let Some(front) = self.current.front_mut() {
+                let n = front.len().min(buf.remaining());
+                buf.put_slice(&front[..n]);
+                bytes::Buf::advance(front, n);
+                if front.is_empty() {
+                    self.current.pop_front();
+                }
+                return Poll::Ready(Ok(()));
+            }
+            match ready!(self.rx.poll_recv(cx)) {
+                Some(Ok(v)) => self.current.extend(v.into_iter().filter(|b| !b.is_empty())),
+                Some(Err(e)) => return Poll::Ready(Err(std::io::Error::other(e))),
+                None => return Poll::Ready(Ok(())),
+            }
+        }
+    }
+}
+
+impl Repository {
+    /// Starts a stream backup named `name` (the artifact name, e.g. `pg_dump.sql`).
+    pub async fn stream_writer(&self, name: &str, opts: BackupOptions) -> Result<SnapshotWriter> {
+        SnapshotWriter::new(self, name, opts).await
+    }
+
+    /// Backs up everything `reader` yields as a stream snapshot.
+    pub async fn backup_stream<R: AsyncRead + Unpin>(
+        &self,
+        name: &str,
+        mut reader: R,
+        opts: BackupOptions,
+    ) -> Result<SnapshotInfo> {
+        let mut w = self.stream_writer(name, opts).await?;
+        match tokio::io::copy(&mut reader, &mut w).await {
+            Ok(_) => w.finish().await,
+            Err(e) => {
+                // A pipeline failure surfaces as a broken pipe: report the real cause.
+                if e.kind() == std::io::ErrorKind::BrokenPipe {
+                    w.finish().await
+                } else {
+                    Err(Error::io("read stream", name, e))
+                }
+            }
+        }
+    }
+
+    /// Opens a stream snapshot for reading.
+    pub async fn stream_reader(&self, id_or_prefix: &str) -> Result<SnapshotReader> {
+        let info = self.snapshot(id_or_prefix).await?;
+        SnapshotReader::new(self, &info).await
+    }
+
+    /// Restores a stream snapshot into `writer`; returns the bytes written.
+    pub async fn restore_stream<W: AsyncWrite + Unpin>(
+        &self,
+        id_or_prefix: &str,
+        mut writer: W,
+    ) -> Result<u64> {
+        let mut r = self.stream_reader(id_or_prefix).await?;
+        let n = tokio::io::copy(&mut r, &mut writer).await.map_err(|e| {
+            match e.downcast::<Error>() {
+                Ok(e) => e,
+                Err(e) => Error::io("write restored stream", "output", e),
+            }
+        })?;
+        tokio::io::AsyncWriteExt::flush(&mut writer)
+            .await
+            .map_err(|e| Error::io("flush", "output", e))?;
+        Ok(n)
+    }
+}

@@ -1,0 +1,381 @@
+//! Directory trees: walk and back up, restore into a directory.
+
+use crate::chunker::Chunking;
+use crate::error::{Error, Result};
+use crate::format::{self, Content, Node, NodeKind, SnapshotInfo, SnapshotKind};
+use crate::pipeline::{INPUT_BLOCK, Input};
+use crate::repo::{BackupOptions, Repository, RestoreSummary};
+use bytes::Bytes;
+use futures::StreamExt;
+use std::path::{Component, Path, PathBuf};
+
+/// Decoded read units queued in front of the file writer thread.
+const WRITER_QUEUE: usize = 2;
+
+fn mtime_ns(m: &std::fs::Metadata) -> i64 {
+    m.modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+#[cfg(unix)]
+fn mode_of(m: &std::fs::Metadata) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    m.permissions().mode() & 0o7777
+}
+#[cfg(not(unix))]
+fn mode_of(m: &std::fs::Metadata) -> u32 {
+    if m.is_dir() {
+        0o755
+    } else if m.permissions().readonly() {
+        0o444
+    } else {
+        0o644
+    }
+}
+
+fn rel_name(rel: &Path) -> (String, Option<String>) {
+    let s = rel
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join("/");
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        if rel.to_str().is_none() {
+            return (s, Some(hex::encode(rel.as_os_str().as_bytes())));
+        }
+    }
+    (s, None)
+}
+
+/// Walks `root` depth-first, sorted by name, not following symlinks.
+fn walk(root: &Path) -> Result<Vec<(PathBuf, Node)>> {
+    let mut out = Vec::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let dir = root.join(&rel);
+        let mut entries: Vec<_> = std::fs::read_dir(&dir)
+            .map_err(|e| Error::io("read directory", &dir, e))?
+            .collect::<std::io::Result<_>>()
+            .map_err(|e| Error::io("read directory", &dir, e))?;
+        entries.sort_by_key(|e| e.file_name());
+        let mut subdirs = Vec::new();
+        for e in entries {
+            let path = e.path();
+            let m =
+                std::fs::symlink_metadata(&path).map_err(|err| Error::io("stat", &path, err))?;
+            let r = rel.join(e.file_name());
+            let (name, raw) = rel_name(&r);
+            let ft = m.file_type();
+            let (kind, target, size) = if ft.is_dir() {
+                subdirs.push(r.clone());
+                (NodeKind::Dir, None, 0)
+            } else if ft.is_symlink() {
+                let t =
+                    std::fs::read_link(&path).map_err(|err| Error::io("read link", &path, err))?;
+                (NodeKind::Symlink, Some(t.to_string_lossy().into_owned()), 0)
+            } else if ft.is_file() {
+                (NodeKind::File, None, m.len())
+            } else {
+                tracing::warn!(path = %path.display(), "skipping special file");
+                continue;
+            };
+            out.push((
+                path,
+                Node {
+                    path: name,
+                    path_raw: raw,
+                    kind,
+                    mode: mode_of(&m),
+                    mtime_ns: mtime_ns(&m),
+                    size,
+                    target,
+                    chunks: String::new(),
+                },
+            ));
+        }
+        // Depth-first in name order: push in reverse so the first directory is walked first.
+        stack.extend(subdirs.into_iter().rev());
+    }
+    Ok(out)
+}
+
+/// Reads every file into the pipeline, block by block.
+fn feed(files: &[PathBuf], tx: &tokio::sync::mpsc::Sender<Input>) -> Result<()> {
+    use std::io::Read;
+    for path in files {
+        let mut f = std::fs::File::open(path).map_err(|e| Error::io("open", path, e))?;
+        loop {
+            let mut block = vec![0u8; INPUT_BLOCK];
+            let mut filled = 0;
+            while filled < block.len() {
+                match f.read(&mut block[filled..]) {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(Error::io("read", path, e)),
+                }
+            }
+            if filled == 0 {
+                break;
+            }
+            block.truncate(filled);
+            tx.blocking_send(Input::Data(block))
+                .map_err(|_| Error::Aborted)?;
+            if filled < INPUT_BLOCK {
+                break;
+            }
+        }
+        tx.blocking_send(Input::EndFile)
+            .map_err(|_| Error::Aborted)?;
+    }
+    Ok(())
+}
+
+/// Resolves a snapshot path under `target`, refusing anything that would escape it.
+fn safe_join(target: &Path, node: &Node) -> Result<PathBuf> {
+    #[cfg(unix)]
+    let rel: PathBuf = match &node.path_raw {
+        Some(raw) => {
+            use std::os::unix::ffi::OsStrExt;
+            let b =
+                hex::decode(raw).map_err(|_| Error::corrupt("snapshot content", "bad raw path"))?;
+            PathBuf::from(std::ffi::OsStr::from_bytes(&b))
+        }
+        None => PathBuf::from(&node.path),
+    };
+    #[cfg(not(unix))]
+    let rel = PathBuf::from(&node.path);
+    if rel.as_os_str().is_empty() || !rel.components().all(|c| matches!(c, Component::Normal(_))) {
+        return Err(Error::corrupt(
+            "snapshot content",
+            format!("unsafe path {:?}", node.path),
+        ));
+    }
+    Ok(target.join(rel))
+}
+
+fn set_meta(path: &Path, node: &Node) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(node.mode))
+            .map_err(|e| Error::io("set permissions", path, e))?;
+    }
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(node.mtime_ns.max(0) as u64);
+    if let Ok(f) = std::fs::File::open(path) {
+        let _ = f.set_modified(t);
+    }
+    Ok(())
+}
+
+impl Repository {
+    /// Backs up the directory tree at `path` (files cut with [`Chunking::PAGES`] unless the
+    /// options say otherwise).
+    pub async fn backup_tree(
+        &self,
+        path: impl AsRef<Path>,
+        opts: BackupOptions,
+    ) -> Result<SnapshotInfo> {
+        let root = std::path::absolute(path.as_ref())
+            .map_err(|e| Error::io("resolve", path.as_ref(), e))?;
+        if !root.is_dir() {
+            return Err(Error::Invalid(format!(
+                "{} is not a directory",
+                root.display()
+            )));
+        }
+        let time = jiff::Timestamp::now();
+        let walk_root = root.clone();
+        let mut nodes = tokio::task::spawn_blocking(move || walk(&walk_root))
+            .await
+            .map_err(|e| Error::Invalid(format!("walk task failed: {e}")))??;
+        let tags = opts.tags.clone();
+        let (lock, pipeline) = self.start_backup(&opts, Chunking::PAGES).await?;
+        let files: Vec<PathBuf> = nodes
+            .iter()
+            .filter(|(_, n)| n.kind == NodeKind::File)
+            .map(|(p, _)| p.clone())
+            .collect();
+        let tx = pipeline.sender();
+        let fed = tokio::task::spawn_blocking(move || match tx {
+            Some(tx) => feed(&files, &tx),
+            None => Err(Error::Aborted),
+        })
+        .await
+        .map_err(|e| Error::Invalid(format!("read task failed: {e}")));
+        let finished = pipeline.finish().await;
+        let result = async {
+            // The pipeline's error is the cause when both failed.
+            let (c, p) = finished?;
+            fed??;
+            let mut summary = format::BackupSummary {
+                chunks: c.chunks,
+                new_chunks: c.new_chunks,
+                new_bytes: c.new_bytes,
+                bytes: c.bytes,
+                stored_bytes: p.stored_bytes,
+                ..Default::default()
+            };
+            let mut results = c.files.into_iter();
+            for (_, n) in nodes.iter_mut() {
+                match n.kind {
+                    NodeKind::File => {
+                        let (ids, size) = results.next().unwrap_or_default();
+                        n.size = size;
+                        n.chunks = format::ids_to_hex(&ids);
+                        summary.files += 1;
+                    }
+                    NodeKind::Dir => summary.dirs += 1,
+                    NodeKind::Symlink => {}
+                }
+            }
+            let content = Content::Tree {
+                nodes: nodes.into_iter().map(|(_, n)| n).collect(),
+            };
+            let kind = SnapshotKind::Tree {
+                path: root.display().to_string(),
+            };
+            self.commit(kind, tags, content, summary, time).await
+        }
+        .await;
+        lock.release().await;
+        result
+    }
+
+    /// Restores a tree snapshot into `target` (created if needed; existing files are
+    /// overwritten).
+    pub async fn restore_tree(
+        &self,
+        id_or_prefix: &str,
+        target: impl AsRef<Path>,
+    ) -> Result<RestoreSummary> {
+        let info = self.snapshot(id_or_prefix).await?;
+        let Content::Tree { nodes } = self.content(&info).await? else {
+            return Err(Error::Invalid(format!(
+                "snapshot {} is a stream; restore it with --target -",
+                info.short_id()
+            )));
+        };
+        let target = target.as_ref().to_path_buf();
+        std::fs::create_dir_all(&target).map_err(|e| Error::io("create directory", &target, e))?;
+        let object = format::content_path(&info.content);
+        let mut summary = RestoreSummary::default();
+        let mut files: Vec<(PathBuf, usize)> = Vec::new();
+        let mut ids = Vec::new();
+        for n in &nodes {
+            let p = safe_join(&target, n).map_err(|e| crate::repo::with_snapshot(e, &info.id))?;
+            match n.kind {
+                NodeKind::Dir => {
+                    std::fs::create_dir_all(&p)
+                        .map_err(|e| Error::io("create directory", &p, e))?;
+                    summary.dirs += 1;
+                }
+                NodeKind::File => {
+                    let c = format::hex_to_ids(&n.chunks, &object)?;
+                    files.push((p, c.len()));
+                    ids.extend(c);
+                    summary.files += 1;
+                    summary.bytes += n.size;
+                }
+                NodeKind::Symlink => {}
+            }
+        }
+        let mut stream = Box::pin(self.read_chunks(&ids, &info.id).await?);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Bytes>>(WRITER_QUEUE);
+        let writer = tokio::task::spawn_blocking(move || write_files(files, rx));
+        let mut err = None;
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(v) => {
+                    if tx.send(v).is_err() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    err = Some(e);
+                    break;
+                }
+            }
+        }
+        drop(tx);
+        let written = writer
+            .await
+            .map_err(|e| Error::Invalid(format!("writer task failed: {e}")))?;
+        if let Some(e) = err {
+            return Err(e);
+        }
+        written?;
+        // Links, then metadata: files, then directories deepest first so their mtimes stick.
+        for n in &nodes {
+            if let (NodeKind::Symlink, Some(t)) = (n.kind, &n.target) {
+                let p = safe_join(&target, n)?;
+                let _ = std::fs::remove_file(&p);
+                #[cfg(unix)]
+                std::os::unix::fs::symlink(t, &p)
+                    .map_err(|e| Error::io("create symlink", &p, e))?;
+                #[cfg(not(unix))]
+                tracing::warn!(path = %p.display(), target = %t, "symlinks are not restored on this platform");
+            }
+        }
+        for n in nodes.iter().filter(|n| n.kind == NodeKind::File) {
+            set_meta(&safe_join(&target, n)?, n)?;
+        }
+        for n in nodes.iter().rev().filter(|n| n.kind == NodeKind::Dir) {
+            set_meta(&safe_join(&target, n)?, n)?;
+        }
+        Ok(summary)
+    }
+}
+
+fn write_files(
+    files: Vec<(PathBuf, usize)>,
+    rx: std::sync::mpsc::Receiver<Vec<Bytes>>,
+) -> Result<()> {
+    use std::io::Write;
+    let mut files = files.into_iter();
+    let mut current: Option<(std::io::BufWriter<std::fs::File>, PathBuf, usize)> = None;
+    let open = |p: &Path| -> Result<std::fs::File> {
+        std::fs::File::create(p).map_err(|e| Error::io("create", p, e))
+    };
+    let mut next = |current: &mut Option<(std::io::BufWriter<std::fs::File>, PathBuf, usize)>| -> Result<bool> {
+        if let Some((mut w, p, _)) = current.take() {
+            w.flush().map_err(|e| Error::io("write", &p, e))?;
+        }
+        match files.next() {
+            Some((p, n)) => {
+                let f = open(&p)?;
+                *current = Some((std::io::BufWriter::with_capacity(1 << 20, f), p, n));
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    };
+    if !next(&mut current)? {
+        return Ok(());
+    }
+    for unit in rx {
+        for chunk in unit {
+            while current.as_ref().is_some_and(|c| c.2 == 0) {
+                if !next(&mut current)? {
+                    return Err(Error::Invalid(
+                        "restore produced more data than the snapshot lists".into(),
+                    ));
+                }
+            }
+            let Some((w, p, left)) = current.as_mut() else {
+                break;
+            };
+            w.write_all(&chunk)
+                .map_err(|e| Error::io("write", &*p, e))?;
+            *left -= 1;
+        }
+    }
+    // Remaining files are empty ones (or the stream ended early, reported by the caller).
+    while next(&mut current)? {}
+    Ok(())
+}

@@ -1,0 +1,125 @@
+//! The same checks on every backend.
+
+use crate::support::*;
+use cairn_repository::{
+    BackupOptions, Location, Repository, Retention, SnapshotFilter, SnapshotKind,
+};
+use tokio::io::AsyncWriteExt;
+
+async fn suite(loc: Location) {
+    let p = pass("conformance");
+    let repo = Repository::init(loc.clone(), &p, Default::default())
+        .await
+        .unwrap();
+    // Stream round trip, bit-exact, written in odd-sized pieces.
+    let mut data = text(5_000_000, 1);
+    data.extend(noise(3_000_000, 2));
+    let mut w = repo
+        .stream_writer("db.sql", BackupOptions::new().tag("nightly"))
+        .await
+        .unwrap();
+    for piece in data.chunks(777_777) {
+        w.write_all(piece).await.unwrap();
+    }
+    let s1 = w.finish().await.unwrap();
+    assert_eq!(s1.summary.bytes, data.len() as u64);
+    assert!(matches!(&s1.kind, SnapshotKind::Stream { name } if name == "db.sql"));
+    // Reopen from scratch: everything is in the store.
+    let repo = Repository::open(loc.clone(), &p).await.unwrap();
+    let mut out = Vec::new();
+    let n = repo.restore_stream(&s1.id, &mut out).await.unwrap();
+    assert_eq!(n, data.len() as u64);
+    assert!(out == data, "stream restore differs");
+    // Same stream again: deduplicated.
+    let s2 = repo
+        .backup_stream("db.sql", &data[..], BackupOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(s2.summary.new_chunks, 0, "{:?}", s2.summary);
+    // Tree round trip.
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    make_tree(&src, 3);
+    let t1 = repo
+        .backup_tree(&src, BackupOptions::new().tag("files"))
+        .await
+        .unwrap();
+    assert_eq!(t1.summary.files, 4);
+    let dst = dir.path().join("dst");
+    let r = repo.restore_tree(&t1.id[..8], &dst).await.unwrap();
+    assert_eq!(r.files, 4);
+    assert_same_tree(&src, &dst);
+    // Filters.
+    assert_eq!(
+        repo.snapshots(&SnapshotFilter::new().tag("nightly"))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        repo.snapshots(&SnapshotFilter::new().source("db.sql"))
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(
+        repo.snapshots(&SnapshotFilter::new()).await.unwrap().len(),
+        3
+    );
+    // Check, with data.
+    let report = repo.check(true).await.unwrap();
+    assert!(report.is_ok(), "{report:?}");
+    assert!(report.packs_read > 0);
+    // Forget keeps the newest stream; prune leaves all restorable.
+    let f = repo
+        .forget(
+            &Retention::new().last(1),
+            &SnapshotFilter::new().source("db.sql"),
+            false,
+        )
+        .await
+        .unwrap();
+    assert_eq!(f.removed, vec![s1.id.clone()]);
+    repo.prune(false).await.unwrap();
+    let mut out = Vec::new();
+    repo.restore_stream(&s2.id, &mut out).await.unwrap();
+    assert!(out == data);
+    let dst2 = dir.path().join("dst2");
+    repo.restore_tree(&t1.id, &dst2).await.unwrap();
+    assert_same_tree(&src, &dst2);
+    assert!(repo.check(true).await.unwrap().is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory() {
+    timed(suite(Location::new(memory_url()))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_filesystem() {
+    let d = tempfile::tempdir().unwrap();
+    timed(suite(Location::new(
+        d.path().join("repo").display().to_string(),
+    )))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_compatible() {
+    let Some(server) = crate::s3::S3Server::start() else {
+        return;
+    };
+    timed(suite(server.location())).await;
+}
+
+/// The engine pipes a command's stdout into the writer from any task, and hands the reader to
+/// a command's stdin: both must be `Send + Unpin`.
+#[test]
+fn streaming_types_are_send_and_unpin() {
+    fn check<T: Send + Unpin + 'static>() {}
+    check::<cairn_repository::SnapshotWriter>();
+    check::<cairn_repository::SnapshotReader>();
+    check::<Repository>();
+}

@@ -1,0 +1,122 @@
+//! Damaged repositories: every failure names the object and the snapshots it affects, and
+//! undamaged snapshots still restore.
+
+use crate::support::*;
+use cairn_repository::{Error, Repository};
+use std::path::{Path, PathBuf};
+
+fn packs(repo: &Path) -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    for d in std::fs::read_dir(repo.join("data")).unwrap() {
+        for f in std::fs::read_dir(d.unwrap().path()).unwrap() {
+            v.push(f.unwrap().path());
+        }
+    }
+    v.sort();
+    v
+}
+
+async fn two_snapshots(dir: &Path) -> (Repository, String, String, Vec<PathBuf>) {
+    let url = dir.display().to_string();
+    let repo = Repository::init(url.as_str(), &pass("p"), Default::default())
+        .await
+        .unwrap();
+    let a = repo
+        .backup_stream("a", &noise(2_000_000, 1)[..], Default::default())
+        .await
+        .unwrap();
+    let a_packs = packs(dir);
+    let b = repo
+        .backup_stream("b", &noise(2_000_000, 2)[..], Default::default())
+        .await
+        .unwrap();
+    (repo, a.id, b.id, a_packs)
+}
+
+async fn assert_damage_named(repo: &Repository, a: &str, b: &str, pack: &Path) {
+    let name = pack.file_name().unwrap().to_str().unwrap();
+    let report = repo.check(true).await.unwrap();
+    assert!(!report.is_ok());
+    let p = report
+        .errors
+        .iter()
+        .find(|p| p.object.contains(name))
+        .unwrap_or_else(|| panic!("{report:?}"));
+    assert_eq!(p.snapshots, vec![a.to_string()], "{p:?}");
+    // Restore of the damaged snapshot names the object and the snapshot.
+    let e = repo.restore_stream(a, &mut Vec::new()).await.unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        matches!(e, Error::Corrupt { .. } | Error::Missing { .. }),
+        "{e}"
+    );
+    assert!(msg.contains(name) && msg.contains(a), "{msg}");
+    // The other snapshot restores bit-exact.
+    let mut out = Vec::new();
+    repo.restore_stream(b, &mut out).await.unwrap();
+    assert!(out == noise(2_000_000, 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flipped_byte_in_pack() {
+    let d = tempfile::tempdir().unwrap();
+    let (repo, a, b, a_packs) = two_snapshots(d.path()).await;
+    let mut bytes = std::fs::read(&a_packs[0]).unwrap();
+    bytes[1000] ^= 0x40;
+    std::fs::write(&a_packs[0], bytes).unwrap();
+    assert_damage_named(&repo, &a, &b, &a_packs[0]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncated_pack() {
+    let d = tempfile::tempdir().unwrap();
+    let (repo, a, b, a_packs) = two_snapshots(d.path()).await;
+    let bytes = std::fs::read(&a_packs[0]).unwrap();
+    std::fs::write(&a_packs[0], &bytes[..bytes.len() / 2]).unwrap();
+    assert_damage_named(&repo, &a, &b, &a_packs[0]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_pack() {
+    let d = tempfile::tempdir().unwrap();
+    let (repo, a, b, a_packs) = two_snapshots(d.path()).await;
+    std::fs::remove_file(&a_packs[0]).unwrap();
+    assert_damage_named(&repo, &a, &b, &a_packs[0]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_snapshot_object_is_named() {
+    let d = tempfile::tempdir().unwrap();
+    let (repo, a, b, _) = two_snapshots(d.path()).await;
+    let p = d.path().join("snapshots").join(&a);
+    let mut bytes = std::fs::read(&p).unwrap();
+    bytes[20] ^= 1;
+    std::fs::write(&p, bytes).unwrap();
+    let report = repo.check(false).await.unwrap();
+    assert!(
+        report.errors.iter().any(|e| e.object.contains(&a)),
+        "{report:?}"
+    );
+    let e = repo.restore_stream(&a, &mut Vec::new()).await.unwrap_err();
+    assert!(e.to_string().contains(&a), "{e}");
+    repo.restore_stream(&b, &mut Vec::new()).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_files_are_reported_not_fatal() {
+    let d = tempfile::tempdir().unwrap();
+    let (repo, a, _, _) = two_snapshots(d.path()).await;
+    std::fs::write(d.path().join("README.txt"), b"hello").unwrap();
+    std::fs::write(d.path().join("snapshots/not-an-id"), b"junk").unwrap();
+    let repo2 = Repository::open(d.path().display().to_string(), &pass("p"))
+        .await
+        .unwrap();
+    assert_eq!(repo2.snapshots(&Default::default()).await.unwrap().len(), 2);
+    let report = repo.check(true).await.unwrap();
+    assert!(report.is_ok(), "{report:?}");
+    assert!(
+        report.warnings.iter().any(|w| w.contains("README.txt")),
+        "{report:?}"
+    );
+    repo2.restore_stream(&a, &mut Vec::new()).await.unwrap();
+}

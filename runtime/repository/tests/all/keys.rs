@@ -1,0 +1,143 @@
+//! Key management and bad keys.
+
+use crate::support::*;
+use cairn_repository::{Error, KeyFile, Location, Repository};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_passphrase_is_clear_and_writes_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let url = d.path().join("r").display().to_string();
+    Repository::init(url.as_str(), &pass("right"), Default::default())
+        .await
+        .unwrap();
+    let before = count_files(d.path());
+    let e = Repository::open(url.as_str(), &pass("wrong"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::WrongPassphrase), "{e}");
+    assert!(e.to_string().contains("wrong passphrase"));
+    assert_eq!(count_files(d.path()), before);
+}
+
+fn count_files(p: &std::path::Path) -> usize {
+    let mut n = 0;
+    for e in std::fs::read_dir(p).unwrap() {
+        let e = e.unwrap();
+        n += if e.file_type().unwrap().is_dir() {
+            1 + count_files(&e.path())
+        } else {
+            1
+        };
+    }
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_list_remove_rotate_without_rewriting_data() {
+    let url = memory_url();
+    let repo = Repository::init(url.as_str(), &pass("one"), Default::default())
+        .await
+        .unwrap();
+    let snap = repo
+        .backup_stream("s", &text(100_000, 1)[..], Default::default())
+        .await
+        .unwrap();
+    let two = repo.add_key(&pass("two"), "second").await.unwrap();
+    assert_eq!(repo.keys().await.unwrap().len(), 2);
+    // Both open; the data is the same.
+    let r2 = Repository::open(url.as_str(), &pass("two")).await.unwrap();
+    let mut out = Vec::new();
+    r2.restore_stream(&snap.id, &mut out).await.unwrap();
+    assert_eq!(out, text(100_000, 1));
+    // Rotate "one" into "three": "one" stops working.
+    let r1 = Repository::open(url.as_str(), &pass("one")).await.unwrap();
+    let three = r1.rotate_key(&pass("three")).await.unwrap();
+    assert!(matches!(
+        Repository::open(url.as_str(), &pass("one"))
+            .await
+            .unwrap_err(),
+        Error::WrongPassphrase
+    ));
+    let r3 = Repository::open(url.as_str(), &pass("three"))
+        .await
+        .unwrap();
+    let listed = r3.keys().await.unwrap();
+    assert_eq!(listed.len(), 2);
+    assert!(listed.iter().any(|k| k.id == three && k.current));
+    // Remove "two"; then the last key cannot go.
+    r3.remove_key(&two[..8]).await.unwrap();
+    let e = r3.remove_key(&three).await.unwrap_err();
+    assert!(matches!(e, Error::LastKey { .. }), "{e}");
+    let mut out = Vec::new();
+    r3.restore_stream(&snap.id, &mut out).await.unwrap();
+    assert_eq!(out.len(), 100_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_file_open_or_init_local() {
+    let d = tempfile::tempdir().unwrap();
+    let (dir, key) = (d.path().join("repo"), d.path().join("home/repo.key"));
+    let repo = Repository::open_or_init_local(&dir, &key).await.unwrap();
+    let s = repo
+        .backup_stream("x", &b"hello"[..], Default::default())
+        .await
+        .unwrap();
+    let again = Repository::open_or_init_local(&dir, &key).await.unwrap();
+    assert_eq!(again.id(), repo.id());
+    let mut out = Vec::new();
+    again.restore_stream(&s.id, &mut out).await.unwrap();
+    assert_eq!(out, b"hello");
+    // Another key file does not open it.
+    let other = KeyFile::create(d.path().join("other.key")).unwrap();
+    let e = Repository::open(Location::from(dir.as_path()), &other)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::WrongKey { .. }), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_format_version_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("r");
+    Repository::init(dir.display().to_string(), &pass("p"), Default::default())
+        .await
+        .unwrap();
+    let cfg = std::fs::read_to_string(dir.join("config")).unwrap();
+    let cfg = cfg.replace("\"version\": 1", "\"version\": 99");
+    std::fs::write(dir.join("config"), cfg).unwrap();
+    let e = Repository::open(dir.display().to_string(), &pass("p"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::UnsupportedVersion {
+                found: 99,
+                supported: 1
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("upgrade"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_a_repository_and_double_init() {
+    let d = tempfile::tempdir().unwrap();
+    let url = d.path().join("nothing").display().to_string();
+    assert!(matches!(
+        Repository::open(url.as_str(), &pass("p"))
+            .await
+            .unwrap_err(),
+        Error::NotARepository { .. }
+    ));
+    Repository::init(url.as_str(), &pass("p"), Default::default())
+        .await
+        .unwrap();
+    assert!(matches!(
+        Repository::init(url.as_str(), &pass("p"), Default::default())
+            .await
+            .unwrap_err(),
+        Error::AlreadyInitialised { .. }
+    ));
+}

@@ -1,0 +1,155 @@
+//! Forget, prune, protection and concurrency.
+
+use crate::support::*;
+use cairn_repository::{BackupOptions, Error, InitOptions, Repository, Retention, SnapshotFilter};
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_removes_forgotten_data_only() {
+    let url = memory_url();
+    let repo = Repository::init(url.as_str(), &pass("p"), Default::default())
+        .await
+        .unwrap();
+    let old = repo
+        .backup_stream("s", &noise(3_000_000, 1)[..], Default::default())
+        .await
+        .unwrap();
+    let new = repo
+        .backup_stream("s", &noise(3_000_000, 2)[..], Default::default())
+        .await
+        .unwrap();
+    let f = repo
+        .forget(&Retention::new().last(1), &SnapshotFilter::new(), false)
+        .await
+        .unwrap();
+    assert_eq!(f.removed, vec![old.id.clone()]);
+    let r = repo.prune(false).await.unwrap();
+    assert!(r.packs_deleted >= 1, "{r:?}");
+    assert!(repo.check(true).await.unwrap().is_ok());
+    let mut out = Vec::new();
+    repo.restore_stream(&new.id, &mut out).await.unwrap();
+    assert!(out == noise(3_000_000, 2));
+    assert!(matches!(
+        repo.snapshot(&old.id).await.unwrap_err(),
+        Error::NotFound { .. }
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protection_refuses_forget_and_prune() {
+    let d = tempfile::tempdir().unwrap();
+    let url = d.path().join("r").display().to_string();
+    let opts = InitOptions::new().protection(Duration::from_secs(86_400));
+    let repo = Repository::init(url.as_str(), &pass("p"), opts)
+        .await
+        .unwrap();
+    let a = repo
+        .backup_stream("s", &noise(1_000_000, 1)[..], Default::default())
+        .await
+        .unwrap();
+    repo.backup_stream("s", &noise(1_000_000, 2)[..], Default::default())
+        .await
+        .unwrap();
+    let f = repo
+        .forget(&Retention::new().last(1), &SnapshotFilter::new(), false)
+        .await
+        .unwrap();
+    assert!(f.removed.is_empty());
+    assert_eq!(f.protected.len(), 1);
+    assert_eq!(f.protected[0].0, a.id);
+    let r = repo.prune(false).await.unwrap();
+    assert_eq!(r.packs_deleted, 0);
+    // Reopened, the protection still holds (it is in the config).
+    let repo = Repository::open(url.as_str(), &pass("p")).await.unwrap();
+    assert_eq!(repo.protection(), Duration::from_secs(86_400));
+    assert_eq!(
+        repo.snapshots(&SnapshotFilter::new()).await.unwrap().len(),
+        2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gfs_retention() {
+    let url = memory_url();
+    let repo = Repository::init(url.as_str(), &pass("p"), Default::default())
+        .await
+        .unwrap();
+    for i in 0..3 {
+        repo.backup_stream("s", &noise(1000, i)[..], Default::default())
+            .await
+            .unwrap();
+    }
+    // All three were made within the same day: daily=1 keeps one, last=2 keeps two.
+    let snaps = repo.snapshots(&SnapshotFilter::new()).await.unwrap();
+    let keep = Retention::new().daily(1).apply(&snaps);
+    assert_eq!(keep.len(), 1);
+    assert!(keep.contains_key(&snaps[2].id));
+    assert_eq!(Retention::new().last(2).apply(&snaps).len(), 2);
+    assert!(
+        repo.forget(&Retention::new(), &SnapshotFilter::new(), true)
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_concurrent_backups_and_prune_during_backup() {
+    let url = memory_url();
+    let repo = Repository::init(url.as_str(), &pass("p"), Default::default())
+        .await
+        .unwrap();
+    let other = Repository::open(url.as_str(), &pass("p")).await.unwrap();
+    let mut w1 = repo.stream_writer("one", Default::default()).await.unwrap();
+    let mut w2 = other
+        .stream_writer("two", Default::default())
+        .await
+        .unwrap();
+    w1.write_all(&noise(2_000_000, 1)).await.unwrap();
+    w2.write_all(&noise(2_000_000, 2)).await.unwrap();
+    // Prune must not run while backups hold their locks.
+    let e = other.prune(false).await.unwrap_err();
+    assert!(matches!(e, Error::Locked { .. }), "{e}");
+    let s1 = w1.finish().await.unwrap();
+    let s2 = w2.finish().await.unwrap();
+    other.prune(false).await.unwrap();
+    for (s, seed) in [(&s1, 1), (&s2, 2)] {
+        let mut out = Vec::new();
+        repo.restore_stream(&s.id, &mut out).await.unwrap();
+        assert!(out == noise(2_000_000, seed));
+    }
+    assert!(repo.check(true).await.unwrap().is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_writer_leaves_no_snapshot_and_prune_cleans_up() {
+    let url = memory_url();
+    let repo = Repository::init(url.as_str(), &pass("p"), Default::default())
+        .await
+        .unwrap();
+    let mut w = repo
+        .stream_writer("partial", BackupOptions::new())
+        .await
+        .unwrap();
+    w.write_all(&noise(40_000_000, 9)).await.unwrap();
+    drop(w);
+    assert!(
+        repo.snapshots(&SnapshotFilter::new())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // The dropped writer's lock goes away (best effort, asynchronously); wait for it bounded.
+    let pruned = timed(async {
+        loop {
+            match repo.prune(false).await {
+                Ok(r) => break r,
+                Err(Error::Locked { .. }) => tokio::task::yield_now().await,
+                Err(e) => panic!("{e}"),
+            }
+        }
+    })
+    .await;
+    let _ = pruned;
+    assert!(repo.check(true).await.unwrap().is_ok());
+}

@@ -1,0 +1,108 @@
+use cairn_repository::{KdfParams, Passphrase};
+use std::path::Path;
+
+/// A passphrase with cheap Argon2 parameters, so tests stay fast.
+pub fn pass(s: &str) -> Passphrase {
+    Passphrase::new(s).with_params(KdfParams::insecure_for_tests())
+}
+
+pub fn memory_url() -> String {
+    format!("memory://test-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// Compressible, text-like bytes.
+pub fn text(n: usize, seed: u64) -> Vec<u8> {
+    let words = [
+        "alpha ",
+        "bravo ",
+        "charlie ",
+        "delta ",
+        "echo\n",
+        "INSERT INTO t VALUES (1, 'x');\n",
+    ];
+    let r = noise(n / 4 + 1, seed);
+    let mut out = Vec::with_capacity(n + 64);
+    let mut i = 0;
+    while out.len() < n {
+        out.extend_from_slice(words[r[i % r.len()] as usize % words.len()].as_bytes());
+        i += 1;
+    }
+    out.truncate(n);
+    out
+}
+
+/// A small tree: nested dirs, text and binary files, an empty file, a symlink.
+pub fn make_tree(root: &Path, seed: u64) {
+    std::fs::create_dir_all(root.join("a/b")).unwrap();
+    std::fs::create_dir_all(root.join("empty-dir")).unwrap();
+    std::fs::write(root.join("a/dump.sql"), text(3_000_000, seed)).unwrap();
+    std::fs::write(root.join("a/b/pages.bin"), noise(8192 * 300, seed + 1)).unwrap();
+    std::fs::write(root.join("small.conf"), b"key = value\n").unwrap();
+    std::fs::write(root.join("empty"), b"").unwrap();
+    #[cfg(unix)]
+    std::os::unix::fs::symlink("a/dump.sql", root.join("link")).unwrap();
+}
+
+/// Asserts two trees are equal: names, types, contents, link targets, file modes.
+pub fn assert_same_tree(a: &Path, b: &Path) {
+    let la = list(a);
+    let lb = list(b);
+    assert_eq!(
+        la.iter().map(|x| &x.0).collect::<Vec<_>>(),
+        lb.iter().map(|x| &x.0).collect::<Vec<_>>()
+    );
+    for ((name, ka), (_, kb)) in la.iter().zip(lb.iter()) {
+        assert_eq!(ka, kb, "{name}");
+    }
+}
+
+fn list(root: &Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let p = e.path();
+            let rel = p.strip_prefix(root).unwrap().display().to_string();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let desc = if m.is_dir() {
+                stack.push(p.clone());
+                "dir".to_string()
+            } else if m.file_type().is_symlink() {
+                format!("link {}", std::fs::read_link(&p).unwrap().display())
+            } else {
+                #[cfg(unix)]
+                let mode = std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777;
+                #[cfg(not(unix))]
+                let mode = 0;
+                format!(
+                    "file {mode:o} {}",
+                    blake3::hash(&std::fs::read(&p).unwrap())
+                )
+            };
+            out.push((rel, desc));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Runs `f` with a timeout so a hung test fails instead of hanging CI.
+pub async fn timed<F: std::future::Future>(f: F) -> F::Output {
+    tokio::time::timeout(std::time::Duration::from_secs(300), f)
+        .await
+        .expect("test timed out")
+}
