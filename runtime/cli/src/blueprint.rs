@@ -51,7 +51,10 @@ pub(crate) async fn run(cmd: BlueprintCommand, home: Option<PathBuf>) -> anyhow:
 }
 
 /// Loads a blueprint file, turning every way it can be unusable into a usage error.
-pub(crate) async fn load(engine: &cairn_engine::Engine, file: &Path) -> anyhow::Result<cairn_engine::Blueprint> {
+pub(crate) async fn load(
+    engine: &cairn_engine::Engine,
+    file: &Path,
+) -> anyhow::Result<cairn_engine::Blueprint> {
     if !file.is_file() {
         return Err(UsageError(format!(
             "blueprint {} does not exist (build one with `cairn blueprint build DIR`)",
@@ -102,7 +105,14 @@ fn print_inspect(bp: &cairn_engine::Blueprint, output: Output) -> anyhow::Result
             println!("digest:       {}", view.digest);
             println!("min runtime:  {}", view.min_runtime);
             let caps: Vec<String> = view.capabilities.iter().map(|c| c.to_string()).collect();
-            println!("capabilities: {}", if caps.is_empty() { "(none)".into() } else { caps.join(", ") });
+            println!(
+                "capabilities: {}",
+                if caps.is_empty() {
+                    "(none)".into()
+                } else {
+                    caps.join(", ")
+                }
+            );
             println!("actions:");
             for a in view.actions {
                 println!("  {:<18} {}", a.name, a.description);
@@ -120,7 +130,11 @@ fn print_inspect(bp: &cairn_engine::Blueprint, output: Output) -> anyhow::Result
                     if !p.choices.is_empty() {
                         extra.push(format!("one of {}", p.choices.join("|")));
                     }
-                    let extra = if extra.is_empty() { String::new() } else { format!(" ({})", extra.join(", ")) };
+                    let extra = if extra.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", extra.join(", "))
+                    };
                     println!("  {:<18} {:<8} {}{}", p.name, p.kind, p.description, extra);
                 }
             }
@@ -137,7 +151,12 @@ struct Built {
     digest: String,
 }
 
-async fn build(dir: &Path, debug: bool, output: Output, home: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+async fn build(
+    dir: &Path,
+    debug: bool,
+    output: Output,
+    home: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
     let manifest = dir.join("Cargo.toml");
     if !manifest.is_file() {
         return Err(UsageError(format!(
@@ -188,7 +207,9 @@ fn ensure_target() -> anyhow::Result<()> {
         .status();
     match status {
         Ok(s) if s.success() => Ok(()),
-        Ok(s) => bail!("`rustup target add {WASM_TARGET}` failed ({s}); install the target and retry"),
+        Ok(s) => {
+            bail!("`rustup target add {WASM_TARGET}` failed ({s}); install the target and retry")
+        }
         Err(_) => Err(UsageError(format!(
             "the {WASM_TARGET} target is not installed and rustup is not available: install the \
              target's standard library for your toolchain and retry"
@@ -201,22 +222,35 @@ fn ensure_target() -> anyhow::Result<()> {
 fn cargo_build(manifest: &Path, debug: bool) -> anyhow::Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = std::process::Command::new(cargo);
-    cmd.args(["build", "--target", WASM_TARGET, "--message-format=json-render-diagnostics"])
-        .arg("--manifest-path")
-        .arg(manifest)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+    cmd.args([
+        "build",
+        "--target",
+        WASM_TARGET,
+        "--message-format=json-render-diagnostics",
+    ])
+    .arg("--manifest-path")
+    .arg(manifest)
+    .stdout(Stdio::piped())
+    .stderr(Stdio::inherit());
     if !debug {
         cmd.arg("--release");
     }
     let out = cmd.output().context("cannot run cargo")?;
     if !out.status.success() {
-        bail!("cargo build of {} failed ({})", manifest.display(), out.status);
+        bail!(
+            "cargo build of {} failed ({})",
+            manifest.display(),
+            out.status
+        );
     }
     let mut wasm = None;
     for line in out.stdout.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-        let Ok(msg) = serde_json::from_slice::<serde_json::Value>(line) else { continue };
-        if msg["reason"] != "compiler-artifact" || msg["manifest_path"].as_str() != manifest.to_str() {
+        let Ok(msg) = serde_json::from_slice::<serde_json::Value>(line) else {
+            continue;
+        };
+        if msg["reason"] != "compiler-artifact"
+            || msg["manifest_path"].as_str() != manifest.to_str()
+        {
             continue;
         }
         if let Some(files) = msg["filenames"].as_array() {

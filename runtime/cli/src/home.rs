@@ -1,6 +1,6 @@
 //! The instance's state directory.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context as _;
 
@@ -25,10 +25,6 @@ impl Home {
         Ok(Self { root })
     }
 
-    pub(crate) fn root(&self) -> &Path {
-        &self.root
-    }
-
     /// Compiled components, keyed by digest and engine.
     pub(crate) fn cache(&self) -> PathBuf {
         self.root.join("cache")
@@ -47,6 +43,11 @@ impl Home {
     /// The default export repository.
     pub(crate) fn repository(&self) -> PathBuf {
         self.root.join("repository")
+    }
+
+    /// The key file of the default export repository (created with it; keep it safe).
+    pub(crate) fn repository_key(&self) -> PathBuf {
+        self.root.join("repository.key")
     }
 }
 

@@ -7,6 +7,7 @@
 //! Exit codes are the same for every command: see [`exit`].
 
 mod blueprint;
+mod exports;
 mod home;
 mod repo;
 mod run;
@@ -39,7 +40,11 @@ pub enum Output {
 }
 
 #[derive(Debug, Parser)]
-#[command(name = "cairn", version, about = "Cairn: application-consistent backup and DR with WebAssembly blueprints")]
+#[command(
+    name = "cairn",
+    version,
+    about = "Cairn: application-consistent backup and DR with WebAssembly blueprints"
+)]
 struct Cli {
     /// The instance's state directory (compile cache, audit log, local target state, default
     /// exports). Default: $XDG_DATA_HOME/cairn, or ~/.local/share/cairn.
@@ -71,11 +76,18 @@ pub fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { exit::USAGE } else { exit::OK });
+            return ExitCode::from(if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            });
         }
     };
     init_tracing(cli.verbose);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cairn: cannot start the async runtime: {e}");
@@ -145,5 +157,9 @@ impl std::fmt::Display for UsageError {
 impl std::error::Error for UsageError {}
 
 fn classify(e: &anyhow::Error) -> u8 {
-    if e.chain().any(|c| c.is::<UsageError>()) { exit::USAGE } else { exit::RUNTIME }
+    if e.chain().any(|c| c.is::<UsageError>()) {
+        exit::USAGE
+    } else {
+        exit::RUNTIME
+    }
 }

@@ -53,11 +53,18 @@ pub(crate) struct RunArgs {
     /// How to print the result.
     #[arg(long, value_enum, default_value_t)]
     output: Output,
+    /// Where the action's exports go. Without `--repo`, the default repository in the home,
+    /// whose key is a file in the home.
+    #[command(flatten)]
+    repo: crate::repo::RepoSelect,
 }
 
 /// The engine of this instance, with its compile cache in the home.
 pub(crate) fn engine(home: &Home) -> anyhow::Result<Engine> {
-    let config = EngineConfig { cache_dir: Some(home.cache()), ..EngineConfig::default() };
+    let config = EngineConfig {
+        cache_dir: Some(home.cache()),
+        ..EngineConfig::default()
+    };
     Engine::new(config).context("cannot start the WebAssembly engine")
 }
 
@@ -80,15 +87,17 @@ pub(crate) async fn run(args: RunArgs, home: Option<PathBuf>) -> anyhow::Result<
     if let Some(m) = args.memory {
         limits.memory = usize::try_from(m).unwrap_or(usize::MAX);
     }
-    let exports = Arc::new(
-        cairn_engine::DirExports::new(&home.root().join("exports"))
-            .context("cannot open the export directory")?,
-    );
+    let exports = open_exports(&args.repo, &home).await?;
     let audit = Arc::new(
-        cairn_engine::AuditLog::open(&home.audit_log())
+        cairn_engine::AuditLog::open(home.audit_log())
             .with_context(|| format!("cannot open the audit log {}", home.audit_log().display()))?,
     );
-    let host = HostContext { cluster, exports, audit, events: crate::run::event_sink() };
+    let host = HostContext {
+        cluster,
+        exports,
+        audit,
+        events: crate::run::event_sink(),
+    };
     let request = RunRequest {
         action: args.action.clone(),
         namespace: args.namespace.clone(),
@@ -118,6 +127,34 @@ pub(crate) async fn run(args: RunArgs, home: Option<PathBuf>) -> anyhow::Result<
     }
 }
 
+/// The repository the action's exports go to: `--repo`, or the home's default one.
+async fn open_exports(
+    select: &crate::repo::RepoSelect,
+    home: &Home,
+) -> anyhow::Result<Arc<crate::exports::RepoExports>> {
+    let (repo, url) = if select.repo.is_some() {
+        let location = select.location()?;
+        let url = location.url().to_string();
+        let key = select.key()?;
+        let repo = cairn_repository::Repository::open(location, key.as_ref())
+            .await
+            .with_context(|| format!("cannot open the export repository {url}"))?;
+        (repo, url)
+    } else {
+        let dir = home.repository();
+        let repo = cairn_repository::Repository::open_or_init_local(&dir, home.repository_key())
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot open the default export repository {}",
+                    dir.display()
+                )
+            })?;
+        (repo, dir.display().to_string())
+    };
+    Ok(Arc::new(crate::exports::RepoExports::new(repo, url)))
+}
+
 fn open_target(target: &str, home: &Home) -> anyhow::Result<Arc<dyn cairn_cluster::Cluster>> {
     let Some(inventory) = target.strip_prefix("local:") else {
         return Err(UsageError(format!(
@@ -126,8 +163,9 @@ fn open_target(target: &str, home: &Home) -> anyhow::Result<Arc<dyn cairn_cluste
         ))
         .into());
     };
-    let cluster = cairn_cluster::LocalCluster::from_inventory(Path::new(inventory), &home.local_cluster())
-        .map_err(|e| UsageError(e.to_string()))?;
+    let cluster =
+        cairn_cluster::LocalCluster::from_inventory(Path::new(inventory), &home.local_cluster())
+            .map_err(|e| UsageError(e.to_string()))?;
     Ok(Arc::new(cluster))
 }
 
@@ -153,10 +191,21 @@ fn parse_params(raw: &[String]) -> anyhow::Result<Vec<(String, String)>> {
 fn parse_secrets(raw: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     for s in raw {
-        let usage = || UsageError(format!("--secret {s:?}: expected NAME=env:VAR, NAME=file:PATH or NAME=raw:VALUE"));
-        let (name, source) = s.split_once('=').filter(|(n, _)| !n.is_empty()).ok_or_else(usage)?;
+        let usage = || {
+            UsageError(format!(
+                "--secret {s:?}: expected NAME=env:VAR, NAME=file:PATH or NAME=raw:VALUE"
+            ))
+        };
+        let (name, source) = s
+            .split_once('=')
+            .filter(|(n, _)| !n.is_empty())
+            .ok_or_else(usage)?;
         let value = if let Some(var) = source.strip_prefix("env:") {
-            std::env::var(var).map_err(|_| UsageError(format!("--secret {name}: environment variable {var} is not set")))?
+            std::env::var(var).map_err(|_| {
+                UsageError(format!(
+                    "--secret {name}: environment variable {var} is not set"
+                ))
+            })?
         } else if let Some(path) = source.strip_prefix("file:") {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| UsageError(format!("--secret {name}: cannot read {path}: {e}")))?;
@@ -175,8 +224,12 @@ fn parse_secrets(raw: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
 fn read_restore_point(path: &Path) -> anyhow::Result<Vec<cairn_engine::Artifact>> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| UsageError(format!("--from {}: {e}", path.display())))?;
-    let report: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| UsageError(format!("--from {}: not a JSON run report: {e}", path.display())))?;
+    let report: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+        UsageError(format!(
+            "--from {}: not a JSON run report: {e}",
+            path.display()
+        ))
+    })?;
     let artifacts = report["outputs"]["artifacts"].clone();
     serde_json::from_value(artifacts).map_err(|e| {
         UsageError(format!(
@@ -192,7 +245,9 @@ fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size like 64MiB or 1GiB"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like 64MiB or 1GiB"))?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1 << 10,
@@ -200,7 +255,8 @@ fn parse_size(s: &str) -> Result<u64, String> {
         "g" | "gb" | "gib" => 1 << 30,
         other => return Err(format!("unknown size unit {other:?}: use KiB, MiB or GiB")),
     };
-    n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 #[derive(Serialize)]
@@ -239,28 +295,38 @@ fn print_report(report: &cairn_engine::RunReport, output: Output) -> anyhow::Res
     Ok(())
 }
 
-/// Renders the guest's logs and progress on stderr.
+/// Renders the guest's logs, progress and phase transitions on stderr.
 pub(crate) fn event_sink() -> cairn_engine::EventSink {
-    Arc::new(|event: cairn_engine::Event| match event {
-        cairn_engine::Event::Log { phase, level, message, .. } => {
-            eprintln!("[{phase}] {level}: {message}");
+    use cairn_engine::EventKind;
+    cairn_engine::EventSink::new(|event: &cairn_engine::Event| {
+        let phase = &event.phase;
+        match &event.kind {
+            EventKind::Log { level, message } => eprintln!("[{phase}] {level}: {message}"),
+            EventKind::Progress(progress) => {
+                let mut parts = Vec::new();
+                if let Some(p) = progress.percent {
+                    parts.push(format!("{p:.0}%"));
+                }
+                match (progress.bytes_done, progress.bytes_total) {
+                    (Some(d), Some(t)) => parts.push(format!("{d}/{t} bytes")),
+                    (Some(d), None) => parts.push(format!("{d} bytes")),
+                    _ => {}
+                }
+                if let Some(m) = &progress.message {
+                    parts.push(m.clone());
+                }
+                eprintln!("[{phase}] progress: {}", parts.join(" "));
+            }
+            EventKind::PhaseFinished {
+                ok: false, error, ..
+            } => {
+                eprintln!(
+                    "[{phase}] failed: {}",
+                    error.as_deref().unwrap_or("unknown error")
+                );
+            }
+            _ => {}
         }
-        cairn_engine::Event::Progress { phase, progress, .. } => {
-            let mut parts = Vec::new();
-            if let Some(p) = progress.percent {
-                parts.push(format!("{p:.0}%"));
-            }
-            match (progress.bytes_done, progress.bytes_total) {
-                (Some(d), Some(t)) => parts.push(format!("{d}/{t} bytes")),
-                (Some(d), None) => parts.push(format!("{d} bytes")),
-                _ => {}
-            }
-            if let Some(m) = progress.message {
-                parts.push(m);
-            }
-            eprintln!("[{phase}] progress: {}", parts.join(" "));
-        }
-        _ => {}
     })
 }
 
@@ -281,6 +347,9 @@ mod tests {
     fn params_need_a_name() {
         assert!(parse_params(&["=x".into()]).is_err());
         assert!(parse_params(&["x".into()]).is_err());
-        assert_eq!(parse_params(&["a=b=c".into()]).ok(), Some(vec![("a".into(), "b=c".into())]));
+        assert_eq!(
+            parse_params(&["a=b=c".into()]).ok(),
+            Some(vec![("a".into(), "b=c".into())])
+        );
     }
 }

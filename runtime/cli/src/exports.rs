@@ -1,0 +1,147 @@
+//! The engine's exports, written through the export repository: what a blueprint pipes into
+//! an export stream is chunked, deduplicated, compressed and encrypted on the host side, and
+//! becomes a stream snapshot tagged with the action that wrote it.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use async_trait::async_trait;
+use cairn_engine::{Artifact, ExportWriter, Exports};
+use cairn_repository::{BackupOptions, Repository, SnapshotWriter};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// The artifact value that says an export lives in a repository.
+const KIND: &str = "repository";
+
+/// [`Exports`] into one repository.
+#[derive(Debug)]
+pub(crate) struct RepoExports {
+    repo: Repository,
+    /// Where the repository is, for messages.
+    url: String,
+}
+
+impl RepoExports {
+    pub(crate) fn new(repo: Repository, url: String) -> Self {
+        Self { repo, url }
+    }
+
+    /// The snapshot an artifact names, refusing artifacts of another repository or kind.
+    fn snapshot_of<'a>(&self, artifact: &'a Artifact) -> cairn_engine::Result<&'a str> {
+        let bad = |reason: String| cairn_engine::Error::BadArtifact {
+            name: artifact.name.clone(),
+            reason,
+        };
+        match artifact.get("kind") {
+            Some(KIND) => {}
+            Some(other) => {
+                return Err(bad(format!(
+                    "it is a {other:?} export, not a repository export; run with the exports it was written to"
+                )));
+            }
+            None => return Err(bad("it names no export kind".into())),
+        }
+        match artifact.get("repository") {
+            Some(id) if id == self.repo.id() => {}
+            Some(id) => {
+                return Err(bad(format!(
+                    "it was exported to repository {id}, but this run uses {} ({}); pass the --repo it was written to",
+                    self.repo.id(),
+                    self.url
+                )));
+            }
+            None => return Err(bad("it names no repository".into())),
+        }
+        artifact
+            .get("snapshot")
+            .ok_or_else(|| bad("it names no snapshot".into()))
+    }
+}
+
+fn repo_error(what: &str, e: cairn_repository::Error) -> cairn_engine::Error {
+    cairn_engine::Error::Host(format!("{what}: {e}"))
+}
+
+#[async_trait]
+impl Exports for RepoExports {
+    async fn create(
+        &self,
+        action_id: &str,
+        name: &str,
+    ) -> cairn_engine::Result<Box<dyn ExportWriter>> {
+        let opts = BackupOptions::new()
+            .tag("export")
+            .tag(format!("action:{action_id}"));
+        let writer = self
+            .repo
+            .stream_writer(name, opts)
+            .await
+            .map_err(|e| repo_error(&format!("starting export {name:?} in {}", self.url), e))?;
+        Ok(Box::new(RepoWriter {
+            inner: writer,
+            repository: self.repo.id().to_string(),
+        }))
+    }
+
+    async fn open(
+        &self,
+        artifact: &Artifact,
+    ) -> cairn_engine::Result<Box<dyn AsyncRead + Send + Unpin>> {
+        let snapshot = self.snapshot_of(artifact)?;
+        let reader = self
+            .repo
+            .stream_reader(snapshot)
+            .await
+            .map_err(|e| repo_error(&format!("opening export {:?}", artifact.name), e))?;
+        Ok(Box::new(reader))
+    }
+
+    async fn delete(&self, artifact: &Artifact) -> cairn_engine::Result<()> {
+        let snapshot = self.snapshot_of(artifact)?;
+        self.repo
+            .forget_snapshot(snapshot)
+            .await
+            .map_err(|e| repo_error(&format!("deleting export {:?}", artifact.name), e))
+    }
+}
+
+/// A repository stream snapshot being written.
+struct RepoWriter {
+    inner: SnapshotWriter,
+    repository: String,
+}
+
+impl AsyncWrite for RepoWriter {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[async_trait]
+impl ExportWriter for RepoWriter {
+    async fn finish(self: Box<Self>) -> cairn_engine::Result<Vec<(String, String)>> {
+        let RepoWriter { inner, repository } = *self;
+        let info = inner
+            .finish()
+            .await
+            .map_err(|e| repo_error("sealing the export", e))?;
+        Ok(vec![
+            ("kind".into(), KIND.into()),
+            ("repository".into(), repository),
+            ("snapshot".into(), info.id.clone()),
+            ("bytes".into(), info.summary.bytes.to_string()),
+        ])
+    }
+}

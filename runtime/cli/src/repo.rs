@@ -1,0 +1,665 @@
+//! `cairn repo …`: manage export repositories from the command line.
+//!
+//! The repository is `--repo URL` (or `CAIRN_REPO`): a local path, `file://`, `s3://`, `az://`
+//! or `gs://` URL; backend settings come from `--option key=value` (e.g.
+//! `aws_endpoint=http://127.0.0.1:9000`) or the usual `AWS_*`/`AZURE_*`/`GOOGLE_*` variables.
+//! The key is a passphrase from `CAIRN_PASSPHRASE` or `--passphrase-file`, or a key file
+//! (`--key-file`).
+//!
+//! Exit codes (beyond the shared ones of [`crate::exit`]):
+//!
+//! | code | meaning |
+//! | --- | --- |
+//! | 0 | success |
+//! | 1 | the operation ran and found a problem: `check` found damage, a restore hit damaged data |
+//! | 2 | usage: bad arguments, no such snapshot, no key given |
+//! | 3 | runtime: I/O or object-store failure |
+//! | 4 | wrong passphrase or key |
+//! | 5 | the repository is locked by another process; retry later |
+//! | 6 | refused by the protection period (immutability) |
+//! | 7 | no repository there, or a format version this build cannot read |
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use cairn_repository::{
+    BackupOptions, Error, InitOptions, KeyFile, KeyProvider, Location, Passphrase, Repository,
+    Retention, SnapshotFilter, SnapshotInfo, SnapshotKind,
+};
+use serde_json::json;
+
+use crate::Output;
+
+/// Exit code: wrong passphrase or key.
+pub const EXIT_WRONG_KEY: u8 = 4;
+/// Exit code: locked by another process.
+pub const EXIT_LOCKED: u8 = 5;
+/// Exit code: refused by the protection period.
+pub const EXIT_PROTECTED: u8 = 6;
+/// Exit code: no repository, or an unsupported format version.
+pub const EXIT_NO_REPOSITORY: u8 = 7;
+
+/// How often progress bars are redrawn from the backup's byte counter.
+const PROGRESS_TICK: Duration = Duration::from_millis(200);
+
+/// Options shared by every `cairn repo` subcommand.
+#[derive(Debug, clap::Args)]
+pub struct RepoArgs {
+    #[command(flatten)]
+    select: RepoSelect,
+    /// How results are printed on stdout.
+    #[arg(long, value_enum, default_value_t, global = true)]
+    output: Output,
+    #[command(subcommand)]
+    command: RepoCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum RepoCommand {
+    /// Create a repository.
+    Init {
+        /// Protection period during which nothing may be deleted or overwritten, e.g. "30d".
+        #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+        protection: Option<Duration>,
+    },
+    /// Back up a directory, or standard input with `-`.
+    Backup {
+        /// The directory, or `-` for standard input.
+        source: String,
+        /// The stream's name when backing up standard input.
+        #[arg(long, value_name = "NAME")]
+        stdin_name: Option<String>,
+        /// A tag for the snapshot; repeatable.
+        #[arg(long)]
+        tag: Vec<String>,
+        /// zstd level (default 1; negative is faster, higher compresses more).
+        #[arg(long, allow_hyphen_values = true)]
+        zstd_level: Option<i32>,
+    },
+    /// List snapshots.
+    Snapshots {
+        #[command(flatten)]
+        filter: FilterArgs,
+    },
+    /// Restore a snapshot: a tree into a directory, a stream to a file or `-` (stdout).
+    Restore {
+        /// Snapshot id, unique prefix, or `latest`.
+        id: String,
+        /// Target directory, or `-` for standard output (streams).
+        #[arg(long)]
+        target: String,
+    },
+    /// Verify the repository.
+    Check {
+        /// Also read, decrypt and verify every chunk.
+        #[arg(long)]
+        read_data: bool,
+    },
+    /// Remove snapshots by GFS retention.
+    Forget {
+        #[arg(long, default_value_t = 0)]
+        keep_last: u32,
+        #[arg(long, default_value_t = 0)]
+        keep_hourly: u32,
+        #[arg(long, default_value_t = 0)]
+        keep_daily: u32,
+        #[arg(long, default_value_t = 0)]
+        keep_weekly: u32,
+        #[arg(long, default_value_t = 0)]
+        keep_monthly: u32,
+        #[arg(long, default_value_t = 0)]
+        keep_yearly: u32,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Show what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+        /// Prune afterwards.
+        #[arg(long)]
+        prune: bool,
+    },
+    /// Delete data no snapshot references.
+    Prune {
+        /// Show what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Manage key slots.
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Debug, clap::Args)]
+struct FilterArgs {
+    /// Only snapshots with this tag; repeatable (all must match).
+    #[arg(long)]
+    tag: Vec<String>,
+    /// Only snapshots of this path or stream name.
+    #[arg(long)]
+    path: Option<String>,
+    /// Only snapshots made at or after this time (RFC 3339).
+    #[arg(long)]
+    since: Option<String>,
+    /// Only snapshots made before this time (RFC 3339).
+    #[arg(long)]
+    until: Option<String>,
+}
+
+impl FilterArgs {
+    fn filter(&self) -> anyhow::Result<SnapshotFilter> {
+        let mut f = SnapshotFilter::new();
+        for t in &self.tag {
+            f = f.tag(t);
+        }
+        if let Some(p) = &self.path {
+            f = f.source(p);
+        }
+        if let Some(t) = &self.since {
+            f = f.since(t).map_err(|e| usage(e.to_string()))?;
+        }
+        if let Some(t) = &self.until {
+            f = f.until(t).map_err(|e| usage(e.to_string()))?;
+        }
+        Ok(f)
+    }
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum KeyCommand {
+    /// Add a key slot: a new passphrase (CAIRN_NEW_PASSPHRASE or --new-passphrase-file) or a
+    /// key file.
+    Add {
+        #[command(flatten)]
+        new: NewKeyArgs,
+        /// A label for the slot.
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+    /// List key slots.
+    List,
+    /// Remove a key slot (the last one is refused).
+    Remove {
+        /// Slot id or unique prefix.
+        id: String,
+    },
+    /// Replace the key used to open the repository by a new one; data is not rewritten.
+    Rotate {
+        #[command(flatten)]
+        new: NewKeyArgs,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct NewKeyArgs {
+    /// Read the new passphrase from this file (else from CAIRN_NEW_PASSPHRASE).
+    #[arg(long, value_name = "FILE")]
+    new_passphrase_file: Option<PathBuf>,
+    /// Use a key file (created when absent) as the new key.
+    #[arg(long, value_name = "FILE", conflicts_with = "new_passphrase_file")]
+    new_key_file: Option<PathBuf>,
+}
+
+impl NewKeyArgs {
+    fn provider(&self) -> anyhow::Result<Box<dyn KeyProvider>> {
+        if let Some(f) = &self.new_key_file {
+            return Ok(Box::new(KeyFile::load_or_create(f)?));
+        }
+        if let Some(f) = &self.new_passphrase_file {
+            return Ok(Box::new(Passphrase::from_file(f)?));
+        }
+        match Passphrase::from_env("CAIRN_NEW_PASSPHRASE") {
+            Ok(p) => Ok(Box::new(p)),
+            Err(_) => Err(usage(
+                "no new key: set CAIRN_NEW_PASSPHRASE, --new-passphrase-file or --new-key-file",
+            )),
+        }
+    }
+}
+
+fn usage(msg: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(crate::UsageError(msg.into()))
+}
+
+/// Which repository, and the key to open it: shared by `cairn repo` and `cairn run`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct RepoSelect {
+    /// The repository: a path, or a file://, s3://, az:// or gs:// URL.
+    #[arg(long, env = "CAIRN_REPO", global = true, value_name = "URL")]
+    pub(crate) repo: Option<String>,
+    /// Read the passphrase from this file (else from CAIRN_PASSPHRASE).
+    #[arg(long, global = true, value_name = "FILE")]
+    passphrase_file: Option<PathBuf>,
+    /// Use a key file instead of a passphrase.
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        conflicts_with = "passphrase_file"
+    )]
+    key_file: Option<PathBuf>,
+    /// A backend option, KEY=VALUE (e.g. aws_endpoint=http://127.0.0.1:9000); repeatable.
+    #[arg(long = "option", global = true, value_name = "KEY=VALUE")]
+    options: Vec<String>,
+}
+
+impl RepoSelect {
+    pub(crate) fn location(&self) -> anyhow::Result<Location> {
+        let url = self
+            .repo
+            .clone()
+            .ok_or_else(|| usage("no repository: give --repo URL or set CAIRN_REPO"))?;
+        let mut loc = Location::new(url);
+        for o in &self.options {
+            let (k, v) = o
+                .split_once('=')
+                .ok_or_else(|| usage(format!("--option {o}: expected KEY=VALUE")))?;
+            loc = loc.option(k, v);
+        }
+        Ok(loc)
+    }
+
+    pub(crate) fn key(&self) -> anyhow::Result<Box<dyn KeyProvider>> {
+        if let Some(f) = &self.key_file {
+            return Ok(Box::new(KeyFile::load(f)?));
+        }
+        if let Some(f) = &self.passphrase_file {
+            return Ok(Box::new(Passphrase::from_file(f)?));
+        }
+        match Passphrase::from_env("CAIRN_PASSPHRASE") {
+            Ok(p) => Ok(Box::new(p)),
+            Err(_) => Err(usage(
+                "no key: set CAIRN_PASSPHRASE, or give --passphrase-file or --key-file",
+            )),
+        }
+    }
+}
+
+impl RepoArgs {
+    fn location(&self) -> anyhow::Result<Location> {
+        self.select.location()
+    }
+
+    fn key(&self) -> anyhow::Result<Box<dyn KeyProvider>> {
+        self.select.key()
+    }
+
+    fn print(&self, text: impl FnOnce() -> String, json: serde_json::Value) {
+        match self.output {
+            Output::Text => {
+                let t = text();
+                if !t.is_empty() {
+                    println!("{t}");
+                }
+            }
+            Output::Json => println!("{json}"),
+        }
+    }
+}
+
+/// Runs a `cairn repo` subcommand; library errors are printed here and mapped to the exit
+/// codes in the module docs.
+pub async fn run(args: RepoArgs) -> anyhow::Result<ExitCode> {
+    match run_inner(&args).await {
+        Ok(code) => Ok(code),
+        Err(e) => match e.downcast_ref::<Error>() {
+            Some(lib) => {
+                let code = exit_code(lib);
+                if args.output == Output::Json {
+                    println!(
+                        "{}",
+                        json!({ "error": crate::one_line(&e), "exit_code": code })
+                    );
+                }
+                eprintln!("cairn: {}", crate::one_line(&e));
+                Ok(ExitCode::from(code))
+            }
+            None => Err(e),
+        },
+    }
+}
+
+fn exit_code(e: &Error) -> u8 {
+    match e {
+        Error::WrongPassphrase | Error::WrongKey { .. } => EXIT_WRONG_KEY,
+        Error::Locked { .. } => EXIT_LOCKED,
+        Error::Protected { .. } | Error::LastKey { .. } => EXIT_PROTECTED,
+        Error::NotARepository { .. }
+        | Error::UnsupportedVersion { .. }
+        | Error::AlreadyInitialised { .. } => EXIT_NO_REPOSITORY,
+        Error::Corrupt { .. } | Error::Missing { .. } => crate::exit::FAILED,
+        Error::InvalidLocation { .. }
+        | Error::NotFound { .. }
+        | Error::Ambiguous { .. }
+        | Error::Invalid(_) => crate::exit::USAGE,
+        _ => crate::exit::RUNTIME,
+    }
+}
+
+fn progress_bar(total: Option<u64>) -> Option<indicatif::ProgressBar> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let (bar, template) = match total {
+        Some(t) => (
+            indicatif::ProgressBar::new(t),
+            "{bar:30} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+        ),
+        None => (
+            indicatif::ProgressBar::no_length(),
+            "{spinner} {bytes} {binary_bytes_per_sec}",
+        ),
+    };
+    if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
+        bar.set_style(style);
+    }
+    bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+    Some(bar)
+}
+
+/// Mirrors a byte counter into a progress bar until dropped.
+fn watch(
+    bar: Option<indicatif::ProgressBar>,
+    counter: Arc<AtomicU64>,
+) -> Option<(indicatif::ProgressBar, tokio::task::JoinHandle<()>)> {
+    let bar = bar?;
+    let b = bar.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            b.set_position(counter.load(Ordering::Relaxed));
+            tokio::time::sleep(PROGRESS_TICK).await;
+        }
+    });
+    Some((bar, task))
+}
+
+fn dir_bytes(p: &std::path::Path) -> u64 {
+    let mut n = 0;
+    if let Ok(rd) = std::fs::read_dir(p) {
+        for e in rd.flatten() {
+            if let Ok(m) = e.path().symlink_metadata() {
+                n += if m.is_dir() {
+                    dir_bytes(&e.path())
+                } else if m.is_file() {
+                    m.len()
+                } else {
+                    0
+                };
+            }
+        }
+    }
+    n
+}
+
+fn describe(s: &SnapshotInfo) -> String {
+    let (kind, src) = match &s.kind {
+        SnapshotKind::Tree { path } => ("tree", path.as_str()),
+        SnapshotKind::Stream { name } => ("stream", name.as_str()),
+        _ => ("other", ""),
+    };
+    format!(
+        "{}  {}  {:<6} {:<40} {:>12}  {}",
+        s.short_id(),
+        s.time.strftime("%Y-%m-%d %H:%M:%S"),
+        kind,
+        src,
+        s.summary.bytes,
+        s.tags.join(",")
+    )
+}
+
+async fn run_inner(args: &RepoArgs) -> anyhow::Result<ExitCode> {
+    let loc = args.location()?;
+    let key = args.key()?;
+    if let RepoCommand::Init { protection } = &args.command {
+        let opts = InitOptions::new().protection(protection.unwrap_or_default());
+        let repo = Repository::init(loc.clone(), key.as_ref(), opts).await?;
+        args.print(
+            || format!("created repository {} at {}", repo.id(), loc.url()),
+            json!({ "id": repo.id(), "url": loc.url() }),
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let repo = Repository::open(loc, key.as_ref()).await?;
+    match &args.command {
+        RepoCommand::Init { .. } => unreachable!("handled above"),
+        RepoCommand::Backup {
+            source,
+            stdin_name,
+            tag,
+            zstd_level,
+        } => {
+            let counter = Arc::new(AtomicU64::new(0));
+            let mut opts = BackupOptions::new().progress(counter.clone());
+            for t in tag {
+                opts = opts.tag(t);
+            }
+            if let Some(l) = zstd_level {
+                opts = opts.zstd_level(*l);
+            }
+            let (info, shown) = if source == "-" {
+                let name = stdin_name.clone().ok_or_else(|| {
+                    usage("backup -: give the stream a name with --stdin-name NAME")
+                })?;
+                let shown = watch(progress_bar(None), counter);
+                (
+                    repo.backup_stream(&name, tokio::io::stdin(), opts).await,
+                    shown,
+                )
+            } else {
+                if stdin_name.is_some() {
+                    return Err(usage("--stdin-name only applies to `backup -`"));
+                }
+                let path = PathBuf::from(source);
+                let shown = watch(progress_bar(Some(dir_bytes(&path))), counter);
+                (repo.backup_tree(&path, opts).await, shown)
+            };
+            if let Some((bar, task)) = shown {
+                task.abort();
+                bar.finish_and_clear();
+            }
+            let info = info?;
+            let s = &info.summary;
+            args.print(
+                || {
+                    format!(
+                        "snapshot {} saved: {} files, {} bytes read, {} new ({} stored)",
+                        info.short_id(),
+                        s.files,
+                        s.bytes,
+                        s.new_bytes,
+                        s.stored_bytes
+                    )
+                },
+                json!({ "id": info.id, "summary": s }),
+            );
+        }
+        RepoCommand::Snapshots { filter } => {
+            let list = repo.snapshots(&filter.filter()?).await?;
+            args.print(
+                || list.iter().map(describe).collect::<Vec<_>>().join("\n"),
+                serde_json::to_value(&list).context("encoding snapshots")?,
+            );
+        }
+        RepoCommand::Restore { id, target } => {
+            if target == "-" {
+                let n = repo.restore_stream(id, tokio::io::stdout()).await?;
+                if args.output == Output::Json {
+                    eprintln!("{}", json!({ "bytes": n }));
+                }
+            } else {
+                let info = repo.snapshot(id).await?;
+                if let SnapshotKind::Stream { name } = &info.kind {
+                    // A stream restored to a path: write it as a file named after the target.
+                    let file = tokio::fs::File::create(target)
+                        .await
+                        .with_context(|| format!("creating {target}"))?;
+                    let n = repo.restore_stream(&info.id, file).await?;
+                    args.print(
+                        || format!("restored stream {name} ({n} bytes) to {target}"),
+                        json!({ "id": info.id, "bytes": n, "target": target }),
+                    );
+                } else {
+                    let r = repo.restore_tree(&info.id, target).await?;
+                    args.print(
+                        || format!("restored {} files, {} directories, {} bytes to {target}", r.files, r.dirs, r.bytes),
+                        json!({ "id": info.id, "files": r.files, "dirs": r.dirs, "bytes": r.bytes, "target": target }),
+                    );
+                }
+            }
+        }
+        RepoCommand::Check { read_data } => {
+            let r = repo.check(*read_data).await?;
+            args.print(
+                || {
+                    let mut lines = Vec::new();
+                    for w in &r.warnings {
+                        lines.push(format!("warning: {w}"));
+                    }
+                    for e in &r.errors {
+                        let affected = if e.snapshots.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" (affects snapshots {})", e.snapshots.join(", "))
+                        };
+                        lines.push(format!("error: {} {}{affected}", e.object, e.reason));
+                    }
+                    lines.push(format!(
+                        "{} snapshots, {} packs read ({} bytes): {}",
+                        r.snapshots,
+                        r.packs_read,
+                        r.bytes_read,
+                        if r.is_ok() { "no errors" } else { "DAMAGED" }
+                    ));
+                    lines.join("\n")
+                },
+                serde_json::to_value(&r).context("encoding report")?,
+            );
+            if !r.is_ok() {
+                return Ok(ExitCode::from(crate::exit::FAILED));
+            }
+        }
+        RepoCommand::Forget {
+            keep_last,
+            keep_hourly,
+            keep_daily,
+            keep_weekly,
+            keep_monthly,
+            keep_yearly,
+            filter,
+            dry_run,
+            prune,
+        } => {
+            let policy = Retention::new()
+                .last(*keep_last)
+                .hourly(*keep_hourly)
+                .daily(*keep_daily)
+                .weekly(*keep_weekly)
+                .monthly(*keep_monthly)
+                .yearly(*keep_yearly);
+            if policy.is_empty() {
+                return Err(usage("forget: give at least one --keep-* rule"));
+            }
+            let r = repo.forget(&policy, &filter.filter()?, *dry_run).await?;
+            let pruned = if *prune && !*dry_run {
+                Some(repo.prune(false).await?)
+            } else {
+                None
+            };
+            args.print(
+                || {
+                    let mut lines = Vec::new();
+                    for (id, why) in &r.kept {
+                        lines.push(format!("keep   {} ({})", &id[..8], why.join(", ")));
+                    }
+                    for id in &r.removed {
+                        lines.push(format!(
+                            "{} {}",
+                            if *dry_run { "would remove" } else { "remove" },
+                            &id[..8]
+                        ));
+                    }
+                    for (id, until) in &r.protected {
+                        lines.push(format!("protected {} until {until}: skipped", &id[..8]));
+                    }
+                    if let Some(p) = &pruned {
+                        lines.push(format!(
+                            "pruned {} packs ({} bytes)",
+                            p.packs_deleted, p.bytes_deleted
+                        ));
+                    }
+                    lines.join("\n")
+                },
+                json!({ "forget": r, "prune": pruned }),
+            );
+        }
+        RepoCommand::Prune { dry_run } => {
+            let r = repo.prune(*dry_run).await?;
+            args.print(
+                || {
+                    let mut s = format!(
+                        "{} {} packs ({} bytes); {} packs in use",
+                        if *dry_run { "would delete" } else { "deleted" },
+                        r.packs_deleted,
+                        r.bytes_deleted,
+                        r.packs_kept
+                    );
+                    if r.packs_protected > 0 {
+                        s.push_str(&format!(
+                            "; {} unreferenced packs are protected and were kept",
+                            r.packs_protected
+                        ));
+                    }
+                    s
+                },
+                serde_json::to_value(&r).context("encoding report")?,
+            );
+        }
+        RepoCommand::Key(cmd) => match cmd {
+            KeyCommand::Add { new, label } => {
+                let id = repo.add_key(new.provider()?.as_ref(), label).await?;
+                args.print(|| format!("added key slot {id}"), json!({ "id": id }));
+            }
+            KeyCommand::List => {
+                let keys = repo.keys().await?;
+                args.print(
+                    || {
+                        keys.iter()
+                            .map(|k| {
+                                format!(
+                                    "{}{} {:<10} {} {}",
+                                    if k.current { "*" } else { " " },
+                                    &k.id[..8],
+                                    k.kind,
+                                    k.created,
+                                    k.label
+                                )
+                            })
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    },
+                    serde_json::to_value(&keys).context("encoding keys")?,
+                );
+            }
+            KeyCommand::Remove { id } => {
+                repo.remove_key(id).await?;
+                args.print(
+                    || format!("removed key slot {id}"),
+                    json!({ "removed": id }),
+                );
+            }
+            KeyCommand::Rotate { new } => {
+                let id = repo.rotate_key(new.provider()?.as_ref()).await?;
+                args.print(
+                    || format!("rotated: the key is now in slot {id}; the old slot is removed"),
+                    json!({ "id": id }),
+                );
+            }
+        },
+    }
+    Ok(ExitCode::SUCCESS)
+}

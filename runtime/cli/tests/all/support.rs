@@ -1,0 +1,82 @@
+//! Builds the example blueprint once and runs the real `cairn` binary.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// `examples/hello` built for wasm32-wasip2 (once per test binary, in its own target dir so it
+/// never waits on the lock of the build that is running these tests).
+pub fn hello_wasm() -> &'static Path {
+    static WASM: OnceLock<PathBuf> = OnceLock::new();
+    WASM.get_or_init(|| {
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root().join("target"))
+            .join("guests");
+        let status = Command::new(env!("CARGO"))
+            .args([
+                "build",
+                "--quiet",
+                "--target",
+                "wasm32-wasip2",
+                "-p",
+                "hello",
+                "--target-dir",
+            ])
+            .arg(&target)
+            .current_dir(root())
+            .status()
+            .expect("cargo runs");
+        assert!(
+            status.success(),
+            "building examples/hello for wasm32-wasip2 failed"
+        );
+        target.join("wasm32-wasip2/debug/hello.wasm")
+    })
+}
+
+/// A fresh home and a handle to run `cairn` in it.
+pub struct Cairn {
+    pub home: tempfile::TempDir,
+}
+
+impl Cairn {
+    pub fn new() -> Self {
+        Self {
+            home: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .args(args)
+            .env("CAIRN_HOME", self.home.path())
+            .env_remove("RUST_LOG")
+            .current_dir(root())
+            .output()
+            .expect("cairn runs")
+    }
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn json(o: &Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}): {}\nstderr: {}",
+            stdout(o),
+            stderr(o)
+        )
+    })
+}
