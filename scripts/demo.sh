@@ -11,7 +11,7 @@ source scripts/lib.sh
 ensure_wasm_target
 step "cargo build --release"
 cargo build --release --locked -p cairn-cli
-cairn=target/release/cairn
+cairn="${CARGO_TARGET_DIR:-target}/release/cairn"
 
 step "cairn blueprint build examples/hello"
 wasm=$("$cairn" blueprint build examples/hello)
