@@ -38,3 +38,19 @@ ensure_test_servers() {
     python3 -m pip install --quiet 'moto[server]'
   fi
 }
+
+# The application servers the blueprints' end-to-end tests run against (Debian packages),
+# installed when missing. Debian starts none of them here: the tests start their own, on
+# loopback, in temporary directories.
+ensure_app_servers() {
+  local missing=()
+  compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql postgresql-contrib)
+  command -v mariadbd >/dev/null || missing+=(mariadb-server mariadb-client)
+  command -v redis-server >/dev/null || missing+=(redis-server)
+  command -v etcd >/dev/null || missing+=(etcd-server)
+  command -v etcdctl >/dev/null || missing+=(etcd-client)
+  if [ ${#missing[@]} -gt 0 ]; then
+    step "apt-get install ${missing[*]}"
+    apt_install "${missing[@]}"
+  fi
+}

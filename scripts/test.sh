@@ -16,6 +16,7 @@ ensure_wasm_target
 
 step "test servers"
 ensure_test_servers
+ensure_app_servers
 # The repository's conformance suite must reach a real S3-compatible server in CI, not skip.
 export CAIRN_TEST_S3=required
 

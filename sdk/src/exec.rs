@@ -181,6 +181,92 @@ impl Command {
     }
 }
 
+/// A command held open across the phases of one run, its stdin and stdout piped to the host:
+/// the way a prehook holds a database lock or backup mode that the posthook ends.
+///
+/// [`Session::open`] starts it; a later phase of the same run finds it again with
+/// [`Session::attach`]. [`send`](Session::send) writes to its stdin and reads its stdout up to a
+/// marker line that the input makes it print; [`close`](Session::close) ends its input and
+/// waits for it. The host kills every session still open when the run ends, which releases
+/// whatever it held, so a lock is never left behind by a failed posthook.
+///
+/// ```no_run
+/// use cairn_sdk::exec::{Command, Session};
+///
+/// # fn main() -> cairn_sdk::Result<()> {
+/// // backupPrehook
+/// let lock = Session::open("lock", &Command::new(["mariadb", "--batch", "--skip-column-names"]))?;
+/// lock.send("FLUSH TABLES WITH READ LOCK; SELECT 'locked';\n", "locked")?;
+/// // backupPosthook
+/// let lock = Session::attach("lock");
+/// lock.send("UNLOCK TABLES; SELECT 'unlocked';\n", "unlocked")?;
+/// lock.close()?.ok()?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    name: String,
+}
+
+impl Session {
+    /// Starts `command` as the session `name` (unique within the run). The command's
+    /// [`timeout`](Command::timeout) bounds the session's whole life; without one it lives
+    /// until it is closed or the run ends. Its [`stdin`](Command::stdin), if any, is written
+    /// first.
+    pub fn open(name: &str, command: &Command) -> Result<Self> {
+        let c = command.to_wit()?;
+        host("exec.session-open", || wit::session_open(name, &c))
+            .map(|()| Self::attach(name))
+            .map_err(|e| {
+                e.context(format_args!(
+                    "opening session `{name}` (`{}`)",
+                    command.program()
+                ))
+            })
+    }
+
+    /// The session `name` that this or an earlier phase of the run opened. No host call is
+    /// made: a session that is not open shows up as [`Error::NotFound`] at the first use.
+    pub fn attach(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+        }
+    }
+
+    /// The session's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Writes `input` to the session's stdin, then reads its stdout up to the first line equal
+    /// to `until` and returns what came before it, waiting at most the host's exec timeout.
+    pub fn send(&self, input: &str, until: &str) -> Result<String> {
+        self.exchange(input, until, None)
+    }
+
+    /// [`send`](Self::send), waiting at most `timeout` for the `until` line.
+    pub fn send_timeout(&self, input: &str, until: &str, timeout: Duration) -> Result<String> {
+        self.exchange(input, until, Some(timeout))
+    }
+
+    fn exchange(&self, input: &str, until: &str, timeout: Option<Duration>) -> Result<String> {
+        host("exec.session-send", || {
+            wit::session_send(&self.name, input.as_bytes(), until, timeout.map(millis))
+        })
+        .map(|out| String::from_utf8_lossy(&out).into_owned())
+        .map_err(|e| e.context(format_args!("session `{}`", self.name)))
+    }
+
+    /// Closes the session's stdin and waits for it to exit: its output is what it printed after
+    /// the last [`send`](Self::send), and its stderr.
+    pub fn close(self) -> Result<Output> {
+        host("exec.session-close", || wit::session_close(&self.name))
+            .map(|o| Output::new(&format!("session {}", self.name), o))
+            .map_err(|e| e.context(format_args!("closing session `{}`", self.name)))
+    }
+}
+
 /// What a finished command produced. Output beyond the host's cap is cut and flagged.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]

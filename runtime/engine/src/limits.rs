@@ -96,6 +96,14 @@ impl Default for Limits {
 }
 
 impl Limits {
+    /// The longest a whole run can take: prehook, main phase and posthook at their deadlines.
+    /// Bounds what lives for the run rather than a phase (exec sessions).
+    pub(crate) fn run_budget(&self) -> Duration {
+        self.deadline
+            .saturating_mul(2)
+            .saturating_add(self.posthook_deadline)
+    }
+
     /// Checks that the engine can honour these limits.
     pub(crate) fn validate(&self) -> Result<(), Error> {
         if self.memory > MAX_MEMORY {

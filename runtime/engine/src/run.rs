@@ -20,9 +20,10 @@ use crate::blueprint::Blueprint;
 use crate::capability::Capability;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
-use crate::events::{Event, EventKind, EventSink};
+use crate::events::{Event, EventKind, EventSink, LogLevel};
 use crate::exports::{Artifact, Exports};
 use crate::host::describe_error;
+use crate::host::session::Sessions;
 use crate::limits::{Limits, human_bytes, human_duration};
 use crate::params;
 use crate::state::{ActionCtx, HostState};
@@ -261,6 +262,7 @@ pub(crate) async fn run(
             ),
             None => (None, None),
         };
+        let sessions = Arc::new(Sessions::default());
         let phase = |name: &str, deadline: Duration| {
             Arc::new(ActionCtx {
                 action_id: action_id.clone(),
@@ -273,6 +275,7 @@ pub(crate) async fn run(
                 limits: request.limits.clone(),
                 deadline,
                 host: Some(host.clone()),
+                sessions: sessions.clone(),
             })
         };
         let inputs = |failure: Option<WitError>, phases: &[PhaseReport]| guest::Inputs {
@@ -347,6 +350,21 @@ pub(crate) async fn run(
             )
             .await;
             reports.push(ran.report);
+        }
+
+        for name in sessions.end().await {
+            let message = format!(
+                "session `{name}` was still open when the run ended; its process was killed"
+            );
+            tracing::warn!("{message}");
+            host.events.emit(Event {
+                action_id: action_id.clone(),
+                phase: post.unwrap_or(&main).to_string(),
+                kind: EventKind::Log {
+                    level: LogLevel::Warn,
+                    message,
+                },
+            });
         }
 
         let ok = reports.iter().all(|p| p.status == PhaseStatus::Ok);

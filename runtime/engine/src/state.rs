@@ -12,6 +12,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::capability::Capability;
 use crate::events::{Event, EventKind, EventSink, LogLevel, Progress};
+use crate::host::session::Sessions;
 use crate::limits::{Limits, MAX_LOG_LINE, human_bytes};
 use crate::run::HostContext;
 
@@ -34,6 +35,8 @@ pub(crate) struct ActionCtx {
     pub deadline: std::time::Duration,
     /// `None` while `describe()` runs at load time: it may only log.
     pub host: Option<HostContext>,
+    /// The run's exec sessions, shared by its phases.
+    pub sessions: Arc<Sessions>,
 }
 
 /// The store's data.

@@ -70,7 +70,7 @@ impl HostState {
     }
 }
 
-fn to_wit(out: ExecOutput) -> exec::Output {
+pub(crate) fn to_wit(out: ExecOutput) -> exec::Output {
     exec::Output {
         pod: out.pod,
         exit_code: out.exit_code,
@@ -171,6 +171,33 @@ impl exec::Host for HostState {
             }
         };
         self.audit(Capability::Exec, "exec.run-all", &target, &result);
+        Ok(result)
+    }
+
+    async fn session_open(&mut self, name: String, command: exec::Command) -> HostResult<()> {
+        let target = format!("{}/session/{name}", self.scope());
+        let result = self.open_session(name, command).await;
+        self.audit(Capability::Exec, "exec.session-open", &target, &result);
+        Ok(result)
+    }
+
+    async fn session_send(
+        &mut self,
+        name: String,
+        input: Vec<u8>,
+        until: String,
+        timeout_ms: Option<u64>,
+    ) -> HostResult<Vec<u8>> {
+        let target = format!("{}/session/{name}", self.scope());
+        let result = self.send_session(name, input, until, timeout_ms).await;
+        self.audit(Capability::Exec, "exec.session-send", &target, &result);
+        Ok(result)
+    }
+
+    async fn session_close(&mut self, name: String) -> HostResult<exec::Output> {
+        let target = format!("{}/session/{name}", self.scope());
+        let result = self.close_session(name).await;
+        self.audit(Capability::Exec, "exec.session-close", &target, &result);
         Ok(result)
     }
 }

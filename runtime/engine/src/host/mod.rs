@@ -22,6 +22,7 @@ pub(crate) mod data;
 mod exec;
 mod log;
 mod secrets;
+pub(crate) mod session;
 mod volumes;
 mod workloads;
 

@@ -148,3 +148,52 @@ async fn a_failed_prehook_skips_the_main_phase_but_not_the_posthook() {
         "{report:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_is_one_process_held_from_the_prehook_to_the_posthook() {
+    let fixture = Fixture::new();
+    let report = fixture.run(backup("session")).await;
+    assert!(report.ok, "{report:?}");
+    let said: Vec<&str> = report
+        .phases
+        .iter()
+        .map(|p| p.outputs.get("said").expect("said"))
+        .collect();
+    assert!(!said[0].is_empty(), "{said:?}");
+    assert!(
+        said.iter().all(|pid| *pid == said[0]),
+        "every phase talked to the same shell: {said:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_left_open_is_killed_when_the_run_ends() {
+    let fixture = Fixture::new();
+    let report = fixture.run(backup("session-leak")).await;
+    assert!(report.ok, "{report:?}");
+    let pid = report.phases[0]
+        .outputs
+        .get("said")
+        .expect("said")
+        .to_string();
+    let logs = fixture.logs().join("\n");
+    assert!(
+        logs.contains("session `shell` was still open when the run ended; its process was killed"),
+        "{logs}"
+    );
+    // The kill is asynchronous; the process is gone within a moment.
+    let mut alive = true;
+    for _ in 0..50 {
+        alive = std::process::Command::new("kill")
+            .args(["-0", &pid])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("kill runs")
+            .success();
+        if !alive {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!alive, "the shell {pid} outlived its run");
+}

@@ -149,6 +149,33 @@ fn phase(action: &str, inputs: &Inputs) -> Result<Outputs, Error> {
     if action.ends_with("Prehook") && text(inputs, "mode") == "prefail" {
         return Err(Error::Failed(format!("{action} failed on purpose")));
     }
+    let mut out = out;
+    if let mode @ ("session" | "session-leak") = text(inputs, "mode").as_str() {
+        // A shell held open from the prehook to the posthook: its pid proves it is one process.
+        let said = match action {
+            "backupPrehook" => {
+                exec::session_open("shell", &command(None, &["sh"]))?;
+                exec::session_send("shell", b"echo $$; echo ready\n", "ready", None)?
+            }
+            "backup" => exec::session_send("shell", b"echo $$; echo ready\n", "ready", None)?,
+            _ if mode == "session" => {
+                let said = exec::session_send("shell", b"echo $$; echo ready\n", "ready", None)?;
+                let closed = exec::session_close("shell")?;
+                if closed.exit_code != 0 {
+                    return Err(Error::Failed(format!(
+                        "the shell exited with {}",
+                        closed.exit_code
+                    )));
+                }
+                said
+            }
+            _ => Vec::new(),
+        };
+        out.values.push((
+            "said".into(),
+            String::from_utf8_lossy(&said).trim().to_string(),
+        ));
+    }
     Ok(out)
 }
 
@@ -171,7 +198,15 @@ impl Guest for Misbehave {
                     ParamKind::Text,
                     false,
                     Some("ok"),
-                    &["ok", "fail", "prefail", "spin", "trap"],
+                    &[
+                        "ok",
+                        "fail",
+                        "prefail",
+                        "spin",
+                        "trap",
+                        "session",
+                        "session-leak",
+                    ],
                 ),
                 spec("count", ParamKind::Integer, false, Some("10"), &[]),
                 spec("ratio", ParamKind::Float, false, None, &[]),
