@@ -72,6 +72,73 @@ pub(crate) struct Backend {
     pub(crate) url: String,
     /// Set from the config once it is read.
     pub(crate) protection: std::time::Duration,
+    /// On S3: how to write objects under Object Lock retention.
+    s3_lock: Option<Arc<S3Lock>>,
+    /// Set from the config: data objects are written with S3 Object Lock retention.
+    pub(crate) object_lock: bool,
+}
+
+/// Writes S3 objects in Object Lock compliance mode, retained until the protection period
+/// after their write. The retention date travels in default headers of a dedicated client,
+/// rebuilt every [`LOCK_CLIENT_LIFE`] (the date it stamps is that much later than needed, never
+/// earlier).
+#[derive(Debug)]
+struct S3Lock {
+    location: Location,
+    url: url::Url,
+    current: Mutex<Option<(std::time::Instant, Arc<dyn ObjectStore>)>>,
+}
+
+/// How long one Object Lock client stamps the same retention date.
+const LOCK_CLIENT_LIFE: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Builds an S3 store from the environment (`AWS_*`), the URL and the location's options;
+/// with `lock_until`, every write it makes carries compliance-mode retention until then.
+fn s3_store(
+    loc: &Location,
+    url: &url::Url,
+    lock_until: Option<jiff::Timestamp>,
+) -> Result<Arc<dyn ObjectStore>> {
+    use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey, Checksum};
+    let raw = loc.url.as_str();
+    let mut b = AmazonS3Builder::new();
+    if let Some(until) = lock_until {
+        let mut headers = object_store::HeaderMap::new();
+        headers.insert(
+            "x-amz-object-lock-mode",
+            object_store::HeaderValue::from_static("COMPLIANCE"),
+        );
+        let date = until.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+        headers.insert(
+            "x-amz-object-lock-retain-until-date",
+            object_store::HeaderValue::from_str(&date).map_err(|e| invalid(raw, e))?,
+        );
+        // S3 requires an integrity checksum on every write that sets a retention; some
+        // S3-compatible servers look for the header AWS SDKs send with it.
+        headers.insert(
+            "x-amz-sdk-checksum-algorithm",
+            object_store::HeaderValue::from_static("SHA256"),
+        );
+        b = b
+            .with_client_options(object_store::ClientOptions::new().with_default_headers(headers))
+            .with_checksum_algorithm(Checksum::SHA256);
+    }
+    // As `AmazonS3Builder::from_env`, after the client options so they are not overwritten.
+    for (key, value) in std::env::vars() {
+        if key.starts_with("AWS_")
+            && let Ok(k) = key.to_ascii_lowercase().parse::<AmazonS3ConfigKey>()
+        {
+            b = b.with_config(k, value);
+        }
+    }
+    b = b.with_url(url.as_str());
+    for (k, v) in &loc.options {
+        let key = k
+            .parse()
+            .map_err(|e| invalid(raw, format!("option {k}: {e}")))?;
+        b = b.with_config(key, v);
+    }
+    Ok(prefixed(Arc::new(b.build().map_err(|e| invalid(raw, e))?), url))
 }
 
 fn invalid(url: &str, reason: impl ToString) -> Error {
@@ -93,6 +160,7 @@ impl Backend {
                     .map_err(|()| invalid(raw, "not an absolute path"))?
             }
         };
+        let mut s3_lock = None;
         let store: Arc<dyn ObjectStore> = match url.scheme() {
             "file" => {
                 let dir = url
@@ -120,14 +188,12 @@ impl Backend {
                 m.entry(name).or_default().clone()
             }
             "s3" | "s3a" => {
-                let mut b = object_store::aws::AmazonS3Builder::from_env().with_url(url.as_str());
-                for (k, v) in &loc.options {
-                    let key = k
-                        .parse()
-                        .map_err(|e| invalid(raw, format!("option {k}: {e}")))?;
-                    b = b.with_config(key, v);
-                }
-                prefixed(Arc::new(b.build().map_err(|e| invalid(raw, e))?), &url)
+                s3_lock = Some(S3Lock {
+                    location: loc.clone(),
+                    url: url.clone(),
+                    current: Mutex::new(None),
+                });
+                s3_store(loc, &url, None)?
             }
             "az" | "azure" | "abfs" | "abfss" => {
                 let mut b =
@@ -162,6 +228,8 @@ impl Backend {
             store,
             url: raw.to_string(),
             protection: std::time::Duration::ZERO,
+            s3_lock: s3_lock.map(Arc::new),
+            object_lock: false,
         })
     }
 
@@ -190,12 +258,15 @@ impl Backend {
 
     /// Writes an object that must not exist yet (create-if-absent).
     pub(crate) async fn put_new(&self, path: &str, data: Bytes) -> Result<()> {
+        Self::put_new_in(&self.store, path, data).await
+    }
+
+    async fn put_new_in(store: &Arc<dyn ObjectStore>, path: &str, data: Bytes) -> Result<()> {
         let opts = PutOptions {
             mode: PutMode::Create,
             ..Default::default()
         };
-        match self
-            .store
+        match store
             .put_opts(&Path::from(path), PutPayload::from_bytes(data), opts)
             .await
         {
@@ -206,6 +277,43 @@ impl Backend {
             }),
             Err(e) => Err(Error::store("write", path, e)),
         }
+    }
+
+    /// Whether this backend can put Object Lock retention on what it writes (S3 only; the
+    /// bucket must have Object Lock enabled, which [`Backend::put_data`] finds out).
+    pub(crate) fn supports_object_lock(&self) -> bool {
+        self.s3_lock.is_some()
+    }
+
+    /// Writes a data object (config, pack, index, snapshot): like [`Backend::put_new`], and
+    /// under S3 Object Lock retention for the protection period when the repository has it.
+    pub(crate) async fn put_data(&self, path: &str, data: Bytes) -> Result<()> {
+        match (&self.s3_lock, self.object_lock && !self.protection.is_zero()) {
+            (Some(lock), true) => {
+                let store = self.lock_store(lock)?;
+                Self::put_new_in(&store, path, data).await
+            }
+            _ => self.put_new(path, data).await,
+        }
+    }
+
+    fn lock_store(&self, lock: &S3Lock) -> Result<Arc<dyn ObjectStore>> {
+        let mut current = lock
+            .current
+            .lock()
+            .map_err(|_| invalid(&self.url, "object lock client poisoned"))?;
+        if let Some((built, store)) = current.as_ref()
+            && built.elapsed() < LOCK_CLIENT_LIFE
+        {
+            return Ok(store.clone());
+        }
+        let period = self.protection + LOCK_CLIENT_LIFE;
+        let until = jiff::Timestamp::now()
+            .checked_add(jiff::SignedDuration::from_secs(period.as_secs() as i64))
+            .map_err(|e| invalid(&self.url, e))?;
+        let store = s3_store(&lock.location, &lock.url, Some(until))?;
+        *current = Some((std::time::Instant::now(), store.clone()));
+        Ok(store)
     }
 
     /// Writes or replaces a mutable object (key slots, locks).

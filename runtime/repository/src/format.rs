@@ -64,6 +64,10 @@ pub(crate) struct Config {
     /// Seconds during which objects may not be deleted or overwritten.
     #[serde(default)]
     pub(crate) protection_secs: u64,
+    /// Whether data objects carry S3 Object Lock retention (compliance mode) for the
+    /// protection period, on top of the runtime's own refusal to delete them.
+    #[serde(default)]
+    pub(crate) object_lock: bool,
 }
 
 impl Config {

@@ -432,7 +432,7 @@ fn packer_loop(
         let backend = shared.backend.clone();
         let path = format::pack_path(&pack.hex);
         uploads.push(handle.spawn(async move {
-            let r = backend.put_new(&path, Bytes::from(data)).await;
+            let r = backend.put_data(&path, Bytes::from(data)).await;
             drop(permit);
             r
         }));
@@ -460,7 +460,7 @@ fn packer_loop(
         handle.block_on(
             shared
                 .backend
-                .put_new(&format::index_path(&id), Bytes::from(sealed)),
+                .put_data(&format::index_path(&id), Bytes::from(sealed)),
         )?;
         let mut idx = shared
             .index

@@ -287,19 +287,46 @@ impl Repository {
             id: format::new_id(),
             created: jiff::Timestamp::now(),
             protection_secs: opts.protection.as_secs(),
+            object_lock: false,
         };
+        let mut config = config;
         let slot = write_slot(&backend, &config.id, &keys, key, &opts.label).await?;
-        let body = serde_json::to_vec_pretty(&config).map_err(|e| Error::Invalid(e.to_string()))?;
-        backend
-            .put_new(format::CONFIG, Bytes::from(body))
-            .await
-            .map_err(|e| match e {
-                Error::Protected { .. } => Error::AlreadyInitialised {
-                    url: location.url.clone(),
-                },
-                e => e,
-            })?;
         backend.protection = opts.protection;
+        let already = |e| match e {
+            Error::Protected { .. } => Error::AlreadyInitialised {
+                url: location.url.clone(),
+            },
+            e => e,
+        };
+        let body = |c: &Config| {
+            serde_json::to_vec_pretty(c)
+                .map(Bytes::from)
+                .map_err(|e| Error::Invalid(e.to_string()))
+        };
+        // On S3 with a protection period, data objects go under Object Lock when the bucket
+        // has it enabled; the config, written first, is the probe.
+        if !opts.protection.is_zero() && backend.supports_object_lock() {
+            config.object_lock = true;
+            backend.object_lock = true;
+            match backend.put_data(format::CONFIG, body(&config)?).await {
+                Ok(()) => {}
+                Err(Error::Store { ref source, .. }) if lacks_object_lock(source) => {
+                    tracing::warn!(
+                        url = %location.url,
+                        "the bucket has no Object Lock configuration; protection is enforced by cairn only"
+                    );
+                    config.object_lock = false;
+                    backend.object_lock = false;
+                }
+                Err(e) => return Err(already(e)),
+            }
+        }
+        if !config.object_lock {
+            backend
+                .put_data(format::CONFIG, body(&config)?)
+                .await
+                .map_err(already)?;
+        }
         Ok(Self::from_parts(
             backend,
             config,
@@ -318,6 +345,7 @@ impl Repository {
             None => return Err(Error::NotARepository { url: location.url }),
         };
         backend.protection = Duration::from_secs(config.protection_secs);
+        backend.object_lock = config.object_lock;
         let (keys, slot) = open_slots(&backend, &config.id, key).await?;
         let index = load_index(&backend, &keys).await?;
         Ok(Self::from_parts(backend, config, keys, slot, index))
@@ -363,6 +391,12 @@ impl Repository {
     /// The repository's id (from its config).
     pub fn id(&self) -> &str {
         &self.inner.config.id
+    }
+
+    /// Whether data objects are also under S3 Object Lock retention (compliance mode), so
+    /// not even the bucket's owner can delete them inside the protection period.
+    pub fn object_lock(&self) -> bool {
+        self.inner.backend.object_lock
     }
 
     /// The protection period set at init.
@@ -419,7 +453,7 @@ impl Repository {
         summary.stored_bytes += sealed.len() as u64;
         self.inner
             .backend
-            .put_new(&format::content_path(&content_id), Bytes::from(sealed))
+            .put_data(&format::content_path(&content_id), Bytes::from(sealed))
             .await?;
         let info = SnapshotInfo {
             id: format::new_id(),
@@ -434,7 +468,7 @@ impl Repository {
         let sealed = format::seal_object(keys, "snapshot", &info.id, &plain);
         self.inner
             .backend
-            .put_new(&format::snapshot_path(&info.id), Bytes::from(sealed))
+            .put_data(&format::snapshot_path(&info.id), Bytes::from(sealed))
             .await?;
         tracing::info!(snapshot = %info.id, bytes = info.summary.bytes, stored = info.summary.stored_bytes, "snapshot written");
         Ok(info)
@@ -1019,7 +1053,7 @@ impl Repository {
             &format::encode_index(&entries),
         );
         backend
-            .put_new(&format::index_path(&new_id), Bytes::from(sealed))
+            .put_data(&format::index_path(&new_id), Bytes::from(sealed))
             .await?;
         for m in &index_files {
             let p = m.location.to_string();
@@ -1288,4 +1322,37 @@ pub(crate) async fn load_index(backend: &Backend, keys: &MasterKeys) -> Result<I
         index.files.insert(id, names);
     }
     Ok(index)
+}
+
+/// Whether S3 refused a write with retention because the bucket has no Object Lock
+/// configuration (`InvalidRequest: Bucket is missing Object Lock Configuration`). Servers that
+/// accept the headers and ignore them cannot be told apart here.
+fn lacks_object_lock(e: &object_store::Error) -> bool {
+    let text = e.to_string();
+    text.contains("InvalidRequest") && text.contains("Object Lock Configuration")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lacks_object_lock;
+
+    fn s3_error(body: &str) -> object_store::Error {
+        object_store::Error::Generic {
+            store: "S3",
+            source: format!("Server returned non-2xx status code: 400 Bad Request: {body}").into(),
+        }
+    }
+
+    #[test]
+    fn only_a_bucket_without_object_lock_falls_back() {
+        assert!(lacks_object_lock(&s3_error(
+            "<Error><Code>InvalidRequest</Code><Message>Bucket is missing Object Lock Configuration</Message></Error>"
+        )));
+        assert!(!lacks_object_lock(&s3_error(
+            "<Error><Code>MissingUploadObjectWithObjectLockHeaders</Code><Message>Content-MD5 or \
+             x-amz-sdk-checksum-algorithm header required to upload an object with a retention period \
+             configured using Object Lock</Message></Error>"
+        )));
+        assert!(!lacks_object_lock(&s3_error("<Error><Code>AccessDenied</Code></Error>")));
+    }
 }

@@ -9,5 +9,6 @@ mod crash;
 mod damage;
 mod keys;
 mod maintenance;
+mod object_lock;
 mod s3;
 mod support;

@@ -1,0 +1,208 @@
+//! Immutability on S3: data objects written under Object Lock retention (compliance mode), so
+//! the store itself refuses to delete them inside the protection period. Runs against moto's
+//! server mode, which implements Object Lock (s3s-fs does not).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cairn_repository::{InitOptions, Location, Repository, Retention, SnapshotFilter};
+
+use crate::support::{noise, pass};
+
+struct Moto {
+    child: Child,
+    port: u16,
+}
+
+impl Moto {
+    /// Starts `moto_server`; `None` (skipped) only when `CAIRN_TEST_S3` is unset and it is not
+    /// installed.
+    fn start() -> Option<Self> {
+        let required =
+            std::env::var_os("CAIRN_TEST_S3").is_some_and(|v| !v.is_empty() && v != "0");
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let child = match Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+        {
+            Ok(c) => c,
+            Err(e) => {
+                assert!(
+                    !required,
+                    "CAIRN_TEST_S3 is set but moto_server cannot be run ({e}); install it with `pip install 'moto[server]'`"
+                );
+                eprintln!("skipping the Object Lock run: moto_server is not installed");
+                return None;
+            }
+        };
+        let moto = Self { child, port };
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "moto_server did not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Some(moto)
+    }
+
+    /// One raw HTTP request: status and body. Moto does not check signatures, but refuses
+    /// object requests that carry no credentials at all.
+    fn http(&self, method: &str, target: &str, headers: &[(&str, &str)]) -> (u16, String) {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        let mut req = format!(
+            "{method} {target} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\
+             Authorization: AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/s3/aws4_request, \
+             SignedHeaders=host, Signature=0\r\n",
+            self.port
+        );
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        s.write_all(req.as_bytes()).unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        let status = resp
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        (status, resp)
+    }
+
+    fn bucket(&self, name: &str, object_lock: bool) {
+        let headers: &[(&str, &str)] = if object_lock {
+            &[("x-amz-bucket-object-lock-enabled", "true")]
+        } else {
+            &[]
+        };
+        let (status, body) = self.http("PUT", &format!("/{name}"), headers);
+        assert_eq!(status, 200, "creating bucket {name}: {body}");
+    }
+
+    fn location(&self, bucket: &str) -> Location {
+        Location::new(format!("s3://{bucket}/repo"))
+            .option("aws_endpoint", format!("http://127.0.0.1:{}", self.port))
+            .option("aws_allow_http", "true")
+            .option("aws_region", "us-east-1")
+            .option("aws_access_key_id", "testing")
+            .option("aws_secret_access_key", "testing")
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The value of a response header.
+fn header<'a>(response: &'a str, name: &str) -> Option<&'a str> {
+    let head = response.split("\r\n\r\n").next()?;
+    head.lines().find_map(|line| {
+        let (k, v) = line.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+/// The text between `<tag>` and `</tag>`, every occurrence.
+fn tags<'a>(xml: &'a str, tag: &str) -> Vec<&'a str> {
+    let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+    xml.split(&open)
+        .skip(1)
+        .filter_map(|rest| rest.split(&close).next())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn object_lock_makes_the_store_refuse_deletes_inside_the_protection_period() {
+    let Some(moto) = Moto::start() else {
+        return;
+    };
+    moto.bucket("locked", true);
+    let day = Duration::from_secs(86_400);
+    let repo = Repository::init(
+        moto.location("locked"),
+        &pass("p"),
+        InitOptions::new().protection(day),
+    )
+    .await
+    .unwrap();
+    assert!(repo.object_lock(), "the bucket has Object Lock enabled");
+    let first = repo
+        .backup_stream("dump", &noise(600_000, 1)[..], Default::default())
+        .await
+        .unwrap();
+    repo.backup_stream("dump", &noise(600_000, 2)[..], Default::default())
+        .await
+        .unwrap();
+
+    // Every data object carries compliance-mode retention of at least the period.
+    let (_, listing) = moto.http("GET", "/locked?list-type=2&prefix=repo/", &[]);
+    let keys = tags(&listing, "Key");
+    let data: Vec<&&str> = keys
+        .iter()
+        .filter(|k| !k.starts_with("repo/keys/") && !k.starts_with("repo/locks/"))
+        .collect();
+    assert!(data.len() >= 4, "config, packs, index, snapshots: {keys:?}");
+    for key in &data {
+        let (status, head) = moto.http("HEAD", &format!("/locked/{key}"), &[]);
+        assert_eq!(status, 200, "{key}: {head}");
+        assert_eq!(
+            header(&head, "x-amz-object-lock-mode"),
+            Some("COMPLIANCE"),
+            "{key}: {head}"
+        );
+        let until: jiff::Timestamp = header(&head, "x-amz-object-lock-retain-until-date")
+            .unwrap_or_else(|| panic!("{key} has no retain-until date: {head}"))
+            .parse()
+            .unwrap();
+        assert!(
+            until >= jiff::Timestamp::now() + jiff::SignedDuration::from_secs(86_000),
+            "{key} retained until {until}"
+        );
+    }
+    // Key slots stay mutable: `key remove` must work under protection.
+    let slot = keys
+        .iter()
+        .find(|k| k.starts_with("repo/keys/"))
+        .unwrap_or_else(|| panic!("a key slot among {keys:?}"));
+    let (_, head) = moto.http("HEAD", &format!("/locked/{slot}"), &[]);
+    assert_eq!(header(&head, "x-amz-object-lock-mode"), None, "{head}");
+
+    // Deleting a locked version directly, behind cairn's back, is refused by the store.
+    let pack = data.iter().find(|k| k.contains("/data/")).expect("a pack");
+    let (_, versions) = moto.http("GET", &format!("/locked?versions&prefix={pack}"), &[]);
+    let version = tags(&versions, "VersionId")[0];
+    let (status, body) = moto.http(
+        "DELETE",
+        &format!("/locked/{pack}?versionId={version}"),
+        &[],
+    );
+    assert_eq!(status, 403, "the store refuses: {body}");
+
+    // And cairn's own forget/prune skip protected data and say so.
+    let forgot = repo
+        .forget(&Retention::new().last(1), &SnapshotFilter::new(), false)
+        .await
+        .unwrap();
+    assert!(forgot.removed.is_empty());
+    assert_eq!(forgot.protected[0].0, first.id);
+
+    // Reopened, the repository still writes under retention.
+    let repo = Repository::open(moto.location("locked"), &pass("p"))
+        .await
+        .unwrap();
+    assert!(repo.object_lock());
+    assert_eq!(repo.check(true).await.unwrap().errors.len(), 0);
+}
