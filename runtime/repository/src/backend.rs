@@ -138,7 +138,10 @@ fn s3_store(
             .map_err(|e| invalid(raw, format!("option {k}: {e}")))?;
         b = b.with_config(key, v);
     }
-    Ok(prefixed(Arc::new(b.build().map_err(|e| invalid(raw, e))?), url))
+    Ok(prefixed(
+        Arc::new(b.build().map_err(|e| invalid(raw, e))?),
+        url,
+    ))
 }
 
 fn invalid(url: &str, reason: impl ToString) -> Error {
@@ -288,7 +291,10 @@ impl Backend {
     /// Writes a data object (config, pack, index, snapshot): like [`Backend::put_new`], and
     /// under S3 Object Lock retention for the protection period when the repository has it.
     pub(crate) async fn put_data(&self, path: &str, data: Bytes) -> Result<()> {
-        match (&self.s3_lock, self.object_lock && !self.protection.is_zero()) {
+        match (
+            &self.s3_lock,
+            self.object_lock && !self.protection.is_zero(),
+        ) {
             (Some(lock), true) => {
                 let store = self.lock_store(lock)?;
                 Self::put_new_in(&store, path, data).await

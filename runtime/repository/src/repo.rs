@@ -1353,6 +1353,8 @@ mod tests {
              x-amz-sdk-checksum-algorithm header required to upload an object with a retention period \
              configured using Object Lock</Message></Error>"
         )));
-        assert!(!lacks_object_lock(&s3_error("<Error><Code>AccessDenied</Code></Error>")));
+        assert!(!lacks_object_lock(&s3_error(
+            "<Error><Code>AccessDenied</Code></Error>"
+        )));
     }
 }

@@ -1,5 +1,6 @@
 //! `kill -9` during backups: every earlier snapshot still restores, `check` finds at most
-//! unreferenced data, prune removes it, and a rerun completes reusing what was uploaded.
+//! unreferenced data, prune removes it, and a rerun completes reusing what was uploaded. And
+//! `kill -9` during prunes: every snapshot that was not forgotten still restores bit-exact.
 
 use crate::support::*;
 use cairn_repository::{BackupOptions, Repository, SnapshotFilter};
@@ -101,4 +102,92 @@ async fn kill_9_during_backup_keeps_earlier_snapshots() {
     let mut out = Vec::new();
     repo.restore_stream(&s.id, &mut out).await.unwrap();
     assert!(out == child_data(0));
+}
+
+const PRUNE_CHILD_ENV: &str = "CAIRN_CRASH_PRUNE_REPO";
+
+/// Runs in the child process only: a prune that the parent kills.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_child() {
+    let Ok(url) = std::env::var(PRUNE_CHILD_ENV) else {
+        return;
+    };
+    let repo = Repository::open(url.as_str(), &pass("p")).await.unwrap();
+    repo.prune(false).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_prune_keeps_every_kept_snapshot() {
+    if std::env::var_os(CHILD_ENV).is_some() || std::env::var_os(PRUNE_CHILD_ENV).is_some() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let url = d.path().join("repo").display().to_string();
+    Repository::init(url.as_str(), &pass("p"), Default::default())
+        .await
+        .unwrap();
+    let exe = std::env::current_exe().unwrap();
+    // Every trial adds a snapshot to keep and one to forget, so each prune has work to do.
+    let mut kept: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut completed = 0;
+    for trial in 0..TRIALS {
+        let repo = Repository::open(url.as_str(), &pass("p")).await.unwrap();
+        let keep = noise(100_000, 5000 + trial);
+        let s = repo
+            .backup_stream("keep", &keep[..], Default::default())
+            .await
+            .unwrap();
+        kept.push((s.id, keep));
+        let doomed = repo
+            .backup_stream(
+                "doomed",
+                &noise(100_000, 9000 + trial)[..],
+                Default::default(),
+            )
+            .await
+            .unwrap();
+        repo.forget_snapshot(&doomed.id).await.unwrap();
+        drop(repo);
+
+        let mut child = Command::new(&exe)
+            .args([
+                "--exact",
+                "crash::prune_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(PRUNE_CHILD_ENV, &url)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // The fault injection: kill at a pseudo-random instant of the prune.
+        let delay = 2 + (noise(1, trial + 500)[0] as u64) % 60;
+        std::thread::sleep(std::time::Duration::from_millis(delay));
+        child.kill().unwrap();
+        if child.wait().unwrap().success() {
+            completed += 1;
+        }
+
+        let repo = Repository::open(url.as_str(), &pass("p")).await.unwrap();
+        for (id, data) in &kept {
+            let mut out = Vec::new();
+            repo.restore_stream(id, &mut out)
+                .await
+                .unwrap_or_else(|e| panic!("trial {trial}: kept snapshot {id}: {e}"));
+            assert!(out == *data, "trial {trial}: kept snapshot {id} changed");
+        }
+        let report = repo.check(false).await.unwrap();
+        assert!(report.is_ok(), "trial {trial}: {report:?}");
+    }
+    eprintln!("{completed} of {TRIALS} prunes finished before the kill");
+    // A prune that runs to the end leaves a repository that checks clean with its data.
+    let repo = Repository::open(url.as_str(), &pass("p")).await.unwrap();
+    repo.prune(false).await.unwrap();
+    let report = repo.check(true).await.unwrap();
+    assert!(report.is_ok() && report.warnings.is_empty(), "{report:?}");
+    assert_eq!(
+        repo.snapshots(&SnapshotFilter::new()).await.unwrap().len(),
+        kept.len()
+    );
 }

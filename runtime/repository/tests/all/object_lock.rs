@@ -20,8 +20,7 @@ impl Moto {
     /// Starts `moto_server`; `None` (skipped) only when `CAIRN_TEST_S3` is unset and it is not
     /// installed.
     fn start() -> Option<Self> {
-        let required =
-            std::env::var_os("CAIRN_TEST_S3").is_some_and(|v| !v.is_empty() && v != "0");
+        let required = std::env::var_os("CAIRN_TEST_S3").is_some_and(|v| !v.is_empty() && v != "0");
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
