@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# Side-by-side PostgreSQL benchmark, run by hand: a pgbench database of about 1 GiB (scale 70),
+# backed up with `pg_dump -Fc` to a local file and with `cairn run` of blueprints/postgres into
+# the default repository of a fresh Cairn home, then restored with `pg_restore` from that file
+# and with `cairn run --action restore`, in one run, on one PostgreSQL 15 server.
+#
+#   bench/postgres.sh [WORKDIR] [SCALE]        # defaults: /tmp/cairn-bench-pg 70
+#
+# Needs the Debian packages postgresql-15 and postgresql-client-15 and GNU time; run as root
+# (the server runs as the `postgres` user) or as a user that may run initdb itself. Wall time,
+# CPU time (user + sys) and peak RSS come from GNU time (for cairn: the runtime's own process
+# and the pg_dump/pg_restore it runs are children, so CPU and RSS cover both); bytes are the
+# dump file's size and the growth of Cairn's repository.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+top=$(cd "$here/.." && pwd)
+work=${1:-/tmp/cairn-bench-pg}
+scale=${2:-70}
+bin=/usr/lib/postgresql/15/bin
+
+need() { [ -x "$1" ] || command -v "$1" >/dev/null || { echo "postgres.sh: $1 missing; install: $2" >&2; exit 2; }; }
+for p in initdb pg_ctl postgres psql pg_dump pg_restore pgbench; do
+  need "$bin/$p" "apt-get install postgresql-15 postgresql-client-15"
+done
+need /usr/bin/time "apt-get install time"
+
+step() { printf '==> %s\n' "$*" >&2; }
+
+step "cargo build --release -p cairn-cli and the postgres blueprint"
+(cd "$top" && cargo build --release --locked -p cairn-cli >&2)
+(cd "$top" && cargo build --release --locked --target wasm32-wasip2 -p postgres >&2)
+target_dir=${CARGO_TARGET_DIR:-$top/target}
+cairn="$target_dir/release/cairn"
+wasm="$target_dir/wasm32-wasip2/release/postgres.wasm"
+
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+
+rm -rf "$work"
+mkdir -p "$work"
+[ "$(id -u)" = 0 ] && chown postgres "$work"
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+data="$work/data"
+export PGHOST=127.0.0.1 PGPORT=$port PGUSER=cairn PGPASSWORD=bench-pw
+
+stop_server() { as_pg "$bin/pg_ctl" -D "$data" -m fast -w stop >/dev/null 2>&1 || true; }
+trap stop_server EXIT
+
+step "initdb and start PostgreSQL on 127.0.0.1:$port"
+as_pg "$bin/initdb" -D "$data" -U postgres --auth-local=trust --auth-host=scram-sha-256 >/dev/null
+as_pg "$bin/pg_ctl" -D "$data" -l "$work/server.log" -w \
+  -o "-p $port -k $work -c listen_addresses=127.0.0.1 -c shared_buffers=256MB -c max_wal_size=4GB" start >/dev/null
+"$bin/psql" -X -q -h "$work" -U postgres -d postgres \
+  -c "CREATE ROLE cairn LOGIN SUPERUSER PASSWORD 'bench-pw'" >/dev/null
+
+step "pgbench -i -s $scale"
+"$bin/psql" -X -q -d postgres -c "CREATE DATABASE bench" >/dev/null
+"$bin/pgbench" -i -q -s "$scale" bench >/dev/null 2>&1
+db_bytes=$("$bin/psql" -X -A -t -d postgres -c "SELECT pg_database_size('bench')")
+
+cat >"$work/inventory.yaml" <<EOF
+namespaces:
+  default:
+    workloads:
+      db:
+        workdir: .
+        env: {PATH: "$bin:/usr/bin:/bin"}
+        allow: [psql, pg_dump, pg_dumpall, pg_restore]
+EOF
+export CAIRN_HOME="$work/home"
+results="$work/results.txt"
+: >"$results"
+
+# measure NAME BYTES_CMD CMD... : runs CMD under GNU time (its stdout to $work/last.out), then
+# BYTES_CMD for the bytes column.
+measure() {
+  local name=$1 bytes_cmd=$2; shift 2
+  local tf; tf=$(mktemp)
+  sync
+  /usr/bin/time -f '%e %U %S %M' -o "$tf" "$@" >"$work/last.out"
+  read -r wall user sys rss <"$tf"; rm -f "$tf"
+  echo "$name|$wall|$(echo "$user + $sys" | bc)|$((rss / 1024))|$(eval "$bytes_cmd")" >>"$results"
+}
+repo_bytes() { du -sb "$CAIRN_HOME/repository" 2>/dev/null | cut -f1 || echo 0; }
+run_cairn=("$cairn" run "$wasm" --target "local:$work/inventory.yaml" --workload db
+  --param port="$port" --param user=cairn --grant exec,export,import,secrets
+  --secret password=env:PGPASSWORD)
+
+step "pg_dump -Fc (default compression) to a file"
+measure "pg_dump -Fc > file" "stat -c %s $work/bench.dump" \
+  "$bin/pg_dump" -Fc -d bench -f "$work/bench.dump"
+step "pg_dump -Fc -Z0 to a file"
+measure "pg_dump -Fc -Z0 > file" "stat -c %s $work/bench-z0.dump" \
+  "$bin/pg_dump" -Fc -Z0 -d bench -f "$work/bench-z0.dump"
+rm -f "$work/bench-z0.dump"
+step "cairn run postgres backup"
+measure "cairn backup (1st)" repo_bytes \
+  "${run_cairn[@]}" --action backup --param database=bench --output json
+cp "$work/last.out" "$work/backup.json"
+before=$(repo_bytes)
+measure "cairn backup (2nd, unchanged)" "echo \$((\$(repo_bytes) - $before))" \
+  "${run_cairn[@]}" --action backup --param database=bench --output json
+
+step "pg_restore from the file"
+"$bin/psql" -X -q -d postgres -c "CREATE DATABASE restored_pg" >/dev/null
+measure "pg_restore < file" "echo -" \
+  "$bin/pg_restore" --exit-on-error -d restored_pg "$work/bench.dump"
+step "cairn run postgres restore"
+measure "cairn restore" "echo -" \
+  "${run_cairn[@]}" --action restore --from "$work/backup.json" --param database=restored_cairn
+
+for db in restored_pg restored_cairn; do
+  n=$("$bin/psql" -X -A -t -d "$db" -c "SELECT count(*) FROM pgbench_accounts")
+  [ "$n" = $((scale * 100000)) ] || { echo "postgres.sh: $db has $n accounts, not $((scale * 100000))" >&2; exit 1; }
+done
+
+printf '\npgbench scale %s, database %s MiB, PostgreSQL %s, %s\n\n' "$scale" $((db_bytes / 1048576)) \
+  "$("$bin/psql" -X -A -t -d postgres -c 'SHOW server_version')" "$(nproc) CPUs"
+printf '| step | wall s | CPU s | peak RSS MiB | bytes written |\n| --- | ---: | ---: | ---: | ---: |\n'
+while IFS='|' read -r name wall cpu rss bytes; do
+  printf '| %s | %s | %s | %s | %s |\n' "$name" "$wall" "$cpu" "$rss" "$bytes"
+done <"$results"

@@ -1,0 +1,570 @@
+//! Run with
+//!
+//! ```text
+//! cairn blueprint build blueprints/etcd
+//! cairn run target/wasm32-wasip2/release/etcd.wasm --action backup --output json \
+//!     --target local:inventory.yaml --workload etcd --param endpoints=127.0.0.1:2379 \
+//!     --grant exec,export > backup.json
+//! cairn run target/wasm32-wasip2/release/etcd.wasm --action restore --from backup.json \
+//!     --target local:inventory.yaml --workload etcd --param data-dir=/srv/etcd/data \
+//!     --grant exec,import,workloads,scale
+//! ```
+//!
+//! An etcd blueprint: `backup` takes `etcdctl snapshot save` into a temporary file and
+//! streams it into an export (the posthook removes the file even when the backup fails or
+//! times out); `restore` runs `etcdctl snapshot restore` into a fresh data directory, swaps it
+//! in and restarts the member; `delete` removes the export. See `README.md` beside this crate.
+
+use std::time::{Duration, Instant};
+
+use cairn_sdk::data::{self, Export, Import};
+use cairn_sdk::exec::Command;
+use cairn_sdk::lifecycle::{BACKUP, BACKUP_POSTHOOK, DELETE, RESTORE};
+use cairn_sdk::{Blueprint, Capability, Context, Description, Error, Outputs, Param};
+use cairn_sdk::{Progress, Result, info, progress, secrets, warn, workloads};
+
+/// The artifact a backup records and a restore or delete reads.
+const ARTIFACT: &str = "snapshot";
+
+/// The granted secrets with the credentials (`--secret user=… --secret password=…`).
+const USER_SECRET: &str = "user";
+const PASSWORD_SECRET: &str = "password";
+
+/// How long `etcdctl snapshot save` may stream: the host's default exec deadline (30 min), so
+/// the run's own `--timeout` and the exec deadline are what bound a large snapshot.
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+/// Suffixes of what a restore stages beside the data directory.
+const STAGED_FILE: &str = ".cairn-restore.db";
+const STAGED_DIR: &str = ".cairn-restore";
+const OLD_DIR: &str = ".cairn-old";
+
+struct Etcd;
+
+impl Blueprint for Etcd {
+    fn describe() -> Description {
+        Description::new("etcd", env!("CARGO_PKG_VERSION"))
+            .describe(
+                "Backs up an etcd member with `etcdctl snapshot save` streamed into an export, \
+                 and restores it with `etcdctl snapshot restore` into a fresh data directory",
+            )
+            .action(
+                BACKUP,
+                "etcdctl snapshot save into a temporary file, streamed into an export",
+            )
+            .action(
+                BACKUP_POSTHOOK,
+                "Remove the temporary snapshot file, also after a failed or timed-out backup",
+            )
+            .action(
+                RESTORE,
+                "etcdctl snapshot restore into a fresh data directory, swapped in with a restart",
+            )
+            .action(DELETE, "Remove the exported snapshot of a restore point")
+            .param(
+                Param::text("endpoints")
+                    .default("127.0.0.1:2379")
+                    .describe("etcd client endpoints, comma-separated, as seen from the workload"),
+            )
+            .param(
+                Param::integer("command-timeout")
+                    .default(15)
+                    .describe("Seconds etcdctl waits for one request (not the snapshot stream)"),
+            )
+            .param(
+                Param::text("tmp-dir")
+                    .default("/tmp")
+                    .describe("Directory in the workload for the temporary snapshot file (backup)"),
+            )
+            .param(Param::text("data-dir").describe(
+                "The member's --data-dir (restore; the fresh directory is built beside it)",
+            ))
+            .param(
+                Param::text("name")
+                    .default("default")
+                    .describe("The member's --name (restore)"),
+            )
+            .param(
+                Param::text("initial-advertise-peer-urls")
+                    .default("http://localhost:2380")
+                    .describe("The member's peer URLs (restore)"),
+            )
+            .param(Param::text("initial-cluster").describe(
+                "The restored cluster's members, NAME=URL,… (restore; default: this member alone)",
+            ))
+            .param(
+                Param::flag("replace")
+                    .default(false)
+                    .describe("Restore over a member that holds keys, replacing them"),
+            )
+            .param(
+                Param::integer("ready-timeout")
+                    .default(300)
+                    .describe("Seconds to wait for the restarted member to be ready (restore)"),
+            )
+            .capability(Capability::Exec)
+            .capability(Capability::Export)
+            .capability(Capability::Import)
+            .capability(Capability::Workloads)
+            .capability(Capability::Scale)
+            .capability(Capability::Secrets)
+    }
+
+    fn run(action: &str, ctx: &Context) -> Result<Outputs> {
+        match action {
+            BACKUP => backup(ctx),
+            BACKUP_POSTHOOK => backup_posthook(ctx),
+            RESTORE => restore(ctx),
+            DELETE => delete(ctx),
+            other => Err(Error::unknown_action(other)),
+        }
+    }
+}
+
+cairn_sdk::export!(Etcd);
+
+/// How to reach the cluster with `etcdctl` inside the workload.
+#[derive(Debug)]
+struct Conn {
+    endpoints: String,
+    command_timeout: u64,
+    user: Option<String>,
+    password: Option<String>,
+}
+
+impl Conn {
+    fn new(ctx: &Context) -> Result<Self> {
+        let endpoints = ctx.text("endpoints")?.to_owned();
+        if endpoints.is_empty() || endpoints.contains(char::is_whitespace) {
+            return Err(Error::invalid(format!(
+                "parameter `endpoints` is {endpoints:?}: give HOST:PORT[,HOST:PORT…] without spaces"
+            )));
+        }
+        let command_timeout = ctx.integer("command-timeout")?;
+        let command_timeout = u64::try_from(command_timeout)
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "parameter `command-timeout` is {command_timeout}: give a number of seconds above 0"
+                ))
+            })?;
+        let user = secret(USER_SECRET)?;
+        let password = secret(PASSWORD_SECRET)?;
+        if password.is_some() && user.is_none() {
+            return Err(Error::invalid(format!(
+                "secret `{PASSWORD_SECRET}` is granted but `{USER_SECRET}` is not: grant both \
+                 (--secret {USER_SECRET}=… --secret {PASSWORD_SECRET}=…)"
+            )));
+        }
+        Ok(Self {
+            endpoints,
+            command_timeout,
+            user,
+            password,
+        })
+    }
+
+    /// `etcdctl args…`; endpoints and credentials go through the environment (never argv), and
+    /// as variables they cannot clash with the same variables set in the workload.
+    fn etcdctl<I>(&self, args: I) -> Command
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        let args: Vec<String> = args.into_iter().map(Into::into).collect();
+        // etcdctl 3.4 bounds `snapshot save` by --command-timeout too: give the stream the
+        // exec's own deadline instead of the short per-request one.
+        let timeout = if args.first().map(String::as_str) == Some("snapshot") {
+            SNAPSHOT_TIMEOUT.as_secs()
+        } else {
+            self.command_timeout
+        };
+        let mut command = Command::new(["etcdctl"])
+            .args(args)
+            .env("ETCDCTL_API", "3")
+            .env("ETCDCTL_ENDPOINTS", &self.endpoints)
+            .env("ETCDCTL_COMMAND_TIMEOUT", format!("{timeout}s"));
+        if let Some(user) = &self.user {
+            command = command.env("ETCDCTL_USER", user);
+        }
+        if let Some(password) = &self.password {
+            command = command.env("ETCDCTL_PASSWORD", password);
+        }
+        command
+    }
+
+    /// Runs `etcdctl`, turning each way it fails into one clear error.
+    fn run<I>(&self, what: &str, args: I) -> Result<String>
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        let out = self.etcdctl(args).run()?;
+        if out.success() {
+            return Ok(out.stdout_str().into_owned());
+        }
+        Err(self.explain(what, out.exit_code, &out.stderr_str()))
+    }
+
+    fn explain(&self, what: &str, exit_code: i32, stderr: &str) -> Error {
+        let last = stderr
+            .lines()
+            .rev()
+            .find(|l| l.starts_with("Error:"))
+            .or_else(|| stderr.lines().last())
+            .unwrap_or_default()
+            .trim();
+        if stderr.contains("authentication failed") {
+            return Error::denied(format!(
+                "etcd at {} refused the credentials from secrets `{USER_SECRET}`/`{PASSWORD_SECRET}` \
+                 ({last}); fix the secrets",
+                self.endpoints
+            ));
+        }
+        if stderr.contains("user name is empty") {
+            return Error::denied(format!(
+                "etcd at {} requires authentication: grant it with --grant secrets --secret \
+                 {USER_SECRET}=… --secret {PASSWORD_SECRET}=env:VAR",
+                self.endpoints
+            ));
+        }
+        if stderr.contains("permission denied") {
+            return Error::denied(format!(
+                "etcd at {} denied {what} to user {:?} ({last}); it needs the root role",
+                self.endpoints,
+                self.user.as_deref().unwrap_or_default()
+            ));
+        }
+        if stderr.contains("context deadline exceeded") || stderr.contains("connection refused") {
+            return Error::failed(format!(
+                "cannot reach etcd at {} ({last}); is the server running, and is the `endpoints` \
+                 parameter right?",
+                self.endpoints
+            ));
+        }
+        Error::failed(format!("{what} exited with {exit_code}: {last}"))
+    }
+
+    /// Keys in the whole keyspace (`count` of a keys-only range over everything).
+    fn key_count(&self) -> Result<u64> {
+        let json = self.run(
+            "etcdctl get",
+            [
+                "get",
+                "",
+                "--from-key",
+                "--keys-only",
+                "--limit",
+                "1",
+                "-w",
+                "json",
+            ],
+        )?;
+        // `count` is left out of the JSON when it is 0.
+        Ok(json_number(&json, "count").unwrap_or(0))
+    }
+}
+
+/// A granted secret; `None` when the run grants no such secret (or no secrets at all).
+fn secret(name: &str) -> Result<Option<String>> {
+    match secrets::get(name) {
+        Ok(v) => Ok(Some(v)),
+        Err(Error::NotFound(_) | Error::Denied(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The first integer value of `"key":` in a JSON document (the outputs read here are flat
+/// and small; the blueprint has no JSON parser and needs none).
+fn json_number(json: &str, key: &str) -> Option<u64> {
+    let pattern = format!("\"{key}\":");
+    let rest = &json[json.find(&pattern)? + pattern.len()..];
+    let digits: String = rest
+        .trim_start()
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+/// A path parameter: absolute, without characters a shell script could trip on.
+fn path_param(ctx: &Context, name: &str) -> Result<Option<String>> {
+    let Some(path) = ctx.param::<Option<String>>(name)? else {
+        return Ok(None);
+    };
+    let path = path.trim_end_matches('/').to_owned();
+    if !path.starts_with('/') || path.split('/').any(|c| c == "..") || path.len() < 2 {
+        return Err(Error::invalid(format!(
+            "parameter `{name}` is {path:?}: give an absolute path (not / and without ..)"
+        )));
+    }
+    Ok(Some(path))
+}
+
+/// The temporary snapshot file of this run: the same in every phase, so the posthook finds it.
+fn tmp_file(ctx: &Context) -> Result<String> {
+    let dir = path_param(ctx, "tmp-dir")?.unwrap_or_else(|| "/tmp".to_owned());
+    let id: String = ctx
+        .action_id()
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect();
+    Ok(format!("{dir}/cairn-etcd-{id}.db"))
+}
+
+/// Runs `sh -c script sh args…` in the workload and fails on a non-zero exit.
+fn shell(script: &str, args: &[&str]) -> Result<String> {
+    let out = Command::shell(script)
+        .arg("sh")
+        .args(args.iter().copied())
+        .run()?
+        .ok()?;
+    Ok(out.stdout_str().into_owned())
+}
+
+fn backup(ctx: &Context) -> Result<Outputs> {
+    ctx.target()?;
+    let conn = Conn::new(ctx)?;
+    let file = tmp_file(ctx)?;
+
+    // `snapshot save` retries an unreachable endpoint without end; a short request first
+    // turns a server that is down, or refused credentials, into a clear error.
+    let keys = conn.key_count()?;
+    progress(Progress::percent(0.0).message(format!("etcdctl snapshot save {file} ({keys} keys)")));
+    conn.run("etcdctl snapshot save", ["snapshot", "save", file.as_str()])?;
+    let status = conn.run(
+        "etcdctl snapshot status",
+        ["snapshot", "status", file.as_str(), "-w", "json"],
+    )?;
+    let revision = json_number(&status, "revision").unwrap_or(0);
+    let total_keys = json_number(&status, "totalKey").unwrap_or(0);
+    let hash = json_number(&status, "hash").unwrap_or(0);
+    info!("snapshot at revision {revision} ({total_keys} keys with etcd's own); exporting it");
+
+    progress(Progress::percent(50.0).message("exporting the snapshot"));
+    let export = Export::open(ARTIFACT)?;
+    let transfer = export
+        .pipe_from(&Command::new(["cat", file.as_str()]))?
+        .ok()
+        .map_err(|e| e.context(format_args!("reading the snapshot file {file}")))?;
+    let artifact = export
+        .finish()?
+        .value("revision", revision)
+        .value("total-keys", total_keys)
+        .value("hash", hash);
+    shell(r#"rm -f "$1""#, &[&file])?;
+    progress(Progress::bytes(transfer.bytes, Some(transfer.bytes)).message("exported"));
+    info!("exported {} bytes of snapshot", transfer.bytes);
+    Ok(Outputs::new().artifact(artifact))
+}
+
+/// Removes the temporary file, whatever happened to the backup.
+fn backup_posthook(ctx: &Context) -> Result<Outputs> {
+    let file = tmp_file(ctx)?;
+    if let Some(failure) = ctx.failure() {
+        warn!("the backup failed ({failure}); removing its temporary file {file}");
+    }
+    shell(r#"rm -f "$1" "$1.part""#, &[&file])
+        .map_err(|e| e.context(format_args!("removing the temporary snapshot {file}")))?;
+    Ok(Outputs::new())
+}
+
+fn restore(ctx: &Context) -> Result<Outputs> {
+    ctx.target()?;
+    let conn = Conn::new(ctx)?;
+    let artifact = ctx.artifact(ARTIFACT).map_err(|e| {
+        e.context("restore needs the restore point: pass the backup's report with --from")
+    })?;
+    let data_dir = path_param(ctx, "data-dir")?.ok_or_else(|| {
+        Error::invalid(
+            "restore needs the member's data directory: add --param data-dir=/path/to/data",
+        )
+    })?;
+    let name = ctx.text("name")?;
+    let peer_urls = ctx.text("initial-advertise-peer-urls")?;
+    let cluster = ctx
+        .param::<Option<String>>("initial-cluster")?
+        .unwrap_or_else(|| format!("{name}={peer_urls}"));
+    let replace = ctx.flag("replace")?;
+    let ready_timeout = {
+        let n = ctx.integer("ready-timeout")?;
+        u64::try_from(n)
+            .ok()
+            .filter(|n| *n > 0)
+            .map(Duration::from_secs)
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "parameter `ready-timeout` is {n}: give a number of seconds above 0"
+                ))
+            })?
+    };
+
+    let keys = conn.key_count()?;
+    if keys > 0 && !replace {
+        return Err(Error::invalid(format!(
+            "etcd at {} already holds {keys} keys; refusing to restore over them: rerun with \
+             --param replace=true to replace them",
+            conn.endpoints
+        )));
+    }
+
+    let staged = format!("{data_dir}{STAGED_FILE}");
+    let fresh = format!("{data_dir}{STAGED_DIR}");
+    let old = format!("{data_dir}{OLD_DIR}");
+    progress(Progress::percent(0.0).message(format!("staging the snapshot as {staged}")));
+    let import = Import::open(artifact).map_err(|e| {
+        e.context(format_args!(
+            "reading back export `{ARTIFACT}` of the restore point (was it deleted?)"
+        ))
+    })?;
+    let transfer = import
+        .pipe_into(
+            &Command::shell(r#"rm -rf "$2" && cat > "$1""#)
+                .arg("sh")
+                .arg(&staged)
+                .arg(&fresh),
+        )?
+        .ok()
+        .map_err(|e| e.context(format_args!("writing {staged}")))?;
+
+    // `snapshot restore` checks the snapshot's integrity hash and builds a fresh member; it
+    // needs no server, so it runs while the old member still serves.
+    progress(Progress::percent(30.0).message(format!("etcdctl snapshot restore into {fresh}")));
+    let restored = conn.run(
+        "etcdctl snapshot restore",
+        [
+            "snapshot",
+            "restore",
+            staged.as_str(),
+            "--data-dir",
+            fresh.as_str(),
+            "--name",
+            name,
+            "--initial-cluster",
+            cluster.as_str(),
+            "--initial-advertise-peer-urls",
+            peer_urls,
+        ],
+    );
+    if let Err(e) = restored {
+        shell(r#"rm -rf "$1" "$2""#, &[&staged, &fresh])?;
+        return Err(e.context(format_args!("restoring export `{ARTIFACT}`")));
+    }
+
+    // Swap the directories, then restart: the stopping member keeps writing only to the files
+    // it holds open, which moved away with the old directory.
+    progress(Progress::percent(50.0).message("swapping the data directory and restarting"));
+    shell(
+        r#"rm -rf "$3" && mv "$1" "$3" && mv "$2" "$1""#,
+        &[&data_dir, &fresh, &old],
+    )?;
+    let replicas = workloads::scale(None, 0)?.max(1);
+    workloads::scale(None, replicas)?;
+    workloads::wait_ready(None, ready_timeout)?;
+    wait_serving(&conn, ready_timeout)?;
+
+    let status = conn.run(
+        "etcdctl endpoint status",
+        ["endpoint", "status", "-w", "json"],
+    )?;
+    let revision = json_number(&status, "revision").unwrap_or(0);
+    let expected = artifact
+        .get("revision")
+        .and_then(|r| r.parse::<u64>().ok())
+        .unwrap_or(0);
+    if revision < expected {
+        return Err(Error::failed(format!(
+            "after the restart etcd is at revision {revision}, older than the snapshot's \
+             {expected}: it did not load the restored data directory {data_dir}; the previous \
+             one is kept at {old}"
+        )));
+    }
+    shell(r#"rm -rf "$1" "$2""#, &[&old, &staged])?;
+    let keys = conn.key_count()?;
+    info!(
+        "restored {} bytes of snapshot into {data_dir}; etcd is at revision {revision} with {keys} keys",
+        transfer.bytes
+    );
+    progress(Progress::percent(100.0).message(format!("restored, {keys} keys")));
+    Ok(Outputs::new()
+        .value("keys", keys)
+        .value("revision", revision))
+}
+
+/// Waits until the restarted member serves reads (it answers `endpoint status` a little
+/// before it has a leader).
+fn wait_serving(conn: &Conn, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match conn.key_count() {
+            Ok(_) => return Ok(()),
+            Err(Error::Failed(_)) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => return Err(e.context("waiting for the restarted member to serve")),
+        }
+    }
+}
+
+fn delete(ctx: &Context) -> Result<Outputs> {
+    let artifact = ctx.artifact(ARTIFACT).map_err(|e| {
+        e.context("delete needs the restore point: pass the backup's report with --from")
+    })?;
+    data::delete(artifact)?;
+    info!("deleted the export `{ARTIFACT}`");
+    Ok(Outputs::new())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn describes_its_actions() {
+        let d = Etcd::describe();
+        assert_eq!(d.name(), "etcd");
+        for action in [BACKUP, BACKUP_POSTHOOK, RESTORE, DELETE] {
+            assert!(d.has_action(action), "{action}");
+        }
+    }
+
+    #[test]
+    fn reads_numbers_from_etcdctl_json() {
+        let status = r#"{"hash":674473618,"revision":2,"totalKey":8,"totalSize":20480}"#;
+        assert_eq!(json_number(status, "revision"), Some(2));
+        assert_eq!(json_number(status, "totalKey"), Some(8));
+        assert_eq!(json_number(r#"{"header":{"revision":5}}"#, "count"), None);
+    }
+
+    #[test]
+    fn path_params_must_be_absolute() {
+        let ctx = Context::builder(RESTORE, "default")
+            .param("data-dir", "relative/data")
+            .build();
+        assert!(matches!(
+            path_param(&ctx, "data-dir"),
+            Err(Error::Invalid(_))
+        ));
+        let ctx = Context::builder(RESTORE, "default")
+            .param("data-dir", "/srv/etcd/../x")
+            .build();
+        assert!(path_param(&ctx, "data-dir").is_err());
+        let ctx = Context::builder(RESTORE, "default")
+            .param("data-dir", "/srv/etcd/data/")
+            .build();
+        assert_eq!(
+            path_param(&ctx, "data-dir"),
+            Ok(Some("/srv/etcd/data".to_owned()))
+        );
+    }
+
+    #[test]
+    fn the_tmp_file_depends_only_on_the_run() {
+        let ctx = Context::builder(BACKUP, "default")
+            .action_id("ab12")
+            .param("tmp-dir", "/var/tmp/")
+            .build();
+        assert_eq!(tmp_file(&ctx), Ok("/var/tmp/cairn-etcd-ab12.db".to_owned()));
+    }
+}

@@ -1,0 +1,756 @@
+//! Run with
+//!
+//! ```text
+//! cargo build --release --target wasm32-wasip2 -p mysql
+//! cairn run target/wasm32-wasip2/release/mysql.wasm --action backup \
+//!     --target local:inventory.yaml --workload db \
+//!     --param database=shop --param user=backup \
+//!     --grant exec,export,secrets --secret password=env:MYSQL_PWD --output json > backup.json
+//! cairn run target/wasm32-wasip2/release/mysql.wasm --action restore --from backup.json \
+//!     --target local:inventory.yaml --workload db --param user=backup \
+//!     --grant exec,import,secrets --secret password=env:MYSQL_PWD
+//! ```
+//!
+//! and expect the backup's artifact `dump` (the repository snapshot of the dump, with the
+//! database, the flavor and the server version) on stdout, and the restore to load it back.
+//!
+//! MariaDB and MySQL, backed up logically: `mariadb-dump` (or `mysqldump` with
+//! `flavor=mysql`) `--single-transaction --routines --events --triggers` of one database or of
+//! all of them, streamed on the host side straight into the export repository. The restore
+//! pipes the dump back into `mariadb` (or `mysql`) and refuses a target that already holds
+//! tables unless `replace=true`.
+//!
+//! With `quiesce=true` a session opened by the prehook holds `FLUSH TABLES WITH READ LOCK`
+//! until the posthook's `UNLOCK TABLES`, and the backup phase also snapshots the workload's
+//! volumes under the lock. The posthook runs even when the backup fails or times out, and the
+//! host kills the session at the end of the run if the posthook could not end it, which
+//! releases the lock too.
+//!
+//! The password comes only from a granted secret (`--secret password=…`, renamed with
+//! `password-secret`) and reaches the tools as `MYSQL_PWD`; it is never a parameter.
+
+use cairn_sdk::data::{self, Export, Import, Transfer};
+use cairn_sdk::exec::{Command, Output, Session};
+use cairn_sdk::lifecycle::{BACKUP, BACKUP_POSTHOOK, BACKUP_PREHOOK, DELETE, RESTORE};
+use cairn_sdk::{Artifact, Blueprint, Capability, Context, Description, Error, Outputs, Param};
+use cairn_sdk::{Progress, Result, debug, info, progress, secrets, volumes, warn};
+
+/// The artifact holding the dump.
+const DUMP: &str = "dump";
+
+/// Artifacts of volume snapshots are named `volume-<volume>`.
+const VOLUME_PREFIX: &str = "volume-";
+
+/// The session that holds the global read lock from the prehook to the posthook.
+const SESSION: &str = "mysql-read-lock";
+
+/// How long a connection attempt of the client may take before it gives up.
+const CONNECT_TIMEOUT_SECS: u32 = 10;
+
+/// Schemas of the server itself; an "all databases" restore ignores them when it decides
+/// whether the target is empty.
+const SYSTEM_SCHEMAS: [&str; 4] = ["mysql", "information_schema", "performance_schema", "sys"];
+
+/// Rows the session prints so a read stops at a known place.
+const LOCKED_MARK: &str = "cairn-locked";
+const MARK: &str = "cairn-mark";
+const UNLOCKED_MARK: &str = "cairn-unlocked";
+
+/// Which client programs the workload has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flavor {
+    /// `mariadb`, `mariadb-dump`.
+    MariaDb,
+    /// `mysql`, `mysqldump`.
+    MySql,
+}
+
+impl Flavor {
+    const CHOICES: [&'static str; 2] = ["mariadb", "mysql"];
+
+    fn parse(text: &str) -> Result<Self> {
+        match text {
+            "mariadb" => Ok(Self::MariaDb),
+            "mysql" => Ok(Self::MySql),
+            other => Err(Error::invalid(format!(
+                "flavor {other:?} is not one of {}",
+                Self::CHOICES.join(", ")
+            ))),
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::MariaDb => "mariadb",
+            Self::MySql => "mysql",
+        }
+    }
+
+    fn client(self) -> &'static str {
+        match self {
+            Self::MariaDb => "mariadb",
+            Self::MySql => "mysql",
+        }
+    }
+
+    fn dump(self) -> &'static str {
+        match self {
+            Self::MariaDb => "mariadb-dump",
+            Self::MySql => "mysqldump",
+        }
+    }
+
+    /// The Debian package with the client programs, for messages.
+    fn package(self) -> &'static str {
+        match self {
+            Self::MariaDb => "mariadb-client",
+            Self::MySql => "mysql-client",
+        }
+    }
+}
+
+struct MySql;
+
+impl Blueprint for MySql {
+    fn describe() -> Description {
+        Description::new("mysql", env!("CARGO_PKG_VERSION"))
+            .describe(
+                "MariaDB and MySQL: mariadb-dump/mysqldump --single-transaction streamed into \
+                 the export repository, restored with mariadb/mysql; optionally a global read \
+                 lock held around a volume snapshot",
+            )
+            .action(
+                BACKUP_PREHOOK,
+                "With quiesce=true: open a session and take FLUSH TABLES WITH READ LOCK",
+            )
+            .action(
+                BACKUP,
+                "Dump one database (or all) into an export; with quiesce=true also snapshot the \
+                 workload's volumes under the lock",
+            )
+            .action(
+                BACKUP_POSTHOOK,
+                "With quiesce=true: UNLOCK TABLES and close the session",
+            )
+            .action(RESTORE, "Load a dump back with mariadb/mysql")
+            .action(DELETE, "Remove a backup's dump and volume snapshots")
+            .param(
+                Param::text("host")
+                    .default("127.0.0.1")
+                    .describe("Server host name or address, as seen from the workload"),
+            )
+            .param(Param::integer("port").default(3306).describe("Server port"))
+            .param(
+                Param::text("user")
+                    .default("root")
+                    .describe("User to connect as"),
+            )
+            .param(Param::text("database").describe(
+                "Database to dump or to restore into; without it a backup dumps every database \
+                 and a restore uses the backed-up one",
+            ))
+            .param(
+                Param::text("flavor")
+                    .default("mariadb")
+                    .choices(Flavor::CHOICES)
+                    .describe(
+                        "mariadb: the mariadb and mariadb-dump programs; mysql: mysql and \
+                         mysqldump",
+                    ),
+            )
+            .param(Param::flag("quiesce").default(false).describe(
+                "Hold FLUSH TABLES WITH READ LOCK from the prehook to the posthook and \
+                 snapshot the workload's volumes under it",
+            ))
+            .param(Param::flag("replace").default(false).describe(
+                "Restore into a database that already holds tables, replacing the tables the \
+                 dump recreates",
+            ))
+            .param(
+                Param::text("password-secret")
+                    .default("password")
+                    .describe("Name of the granted secret that holds the password"),
+            )
+            .capability(Capability::Exec)
+            .capability(Capability::Export)
+            .capability(Capability::Import)
+            .capability(Capability::Secrets)
+            .capability(Capability::Volumes)
+    }
+
+    fn run(action: &str, ctx: &Context) -> Result<Outputs> {
+        match action {
+            BACKUP_PREHOOK => prehook(ctx),
+            BACKUP => backup(ctx),
+            BACKUP_POSTHOOK => posthook(ctx),
+            RESTORE => restore(ctx),
+            DELETE => delete(ctx),
+            other => Err(Error::unknown_action(other)),
+        }
+    }
+}
+
+cairn_sdk::export!(MySql);
+
+/// Where the tools connect, and as whom.
+#[derive(Debug, Clone)]
+struct Conn {
+    host: String,
+    port: u16,
+    user: String,
+    password: Option<String>,
+    flavor: Flavor,
+    /// The workload, for messages.
+    workload: String,
+}
+
+impl Conn {
+    fn from_ctx(ctx: &Context) -> Result<Self> {
+        let port = ctx.integer("port")?;
+        let port = u16::try_from(port).ok().filter(|p| *p > 0).ok_or_else(|| {
+            Error::invalid(format!(
+                "port {port} is not a TCP port (1-65535); set --param port=…"
+            ))
+        })?;
+        Ok(Self {
+            host: ctx.text("host")?.to_owned(),
+            port,
+            user: ctx.text("user")?.to_owned(),
+            password: password(ctx)?,
+            flavor: Flavor::parse(ctx.text("flavor")?)?,
+            workload: ctx.workload().unwrap_or("the target workload").to_owned(),
+        })
+    }
+
+    /// `host:port`, for messages.
+    fn at(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+
+    /// `program --no-defaults` with the connection, and the password in `MYSQL_PWD`. Option
+    /// files are not read, so what runs is what the parameters say.
+    fn command(&self, program: &str) -> Command {
+        let command = Command::new([program, "--no-defaults"]).args([
+            format!("--host={}", self.host),
+            format!("--port={}", self.port),
+            format!("--user={}", self.user),
+            "--protocol=TCP".to_owned(),
+        ]);
+        match &self.password {
+            Some(p) => command.env("MYSQL_PWD", p),
+            None => command,
+        }
+    }
+
+    /// The client in batch mode: tab-separated rows without headers, flushed after each
+    /// statement, stopping at the first error.
+    fn client(&self) -> Command {
+        self.command(self.flavor.client()).args([
+            "--batch".to_owned(),
+            "--skip-column-names".to_owned(),
+            "--unbuffered".to_owned(),
+            // The dump programs have no such option; the client checks the server first.
+            format!("--connect-timeout={CONNECT_TIMEOUT_SECS}"),
+        ])
+    }
+
+    /// Runs `sql` and returns the trimmed rows.
+    fn query(&self, sql: &str) -> Result<String> {
+        let command = self.client().stdin(sql);
+        let out = run(&command, self)?;
+        if !out.success() {
+            return Err(diagnose(
+                self.flavor.client(),
+                out.exit_code,
+                &out.stderr,
+                self,
+            ));
+        }
+        Ok(out.stdout_str().trim().to_owned())
+    }
+}
+
+/// The password from the granted secret, if any; without one the tools connect without a
+/// password, and when the server wants one the error says how to grant it.
+fn password(ctx: &Context) -> Result<Option<String>> {
+    let name = ctx.text("password-secret")?;
+    match secrets::get(name) {
+        Ok(v) => Ok(Some(v)),
+        Err(Error::NotFound(_) | Error::Denied(_)) => {
+            debug!("no secret `{name}` granted; connecting without a password");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// A database name as a quoted identifier. Names with quotes, backslashes or control
+/// characters are refused rather than escaped: they are never worth the risk.
+fn identifier(name: &str) -> Result<String> {
+    let bad = |c: char| c == '`' || c == '\'' || c == '"' || c == '\\' || c.is_control();
+    if name.is_empty() || name.len() > 64 || name.starts_with('-') || name.chars().any(bad) {
+        return Err(Error::invalid(format!(
+            "database name {name:?} is not supported: use 1 to 64 characters without quotes, \
+             backslashes or control characters, not starting with `-`"
+        )));
+    }
+    Ok(format!("`{name}`"))
+}
+
+/// Runs a command, turning a program missing from the workload into an error naming it.
+fn run(command: &Command, conn: &Conn) -> Result<Output> {
+    command.run().map_err(|e| missing_tool(e, command, conn))
+}
+
+/// A clearer error when the host could not find the program in the workload.
+fn missing_tool(e: Error, command: &Command, conn: &Conn) -> Error {
+    let program = command.argv().first().map_or("", String::as_str);
+    match e {
+        Error::NotFound(m) if m.contains("program") => Error::not_found(format!(
+            "`{program}` is missing from workload {}: install the client programs (Debian \
+             package {}) there or put them on its PATH, or pick the other --param flavor ({m})",
+            conn.workload,
+            conn.flavor.package()
+        )),
+        other => other,
+    }
+}
+
+/// One line saying why a client program failed, naming the cause and what to do.
+fn diagnose(tool: &str, exit_code: i32, stderr: &[u8], conn: &Conn) -> Error {
+    let text = String::from_utf8_lossy(stderr);
+    let at = conn.at();
+    let user = &conn.user;
+    if text.contains("Access denied for user") {
+        return if conn.password.is_some() {
+            Error::denied(format!(
+                "the server at {at} refused the credentials of user `{user}`: check the secret \
+                 granted as --secret password=… and the user's host"
+            ))
+        } else {
+            Error::denied(format!(
+                "the server at {at} refused user `{user}` without a password: pass one with \
+                 --secret password=env:VAR --grant secrets"
+            ))
+        };
+    }
+    if let Some(db) = text
+        .split("Unknown database '")
+        .nth(1)
+        .and_then(|rest| rest.split('\'').next())
+    {
+        return Error::not_found(format!(
+            "database `{db}` does not exist on the server at {at}; create it or name another \
+             with --param database=NAME"
+        ));
+    }
+    if text.contains("Can't connect") || text.contains("Unknown server host") {
+        return Error::failed(format!(
+            "cannot connect to the server at {at}: {}; is it running, and are --param host and \
+             port right?",
+            why(&text)
+        ));
+    }
+    let why = why(&text);
+    if why.is_empty() {
+        Error::failed(format!("`{tool}` exited with {exit_code} (server at {at})"))
+    } else {
+        Error::failed(format!(
+            "`{tool}` exited with {exit_code} (server at {at}): {why}"
+        ))
+    }
+}
+
+/// The first line of stderr that says what went wrong, trimmed, without the program's name.
+fn why(text: &str) -> String {
+    let line = text
+        .lines()
+        .map(str::trim)
+        .find(|l| l.contains("ERROR") || l.contains("error") || l.contains("Got error"))
+        .or_else(|| {
+            text.lines()
+                .map(str::trim)
+                .find(|l| !l.is_empty() && !l.starts_with("--"))
+        })
+        .unwrap_or("");
+    let line = line
+        .strip_prefix("mariadb-dump: ")
+        .or_else(|| line.strip_prefix("mysqldump: "))
+        .unwrap_or(line);
+    line.to_owned()
+}
+
+/// The pipe's failure, or itself.
+fn check(tool: &str, transfer: Transfer, conn: &Conn) -> Result<Transfer> {
+    if transfer.success() {
+        Ok(transfer)
+    } else {
+        Err(diagnose(tool, transfer.exit_code, &transfer.stderr, conn))
+    }
+}
+
+fn backup(ctx: &Context) -> Result<Outputs> {
+    let conn = Conn::from_ctx(ctx)?;
+    let database = ctx.param::<Option<String>>("database")?;
+    // Proves the connection, the credentials and the database, with a clear error.
+    let version = match &database {
+        Some(db) => conn.query(&format!("USE {};\nSELECT VERSION();\n", identifier(db)?))?,
+        None => conn.query("SELECT VERSION();\n")?,
+    };
+    let tool = conn.flavor.dump();
+    info!(
+        "{version} at {}: dumping {} with {tool}",
+        conn.at(),
+        database.as_deref().map_or_else(
+            || "every database".to_owned(),
+            |d| format!("database `{d}`")
+        )
+    );
+    progress(Progress::percent(0.0).message("dumping"));
+    let mut command = conn.command(tool).args([
+        "--single-transaction",
+        "--routines",
+        "--events",
+        "--triggers",
+        "--hex-blob",
+    ]);
+    command = match &database {
+        // Without --databases: no CREATE DATABASE/USE, so it restores under any name.
+        Some(db) => command.arg(db),
+        None => command.arg("--all-databases"),
+    };
+    let export = Export::open(DUMP)?;
+    let transfer = export
+        .pipe_from(&command)
+        .map_err(|e| missing_tool(e, &command, &conn))?;
+    // A failed dump is never finished: dropping the export discards it.
+    let transfer = check(tool, transfer, &conn)?;
+    if transfer.bytes == 0 {
+        return Err(Error::failed(format!(
+            "`{tool}` exited with 0 but wrote nothing; the dump is discarded"
+        )));
+    }
+    let mut artifact = export
+        .finish()?
+        .value(
+            "scope",
+            if database.is_some() {
+                "database"
+            } else {
+                "all"
+            },
+        )
+        .value("flavor", conn.flavor.as_str())
+        .value("server-version", &version)
+        .value("dump-bytes", transfer.bytes);
+    if let Some(db) = &database {
+        artifact = artifact.value("database", db);
+    }
+    progress(Progress::bytes(transfer.bytes, Some(transfer.bytes)).message("dumped"));
+    info!("dumped {} bytes with {tool}", transfer.bytes);
+
+    let mut outputs = Outputs::new()
+        .artifact(artifact)
+        .value("server-version", &version);
+    if ctx.flag("quiesce")? {
+        outputs = snapshot_under_lock(outputs)?;
+    }
+    Ok(outputs)
+}
+
+/// Snapshots the workload's volumes while the prehook's session holds the read lock.
+fn snapshot_under_lock(mut outputs: Outputs) -> Result<Outputs> {
+    // The session must still hold the lock: a send fails if its client has exited.
+    Session::attach(SESSION)
+        .send(&format!("SELECT '{MARK}';\n"), MARK)
+        .map_err(|e| e.context("checking that the read lock still holds"))?;
+    let snapshots = volumes::snapshot(None, &[])?;
+    if snapshots.is_empty() {
+        info!("the workload has no volumes; the lock bracketed the dump only");
+    }
+    for snap in &snapshots {
+        info!(
+            "snapshotted volume {} ({} bytes) as {} under the read lock",
+            snap.volume, snap.bytes, snap.id
+        );
+        outputs = outputs.artifact(
+            Artifact::new(format!("{VOLUME_PREFIX}{}", snap.volume))
+                .value("snapshot", &snap.id)
+                .value("volume", &snap.volume)
+                .value("bytes", snap.bytes),
+        );
+    }
+    Ok(outputs)
+}
+
+fn prehook(ctx: &Context) -> Result<Outputs> {
+    if !ctx.flag("quiesce")? {
+        return Ok(Outputs::new());
+    }
+    let conn = Conn::from_ctx(ctx)?;
+    // Fail with a clear reason (credentials, server down, …) before opening the session.
+    conn.query("SELECT 1;\n")?;
+    let client = conn.client();
+    let session = Session::open(SESSION, &client).map_err(|e| missing_tool(e, &client, &conn))?;
+    session
+        .send(
+            &format!("FLUSH TABLES WITH READ LOCK;\nSELECT '{LOCKED_MARK}';\n"),
+            LOCKED_MARK,
+        )
+        .map_err(|e| e.context("taking FLUSH TABLES WITH READ LOCK"))?;
+    info!("global read lock held; the session keeps it until the posthook");
+    Ok(Outputs::new().value("locked", true))
+}
+
+fn posthook(ctx: &Context) -> Result<Outputs> {
+    if !ctx.flag("quiesce")? {
+        return Ok(Outputs::new());
+    }
+    if ctx.phase(BACKUP_PREHOOK).is_none() {
+        info!("the prehook took no lock; nothing to release");
+        return Ok(Outputs::new());
+    }
+    if let Some(failure) = ctx.failure() {
+        warn!("releasing the read lock after the backup failed: {failure}");
+    }
+    info!("releasing the global read lock");
+    let session = Session::attach(SESSION);
+    session
+        .send(
+            &format!("UNLOCK TABLES;\nSELECT '{UNLOCKED_MARK}';\n"),
+            UNLOCKED_MARK,
+        )
+        .map_err(|e| e.context("releasing the read lock (UNLOCK TABLES)"))?;
+    let closed = session.close()?;
+    if !closed.success() {
+        warn!(
+            "the lock session exited with {}: {}",
+            closed.exit_code,
+            closed.stderr_str().trim()
+        );
+    }
+    info!("global read lock released");
+    Ok(Outputs::new().value("unlocked", true))
+}
+
+fn restore(ctx: &Context) -> Result<Outputs> {
+    let dump = ctx.artifact(DUMP)?;
+    let conn = Conn::from_ctx(ctx)?;
+    let replace = ctx.flag("replace")?;
+    // Opened first, so a restore point whose export is gone changes nothing on the server.
+    let import = Import::open(dump)?;
+    let all = dump.get("scope") == Some("all");
+    let target = if all {
+        None
+    } else {
+        Some(match ctx.param::<Option<String>>("database")? {
+            Some(d) => d,
+            None => dump.require("database")?.to_owned(),
+        })
+    };
+    let mut command = conn.command(conn.flavor.client()).arg("--binary-mode");
+    match &target {
+        Some(db) => {
+            let quoted = identifier(db)?;
+            let tables = conn.query(&format!(
+                "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = '{db}';\n"
+            ))?;
+            let tables: u64 = tables.parse().map_err(|_| {
+                Error::failed(format!("counting tables: the server answered {tables:?}"))
+            })?;
+            if tables > 0 && !replace {
+                return Err(Error::invalid(format!(
+                    "database `{db}` on the server at {} already holds {tables} tables; restore \
+                     into an empty database, or rerun with --param replace=true to replace the \
+                     tables the dump recreates",
+                    conn.at()
+                )));
+            }
+            conn.query(&format!("CREATE DATABASE IF NOT EXISTS {quoted};\n"))?;
+            info!(
+                "restoring into database `{db}` at {}{}",
+                conn.at(),
+                if replace { " (replacing)" } else { "" }
+            );
+            command = command.arg("--database").arg(db);
+        }
+        None => {
+            let listed = conn.query("SHOW DATABASES;\n")?;
+            let user_dbs: Vec<&str> = listed
+                .lines()
+                .map(str::trim)
+                .filter(|d| !d.is_empty() && !SYSTEM_SCHEMAS.contains(d))
+                .collect();
+            if !user_dbs.is_empty() && !replace {
+                return Err(Error::invalid(format!(
+                    "the server at {} already holds the databases {}; restore an all-databases \
+                     dump into an empty server, or rerun with --param replace=true to replace \
+                     the tables the dump recreates",
+                    conn.at(),
+                    user_dbs.join(", ")
+                )));
+            }
+            info!("restoring every database at {}", conn.at());
+        }
+    }
+    progress(Progress::percent(0.0).message("restoring"));
+    let transfer = import
+        .pipe_into(&command)
+        .map_err(|e| missing_tool(e, &command, &conn))?;
+    let transfer = check(conn.flavor.client(), transfer, &conn)?;
+    progress(Progress::percent(100.0).message("restored"));
+    info!("restored {} bytes", transfer.bytes);
+    Ok(Outputs::new().value("restored-bytes", transfer.bytes))
+}
+
+fn delete(ctx: &Context) -> Result<Outputs> {
+    let mut deleted = 0_u32;
+    for artifact in ctx.restore_point() {
+        if artifact.name() == DUMP {
+            data::delete(artifact)?;
+            info!("deleted the dump export");
+            deleted += 1;
+        } else if artifact.name().starts_with(VOLUME_PREFIX) {
+            let id = artifact.require("snapshot")?;
+            volumes::delete(id)?;
+            info!("deleted volume snapshot {id}");
+            deleted += 1;
+        }
+    }
+    if deleted == 0 {
+        return Err(Error::not_found(
+            "the restore point holds no artifact of this blueprint (`dump` or `volume-*`); pass \
+             the --output json report of a mysql backup with --from",
+        ));
+    }
+    Ok(Outputs::new().value("deleted", deleted))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn(password: Option<&str>) -> Conn {
+        Conn {
+            host: "db.example".into(),
+            port: 3307,
+            user: "backup".into(),
+            password: password.map(Into::into),
+            flavor: Flavor::MariaDb,
+            workload: "db".into(),
+        }
+    }
+
+    #[test]
+    fn describes_typed_validated_parameters() {
+        let d = MySql::describe();
+        assert_eq!(d.name(), "mysql");
+        for action in [BACKUP_PREHOOK, BACKUP, BACKUP_POSTHOOK, RESTORE, DELETE] {
+            assert!(d.has_action(action), "{action}");
+        }
+        let flavor = d.params().iter().find(|p| p.name() == "flavor");
+        assert_eq!(
+            flavor.map(Param::allowed_values),
+            Some(&["mariadb".to_owned(), "mysql".to_owned()][..])
+        );
+        assert!(
+            d.params()
+                .iter()
+                .all(|p| !p.name().contains("password") || p.name() == "password-secret"),
+            "a password is never a parameter"
+        );
+    }
+
+    #[test]
+    fn flavors_pick_their_programs() {
+        assert_eq!(Flavor::parse("mysql").map(Flavor::dump), Ok("mysqldump"));
+        assert_eq!(Flavor::parse("mariadb").map(Flavor::client), Ok("mariadb"));
+        assert!(matches!(Flavor::parse("oracle"), Err(Error::Invalid(_))));
+    }
+
+    #[test]
+    fn the_password_travels_in_the_environment_only() {
+        let argv = conn(Some("s3cret")).client();
+        assert!(argv.argv().iter().all(|a| !a.contains("s3cret")));
+        assert_eq!(argv.argv()[1], "--no-defaults");
+    }
+
+    #[test]
+    fn identifiers_with_quotes_are_refused() {
+        assert_eq!(identifier("shop_2"), Ok("`shop_2`".to_owned()));
+        for bad in ["", "-x", "a`b", "a'b", "a\\b", "a\nb"] {
+            assert!(matches!(identifier(bad), Err(Error::Invalid(_))), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn diagnoses_common_failures_in_one_line() {
+        let cases = [
+            (
+                Some("x"),
+                "mariadb-dump: Got error: 1045: \"Access denied for user 'backup'@'localhost' (using password: YES)\" when trying to connect\n",
+                "refused the credentials of user `backup`",
+            ),
+            (
+                None,
+                "ERROR 1045 (28000): Access denied for user 'backup'@'localhost' (using password: NO)\n",
+                "--grant secrets",
+            ),
+            (
+                Some("x"),
+                "ERROR 2002 (HY000): Can't connect to server on 'db.example' (115)\n",
+                "cannot connect to the server at db.example:3307: ERROR 2002 (HY000): Can't connect",
+            ),
+            (
+                Some("x"),
+                "mariadb-dump: Got error: 1049: \"Unknown database 'nope'\" when selecting the database\n",
+                "database `nope` does not exist",
+            ),
+            (
+                Some("x"),
+                "--------------\nDROP TABLE t\n--------------\n\nERROR 1142 (42000) at line 1: DROP command denied\n",
+                "exited with 1 (server at db.example:3307): ERROR 1142 (42000) at line 1: DROP command denied",
+            ),
+        ];
+        for (password, stderr, expected) in cases {
+            let e = diagnose("mariadb", 1, stderr.as_bytes(), &conn(password));
+            assert!(e.message().contains(expected), "{e} lacks {expected:?}");
+            assert!(!e.message().contains('\n'), "{e:?} is not one line");
+        }
+    }
+
+    #[test]
+    fn a_missing_program_names_the_package() {
+        let e = missing_tool(
+            Error::not_found(
+                "running `mariadb-dump`: program \"mariadb-dump\" not found; it is not on PATH (/bin)",
+            ),
+            &Command::new(["mariadb-dump"]),
+            &conn(None),
+        );
+        assert!(
+            matches!(&e, Error::NotFound(m) if m.contains("mariadb-client") && m.contains("workload db")),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn hooks_do_nothing_without_quiesce() {
+        let ctx = Context::builder(BACKUP_PREHOOK, "default")
+            .param("quiesce", false)
+            .build();
+        assert_eq!(MySql::run(BACKUP_PREHOOK, &ctx), Ok(Outputs::new()));
+        assert_eq!(MySql::run(BACKUP_POSTHOOK, &ctx), Ok(Outputs::new()));
+    }
+
+    #[test]
+    fn refuses_unknown_actions_and_restores_without_a_dump() {
+        let ctx = Context::builder("frobnicate", "default").build();
+        assert!(matches!(
+            MySql::run("frobnicate", &ctx),
+            Err(Error::Invalid(_))
+        ));
+        let ctx = Context::builder(RESTORE, "default").workload("db").build();
+        assert!(matches!(MySql::run(RESTORE, &ctx), Err(Error::NotFound(_))));
+    }
+}

@@ -1,0 +1,857 @@
+//! Run with
+//!
+//! ```text
+//! cargo build --release --target wasm32-wasip2 -p postgres
+//! cairn run target/wasm32-wasip2/release/postgres.wasm --action backup \
+//!     --target local:inventory.yaml --workload db \
+//!     --param database=shop --param user=backup \
+//!     --grant exec,export,secrets --secret password=env:PGPASSWORD --output json > backup.json
+//! cairn run target/wasm32-wasip2/release/postgres.wasm --action restore --from backup.json \
+//!     --target local:inventory.yaml --workload db --param user=backup \
+//!     --grant exec,import,secrets --secret password=env:PGPASSWORD
+//! ```
+//!
+//! and expect the backup's artifact `dump` (the repository snapshot of the dump, with the
+//! database, the mode, the format and the server version) on stdout, and the restore to load
+//! it back with `pg_restore`.
+//!
+//! PostgreSQL, backed up logically: `pg_dump -Fc -Z0` of one database (`mode=database`) or
+//! `pg_dumpall` of the whole cluster (`mode=cluster`), streamed on the host side straight into
+//! the export repository (which compresses and deduplicates, so the dump's own compression is
+//! off). The restore pipes the dump back into `pg_restore` (or `psql`), and refuses a target
+//! that already holds tables unless `replace=true`.
+//!
+//! With `quiesce=true` the backup is bracketed by `pg_backup_start` (prehook) and
+//! `pg_backup_stop` (posthook) in one `psql` session that the host holds open across the
+//! phases, and the backup phase also snapshots the workload's volumes while the server is in
+//! backup mode; the start and stop LSNs are recorded. The posthook runs even when the backup
+//! fails or times out, and the host kills the session at the end of the run if the posthook
+//! could not end it, which ends backup mode too.
+//!
+//! The password comes only from a granted secret (`--secret password=…`, renamed with
+//! `password-secret`) and reaches the tools as `PGPASSWORD`; it is never a parameter.
+
+use cairn_sdk::data::{self, Export, Import, Transfer};
+use cairn_sdk::exec::{Command, Output, Session};
+use cairn_sdk::lifecycle::{BACKUP, BACKUP_POSTHOOK, BACKUP_PREHOOK, DELETE, RESTORE};
+use cairn_sdk::{Artifact, Blueprint, Capability, Context, Description, Error, Outputs, Param};
+use cairn_sdk::{Progress, Result, debug, info, progress, secrets, volumes, warn};
+
+/// The artifact holding the dump.
+const DUMP: &str = "dump";
+
+/// Artifacts of volume snapshots are named `volume-<volume>`.
+const VOLUME_PREFIX: &str = "volume-";
+
+/// The session that holds backup mode from the prehook to the posthook.
+const SESSION: &str = "postgres-backup-mode";
+
+/// `application_name` of every connection this blueprint opens, so an operator (or a test) can
+/// find them in `pg_stat_activity`.
+const APPLICATION_NAME: &str = "cairn";
+
+/// How long a connection attempt may take before the tool gives up (`PGCONNECT_TIMEOUT`).
+const CONNECT_TIMEOUT_SECS: u32 = 10;
+
+/// The database tools connect to for cluster-wide statements (`CREATE DATABASE`, listing
+/// databases, a `pg_dumpall` restore).
+const MAINTENANCE_DB: &str = "postgres";
+
+/// The databases a fresh cluster has; a cluster restore is refused when there are others.
+const SYSTEM_DATABASES: [&str; 3] = ["postgres", "template0", "template1"];
+
+/// Lines `psql` prints after a query, so a session read stops at a known place.
+const READY_MARK: &str = "cairn-ready";
+const MARK: &str = "cairn-mark";
+const DONE_MARK: &str = "cairn-done";
+
+/// What the backup dumps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// One database, `pg_dump -Fc`.
+    Database,
+    /// Every database, role and tablespace, `pg_dumpall` (plain SQL).
+    Cluster,
+}
+
+impl Mode {
+    const CHOICES: [&'static str; 2] = ["database", "cluster"];
+
+    fn parse(text: &str) -> Result<Self> {
+        match text {
+            "database" => Ok(Self::Database),
+            "cluster" => Ok(Self::Cluster),
+            other => Err(Error::invalid(format!(
+                "mode {other:?} is not one of {}",
+                Self::CHOICES.join(", ")
+            ))),
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Database => "database",
+            Self::Cluster => "cluster",
+        }
+    }
+
+    /// The dump's format, recorded in the artifact.
+    fn format(self) -> &'static str {
+        match self {
+            Self::Database => "custom",
+            Self::Cluster => "plain",
+        }
+    }
+}
+
+struct Postgres;
+
+impl Blueprint for Postgres {
+    fn describe() -> Description {
+        Description::new("postgres", env!("CARGO_PKG_VERSION"))
+            .describe(
+                "PostgreSQL: pg_dump/pg_dumpall streamed into the export repository, restored \
+                 with pg_restore/psql; optionally bracketed by pg_backup_start/pg_backup_stop \
+                 around a volume snapshot",
+            )
+            .action(
+                BACKUP_PREHOOK,
+                "With quiesce=true: open a psql session and start backup mode (pg_backup_start)",
+            )
+            .action(
+                BACKUP,
+                "Dump the database (or the cluster) into an export; with quiesce=true also \
+                 snapshot the workload's volumes",
+            )
+            .action(
+                BACKUP_POSTHOOK,
+                "With quiesce=true: stop backup mode (pg_backup_stop) and close the session",
+            )
+            .action(
+                RESTORE,
+                "Load a dump back with pg_restore (or psql for a cluster dump)",
+            )
+            .action(DELETE, "Remove a backup's dump and volume snapshots")
+            .param(
+                Param::text("host")
+                    .default("127.0.0.1")
+                    .describe("Server host name or address, as seen from the workload"),
+            )
+            .param(Param::integer("port").default(5432).describe("Server port"))
+            .param(
+                Param::text("user")
+                    .default("postgres")
+                    .describe("Role to connect as"),
+            )
+            .param(Param::text("database").describe(
+                "Database to dump (mode=database) or to restore into; default `postgres` for a \
+                 backup and the backed-up database for a restore",
+            ))
+            .param(
+                Param::text("mode")
+                    .default("database")
+                    .choices(Mode::CHOICES)
+                    .describe(
+                        "database: pg_dump -Fc of one database; cluster: pg_dumpall of every \
+                         database and role",
+                    ),
+            )
+            .param(Param::flag("quiesce").default(false).describe(
+                "Hold backup mode (pg_backup_start/pg_backup_stop) from the prehook to the \
+                 posthook and snapshot the workload's volumes inside it",
+            ))
+            .param(Param::flag("replace").default(false).describe(
+                "Restore into a database that already holds tables, dropping what the dump \
+                 recreates (pg_restore --clean --if-exists)",
+            ))
+            .param(
+                Param::text("password-secret")
+                    .default("password")
+                    .describe("Name of the granted secret that holds the password"),
+            )
+            .capability(Capability::Exec)
+            .capability(Capability::Export)
+            .capability(Capability::Import)
+            .capability(Capability::Secrets)
+            .capability(Capability::Volumes)
+    }
+
+    fn run(action: &str, ctx: &Context) -> Result<Outputs> {
+        match action {
+            BACKUP_PREHOOK => prehook(ctx),
+            BACKUP => backup(ctx),
+            BACKUP_POSTHOOK => posthook(ctx),
+            RESTORE => restore(ctx),
+            DELETE => delete(ctx),
+            other => Err(Error::unknown_action(other)),
+        }
+    }
+}
+
+cairn_sdk::export!(Postgres);
+
+/// Where the tools connect, and as whom.
+#[derive(Debug, Clone)]
+struct Conn {
+    host: String,
+    port: u16,
+    user: String,
+    password: Option<String>,
+    /// The workload, for messages.
+    workload: String,
+}
+
+impl Conn {
+    fn from_ctx(ctx: &Context) -> Result<Self> {
+        let port = ctx.integer("port")?;
+        let port = u16::try_from(port).ok().filter(|p| *p > 0).ok_or_else(|| {
+            Error::invalid(format!(
+                "port {port} is not a TCP port (1-65535); set --param port=…"
+            ))
+        })?;
+        Ok(Self {
+            host: ctx.text("host")?.to_owned(),
+            port,
+            user: ctx.text("user")?.to_owned(),
+            password: password(ctx)?,
+            workload: ctx.workload().unwrap_or("the target workload").to_owned(),
+        })
+    }
+
+    /// `host:port`, for messages.
+    fn at(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+
+    /// A command with the connection in its environment (`PGHOST`, `PGPORT`, `PGUSER`,
+    /// `PGDATABASE`, `PGPASSWORD`).
+    fn command<I>(&self, database: &str, argv: I) -> Command
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        let command = Command::new(argv)
+            .env("PGHOST", &self.host)
+            .env("PGPORT", self.port.to_string())
+            .env("PGUSER", &self.user)
+            .env("PGDATABASE", database)
+            .env("PGAPPNAME", APPLICATION_NAME)
+            .env("PGCONNECT_TIMEOUT", CONNECT_TIMEOUT_SECS.to_string());
+        match &self.password {
+            Some(p) => command.env("PGPASSWORD", p),
+            None => command,
+        }
+    }
+
+    /// `psql` reading a script from stdin: no `.psqlrc`, unaligned tuples only, stop at the
+    /// first error. `vars` become `-v name=value`, quoted in the script as `:"name"` or
+    /// `:'name'`, so names from parameters never need escaping here.
+    fn psql(&self, database: &str, vars: &[(&str, &str)]) -> Command {
+        let mut argv = vec![
+            "psql".to_owned(),
+            "--no-password".into(),
+            "-X".into(),
+            "-q".into(),
+            "-A".into(),
+            "-t".into(),
+            "-v".into(),
+            "ON_ERROR_STOP=1".into(),
+        ];
+        for (k, v) in vars {
+            argv.push("-v".into());
+            argv.push(format!("{k}={v}"));
+        }
+        self.command(database, argv)
+    }
+
+    /// Runs `script` with `psql` in `database` and returns its trimmed stdout.
+    fn query(&self, database: &str, vars: &[(&str, &str)], script: &str) -> Result<String> {
+        let out = run(&self.psql(database, vars).stdin(script), self)?;
+        if !out.success() {
+            return Err(diagnose("psql", out.exit_code, &out.stderr, self, database));
+        }
+        Ok(out.stdout_str().trim().to_owned())
+    }
+}
+
+/// The password from the granted secret, if any. A run without it connects without one (trust
+/// or peer authentication); when the server then asks for one, the error says how to grant it.
+fn password(ctx: &Context) -> Result<Option<String>> {
+    let name = ctx.text("password-secret")?;
+    match secrets::get(name) {
+        Ok(v) => Ok(Some(v)),
+        Err(Error::NotFound(_) | Error::Denied(_)) => {
+            debug!("no secret `{name}` granted; connecting without a password");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Runs a command, turning a program missing from the workload into an error naming it.
+fn run(command: &Command, conn: &Conn) -> Result<Output> {
+    command.run().map_err(|e| missing_tool(e, command, conn))
+}
+
+/// A clearer error when the host could not find the program in the workload.
+fn missing_tool(e: Error, command: &Command, conn: &Conn) -> Error {
+    let program = command.argv().first().map_or("", String::as_str);
+    match e {
+        Error::NotFound(m) if m.contains("program") => Error::not_found(format!(
+            "`{program}` is missing from workload {}: install the PostgreSQL client tools \
+             (Debian package postgresql-client) there or put them on its PATH ({m})",
+            conn.workload
+        )),
+        other => other,
+    }
+}
+
+/// One line saying why a PostgreSQL tool failed, naming the cause and what to do.
+fn diagnose(tool: &str, exit_code: i32, stderr: &[u8], conn: &Conn, database: &str) -> Error {
+    let text = String::from_utf8_lossy(stderr);
+    let at = conn.at();
+    let user = &conn.user;
+    if text.contains("password authentication failed") {
+        return Error::denied(format!(
+            "PostgreSQL at {at} refused the password of user `{user}`: check the secret granted \
+             as --secret password=…"
+        ));
+    }
+    if text.contains("no password supplied") {
+        return Error::denied(format!(
+            "PostgreSQL at {at} wants a password for user `{user}` and none was granted: pass \
+             it with --secret password=env:VAR --grant secrets"
+        ));
+    }
+    if text.contains(&format!("database \"{database}\" does not exist")) {
+        return Error::not_found(format!(
+            "database `{database}` does not exist on PostgreSQL at {at}; create it or name \
+             another with --param database=NAME"
+        ));
+    }
+    if text.contains(&format!("role \"{user}\" does not exist")) {
+        return Error::not_found(format!(
+            "role `{user}` does not exist on PostgreSQL at {at}; name another with --param user=NAME"
+        ));
+    }
+    let unreachable = [
+        "Connection refused",
+        "could not connect",
+        "timeout expired",
+        "could not translate host name",
+        "No route to host",
+        "Is the server running",
+    ];
+    if unreachable.iter().any(|m| text.contains(m)) {
+        return Error::failed(format!(
+            "cannot connect to PostgreSQL at {at}: {}; is the server running, and are \
+             --param host and port right?",
+            first_line(&text, &["failed:", "error:"])
+        ));
+    }
+    let why = first_line(&text, &["ERROR:", "FATAL:", "error:"]);
+    if why.is_empty() {
+        Error::failed(format!(
+            "`{tool}` exited with {exit_code} (PostgreSQL at {at})"
+        ))
+    } else {
+        Error::failed(format!(
+            "`{tool}` exited with {exit_code} (PostgreSQL at {at}): {why}"
+        ))
+    }
+}
+
+/// The most telling line of a tool's stderr: the first holding one of `markers`, from the
+/// last marker on (so `psql: error: connection … failed: FATAL: x` gives `FATAL: x`), else the
+/// first non-empty line; one line, trimmed.
+fn first_line(text: &str, markers: &[&str]) -> String {
+    let line = text
+        .lines()
+        .find(|l| markers.iter().any(|m| l.contains(m)))
+        .or_else(|| text.lines().find(|l| !l.trim().is_empty()))
+        .unwrap_or("");
+    let from = markers
+        .iter()
+        .filter_map(|m| line.rfind(m).map(|i| i + m.len()))
+        .max()
+        .unwrap_or(0);
+    line[from..].trim().to_owned()
+}
+
+/// The pipe's failure, or itself.
+fn check(tool: &str, transfer: Transfer, conn: &Conn, database: &str) -> Result<Transfer> {
+    if transfer.success() {
+        Ok(transfer)
+    } else {
+        Err(diagnose(
+            tool,
+            transfer.exit_code,
+            &transfer.stderr,
+            conn,
+            database,
+        ))
+    }
+}
+
+/// The server's version, which also proves the connection, the credentials and the database.
+fn server_version(conn: &Conn, database: &str) -> Result<String> {
+    conn.query(database, &[], "SHOW server_version;\n")
+}
+
+fn backup(ctx: &Context) -> Result<Outputs> {
+    let conn = Conn::from_ctx(ctx)?;
+    let mode = Mode::parse(ctx.text("mode")?)?;
+    let database = ctx
+        .param::<Option<String>>("database")?
+        .unwrap_or_else(|| MAINTENANCE_DB.to_owned());
+    let version = server_version(&conn, &database)?;
+    info!(
+        "PostgreSQL {version} at {}: dumping {}",
+        conn.at(),
+        match mode {
+            Mode::Database => format!("database `{database}`"),
+            Mode::Cluster => "the whole cluster".to_owned(),
+        }
+    );
+    progress(Progress::percent(0.0).message("dumping"));
+
+    let (tool, command) = match mode {
+        Mode::Database => (
+            "pg_dump",
+            conn.command(
+                &database,
+                [
+                    "pg_dump",
+                    "--no-password",
+                    "--format=custom",
+                    "--compress=0",
+                    "--dbname",
+                ],
+            )
+            .arg(&database),
+        ),
+        Mode::Cluster => (
+            "pg_dumpall",
+            conn.command(&database, ["pg_dumpall", "--no-password", "--database"])
+                .arg(&database),
+        ),
+    };
+    let export = Export::open(DUMP)?;
+    let transfer = export
+        .pipe_from(&command)
+        .map_err(|e| missing_tool(e, &command, &conn))?;
+    // A failed dump is never finished: dropping the export discards it.
+    let transfer = check(tool, transfer, &conn, &database)?;
+    if transfer.bytes == 0 {
+        return Err(Error::failed(format!(
+            "`{tool}` exited with 0 but wrote nothing; the dump is discarded"
+        )));
+    }
+    let artifact = export
+        .finish()?
+        .value("database", &database)
+        .value("mode", mode.as_str())
+        .value("format", mode.format())
+        .value("server-version", &version)
+        .value("dump-bytes", transfer.bytes);
+    progress(Progress::bytes(transfer.bytes, Some(transfer.bytes)).message("dumped"));
+    info!("dumped {} bytes with {tool}", transfer.bytes);
+
+    let mut outputs = Outputs::new()
+        .artifact(artifact)
+        .value("server-version", &version);
+    if ctx.flag("quiesce")? {
+        outputs = snapshot_in_backup_mode(ctx, outputs)?;
+    }
+    Ok(outputs)
+}
+
+/// Snapshots the workload's volumes while the prehook's session holds backup mode, and
+/// records the WAL position right before the snapshot.
+fn snapshot_in_backup_mode(ctx: &Context, mut outputs: Outputs) -> Result<Outputs> {
+    let start = ctx.value("start-lsn").map_err(|_| {
+        Error::failed("quiesce=true but the prehook recorded no start LSN; backup mode is not on")
+    })?;
+    // The session must still be in backup mode: a send fails if its psql has exited.
+    let mark = Session::attach(SESSION)
+        .send(
+            &format!("SELECT pg_current_wal_lsn();\n\\echo {MARK}\n"),
+            MARK,
+        )
+        .map_err(|e| e.context("checking that backup mode still holds"))?;
+    let mark = mark.trim();
+    let snapshots = volumes::snapshot(None, &[])?;
+    if snapshots.is_empty() {
+        info!("the workload has no volumes; backup mode bracketed the dump only");
+    }
+    for snap in &snapshots {
+        info!(
+            "snapshotted volume {} ({} bytes) as {}",
+            snap.volume, snap.bytes, snap.id
+        );
+        outputs = outputs.artifact(
+            Artifact::new(format!("{VOLUME_PREFIX}{}", snap.volume))
+                .value("snapshot", &snap.id)
+                .value("volume", &snap.volume)
+                .value("bytes", snap.bytes)
+                .value("start-lsn", start)
+                .value("snapshot-lsn", mark),
+        );
+    }
+    Ok(outputs
+        .value("start-lsn", start)
+        .value("snapshot-lsn", mark))
+}
+
+fn prehook(ctx: &Context) -> Result<Outputs> {
+    if !ctx.flag("quiesce")? {
+        return Ok(Outputs::new());
+    }
+    let conn = Conn::from_ctx(ctx)?;
+    // Fail with a clear reason (credentials, server down, …) before opening the session.
+    server_version(&conn, MAINTENANCE_DB)?;
+    let psql = conn.psql(MAINTENANCE_DB, &[]);
+    let session = Session::open(SESSION, &psql).map_err(|e| missing_tool(e, &psql, &conn))?;
+    let label = format!("cairn-{}", ctx.action_id());
+    let start = session
+        .send(
+            &format!("SELECT pg_backup_start('{label}', true);\n\\echo {READY_MARK}\n"),
+            READY_MARK,
+        )
+        .map_err(|e| e.context("starting backup mode (pg_backup_start)"))?;
+    let start = start.trim().to_owned();
+    info!("backup mode started at LSN {start}; the session holds it until the posthook");
+    Ok(Outputs::new().value("start-lsn", start))
+}
+
+fn posthook(ctx: &Context) -> Result<Outputs> {
+    if !ctx.flag("quiesce")? {
+        return Ok(Outputs::new());
+    }
+    if ctx.phase(BACKUP_PREHOOK).is_none() {
+        info!("the prehook did not start backup mode; nothing to stop");
+        return Ok(Outputs::new());
+    }
+    if let Some(failure) = ctx.failure() {
+        warn!("stopping backup mode after the backup failed: {failure}");
+    }
+    let session = Session::attach(SESSION);
+    // pg_backup_stop returns the stop LSN and the backup label; the label is needed to start a
+    // server from the snapshot, so it is recorded (hex: psql prints it on one line).
+    let stopped = session
+        .send(
+            &format!(
+                "SELECT lsn || ' ' || encode(convert_to(labelfile, 'UTF8'), 'hex') \
+                 FROM pg_backup_stop(true);\n\\echo {DONE_MARK}\n"
+            ),
+            DONE_MARK,
+        )
+        .map_err(|e| e.context("stopping backup mode (pg_backup_stop)"))?;
+    let (stop, label) = stopped.trim().split_once(' ').ok_or_else(|| {
+        Error::failed(format!(
+            "pg_backup_stop answered {:?}, not an LSN and a backup label",
+            stopped.trim()
+        ))
+    })?;
+    let closed = session.close()?;
+    if !closed.success() {
+        warn!(
+            "the backup-mode session exited with {}: {}",
+            closed.exit_code,
+            closed.stderr_str().trim()
+        );
+    }
+    info!("backup mode stopped at LSN {stop}");
+    Ok(Outputs::new()
+        .value("stop-lsn", stop)
+        .value("backup-label-hex", label))
+}
+
+fn restore(ctx: &Context) -> Result<Outputs> {
+    let dump = ctx.artifact(DUMP)?;
+    let mode = Mode::parse(dump.get("mode").unwrap_or("database"))?;
+    let conn = Conn::from_ctx(ctx)?;
+    let replace = ctx.flag("replace")?;
+    // Opened first, so a restore point whose export is gone changes nothing on the server.
+    let import = Import::open(dump)?;
+    let transfer = match mode {
+        Mode::Database => {
+            let database = match ctx.param::<Option<String>>("database")? {
+                Some(d) => d,
+                None => dump.require("database")?.to_owned(),
+            };
+            restore_database(&conn, &import, &database, replace)?
+        }
+        Mode::Cluster => restore_cluster(&conn, &import, replace)?,
+    };
+    info!("restored {} bytes", transfer.bytes);
+    Ok(Outputs::new().value("restored-bytes", transfer.bytes))
+}
+
+fn restore_database(
+    conn: &Conn,
+    import: &Import,
+    database: &str,
+    replace: bool,
+) -> Result<Transfer> {
+    let tables = match count_tables(conn, database) {
+        Ok(n) => n,
+        Err(Error::NotFound(m)) if m.contains("database") => {
+            info!("database `{database}` does not exist; creating it");
+            conn.query(
+                MAINTENANCE_DB,
+                &[("db", database)],
+                "CREATE DATABASE :\"db\";\n",
+            )?;
+            0
+        }
+        Err(e) => return Err(e),
+    };
+    if tables > 0 && !replace {
+        return Err(Error::invalid(format!(
+            "database `{database}` on PostgreSQL at {} already holds {tables} tables; restore \
+             into an empty database, or rerun with --param replace=true to replace what the dump \
+             recreates",
+            conn.at()
+        )));
+    }
+    let mut argv = vec![
+        "pg_restore",
+        "--no-password",
+        "--exit-on-error",
+        "--dbname",
+        database,
+    ];
+    if replace {
+        argv.extend(["--clean", "--if-exists"]);
+    }
+    info!(
+        "restoring into database `{database}` at {}{}",
+        conn.at(),
+        if replace { " (replacing)" } else { "" }
+    );
+    progress(Progress::percent(0.0).message("restoring"));
+    let command = conn.command(database, argv);
+    let transfer = import
+        .pipe_into(&command)
+        .map_err(|e| missing_tool(e, &command, conn))?;
+    let transfer = check("pg_restore", transfer, conn, database)?;
+    progress(Progress::percent(100.0).message("restored"));
+    Ok(transfer)
+}
+
+/// Tables in `database` outside the system schemas.
+fn count_tables(conn: &Conn, database: &str) -> Result<u64> {
+    let n = conn.query(
+        database,
+        &[],
+        "SELECT count(*) FROM pg_catalog.pg_tables \
+         WHERE schemaname NOT IN ('pg_catalog', 'information_schema');\n",
+    )?;
+    n.parse()
+        .map_err(|_| Error::failed(format!("counting tables: psql answered {n:?}")))
+}
+
+fn restore_cluster(conn: &Conn, import: &Import, replace: bool) -> Result<Transfer> {
+    let listed = conn.query(
+        MAINTENANCE_DB,
+        &[],
+        "SELECT datname FROM pg_catalog.pg_database ORDER BY datname;\n",
+    )?;
+    let extra: Vec<&str> = listed
+        .lines()
+        .map(str::trim)
+        .filter(|d| !d.is_empty() && !SYSTEM_DATABASES.contains(d))
+        .collect();
+    let tables = count_tables(conn, MAINTENANCE_DB)?;
+    if tables > 0 {
+        return Err(Error::invalid(format!(
+            "the maintenance database `{MAINTENANCE_DB}` on PostgreSQL at {} holds {tables} \
+             tables, which a cluster dump would collide with; drop them first",
+            conn.at()
+        )));
+    }
+    if !extra.is_empty() {
+        if !replace {
+            return Err(Error::invalid(format!(
+                "PostgreSQL at {} already holds the databases {}; restore a cluster dump into \
+                 an empty cluster, or rerun with --param replace=true to drop them first",
+                conn.at(),
+                extra.join(", ")
+            )));
+        }
+        for db in &extra {
+            info!("dropping database `{db}` (replace=true)");
+            conn.query(
+                MAINTENANCE_DB,
+                &[("db", db)],
+                "DROP DATABASE :\"db\" WITH (FORCE);\n",
+            )?;
+        }
+    }
+    progress(Progress::percent(0.0).message("restoring the cluster"));
+    // Not ON_ERROR_STOP: the dump recreates roles that exist already (at least the one
+    // restoring it); those errors are expected, every other one fails the restore.
+    let command = conn.command(
+        MAINTENANCE_DB,
+        ["psql", "--no-password", "-X", "-q", "-o", "/dev/null"],
+    );
+    let transfer = import
+        .pipe_into(&command)
+        .map_err(|e| missing_tool(e, &command, conn))?;
+    let transfer = check("psql", transfer, conn, MAINTENANCE_DB)?;
+    let stderr = transfer.stderr_str();
+    let unexpected = stderr
+        .lines()
+        .filter(|l| l.contains("ERROR:"))
+        .find(|l| !(l.contains("role \"") && l.contains("already exists")));
+    if let Some(line) = unexpected {
+        let why = first_line(line, &["ERROR:"]);
+        return Err(Error::failed(format!(
+            "restoring the cluster dump into PostgreSQL at {} failed: {why}",
+            conn.at()
+        )));
+    }
+    progress(Progress::percent(100.0).message("restored"));
+    Ok(transfer)
+}
+
+fn delete(ctx: &Context) -> Result<Outputs> {
+    let mut deleted = 0_u32;
+    for artifact in ctx.restore_point() {
+        if artifact.name() == DUMP {
+            data::delete(artifact)?;
+            info!("deleted the dump export");
+            deleted += 1;
+        } else if artifact.name().starts_with(VOLUME_PREFIX) {
+            let id = artifact.require("snapshot")?;
+            volumes::delete(id)?;
+            info!("deleted volume snapshot {id}");
+            deleted += 1;
+        }
+    }
+    if deleted == 0 {
+        return Err(Error::not_found(
+            "the restore point holds no artifact of this blueprint (`dump` or `volume-*`); pass \
+             the --output json report of a postgres backup with --from",
+        ));
+    }
+    Ok(Outputs::new().value("deleted", deleted))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn() -> Conn {
+        Conn {
+            host: "db.example".into(),
+            port: 5433,
+            user: "backup".into(),
+            password: None,
+            workload: "db".into(),
+        }
+    }
+
+    #[test]
+    fn describes_typed_validated_parameters() {
+        let d = Postgres::describe();
+        assert_eq!(d.name(), "postgres");
+        for action in [BACKUP_PREHOOK, BACKUP, BACKUP_POSTHOOK, RESTORE, DELETE] {
+            assert!(d.has_action(action), "{action}");
+        }
+        let mode = d.params().iter().find(|p| p.name() == "mode");
+        assert_eq!(
+            mode.map(Param::allowed_values),
+            Some(&["database".to_owned(), "cluster".to_owned()][..])
+        );
+        assert!(
+            d.params()
+                .iter()
+                .all(|p| !p.name().contains("password") || p.name() == "password-secret"),
+            "a password is never a parameter"
+        );
+    }
+
+    #[test]
+    fn modes_round_trip() {
+        for m in Mode::CHOICES {
+            assert_eq!(Mode::parse(m).map(Mode::as_str), Ok(m));
+        }
+        assert!(matches!(Mode::parse("all"), Err(Error::Invalid(_))));
+    }
+
+    #[test]
+    fn diagnoses_common_failures_in_one_line() {
+        let c = conn();
+        let cases = [
+            (
+                "pg_dump: error: connection to server at \"db.example\" (10.0.0.1), port 5433 failed: FATAL:  password authentication failed for user \"backup\"\n",
+                "refused the password",
+            ),
+            (
+                "psql: error: connection to server at \"db.example\", port 5433 failed: Connection refused\n\tIs the server running on that host and accepting TCP/IP connections?\n",
+                "cannot connect to PostgreSQL at db.example:5433: Connection refused",
+            ),
+            (
+                "psql: error: connection to server at \"db.example\", port 5433 failed: FATAL:  database \"shop\" does not exist\n",
+                "database `shop` does not exist",
+            ),
+            (
+                "psql: error: connection to server failed: fe_sendauth: no password supplied\n",
+                "--secret password=env:VAR",
+            ),
+            (
+                "pg_dump: error: query failed: ERROR:  permission denied for table secrets\n",
+                "exited with 1 (PostgreSQL at db.example:5433): permission denied for table secrets",
+            ),
+        ];
+        for (stderr, expected) in cases {
+            let e = diagnose("pg_dump", 1, stderr.as_bytes(), &c, "shop");
+            assert!(e.message().contains(expected), "{e} lacks {expected:?}");
+            assert!(!e.message().contains('\n'), "{e:?} is not one line");
+        }
+    }
+
+    #[test]
+    fn a_missing_program_names_the_package() {
+        let e = missing_tool(
+            Error::not_found(
+                "running `pg_dump`: program \"pg_dump\" not found; it is not on PATH (/bin)",
+            ),
+            &Command::new(["pg_dump"]),
+            &conn(),
+        );
+        assert!(
+            matches!(&e, Error::NotFound(m) if m.contains("postgresql-client") && m.contains("workload db")),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn refuses_unknown_actions() {
+        let ctx = Context::builder("frobnicate", "default").build();
+        assert!(matches!(
+            Postgres::run("frobnicate", &ctx),
+            Err(Error::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn hooks_do_nothing_without_quiesce() {
+        let ctx = Context::builder(BACKUP_PREHOOK, "default")
+            .param("quiesce", false)
+            .build();
+        assert_eq!(Postgres::run(BACKUP_PREHOOK, &ctx), Ok(Outputs::new()));
+        assert_eq!(Postgres::run(BACKUP_POSTHOOK, &ctx), Ok(Outputs::new()));
+    }
+
+    #[test]
+    fn restore_needs_the_dump() {
+        let ctx = Context::builder(RESTORE, "default").workload("db").build();
+        assert!(matches!(
+            Postgres::run(RESTORE, &ctx),
+            Err(Error::NotFound(_))
+        ));
+    }
+}

@@ -1,0 +1,615 @@
+//! Run with
+//!
+//! ```text
+//! cairn blueprint build blueprints/redis
+//! cairn run target/wasm32-wasip2/release/redis.wasm --action backup --output json \
+//!     --target local:inventory.yaml --workload redis --param port=6379 \
+//!     --grant exec,export > backup.json
+//! cairn run target/wasm32-wasip2/release/redis.wasm --action restore --from backup.json \
+//!     --target local:inventory.yaml --workload redis --param port=6379 \
+//!     --grant exec,import,workloads,scale
+//! ```
+//!
+//! A Redis blueprint: `backup` asks the server for a fresh RDB snapshot (`BGSAVE`), waits
+//! until `INFO persistence` shows it finished, and streams the RDB file into an export;
+//! `restore` puts an exported RDB in place and restarts the server so it loads it; `delete`
+//! removes the export. See `README.md` beside this crate for the inventory and every
+//! parameter.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use cairn_sdk::data::{self, Export, Import};
+use cairn_sdk::exec::Command;
+use cairn_sdk::lifecycle::{BACKUP, DELETE, RESTORE};
+use cairn_sdk::{Blueprint, Capability, Context, Description, Error, Outputs, Param};
+use cairn_sdk::{Progress, Result, info, progress, secrets, warn, workloads};
+
+/// The artifact a backup records and a restore or delete reads.
+const ARTIFACT: &str = "rdb";
+
+/// The granted secret that holds the password (`--secret password=env:VAR`).
+const PASSWORD_SECRET: &str = "password";
+
+/// The pause between two looks at `INFO persistence` while a save runs: short enough that a
+/// small dataset's backup takes well under a second, long enough not to flood the server.
+const POLL: Duration = Duration::from_millis(100);
+
+/// Suffix of the file a restore streams the RDB into before renaming it into place.
+const RESTORE_SUFFIX: &str = ".cairn-restore";
+
+/// Error replies `redis-cli` prints on stdout (it exits 0 after them).
+const ERROR_REPLIES: &[&str] = &[
+    "ERR",
+    "NOAUTH",
+    "WRONGPASS",
+    "NOPERM",
+    "LOADING",
+    "BUSY",
+    "MISCONF",
+    "READONLY",
+    "MASTERDOWN",
+    "WRONGTYPE",
+    "EXECABORT",
+];
+
+struct Redis;
+
+impl Blueprint for Redis {
+    fn describe() -> Description {
+        Description::new("redis", env!("CARGO_PKG_VERSION"))
+            .describe(
+                "Backs up a Redis server as an RDB snapshot (BGSAVE) streamed into an export, \
+                 and restores it by putting the RDB in place and restarting the server",
+            )
+            .action(
+                BACKUP,
+                "BGSAVE, wait until it finished, and stream the RDB file into an export",
+            )
+            .action(
+                RESTORE,
+                "Put the exported RDB in the data directory and restart the server to load it",
+            )
+            .action(DELETE, "Remove the exported RDB of a restore point")
+            .param(
+                Param::text("host")
+                    .default("127.0.0.1")
+                    .describe("Host redis-cli connects to, from inside the workload"),
+            )
+            .param(
+                Param::integer("port")
+                    .default(6379)
+                    .describe("Port redis-cli connects to"),
+            )
+            .param(
+                Param::integer("save-timeout")
+                    .default(600)
+                    .describe("Seconds to wait for BGSAVE to finish"),
+            )
+            .param(
+                Param::integer("ready-timeout")
+                    .default(300)
+                    .describe("Seconds to wait for the restarted server to be ready (restore)"),
+            )
+            .param(
+                Param::flag("replace")
+                    .default(false)
+                    .describe("Restore over a server that already holds keys, replacing them"),
+            )
+            .capability(Capability::Exec)
+            .capability(Capability::Export)
+            .capability(Capability::Import)
+            .capability(Capability::Workloads)
+            .capability(Capability::Scale)
+            .capability(Capability::Secrets)
+    }
+
+    fn run(action: &str, ctx: &Context) -> Result<Outputs> {
+        match action {
+            BACKUP => backup(ctx),
+            RESTORE => restore(ctx),
+            DELETE => delete(ctx),
+            other => Err(Error::unknown_action(other)),
+        }
+    }
+}
+
+cairn_sdk::export!(Redis);
+
+/// How to reach the server with `redis-cli` inside the workload.
+#[derive(Debug)]
+struct Conn {
+    host: String,
+    port: u16,
+    password: Option<String>,
+}
+
+impl Conn {
+    fn new(ctx: &Context) -> Result<Self> {
+        let host = ctx.text("host")?.to_owned();
+        if host.is_empty() || host.starts_with('-') {
+            return Err(Error::invalid(format!(
+                "parameter `host` is {host:?}: name a host name or address"
+            )));
+        }
+        let port = ctx.integer("port")?;
+        let port = u16::try_from(port)
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "parameter `port` is {port}: a TCP port is 1 to 65535"
+                ))
+            })?;
+        Ok(Self {
+            host,
+            port,
+            password: password()?,
+        })
+    }
+
+    fn addr(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+
+    /// `redis-cli -h HOST -p PORT args…`, authenticated through `REDISCLI_AUTH` (never argv).
+    fn cli(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(["redis-cli", "--no-auth-warning", "-h"])
+            .arg(&self.host)
+            .arg("-p")
+            .arg(self.port.to_string())
+            .args(args.iter().copied());
+        if let Some(password) = &self.password {
+            command = command.env("REDISCLI_AUTH", password);
+        }
+        command
+    }
+
+    /// Runs a command and returns its reply, turning every way it can fail into one clear
+    /// error: `redis-cli` exits 0 after an error reply, so the reply is checked too.
+    fn query(&self, args: &[&str]) -> Result<String> {
+        let what = args.join(" ");
+        let out = self.cli(args).run()?;
+        let stdout = out.stdout_str().replace('\r', "");
+        let stderr = out.stderr_str().trim().to_owned();
+        if stderr.contains("AUTH failed") {
+            return Err(Error::denied(format!(
+                "Redis at {} refused the password from secret `{PASSWORD_SECRET}` ({}); fix the \
+                 secret given with --secret {PASSWORD_SECRET}=…",
+                self.addr(),
+                stderr.lines().last().unwrap_or_default()
+            )));
+        }
+        if !out.success() {
+            if stderr.contains("Could not connect") || stderr.contains("Connection refused") {
+                return Err(Error::failed(format!(
+                    "cannot connect to Redis at {}: {}; is the server running, and are the \
+                     `host` and `port` parameters right?",
+                    self.addr(),
+                    stderr.lines().last().unwrap_or_default()
+                )));
+            }
+            return Err(out
+                .ok()
+                .err()
+                .unwrap_or_else(|| Error::failed(format!("redis-cli {what} failed"))));
+        }
+        let first = stdout.lines().next().unwrap_or_default();
+        let code = first.split(' ').next().unwrap_or_default();
+        if code == "NOAUTH" {
+            return Err(Error::denied(format!(
+                "Redis at {} requires a password: grant it with --grant secrets --secret \
+                 {PASSWORD_SECRET}=env:VAR",
+                self.addr()
+            )));
+        }
+        if ERROR_REPLIES.contains(&code) {
+            return Err(Error::failed(format!(
+                "Redis at {} answered `{what}` with: {first}",
+                self.addr()
+            )));
+        }
+        Ok(stdout)
+    }
+
+    /// `INFO section` as key → value.
+    fn info(&self, section: &str) -> Result<BTreeMap<String, String>> {
+        let text = self.query(&["INFO", section])?;
+        Ok(text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
+            .collect())
+    }
+
+    /// Keys in every database (`INFO keyspace`).
+    fn key_count(&self) -> Result<u64> {
+        Ok(count_keys(&self.info("keyspace")?))
+    }
+
+    /// The RDB file: `CONFIG GET dir` joined with `CONFIG GET dbfilename`.
+    fn rdb_path(&self) -> Result<String> {
+        let reply = self.query(&["CONFIG", "GET", "dir"])?;
+        let dir = config_value(&reply, "dir")?;
+        let reply = self.query(&["CONFIG", "GET", "dbfilename"])?;
+        let file = config_value(&reply, "dbfilename")?;
+        Ok(format!("{}/{file}", dir.trim_end_matches('/')))
+    }
+}
+
+/// The password from the granted secret, if any. Without the `secrets` grant there is none:
+/// a server that needs one then answers NOAUTH, and [`Conn::query`] says how to grant it.
+fn password() -> Result<Option<String>> {
+    match secrets::get(PASSWORD_SECRET) {
+        Ok(p) => Ok(Some(p)),
+        Err(Error::NotFound(_) | Error::Denied(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The value of `name` in a `CONFIG GET name` reply (`name\nvalue\n`).
+fn config_value(reply: &str, name: &str) -> Result<String> {
+    let mut lines = reply.lines();
+    match (lines.next(), lines.next()) {
+        (Some(key), Some(value)) if key == name && !value.is_empty() => Ok(value.to_owned()),
+        _ => Err(Error::failed(format!(
+            "CONFIG GET {name} returned no value ({:?}); is CONFIG renamed or denied to this user?",
+            reply.trim()
+        ))),
+    }
+}
+
+/// The sum of `keys=` over the `dbN:` lines of `INFO keyspace`.
+fn count_keys(keyspace: &BTreeMap<String, String>) -> u64 {
+    keyspace
+        .iter()
+        .filter(|(k, _)| k.starts_with("db"))
+        .filter_map(|(_, v)| {
+            v.split(',')
+                .find_map(|kv| kv.strip_prefix("keys="))
+                .and_then(|n| n.parse::<u64>().ok())
+        })
+        .sum()
+}
+
+fn number(info: &BTreeMap<String, String>, key: &str) -> Result<i64> {
+    info.get(key).and_then(|v| v.parse().ok()).ok_or_else(|| {
+        Error::failed(format!(
+            "INFO persistence has no numeric `{key}`; is this a Redis server?"
+        ))
+    })
+}
+
+fn seconds(ctx: &Context, name: &str) -> Result<Duration> {
+    let n = ctx.integer(name)?;
+    u64::try_from(n)
+        .ok()
+        .filter(|n| *n > 0)
+        .map(Duration::from_secs)
+        .ok_or_else(|| {
+            Error::invalid(format!(
+                "parameter `{name}` is {n}: give a number of seconds above 0"
+            ))
+        })
+}
+
+/// Starts a BGSAVE and waits until it finished; returns `rdb_last_save_time` of the save.
+fn bgsave(conn: &Conn, timeout: Duration) -> Result<i64> {
+    let deadline = Instant::now() + timeout;
+    let before = conn.info("persistence")?;
+    if before.get("loading").map(String::as_str) == Some("1") {
+        return Err(Error::failed(format!(
+            "Redis at {} is still loading its dataset; retry when it finished",
+            conn.addr()
+        )));
+    }
+    let before_last = number(&before, "rdb_last_save_time")?;
+    // `rdb_saves` (Redis 7) tells two saves within the same second apart.
+    let before_saves = number(&before, "rdb_saves").ok();
+    let timed_out = || {
+        Error::timed_out(format!(
+            "BGSAVE on Redis at {} did not finish within {}s; raise --param save-timeout",
+            conn.addr(),
+            timeout.as_secs()
+        ))
+    };
+    loop {
+        match conn.query(&["BGSAVE"]) {
+            Ok(_) => break,
+            // Someone else's save runs: let it end, then take our own.
+            Err(Error::Failed(m)) if m.contains("already in progress") => {
+                if Instant::now() > deadline {
+                    return Err(timed_out());
+                }
+                std::thread::sleep(POLL);
+            }
+            Err(e) => return Err(e.context("starting BGSAVE")),
+        }
+    }
+    loop {
+        let now = conn.info("persistence")?;
+        let running = now.get("rdb_bgsave_in_progress").map(String::as_str) != Some("0");
+        let last = number(&now, "rdb_last_save_time")?;
+        let saves = number(&now, "rdb_saves").ok();
+        let advanced =
+            last > before_last || matches!((saves, before_saves), (Some(a), Some(b)) if a > b);
+        let status = now
+            .get("rdb_last_bgsave_status")
+            .map_or("unknown", String::as_str);
+        if !running && advanced {
+            if status != "ok" {
+                return Err(Error::failed(format!(
+                    "BGSAVE on Redis at {} failed (rdb_last_bgsave_status:{status}); see the \
+                     server's log (is its `dir` writable, the disk full?)",
+                    conn.addr()
+                )));
+            }
+            return Ok(last);
+        }
+        if !running && status == "err" {
+            return Err(Error::failed(format!(
+                "BGSAVE on Redis at {} failed (rdb_last_bgsave_status:err); see the server's log \
+                 (is its `dir` writable, the disk full?)",
+                conn.addr()
+            )));
+        }
+        if Instant::now() > deadline {
+            return Err(timed_out());
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+fn backup(ctx: &Context) -> Result<Outputs> {
+    ctx.target()?;
+    let conn = Conn::new(ctx)?;
+    let save_timeout = seconds(ctx, "save-timeout")?;
+
+    progress(Progress::percent(0.0).message(format!("BGSAVE on {}", conn.addr())));
+    let lastsave = bgsave(&conn, save_timeout)?;
+    let keys = conn.key_count()?;
+    let path = conn.rdb_path()?;
+    info!("BGSAVE finished (lastsave {lastsave}, {keys} keys); exporting {path}");
+
+    progress(Progress::percent(50.0).message(format!("exporting {path}")));
+    // `cat` of the file BGSAVE just wrote, not `redis-cli --rdb`: see the README. A later save
+    // renames a new file over it, which leaves the one `cat` has open intact.
+    let export = Export::open(ARTIFACT)?;
+    let transfer = export
+        .pipe_from(&Command::new(["cat", path.as_str()]))?
+        .ok()
+        .map_err(|e| e.context(format_args!("reading the RDB file {path}")))?;
+    let artifact = export
+        .finish()?
+        .value("path", &path)
+        .value("lastsave", lastsave)
+        .value("keys", keys);
+    progress(Progress::bytes(transfer.bytes, Some(transfer.bytes)).message("exported"));
+    info!("exported {} bytes of RDB", transfer.bytes);
+    Ok(Outputs::new().artifact(artifact))
+}
+
+/// Runs `sh -c script sh args…` in the workload and fails on a non-zero exit.
+fn shell(script: &str, args: &[&str]) -> Result<String> {
+    let out = Command::shell(script)
+        .arg("sh")
+        .args(args.iter().copied())
+        .run()?
+        .ok()?;
+    Ok(out.stdout_str().into_owned())
+}
+
+fn restore(ctx: &Context) -> Result<Outputs> {
+    ctx.target()?;
+    let conn = Conn::new(ctx)?;
+    let ready_timeout = seconds(ctx, "ready-timeout")?;
+    let save_timeout = seconds(ctx, "save-timeout")?;
+    let replace = ctx.flag("replace")?;
+    let artifact = ctx.artifact(ARTIFACT).map_err(|e| {
+        e.context("restore needs the restore point: pass the backup's report with --from")
+    })?;
+
+    let keys = conn.key_count()?;
+    if keys > 0 && !replace {
+        return Err(Error::invalid(format!(
+            "Redis at {} already holds {keys} keys; refusing to restore over them: rerun with \
+             --param replace=true to replace them",
+            conn.addr()
+        )));
+    }
+    let persistence = conn.info("persistence")?;
+    if persistence.get("aof_enabled").map(String::as_str) == Some("1") {
+        return Err(Error::invalid(format!(
+            "Redis at {} runs with appendonly yes: it loads its AOF at startup, not an RDB; turn \
+             appendonly off for the restore and back on afterwards",
+            conn.addr()
+        )));
+    }
+    let path = conn.rdb_path()?;
+    let staged = format!("{path}{RESTORE_SUFFIX}");
+
+    progress(Progress::percent(0.0).message(format!("staging the RDB as {staged}")));
+    let import = Import::open(artifact).map_err(|e| {
+        e.context(format_args!(
+            "reading back export `{ARTIFACT}` of the restore point (was it deleted?)"
+        ))
+    })?;
+    let transfer = import
+        .pipe_into(&Command::shell(r#"cat > "$1""#).arg("sh").arg(&staged))?
+        .ok()
+        .map_err(|e| e.context(format_args!("writing {staged}")))?;
+    if let Some(expected) = artifact.get("bytes").and_then(|b| b.parse::<u64>().ok())
+        && expected != transfer.bytes
+    {
+        return Err(Error::failed(format!(
+            "the export held {expected} bytes but {} reached {staged}",
+            transfer.bytes
+        )));
+    }
+    let magic = shell(r#"head -c 5 "$1""#, &[&staged])?;
+    if magic != "REDIS" {
+        shell(r#"rm -f "$1""#, &[&staged])?;
+        return Err(Error::failed(format!(
+            "the export `{ARTIFACT}` is not an RDB file (it starts with {magic:?})"
+        )));
+    }
+    let staged_sum = shell(r#"cksum < "$1""#, &[&staged])?;
+
+    // Stopping Redis (SIGTERM or SHUTDOWN) saves the dataset when save points are set, which
+    // would write over the restored file; the restart reads `save` from the config again.
+    progress(Progress::percent(30.0).message("disabling saves before the restart"));
+    conn.query(&["CONFIG", "SET", "save", ""])?;
+    wait_no_save(&conn, Duration::from_secs(save_timeout.as_secs()))?;
+    shell(r#"mv -f "$1" "$2""#, &[&staged, &path])?;
+    let run_id = conn.info("server")?.get("run_id").cloned();
+
+    progress(Progress::percent(50.0).message("restarting the server"));
+    let replicas = workloads::scale(None, 0)?.max(1);
+    workloads::scale(None, replicas)?;
+    workloads::wait_ready(None, ready_timeout)?;
+    let loaded = wait_loaded(&conn, ready_timeout)?;
+    if run_id.is_some() && loaded.get("run_id") == run_id.as_ref() {
+        return Err(Error::failed(format!(
+            "Redis at {} did not restart when the workload was scaled to 0 and back: check the \
+             workload's stop and start commands",
+            conn.addr()
+        )));
+    }
+
+    // The restored file is what the server loaded unless the stop saved over it: no save has
+    // run since the start, so the file on disk is the one the server read.
+    let persistence = conn.info("persistence")?;
+    if number(&persistence, "rdb_saves").ok() == Some(0) {
+        let now_sum = shell(r#"cksum < "$1""#, &[&path])?;
+        if now_sum != staged_sum {
+            return Err(Error::failed(format!(
+                "{path} changed while Redis stopped: the workload's stop command saved the \
+                 dataset over the restored RDB; stop Redis with SIGTERM or `SHUTDOWN NOSAVE`"
+            )));
+        }
+    } else {
+        warn!("Redis saved since its restart; cannot compare {path} with the restored file");
+    }
+    let keys = conn.key_count()?;
+    info!(
+        "restored {} bytes of RDB into {path}; Redis loaded {keys} keys",
+        transfer.bytes
+    );
+    progress(Progress::percent(100.0).message(format!("restored, {keys} keys")));
+    Ok(Outputs::new()
+        .value("keys", keys)
+        .value("bytes", transfer.bytes))
+}
+
+/// Waits until no RDB save runs (a running save would rename its file over ours).
+fn wait_no_save(conn: &Conn, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let p = conn.info("persistence")?;
+        if p.get("rdb_bgsave_in_progress").map(String::as_str) == Some("0") {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(Error::timed_out(format!(
+                "a save on Redis at {} still runs after {}s; retry later or raise --param save-timeout",
+                conn.addr(),
+                timeout.as_secs()
+            )));
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Waits until the restarted server has loaded its dataset; returns `INFO server`.
+fn wait_loaded(conn: &Conn, timeout: Duration) -> Result<BTreeMap<String, String>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match conn.info("persistence") {
+            Ok(p) if p.get("loading").map(String::as_str) == Some("0") => {
+                return conn.info("server");
+            }
+            Ok(_) | Err(Error::Failed(_)) if Instant::now() < deadline => {
+                std::thread::sleep(POLL);
+            }
+            Ok(_) => {
+                return Err(Error::timed_out(format!(
+                    "Redis at {} was still loading after {}s; raise --param ready-timeout",
+                    conn.addr(),
+                    timeout.as_secs()
+                )));
+            }
+            Err(e) => return Err(e.context("waiting for the restarted server")),
+        }
+    }
+}
+
+fn delete(ctx: &Context) -> Result<Outputs> {
+    let artifact = ctx.artifact(ARTIFACT).map_err(|e| {
+        e.context("delete needs the restore point: pass the backup's report with --from")
+    })?;
+    data::delete(artifact)?;
+    info!("deleted the export `{ARTIFACT}`");
+    Ok(Outputs::new())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn describes_its_actions_and_params() {
+        let d = Redis::describe();
+        assert_eq!(d.name(), "redis");
+        for action in [BACKUP, RESTORE, DELETE] {
+            assert!(d.has_action(action), "{action}");
+        }
+        let names: Vec<&str> = d.params().iter().map(Param::name).collect();
+        assert_eq!(
+            names,
+            ["host", "port", "save-timeout", "ready-timeout", "replace"]
+        );
+    }
+
+    #[test]
+    fn counts_keys_over_every_database() {
+        let keyspace: BTreeMap<String, String> = [
+            ("db0", "keys=10,expires=1,avg_ttl=0"),
+            ("db3", "keys=5,expires=0,avg_ttl=0"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        assert_eq!(count_keys(&keyspace), 15);
+        assert_eq!(count_keys(&BTreeMap::new()), 0);
+    }
+
+    #[test]
+    fn reads_config_get_replies() {
+        assert_eq!(
+            config_value("dir\n/var/lib/redis\n", "dir"),
+            Ok("/var/lib/redis".to_owned())
+        );
+        assert!(config_value("", "dir").is_err());
+    }
+
+    #[test]
+    fn refuses_a_bad_port() {
+        let ctx = Context::builder(BACKUP, "default")
+            .workload("redis")
+            .param("host", "127.0.0.1")
+            .param("port", 70000)
+            .build();
+        assert!(matches!(Conn::new(&ctx), Err(Error::Invalid(m)) if m.contains("port")));
+    }
+
+    #[test]
+    fn delete_needs_the_restore_point() {
+        let ctx = Context::builder(DELETE, "default")
+            .workload("redis")
+            .build();
+        assert!(
+            matches!(Redis::run(DELETE, &ctx), Err(Error::NotFound(m)) if m.contains("--from"))
+        );
+    }
+}
