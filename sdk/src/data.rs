@@ -86,7 +86,7 @@ impl Transfer {
 /// it is discarded and never becomes part of a restore point.
 #[derive(Debug)]
 pub struct Export {
-    stream: wit::ExportStream,
+    pub(crate) stream: wit::ExportStream,
     name: String,
 }
 
@@ -135,7 +135,7 @@ impl io::Write for Export {
 /// A stream being read back from the export repository.
 #[derive(Debug)]
 pub struct Import {
-    stream: wit::ImportStream,
+    pub(crate) stream: wit::ImportStream,
     name: String,
 }
 

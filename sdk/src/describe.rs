@@ -45,11 +45,14 @@ pub enum Capability {
     Import,
     /// Read secret values the operator granted to the run ([`secrets`](crate::secrets)).
     Secrets,
+    /// Read and export Cairn's own catalog ([`catalog`](crate::catalog)). The runtime grants
+    /// it to its DR blueprint only.
+    Catalog,
 }
 
 impl Capability {
     /// Every capability, in WIT order.
-    pub const ALL: [Capability; 7] = [
+    pub const ALL: [Capability; 8] = [
         Self::Exec,
         Self::Workloads,
         Self::Scale,
@@ -57,6 +60,7 @@ impl Capability {
         Self::Export,
         Self::Import,
         Self::Secrets,
+        Self::Catalog,
     ];
 
     /// The name the CLI's `--grant` and `cairn blueprint inspect` use.
@@ -69,6 +73,7 @@ impl Capability {
             Self::Export => "export",
             Self::Import => "import",
             Self::Secrets => "secrets",
+            Self::Catalog => "catalog",
         }
     }
 }
@@ -89,6 +94,7 @@ impl From<Capability> for types::Capability {
             Capability::Export => Self::Export,
             Capability::Import => Self::Import,
             Capability::Secrets => Self::Secrets,
+            Capability::Catalog => Self::Catalog,
         }
     }
 }
@@ -465,7 +471,8 @@ mod tests {
                 "volumes",
                 "export",
                 "import",
-                "secrets"
+                "secrets",
+                "catalog"
             ]
         );
     }

@@ -77,6 +77,7 @@ mod logging;
 mod outputs;
 mod wit;
 
+pub mod catalog;
 pub mod data;
 pub mod exec;
 pub mod secrets;

@@ -1,6 +1,8 @@
 //! The generated bindings, and the host-call shim every capability module goes through.
 
-/// Bindings generated from `wit/` for the `blueprint` world. Hidden: the SDK's own types are
+/// Bindings generated from `wit/` for the `dr` world (the `blueprint` world plus the
+/// catalog; a component keeps only the imports it uses, so a blueprint that never calls
+/// [`catalog`](crate::catalog) imports exactly what the `blueprint` world offers). Hidden: the SDK's own types are
 /// the API; these change with wit-bindgen.
 #[allow(
     missing_docs,
@@ -12,7 +14,7 @@
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../wit",
-        world: "blueprint",
+        world: "dr",
         pub_export_macro: true,
         export_macro_name: "__export_blueprint",
         default_bindings_module: "::cairn_sdk::__private::bindings",

@@ -59,7 +59,12 @@ impl RepoExports {
 }
 
 fn repo_error(what: &str, e: cairn_repository::Error) -> cairn_engine::Error {
-    cairn_engine::Error::Host(format!("{what}: {e}"))
+    match e {
+        cairn_repository::Error::NotFound { .. } => {
+            cairn_engine::Error::NotFound(format!("{what}: {e}; was it deleted?"))
+        }
+        e => cairn_engine::Error::Host(format!("{what}: {e}")),
+    }
 }
 
 #[async_trait]

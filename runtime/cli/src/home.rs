@@ -45,6 +45,21 @@ impl Home {
         self.root.join("repository")
     }
 
+    /// The catalog: restore points, actions, policies, profiles and the rest.
+    pub(crate) fn catalog(&self) -> PathBuf {
+        self.root.join("catalog.redb")
+    }
+
+    /// Cairn's own DR: its settings and local catalog snapshots.
+    pub(crate) fn dr(&self) -> PathBuf {
+        self.root.join("dr")
+    }
+
+    /// The state directory itself.
+    pub(crate) fn root(&self) -> &std::path::Path {
+        &self.root
+    }
+
     /// The key file of the default export repository (created with it; keep it safe).
     pub(crate) fn repository_key(&self) -> PathBuf {
         self.root.join("repository.key")

@@ -1,12 +1,15 @@
 //! The `cairn` command line.
 //!
-//! `cairn blueprint build|inspect`, `cairn run` and `cairn repo …`. Every command takes
+//! `cairn blueprint build|inspect`, `cairn run`, `cairn repo …`, `cairn catalog …` and
+//! `cairn dr …`. Every command takes
 //! `--home DIR` (or `CAIRN_HOME`): the instance's state directory, holding the compile cache,
 //! the audit log, the local target's state and the default export location.
 //!
 //! Exit codes are the same for every command: see [`exit`].
 
 mod blueprint;
+mod catalog;
+mod dr;
 mod exports;
 mod home;
 mod repo;
@@ -68,6 +71,12 @@ enum Command {
     Run(run::RunArgs),
     /// Manage export repositories.
     Repo(repo::RepoArgs),
+    /// Inspect the catalog: restore points, actions, policies and the rest.
+    #[command(subcommand)]
+    Catalog(catalog::CatalogCommand),
+    /// Cairn's own disaster recovery: enable, run, review, restore.
+    #[command(subcommand)]
+    Dr(dr::DrCommand),
 }
 
 /// Runs the command line and returns the process exit code.
@@ -109,7 +118,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Blueprint(cmd) => blueprint::run(cmd, cli.home).await,
         Command::Run(args) => run::run(args, cli.home).await,
-        Command::Repo(args) => repo::run(args).await,
+        Command::Repo(args) => repo::run(args, cli.home).await,
+        Command::Catalog(cmd) => catalog::run(cmd, cli.home).await,
+        Command::Dr(cmd) => dr::run(cmd, cli.home).await,
     }
 }
 

@@ -245,15 +245,75 @@ pub(crate) struct RepoSelect {
     /// A backend option, KEY=VALUE (e.g. aws_endpoint=http://127.0.0.1:9000); repeatable.
     #[arg(long = "option", global = true, value_name = "KEY=VALUE")]
     options: Vec<String>,
+    /// A repository profile: a YAML file with `repo: URL` and `options:` (endpoint,
+    /// credentials). --repo and --option given as well take precedence over it.
+    #[arg(long, env = "CAIRN_REPO_PROFILE", global = true, value_name = "FILE")]
+    profile_file: Option<PathBuf>,
+}
+
+/// A repository profile file: where a repository is and how to reach it, kept out of the
+/// command line (and out of shell history) because it holds credentials.
+///
+/// ```yaml
+/// repo: s3://backups/cairn
+/// options:
+///   aws_endpoint: https://s3.eu-central-1.amazonaws.com
+///   aws_access_key_id: AKIA...
+///   aws_secret_access_key: ...
+/// ```
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Profile {
+    repo: Option<String>,
+    #[serde(default)]
+    options: std::collections::BTreeMap<String, String>,
+}
+
+fn load_profile(path: &std::path::Path) -> anyhow::Result<Profile> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        usage(format!(
+            "cannot read the repository profile {}: {e}",
+            path.display()
+        ))
+    })?;
+    let profile: Profile = serde_norway::from_str(&text).map_err(|e| {
+        usage(format!(
+            "the repository profile {} is not valid: {e} (expected `repo: URL` and `options: {{KEY: VALUE}}`)",
+            path.display()
+        ))
+    })?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let shared = std::fs::metadata(path).map(|m| m.permissions().mode() & 0o077 != 0);
+        if shared.unwrap_or(false) && !profile.options.is_empty() {
+            eprintln!(
+                "warning: the repository profile {} holds credentials and others can read it; chmod 600 it",
+                path.display()
+            );
+        }
+    }
+    Ok(profile)
 }
 
 impl RepoSelect {
+    /// Whether a repository was named (by --repo, CAIRN_REPO or a profile file).
+    pub(crate) fn names_a_repository(&self) -> bool {
+        self.repo.is_some() || self.profile_file.is_some()
+    }
+
     pub(crate) fn location(&self) -> anyhow::Result<Location> {
-        let url = self
-            .repo
-            .clone()
-            .ok_or_else(|| usage("no repository: give --repo URL or set CAIRN_REPO"))?;
+        let profile = match &self.profile_file {
+            Some(path) => load_profile(path)?,
+            None => Profile::default(),
+        };
+        let url = self.repo.clone().or(profile.repo).ok_or_else(|| {
+            usage("no repository: give --repo URL, set CAIRN_REPO, or give a --profile-file with `repo:`")
+        })?;
         let mut loc = Location::new(url);
+        for (k, v) in profile.options {
+            loc = loc.option(k, v);
+        }
         for o in &self.options {
             let (k, v) = o
                 .split_once('=')
@@ -303,7 +363,14 @@ impl RepoArgs {
 
 /// Runs a `cairn repo` subcommand; library errors are printed here and mapped to the exit
 /// codes in the module docs.
-pub async fn run(args: RepoArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(args: RepoArgs, home: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let exclusive = match &args.command {
+        RepoCommand::Forget { dry_run, .. } | RepoCommand::Prune { dry_run } => !dry_run,
+        _ => false,
+    };
+    if exclusive {
+        check_maintenance_owner(home)?;
+    }
     match run_inner(&args).await {
         Ok(code) => Ok(code),
         Err(e) => match e.downcast_ref::<Error>() {
@@ -321,6 +388,24 @@ pub async fn run(args: RepoArgs) -> anyhow::Result<ExitCode> {
             None => Err(e),
         },
     }
+}
+
+/// Refuses exclusive maintenance on an instance that a DR restore rebuilt and that has not
+/// taken ownership of the backup data yet (`cairn dr take-ownership`).
+fn check_maintenance_owner(home: Option<PathBuf>) -> anyhow::Result<()> {
+    let home = crate::home::Home::resolve(home)?;
+    if !home.catalog().exists() {
+        return Ok(());
+    }
+    let catalog = crate::catalog::open(&home)?;
+    if catalog.maintenance_owner()? {
+        return Ok(());
+    }
+    Err(usage(
+        "this instance was rebuilt by `cairn dr restore` and does not own maintenance of the backup data, \
+         so forget and prune are refused (two instances must never prune the same data); once the \
+         old instance is gone for good, run `cairn dr take-ownership` here",
+    ))
 }
 
 fn exit_code(e: &Error) -> u8 {
@@ -418,9 +503,28 @@ async fn run_inner(args: &RepoArgs) -> anyhow::Result<ExitCode> {
     if let RepoCommand::Init { protection } = &args.command {
         let opts = InitOptions::new().protection(protection.unwrap_or_default());
         let repo = Repository::init(loc.clone(), key.as_ref(), opts).await?;
+        let protection = repo.protection();
+        let guard = if protection.is_zero() {
+            String::new()
+        } else if repo.object_lock() {
+            format!(
+                "; data is immutable for {} (enforced by cairn and by S3 Object Lock)",
+                humantime::format_duration(protection)
+            )
+        } else {
+            format!(
+                "; data is immutable for {} (enforced by cairn)",
+                humantime::format_duration(protection)
+            )
+        };
         args.print(
-            || format!("created repository {} at {}", repo.id(), loc.url()),
-            json!({ "id": repo.id(), "url": loc.url() }),
+            || format!("created repository {} at {}{guard}", repo.id(), loc.url()),
+            json!({
+                "id": repo.id(),
+                "url": loc.url(),
+                "protection_secs": protection.as_secs(),
+                "object_lock": repo.object_lock(),
+            }),
         );
         return Ok(ExitCode::SUCCESS);
     }

@@ -44,6 +44,9 @@ pub(crate) struct RunArgs {
     /// backup run that produced it.
     #[arg(long, value_name = "REPORT.json")]
     from: Option<PathBuf>,
+    /// The restore point to restore or delete, by its id in the catalog (`cairn catalog ls`).
+    #[arg(long, value_name = "ID", conflicts_with = "from")]
+    from_point: Option<String>,
     /// Deadline for the main phase, e.g. `30s`, `10m`.
     #[arg(long, value_parser = humantime::parse_duration)]
     timeout: Option<Duration>,
@@ -72,9 +75,18 @@ pub(crate) async fn run(args: RunArgs, home: Option<PathBuf>) -> anyhow::Result<
     let home = Home::resolve(home)?;
     let grants = parse_grants(&args.grants)?;
     let secrets = parse_secrets(&args.secrets)?;
-    let artifacts = match &args.from {
-        Some(path) => read_restore_point(path)?,
-        None => Vec::new(),
+    if !secrets.is_empty() && !grants.contains(&Capability::Secrets) {
+        // Without the grant the blueprint cannot read them, and would fail later with an
+        // authentication error that hides the cause.
+        return Err(UsageError(
+            "--secret given without --grant secrets: the blueprint could not read it; add --grant secrets".into(),
+        )
+        .into());
+    }
+    let artifacts = match (&args.from, &args.from_point) {
+        (Some(path), _) => read_restore_point(path)?,
+        (None, Some(id)) => crate::catalog::point_artifacts(&crate::catalog::open(&home)?, id)?,
+        (None, None) => Vec::new(),
     };
     let cluster = open_target(&args.target, &home)?;
     let engine = engine(&home)?;
@@ -87,7 +99,7 @@ pub(crate) async fn run(args: RunArgs, home: Option<PathBuf>) -> anyhow::Result<
     if let Some(m) = args.memory {
         limits.memory = usize::try_from(m).unwrap_or(usize::MAX);
     }
-    let exports = open_exports(&args.repo, &home).await?;
+    let (exports, repository) = open_exports(&args.repo, &home).await?;
     let audit = Arc::new(
         cairn_engine::AuditLog::open(home.audit_log())
             .with_context(|| format!("cannot open the audit log {}", home.audit_log().display()))?,
@@ -97,6 +109,7 @@ pub(crate) async fn run(args: RunArgs, home: Option<PathBuf>) -> anyhow::Result<
         exports,
         audit,
         events: crate::run::event_sink(),
+        catalog: None,
     };
     let request = RunRequest {
         action: args.action.clone(),
@@ -108,11 +121,25 @@ pub(crate) async fn run(args: RunArgs, home: Option<PathBuf>) -> anyhow::Result<
         artifacts,
         limits,
     };
+    let started = jiff::Timestamp::now();
     let report = engine
         .run(&blueprint, &host, request)
         .await
         .map_err(|e| UsageError(format!("cannot run {}: {e}", args.action)))?;
     print_report(&report, args.output)?;
+    let record = crate::catalog::RunRecord {
+        report: &report,
+        blueprint: &blueprint,
+        action: &args.action,
+        namespace: &args.namespace,
+        workload: args.workload.as_deref(),
+        started,
+        repository: &repository,
+        used_point: args.from_point.as_deref(),
+    };
+    crate::catalog::open(&home)
+        .and_then(|catalog| crate::catalog::record_run(&catalog, &record))
+        .context("the action ran, but recording it in the catalog failed")?;
     if report.ok {
         Ok(ExitCode::from(exit::OK))
     } else {
@@ -131,8 +158,8 @@ pub(crate) async fn run(args: RunArgs, home: Option<PathBuf>) -> anyhow::Result<
 async fn open_exports(
     select: &crate::repo::RepoSelect,
     home: &Home,
-) -> anyhow::Result<Arc<crate::exports::RepoExports>> {
-    let (repo, url) = if select.repo.is_some() {
+) -> anyhow::Result<(Arc<crate::exports::RepoExports>, String)> {
+    let (repo, url) = if select.names_a_repository() {
         let location = select.location()?;
         let url = location.url().to_string();
         let key = select.key()?;
@@ -152,7 +179,10 @@ async fn open_exports(
             })?;
         (repo, dir.display().to_string())
     };
-    Ok(Arc::new(crate::exports::RepoExports::new(repo, url)))
+    Ok((
+        Arc::new(crate::exports::RepoExports::new(repo, url.clone())),
+        url,
+    ))
 }
 
 fn open_target(target: &str, home: &Home) -> anyhow::Result<Arc<dyn cairn_cluster::Cluster>> {
@@ -172,9 +202,13 @@ fn open_target(target: &str, home: &Home) -> anyhow::Result<Arc<dyn cairn_cluste
 fn parse_grants(raw: &[String]) -> anyhow::Result<BTreeSet<Capability>> {
     raw.iter()
         .filter(|g| !g.is_empty())
-        .map(|g| {
-            g.parse::<Capability>()
-                .map_err(|e| UsageError(format!("--grant {g}: {e}")).into())
+        .map(|g| match g.parse::<Capability>() {
+            Ok(Capability::Catalog) => Err(UsageError(format!(
+                "--grant {g}: the catalog capability is granted by the runtime to its DR blueprint only (`cairn dr run`)"
+            ))
+            .into()),
+            Ok(cap) => Ok(cap),
+            Err(e) => Err(UsageError(format!("--grant {g}: {e}")).into()),
         })
         .collect()
 }

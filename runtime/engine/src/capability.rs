@@ -26,11 +26,14 @@ pub enum Capability {
     Import,
     /// Read secret values granted to the run.
     Secrets,
+    /// Read, snapshot and export Cairn's own catalog, and apply DR artifacts to it. The
+    /// runtime grants it to its DR blueprint only.
+    Catalog,
 }
 
 impl Capability {
     /// Every capability, in declaration order.
-    pub const ALL: [Capability; 7] = [
+    pub const ALL: [Capability; 8] = [
         Capability::Exec,
         Capability::Workloads,
         Capability::Scale,
@@ -38,6 +41,7 @@ impl Capability {
         Capability::Export,
         Capability::Import,
         Capability::Secrets,
+        Capability::Catalog,
     ];
 
     /// The name used on the command line and in JSON.
@@ -50,6 +54,7 @@ impl Capability {
             Capability::Export => "export",
             Capability::Import => "import",
             Capability::Secrets => "secrets",
+            Capability::Catalog => "catalog",
         }
     }
 }
@@ -87,6 +92,7 @@ impl From<Wit> for Capability {
             Wit::Export => Capability::Export,
             Wit::Import => Capability::Import,
             Wit::Secrets => Capability::Secrets,
+            Wit::Catalog => Capability::Catalog,
         }
     }
 }

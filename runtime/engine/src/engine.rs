@@ -446,7 +446,16 @@ fn check_contract(engine: &wasmtime::Engine, component: &Component) -> Result<St
         let known_cairn = cairn
             && matches!(
                 name.strip_prefix(&prefix).and_then(|r| r.split('@').next()),
-                Some("types" | "log" | "exec" | "workloads" | "volumes" | "data" | "secrets")
+                Some(
+                    "types"
+                        | "log"
+                        | "exec"
+                        | "workloads"
+                        | "volumes"
+                        | "data"
+                        | "secrets"
+                        | "catalog"
+                )
             );
         let wasi = name.starts_with("wasi:")
             && name

@@ -129,6 +129,10 @@ pub enum Error {
     /// A host fault while running (not the blueprint's doing).
     #[error("host fault: {0}")]
     Host(String),
+    /// What the action asked the export store for does not exist (a deleted export); the
+    /// blueprint sees `not-found`.
+    #[error("{0}")]
+    NotFound(String),
 }
 
 impl Error {

@@ -36,6 +36,7 @@ mod bindings;
 mod blueprint;
 mod cache;
 mod capability;
+mod catalog;
 mod engine;
 mod error;
 mod events;
@@ -50,6 +51,9 @@ mod version;
 pub use audit::{AuditLog, AuditRecord};
 pub use blueprint::{ActionSpec, Blueprint, Description, LoadedFrom, ParamKind, ParamSpec};
 pub use capability::Capability;
+pub use catalog::{
+    CatalogAccess, CatalogApplied, CatalogError, CatalogExport, CatalogSnapshot, DrMode, DrState,
+};
 pub use engine::{DEFAULT_MAX_INSTANCES, Engine, EngineConfig};
 pub use error::{Error, Result};
 pub use events::{Event, EventKind, EventSink, LogLevel, Progress};

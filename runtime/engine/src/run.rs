@@ -45,6 +45,8 @@ pub struct HostContext {
     pub audit: Arc<AuditLog>,
     /// Where logs and progress go.
     pub events: EventSink,
+    /// The runtime's catalog, for its DR blueprint (capability `catalog`); `None` elsewhere.
+    pub catalog: Option<Arc<dyn crate::catalog::CatalogAccess>>,
 }
 
 /// What to run, where, and with what.

@@ -1,5 +1,9 @@
 //! End-to-end tests of the `cairn` binary: the README's commands on `examples/hello`.
 
+mod apps;
 mod blueprint;
+mod catalog;
+mod dr;
+mod repo;
 mod run;
 mod support;

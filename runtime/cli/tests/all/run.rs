@@ -132,3 +132,11 @@ fn an_unsupported_target_scheme_is_refused() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("local:"), "{}", stderr(&out));
 }
+
+#[test]
+fn a_secret_without_the_secrets_grant_is_a_usage_error() {
+    let cairn = Cairn::new();
+    let out = hello(&cairn, &["--grant", "exec", "--secret", "token=raw:x"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--grant secrets"), "{}", stderr(&out));
+}

@@ -9,35 +9,49 @@ pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// `examples/hello` built for wasm32-wasip2 (once per test binary, in its own target dir so it
-/// never waits on the lock of the build that is running these tests).
-pub fn hello_wasm() -> &'static Path {
-    static WASM: OnceLock<PathBuf> = OnceLock::new();
-    WASM.get_or_init(|| {
+/// Every guest the CLI tests run: `examples/hello` and the blueprints under `blueprints/`.
+/// Built together, once per test binary, so the tests never wait on one another's builds.
+pub const GUESTS: &[&str] = &[
+    "hello", "redis", "etcd", "quiesce", "postgres", "mysql", "dr",
+];
+
+/// The component of `package` (one of [`GUESTS`]), built for wasm32-wasip2 in its own target
+/// dir so it never waits on the lock of the build that is running these tests.
+pub fn wasm(package: &str) -> PathBuf {
+    assert!(
+        GUESTS.contains(&package),
+        "add {package} to support::GUESTS"
+    );
+    static TARGET: OnceLock<PathBuf> = OnceLock::new();
+    let target = TARGET.get_or_init(|| {
         let target = std::env::var_os("CARGO_TARGET_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| root().join("target"))
             .join("guests");
-        let status = Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "--quiet",
-                "--target",
-                "wasm32-wasip2",
-                "-p",
-                "hello",
-                "--target-dir",
-            ])
+        let mut cargo = Command::new(env!("CARGO"));
+        cargo.args(["build", "--quiet", "--target", "wasm32-wasip2"]);
+        for guest in GUESTS {
+            cargo.args(["-p", guest]);
+        }
+        let status = cargo
+            .arg("--target-dir")
             .arg(&target)
             .current_dir(root())
             .status()
             .expect("cargo runs");
         assert!(
             status.success(),
-            "building examples/hello for wasm32-wasip2 failed"
+            "building the guests {GUESTS:?} for wasm32-wasip2 failed"
         );
-        target.join("wasm32-wasip2/debug/hello.wasm")
-    })
+        target.join("wasm32-wasip2/debug")
+    });
+    target.join(format!("{}.wasm", package.replace('-', "_")))
+}
+
+/// `examples/hello`, built.
+pub fn hello_wasm() -> &'static Path {
+    static WASM: OnceLock<PathBuf> = OnceLock::new();
+    WASM.get_or_init(|| wasm("hello"))
 }
 
 /// A fresh home and a handle to run `cairn` in it.

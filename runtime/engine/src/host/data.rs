@@ -73,6 +73,29 @@ impl AsyncWrite for Lent {
     }
 }
 
+impl ExportStreamState {
+    /// The stream's name, and its writer while it is open (for the catalog exports).
+    pub(crate) fn open_writer(
+        &self,
+    ) -> Result<(String, impl AsyncWrite + Unpin + use<>), WitError> {
+        if self.finished {
+            return Err(WitError::Invalid(format!(
+                "export {:?} is already finished",
+                self.name
+            )));
+        }
+        Ok((self.name.clone(), Lent(self.writer.clone())))
+    }
+}
+
+impl ImportStreamState {
+    /// The stream's name, and the rest of its bytes' reader (taken: the stream is at its end
+    /// afterwards).
+    pub(crate) fn take_reader(&mut self) -> (String, Option<Box<dyn AsyncRead + Send + Unpin>>) {
+        (self.name.clone(), self.reader.take())
+    }
+}
+
 fn to_artifact(a: types::Artifact) -> Artifact {
     Artifact {
         name: a.name,

@@ -18,6 +18,7 @@
 //! handle that is not in the store's table. A guest cannot cause one with valid handles, and
 //! the bindings only hand it valid ones.
 
+mod catalog;
 pub(crate) mod data;
 mod exec;
 mod log;
@@ -217,6 +218,7 @@ pub(crate) fn from_engine(e: crate::Error) -> WitError {
     use crate::Error as E;
     match e {
         E::InvalidName { .. } => WitError::Invalid(e.to_string()),
+        E::NotFound(m) => WitError::NotFound(m),
         E::BadArtifact { .. } => WitError::Invalid(e.to_string()),
         E::Io { ref source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
             WitError::NotFound(e.to_string())

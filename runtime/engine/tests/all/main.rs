@@ -5,6 +5,7 @@ mod audit;
 mod bad_input;
 mod cache;
 mod capabilities;
+mod catalog;
 mod lifecycle;
 mod load;
 mod support;

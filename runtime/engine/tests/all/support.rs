@@ -124,6 +124,7 @@ impl Fixture {
             ),
             audit: Arc::new(AuditLog::open(root.join("audit.jsonl")).expect("the audit log")),
             events: sink,
+            catalog: None,
         };
         Fixture { dir, host, events }
     }

@@ -3,12 +3,12 @@
 //! benchmark tests. The parameter `mode` (`ok`, `fail`, `spin`, `trap`) steers the lifecycle
 //! phases.
 
-wit_bindgen::generate!({ path: "../../../../../wit", world: "blueprint" });
+wit_bindgen::generate!({ path: "../../../../../wit", world: "dr" });
 
 use cairn::blueprint::types::{
     Artifact, Capability, Error, ParamKind, ParamSpec, ParamValue, WorkloadRef,
 };
-use cairn::blueprint::{data, exec, log, secrets, volumes, workloads};
+use cairn::blueprint::{catalog, data, exec, log, secrets, volumes, workloads};
 use exports::cairn::blueprint::guest::{ActionSpec, Description, Guest, Inputs, Outputs};
 
 struct Misbehave;
@@ -34,6 +34,8 @@ const ACTIONS: &[&str] = &[
     "snapshot",
     "export",
     "import",
+    "catalog",
+    "catalog-apply",
     "params",
     "backupPrehook",
     "backup",
@@ -221,6 +223,7 @@ impl Guest for Misbehave {
                 Capability::Export,
                 Capability::Import,
                 Capability::Secrets,
+                Capability::Catalog,
             ],
             min_runtime: "0.1.0".into(),
         }
@@ -342,6 +345,31 @@ impl Guest for Misbehave {
                     ("bytes", transfer.bytes.to_string()),
                     ("exit", transfer.exit_code.to_string()),
                 ]))
+            }
+            "catalog" => {
+                let state = catalog::state()?;
+                let stream = data::open_export("catalog")?;
+                let info =
+                    catalog::export_changes(state.cursor.unwrap_or(0), state.mode, None, &stream)?;
+                let artifact = stream.finish()?;
+                catalog::advance_cursor(info.to_seq)?;
+                Ok(Outputs {
+                    artifacts: vec![artifact],
+                    values: vec![
+                        ("cluster-id".into(), state.cluster_id),
+                        ("to-seq".into(), info.to_seq.to_string()),
+                        ("bytes".into(), info.bytes.to_string()),
+                    ],
+                })
+            }
+            "catalog-apply" => {
+                let source: &Artifact = inputs
+                    .artifacts
+                    .first()
+                    .ok_or_else(|| Error::Invalid("no artifact to apply".into()))?;
+                let stream = data::open_import(source)?;
+                let applied = catalog::apply(&stream)?;
+                Ok(values(&[("applied", applied.applied.to_string())]))
             }
             "params" => Ok(Outputs {
                 artifacts: vec![],

@@ -1,0 +1,285 @@
+//! The instance's catalog (`<home>/catalog.redb`) and `cairn catalog …`.
+//!
+//! `cairn run` records every action with its phases, and every successful `backup` as a
+//! restore point (exported, when its artifacts went to a repository, with the repository
+//! snapshots they reference). `cairn catalog ls [KIND]` lists what is there; `cairn catalog put`
+//! is an administrator's way to store a record of a kind whose controller does not exist yet.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use cairn_catalog::{
+    Action, ActionStatus, Artifact, Catalog, Kind, Location, Phase, RestorePoint, Target,
+};
+use jiff::{SignedDuration, Timestamp};
+
+use crate::home::Home;
+use crate::{Output, UsageError, exit};
+
+/// `cairn catalog …`.
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum CatalogCommand {
+    /// List the records of KIND (kebab-case, e.g. `exported-restore-point`), or, without KIND,
+    /// how many records each kind has.
+    Ls {
+        /// The kind to list.
+        kind: Option<String>,
+        /// How to print the result.
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Store a record (administration and tests): KIND KEY, the value from a JSON file.
+    Put {
+        /// The record's kind.
+        kind: String,
+        /// The record's key.
+        key: String,
+        /// A file holding the record as JSON (`-` for standard input).
+        #[arg(long, value_name = "FILE")]
+        json: PathBuf,
+    },
+}
+
+/// Opens the home's catalog, naming what to do when another process holds it.
+pub(crate) fn open(home: &Home) -> anyhow::Result<Catalog> {
+    let path = home.catalog();
+    Catalog::open(&path).map_err(|e| match e {
+        cairn_catalog::Error::Locked { .. } => anyhow::Error::new(UsageError(format!(
+            "the catalog {} is in use by another cairn process (a DR run or an action); retry when it has finished",
+            path.display()
+        ))),
+        other => anyhow::Error::new(other).context(format!("cannot open the catalog {}", path.display())),
+    })
+}
+
+fn parse_kind(name: &str) -> anyhow::Result<Kind> {
+    name.parse::<Kind>()
+        .map_err(|e| UsageError(e.to_string()).into())
+}
+
+pub(crate) async fn run(cmd: CatalogCommand, home: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let home = Home::resolve(home)?;
+    let catalog = open(&home)?;
+    match cmd {
+        CatalogCommand::Ls { kind: None, output } => {
+            let counts = catalog.counts()?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&counts)?),
+                Output::Text => {
+                    for c in &counts {
+                        println!("{:<34} {:>8}", c.kind.as_str(), c.count);
+                    }
+                }
+            }
+        }
+        CatalogCommand::Ls {
+            kind: Some(kind),
+            output,
+        } => {
+            let kind = parse_kind(&kind)?;
+            let entries = catalog.list(kind)?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&entries)?),
+                Output::Text => {
+                    for e in &entries {
+                        println!("{:<40} {:>8}  {}", e.key, e.seq, e.value.get());
+                    }
+                }
+            }
+        }
+        CatalogCommand::Put { kind, key, json } => {
+            let kind = parse_kind(&kind)?;
+            let text = if json.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin()).context("reading standard input")?
+            } else {
+                std::fs::read_to_string(&json)
+                    .map_err(|e| UsageError(format!("--json {}: {e}", json.display())))?
+            };
+            let value: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| UsageError(format!("--json {}: not JSON: {e}", json.display())))?;
+            let seq = catalog
+                .put(kind, &key, &value)
+                .map_err(|e| UsageError(format!("cannot store {kind} {key:?}: {e}")))?;
+            println!("stored {kind} {key} at change {seq}");
+        }
+    }
+    Ok(ExitCode::from(exit::OK))
+}
+
+/// What `cairn run` knows of a run, for the catalog.
+pub(crate) struct RunRecord<'a> {
+    pub report: &'a cairn_engine::RunReport,
+    pub blueprint: &'a cairn_engine::Blueprint,
+    pub action: &'a str,
+    pub namespace: &'a str,
+    pub workload: Option<&'a str>,
+    pub started: Timestamp,
+    /// The URL of the repository the run's exports went to.
+    pub repository: &'a str,
+    /// The restore point the run used (`--from-point`).
+    pub used_point: Option<&'a str>,
+}
+
+/// Records a run: the action with its phases and, for a successful `backup`, the restore point
+/// it produced. Returns the restore point's id when it recorded one.
+pub(crate) fn record_run(catalog: &Catalog, run: &RunRecord<'_>) -> anyhow::Result<Option<String>> {
+    let report = run.report;
+    let target = Target {
+        namespace: run.namespace.to_owned(),
+        workload: run.workload.map(str::to_owned),
+    };
+    let mut at = run.started;
+    let phases = report
+        .phases
+        .iter()
+        .map(|p| {
+            let started = at;
+            let took =
+                SignedDuration::from_millis(i64::try_from(p.duration_ms).unwrap_or(i64::MAX));
+            at = at.checked_add(took).unwrap_or(at);
+            let status = match p.status {
+                cairn_engine::PhaseStatus::Ok => ActionStatus::Succeeded,
+                cairn_engine::PhaseStatus::Skipped => ActionStatus::Cancelled,
+                _ => ActionStatus::Failed,
+            };
+            Phase {
+                name: p.action.clone(),
+                status,
+                started: (status != ActionStatus::Cancelled).then_some(started),
+                finished: (status != ActionStatus::Cancelled).then_some(at),
+                error: p.error.clone(),
+            }
+        })
+        .collect();
+    let point = (report.ok && run.action == "backup").then(|| restore_point(run, &target));
+    let action = Action {
+        id: report.action_id.clone(),
+        blueprint: run.blueprint.description().name.clone(),
+        action: run.action.to_owned(),
+        target: target.clone(),
+        status: if report.ok {
+            ActionStatus::Succeeded
+        } else {
+            ActionStatus::Failed
+        },
+        phases,
+        started: run.started,
+        finished: Some(Timestamp::now()),
+        error: report.error.clone(),
+        restore_point: point
+            .as_ref()
+            .map(|p| p.id.clone())
+            .or_else(|| run.used_point.map(str::to_owned)),
+    };
+    catalog.write(|tx| {
+        tx.save(&action)?;
+        if let Some(point) = &point {
+            tx.save(point)?;
+        }
+        Ok(())
+    })?;
+    Ok(point.map(|p| p.id))
+}
+
+fn restore_point(run: &RunRecord<'_>, target: &Target) -> RestorePoint {
+    let report = run.report;
+    let artifacts: Vec<Artifact> = report
+        .outputs
+        .artifacts
+        .iter()
+        .map(|a| Artifact {
+            name: a.name.clone(),
+            values: a.values.iter().cloned().collect(),
+        })
+        .collect();
+    let (location, snapshots) = placement(&report.outputs.artifacts, run.repository);
+    RestorePoint {
+        id: report.action_id.clone(),
+        location,
+        blueprint: run.blueprint.description().name.clone(),
+        blueprint_digest: run.blueprint.digest().to_owned(),
+        action: run.action.to_owned(),
+        action_id: report.action_id.clone(),
+        target: target.clone(),
+        created: Timestamp::now(),
+        artifacts,
+        snapshots,
+        policy: None,
+    }
+}
+
+/// Where a backup's data went: exported, with the repository snapshots its artifacts
+/// reference, when any artifact is a repository export; local otherwise.
+fn placement(artifacts: &[cairn_engine::Artifact], repository: &str) -> (Location, Vec<String>) {
+    let snapshots: Vec<String> = artifacts
+        .iter()
+        .filter(|a| a.get("kind") == Some("repository"))
+        .filter_map(|a| a.get("snapshot").map(str::to_owned))
+        .collect();
+    let location = if snapshots.is_empty() {
+        Location::Local
+    } else {
+        Location::Exported {
+            repository: repository.to_owned(),
+            profile: None,
+        }
+    };
+    (location, snapshots)
+}
+
+/// The artifacts of the restore point `id` in the catalog, for `--from-point`.
+pub(crate) fn point_artifacts(
+    catalog: &Catalog,
+    id: &str,
+) -> anyhow::Result<Vec<cairn_engine::Artifact>> {
+    let point = catalog.restore_point(id)?.ok_or_else(|| {
+        UsageError(format!(
+            "--from-point {id}: no such restore point in the catalog; list them with `cairn catalog ls exported-restore-point` or `local-restore-point`"
+        ))
+    })?;
+    Ok(point
+        .artifacts
+        .into_iter()
+        .map(|a| cairn_engine::Artifact {
+            name: a.name,
+            values: a.values.into_iter().collect(),
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn artifact(name: &str, values: &[(&str, &str)]) -> cairn_engine::Artifact {
+        cairn_engine::Artifact {
+            name: name.into(),
+            values: values
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_backup_with_repository_exports_is_an_exported_restore_point() {
+        let artifacts = [
+            artifact("dump", &[("kind", "repository"), ("snapshot", "abc123")]),
+            artifact("lsn", &[("lsn", "0/16B3748")]),
+            artifact("wal", &[("kind", "repository"), ("snapshot", "def456")]),
+        ];
+        let (location, snapshots) = placement(&artifacts, "/srv/repo");
+        assert_eq!(
+            location,
+            Location::Exported {
+                repository: "/srv/repo".into(),
+                profile: None
+            }
+        );
+        assert_eq!(snapshots, ["abc123", "def456"]);
+        let (location, snapshots) = placement(&artifacts[1..2], "/srv/repo");
+        assert_eq!(location, Location::Local);
+        assert!(snapshots.is_empty());
+    }
+}
