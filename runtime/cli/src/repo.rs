@@ -506,14 +506,14 @@ async fn run_inner(args: &RepoArgs) -> anyhow::Result<ExitCode> {
         let protection = repo.protection();
         let guard = if protection.is_zero() {
             String::new()
-        } else if repo.object_lock() {
-            format!(
-                "; data is immutable for {} (enforced by cairn and by S3 Object Lock)",
-                humantime::format_duration(protection)
-            )
         } else {
+            let by = if repo.object_lock() {
+                "cairn and by S3 Object Lock"
+            } else {
+                "cairn"
+            };
             format!(
-                "; data is immutable for {} (enforced by cairn)",
+                "; data is immutable for {} (enforced by {by})",
                 humantime::format_duration(protection)
             )
         };

@@ -281,7 +281,7 @@ impl Repository {
             return Err(Error::AlreadyInitialised { url: location.url });
         }
         let keys = MasterKeys::generate();
-        let config = Config {
+        let mut config = Config {
             format: format::FORMAT_NAME.into(),
             version: format::FORMAT_VERSION,
             id: format::new_id(),
@@ -289,7 +289,6 @@ impl Repository {
             protection_secs: opts.protection.as_secs(),
             object_lock: false,
         };
-        let mut config = config;
         let slot = write_slot(&backend, &config.id, &keys, key, &opts.label).await?;
         backend.protection = opts.protection;
         let already = |e| match e {

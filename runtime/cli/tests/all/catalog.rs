@@ -1,25 +1,9 @@
 //! The catalog in the home: `cairn run` records actions and restore points; `cairn catalog`.
 
-use crate::support::{Cairn, hello_wasm, json, stderr, stdout};
-
-const INVENTORY: &str = "local:examples/hello/inventory.yaml";
+use crate::support::{Cairn, json, run_hello, stderr, stdout};
 
 fn hello(cairn: &Cairn, action: &str, extra: &[&str]) -> std::process::Output {
-    let wasm = hello_wasm().to_str().expect("utf-8 path");
-    let mut args = vec![
-        "run",
-        wasm,
-        "--action",
-        action,
-        "--target",
-        INVENTORY,
-        "--workload",
-        "hello",
-        "--grant",
-        "exec",
-    ];
-    args.extend_from_slice(extra);
-    cairn.run(&args)
+    run_hello(cairn, action, &[&["--grant", "exec"][..], extra].concat())
 }
 
 fn count(counts: &serde_json::Value, kind: &str) -> u64 {
@@ -83,17 +67,7 @@ fn a_backup_records_its_action_and_restore_point() {
 #[test]
 fn a_failed_run_is_recorded_as_failed_without_a_restore_point() {
     let cairn = Cairn::new();
-    let wasm = hello_wasm().to_str().expect("utf-8 path");
-    let out = cairn.run(&[
-        "run",
-        wasm,
-        "--action",
-        "backup",
-        "--target",
-        INVENTORY,
-        "--workload",
-        "hello",
-    ]);
+    let out = run_hello(&cairn, "backup", &[]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let out = cairn.run(&["catalog", "ls", "action", "--output", "json"]);
     let actions = json(&out);

@@ -5,9 +5,8 @@
 use std::path::Path;
 use std::process::Output;
 
-use crate::support::{Cairn, hello_wasm, json, stderr, stdout, wasm};
+use crate::support::{Cairn, json, run_hello, stderr, stdout, wasm};
 
-const INVENTORY: &str = "local:examples/hello/inventory.yaml";
 const PASSPHRASE: &str = "raw:correct horse battery staple";
 
 /// Every kind, with whether a recovery in `mode` brings it back (the test table).
@@ -55,19 +54,7 @@ fn ok(out: &Output) {
 }
 
 fn backup_hello(cairn: &Cairn) {
-    let wasm = hello_wasm().to_str().expect("utf-8 path");
-    ok(&cairn.run(&[
-        "run",
-        wasm,
-        "--action",
-        "backup",
-        "--target",
-        INVENTORY,
-        "--workload",
-        "hello",
-        "--grant",
-        "exec",
-    ]));
+    ok(&run_hello(cairn, "backup", &["--grant", "exec"]));
 }
 
 fn put(cairn: &Cairn, kind: &str, key: &str) {
@@ -262,21 +249,7 @@ fn story(mode: &str) {
     if recovered("local-restore-point", mode) {
         let out = fresh.run(&["catalog", "ls", "local-restore-point", "--output", "json"]);
         let id = json(&out)[0]["key"].as_str().expect("id").to_owned();
-        let wasm = hello_wasm().to_str().expect("utf-8 path");
-        let out = fresh.run(&[
-            "run",
-            wasm,
-            "--action",
-            "restore",
-            "--target",
-            INVENTORY,
-            "--workload",
-            "hello",
-            "--grant",
-            "exec",
-            "--from-point",
-            &id,
-        ]);
+        let out = run_hello(&fresh, "restore", &["--grant", "exec", "--from-point", &id]);
         ok(&out);
     }
 }
@@ -491,19 +464,7 @@ fn two_dr_runs_at_once_never_break_the_chain() {
 #[test]
 fn the_catalog_capability_is_never_granted_by_hand() {
     let cairn = Cairn::new();
-    let wasm = hello_wasm().to_str().expect("utf-8 path");
-    let out = cairn.run(&[
-        "run",
-        wasm,
-        "--action",
-        "backup",
-        "--target",
-        INVENTORY,
-        "--workload",
-        "hello",
-        "--grant",
-        "exec,catalog",
-    ]);
+    let out = run_hello(&cairn, "backup", &["--grant", "exec,catalog"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("DR blueprint only"),

@@ -1,21 +1,7 @@
-use crate::support::{Cairn, hello_wasm, json, stderr};
-
-const INVENTORY: &str = "local:examples/hello/inventory.yaml";
+use crate::support::{Cairn, HELLO_INVENTORY as INVENTORY, hello_wasm, json, run_hello, stderr};
 
 fn hello(cairn: &Cairn, extra: &[&str]) -> std::process::Output {
-    let wasm = hello_wasm().to_str().expect("utf-8 path");
-    let mut args = vec![
-        "run",
-        wasm,
-        "--action",
-        "backup",
-        "--target",
-        INVENTORY,
-        "--workload",
-        "hello",
-    ];
-    args.extend_from_slice(extra);
-    cairn.run(&args)
+    run_hello(cairn, "backup", extra)
 }
 
 #[test]

@@ -54,6 +54,27 @@ pub fn hello_wasm() -> &'static Path {
     WASM.get_or_init(|| wasm("hello"))
 }
 
+/// The local target of `examples/hello`.
+pub const HELLO_INVENTORY: &str = "local:examples/hello/inventory.yaml";
+
+/// `cairn run hello.wasm --action ACTION` on the `hello` workload of the local target, then
+/// `extra` (grants, parameters, flags).
+pub fn run_hello(cairn: &Cairn, action: &str, extra: &[&str]) -> Output {
+    let wasm = hello_wasm().to_str().expect("utf-8 path");
+    let mut args = vec![
+        "run",
+        wasm,
+        "--action",
+        action,
+        "--target",
+        HELLO_INVENTORY,
+        "--workload",
+        "hello",
+    ];
+    args.extend_from_slice(extra);
+    cairn.run(&args)
+}
+
 /// A fresh home and a handle to run `cairn` in it.
 pub struct Cairn {
     pub home: tempfile::TempDir,

@@ -3,24 +3,17 @@
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use super::{error_of, free_port};
 use crate::support::{Cairn, json, stderr, wasm};
 
 const ROOT_PASSWORD: &str = "r00t-pw";
 
 /// Keys the test loads.
 const KEYS: usize = 3000;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
-}
 
 /// Fails (never skips) when the server's programs are missing.
 fn require_etcd() {
@@ -336,14 +329,6 @@ fn credentials() -> [String; 4] {
         "--secret".into(),
         format!("password=raw:{ROOT_PASSWORD}"),
     ]
-}
-
-fn error_of(out: &Output) -> String {
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(out));
-    json(out)["error"]
-        .as_str()
-        .expect("a failed run reports an error")
-        .to_owned()
 }
 
 #[test]

@@ -3,13 +3,13 @@
 //! read lock holding writes back until the posthook; and the faults a user can cause.
 
 use std::io::{BufRead as _, BufReader};
-use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use super::free_port;
 use crate::support::{Cairn, json, stderr, wasm};
 
 const USER: &str = "cairn";
@@ -17,13 +17,6 @@ const PASSWORD: &str = "my-s3cret";
 const SECRET: &str = "password=raw:my-s3cret";
 const DB: &str = "shop";
 const TABLES: [&str; 4] = ["customers", "orders", "blobs", "audit"];
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
-}
 
 /// Fails (never skips) when the server's programs are missing.
 fn require_mariadb() {
@@ -73,7 +66,10 @@ impl Maria {
         require_mariadb();
         let dir = tempfile::tempdir().expect("tempdir");
         let data = dir.path().join("data");
+        // Each server's temporary tables in its own directory: bootstraps running in parallel
+        // in a shared /tmp can delete one another's (`Error on delete of '/tmp/#sql-temptable…'`).
         let out = Command::new("mariadb-install-db")
+            .env("TMPDIR", dir.path())
             .arg("--no-defaults")
             .arg(format!("--datadir={}", data.display()))
             .args([
@@ -111,6 +107,7 @@ impl Maria {
             .arg(format!("--socket={}", self.socket().display()))
             .arg(format!("--pid-file={}", d.join("mariadbd.pid").display()))
             .arg(format!("--log-error={}", d.join("error.log").display()))
+            .arg(format!("--tmpdir={}", d.display()))
             .args([
                 "--user=root",
                 "--bind-address=127.0.0.1",

@@ -3,12 +3,12 @@
 //! mode bracketing a volume snapshot; and the faults a user can cause.
 
 use std::io::{BufRead as _, BufReader, Write as _};
-use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use super::free_port;
 use crate::support::{Cairn, json, stderr, wasm};
 
 /// Where Debian's postgresql-15 package puts the server and its tools.
@@ -23,13 +23,6 @@ const TABLES: [&str; 4] = [
     "pgbench_history",
     "pgbench_tellers",
 ];
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
-}
 
 fn bin(program: &str) -> PathBuf {
     Path::new(BIN).join(program)

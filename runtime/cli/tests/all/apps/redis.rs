@@ -2,11 +2,11 @@
 //! loopback: backup, destroy, restore and compare every key; and the faults a user can cause.
 
 use std::io::Write as _;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use super::{error_of, free_port};
 use crate::support::{Cairn, json, stderr, wasm};
 
 const PASSWORD: &str = "s3cret-pw";
@@ -47,13 +47,6 @@ for _, k in ipairs(keys) do
 end
 return table.concat(out, '\n')
 ";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
-}
 
 /// Fails (never skips) when the server's programs are missing.
 fn require_redis() {
@@ -320,14 +313,6 @@ const RESTORE_GRANTS: &str = "exec,import,workloads,scale,secrets";
 
 fn secret() -> String {
     format!("password=raw:{PASSWORD}")
-}
-
-fn error_of(out: &Output) -> String {
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(out));
-    json(out)["error"]
-        .as_str()
-        .expect("a failed run reports an error")
-        .to_owned()
 }
 
 #[test]
