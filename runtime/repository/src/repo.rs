@@ -581,7 +581,7 @@ impl Repository {
             let idx = self.inner.index.read().map_err(|_| poisoned())?;
             crate::restore::plan(&idx, ids)
         };
-        let units = match planned {
+        let plan = match planned {
             Ok(u) => u,
             Err(Error::Missing { .. }) => {
                 self.refresh_index().await?;
@@ -592,7 +592,7 @@ impl Repository {
         };
         let snap = snapshot.to_string();
         Ok(
-            crate::restore::chunks(self.inner.backend.clone(), self.inner.keys.clone(), units)
+            crate::restore::chunks(self.inner.backend.clone(), self.inner.keys.clone(), plan)
                 .map(move |r| r.map_err(|e| with_snapshot(e, &snap))),
         )
     }

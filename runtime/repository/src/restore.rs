@@ -1,5 +1,12 @@
 //! Reading chunks back: plan ranged reads over packs, fetch and decode them in parallel, yield
 //! chunk data in order.
+//!
+//! A snapshot's chunks rarely come from one pack in order: a file whose pages were rewritten
+//! since an earlier snapshot alternates between the old pack and the new one, page by page.
+//! Planning read by read in chunk order would then issue one small read per switch. Instead the
+//! chunk list is cut into windows of bounded size; within a window every pack has its own
+//! growing read, so the alternation costs nothing, and the chunks are put back in order as the
+//! reads complete.
 
 use crate::backend::Backend;
 use crate::crypto::{self, ChunkId, MasterKeys};
@@ -7,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::format::{self, Index, PackId};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 /// Most bytes one ranged read covers (2 MiB): large reads for throughput, bounded so the reads
@@ -19,8 +26,12 @@ pub(crate) const READ_GAP_BYTES: u64 = 256 << 10;
 /// Read units fetched and decoded at once: three per core keeps both cores busy while reads
 /// wait and the writer drains; with [`READ_UNIT_BYTES`] this bounds restore memory.
 pub(crate) const READS_IN_FLIGHT: usize = 6;
+/// Most chunk bytes, and most bytes read, in one planning window (8 MiB each). A decoded
+/// read is held until the last of its chunks is yielded, which is within its window, so this
+/// bounds what restore holds beyond the reads in flight.
+pub(crate) const WINDOW_BYTES: u64 = 8 << 20;
 
-/// One ranged read of a pack and the chunks it yields, in order.
+/// One ranged read of a pack and the chunks it yields.
 #[derive(Debug)]
 pub(crate) struct Unit {
     pack: PackId,
@@ -32,49 +43,74 @@ pub(crate) struct Unit {
     chunks: Vec<(u32, u32, u32, ChunkId)>,
 }
 
+/// The reads for a sequence of chunks, and where each chunk comes from.
+#[derive(Debug, Default)]
+pub(crate) struct Plan {
+    /// Reads, numbered in the order their first chunk is needed.
+    units: Vec<Unit>,
+    /// For every chunk in order: (read number, index among that read's chunks).
+    order: Vec<(u32, u32)>,
+}
+
 /// Plans the reads for a sequence of chunks; a chunk missing from the index is an error naming
 /// the chunk.
-pub(crate) fn plan(index: &Index, ids: &[ChunkId]) -> Result<Vec<Unit>> {
-    let mut units: Vec<Unit> = Vec::new();
-    let mut frame_no: HashMap<u64, u32> = HashMap::new();
+pub(crate) fn plan(index: &Index, ids: &[ChunkId]) -> Result<Plan> {
+    let mut plan = Plan::default();
+    // Within the current window: the read still growing per pack, and where each frame
+    // already planned is (read, frame number).
+    let mut growing: HashMap<u32, usize> = HashMap::new();
+    let mut frames: HashMap<(u32, u64), (usize, u32)> = HashMap::new();
+    let (mut chunk_bytes, mut read_bytes) = (0u64, 0u64);
     for id in ids {
         let loc = index.map.get(id).ok_or_else(|| Error::Missing {
             object: format!("chunk {id}"),
             snapshots: Vec::new(),
         })?;
-        let pack = index.packs[loc.pack as usize];
-        let (fo, fl) = (u64::from(loc.frame_off), loc.frame_len);
-        let fits = units.last().is_some_and(|u| {
-            u.pack == pack
-                && (frame_no.contains_key(&fo)
-                    || (fo >= u.end
-                        && fo - u.end <= READ_GAP_BYTES
-                        && fo + u64::from(fl) - u.start <= READ_UNIT_BYTES))
-        });
-        if !fits {
-            frame_no.clear();
-            units.push(Unit {
-                pack,
-                start: fo,
-                end: fo,
-                frames: Vec::new(),
-                chunks: Vec::new(),
-            });
+        if chunk_bytes >= WINDOW_BYTES || read_bytes >= WINDOW_BYTES {
+            growing.clear();
+            frames.clear();
+            (chunk_bytes, read_bytes) = (0, 0);
         }
-        let Some(u) = units.last_mut() else { continue };
-        let n = match frame_no.get(&fo) {
-            Some(&n) => n,
+        let (fo, fl) = (u64::from(loc.frame_off), loc.frame_len);
+        let (u, n) = match frames.get(&(loc.pack, fo)) {
+            Some(&at) => at,
             None => {
-                let n = u.frames.len() as u32;
-                u.frames.push((fo, fl));
-                u.end = u.end.max(fo + u64::from(fl));
-                frame_no.insert(fo, n);
-                n
+                let extends = growing.get(&loc.pack).copied().filter(|&u| {
+                    let g = &plan.units[u];
+                    fo >= g.end
+                        && fo - g.end <= READ_GAP_BYTES
+                        && fo + u64::from(fl) - g.start <= READ_UNIT_BYTES
+                });
+                let u = match extends {
+                    Some(u) => u,
+                    None => {
+                        plan.units.push(Unit {
+                            pack: index.packs[loc.pack as usize],
+                            start: fo,
+                            end: fo,
+                            frames: Vec::new(),
+                            chunks: Vec::new(),
+                        });
+                        growing.insert(loc.pack, plan.units.len() - 1);
+                        plan.units.len() - 1
+                    }
+                };
+                let g = &mut plan.units[u];
+                let n = g.frames.len() as u32;
+                g.frames.push((fo, fl));
+                // A new read starts at the frame; a growing one reads through the hole.
+                read_bytes += fo + u64::from(fl) - g.end;
+                g.end = fo + u64::from(fl);
+                frames.insert((loc.pack, fo), (u, n));
+                (u, n)
             }
         };
-        u.chunks.push((n, loc.inner_off, loc.len, *id));
+        let g = &mut plan.units[u];
+        plan.order.push((u as u32, g.chunks.len() as u32));
+        g.chunks.push((n, loc.inner_off, loc.len, *id));
+        chunk_bytes += u64::from(loc.len);
     }
-    Ok(units)
+    Ok(plan)
 }
 
 /// Fetches and decodes one unit: every frame is authenticated, decompressed with a bound, and
@@ -147,16 +183,51 @@ fn decode_unit(
     Ok(out)
 }
 
-/// Decoded chunks of `units`, in order, with at most [`READS_IN_FLIGHT`] reads at once.
+/// Decoded chunks of `plan`, in order, with at most [`READS_IN_FLIGHT`] reads at once. Each
+/// item is the run of chunks that the latest completed read made ready.
 pub(crate) fn chunks(
     backend: Backend,
     keys: Arc<MasterKeys>,
-    units: Vec<Unit>,
+    plan: Plan,
 ) -> impl Stream<Item = Result<Vec<Bytes>>> + Send + 'static {
-    futures::stream::iter(units)
+    let Plan { units, order } = plan;
+    let mut remaining: Vec<u32> = units.iter().map(|u| u.chunks.len() as u32).collect();
+    let reads = futures::stream::iter(units)
         .map(move |u| {
             let (b, k) = (backend.clone(), keys.clone());
             async move { fetch(&b, k, u).await }
         })
-        .buffered(READS_IN_FLIGHT)
+        .buffered(READS_IN_FLIGHT);
+    // Reads complete in their order. `held` holds the decoded reads from number `first` on;
+    // a read is released (None) once all its chunks are yielded.
+    let mut held: VecDeque<Option<Vec<Bytes>>> = VecDeque::new();
+    let (mut first, mut next) = (0usize, 0usize);
+    reads.map(move |r| {
+        held.push_back(Some(r?));
+        let done = first + held.len();
+        let mut out = Vec::new();
+        while let Some(&(u, i)) = order.get(next) {
+            let u = u as usize;
+            if u >= done {
+                break;
+            }
+            let slot = &mut held[u - first];
+            let Some(chunks) = slot else {
+                return Err(Error::Invalid(format!(
+                    "restore plan reuses released read {u}"
+                )));
+            };
+            out.push(chunks[i as usize].clone());
+            remaining[u] -= 1;
+            if remaining[u] == 0 {
+                *slot = None;
+            }
+            next += 1;
+        }
+        while held.front().is_some_and(Option::is_none) {
+            held.pop_front();
+            first += 1;
+        }
+        Ok(out)
+    })
 }
