@@ -80,6 +80,7 @@ mod wit;
 pub mod catalog;
 pub mod data;
 pub mod exec;
+pub mod params;
 pub mod secrets;
 pub mod volumes;
 pub mod workloads;

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use cairn_sdk::data::{self, Export, Import};
 use cairn_sdk::exec::Command;
 use cairn_sdk::lifecycle::{BACKUP, BACKUP_POSTHOOK, DELETE, RESTORE};
+use cairn_sdk::params::refuse_unless_replace;
 use cairn_sdk::{Blueprint, Capability, Context, Description, Error, Outputs, Param};
 use cairn_sdk::{Progress, Result, info, progress, secrets, warn, workloads};
 
@@ -93,9 +94,7 @@ impl Blueprint for Etcd {
                 "The restored cluster's members, NAME=URL,… (restore; default: this member alone)",
             ))
             .param(
-                Param::flag("replace")
-                    .default(false)
-                    .describe("Restore over a member that holds keys, replacing them"),
+                Param::replace().describe("Restore over a member that holds keys, replacing them"),
             )
             .param(
                 Param::integer("ready-timeout")
@@ -134,21 +133,8 @@ struct Conn {
 
 impl Conn {
     fn new(ctx: &Context) -> Result<Self> {
-        let endpoints = ctx.text("endpoints")?.to_owned();
-        if endpoints.is_empty() || endpoints.contains(char::is_whitespace) {
-            return Err(Error::invalid(format!(
-                "parameter `endpoints` is {endpoints:?}: give HOST:PORT[,HOST:PORT…] without spaces"
-            )));
-        }
-        let command_timeout = ctx.integer("command-timeout")?;
-        let command_timeout = u64::try_from(command_timeout)
-            .ok()
-            .filter(|n| *n > 0)
-            .ok_or_else(|| {
-                Error::invalid(format!(
-                    "parameter `command-timeout` is {command_timeout}: give a number of seconds above 0"
-                ))
-            })?;
+        let endpoints = ctx.endpoints("endpoints")?.to_owned();
+        let command_timeout = ctx.seconds("command-timeout")?.as_secs();
         let user = secret(USER_SECRET)?;
         let password = secret(PASSWORD_SECRET)?;
         if password.is_some() && user.is_none() {
@@ -387,26 +373,14 @@ fn restore(ctx: &Context) -> Result<Outputs> {
         .param::<Option<String>>("initial-cluster")?
         .unwrap_or_else(|| format!("{name}={peer_urls}"));
     let replace = ctx.flag("replace")?;
-    let ready_timeout = {
-        let n = ctx.integer("ready-timeout")?;
-        u64::try_from(n)
-            .ok()
-            .filter(|n| *n > 0)
-            .map(Duration::from_secs)
-            .ok_or_else(|| {
-                Error::invalid(format!(
-                    "parameter `ready-timeout` is {n}: give a number of seconds above 0"
-                ))
-            })?
-    };
+    let ready_timeout = ctx.seconds("ready-timeout")?;
 
     let keys = conn.key_count()?;
-    if keys > 0 && !replace {
-        return Err(Error::invalid(format!(
-            "etcd at {} already holds {keys} keys; refusing to restore over them: rerun with \
-             --param replace=true to replace them",
-            conn.endpoints
-        )));
+    if keys > 0 {
+        refuse_unless_replace(
+            &format!("etcd at {} already holds {keys} keys", conn.endpoints),
+            replace,
+        )?;
     }
 
     let staged = format!("{data_dir}{STAGED_FILE}");
@@ -519,6 +493,27 @@ fn delete(ctx: &Context) -> Result<Outputs> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn endpoints_are_validated_before_connecting() {
+        for bad in [
+            "",
+            "etcd-0",
+            "etcd-0:2379 etcd-1:2379",
+            "$(reboot):2379",
+            "etcd-0:0",
+        ] {
+            let ctx = Context::builder(BACKUP, "default")
+                .param("endpoints", bad)
+                .param("command-timeout", 15)
+                .build();
+            let err = Conn::new(&ctx).err();
+            assert!(
+                matches!(&err, Some(Error::Invalid(m)) if m.contains("`endpoints`")),
+                "{bad}: {err:?}"
+            );
+        }
+    }
 
     #[test]
     fn describes_its_actions() {

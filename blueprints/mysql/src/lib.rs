@@ -32,6 +32,7 @@
 use cairn_sdk::data::{self, Export, Import, Transfer};
 use cairn_sdk::exec::{Command, Output, Session};
 use cairn_sdk::lifecycle::{BACKUP, BACKUP_POSTHOOK, BACKUP_PREHOOK, DELETE, RESTORE};
+use cairn_sdk::params::refuse_unless_replace;
 use cairn_sdk::{Artifact, Blueprint, Capability, Context, Description, Error, Outputs, Param};
 use cairn_sdk::{Progress, Result, debug, info, progress, secrets, volumes, warn};
 
@@ -134,12 +135,8 @@ impl Blueprint for MySql {
             )
             .action(RESTORE, "Load a dump back with mariadb/mysql")
             .action(DELETE, "Remove a backup's dump and volume snapshots")
-            .param(
-                Param::text("host")
-                    .default("127.0.0.1")
-                    .describe("Server host name or address, as seen from the workload"),
-            )
-            .param(Param::integer("port").default(3306).describe("Server port"))
+            .param(Param::host("host"))
+            .param(Param::port("port", 3306))
             .param(
                 Param::text("user")
                     .default("root")
@@ -162,7 +159,7 @@ impl Blueprint for MySql {
                 "Hold FLUSH TABLES WITH READ LOCK from the prehook to the posthook and \
                  snapshot the workload's volumes under it",
             ))
-            .param(Param::flag("replace").default(false).describe(
+            .param(Param::replace().describe(
                 "Restore into a database that already holds tables, replacing the tables the \
                  dump recreates",
             ))
@@ -206,15 +203,9 @@ struct Conn {
 
 impl Conn {
     fn from_ctx(ctx: &Context) -> Result<Self> {
-        let port = ctx.integer("port")?;
-        let port = u16::try_from(port).ok().filter(|p| *p > 0).ok_or_else(|| {
-            Error::invalid(format!(
-                "port {port} is not a TCP port (1-65535); set --param port=…"
-            ))
-        })?;
         Ok(Self {
-            host: ctx.text("host")?.to_owned(),
-            port,
+            host: ctx.host("host")?.to_owned(),
+            port: ctx.port("port")?,
             user: ctx.text("user")?.to_owned(),
             password: password(ctx)?,
             flavor: Flavor::parse(ctx.text("flavor")?)?,
@@ -558,13 +549,14 @@ fn restore(ctx: &Context) -> Result<Outputs> {
             let tables: u64 = tables.parse().map_err(|_| {
                 Error::failed(format!("counting tables: the server answered {tables:?}"))
             })?;
-            if tables > 0 && !replace {
-                return Err(Error::invalid(format!(
-                    "database `{db}` on the server at {} already holds {tables} tables; restore \
-                     into an empty database, or rerun with --param replace=true to replace the \
-                     tables the dump recreates",
-                    conn.at()
-                )));
+            if tables > 0 {
+                refuse_unless_replace(
+                    &format!(
+                        "database `{db}` on the server at {} already holds {tables} tables",
+                        conn.at()
+                    ),
+                    replace,
+                )?;
             }
             conn.query(&format!("CREATE DATABASE IF NOT EXISTS {quoted};\n"))?;
             info!(
@@ -581,14 +573,15 @@ fn restore(ctx: &Context) -> Result<Outputs> {
                 .map(str::trim)
                 .filter(|d| !d.is_empty() && !SYSTEM_SCHEMAS.contains(d))
                 .collect();
-            if !user_dbs.is_empty() && !replace {
-                return Err(Error::invalid(format!(
-                    "the server at {} already holds the databases {}; restore an all-databases \
-                     dump into an empty server, or rerun with --param replace=true to replace \
-                     the tables the dump recreates",
-                    conn.at(),
-                    user_dbs.join(", ")
-                )));
+            if !user_dbs.is_empty() {
+                refuse_unless_replace(
+                    &format!(
+                        "the server at {} already holds the databases {}",
+                        conn.at(),
+                        user_dbs.join(", ")
+                    ),
+                    replace,
+                )?;
             }
             info!("restoring every database at {}", conn.at());
         }
@@ -644,6 +637,12 @@ mod tests {
     #[test]
     fn describes_typed_validated_parameters() {
         let d = MySql::describe();
+        // Host and port are read through the SDK's validated readers.
+        let bad = Context::builder(BACKUP, "default")
+            .param("port", 70000)
+            .param("host", "db");
+        let err = Conn::from_ctx(&bad.build()).err();
+        assert!(matches!(err, Some(Error::Invalid(m)) if m.contains("`port`")));
         assert_eq!(d.name(), "mysql");
         for action in [BACKUP_PREHOOK, BACKUP, BACKUP_POSTHOOK, RESTORE, DELETE] {
             assert!(d.has_action(action), "{action}");

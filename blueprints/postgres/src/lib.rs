@@ -34,6 +34,7 @@
 use cairn_sdk::data::{self, Export, Import, Transfer};
 use cairn_sdk::exec::{Command, Output, Session};
 use cairn_sdk::lifecycle::{BACKUP, BACKUP_POSTHOOK, BACKUP_PREHOOK, DELETE, RESTORE};
+use cairn_sdk::params::refuse_unless_replace;
 use cairn_sdk::{Artifact, Blueprint, Capability, Context, Description, Error, Outputs, Param};
 use cairn_sdk::{Progress, Result, debug, info, progress, secrets, volumes, warn};
 
@@ -132,12 +133,8 @@ impl Blueprint for Postgres {
                 "Load a dump back with pg_restore (or psql for a cluster dump)",
             )
             .action(DELETE, "Remove a backup's dump and volume snapshots")
-            .param(
-                Param::text("host")
-                    .default("127.0.0.1")
-                    .describe("Server host name or address, as seen from the workload"),
-            )
-            .param(Param::integer("port").default(5432).describe("Server port"))
+            .param(Param::host("host"))
+            .param(Param::port("port", 5432))
             .param(
                 Param::text("user")
                     .default("postgres")
@@ -160,7 +157,7 @@ impl Blueprint for Postgres {
                 "Hold backup mode (pg_backup_start/pg_backup_stop) from the prehook to the \
                  posthook and snapshot the workload's volumes inside it",
             ))
-            .param(Param::flag("replace").default(false).describe(
+            .param(Param::replace().describe(
                 "Restore into a database that already holds tables, dropping what the dump \
                  recreates (pg_restore --clean --if-exists)",
             ))
@@ -203,15 +200,9 @@ struct Conn {
 
 impl Conn {
     fn from_ctx(ctx: &Context) -> Result<Self> {
-        let port = ctx.integer("port")?;
-        let port = u16::try_from(port).ok().filter(|p| *p > 0).ok_or_else(|| {
-            Error::invalid(format!(
-                "port {port} is not a TCP port (1-65535); set --param port=…"
-            ))
-        })?;
         Ok(Self {
-            host: ctx.text("host")?.to_owned(),
-            port,
+            host: ctx.host("host")?.to_owned(),
+            port: ctx.port("port")?,
             user: ctx.text("user")?.to_owned(),
             password: password(ctx)?,
             workload: ctx.workload().unwrap_or("the target workload").to_owned(),
@@ -607,13 +598,14 @@ fn restore_database(
         }
         Err(e) => return Err(e),
     };
-    if tables > 0 && !replace {
-        return Err(Error::invalid(format!(
-            "database `{database}` on PostgreSQL at {} already holds {tables} tables; restore \
-             into an empty database, or rerun with --param replace=true to replace what the dump \
-             recreates",
-            conn.at()
-        )));
+    if tables > 0 {
+        refuse_unless_replace(
+            &format!(
+                "database `{database}` on PostgreSQL at {} already holds {tables} tables",
+                conn.at()
+            ),
+            replace,
+        )?;
     }
     let mut argv = vec![
         "pg_restore",
@@ -672,14 +664,14 @@ fn restore_cluster(conn: &Conn, import: &Import, replace: bool) -> Result<Transf
         )));
     }
     if !extra.is_empty() {
-        if !replace {
-            return Err(Error::invalid(format!(
-                "PostgreSQL at {} already holds the databases {}; restore a cluster dump into \
-                 an empty cluster, or rerun with --param replace=true to drop them first",
+        refuse_unless_replace(
+            &format!(
+                "PostgreSQL at {} already holds the databases {}",
                 conn.at(),
                 extra.join(", ")
-            )));
-        }
+            ),
+            replace,
+        )?;
         for db in &extra {
             info!("dropping database `{db}` (replace=true)");
             conn.query(
@@ -756,6 +748,12 @@ mod tests {
     #[test]
     fn describes_typed_validated_parameters() {
         let d = Postgres::describe();
+        // Host and port are read through the SDK's validated readers.
+        let bad = Context::builder(BACKUP, "default")
+            .param("host", "db;reboot")
+            .param("port", 1);
+        let err = Conn::from_ctx(&bad.build()).err();
+        assert!(matches!(err, Some(Error::Invalid(m)) if m.contains("`host`")));
         assert_eq!(d.name(), "postgres");
         for action in [BACKUP_PREHOOK, BACKUP, BACKUP_POSTHOOK, RESTORE, DELETE] {
             assert!(d.has_action(action), "{action}");

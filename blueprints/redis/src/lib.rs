@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use cairn_sdk::data::{self, Export, Import};
 use cairn_sdk::exec::Command;
 use cairn_sdk::lifecycle::{BACKUP, DELETE, RESTORE};
+use cairn_sdk::params::refuse_unless_replace;
 use cairn_sdk::{Blueprint, Capability, Context, Description, Error, Outputs, Param};
 use cairn_sdk::{Progress, Result, info, progress, secrets, warn, workloads};
 
@@ -72,15 +73,10 @@ impl Blueprint for Redis {
             )
             .action(DELETE, "Remove the exported RDB of a restore point")
             .param(
-                Param::text("host")
-                    .default("127.0.0.1")
+                Param::host("host")
                     .describe("Host redis-cli connects to, from inside the workload"),
             )
-            .param(
-                Param::integer("port")
-                    .default(6379)
-                    .describe("Port redis-cli connects to"),
-            )
+            .param(Param::port("port", 6379).describe("Port redis-cli connects to"))
             .param(
                 Param::integer("save-timeout")
                     .default(600)
@@ -92,8 +88,7 @@ impl Blueprint for Redis {
                     .describe("Seconds to wait for the restarted server to be ready (restore)"),
             )
             .param(
-                Param::flag("replace")
-                    .default(false)
+                Param::replace()
                     .describe("Restore over a server that already holds keys, replacing them"),
             )
             .capability(Capability::Exec)
@@ -126,24 +121,9 @@ struct Conn {
 
 impl Conn {
     fn new(ctx: &Context) -> Result<Self> {
-        let host = ctx.text("host")?.to_owned();
-        if host.is_empty() || host.starts_with('-') {
-            return Err(Error::invalid(format!(
-                "parameter `host` is {host:?}: name a host name or address"
-            )));
-        }
-        let port = ctx.integer("port")?;
-        let port = u16::try_from(port)
-            .ok()
-            .filter(|p| *p != 0)
-            .ok_or_else(|| {
-                Error::invalid(format!(
-                    "parameter `port` is {port}: a TCP port is 1 to 65535"
-                ))
-            })?;
         Ok(Self {
-            host,
-            port,
+            host: ctx.host("host")?.to_owned(),
+            port: ctx.port("port")?,
             password: password()?,
         })
     }
@@ -281,19 +261,6 @@ fn number(info: &BTreeMap<String, String>, key: &str) -> Result<i64> {
     })
 }
 
-fn seconds(ctx: &Context, name: &str) -> Result<Duration> {
-    let n = ctx.integer(name)?;
-    u64::try_from(n)
-        .ok()
-        .filter(|n| *n > 0)
-        .map(Duration::from_secs)
-        .ok_or_else(|| {
-            Error::invalid(format!(
-                "parameter `{name}` is {n}: give a number of seconds above 0"
-            ))
-        })
-}
-
 /// Starts a BGSAVE and waits until it finished; returns `rdb_last_save_time` of the save.
 fn bgsave(conn: &Conn, timeout: Duration) -> Result<i64> {
     let deadline = Instant::now() + timeout;
@@ -364,7 +331,7 @@ fn bgsave(conn: &Conn, timeout: Duration) -> Result<i64> {
 fn backup(ctx: &Context) -> Result<Outputs> {
     ctx.target()?;
     let conn = Conn::new(ctx)?;
-    let save_timeout = seconds(ctx, "save-timeout")?;
+    let save_timeout = ctx.seconds("save-timeout")?;
 
     progress(Progress::percent(0.0).message(format!("BGSAVE on {}", conn.addr())));
     let lastsave = bgsave(&conn, save_timeout)?;
@@ -403,20 +370,19 @@ fn shell(script: &str, args: &[&str]) -> Result<String> {
 fn restore(ctx: &Context) -> Result<Outputs> {
     ctx.target()?;
     let conn = Conn::new(ctx)?;
-    let ready_timeout = seconds(ctx, "ready-timeout")?;
-    let save_timeout = seconds(ctx, "save-timeout")?;
+    let ready_timeout = ctx.seconds("ready-timeout")?;
+    let save_timeout = ctx.seconds("save-timeout")?;
     let replace = ctx.flag("replace")?;
     let artifact = ctx.artifact(ARTIFACT).map_err(|e| {
         e.context("restore needs the restore point: pass the backup's report with --from")
     })?;
 
     let keys = conn.key_count()?;
-    if keys > 0 && !replace {
-        return Err(Error::invalid(format!(
-            "Redis at {} already holds {keys} keys; refusing to restore over them: rerun with \
-             --param replace=true to replace them",
-            conn.addr()
-        )));
+    if keys > 0 {
+        refuse_unless_replace(
+            &format!("Redis at {} already holds {keys} keys", conn.addr()),
+            replace,
+        )?;
     }
     let persistence = conn.info("persistence")?;
     if persistence.get("aof_enabled").map(String::as_str) == Some("1") {
@@ -556,6 +522,18 @@ fn delete(ctx: &Context) -> Result<Outputs> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_and_port_are_validated_before_connecting() {
+        for (host, port, bad) in [("db;reboot", 6379, "`host`"), ("db", 0, "`port`")] {
+            let ctx = Context::builder(BACKUP, "default").param("host", host);
+            let err = Conn::new(&ctx.param("port", port).build()).err();
+            assert!(
+                matches!(&err, Some(Error::Invalid(m)) if m.contains(bad)),
+                "{err:?}"
+            );
+        }
+    }
 
     #[test]
     fn describes_its_actions_and_params() {

@@ -2,40 +2,22 @@
 //! destroy, restore and compare every key; and the faults a user can cause.
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
 
-use super::{error_of, free_port};
-use crate::support::{Cairn, json, stderr, wasm};
+use super::{Harness, Workload, assert_fails_with, assert_repository_empty, assert_timed_out};
+use super::{free_port, piped, require, script, wait_for};
+use crate::support::{Cairn, stderr};
 
 const ROOT_PASSWORD: &str = "r00t-pw";
 
 /// Keys the test loads.
 const KEYS: usize = 3000;
 
-/// Fails (never skips) when the server's programs are missing.
-fn require_etcd() {
-    for (program, version) in [("etcd", "--version"), ("etcdctl", "version")] {
-        let found = Command::new(program)
-            .arg(version)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(
-            found,
-            "{program} is not installed: install the Debian packages etcd-server and \
-             etcd-client (apt-get install etcd-server etcd-client) to run the etcd blueprint tests"
-        );
-    }
-}
-
-/// An `etcd` member in its own tempdir, started and stopped by scripts that the inventory
+/// An `etcd` member in its own tempdir, started by a script that its harness's workload `etcd`
 /// uses too, killed on drop.
 struct Etcd {
-    dir: tempfile::TempDir,
+    h: Harness,
     client: u16,
     peer: u16,
     auth: bool,
@@ -43,10 +25,14 @@ struct Etcd {
 
 impl Etcd {
     fn start(auth: bool) -> Self {
-        require_etcd();
-        let dir = tempfile::tempdir().expect("tempdir");
+        require(
+            "etcd",
+            "etcd-server etcd-client",
+            ["etcd", "etcdctl version"],
+        );
+        let mut h = Harness::new("etcd", "etcd");
         let (client, peer) = (free_port(), free_port());
-        let root = dir.path();
+        let root = h.root();
         std::fs::create_dir(root.join("tmp")).expect("tmp dir");
         // A longer election timeout raises etcd's request timeout (5 s + 2 × election timeout):
         // the tests share two cores and a disk with parallel builds, where the default 7 s flakes.
@@ -58,26 +44,31 @@ impl Etcd {
              --heartbeat-interval 250 --election-timeout 2500 >> etcd.log 2>&1 &\necho $! > etcd.pid\n"
         );
         std::fs::write(root.join("start.sh"), start).expect("start.sh");
-        std::fs::write(
-            root.join("stop.sh"),
-            "pid=$(cat etcd.pid) && kill \"$pid\" && \
-             while [ -e /proc/$pid ] && ! grep -q '^State:.*Z' /proc/$pid/status; do sleep 0.05; done\n",
-        )
-        .expect("stop.sh");
-        let status = Command::new("sh")
-            .arg("start.sh")
-            .current_dir(root)
-            .status()
-            .expect("sh runs");
-        assert!(status.success());
+        let tmp = root.join("tmp");
+        h.param("endpoints", format!("127.0.0.1:{client}"));
+        h.param("tmp-dir", tmp.display());
+        h.workload = Workload {
+            ready: Some(format!(
+                "[etcdctl, --endpoints, '127.0.0.1:{client}', endpoint, status]"
+            )),
+            ..Workload::allowing(&["etcdctl", "cat", "sh"])
+        };
+        h.serve(&["sh", "./start.sh"], "etcd.pid");
         let mut etcd = Self {
-            dir,
+            h,
             client,
             peer,
             auth: false,
         };
-        etcd.wait_up();
-        etcd.write_inventory(&["etcdctl", "cat", "sh"], None);
+        wait_for(
+            "etcd coming up",
+            30,
+            || {
+                etcd.try_ctl(&["get", "/"])
+                    .is_some_and(|o| o.status.success())
+            },
+            || std::fs::read_to_string(etcd.h.root().join("etcd.log")).unwrap_or_default(),
+        );
         if auth {
             etcd.ctl(&["user", "add", &format!("root:{ROOT_PASSWORD}")]);
             etcd.ctl(&["auth", "enable"]);
@@ -86,60 +77,26 @@ impl Etcd {
         etcd
     }
 
-    fn root(&self) -> &Path {
-        self.dir.path()
-    }
-
     fn data_dir(&self) -> PathBuf {
-        self.root().join("data")
+        self.h.root().join("data")
     }
 
-    fn wait_up(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !self
-            .try_ctl(&["get", "/"])
-            .is_some_and(|o| o.status.success())
-        {
-            assert!(
-                Instant::now() < deadline,
-                "etcd on port {} did not come up: {}",
-                self.client,
-                std::fs::read_to_string(self.root().join("etcd.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn write_inventory(&self, allow: &[&str], path_env: Option<&Path>) {
-        let mut env = String::new();
-        if let Some(p) = path_env {
-            env = format!("        env: {{PATH: \"{}\"}}\n", p.display());
-        }
-        let inventory = format!(
-            "namespaces:\n  default:\n    workloads:\n      etcd:\n        kind: statefulset\n\
-             \x20       workdir: .\n{env}        allow: [{allow}]\n\
-             \x20       start: [sh, ./start.sh]\n\
-             \x20       stop: [sh, ./stop.sh]\n\
-             \x20       ready: [etcdctl, --endpoints, '127.0.0.1:{client}', endpoint, status]\n",
-            allow = allow.join(", "),
-            client = self.client,
-        );
-        std::fs::write(self.root().join("inventory.yaml"), inventory).expect("inventory");
-    }
-
-    fn try_ctl(&self, args: &[&str]) -> Option<Output> {
+    fn etcdctl(&self) -> Command {
         let mut command = Command::new("etcdctl");
         command
             .env("ETCDCTL_API", "3")
             .env("ETCDCTL_ENDPOINTS", format!("127.0.0.1:{}", self.client))
-            .env("ETCDCTL_COMMAND_TIMEOUT", "30s")
-            .args(args);
+            .env("ETCDCTL_COMMAND_TIMEOUT", "30s");
         if self.auth {
             command
                 .env("ETCDCTL_USER", "root")
                 .env("ETCDCTL_PASSWORD", ROOT_PASSWORD);
         }
-        command.output().ok()
+        command
+    }
+
+    fn try_ctl(&self, args: &[&str]) -> Option<Output> {
+        self.etcdctl().args(args).output().ok()
     }
 
     fn ctl(&self, args: &[&str]) -> String {
@@ -176,28 +133,9 @@ impl Etcd {
 
     /// Runs one `etcdctl txn`; whether it succeeded.
     fn txn(&self, txn: &str) -> bool {
-        let mut command = Command::new("etcdctl");
-        command
-            .env("ETCDCTL_API", "3")
-            .env("ETCDCTL_ENDPOINTS", format!("127.0.0.1:{}", self.client))
-            .env("ETCDCTL_COMMAND_TIMEOUT", "30s")
-            .arg("txn")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        if self.auth {
-            command
-                .env("ETCDCTL_USER", "root")
-                .env("ETCDCTL_PASSWORD", ROOT_PASSWORD);
-        }
-        let mut child = command.spawn().expect("etcdctl txn");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(txn.as_bytes())
-            .expect("write txn");
-        let out = child.wait_with_output().expect("etcdctl txn");
+        let mut command = self.etcdctl();
+        command.arg("txn");
+        let out = piped(command, txn.as_bytes());
         let ok = out.status.success() && String::from_utf8_lossy(&out.stdout).contains("SUCCESS");
         if !ok {
             eprintln!("txn failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -223,81 +161,29 @@ impl Etcd {
             .unwrap_or_default()
     }
 
-    fn kill(&self) {
-        if let Ok(pid) = std::fs::read_to_string(self.root().join("etcd.pid")) {
-            let _ = Command::new("kill")
-                .args(["-9", pid.trim()])
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
-
-    fn cairn(&self, cairn: &Cairn, action: &str, extra: &[&str]) -> Output {
-        let wasm = wasm("etcd");
-        let target = format!("local:{}", self.root().join("inventory.yaml").display());
-        let endpoints = format!("endpoints=127.0.0.1:{}", self.client);
-        let tmp = format!("tmp-dir={}", self.root().join("tmp").display());
-        let mut args = vec![
-            "run",
-            wasm.to_str().expect("utf-8 path"),
-            "--action",
-            action,
-            "--target",
-            &target,
-            "--workload",
-            "etcd",
-            "--param",
-            &endpoints,
-            "--param",
-            &tmp,
-        ];
-        args.extend_from_slice(extra);
-        cairn.run(&args)
-    }
-
-    fn backup(&self, cairn: &Cairn, extra: &[&str]) -> PathBuf {
-        let mut args = vec!["--grant", "exec,export,secrets", "--output", "json"];
-        args.extend_from_slice(extra);
-        let out = self.cairn(cairn, "backup", &args);
-        assert!(out.status.success(), "backup failed: {}", stderr(&out));
-        let report = self.root().join("report.json");
-        std::fs::write(&report, &out.stdout).expect("save the report");
-        report
-    }
-
     fn restore(&self, cairn: &Cairn, report: &Path, extra: &[&str]) -> Output {
         let data_dir = format!("data-dir={}", self.data_dir().display());
         let peer = format!("initial-advertise-peer-urls=http://127.0.0.1:{}", self.peer);
-        let mut args = vec![
-            "--from",
-            report.to_str().expect("utf-8"),
-            "--grant",
-            "exec,import,workloads,scale,secrets",
+        let from = report.to_str().expect("utf-8");
+        let grants = "exec,import,workloads,scale,secrets";
+        let params = [
             "--param",
             &data_dir,
             "--param",
             &peer,
             "--param",
             "ready-timeout=60",
-            "--output",
-            "json",
         ];
-        args.extend_from_slice(extra);
-        self.cairn(cairn, "restore", &args)
+        let args = [&["--from", from, "--grant", grants][..], &params, extra].concat();
+        self.h.run(cairn, "restore", &args)
     }
 
     /// Files left in the backup's temporary directory.
     fn tmp_files(&self) -> Vec<String> {
-        std::fs::read_dir(self.root().join("tmp"))
+        std::fs::read_dir(self.h.root().join("tmp"))
             .expect("tmp dir")
             .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
             .collect()
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 
@@ -322,14 +208,7 @@ fn base64_decode(s: &str) -> Vec<u8> {
     out
 }
 
-fn credentials() -> [String; 4] {
-    [
-        "--secret".into(),
-        "user=raw:root".into(),
-        "--secret".into(),
-        format!("password=raw:{ROOT_PASSWORD}"),
-    ]
-}
+const BACKUP: [&str; 2] = ["--grant", "exec,export,secrets"];
 
 #[test]
 fn backup_destroy_restore_and_compare_every_key() {
@@ -338,9 +217,9 @@ fn backup_destroy_restore_and_compare_every_key() {
     let before = etcd.dump();
 
     let cairn = Cairn::new();
-    let creds = credentials();
-    let creds: Vec<&str> = creds.iter().map(String::as_str).collect();
-    let report = etcd.backup(&cairn, &creds);
+    let password = format!("password=raw:{ROOT_PASSWORD}");
+    let creds = ["--secret", "user=raw:root", "--secret", &password];
+    let (report, _) = etcd.h.backup(&cairn, &[&BACKUP[..], &creds].concat());
     assert!(etcd.tmp_files().is_empty(), "{:?}", etcd.tmp_files());
 
     // Destroy: delete everything under one prefix, change and add keys.
@@ -349,14 +228,16 @@ fn backup_destroy_restore_and_compare_every_key() {
     etcd.ctl(&["put", "/intruder", "1"]);
     assert_ne!(etcd.dump(), before);
 
-    let mut extra = creds.clone();
-    extra.extend(["--param", "replace=true"]);
-    let out = etcd.restore(&cairn, &report, &extra);
+    let out = etcd.restore(
+        &cairn,
+        &report,
+        &[&creds[..], &["--param", "replace=true"]].concat(),
+    );
     assert!(
         out.status.success(),
         "restore failed: {}\netcd.log ends with: {}\nstart log: {}",
         stderr(&out),
-        tail(&etcd.root().join("etcd.log")),
+        tail(&etcd.h.root().join("etcd.log")),
         tail(
             &cairn
                 .home
@@ -368,7 +249,7 @@ fn backup_destroy_restore_and_compare_every_key() {
     assert_eq!(after.len(), KEYS);
     assert!(after == before, "the restored keys differ");
     // Nothing staged is left beside the data directory.
-    let leftovers: Vec<_> = std::fs::read_dir(etcd.root())
+    let leftovers: Vec<_> = std::fs::read_dir(etcd.h.root())
         .expect("root")
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -382,103 +263,41 @@ fn restore_over_existing_data_is_refused_without_replace() {
     let etcd = Etcd::start(false);
     etcd.load();
     let cairn = Cairn::new();
-    let report = etcd.backup(&cairn, &[]);
+    let (report, _) = etcd.h.backup(&cairn, &BACKUP);
     etcd.ctl(&["put", "/newer", "data"]);
-    let error = error_of(&etcd.restore(&cairn, &report, &[]));
-    assert!(
-        error.contains("already holds") && error.contains("replace=true"),
-        "{error}"
-    );
+    let out = etcd.restore(&cairn, &report, &[]);
+    assert_fails_with(&out, &["already holds", "replace=true"]);
     assert_eq!(etcd.dump().len(), KEYS + 1);
 }
 
 #[test]
 fn wrong_or_missing_credentials_are_clear_errors() {
-    let etcd = Etcd::start(true);
-    let cairn = Cairn::new();
-    let out = etcd.cairn(
-        &cairn,
-        "backup",
+    Etcd::start(true).h.credentials_are_checked(
         &[
-            "--grant",
-            "exec,export,secrets",
             "--secret",
             "user=raw:root",
             "--secret",
             "password=raw:wrong",
-            "--output",
-            "json",
         ],
-    );
-    let error = error_of(&out);
-    assert!(
-        error.contains("refused the credentials") && error.contains("authentication failed"),
-        "{error}"
-    );
-
-    let out = etcd.cairn(
-        &cairn,
-        "backup",
-        &["--grant", "exec,export", "--output", "json"],
-    );
-    let error = error_of(&out);
-    assert!(
-        error.contains("requires authentication") && error.contains("--secret"),
-        "{error}"
+        &["refused the credentials", "authentication failed"],
+        &["requires authentication", "--secret"],
     );
 }
 
 #[test]
 fn a_server_that_is_down_is_a_clear_error() {
     let etcd = Etcd::start(false);
-    etcd.kill();
-    let cairn = Cairn::new();
-    let out = etcd.cairn(
-        &cairn,
-        "backup",
-        &["--grant", "exec,export", "--output", "json"],
-    );
-    let error = error_of(&out);
-    assert!(
-        error.contains("cannot reach etcd") && error.contains(&etcd.client.to_string()),
-        "{error}"
-    );
+    etcd.h.kill();
+    let out = etcd.h.run(&Cairn::new(), "backup", &BACKUP);
+    assert_fails_with(&out, &["cannot reach etcd", &etcd.client.to_string()]);
     assert!(etcd.tmp_files().is_empty(), "{:?}", etcd.tmp_files());
 }
 
 #[test]
 fn etcdctl_missing_from_the_workload_is_a_clear_error() {
     let etcd = Etcd::start(false);
-    let cairn = Cairn::new();
-
-    etcd.write_inventory(&["cat", "sh"], None);
-    let out = etcd.cairn(
-        &cairn,
-        "backup",
-        &["--grant", "exec,export", "--output", "json"],
-    );
-    let error = error_of(&out);
-    assert!(
-        error.contains("denied") && error.contains("etcdctl") && error.contains("allow"),
-        "{error}"
-    );
-
-    let bin = etcd.root().join("bin");
-    std::fs::create_dir(&bin).expect("bin");
-    for tool in ["sh", "cat", "rm"] {
-        std::os::unix::fs::symlink(Path::new("/bin").join(tool), bin.join(tool)).expect("link");
-    }
-    etcd.write_inventory(&["etcdctl", "cat", "sh"], Some(&bin));
-    let out = etcd.cairn(
-        &cairn,
-        "backup",
-        &["--grant", "exec,export", "--output", "json"],
-    );
-    let error = error_of(&out);
-    assert!(
-        error.contains("etcdctl") && error.contains("not on PATH"),
-        "{error}"
-    );
+    etcd.h
+        .a_missing_tool_is_named("etcdctl", &["sh", "cat", "rm"]);
 }
 
 #[test]
@@ -486,59 +305,28 @@ fn a_timeout_in_the_middle_of_the_export_records_nothing_and_cleans_up() {
     let etcd = Etcd::start(false);
     etcd.load();
     // A `cat` that stalls before streaming: the deadline hits in the middle of the export.
-    let bin = etcd.root().join("bin");
-    std::fs::create_dir(&bin).expect("bin");
-    for tool in ["sh", "rm", "etcdctl"] {
-        let real = which(tool);
-        std::os::unix::fs::symlink(real, bin.join(tool)).expect("link");
-    }
-    let slow_cat = bin.join("cat");
-    std::fs::write(
-        &slow_cat,
+    let real: Vec<(&str, PathBuf)> = ["sh", "rm", "etcdctl"]
+        .into_iter()
+        .map(|t| (t, which(t)))
+        .collect();
+    let real: Vec<(&str, &Path)> = real.iter().map(|(t, p)| (*t, p.as_path())).collect();
+    let bin = etcd.h.tools("bin", &real);
+    script(
+        &bin.join("cat"),
         "#!/bin/sh\n/bin/sleep 30\nexec /bin/cat \"$@\"\n",
-    )
-    .expect("cat");
-    std::fs::set_permissions(
-        &slow_cat,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .expect("chmod");
-    etcd.write_inventory(&["etcdctl", "cat", "sh"], Some(&bin));
+    );
+    etcd.h.write_inventory(&etcd.h.workload.with_path(&bin));
 
     let cairn = Cairn::new();
-    let out = etcd.cairn(
+    let out = etcd.h.run(
         &cairn,
         "backup",
-        &[
-            "--grant",
-            "exec,export",
-            "--timeout",
-            "3s",
-            "--output",
-            "json",
-        ],
-    );
-    let error = error_of(&out);
-    assert!(
-        error.starts_with("backup") && (error.contains("deadline") || error.contains("timed out")),
-        "{error}"
-    );
-    let v = json(&out);
-    assert!(
-        v["outputs"]["artifacts"]
-            .as_array()
-            .is_none_or(Vec::is_empty),
-        "a timed-out backup must not record a restore point: {v}"
+        &[&BACKUP[..], &["--timeout", "3s"]].concat(),
     );
     // The posthook ran and removed the temporary snapshot.
-    let phases = v["phases"].as_array().expect("phases");
-    assert!(
-        phases
-            .iter()
-            .any(|p| p["action"] == "backupPosthook" && p["status"] == "ok"),
-        "{v}"
-    );
+    assert_timed_out(&out, true);
     assert!(etcd.tmp_files().is_empty(), "{:?}", etcd.tmp_files());
+    assert_repository_empty(&cairn);
 }
 
 /// The last lines of a log file, for failure messages.
@@ -561,17 +349,12 @@ fn delete_removes_the_export_and_a_later_restore_fails_clearly() {
     let etcd = Etcd::start(false);
     etcd.load();
     let cairn = Cairn::new();
-    let report = etcd.backup(&cairn, &[]);
-    let from = report.to_str().expect("utf-8");
-    let out = etcd.cairn(&cairn, "delete", &["--from", from, "--grant", "export"]);
-    assert!(out.status.success(), "delete failed: {}", stderr(&out));
+    let (report, _) = etcd.h.backup(&cairn, &BACKUP);
+    etcd.h.delete(&cairn, &report);
 
     etcd.ctl(&["del", "", "--from-key"]);
-    let error = error_of(&etcd.restore(&cairn, &report, &[]));
-    assert!(
-        error.contains("export `snapshot`") && error.contains("not found"),
-        "{error}"
-    );
+    let out = etcd.restore(&cairn, &report, &[]);
+    assert_fails_with(&out, &["export `snapshot`", "not found"]);
     // The member still runs, untouched.
     assert!(etcd.dump().is_empty());
     assert!(etcd.data_dir().join("member").is_dir());

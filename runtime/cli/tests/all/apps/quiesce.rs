@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use crate::support::{Cairn, json, stderr, wasm};
+use super::{Harness, Workload, assert_fails_with, assert_no_artifacts, value};
+use crate::support::{Cairn, stderr};
 
 const GRANTS: &str = "workloads,scale,volumes";
 
@@ -14,13 +15,13 @@ const GRANTS: &str = "workloads,scale,volumes";
 /// the volume, so a snapshot taken while it runs would show it) and records the replicas it
 /// was started with; `stop.sh` undoes that. `events.log` lists every start and stop.
 struct App {
-    dir: tempfile::TempDir,
+    h: Harness,
 }
 
 impl App {
     fn new() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let root = dir.path();
+        let mut h = Harness::new("quiesce", "app");
+        let root = h.root();
         std::fs::create_dir_all(root.join("data/nested")).expect("data");
         std::fs::write(
             root.join("start.sh"),
@@ -32,15 +33,6 @@ impl App {
             "echo 0 > replicas.txt\nrm -f data/RUNNING\necho stop >> events.log\n",
         )
         .expect("stop.sh");
-        std::fs::write(
-            root.join("inventory.yaml"),
-            "namespaces:\n  default:\n    workloads:\n      app:\n        kind: statefulset\n\
-             \x20       replicas: 2\n        workdir: .\n        allow: [sh]\n\
-             \x20       start: [sh, ./start.sh]\n        stop: [sh, ./stop.sh]\n\
-             \x20       ready: [sh, -c, 'test -f data/RUNNING']\n\
-             \x20       volumes:\n          data: ./data\n",
-        )
-        .expect("inventory");
         for i in 0..50 {
             std::fs::write(
                 root.join(format!("data/file-{i:02}.bin")),
@@ -58,32 +50,31 @@ impl App {
             .expect("sh");
         assert!(status.success());
         std::fs::remove_file(root.join("events.log")).expect("reset events");
-        Self { dir }
+        h.set_workload(Workload {
+            replicas: Some(2),
+            start: Some("[sh, ./start.sh]".into()),
+            stop: Some("[sh, ./stop.sh]".into()),
+            ready: Some("[sh, -c, 'test -f data/RUNNING']".into()),
+            volume: true,
+            ..Workload::allowing(&["sh"])
+        });
+        Self { h }
     }
 
     fn root(&self) -> &Path {
-        self.dir.path()
+        self.h.root()
     }
 
     fn run(&self, cairn: &Cairn, action: &str, extra: &[&str]) -> Output {
-        let wasm = wasm("quiesce");
-        let target = format!("local:{}", self.root().join("inventory.yaml").display());
-        let mut args = vec![
-            "run",
-            wasm.to_str().expect("utf-8 path"),
-            "--action",
-            action,
-            "--target",
-            &target,
-            "--workload",
-            "app",
-            "--grant",
-            GRANTS,
-            "--output",
-            "json",
-        ];
-        args.extend_from_slice(extra);
-        cairn.run(&args)
+        self.h
+            .run(cairn, action, &[&["--grant", GRANTS][..], extra].concat())
+    }
+
+    /// The workload went through `events` and is back at its two replicas.
+    fn is_back(&self, cairn: &Cairn, events: &[&str]) {
+        assert_eq!(self.events(), events);
+        assert_eq!(self.replicas(), "2");
+        assert_eq!(desired(cairn), 2);
     }
 
     /// The replicas the workload was last started or stopped with.
@@ -109,6 +100,21 @@ impl App {
             .filter(|(p, _)| p != Path::new("RUNNING"))
             .collect()
     }
+}
+
+/// Each phase of a run's report as (action, status).
+fn phases(v: &serde_json::Value) -> Vec<(&str, &str)> {
+    v["phases"]
+        .as_array()
+        .expect("phases")
+        .iter()
+        .map(|p| {
+            (
+                p["action"].as_str().unwrap_or_default(),
+                p["status"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect()
 }
 
 fn tree(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
@@ -145,20 +151,11 @@ fn backup_snapshots_at_zero_replicas_and_restore_puts_the_volume_back() {
     let original = app.data();
     let cairn = Cairn::new();
 
-    let out = app.run(&cairn, "backup", &[]);
-    assert!(out.status.success(), "backup failed: {}", stderr(&out));
-    let report = json(&out);
-    assert_eq!(app.events(), ["stop", "start"], "quiesced, then back");
-    assert_eq!(app.replicas(), "2");
-    assert_eq!(desired(&cairn), 2);
+    let (report_path, report) = app.h.backup(&cairn, &["--grant", GRANTS]);
+    app.is_back(&cairn, &["stop", "start"]);
     let snapshot = &report["outputs"]["artifacts"][0];
     assert_eq!(snapshot["name"], "volume-data", "{report}");
-    let id = snapshot["values"]
-        .as_array()
-        .and_then(|vs| vs.iter().find(|kv| kv[0] == "snapshot-id"))
-        .and_then(|kv| kv[1].as_str())
-        .unwrap_or_else(|| panic!("no snapshot-id in {report}"))
-        .to_owned();
+    let id = value(snapshot, "snapshot-id");
     // Taken while the application was stopped: its running marker is not in the snapshot.
     let snapshot_dir = cairn.home.path().join("cluster/snapshots").join(&id);
     let copy = tree(&snapshot_dir.join("data"));
@@ -167,8 +164,6 @@ fn backup_snapshots_at_zero_replicas_and_restore_puts_the_volume_back() {
         "snapshot of a running app"
     );
     assert_eq!(copy, original);
-    let report_path = app.root().join("report.json");
-    std::fs::write(&report_path, &out.stdout).expect("save report");
     let from = report_path.to_str().expect("utf-8");
 
     // Change the volume: modify, delete and add files.
@@ -180,9 +175,7 @@ fn backup_snapshots_at_zero_replicas_and_restore_puts_the_volume_back() {
     let out = app.run(&cairn, "restore", &["--from", from]);
     assert!(out.status.success(), "restore failed: {}", stderr(&out));
     assert_eq!(app.data(), original, "the restored volume differs");
-    assert_eq!(app.events(), ["stop", "start", "stop", "start"]);
-    assert_eq!(app.replicas(), "2");
-    assert_eq!(desired(&cairn), 2);
+    app.is_back(&cairn, &["stop", "start", "stop", "start"]);
 
     // Delete retires the snapshot; a restore from the same report then fails clearly, and
     // its posthook still brings the workload back.
@@ -190,12 +183,7 @@ fn backup_snapshots_at_zero_replicas_and_restore_puts_the_volume_back() {
     assert!(out.status.success(), "delete failed: {}", stderr(&out));
     assert!(!snapshot_dir.exists(), "the snapshot is still there");
     let out = app.run(&cairn, "restore", &["--from", from]);
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    let error = json(&out)["error"].as_str().expect("error").to_owned();
-    assert!(
-        error.contains(&id) && error.contains("not found"),
-        "{error}"
-    );
+    assert_fails_with(&out, &[&id, "not found"]);
     assert_eq!(app.replicas(), "2");
     assert_eq!(desired(&cairn), 2);
     assert_eq!(
@@ -210,30 +198,13 @@ fn a_failed_backup_still_scales_the_workload_back() {
     let app = App::new();
     let cairn = Cairn::new();
     let out = app.run(&cairn, "backup", &["--param", "volumes=nope"]);
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    let v = json(&out);
-    let error = v["error"].as_str().expect("error");
+    let v = assert_fails_with(&out, &["nope"]);
     assert!(
-        error.starts_with("backup") && error.contains("nope"),
-        "{error}"
-    );
-    assert!(
-        v["outputs"]["artifacts"]
-            .as_array()
-            .is_none_or(Vec::is_empty),
+        v["error"].as_str().is_some_and(|e| e.starts_with("backup")),
         "{v}"
     );
-    let phases: Vec<(&str, &str)> = v["phases"]
-        .as_array()
-        .expect("phases")
-        .iter()
-        .map(|p| {
-            (
-                p["action"].as_str().unwrap_or_default(),
-                p["status"].as_str().unwrap_or_default(),
-            )
-        })
-        .collect();
+    assert_no_artifacts(&v);
+    let phases = phases(&v);
     assert_eq!(
         phases,
         [
@@ -243,34 +214,16 @@ fn a_failed_backup_still_scales_the_workload_back() {
         ],
         "{v}"
     );
-    assert_eq!(app.events(), ["stop", "start"]);
-    assert_eq!(app.replicas(), "2");
-    assert_eq!(desired(&cairn), 2);
+    app.is_back(&cairn, &["stop", "start"]);
 }
 
 #[test]
 fn a_backup_without_the_scale_grant_never_stops_the_workload() {
     let app = App::new();
-    let cairn = Cairn::new();
-    let wasm = wasm("quiesce");
-    let target = format!("local:{}", app.root().join("inventory.yaml").display());
-    let out = cairn.run(&[
-        "run",
-        wasm.to_str().expect("utf-8 path"),
-        "--action",
-        "backup",
-        "--target",
-        &target,
-        "--workload",
-        "app",
-        "--grant",
-        "workloads,volumes",
-        "--output",
-        "json",
-    ]);
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    let error = json(&out)["error"].as_str().expect("error").to_owned();
-    assert!(error.contains("--grant scale"), "{error}");
+    let out = app
+        .h
+        .run(&Cairn::new(), "backup", &["--grant", "workloads,volumes"]);
+    assert_fails_with(&out, &["--grant scale"]);
     assert!(app.events().is_empty(), "{:?}", app.events());
     assert_eq!(app.replicas(), "2");
 }
@@ -287,32 +240,14 @@ fn a_backup_that_times_out_still_scales_the_workload_back() {
     }
     let cairn = Cairn::new();
     let out = app.run(&cairn, "backup", &["--timeout", "400ms"]);
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    let v = json(&out);
-    let phases: Vec<(&str, &str)> = v["phases"]
-        .as_array()
-        .expect("phases")
-        .iter()
-        .map(|p| {
-            (
-                p["action"].as_str().unwrap_or_default(),
-                p["status"].as_str().unwrap_or_default(),
-            )
-        })
-        .collect();
+    let v = assert_fails_with(&out, &[]);
+    let phases = phases(&v);
     assert_eq!(phases[0], ("backupPrehook", "ok"), "{v}");
     assert_eq!(phases[2], ("backupPosthook", "ok"), "{v}");
     assert_ne!(
         phases[1].1, "ok",
         "the backup should have run out of time: {v}"
     );
-    assert!(
-        v["outputs"]["artifacts"]
-            .as_array()
-            .is_none_or(Vec::is_empty),
-        "{v}"
-    );
-    assert_eq!(app.events(), ["stop", "start"]);
-    assert_eq!(app.replicas(), "2");
-    assert_eq!(desired(&cairn), 2);
+    assert_no_artifacts(&v);
+    app.is_back(&cairn, &["stop", "start"]);
 }

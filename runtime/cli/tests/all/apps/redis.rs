@@ -2,12 +2,12 @@
 //! loopback: backup, destroy, restore and compare every key; and the faults a user can cause.
 
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::{Command, Output};
 
-use super::{error_of, free_port};
-use crate::support::{Cairn, json, stderr, wasm};
+use super::{Harness, Workload, assert_fails_with, assert_repository_empty, assert_timed_out};
+use super::{free_port, piped, require, wait_for};
+use crate::support::{Cairn, stderr};
 
 const PASSWORD: &str = "s3cret-pw";
 
@@ -48,37 +48,25 @@ end
 return table.concat(out, '\n')
 ";
 
-/// Fails (never skips) when the server's programs are missing.
-fn require_redis() {
-    for program in ["redis-server", "redis-cli"] {
-        let found = Command::new(program)
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(
-            found,
-            "{program} is not installed: install the Debian packages redis-server and \
-             redis-tools (apt-get install redis-server redis-tools) to run the Redis blueprint tests"
-        );
-    }
-}
-
-/// A `redis-server` in its own tempdir, daemonized, killed on drop. The tempdir holds the
-/// config, the data dir and the inventory of a local target whose workload `redis` is it.
+/// A `redis-server` in its own tempdir, daemonized, killed on drop: the workload `redis` of
+/// its harness, started from its config and stopped with SIGTERM (which saves when save points
+/// are set, as in production).
 struct Redis {
-    dir: tempfile::TempDir,
+    h: Harness,
     port: u16,
     password: Option<&'static str>,
 }
 
 impl Redis {
     fn start(password: Option<&'static str>) -> Self {
-        require_redis();
-        let dir = tempfile::tempdir().expect("tempdir");
+        require(
+            "Redis",
+            "redis-server redis-tools",
+            ["redis-server", "redis-cli"],
+        );
+        let mut h = Harness::new("redis", "redis");
         let port = free_port();
-        let root = dir.path();
+        let root = h.root();
         std::fs::create_dir(root.join("data")).expect("data dir");
         let mut conf = format!(
             "port {port}\nbind 127.0.0.1\ndir {data}\ndbfilename dump.rdb\ndaemonize yes\n\
@@ -90,67 +78,32 @@ impl Redis {
             conf.push_str(&format!("requirepass {p}\n"));
         }
         std::fs::write(root.join("redis.conf"), conf).expect("redis.conf");
-        let redis = Self {
-            dir,
-            port,
-            password,
+        h.param("port", port);
+        h.workload = Workload {
+            ready: Some(format!(
+                "[sh, -c, 'redis-cli -p {port} ping | grep -qE \"PONG|NOAUTH\"']"
+            )),
+            ..Workload::allowing(&["redis-cli", "cat", "sh"])
         };
-        redis.launch();
-        redis.write_inventory(&["redis-cli", "cat", "sh"], None);
+        h.serve(&["redis-server", "./redis.conf"], "redis.pid");
+        let redis = Self { h, port, password };
+        wait_for(
+            "redis-server coming up",
+            20,
+            || redis.try_cli(&["PING"]).is_some_and(|o| o.trim() == "PONG"),
+            || std::fs::read_to_string(redis.h.root().join("redis.log")).unwrap_or_default(),
+        );
         redis
     }
 
-    fn root(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn launch(&self) {
-        let status = Command::new("redis-server")
-            .arg(self.root().join("redis.conf"))
-            .status()
-            .expect("redis-server runs");
-        assert!(status.success(), "redis-server failed to start");
-        self.wait_up();
-    }
-
-    fn wait_up(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while self.try_cli(&["PING"]).is_none_or(|o| o.trim() != "PONG") {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server on port {} did not come up: {}",
-                self.port,
-                std::fs::read_to_string(self.root().join("redis.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Writes `inventory.yaml`: the workload `redis` runs commands in the tempdir, starts the
-    /// server from its config and stops it with SIGTERM (which saves when save points are set,
-    /// as in production).
-    fn write_inventory(&self, allow: &[&str], path_env: Option<&Path>) {
-        let mut env = String::new();
-        if let Some(p) = path_env {
-            env = format!("        env: {{PATH: \"{}\"}}\n", p.display());
-        }
-        let inventory = format!(
-            "namespaces:\n  default:\n    workloads:\n      redis:\n        kind: statefulset\n\
-             \x20       workdir: .\n{env}        allow: [{allow}]\n\
-             \x20       start: [redis-server, ./redis.conf]\n\
-             \x20       stop: [sh, -c, 'pid=$(cat redis.pid) && kill \"$pid\" && while [ -e /proc/$pid ] && ! grep -q \"^State:.*Z\" /proc/$pid/status; do sleep 0.05; done']\n\
-             \x20       ready: [sh, -c, 'redis-cli -p {port} ping | grep -qE \"PONG|NOAUTH\"']\n",
-            allow = allow.join(", "),
-            port = self.port,
-        );
-        std::fs::write(self.root().join("inventory.yaml"), inventory).expect("inventory");
-    }
-
-    fn target(&self) -> String {
-        format!("local:{}", self.root().join("inventory.yaml").display())
-    }
-
     fn try_cli(&self, args: &[&str]) -> Option<String> {
+        let out = self.redis_cli(args).output().ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn redis_cli(&self, args: &[&str]) -> Command {
         let mut command = Command::new("redis-cli");
         command
             .args(["--no-auth-warning", "-p", &self.port.to_string()])
@@ -158,10 +111,7 @@ impl Redis {
         if let Some(p) = self.password {
             command.env("REDISCLI_AUTH", p);
         }
-        let out = command.output().ok()?;
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+        command
     }
 
     fn cli(&self, args: &[&str]) -> String {
@@ -216,22 +166,7 @@ impl Redis {
                 write!(resp, "${}\r\n{a}\r\n", a.len()).expect("write");
             }
         }
-        let mut command = Command::new("redis-cli");
-        command
-            .args(["--no-auth-warning", "-p", &self.port.to_string(), "--pipe"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped());
-        if let Some(p) = self.password {
-            command.env("REDISCLI_AUTH", p);
-        }
-        let mut child = command.spawn().expect("redis-cli --pipe");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(&resp)
-            .expect("pipe commands");
-        let out = child.wait_with_output().expect("redis-cli --pipe");
+        let out = piped(self.redis_cli(&["--pipe"]), &resp);
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success() && text.contains("errors: 0"),
@@ -261,55 +196,16 @@ impl Redis {
             .join("\n--\n")
     }
 
-    fn kill(&self) {
-        if let Ok(pid) = std::fs::read_to_string(self.root().join("redis.pid")) {
-            let _ = Command::new("kill")
-                .args(["-9", pid.trim()])
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
-
-    /// `cairn run redis.wasm --action ACTION` on this server, with `extra` arguments.
-    fn cairn(&self, cairn: &Cairn, action: &str, extra: &[&str]) -> Output {
-        let wasm = wasm("redis");
-        let target = self.target();
-        let port = format!("port={}", self.port);
-        let mut args = vec![
-            "run",
-            wasm.to_str().expect("utf-8 path"),
-            "--action",
-            action,
-            "--target",
-            &target,
-            "--workload",
-            "redis",
-            "--param",
-            &port,
-        ];
-        args.extend_from_slice(extra);
-        cairn.run(&args)
-    }
-
-    /// A backup that must succeed; its JSON report is saved as `report.json` in the tempdir.
-    fn backup(&self, cairn: &Cairn, extra: &[&str]) -> PathBuf {
-        let mut args = vec!["--grant", "exec,export,secrets", "--output", "json"];
-        args.extend_from_slice(extra);
-        let out = self.cairn(cairn, "backup", &args);
-        assert!(out.status.success(), "backup failed: {}", stderr(&out));
-        let report = self.root().join("report.json");
-        std::fs::write(&report, &out.stdout).expect("save the report");
-        report
+    /// A restore from `report` with `extra` arguments.
+    fn restore(&self, cairn: &Cairn, report: &Path, extra: &[&str]) -> Output {
+        let from = report.to_str().expect("utf-8 path");
+        let grants = "exec,import,workloads,scale,secrets";
+        let args = [&["--from", from, "--grant", grants][..], extra].concat();
+        self.h.run(cairn, "restore", &args)
     }
 }
 
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-const RESTORE_GRANTS: &str = "exec,import,workloads,scale,secrets";
+const BACKUP: [&str; 2] = ["--grant", "exec,export,secrets"];
 
 fn secret() -> String {
     format!("password=raw:{PASSWORD}")
@@ -324,34 +220,18 @@ fn backup_destroy_restore_and_compare_every_key() {
 
     let cairn = Cairn::new();
     let secret = secret();
-    let report = redis.backup(&cairn, &["--secret", &secret]);
-    let v: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&report).expect("report")).expect("json");
-    let rdb = &v["outputs"]["artifacts"][0];
-    assert_eq!(rdb["name"], "rdb", "{v}");
+    let (report, v) = redis
+        .h
+        .backup(&cairn, &[&BACKUP[..], &["--secret", &secret]].concat());
+    assert_eq!(v["outputs"]["artifacts"][0]["name"], "rdb", "{v}");
 
     // Destroy: flush everything and write something else, which the restore must replace.
     redis.cli(&["FLUSHALL"]);
     redis.cli(&["SET", "intruder", "1"]);
     assert_ne!(redis.dump(), before);
 
-    let report_path = report.to_str().expect("utf-8");
-    let out = redis.cairn(
-        &cairn,
-        "restore",
-        &[
-            "--from",
-            report_path,
-            "--grant",
-            RESTORE_GRANTS,
-            "--secret",
-            &secret,
-            "--param",
-            "replace=true",
-            "--output",
-            "json",
-        ],
-    );
+    let extra = ["--secret", &secret, "--param", "replace=true"];
+    let out = redis.restore(&cairn, &report, &extra);
     assert!(out.status.success(), "restore failed: {}", stderr(&out));
     assert_eq!(redis.key_count(), TOTAL_KEYS);
     assert_eq!(redis.dump(), before, "the restored dataset differs");
@@ -364,25 +244,10 @@ fn restore_over_existing_data_is_refused_without_replace() {
     let redis = Redis::start(None);
     redis.load();
     let cairn = Cairn::new();
-    let report = redis.backup(&cairn, &[]);
+    let (report, _) = redis.h.backup(&cairn, &BACKUP);
     redis.cli(&["SET", "newer", "data"]);
-    let out = redis.cairn(
-        &cairn,
-        "restore",
-        &[
-            "--from",
-            report.to_str().expect("utf-8"),
-            "--grant",
-            RESTORE_GRANTS,
-            "--output",
-            "json",
-        ],
-    );
-    let error = error_of(&out);
-    assert!(
-        error.contains("already holds") && error.contains("replace=true"),
-        "{error}"
-    );
+    let out = redis.restore(&cairn, &report, &[]);
+    assert_fails_with(&out, &["already holds", "replace=true"]);
     // Nothing was touched.
     assert_eq!(redis.key_count(), TOTAL_KEYS + 1);
     assert_eq!(redis.cli(&["GET", "newer"]).trim(), "data");
@@ -390,92 +255,27 @@ fn restore_over_existing_data_is_refused_without_replace() {
 
 #[test]
 fn a_wrong_password_is_a_clear_error() {
-    let redis = Redis::start(Some(PASSWORD));
-    let cairn = Cairn::new();
-    let out = redis.cairn(
-        &cairn,
-        "backup",
-        &[
-            "--grant",
-            "exec,export,secrets",
-            "--secret",
-            "password=raw:not-the-password",
-            "--output",
-            "json",
-        ],
-    );
-    let error = error_of(&out);
-    assert!(
-        error.contains("refused the password") && error.contains("WRONGPASS"),
-        "{error}"
-    );
-
-    // No password at all: the error says how to give one.
-    let out = redis.cairn(
-        &cairn,
-        "backup",
-        &["--grant", "exec,export", "--output", "json"],
-    );
-    let error = error_of(&out);
-    assert!(
-        error.contains("requires a password") && error.contains("--secret password="),
-        "{error}"
+    Redis::start(Some(PASSWORD)).h.credentials_are_checked(
+        &["--secret", "password=raw:not-the-password"],
+        &["refused the password", "WRONGPASS"],
+        // No password at all: the error says how to give one.
+        &["requires a password", "--secret password="],
     );
 }
 
 #[test]
 fn a_server_that_is_down_is_a_clear_error() {
     let redis = Redis::start(None);
-    redis.kill();
-    let cairn = Cairn::new();
-    let out = redis.cairn(
-        &cairn,
-        "backup",
-        &["--grant", "exec,export", "--output", "json"],
-    );
-    let error = error_of(&out);
-    assert!(
-        error.contains("cannot connect to Redis")
-            && error.contains(&format!("127.0.0.1:{}", redis.port)),
-        "{error}"
-    );
+    redis.h.kill();
+    let out = redis.h.run(&Cairn::new(), "backup", &BACKUP);
+    let at = format!("127.0.0.1:{}", redis.port);
+    assert_fails_with(&out, &["cannot connect to Redis", &at]);
 }
 
 #[test]
 fn redis_cli_missing_from_the_workload_is_a_clear_error() {
     let redis = Redis::start(None);
-    let cairn = Cairn::new();
-
-    // Not in the allow list.
-    redis.write_inventory(&["cat", "sh"], None);
-    let out = redis.cairn(
-        &cairn,
-        "backup",
-        &["--grant", "exec,export", "--output", "json"],
-    );
-    let error = error_of(&out);
-    assert!(
-        error.contains("denied") && error.contains("redis-cli") && error.contains("allow"),
-        "{error}"
-    );
-
-    // Allowed but not installed: a PATH without it.
-    let bin = redis.root().join("bin");
-    std::fs::create_dir(&bin).expect("bin");
-    for tool in ["sh", "cat"] {
-        std::os::unix::fs::symlink(Path::new("/bin").join(tool), bin.join(tool)).expect("link");
-    }
-    redis.write_inventory(&["redis-cli", "cat", "sh"], Some(&bin));
-    let out = redis.cairn(
-        &cairn,
-        "backup",
-        &["--grant", "exec,export", "--output", "json"],
-    );
-    let error = error_of(&out);
-    assert!(
-        error.contains("redis-cli") && error.contains("not on PATH"),
-        "{error}"
-    );
+    redis.h.a_missing_tool_is_named("redis-cli", &["sh", "cat"]);
 }
 
 #[test]
@@ -485,28 +285,14 @@ fn a_timeout_in_the_middle_of_the_save_records_no_restore_point() {
     // Make BGSAVE take about 3000 keys × 2 ms = 6 s.
     redis.cli(&["CONFIG", "SET", "rdb-key-save-delay", "2000"]);
     let cairn = Cairn::new();
-    let out = redis.cairn(
+    let out = redis.h.run(
         &cairn,
         "backup",
-        &[
-            "--grant",
-            "exec,export",
-            "--timeout",
-            "1s",
-            "--output",
-            "json",
-        ],
+        &[&BACKUP[..], &["--timeout", "1s"]].concat(),
     );
-    let error = error_of(&out);
-    assert!(error.contains("deadline"), "{error}");
-    let v = json(&out);
-    assert_eq!(v["status"], "failed");
-    assert!(
-        v["outputs"]["artifacts"]
-            .as_array()
-            .is_none_or(Vec::is_empty),
-        "a timed-out backup must not record a restore point: {v}"
-    );
+    let v = assert_timed_out(&out, false);
+    assert!(v["error"].to_string().contains("deadline"), "{v}");
+    assert_repository_empty(&cairn);
 }
 
 #[test]
@@ -514,30 +300,12 @@ fn delete_removes_the_export_and_a_later_restore_fails_clearly() {
     let redis = Redis::start(None);
     redis.load();
     let cairn = Cairn::new();
-    let report = redis.backup(&cairn, &[]);
-    let from = report.to_str().expect("utf-8");
-
-    let out = redis.cairn(&cairn, "delete", &["--from", from, "--grant", "export"]);
-    assert!(out.status.success(), "delete failed: {}", stderr(&out));
+    let (report, _) = redis.h.backup(&cairn, &BACKUP);
+    redis.h.delete(&cairn, &report);
 
     redis.cli(&["FLUSHALL"]);
-    let out = redis.cairn(
-        &cairn,
-        "restore",
-        &[
-            "--from",
-            from,
-            "--grant",
-            RESTORE_GRANTS,
-            "--output",
-            "json",
-        ],
-    );
-    let error = error_of(&out);
-    assert!(
-        error.contains("export `rdb`") && error.contains("not found"),
-        "{error}"
-    );
+    let out = redis.restore(&cairn, &report, &[]);
+    assert_fails_with(&out, &["export `rdb`", "not found"]);
     // The failed restore left the server running and untouched.
     assert_eq!(redis.key_count(), 0);
     assert_eq!(redis.cli(&["PING"]).trim(), "PONG");
