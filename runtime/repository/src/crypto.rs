@@ -103,6 +103,22 @@ impl MasterKeys {
     }
 }
 
+impl MasterKeys {
+    /// Seals `buf[NONCE_LEN..]` in place: `buf` starts with [`NONCE_LEN`] bytes of room for the
+    /// nonce, and gets the tag appended — the layout [`MasterKeys::seal`] produces.
+    pub(crate) fn seal_in_place(&self, aad: &[u8], buf: &mut Vec<u8>) {
+        let mut nonce = [0u8; NONCE_LEN];
+        rand::rng().fill_bytes(&mut nonce);
+        buf[..NONCE_LEN].copy_from_slice(&nonce);
+        let tag = self
+            .cipher
+            .encrypt_inout_detached(&Nonce::from(nonce), aad, (&mut buf[NONCE_LEN..]).into())
+            // Only fails for plaintexts over 64 GiB, which the format never produces.
+            .unwrap_or_default();
+        buf.extend_from_slice(&tag);
+    }
+}
+
 pub(crate) fn seal_with(cipher: &Aes256Gcm, aad: &[u8], plaintext: &[u8], out: &mut Vec<u8>) {
     let mut nonce = [0u8; NONCE_LEN];
     rand::rng().fill_bytes(&mut nonce);

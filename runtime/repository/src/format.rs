@@ -6,6 +6,8 @@ use crate::error::{Error, Result};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use std::fmt;
+use std::io::Write;
 
 /// The format version this build writes and the newest it reads.
 pub const FORMAT_VERSION: u32 = 1;
@@ -273,6 +275,49 @@ pub(crate) fn seal_object(keys: &MasterKeys, kind: &str, id: &str, plain: &[u8])
     keys.seal(&crypto::object_aad(kind, id), &payload)
 }
 
+/// Seals `value` as JSON like [`seal_object`], without holding the JSON text: it is measured
+/// first, then compressed as it is written (the zstd frame records its size, as bulk
+/// compression does), then encrypted in place. A 10 GiB stream's chunk list is 21 MB of hex;
+/// this keeps only its compressed form.
+pub(crate) fn seal_json(
+    keys: &MasterKeys,
+    kind: &str,
+    id: &str,
+    value: &impl Serialize,
+) -> Result<Vec<u8>> {
+    let invalid = |e: &dyn fmt::Display| Error::Invalid(format!("cannot encode {kind} {id}: {e}"));
+    let mut counter = Counter(0);
+    serde_json::to_writer(&mut counter, value).map_err(|e| invalid(&e))?;
+    if counter.0 < 1 << 20 {
+        let plain = serde_json::to_vec(value).map_err(|e| invalid(&e))?;
+        return Ok(seal_object(keys, kind, id, &plain));
+    }
+    let mut out = Vec::with_capacity(crypto::NONCE_LEN + 1 + counter.0 as usize / 2);
+    out.resize(crypto::NONCE_LEN, 0);
+    out.push(crypto::CODEC_ZSTD);
+    let mut z = zstd::stream::Encoder::new(out, 3).map_err(|e| invalid(&e))?;
+    z.include_contentsize(true).map_err(|e| invalid(&e))?;
+    z.set_pledged_src_size(Some(counter.0))
+        .map_err(|e| invalid(&e))?;
+    serde_json::to_writer(&mut z, value).map_err(|e| invalid(&e))?;
+    let mut out = z.finish().map_err(|e| invalid(&e))?;
+    keys.seal_in_place(&crypto::object_aad(kind, id), &mut out);
+    Ok(out)
+}
+
+/// Counts bytes written.
+struct Counter(u64);
+
+impl Write for Counter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0 += b.len() as u64;
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 pub(crate) fn open_object(
     keys: &MasterKeys,
     kind: &str,
@@ -380,8 +425,8 @@ pub(crate) struct Node {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) target: Option<String>,
     /// Concatenated chunk ids, hex.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub(crate) chunks: String,
+    #[serde(default, skip_serializing_if = "ChunkList::is_empty")]
+    pub(crate) chunks: ChunkList,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -397,42 +442,118 @@ pub(crate) enum NodeKind {
 #[serde(rename_all = "lowercase", tag = "type")]
 pub(crate) enum Content {
     Tree { nodes: Vec<Node> },
-    Stream { size: u64, chunks: String },
+    Stream { size: u64, chunks: ChunkList },
 }
 
-pub(crate) fn ids_to_hex(ids: &[ChunkId]) -> String {
-    let mut s = String::with_capacity(ids.len() * 64);
-    for id in ids {
-        s.push_str(&id.to_hex());
+/// A file's or a stream's chunk ids, in order; stored as one string of concatenated hex ids,
+/// written and read without building that string in memory.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct ChunkList(pub(crate) Vec<ChunkId>);
+
+impl ChunkList {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
-    s
 }
 
-pub(crate) fn hex_to_ids(s: &str, object: &str) -> Result<Vec<ChunkId>> {
-    if !s.len().is_multiple_of(64) {
-        return Err(Error::corrupt(object, "chunk list has a bad length"));
+impl fmt::Display for ChunkList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut buf = [0u8; 64];
+        for id in &self.0 {
+            // Cannot fail: the buffer is exactly twice the id's length.
+            if hex::encode_to_slice(id.0, &mut buf).is_ok() {
+                f.write_str(std::str::from_utf8(&buf).map_err(|_| fmt::Error)?)?;
+            }
+        }
+        Ok(())
     }
-    let mut out = Vec::with_capacity(s.len() / 64);
-    let mut buf = [0u8; 32];
-    for i in (0..s.len()).step_by(64) {
-        hex::decode_to_slice(&s[i..i + 64], &mut buf)
-            .map_err(|_| Error::corrupt(object, "chunk list is not hex"))?;
-        out.push(ChunkId(buf));
+}
+
+impl Serialize for ChunkList {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
     }
-    Ok(out)
+}
+
+impl<'de> Deserialize<'de> for ChunkList {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Hex;
+        impl serde::de::Visitor<'_> for Hex {
+            type Value = ChunkList;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string of concatenated 64-digit hex chunk ids")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> std::result::Result<ChunkList, E> {
+                if !s.len().is_multiple_of(64) {
+                    return Err(E::custom("chunk list has a bad length"));
+                }
+                let mut out = Vec::with_capacity(s.len() / 64);
+                let mut buf = [0u8; 32];
+                for i in (0..s.len()).step_by(64) {
+                    hex::decode_to_slice(&s[i..i + 64], &mut buf)
+                        .map_err(|_| E::custom("chunk list is not hex"))?;
+                    out.push(ChunkId(buf));
+                }
+                Ok(ChunkList(out))
+            }
+        }
+        d.deserialize_str(Hex)
+    }
 }
 
 impl Content {
-    pub(crate) fn chunk_ids(&self, object: &str) -> Result<Vec<ChunkId>> {
+    /// Every chunk the snapshot references, in order.
+    pub(crate) fn chunk_ids(&self) -> Vec<ChunkId> {
         match self {
-            Content::Stream { chunks, .. } => hex_to_ids(chunks, object),
-            Content::Tree { nodes } => {
-                let mut v = Vec::new();
-                for n in nodes {
-                    v.extend(hex_to_ids(&n.chunks, object)?);
-                }
-                Ok(v)
-            }
+            Content::Stream { chunks, .. } => chunks.0.clone(),
+            Content::Tree { nodes } => nodes
+                .iter()
+                .flat_map(|n| n.chunks.0.iter().copied())
+                .collect(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(n: u32) -> ChunkList {
+        ChunkList(
+            (0..n)
+                .map(|i| ChunkId(*blake3::hash(&i.to_le_bytes()).as_bytes()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn a_large_content_seals_streamed_and_opens_as_before() {
+        let keys = MasterKeys::generate();
+        // 40,000 ids: 2.5 MB of JSON, over the streamed threshold.
+        let content = Content::Stream {
+            size: 7,
+            chunks: ids(40_000),
+        };
+        let sealed = seal_json(&keys, "content", "c1", &content).expect("sealed");
+        let plain = open_object(&keys, "content", "c1", "content/c1", &sealed).expect("opens");
+        assert_eq!(plain, serde_json::to_vec(&content).expect("json"));
+        let back: Content = serde_json::from_slice(&plain).expect("decodes");
+        assert_eq!(back.chunk_ids(), content.chunk_ids());
+        assert!(open_object(&keys, "content", "c2", "content/c2", &sealed).is_err());
+    }
+
+    #[test]
+    fn a_chunk_list_of_bad_hex_or_length_is_refused() {
+        for bad in [r#""abc""#, &format!("\"{}\"", "zz".repeat(32))] {
+            let e = serde_json::from_str::<ChunkList>(bad).expect_err("refused");
+            assert!(e.to_string().contains("chunk list"), "{e}");
+        }
+        let small = ids(3);
+        let json = serde_json::to_string(&small).expect("json");
+        assert_eq!(json.len(), 2 + 3 * 64);
+        assert_eq!(
+            serde_json::from_str::<ChunkList>(&json).expect("back"),
+            small
+        );
     }
 }

@@ -447,8 +447,8 @@ impl Repository {
     ) -> Result<SnapshotInfo> {
         let keys = &self.inner.keys;
         let content_id = format::new_id();
-        let plain = serde_json::to_vec(&content).map_err(|e| Error::Invalid(e.to_string()))?;
-        let sealed = format::seal_object(keys, "content", &content_id, &plain);
+        let sealed = format::seal_json(keys, "content", &content_id, &content)?;
+        drop(content);
         summary.stored_bytes += sealed.len() as u64;
         self.inner
             .backend
@@ -646,11 +646,7 @@ impl Repository {
                     continue;
                 }
             };
-            match self
-                .content(&info)
-                .await
-                .and_then(|c| c.chunk_ids(&format::content_path(&info.content)))
-            {
+            match self.content(&info).await.map(|c| c.chunk_ids()) {
                 Ok(ids) => snap_chunks.push((id, ids.into_iter().collect())),
                 Err(e) => report.errors.push(problem(e, vec![id.clone()])),
             }
@@ -956,7 +952,7 @@ impl Repository {
         let mut contents = HashSet::new();
         for s in &snaps {
             let c = self.content(s).await?;
-            referenced.extend(c.chunk_ids(&format::content_path(&s.content))?);
+            referenced.extend(c.chunk_ids());
             contents.insert(s.content.clone());
         }
         for m in backend.list("content/").await? {

@@ -125,7 +125,7 @@ impl SnapshotWriter {
                 };
                 let content = Content::Stream {
                     size,
-                    chunks: format::ids_to_hex(&ids),
+                    chunks: format::ChunkList(ids),
                 };
                 let kind = SnapshotKind::Stream {
                     name: self.name.clone(),
@@ -197,7 +197,7 @@ impl SnapshotReader {
                 info.short_id()
             )));
         };
-        let ids = format::hex_to_ids(&chunks, &format::content_path(&info.content))?;
+        let ids = chunks.0;
         let mut stream = Box::pin(repo.read_chunks(&ids, &info.id).await?);
         let (tx, rx) = tokio::sync::mpsc::channel(READER_QUEUE);
         let task = tokio::spawn(async move {

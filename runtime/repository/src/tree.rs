@@ -94,7 +94,7 @@ fn walk(root: &Path) -> Result<Vec<(PathBuf, Node)>> {
                     mtime_ns: mtime_ns(&m),
                     size,
                     target,
-                    chunks: String::new(),
+                    chunks: format::ChunkList::default(),
                 },
             ));
         }
@@ -227,7 +227,7 @@ impl Repository {
                     NodeKind::File => {
                         let (ids, size) = results.next().unwrap_or_default();
                         n.size = size;
-                        n.chunks = format::ids_to_hex(&ids);
+                        n.chunks = format::ChunkList(ids);
                         summary.files += 1;
                     }
                     NodeKind::Dir => summary.dirs += 1,
@@ -263,7 +263,6 @@ impl Repository {
         };
         let target = target.as_ref().to_path_buf();
         std::fs::create_dir_all(&target).map_err(|e| Error::io("create directory", &target, e))?;
-        let object = format::content_path(&info.content);
         let mut summary = RestoreSummary::default();
         let mut files: Vec<(PathBuf, usize)> = Vec::new();
         let mut ids = Vec::new();
@@ -276,9 +275,8 @@ impl Repository {
                     summary.dirs += 1;
                 }
                 NodeKind::File => {
-                    let c = format::hex_to_ids(&n.chunks, &object)?;
-                    files.push((p, c.len()));
-                    ids.extend(c);
+                    files.push((p, n.chunks.0.len()));
+                    ids.extend_from_slice(&n.chunks.0);
                     summary.files += 1;
                     summary.bytes += n.size;
                 }
