@@ -176,6 +176,7 @@ from_integer_param!(i64, i32, i16, i8, u64, u32, u16, u8, usize, isize);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Phase {
     action: String,
+    completed: bool,
     outputs: Outputs,
 }
 
@@ -185,7 +186,13 @@ impl Phase {
         &self.action
     }
 
-    /// What it produced.
+    /// Whether it returned its outputs; `false` when it failed, trapped or timed out.
+    pub fn completed(&self) -> bool {
+        self.completed
+    }
+
+    /// What it produced: when it did not complete, only the values it
+    /// [checkpointed](crate::checkpoint).
     pub fn outputs(&self) -> &Outputs {
         &self.outputs
     }
@@ -235,6 +242,7 @@ impl Context {
                 .into_iter()
                 .map(|p| Phase {
                     action: p.action,
+                    completed: p.completed,
                     outputs: p.outputs.into(),
                 })
                 .collect(),
@@ -332,21 +340,24 @@ impl Context {
         self.params.iter().map(|(k, v)| (k.as_str(), v))
     }
 
-    /// The earlier phases of this run, oldest first.
+    /// The earlier phases of this run that ran, oldest first, completed or not.
     pub fn phases(&self) -> &[Phase] {
         &self.phases
     }
 
-    /// What the earlier phase `action` (for example `backupPrehook`) produced, if it ran.
+    /// What the earlier phase `action` (for example `backupPrehook`) produced, if it ran and
+    /// completed.
     pub fn phase(&self, action: &str) -> Option<&Outputs> {
         self.phases
             .iter()
             .rev()
-            .find(|p| p.action == action)
+            .find(|p| p.action == action && p.completed)
             .map(|p| &p.outputs)
     }
 
-    /// Value `key` from the latest earlier phase that set it, or [`Error::NotFound`].
+    /// Value `key` from the latest earlier phase that set it, or [`Error::NotFound`]. A phase
+    /// that failed, trapped or timed out sets the values it [checkpointed](crate::checkpoint)
+    /// before it stopped.
     pub fn value(&self, key: &str) -> Result<&str> {
         self.phases
             .iter()
@@ -413,12 +424,25 @@ impl ContextBuilder {
         self
     }
 
-    /// Appends an earlier phase.
+    /// Appends an earlier phase that completed.
     #[must_use]
     pub fn phase(mut self, action: impl Into<String>, outputs: Outputs) -> Self {
         self.0.phases.push(Phase {
             action: action.into(),
+            completed: true,
             outputs,
+        });
+        self
+    }
+
+    /// Appends an earlier phase that failed, trapped or timed out after checkpointing
+    /// `checkpoints` (values only).
+    #[must_use]
+    pub fn stopped_phase(mut self, action: impl Into<String>, checkpoints: Outputs) -> Self {
+        self.0.phases.push(Phase {
+            action: action.into(),
+            completed: false,
+            outputs: checkpoints,
         });
         self
     }
@@ -555,6 +579,17 @@ mod tests {
     }
 
     #[test]
+    fn a_stopped_phase_gives_its_checkpoints_but_is_not_a_completed_phase() {
+        let ctx = Context::builder("backupPosthook", "shop")
+            .stopped_phase("backupPrehook", Outputs::new().value("replicas", 2))
+            .failure(Error::timed_out("deadline"))
+            .build();
+        assert_eq!(ctx.value("replicas"), Ok("2"));
+        assert_eq!(ctx.phase("backupPrehook"), None);
+        assert!(!ctx.phases()[0].completed());
+    }
+
+    #[test]
     fn converts_wit_inputs() {
         let inputs = wit::Inputs {
             action_id: "a1".into(),
@@ -563,6 +598,7 @@ mod tests {
             params: vec![("n".into(), types::ParamValue::Integer(7))],
             phases: vec![wit::Phase {
                 action: "backupPrehook".into(),
+                completed: true,
                 outputs: wit::Outputs {
                     artifacts: vec![],
                     values: vec![("k".into(), "v".into())],
@@ -572,6 +608,7 @@ mod tests {
             artifacts: vec![types::Artifact {
                 name: "dump".into(),
                 values: vec![],
+                reference: vec![],
             }],
         };
         let ctx = Context::from_wit("backupPosthook".into(), inputs);

@@ -113,7 +113,9 @@ impl Export {
             .map_err(|e| e.context(format_args!("export `{}`", self.name)))
     }
 
-    /// Seals the stream; the artifact names it for [`Import::open`] and [`delete`].
+    /// Seals the stream; the artifact's [reference](Artifact::reference) names it for
+    /// [`Import::open`] and [`delete`]. Add the blueprint's own values with
+    /// [`Artifact::value`]: they never change the reference.
     pub fn finish(self) -> Result<Artifact> {
         host("data.finish", || self.stream.finish())
             .map(Into::into)

@@ -20,7 +20,9 @@
 //!   into an export (and back), [`secrets`] reads granted secrets. Logging
 //!   ([`info!`] and friends) and [`progress`] are always allowed.
 //! - An action returns [`Outputs`]: [`Artifact`]s and values that later phases and the
-//!   restore point keep.
+//!   restore point keep (a backup's restore point keeps the main phase's and the posthook's).
+//!   [`checkpoint`] records a value at once, so the posthook sees it even when the phase fails
+//!   or times out; [`sleep`] waits between polls, bounded by the phase's deadline.
 //!
 //! # Example
 //!
@@ -88,8 +90,8 @@ pub mod workloads;
 pub use crate::context::{Context, ContextBuilder, FromParam, ParamValue, Phase};
 pub use crate::describe::{Capability, Description, Param, ParamKind, lifecycle};
 pub use crate::error::{Error, Result};
-pub use crate::logging::{Level, Progress, log, progress};
-pub use crate::outputs::{Artifact, Outputs};
+pub use crate::logging::{Level, Progress, log, progress, sleep};
+pub use crate::outputs::{Artifact, Outputs, checkpoint};
 pub use crate::workloads::WorkloadRef;
 
 /// The version of the `cairn:blueprint` WIT package this SDK is built against; also the

@@ -110,6 +110,18 @@ pub fn progress(progress: Progress) {
     eprintln!("[progress] {progress:?}");
 }
 
+/// Pauses the action for `duration` without spinning: the way to wait between polls.
+///
+/// The host cuts the pause at the phase's deadline, and a phase that reaches its deadline
+/// asleep is stopped as timed out, so a poll loop needs no deadline check of its own to stay
+/// bounded. Always allowed; off `wasm32`, it sleeps the thread.
+pub fn sleep(duration: std::time::Duration) {
+    #[cfg(target_arch = "wasm32")]
+    wit::sleep(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX));
+    #[cfg(not(target_arch = "wasm32"))]
+    std::thread::sleep(duration);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,5 +147,6 @@ mod tests {
         crate::info!("{} + {} = {}", 1, 1, 2);
         crate::error!("no host here");
         progress(Progress::percent(10.0));
+        sleep(std::time::Duration::from_millis(1));
     }
 }

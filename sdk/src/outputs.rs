@@ -7,17 +7,24 @@ use crate::{Error, Result};
 /// A named record of small key/values that an action produces and later actions consume:
 /// where an export went, a snapshot id, an LSN. Bulk data never lives here.
 ///
+/// An artifact from [`Export::finish`](crate::data::Export::finish) carries the export's
+/// *reference* (where the data is, written by the host), apart from the values the blueprint
+/// adds: [`value`](Self::value) never changes the reference, and the host refuses a phase that
+/// returns an artifact with a value named like one of its reference's keys.
+///
 /// ```
 /// use cairn_sdk::Artifact;
 ///
 /// let a = Artifact::new("dump").value("lsn", "0/16B3748").value("bytes", 4096);
 /// assert_eq!(a.get("bytes"), Some("4096"));
+/// assert!(a.reference().next().is_none());
 /// assert!(a.require("missing").is_err());
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Artifact {
     name: String,
     values: Vec<(String, String)>,
+    reference: Vec<(String, String)>,
 }
 
 impl Artifact {
@@ -26,10 +33,12 @@ impl Artifact {
         Self {
             name: name.into(),
             values: Vec::new(),
+            reference: Vec::new(),
         }
     }
 
-    /// Sets `key` to `value`, replacing an earlier value of `key`.
+    /// Sets `key` to `value`, replacing an earlier value of `key`. Never the export reference:
+    /// a key of the reference is refused by the host when the phase returns.
     #[must_use]
     pub fn value(mut self, key: impl Into<String>, value: impl fmt::Display) -> Self {
         set(&mut self.values, key.into(), value.to_string());
@@ -41,9 +50,15 @@ impl Artifact {
         &self.name
     }
 
-    /// The value of `key`.
+    /// The value of `key`: from the export reference, else from the blueprint's values.
     pub fn get(&self, key: &str) -> Option<&str> {
-        get(&self.values, key)
+        get(&self.reference, key).or_else(|| get(&self.values, key))
+    }
+
+    /// The export reference the host wrote at [`finish`](crate::data::Export::finish): where
+    /// the data is. Empty for an artifact the blueprint made itself.
+    pub fn reference(&self) -> impl ExactSizeIterator<Item = (&str, &str)> {
+        self.reference.iter().map(|(k, v)| (k.as_str(), v.as_str()))
     }
 
     /// The value of `key`, or [`Error::NotFound`] naming the artifact and the key.
@@ -53,9 +68,13 @@ impl Artifact {
         })
     }
 
-    /// Every key and value, in insertion order.
-    pub fn values(&self) -> impl ExactSizeIterator<Item = (&str, &str)> {
-        self.values.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    /// Every key and value, the export reference's first, then the blueprint's in insertion
+    /// order: the artifact as a restore point stores it.
+    pub fn values(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.reference
+            .iter()
+            .chain(&self.values)
+            .map(|(k, v)| (k.as_str(), v.as_str()))
     }
 }
 
@@ -64,6 +83,7 @@ impl From<types::Artifact> for Artifact {
         Self {
             name: a.name,
             values: a.values,
+            reference: a.reference,
         }
     }
 }
@@ -73,8 +93,29 @@ impl From<Artifact> for types::Artifact {
         Self {
             name: a.name,
             values: a.values,
+            reference: a.reference,
         }
     }
+}
+
+/// Records `value` under `name` among this phase's output values at once, on the host side:
+/// unlike a value the phase returns, it survives the phase failing, trapping or running past
+/// its deadline, and the posthook sees it with [`Context::value`](crate::Context::value).
+/// Record what the posthook needs to undo a change *before* making the change.
+///
+/// A value the phase returns under the same name replaces it. Always allowed; fails with
+/// [`Error::Invalid`] when `name` is empty or the checkpoints pass the host's output limit.
+///
+/// ```no_run
+/// let replicas = 3;
+/// cairn_sdk::checkpoint("replicas", replicas)?;
+/// # Ok::<(), cairn_sdk::Error>(())
+/// ```
+pub fn checkpoint(name: &str, value: impl fmt::Display) -> Result<()> {
+    let value = value.to_string();
+    crate::wit::host("log.checkpoint", || {
+        crate::wit::bindings::cairn::blueprint::log::checkpoint(name, &value)
+    })
 }
 
 impl From<&Artifact> for types::Artifact {
@@ -194,6 +235,41 @@ mod tests {
             .value("a", 3);
         assert_eq!(a.values().collect::<Vec<_>>(), [("a", "3"), ("b", "two")]);
         assert_eq!(a.require("b"), Ok("two"));
+    }
+
+    #[test]
+    fn the_reference_stays_apart_from_the_values() {
+        let from_host = types::Artifact {
+            name: "dump".into(),
+            values: vec![],
+            reference: vec![
+                ("kind".into(), "repository".into()),
+                ("snapshot".into(), "s1".into()),
+            ],
+        };
+        let a = Artifact::from(from_host).value("format", "custom");
+        assert_eq!(a.get("snapshot"), Some("s1"));
+        assert_eq!(a.get("format"), Some("custom"));
+        assert_eq!(a.reference().count(), 2);
+        assert_eq!(
+            a.values().collect::<Vec<_>>(),
+            [
+                ("kind", "repository"),
+                ("snapshot", "s1"),
+                ("format", "custom")
+            ]
+        );
+        let back = types::Artifact::from(a);
+        assert_eq!(back.values, [("format".to_owned(), "custom".to_owned())]);
+        assert_eq!(back.reference.len(), 2);
+    }
+
+    #[test]
+    #[cfg(not(target_arch = "wasm32"))]
+    fn checkpoint_needs_the_host() {
+        assert!(
+            matches!(checkpoint("replicas", 3), Err(Error::Failed(m)) if m.contains("log.checkpoint"))
+        );
     }
 
     #[test]

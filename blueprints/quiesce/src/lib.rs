@@ -12,7 +12,9 @@
 //! A generic, application-agnostic blueprint for crash-consistent-is-not-enough workloads:
 //! it scales the target workload to zero for the backup window (`backupPrehook`), snapshots
 //! its volumes (`backup`), and scales it back to the replica count it had (`backupPosthook`,
-//! which the runtime runs even when the backup failed or timed out). Restore brackets the
+//! which the runtime runs even when the backup failed or timed out). The prehook checkpoints
+//! the count before it scales, so the posthook learns it even when the prehook itself fails or
+//! times out after scaling. Restore brackets the
 //! volume restores the same way; `delete` removes the snapshots of a restore point.
 
 use std::time::Duration;
@@ -21,7 +23,7 @@ use cairn_sdk::lifecycle::{
     BACKUP, BACKUP_POSTHOOK, BACKUP_PREHOOK, DELETE, RESTORE, RESTORE_POSTHOOK, RESTORE_PREHOOK,
 };
 use cairn_sdk::{Artifact, Blueprint, Capability, Context, Description, Error, Outputs, Param};
-use cairn_sdk::{Progress, Result, info, progress, volumes, warn, workloads};
+use cairn_sdk::{Progress, Result, checkpoint, info, progress, volumes, warn, workloads};
 
 /// The value in which a prehook records the replica count it found.
 const REPLICAS: &str = "replicas";
@@ -97,12 +99,20 @@ fn ready_timeout(ctx: &Context) -> Result<Duration> {
         })
 }
 
-/// The prehooks: scale to zero, and record what to scale back to.
+/// The prehooks: record what to scale back to, then scale to zero.
 fn scale_down(ctx: &Context) -> Result<Outputs> {
     let target = ctx.target()?;
     // Validate here what the posthook needs, so a typo fails before the workload stops.
     ready_timeout(ctx)?;
+    // Checkpointed before the workload stops: if this phase then fails, traps or runs past its
+    // deadline, the posthook still learns the count to scale back to.
+    let found = workloads::get(None)?.replicas;
+    checkpoint(REPLICAS, found)?;
     let previous = workloads::scale(None, 0)?;
+    if previous != found {
+        // Someone scaled it in between: the count the scale replaced is the one to restore.
+        checkpoint(REPLICAS, previous)?;
+    }
     if previous == 0 {
         warn!("{target} was already at 0 replicas; the posthook leaves it there");
     } else {
@@ -119,8 +129,11 @@ fn scale_back(ctx: &Context) -> Result<Outputs> {
         warn!("the main phase failed ({failure}); scaling {target} back anyway");
     }
     let Ok(recorded) = ctx.value(REPLICAS) else {
-        // The prehook did not finish, so it did not scale the workload down: nothing to undo.
-        warn!("no replica count was recorded (the prehook failed); leaving {target} as it is");
+        // The prehook records the count before it scales: without one, it stopped before it
+        // scaled the workload down, and there is nothing to undo.
+        warn!(
+            "no replica count was recorded (the prehook stopped before scaling); leaving {target} as it is"
+        );
         return Ok(Outputs::new());
     };
     let replicas: u32 = recorded.parse().map_err(|_| {

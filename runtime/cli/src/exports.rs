@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use async_trait::async_trait;
-use cairn_engine::{Artifact, ExportWriter, Exports};
+use cairn_engine::{Artifact, ExportWriter, Exports, ReferenceKeys};
 use cairn_repository::{BackupOptions, Repository, SnapshotWriter};
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -107,6 +107,13 @@ impl Exports for RepoExports {
             .forget_snapshot(snapshot)
             .await
             .map_err(|e| repo_error(&format!("deleting export {:?}", artifact.name), e))
+    }
+
+    fn reference_keys(&self) -> ReferenceKeys {
+        ReferenceKeys {
+            kind: KIND,
+            keys: &["kind", "repository", "snapshot", "bytes"],
+        }
     }
 }
 

@@ -15,14 +15,21 @@ use cap_std::fs::{Dir, OpenOptions};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
+use crate::bindings::types;
 use crate::error::{Error, Result};
 
 /// A named record of small key/values: where an export went, a snapshot id, an LSN.
+///
+/// Kept flat, as reports and restore points store it (records written before the contract
+/// split artifacts read the same): the export reference [`ExportWriter::finish`] wrote and
+/// the blueprint's own values in one map. They never collide, because the engine refuses a
+/// phase whose value is named like a key of its artifact's reference; a guest sees the two
+/// apart again, split by the export store's [`ReferenceKeys`].
 #[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Artifact {
     /// Its name, unique within the action that produced it.
     pub name: String,
-    /// Its values.
+    /// Its values: the export reference's keys first, then the blueprint's.
     pub values: Vec<(String, String)>,
 }
 
@@ -34,12 +41,68 @@ impl Artifact {
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.as_str())
     }
+
+    /// The artifact as a guest sees it: the keys of the export reference `keys` describes
+    /// (when the artifact is of its kind) apart from the blueprint's values.
+    pub(crate) fn to_wit(&self, keys: ReferenceKeys) -> types::Artifact {
+        let (reference, values) = if self.get("kind") == Some(keys.kind) {
+            self.values
+                .iter()
+                .cloned()
+                .partition(|(k, _)| keys.keys.contains(&k.as_str()))
+        } else {
+            (Vec::new(), self.values.clone())
+        };
+        types::Artifact {
+            name: self.name.clone(),
+            values,
+            reference,
+        }
+    }
+
+    /// A guest's artifact, flat: the reference's keys first, so they win a lookup.
+    pub(crate) fn from_wit(a: types::Artifact) -> Artifact {
+        let mut values = a.reference;
+        values.extend(a.values);
+        Artifact {
+            name: a.name,
+            values,
+        }
+    }
+
+    /// A guest's artifact, flat, refusing a value named like a key of its reference: one
+    /// line naming the artifact and the key.
+    pub(crate) fn checked_from_wit(a: types::Artifact) -> std::result::Result<Artifact, String> {
+        if let Some((key, _)) = a
+            .values
+            .iter()
+            .find(|(k, _)| a.reference.iter().any(|(r, _)| r == k))
+        {
+            return Err(format!(
+                "artifact `{}` has a value `{key}`, but `{key}` is a key of its export reference (written by \
+                 finish()); a value never shadows the reference: give the value another name",
+                a.name
+            ));
+        }
+        Ok(Artifact::from_wit(a))
+    }
+}
+
+/// What an export store's references look like: the `kind` value it writes, and every key its
+/// [`ExportWriter::finish`] writes (`kind` among them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReferenceKeys {
+    /// The value of `kind` in this store's references.
+    pub kind: &'static str,
+    /// Every key of a reference.
+    pub keys: &'static [&'static str],
 }
 
 /// A stream being written. Dropped without [`ExportWriter::finish`], it is discarded.
 #[async_trait]
 pub trait ExportWriter: AsyncWrite + Send + Unpin {
-    /// Seals the stream and returns the artifact values that name it.
+    /// Seals the stream and returns the export reference that names it: only keys of the
+    /// store's [`Exports::reference_keys`], `kind` among them.
     async fn finish(self: Box<Self>) -> Result<Vec<(String, String)>>;
 }
 
@@ -54,13 +117,17 @@ pub trait Exports: Send + Sync + fmt::Debug + 'static {
 
     /// Removes an export that an earlier `finish` produced.
     async fn delete(&self, artifact: &Artifact) -> Result<()>;
+
+    /// The shape of this store's export references, to tell them apart from the blueprint's
+    /// values in a flat [`Artifact`].
+    fn reference_keys(&self) -> ReferenceKeys;
 }
 
 /// Exports as plain files under a directory: `<action id>/<name>`, written under a temporary
 /// name and renamed into place on finish. Every path is resolved through a `cap-std`
 /// directory handle, so no name (`..`, absolute, through a symlink) can escape it.
 ///
-/// Artifact values: `kind=file`, `path=<relative path>`, `bytes=<n>`, `sha256=<hex>`.
+/// Export references: `kind=file`, `path=<relative path>`, `bytes=<n>`, `sha256=<hex>`.
 #[derive(Clone)]
 pub struct DirExports {
     root: Arc<Dir>,
@@ -219,6 +286,13 @@ impl Exports for DirExports {
                 e,
             )
         })
+    }
+
+    fn reference_keys(&self) -> ReferenceKeys {
+        ReferenceKeys {
+            kind: "file",
+            keys: &["kind", "path", "bytes", "sha256"],
+        }
     }
 }
 

@@ -57,7 +57,7 @@ pub use catalog::{
 pub use engine::{DEFAULT_MAX_INSTANCES, Engine, EngineConfig};
 pub use error::{Error, Result};
 pub use events::{Event, EventKind, EventSink, LogLevel, Progress};
-pub use exports::{Artifact, DirExports, ExportWriter, Exports};
+pub use exports::{Artifact, DirExports, ExportWriter, Exports, ReferenceKeys};
 pub use limits::{
     DEFAULT_DEADLINE, DEFAULT_EXEC_OUTPUT, DEFAULT_EXEC_TIMEOUT, DEFAULT_HOST_CALL_TIMEOUT,
     DEFAULT_LOG_BYTES, DEFAULT_MEMORY, DEFAULT_OUTPUT_BYTES, DEFAULT_POSTHOOK_DEADLINE, EPOCH_TICK,

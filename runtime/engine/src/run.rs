@@ -5,7 +5,9 @@
 //! phase is a fresh store and sees the outputs of the phases before it. If the prehook fails,
 //! the main phase is skipped; the posthook runs whenever it exists — after a failed, trapped
 //! or timed-out prehook or main phase too — with its own, shorter deadline, and sees the
-//! failure in `inputs.failure`, so an application is never left quiesced.
+//! failure in `inputs.failure`, so an application is never left quiesced. A phase that
+//! stopped is still among the posthook's earlier phases, with the values it checkpointed
+//! (`log.checkpoint`) before it stopped.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -15,13 +17,13 @@ use cairn_cluster::Cluster;
 use tracing::Instrument;
 
 use crate::audit::AuditLog;
-use crate::bindings::{WitError, guest, types};
+use crate::bindings::{WitError, guest};
 use crate::blueprint::Blueprint;
 use crate::capability::Capability;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::events::{Event, EventKind, EventSink, LogLevel};
-use crate::exports::{Artifact, Exports};
+use crate::exports::{Artifact, Exports, ReferenceKeys};
 use crate::host::describe_error;
 use crate::host::session::Sessions;
 use crate::limits::{Limits, human_bytes, human_duration};
@@ -135,47 +137,78 @@ pub struct RunReport {
     pub ok: bool,
     /// Every phase, in order.
     pub phases: Vec<PhaseReport>,
-    /// The main phase's outputs.
+    /// The main phase's outputs, and the posthook's under their own names (the restore
+    /// point's outputs).
     pub outputs: Outputs,
     /// Why the run failed, in one line.
     pub error: Option<String>,
 }
 
-fn to_outputs(o: guest::Outputs) -> Outputs {
-    Outputs {
-        artifacts: o
-            .artifacts
-            .into_iter()
-            .map(|a| Artifact {
-                name: a.name,
-                values: a.values,
-            })
-            .collect(),
-        values: o.values,
+/// What a phase returned, flat, over the values it checkpointed (a returned value replaces
+/// the checkpoint of the same name). Refused, in one line, when an artifact has a value named
+/// like a key of its export reference.
+fn to_outputs(o: guest::Outputs, checkpoints: &[(String, String)]) -> Result<Outputs, String> {
+    let artifacts = o
+        .artifacts
+        .into_iter()
+        .map(Artifact::checked_from_wit)
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut values = checkpoints.to_vec();
+    for (key, value) in o.values {
+        match values.iter_mut().find(|(k, _)| *k == key) {
+            Some(slot) => slot.1 = value,
+            None => values.push((key, value)),
+        }
     }
+    Ok(Outputs { artifacts, values })
 }
 
-fn to_guest(o: &Outputs) -> guest::Outputs {
+fn to_guest(o: &Outputs, keys: ReferenceKeys) -> guest::Outputs {
     guest::Outputs {
-        artifacts: o
-            .artifacts
-            .iter()
-            .map(|a| types::Artifact {
-                name: a.name.clone(),
-                values: a.values.clone(),
-            })
-            .collect(),
+        artifacts: o.artifacts.iter().map(|a| a.to_wit(keys)).collect(),
         values: o.values.clone(),
     }
 }
 
-fn outputs_size(o: &guest::Outputs) -> usize {
+fn outputs_size(o: &Outputs) -> usize {
     let pairs = |v: &[(String, String)]| v.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
     pairs(&o.values)
         + o.artifacts
             .iter()
             .map(|a| a.name.len() + pairs(&a.values))
             .sum::<usize>()
+}
+
+/// The run's outputs: the main phase's, and the posthook's added under their own names (the
+/// posthook ends a backup mode and reports where it ended: that belongs to the restore point).
+/// A posthook artifact named like one of the main phase's, or a value the main phase set to
+/// something else, is refused in one line: the restore point could not say which one holds.
+fn merge(main: &PhaseReport, post: &PhaseReport) -> Result<Outputs, String> {
+    let mut merged = main.outputs.clone();
+    for artifact in &post.outputs.artifacts {
+        if merged.artifacts.iter().any(|a| a.name == artifact.name) {
+            return Err(format!(
+                "it returned the artifact `{}`, which {} already returned; the restore point keeps both \
+                 phases' outputs, so give the posthook's another name",
+                artifact.name, main.action
+            ));
+        }
+        merged.artifacts.push(artifact.clone());
+    }
+    for (key, value) in &post.outputs.values {
+        match merged.get(key) {
+            None => merged.values.push((key.clone(), value.clone())),
+            Some(same) if same == value => {}
+            Some(other) => {
+                return Err(format!(
+                    "it set the value `{key}` to {value:?}, which {} set to {other:?}; the restore point keeps \
+                     both phases' values, so give the posthook's another name",
+                    main.action
+                ));
+            }
+        }
+    }
+    Ok(merged)
 }
 
 /// The lifecycle phases around `action`, when the blueprint describes them.
@@ -280,28 +313,24 @@ pub(crate) async fn run(
                 sessions: sessions.clone(),
             })
         };
+        let keys = host.exports.reference_keys();
         let inputs = |failure: Option<WitError>, phases: &[PhaseReport]| guest::Inputs {
             action_id: action_id.clone(),
             namespace: request.namespace.clone(),
             workload: request.workload.clone(),
             params: params.clone(),
+            // A phase that stopped is there too, with what it checkpointed.
             phases: phases
                 .iter()
-                .filter(|p| p.status == PhaseStatus::Ok)
+                .filter(|p| p.status != PhaseStatus::Skipped)
                 .map(|p| guest::Phase {
                     action: p.action.clone(),
-                    outputs: to_guest(&p.outputs),
+                    completed: p.status == PhaseStatus::Ok,
+                    outputs: to_guest(&p.outputs, keys),
                 })
                 .collect(),
             failure,
-            artifacts: request
-                .artifacts
-                .iter()
-                .map(|a| types::Artifact {
-                    name: a.name.clone(),
-                    values: a.values.clone(),
-                })
-                .collect(),
+            artifacts: request.artifacts.iter().map(|a| a.to_wit(keys)).collect(),
         };
 
         let mut reports: Vec<PhaseReport> = Vec::new();
@@ -354,6 +383,26 @@ pub(crate) async fn run(
             reports.push(ran.report);
         }
 
+        let mut outputs = reports
+            .iter()
+            .find(|p| p.action == main)
+            .map(|p| p.outputs.clone())
+            .unwrap_or_default();
+        if let [.., main_report, post_report] = reports.as_mut_slice()
+            && post.is_some()
+            && main_report.status == PhaseStatus::Ok
+            && post_report.status == PhaseStatus::Ok
+        {
+            match merge(main_report, post_report) {
+                Ok(merged) => outputs = merged,
+                Err(why) => {
+                    tracing::warn!(error = %why, "posthook outputs refused");
+                    post_report.status = PhaseStatus::Failed;
+                    post_report.error = Some(why);
+                }
+            }
+        }
+
         for name in sessions.end().await {
             let message = format!(
                 "session `{name}` was still open when the run ended; its process was killed"
@@ -388,7 +437,6 @@ pub(crate) async fn run(
                     format!("{}: {why}", p.action)
                 }
             });
-        let outputs = main_report.map(|p| p.outputs.clone()).unwrap_or_default();
         match &error {
             None => tracing::info!("action succeeded"),
             Some(e) => tracing::warn!(error = %e, "action failed"),
@@ -428,27 +476,28 @@ async fn run_phase(
         let result = tokio::time::timeout(budget + ABANDON_GRACE, call).await;
         let duration = started.elapsed();
         let state = store.data();
+        // A phase that stops keeps what it checkpointed, for the posthook.
+        let stopped = || Outputs { artifacts: Vec::new(), values: state.checkpoints.clone() };
         let (status, outputs, error, failure) = match result {
-            Ok(Ok(Ok(outputs))) => {
-                let size = outputs_size(&outputs);
-                if size > output_cap {
+            Ok(Ok(Ok(returned))) => match to_outputs(returned, &state.checkpoints) {
+                Err(why) => (PhaseStatus::Failed, stopped(), Some(why.clone()), Some(WitError::Invalid(why))),
+                Ok(outputs) if outputs_size(&outputs) > output_cap => {
                     let why = format!(
                         "the blueprint returned {} of outputs, over the limit of {}; return small records and \
                          put bulk data in an export",
-                        human_bytes(size as u64),
+                        human_bytes(outputs_size(&outputs) as u64),
                         human_bytes(output_cap as u64)
                     );
-                    (PhaseStatus::Failed, Outputs::default(), Some(why.clone()), Some(WitError::Invalid(why)))
-                } else {
-                    (PhaseStatus::Ok, to_outputs(outputs), None, None)
+                    (PhaseStatus::Failed, stopped(), Some(why.clone()), Some(WitError::Invalid(why)))
                 }
-            }
-            Ok(Ok(Err(e))) => (PhaseStatus::Failed, Outputs::default(), Some(describe_error(&e)), Some(e)),
+                Ok(outputs) => (PhaseStatus::Ok, outputs, None, None),
+            },
+            Ok(Ok(Err(e))) => (PhaseStatus::Failed, stopped(), Some(describe_error(&e)), Some(e)),
             Ok(Err(trap)) => {
                 let why = trap_reason(&trap, state);
                 let status = if state.deadline_hit { PhaseStatus::TimedOut } else { PhaseStatus::Trapped };
                 let failure = if state.deadline_hit { WitError::TimedOut(why.clone()) } else { WitError::Failed(why.clone()) };
-                (status, Outputs::default(), Some(why), Some(failure))
+                (status, stopped(), Some(why), Some(failure))
             }
             Err(_) => {
                 let why = format!(
@@ -456,7 +505,7 @@ async fn run_phase(
                      abandoned",
                     human_duration(budget)
                 );
-                (PhaseStatus::TimedOut, Outputs::default(), Some(why.clone()), Some(WitError::TimedOut(why)))
+                (PhaseStatus::TimedOut, stopped(), Some(why.clone()), Some(WitError::TimedOut(why)))
             }
         };
         let log_truncated = state.log.truncated().is_some();

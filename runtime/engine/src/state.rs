@@ -51,6 +51,8 @@ pub(crate) struct HostState {
     pub deadline_hit: bool,
     /// Export names opened so far in this phase (they must be unique).
     pub export_names: HashSet<String>,
+    /// Values recorded with `log.checkpoint`, in order: the phase's outputs even if it stops.
+    pub checkpoints: Vec<(String, String)>,
 }
 
 impl std::fmt::Debug for HostState {
@@ -89,6 +91,7 @@ impl HostState {
             deadline,
             deadline_hit: false,
             export_names: HashSet::new(),
+            checkpoints: Vec::new(),
         }
     }
 

@@ -1,4 +1,8 @@
-use crate::support::{Cairn, HELLO_INVENTORY as INVENTORY, hello_wasm, json, run_hello, stderr};
+use std::path::Path;
+
+use crate::support::{
+    Cairn, HELLO_INVENTORY as INVENTORY, hello_wasm, json, run_hello, stderr, wasm,
+};
 
 fn hello(cairn: &Cairn, extra: &[&str]) -> std::process::Output {
     run_hello(cairn, "backup", extra)
@@ -125,4 +129,128 @@ fn a_secret_without_the_secrets_grant_is_a_usage_error() {
     let out = hello(&cairn, &["--grant", "exec", "--secret", "token=raw:x"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("--grant secrets"), "{}", stderr(&out));
+}
+
+/// A two-replica workload `app` in a tempdir for `blueprints/quiesce`: start and stop leave a
+/// trace in `events.log`, and stop, after it stopped the application, lingers until `linger`
+/// seconds after the latest readiness probe (a slow shutdown). The prehook probes first thing
+/// (`workloads::get`), so that is `linger` seconds after the prehook began, give or take its
+/// instantiation.
+fn slow_stopping_app(linger: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).expect(name);
+    std::fs::create_dir(dir.path().join("data")).expect("data");
+    file("running", "");
+    file(
+        "start.sh",
+        "echo \"start $CAIRN_REPLICAS\" >> events.log\ntouch running\n",
+    );
+    file(
+        "stop.sh",
+        &format!(
+            "rm running\necho stop >> events.log\n\
+             sleep \"$(awk -v probed=\"$(cat probed)\" -v now=\"$(date +%s.%N)\" \
+             'BEGIN {{ d = probed + {linger} - now; print (d > 0 ? d : 0) }}')\"\n"
+        ),
+    );
+    file("ready.sh", "date +%s.%N > probed\ntest -f running\n");
+    file(
+        "inventory.yaml",
+        "namespaces:\n  default:\n    workloads:\n      app:\n        replicas: 2\n        workdir: .\n\
+         \x20       allow: [sh]\n        start: [sh, ./start.sh]\n        stop: [sh, ./stop.sh]\n\
+         \x20       ready: [sh, ./ready.sh]\n        volumes:\n          data: ./data\n",
+    );
+    dir
+}
+
+fn quiesce_backup(cairn: &Cairn, app: &Path, extra: &[&str]) -> std::process::Output {
+    let wasm = wasm("quiesce");
+    let target = format!("local:{}", app.join("inventory.yaml").display());
+    let mut args = vec![
+        "run",
+        wasm.to_str().expect("utf-8 path"),
+        "--action",
+        "backup",
+        "--target",
+        &target,
+        "--workload",
+        "app",
+        "--grant",
+        "workloads,scale,volumes",
+        "--output",
+        "json",
+    ];
+    args.extend_from_slice(extra);
+    cairn.run(&args)
+}
+
+fn phase_statuses(report: &serde_json::Value) -> Vec<&str> {
+    report["phases"]
+        .as_array()
+        .expect("phases")
+        .iter()
+        .map(|p| p["status"].as_str().expect("status"))
+        .collect()
+}
+
+#[test]
+fn a_quiesce_prehook_that_times_out_after_scaling_is_undone() {
+    // The stop command outlasts the prehook's 2 s deadline by a little: the scale to zero
+    // completes (a host call gets half a second past the deadline), and the prehook is stopped
+    // as soon as it resumes.
+    let app = slow_stopping_app("2.02");
+    let cairn = Cairn::new();
+    let out = quiesce_backup(&cairn, app.path(), &["--timeout", "2s"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let report = json(&out);
+    assert_eq!(
+        phase_statuses(&report),
+        ["timed_out", "skipped", "ok"],
+        "{report:#}"
+    );
+    let error = report["error"].as_str().expect("error");
+    assert!(
+        error.starts_with("backupPrehook: the blueprint ran past its deadline of 2s"),
+        "{error}"
+    );
+    // The prehook checkpointed the count before it scaled; the posthook scaled back to it.
+    assert_eq!(
+        report["phases"][0]["outputs"]["values"],
+        serde_json::json!([["replicas", "2"]])
+    );
+    assert_eq!(
+        report["phases"][2]["outputs"]["values"],
+        serde_json::json!([["replicas", "2"]])
+    );
+    let events = std::fs::read_to_string(app.path().join("events.log")).expect("events.log");
+    assert_eq!(
+        events, "stop\nstart 2\n",
+        "scaled to zero, then back to two"
+    );
+    assert!(
+        app.path().join("running").exists(),
+        "the application runs again"
+    );
+}
+
+#[test]
+fn a_posthooks_values_join_the_restore_point() {
+    let app = slow_stopping_app("0");
+    let cairn = Cairn::new();
+    let out = quiesce_backup(&cairn, app.path(), &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = json(&out);
+    assert_eq!(phase_statuses(&report), ["ok", "ok", "ok"], "{report:#}");
+    // `replicas` is the posthook's value, the volume snapshot the main phase's artifact: the
+    // report (what `--from` reads) holds both.
+    assert_eq!(
+        report["outputs"]["values"],
+        serde_json::json!([["replicas", "2"]]),
+        "{report:#}"
+    );
+    let artifacts = report["outputs"]["artifacts"]
+        .as_array()
+        .expect("artifacts");
+    assert_eq!(artifacts.len(), 1, "{report:#}");
+    assert_eq!(artifacts[0]["name"], "volume-data");
 }

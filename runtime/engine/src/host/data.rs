@@ -96,13 +96,6 @@ impl ImportStreamState {
     }
 }
 
-fn to_artifact(a: types::Artifact) -> Artifact {
-    Artifact {
-        name: a.name,
-        values: a.values,
-    }
-}
-
 impl HostState {
     /// Checks a pipe: the command as exec checks it, plus the data capability.
     fn check_pipe(&self, cap: Capability, command: exec::Command) -> Result<Checked, WitError> {
@@ -204,12 +197,23 @@ impl data::HostExportStream for HostState {
                 "export {name:?} is already finished"
             ))),
             (Ok(_), None) => Err(WitError::Failed(format!("export {name:?} lost its writer"))),
-            (Ok(_), Some(writer)) => {
+            (Ok(host), Some(writer)) => {
                 bounded("data.finish", timeout, async {
-                    let values = writer.finish().await.map_err(from_engine)?;
+                    let reference = writer.finish().await.map_err(from_engine)?;
+                    let keys = host.exports.reference_keys();
+                    if let Some((key, _)) = reference.iter().find(|(k, _)| !keys.keys.contains(&k.as_str())) {
+                        // A broken export store, not the guest: its reference could not be
+                        // told apart from the blueprint's values once stored.
+                        return Err(WitError::Failed(format!(
+                            "export {name:?}: the export store wrote the reference key `{key}`, which it does not \
+                             declare among {:?}",
+                            keys.keys
+                        )));
+                    }
                     Ok(types::Artifact {
                         name: name.clone(),
-                        values,
+                        values: Vec::new(),
+                        reference,
                     })
                 })
                 .await
@@ -218,7 +222,7 @@ impl data::HostExportStream for HostState {
         let target = match &result {
             Ok(a) => format!(
                 "export {name} ({})",
-                to_artifact(a.clone()).get("path").unwrap_or("?")
+                Artifact::from_wit(a.clone()).get("path").unwrap_or("?")
             ),
             Err(_) => format!("export {name}"),
         };
@@ -352,7 +356,7 @@ impl data::Host for HostState {
             Ok(host) => host,
             Err(e) => return Ok(Err(e)),
         };
-        let artifact = to_artifact(source);
+        let artifact = Artifact::from_wit(source);
         let reader = bounded("data.open-import", timeout, async {
             host.exports.open(&artifact).await.map_err(from_engine)
         })
@@ -368,7 +372,7 @@ impl data::Host for HostState {
 
     async fn delete(&mut self, source: types::Artifact) -> HostResult<()> {
         let timeout = self.call_timeout(self.action.limits.host_call_timeout);
-        let artifact = to_artifact(source);
+        let artifact = Artifact::from_wit(source);
         let target = format!(
             "export {} ({})",
             artifact.name,

@@ -1,8 +1,16 @@
-//! `cairn:blueprint/log`: always granted, bounded by the phase's log budget.
+//! `cairn:blueprint/log`: always granted. Logging is bounded by the phase's log budget,
+//! checkpoints by its output limit, sleeping by its deadline.
+
+use std::time::{Duration, Instant};
 
 use crate::bindings::log::{self, Level};
+use crate::bindings::{HostResult, WitError};
 use crate::events::{LogLevel, Progress};
+use crate::limits::human_bytes;
 use crate::state::HostState;
+
+/// The longest checkpoint name.
+const MAX_CHECKPOINT_NAME: usize = 256;
 
 impl log::Host for HostState {
     async fn log(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
@@ -29,6 +37,54 @@ impl log::Host for HostState {
             bytes_total: progress.bytes_total,
             message,
         });
+        Ok(())
+    }
+
+    async fn checkpoint(&mut self, name: String, value: String) -> HostResult<()> {
+        Ok(self.record_checkpoint(name, value))
+    }
+
+    async fn sleep(&mut self, ms: u64) -> wasmtime::Result<()> {
+        // An epoch does not interrupt a guest blocked here: cut the pause at the deadline
+        // ourselves, and the guest stops at its next instruction.
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        tokio::time::sleep(Duration::from_millis(ms).min(left)).await;
+        Ok(())
+    }
+}
+
+impl HostState {
+    fn record_checkpoint(&mut self, name: String, value: String) -> Result<(), WitError> {
+        if self.action.host.is_none() {
+            return Err(WitError::Denied(
+                "describe() may only log; a checkpoint there is refused".into(),
+            ));
+        }
+        if name.is_empty() || name.len() > MAX_CHECKPOINT_NAME {
+            return Err(WitError::Invalid(format!(
+                "a checkpoint name must be 1 to {MAX_CHECKPOINT_NAME} bytes long"
+            )));
+        }
+        let cap = self.action.limits.output_bytes;
+        let others: usize = self
+            .checkpoints
+            .iter()
+            .filter(|(k, _)| *k != name)
+            .map(|(k, v)| k.len() + v.len())
+            .sum();
+        let total = others + name.len() + value.len();
+        if total > cap {
+            return Err(WitError::Invalid(format!(
+                "checkpoint `{name}` would bring this phase's checkpoints to {}, over the output limit of {}; \
+                 checkpoint small values and put bulk data in an export",
+                human_bytes(total as u64),
+                human_bytes(cap as u64)
+            )));
+        }
+        match self.checkpoints.iter_mut().find(|(k, _)| *k == name) {
+            Some(slot) => slot.1 = value,
+            None => self.checkpoints.push((name, value)),
+        }
         Ok(())
     }
 }

@@ -37,19 +37,27 @@ async fn backup_runs_prehook_backup_posthook_in_order_with_earlier_outputs() {
     assert_eq!(report.phases[0].outputs.get("seen"), Some(""));
     assert_eq!(report.phases[1].outputs.get("seen"), Some("backupPrehook"));
     assert_eq!(
-        report.phases[2].outputs.get("seen"),
+        report.phases[2].outputs.get("post-seen"),
         Some("backupPrehook,backup")
     );
-    let earlier = report.phases[2].outputs.get("earlier").expect("earlier");
+    let earlier = report.phases[2]
+        .outputs
+        .get("post-earlier")
+        .expect("earlier");
     assert!(
         earlier.contains("phase=backupPrehook") && earlier.contains("phase=backup,"),
         "{earlier}"
     );
-    assert_eq!(report.phases[2].outputs.get("failure"), Some(""));
+    assert_eq!(report.phases[2].outputs.get("post-failure"), Some(""));
     assert_eq!(
         report.outputs.get("phase"),
         Some("backup"),
         "the run's outputs are the main phase's"
+    );
+    assert_eq!(
+        report.outputs.get("post-phase"),
+        Some("backupPosthook"),
+        "and the posthook's, under their own names"
     );
     let restore = fixture.run(request("restore")).await;
     assert_eq!(
@@ -81,12 +89,20 @@ async fn the_posthook_runs_after_the_main_phase_fails() {
         report.error.as_deref(),
         Some("backup: failed: backup failed on purpose")
     );
-    let failure = report.phases[2].outputs.get("failure").expect("failure");
+    let failure = report.phases[2]
+        .outputs
+        .get("post-failure")
+        .expect("failure");
     assert!(failure.contains("backup failed on purpose"), "{failure}");
     assert_eq!(
-        report.phases[2].outputs.get("seen"),
+        report.phases[2].outputs.get("post-seen"),
         Some("backupPrehook"),
-        "a failed phase has no outputs"
+        "a failed phase did not complete"
+    );
+    assert_eq!(
+        report.phases[2].outputs.get("post-stopped"),
+        Some("backup"),
+        "but the posthook sees it, stopped"
     );
 }
 
@@ -104,7 +120,10 @@ async fn the_posthook_runs_after_the_main_phase_times_out_or_traps() {
             ("backupPosthook", PhaseStatus::Ok)
         ]
     );
-    let failure = report.phases[2].outputs.get("failure").expect("failure");
+    let failure = report.phases[2]
+        .outputs
+        .get("post-failure")
+        .expect("failure");
     assert!(
         failure.contains("TimedOut") && failure.contains("deadline"),
         "{failure}"
@@ -157,7 +176,10 @@ async fn a_session_is_one_process_held_from_the_prehook_to_the_posthook() {
     let said: Vec<&str> = report
         .phases
         .iter()
-        .map(|p| p.outputs.get("said").expect("said"))
+        .map(|p| {
+            let said = p.outputs.get("said").or(p.outputs.get("post-said"));
+            said.expect("said")
+        })
         .collect();
     assert!(!said[0].is_empty(), "{said:?}");
     assert!(

@@ -8,4 +8,5 @@ mod capabilities;
 mod catalog;
 mod lifecycle;
 mod load;
+mod outputs;
 mod support;

@@ -37,6 +37,9 @@ const ACTIONS: &[&str] = &[
     "catalog",
     "catalog-apply",
     "params",
+    "checkpoint",
+    "checkpoint-flood",
+    "sleep",
     "backupPrehook",
     "backup",
     "backupPosthook",
@@ -106,6 +109,17 @@ fn command(workload: Option<WorkloadRef>, argv: &[&str]) -> exec::Command {
     }
 }
 
+/// An artifact's reference keys, then `/`, then its own value keys: `kind,path/format`.
+fn keys(a: &Artifact) -> String {
+    let names = |v: &[(String, String)]| {
+        v.iter()
+            .map(|(k, _)| k.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    format!("{}/{}", names(&a.reference), names(&a.values))
+}
+
 #[inline(never)]
 fn recurse(depth: u64) -> u64 {
     let local = std::hint::black_box([depth; 16]);
@@ -115,44 +129,108 @@ fn recurse(depth: u64) -> u64 {
     recurse(local[3] + 1) + local[7]
 }
 
+/// The earlier phases that completed (`true`) or stopped (`false`), comma-separated.
+fn phases_that(inputs: &Inputs, completed: bool) -> String {
+    let names: Vec<&str> = inputs
+        .phases
+        .iter()
+        .filter(|p| p.completed == completed)
+        .map(|p| p.action.as_str())
+        .collect();
+    names.join(",")
+}
+
 /// What a lifecycle phase does: say what it saw, then behave as `mode` asks (main phases only).
+/// A posthook names its values `post-…`, so the run's outputs keep both phases' apart.
 fn phase(action: &str, inputs: &Inputs) -> Result<Outputs, Error> {
-    let seen: Vec<String> = inputs.phases.iter().map(|p| p.action.clone()).collect();
+    let mode = text(inputs, "mode");
+    let seen = phases_that(inputs, true);
     let earlier: Vec<String> = inputs
         .phases
         .iter()
         .flat_map(|p| p.outputs.values.iter().map(|(k, v)| format!("{k}={v}")))
         .collect();
-    log::log(
-        log::Level::Info,
-        &format!("{action} sees [{}]", seen.join(",")),
-    );
+    log::log(log::Level::Info, &format!("{action} sees [{seen}]"));
     let failure = inputs
         .failure
         .as_ref()
         .map(|f| format!("{f:?}"))
         .unwrap_or_default();
-    let out = values(&[
-        ("phase", action.to_string()),
-        ("seen", seen.join(",")),
-        ("earlier", earlier.join(",")),
-        ("failure", failure),
-    ]);
+    let post = action.ends_with("Posthook");
+    let key = |k: &str| {
+        if post {
+            format!("post-{k}")
+        } else {
+            k.to_string()
+        }
+    };
+    let mut out = Outputs {
+        artifacts: vec![],
+        values: [
+            ("phase", action.to_string()),
+            ("seen", seen),
+            ("stopped", phases_that(inputs, false)),
+            ("earlier", earlier.join(",")),
+            ("failure", failure),
+        ]
+        .into_iter()
+        .map(|(k, v)| (key(k), v))
+        .collect(),
+    };
     if action == "backup" || action == "restore" {
-        match text(inputs, "mode").as_str() {
+        match mode.as_str() {
             "fail" => return Err(Error::Failed(format!("{action} failed on purpose"))),
             "spin" => loop {
                 std::hint::black_box(0);
             },
             "trap" => panic!("{action} trapped on purpose"),
+            "sleep" => {
+                log::sleep(60_000);
+                return Err(Error::Failed(format!("{action} woke before its deadline")));
+            }
+            "post-clash" => out.artifacts.push(Artifact {
+                name: "state".into(),
+                values: vec![("from".into(), action.into())],
+                reference: vec![],
+            }),
             _ => {}
         }
     }
-    if action.ends_with("Prehook") && text(inputs, "mode") == "prefail" {
+    if action.ends_with("Prehook") && mode == "prefail" {
         return Err(Error::Failed(format!("{action} failed on purpose")));
     }
-    let mut out = out;
-    if let mode @ ("session" | "session-leak") = text(inputs, "mode").as_str() {
+    if mode == "checkpoint" && action == "backupPrehook" {
+        // Record the count, scale to zero, then run past the deadline: the posthook must still
+        // learn the count.
+        let replicas = workloads::get(None)?.replicas;
+        log::checkpoint("replicas", &replicas.to_string())?;
+        workloads::scale(None, 0)?;
+        loop {
+            std::hint::black_box(0);
+        }
+    }
+    if mode == "checkpoint" && post {
+        let replicas = inputs
+            .phases
+            .iter()
+            .find_map(|p| p.outputs.values.iter().find(|(k, _)| k == "replicas"))
+            .map(|(_, v)| v.parse::<u32>().unwrap_or_default())
+            .ok_or_else(|| Error::NotFound("no phase checkpointed `replicas`".into()))?;
+        workloads::scale(None, replicas)?;
+        out.values
+            .push(("post-scaled".into(), replicas.to_string()));
+    }
+    if post && mode == "post-clash" {
+        out.artifacts.push(Artifact {
+            name: "state".into(),
+            values: vec![("from".into(), action.into())],
+            reference: vec![],
+        });
+    }
+    if post && mode == "post-value-clash" {
+        out.values.push(("phase".into(), action.into()));
+    }
+    if let mode @ ("session" | "session-leak") = mode.as_str() {
         // A shell held open from the prehook to the posthook: its pid proves it is one process.
         let said = match action {
             "backupPrehook" => {
@@ -174,7 +252,7 @@ fn phase(action: &str, inputs: &Inputs) -> Result<Outputs, Error> {
             _ => Vec::new(),
         };
         out.values.push((
-            "said".into(),
+            key("said"),
             String::from_utf8_lossy(&said).trim().to_string(),
         ));
     }
@@ -208,6 +286,11 @@ impl Guest for Misbehave {
                         "trap",
                         "session",
                         "session-leak",
+                        "sleep",
+                        "checkpoint",
+                        "post-clash",
+                        "post-value-clash",
+                        "shadow",
                     ],
                 ),
                 spec("count", ParamKind::Integer, false, Some("10"), &[]),
@@ -325,10 +408,21 @@ impl Guest for Misbehave {
                 let stream = data::open_export("dump")?;
                 stream.write(b"header\n")?;
                 let transfer = stream.pipe_from(&command(None, &["cat", "data.txt"]))?;
-                let artifact = stream.finish()?;
+                let mut artifact = stream.finish()?;
+                let finished = keys(&artifact);
+                // The blueprint's own value; `shadow` names it like a key of the reference.
+                let own = if text(&inputs, "mode") == "shadow" {
+                    "path"
+                } else {
+                    "format"
+                };
+                artifact.values.push((own.into(), "text".into()));
                 Ok(Outputs {
                     artifacts: vec![artifact],
-                    values: vec![("bytes".into(), transfer.bytes.to_string())],
+                    values: vec![
+                        ("bytes".into(), transfer.bytes.to_string()),
+                        ("finished".into(), finished),
+                    ],
                 })
             }
             "import" => {
@@ -341,6 +435,7 @@ impl Guest for Misbehave {
                 let transfer =
                     stream.pipe_into(&command(None, &["sh", "-c", "cat > restored.txt"]))?;
                 Ok(values(&[
+                    ("source", keys(source)),
                     ("head", String::from_utf8_lossy(&head).into_owned()),
                     ("bytes", transfer.bytes.to_string()),
                     ("exit", transfer.exit_code.to_string()),
@@ -379,6 +474,28 @@ impl Guest for Misbehave {
                     .map(|(k, v)| (k.clone(), format!("{v:?}")))
                     .collect(),
             }),
+            "checkpoint" => {
+                log::checkpoint("a", "1")?;
+                log::checkpoint("b", "2")?;
+                log::checkpoint("a", "replaced")?;
+                if text(&inputs, "mode") == "fail" {
+                    return Err(Error::Failed("checkpoint failed on purpose".into()));
+                }
+                Ok(values(&[("a", "returned".into())]))
+            }
+            "checkpoint-flood" => {
+                log::checkpoint("small", "kept")?;
+                log::checkpoint("flood", &"w".repeat(16 << 20))?;
+                Ok(values(&[]))
+            }
+            "sleep" => {
+                let started = std::time::Instant::now();
+                log::sleep(u64::try_from(integer(&inputs, "count")).unwrap_or_default());
+                Ok(values(&[(
+                    "slept-ms",
+                    started.elapsed().as_millis().to_string(),
+                )]))
+            }
             "backupPrehook" | "backup" | "backupPosthook" | "restorePrehook" | "restore"
             | "restorePosthook" => phase(&action, &inputs),
             other => Err(Error::Invalid(format!("unknown action {other}"))),
