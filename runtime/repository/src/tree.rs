@@ -334,20 +334,15 @@ fn write_files(
     files: Vec<(PathBuf, usize)>,
     rx: std::sync::mpsc::Receiver<Vec<Bytes>>,
 ) -> Result<()> {
-    use std::io::Write;
     let mut files = files.into_iter();
-    let mut current: Option<(std::io::BufWriter<std::fs::File>, PathBuf, usize)> = None;
-    let open = |p: &Path| -> Result<std::fs::File> {
-        std::fs::File::create(p).map_err(|e| Error::io("create", p, e))
-    };
-    let mut next = |current: &mut Option<(std::io::BufWriter<std::fs::File>, PathBuf, usize)>| -> Result<bool> {
-        if let Some((mut w, p, _)) = current.take() {
-            w.flush().map_err(|e| Error::io("write", &p, e))?;
-        }
+    // The file being written, its path and how many of its chunks are still to come.
+    let mut current: Option<(std::fs::File, PathBuf, usize)> = None;
+    let mut next = |current: &mut Option<(std::fs::File, PathBuf, usize)>| -> Result<bool> {
+        *current = None;
         match files.next() {
             Some((p, n)) => {
-                let f = open(&p)?;
-                *current = Some((std::io::BufWriter::with_capacity(1 << 20, f), p, n));
+                let f = std::fs::File::create(&p).map_err(|e| Error::io("create", &p, e))?;
+                *current = Some((f, p, n));
                 Ok(true)
             }
             None => Ok(false),
@@ -356,24 +351,57 @@ fn write_files(
     if !next(&mut current)? {
         return Ok(());
     }
-    for unit in rx {
-        for chunk in unit {
+    // Chunks of the current file received and not yet written: written in one vectored call
+    // per run, straight from the decoded frames.
+    let mut run: Vec<Bytes> = Vec::new();
+    for item in rx {
+        for chunk in item {
             while current.as_ref().is_some_and(|c| c.2 == 0) {
+                if let Some((f, p, _)) = current.as_mut() {
+                    write_run(f, p, &mut run)?;
+                }
                 if !next(&mut current)? {
                     return Err(Error::Invalid(
                         "restore produced more data than the snapshot lists".into(),
                     ));
                 }
             }
-            let Some((w, p, left)) = current.as_mut() else {
+            let Some((_, _, left)) = current.as_mut() else {
                 break;
             };
-            w.write_all(&chunk)
-                .map_err(|e| Error::io("write", &*p, e))?;
+            run.push(chunk);
             *left -= 1;
+        }
+        if let Some((f, p, _)) = current.as_mut() {
+            write_run(f, p, &mut run)?;
         }
     }
     // Remaining files are empty ones (or the stream ended early, reported by the caller).
     while next(&mut current)? {}
+    Ok(())
+}
+
+/// Writes and empties `run`, in vectored writes of at most 1024 chunks (the usual `IOV_MAX`).
+fn write_run(f: &mut std::fs::File, path: &Path, run: &mut Vec<Bytes>) -> Result<()> {
+    use std::io::{IoSlice, Write};
+    for group in run.chunks(1024) {
+        let mut slices: Vec<IoSlice<'_>> = group.iter().map(|c| IoSlice::new(c)).collect();
+        let mut rest = &mut slices[..];
+        while !rest.is_empty() {
+            match f.write_vectored(rest) {
+                Ok(0) => {
+                    return Err(Error::io(
+                        "write",
+                        path,
+                        std::io::ErrorKind::WriteZero.into(),
+                    ));
+                }
+                Ok(n) => IoSlice::advance_slices(&mut rest, n),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::io("write", path, e)),
+            }
+        }
+    }
+    run.clear();
     Ok(())
 }
