@@ -236,15 +236,20 @@ impl Backend {
         })
     }
 
+    /// An object store error on `path` of this repository (a full storage says so).
+    fn store_err(&self, op: &'static str, path: &str, e: object_store::Error) -> Error {
+        Error::store(op, path, &self.url, e)
+    }
+
     pub(crate) async fn get(&self, path: &str) -> Result<Option<Bytes>> {
         match self.store.get(&Path::from(path)).await {
             Ok(r) => r
                 .bytes()
                 .await
                 .map(Some)
-                .map_err(|e| Error::store("read", path, e)),
+                .map_err(|e| self.store_err("read", path, e)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(Error::store("read", path, e)),
+            Err(e) => Err(self.store_err("read", path, e)),
         }
     }
 
@@ -255,16 +260,21 @@ impl Backend {
                 object: path.to_string(),
                 snapshots: Vec::new(),
             }),
-            Err(e) => Err(Error::store("read", path, e)),
+            Err(e) => Err(self.store_err("read", path, e)),
         }
     }
 
     /// Writes an object that must not exist yet (create-if-absent).
     pub(crate) async fn put_new(&self, path: &str, data: Bytes) -> Result<()> {
-        Self::put_new_in(&self.store, path, data).await
+        self.put_new_in(&self.store, path, data).await
     }
 
-    async fn put_new_in(store: &Arc<dyn ObjectStore>, path: &str, data: Bytes) -> Result<()> {
+    async fn put_new_in(
+        &self,
+        store: &Arc<dyn ObjectStore>,
+        path: &str,
+        data: Bytes,
+    ) -> Result<()> {
         let opts = PutOptions {
             mode: PutMode::Create,
             ..Default::default()
@@ -278,7 +288,7 @@ impl Backend {
                 object: path.to_string(),
                 until: "forever (objects are never overwritten)".into(),
             }),
-            Err(e) => Err(Error::store("write", path, e)),
+            Err(e) => Err(self.store_err("write", path, e)),
         }
     }
 
@@ -297,7 +307,7 @@ impl Backend {
         ) {
             (Some(lock), true) => {
                 let store = self.lock_store(lock)?;
-                Self::put_new_in(&store, path, data).await
+                self.put_new_in(&store, path, data).await
             }
             _ => self.put_new(path, data).await,
         }
@@ -328,7 +338,7 @@ impl Backend {
             .put(&Path::from(path), PutPayload::from_bytes(data))
             .await
             .map(|_| ())
-            .map_err(|e| Error::store("write", path, e))
+            .map_err(|e| self.store_err("write", path, e))
     }
 
     pub(crate) async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
@@ -337,7 +347,7 @@ impl Backend {
             .list(Some(&p))
             .try_collect()
             .await
-            .map_err(|e| Error::store("list", prefix, e))
+            .map_err(|e| self.store_err("list", prefix, e))
     }
 
     /// The end of an object's protection, if it is still protected.
@@ -359,7 +369,7 @@ impl Backend {
                 None => match self.store.head(&Path::from(path)).await {
                     Ok(m) => m.last_modified.timestamp(),
                     Err(object_store::Error::NotFound { .. }) => return Ok(()),
-                    Err(e) => return Err(Error::store("stat", path, e)),
+                    Err(e) => return Err(self.store_err("stat", path, e)),
                 },
             };
             if let Some(until) = self.protected_until(lm) {
@@ -376,7 +386,7 @@ impl Backend {
     pub(crate) async fn delete_any(&self, path: &str) -> Result<()> {
         match self.store.delete(&Path::from(path)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(Error::store("delete", path, e)),
+            Err(e) => Err(self.store_err("delete", path, e)),
         }
     }
 }

@@ -128,6 +128,21 @@ pub enum Error {
         #[source]
         source: object_store::Error,
     },
+    /// A write failed because the storage is full (no space left on the device, a disk quota,
+    /// or an object store answering "insufficient storage").
+    #[error("{}", storage_full_text(.op, .path, .repository.as_deref(), .source))]
+    StorageFull {
+        /// What was being done.
+        op: &'static str,
+        /// The object path in the repository, or the local path being written.
+        path: String,
+        /// The repository URL when the write went to the repository; `None` for a local file
+        /// (a restore target, a key file).
+        repository: Option<String>,
+        /// The underlying error (`ErrorKind::StorageFull` or `QuotaExceeded`).
+        #[source]
+        source: std::io::Error,
+    },
     /// A key provider failed for a reason other than a wrong key.
     #[error("key provider {provider}: {reason}")]
     KeyProvider {
@@ -149,27 +164,103 @@ fn affected_text(snapshots: &[String]) -> String {
     }
 }
 
+fn storage_full_text(
+    op: &str,
+    path: &str,
+    repository: Option<&str>,
+    source: &std::io::Error,
+) -> String {
+    match repository {
+        Some(url) => format!(
+            "the repository's storage is full: {op} {path} in {url}: {source}; free space there \
+             (or move the repository to a larger volume) and run the command again, the \
+             snapshots already saved are intact"
+        ),
+        None => format!(
+            "the disk is full: {op} {path}: {source}; free space on that filesystem (or choose \
+             a target on another one) and run the command again"
+        ),
+    }
+}
+
+/// Whether an I/O error means the storage is full.
+fn is_full(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(e.kind(), ErrorKind::StorageFull | ErrorKind::QuotaExceeded)
+}
+
+/// What object stores answer when they are out of space, for those (S3-compatible servers,
+/// HTTP 507) that carry no I/O error: matched in the error texts.
+const FULL_TEXTS: [&str; 4] = [
+    "No space left on device",
+    "Insufficient Storage",
+    "XMinioStorageFull",
+    "Disk quota exceeded",
+];
+
+/// The "storage full" cause of an object store error, if that is what it is: an I/O error
+/// anywhere in its chain (local filesystem), or a server's out-of-space answer (carried as an
+/// I/O error of kind `StorageFull` with the server's text).
+fn full_cause(e: &object_store::Error) -> Option<std::io::Error> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cur {
+        if let Some(io) = c.downcast_ref::<std::io::Error>()
+            && is_full(io)
+        {
+            return Some(match io.raw_os_error() {
+                Some(code) => std::io::Error::from_raw_os_error(code),
+                None => std::io::Error::new(io.kind(), io.to_string()),
+            });
+        }
+        cur = c.source();
+    }
+    let text = e.to_string();
+    FULL_TEXTS
+        .iter()
+        .any(|t| text.contains(t))
+        .then(|| std::io::Error::new(std::io::ErrorKind::StorageFull, text))
+}
+
 impl Error {
+    /// An object store error while `op` on `object` of the repository at `url`: a full
+    /// storage becomes [`Error::StorageFull`], anything else [`Error::Store`].
     pub(crate) fn store(
         op: &'static str,
         object: impl fmt::Display,
+        url: &str,
         source: object_store::Error,
     ) -> Self {
-        Error::Store {
-            op,
-            object: object.to_string(),
-            source,
+        match full_cause(&source) {
+            Some(full) => Error::StorageFull {
+                op,
+                path: object.to_string(),
+                repository: Some(url.to_string()),
+                source: full,
+            },
+            None => Error::Store {
+                op,
+                object: object.to_string(),
+                source,
+            },
         }
     }
+    /// A local I/O error while `op` on `path`: a full disk becomes [`Error::StorageFull`],
+    /// anything else [`Error::Io`].
     pub(crate) fn io(
         op: &'static str,
         path: impl AsRef<std::path::Path>,
         source: std::io::Error,
     ) -> Self {
-        Error::Io {
-            op,
-            path: path.as_ref().display().to_string(),
-            source,
+        let path = path.as_ref().display().to_string();
+        if is_full(&source) {
+            Error::StorageFull {
+                op,
+                path,
+                repository: None,
+                source,
+            }
+        } else {
+            Error::Io { op, path, source }
         }
     }
     pub(crate) fn corrupt(object: impl fmt::Display, reason: impl fmt::Display) -> Self {
@@ -183,3 +274,49 @@ impl Error {
 
 /// The crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn full(e: &Error) -> bool {
+        matches!(e, Error::StorageFull { .. })
+    }
+
+    #[test]
+    fn full_disks_and_full_servers_say_so() {
+        // A local filesystem: ENOSPC deep in the chain.
+        let enospc = std::io::Error::from(std::io::ErrorKind::StorageFull);
+        let local = object_store::Error::Generic {
+            store: "LocalFileSystem",
+            source: Box::new(enospc),
+        };
+        let e = Error::store("write", "data/ab/abcd", "/srv/repo", local);
+        assert!(full(&e), "{e}");
+        let text = e.to_string();
+        assert!(
+            text.contains("data/ab/abcd") && text.contains("/srv/repo"),
+            "{text}"
+        );
+        // An S3-compatible server answering 507.
+        let remote = object_store::Error::Generic {
+            store: "S3",
+            source: "Server returned non-2xx status code: 507 Insufficient Storage".into(),
+        };
+        assert!(full(&Error::store("write", "data/x", "s3://b/r", remote)));
+        // Other failures stay what they are.
+        let other = object_store::Error::Generic {
+            store: "S3",
+            source: "connection refused".into(),
+        };
+        assert!(!full(&Error::store("write", "data/x", "s3://b/r", other)));
+        let e = Error::io("write", "/mnt/f", std::io::Error::from_raw_os_error(28));
+        assert!(full(&e) && e.to_string().contains("/mnt/f"), "{e}");
+        let e = Error::io(
+            "write",
+            "/mnt/f",
+            std::io::ErrorKind::PermissionDenied.into(),
+        );
+        assert!(!full(&e), "{e}");
+    }
+}

@@ -413,6 +413,9 @@ fn packer_loop(
     let mut pending: Vec<(PackId, Vec<Entry>)> = Vec::new();
     let mut pending_entries = 0usize;
     let mut out = PackerOut::default();
+    // Set by an upload that failed, so the loop stops feeding packs to a store that refuses
+    // them (a full disk) instead of waiting for the next index flush to notice.
+    let upload_failed = Arc::new(AtomicBool::new(false));
 
     let upload = |pack: PackBuf,
                   uploads: &mut Vec<tokio::task::JoinHandle<Result<()>>>,
@@ -432,9 +435,13 @@ fn packer_loop(
             .map_err(|_| Error::Invalid("upload semaphore closed".into()))?;
         let backend = shared.backend.clone();
         let path = format::pack_path(&pack.hex);
+        let failed = upload_failed.clone();
         uploads.push(handle.spawn(async move {
             let r = backend.put_data(&path, Bytes::from(data)).await;
             drop(permit);
+            if r.is_err() {
+                failed.store(true, Ordering::Relaxed);
+            }
             r
         }));
         let n = pack.entries.len();
@@ -446,23 +453,41 @@ fn packer_loop(
                        pending: &mut Vec<(PackId, Vec<Entry>)>,
                        out: &mut PackerOut|
      -> Result<()> {
-        for u in uploads.drain(..) {
-            handle
+        // Wait for every upload; when some failed, still index the packs that were written,
+        // so a rerun reuses them, then report the first failure.
+        let mut failure = None;
+        let mut written = Vec::with_capacity(pending.len());
+        for (u, p) in uploads.drain(..).zip(pending.drain(..)) {
+            match handle
                 .block_on(u)
-                .map_err(|e| Error::Invalid(format!("upload task failed: {e}")))??;
+                .map_err(|e| Error::Invalid(format!("upload task failed: {e}")))
+                .and_then(|r| r)
+            {
+                Ok(()) => written.push(p),
+                Err(e) => {
+                    failure.get_or_insert(e);
+                }
+            }
         }
+        *pending = written;
+        let done = |failure: Option<Error>| failure.map_or(Ok(()), Err);
         if pending.is_empty() {
-            return Ok(());
+            return done(failure);
         }
         let id = format::new_id();
         let sealed =
             format::seal_object(&shared.keys, "index", &id, &format::encode_index(pending));
         out.stored_bytes += sealed.len() as u64;
-        handle.block_on(
+        let indexed = handle.block_on(
             shared
                 .backend
                 .put_data(&format::index_path(&id), Bytes::from(sealed)),
-        )?;
+        );
+        if let Err(e) = indexed {
+            // The upload failure, when there is one, is the cause.
+            pending.clear();
+            return Err(failure.unwrap_or(e));
+        }
         let mut idx = shared
             .index
             .write()
@@ -475,7 +500,7 @@ fn packer_loop(
             packs.push(p);
         }
         idx.files.insert(id, packs);
-        Ok(())
+        done(failure)
     };
 
     for f in rx {
@@ -501,7 +526,7 @@ fn packer_loop(
         if pack.data.len() >= pack_bytes {
             let full = std::mem::replace(&mut pack, PackBuf::new(cap));
             pending_entries += upload(full, &mut uploads, &mut pending, &mut out)?;
-            if pending_entries >= INDEX_FLUSH_ENTRIES {
+            if pending_entries >= INDEX_FLUSH_ENTRIES || upload_failed.load(Ordering::Relaxed) {
                 flush_index(&mut uploads, &mut pending, &mut out)?;
                 pending_entries = 0;
             }

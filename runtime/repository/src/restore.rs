@@ -23,9 +23,9 @@ pub(crate) const READ_UNIT_BYTES: u64 = 2 << 20;
 /// Largest hole between two needed frames of a pack that is read through rather than split
 /// into two requests (256 KiB).
 pub(crate) const READ_GAP_BYTES: u64 = 256 << 10;
-/// Read units fetched and decoded at once: three per core keeps both cores busy while reads
+/// Read units fetched and decoded at once: two per core keeps both cores busy while reads
 /// wait and the writer drains; with [`READ_UNIT_BYTES`] this bounds restore memory.
-pub(crate) const READS_IN_FLIGHT: usize = 6;
+pub(crate) const READS_IN_FLIGHT: usize = 4;
 /// Most chunk bytes, and most bytes read, in one planning window (8 MiB each). A decoded
 /// read is held until the last of its chunks is yielded, which is within its window, so this
 /// bounds what restore holds beyond the reads in flight.

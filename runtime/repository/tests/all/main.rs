@@ -7,6 +7,7 @@
 mod conformance;
 mod crash;
 mod damage;
+mod full_disk;
 mod keys;
 mod maintenance;
 mod object_lock;
