@@ -91,9 +91,37 @@ pub struct Export {
 }
 
 impl Export {
-    /// Opens a new export named `name` (unique within the action).
+    /// Opens a new export named `name` (unique within the action), untagged: the host still
+    /// tags it with its own `action`, `namespace`, `workload` and `blueprint-digest`.
     pub fn open(name: &str) -> Result<Self> {
-        host("data.open-export", || wit::open_export(name)).map(|stream| Self {
+        Self::open_tagged(name, std::iter::empty::<(String, String)>())
+    }
+
+    /// Opens a new export named `name` (unique within the action), tagged with what a user
+    /// would filter restore points by: each tag becomes `key=value` on the repository
+    /// snapshot, found with `cairn repo snapshots --tag key=value`.
+    ///
+    /// At most 16 tags; a key is `[a-z0-9][a-z0-9._-]{0,62}`, given once, and not one the
+    /// host sets (`action`, `namespace`, `workload`, `blueprint-digest`); a value is up to 256
+    /// bytes of printable text without `=` or `,`. Otherwise
+    /// [`Error::Invalid`](crate::Error::Invalid) names the tag.
+    ///
+    /// ```no_run
+    /// use cairn_sdk::data::Export;
+    ///
+    /// let export = Export::open_tagged("dump", [("app", "postgres"), ("database", "shop")])?;
+    /// # Ok::<(), cairn_sdk::Error>(())
+    /// ```
+    pub fn open_tagged<K, V>(name: &str, tags: impl IntoIterator<Item = (K, V)>) -> Result<Self>
+    where
+        K: Into<String>,
+        V: Into<String>,
+    {
+        let tags: Vec<(String, String)> = tags
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect();
+        host("data.open-export", || wit::open_export(name, &tags)).map(|stream| Self {
             stream,
             name: name.to_owned(),
         })
@@ -132,6 +160,19 @@ impl io::Write for Export {
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
+}
+
+/// The longest export tag value in bytes.
+const MAX_TAG_VALUE: usize = 256;
+
+/// Whether `value` can be an export tag's value for [`Export::open_tagged`]: at most 256 bytes
+/// of printable text without `=` or `,`. For tagging with names that come from elsewhere (a
+/// database name may hold anything), so a backup is not refused over a tag.
+pub fn is_tag_value(value: &str) -> bool {
+    value.len() <= MAX_TAG_VALUE
+        && !value
+            .chars()
+            .any(|c| c.is_control() || matches!(c, '=' | ','))
 }
 
 /// A stream being read back from the export repository.
@@ -213,9 +254,23 @@ mod tests {
     }
 
     #[test]
+    fn tag_values_follow_the_hosts_rule() {
+        assert!(is_tag_value("shop floor (eu)"));
+        assert!(is_tag_value(""));
+        assert!(is_tag_value(&"v".repeat(256)));
+        for bad in ["a=b", "a,b", "a\nb", &"v".repeat(257)] {
+            assert!(!is_tag_value(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
     #[cfg(not(target_arch = "wasm32"))]
     fn host_calls_fail_cleanly_off_wasm() {
         assert!(matches!(Export::open("dump"), Err(Error::Failed(_))));
+        assert!(matches!(
+            Export::open_tagged("dump", [("app", "postgres")]),
+            Err(Error::Failed(_))
+        ));
         assert!(matches!(
             Import::open(&Artifact::new("dump")),
             Err(Error::Failed(_))

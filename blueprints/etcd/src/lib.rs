@@ -22,7 +22,7 @@ use cairn_sdk::exec::Command;
 use cairn_sdk::lifecycle::{BACKUP, BACKUP_POSTHOOK, DELETE, RESTORE};
 use cairn_sdk::params::refuse_unless_replace;
 use cairn_sdk::{Blueprint, Capability, Context, Description, Error, Outputs, Param};
-use cairn_sdk::{Progress, Result, info, progress, secrets, warn, workloads};
+use cairn_sdk::{Progress, Result, info, progress, secrets, sleep, warn, workloads};
 
 /// The artifact a backup records and a restore or delete reads.
 const ARTIFACT: &str = "snapshot";
@@ -329,7 +329,7 @@ fn backup(ctx: &Context) -> Result<Outputs> {
     info!("snapshot at revision {revision} ({total_keys} keys with etcd's own); exporting it");
 
     progress(Progress::percent(50.0).message("exporting the snapshot"));
-    let export = Export::open(ARTIFACT)?;
+    let export = Export::open_tagged(ARTIFACT, [("app", "etcd")])?;
     let transfer = export
         .pipe_from(&Command::new(["cat", file.as_str()]))?
         .ok()
@@ -474,7 +474,7 @@ fn wait_serving(conn: &Conn, timeout: Duration) -> Result<()> {
         match conn.key_count() {
             Ok(_) => return Ok(()),
             Err(Error::Failed(_)) if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(200));
+                sleep(Duration::from_millis(200));
             }
             Err(e) => return Err(e.context("waiting for the restarted member to serve")),
         }

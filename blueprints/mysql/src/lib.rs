@@ -24,7 +24,11 @@
 //! until the posthook's `UNLOCK TABLES`, and the backup phase also snapshots the workload's
 //! volumes under the lock. The posthook runs even when the backup fails or times out, and the
 //! host kills the session at the end of the run if the posthook could not end it, which
-//! releases the lock too.
+//! releases a held lock too. A prehook that stops while its lock is still pending (the server
+//! keeps waiting even after its client is killed) checkpointed its connection id first, and the
+//! posthook `KILL`s that connection.
+//!
+//! Dumps are tagged `app=mysql`, `flavor=…`, `scope=…` and `database=…` in the repository.
 //!
 //! The password comes only from a granted secret (`--secret password=…`, renamed with
 //! `password-secret`) and reaches the tools as `MYSQL_PWD`; it is never a parameter.
@@ -34,7 +38,7 @@ use cairn_sdk::exec::{Command, Output, Session};
 use cairn_sdk::lifecycle::{BACKUP, BACKUP_POSTHOOK, BACKUP_PREHOOK, DELETE, RESTORE};
 use cairn_sdk::params::refuse_unless_replace;
 use cairn_sdk::{Artifact, Blueprint, Capability, Context, Description, Error, Outputs, Param};
-use cairn_sdk::{Progress, Result, debug, info, progress, secrets, volumes, warn};
+use cairn_sdk::{Progress, Result, checkpoint, debug, info, progress, secrets, volumes, warn};
 
 /// The artifact holding the dump.
 const DUMP: &str = "dump";
@@ -44,6 +48,12 @@ const VOLUME_PREFIX: &str = "volume-";
 
 /// The session that holds the global read lock from the prehook to the posthook.
 const SESSION: &str = "mysql-read-lock";
+
+/// The value the prehook checkpoints right before `FLUSH TABLES WITH READ LOCK`: the lock
+/// session's connection id. When the posthook sees it but the prehook did not complete (it
+/// failed or timed out while waiting for the lock), the lock may be held or still pending,
+/// and the posthook ends it by killing that connection.
+const LOCK_CONNECTION: &str = "lock-connection";
 
 /// How long a connection attempt of the client may take before it gives up.
 const CONNECT_TIMEOUT_SECS: u32 = 10;
@@ -410,7 +420,28 @@ fn backup(ctx: &Context) -> Result<Outputs> {
         Some(db) => command.arg(db),
         None => command.arg("--all-databases"),
     };
-    let export = Export::open(DUMP)?;
+    // What a user filters restore points by: `cairn repo snapshots --tag database=shop`.
+    let mut tags = vec![
+        ("app", "mysql"),
+        ("flavor", conn.flavor.as_str()),
+        (
+            "scope",
+            if database.is_some() {
+                "database"
+            } else {
+                "all"
+            },
+        ),
+    ];
+    if let Some(db) = &database {
+        // `identifier` already refused quotes and control characters, not `=` or `,`.
+        if data::is_tag_value(db) {
+            tags.push(("database", db));
+        } else {
+            warn!("database name {db:?} cannot be a tag value; the dump is not tagged with it");
+        }
+    }
+    let export = Export::open_tagged(DUMP, tags)?;
     let transfer = export
         .pipe_from(&command)
         .map_err(|e| missing_tool(e, &command, &conn))?;
@@ -483,6 +514,21 @@ fn prehook(ctx: &Context) -> Result<Outputs> {
     conn.query("SELECT 1;\n")?;
     let client = conn.client();
     let session = Session::open(SESSION, &client).map_err(|e| missing_tool(e, &client, &conn))?;
+    let id = session
+        .send(
+            &format!("SELECT CONNECTION_ID();\nSELECT '{MARK}';\n"),
+            MARK,
+        )
+        .map_err(|e| e.context("reading the lock session's connection id"))?;
+    let id: u64 = id.trim().parse().map_err(|_| {
+        Error::failed(format!(
+            "the lock session answered {:?}, not a connection id",
+            id.trim()
+        ))
+    })?;
+    // Before taking it: a prehook that times out waiting for the lock leaves it pending (and
+    // then held), and this tells the posthook which connection to end.
+    checkpoint(LOCK_CONNECTION, id)?;
     session
         .send(
             &format!("FLUSH TABLES WITH READ LOCK;\nSELECT '{LOCKED_MARK}';\n"),
@@ -497,9 +543,12 @@ fn posthook(ctx: &Context) -> Result<Outputs> {
     if !ctx.flag("quiesce")? {
         return Ok(Outputs::new());
     }
-    if ctx.phase(BACKUP_PREHOOK).is_none() {
+    let Ok(id) = ctx.value(LOCK_CONNECTION) else {
         info!("the prehook took no lock; nothing to release");
         return Ok(Outputs::new());
+    };
+    if ctx.phase(BACKUP_PREHOOK).is_none() {
+        return kill_lock_session(ctx, id);
     }
     if let Some(failure) = ctx.failure() {
         warn!("releasing the read lock after the backup failed: {failure}");
@@ -521,6 +570,27 @@ fn posthook(ctx: &Context) -> Result<Outputs> {
         );
     }
     info!("global read lock released");
+    Ok(Outputs::new().value("unlocked", true))
+}
+
+/// Ends the lock of a prehook that stopped while taking it: an `UNLOCK TABLES` sent to its
+/// session would wait behind the pending `FLUSH TABLES WITH READ LOCK`, so the session's
+/// connection is killed from another one, which drops the lock held or waited for.
+fn kill_lock_session(ctx: &Context, id: &str) -> Result<Outputs> {
+    let id: u64 = id.parse().map_err(|_| {
+        Error::failed(format!(
+            "the prehook checkpointed {LOCK_CONNECTION}={id:?}, not a connection id"
+        ))
+    })?;
+    warn!("the prehook stopped while taking the read lock; killing its connection {id}");
+    let conn = Conn::from_ctx(ctx)?;
+    match conn.query(&format!("KILL {id};\n")) {
+        Ok(_) => info!("connection {id} killed; the read lock is released"),
+        Err(e) if e.to_string().contains("Unknown thread id") => {
+            info!("connection {id} is already gone, and its read lock with it");
+        }
+        Err(e) => return Err(e.context(format_args!("killing the lock connection {id}"))),
+    }
     Ok(Outputs::new().value("unlocked", true))
 }
 

@@ -26,7 +26,10 @@
 //! phases, and the backup phase also snapshots the workload's volumes while the server is in
 //! backup mode; the start and stop LSNs are recorded. The posthook runs even when the backup
 //! fails or times out, and the host kills the session at the end of the run if the posthook
-//! could not end it, which ends backup mode too.
+//! could not end it, which ends backup mode too. A prehook that stops inside `pg_backup_start`
+//! checkpointed its session's backend pid first, and the posthook terminates that backend.
+//!
+//! Dumps are tagged `app=postgres`, `mode=…` and `database=…` in the repository.
 //!
 //! The password comes only from a granted secret (`--secret password=…`, renamed with
 //! `password-secret`) and reaches the tools as `PGPASSWORD`; it is never a parameter.
@@ -36,7 +39,7 @@ use cairn_sdk::exec::{Command, Output, Session};
 use cairn_sdk::lifecycle::{BACKUP, BACKUP_POSTHOOK, BACKUP_PREHOOK, DELETE, RESTORE};
 use cairn_sdk::params::refuse_unless_replace;
 use cairn_sdk::{Artifact, Blueprint, Capability, Context, Description, Error, Outputs, Param};
-use cairn_sdk::{Progress, Result, debug, info, progress, secrets, volumes, warn};
+use cairn_sdk::{Progress, Result, checkpoint, debug, info, progress, secrets, volumes, warn};
 
 /// The artifact holding the dump.
 const DUMP: &str = "dump";
@@ -46,6 +49,12 @@ const VOLUME_PREFIX: &str = "volume-";
 
 /// The session that holds backup mode from the prehook to the posthook.
 const SESSION: &str = "postgres-backup-mode";
+
+/// The value the prehook checkpoints right before `pg_backup_start`: the backup-mode session's
+/// backend pid. When the posthook sees it but the prehook did not complete (it failed or timed
+/// out inside `pg_backup_start`), backup mode may be on or starting, and the posthook ends it
+/// by terminating that backend.
+const BACKUP_MODE: &str = "backup-mode-pid";
 
 /// `application_name` of every connection this blueprint opens, so an operator (or a test) can
 /// find them in `pg_stat_activity`.
@@ -384,6 +393,17 @@ fn check(tool: &str, transfer: Transfer, conn: &Conn, database: &str) -> Result<
     }
 }
 
+/// The `database` tag of a dump, unless the name cannot be a tag value (it holds `=` or `,`):
+/// then the dump goes untagged by database, which a log line says.
+fn database_tag(database: &str) -> Option<(&'static str, &str)> {
+    if data::is_tag_value(database) {
+        Some(("database", database))
+    } else {
+        warn!("database name {database:?} cannot be a tag value; the dump is not tagged with it");
+        None
+    }
+}
+
 /// The server's version, which also proves the connection, the credentials and the database.
 fn server_version(conn: &Conn, database: &str) -> Result<String> {
     conn.query(database, &[], "SHOW server_version;\n")
@@ -427,7 +447,12 @@ fn backup(ctx: &Context) -> Result<Outputs> {
                 .arg(&database),
         ),
     };
-    let export = Export::open(DUMP)?;
+    // What a user filters restore points by: `cairn repo snapshots --tag database=shop`.
+    let mut tags = vec![("app", "postgres"), ("mode", mode.as_str())];
+    if mode == Mode::Database {
+        tags.extend(database_tag(&database));
+    }
+    let export = Export::open_tagged(DUMP, tags)?;
     let transfer = export
         .pipe_from(&command)
         .map_err(|e| missing_tool(e, &command, &conn))?;
@@ -504,6 +529,18 @@ fn prehook(ctx: &Context) -> Result<Outputs> {
     let psql = conn.psql(MAINTENANCE_DB, &[]);
     let session = Session::open(SESSION, &psql).map_err(|e| missing_tool(e, &psql, &conn))?;
     let label = format!("cairn-{}", ctx.action_id());
+    let pid = session
+        .send(&format!("SELECT pg_backend_pid();\n\\echo {MARK}\n"), MARK)
+        .map_err(|e| e.context("reading the backup-mode session's backend pid"))?;
+    let pid: u32 = pid.trim().parse().map_err(|_| {
+        Error::failed(format!(
+            "the backup-mode session answered {:?}, not a backend pid",
+            pid.trim()
+        ))
+    })?;
+    // Before starting it: a prehook that times out inside pg_backup_start leaves backup mode
+    // on, and this tells the posthook which backend holds it.
+    checkpoint(BACKUP_MODE, pid)?;
     let start = session
         .send(
             &format!("SELECT pg_backup_start('{label}', true);\n\\echo {READY_MARK}\n"),
@@ -519,9 +556,12 @@ fn posthook(ctx: &Context) -> Result<Outputs> {
     if !ctx.flag("quiesce")? {
         return Ok(Outputs::new());
     }
-    if ctx.phase(BACKUP_PREHOOK).is_none() {
+    let Ok(pid) = ctx.value(BACKUP_MODE) else {
         info!("the prehook did not start backup mode; nothing to stop");
         return Ok(Outputs::new());
+    };
+    if ctx.phase(BACKUP_PREHOOK).is_none() {
+        return terminate_backup_session(ctx, pid);
     }
     if let Some(failure) = ctx.failure() {
         warn!("stopping backup mode after the backup failed: {failure}");
@@ -556,6 +596,28 @@ fn posthook(ctx: &Context) -> Result<Outputs> {
     Ok(Outputs::new()
         .value("stop-lsn", stop)
         .value("backup-label-hex", label))
+}
+
+/// Ends the backup mode of a prehook that stopped while starting it: a `pg_backup_stop` sent
+/// to its session would queue behind the pending `pg_backup_start`, so the session's backend is
+/// terminated from another connection, which aborts its backup.
+fn terminate_backup_session(ctx: &Context, pid: &str) -> Result<Outputs> {
+    let pid: u32 = pid.parse().map_err(|_| {
+        Error::failed(format!(
+            "the prehook checkpointed {BACKUP_MODE}={pid:?}, not a backend pid"
+        ))
+    })?;
+    warn!("the prehook stopped while starting backup mode; terminating its backend {pid}");
+    let conn = Conn::from_ctx(ctx)?;
+    let pid = pid.to_string();
+    let ended = conn.query(
+        MAINTENANCE_DB,
+        &[("pid", &pid)],
+        "SELECT pg_terminate_backend(:'pid'::int, 10000);\n",
+    )?;
+    // `f`: the backend was gone already, and its backup mode with it.
+    info!("backend {pid} ended (pg_terminate_backend: {ended}); backup mode is off");
+    Ok(Outputs::new().value("backup-mode-ended", "terminated"))
 }
 
 fn restore(ctx: &Context) -> Result<Outputs> {

@@ -24,7 +24,7 @@ use cairn_sdk::exec::Command;
 use cairn_sdk::lifecycle::{BACKUP, DELETE, RESTORE};
 use cairn_sdk::params::refuse_unless_replace;
 use cairn_sdk::{Blueprint, Capability, Context, Description, Error, Outputs, Param};
-use cairn_sdk::{Progress, Result, info, progress, secrets, warn, workloads};
+use cairn_sdk::{Progress, Result, info, progress, secrets, sleep, warn, workloads};
 
 /// The artifact a backup records and a restore or delete reads.
 const ARTIFACT: &str = "rdb";
@@ -289,7 +289,7 @@ fn bgsave(conn: &Conn, timeout: Duration) -> Result<i64> {
                 if Instant::now() > deadline {
                     return Err(timed_out());
                 }
-                std::thread::sleep(POLL);
+                sleep(POLL);
             }
             Err(e) => return Err(e.context("starting BGSAVE")),
         }
@@ -324,7 +324,7 @@ fn bgsave(conn: &Conn, timeout: Duration) -> Result<i64> {
         if Instant::now() > deadline {
             return Err(timed_out());
         }
-        std::thread::sleep(POLL);
+        sleep(POLL);
     }
 }
 
@@ -342,7 +342,7 @@ fn backup(ctx: &Context) -> Result<Outputs> {
     progress(Progress::percent(50.0).message(format!("exporting {path}")));
     // `cat` of the file BGSAVE just wrote, not `redis-cli --rdb`: see the README. A later save
     // renames a new file over it, which leaves the one `cat` has open intact.
-    let export = Export::open(ARTIFACT)?;
+    let export = Export::open_tagged(ARTIFACT, [("app", "redis")])?;
     let transfer = export
         .pipe_from(&Command::new(["cat", path.as_str()]))?
         .ok()
@@ -483,7 +483,7 @@ fn wait_no_save(conn: &Conn, timeout: Duration) -> Result<()> {
                 timeout.as_secs()
             )));
         }
-        std::thread::sleep(POLL);
+        sleep(POLL);
     }
 }
 
@@ -496,7 +496,7 @@ fn wait_loaded(conn: &Conn, timeout: Duration) -> Result<BTreeMap<String, String
                 return conn.info("server");
             }
             Ok(_) | Err(Error::Failed(_)) if Instant::now() < deadline => {
-                std::thread::sleep(POLL);
+                sleep(POLL);
             }
             Ok(_) => {
                 return Err(Error::timed_out(format!(

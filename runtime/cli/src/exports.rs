@@ -1,6 +1,7 @@
 //! The engine's exports, written through the export repository: what a blueprint pipes into
 //! an export stream is chunked, deduplicated, compressed and encrypted on the host side, and
-//! becomes a stream snapshot tagged with the action that wrote it.
+//! becomes a stream snapshot tagged `export`, `action:<action id>`, and `key=value` for each of
+//! the export's tags (the blueprint's and the host's).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -73,10 +74,14 @@ impl Exports for RepoExports {
         &self,
         action_id: &str,
         name: &str,
+        tags: &[(String, String)],
     ) -> cairn_engine::Result<Box<dyn ExportWriter>> {
-        let opts = BackupOptions::new()
-            .tag("export")
-            .tag(format!("action:{action_id}"));
+        let opts = tags.iter().fold(
+            BackupOptions::new()
+                .tag("export")
+                .tag(format!("action:{action_id}")),
+            |opts, (k, v)| opts.tag(format!("{k}={v}")),
+        );
         let writer = self
             .repo
             .stream_writer(name, opts)

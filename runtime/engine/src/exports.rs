@@ -109,8 +109,17 @@ pub trait ExportWriter: AsyncWrite + Send + Unpin {
 /// Where export streams go and where import streams come from.
 #[async_trait]
 pub trait Exports: Send + Sync + fmt::Debug + 'static {
-    /// Starts the export `name` of the action `action_id`.
-    async fn create(&self, action_id: &str, name: &str) -> Result<Box<dyn ExportWriter>>;
+    /// Starts the export `name` of the action `action_id`, tagged with `tags`: the
+    /// blueprint's (checked by the host: unique keys of `[a-z0-9][a-z0-9._-]{0,62}`, printable
+    /// values without `=` or `,`), then the host's own (`action`, `namespace`, `workload`,
+    /// `blueprint-digest`). The store keeps them with the export, as `key=value` where it has
+    /// tags.
+    async fn create(
+        &self,
+        action_id: &str,
+        name: &str,
+        tags: &[(String, String)],
+    ) -> Result<Box<dyn ExportWriter>>;
 
     /// Opens an export that an earlier `finish` produced.
     async fn open(&self, artifact: &Artifact) -> Result<Box<dyn AsyncRead + Send + Unpin>>;
@@ -127,7 +136,9 @@ pub trait Exports: Send + Sync + fmt::Debug + 'static {
 /// name and renamed into place on finish. Every path is resolved through a `cap-std`
 /// directory handle, so no name (`..`, absolute, through a symlink) can escape it.
 ///
-/// Export references: `kind=file`, `path=<relative path>`, `bytes=<n>`, `sha256=<hex>`.
+/// Export references: `kind=file`, `path=<relative path>`, `bytes=<n>`, `sha256=<hex>`. An
+/// export's tags are kept beside it in `<action id>/.<name>.tags`, one `key=value` a line
+/// (export names never start with a dot, so it never clashes with one).
 #[derive(Clone)]
 pub struct DirExports {
     root: Arc<Dir>,
@@ -155,6 +166,73 @@ impl DirExports {
             display: root.display().to_string(),
         })
     }
+}
+
+/// The most tags a blueprint may put on one export: enough to filter by application,
+/// database, schema and a few of its own; few enough to keep snapshot listings readable.
+pub(crate) const MAX_EXPORT_TAGS: usize = 16;
+
+/// The longest tag key: a label, not data.
+const MAX_TAG_KEY: usize = 63;
+
+/// The longest tag value in bytes: a name or a short description, not data.
+const MAX_TAG_VALUE: usize = 256;
+
+/// Tag keys the host sets itself on every export (the phase that wrote it, the target and the
+/// blueprint's digest); a blueprint may not set them.
+pub(crate) const HOST_TAG_KEYS: &[&str] = &["action", "namespace", "workload", "blueprint-digest"];
+
+/// Checks a blueprint's export tags: at most [`MAX_EXPORT_TAGS`], unique keys of
+/// `[a-z0-9][a-z0-9._-]{0,62}` outside [`HOST_TAG_KEYS`], values of at most 256 bytes of
+/// printable text without `=` or `,` (snapshot listings join tags with commas). The error is
+/// one line naming the tag and the rule.
+pub(crate) fn check_tags(tags: &[(String, String)]) -> std::result::Result<(), String> {
+    if tags.len() > MAX_EXPORT_TAGS {
+        return Err(format!(
+            "{} export tags are over the limit of {MAX_EXPORT_TAGS}; keep the ones users filter by",
+            tags.len()
+        ));
+    }
+    for (i, (key, value)) in tags.iter().enumerate() {
+        let key_ok = key.len() <= MAX_TAG_KEY
+            && key
+                .bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            && key.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+            });
+        if !key_ok {
+            return Err(format!(
+                "export tag key {key:?} is invalid: use 1 to {MAX_TAG_KEY} of a-z, 0-9, '.', '_', '-', \
+                 starting with a letter or digit"
+            ));
+        }
+        if HOST_TAG_KEYS.contains(&key.as_str()) {
+            return Err(format!(
+                "export tag key {key:?} is set by the host on every export; name the blueprint's tag \
+                 otherwise"
+            ));
+        }
+        if tags[..i].iter().any(|(k, _)| k == key) {
+            return Err(format!("export tag key {key:?} is given twice"));
+        }
+        if value.len() > MAX_TAG_VALUE {
+            return Err(format!(
+                "export tag {key:?} has a value of {} bytes, over the limit of {MAX_TAG_VALUE}",
+                value.len()
+            ));
+        }
+        if let Some(c) = value
+            .chars()
+            .find(|c| c.is_control() || matches!(c, '=' | ','))
+        {
+            return Err(format!(
+                "export tag {key:?} has a value with {c:?}; a value is printable text without '=' or ','"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Checks one path component: 1 to 128 of `[A-Za-z0-9._-]`, not starting with a dot.
@@ -208,7 +286,12 @@ fn artifact_path(artifact: &Artifact) -> Result<String> {
 
 #[async_trait]
 impl Exports for DirExports {
-    async fn create(&self, action_id: &str, name: &str) -> Result<Box<dyn ExportWriter>> {
+    async fn create(
+        &self,
+        action_id: &str,
+        name: &str,
+        tags: &[(String, String)],
+    ) -> Result<Box<dyn ExportWriter>> {
         check_name(action_id)?;
         check_name(name)?;
         let root = self.root.clone();
@@ -242,6 +325,8 @@ impl Exports for DirExports {
         Ok(Box::new(DirWriter {
             root,
             tmp,
+            tags_path: tags_path(&final_path),
+            tags: tags.iter().map(|(k, v)| format!("{k}={v}\n")).collect(),
             final_path,
             file: tokio::fs::File::from_std(file),
             hasher: Sha256::new(),
@@ -273,6 +358,11 @@ impl Exports for DirExports {
         let p = path.clone();
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             root.remove_file(&p)?;
+            // Exports written before tags were kept have none.
+            match root.remove_file(tags_path(&p)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
             // The action's directory goes when its last export does.
             let _ = root.remove_dir(action_id_of(&p));
             Ok(())
@@ -300,11 +390,22 @@ fn action_id_of(path: &str) -> &str {
     path.split('/').next().unwrap_or(path)
 }
 
+/// Where the tags of the export at `<action>/<name>` are kept: `<action>/.<name>.tags`.
+fn tags_path(path: &str) -> String {
+    match path.split_once('/') {
+        Some((action, name)) => format!("{action}/.{name}.tags"),
+        None => format!(".{path}.tags"),
+    }
+}
+
 /// A file being written under a temporary name.
 struct DirWriter {
     root: Arc<Dir>,
     tmp: String,
     final_path: String,
+    /// Where the tags go, and their `key=value` lines.
+    tags_path: String,
+    tags: String,
     file: tokio::fs::File,
     hasher: Sha256,
     bytes: u64,
@@ -345,6 +446,7 @@ impl ExportWriter for DirWriter {
         self.file.flush().await.map_err(io)?;
         self.file.sync_all().await.map_err(io)?;
         let (root, tmp, dest) = (self.root.clone(), self.tmp.clone(), final_path.clone());
+        let (tags_path, tags) = (self.tags_path.clone(), std::mem::take(&mut self.tags));
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             if root.exists(&dest) {
                 return Err(std::io::Error::new(
@@ -352,6 +454,8 @@ impl ExportWriter for DirWriter {
                     "export exists",
                 ));
             }
+            // The tags first: an export in place always has its tags beside it.
+            root.write(&tags_path, tags)?;
             root.rename(&tmp, &root, &dest)
         })
         .await
@@ -373,5 +477,74 @@ impl Drop for DirWriter {
         if !self.finished {
             let _ = self.root.remove_file(&self.tmp);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tags(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn refused(pairs: &[(&str, &str)]) -> String {
+        check_tags(&tags(pairs)).expect_err("refused")
+    }
+
+    #[test]
+    fn export_tags_follow_the_rules() {
+        let ok = [
+            ("app", "postgres"),
+            ("database", "shop floor (eu)"),
+            ("0.x_y-z", ""),
+        ];
+        assert_eq!(check_tags(&tags(&ok)), Ok(()));
+        let longest = "k".repeat(MAX_TAG_KEY);
+        let widest = "v".repeat(MAX_TAG_VALUE);
+        assert_eq!(check_tags(&tags(&[(&longest, &widest)])), Ok(()));
+
+        let many: Vec<_> = (0..=MAX_EXPORT_TAGS)
+            .map(|i| (format!("k{i}"), "v".to_string()))
+            .collect();
+        assert!(
+            check_tags(&many)
+                .expect_err("too many")
+                .contains("limit of 16")
+        );
+        assert!(check_tags(&many[..MAX_EXPORT_TAGS]).is_ok());
+
+        for key in [
+            "",
+            "App",
+            "-app",
+            ".app",
+            "a b",
+            "a=b",
+            "é",
+            &"k".repeat(64),
+        ] {
+            assert!(
+                refused(&[(key, "v")]).contains("is invalid: use 1 to 63"),
+                "{key:?}"
+            );
+        }
+        assert!(refused(&[("workload", "db")]).contains("set by the host"));
+        assert!(refused(&[("app", "a"), ("app", "b")]).contains("given twice"));
+        assert!(refused(&[("app", &"v".repeat(257))]).contains("257 bytes"));
+        for value in ["a=b", "a,b", "line\nbreak", "tab\t"] {
+            assert!(
+                refused(&[("app", value)]).contains("printable text without"),
+                "{value:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn tags_sit_beside_their_export() {
+        assert_eq!(tags_path("abc/dump"), "abc/.dump.tags");
     }
 }

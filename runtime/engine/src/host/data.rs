@@ -16,7 +16,7 @@ use super::exec::Checked;
 use super::{bounded, from_cluster, from_engine};
 use crate::bindings::{HostResult, WitError, data, exec, types};
 use crate::capability::Capability;
-use crate::exports::{Artifact, ExportWriter, check_name};
+use crate::exports::{Artifact, ExportWriter, HOST_TAG_KEYS, check_name, check_tags};
 use crate::limits::{MAX_DATA_IO, human_bytes};
 use crate::state::HostState;
 
@@ -97,6 +97,26 @@ impl ImportStreamState {
 }
 
 impl HostState {
+    /// A blueprint's export tags followed by the host's own, keyed by [`HOST_TAG_KEYS`] in
+    /// its order: the phase that wrote the export, its target, and the blueprint's digest (the
+    /// blueprint's name is not known to a phase).
+    fn with_host_tags(&self, mut tags: Vec<(String, String)>) -> Vec<(String, String)> {
+        let action = &self.action;
+        let host = [
+            Some(action.phase.clone()),
+            Some(action.namespace.clone()),
+            action.workload.clone(),
+            Some(action.blueprint.clone()),
+        ];
+        tags.extend(
+            HOST_TAG_KEYS
+                .iter()
+                .zip(host)
+                .filter_map(|(k, v)| Some((k.to_string(), v?))),
+        );
+        tags
+    }
+
     /// Checks a pipe: the command as exec checks it, plus the data capability.
     fn check_pipe(&self, cap: Capability, command: exec::Command) -> Result<Checked, WitError> {
         self.require(cap)?;
@@ -315,7 +335,11 @@ impl data::HostImportStream for HostState {
 }
 
 impl data::Host for HostState {
-    async fn open_export(&mut self, name: String) -> HostResult<Resource<ExportStreamState>> {
+    async fn open_export(
+        &mut self,
+        name: String,
+        tags: Vec<(String, String)>,
+    ) -> HostResult<Resource<ExportStreamState>> {
         let timeout = self.call_timeout(self.action.limits.host_call_timeout);
         let host = match self.require(Capability::Export) {
             Ok(host) => host,
@@ -324,15 +348,19 @@ impl data::Host for HostState {
         if let Err(e) = check_name(&name) {
             return Ok(Err(WitError::Invalid(e.to_string())));
         }
+        if let Err(e) = check_tags(&tags) {
+            return Ok(Err(WitError::Invalid(format!("export {name:?}: {e}"))));
+        }
         if !self.export_names.insert(name.clone()) {
             return Ok(Err(WitError::Invalid(format!(
                 "an export named {name:?} was already opened by this action"
             ))));
         }
         let action_id = self.action.action_id.clone();
+        let tags = self.with_host_tags(tags);
         let writer = bounded("data.open-export", timeout, async {
             host.exports
-                .create(&action_id, &name)
+                .create(&action_id, &name, &tags)
                 .await
                 .map_err(from_engine)
         })

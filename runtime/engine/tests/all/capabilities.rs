@@ -89,14 +89,15 @@ async fn an_export_is_a_file_and_imports_back_into_a_command() {
     let stored =
         std::fs::read_to_string(fixture.path("exports").join(path)).expect("the export file");
     assert_eq!(stored, "header\npayload\n");
-    let leftovers: Vec<_> = std::fs::read_dir(fixture.path("exports").join(&report.action_id))
+    let mut leftovers: Vec<_> = std::fs::read_dir(fixture.path("exports").join(&report.action_id))
         .expect("action dir")
         .map(|e| e.expect("entry").file_name())
         .collect();
+    leftovers.sort();
     assert_eq!(
-        leftovers.len(),
-        1,
-        "no temporary files remain: {leftovers:?}"
+        leftovers,
+        [".dump.tags", "dump"],
+        "the export and its tags, and no temporary files remain"
     );
 
     let mut req = request("import");

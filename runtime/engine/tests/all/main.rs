@@ -10,3 +10,4 @@ mod lifecycle;
 mod load;
 mod outputs;
 mod support;
+mod tags;

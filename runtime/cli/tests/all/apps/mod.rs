@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::{Cairn, json, stderr, wasm};
+use crate::support::{Cairn, json, stderr, stdout, wasm};
 
 /// A loopback port nothing listens on now, for a test's own server.
 fn free_port() -> u16 {
@@ -160,12 +160,19 @@ fn assert_timed_out(out: &Output, posthook: bool) -> Value {
 /// The default export repository of `cairn`'s home holds no snapshot: nothing partial was
 /// committed.
 fn assert_repository_empty(cairn: &Cairn) {
+    let found = snapshots(cairn, &[]);
+    assert!(found.is_empty(), "{found:?}");
+}
+
+/// `cairn repo snapshots --tag …` on the default export repository of `cairn`'s home: the
+/// snapshots carrying every one of `tags`, as JSON.
+fn snapshots(cairn: &Cairn, tags: &[&str]) -> Vec<Value> {
     let home = cairn.home.path().display();
     let (repo, key) = (
         format!("{home}/repository"),
         format!("{home}/repository.key"),
     );
-    let out = cairn.run(&[
+    let mut args = vec![
         "repo",
         "snapshots",
         "--repo",
@@ -174,14 +181,16 @@ fn assert_repository_empty(cairn: &Cairn) {
         &key,
         "--output",
         "json",
-    ]);
+    ];
+    for t in tags {
+        args.extend(["--tag", t]);
+    }
+    let out = cairn.run(&args);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(
-        json(&out).as_array().map(Vec::len),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    json(&out)
+        .as_array()
+        .cloned()
+        .unwrap_or_else(|| panic!("not a list of snapshots: {}", stdout(&out)))
 }
 
 /// The one workload (of kind statefulset) of a test's local target: its commands run in the

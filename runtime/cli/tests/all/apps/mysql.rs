@@ -9,7 +9,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use super::{DB, Harness, SqlServer, Workload, answer, assert_fails_with, free_port};
-use super::{phase, require, script, wait_for};
+use super::{assert_repository_empty, phase, require, script, value, wait_for};
 use crate::support::{Cairn, json, stderr};
 
 const USER: &str = "cairn";
@@ -387,6 +387,55 @@ fn a_timeout_mid_dump_still_releases_the_lock_and_records_nothing() {
     maria.h.write_inventory(&maria.h.workload.with_path(&path));
     maria.times_out_mid_dump(&cairn);
     assert!(insert_within(&maria, 5), "the lock was not released");
+}
+
+#[test]
+fn a_prehook_that_times_out_waiting_for_the_lock_has_its_connection_killed() {
+    let maria = Maria::start();
+    maria.load();
+    let cairn = Cairn::new();
+    // Another session holds a table write lock, so FLUSH TABLES WITH READ LOCK waits.
+    let mut blocker = maria
+        .client()
+        .arg("--unbuffered")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("mariadb starts");
+    let mut stdin = blocker.stdin.take().expect("stdin");
+    std::io::Write::write_all(
+        &mut stdin,
+        format!("LOCK TABLES {DB}.audit WRITE;\nSELECT 'held';\n").as_bytes(),
+    )
+    .expect("send LOCK TABLES");
+    let mut held = String::new();
+    BufReader::new(blocker.stdout.take().expect("stdout"))
+        .read_line(&mut held)
+        .expect("read the blocker's answer");
+    assert_eq!(held.trim(), "held");
+
+    let quiesced = ["--param", "quiesce=true", "--grant", "volumes"];
+    let out = maria.backup(&cairn, &[&quiesced[..], &["--timeout", "6s"]].concat());
+    let v = assert_fails_with(&out, &[]);
+    let error = v["error"].as_str().unwrap_or_default();
+    assert!(
+        error.starts_with("backupPrehook")
+            && (error.contains("deadline") || error.contains("timed out")),
+        "{error}"
+    );
+    let posthook = phase(&v, "backupPosthook");
+    assert_eq!(posthook["status"], "ok", "{v}");
+    assert_eq!(value(&posthook["outputs"], "unlocked"), "true", "{v}");
+    // The pending FLUSH TABLES WITH READ LOCK is gone from the server, not only its client.
+    let pending =
+        "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO LIKE 'FLUSH TABLES%'";
+    assert_eq!(maria.root_sql(pending), "0");
+    assert_repository_empty(&cairn);
+
+    drop(stdin);
+    let _ = blocker.kill();
+    let _ = blocker.wait();
+    assert!(insert_within(&maria, 5), "a read lock outlived the run");
 }
 
 #[test]

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
 use super::{DB, Harness, SqlServer, Workload, answer, assert_fails_with, free_port};
-use super::{phase, require, value, wait_for};
+use super::{phase, require, snapshots, value, wait_for};
 use crate::support::{Cairn, json, stderr};
 
 /// `psql` without `.psqlrc`, unaligned tuples only, stopping at the first error.
@@ -406,6 +406,59 @@ fn a_timeout_mid_dump_still_stops_backup_mode_and_records_nothing() {
     pg.sessions_end();
 }
 
+/// A process stopped with SIGSTOP, continued on drop.
+struct Stopped(String);
+
+impl Stopped {
+    fn stop(pid: String) -> Stopped {
+        answer("kill -STOP", Command::new("kill").args(["-STOP", &pid]));
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-CONT", &self.0]).status();
+    }
+}
+
+#[test]
+fn a_prehook_that_times_out_starting_backup_mode_has_its_backend_terminated() {
+    let pg = Pg::start();
+    let cairn = Cairn::new();
+    // With the checkpointer stopped, pg_backup_start waits for its checkpoint until the
+    // prehook's deadline.
+    let checkpointer =
+        pg.superuser_sql("SELECT pid FROM pg_stat_activity WHERE backend_type = 'checkpointer'");
+    let stopped = Stopped::stop(checkpointer);
+    let quiesced = ["--param", "quiesce=true", "--grant", "volumes"];
+    let out = pg.backup(
+        &cairn,
+        &[
+            &quiesced[..],
+            &["--param", "database=postgres", "--timeout", "6s"],
+        ]
+        .concat(),
+    );
+    let v = assert_fails_with(&out, &[]);
+    let error = v["error"].as_str().unwrap_or_default();
+    assert!(
+        error.starts_with("backupPrehook")
+            && (error.contains("deadline") || error.contains("timed out")),
+        "{error}"
+    );
+    let posthook = phase(&v, "backupPosthook");
+    assert_eq!(posthook["status"], "ok", "{v}");
+    assert_eq!(
+        value(&posthook["outputs"], "backup-mode-ended"),
+        "terminated"
+    );
+    // The backend that was starting backup mode is gone while the checkpointer still waits:
+    // killing its psql alone would leave it waiting for the checkpoint.
+    pg.sessions_end();
+    drop(stopped);
+}
+
 #[test]
 fn wrong_credentials_are_named() {
     Pg::start().h.credentials_are_checked(
@@ -445,4 +498,34 @@ fn a_dump_tool_missing_from_the_workload_is_named() {
         &out,
         &["`pg_dump` is missing from workload db", "postgresql-client"],
     );
+}
+
+#[test]
+fn a_dumps_tags_find_its_repository_snapshot() {
+    let pg = Pg::start();
+    let cairn = Cairn::new();
+    let out = pg.backup(&cairn, &["--param", "database=postgres"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v = json(&out);
+    let snapshot = value(&v["outputs"]["artifacts"][0], "snapshot");
+
+    // `cairn repo snapshots --tag …`: the ids it lists.
+    let found = |tags: &[&str]| -> Vec<String> {
+        snapshots(&cairn, tags)
+            .iter()
+            .map(|s| s["id"].as_str().expect("an id").to_owned())
+            .collect()
+    };
+    // The blueprint's tags, then the host's.
+    let tags = [
+        "app=postgres",
+        "mode=database",
+        "database=postgres",
+        "action=backup",
+        "namespace=default",
+        "workload=db",
+    ];
+    assert_eq!(found(&tags), [snapshot]);
+    assert_eq!(found(&["database=shop"]), Vec::<String>::new());
+    assert_eq!(found(&["app=mysql"]), Vec::<String>::new());
 }

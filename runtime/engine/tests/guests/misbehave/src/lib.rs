@@ -291,6 +291,7 @@ impl Guest for Misbehave {
                         "post-clash",
                         "post-value-clash",
                         "shadow",
+                        "bad-tag",
                     ],
                 ),
                 spec("count", ParamKind::Integer, false, Some("10"), &[]),
@@ -405,7 +406,12 @@ impl Guest for Misbehave {
                 Ok(values(&[("snapshots", snaps.len().to_string())]))
             }
             "export" => {
-                let stream = data::open_export("dump")?;
+                // Tagged with the `label` parameter; `bad-tag` also sets a key the host owns.
+                let mut tags = vec![("label".to_string(), text(&inputs, "label"))];
+                if text(&inputs, "mode") == "bad-tag" {
+                    tags.push(("action".into(), "mine".into()));
+                }
+                let stream = data::open_export("dump", &tags)?;
                 stream.write(b"header\n")?;
                 let transfer = stream.pipe_from(&command(None, &["cat", "data.txt"]))?;
                 let mut artifact = stream.finish()?;
@@ -443,7 +449,7 @@ impl Guest for Misbehave {
             }
             "catalog" => {
                 let state = catalog::state()?;
-                let stream = data::open_export("catalog")?;
+                let stream = data::open_export("catalog", &[])?;
                 let info =
                     catalog::export_changes(state.cursor.unwrap_or(0), state.mode, None, &stream)?;
                 let artifact = stream.finish()?;
