@@ -19,6 +19,20 @@
 //! the cursor: a run killed before the manifest leaves no DR point (its data exports are
 //! orphans that the next run supersedes), and the next run exports again from the old cursor.
 //!
+//! # Retention and chains ([`retention`])
+//!
+//! The host passes the DR points already in the location (artifacts `stored-<n>`, each the
+//! manifest export of one point, with the manifest's `from`, `to` and `time` as values when the
+//! host remembers them: else the run reads the manifest) and the policy as parameters (`keep-last` ... `keep-yearly`,
+//! `max-chain`, `protection`: the location's protection period in seconds, `maintain`: whether
+//! this instance owns maintenance of the backup data). From their manifests the run decides
+//! whether to extend the current chain or start a new one (export from change 0), and after
+//! sealing its point it removes the points retention no longer needs — each manifest first,
+//! then its data exports, so a point half removed is never offered by `review`. Points under
+//! protection are kept (with their chains). Without `maintain`, nothing is removed and the
+//! outputs say so. Everything retention decides lives here: the host only lists the
+//! manifests and deletes the exports the blueprint names.
+//!
 //! # The manifest (`dr-point`)
 //!
 //! Lines of space-separated words:
@@ -31,6 +45,7 @@
 //! to <seq>              the sequence it reaches
 //! time <unix seconds>
 //! snapshot <id>         the local catalog snapshot, when the mode takes one
+//! settings <json>       the DR settings (parameter `settings`, opaque here) for a recovery
 //! artifact <name> <key>=<value> ...   one per data export, in the order to apply them
 //! ```
 //!
@@ -44,13 +59,17 @@
 //!
 //! # Delete (`delete`)
 //!
-//! Removes the data exports and the manifest of the points named by the artifacts.
+//! Removes the points named by the artifacts: each manifest, then its data exports.
+
+mod retention;
 
 use cairn_sdk::catalog::{self, DrMode};
 use cairn_sdk::data::{self, Export, Import};
 use cairn_sdk::lifecycle::{BACKUP, DELETE, RESTORE};
-use cairn_sdk::{Artifact, Blueprint, Capability, Context, Description, Error, Outputs, Result};
-use cairn_sdk::{Progress, info, progress};
+use cairn_sdk::{
+    Artifact, Blueprint, Capability, Context, Description, Error, Outputs, Param, Result,
+};
+use cairn_sdk::{Progress, info, progress, warn};
 
 /// The first line of a manifest.
 const MAGIC: &str = "cairn-dr-point 1";
@@ -60,24 +79,62 @@ const MANIFEST: &str = "dr-point";
 const POINT: &str = "point";
 /// The largest manifest read back.
 const MAX_MANIFEST: u32 = 1 << 20;
+/// The name prefix of the artifacts of the DR points already in the location (`backup`).
+const STORED: &str = "stored-";
+/// The default bound of a chain: 48 points, two days of hourly runs. A restore applies every
+/// link (at ~80 KiB per hourly increment, 48 links stay well inside the 3 s restore target) and
+/// a damaged link loses every later point of its chain.
+const MAX_CHAIN: u32 = 48;
+/// The retention parameters, as `cairn dr enable` names them.
+const KEEP: [&str; 6] = [
+    "keep-last",
+    "keep-hourly",
+    "keep-daily",
+    "keep-weekly",
+    "keep-monthly",
+    "keep-yearly",
+];
 
 struct Dr;
 
 impl Blueprint for Dr {
     fn describe() -> Description {
-        Description::new("dr", env!("CARGO_PKG_VERSION"))
+        let mut d = Description::new("dr", env!("CARGO_PKG_VERSION"))
             .describe("Cairn's own disaster recovery: exports the catalog per the DR mode, and rebuilds it")
-            .action(BACKUP, "Run DR: export the catalog changes per the mode, then seal a DR point")
+            .action(BACKUP, "Run DR: export the catalog changes per the mode, seal a DR point, apply retention")
             .action(RESTORE, "Rebuild the catalog from a DR point and its chain")
             .action(DELETE, "Remove DR points' exports")
             .capability(Capability::Export)
             .capability(Capability::Import)
-            .capability(Capability::Catalog)
+            .capability(Capability::Catalog);
+        for name in KEEP {
+            d = d.param(
+                Param::integer(name)
+                    .default(0)
+                    .describe("GFS retention of DR points (backup)"),
+            );
+        }
+        d.param(
+            Param::integer("max-chain").default(MAX_CHAIN).describe(
+                "The most DR points a chain holds before a run starts a new one (backup)",
+            ),
+        )
+        .param(Param::integer("protection").default(0).describe(
+            "The DR location's protection period in seconds: younger points stay (backup)",
+        ))
+        .param(Param::flag("maintain").default(false).describe(
+            "Whether this instance owns maintenance, so retention may remove points (backup)",
+        ))
+        .param(
+            Param::text("settings").default("").describe(
+                "The DR settings, one line, kept in the manifest for a recovery (backup)",
+            ),
+        )
     }
 
     fn run(action: &str, ctx: &Context) -> Result<Outputs> {
         match action {
-            BACKUP => backup(),
+            BACKUP => backup(ctx),
             RESTORE => restore(ctx),
             DELETE => delete(ctx),
             other => Err(Error::unknown_action(other)),
@@ -94,6 +151,7 @@ struct Manifest {
     to: u64,
     time: u64,
     snapshot: Option<String>,
+    settings: Option<String>,
     artifacts: Vec<Artifact>,
 }
 
@@ -105,6 +163,9 @@ impl Manifest {
         );
         if let Some(id) = &self.snapshot {
             s.push_str(&format!("snapshot {id}\n"));
+        }
+        if let Some(settings) = &self.settings {
+            s.push_str(&format!("settings {settings}\n"));
         }
         for a in &self.artifacts {
             s.push_str(&format!("artifact {}", a.name()));
@@ -123,7 +184,7 @@ impl Manifest {
             return Err(bad(&format!("it does not start with `{MAGIC}`")));
         }
         let (mut cluster_id, mut mode, mut from, mut to, mut time) = (None, None, None, None, None);
-        let mut snapshot = None;
+        let (mut snapshot, mut settings) = (None, None);
         let mut artifacts = Vec::new();
         let number = |v: &str| {
             v.parse::<u64>()
@@ -138,6 +199,7 @@ impl Manifest {
                 "to" => to = Some(number(rest)?),
                 "time" => time = Some(number(rest)?),
                 "snapshot" => snapshot = Some(rest.to_owned()),
+                "settings" => settings = Some(rest.to_owned()),
                 "artifact" => {
                     let mut words = rest.split(' ');
                     let name = words
@@ -164,8 +226,17 @@ impl Manifest {
             to: to.ok_or_else(|| missing("to"))?,
             time: time.ok_or_else(|| missing("time"))?,
             snapshot,
+            settings,
             artifacts,
         })
+    }
+
+    fn point(&self) -> retention::Point {
+        retention::Point {
+            from: self.from,
+            to: self.to,
+            time: self.time,
+        }
     }
 }
 
@@ -192,10 +263,93 @@ fn export(
     Ok((artifact, info))
 }
 
-fn backup() -> Result<Outputs> {
+/// A DR point already in the location: what retention needs of it, the manifest's export, and
+/// the manifest once read.
+struct Stored {
+    point: retention::Point,
+    export: Artifact,
+    manifest: Option<Manifest>,
+}
+
+/// What the host says of a stored point (values `from`, `to`, `time` of its artifact, which the
+/// host keeps from the manifest so a run need not read every manifest again), if it says it.
+fn summary(a: &Artifact) -> Option<retention::Point> {
+    let number = |k: &str| a.get(k).and_then(|v| v.parse::<u64>().ok());
+    Some(retention::Point {
+        from: number("from")?,
+        to: number("to")?,
+        time: number("time")?,
+    })
+}
+
+/// The DR points the host listed (artifacts `stored-<n>`). One whose manifest cannot be read
+/// is left alone (never removed, never extended) and reported.
+fn stored(ctx: &Context) -> Vec<Stored> {
+    let mut points = Vec::new();
+    for a in ctx
+        .restore_point()
+        .iter()
+        .filter(|a| a.name().starts_with(STORED))
+    {
+        let read = match summary(a) {
+            Some(point) => Ok((point, None)),
+            None => read_manifest(a).map(|m| (m.point(), Some(m))),
+        };
+        match read {
+            Ok((point, manifest)) => points.push(Stored {
+                point,
+                export: a.clone(),
+                manifest,
+            }),
+            Err(e) => warn!("{e}; leaving that DR point alone"),
+        }
+    }
+    points
+}
+
+/// A non-negative integer parameter.
+fn count(ctx: &Context, name: &str) -> Result<u32> {
+    let n = ctx.integer(name)?;
+    u32::try_from(n)
+        .map_err(|_| Error::invalid(format!("parameter `{name}` must be 0 or more, not {n}")))
+}
+
+fn policy(ctx: &Context) -> Result<retention::Policy> {
+    let [last, hourly, daily, weekly, monthly, yearly] = KEEP.map(|k| count(ctx, k));
+    Ok(retention::Policy {
+        last: last?,
+        hourly: hourly?,
+        daily: daily?,
+        weekly: weekly?,
+        monthly: monthly?,
+        yearly: yearly?,
+        max_chain: count(ctx, "max-chain")?,
+    })
+}
+
+fn backup(ctx: &Context) -> Result<Outputs> {
     let state = catalog::state()?;
     let mode = state.mode;
-    let since = state.cursor.unwrap_or(0);
+    let policy = policy(ctx)?;
+    let settings = Some(ctx.text("settings")?.to_owned()).filter(|s| !s.is_empty());
+    if settings.as_deref().is_some_and(|s| s.contains('\n')) {
+        return Err(Error::invalid("parameter `settings` must be one line"));
+    }
+    let mut points = stored(ctx);
+    let cursor = state.cursor.unwrap_or(0);
+    let rebased = if cursor == 0 || mode == DrMode::Legacy {
+        None
+    } else {
+        let known: Vec<retention::Point> = points.iter().map(|p| p.point).collect();
+        let current = (0..known.len())
+            .filter(|&i| known[i].to == cursor)
+            .max_by_key(|&i| (known[i].time, i));
+        retention::rebase(&policy, &known, current, now())
+    };
+    if let Some(why) = &rebased {
+        info!("starting a new chain: {why}");
+    }
+    let since = if rebased.is_some() { 0 } else { cursor };
     progress(Progress::percent(0.0).message(format!("DR run, mode {mode}, after change {since}")));
     let mut artifacts = Vec::new();
     let mut snapshot = None;
@@ -244,6 +398,7 @@ fn backup() -> Result<Outputs> {
         to,
         time: now(),
         snapshot,
+        settings,
         artifacts,
     };
     let stream = Export::open(MANIFEST)?;
@@ -251,15 +406,94 @@ fn backup() -> Result<Outputs> {
     let point = stream.finish()?;
     // Only a sealed point moves the cursor: a run that dies before here is run again.
     catalog::advance_cursor(to)?;
-    progress(Progress::percent(100.0).message(format!("DR point up to change {to}")));
+    progress(Progress::percent(90.0).message(format!("DR point up to change {to}")));
     let mut outputs = Outputs::new()
         .value("mode", mode.as_str())
         .value("from", from)
         .value("to", to);
-    for a in manifest.artifacts {
-        outputs = outputs.artifact(a);
+    if let Some(why) = rebased {
+        outputs = outputs.value("rebased", why);
     }
-    Ok(outputs.artifact(point))
+    for a in &manifest.artifacts {
+        outputs = outputs.artifact(a.clone());
+    }
+    outputs = outputs.artifact(point.clone());
+    points.push(Stored {
+        point: manifest.point(),
+        export: point,
+        manifest: Some(manifest),
+    });
+    let outputs = if ctx.flag("maintain")? {
+        retain(&policy, ctx.integer("protection")?, &points, outputs)
+    } else {
+        info!("retention skipped: this instance does not own maintenance of the backup data");
+        outputs.value("retention", "skipped")
+    };
+    progress(Progress::percent(100.0).message(format!("DR point up to change {to}")));
+    Ok(outputs)
+}
+
+/// Removes the points `policy` does not keep (and no kept point's chain needs); reports what it
+/// kept, removed and could not remove in `outputs`.
+fn retain(
+    policy: &retention::Policy,
+    protection: i64,
+    points: &[Stored],
+    outputs: Outputs,
+) -> Outputs {
+    let known: Vec<retention::Point> = points.iter().map(|p| p.point).collect();
+    let times: Vec<u64> = known.iter().map(|p| p.time).collect();
+    let now = now();
+    let protection = u64::try_from(protection).unwrap_or(0);
+    let protected: Vec<bool> = times
+        .iter()
+        .map(|&t| t.saturating_add(protection) > now)
+        .collect();
+    let by_rules = policy.kept(&times);
+    let kept: Vec<bool> = (0..points.len())
+        .map(|i| by_rules[i] || protected[i])
+        .collect();
+    let needed = retention::needed(&known, &kept);
+    // Points kept only because the protection period still covers them (or a chain they are
+    // in needs them for that reason).
+    let by_rules_needed = retention::needed(&known, &by_rules);
+    let held = (0..points.len())
+        .filter(|&i| needed[i] && !by_rules_needed[i])
+        .count();
+    let (mut removed, mut failed) = (Vec::new(), 0);
+    for (i, p) in points.iter().enumerate().filter(|(i, _)| !needed[*i]) {
+        let manifest = match &p.manifest {
+            Some(m) => Ok(m.clone()),
+            None => read_manifest(&p.export),
+        };
+        match manifest.and_then(|m| remove_point(&p.export, &m)) {
+            Ok(_) => removed.push(
+                p.export
+                    .get("snapshot")
+                    .unwrap_or(p.export.name())
+                    .to_owned(),
+            ),
+            Err(e) => {
+                warn!(
+                    "retention could not remove the DR point up to change {}: {e}",
+                    known[i].to
+                );
+                failed += 1;
+            }
+        }
+    }
+    let kept = needed.iter().filter(|&&n| n).count();
+    info!(
+        "retention: kept {kept} DR point(s) ({held} under protection), removed {}",
+        removed.len()
+    );
+    outputs
+        .value("retention", "applied")
+        .value("kept", kept)
+        .value("protected", held)
+        .value("removed", removed.len())
+        .value("removed-points", removed.join(","))
+        .value("remove-failed", failed)
 }
 
 fn read_manifest(artifact: &Artifact) -> Result<Manifest> {
@@ -346,16 +580,20 @@ fn restore(ctx: &Context) -> Result<Outputs> {
         .value("skipped", skipped))
 }
 
+/// Removes one DR point: its manifest first (so a point half removed is never offered), then
+/// its data exports. Returns how many exports it removed.
+fn remove_point(export: &Artifact, manifest: &Manifest) -> Result<usize> {
+    data::delete(export)?;
+    for data in &manifest.artifacts {
+        data::delete(data)?;
+    }
+    Ok(1 + manifest.artifacts.len())
+}
+
 fn delete(ctx: &Context) -> Result<Outputs> {
     let mut removed = 0;
     for a in ctx.restore_point() {
-        let manifest = read_manifest(a)?;
-        for data in &manifest.artifacts {
-            data::delete(data)?;
-            removed += 1;
-        }
-        data::delete(a)?;
-        removed += 1;
+        removed += remove_point(a, &read_manifest(a)?)?;
     }
     Ok(Outputs::new().value("removed", removed))
 }
@@ -374,6 +612,7 @@ mod tests {
             to,
             time,
             snapshot: None,
+            settings: None,
             artifacts: vec![
                 Artifact::new("minimal")
                     .value("kind", "repository")
@@ -386,6 +625,7 @@ mod tests {
     fn manifests_round_trip() {
         let mut m = manifest(3, 9, 100);
         m.snapshot = Some("catalog-9".into());
+        m.settings = Some(r#"{"profile":"s3://b/dr","keep":[1, 2]}"#.into());
         assert_eq!(Manifest::parse(&m.render()), Ok(m));
         assert!(Manifest::parse("hello").is_err());
         assert!(Manifest::parse(MAGIC).is_err());

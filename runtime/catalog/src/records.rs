@@ -233,6 +233,8 @@ impl Record for Blueprint {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Retention {
+    /// The newest points kept, whatever their age.
+    pub last: u32,
     /// Hourly points kept.
     pub hourly: u32,
     /// Daily points kept.

@@ -3,7 +3,8 @@
 //! (time, and bytes exported), `cairn dr review`, and `cairn dr restore` of the whole catalog
 //! into a fresh home.
 //!
-//! `cargo bench -p cairn-cli --bench dr`. Each figure includes a process start, loading the DR
+//! `cargo bench -p cairn-cli --bench dr` (`CAIRN_BENCH_KEEP=1` keeps the homes, to profile a
+//! run). Each figure includes a process start, loading the DR
 //! blueprint from the compile cache and the Argon2id derivation of the DR key (about a third
 //! of a second by design), which the in-process catalog figures (`cargo bench -p
 //! cairn-catalog`) do not.
@@ -122,8 +123,18 @@ fn dr(c: &mut Criterion) {
         "no-snapshot",
         "legacy",
     ] {
-        let home = tempfile::tempdir().expect("tempdir");
-        let profile = tempfile::tempdir().expect("tempdir");
+        let mut home = tempfile::tempdir().expect("tempdir");
+        let mut profile = tempfile::tempdir().expect("tempdir");
+        if std::env::var_os("CAIRN_BENCH_KEEP").is_some() {
+            // To profile a run afterwards: the homes and DR locations stay.
+            println!(
+                "{mode}: home {}, DR location {}",
+                home.path().display(),
+                profile.path().display()
+            );
+            home.disable_cleanup(true);
+            profile.disable_cleanup(true);
+        }
         populate(home.path(), 0..RESTORE_POINTS);
         cairn(
             home.path(),
@@ -136,6 +147,11 @@ fn dr(c: &mut Criterion) {
                 mode,
                 "--passphrase-from",
                 PASSPHRASE,
+                // The bench compresses hourly runs into seconds: keep-last stands in for the
+                // hourly rule that keeps each hour's point, so chains stay incremental (a run
+                // that starts a new chain costs what the first run does).
+                "--keep-last",
+                "48",
             ],
         );
         let started = Instant::now();

@@ -17,7 +17,22 @@
 //! `dr-point` manifest, sealed last; `review` lists the manifests.
 //!
 //! The DR settings live in the catalog's meta (`x.dr`): profile, mode, the passphrase *source*
-//! (never the passphrase, unless the source is `raw:`), frequency and retention.
+//! (never the passphrase, unless the source is `raw:`), frequency and retention. Each DR point
+//! carries them too (a `raw:` source without its value), and `cairn dr restore` brings them
+//! back, disabled until the operator takes ownership or enables DR again.
+//!
+//! Retention of DR points, and when a run starts a new chain, are the blueprint's (its
+//! `retention` module): `cairn dr run` passes it the manifests in the location and the policy.
+//!
+//! # Ownership
+//!
+//! `cairn dr take-ownership` writes an owner marker into the DR location of the data it takes
+//! over: an `owner` stream snapshot in the repository at `<profile>/<cluster-id>/`, naming the
+//! instance (its cluster id, host and home) and the time; the newest marker wins. It is
+//! encrypted like every DR artifact, so only a holder of the passphrase can write or read it.
+//! Every maintenance path (`cairn dr run` and its retention, `cairn repo forget|prune`) reads
+//! the markers of the locations the instance relates to (its own DR location, and the one it
+//! was restored from) and refuses when one names another instance.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -30,7 +45,7 @@ use cairn_engine::{
     Capability, CatalogAccess, CatalogApplied, CatalogError, CatalogExport, CatalogSnapshot,
     DrMode, DrState, HostContext, RunRequest,
 };
-use cairn_repository::{Location, Passphrase, Repository, SnapshotFilter};
+use cairn_repository::{KeyProvider, Location, Passphrase, Repository, SnapshotFilter, WrappedKey};
 use serde::{Deserialize, Serialize};
 
 use crate::home::Home;
@@ -46,6 +61,14 @@ const MANIFEST: &str = "dr-point";
 const MAGIC: &str = "cairn-dr-point 1";
 /// The namespace DR runs are scoped to.
 const NAMESPACE: &str = "cairn";
+/// The catalog meta key of where a DR restore came from (profile, cluster id, passphrase source).
+const SOURCE_KEY: &str = "dr.source";
+/// The catalog meta key of the DR settings a restore brought back (not enabled).
+const RESTORED_KEY: &str = "dr.restored-settings";
+/// The stream name of an owner marker.
+const OWNER: &str = "owner";
+/// The default bound of a chain of DR points (the blueprint's reasoning: `MAX_CHAIN` there).
+const MAX_CHAIN: u32 = 48;
 
 fn usage(msg: impl Into<String>) -> anyhow::Error {
     anyhow::Error::new(UsageError(msg.into()))
@@ -65,9 +88,13 @@ pub(crate) enum DrCommand {
         /// Where the DR passphrase comes from: `raw:VALUE`, `env:VAR` or `file:PATH`.
         #[arg(long, value_name = "SOURCE")]
         passphrase_from: String,
-        /// How often DR runs (kept with the policy; a scheduler runs `cairn dr run`).
-        #[arg(long, default_value = "@hourly")]
+        /// How often DR runs: @hourly, @daily, @weekly or an interval like 30m or 6h (a timer
+        /// runs `cairn dr run --if-due`).
+        #[arg(long, default_value = "@hourly", value_parser = parse_frequency)]
         frequency: String,
+        /// The newest DR points to keep, whatever their age.
+        #[arg(long, default_value_t = 3)]
+        keep_last: u32,
         /// Hourly DR points to keep.
         #[arg(long, default_value_t = 24)]
         keep_hourly: u32,
@@ -83,11 +110,21 @@ pub(crate) enum DrCommand {
         /// Yearly DR points to keep.
         #[arg(long, default_value_t = 0)]
         keep_yearly: u32,
+        /// The most DR points in a chain of increments before a run exports in full again.
+        #[arg(long, default_value_t = MAX_CHAIN, value_parser = clap::value_parser!(u32).range(1..))]
+        max_chain: u32,
+        /// When the DR location is created: a protection period during which DR points cannot be
+        /// deleted, e.g. "30d".
+        #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+        protection: Option<std::time::Duration>,
     },
     /// Turn DR off (DR points already exported stay where they are).
     Disable,
-    /// Run DR now: export the catalog per the mode, as one DR point.
+    /// Run DR now: export the catalog per the mode, as one DR point; then apply retention.
     Run {
+        /// Run only when the newest DR point is older than the frequency (for timers).
+        #[arg(long)]
+        if_due: bool,
         #[command(flatten)]
         blueprint: BlueprintArg,
         /// How to print the result.
@@ -125,7 +162,11 @@ pub(crate) enum DrCommand {
         output: Output,
     },
     /// Make this instance the owner of backup-data maintenance (forget, prune, retention).
-    TakeOwnership,
+    TakeOwnership {
+        /// Take over even though another instance's owner marker is in the DR location.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 /// Where a recovery reads DR points from.
@@ -176,7 +217,35 @@ fn parse_mode(s: &str) -> Result<cairn_catalog::DrMode, String> {
         .map_err(|e: cairn_catalog::ParseNameError| e.to_string())
 }
 
-/// The DR settings, kept in the catalog's meta.
+/// The seconds between DR runs that `frequency` asks for.
+fn frequency_secs(frequency: &str) -> Result<u64, String> {
+    let secs = match frequency {
+        "@hourly" => 3_600,
+        "@daily" => 86_400,
+        "@weekly" => 7 * 86_400,
+        other => humantime::parse_duration(other)
+            .map_err(|_| {
+                format!(
+                    "`{other}`: expected @hourly, @daily, @weekly or an interval like 30m or 6h"
+                )
+            })?
+            .as_secs(),
+    };
+    if secs < 60 {
+        return Err(format!("`{frequency}`: DR runs at most once a minute"));
+    }
+    Ok(secs)
+}
+
+fn parse_frequency(s: &str) -> Result<String, String> {
+    frequency_secs(s).map(|_| s.to_owned())
+}
+
+fn default_max_chain() -> u32 {
+    MAX_CHAIN
+}
+
+/// The DR settings, kept in the catalog's meta and exported with each DR point.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Config {
     profile: String,
@@ -184,6 +253,77 @@ struct Config {
     passphrase_from: String,
     frequency: String,
     retention: cairn_catalog::Retention,
+    #[serde(default = "default_max_chain")]
+    max_chain: u32,
+}
+
+impl Config {
+    /// As exported with a DR point: a `raw:` passphrase source loses its value.
+    fn exported(&self) -> Config {
+        let mut c = self.clone();
+        if c.passphrase_from.starts_with("raw:") {
+            c.passphrase_from = "raw:".to_owned();
+        }
+        c
+    }
+
+    /// When the next run is due, after a run at `last`.
+    fn next_due(&self, last: jiff::Timestamp) -> jiff::Timestamp {
+        let secs = frequency_secs(&self.frequency).unwrap_or(3_600);
+        // A timer firing at the frequency itself must not skip every other slot because the
+        // last run finished a little after its own slot: allow a grace of a tenth of the period,
+        // at most five minutes.
+        let grace = (secs / 10).min(300);
+        let due = i64::try_from(secs - grace).unwrap_or(i64::MAX);
+        last.checked_add(jiff::SignedDuration::from_secs(due))
+            .unwrap_or(last)
+    }
+
+    /// The blueprint's retention parameters.
+    fn params(&self) -> Vec<(String, String)> {
+        let r = &self.retention;
+        [
+            ("keep-last", r.last),
+            ("keep-hourly", r.hourly),
+            ("keep-daily", r.daily),
+            ("keep-weekly", r.weekly),
+            ("keep-monthly", r.monthly),
+            ("keep-yearly", r.yearly),
+            ("max-chain", self.max_chain),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_string()))
+        .collect()
+    }
+}
+
+/// Where a DR restore came from, kept so that take-ownership can mark that location.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Source {
+    profile: String,
+    cluster_id: String,
+    passphrase_from: String,
+}
+
+/// An owner marker: who took over maintenance of a DR location's backup data, and when.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct OwnerMarker {
+    /// The cluster id of the instance that took over.
+    owner: String,
+    /// Its host (from the marker's snapshot) and home, to find it.
+    #[serde(skip)]
+    host: String,
+    home: String,
+    time: jiff::Timestamp,
+}
+
+impl OwnerMarker {
+    fn describe(&self) -> String {
+        format!(
+            "instance {} (host {}, home {}) took over at {}",
+            self.owner, self.host, self.home, self.time
+        )
+    }
 }
 
 /// The last DR run, kept in the catalog's meta.
@@ -197,13 +337,7 @@ struct LastRun {
 }
 
 fn load_config(catalog: &Catalog) -> anyhow::Result<Option<Config>> {
-    catalog
-        .meta(CONFIG_KEY)?
-        .map(|text| {
-            serde_json::from_str(&text)
-                .context("the stored DR settings are damaged; run `cairn dr enable` again")
-        })
-        .transpose()
+    load_meta(catalog, CONFIG_KEY)
 }
 
 fn require_config(catalog: &Catalog) -> anyhow::Result<Config> {
@@ -265,7 +399,7 @@ fn location(profile: &str, cluster_id: &str) -> Location {
 async fn open_source(
     profile: &str,
     cluster_id: &str,
-    key: &Passphrase,
+    key: &dyn KeyProvider,
 ) -> anyhow::Result<Repository> {
     let loc = location(profile, cluster_id);
     let url = loc.url().to_owned();
@@ -293,6 +427,9 @@ struct Point {
     exports: usize,
     #[serde(skip)]
     cluster_id: String,
+    /// The DR settings the point carries (JSON), if it carries them.
+    #[serde(skip)]
+    settings: Option<String>,
 }
 
 fn parse_manifest(id: &str, text: &str) -> anyhow::Result<Point> {
@@ -303,6 +440,7 @@ fn parse_manifest(id: &str, text: &str) -> anyhow::Result<Point> {
     }
     let (mut mode, mut from, mut to, mut time, mut cluster_id) = (None, None, None, None, None);
     let mut exports = 0;
+    let mut settings = None;
     for line in lines {
         let (key, value) = line.split_once(' ').unwrap_or((line, ""));
         let number = || {
@@ -316,6 +454,7 @@ fn parse_manifest(id: &str, text: &str) -> anyhow::Result<Point> {
             "to" => to = Some(number()?),
             "time" => time = Some(number()?),
             "cluster-id" => cluster_id = Some(value.to_owned()),
+            "settings" => settings = Some(value.to_owned()),
             "artifact" => exports += 1,
             _ => {}
         }
@@ -330,7 +469,19 @@ fn parse_manifest(id: &str, text: &str) -> anyhow::Result<Point> {
         to: to.ok_or_else(|| bad("no to"))?,
         exports,
         cluster_id: cluster_id.ok_or_else(|| bad("no cluster id"))?,
+        settings,
     })
+}
+
+/// The DR point whose manifest is snapshot `id`.
+async fn read_point(repo: &Repository, id: &str) -> anyhow::Result<Point> {
+    let mut bytes = Vec::new();
+    repo.restore_stream(id, &mut bytes)
+        .await
+        .with_context(|| format!("cannot read DR point {id}"))?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| anyhow::anyhow!("DR point {id} is damaged: not text"))?;
+    parse_manifest(id, &text)
 }
 
 /// Every DR point in `repo`, newest first. Only sealed points exist: a manifest is written last.
@@ -341,13 +492,7 @@ async fn points(repo: &Repository) -> anyhow::Result<Vec<Point>> {
         .context("cannot list the DR points")?;
     let mut points = Vec::with_capacity(snapshots.len());
     for s in snapshots {
-        let mut bytes = Vec::new();
-        repo.restore_stream(&s.id, &mut bytes)
-            .await
-            .with_context(|| format!("cannot read DR point {}", s.id))?;
-        let text = String::from_utf8(bytes)
-            .map_err(|_| anyhow::anyhow!("DR point {} is damaged: not text", s.id))?;
-        points.push(parse_manifest(&s.id, &text)?);
+        points.push(read_point(repo, &s.id).await?);
     }
     points.sort_by(|a, b| {
         b.to.cmp(&a.to)
@@ -528,15 +673,121 @@ fn from_catalog(e: cairn_catalog::Error) -> CatalogError {
     }
 }
 
-/// Runs one action of the DR blueprint with the catalog and the DR repository.
+/// Stores `config` as the DR settings, creating the DR location if needed; a new mode or
+/// location starts a new chain. Prints the three things to keep.
+async fn enable(
+    home: &Home,
+    catalog: &Catalog,
+    config: &Config,
+    protection: Option<std::time::Duration>,
+) -> anyhow::Result<()> {
+    let key = passphrase(&config.passphrase_from)?;
+    let cluster_id = catalog.cluster_id().to_string();
+    let url = location(&config.profile, &cluster_id).url().to_owned();
+    open_or_init(&config.profile, &cluster_id, &key, protection).await?;
+    let previous = load_config(catalog)?;
+    let new_chain = previous
+        .as_ref()
+        .is_none_or(|p| p.mode != config.mode || p.profile != config.profile);
+    catalog.set_meta(CONFIG_KEY, Some(&serde_json::to_string(config)?))?;
+    catalog.set_meta(RESTORED_KEY, None)?;
+    // The next run derives the key from the passphrase again (and so checks it).
+    forget_cached_key(&home.dr_key_cache())?;
+    if new_chain {
+        // A new mode or location starts a new chain of DR points, from the beginning.
+        catalog.set_dr_cursor(0)?;
+    }
+    println!(
+        "DR enabled: mode {}, runs {}, DR points go to {url}",
+        config.mode, config.frequency
+    );
+    println!("Keep these three things safe; recovering this instance needs all of them:");
+    println!("  1. the cluster id:        {cluster_id}");
+    println!(
+        "  2. the passphrase source: {} (and the passphrase it holds)",
+        shown_source(&config.passphrase_from)
+    );
+    println!(
+        "  3. the location profile:  {} (and its credentials)",
+        config.profile
+    );
+    Ok(())
+}
+
+/// What the blueprint's retention needs of a DR point, remembered per manifest snapshot in the
+/// home (`dr/points.json`) so that a run reads only the manifests it has not seen.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct Summary {
+    from: u64,
+    to: u64,
+    time: i64,
+}
+
+/// The DR points in `repo`, as the artifacts (`stored-<n>`) a DR run gives the blueprint.
+async fn stored_points(
+    home: &Home,
+    repo: &Repository,
+) -> anyhow::Result<Vec<cairn_engine::Artifact>> {
+    let path = home.dr().join("points.json");
+    // A missing or unreadable file only costs reading the manifests again.
+    let mut known: std::collections::BTreeMap<String, Summary> = std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let snapshots = repo
+        .snapshots(&SnapshotFilter::new().source(MANIFEST))
+        .await
+        .context("cannot list the DR points")?;
+    let mut artifacts = Vec::with_capacity(snapshots.len());
+    let mut seen = std::collections::BTreeMap::new();
+    for (i, s) in snapshots.iter().enumerate() {
+        let mut artifact = point_artifact(format!("stored-{i}"), repo.id(), &s.id);
+        let summary = match known.remove(&s.id) {
+            Some(summary) => Some(summary),
+            // Unreadable here: the blueprint reads it, and reports it.
+            None => read_point(repo, &s.id).await.ok().map(|p| Summary {
+                from: p.from,
+                to: p.to,
+                time: p.time.as_second(),
+            }),
+        };
+        if let Some(summary) = summary {
+            artifact.values.extend([
+                ("from".into(), summary.from.to_string()),
+                ("to".into(), summary.to.to_string()),
+                ("time".into(), summary.time.to_string()),
+            ]);
+            seen.insert(s.id.clone(), summary);
+        }
+        artifacts.push(artifact);
+    }
+    std::fs::create_dir_all(home.dr())
+        .and_then(|()| std::fs::write(&path, serde_json::to_vec(&seen)?))
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(artifacts)
+}
+
+/// The artifact of a DR point's manifest export, for the blueprint.
+fn point_artifact(name: String, repository: &str, snapshot: &str) -> cairn_engine::Artifact {
+    cairn_engine::Artifact {
+        name,
+        values: vec![
+            ("kind".into(), "repository".into()),
+            ("repository".into(), repository.to_owned()),
+            ("snapshot".into(), snapshot.to_owned()),
+        ],
+    }
+}
+
+/// Runs `request` (its action, parameters and artifacts) on the DR blueprint with the catalog
+/// and the DR repository; the namespace and the grants are set here.
 async fn run_blueprint(
     home: &Home,
     path: &Path,
     catalog: Arc<Catalog>,
     mode: cairn_catalog::DrMode,
     exports: Arc<crate::exports::RepoExports>,
-    action: &str,
-    artifacts: Vec<cairn_engine::Artifact>,
+    request: RunRequest,
 ) -> anyhow::Result<cairn_engine::RunReport> {
     let engine = crate::run::engine(home)?;
     let blueprint = crate::blueprint::load(&engine, path).await?;
@@ -572,19 +823,294 @@ async fn run_blueprint(
             snapshots: dir.join("snapshots"),
         })),
     };
+    let action = request.action.clone();
     let request = RunRequest {
-        action: action.to_owned(),
         namespace: NAMESPACE.to_owned(),
         grants: [Capability::Export, Capability::Import, Capability::Catalog]
             .into_iter()
             .collect::<BTreeSet<_>>(),
-        artifacts,
-        ..RunRequest::default()
+        ..request
     };
     engine
         .run(&blueprint, &host, request)
         .await
         .map_err(|e| anyhow::anyhow!("cannot run the DR blueprint's {action}: {e}"))
+}
+
+/// The DR passphrase, with the DR location's unwrapped key cached in the home
+/// ([`Home::dr_key_cache`]): a run after the first skips the Argon2id derivation (about a third
+/// of a DR run's CPU). The cache holds the repository secret for one key slot, readable by the
+/// owner only, like the default repository's key file beside it; it is bound to the slot and to
+/// the passphrase source as shown (a `raw:` value masked: the cache never holds the
+/// passphrase), and `cairn dr enable`, the only way to change the source, drops it, so the
+/// next run derives (and checks) the passphrase again.
+#[derive(Debug)]
+struct CachedKey {
+    passphrase: Passphrase,
+    file: PathBuf,
+    source: String,
+}
+
+/// The cache file of [`CachedKey`].
+#[derive(Serialize, Deserialize)]
+struct KeyCache {
+    source: String,
+    /// The slot it opens: its id (the AAD) and wrapped secret, hex (neither is secret).
+    aad: String,
+    wrapped: String,
+    /// The unwrapped repository secret, hex.
+    secret: String,
+}
+
+fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn from_hex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+impl CachedKey {
+    fn cached(&self, slot: &WrappedKey, aad: &[u8]) -> Option<Vec<u8>> {
+        let cache: KeyCache = serde_json::from_slice(&std::fs::read(&self.file).ok()?).ok()?;
+        (cache.source == self.source && cache.aad == to_hex(aad) && cache.wrapped == slot.wrapped)
+            .then(|| from_hex(&cache.secret))
+            .flatten()
+    }
+
+    /// Best effort: a cache that cannot be written costs the next run a derivation.
+    fn store(&self, slot: &WrappedKey, aad: &[u8], secret: &[u8]) {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let cache = KeyCache {
+            source: self.source.clone(),
+            aad: to_hex(aad),
+            wrapped: slot.wrapped.clone(),
+            secret: to_hex(secret),
+        };
+        let tmp = self.file.with_extension("tmp");
+        let written = serde_json::to_vec(&cache)
+            .map_err(std::io::Error::other)
+            .and_then(|json| {
+                if let Some(dir) = self.file.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                let _ = std::fs::remove_file(&tmp);
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&tmp)?;
+                f.write_all(&json)?;
+                f.sync_all()?;
+                std::fs::rename(&tmp, &self.file)
+            });
+        if let Err(e) = written {
+            tracing::warn!(error = %e, path = %self.file.display(), "cannot cache the DR key");
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl KeyProvider for CachedKey {
+    fn kind(&self) -> &str {
+        self.passphrase.kind()
+    }
+
+    async fn wrap(&self, secret: &[u8], aad: &[u8]) -> cairn_repository::Result<WrappedKey> {
+        self.passphrase.wrap(secret, aad).await
+    }
+
+    async fn unwrap(
+        &self,
+        slot: &WrappedKey,
+        aad: &[u8],
+    ) -> cairn_repository::Result<Option<Vec<u8>>> {
+        if let Some(secret) = self.cached(slot, aad) {
+            return Ok(Some(secret));
+        }
+        let secret = self.passphrase.unwrap(slot, aad).await?;
+        if let Some(secret) = &secret {
+            self.store(slot, aad, secret);
+        }
+        Ok(secret)
+    }
+}
+
+/// Drops the cached DR key, if any.
+fn forget_cached_key(path: &Path) -> anyhow::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(anyhow::Error::new(e).context(format!("cannot remove {}", path.display())))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A JSON meta value of the catalog.
+fn load_meta<T: serde::de::DeserializeOwned>(
+    catalog: &Catalog,
+    key: &str,
+) -> anyhow::Result<Option<T>> {
+    catalog
+        .meta(key)?
+        .map(|text| {
+            serde_json::from_str(&text).with_context(|| {
+                format!("the stored DR state `{key}` is damaged; run `cairn dr enable` again")
+            })
+        })
+        .transpose()
+}
+
+/// Opens the DR location of `cluster_id` under `profile`, creating it (with `protection`) if
+/// there is none.
+async fn open_or_init(
+    profile: &str,
+    cluster_id: &str,
+    key: &Passphrase,
+    protection: Option<std::time::Duration>,
+) -> anyhow::Result<Repository> {
+    let loc = location(profile, cluster_id);
+    let url = loc.url().to_owned();
+    match Repository::open(loc.clone(), key).await {
+        Ok(repo) => {
+            if let Some(p) = protection.filter(|p| *p != repo.protection()) {
+                println!(
+                    "note: {url} already exists with a protection period of {}; --protection {} applies only \
+                     when the DR location is created",
+                    humantime::format_duration(repo.protection()),
+                    humantime::format_duration(p)
+                );
+            }
+            Ok(repo)
+        }
+        Err(cairn_repository::Error::NotARepository { .. }) => {
+            let opts =
+                cairn_repository::InitOptions::new().protection(protection.unwrap_or_default());
+            Repository::init(loc, key, opts)
+                .await
+                .with_context(|| format!("cannot create the DR location {url}"))
+        }
+        Err(cairn_repository::Error::WrongPassphrase) => Err(usage(format!(
+            "{url} already holds DR points under another passphrase: give that passphrase"
+        ))),
+        Err(e) => Err(anyhow::Error::new(e).context(format!("cannot open the DR location {url}"))),
+    }
+}
+
+/// The newest owner marker in a DR location, if any.
+async fn read_marker(repo: &Repository) -> anyhow::Result<Option<OwnerMarker>> {
+    let mut markers = repo
+        .snapshots(&SnapshotFilter::new().source(OWNER))
+        .await
+        .context("cannot list the DR location's owner markers")?;
+    markers.sort_by_key(|m| m.time);
+    let Some(newest) = markers.pop() else {
+        return Ok(None);
+    };
+    let mut bytes = Vec::new();
+    repo.restore_stream(&newest.id, &mut bytes)
+        .await
+        .with_context(|| format!("cannot read the owner marker {}", newest.id))?;
+    let mut marker: OwnerMarker = serde_json::from_slice(&bytes)
+        .with_context(|| format!("the owner marker {} is damaged", newest.id))?;
+    marker.host = newest.hostname;
+    Ok(Some(marker))
+}
+
+/// Writes an owner marker naming this instance into a DR location.
+async fn write_marker(repo: &Repository, home: &Home, owner: &str) -> anyhow::Result<OwnerMarker> {
+    let marker = OwnerMarker {
+        owner: owner.to_owned(),
+        host: String::new(),
+        home: home.root().display().to_string(),
+        time: jiff::Timestamp::now(),
+    };
+    let json = serde_json::to_vec(&marker)?;
+    repo.backup_stream(
+        OWNER,
+        json.as_slice(),
+        cairn_repository::BackupOptions::new().tag("dr-owner"),
+    )
+    .await
+    .context("cannot write the owner marker")?;
+    Ok(marker)
+}
+
+/// The refusal of maintenance `what` because `marker` names another instance.
+fn taken_over(marker: &OwnerMarker, url: &str, me: &str, what: &str) -> anyhow::Error {
+    usage(format!(
+        "{what} refused: {} (owner marker in {url}), so this instance ({me}) must not maintain that \
+         backup data; if that instance is gone for good, run `cairn dr take-ownership --force` here",
+        marker.describe()
+    ))
+}
+
+/// Refuses maintenance `what` when an owner marker in a DR location this instance relates to
+/// (its own, and the one it was restored from) names another instance. `open` is the
+/// instance's own DR location when the caller has already opened it.
+async fn check_markers(
+    catalog: &Catalog,
+    what: &str,
+    open: Option<&Repository>,
+) -> anyhow::Result<()> {
+    let me = catalog.cluster_id().to_string();
+    let mut places = Vec::new();
+    if let Some(config) = load_config(catalog)? {
+        places.push((
+            config.profile,
+            me.clone(),
+            config.passphrase_from,
+            open.cloned(),
+        ));
+    }
+    if let Some(source) = load_meta::<Source>(catalog, SOURCE_KEY)? {
+        places.push((
+            source.profile,
+            source.cluster_id,
+            source.passphrase_from,
+            None,
+        ));
+    }
+    for (profile, cluster_id, passphrase_from, repo) in places {
+        let url = location(&profile, &cluster_id).url().to_owned();
+        let repo = match repo {
+            Some(repo) => repo,
+            None => {
+                let key = passphrase(&passphrase_from)?;
+                match Repository::open(location(&profile, &cluster_id), &key).await {
+                    Ok(repo) => repo,
+                    Err(cairn_repository::Error::NotARepository { .. }) => continue,
+                    Err(e) => {
+                        return Err(anyhow::Error::new(e).context(format!(
+                            "{what}: cannot read the owner marker in the DR location {url}"
+                        )));
+                    }
+                }
+            }
+        };
+        if let Some(marker) = read_marker(&repo).await?
+            && marker.owner != me
+        {
+            return Err(taken_over(&marker, &url, &me, what));
+        }
+    }
+    Ok(())
+}
+
+/// For `cairn repo forget|prune`: refuses when an owner marker names another instance.
+pub(crate) async fn check_owner(home: &Home, what: &str) -> anyhow::Result<()> {
+    if !home.catalog().exists() {
+        return Ok(());
+    }
+    let catalog = crate::catalog::open(home)?;
+    check_markers(&catalog, what, None).await
 }
 
 fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
@@ -600,90 +1126,95 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
             mode,
             passphrase_from,
             frequency,
+            keep_last,
             keep_hourly,
             keep_daily,
             keep_weekly,
             keep_monthly,
             keep_yearly,
+            max_chain,
+            protection,
         } => {
-            let key = passphrase(&passphrase_from)?;
             let catalog = crate::catalog::open(&home)?;
-            let cluster_id = catalog.cluster_id().to_string();
-            let loc = location(&profile, &cluster_id);
-            let url = loc.url().to_owned();
-            match Repository::open(loc.clone(), &key).await {
-                Ok(_) => {}
-                Err(cairn_repository::Error::NotARepository { .. }) => {
-                    Repository::init(loc, &key, cairn_repository::InitOptions::new())
-                        .await
-                        .with_context(|| format!("cannot create the DR location {url}"))?;
-                }
-                Err(cairn_repository::Error::WrongPassphrase) => {
-                    return Err(usage(format!(
-                        "{url} already holds DR points under another passphrase: give that passphrase"
-                    )));
-                }
-                Err(e) => {
-                    return Err(
-                        anyhow::Error::new(e).context(format!("cannot open the DR location {url}"))
-                    );
-                }
-            }
-            let previous = load_config(&catalog)?;
             let config = Config {
-                profile: profile.clone(),
+                profile,
                 mode,
-                passphrase_from: passphrase_from.clone(),
+                passphrase_from,
                 frequency,
                 retention: cairn_catalog::Retention {
+                    last: keep_last,
                     hourly: keep_hourly,
                     daily: keep_daily,
                     weekly: keep_weekly,
                     monthly: keep_monthly,
                     yearly: keep_yearly,
                 },
+                max_chain,
             };
-            let new_chain = previous
-                .as_ref()
-                .is_none_or(|p| p.mode != mode || p.profile != profile);
-            catalog.set_meta(CONFIG_KEY, Some(&serde_json::to_string(&config)?))?;
-            if new_chain {
-                // A new mode or location starts a new chain of DR points, from the beginning.
-                catalog.set_dr_cursor(0)?;
-            }
-            println!(
-                "DR enabled: mode {mode}, runs {}, DR points go to {url}",
-                config.frequency
-            );
-            println!("Keep these three things safe; recovering this instance needs all of them:");
-            println!("  1. the cluster id:        {cluster_id}");
-            println!(
-                "  2. the passphrase source: {} (and the passphrase it holds)",
-                shown_source(&passphrase_from)
-            );
-            println!("  3. the location profile:  {profile} (and its credentials)");
+            enable(&home, &catalog, &config, protection).await?;
         }
         DrCommand::Disable => {
             let catalog = crate::catalog::open(&home)?;
             catalog.set_meta(CONFIG_KEY, None)?;
             println!("DR disabled; DR points already exported stay in the location");
         }
-        DrCommand::Run { blueprint, output } => {
+        DrCommand::Run {
+            if_due,
+            blueprint,
+            output,
+        } => {
             let path = blueprint.resolve()?;
             let catalog = Arc::new(crate::catalog::open(&home)?);
             let config = require_config(&catalog)?;
-            let key = passphrase(&config.passphrase_from)?;
+            let last: Option<LastRun> = load_meta(&catalog, LAST_RUN_KEY)?;
+            if if_due
+                && let Some(last) = &last
+                && jiff::Timestamp::now() < config.next_due(last.time)
+            {
+                let next = config.next_due(last.time);
+                match output {
+                    Output::Json => print_json(&serde_json::json!({
+                        "status": "not-due",
+                        "last_run": last.time,
+                        "next_due": next,
+                    }))?,
+                    Output::Text => println!(
+                        "DR not due (frequency {}): the newest DR point is from {}; next run due at {next}",
+                        config.frequency, last.time
+                    ),
+                }
+                return Ok(ExitCode::from(exit::OK));
+            }
+            let key = CachedKey {
+                passphrase: passphrase(&config.passphrase_from)?,
+                file: home.dr_key_cache(),
+                source: shown_source(&config.passphrase_from),
+            };
             let cluster_id = catalog.cluster_id().to_string();
             let repo = open_source(&config.profile, &cluster_id, &key).await?;
+            check_markers(&catalog, "the DR run", Some(&repo)).await?;
             let url = location(&config.profile, &cluster_id).url().to_owned();
+            let stored = stored_points(&home, &repo).await?;
+            let owner = catalog.maintenance_owner()?;
+            let mut params = config.params();
+            params.push(("protection".into(), repo.protection().as_secs().to_string()));
+            params.push(("maintain".into(), owner.to_string()));
+            params.push((
+                "settings".into(),
+                serde_json::to_string(&config.exported())?,
+            ));
             let report = run_blueprint(
                 &home,
                 &path,
                 catalog.clone(),
                 config.mode,
                 Arc::new(crate::exports::RepoExports::new(repo, url)),
-                "backup",
-                Vec::new(),
+                RunRequest {
+                    action: "backup".into(),
+                    params,
+                    artifacts: stored,
+                    ..RunRequest::default()
+                },
             )
             .await?;
             if !report.ok {
@@ -694,8 +1225,8 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                 eprintln!("cairn: the DR run failed: {error}");
                 return Ok(ExitCode::from(exit::FAILED));
             }
-            let point = report
-                .outputs
+            let outputs = &report.outputs;
+            let point = outputs
                 .artifacts
                 .iter()
                 .find(|a| a.name == MANIFEST)
@@ -703,8 +1234,7 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                 .unwrap_or_default()
                 .to_owned();
             let number = |k: &str| {
-                report
-                    .outputs
+                outputs
                     .get(k)
                     .and_then(|v| v.parse::<u64>().ok())
                     .unwrap_or(0)
@@ -717,13 +1247,20 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                 to: number("to"),
             };
             catalog.set_meta(LAST_RUN_KEY, Some(&serde_json::to_string(&last)?))?;
-            let bytes: u64 = report
-                .outputs
+            let bytes: u64 = outputs
                 .artifacts
                 .iter()
                 .filter(|a| a.name != MANIFEST)
                 .filter_map(|a| a.get("bytes").and_then(|b| b.parse::<u64>().ok()))
                 .sum();
+            let rebased = outputs.get("rebased");
+            let applied = outputs.get("retention") == Some("applied");
+            let removed: Vec<&str> = outputs
+                .get("removed-points")
+                .unwrap_or_default()
+                .split(',')
+                .filter(|p| !p.is_empty())
+                .collect();
             match output {
                 Output::Json => print_json(&serde_json::json!({
                     "status": "succeeded",
@@ -732,11 +1269,47 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                     "from": last.from,
                     "to": last.to,
                     "bytes": bytes,
+                    "rebased": rebased,
+                    "retention": if applied {
+                        serde_json::json!({
+                            "status": "applied",
+                            "kept": number("kept"),
+                            "protected": number("protected"),
+                            "removed": removed,
+                            "failed": number("remove-failed"),
+                        })
+                    } else {
+                        serde_json::json!({ "status": "skipped", "reason": "this instance does not own maintenance" })
+                    },
                 }))?,
-                Output::Text => println!(
-                    "DR point {point}: mode {}, changes {}..{}, {bytes} bytes exported",
-                    config.mode, last.from, last.to
-                ),
+                Output::Text => {
+                    println!(
+                        "DR point {point}: mode {}, changes {}..{}, {bytes} bytes exported",
+                        config.mode, last.from, last.to
+                    );
+                    if let Some(why) = rebased {
+                        println!("started a new chain: {why}");
+                    }
+                    if applied {
+                        println!(
+                            "retention: kept {} DR point(s), {} of them under the location's protection period; removed {}",
+                            number("kept"),
+                            number("protected"),
+                            removed.len()
+                        );
+                    } else {
+                        println!(
+                            "retention skipped: this instance does not own maintenance of the backup data \
+                             (run `cairn dr take-ownership` once the old instance is gone)"
+                        );
+                    }
+                }
+            }
+            if number("remove-failed") > 0 {
+                eprintln!(
+                    "cairn: retention could not remove {} DR point(s); see the warnings above, they are tried again next run",
+                    number("remove-failed")
+                );
             }
         }
         DrCommand::Status { output } => {
@@ -745,6 +1318,10 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
             let last: Option<LastRun> = catalog
                 .meta(LAST_RUN_KEY)?
                 .and_then(|t| serde_json::from_str(&t).ok());
+            let next_due = config
+                .as_ref()
+                .zip(last.as_ref())
+                .map(|(c, l)| c.next_due(l.time));
             let restored = catalog.restore_state()?;
             let owner = catalog.maintenance_owner()?;
             let cluster_id = catalog.cluster_id().to_string();
@@ -758,7 +1335,9 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                     "frequency": config.as_ref().map(|c| c.frequency.clone()),
                     "retention": config.as_ref().map(|c| c.retention),
                     "cursor": catalog.dr_cursor()?,
+                    "max_chain": config.as_ref().map(|c| c.max_chain),
                     "last_run": last,
+                    "next_due": next_due,
                     "restored_from": restored.as_ref().map(|r| r.source.to_string()),
                     "maintenance_owner": owner,
                 }))?,
@@ -770,6 +1349,17 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                             println!("profile:           {}", c.profile);
                             println!("passphrase source: {}", shown_source(&c.passphrase_from));
                             println!("frequency:         {}", c.frequency);
+                            let r = c.retention;
+                            println!(
+                                "retention:         last {}, hourly {}, daily {}, weekly {}, monthly {}, yearly {}; chains of at most {}",
+                                r.last,
+                                r.hourly,
+                                r.daily,
+                                r.weekly,
+                                r.monthly,
+                                r.yearly,
+                                c.max_chain
+                            );
                         }
                         None => println!("DR:                not enabled"),
                     }
@@ -779,6 +1369,11 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                             l.time, l.point, l.from, l.to
                         ),
                         None => println!("last run:          never"),
+                    }
+                    if let Some(next) = next_due {
+                        println!("next run due:      {next}");
+                    } else if config.is_some() {
+                        println!("next run due:      now");
                     }
                     if let Some(r) = &restored {
                         println!("restored from:     cluster {}", r.source);
@@ -894,14 +1489,7 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                     chosen.id, chosen.cluster_id, source.cluster_id
                 )));
             }
-            let artifact = |name: String, p: &Point| cairn_engine::Artifact {
-                name,
-                values: vec![
-                    ("kind".into(), "repository".into()),
-                    ("repository".into(), repo.id().to_owned()),
-                    ("snapshot".into(), p.id.clone()),
-                ],
-            };
+            let artifact = |name: String, p: &Point| point_artifact(name, repo.id(), &p.id);
             let mut artifacts = vec![artifact("point".into(), &chosen)];
             for (i, p) in list
                 .iter()
@@ -921,8 +1509,11 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                 catalog.clone(),
                 mode,
                 Arc::new(crate::exports::RepoExports::new(repo, url)),
-                "restore",
-                artifacts,
+                RunRequest {
+                    action: "restore".into(),
+                    artifacts,
+                    ..RunRequest::default()
+                },
             )
             .await?;
             if !report.ok {
@@ -933,6 +1524,24 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                 eprintln!("cairn: the DR restore failed: {error}");
                 return Ok(ExitCode::from(exit::FAILED));
             }
+            let source_record = Source {
+                profile: source.profile.clone(),
+                cluster_id: source.cluster_id.clone(),
+                passphrase_from: source.passphrase_from.clone(),
+            };
+            catalog.set_meta(SOURCE_KEY, Some(&serde_json::to_string(&source_record)?))?;
+            let settings: Option<Config> = chosen
+                .settings
+                .as_deref()
+                .and_then(|s| serde_json::from_str(s).ok());
+            catalog.set_meta(
+                RESTORED_KEY,
+                settings
+                    .as_ref()
+                    .map(serde_json::to_string)
+                    .transpose()?
+                    .as_deref(),
+            )?;
             let counts = catalog.counts()?;
             match output {
                 Output::Json => print_json(&serde_json::json!({
@@ -940,6 +1549,15 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                     "point": chosen,
                     "counts": counts,
                     "maintenance_owner": catalog.maintenance_owner()?,
+                    "dr_settings": settings.as_ref().map(|c| serde_json::json!({
+                        "mode": c.mode,
+                        "profile": c.profile,
+                        "frequency": c.frequency,
+                        "retention": c.retention,
+                        "max_chain": c.max_chain,
+                        "passphrase_from": shown_source(&c.passphrase_from),
+                        "enabled": false,
+                    })),
                 }))?,
                 Output::Text => {
                     println!(
@@ -950,17 +1568,85 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                         "this instance does not own maintenance of the backup data yet: run `cairn dr take-ownership` \
                          once the old instance is gone for good"
                     );
+                    match &settings {
+                        Some(c) => println!(
+                            "DR settings restored but disabled (mode {}, profile {}, frequency {}, passphrase source {}): \
+                             `cairn dr take-ownership` re-enables them, or set new ones with `cairn dr enable`",
+                            c.mode,
+                            c.profile,
+                            c.frequency,
+                            shown_source(&c.passphrase_from)
+                        ),
+                        None => println!(
+                            "this DR point carries no DR settings: set them with `cairn dr enable`"
+                        ),
+                    }
                 }
             }
         }
-        DrCommand::TakeOwnership => {
+        DrCommand::TakeOwnership { force } => {
             let catalog = crate::catalog::open(&home)?;
+            let me = catalog.cluster_id().to_string();
+            // The DR locations whose data this instance maintains: the one it was restored
+            // from, and its own. All are checked before any marker is written.
+            let mut places = Vec::new();
+            if let Some(src) = load_meta::<Source>(&catalog, SOURCE_KEY)? {
+                places.push((src.profile, src.cluster_id, src.passphrase_from));
+            }
+            if let Some(c) = load_config(&catalog)? {
+                places.push((c.profile, me.clone(), c.passphrase_from));
+            }
+            let mut repos = Vec::new();
+            for (profile, cluster_id, passphrase_from) in places {
+                let key = passphrase(&passphrase_from)?;
+                let url = location(&profile, &cluster_id).url().to_owned();
+                let repo = match Repository::open(location(&profile, &cluster_id), &key).await {
+                    Ok(repo) => repo,
+                    Err(cairn_repository::Error::NotARepository { .. }) => continue,
+                    Err(e) => {
+                        return Err(anyhow::Error::new(e)
+                            .context(format!("cannot open the DR location {url} to mark it")));
+                    }
+                };
+                if let Some(marker) = read_marker(&repo).await?
+                    && marker.owner != me
+                    && !force
+                {
+                    return Err(usage(format!(
+                        "{} (owner marker in {url}); two instances must never both own the backup data: if that \
+                         instance is gone for good, run `cairn dr take-ownership --force`",
+                        marker.describe()
+                    )));
+                }
+                repos.push((url, repo));
+            }
+            for (url, repo) in &repos {
+                write_marker(repo, &home, &me).await?;
+                println!("owner marker naming this instance written to {url}");
+            }
             catalog.set_maintenance_owner(true)?;
             println!(
-                "this instance ({}) now owns maintenance of the backup data: forget, prune and retention run here; \
-                 make sure no other instance does",
-                catalog.cluster_id()
+                "this instance ({me}) now owns maintenance of the backup data: forget, prune and retention run here; \
+                 make sure no other instance does"
             );
+            if load_config(&catalog)?.is_none()
+                && let Some(restored) = load_meta::<Config>(&catalog, RESTORED_KEY)?
+            {
+                if restored.passphrase_from == "raw:" {
+                    println!(
+                        "the restored DR settings had a raw passphrase, which DR points never carry: \
+                         turn DR on with `cairn dr enable`"
+                    );
+                } else {
+                    match enable(&home, &catalog, &restored, None).await {
+                        Ok(()) => println!("the restored DR settings are enabled again"),
+                        Err(e) => println!(
+                            "the restored DR settings were not enabled again ({}): turn DR on with `cairn dr enable`",
+                            crate::one_line(&e)
+                        ),
+                    }
+                }
+            }
         }
     }
     Ok(ExitCode::from(exit::OK))

@@ -55,6 +55,12 @@ impl Home {
         self.root.join("dr")
     }
 
+    /// The DR location's unwrapped key, cached so DR runs skip the passphrase derivation
+    /// (readable by the owner only; `cairn dr enable` drops it).
+    pub(crate) fn dr_key_cache(&self) -> PathBuf {
+        self.dr().join("location.key")
+    }
+
     /// The state directory itself.
     pub(crate) fn root(&self) -> &std::path::Path {
         &self.root

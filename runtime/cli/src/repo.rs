@@ -369,7 +369,13 @@ pub async fn run(args: RepoArgs, home: Option<PathBuf>) -> anyhow::Result<ExitCo
         _ => false,
     };
     if exclusive {
-        check_maintenance_owner(home)?;
+        let home = crate::home::Home::resolve(home)?;
+        check_maintenance_owner(&home)?;
+        let what = match &args.command {
+            RepoCommand::Prune { .. } => "prune",
+            _ => "forget",
+        };
+        crate::dr::check_owner(&home, what).await?;
     }
     match run_inner(&args).await {
         Ok(code) => Ok(code),
@@ -392,12 +398,11 @@ pub async fn run(args: RepoArgs, home: Option<PathBuf>) -> anyhow::Result<ExitCo
 
 /// Refuses exclusive maintenance on an instance that a DR restore rebuilt and that has not
 /// taken ownership of the backup data yet (`cairn dr take-ownership`).
-fn check_maintenance_owner(home: Option<PathBuf>) -> anyhow::Result<()> {
-    let home = crate::home::Home::resolve(home)?;
+fn check_maintenance_owner(home: &crate::home::Home) -> anyhow::Result<()> {
     if !home.catalog().exists() {
         return Ok(());
     }
-    let catalog = crate::catalog::open(&home)?;
+    let catalog = crate::catalog::open(home)?;
     if catalog.maintenance_owner()? {
         return Ok(());
     }

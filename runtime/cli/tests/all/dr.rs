@@ -53,6 +53,12 @@ fn ok(out: &Output) {
     );
 }
 
+/// A usage error (exit 2) whose message names `needle`.
+fn refused_with(out: &Output, needle: &str) {
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(out));
+    assert!(stderr(out).contains(needle), "{}", stderr(out));
+}
+
 fn backup_hello(cairn: &Cairn) {
     ok(&run_hello(cairn, "backup", &["--grant", "exec"]));
 }
@@ -98,16 +104,7 @@ fn populated(cairn: &Cairn, profile: &Path, mode: &str) -> String {
     for kind in PUT_KINDS {
         put(cairn, kind, "one");
     }
-    let out = cairn.run(&[
-        "dr",
-        "enable",
-        "--profile",
-        profile.to_str().expect("utf-8"),
-        "--mode",
-        mode,
-        "--passphrase-from",
-        PASSPHRASE,
-    ]);
+    let out = enable(cairn, profile, mode, &[]);
     ok(&out);
     let text = stdout(&out);
     assert!(
@@ -232,12 +229,7 @@ fn story(mode: &str) {
 
     // Maintenance is refused until this instance takes ownership.
     let out = forget(&fresh);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("cairn dr take-ownership"),
-        "{}",
-        stderr(&out)
-    );
+    refused_with(&out, "cairn dr take-ownership");
     let out = fresh.run(&["dr", "status", "--output", "json"]);
     ok(&out);
     assert_eq!(json(&out)["maintenance_owner"], false);
@@ -293,29 +285,14 @@ fn recovery_faults_are_clear_errors() {
         "--passphrase-from",
         "raw:wrong",
     ]);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("wrong DR passphrase"),
-        "{}",
-        stderr(&out)
-    );
+    refused_with(&out, "wrong DR passphrase");
 
     // A wrong cluster id, and one that is not an id at all.
     let other = "6f1d3c2a-5b4e-4f7a-9c8d-0e1f2a3b4c5d";
     let out = review(&fresh, &profile_url, other, &[]);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("no DR data for cluster"),
-        "{}",
-        stderr(&out)
-    );
+    refused_with(&out, "no DR data for cluster");
     let out = review(&fresh, &profile_url, "prod", &[]);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("not a cluster id"),
-        "{}",
-        stderr(&out)
-    );
+    refused_with(&out, "not a cluster id");
 
     // A profile with no DR data.
     let empty = tempfile::tempdir().expect("tempdir");
@@ -325,12 +302,7 @@ fn recovery_faults_are_clear_errors() {
         &cluster_id,
         &[],
     );
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("no DR data for cluster"),
-        "{}",
-        stderr(&out)
-    );
+    refused_with(&out, "no DR data for cluster");
 
     // `--before` with no points before it.
     let out = review(
@@ -339,12 +311,7 @@ fn recovery_faults_are_clear_errors() {
         &cluster_id,
         &["--before", "2000-01-01T00:00:00Z"],
     );
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("no DR point before"),
-        "{}",
-        stderr(&out)
-    );
+    refused_with(&out, "no DR point before");
     let out = review(
         &fresh,
         &profile_url,
@@ -355,17 +322,11 @@ fn recovery_faults_are_clear_errors() {
 
     // A restore into an instance that is not empty.
     let out = restore(&lost, &profile_url, &cluster_id, &[]);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(stderr(&out).contains("not empty"), "{}", stderr(&out));
+    refused_with(&out, "not empty");
 
     // An unknown point.
     let out = restore(&fresh, &profile_url, &cluster_id, &["--point", "ffffffff"]);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("no such DR point"),
-        "{}",
-        stderr(&out)
-    );
+    refused_with(&out, "no such DR point");
 
     // Nothing above touched the fresh instance: a restore of an older point still works.
     let out = review(&fresh, &profile_url, &cluster_id, &["--output", "json"]);
@@ -465,20 +426,14 @@ fn two_dr_runs_at_once_never_break_the_chain() {
 fn the_catalog_capability_is_never_granted_by_hand() {
     let cairn = Cairn::new();
     let out = run_hello(&cairn, "backup", &["--grant", "exec,catalog"]);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("DR blueprint only"),
-        "{}",
-        stderr(&out)
-    );
+    refused_with(&out, "DR blueprint only");
 }
 
 #[test]
 fn dr_needs_enabling_and_a_passphrase() {
     let cairn = Cairn::new();
     let out = dr_run(&cairn);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(stderr(&out).contains("cairn dr enable"), "{}", stderr(&out));
+    refused_with(&out, "cairn dr enable");
     let profile = tempfile::tempdir().expect("tempdir");
     let out = cairn.run(&[
         "dr",
@@ -488,12 +443,7 @@ fn dr_needs_enabling_and_a_passphrase() {
         "--passphrase-from",
         "env:CAIRN_TEST_NO_SUCH_VARIABLE",
     ]);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("CAIRN_TEST_NO_SUCH_VARIABLE"),
-        "{}",
-        stderr(&out)
-    );
+    refused_with(&out, "CAIRN_TEST_NO_SUCH_VARIABLE");
     let out = cairn.run(&["dr", "status"]);
     ok(&out);
     assert!(stdout(&out).contains("not enabled"), "{}", stdout(&out));
@@ -528,4 +478,447 @@ fn a_dr_run_killed_midway_leaves_no_half_point_and_the_next_run_completes() {
     ok(&restore(&fresh, &profile_url, &cluster_id, &[]));
     assert_eq!(count(&counts(&fresh), "policy"), 2 + 4 + 1);
     assert_eq!(count(&counts(&fresh), "action"), 2);
+}
+
+/// `cairn dr enable` in `mode` to `profile` with `extra` flags (retention, frequency...).
+fn enable(cairn: &Cairn, profile: &Path, mode: &str, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "dr",
+        "enable",
+        "--profile",
+        profile.to_str().expect("utf-8"),
+        "--mode",
+        mode,
+        "--passphrase-from",
+        PASSPHRASE,
+    ];
+    args.extend_from_slice(extra);
+    cairn.run(&args)
+}
+
+/// [`enable`] with every GFS rule off, so that a test's `--keep-last` alone decides (DR runs
+/// seconds apart all fall in one hour).
+fn enable_without_gfs(cairn: &Cairn, profile: &Path, mode: &str, extra: &[&str]) -> Output {
+    let gfs = [
+        "--keep-hourly",
+        "0",
+        "--keep-daily",
+        "0",
+        "--keep-weekly",
+        "0",
+        "--keep-monthly",
+        "0",
+    ];
+    enable(cairn, profile, mode, &[&gfs[..], extra].concat())
+}
+
+/// A new policy record, then a DR run that must succeed; returns its JSON.
+fn put_and_run(cairn: &Cairn, key: &str) -> serde_json::Value {
+    put(cairn, "policy", key);
+    let out = dr_run(cairn);
+    ok(&out);
+    json(&out)
+}
+
+/// Every snapshot in the DR location of `cluster_id` (data exports and manifests).
+fn location_snapshots(cairn: &Cairn, profile: &Path, cluster_id: &str) -> Vec<serde_json::Value> {
+    let pass = cairn.home.path().join("dr.pass");
+    std::fs::write(&pass, PASSPHRASE.trim_start_matches("raw:")).expect("write");
+    let repo = profile.join(cluster_id);
+    let out = cairn.run(&[
+        "repo",
+        "snapshots",
+        "--repo",
+        repo.to_str().expect("utf-8"),
+        "--passphrase-file",
+        pass.to_str().expect("utf-8"),
+        "--output",
+        "json",
+    ]);
+    ok(&out);
+    json(&out).as_array().expect("snapshots").clone()
+}
+
+/// A new instance with DR enabled in `mode` to a new location with `extra` flags, and `n` DR
+/// runs each after a new policy record. Returns the location, the instance, the runs' JSON and
+/// each run's `from`.
+fn runs(
+    mode: &str,
+    extra: &[&str],
+    n: usize,
+) -> (tempfile::TempDir, Cairn, Vec<serde_json::Value>, Vec<u64>) {
+    let profile = tempfile::tempdir().expect("tempdir");
+    let cairn = Cairn::new();
+    ok(&enable_without_gfs(&cairn, profile.path(), mode, extra));
+    let runs: Vec<serde_json::Value> = (1..=n)
+        .map(|i| put_and_run(&cairn, &format!("p{i}")))
+        .collect();
+    let from = runs
+        .iter()
+        .map(|r| r["from"].as_u64().expect("from"))
+        .collect();
+    (profile, cairn, runs, from)
+}
+
+fn cluster_id(cairn: &Cairn) -> String {
+    let out = cairn.run(&["dr", "status", "--output", "json"]);
+    ok(&out);
+    json(&out)["cluster_id"]
+        .as_str()
+        .expect("cluster id")
+        .to_owned()
+}
+
+#[test]
+fn retention_forgets_points_and_rebases_chains() {
+    let (profile, cairn, runs, from) = runs("no-snapshot", &["--keep-last", "2"], 5);
+    let id = cluster_id(&cairn);
+    // keep-last 2: the third run's base (run 1) would be kept only for its tail, so it starts a
+    // new chain; so does the fifth.
+    assert_eq!(from[0], 0);
+    assert_eq!(from[1], runs[0]["to"].as_u64().expect("to"), "{runs:?}");
+    assert_eq!(from[2], 0, "{runs:?}");
+    assert!(
+        runs[2]["rebased"]
+            .as_str()
+            .is_some_and(|r| r.contains("base")),
+        "{runs:?}"
+    );
+    assert_eq!(from[3], runs[2]["to"].as_u64().expect("to"), "{runs:?}");
+    assert_eq!(from[4], 0, "{runs:?}");
+    // Run 3 could remove nothing (runs 1 and 2 hold run 2's chain); run 4 removed that chain.
+    assert_eq!(
+        runs[2]["retention"]["removed"].as_array().map(Vec::len),
+        Some(0)
+    );
+    assert_eq!(runs[3]["retention"]["status"], "applied");
+    let removed = runs[3]["retention"]["removed"].as_array().expect("removed");
+    assert_eq!(removed.len(), 2, "{}", runs[3]);
+    assert!(removed.contains(&runs[0]["point"]) && removed.contains(&runs[1]["point"]));
+    // Left: runs 3, 4 (a chain) and 5 (a base); their exports and nothing else.
+    let profile_url = profile.path().to_str().expect("utf-8");
+    let out = review(&cairn, profile_url, &id, &["--output", "json"]);
+    ok(&out);
+    let ids: Vec<serde_json::Value> = json(&out)
+        .as_array()
+        .expect("points")
+        .iter()
+        .map(|p| p["id"].clone())
+        .collect();
+    let expected: Vec<serde_json::Value> = [4, 3, 2]
+        .iter()
+        .map(|&i| runs[i]["point"].clone())
+        .collect();
+    assert_eq!(ids, expected);
+    assert_eq!(location_snapshots(&cairn, profile.path(), &id).len(), 3 * 2);
+    // The newest point restores everything.
+    let fresh = Cairn::new();
+    ok(&restore(&fresh, profile_url, &id, &[]));
+    assert_eq!(count(&counts(&fresh), "policy"), 5);
+}
+
+#[test]
+fn a_chain_longer_than_the_bound_is_rebased() {
+    let (profile, cairn, runs, from) = runs(
+        "local-snapshot",
+        &["--keep-last", "10", "--max-chain", "3"],
+        4,
+    );
+    assert_eq!(from[0], 0);
+    assert!(from[1] > 0 && from[2] > 0, "{runs:?}");
+    assert_eq!(from[3], 0, "the fourth run starts a new chain: {runs:?}");
+    assert!(
+        runs[3]["rebased"]
+            .as_str()
+            .is_some_and(|r| r.contains("3 points")),
+        "{runs:?}"
+    );
+    // Nothing removed: keep-last 10 keeps all four.
+    assert_eq!(runs[3]["retention"]["kept"], 4);
+    let out = enable(
+        &cairn,
+        profile.path(),
+        "local-snapshot",
+        &["--max-chain", "0"],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}
+
+#[test]
+fn points_under_protection_are_kept() {
+    let (_profile, cairn, runs, _) = runs(
+        "no-snapshot",
+        &["--keep-last", "1", "--protection", "1d"],
+        3,
+    );
+    let last = &runs[2]["retention"];
+    assert_eq!(last["status"], "applied", "{last}");
+    assert_eq!(last["removed"].as_array().map(Vec::len), Some(0), "{last}");
+    assert_eq!(last["kept"], 3, "{last}");
+    assert_eq!(last["protected"], 2, "kept only for protection: {last}");
+    put(&cairn, "policy", "p4");
+    let out = cairn.run(&["dr", "run", "--blueprint", &dr_wasm()]);
+    ok(&out);
+    assert!(
+        stdout(&out).contains("3 of them under the location's protection period"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn if_due_runs_only_when_the_newest_point_is_older_than_the_frequency() {
+    let profile = tempfile::tempdir().expect("tempdir");
+    let cairn = Cairn::new();
+    let out = enable(
+        &cairn,
+        profile.path(),
+        "no-snapshot",
+        &["--frequency", "sometimes"],
+    );
+    refused_with(&out, "@hourly, @daily, @weekly");
+    ok(&enable(
+        &cairn,
+        profile.path(),
+        "no-snapshot",
+        &["--frequency", "6h"],
+    ));
+    let out = cairn.run(&["dr", "status"]);
+    ok(&out);
+    assert!(
+        stdout(&out).contains("next run due:      now"),
+        "{}",
+        stdout(&out)
+    );
+    let due = [
+        "dr",
+        "run",
+        "--if-due",
+        "--blueprint",
+        &dr_wasm(),
+        "--output",
+        "json",
+    ];
+    let first = cairn.run(&due);
+    ok(&first);
+    assert_eq!(json(&first)["status"], "succeeded");
+    let second = cairn.run(&due);
+    ok(&second);
+    assert_eq!(json(&second)["status"], "not-due", "{}", stdout(&second));
+    let next: jiff::Timestamp = json(&second)["next_due"]
+        .as_str()
+        .expect("next_due")
+        .parse()
+        .expect("a time");
+    let wait = next.duration_since(jiff::Timestamp::now()).as_secs();
+    // Six hours less a grace of five minutes.
+    assert!((6 * 3600 - 360..=6 * 3600 - 299).contains(&wait), "{wait}");
+    let out = cairn.run(&["dr", "status"]);
+    assert!(
+        stdout(&out).contains(&format!("next run due:      {next}")),
+        "{}",
+        stdout(&out)
+    );
+    // Without --if-due it runs anyway.
+    ok(&dr_run(&cairn));
+}
+
+/// Restores `lost`'s latest DR point from `profile` into a new instance.
+fn restored(profile: &Path, lost: &str) -> Cairn {
+    let fresh = Cairn::new();
+    ok(&restore(
+        &fresh,
+        profile.to_str().expect("utf-8"),
+        lost,
+        &[],
+    ));
+    fresh
+}
+
+#[test]
+fn the_owner_marker_keeps_two_instances_from_both_maintaining() {
+    let profile = tempfile::tempdir().expect("tempdir");
+    // A is not lost: it keeps running while B is restored from its DR points.
+    let a = Cairn::new();
+    let a_id = populated(&a, profile.path(), "no-snapshot");
+    let b = restored(profile.path(), &a_id);
+    let b_id = cluster_id(&b);
+    // B may run DR (to its own location) before taking over, but retention is skipped.
+    ok(&enable_without_gfs(
+        &b,
+        profile.path(),
+        "no-snapshot",
+        &["--keep-last", "1"],
+    ));
+    ok(&dr_run(&b));
+    let out = dr_run(&b);
+    ok(&out);
+    assert_eq!(
+        json(&out)["retention"]["status"],
+        "skipped",
+        "{}",
+        stdout(&out)
+    );
+    let out = b.run(&["dr", "run", "--blueprint", &dr_wasm()]);
+    assert!(
+        stdout(&out).contains("retention skipped"),
+        "{}",
+        stdout(&out)
+    );
+
+    let out = b.run(&["dr", "take-ownership"]);
+    ok(&out);
+    assert!(stdout(&out).contains("owner marker"), "{}", stdout(&out));
+    let out = dr_run(&b);
+    ok(&out);
+    assert_eq!(
+        json(&out)["retention"]["status"],
+        "applied",
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(json(&out)["retention"]["kept"], 1, "{}", stdout(&out));
+
+    // A now refuses every maintenance path, naming B.
+    let refused = |out: &Output, who: &str| {
+        refused_with(out, who);
+        refused_with(out, "take-ownership --force");
+    };
+    refused(&dr_run(&a), &b_id);
+    refused(&forget(&a), &b_id);
+    let out = a.run(&[
+        "repo",
+        "prune",
+        "--repo",
+        profile.path().join("none").to_str().expect("utf-8"),
+    ]);
+    refused(&out, &b_id);
+    ok(&forget(&b));
+
+    // A third instance cannot take over by accident; with --force it can, and B then refuses.
+    let c = restored(profile.path(), &a_id);
+    let out = c.run(&["dr", "take-ownership"]);
+    refused(&out, &b_id);
+    ok(&c.run(&["dr", "take-ownership", "--force"]));
+    let c_id = cluster_id(&c);
+    refused(&forget(&b), &c_id);
+    ok(&forget(&c));
+}
+
+#[test]
+fn dr_settings_travel_with_each_point_and_come_back_disabled() {
+    let profile = tempfile::tempdir().expect("tempdir");
+    let pass = tempfile::NamedTempFile::new().expect("tempfile");
+    std::fs::write(pass.path(), "a passphrase in a file").expect("write");
+    let source = format!("file:{}", pass.path().display());
+    let lost = Cairn::new();
+    ok(&lost.run(&[
+        "dr",
+        "enable",
+        "--profile",
+        profile.path().to_str().expect("utf-8"),
+        "--mode",
+        "exported-snapshot",
+        "--passphrase-from",
+        &source,
+        "--frequency",
+        "@daily",
+        "--keep-last",
+        "5",
+        "--keep-daily",
+        "9",
+        "--max-chain",
+        "7",
+    ]));
+    backup_hello(&lost);
+    ok(&dr_run(&lost));
+    let lost_id = cluster_id(&lost);
+
+    let fresh = Cairn::new();
+    let wasm = dr_wasm();
+    let args = [
+        "dr",
+        "restore",
+        "--blueprint",
+        wasm.as_str(),
+        "--profile",
+        profile.path().to_str().expect("utf-8"),
+        "--cluster-id",
+        &lost_id,
+        "--passphrase-from",
+        &source,
+    ];
+    let out = fresh.run(&args);
+    ok(&out);
+    assert!(
+        stdout(&out).contains("DR settings restored but disabled (mode exported-snapshot"),
+        "{}",
+        stdout(&out)
+    );
+    let status = fresh.run(&["dr", "status", "--output", "json"]);
+    assert_eq!(json(&status)["enabled"], false);
+    // Maintenance ownership re-enables them, for this instance's own location.
+    let out = fresh.run(&["dr", "take-ownership"]);
+    ok(&out);
+    assert!(stdout(&out).contains("enabled again"), "{}", stdout(&out));
+    let status = json(&fresh.run(&["dr", "status", "--output", "json"]));
+    assert_eq!(status["enabled"], true);
+    assert_eq!(status["mode"], "exported-snapshot");
+    assert_eq!(status["frequency"], "@daily");
+    assert_eq!(status["passphrase_from"], source.as_str());
+    assert_eq!(status["max_chain"], 7);
+    assert_eq!(status["retention"]["last"], 5);
+    assert_eq!(status["retention"]["daily"], 9);
+    let out = dr_run(&fresh);
+    ok(&out);
+    assert_eq!(json(&out)["from"], 0);
+
+    // A raw passphrase never travels: a point made with one brings the source back empty.
+    let raw_lost = Cairn::new();
+    let raw_id = populated(&raw_lost, profile.path(), "no-snapshot");
+    let raw_fresh = Cairn::new();
+    let out = restore(
+        &raw_fresh,
+        profile.path().to_str().expect("utf-8"),
+        &raw_id,
+        &["--output", "json"],
+    );
+    ok(&out);
+    let settings = &json(&out)["dr_settings"];
+    assert_eq!(settings["passphrase_from"], "raw:****", "{settings}");
+    assert_eq!(settings["enabled"], false, "{settings}");
+    // Had the value travelled, take-ownership would enable DR again.
+    let out = raw_fresh.run(&["dr", "take-ownership"]);
+    ok(&out);
+    assert!(stdout(&out).contains("raw passphrase"), "{}", stdout(&out));
+    let status = raw_fresh.run(&["dr", "status", "--output", "json"]);
+    assert_eq!(json(&status)["enabled"], false);
+}
+
+#[test]
+fn the_dr_key_is_cached_for_the_owner_only_and_a_bad_cache_costs_only_time() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let profile = tempfile::tempdir().expect("tempdir");
+    let cairn = Cairn::new();
+    ok(&enable(&cairn, profile.path(), "no-snapshot", &[]));
+    let cache = cairn.home.path().join("dr/location.key");
+    assert!(!cache.exists());
+    ok(&dr_run(&cairn));
+    let mode = std::fs::metadata(&cache)
+        .expect("the key is cached")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let text = std::fs::read_to_string(&cache).expect("read");
+    assert!(
+        !text.contains("battery"),
+        "the passphrase is not in the cache: {text}"
+    );
+    // A damaged cache is derived again and rewritten.
+    std::fs::write(&cache, "{ not json").expect("write");
+    ok(&dr_run(&cairn));
+    assert_ne!(std::fs::read_to_string(&cache).expect("read"), "{ not json");
+    // Enabling again drops it: the next run checks the passphrase again.
+    ok(&enable(&cairn, profile.path(), "no-snapshot", &[]));
+    assert!(!cache.exists());
 }

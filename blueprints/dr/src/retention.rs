@@ -1,0 +1,262 @@
+//! GFS retention of DR points, and when a run starts a new chain.
+//!
+//! A DR point is kept when a rule keeps it (as `cairn repo forget` does: keep the newest N;
+//! the newest of each of the last N hours, days, ISO weeks, months, years that have points, in
+//! UTC), when it is the newest point, or while the location's protection period covers it.
+//! A kept point needs its whole chain (every increment back to its base), so those stay too;
+//! every other point is removed.
+//!
+//! Removing old points therefore needs chains to end: a run starts a new chain (exports from
+//! change 0) when the current chain's base would no longer be kept by the rules (retention
+//! would otherwise hold the whole chain only for its tail), or when the chain has reached
+//! [`Policy::max_chain`] points (a restore applies every link of a chain, and one damaged link
+//! makes every later point of its chain unrestorable: the bound caps both).
+
+use std::collections::BTreeSet;
+
+/// What to keep, and the longest chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Policy {
+    pub last: u32,
+    pub hourly: u32,
+    pub daily: u32,
+    pub weekly: u32,
+    pub monthly: u32,
+    pub yearly: u32,
+    /// The most points a chain holds before a run starts a new one.
+    pub max_chain: u32,
+}
+
+/// What retention needs of a DR point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Point {
+    /// The cursor it starts after (0: the base of a chain).
+    pub from: u64,
+    /// The sequence it reaches.
+    pub to: u64,
+    /// When it was made (unix seconds).
+    pub time: u64,
+}
+
+/// Days since 1970-01-01 to (year, month), proleptic Gregorian (H. Hinnant's algorithm).
+fn civil(days: i64) -> (i64, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, u32::try_from(month).unwrap_or(1))
+}
+
+/// The bucket of `time` under each rule, in the order of [`Policy::counts`].
+fn buckets(time: u64) -> [i64; 5] {
+    let t = i64::try_from(time).unwrap_or(i64::MAX);
+    let days = t.div_euclid(86_400);
+    let (year, month) = civil(days);
+    [
+        t.div_euclid(3_600),
+        days,
+        // ISO weeks start on Monday; 1970-01-01 was a Thursday.
+        (days + 3).div_euclid(7),
+        year * 12 + i64::from(month),
+        year,
+    ]
+}
+
+impl Policy {
+    fn counts(&self) -> [u32; 5] {
+        [
+            self.hourly,
+            self.daily,
+            self.weekly,
+            self.monthly,
+            self.yearly,
+        ]
+    }
+
+    /// Which of `times` the rules keep (the newest always).
+    pub(crate) fn kept(&self, times: &[u64]) -> Vec<bool> {
+        let mut order: Vec<usize> = (0..times.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse((times[i], i)));
+        let mut keep = vec![false; times.len()];
+        for &i in order.iter().take(self.last.max(1) as usize) {
+            keep[i] = true;
+        }
+        for (rule, n) in self.counts().into_iter().enumerate() {
+            let mut seen = BTreeSet::new();
+            for &i in &order {
+                if seen.len() >= n as usize {
+                    break;
+                }
+                if seen.insert(buckets(times[i])[rule]) {
+                    keep[i] = true;
+                }
+            }
+        }
+        keep
+    }
+}
+
+/// The point `point` follows: the newest that reaches its `from` (none for a base, or when the
+/// link is missing).
+fn previous(points: &[Point], point: usize) -> Option<usize> {
+    let need = points[point].from;
+    if need == 0 {
+        return None;
+    }
+    (0..points.len())
+        .filter(|&j| points[j].to == need && points[j].from < need)
+        .max_by_key(|&j| (points[j].time, j))
+}
+
+/// The chain that ends at `point`: its indices, newest first (as far back as the links exist).
+pub(crate) fn chain(points: &[Point], point: usize) -> Vec<usize> {
+    let mut chain = vec![point];
+    let mut at = point;
+    while let Some(p) = previous(points, at) {
+        if chain.contains(&p) {
+            break;
+        }
+        chain.push(p);
+        at = p;
+    }
+    chain
+}
+
+/// The points to keep: those `kept` (by the rules or the protection period) and every point
+/// their chains need.
+pub(crate) fn needed(points: &[Point], kept: &[bool]) -> Vec<bool> {
+    let mut needed = vec![false; points.len()];
+    for i in (0..points.len()).filter(|&i| kept[i]) {
+        for j in chain(points, i) {
+            needed[j] = true;
+        }
+    }
+    needed
+}
+
+/// Why a run at `now` that would extend the chain ending at `current` starts a new one
+/// instead, if it should. `current` is the point the cursor follows (none when it is gone).
+pub(crate) fn rebase(
+    policy: &Policy,
+    points: &[Point],
+    current: Option<usize>,
+    now: u64,
+) -> Option<String> {
+    let Some(current) = current else {
+        return Some("the DR point the cursor follows is gone".to_owned());
+    };
+    let chain = chain(points, current);
+    let base = *chain.last()?;
+    if points[base].from != 0 {
+        return Some(format!(
+            "the chain is broken (no point reaches change {})",
+            points[base].from
+        ));
+    }
+    if chain.len() >= policy.max_chain.max(1) as usize {
+        return Some(format!(
+            "the chain has {} points, the most a chain holds",
+            chain.len()
+        ));
+    }
+    let mut times: Vec<u64> = points.iter().map(|p| p.time).collect();
+    times.push(now);
+    if !policy.kept(&times)[base] {
+        return Some(
+            "retention no longer keeps the chain's base: a new chain lets the old one go"
+                .to_owned(),
+        );
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOUR: u64 = 3_600;
+    const DAY: u64 = 86_400;
+
+    fn point(from: u64, to: u64, time: u64) -> Point {
+        Point { from, to, time }
+    }
+
+    #[test]
+    fn calendar_buckets() {
+        // 2026-12-02T05:00:00Z is a Wednesday.
+        let t = 1_796_187_600;
+        assert_eq!(civil(t as i64 / 86_400), (2026, 12));
+        assert_eq!(civil(0), (1970, 1));
+        assert_eq!(civil(-1), (1969, 12));
+        assert_eq!(civil(11_016), (2000, 2)); // 2000-02-29
+        // Monday 2026-11-30 and Sunday 2026-12-06 share an ISO week; Monday 12-07 does not.
+        let monday = t - 2 * DAY;
+        assert_eq!(buckets(monday)[2], buckets(t + 4 * DAY)[2]);
+        assert_ne!(buckets(monday)[2], buckets(t + 5 * DAY)[2]);
+    }
+
+    #[test]
+    fn gfs_keeps_the_newest_of_each_period() {
+        let start = 1_796_187_600;
+        // A point every hour for three days.
+        let times: Vec<u64> = (0..72).map(|h| start + h * HOUR).collect();
+        let policy = Policy {
+            hourly: 5,
+            daily: 3,
+            ..Policy::default()
+        };
+        let kept = policy.kept(&times);
+        let kept: Vec<usize> = (0..72).filter(|&i| kept[i]).collect();
+        // The last five hours, and the newest of each of the three days.
+        assert!(kept.ends_with(&[67, 68, 69, 70, 71]), "{kept:?}");
+        assert_eq!(kept.len(), 5 + 2, "{kept:?}");
+        let last = Policy {
+            last: 2,
+            ..Policy::default()
+        };
+        assert_eq!(last.kept(&times[..4]), [false, false, true, true]);
+        // The newest point is kept even with no rules.
+        assert_eq!(Policy::default().kept(&times[..3]), [false, false, true]);
+    }
+
+    #[test]
+    fn kept_points_keep_their_chains() {
+        let points = [
+            point(0, 4, 1),
+            point(4, 9, 2),
+            point(9, 12, 3),
+            point(0, 15, 4),
+            point(15, 20, 5),
+        ];
+        let kept = [false, true, false, false, true];
+        assert_eq!(needed(&points, &kept), [true, true, false, true, true]);
+        assert_eq!(chain(&points, 2), [2, 1, 0]);
+    }
+
+    #[test]
+    fn a_run_rebases_when_the_base_falls_out_of_retention_or_the_chain_is_long() {
+        let policy = Policy {
+            last: 2,
+            max_chain: 3,
+            ..Policy::default()
+        };
+        let one = [point(0, 4, 1)];
+        assert_eq!(rebase(&policy, &one, Some(0), 2), None);
+        let two = [point(0, 4, 1), point(4, 9, 2)];
+        assert!(
+            rebase(&policy, &two, Some(1), 3).is_some_and(|r| r.contains("base")),
+            "keep-last 2 no longer keeps the base"
+        );
+        let wide = Policy { last: 10, ..policy };
+        assert_eq!(rebase(&wide, &two, Some(1), 3), None);
+        let three = [point(0, 4, 1), point(4, 9, 2), point(9, 12, 3)];
+        assert!(rebase(&wide, &three, Some(2), 4).is_some_and(|r| r.contains("most")));
+        assert!(rebase(&wide, &three, None, 4).is_some());
+        let broken = [point(4, 9, 2)];
+        assert!(rebase(&wide, &broken, Some(0), 4).is_some_and(|r| r.contains("broken")));
+    }
+}
