@@ -84,6 +84,10 @@ pub struct RestorePoint {
     /// The repository snapshot ids it references (retention must keep them).
     #[serde(default)]
     pub snapshots: Vec<String>,
+    /// The run's own values (the main phase's and the posthook's: a stop LSN, a backup
+    /// label), in the order the run returned them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<(String, String)>,
     /// The policy that produced it, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<String>,

@@ -205,6 +205,7 @@ fn restore_point(run: &RunRecord<'_>, target: &Target) -> RestorePoint {
         created: Timestamp::now(),
         artifacts,
         snapshots,
+        values: report.outputs.values.clone(),
         policy: None,
     }
 }

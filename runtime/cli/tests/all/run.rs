@@ -234,7 +234,7 @@ fn a_quiesce_prehook_that_times_out_after_scaling_is_undone() {
 }
 
 #[test]
-fn a_posthooks_values_join_the_restore_point() {
+fn a_posthooks_values_join_the_report_and_the_restore_point() {
     let app = slow_stopping_app("0");
     let cairn = Cairn::new();
     let out = quiesce_backup(&cairn, app.path(), &[]);
@@ -253,4 +253,10 @@ fn a_posthooks_values_join_the_restore_point() {
         .expect("artifacts");
     assert_eq!(artifacts.len(), 1, "{report:#}");
     assert_eq!(artifacts[0]["name"], "volume-data");
+    // ...and so does the restore point in the catalog.
+    let out = cairn.run(&["catalog", "ls", "local-restore-point", "--output", "json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let point = &json(&out)[0]["value"];
+    assert_eq!(point["values"], serde_json::json!([["replicas", "2"]]), "{point:#}");
+    assert_eq!(point["artifacts"][0]["name"], "volume-data", "{point:#}");
 }
