@@ -257,6 +257,10 @@ fn a_posthooks_values_join_the_report_and_the_restore_point() {
     let out = cairn.run(&["catalog", "ls", "local-restore-point", "--output", "json"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let point = &json(&out)[0]["value"];
-    assert_eq!(point["values"], serde_json::json!([["replicas", "2"]]), "{point:#}");
+    assert_eq!(
+        point["values"],
+        serde_json::json!([["replicas", "2"]]),
+        "{point:#}"
+    );
     assert_eq!(point["artifacts"][0]["name"], "volume-data", "{point:#}");
 }
