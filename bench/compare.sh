@@ -49,9 +49,12 @@ check_restore() { # SRC_MANIFEST DIR
     || { echo "compare.sh: restore into $2 differs from the source" >&2; exit 1; }
 }
 
+# Per-run figures live beside the work directory (it is emptied for every run); the summary
+# is the median of each figure over the runs.
+out="$work.results"; rm -rf "$out"; mkdir -p "$out"
 for run in $(seq 1 "$runs"); do
   rm -rf "$work"; mkdir -p "$work"
-  results="$work/results.txt"; : >"$results"
+  results="$out/run-$run.txt"; : >"$results"
   data="$work/data"
   step "run $run/$runs: dataset day 1 ($size_mib MiB)"
   python3 "$gen" day1 "$data" --size-mib "$size_mib" >&2
@@ -86,28 +89,40 @@ for run in $(seq 1 "$runs"); do
   check_restore "$work/day2.manifest" "$work/r-borg"
   rm -rf "$work"/r-*
 
-  python3 - "$results" "$dataset_bytes" <<'PY'
-import sys
-rows = {}
-for line in open(sys.argv[1]):
-    k, *v = line.split()
-    rows[k] = [float(x) for x in v]
-ds = int(sys.argv[2]); gib = ds / 2**30
-day2_bytes = ds  # restores are of day 2; its size is close enough for a rate
-print(f"\ndataset: {ds/1e6:.0f} MB\n")
+  echo "dataset $dataset_bytes" >>"$results"
+done
+
+python3 - "$out"/run-*.txt <<'PY'
+import statistics, sys
+runs = []
+for path in sys.argv[1:]:
+    rows = {}
+    for line in open(path):
+        k, *v = line.split()
+        rows[k] = [float(x) for x in v]
+    runs.append(rows)
+def med(key, i=0):
+    return statistics.median(r[key][i] for r in runs)
+def span(key, i=0):
+    vals = sorted(r[key][i] for r in runs)
+    return vals[0], vals[-1]
+ds = med("dataset"); gib = ds / 2**30
+print(f"\ndataset: {ds/1e6:.0f} MB; medians of {len(runs)} run(s)\n")
 print("| tool | day-1 backup | CPU s/GiB | repo after day 1 | day-2 backup | day-2 bytes added | restore | restore CPU s | restore peak RSS |")
 print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 for t in ("cairn", "restic", "borg"):
-    w1, c1, r1 = rows[f"{t}-day1"]
-    w2, c2, r2 = rows[f"{t}-day2"]
-    wr, cr, rr = rows[f"{t}-restore"]
-    s1 = rows[f"{t}-size1"][0]; s2 = rows[f"{t}-size2"][0]
-    print(f"| {t} | {ds/w1/1e6:.0f} MB/s | {c1/gib:.2f} | {s1/1e6:.0f} MB | {ds/w2/1e6:.0f} MB/s | {(s2-s1)/1e6:.1f} MB | {day2_bytes/wr/1e6:.0f} MB/s | {cr:.1f} | {rr/1024:.0f} MiB |")
-c = rows
-def rate(t): return ds / c[f"{t}-day1"][0]
-print(f"\nday-1 throughput: cairn/restic {rate('cairn')/rate('restic'):.2f}x, cairn/borg {rate('cairn')/rate('borg'):.2f}x")
-print(f"repository after day 1: cairn/restic {c['cairn-size1'][0]/c['restic-size1'][0]:.2f}")
-print(f"CPU per GiB: cairn {c['cairn-day1'][1]/gib:.2f} s, borg {c['borg-day1'][1]/gib:.2f} s")
-print(f"day-2 added: cairn {(c['cairn-size2'][0]-c['cairn-size1'][0])/1e6:.1f} MB (target <= 110 MB on 1 GiB)")
+    added = statistics.median(r[f"{t}-size2"][0] - r[f"{t}-size1"][0] for r in runs)
+    # Restores are of day 2; the dataset's size is close enough for a rate.
+    print(f"| {t} | {ds/med(t+'-day1')/1e6:.0f} MB/s | {med(t+'-day1',1)/gib:.2f} | {med(t+'-size1')/1e6:.0f} MB "
+          f"| {ds/med(t+'-day2')/1e6:.0f} MB/s | {added/1e6:.1f} MB | {ds/med(t+'-restore')/1e6:.0f} MB/s "
+          f"| {med(t+'-restore',1):.1f} | {med(t+'-restore',2)/1024:.0f} MiB |")
+def ratio(a, b, key, i=0):
+    return statistics.median(r[f"{b}-{key}"][i] / r[f"{a}-{key}"][i] for r in runs)
+print(f"\nday-1 throughput (median of per-run ratios): cairn/restic {ratio('cairn','restic','day1'):.2f}x, cairn/borg {ratio('cairn','borg','day1'):.2f}x")
+print(f"repository after day 1: cairn/restic {1/ratio('cairn','restic','size1'):.3f}")
+print(f"CPU per GiB: cairn {med('cairn-day1',1)/gib:.2f} s, borg {med('borg-day1',1)/gib:.2f} s")
+lo, hi = span("cairn-restore")
+print(f"cairn restore wall: {lo:.2f}-{hi:.2f} s over the runs ({ds/hi/1e6:.0f}-{ds/lo/1e6:.0f} MB/s)")
+lo, hi = span("cairn-day1")
+print(f"cairn day-1 wall: {lo:.2f}-{hi:.2f} s over the runs")
 PY
-done

@@ -19,7 +19,7 @@
 //! the cursor: a run killed before the manifest leaves no DR point (its data exports are
 //! orphans that the next run supersedes), and the next run exports again from the old cursor.
 //!
-//! # Retention and chains ([`retention`])
+//! # Retention and chains (`retention.rs`)
 //!
 //! The host passes the DR points already in the location (artifacts `stored-<n>`, each the
 //! manifest export of one point, with the manifest's `from`, `to` and `time` as values when the
