@@ -167,6 +167,16 @@ pub struct Applied {
     pub to_seq: u64,
 }
 
+impl From<wit::ApplyInfo> for Applied {
+    fn from(a: wit::ApplyInfo) -> Self {
+        Self {
+            applied: a.applied,
+            skipped: a.skipped,
+            to_seq: a.to_seq,
+        }
+    }
+}
+
 /// The DR state: cluster id, mode, cursor and current sequence.
 pub fn state() -> Result<DrState> {
     host("catalog.state", wit::state).map(|s| DrState {
@@ -222,11 +232,17 @@ pub fn advance_cursor(to: u64) -> Result<()> {
 
 /// Applies the DR artifact `source` (read on the host side) to the catalog being restored.
 pub fn apply(source: &Import) -> Result<Applied> {
-    host("catalog.apply", || wit::apply(&source.stream)).map(|a| Applied {
-        applied: a.applied,
-        skipped: a.skipped,
-        to_seq: a.to_seq,
+    host("catalog.apply", || wit::apply(&source.stream)).map(Into::into)
+}
+
+/// Recovery in place: applies the actions and local restore points of the local catalog
+/// snapshot `snapshot` to the catalog being restored. [`Error::NotFound`] when this instance
+/// does not hold that snapshot (recovery on another instance, or a later run superseded it).
+pub fn apply_local_snapshot(snapshot: &str) -> Result<Applied> {
+    host("catalog.apply-local-snapshot", || {
+        wit::apply_local_snapshot(snapshot)
     })
+    .map(Into::into)
 }
 
 #[cfg(test)]

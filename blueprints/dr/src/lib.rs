@@ -55,7 +55,10 @@
 //! others (any name) are candidates for its chain. Starting at `point`, the chain is walked
 //! back through the manifests whose `to` is the previous one's `from`, down to a point with
 //! `from 0`; then every point's data exports are applied oldest first. A missing link is an
-//! error naming the sequence it needs.
+//! error naming the sequence it needs. For a `local-snapshot` point, the actions and local
+//! restore points are then applied from the local catalog snapshot the point names, when this
+//! instance still holds it (recovery in place: the catalog was lost, the instance's state
+//! directory was not); elsewhere they stay behind, as the mode promises (output `in-place`).
 //!
 //! # Delete (`delete`)
 //!
@@ -572,12 +575,35 @@ fn restore(ctx: &Context) -> Result<Outputs> {
                 .message(format!("applied up to change {}", m.to)),
         );
     }
-    Ok(Outputs::new()
+    let mut outputs = Outputs::new()
         .value("mode", mode.as_str())
         .value("to", to)
-        .value("points", chain.len())
-        .value("applied", applied)
-        .value("skipped", skipped))
+        .value("points", chain.len());
+    // A local-snapshot point exports only the minimal catalog data: its actions and local
+    // restore points are in the local snapshot, which only the instance that took it holds.
+    if let (DrMode::LocalSnapshot, Some(id)) =
+        (mode, chain.last().and_then(|m| m.snapshot.as_deref()))
+    {
+        match catalog::apply_local_snapshot(id) {
+            Ok(done) => {
+                info!(
+                    "recovered in place: actions and local restore points from the local catalog snapshot {id}"
+                );
+                applied += done.applied;
+                skipped += done.skipped;
+                outputs = outputs.value("in-place", true);
+            }
+            Err(Error::NotFound(why)) => {
+                info!(
+                    "{why}: actions and local restore points stay behind (they are restored only where \
+                     the local catalog snapshot {id} is, or from an exported-snapshot point)"
+                );
+                outputs = outputs.value("in-place", false);
+            }
+            Err(e) => return Err(e.context(format_args!("local catalog snapshot {id}"))),
+        }
+    }
+    Ok(outputs.value("applied", applied).value("skipped", skipped))
 }
 
 /// Removes one DR point: its manifest first (so a point half removed is never offered), then

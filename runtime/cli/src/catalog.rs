@@ -7,6 +7,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use cairn_catalog::{
@@ -41,16 +42,56 @@ pub(crate) enum CatalogCommand {
     },
 }
 
-/// Opens the home's catalog, naming what to do when another process holds it.
+/// How long commands wait for a catalog another process holds, unless `CAIRN_CATALOG_WAIT`
+/// (seconds) says otherwise: long enough for a DR run, so that an action that ran is recorded.
+const DEFAULT_WAIT: Duration = Duration::from_secs(300);
+
+/// Opens the home's catalog. redb allows one process at a time, so while another `cairn`
+/// process (a DR run, an action recording itself) holds it, this waits for it — up to
+/// `CAIRN_CATALOG_WAIT` seconds — and then names what to do.
 pub(crate) fn open(home: &Home) -> anyhow::Result<Catalog> {
     let path = home.catalog();
-    Catalog::open(&path).map_err(|e| match e {
-        cairn_catalog::Error::Locked { .. } => anyhow::Error::new(UsageError(format!(
-            "the catalog {} is in use by another cairn process (a DR run or an action); retry when it has finished",
-            path.display()
-        ))),
-        other => anyhow::Error::new(other).context(format!("cannot open the catalog {}", path.display())),
-    })
+    let wait = match std::env::var("CAIRN_CATALOG_WAIT") {
+        Ok(v) => Duration::from_secs(v.trim().parse().map_err(|_| {
+            UsageError(format!(
+                "CAIRN_CATALOG_WAIT={v}: not a whole number of seconds"
+            ))
+        })?),
+        Err(_) => DEFAULT_WAIT,
+    };
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(10);
+    let mut told = false;
+    loop {
+        match Catalog::open(&path) {
+            Ok(catalog) => return Ok(catalog),
+            Err(cairn_catalog::Error::Locked { .. }) if started.elapsed() < wait => {
+                if !told && started.elapsed() >= Duration::from_secs(1) {
+                    eprintln!(
+                        "cairn: waiting for the catalog {}, held by another cairn process (up to {} s)",
+                        path.display(),
+                        wait.as_secs()
+                    );
+                    told = true;
+                }
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(200));
+            }
+            Err(cairn_catalog::Error::Locked { .. }) => {
+                return Err(UsageError(format!(
+                    "the catalog {} is still in use by another cairn process (a DR run or an action) after {} s; \
+                     retry when it has finished, or raise CAIRN_CATALOG_WAIT",
+                    path.display(),
+                    wait.as_secs()
+                ))
+                .into());
+            }
+            Err(other) => {
+                return Err(anyhow::Error::new(other)
+                    .context(format!("cannot open the catalog {}", path.display())));
+            }
+        }
+    }
 }
 
 fn parse_kind(name: &str) -> anyhow::Result<Kind> {

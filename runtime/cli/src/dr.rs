@@ -643,6 +643,35 @@ impl CatalogAccess for HomeCatalog {
         self.catalog.set_dr_cursor(to).map_err(from_catalog)
     }
 
+    fn apply_local_snapshot(&self, snapshot: &str) -> Result<CatalogApplied, CatalogError> {
+        let source = self
+            .catalog
+            .restore_state()
+            .map_err(failed)?
+            .ok_or_else(|| {
+                CatalogError::Invalid(
+                    "this catalog is not being restored: apply a DR point before the local snapshot"
+                        .into(),
+                )
+            })?
+            .source;
+        let local = self.open_snapshot(snapshot)?;
+        if local.cluster_id() != source {
+            return Err(CatalogError::NotFound(format!(
+                "the local catalog snapshot here is of cluster {}, not of {source}",
+                local.cluster_id()
+            )));
+        }
+        let kinds = KindSet::of_classes(&[DrClass::WithCatalogSnapshot]);
+        let delta = local.export_changes(0, kinds).map_err(from_catalog)?;
+        let outcome = self.catalog.apply_delta(&delta).map_err(from_catalog)?;
+        Ok(CatalogApplied {
+            applied: outcome.applied,
+            skipped: outcome.skipped,
+            to_seq: delta.to_seq(),
+        })
+    }
+
     fn apply(&self, bytes: &[u8]) -> Result<CatalogApplied, CatalogError> {
         let delta = Delta::from_slice(bytes).map_err(from_catalog)?;
         let outcome = if delta.is_full() {
@@ -1543,10 +1572,13 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                     .as_deref(),
             )?;
             let counts = catalog.counts()?;
+            // Only a local-snapshot point says: whether its local snapshot was here.
+            let in_place = report.outputs.get("in-place").map(|v| v == "true");
             match output {
                 Output::Json => print_json(&serde_json::json!({
                     "status": "succeeded",
                     "point": chosen,
+                    "in_place": in_place,
                     "counts": counts,
                     "maintenance_owner": catalog.maintenance_owner()?,
                     "dr_settings": settings.as_ref().map(|c| serde_json::json!({
@@ -1564,6 +1596,15 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                         "restored DR point {} (mode {}, up to change {}) of cluster {}",
                         chosen.id, chosen.mode, chosen.to, source.cluster_id
                     );
+                    match in_place {
+                        Some(true) => println!(
+                            "recovered in place: actions and local restore points came back from this home's local catalog snapshot"
+                        ),
+                        Some(false) => println!(
+                            "actions and local restore points were not restored: this home does not hold the point's local catalog snapshot"
+                        ),
+                        None => {}
+                    }
                     println!(
                         "this instance does not own maintenance of the backup data yet: run `cairn dr take-ownership` \
                          once the old instance is gone for good"

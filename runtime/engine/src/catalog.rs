@@ -118,4 +118,8 @@ pub trait CatalogAccess: Send + Sync + fmt::Debug {
     fn advance_cursor(&self, to: u64) -> Result<(), CatalogError>;
     /// Applies one encoded DR artifact.
     fn apply(&self, bytes: &[u8]) -> Result<CatalogApplied, CatalogError>;
+    /// Applies the snapshot-only data (actions, local restore points) of the local snapshot
+    /// `snapshot` to the catalog being restored; [`CatalogError::NotFound`] when this instance
+    /// does not hold it.
+    fn apply_local_snapshot(&self, snapshot: &str) -> Result<CatalogApplied, CatalogError>;
 }

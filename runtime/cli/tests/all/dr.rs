@@ -401,25 +401,110 @@ fn two_dr_runs_at_once_never_break_the_chain() {
     let lost = Cairn::new();
     let cluster_id = populated(&lost, profile.path(), "local-snapshot");
     put(&lost, "policy", "three");
+    // The second waits for the catalog the first holds, then runs.
     let (a, b) = std::thread::scope(|s| {
         let a = s.spawn(|| dr_run(&lost));
         let b = s.spawn(|| dr_run(&lost));
         (a.join().expect("thread"), b.join().expect("thread"))
     });
-    let succeeded = [&a, &b].iter().filter(|o| o.status.success()).count();
-    assert!(succeeded >= 1, "{}\n{}", stderr(&a), stderr(&b));
-    for out in [&a, &b] {
-        if !out.status.success() {
-            assert!(
-                stderr(out).contains("in use by another cairn process"),
-                "{}",
-                stderr(out)
-            );
-        }
-    }
+    ok(&a);
+    ok(&b);
     let fresh = Cairn::new();
     ok(&restore(&fresh, &profile_url, &cluster_id, &[]));
     assert_eq!(count(&counts(&fresh), "policy"), 3);
+}
+
+#[test]
+fn catalog_writes_during_a_dr_run_wait_and_are_kept() {
+    let profile = tempfile::tempdir().expect("tempdir");
+    let profile_url = profile.path().to_str().expect("utf-8").to_owned();
+    let lost = Cairn::new();
+    let cluster_id = populated(&lost, profile.path(), "local-snapshot");
+    // Writers from other processes while a DR run holds the catalog: each waits and lands,
+    // and the run exports a cut that holds a write whole or not at all.
+    std::thread::scope(|s| {
+        let run = s.spawn(|| dr_run(&lost));
+        let writers: Vec<_> = (0..4)
+            .map(|i| {
+                let lost = &lost;
+                s.spawn(move || put(lost, "policy", &format!("during-{i}")))
+            })
+            .collect();
+        let action = s.spawn(|| backup_hello(&lost));
+        ok(&run.join().expect("thread"));
+        for w in writers {
+            w.join().expect("writer");
+        }
+        action.join().expect("action");
+    });
+    ok(&dr_run(&lost));
+    let fresh = Cairn::new();
+    ok(&restore(&fresh, &profile_url, &cluster_id, &[]));
+    let counts = counts(&fresh);
+    assert_eq!(count(&counts, "policy"), 6, "{counts}");
+    assert_eq!(count(&counts, "exported-restore-point"), 2, "{counts}");
+}
+
+#[test]
+fn a_catalog_held_too_long_is_a_clear_error() {
+    let cairn = Cairn::new();
+    put(&cairn, "policy", "one");
+    // Hold the catalog from this process, as a long DR run would.
+    let held = cairn_catalog::Catalog::open(cairn.home.path().join("catalog.redb")).expect("open");
+    let out = cairn
+        .command(&["catalog", "ls"])
+        .env("CAIRN_CATALOG_WAIT", "1")
+        .output()
+        .expect("cairn");
+    refused_with(&out, "still in use by another cairn process");
+    assert!(
+        stderr(&out).contains("CAIRN_CATALOG_WAIT"),
+        "{}",
+        stderr(&out)
+    );
+    drop(held);
+    ok(&cairn.run(&["catalog", "ls"]));
+}
+
+#[test]
+fn local_snapshot_recovers_in_place_where_its_snapshot_is() {
+    let profile = tempfile::tempdir().expect("tempdir");
+    let profile_url = profile.path().to_str().expect("utf-8").to_owned();
+    let home = Cairn::new();
+    let cluster_id = populated(&home, profile.path(), "local-snapshot");
+    // The catalog is lost; the rest of the home (its local catalog snapshot) is not.
+    std::fs::remove_file(home.home.path().join("catalog.redb")).expect("remove");
+    let out = restore(&home, &profile_url, &cluster_id, &["--output", "json"]);
+    ok(&out);
+    assert_eq!(json(&out)["in_place"], true, "{}", stdout(&out));
+    let recovered_here = counts(&home);
+    for kind in PUT_KINDS.iter().chain(&["action", "local-restore-point"]) {
+        let in_place = *kind == "action" || *kind == "local-restore-point";
+        let expected = if in_place || recovered(kind, "local-snapshot") {
+            2
+        } else {
+            0
+        };
+        assert_eq!(
+            count(&recovered_here, kind),
+            expected,
+            "{kind}: {recovered_here}"
+        );
+    }
+    let out = home.run(&["catalog", "ls", "local-restore-point", "--output", "json"]);
+    let id = json(&out)[0]["key"].as_str().expect("id").to_owned();
+    ok(&run_hello(
+        &home,
+        "restore",
+        &["--grant", "exec", "--from-point", &id],
+    ));
+
+    // Elsewhere, the same point leaves them behind and says so.
+    let fresh = Cairn::new();
+    let out = restore(&fresh, &profile_url, &cluster_id, &["--output", "json"]);
+    ok(&out);
+    assert_eq!(json(&out)["in_place"], false, "{}", stdout(&out));
+    assert_eq!(count(&counts(&fresh), "action"), 0);
 }
 
 #[test]
@@ -458,9 +543,8 @@ fn a_dr_run_killed_midway_leaves_no_half_point_and_the_next_run_completes() {
     // Kill DR runs at different moments; whatever each got to, the invariants must hold.
     for (i, delay) in [150u64, 400, 900, 1600].into_iter().enumerate() {
         put(&lost, "policy", &format!("killed-{i}"));
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
-            .args(["dr", "run", "--blueprint", &dr_wasm()])
-            .env("CAIRN_HOME", lost.home.path())
+        let mut child = lost
+            .command(&["dr", "run", "--blueprint", &dr_wasm()])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()

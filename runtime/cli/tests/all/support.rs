@@ -87,14 +87,19 @@ impl Cairn {
         }
     }
 
-    pub fn run(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_cairn"))
+    /// `cairn ARGS` on this home, to adjust before running.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_cairn"));
+        command
             .args(args)
             .env("CAIRN_HOME", self.home.path())
             .env_remove("RUST_LOG")
-            .current_dir(root())
-            .output()
-            .expect("cairn runs")
+            .current_dir(root());
+        command
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("cairn runs")
     }
 }
 

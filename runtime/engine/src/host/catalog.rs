@@ -252,11 +252,7 @@ impl catalog::Host for HostState {
                     Ok(bytes) => self
                         .on_catalog("catalog.apply", move |c| c.apply(&bytes))
                         .await
-                        .map(|a| catalog::ApplyInfo {
-                            applied: a.applied,
-                            skipped: a.skipped,
-                            to_seq: a.to_seq,
-                        }),
+                        .map(apply_info),
                 }
             }
         };
@@ -267,5 +263,30 @@ impl catalog::Host for HostState {
             &result,
         );
         Ok(result)
+    }
+
+    async fn apply_local_snapshot(&mut self, snapshot: String) -> HostResult<catalog::ApplyInfo> {
+        let target = format!("local catalog snapshot {snapshot}");
+        let result = self
+            .on_catalog("catalog.apply-local-snapshot", move |c| {
+                c.apply_local_snapshot(&snapshot)
+            })
+            .await
+            .map(apply_info);
+        self.audit(
+            Capability::Catalog,
+            "catalog.apply-local-snapshot",
+            &target,
+            &result,
+        );
+        Ok(result)
+    }
+}
+
+fn apply_info(a: crate::catalog::CatalogApplied) -> catalog::ApplyInfo {
+    catalog::ApplyInfo {
+        applied: a.applied,
+        skipped: a.skipped,
+        to_seq: a.to_seq,
     }
 }

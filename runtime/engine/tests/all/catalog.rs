@@ -65,6 +65,9 @@ impl CatalogAccess for FakeCatalog {
             to_seq: 42,
         })
     }
+    fn apply_local_snapshot(&self, _: &str) -> Result<CatalogApplied, CatalogError> {
+        Err(CatalogError::NotFound("no snapshot".into()))
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

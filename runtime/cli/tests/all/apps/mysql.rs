@@ -302,10 +302,9 @@ fn the_read_lock_holds_writes_until_the_posthook() {
             "quiesce=true",
         ],
     );
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
-        .args(&a)
-        .env("CAIRN_HOME", cairn.home.path())
-        .env_remove("RUST_LOG")
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let mut child = cairn
+        .command(&a)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
