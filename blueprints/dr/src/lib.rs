@@ -33,6 +33,12 @@
 //! outputs say so. Everything retention decides lives here: the host only lists the
 //! manifests and deletes the exports the blueprint names.
 //!
+//! The host also lists every data export in the location (artifacts `export-<n>`, with their
+//! `time`), and gives each stored point the snapshot ids of its data exports (value `exports`).
+//! A data export no point references was left by a run killed before its manifest (or a
+//! removal cut short after it): when every manifest could be read, the run removes those the
+//! protection period no longer holds (outputs `unreferenced-removed`, `-protected`, `-failed`).
+//!
 //! # The manifest (`dr-point`)
 //!
 //! Lines of space-separated words:
@@ -84,6 +90,8 @@ const POINT: &str = "point";
 const MAX_MANIFEST: u32 = 1 << 20;
 /// The name prefix of the artifacts of the DR points already in the location (`backup`).
 const STORED: &str = "stored-";
+/// The prefix of the artifacts that name the data exports in the location.
+const EXPORT: &str = "export-";
 /// The default bound of a chain: 48 points, two days of hourly runs. A restore applies every
 /// link (at ~80 KiB per hourly increment, 48 links stay well inside the 3 s restore target) and
 /// a damaged link loses every later point of its chain.
@@ -266,12 +274,18 @@ fn export(
     Ok((artifact, info))
 }
 
-/// A DR point already in the location: what retention needs of it, the manifest's export, and
-/// the manifest once read.
+/// A DR point already in the location: what retention needs of it, the manifest's export,
+/// the snapshot ids of its data exports, and the manifest once read.
 struct Stored {
     point: retention::Point,
     export: Artifact,
+    exports: Vec<String>,
     manifest: Option<Manifest>,
+}
+
+/// The repository snapshot a data export artifact names.
+fn snapshot_of(a: &Artifact) -> Option<&str> {
+    a.get("snapshot")
 }
 
 /// What the host says of a stored point (values `from`, `to`, `time` of its artifact, which the
@@ -285,29 +299,86 @@ fn summary(a: &Artifact) -> Option<retention::Point> {
     })
 }
 
-/// The DR points the host listed (artifacts `stored-<n>`). One whose manifest cannot be read
-/// is left alone (never removed, never extended) and reported.
-fn stored(ctx: &Context) -> Vec<Stored> {
+/// The DR points the host listed (artifacts `stored-<n>`), and whether every one could be
+/// read. One whose manifest cannot be read is left alone (never removed, never extended) and
+/// reported.
+fn stored(ctx: &Context) -> (Vec<Stored>, bool) {
     let mut points = Vec::new();
+    let mut complete = true;
     for a in ctx
         .restore_point()
         .iter()
         .filter(|a| a.name().starts_with(STORED))
     {
-        let read = match summary(a) {
-            Some(point) => Ok((point, None)),
-            None => read_manifest(a).map(|m| (m.point(), Some(m))),
+        let exports = a.get("exports").map(|ids| {
+            ids.split(',')
+                .filter(|id| !id.is_empty())
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        });
+        let read = match (summary(a), exports) {
+            (Some(point), Some(exports)) => Ok((point, exports, None)),
+            _ => read_manifest(a).map(|m| {
+                let exports = m
+                    .artifacts
+                    .iter()
+                    .filter_map(|d| snapshot_of(d).map(str::to_owned))
+                    .collect();
+                (m.point(), exports, Some(m))
+            }),
         };
         match read {
-            Ok((point, manifest)) => points.push(Stored {
+            Ok((point, exports, manifest)) => points.push(Stored {
                 point,
                 export: a.clone(),
+                exports,
                 manifest,
             }),
-            Err(e) => warn!("{e}; leaving that DR point alone"),
+            Err(e) => {
+                warn!("{e}; leaving that DR point alone");
+                complete = false;
+            }
         }
     }
-    points
+    (points, complete)
+}
+
+/// Removes the data exports in the location (artifacts `export-<n>`) that no DR point
+/// references — left by runs killed before their manifest was sealed, or by a removal that
+/// stopped after the manifest — once the protection period allows. `known` are the snapshot ids
+/// every point (and this run) references. Returns (removed, held by protection, failed).
+fn collect_unreferenced(
+    ctx: &Context,
+    known: &std::collections::BTreeSet<&str>,
+    protection: u64,
+) -> (usize, usize, usize) {
+    let now = now();
+    let (mut removed, mut held, mut failed) = (0, 0, 0);
+    for a in ctx
+        .restore_point()
+        .iter()
+        .filter(|a| a.name().starts_with(EXPORT))
+        .filter(|a| snapshot_of(a).is_some_and(|id| !known.contains(id)))
+    {
+        let time = a.get("time").and_then(|t| t.parse::<u64>().ok());
+        if time.is_none_or(|t| t.saturating_add(protection) > now) {
+            held += 1;
+            continue;
+        }
+        match data::delete(a) {
+            Ok(()) => removed += 1,
+            Err(e) => {
+                warn!("could not remove an unreferenced DR export: {e}");
+                failed += 1;
+            }
+        }
+    }
+    if removed + held + failed > 0 {
+        info!(
+            "unreferenced DR exports (of runs that did not finish): removed {removed}, {held} under protection, {failed} failed"
+        );
+    }
+    (removed, held, failed)
 }
 
 /// A non-negative integer parameter.
@@ -338,7 +409,7 @@ fn backup(ctx: &Context) -> Result<Outputs> {
     if settings.as_deref().is_some_and(|s| s.contains('\n')) {
         return Err(Error::invalid("parameter `settings` must be one line"));
     }
-    let mut points = stored(ctx);
+    let (mut points, complete) = stored(ctx);
     let cursor = state.cursor.unwrap_or(0);
     let rebased = if cursor == 0 || mode == DrMode::Legacy {
         None
@@ -421,13 +492,35 @@ fn backup(ctx: &Context) -> Result<Outputs> {
         outputs = outputs.artifact(a.clone());
     }
     outputs = outputs.artifact(point.clone());
+    let exports = manifest
+        .artifacts
+        .iter()
+        .filter_map(|a| snapshot_of(a).map(str::to_owned))
+        .collect();
     points.push(Stored {
         point: manifest.point(),
         export: point,
+        exports,
         manifest: Some(manifest),
     });
     let outputs = if ctx.flag("maintain")? {
-        retain(&policy, ctx.integer("protection")?, &points, outputs)
+        let protection = ctx.integer("protection")?;
+        let outputs = retain(&policy, protection, &points, outputs);
+        if complete {
+            let known = points
+                .iter()
+                .flat_map(|p| p.exports.iter().map(String::as_str))
+                .collect();
+            let (removed, held, failed) =
+                collect_unreferenced(ctx, &known, u64::try_from(protection).unwrap_or(0));
+            outputs
+                .value("unreferenced-removed", removed)
+                .value("unreferenced-protected", held)
+                .value("unreferenced-failed", failed)
+        } else {
+            info!("unreferenced DR exports not collected: a DR point here could not be read");
+            outputs
+        }
     } else {
         info!("retention skipped: this instance does not own maintenance of the backup data");
         outputs.value("retention", "skipped")

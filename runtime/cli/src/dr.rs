@@ -425,6 +425,9 @@ struct Point {
     to: u64,
     /// The data exports the point holds.
     exports: usize,
+    /// Their repository snapshot ids.
+    #[serde(skip)]
+    export_ids: Vec<String>,
     #[serde(skip)]
     cluster_id: String,
     /// The DR settings the point carries (JSON), if it carries them.
@@ -439,7 +442,7 @@ fn parse_manifest(id: &str, text: &str) -> anyhow::Result<Point> {
         return Err(bad("its manifest does not start with the DR point header"));
     }
     let (mut mode, mut from, mut to, mut time, mut cluster_id) = (None, None, None, None, None);
-    let mut exports = 0;
+    let mut export_ids = Vec::new();
     let mut settings = None;
     for line in lines {
         let (key, value) = line.split_once(' ').unwrap_or((line, ""));
@@ -455,7 +458,13 @@ fn parse_manifest(id: &str, text: &str) -> anyhow::Result<Point> {
             "time" => time = Some(number()?),
             "cluster-id" => cluster_id = Some(value.to_owned()),
             "settings" => settings = Some(value.to_owned()),
-            "artifact" => exports += 1,
+            "artifact" => export_ids.push(
+                value
+                    .split(' ')
+                    .find_map(|w| w.strip_prefix("snapshot="))
+                    .ok_or_else(|| bad(&format!("`{line}` names no snapshot")))?
+                    .to_owned(),
+            ),
             _ => {}
         }
     }
@@ -467,7 +476,8 @@ fn parse_manifest(id: &str, text: &str) -> anyhow::Result<Point> {
         mode: mode.ok_or_else(|| bad("no mode"))?,
         from: from.ok_or_else(|| bad("no from"))?,
         to: to.ok_or_else(|| bad("no to"))?,
-        exports,
+        exports: export_ids.len(),
+        export_ids,
         cluster_id: cluster_id.ok_or_else(|| bad("no cluster id"))?,
         settings,
     })
@@ -745,14 +755,21 @@ async fn enable(
 
 /// What the blueprint's retention needs of a DR point, remembered per manifest snapshot in the
 /// home (`dr/points.json`) so that a run reads only the manifests it has not seen.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Summary {
     from: u64,
     to: u64,
     time: i64,
+    /// The snapshot ids of the point's data exports (absent in files of older versions: the
+    /// manifest is read again).
+    #[serde(default)]
+    exports: Option<Vec<String>>,
 }
 
-/// The DR points in `repo`, as the artifacts (`stored-<n>`) a DR run gives the blueprint.
+/// What is in the DR location, as the artifacts a DR run gives the blueprint: the DR points
+/// (`stored-<n>`, each a manifest export with the `from`, `to`, `time` and `exports` the host
+/// remembers of it) and every data export (`export-<n>`, with its `time`), so that the
+/// blueprint can find exports no point references.
 async fn stored_points(
     home: &Home,
     repo: &Repository,
@@ -764,20 +781,23 @@ async fn stored_points(
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default();
     let snapshots = repo
-        .snapshots(&SnapshotFilter::new().source(MANIFEST))
+        .snapshots(&SnapshotFilter::new())
         .await
-        .context("cannot list the DR points")?;
+        .context("cannot list the DR location")?;
+    let (manifests, data): (Vec<_>, Vec<_>) =
+        snapshots.iter().partition(|s| s.source() == MANIFEST);
     let mut artifacts = Vec::with_capacity(snapshots.len());
     let mut seen = std::collections::BTreeMap::new();
-    for (i, s) in snapshots.iter().enumerate() {
+    for (i, s) in manifests.iter().enumerate() {
         let mut artifact = point_artifact(format!("stored-{i}"), repo.id(), &s.id);
         let summary = match known.remove(&s.id) {
-            Some(summary) => Some(summary),
+            Some(summary) if summary.exports.is_some() => Some(summary),
             // Unreadable here: the blueprint reads it, and reports it.
-            None => read_point(repo, &s.id).await.ok().map(|p| Summary {
+            _ => read_point(repo, &s.id).await.ok().map(|p| Summary {
                 from: p.from,
                 to: p.to,
                 time: p.time.as_second(),
+                exports: Some(p.export_ids),
             }),
         };
         if let Some(summary) = summary {
@@ -785,9 +805,20 @@ async fn stored_points(
                 ("from".into(), summary.from.to_string()),
                 ("to".into(), summary.to.to_string()),
                 ("time".into(), summary.time.to_string()),
+                (
+                    "exports".into(),
+                    summary.exports.as_deref().unwrap_or_default().join(","),
+                ),
             ]);
             seen.insert(s.id.clone(), summary);
         }
+        artifacts.push(artifact);
+    }
+    for (i, s) in data.iter().enumerate() {
+        let mut artifact = point_artifact(format!("export-{i}"), repo.id(), &s.id);
+        artifact
+            .values
+            .push(("time".into(), s.time.as_second().to_string()));
         artifacts.push(artifact);
     }
     std::fs::create_dir_all(home.dr())
@@ -1306,6 +1337,11 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                             "protected": number("protected"),
                             "removed": removed,
                             "failed": number("remove-failed"),
+                            "unreferenced": {
+                                "removed": number("unreferenced-removed"),
+                                "protected": number("unreferenced-protected"),
+                                "failed": number("unreferenced-failed"),
+                            },
                         })
                     } else {
                         serde_json::json!({ "status": "skipped", "reason": "this instance does not own maintenance" })
@@ -1326,6 +1362,12 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                             number("protected"),
                             removed.len()
                         );
+                        if number("unreferenced-removed") > 0 {
+                            println!(
+                                "removed {} data export(s) of DR runs that did not finish",
+                                number("unreferenced-removed")
+                            );
+                        }
                     } else {
                         println!(
                             "retention skipped: this instance does not own maintenance of the backup data \

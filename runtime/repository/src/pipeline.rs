@@ -200,7 +200,12 @@ struct ChunkState<'a> {
     keys: &'a MasterKeys,
     frame_bytes: usize,
     frame: Frame,
+    /// Chunks of this backup not yet in the shared index (sent, but their pack not indexed).
     new: HashSet<ChunkId>,
+    /// When `new` grows to this, the chunks the packer has indexed since are dropped from it:
+    /// the index answers for them, so the set stays as small as what is in flight instead of
+    /// growing with the backup.
+    prune_at: usize,
     out: ChunkerOut,
     current: Vec<ChunkId>,
     current_size: u64,
@@ -216,6 +221,10 @@ impl ChunkState<'_> {
         self.out.chunks += 1;
         if index.contains(&id) || !self.new.insert(id) {
             return;
+        }
+        if self.new.len() >= self.prune_at {
+            self.new.retain(|id| !index.contains(id));
+            self.prune_at = (self.new.len() * 2).max(MIN_PRUNE_AT);
         }
         self.out.new_chunks += 1;
         self.out.new_bytes += c.len() as u64;
@@ -242,6 +251,10 @@ impl ChunkState<'_> {
     }
 }
 
+/// The smallest size at which [`ChunkState::new`] is pruned (about 2 MiB of ids; a few
+/// packs' worth of chunks are in flight at any time).
+const MIN_PRUNE_AT: usize = 1 << 16;
+
 fn chunker_loop(
     mut rx: tokio::sync::mpsc::Receiver<Input>,
     ftx: SyncSender<Frame>,
@@ -259,6 +272,7 @@ fn chunker_loop(
             entries: Vec::new(),
         },
         new: HashSet::new(),
+        prune_at: MIN_PRUNE_AT,
         out: ChunkerOut::default(),
         current: Vec::new(),
         current_size: 0,

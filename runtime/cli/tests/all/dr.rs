@@ -553,11 +553,43 @@ fn a_dr_run_killed_midway_leaves_no_half_point_and_the_next_run_completes() {
         let _ = child.kill();
         let _ = child.wait();
     }
+    // And an export no point will ever reference, as a run killed mid-export leaves.
+    let location = format!("{profile_url}/{cluster_id}");
+    let dr_repo = |args: &[&str]| {
+        lost.command(&[&["repo"], args, &["--repo", location.as_str()]].concat())
+            .env("CAIRN_PASSPHRASE", PASSPHRASE.trim_start_matches("raw:"))
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("cairn runs")
+    };
+    ok(&dr_repo(&["backup", "-", "--stdin-name", "minimal"]));
     put(&lost, "policy", "last");
-    ok(&dr_run(&lost));
+    let last = dr_run(&lost);
+    ok(&last);
+    let unreferenced = &json(&last)["retention"]["unreferenced"];
+    assert!(
+        unreferenced["removed"].as_u64() >= Some(1),
+        "{unreferenced}"
+    );
+    assert_eq!(unreferenced["failed"], 0, "{unreferenced}");
     // Every point review offers restores, and the latest has everything.
     let out = review(&lost, &profile_url, &cluster_id, &["--output", "json"]);
     ok(&out);
+    // What is left in the location is exactly the points and the exports they reference.
+    let referenced: u64 = json(&out)
+        .as_array()
+        .expect("points")
+        .iter()
+        .map(|p| 1 + p["exports"].as_u64().expect("exports"))
+        .sum();
+    let listed = dr_repo(&["snapshots", "--output", "json"]);
+    ok(&listed);
+    assert_eq!(
+        json(&listed).as_array().expect("snapshots").len() as u64,
+        referenced,
+        "{}",
+        stdout(&listed)
+    );
     let fresh = Cairn::new();
     ok(&restore(&fresh, &profile_url, &cluster_id, &[]));
     assert_eq!(count(&counts(&fresh), "policy"), 2 + 4 + 1);
