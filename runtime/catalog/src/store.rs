@@ -433,6 +433,11 @@ impl OpenOptions {
         self
     }
 
+    /// Whether opening verifies every page.
+    pub fn is_verify(&self) -> bool {
+        self.verify
+    }
+
     /// Opens the catalog at `path`; see [`Catalog::open`].
     pub fn open(&self, path: impl AsRef<Path>) -> Result<Catalog> {
         Catalog::open_with(path.as_ref(), self)

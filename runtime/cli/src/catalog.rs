@@ -50,6 +50,48 @@ const DEFAULT_WAIT: Duration = Duration::from_secs(300);
 /// process (a DR run, an action recording itself) holds it, this waits for it — up to
 /// `CAIRN_CATALOG_WAIT` seconds — and then names what to do.
 pub(crate) fn open(home: &Home) -> anyhow::Result<Catalog> {
+    open_with(home, Catalog::options().verify(true))
+}
+
+/// How often a command that may skip the full verification of the catalog's pages on open
+/// (a DR run, which reads only what changed) still does it.
+const VERIFY_EVERY: Duration = Duration::from_secs(24 * 3600);
+
+/// [`open`], verifying every page's checksum only when the last verified open (by any
+/// command) is older than a day: a frequent reader of a large catalog then pays the full read
+/// once a day, not on every run. Any command that always verifies refreshes the mark.
+/// The mark names the catalog file it was made for (its inode), so a file put in its place
+/// (copied or restored by hand) is verified again.
+pub(crate) fn open_verified_daily(home: &Home) -> anyhow::Result<Catalog> {
+    let mark = home.catalog_verified();
+    let fresh = std::fs::metadata(&mark)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age < VERIFY_EVERY)
+        && std::fs::read_to_string(&mark).ok() == catalog_inode(home);
+    open_with(home, Catalog::options().verify(!fresh))
+}
+
+fn catalog_inode(home: &Home) -> Option<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata(home.catalog())
+        .ok()
+        .map(|m| m.ino().to_string())
+}
+
+fn open_with(home: &Home, options: &cairn_catalog::OpenOptions) -> anyhow::Result<Catalog> {
+    let catalog = wait_for(home, options)?;
+    if options.is_verify()
+        && let Some(inode) = catalog_inode(home)
+    {
+        // Only a hint: losing it costs one more verification.
+        let _ = std::fs::write(home.catalog_verified(), inode);
+    }
+    Ok(catalog)
+}
+
+fn wait_for(home: &Home, options: &cairn_catalog::OpenOptions) -> anyhow::Result<Catalog> {
     let path = home.catalog();
     let wait = match std::env::var("CAIRN_CATALOG_WAIT") {
         Ok(v) => Duration::from_secs(v.trim().parse().map_err(|_| {
@@ -63,7 +105,7 @@ pub(crate) fn open(home: &Home) -> anyhow::Result<Catalog> {
     let mut pause = Duration::from_millis(10);
     let mut told = false;
     loop {
-        match Catalog::open(&path) {
+        match options.open(&path) {
             Ok(catalog) => return Ok(catalog),
             Err(cairn_catalog::Error::Locked { .. }) if started.elapsed() < wait => {
                 if !told && started.elapsed() >= Duration::from_secs(1) {

@@ -1224,7 +1224,7 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
             output,
         } => {
             let path = blueprint.resolve()?;
-            let catalog = Arc::new(crate::catalog::open(&home)?);
+            let catalog = Arc::new(crate::catalog::open_verified_daily(&home)?);
             let config = require_config(&catalog)?;
             let last: Option<LastRun> = load_meta(&catalog, LAST_RUN_KEY)?;
             if if_due

@@ -50,6 +50,11 @@ impl Home {
         self.root.join("catalog.redb")
     }
 
+    /// Touched whenever the catalog is opened with every page verified.
+    pub(crate) fn catalog_verified(&self) -> PathBuf {
+        self.root.join("catalog.verified")
+    }
+
     /// Cairn's own DR: its settings and local catalog snapshots.
     pub(crate) fn dr(&self) -> PathBuf {
         self.root.join("dr")
