@@ -330,14 +330,33 @@ impl Repository {
     }
 }
 
+/// The file being written, its path and how many of its chunks are still to come.
+type Writing = Option<(std::fs::File, PathBuf, usize)>;
+
+/// Writes `files` (path, number of chunks) from the chunks received on `rx`, in order. A file
+/// the restore could not finish — a write failed (a full disk), or the chunks stopped coming
+/// (the caller reports why) — is removed rather than left truncated under its real name, and
+/// no later file is created.
 fn write_files(
     files: Vec<(PathBuf, usize)>,
     rx: std::sync::mpsc::Receiver<Vec<Bytes>>,
 ) -> Result<()> {
+    let mut current: Writing = None;
+    let written = write_all(files, rx, &mut current);
+    if let Some((f, p, _)) = current.take() {
+        drop(f);
+        let _ = std::fs::remove_file(&p);
+    }
+    written
+}
+
+fn write_all(
+    files: Vec<(PathBuf, usize)>,
+    rx: std::sync::mpsc::Receiver<Vec<Bytes>>,
+    current: &mut Writing,
+) -> Result<()> {
     let mut files = files.into_iter();
-    // The file being written, its path and how many of its chunks are still to come.
-    let mut current: Option<(std::fs::File, PathBuf, usize)> = None;
-    let mut next = |current: &mut Option<(std::fs::File, PathBuf, usize)>| -> Result<bool> {
+    let mut next = |current: &mut Writing| -> Result<bool> {
         *current = None;
         match files.next() {
             Some((p, n)) => {
@@ -348,7 +367,7 @@ fn write_files(
             None => Ok(false),
         }
     };
-    if !next(&mut current)? {
+    if !next(current)? {
         return Ok(());
     }
     // Chunks of the current file received and not yet written: written in one vectored call
@@ -360,7 +379,7 @@ fn write_files(
                 if let Some((f, p, _)) = current.as_mut() {
                     write_run(f, p, &mut run)?;
                 }
-                if !next(&mut current)? {
+                if !next(current)? {
                     return Err(Error::Invalid(
                         "restore produced more data than the snapshot lists".into(),
                     ));
@@ -376,9 +395,20 @@ fn write_files(
             write_run(f, p, &mut run)?;
         }
     }
-    // Remaining files are empty ones (or the stream ended early, reported by the caller).
-    while next(&mut current)? {}
-    Ok(())
+    // What is left are empty files, unless the chunks stopped early.
+    loop {
+        if let Some((_, p, left)) = current.as_ref()
+            && *left > 0
+        {
+            return Err(Error::Invalid(format!(
+                "the restore stopped before {} was complete",
+                p.display()
+            )));
+        }
+        if !next(current)? {
+            return Ok(());
+        }
+    }
 }
 
 /// Writes and empties `run`, in vectored writes of at most 1024 chunks (the usual `IOV_MAX`).

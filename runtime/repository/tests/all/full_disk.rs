@@ -215,6 +215,13 @@ async fn restore_onto_a_full_disk_fails_cleanly_and_changes_nothing() {
             .await
             .expect_err("12 MiB cannot be restored into 8 MiB");
         assert_full(&e, None, &target.display().to_string());
+        // What is left is whole: the file that did not fit was removed, not left truncated.
+        let source = fingerprint(&src);
+        let left = fingerprint(&target);
+        assert!(
+            left.len() < source.len() && left.iter().all(|f| source.contains(f)),
+            "left behind: {left:?}"
+        );
         // A stream into a file on the full disk.
         let file = tokio::fs::File::create(fs.path().join("db.dump"))
             .await
