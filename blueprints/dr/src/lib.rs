@@ -242,6 +242,14 @@ impl Manifest {
         })
     }
 
+    /// The repository snapshots of the point's data exports.
+    fn export_ids(&self) -> Vec<String> {
+        self.artifacts
+            .iter()
+            .filter_map(|a| snapshot_of(a).map(str::to_owned))
+            .collect()
+    }
+
     fn point(&self) -> retention::Point {
         retention::Point {
             from: self.from,
@@ -318,14 +326,7 @@ fn stored(ctx: &Context) -> (Vec<Stored>, bool) {
         });
         let read = match (summary(a), exports) {
             (Some(point), Some(exports)) => Ok((point, exports, None)),
-            _ => read_manifest(a).map(|m| {
-                let exports = m
-                    .artifacts
-                    .iter()
-                    .filter_map(|d| snapshot_of(d).map(str::to_owned))
-                    .collect();
-                (m.point(), exports, Some(m))
-            }),
+            _ => read_manifest(a).map(|m| (m.point(), m.export_ids(), Some(m))),
         };
         match read {
             Ok((point, exports, manifest)) => points.push(Stored {
@@ -492,15 +493,10 @@ fn backup(ctx: &Context) -> Result<Outputs> {
         outputs = outputs.artifact(a.clone());
     }
     outputs = outputs.artifact(point.clone());
-    let exports = manifest
-        .artifacts
-        .iter()
-        .filter_map(|a| snapshot_of(a).map(str::to_owned))
-        .collect();
     points.push(Stored {
         point: manifest.point(),
         export: point,
-        exports,
+        exports: manifest.export_ids(),
         manifest: Some(manifest),
     });
     let outputs = if ctx.flag("maintain")? {

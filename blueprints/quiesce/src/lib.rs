@@ -86,24 +86,11 @@ impl Blueprint for Quiesce {
 
 cairn_sdk::export!(Quiesce);
 
-fn ready_timeout(ctx: &Context) -> Result<Duration> {
-    let n = ctx.integer("ready-timeout")?;
-    u64::try_from(n)
-        .ok()
-        .filter(|n| *n > 0)
-        .map(Duration::from_secs)
-        .ok_or_else(|| {
-            Error::invalid(format!(
-                "parameter `ready-timeout` is {n}: give a number of seconds above 0"
-            ))
-        })
-}
-
 /// The prehooks: record what to scale back to, then scale to zero.
 fn scale_down(ctx: &Context) -> Result<Outputs> {
     let target = ctx.target()?;
     // Validate here what the posthook needs, so a typo fails before the workload stops.
-    ready_timeout(ctx)?;
+    ctx.seconds("ready-timeout")?;
     // Checkpointed before the workload stops: if this phase then fails, traps or runs past its
     // deadline, the posthook still learns the count to scale back to.
     let found = workloads::get(None)?.replicas;
@@ -141,7 +128,9 @@ fn scale_back(ctx: &Context) -> Result<Outputs> {
             "the prehook recorded {recorded:?} replicas, not a count"
         ))
     })?;
-    let timeout = ready_timeout(ctx).unwrap_or(Duration::from_secs(300));
+    let timeout = ctx
+        .seconds("ready-timeout")
+        .unwrap_or(Duration::from_secs(300));
     workloads::scale(None, replicas)?;
     if replicas > 0 {
         workloads::wait_ready(None, timeout)

@@ -555,14 +555,21 @@ fn a_dr_run_killed_midway_leaves_no_half_point_and_the_next_run_completes() {
     }
     // And an export no point will ever reference, as a run killed mid-export leaves.
     let location = format!("{profile_url}/{cluster_id}");
-    let dr_repo = |args: &[&str]| {
-        lost.command(&[&["repo"], args, &["--repo", location.as_str()]].concat())
-            .env("CAIRN_PASSPHRASE", PASSPHRASE.trim_start_matches("raw:"))
-            .stdin(std::process::Stdio::null())
-            .output()
-            .expect("cairn runs")
-    };
-    ok(&dr_repo(&["backup", "-", "--stdin-name", "minimal"]));
+    let stray = lost
+        .command(&[
+            "repo",
+            "backup",
+            "-",
+            "--stdin-name",
+            "minimal",
+            "--repo",
+            &location,
+        ])
+        .env("CAIRN_PASSPHRASE", PASSPHRASE.trim_start_matches("raw:"))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("cairn runs");
+    ok(&stray);
     put(&lost, "policy", "last");
     let last = dr_run(&lost);
     ok(&last);
@@ -582,14 +589,8 @@ fn a_dr_run_killed_midway_leaves_no_half_point_and_the_next_run_completes() {
         .iter()
         .map(|p| 1 + p["exports"].as_u64().expect("exports"))
         .sum();
-    let listed = dr_repo(&["snapshots", "--output", "json"]);
-    ok(&listed);
-    assert_eq!(
-        json(&listed).as_array().expect("snapshots").len() as u64,
-        referenced,
-        "{}",
-        stdout(&listed)
-    );
+    let listed = location_snapshots(&lost, profile.path(), &cluster_id);
+    assert_eq!(listed.len() as u64, referenced, "{listed:?}");
     let fresh = Cairn::new();
     ok(&restore(&fresh, &profile_url, &cluster_id, &[]));
     assert_eq!(count(&counts(&fresh), "policy"), 2 + 4 + 1);
