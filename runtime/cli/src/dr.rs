@@ -560,8 +560,9 @@ impl HomeCatalog {
     }
 
     /// Opens snapshot `id` (`catalog-<seq>`), refusing ids this host did not hand out and
-    /// snapshots a later run has superseded.
-    fn open_snapshot(&self, id: &str) -> Result<Catalog, CatalogError> {
+    /// snapshots a later run has superseded. `verify` checks every page: for a recovery, which
+    /// reads the whole file once and may follow the loss of the disk's other files.
+    fn open_snapshot(&self, id: &str, verify: bool) -> Result<Catalog, CatalogError> {
         let seq = id
             .strip_prefix("catalog-")
             .and_then(|n| n.parse::<u64>().ok())
@@ -572,10 +573,10 @@ impl HomeCatalog {
                 "no local catalog snapshot `{id}`"
             )));
         }
-        // Not verified on open: reading the whole file is what the refresh avoids, and the
-        // file is one this instance wrote.
+        // A DR run does not verify: reading the whole file is what the refresh avoids, and
+        // the file is one this instance wrote.
         let snapshot = Catalog::options()
-            .verify(false)
+            .verify(verify)
             .open(&path)
             .map_err(failed)?;
         let cut = snapshot.current_seq().map_err(failed)?;
@@ -629,7 +630,7 @@ impl CatalogAccess for HomeCatalog {
     ) -> Result<CatalogExport, CatalogError> {
         let mode = catalog_mode(mode);
         let delta = match snapshot {
-            Some(id) => self.open_snapshot(id)?.export_minimal(since, mode),
+            Some(id) => self.open_snapshot(id, false)?.export_minimal(since, mode),
             None => self.catalog.export_minimal(since, mode),
         }
         .map_err(from_catalog)?;
@@ -639,7 +640,7 @@ impl CatalogAccess for HomeCatalog {
     fn export_snapshot(&self, snapshot: &str, since: u64) -> Result<CatalogExport, CatalogError> {
         let kinds = KindSet::of_classes(&[DrClass::WithCatalogSnapshot]);
         let delta = self
-            .open_snapshot(snapshot)?
+            .open_snapshot(snapshot, false)?
             .export_changes(since, kinds)
             .map_err(from_catalog)?;
         encode(&delta)
@@ -665,7 +666,14 @@ impl CatalogAccess for HomeCatalog {
                 )
             })?
             .source;
-        let local = self.open_snapshot(snapshot)?;
+        // A damaged or unreadable snapshot is one this instance does not usefully hold: the
+        // recovery goes on without it, as it would elsewhere.
+        let local = self.open_snapshot(snapshot, true).map_err(|e| match e {
+            CatalogError::Failed(why) => CatalogError::NotFound(format!(
+                "the local catalog snapshot here cannot be used ({why})"
+            )),
+            other => other,
+        })?;
         if local.cluster_id() != source {
             return Err(CatalogError::NotFound(format!(
                 "the local catalog snapshot here is of cluster {}, not of {source}",

@@ -467,6 +467,29 @@ fn a_catalog_held_too_long_is_a_clear_error() {
 }
 
 #[test]
+fn a_damaged_local_snapshot_is_left_out_of_an_in_place_recovery() {
+    let profile = tempfile::tempdir().expect("tempdir");
+    let profile_url = profile.path().to_str().expect("utf-8").to_owned();
+    let home = Cairn::new();
+    let cluster_id = populated(&home, profile.path(), "local-snapshot");
+    std::fs::remove_file(home.home.path().join("catalog.redb")).expect("remove");
+    // The disk fault that lost the catalog also hit the local snapshot.
+    let snapshot = home.home.path().join("dr/snapshots/catalog.redb");
+    let mut bytes = std::fs::read(&snapshot).expect("the local snapshot");
+    for b in &mut bytes[4096..] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&snapshot, bytes).expect("write");
+    let out = restore(&home, &profile_url, &cluster_id, &["--output", "json"]);
+    ok(&out);
+    assert_eq!(json(&out)["in_place"], false, "{}", stdout(&out));
+    assert!(stderr(&out).contains("cannot be used"), "{}", stderr(&out));
+    let counts = counts(&home);
+    assert_eq!(count(&counts, "action"), 0, "{counts}");
+    assert_eq!(count(&counts, "policy"), 2, "{counts}");
+}
+
+#[test]
 fn local_snapshot_recovers_in_place_where_its_snapshot_is() {
     let profile = tempfile::tempdir().expect("tempdir");
     let profile_url = profile.path().to_str().expect("utf-8").to_owned();
