@@ -223,6 +223,7 @@ pub struct Context {
     phases: Vec<Phase>,
     failure: Option<Error>,
     restore_point: Vec<Artifact>,
+    restore_point_values: Vec<(String, String)>,
 }
 
 impl Context {
@@ -248,6 +249,7 @@ impl Context {
                 .collect(),
             failure: inputs.failure.map(Into::into),
             restore_point: inputs.artifacts.into_iter().map(Into::into).collect(),
+            restore_point_values: inputs.point_values,
         }
     }
 
@@ -262,6 +264,7 @@ impl Context {
             phases: Vec::new(),
             failure: None,
             restore_point: Vec::new(),
+            restore_point_values: Vec::new(),
         })
     }
 
@@ -355,17 +358,23 @@ impl Context {
             .map(|p| &p.outputs)
     }
 
-    /// Value `key` from the latest earlier phase that set it, or [`Error::NotFound`]. A phase
-    /// that failed, trapped or timed out sets the values it [checkpointed](crate::checkpoint)
-    /// before it stopped.
+    /// Value `key` from the latest earlier phase that set it, else from the restore point's
+    /// values, or [`Error::NotFound`]. A phase that failed, trapped or timed out sets the
+    /// values it [checkpointed](crate::checkpoint) before it stopped.
     pub fn value(&self, key: &str) -> Result<&str> {
         self.phases
             .iter()
             .rev()
             .find_map(|p| p.outputs.get(key))
+            .or_else(|| {
+                self.restore_point_values
+                    .iter()
+                    .find(|(k, _)| k == key)
+                    .map(|(_, v)| v.as_str())
+            })
             .ok_or_else(|| {
                 Error::not_found(format!(
-                    "no earlier phase of this run set the value `{key}`"
+                    "no earlier phase of this run or the restore point set the value `{key}`"
                 ))
             })
     }
@@ -388,6 +397,14 @@ impl Context {
     /// For `restore` and `delete`: the artifacts of the restore point being used.
     pub fn restore_point(&self) -> &[Artifact] {
         &self.restore_point
+    }
+
+    /// For `restore` and `delete`: the restore point's own values, what its backup's main
+    /// phase and posthook returned (a stop LSN, a backup label), in that order.
+    pub fn restore_point_values(&self) -> impl ExactSizeIterator<Item = (&str, &str)> {
+        self.restore_point_values
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
     }
 
     /// In a posthook that runs after the main phase failed: that failure.
@@ -458,6 +475,15 @@ impl ContextBuilder {
     #[must_use]
     pub fn restore_artifact(mut self, artifact: Artifact) -> Self {
         self.0.restore_point.push(artifact);
+        self
+    }
+
+    /// Adds a value of the restore point.
+    #[must_use]
+    pub fn restore_value(mut self, key: impl Into<String>, value: impl ToString) -> Self {
+        self.0
+            .restore_point_values
+            .push((key.into(), value.to_string()));
         self
     }
 
@@ -559,9 +585,13 @@ mod tests {
             )
             .restore_artifact(Artifact::new("dump").value("bytes", 10))
             .restore_artifact(Artifact::new("state").value("v", "restore point"))
+            .restore_value("replicas", 9)
+            .restore_value("stop-lsn", "0/3000100")
             .failure(Error::timed_out("pg_restore"))
             .build();
         assert_eq!(ctx.value("replicas"), Ok("0"));
+        assert_eq!(ctx.value("stop-lsn"), Ok("0/3000100"));
+        assert_eq!(ctx.restore_point_values().len(), 2);
         assert_eq!(
             ctx.phase("restorePrehook").and_then(|o| o.get("replicas")),
             Some("3")
@@ -610,6 +640,7 @@ mod tests {
                 values: vec![],
                 reference: vec![],
             }],
+            point_values: vec![("label".into(), "l".into())],
         };
         let ctx = Context::from_wit("backupPosthook".into(), inputs);
         assert_eq!(ctx.action(), "backupPosthook");
@@ -620,5 +651,6 @@ mod tests {
         assert_eq!(ctx.failure(), Some(&Error::failed("boom")));
         assert_eq!(ctx.artifact("dump").map(Artifact::name), Ok("dump"));
         assert_eq!(ctx.params().count(), 1);
+        assert_eq!(ctx.value("label"), Ok("l"));
     }
 }

@@ -92,7 +92,8 @@ pub struct Export {
 
 impl Export {
     /// Opens a new export named `name` (unique within the action), untagged: the host still
-    /// tags it with its own `action`, `namespace`, `workload` and `blueprint-digest`.
+    /// tags it with its own `action`, `namespace`, `workload`, `blueprint` (its name) and
+    /// `blueprint-digest`.
     pub fn open(name: &str) -> Result<Self> {
         Self::open_tagged(name, std::iter::empty::<(String, String)>())
     }
@@ -102,7 +103,7 @@ impl Export {
     /// snapshot, found with `cairn repo snapshots --tag key=value`.
     ///
     /// At most 16 tags; a key is `[a-z0-9][a-z0-9._-]{0,62}`, given once, and not one the
-    /// host sets (`action`, `namespace`, `workload`, `blueprint-digest`); a value is up to 256
+    /// host sets (`action`, `namespace`, `workload`, `blueprint`, `blueprint-digest`); a value is up to 256
     /// bytes of printable text without `=` or `,`. Otherwise
     /// [`Error::Invalid`](crate::Error::Invalid) names the tag.
     ///

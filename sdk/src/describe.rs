@@ -297,6 +297,10 @@ impl Description {
     /// A blueprint named `name` at `version` (its own semver; `env!("CARGO_PKG_VERSION")` is
     /// the usual choice), with no actions, parameters or capabilities yet, running on any
     /// runtime that speaks [`WIT_VERSION`].
+    ///
+    /// The name is 1 to 128 of letters, digits, `.`, `_` and `-`, not starting with a dot;
+    /// the runtime refuses to load a blueprint named otherwise. Policies refer to the
+    /// blueprint by it, and its exports are tagged `blueprint=<name>`.
     pub fn new(name: impl Into<String>, version: impl Into<String>) -> Self {
         Self {
             name: name.into(),

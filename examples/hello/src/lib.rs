@@ -76,12 +76,16 @@ fn backup(ctx: &Context) -> Result<Outputs> {
     info!("{} says: {said}", output.pod);
     progress(Progress::percent(100.0).message("greeted"));
 
-    Ok(Outputs::new().artifact(
-        Artifact::new(ARTIFACT)
-            .value("pod", &output.pod)
-            .value("exit-code", output.exit_code)
-            .value("stdout", &said),
-    ))
+    // The artifact says what the workload printed; the run's own value (kept in the restore
+    // point beside it) says what it was asked to print.
+    Ok(Outputs::new()
+        .artifact(
+            Artifact::new(ARTIFACT)
+                .value("pod", &output.pod)
+                .value("exit-code", output.exit_code)
+                .value("stdout", &said),
+        )
+        .value("greeting", greeting))
 }
 
 fn restore(ctx: &Context) -> Result<Outputs> {
@@ -89,6 +93,9 @@ fn restore(ctx: &Context) -> Result<Outputs> {
     let said = recorded.require("stdout")?;
     let output = Command::new(["echo", said]).run()?.ok()?;
     info!("{} says again: {}", output.pod, output.stdout_str().trim());
+    if let Ok(greeting) = ctx.value("greeting") {
+        info!("the restore point was greeted with {greeting:?}");
+    }
     Ok(Outputs::new())
 }
 

@@ -312,24 +312,25 @@ fn placement(artifacts: &[cairn_engine::Artifact], repository: &str) -> (Locatio
     (location, snapshots)
 }
 
-/// The artifacts of the restore point `id` in the catalog, for `--from-point`.
-pub(crate) fn point_artifacts(
+/// The artifacts and values of the catalog's restore point `id`, for `--from-point`.
+pub(crate) fn point_outputs(
     catalog: &Catalog,
     id: &str,
-) -> anyhow::Result<Vec<cairn_engine::Artifact>> {
+) -> anyhow::Result<crate::run::PointOutputs> {
     let point = catalog.restore_point(id)?.ok_or_else(|| {
         UsageError(format!(
             "--from-point {id}: no such restore point in the catalog; list them with `cairn catalog ls exported-restore-point` or `local-restore-point`"
         ))
     })?;
-    Ok(point
+    let artifacts = point
         .artifacts
         .into_iter()
         .map(|a| cairn_engine::Artifact {
             name: a.name,
             values: a.values.into_iter().collect(),
         })
-        .collect())
+        .collect();
+    Ok((artifacts, point.values))
 }
 
 #[cfg(test)]

@@ -83,10 +83,10 @@ pub(crate) async fn run(args: RunArgs, home: Option<PathBuf>) -> anyhow::Result<
         )
         .into());
     }
-    let artifacts = match (&args.from, &args.from_point) {
+    let (artifacts, point_values) = match (&args.from, &args.from_point) {
         (Some(path), _) => read_restore_point(path)?,
-        (None, Some(id)) => crate::catalog::point_artifacts(&crate::catalog::open(&home)?, id)?,
-        (None, None) => Vec::new(),
+        (None, Some(id)) => crate::catalog::point_outputs(&crate::catalog::open(&home)?, id)?,
+        (None, None) => Default::default(),
     };
     let cluster = open_target(&args.target, &home)?;
     let engine = engine(&home)?;
@@ -119,6 +119,7 @@ pub(crate) async fn run(args: RunArgs, home: Option<PathBuf>) -> anyhow::Result<
         grants,
         secrets,
         artifacts,
+        point_values,
         limits,
     };
     let started = jiff::Timestamp::now();
@@ -254,8 +255,8 @@ fn parse_secrets(raw: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
     Ok(out)
 }
 
-/// The artifacts of the restore point a `--from` report describes.
-fn read_restore_point(path: &Path) -> anyhow::Result<Vec<cairn_engine::Artifact>> {
+/// The artifacts and values of the restore point a `--from` report describes.
+fn read_restore_point(path: &Path) -> anyhow::Result<PointOutputs> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| UsageError(format!("--from {}: {e}", path.display())))?;
     let report: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
@@ -264,15 +265,28 @@ fn read_restore_point(path: &Path) -> anyhow::Result<Vec<cairn_engine::Artifact>
             path.display()
         ))
     })?;
-    let artifacts = report["outputs"]["artifacts"].clone();
-    serde_json::from_value(artifacts).map_err(|e| {
+    let artifacts = serde_json::from_value(report["outputs"]["artifacts"].clone()).map_err(|e| {
         UsageError(format!(
             "--from {}: no artifacts in it ({e}); pass the `--output json` report of a backup run",
             path.display()
         ))
-        .into()
-    })
+    })?;
+    // Reports written before restore points kept their values have none.
+    let values = match &report["outputs"]["values"] {
+        serde_json::Value::Null => Vec::new(),
+        values => serde_json::from_value(values.clone()).map_err(|e| {
+            UsageError(format!(
+                "--from {}: its outputs' values are not [key, value] pairs ({e}); pass the \
+                 `--output json` report of a backup run",
+                path.display()
+            ))
+        })?,
+    };
+    Ok((artifacts, values))
 }
+
+/// A restore point as a run receives it: its artifacts and its own values.
+pub(crate) type PointOutputs = (Vec<cairn_engine::Artifact>, Vec<(String, String)>);
 
 /// Parses `64MiB`, `1GiB`, `512M`, `1048576`.
 fn parse_size(s: &str) -> Result<u64, String> {

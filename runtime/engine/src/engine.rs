@@ -282,6 +282,12 @@ impl Engine {
             found: format!("; its `guest` export does not match the contract: {e:#}"),
         })?;
         let description = self.describe_pre(&pre, &digest).await?;
+        if let Some(reason) = crate::exports::name_problem(&description.name) {
+            return Err(Error::BadBlueprintName {
+                name: description.name.clone(),
+                reason: reason.into(),
+            });
+        }
         if let (Some(needed), Some(ours)) = (
             Semver::parse(&description.min_runtime),
             Semver::parse(RUNTIME_VERSION),
@@ -343,6 +349,7 @@ impl Engine {
             action_id: "describe".into(),
             phase: "describe".into(),
             blueprint: digest.into(),
+            blueprint_name: String::new(),
             namespace: String::new(),
             workload: None,
             grants: BTreeSet::new(),

@@ -45,6 +45,17 @@ pub enum Error {
         /// What it exports instead, starting with "; it exports " (or empty).
         found: String,
     },
+    /// The blueprint's `describe()` gave a name that cannot name it in exports and policies.
+    #[error(
+        "the blueprint's describe() names it {name:?}, which cannot be used: {reason}; fix the \
+         name its author passes to the SDK's Description"
+    )]
+    BadBlueprintName {
+        /// The name.
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The component imports something this runtime does not provide.
     #[error("the blueprint imports what this runtime does not provide: {}", .names.join(", "))]
     UnsatisfiedImports {

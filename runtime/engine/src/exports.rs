@@ -112,7 +112,7 @@ pub trait Exports: Send + Sync + fmt::Debug + 'static {
     /// Starts the export `name` of the action `action_id`, tagged with `tags`: the
     /// blueprint's (checked by the host: unique keys of `[a-z0-9][a-z0-9._-]{0,62}`, printable
     /// values without `=` or `,`), then the host's own (`action`, `namespace`, `workload`,
-    /// `blueprint-digest`). The store keeps them with the export, as `key=value` where it has
+    /// `blueprint`, `blueprint-digest`). The store keeps them with the export, as `key=value` where it has
     /// tags.
     async fn create(
         &self,
@@ -180,7 +180,13 @@ const MAX_TAG_VALUE: usize = 256;
 
 /// Tag keys the host sets itself on every export (the phase that wrote it, the target and the
 /// blueprint's digest); a blueprint may not set them.
-pub(crate) const HOST_TAG_KEYS: &[&str] = &["action", "namespace", "workload", "blueprint-digest"];
+pub(crate) const HOST_TAG_KEYS: &[&str] = &[
+    "action",
+    "namespace",
+    "workload",
+    "blueprint",
+    "blueprint-digest",
+];
 
 /// Checks a blueprint's export tags: at most [`MAX_EXPORT_TAGS`], unique keys of
 /// `[a-z0-9][a-z0-9._-]{0,62}` outside [`HOST_TAG_KEYS`], values of at most 256 bytes of
@@ -237,25 +243,31 @@ pub(crate) fn check_tags(tags: &[(String, String)]) -> std::result::Result<(), S
 
 /// Checks one path component: 1 to 128 of `[A-Za-z0-9._-]`, not starting with a dot.
 pub(crate) fn check_name(name: &str) -> Result<()> {
-    let bad = |reason: &str| {
-        Err(Error::InvalidName {
+    match name_problem(name) {
+        Some(reason) => Err(Error::InvalidName {
             name: name.to_string(),
             reason: reason.to_string(),
-        })
-    };
+        }),
+        None => Ok(()),
+    }
+}
+
+/// What is wrong with `name` as an export name or a blueprint's name (both become path
+/// components and tag values), if anything.
+pub(crate) fn name_problem(name: &str) -> Option<&'static str> {
     if name.is_empty() || name.len() > 128 {
-        return bad("it must be 1 to 128 characters long");
+        return Some("it must be 1 to 128 characters long");
     }
     if name.starts_with('.') {
-        return bad("it must not start with a dot");
+        return Some("it must not start with a dot");
     }
     if !name
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
     {
-        return bad("use only letters, digits, '.', '_' and '-'");
+        return Some("use only letters, digits, '.', '_' and '-'");
     }
-    Ok(())
+    None
 }
 
 fn artifact_path(artifact: &Artifact) -> Result<String> {

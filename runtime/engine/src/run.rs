@@ -68,6 +68,8 @@ pub struct RunRequest {
     pub secrets: BTreeMap<String, String>,
     /// For `restore` and `delete`: the restore point's artifacts.
     pub artifacts: Vec<Artifact>,
+    /// For `restore` and `delete`: the restore point's own values (its backup's outputs).
+    pub point_values: Vec<(String, String)>,
     /// The run's limits.
     pub limits: Limits,
 }
@@ -303,6 +305,7 @@ pub(crate) async fn run(
                 action_id: action_id.clone(),
                 phase: name.to_string(),
                 blueprint: blueprint.digest().to_string(),
+                blueprint_name: description.name.clone(),
                 namespace: request.namespace.clone(),
                 workload: request.workload.clone(),
                 grants: request.grants.clone(),
@@ -331,6 +334,7 @@ pub(crate) async fn run(
                 .collect(),
             failure,
             artifacts: request.artifacts.iter().map(|a| a.to_wit(keys)).collect(),
+            point_values: request.point_values.clone(),
         };
 
         let mut reports: Vec<PhaseReport> = Vec::new();

@@ -25,7 +25,10 @@ const MAX_TABLE_ELEMENTS: usize = 100_000;
 pub(crate) struct ActionCtx {
     pub action_id: String,
     pub phase: String,
+    /// The blueprint's digest (`sha256:…`).
     pub blueprint: String,
+    /// The name the blueprint gives itself in `describe()`; empty while `describe()` runs.
+    pub blueprint_name: String,
     pub namespace: String,
     pub workload: Option<String>,
     pub grants: BTreeSet<Capability>,

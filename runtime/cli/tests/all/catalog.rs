@@ -22,6 +22,8 @@ fn a_backup_records_its_action_and_restore_point() {
     let cairn = Cairn::new();
     let out = hello(&cairn, "backup", &["--output", "json"]);
     assert!(out.status.success(), "{}", stderr(&out));
+    let report = cairn.home.path().join("backup.json");
+    std::fs::write(&report, &out.stdout).expect("writing the report");
     let action_id = json(&out)["action_id"]
         .as_str()
         .expect("action id")
@@ -52,15 +54,17 @@ fn a_backup_records_its_action_and_restore_point() {
     assert_eq!(action["phases"][0]["status"], "succeeded");
 
     // Restore from the catalog's restore point: recorded as an action that used it.
-    let out = hello(&cairn, "restore", &["--from-point", &action_id]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("says again: hello, world"),
-        "{}",
-        stderr(&out)
-    );
+    // The restore sees the point's artifacts and its values, from the catalog or the report.
+    let from_report = ["--from", report.to_str().expect("a UTF-8 path")];
+    for from in [&["--from-point", action_id.as_str()][..], &from_report[..]] {
+        let out = hello(&cairn, "restore", from);
+        assert!(out.status.success(), "{}", stderr(&out));
+        for said in ["says again: hello, world", "greeted with \"hello\""] {
+            assert!(stderr(&out).contains(said), "{from:?}: {}", stderr(&out));
+        }
+    }
     let out = cairn.run(&["catalog", "ls", "--output", "json"]);
-    assert_eq!(count(&json(&out), "action"), 2);
+    assert_eq!(count(&json(&out), "action"), 3);
     assert_eq!(count(&json(&out), "local-restore-point"), 1);
 }
 

@@ -98,14 +98,15 @@ impl ImportStreamState {
 
 impl HostState {
     /// A blueprint's export tags followed by the host's own, keyed by [`HOST_TAG_KEYS`] in
-    /// its order: the phase that wrote the export, its target, and the blueprint's digest (the
-    /// blueprint's name is not known to a phase).
+    /// its order: the phase that wrote the export, its target, and the blueprint's name and
+    /// digest.
     fn with_host_tags(&self, mut tags: Vec<(String, String)>) -> Vec<(String, String)> {
         let action = &self.action;
         let host = [
             Some(action.phase.clone()),
             Some(action.namespace.clone()),
             action.workload.clone(),
+            Some(action.blueprint_name.clone()),
             Some(action.blueprint.clone()),
         ];
         tags.extend(

@@ -59,7 +59,13 @@ async fn backup_runs_prehook_backup_posthook_in_order_with_earlier_outputs() {
         Some("backupPosthook"),
         "and the posthook's, under their own names"
     );
-    let restore = fixture.run(request("restore")).await;
+    // A restore sees the point's values in every phase.
+    let mut req = request("restore");
+    req.point_values = vec![
+        ("stop-lsn".into(), "0/3000100".into()),
+        ("label".into(), "x".into()),
+    ];
+    let restore = fixture.run(req).await;
     assert_eq!(
         phases(&restore),
         [
@@ -68,6 +74,14 @@ async fn backup_runs_prehook_backup_posthook_in_order_with_earlier_outputs() {
             ("restorePosthook", PhaseStatus::Ok)
         ]
     );
+    for (phase, key) in [(1, "point"), (2, "post-point")] {
+        assert_eq!(
+            restore.phases[phase].outputs.get(key),
+            Some("stop-lsn=0/3000100,label=x"),
+            "{:?}",
+            restore.phases[phase]
+        );
+    }
     let alone = fixture.run(request("hello")).await;
     assert_eq!(phases(&alone), [("hello", PhaseStatus::Ok)]);
 }

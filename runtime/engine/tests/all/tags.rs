@@ -28,7 +28,7 @@ async fn an_exports_tags_reach_the_store_beside_the_hosts_own() {
         tags,
         format!(
             "label=shop floor\naction=export\nnamespace=default\nworkload=hello\n\
-             blueprint-digest={digest}\n"
+             blueprint=misbehave\nblueprint-digest={digest}\n"
         )
     );
 

@@ -177,6 +177,14 @@ fn phase(action: &str, inputs: &Inputs) -> Result<Outputs, Error> {
         .map(|(k, v)| (key(k), v))
         .collect(),
     };
+    if !inputs.point_values.is_empty() {
+        let point: Vec<String> = inputs
+            .point_values
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        out.values.push((key("point"), point.join(",")));
+    }
     if action == "backup" || action == "restore" {
         match mode.as_str() {
             "fail" => return Err(Error::Failed(format!("{action} failed on purpose"))),
