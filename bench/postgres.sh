@@ -5,6 +5,7 @@
 # and with `cairn run --action restore`, in one run, on one PostgreSQL 15 server.
 #
 #   bench/postgres.sh [WORKDIR] [SCALE]        # defaults: /tmp/cairn-bench-pg 70
+#   RUNS=3 bench/postgres.sh                    # restores RUNS times each, alternating; medians
 #
 # Needs the Debian packages postgresql-15 and postgresql-client-15 and GNU time; run as root
 # (the server runs as the `postgres` user) or as a user that may run initdb itself. Wall time,
@@ -103,19 +104,26 @@ measure "cairn backup (2nd, unchanged)" "echo \$((\$(repo_bytes) - $before))" \
 # Each restore starts from a checkpointed server, so neither pays for the WAL of the step before.
 checkpoint() { "$bin/psql" -X -q -d postgres -c CHECKPOINT >/dev/null; }
 
-step "pg_restore from the file"
-"$bin/psql" -X -q -d postgres -c "CREATE DATABASE restored_pg" >/dev/null
-checkpoint
-measure "pg_restore < file" "echo -" \
-  "$bin/pg_restore" --exit-on-error -d restored_pg "$work/bench.dump"
-step "cairn run postgres restore"
-checkpoint
-measure "cairn restore" "echo -" \
-  "${run_cairn[@]}" --action restore --from "$work/backup.json" --param database=restored_cairn
-
-for db in restored_pg restored_cairn; do
-  n=$("$bin/psql" -X -A -t -d "$db" -c "SELECT count(*) FROM pgbench_accounts")
-  [ "$n" = $((scale * 100000)) ] || { echo "postgres.sh: $db has $n accounts, not $((scale * 100000))" >&2; exit 1; }
+# The restores alternate, RUNS times each, each into a database dropped first; the server's
+# load varies between runs more than the two differ, so the medians are the figures.
+runs=${RUNS:-1}
+for run in $(seq "$runs"); do
+  for db in restored_pg restored_cairn; do
+    "$bin/psql" -X -q -d postgres -c "DROP DATABASE IF EXISTS $db" >/dev/null 2>&1
+  done
+  step "pg_restore from the file ($run/$runs)"
+  "$bin/psql" -X -q -d postgres -c "CREATE DATABASE restored_pg" >/dev/null
+  checkpoint
+  measure "pg_restore < file" "echo -" \
+    "$bin/pg_restore" --exit-on-error -d restored_pg "$work/bench.dump"
+  step "cairn run postgres restore ($run/$runs)"
+  checkpoint
+  measure "cairn restore" "echo -" \
+    "${run_cairn[@]}" --action restore --from "$work/backup.json" --param database=restored_cairn
+  for db in restored_pg restored_cairn; do
+    n=$("$bin/psql" -X -A -t -d "$db" -c "SELECT count(*) FROM pgbench_accounts")
+    [ "$n" = $((scale * 100000)) ] || { echo "postgres.sh: $db has $n accounts, not $((scale * 100000))" >&2; exit 1; }
+  done
 done
 
 printf '\npgbench scale %s, database %s MiB, PostgreSQL %s, %s\n\n' "$scale" $((db_bytes / 1048576)) \
@@ -124,3 +132,9 @@ printf '| step | wall s | CPU s | peak RSS MiB | bytes written |\n| --- | ---: |
 while IFS='|' read -r name wall cpu rss bytes; do
   printf '| %s | %s | %s | %s | %s |\n' "$name" "$wall" "$cpu" "$rss" "$bytes"
 done <"$results"
+if [ "$runs" -gt 1 ]; then
+  printf '\nmedian restore wall time over %s alternating runs:\n' "$runs"
+  for name in "pg_restore < file" "cairn restore"; do
+    printf '%s: %s s\n' "$name" "$(grep -F "$name|" "$results" | cut -d'|' -f2 | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')"
+  done
+fi

@@ -18,6 +18,8 @@ use tokio::sync::mpsc::{OwnedPermit, Sender};
 
 /// Decoded read units queued ahead of a [`SnapshotReader`]'s consumer.
 const READER_QUEUE: usize = 2;
+/// The size of the writes a stream restore makes (1 MiB).
+const RESTORE_WRITE_BYTES: usize = 1 << 20;
 
 type PermitFuture = Pin<
     Box<
@@ -176,6 +178,8 @@ impl AsyncWrite for SnapshotWriter {
 pub struct SnapshotReader {
     rx: tokio::sync::mpsc::Receiver<Result<Vec<Bytes>>>,
     current: VecDeque<Bytes>,
+    /// An error met after some bytes of the same read were copied; returned by the next read.
+    failed: Option<Error>,
     size: u64,
     task: tokio::task::JoinHandle<()>,
 }
@@ -211,6 +215,7 @@ impl SnapshotReader {
         Ok(Self {
             rx,
             current: VecDeque::new(),
+            failed: None,
             size,
             task,
         })
@@ -234,7 +239,11 @@ impl AsyncRead for SnapshotReader {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        loop {
+        // Fills `buf` with as many decoded chunks as are ready (chunks average a few KiB: one
+        // per read would mean one write, and one wakeup, per chunk downstream), waiting only
+        // while nothing has been copied yet.
+        let start = buf.filled().len();
+        while buf.remaining() > 0 {
             if let Some(front) = self.current.front_mut() {
                 let n = front.len().min(buf.remaining());
                 buf.put_slice(&front[..n]);
@@ -242,14 +251,30 @@ impl AsyncRead for SnapshotReader {
                 if front.is_empty() {
                     self.current.pop_front();
                 }
-                return Poll::Ready(Ok(()));
+                continue;
             }
-            match ready!(self.rx.poll_recv(cx)) {
+            let next = match self.rx.poll_recv(cx) {
+                Poll::Ready(next) => next,
+                Poll::Pending if buf.filled().len() > start => break,
+                Poll::Pending => return Poll::Pending,
+            };
+            match next {
                 Some(Ok(v)) => self.current.extend(v.into_iter().filter(|b| !b.is_empty())),
+                // What was copied goes out first; the error comes with the next read.
+                Some(Err(e)) if buf.filled().len() > start => {
+                    self.failed = Some(e);
+                    break;
+                }
                 Some(Err(e)) => return Poll::Ready(Err(std::io::Error::other(e))),
-                None => return Poll::Ready(Ok(())),
+                None => break,
             }
         }
+        if buf.filled().len() == start
+            && let Some(e) = self.failed.take()
+        {
+            return Poll::Ready(Err(std::io::Error::other(e)));
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -292,13 +317,16 @@ impl Repository {
         id_or_prefix: &str,
         mut writer: W,
     ) -> Result<u64> {
-        let mut r = self.stream_reader(id_or_prefix).await?;
-        let n = tokio::io::copy(&mut r, &mut writer).await.map_err(|e| {
-            match e.downcast::<Error>() {
+        let r = self.stream_reader(id_or_prefix).await?;
+        // Large writes: `copy`'s own 8 KiB buffer would mean a write per 8 KiB (and for
+        // tokio's stdout, a blocking-pool handoff per write).
+        let mut r = tokio::io::BufReader::with_capacity(RESTORE_WRITE_BYTES, r);
+        let n = tokio::io::copy_buf(&mut r, &mut writer)
+            .await
+            .map_err(|e| match e.downcast::<Error>() {
                 Ok(e) => e,
                 Err(e) => Error::io("write restored stream", "output", e),
-            }
-        })?;
+            })?;
         tokio::io::AsyncWriteExt::flush(&mut writer)
             .await
             .map_err(|e| Error::io("flush", "output", e))?;
