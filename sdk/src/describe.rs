@@ -153,6 +153,8 @@ pub struct Param {
     required: bool,
     default: Option<String>,
     choices: Vec<String>,
+    minimum: Option<i64>,
+    maximum: Option<i64>,
 }
 
 impl Param {
@@ -164,6 +166,8 @@ impl Param {
             required: false,
             default: None,
             choices: Vec::new(),
+            minimum: None,
+            maximum: None,
         }
     }
 
@@ -221,6 +225,33 @@ impl Param {
         self
     }
 
+    /// For an integer: the smallest and largest values the host accepts (either may be
+    /// open, as in `1..` or `..=100`). The runtime refuses to load a blueprint that bounds
+    /// another kind.
+    ///
+    /// ```
+    /// use cairn_sdk::Param;
+    ///
+    /// let port = Param::integer("port").range(1..=65535);
+    /// assert_eq!(port.bounds(), (Some(1), Some(65535)));
+    /// assert_eq!(Param::integer("timeout").range(1..).bounds(), (Some(1), None));
+    /// ```
+    #[must_use]
+    pub fn range(mut self, range: impl std::ops::RangeBounds<i64>) -> Self {
+        use std::ops::Bound;
+        self.minimum = match range.start_bound() {
+            Bound::Included(&n) => Some(n),
+            Bound::Excluded(&n) => Some(n.saturating_add(1)),
+            Bound::Unbounded => None,
+        };
+        self.maximum = match range.end_bound() {
+            Bound::Included(&n) => Some(n),
+            Bound::Excluded(&n) => Some(n.saturating_sub(1)),
+            Bound::Unbounded => None,
+        };
+        self
+    }
+
     /// The name.
     pub fn name(&self) -> &str {
         &self.name
@@ -250,6 +281,11 @@ impl Param {
     pub fn allowed_values(&self) -> &[String] {
         &self.choices
     }
+
+    /// The smallest and largest accepted integers, as set by [`Param::range`].
+    pub fn bounds(&self) -> (Option<i64>, Option<i64>) {
+        (self.minimum, self.maximum)
+    }
 }
 
 impl From<Param> for types::ParamSpec {
@@ -261,6 +297,8 @@ impl From<Param> for types::ParamSpec {
             required: p.required,
             default: p.default,
             choices: p.choices,
+            minimum: p.minimum,
+            maximum: p.maximum,
         }
     }
 }

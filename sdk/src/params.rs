@@ -42,7 +42,8 @@ impl Param {
     pub fn port(name: impl Into<String>, default: u16) -> Self {
         Self::integer(name)
             .default(default)
-            .describe("Server TCP port (1-65535)")
+            .range(1..=65535)
+            .describe("Server TCP port")
     }
 
     /// The boolean parameter [`REPLACE`], default `false`, that lets a restore overwrite data;

@@ -122,15 +122,19 @@ impl Blueprint for Dr {
             d = d.param(
                 Param::integer(name)
                     .default(0)
+                    .range(0..=i64::from(u32::MAX))
                     .describe("GFS retention of DR points (backup)"),
             );
         }
         d.param(
-            Param::integer("max-chain").default(MAX_CHAIN).describe(
-                "The most DR points a chain holds before a run starts a new one (backup)",
-            ),
+            Param::integer("max-chain")
+                .default(MAX_CHAIN)
+                .range(0..=i64::from(u32::MAX))
+                .describe(
+                    "The most DR points a chain holds before a run starts a new one (backup)",
+                ),
         )
-        .param(Param::integer("protection").default(0).describe(
+        .param(Param::integer("protection").default(0).range(0..).describe(
             "The DR location's protection period in seconds: younger points stay (backup)",
         ))
         .param(Param::flag("maintain").default(false).describe(

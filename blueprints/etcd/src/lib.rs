@@ -70,6 +70,7 @@ impl Blueprint for Etcd {
             .param(
                 Param::integer("command-timeout")
                     .default(15)
+                    .range(1..)
                     .describe("Seconds etcdctl waits for one request (not the snapshot stream)"),
             )
             .param(
@@ -99,6 +100,7 @@ impl Blueprint for Etcd {
             .param(
                 Param::integer("ready-timeout")
                     .default(300)
+                    .range(1..)
                     .describe("Seconds to wait for the restarted member to be ready (restore)"),
             )
             .capability(Capability::Exec)

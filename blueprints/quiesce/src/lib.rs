@@ -65,6 +65,7 @@ impl Blueprint for Quiesce {
             .param(
                 Param::integer("ready-timeout")
                     .default(300)
+                    .range(1..)
                     .describe("Seconds to wait for the workload to be ready after scaling back"),
             )
             .capability(Capability::Workloads)

@@ -80,11 +80,13 @@ impl Blueprint for Redis {
             .param(
                 Param::integer("save-timeout")
                     .default(600)
+                    .range(1..)
                     .describe("Seconds to wait for BGSAVE to finish"),
             )
             .param(
                 Param::integer("ready-timeout")
                     .default(300)
+                    .range(1..)
                     .describe("Seconds to wait for the restarted server to be ready (restore)"),
             )
             .param(

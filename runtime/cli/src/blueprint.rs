@@ -130,6 +130,12 @@ fn print_inspect(bp: &cairn_engine::Blueprint, output: Output) -> anyhow::Result
                     if !p.choices.is_empty() {
                         extra.push(format!("one of {}", p.choices.join("|")));
                     }
+                    match (p.minimum, p.maximum) {
+                        (Some(min), Some(max)) => extra.push(format!("{min} to {max}")),
+                        (Some(min), None) => extra.push(format!("at least {min}")),
+                        (None, Some(max)) => extra.push(format!("at most {max}")),
+                        (None, None) => {}
+                    }
                     let extra = if extra.is_empty() {
                         String::new()
                     } else {

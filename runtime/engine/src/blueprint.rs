@@ -59,6 +59,33 @@ pub struct ParamSpec {
     pub default: Option<String>,
     /// When not empty, the only values accepted.
     pub choices: Vec<String>,
+    /// For an integer: the smallest value accepted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub minimum: Option<i64>,
+    /// For an integer: the largest value accepted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub maximum: Option<i64>,
+}
+
+impl ParamSpec {
+    /// What is wrong with the spec itself, if anything: bounds on a kind other than an
+    /// integer, or a minimum above the maximum.
+    pub(crate) fn problem(&self) -> Option<String> {
+        let bounded = self.minimum.is_some() || self.maximum.is_some();
+        if bounded && self.kind != ParamKind::Integer {
+            return Some(format!(
+                "parameter {:?} is {} but has a minimum or maximum, which only integers take",
+                self.name, self.kind
+            ));
+        }
+        match (self.minimum, self.maximum) {
+            (Some(min), Some(max)) if min > max => Some(format!(
+                "parameter {:?} has a minimum ({min}) above its maximum ({max})",
+                self.name
+            )),
+            _ => None,
+        }
+    }
 }
 
 /// What a blueprint is and needs, from its `describe()`.
@@ -117,6 +144,8 @@ impl From<guest::Description> for Description {
                     required: p.required,
                     default: p.default,
                     choices: p.choices,
+                    minimum: p.minimum,
+                    maximum: p.maximum,
                 })
                 .collect(),
             capabilities: d.capabilities.into_iter().map(Capability::from).collect(),

@@ -11,11 +11,20 @@ fn parse(spec: &ParamSpec, raw: &str) -> std::result::Result<ParamValue, String>
     }
     match spec.kind {
         ParamKind::Text => Ok(ParamValue::Text(raw.to_string())),
-        ParamKind::Integer => raw
-            .trim()
-            .parse()
-            .map(ParamValue::Integer)
-            .map_err(|_| "expected an integer".into()),
+        ParamKind::Integer => {
+            let n: i64 = raw
+                .trim()
+                .parse()
+                .map_err(|_| "expected an integer".to_string())?;
+            match (spec.minimum, spec.maximum) {
+                (Some(min), Some(max)) if n < min || n > max => {
+                    Err(format!("expected an integer from {min} to {max}"))
+                }
+                (Some(min), _) if n < min => Err(format!("expected an integer of at least {min}")),
+                (_, Some(max)) if n > max => Err(format!("expected an integer of at most {max}")),
+                _ => Ok(ParamValue::Integer(n)),
+            }
+        }
         ParamKind::Float => match raw.trim().parse::<f64>() {
             Ok(f) if f.is_finite() => Ok(ParamValue::Float(f)),
             _ => Err("expected a number".into()),
@@ -97,6 +106,8 @@ mod tests {
             required,
             default: default.map(Into::into),
             choices: choices.iter().map(|c| c.to_string()).collect(),
+            minimum: None,
+            maximum: None,
         }
     }
 
@@ -130,5 +141,63 @@ mod tests {
         let ok = validate(&specs, &given(&[("db", "x")])).expect("valid");
         assert_eq!(ok.len(), 2);
         assert!(matches!(ok[0].1, ParamValue::Integer(1)));
+    }
+
+    #[test]
+    fn integer_bounds() {
+        let bounded = |min, max| ParamSpec {
+            minimum: min,
+            maximum: max,
+            ..spec("n", ParamKind::Integer, true, None, &[])
+        };
+        let check = |spec: &ParamSpec, raw: &str| {
+            validate(std::slice::from_ref(spec), &given(&[("n", raw)])).map_err(|e| e.to_string())
+        };
+        let port = bounded(Some(1), Some(65535));
+        assert!(check(&port, "1").is_ok());
+        assert!(check(&port, "65535").is_ok());
+        for bad in ["0", "65536", "-1"] {
+            assert_eq!(
+                check(&port, bad).expect_err("out of range"),
+                format!("--param n={bad}: expected an integer from 1 to 65535")
+            );
+        }
+        assert_eq!(
+            check(&bounded(Some(1), None), "0").expect_err("below"),
+            "--param n=0: expected an integer of at least 1"
+        );
+        assert_eq!(
+            check(&bounded(None, Some(9)), "10").expect_err("above"),
+            "--param n=10: expected an integer of at most 9"
+        );
+        // A default out of its own bounds is the blueprint's fault, and said so.
+        let spec = ParamSpec {
+            default: Some("0".into()),
+            required: false,
+            ..bounded(Some(1), None)
+        };
+        let err = validate(&[spec], &[]).expect_err("bad default").to_string();
+        assert!(
+            err.contains("the blueprint's default for parameter \"n\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bounds_only_on_integers_and_in_order() {
+        let mut spec = spec("n", ParamKind::Integer, false, None, &[]);
+        assert_eq!(spec.problem(), None);
+        spec.minimum = Some(5);
+        spec.maximum = Some(4);
+        assert!(
+            spec.problem()
+                .is_some_and(|p| p.contains("minimum (5) above its maximum (4)"))
+        );
+        spec.kind = ParamKind::Text;
+        spec.maximum = None;
+        assert!(
+            spec.problem()
+                .is_some_and(|p| p.contains("only integers take"))
+        );
     }
 }

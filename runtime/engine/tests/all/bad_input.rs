@@ -194,6 +194,10 @@ async fn params_that_do_not_match_the_declared_types_are_refused_before_running(
             "the blueprint has no parameter \"colour\"",
         ),
         (&[], "missing --param label=…: the parameter is required"),
+        (
+            &[("label", "x"), ("count", "101")],
+            "--param count=101: expected an integer from 1 to 100",
+        ),
     ];
     for (params, expected) in cases {
         let mut req = request("params");

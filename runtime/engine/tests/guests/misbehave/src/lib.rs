@@ -62,6 +62,8 @@ fn spec(
         required,
         default: default.map(Into::into),
         choices: choices.iter().map(|c| c.to_string()).collect(),
+        minimum: None,
+        maximum: None,
     }
 }
 
@@ -302,7 +304,11 @@ impl Guest for Misbehave {
                         "bad-tag",
                     ],
                 ),
-                spec("count", ParamKind::Integer, false, Some("10"), &[]),
+                ParamSpec {
+                    minimum: Some(1),
+                    maximum: Some(100),
+                    ..spec("count", ParamKind::Integer, false, Some("10"), &[])
+                },
                 spec("ratio", ParamKind::Float, false, None, &[]),
                 spec("verbose", ParamKind::Boolean, false, Some("false"), &[]),
                 spec("label", ParamKind::Text, true, None, &[]),
