@@ -305,8 +305,8 @@ impl Guest for Misbehave {
                     ],
                 ),
                 ParamSpec {
-                    minimum: Some(1),
-                    maximum: Some(100),
+                    minimum: Some(0),
+                    maximum: Some(1_000_000),
                     ..spec("count", ParamKind::Integer, false, Some("10"), &[])
                 },
                 spec("ratio", ParamKind::Float, false, None, &[]),
