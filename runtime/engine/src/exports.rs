@@ -112,8 +112,8 @@ pub trait Exports: Send + Sync + fmt::Debug + 'static {
     /// Starts the export `name` of the action `action_id`, tagged with `tags`: the
     /// blueprint's (checked by the host: unique keys of `[a-z0-9][a-z0-9._-]{0,62}`, printable
     /// values without `=` or `,`), then the host's own (`action`, `namespace`, `workload`,
-    /// `blueprint`, `blueprint-digest`). The store keeps them with the export, as `key=value` where it has
-    /// tags.
+    /// `blueprint`, `blueprint-digest`). The store keeps them with the export, as `key=value`
+    /// where it has tags.
     async fn create(
         &self,
         action_id: &str,
@@ -178,8 +178,8 @@ const MAX_TAG_KEY: usize = 63;
 /// The longest tag value in bytes: a name or a short description, not data.
 const MAX_TAG_VALUE: usize = 256;
 
-/// Tag keys the host sets itself on every export (the phase that wrote it, the target and the
-/// blueprint's digest); a blueprint may not set them.
+/// Tag keys the host sets itself on every export (the phase that wrote it, the target, and the
+/// blueprint's name and digest); a blueprint may not set them.
 pub(crate) const HOST_TAG_KEYS: &[&str] = &[
     "action",
     "namespace",
