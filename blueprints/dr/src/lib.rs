@@ -396,12 +396,14 @@ fn count(ctx: &Context, name: &str) -> Result<u32> {
 fn policy(ctx: &Context) -> Result<retention::Policy> {
     let [last, hourly, daily, weekly, monthly, yearly] = KEEP.map(|k| count(ctx, k));
     Ok(retention::Policy {
-        last: last?,
-        hourly: hourly?,
-        daily: daily?,
-        weekly: weekly?,
-        monthly: monthly?,
-        yearly: yearly?,
+        rules: cairn_retention::Retention {
+            last: last?,
+            hourly: hourly?,
+            daily: daily?,
+            weekly: weekly?,
+            monthly: monthly?,
+            yearly: yearly?,
+        },
         max_chain: count(ctx, "max-chain")?,
     })
 }

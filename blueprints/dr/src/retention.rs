@@ -12,17 +12,13 @@
 //! [`Policy::max_chain`] points (a restore applies every link of a chain, and one damaged link
 //! makes every later point of its chain unrestorable: the bound caps both).
 
-use std::collections::BTreeSet;
+use cairn_retention::Retention;
 
 /// What to keep, and the longest chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) struct Policy {
-    pub last: u32,
-    pub hourly: u32,
-    pub daily: u32,
-    pub weekly: u32,
-    pub monthly: u32,
-    pub yearly: u32,
+    /// The GFS rules (`cairn repo forget`'s).
+    pub rules: Retention,
     /// The most points a chain holds before a run starts a new one.
     pub max_chain: u32,
 }
@@ -38,65 +34,18 @@ pub(crate) struct Point {
     pub time: u64,
 }
 
-/// Days since 1970-01-01 to (year, month), proleptic Gregorian (H. Hinnant's algorithm).
-fn civil(days: i64) -> (i64, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, u32::try_from(month).unwrap_or(1))
-}
-
-/// The bucket of `time` under each rule, in the order of [`Policy::counts`].
-fn buckets(time: u64) -> [i64; 5] {
-    let t = i64::try_from(time).unwrap_or(i64::MAX);
-    let days = t.div_euclid(86_400);
-    let (year, month) = civil(days);
-    [
-        t.div_euclid(3_600),
-        days,
-        // ISO weeks start on Monday; 1970-01-01 was a Thursday.
-        (days + 3).div_euclid(7),
-        year * 12 + i64::from(month),
-        year,
-    ]
-}
-
 impl Policy {
-    fn counts(&self) -> [u32; 5] {
-        [
-            self.hourly,
-            self.daily,
-            self.weekly,
-            self.monthly,
-            self.yearly,
-        ]
-    }
-
     /// Which of `times` the rules keep (the newest always).
     pub(crate) fn kept(&self, times: &[u64]) -> Vec<bool> {
-        let mut order: Vec<usize> = (0..times.len()).collect();
-        order.sort_by_key(|&i| std::cmp::Reverse((times[i], i)));
-        let mut keep = vec![false; times.len()];
-        for &i in order.iter().take(self.last.max(1) as usize) {
-            keep[i] = true;
-        }
-        for (rule, n) in self.counts().into_iter().enumerate() {
-            let mut seen = BTreeSet::new();
-            for &i in &order {
-                if seen.len() >= n as usize {
-                    break;
-                }
-                if seen.insert(buckets(times[i])[rule]) {
-                    keep[i] = true;
-                }
-            }
-        }
-        keep
+        let rules = Retention {
+            last: self.rules.last.max(1),
+            ..self.rules
+        };
+        let times: Vec<i64> = times
+            .iter()
+            .map(|&t| i64::try_from(t).unwrap_or(i64::MAX))
+            .collect();
+        rules.keep(&times).iter().map(|r| !r.is_empty()).collect()
     }
 }
 
@@ -179,24 +128,9 @@ mod tests {
     use super::*;
 
     const HOUR: u64 = 3_600;
-    const DAY: u64 = 86_400;
 
     fn point(from: u64, to: u64, time: u64) -> Point {
         Point { from, to, time }
-    }
-
-    #[test]
-    fn calendar_buckets() {
-        // 2026-12-02T05:00:00Z is a Wednesday.
-        let t = 1_796_187_600;
-        assert_eq!(civil(t as i64 / 86_400), (2026, 12));
-        assert_eq!(civil(0), (1970, 1));
-        assert_eq!(civil(-1), (1969, 12));
-        assert_eq!(civil(11_016), (2000, 2)); // 2000-02-29
-        // Monday 2026-11-30 and Sunday 2026-12-06 share an ISO week; Monday 12-07 does not.
-        let monday = t - 2 * DAY;
-        assert_eq!(buckets(monday)[2], buckets(t + 4 * DAY)[2]);
-        assert_ne!(buckets(monday)[2], buckets(t + 5 * DAY)[2]);
     }
 
     #[test]
@@ -205,8 +139,7 @@ mod tests {
         // A point every hour for three days.
         let times: Vec<u64> = (0..72).map(|h| start + h * HOUR).collect();
         let policy = Policy {
-            hourly: 5,
-            daily: 3,
+            rules: Retention::new().hourly(5).daily(3),
             ..Policy::default()
         };
         let kept = policy.kept(&times);
@@ -215,7 +148,7 @@ mod tests {
         assert!(kept.ends_with(&[67, 68, 69, 70, 71]), "{kept:?}");
         assert_eq!(kept.len(), 5 + 2, "{kept:?}");
         let last = Policy {
-            last: 2,
+            rules: Retention::new().last(2),
             ..Policy::default()
         };
         assert_eq!(last.kept(&times[..4]), [false, false, true, true]);
@@ -240,9 +173,8 @@ mod tests {
     #[test]
     fn a_run_rebases_when_the_base_falls_out_of_retention_or_the_chain_is_long() {
         let policy = Policy {
-            last: 2,
+            rules: Retention::new().last(2),
             max_chain: 3,
-            ..Policy::default()
         };
         let one = [point(0, 4, 1)];
         assert_eq!(rebase(&policy, &one, Some(0), 2), None);
@@ -251,7 +183,10 @@ mod tests {
             rebase(&policy, &two, Some(1), 3).is_some_and(|r| r.contains("base")),
             "keep-last 2 no longer keeps the base"
         );
-        let wide = Policy { last: 10, ..policy };
+        let wide = Policy {
+            rules: Retention::new().last(10),
+            ..policy
+        };
         assert_eq!(rebase(&wide, &two, Some(1), 3), None);
         let three = [point(0, 4, 1), point(4, 9, 2), point(9, 12, 3)];
         assert!(rebase(&wide, &three, Some(2), 4).is_some_and(|r| r.contains("most")));

@@ -233,23 +233,8 @@ impl Record for Blueprint {
     }
 }
 
-/// How many restore points to keep per period (GFS).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Retention {
-    /// The newest points kept, whatever their age.
-    pub last: u32,
-    /// Hourly points kept.
-    pub hourly: u32,
-    /// Daily points kept.
-    pub daily: u32,
-    /// Weekly points kept.
-    pub weekly: u32,
-    /// Monthly points kept.
-    pub monthly: u32,
-    /// Yearly points kept.
-    pub yearly: u32,
-}
+/// How many restore points a policy keeps per period (GFS), as everywhere in Cairn.
+pub use cairn_retention::Retention;
 
 /// A backup policy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -250,26 +250,11 @@ fn now_ms() -> u64 {
 
 /// `YYYYMMDDTHHMMSSmmmZ` for a time in milliseconds since the epoch (UTC).
 fn utc_stamp(ms: u64) -> String {
-    let secs = ms / 1000;
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}{month:02}{day:02}T{:02}{:02}{:02}{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        ms % 1000
-    )
+    let time = i64::try_from(ms)
+        .ok()
+        .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
+        .unwrap_or(jiff::Timestamp::MAX);
+    format!("{}{:03}Z", time.strftime("%Y%m%dT%H%M%S"), ms % 1000)
 }
 
 /// Checks a snapshot id's shape (`<ns>.<workload>.<volume>.<stamp>.<random>`), so that it is
@@ -1187,5 +1172,15 @@ fn restore_into(snapshots: &Dir, data_path: &str, vol: &LocalVolume) -> std::io:
             let _ = tree::remove_tree(&vol.parent, Path::new(&staging));
             Err(e.into())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn snapshot_stamps_are_utc_to_the_millisecond() {
+        assert_eq!(super::utc_stamp(0), "19700101T000000000Z");
+        assert_eq!(super::utc_stamp(1_796_187_600_123), "20261202T050000123Z");
+        assert_eq!(super::utc_stamp(951_782_399_999), "20000228T235959999Z");
     }
 }

@@ -53,7 +53,7 @@ pub use repo::{
     BackupOptions, CheckReport, ForgetReport, InitOptions, Problem, PruneReport, Repository,
     RestoreSummary, SnapshotFilter,
 };
-pub use retention::Retention;
+pub use retention::{Retention, retained};
 pub use stream::{SnapshotReader, SnapshotWriter};
 
 /// Building blocks exposed for the benchmarks only; not a stable API.

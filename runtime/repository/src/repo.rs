@@ -872,7 +872,7 @@ impl Repository {
         }
         let snaps = self.snapshots(filter).await?;
         let mut report = ForgetReport {
-            kept: policy.apply(&snaps),
+            kept: crate::retention::retained(policy, &snaps),
             ..Default::default()
         };
         let listed: HashMap<String, i64> = self

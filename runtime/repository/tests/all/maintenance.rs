@@ -1,7 +1,9 @@
 //! Forget, prune, protection and concurrency.
 
 use crate::support::*;
-use cairn_repository::{BackupOptions, Error, InitOptions, Repository, Retention, SnapshotFilter};
+use cairn_repository::{
+    BackupOptions, Error, InitOptions, Repository, Retention, SnapshotFilter, retained,
+};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
@@ -82,10 +84,10 @@ async fn gfs_retention() {
     }
     // All three were made within the same day: daily=1 keeps one, last=2 keeps two.
     let snaps = repo.snapshots(&SnapshotFilter::new()).await.unwrap();
-    let keep = Retention::new().daily(1).apply(&snaps);
+    let keep = retained(&Retention::new().daily(1), &snaps);
     assert_eq!(keep.len(), 1);
     assert!(keep.contains_key(&snaps[2].id));
-    assert_eq!(Retention::new().last(2).apply(&snaps).len(), 2);
+    assert_eq!(retained(&Retention::new().last(2), &snaps).len(), 2);
     assert!(
         repo.forget(&Retention::new(), &SnapshotFilter::new(), true)
             .await

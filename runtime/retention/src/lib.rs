@@ -1,0 +1,215 @@
+//! Grandfather-father-son retention, in one place for every part of Cairn that applies it:
+//! `cairn repo forget` (repository snapshots), DR points (the DR blueprint, a WebAssembly
+//! guest, which is why this crate has no dependencies) and the catalog's backup policies.
+//!
+//! A rule keeps the newest item of each of the last N periods that have items: hours, days,
+//! ISO weeks (Monday to Sunday), months and years, in UTC; `last` keeps the newest N items
+//! whatever their age. An item kept by any rule is kept.
+//!
+//! ```
+//! use cairn_retention::Retention;
+//!
+//! const HOUR: i64 = 3_600;
+//! // Four items an hour apart, on 2026-12-02 from 05:00 UTC.
+//! let times: Vec<i64> = (0..4).map(|h| 1_796_187_600 + h * HOUR).collect();
+//! let keep = Retention::new().last(1).daily(1).keep(&times);
+//! assert_eq!(keep[3], ["last", "daily"]);
+//! assert!(keep[..3].iter().all(Vec::is_empty));
+//! ```
+
+use std::collections::BTreeSet;
+
+/// How many items each rule keeps; zero turns a rule off.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(default)
+)]
+pub struct Retention {
+    /// The newest items, whatever their age.
+    pub last: u32,
+    /// The newest of each of the last N hours that have items.
+    pub hourly: u32,
+    /// ... days.
+    pub daily: u32,
+    /// ... ISO weeks.
+    pub weekly: u32,
+    /// ... months.
+    pub monthly: u32,
+    /// ... years.
+    pub yearly: u32,
+}
+
+impl Retention {
+    /// Keeps nothing until rules are set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets keep-last.
+    #[must_use]
+    pub fn last(mut self, n: u32) -> Self {
+        self.last = n;
+        self
+    }
+
+    /// Sets keep-hourly.
+    #[must_use]
+    pub fn hourly(mut self, n: u32) -> Self {
+        self.hourly = n;
+        self
+    }
+
+    /// Sets keep-daily.
+    #[must_use]
+    pub fn daily(mut self, n: u32) -> Self {
+        self.daily = n;
+        self
+    }
+
+    /// Sets keep-weekly.
+    #[must_use]
+    pub fn weekly(mut self, n: u32) -> Self {
+        self.weekly = n;
+        self
+    }
+
+    /// Sets keep-monthly.
+    #[must_use]
+    pub fn monthly(mut self, n: u32) -> Self {
+        self.monthly = n;
+        self
+    }
+
+    /// Sets keep-yearly.
+    #[must_use]
+    pub fn yearly(mut self, n: u32) -> Self {
+        self.yearly = n;
+        self
+    }
+
+    /// Whether no rule is set (applied, it would keep nothing).
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// For each of `times` (unix seconds, in any order), the names of the rules that keep it,
+    /// in the order `last`, `hourly`, `daily`, `weekly`, `monthly`, `yearly`; empty when none
+    /// does. Of items with the same time, the later in `times` counts as the newer.
+    pub fn keep(&self, times: &[i64]) -> Vec<Vec<&'static str>> {
+        let mut order: Vec<usize> = (0..times.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse((times[i], i)));
+        let mut keep = vec![Vec::new(); times.len()];
+        for &i in order.iter().take(self.last as usize) {
+            keep[i].push("last");
+        }
+        let periods = [
+            ("hourly", self.hourly),
+            ("daily", self.daily),
+            ("weekly", self.weekly),
+            ("monthly", self.monthly),
+            ("yearly", self.yearly),
+        ];
+        for (period, (name, n)) in periods.into_iter().enumerate() {
+            let mut seen = BTreeSet::new();
+            for &i in &order {
+                if seen.len() >= n as usize {
+                    break;
+                }
+                if seen.insert(periods_of(times[i])[period]) {
+                    keep[i].push(name);
+                }
+            }
+        }
+        keep
+    }
+}
+
+/// Days since 1970-01-01 to (year, month), proleptic Gregorian (H. Hinnant's algorithm).
+fn civil(days: i64) -> (i64, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, u32::try_from(month).unwrap_or(1))
+}
+
+/// The hour, day, ISO week, month and year of unix time `t`, each as a number that differs
+/// exactly when the period does.
+fn periods_of(t: i64) -> [i64; 5] {
+    let days = t.div_euclid(86_400);
+    let (year, month) = civil(days);
+    [
+        t.div_euclid(3_600),
+        days,
+        // ISO weeks start on Monday; 1970-01-01 was a Thursday.
+        (days + 3).div_euclid(7),
+        year * 12 + i64::from(month),
+        year,
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOUR: i64 = 3_600;
+    const DAY: i64 = 86_400;
+    /// 2026-12-02T05:00:00Z, a Wednesday.
+    const T: i64 = 1_796_187_600;
+
+    fn kept(keep: &[Vec<&str>]) -> Vec<usize> {
+        (0..keep.len()).filter(|&i| !keep[i].is_empty()).collect()
+    }
+
+    #[test]
+    fn calendar_periods() {
+        assert_eq!(civil(T / DAY), (2026, 12));
+        assert_eq!(civil(0), (1970, 1));
+        assert_eq!(civil(-1), (1969, 12));
+        assert_eq!(civil(11_016), (2000, 2)); // 2000-02-29
+        // Monday 2026-11-30 and Sunday 2026-12-06 share an ISO week; Monday 12-07 does not.
+        let monday = T - 2 * DAY;
+        assert_eq!(periods_of(monday)[2], periods_of(T + 4 * DAY)[2]);
+        assert_ne!(periods_of(monday)[2], periods_of(T + 5 * DAY)[2]);
+        // Sunday 2026-01-04 ends ISO week 1 of 2026, which began in 2025.
+        let sunday = 1_767_484_800;
+        assert_eq!(periods_of(sunday)[2], periods_of(sunday - 6 * DAY)[2]);
+        // 23:59:59 and 00:00:00 are different days, hours and (here) months and years.
+        let new_year = 1_798_761_600; // 2027-01-01T00:00:00Z
+        let [h0, d0, _, m0, y0] = periods_of(new_year - 1);
+        let [h1, d1, _, m1, y1] = periods_of(new_year);
+        assert!(h0 != h1 && d0 != d1 && m0 != m1 && y0 != y1);
+    }
+
+    #[test]
+    fn keeps_the_newest_of_each_period() {
+        // An item every hour for three days.
+        let times: Vec<i64> = (0..72).map(|h| T + h * HOUR).collect();
+        let keep = Retention::new().hourly(5).daily(3).keep(&times);
+        let k = kept(&keep);
+        // The last five hours, and the newest of each of the three days (the last day's is
+        // the newest hour, already kept).
+        assert!(k.ends_with(&[67, 68, 69, 70, 71]), "{k:?}");
+        assert_eq!(k.len(), 5 + 2, "{k:?}");
+        assert_eq!(keep[71], ["hourly", "daily"]);
+        assert_eq!(kept(&Retention::new().last(2).keep(&times[..4])), [2, 3]);
+        assert!(kept(&Retention::new().keep(&times)).is_empty());
+        assert!(Retention::new().is_empty());
+    }
+
+    #[test]
+    fn order_of_times_does_not_matter_and_ties_favour_the_later() {
+        let times = [T + 2 * DAY, T, T + DAY, T + DAY];
+        let keep = Retention::new().daily(2).keep(&times);
+        assert_eq!(kept(&keep), [0, 3]);
+        let monthly = Retention::new().monthly(5).yearly(1).keep(&times);
+        assert_eq!(monthly[0], ["monthly", "yearly"]);
+        assert_eq!(kept(&monthly), [0]);
+    }
+}
