@@ -187,7 +187,7 @@ impl Command {
 /// [`Session::open`] starts it; a later phase of the same run finds it again with
 /// [`Session::attach`]. [`send`](Session::send) writes to its stdin and reads its stdout up to a
 /// marker line that the input makes it print; [`close`](Session::close) ends its input and
-/// waits for it. The host kills every session still open when the run ends, which releases
+/// waits for it, [`kill`](Session::kill) ends it at once. The host kills every session still open when the run ends, which releases
 /// whatever it held, so a lock is never left behind by a failed posthook.
 ///
 /// ```no_run
@@ -264,6 +264,13 @@ impl Session {
         host("exec.session-close", || wit::session_close(&self.name))
             .map(|o| Output::new(&format!("session {}", self.name), o))
             .map_err(|e| e.context(format_args!("closing session `{}`", self.name)))
+    }
+
+    /// Kills the session without waiting for it, discarding its unread output: for a session
+    /// that hangs or whose work must be abandoned.
+    pub fn kill(self) -> Result<()> {
+        host("exec.session-kill", || wit::session_kill(&self.name))
+            .map_err(|e| e.context(format_args!("killing session `{}`", self.name)))
     }
 }
 

@@ -200,4 +200,11 @@ impl exec::Host for HostState {
         self.audit(Capability::Exec, "exec.session-close", &target, &result);
         Ok(result)
     }
+
+    async fn session_kill(&mut self, name: String) -> HostResult<()> {
+        let target = format!("{}/session/{name}", self.scope());
+        let result = self.kill_session(name).await;
+        self.audit(Capability::Exec, "exec.session-kill", &target, &result);
+        Ok(result)
+    }
 }

@@ -3,7 +3,7 @@
 //!
 //! A session is an ordinary exec whose stdin and stdout are in-memory pipes owned by the run's
 //! [`Sessions`]. The backend's exec future runs in a task; dropping the task (at
-//! `session-close`, or when the run ends with the session still open) is the backend's
+//! `session-kill`, or when the run ends with the session still open) is the backend's
 //! "the caller gave up" signal, which kills the command's process group, and with it whatever
 //! it held.
 
@@ -194,6 +194,21 @@ impl HostState {
             }
             Err(e) => Err(e),
         }
+    }
+
+    pub(crate) async fn kill_session(&mut self, name: String) -> Result<(), WitError> {
+        self.require(Capability::Exec)?;
+        let session = self
+            .action
+            .sessions
+            .open
+            .lock()
+            .await
+            .remove(&name)
+            .ok_or_else(|| unknown(&name))?;
+        // Dropping its exec aborts it, which kills the command's process group.
+        drop(session);
+        Ok(())
     }
 
     pub(crate) async fn close_session(&mut self, name: String) -> Result<exec::Output, WitError> {

@@ -207,17 +207,37 @@ async fn a_session_left_open_is_killed_when_the_run_ends() {
     let fixture = Fixture::new();
     let report = fixture.run(backup("session-leak")).await;
     assert!(report.ok, "{report:?}");
-    let pid = report.phases[0]
-        .outputs
-        .get("said")
-        .expect("said")
-        .to_string();
     let logs = fixture.logs().join("\n");
     assert!(
         logs.contains("session `shell` was still open when the run ended; its process was killed"),
         "{logs}"
     );
-    // The kill is asynchronous; the process is gone within a moment.
+    assert_gone(&report).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_posthook_can_kill_a_session() {
+    let fixture = Fixture::new();
+    let report = fixture.run(backup("session-kill")).await;
+    assert!(report.ok, "{report:?}");
+    assert_eq!(
+        report.phases[2].outputs.get("post-said"),
+        report.phases[0].outputs.get("said"),
+        "the posthook talked to the prehook's shell before killing it"
+    );
+    let logs = fixture.logs().join("\n");
+    assert!(!logs.contains("still open when the run ended"), "{logs}");
+    assert_gone(&report).await;
+}
+
+/// The shell whose pid the prehook reported is gone (the kill is asynchronous: within a
+/// moment).
+async fn assert_gone(report: &cairn_engine::RunReport) {
+    let pid = report.phases[0]
+        .outputs
+        .get("said")
+        .expect("said")
+        .to_string();
     let mut alive = true;
     for _ in 0..50 {
         alive = std::process::Command::new("kill")

@@ -240,7 +240,7 @@ fn phase(action: &str, inputs: &Inputs) -> Result<Outputs, Error> {
     if post && mode == "post-value-clash" {
         out.values.push(("phase".into(), action.into()));
     }
-    if let mode @ ("session" | "session-leak") = mode.as_str() {
+    if let mode @ ("session" | "session-leak" | "session-kill") = mode.as_str() {
         // A shell held open from the prehook to the posthook: its pid proves it is one process.
         let said = match action {
             "backupPrehook" => {
@@ -258,6 +258,19 @@ fn phase(action: &str, inputs: &Inputs) -> Result<Outputs, Error> {
                     )));
                 }
                 said
+            }
+            _ if mode == "session-kill" => {
+                let said = exec::session_send("shell", b"echo $$; echo ready\n", "ready", None)?;
+                exec::session_kill("shell")?;
+                // Killed means gone: the name is free and nothing answers to it.
+                match exec::session_send("shell", b"echo hi\n", "hi", None) {
+                    Err(Error::NotFound(_)) => said,
+                    other => {
+                        return Err(Error::Failed(format!(
+                            "a killed session still answers: {other:?}"
+                        )));
+                    }
+                }
             }
             _ => Vec::new(),
         };
@@ -296,6 +309,7 @@ impl Guest for Misbehave {
                         "trap",
                         "session",
                         "session-leak",
+                        "session-kill",
                         "sleep",
                         "checkpoint",
                         "post-clash",
