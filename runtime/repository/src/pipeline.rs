@@ -375,17 +375,21 @@ fn encode_frame(z: Option<&mut zstd::bulk::Compressor<'static>>, data: &[u8]) ->
         return out;
     }
     if let Some(z) = z {
-        let mut tmp = Vec::with_capacity(zstd::zstd_safe::compress_bound(data.len()));
-        if let Ok(n) = z.compress_to_buffer(data, &mut tmp) {
+        // Compressed straight behind the codec byte (a cursor past it: zstd writes at the
+        // cursor), so the frame is not copied a second time.
+        let mut out = Vec::with_capacity(1 + zstd::zstd_safe::compress_bound(data.len()));
+        out.push(crypto::CODEC_ZSTD);
+        let mut cursor = std::io::Cursor::new(out);
+        cursor.set_position(1);
+        let compressed = z.compress_to_buffer(data, &mut cursor);
+        let mut out = cursor.into_inner();
+        if let Ok(n) = compressed {
             // Incompressible data is stored raw: restoring it is then a copy, not a decode.
-            if n + n / 32 < data.len() {
-                let mut out = Vec::with_capacity(n + 1);
-                out.push(crypto::CODEC_ZSTD);
-                out.extend_from_slice(&tmp[..n]);
+            if n + n / 32 < data.len() && out.len() == n + 1 {
                 return out;
             }
         }
-        let mut out = Vec::with_capacity(data.len() + 1);
+        out.clear();
         out.push(crypto::CODEC_RAW);
         out.extend_from_slice(data);
         return out;
@@ -554,4 +558,30 @@ fn packer_loop(
     }
     flush_index(&mut uploads, &mut pending, &mut out)?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_decode_to_what_was_encoded() {
+        let mut z = zstd::bulk::Compressor::new(DEFAULT_ZSTD_LEVEL).ok();
+        let text: Vec<u8> = b"INSERT INTO t VALUES (1, 'cairn');\n"
+            .iter()
+            .copied()
+            .cycle()
+            .take(128 << 10)
+            .collect();
+        let mut noise = vec![0u8; 128 << 10];
+        rand::rng().fill_bytes(&mut noise);
+        for (data, codec) in [(&text, crypto::CODEC_ZSTD), (&noise, crypto::CODEC_RAW)] {
+            for z in [z.as_mut(), None] {
+                let framed = encode_frame(z, data);
+                assert_eq!(framed[0], codec);
+                let back = crypto::decode_payload(&framed, format::MAX_FRAME_BYTES);
+                assert_eq!(back.as_deref(), Some(&data[..]));
+            }
+        }
+    }
 }
