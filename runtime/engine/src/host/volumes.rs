@@ -1,10 +1,12 @@
 //! `cairn:blueprint/volumes`: snapshots of the target workload's volumes (capability
 //! `volumes`).
 
-use cairn_cluster::VolumeSnapshot;
+use std::sync::Arc;
+
+use cairn_cluster::{Cluster, VolumeSnapshot};
 
 use super::{bounded, from_cluster, in_scope};
-use crate::bindings::{HostResult, types, volumes};
+use crate::bindings::{HostResult, WitError, types, volumes};
 use crate::capability::Capability;
 use crate::state::HostState;
 
@@ -62,50 +64,46 @@ impl volumes::Host for HostState {
     }
 
     async fn restore(&mut self, snapshot_id: String) -> HostResult<volumes::VolumeSnapshot> {
-        let timeout = self.call_timeout(self.action.limits.host_call_timeout);
-        let result = match self.require(Capability::Volumes) {
-            Err(e) => Err(e),
-            Ok(host) => {
-                let action = self.action.clone();
-                bounded("volumes.restore", timeout, async {
-                    let info = host
-                        .cluster
-                        .snapshot_info(&snapshot_id)
-                        .await
-                        .map_err(from_cluster)?;
-                    in_scope(
-                        &action,
-                        &info.workload,
-                        &format!("snapshot {snapshot_id:?}"),
-                    )?;
-                    host.cluster
-                        .restore_snapshot(&snapshot_id)
-                        .await
-                        .map(to_wit)
-                        .map_err(from_cluster)
-                })
-                .await
-            }
-        };
-        self.audit(
-            Capability::Volumes,
-            "volumes.restore",
-            &format!("snapshot {snapshot_id}"),
-            &result,
-        );
+        let result = self
+            .on_snapshot("volumes.restore", &snapshot_id, |cluster, id| async move {
+                cluster.restore_snapshot(&id).await.map(to_wit)
+            })
+            .await;
         Ok(result)
     }
 
     async fn delete(&mut self, snapshot_id: String) -> HostResult<()> {
+        let result = self
+            .on_snapshot("volumes.delete", &snapshot_id, |cluster, id| async move {
+                cluster.delete_snapshot(&id).await
+            })
+            .await;
+        Ok(result)
+    }
+}
+
+impl HostState {
+    /// Runs `op` on the snapshot `snapshot_id` once the snapshot is known to belong to the
+    /// action's scope: bounded by the host-call timeout, and audited as `call`.
+    async fn on_snapshot<T, Op, Done>(
+        &mut self,
+        call: &'static str,
+        snapshot_id: &str,
+        op: Op,
+    ) -> Result<T, WitError>
+    where
+        Op: FnOnce(Arc<dyn Cluster>, String) -> Done,
+        Done: Future<Output = cairn_cluster::Result<T>>,
+    {
         let timeout = self.call_timeout(self.action.limits.host_call_timeout);
         let result = match self.require(Capability::Volumes) {
             Err(e) => Err(e),
             Ok(host) => {
                 let action = self.action.clone();
-                bounded("volumes.delete", timeout, async {
+                bounded(call, timeout, async {
                     let info = host
                         .cluster
-                        .snapshot_info(&snapshot_id)
+                        .snapshot_info(snapshot_id)
                         .await
                         .map_err(from_cluster)?;
                     in_scope(
@@ -113,8 +111,7 @@ impl volumes::Host for HostState {
                         &info.workload,
                         &format!("snapshot {snapshot_id:?}"),
                     )?;
-                    host.cluster
-                        .delete_snapshot(&snapshot_id)
+                    op(host.cluster.clone(), snapshot_id.to_owned())
                         .await
                         .map_err(from_cluster)
                 })
@@ -123,10 +120,10 @@ impl volumes::Host for HostState {
         };
         self.audit(
             Capability::Volumes,
-            "volumes.delete",
+            call,
             &format!("snapshot {snapshot_id}"),
             &result,
         );
-        Ok(result)
+        result
     }
 }
