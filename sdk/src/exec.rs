@@ -46,6 +46,7 @@ pub struct Command {
     env: Vec<(String, String)>,
     stdin: Option<Vec<u8>>,
     timeout: Option<Duration>,
+    stopped: bool,
 }
 
 impl Command {
@@ -65,6 +66,7 @@ impl Command {
             env: Vec::new(),
             stdin: None,
             timeout: None,
+            stopped: false,
         }
     }
 
@@ -135,6 +137,16 @@ impl Command {
         self
     }
 
+    /// Runs against the workload while it is scaled to zero, with its volumes where its pods
+    /// have them (for data no running process may change, after a quiesce). The host refuses
+    /// it while the workload has replicas, with a [`pod`](Self::pod), and in
+    /// [`run_all`](Self::run_all).
+    #[must_use]
+    pub fn stopped(mut self) -> Self {
+        self.stopped = true;
+        self
+    }
+
     /// The program and its arguments.
     pub fn argv(&self) -> &[String] {
         &self.argv
@@ -157,6 +169,7 @@ impl Command {
             env: self.env.clone(),
             stdin: self.stdin.clone(),
             timeout_ms: self.timeout.map(millis),
+            stopped: self.stopped,
         })
     }
 

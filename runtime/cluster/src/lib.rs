@@ -162,6 +162,9 @@ pub struct ExecRequest {
     pub output_limit: usize,
     /// The command is killed when it runs longer than this.
     pub timeout: Duration,
+    /// Run while the workload is scaled to zero, with its volumes (the pod
+    /// `<workload>-stopped`); refused while it has replicas.
+    pub stopped: bool,
 }
 
 /// What a finished command produced.

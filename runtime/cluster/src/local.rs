@@ -817,7 +817,21 @@ impl Cluster for LocalCluster {
     async fn exec(&self, workload: &WorkloadRef, request: ExecRequest) -> Result<ExecOutput> {
         let w = self.lookup(workload)?;
         let replicas = self.desired(workload).await;
-        if replicas == 0 {
+        if request.stopped {
+            if replicas > 0 {
+                return Err(Error::Invalid(format!(
+                    "workload {workload} has {replicas} replicas: a command for a stopped \
+                     workload runs only while it is scaled to zero (scale it down first, or run \
+                     the command in a pod)"
+                )));
+            }
+            if let Some(pod) = &request.pod {
+                return Err(Error::Invalid(format!(
+                    "a command for a stopped workload runs in no pod of its own; drop the pod \
+                     {pod:?}"
+                )));
+            }
+        } else if replicas == 0 {
             return Err(Error::NotFound {
                 kind: "pod",
                 name: request
@@ -829,9 +843,13 @@ impl Cluster for LocalCluster {
                 ),
             });
         }
-        let pods: Vec<String> = (0..replicas)
-            .map(|i| format!("{}-{i}", workload.name))
-            .collect();
+        let pods: Vec<String> = if request.stopped {
+            vec![format!("{}-stopped", workload.name)]
+        } else {
+            (0..replicas)
+                .map(|i| format!("{}-{i}", workload.name))
+                .collect()
+        };
         let pod = match &request.pod {
             None => pods[0].clone(),
             Some(pod) if pods.contains(pod) => pod.clone(),

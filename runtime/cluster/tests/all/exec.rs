@@ -209,6 +209,51 @@ async fn no_pods_at_zero_replicas() {
 }
 
 #[tokio::test]
+async fn a_stopped_workload_runs_commands_against_its_volumes_only_while_stopped() {
+    let (fx, cluster) = cluster();
+    std::fs::write(fx.path("data/table"), "rows\n").expect("volume data");
+    let stopped = || cairn_cluster::ExecRequest {
+        stopped: true,
+        ..request(&["cat", "../data/table"])
+    };
+    let err = bounded(cluster.exec(&hello(), stopped()))
+        .await
+        .expect_err("running replicas");
+    assert!(matches!(err, Error::Invalid(_)), "{err:?}");
+    assert!(err.to_string().contains("has 1 replicas"), "{err}");
+
+    bounded(cluster.scale(&hello(), 0))
+        .await
+        .expect("scale to 0");
+    let out = bounded(cluster.exec(&hello(), stopped()))
+        .await
+        .expect("exec against the stopped workload");
+    assert_eq!((out.exit_code, out.stdout.as_slice()), (0, &b"rows\n"[..]));
+    assert_eq!(out.pod, "hello-stopped");
+    // The allow list still applies, and it runs in no pod of the workload's.
+    let err = bounded(cluster.exec(
+        &hello(),
+        cairn_cluster::ExecRequest {
+            stopped: true,
+            ..request(&["rm", "../data/table"])
+        },
+    ))
+    .await
+    .expect_err("off the allow list");
+    assert!(matches!(err, Error::Denied(_)), "{err:?}");
+    let err = bounded(cluster.exec(
+        &hello(),
+        cairn_cluster::ExecRequest {
+            pod: Some("hello-0".into()),
+            ..stopped()
+        },
+    ))
+    .await
+    .expect_err("a pod");
+    assert!(matches!(err, Error::Invalid(_)), "{err:?}");
+}
+
+#[tokio::test]
 async fn output_is_truncated_at_the_limit_and_the_rest_drained() {
     let (_fx, cluster) = cluster();
     // 1 MB on each stream, far more than a pipe buffer: the command must not block on either.

@@ -80,6 +80,7 @@ pub fn request(argv: &[&str]) -> ExecRequest {
         stdout: Stdout::Capture,
         output_limit: 1 << 20,
         timeout: Duration::from_secs(30),
+        stopped: false,
     }
 }
 

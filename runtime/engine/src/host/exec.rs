@@ -64,6 +64,7 @@ impl HostState {
                 stdout: Stdout::Capture,
                 output_limit: limits.exec_output,
                 timeout,
+                stopped: command.stopped,
             },
             call_timeout: timeout + REPORT_MARGIN,
         })
@@ -117,6 +118,15 @@ impl exec::Host for HostState {
             .workload
             .as_ref()
             .map_or_else(|| self.scope(), |w| format!("{}/{}", w.namespace, w.name));
+        if command.stopped {
+            let refused = Err(WitError::Invalid(
+                "run-all runs in every pod, and a stopped workload has none: use run for a \
+                 command against a stopped workload"
+                    .into(),
+            ));
+            self.audit(Capability::Exec, "exec.run-all", &target, &refused);
+            return Ok(refused);
+        }
         let checked = self.check_command(Capability::Exec, command);
         let result = match checked {
             Err(e) => Err(e),
@@ -155,6 +165,7 @@ impl exec::Host for HostState {
                             stdout: Stdout::Capture,
                             output_limit,
                             timeout,
+                            stopped: false,
                         };
                         let (cluster, workload) = (host.cluster.clone(), workload.clone());
                         async move {

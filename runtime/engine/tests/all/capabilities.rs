@@ -19,6 +19,29 @@ async fn exec_runs_in_the_target_workload() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_runs_against_a_stopped_workload_only_while_it_is_stopped() {
+    let fixture = Fixture::new();
+    let report = fixture.run(request("exec-stopped")).await;
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.outputs.get("pod"), Some("hello-stopped"));
+    assert_eq!(report.outputs.get("stdout"), Some("offline\n"));
+    assert!(
+        report
+            .outputs
+            .get("refused")
+            .is_some_and(|m| m.contains("has 1 replicas") && m.contains("scale it down")),
+        "{report:?}"
+    );
+    assert!(
+        report
+            .outputs
+            .get("run-all")
+            .is_some_and(|m| m.contains("use run")),
+        "{report:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_are_read_only_when_granted() {
     let fixture = Fixture::new();
     let mut req = request("secret");

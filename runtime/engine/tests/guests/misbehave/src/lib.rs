@@ -29,6 +29,7 @@ const ACTIONS: &[&str] = &[
     "exec-other-namespace",
     "exec-sleep",
     "run-all",
+    "exec-stopped",
     "secret",
     "scale",
     "snapshot",
@@ -108,6 +109,7 @@ fn command(workload: Option<WorkloadRef>, argv: &[&str]) -> exec::Command {
         env: vec![],
         stdin: None,
         timeout_ms: None,
+        stopped: false,
     }
 }
 
@@ -422,6 +424,30 @@ impl Guest for Misbehave {
             "run-all" => {
                 let outs = exec::run_all(&command(None, &["echo", "hi"]))?;
                 Ok(values(&[("pods", outs.len().to_string())]))
+            }
+            "exec-stopped" => {
+                // Quiesce, run against the stopped workload, scale back whatever happened; then
+                // the same command while it runs, which the host refuses.
+                let mut stopped = command(None, &["echo", "offline"]);
+                stopped.stopped = true;
+                let before = workloads::scale(None, 0)?;
+                let out = exec::run(&stopped);
+                workloads::scale(None, before)?;
+                let out = out?;
+                let refused = match exec::run(&stopped) {
+                    Err(Error::Invalid(m)) => m,
+                    other => format!("not refused: {other:?}"),
+                };
+                let all = match exec::run_all(&stopped) {
+                    Err(Error::Invalid(m)) => m,
+                    other => format!("not refused: {other:?}"),
+                };
+                Ok(values(&[
+                    ("pod", out.pod),
+                    ("stdout", String::from_utf8_lossy(&out.stdout).into_owned()),
+                    ("refused", refused),
+                    ("run-all", all),
+                ]))
             }
             "secret" => Ok(values(&[("token", secrets::get("token")?)])),
             "scale" => {
