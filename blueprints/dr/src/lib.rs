@@ -386,15 +386,8 @@ fn collect_unreferenced(
     (removed, held, failed)
 }
 
-/// A non-negative integer parameter.
-fn count(ctx: &Context, name: &str) -> Result<u32> {
-    let n = ctx.integer(name)?;
-    u32::try_from(n)
-        .map_err(|_| Error::invalid(format!("parameter `{name}` must be 0 or more, not {n}")))
-}
-
 fn policy(ctx: &Context) -> Result<retention::Policy> {
-    let [last, hourly, daily, weekly, monthly, yearly] = KEEP.map(|k| count(ctx, k));
+    let [last, hourly, daily, weekly, monthly, yearly] = KEEP.map(|k| ctx.param::<u32>(k));
     Ok(retention::Policy {
         rules: cairn_retention::Retention {
             last: last?,
@@ -404,7 +397,7 @@ fn policy(ctx: &Context) -> Result<retention::Policy> {
             monthly: monthly?,
             yearly: yearly?,
         },
-        max_chain: count(ctx, "max-chain")?,
+        max_chain: ctx.param::<u32>("max-chain")?,
     })
 }
 
