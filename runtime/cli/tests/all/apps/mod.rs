@@ -21,12 +21,25 @@ use serde_json::Value;
 
 use crate::support::{Cairn, json, stderr, stdout, wasm};
 
-/// A loopback port nothing listens on now, for a test's own server.
+/// A loopback port nothing listens on now, for a test's own server, and one no other test of
+/// this process was given. Ports come from below the kernel's ephemeral range (32768 on), so
+/// an outgoing connection of a test running beside this one cannot take it between this check
+/// and the server's bind; an ephemeral port from `bind(0)` could be, and was.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    // Processes started close together begin at different places.
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id() * 97 % SPAN;
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = u16::try_from(FIRST + (start + n) % SPAN).expect("below 32000");
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port between {FIRST} and {}", FIRST + SPAN);
 }
 
 /// Fails (never skips) when one of `programs` does not run, naming the Debian `packages` that
