@@ -23,8 +23,43 @@ pub(crate) const MASTER_LEN: usize = 64;
 ///
 /// The key is a repository secret, so ids reveal nothing about the content to someone who
 /// can read the store but has no key.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ChunkId(pub(crate) [u8; 32]);
+
+/// Ids are keyed hashes, uniform and unpredictable without the repository's key, so a map of
+/// them needs no hashing of its own: eight of the id's bytes are the hash ([`IdMap`]).
+impl std::hash::Hash for ChunkId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let mut head = [0u8; 8];
+        head.copy_from_slice(&self.0[..8]);
+        state.write_u64(u64::from_le_bytes(head));
+    }
+}
+
+/// The hasher of [`IdMap`] and [`IdSet`]: passes a chunk id's own bits through.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only chunk ids are hashed here, through `write_u64`; anything else still mixes.
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+}
+
+/// A map keyed by chunk id, without a second hash.
+pub(crate) type IdMap<V> =
+    std::collections::HashMap<ChunkId, V, std::hash::BuildHasherDefault<IdHasher>>;
+/// A set of chunk ids, without a second hash.
+pub(crate) type IdSet = std::collections::HashSet<ChunkId, std::hash::BuildHasherDefault<IdHasher>>;
 
 impl ChunkId {
     /// The id in lowercase hex.
@@ -101,6 +136,15 @@ impl MasterKeys {
     pub(crate) fn open(&self, aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
         open_with(&self.cipher, aad, sealed)
     }
+
+    /// [`open_in_place`] with the data key.
+    pub(crate) fn open_in_place(
+        &self,
+        aad: &[u8],
+        sealed: &mut [u8],
+    ) -> Option<std::ops::Range<usize>> {
+        open_in_place(&self.cipher, aad, sealed)
+    }
 }
 
 impl MasterKeys {
@@ -137,18 +181,30 @@ pub(crate) fn seal_with(cipher: &Aes256Gcm, aad: &[u8], plaintext: &[u8], out: &
 }
 
 pub(crate) fn open_with(cipher: &Aes256Gcm, aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
+    let mut buf = sealed.to_vec();
+    let plain = open_in_place(cipher, aad, &mut buf)?;
+    buf.truncate(plain.end);
+    buf.drain(..plain.start);
+    Some(buf)
+}
+
+/// Authenticates and decrypts `sealed` (nonce, ciphertext, tag) where it lies; returns where
+/// in it the plaintext is.
+pub(crate) fn open_in_place(
+    cipher: &Aes256Gcm,
+    aad: &[u8],
+    sealed: &mut [u8],
+) -> Option<std::ops::Range<usize>> {
     if sealed.len() < SEAL_OVERHEAD {
         return None;
     }
-    let (nonce, rest) = sealed.split_at(NONCE_LEN);
-    let (ct, tag) = rest.split_at(rest.len() - TAG_LEN);
-    let nonce = Nonce::try_from(nonce).ok()?;
-    let tag = Tag::try_from(tag).ok()?;
-    let mut buf = ct.to_vec();
+    let end = sealed.len() - TAG_LEN;
+    let nonce = Nonce::try_from(&sealed[..NONCE_LEN]).ok()?;
+    let tag = Tag::try_from(&sealed[end..]).ok()?;
     cipher
-        .decrypt_inout_detached(&nonce, aad, (&mut buf[..]).into(), &tag)
+        .decrypt_inout_detached(&nonce, aad, (&mut sealed[NONCE_LEN..end]).into(), &tag)
         .ok()?;
-    Some(buf)
+    Some(NONCE_LEN..end)
 }
 
 pub(crate) fn cipher_from(key: &[u8; 32]) -> Aes256Gcm {
@@ -188,10 +244,10 @@ pub(crate) fn encode_payload(data: &[u8], level: i32) -> Vec<u8> {
     out
 }
 
-/// Like [`decode_payload`], taking the buffer: raw payloads are returned without a copy.
-pub(crate) fn decode_payload_owned(buf: Vec<u8>, max: usize) -> Option<bytes::Bytes> {
+/// Like [`decode_payload`], on a shared buffer: a raw payload is a slice of it, not a copy.
+pub(crate) fn decode_payload_bytes(buf: bytes::Bytes, max: usize) -> Option<bytes::Bytes> {
     match buf.first()? {
-        &CODEC_RAW => Some(bytes::Bytes::from(buf).slice(1..)),
+        &CODEC_RAW => Some(buf.slice(1..)),
         _ => decode_payload(&buf, max).map(bytes::Bytes::from),
     }
 }

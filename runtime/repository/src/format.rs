@@ -1,7 +1,7 @@
 //! The on-disk format: object names, the config, index and pack encodings, and snapshots.
 //! `FORMAT.md` beside `Cargo.toml` is the reference; keep the two in step.
 
-use crate::crypto::{self, ChunkId, MasterKeys};
+use crate::crypto::{self, ChunkId, IdMap, MasterKeys};
 use crate::error::{Error, Result};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -129,7 +129,7 @@ pub(crate) struct Entry {
 pub(crate) struct Index {
     pub(crate) packs: Vec<PackId>,
     pack_pos: HashMap<PackId, u32>,
-    pub(crate) map: HashMap<ChunkId, Loc>,
+    pub(crate) map: IdMap<Loc>,
     /// Index objects merged in, by id, with the packs each references.
     pub(crate) files: HashMap<String, Vec<PackId>>,
 }

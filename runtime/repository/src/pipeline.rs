@@ -11,12 +11,11 @@
 
 use crate::backend::Backend;
 use crate::chunker::{Chunker, Chunking};
-use crate::crypto::{self, ChunkId, MasterKeys};
+use crate::crypto::{self, ChunkId, IdSet, MasterKeys};
 use crate::error::{Error, Result};
 use crate::format::{self, Entry, Index, PackId};
 use bytes::Bytes;
 use rand::RngCore;
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex, RwLock};
@@ -201,7 +200,7 @@ struct ChunkState<'a> {
     frame_bytes: usize,
     frame: Frame,
     /// Chunks of this backup not yet in the shared index (sent, but their pack not indexed).
-    new: HashSet<ChunkId>,
+    new: IdSet,
     /// When `new` grows to this, the chunks the packer has indexed since are dropped from it:
     /// the index answers for them, so the set stays as small as what is in flight instead of
     /// growing with the backup.
@@ -271,7 +270,7 @@ fn chunker_loop(
             data: Vec::new(),
             entries: Vec::new(),
         },
-        new: HashSet::new(),
+        new: IdSet::default(),
         prune_at: MIN_PRUNE_AT,
         out: ChunkerOut::default(),
         current: Vec::new(),

@@ -2,7 +2,7 @@
 
 use crate::backend::{Backend, Location};
 use crate::chunker::Chunking;
-use crate::crypto::{ChunkId, MasterKeys};
+use crate::crypto::{ChunkId, IdSet, MasterKeys};
 use crate::error::{Error, Result};
 use crate::format::{self, Config, Content, Index, SnapshotInfo, SnapshotKind};
 use crate::keys::{self, KeyFile, KeyProvider, KeySlotInfo, SlotFile};
@@ -637,7 +637,7 @@ impl Repository {
             }
         }
         // Snapshots and the chunks they need.
-        let mut snap_chunks: Vec<(String, HashSet<ChunkId>)> = Vec::new();
+        let mut snap_chunks: Vec<(String, IdSet)> = Vec::new();
         for id in self.snapshot_ids().await? {
             let info = match self.read_snapshot(&id).await {
                 Ok(i) => i,
@@ -652,7 +652,7 @@ impl Repository {
             }
         }
         report.snapshots = snap_chunks.len() + report.errors.len();
-        let affected = |damaged: &HashSet<ChunkId>| -> Vec<String> {
+        let affected = |damaged: &IdSet| -> Vec<String> {
             snap_chunks
                 .iter()
                 .filter(|(_, ids)| ids.iter().any(|c| damaged.contains(c)))
@@ -683,7 +683,7 @@ impl Repository {
                     .or_default()
                     .push((*c, *l));
             }
-            let mut missing = HashSet::new();
+            let mut missing = IdSet::default();
             for (_, ids) in &snap_chunks {
                 for c in ids {
                     if !idx.map.contains_key(c) {
@@ -703,7 +703,7 @@ impl Repository {
                 snapshots: affected(&missing_chunks),
             });
         }
-        let mut referenced: HashSet<ChunkId> = HashSet::new();
+        let mut referenced = IdSet::default();
         for (_, ids) in &snap_chunks {
             referenced.extend(ids.iter().copied());
         }
@@ -713,7 +713,7 @@ impl Repository {
         for hex in pack_names {
             let entries = &by_pack[hex];
             let path = format::pack_path(hex);
-            let damaged: HashSet<ChunkId> = entries.iter().map(|e| e.0).collect();
+            let damaged: IdSet = entries.iter().map(|e| e.0).collect();
             if !entries.iter().any(|e| referenced.contains(&e.0)) {
                 unreferenced_packs += 1;
             }
@@ -742,7 +742,7 @@ impl Repository {
                 report.packs_read += 1;
                 report.bytes_read += size;
                 if let Err(e) = self.verify_pack(hex, &path, entries).await {
-                    let bad: HashSet<ChunkId> = match &e {
+                    let bad: IdSet = match &e {
                         VerifyError::Chunks(c, _) => c.clone(),
                         VerifyError::Whole(_) => damaged.clone(),
                     };
@@ -809,7 +809,7 @@ impl Repository {
                     .and_then(|h| format::decode_pack_header(&h))
                 {
                     Some(h) => {
-                        let in_header: HashSet<ChunkId> = h.iter().map(|e| e.id).collect();
+                        let in_header: IdSet = h.iter().map(|e| e.id).collect();
                         if entries.iter().any(|(c, _)| !in_header.contains(c)) {
                             header_problem = Some(
                                 "pack header does not list chunks the index places in it".into(),
@@ -820,7 +820,7 @@ impl Repository {
                 }
             }
             let mut frames: HashMap<u32, Option<Bytes>> = HashMap::new();
-            let mut bad = HashSet::new();
+            let mut bad = IdSet::default();
             let mut first = None;
             for (c, l) in &entries {
                 let f = frames.entry(l.frame_off).or_insert_with(|| {
@@ -849,7 +849,7 @@ impl Repository {
                 ));
             }
             match header_problem {
-                Some(p) => Err(VerifyError::Chunks(HashSet::new(), p)),
+                Some(p) => Err(VerifyError::Chunks(IdSet::default(), p)),
                 None => Ok(()),
             }
         })
@@ -948,7 +948,7 @@ impl Repository {
         // Reload the index: other processes may have added to it.
         self.refresh_index().await?;
         let snaps = self.snapshots(&SnapshotFilter::default()).await?;
-        let mut referenced = HashSet::new();
+        let mut referenced = IdSet::default();
         let mut contents = HashSet::new();
         for s in &snaps {
             let c = self.content(s).await?;
@@ -1146,7 +1146,7 @@ impl Repository {
 
 enum VerifyError {
     Whole(String),
-    Chunks(HashSet<ChunkId>, String),
+    Chunks(IdSet, String),
 }
 
 impl VerifyError {

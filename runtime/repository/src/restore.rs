@@ -12,9 +12,10 @@ use crate::backend::Backend;
 use crate::crypto::{self, ChunkId, MasterKeys};
 use crate::error::{Error, Result};
 use crate::format::{self, Index, PackId};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt};
 use std::collections::{HashMap, VecDeque};
+use std::ops::Range;
 use std::sync::Arc;
 
 /// Most bytes one ranged read covers (2 MiB): large reads for throughput, bounded so the reads
@@ -23,9 +24,10 @@ pub(crate) const READ_UNIT_BYTES: u64 = 2 << 20;
 /// Largest hole between two needed frames of a pack that is read through rather than split
 /// into two requests (256 KiB).
 pub(crate) const READ_GAP_BYTES: u64 = 256 << 10;
-/// Read units fetched and decoded at once: two per core keeps both cores busy while reads
-/// wait and the writer drains; with [`READ_UNIT_BYTES`] this bounds restore memory.
-pub(crate) const READS_IN_FLIGHT: usize = 4;
+/// Read units fetched and decoded at once, each its own task: three per core keeps both cores
+/// busy while a large unit holds up smaller ones behind it and while the writer drains; with
+/// [`READ_UNIT_BYTES`] this bounds restore memory (a 1 GiB tree restore peaks near 110 MiB).
+pub(crate) const READS_IN_FLIGHT: usize = 6;
 /// Most chunk bytes, and most bytes read, in one planning window (8 MiB each). A decoded
 /// read is held until the last of its chunks is yielded, which is within its window, so this
 /// bounds what restore holds beyond the reads in flight.
@@ -122,11 +124,12 @@ async fn fetch(backend: &Backend, keys: Arc<MasterKeys>, u: Unit) -> Result<Vec<
     if (data.len() as u64) < u.end - u.start {
         return Err(Error::corrupt(&path, "is truncated"));
     }
-    tokio::task::spawn_blocking(move || decode_unit(&keys, &u, &hex, &path, &data))
+    tokio::task::spawn_blocking(move || decode_unit(&keys, &u, &hex, &path, data))
         .await
         .map_err(|e| Error::Invalid(format!("decode task failed: {e}")))?
 }
 
+/// Decodes the sealed frame at `off` of a pack.
 pub(crate) fn decode_frame(
     keys: &MasterKeys,
     pack_hex: &str,
@@ -134,32 +137,53 @@ pub(crate) fn decode_frame(
     off: u64,
     sealed: &[u8],
 ) -> Result<Bytes> {
-    let plain = keys
-        .open(&crypto::frame_aad(pack_hex, off), sealed)
-        .ok_or_else(|| {
-            Error::corrupt(path, format!("frame at offset {off} fails authentication"))
-        })?;
-    crypto::decode_payload_owned(plain, format::MAX_FRAME_BYTES)
+    let mut buf = BytesMut::from(sealed);
+    let plain = open_frame(keys, pack_hex, path, off, &mut buf)?;
+    decode_plain(buf.freeze().slice(plain), path, off)
+}
+
+/// Authenticates and decrypts a sealed frame where it lies; returns where its plaintext is.
+fn open_frame(
+    keys: &MasterKeys,
+    pack_hex: &str,
+    path: &str,
+    off: u64,
+    sealed: &mut [u8],
+) -> Result<Range<usize>> {
+    keys.open_in_place(&crypto::frame_aad(pack_hex, off), sealed)
+        .ok_or_else(|| Error::corrupt(path, format!("frame at offset {off} fails authentication")))
+}
+
+fn decode_plain(plain: Bytes, path: &str, off: u64) -> Result<Bytes> {
+    crypto::decode_payload_bytes(plain, format::MAX_FRAME_BYTES)
         .ok_or_else(|| Error::corrupt(path, format!("frame at offset {off} cannot be decoded")))
 }
 
+/// Decodes a unit's frames in the buffer they were read into (no copy of the ciphertext;
+/// stored frames are slices of it) and checks its chunks.
 fn decode_unit(
     keys: &MasterKeys,
     u: &Unit,
     hex: &str,
     path: &str,
-    data: &[u8],
+    data: Bytes,
 ) -> Result<Vec<Bytes>> {
-    let mut frames = Vec::with_capacity(u.frames.len());
+    let mut buf = data
+        .try_into_mut()
+        .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+    let mut plain = Vec::with_capacity(u.frames.len());
     for &(off, len) in &u.frames {
         let s = (off - u.start) as usize;
-        frames.push(decode_frame(
-            keys,
-            hex,
-            path,
-            off,
-            &data[s..s + len as usize],
-        )?);
+        let sealed = buf
+            .get_mut(s..s + len as usize)
+            .ok_or_else(|| Error::corrupt(path, "is truncated"))?;
+        let r = open_frame(keys, hex, path, off, sealed)?;
+        plain.push(s + r.start..s + r.end);
+    }
+    let buf = buf.freeze();
+    let mut frames = Vec::with_capacity(plain.len());
+    for (r, &(off, _)) in plain.into_iter().zip(&u.frames) {
+        frames.push(decode_plain(buf.slice(r), path, off)?);
     }
     let mut out = Vec::with_capacity(u.chunks.len());
     for &(n, inner, len, id) in &u.chunks {
@@ -192,10 +216,12 @@ pub(crate) fn chunks(
 ) -> impl Stream<Item = Result<Vec<Bytes>>> + Send + 'static {
     let Plan { units, order } = plan;
     let mut remaining: Vec<u32> = units.iter().map(|u| u.chunks.len() as u32).collect();
+    // Each read is its own task, so reads and decoding go on while the consumer is busy
+    // writing (the stream is not polled then); dropping the stream aborts the tasks.
     let reads = futures::stream::iter(units)
         .map(move |u| {
             let (b, k) = (backend.clone(), keys.clone());
-            async move { fetch(&b, k, u).await }
+            Task(tokio::spawn(async move { fetch(&b, k, u).await }))
         })
         .buffered(READS_IN_FLIGHT);
     // Reads complete in their order. `held` holds the decoded reads from number `first` on;
@@ -230,4 +256,27 @@ pub(crate) fn chunks(
         }
         Ok(out)
     })
+}
+
+/// A spawned read: aborted when dropped (a restore that stops early leaves no reads behind),
+/// and its result with a panic or cancellation turned into an error.
+struct Task(tokio::task::JoinHandle<Result<Vec<Bytes>>>);
+
+impl Drop for Task {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl std::future::Future for Task {
+    type Output = Result<Vec<Bytes>>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx).map(|r| {
+            r.unwrap_or_else(|e| Err(Error::Invalid(format!("restore read task failed: {e}"))))
+        })
+    }
 }

@@ -284,13 +284,13 @@ impl Repository {
             }
         }
         let mut stream = Box::pin(self.read_chunks(&ids, &info.id).await?);
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Bytes>>(WRITER_QUEUE);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Vec<Bytes>>(WRITER_QUEUE);
         let writer = tokio::task::spawn_blocking(move || write_files(files, rx));
         let mut err = None;
         while let Some(item) = stream.next().await {
             match item {
                 Ok(v) => {
-                    if tx.send(v).is_err() {
+                    if tx.send(v).await.is_err() {
                         break;
                     }
                 }
@@ -339,7 +339,7 @@ type Writing = Option<(std::fs::File, PathBuf, usize)>;
 /// no later file is created.
 fn write_files(
     files: Vec<(PathBuf, usize)>,
-    rx: std::sync::mpsc::Receiver<Vec<Bytes>>,
+    rx: tokio::sync::mpsc::Receiver<Vec<Bytes>>,
 ) -> Result<()> {
     let mut current: Writing = None;
     let written = write_all(files, rx, &mut current);
@@ -352,7 +352,7 @@ fn write_files(
 
 fn write_all(
     files: Vec<(PathBuf, usize)>,
-    rx: std::sync::mpsc::Receiver<Vec<Bytes>>,
+    mut rx: tokio::sync::mpsc::Receiver<Vec<Bytes>>,
     current: &mut Writing,
 ) -> Result<()> {
     let mut files = files.into_iter();
@@ -373,7 +373,7 @@ fn write_all(
     // Chunks of the current file received and not yet written: written in one vectored call
     // per run, straight from the decoded frames.
     let mut run: Vec<Bytes> = Vec::new();
-    for item in rx {
+    while let Some(item) = rx.blocking_recv() {
         for chunk in item {
             while current.as_ref().is_some_and(|c| c.2 == 0) {
                 if let Some((f, p, _)) = current.as_mut() {
