@@ -77,6 +77,63 @@ pub(crate) struct PackerOut {
     pub(crate) stored_bytes: u64,
 }
 
+/// Buffers handed back for reuse. Fresh memory costs a page fault per 4 KiB on first touch
+/// (and zeroing, for read buffers); the pipeline moves every byte of a backup through input
+/// blocks and pack buffers, so it recycles both, keeping at most `kept` of each.
+#[derive(Clone)]
+pub(crate) struct Pool {
+    free: Arc<Mutex<Vec<Vec<u8>>>>,
+    kept: usize,
+}
+
+impl Pool {
+    pub(crate) fn new(kept: usize) -> Self {
+        Self {
+            free: Arc::new(Mutex::new(Vec::new())),
+            kept,
+        }
+    }
+
+    /// A buffer handed back earlier, as it was (length and contents), if there is one.
+    pub(crate) fn take(&self) -> Option<Vec<u8>> {
+        self.free.lock().ok()?.pop()
+    }
+
+    /// Hands `buf` back for reuse.
+    pub(crate) fn put(&self, buf: Vec<u8>) {
+        if let Ok(mut free) = self.free.lock()
+            && free.len() < self.kept
+        {
+            free.push(buf);
+        }
+    }
+
+    /// `buf` as `Bytes` that hand the buffer back here once the last of them is dropped.
+    fn bytes(&self, buf: Vec<u8>) -> Bytes {
+        Bytes::from_owner(Recycled {
+            buf,
+            pool: self.clone(),
+        })
+    }
+}
+
+struct Recycled {
+    buf: Vec<u8>,
+    pool: Pool,
+}
+
+impl AsRef<[u8]> for Recycled {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl Drop for Recycled {
+    fn drop(&mut self) {
+        self.pool.put(std::mem::take(&mut self.buf));
+    }
+}
+
 pub(crate) struct Shared {
     pub(crate) backend: Backend,
     pub(crate) keys: Arc<MasterKeys>,
@@ -86,6 +143,7 @@ pub(crate) struct Shared {
 /// A running pipeline; [`Pipeline::finish`] waits for everything to be durable.
 pub(crate) struct Pipeline {
     tx: Option<tokio::sync::mpsc::Sender<Input>>,
+    blocks: Pool,
     chunker: Option<JoinHandle<Result<ChunkerOut>>>,
     workers: Vec<JoinHandle<()>>,
     packer: Option<JoinHandle<Result<PackerOut>>>,
@@ -119,16 +177,19 @@ impl Pipeline {
         let (ftx, frx) = sync_channel::<Frame>(threads * 2);
         let (ctx, crx) = sync_channel::<Frame>(threads * 2);
         let frx = Arc::new(Mutex::new(frx));
+        // Blocks queued, one being read into, one being cut.
+        let blocks = Pool::new(INPUT_QUEUE + 2);
 
         let chunker = {
-            let (keys, index, cfg, abort) = (
+            let (keys, index, cfg, abort, blocks) = (
                 shared.keys.clone(),
                 shared.index.clone(),
                 cfg.clone(),
                 abort.clone(),
+                blocks.clone(),
             );
             spawn("cairn-chunker", move || {
-                chunker_loop(rx, ftx, &keys, &index, &cfg, &abort)
+                chunker_loop(rx, ftx, &keys, &index, &cfg, &abort, &blocks)
             })?
         };
         let mut workers = Vec::new();
@@ -147,6 +208,7 @@ impl Pipeline {
         };
         Ok(Self {
             tx: Some(tx),
+            blocks,
             chunker: Some(chunker),
             workers,
             packer: Some(packer),
@@ -158,6 +220,12 @@ impl Pipeline {
     /// [`Pipeline::finish`] to learn it.
     pub(crate) fn sender(&self) -> Option<tokio::sync::mpsc::Sender<Input>> {
         self.tx.clone()
+    }
+
+    /// Where producers take the buffers of [`Input::Data`] from: the chunker hands each block
+    /// back here once it is cut.
+    pub(crate) fn blocks(&self) -> Pool {
+        self.blocks.clone()
     }
 
     /// Closes the input and waits until all packs and index files are written.
@@ -261,6 +329,7 @@ fn chunker_loop(
     index: &RwLock<Index>,
     cfg: &PipelineConfig,
     abort: &AtomicBool,
+    blocks: &Pool,
 ) -> Result<ChunkerOut> {
     let mut chunker = Chunker::new(cfg.chunking);
     let mut st = ChunkState {
@@ -297,6 +366,7 @@ fn chunker_loop(
                 if let Some(p) = &cfg.progress {
                     p.fetch_add(d.len() as u64, Ordering::Relaxed);
                 }
+                blocks.put(d);
             }
             Input::EndFile => {
                 chunker.finish(&mut |c| st.chunk(c, &idx));
@@ -404,13 +474,16 @@ struct PackBuf {
 }
 
 impl PackBuf {
-    fn new(cap: usize) -> Self {
+    fn new(cap: usize, pool: &Pool) -> Self {
         let mut id = [0u8; 16];
         rand::rng().fill_bytes(&mut id);
+        let mut data = pool.take().unwrap_or_default();
+        data.clear();
+        data.reserve(cap);
         Self {
             id,
             hex: format::pack_hex(&id),
-            data: Vec::with_capacity(cap),
+            data,
             entries: Vec::new(),
         }
     }
@@ -425,7 +498,9 @@ fn packer_loop(
 ) -> Result<PackerOut> {
     let sem = Arc::new(tokio::sync::Semaphore::new(MAX_UPLOADS_IN_FLIGHT));
     let cap = pack_bytes + format::MAX_FRAME_BYTES;
-    let mut pack = PackBuf::new(cap);
+    // Packs uploading, the one being filled.
+    let pool = Pool::new(MAX_UPLOADS_IN_FLIGHT + 1);
+    let mut pack = PackBuf::new(cap, &pool);
     let mut uploads: Vec<tokio::task::JoinHandle<Result<()>>> = Vec::new();
     let mut pending: Vec<(PackId, Vec<Entry>)> = Vec::new();
     let mut pending_entries = 0usize;
@@ -447,6 +522,7 @@ fn packer_loop(
         data.extend_from_slice(&sealed);
         data.extend_from_slice(&(sealed.len() as u32).to_le_bytes());
         out.stored_bytes += data.len() as u64;
+        let data = pool.bytes(data);
         let permit = handle
             .block_on(sem.clone().acquire_owned())
             .map_err(|_| Error::Invalid("upload semaphore closed".into()))?;
@@ -454,7 +530,7 @@ fn packer_loop(
         let path = format::pack_path(&pack.hex);
         let failed = upload_failed.clone();
         uploads.push(handle.spawn(async move {
-            let r = backend.put_data(&path, Bytes::from(data)).await;
+            let r = backend.put_data(&path, data).await;
             drop(permit);
             if r.is_err() {
                 failed.store(true, Ordering::Relaxed);
@@ -541,7 +617,7 @@ fn packer_loop(
             });
         }
         if pack.data.len() >= pack_bytes {
-            let full = std::mem::replace(&mut pack, PackBuf::new(cap));
+            let full = std::mem::replace(&mut pack, PackBuf::new(cap, &pool));
             pending_entries += upload(full, &mut uploads, &mut pending, &mut out)?;
             if pending_entries >= INDEX_FLUSH_ENTRIES || upload_failed.load(Ordering::Relaxed) {
                 flush_index(&mut uploads, &mut pending, &mut out)?;

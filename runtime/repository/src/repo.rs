@@ -13,7 +13,7 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -248,6 +248,9 @@ pub(crate) struct Inner {
     pub(crate) keys: Arc<MasterKeys>,
     slot: String,
     pub(crate) index: Arc<RwLock<Index>>,
+    /// Whether `index` has been read from the store: it is read on first need, not at open
+    /// (a backup reads it afresh anyway, and a restore reads it beside the snapshot).
+    index_read: AtomicBool,
 }
 
 /// An open repository. Cheap to clone; every clone shares the index.
@@ -326,12 +329,13 @@ impl Repository {
                 .await
                 .map_err(already)?;
         }
+        // A new repository's index is known: empty.
         Ok(Self::from_parts(
             backend,
             config,
             keys,
             slot,
-            Index::default(),
+            Some(Index::default()),
         ))
     }
 
@@ -346,8 +350,7 @@ impl Repository {
         backend.protection = Duration::from_secs(config.protection_secs);
         backend.object_lock = config.object_lock;
         let (keys, slot) = open_slots(&backend, &config.id, key).await?;
-        let index = load_index(&backend, &keys).await?;
-        Ok(Self::from_parts(backend, config, keys, slot, index))
+        Ok(Self::from_parts(backend, config, keys, slot, None))
     }
 
     /// Opens the local repository in `dir` with the key in `key_file`, creating both when
@@ -374,15 +377,17 @@ impl Repository {
         config: Config,
         keys: MasterKeys,
         slot: String,
-        index: Index,
+        index: Option<Index>,
     ) -> Self {
+        let index_read = index.is_some().into();
         Self {
             inner: Arc::new(Inner {
                 backend,
                 config,
                 keys: Arc::new(keys),
                 slot,
-                index: Arc::new(RwLock::new(index)),
+                index: Arc::new(RwLock::new(index.unwrap_or_default())),
+                index_read,
             }),
         }
     }
@@ -577,6 +582,9 @@ impl Repository {
         ids: &[ChunkId],
         snapshot: &str,
     ) -> Result<impl futures::Stream<Item = Result<Vec<Bytes>>> + Send + 'static> {
+        if !self.inner.index_read.load(Ordering::Acquire) {
+            self.refresh_index().await?;
+        }
         let planned = {
             let idx = self.inner.index.read().map_err(|_| poisoned())?;
             crate::restore::plan(&idx, ids)
@@ -601,7 +609,23 @@ impl Repository {
     pub(crate) async fn refresh_index(&self) -> Result<()> {
         let fresh = load_index(&self.inner.backend, &self.inner.keys).await?;
         *self.inner.index.write().map_err(|_| poisoned())? = fresh;
+        self.inner.index_read.store(true, Ordering::Release);
         Ok(())
+    }
+
+    /// A snapshot's content for a restore; the index, when not read yet, is read beside it
+    /// (on another core: both are decrypted and decoded).
+    pub(crate) async fn restore_content(&self, info: &SnapshotInfo) -> Result<Content> {
+        let loading = (!self.inner.index_read.load(Ordering::Acquire)).then(|| {
+            let repo = self.clone();
+            tokio::spawn(async move { repo.refresh_index().await })
+        });
+        let content = self.content(info).await;
+        if let Some(h) = loading {
+            h.await
+                .map_err(|e| Error::Invalid(format!("index task failed: {e}")))??;
+        }
+        content
     }
 
     /// Verifies the repository. Structure always: config, key slots, index files, snapshots
@@ -1066,8 +1090,7 @@ impl Repository {
                 .delete_data(&format::pack_path(hex), Some(m))
                 .await?;
         }
-        let fresh = load_index(backend, &self.inner.keys).await?;
-        *self.inner.index.write().map_err(|_| poisoned())? = fresh;
+        self.refresh_index().await?;
         Ok(report)
     }
 

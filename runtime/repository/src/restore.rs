@@ -24,10 +24,11 @@ pub(crate) const READ_UNIT_BYTES: u64 = 2 << 20;
 /// Largest hole between two needed frames of a pack that is read through rather than split
 /// into two requests (256 KiB).
 pub(crate) const READ_GAP_BYTES: u64 = 256 << 10;
-/// Read units fetched and decoded at once, each its own task: three per core keeps both cores
-/// busy while a large unit holds up smaller ones behind it and while the writer drains; with
-/// [`READ_UNIT_BYTES`] this bounds restore memory (a 1 GiB tree restore peaks near 110 MiB).
-pub(crate) const READS_IN_FLIGHT: usize = 6;
+/// Read units fetched and decoded at once, each its own task: two per core keeps both cores
+/// busy while reads wait and the writer drains; with [`READ_UNIT_BYTES`] this bounds restore
+/// memory (a 1 GiB tree restore peaks at 100-117 MiB; six in flight measured no faster
+/// within this VM's noise and peaked at 128 MiB).
+pub(crate) const READS_IN_FLIGHT: usize = 4;
 /// Most chunk bytes, and most bytes read, in one planning window (8 MiB each). A decoded
 /// read is held until the last of its chunks is yielded, which is within its window, so this
 /// bounds what restore holds beyond the reads in flight.

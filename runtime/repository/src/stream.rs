@@ -5,7 +5,7 @@ use crate::chunker::Chunking;
 use crate::error::{Error, Result};
 use crate::format::{self, Content, SnapshotInfo, SnapshotKind};
 use crate::lock::LockGuard;
-use crate::pipeline::{INPUT_BLOCK, Input, Pipeline};
+use crate::pipeline::{INPUT_BLOCK, Input, Pipeline, Pool};
 use crate::repo::{BackupOptions, Repository};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -40,6 +40,7 @@ pub struct SnapshotWriter {
     pipeline: Option<Pipeline>,
     tx: Option<Sender<Input>>,
     buf: Vec<u8>,
+    blocks: Pool,
     pending: Option<PermitFuture>,
 }
 
@@ -65,7 +66,7 @@ impl SnapshotWriter {
         }
         let time = jiff::Timestamp::now();
         let (lock, pipeline) = repo.start_backup(&opts, Chunking::STREAM).await?;
-        let tx = pipeline.sender();
+        let (tx, blocks) = (pipeline.sender(), pipeline.blocks());
         Ok(Self {
             repo: repo.clone(),
             name: name.to_string(),
@@ -75,6 +76,7 @@ impl SnapshotWriter {
             pipeline: Some(pipeline),
             tx,
             buf: Vec::with_capacity(INPUT_BLOCK),
+            blocks,
             pending: None,
         })
     }
@@ -94,7 +96,12 @@ impl SnapshotWriter {
         let permit = ready!(fut.as_mut().poll(cx));
         self.pending = None;
         let permit = permit.map_err(|_| broken())?;
-        let block = std::mem::replace(&mut self.buf, Vec::with_capacity(INPUT_BLOCK));
+        let mut next = self
+            .blocks
+            .take()
+            .unwrap_or_else(|| Vec::with_capacity(INPUT_BLOCK));
+        next.clear();
+        let block = std::mem::replace(&mut self.buf, next);
         permit.send(Input::Data(block));
         Poll::Ready(Ok(()))
     }
@@ -194,7 +201,7 @@ impl std::fmt::Debug for SnapshotReader {
 
 impl SnapshotReader {
     pub(crate) async fn new(repo: &Repository, info: &SnapshotInfo) -> Result<Self> {
-        let content = repo.content(info).await?;
+        let content = repo.restore_content(info).await?;
         let Content::Stream { size, chunks } = content else {
             return Err(Error::Invalid(format!(
                 "snapshot {} is a tree, not a stream; restore it into a directory",

@@ -3,7 +3,7 @@
 use crate::chunker::Chunking;
 use crate::error::{Error, Result};
 use crate::format::{self, Content, Node, NodeKind, SnapshotInfo, SnapshotKind};
-use crate::pipeline::{INPUT_BLOCK, Input};
+use crate::pipeline::{INPUT_BLOCK, Input, Pool};
 use crate::repo::{BackupOptions, Repository, RestoreSummary};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -105,12 +105,14 @@ fn walk(root: &Path) -> Result<Vec<(PathBuf, Node)>> {
 }
 
 /// Reads every file into the pipeline, block by block.
-fn feed(files: &[PathBuf], tx: &tokio::sync::mpsc::Sender<Input>) -> Result<()> {
+fn feed(files: &[PathBuf], tx: &tokio::sync::mpsc::Sender<Input>, blocks: &Pool) -> Result<()> {
     use std::io::Read;
     for path in files {
         let mut f = std::fs::File::open(path).map_err(|e| Error::io("open", path, e))?;
         loop {
-            let mut block = vec![0u8; INPUT_BLOCK];
+            // A recycled block is read into as it is: only a shortened one's tail is zeroed.
+            let mut block = blocks.take().unwrap_or_default();
+            block.resize(INPUT_BLOCK, 0);
             let mut filled = 0;
             while filled < block.len() {
                 match f.read(&mut block[filled..]) {
@@ -201,9 +203,9 @@ impl Repository {
             .filter(|(_, n)| n.kind == NodeKind::File)
             .map(|(p, _)| p.clone())
             .collect();
-        let tx = pipeline.sender();
+        let (tx, blocks) = (pipeline.sender(), pipeline.blocks());
         let fed = tokio::task::spawn_blocking(move || match tx {
-            Some(tx) => feed(&files, &tx),
+            Some(tx) => feed(&files, &tx, &blocks),
             None => Err(Error::Aborted),
         })
         .await
@@ -255,7 +257,7 @@ impl Repository {
         target: impl AsRef<Path>,
     ) -> Result<RestoreSummary> {
         let info = self.snapshot(id_or_prefix).await?;
-        let Content::Tree { nodes } = self.content(&info).await? else {
+        let Content::Tree { nodes } = self.restore_content(&info).await? else {
             return Err(Error::Invalid(format!(
                 "snapshot {} is a stream; restore it with --target -",
                 info.short_id()
