@@ -539,6 +539,11 @@ impl Repository {
                     id: "latest".into(),
                 });
         }
+        // A whole id is read directly: no listing (a round trip, and a long one on a large
+        // bucket); it cannot be a prefix of another id.
+        if format::is_id(id_or_prefix) {
+            return self.read_snapshot(id_or_prefix).await;
+        }
         let ids: Vec<String> = self
             .snapshot_ids()
             .await?
