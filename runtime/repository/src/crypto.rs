@@ -27,7 +27,7 @@ pub(crate) const MASTER_LEN: usize = 64;
 pub struct ChunkId(pub(crate) [u8; 32]);
 
 /// Ids are keyed hashes, uniform and unpredictable without the repository's key, so a map of
-/// them needs no hashing of its own: eight of the id's bytes are the hash ([`IdMap`]).
+/// them needs no hashing of its own: eight of the id's bytes are the hash (see `IdMap`).
 impl std::hash::Hash for ChunkId {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         let mut head = [0u8; 8];
