@@ -640,6 +640,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn pools_hand_buffers_back_as_they_were_and_keep_a_bounded_number() {
+        let pool = Pool::new(2);
+        assert!(pool.take().is_none());
+        let buf = vec![7u8; 100];
+        let at = buf.as_ptr();
+        let bytes = pool.bytes(buf);
+        let slice = bytes.slice(10..20);
+        drop(bytes);
+        // Still referenced by a slice: not handed back yet.
+        assert!(pool.take().is_none());
+        assert_eq!(&slice[..], &[7u8; 10]);
+        drop(slice);
+        let back = pool
+            .take()
+            .expect("the buffer comes back once its last slice is dropped");
+        assert_eq!((back.as_ptr(), back.len()), (at, 100));
+        for n in 0..3 {
+            pool.put(vec![n; 4]);
+        }
+        assert_eq!(pool.take(), Some(vec![1; 4]));
+        assert_eq!(pool.take(), Some(vec![0; 4]));
+        assert!(pool.take().is_none(), "only two are kept");
+    }
+
+    #[test]
     fn frames_decode_to_what_was_encoded() {
         let mut z = zstd::bulk::Compressor::new(DEFAULT_ZSTD_LEVEL).ok();
         let text: Vec<u8> = b"INSERT INTO t VALUES (1, 'cairn');\n"
