@@ -24,8 +24,8 @@ pub(crate) const READ_UNIT_BYTES: u64 = 2 << 20;
 /// Largest hole between two needed frames of a pack that is read through rather than split
 /// into two requests (256 KiB).
 pub(crate) const READ_GAP_BYTES: u64 = 256 << 10;
-/// Read units fetched and decoded at once, each its own task: four per core keeps both cores
-/// busy while a large read holds up smaller ones behind it and while the writer drains; with
+/// Read units fetched and decoded at once, each its own task: enough to keep two cores busy
+/// while a large read holds up smaller ones behind it and while the writer drains; with
 /// [`READ_UNIT_BYTES`] this bounds restore memory. Measured on a 1 GiB tree restore (median
 /// of five): 4 in flight 1.41 s, 6 1.28 s, 8 1.26 s, each peaking at 74 MiB (the passphrase's
 /// Argon2id) once the `cairn` binary limits glibc's arenas; without that limit, 8 peaked at
