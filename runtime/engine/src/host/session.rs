@@ -196,33 +196,24 @@ impl HostState {
         }
     }
 
-    pub(crate) async fn kill_session(&mut self, name: String) -> Result<(), WitError> {
+    /// Takes the open session `name` out of the run's sessions: ending it is then the caller's.
+    async fn take_session(&mut self, name: &str) -> Result<Session, WitError> {
         self.require(Capability::Exec)?;
-        let session = self
-            .action
-            .sessions
-            .open
-            .lock()
-            .await
-            .remove(&name)
-            .ok_or_else(|| unknown(&name))?;
+        let mut open = self.action.sessions.open.lock().await;
+        open.remove(name).ok_or_else(|| unknown(name))
+    }
+
+    pub(crate) async fn kill_session(&mut self, name: String) -> Result<(), WitError> {
         // Dropping its exec aborts it, which kills the command's process group.
-        drop(session);
+        drop(self.take_session(&name).await?);
         Ok(())
     }
 
     pub(crate) async fn close_session(&mut self, name: String) -> Result<exec::Output, WitError> {
-        self.require(Capability::Exec)?;
+        let session = self.take_session(&name).await?;
         let limits = &self.action.limits;
         let cap = limits.exec_output;
         let timeout = self.call_timeout(limits.exec_timeout);
-        let sessions = self.action.sessions.clone();
-        let session = sessions
-            .open
-            .lock()
-            .await
-            .remove(&name)
-            .ok_or_else(|| unknown(&name))?;
         let Session {
             mut stdin,
             stdout,
