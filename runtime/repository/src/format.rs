@@ -9,8 +9,15 @@ use std::collections::HashMap;
 use std::fmt;
 use std::io::Write;
 
-/// The format version this build writes and the newest it reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The format version this build writes and the newest it reads. Version 1 (no list
+/// chunks) is read and, in repositories created as version 1, written.
+pub const FORMAT_VERSION: u32 = 2;
+/// The first version with list chunks ([`LIST_IDS`]).
+pub(crate) const LIST_CHUNKS_VERSION: u32 = 2;
+/// Chunk ids per list chunk (64 KiB): a file or stream with more chunks than this has its
+/// chunk list written as chunks of ids while it is backed up, so neither the backup's memory
+/// nor the content object grows with its size.
+pub(crate) const LIST_IDS: usize = 2048;
 /// The `format` field of the config, so foreign JSON is not mistaken for a repository.
 pub(crate) const FORMAT_NAME: &str = "cairn-repository";
 /// Upper bound of a frame's decoded size, checked before decompressing so a damaged or
@@ -87,7 +94,7 @@ impl Config {
             ));
         }
         let found = v.get("version").and_then(|f| f.as_u64()).unwrap_or(0);
-        if found != u64::from(FORMAT_VERSION) {
+        if !(1..=u64::from(FORMAT_VERSION)).contains(&found) {
             return Err(Error::UnsupportedVersion {
                 found: u32::try_from(found).unwrap_or(u32::MAX),
                 supported: FORMAT_VERSION,
@@ -427,6 +434,10 @@ pub(crate) struct Node {
     /// Concatenated chunk ids, hex.
     #[serde(default, skip_serializing_if = "ChunkList::is_empty")]
     pub(crate) chunks: ChunkList,
+    /// Version 2: when not empty, the ids of the list chunks that hold `chunks` (which is
+    /// then not written, and is filled in when the content is read).
+    #[serde(default, skip_serializing_if = "ChunkList::is_empty")]
+    pub(crate) lists: ChunkList,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -441,8 +452,17 @@ pub(crate) enum NodeKind {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase", tag = "type")]
 pub(crate) enum Content {
-    Tree { nodes: Vec<Node> },
-    Stream { size: u64, chunks: ChunkList },
+    Tree {
+        nodes: Vec<Node>,
+    },
+    Stream {
+        size: u64,
+        #[serde(default, skip_serializing_if = "ChunkList::is_empty")]
+        chunks: ChunkList,
+        /// As a node's `lists`.
+        #[serde(default, skip_serializing_if = "ChunkList::is_empty")]
+        lists: ChunkList,
+    },
 }
 
 /// A file's or a stream's chunk ids, in order; stored as one string of concatenated hex ids,
@@ -502,13 +522,28 @@ impl<'de> Deserialize<'de> for ChunkList {
 }
 
 impl Content {
-    /// Every chunk the snapshot references, in order.
+    /// Every chunk the snapshot references: for each file or stream its list chunks, then
+    /// its data chunks in order (those are known once [`Content::chunk_lists`] were read).
     pub(crate) fn chunk_ids(&self) -> Vec<ChunkId> {
         match self {
-            Content::Stream { chunks, .. } => chunks.0.clone(),
+            Content::Stream { chunks, lists, .. } => {
+                lists.0.iter().chain(&chunks.0).copied().collect()
+            }
             Content::Tree { nodes } => nodes
                 .iter()
-                .flat_map(|n| n.chunks.0.iter().copied())
+                .flat_map(|n| n.lists.0.iter().chain(&n.chunks.0).copied())
+                .collect(),
+        }
+    }
+
+    /// Each file's (or the stream's) list chunk ids and the chunk list they hold.
+    pub(crate) fn chunk_lists(&mut self) -> Vec<(&[ChunkId], &mut Vec<ChunkId>)> {
+        match self {
+            Content::Stream { chunks, lists, .. } => vec![(&lists.0[..], &mut chunks.0)],
+            Content::Tree { nodes } => nodes
+                .iter_mut()
+                .filter(|n| !n.lists.is_empty())
+                .map(|n| (&n.lists.0[..], &mut n.chunks.0))
                 .collect(),
         }
     }
@@ -533,6 +568,7 @@ mod tests {
         let content = Content::Stream {
             size: 7,
             chunks: ids(40_000),
+            lists: ChunkList::default(),
         };
         let sealed = seal_json(&keys, "content", "c1", &content).expect("sealed");
         let plain = open_object(&keys, "content", "c1", "content/c1", &sealed).expect("opens");

@@ -50,6 +50,8 @@ pub(crate) struct PipelineConfig {
     pub(crate) pack_bytes: usize,
     pub(crate) threads: usize,
     pub(crate) progress: Option<Arc<AtomicU64>>,
+    /// Chunk ids per list chunk; `None` in a version 1 repository (no list chunks).
+    pub(crate) list_ids: Option<usize>,
 }
 
 pub(crate) enum Input {
@@ -62,10 +64,19 @@ struct Frame {
     entries: Vec<(ChunkId, u32, u32)>,
 }
 
+/// One file's (or the stream's) chunks: either the ids themselves, or, past
+/// [`PipelineConfig::list_ids`] of them, the list chunks that hold them.
+#[derive(Debug, Default)]
+pub(crate) struct FileChunks {
+    pub(crate) chunks: Vec<ChunkId>,
+    pub(crate) lists: Vec<ChunkId>,
+    pub(crate) size: u64,
+}
+
 /// What the chunker learnt.
 #[derive(Debug, Default)]
 pub(crate) struct ChunkerOut {
-    pub(crate) files: Vec<(Vec<ChunkId>, u64)>,
+    pub(crate) files: Vec<FileChunks>,
     pub(crate) chunks: u64,
     pub(crate) new_chunks: u64,
     pub(crate) new_bytes: u64,
@@ -267,31 +278,78 @@ struct ChunkState<'a> {
     keys: &'a MasterKeys,
     frame_bytes: usize,
     frame: Frame,
-    /// Chunks of this backup not yet in the shared index (sent, but their pack not indexed).
+    /// New chunks this backup sent, the latest up to [`DEDUP_WINDOW`] of them; `older` holds
+    /// the window before. The shared index is the repository's as loaded when the backup
+    /// started: the packer does not add to it, so memory stays flat however long the backup.
     new: IdSet,
-    /// When `new` grows to this, the chunks the packer has indexed since are dropped from it:
-    /// the index answers for them, so the set stays as small as what is in flight instead of
-    /// growing with the backup.
-    prune_at: usize,
+    older: IdSet,
+    /// [`DEDUP_WINDOW`] (smaller in tests).
+    window: usize,
     out: ChunkerOut,
-    current: Vec<ChunkId>,
-    current_size: u64,
+    list_ids: usize,
+    /// The file being cut.
+    current: FileChunks,
     /// Frames complete but not yet sent: sent once the index read lock is released, so a
     /// full queue never blocks while holding it.
     ready: Vec<Frame>,
 }
 
-impl ChunkState<'_> {
+impl<'a> ChunkState<'a> {
+    fn new(keys: &'a MasterKeys, cfg: &PipelineConfig, window: usize) -> Self {
+        ChunkState {
+            keys,
+            frame_bytes: cfg.frame_bytes.clamp(1, format::MAX_FRAME_BYTES / 2),
+            frame: Frame {
+                data: Vec::new(),
+                entries: Vec::new(),
+            },
+            new: IdSet::default(),
+            older: IdSet::default(),
+            window: window.max(1),
+            out: ChunkerOut::default(),
+            list_ids: cfg.list_ids.unwrap_or(usize::MAX).max(1),
+            current: FileChunks::default(),
+            ready: Vec::new(),
+        }
+    }
+
     fn chunk(&mut self, c: &[u8], index: &Index) {
         let id = self.keys.chunk_id(c);
-        self.current.push(id);
+        self.current.chunks.push(id);
         self.out.chunks += 1;
-        if index.contains(&id) || !self.new.insert(id) {
+        self.store(id, c, index);
+        if self.current.chunks.len() >= self.list_ids {
+            self.spill(index);
+        }
+    }
+
+    /// Stores the file's chunk ids so far as one list chunk.
+    fn spill(&mut self, index: &Index) {
+        let ids = std::mem::take(&mut self.current.chunks);
+        let list: Vec<u8> = ids.iter().flat_map(|i| i.0).collect();
+        let id = self.keys.chunk_id(&list);
+        self.store(id, &list, index);
+        self.current.lists.push(id);
+    }
+
+    /// The file is complete: its last ids join its lists when it has any.
+    fn end_file(&mut self, index: &Index) {
+        if !self.current.lists.is_empty() && !self.current.chunks.is_empty() {
+            self.spill(index);
+        }
+        let file = std::mem::take(&mut self.current);
+        self.out.files.push(file);
+    }
+
+    /// Sends a chunk on to be stored, unless the repository or this backup has it.
+    fn store(&mut self, id: ChunkId, c: &[u8], index: &Index) {
+        if index.contains(&id) || self.older.contains(&id) || !self.new.insert(id) {
             return;
         }
-        if self.new.len() >= self.prune_at {
-            self.new.retain(|id| !index.contains(id));
-            self.prune_at = (self.new.len() * 2).max(MIN_PRUNE_AT);
+        if self.new.len() >= self.window {
+            // The older window's table is reused: no allocation churn once both are full.
+            std::mem::swap(&mut self.older, &mut self.new);
+            self.new.clear();
         }
         self.out.new_chunks += 1;
         self.out.new_bytes += c.len() as u64;
@@ -318,9 +376,12 @@ impl ChunkState<'_> {
     }
 }
 
-/// The smallest size at which [`ChunkState::new`] is pruned (about 2 MiB of ids; a few
-/// packs' worth of chunks are in flight at any time).
-const MIN_PRUNE_AT: usize = 1 << 16;
+/// New chunks a backup remembers for deduplication against itself, twice over (the current
+/// window and the one before): 2 × 64 Ki ids, about 9 MB of tables. Chunks already in the
+/// repository always deduplicate; a chunk repeated within one backup is stored again only
+/// when between 64 Ki and 128 Ki other new chunks (0.5–1 GiB of new 8 KiB pages, 2–4 GiB of
+/// a new stream) came between — space, never correctness, is what that costs.
+const DEDUP_WINDOW: usize = 1 << 16;
 
 fn chunker_loop(
     mut rx: tokio::sync::mpsc::Receiver<Input>,
@@ -332,20 +393,7 @@ fn chunker_loop(
     blocks: &Pool,
 ) -> Result<ChunkerOut> {
     let mut chunker = Chunker::new(cfg.chunking);
-    let mut st = ChunkState {
-        keys,
-        frame_bytes: cfg.frame_bytes.clamp(1, format::MAX_FRAME_BYTES / 2),
-        frame: Frame {
-            data: Vec::new(),
-            entries: Vec::new(),
-        },
-        new: IdSet::default(),
-        prune_at: MIN_PRUNE_AT,
-        out: ChunkerOut::default(),
-        current: Vec::new(),
-        current_size: 0,
-        ready: Vec::new(),
-    };
+    let mut st = ChunkState::new(keys, cfg, DEDUP_WINDOW);
     let poisoned = || Error::Invalid("repository index lock poisoned".into());
     let send = |st: &mut ChunkState<'_>| -> Result<()> {
         for f in st.ready.drain(..) {
@@ -361,7 +409,7 @@ fn chunker_loop(
         match msg {
             Input::Data(d) => {
                 st.out.bytes += d.len() as u64;
-                st.current_size += d.len() as u64;
+                st.current.size += d.len() as u64;
                 chunker.push(&d, &mut |c| st.chunk(c, &idx));
                 if let Some(p) = &cfg.progress {
                     p.fetch_add(d.len() as u64, Ordering::Relaxed);
@@ -370,9 +418,7 @@ fn chunker_loop(
             }
             Input::EndFile => {
                 chunker.finish(&mut |c| st.chunk(c, &idx));
-                let ids = std::mem::take(&mut st.current);
-                let size = std::mem::take(&mut st.current_size);
-                st.out.files.push((ids, size));
+                st.end_file(&idx);
             }
         }
         drop(idx);
@@ -581,18 +627,9 @@ fn packer_loop(
             pending.clear();
             return Err(failure.unwrap_or(e));
         }
-        let mut idx = shared
-            .index
-            .write()
-            .map_err(|_| Error::Invalid("repository index lock poisoned".into()))?;
-        let mut packs = Vec::new();
-        for (p, entries) in pending.drain(..) {
-            for e in &entries {
-                idx.add(p, e);
-            }
-            packs.push(p);
-        }
-        idx.files.insert(id, packs);
+        // Not merged into the shared index: that would grow with the backup. Reads of these
+        // chunks through the same handle find them by reloading the index.
+        pending.clear();
         done(failure)
     };
 
@@ -662,6 +699,53 @@ mod tests {
         assert_eq!(pool.take(), Some(vec![1; 4]));
         assert_eq!(pool.take(), Some(vec![0; 4]));
         assert!(pool.take().is_none(), "only two are kept");
+    }
+
+    #[test]
+    fn long_files_spill_their_chunk_lists_and_dedup_remembers_two_windows() {
+        let keys = MasterKeys::generate();
+        let cfg = PipelineConfig {
+            chunking: Chunking::PAGES,
+            level: DEFAULT_ZSTD_LEVEL,
+            frame_bytes: DEFAULT_FRAME_BYTES,
+            pack_bytes: DEFAULT_PACK_BYTES,
+            threads: 1,
+            progress: None,
+            list_ids: Some(2),
+        };
+        let index = Index::default();
+        let mut st = ChunkState::new(&keys, &cfg, 4);
+        // Five chunks: lists of 2, 2 and 1 ids, no ids left in the node itself.
+        for c in [b"a", b"b", b"c", b"d", b"e"] {
+            st.chunk(c, &index);
+        }
+        st.end_file(&index);
+        let file = &st.out.files[0];
+        assert!(file.chunks.is_empty());
+        assert_eq!(file.lists.len(), 3);
+        let first: Vec<u8> = [b"a", b"b"]
+            .iter()
+            .flat_map(|c| keys.chunk_id(*c).0)
+            .collect();
+        assert_eq!(file.lists[0], keys.chunk_id(&first));
+        assert_eq!(st.out.chunks, 5);
+        assert_eq!(st.out.new_chunks, 8, "five chunks and three lists");
+        // A short file keeps its ids; `e` is still remembered (the window before).
+        st.chunk(b"e", &index);
+        st.end_file(&index);
+        assert_eq!(st.out.files[1].chunks, vec![keys.chunk_id(b"e")]);
+        assert_eq!(st.out.new_chunks, 8);
+        // Two windows later `e` is forgotten and stored again; the sets never pass the window.
+        for c in [b"f", b"g", b"h", b"i", b"j", b"k", b"l", b"m"] {
+            st.chunk(c, &index);
+            assert!(st.new.len() < 4 && st.older.len() <= 4);
+        }
+        st.chunk(b"e", &index);
+        assert_eq!(
+            st.out.new_chunks,
+            8 + 8 + 4 + 1,
+            "eight chunks, their four lists, e"
+        );
     }
 
     #[test]

@@ -426,6 +426,8 @@ impl Repository {
             pack_bytes: pipeline::DEFAULT_PACK_BYTES,
             threads: opts.threads,
             progress: opts.progress.clone(),
+            list_ids: (self.inner.config.version >= format::LIST_CHUNKS_VERSION)
+                .then_some(format::LIST_IDS),
         };
         let shared = pipeline::Shared {
             backend: self.inner.backend.clone(),
@@ -562,7 +564,49 @@ impl Repository {
         }
     }
 
+    /// A snapshot's content, with the chunk lists kept in list chunks read.
     pub(crate) async fn content(&self, info: &SnapshotInfo) -> Result<Content> {
+        let mut content = self.content_object(info).await?;
+        self.read_lists(&mut content, info).await?;
+        Ok(content)
+    }
+
+    /// Fills in the chunk lists that format version 2 keeps in list chunks.
+    async fn read_lists(&self, content: &mut Content, info: &SnapshotInfo) -> Result<()> {
+        let lists = content.chunk_lists();
+        let ids: Vec<ChunkId> = lists.iter().flat_map(|(l, _)| l.iter().copied()).collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut read = Box::pin(self.read_chunks(&ids, &info.id).await?);
+        let mut got: Vec<Bytes> = Vec::with_capacity(ids.len());
+        while let Some(batch) = read.next().await {
+            got.extend(batch?);
+        }
+        let bad = || {
+            let path = format::content_path(&info.content);
+            with_snapshot(
+                Error::corrupt(&path, "a list chunk is not a whole number of chunk ids"),
+                &info.id,
+            )
+        };
+        let mut got = got.into_iter();
+        for (l, out) in lists {
+            out.clear();
+            for _ in l {
+                let b = got.next().ok_or_else(bad)?;
+                let whole = b.chunks_exact(32);
+                if !whole.remainder().is_empty() {
+                    return Err(bad());
+                }
+                out.extend(whole.filter_map(|c| c.try_into().ok().map(ChunkId)));
+            }
+        }
+        Ok(())
+    }
+
+    /// A snapshot's content object as stored.
+    async fn content_object(&self, info: &SnapshotInfo) -> Result<Content> {
         let path = format::content_path(&info.content);
         let b = self
             .inner
@@ -625,12 +669,14 @@ impl Repository {
             let repo = self.clone();
             tokio::spawn(async move { repo.refresh_index().await })
         });
-        let content = self.content(info).await;
+        let content = self.content_object(info).await;
         if let Some(h) = loading {
             h.await
                 .map_err(|e| Error::Invalid(format!("index task failed: {e}")))??;
         }
-        content
+        let mut content = content?;
+        self.read_lists(&mut content, info).await?;
+        Ok(content)
     }
 
     /// Verifies the repository. Structure always: config, key slots, index files, snapshots

@@ -122,7 +122,8 @@ impl SnapshotWriter {
         let result = pipeline.finish().await;
         let r = match result {
             Ok((c, p)) => {
-                let (ids, size) = c.files.into_iter().next().unwrap_or_default();
+                let file = c.files.into_iter().next().unwrap_or_default();
+                let size = file.size;
                 let summary = format::BackupSummary {
                     files: 1,
                     dirs: 0,
@@ -134,7 +135,8 @@ impl SnapshotWriter {
                 };
                 let content = Content::Stream {
                     size,
-                    chunks: format::ChunkList(ids),
+                    chunks: format::ChunkList(file.chunks),
+                    lists: format::ChunkList(file.lists),
                 };
                 let kind = SnapshotKind::Stream {
                     name: self.name.clone(),
@@ -202,7 +204,7 @@ impl std::fmt::Debug for SnapshotReader {
 impl SnapshotReader {
     pub(crate) async fn new(repo: &Repository, info: &SnapshotInfo) -> Result<Self> {
         let content = repo.restore_content(info).await?;
-        let Content::Stream { size, chunks } = content else {
+        let Content::Stream { size, chunks, .. } = content else {
             return Err(Error::Invalid(format!(
                 "snapshot {} is a tree, not a stream; restore it into a directory",
                 info.short_id()

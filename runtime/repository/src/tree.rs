@@ -95,6 +95,7 @@ fn walk(root: &Path) -> Result<Vec<(PathBuf, Node)>> {
                     size,
                     target,
                     chunks: format::ChunkList::default(),
+                    lists: format::ChunkList::default(),
                 },
             ));
         }
@@ -227,9 +228,10 @@ impl Repository {
             for (_, n) in nodes.iter_mut() {
                 match n.kind {
                     NodeKind::File => {
-                        let (ids, size) = results.next().unwrap_or_default();
-                        n.size = size;
-                        n.chunks = format::ChunkList(ids);
+                        let file = results.next().unwrap_or_default();
+                        n.size = file.size;
+                        n.chunks = format::ChunkList(file.chunks);
+                        n.lists = format::ChunkList(file.lists);
                         summary.files += 1;
                     }
                     NodeKind::Dir => summary.dirs += 1,

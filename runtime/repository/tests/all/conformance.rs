@@ -40,14 +40,16 @@ async fn suite(loc: Location) {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src");
     make_tree(&src, 3);
+    // 2,560 page chunks: its chunk list is kept in two list chunks.
+    std::fs::write(src.join("big.db"), noise(20 << 20, 4)).unwrap();
     let t1 = repo
         .backup_tree(&src, BackupOptions::new().tag("files"))
         .await
         .unwrap();
-    assert_eq!(t1.summary.files, 4);
+    assert_eq!(t1.summary.files, 5);
     let dst = dir.path().join("dst");
     let r = repo.restore_tree(&t1.id[..8], &dst).await.unwrap();
-    assert_eq!(r.files, 4);
+    assert_eq!(r.files, 5);
     assert_same_tree(&src, &dst);
     // Filters.
     assert_eq!(

@@ -103,7 +103,7 @@ async fn unknown_format_version_is_refused() {
         .await
         .unwrap();
     let cfg = std::fs::read_to_string(dir.join("config")).unwrap();
-    let cfg = cfg.replace("\"version\": 1", "\"version\": 99");
+    let cfg = cfg.replace("\"version\": 2", "\"version\": 99");
     std::fs::write(dir.join("config"), cfg).unwrap();
     let e = Repository::open(dir.display().to_string(), &pass("p"))
         .await
@@ -113,12 +113,47 @@ async fn unknown_format_version_is_refused() {
             e,
             Error::UnsupportedVersion {
                 found: 99,
-                supported: 1
+                supported: 2
             }
         ),
         "{e}"
     );
     assert!(e.to_string().contains("upgrade"));
+}
+
+/// 20 MiB of noise: 2,560 page chunks, more than one list chunk holds (2,048).
+fn big_tree(root: &std::path::Path) {
+    std::fs::create_dir_all(root).unwrap();
+    std::fs::write(root.join("big.db"), noise(20 << 20, 5)).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_1_repositories_are_read_and_written_without_list_chunks() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    big_tree(&src);
+    for (version, lists) in [(1, 0), (2, 2)] {
+        let dir = d.path().join(format!("r{version}"));
+        Repository::init(dir.display().to_string(), &pass("p"), Default::default())
+            .await
+            .unwrap();
+        let cfg = std::fs::read_to_string(dir.join("config")).unwrap();
+        let cfg = cfg.replace("\"version\": 2", &format!("\"version\": {version}"));
+        std::fs::write(dir.join("config"), cfg).unwrap();
+        let repo = Repository::open(dir.display().to_string(), &pass("p"))
+            .await
+            .unwrap();
+        let s = repo.backup_tree(&src, Default::default()).await.unwrap();
+        assert_eq!(s.summary.chunks, 2560);
+        assert_eq!(s.summary.new_chunks, 2560 + lists, "version {version}");
+        let repo = Repository::open(dir.display().to_string(), &pass("p"))
+            .await
+            .unwrap();
+        let dst = d.path().join(format!("dst{version}"));
+        repo.restore_tree(&s.id, &dst).await.unwrap();
+        assert_same_tree(&src, &dst);
+        assert!(repo.check(true).await.unwrap().is_ok());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
