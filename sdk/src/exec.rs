@@ -43,6 +43,7 @@ pub struct Command {
     pod: Option<String>,
     container: Option<String>,
     argv: Vec<String>,
+    then: Vec<Vec<String>>,
     env: Vec<(String, String)>,
     stdin: Option<Vec<u8>>,
     timeout: Option<Duration>,
@@ -63,6 +64,7 @@ impl Command {
             pod: None,
             container: None,
             argv: argv.into_iter().map(Into::into).collect(),
+            then: Vec::new(),
             env: Vec::new(),
             stdin: None,
             timeout: None,
@@ -70,7 +72,8 @@ impl Command {
         }
     }
 
-    /// `sh -c script`: for pipes, redirections and variables in the container.
+    /// `sh -c script`: for redirections and variables in the container (for a pipe of
+    /// programs, [`pipe`](Self::pipe) needs no shell).
     pub fn shell(script: impl Into<String>) -> Self {
         Self::new(["sh".to_owned(), "-c".to_owned(), script.into()])
     }
@@ -90,6 +93,21 @@ impl Command {
         I::Item: Into<String>,
     {
         self.argv.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Pipes the output of what came before into `argv`: `Command::new(a).pipe(b).pipe(c)`
+    /// runs `a | b | c` in the same container and environment, without a shell. Stdin goes to
+    /// `a`, stdout comes from `c`, stderr is all three's, and the exit code is the last
+    /// non-zero one (as `set -o pipefail`). Every program must be on the workload's allow
+    /// list; at most eight in all.
+    #[must_use]
+    pub fn pipe<I>(mut self, argv: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        self.then.push(argv.into_iter().map(Into::into).collect());
         self
     }
 
@@ -152,6 +170,11 @@ impl Command {
         &self.argv
     }
 
+    /// The programs [`pipe`](Self::pipe) added, with their arguments.
+    pub fn pipeline(&self) -> &[Vec<String>] {
+        &self.then
+    }
+
     /// The program, for messages.
     fn program(&self) -> &str {
         self.argv.first().map_or("", String::as_str)
@@ -166,6 +189,7 @@ impl Command {
             pod: self.pod.clone(),
             container: self.container.clone(),
             argv: self.argv.clone(),
+            then: self.then.clone(),
             env: self.env.clone(),
             stdin: self.stdin.clone(),
             timeout_ms: self.timeout.map(millis),

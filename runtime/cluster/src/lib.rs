@@ -152,6 +152,11 @@ pub struct ExecRequest {
     pub container: Option<String>,
     /// Program and arguments.
     pub argv: Vec<String>,
+    /// Further programs of a pipeline (`argv | then[0] | …`), each reading the previous one's
+    /// stdout, in the same container and environment. The request's stdin goes to `argv`, its
+    /// stdout comes from the last program; stderr is every program's, in order; the exit code
+    /// is the last non-zero one (as `set -o pipefail`).
+    pub then: Vec<Vec<String>>,
     /// Extra environment variables.
     pub env: Vec<(String, String)>,
     /// Where stdin comes from.

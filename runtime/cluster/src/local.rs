@@ -875,18 +875,31 @@ impl Cluster for LocalCluster {
                 });
             }
         };
-        let Some(program) = request.argv.first() else {
+        if request.argv.is_empty() {
             return Err(Error::Invalid(
                 "exec needs a command: argv is empty".to_owned(),
             ));
-        };
-        if !w.allow.iter().any(|allowed| allowed == program) {
-            return Err(Error::Denied(format!(
-                "program {program:?} is not allowed in workload {workload}; its allow list is [{}] \
-                 (add it to `allow` in {})",
-                w.allow.join(", "),
-                self.inventory_path.display()
-            )));
+        }
+        let mut stages = vec![&request.argv];
+        for (i, argv) in request.then.iter().enumerate() {
+            if argv.is_empty() {
+                return Err(Error::Invalid(format!(
+                    "program {} of the pipeline is empty; name a program or drop it",
+                    i + 2
+                )));
+            }
+            stages.push(argv);
+        }
+        for argv in &stages {
+            let program = &argv[0];
+            if !w.allow.iter().any(|allowed| allowed == program) {
+                return Err(Error::Denied(format!(
+                    "program {program:?} is not allowed in workload {workload}; its allow list is \
+                     [{}] (add it to `allow` in {})",
+                    w.allow.join(", "),
+                    self.inventory_path.display()
+                )));
+            }
         }
         let mut env = Self::base_env(w);
         for (name, value) in &request.env {
@@ -904,11 +917,18 @@ impl Cluster for LocalCluster {
         }
         env.insert("CAIRN_POD".to_owned(), pod.clone());
         env.insert("CAIRN_CONTAINER".to_owned(), container);
-        let resolved = resolve_program(program, &env)?;
-        let mut command = Self::command(w, &resolved, &request.argv, &env);
-        let what = format!("{program} in pod {pod} of workload {workload}");
+        let mut commands = Vec::with_capacity(stages.len());
+        for argv in &stages {
+            let resolved = resolve_program(&argv[0], &env)?;
+            commands.push(Self::command(w, &resolved, argv, &env));
+        }
+        let programs: Vec<&str> = stages.iter().map(|a| a[0].as_str()).collect();
+        let what = format!(
+            "{} in pod {pod} of workload {workload}",
+            programs.join(" | ")
+        );
         let done = process::run(
-            &mut command,
+            &mut commands,
             &what,
             request.stdin,
             request.stdout,

@@ -75,7 +75,12 @@ impl Drop for GroupKiller {
 
 /// Spawns `command` in a new process group (so that a timeout can kill everything it started).
 fn spawn(command: &mut Command, what: &str) -> Result<Child> {
-    command.process_group(0).kill_on_drop(true);
+    spawn_in(command, what, 0)
+}
+
+/// Spawns `command` in the process group `pgid` (0: a new one, led by the command).
+fn spawn_in(command: &mut Command, what: &str, pgid: i32) -> Result<Child> {
+    command.process_group(pgid).kill_on_drop(true);
     command.spawn().map_err(|e| Error::Failed {
         what: format!("starting {what}"),
         source: Box::new(e),
@@ -84,42 +89,83 @@ fn spawn(command: &mut Command, what: &str) -> Result<Child> {
 
 /// Kills a timed-out child's group and reaps the child, boundedly.
 async fn kill_and_reap(child: &mut Child, killer: &mut GroupKiller) {
-    killer.kill();
-    let _ = child.start_kill();
-    let _ = tokio::time::timeout(REAP_GRACE, child.wait()).await;
+    reap_all(std::slice::from_mut(child), killer).await;
 }
 
-/// Runs a command to completion with the exec contract of [`crate::ExecRequest`]: stdin fed
-/// from `stdin`, stdout captured (up to `limit`) or streamed, stderr captured up to `limit`
-/// with the rest drained, the whole group killed at `timeout`.
+/// Kills the group of a pipeline's children and reaps each, boundedly.
+async fn reap_all(children: &mut [Child], killer: &mut GroupKiller) {
+    killer.kill();
+    for child in children.iter_mut() {
+        let _ = child.start_kill();
+    }
+    let _ = tokio::time::timeout(REAP_GRACE, async {
+        for child in children.iter_mut() {
+            let _ = child.wait().await;
+        }
+    })
+    .await;
+}
+
+/// Runs a command, or a pipeline of commands each reading the previous one's stdout, to
+/// completion with the exec contract of [`crate::ExecRequest`]: stdin fed from `stdin` to the
+/// first, the last one's stdout captured (up to `limit`) or streamed, each one's stderr
+/// captured up to `limit` in all with the rest drained, the whole group killed at `timeout`.
 pub(crate) async fn run(
-    command: &mut Command,
+    commands: &mut [Command],
     what: &str,
     stdin: Stdin,
     stdout: Stdout,
     limit: usize,
     timeout: Duration,
 ) -> Result<Finished> {
-    command
-        .stdin(if matches!(stdin, Stdin::Empty) {
-            Stdio::null()
-        } else {
-            Stdio::piped()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = spawn(command, what)?;
-    let mut killer = GroupKiller::new(&child);
+    let mut children: Vec<Child> = Vec::with_capacity(commands.len());
+    let mut killer = GroupKiller(None);
+    for (i, command) in commands.iter_mut().enumerate() {
+        let input = match children.last_mut() {
+            None if matches!(stdin, Stdin::Empty) => Stdio::null(),
+            None => Stdio::piped(),
+            Some(before) => match before.stdout.take().map(TryInto::try_into) {
+                Some(Ok(pipe)) => pipe,
+                other => {
+                    reap_all(&mut children, &mut killer).await;
+                    return Err(Error::Failed {
+                        what: format!("connecting the pipeline of {what}"),
+                        source: Box::new(match other {
+                            Some(Err(e)) => e,
+                            _ => io::Error::other("no stdout to read from"),
+                        }),
+                    });
+                }
+            },
+        };
+        command
+            .stdin(input)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        // Every program joins the first one's group, so one kill stops the whole pipeline.
+        let pgid = killer.0.map_or(0, |p| p.as_raw_nonzero().get());
+        let child = match spawn_in(command, what, pgid) {
+            Ok(c) => c,
+            Err(e) => {
+                reap_all(&mut children, &mut killer).await;
+                return Err(e);
+            }
+        };
+        if i == 0 {
+            killer = GroupKiller::new(&child);
+        }
+        children.push(child);
+    }
     let stdin_bytes = AtomicU64::new(0);
 
     let outcome = tokio::time::timeout(
         timeout,
-        drive(&mut child, stdin, stdout, limit, &stdin_bytes),
+        drive(&mut children, stdin, stdout, limit, &stdin_bytes),
     )
     .await;
     match outcome {
         Err(_elapsed) => {
-            kill_and_reap(&mut child, &mut killer).await;
+            reap_all(&mut children, &mut killer).await;
             Err(Error::TimedOut {
                 what: what.to_owned(),
                 after: timeout,
@@ -128,7 +174,7 @@ pub(crate) async fn run(
         Ok(Err(failure)) => {
             // A broken stdin source or stdout sink: the command must not go on and, say, commit
             // a restore from truncated input.
-            kill_and_reap(&mut child, &mut killer).await;
+            reap_all(&mut children, &mut killer).await;
             Err(Error::Failed {
                 what: format!("{what}: {}", failure.stage),
                 source: Box::new(failure.error),
@@ -150,15 +196,15 @@ struct StreamFailure {
 }
 
 async fn drive(
-    child: &mut Child,
+    children: &mut [Child],
     stdin: Stdin,
     stdout: Stdout,
     limit: usize,
     stdin_bytes: &AtomicU64,
 ) -> std::result::Result<Finished, StreamFailure> {
-    let child_stdin = child.stdin.take();
-    let child_stdout = child.stdout.take();
-    let child_stderr = child.stderr.take();
+    let child_stdin = children.first_mut().and_then(|c| c.stdin.take());
+    let child_stdout = children.last_mut().and_then(|c| c.stdout.take());
+    let child_stderrs: Vec<_> = children.iter_mut().map(|c| c.stderr.take()).collect();
 
     let feed = async {
         let Some(mut pipe) = child_stdin else {
@@ -201,22 +247,42 @@ async fn drive(
         }
     };
 
-    let err = async {
-        let Some(mut pipe) = child_stderr else {
+    let err = futures::future::join_all(child_stderrs.into_iter().map(|pipe| async move {
+        let Some(mut pipe) = pipe else {
             return Ok(Captured::default());
         };
         capture(&mut pipe, limit).await.map_err(|e| StreamFailure {
             stage: "reading stderr",
             error: e,
         })
-    };
+    }));
 
     let io = async {
-        let (out, err) = tokio::join!(out, err);
-        let (out, err) = (out?, err?);
-        let status = child.wait().await.map_err(|e| StreamFailure {
-            stage: "waiting for it",
-            error: e,
+        let (out, errs) = tokio::join!(out, err);
+        let out = out?;
+        // One stderr, the programs' in order, within the one limit.
+        let mut err = Captured::default();
+        for e in errs {
+            let e = e?;
+            let room = limit.saturating_sub(err.bytes.len());
+            err.truncated |= e.truncated || e.bytes.len() > room;
+            err.bytes
+                .extend_from_slice(&e.bytes[..e.bytes.len().min(room)]);
+        }
+        // As `set -o pipefail`: the last non-zero status, else the last one's.
+        let mut status = None;
+        for child in children.iter_mut() {
+            let s = child.wait().await.map_err(|e| StreamFailure {
+                stage: "waiting for it",
+                error: e,
+            })?;
+            if status.is_none_or(|_| !s.success()) {
+                status = Some(s);
+            }
+        }
+        let status = status.ok_or(StreamFailure {
+            stage: "starting it",
+            error: io::Error::other("no program to run"),
         })?;
         Ok::<_, StreamFailure>((out, err, status))
     };

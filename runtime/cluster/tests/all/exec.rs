@@ -275,6 +275,63 @@ async fn output_is_truncated_at_the_limit_and_the_rest_drained() {
 }
 
 #[tokio::test]
+async fn pipelines_connect_programs_and_report_the_last_failure() {
+    let (_fx, cluster) = cluster();
+    let stage = |argv: &[&str]| argv.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    let mut req = request(&["cat"]);
+    req.then = vec![
+        stage(&["sh", "-c", "echo first >&2; head -c 5"]),
+        stage(&["sh", "-c", "cat; echo second >&2"]),
+    ];
+    req.stdin = Stdin::Bytes(b"hello pipeline".to_vec());
+    let out = bounded(cluster.exec(&hello(), req))
+        .await
+        .expect("pipeline runs");
+    assert_eq!(out.stdout, b"hello");
+    assert_eq!(out.stderr, b"first\nsecond\n", "every program's, in order");
+    assert_eq!((out.exit_code, out.stdin_bytes), (0, 14));
+
+    // As `set -o pipefail`: the last non-zero status.
+    for (first, then, code) in [
+        ("exit 3", "cat >/dev/null; exit 4", 4),
+        ("exit 3", "cat", 3),
+    ] {
+        let mut req = request(&["sh", "-c", first]);
+        req.then = vec![stage(&["sh", "-c", then]), stage(&["cat"])];
+        let out = bounded(cluster.exec(&hello(), req))
+            .await
+            .expect("pipeline runs");
+        assert_eq!(out.exit_code, code, "{first} | {then} | cat");
+    }
+
+    // Every program must be allowed, and none may be empty: refused before anything runs.
+    let mut req = request(&["echo", "x"]);
+    req.then = vec![stage(&["rm", "-rf", "."])];
+    let err = bounded(cluster.exec(&hello(), req))
+        .await
+        .expect_err("rm is off the allow list");
+    assert!(matches!(err, Error::Denied(_)), "{err:?}");
+    assert!(err.to_string().contains("\"rm\""), "{err}");
+    let mut req = request(&["echo", "x"]);
+    req.then = vec![Vec::new()];
+    let err = bounded(cluster.exec(&hello(), req))
+        .await
+        .expect_err("an empty program");
+    assert!(matches!(err, Error::Invalid(_)), "{err:?}");
+
+    // A timeout ends every program of the pipeline.
+    let mut req = request(&["echo", "x"]);
+    req.then = vec![stage(&["sh", "-c", "sleep 300"])];
+    req.timeout = Duration::from_millis(300);
+    let started = std::time::Instant::now();
+    let err = bounded(cluster.exec(&hello(), req))
+        .await
+        .expect_err("times out");
+    assert!(matches!(err, Error::TimedOut { .. }), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[tokio::test]
 async fn timeout_kills_the_whole_process_group() {
     let (fx, cluster) = cluster();
     let pidfile = fx.path("work/bg.pid");

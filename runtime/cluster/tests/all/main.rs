@@ -75,6 +75,7 @@ pub fn request(argv: &[&str]) -> ExecRequest {
         pod: None,
         container: None,
         argv: argv.iter().map(|s| (*s).to_owned()).collect(),
+        then: Vec::new(),
         env: Vec::new(),
         stdin: Stdin::Empty,
         stdout: Stdout::Capture,

@@ -19,6 +19,9 @@ pub(crate) struct Checked {
     pub call_timeout: Duration,
 }
 
+/// Most programs in one command's pipeline (`argv` and `then`).
+const MAX_PIPELINE: usize = 8;
+
 /// Time a backend gets past a command's own timeout to kill it and report.
 const REPORT_MARGIN: Duration = Duration::from_secs(5);
 
@@ -35,6 +38,17 @@ impl HostState {
             return Err(WitError::Invalid(
                 "the command's argv is empty; name a program".into(),
             ));
+        }
+        if command.then.len() > MAX_PIPELINE - 1 {
+            return Err(WitError::Invalid(format!(
+                "the command pipes into {} more programs; a pipeline has at most {MAX_PIPELINE}",
+                command.then.len()
+            )));
+        }
+        if let Some(i) = command.then.iter().position(Vec::is_empty) {
+            return Err(WitError::Invalid(format!(
+                "`then[{i}]` of the command is empty; name a program or drop it"
+            )));
         }
         let stdin = match command.stdin {
             None => Stdin::Empty,
@@ -59,6 +73,7 @@ impl HostState {
                 pod: command.pod,
                 container: command.container,
                 argv: command.argv,
+                then: command.then,
                 env: command.env,
                 stdin,
                 stdout: Stdout::Capture,
@@ -139,6 +154,7 @@ impl exec::Host for HostState {
                 let ExecRequest {
                     container,
                     argv,
+                    then,
                     env,
                     stdin,
                     output_limit,
@@ -160,6 +176,7 @@ impl exec::Host for HostState {
                             pod: Some(pod.name.clone()),
                             container: container.clone(),
                             argv: argv.clone(),
+                            then: then.clone(),
                             env: env.clone(),
                             stdin: stdin.clone().map_or(Stdin::Empty, Stdin::Bytes),
                             stdout: Stdout::Capture,

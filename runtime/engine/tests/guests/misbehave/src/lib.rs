@@ -106,6 +106,7 @@ fn command(workload: Option<WorkloadRef>, argv: &[&str]) -> exec::Command {
         pod: None,
         container: None,
         argv: argv.iter().map(|a| a.to_string()).collect(),
+        then: vec![],
         env: vec![],
         stdin: None,
         timeout_ms: None,
