@@ -457,7 +457,8 @@ pub(crate) enum Content {
     },
     Stream {
         size: u64,
-        #[serde(default, skip_serializing_if = "ChunkList::is_empty")]
+        /// Always written (version 1 readers require it); empty when `lists` holds the ids.
+        #[serde(default)]
         chunks: ChunkList,
         /// As a node's `lists`.
         #[serde(default, skip_serializing_if = "ChunkList::is_empty")]
@@ -576,6 +577,23 @@ mod tests {
         let back: Content = serde_json::from_slice(&plain).expect("decodes");
         assert_eq!(back.chunk_ids(), content.chunk_ids());
         assert!(open_object(&keys, "content", "c2", "content/c2", &sealed).is_err());
+    }
+
+    #[test]
+    fn a_stream_always_writes_its_chunks_field_for_version_1_readers() {
+        let empty = Content::Stream {
+            size: 0,
+            chunks: ChunkList::default(),
+            lists: ChunkList::default(),
+        };
+        let json = serde_json::to_string(&empty).expect("json");
+        assert_eq!(json, r#"{"type":"stream","size":0,"chunks":""}"#);
+        let listed: Content = serde_json::from_str(&format!(
+            r#"{{"type":"stream","size":9,"lists":"{}"}}"#,
+            "ab".repeat(32)
+        ))
+        .expect("lists alone decode");
+        assert_eq!(listed.chunk_ids().len(), 1);
     }
 
     #[test]
