@@ -120,3 +120,57 @@ async fn foreign_files_are_reported_not_fatal() {
     );
     repo2.restore_stream(&a, &mut Vec::new()).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_list_chunk_is_named_by_check_and_restore() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("r");
+    let repo = Repository::init(dir.display().to_string(), &pass("p"), Default::default())
+        .await
+        .unwrap();
+    // 2,560 page chunks: the file's chunk list is kept in two list chunks, the second of them
+    // stored last, so it lies in the last frame of the last pack.
+    let src = d.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("big.db"), noise(20 << 20, 9)).unwrap();
+    let a = repo.backup_tree(&src, Default::default()).await.unwrap().id;
+    let a_packs = packs(&dir);
+    let b = repo
+        .backup_stream("b", &noise(2_000_000, 2)[..], Default::default())
+        .await
+        .unwrap()
+        .id;
+    // Break the last frame of each of a's packs (the byte before the sealed pack header).
+    for p in &a_packs {
+        let mut bytes = std::fs::read(p).unwrap();
+        let n = bytes.len();
+        let header = u32::from_le_bytes(bytes[n - 4..].try_into().unwrap()) as usize;
+        bytes[n - 4 - header - 1] ^= 0x40;
+        std::fs::write(p, bytes).unwrap();
+    }
+    let names: Vec<String> = a_packs
+        .iter()
+        .map(|p| p.file_name().unwrap().to_str().unwrap().to_string())
+        .collect();
+    // Even the structural check reads list chunks: it names a pack and the snapshot.
+    let report = repo.check(false).await.unwrap();
+    let p = report
+        .errors
+        .iter()
+        .find(|p| names.iter().any(|n| p.object.contains(n.as_str())))
+        .unwrap_or_else(|| panic!("{report:?}"));
+    assert_eq!(p.snapshots, vec![a.clone()], "{p:?}");
+    let e = repo
+        .restore_tree(&a, d.path().join("dst"))
+        .await
+        .unwrap_err();
+    let msg = e.to_string();
+    assert!(matches!(e, Error::Corrupt { .. }), "{e}");
+    assert!(
+        names.iter().any(|n| msg.contains(n.as_str())) && msg.contains(&a),
+        "{msg}"
+    );
+    let mut out = Vec::new();
+    repo.restore_stream(&b, &mut out).await.unwrap();
+    assert!(out == noise(2_000_000, 2));
+}
