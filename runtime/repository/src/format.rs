@@ -240,6 +240,20 @@ pub(crate) fn decode_index(buf: &[u8]) -> Option<Vec<(PackId, Vec<Entry>)>> {
     Some(packs)
 }
 
+/// Encodes a list chunk: the chunk ids, concatenated.
+pub(crate) fn encode_list(ids: &[ChunkId]) -> Vec<u8> {
+    ids.iter().flat_map(|id| id.0).collect()
+}
+
+/// Decodes a list chunk; `None` unless it is a whole number of ids.
+pub(crate) fn decode_list(buf: &[u8]) -> Option<Vec<ChunkId>> {
+    if !buf.len().is_multiple_of(32) {
+        return None;
+    }
+    let mut r = Reader(buf);
+    (0..buf.len() / 32).map(|_| r.id()).collect()
+}
+
 /// Encodes a pack header (the pack's own list of chunks, so a lost index can be rebuilt and
 /// `check` can compare the two).
 pub(crate) fn encode_pack_header(entries: &[Entry]) -> Vec<u8> {
@@ -594,6 +608,16 @@ mod tests {
         ))
         .expect("lists alone decode");
         assert_eq!(listed.chunk_ids().len(), 1);
+    }
+
+    #[test]
+    fn list_chunks_decode_to_their_ids_and_refuse_a_partial_one() {
+        let l = ids(3);
+        let bytes = encode_list(&l.0);
+        assert_eq!(bytes.len(), 96);
+        assert_eq!(decode_list(&bytes), Some(l.0));
+        assert_eq!(decode_list(&bytes[..95]), None);
+        assert_eq!(decode_list(&[]), Some(Vec::new()));
     }
 
     #[test]

@@ -325,8 +325,7 @@ impl<'a> ChunkState<'a> {
 
     /// Stores the file's chunk ids so far as one list chunk.
     fn spill(&mut self, index: &Index) {
-        let ids = std::mem::take(&mut self.current.chunks);
-        let list: Vec<u8> = ids.iter().flat_map(|i| i.0).collect();
+        let list = format::encode_list(&std::mem::take(&mut self.current.chunks));
         let id = self.keys.chunk_id(&list);
         self.store(id, &list, index);
         self.current.lists.push(id);

@@ -595,11 +595,7 @@ impl Repository {
             out.clear();
             for _ in l {
                 let b = got.next().ok_or_else(bad)?;
-                let whole = b.chunks_exact(32);
-                if !whole.remainder().is_empty() {
-                    return Err(bad());
-                }
-                out.extend(whole.filter_map(|c| c.try_into().ok().map(ChunkId)));
+                out.extend(format::decode_list(&b).ok_or_else(bad)?);
             }
         }
         Ok(())
@@ -631,7 +627,9 @@ impl Repository {
         ids: &[ChunkId],
         snapshot: &str,
     ) -> Result<impl futures::Stream<Item = Result<Vec<Bytes>>> + Send + 'static> {
-        if !self.inner.index_read.load(Ordering::Acquire) {
+        // Read now, it is as fresh as a reload on a miss would make it.
+        let fresh = !self.inner.index_read.load(Ordering::Acquire);
+        if fresh {
             self.refresh_index().await?;
         }
         let planned = {
@@ -640,7 +638,7 @@ impl Repository {
         };
         let plan = match planned {
             Ok(u) => u,
-            Err(Error::Missing { .. }) => {
+            Err(Error::Missing { .. }) if !fresh => {
                 self.refresh_index().await?;
                 let idx = self.inner.index.read().map_err(|_| poisoned())?;
                 crate::restore::plan(&idx, ids).map_err(|e| with_snapshot(e, snapshot))?
