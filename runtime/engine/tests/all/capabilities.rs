@@ -19,6 +19,29 @@ async fn exec_runs_in_the_target_workload() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_pipes_into_further_programs_within_bounds() {
+    let fixture = Fixture::new();
+    let report = fixture.run(request("exec-pipeline")).await;
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.outputs.get("stdout"), Some("hi\n"));
+    assert_eq!(report.outputs.get("exit"), Some("3"), "as pipefail");
+    assert!(
+        report
+            .outputs
+            .get("too-long")
+            .is_some_and(|m| m.contains("8 more programs") && m.contains("at most 8")),
+        "{report:?}"
+    );
+    assert!(
+        report
+            .outputs
+            .get("empty")
+            .is_some_and(|m| m.contains("`then[1]`") && m.contains("empty")),
+        "{report:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_runs_against_a_stopped_workload_only_while_it_is_stopped() {
     let fixture = Fixture::new();
     let report = fixture.run(request("exec-stopped")).await;

@@ -30,6 +30,7 @@ const ACTIONS: &[&str] = &[
     "exec-sleep",
     "run-all",
     "exec-stopped",
+    "exec-pipeline",
     "secret",
     "scale",
     "snapshot",
@@ -425,6 +426,29 @@ impl Guest for Misbehave {
             "run-all" => {
                 let outs = exec::run_all(&command(None, &["echo", "hi"]))?;
                 Ok(values(&[("pods", outs.len().to_string())]))
+            }
+            "exec-pipeline" => {
+                // `echo hi | sh -c 'cat; exit 3' | cat`, then two pipelines the host refuses.
+                let mut piped = command(None, &["echo", "hi"]);
+                piped.then = vec![
+                    vec!["sh".into(), "-c".into(), "cat; exit 3".into()],
+                    vec!["cat".into()],
+                ];
+                let out = exec::run(&piped)?;
+                let refusal = |then: Vec<Vec<String>>| {
+                    let mut c = command(None, &["echo", "hi"]);
+                    c.then = then;
+                    match exec::run(&c) {
+                        Err(Error::Invalid(m)) => m,
+                        other => format!("not refused: {other:?}"),
+                    }
+                };
+                Ok(values(&[
+                    ("stdout", String::from_utf8_lossy(&out.stdout).into_owned()),
+                    ("exit", out.exit_code.to_string()),
+                    ("too-long", refusal(vec![vec!["cat".into()]; 8])),
+                    ("empty", refusal(vec![vec!["cat".into()], Vec::new()])),
+                ]))
             }
             "exec-stopped" => {
                 // Quiesce, run against the stopped workload, scale back whatever happened; then
