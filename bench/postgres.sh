@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Side-by-side PostgreSQL benchmark, run by hand: a pgbench database of about 1 GiB (scale 70),
 # backed up with `pg_dump -Fc` to a local file and with `cairn run` of blueprints/postgres into
-# the default repository of a fresh Cairn home, then restored with `pg_restore` from that file
-# and with `cairn run --action restore`, in one run, on one PostgreSQL 15 server.
+# the default repository of a fresh Cairn home (the blueprint's plain and custom formats), then
+# restored with `pg_restore` from that file and with `cairn run --action restore`, in one run,
+# on one PostgreSQL 15 server.
 #
 #   bench/postgres.sh [WORKDIR] [SCALE]        # defaults: /tmp/cairn-bench-pg 70
-#   RUNS=3 bench/postgres.sh                    # restores RUNS times each, alternating; medians
+#   RUNS=3 bench/postgres.sh                    # restores RUNS times each, rotating; medians
 #
 # Needs the Debian packages postgresql-15 and postgresql-client-15 and GNU time; run as root
 # (the server runs as the `postgres` user) or as a user that may run initdb itself. Wall time,
@@ -100,29 +101,46 @@ cp "$work/last.out" "$work/backup.json"
 before=$(repo_bytes)
 measure "cairn backup (2nd, unchanged)" "echo \$((\$(repo_bytes) - $before))" \
   "${run_cairn[@]}" --action backup --param database=bench --output json
+step "cairn run postgres backup, format=custom"
+before=$(repo_bytes)
+measure "cairn backup (custom)" "echo \$((\$(repo_bytes) - $before))" \
+  "${run_cairn[@]}" --action backup --param database=bench --param format=custom --output json
+cp "$work/last.out" "$work/backup-custom.json"
 
-# Each restore starts from a checkpointed server, so neither pays for the WAL of the step before.
+# Each restore starts from a checkpointed server with no restored database left, so none pays
+# for the WAL, or the autovacuum, of the one before; the database is checked, then dropped.
 checkpoint() { "$bin/psql" -X -q -d postgres -c CHECKPOINT >/dev/null; }
-
-# The restores alternate, RUNS times each, each into a database dropped first; the server's
-# load varies between runs more than the two differ, so the medians are the figures.
-runs=${RUNS:-1}
-for run in $(seq "$runs"); do
-  for db in restored_pg restored_cairn; do
-    "$bin/psql" -X -q -d postgres -c "DROP DATABASE IF EXISTS $db" >/dev/null 2>&1
-  done
-  step "pg_restore from the file ($run/$runs)"
-  "$bin/psql" -X -q -d postgres -c "CREATE DATABASE restored_pg" >/dev/null
+restored=restored
+restore_pg() {
+  "$bin/psql" -X -q -d postgres -c "CREATE DATABASE $restored" >/dev/null
   checkpoint
   measure "pg_restore < file" "echo -" \
-    "$bin/pg_restore" --exit-on-error -d restored_pg "$work/bench.dump"
-  step "cairn run postgres restore ($run/$runs)"
+    "$bin/pg_restore" --exit-on-error -d "$restored" "$work/bench.dump"
+}
+restore_cairn() {
   checkpoint
   measure "cairn restore" "echo -" \
-    "${run_cairn[@]}" --action restore --from "$work/backup.json" --param database=restored_cairn
-  for db in restored_pg restored_cairn; do
-    n=$("$bin/psql" -X -A -t -d "$db" -c "SELECT count(*) FROM pgbench_accounts")
-    [ "$n" = $((scale * 100000)) ] || { echo "postgres.sh: $db has $n accounts, not $((scale * 100000))" >&2; exit 1; }
+    "${run_cairn[@]}" --action restore --from "$work/backup.json" --param database="$restored"
+}
+restore_custom() {
+  checkpoint
+  measure "cairn restore (custom)" "echo -" \
+    "${run_cairn[@]}" --action restore --from "$work/backup-custom.json" --param database="$restored"
+}
+
+# RUNS times each; the order rotates every run, and the server's speed varies between runs
+# more than the restores differ, so the medians are the figures.
+runs=${RUNS:-1}
+restores=(pg cairn custom)
+"$bin/psql" -X -q -d postgres -c "DROP DATABASE IF EXISTS $restored" >/dev/null
+for run in $(seq "$runs"); do
+  k=$(( (run - 1) % ${#restores[@]} ))
+  for r in "${restores[@]:k}" "${restores[@]:0:k}"; do
+    step "restore: $r ($run/$runs)"
+    "restore_$r"
+    n=$("$bin/psql" -X -A -t -d "$restored" -c "SELECT count(*) FROM pgbench_accounts")
+    [ "$n" = $((scale * 100000)) ] || { echo "postgres.sh: $r restored $n accounts, not $((scale * 100000))" >&2; exit 1; }
+    "$bin/psql" -X -q -d postgres -c "DROP DATABASE $restored" >/dev/null
   done
 done
 
@@ -133,8 +151,21 @@ while IFS='|' read -r name wall cpu rss bytes; do
   printf '| %s | %s | %s | %s | %s |\n' "$name" "$wall" "$cpu" "$rss" "$bytes"
 done <"$results"
 if [ "$runs" -gt 1 ]; then
-  printf '\nmedian restore wall time over %s alternating runs:\n' "$runs"
-  for name in "pg_restore < file" "cairn restore"; do
-    printf '%s: %s s\n' "$name" "$(grep -F "$name|" "$results" | cut -d'|' -f2 | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')"
-  done
+  # Medians, and the median of each run's own ratio to pg_restore: the server's speed drifts
+  # between runs, and a ratio within one run cancels that.
+  python3 - "$results" "$runs" <<'PY'
+import statistics, sys
+rows = [l.rstrip("\n").split("|") for l in open(sys.argv[1])]
+runs = int(sys.argv[2])
+restores = [r for r in rows if "restore" in r[0]]
+per_run = len(restores) // runs
+print(f"\nrestore wall time over {runs} runs, order rotating (median; median of per-run ratios):")
+for name in ("pg_restore < file", "cairn restore", "cairn restore (custom)"):
+    walls = [float(r[1]) for r in restores if r[0] == name]
+    ratios = []
+    for i in range(runs):
+        run = {r[0]: float(r[1]) for r in restores[i * per_run:(i + 1) * per_run]}
+        ratios.append(run[name] / run["pg_restore < file"])
+    print(f"{name}: {statistics.median(walls):.2f} s; {statistics.median(ratios):.3f}x pg_restore")
+PY
 fi

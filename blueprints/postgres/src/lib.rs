@@ -13,12 +13,13 @@
 //!
 //! and expect the backup's artifact `dump` (the repository snapshot of the dump, with the
 //! database, the mode, the format and the server version) on stdout, and the restore to load
-//! it back with `pg_restore`.
+//! it back with `psql`.
 //!
-//! PostgreSQL, backed up logically: `pg_dump -Fc -Z0` of one database (`mode=database`) or
-//! `pg_dumpall` of the whole cluster (`mode=cluster`), streamed on the host side straight into
-//! the export repository (which compresses and deduplicates, so the dump's own compression is
-//! off). The restore pipes the dump back into `pg_restore` (or `psql`), and refuses a target
+//! PostgreSQL, backed up logically: `pg_dump` of one database (`mode=database`; a plain SQL
+//! script by default, or `-Fc -Z0` with `format=custom`) or `pg_dumpall` of the whole cluster
+//! (`mode=cluster`), streamed on the host side straight into the export repository (which
+//! compresses and deduplicates, so the dump's own compression is off). The restore pipes the
+//! dump back into `psql` (or `pg_restore` for a custom dump), and refuses a target
 //! that already holds tables unless `replace=true`.
 //!
 //! With `quiesce=true` the backup is bracketed by `pg_backup_start` (prehook) and
@@ -78,40 +79,71 @@ const DONE_MARK: &str = "cairn-done";
 /// What the backup dumps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
-    /// One database, `pg_dump -Fc`.
+    /// One database, `pg_dump`.
     Database,
     /// Every database, role and tablespace, `pg_dumpall` (plain SQL).
     Cluster,
 }
 
 impl Mode {
-    const CHOICES: [&'static str; 2] = ["database", "cluster"];
+    const ALL: [(&'static str, Self); 2] =
+        [("database", Self::Database), ("cluster", Self::Cluster)];
 
     fn parse(text: &str) -> Result<Self> {
-        match text {
-            "database" => Ok(Self::Database),
-            "cluster" => Ok(Self::Cluster),
-            other => Err(Error::invalid(format!(
-                "mode {other:?} is not one of {}",
-                Self::CHOICES.join(", ")
-            ))),
-        }
+        choose("mode", text, &Self::ALL)
     }
 
     fn as_str(self) -> &'static str {
-        match self {
-            Self::Database => "database",
-            Self::Cluster => "cluster",
-        }
+        name_of(self, &Self::ALL)
+    }
+}
+
+/// The format of a one-database dump, recorded in its artifact; a cluster dump is always plain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    /// `pg_dump --format=custom --compress=0`, loaded by `pg_restore`.
+    Custom,
+    /// `pg_dump --format=plain --clean --if-exists`, an SQL script loaded by `psql`.
+    Plain,
+}
+
+impl Format {
+    const ALL: [(&'static str, Self); 2] = [("plain", Self::Plain), ("custom", Self::Custom)];
+
+    fn parse(text: &str) -> Result<Self> {
+        choose("format", text, &Self::ALL)
     }
 
-    /// The dump's format, recorded in the artifact.
-    fn format(self) -> &'static str {
-        match self {
-            Self::Database => "custom",
-            Self::Cluster => "plain",
-        }
+    fn as_str(self) -> &'static str {
+        name_of(self, &Self::ALL)
     }
+}
+
+/// `text` as one of `choices`, or an error naming the parameter and what it may be.
+fn choose<T: Copy>(param: &str, text: &str, choices: &[(&'static str, T)]) -> Result<T> {
+    choices
+        .iter()
+        .find(|(name, _)| *name == text)
+        .map(|&(_, value)| value)
+        .ok_or_else(|| {
+            Error::invalid(format!(
+                "{param} {text:?} is not one of {}",
+                names(choices).join(", ")
+            ))
+        })
+}
+
+/// The name of `value` among `choices`.
+fn name_of<T: Copy + PartialEq>(value: T, choices: &[(&'static str, T)]) -> &'static str {
+    choices
+        .iter()
+        .find(|(_, v)| *v == value)
+        .map_or("", |(name, _)| name)
+}
+
+/// The names of `choices`, for `describe()`.
+fn names<T>(choices: &[(&'static str, T)]) -> Vec<&'static str> {
+    choices.iter().map(|(name, _)| *name).collect()
 }
 
 struct Postgres;
@@ -156,10 +188,20 @@ impl Blueprint for Postgres {
             .param(
                 Param::text("mode")
                     .default("database")
-                    .choices(Mode::CHOICES)
+                    .choices(names(&Mode::ALL))
                     .describe(
-                        "database: pg_dump -Fc of one database; cluster: pg_dumpall of every \
+                        "database: pg_dump of one database; cluster: pg_dumpall of every \
                          database and role",
+                    ),
+            )
+            .param(
+                Param::text("format")
+                    .default("plain")
+                    .choices(names(&Format::ALL))
+                    .describe(
+                        "With mode=database: plain, an SQL script with DROP IF EXISTS loaded by \
+                         psql (the faster restore); custom, pg_dump -Fc loaded by pg_restore \
+                         (which can also restore single tables by hand)",
                     ),
             )
             .param(Param::flag("quiesce").default(false).describe(
@@ -412,6 +454,10 @@ fn server_version(conn: &Conn, database: &str) -> Result<String> {
 fn backup(ctx: &Context) -> Result<Outputs> {
     let conn = Conn::from_ctx(ctx)?;
     let mode = Mode::parse(ctx.text("mode")?)?;
+    let format = match mode {
+        Mode::Database => Format::parse(ctx.text("format")?)?,
+        Mode::Cluster => Format::Plain,
+    };
     let database = ctx
         .param::<Option<String>>("database")?
         .unwrap_or_else(|| MAINTENANCE_DB.to_owned());
@@ -427,20 +473,20 @@ fn backup(ctx: &Context) -> Result<Outputs> {
     progress(Progress::percent(0.0).message("dumping"));
 
     let (tool, command) = match mode {
-        Mode::Database => (
-            "pg_dump",
-            conn.command(
-                &database,
-                [
-                    "pg_dump",
-                    "--no-password",
-                    "--format=custom",
-                    "--compress=0",
-                    "--dbname",
-                ],
+        Mode::Database => {
+            // A plain dump drops what it recreates (if it exists), so it restores into an
+            // empty database and, with replace=true, over one that holds tables.
+            let options: &[&str] = match format {
+                Format::Custom => &["--format=custom", "--compress=0"],
+                Format::Plain => &["--format=plain", "--clean", "--if-exists"],
+            };
+            let argv = ["pg_dump", "--no-password"].iter().chain(options);
+            (
+                "pg_dump",
+                conn.command(&database, argv.copied())
+                    .args(["--dbname", &database]),
             )
-            .arg(&database),
-        ),
+        }
         Mode::Cluster => (
             "pg_dumpall",
             conn.command(&database, ["pg_dumpall", "--no-password", "--database"])
@@ -467,7 +513,7 @@ fn backup(ctx: &Context) -> Result<Outputs> {
         .finish()?
         .value("database", &database)
         .value("mode", mode.as_str())
-        .value("format", mode.format())
+        .value("format", format.as_str())
         .value("server-version", &version)
         .value("dump-bytes", transfer.bytes);
     progress(Progress::bytes(transfer.bytes, Some(transfer.bytes)).message("dumped"));
@@ -633,7 +679,9 @@ fn restore(ctx: &Context) -> Result<Outputs> {
                 Some(d) => d,
                 None => dump.require("database")?.to_owned(),
             };
-            restore_database(&conn, &import, &database, replace)?
+            // Restore points from before the format parameter are custom dumps.
+            let format = Format::parse(dump.get("format").unwrap_or("custom"))?;
+            restore_database(&conn, &import, &database, format, replace)?
         }
         Mode::Cluster => restore_cluster(&conn, &import, replace)?,
     };
@@ -645,6 +693,7 @@ fn restore_database(
     conn: &Conn,
     import: &Import,
     database: &str,
+    format: Format,
     replace: bool,
 ) -> Result<Transfer> {
     let tables = match count_tables(conn, database) {
@@ -669,16 +718,35 @@ fn restore_database(
             replace,
         )?;
     }
-    let mut argv = vec![
-        "pg_restore",
-        "--no-password",
-        "--exit-on-error",
-        "--dbname",
-        database,
-    ];
-    if replace {
-        argv.extend(["--clean", "--if-exists"]);
-    }
+    let (tool, argv) = match format {
+        Format::Custom => {
+            let mut argv = vec![
+                "pg_restore",
+                "--no-password",
+                "--exit-on-error",
+                "--dbname",
+                database,
+            ];
+            if replace {
+                argv.extend(["--clean", "--if-exists"]);
+            }
+            ("pg_restore", argv)
+        }
+        // The dump drops what it recreates itself (`--clean --if-exists`, at dump time).
+        Format::Plain => (
+            "psql",
+            vec![
+                "psql",
+                "--no-password",
+                "-X",
+                "-q",
+                "-o",
+                "/dev/null",
+                "-v",
+                "ON_ERROR_STOP=1",
+            ],
+        ),
+    };
     info!(
         "restoring into database `{database}` at {}{}",
         conn.at(),
@@ -689,7 +757,7 @@ fn restore_database(
     let transfer = import
         .pipe_into(&command)
         .map_err(|e| missing_tool(e, &command, conn))?;
-    let transfer = check("pg_restore", transfer, conn, database)?;
+    let transfer = check(tool, transfer, conn, database)?;
     progress(Progress::percent(100.0).message("restored"));
     Ok(transfer)
 }
@@ -834,11 +902,17 @@ mod tests {
     }
 
     #[test]
-    fn modes_round_trip() {
-        for m in Mode::CHOICES {
+    fn choices_round_trip() {
+        for (m, _) in Mode::ALL {
             assert_eq!(Mode::parse(m).map(Mode::as_str), Ok(m));
         }
-        assert!(matches!(Mode::parse("all"), Err(Error::Invalid(_))));
+        for (f, _) in Format::ALL {
+            assert_eq!(Format::parse(f).map(Format::as_str), Ok(f));
+        }
+        assert!(matches!(Mode::parse("all"), Err(Error::Invalid(m)) if m.contains("mode \"all\"")));
+        assert!(
+            matches!(Format::parse("tar"), Err(Error::Invalid(m)) if m.contains("plain, custom"))
+        );
     }
 
     #[test]
