@@ -149,7 +149,8 @@ for t in ("cairn", "restic", "borg"):
 def ratio(a, b, key, i=0):
     return statistics.median(r[f"{b}-{key}"][i] / r[f"{a}-{key}"][i] for r in runs)
 print(f"\nday-1 throughput (median of per-run ratios): cairn/restic {ratio('cairn','restic','day1'):.2f}x, cairn/borg {ratio('cairn','borg','day1'):.2f}x")
-print(f"repository after day 1: cairn/restic {1/ratio('cairn','restic','size1'):.3f}")
+print(f"repository after day 1: cairn/restic {1/ratio('cairn','restic','size1'):.3f}; "
+      f"after day 2: {1/ratio('cairn','restic','size2'):.3f}")
 print(f"CPU per GiB: cairn {med('cairn-day1',1)/gib:.2f} s, borg {med('borg-day1',1)/gib:.2f} s")
 lo, hi = span("cairn-restore")
 print(f"cairn restore wall: {lo:.2f}-{hi:.2f} s over the runs ({ds/hi/1e6:.0f}-{ds/lo/1e6:.0f} MB/s)")
