@@ -19,8 +19,9 @@
 //! script by default, or `-Fc -Z0` with `format=custom`) or `pg_dumpall` of the whole cluster
 //! (`mode=cluster`), streamed on the host side straight into the export repository (which
 //! compresses and deduplicates, so the dump's own compression is off). The restore pipes the
-//! dump back into `psql` (or `pg_restore` for a custom dump), and refuses a target
-//! that already holds tables unless `replace=true`.
+//! dump back into `psql` (or `pg_restore` for a custom dump), and refuses a target that
+//! already holds tables unless `replace=true`; a database restore runs in one transaction, so
+//! one that fails changes nothing.
 //!
 //! With `quiesce=true` the backup is bracketed by `pg_backup_start` (prehook) and
 //! `pg_backup_stop` (posthook) in one `psql` session that the host holds open across the
@@ -210,7 +211,12 @@ impl Blueprint for Postgres {
             ))
             .param(Param::replace().describe(
                 "Restore into a database that already holds tables, dropping what the dump \
-                 recreates (pg_restore --clean --if-exists)",
+                 recreates (DROP IF EXISTS)",
+            ))
+            .param(Param::flag("single-transaction").default(true).describe(
+                "Restore a database in one transaction, so a restore that fails changes \
+                 nothing (with replace=true: drops nothing); turn off only for a schema with \
+                 more objects than the server's lock table holds (max_locks_per_transaction)",
             ))
             .param(
                 Param::text("password-secret")
@@ -681,7 +687,8 @@ fn restore(ctx: &Context) -> Result<Outputs> {
             };
             // Restore points from before the format parameter are custom dumps.
             let format = Format::parse(dump.get("format").unwrap_or("custom"))?;
-            restore_database(&conn, &import, &database, format, replace)?
+            let atomic = ctx.flag("single-transaction")?;
+            restore_database(&conn, &import, &database, format, replace, atomic)?
         }
         Mode::Cluster => restore_cluster(&conn, &import, replace)?,
     };
@@ -695,6 +702,7 @@ fn restore_database(
     database: &str,
     format: Format,
     replace: bool,
+    atomic: bool,
 ) -> Result<Transfer> {
     let tables = match count_tables(conn, database) {
         Ok(n) => n,
@@ -730,12 +738,14 @@ fn restore_database(
             if replace {
                 argv.extend(["--clean", "--if-exists"]);
             }
+            if atomic {
+                argv.push("--single-transaction");
+            }
             ("pg_restore", argv)
         }
         // The dump drops what it recreates itself (`--clean --if-exists`, at dump time).
-        Format::Plain => (
-            "psql",
-            vec![
+        Format::Plain => {
+            let mut argv = vec![
                 "psql",
                 "--no-password",
                 "-X",
@@ -744,8 +754,12 @@ fn restore_database(
                 "/dev/null",
                 "-v",
                 "ON_ERROR_STOP=1",
-            ],
-        ),
+            ];
+            if atomic {
+                argv.push("--single-transaction");
+            }
+            ("psql", argv)
+        }
     };
     info!(
         "restoring into database `{database}` at {}{}",

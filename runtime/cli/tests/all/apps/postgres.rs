@@ -291,6 +291,38 @@ fn a_custom_dump_round_trips_through_pg_restore() {
 }
 
 #[test]
+fn a_replacing_restore_that_fails_drops_nothing() {
+    let pg = Pg::start();
+    pg.load_pgbench();
+    let cairn = Cairn::new();
+    let mut reports = Vec::new();
+    for format in ["format=plain", "format=custom"] {
+        let out = pg.backup(&cairn, &["--param", format]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        reports.push(pg.h.save(&out));
+    }
+    // A view the dump does not hold depends on a table it drops and recreates: the restore
+    // fails there, after dropping constraints and other tables, and must undo all of it.
+    pg.query(DB, "DELETE FROM pgbench_accounts WHERE aid % 2 = 0");
+    pg.query(
+        DB,
+        "CREATE VIEW rich AS SELECT * FROM pgbench_accounts WHERE abalance > 0",
+    );
+    let before = pg.fingerprint(DB);
+    for report in &reports {
+        let out = pg.restore(&cairn, report, &["--param", "replace=true"]);
+        assert_fails_with(&out, &["cannot drop", "pgbench_accounts", "depend"]);
+        assert_eq!(pg.fingerprint(DB), before, "a failed restore changed data");
+        let pk = "SELECT count(*) FROM pg_constraint WHERE conname = 'pgbench_accounts_pkey'";
+        assert_eq!(
+            pg.query(DB, pk),
+            "1",
+            "a failed restore dropped a constraint"
+        );
+    }
+}
+
+#[test]
 fn a_cluster_dump_restores_into_an_empty_cluster() {
     let source = Pg::start();
     source.load_pgbench();
