@@ -117,16 +117,14 @@ restore_pg() {
   measure "pg_restore < file" "echo -" \
     "$bin/pg_restore" --exit-on-error -d "$restored" "$work/bench.dump"
 }
-restore_cairn() {
+# restore_with_cairn NAME REPORT: a `cairn run` restore of the backup REPORT describes.
+restore_with_cairn() {
   checkpoint
-  measure "cairn restore" "echo -" \
-    "${run_cairn[@]}" --action restore --from "$work/backup.json" --param database="$restored"
+  measure "$1" "echo -" \
+    "${run_cairn[@]}" --action restore --from "$2" --param database="$restored"
 }
-restore_custom() {
-  checkpoint
-  measure "cairn restore (custom)" "echo -" \
-    "${run_cairn[@]}" --action restore --from "$work/backup-custom.json" --param database="$restored"
-}
+restore_cairn() { restore_with_cairn "cairn restore" "$work/backup.json"; }
+restore_custom() { restore_with_cairn "cairn restore (custom)" "$work/backup-custom.json"; }
 
 # RUNS times each; the order rotates every run, and the server's speed varies between runs
 # more than the restores differ, so the medians are the figures.

@@ -69,6 +69,9 @@ const CONNECT_TIMEOUT_SECS: u32 = 10;
 /// databases, a `pg_dumpall` restore).
 const MAINTENANCE_DB: &str = "postgres";
 
+/// `psql` running a dump read from stdin: no `.psqlrc`, quiet, query results discarded.
+const PSQL_SCRIPT: [&str; 6] = ["psql", "--no-password", "-X", "-q", "-o", "/dev/null"];
+
 /// The databases a fresh cluster has; a cluster restore is refused when there are others.
 const SYSTEM_DATABASES: [&str; 3] = ["postgres", "template0", "template1"];
 
@@ -726,7 +729,7 @@ fn restore_database(
             replace,
         )?;
     }
-    let (tool, argv) = match format {
+    let (tool, mut argv) = match format {
         Format::Custom => {
             let mut argv = vec![
                 "pg_restore",
@@ -738,29 +741,18 @@ fn restore_database(
             if replace {
                 argv.extend(["--clean", "--if-exists"]);
             }
-            if atomic {
-                argv.push("--single-transaction");
-            }
             ("pg_restore", argv)
         }
         // The dump drops what it recreates itself (`--clean --if-exists`, at dump time).
-        Format::Plain => {
-            let mut argv = vec![
-                "psql",
-                "--no-password",
-                "-X",
-                "-q",
-                "-o",
-                "/dev/null",
-                "-v",
-                "ON_ERROR_STOP=1",
-            ];
-            if atomic {
-                argv.push("--single-transaction");
-            }
-            ("psql", argv)
-        }
+        Format::Plain => (
+            "psql",
+            [&PSQL_SCRIPT[..], &["-v", "ON_ERROR_STOP=1"]].concat(),
+        ),
     };
+    // Both tools take the same flag.
+    if atomic {
+        argv.push("--single-transaction");
+    }
     info!(
         "restoring into database `{database}` at {}{}",
         conn.at(),
@@ -828,10 +820,7 @@ fn restore_cluster(conn: &Conn, import: &Import, replace: bool) -> Result<Transf
     progress(Progress::percent(0.0).message("restoring the cluster"));
     // Not ON_ERROR_STOP: the dump recreates roles that exist already (at least the one
     // restoring it); those errors are expected, every other one fails the restore.
-    let command = conn.command(
-        MAINTENANCE_DB,
-        ["psql", "--no-password", "-X", "-q", "-o", "/dev/null"],
-    );
+    let command = conn.command(MAINTENANCE_DB, PSQL_SCRIPT);
     let transfer = import
         .pipe_into(&command)
         .map_err(|e| missing_tool(e, &command, conn))?;
