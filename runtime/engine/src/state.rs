@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::capability::Capability;
@@ -328,6 +329,9 @@ fn cut_line(message: &str) -> String {
     )
 }
 
+/// How many bytes a guest may hand over in one stdout or stderr write.
+const STDIO_WRITE_PERMIT: usize = 64 << 10;
+
 /// Guest stdout or stderr, forwarded line by line to the log.
 #[derive(Clone)]
 struct StdioLog {
@@ -345,6 +349,35 @@ impl StdoutStream for StdioLog {
     fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
         Box::new(self.clone())
     }
+
+    /// Writes straight into the log on the guest's own thread. The default adapter hands
+    /// every write to a background task and waits for it, two thread hand-offs per line: a
+    /// guest printing 100 MB spent 16 s of a 20 s deadline in them.
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+}
+
+#[async_trait::async_trait]
+impl OutputStream for StdioLog {
+    fn write(&mut self, bytes: bytes::Bytes) -> StreamResult<()> {
+        self.log.write_stdio(self.level, &bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(STDIO_WRITE_PERMIT)
+    }
+}
+
+#[async_trait::async_trait]
+impl Pollable for StdioLog {
+    /// Always ready: a write never waits.
+    async fn ready(&mut self) {}
 }
 
 impl tokio::io::AsyncWrite for StdioLog {
