@@ -607,13 +607,13 @@ async fn run_inner(args: &RepoArgs) -> anyhow::Result<ExitCode> {
                     let file = tokio::fs::File::create(target)
                         .await
                         .with_context(|| format!("creating {target}"))?;
-                    let n = repo.restore_stream(&info.id, file).await?;
+                    let n = repo.restore_stream_of(&info, file).await?;
                     args.print(
                         || format!("restored stream {name} ({n} bytes) to {target}"),
                         json!({ "id": info.id, "bytes": n, "target": target }),
                     );
                 } else {
-                    let r = repo.restore_tree(&info.id, target).await?;
+                    let r = repo.restore_tree_of(&info, target).await?;
                     args.print(
                         || format!("restored {} files, {} directories, {} bytes to {target}", r.files, r.dirs, r.bytes),
                         json!({ "id": info.id, "files": r.files, "dirs": r.dirs, "bytes": r.bytes, "target": target }),

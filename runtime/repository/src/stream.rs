@@ -324,9 +324,19 @@ impl Repository {
     pub async fn restore_stream<W: AsyncWrite + Unpin>(
         &self,
         id_or_prefix: &str,
+        writer: W,
+    ) -> Result<u64> {
+        let info = self.snapshot(id_or_prefix).await?;
+        self.restore_stream_of(&info, writer).await
+    }
+
+    /// [`Repository::restore_stream`] of a snapshot already looked up.
+    pub async fn restore_stream_of<W: AsyncWrite + Unpin>(
+        &self,
+        info: &SnapshotInfo,
         mut writer: W,
     ) -> Result<u64> {
-        let r = self.stream_reader(id_or_prefix).await?;
+        let r = SnapshotReader::new(self, info).await?;
         // Large writes: `copy`'s own 8 KiB buffer would mean a write per 8 KiB (and for
         // tokio's stdout, a blocking-pool handoff per write).
         let mut r = tokio::io::BufReader::with_capacity(RESTORE_WRITE_BYTES, r);

@@ -259,7 +259,16 @@ impl Repository {
         target: impl AsRef<Path>,
     ) -> Result<RestoreSummary> {
         let info = self.snapshot(id_or_prefix).await?;
-        let Content::Tree { nodes } = self.restore_content(&info).await? else {
+        self.restore_tree_of(&info, target).await
+    }
+
+    /// [`Repository::restore_tree`] of a snapshot already looked up.
+    pub async fn restore_tree_of(
+        &self,
+        info: &SnapshotInfo,
+        target: impl AsRef<Path>,
+    ) -> Result<RestoreSummary> {
+        let Content::Tree { nodes } = self.restore_content(info).await? else {
             return Err(Error::Invalid(format!(
                 "snapshot {} is a stream; restore it with --target -",
                 info.short_id()
