@@ -10,3 +10,17 @@ use crate::wit::host;
 pub fn get(name: &str) -> Result<String> {
     host("secrets.get", || wit::get(name))
 }
+
+/// The value of the granted secret `name`, or `None` when the run grants no secret by that
+/// name (or no secrets at all): for credentials a server may not need, such as a password
+/// where the server trusts local connections. Other failures are errors.
+pub fn get_optional(name: &str) -> Result<Option<String>> {
+    match get(name) {
+        Ok(value) => Ok(Some(value)),
+        Err(crate::Error::NotFound(_) | crate::Error::Denied(_)) => {
+            crate::debug!("no secret `{name}` granted; going on without it");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}

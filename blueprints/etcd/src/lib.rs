@@ -137,8 +137,8 @@ impl Conn {
     fn new(ctx: &Context) -> Result<Self> {
         let endpoints = ctx.endpoints("endpoints")?.to_owned();
         let command_timeout = ctx.seconds("command-timeout")?.as_secs();
-        let user = secret(USER_SECRET)?;
-        let password = secret(PASSWORD_SECRET)?;
+        let user = secrets::get_optional(USER_SECRET)?;
+        let password = secrets::get_optional(PASSWORD_SECRET)?;
         if password.is_some() && user.is_none() {
             return Err(Error::invalid(format!(
                 "secret `{PASSWORD_SECRET}` is granted but `{USER_SECRET}` is not: grant both \
@@ -251,15 +251,6 @@ impl Conn {
         )?;
         // `count` is left out of the JSON when it is 0.
         Ok(json_number(&json, "count").unwrap_or(0))
-    }
-}
-
-/// A granted secret; `None` when the run grants no such secret (or no secrets at all).
-fn secret(name: &str) -> Result<Option<String>> {
-    match secrets::get(name) {
-        Ok(v) => Ok(Some(v)),
-        Err(Error::NotFound(_) | Error::Denied(_)) => Ok(None),
-        Err(e) => Err(e),
     }
 }
 

@@ -41,7 +41,7 @@ use cairn_sdk::exec::{Command, Output, Session};
 use cairn_sdk::lifecycle::{BACKUP, BACKUP_POSTHOOK, BACKUP_PREHOOK, DELETE, RESTORE};
 use cairn_sdk::params::refuse_unless_replace;
 use cairn_sdk::{Artifact, Blueprint, Capability, Context, Description, Error, Outputs, Param};
-use cairn_sdk::{Progress, Result, checkpoint, debug, info, progress, secrets, volumes, warn};
+use cairn_sdk::{Progress, Result, checkpoint, info, progress, secrets, volumes, warn};
 
 /// The artifact holding the dump.
 const DUMP: &str = "dump";
@@ -328,15 +328,7 @@ impl Conn {
 /// The password from the granted secret, if any. A run without it connects without one (trust
 /// or peer authentication); when the server then asks for one, the error says how to grant it.
 fn password(ctx: &Context) -> Result<Option<String>> {
-    let name = ctx.text("password-secret")?;
-    match secrets::get(name) {
-        Ok(v) => Ok(Some(v)),
-        Err(Error::NotFound(_) | Error::Denied(_)) => {
-            debug!("no secret `{name}` granted; connecting without a password");
-            Ok(None)
-        }
-        Err(e) => Err(e),
-    }
+    secrets::get_optional(ctx.text("password-secret")?)
 }
 
 /// Runs a command, turning a program missing from the workload into an error naming it.

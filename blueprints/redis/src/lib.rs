@@ -223,11 +223,7 @@ impl Conn {
 /// The password from the granted secret, if any. Without the `secrets` grant there is none:
 /// a server that needs one then answers NOAUTH, and [`Conn::query`] says how to grant it.
 fn password() -> Result<Option<String>> {
-    match secrets::get(PASSWORD_SECRET) {
-        Ok(p) => Ok(Some(p)),
-        Err(Error::NotFound(_) | Error::Denied(_)) => Ok(None),
-        Err(e) => Err(e),
-    }
+    secrets::get_optional(PASSWORD_SECRET)
 }
 
 /// The value of `name` in a `CONFIG GET name` reply (`name\nvalue\n`).
