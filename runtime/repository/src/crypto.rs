@@ -55,9 +55,6 @@ impl std::hash::Hasher for IdHasher {
     }
 }
 
-/// A map keyed by chunk id, without a second hash.
-pub(crate) type IdMap<V> =
-    std::collections::HashMap<ChunkId, V, std::hash::BuildHasherDefault<IdHasher>>;
 /// A set of chunk ids, without a second hash.
 pub(crate) type IdSet = std::collections::HashSet<ChunkId, std::hash::BuildHasherDefault<IdHasher>>;
 

@@ -1,11 +1,10 @@
 //! The on-disk format: object names, the config, index and pack encodings, and snapshots.
 //! `FORMAT.md` beside `Cargo.toml` is the reference; keep the two in step.
 
-use crate::crypto::{self, ChunkId, IdMap, MasterKeys};
+use crate::crypto::{self, ChunkId, MasterKeys};
 use crate::error::{Error, Result};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 use std::fmt;
 use std::io::Write;
 
@@ -104,16 +103,6 @@ impl Config {
     }
 }
 
-/// Where a chunk lives: pack (index into the pack table), frame, and place in the frame.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Loc {
-    pub(crate) pack: u32,
-    pub(crate) frame_off: u32,
-    pub(crate) frame_len: u32,
-    pub(crate) inner_off: u32,
-    pub(crate) len: u32,
-}
-
 /// A pack id: 16 random bytes, hex in object names.
 pub(crate) type PackId = [u8; 16];
 
@@ -129,43 +118,6 @@ pub(crate) struct Entry {
     pub(crate) frame_len: u32,
     pub(crate) inner_off: u32,
     pub(crate) len: u32,
-}
-
-/// The repository's chunk index, merged from all index files.
-#[derive(Debug, Default)]
-pub(crate) struct Index {
-    pub(crate) packs: Vec<PackId>,
-    pack_pos: HashMap<PackId, u32>,
-    pub(crate) map: IdMap<Loc>,
-    /// Index objects merged in, by id, with the packs each references.
-    pub(crate) files: HashMap<String, Vec<PackId>>,
-}
-
-impl Index {
-    pub(crate) fn pack_no(&mut self, p: PackId) -> u32 {
-        if let Some(&n) = self.pack_pos.get(&p) {
-            return n;
-        }
-        let n = self.packs.len() as u32;
-        self.packs.push(p);
-        self.pack_pos.insert(p, n);
-        n
-    }
-
-    pub(crate) fn add(&mut self, pack: PackId, e: &Entry) {
-        let pack = self.pack_no(pack);
-        self.map.entry(e.id).or_insert(Loc {
-            pack,
-            frame_off: e.frame_off,
-            frame_len: e.frame_len,
-            inner_off: e.inner_off,
-            len: e.len,
-        });
-    }
-
-    pub(crate) fn contains(&self, id: &ChunkId) -> bool {
-        self.map.contains_key(id)
-    }
 }
 
 /// Encodes an index file's plaintext: `CIDX`, version, pack table, entries.

@@ -30,6 +30,7 @@ mod chunker;
 mod crypto;
 mod error;
 mod format;
+mod index;
 mod keys;
 mod lock;
 mod pipeline;

@@ -4,7 +4,8 @@ use crate::backend::{Backend, Location};
 use crate::chunker::Chunking;
 use crate::crypto::{ChunkId, IdSet, MasterKeys};
 use crate::error::{Error, Result};
-use crate::format::{self, Config, Content, Index, SnapshotInfo, SnapshotKind};
+use crate::format::{self, Config, Content, SnapshotInfo, SnapshotKind};
+use crate::index::{Index, IndexBuilder, Loc};
 use crate::keys::{self, KeyFile, KeyProvider, KeySlotInfo, SlotFile};
 use crate::lock::LockGuard;
 use crate::pipeline::{self, Pipeline, PipelineConfig};
@@ -749,17 +750,17 @@ impl Repository {
         }
         let (by_pack, missing_chunks) = {
             let idx = self.inner.index.read().map_err(|_| poisoned())?;
-            let mut by_pack: HashMap<String, Vec<(ChunkId, format::Loc)>> = HashMap::new();
-            for (c, l) in &idx.map {
+            let mut by_pack: HashMap<String, Vec<(ChunkId, Loc)>> = HashMap::new();
+            for (c, l) in idx.iter() {
                 by_pack
                     .entry(format::pack_hex(&idx.packs[l.pack as usize]))
                     .or_default()
-                    .push((*c, *l));
+                    .push((*c, l));
             }
             let mut missing = IdSet::default();
             for (_, ids) in &snap_chunks {
                 for c in ids {
-                    if !idx.map.contains_key(c) {
+                    if !idx.contains(c) {
                         missing.insert(*c);
                     }
                 }
@@ -847,7 +848,7 @@ impl Repository {
         &self,
         hex: &str,
         path: &str,
-        entries: &[(ChunkId, format::Loc)],
+        entries: &[(ChunkId, Loc)],
     ) -> Result<(), VerifyError> {
         let data = self
             .inner
@@ -1059,13 +1060,13 @@ impl Repository {
             let idx = self.inner.index.read().map_err(|_| poisoned())?;
             let mut used: HashSet<String> = HashSet::new();
             for c in &referenced {
-                if let Some(l) = idx.map.get(c) {
+                if let Some(l) = idx.get(c) {
                     used.insert(format::pack_hex(&idx.packs[l.pack as usize]));
                 }
             }
             // Entries that survive: the canonical location of every chunk in a used pack.
             let mut survivors: BTreeMap<format::PackId, Vec<format::Entry>> = BTreeMap::new();
-            for (c, l) in &idx.map {
+            for (c, l) in idx.iter() {
                 let p = idx.packs[l.pack as usize];
                 if used.contains(&format::pack_hex(&p)) {
                     survivors.entry(p).or_default().push(format::Entry {
@@ -1377,18 +1378,20 @@ pub(crate) async fn load_index(backend: &Backend, keys: &MasterKeys) -> Result<I
         .buffer_unordered(METADATA_READS_IN_FLIGHT)
         .try_collect()
         .await?;
-    let mut index = Index::default();
+    let chunks = decoded
+        .iter()
+        .flat_map(|(_, packs)| packs.iter().map(|(_, entries)| entries.len()))
+        .sum();
+    let mut index = IndexBuilder::with_capacity(chunks);
     for (id, packs) in decoded {
         let mut names = Vec::new();
         for (p, entries) in packs {
-            for e in &entries {
-                index.add(p, e);
-            }
+            index.add(p, &entries);
             names.push(p);
         }
-        index.files.insert(id, names);
+        index.file(id, names);
     }
-    Ok(index)
+    Ok(index.finish())
 }
 
 /// Whether S3 refused a write with retention because the bucket has no Object Lock

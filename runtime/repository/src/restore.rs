@@ -11,7 +11,8 @@
 use crate::backend::Backend;
 use crate::crypto::{self, ChunkId, MasterKeys};
 use crate::error::{Error, Result};
-use crate::format::{self, Index, PackId};
+use crate::format::{self, PackId};
+use crate::index::Index;
 use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt};
 use std::collections::{HashMap, VecDeque};
@@ -67,7 +68,7 @@ pub(crate) fn plan(index: &Index, ids: &[ChunkId]) -> Result<Plan> {
     let mut frames: HashMap<(u32, u64), (usize, u32)> = HashMap::new();
     let (mut chunk_bytes, mut read_bytes) = (0u64, 0u64);
     for id in ids {
-        let loc = index.map.get(id).ok_or_else(|| Error::Missing {
+        let loc = index.get(id).ok_or_else(|| Error::Missing {
             object: format!("chunk {id}"),
             snapshots: Vec::new(),
         })?;
