@@ -117,15 +117,16 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// The object store failed.
-    #[error("object store {op} {object}: {source}")]
+    /// The object store failed; the message ends with what to do when the cause is a common
+    /// one (no or wrong credentials, an unreachable endpoint, plain HTTP not allowed).
+    #[error("object store {op} {object}: {}", store_text(.source))]
     Store {
         /// What was being done.
         op: &'static str,
         /// The object path.
         object: String,
-        /// The underlying error.
-        #[source]
+        /// The underlying error; its causes are part of this error's message (so the hint
+        /// comes last), not a source of its own.
         source: object_store::Error,
     },
     /// A write failed because the storage is full (no space left on the device, a disk quota,
@@ -162,6 +163,54 @@ fn affected_text(snapshots: &[String]) -> String {
     } else {
         format!("; affected snapshots: {}", snapshots.join(", "))
     }
+}
+
+/// A store error and its causes, one after the other, then what to do when the cause is a
+/// common one. Recognised in the texts: the S3 client reports these as generic errors carrying
+/// the HTTP client's or the server's words.
+fn store_text(e: &object_store::Error) -> String {
+    let mut text = e.to_string();
+    let mut cur = std::error::Error::source(e);
+    while let Some(c) = cur {
+        let part = c.to_string();
+        // Some errors repeat their source's text in their own.
+        if !text.ends_with(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        cur = c.source();
+    }
+    let has = |words: &[&str]| words.iter().any(|w| text.contains(w));
+    let hint = if has(&["169.254.169.254"]) {
+        "no credentials were given, and the cloud's instance-metadata service (tried last) gave \
+         none: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or pass --option \
+         aws_access_key_id=… --option aws_secret_access_key=… (or put them in the profile file)"
+    } else if has(&[
+        "SignatureDoesNotMatch",
+        "InvalidAccessKeyId",
+        "Unauthenticated",
+    ]) {
+        "the store refused the credentials: check the access key id and the secret key"
+    } else if has(&["AccessDenied", "lacked the necessary privileges"]) {
+        "the credentials are not allowed this: Cairn needs to list, read, write and delete \
+         objects under the repository's prefix"
+    } else if has(&["NoSuchBucket"]) {
+        "the bucket does not exist: create it first (Cairn does not create buckets)"
+    } else if has(&["URL scheme is not allowed"]) {
+        "the endpoint is plain http: allow it with --option aws_allow_http=true (or \
+         AWS_ALLOW_HTTP=true), or use https"
+    } else if has(&[
+        "Connection refused",
+        "dns error",
+        "tcp connect error",
+        "timed out",
+    ]) {
+        "the store cannot be reached: check the endpoint (--option aws_endpoint or \
+         AWS_ENDPOINT) and that the server is up"
+    } else {
+        return text;
+    };
+    format!("{text}; {hint}")
 }
 
 fn storage_full_text(
@@ -281,6 +330,59 @@ mod tests {
 
     fn full(e: &Error) -> bool {
         matches!(e, Error::StorageFull { .. })
+    }
+
+    #[test]
+    fn common_store_failures_say_what_to_do() {
+        // What object_store 0.14 reported against s3s-fs and without credentials on this host.
+        let cases = [
+            (
+                "Error performing PUT http://169.254.169.254/latest/api/token in 3ms - Server \
+                 returned non-2xx status code: 403 Forbidden: resolve_deny",
+                "AWS_ACCESS_KEY_ID",
+            ),
+            (
+                "The operation lacked the necessary privileges to complete for path r1/config: \
+                 403 Forbidden: <Error><Code>SignatureDoesNotMatch</Code></Error>",
+                "refused the credentials",
+            ),
+            (
+                "HTTP error: error sending request: client error (Connect): tcp connect error: \
+                 Connection refused (os error 111)",
+                "cannot be reached",
+            ),
+            (
+                "HTTP error: error sending request: client error (Connect): dns error: failed to \
+                 lookup address information",
+                "cannot be reached",
+            ),
+            (
+                "HTTP error: builder error: URL scheme is not allowed",
+                "aws_allow_http=true",
+            ),
+            (
+                "<Error><Code>NoSuchBucket</Code></Error>",
+                "create it first",
+            ),
+            (
+                "<Error><Code>AccessDenied</Code></Error>",
+                "not allowed this",
+            ),
+        ];
+        for (text, hint) in cases {
+            let source = object_store::Error::Generic {
+                store: "S3",
+                source: text.into(),
+            };
+            let e = Error::store("read", "config", "s3://b/r", source).to_string();
+            assert!(e.contains(hint), "{e}");
+        }
+        let other = object_store::Error::Generic {
+            store: "S3",
+            source: "Server returned non-2xx status code: 500 Internal Server Error".into(),
+        };
+        let e = Error::store("read", "config", "s3://b/r", other).to_string();
+        assert!(e.ends_with("500 Internal Server Error"), "{e}");
     }
 
     #[test]
