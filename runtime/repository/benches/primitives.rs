@@ -77,6 +77,20 @@ fn primitives(c: &mut Criterion) {
     );
 }
 
+fn index(c: &mut Criterion) {
+    let mut g = c.benchmark_group("index");
+    g.sample_size(10);
+    for n in [136_537u32, 1 << 20] {
+        let f = b::IndexFixture::new(n);
+        g.throughput(Throughput::Elements(u64::from(n)));
+        g.bench_function(format!("build {n}"), |bn| bn.iter(|| black_box(f.build())));
+        g.bench_function(format!("look up {n}"), |bn| {
+            bn.iter(|| black_box(f.look_up()))
+        });
+    }
+    g.finish();
+}
+
 fn end_to_end(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -126,5 +140,5 @@ fn end_to_end(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, primitives, end_to_end);
+criterion_group!(benches, primitives, index, end_to_end);
 criterion_main!(benches);

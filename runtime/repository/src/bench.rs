@@ -33,3 +33,56 @@ pub fn seal_size(data: &[u8], size: usize) -> usize {
         .map(|c| keys.seal(b"bench", c).len())
         .sum()
 }
+
+/// `n` chunks' index entries (16 to a frame, one pack) and the index built from them.
+#[derive(Debug)]
+pub struct IndexFixture {
+    ids: Vec<crate::crypto::ChunkId>,
+    entries: Vec<crate::format::Entry>,
+    index: crate::index::Index,
+}
+
+impl IndexFixture {
+    pub fn new(n: u32) -> Self {
+        let keys = crate::crypto::MasterKeys::from_raw([7u8; crate::crypto::MASTER_LEN]);
+        let ids: Vec<_> = (0..n).map(|i| keys.chunk_id(&i.to_le_bytes())).collect();
+        let entries: Vec<_> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| crate::format::Entry {
+                id: *id,
+                frame_off: (i / 16 * 20_000) as u32,
+                frame_len: 20_000,
+                inner_off: (i % 16 * 8192) as u32,
+                len: 8192,
+            })
+            .collect();
+        let mut f = Self {
+            ids,
+            entries,
+            index: Default::default(),
+        };
+        f.index = f.build_index();
+        f
+    }
+
+    fn build_index(&self) -> crate::index::Index {
+        let mut b = crate::index::IndexBuilder::with_capacity(self.entries.len());
+        b.add([1; 16], &self.entries);
+        b.finish()
+    }
+
+    /// Builds the index again; returns how many chunks it holds.
+    pub fn build(&self) -> usize {
+        self.build_index().iter().count()
+    }
+
+    /// Looks every id up, in the order they were added; returns the sum of their lengths.
+    pub fn look_up(&self) -> u64 {
+        self.ids
+            .iter()
+            .filter_map(|id| self.index.get(id))
+            .map(|l| u64::from(l.len))
+            .sum()
+    }
+}

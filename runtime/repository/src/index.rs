@@ -5,15 +5,17 @@
 //! then the table's control bytes and the slack it keeps for growth). The index is built
 //! whole from the index files and never changed afterwards (a reload builds a new one), so it
 //! is kept as one sorted array instead: 44 bytes per chunk, the place of its frame shared with
-//! the other chunks of that frame, and a table of bucket starts (about 1 byte per chunk) that
-//! leaves a lookup a few probes inside one bucket.
+//! the other chunks of that frame, and a table of bucket starts on the ids' first bits (1–2
+//! bytes per chunk) that leaves a lookup a scan of two or three chunks. Lookups take 2–3 times
+//! a hash map's (on this project's VM, 32 ns against 10–20 at 136 Ki chunks), which a backup
+//! or a restore spends once per chunk: 4 ms per GiB.
 
 use crate::crypto::ChunkId;
 use crate::format::{Entry, PackId};
 use std::collections::HashMap;
 
-/// Chunks per bucket the bucket table aims at.
-const PER_BUCKET: usize = 4;
+/// Chunks per bucket the bucket table aims at (2–4 in practice).
+const PER_BUCKET: usize = 2;
 /// Largest bucket table: 2^26 starts (256 MiB), for 256 Mi chunks and more.
 const MAX_BUCKET_BITS: u32 = 26;
 
@@ -63,9 +65,17 @@ impl Index {
     pub(crate) fn get(&self, id: &ChunkId) -> Option<Loc> {
         let b = self.bucket(id);
         let (lo, hi) = (*self.starts.get(b)?, *self.starts.get(b + 1)?);
-        let bucket = &self.slots[lo as usize..hi as usize];
-        let i = bucket.binary_search_by(|s| s.id.0.cmp(&id.0)).ok()?;
-        Some(self.loc(&bucket[i]))
+        let key = prefix(id);
+        // A bucket holds a few chunks: a scan in order beats a binary search's branches.
+        for s in &self.slots[lo as usize..hi as usize] {
+            match prefix(&s.id).cmp(&key) {
+                std::cmp::Ordering::Less => {}
+                std::cmp::Ordering::Equal if s.id == *id => return Some(self.loc(s)),
+                std::cmp::Ordering::Equal => {}
+                std::cmp::Ordering::Greater => return None,
+            }
+        }
+        None
     }
 
     pub(crate) fn contains(&self, id: &ChunkId) -> bool {
@@ -107,14 +117,25 @@ impl Index {
     }
 }
 
+/// The first 8 bytes of `id`, as a number that sorts as the bytes do.
+fn prefix(id: &ChunkId) -> u64 {
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&id.0[..8]);
+    u64::from_be_bytes(first)
+}
+
+/// The ids' byte order. Ids are uniformly random, so the first 8 bytes, compared as one number,
+/// almost always decide it: the whole ids are compared only when those are equal.
+fn order(a: &ChunkId, b: &ChunkId) -> std::cmp::Ordering {
+    prefix(a).cmp(&prefix(b)).then_with(|| a.0.cmp(&b.0))
+}
+
 /// The bucket of `id` in a table of `2^bits` buckets: its first `bits` bits.
 fn bucket_of(id: &ChunkId, bits: u32) -> usize {
     if bits == 0 {
         return 0;
     }
-    let mut prefix = [0u8; 8];
-    prefix.copy_from_slice(&id.0[..8]);
-    (u64::from_be_bytes(prefix) >> (64 - bits)) as usize
+    (prefix(id) >> (64 - bits)) as usize
 }
 
 /// Collects index entries, then sorts them into an [`Index`].
@@ -132,7 +153,7 @@ impl IndexBuilder {
         b
     }
 
-    /// Adds the entries of one pack. A chunk already added keeps its first place.
+    /// Adds the entries of one pack.
     pub(crate) fn add(&mut self, pack: PackId, entries: &[Entry]) {
         let pack = match self.pack_pos.get(&pack) {
             Some(&n) => n,
@@ -168,12 +189,13 @@ impl IndexBuilder {
         self.index.files.insert(id, packs);
     }
 
-    /// Sorts the entries by id, keeps the first of each id, and builds the bucket table.
+    /// Sorts the entries by id, keeps one place of each id, and builds the bucket table.
     pub(crate) fn finish(self) -> Index {
         let mut index = self.index;
-        // Stable, so the first place added of a chunk stored twice is the one kept.
-        index.slots.sort_by_key(|s| s.id.0);
-        index.slots.dedup_by(|later, first| later.id == first.id);
+        index.slots.sort_unstable_by(|a, b| order(&a.id, &b.id));
+        // A chunk stored twice (by backups that ran at once) is in the index twice; either
+        // place holds it.
+        index.slots.dedup_by(|a, b| a.id == b.id);
         index.slots.shrink_to_fit();
         index.frames.shrink_to_fit();
         let n = index.slots.len();
@@ -212,7 +234,7 @@ mod tests {
     }
 
     #[test]
-    fn finds_every_chunk_and_only_those_and_the_first_place_wins() {
+    fn finds_every_chunk_once_and_only_those() {
         for n in [0u32, 1, 3, 100, 50_000] {
             let mut b = IndexBuilder::with_capacity(n as usize);
             // Two packs; the second repeats the first's chunks below 10 at other places.
@@ -225,16 +247,19 @@ mod tests {
             assert_eq!(index.packs, vec![[1; 16], [2; 16]]);
             for i in 0..n {
                 let loc = index.get(&id(i)).expect("present");
-                assert_eq!(
-                    loc,
-                    Loc {
-                        pack: 0,
-                        frame_off: i / 16 * 1000,
-                        frame_len: 1000,
-                        inner_off: i % 16 * 100,
-                        len: 100
-                    }
-                );
+                let first = Loc {
+                    pack: 0,
+                    frame_off: i / 16 * 1000,
+                    frame_len: 1000,
+                    inner_off: i % 16 * 100,
+                    len: 100,
+                };
+                let second = Loc {
+                    pack: 1,
+                    frame_off: 7_000_000,
+                    ..first
+                };
+                assert!(loc == first || (i < 10 && loc == second), "{i}: {loc:?}");
             }
             for i in n..n + 1000 {
                 assert!(!index.contains(&id(i)));
@@ -249,7 +274,7 @@ mod tests {
     }
 
     #[test]
-    fn a_chunk_costs_under_46_bytes() {
+    fn a_chunk_costs_under_48_bytes() {
         // 1 Mi chunks of 8 KiB pages, 16 to a 128 KiB frame: what a 8 GiB database leaves.
         let n = 1 << 20;
         let entries: Vec<Entry> = (0..n).map(|i| entry(i, i / 16 * 20_000)).collect();
@@ -257,6 +282,6 @@ mod tests {
         b.add([1; 16], &entries);
         let index = b.finish();
         let per_chunk = index.chunk_bytes() as f64 / f64::from(n);
-        assert!(per_chunk < 46.0, "{per_chunk:.1} bytes per chunk");
+        assert!(per_chunk < 48.0, "{per_chunk:.1} bytes per chunk");
     }
 }
