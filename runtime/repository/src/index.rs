@@ -16,7 +16,7 @@ use std::collections::HashMap;
 
 /// Chunks per bucket the bucket table aims at (2–4 in practice).
 const PER_BUCKET: usize = 2;
-/// Largest bucket table: 2^26 starts (256 MiB), for 256 Mi chunks and more.
+/// Largest bucket table: 2^26 starts (256 MiB), reached at 128 Mi chunks (1 TiB of pages).
 const MAX_BUCKET_BITS: u32 = 26;
 
 /// Where a chunk lives: pack (index into the pack table), frame, and place in the frame.
@@ -275,7 +275,7 @@ mod tests {
 
     #[test]
     fn a_chunk_costs_under_48_bytes() {
-        // 1 Mi chunks of 8 KiB pages, 16 to a 128 KiB frame: what a 8 GiB database leaves.
+        // 1 Mi chunks of 8 KiB pages, 16 to a 128 KiB frame: what an 8 GiB database leaves.
         let n = 1 << 20;
         let entries: Vec<Entry> = (0..n).map(|i| entry(i, i / 16 * 20_000)).collect();
         let mut b = IndexBuilder::with_capacity(entries.len());
