@@ -119,7 +119,7 @@ pub enum Error {
     },
     /// The object store failed; the message ends with what to do when the cause is a common
     /// one (no or wrong credentials, an unreachable endpoint, plain HTTP not allowed).
-    #[error("object store {op} {object}: {}", store_text(.source))]
+    #[error("object store {op} {object}: {}{hint}", chain_text(.source))]
     Store {
         /// What was being done.
         op: &'static str,
@@ -127,7 +127,9 @@ pub enum Error {
         object: String,
         /// The underlying error; its causes are part of this error's message (so the hint
         /// comes last), not a source of its own.
-        source: object_store::Error,
+        source: Box<object_store::Error>,
+        /// `; ` and what to do, when the cause is a common one; else empty.
+        hint: String,
     },
     /// A write failed because the storage is full (no space left on the device, a disk quota,
     /// or an object store answering "insufficient storage").
@@ -165,10 +167,8 @@ fn affected_text(snapshots: &[String]) -> String {
     }
 }
 
-/// A store error and its causes, one after the other, then what to do when the cause is a
-/// common one. Recognised in the texts: the S3 client reports these as generic errors carrying
-/// the HTTP client's or the server's words.
-fn store_text(e: &object_store::Error) -> String {
+/// An error and its causes, one after the other.
+fn chain_text(e: &object_store::Error) -> String {
     let mut text = e.to_string();
     let mut cur = std::error::Error::source(e);
     while let Some(c) = cur {
@@ -180,37 +180,84 @@ fn store_text(e: &object_store::Error) -> String {
         }
         cur = c.source();
     }
+    text
+}
+
+/// What to do about a store error of the repository at `url` whose cause is a common one, as
+/// `; …` to append; empty when the cause is not recognised. Recognised in the error's texts:
+/// the cloud clients report these as generic errors carrying the HTTP client's or the server's
+/// words.
+fn store_hint(url: &str, e: &object_store::Error) -> String {
+    // The options (and environment variables) of each cloud backend that the hints name.
+    let (creds, endpoint, prefix) = match url.split_once("://").map_or("", |(scheme, _)| scheme) {
+        "s3" | "s3a" => (
+            "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or pass --option \
+             aws_access_key_id=… --option aws_secret_access_key=…",
+            "aws_endpoint",
+            "aws",
+        ),
+        "az" | "azure" | "abfs" | "abfss" => (
+            "set AZURE_STORAGE_ACCOUNT_NAME and AZURE_STORAGE_ACCOUNT_KEY, or pass --option \
+             azure_storage_account_name=… --option azure_storage_account_key=…",
+            "azure_endpoint",
+            "azure",
+        ),
+        "gs" => (
+            "set GOOGLE_SERVICE_ACCOUNT to a service account key file, or pass --option \
+             google_service_account=…",
+            "google_base_url",
+            "google",
+        ),
+        _ => return String::new(),
+    };
+    let env = |option: &str| option.to_ascii_uppercase();
+    let text = chain_text(e);
     let has = |words: &[&str]| words.iter().any(|w| text.contains(w));
-    let hint = if has(&["169.254.169.254"]) {
-        "no credentials were given, and the cloud's instance-metadata service (tried last) gave \
-         none: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or pass --option \
-         aws_access_key_id=… --option aws_secret_access_key=… (or put them in the profile file)"
+    let hint = if has(&["169.254.169.254", "metadata.google.internal"]) {
+        format!(
+            "no credentials were given, and the cloud's instance-metadata service (tried last) \
+             gave none: {creds} (or put them in the profile file)"
+        )
     } else if has(&[
         "SignatureDoesNotMatch",
         "InvalidAccessKeyId",
+        "AuthenticationFailed",
         "Unauthenticated",
     ]) {
-        "the store refused the credentials: check the access key id and the secret key"
-    } else if has(&["AccessDenied", "lacked the necessary privileges"]) {
+        "the store refused the credentials: check the key id and the secret".into()
+    } else if has(&[
+        "AccessDenied",
+        "AuthorizationFailure",
+        "AuthorizationPermissionMismatch",
+        "lacked the necessary privileges",
+    ]) {
         "the credentials are not allowed this: Cairn needs to list, read, write and delete \
          objects under the repository's prefix"
-    } else if has(&["NoSuchBucket"]) {
-        "the bucket does not exist: create it first (Cairn does not create buckets)"
+            .into()
+    } else if has(&["NoSuchBucket", "ContainerNotFound", "bucket does not exist"]) {
+        "the bucket (container) does not exist: create it first (Cairn does not create buckets)"
+            .into()
     } else if has(&["URL scheme is not allowed"]) {
-        "the endpoint is plain http: allow it with --option aws_allow_http=true (or \
-         AWS_ALLOW_HTTP=true), or use https"
+        format!(
+            "the endpoint is plain http: allow it with --option {prefix}_allow_http=true (or \
+             {}=true), or use https",
+            env(&format!("{prefix}_allow_http"))
+        )
     } else if has(&[
         "Connection refused",
         "dns error",
         "tcp connect error",
         "timed out",
     ]) {
-        "the store cannot be reached: check the endpoint (--option aws_endpoint or \
-         AWS_ENDPOINT) and that the server is up"
+        format!(
+            "the store cannot be reached: check the endpoint (--option {endpoint} or {}) and \
+             that the server is up",
+            env(endpoint)
+        )
     } else {
-        return text;
+        return String::new();
     };
-    format!("{text}; {hint}")
+    format!("; {hint}")
 }
 
 fn storage_full_text(
@@ -289,7 +336,8 @@ impl Error {
             None => Error::Store {
                 op,
                 object: object.to_string(),
-                source,
+                hint: store_hint(url, &source),
+                source: Box::new(source),
             },
         }
     }
@@ -377,6 +425,28 @@ mod tests {
             let e = Error::store("read", "config", "s3://b/r", source).to_string();
             assert!(e.contains(hint), "{e}");
         }
+        // Each cloud's hint names its own options.
+        for (url, option) in [
+            ("s3://b/r", "--option aws_endpoint"),
+            ("az://c/r", "--option azure_endpoint"),
+            ("gs://b/r", "--option google_base_url"),
+        ] {
+            let source = object_store::Error::Generic {
+                store: "any",
+                source: "tcp connect error: Connection refused (os error 111)".into(),
+            };
+            let e = Error::store("read", "config", url, source).to_string();
+            assert!(e.contains(option), "{e}");
+        }
+        let local = object_store::Error::Generic {
+            store: "LocalFileSystem",
+            source: "Connection refused".into(),
+        };
+        let e = Error::store("read", "config", "/srv/repo", local).to_string();
+        assert!(
+            !e.contains("; "),
+            "no cloud hint for a local repository: {e}"
+        );
         let other = object_store::Error::Generic {
             store: "S3",
             source: "Server returned non-2xx status code: 500 Internal Server Error".into(),
