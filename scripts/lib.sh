@@ -37,6 +37,11 @@ ensure_test_servers() {
     step "pip install moto[server]"
     python3 -m pip install --quiet 'moto[server]'
   fi
+  if ! command -v azurite-blob >/dev/null; then
+    command -v npm >/dev/null || apt_install nodejs npm
+    step "npm install azurite 3.35.0"
+    as_root npm install --global --silent --no-fund --no-audit azurite@3.35.0 >/dev/null
+  fi
 }
 
 # The application servers the blueprints' end-to-end tests run against (Debian packages),

@@ -17,8 +17,10 @@ ensure_wasm_target
 step "test servers"
 ensure_test_servers
 ensure_app_servers
-# The repository's conformance suite must reach a real S3-compatible server in CI, not skip.
+# The repository's conformance suite must reach a real S3-compatible server and Azure's
+# emulator in CI, not skip.
 export CAIRN_TEST_S3=required
+export CAIRN_TEST_AZURE=required
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

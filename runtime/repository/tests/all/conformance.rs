@@ -116,6 +116,14 @@ async fn s3_compatible() {
     timed(suite(server.location())).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azure() {
+    let Some(server) = crate::azure::AzureServer::start() else {
+        return;
+    };
+    timed(suite(server.location())).await;
+}
+
 /// The engine pipes a command's stdout into the writer from any task, and hands the reader to
 /// a command's stdin: both must be `Send + Unpin`.
 #[test]

@@ -1,9 +1,11 @@
 //! Integration tests: one binary, modules per area. The conformance suite runs on every
-//! backend: memory, the local filesystem, and an S3-compatible server (`s3s-fs`) when one is
-//! available (required when `CAIRN_TEST_S3` is set).
+//! backend: memory, the local filesystem, an S3-compatible server (`s3s-fs`) and Azure's
+//! emulator (Azurite) when they are available (required when `CAIRN_TEST_S3` and
+//! `CAIRN_TEST_AZURE` are set).
 
 #![allow(clippy::unwrap_used)] // Test and bench code: a panic is the failure report.
 
+mod azure;
 mod conformance;
 mod crash;
 mod damage;

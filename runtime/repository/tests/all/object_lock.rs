@@ -2,80 +2,46 @@
 //! the store itself refuses to delete them inside the protection period. Runs against moto's
 //! server mode, which implements Object Lock (s3s-fs does not).
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cairn_repository::{InitOptions, Location, Repository, Retention, SnapshotFilter};
 
-use crate::support::{noise, pass};
+use crate::support::{LocalServer, http, noise, pass, start_server};
 
-struct Moto {
-    child: Child,
-    port: u16,
-}
+struct Moto(LocalServer);
 
 impl Moto {
     /// Starts `moto_server`; `None` (skipped) only when `CAIRN_TEST_S3` is unset and it is not
     /// installed.
     fn start() -> Option<Self> {
-        let required = std::env::var_os("CAIRN_TEST_S3").is_some_and(|v| !v.is_empty() && v != "0");
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
-        let child = match Command::new("moto_server")
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-        {
-            Ok(c) => c,
-            Err(e) => {
-                assert!(
-                    !required,
-                    "CAIRN_TEST_S3 is set but moto_server cannot be run ({e}); install it with `pip install 'moto[server]'`"
-                );
-                eprintln!("skipping the Object Lock run: moto_server is not installed");
-                return None;
-            }
-        };
-        let moto = Self { child, port };
-        let deadline = Instant::now() + Duration::from_secs(90);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "moto_server did not listen on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Some(moto)
+        let server = start_server(
+            "moto_server",
+            "CAIRN_TEST_S3",
+            "pip install 'moto[server]'",
+            |port, _| {
+                [
+                    "-H".into(),
+                    "127.0.0.1".into(),
+                    "-p".into(),
+                    port.to_string().into(),
+                ]
+                .into()
+            },
+            Duration::from_secs(90),
+        )?;
+        Some(Self(server))
     }
 
     /// One raw HTTP request: status and body. Moto does not check signatures, but refuses
     /// object requests that carry no credentials at all.
     fn http(&self, method: &str, target: &str, headers: &[(&str, &str)]) -> (u16, String) {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        let mut req = format!(
-            "{method} {target} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\
-             Authorization: AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/s3/aws4_request, \
-             SignedHeaders=host, Signature=0\r\n",
-            self.port
-        );
-        for (k, v) in headers {
-            req.push_str(&format!("{k}: {v}\r\n"));
-        }
-        req.push_str("\r\n");
-        s.write_all(req.as_bytes()).unwrap();
-        let mut resp = String::new();
-        s.read_to_string(&mut resp).unwrap();
-        let status = resp
-            .split(' ')
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        (status, resp)
+        let mut all = vec![(
+            "Authorization",
+            "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/s3/aws4_request, \
+             SignedHeaders=host, Signature=0",
+        )];
+        all.extend_from_slice(headers);
+        http(&self.0, method, target, &all)
     }
 
     fn bucket(&self, name: &str, object_lock: bool) {
@@ -90,18 +56,11 @@ impl Moto {
 
     fn location(&self, bucket: &str) -> Location {
         Location::new(format!("s3://{bucket}/repo"))
-            .option("aws_endpoint", format!("http://127.0.0.1:{}", self.port))
+            .option("aws_endpoint", format!("http://127.0.0.1:{}", self.0.port))
             .option("aws_allow_http", "true")
             .option("aws_region", "us-east-1")
             .option("aws_access_key_id", "testing")
             .option("aws_secret_access_key", "testing")
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

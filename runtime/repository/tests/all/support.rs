@@ -106,3 +106,96 @@ pub async fn timed<F: std::future::Future>(f: F) -> F::Output {
         .await
         .expect("test timed out")
 }
+
+/// A test server on loopback, started by [`start_server`]; killed when dropped.
+pub struct LocalServer {
+    child: std::process::Child,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+/// Starts `program` on a free loopback port (`args` gets the port and a fresh directory) and
+/// waits, at most `wait`, for it to accept connections. `None` (the test skips) only when the
+/// program cannot be run and `require` (an environment variable) is unset; with it set, that is
+/// a failure naming `install`.
+pub fn start_server(
+    program: &str,
+    require: &str,
+    install: &str,
+    args: impl FnOnce(u16, &Path) -> Vec<std::ffi::OsString>,
+    wait: std::time::Duration,
+) -> Option<LocalServer> {
+    let required = std::env::var_os(require).is_some_and(|v| !v.is_empty() && v != "0");
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = match std::process::Command::new(program)
+        .args(args(port, dir.path()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            assert!(
+                !required,
+                "{require} is set but {program} cannot be run ({e}); install it with `{install}`"
+            );
+            eprintln!("skipping: {program} is not installed (set {require}=1 to require it)");
+            return None;
+        }
+    };
+    let server = LocalServer {
+        child,
+        port,
+        _dir: dir,
+    };
+    // Bounded, not a sleep-and-hope.
+    let deadline = std::time::Instant::now() + wait;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{program} did not start listening on port {port}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Some(server)
+}
+
+/// One raw HTTP/1.1 request to `server` with an empty body: the status and the whole response.
+pub fn http(
+    server: &LocalServer,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    let mut req = format!(
+        "{method} {target} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n",
+        server.port
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let status = resp
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, resp)
+}
+
+impl Drop for LocalServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
