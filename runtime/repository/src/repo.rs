@@ -750,13 +750,18 @@ impl Repository {
         }
         let (by_pack, missing_chunks) = {
             let idx = self.inner.index.read().map_err(|_| poisoned())?;
-            let mut by_pack: HashMap<String, Vec<(ChunkId, Loc)>> = HashMap::new();
+            // Grouped by pack number, then named: one hex name per pack, not per chunk.
+            let mut per_pack: Vec<Vec<(ChunkId, Loc)>> = vec![Vec::new(); idx.packs.len()];
             for (c, l) in idx.iter() {
-                by_pack
-                    .entry(format::pack_hex(&idx.packs[l.pack as usize]))
-                    .or_default()
-                    .push((*c, l));
+                per_pack[l.pack as usize].push((*c, l));
             }
+            let by_pack: HashMap<String, Vec<(ChunkId, Loc)>> = idx
+                .packs
+                .iter()
+                .zip(per_pack)
+                .filter(|(_, entries)| !entries.is_empty())
+                .map(|(p, entries)| (format::pack_hex(p), entries))
+                .collect();
             let mut missing = IdSet::default();
             for (_, ids) in &snap_chunks {
                 for c in ids {
@@ -1058,17 +1063,18 @@ impl Repository {
         let index_files: Vec<object_store::ObjectMeta> = backend.list("index/").await?;
         let (used_packs, survivors, protected_index_packs) = {
             let idx = self.inner.index.read().map_err(|_| poisoned())?;
-            let mut used: HashSet<String> = HashSet::new();
+            // By pack number while walking the chunks; named once per pack at the end.
+            let mut in_use = vec![false; idx.packs.len()];
             for c in &referenced {
                 if let Some(l) = idx.get(c) {
-                    used.insert(format::pack_hex(&idx.packs[l.pack as usize]));
+                    in_use[l.pack as usize] = true;
                 }
             }
             // Entries that survive: the canonical location of every chunk in a used pack.
             let mut survivors: BTreeMap<format::PackId, Vec<format::Entry>> = BTreeMap::new();
             for (c, l) in idx.iter() {
-                let p = idx.packs[l.pack as usize];
-                if used.contains(&format::pack_hex(&p)) {
+                if in_use[l.pack as usize] {
+                    let p = idx.packs[l.pack as usize];
                     survivors.entry(p).or_default().push(format::Entry {
                         id: *c,
                         frame_off: l.frame_off,
@@ -1090,6 +1096,13 @@ impl Repository {
                     protected_packs.extend(ps.iter().map(format::pack_hex));
                 }
             }
+            let used: HashSet<String> = idx
+                .packs
+                .iter()
+                .zip(in_use)
+                .filter(|(_, used)| *used)
+                .map(|(p, _)| format::pack_hex(p))
+                .collect();
             (used, survivors, protected_packs)
         };
         let mut doomed = Vec::new();
