@@ -653,12 +653,13 @@ impl Repository {
         )
     }
 
-    /// Reloads the chunk index from the store.
-    pub(crate) async fn refresh_index(&self) -> Result<()> {
-        let fresh = load_index(&self.inner.backend, &self.inner.keys).await?;
+    /// Reloads the chunk index from the store; returns why each index file it skipped is
+    /// damaged.
+    pub(crate) async fn refresh_index(&self) -> Result<Vec<Error>> {
+        let (fresh, damaged) = load_index(&self.inner.backend, &self.inner.keys).await?;
         *self.inner.index.write().map_err(|_| poisoned())? = fresh;
         self.inner.index_read.store(true, Ordering::Release);
-        Ok(())
+        Ok(damaged)
     }
 
     /// A snapshot's content for a restore; the index, when not read yet, is read beside it
@@ -683,9 +684,9 @@ impl Repository {
     /// pack. With `read_data`, every pack is read, decrypted and every chunk hash-verified.
     pub async fn check(&self, read_data: bool) -> Result<CheckReport> {
         let mut report = CheckReport::default();
-        self.refresh_index().await?;
+        // Index files must all open: the load skips a damaged one and says why.
+        let damaged_index_files = self.refresh_index().await?;
         let backend = &self.inner.backend;
-        let keys = &self.inner.keys;
         // Foreign objects.
         let all = backend.list("").await?;
         let mut packs_present: HashMap<String, u64> = HashMap::new();
@@ -733,21 +734,11 @@ impl Repository {
                 .map(|(s, _)| s.clone())
                 .collect()
         };
-        // Index files must all open.
-        for m in backend.list("index/").await? {
-            let Some(id) = m.location.filename().filter(|n| format::is_id(n)) else {
-                continue;
-            };
-            let path = format::index_path(id);
-            if let Some(b) = backend.get(&path).await?
-                && let Err(e) = format::open_object(keys, "index", id, &path, &b).and_then(|p| {
-                    format::decode_index(&p)
-                        .ok_or_else(|| Error::corrupt(&path, "bad index encoding"))
-                })
-            {
-                report.errors.push(problem(e, Vec::new()));
-            }
-        }
+        report.errors.extend(
+            damaged_index_files
+                .into_iter()
+                .map(|e| problem(e, Vec::new())),
+        );
         let (by_pack, missing_chunks) = {
             let idx = self.inner.index.read().map_err(|_| poisoned())?;
             // Grouped by pack number, then named: one hex name per pack, not per chunk.
@@ -1357,7 +1348,11 @@ async fn open_slots(
 /// A decoded index file: packs and their entries.
 type IndexFile = Vec<(format::PackId, Vec<format::Entry>)>;
 
-pub(crate) async fn load_index(backend: &Backend, keys: &MasterKeys) -> Result<Index> {
+/// The index of every index file in the store, and why each damaged one was skipped.
+pub(crate) async fn load_index(
+    backend: &Backend,
+    keys: &MasterKeys,
+) -> Result<(Index, Vec<Error>)> {
     let files: Vec<String> = backend
         .list("index/")
         .await?
@@ -1369,34 +1364,37 @@ pub(crate) async fn load_index(backend: &Backend, keys: &MasterKeys) -> Result<I
                 .map(str::to_string)
         })
         .collect();
-    let decoded: Vec<(String, IndexFile)> = futures::stream::iter(files)
+    let mut decoded: Vec<(String, Result<IndexFile>)> = futures::stream::iter(files)
         .map(|id| async move {
             let path = format::index_path(&id);
+            // Gone since the listing: a prune replaced it.
             let Some(b) = backend.get(&path).await? else {
-                return Ok((id, Vec::new()));
+                return Ok((id, Ok(Vec::new())));
             };
-            // A damaged index file is skipped (check reports it): its chunks are then stored
-            // again by the next backup instead of the repository becoming unusable.
             let packs = format::open_object(keys, "index", &id, &path, &b).and_then(|p| {
                 format::decode_index(&p).ok_or_else(|| Error::corrupt(&path, "bad index encoding"))
             });
-            match packs {
-                Ok(p) => Ok::<_, Error>((id, p)),
-                Err(e) => {
-                    tracing::warn!(error = %e, "skipping damaged index file");
-                    Ok((id, Vec::new()))
-                }
-            }
+            Ok::<_, Error>((id, packs))
         })
         .buffer_unordered(METADATA_READS_IN_FLIGHT)
         .try_collect()
         .await?;
+    // In the order listed, whichever read finished first.
+    decoded.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     let chunks = decoded
         .iter()
-        .flat_map(|(_, packs)| packs.iter().map(|(_, entries)| entries.len()))
+        .flat_map(|(_, packs)| packs.iter().flatten().map(|(_, entries)| entries.len()))
         .sum();
     let mut index = IndexBuilder::with_capacity(chunks);
+    let mut damaged = Vec::new();
     for (id, packs) in decoded {
+        // A damaged index file is skipped (check reports it): its chunks are then stored
+        // again by the next backup instead of the repository becoming unusable.
+        let packs = packs.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "skipping damaged index file");
+            damaged.push(e);
+            Vec::new()
+        });
         let mut names = Vec::new();
         for (p, entries) in packs {
             index.add(p, &entries);
@@ -1404,7 +1402,7 @@ pub(crate) async fn load_index(backend: &Backend, keys: &MasterKeys) -> Result<I
         }
         index.file(id, names);
     }
-    Ok(index.finish())
+    Ok((index.finish(), damaged))
 }
 
 /// Whether S3 refused a write with retention because the bucket has no Object Lock

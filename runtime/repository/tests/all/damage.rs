@@ -174,3 +174,69 @@ async fn a_damaged_list_chunk_is_named_by_check_and_restore() {
     repo.restore_stream(&b, &mut out).await.unwrap();
     assert!(out == noise(2_000_000, 2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_index_file_is_named_and_its_chunks_are_stored_again() {
+    let d = tempfile::tempdir().unwrap();
+    let index_files = || -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(d.path().join("index"))
+            .unwrap()
+            .map(|f| f.unwrap().path())
+            .collect();
+        v.sort();
+        v
+    };
+    let url = d.path().display().to_string();
+    let repo = Repository::init(url.as_str(), &pass("p"), Default::default())
+        .await
+        .unwrap();
+    let a = repo
+        .backup_stream("a", &noise(2_000_000, 1)[..], Default::default())
+        .await
+        .unwrap()
+        .id;
+    let a_index = index_files();
+    assert_eq!(a_index.len(), 1, "{a_index:?}");
+    let b = repo
+        .backup_stream("b", &noise(2_000_000, 2)[..], Default::default())
+        .await
+        .unwrap()
+        .id;
+    let mut bytes = std::fs::read(&a_index[0]).unwrap();
+    bytes[30] ^= 0x40;
+    std::fs::write(&a_index[0], bytes).unwrap();
+
+    // A fresh open skips the damaged file; check names it, and the snapshot whose chunks
+    // it indexed.
+    let repo = Repository::open(url.as_str(), &pass("p")).await.unwrap();
+    let report = repo.check(false).await.unwrap();
+    let name = a_index[0].file_name().unwrap().to_str().unwrap();
+    assert!(
+        report.errors.iter().any(|p| p.object.contains(name)),
+        "{report:?}"
+    );
+    let unindexed = report
+        .errors
+        .iter()
+        .find(|p| p.reason.contains("in no index"))
+        .unwrap_or_else(|| panic!("{report:?}"));
+    assert_eq!(unindexed.snapshots, vec![a.clone()], "{unindexed:?}");
+    let e = repo.restore_stream(&a, &mut Vec::new()).await.unwrap_err();
+    assert!(e.to_string().contains(&a), "{e}");
+    let mut out = Vec::new();
+    repo.restore_stream(&b, &mut out).await.unwrap();
+    assert!(out == noise(2_000_000, 2));
+
+    // Backing the same data up again stores its chunks again, which makes the old snapshot
+    // whole as well.
+    let again = repo
+        .backup_stream("a", &noise(2_000_000, 1)[..], Default::default())
+        .await
+        .unwrap()
+        .id;
+    for s in [&again, &a] {
+        let mut out = Vec::new();
+        repo.restore_stream(s, &mut out).await.unwrap();
+        assert!(out == noise(2_000_000, 1), "{s}");
+    }
+}
