@@ -5,18 +5,35 @@ use crate::support::*;
 use cairn_repository::{Error, Repository};
 use std::path::{Path, PathBuf};
 
-fn packs(repo: &Path) -> Vec<PathBuf> {
+/// The files under `sub` of a local repository (`data` holds its packs in subdirectories).
+fn files(repo: &Path, sub: &str) -> Vec<PathBuf> {
     let mut v = Vec::new();
-    for d in std::fs::read_dir(repo.join("data")).unwrap() {
-        for f in std::fs::read_dir(d.unwrap().path()).unwrap() {
-            v.push(f.unwrap().path());
+    let mut dirs = vec![repo.join(sub)];
+    while let Some(d) = dirs.pop() {
+        for f in std::fs::read_dir(d).unwrap() {
+            let p = f.unwrap().path();
+            if p.is_dir() { dirs.push(p) } else { v.push(p) }
         }
     }
     v.sort();
     v
 }
 
-async fn two_snapshots(dir: &Path) -> (Repository, String, String, Vec<PathBuf>) {
+fn packs(repo: &Path) -> Vec<PathBuf> {
+    files(repo, "data")
+}
+
+/// Snapshots `a` and `b` of two streams, each backup in packs and an index file of its own;
+/// the files in `data` and `index` once `a` was stored.
+struct Two {
+    repo: Repository,
+    a: String,
+    b: String,
+    a_packs: Vec<PathBuf>,
+    a_index: Vec<PathBuf>,
+}
+
+async fn two_snapshots(dir: &Path) -> Two {
     let url = dir.display().to_string();
     let repo = Repository::init(url.as_str(), &pass("p"), Default::default())
         .await
@@ -24,13 +41,21 @@ async fn two_snapshots(dir: &Path) -> (Repository, String, String, Vec<PathBuf>)
     let a = repo
         .backup_stream("a", &noise(2_000_000, 1)[..], Default::default())
         .await
-        .unwrap();
-    let a_packs = packs(dir);
+        .unwrap()
+        .id;
+    let (a_packs, a_index) = (packs(dir), files(dir, "index"));
     let b = repo
         .backup_stream("b", &noise(2_000_000, 2)[..], Default::default())
         .await
-        .unwrap();
-    (repo, a.id, b.id, a_packs)
+        .unwrap()
+        .id;
+    Two {
+        repo,
+        a,
+        b,
+        a_packs,
+        a_index,
+    }
 }
 
 async fn assert_damage_named(repo: &Repository, a: &str, b: &str, pack: &Path) {
@@ -60,7 +85,13 @@ async fn assert_damage_named(repo: &Repository, a: &str, b: &str, pack: &Path) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flipped_byte_in_pack() {
     let d = tempfile::tempdir().unwrap();
-    let (repo, a, b, a_packs) = two_snapshots(d.path()).await;
+    let Two {
+        repo,
+        a,
+        b,
+        a_packs,
+        ..
+    } = two_snapshots(d.path()).await;
     let mut bytes = std::fs::read(&a_packs[0]).unwrap();
     bytes[1000] ^= 0x40;
     std::fs::write(&a_packs[0], bytes).unwrap();
@@ -70,7 +101,13 @@ async fn flipped_byte_in_pack() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn truncated_pack() {
     let d = tempfile::tempdir().unwrap();
-    let (repo, a, b, a_packs) = two_snapshots(d.path()).await;
+    let Two {
+        repo,
+        a,
+        b,
+        a_packs,
+        ..
+    } = two_snapshots(d.path()).await;
     let bytes = std::fs::read(&a_packs[0]).unwrap();
     std::fs::write(&a_packs[0], &bytes[..bytes.len() / 2]).unwrap();
     assert_damage_named(&repo, &a, &b, &a_packs[0]).await;
@@ -79,7 +116,13 @@ async fn truncated_pack() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleted_pack() {
     let d = tempfile::tempdir().unwrap();
-    let (repo, a, b, a_packs) = two_snapshots(d.path()).await;
+    let Two {
+        repo,
+        a,
+        b,
+        a_packs,
+        ..
+    } = two_snapshots(d.path()).await;
     std::fs::remove_file(&a_packs[0]).unwrap();
     assert_damage_named(&repo, &a, &b, &a_packs[0]).await;
 }
@@ -87,7 +130,7 @@ async fn deleted_pack() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn damaged_snapshot_object_is_named() {
     let d = tempfile::tempdir().unwrap();
-    let (repo, a, b, _) = two_snapshots(d.path()).await;
+    let Two { repo, a, b, .. } = two_snapshots(d.path()).await;
     let p = d.path().join("snapshots").join(&a);
     let mut bytes = std::fs::read(&p).unwrap();
     bytes[20] ^= 1;
@@ -105,7 +148,7 @@ async fn damaged_snapshot_object_is_named() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn foreign_files_are_reported_not_fatal() {
     let d = tempfile::tempdir().unwrap();
-    let (repo, a, _, _) = two_snapshots(d.path()).await;
+    let Two { repo, a, .. } = two_snapshots(d.path()).await;
     std::fs::write(d.path().join("README.txt"), b"hello").unwrap();
     std::fs::write(d.path().join("snapshots/not-an-id"), b"junk").unwrap();
     let repo2 = Repository::open(d.path().display().to_string(), &pass("p"))
@@ -178,36 +221,15 @@ async fn a_damaged_list_chunk_is_named_by_check_and_restore() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_index_file_is_named_and_its_chunks_are_stored_again() {
     let d = tempfile::tempdir().unwrap();
-    let index_files = || -> Vec<PathBuf> {
-        let mut v: Vec<PathBuf> = std::fs::read_dir(d.path().join("index"))
-            .unwrap()
-            .map(|f| f.unwrap().path())
-            .collect();
-        v.sort();
-        v
-    };
-    let url = d.path().display().to_string();
-    let repo = Repository::init(url.as_str(), &pass("p"), Default::default())
-        .await
-        .unwrap();
-    let a = repo
-        .backup_stream("a", &noise(2_000_000, 1)[..], Default::default())
-        .await
-        .unwrap()
-        .id;
-    let a_index = index_files();
+    let Two { a, b, a_index, .. } = two_snapshots(d.path()).await;
     assert_eq!(a_index.len(), 1, "{a_index:?}");
-    let b = repo
-        .backup_stream("b", &noise(2_000_000, 2)[..], Default::default())
-        .await
-        .unwrap()
-        .id;
     let mut bytes = std::fs::read(&a_index[0]).unwrap();
     bytes[30] ^= 0x40;
     std::fs::write(&a_index[0], bytes).unwrap();
 
     // A fresh open skips the damaged file; check names it, and the snapshot whose chunks
     // it indexed.
+    let url = d.path().display().to_string();
     let repo = Repository::open(url.as_str(), &pass("p")).await.unwrap();
     let report = repo.check(false).await.unwrap();
     let name = a_index[0].file_name().unwrap().to_str().unwrap();
