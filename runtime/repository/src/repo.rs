@@ -20,6 +20,9 @@ use std::time::Duration;
 
 /// Metadata objects read at once when listing (snapshots, index files).
 const METADATA_READS_IN_FLIGHT: usize = 16;
+/// Packs `check --read-data` reads and verifies at once: one read while others decode on
+/// both cores; each holds its whole pack (16 MiB by default) and one decoded frame.
+const PACKS_VERIFIED_AT_ONCE: usize = 3;
 
 /// Options of [`Repository::init`].
 #[derive(Debug, Clone, Default)]
@@ -780,18 +783,19 @@ impl Repository {
         let mut unreferenced_packs = 0usize;
         let mut pack_names: Vec<&String> = by_pack.keys().collect();
         pack_names.sort();
+        let mut to_read = Vec::new();
         for hex in pack_names {
             let entries = &by_pack[hex];
             let path = format::pack_path(hex);
-            let damaged: IdSet = entries.iter().map(|e| e.0).collect();
             if !entries.iter().any(|e| referenced.contains(&e.0)) {
                 unreferenced_packs += 1;
             }
+            let damaged = || -> IdSet { entries.iter().map(|e| e.0).collect() };
             let Some(&size) = packs_present.get(hex.as_str()) else {
                 report.errors.push(Problem {
                     object: path,
                     reason: "is missing".into(),
-                    snapshots: affected(&damaged),
+                    snapshots: affected(&damaged()),
                 });
                 continue;
             };
@@ -804,24 +808,35 @@ impl Repository {
                 report.errors.push(Problem {
                     object: path,
                     reason: format!("is truncated ({size} bytes, index needs {needed})"),
-                    snapshots: affected(&damaged),
+                    snapshots: affected(&damaged()),
                 });
                 continue;
             }
             if read_data {
                 report.packs_read += 1;
                 report.bytes_read += size;
-                if let Err(e) = self.verify_pack(hex, &path, entries).await {
-                    let bad: IdSet = match &e {
-                        VerifyError::Chunks(c, _) => c.clone(),
-                        VerifyError::Whole(_) => damaged.clone(),
-                    };
-                    report.errors.push(Problem {
-                        object: path,
-                        reason: e.reason(),
-                        snapshots: affected(&bad),
-                    });
-                }
+                to_read.push((hex, path, entries));
+            }
+        }
+        // Packs are read and verified a few at a time, on every core; their problems are
+        // reported in the order of the packs.
+        let mut verified = futures::stream::iter(to_read)
+            .map(|(hex, path, entries)| async move {
+                let r = self.verify_pack(hex, &path, entries).await;
+                (path, entries, r)
+            })
+            .buffered(PACKS_VERIFIED_AT_ONCE);
+        while let Some((path, entries, r)) = verified.next().await {
+            if let Err(e) = r {
+                let bad: IdSet = match &e {
+                    VerifyError::Chunks(c, _) => c.clone(),
+                    VerifyError::Whole(_) => entries.iter().map(|e| e.0).collect(),
+                };
+                report.errors.push(Problem {
+                    object: path,
+                    reason: e.reason(),
+                    snapshots: affected(&bad),
+                });
             }
         }
         for hex in packs_present.keys() {
@@ -856,7 +871,7 @@ impl Repository {
             return Err(VerifyError::Whole("is missing".into()));
         };
         let keys = self.inner.keys.clone();
-        let (hex, path, entries) = (hex.to_string(), path.to_string(), entries.to_vec());
+        let (hex, path, mut entries) = (hex.to_string(), path.to_string(), entries.to_vec());
         tokio::task::spawn_blocking(move || {
             // The trailer names the header; a damaged header is reported but frames are still
             // verified against the index.
@@ -889,24 +904,30 @@ impl Repository {
                     None => header_problem = Some("pack header fails authentication".into()),
                 }
             }
-            let mut frames: HashMap<u32, Option<Bytes>> = HashMap::new();
+            // In the pack's order, one decoded frame held at a time.
+            entries.sort_unstable_by_key(|(_, l)| (l.frame_off, l.inner_off));
+            let mut frame: Option<(u32, Option<Bytes>)> = None;
             let mut bad = IdSet::default();
             let mut first = None;
             for (c, l) in &entries {
-                let f = frames.entry(l.frame_off).or_insert_with(|| {
+                if frame.as_ref().is_none_or(|(off, _)| *off != l.frame_off) {
                     let (a, b) = (
                         l.frame_off as usize,
                         l.frame_off as usize + l.frame_len as usize,
                     );
-                    data.get(a..b).and_then(|s| {
+                    let decoded = data.get(a..b).and_then(|s| {
                         crate::restore::decode_frame(&keys, &hex, &path, u64::from(l.frame_off), s)
                             .ok()
-                    })
-                });
-                let ok = f.as_ref().is_some_and(|f| {
-                    let (a, b) = (l.inner_off as usize, l.inner_off as usize + l.len as usize);
-                    f.get(a..b).is_some_and(|s| keys.chunk_id(s) == *c)
-                });
+                    });
+                    frame = Some((l.frame_off, decoded));
+                }
+                let ok = frame
+                    .as_ref()
+                    .and_then(|(_, f)| f.as_ref())
+                    .is_some_and(|f| {
+                        let (a, b) = (l.inner_off as usize, l.inner_off as usize + l.len as usize);
+                        f.get(a..b).is_some_and(|s| keys.chunk_id(s) == *c)
+                    });
                 if !ok {
                     bad.insert(*c);
                     first.get_or_insert(l.frame_off);
