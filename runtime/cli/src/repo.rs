@@ -28,8 +28,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use cairn_repository::{
-    BackupOptions, Error, InitOptions, KeyFile, KeyProvider, Location, Passphrase, Repository,
-    Retention, SnapshotFilter, SnapshotInfo, SnapshotKind,
+    BackupOptions, Error, InitOptions, KeyFile, KeyProvider, Location, Passphrase, PruneOptions,
+    Repository, Retention, SnapshotFilter, SnapshotInfo, SnapshotKind,
 };
 use serde_json::json;
 
@@ -128,10 +128,23 @@ enum RepoCommand {
         /// Show what would be deleted.
         #[arg(long)]
         dry_run: bool,
+        /// Repack a pack in use once this share of it is unused (percent; 100 never
+        /// repacks): its live chunks are copied into new packs and the next prune deletes it.
+        #[arg(long, value_name = "PERCENT", default_value_t = 20.0,
+              value_parser = parse_percent)]
+        repack_unused: f64,
     },
     /// Manage key slots.
     #[command(subcommand)]
     Key(KeyCommand),
+}
+
+/// A percentage from 0 to 100.
+fn parse_percent(s: &str) -> Result<f64, String> {
+    match s.trim_end_matches('%').parse::<f64>() {
+        Ok(p) if (0.0..=100.0).contains(&p) => Ok(p),
+        _ => Err(format!("`{s}` is not a percentage from 0 to 100")),
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -365,7 +378,7 @@ impl RepoArgs {
 /// codes in the module docs.
 pub async fn run(args: RepoArgs, home: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let exclusive = match &args.command {
-        RepoCommand::Forget { dry_run, .. } | RepoCommand::Prune { dry_run } => !dry_run,
+        RepoCommand::Forget { dry_run, .. } | RepoCommand::Prune { dry_run, .. } => !dry_run,
         _ => false,
     };
     if exclusive {
@@ -697,8 +710,8 @@ async fn run_inner(args: &RepoArgs) -> anyhow::Result<ExitCode> {
                     }
                     if let Some(p) = &pruned {
                         lines.push(format!(
-                            "pruned {} packs ({} bytes)",
-                            p.packs_deleted, p.bytes_deleted
+                            "pruned {} packs ({} bytes); repacked {} mostly unused packs",
+                            p.packs_deleted, p.bytes_deleted, p.packs_repacked
                         ));
                     }
                     lines.join("\n")
@@ -706,8 +719,14 @@ async fn run_inner(args: &RepoArgs) -> anyhow::Result<ExitCode> {
                 json!({ "forget": r, "prune": pruned }),
             );
         }
-        RepoCommand::Prune { dry_run } => {
-            let r = repo.prune(*dry_run).await?;
+        RepoCommand::Prune {
+            dry_run,
+            repack_unused,
+        } => {
+            let mut opts = PruneOptions::default();
+            opts.dry_run = *dry_run;
+            opts.repack_unused = repack_unused / 100.0;
+            let r = repo.prune_with(&opts).await?;
             args.print(
                 || {
                     let mut s = format!(
@@ -721,6 +740,22 @@ async fn run_inner(args: &RepoArgs) -> anyhow::Result<ExitCode> {
                         s.push_str(&format!(
                             "; {} unreferenced packs are protected and were kept",
                             r.packs_protected
+                        ));
+                    }
+                    if r.packs_repacked > 0 {
+                        s.push_str(&format!(
+                            "\n{} {} mostly unused packs ({} live bytes copied); the next prune \
+                             deletes them, freeing about {} bytes",
+                            if *dry_run { "would repack" } else { "repacked" },
+                            r.packs_repacked,
+                            r.bytes_repacked,
+                            r.bytes_reclaimable
+                        ));
+                    }
+                    if let Some(e) = &r.repack_error {
+                        s.push_str(&format!(
+                            "\nwarning: repacking was skipped: {e}; run `cairn repo check \
+                             --read-data`"
                         ));
                     }
                     s

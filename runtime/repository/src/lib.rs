@@ -51,8 +51,8 @@ pub use pipeline::{
     DEFAULT_FRAME_BYTES, DEFAULT_PACK_BYTES, DEFAULT_ZSTD_LEVEL, MAX_UPLOADS_IN_FLIGHT,
 };
 pub use repo::{
-    BackupOptions, CheckReport, ForgetReport, InitOptions, Problem, PruneReport, Repository,
-    RestoreSummary, SnapshotFilter,
+    BackupOptions, CheckReport, DEFAULT_REPACK_UNUSED, ForgetReport, InitOptions, Problem,
+    PruneOptions, PruneReport, Repository, RestoreSummary, SnapshotFilter,
 };
 pub use retention::{Retention, retained};
 pub use stream::{SnapshotReader, SnapshotWriter};

@@ -58,6 +58,9 @@ pub(crate) struct PipelineConfig {
 pub(crate) enum Input {
     Data(Vec<u8>),
     EndFile,
+    /// A chunk read back from the repository with its (checked) id, stored as it is: prune
+    /// repacking the live chunks of mostly unused packs.
+    Chunk(ChunkId, Bytes),
 }
 
 struct Frame {
@@ -420,6 +423,7 @@ fn chunker_loop(
                 chunker.finish(&mut |c| st.chunk(c, &idx));
                 st.end_file(&idx);
             }
+            Input::Chunk(id, c) => st.store(id, &c, &idx),
         }
         drop(idx);
         send(&mut st)?;

@@ -232,7 +232,42 @@ pub struct PruneReport {
     pub index_files_replaced: usize,
     /// Orphaned snapshot contents deleted.
     pub contents_deleted: usize,
+    /// Packs in use whose unused share reached [`PruneOptions::repack_unused`]: their live
+    /// chunks were copied into new packs (or would be, in a dry run), and the next prune
+    /// deletes them, so a restore that is reading them now still finds them.
+    pub packs_repacked: usize,
+    /// The live chunk bytes copied.
+    pub bytes_repacked: u64,
+    /// The unused chunk bytes in those packs, which their deletion frees.
+    pub bytes_reclaimable: u64,
+    /// Why repacking was given up, if it was (a pack that cannot be read); the rest of the
+    /// prune went ahead.
+    pub repack_error: Option<String>,
 }
+
+/// How [`Repository::prune_with`] prunes.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct PruneOptions {
+    /// Report what would be done, change nothing.
+    pub dry_run: bool,
+    /// A pack in use is repacked once at least this share of its chunk bytes is unused
+    /// (0.0–1.0; above 1.0, never). Default 0.2: unused data stays below about a fifth of
+    /// the repository while copying each live byte rarely.
+    pub repack_unused: f64,
+}
+
+impl Default for PruneOptions {
+    fn default() -> Self {
+        Self {
+            dry_run: false,
+            repack_unused: DEFAULT_REPACK_UNUSED,
+        }
+    }
+}
+
+/// Default of [`PruneOptions::repack_unused`].
+pub const DEFAULT_REPACK_UNUSED: f64 = 0.2;
 
 /// The result of a restore.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -842,7 +877,8 @@ impl Repository {
         for hex in packs_present.keys() {
             if !by_pack.contains_key(hex) {
                 report.warnings.push(format!(
-                    "pack {} is in no index (left by an interrupted backup; prune removes it)",
+                    "pack {} is in no index (left by an interrupted backup, or replaced by a \
+                     repack; the next prune removes it)",
                     format::pack_path(hex)
                 ));
             }
@@ -1027,13 +1063,24 @@ impl Repository {
     /// Deletes data no snapshot references. Takes the exclusive lock, so it never runs while
     /// a backup is writing (see FORMAT.md, "Prune and concurrency").
     pub async fn prune(&self, dry_run: bool) -> Result<PruneReport> {
+        self.prune_with(&PruneOptions {
+            dry_run,
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// [`Repository::prune`] with options: also repacks the packs in use that are mostly
+    /// unused.
+    pub async fn prune_with(&self, opts: &PruneOptions) -> Result<PruneReport> {
         let lock = LockGuard::acquire(&self.inner.backend, true, "prune").await?;
-        let r = self.prune_locked(dry_run).await;
+        let r = self.prune_locked(opts).await;
         lock.release().await;
         r
     }
 
-    async fn prune_locked(&self, dry_run: bool) -> Result<PruneReport> {
+    async fn prune_locked(&self, opts: &PruneOptions) -> Result<PruneReport> {
+        let dry_run = opts.dry_run;
         let backend = &self.inner.backend;
         let mut report = PruneReport::default();
         // Reload the index: other processes may have added to it.
@@ -1073,18 +1120,22 @@ impl Repository {
             })
             .collect();
         let index_files: Vec<object_store::ObjectMeta> = backend.list("index/").await?;
-        let (used_packs, survivors, protected_index_packs) = {
+        let (used_packs, mut survivors, protected_index_packs, repack) = {
             let idx = self.inner.index.read().map_err(|_| poisoned())?;
             // By pack number while walking the chunks; named once per pack at the end.
             let mut in_use = vec![false; idx.packs.len()];
+            let mut live = vec![0u64; idx.packs.len()];
             for c in &referenced {
                 if let Some(l) = idx.get(c) {
                     in_use[l.pack as usize] = true;
+                    live[l.pack as usize] += u64::from(l.len);
                 }
             }
             // Entries that survive: the canonical location of every chunk in a used pack.
             let mut survivors: BTreeMap<format::PackId, Vec<format::Entry>> = BTreeMap::new();
+            let mut total = vec![0u64; idx.packs.len()];
             for (c, l) in idx.iter() {
+                total[l.pack as usize] += u64::from(l.len);
                 if in_use[l.pack as usize] {
                     let p = idx.packs[l.pack as usize];
                     survivors.entry(p).or_default().push(format::Entry {
@@ -1111,12 +1162,46 @@ impl Repository {
             let used: HashSet<String> = idx
                 .packs
                 .iter()
-                .zip(in_use)
-                .filter(|(_, used)| *used)
+                .zip(&in_use)
+                .filter(|(_, used)| **used)
                 .map(|(p, _)| format::pack_hex(p))
                 .collect();
-            (used, survivors, protected_packs)
+            let repack = repack_plan(
+                &idx,
+                &referenced,
+                (&live, &total),
+                opts.repack_unused,
+                |p| {
+                    let hex = format::pack_hex(p);
+                    protected_packs.contains(&hex)
+                        || listed.get(&hex).is_none_or(|m| {
+                            backend
+                                .protected_until(m.last_modified.timestamp())
+                                .is_some()
+                        })
+                },
+            );
+            (used, survivors, protected_packs, repack)
         };
+        report.packs_repacked = repack.packs.len();
+        report.bytes_repacked = repack.live_bytes;
+        report.bytes_reclaimable = repack.unused_bytes;
+        if !dry_run && !repack.packs.is_empty() {
+            match self.repack(&repack.ids).await {
+                // Their chunks are indexed in the new packs now: the old packs leave the
+                // index here and the store at the next prune.
+                Ok(()) => survivors.retain(|p, _| !repack.packs.contains(p)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "repacking failed; those packs stay as they are");
+                    report.repack_error = Some(e.to_string());
+                    (
+                        report.packs_repacked,
+                        report.bytes_repacked,
+                        report.bytes_reclaimable,
+                    ) = (0, 0, 0);
+                }
+            }
+        }
         let mut doomed = Vec::new();
         for (hex, m) in &listed {
             if used_packs.contains(hex) {
@@ -1133,7 +1218,7 @@ impl Repository {
         }
         report.packs_deleted = doomed.len();
         report.bytes_deleted = doomed.iter().map(|(_, m)| m.size).sum();
-        if dry_run || doomed.is_empty() {
+        if dry_run || (doomed.is_empty() && report.packs_repacked == 0) {
             return Ok(report);
         }
         // 1. one new index with the survivors, 2. drop the old index files, 3. drop packs.
@@ -1167,6 +1252,57 @@ impl Repository {
         }
         self.refresh_index().await?;
         Ok(report)
+    }
+
+    /// Copies the chunks `ids` (in pack order) into new packs and index files, through the
+    /// backup pipeline, with nothing deduplicated against the current index.
+    async fn repack(&self, ids: &[ChunkId]) -> Result<()> {
+        let plan = {
+            let idx = self.inner.index.read().map_err(|_| poisoned())?;
+            crate::restore::plan(&idx, ids)?
+        };
+        let opts = BackupOptions::default();
+        let cfg = PipelineConfig {
+            // Unused: chunks arrive cut.
+            chunking: Chunking::PAGES,
+            level: opts.zstd_level,
+            frame_bytes: opts.frame_bytes,
+            pack_bytes: pipeline::DEFAULT_PACK_BYTES,
+            threads: opts.threads,
+            progress: None,
+            list_ids: None,
+        };
+        let shared = pipeline::Shared {
+            backend: self.inner.backend.clone(),
+            keys: self.inner.keys.clone(),
+            index: Arc::new(RwLock::new(Index::default())),
+        };
+        let pipeline = Pipeline::start(shared, cfg)?;
+        let tx = pipeline
+            .sender()
+            .ok_or_else(|| Error::Invalid("repack pipeline has no input".into()))?;
+        let mut chunks =
+            crate::restore::chunks(self.inner.backend.clone(), self.inner.keys.clone(), plan);
+        let mut ids = ids.iter();
+        while let Some(run) = chunks.next().await {
+            for c in run? {
+                let id = *ids
+                    .next()
+                    .ok_or_else(|| Error::Invalid("repack read more chunks than planned".into()))?;
+                if tx.send(pipeline::Input::Chunk(id, c)).await.is_err() {
+                    // The pipeline stopped; finish says why.
+                    break;
+                }
+            }
+        }
+        drop(tx);
+        pipeline.finish().await?;
+        if ids.next().is_some() {
+            return Err(Error::Invalid(
+                "repack read fewer chunks than planned".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Adds a key slot wrapped by `key`; returns its id.
@@ -1364,6 +1500,58 @@ async fn open_slots(
             provider: key.kind().into(),
         }
     })
+}
+
+/// The packs prune repacks and the live chunks it copies out of them.
+#[derive(Debug, Default)]
+struct Repack {
+    packs: HashSet<format::PackId>,
+    /// In pack and frame order, so the reads are sequential.
+    ids: Vec<ChunkId>,
+    live_bytes: u64,
+    unused_bytes: u64,
+}
+
+/// Chooses the packs in use whose unused share is at least `threshold` and that may be
+/// deleted (`kept` says which may not).
+fn repack_plan(
+    idx: &Index,
+    referenced: &IdSet,
+    (live, total): (&[u64], &[u64]),
+    threshold: f64,
+    kept: impl Fn(&format::PackId) -> bool,
+) -> Repack {
+    let chosen: Vec<bool> = (0..idx.packs.len())
+        .map(|p| {
+            live[p] > 0
+                && total[p] > live[p]
+                && (total[p] - live[p]) as f64 >= threshold * total[p] as f64
+                && !kept(&idx.packs[p])
+        })
+        .collect();
+    let mut r = Repack::default();
+    let mut ids: Vec<(u32, u32, u32, ChunkId)> = Vec::new();
+    for (c, l) in idx.iter() {
+        if !chosen[l.pack as usize] {
+            continue;
+        }
+        if referenced.contains(c) {
+            ids.push((l.pack, l.frame_off, l.inner_off, *c));
+            r.live_bytes += u64::from(l.len);
+        } else {
+            r.unused_bytes += u64::from(l.len);
+        }
+    }
+    ids.sort_unstable();
+    r.ids = ids.into_iter().map(|(_, _, _, c)| c).collect();
+    r.packs = idx
+        .packs
+        .iter()
+        .zip(chosen)
+        .filter(|(_, c)| *c)
+        .map(|(p, _)| *p)
+        .collect();
+    r
 }
 
 /// A decoded index file: packs and their entries.

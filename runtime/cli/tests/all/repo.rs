@@ -1,7 +1,7 @@
 //! `cairn repo` through a profile file: where the repository is and its credentials, kept off
 //! the command line.
 
-use crate::support::{Cairn, json, stderr};
+use crate::support::{Cairn, json, stderr, stdout};
 
 #[test]
 fn a_profile_file_names_the_repository_and_its_options() {
@@ -74,4 +74,89 @@ fn a_profile_with_an_unknown_field_is_refused_naming_the_file_and_field() {
         err.contains("profile.yaml") && err.contains("endpoint"),
         "{err}"
     );
+}
+
+#[test]
+fn prune_repacks_a_pack_left_half_unused_and_the_next_prune_deletes_it() {
+    let cairn = Cairn::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo = dir.path().join("repo");
+    let pass = dir.path().join("pass");
+    std::fs::write(&pass, "correct horse").expect("passphrase");
+    let common = [
+        "--repo",
+        repo.to_str().expect("utf-8"),
+        "--passphrase-file",
+        pass.to_str().expect("utf-8"),
+    ];
+    let run = |args: &[&str]| {
+        let out = cairn.run(&[args, &common].concat());
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        out
+    };
+    run(&["repo", "init"]);
+    // 512 distinct pages, then every other one rewritten.
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).expect("data");
+    let page = |n: usize, v: u8| -> Vec<u8> {
+        let mut p = format!("page {n:04} version {v:03} ").repeat(8192 / 22 + 1);
+        p.truncate(8192);
+        p.into_bytes()
+    };
+    let db = |v: u8| -> Vec<u8> {
+        (0..512)
+            .flat_map(|n| page(n, if n % 2 == 0 { v } else { 0 }))
+            .collect()
+    };
+    std::fs::write(data.join("db"), db(0)).expect("db");
+    run(&["repo", "backup", data.to_str().expect("utf-8")]);
+    std::fs::write(data.join("db"), db(0x55)).expect("db");
+    let out = run(&[
+        "repo",
+        "backup",
+        data.to_str().expect("utf-8"),
+        "--output",
+        "json",
+    ]);
+    let id = json(&out)["id"].as_str().expect("id").to_string();
+    run(&["repo", "forget", "--keep-last", "1"]);
+
+    let out = cairn.run(&[&["repo", "prune", "--repack-unused", "150"][..], &common].concat());
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not a percentage from 0 to 100"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(&["repo", "prune", "--dry-run", "--output", "json"]);
+    assert_eq!(json(&out)["packs_repacked"], 1, "{}", json(&out));
+    let out = run(&["repo", "prune"]);
+    assert!(
+        stdout(&out).contains("repacked 1 mostly unused packs"),
+        "{}",
+        stdout(&out)
+    );
+    let out = run(&["repo", "prune", "--output", "json"]);
+    let report = json(&out);
+    assert_eq!(
+        (&report["packs_deleted"], &report["packs_repacked"]),
+        (&1.into(), &0.into()),
+        "{report}"
+    );
+    let out = run(&["repo", "check", "--read-data", "--output", "json"]);
+    assert_eq!(
+        json(&out)["warnings"],
+        serde_json::json!([]),
+        "{}",
+        json(&out)
+    );
+    let target = dir.path().join("restored");
+    run(&[
+        "repo",
+        "restore",
+        &id,
+        "--target",
+        target.to_str().expect("utf-8"),
+    ]);
+    assert!(std::fs::read(target.join("db")).expect("restored db") == db(0x55));
 }

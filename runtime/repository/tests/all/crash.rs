@@ -105,6 +105,9 @@ async fn kill_9_during_backup_keeps_earlier_snapshots() {
 }
 
 const PRUNE_CHILD_ENV: &str = "CAIRN_CRASH_PRUNE_REPO";
+/// Kills land this many milliseconds or less into a prune: the prunes here take 0.2–1.4 s in
+/// a debug build, so most are killed, at every step, and a few finish.
+const PRUNE_KILL_WITHIN_MS: u64 = 300;
 
 /// Runs in the child process only: a prune that the parent kills.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -113,8 +116,13 @@ async fn prune_child() {
         return;
     };
     let repo = Repository::open(url.as_str(), &pass("p")).await.unwrap();
+    // The parent times its kill from here, so it lands in the prune, not in the start-up.
+    println!("{PRUNE_STARTS}");
     repo.prune(false).await.unwrap();
 }
+
+/// What the prune child prints once the repository is open.
+const PRUNE_STARTS: &str = "cairn-crash: prune starts";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_prune_keeps_every_kept_snapshot() {
@@ -127,26 +135,37 @@ async fn kill_9_during_prune_keeps_every_kept_snapshot() {
         .await
         .unwrap();
     let exe = std::env::current_exe().unwrap();
-    // Every trial adds a snapshot to keep and one to forget, so each prune has work to do.
+    // Every trial adds a snapshot to keep and one to forget, so each prune has work to do:
+    // the forgotten one is stored first and holds the kept one's data too, so its pack is
+    // left half used and is repacked, besides the pack only it used, which is deleted.
     let mut kept: Vec<(String, Vec<u8>)> = Vec::new();
     let mut completed = 0;
     for trial in 0..TRIALS {
         let repo = Repository::open(url.as_str(), &pass("p")).await.unwrap();
         let keep = noise(100_000, 5000 + trial);
+        let doomed = repo
+            .backup_stream(
+                "doomed",
+                &[&keep[..], &noise(100_000, 9000 + trial)].concat()[..],
+                Default::default(),
+            )
+            .await
+            .unwrap();
+        let gone = repo
+            .backup_stream(
+                "doomed",
+                &noise(100_000, 7000 + trial)[..],
+                Default::default(),
+            )
+            .await
+            .unwrap();
         let s = repo
             .backup_stream("keep", &keep[..], Default::default())
             .await
             .unwrap();
         kept.push((s.id, keep));
-        let doomed = repo
-            .backup_stream(
-                "doomed",
-                &noise(100_000, 9000 + trial)[..],
-                Default::default(),
-            )
-            .await
-            .unwrap();
         repo.forget_snapshot(&doomed.id).await.unwrap();
+        repo.forget_snapshot(&gone.id).await.unwrap();
         drop(repo);
 
         let mut child = Command::new(&exe)
@@ -157,12 +176,18 @@ async fn kill_9_during_prune_keeps_every_kept_snapshot() {
                 "--test-threads=1",
             ])
             .env(PRUNE_CHILD_ENV, &url)
-            .stdout(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
+        let mut lines =
+            std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+        assert!(
+            lines.any(|l| l.is_ok_and(|l| l.contains(PRUNE_STARTS))),
+            "trial {trial}: the prune child did not start"
+        );
         // The fault injection: kill at a pseudo-random instant of the prune.
-        let delay = 2 + (noise(1, trial + 500)[0] as u64) % 60;
+        let delay = (u64::from(noise(1, trial + 500)[0]) * PRUNE_KILL_WITHIN_MS) / 256;
         std::thread::sleep(std::time::Duration::from_millis(delay));
         child.kill().unwrap();
         if child.wait().unwrap().success() {
@@ -181,9 +206,13 @@ async fn kill_9_during_prune_keeps_every_kept_snapshot() {
         assert!(report.is_ok(), "trial {trial}: {report:?}");
     }
     eprintln!("{completed} of {TRIALS} prunes finished before the kill");
-    // A prune that runs to the end leaves a repository that checks clean with its data.
+    // Two prunes that run to the end (the second deletes the packs the first repacked) leave
+    // a repository that checks clean with its data.
     let repo = Repository::open(url.as_str(), &pass("p")).await.unwrap();
     repo.prune(false).await.unwrap();
+    repo.prune(false).await.unwrap();
+    let r = repo.prune(true).await.unwrap();
+    assert_eq!((r.packs_deleted, r.packs_repacked), (0, 0), "{r:?}");
     let report = repo.check(true).await.unwrap();
     assert!(report.is_ok() && report.warnings.is_empty(), "{report:?}");
     assert_eq!(

@@ -2,7 +2,8 @@
 
 use crate::support::*;
 use cairn_repository::{
-    BackupOptions, Error, InitOptions, Repository, Retention, SnapshotFilter, retained,
+    BackupOptions, Error, InitOptions, PruneOptions, Repository, Retention, SnapshotFilter,
+    retained,
 };
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -154,4 +155,88 @@ async fn dropped_writer_leaves_no_snapshot_and_prune_cleans_up() {
     .await;
     let _ = pruned;
     assert!(repo.check(true).await.unwrap().is_ok());
+}
+
+/// Bytes under a local directory.
+fn du(dir: &std::path::Path) -> u64 {
+    let mut n = 0;
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(d).unwrap() {
+            let e = e.unwrap();
+            let m = e.metadata().unwrap();
+            if m.is_dir() {
+                dirs.push(e.path());
+            } else {
+                n += m.len();
+            }
+        }
+    }
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_repacks_packs_that_pages_rewritten_since_left_mostly_unused() {
+    let d = tempfile::tempdir().unwrap();
+    let (src, dir) = (d.path().join("src"), d.path().join("r"));
+    std::fs::create_dir_all(&src).unwrap();
+    let url = dir.display().to_string();
+    let repo = Repository::init(url.as_str(), &pass("p"), Default::default())
+        .await
+        .unwrap();
+    // A database file of 1,024 pages, then the same file with every other page rewritten.
+    let mut db = noise(8 << 20, 1);
+    std::fs::write(src.join("db"), &db).unwrap();
+    repo.backup_tree(&src, Default::default()).await.unwrap();
+    let fresh = noise(8 << 20, 2);
+    for page in (0..1024).step_by(2) {
+        let r = page * 8192..(page + 1) * 8192;
+        db[r.clone()].copy_from_slice(&fresh[r]);
+    }
+    std::fs::write(src.join("db"), &db).unwrap();
+    let new = repo.backup_tree(&src, Default::default()).await.unwrap();
+    repo.forget(&Retention::new().last(1), &SnapshotFilter::new(), false)
+        .await
+        .unwrap();
+
+    // Never repacking, or a dry run, changes nothing.
+    let mut opts = PruneOptions::default();
+    opts.repack_unused = 1.0;
+    let r = repo.prune_with(&opts).await.unwrap();
+    assert_eq!((r.packs_deleted, r.packs_repacked), (0, 0), "{r:?}");
+    let before = du(&dir);
+    let mut opts = PruneOptions::default();
+    opts.dry_run = true;
+    let r = repo.prune_with(&opts).await.unwrap();
+    assert_eq!(r.packs_repacked, 1, "{r:?}");
+    assert_eq!(du(&dir), before);
+
+    // Half of the first pack is unused: its live half is copied out, the pack leaves the
+    // index, and the next prune deletes it.
+    let r = repo.prune(false).await.unwrap();
+    assert_eq!(r.packs_repacked, 1, "{r:?}");
+    assert_eq!(r.bytes_repacked, 4 << 20, "{r:?}");
+    assert_eq!(r.bytes_reclaimable, 4 << 20, "{r:?}");
+    assert!(r.repack_error.is_none(), "{r:?}");
+    let report = repo.check(true).await.unwrap();
+    assert!(report.is_ok(), "{report:?}");
+    assert!(
+        report.warnings.iter().any(|w| w.contains("in no index")),
+        "{report:?}"
+    );
+    let r = repo.prune(false).await.unwrap();
+    assert_eq!((r.packs_deleted, r.packs_repacked), (1, 0), "{r:?}");
+    let report = repo.check(true).await.unwrap();
+    assert!(report.is_ok() && report.warnings.is_empty(), "{report:?}");
+    let after = du(&dir);
+    assert!(
+        after < before - (3 << 20),
+        "{before} bytes before, {after} after"
+    );
+
+    // The snapshot still restores, from a fresh open too.
+    let repo = Repository::open(url.as_str(), &pass("p")).await.unwrap();
+    let dst = d.path().join("dst");
+    repo.restore_tree(&new.id, &dst).await.unwrap();
+    assert!(std::fs::read(dst.join("db")).unwrap() == db);
 }
