@@ -29,7 +29,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use cairn_repository::{
     BackupOptions, Error, InitOptions, KeyFile, KeyProvider, Location, Passphrase, PruneOptions,
-    Repository, Retention, SnapshotFilter, SnapshotInfo, SnapshotKind,
+    ReadData, Repository, Retention, SnapshotFilter, SnapshotInfo, SnapshotKind,
 };
 use serde_json::json;
 
@@ -99,6 +99,11 @@ enum RepoCommand {
         /// Also read, decrypt and verify every chunk.
         #[arg(long)]
         read_data: bool,
+        /// Read and verify only part of the data: `N/M` reads group N of M (checks of 1/M
+        /// to M/M read every pack once), `P%` a random share of the packs.
+        #[arg(long, value_name = "N/M|P%", conflicts_with = "read_data",
+              value_parser = parse_subset)]
+        read_data_subset: Option<ReadData>,
     },
     /// Remove snapshots by GFS retention.
     Forget {
@@ -137,6 +142,10 @@ enum RepoCommand {
     /// Manage key slots.
     #[command(subcommand)]
     Key(KeyCommand),
+}
+
+fn parse_subset(s: &str) -> Result<ReadData, String> {
+    ReadData::parse_subset(s).map_err(|e| e.to_string())
 }
 
 /// A percentage from 0 to 100.
@@ -634,8 +643,16 @@ async fn run_inner(args: &RepoArgs) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        RepoCommand::Check { read_data } => {
-            let r = repo.check(*read_data).await?;
+        RepoCommand::Check {
+            read_data,
+            read_data_subset,
+        } => {
+            let read = match (read_data, read_data_subset) {
+                (_, Some(subset)) => *subset,
+                (true, None) => ReadData::All,
+                (false, None) => ReadData::None,
+            };
+            let r = repo.check_data(read).await?;
             args.print(
                 || {
                     let mut lines = Vec::new();
@@ -651,9 +668,10 @@ async fn run_inner(args: &RepoArgs) -> anyhow::Result<ExitCode> {
                         lines.push(format!("error: {} {}{affected}", e.object, e.reason));
                     }
                     lines.push(format!(
-                        "{} snapshots, {} packs read ({} bytes): {}",
+                        "{} snapshots, {} of {} packs read ({} bytes): {}",
                         r.snapshots,
                         r.packs_read,
+                        r.packs,
                         r.bytes_read,
                         if r.is_ok() { "no errors" } else { "DAMAGED" }
                     ));

@@ -195,6 +195,70 @@ pub struct CheckReport {
     pub packs_read: usize,
     /// Bytes read and verified.
     pub bytes_read: u64,
+    /// Packs the index names, read or not.
+    pub packs: usize,
+}
+
+/// Which packs [`Repository::check_data`] reads and verifies, besides checking structure.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub enum ReadData {
+    /// None: structure only.
+    None,
+    /// Every pack.
+    All,
+    /// Group `n` of `m` (1 ≤ n ≤ m): the packs whose id, as a number, is `n - 1` modulo `m`.
+    /// Checks of groups 1 to `m` on successive days together read every pack once.
+    Group {
+        /// Which group, from 1.
+        n: u32,
+        /// How many groups.
+        m: u32,
+    },
+    /// About this share of the packs (0.0–1.0), chosen at random on every check.
+    Share(f64),
+}
+
+impl ReadData {
+    /// Parses `N/M` (a group) or `P%` (a share), as `cairn repo check --read-data-subset`.
+    pub fn parse_subset(s: &str) -> Result<Self> {
+        let bad = || {
+            Error::Invalid(format!(
+                "`{s}` is not a subset of the data: give N/M (group N of M, 1 ≤ N ≤ M, e.g. \
+                 2/7) or P% (a random share, e.g. 10%)"
+            ))
+        };
+        if let Some(p) = s.strip_suffix('%') {
+            let p: f64 = p.trim().parse().map_err(|_| bad())?;
+            return if (0.0..=100.0).contains(&p) {
+                Ok(Self::Share(p / 100.0))
+            } else {
+                Err(bad())
+            };
+        }
+        let (n, m) = s.split_once('/').ok_or_else(bad)?;
+        let (n, m): (u32, u32) = (
+            n.trim().parse().map_err(|_| bad())?,
+            m.trim().parse().map_err(|_| bad())?,
+        );
+        if n == 0 || n > m {
+            return Err(bad());
+        }
+        Ok(Self::Group { n, m })
+    }
+
+    /// Whether the pack named `hex` is read.
+    fn reads(&self, hex: &str) -> bool {
+        match *self {
+            Self::None => false,
+            Self::All => true,
+            Self::Group { n, m } => hex
+                .get(..16)
+                .and_then(|h| u64::from_str_radix(h, 16).ok())
+                .is_some_and(|v| v % u64::from(m) == u64::from(n - 1)),
+            Self::Share(share) => rand::random::<f64>() < share,
+        }
+    }
 }
 
 impl CheckReport {
@@ -721,6 +785,16 @@ impl Repository {
     /// and their contents, and that every chunk a snapshot needs is indexed in an existing
     /// pack. With `read_data`, every pack is read, decrypted and every chunk hash-verified.
     pub async fn check(&self, read_data: bool) -> Result<CheckReport> {
+        self.check_data(if read_data {
+            ReadData::All
+        } else {
+            ReadData::None
+        })
+        .await
+    }
+
+    /// [`Repository::check`] reading the packs `read` selects.
+    pub async fn check_data(&self, read: ReadData) -> Result<CheckReport> {
         let mut report = CheckReport::default();
         // Index files must all open: the load skips a damaged one and says why.
         let damaged_index_files = self.refresh_index().await?;
@@ -818,6 +892,7 @@ impl Repository {
         let mut unreferenced_packs = 0usize;
         let mut pack_names: Vec<&String> = by_pack.keys().collect();
         pack_names.sort();
+        report.packs = pack_names.len();
         let mut to_read = Vec::new();
         for hex in pack_names {
             let entries = &by_pack[hex];
@@ -847,7 +922,7 @@ impl Repository {
                 });
                 continue;
             }
-            if read_data {
+            if read.reads(hex) {
                 report.packs_read += 1;
                 report.bytes_read += size;
                 to_read.push((hex, path, entries));

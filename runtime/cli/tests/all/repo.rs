@@ -77,7 +77,7 @@ fn a_profile_with_an_unknown_field_is_refused_naming_the_file_and_field() {
 }
 
 #[test]
-fn prune_repacks_a_pack_left_half_unused_and_the_next_prune_deletes_it() {
+fn prune_repacks_a_half_unused_pack_the_next_deletes_it_and_check_reads_subsets() {
     let cairn = Cairn::new();
     let dir = tempfile::tempdir().expect("tempdir");
     let repo = dir.path().join("repo");
@@ -150,6 +150,28 @@ fn prune_repacks_a_pack_left_half_unused_and_the_next_prune_deletes_it() {
         "{}",
         json(&out)
     );
+    // Group 1 of 1 is every pack; a subset and --read-data are one choice.
+    let out = run(&[
+        "repo",
+        "check",
+        "--read-data-subset",
+        "1/1",
+        "--output",
+        "json",
+    ]);
+    let report = json(&out);
+    assert!(
+        report["packs"].as_u64() > Some(0) && report["packs_read"] == report["packs"],
+        "{report}"
+    );
+    let out = cairn.run(
+        &[
+            &["repo", "check", "--read-data", "--read-data-subset", "10%"][..],
+            &common,
+        ]
+        .concat(),
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     let target = dir.path().join("restored");
     run(&[
         "repo",

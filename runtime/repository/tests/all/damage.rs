@@ -2,7 +2,7 @@
 //! undamaged snapshots still restore.
 
 use crate::support::*;
-use cairn_repository::{Error, Repository};
+use cairn_repository::{Error, ReadData, Repository};
 use std::path::{Path, PathBuf};
 
 /// The files under `sub` of a local repository (`data` holds its packs in subdirectories).
@@ -260,5 +260,50 @@ async fn a_damaged_index_file_is_named_and_its_chunks_are_stored_again() {
         let mut out = Vec::new();
         repo.restore_stream(s, &mut out).await.unwrap();
         assert!(out == noise(2_000_000, 1), "{s}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_subsets_together_read_every_pack_once_and_name_the_damage() {
+    let d = tempfile::tempdir().unwrap();
+    let Two {
+        repo, a, a_packs, ..
+    } = two_snapshots(d.path()).await;
+    for seed in 3..7 {
+        repo.backup_stream("more", &noise(300_000, seed)[..], Default::default())
+            .await
+            .unwrap();
+    }
+    let mut bytes = std::fs::read(&a_packs[0]).unwrap();
+    bytes[1000] ^= 0x40;
+    std::fs::write(&a_packs[0], bytes).unwrap();
+    let name = a_packs[0].file_name().unwrap().to_str().unwrap();
+
+    let all = repo.check_data(ReadData::All).await.unwrap();
+    assert_eq!(all.packs_read, all.packs);
+    let (mut read, mut bytes_read, mut named) = (0, 0, 0);
+    for n in 1..=3 {
+        let r = repo
+            .check_data(ReadData::parse_subset(&format!("{n}/3")).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(r.packs, all.packs);
+        read += r.packs_read;
+        bytes_read += r.bytes_read;
+        if let Some(p) = r.errors.iter().find(|p| p.object.contains(name)) {
+            assert_eq!(p.snapshots, vec![a.clone()], "{p:?}");
+            named += 1;
+        } else {
+            assert!(r.is_ok(), "{r:?}");
+        }
+    }
+    assert_eq!((read, bytes_read, named), (all.packs, all.bytes_read, 1));
+    let none = repo.check_data(ReadData::Share(0.0)).await.unwrap();
+    assert_eq!(none.packs_read, 0);
+    let every = repo.check_data(ReadData::Share(1.0)).await.unwrap();
+    assert_eq!(every.packs_read, all.packs);
+    for bad in ["0/3", "4/3", "1/0", "3", "x/2", "150%", "-1%"] {
+        let e = ReadData::parse_subset(bad).unwrap_err().to_string();
+        assert!(e.contains(bad) && e.contains("N/M"), "{e}");
     }
 }
