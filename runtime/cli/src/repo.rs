@@ -93,6 +93,17 @@ enum RepoCommand {
         /// Target directory, or `-` for standard output (streams).
         #[arg(long)]
         target: String,
+        /// Restore only this path of a tree snapshot (relative to its root), with what is
+        /// under it; repeatable.
+        #[arg(long, value_name = "PATH")]
+        include: Vec<String>,
+    },
+    /// List what a tree snapshot holds.
+    Ls {
+        /// Snapshot id, unique prefix, or `latest`.
+        id: String,
+        /// Only these paths (relative to the snapshot's root), with what is under them.
+        paths: Vec<String>,
     },
     /// Verify the repository.
     Check {
@@ -616,7 +627,41 @@ async fn run_inner(args: &RepoArgs) -> anyhow::Result<ExitCode> {
                 serde_json::to_value(&list).context("encoding snapshots")?,
             );
         }
-        RepoCommand::Restore { id, target } => {
+        RepoCommand::Ls { id, paths } => {
+            let info = repo.snapshot(id).await?;
+            let entries = repo.list_tree(&info, paths).await?;
+            args.print(
+                || {
+                    entries
+                        .iter()
+                        .map(|e| {
+                            let link = e.target.as_ref().map(|t| format!(" -> {t}"));
+                            format!(
+                                "{:<7} {:04o} {:>14} {}  {}{}",
+                                e.kind,
+                                e.mode,
+                                e.size,
+                                e.mtime,
+                                e.path,
+                                link.unwrap_or_default()
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                },
+                serde_json::to_value(&entries).context("encoding entries")?,
+            );
+        }
+        RepoCommand::Restore {
+            id,
+            target,
+            include,
+        } => {
+            if !include.is_empty() && target == "-" {
+                return Err(usage(
+                    "restore: --include selects paths of a tree snapshot; a stream restores whole",
+                ));
+            }
             if target == "-" {
                 let n = repo.restore_stream(id, tokio::io::stdout()).await?;
                 if args.output == Output::Json {
@@ -625,6 +670,13 @@ async fn run_inner(args: &RepoArgs) -> anyhow::Result<ExitCode> {
             } else {
                 let info = repo.snapshot(id).await?;
                 if let SnapshotKind::Stream { name } = &info.kind {
+                    if !include.is_empty() {
+                        return Err(usage(format!(
+                            "restore: --include selects paths of a tree snapshot; {} is the \
+                             stream {name}, restored whole",
+                            info.short_id()
+                        )));
+                    }
                     // A stream restored to a path: write it as a file named after the target.
                     let file = tokio::fs::File::create(target)
                         .await
@@ -635,7 +687,7 @@ async fn run_inner(args: &RepoArgs) -> anyhow::Result<ExitCode> {
                         json!({ "id": info.id, "bytes": n, "target": target }),
                     );
                 } else {
-                    let r = repo.restore_tree_of(&info, target).await?;
+                    let r = repo.restore_paths_of(&info, target, include).await?;
                     args.print(
                         || format!("restored {} files, {} directories, {} bytes to {target}", r.files, r.dirs, r.bytes),
                         json!({ "id": info.id, "files": r.files, "dirs": r.dirs, "bytes": r.bytes, "target": target }),

@@ -705,7 +705,7 @@ impl Repository {
     }
 
     /// A snapshot's content object as stored.
-    async fn content_object(&self, info: &SnapshotInfo) -> Result<Content> {
+    pub(crate) async fn content_object(&self, info: &SnapshotInfo) -> Result<Content> {
         let path = format::content_path(&info.content);
         let b = self
             .inner

@@ -7,6 +7,7 @@ use crate::pipeline::{INPUT_BLOCK, Input, Pool};
 use crate::repo::{BackupOptions, Repository, RestoreSummary};
 use bytes::Bytes;
 use futures::StreamExt;
+use serde::Serialize;
 use std::path::{Component, Path, PathBuf};
 
 /// Decoded read units queued in front of the file writer thread.
@@ -268,12 +269,25 @@ impl Repository {
         info: &SnapshotInfo,
         target: impl AsRef<Path>,
     ) -> Result<RestoreSummary> {
-        let Content::Tree { nodes } = self.restore_content(info).await? else {
+        self.restore_paths_of(info, target, &[]).await
+    }
+
+    /// [`Repository::restore_tree_of`] of only the paths `include` names (relative to the
+    /// snapshot's root; each with everything under it, and the directories above it); none
+    /// restores everything. A path the snapshot does not hold is an error that names it.
+    pub async fn restore_paths_of(
+        &self,
+        info: &SnapshotInfo,
+        target: impl AsRef<Path>,
+        include: &[String],
+    ) -> Result<RestoreSummary> {
+        let Content::Tree { mut nodes } = self.restore_content(info).await? else {
             return Err(Error::Invalid(format!(
                 "snapshot {} is a stream; restore it with --target -",
                 info.short_id()
             )));
         };
+        select(&mut nodes, include, info)?;
         let target = target.as_ref().to_path_buf();
         std::fs::create_dir_all(&target).map_err(|e| Error::io("create directory", &target, e))?;
         let mut summary = RestoreSummary::default();
@@ -341,6 +355,97 @@ impl Repository {
         }
         Ok(summary)
     }
+}
+
+/// An entry of a tree snapshot, as [`Repository::list_tree`] lists it.
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct TreeEntry {
+    /// Relative to the snapshot's root, `/`-separated.
+    pub path: String,
+    /// `file`, `dir` or `symlink`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// Permission bits.
+    pub mode: u32,
+    /// Bytes (files).
+    pub size: u64,
+    /// Modification time, RFC 3339.
+    pub mtime: String,
+    /// Where a symlink points.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+}
+
+impl Repository {
+    /// The entries of a tree snapshot, in the order they are stored (a directory before what
+    /// it holds), limited to `include` as [`Repository::restore_paths_of`] limits a restore.
+    pub async fn list_tree(
+        &self,
+        info: &SnapshotInfo,
+        include: &[String],
+    ) -> Result<Vec<TreeEntry>> {
+        let Content::Tree { mut nodes } = self.content_object(info).await? else {
+            return Err(Error::Invalid(format!(
+                "snapshot {} is a stream ({}), not a tree",
+                info.short_id(),
+                info.source()
+            )));
+        };
+        select(&mut nodes, include, info)?;
+        Ok(nodes
+            .into_iter()
+            .map(|n| TreeEntry {
+                kind: match n.kind {
+                    NodeKind::File => "file",
+                    NodeKind::Dir => "dir",
+                    NodeKind::Symlink => "symlink",
+                },
+                mode: n.mode,
+                size: n.size,
+                mtime: jiff::Timestamp::from_nanosecond(i128::from(n.mtime_ns))
+                    .map(|t| t.to_string())
+                    .unwrap_or_default(),
+                target: n.target,
+                path: n.path,
+            })
+            .collect())
+    }
+}
+
+/// Keeps the nodes `include` selects: each path, what is under it, and the directories
+/// above it; every node when `include` is empty or names the root. A path that selects
+/// nothing is an error naming it.
+fn select(nodes: &mut Vec<Node>, include: &[String], info: &SnapshotInfo) -> Result<()> {
+    let include: Vec<&str> = include
+        .iter()
+        .map(|p| p.trim_start_matches("./").trim_matches('/'))
+        .collect();
+    if include.is_empty() || include.iter().any(|p| p.is_empty() || *p == ".") {
+        return Ok(());
+    }
+    let under = |path: &str, inc: &str| {
+        path == inc
+            || path
+                .strip_prefix(inc)
+                .is_some_and(|rest| rest.starts_with('/'))
+    };
+    if let Some(missing) = include
+        .iter()
+        .find(|inc| !nodes.iter().any(|n| under(&n.path, inc)))
+    {
+        return Err(Error::Invalid(format!(
+            "`{missing}` is not in snapshot {}; `cairn repo ls {}` lists what it holds",
+            info.short_id(),
+            info.short_id()
+        )));
+    }
+    nodes.retain(|n| {
+        include
+            .iter()
+            .any(|inc| under(&n.path, inc) || (n.kind == NodeKind::Dir && under(inc, &n.path)))
+    });
+    Ok(())
 }
 
 /// The file being written, its path and how many of its chunks are still to come.

@@ -76,19 +76,25 @@ fn a_profile_with_an_unknown_field_is_refused_naming_the_file_and_field() {
     );
 }
 
-#[test]
-fn prune_repacks_a_half_unused_pack_the_next_deletes_it_and_check_reads_subsets() {
-    let cairn = Cairn::new();
+/// A fresh Cairn, a temporary directory, and the arguments that name the repository `repo`
+/// in it and its passphrase file.
+fn local_repo() -> (Cairn, tempfile::TempDir, Vec<String>) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let repo = dir.path().join("repo");
     let pass = dir.path().join("pass");
     std::fs::write(&pass, "correct horse").expect("passphrase");
-    let common = [
-        "--repo",
-        repo.to_str().expect("utf-8"),
-        "--passphrase-file",
-        pass.to_str().expect("utf-8"),
+    let common = vec![
+        "--repo".into(),
+        dir.path().join("repo").display().to_string(),
+        "--passphrase-file".into(),
+        pass.display().to_string(),
     ];
+    (Cairn::new(), dir, common)
+}
+
+#[test]
+fn prune_repacks_a_half_unused_pack_the_next_deletes_it_and_check_reads_subsets() {
+    let (cairn, dir, common) = local_repo();
+    let common: Vec<&str> = common.iter().map(String::as_str).collect();
     let run = |args: &[&str]| {
         let out = cairn.run(&[args, &common].concat());
         assert!(out.status.success(), "{args:?}: {}", stderr(&out));
@@ -181,4 +187,65 @@ fn prune_repacks_a_half_unused_pack_the_next_deletes_it_and_check_reads_subsets(
         target.to_str().expect("utf-8"),
     ]);
     assert!(std::fs::read(target.join("db")).expect("restored db") == db(0x55));
+}
+
+#[test]
+fn ls_lists_a_tree_and_restore_include_restores_only_those_paths() {
+    let (cairn, dir, common) = local_repo();
+    let common: Vec<&str> = common.iter().map(String::as_str).collect();
+    let run = |args: &[&str]| cairn.run(&[args, &common].concat());
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(data.join("conf")).expect("data");
+    std::fs::write(data.join("conf/app.yaml"), "replicas: 3\n").expect("file");
+    std::fs::write(data.join("db.bin"), vec![7u8; 100_000]).expect("file");
+    assert!(run(&["repo", "init"]).status.success());
+    assert!(
+        run(&["repo", "backup", data.to_str().expect("utf-8")])
+            .status
+            .success()
+    );
+
+    let out = run(&["repo", "ls", "latest"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("conf/app.yaml") && text.contains("100000") && text.contains("dir "),
+        "{text}"
+    );
+    let out = run(&["repo", "ls", "latest", "conf", "--output", "json"]);
+    let paths: Vec<String> = json(&out)
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|e| e["path"].as_str().expect("path").to_string())
+        .collect();
+    assert_eq!(paths, ["conf", "conf/app.yaml"]);
+
+    let target = dir.path().join("restored");
+    let t = target.to_str().expect("utf-8");
+    let restore = |include| {
+        run(&[
+            "repo",
+            "restore",
+            "latest",
+            "--target",
+            t,
+            "--include",
+            include,
+        ])
+    };
+    let out = restore("conf/app.yaml");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(target.join("conf/app.yaml")).expect("restored"),
+        "replicas: 3\n"
+    );
+    assert!(!target.join("db.bin").exists());
+    let out = restore("nope");
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("`nope` is not in snapshot"),
+        "{}",
+        stderr(&out)
+    );
 }

@@ -133,3 +133,71 @@ fn streaming_types_are_send_and_unpin() {
     check::<cairn_repository::SnapshotReader>();
     check::<Repository>();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_and_restoring_only_some_paths_of_a_tree() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    make_tree(&src, 5);
+    let repo = Repository::init(memory_url().as_str(), &pass("p"), Default::default())
+        .await
+        .unwrap();
+    let info = repo.backup_tree(&src, Default::default()).await.unwrap();
+
+    let all = repo.list_tree(&info, &[]).await.unwrap();
+    let pages = all.iter().find(|e| e.path == "a/b/pages.bin").unwrap();
+    assert_eq!((pages.kind, pages.size), ("file", 8192 * 300));
+    #[cfg(unix)]
+    assert_eq!(
+        all.iter()
+            .find(|e| e.path == "link")
+            .unwrap()
+            .target
+            .as_deref(),
+        Some("a/dump.sql")
+    );
+    let some: Vec<String> = repo
+        .list_tree(&info, &["./a/b/".into()])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.path)
+        .collect();
+    assert_eq!(some, ["a", "a/b", "a/b/pages.bin"]);
+
+    let dst = d.path().join("dst");
+    let r = repo
+        .restore_paths_of(&info, &dst, &["a/b".into(), "small.conf".into()])
+        .await
+        .unwrap();
+    assert_eq!((r.files, r.dirs), (2, 2), "{r:?}");
+    assert!(std::fs::read(dst.join("a/b/pages.bin")).unwrap() == noise(8192 * 300, 6));
+    assert_eq!(
+        std::fs::read(dst.join("small.conf")).unwrap(),
+        b"key = value\n"
+    );
+    for absent in ["a/dump.sql", "empty", "empty-dir", "link"] {
+        assert!(
+            std::fs::symlink_metadata(dst.join(absent)).is_err(),
+            "{absent} restored"
+        );
+    }
+    // "a/b" does not select "a/bc"; a path the snapshot lacks is named.
+    for missing in ["a/bc", "nope"] {
+        let e = repo
+            .restore_paths_of(&info, d.path().join("x"), &[missing.into()])
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&format!("`{missing}` is not in snapshot")) && e.contains("cairn repo ls"),
+            "{e}"
+        );
+    }
+    let stream = repo
+        .backup_stream("s", &b"x"[..], Default::default())
+        .await
+        .unwrap();
+    let e = repo.list_tree(&stream, &[]).await.unwrap_err().to_string();
+    assert!(e.contains("is a stream"), "{e}");
+}
