@@ -767,6 +767,16 @@ impl Repository {
     /// A snapshot's content for a restore; the index, when not read yet, is read beside it
     /// (on another core: both are decrypted and decoded).
     pub(crate) async fn restore_content(&self, info: &SnapshotInfo) -> Result<Content> {
+        self.restore_content_of(info, |_| Ok(())).await
+    }
+
+    /// [`Repository::restore_content`], with `keep` trimming the content before the chunk
+    /// lists are read, so a partial restore reads only the lists it restores.
+    pub(crate) async fn restore_content_of(
+        &self,
+        info: &SnapshotInfo,
+        keep: impl FnOnce(&mut Content) -> Result<()>,
+    ) -> Result<Content> {
         let loading = (!self.inner.index_read.load(Ordering::Acquire)).then(|| {
             let repo = self.clone();
             tokio::spawn(async move { repo.refresh_index().await })
@@ -777,6 +787,7 @@ impl Repository {
                 .map_err(|e| Error::Invalid(format!("index task failed: {e}")))??;
         }
         let mut content = content?;
+        keep(&mut content)?;
         self.read_lists(&mut content, info).await?;
         Ok(content)
     }

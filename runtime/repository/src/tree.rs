@@ -281,13 +281,19 @@ impl Repository {
         target: impl AsRef<Path>,
         include: &[String],
     ) -> Result<RestoreSummary> {
-        let Content::Tree { mut nodes } = self.restore_content(info).await? else {
+        // Only the selected files' chunk lists are read.
+        let content = self
+            .restore_content_of(info, |c| match c {
+                Content::Tree { nodes } => select(nodes, include, info),
+                Content::Stream { .. } => Ok(()),
+            })
+            .await?;
+        let Content::Tree { nodes } = content else {
             return Err(Error::Invalid(format!(
                 "snapshot {} is a stream; restore it with --target -",
                 info.short_id()
             )));
         };
-        select(&mut nodes, include, info)?;
         let target = target.as_ref().to_path_buf();
         std::fs::create_dir_all(&target).map_err(|e| Error::io("create directory", &target, e))?;
         let mut summary = RestoreSummary::default();

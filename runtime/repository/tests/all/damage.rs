@@ -176,6 +176,8 @@ async fn a_damaged_list_chunk_is_named_by_check_and_restore() {
     let src = d.path().join("src");
     std::fs::create_dir_all(&src).unwrap();
     std::fs::write(src.join("big.db"), noise(20 << 20, 9)).unwrap();
+    // Stored first, in the first frame: untouched by the damage below.
+    std::fs::write(src.join("a.txt"), b"intact\n").unwrap();
     let a = repo.backup_tree(&src, Default::default()).await.unwrap().id;
     let a_packs = packs(&dir);
     let b = repo
@@ -216,6 +218,13 @@ async fn a_damaged_list_chunk_is_named_by_check_and_restore() {
     let mut out = Vec::new();
     repo.restore_stream(&b, &mut out).await.unwrap();
     assert!(out == noise(2_000_000, 2));
+    // A partial restore reads only the chunk lists of what it restores.
+    let info = repo.snapshot(&a).await.unwrap();
+    let part = d.path().join("part");
+    repo.restore_paths_of(&info, &part, &["a.txt".into()])
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(part.join("a.txt")).unwrap(), b"intact\n");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
