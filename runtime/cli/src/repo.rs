@@ -28,8 +28,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use cairn_repository::{
-    BackupOptions, Error, InitOptions, KeyFile, KeyProvider, Location, Passphrase, PruneOptions,
-    ReadData, Repository, Retention, SnapshotFilter, SnapshotInfo, SnapshotKind,
+    BackupOptions, DEFAULT_REPACK_UNUSED, Error, InitOptions, KeyFile, KeyProvider, Location,
+    Passphrase, PruneOptions, ReadData, Repository, Retention, SnapshotFilter, SnapshotInfo,
+    SnapshotKind,
 };
 use serde_json::json;
 
@@ -146,7 +147,7 @@ enum RepoCommand {
         dry_run: bool,
         /// Repack a pack in use once this share of it is unused (percent; 100 never
         /// repacks): its live chunks are copied into new packs and the next prune deletes it.
-        #[arg(long, value_name = "PERCENT", default_value_t = 20.0,
+        #[arg(long, value_name = "PERCENT", default_value_t = DEFAULT_REPACK_UNUSED * 100.0,
               value_parser = parse_percent)]
         repack_unused: f64,
     },

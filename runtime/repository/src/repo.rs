@@ -522,6 +522,22 @@ impl Repository {
             lock.release().await;
             return Err(e);
         }
+        match self.start_pipeline(opts, default, self.inner.index.clone()) {
+            Ok(p) => Ok((lock, p)),
+            Err(e) => {
+                lock.release().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// A backup pipeline writing into this repository, deduplicating against `index`.
+    fn start_pipeline(
+        &self,
+        opts: &BackupOptions,
+        default: Chunking,
+        index: Arc<RwLock<Index>>,
+    ) -> Result<Pipeline> {
         let cfg = PipelineConfig {
             chunking: opts.chunking.unwrap_or(default),
             level: opts.zstd_level,
@@ -535,15 +551,9 @@ impl Repository {
         let shared = pipeline::Shared {
             backend: self.inner.backend.clone(),
             keys: self.inner.keys.clone(),
-            index: self.inner.index.clone(),
+            index,
         };
-        match Pipeline::start(shared, cfg) {
-            Ok(p) => Ok((lock, p)),
-            Err(e) => {
-                lock.release().await;
-                Err(e)
-            }
-        }
+        Pipeline::start(shared, cfg)
     }
 
     /// Writes the content and then the snapshot object: the snapshot is the commit.
@@ -911,12 +921,11 @@ impl Repository {
             if !entries.iter().any(|e| referenced.contains(&e.0)) {
                 unreferenced_packs += 1;
             }
-            let damaged = || -> IdSet { entries.iter().map(|e| e.0).collect() };
             let Some(&size) = packs_present.get(hex.as_str()) else {
                 report.errors.push(Problem {
                     object: path,
                     reason: "is missing".into(),
-                    snapshots: affected(&damaged()),
+                    snapshots: affected(&ids_of(entries)),
                 });
                 continue;
             };
@@ -929,7 +938,7 @@ impl Repository {
                 report.errors.push(Problem {
                     object: path,
                     reason: format!("is truncated ({size} bytes, index needs {needed})"),
-                    snapshots: affected(&damaged()),
+                    snapshots: affected(&ids_of(entries)),
                 });
                 continue;
             }
@@ -951,7 +960,7 @@ impl Repository {
             if let Err(e) = r {
                 let bad: IdSet = match &e {
                     VerifyError::Chunks(c, _) => c.clone(),
-                    VerifyError::Whole(_) => entries.iter().map(|e| e.0).collect(),
+                    VerifyError::Whole(_) => ids_of(entries),
                 };
                 report.errors.push(Problem {
                     object: path,
@@ -1347,23 +1356,12 @@ impl Repository {
             let idx = self.inner.index.read().map_err(|_| poisoned())?;
             crate::restore::plan(&idx, ids)?
         };
-        let opts = BackupOptions::default();
-        let cfg = PipelineConfig {
-            // Unused: chunks arrive cut.
-            chunking: Chunking::PAGES,
-            level: opts.zstd_level,
-            frame_bytes: opts.frame_bytes,
-            pack_bytes: pipeline::DEFAULT_PACK_BYTES,
-            threads: opts.threads,
-            progress: None,
-            list_ids: None,
-        };
-        let shared = pipeline::Shared {
-            backend: self.inner.backend.clone(),
-            keys: self.inner.keys.clone(),
-            index: Arc::new(RwLock::new(Index::default())),
-        };
-        let pipeline = Pipeline::start(shared, cfg)?;
+        // An empty index: every chunk is stored. The chunking is unused (chunks arrive cut).
+        let pipeline = self.start_pipeline(
+            &BackupOptions::default(),
+            Chunking::PAGES,
+            Arc::new(RwLock::new(Index::default())),
+        )?;
         let tx = pipeline
             .sender()
             .ok_or_else(|| Error::Invalid("repack pipeline has no input".into()))?;
@@ -1588,6 +1586,11 @@ async fn open_slots(
     })
 }
 
+/// The ids of a pack's chunks: what a damaged pack affects.
+fn ids_of(entries: &[(ChunkId, Loc)]) -> IdSet {
+    entries.iter().map(|e| e.0).collect()
+}
+
 /// The packs prune repacks and the live chunks it copies out of them.
 #[derive(Debug, Default)]
 struct Repack {
@@ -1674,7 +1677,7 @@ pub(crate) async fn load_index(
         .buffer_unordered(METADATA_READS_IN_FLIGHT)
         .try_collect()
         .await?;
-    // In the order listed, whichever read finished first.
+    // By name: the index and the damage reported do not depend on which read finished first.
     decoded.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     let chunks = decoded
         .iter()
