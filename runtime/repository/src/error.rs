@@ -119,15 +119,16 @@ pub enum Error {
     },
     /// The object store failed; the message ends with what to do when the cause is a common
     /// one (no or wrong credentials, an unreachable endpoint, plain HTTP not allowed).
-    #[error("object store {op} {object}: {}{hint}", chain_text(.source))]
+    #[error("object store {op} {object}: {}{hint}", chain_text(.cause))]
     Store {
         /// What was being done.
         op: &'static str,
         /// The object path.
         object: String,
         /// The underlying error; its causes are part of this error's message (so the hint
-        /// comes last), not a source of its own.
-        source: Box<object_store::Error>,
+        /// comes last), not a source of its own (named so that it is not: a reporter that
+        /// prints sources would repeat them).
+        cause: Box<object_store::Error>,
         /// `; ` and what to do, when the cause is a common one; else empty.
         hint: String,
     },
@@ -173,8 +174,9 @@ fn chain_text(e: &object_store::Error) -> String {
     let mut cur = std::error::Error::source(e);
     while let Some(c) = cur {
         let part = c.to_string();
-        // Some errors repeat their source's text in their own.
-        if !text.ends_with(&part) {
+        // Many errors repeat their source's text in their own (object_store's retry errors
+        // quote the HTTP client's).
+        if !text.contains(&part) {
             text.push_str(": ");
             text.push_str(&part);
         }
@@ -337,7 +339,7 @@ impl Error {
                 op,
                 object: object.to_string(),
                 hint: store_hint(url, &source),
-                source: Box::new(source),
+                cause: Box::new(source),
             },
         }
     }
@@ -451,8 +453,13 @@ mod tests {
             store: "S3",
             source: "Server returned non-2xx status code: 500 Internal Server Error".into(),
         };
-        let e = Error::store("read", "config", "s3://b/r", other).to_string();
+        let e = Error::store("read", "config", "s3://b/r", other);
+        // The causes are in the message once, and not again as a source a reporter would
+        // print after it.
+        assert!(std::error::Error::source(&e).is_none());
+        let e = e.to_string();
         assert!(e.ends_with("500 Internal Server Error"), "{e}");
+        assert_eq!(e.matches("500 Internal").count(), 1, "{e}");
     }
 
     #[test]

@@ -415,7 +415,7 @@ impl Repository {
             backend.object_lock = true;
             match backend.put_data(format::CONFIG, body(&config)?).await {
                 Ok(()) => {}
-                Err(Error::Store { ref source, .. }) if lacks_object_lock(source) => {
+                Err(Error::Store { ref cause, .. }) if lacks_object_lock(cause) => {
                     tracing::warn!(
                         url = %location.url,
                         "the bucket has no Object Lock configuration; protection is enforced by cairn only"
