@@ -151,6 +151,14 @@ enum RepoCommand {
               value_parser = parse_percent)]
         repack_unused: f64,
     },
+    /// List the repository's locks and remove those whose holder is gone (not refreshed
+    /// for 30 minutes, or a dead process of this host).
+    Unlock {
+        /// Remove every lock, also of holders that may still run: only when no backup or
+        /// prune runs anywhere (a lost node's lock otherwise holds for 30 minutes).
+        #[arg(long)]
+        remove_all: bool,
+    },
     /// Manage key slots.
     #[command(subcommand)]
     Key(KeyCommand),
@@ -832,6 +840,45 @@ async fn run_inner(args: &RepoArgs) -> anyhow::Result<ExitCode> {
                     s
                 },
                 serde_json::to_value(&r).context("encoding report")?,
+            );
+        }
+        RepoCommand::Unlock { remove_all } => {
+            let locks = repo.unlock(*remove_all).await?;
+            args.print(
+                || {
+                    let mut lines: Vec<String> = locks
+                        .iter()
+                        .map(|l| {
+                            let state = match (l.removed, &l.stale) {
+                                (true, Some(why)) => format!("removed ({why})"),
+                                (true, None) => "removed".into(),
+                                (false, _) => "held".into(),
+                            };
+                            let id = &l.id[..l.id.len().min(8)];
+                            match l.time {
+                                Some(time) => format!(
+                                    "{id} {} {} lock of {} (pid {}) since {time}: {state}",
+                                    if l.exclusive { "exclusive" } else { "shared" },
+                                    l.operation,
+                                    l.hostname,
+                                    l.pid,
+                                ),
+                                None => format!("{id}: {state}"),
+                            }
+                        })
+                        .collect();
+                    let held = locks.iter().filter(|l| !l.removed).count();
+                    lines.push(match (locks.len(), held) {
+                        (0, _) => "no locks".into(),
+                        (_, 0) => "no locks are held now".into(),
+                        (_, n) => format!(
+                            "{n} held; if their holders are not running anywhere (a lost \
+                             host), `cairn repo unlock --remove-all` removes them"
+                        ),
+                    });
+                    lines.join("\n")
+                },
+                serde_json::to_value(&locks).context("encoding locks")?,
             );
         }
         RepoCommand::Key(cmd) => match cmd {

@@ -26,6 +26,91 @@ struct LockFile {
     time: jiff::Timestamp,
 }
 
+/// A lock object as [`Repository::unlock`](crate::Repository::unlock) reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct LockInfo {
+    /// The lock object's id (`locks/<id>`).
+    pub id: String,
+    /// Held by a prune (exclusive) rather than a backup (shared).
+    pub exclusive: bool,
+    /// The holder's host.
+    pub hostname: String,
+    /// The holder's process id on its host.
+    pub pid: u32,
+    /// What the holder is doing (`backup`, `prune`, …).
+    pub operation: String,
+    /// When the holder last wrote the lock; `None` for an object that is not a lock.
+    pub time: Option<jiff::Timestamp>,
+    /// Why the lock no longer counts, when it does not: its holder is gone. Operations
+    /// ignore such locks.
+    pub stale: Option<String>,
+    /// Whether this call removed it.
+    pub removed: bool,
+}
+
+/// Why `lock` no longer counts at `now`, or `None` while it holds: not refreshed for
+/// [`LOCK_STALE_AFTER`], or left by a process of this host that is gone (kill -9, crash).
+fn stale_reason(lock: &LockFile, now: jiff::Timestamp) -> Option<String> {
+    let age = now.duration_since(lock.time).unsigned_abs();
+    if age > LOCK_STALE_AFTER {
+        Some(format!("not refreshed for {} minutes", age.as_secs() / 60))
+    } else if lock.hostname == hostname() && !pid_alive(lock.pid) {
+        Some("its process on this host is gone".into())
+    } else {
+        None
+    }
+}
+
+/// Every object under `locks/`, read and judged at `now` (`removed` false).
+async fn list_locks(backend: &Backend, now: jiff::Timestamp) -> Result<Vec<LockInfo>> {
+    let mut locks = Vec::new();
+    for m in backend.list("locks/").await? {
+        let p = m.location.to_string();
+        let id = p.rsplit('/').next().unwrap_or(&p).to_string();
+        let Some(b) = backend.get(&p).await? else {
+            continue; // Released since the listing.
+        };
+        locks.push(match serde_json::from_slice::<LockFile>(&b) {
+            Ok(l) => LockInfo {
+                id,
+                exclusive: l.exclusive,
+                stale: stale_reason(&l, now),
+                hostname: l.hostname,
+                pid: l.pid,
+                operation: l.operation,
+                time: Some(l.time),
+                removed: false,
+            },
+            Err(e) => LockInfo {
+                id,
+                exclusive: false,
+                hostname: String::new(),
+                pid: 0,
+                operation: String::new(),
+                time: None,
+                stale: Some(format!("not a lock object ({e})")),
+                removed: false,
+            },
+        });
+    }
+    Ok(locks)
+}
+
+/// Lists the repository's locks and removes the stale ones, or with `all` every one: for a
+/// holder that is gone but not yet stale (its host was lost less than
+/// [`LOCK_STALE_AFTER`] ago). Removing a lock a running operation holds lets a prune delete
+/// what a backup is writing, so `all` is for when nothing runs.
+pub(crate) async fn unlock(backend: &Backend, all: bool) -> Result<Vec<LockInfo>> {
+    let mut locks = list_locks(backend, jiff::Timestamp::now()).await?;
+    for l in &mut locks {
+        if all || l.stale.is_some() {
+            backend.delete_any(&format::lock_path(&l.id)).await?;
+            l.removed = true;
+        }
+    }
+    Ok(locks)
+}
+
 /// A held lock; released on [`LockGuard::release`] or, best effort, on drop.
 #[derive(Debug)]
 pub(crate) struct LockGuard {
@@ -80,41 +165,37 @@ impl LockGuard {
             path: path.clone(),
             refresher: None,
         };
-        let now = jiff::Timestamp::now();
-        for m in backend.list("locks/").await? {
-            let p = m.location.to_string();
-            if p == path {
+        for other in list_locks(backend, jiff::Timestamp::now()).await? {
+            if format::lock_path(&other.id) == path {
                 continue;
             }
-            let Some(b) = backend.get(&p).await? else {
-                continue;
-            };
-            let Ok(other) = serde_json::from_slice::<LockFile>(&b) else {
-                continue;
-            };
-            let age = now.duration_since(other.time).unsigned_abs();
-            if age > LOCK_STALE_AFTER {
-                continue;
-            }
-            if other.hostname == hostname() && !pid_alive(other.pid) {
-                // Left by a process of this host that died (kill -9, crash): remove it now
-                // rather than waiting for it to go stale.
-                let _ = backend.delete_any(&p).await;
+            if other.stale.is_some() {
+                if other.time.is_some() {
+                    // A lock its holder left (kill -9, a lost host): tidied up by whoever
+                    // sees it. Objects that are not locks are only ignored.
+                    let _ = backend.delete_any(&format::lock_path(&other.id)).await;
+                }
                 continue;
             }
             if exclusive || other.exclusive {
                 guard.release().await;
+                let time = other.time.map(|t| t.to_string()).unwrap_or_default();
                 return Err(Error::Locked {
                     holder: format!(
-                        "{} (pid {}, {}, since {})",
-                        other.hostname, other.pid, other.operation, other.time
+                        "{} (pid {}, {}, since {time})",
+                        other.hostname, other.pid, other.operation
                     ),
-                    reason: if exclusive {
-                        "another operation is using the repository; retry when it has finished"
-                            .into()
-                    } else {
-                        "a prune is running; retry when it has finished".into()
-                    },
+                    reason: format!(
+                        "{}; if it is not running anywhere (its host was lost), `cairn repo unlock \
+                         --remove-all` removes its lock, which is otherwise ignored once not \
+                         refreshed for {} minutes",
+                        if exclusive {
+                            "another operation is using the repository; retry when it has finished"
+                        } else {
+                            "a prune is running; retry when it has finished"
+                        },
+                        LOCK_STALE_AFTER.as_secs() / 60
+                    ),
                 });
             }
         }

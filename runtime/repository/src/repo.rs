@@ -1401,6 +1401,14 @@ impl Repository {
         .await
     }
 
+    /// Lists the repository's locks and removes those whose holder is gone (stale: not
+    /// refreshed for [`LOCK_STALE_AFTER`](crate::LOCK_STALE_AFTER), or left by a dead process
+    /// of this host); with `all`, every lock. Only for when no backup or prune runs: a lock
+    /// removed from under a running backup lets a prune delete what it deduplicated against.
+    pub async fn unlock(&self, all: bool) -> Result<Vec<crate::LockInfo>> {
+        crate::lock::unlock(&self.inner.backend, all).await
+    }
+
     /// Lists key slots.
     pub async fn keys(&self) -> Result<Vec<KeySlotInfo>> {
         let mut v = Vec::new();

@@ -249,3 +249,46 @@ fn ls_lists_a_tree_and_restore_include_restores_only_those_paths() {
         stderr(&out)
     );
 }
+
+#[test]
+fn unlock_lists_locks_and_remove_all_frees_a_lost_hosts_lock() {
+    let (cairn, dir, common) = local_repo();
+    let common: Vec<&str> = common.iter().map(String::as_str).collect();
+    let run = |args: &[&str]| cairn.run(&[args, &common].concat());
+    assert!(run(&["repo", "init"]).status.success());
+    // A backup on a host that was lost a minute ago: its lock holds for half an hour.
+    let locks = dir.path().join("repo/locks");
+    std::fs::create_dir_all(&locks).expect("locks");
+    let time = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(60);
+    std::fs::write(
+        locks.join("0123456789abcdef0123456789abcdef"),
+        format!(
+            r#"{{"exclusive":false,"hostname":"lost-node","pid":42,"operation":"backup","time":"{time}"}}"#
+        ),
+    )
+    .expect("lock");
+
+    let out = run(&["repo", "prune"]);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("lost-node (pid 42, backup")
+            && stderr(&out).contains("cairn repo unlock --remove-all"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(&["repo", "unlock"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("01234567 shared backup lock of lost-node (pid 42)")
+            && stdout(&out).contains(": held")
+            && stdout(&out).contains("1 held;"),
+        "{}",
+        stdout(&out)
+    );
+    let out = run(&["repo", "unlock", "--remove-all", "--output", "json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(json(&out)[0]["removed"], true, "{}", json(&out));
+    assert!(run(&["repo", "prune"]).status.success());
+    let out = run(&["repo", "unlock"]);
+    assert_eq!(stdout(&out).trim(), "no locks", "{}", stdout(&out));
+}

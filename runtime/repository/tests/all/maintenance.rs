@@ -124,6 +124,86 @@ async fn two_concurrent_backups_and_prune_during_backup() {
     assert!(repo.check(true).await.unwrap().is_ok());
 }
 
+/// Locks left by holders that are gone: a lost host's (held until stale, or removed by
+/// `unlock --remove-all`), a stale one, a dead process of this host's, and an object in
+/// `locks/` that is not a lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locks_of_holders_that_are_gone_are_ignored_tidied_and_unlocked() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("repo");
+    let repo = Repository::init(root.display().to_string(), &pass("p"), Default::default())
+        .await
+        .unwrap();
+    // The local store removes directories it empties, `locks/` among them.
+    let put = |id: &str, body: String| {
+        std::fs::create_dir_all(root.join("locks")).unwrap();
+        std::fs::write(root.join("locks").join(id), body).unwrap()
+    };
+    let lock = |host: &str, pid: u32, ago: Duration| {
+        let time = jiff::Timestamp::now() - jiff::SignedDuration::try_from(ago).unwrap();
+        format!(
+            r#"{{"exclusive":true,"hostname":"{host}","pid":{pid},"operation":"prune","time":"{time}"}}"#
+        )
+    };
+
+    // A prune on another host, refreshed a minute ago: it holds.
+    put("lost", lock("elsewhere", 7, Duration::from_secs(60)));
+    let e = repo
+        .backup_stream("s", &noise(10_000, 1)[..], Default::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Locked { .. }), "{e}");
+    let text = e.to_string();
+    assert!(
+        text.contains("elsewhere (pid 7, prune") && text.contains("cairn repo unlock --remove-all"),
+        "{text}"
+    );
+    let locks = repo.unlock(false).await.unwrap();
+    assert_eq!(locks.len(), 1);
+    assert!(locks[0].stale.is_none() && !locks[0].removed, "{locks:?}");
+    let locks = repo.unlock(true).await.unwrap();
+    assert!(locks[0].removed, "{locks:?}");
+    repo.backup_stream("s", &noise(10_000, 1)[..], Default::default())
+        .await
+        .unwrap();
+
+    // Not refreshed for 31 minutes: ignored, and removed by the operation that saw it.
+    put("old", lock("elsewhere", 7, Duration::from_secs(31 * 60)));
+    repo.prune(false).await.unwrap();
+    assert!(!root.join("locks/old").exists());
+
+    // A dead process of this host, and an object that is not a lock: `unlock` removes both
+    // and says why.
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    // The host name locks record, from a running backup's lock (which holds).
+    let writer = repo.stream_writer("t", Default::default()).await.unwrap();
+    let held = repo.unlock(false).await.unwrap();
+    assert!(held.len() == 1 && held[0].stale.is_none() && !held[0].removed);
+    let here = held[0].hostname.clone();
+    writer.finish().await.unwrap();
+    put("dead", lock(&here, dead, Duration::from_secs(1)));
+    put("junk", "not json".into());
+    let mut locks = repo.unlock(false).await.unwrap();
+    locks.sort_by(|a, b| a.id.cmp(&b.id));
+    assert_eq!(locks.len(), 2, "{locks:?}");
+    assert_eq!(locks[0].id, "dead");
+    assert_eq!(
+        locks[0].stale.as_deref(),
+        Some("its process on this host is gone")
+    );
+    assert!(
+        locks[1]
+            .stale
+            .as_deref()
+            .unwrap()
+            .starts_with("not a lock object")
+    );
+    assert!(locks.iter().all(|l| l.removed));
+    assert!(repo.unlock(false).await.unwrap().is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_writer_leaves_no_snapshot_and_prune_cleans_up() {
     let url = memory_url();
