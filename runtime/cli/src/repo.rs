@@ -106,6 +106,14 @@ enum RepoCommand {
         /// Only these paths (relative to the snapshot's root), with what is under them.
         paths: Vec<String>,
     },
+    /// What changed between two tree snapshots: `+` added, `-` removed, `M` modified, `T`
+    /// type changed, `U` permissions or modification time only.
+    Diff {
+        /// The earlier snapshot: id, unique prefix, or `latest`.
+        from: String,
+        /// The later snapshot: id, unique prefix, or `latest`.
+        to: String,
+    },
     /// Verify the repository.
     Check {
         /// Also read, decrypt and verify every chunk.
@@ -659,6 +667,54 @@ async fn run_inner(args: &RepoArgs) -> anyhow::Result<ExitCode> {
                         .join("\n")
                 },
                 serde_json::to_value(&entries).context("encoding entries")?,
+            );
+        }
+        RepoCommand::Diff { from, to } => {
+            let (from, to) = (repo.snapshot(from).await?, repo.snapshot(to).await?);
+            let changes = repo.diff_trees(&from, &to).await?;
+            let count = |c: &str| changes.iter().filter(|x| x.change == c).count();
+            let (grown, shrunk) = changes.iter().fold((0u64, 0u64), |(g, s), c| {
+                (
+                    g + c.size_after.saturating_sub(c.size_before),
+                    s + c.size_before.saturating_sub(c.size_after),
+                )
+            });
+            let summary = json!({
+                "added": count("added"),
+                "removed": count("removed"),
+                "modified": count("modified"),
+                "type": count("type"),
+                "metadata": count("metadata"),
+                "bytes_grown": grown,
+                "bytes_shrunk": shrunk,
+            });
+            args.print(
+                || {
+                    let mut lines: Vec<String> = changes
+                        .iter()
+                        .map(|c| {
+                            let mark = match c.change {
+                                "added" => "+",
+                                "removed" => "-",
+                                "modified" => "M",
+                                "type" => "T",
+                                _ => "U",
+                            };
+                            format!("{mark} {}", c.path)
+                        })
+                        .collect();
+                    lines.push(format!(
+                        "{} added, {} removed, {} modified, {} changed type, {} metadata only; \
+                         {grown} bytes grown, {shrunk} bytes shrunk",
+                        summary["added"],
+                        summary["removed"],
+                        summary["modified"],
+                        summary["type"],
+                        summary["metadata"]
+                    ));
+                    lines.join("\n")
+                },
+                json!({ "from": from.id, "to": to.id, "changes": changes, "summary": summary }),
             );
         }
         RepoCommand::Restore {

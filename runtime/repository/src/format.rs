@@ -414,6 +414,17 @@ pub(crate) enum NodeKind {
     Symlink,
 }
 
+impl NodeKind {
+    /// `file`, `dir` or `symlink`, as listings print it.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            NodeKind::File => "file",
+            NodeKind::Dir => "dir",
+            NodeKind::Symlink => "symlink",
+        }
+    }
+}
+
 /// The content object of a snapshot.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase", tag = "type")]

@@ -56,7 +56,7 @@ pub use repo::{
 };
 pub use retention::{Retention, retained};
 pub use stream::{SnapshotReader, SnapshotWriter};
-pub use tree::TreeEntry;
+pub use tree::{TreeChange, TreeEntry};
 
 /// Building blocks exposed for the benchmarks only; not a stable API.
 #[doc(hidden)]

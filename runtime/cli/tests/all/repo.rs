@@ -76,30 +76,49 @@ fn a_profile_with_an_unknown_field_is_refused_naming_the_file_and_field() {
     );
 }
 
-/// A fresh Cairn, a temporary directory, and the arguments that name the repository `repo`
-/// in it and its passphrase file.
-fn local_repo() -> (Cairn, tempfile::TempDir, Vec<String>) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let pass = dir.path().join("pass");
-    std::fs::write(&pass, "correct horse").expect("passphrase");
-    let common = vec![
-        "--repo".into(),
-        dir.path().join("repo").display().to_string(),
-        "--passphrase-file".into(),
-        pass.display().to_string(),
-    ];
-    (Cairn::new(), dir, common)
+/// A fresh Cairn and a temporary directory holding the repository `repo` and its passphrase
+/// file; commands run with the arguments that name them.
+struct LocalRepo {
+    cairn: Cairn,
+    dir: tempfile::TempDir,
+    common: Vec<String>,
+}
+
+impl LocalRepo {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pass = dir.path().join("pass");
+        std::fs::write(&pass, "correct horse").expect("passphrase");
+        let common = vec![
+            "--repo".into(),
+            dir.path().join("repo").display().to_string(),
+            "--passphrase-file".into(),
+            pass.display().to_string(),
+        ];
+        Self {
+            cairn: Cairn::new(),
+            dir,
+            common,
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        let common: Vec<&str> = self.common.iter().map(String::as_str).collect();
+        self.cairn.run(&[args, &common].concat())
+    }
+
+    /// Runs and asserts success.
+    fn ok(&self, args: &[&str]) -> std::process::Output {
+        let out = self.run(args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        out
+    }
 }
 
 #[test]
 fn prune_repacks_a_half_unused_pack_the_next_deletes_it_and_check_reads_subsets() {
-    let (cairn, dir, common) = local_repo();
-    let common: Vec<&str> = common.iter().map(String::as_str).collect();
-    let run = |args: &[&str]| {
-        let out = cairn.run(&[args, &common].concat());
-        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
-        out
-    };
+    let repo = LocalRepo::new();
+    let (dir, run) = (&repo.dir, |args: &[&str]| repo.ok(args));
     run(&["repo", "init"]);
     // 512 distinct pages, then every other one rewritten.
     let data = dir.path().join("data");
@@ -127,7 +146,7 @@ fn prune_repacks_a_half_unused_pack_the_next_deletes_it_and_check_reads_subsets(
     let id = json(&out)["id"].as_str().expect("id").to_string();
     run(&["repo", "forget", "--keep-last", "1"]);
 
-    let out = cairn.run(&[&["repo", "prune", "--repack-unused", "150"][..], &common].concat());
+    let out = repo.run(&["repo", "prune", "--repack-unused", "150"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("not a percentage from 0 to 100"),
@@ -170,13 +189,7 @@ fn prune_repacks_a_half_unused_pack_the_next_deletes_it_and_check_reads_subsets(
         report["packs"].as_u64() > Some(0) && report["packs_read"] == report["packs"],
         "{report}"
     );
-    let out = cairn.run(
-        &[
-            &["repo", "check", "--read-data", "--read-data-subset", "10%"][..],
-            &common,
-        ]
-        .concat(),
-    );
+    let out = repo.run(&["repo", "check", "--read-data", "--read-data-subset", "10%"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     let target = dir.path().join("restored");
     run(&[
@@ -191,9 +204,8 @@ fn prune_repacks_a_half_unused_pack_the_next_deletes_it_and_check_reads_subsets(
 
 #[test]
 fn ls_lists_a_tree_and_restore_include_restores_only_those_paths() {
-    let (cairn, dir, common) = local_repo();
-    let common: Vec<&str> = common.iter().map(String::as_str).collect();
-    let run = |args: &[&str]| cairn.run(&[args, &common].concat());
+    let repo = LocalRepo::new();
+    let (dir, run) = (&repo.dir, |args: &[&str]| repo.run(args));
     let data = dir.path().join("data");
     std::fs::create_dir_all(data.join("conf")).expect("data");
     std::fs::write(data.join("conf/app.yaml"), "replicas: 3\n").expect("file");
@@ -252,9 +264,8 @@ fn ls_lists_a_tree_and_restore_include_restores_only_those_paths() {
 
 #[test]
 fn unlock_lists_locks_and_remove_all_frees_a_lost_hosts_lock() {
-    let (cairn, dir, common) = local_repo();
-    let common: Vec<&str> = common.iter().map(String::as_str).collect();
-    let run = |args: &[&str]| cairn.run(&[args, &common].concat());
+    let repo = LocalRepo::new();
+    let (dir, run) = (&repo.dir, |args: &[&str]| repo.run(args));
     assert!(run(&["repo", "init"]).status.success());
     // A backup on a host that was lost a minute ago: its lock holds for half an hour.
     let locks = dir.path().join("repo/locks");
@@ -291,4 +302,36 @@ fn unlock_lists_locks_and_remove_all_frees_a_lost_hosts_lock() {
     assert!(run(&["repo", "prune"]).status.success());
     let out = run(&["repo", "unlock"]);
     assert_eq!(stdout(&out).trim(), "no locks", "{}", stdout(&out));
+}
+
+#[test]
+fn diff_shows_what_changed_between_two_tree_snapshots() {
+    let repo = LocalRepo::new();
+    let (dir, run) = (&repo.dir, |args: &[&str]| repo.ok(args));
+    run(&["repo", "init"]);
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).expect("data");
+    std::fs::write(data.join("keep.txt"), "same").expect("file");
+    std::fs::write(data.join("db"), vec![1u8; 3 * 8192]).expect("file");
+    std::fs::write(data.join("old.log"), "gone soon").expect("file");
+    let data = data.to_str().expect("utf-8");
+    let first = json(&run(&["repo", "backup", data, "--output", "json"]))["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    std::fs::write(dir.path().join("data/db"), vec![2u8; 4 * 8192]).expect("file");
+    std::fs::remove_file(dir.path().join("data/old.log")).expect("remove");
+    std::fs::write(dir.path().join("data/new.txt"), "hello").expect("file");
+    run(&["repo", "backup", data]);
+
+    let out = run(&["repo", "diff", &first, "latest"]);
+    assert_eq!(
+        stdout(&out),
+        "M db\n+ new.txt\n- old.log\n1 added, 1 removed, 1 modified, 0 changed type, \
+         0 metadata only; 8197 bytes grown, 9 bytes shrunk\n"
+    );
+    let out = run(&["repo", "diff", &first, "latest", "--output", "json"]);
+    let report = json(&out);
+    assert_eq!(report["summary"]["modified"], 1, "{report}");
+    assert_eq!(report["changes"][0]["size_after"], 4 * 8192, "{report}");
 }

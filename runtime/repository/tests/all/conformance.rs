@@ -200,4 +200,45 @@ async fn listing_and_restoring_only_some_paths_of_a_tree() {
         .unwrap();
     let e = repo.list_tree(&stream, &[]).await.unwrap_err().to_string();
     assert!(e.contains("is a stream"), "{e}");
+
+    // Diff against a changed copy: one page of the big file rewritten (its size unchanged),
+    // a file removed, one added, a file replaced by a directory, one file's mode changed, and
+    // a file touched without a change (not reported).
+    let mut pages = std::fs::read(src.join("a/b/pages.bin")).unwrap();
+    pages[8192 * 150] ^= 1;
+    std::fs::write(src.join("a/b/pages.bin"), pages).unwrap();
+    std::fs::remove_file(src.join("empty")).unwrap();
+    std::fs::write(src.join("new.txt"), b"new").unwrap();
+    std::fs::remove_file(src.join("small.conf")).unwrap();
+    std::fs::create_dir(src.join("small.conf")).unwrap();
+    #[cfg(unix)]
+    std::fs::set_permissions(
+        src.join("a/dump.sql"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let later = repo.backup_tree(&src, Default::default()).await.unwrap();
+    let changes: Vec<(String, &str)> = repo
+        .diff_trees(&info, &later)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.path, c.change))
+        .collect();
+    let mut expected = vec![
+        ("a/b/pages.bin".to_string(), "modified"),
+        ("empty".into(), "removed"),
+        ("new.txt".into(), "added"),
+        ("small.conf".into(), "type"),
+    ];
+    #[cfg(unix)]
+    expected.insert(1, ("a/dump.sql".into(), "metadata"));
+    assert_eq!(changes, expected);
+    assert!(repo.diff_trees(&later, &later).await.unwrap().is_empty());
+    let e = repo
+        .diff_trees(&info, &stream)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("is a stream"), "{e}");
 }
