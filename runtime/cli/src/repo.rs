@@ -114,6 +114,9 @@ enum RepoCommand {
         /// The later snapshot: id, unique prefix, or `latest`.
         to: String,
     },
+    /// What the repository holds and what it costs: snapshots, distinct data, stored bytes,
+    /// and the deduplication and compression between them.
+    Stats,
     /// Verify the repository.
     Check {
         /// Also read, decrypt and verify every chunk.
@@ -715,6 +718,37 @@ async fn run_inner(args: &RepoArgs) -> anyhow::Result<ExitCode> {
                     lines.join("\n")
                 },
                 json!({ "from": from.id, "to": to.id, "changes": changes, "summary": summary }),
+            );
+        }
+        RepoCommand::Stats => {
+            let st = repo.stats().await?;
+            let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+            let (dedup, compression) = (
+                ratio(st.snapshot_bytes, st.chunk_bytes),
+                ratio(st.chunk_bytes, st.pack_bytes),
+            );
+            let mut report = serde_json::to_value(&st).context("encoding stats")?;
+            report["deduplication"] = json!(dedup);
+            report["compression"] = json!(compression);
+            args.print(
+                || {
+                    use indicatif::{HumanBytes, HumanCount};
+                    format!(
+                        "snapshots  {} holding {}\n\
+                         data       {} in {} distinct chunks (deduplication {dedup:.1}x)\n\
+                         stored     {} in {} pack{} (compression {compression:.2}x), {} of \
+                         metadata",
+                        st.snapshots,
+                        HumanBytes(st.snapshot_bytes),
+                        HumanBytes(st.chunk_bytes),
+                        HumanCount(st.chunks),
+                        HumanBytes(st.pack_bytes),
+                        st.packs,
+                        if st.packs == 1 { "" } else { "s" },
+                        HumanBytes(st.metadata_bytes),
+                    )
+                },
+                report,
             );
         }
         RepoCommand::Restore {

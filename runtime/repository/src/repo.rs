@@ -199,6 +199,26 @@ pub struct CheckReport {
     pub packs: usize,
 }
 
+/// What [`Repository::stats`] reports.
+#[derive(Debug, Clone, Default, Serialize)]
+#[non_exhaustive]
+pub struct RepoStats {
+    /// Snapshots.
+    pub snapshots: usize,
+    /// Bytes the snapshots hold, each counted whole (what restoring every one would write).
+    pub snapshot_bytes: u64,
+    /// Distinct chunks in the index (with any unreferenced ones `prune` has yet to remove).
+    pub chunks: u64,
+    /// Their bytes before compression.
+    pub chunk_bytes: u64,
+    /// Pack objects on the store.
+    pub packs: u64,
+    /// Their bytes: compressed, encrypted chunks and the pack headers.
+    pub pack_bytes: u64,
+    /// Bytes of every other object: index, snapshot contents and metadata, keys, config.
+    pub metadata_bytes: u64,
+}
+
 /// Which packs [`Repository::check_data`] reads and verifies, besides checking structure.
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[non_exhaustive]
@@ -1077,6 +1097,42 @@ impl Repository {
         })
         .await
         .map_err(|e| VerifyError::Whole(e.to_string()))?
+    }
+
+    /// What the repository holds and what it costs: the snapshots' bytes, the distinct
+    /// chunks they are stored as, and the bytes on the store. Reads the snapshot objects and
+    /// the index, and lists the store; no data.
+    pub async fn stats(&self) -> Result<RepoStats> {
+        let all = SnapshotFilter::new();
+        let (snapshots, damaged, objects) = futures::try_join!(
+            self.snapshots(&all),
+            self.refresh_index(),
+            self.inner.backend.list(""),
+        )?;
+        if let Some(e) = damaged.into_iter().next() {
+            tracing::warn!(error = %e, "an index file is damaged; `cairn repo check` names it");
+        }
+        let mut stats = RepoStats {
+            snapshots: snapshots.len(),
+            snapshot_bytes: snapshots.iter().map(|s| s.summary.bytes).sum(),
+            ..RepoStats::default()
+        };
+        {
+            let index = self.inner.index.read().map_err(|_| poisoned())?;
+            for (_, loc) in index.iter() {
+                stats.chunks += 1;
+                stats.chunk_bytes += u64::from(loc.len);
+            }
+        }
+        for o in &objects {
+            if o.location.as_ref().starts_with("data/") {
+                stats.packs += 1;
+                stats.pack_bytes += o.size;
+            } else {
+                stats.metadata_bytes += o.size;
+            }
+        }
+        Ok(stats)
     }
 
     /// Removes snapshots that `policy` does not keep, among those matching `filter`. Protected

@@ -334,4 +334,18 @@ fn diff_shows_what_changed_between_two_tree_snapshots() {
     let report = json(&out);
     assert_eq!(report["summary"]["modified"], 1, "{report}");
     assert_eq!(report["changes"][0]["size_after"], 4 * 8192, "{report}");
+
+    let out = run(&["repo", "stats"]);
+    assert!(
+        stdout(&out).starts_with("snapshots  2 holding ") && stdout(&out).contains("deduplication"),
+        "{}",
+        stdout(&out)
+    );
+    let out = run(&["repo", "stats", "--output", "json"]);
+    let stats = json(&out);
+    // Repeated pages, and keep.txt in both snapshots, are stored once.
+    assert!(
+        stats["snapshots"] == 2 && stats["deduplication"].as_f64() > Some(1.2),
+        "{stats}"
+    );
 }

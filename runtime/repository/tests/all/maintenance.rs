@@ -124,6 +124,28 @@ async fn two_concurrent_backups_and_prune_during_backup() {
     assert!(repo.check(true).await.unwrap().is_ok());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_count_snapshots_distinct_data_and_stored_bytes() {
+    let repo = Repository::init(memory_url().as_str(), &pass("p"), Default::default())
+        .await
+        .unwrap();
+    let data = noise(1_000_000, 3);
+    for _ in 0..2 {
+        repo.backup_stream("s", &data[..], Default::default())
+            .await
+            .unwrap();
+    }
+    let st = repo.stats().await.unwrap();
+    assert_eq!((st.snapshots, st.snapshot_bytes), (2, 2_000_000), "{st:?}");
+    // Stored once: random data has no repeated chunks, and is stored raw (with its overhead).
+    assert_eq!(st.chunk_bytes, 1_000_000, "{st:?}");
+    assert!(st.chunks > 1 && st.packs == 1, "{st:?}");
+    assert!(
+        (1_000_000..1_010_000).contains(&st.pack_bytes) && st.metadata_bytes > 0,
+        "{st:?}"
+    );
+}
+
 /// Locks left by holders that are gone: a lost host's (held until stale, or removed by
 /// `unlock --remove-all`), a stale one, a dead process of this host's, and an object in
 /// `locks/` that is not a lock.
