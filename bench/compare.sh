@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Side-by-side data-path benchmark: Cairn's export repository against restic and borg (Debian
-# packages), in one run, on the shared database-like dataset (../shared/bench/gen-dataset.py).
+# packages), and rustic when it is on the PATH (`cargo install rustic-rs --locked`), in one run,
+# on the shared database-like dataset (../shared/bench/gen-dataset.py).
 #
 #   bench/compare.sh [WORKDIR] [SIZE_MIB]        # defaults: /tmp/cairn-bench 1024
 #
@@ -32,14 +33,24 @@ cairn="${CARGO_TARGET_DIR:-$top/target}/release/cairn"
 
 export CAIRN_PASSPHRASE=bench-passphrase RESTIC_PASSWORD=bench-passphrase BORG_PASSPHRASE=bench-passphrase
 export BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes BORG_RELOCATED_REPO_ACCESS_IS_OK=yes
+export RUSTIC_PASSWORD=bench-passphrase
 export RESTIC_CACHE_DIR="$work/cache/restic" BORG_CACHE_DIR="$work/cache/borg" BORG_BASE_DIR="$work/cache/borg-base"
 
 # measure NAME CMD... : runs CMD under GNU time; appends "NAME wall cpu rss_kib" to $results.
 # Each step starts after `sync`, so none pays for writing back what the step before it left
 # dirty (the freshly generated dataset, another tool's repository or restore).
+#
+# WARM_MIB=N writes and deletes N MiB just before each step: on a VM that hands freed memory
+# back to its host within seconds, the first write into the page cache after a pause runs at a
+# tenth of its speed (measured on a gVisor VM: 1 GiB at 209-245 MB/s, 2.0-2.6 GB/s straight
+# after another), which charges whichever tool writes first for the host's page faults.
 measure() {
   local name=$1; shift
   local tf; tf=$(mktemp)
+  if [ "${WARM_MIB:-0}" -gt 0 ]; then
+    dd if=/dev/zero of="$work/.warm" bs=1M count="$WARM_MIB" status=none
+    rm -f "$work/.warm"
+  fi
   sync
   /usr/bin/time -f '%e %U %S %M' -o "$tf" "$@" >/dev/null
   read -r wall user sys rss <"$tf"; rm -f "$tf"
@@ -66,9 +77,16 @@ day1_borg() {
   borg init --encryption=repokey-blake2 "$work/borg" >/dev/null
   measure borg-day1 sh -c "cd '$data' && borg create --compression lz4 '$work/borg::day1' ."
 }
+day1_rustic() {
+  rustic --repository "$work/rustic" --cache-dir "$work/cache/rustic" init >/dev/null 2>&1
+  measure rustic-day1 rustic --repository "$work/rustic" --cache-dir "$work/cache/rustic" backup "$data"
+}
 day2_cairn() { measure cairn-day2 "$cairn" repo backup "$data" --repo "file://$work/cairn" --tag day2; }
 day2_restic() { measure restic-day2 restic backup --repo "$work/restic" "$data"; }
 day2_borg() { measure borg-day2 sh -c "cd '$data' && borg create --compression lz4 '$work/borg::day2' ."; }
+day2_rustic() {
+  measure rustic-day2 rustic --repository "$work/rustic" --cache-dir "$work/cache/rustic" backup "$data"
+}
 restore_cairn() {
   local id
   id=$("$cairn" repo snapshots --repo "file://$work/cairn" --tag day2 --output json \
@@ -86,10 +104,17 @@ restore_borg() {
   check_restore "$work/day2.manifest" "$work/r-borg"
 }
 
+restore_rustic() {
+  measure rustic-restore rustic --repository "$work/rustic" --cache-dir "$work/cache/rustic" \
+    restore "latest:$data" "$work/r-rustic"
+  check_restore "$work/day2.manifest" "$work/r-rustic"
+}
+
 # Per-run figures live beside the work directory (it is emptied for every run); the summary
 # is the median of each figure over the runs.
 out="$work.results"; rm -rf "$out"; mkdir -p "$out"
 tools=(cairn restic borg)
+command -v rustic >/dev/null && tools+=(rustic)
 for run in $(seq 1 "$runs"); do
   rm -rf "$work"; mkdir -p "$work"
   results="$out/run-$run.txt"; : >"$results"
@@ -107,13 +132,13 @@ for run in $(seq 1 "$runs"); do
 
   step "day 1"
   for t in "${order[@]}"; do "day1_$t"; done
-  for t in cairn restic borg; do echo "$t-size1 $(bytes_of "$work/$t")" >>"$results"; done
+  for t in "${tools[@]}"; do echo "$t-size1 $(bytes_of "$work/$t")" >>"$results"; done
 
   step "day 2"
   python3 "$gen" mutate "$data" >&2
   python3 "$gen" manifest "$data" >"$work/day2.manifest" 2>/dev/null
   for t in "${order[@]}"; do "day2_$t"; done
-  for t in cairn restic borg; do echo "$t-size2 $(bytes_of "$work/$t")" >>"$results"; done
+  for t in "${tools[@]}"; do echo "$t-size2 $(bytes_of "$work/$t")" >>"$results"; done
 
   step "restore day 2"
   for t in "${order[@]}"; do "restore_$t"; done
@@ -140,7 +165,9 @@ ds = med("dataset"); gib = ds / 2**30
 print(f"\ndataset: {ds/1e6:.0f} MB; medians of {len(runs)} run(s)\n")
 print("| tool | day-1 backup | CPU s/GiB | repo after day 1 | day-2 backup | day-2 bytes added | restore | restore CPU s | restore peak RSS |")
 print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-for t in ("cairn", "restic", "borg"):
+for t in ("cairn", "restic", "borg", "rustic"):
+    if f"{t}-day1" not in runs[0]:
+        continue
     added = statistics.median(r[f"{t}-size2"][0] - r[f"{t}-size1"][0] for r in runs)
     # Restores are of day 2; the dataset's size is close enough for a rate.
     print(f"| {t} | {ds/med(t+'-day1')/1e6:.0f} MB/s | {med(t+'-day1',1)/gib:.2f} | {med(t+'-size1')/1e6:.0f} MB "
@@ -151,6 +178,9 @@ def ratio(a, b, key, i=0):
 print(f"\nday-1 throughput (median of per-run ratios): cairn/restic {ratio('cairn','restic','day1'):.2f}x, cairn/borg {ratio('cairn','borg','day1'):.2f}x")
 print(f"repository after day 1: cairn/restic {1/ratio('cairn','restic','size1'):.3f}; "
       f"after day 2: {1/ratio('cairn','restic','size2'):.3f}")
+if "rustic-day1" in runs[0]:
+    print(f"against rustic: day 1 {ratio('cairn','rustic','day1'):.2f}x, restore {ratio('cairn','rustic','restore'):.2f}x, "
+          f"repository after day 1 {1/ratio('cairn','rustic','size1'):.3f}")
 print(f"CPU per GiB: cairn {med('cairn-day1',1)/gib:.2f} s, borg {med('borg-day1',1)/gib:.2f} s")
 lo, hi = span("cairn-restore")
 print(f"cairn restore wall: {lo:.2f}-{hi:.2f} s over the runs ({ds/hi/1e6:.0f}-{ds/lo/1e6:.0f} MB/s)")
