@@ -29,8 +29,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use cairn_repository::{
     BackupOptions, DEFAULT_REPACK_UNUSED, Error, InitOptions, KeyFile, KeyProvider, Location,
-    Passphrase, PruneOptions, ReadData, Repository, Retention, SnapshotFilter, SnapshotInfo,
-    SnapshotKind,
+    Passphrase, PruneOptions, ReadData, Repository, RestoreOptions, Retention, SnapshotFilter,
+    SnapshotInfo, SnapshotKind,
 };
 use serde_json::json;
 
@@ -520,6 +520,26 @@ fn watch(
     Some((bar, task))
 }
 
+fn finish_bar(shown: Option<(indicatif::ProgressBar, tokio::task::JoinHandle<()>)>) {
+    if let Some((bar, task)) = shown {
+        task.abort();
+        bar.finish_and_clear();
+    }
+}
+
+/// Restore options counting for a progress bar on a terminal (of `total` bytes; 0 when not
+/// known).
+fn restore_progress(
+    total: u64,
+) -> (
+    RestoreOptions,
+    Option<(indicatif::ProgressBar, tokio::task::JoinHandle<()>)>,
+) {
+    let counter = Arc::new(AtomicU64::new(0));
+    let shown = watch(progress_bar((total > 0).then_some(total)), counter.clone());
+    (RestoreOptions::new().progress(counter), shown)
+}
+
 fn dir_bytes(p: &std::path::Path) -> u64 {
     let mut n = 0;
     if let Ok(rd) = std::fs::read_dir(p) {
@@ -620,10 +640,7 @@ async fn run_inner(args: &RepoArgs) -> anyhow::Result<ExitCode> {
                 let shown = watch(progress_bar(Some(dir_bytes(&path))), counter);
                 (repo.backup_tree(&path, opts).await, shown)
             };
-            if let Some((bar, task)) = shown {
-                task.abort();
-                bar.finish_and_clear();
-            }
+            finish_bar(shown);
             let info = info?;
             let s = &info.summary;
             args.print(
@@ -762,7 +779,13 @@ async fn run_inner(args: &RepoArgs) -> anyhow::Result<ExitCode> {
                 ));
             }
             if target == "-" {
-                let n = repo.restore_stream(id, tokio::io::stdout()).await?;
+                let info = repo.snapshot(id).await?;
+                let (opts, shown) = restore_progress(info.summary.bytes);
+                let n = repo
+                    .restore_stream_with(&info, tokio::io::stdout(), &opts)
+                    .await;
+                finish_bar(shown);
+                let n = n?;
                 if args.output == Output::Json {
                     eprintln!("{}", json!({ "bytes": n }));
                 }
@@ -780,13 +803,25 @@ async fn run_inner(args: &RepoArgs) -> anyhow::Result<ExitCode> {
                     let file = tokio::fs::File::create(target)
                         .await
                         .with_context(|| format!("creating {target}"))?;
-                    let n = repo.restore_stream_of(&info, file).await?;
+                    let (opts, shown) = restore_progress(info.summary.bytes);
+                    let n = repo.restore_stream_with(&info, file, &opts).await;
+                    finish_bar(shown);
+                    let n = n?;
                     args.print(
                         || format!("restored stream {name} ({n} bytes) to {target}"),
                         json!({ "id": info.id, "bytes": n, "target": target }),
                     );
                 } else {
-                    let r = repo.restore_paths_of(&info, target, include).await?;
+                    // The whole tree's size; an --include restore ends short of it.
+                    let total = if include.is_empty() {
+                        info.summary.bytes
+                    } else {
+                        0
+                    };
+                    let (opts, shown) = restore_progress(total);
+                    let r = repo.restore_paths_with(&info, target, include, &opts).await;
+                    finish_bar(shown);
+                    let r = r?;
                     args.print(
                         || format!("restored {} files, {} directories, {} bytes to {target}", r.files, r.dirs, r.bytes),
                         json!({ "id": info.id, "files": r.files, "dirs": r.dirs, "bytes": r.bytes, "target": target }),

@@ -52,7 +52,8 @@ pub use pipeline::{
 };
 pub use repo::{
     BackupOptions, CheckReport, DEFAULT_REPACK_UNUSED, ForgetReport, InitOptions, Problem,
-    PruneOptions, PruneReport, ReadData, RepoStats, Repository, RestoreSummary, SnapshotFilter,
+    PruneOptions, PruneReport, ReadData, RepoStats, Repository, RestoreOptions, RestoreSummary,
+    SnapshotFilter,
 };
 pub use retention::{Retention, retained};
 pub use stream::{SnapshotReader, SnapshotWriter};

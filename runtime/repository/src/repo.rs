@@ -353,6 +353,33 @@ impl Default for PruneOptions {
 /// Default of [`PruneOptions::repack_unused`].
 pub const DEFAULT_REPACK_UNUSED: f64 = 0.2;
 
+/// How a restore runs.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct RestoreOptions {
+    pub(crate) progress: Option<Arc<AtomicU64>>,
+}
+
+impl RestoreOptions {
+    /// Defaults: no progress counter.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A counter the restore adds the bytes it hands to the output to, as it goes (for a
+    /// progress bar).
+    pub fn progress(mut self, p: Arc<AtomicU64>) -> Self {
+        self.progress = Some(p);
+        self
+    }
+
+    pub(crate) fn advance(&self, bytes: usize) {
+        if let Some(p) = &self.progress {
+            p.fetch_add(bytes as u64, Ordering::Relaxed);
+        }
+    }
+}
+
 /// The result of a restore.
 #[derive(Debug, Clone, Default, Serialize)]
 #[non_exhaustive]

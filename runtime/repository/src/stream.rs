@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use crate::format::{self, Content, SnapshotInfo, SnapshotKind};
 use crate::lock::LockGuard;
 use crate::pipeline::{INPUT_BLOCK, Input, Pipeline, Pool};
-use crate::repo::{BackupOptions, Repository};
+use crate::repo::{BackupOptions, Repository, RestoreOptions};
 use bytes::Bytes;
 use futures::StreamExt;
 use std::collections::VecDeque;
@@ -334,19 +334,45 @@ impl Repository {
     pub async fn restore_stream_of<W: AsyncWrite + Unpin>(
         &self,
         info: &SnapshotInfo,
-        mut writer: W,
+        writer: W,
     ) -> Result<u64> {
-        let r = SnapshotReader::new(self, info).await?;
-        // Large writes: `copy`'s own 8 KiB buffer would mean a write per 8 KiB (and for
-        // tokio's stdout, a blocking-pool handoff per write).
-        let mut r = tokio::io::BufReader::with_capacity(RESTORE_WRITE_BYTES, r);
-        let n = tokio::io::copy_buf(&mut r, &mut writer)
+        self.restore_stream_with(info, writer, &RestoreOptions::new())
             .await
-            .map_err(|e| match e.downcast::<Error>() {
-                Ok(e) => e,
-                Err(e) => Error::io("write restored stream", "output", e),
-            })?;
-        tokio::io::AsyncWriteExt::flush(&mut writer)
+    }
+
+    /// [`Repository::restore_stream_of`] with options (a progress counter).
+    pub async fn restore_stream_with<W: AsyncWrite + Unpin>(
+        &self,
+        info: &SnapshotInfo,
+        mut writer: W,
+        opts: &RestoreOptions,
+    ) -> Result<u64> {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        let r = SnapshotReader::new(self, info).await?;
+        // Large writes: an 8 KiB buffer would mean a write per 8 KiB (and for tokio's
+        // stdout, a blocking-pool handoff per write).
+        let mut r = tokio::io::BufReader::with_capacity(RESTORE_WRITE_BYTES, r);
+        let write_err = |e| Error::io("write restored stream", "output", e);
+        let mut n = 0u64;
+        loop {
+            let buf = r
+                .fill_buf()
+                .await
+                .map_err(|e| match e.downcast::<Error>() {
+                    Ok(e) => e,
+                    Err(e) => Error::io("read snapshot", &info.id, e),
+                })?;
+            if buf.is_empty() {
+                break;
+            }
+            let len = buf.len();
+            writer.write_all(buf).await.map_err(write_err)?;
+            r.consume(len);
+            n += len as u64;
+            opts.advance(len);
+        }
+        writer
+            .flush()
             .await
             .map_err(|e| Error::io("flush", "output", e))?;
         Ok(n)

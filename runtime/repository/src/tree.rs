@@ -4,7 +4,7 @@ use crate::chunker::Chunking;
 use crate::error::{Error, Result};
 use crate::format::{self, Content, Node, NodeKind, SnapshotInfo, SnapshotKind};
 use crate::pipeline::{INPUT_BLOCK, Input, Pool};
-use crate::repo::{BackupOptions, Repository, RestoreSummary};
+use crate::repo::{BackupOptions, Repository, RestoreOptions, RestoreSummary};
 use bytes::Bytes;
 use futures::StreamExt;
 use serde::Serialize;
@@ -281,6 +281,18 @@ impl Repository {
         target: impl AsRef<Path>,
         include: &[String],
     ) -> Result<RestoreSummary> {
+        self.restore_paths_with(info, target, include, &RestoreOptions::new())
+            .await
+    }
+
+    /// [`Repository::restore_paths_of`] with options (a progress counter).
+    pub async fn restore_paths_with(
+        &self,
+        info: &SnapshotInfo,
+        target: impl AsRef<Path>,
+        include: &[String],
+        opts: &RestoreOptions,
+    ) -> Result<RestoreSummary> {
         // Only the selected files' chunk lists are read.
         let content = self
             .restore_content_of(info, |c| match c {
@@ -323,6 +335,7 @@ impl Repository {
         while let Some(item) = stream.next().await {
             match item {
                 Ok(v) => {
+                    opts.advance(v.iter().map(Bytes::len).sum());
                     if tx.send(v).await.is_err() {
                         break;
                     }

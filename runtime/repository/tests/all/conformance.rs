@@ -2,7 +2,7 @@
 
 use crate::support::*;
 use cairn_repository::{
-    BackupOptions, Location, Repository, Retention, SnapshotFilter, SnapshotKind,
+    BackupOptions, Location, Repository, RestoreOptions, Retention, SnapshotFilter, SnapshotKind,
 };
 use tokio::io::AsyncWriteExt;
 
@@ -122,6 +122,39 @@ async fn azure() {
         return;
     };
     timed(suite(server.location())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restores_count_their_progress() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    make_tree(&src, 7);
+    let repo = Repository::init(memory_url().as_str(), &pass("p"), Default::default())
+        .await
+        .unwrap();
+    let tree = repo.backup_tree(&src, Default::default()).await.unwrap();
+    let stream = repo
+        .backup_stream("s", &noise(3_000_000, 8)[..], Default::default())
+        .await
+        .unwrap();
+    let counted = Arc::new(AtomicU64::new(0));
+    let opts = RestoreOptions::new().progress(counted.clone());
+    let r = repo
+        .restore_paths_with(&tree, d.path().join("dst"), &[], &opts)
+        .await
+        .unwrap();
+    assert!(r.bytes > 5_000_000);
+    assert_eq!(counted.load(Ordering::Relaxed), r.bytes);
+    counted.store(0, Ordering::Relaxed);
+    let mut out = Vec::new();
+    let n = repo
+        .restore_stream_with(&stream, &mut out, &opts)
+        .await
+        .unwrap();
+    assert_eq!((n, counted.load(Ordering::Relaxed)), (3_000_000, 3_000_000));
+    assert!(out == noise(3_000_000, 8));
 }
 
 /// The engine pipes a command's stdout into the writer from any task, and hands the reader to
