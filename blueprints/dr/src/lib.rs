@@ -396,6 +396,7 @@ fn policy(ctx: &Context) -> Result<retention::Policy> {
             weekly: weekly?,
             monthly: monthly?,
             yearly: yearly?,
+            within: 0,
         },
         max_chain: ctx.param::<u32>("max-chain")?,
     })

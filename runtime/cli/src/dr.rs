@@ -1216,6 +1216,8 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                     weekly: keep_weekly,
                     monthly: keep_monthly,
                     yearly: keep_yearly,
+                    // DR points take the count and calendar rules (no --keep-within here).
+                    within: 0,
                 },
                 max_chain,
             };

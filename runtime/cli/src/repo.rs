@@ -142,6 +142,9 @@ enum RepoCommand {
         keep_monthly: u32,
         #[arg(long, default_value_t = 0)]
         keep_yearly: u32,
+        /// Keep every snapshot made within this long of the newest one, e.g. "7d".
+        #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+        keep_within: Option<Duration>,
         #[command(flatten)]
         filter: FilterArgs,
         /// Show what would be removed.
@@ -876,6 +879,7 @@ async fn run_inner(args: &RepoArgs) -> anyhow::Result<ExitCode> {
             keep_weekly,
             keep_monthly,
             keep_yearly,
+            keep_within,
             filter,
             dry_run,
             prune,
@@ -886,7 +890,8 @@ async fn run_inner(args: &RepoArgs) -> anyhow::Result<ExitCode> {
                 .daily(*keep_daily)
                 .weekly(*keep_weekly)
                 .monthly(*keep_monthly)
-                .yearly(*keep_yearly);
+                .yearly(*keep_yearly)
+                .within(keep_within.map_or(0, |d| d.as_secs()));
             if policy.is_empty() {
                 return Err(usage("forget: give at least one --keep-* rule"));
             }

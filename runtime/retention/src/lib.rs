@@ -4,7 +4,8 @@
 //!
 //! A rule keeps the newest item of each of the last N periods that have items: hours, days,
 //! ISO weeks (Monday to Sunday), months and years, in UTC; `last` keeps the newest N items
-//! whatever their age. An item kept by any rule is kept.
+//! whatever their age, and `within` every item made within that many seconds of the newest
+//! (so a pause in backups does not age everything out). An item kept by any rule is kept.
 //!
 //! ```
 //! use cairn_retention::Retention;
@@ -39,6 +40,8 @@ pub struct Retention {
     pub monthly: u32,
     /// ... years.
     pub yearly: u32,
+    /// Every item at most this many seconds older than the newest item.
+    pub within: u64,
 }
 
 impl Retention {
@@ -89,20 +92,34 @@ impl Retention {
         self
     }
 
+    /// Sets keep-within, in seconds.
+    #[must_use]
+    pub fn within(mut self, secs: u64) -> Self {
+        self.within = secs;
+        self
+    }
+
     /// Whether no rule is set (applied, it would keep nothing).
     pub fn is_empty(&self) -> bool {
         *self == Self::default()
     }
 
     /// For each of `times` (unix seconds, in any order), the names of the rules that keep it,
-    /// in the order `last`, `hourly`, `daily`, `weekly`, `monthly`, `yearly`; empty when none
-    /// does. Of items with the same time, the later in `times` counts as the newer.
+    /// in the order `last`, `within`, `hourly`, `daily`, `weekly`, `monthly`, `yearly`; empty
+    /// when none does. Of items with the same time, the later in `times` counts as the newer.
     pub fn keep(&self, times: &[i64]) -> Vec<Vec<&'static str>> {
         let mut order: Vec<usize> = (0..times.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse((times[i], i)));
         let mut keep = vec![Vec::new(); times.len()];
         for &i in order.iter().take(self.last as usize) {
             keep[i].push("last");
+        }
+        if let (Some(&newest), true) = (order.first(), self.within > 0) {
+            let since =
+                times[newest].saturating_sub(i64::try_from(self.within).unwrap_or(i64::MAX));
+            for &i in order.iter().take_while(|&&i| times[i] >= since) {
+                keep[i].push("within");
+            }
         }
         let periods = [
             ("hourly", self.hourly),
@@ -185,6 +202,21 @@ mod tests {
         let [h0, d0, _, m0, y0] = periods_of(new_year - 1);
         let [h1, d1, _, m1, y1] = periods_of(new_year);
         assert!(h0 != h1 && d0 != d1 && m0 != m1 && y0 != y1);
+    }
+
+    #[test]
+    fn within_keeps_everything_close_to_the_newest() {
+        // Daily items for ten days, then a pause of thirty: the last three days' items are
+        // kept, measured from the newest item rather than from now.
+        let times: Vec<i64> = (0..10).map(|d| T + d * DAY).collect();
+        let keep = Retention::new().within(2 * DAY as u64).keep(&times);
+        assert_eq!(kept(&keep), [7, 8, 9]);
+        assert_eq!(keep[9], ["within"]);
+        let keep = Retention::new().last(1).within(1).daily(1).keep(&times);
+        assert_eq!(keep[9], ["last", "within", "daily"]);
+        assert_eq!(kept(&keep), [9]);
+        assert!(Retention::new().within(DAY as u64).keep(&[]).is_empty());
+        assert!(!Retention::new().within(1).is_empty());
     }
 
     #[test]

@@ -335,6 +335,23 @@ fn diff_shows_what_changed_between_two_tree_snapshots() {
     assert_eq!(report["summary"]["modified"], 1, "{report}");
     assert_eq!(report["changes"][0]["size_after"], 4 * 8192, "{report}");
 
+    // Both snapshots were made within the hour: --keep-within keeps them, naming the rule.
+    let out = run(&[
+        "repo",
+        "forget",
+        "--keep-within",
+        "1h",
+        "--dry-run",
+        "--output",
+        "json",
+    ]);
+    let report = json(&out)["forget"].clone();
+    assert!(
+        report["removed"] == serde_json::json!([])
+            && report["kept"][&first] == serde_json::json!(["within"]),
+        "{report}"
+    );
+
     let out = run(&["repo", "stats"]);
     assert!(
         stdout(&out).starts_with("snapshots  2 holding ") && stdout(&out).contains("deduplication"),
