@@ -576,6 +576,8 @@ fn describe(s: &SnapshotInfo) -> String {
         s.summary.bytes,
         s.tags.join(",")
     )
+    .trim_end()
+    .to_string()
 }
 
 async fn run_inner(args: &RepoArgs) -> anyhow::Result<ExitCode> {
@@ -663,7 +665,19 @@ async fn run_inner(args: &RepoArgs) -> anyhow::Result<ExitCode> {
         RepoCommand::Snapshots { filter } => {
             let list = repo.snapshots(&filter.filter()?).await?;
             args.print(
-                || list.iter().map(describe).collect::<Vec<_>>().join("\n"),
+                || {
+                    if list.is_empty() {
+                        return "no snapshots".into();
+                    }
+                    let header = format!(
+                        "{:<8}  {:<19}  {:<6} {:<40} {:>12}  tags",
+                        "id", "time (UTC)", "type", "source", "bytes"
+                    );
+                    std::iter::once(header)
+                        .chain(list.iter().map(describe))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                },
                 serde_json::to_value(&list).context("encoding snapshots")?,
             );
         }

@@ -335,6 +335,13 @@ fn diff_shows_what_changed_between_two_tree_snapshots() {
     assert_eq!(report["summary"]["modified"], 1, "{report}");
     assert_eq!(report["changes"][0]["size_after"], 4 * 8192, "{report}");
 
+    let listed = stdout(&run(&["repo", "snapshots"]));
+    let lines: Vec<&str> = listed.lines().collect();
+    assert!(
+        lines.len() == 3 && lines[0].starts_with("id ") && lines[1].starts_with(&first[..8]),
+        "{listed}"
+    );
+
     // Both snapshots were made within the hour: --keep-within keeps them, naming the rule.
     let out = run(&[
         "repo",
