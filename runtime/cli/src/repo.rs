@@ -81,6 +81,11 @@ enum RepoCommand {
         /// zstd level (default 1; negative is faster, higher compresses more).
         #[arg(long, allow_hyphen_values = true)]
         zstd_level: Option<i32>,
+        /// Leave out what this glob matches; repeatable. Without `/` it matches a name at
+        /// any depth (`*.tmp`); with `/`, the path from the directory (`/postmaster.pid`,
+        /// `pg_wal/**` for what pg_wal holds). `*` and `?` stay within a name, `**` crosses.
+        #[arg(long, value_name = "PATTERN")]
+        exclude: Vec<String>,
     },
     /// List snapshots.
     Snapshots {
@@ -619,11 +624,15 @@ async fn run_inner(args: &RepoArgs) -> anyhow::Result<ExitCode> {
             stdin_name,
             tag,
             zstd_level,
+            exclude,
         } => {
             let counter = Arc::new(AtomicU64::new(0));
             let mut opts = BackupOptions::new().progress(counter.clone());
             for t in tag {
                 opts = opts.tag(t);
+            }
+            for x in exclude {
+                opts = opts.exclude(x);
             }
             if let Some(l) = zstd_level {
                 opts = opts.zstd_level(*l);
@@ -632,6 +641,11 @@ async fn run_inner(args: &RepoArgs) -> anyhow::Result<ExitCode> {
                 let name = stdin_name.clone().ok_or_else(|| {
                     usage("backup -: give the stream a name with --stdin-name NAME")
                 })?;
+                if !exclude.is_empty() {
+                    return Err(usage(
+                        "--exclude selects paths of a directory, not a stream",
+                    ));
+                }
                 let shown = watch(progress_bar(None), counter);
                 (
                     repo.backup_stream(&name, tokio::io::stdin(), opts).await,
@@ -642,7 +656,9 @@ async fn run_inner(args: &RepoArgs) -> anyhow::Result<ExitCode> {
                     return Err(usage("--stdin-name only applies to `backup -`"));
                 }
                 let path = PathBuf::from(source);
-                let shown = watch(progress_bar(Some(dir_bytes(&path))), counter);
+                // With excludes, the directory's size overstates what is read.
+                let total = exclude.is_empty().then(|| dir_bytes(&path));
+                let shown = watch(progress_bar(total), counter);
                 (repo.backup_tree(&path, opts).await, shown)
             };
             finish_bar(shown);

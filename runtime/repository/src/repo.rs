@@ -65,6 +65,8 @@ pub struct BackupOptions {
     pub threads: usize,
     /// Bytes read so far, updated as the backup runs (for progress bars).
     pub progress: Option<Arc<AtomicU64>>,
+    /// Glob patterns of paths a tree backup leaves out (see [`BackupOptions::exclude`]).
+    pub exclude: Vec<String>,
 }
 
 impl Default for BackupOptions {
@@ -78,6 +80,7 @@ impl Default for BackupOptions {
                 .map(|n| n.get())
                 .unwrap_or(2),
             progress: None,
+            exclude: Vec::new(),
         }
     }
 }
@@ -110,6 +113,15 @@ impl BackupOptions {
     /// Sets the progress counter.
     pub fn progress(mut self, p: Arc<AtomicU64>) -> Self {
         self.progress = Some(p);
+        self
+    }
+    /// Leaves out of a tree backup what `pattern` matches (and, for a directory, all under
+    /// it). `*` and `?` match within one path component, `**` any number of components. A
+    /// pattern without `/` matches a name at any depth (`*.tmp`, `lost+found`); one with `/`
+    /// matches the path from the tree's root (`/postmaster.pid`; `pg_wal/**`, what the
+    /// directory holds but not the directory).
+    pub fn exclude(mut self, pattern: impl Into<String>) -> Self {
+        self.exclude.push(pattern.into());
         self
     }
 }

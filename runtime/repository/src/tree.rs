@@ -53,8 +53,84 @@ fn rel_name(rel: &Path) -> (String, Option<String>) {
     (s, None)
 }
 
-/// Walks `root` depth-first, sorted by name, not following symlinks.
-fn walk(root: &Path) -> Result<Vec<(PathBuf, Node)>> {
+/// A pattern of [`BackupOptions::exclude`], split into path components.
+struct Exclude {
+    parts: Vec<Vec<char>>,
+    /// Matched against the whole path from the root, not only the name.
+    anchored: bool,
+}
+
+impl Exclude {
+    fn parse(pattern: &str) -> Result<Self> {
+        let anchored = pattern.trim_end_matches('/').contains('/');
+        let parts: Vec<Vec<char>> = pattern
+            .split('/')
+            .filter(|p| !p.is_empty())
+            .map(|p| p.chars().collect())
+            .collect();
+        if parts.is_empty() {
+            return Err(Error::Invalid(format!(
+                "exclude pattern {pattern:?} matches nothing; give a name or a path, e.g. \
+                 `*.tmp` or `pg_wal/**`"
+            )));
+        }
+        Ok(Self { parts, anchored })
+    }
+
+    /// Whether the entry at `path` (components from the root) is left out.
+    fn matches(&self, path: &[&str]) -> bool {
+        if self.anchored {
+            parts_match(&self.parts, path)
+        } else {
+            path.last()
+                .is_some_and(|name| parts_match(&self.parts, &[name]))
+        }
+    }
+}
+
+/// Whether pattern components `p` match path components `t`; `**` matches any number, and
+/// at the end at least one (`pg_wal/**` leaves out what the directory holds, not the
+/// directory itself).
+fn parts_match(p: &[Vec<char>], t: &[&str]) -> bool {
+    match p.split_first() {
+        None => t.is_empty(),
+        Some((first, rest)) if first.as_slice() == ['*', '*'] => {
+            let least = usize::from(rest.is_empty());
+            (least..=t.len()).any(|k| parts_match(rest, &t[k..]))
+        }
+        Some((first, rest)) => t
+            .split_first()
+            .is_some_and(|(name, more)| wildcard(first, name) && parts_match(rest, more)),
+    }
+}
+
+/// Whether `name` matches `p`, where `*` is any run of characters and `?` any one.
+fn wildcard(p: &[char], name: &str) -> bool {
+    let t: Vec<char> = name.chars().collect();
+    let (mut pi, mut ti) = (0, 0);
+    // The last `*` seen and where in `t` its match ends so far, to backtrack to.
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if let Some((s, m)) = star {
+            star = Some((s, m + 1));
+            pi = s + 1;
+            ti = m + 1;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+/// Walks `root` depth-first, sorted by name, not following symlinks, leaving out what
+/// `exclude` matches.
+fn walk(root: &Path, exclude: &[Exclude]) -> Result<Vec<(PathBuf, Node)>> {
     let mut out = Vec::new();
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
@@ -71,6 +147,12 @@ fn walk(root: &Path) -> Result<Vec<(PathBuf, Node)>> {
                 std::fs::symlink_metadata(&path).map_err(|err| Error::io("stat", &path, err))?;
             let r = rel.join(e.file_name());
             let (name, raw) = rel_name(&r);
+            if !exclude.is_empty() {
+                let parts: Vec<&str> = name.split('/').collect();
+                if exclude.iter().any(|x| x.matches(&parts)) {
+                    continue;
+                }
+            }
             let ft = m.file_type();
             let (kind, target, size) = if ft.is_dir() {
                 subdirs.push(r.clone());
@@ -194,8 +276,13 @@ impl Repository {
             )));
         }
         let time = jiff::Timestamp::now();
+        let exclude = opts
+            .exclude
+            .iter()
+            .map(|p| Exclude::parse(p))
+            .collect::<Result<Vec<_>>>()?;
         let walk_root = root.clone();
-        let mut nodes = tokio::task::spawn_blocking(move || walk(&walk_root))
+        let mut nodes = tokio::task::spawn_blocking(move || walk(&walk_root, &exclude))
             .await
             .map_err(|e| Error::Invalid(format!("walk task failed: {e}")))??;
         let tags = opts.tags.clone();
@@ -643,4 +730,37 @@ fn write_run(f: &mut std::fs::File, path: &Path, run: &mut Vec<Bytes>) -> Result
     }
     run.clear();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn excluded(pattern: &str, path: &str) -> bool {
+        let parts: Vec<&str> = path.split('/').collect();
+        Exclude::parse(pattern).expect("pattern").matches(&parts)
+    }
+
+    #[test]
+    fn exclude_patterns() {
+        // No `/`: a name at any depth.
+        assert!(excluded("*.tmp", "a.tmp") && excluded("*.tmp", "x/y/a.tmp"));
+        assert!(!excluded("*.tmp", "a.tmpl") && !excluded("*.tmp", "tmp"));
+        assert!(excluded("lost+found", "lost+found") && excluded("?.log", "d/a.log"));
+        assert!(!excluded("?.log", "ab.log"));
+        assert!(excluded("a*b*c", "aXbYbc") && !excluded("a*b*c", "aXbYc_"));
+        // With `/`: from the root; `*` stays within a component, `**` crosses them.
+        assert!(excluded("pg_wal/**", "pg_wal/0001") && excluded("pg_wal/**", "pg_wal/a/b"));
+        assert!(
+            !excluded("pg_wal/**", "pg_wal"),
+            "the directory itself stays"
+        );
+        assert!(!excluded("pg_wal/**", "base/pg_wal/1"));
+        assert!(excluded("/postmaster.pid", "postmaster.pid"));
+        assert!(!excluded("/postmaster.pid", "sub/postmaster.pid"));
+        assert!(excluded("data/*.db", "data/x.db") && !excluded("data/*.db", "data/s/x.db"));
+        assert!(excluded("**/cache", "a/b/cache") && excluded("**/cache", "cache"));
+        assert!(excluded("naïve?", "naïveX"));
+        assert!(Exclude::parse("/").is_err() && Exclude::parse("").is_err());
+    }
 }

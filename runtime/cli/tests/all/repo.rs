@@ -373,3 +373,63 @@ fn diff_shows_what_changed_between_two_tree_snapshots() {
         "{stats}"
     );
 }
+
+#[test]
+fn backup_exclude_leaves_out_what_the_patterns_match() {
+    let repo = LocalRepo::new();
+    let (dir, run) = (&repo.dir, |args: &[&str]| repo.ok(args));
+    run(&["repo", "init"]);
+    let data = dir.path().join("data");
+    for d in ["pg_wal", "base/1", "base/pg_wal"] {
+        std::fs::create_dir_all(data.join(d)).expect("dirs");
+    }
+    for f in [
+        "postmaster.pid",
+        "PG_VERSION",
+        "pg_wal/000000010000000000000001",
+        "base/1/16384",
+        "base/1/16384.tmp",
+        "base/pg_wal/keep",
+    ] {
+        std::fs::write(data.join(f), f).expect("file");
+    }
+    let data = data.to_str().expect("utf-8");
+    run(&[
+        "repo",
+        "backup",
+        data,
+        "--exclude",
+        "/postmaster.pid",
+        "--exclude",
+        "pg_wal/**",
+        "--exclude",
+        "*.tmp",
+    ]);
+    let listed = stdout(&run(&["repo", "ls", "latest", "--output", "json"]));
+    let mut paths: Vec<String> = serde_json::from_str::<serde_json::Value>(&listed)
+        .expect("json")
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| e["path"].as_str().expect("path").to_string())
+        .collect();
+    paths.sort();
+    assert_eq!(
+        paths,
+        [
+            "PG_VERSION",
+            "base",
+            "base/1",
+            "base/1/16384",
+            "base/pg_wal",
+            "base/pg_wal/keep",
+            "pg_wal"
+        ],
+        "pg_wal stays, empty; only the root's postmaster.pid and pg_wal are anchored"
+    );
+    let out = repo.run(&["repo", "backup", "-", "--stdin-name", "s", "--exclude", "x"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let out = repo.run(&["repo", "backup", data, "--exclude", "/"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("matches nothing"), "{}", stderr(&out));
+}
