@@ -1014,7 +1014,8 @@ async fn run_inner(args: &RepoArgs) -> anyhow::Result<ExitCode> {
                                 (true, None) => "removed".into(),
                                 (false, _) => "held".into(),
                             };
-                            let id = &l.id[..l.id.len().min(8)];
+                            // A foreign object's name may be anything: cut by characters.
+                            let id: String = l.id.chars().take(8).collect();
                             match l.time {
                                 Some(time) => format!(
                                     "{id} {} {} lock of {} (pid {}) since {time}: {state}",
