@@ -119,6 +119,21 @@ enum RepoCommand {
         /// The later snapshot: id, unique prefix, or `latest`.
         to: String,
     },
+    /// Copy snapshots into another repository (an offsite copy), keeping their time, host,
+    /// tags and source. Snapshots copied there before are skipped, so it can follow every
+    /// backup; the destination is read with its own key and must exist (`cairn repo init`).
+    Copy {
+        /// Snapshots to copy: ids, unique prefixes or `latest`. Without any, every snapshot
+        /// the filters select (all, without filters).
+        ids: Vec<String>,
+        #[command(flatten)]
+        filter: FilterArgs,
+        #[command(flatten)]
+        to: CopyTarget,
+        /// zstd level for what the destination stores (default 1).
+        #[arg(long, allow_hyphen_values = true)]
+        zstd_level: Option<i32>,
+    },
     /// What the repository holds and what it costs: snapshots, distinct data, stored bytes,
     /// and the deduplication and compression between them.
     Stats,
@@ -212,6 +227,11 @@ struct FilterArgs {
 }
 
 impl FilterArgs {
+    /// Whether any filter was given.
+    fn given(&self) -> bool {
+        !self.tag.is_empty() || self.path.is_some() || self.since.is_some() || self.until.is_some()
+    }
+
     fn filter(&self) -> anyhow::Result<SnapshotFilter> {
         let mut f = SnapshotFilter::new();
         for t in &self.tag {
@@ -312,6 +332,53 @@ pub(crate) struct RepoSelect {
     profile_file: Option<PathBuf>,
 }
 
+/// The repository `cairn repo copy` writes to: the same settings as the source's, prefixed
+/// `--to`.
+#[derive(Debug, clap::Args)]
+struct CopyTarget {
+    /// The repository to copy into: a path, or a file://, s3://, az:// or gs:// URL.
+    #[arg(long, env = "CAIRN_TO_REPO", value_name = "URL")]
+    to: Option<String>,
+    /// A backend option of the destination, KEY=VALUE; repeatable.
+    #[arg(long = "to-option", value_name = "KEY=VALUE")]
+    to_options: Vec<String>,
+    /// A repository profile file for the destination (`repo:` and `options:`).
+    #[arg(long, env = "CAIRN_TO_REPO_PROFILE", value_name = "FILE")]
+    to_profile_file: Option<PathBuf>,
+    /// Read the destination's passphrase from this file (else from CAIRN_TO_PASSPHRASE).
+    #[arg(long, value_name = "FILE")]
+    to_passphrase_file: Option<PathBuf>,
+    /// Use a key file for the destination instead of a passphrase.
+    #[arg(long, value_name = "FILE", conflicts_with = "to_passphrase_file")]
+    to_key_file: Option<PathBuf>,
+}
+
+impl CopyTarget {
+    async fn open(&self) -> anyhow::Result<Repository> {
+        let select = RepoSelect {
+            repo: self.to.clone(),
+            passphrase_file: self.to_passphrase_file.clone(),
+            key_file: self.to_key_file.clone(),
+            options: self.to_options.clone(),
+            profile_file: self.to_profile_file.clone(),
+        };
+        if !select.names_a_repository() {
+            return Err(usage(
+                "copy: name the destination with --to URL, CAIRN_TO_REPO or --to-profile-file",
+            ));
+        }
+        let loc = select.location()?;
+        let key = select.key_from(
+            "CAIRN_TO_PASSPHRASE",
+            "--to-passphrase-file or --to-key-file",
+        )?;
+        let url = loc.url().to_owned();
+        Repository::open(loc, key.as_ref())
+            .await
+            .with_context(|| format!("the destination {url}"))
+    }
+}
+
 /// A repository profile file: where a repository is and how to reach it, kept out of the
 /// command line (and out of shell history) because it holds credentials.
 ///
@@ -385,17 +452,21 @@ impl RepoSelect {
     }
 
     pub(crate) fn key(&self) -> anyhow::Result<Box<dyn KeyProvider>> {
+        self.key_from("CAIRN_PASSPHRASE", "--passphrase-file or --key-file")
+    }
+
+    /// The key from the key file or passphrase file given, else the passphrase in `env`;
+    /// `flags` names the options that give them.
+    fn key_from(&self, env: &str, flags: &str) -> anyhow::Result<Box<dyn KeyProvider>> {
         if let Some(f) = &self.key_file {
             return Ok(Box::new(KeyFile::load(f)?));
         }
         if let Some(f) = &self.passphrase_file {
             return Ok(Box::new(Passphrase::from_file(f)?));
         }
-        match Passphrase::from_env("CAIRN_PASSPHRASE") {
+        match Passphrase::from_env(env) {
             Ok(p) => Ok(Box::new(p)),
-            Err(_) => Err(usage(
-                "no key: set CAIRN_PASSPHRASE, or give --passphrase-file or --key-file",
-            )),
+            Err(_) => Err(usage(format!("no key: set {env}, or give {flags}"))),
         }
     }
 }
@@ -546,6 +617,19 @@ fn restore_progress(
     let counter = Arc::new(AtomicU64::new(0));
     let shown = watch(progress_bar((total > 0).then_some(total)), counter.clone());
     (RestoreOptions::new().progress(counter), shown)
+}
+
+/// One line of `copy`'s report: the copy's id and what it added to the destination.
+fn copied_line(from: &SnapshotInfo, to: &SnapshotInfo) -> String {
+    let s = &to.summary;
+    format!(
+        "copied {} as {}: {} bytes, {} new ({} stored)",
+        from.short_id(),
+        to.short_id(),
+        s.bytes,
+        s.new_bytes,
+        s.stored_bytes
+    )
 }
 
 fn dir_bytes(p: &std::path::Path) -> u64 {
@@ -768,6 +852,83 @@ async fn run_inner(args: &RepoArgs) -> anyhow::Result<ExitCode> {
                     lines.join("\n")
                 },
                 json!({ "from": from.id, "to": to.id, "changes": changes, "summary": summary }),
+            );
+        }
+        RepoCommand::Copy {
+            ids,
+            filter,
+            to,
+            zstd_level,
+        } => {
+            if !ids.is_empty() && filter.given() {
+                return Err(usage(
+                    "copy: give snapshot ids or filters (--tag, --path, --since, --until), not both",
+                ));
+            }
+            let dest = to.open().await?;
+            let mut chosen = if ids.is_empty() {
+                repo.snapshots(&filter.filter()?).await?
+            } else {
+                let mut v = Vec::with_capacity(ids.len());
+                for id in ids {
+                    v.push(repo.snapshot(id).await?);
+                }
+                v
+            };
+            // Oldest first, each once, so the copies are written in the order of the originals.
+            chosen.sort_by(|a, b| a.time.cmp(&b.time).then_with(|| a.id.cmp(&b.id)));
+            chosen.dedup_by(|a, b| a.id == b.id);
+            // What the destination holds already: its snapshots and what they are copies of.
+            let there: std::collections::HashMap<String, String> = dest
+                .snapshots(&SnapshotFilter::new())
+                .await?
+                .into_iter()
+                .map(|s| (s.original_id().to_owned(), s.id))
+                .collect();
+            let (skip, copy): (Vec<_>, Vec<_>) = chosen
+                .into_iter()
+                .partition(|s| there.contains_key(s.original_id()));
+            let counter = Arc::new(AtomicU64::new(0));
+            let mut opts = BackupOptions::new().progress(counter.clone());
+            if let Some(l) = zstd_level {
+                opts = opts.zstd_level(*l);
+            }
+            let text = args.output == Output::Text;
+            let skipped: Vec<_> = skip
+                .iter()
+                .map(|s| {
+                    let id = &there[s.original_id()];
+                    if text {
+                        println!("skipped {}: already there as {}", s.short_id(), &id[..8]);
+                    }
+                    json!({ "from": s.id, "to": id })
+                })
+                .collect();
+            let total = copy.iter().map(|s| s.summary.bytes).sum();
+            let shown = watch(progress_bar(Some(total)), counter);
+            let mut copied = Vec::with_capacity(copy.len());
+            for s in &copy {
+                let c = match dest.copy_snapshot(&repo, s, &opts).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        finish_bar(shown);
+                        return Err(anyhow::Error::new(e)
+                            .context(format!("copying snapshot {}", s.short_id())));
+                    }
+                };
+                if text {
+                    let line = copied_line(s, &c);
+                    match &shown {
+                        Some((bar, _)) => bar.suspend(|| println!("{line}")),
+                        None => println!("{line}"),
+                    }
+                }
+                copied.push(json!({ "from": s.id, "to": c.id, "summary": c.summary }));
+            }
+            finish_bar(shown);
+            args.print(
+                || format!("copied {}, skipped {}", copied.len(), skipped.len()),
+                json!({ "copied": copied, "skipped": skipped }),
             );
         }
         RepoCommand::Stats => {

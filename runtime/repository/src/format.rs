@@ -365,12 +365,20 @@ pub struct SnapshotInfo {
     pub summary: BackupSummary,
     /// The content object (tree or chunk list).
     pub(crate) content: String,
+    /// For a copy (`cairn repo copy`), the id of the snapshot first copied: the same for a
+    /// copy of a copy, so copying again finds what is already there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original: Option<String>,
 }
 
 impl SnapshotInfo {
     /// The first 8 characters of the id, as shown in listings.
     pub fn short_id(&self) -> &str {
         &self.id[..8.min(self.id.len())]
+    }
+    /// The id of the snapshot this one is, or is a copy of.
+    pub fn original_id(&self) -> &str {
+        self.original.as_deref().unwrap_or(&self.id)
     }
     /// The path or stream name, for grouping and filtering.
     pub fn source(&self) -> &str {
@@ -512,6 +520,50 @@ impl Content {
                 .flat_map(|n| n.lists.0.iter().chain(&n.chunks.0).copied())
                 .collect(),
         }
+    }
+
+    /// Sets the chunks, lists and sizes of the files a backup pipeline cut (a tree's file
+    /// nodes in order, or the stream) and returns the backup's counters.
+    pub(crate) fn fill(
+        &mut self,
+        cut: crate::pipeline::ChunkerOut,
+        stored_bytes: u64,
+    ) -> BackupSummary {
+        let mut summary = BackupSummary {
+            chunks: cut.chunks,
+            new_chunks: cut.new_chunks,
+            new_bytes: cut.new_bytes,
+            bytes: cut.bytes,
+            stored_bytes,
+            ..Default::default()
+        };
+        let mut files = cut.files.into_iter();
+        let mut next = |size: &mut u64, chunks: &mut ChunkList, lists: &mut ChunkList| {
+            let file = files.next().unwrap_or_default();
+            *size = file.size;
+            *chunks = ChunkList(file.chunks);
+            *lists = ChunkList(file.lists);
+            summary.files += 1;
+        };
+        match self {
+            Content::Stream {
+                size,
+                chunks,
+                lists,
+            } => next(size, chunks, lists),
+            Content::Tree { nodes } => {
+                let mut dirs = 0;
+                for n in nodes {
+                    match n.kind {
+                        NodeKind::File => next(&mut n.size, &mut n.chunks, &mut n.lists),
+                        NodeKind::Dir => dirs += 1,
+                        NodeKind::Symlink => {}
+                    }
+                }
+                summary.dirs = dirs;
+            }
+        }
+        summary
     }
 
     /// Each file's (or the stream's) list chunk ids and the chunk list they hold.

@@ -27,6 +27,7 @@
 
 mod backend;
 mod chunker;
+mod copy;
 mod crypto;
 mod error;
 mod format;

@@ -61,6 +61,13 @@ pub(crate) enum Input {
     /// A chunk read back from the repository with its (checked) id, stored as it is: prune
     /// repacking the live chunks of mostly unused packs.
     Chunk(ChunkId, Bytes),
+    /// The next chunks of the current file, already cut (by the repository a snapshot is
+    /// copied from): named with this repository's key, not cut again, so the copy keeps the
+    /// original's chunk boundaries and deduplicates as it did.
+    Cut(Vec<Bytes>),
+    /// The next chunks of the current file, which the repository holds already under these
+    /// ids (the same chunks of an earlier copy): recorded without their data.
+    Known(Vec<ChunkId>),
 }
 
 struct Frame {
@@ -317,11 +324,25 @@ impl<'a> ChunkState<'a> {
         }
     }
 
+    /// Counts `n` bytes of input to the current file.
+    fn take_in(&mut self, n: usize, cfg: &PipelineConfig) {
+        self.out.bytes += n as u64;
+        self.current.size += n as u64;
+        if let Some(p) = &cfg.progress {
+            p.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+
     fn chunk(&mut self, c: &[u8], index: &Index) {
         let id = self.keys.chunk_id(c);
+        self.store(id, c, index);
+        self.record(id, index);
+    }
+
+    /// Adds chunk `id` to the current file's list.
+    fn record(&mut self, id: ChunkId, index: &Index) {
         self.current.chunks.push(id);
         self.out.chunks += 1;
-        self.store(id, c, index);
         if self.current.chunks.len() >= self.list_ids {
             self.spill(index);
         }
@@ -411,13 +432,24 @@ fn chunker_loop(
         let idx = index.read().map_err(|_| poisoned())?;
         match msg {
             Input::Data(d) => {
-                st.out.bytes += d.len() as u64;
-                st.current.size += d.len() as u64;
+                st.take_in(d.len(), cfg);
                 chunker.push(&d, &mut |c| st.chunk(c, &idx));
-                if let Some(p) = &cfg.progress {
-                    p.fetch_add(d.len() as u64, Ordering::Relaxed);
-                }
                 blocks.put(d);
+            }
+            Input::Cut(run) => {
+                for c in run {
+                    st.take_in(c.len(), cfg);
+                    st.chunk(&c, &idx);
+                }
+            }
+            Input::Known(ids) => {
+                for id in ids {
+                    let len = idx.get(&id).map(|l| l.len).ok_or_else(|| {
+                        Error::Invalid(format!("chunk {id} is not in the repository's index"))
+                    })?;
+                    st.take_in(len as usize, cfg);
+                    st.record(id, &idx);
+                }
             }
             Input::EndFile => {
                 chunker.finish(&mut |c| st.chunk(c, &idx));

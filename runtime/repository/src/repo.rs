@@ -623,6 +623,7 @@ impl Repository {
         content: Content,
         mut summary: format::BackupSummary,
         time: jiff::Timestamp,
+        copy_of: Option<&SnapshotInfo>,
     ) -> Result<SnapshotInfo> {
         let keys = &self.inner.keys;
         let content_id = format::new_id();
@@ -636,11 +637,12 @@ impl Repository {
         let info = SnapshotInfo {
             id: format::new_id(),
             time,
-            hostname: crate::lock::hostname(),
+            hostname: copy_of.map_or_else(crate::lock::hostname, |o| o.hostname.clone()),
             tags,
             kind,
             summary,
             content: content_id,
+            original: copy_of.map(|o| o.original_id().to_owned()),
         };
         let plain = serde_json::to_vec(&info).map_err(|e| Error::Invalid(e.to_string()))?;
         let sealed = format::seal_object(keys, "snapshot", &info.id, &plain);

@@ -122,22 +122,12 @@ impl SnapshotWriter {
         let result = pipeline.finish().await;
         let r = match result {
             Ok((c, p)) => {
-                let file = c.files.into_iter().next().unwrap_or_default();
-                let size = file.size;
-                let summary = format::BackupSummary {
-                    files: 1,
-                    dirs: 0,
-                    bytes: size,
-                    chunks: c.chunks,
-                    new_chunks: c.new_chunks,
-                    new_bytes: c.new_bytes,
-                    stored_bytes: p.stored_bytes,
+                let mut content = Content::Stream {
+                    size: 0,
+                    chunks: format::ChunkList::default(),
+                    lists: format::ChunkList::default(),
                 };
-                let content = Content::Stream {
-                    size,
-                    chunks: format::ChunkList(file.chunks),
-                    lists: format::ChunkList(file.lists),
-                };
+                let summary = content.fill(c, p.stored_bytes);
                 let kind = SnapshotKind::Stream {
                     name: self.name.clone(),
                 };
@@ -148,6 +138,7 @@ impl SnapshotWriter {
                         content,
                         summary,
                         self.time,
+                        None,
                     )
                     .await
             }

@@ -282,7 +282,7 @@ impl Repository {
             .map(|p| Exclude::parse(p))
             .collect::<Result<Vec<_>>>()?;
         let walk_root = root.clone();
-        let mut nodes = tokio::task::spawn_blocking(move || walk(&walk_root, &exclude))
+        let nodes = tokio::task::spawn_blocking(move || walk(&walk_root, &exclude))
             .await
             .map_err(|e| Error::Invalid(format!("walk task failed: {e}")))??;
         let tags = opts.tags.clone();
@@ -304,35 +304,14 @@ impl Repository {
             // The pipeline's error is the cause when both failed.
             let (c, p) = finished?;
             fed??;
-            let mut summary = format::BackupSummary {
-                chunks: c.chunks,
-                new_chunks: c.new_chunks,
-                new_bytes: c.new_bytes,
-                bytes: c.bytes,
-                stored_bytes: p.stored_bytes,
-                ..Default::default()
-            };
-            let mut results = c.files.into_iter();
-            for (_, n) in nodes.iter_mut() {
-                match n.kind {
-                    NodeKind::File => {
-                        let file = results.next().unwrap_or_default();
-                        n.size = file.size;
-                        n.chunks = format::ChunkList(file.chunks);
-                        n.lists = format::ChunkList(file.lists);
-                        summary.files += 1;
-                    }
-                    NodeKind::Dir => summary.dirs += 1,
-                    NodeKind::Symlink => {}
-                }
-            }
-            let content = Content::Tree {
+            let mut content = Content::Tree {
                 nodes: nodes.into_iter().map(|(_, n)| n).collect(),
             };
+            let summary = content.fill(c, p.stored_bytes);
             let kind = SnapshotKind::Tree {
                 path: root.display().to_string(),
             };
-            self.commit(kind, tags, content, summary, time).await
+            self.commit(kind, tags, content, summary, time, None).await
         }
         .await;
         lock.release().await;

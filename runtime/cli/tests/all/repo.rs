@@ -433,3 +433,99 @@ fn backup_exclude_leaves_out_what_the_patterns_match() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("matches nothing"), "{}", stderr(&out));
 }
+
+#[test]
+fn copy_fills_an_offsite_repository_once_and_its_copies_restore() {
+    let repo = LocalRepo::new();
+    let (dir, run) = (&repo.dir, |args: &[&str]| repo.ok(args));
+    run(&["repo", "init"]);
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).expect("data");
+    std::fs::write(data.join("db"), vec![7u8; 5 * 8192]).expect("file");
+    std::fs::write(data.join("a.txt"), "alpha").expect("file");
+    let data = data.to_str().expect("utf-8");
+    let backup = |tag: &str| {
+        json(&run(&[
+            "repo", "backup", data, "--tag", tag, "--output", "json",
+        ]))["id"]
+            .as_str()
+            .expect("id")
+            .to_string()
+    };
+    let first = backup("nightly");
+    std::fs::write(dir.path().join("data/a.txt"), "beta").expect("file");
+    let second = backup("weekly");
+
+    let offsite = dir.path().join("offsite");
+    let pass = dir.path().join("offsite-pass");
+    std::fs::write(&pass, "another horse").expect("passphrase");
+    let (offsite, pass) = (
+        offsite.to_str().expect("utf-8"),
+        pass.to_str().expect("utf-8"),
+    );
+    let to = ["--to", offsite, "--to-passphrase-file", pass];
+    let copy = |args: &[&str]| repo.run(&[&["repo", "copy"], args, &to].concat());
+
+    // The destination must exist; the error says it is the destination.
+    let out = copy(&[]);
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    assert!(stderr(&out).contains("the destination"), "{}", stderr(&out));
+    let at_offsite = |args: &[&str]| {
+        let out = repo
+            .cairn
+            .run(&[args, &["--repo", offsite, "--passphrase-file", pass]].concat());
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        out
+    };
+    at_offsite(&["repo", "init"]);
+
+    // By filter, then everything: what is there already is skipped.
+    let out = copy(&["--tag", "nightly"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).starts_with(&format!("copied {} as ", &first[..8])),
+        "{}",
+        stdout(&out)
+    );
+    let out = copy(&["--output", "json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = json(&out);
+    assert_eq!(report["skipped"][0]["from"], first.as_str(), "{report}");
+    assert_eq!(report["copied"][0]["from"], second.as_str(), "{report}");
+    assert!(
+        report["copied"][0]["summary"]["new_bytes"].as_u64() < Some(100),
+        "the second copy stores only what changed: {report}"
+    );
+    let copied = report["copied"][0]["to"].as_str().expect("id").to_string();
+    let out = copy(&[]);
+    assert_eq!(stdout(&out).lines().last(), Some("copied 0, skipped 2"));
+
+    // The copy restores, and lists with the original's tags and time.
+    let target = dir.path().join("restored");
+    at_offsite(&[
+        "repo",
+        "restore",
+        &copied,
+        "--target",
+        target.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(
+        std::fs::read_to_string(target.join("a.txt")).expect("a.txt"),
+        "beta"
+    );
+    let listed = json(&at_offsite(&["repo", "snapshots", "--output", "json"]));
+    let originals = json(&run(&["repo", "snapshots", "--output", "json"]));
+    for i in 0..2 {
+        assert_eq!(listed[i]["original"], originals[i]["id"], "{listed}");
+        assert_eq!(listed[i]["time"], originals[i]["time"], "{listed}");
+        assert_eq!(listed[i]["tags"], originals[i]["tags"], "{listed}");
+    }
+
+    // Misuse: ids with filters; the destination's wrong passphrase.
+    let out = copy(&[&first, "--tag", "nightly"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    std::fs::write(pass, "wrong").expect("passphrase");
+    let out = copy(&[]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(stderr(&out).contains("the destination"), "{}", stderr(&out));
+}

@@ -5,20 +5,6 @@ use crate::support::*;
 use cairn_repository::{Error, ReadData, Repository};
 use std::path::{Path, PathBuf};
 
-/// The files under `sub` of a local repository (`data` holds its packs in subdirectories).
-fn files(repo: &Path, sub: &str) -> Vec<PathBuf> {
-    let mut v = Vec::new();
-    let mut dirs = vec![repo.join(sub)];
-    while let Some(d) = dirs.pop() {
-        for f in std::fs::read_dir(d).unwrap() {
-            let p = f.unwrap().path();
-            if p.is_dir() { dirs.push(p) } else { v.push(p) }
-        }
-    }
-    v.sort();
-    v
-}
-
 fn packs(repo: &Path) -> Vec<PathBuf> {
     files(repo, "data")
 }

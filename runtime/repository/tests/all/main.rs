@@ -7,6 +7,7 @@
 
 mod azure;
 mod conformance;
+mod copy;
 mod crash;
 mod damage;
 mod full_disk;

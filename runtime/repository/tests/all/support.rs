@@ -1,5 +1,5 @@
 use cairn_repository::{KdfParams, Passphrase};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// A passphrase with cheap Argon2 parameters, so tests stay fast.
 pub fn pass(s: &str) -> Passphrase {
@@ -98,6 +98,21 @@ fn list(root: &Path) -> Vec<(String, String)> {
     }
     out.sort();
     out
+}
+
+/// The files under `sub` of a local repository (`data` holds its packs in subdirectories),
+/// sorted.
+pub fn files(repo: &Path, sub: &str) -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    let mut dirs = vec![repo.join(sub)];
+    while let Some(d) = dirs.pop() {
+        for f in std::fs::read_dir(d).unwrap() {
+            let p = f.unwrap().path();
+            if p.is_dir() { dirs.push(p) } else { v.push(p) }
+        }
+    }
+    v.sort();
+    v
 }
 
 /// Runs `f` with a timeout so a hung test fails instead of hanging CI.
