@@ -92,6 +92,17 @@ async fn suite(loc: Location) {
     repo.restore_tree(&t1.id, &dst2).await.unwrap();
     assert_same_tree(&src, &dst2);
     assert!(repo.check(true).await.unwrap().is_ok());
+    // Copies out of this backend restore as the originals.
+    let offsite = Repository::init(memory_url().as_str(), &pass("offsite"), Default::default())
+        .await
+        .unwrap();
+    let c = offsite
+        .copy_snapshot(&repo, &t1, &BackupOptions::new())
+        .await
+        .unwrap();
+    let dst3 = dir.path().join("dst3");
+    offsite.restore_tree(&c.id, &dst3).await.unwrap();
+    assert_same_tree(&src, &dst3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
