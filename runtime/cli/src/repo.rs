@@ -148,8 +148,11 @@ enum RepoCommand {
               value_parser = parse_subset)]
         read_data_subset: Option<ReadData>,
     },
-    /// Remove snapshots by GFS retention.
+    /// Remove snapshots by GFS retention, or the ones named.
     Forget {
+        /// Snapshots to remove by name (ids, unique prefixes or `latest`) instead of by
+        /// retention rules.
+        ids: Vec<String>,
         #[arg(long, default_value_t = 0)]
         keep_last: u32,
         #[arg(long, default_value_t = 0)]
@@ -1064,6 +1067,7 @@ async fn run_inner(args: &RepoArgs) -> anyhow::Result<ExitCode> {
             }
         }
         RepoCommand::Forget {
+            ids,
             keep_last,
             keep_hourly,
             keep_daily,
@@ -1083,10 +1087,21 @@ async fn run_inner(args: &RepoArgs) -> anyhow::Result<ExitCode> {
                 .monthly(*keep_monthly)
                 .yearly(*keep_yearly)
                 .within(keep_within.map_or(0, |d| d.as_secs()));
-            if policy.is_empty() {
-                return Err(usage("forget: give at least one --keep-* rule"));
-            }
-            let r = repo.forget(&policy, &filter.filter()?, *dry_run).await?;
+            let r = if ids.is_empty() {
+                if policy.is_empty() {
+                    return Err(usage(
+                        "forget: give at least one --keep-* rule, or the snapshots to remove",
+                    ));
+                }
+                repo.forget(&policy, &filter.filter()?, *dry_run).await?
+            } else {
+                if !policy.is_empty() || filter.given() {
+                    return Err(usage(
+                        "forget: give snapshot ids or --keep-* rules and filters, not both",
+                    ));
+                }
+                repo.forget_ids(ids, *dry_run).await?
+            };
             let pruned = if *prune && !*dry_run {
                 Some(repo.prune(false).await?)
             } else {

@@ -1190,10 +1190,40 @@ impl Repository {
             ));
         }
         let snaps = self.snapshots(filter).await?;
-        let mut report = ForgetReport {
-            kept: crate::retention::retained(policy, &snaps),
+        let kept = crate::retention::retained(policy, &snaps);
+        let doomed = snaps
+            .into_iter()
+            .filter(|s| !kept.contains_key(&s.id))
+            .collect();
+        let report = ForgetReport {
+            kept,
             ..Default::default()
         };
+        self.remove_unprotected(doomed, report, dry_run).await
+    }
+
+    /// Removes the snapshots named (ids, unique prefixes or `latest`), but those the
+    /// protection period keeps (reported). Every name is resolved before anything is removed,
+    /// so a typo removes nothing.
+    pub async fn forget_ids(&self, ids: &[String], dry_run: bool) -> Result<ForgetReport> {
+        let mut doomed: Vec<SnapshotInfo> = Vec::with_capacity(ids.len());
+        for id in ids {
+            let s = self.snapshot(id).await?;
+            if !doomed.iter().any(|d| d.id == s.id) {
+                doomed.push(s);
+            }
+        }
+        self.remove_unprotected(doomed, ForgetReport::default(), dry_run)
+            .await
+    }
+
+    /// Removes `doomed` but the snapshots still protected, adding both to `report`.
+    async fn remove_unprotected(
+        &self,
+        doomed: Vec<SnapshotInfo>,
+        mut report: ForgetReport,
+        dry_run: bool,
+    ) -> Result<ForgetReport> {
         let listed: HashMap<String, i64> = self
             .inner
             .backend
@@ -1206,10 +1236,7 @@ impl Repository {
                     .map(|n| (n.to_string(), m.last_modified.timestamp()))
             })
             .collect();
-        for s in snaps {
-            if report.kept.contains_key(&s.id) {
-                continue;
-            }
+        for s in doomed {
             let written = listed
                 .get(&s.id)
                 .copied()

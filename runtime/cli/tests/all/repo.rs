@@ -529,3 +529,29 @@ fn copy_fills_an_offsite_repository_once_and_its_copies_restore() {
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
     assert!(stderr(&out).contains("the destination"), "{}", stderr(&out));
 }
+
+#[test]
+fn forget_by_id_removes_the_snapshots_named_and_refuses_rules_beside_them() {
+    let repo = LocalRepo::new();
+    let (dir, run) = (&repo.dir, |args: &[&str]| repo.ok(args));
+    run(&["repo", "init"]);
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).expect("data");
+    let data = data.to_str().expect("utf-8");
+    let mut ids = Vec::new();
+    for text in ["one", "two"] {
+        std::fs::write(dir.path().join("data/f"), text).expect("file");
+        let out = run(&["repo", "backup", data, "--output", "json"]);
+        ids.push(json(&out)["id"].as_str().expect("id").to_string());
+    }
+    let out = repo.run(&["repo", "forget", &ids[0], "--keep-last", "1"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let out = repo.run(&["repo", "forget", &ids[0], "nosuch"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("nosuch"), "{}", stderr(&out));
+    let out = run(&["repo", "forget", &ids[0][..8]]);
+    assert_eq!(stdout(&out), format!("remove {}\n", &ids[0][..8]));
+    let listed = json(&run(&["repo", "snapshots", "--output", "json"]));
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    assert_eq!(listed[0]["id"], ids[1].as_str());
+}

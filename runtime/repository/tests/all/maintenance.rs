@@ -61,6 +61,11 @@ async fn protection_refuses_forget_and_prune() {
     assert!(f.removed.is_empty());
     assert_eq!(f.protected.len(), 1);
     assert_eq!(f.protected[0].0, a.id);
+    let f = repo
+        .forget_ids(std::slice::from_ref(&a.id), false)
+        .await
+        .unwrap();
+    assert!(f.removed.is_empty() && f.protected[0].0 == a.id, "{f:?}");
     let r = repo.prune(false).await.unwrap();
     assert_eq!(r.packs_deleted, 0);
     // Reopened, the protection still holds (it is in the config).
@@ -70,6 +75,48 @@ async fn protection_refuses_forget_and_prune() {
         repo.snapshots(&SnapshotFilter::new()).await.unwrap().len(),
         2
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forget_by_name_removes_those_or_nothing() {
+    let repo = Repository::init(memory_url().as_str(), &pass("p"), Default::default())
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for seed in 1..=3 {
+        let s = repo
+            .backup_stream("s", &noise(100_000, seed)[..], Default::default())
+            .await
+            .unwrap();
+        ids.push(s.id);
+    }
+    // One name that matches nothing: nothing is removed.
+    let e = repo
+        .forget_ids(&[ids[0].clone(), "ffffffff".into()], false)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::NotFound { .. }), "{e}");
+    let dry = repo
+        .forget_ids(&[ids[0][..8].to_string()], true)
+        .await
+        .unwrap();
+    assert_eq!(dry.removed, vec![ids[0].clone()]);
+    assert_eq!(
+        repo.snapshots(&SnapshotFilter::new()).await.unwrap().len(),
+        3
+    );
+    // A prefix and `latest`, the same snapshot twice: removed once.
+    let f = repo
+        .forget_ids(
+            &[ids[0][..8].to_string(), "latest".into(), ids[2].clone()],
+            false,
+        )
+        .await
+        .unwrap();
+    assert_eq!(f.removed, vec![ids[0].clone(), ids[2].clone()]);
+    let left = repo.snapshots(&SnapshotFilter::new()).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].id, ids[1]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
