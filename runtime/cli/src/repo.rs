@@ -78,7 +78,8 @@ enum RepoCommand {
         /// A tag for the snapshot; repeatable.
         #[arg(long)]
         tag: Vec<String>,
-        /// zstd level (default 1; negative is faster, higher compresses more).
+        /// zstd level for all data (default: 1, and 3 for text such as dumps and logs;
+        /// negative is faster, higher compresses more).
         #[arg(long, allow_hyphen_values = true)]
         zstd_level: Option<i32>,
         /// Leave out what this glob matches; repeatable. Without `/` it matches a name at
@@ -130,7 +131,7 @@ enum RepoCommand {
         filter: FilterArgs,
         #[command(flatten)]
         to: CopyTarget,
-        /// zstd level for what the destination stores (default 1).
+        /// zstd level for what the destination stores (default: 1, and 3 for text).
         #[arg(long, allow_hyphen_values = true)]
         zstd_level: Option<i32>,
     },

@@ -200,19 +200,23 @@ async fn run(step: &str, data: &Path, work: &Path) {
             }
         }
         "levels" => {
-            for level in [3, 1, -1, -3] {
-                let mem = format!("memory://levels-{level}");
+            // (level, level of text-like frames): the default is (1, 3).
+            for (level, text) in [(1, 3), (1, 1), (1, 2), (3, 3), (-1, -1), (-3, -3)] {
+                let mem = format!("memory://levels-{level}-{text}");
                 let repo = Repository::init(mem.as_str(), &pass(), Default::default())
                     .await
                     .unwrap();
                 let (t, c) = (Instant::now(), cpu_seconds());
                 let s = repo
-                    .backup_tree(data.join("day1"), BackupOptions::new().zstd_level(level))
+                    .backup_tree(
+                        data.join("day1"),
+                        BackupOptions::new().zstd_level(level).text_zstd_level(text),
+                    )
                     .await
                     .unwrap();
                 let gib = s.summary.bytes as f64 / (1u64 << 30) as f64;
                 println!(
-                    "zstd level {level}: stored {:.1} MB, {:.2} CPU s/GiB, {:.0} MB/s",
+                    "zstd level {level}, text {text}: stored {:.1} MB, {:.2} CPU s/GiB, {:.0} MB/s",
                     s.summary.stored_bytes as f64 / 1e6,
                     (cpu_seconds() - c) / gib,
                     s.summary.bytes as f64 / t.elapsed().as_secs_f64() / 1e6

@@ -41,12 +41,15 @@ pub const MAX_UPLOADS_IN_FLIGHT: usize = 2;
 pub(crate) const INDEX_FLUSH_ENTRIES: usize = 50_000;
 /// Default zstd level: low levels keep up with two cores.
 pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
+/// Default zstd level of frames that look like text.
+pub const DEFAULT_TEXT_ZSTD_LEVEL: i32 = 3;
 
 /// Tunables of one backup.
 #[derive(Debug, Clone)]
 pub(crate) struct PipelineConfig {
     pub(crate) chunking: Chunking,
     pub(crate) level: i32,
+    pub(crate) text_level: i32,
     pub(crate) frame_bytes: usize,
     pub(crate) pack_bytes: usize,
     pub(crate) threads: usize,
@@ -216,9 +219,9 @@ impl Pipeline {
         };
         let mut workers = Vec::new();
         for i in 0..threads {
-            let (frx, ctx, level) = (frx.clone(), ctx.clone(), cfg.level);
+            let (frx, ctx, levels) = (frx.clone(), ctx.clone(), (cfg.level, cfg.text_level));
             workers.push(spawn(&format!("cairn-zstd-{i}"), move || {
-                compress_loop(&frx, &ctx, level)
+                compress_loop(&frx, &ctx, levels)
             })?);
         }
         drop(ctx);
@@ -465,8 +468,10 @@ fn chunker_loop(
     Ok(st.out)
 }
 
-fn compress_loop(rx: &Mutex<Receiver<Frame>>, tx: &SyncSender<Frame>, level: i32) {
-    let mut z = zstd::bulk::Compressor::new(level).ok();
+/// Compresses frames: binary ones at `levels.0`, text-like ones at `levels.1`.
+fn compress_loop(rx: &Mutex<Receiver<Frame>>, tx: &SyncSender<Frame>, levels: (i32, i32)) {
+    let mut binary = zstd::bulk::Compressor::new(levels.0).ok();
+    let mut text = zstd::bulk::Compressor::new(levels.1).ok();
     loop {
         let f = match rx.lock() {
             Ok(r) => match r.recv() {
@@ -475,7 +480,11 @@ fn compress_loop(rx: &Mutex<Receiver<Frame>>, tx: &SyncSender<Frame>, level: i32
             },
             Err(_) => return,
         };
-        let data = encode_frame(z.as_mut(), &f.data);
+        let data = match looks(&f.data) {
+            Looks::Random => raw_frame(&f.data),
+            Looks::Text => encode_frame(text.as_mut(), &f.data),
+            Looks::Other => encode_frame(binary.as_mut(), &f.data),
+        };
         if tx
             .send(Frame {
                 data,
@@ -496,15 +505,32 @@ const ENTROPY_SAMPLE: usize = 4096;
 /// below).
 const RAW_ENTROPY_BITS: f64 = 7.9;
 
-fn looks_incompressible(data: &[u8]) -> bool {
+/// What a frame's sample says about how to compress it.
+#[derive(Debug, PartialEq, Eq)]
+enum Looks {
+    /// Already compressed or encrypted: stored raw.
+    Random,
+    /// Text (dumps, logs, CSV): compressed at the text level.
+    Text,
+    Other,
+}
+
+/// Samples the middle of a frame (past headers that compress): random when its bytes'
+/// entropy is near 8 bits, text when at least 99 % of them are printable ASCII, tabs or
+/// line ends. On the reference dataset every SQL dump frame samples 100 % printable, every
+/// page frame 12–27 %.
+fn looks(data: &[u8]) -> Looks {
     if data.len() < 4 * ENTROPY_SAMPLE {
-        return false;
+        return Looks::Other;
     }
-    // Sample from the middle of the frame, past headers that compress.
     let start = data.len() / 2 - ENTROPY_SAMPLE / 2;
     let mut counts = [0u32; 256];
     for &b in &data[start..start + ENTROPY_SAMPLE] {
         counts[b as usize] += 1;
+    }
+    let printable: u32 = counts[32..127].iter().sum::<u32>() + counts[9] + counts[10] + counts[13];
+    if printable as usize * 100 >= ENTROPY_SAMPLE * 99 {
+        return Looks::Text;
     }
     let n = ENTROPY_SAMPLE as f64;
     let bits: f64 = counts
@@ -515,16 +541,21 @@ fn looks_incompressible(data: &[u8]) -> bool {
             -p * p.log2()
         })
         .sum();
-    bits > RAW_ENTROPY_BITS
+    if bits > RAW_ENTROPY_BITS {
+        Looks::Random
+    } else {
+        Looks::Other
+    }
+}
+
+fn raw_frame(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + 1);
+    out.push(crypto::CODEC_RAW);
+    out.extend_from_slice(data);
+    out
 }
 
 fn encode_frame(z: Option<&mut zstd::bulk::Compressor<'static>>, data: &[u8]) -> Vec<u8> {
-    if looks_incompressible(data) {
-        let mut out = Vec::with_capacity(data.len() + 1);
-        out.push(crypto::CODEC_RAW);
-        out.extend_from_slice(data);
-        return out;
-    }
     if let Some(z) = z {
         // Compressed straight behind the codec byte (a cursor past it: zstd writes at the
         // cursor), so the frame is not copied a second time.
@@ -533,17 +564,14 @@ fn encode_frame(z: Option<&mut zstd::bulk::Compressor<'static>>, data: &[u8]) ->
         let mut cursor = std::io::Cursor::new(out);
         cursor.set_position(1);
         let compressed = z.compress_to_buffer(data, &mut cursor);
-        let mut out = cursor.into_inner();
+        let out = cursor.into_inner();
         if let Ok(n) = compressed {
             // Incompressible data is stored raw: restoring it is then a copy, not a decode.
             if n + n / 32 < data.len() && out.len() == n + 1 {
                 return out;
             }
         }
-        out.clear();
-        out.push(crypto::CODEC_RAW);
-        out.extend_from_slice(data);
-        return out;
+        return raw_frame(data);
     }
     crypto::encode_payload(data, DEFAULT_ZSTD_LEVEL)
 }
@@ -743,6 +771,7 @@ mod tests {
         let cfg = PipelineConfig {
             chunking: Chunking::PAGES,
             level: DEFAULT_ZSTD_LEVEL,
+            text_level: DEFAULT_TEXT_ZSTD_LEVEL,
             frame_bytes: DEFAULT_FRAME_BYTES,
             pack_bytes: DEFAULT_PACK_BYTES,
             threads: 1,
@@ -782,6 +811,30 @@ mod tests {
             8 + 8 + 4 + 1,
             "eight chunks, their four lists, e"
         );
+    }
+
+    #[test]
+    fn frames_are_sampled_as_text_random_or_other() {
+        let text: Vec<u8> = b"1\talpha\t2026-12-03 19:00:00\n"
+            .iter()
+            .copied()
+            .cycle()
+            .take(128 << 10)
+            .collect();
+        let mut noise = vec![0u8; 128 << 10];
+        rand::rng().fill_bytes(&mut noise);
+        // Pages: a binary header and tuples of small integers, then free space.
+        let pages: Vec<u8> = (0..128 << 10)
+            .map(|i: usize| match i % 8192 {
+                0..24 => (i / 8192) as u8,
+                24..6000 => (i % 7) as u8,
+                _ => 0,
+            })
+            .collect();
+        assert_eq!(looks(&text), Looks::Text);
+        assert_eq!(looks(&noise), Looks::Random);
+        assert_eq!(looks(&pages), Looks::Other);
+        assert_eq!(looks(&text[..8192]), Looks::Other, "too short to sample");
     }
 
     #[test]
