@@ -20,9 +20,10 @@ impl Repository {
     /// repository's key, so copies deduplicate against each other as the originals did.
     ///
     /// Only chunks that an earlier copy of the same source did not bring are read from
-    /// `from` (each checked against its id there): the newest copy here whose original
-    /// `from` still holds maps the original's chunk ids to this repository's, so a daily copy
-    /// reads about what the day's backup added. What this repository holds already is not
+    /// `from` (each checked against its id there): the newest snapshot of the same source
+    /// that both repositories hold (one a copy of the other, or both copies of one original)
+    /// maps `from`'s chunk ids to this repository's, so a daily copy reads about what the
+    /// day's backup added. What this repository holds already is not
     /// stored again. Of `opts`, the progress counter (the snapshot's bytes), the zstd level
     /// and the frame size apply; its tags and chunking do not.
     ///
@@ -74,70 +75,79 @@ impl Repository {
         result
     }
 
-    /// The contents of the newest copy here of a snapshot of `info`'s source and of its
-    /// original in `from` (the snapshot there that is, or is a copy of, the same original).
+    /// The contents of the newest snapshot here of `info`'s source that `from` holds too
+    /// (as the same snapshot or a copy of it, in either direction), there and here. None when
+    /// there is none, or when reading one fails: the copy then reads every chunk.
     async fn earlier_copy(
         &self,
         from: &Repository,
         info: &SnapshotInfo,
     ) -> Result<Option<(Content, Content)>> {
-        let copies: Vec<SnapshotInfo> = self
+        let here: Vec<SnapshotInfo> = self
             .snapshots(&SnapshotFilter::new())
             .await?
             .into_iter()
-            .filter(|s| s.original.is_some() && s.kind == info.kind)
+            .filter(|s| s.kind == info.kind)
             .collect();
-        if copies.is_empty() {
+        if here.is_empty() {
             return Ok(None);
         }
-        let originals: HashMap<String, SnapshotInfo> = from
+        let there: HashMap<String, SnapshotInfo> = from
             .snapshots(&SnapshotFilter::new())
             .await?
             .into_iter()
             .filter(|s| s.kind == info.kind)
             .map(|s| (s.original_id().to_owned(), s))
             .collect();
-        // Oldest first: the newest copy is the likeliest to share the most.
-        for copy in copies.iter().rev() {
-            if let Some(original) = originals.get(copy.original_id()) {
-                let there = from.content(original).await?;
-                let here = self.content(copy).await?;
-                return Ok(Some((there, here)));
+        // Oldest first: the newest is the likeliest to share the most.
+        let Some((a, b)) = here
+            .iter()
+            .rev()
+            .find_map(|s| Some((there.get(s.original_id())?, s)))
+        else {
+            return Ok(None);
+        };
+        match (from.content(a).await, self.content(b).await) {
+            (Ok(x), Ok(y)) => Ok(Some((x, y))),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(error = %e, "reading every chunk: the earlier copy cannot be read");
+                Ok(None)
             }
         }
-        Ok(None)
     }
 }
 
 /// Chunk ids of `original` mapped to those of `copy` (its copy, cut the same), keeping only
 /// chunks `index` holds; empty when the two do not line up.
 fn id_map(original: &Content, copy: &Content, index: &Index) -> HashMap<ChunkId, ChunkId> {
-    let files = |c: &Content| -> Vec<(String, Vec<ChunkId>)> {
-        match c {
-            Content::Stream { chunks, .. } => vec![(String::new(), chunks.0.clone())],
-            Content::Tree { nodes } => file_nodes(nodes)
-                .map(|n| (n.path.clone(), n.chunks.0.clone()))
-                .collect(),
-        }
-    };
-    let (a, b) = (files(original), files(copy));
+    let (a, b) = (file_chunks(original), file_chunks(copy));
     let aligned = a.len() == b.len()
         && a.iter()
             .zip(&b)
             .all(|(x, y)| x.0 == y.0 && x.1.len() == y.1.len());
     if !aligned {
-        tracing::warn!("an earlier copy does not line up with its original; reading every chunk");
+        tracing::warn!("reading every chunk: an earlier copy does not line up with its original");
         return HashMap::new();
     }
-    a.into_iter()
-        .zip(b)
-        .flat_map(|(x, y)| x.1.into_iter().zip(y.1))
+    a.iter()
+        .zip(&b)
+        .flat_map(|(x, y)| x.1.iter().copied().zip(y.1.iter().copied()))
         .filter(|(_, here)| index.contains(here))
         .collect()
 }
 
 fn file_nodes(nodes: &[Node]) -> impl Iterator<Item = &Node> + Clone {
     nodes.iter().filter(|n| n.kind == NodeKind::File)
+}
+
+/// Each file's path and chunk ids, in order (a stream: one, without a path).
+fn file_chunks(c: &Content) -> Vec<(&str, &[ChunkId])> {
+    match c {
+        Content::Stream { chunks, .. } => vec![("", &chunks.0[..])],
+        Content::Tree { nodes } => file_nodes(nodes)
+            .map(|n| (n.path.as_str(), &n.chunks.0[..]))
+            .collect(),
+    }
 }
 
 /// Chunk ids sent to the pipeline in one message; cut chunks go in messages of up to
@@ -217,13 +227,10 @@ async fn feed(
         cut: Vec::new(),
         cut_bytes: 0,
     };
-    let files: Vec<&[ChunkId]> = match content {
-        Content::Stream { chunks, .. } => vec![&chunks.0],
-        Content::Tree { nodes } => file_nodes(nodes).map(|n| &n.chunks.0[..]).collect(),
-    };
+    let files = file_chunks(content);
     let wanted: Vec<ChunkId> = files
         .iter()
-        .flat_map(|f| f.iter())
+        .flat_map(|f| f.1.iter())
         .filter(|id| !known.contains_key(id))
         .copied()
         .collect();
@@ -231,7 +238,7 @@ async fn feed(
     drop(wanted);
     let mut batch: std::vec::IntoIter<Bytes> = Vec::new().into_iter();
     let stopped = || Error::Invalid("the copy stopped before the snapshot's last chunk".into());
-    for file in files {
+    for (_, file) in files {
         for id in file {
             match known.get(id) {
                 Some(here) => runs.known(*here).await?,

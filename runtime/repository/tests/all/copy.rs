@@ -109,6 +109,13 @@ async fn copies_restore_as_the_originals_keep_their_stamps_and_deduplicate() {
         .unwrap();
     assert_eq!(cc.original.as_deref(), Some(s1.id.as_str()));
     assert!(stream_of(&third, &cc.id).await == day1);
+    // The copy of a copy maps too: the next day comes from the source without the first
+    // day's packs.
+    let c3 = third
+        .copy_snapshot(&src, &s2, &BackupOptions::new())
+        .await
+        .unwrap();
+    assert!(stream_of(&third, &c3.id).await == day2);
 
     // Listed like any snapshot, and whole.
     let listed = dst
