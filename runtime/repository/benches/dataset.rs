@@ -224,33 +224,32 @@ async fn run(step: &str, data: &Path, work: &Path) {
             }
         }
         "cdc" => {
-            // Day-2 bytes added with content-defined chunking instead of page chunks.
+            // Repository size after day 1 and day-2 bytes added, per chunking of the tree's
+            // files: picked per file (the default), or one for every file.
             for (label, c) in [
-                (
-                    "cdc 16k",
-                    Chunking::Cdc {
-                        min: 4096,
-                        avg: 16384,
-                        max: 65536,
-                    },
-                ),
-                ("cdc 32k", Chunking::STREAM),
-                ("pages 8k", Chunking::PAGES),
+                ("per file", None),
+                ("pages 8k", Some(Chunking::PAGES)),
+                ("cdc 16k", Some(Chunking::FILES)),
+                ("cdc 32k", Some(Chunking::STREAM)),
             ] {
-                let mem = format!("memory://cdc-{label}");
-                let repo = Repository::init(mem.as_str(), &pass(), Default::default())
+                let dir = work.join("cdc");
+                let _ = std::fs::remove_dir_all(&dir);
+                let url = dir.display().to_string();
+                let repo = Repository::init(url.as_str(), &pass(), Default::default())
                     .await
                     .unwrap();
-                repo.backup_tree(data.join("day1"), BackupOptions::new().chunking(c))
-                    .await
-                    .unwrap();
-                let s = repo
-                    .backup_tree(data.join("day2"), BackupOptions::new().chunking(c))
-                    .await
-                    .unwrap();
+                let opts = || match c {
+                    Some(c) => BackupOptions::new().chunking(c),
+                    None => BackupOptions::new(),
+                };
+                let one = repo.backup_tree(data.join("day1"), opts()).await.unwrap();
+                let day1 = du(&dir);
+                repo.backup_tree(data.join("day2"), opts()).await.unwrap();
                 println!(
-                    "chunking {label}: day-2 added {:.1} MB",
-                    s.summary.stored_bytes as f64 / 1e6
+                    "chunking {label}: day 1 {} chunks, repository {:.1} MB; day 2 added {:.1} MB",
+                    one.summary.new_chunks,
+                    day1 as f64 / 1e6,
+                    (du(&dir) - day1) as f64 / 1e6,
                 );
             }
         }

@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::pipeline::Looks;
+
 /// How an artifact is cut into chunks; chosen per artifact.
 ///
 /// Measured on the reference dataset (FORMAT.md, "Measurements"): databases rewrite 8 KiB pages in
@@ -39,6 +41,29 @@ impl Chunking {
         avg: 32 * 1024,
         max: 128 * 1024,
     };
+
+    /// Content-defined chunks of 16 KiB average (4/16/64 KiB min/avg/max): files of a tree
+    /// that are not whole pages (dumps, logs, archives).
+    pub const FILES: Chunking = Chunking::Cdc {
+        min: 4 * 1024,
+        avg: 16 * 1024,
+        max: 64 * 1024,
+    };
+
+    /// The chunking a tree backup picks for a file of `len` bytes whose first bytes are
+    /// `head`: [`Chunking::PAGES`] when the file is whole 4 KiB pages, as every relation file
+    /// of PostgreSQL, MySQL/MariaDB and SQLite is, and does not look like text;
+    /// [`Chunking::FILES`] otherwise. Page-aligned chunks store exactly the pages a database
+    /// rewrote in place; content-defined ones survive the insertions of a dump or a log
+    /// regenerated between backups, and cut a tree's dumps and blobs into fewer chunks (less
+    /// index, fewer ids in the snapshot).
+    pub fn for_file(len: u64, head: &[u8]) -> Chunking {
+        if len.is_multiple_of(4096) && crate::pipeline::looks(head) != Looks::Text {
+            Chunking::PAGES
+        } else {
+            Chunking::FILES
+        }
+    }
 
     /// The largest chunk this mode produces.
     pub fn max_chunk(&self) -> usize {
@@ -87,6 +112,12 @@ impl Chunker {
             mode,
             buf: Vec::new(),
         }
+    }
+
+    /// Cuts what comes next with `mode`; only between files (after [`Chunker::finish`]).
+    pub(crate) fn set_mode(&mut self, mode: Chunking) {
+        debug_assert!(self.buf.is_empty());
+        self.mode = mode;
     }
 
     /// Feeds `data`, calling `emit` for every chunk that is complete.

@@ -59,6 +59,9 @@ pub(crate) struct PipelineConfig {
 }
 
 pub(crate) enum Input {
+    /// How the files that follow are cut (a tree backup picks per file); the pipeline's
+    /// configured chunking until the first of these.
+    Chunking(Chunking),
     Data(Vec<u8>),
     EndFile,
     /// A chunk read back from the repository with its (checked) id, stored as it is: prune
@@ -434,6 +437,7 @@ fn chunker_loop(
         }
         let idx = index.read().map_err(|_| poisoned())?;
         match msg {
+            Input::Chunking(c) => chunker.set_mode(c),
             Input::Data(d) => {
                 st.take_in(d.len(), cfg);
                 chunker.push(&d, &mut |c| st.chunk(c, &idx));
@@ -507,7 +511,7 @@ const RAW_ENTROPY_BITS: f64 = 7.9;
 
 /// What a frame's sample says about how to compress it.
 #[derive(Debug, PartialEq, Eq)]
-enum Looks {
+pub(crate) enum Looks {
     /// Already compressed or encrypted: stored raw.
     Random,
     /// Text (dumps, logs, CSV): compressed at the text level.
@@ -519,7 +523,7 @@ enum Looks {
 /// entropy is near 8 bits, text when at least 99 % of them are printable ASCII, tabs or
 /// line ends. On the reference dataset every SQL dump frame samples 100 % printable, every
 /// page frame 12–27 %.
-fn looks(data: &[u8]) -> Looks {
+pub(crate) fn looks(data: &[u8]) -> Looks {
     if data.len() < 4 * ENTROPY_SAMPLE {
         return Looks::Other;
     }

@@ -53,7 +53,7 @@ impl InitOptions {
 pub struct BackupOptions {
     /// Tags recorded in the snapshot.
     pub tags: Vec<String>,
-    /// Chunking; `None` picks per artifact: [`Chunking::PAGES`] for tree files,
+    /// Chunking; `None` picks per artifact: [`Chunking::for_file`] for each file of a tree,
     /// [`Chunking::STREAM`] for streams.
     pub chunking: Option<Chunking>,
     /// zstd level for data (negative levels are faster still).

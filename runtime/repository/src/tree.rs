@@ -188,11 +188,19 @@ fn walk(root: &Path, exclude: &[Exclude]) -> Result<Vec<(PathBuf, Node)>> {
     Ok(out)
 }
 
-/// Reads every file into the pipeline, block by block.
-fn feed(files: &[PathBuf], tx: &tokio::sync::mpsc::Sender<Input>, blocks: &Pool) -> Result<()> {
+/// Reads every file into the pipeline, block by block; with `per_file`, each is cut as
+/// [`Chunking::for_file`] picks from its size and first block.
+fn feed(
+    files: &[(PathBuf, u64)],
+    per_file: bool,
+    tx: &tokio::sync::mpsc::Sender<Input>,
+    blocks: &Pool,
+) -> Result<()> {
     use std::io::Read;
-    for path in files {
+    let send = |i: Input| tx.blocking_send(i).map_err(|_| Error::Aborted);
+    for (path, size) in files {
         let mut f = std::fs::File::open(path).map_err(|e| Error::io("open", path, e))?;
+        let mut first = true;
         loop {
             // A recycled block is read into as it is: only a shortened one's tail is zeroed.
             let mut block = blocks.take().unwrap_or_default();
@@ -206,18 +214,19 @@ fn feed(files: &[PathBuf], tx: &tokio::sync::mpsc::Sender<Input>, blocks: &Pool)
                     Err(e) => return Err(Error::io("read", path, e)),
                 }
             }
+            block.truncate(filled);
+            if std::mem::take(&mut first) && per_file {
+                send(Input::Chunking(Chunking::for_file(*size, &block)))?;
+            }
             if filled == 0 {
                 break;
             }
-            block.truncate(filled);
-            tx.blocking_send(Input::Data(block))
-                .map_err(|_| Error::Aborted)?;
+            send(Input::Data(block))?;
             if filled < INPUT_BLOCK {
                 break;
             }
         }
-        tx.blocking_send(Input::EndFile)
-            .map_err(|_| Error::Aborted)?;
+        send(Input::EndFile)?;
     }
     Ok(())
 }
@@ -260,8 +269,8 @@ fn set_meta(path: &Path, node: &Node) -> Result<()> {
 }
 
 impl Repository {
-    /// Backs up the directory tree at `path` (files cut with [`Chunking::PAGES`] unless the
-    /// options say otherwise).
+    /// Backs up the directory tree at `path` (each file cut as [`Chunking::for_file`] picks
+    /// unless the options name a chunking).
     pub async fn backup_tree(
         &self,
         path: impl AsRef<Path>,
@@ -287,14 +296,15 @@ impl Repository {
             .map_err(|e| Error::Invalid(format!("walk task failed: {e}")))??;
         let tags = opts.tags.clone();
         let (lock, pipeline) = self.start_backup(&opts, Chunking::PAGES).await?;
-        let files: Vec<PathBuf> = nodes
+        let per_file = opts.chunking.is_none();
+        let files: Vec<(PathBuf, u64)> = nodes
             .iter()
             .filter(|(_, n)| n.kind == NodeKind::File)
-            .map(|(p, _)| p.clone())
+            .map(|(p, n)| (p.clone(), n.size))
             .collect();
         let (tx, blocks) = (pipeline.sender(), pipeline.blocks());
         let fed = tokio::task::spawn_blocking(move || match tx {
-            Some(tx) => feed(&files, &tx, &blocks),
+            Some(tx) => feed(&files, per_file, &tx, &blocks),
             None => Err(Error::Aborted),
         })
         .await
