@@ -50,6 +50,7 @@ pub use keys::{KdfParams, KeyFile, KeyProvider, KeySlotInfo, Passphrase, Wrapped
 pub use lock::{LOCK_REFRESH, LOCK_STALE_AFTER, LockInfo};
 pub use pipeline::{
     DEFAULT_FRAME_BYTES, DEFAULT_PACK_BYTES, DEFAULT_ZSTD_LEVEL, MAX_UPLOADS_IN_FLIGHT,
+    TEXT_FRAME_FACTOR,
 };
 pub use repo::{
     BackupOptions, CheckReport, DEFAULT_REPACK_UNUSED, ForgetReport, InitOptions, Problem,

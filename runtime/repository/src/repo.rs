@@ -62,8 +62,9 @@ pub struct BackupOptions {
     /// (on the reference dataset's SQL dumps level 3 stores 6.5 % less than level 1), while
     /// on binary pages it costs time for nothing.
     pub text_zstd_level: i32,
-    /// Uncompressed bytes of new chunks compressed together as one frame; the chunk size
-    /// compresses every chunk on its own.
+    /// Uncompressed bytes of new chunks compressed together as one frame (frames that look
+    /// like text grow to [`TEXT_FRAME_FACTOR`](crate::TEXT_FRAME_FACTOR) times this); the
+    /// chunk size compresses every chunk on its own.
     pub frame_bytes: usize,
     /// Compression threads (default: the available cores).
     pub threads: usize,
