@@ -425,6 +425,9 @@ pub(crate) struct Inner {
     /// Whether `index` has been read from the store: it is read on first need, not at open
     /// (a backup reads it afresh anyway, and a restore reads it beside the snapshot).
     index_read: AtomicBool,
+    /// Snapshots listed before, by id: a snapshot object never changes, so listing again
+    /// reads only the new ones (a `copy` of many snapshots lists both repositories for each).
+    listed: std::sync::Mutex<HashMap<String, SnapshotInfo>>,
 }
 
 /// An open repository. Cheap to clone; every clone shares the index.
@@ -562,6 +565,7 @@ impl Repository {
                 slot,
                 index: Arc::new(RwLock::new(index.unwrap_or_default())),
                 index_read,
+                listed: Default::default(),
             }),
         }
     }
@@ -706,11 +710,36 @@ impl Repository {
     /// Lists snapshots matching `filter`, oldest first.
     pub async fn snapshots(&self, filter: &SnapshotFilter) -> Result<Vec<SnapshotInfo>> {
         let ids = self.snapshot_ids().await?;
-        let mut v: Vec<SnapshotInfo> = futures::stream::iter(ids)
+        // A cache: a panic elsewhere while it was held leaves nothing wrong in it.
+        let listed = || {
+            self.inner
+                .listed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        let (mut v, mut unread) = (Vec::with_capacity(ids.len()), Vec::new());
+        {
+            let l = listed();
+            for id in &ids {
+                match l.get(id) {
+                    Some(s) => v.push(s.clone()),
+                    None => unread.push(id.clone()),
+                }
+            }
+        }
+        let read: Vec<SnapshotInfo> = futures::stream::iter(unread)
             .map(|id| async move { self.read_snapshot(&id).await })
             .buffer_unordered(METADATA_READS_IN_FLIGHT)
             .try_collect()
             .await?;
+        {
+            // Forgotten snapshots leave the cache as they leave the listing.
+            let present: HashSet<&String> = ids.iter().collect();
+            let mut l = listed();
+            l.retain(|id, _| present.contains(id));
+            l.extend(read.iter().map(|s| (s.id.clone(), s.clone())));
+        }
+        v.extend(read);
         v.retain(|s| filter.matches(s));
         v.sort_by(|a, b| a.time.cmp(&b.time).then_with(|| a.id.cmp(&b.id)));
         Ok(v)

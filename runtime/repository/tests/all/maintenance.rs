@@ -389,3 +389,42 @@ async fn prune_repacks_packs_that_pages_rewritten_since_left_mostly_unused() {
     repo.restore_tree(&new.id, &dst).await.unwrap();
     assert!(std::fs::read(dst.join("db")).unwrap() == db);
 }
+
+/// Listing keeps what it read: what another handle adds or forgets shows all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listings_follow_other_handles() {
+    let d = tempfile::tempdir().unwrap();
+    let url = d.path().display().to_string();
+    let a = Repository::init(url.as_str(), &pass("p"), Default::default())
+        .await
+        .unwrap();
+    let b = Repository::open(url.as_str(), &pass("p")).await.unwrap();
+    let first = a
+        .backup_stream("s", &noise(100_000, 1)[..], Default::default())
+        .await
+        .unwrap();
+    let ids = |v: Vec<cairn_repository::SnapshotInfo>| -> Vec<String> {
+        v.into_iter().map(|s| s.id).collect()
+    };
+    let all = SnapshotFilter::new();
+    assert_eq!(ids(a.snapshots(&all).await.unwrap()), vec![first.id.clone()]);
+    let second = b
+        .backup_stream("s", &noise(100_000, 2)[..], Default::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(a.snapshots(&all).await.unwrap()),
+        vec![first.id.clone(), second.id.clone()]
+    );
+    b.forget_ids(std::slice::from_ref(&first.id), false)
+        .await
+        .unwrap();
+    assert_eq!(ids(a.snapshots(&all).await.unwrap()), vec![second.id.clone()]);
+    assert_eq!(
+        ids(a
+            .snapshots(&SnapshotFilter::new().tag("none"))
+            .await
+            .unwrap()),
+        Vec::<String>::new()
+    );
+}
