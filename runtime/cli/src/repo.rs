@@ -1010,9 +1010,17 @@ async fn run_inner(args: &RepoArgs) -> anyhow::Result<ExitCode> {
                         json!({ "id": info.id, "bytes": n, "target": target }),
                     );
                 } else {
-                    // The whole tree's size; an --include restore ends short of it.
+                    // What the restore writes: the whole tree, or the files selected (listed
+                    // only when a bar shows it).
                     let total = if include.is_empty() {
                         info.summary.bytes
+                    } else if std::io::stderr().is_terminal() {
+                        let selected = repo.list_tree(&info, include).await?;
+                        selected
+                            .iter()
+                            .filter(|e| e.kind == "file")
+                            .map(|e| e.size)
+                            .sum()
                     } else {
                         0
                     };

@@ -120,11 +120,12 @@ fn prune_repacks_a_half_unused_pack_the_next_deletes_it_and_check_reads_subsets(
     let repo = LocalRepo::new();
     let (dir, run) = (&repo.dir, |args: &[&str]| repo.ok(args));
     run(&["repo", "init"]);
-    // 512 distinct pages, then every other one rewritten.
+    // 512 distinct pages (binary, as a database's are: cut at page boundaries), then every
+    // other one rewritten.
     let data = dir.path().join("data");
     std::fs::create_dir(&data).expect("data");
     let page = |n: usize, v: u8| -> Vec<u8> {
-        let mut p = format!("page {n:04} version {v:03} ").repeat(8192 / 22 + 1);
+        let mut p = format!("page {n:04} version {v:03}\0").repeat(8192 / 22 + 1);
         p.truncate(8192);
         p.into_bytes()
     };
