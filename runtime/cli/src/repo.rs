@@ -200,6 +200,21 @@ enum RepoCommand {
     /// Manage key slots.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Repair the repository's metadata.
+    #[command(subcommand)]
+    Repair(RepairCommand),
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum RepairCommand {
+    /// Index again, from their own headers, the packs no readable index file lists (an index
+    /// file deleted or damaged: `prune` refuses until this has run), then remove the damaged
+    /// index files.
+    Index {
+        /// Show what would be indexed.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 fn parse_subset(s: &str) -> Result<ReadData, String> {
@@ -1186,6 +1201,38 @@ async fn run_inner(args: &RepoArgs) -> anyhow::Result<ExitCode> {
                 },
                 serde_json::to_value(&r).context("encoding report")?,
             );
+        }
+        RepoCommand::Repair(RepairCommand::Index { dry_run }) => {
+            let r = repo.repair_index(*dry_run).await?;
+            args.print(
+                || {
+                    let mut lines: Vec<String> = r
+                        .packs_unreadable
+                        .iter()
+                        .map(|(pack, why)| format!("error: pack {pack}: {why}"))
+                        .collect();
+                    lines.push(format!(
+                        "{} {} packs ({} chunks) from their headers; {} {} damaged index files",
+                        if *dry_run { "would index" } else { "indexed" },
+                        r.packs_indexed,
+                        r.chunks_indexed,
+                        if *dry_run { "would remove" } else { "removed" },
+                        r.index_files_removed
+                    ));
+                    if !r.packs_unreadable.is_empty() {
+                        lines.push(format!(
+                            "{} packs cannot be read; `cairn repo check` names the snapshots \
+                             that need them",
+                            r.packs_unreadable.len()
+                        ));
+                    }
+                    lines.join("\n")
+                },
+                serde_json::to_value(&r).context("encoding report")?,
+            );
+            if !r.packs_unreadable.is_empty() {
+                return Ok(ExitCode::from(crate::exit::FAILED));
+            }
         }
         RepoCommand::Unlock { remove_all } => {
             let locks = repo.unlock(*remove_all).await?;

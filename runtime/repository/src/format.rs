@@ -110,6 +110,16 @@ pub(crate) fn pack_hex(p: &PackId) -> String {
     hex::encode(p)
 }
 
+/// The pack id an object name spells, if it spells one.
+pub(crate) fn pack_id(hex: &str) -> Option<PackId> {
+    if !is_id(hex) {
+        return None;
+    }
+    let mut id = PackId::default();
+    hex::decode_to_slice(hex, &mut id).ok()?;
+    Some(id)
+}
+
 /// One entry of an index file or a pack header.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Entry {

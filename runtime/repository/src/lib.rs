@@ -53,9 +53,9 @@ pub use pipeline::{
     TEXT_FRAME_FACTOR,
 };
 pub use repo::{
-    BackupOptions, CheckReport, DEFAULT_REPACK_UNUSED, ForgetReport, InitOptions, Problem,
-    PruneOptions, PruneReport, ReadData, RepoStats, Repository, RestoreOptions, RestoreSummary,
-    SnapshotFilter,
+    BackupOptions, CheckReport, DEFAULT_REPACK_UNUSED, ForgetReport, IndexRepair, InitOptions,
+    Problem, PruneOptions, PruneReport, ReadData, RepoStats, Repository, RestoreOptions,
+    RestoreSummary, SnapshotFilter,
 };
 pub use retention::{Retention, retained};
 pub use stream::{SnapshotReader, SnapshotWriter};

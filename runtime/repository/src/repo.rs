@@ -324,6 +324,22 @@ pub struct ForgetReport {
     pub protected: Vec<(String, String)>,
 }
 
+/// The result of [`Repository::repair_index`].
+#[derive(Debug, Clone, Default, Serialize)]
+#[non_exhaustive]
+pub struct IndexRepair {
+    /// Packs no readable index file listed, indexed again from their own headers (or that
+    /// would be, in a dry run).
+    pub packs_indexed: usize,
+    /// The chunks in them.
+    pub chunks_indexed: usize,
+    /// Damaged index files removed once their packs were indexed again.
+    pub index_files_removed: usize,
+    /// Packs whose header cannot be read, with why: their chunks stay unindexed (`check`
+    /// names the snapshots that need them).
+    pub packs_unreadable: Vec<(String, String)>,
+}
+
 /// The result of [`Repository::prune`].
 #[derive(Debug, Clone, Default, Serialize)]
 #[non_exhaustive]
@@ -1003,7 +1019,8 @@ impl Repository {
             report.errors.push(Problem {
                 object: "index".into(),
                 reason: format!(
-                    "{} chunks referenced by snapshots are in no index",
+                    "{} chunks referenced by snapshots are in no index (`cairn repo repair \
+                     index` indexes the packs that still hold them)",
                     missing_chunks.len()
                 ),
                 snapshots: affected(&missing_chunks),
@@ -1345,7 +1362,25 @@ impl Repository {
         let backend = &self.inner.backend;
         let mut report = PruneReport::default();
         // Reload the index: other processes may have added to it.
-        self.refresh_index().await?;
+        let damaged = self.refresh_index().await?;
+        // Prune deletes the packs the index does not show in use: with an index file unread,
+        // the packs it lists would look unused.
+        const REPAIR: &str = "prune would delete the packs it lists as unused: run `cairn repo \
+                              repair index` to index them again from their own headers, then prune";
+        if let Some(e) = damaged.into_iter().next() {
+            return Err(match e {
+                Error::Corrupt {
+                    object,
+                    reason,
+                    snapshots,
+                } => Error::Corrupt {
+                    object,
+                    reason: format!("{reason}; {REPAIR}"),
+                    snapshots,
+                },
+                e => e,
+            });
+        }
         let snaps = self.snapshots(&SnapshotFilter::default()).await?;
         let mut referenced = IdSet::default();
         let mut contents = HashSet::new();
@@ -1353,6 +1388,22 @@ impl Repository {
             let c = self.content(s).await?;
             referenced.extend(c.chunk_ids());
             contents.insert(s.content.clone());
+        }
+        let unindexed = {
+            let idx = self.inner.index.read().map_err(|_| poisoned())?;
+            referenced.iter().filter(|c| !idx.contains(c)).count()
+        };
+        if unindexed > 0 {
+            return Err(Error::corrupt(
+                "index",
+                format!(
+                    "{unindexed} chunks that snapshots use are in no index file (an index file \
+                     is missing, or their packs are), and prune would delete their packs as \
+                     unused: run `cairn repo repair index`, which indexes every pack again from \
+                     its own header; if chunks are still missing, `cairn repo check` names the \
+                     snapshots that need them: forget those, then prune"
+                ),
+            ));
         }
         for m in backend.list("content/").await? {
             let Some(id) = m.location.filename().filter(|n| format::is_id(n)) else {
@@ -1513,6 +1564,129 @@ impl Repository {
         }
         self.refresh_index().await?;
         Ok(report)
+    }
+
+    /// Indexes again, from their own headers, the packs no readable index file lists (an
+    /// index file deleted or damaged), then removes the damaged index files. Takes the
+    /// exclusive lock, as prune does. Packs left by interrupted backups are indexed too; the
+    /// next prune removes what no snapshot uses.
+    pub async fn repair_index(&self, dry_run: bool) -> Result<IndexRepair> {
+        let lock = LockGuard::acquire(&self.inner.backend, true, "repair index").await?;
+        let r = self.repair_index_locked(dry_run).await;
+        lock.release().await;
+        r
+    }
+
+    async fn repair_index_locked(&self, dry_run: bool) -> Result<IndexRepair> {
+        let backend = &self.inner.backend;
+        let damaged = self.refresh_index().await?;
+        let indexed: HashSet<String> = {
+            let idx = self.inner.index.read().map_err(|_| poisoned())?;
+            idx.packs.iter().map(format::pack_hex).collect()
+        };
+        let unindexed: Vec<(String, format::PackId, u64)> = backend
+            .list("data/")
+            .await?
+            .into_iter()
+            .filter_map(|m| {
+                let hex = m.location.filename().filter(|n| !indexed.contains(*n))?;
+                Some((hex.to_string(), format::pack_id(hex)?, m.size))
+            })
+            .collect();
+        let headers: Vec<_> = futures::stream::iter(unindexed)
+            .map(|(hex, id, size)| async move {
+                let h = self.pack_header(&hex, size).await;
+                (hex, id, h)
+            })
+            .buffer_unordered(METADATA_READS_IN_FLIGHT)
+            .collect()
+            .await;
+        let mut report = IndexRepair::default();
+        let mut packs = Vec::new();
+        for (hex, id, h) in headers {
+            match h {
+                Ok(entries) => {
+                    report.packs_indexed += 1;
+                    report.chunks_indexed += entries.len();
+                    packs.push((id, entries));
+                }
+                Err(e) => report.packs_unreadable.push((hex, e.to_string())),
+            }
+        }
+        packs.sort_unstable_by_key(|p| p.0);
+        report.packs_unreadable.sort();
+        let damaged: Vec<String> = damaged
+            .into_iter()
+            .filter_map(|e| match e {
+                Error::Corrupt { object, .. } => Some(object),
+                _ => None,
+            })
+            .collect();
+        if dry_run {
+            report.index_files_removed = damaged.len();
+            return Ok(report);
+        }
+        if !packs.is_empty() {
+            let id = format::new_id();
+            let sealed = format::seal_object(
+                &self.inner.keys,
+                "index",
+                &id,
+                &format::encode_index(&packs),
+            );
+            backend
+                .put_data(&format::index_path(&id), Bytes::from(sealed))
+                .await?;
+        }
+        // Only now: until the new index file is written, a crash leaves the damaged ones
+        // where they were.
+        for path in &damaged {
+            match backend.delete_data(path, None).await {
+                Ok(()) => report.index_files_removed += 1,
+                Err(e) => tracing::warn!(error = %e, "keeping damaged index file {path}"),
+            }
+        }
+        self.refresh_index().await?;
+        Ok(report)
+    }
+
+    /// The entries of pack `hex` (`size` bytes) as its own sealed header lists them.
+    async fn pack_header(&self, hex: &str, size: u64) -> Result<Vec<format::Entry>> {
+        let path = format::pack_path(hex);
+        let damaged = |reason: &str| Error::corrupt(&path, reason);
+        if size < 4 {
+            return Err(damaged("is truncated"));
+        }
+        let tail = self.inner.backend.get_range(&path, size - 4..size).await?;
+        let len = u64::from(u32::from_le_bytes(
+            tail[..].try_into().map_err(|_| damaged("is truncated"))?,
+        ));
+        if len + 4 > size {
+            return Err(damaged("pack header length is out of range"));
+        }
+        let sealed = self
+            .inner
+            .backend
+            .get_range(&path, size - 4 - len..size - 4)
+            .await?;
+        let keys = self.inner.keys.clone();
+        let aad = crate::crypto::object_aad("pack-header", hex);
+        let entries = tokio::task::spawn_blocking(move || {
+            keys.open(&aad, &sealed)
+                .and_then(|h| format::decode_pack_header(&h))
+        })
+        .await
+        .map_err(|e| Error::Invalid(format!("header task failed: {e}")))?;
+        let entries = entries.ok_or_else(|| damaged("pack header fails authentication"))?;
+        // Authenticated, so written by this repository's key; still, no place past the frames.
+        let frames_end = size - 4 - len;
+        if entries
+            .iter()
+            .any(|e| u64::from(e.frame_off) + u64::from(e.frame_len) > frames_end)
+        {
+            return Err(damaged("pack header places chunks past its frames"));
+        }
+        Ok(entries)
     }
 
     /// Copies the chunks `ids` (in pack order) into new packs and index files, through the

@@ -556,3 +556,42 @@ fn forget_by_id_removes_the_snapshots_named_and_refuses_rules_beside_them() {
     assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
     assert_eq!(listed[0]["id"], ids[1].as_str());
 }
+
+#[test]
+fn prune_waits_for_repair_index_after_an_index_file_is_lost() {
+    let repo = LocalRepo::new();
+    let run = |args: &[&str]| repo.ok(args);
+    run(&["repo", "init"]);
+    let data = repo.dir.path().join("data");
+    std::fs::create_dir(&data).expect("data");
+    std::fs::write(
+        data.join("dump.sql"),
+        "INSERT INTO t VALUES (1);\n".repeat(40_000),
+    )
+    .expect("dump");
+    run(&["repo", "backup", data.to_str().expect("utf-8")]);
+    let index = repo.dir.path().join("repo/index");
+    for f in std::fs::read_dir(&index).expect("index") {
+        std::fs::remove_file(f.expect("entry").path()).expect("remove");
+    }
+    let out = repo.run(&["repo", "prune"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("repair index"), "{}", stderr(&out));
+    let out = run(&["repo", "repair", "index", "--output", "json"]);
+    let report = json(&out);
+    assert_eq!(report["packs_indexed"], 1, "{report}");
+    let out = run(&["repo", "prune", "--output", "json"]);
+    assert_eq!(json(&out)["packs_deleted"], 0, "{}", json(&out));
+    let target = repo.dir.path().join("restored");
+    run(&[
+        "repo",
+        "restore",
+        "latest",
+        "--target",
+        target.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(
+        std::fs::read(target.join("dump.sql")).expect("restored"),
+        std::fs::read(data.join("dump.sql")).expect("source")
+    );
+}

@@ -302,3 +302,89 @@ async fn data_subsets_together_read_every_pack_once_and_name_the_damage() {
         assert!(e.contains(bad) && e.contains("N/M"), "{e}");
     }
 }
+
+/// Index files lost or damaged: prune refuses rather than delete the packs they listed, and
+/// `repair_index` indexes those packs again from their own headers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_index_files_are_rebuilt_from_pack_headers_and_prune_waits_for_it() {
+    let d = tempfile::tempdir().unwrap();
+    let Two { a, b, a_index, .. } = two_snapshots(d.path()).await;
+    let all_packs = packs(d.path());
+    let index = files(d.path(), "index");
+    assert_eq!((a_index.len(), index.len()), (1, 2), "{index:?}");
+    let url = d.path().display().to_string();
+    let p = pass("p");
+    let open = || Repository::open(url.as_str(), &p);
+
+    // b's index file deleted: b's chunks are in no index file.
+    let b_index = index.iter().find(|p| !a_index.contains(p)).unwrap();
+    std::fs::remove_file(b_index).unwrap();
+    let e = open().await.unwrap().prune(false).await.unwrap_err();
+    assert!(e.to_string().contains("in no index file"), "{e}");
+    assert!(e.to_string().contains("cairn repo repair index"), "{e}");
+    assert_eq!(packs(d.path()), all_packs, "prune deleted nothing");
+
+    // a's damaged as well.
+    let mut bytes = std::fs::read(&a_index[0]).unwrap();
+    bytes[30] ^= 0x40;
+    std::fs::write(&a_index[0], bytes).unwrap();
+    let e = open().await.unwrap().prune(false).await.unwrap_err();
+    let name = a_index[0].file_name().unwrap().to_str().unwrap();
+    assert!(e.to_string().contains(name), "{e}");
+    assert_eq!(packs(d.path()), all_packs, "prune deleted nothing");
+
+    let repo = open().await.unwrap();
+    let dry = repo.repair_index(true).await.unwrap();
+    assert_eq!(
+        (dry.packs_indexed, dry.index_files_removed),
+        (all_packs.len(), 1),
+        "{dry:?}"
+    );
+    assert_eq!(
+        files(d.path(), "index"),
+        a_index,
+        "a dry run writes nothing"
+    );
+    let r = repo.repair_index(false).await.unwrap();
+    assert_eq!(
+        (r.packs_indexed, r.index_files_removed),
+        (all_packs.len(), 1),
+        "{r:?}"
+    );
+    assert!(
+        r.packs_unreadable.is_empty() && r.chunks_indexed > 0,
+        "{r:?}"
+    );
+
+    let repo = open().await.unwrap();
+    assert!(repo.check(true).await.unwrap().is_ok());
+    for (s, seed) in [(&a, 1), (&b, 2)] {
+        let mut out = Vec::new();
+        repo.restore_stream(s, &mut out).await.unwrap();
+        assert!(out == noise(2_000_000, seed), "{s}");
+    }
+    let p = repo.prune(false).await.unwrap();
+    assert_eq!(p.packs_deleted, 0, "{p:?}");
+    assert_eq!(repo.repair_index(false).await.unwrap().packs_indexed, 0);
+}
+
+/// A pack whose header is damaged cannot be indexed again; repair says which.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repair_names_packs_whose_header_is_damaged() {
+    let d = tempfile::tempdir().unwrap();
+    let Two {
+        a_packs, a_index, ..
+    } = two_snapshots(d.path()).await;
+    std::fs::remove_file(&a_index[0]).unwrap();
+    let mut bytes = std::fs::read(&a_packs[0]).unwrap();
+    let n = bytes.len();
+    bytes[n - 10] ^= 0x01;
+    std::fs::write(&a_packs[0], bytes).unwrap();
+    let url = d.path().display().to_string();
+    let repo = Repository::open(url.as_str(), &pass("p")).await.unwrap();
+    let r = repo.repair_index(false).await.unwrap();
+    let name = a_packs[0].file_name().unwrap().to_str().unwrap();
+    assert_eq!(r.packs_unreadable.len(), 1, "{r:?}");
+    assert_eq!(r.packs_unreadable[0].0, name);
+    assert!(r.packs_unreadable[0].1.contains("pack header"), "{r:?}");
+}

@@ -407,7 +407,10 @@ async fn listings_follow_other_handles() {
         v.into_iter().map(|s| s.id).collect()
     };
     let all = SnapshotFilter::new();
-    assert_eq!(ids(a.snapshots(&all).await.unwrap()), vec![first.id.clone()]);
+    assert_eq!(
+        ids(a.snapshots(&all).await.unwrap()),
+        vec![first.id.clone()]
+    );
     let second = b
         .backup_stream("s", &noise(100_000, 2)[..], Default::default())
         .await
@@ -419,7 +422,10 @@ async fn listings_follow_other_handles() {
     b.forget_ids(std::slice::from_ref(&first.id), false)
         .await
         .unwrap();
-    assert_eq!(ids(a.snapshots(&all).await.unwrap()), vec![second.id.clone()]);
+    assert_eq!(
+        ids(a.snapshots(&all).await.unwrap()),
+        vec![second.id.clone()]
+    );
     assert_eq!(
         ids(a
             .snapshots(&SnapshotFilter::new().tag("none"))
