@@ -1363,24 +1363,6 @@ impl Repository {
         let mut report = PruneReport::default();
         // Reload the index: other processes may have added to it.
         let damaged = self.refresh_index().await?;
-        // Prune deletes the packs the index does not show in use: with an index file unread,
-        // the packs it lists would look unused.
-        const REPAIR: &str = "prune would delete the packs it lists as unused: run `cairn repo \
-                              repair index` to index them again from their own headers, then prune";
-        if let Some(e) = damaged.into_iter().next() {
-            return Err(match e {
-                Error::Corrupt {
-                    object,
-                    reason,
-                    snapshots,
-                } => Error::Corrupt {
-                    object,
-                    reason: format!("{reason}; {REPAIR}"),
-                    snapshots,
-                },
-                e => e,
-            });
-        }
         let snaps = self.snapshots(&SnapshotFilter::default()).await?;
         let mut referenced = IdSet::default();
         let mut contents = HashSet::new();
@@ -1388,22 +1370,6 @@ impl Repository {
             let c = self.content(s).await?;
             referenced.extend(c.chunk_ids());
             contents.insert(s.content.clone());
-        }
-        let unindexed = {
-            let idx = self.inner.index.read().map_err(|_| poisoned())?;
-            referenced.iter().filter(|c| !idx.contains(c)).count()
-        };
-        if unindexed > 0 {
-            return Err(Error::corrupt(
-                "index",
-                format!(
-                    "{unindexed} chunks that snapshots use are in no index file (an index file \
-                     is missing, or their packs are), and prune would delete their packs as \
-                     unused: run `cairn repo repair index`, which indexes every pack again from \
-                     its own header; if chunks are still missing, `cairn repo check` names the \
-                     snapshots that need them: forget those, then prune"
-                ),
-            ));
         }
         for m in backend.list("content/").await? {
             let Some(id) = m.location.filename().filter(|n| format::is_id(n)) else {
@@ -1431,6 +1397,48 @@ impl Repository {
                     .map(|n| (n.to_string(), m.clone()))
             })
             .collect();
+        // Prune deletes the packs the index does not show in use: with an index file unread,
+        // the packs it listed would look unused, unless `repair index` has indexed every pack
+        // again (a damaged file it could not delete, being protected, then names none).
+        if let Some(e) = damaged.into_iter().next() {
+            let indexed: HashSet<String> = {
+                let idx = self.inner.index.read().map_err(|_| poisoned())?;
+                idx.packs.iter().map(format::pack_hex).collect()
+            };
+            if listed.keys().any(|p| !indexed.contains(p)) {
+                const REPAIR: &str = "prune would delete the packs it listed as unused: run \
+                    `cairn repo repair index` to index them again from their own headers, then \
+                    prune";
+                return Err(match e {
+                    Error::Corrupt {
+                        object,
+                        reason,
+                        snapshots,
+                    } => Error::Corrupt {
+                        object,
+                        reason: format!("{reason}; {REPAIR}"),
+                        snapshots,
+                    },
+                    e => e,
+                });
+            }
+        }
+        let unindexed = {
+            let idx = self.inner.index.read().map_err(|_| poisoned())?;
+            referenced.iter().filter(|c| !idx.contains(c)).count()
+        };
+        if unindexed > 0 {
+            return Err(Error::corrupt(
+                "index",
+                format!(
+                    "{unindexed} chunks that snapshots use are in no index file (an index file \
+                     is missing, or their packs are), and prune would delete their packs as \
+                     unused: run `cairn repo repair index`, which indexes every pack again from \
+                     its own header; if chunks are still missing, `cairn repo check` names the \
+                     snapshots that need them: forget those, then prune"
+                ),
+            ));
+        }
         let index_files: Vec<object_store::ObjectMeta> = backend.list("index/").await?;
         let (used_packs, mut survivors, protected_index_packs, repack) = {
             let idx = self.inner.index.read().map_err(|_| poisoned())?;

@@ -2,7 +2,7 @@
 //! undamaged snapshots still restore.
 
 use crate::support::*;
-use cairn_repository::{Error, ReadData, Repository};
+use cairn_repository::{Error, InitOptions, ReadData, Repository};
 use std::path::{Path, PathBuf};
 
 fn packs(repo: &Path) -> Vec<PathBuf> {
@@ -387,4 +387,33 @@ async fn repair_names_packs_whose_header_is_damaged() {
     assert_eq!(r.packs_unreadable.len(), 1, "{r:?}");
     assert_eq!(r.packs_unreadable[0].0, name);
     assert!(r.packs_unreadable[0].1.contains("pack header"), "{r:?}");
+}
+
+/// A damaged index file that the protection period keeps stops prune only until repair has
+/// indexed every pack again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_protected_damaged_index_file_stops_prune_only_until_repair() {
+    let d = tempfile::tempdir().unwrap();
+    let url = d.path().display().to_string();
+    let opts = InitOptions::new().protection(std::time::Duration::from_secs(86_400));
+    let repo = Repository::init(url.as_str(), &pass("p"), opts)
+        .await
+        .unwrap();
+    let a = repo
+        .backup_stream("a", &noise(2_000_000, 1)[..], Default::default())
+        .await
+        .unwrap()
+        .id;
+    let index = files(d.path(), "index");
+    let mut bytes = std::fs::read(&index[0]).unwrap();
+    bytes[30] ^= 0x40;
+    std::fs::write(&index[0], bytes).unwrap();
+    let repo = Repository::open(url.as_str(), &pass("p")).await.unwrap();
+    assert!(repo.prune(false).await.is_err());
+    let r = repo.repair_index(false).await.unwrap();
+    assert_eq!((r.packs_indexed, r.index_files_removed), (1, 0), "{r:?}");
+    assert_eq!(repo.prune(false).await.unwrap().packs_deleted, 0);
+    let mut out = Vec::new();
+    repo.restore_stream(&a, &mut out).await.unwrap();
+    assert!(out == noise(2_000_000, 1));
 }
