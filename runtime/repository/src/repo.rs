@@ -1543,17 +1543,8 @@ impl Repository {
         }
         // 1. one new index with the survivors, 2. drop the old index files, 3. drop packs.
         // A crash between steps leaves duplicates or orphans, never a dangling reference.
-        let new_id = format::new_id();
         let entries: Vec<(format::PackId, Vec<format::Entry>)> = survivors.into_iter().collect();
-        let sealed = format::seal_object(
-            &self.inner.keys,
-            "index",
-            &new_id,
-            &format::encode_index(&entries),
-        );
-        backend
-            .put_data(&format::index_path(&new_id), Bytes::from(sealed))
-            .await?;
+        self.write_index_file(&entries).await?;
         for m in &index_files {
             let p = m.location.to_string();
             if m.location.filename().is_some_and(format::is_id)
@@ -1635,16 +1626,7 @@ impl Repository {
             return Ok(report);
         }
         if !packs.is_empty() {
-            let id = format::new_id();
-            let sealed = format::seal_object(
-                &self.inner.keys,
-                "index",
-                &id,
-                &format::encode_index(&packs),
-            );
-            backend
-                .put_data(&format::index_path(&id), Bytes::from(sealed))
-                .await?;
+            self.write_index_file(&packs).await?;
         }
         // Only now: until the new index file is written, a crash leaves the damaged ones
         // where they were.
@@ -1656,6 +1638,17 @@ impl Repository {
         }
         self.refresh_index().await?;
         Ok(report)
+    }
+
+    /// Writes one new index file listing `packs`.
+    async fn write_index_file(&self, packs: &[(format::PackId, Vec<format::Entry>)]) -> Result<()> {
+        let id = format::new_id();
+        let sealed =
+            format::seal_object(&self.inner.keys, "index", &id, &format::encode_index(packs));
+        self.inner
+            .backend
+            .put_data(&format::index_path(&id), Bytes::from(sealed))
+            .await
     }
 
     /// The entries of pack `hex` (`size` bytes) as its own sealed header lists them.
