@@ -25,9 +25,14 @@ pub(crate) const READ_UNIT_BYTES: u64 = 2 << 20;
 /// Largest hole between two needed frames of a pack that is read through rather than split
 /// into two requests (256 KiB).
 pub(crate) const READ_GAP_BYTES: u64 = 256 << 10;
+/// Most chunk bytes one ranged read yields before it takes another frame (4 MiB; read in
+/// order, its frames decode to that plus at most one frame). Text compresses 3:1 and some dumps 80:1 (a pgbench table's blank-padded rows): a
+/// read bounded by its stored bytes alone would decode to 6–8 MiB, and the reads in flight
+/// and queued held over 100 MiB restoring such a dump.
+pub(crate) const READ_UNIT_CHUNK_BYTES: u64 = 4 << 20;
 /// Read units fetched and decoded at once, each its own task: enough to keep two cores busy
 /// while a large read holds up smaller ones behind it and while the writer drains; with
-/// [`READ_UNIT_BYTES`] this bounds restore memory. Measured on a 1 GiB tree restore (median
+/// [`READ_UNIT_BYTES`] and [`READ_UNIT_CHUNK_BYTES`] this bounds restore memory. Measured on a 1 GiB tree restore (median
 /// of five): 4 in flight 1.41 s, 6 1.28 s, 8 1.26 s, each peaking at 74 MiB (the passphrase's
 /// Argon2id) once the `cairn` binary limits glibc's arenas; without that limit, 8 peaked at
 /// 128 MiB.
@@ -47,6 +52,8 @@ pub(crate) struct Unit {
     frames: Vec<(u64, u32)>,
     /// Chunks: (frame number in `frames`, offset in the decoded frame, length, id).
     chunks: Vec<(u32, u32, u32, ChunkId)>,
+    /// The sum of the chunks' lengths.
+    chunk_bytes: u64,
 }
 
 /// The reads for a sequence of chunks, and where each chunk comes from.
@@ -86,6 +93,7 @@ pub(crate) fn plan(index: &Index, ids: &[ChunkId]) -> Result<Plan> {
                     fo >= g.end
                         && fo - g.end <= READ_GAP_BYTES
                         && fo + u64::from(fl) - g.start <= READ_UNIT_BYTES
+                        && g.chunk_bytes < READ_UNIT_CHUNK_BYTES
                 });
                 let u = match extends {
                     Some(u) => u,
@@ -96,6 +104,7 @@ pub(crate) fn plan(index: &Index, ids: &[ChunkId]) -> Result<Plan> {
                             end: fo,
                             frames: Vec::new(),
                             chunks: Vec::new(),
+                            chunk_bytes: 0,
                         });
                         growing.insert(loc.pack, plan.units.len() - 1);
                         plan.units.len() - 1
@@ -114,6 +123,7 @@ pub(crate) fn plan(index: &Index, ids: &[ChunkId]) -> Result<Plan> {
         let g = &mut plan.units[u];
         plan.order.push((u as u32, g.chunks.len() as u32));
         g.chunks.push((n, loc.inner_off, loc.len, *id));
+        g.chunk_bytes += u64::from(loc.len);
         chunk_bytes += u64::from(loc.len);
     }
     Ok(plan)
@@ -282,5 +292,51 @@ impl std::future::Future for Task {
         std::pin::Pin::new(&mut self.0).poll(cx).map(|r| {
             r.unwrap_or_else(|e| Err(Error::Invalid(format!("restore read task failed: {e}"))))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::Entry;
+    use crate::index::IndexBuilder;
+
+    /// One pack of `frames` frames of 512 KiB of chunks (eight of 64 KiB each), each frame
+    /// stored in `stored` bytes; the chunks' ids in pack order.
+    fn pack(frames: u32, stored: u32) -> (Index, Vec<ChunkId>) {
+        let entries: Vec<Entry> = (0..frames * 8)
+            .map(|i| Entry {
+                id: ChunkId(*blake3::hash(&i.to_le_bytes()).as_bytes()),
+                frame_off: i / 8 * stored,
+                frame_len: stored,
+                inner_off: i % 8 * (64 << 10),
+                len: 64 << 10,
+            })
+            .collect();
+        let ids = entries.iter().map(|e| e.id).collect();
+        let mut b = IndexBuilder::with_capacity(entries.len());
+        b.add([0; 16], &entries);
+        (b.finish(), ids)
+    }
+
+    #[test]
+    fn a_read_decodes_to_a_bounded_size_however_well_its_frames_compressed() {
+        // 80:1 (blank-padded rows), 3:1 (text), stored raw.
+        for stored in [6 << 10, 170 << 10, 512 << 10] {
+            let (index, ids) = pack(64, stored);
+            let plan = plan(&index, &ids).expect("every chunk is indexed");
+            for u in &plan.units {
+                assert!(u.end - u.start <= READ_UNIT_BYTES, "{stored}: {u:?}");
+                assert!(
+                    u.chunk_bytes <= (4 << 20) + (512 << 10),
+                    "{stored}: {} chunk bytes",
+                    u.chunk_bytes
+                );
+            }
+            // Every chunk once, in order.
+            assert_eq!(plan.order.len(), ids.len());
+            let total: u64 = plan.units.iter().map(|u| u.chunk_bytes).sum();
+            assert_eq!(total, 64 * (512 << 10));
+        }
     }
 }
