@@ -335,8 +335,9 @@ pub struct IndexRepair {
     pub chunks_indexed: usize,
     /// Damaged index files removed once their packs were indexed again.
     pub index_files_removed: usize,
-    /// Packs whose header cannot be read, with why: their chunks stay unindexed (`check`
-    /// names the snapshots that need them).
+    /// Packs whose header is damaged (truncated, or fails authentication), with why: their
+    /// chunks stay unindexed (`check` names the snapshots that need them). A store that
+    /// fails to answer stops the repair with its error instead, writing nothing.
     pub packs_unreadable: Vec<(String, String)>,
 }
 
@@ -1609,7 +1610,11 @@ impl Repository {
                     report.chunks_indexed += entries.len();
                     packs.push((id, entries));
                 }
-                Err(e) => report.packs_unreadable.push((hex, e.to_string())),
+                Err(e @ Error::Corrupt { .. }) => {
+                    report.packs_unreadable.push((hex, e.to_string()))
+                }
+                // The store failing is not the pack: stop, and a rerun indexes it.
+                Err(e) => return Err(e),
             }
         }
         packs.sort_unstable_by_key(|p| p.0);
