@@ -26,16 +26,17 @@ pub(crate) const READ_UNIT_BYTES: u64 = 2 << 20;
 /// into two requests (256 KiB).
 pub(crate) const READ_GAP_BYTES: u64 = 256 << 10;
 /// Most chunk bytes one ranged read yields before it takes another frame (4 MiB; read in
-/// order, its frames decode to that plus at most one frame). Text compresses 3:1 and some dumps 80:1 (a pgbench table's blank-padded rows): a
-/// read bounded by its stored bytes alone would decode to 6–8 MiB, and the reads in flight
-/// and queued held over 100 MiB restoring such a dump.
+/// order, its frames decode to that plus at most one frame). Text compresses 3:1 and some
+/// dumps 80:1 (a pgbench table's blank-padded rows): a read bounded by its stored bytes
+/// alone would decode to 6–8 MiB, and the reads in flight and queued held over 100 MiB
+/// restoring such a dump.
 pub(crate) const READ_UNIT_CHUNK_BYTES: u64 = 4 << 20;
 /// Read units fetched and decoded at once, each its own task: enough to keep two cores busy
 /// while a large read holds up smaller ones behind it and while the writer drains; with
-/// [`READ_UNIT_BYTES`] and [`READ_UNIT_CHUNK_BYTES`] this bounds restore memory. Measured on a 1 GiB tree restore (median
-/// of five): 4 in flight 1.41 s, 6 1.28 s, 8 1.26 s, each peaking at 74 MiB (the passphrase's
-/// Argon2id) once the `cairn` binary limits glibc's arenas; without that limit, 8 peaked at
-/// 128 MiB.
+/// [`READ_UNIT_BYTES`] and [`READ_UNIT_CHUNK_BYTES`] this bounds restore memory. Measured on
+/// a 1 GiB tree restore (median of five): 4 in flight 1.41 s, 6 1.28 s, 8 1.26 s, each
+/// peaking at 74 MiB (the passphrase's Argon2id) once the `cairn` binary limits glibc's
+/// arenas; without that limit, 8 peaked at 128 MiB.
 pub(crate) const READS_IN_FLIGHT: usize = 8;
 /// Most chunk bytes, and most bytes read, in one planning window (8 MiB each). A decoded
 /// read is held until the last of its chunks is yielded, which is within its window, so this
