@@ -19,25 +19,27 @@ use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
 use std::sync::Arc;
 
-/// Most bytes one ranged read covers (2 MiB): large reads for throughput, bounded so the reads
-/// in flight stay small (a unit of text decodes to about three times its size).
-pub(crate) const READ_UNIT_BYTES: u64 = 2 << 20;
+/// Most bytes one ranged read covers (1 MiB): large reads for throughput, small enough that
+/// many can be in flight within a bounded memory (a unit of text decodes to about three times
+/// its size).
+pub(crate) const READ_UNIT_BYTES: u64 = 1 << 20;
 /// Largest hole between two needed frames of a pack that is read through rather than split
 /// into two requests (256 KiB).
 pub(crate) const READ_GAP_BYTES: u64 = 256 << 10;
-/// Most chunk bytes one ranged read yields before it takes another frame (4 MiB; read in
+/// Most chunk bytes one ranged read yields before it takes another frame (2 MiB; read in
 /// order, its frames decode to that plus at most one frame). Text compresses 3:1 and some
 /// dumps 80:1 (a pgbench table's blank-padded rows): a read bounded by its stored bytes
-/// alone would decode to 6–8 MiB, and the reads in flight and queued held over 100 MiB
-/// restoring such a dump.
-pub(crate) const READ_UNIT_CHUNK_BYTES: u64 = 4 << 20;
+/// alone would decode to a whole planning window, and the reads in flight and queued held
+/// over 100 MiB restoring such a dump.
+pub(crate) const READ_UNIT_CHUNK_BYTES: u64 = 2 << 20;
 /// Read units fetched and decoded at once, each its own task: enough to keep two cores busy
 /// while a large read holds up smaller ones behind it and while the writer drains; with
 /// [`READ_UNIT_BYTES`] and [`READ_UNIT_CHUNK_BYTES`] this bounds restore memory. Measured on
-/// a 1 GiB tree restore (median of five): 4 in flight 1.41 s, 6 1.28 s, 8 1.26 s, each
-/// peaking at 74 MiB (the passphrase's Argon2id) once the `cairn` binary limits glibc's
-/// arenas; without that limit, 8 peaked at 128 MiB.
-pub(crate) const READS_IN_FLIGHT: usize = 8;
+/// a 1 GiB tree restore, warm, six alternating runs each (2026-12-04): 8 reads of 2 MiB
+/// (4 MiB decoded) median 1.02–1.13 s at 77 MiB; 16 of 2 MiB 0.97–0.99 s at 82–97 MiB;
+/// 16 of 1 MiB 0.96–1.01 s at 77–78 MiB; 32 of 512 KiB 1.08 s. Smaller reads balance
+/// better over the two cores; more of them buy nothing.
+pub(crate) const READS_IN_FLIGHT: usize = 16;
 /// Most chunk bytes, and most bytes read, in one planning window (8 MiB each). A decoded
 /// read is held until the last of its chunks is yielded, which is within its window, so this
 /// bounds what restore holds beyond the reads in flight.
