@@ -602,15 +602,20 @@ fn progress_bar(total: Option<u64>) -> Option<indicatif::ProgressBar> {
     Some(bar)
 }
 
-/// Mirrors a byte counter into a progress bar until dropped.
+/// Mirrors a byte counter, and the bar's length from `length` when given, into a progress
+/// bar until dropped.
 fn watch(
     bar: Option<indicatif::ProgressBar>,
     counter: Arc<AtomicU64>,
+    length: Option<Arc<AtomicU64>>,
 ) -> Option<(indicatif::ProgressBar, tokio::task::JoinHandle<()>)> {
     let bar = bar?;
     let b = bar.clone();
     let task = tokio::spawn(async move {
         loop {
+            if let Some(l) = &length {
+                b.set_length(l.load(Ordering::Relaxed));
+            }
             b.set_position(counter.load(Ordering::Relaxed));
             tokio::time::sleep(PROGRESS_TICK).await;
         }
@@ -625,17 +630,15 @@ fn finish_bar(shown: Option<(indicatif::ProgressBar, tokio::task::JoinHandle<()>
     }
 }
 
-/// Restore options counting for a progress bar on a terminal (of `total` bytes; 0 when not
-/// known).
-fn restore_progress(
-    total: u64,
-) -> (
+/// Restore options counting for a progress bar on a terminal, whose length the restore sets
+/// once it knows what it writes.
+fn restore_progress() -> (
     RestoreOptions,
     Option<(indicatif::ProgressBar, tokio::task::JoinHandle<()>)>,
 ) {
-    let counter = Arc::new(AtomicU64::new(0));
-    let shown = watch(progress_bar((total > 0).then_some(total)), counter.clone());
-    (RestoreOptions::new().progress(counter), shown)
+    let (done, total) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let shown = watch(progress_bar(Some(0)), done.clone(), Some(total.clone()));
+    (RestoreOptions::new().progress(done).total(total), shown)
 }
 
 /// One line of `copy`'s report: the copy's id and what it added to the destination.
@@ -749,7 +752,7 @@ async fn run_inner(args: &RepoArgs) -> anyhow::Result<ExitCode> {
                         "--exclude selects paths of a directory, not a stream",
                     ));
                 }
-                let shown = watch(progress_bar(None), counter);
+                let shown = watch(progress_bar(None), counter, None);
                 (
                     repo.backup_stream(&name, tokio::io::stdin(), opts).await,
                     shown,
@@ -761,7 +764,7 @@ async fn run_inner(args: &RepoArgs) -> anyhow::Result<ExitCode> {
                 let path = PathBuf::from(source);
                 // With excludes, the directory's size overstates what is read.
                 let total = exclude.is_empty().then(|| dir_bytes(&path));
-                let shown = watch(progress_bar(total), counter);
+                let shown = watch(progress_bar(total), counter, None);
                 (repo.backup_tree(&path, opts).await, shown)
             };
             finish_bar(shown);
@@ -924,7 +927,7 @@ async fn run_inner(args: &RepoArgs) -> anyhow::Result<ExitCode> {
                 })
                 .collect();
             let total = copy.iter().map(|s| s.summary.bytes).sum();
-            let shown = watch(progress_bar(Some(total)), counter);
+            let shown = watch(progress_bar(Some(total)), counter, None);
             let mut copied = Vec::with_capacity(copy.len());
             for s in &copy {
                 let c = match dest.copy_snapshot(&repo, s, &opts).await {
@@ -993,7 +996,7 @@ async fn run_inner(args: &RepoArgs) -> anyhow::Result<ExitCode> {
             }
             if target == "-" {
                 let info = repo.snapshot(id).await?;
-                let (opts, shown) = restore_progress(info.summary.bytes);
+                let (opts, shown) = restore_progress();
                 let n = repo
                     .restore_stream_with(&info, tokio::io::stdout(), &opts)
                     .await;
@@ -1016,7 +1019,7 @@ async fn run_inner(args: &RepoArgs) -> anyhow::Result<ExitCode> {
                     let file = tokio::fs::File::create(target)
                         .await
                         .with_context(|| format!("creating {target}"))?;
-                    let (opts, shown) = restore_progress(info.summary.bytes);
+                    let (opts, shown) = restore_progress();
                     let n = repo.restore_stream_with(&info, file, &opts).await;
                     finish_bar(shown);
                     let n = n?;
@@ -1025,21 +1028,7 @@ async fn run_inner(args: &RepoArgs) -> anyhow::Result<ExitCode> {
                         json!({ "id": info.id, "bytes": n, "target": target }),
                     );
                 } else {
-                    // What the restore writes: the whole tree, or the files selected (listed
-                    // only when a bar shows it).
-                    let total = if include.is_empty() {
-                        info.summary.bytes
-                    } else if std::io::stderr().is_terminal() {
-                        let selected = repo.list_tree(&info, include).await?;
-                        selected
-                            .iter()
-                            .filter(|e| e.kind == "file")
-                            .map(|e| e.size)
-                            .sum()
-                    } else {
-                        0
-                    };
-                    let (opts, shown) = restore_progress(total);
+                    let (opts, shown) = restore_progress();
                     let r = repo.restore_paths_with(&info, target, include, &opts).await;
                     finish_bar(shown);
                     let r = r?;

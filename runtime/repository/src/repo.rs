@@ -399,10 +399,11 @@ pub const DEFAULT_REPACK_UNUSED: f64 = 0.2;
 #[non_exhaustive]
 pub struct RestoreOptions {
     pub(crate) progress: Option<Arc<AtomicU64>>,
+    pub(crate) total: Option<Arc<AtomicU64>>,
 }
 
 impl RestoreOptions {
-    /// Defaults: no progress counter.
+    /// Defaults: no progress counters.
     pub fn new() -> Self {
         Self::default()
     }
@@ -414,9 +415,23 @@ impl RestoreOptions {
         self
     }
 
+    /// A counter the restore sets to the bytes it is about to write as soon as it knows them
+    /// (for a progress bar's length): a tree restore of selected paths knows them only once
+    /// it has read the snapshot's content and selected its files.
+    pub fn total(mut self, t: Arc<AtomicU64>) -> Self {
+        self.total = Some(t);
+        self
+    }
+
     pub(crate) fn advance(&self, bytes: usize) {
         if let Some(p) = &self.progress {
             p.fetch_add(bytes as u64, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn set_total(&self, bytes: u64) {
+        if let Some(t) = &self.total {
+            t.store(bytes, Ordering::Relaxed);
         }
     }
 }

@@ -340,6 +340,7 @@ impl Repository {
     ) -> Result<u64> {
         use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
         let r = SnapshotReader::new(self, info).await?;
+        opts.set_total(info.summary.bytes);
         // Large writes: an 8 KiB buffer would mean a write per 8 KiB (and for tokio's
         // stdout, a blocking-pool handoff per write).
         let mut r = tokio::io::BufReader::with_capacity(RESTORE_WRITE_BYTES, r);

@@ -404,6 +404,7 @@ impl Repository {
                 NodeKind::Symlink => {}
             }
         }
+        opts.set_total(summary.bytes);
         let mut stream = Box::pin(self.read_chunks(&ids, &info.id).await?);
         let (tx, rx) = tokio::sync::mpsc::channel::<Vec<Bytes>>(WRITER_QUEUE);
         let writer = tokio::task::spawn_blocking(move || write_files(files, rx));

@@ -150,14 +150,36 @@ async fn restores_count_their_progress() {
         .backup_stream("s", &noise(3_000_000, 8)[..], Default::default())
         .await
         .unwrap();
-    let counted = Arc::new(AtomicU64::new(0));
-    let opts = RestoreOptions::new().progress(counted.clone());
+    let (counted, total) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let opts = RestoreOptions::new()
+        .progress(counted.clone())
+        .total(total.clone());
     let r = repo
         .restore_paths_with(&tree, d.path().join("dst"), &[], &opts)
         .await
         .unwrap();
     assert!(r.bytes > 5_000_000);
     assert_eq!(counted.load(Ordering::Relaxed), r.bytes);
+    assert_eq!(total.load(Ordering::Relaxed), r.bytes);
+    // Selected paths: the total is what the selection writes, known only after selecting.
+    counted.store(0, Ordering::Relaxed);
+    let listed = repo.list_tree(&tree, &[]).await.unwrap();
+    let file = listed
+        .iter()
+        .find(|e| e.kind == "file" && e.size > 0)
+        .unwrap();
+    let r = repo
+        .restore_paths_with(
+            &tree,
+            d.path().join("one"),
+            std::slice::from_ref(&file.path),
+            &opts,
+        )
+        .await
+        .unwrap();
+    assert_eq!((r.files, r.bytes), (1, file.size));
+    assert_eq!(counted.load(Ordering::Relaxed), file.size);
+    assert_eq!(total.load(Ordering::Relaxed), file.size);
     counted.store(0, Ordering::Relaxed);
     let mut out = Vec::new();
     let n = repo
@@ -165,6 +187,7 @@ async fn restores_count_their_progress() {
         .await
         .unwrap();
     assert_eq!((n, counted.load(Ordering::Relaxed)), (3_000_000, 3_000_000));
+    assert_eq!(total.load(Ordering::Relaxed), 3_000_000);
     assert!(out == noise(3_000_000, 8));
 }
 
