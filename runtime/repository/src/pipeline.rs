@@ -27,6 +27,12 @@ use std::thread::JoinHandle;
 pub(crate) const INPUT_BLOCK: usize = 1 << 20;
 /// Blocks queued in front of the chunker.
 pub(crate) const INPUT_QUEUE: usize = 4;
+/// Frames queued per compressor thread, in front of the compressors and again in front of
+/// the packer. The stages' speeds swing with the data (random blobs load the chunker and the
+/// packer, text the compressors), and deeper queues let one run ahead while another catches
+/// up: a 1 GiB day-1 backup on two cores took a median 2.11 s with 2, 1.98 s with 4 and
+/// 1.96 s with 8, peaking at 80, 86 and 92 MiB (2026-12-04).
+const FRAMES_QUEUED_PER_THREAD: usize = 4;
 /// Default uncompressed size of a frame (a run of new chunks compressed as one zstd frame):
 /// 128 KiB keeps most of zstd's ratio on pages that compress poorly one by one, while a
 /// restore reading one old chunk from a frame decodes at most this much.
@@ -208,8 +214,8 @@ impl Pipeline {
         let abort = Arc::new(AtomicBool::new(false));
         let (tx, rx) = tokio::sync::mpsc::channel::<Input>(INPUT_QUEUE);
         let threads = cfg.threads.max(1);
-        let (ftx, frx) = sync_channel::<Frame>(threads * 2);
-        let (ctx, crx) = sync_channel::<Frame>(threads * 2);
+        let (ftx, frx) = sync_channel::<Frame>(threads * FRAMES_QUEUED_PER_THREAD);
+        let (ctx, crx) = sync_channel::<Frame>(threads * FRAMES_QUEUED_PER_THREAD);
         let frx = Arc::new(Mutex::new(frx));
         // Blocks queued, one being read into, one being cut.
         let blocks = Pool::new(INPUT_QUEUE + 2);
