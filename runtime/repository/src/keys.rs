@@ -10,6 +10,7 @@ use crate::crypto::{self, MASTER_LEN};
 use crate::error::{Error, Result};
 use async_trait::async_trait;
 use rand::RngCore;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -63,7 +64,8 @@ pub struct KdfParams {
 impl Default for KdfParams {
     /// 64 MiB, 3 passes, 4 lanes: RFC 9106's second recommended option, well above OWASP's
     /// minimum for Argon2id. The lanes are computed in parallel: about 0.11 s on two cores,
-    /// where one lane took 0.15 s.
+    /// where one lane took 0.15 s (on an older VM; 0.05 s on the Firecracker VM of
+    /// BENCHMARKS.md, memory zeroing included).
     fn default() -> Self {
         Self {
             memory_kib: 64 * 1024,
@@ -153,7 +155,6 @@ impl Passphrase {
         // The memory (64 MiB by default) is zeroed by both cores: allocated and zeroed by
         // one, as `hash_password_into` does, its first touch of each page (a fault each) took
         // about 25 ms of a 70 ms key derivation on one core while the other waited.
-        use rayon::prelude::*;
         let blocks = params.block_count();
         let mut memory: Vec<argon2::Block> = Vec::new();
         memory.try_reserve_exact(blocks).map_err(|_| {
