@@ -386,6 +386,22 @@ impl Backend {
             .map_err(|e| self.store_err("list", prefix, e))
     }
 
+    /// The names under `prefix` that are object ids; anything else there (a foreign file) is
+    /// left out.
+    pub(crate) async fn list_ids(&self, prefix: &str) -> Result<Vec<String>> {
+        Ok(self
+            .list(prefix)
+            .await?
+            .into_iter()
+            .filter_map(|m| {
+                m.location
+                    .filename()
+                    .filter(|n| crate::format::is_id(n))
+                    .map(str::to_string)
+            })
+            .collect())
+    }
+
     /// The end of an object's protection, if it is still protected.
     pub(crate) fn protected_until(&self, last_modified_unix: i64) -> Option<jiff::Timestamp> {
         if self.protection.is_zero() {

@@ -707,19 +707,7 @@ impl Repository {
     }
 
     async fn snapshot_ids(&self) -> Result<Vec<String>> {
-        Ok(self
-            .inner
-            .backend
-            .list("snapshots/")
-            .await?
-            .into_iter()
-            .filter_map(|m| {
-                m.location
-                    .filename()
-                    .filter(|n| format::is_id(n))
-                    .map(str::to_string)
-            })
-            .collect())
+        self.inner.backend.list_ids("snapshots/").await
     }
 
     async fn read_snapshot(&self, id: &str) -> Result<SnapshotInfo> {
@@ -1919,17 +1907,7 @@ async fn write_slot(
 
 /// The key slots, in listing order, read at once.
 async fn read_slots(backend: &Backend) -> Result<Vec<(String, SlotFile)>> {
-    let ids: Vec<String> = backend
-        .list("keys/")
-        .await?
-        .into_iter()
-        .filter_map(|m| {
-            m.location
-                .filename()
-                .filter(|n| format::is_id(n))
-                .map(str::to_string)
-        })
-        .collect();
+    let ids = backend.list_ids("keys/").await?;
     let read: Vec<Option<(String, SlotFile)>> = futures::stream::iter(ids)
         .map(|id| async move {
             let Some(b) = backend.get(&format::key_path(&id)).await? else {
@@ -2036,17 +2014,7 @@ pub(crate) async fn load_index(
     backend: &Backend,
     keys: &MasterKeys,
 ) -> Result<(Index, Vec<Error>)> {
-    let files: Vec<String> = backend
-        .list("index/")
-        .await?
-        .into_iter()
-        .filter_map(|m| {
-            m.location
-                .filename()
-                .filter(|n| format::is_id(n))
-                .map(str::to_string)
-        })
-        .collect();
+    let files = backend.list_ids("index/").await?;
     let mut decoded: Vec<(String, Result<IndexFile>)> = futures::stream::iter(files)
         .map(|id| async move {
             let path = format::index_path(&id);
