@@ -995,7 +995,7 @@ async fn run_inner(args: &RepoArgs) -> anyhow::Result<ExitCode> {
                 ));
             }
             if target == "-" {
-                let info = repo.snapshot(id).await?;
+                let info = repo.snapshot_to_restore(id).await?;
                 let (opts, shown) = restore_progress();
                 let n = repo
                     .restore_stream_with(&info, tokio::io::stdout(), &opts)
@@ -1006,7 +1006,7 @@ async fn run_inner(args: &RepoArgs) -> anyhow::Result<ExitCode> {
                     eprintln!("{}", json!({ "bytes": n }));
                 }
             } else {
-                let info = repo.snapshot(id).await?;
+                let info = repo.snapshot_to_restore(id).await?;
                 if let SnapshotKind::Stream { name } = &info.kind {
                     if !include.is_empty() {
                         return Err(usage(format!(

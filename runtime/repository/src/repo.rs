@@ -768,6 +768,28 @@ impl Repository {
         Ok(v)
     }
 
+    /// [`Repository::snapshot`], for a restore that follows: the chunk index, when this
+    /// handle has not read it, is read meanwhile instead of after (on a remote store, the
+    /// listing and reading of snapshots and of index files overlap).
+    pub async fn snapshot_to_restore(&self, id_or_prefix: &str) -> Result<SnapshotInfo> {
+        self.beside_index(self.snapshot(id_or_prefix)).await
+    }
+
+    /// Awaits `work` while the chunk index, when this handle has not read it, loads on
+    /// another task (its files are decrypted and decoded as they arrive, on another core).
+    async fn beside_index<T>(&self, work: impl Future<Output = Result<T>>) -> Result<T> {
+        let loading = (!self.inner.index_read.load(Ordering::Acquire)).then(|| {
+            let repo = self.clone();
+            tokio::spawn(async move { repo.refresh_index().await })
+        });
+        let done = work.await;
+        if let Some(h) = loading {
+            h.await
+                .map_err(|e| Error::Invalid(format!("index task failed: {e}")))??;
+        }
+        done
+    }
+
     /// Finds a snapshot by id or unique id prefix; `latest` is the newest snapshot.
     pub async fn snapshot(&self, id_or_prefix: &str) -> Result<SnapshotInfo> {
         if id_or_prefix == "latest" {
@@ -913,16 +935,7 @@ impl Repository {
         info: &SnapshotInfo,
         keep: impl FnOnce(&mut Content) -> Result<()>,
     ) -> Result<Content> {
-        let loading = (!self.inner.index_read.load(Ordering::Acquire)).then(|| {
-            let repo = self.clone();
-            tokio::spawn(async move { repo.refresh_index().await })
-        });
-        let content = self.content_object(info).await;
-        if let Some(h) = loading {
-            h.await
-                .map_err(|e| Error::Invalid(format!("index task failed: {e}")))??;
-        }
-        let mut content = content?;
+        let mut content = self.beside_index(self.content_object(info)).await?;
         keep(&mut content)?;
         self.read_lists(&mut content, info).await?;
         Ok(content)
