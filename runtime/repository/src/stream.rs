@@ -317,7 +317,7 @@ impl Repository {
         id_or_prefix: &str,
         writer: W,
     ) -> Result<u64> {
-        let info = self.snapshot(id_or_prefix).await?;
+        let info = self.snapshot_to_restore(id_or_prefix).await?;
         self.restore_stream_of(&info, writer).await
     }
 

@@ -335,7 +335,7 @@ impl Repository {
         id_or_prefix: &str,
         target: impl AsRef<Path>,
     ) -> Result<RestoreSummary> {
-        let info = self.snapshot(id_or_prefix).await?;
+        let info = self.snapshot_to_restore(id_or_prefix).await?;
         self.restore_tree_of(&info, target).await
     }
 
