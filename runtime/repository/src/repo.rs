@@ -777,6 +777,7 @@ impl Repository {
 
     /// Awaits `work` while the chunk index, when this handle has not read it, loads on
     /// another task (its files are decrypted and decoded as they arrive, on another core).
+    /// When `work` fails (a snapshot id mistyped), the load is stopped rather than waited for.
     async fn beside_index<T>(&self, work: impl Future<Output = Result<T>>) -> Result<T> {
         let loading = (!self.inner.index_read.load(Ordering::Acquire)).then(|| {
             let repo = self.clone();
@@ -784,6 +785,10 @@ impl Repository {
         });
         let done = work.await;
         if let Some(h) = loading {
+            if done.is_err() {
+                h.abort();
+                return done;
+            }
             h.await
                 .map_err(|e| Error::Invalid(format!("index task failed: {e}")))??;
         }
