@@ -268,14 +268,26 @@ impl Backend {
         }
     }
 
+    /// A range of an object; shorter than asked when the object ends inside it. A range that
+    /// starts past the object's end is a truncated object (the store only says the range is
+    /// invalid: a local file's error, an HTTP 416), told apart by the object's size.
     pub(crate) async fn get_range(&self, path: &str, range: Range<u64>) -> Result<Bytes> {
-        match self.read(path, Some(range)).await {
+        match self.read(path, Some(range.clone())).await {
             Ok(b) => Ok(b),
             Err(object_store::Error::NotFound { .. }) => Err(Error::Missing {
                 object: path.to_string(),
                 snapshots: Vec::new(),
             }),
-            Err(e) => Err(self.store_err("read", path, e)),
+            Err(e) => match self.store.head(&Path::from(path)).await {
+                Ok(meta) if meta.size <= range.start => Err(Error::corrupt(
+                    path,
+                    format!(
+                        "is truncated ({} bytes, a read needs {})",
+                        meta.size, range.end
+                    ),
+                )),
+                _ => Err(self.store_err("read", path, e)),
+            },
         }
     }
 
@@ -449,5 +461,39 @@ fn prefixed(store: Arc<dyn ObjectStore>, url: &url::Url) -> Arc<dyn ObjectStore>
         store
     } else {
         Arc::new(object_store::prefix::PrefixStore::new(store, prefix))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A range past an object's end is what a truncated object gives a read planned from the
+    /// index: the store calls it an invalid range, the repository calls it truncated.
+    #[tokio::test]
+    async fn a_range_past_the_end_is_a_truncated_object() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let url = format!("file://{}", dir.path().display());
+        for loc in [Location::new(url), Location::new("memory://")] {
+            let b = Backend::connect(&loc, true).expect("the store opens");
+            b.put_replace("data/ab/obj", Bytes::from_static(&[7; 10]))
+                .await
+                .expect("the object is written");
+            assert_eq!(
+                b.get_range("data/ab/obj", 4..20)
+                    .await
+                    .expect("a short read")
+                    .len(),
+                6
+            );
+            let Err(e) = b.get_range("data/ab/obj", 12..20).await else {
+                panic!("{}: a range past the end was read", loc.url);
+            };
+            assert!(
+                matches!(&e, Error::Corrupt { reason, .. } if reason.contains("truncated")),
+                "{}: {e:?}",
+                loc.url
+            );
+        }
     }
 }
