@@ -20,6 +20,8 @@ use tokio::sync::mpsc::{OwnedPermit, Sender};
 const READER_QUEUE: usize = 2;
 /// The size of the writes a stream restore makes (1 MiB).
 const RESTORE_WRITE_BYTES: usize = 1 << 20;
+/// The most a stream backup reads at once (256 KiB).
+const STREAM_READ_BYTES: usize = 256 << 10;
 
 type PermitFuture = Pin<
     Box<
@@ -146,6 +148,21 @@ impl SnapshotWriter {
         };
         lock.release().await;
         r
+    }
+}
+
+impl SnapshotWriter {
+    /// Why the pipeline stopped taking writes (they fail with `BrokenPipe`); commits nothing.
+    async fn failure(mut self) -> Error {
+        (self.tx, self.pending) = (None, None);
+        let err = match self.pipeline.take() {
+            Some(p) => p.finish().await.err(),
+            None => None,
+        };
+        if let Some(lock) = self.lock.take() {
+            lock.release().await;
+        }
+        err.unwrap_or(Error::Aborted)
     }
 }
 
@@ -284,23 +301,27 @@ impl Repository {
         SnapshotWriter::new(self, name, opts).await
     }
 
-    /// Backs up everything `reader` yields as a stream snapshot.
+    /// Backs up everything `reader` yields as a stream snapshot. A read error, whatever its
+    /// kind, writes no snapshot: a stream cut short is never saved as if it were whole.
     pub async fn backup_stream<R: AsyncRead + Unpin>(
         &self,
         name: &str,
         mut reader: R,
         opts: BackupOptions,
     ) -> Result<SnapshotInfo> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut w = self.stream_writer(name, opts).await?;
-        match tokio::io::copy(&mut reader, &mut w).await {
-            Ok(_) => w.finish().await,
-            Err(e) => {
-                // A pipeline failure surfaces as a broken pipe: report the real cause.
-                if e.kind() == std::io::ErrorKind::BrokenPipe {
-                    w.finish().await
-                } else {
-                    Err(Error::io("read stream", name, e))
-                }
+        // Reads of a pipe return at most its 64 KiB; a file's fill the buffer.
+        let mut buf = vec![0u8; STREAM_READ_BYTES];
+        loop {
+            let n = match reader.read(&mut buf).await {
+                Ok(0) => return w.finish().await,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::io("read stream", name, e)),
+            };
+            if w.write_all(&buf[..n]).await.is_err() {
+                return Err(w.failure().await);
             }
         }
     }

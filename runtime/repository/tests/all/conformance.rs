@@ -346,3 +346,49 @@ async fn listing_and_restoring_only_some_paths_of_a_tree() {
         .to_string();
     assert!(e.contains("is a stream"), "{e}");
 }
+
+/// Yields `data`, then fails with `kind`.
+struct FailingReader {
+    data: Vec<u8>,
+    kind: std::io::ErrorKind,
+}
+
+impl tokio::io::AsyncRead for FailingReader {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.data.is_empty() {
+            return std::task::Poll::Ready(Err(self.kind.into()));
+        }
+        let n = self.data.len().min(buf.remaining());
+        buf.put_slice(&self.data[..n]);
+        self.data.drain(..n);
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_whose_reading_fails_saves_no_snapshot() {
+    let repo = Repository::init(memory_url().as_str(), &pass("p"), Default::default())
+        .await
+        .unwrap();
+    // A broken pipe too: it is the reader's, not the backup pipeline's.
+    for kind in [
+        std::io::ErrorKind::BrokenPipe,
+        std::io::ErrorKind::ConnectionReset,
+    ] {
+        let reader = FailingReader {
+            data: text(3_000_000, 1),
+            kind,
+        };
+        let err = repo
+            .backup_stream("db.sql", reader, BackupOptions::new())
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("read stream db.sql"), "{err}");
+    }
+    let all = repo.snapshots(&SnapshotFilter::new()).await.unwrap();
+    assert!(all.is_empty(), "{all:?}");
+}
