@@ -5,7 +5,7 @@ use crate::chunker::Chunking;
 use crate::error::{Error, Result};
 use crate::format::{self, Content, SnapshotInfo, SnapshotKind};
 use crate::lock::LockGuard;
-use crate::pipeline::{INPUT_BLOCK, Input, Pipeline, Pool};
+use crate::pipeline::{ChunkerOut, INPUT_BLOCK, Input, PackerOut, Pipeline, Pool};
 use crate::repo::{BackupOptions, Repository, RestoreOptions};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -110,19 +110,8 @@ impl SnapshotWriter {
 
     /// Ends the stream and commits the snapshot once all its data is stored.
     pub async fn finish(mut self) -> Result<SnapshotInfo> {
-        if !self.buf.is_empty() {
-            let tx = self.tx.clone().ok_or(Error::Aborted)?;
-            let block = std::mem::take(&mut self.buf);
-            // A closed channel means the pipeline failed; its error comes from finish below.
-            let _ = tx.send(Input::Data(block)).await;
-        }
-        if let Some(tx) = self.tx.take() {
-            let _ = tx.send(Input::EndFile).await;
-        }
         let lock = self.lock.take().ok_or(Error::Aborted)?;
-        let pipeline = self.pipeline.take().ok_or(Error::Aborted)?;
-        let result = pipeline.finish().await;
-        let r = match result {
+        let r = match self.close().await {
             Ok((c, p)) => {
                 let mut content = Content::Stream {
                     size: 0,
@@ -149,20 +138,31 @@ impl SnapshotWriter {
         lock.release().await;
         r
     }
-}
 
-impl SnapshotWriter {
-    /// Why the pipeline stopped taking writes (they fail with `BrokenPipe`); commits nothing.
-    async fn failure(mut self) -> Error {
-        (self.tx, self.pending) = (None, None);
-        let err = match self.pipeline.take() {
-            Some(p) => p.finish().await.err(),
-            None => None,
-        };
-        if let Some(lock) = self.lock.take() {
-            lock.release().await;
+    /// Stores what was written so far and saves no snapshot: for a stream found incomplete
+    /// (its source failed). A later backup of the same data reuses what was stored, and
+    /// prune removes it if none does. Dropping the writer instead discards what is not
+    /// stored yet. An error is why the pipeline failed.
+    pub async fn abandon(mut self) -> Result<()> {
+        let lock = self.lock.take().ok_or(Error::Aborted)?;
+        let r = self.close().await.map(drop);
+        lock.release().await;
+        r
+    }
+
+    /// Sends what is buffered, ends the input and waits until everything is stored.
+    async fn close(&mut self) -> Result<(ChunkerOut, PackerOut)> {
+        self.pending = None;
+        let tx = self.tx.take().ok_or(Error::Aborted)?;
+        if !self.buf.is_empty() {
+            let block = std::mem::take(&mut self.buf);
+            // A closed channel means the pipeline failed; its error comes from finish below.
+            let _ = tx.send(Input::Data(block)).await;
         }
-        err.unwrap_or(Error::Aborted)
+        let _ = tx.send(Input::EndFile).await;
+        drop(tx);
+        let pipeline = self.pipeline.take().ok_or(Error::Aborted)?;
+        pipeline.finish().await
     }
 }
 
@@ -302,7 +302,8 @@ impl Repository {
     }
 
     /// Backs up everything `reader` yields as a stream snapshot. A read error, whatever its
-    /// kind, writes no snapshot: a stream cut short is never saved as if it were whole.
+    /// kind, saves no snapshot (a stream cut short is never taken for a whole one); what was
+    /// read is stored for the next backup, as [`SnapshotWriter::abandon`] does.
     pub async fn backup_stream<R: AsyncRead + Unpin>(
         &self,
         name: &str,
@@ -318,10 +319,17 @@ impl Repository {
                 Ok(0) => return w.finish().await,
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(Error::io("read stream", name, e)),
+                Err(e) => {
+                    // Kept for the next backup, which is likely to read the same data again.
+                    if let Err(stored) = w.abandon().await {
+                        tracing::warn!(stream = name, "storing what was read failed: {stored}");
+                    }
+                    return Err(Error::io("read stream", name, e));
+                }
             };
             if w.write_all(&buf[..n]).await.is_err() {
-                return Err(w.failure().await);
+                // The pipeline stopped; abandoning it returns why.
+                return Err(w.abandon().await.err().unwrap_or(Error::Aborted));
             }
         }
     }

@@ -370,7 +370,7 @@ impl tokio::io::AsyncRead for FailingReader {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stream_whose_reading_fails_saves_no_snapshot() {
+async fn a_stream_whose_reading_fails_saves_no_snapshot_and_keeps_its_data() {
     let repo = Repository::init(memory_url().as_str(), &pass("p"), Default::default())
         .await
         .unwrap();
@@ -391,4 +391,10 @@ async fn a_stream_whose_reading_fails_saves_no_snapshot() {
     }
     let all = repo.snapshots(&SnapshotFilter::new()).await.unwrap();
     assert!(all.is_empty(), "{all:?}");
+    // What was read is stored: the next backup of the same data reuses all of it.
+    let s = repo
+        .backup_stream("db.sql", &text(3_000_000, 1)[..], BackupOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(s.summary.new_chunks, 0, "{:?}", s.summary);
 }
