@@ -11,7 +11,7 @@
 //! | code | meaning |
 //! | --- | --- |
 //! | 0 | success |
-//! | 1 | the operation ran and found a problem: `check` found damage, a restore hit damaged data |
+//! | 1 | the operation ran and found a problem: `check` found damage, a restore hit damaged data, the command of `backup --stdin-from-command` failed |
 //! | 2 | usage: bad arguments, no such snapshot, no key given |
 //! | 3 | runtime: I/O or object-store failure |
 //! | 4 | wrong passphrase or key |
@@ -68,13 +68,19 @@ enum RepoCommand {
         #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
         protection: Option<Duration>,
     },
-    /// Back up a directory, or standard input with `-`.
+    /// Back up a directory, standard input with `-`, or a command's output.
     Backup {
-        /// The directory, or `-` for standard input.
-        source: String,
-        /// The stream's name when backing up standard input.
+        /// The directory, or `-` for standard input (none with --stdin-from-command).
+        source: Option<String>,
+        /// The stream's name when backing up standard input or a command's output.
         #[arg(long, value_name = "NAME")]
         stdin_name: Option<String>,
+        /// Back up the standard output of the command given after `--` as a stream
+        /// (`--stdin-name db.sql --stdin-from-command -- pg_dump mydb`). The snapshot is saved
+        /// only if the command exits with status 0, so a dump that failed halfway is never
+        /// taken for a whole one; its standard error goes to cairn's.
+        #[arg(long)]
+        stdin_from_command: bool,
         /// A tag for the snapshot; repeatable.
         #[arg(long)]
         tag: Vec<String>,
@@ -87,6 +93,9 @@ enum RepoCommand {
         /// `pg_wal/**` for what pg_wal holds). `*` and `?` stay within a name, `**` crosses.
         #[arg(long, value_name = "PATTERN")]
         exclude: Vec<String>,
+        /// The command of --stdin-from-command and its arguments, after `--`.
+        #[arg(last = true, value_name = "COMMAND")]
+        command: Vec<String>,
     },
     /// List snapshots.
     Snapshots {
@@ -566,6 +575,13 @@ fn check_maintenance_owner(home: &crate::home::Home) -> anyhow::Result<()> {
 
 fn exit_code(e: &Error) -> u8 {
     match e {
+        Error::Io { source, .. }
+            if source
+                .get_ref()
+                .is_some_and(|inner| inner.is::<CommandFailed>()) =>
+        {
+            crate::exit::FAILED
+        }
         Error::WrongPassphrase | Error::WrongKey { .. } => EXIT_WRONG_KEY,
         Error::Locked { .. } => EXIT_LOCKED,
         Error::Protected { .. } | Error::LastKey { .. } => EXIT_PROTECTED,
@@ -578,6 +594,113 @@ fn exit_code(e: &Error) -> u8 {
         | Error::Ambiguous { .. }
         | Error::Invalid(_) => crate::exit::USAGE,
         _ => crate::exit::RUNTIME,
+    }
+}
+
+/// The command of `backup --stdin-from-command` exited unsuccessfully.
+#[derive(Debug)]
+struct CommandFailed {
+    command: String,
+    status: std::process::ExitStatus,
+}
+
+impl std::fmt::Display for CommandFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "`{}` failed ({}), so no snapshot was saved; what it wrote is reused by the next \
+             backup or removed by prune",
+            self.command, self.status
+        )
+    }
+}
+
+impl std::error::Error for CommandFailed {}
+
+type ExitFuture =
+    std::pin::Pin<Box<dyn Future<Output = std::io::Result<std::process::ExitStatus>> + Send>>;
+
+/// A command's standard output that ends only once the command has exited with status 0;
+/// otherwise its last read fails with [`CommandFailed`], and the stream backup saves nothing.
+/// Dropped early (the backup failed), it kills the command.
+struct CommandOutput {
+    stdout: tokio::process::ChildStdout,
+    exit: ExitFuture,
+    /// How the command exited, once it has.
+    status: Option<std::process::ExitStatus>,
+    command: String,
+}
+
+impl CommandOutput {
+    fn spawn(argv: &[String]) -> anyhow::Result<Self> {
+        let Some((program, args)) = argv.split_first() else {
+            return Err(usage(
+                "--stdin-from-command: give the command after `--`, e.g. `-- pg_dump mydb`",
+            ));
+        };
+        // As a shell would take it back: arguments with spaces or quotes in single quotes.
+        let command = argv
+            .iter()
+            .map(|a| {
+                let plain = !a.is_empty()
+                    && a.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
+                if plain {
+                    a.clone()
+                } else {
+                    format!("'{}'", a.replace('\'', r"'\''"))
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut child = tokio::process::Command::new(program)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| usage(format!("cannot run `{command}`: {e}")))?;
+        let stdout = child
+            .stdout
+            .take()
+            .context("the command's standard output was not captured")?;
+        Ok(Self {
+            stdout,
+            exit: Box::pin(async move { child.wait().await }),
+            status: None,
+            command,
+        })
+    }
+}
+
+impl tokio::io::AsyncRead for CommandOutput {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let status = match self.status {
+            Some(status) => status,
+            None => {
+                let before = buf.filled().len();
+                std::task::ready!(std::pin::Pin::new(&mut self.stdout).poll_read(cx, buf))?;
+                if buf.filled().len() > before || buf.remaining() == 0 {
+                    return std::task::Poll::Ready(Ok(()));
+                }
+                // End of output: the stream ends here only if the command succeeded.
+                let status = std::task::ready!(self.exit.as_mut().poll(cx))?;
+                self.status = Some(status);
+                status
+            }
+        };
+        std::task::Poll::Ready(if status.success() {
+            Ok(())
+        } else {
+            Err(std::io::Error::other(CommandFailed {
+                command: self.command.clone(),
+                status,
+            }))
+        })
     }
 }
 
@@ -728,9 +851,11 @@ async fn run_inner(args: &RepoArgs) -> anyhow::Result<ExitCode> {
         RepoCommand::Backup {
             source,
             stdin_name,
+            stdin_from_command,
             tag,
             zstd_level,
             exclude,
+            command,
         } => {
             let counter = Arc::new(AtomicU64::new(0));
             let mut opts = BackupOptions::new().progress(counter.clone());
@@ -743,29 +868,61 @@ async fn run_inner(args: &RepoArgs) -> anyhow::Result<ExitCode> {
             if let Some(l) = zstd_level {
                 opts = opts.zstd_level(*l);
             }
-            let (info, shown) = if source == "-" {
-                let name = stdin_name.clone().ok_or_else(|| {
-                    usage("backup -: give the stream a name with --stdin-name NAME")
-                })?;
-                if !exclude.is_empty() {
+            let stream = *stdin_from_command || source.as_deref() == Some("-");
+            if stream && !exclude.is_empty() {
+                return Err(usage(
+                    "--exclude selects paths of a directory, not a stream",
+                ));
+            }
+            let name = || {
+                stdin_name
+                    .clone()
+                    .ok_or_else(|| usage("a stream needs a name: give it with --stdin-name NAME"))
+            };
+            let (info, shown) = match (source, *stdin_from_command) {
+                (Some(_), true) => {
                     return Err(usage(
-                        "--exclude selects paths of a directory, not a stream",
+                        "give either a SOURCE or --stdin-from-command, not both",
                     ));
                 }
-                let shown = watch(progress_bar(None), counter, None);
-                (
-                    repo.backup_stream(&name, tokio::io::stdin(), opts).await,
-                    shown,
-                )
-            } else {
-                if stdin_name.is_some() {
-                    return Err(usage("--stdin-name only applies to `backup -`"));
+                (None, false) => {
+                    return Err(usage(
+                        "give the directory to back up, `-` for standard input, or \
+                         --stdin-from-command -- COMMAND",
+                    ));
                 }
-                let path = PathBuf::from(source);
-                // With excludes, the directory's size overstates what is read.
-                let total = exclude.is_empty().then(|| dir_bytes(&path));
-                let shown = watch(progress_bar(total), counter, None);
-                (repo.backup_tree(&path, opts).await, shown)
+                (_, false) if !command.is_empty() => {
+                    return Err(usage(format!(
+                        "`{}` after `--` is a command: add --stdin-from-command to back up its output",
+                        command.join(" ")
+                    )));
+                }
+                (None, true) => {
+                    let name = name()?;
+                    let output = CommandOutput::spawn(command)?;
+                    let shown = watch(progress_bar(None), counter, None);
+                    (repo.backup_stream(&name, output, opts).await, shown)
+                }
+                (Some(source), false) if source == "-" => {
+                    let name = name()?;
+                    let shown = watch(progress_bar(None), counter, None);
+                    (
+                        repo.backup_stream(&name, tokio::io::stdin(), opts).await,
+                        shown,
+                    )
+                }
+                (Some(source), false) => {
+                    if stdin_name.is_some() {
+                        return Err(usage(
+                            "--stdin-name only applies to `backup -` and --stdin-from-command",
+                        ));
+                    }
+                    let path = PathBuf::from(source);
+                    // With excludes, the directory's size overstates what is read.
+                    let total = exclude.is_empty().then(|| dir_bytes(&path));
+                    let shown = watch(progress_bar(total), counter, None);
+                    (repo.backup_tree(&path, opts).await, shown)
+                }
             };
             finish_bar(shown);
             let info = info?;

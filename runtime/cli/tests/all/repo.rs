@@ -595,3 +595,74 @@ fn prune_waits_for_repair_index_after_an_index_file_is_lost() {
         std::fs::read(data.join("dump.sql")).expect("source")
     );
 }
+
+#[test]
+fn backup_from_a_command_saves_its_output_only_when_it_succeeds() {
+    let repo = LocalRepo::new();
+    repo.ok(&["repo", "init"]);
+    let common: Vec<&str> = repo.common.iter().map(String::as_str).collect();
+    let from = |script: &str| {
+        let backup = [
+            "repo",
+            "backup",
+            "--stdin-name",
+            "db.sql",
+            "--stdin-from-command",
+            "--output",
+            "json",
+        ];
+        repo.cairn
+            .run(&[&backup[..], &common, &["--", "sh", "-c", script]].concat())
+    };
+    // The whole output was written, then the command failed: nothing is saved.
+    let out = from("seq 1 200000; echo 'dump failed' >&2; exit 3");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("dump failed"), "its stderr is shown");
+    let err = json(&out)["error"].as_str().expect("error").to_string();
+    assert!(
+        err.contains(
+            "`sh -c 'seq 1 200000; echo '\\''dump failed'\\'' >&2; exit 3'` failed (exit status: 3)"
+        ),
+        "{err}"
+    );
+    let out = from("seq 1 1000; kill -9 $$");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let snapshots = json(&repo.ok(&["repo", "snapshots", "--output", "json"]));
+    assert_eq!(snapshots.as_array().map(Vec::len), Some(0), "{snapshots}");
+    // It succeeds: its output is the snapshot, and what the failed run stored is reused.
+    let out = from("seq 1 200000");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let summary = &json(&out)["summary"];
+    assert_eq!(summary["bytes"], 1_288_895, "{summary}");
+    assert_eq!(summary["new_bytes"], 0, "{summary}");
+    let id = json(&out)["id"].as_str().expect("id").to_string();
+    let restored = repo.ok(&["repo", "restore", &id, "--target", "-"]);
+    let expected: String = (1..=200_000).map(|i| format!("{i}\n")).collect();
+    assert!(restored.stdout == expected.as_bytes(), "restore differs");
+    // A command that cannot start, or none given, is refused before anything runs.
+    let out = repo.cairn.run(
+        &[
+            &[
+                "repo",
+                "backup",
+                "--stdin-name",
+                "x",
+                "--stdin-from-command",
+            ][..],
+            &common,
+            &["--", "/nonexistent/pg_dump"],
+        ]
+        .concat(),
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("cannot run `/nonexistent/pg_dump`"));
+    let out = repo.run(&[
+        "repo",
+        "backup",
+        "--stdin-name",
+        "x",
+        "--stdin-from-command",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("give the command after `--`"));
+}
