@@ -885,17 +885,17 @@ async fn run_inner(args: &RepoArgs) -> anyhow::Result<ExitCode> {
                         "give either a SOURCE or --stdin-from-command, not both",
                     ));
                 }
-                (None, false) => {
-                    return Err(usage(
-                        "give the directory to back up, `-` for standard input, or \
-                         --stdin-from-command -- COMMAND",
-                    ));
-                }
                 (_, false) if !command.is_empty() => {
                     return Err(usage(format!(
                         "`{}` after `--` is a command: add --stdin-from-command to back up its output",
                         command.join(" ")
                     )));
+                }
+                (None, false) => {
+                    return Err(usage(
+                        "give the directory to back up, `-` for standard input, or \
+                         --stdin-from-command -- COMMAND",
+                    ));
                 }
                 (None, true) => {
                     let name = name()?;
