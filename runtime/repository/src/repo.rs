@@ -2024,39 +2024,51 @@ fn repack_plan(
     r
 }
 
-/// A decoded index file: packs and their entries.
-type IndexFile = Vec<(format::PackId, Vec<format::Entry>)>;
+/// The bytes of an index file a chunk takes at least: its id (a keyed hash, incompressible).
+const INDEX_ID_BYTES: u64 = 32;
 
-/// The index of every index file in the store, and why each damaged one was skipped.
+/// The index of every index file in the store, and why each damaged one was skipped. Each
+/// file goes into the index as it is decoded, in name order (so the index and the damage
+/// reported do not depend on which read finished first), and the index is allocated once:
+/// loading holds the index and the files in flight, not every file decoded as well.
 pub(crate) async fn load_index(
     backend: &Backend,
     keys: &MasterKeys,
 ) -> Result<(Index, Vec<Error>)> {
-    let files = backend.list_ids("index/").await?;
-    let mut decoded: Vec<(String, Result<IndexFile>)> = futures::stream::iter(files)
-        .map(|id| async move {
-            let path = format::index_path(&id);
-            // Gone since the listing: a prune replaced it.
-            let Some(b) = backend.get(&path).await? else {
-                return Ok((id, Ok(Vec::new())));
-            };
-            let packs = format::open_object(keys, "index", &id, &path, &b).and_then(|p| {
-                format::decode_index(&p).ok_or_else(|| Error::corrupt(&path, "bad index encoding"))
-            });
-            Ok::<_, Error>((id, packs))
+    let mut files: Vec<(String, u64)> = backend
+        .list("index/")
+        .await?
+        .into_iter()
+        .filter_map(|m| {
+            let name = m.location.filename().filter(|n| format::is_id(n))?;
+            Some((name.to_string(), m.size))
         })
-        .buffer_unordered(METADATA_READS_IN_FLIGHT)
-        .try_collect()
-        .await?;
-    // By name: the index and the damage reported do not depend on which read finished first.
-    decoded.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    let chunks = decoded
+        .collect();
+    files.sort_unstable();
+    // A 32-byte keyed id a chunk, which does not compress: a file's size bounds its chunks.
+    let bound = files
         .iter()
-        .flat_map(|(_, packs)| packs.iter().flatten().map(|(_, entries)| entries.len()))
-        .sum();
-    let mut index = IndexBuilder::with_capacity(chunks);
+        .map(|(_, size)| usize::try_from(size / INDEX_ID_BYTES).unwrap_or(usize::MAX))
+        .fold(0usize, usize::saturating_add);
+    let mut index = IndexBuilder::with_capacity(bound);
     let mut damaged = Vec::new();
-    for (id, packs) in decoded {
+    // Fetched ahead, decoded one at a time.
+    let mut fetched = futures::stream::iter(files)
+        .map(|(id, _)| async move {
+            let path = format::index_path(&id);
+            backend.get(&path).await.map(|b| (id, path, b))
+        })
+        .buffered(METADATA_READS_IN_FLIGHT);
+    while let Some((id, path, sealed)) = fetched.try_next().await? {
+        // Gone since the listing: a prune replaced it.
+        let Some(sealed) = sealed else {
+            index.file(id, Vec::new());
+            continue;
+        };
+        let packs = format::open_object(keys, "index", &id, &path, &sealed).and_then(|p| {
+            format::decode_index(&p).ok_or_else(|| Error::corrupt(&path, "bad index encoding"))
+        });
+        drop(sealed);
         // A damaged index file is skipped (check reports it): its chunks are then stored
         // again by the next backup instead of the repository becoming unusable.
         let packs = packs.unwrap_or_else(|e| {
