@@ -218,7 +218,7 @@ async fn drive(
                     Ok(())
                 }
                 Err(e) => Err(StreamFailure {
-                    stage: "writing stdin",
+                    stage: WRITING_STDIN,
                     error: e,
                 }),
             },
@@ -228,8 +228,12 @@ async fn drive(
         drop(pipe);
         match result {
             // The command stopped reading (exited, or closed stdin): not our failure; its exit
-            // code tells.
-            Err(StreamFailure { error, .. }) if error.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+            // code tells. A broken pipe while reading the source is a failure like any other.
+            Err(StreamFailure { stage, error })
+                if stage == WRITING_STDIN && error.kind() == io::ErrorKind::BrokenPipe =>
+            {
+                Ok(())
+            }
             other => other,
         }
     };
@@ -312,6 +316,9 @@ async fn drive(
     })
 }
 
+/// The stage of a failed write into the command's stdin.
+const WRITING_STDIN: &str = "writing stdin";
+
 async fn feed_stream(
     source: &mut (dyn AsyncRead + Send + Unpin),
     pipe: &mut (dyn AsyncWrite + Send + Unpin),
@@ -327,7 +334,7 @@ async fn feed_stream(
             return Ok(());
         }
         pipe.write_all(&buf[..n]).await.map_err(|e| StreamFailure {
-            stage: "writing stdin",
+            stage: WRITING_STDIN,
             error: e,
         })?;
         count.fetch_add(n as u64, Ordering::Relaxed);

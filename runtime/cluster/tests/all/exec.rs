@@ -402,6 +402,36 @@ async fn a_command_that_ignores_stdin_still_finishes() {
     assert_eq!(out.exit_code, 0);
 }
 
+/// Fails every read with a broken pipe.
+struct BrokenSource;
+
+impl tokio::io::AsyncRead for BrokenSource {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        _: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()))
+    }
+}
+
+#[tokio::test]
+async fn a_stdin_stream_that_fails_fails_the_exec_whatever_its_error() {
+    let (_fx, cluster) = cluster();
+    // A broken pipe from the source is not the command closing its stdin: the command must
+    // not take the bytes before it for the whole input.
+    let mut req = request(&["cat"]);
+    let source = tokio::io::AsyncReadExt::chain(&b"partial"[..], BrokenSource);
+    req.stdin = Stdin::Stream(Box::new(source));
+    let err = bounded(cluster.exec(&hello(), req))
+        .await
+        .expect_err("the exec fails");
+    assert!(
+        err.to_string().contains("reading the stdin stream"),
+        "{err}"
+    );
+}
+
 /// Counts what it is given and keeps nothing.
 #[derive(Clone, Default)]
 struct CountingSink {
