@@ -122,7 +122,7 @@ enum RepoCommand {
         paths: Vec<String>,
     },
     /// What changed between two tree snapshots: `+` added, `-` removed, `M` modified, `T`
-    /// type changed, `U` permissions or modification time only.
+    /// type changed, `U` permissions, owner or modification time only.
     Diff {
         /// The earlier snapshot: id, unique prefix, or `latest`.
         from: String,
@@ -970,9 +970,13 @@ async fn run_inner(args: &RepoArgs) -> anyhow::Result<ExitCode> {
                         .map(|e| {
                             let link = e.target.as_ref().map(|t| format!(" -> {t}"));
                             format!(
-                                "{:<7} {:04o} {:>14} {}  {}{}",
+                                "{:<7} {:04o} {:>11} {:>14} {}  {}{}",
                                 e.kind,
                                 e.mode,
+                                match (e.uid, e.gid) {
+                                    (Some(u), Some(g)) => format!("{u}:{g}"),
+                                    _ => "-".into(),
+                                },
                                 e.size,
                                 e.mtime,
                                 e.path,

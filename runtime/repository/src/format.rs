@@ -411,6 +411,11 @@ pub(crate) struct Node {
     pub(crate) kind: NodeKind,
     pub(crate) mode: u32,
     pub(crate) mtime_ns: i64,
+    /// The owner's user and group ids (Unix; absent in snapshots of older builds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) uid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) gid: Option<u32>,
     #[serde(default)]
     pub(crate) size: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]

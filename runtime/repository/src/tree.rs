@@ -26,6 +26,15 @@ fn mode_of(m: &std::fs::Metadata) -> u32 {
     use std::os::unix::fs::PermissionsExt;
     m.permissions().mode() & 0o7777
 }
+#[cfg(unix)]
+fn owner_of(m: &std::fs::Metadata) -> (Option<u32>, Option<u32>) {
+    use std::os::unix::fs::MetadataExt;
+    (Some(m.uid()), Some(m.gid()))
+}
+#[cfg(not(unix))]
+fn owner_of(_: &std::fs::Metadata) -> (Option<u32>, Option<u32>) {
+    (None, None)
+}
 #[cfg(not(unix))]
 fn mode_of(m: &std::fs::Metadata) -> u32 {
     if m.is_dir() {
@@ -167,6 +176,7 @@ fn walk(root: &Path, exclude: &[Exclude]) -> Result<Vec<(PathBuf, Node)>> {
                 tracing::warn!(path = %path.display(), "skipping special file");
                 continue;
             };
+            let (uid, gid) = owner_of(&m);
             out.push((
                 path,
                 Node {
@@ -175,6 +185,8 @@ fn walk(root: &Path, exclude: &[Exclude]) -> Result<Vec<(PathBuf, Node)>> {
                     kind,
                     mode: mode_of(&m),
                     mtime_ns: mtime_ns(&m),
+                    uid,
+                    gid,
                     size,
                     target,
                     chunks: format::ChunkList::default(),
@@ -254,7 +266,47 @@ fn safe_join(target: &Path, node: &Node) -> Result<PathBuf> {
     Ok(target.join(rel))
 }
 
-fn set_meta(path: &Path, node: &Node) -> Result<()> {
+/// Gives restored nodes their recorded owners where the restore may: as root, or with
+/// `CAP_CHOWN`. Without that right the first refusal ends the attempts, and what is restored
+/// belongs to the user restoring (as with tar run by another user than root).
+#[derive(Debug, Default)]
+struct Owners {
+    refused: bool,
+}
+
+impl Owners {
+    /// Sets the owner of `path` (of the link itself, for a symlink).
+    fn set(&mut self, path: &Path, node: &Node) -> Result<()> {
+        if self.refused || (node.uid.is_none() && node.gid.is_none()) {
+            return Ok(());
+        }
+        #[cfg(unix)]
+        {
+            let set = if node.kind == NodeKind::Symlink {
+                std::os::unix::fs::lchown(path, node.uid, node.gid)
+            } else {
+                std::os::unix::fs::chown(path, node.uid, node.gid)
+            };
+            match set {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                    self.refused = true;
+                    tracing::warn!(
+                        path = %path.display(),
+                        "owners are not restored: giving files to other users needs root \
+                         (or CAP_CHOWN); what is restored belongs to the user restoring"
+                    );
+                }
+                Err(e) => return Err(Error::io("set the owner of", path, e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Owner first (changing it clears the set-id bits), then permissions, then the time.
+fn set_meta(path: &Path, node: &Node, owners: &mut Owners) -> Result<()> {
+    owners.set(path, node)?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -432,6 +484,7 @@ impl Repository {
         }
         written?;
         // Links, then metadata: files, then directories deepest first so their mtimes stick.
+        let mut owners = Owners::default();
         for n in &nodes {
             if let (NodeKind::Symlink, Some(t)) = (n.kind, &n.target) {
                 let p = safe_join(&target, n)?;
@@ -441,13 +494,14 @@ impl Repository {
                     .map_err(|e| Error::io("create symlink", &p, e))?;
                 #[cfg(not(unix))]
                 tracing::warn!(path = %p.display(), target = %t, "symlinks are not restored on this platform");
+                owners.set(&p, n)?;
             }
         }
         for n in nodes.iter().filter(|n| n.kind == NodeKind::File) {
-            set_meta(&safe_join(&target, n)?, n)?;
+            set_meta(&safe_join(&target, n)?, n, &mut owners)?;
         }
         for n in nodes.iter().rev().filter(|n| n.kind == NodeKind::Dir) {
-            set_meta(&safe_join(&target, n)?, n)?;
+            set_meta(&safe_join(&target, n)?, n, &mut owners)?;
         }
         Ok(summary)
     }
@@ -460,8 +514,8 @@ pub struct TreeChange {
     /// Relative to the snapshots' root, `/`-separated.
     pub path: String,
     /// `added`, `removed`, `modified` (a file's content or a link's target), `type` (a file
-    /// became a directory or a link, …) or `metadata` (only permission bits or, for files and
-    /// links, the modification time).
+    /// became a directory or a link, …) or `metadata` (only permission bits, the owner or,
+    /// for files and links, the modification time).
     pub change: &'static str,
     /// Bytes before (0 when added).
     pub size_before: u64,
@@ -484,6 +538,12 @@ pub struct TreeEntry {
     pub size: u64,
     /// Modification time, RFC 3339.
     pub mtime: String,
+    /// The owner's user id (Unix; absent in snapshots of older builds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    /// The owner's group id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u32>,
     /// Where a symlink points.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
@@ -508,6 +568,8 @@ impl Repository {
                 mtime: jiff::Timestamp::from_nanosecond(i128::from(n.mtime_ns))
                     .map(|t| t.to_string())
                     .unwrap_or_default(),
+                uid: n.uid,
+                gid: n.gid,
                 target: n.target,
                 path: n.path,
             })
@@ -553,6 +615,8 @@ impl Repository {
                         Some("modified")
                     } else if o.mode != new.mode
                         || (o.mtime_ns != new.mtime_ns && new.kind != NodeKind::Dir)
+                        || owner_changed(o.uid, new.uid)
+                        || owner_changed(o.gid, new.gid)
                     {
                         Some("metadata")
                     } else {
@@ -579,6 +643,11 @@ impl Repository {
         changes.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(changes)
     }
+}
+
+/// An owner recorded in both snapshots and different (older builds recorded none).
+fn owner_changed(before: Option<u32>, after: Option<u32>) -> bool {
+    matches!((before, after), (Some(a), Some(b)) if a != b)
 }
 
 /// Keeps the nodes `include` selects: each path, what is under it, and the directories

@@ -398,3 +398,58 @@ async fn a_stream_whose_reading_fails_saves_no_snapshot_and_keeps_its_data() {
         .unwrap();
     assert_eq!(s.summary.new_chunks, 0, "{:?}", s.summary);
 }
+
+/// Owners come back when the restore may give files away (as root, as in CI), set before
+/// the mode so set-id bits stay; otherwise what is restored belongs to the user restoring.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tree_restores_its_owners_and_set_id_bits() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt, chown, lchown};
+    let repo = Repository::init(memory_url().as_str(), &pass("p"), Default::default())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    make_tree(&src, 5);
+    let root = chown(src.join("a/dump.sql"), Some(1234), Some(5678)).is_ok();
+    if root {
+        chown(src.join("a/b"), Some(2345), Some(6789)).unwrap();
+        lchown(src.join("link"), Some(3456), Some(7890)).unwrap();
+        std::fs::set_permissions(
+            src.join("a/dump.sql"),
+            std::fs::Permissions::from_mode(0o4750),
+        )
+        .unwrap();
+    }
+    let snap = repo.backup_tree(&src, BackupOptions::new()).await.unwrap();
+    let listed = repo.list_tree(&snap, &[]).await.unwrap();
+    let dump = listed.iter().find(|e| e.path == "a/dump.sql").unwrap();
+    let me = std::fs::metadata(&src).unwrap();
+    let expected = if root {
+        (1234, 5678)
+    } else {
+        (me.uid(), me.gid())
+    };
+    assert_eq!((dump.uid, dump.gid), (Some(expected.0), Some(expected.1)));
+    let dst = dir.path().join("dst");
+    repo.restore_tree(&snap.id, &dst).await.unwrap();
+    // Owners included.
+    assert_same_tree(&src, &dst);
+    let m = std::fs::symlink_metadata(dst.join("link")).unwrap();
+    let d = std::fs::metadata(dst.join("a/dump.sql")).unwrap();
+    if root {
+        assert_eq!((m.uid(), m.gid()), (3456, 7890), "the link itself");
+        assert_eq!(d.permissions().mode() & 0o7777, 0o4750, "set-uid kept");
+        // A new owner alone is a change of metadata.
+        chown(src.join("small.conf"), Some(42), None).unwrap();
+        let next = repo.backup_tree(&src, BackupOptions::new()).await.unwrap();
+        let changes = repo.diff_trees(&snap, &next).await.unwrap();
+        let seen: Vec<(&str, &str)> = changes
+            .iter()
+            .map(|c| (c.path.as_str(), c.change))
+            .collect();
+        assert_eq!(seen, [("small.conf", "metadata")]);
+    } else {
+        assert_eq!((d.uid(), m.uid()), (me.uid(), me.uid()));
+    }
+}

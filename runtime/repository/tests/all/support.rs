@@ -56,7 +56,7 @@ pub fn make_tree(root: &Path, seed: u64) {
     std::os::unix::fs::symlink("a/dump.sql", root.join("link")).unwrap();
 }
 
-/// Asserts two trees are equal: names, types, contents, link targets, file modes.
+/// Asserts two trees are equal: names, types, owners, contents, link targets, file modes.
 pub fn assert_same_tree(a: &Path, b: &Path) {
     let la = list(a);
     let lb = list(b);
@@ -78,6 +78,13 @@ fn list(root: &Path) -> Vec<(String, String)> {
             let p = e.path();
             let rel = p.strip_prefix(root).unwrap().display().to_string();
             let m = std::fs::symlink_metadata(&p).unwrap();
+            #[cfg(unix)]
+            let owner = {
+                use std::os::unix::fs::MetadataExt;
+                format!("{}:{} ", m.uid(), m.gid())
+            };
+            #[cfg(not(unix))]
+            let owner = String::new();
             let desc = if m.is_dir() {
                 stack.push(p.clone());
                 "dir".to_string()
@@ -93,7 +100,7 @@ fn list(root: &Path) -> Vec<(String, String)> {
                     blake3::hash(&std::fs::read(&p).unwrap())
                 )
             };
-            out.push((rel, desc));
+            out.push((rel, owner + &desc));
         }
     }
     out.sort();
