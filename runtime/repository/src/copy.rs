@@ -144,7 +144,7 @@ fn file_nodes(nodes: &[Node]) -> impl Iterator<Item = &Node> + Clone {
 fn file_chunks(c: &Content) -> Vec<(&str, &[ChunkId])> {
     match c {
         Content::Stream { chunks, .. } => vec![("", &chunks.0[..])],
-        Content::Tree { nodes } => file_nodes(nodes)
+        Content::Tree { nodes, .. } => file_nodes(nodes)
             .map(|n| (n.path.as_str(), &n.chunks.0[..]))
             .collect(),
     }

@@ -454,6 +454,10 @@ impl NodeKind {
 pub(crate) enum Content {
     Tree {
         nodes: Vec<Node>,
+        /// The backed-up directory itself (its mode, owner and time), which a restore gives
+        /// the target directory it creates. Absent in snapshots of older builds.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        root: Option<Node>,
     },
     Stream {
         size: u64,
@@ -530,7 +534,7 @@ impl Content {
             Content::Stream { chunks, lists, .. } => {
                 lists.0.iter().chain(&chunks.0).copied().collect()
             }
-            Content::Tree { nodes } => nodes
+            Content::Tree { nodes, .. } => nodes
                 .iter()
                 .flat_map(|n| n.lists.0.iter().chain(&n.chunks.0).copied())
                 .collect(),
@@ -566,7 +570,7 @@ impl Content {
                 chunks,
                 lists,
             } => next(size, chunks, lists),
-            Content::Tree { nodes } => {
+            Content::Tree { nodes, .. } => {
                 let mut dirs = 0;
                 for n in nodes {
                     match n.kind {
@@ -585,7 +589,7 @@ impl Content {
     pub(crate) fn chunk_lists(&mut self) -> Vec<(&[ChunkId], &mut Vec<ChunkId>)> {
         match self {
             Content::Stream { chunks, lists, .. } => vec![(&lists.0[..], &mut chunks.0)],
-            Content::Tree { nodes } => nodes
+            Content::Tree { nodes, .. } => nodes
                 .iter_mut()
                 .filter(|n| !n.lists.is_empty())
                 .map(|n| (&n.lists.0[..], &mut n.chunks.0))

@@ -176,23 +176,9 @@ fn walk(root: &Path, exclude: &[Exclude]) -> Result<Vec<(PathBuf, Node)>> {
                 tracing::warn!(path = %path.display(), "skipping special file");
                 continue;
             };
-            let (uid, gid) = owner_of(&m);
-            out.push((
-                path,
-                Node {
-                    path: name,
-                    path_raw: raw,
-                    kind,
-                    mode: mode_of(&m),
-                    mtime_ns: mtime_ns(&m),
-                    uid,
-                    gid,
-                    size,
-                    target,
-                    chunks: format::ChunkList::default(),
-                    lists: format::ChunkList::default(),
-                },
-            ));
+            let mut node = dir_node(name, &m);
+            (node.path_raw, node.kind, node.size, node.target) = (raw, kind, size, target);
+            out.push((path, node));
         }
         // Depth-first in name order: push in reverse so the first directory is walked first.
         stack.extend(subdirs.into_iter().rev());
@@ -264,6 +250,24 @@ fn safe_join(target: &Path, node: &Node) -> Result<PathBuf> {
         ));
     }
     Ok(target.join(rel))
+}
+
+/// A node of what `m` describes, as a directory: its mode, time and owner.
+fn dir_node(path: String, m: &std::fs::Metadata) -> Node {
+    let (uid, gid) = owner_of(m);
+    Node {
+        path,
+        path_raw: None,
+        kind: NodeKind::Dir,
+        mode: mode_of(m),
+        mtime_ns: mtime_ns(m),
+        uid,
+        gid,
+        size: 0,
+        target: None,
+        chunks: format::ChunkList::default(),
+        lists: format::ChunkList::default(),
+    }
 }
 
 /// Gives restored nodes their recorded owners where the restore may: as root, or with
@@ -342,6 +346,8 @@ impl Repository {
             .iter()
             .map(|p| Exclude::parse(p))
             .collect::<Result<Vec<_>>>()?;
+        let meta = std::fs::metadata(&root).map_err(|e| Error::io("stat", &root, e))?;
+        let root_node = dir_node(String::new(), &meta);
         let walk_root = root.clone();
         let nodes = tokio::task::spawn_blocking(move || walk(&walk_root, &exclude))
             .await
@@ -368,6 +374,7 @@ impl Repository {
             fed??;
             let mut content = Content::Tree {
                 nodes: nodes.into_iter().map(|(_, n)| n).collect(),
+                root: Some(root_node),
             };
             let summary = content.fill(c, p.stored_bytes);
             let kind = SnapshotKind::Tree {
@@ -424,17 +431,21 @@ impl Repository {
         // Only the selected files' chunk lists are read.
         let content = self
             .restore_content_of(info, |c| match c {
-                Content::Tree { nodes } => select(nodes, include, info),
+                Content::Tree { nodes, .. } => select(nodes, include, info),
                 Content::Stream { .. } => Ok(()),
             })
             .await?;
-        let Content::Tree { nodes } = content else {
+        let Content::Tree { nodes, root } = content else {
             return Err(Error::Invalid(format!(
                 "snapshot {} is a stream; restore it with --target -",
                 info.short_id()
             )));
         };
         let target = target.as_ref().to_path_buf();
+        // A target the restore creates is the snapshot's root: it gets the root's owner, mode
+        // and time (a database's data directory must be its service user's, mode 0700). One
+        // that exists is left as it is.
+        let root = root.filter(|_| std::fs::symlink_metadata(&target).is_err());
         std::fs::create_dir_all(&target).map_err(|e| Error::io("create directory", &target, e))?;
         let mut summary = RestoreSummary::default();
         let mut files: Vec<(PathBuf, usize)> = Vec::new();
@@ -502,6 +513,9 @@ impl Repository {
         }
         for n in nodes.iter().rev().filter(|n| n.kind == NodeKind::Dir) {
             set_meta(&safe_join(&target, n)?, n, &mut owners)?;
+        }
+        if let Some(r) = &root {
+            set_meta(&target, r, &mut owners)?;
         }
         Ok(summary)
     }
@@ -579,7 +593,7 @@ impl Repository {
     /// The nodes of a tree snapshot; a stream snapshot is an error saying so.
     async fn tree_nodes(&self, info: &SnapshotInfo) -> Result<Vec<Node>> {
         match self.content_object(info).await? {
-            Content::Tree { nodes } => Ok(nodes),
+            Content::Tree { nodes, .. } => Ok(nodes),
             _ => Err(Error::Invalid(format!(
                 "snapshot {} is a stream ({}), not a tree",
                 info.short_id(),

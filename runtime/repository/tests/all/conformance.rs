@@ -401,9 +401,10 @@ async fn a_stream_whose_reading_fails_saves_no_snapshot_and_keeps_its_data() {
 
 /// Owners come back when the restore may give files away (as root, as in CI), set before
 /// the mode so set-id bits stay; otherwise what is restored belongs to the user restoring.
+/// A target the restore creates gets the backed-up directory's owner, mode and time.
 #[cfg(unix)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tree_restores_its_owners_and_set_id_bits() {
+async fn a_tree_restores_its_owners_set_id_bits_and_root() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt, chown, lchown};
     let repo = Repository::init(memory_url().as_str(), &pass("p"), Default::default())
         .await
@@ -412,7 +413,11 @@ async fn a_tree_restores_its_owners_and_set_id_bits() {
     let src = dir.path().join("src");
     make_tree(&src, 5);
     let root = chown(src.join("a/dump.sql"), Some(1234), Some(5678)).is_ok();
+    // The directory backed up: a data directory's mode, which the target it restores into
+    // must get.
+    std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o700)).unwrap();
     if root {
+        chown(&src, Some(999), Some(998)).unwrap();
         chown(src.join("a/b"), Some(2345), Some(6789)).unwrap();
         lchown(src.join("link"), Some(3456), Some(7890)).unwrap();
         std::fs::set_permissions(
@@ -435,6 +440,23 @@ async fn a_tree_restores_its_owners_and_set_id_bits() {
     repo.restore_tree(&snap.id, &dst).await.unwrap();
     // Owners included.
     assert_same_tree(&src, &dst);
+    let (s, t) = (
+        std::fs::metadata(&src).unwrap(),
+        std::fs::metadata(&dst).unwrap(),
+    );
+    assert_eq!(
+        t.permissions().mode() & 0o7777,
+        0o700,
+        "the created target is the root"
+    );
+    assert_eq!((t.uid(), t.gid(), t.mtime()), (s.uid(), s.gid(), s.mtime()));
+    // A target that exists keeps its own.
+    let existing = dir.path().join("existing");
+    std::fs::create_dir(&existing).unwrap();
+    std::fs::set_permissions(&existing, std::fs::Permissions::from_mode(0o755)).unwrap();
+    repo.restore_tree(&snap.id, &existing).await.unwrap();
+    let e = std::fs::metadata(&existing).unwrap();
+    assert_eq!(e.permissions().mode() & 0o7777, 0o755);
     let m = std::fs::symlink_metadata(dst.join("link")).unwrap();
     let d = std::fs::metadata(dst.join("a/dump.sql")).unwrap();
     if root {
