@@ -137,23 +137,41 @@ fn wildcard(p: &[char], name: &str) -> bool {
     p[pi..].iter().all(|&c| c == '*')
 }
 
+/// Whether `e` says that what was listed is gone: a live directory's files come and go while
+/// it is backed up (a database's temporary files, recycled WAL segments), and one removed
+/// between being listed and being read is left out of the snapshot, with a warning, as it
+/// would have been had it been removed a moment sooner.
+fn vanished(e: &std::io::Error, path: &Path) -> bool {
+    let gone = e.kind() == std::io::ErrorKind::NotFound;
+    if gone {
+        tracing::warn!(path = %path.display(), "removed while being backed up; left out");
+    }
+    gone
+}
+
 /// Walks `root` depth-first, sorted by name, not following symlinks, leaving out what
-/// `exclude` matches.
+/// `exclude` matches and what is removed meanwhile.
 fn walk(root: &Path, exclude: &[Exclude]) -> Result<Vec<(PathBuf, Node)>> {
     let mut out = Vec::new();
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
         let dir = root.join(&rel);
-        let mut entries: Vec<_> = std::fs::read_dir(&dir)
-            .map_err(|e| Error::io("read directory", &dir, e))?
-            .collect::<std::io::Result<_>>()
-            .map_err(|e| Error::io("read directory", &dir, e))?;
+        let listed = std::fs::read_dir(&dir).and_then(|d| d.collect::<std::io::Result<Vec<_>>>());
+        let mut entries = match listed {
+            Ok(entries) => entries,
+            // A subdirectory removed since it was listed is kept, empty.
+            Err(e) if !rel.as_os_str().is_empty() && vanished(&e, &dir) => continue,
+            Err(e) => return Err(Error::io("read directory", &dir, e)),
+        };
         entries.sort_by_key(|e| e.file_name());
         let mut subdirs = Vec::new();
         for e in entries {
             let path = e.path();
-            let m =
-                std::fs::symlink_metadata(&path).map_err(|err| Error::io("stat", &path, err))?;
+            let m = match std::fs::symlink_metadata(&path) {
+                Ok(m) => m,
+                Err(e) if vanished(&e, &path) => continue,
+                Err(e) => return Err(Error::io("stat", &path, e)),
+            };
             let r = rel.join(e.file_name());
             let (name, raw) = rel_name(&r);
             if !exclude.is_empty() {
@@ -167,8 +185,11 @@ fn walk(root: &Path, exclude: &[Exclude]) -> Result<Vec<(PathBuf, Node)>> {
                 subdirs.push(r.clone());
                 (NodeKind::Dir, None, 0)
             } else if ft.is_symlink() {
-                let t =
-                    std::fs::read_link(&path).map_err(|err| Error::io("read link", &path, err))?;
+                let t = match std::fs::read_link(&path) {
+                    Ok(t) => t,
+                    Err(e) if vanished(&e, &path) => continue,
+                    Err(e) => return Err(Error::io("read link", &path, e)),
+                };
                 (NodeKind::Symlink, Some(t.to_string_lossy().into_owned()), 0)
             } else if ft.is_file() {
                 (NodeKind::File, None, m.len())
@@ -187,17 +208,28 @@ fn walk(root: &Path, exclude: &[Exclude]) -> Result<Vec<(PathBuf, Node)>> {
 }
 
 /// Reads every file into the pipeline, block by block; with `per_file`, each is cut as
-/// [`Chunking::for_file`] picks from its size and first block.
+/// [`Chunking::for_file`] picks from its size and first block. Returns the positions in
+/// `files` of those removed before they could be opened (each then ends empty in the
+/// pipeline, for [`drop_files`] to leave out).
 fn feed(
     files: &[(PathBuf, u64)],
     per_file: bool,
     tx: &tokio::sync::mpsc::Sender<Input>,
     blocks: &Pool,
-) -> Result<()> {
+) -> Result<Vec<usize>> {
     use std::io::Read;
     let send = |i: Input| tx.blocking_send(i).map_err(|_| Error::Aborted);
-    for (path, size) in files {
-        let mut f = std::fs::File::open(path).map_err(|e| Error::io("open", path, e))?;
+    let mut gone = Vec::new();
+    for (i, (path, size)) in files.iter().enumerate() {
+        let mut f = match std::fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) if vanished(&e, path) => {
+                gone.push(i);
+                send(Input::EndFile)?;
+                continue;
+            }
+            Err(e) => return Err(Error::io("open", path, e)),
+        };
         let mut first = true;
         loop {
             // A recycled block is read into as it is: only a shortened one's tail is zeroed.
@@ -226,7 +258,19 @@ fn feed(
         }
         send(Input::EndFile)?;
     }
-    Ok(())
+    Ok(gone)
+}
+
+/// Leaves out of `nodes` the files at positions `gone` (sorted) among its files.
+fn drop_files(nodes: &mut Vec<Node>, gone: &[usize]) {
+    let mut i = 0;
+    nodes.retain(|n| {
+        if n.kind != NodeKind::File {
+            return true;
+        }
+        i += 1;
+        gone.binary_search(&(i - 1)).is_err()
+    });
 }
 
 /// Resolves a snapshot path under `target`, refusing anything that would escape it.
@@ -371,12 +415,16 @@ impl Repository {
         let result = async {
             // The pipeline's error is the cause when both failed.
             let (c, p) = finished?;
-            fed??;
+            let gone = fed??;
             let mut content = Content::Tree {
                 nodes: nodes.into_iter().map(|(_, n)| n).collect(),
                 root: Some(root_node),
             };
-            let summary = content.fill(c, p.stored_bytes);
+            let mut summary = content.fill(c, p.stored_bytes);
+            if let Content::Tree { nodes, .. } = &mut content {
+                drop_files(nodes, &gone);
+            }
+            summary.files -= gone.len() as u64;
             let kind = SnapshotKind::Tree {
                 path: root.display().to_string(),
             };
@@ -808,6 +856,48 @@ fn write_run(f: &mut std::fs::File, path: &Path, run: &mut Vec<Bytes>) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_removed_before_it_is_read_is_left_out() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (a, gone, c) = (
+            dir.path().join("a"),
+            dir.path().join("gone"),
+            dir.path().join("c"),
+        );
+        std::fs::write(&a, b"alpha").expect("a");
+        std::fs::write(&c, b"").expect("c");
+        let files = vec![(a, 5), (gone, 3), (c, 0)];
+        let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+        let left_out = feed(&files, false, &tx, &Pool::new(1)).expect("fed");
+        assert_eq!(left_out, [1]);
+        drop(tx);
+        let mut seen = Vec::new();
+        while let Ok(i) = rx.try_recv() {
+            seen.push(match i {
+                Input::Data(d) => format!("data {}", d.len()),
+                Input::EndFile => "end".into(),
+                _ => "other".into(),
+            });
+        }
+        // Every file ends, the one removed empty: the pipeline's files stay in step.
+        assert_eq!(seen, ["data 5", "end", "end", "end"]);
+
+        let meta = std::fs::metadata(dir.path()).expect("meta");
+        let node = |path: &str, kind| Node {
+            kind,
+            ..dir_node(path.into(), &meta)
+        };
+        let mut nodes = vec![
+            node("a", NodeKind::File),
+            node("d", NodeKind::Dir),
+            node("gone", NodeKind::File),
+            node("c", NodeKind::File),
+        ];
+        drop_files(&mut nodes, &left_out);
+        let kept: Vec<&str> = nodes.iter().map(|n| n.path.as_str()).collect();
+        assert_eq!(kept, ["a", "d", "c"]);
+    }
 
     fn excluded(pattern: &str, path: &str) -> bool {
         let parts: Vec<&str> = path.split('/').collect();
