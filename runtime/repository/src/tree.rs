@@ -316,10 +316,12 @@ fn dir_node(path: String, m: &std::fs::Metadata) -> Node {
 
 /// Gives restored nodes their recorded owners where the restore may: as root, or with
 /// `CAP_CHOWN`. Without that right the first refusal ends the attempts, and what is restored
-/// belongs to the user restoring (as with tar run by another user than root).
+/// belongs to the user restoring (as with tar run by another user than root). An owner the
+/// system cannot name (an id outside a container's user namespace) is left out alone.
 #[derive(Debug, Default)]
 struct Owners {
     refused: bool,
+    unmapped: bool,
 }
 
 impl Owners {
@@ -344,6 +346,17 @@ impl Owners {
                         "owners are not restored: giving files to other users needs root \
                          (or CAP_CHOWN); what is restored belongs to the user restoring"
                     );
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
+                    if !std::mem::replace(&mut self.unmapped, true) {
+                        tracing::warn!(
+                            path = %path.display(),
+                            uid = ?node.uid,
+                            gid = ?node.gid,
+                            "an owner this system cannot give (outside its user namespace) \
+                             is left to the user restoring, here and wherever else it recurs"
+                        );
+                    }
                 }
                 Err(e) => return Err(Error::io("set the owner of", path, e)),
             }
