@@ -296,6 +296,33 @@ fn safe_join(target: &Path, node: &Node) -> Result<PathBuf> {
     Ok(target.join(rel))
 }
 
+/// Makes `p` a directory. Whatever else is there, in a target that was not empty (a file, or
+/// a symlink wherever it points), is removed first, so nothing restored below `p` is written
+/// through a link the restore did not make.
+fn make_dir(p: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => return Ok(()),
+        Ok(_) => std::fs::remove_file(p).map_err(|e| Error::io("replace", p, e))?,
+        Err(_) => {}
+    }
+    std::fs::create_dir_all(p).map_err(|e| Error::io("create directory", p, e))
+}
+
+/// Creates the file `p` anew. What was there is removed first, so a symlink, or a hard link to
+/// a file elsewhere, is never written through; and `create_new` does not follow a symlink put
+/// there meanwhile.
+fn create_file(p: &Path) -> std::io::Result<std::fs::File> {
+    match std::fs::remove_file(p) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(p)
+}
+
 /// A node of what `m` describes, as a directory: its mode, time and owner.
 fn dir_node(path: String, m: &std::fs::Metadata) -> Node {
     let (uid, gid) = owner_of(m);
@@ -515,8 +542,7 @@ impl Repository {
             let p = safe_join(&target, n).map_err(|e| crate::repo::with_snapshot(e, &info.id))?;
             match n.kind {
                 NodeKind::Dir => {
-                    std::fs::create_dir_all(&p)
-                        .map_err(|e| Error::io("create directory", &p, e))?;
+                    make_dir(&p)?;
                     summary.dirs += 1;
                 }
                 NodeKind::File => {
@@ -790,7 +816,7 @@ fn write_all(
         *current = None;
         match files.next() {
             Some((p, n)) => {
-                let f = std::fs::File::create(&p).map_err(|e| Error::io("create", &p, e))?;
+                let f = create_file(&p).map_err(|e| Error::io("create", &p, e))?;
                 *current = Some((f, p, n));
                 Ok(true)
             }

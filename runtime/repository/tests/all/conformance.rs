@@ -399,6 +399,17 @@ async fn a_stream_whose_reading_fails_saves_no_snapshot_and_keeps_its_data() {
     assert_eq!(s.summary.new_chunks, 0, "{:?}", s.summary);
 }
 
+/// An in-memory repository, and a [`make_tree`] in `src` of a temporary directory.
+async fn repo_and_tree(seed: u64) -> (Repository, tempfile::TempDir, std::path::PathBuf) {
+    let repo = Repository::init(memory_url().as_str(), &pass("p"), Default::default())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    make_tree(&src, seed);
+    (repo, dir, src)
+}
+
 /// Owners come back when the restore may give files away (as root, as in CI), set before
 /// the mode so set-id bits stay; otherwise what is restored belongs to the user restoring.
 /// A target the restore creates gets the backed-up directory's owner, mode and time.
@@ -406,12 +417,7 @@ async fn a_stream_whose_reading_fails_saves_no_snapshot_and_keeps_its_data() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tree_restores_its_owners_set_id_bits_and_root() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt, chown, lchown};
-    let repo = Repository::init(memory_url().as_str(), &pass("p"), Default::default())
-        .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("src");
-    make_tree(&src, 5);
+    let (repo, dir, src) = repo_and_tree(5).await;
     let root = chown(src.join("a/dump.sql"), Some(1234), Some(5678)).is_ok();
     // The directory backed up: a data directory's mode, which the target it restores into
     // must get.
@@ -474,4 +480,30 @@ async fn a_tree_restores_its_owners_set_id_bits_and_root() {
     } else {
         assert_eq!((d.uid(), m.uid()), (me.uid(), me.uid()));
     }
+}
+
+/// Restoring into a directory that holds links where the snapshot has a directory and a
+/// file: the links are replaced, and nothing is written where they point.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_replaces_links_in_its_target_instead_of_writing_through_them() {
+    let (repo, dir, src) = repo_and_tree(6).await;
+    let snap = repo.backup_tree(&src, BackupOptions::new()).await.unwrap();
+    let outside = dir.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("precious"), b"keep me").unwrap();
+    let dst = dir.path().join("dst");
+    std::fs::create_dir(&dst).unwrap();
+    std::os::unix::fs::symlink(&outside, dst.join("a")).unwrap();
+    std::os::unix::fs::symlink(outside.join("precious"), dst.join("small.conf")).unwrap();
+    // A hard link: truncating it in place would empty the file elsewhere too.
+    std::fs::hard_link(outside.join("precious"), dst.join("empty")).unwrap();
+    repo.restore_tree(&snap.id, &dst).await.unwrap();
+    assert_same_tree(&src, &dst);
+    let left: Vec<_> = std::fs::read_dir(&outside)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, ["precious"]);
+    assert_eq!(std::fs::read(outside.join("precious")).unwrap(), b"keep me");
 }
