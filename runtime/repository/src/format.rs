@@ -420,6 +420,10 @@ pub(crate) struct Node {
     pub(crate) size: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) target: Option<String>,
+    /// A file that is a hard link of an earlier file node: that node's `path`. The node
+    /// still lists its chunks, so a reader that does not know this field restores a copy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) link: Option<String>,
     /// Concatenated chunk ids, hex.
     #[serde(default, skip_serializing_if = "ChunkList::is_empty")]
     pub(crate) chunks: ChunkList,

@@ -8,6 +8,7 @@ use crate::repo::{BackupOptions, Repository, RestoreOptions, RestoreSummary};
 use bytes::Bytes;
 use futures::StreamExt;
 use serde::Serialize;
+use std::collections::{HashMap, HashSet};
 use std::path::{Component, Path, PathBuf};
 
 /// Decoded read units queued in front of the file writer thread.
@@ -153,6 +154,8 @@ fn vanished(e: &std::io::Error, path: &Path) -> bool {
 /// `exclude` matches and what is removed meanwhile.
 fn walk(root: &Path, exclude: &[Exclude]) -> Result<Vec<(PathBuf, Node)>> {
     let mut out = Vec::new();
+    // The first name seen of each file with more than one (device, inode → path).
+    let mut linked = HashMap::new();
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
         let dir = root.join(&rel);
@@ -199,12 +202,43 @@ fn walk(root: &Path, exclude: &[Exclude]) -> Result<Vec<(PathBuf, Node)>> {
             };
             let mut node = dir_node(name, &m);
             (node.path_raw, node.kind, node.size, node.target) = (raw, kind, size, target);
+            node.link = hard_link_of(&mut linked, &node, &m);
             out.push((path, node));
         }
         // Depth-first in name order: push in reverse so the first directory is walked first.
         stack.extend(subdirs.into_iter().rev());
     }
     Ok(out)
+}
+
+/// The earlier name of the file `node` describes when it is a hard link of one (Unix; UTF-8
+/// names only, as a link is recorded by path); otherwise `None`, and its name is remembered
+/// when it has other links.
+#[cfg(unix)]
+fn hard_link_of(
+    seen: &mut HashMap<(u64, u64), String>,
+    node: &Node,
+    m: &std::fs::Metadata,
+) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    if node.kind != NodeKind::File || m.nlink() < 2 || node.path_raw.is_some() {
+        return None;
+    }
+    match seen.entry((m.dev(), m.ino())) {
+        std::collections::hash_map::Entry::Occupied(first) => Some(first.get().clone()),
+        std::collections::hash_map::Entry::Vacant(slot) => {
+            slot.insert(node.path.clone());
+            None
+        }
+    }
+}
+#[cfg(not(unix))]
+fn hard_link_of(
+    _: &mut HashMap<(u64, u64), String>,
+    _: &Node,
+    _: &std::fs::Metadata,
+) -> Option<String> {
+    None
 }
 
 /// Reads every file into the pipeline, block by block; with `per_file`, each is cut as
@@ -312,15 +346,22 @@ fn make_dir(p: &Path) -> Result<()> {
 /// a file elsewhere, is never written through; and `create_new` does not follow a symlink put
 /// there meanwhile.
 fn create_file(p: &Path) -> std::io::Result<std::fs::File> {
+    replace_with(p, |p| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(p)
+    })
+}
+
+/// Removes what is at `p`, if anything, then makes it anew with `make`.
+fn replace_with<T>(p: &Path, make: impl FnOnce(&Path) -> std::io::Result<T>) -> std::io::Result<T> {
     match std::fs::remove_file(p) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(p)
+    make(p)
 }
 
 /// A node of what `m` describes, as a directory: its mode, time and owner.
@@ -336,6 +377,7 @@ fn dir_node(path: String, m: &std::fs::Metadata) -> Node {
         gid,
         size: 0,
         target: None,
+        link: None,
         chunks: format::ChunkList::default(),
         lists: format::ChunkList::default(),
     }
@@ -538,6 +580,14 @@ impl Repository {
         let mut summary = RestoreSummary::default();
         let mut files: Vec<(PathBuf, usize)> = Vec::new();
         let mut ids = Vec::new();
+        // Hard links whose first name is restored too are linked to it once it is written;
+        // the others are written as files of their own.
+        let written: HashSet<&str> = nodes
+            .iter()
+            .filter(|n| n.kind == NodeKind::File && n.link.is_none())
+            .map(|n| n.path.as_str())
+            .collect();
+        let mut links = Vec::new();
         for n in &nodes {
             let p = safe_join(&target, n).map_err(|e| crate::repo::with_snapshot(e, &info.id))?;
             match n.kind {
@@ -546,10 +596,14 @@ impl Repository {
                     summary.dirs += 1;
                 }
                 NodeKind::File => {
-                    files.push((p, n.chunks.0.len()));
-                    ids.extend_from_slice(&n.chunks.0);
                     summary.files += 1;
                     summary.bytes += n.size;
+                    if let Some(first) = n.link.as_deref().filter(|f| written.contains(f)) {
+                        links.push((target.join(first), p));
+                        continue;
+                    }
+                    files.push((p, n.chunks.0.len()));
+                    ids.extend_from_slice(&n.chunks.0);
                 }
                 NodeKind::Symlink => {}
             }
@@ -581,6 +635,10 @@ impl Repository {
             return Err(e);
         }
         written?;
+        for (first, p) in &links {
+            replace_with(p, |p| std::fs::hard_link(first, p))
+                .map_err(|e| Error::io("create hard link", p, e))?;
+        }
         // Links, then metadata: files, then directories deepest first so their mtimes stick.
         let mut owners = Owners::default();
         for n in &nodes {

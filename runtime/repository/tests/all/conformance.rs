@@ -507,3 +507,32 @@ async fn a_restore_replaces_links_in_its_target_instead_of_writing_through_them(
     assert_eq!(left, ["precious"]);
     assert_eq!(std::fs::read(outside.join("precious")).unwrap(), b"keep me");
 }
+
+/// A file with two names comes back as one file with two names; restoring only the second
+/// name writes it whole.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hard_links_are_restored_as_links() {
+    use std::os::unix::fs::MetadataExt;
+    let (repo, dir, src) = repo_and_tree(7).await;
+    std::fs::create_dir(src.join("z")).unwrap();
+    std::fs::hard_link(src.join("a/dump.sql"), src.join("z/again.sql")).unwrap();
+    let snap = repo.backup_tree(&src, BackupOptions::new()).await.unwrap();
+    let dst = dir.path().join("dst");
+    let r = repo.restore_tree(&snap.id, &dst).await.unwrap();
+    assert_eq!(r.files, 5);
+    assert_same_tree(&src, &dst);
+    let (a, b) = (
+        std::fs::metadata(dst.join("a/dump.sql")).unwrap(),
+        std::fs::metadata(dst.join("z/again.sql")).unwrap(),
+    );
+    assert_eq!((a.ino(), a.nlink()), (b.ino(), 2), "one file, two names");
+    let part = dir.path().join("part");
+    repo.restore_paths_of(&snap, &part, &["z".to_string()])
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::read(part.join("z/again.sql")).unwrap(),
+        std::fs::read(src.join("a/dump.sql")).unwrap()
+    );
+}
