@@ -587,7 +587,7 @@ impl Repository {
             .filter(|n| n.kind == NodeKind::File && n.link.is_none())
             .map(|n| n.path.as_str())
             .collect();
-        let mut links = Vec::new();
+        let (mut links, mut to_read) = (Vec::new(), 0);
         for n in &nodes {
             let p = safe_join(&target, n).map_err(|e| crate::repo::with_snapshot(e, &info.id))?;
             match n.kind {
@@ -604,11 +604,13 @@ impl Repository {
                     }
                     files.push((p, n.chunks.0.len()));
                     ids.extend_from_slice(&n.chunks.0);
+                    to_read += n.size;
                 }
                 NodeKind::Symlink => {}
             }
         }
-        opts.set_total(summary.bytes);
+        // What is read and written: a hard link is neither.
+        opts.set_total(to_read);
         let mut stream = Box::pin(self.read_chunks(&ids, &info.id).await?);
         let (tx, rx) = tokio::sync::mpsc::channel::<Vec<Bytes>>(WRITER_QUEUE);
         let writer = tokio::task::spawn_blocking(move || write_files(files, rx));

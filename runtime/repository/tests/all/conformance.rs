@@ -519,8 +519,23 @@ async fn hard_links_are_restored_as_links() {
     std::fs::hard_link(src.join("a/dump.sql"), src.join("z/again.sql")).unwrap();
     let snap = repo.backup_tree(&src, BackupOptions::new()).await.unwrap();
     let dst = dir.path().join("dst");
-    let r = repo.restore_tree(&snap.id, &dst).await.unwrap();
+    let (counted, total) = (
+        std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0)),
+        std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0)),
+    );
+    let opts = RestoreOptions::new()
+        .progress(counted.clone())
+        .total(total.clone());
+    let r = repo
+        .restore_paths_with(&snap, &dst, &[], &opts)
+        .await
+        .unwrap();
     assert_eq!(r.files, 5);
+    // The link is neither read nor written: the bar's total leaves it out and is reached.
+    let linked = std::fs::metadata(src.join("a/dump.sql")).unwrap().len();
+    let total = total.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(total, r.bytes - linked);
+    assert_eq!(counted.load(std::sync::atomic::Ordering::Relaxed), total);
     assert_same_tree(&src, &dst);
     let (a, b) = (
         std::fs::metadata(dst.join("a/dump.sql")).unwrap(),
