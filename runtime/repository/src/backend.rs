@@ -402,14 +402,22 @@ impl Backend {
     /// left out.
     pub(crate) async fn list_ids(&self, prefix: &str) -> Result<Vec<String>> {
         Ok(self
+            .list_sized_ids(prefix)
+            .await?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect())
+    }
+
+    /// [`Backend::list_ids`], with each object's size.
+    pub(crate) async fn list_sized_ids(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
+        Ok(self
             .list(prefix)
             .await?
             .into_iter()
             .filter_map(|m| {
-                m.location
-                    .filename()
-                    .filter(|n| crate::format::is_id(n))
-                    .map(str::to_string)
+                let name = m.location.filename().filter(|n| crate::format::is_id(n))?;
+                Some((name.to_string(), m.size))
             })
             .collect())
     }

@@ -2035,15 +2035,7 @@ pub(crate) async fn load_index(
     backend: &Backend,
     keys: &MasterKeys,
 ) -> Result<(Index, Vec<Error>)> {
-    let mut files: Vec<(String, u64)> = backend
-        .list("index/")
-        .await?
-        .into_iter()
-        .filter_map(|m| {
-            let name = m.location.filename().filter(|n| format::is_id(n))?;
-            Some((name.to_string(), m.size))
-        })
-        .collect();
+    let mut files = backend.list_sized_ids("index/").await?;
     files.sort_unstable();
     // A 32-byte keyed id a chunk, which does not compress: a file's size bounds its chunks.
     let bound = files
