@@ -113,6 +113,11 @@ enum RepoCommand {
         /// under it; repeatable.
         #[arg(long, value_name = "PATH")]
         include: Vec<String>,
+        /// Leave holes where a tree's files hold whole 4 KiB blocks of zeros (disk images),
+        /// instead of writing them. A preallocated file (a database's WAL segment) is then
+        /// no longer allocated, so it is off by default.
+        #[arg(long)]
+        sparse: bool,
     },
     /// List what a tree snapshot holds.
     Ls {
@@ -1149,10 +1154,17 @@ async fn run_inner(args: &RepoArgs) -> anyhow::Result<ExitCode> {
             id,
             target,
             include,
+            sparse,
         } => {
             if !include.is_empty() && target == "-" {
                 return Err(usage(
                     "restore: --include selects paths of a tree snapshot; a stream restores whole",
+                ));
+            }
+            if *sparse && target == "-" {
+                return Err(usage(
+                    "restore: --sparse leaves holes in a tree's files; a stream restored to \
+                     standard output is written sparse by `dd of=FILE conv=sparse`",
                 ));
             }
             if target == "-" {
@@ -1176,6 +1188,13 @@ async fn run_inner(args: &RepoArgs) -> anyhow::Result<ExitCode> {
                             info.short_id()
                         )));
                     }
+                    if *sparse {
+                        return Err(usage(format!(
+                            "restore: --sparse leaves holes in a tree's files; {} is the stream \
+                             {name}: `--target - | dd of={target} conv=sparse` writes it sparse",
+                            info.short_id()
+                        )));
+                    }
                     // A stream restored to a path: write it as a file named after the target.
                     let file = tokio::fs::File::create(target)
                         .await
@@ -1190,6 +1209,7 @@ async fn run_inner(args: &RepoArgs) -> anyhow::Result<ExitCode> {
                     );
                 } else {
                     let (opts, shown) = restore_progress();
+                    let opts = opts.sparse(*sparse);
                     let r = repo.restore_paths_with(&info, target, include, &opts).await;
                     finish_bar(shown);
                     let r = r?;

@@ -400,10 +400,11 @@ pub const DEFAULT_REPACK_UNUSED: f64 = 0.2;
 pub struct RestoreOptions {
     pub(crate) progress: Option<Arc<AtomicU64>>,
     pub(crate) total: Option<Arc<AtomicU64>>,
+    pub(crate) sparse: bool,
 }
 
 impl RestoreOptions {
-    /// Defaults: no progress counters.
+    /// Defaults: no progress counters, every byte written.
     pub fn new() -> Self {
         Self::default()
     }
@@ -420,6 +421,15 @@ impl RestoreOptions {
     /// it has read the snapshot's content and selected its files.
     pub fn total(mut self, t: Arc<AtomicU64>) -> Self {
         self.total = Some(t);
+        self
+    }
+
+    /// Whether a tree restore leaves holes where its files hold whole blocks of zeros
+    /// (sparse files: disk images, preallocated files), instead of writing the zeros. Off by
+    /// default, as in restic and borg: a file its program preallocated (PostgreSQL's WAL
+    /// segments) is then no longer allocated, and a full disk shows later than the restore.
+    pub fn sparse(mut self, yes: bool) -> Self {
+        self.sparse = yes;
         self
     }
 

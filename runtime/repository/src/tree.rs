@@ -613,7 +613,8 @@ impl Repository {
         opts.set_total(to_read);
         let mut stream = Box::pin(self.read_chunks(&ids, &info.id).await?);
         let (tx, rx) = tokio::sync::mpsc::channel::<Vec<Bytes>>(WRITER_QUEUE);
-        let writer = tokio::task::spawn_blocking(move || write_files(files, rx));
+        let sparse = opts.sparse;
+        let writer = tokio::task::spawn_blocking(move || write_files(files, rx, sparse));
         let mut err = None;
         while let Some(item) = stream.next().await {
             match item {
@@ -846,22 +847,134 @@ fn select(nodes: &mut Vec<Node>, include: &[String], info: &SnapshotInfo) -> Res
     Ok(())
 }
 
-/// The file being written, its path and how many of its chunks are still to come.
-type Writing = Option<(std::fs::File, PathBuf, usize)>;
+/// Holes are left in whole blocks of this size, aligned to the file: the usual filesystem
+/// block, below which a hole saves nothing.
+const HOLE_BLOCK: u64 = 4096;
 
-/// Writes `files` (path, number of chunks) from the chunks received on `rx`, in order. A file
-/// the restore could not finish — a write failed (a full disk), or the chunks stopped coming
-/// (the caller reports why) — is removed rather than left truncated under its real name, and
-/// no later file is created.
+/// The length of the run of zero blocks (`true`) or of other data (`false`) at the start of
+/// `buf`, which belongs at file offset `pos`. Blocks are cut at multiples of [`HOLE_BLOCK`]
+/// in the file; a partial block at either end of `buf` is judged by its own bytes (zeros
+/// skipped there are never written, and in a new file read back as zeros all the same).
+fn leading_run(pos: u64, buf: &[u8]) -> (bool, usize) {
+    let mut at = 0;
+    let mut zero = None;
+    while at < buf.len() {
+        let edge = (HOLE_BLOCK - (pos + at as u64) % HOLE_BLOCK) as usize;
+        let block = &buf[at..buf.len().min(at + edge)];
+        // An OR over the block vectorises; the early exit of `all` does not.
+        let z = block.iter().fold(0u8, |acc, &b| acc | b) == 0;
+        if *zero.get_or_insert(z) != z {
+            break;
+        }
+        at += block.len();
+    }
+    (zero.unwrap_or(false), at)
+}
+
+/// A file being restored: its chunks still to come, those received and not yet written, and,
+/// in a sparse restore, the zeros skipped since the last write.
+struct Restoring {
+    file: std::fs::File,
+    path: PathBuf,
+    left: usize,
+    run: Vec<Bytes>,
+    sparse: bool,
+    pos: u64,
+    hole: u64,
+}
+
+impl Restoring {
+    fn create(path: PathBuf, chunks: usize, sparse: bool) -> Result<Self> {
+        let file = create_file(&path).map_err(|e| Error::io("create", &path, e))?;
+        Ok(Self {
+            file,
+            path,
+            left: chunks,
+            run: Vec::new(),
+            sparse,
+            pos: 0,
+            hole: 0,
+        })
+    }
+
+    /// Takes the file's next chunk; in a sparse restore, its zero blocks are skipped.
+    fn push(&mut self, chunk: Bytes) -> Result<()> {
+        self.left -= 1;
+        if !self.sparse {
+            self.run.push(chunk);
+            return Ok(());
+        }
+        let mut rest = chunk;
+        while !rest.is_empty() {
+            let (zero, n) = leading_run(self.pos, &rest);
+            if zero {
+                self.hole += n as u64;
+            } else {
+                if std::mem::take(&mut self.hole) > 0 {
+                    // What came before the hole, then past it to where this data belongs.
+                    self.write()?;
+                    std::io::Seek::seek(&mut self.file, std::io::SeekFrom::Start(self.pos))
+                        .map_err(|e| Error::io("seek", &self.path, e))?;
+                }
+                self.run.push(rest.slice(..n));
+            }
+            self.pos += n as u64;
+            rest = rest.slice(n..);
+        }
+        Ok(())
+    }
+
+    /// Writes the chunks received, in vectored writes of at most 1024 (the usual `IOV_MAX`).
+    fn write(&mut self) -> Result<()> {
+        use std::io::{IoSlice, Write};
+        for group in self.run.chunks(1024) {
+            let mut slices: Vec<IoSlice<'_>> = group.iter().map(|c| IoSlice::new(c)).collect();
+            let mut rest = &mut slices[..];
+            while !rest.is_empty() {
+                match self.file.write_vectored(rest) {
+                    Ok(0) => {
+                        return Err(Error::io(
+                            "write",
+                            &self.path,
+                            std::io::ErrorKind::WriteZero.into(),
+                        ));
+                    }
+                    Ok(n) => IoSlice::advance_slices(&mut rest, n),
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(Error::io("write", &self.path, e)),
+                }
+            }
+        }
+        self.run.clear();
+        Ok(())
+    }
+
+    /// Writes what is left; a file that ends in zeros skipped gets its length.
+    fn finish(&mut self) -> Result<()> {
+        self.write()?;
+        if std::mem::take(&mut self.hole) > 0 {
+            self.file
+                .set_len(self.pos)
+                .map_err(|e| Error::io("set the length of", &self.path, e))?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes `files` (path, number of chunks) from the chunks received on `rx`, in order,
+/// leaving holes for zero blocks when `sparse`. A file the restore could not finish — a
+/// write failed (a full disk), or the chunks stopped coming (the caller reports why) — is
+/// removed rather than left truncated under its real name, and no later file is created.
 fn write_files(
     files: Vec<(PathBuf, usize)>,
     rx: tokio::sync::mpsc::Receiver<Vec<Bytes>>,
+    sparse: bool,
 ) -> Result<()> {
-    let mut current: Writing = None;
-    let written = write_all(files, rx, &mut current);
-    if let Some((f, p, _)) = current.take() {
-        drop(f);
-        let _ = std::fs::remove_file(&p);
+    let mut current = None;
+    let written = write_all(files, rx, sparse, &mut current);
+    if let Some(Restoring { file, path, .. }) = current.take() {
+        drop(file);
+        let _ = std::fs::remove_file(&path);
     }
     written
 }
@@ -869,15 +982,19 @@ fn write_files(
 fn write_all(
     files: Vec<(PathBuf, usize)>,
     mut rx: tokio::sync::mpsc::Receiver<Vec<Bytes>>,
-    current: &mut Writing,
+    sparse: bool,
+    current: &mut Option<Restoring>,
 ) -> Result<()> {
     let mut files = files.into_iter();
-    let mut next = |current: &mut Writing| -> Result<bool> {
+    // Finishes the current file, if any, and starts the next; false when none is left.
+    let mut next = |current: &mut Option<Restoring>| -> Result<bool> {
+        if let Some(f) = current.as_mut() {
+            f.finish()?;
+        }
         *current = None;
         match files.next() {
             Some((p, n)) => {
-                let f = create_file(&p).map_err(|e| Error::io("create", &p, e))?;
-                *current = Some((f, p, n));
+                *current = Some(Restoring::create(p, n, sparse)?);
                 Ok(true)
             }
             None => Ok(false),
@@ -886,70 +1003,40 @@ fn write_all(
     if !next(current)? {
         return Ok(());
     }
-    // Chunks of the current file received and not yet written: written in one vectored call
-    // per run, straight from the decoded frames.
-    let mut run: Vec<Bytes> = Vec::new();
+    // Chunks of the current file are gathered and written in one vectored call per message,
+    // straight from the decoded frames.
     while let Some(item) = rx.blocking_recv() {
         for chunk in item {
-            while current.as_ref().is_some_and(|c| c.2 == 0) {
-                if let Some((f, p, _)) = current.as_mut() {
-                    write_run(f, p, &mut run)?;
-                }
+            while current.as_ref().is_some_and(|c| c.left == 0) {
                 if !next(current)? {
                     return Err(Error::Invalid(
                         "restore produced more data than the snapshot lists".into(),
                     ));
                 }
             }
-            let Some((_, _, left)) = current.as_mut() else {
+            let Some(f) = current.as_mut() else {
                 break;
             };
-            run.push(chunk);
-            *left -= 1;
+            f.push(chunk)?;
         }
-        if let Some((f, p, _)) = current.as_mut() {
-            write_run(f, p, &mut run)?;
+        if let Some(f) = current.as_mut() {
+            f.write()?;
         }
     }
     // What is left are empty files, unless the chunks stopped early.
     loop {
-        if let Some((_, p, left)) = current.as_ref()
-            && *left > 0
+        if let Some(f) = current.as_ref()
+            && f.left > 0
         {
             return Err(Error::Invalid(format!(
                 "the restore stopped before {} was complete",
-                p.display()
+                f.path.display()
             )));
         }
         if !next(current)? {
             return Ok(());
         }
     }
-}
-
-/// Writes and empties `run`, in vectored writes of at most 1024 chunks (the usual `IOV_MAX`).
-fn write_run(f: &mut std::fs::File, path: &Path, run: &mut Vec<Bytes>) -> Result<()> {
-    use std::io::{IoSlice, Write};
-    for group in run.chunks(1024) {
-        let mut slices: Vec<IoSlice<'_>> = group.iter().map(|c| IoSlice::new(c)).collect();
-        let mut rest = &mut slices[..];
-        while !rest.is_empty() {
-            match f.write_vectored(rest) {
-                Ok(0) => {
-                    return Err(Error::io(
-                        "write",
-                        path,
-                        std::io::ErrorKind::WriteZero.into(),
-                    ));
-                }
-                Ok(n) => IoSlice::advance_slices(&mut rest, n),
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(Error::io("write", path, e)),
-            }
-        }
-    }
-    run.clear();
-    Ok(())
 }
 
 #[cfg(test)]
@@ -996,6 +1083,22 @@ mod tests {
         drop_files(&mut nodes, &left_out);
         let kept: Vec<&str> = nodes.iter().map(|n| n.path.as_str()).collect();
         assert_eq!(kept, ["a", "d", "c"]);
+    }
+
+    #[test]
+    fn zero_runs_are_cut_at_blocks_of_the_file() {
+        let b = HOLE_BLOCK as usize;
+        let mut buf = vec![0u8; 3 * b];
+        buf[b + 7] = 1;
+        assert_eq!(leading_run(0, &buf), (true, b));
+        assert_eq!(leading_run(0, &buf[b..]), (false, b));
+        assert_eq!(leading_run(b as u64, &buf[b..]), (false, b));
+        assert_eq!(leading_run(2 * b as u64, &buf[2 * b..]), (true, b));
+        // Cut at the file's block edges, not the buffer's: 100 bytes into the file, the
+        // buffer's first block ends after b - 100 bytes, and the next holds the 1.
+        assert_eq!(leading_run(100, &buf), (true, b - 100));
+        assert_eq!(leading_run(0, &[]), (false, 0));
+        assert_eq!(leading_run(5, &[1, 0, 0]), (false, 3));
     }
 
     fn excluded(pattern: &str, path: &str) -> bool {

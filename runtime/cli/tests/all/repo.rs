@@ -211,6 +211,7 @@ fn ls_lists_a_tree_and_restore_include_restores_only_those_paths() {
     std::fs::create_dir_all(data.join("conf")).expect("data");
     std::fs::write(data.join("conf/app.yaml"), "replicas: 3\n").expect("file");
     std::fs::write(data.join("db.bin"), vec![7u8; 100_000]).expect("file");
+    std::fs::write(data.join("disk.img"), vec![0u8; 1 << 20]).expect("file");
     assert!(run(&["repo", "init"]).status.success());
     assert!(
         run(&["repo", "backup", data.to_str().expect("utf-8")])
@@ -261,6 +262,18 @@ fn ls_lists_a_tree_and_restore_include_restores_only_those_paths() {
         "{}",
         stderr(&out)
     );
+
+    // --sparse: the image of zeros comes back as a hole; a stream cannot be written sparse.
+    use std::os::unix::fs::MetadataExt;
+    let sparse = dir.path().join("sparse");
+    let s = sparse.to_str().expect("utf-8");
+    let out = run(&["repo", "restore", "latest", "--sparse", "--target", s]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let image = std::fs::metadata(sparse.join("disk.img")).expect("restored image");
+    assert_eq!((image.len(), image.blocks()), (1 << 20, 0));
+    let out = run(&["repo", "restore", "latest", "--sparse", "--target", "-"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("conv=sparse"), "{}", stderr(&out));
 }
 
 #[test]

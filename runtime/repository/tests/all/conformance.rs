@@ -541,3 +541,41 @@ async fn hard_links_are_restored_as_links() {
         std::fs::read(src.join("a/dump.sql")).unwrap()
     );
 }
+
+#[tokio::test]
+async fn a_sparse_restore_leaves_holes_for_zero_blocks_only() {
+    use std::os::unix::fs::MetadataExt;
+    let (repo, dir, src) = repo_and_tree(9).await;
+    // A disk image: data, 1 MiB of zeros, data cut mid-block, and 3 MiB of zeros at the end;
+    // and a file of zeros alone.
+    let mut image = noise(100_000, 10);
+    image.resize(image.len() + (1 << 20), 0);
+    image.extend(noise(5_000, 11));
+    image.resize(image.len() + (3 << 20), 0);
+    std::fs::write(src.join("disk.img"), &image).unwrap();
+    std::fs::write(src.join("zeros"), vec![0u8; 2 << 20]).unwrap();
+    let snap = repo.backup_tree(&src, BackupOptions::new()).await.unwrap();
+    let (dense, sparse) = (dir.path().join("dense"), dir.path().join("sparse"));
+    repo.restore_tree_of(&snap, &dense).await.unwrap();
+    let r = repo
+        .restore_paths_with(&snap, &sparse, &[], &RestoreOptions::new().sparse(true))
+        .await
+        .unwrap();
+    assert_eq!(r.files, 6);
+    assert_same_tree(&src, &sparse);
+    let used = |root: &std::path::Path, name: &str| {
+        std::fs::metadata(root.join(name)).unwrap().blocks() * 512
+    };
+    // Dense: every byte allocated. Sparse: only the blocks holding data, about 108 KB.
+    assert!(used(&dense, "disk.img") >= image.len() as u64);
+    assert!(
+        used(&sparse, "disk.img") < 200_000,
+        "{}",
+        used(&sparse, "disk.img")
+    );
+    assert_eq!(used(&sparse, "zeros"), 0);
+    // Files without zero blocks are written whole.
+    for f in ["a/dump.sql", "a/b/pages.bin"] {
+        assert_eq!(used(&sparse, f), used(&dense, f), "{f}");
+    }
+}
