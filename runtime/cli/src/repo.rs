@@ -127,7 +127,7 @@ enum RepoCommand {
         paths: Vec<String>,
     },
     /// What changed between two tree snapshots: `+` added, `-` removed, `M` modified, `T`
-    /// type changed, `U` permissions, owner or modification time only.
+    /// type changed, `U` permissions, owner, modification time or extended attributes only.
     Diff {
         /// The earlier snapshot: id, unique prefix, or `latest`.
         from: String,

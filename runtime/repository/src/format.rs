@@ -424,6 +424,9 @@ pub(crate) struct Node {
     /// still lists its chunks, so a reader that does not know this field restores a copy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) link: Option<String>,
+    /// Extended attributes (Linux): name → value, hex.
+    #[serde(default, skip_serializing_if = "crate::xattrs::Xattrs::is_empty")]
+    pub(crate) xattrs: crate::xattrs::Xattrs,
     /// Concatenated chunk ids, hex.
     #[serde(default, skip_serializing_if = "ChunkList::is_empty")]
     pub(crate) chunks: ChunkList,

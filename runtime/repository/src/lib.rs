@@ -40,6 +40,7 @@ mod restore;
 mod retention;
 mod stream;
 mod tree;
+mod xattrs;
 
 pub use backend::Location;
 pub use chunker::Chunking;

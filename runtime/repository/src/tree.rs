@@ -5,6 +5,7 @@ use crate::error::{Error, Result};
 use crate::format::{self, Content, Node, NodeKind, SnapshotInfo, SnapshotKind};
 use crate::pipeline::{INPUT_BLOCK, Input, Pool};
 use crate::repo::{BackupOptions, Repository, RestoreOptions, RestoreSummary};
+use crate::xattrs;
 use bytes::Bytes;
 use futures::StreamExt;
 use serde::Serialize;
@@ -200,8 +201,14 @@ fn walk(root: &Path, exclude: &[Exclude]) -> Result<Vec<(PathBuf, Node)>> {
                 tracing::warn!(path = %path.display(), "skipping special file");
                 continue;
             };
+            let xattrs = match xattrs::read(&path) {
+                Ok(x) => x,
+                Err(e) if vanished(&e, &path) => continue,
+                Err(e) => return Err(Error::io("read the extended attributes of", &path, e)),
+            };
             let mut node = dir_node(name, &m);
             (node.path_raw, node.kind, node.size, node.target) = (raw, kind, size, target);
+            node.xattrs = xattrs;
             node.link = hard_link_of(&mut linked, &node, &m);
             out.push((path, node));
         }
@@ -378,6 +385,7 @@ fn dir_node(path: String, m: &std::fs::Metadata) -> Node {
         size: 0,
         target: None,
         link: None,
+        xattrs: Default::default(),
         chunks: format::ChunkList::default(),
         lists: format::ChunkList::default(),
     }
@@ -434,20 +442,37 @@ impl Owners {
     }
 }
 
-/// Owner first (changing it clears the set-id bits), then permissions, then the time.
-fn set_meta(path: &Path, node: &Node, owners: &mut Owners) -> Result<()> {
-    owners.set(path, node)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(node.mode))
-            .map_err(|e| Error::io("set permissions", path, e))?;
+/// Sets restored nodes' metadata, warning once of what the system refuses.
+#[derive(Debug, Default)]
+struct Meta {
+    owners: Owners,
+    xattrs: xattrs::Setter,
+}
+
+impl Meta {
+    /// The owner first (changing it clears set-id bits and file capabilities), then the
+    /// permissions, the extended attributes and the time. A symlink gets only its owner and
+    /// attributes: permissions and times would be set on what it points to.
+    fn set(&mut self, path: &Path, node: &Node) -> Result<()> {
+        self.owners.set(path, node)?;
+        if node.kind != NodeKind::Symlink {
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(node.mode))
+                    .map_err(|e| Error::io("set permissions", path, e))?;
+            }
+        }
+        self.xattrs.set(path, &node.xattrs)?;
+        if node.kind != NodeKind::Symlink {
+            let t = std::time::UNIX_EPOCH
+                + std::time::Duration::from_nanos(node.mtime_ns.max(0) as u64);
+            if let Ok(f) = std::fs::File::open(path) {
+                let _ = f.set_modified(t);
+            }
+        }
+        Ok(())
     }
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(node.mtime_ns.max(0) as u64);
-    if let Ok(f) = std::fs::File::open(path) {
-        let _ = f.set_modified(t);
-    }
-    Ok(())
 }
 
 impl Repository {
@@ -473,7 +498,9 @@ impl Repository {
             .map(|p| Exclude::parse(p))
             .collect::<Result<Vec<_>>>()?;
         let meta = std::fs::metadata(&root).map_err(|e| Error::io("stat", &root, e))?;
-        let root_node = dir_node(String::new(), &meta);
+        let mut root_node = dir_node(String::new(), &meta);
+        root_node.xattrs = xattrs::read(&root)
+            .map_err(|e| Error::io("read the extended attributes of", &root, e))?;
         let walk_root = root.clone();
         let nodes = tokio::task::spawn_blocking(move || walk(&walk_root, &exclude))
             .await
@@ -643,7 +670,7 @@ impl Repository {
                 .map_err(|e| Error::io("create hard link", p, e))?;
         }
         // Links, then metadata: files, then directories deepest first so their mtimes stick.
-        let mut owners = Owners::default();
+        let mut meta = Meta::default();
         for n in &nodes {
             if let (NodeKind::Symlink, Some(t)) = (n.kind, &n.target) {
                 let p = safe_join(&target, n)?;
@@ -653,17 +680,17 @@ impl Repository {
                     .map_err(|e| Error::io("create symlink", &p, e))?;
                 #[cfg(not(unix))]
                 tracing::warn!(path = %p.display(), target = %t, "symlinks are not restored on this platform");
-                owners.set(&p, n)?;
+                meta.set(&p, n)?;
             }
         }
         for n in nodes.iter().filter(|n| n.kind == NodeKind::File) {
-            set_meta(&safe_join(&target, n)?, n, &mut owners)?;
+            meta.set(&safe_join(&target, n)?, n)?;
         }
         for n in nodes.iter().rev().filter(|n| n.kind == NodeKind::Dir) {
-            set_meta(&safe_join(&target, n)?, n, &mut owners)?;
+            meta.set(&safe_join(&target, n)?, n)?;
         }
         if let Some(r) = &root {
-            set_meta(&target, r, &mut owners)?;
+            meta.set(&target, r)?;
         }
         Ok(summary)
     }
@@ -676,8 +703,8 @@ pub struct TreeChange {
     /// Relative to the snapshots' root, `/`-separated.
     pub path: String,
     /// `added`, `removed`, `modified` (a file's content or a link's target), `type` (a file
-    /// became a directory or a link, …) or `metadata` (only permission bits, the owner or,
-    /// for files and links, the modification time).
+    /// became a directory or a link, …) or `metadata` (only permission bits, the owner, the
+    /// extended attributes or, for files and links, the modification time).
     pub change: &'static str,
     /// Bytes before (0 when added).
     pub size_before: u64,
@@ -779,6 +806,7 @@ impl Repository {
                         || (o.mtime_ns != new.mtime_ns && new.kind != NodeKind::Dir)
                         || owner_changed(o.uid, new.uid)
                         || owner_changed(o.gid, new.gid)
+                        || o.xattrs != new.xattrs
                     {
                         Some("metadata")
                     } else {

@@ -579,3 +579,47 @@ async fn a_sparse_restore_leaves_holes_for_zero_blocks_only() {
         assert_eq!(used(&sparse, f), used(&dense, f), "{f}");
     }
 }
+
+/// Extended attributes come back — users' own, and a POSIX ACL (`system.posix_acl_access`) —
+/// on files, directories and the backed-up directory itself; `diff` sees them change.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn extended_attributes_and_acls_come_back() {
+    let (repo, dir, src) = repo_and_tree(12).await;
+    let set = |p: &std::path::Path, name: &str, value: &[u8]| {
+        rustix::fs::lsetxattr(p, name, value, rustix::fs::XattrFlags::empty()).unwrap()
+    };
+    set(&src.join("a/dump.sql"), "user.origin", b"pg_dump 15");
+    set(&src.join("a/b"), "user.tier", b"hot");
+    set(&src, "user.root", b"yes");
+    // user::rw-, user:1234:r--, group::r--, mask::r--, other::---, as the kernel stores them.
+    let mut acl = 2u32.to_le_bytes().to_vec();
+    for (tag, perm, id) in [
+        (0x01u16, 6u16, u32::MAX),
+        (0x02, 4, 1234),
+        (0x04, 4, u32::MAX),
+        (0x10, 4, u32::MAX),
+        (0x20, 0, u32::MAX),
+    ] {
+        acl.extend(tag.to_le_bytes());
+        acl.extend(perm.to_le_bytes());
+        acl.extend(id.to_le_bytes());
+    }
+    let conf = src.join("small.conf");
+    set(&conf, "system.posix_acl_access", &acl);
+    let before = repo.backup_tree(&src, BackupOptions::new()).await.unwrap();
+    let dst = dir.path().join("dst");
+    repo.restore_tree_of(&before, &dst).await.unwrap();
+    assert_same_tree(&src, &dst);
+    assert!(xattrs_of(&dst.join("small.conf")).contains("system.posix_acl_access="));
+    assert_eq!(xattrs_of(&dst), xattrs_of(&src));
+    assert!(xattrs_of(&dst).contains("user.root="));
+    set(&src.join("a/b"), "user.tier", b"cold");
+    let after = repo.backup_tree(&src, BackupOptions::new()).await.unwrap();
+    let changes = repo.diff_trees(&before, &after).await.unwrap();
+    let changes: Vec<_> = changes
+        .iter()
+        .map(|c| (c.path.as_str(), c.change))
+        .collect();
+    assert_eq!(changes, [("a/b", "metadata")]);
+}

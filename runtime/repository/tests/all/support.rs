@@ -100,11 +100,33 @@ fn list(root: &Path) -> Vec<(String, String)> {
                     blake3::hash(&std::fs::read(&p).unwrap())
                 )
             };
-            out.push((rel, owner + &desc));
+            out.push((rel, owner + &desc + &xattrs_of(&p)));
         }
     }
     out.sort();
     out
+}
+
+/// A node's extended attributes, ` name=hex` each (Linux).
+#[cfg(target_os = "linux")]
+pub fn xattrs_of(p: &Path) -> String {
+    let mut names = vec![0u8; rustix::fs::llistxattr_query(p).unwrap()];
+    let n = rustix::fs::llistxattr(p, &mut names[..]).unwrap();
+    let mut out = String::new();
+    for name in names[..n].split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        let mut v = vec![0u8; rustix::fs::lgetxattr_query(p, name).unwrap()];
+        let k = rustix::fs::lgetxattr(p, name, &mut v[..]).unwrap();
+        out += &format!(
+            " {}={}",
+            String::from_utf8_lossy(name),
+            hex::encode(&v[..k])
+        );
+    }
+    out
+}
+#[cfg(not(target_os = "linux"))]
+pub fn xattrs_of(_: &Path) -> String {
+    String::new()
 }
 
 /// The files under `sub` of a local repository (`data` holds its packs in subdirectories),
