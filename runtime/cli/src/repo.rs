@@ -29,8 +29,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use cairn_repository::{
     BackupOptions, DEFAULT_REPACK_UNUSED, Error, InitOptions, KeyFile, KeyProvider, Location,
-    Passphrase, PruneOptions, ReadData, Repository, RestoreOptions, Retention, SnapshotFilter,
-    SnapshotInfo, SnapshotKind,
+    Parent, Passphrase, PruneOptions, ReadData, Repository, RestoreOptions, Retention,
+    SnapshotFilter, SnapshotInfo, SnapshotKind,
 };
 use serde_json::json;
 
@@ -93,6 +93,13 @@ enum RepoCommand {
         /// `pg_wal/**` for what pg_wal holds). `*` and `?` stay within a name, `**` crosses.
         #[arg(long, value_name = "PATTERN")]
         exclude: Vec<String>,
+        /// Take the files that did not change (size, times and inode) from this tree snapshot
+        /// instead of reading them (default: the latest of the same directory and host).
+        #[arg(long, value_name = "ID", conflicts_with = "force")]
+        parent: Option<String>,
+        /// Read every file, trusting no earlier snapshot.
+        #[arg(long)]
+        force: bool,
         /// The command of --stdin-from-command and its arguments, after `--`.
         #[arg(last = true, value_name = "COMMAND")]
         command: Vec<String>,
@@ -860,10 +867,17 @@ async fn run_inner(args: &RepoArgs) -> anyhow::Result<ExitCode> {
             tag,
             zstd_level,
             exclude,
+            parent,
+            force,
             command,
         } => {
             let counter = Arc::new(AtomicU64::new(0));
             let mut opts = BackupOptions::new().progress(counter.clone());
+            match (parent, force) {
+                (Some(id), _) => opts = opts.parent(Parent::Snapshot(id.clone())),
+                (None, true) => opts = opts.parent(Parent::None),
+                (None, false) => {}
+            }
             for t in tag {
                 opts = opts.tag(t);
             }
@@ -877,6 +891,12 @@ async fn run_inner(args: &RepoArgs) -> anyhow::Result<ExitCode> {
             if stream && !exclude.is_empty() {
                 return Err(usage(
                     "--exclude selects paths of a directory, not a stream",
+                ));
+            }
+            if stream && (parent.is_some() || *force) {
+                return Err(usage(
+                    "--parent and --force choose what a directory's backup reads; a stream is \
+                     always read whole",
                 ));
             }
             let name = || {
@@ -934,8 +954,13 @@ async fn run_inner(args: &RepoArgs) -> anyhow::Result<ExitCode> {
             let s = &info.summary;
             args.print(
                 || {
+                    let unchanged = if s.unchanged_files > 0 {
+                        format!(" ({} unchanged, not read)", s.unchanged_files)
+                    } else {
+                        String::new()
+                    };
                     format!(
-                        "snapshot {} saved: {} files, {} bytes read, {} new ({} stored)",
+                        "snapshot {} saved: {} files{unchanged}, {} bytes, {} new ({} stored)",
                         info.short_id(),
                         s.files,
                         s.bytes,

@@ -59,7 +59,7 @@ impl Repository {
             // The pipeline's error is the cause when both failed.
             let (cut, packed) = finished?;
             fed?;
-            let summary = content.fill(cut, packed.stored_bytes);
+            let summary = content.fill(cut, packed.stored_bytes, &[]);
             self.commit(
                 info.kind.clone(),
                 info.tags.clone(),

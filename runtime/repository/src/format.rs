@@ -345,9 +345,10 @@ pub struct BackupSummary {
     pub files: u64,
     /// Directories in a tree snapshot.
     pub dirs: u64,
-    /// Bytes read.
+    /// Bytes in the snapshot: those read, and those of the files taken unchanged from the
+    /// parent snapshot.
     pub bytes: u64,
-    /// Chunks in the snapshot.
+    /// Chunks cut from what was read.
     pub chunks: u64,
     /// Chunks that were new to the repository.
     pub new_chunks: u64,
@@ -355,6 +356,10 @@ pub struct BackupSummary {
     pub new_bytes: u64,
     /// Bytes added to the repository (packs, index and snapshot objects).
     pub stored_bytes: u64,
+    /// Files of a tree taken from the parent snapshot without being read: their size, times
+    /// and inode had not changed.
+    #[serde(default)]
+    pub unchanged_files: u64,
 }
 
 /// A snapshot's metadata, as listed and as stored in `snapshots/<id>`.
@@ -420,6 +425,12 @@ pub(crate) struct Node {
     pub(crate) size: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) target: Option<String>,
+    /// A file's change time and inode (Unix), which with its size and `mtime_ns` tell the
+    /// next backup whether it changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) ctime_ns: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) inode: Option<u64>,
     /// A file that is a hard link of an earlier file node: that node's `path`. The node
     /// still lists its chunks, so a reader that does not know this field restores a copy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -464,7 +475,7 @@ pub(crate) enum Content {
         /// The backed-up directory itself (its mode, owner and time), which a restore gives
         /// the target directory it creates. Absent in snapshots of older builds.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        root: Option<Node>,
+        root: Option<Box<Node>>,
     },
     Stream {
         size: u64,
@@ -549,11 +560,14 @@ impl Content {
     }
 
     /// Sets the chunks, lists and sizes of the files a backup pipeline cut (a tree's file
-    /// nodes in order, or the stream) and returns the backup's counters.
+    /// nodes in order, or the stream) and returns the backup's counters. The tree's files at
+    /// the places `unchanged` lists (sorted) were taken from the parent snapshot, not read:
+    /// they keep their chunks, and the pipeline's files fill the others.
     pub(crate) fn fill(
         &mut self,
         cut: crate::pipeline::ChunkerOut,
         stored_bytes: u64,
+        unchanged: &[usize],
     ) -> BackupSummary {
         let mut summary = BackupSummary {
             chunks: cut.chunks,
@@ -579,14 +593,25 @@ impl Content {
             } => next(size, chunks, lists),
             Content::Tree { nodes, .. } => {
                 let mut dirs = 0;
+                let (mut file, mut kept) = (0, 0);
                 for n in nodes {
                     match n.kind {
-                        NodeKind::File => next(&mut n.size, &mut n.chunks, &mut n.lists),
+                        NodeKind::File => {
+                            if unchanged.binary_search(&file).is_ok() {
+                                kept += n.size;
+                            } else {
+                                next(&mut n.size, &mut n.chunks, &mut n.lists);
+                            }
+                            file += 1;
+                        }
                         NodeKind::Dir => dirs += 1,
                         NodeKind::Symlink => {}
                     }
                 }
                 summary.dirs = dirs;
+                summary.unchanged_files = unchanged.len() as u64;
+                summary.files += summary.unchanged_files;
+                summary.bytes += kept;
             }
         }
         summary

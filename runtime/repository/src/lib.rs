@@ -55,7 +55,7 @@ pub use pipeline::{
 };
 pub use repo::{
     BackupOptions, CheckReport, DEFAULT_REPACK_UNUSED, ForgetReport, IndexRepair, InitOptions,
-    Problem, PruneOptions, PruneReport, ReadData, RepoStats, Repository, RestoreOptions,
+    Parent, Problem, PruneOptions, PruneReport, ReadData, RepoStats, Repository, RestoreOptions,
     RestoreSummary, SnapshotFilter,
 };
 pub use retention::{Retention, retained};

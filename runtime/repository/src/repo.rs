@@ -72,6 +72,21 @@ pub struct BackupOptions {
     pub progress: Option<Arc<AtomicU64>>,
     /// Glob patterns of paths a tree backup leaves out (see [`BackupOptions::exclude`]).
     pub exclude: Vec<String>,
+    /// The snapshot a tree backup takes unchanged files from (see [`Parent`]).
+    pub parent: Parent,
+}
+
+/// Where a tree backup takes the files that did not change from, instead of reading them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Parent {
+    /// The latest tree snapshot of the same directory from the same host.
+    #[default]
+    Latest,
+    /// This snapshot (id, unique prefix or `latest`).
+    Snapshot(String),
+    /// None: every file is read.
+    None,
 }
 
 impl Default for BackupOptions {
@@ -87,6 +102,7 @@ impl Default for BackupOptions {
                 .unwrap_or(2),
             progress: None,
             exclude: Vec::new(),
+            parent: Parent::Latest,
         }
     }
 }
@@ -134,6 +150,11 @@ impl BackupOptions {
     /// directory holds but not the directory).
     pub fn exclude(mut self, pattern: impl Into<String>) -> Self {
         self.exclude.push(pattern.into());
+        self
+    }
+    /// Sets where a tree backup takes unchanged files from.
+    pub fn parent(mut self, p: Parent) -> Self {
+        self.parent = p;
         self
     }
 }
@@ -486,7 +507,7 @@ impl std::fmt::Debug for Repository {
     }
 }
 
-fn poisoned() -> Error {
+pub(crate) fn poisoned() -> Error {
     Error::Invalid("repository index lock poisoned".into())
 }
 

@@ -118,7 +118,7 @@ impl SnapshotWriter {
                     chunks: format::ChunkList::default(),
                     lists: format::ChunkList::default(),
                 };
-                let summary = content.fill(c, p.stored_bytes);
+                let summary = content.fill(c, p.stored_bytes, &[]);
                 let kind = SnapshotKind::Stream {
                     name: self.name.clone(),
                 };

@@ -4,7 +4,7 @@ use crate::chunker::Chunking;
 use crate::error::{Error, Result};
 use crate::format::{self, Content, Node, NodeKind, SnapshotInfo, SnapshotKind};
 use crate::pipeline::{INPUT_BLOCK, Input, Pool};
-use crate::repo::{BackupOptions, Repository, RestoreOptions, RestoreSummary};
+use crate::repo::{BackupOptions, Parent, Repository, RestoreOptions, RestoreSummary};
 use crate::xattrs;
 use bytes::Bytes;
 use futures::StreamExt;
@@ -27,6 +27,18 @@ fn mtime_ns(m: &std::fs::Metadata) -> i64 {
 fn mode_of(m: &std::fs::Metadata) -> u32 {
     use std::os::unix::fs::PermissionsExt;
     m.permissions().mode() & 0o7777
+}
+/// A file's change time (ns) and inode, which tell with its size and modification time
+/// whether it changed since the parent snapshot (Unix).
+#[cfg(unix)]
+fn change_of(m: &std::fs::Metadata) -> (Option<i64>, Option<u64>) {
+    use std::os::unix::fs::MetadataExt;
+    let ns = i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec());
+    (Some(i64::try_from(ns).unwrap_or(i64::MAX)), Some(m.ino()))
+}
+#[cfg(not(unix))]
+fn change_of(_: &std::fs::Metadata) -> (Option<i64>, Option<u64>) {
+    (None, None)
 }
 #[cfg(unix)]
 fn owner_of(m: &std::fs::Metadata) -> (Option<u32>, Option<u32>) {
@@ -209,6 +221,9 @@ fn walk(root: &Path, exclude: &[Exclude]) -> Result<Vec<(PathBuf, Node)>> {
             let mut node = dir_node(name, &m);
             (node.path_raw, node.kind, node.size, node.target) = (raw, kind, size, target);
             node.xattrs = xattrs;
+            if kind == NodeKind::File {
+                (node.ctime_ns, node.inode) = change_of(&m);
+            }
             node.link = hard_link_of(&mut linked, &node, &m);
             out.push((path, node));
         }
@@ -314,6 +329,40 @@ fn drop_files(nodes: &mut Vec<Node>, gone: &[usize]) {
     });
 }
 
+/// The parent snapshot's files a backup may take unchanged, by [`parent_key`], and when
+/// that snapshot's backup started.
+#[derive(Debug)]
+struct ParentFiles {
+    started_ns: i128,
+    files: HashMap<String, Node>,
+}
+
+/// A node's path as a key: its raw bytes (hex) after a NUL, which no name holds, when it is
+/// not UTF-8.
+fn parent_key(n: &Node) -> String {
+    match &n.path_raw {
+        Some(raw) => format!("\0{raw}"),
+        None => n.path.clone(),
+    }
+}
+
+/// Margin under a parent backup's start within which a file's change time does not prove it
+/// unchanged: a file written in the same clock tick as it was read, just after, keeps the
+/// times it was read with (and filesystem clocks tick coarsely, NFS servers' drift).
+const CHANGE_MARGIN_NS: i128 = 2_000_000_000;
+
+/// Whether the file `now` describes is the one `before` recorded: same size, times and inode,
+/// and last changed well before the parent backup, which started at `started_ns`, read it.
+fn unchanged(before: &Node, now: &Node, started_ns: i128) -> bool {
+    before.size == now.size
+        && before.mtime_ns == now.mtime_ns
+        && before.inode == now.inode
+        && before.ctime_ns == now.ctime_ns
+        && before
+            .ctime_ns
+            .is_some_and(|c| i128::from(c) < started_ns - CHANGE_MARGIN_NS)
+}
+
 /// Resolves a snapshot path under `target`, refusing anything that would escape it.
 fn safe_join(target: &Path, node: &Node) -> Result<PathBuf> {
     #[cfg(unix)]
@@ -384,6 +433,8 @@ fn dir_node(path: String, m: &std::fs::Metadata) -> Node {
         gid,
         size: 0,
         target: None,
+        ctime_ns: None,
+        inode: None,
         link: None,
         xattrs: Default::default(),
         chunks: format::ChunkList::default(),
@@ -502,17 +553,28 @@ impl Repository {
         root_node.xattrs = xattrs::read(&root)
             .map_err(|e| Error::io("read the extended attributes of", &root, e))?;
         let walk_root = root.clone();
-        let nodes = tokio::task::spawn_blocking(move || walk(&walk_root, &exclude))
+        let mut nodes = tokio::task::spawn_blocking(move || walk(&walk_root, &exclude))
             .await
             .map_err(|e| Error::Invalid(format!("walk task failed: {e}")))??;
         let tags = opts.tags.clone();
+        let parent = self.parent_files(&root, &opts.parent).await?;
         let (lock, pipeline) = self.start_backup(&opts, Chunking::PAGES).await?;
+        let (unchanged, unchanged_bytes) = match &parent {
+            Some(parent) => self.take_unchanged(&mut nodes, parent),
+            None => (Vec::new(), 0),
+        };
+        if let Some(p) = &opts.progress {
+            p.fetch_add(unchanged_bytes, std::sync::atomic::Ordering::Relaxed);
+        }
         let per_file = opts.chunking.is_none();
-        let files: Vec<(PathBuf, u64)> = nodes
+        // The files to read, and for each its place among the tree's files.
+        let (files, places): (Vec<(PathBuf, u64)>, Vec<usize>) = nodes
             .iter()
             .filter(|(_, n)| n.kind == NodeKind::File)
-            .map(|(p, n)| (p.clone(), n.size))
-            .collect();
+            .enumerate()
+            .filter(|(i, _)| unchanged.binary_search(i).is_err())
+            .map(|(i, (p, n))| ((p.clone(), n.size), i))
+            .unzip();
         let (tx, blocks) = (pipeline.sender(), pipeline.blocks());
         let fed = tokio::task::spawn_blocking(move || match tx {
             Some(tx) => feed(&files, per_file, &tx, &blocks),
@@ -524,12 +586,12 @@ impl Repository {
         let result = async {
             // The pipeline's error is the cause when both failed.
             let (c, p) = finished?;
-            let gone = fed??;
+            let gone: Vec<usize> = fed??.into_iter().map(|i| places[i]).collect();
             let mut content = Content::Tree {
                 nodes: nodes.into_iter().map(|(_, n)| n).collect(),
-                root: Some(root_node),
+                root: Some(Box::new(root_node)),
             };
-            let mut summary = content.fill(c, p.stored_bytes);
+            let mut summary = content.fill(c, p.stored_bytes, &unchanged);
             if let Content::Tree { nodes, .. } = &mut content {
                 drop_files(nodes, &gone);
             }
@@ -542,6 +604,101 @@ impl Repository {
         .await;
         lock.release().await;
         result
+    }
+
+    /// The snapshot a backup of `root` takes unchanged files from, as `parent` picks it: its
+    /// start and its files with what tells whether they changed, by path. The latest snapshot
+    /// that cannot be read (damaged) is warned about and every file read: it must not stop
+    /// new backups. One the options name must be read.
+    async fn parent_files(&self, root: &Path, parent: &Parent) -> Result<Option<ParentFiles>> {
+        match self.read_parent(root, parent).await {
+            Err(e) if *parent == Parent::Latest => {
+                tracing::warn!(error = %e, "the latest snapshot of this directory cannot be read: every file is read");
+                Ok(None)
+            }
+            found => found,
+        }
+    }
+
+    async fn read_parent(&self, root: &Path, parent: &Parent) -> Result<Option<ParentFiles>> {
+        let info = match parent {
+            Parent::None => return Ok(None),
+            Parent::Snapshot(id) => {
+                let info = self.snapshot(id).await?;
+                if !matches!(info.kind, SnapshotKind::Tree { .. }) {
+                    return Err(Error::Invalid(format!(
+                        "parent snapshot {} is the stream {}, not a tree",
+                        info.short_id(),
+                        info.source()
+                    )));
+                }
+                info
+            }
+            Parent::Latest => {
+                let path = root.display().to_string();
+                let host = crate::lock::hostname();
+                let found = self
+                    .snapshots(&crate::repo::SnapshotFilter::new().source(&path))
+                    .await?
+                    .into_iter()
+                    .filter(|s| matches!(s.kind, SnapshotKind::Tree { .. }) && s.hostname == host)
+                    .max_by_key(|s| s.time);
+                match found {
+                    Some(info) => info,
+                    None => return Ok(None),
+                }
+            }
+        };
+        let Content::Tree { nodes, .. } = self.content_object(&info).await? else {
+            return Ok(None);
+        };
+        let files = nodes
+            .into_iter()
+            .filter(|n| n.kind == NodeKind::File && n.size > 0 && n.ctime_ns.is_some())
+            .map(|n| (parent_key(&n), n))
+            .collect();
+        tracing::debug!(
+            parent = info.short_id(),
+            "files unchanged since are not read"
+        );
+        Ok(Some(ParentFiles {
+            started_ns: info.time.as_nanosecond(),
+            files,
+        }))
+    }
+
+    /// Gives the files of `nodes` that did not change since `parent` its chunks, so that they
+    /// are not read, when the repository still holds them; returns their places among the
+    /// files (in order) and their bytes.
+    fn take_unchanged(
+        &self,
+        nodes: &mut [(PathBuf, Node)],
+        parent: &ParentFiles,
+    ) -> (Vec<usize>, u64) {
+        let index = self
+            .inner
+            .index
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (mut places, mut bytes) = (Vec::new(), 0);
+        let files = nodes.iter_mut().filter(|(_, n)| n.kind == NodeKind::File);
+        for (i, (_, n)) in files.enumerate() {
+            let Some(before) = parent.files.get(&parent_key(n)) else {
+                continue;
+            };
+            let ids = if before.lists.is_empty() {
+                &before.chunks
+            } else {
+                &before.lists
+            };
+            if unchanged(before, n, parent.started_ns) && ids.0.iter().all(|id| index.contains(id))
+            {
+                (n.chunks, n.lists) = (before.chunks.clone(), before.lists.clone());
+                places.push(i);
+                bytes += n.size;
+            }
+        }
+        (places, bytes)
     }
 
     /// Restores a tree snapshot into `target` (created if needed; existing files are

@@ -213,11 +213,21 @@ fn ls_lists_a_tree_and_restore_include_restores_only_those_paths() {
     std::fs::write(data.join("db.bin"), vec![7u8; 100_000]).expect("file");
     std::fs::write(data.join("disk.img"), vec![0u8; 1 << 20]).expect("file");
     assert!(run(&["repo", "init"]).status.success());
+    // Files changed within two seconds of a backup's start are read again by the next.
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let d = data.to_str().expect("utf-8");
+    assert!(run(&["repo", "backup", d]).status.success());
+    // The next backup takes the unchanged files from this one; --force reads them all.
+    let out = run(&["repo", "backup", d]);
     assert!(
-        run(&["repo", "backup", data.to_str().expect("utf-8")])
-            .status
-            .success()
+        stdout(&out).contains("3 files (3 unchanged, not read)"),
+        "{}",
+        stdout(&out)
     );
+    let out = run(&["repo", "backup", d, "--force"]);
+    assert!(!stdout(&out).contains("unchanged"), "{}", stdout(&out));
+    let out = run(&["repo", "backup", "-", "--stdin-name", "s", "--force"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
 
     let out = run(&["repo", "ls", "latest"]);
     assert!(out.status.success(), "{}", stderr(&out));

@@ -623,3 +623,66 @@ async fn extended_attributes_and_acls_come_back() {
         .collect();
     assert_eq!(changes, [("a/b", "metadata")]);
 }
+
+/// A tree backup takes the files whose size, times and inode did not change from the parent
+/// snapshot instead of reading them — a file rewritten in place with its size and mtime put
+/// back is still read — and the snapshot restores whole.
+#[tokio::test]
+async fn unchanged_files_are_taken_from_the_parent_snapshot() {
+    use cairn_repository::Parent;
+    let (repo, dir, src) = repo_and_tree(13).await;
+    // 2,560 page chunks: kept in list chunks, which are taken over as they are.
+    std::fs::write(src.join("big.db"), noise(20 << 20, 14)).unwrap();
+    // Files changed within two seconds of a backup's start are read again by the next.
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let first = repo.backup_tree(&src, BackupOptions::new()).await.unwrap();
+    assert_eq!(first.summary.unchanged_files, 0);
+    let dump = src.join("a/dump.sql");
+    let mtime = std::fs::metadata(&dump).unwrap().modified().unwrap();
+    let mut text = std::fs::read(&dump).unwrap();
+    text[1000] ^= 1;
+    std::fs::write(&dump, &text).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&dump)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    std::fs::write(src.join("small.conf"), b"key = other\n").unwrap();
+    let second = repo.backup_tree(&src, BackupOptions::new()).await.unwrap();
+    let s = &second.summary;
+    // big.db and pages.bin; the empty file is always "read".
+    assert_eq!((s.files, s.unchanged_files), (5, 2), "{s:?}");
+    assert_eq!(s.bytes, first.summary.bytes);
+    assert!(s.chunks < 500 && s.new_bytes < 200_000, "{s:?}");
+    let dst = dir.path().join("dst");
+    repo.restore_tree_of(&second, &dst).await.unwrap();
+    assert_same_tree(&src, &dst);
+    // --force reads everything; a named parent is used; a stream is no parent.
+    let forced = repo
+        .backup_tree(&src, BackupOptions::new().parent(Parent::None))
+        .await
+        .unwrap();
+    assert_eq!(forced.summary.unchanged_files, 0);
+    assert_eq!(forced.summary.new_chunks, 0);
+    let named = repo
+        .backup_tree(
+            &src,
+            BackupOptions::new().parent(Parent::Snapshot(first.id.clone())),
+        )
+        .await
+        .unwrap();
+    assert_eq!(named.summary.unchanged_files, 2);
+    let stream = repo
+        .backup_stream("s", &b"x"[..], BackupOptions::new())
+        .await
+        .unwrap();
+    let e = repo
+        .backup_tree(
+            &src,
+            BackupOptions::new().parent(Parent::Snapshot(stream.id)),
+        )
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("not a tree"), "{e}");
+}
