@@ -100,6 +100,11 @@ enum RepoCommand {
         /// Read every file, trusting no earlier snapshot.
         #[arg(long)]
         force: bool,
+        /// Record the snapshot as made on this host (default: this machine's hostname); a
+        /// directory's backup takes unchanged files from the host's latest snapshot of it. A
+        /// pod gets a new hostname each run: give it a stable one.
+        #[arg(long, value_name = "NAME")]
+        host: Option<String>,
         /// The command of --stdin-from-command and its arguments, after `--`.
         #[arg(last = true, value_name = "COMMAND")]
         command: Vec<String>,
@@ -258,6 +263,9 @@ struct FilterArgs {
     /// Only snapshots of this path or stream name.
     #[arg(long)]
     path: Option<String>,
+    /// Only snapshots made on this host (as `backup --host` recorded it).
+    #[arg(long)]
+    host: Option<String>,
     /// Only snapshots made at or after this time (RFC 3339).
     #[arg(long)]
     since: Option<String>,
@@ -269,7 +277,11 @@ struct FilterArgs {
 impl FilterArgs {
     /// Whether any filter was given.
     fn given(&self) -> bool {
-        !self.tag.is_empty() || self.path.is_some() || self.since.is_some() || self.until.is_some()
+        !self.tag.is_empty()
+            || self.path.is_some()
+            || self.host.is_some()
+            || self.since.is_some()
+            || self.until.is_some()
     }
 
     fn filter(&self) -> anyhow::Result<SnapshotFilter> {
@@ -279,6 +291,9 @@ impl FilterArgs {
         }
         if let Some(p) = &self.path {
             f = f.source(p);
+        }
+        if let Some(h) = &self.host {
+            f = f.host(h);
         }
         if let Some(t) = &self.since {
             f = f.since(t).map_err(|e| usage(e.to_string()))?;
@@ -869,6 +884,7 @@ async fn run_inner(args: &RepoArgs) -> anyhow::Result<ExitCode> {
             exclude,
             parent,
             force,
+            host,
             command,
         } => {
             let counter = Arc::new(AtomicU64::new(0));
@@ -877,6 +893,9 @@ async fn run_inner(args: &RepoArgs) -> anyhow::Result<ExitCode> {
                 (Some(id), _) => opts = opts.parent(Parent::Snapshot(id.clone())),
                 (None, true) => opts = opts.parent(Parent::None),
                 (None, false) => {}
+            }
+            if let Some(h) = host {
+                opts = opts.host(h.clone());
             }
             for t in tag {
                 opts = opts.tag(t);

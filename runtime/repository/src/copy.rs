@@ -60,15 +60,10 @@ impl Repository {
             let (cut, packed) = finished?;
             fed?;
             let summary = content.fill(cut, packed.stored_bytes, &[]);
-            self.commit(
-                info.kind.clone(),
-                info.tags.clone(),
-                content,
-                summary,
-                info.time,
-                Some(info),
-            )
-            .await
+            let (kind, host, tags) = (info.kind.clone(), info.hostname.clone(), info.tags.clone());
+            let mut copy = SnapshotInfo::made(kind, info.time, Some(host), tags, summary);
+            copy.original = Some(info.original_id().to_owned());
+            self.commit(content, copy).await
         }
         .await;
         lock.release().await;

@@ -387,6 +387,25 @@ pub struct SnapshotInfo {
 }
 
 impl SnapshotInfo {
+    /// A snapshot made on `host` (this machine's name when `None`), to commit.
+    pub(crate) fn made(
+        kind: SnapshotKind,
+        time: jiff::Timestamp,
+        host: Option<String>,
+        tags: Vec<String>,
+        summary: BackupSummary,
+    ) -> Self {
+        Self {
+            id: new_id(),
+            time,
+            hostname: host.unwrap_or_else(crate::lock::hostname),
+            tags,
+            kind,
+            summary,
+            content: String::new(),
+            original: None,
+        }
+    }
     /// The first 8 characters of the id, as shown in listings.
     pub fn short_id(&self) -> &str {
         &self.id[..8.min(self.id.len())]

@@ -4,7 +4,7 @@ use crate::backend::{Backend, Location};
 use crate::chunker::Chunking;
 use crate::crypto::{ChunkId, IdSet, MasterKeys};
 use crate::error::{Error, Result};
-use crate::format::{self, Config, Content, SnapshotInfo, SnapshotKind};
+use crate::format::{self, Config, Content, SnapshotInfo};
 use crate::index::{Index, IndexBuilder, Loc};
 use crate::keys::{self, KeyFile, KeyProvider, KeySlotInfo, SlotFile};
 use crate::lock::LockGuard;
@@ -74,6 +74,9 @@ pub struct BackupOptions {
     pub exclude: Vec<String>,
     /// The snapshot a tree backup takes unchanged files from (see [`Parent`]).
     pub parent: Parent,
+    /// The host the snapshot is recorded as made on (default: this host's name), and whose
+    /// latest snapshot of the same directory is the parent.
+    pub host: Option<String>,
 }
 
 /// Where a tree backup takes the files that did not change from, instead of reading them.
@@ -103,6 +106,7 @@ impl Default for BackupOptions {
             progress: None,
             exclude: Vec::new(),
             parent: Parent::Latest,
+            host: None,
         }
     }
 }
@@ -157,6 +161,12 @@ impl BackupOptions {
         self.parent = p;
         self
     }
+    /// Records the snapshot as made on `host`: a pod gets a new hostname each run, and a
+    /// backup finds its parent among the snapshots of its host.
+    pub fn host(mut self, host: impl Into<String>) -> Self {
+        self.host = Some(host.into());
+        self
+    }
 }
 
 /// Which snapshots to list or forget.
@@ -167,6 +177,8 @@ pub struct SnapshotFilter {
     pub tags: Vec<String>,
     /// Snapshots of this tree path or stream name.
     pub source: Option<String>,
+    /// Snapshots made on this host.
+    pub host: Option<String>,
     /// Made at or after.
     pub since: Option<jiff::Timestamp>,
     /// Made before.
@@ -188,6 +200,11 @@ impl SnapshotFilter {
         self.source = Some(s.into());
         self
     }
+    /// Requires the host the snapshots were made on.
+    pub fn host(mut self, h: impl Into<String>) -> Self {
+        self.host = Some(h.into());
+        self
+    }
     /// Requires snapshots made at or after an RFC 3339 time.
     pub fn since(mut self, rfc3339: &str) -> Result<Self> {
         self.since = Some(parse_time(rfc3339)?);
@@ -201,6 +218,7 @@ impl SnapshotFilter {
     fn matches(&self, s: &SnapshotInfo) -> bool {
         self.tags.iter().all(|t| s.tags.contains(t))
             && self.source.as_deref().is_none_or(|p| s.source() == p)
+            && self.host.as_deref().is_none_or(|h| s.hostname == h)
             && self.since.is_none_or(|t| s.time >= t)
             && self.until.is_none_or(|t| s.time < t)
     }
@@ -698,35 +716,22 @@ impl Repository {
         Pipeline::start(shared, cfg)
     }
 
-    /// Writes the content and then the snapshot object: the snapshot is the commit.
+    /// Writes the content and then the snapshot `info` (given its content's id, and the
+    /// content's bytes in its stored bytes): the snapshot is the commit.
     pub(crate) async fn commit(
         &self,
-        kind: SnapshotKind,
-        tags: Vec<String>,
         content: Content,
-        mut summary: format::BackupSummary,
-        time: jiff::Timestamp,
-        copy_of: Option<&SnapshotInfo>,
+        mut info: SnapshotInfo,
     ) -> Result<SnapshotInfo> {
         let keys = &self.inner.keys;
-        let content_id = format::new_id();
-        let sealed = format::seal_json(keys, "content", &content_id, &content)?;
+        info.content = format::new_id();
+        let sealed = format::seal_json(keys, "content", &info.content, &content)?;
         drop(content);
-        summary.stored_bytes += sealed.len() as u64;
+        info.summary.stored_bytes += sealed.len() as u64;
         self.inner
             .backend
-            .put_data(&format::content_path(&content_id), Bytes::from(sealed))
+            .put_data(&format::content_path(&info.content), Bytes::from(sealed))
             .await?;
-        let info = SnapshotInfo {
-            id: format::new_id(),
-            time,
-            hostname: copy_of.map_or_else(crate::lock::hostname, |o| o.hostname.clone()),
-            tags,
-            kind,
-            summary,
-            content: content_id,
-            original: copy_of.map(|o| o.original_id().to_owned()),
-        };
         let plain = serde_json::to_vec(&info).map_err(|e| Error::Invalid(e.to_string()))?;
         let sealed = format::seal_object(keys, "snapshot", &info.id, &plain);
         self.inner

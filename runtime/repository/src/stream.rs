@@ -37,6 +37,7 @@ pub struct SnapshotWriter {
     repo: Repository,
     name: String,
     tags: Vec<String>,
+    host: Option<String>,
     time: jiff::Timestamp,
     lock: Option<LockGuard>,
     pipeline: Option<Pipeline>,
@@ -73,6 +74,7 @@ impl SnapshotWriter {
             repo: repo.clone(),
             name: name.to_string(),
             tags: opts.tags,
+            host: opts.host,
             time,
             lock: Some(lock),
             pipeline: Some(pipeline),
@@ -122,16 +124,9 @@ impl SnapshotWriter {
                 let kind = SnapshotKind::Stream {
                     name: self.name.clone(),
                 };
-                self.repo
-                    .commit(
-                        kind,
-                        std::mem::take(&mut self.tags),
-                        content,
-                        summary,
-                        self.time,
-                        None,
-                    )
-                    .await
+                let tags = std::mem::take(&mut self.tags);
+                let info = SnapshotInfo::made(kind, self.time, self.host.take(), tags, summary);
+                self.repo.commit(content, info).await
             }
             Err(e) => Err(e),
         };

@@ -556,8 +556,8 @@ impl Repository {
         let mut nodes = tokio::task::spawn_blocking(move || walk(&walk_root, &exclude))
             .await
             .map_err(|e| Error::Invalid(format!("walk task failed: {e}")))??;
-        let tags = opts.tags.clone();
-        let parent = self.parent_files(&root, &opts.parent).await?;
+        let (tags, host) = (opts.tags.clone(), opts.host.clone());
+        let parent = self.parent_files(&root, &opts).await?;
         let (lock, pipeline) = self.start_backup(&opts, Chunking::PAGES).await?;
         let (unchanged, unchanged_bytes) = match &parent {
             Some(parent) => self.take_unchanged(&mut nodes, parent),
@@ -599,7 +599,8 @@ impl Repository {
             let kind = SnapshotKind::Tree {
                 path: root.display().to_string(),
             };
-            self.commit(kind, tags, content, summary, time, None).await
+            let info = SnapshotInfo::made(kind, time, host, tags, summary);
+            self.commit(content, info).await
         }
         .await;
         lock.release().await;
@@ -610,9 +611,9 @@ impl Repository {
     /// start and its files with what tells whether they changed, by path. The latest snapshot
     /// that cannot be read (damaged) is warned about and every file read: it must not stop
     /// new backups. One the options name must be read.
-    async fn parent_files(&self, root: &Path, parent: &Parent) -> Result<Option<ParentFiles>> {
-        match self.read_parent(root, parent).await {
-            Err(e) if *parent == Parent::Latest => {
+    async fn parent_files(&self, root: &Path, opts: &BackupOptions) -> Result<Option<ParentFiles>> {
+        match self.read_parent(root, opts).await {
+            Err(e) if opts.parent == Parent::Latest => {
                 tracing::warn!(error = %e, "the latest snapshot of this directory cannot be read: every file is read");
                 Ok(None)
             }
@@ -620,8 +621,8 @@ impl Repository {
         }
     }
 
-    async fn read_parent(&self, root: &Path, parent: &Parent) -> Result<Option<ParentFiles>> {
-        let info = match parent {
+    async fn read_parent(&self, root: &Path, opts: &BackupOptions) -> Result<Option<ParentFiles>> {
+        let info = match &opts.parent {
             Parent::None => return Ok(None),
             Parent::Snapshot(id) => {
                 let info = self.snapshot(id).await?;
@@ -636,12 +637,13 @@ impl Repository {
             }
             Parent::Latest => {
                 let path = root.display().to_string();
-                let host = crate::lock::hostname();
+                let host = opts.host.clone().unwrap_or_else(crate::lock::hostname);
+                let mine = crate::repo::SnapshotFilter::new().source(&path).host(host);
                 let found = self
-                    .snapshots(&crate::repo::SnapshotFilter::new().source(&path))
+                    .snapshots(&mine)
                     .await?
                     .into_iter()
-                    .filter(|s| matches!(s.kind, SnapshotKind::Tree { .. }) && s.hostname == host)
+                    .filter(|s| matches!(s.kind, SnapshotKind::Tree { .. }))
                     .max_by_key(|s| s.time);
                 match found {
                     Some(info) => info,
