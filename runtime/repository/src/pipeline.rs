@@ -66,6 +66,9 @@ pub(crate) struct PipelineConfig {
     pub(crate) progress: Option<Arc<AtomicU64>>,
     /// Chunk ids per list chunk; `None` in a version 1 repository (no list chunks).
     pub(crate) list_ids: Option<usize>,
+    /// Fewest ids a file's list chunk holds, when shorter lists are written as list chunks
+    /// too (a tree's files, [`format::MIN_LISTED_IDS`]); `None` keeps them in the content.
+    pub(crate) min_listed: Option<usize>,
 }
 
 pub(crate) enum Input {
@@ -320,6 +323,8 @@ struct ChunkState<'a> {
     window: usize,
     out: ChunkerOut,
     list_ids: usize,
+    /// Fewest ids a file's list chunk holds ([`PipelineConfig::min_listed`]).
+    min_listed: usize,
     /// The file being cut.
     current: FileChunks,
     /// Frames complete but not yet sent: sent once the index read lock is released, so a
@@ -341,6 +346,10 @@ impl<'a> ChunkState<'a> {
             window: window.max(1),
             out: ChunkerOut::default(),
             list_ids: cfg.list_ids.unwrap_or(usize::MAX).max(1),
+            min_listed: match (cfg.list_ids, cfg.min_listed) {
+                (Some(n), Some(m)) => m.min(n).max(1),
+                _ => usize::MAX,
+            },
             current: FileChunks::default(),
             ready: Vec::new(),
         }
@@ -378,9 +387,11 @@ impl<'a> ChunkState<'a> {
         self.current.lists.push(id);
     }
 
-    /// The file is complete: its last ids join its lists when it has any.
+    /// The file is complete: its last ids join its lists when it has any, and make one when
+    /// they are enough.
     fn end_file(&mut self, index: &Index) {
-        if !self.current.lists.is_empty() && !self.current.chunks.is_empty() {
+        let left = self.current.chunks.len();
+        if left > 0 && (!self.current.lists.is_empty() || left >= self.min_listed) {
             self.spill(index);
         }
         let file = std::mem::take(&mut self.current);
@@ -828,6 +839,7 @@ mod tests {
             threads: 1,
             progress: None,
             list_ids: Some(2),
+            min_listed: None,
         }
     }
 
@@ -854,6 +866,41 @@ mod tests {
         assert_eq!(pool.take(), Some(vec![1; 4]));
         assert_eq!(pool.take(), Some(vec![0; 4]));
         assert!(pool.take().is_none(), "only two are kept");
+    }
+
+    #[test]
+    fn a_trees_files_of_a_few_chunks_are_listed_and_their_lists_deduplicate() {
+        let keys = MasterKeys::generate();
+        let cfg = PipelineConfig {
+            list_ids: Some(2048),
+            min_listed: Some(4),
+            ..config()
+        };
+        let index = Index::default();
+        let mut st = ChunkState::new(&keys, &cfg, 1 << 10);
+        let file = |st: &mut ChunkState<'_>, chunks: &[&[u8]]| {
+            for c in chunks {
+                st.chunk(c, &index);
+            }
+            st.end_file(&index);
+        };
+        file(&mut st, &[b"a", b"b", b"c"]);
+        file(&mut st, &[b"a", b"b", b"c", b"d"]);
+        file(&mut st, &[b"a", b"b", b"c", b"d"]);
+        let [short, listed, again] = &st.out.files[..] else {
+            panic!("three files");
+        };
+        assert_eq!(
+            (short.chunks.len(), short.lists.len()),
+            (3, 0),
+            "too few to list"
+        );
+        assert_eq!((listed.chunks.len(), listed.lists.len()), (0, 1));
+        assert_eq!(
+            again.lists, listed.lists,
+            "the same ids, the same list chunk"
+        );
+        assert_eq!(st.out.new_chunks, 4 + 1, "four chunks and one list");
     }
 
     #[test]

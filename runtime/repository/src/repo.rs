@@ -707,6 +707,9 @@ impl Repository {
             progress: opts.progress.clone(),
             list_ids: (self.inner.config.version >= format::LIST_CHUNKS_VERSION)
                 .then_some(format::LIST_IDS),
+            // A tree's files (a copy carries trees too): unchanged ones then cost the next
+            // snapshot one id each. A stream's list stays in its content below LIST_IDS.
+            min_listed: (default == Chunking::PAGES).then_some(format::MIN_LISTED_IDS),
         };
         let shared = pipeline::Shared {
             backend: self.inner.backend.clone(),
@@ -1425,10 +1428,33 @@ impl Repository {
         // Reload the index: other processes may have added to it.
         let damaged = self.refresh_index().await?;
         let snaps = self.snapshots(&SnapshotFilter::default()).await?;
+        // Chunks in no index file (one lost): prune would take their packs for unused.
+        let unindexed = |what: String| {
+            Error::corrupt(
+                "index",
+                format!(
+                    "{what} in no index file (an index file is missing, or their packs are), \
+                     and prune would delete their packs as unused: run `cairn repo repair \
+                     index`, which indexes every pack again from its own header; if chunks are \
+                     still missing, `cairn repo check` names the snapshots that need them: \
+                     forget those, then prune"
+                ),
+            )
+        };
         let mut referenced = IdSet::default();
         let mut contents = HashSet::new();
         for s in &snaps {
-            let c = self.content(s).await?;
+            let c = match self.content(s).await {
+                Ok(c) => c,
+                // A file's chunk list is kept in list chunks, and one is in no index.
+                Err(Error::Missing { object, .. }) if object.starts_with("chunk ") => {
+                    return Err(unindexed(format!(
+                        "{object}, a list of snapshot {}'s chunks, is",
+                        s.short_id()
+                    )));
+                }
+                Err(e) => return Err(e),
+            };
             referenced.extend(c.chunk_ids());
             contents.insert(s.content.clone());
         }
@@ -1484,21 +1510,14 @@ impl Repository {
                 });
             }
         }
-        let unindexed = {
+        let missing = {
             let idx = self.inner.index.read().map_err(|_| poisoned())?;
             referenced.iter().filter(|c| !idx.contains(c)).count()
         };
-        if unindexed > 0 {
-            return Err(Error::corrupt(
-                "index",
-                format!(
-                    "{unindexed} chunks that snapshots use are in no index file (an index file \
-                     is missing, or their packs are), and prune would delete their packs as \
-                     unused: run `cairn repo repair index`, which indexes every pack again from \
-                     its own header; if chunks are still missing, `cairn repo check` names the \
-                     snapshots that need them: forget those, then prune"
-                ),
-            ));
+        if missing > 0 {
+            return Err(unindexed(format!(
+                "{missing} chunks that snapshots use are"
+            )));
         }
         let index_files: Vec<object_store::ObjectMeta> = backend.list("index/").await?;
         let (used_packs, mut survivors, protected_index_packs, repack) = {
