@@ -877,7 +877,11 @@ impl Repository {
     }
 
     /// Fills in the chunk lists that format version 2 keeps in list chunks.
-    async fn read_lists(&self, content: &mut Content, info: &SnapshotInfo) -> Result<()> {
+    pub(crate) async fn read_lists(
+        &self,
+        content: &mut Content,
+        info: &SnapshotInfo,
+    ) -> Result<()> {
         let lists = content.chunk_lists();
         let ids: Vec<ChunkId> = lists.iter().flat_map(|(l, _)| l.iter().copied()).collect();
         if ids.is_empty() {

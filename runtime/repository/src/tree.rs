@@ -936,6 +936,20 @@ impl Repository {
         }
     }
 
+    /// `nodes` of the snapshot `info` with the ids their list chunks hold read into their
+    /// chunks, and their lists dropped.
+    async fn with_ids_read(&self, nodes: Vec<Node>, info: &SnapshotInfo) -> Result<Vec<Node>> {
+        let mut content = Content::Tree { nodes, root: None };
+        self.read_lists(&mut content, info).await?;
+        let Content::Tree { mut nodes, .. } = content else {
+            return Ok(Vec::new());
+        };
+        for n in &mut nodes {
+            n.lists = format::ChunkList::default();
+        }
+        Ok(nodes)
+    }
+
     /// What changed from tree snapshot `from` to tree snapshot `to`, path by path in path
     /// order, read from their content objects alone: a file's content is compared by its
     /// chunk ids (or the ids of its chunk lists), so nothing else is read.
@@ -944,10 +958,32 @@ impl Repository {
         from: &SnapshotInfo,
         to: &SnapshotInfo,
     ) -> Result<Vec<TreeChange>> {
-        let (before, after) = futures::try_join!(self.tree_nodes(from), self.tree_nodes(to))?;
+        let (before, mut after) = futures::try_join!(self.tree_nodes(from), self.tree_nodes(to))?;
         let key = |n: &Node| (n.path.clone(), n.path_raw.clone());
         let mut old: std::collections::HashMap<_, Node> =
             before.into_iter().map(|n| (key(&n), n)).collect();
+        // A file whose ids one snapshot keeps in list chunks and the other in its content
+        // (snapshots of builds before and after short lists were written) is compared by
+        // its ids: the lists of those files alone are read.
+        let mixed = |o: &Node, n: &Node| {
+            o.kind == NodeKind::File && n.kind == o.kind && o.lists.is_empty() != n.lists.is_empty()
+        };
+        let (mut was, mut is) = (Vec::new(), Vec::new());
+        for (i, n) in after.iter().enumerate() {
+            if let Some(o) = old.get(&key(n)).filter(|o| mixed(o, n)) {
+                was.push(o.clone());
+                is.push(i);
+            }
+        }
+        if !was.is_empty() {
+            for o in self.with_ids_read(was, from).await? {
+                old.insert(key(&o), o);
+            }
+            let listed = is.iter().map(|&i| after[i].clone()).collect();
+            for (&i, n) in is.iter().zip(self.with_ids_read(listed, to).await?) {
+                after[i] = n;
+            }
+        }
         let mut changes = Vec::new();
         for new in after {
             let change = match old.remove(&key(&new)) {

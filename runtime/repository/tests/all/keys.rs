@@ -1,7 +1,7 @@
 //! Key management and bad keys.
 
 use crate::support::*;
-use cairn_repository::{Error, KeyFile, Location, Repository};
+use cairn_repository::{BackupOptions, Error, KeyFile, Location, Repository};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_passphrase_is_clear_and_writes_nothing() {
@@ -175,4 +175,49 @@ async fn not_a_repository_and_double_init() {
             .unwrap_err(),
         Error::AlreadyInitialised { .. }
     ));
+}
+
+/// A file whose ids one snapshot keeps in its content (version 1, or a build before short
+/// lists) and the other in a list chunk is compared by its ids: `diff` reports no change for
+/// the same tree, and the change of one file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn diff_sees_through_ids_kept_inline_or_in_list_chunks() {
+    let d = tempfile::tempdir().unwrap();
+    let (src, dir) = (d.path().join("src"), d.path().join("r"));
+    make_tree(&src, 21);
+    Repository::init(dir.display().to_string(), &pass("p"), Default::default())
+        .await
+        .unwrap();
+    let set_version = |v: u32| {
+        let cfg = std::fs::read_to_string(dir.join("config")).unwrap();
+        let cfg = cfg.replace("\"version\": 2", "\"version\": 1");
+        let cfg = cfg.replace("\"version\": 1", &format!("\"version\": {v}"));
+        std::fs::write(dir.join("config"), cfg).unwrap();
+    };
+    let p = pass("p");
+    let open = || Repository::open(dir.display().to_string(), &p);
+    set_version(1);
+    let inline = open()
+        .await
+        .unwrap()
+        .backup_tree(&src, Default::default())
+        .await
+        .unwrap();
+    set_version(2);
+    let repo = open().await.unwrap();
+    let every_file = || BackupOptions::new().parent(cairn_repository::Parent::None);
+    let listed = repo.backup_tree(&src, every_file()).await.unwrap();
+    assert!(
+        listed.summary.new_chunks > 0,
+        "the lists are new: {:?}",
+        listed.summary
+    );
+    assert_eq!(repo.diff_trees(&inline, &listed).await.unwrap().len(), 0);
+    let mut dump = std::fs::read(src.join("a/dump.sql")).unwrap();
+    dump[10] ^= 1;
+    std::fs::write(src.join("a/dump.sql"), &dump).unwrap();
+    let changed = repo.backup_tree(&src, every_file()).await.unwrap();
+    let diff = repo.diff_trees(&inline, &changed).await.unwrap();
+    let diff: Vec<_> = diff.iter().map(|c| (c.path.as_str(), c.change)).collect();
+    assert_eq!(diff, [("a/dump.sql", "modified")]);
 }
