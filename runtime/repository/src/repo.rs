@@ -1133,14 +1133,14 @@ impl Repository {
             if read.reads(hex) {
                 report.packs_read += 1;
                 report.bytes_read += size;
-                to_read.push((hex, path, entries));
+                to_read.push((hex, path, size, entries));
             }
         }
         // Packs are read and verified a few at a time, on every core; their problems are
         // reported in the order of the packs.
         let mut verified = futures::stream::iter(to_read)
-            .map(|(hex, path, entries)| async move {
-                let r = self.verify_pack(hex, &path, entries).await;
+            .map(|(hex, path, size, entries)| async move {
+                let r = self.verify_pack(hex, &path, size, entries).await;
                 (path, entries, r)
             })
             .buffered(PACKS_VERIFIED_AT_ONCE);
@@ -1174,97 +1174,81 @@ impl Repository {
         Ok(report)
     }
 
+    /// Verifies pack `hex` (`size` bytes) against its index `entries`: its header, then every
+    /// frame authenticated and decoded and every chunk's hash checked, the frames read in
+    /// ranges of at most [`VERIFY_READ_BYTES`], one at a time, so a check holds a few ranges
+    /// rather than whole packs.
     async fn verify_pack(
         &self,
         hex: &str,
         path: &str,
+        size: u64,
         entries: &[(ChunkId, Loc)],
     ) -> Result<(), VerifyError> {
-        let data = self
-            .inner
-            .backend
-            .get(path)
+        let whole = |e: Error| VerifyError::Whole(e.to_string());
+        // A damaged header is reported, and the frames are still verified against the index.
+        let header_problem = match self.pack_header(hex, size).await {
+            Ok(h) => {
+                let in_header: IdSet = h.iter().map(|e| e.id).collect();
+                entries
+                    .iter()
+                    .any(|(c, _)| !in_header.contains(c))
+                    .then(|| "pack header does not list chunks the index places in it".into())
+            }
+            Err(Error::Corrupt { reason, .. }) => Some(reason),
+            Err(e) => return Err(whole(e)),
+        };
+        let mut entries = entries.to_vec();
+        entries.sort_unstable_by_key(|(_, l)| (l.frame_off, l.inner_off));
+        let frame_end = |l: &Loc| u64::from(l.frame_off) + u64::from(l.frame_len);
+        let (mut bad, mut first) = (IdSet::default(), None);
+        let mut rest = &entries[..];
+        while let Some((_, l)) = rest.first() {
+            let start = u64::from(l.frame_off);
+            let n = rest
+                .iter()
+                .position(|(_, l)| frame_end(l) - start > VERIFY_READ_BYTES)
+                .unwrap_or(rest.len())
+                .max(1);
+            let (group, next) = rest.split_at(n);
+            rest = next;
+            let end = group
+                .iter()
+                .map(|(_, l)| frame_end(l))
+                .max()
+                .unwrap_or(start);
+            let data = self
+                .inner
+                .backend
+                .get_range(path, start..end)
+                .await
+                .map_err(whole)?;
+            let (keys, hex, path, group) = (
+                self.inner.keys.clone(),
+                hex.to_string(),
+                path.to_string(),
+                group.to_vec(),
+            );
+            let found = tokio::task::spawn_blocking(move || {
+                bad_chunks(&keys, &hex, &path, start, &data, &group)
+            })
             .await
             .map_err(|e| VerifyError::Whole(e.to_string()))?;
-        let Some(data) = data else {
-            return Err(VerifyError::Whole("is missing".into()));
-        };
-        let keys = self.inner.keys.clone();
-        let (hex, path, mut entries) = (hex.to_string(), path.to_string(), entries.to_vec());
-        tokio::task::spawn_blocking(move || {
-            // The trailer names the header; a damaged header is reported but frames are still
-            // verified against the index.
-            let mut header_problem = None;
-            if data.len() < 4 {
-                return Err(VerifyError::Whole("is truncated".into()));
+            if let Some((off, ids)) = found {
+                first.get_or_insert(off);
+                bad.extend(ids);
             }
-            let hl = u32::from_le_bytes([
-                data[data.len() - 4],
-                data[data.len() - 3],
-                data[data.len() - 2],
-                data[data.len() - 1],
-            ]) as usize;
-            if hl + 4 > data.len() {
-                header_problem = Some("pack header length is out of range".to_string());
-            } else {
-                let sealed = &data[data.len() - 4 - hl..data.len() - 4];
-                match keys
-                    .open(&crate::crypto::object_aad("pack-header", &hex), sealed)
-                    .and_then(|h| format::decode_pack_header(&h))
-                {
-                    Some(h) => {
-                        let in_header: IdSet = h.iter().map(|e| e.id).collect();
-                        if entries.iter().any(|(c, _)| !in_header.contains(c)) {
-                            header_problem = Some(
-                                "pack header does not list chunks the index places in it".into(),
-                            );
-                        }
-                    }
-                    None => header_problem = Some("pack header fails authentication".into()),
-                }
-            }
-            // In the pack's order, one decoded frame held at a time.
-            entries.sort_unstable_by_key(|(_, l)| (l.frame_off, l.inner_off));
-            let mut frame: Option<(u32, Option<Bytes>)> = None;
-            let mut bad = IdSet::default();
-            let mut first = None;
-            for (c, l) in &entries {
-                if frame.as_ref().is_none_or(|(off, _)| *off != l.frame_off) {
-                    let (a, b) = (
-                        l.frame_off as usize,
-                        l.frame_off as usize + l.frame_len as usize,
-                    );
-                    let decoded = data.get(a..b).and_then(|s| {
-                        crate::restore::decode_frame(&keys, &hex, &path, u64::from(l.frame_off), s)
-                            .ok()
-                    });
-                    frame = Some((l.frame_off, decoded));
-                }
-                let ok = frame
-                    .as_ref()
-                    .and_then(|(_, f)| f.as_ref())
-                    .is_some_and(|f| {
-                        let (a, b) = (l.inner_off as usize, l.inner_off as usize + l.len as usize);
-                        f.get(a..b).is_some_and(|s| keys.chunk_id(s) == *c)
-                    });
-                if !ok {
-                    bad.insert(*c);
-                    first.get_or_insert(l.frame_off);
-                }
-            }
-            if let Some(off) = first {
-                return Err(VerifyError::Chunks(
-                    bad,
-                    format!("frame at offset {off} is damaged"),
-                ));
-            }
-            match header_problem {
-                Some(p) => Err(VerifyError::Chunks(IdSet::default(), p)),
-                None => Ok(()),
-            }
-        })
-        .await
-        .map_err(|e| VerifyError::Whole(e.to_string()))?
+        }
+        if let Some(off) = first {
+            return Err(VerifyError::Chunks(
+                bad,
+                format!("frame at offset {off} is damaged"),
+            ));
+        }
+        match header_problem {
+            Some(p) => Err(VerifyError::Chunks(IdSet::default(), p)),
+            None => Ok(()),
+        }
     }
 
     /// What the repository holds and what it costs: the snapshots' bytes, the distinct
@@ -1910,6 +1894,45 @@ impl VerifyError {
             VerifyError::Whole(r) | VerifyError::Chunks(_, r) => r.clone(),
         }
     }
+}
+
+/// Bytes of a pack `check --read-data` reads at once (more when a frame is larger).
+const VERIFY_READ_BYTES: u64 = 4 << 20;
+
+/// The chunks of `group` (in pack order) that `data`, read from offset `start` of the pack,
+/// does not hold intact, with the offset of the first damaged frame; one decoded frame is
+/// held at a time.
+fn bad_chunks(
+    keys: &MasterKeys,
+    hex: &str,
+    path: &str,
+    start: u64,
+    data: &[u8],
+    group: &[(ChunkId, Loc)],
+) -> Option<(u32, Vec<ChunkId>)> {
+    let mut frame: Option<(u32, Option<Bytes>)> = None;
+    let (mut bad, mut first) = (Vec::new(), None);
+    for (c, l) in group {
+        if frame.as_ref().is_none_or(|(off, _)| *off != l.frame_off) {
+            let a = (u64::from(l.frame_off) - start) as usize;
+            let decoded = data.get(a..a + l.frame_len as usize).and_then(|s| {
+                crate::restore::decode_frame(keys, hex, path, u64::from(l.frame_off), s).ok()
+            });
+            frame = Some((l.frame_off, decoded));
+        }
+        let ok = frame
+            .as_ref()
+            .and_then(|(_, f)| f.as_ref())
+            .is_some_and(|f| {
+                let (a, b) = (l.inner_off as usize, l.inner_off as usize + l.len as usize);
+                f.get(a..b).is_some_and(|s| keys.chunk_id(s) == *c)
+            });
+        if !ok {
+            bad.push(*c);
+            first.get_or_insert(l.frame_off);
+        }
+    }
+    first.map(|off| (off, bad))
 }
 
 fn problem(e: Error, snapshots: Vec<String>) -> Problem {
