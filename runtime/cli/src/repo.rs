@@ -829,9 +829,10 @@ fn describe(s: &SnapshotInfo) -> String {
         _ => ("other", ""),
     };
     format!(
-        "{}  {}  {:<6} {:<40} {:>12}  {}",
+        "{}  {}  {:<16} {:<6} {:<40} {:>12}  {}",
         s.short_id(),
         s.time.strftime("%Y-%m-%d %H:%M:%S"),
+        s.hostname,
         kind,
         src,
         s.summary.bytes,
@@ -998,8 +999,8 @@ async fn run_inner(args: &RepoArgs) -> anyhow::Result<ExitCode> {
                         return "no snapshots".into();
                     }
                     let header = format!(
-                        "{:<8}  {:<19}  {:<6} {:<40} {:>12}  tags",
-                        "id", "time (UTC)", "type", "source", "bytes"
+                        "{:<8}  {:<19}  {:<16} {:<6} {:<40} {:>12}  tags",
+                        "id", "time (UTC)", "host", "type", "source", "bytes"
                     );
                     std::iter::once(header)
                         .chain(list.iter().map(describe))

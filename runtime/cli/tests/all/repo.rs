@@ -228,6 +228,18 @@ fn ls_lists_a_tree_and_restore_include_restores_only_those_paths() {
     assert!(!stdout(&out).contains("unchanged"), "{}", stdout(&out));
     let out = run(&["repo", "backup", "-", "--stdin-name", "s", "--force"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    // A stable host for a pod's backups: listed, and filtered on.
+    assert!(
+        run(&["repo", "backup", d, "--host", "db-backup"])
+            .status
+            .success()
+    );
+    let listed = stdout(&run(&["repo", "snapshots", "--host", "db-backup"]));
+    let lines: Vec<&str> = listed.lines().collect();
+    assert!(
+        lines.len() == 2 && lines[1].contains("  db-backup "),
+        "{listed}"
+    );
 
     let out = run(&["repo", "ls", "latest"]);
     assert!(out.status.success(), "{}", stderr(&out));
