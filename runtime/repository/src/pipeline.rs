@@ -325,6 +325,8 @@ struct ChunkState<'a> {
     list_ids: usize,
     /// Fewest ids a file's list chunk holds ([`PipelineConfig::min_listed`]).
     min_listed: usize,
+    /// The length and id of the last chunk of zeros cut.
+    zeros: Option<(usize, ChunkId)>,
     /// The file being cut.
     current: FileChunks,
     /// Frames complete but not yet sent: sent once the index read lock is released, so a
@@ -352,6 +354,7 @@ impl<'a> ChunkState<'a> {
             },
             current: FileChunks::default(),
             ready: Vec::new(),
+            zeros: None,
         }
     }
 
@@ -365,7 +368,17 @@ impl<'a> ChunkState<'a> {
     }
 
     fn chunk(&mut self, c: &[u8], index: &Index) {
-        let id = self.keys.chunk_id(c);
+        // A run of zeros (a disk image's holes, a database's unused pages) is hashed once per
+        // chunk length, not once per chunk.
+        let id = match self.zeros {
+            _ if !is_zero(c) => self.keys.chunk_id(c),
+            Some((len, id)) if len == c.len() => id,
+            _ => {
+                let id = self.keys.chunk_id(c);
+                self.zeros = Some((c.len(), id));
+                id
+            }
+        };
         self.store(id, c, index);
         self.record(id, index);
     }
@@ -538,6 +551,11 @@ fn chunker_loop(
     st.flush();
     send(&mut st)?;
     Ok(st.out)
+}
+
+/// Whether `c` is all zeros; its first bytes settle it for nearly all other data.
+fn is_zero(c: &[u8]) -> bool {
+    c.iter().take(16).all(|&b| b == 0) && c.iter().fold(0u8, |acc, &b| acc | b) == 0
 }
 
 /// Compresses frames: binary ones at `levels.0`, text-like ones at `levels.1`.
@@ -866,6 +884,28 @@ mod tests {
         assert_eq!(pool.take(), Some(vec![1; 4]));
         assert_eq!(pool.take(), Some(vec![0; 4]));
         assert!(pool.take().is_none(), "only two are kept");
+    }
+
+    #[test]
+    fn chunks_of_zeros_get_the_ids_their_hash_gives() {
+        let keys = MasterKeys::generate();
+        let cfg = PipelineConfig {
+            list_ids: None,
+            ..config()
+        };
+        let index = Index::default();
+        let mut st = ChunkState::new(&keys, &cfg, 1 << 10);
+        let (page, small) = (vec![0u8; 8192], vec![0u8; 100]);
+        let mut almost = vec![0u8; 8192];
+        almost[8191] = 1;
+        let chunks = [&page, &page, &small, &page, &almost];
+        for c in chunks {
+            st.chunk(c, &index);
+        }
+        st.end_file(&index);
+        let ids: Vec<ChunkId> = chunks.iter().map(|c| keys.chunk_id(c)).collect();
+        assert_eq!(st.out.files[0].chunks, ids);
+        assert_eq!(st.out.new_chunks, 3, "zeros stored once for each length");
     }
 
     #[test]
