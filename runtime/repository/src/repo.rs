@@ -1212,11 +1212,8 @@ impl Repository {
                 .max(1);
             let (group, next) = rest.split_at(n);
             rest = next;
-            let end = group
-                .iter()
-                .map(|(_, l)| frame_end(l))
-                .max()
-                .unwrap_or(start);
+            // In pack order, the last chunk's frame ends the range.
+            let end = group.last().map_or(start, |(_, l)| frame_end(l));
             let data = self
                 .inner
                 .backend

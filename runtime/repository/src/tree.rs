@@ -1084,8 +1084,7 @@ fn leading_run(pos: u64, buf: &[u8]) -> (bool, usize) {
     while at < buf.len() {
         let edge = (HOLE_BLOCK - (pos + at as u64) % HOLE_BLOCK) as usize;
         let block = &buf[at..buf.len().min(at + edge)];
-        // An OR over the block vectorises; the early exit of `all` does not.
-        let z = block.iter().fold(0u8, |acc, &b| acc | b) == 0;
+        let z = crate::pipeline::is_zero(block);
         if *zero.get_or_insert(z) != z {
             break;
         }
