@@ -76,6 +76,8 @@ pub(crate) enum Input {
     /// configured chunking until the first of these.
     Chunking(Chunking),
     Data(Vec<u8>),
+    /// The next `n` bytes of the current file are zeros (a hole, not read).
+    Zeros(u64),
     EndFile,
     /// A chunk read back from the repository with its (checked) id, stored as it is: prune
     /// repacking the live chunks of mostly unused packs.
@@ -524,6 +526,14 @@ fn chunker_loop(
                 chunker.push(&d, &mut |c| st.chunk(c, &idx));
                 blocks.put(d);
             }
+            Input::Zeros(mut n) => {
+                while n > 0 {
+                    let k = n.min(ZEROS.len() as u64) as usize;
+                    st.take_in(k, cfg);
+                    chunker.push(&ZEROS[..k], &mut |c| st.chunk(c, &idx));
+                    n -= k as u64;
+                }
+            }
             Input::Cut(run) => {
                 for c in run {
                     st.take_in(c.len(), cfg);
@@ -552,6 +562,9 @@ fn chunker_loop(
     send(&mut st)?;
     Ok(st.out)
 }
+
+/// Zeros a hole is cut from ([`Input::Zeros`]).
+static ZEROS: [u8; 256 << 10] = [0; 256 << 10];
 
 /// Whether `c` is all zeros; its first bytes settle it for nearly all other data, and an OR
 /// over the rest vectorises where the early exit of `all` does not.

@@ -263,10 +263,16 @@ fn hard_link_of(
     None
 }
 
+/// Most bytes of a hole one message to the pipeline stands for (16 MiB), so the pipeline
+/// holds the index lock no longer for a hole than for a block of data.
+const HOLE_PIECE: u64 = 16 << 20;
+
 /// Reads every file into the pipeline, block by block; with `per_file`, each is cut as
-/// [`Chunking::for_file`] picks from its size and first block. Returns the positions in
-/// `files` of those removed before they could be opened (each then ends empty in the
-/// pipeline, for [`drop_files`] to leave out).
+/// [`Chunking::for_file`] picks from its size and first block. A file's holes (a disk image's
+/// unwritten blocks) are not read: the pipeline is told their length and cuts zeros, so they
+/// give the chunks reading them would. Returns the positions in `files` of those removed
+/// before they could be opened (each then ends empty in the pipeline, for [`drop_files`] to
+/// leave out).
 fn feed(
     files: &[(PathBuf, u64)],
     per_file: bool,
@@ -275,6 +281,14 @@ fn feed(
 ) -> Result<Vec<usize>> {
     use std::io::Read;
     let send = |i: Input| tx.blocking_send(i).map_err(|_| Error::Aborted);
+    let send_zeros = |mut n: u64| -> Result<()> {
+        while n > 0 {
+            let k = n.min(HOLE_PIECE);
+            send(Input::Zeros(k))?;
+            n -= k;
+        }
+        Ok(())
+    };
     let mut gone = Vec::new();
     for (i, (path, size)) in files.iter().enumerate() {
         let mut f = match std::fs::File::open(path) {
@@ -286,35 +300,72 @@ fn feed(
             }
             Err(e) => return Err(Error::io("open", path, e)),
         };
-        let mut first = true;
+        // Read up to `pos`; holes are looked for again from `data_end`: where the data found
+        // last ends, or a block on from where it started, so a file of many small holes is
+        // read through them (as zeros) rather than asked about every few KiB. The first
+        // block is read as it is, to pick the chunking from.
+        let (mut pos, mut data_end) = (0u64, INPUT_BLOCK as u64);
         loop {
+            if pos >= data_end {
+                let r = data_region(&f, pos).map_err(|e| Error::io("read", path, e))?;
+                send_zeros(r.start - pos)?;
+                (pos, data_end) = (r.start, r.end.max(r.start + INPUT_BLOCK as u64));
+            }
             // A recycled block is read into as it is: only a shortened one's tail is zeroed.
             let mut block = blocks.take().unwrap_or_default();
-            block.resize(INPUT_BLOCK, 0);
-            let mut filled = 0;
-            while filled < block.len() {
+            let want = (data_end - pos).min(INPUT_BLOCK as u64) as usize;
+            block.resize(want, 0);
+            let (mut filled, mut eof) = (0, false);
+            while filled < want {
                 match f.read(&mut block[filled..]) {
-                    Ok(0) => break,
+                    Ok(0) => {
+                        eof = true;
+                        break;
+                    }
                     Ok(n) => filled += n,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                     Err(e) => return Err(Error::io("read", path, e)),
                 }
             }
             block.truncate(filled);
-            if std::mem::take(&mut first) && per_file {
+            if pos == 0 && per_file {
                 send(Input::Chunking(Chunking::for_file(*size, &block)))?;
             }
-            if filled == 0 {
-                break;
+            pos += filled as u64;
+            if filled > 0 {
+                send(Input::Data(block))?;
             }
-            send(Input::Data(block))?;
-            if filled < INPUT_BLOCK {
+            if eof {
                 break;
             }
         }
         send(Input::EndFile)?;
     }
     Ok(gone)
+}
+
+/// Where the data of `f` from `pos` on lies, `start..end`, leaving `f` at `start`: when only
+/// a hole follows, `start` is the file's length. A filesystem that does not report holes has
+/// data everywhere.
+#[cfg(target_os = "linux")]
+fn data_region(f: &std::fs::File, pos: u64) -> std::io::Result<std::ops::Range<u64>> {
+    use rustix::fs::{SeekFrom, seek};
+    let region = seek(f, SeekFrom::Data(pos)).and_then(|start| {
+        let end = seek(f, SeekFrom::Hole(start))?;
+        Ok(start..end)
+    });
+    let r = match region {
+        Ok(r) => r,
+        Err(rustix::io::Errno::NXIO) => f.metadata()?.len().max(pos)..u64::MAX,
+        // EINVAL, EOPNOTSUPP: holes are not reported here.
+        Err(_) => pos..u64::MAX,
+    };
+    seek(f, SeekFrom::Start(r.start))?;
+    Ok(r)
+}
+#[cfg(not(target_os = "linux"))]
+fn data_region(_: &std::fs::File, pos: u64) -> std::io::Result<std::ops::Range<u64>> {
+    Ok(pos..u64::MAX)
 }
 
 /// Leaves out of `nodes` the files at positions `gone` (sorted) among its files.
@@ -1305,6 +1356,43 @@ mod tests {
         drop_files(&mut nodes, &left_out);
         let kept: Vec<&str> = nodes.iter().map(|n| n.path.as_str()).collect();
         assert_eq!(kept, ["a", "d", "c"]);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn holes_are_passed_on_unread() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        // 1 MiB of data, a hole to 5 MiB + 12 KiB, 20 KB of data, a hole to 24 MiB.
+        let path = dir.path().join("disk.img");
+        let f = std::fs::File::create(&path).expect("create");
+        f.set_len(24 << 20).expect("length");
+        f.write_all_at(&[7u8; 1 << 20], 0).expect("head");
+        f.write_all_at(&[9u8; 20_000], (5 << 20) + 12_288)
+            .expect("middle");
+        drop(f);
+        let files = vec![(path, 24 << 20)];
+        let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+        let reader = std::thread::spawn(move || feed(&files, true, &tx, &Pool::new(1)));
+        let (mut data, mut zeros, mut data_nonzero) = (0u64, 0u64, 0u64);
+        while let Some(i) = rx.blocking_recv() {
+            match i {
+                Input::Data(d) => {
+                    data += d.len() as u64;
+                    data_nonzero += d.iter().filter(|&&b| b != 0).count() as u64;
+                }
+                Input::Zeros(n) => zeros += n,
+                _ => {}
+            }
+        }
+        reader.join().expect("reader").expect("fed");
+        assert_eq!(data + zeros, 24 << 20, "the whole file, once");
+        assert_eq!(data_nonzero, (1 << 20) + 20_000, "all of its data");
+        // The holes are not read, but for what follows a region of data within a block.
+        assert!(
+            zeros >= (24 << 20) - (3 << 20),
+            "{zeros} bytes of holes passed on"
+        );
     }
 
     #[test]

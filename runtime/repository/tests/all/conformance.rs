@@ -580,6 +580,56 @@ async fn a_sparse_restore_leaves_holes_for_zero_blocks_only() {
     }
 }
 
+/// Files with holes (a disk image, a log preallocated by truncation) are backed up without
+/// reading their holes, into the chunks their dense copies give, and restore bit-exact.
+#[cfg(unix)]
+#[tokio::test]
+async fn holes_give_the_chunks_their_dense_copies_do() {
+    use std::os::unix::fs::FileExt;
+    let (repo, dir, _) = repo_and_tree(13).await;
+    let (holes, dense) = (dir.path().join("holes"), dir.path().join("dense"));
+    std::fs::create_dir(&holes).unwrap();
+    // Whole pages (page chunks): data, holes cut mid-chunk, a hole to the end. Not whole
+    // pages (content-defined chunks): a hole first. And a file that is one hole.
+    for (name, len, parts) in [
+        (
+            "disk.img",
+            24u64 << 20,
+            vec![(0, 300_000), ((5 << 20) + 12_288, 20_000)],
+        ),
+        (
+            "app.log",
+            (10 << 20) + 123,
+            vec![(3 << 20, 70_000), (9 << 20, 1_000)],
+        ),
+        ("empty.img", 8 << 20, vec![]),
+    ] {
+        let f = std::fs::File::create(holes.join(name)).unwrap();
+        f.set_len(len).unwrap();
+        for (i, (at, n)) in parts.into_iter().enumerate() {
+            f.write_all_at(&noise(n, 40 + i as u64), at).unwrap();
+        }
+    }
+    let sparse = repo
+        .backup_tree(&holes, BackupOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(sparse.summary.bytes, (42 << 20) + 123);
+    std::fs::create_dir(&dense).unwrap();
+    for name in ["disk.img", "app.log", "empty.img"] {
+        std::fs::write(dense.join(name), std::fs::read(holes.join(name)).unwrap()).unwrap();
+    }
+    let read = repo
+        .backup_tree(&dense, BackupOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(read.summary.new_chunks, 0, "{:?}", read.summary);
+    assert_eq!(read.summary.chunks, sparse.summary.chunks);
+    let back = dir.path().join("back");
+    repo.restore_tree_of(&sparse, &back).await.unwrap();
+    assert_same_tree(&holes, &back);
+}
+
 /// Extended attributes come back — users' own, and a POSIX ACL (`system.posix_acl_access`) —
 /// on files, directories and the backed-up directory itself; `diff` sees them change.
 #[cfg(target_os = "linux")]
