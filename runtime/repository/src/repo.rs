@@ -1186,22 +1186,10 @@ impl Repository {
         entries: &[(ChunkId, Loc)],
     ) -> Result<(), VerifyError> {
         let whole = |e: Error| VerifyError::Whole(e.to_string());
-        // A damaged header is reported, and the frames are still verified against the index.
-        let header_problem = match self.pack_header(hex, size).await {
-            Ok(h) => {
-                let in_header: IdSet = h.iter().map(|e| e.id).collect();
-                entries
-                    .iter()
-                    .any(|(c, _)| !in_header.contains(c))
-                    .then(|| "pack header does not list chunks the index places in it".into())
-            }
-            Err(Error::Corrupt { reason, .. }) => Some(reason),
-            Err(e) => return Err(whole(e)),
-        };
         let mut entries = entries.to_vec();
         entries.sort_unstable_by_key(|(_, l)| (l.frame_off, l.inner_off));
         let frame_end = |l: &Loc| u64::from(l.frame_off) + u64::from(l.frame_len);
-        let (mut bad, mut first) = (IdSet::default(), None);
+        let (mut bad, mut first, mut tail) = (IdSet::default(), None, None);
         let mut rest = &entries[..];
         while let Some((_, l)) = rest.first() {
             let start = u64::from(l.frame_off);
@@ -1212,14 +1200,21 @@ impl Repository {
                 .max(1);
             let (group, next) = rest.split_at(n);
             rest = next;
-            // In pack order, the last chunk's frame ends the range.
-            let end = group.last().map_or(start, |(_, l)| frame_end(l));
+            // In pack order, the last chunk's frame ends the range; the last range reads on
+            // to the pack's end, so the header comes with it.
+            let mut end = group.last().map_or(start, |(_, l)| frame_end(l));
+            if rest.is_empty() && size.saturating_sub(end) <= VERIFY_READ_BYTES {
+                end = size.max(end);
+            }
             let data = self
                 .inner
                 .backend
                 .get_range(path, start..end)
                 .await
                 .map_err(whole)?;
+            if end == size {
+                tail = Some((start, data.clone()));
+            }
             let (keys, hex, path, group) = (
                 self.inner.keys.clone(),
                 hex.to_string(),
@@ -1236,6 +1231,19 @@ impl Repository {
                 bad.extend(ids);
             }
         }
+        // A damaged header is reported, and the frames are verified against the index all
+        // the same.
+        let header_problem = match self.pack_header_within(hex, size, tail).await {
+            Ok(h) => {
+                let in_header: IdSet = h.iter().map(|e| e.id).collect();
+                entries
+                    .iter()
+                    .any(|(c, _)| !in_header.contains(c))
+                    .then(|| "pack header does not list chunks the index places in it".into())
+            }
+            Err(Error::Corrupt { reason, .. }) => Some(reason),
+            Err(e) => return Err(whole(e)),
+        };
         if let Some(off) = first {
             return Err(VerifyError::Chunks(
                 bad,
@@ -1722,23 +1730,44 @@ impl Repository {
 
     /// The entries of pack `hex` (`size` bytes) as its own sealed header lists them.
     async fn pack_header(&self, hex: &str, size: u64) -> Result<Vec<format::Entry>> {
+        self.pack_header_within(hex, size, None).await
+    }
+
+    /// [`Self::pack_header`], taken from `read` (the pack's bytes from an offset to its end,
+    /// read already) where it holds them.
+    async fn pack_header_within(
+        &self,
+        hex: &str,
+        size: u64,
+        read: Option<(u64, Bytes)>,
+    ) -> Result<Vec<format::Entry>> {
         let path = format::pack_path(hex);
         let damaged = |reason: &str| Error::corrupt(&path, reason);
         if size < 4 {
             return Err(damaged("is truncated"));
         }
-        let tail = self.inner.backend.get_range(&path, size - 4..size).await?;
+        let get = |r: std::ops::Range<u64>| {
+            let held = read.as_ref().and_then(|(at, b)| {
+                let a = usize::try_from(r.start.checked_sub(*at)?).ok()?;
+                let z = usize::try_from(r.end - at).ok()?;
+                (z <= b.len()).then(|| b.slice(a..z))
+            });
+            let path = &path;
+            async move {
+                match held {
+                    Some(b) => Ok(b),
+                    None => self.inner.backend.get_range(path, r).await,
+                }
+            }
+        };
+        let tail = get(size - 4..size).await?;
         let len = u64::from(u32::from_le_bytes(
             tail[..].try_into().map_err(|_| damaged("is truncated"))?,
         ));
         if len + 4 > size {
             return Err(damaged("pack header length is out of range"));
         }
-        let sealed = self
-            .inner
-            .backend
-            .get_range(&path, size - 4 - len..size - 4)
-            .await?;
+        let sealed = get(size - 4 - len..size - 4).await?;
         let keys = self.inner.keys.clone();
         let aad = crate::crypto::object_aad("pack-header", hex);
         let entries = tokio::task::spawn_blocking(move || {
