@@ -114,11 +114,13 @@ enum RepoCommand {
         #[command(flatten)]
         filter: FilterArgs,
     },
-    /// Restore a snapshot: a tree into a directory, a stream to a file or `-` (stdout).
+    /// Restore a snapshot: a tree into a directory, a stream to a file or `-` (stdout), one
+    /// file of a tree to `-` with --include.
     Restore {
         /// Snapshot id, unique prefix, or `latest`.
         id: String,
-        /// Target directory, or `-` for standard output (streams).
+        /// Target directory, or `-` for standard output (a stream, or the one file of a tree
+        /// that --include names).
         #[arg(long)]
         target: String,
         /// Restore only this path of a tree snapshot (relative to its root), with what is
@@ -1201,9 +1203,10 @@ async fn run_inner(args: &RepoArgs) -> anyhow::Result<ExitCode> {
             include,
             sparse,
         } => {
-            if !include.is_empty() && target == "-" {
+            if include.len() > 1 && target == "-" {
                 return Err(usage(
-                    "restore: --include selects paths of a tree snapshot; a stream restores whole",
+                    "restore: --target - writes one file of a tree to standard output; name it \
+                     with one --include, or restore into a directory",
                 ));
             }
             if *sparse && target == "-" {
@@ -1214,10 +1217,19 @@ async fn run_inner(args: &RepoArgs) -> anyhow::Result<ExitCode> {
             }
             if target == "-" {
                 let info = repo.snapshot_to_restore(id).await?;
+                if let (SnapshotKind::Stream { name }, Some(_)) = (&info.kind, include.first()) {
+                    return Err(usage(format!(
+                        "restore: --include selects a file of a tree snapshot; {} is the stream \
+                         {name}, restored whole",
+                        info.short_id()
+                    )));
+                }
                 let (opts, shown) = restore_progress();
-                let n = repo
-                    .restore_stream_with(&info, tokio::io::stdout(), &opts)
-                    .await;
+                let out = tokio::io::stdout();
+                let n = match include.first() {
+                    Some(path) => repo.restore_file_with(&info, path, out, &opts).await,
+                    None => repo.restore_stream_with(&info, out, &opts).await,
+                };
                 finish_bar(shown);
                 let n = n?;
                 if args.output == Output::Json {

@@ -209,11 +209,41 @@ impl SnapshotReader {
         let content = repo.restore_content(info).await?;
         let Content::Stream { size, chunks, .. } = content else {
             return Err(Error::Invalid(format!(
-                "snapshot {} is a tree, not a stream; restore it into a directory",
+                "snapshot {} is a tree, not a stream; restore it into a directory, or one of \
+                 its files with --include PATH",
                 info.short_id()
             )));
         };
-        let ids = chunks.0;
+        Self::of(repo, info, chunks.0, size).await
+    }
+
+    /// The regular file at `path` (relative to the root) of a tree snapshot; only its chunk
+    /// lists are read.
+    pub(crate) async fn file(repo: &Repository, info: &SnapshotInfo, path: &str) -> Result<Self> {
+        let content = repo
+            .restore_content_of(info, |c| match c {
+                Content::Tree { nodes, .. } => crate::tree::keep_file(nodes, path, info),
+                Content::Stream { .. } => Err(Error::Invalid(format!(
+                    "snapshot {} is a stream, restored whole; --include selects a file of a tree",
+                    info.short_id()
+                ))),
+            })
+            .await?;
+        match content {
+            Content::Tree { mut nodes, .. } if nodes.len() == 1 => {
+                let node = nodes.remove(0);
+                Self::of(repo, info, node.chunks.0, node.size).await
+            }
+            _ => Err(Error::Invalid(format!("`{path}` is not a file of a tree"))),
+        }
+    }
+
+    async fn of(
+        repo: &Repository,
+        info: &SnapshotInfo,
+        ids: Vec<crate::crypto::ChunkId>,
+        size: u64,
+    ) -> Result<Self> {
         let mut stream = Box::pin(repo.read_chunks(&ids, &info.id).await?);
         let (tx, rx) = tokio::sync::mpsc::channel(READER_QUEUE);
         let task = tokio::spawn(async move {
@@ -359,38 +389,61 @@ impl Repository {
     pub async fn restore_stream_with<W: AsyncWrite + Unpin>(
         &self,
         info: &SnapshotInfo,
-        mut writer: W,
+        writer: W,
         opts: &RestoreOptions,
     ) -> Result<u64> {
-        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
         let r = SnapshotReader::new(self, info).await?;
-        opts.set_total(info.summary.bytes);
-        // Large writes: an 8 KiB buffer would mean a write per 8 KiB (and for tokio's
-        // stdout, a blocking-pool handoff per write).
-        let mut r = tokio::io::BufReader::with_capacity(RESTORE_WRITE_BYTES, r);
-        let write_err = |e| Error::io("write restored stream", "output", e);
-        let mut n = 0u64;
-        loop {
-            let buf = r
-                .fill_buf()
-                .await
-                .map_err(|e| match e.downcast::<Error>() {
-                    Ok(e) => e,
-                    Err(e) => Error::io("read snapshot", &info.id, e),
-                })?;
-            if buf.is_empty() {
-                break;
-            }
-            let len = buf.len();
-            writer.write_all(buf).await.map_err(write_err)?;
-            r.consume(len);
-            n += len as u64;
-            opts.advance(len);
-        }
-        writer
-            .flush()
-            .await
-            .map_err(|e| Error::io("flush", "output", e))?;
-        Ok(n)
+        copy_out(r, &info.id, writer, opts).await
     }
+
+    /// Restores the regular file at `path` of a tree snapshot into `writer` (`cairn repo
+    /// restore ID --include PATH --target -`); returns the bytes written.
+    pub async fn restore_file_with<W: AsyncWrite + Unpin>(
+        &self,
+        info: &SnapshotInfo,
+        path: &str,
+        writer: W,
+        opts: &RestoreOptions,
+    ) -> Result<u64> {
+        let r = SnapshotReader::file(self, info, path).await?;
+        copy_out(r, &info.id, writer, opts).await
+    }
+}
+
+/// Copies what `r` reads into `writer`; returns the bytes written.
+async fn copy_out<W: AsyncWrite + Unpin>(
+    r: SnapshotReader,
+    id: &str,
+    mut writer: W,
+    opts: &RestoreOptions,
+) -> Result<u64> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    opts.set_total(r.size());
+    // Large writes: an 8 KiB buffer would mean a write per 8 KiB (and for tokio's
+    // stdout, a blocking-pool handoff per write).
+    let mut r = tokio::io::BufReader::with_capacity(RESTORE_WRITE_BYTES, r);
+    let write_err = |e| Error::io("write restored stream", "output", e);
+    let mut n = 0u64;
+    loop {
+        let buf = r
+            .fill_buf()
+            .await
+            .map_err(|e| match e.downcast::<Error>() {
+                Ok(e) => e,
+                Err(e) => Error::io("read snapshot", id, e),
+            })?;
+        if buf.is_empty() {
+            break;
+        }
+        let len = buf.len();
+        writer.write_all(buf).await.map_err(write_err)?;
+        r.consume(len);
+        n += len as u64;
+        opts.advance(len);
+    }
+    writer
+        .flush()
+        .await
+        .map_err(|e| Error::io("flush", "output", e))?;
+    Ok(n)
 }

@@ -1107,11 +1107,7 @@ fn select(nodes: &mut Vec<Node>, include: &[String], info: &SnapshotInfo) -> Res
         .iter()
         .find(|inc| !nodes.iter().any(|n| under(&n.path, inc)))
     {
-        return Err(Error::Invalid(format!(
-            "`{missing}` is not in snapshot {}; `cairn repo ls {}` lists what it holds",
-            info.short_id(),
-            info.short_id()
-        )));
+        return Err(not_in(missing, info));
     }
     nodes.retain(|n| {
         include
@@ -1119,6 +1115,34 @@ fn select(nodes: &mut Vec<Node>, include: &[String], info: &SnapshotInfo) -> Res
             .any(|inc| under(&n.path, inc) || (n.kind == NodeKind::Dir && under(inc, &n.path)))
     });
     Ok(())
+}
+
+/// Keeps only the regular file at `path`; nothing there, or something else, is an error
+/// naming it.
+pub(crate) fn keep_file(nodes: &mut Vec<Node>, path: &str, info: &SnapshotInfo) -> Result<()> {
+    let path = path.trim_start_matches("./").trim_matches('/');
+    let Some(at) = nodes.iter().position(|n| n.path == path) else {
+        return Err(not_in(path, info));
+    };
+    let node = nodes.swap_remove(at);
+    if node.kind != NodeKind::File {
+        return Err(Error::Invalid(format!(
+            "`{path}` in snapshot {} is a {}, not a file: restore it into a directory \
+             (--target DIR --include {path})",
+            info.short_id(),
+            node.kind.name()
+        )));
+    }
+    *nodes = vec![node];
+    Ok(())
+}
+
+fn not_in(path: &str, info: &SnapshotInfo) -> Error {
+    Error::Invalid(format!(
+        "`{path}` is not in snapshot {}; `cairn repo ls {}` lists what it holds",
+        info.short_id(),
+        info.short_id()
+    ))
 }
 
 /// Holes are left in whole blocks of this size, aligned to the file: the usual filesystem

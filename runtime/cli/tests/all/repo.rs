@@ -285,6 +285,31 @@ fn ls_lists_a_tree_and_restore_include_restores_only_those_paths() {
         stderr(&out)
     );
 
+    // One file to standard output; two are refused (exit 2).
+    let out = run(&[
+        "repo",
+        "restore",
+        "latest",
+        "--include",
+        "conf/app.yaml",
+        "--target",
+        "-",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(out.stdout, b"replicas: 3\n");
+    let out = run(&[
+        "repo",
+        "restore",
+        "latest",
+        "--include",
+        "conf",
+        "--include",
+        "db.bin",
+        "--target",
+        "-",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+
     // --sparse: the image of zeros comes back as a hole; a stream cannot be written sparse.
     use std::os::unix::fs::MetadataExt;
     let sparse = dir.path().join("sparse");

@@ -580,6 +580,45 @@ async fn a_sparse_restore_leaves_holes_for_zero_blocks_only() {
     }
 }
 
+/// One file of a tree comes out on its own (`restore ID --include PATH --target -`), reading
+/// only its own chunk lists; a directory, a path the snapshot lacks and a stream are refused.
+#[tokio::test]
+async fn one_file_of_a_tree_restores_into_a_writer() {
+    let (repo, _dir, src) = repo_and_tree(14).await;
+    let snap = repo.backup_tree(&src, BackupOptions::new()).await.unwrap();
+    let opts = RestoreOptions::new();
+    // Chunk ids in a list chunk (300 pages), inline (one line of text), and none.
+    for path in ["a/b/pages.bin", "./a/dump.sql", "small.conf", "empty"] {
+        let mut out = Vec::new();
+        let n = repo
+            .restore_file_with(&snap, path, &mut out, &opts)
+            .await
+            .unwrap();
+        assert_eq!(out, std::fs::read(src.join(path)).unwrap(), "{path}");
+        assert_eq!(n, out.len() as u64);
+    }
+    for (path, says) in [
+        ("a/b", "is a dir, not a file"),
+        ("link", "is a symlink, not a file"),
+        ("a/none", "is not in snapshot"),
+    ] {
+        let e = repo
+            .restore_file_with(&snap, path, Vec::new(), &opts)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains(says), "{path}: {e}");
+    }
+    let stream = repo
+        .backup_stream("s", &b"x"[..], Default::default())
+        .await
+        .unwrap();
+    let e = repo
+        .restore_file_with(&stream, "s", Vec::new(), &opts)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("is a stream"), "{e}");
+}
+
 /// Files with holes (a disk image, a log preallocated by truncation) are backed up without
 /// reading their holes, into the chunks their dense copies give, and restore bit-exact.
 #[cfg(unix)]
