@@ -387,6 +387,22 @@ pub(crate) struct RepoSelect {
     /// credentials). --repo and --option given as well take precedence over it.
     #[arg(long, env = "CAIRN_REPO_PROFILE", global = true, value_name = "FILE")]
     profile_file: Option<PathBuf>,
+    /// Keep what is written to the repository to this average rate a second, e.g. 20MiB (a
+    /// link shared with the application); a profile's `limit_upload:` otherwise.
+    #[arg(long, env = "CAIRN_LIMIT_UPLOAD", global = true, value_name = "RATE", value_parser = parse_rate)]
+    limit_upload: Option<u64>,
+    /// Keep what is read from the repository to this average rate a second, e.g. 50MiB; a
+    /// profile's `limit_download:` otherwise.
+    #[arg(long, env = "CAIRN_LIMIT_DOWNLOAD", global = true, value_name = "RATE", value_parser = parse_rate)]
+    limit_download: Option<u64>,
+}
+
+/// Parses a rate, a size a second: `20MiB`, `20MiB/s`, `512KiB`.
+fn parse_rate(s: &str) -> Result<u64, String> {
+    match crate::run::parse_size(s.trim().trim_end_matches("/s"))? {
+        0 => Err("a rate of 0 would stop every transfer; leave the limit out for none".into()),
+        n => Ok(n),
+    }
 }
 
 /// The repository `cairn repo copy` writes to: the same settings as the source's, prefixed
@@ -411,13 +427,17 @@ struct CopyTarget {
 }
 
 impl CopyTarget {
-    async fn open(&self) -> anyhow::Result<Repository> {
+    /// Opens the destination, with the rate limits given for the source (`--limit-upload`
+    /// is what a copy's writes to the destination need).
+    async fn open(&self, source: &RepoSelect) -> anyhow::Result<Repository> {
         let select = RepoSelect {
             repo: self.to.clone(),
             passphrase_file: self.to_passphrase_file.clone(),
             key_file: self.to_key_file.clone(),
             options: self.to_options.clone(),
             profile_file: self.to_profile_file.clone(),
+            limit_upload: source.limit_upload,
+            limit_download: source.limit_download,
         };
         if !select.names_a_repository() {
             return Err(usage(
@@ -441,6 +461,8 @@ impl CopyTarget {
 ///
 /// ```yaml
 /// repo: s3://backups/cairn
+/// limit_upload: 20MiB      # optional: average rates a second
+/// limit_download: 50MiB
 /// options:
 ///   aws_endpoint: https://s3.eu-central-1.amazonaws.com
 ///   aws_access_key_id: AKIA...
@@ -452,6 +474,8 @@ struct Profile {
     repo: Option<String>,
     #[serde(default)]
     options: std::collections::BTreeMap<String, String>,
+    limit_upload: Option<String>,
+    limit_download: Option<String>,
 }
 
 fn load_profile(path: &std::path::Path) -> anyhow::Result<Profile> {
@@ -463,7 +487,7 @@ fn load_profile(path: &std::path::Path) -> anyhow::Result<Profile> {
     })?;
     let profile: Profile = serde_norway::from_str(&text).map_err(|e| {
         usage(format!(
-            "the repository profile {} is not valid: {e} (expected `repo: URL` and `options: {{KEY: VALUE}}`)",
+            "the repository profile {} is not valid: {e} (expected `repo: URL`, `options: {{KEY: VALUE}}` and optionally `limit_upload:`/`limit_download:` rates)",
             path.display()
         ))
     })?;
@@ -495,7 +519,24 @@ impl RepoSelect {
         let url = self.repo.clone().or(profile.repo).ok_or_else(|| {
             usage("no repository: give --repo URL, set CAIRN_REPO, or give a --profile-file with `repo:`")
         })?;
-        let mut loc = Location::new(url);
+        let rate = |flag: Option<u64>, kept: Option<String>, key: &str| match (flag, kept) {
+            (Some(r), _) => Ok(r),
+            (None, Some(r)) => {
+                parse_rate(&r).map_err(|e| usage(format!("the repository profile's {key}: {e}")))
+            }
+            (None, None) => Ok(0),
+        };
+        let mut loc = Location::new(url)
+            .limit_upload(rate(
+                self.limit_upload,
+                profile.limit_upload,
+                "limit_upload",
+            )?)
+            .limit_download(rate(
+                self.limit_download,
+                profile.limit_download,
+                "limit_download",
+            )?);
         for (k, v) in profile.options {
             loc = loc.option(k, v);
         }
@@ -1100,7 +1141,7 @@ async fn run_inner(args: &RepoArgs) -> anyhow::Result<ExitCode> {
                     "copy: give snapshot ids or filters (--tag, --path, --since, --until), not both",
                 ));
             }
-            let dest = to.open().await?;
+            let dest = to.open(&args.select).await?;
             let mut chosen = if ids.is_empty() {
                 repo.snapshots(&filter.filter()?).await?
             } else {

@@ -289,7 +289,7 @@ fn read_restore_point(path: &Path) -> anyhow::Result<PointOutputs> {
 pub(crate) type PointOutputs = (Vec<cairn_engine::Artifact>, Vec<(String, String)>);
 
 /// Parses `64MiB`, `1GiB`, `512M`, `1048576`.
-fn parse_size(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);

@@ -22,6 +22,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 pub struct Location {
     pub(crate) url: String,
     pub(crate) options: Vec<(String, String)>,
+    /// Most bytes a second uploads and downloads average.
+    pub(crate) limits: (Option<u64>, Option<u64>),
 }
 
 impl Location {
@@ -30,11 +32,24 @@ impl Location {
         Self {
             url: url.into(),
             options: Vec::new(),
+            limits: (None, None),
         }
     }
     /// Adds a backend option, e.g. `("aws_endpoint", "http://127.0.0.1:9000")`.
     pub fn option(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.options.push((key.into(), value.into()));
+        self
+    }
+    /// Keeps what is written to the store to an average of `bytes_per_second` (a shared
+    /// link to object storage); zero is no limit.
+    pub fn limit_upload(mut self, bytes_per_second: u64) -> Self {
+        self.limits.0 = (bytes_per_second > 0).then_some(bytes_per_second);
+        self
+    }
+    /// Keeps what is read from the store to an average of `bytes_per_second`; zero is no
+    /// limit.
+    pub fn limit_download(mut self, bytes_per_second: u64) -> Self {
+        self.limits.1 = (bytes_per_second > 0).then_some(bytes_per_second);
         self
     }
     /// The URL as given.
@@ -84,10 +99,47 @@ fn memory_stores() -> &'static Mutex<HashMap<String, Arc<object_store::memory::I
     STORES.get_or_init(Default::default)
 }
 
+/// Keeps transfers to an average rate: each waits until those before it would have taken,
+/// at that rate, to go through (so a burst is one object at most).
+#[derive(Debug)]
+struct Limiter {
+    bytes_per_second: u64,
+    next: Mutex<tokio::time::Instant>,
+}
+
+impl Limiter {
+    fn new(bytes_per_second: Option<u64>) -> Option<Arc<Self>> {
+        bytes_per_second.map(|r| {
+            Arc::new(Self {
+                bytes_per_second: r,
+                next: Mutex::new(tokio::time::Instant::now()),
+            })
+        })
+    }
+
+    /// Waits for the turn of a transfer of `n` bytes.
+    async fn take(this: &Option<Arc<Self>>, n: u64) {
+        let Some(l) = this else { return };
+        let start = {
+            let mut next = l
+                .next
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let start = (*next).max(tokio::time::Instant::now());
+            *next =
+                start + std::time::Duration::from_secs_f64(n as f64 / l.bytes_per_second as f64);
+            start
+        };
+        tokio::time::sleep_until(start).await;
+    }
+}
+
 /// The object store under a repository, with the repository's protection period.
 #[derive(Debug, Clone)]
 pub(crate) struct Backend {
     store: Arc<dyn ObjectStore>,
+    upload: Option<Arc<Limiter>>,
+    download: Option<Arc<Limiter>>,
     pub(crate) url: String,
     /// Set from the config once it is read.
     pub(crate) protection: std::time::Duration,
@@ -248,6 +300,8 @@ impl Backend {
         };
         Ok(Self {
             store,
+            upload: Limiter::new(loc.limits.0),
+            download: Limiter::new(loc.limits.1),
             url: raw.to_string(),
             protection: std::time::Duration::ZERO,
             s3_lock: s3_lock.map(Arc::new),
@@ -295,6 +349,24 @@ impl Backend {
     /// zeroed first: `object_store`'s own read zero-fills every buffer, 2.7% of a restore's
     /// CPU profile before the page faults of touching the buffer a second time.
     async fn read(&self, path: &str, range: Option<Range<u64>>) -> object_store::Result<Bytes> {
+        // A range takes its turn before it is read; a whole object, whose size is not known
+        // yet, after (the next transfer waits for it).
+        let known = range.as_ref().map(|r| r.end.saturating_sub(r.start));
+        if let Some(n) = known {
+            Limiter::take(&self.download, n).await;
+        }
+        let b = self.read_unlimited(path, range).await?;
+        if known.is_none() {
+            Limiter::take(&self.download, b.len() as u64).await;
+        }
+        Ok(b)
+    }
+
+    async fn read_unlimited(
+        &self,
+        path: &str,
+        range: Option<Range<u64>>,
+    ) -> object_store::Result<Bytes> {
         let options = object_store::GetOptions {
             range: range.map(Into::into),
             ..Default::default()
@@ -323,6 +395,7 @@ impl Backend {
         path: &str,
         data: Bytes,
     ) -> Result<()> {
+        Limiter::take(&self.upload, data.len() as u64).await;
         let opts = PutOptions {
             mode: PutMode::Create,
             ..Default::default()
@@ -382,6 +455,7 @@ impl Backend {
 
     /// Writes or replaces a mutable object (key slots, locks).
     pub(crate) async fn put_replace(&self, path: &str, data: Bytes) -> Result<()> {
+        Limiter::take(&self.upload, data.len() as u64).await;
         self.store
             .put(&Path::from(path), PutPayload::from_bytes(data))
             .await

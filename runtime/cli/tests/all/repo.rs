@@ -11,7 +11,10 @@ fn a_profile_file_names_the_repository_and_its_options() {
     let profile = dir.path().join("profile.yaml");
     std::fs::write(
         &profile,
-        format!("repo: {}\noptions: {{}}\n", repo.display()),
+        format!(
+            "repo: {}\nlimit_upload: 64MiB\nlimit_download: 64MiB/s\noptions: {{}}\n",
+            repo.display()
+        ),
     )
     .expect("profile");
     let pass = dir.path().join("pass");
@@ -74,6 +77,42 @@ fn a_profile_with_an_unknown_field_is_refused_naming_the_file_and_field() {
         err.contains("profile.yaml") && err.contains("endpoint"),
         "{err}"
     );
+}
+
+#[test]
+fn rate_limits_that_are_not_rates_are_refused() {
+    let cairn = Cairn::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo = dir.path().join("repo");
+    let repo = repo.to_str().expect("utf-8");
+    for (flag, rate, says) in [
+        ("--limit-upload", "0", "a rate of 0"),
+        ("--limit-download", "fast", "not a size"),
+        ("--limit-upload", "3 parsecs", "unknown size unit"),
+    ] {
+        let out = cairn.run(&["repo", "snapshots", "--repo", repo, flag, rate]);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{flag} {rate}: {}",
+            stderr(&out)
+        );
+        assert!(
+            stderr(&out).contains(says),
+            "{flag} {rate}: {}",
+            stderr(&out)
+        );
+    }
+    let profile = dir.path().join("profile.yaml");
+    std::fs::write(&profile, format!("repo: {repo}\nlimit_upload: lots\n")).expect("profile");
+    let out = cairn.run(&[
+        "repo",
+        "snapshots",
+        "--profile-file",
+        profile.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("limit_upload"), "{}", stderr(&out));
 }
 
 /// A fresh Cairn and a temporary directory holding the repository `repo` and its passphrase

@@ -580,6 +580,55 @@ async fn a_sparse_restore_leaves_holes_for_zero_blocks_only() {
     }
 }
 
+/// Rate limits hold transfers to their average: 3 MiB of incompressible data written at
+/// 4 MiB/s takes at least the 0.75 s its rate allows after the first object, and reading it
+/// back at the same rate as long; unlimited, the same repository is no slower than that.
+#[tokio::test]
+async fn transfers_keep_to_their_rate_limits() {
+    let url = memory_url();
+    Repository::init(url.as_str(), &pass("p"), Default::default())
+        .await
+        .unwrap();
+    let limited = |up, down| {
+        Location::new(url.clone())
+            .limit_upload(up)
+            .limit_download(down)
+    };
+    let data = noise(3 << 20, 50);
+    let repo = Repository::open(limited(4 << 20, 0), &pass("p"))
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    // Two backups: the second's objects wait for the first's 3 MiB to have gone through.
+    let snap = repo
+        .backup_stream("a", &data[..], BackupOptions::new())
+        .await
+        .unwrap();
+    repo.backup_stream("b", &noise(1 << 20, 51)[..], BackupOptions::new())
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed().as_secs_f64() >= 0.7,
+        "{:?}",
+        started.elapsed()
+    );
+    let repo = Repository::open(limited(0, 4 << 20), &pass("p"))
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut out = Vec::new();
+    repo.restore_stream_of(&snap, &mut out).await.unwrap();
+    repo.restore_stream_of(&snap, &mut Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(out, data);
+    assert!(
+        started.elapsed().as_secs_f64() >= 0.7,
+        "{:?}",
+        started.elapsed()
+    );
+}
+
 /// One file of a tree comes out on its own (`restore ID --include PATH --target -`), reading
 /// only its own chunk lists; a directory, a path the snapshot lacks and a stream are refused.
 #[tokio::test]
