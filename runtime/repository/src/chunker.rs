@@ -217,4 +217,25 @@ mod tests {
             }
         }
     }
+
+    /// A restore knows a chunk of zeros by its id only at lengths of whole 4 KiB pages
+    /// (`restore::plan`): every mode cuts a run of zeros into such chunks.
+    #[test]
+    fn runs_of_zeros_are_cut_into_whole_pages() {
+        let mut d = data(100_001);
+        d.resize(d.len() + (3 << 20), 0);
+        d.extend(data(50_000));
+        for mode in [Chunking::STREAM, Chunking::FILES, Chunking::PAGES] {
+            let mut at = 0;
+            let mut zero_chunks = 0;
+            for len in cuts(mode, &d, 1 << 20) {
+                if d[at..at + len].iter().all(|&b| b == 0) {
+                    assert_eq!(len % 4096, 0, "{mode:?}: {len} bytes of zeros at {at}");
+                    zero_chunks += 1;
+                }
+                at += len;
+            }
+            assert!(zero_chunks >= 20, "{mode:?}: {zero_chunks}");
+        }
+    }
 }

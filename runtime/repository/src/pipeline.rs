@@ -563,8 +563,9 @@ fn chunker_loop(
     Ok(st.out)
 }
 
-/// Zeros a hole is cut from ([`Input::Zeros`]).
-static ZEROS: [u8; 256 << 10] = [0; 256 << 10];
+/// Zeros a hole is cut from ([`Input::Zeros`]), and a restore's chunks of zeros are
+/// slices of.
+pub(crate) static ZEROS: [u8; 256 << 10] = [0; 256 << 10];
 
 /// Whether `c` is all zeros; its first bytes settle it for nearly all other data, and an OR
 /// over the rest vectorises where the early exit of `all` does not.

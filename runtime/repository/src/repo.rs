@@ -943,14 +943,15 @@ impl Repository {
         }
         let planned = {
             let idx = self.inner.index.read().map_err(|_| poisoned())?;
-            crate::restore::plan(&idx, ids)
+            crate::restore::plan(&idx, &self.inner.keys, ids)
         };
         let plan = match planned {
             Ok(u) => u,
             Err(Error::Missing { .. }) if !fresh => {
                 self.refresh_index().await?;
                 let idx = self.inner.index.read().map_err(|_| poisoned())?;
-                crate::restore::plan(&idx, ids).map_err(|e| with_snapshot(e, snapshot))?
+                crate::restore::plan(&idx, &self.inner.keys, ids)
+                    .map_err(|e| with_snapshot(e, snapshot))?
             }
             Err(e) => return Err(with_snapshot(e, snapshot)),
         };
@@ -1793,7 +1794,7 @@ impl Repository {
     async fn repack(&self, ids: &[ChunkId]) -> Result<()> {
         let plan = {
             let idx = self.inner.index.read().map_err(|_| poisoned())?;
-            crate::restore::plan(&idx, ids)?
+            crate::restore::plan(&idx, &self.inner.keys, ids)?
         };
         // An empty index: every chunk is stored. The chunking is unused (chunks arrive cut).
         let pipeline = self.start_pipeline(

@@ -64,14 +64,21 @@ pub(crate) struct Unit {
 pub(crate) struct Plan {
     /// Reads, numbered in the order their first chunk is needed.
     units: Vec<Unit>,
-    /// For every chunk in order: (read number, index among that read's chunks).
+    /// For every chunk in order: (read number, index among that read's chunks), or
+    /// ([`ZEROS_READ`], length) for a chunk of zeros.
     order: Vec<(u32, u32)>,
 }
 
+/// The read number of a chunk of zeros: its id is the hash of zeros of its length, so it is
+/// what it names without being read (a disk image's holes, restored at memory speed).
+const ZEROS_READ: u32 = u32::MAX;
+
 /// Plans the reads for a sequence of chunks; a chunk missing from the index is an error naming
 /// the chunk.
-pub(crate) fn plan(index: &Index, ids: &[ChunkId]) -> Result<Plan> {
+pub(crate) fn plan(index: &Index, keys: &MasterKeys, ids: &[ChunkId]) -> Result<Plan> {
     let mut plan = Plan::default();
+    // The id of a chunk of zeros of each length met that could be one.
+    let mut zero_ids: HashMap<u32, ChunkId> = HashMap::new();
     // Within the current window: the read still growing per pack, and where each frame
     // already planned is (read, frame number).
     let mut growing: HashMap<u32, usize> = HashMap::new();
@@ -82,6 +89,19 @@ pub(crate) fn plan(index: &Index, ids: &[ChunkId]) -> Result<Plan> {
             object: format!("chunk {id}"),
             snapshots: Vec::new(),
         })?;
+        // Runs of zeros are cut into whole pages (page chunks, or content-defined chunks cut
+        // at their largest size); other lengths are not worth hashing zeros for.
+        if loc.len % 4096 == 0
+            && let Some(zeros) = crate::pipeline::ZEROS.get(..loc.len as usize)
+        {
+            let zero = zero_ids
+                .entry(loc.len)
+                .or_insert_with(|| keys.chunk_id(zeros));
+            if zero == id {
+                plan.order.push((ZEROS_READ, loc.len));
+                continue;
+            }
+        }
         if chunk_bytes >= WINDOW_BYTES || read_bytes >= WINDOW_BYTES {
             growing.clear();
             frames.clear();
@@ -242,37 +262,50 @@ pub(crate) fn chunks(
         })
         .buffered(READS_IN_FLIGHT);
     // Reads complete in their order. `held` holds the decoded reads from number `first` on;
-    // a read is released (None) once all its chunks are yielded.
+    // a read is released (None) once all its chunks are yielded. After the last read, an
+    // item (None) yields the chunks of zeros that follow it.
     let mut held: VecDeque<Option<Vec<Bytes>>> = VecDeque::new();
     let (mut first, mut next) = (0usize, 0usize);
-    reads.map(move |r| {
-        held.push_back(Some(r?));
-        let done = first + held.len();
-        let mut out = Vec::new();
-        while let Some(&(u, i)) = order.get(next) {
-            let u = u as usize;
-            if u >= done {
-                break;
+    reads
+        .map(Some)
+        .chain(futures::stream::iter([None]))
+        .map(move |r| {
+            match r {
+                Some(r) => held.push_back(Some(r?)),
+                None if next == order.len() => return Ok(Vec::new()),
+                None => {}
             }
-            let slot = &mut held[u - first];
-            let Some(chunks) = slot else {
-                return Err(Error::Invalid(format!(
-                    "restore plan reuses released read {u}"
-                )));
-            };
-            out.push(chunks[i as usize].clone());
-            remaining[u] -= 1;
-            if remaining[u] == 0 {
-                *slot = None;
+            let done = first + held.len();
+            let mut out = Vec::new();
+            while let Some(&(u, i)) = order.get(next) {
+                next += 1;
+                if u == ZEROS_READ {
+                    out.push(Bytes::from_static(&crate::pipeline::ZEROS[..i as usize]));
+                    continue;
+                }
+                let u = u as usize;
+                if u >= done {
+                    next -= 1;
+                    break;
+                }
+                let slot = &mut held[u - first];
+                let Some(chunks) = slot else {
+                    return Err(Error::Invalid(format!(
+                        "restore plan reuses released read {u}"
+                    )));
+                };
+                out.push(chunks[i as usize].clone());
+                remaining[u] -= 1;
+                if remaining[u] == 0 {
+                    *slot = None;
+                }
             }
-            next += 1;
-        }
-        while held.front().is_some_and(Option::is_none) {
-            held.pop_front();
-            first += 1;
-        }
-        Ok(out)
-    })
+            while held.front().is_some_and(Option::is_none) {
+                held.pop_front();
+                first += 1;
+            }
+            Ok(out)
+        })
 }
 
 /// A spawned read: aborted when dropped (a restore that stops early leaves no reads behind),
@@ -323,11 +356,32 @@ mod tests {
     }
 
     #[test]
+    fn chunks_of_zeros_are_planned_without_reads() {
+        let keys = MasterKeys::generate();
+        let zero = keys.chunk_id(&[0u8; 8192]);
+        let other = ChunkId(*blake3::hash(b"other").as_bytes());
+        let at = |id, frame_off, len| Entry {
+            id,
+            frame_off,
+            frame_len: 100,
+            inner_off: 0,
+            len,
+        };
+        let mut b = IndexBuilder::with_capacity(2);
+        b.add([0; 16], &[at(zero, 0, 8192), at(other, 100, 10)]);
+        let index = b.finish();
+        let plan = plan(&index, &keys, &[zero, other, zero]).expect("every chunk is indexed");
+        assert_eq!(plan.units.len(), 1, "one read, for the other chunk");
+        assert_eq!(plan.order, [(ZEROS_READ, 8192), (0, 0), (ZEROS_READ, 8192)]);
+    }
+
+    #[test]
     fn a_read_decodes_to_a_bounded_size_however_well_its_frames_compressed() {
         // 80:1 (blank-padded rows), 3:1 (text), stored raw.
         for stored in [6 << 10, 170 << 10, 512 << 10] {
             let (index, ids) = pack(64, stored);
-            let plan = plan(&index, &ids).expect("every chunk is indexed");
+            let keys = MasterKeys::generate();
+            let plan = plan(&index, &keys, &ids).expect("every chunk is indexed");
             for u in &plan.units {
                 assert!(u.end - u.start <= READ_UNIT_BYTES, "{stored}: {u:?}");
                 assert!(

@@ -716,6 +716,15 @@ async fn holes_give_the_chunks_their_dense_copies_do() {
     let back = dir.path().join("back");
     repo.restore_tree_of(&sparse, &back).await.unwrap();
     assert_same_tree(&holes, &back);
+    // Chunks of zeros are restored without being read: a stream of nothing else too.
+    let zeros = vec![0u8; 3 << 20];
+    let s = repo
+        .backup_stream("zeros", &zeros[..], BackupOptions::new())
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    repo.restore_stream_of(&s, &mut out).await.unwrap();
+    assert!(out == zeros, "{} bytes back", out.len());
 }
 
 /// Extended attributes come back — users' own, and a POSIX ACL (`system.posix_acl_access`) —
