@@ -474,8 +474,16 @@ struct Profile {
     repo: Option<String>,
     #[serde(default)]
     options: std::collections::BTreeMap<String, String>,
-    limit_upload: Option<String>,
-    limit_download: Option<String>,
+    limit_upload: Option<Rate>,
+    limit_download: Option<Rate>,
+}
+
+/// A rate in a profile: `20MiB`, or a number of bytes.
+#[derive(Debug, serde::Deserialize)]
+#[serde(untagged)]
+enum Rate {
+    Bytes(u64),
+    Text(String),
 }
 
 fn load_profile(path: &std::path::Path) -> anyhow::Result<Profile> {
@@ -519,12 +527,14 @@ impl RepoSelect {
         let url = self.repo.clone().or(profile.repo).ok_or_else(|| {
             usage("no repository: give --repo URL, set CAIRN_REPO, or give a --profile-file with `repo:`")
         })?;
-        let rate = |flag: Option<u64>, kept: Option<String>, key: &str| match (flag, kept) {
-            (Some(r), _) => Ok(r),
-            (None, Some(r)) => {
-                parse_rate(&r).map_err(|e| usage(format!("the repository profile's {key}: {e}")))
+        let rate = |flag: Option<u64>, kept: Option<Rate>, key: &str| {
+            match (flag, kept) {
+                (Some(r), _) => Ok(r),
+                (None, Some(Rate::Bytes(n))) => parse_rate(&n.to_string()),
+                (None, Some(Rate::Text(r))) => parse_rate(&r),
+                (None, None) => Ok(0),
             }
-            (None, None) => Ok(0),
+            .map_err(|e| usage(format!("the repository profile's {key}: {e}")))
         };
         let mut loc = Location::new(url)
             .limit_upload(rate(

@@ -278,14 +278,13 @@ pub(crate) fn chunks(
             let done = first + held.len();
             let mut out = Vec::new();
             while let Some(&(u, i)) = order.get(next) {
-                next += 1;
                 if u == ZEROS_READ {
                     out.push(Bytes::from_static(&crate::pipeline::ZEROS[..i as usize]));
+                    next += 1;
                     continue;
                 }
                 let u = u as usize;
                 if u >= done {
-                    next -= 1;
                     break;
                 }
                 let slot = &mut held[u - first];
@@ -299,6 +298,7 @@ pub(crate) fn chunks(
                 if remaining[u] == 0 {
                     *slot = None;
                 }
+                next += 1;
             }
             while held.front().is_some_and(Option::is_none) {
                 held.pop_front();

@@ -12,7 +12,7 @@ fn a_profile_file_names_the_repository_and_its_options() {
     std::fs::write(
         &profile,
         format!(
-            "repo: {}\nlimit_upload: 64MiB\nlimit_download: 64MiB/s\noptions: {{}}\n",
+            "repo: {}\nlimit_upload: 64MiB\nlimit_download: 67108864\noptions: {{}}\n",
             repo.display()
         ),
     )
