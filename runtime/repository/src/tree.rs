@@ -1168,8 +1168,10 @@ fn leading_run(pos: u64, buf: &[u8]) -> (bool, usize) {
     (zero.unwrap_or(false), at)
 }
 
-/// A file being restored: its chunks still to come, those received and not yet written, and,
-/// in a sparse restore, the zeros skipped since the last write.
+/// A file being restored: its chunks still to come, those received and not yet written, and
+/// the zeros skipped since the last write: in a sparse restore, every whole block of zeros; in
+/// a dense one, the chunks of zeros the restore did not read (a disk image's holes), which get
+/// blocks allocated rather than written.
 struct Restoring {
     file: std::fs::File,
     path: PathBuf,
@@ -1194,11 +1196,18 @@ impl Restoring {
         })
     }
 
-    /// Takes the file's next chunk; in a sparse restore, its zero blocks are skipped.
+    /// Takes the file's next chunk.
     fn push(&mut self, chunk: Bytes) -> Result<()> {
         self.left -= 1;
         if !self.sparse {
-            self.run.push(chunk);
+            let n = chunk.len() as u64;
+            if known_zeros(&chunk) {
+                self.hole += n;
+            } else {
+                self.resume()?;
+                self.run.push(chunk);
+            }
+            self.pos += n;
             return Ok(());
         }
         let mut rest = chunk;
@@ -1207,18 +1216,53 @@ impl Restoring {
             if zero {
                 self.hole += n as u64;
             } else {
-                if std::mem::take(&mut self.hole) > 0 {
-                    // What came before the hole, then past it to where this data belongs.
-                    self.write()?;
-                    std::io::Seek::seek(&mut self.file, std::io::SeekFrom::Start(self.pos))
-                        .map_err(|e| Error::io("seek", &self.path, e))?;
-                }
+                self.resume()?;
                 self.run.push(rest.slice(..n));
             }
             self.pos += n as u64;
             rest = rest.slice(n..);
         }
         Ok(())
+    }
+
+    /// Before data that follows zeros skipped: ends them, and goes on past them to where the
+    /// data belongs.
+    fn resume(&mut self) -> Result<()> {
+        if self.hole == 0 {
+            return Ok(());
+        }
+        self.end_hole()?;
+        std::io::Seek::seek(&mut self.file, std::io::SeekFrom::Start(self.pos))
+            .map_err(|e| Error::io("seek", &self.path, e))?;
+        Ok(())
+    }
+
+    /// Writes what came before the zeros skipped; in a dense restore, allocates them.
+    fn end_hole(&mut self) -> Result<()> {
+        let len = std::mem::take(&mut self.hole);
+        self.write()?;
+        if self.sparse || len == 0 {
+            return Ok(());
+        }
+        #[cfg(target_os = "linux")]
+        {
+            use rustix::io::Errno;
+            let flags = rustix::fs::FallocateFlags::empty();
+            match rustix::fs::fallocate(&self.file, flags, self.pos - len, len) {
+                Ok(()) => return Ok(()),
+                // Not on this filesystem: written below.
+                Err(Errno::OPNOTSUPP | Errno::NOSYS | Errno::INVAL) => {}
+                Err(e) => return Err(Error::io("allocate", &self.path, e.into())),
+            }
+        }
+        let mut left = len;
+        while left > 0 {
+            let k = left.min(crate::pipeline::ZEROS.len() as u64) as usize;
+            self.run
+                .push(Bytes::from_static(&crate::pipeline::ZEROS[..k]));
+            left -= k as u64;
+        }
+        self.write()
     }
 
     /// Writes the chunks received, in vectored writes of at most 1024 (the usual `IOV_MAX`).
@@ -1248,14 +1292,21 @@ impl Restoring {
 
     /// Writes what is left; a file that ends in zeros skipped gets its length.
     fn finish(&mut self) -> Result<()> {
-        self.write()?;
-        if std::mem::take(&mut self.hole) > 0 {
+        let hole = self.hole > 0;
+        self.end_hole()?;
+        if hole && self.sparse {
             self.file
                 .set_len(self.pos)
                 .map_err(|e| Error::io("set the length of", &self.path, e))?;
         }
         Ok(())
     }
+}
+
+/// Whether `c` is zeros the restore did not read: a slice of the buffer of zeros it yields
+/// for a chunk whose id is that of zeros.
+fn known_zeros(c: &[u8]) -> bool {
+    !c.is_empty() && crate::pipeline::ZEROS.as_ptr_range().contains(&c.as_ptr())
 }
 
 /// Writes `files` (path, number of chunks) from the chunks received on `rx`, in order,

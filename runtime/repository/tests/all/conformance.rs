@@ -716,6 +716,14 @@ async fn holes_give_the_chunks_their_dense_copies_do() {
     let back = dir.path().join("back");
     repo.restore_tree_of(&sparse, &back).await.unwrap();
     assert_same_tree(&holes, &back);
+    // A dense restore allocates the holes' blocks (without writing them where it can).
+    use std::os::unix::fs::MetadataExt;
+    let image = std::fs::metadata(back.join("disk.img")).unwrap();
+    assert!(
+        image.blocks() * 512 >= 24 << 20,
+        "{} blocks",
+        image.blocks()
+    );
     // Chunks of zeros are restored without being read: a stream of nothing else too.
     let zeros = vec![0u8; 3 << 20];
     let s = repo
