@@ -140,6 +140,15 @@ enum RepoCommand {
         /// Only these paths (relative to the snapshot's root), with what is under them.
         paths: Vec<String>,
     },
+    /// Which tree snapshots hold what the patterns match, newest first: a name at any depth
+    /// (`*.conf`), or with `/` a path from the root (`etc/**/pg_hba.conf`), as --exclude.
+    Find {
+        /// Patterns; an entry matching any is listed.
+        #[arg(required = true, value_name = "PATTERN")]
+        patterns: Vec<String>,
+        #[command(flatten)]
+        filter: FilterArgs,
+    },
     /// What changed between two tree snapshots: `+` added, `-` removed, `M` modified, `T`
     /// type changed, `U` permissions, owner, modification time or extended attributes only.
     Diff {
@@ -1090,6 +1099,39 @@ async fn run_inner(args: &RepoArgs) -> anyhow::Result<ExitCode> {
                         .join("\n")
                 },
                 serde_json::to_value(&entries).context("encoding entries")?,
+            );
+        }
+        RepoCommand::Find { patterns, filter } => {
+            let found = repo.find(&filter.filter()?, patterns).await?;
+            let mut rows = Vec::with_capacity(found.len());
+            for (s, e) in &found {
+                let mut row = serde_json::to_value(e).context("encoding entries")?;
+                row["snapshot"] = json!(s.id);
+                row["snapshot_time"] = json!(s.time.to_string());
+                rows.push(row);
+            }
+            args.print(
+                || {
+                    if found.is_empty() {
+                        return "nothing found".into();
+                    }
+                    found
+                        .iter()
+                        .map(|(s, e)| {
+                            format!(
+                                "{:<8}  {:<19}  {:<7} {:>14}  {}  {}",
+                                s.short_id(),
+                                s.time.strftime("%Y-%m-%d %H:%M:%S"),
+                                e.kind,
+                                e.size,
+                                e.mtime,
+                                e.path
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                },
+                serde_json::Value::Array(rows),
             );
         }
         RepoCommand::Diff { from, to } => {

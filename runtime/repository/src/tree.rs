@@ -4,7 +4,9 @@ use crate::chunker::Chunking;
 use crate::error::{Error, Result};
 use crate::format::{self, Content, Node, NodeKind, SnapshotInfo, SnapshotKind};
 use crate::pipeline::{INPUT_BLOCK, Input, Pool};
-use crate::repo::{BackupOptions, Parent, Repository, RestoreOptions, RestoreSummary};
+use crate::repo::{
+    BackupOptions, Parent, Repository, RestoreOptions, RestoreSummary, SnapshotFilter,
+};
 use crate::xattrs;
 use bytes::Bytes;
 use futures::StreamExt;
@@ -76,7 +78,8 @@ fn rel_name(rel: &Path) -> (String, Option<String>) {
     (s, None)
 }
 
-/// A pattern of [`BackupOptions::exclude`], split into path components.
+/// A pattern of [`BackupOptions::exclude`] (and of [`Repository::find`]), split into path
+/// components.
 struct Exclude {
     parts: Vec<Vec<char>>,
     /// Matched against the whole path from the root, not only the name.
@@ -93,14 +96,14 @@ impl Exclude {
             .collect();
         if parts.is_empty() {
             return Err(Error::Invalid(format!(
-                "exclude pattern {pattern:?} matches nothing; give a name or a path, e.g. \
+                "pattern {pattern:?} matches nothing; give a name or a path, e.g. \
                  `*.tmp` or `pg_wal/**`"
             )));
         }
         Ok(Self { parts, anchored })
     }
 
-    /// Whether the entry at `path` (components from the root) is left out.
+    /// Whether the entry at `path` (components from the root) matches: is left out, or found.
     fn matches(&self, path: &[&str]) -> bool {
         if self.anchored {
             parts_match(&self.parts, path)
@@ -412,6 +415,23 @@ fn unchanged(before: &Node, now: &Node, started_ns: i128) -> bool {
         && before
             .ctime_ns
             .is_some_and(|c| i128::from(c) < started_ns - CHANGE_MARGIN_NS)
+}
+
+impl TreeEntry {
+    fn of(n: Node) -> Self {
+        TreeEntry {
+            kind: n.kind.name(),
+            mode: n.mode,
+            size: n.size,
+            mtime: jiff::Timestamp::from_nanosecond(i128::from(n.mtime_ns))
+                .map(|t| t.to_string())
+                .unwrap_or_default(),
+            uid: n.uid,
+            gid: n.gid,
+            target: n.target,
+            path: n.path,
+        }
+    }
 }
 
 /// Resolves a snapshot path under `target`, refusing anything that would escape it.
@@ -958,21 +978,51 @@ impl Repository {
     ) -> Result<Vec<TreeEntry>> {
         let mut nodes = self.tree_nodes(info).await?;
         select(&mut nodes, include, info)?;
-        Ok(nodes
+        Ok(nodes.into_iter().map(TreeEntry::of).collect())
+    }
+
+    /// What the tree snapshots `filter` selects hold that any of `patterns` matches (as
+    /// [`BackupOptions::exclude`] patterns match: a name at any depth, or with `/` the path
+    /// from the root), newest snapshot first: where a file deleted since can be found.
+    pub async fn find(
+        &self,
+        filter: &SnapshotFilter,
+        patterns: &[String],
+    ) -> Result<Vec<(SnapshotInfo, TreeEntry)>> {
+        let patterns = patterns
+            .iter()
+            .map(|p| Exclude::parse(p))
+            .collect::<Result<Vec<_>>>()?;
+        if patterns.is_empty() {
+            return Err(Error::Invalid(
+                "find needs a pattern: a name (`*.conf`) or a path (`etc/**/pg_hba.conf`)".into(),
+            ));
+        }
+        let mut trees: Vec<SnapshotInfo> = self
+            .snapshots(filter)
+            .await?
             .into_iter()
-            .map(|n| TreeEntry {
-                kind: n.kind.name(),
-                mode: n.mode,
-                size: n.size,
-                mtime: jiff::Timestamp::from_nanosecond(i128::from(n.mtime_ns))
-                    .map(|t| t.to_string())
-                    .unwrap_or_default(),
-                uid: n.uid,
-                gid: n.gid,
-                target: n.target,
-                path: n.path,
+            .filter(|s| matches!(s.kind, SnapshotKind::Tree { .. }))
+            .collect();
+        trees.sort_by_key(|s| std::cmp::Reverse(s.time));
+        let contents = futures::stream::iter(trees)
+            .map(|info| async move {
+                let nodes = self.tree_nodes(&info).await;
+                nodes.map(|n| (info, n))
             })
-            .collect())
+            .buffered(8);
+        futures::pin_mut!(contents);
+        let mut found = Vec::new();
+        while let Some(read) = contents.next().await {
+            let (info, nodes) = read?;
+            for n in nodes {
+                let parts: Vec<&str> = n.path.split('/').collect();
+                if patterns.iter().any(|p| p.matches(&parts)) {
+                    found.push((info.clone(), TreeEntry::of(n)));
+                }
+            }
+        }
+        Ok(found)
     }
 
     /// The nodes of a tree snapshot; a stream snapshot is an error saying so.

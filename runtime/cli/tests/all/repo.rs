@@ -155,6 +155,32 @@ impl LocalRepo {
 }
 
 #[test]
+fn find_lists_the_snapshots_holding_a_file_deleted_since() {
+    let repo = LocalRepo::new();
+    let data = repo.dir.path().join("data");
+    std::fs::create_dir_all(data.join("conf")).expect("data");
+    std::fs::write(data.join("conf/pg_hba.conf"), "local all all trust\n").expect("file");
+    let d = data.to_str().expect("utf-8");
+    repo.ok(&["repo", "init"]);
+    let first = json(&repo.ok(&["repo", "backup", d, "--output", "json"]))["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    std::fs::remove_file(data.join("conf/pg_hba.conf")).expect("deleted");
+    repo.ok(&["repo", "backup", d]);
+    let out = repo.ok(&["repo", "find", "pg_hba.conf", "--output", "json"]);
+    let found = json(&out);
+    let rows = found.as_array().expect("an array");
+    assert_eq!(rows.len(), 1, "{found}");
+    assert_eq!(rows[0]["snapshot"], first.as_str());
+    assert_eq!(rows[0]["path"], "conf/pg_hba.conf");
+    let out = repo.ok(&["repo", "find", "conf/*.yaml"]);
+    assert_eq!(stdout(&out).trim(), "nothing found");
+    // A pattern is required.
+    assert_eq!(repo.run(&["repo", "find"]).status.code(), Some(2));
+}
+
+#[test]
 fn prune_repacks_a_half_unused_pack_the_next_deletes_it_and_check_reads_subsets() {
     let repo = LocalRepo::new();
     let (dir, run) = (&repo.dir, |args: &[&str]| repo.ok(args));

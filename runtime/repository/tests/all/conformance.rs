@@ -629,6 +629,48 @@ async fn transfers_keep_to_their_rate_limits() {
     );
 }
 
+/// `find` names the tree snapshots that hold what a pattern matches, newest first: a name at
+/// any depth, or a path from the root; streams are not searched.
+#[tokio::test]
+async fn find_names_the_snapshots_holding_a_path() {
+    let (repo, _dir, src) = repo_and_tree(15).await;
+    let first = repo.backup_tree(&src, BackupOptions::new()).await.unwrap();
+    std::fs::remove_file(src.join("small.conf")).unwrap();
+    let second = repo.backup_tree(&src, BackupOptions::new()).await.unwrap();
+    repo.backup_stream("s.conf", &b"x"[..], Default::default())
+        .await
+        .unwrap();
+    let all = SnapshotFilter::new();
+    let found = |patterns: &[&str]| {
+        let patterns: Vec<String> = patterns.iter().map(|p| p.to_string()).collect();
+        let repo = &repo;
+        let all = &all;
+        async move {
+            repo.find(all, &patterns)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|(s, e)| (s.id, e.path))
+                .collect::<Vec<_>>()
+        }
+    };
+    let at = |s: &cairn_repository::SnapshotInfo, p: &str| (s.id.clone(), p.to_string());
+    // The file deleted since: only in the first snapshot.
+    assert_eq!(found(&["*.conf"]).await, [at(&first, "small.conf")]);
+    assert_eq!(
+        found(&["a/*.sql", "pages.bin"]).await,
+        [
+            at(&second, "a/dump.sql"),
+            at(&second, "a/b/pages.bin"),
+            at(&first, "a/dump.sql"),
+            at(&first, "a/b/pages.bin"),
+        ]
+    );
+    assert!(found(&["nothing-*"]).await.is_empty());
+    let e = repo.find(&all, &["/".into()]).await.unwrap_err();
+    assert!(e.to_string().contains("matches nothing"), "{e}");
+}
+
 /// One file of a tree comes out on its own (`restore ID --include PATH --target -`), reading
 /// only its own chunk lists; a directory, a path the snapshot lacks and a stream are refused.
 #[tokio::test]
