@@ -567,10 +567,16 @@ fn chunker_loop(
 /// slices of.
 pub(crate) static ZEROS: [u8; 256 << 10] = [0; 256 << 10];
 
+/// Whether `c` is a slice of [`ZEROS`]: a hole's zeros, or a restore's chunk of zeros, known
+/// to be zeros without looking.
+pub(crate) fn in_zeros(c: &[u8]) -> bool {
+    !c.is_empty() && ZEROS.as_ptr_range().contains(&c.as_ptr())
+}
+
 /// Whether `c` is all zeros; its first bytes settle it for nearly all other data, and an OR
 /// over the rest vectorises where the early exit of `all` does not.
 pub(crate) fn is_zero(c: &[u8]) -> bool {
-    c.iter().take(16).all(|&b| b == 0) && c.iter().fold(0u8, |acc, &b| acc | b) == 0
+    in_zeros(c) || c.iter().take(16).all(|&b| b == 0) && c.iter().fold(0u8, |acc, &b| acc | b) == 0
 }
 
 /// Compresses frames: binary ones at `levels.0`, text-like ones at `levels.1`.

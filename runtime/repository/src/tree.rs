@@ -80,13 +80,13 @@ fn rel_name(rel: &Path) -> (String, Option<String>) {
 
 /// A pattern of [`BackupOptions::exclude`] (and of [`Repository::find`]), split into path
 /// components.
-struct Exclude {
+struct Pattern {
     parts: Vec<Vec<char>>,
     /// Matched against the whole path from the root, not only the name.
     anchored: bool,
 }
 
-impl Exclude {
+impl Pattern {
     fn parse(pattern: &str) -> Result<Self> {
         let anchored = pattern.trim_end_matches('/').contains('/');
         let parts: Vec<Vec<char>> = pattern
@@ -168,7 +168,7 @@ fn vanished(e: &std::io::Error, path: &Path) -> bool {
 
 /// Walks `root` depth-first, sorted by name, not following symlinks, leaving out what
 /// `exclude` matches and what is removed meanwhile.
-fn walk(root: &Path, exclude: &[Exclude]) -> Result<Vec<(PathBuf, Node)>> {
+fn walk(root: &Path, exclude: &[Pattern]) -> Result<Vec<(PathBuf, Node)>> {
     let mut out = Vec::new();
     // The first name seen of each file with more than one (device, inode → path).
     let mut linked = HashMap::new();
@@ -617,7 +617,7 @@ impl Repository {
         let exclude = opts
             .exclude
             .iter()
-            .map(|p| Exclude::parse(p))
+            .map(|p| Pattern::parse(p))
             .collect::<Result<Vec<_>>>()?;
         let meta = std::fs::metadata(&root).map_err(|e| Error::io("stat", &root, e))?;
         let mut root_node = dir_node(String::new(), &meta);
@@ -991,7 +991,7 @@ impl Repository {
     ) -> Result<Vec<(SnapshotInfo, TreeEntry)>> {
         let patterns = patterns
             .iter()
-            .map(|p| Exclude::parse(p))
+            .map(|p| Pattern::parse(p))
             .collect::<Result<Vec<_>>>()?;
         if patterns.is_empty() {
             return Err(Error::Invalid(
@@ -1251,7 +1251,8 @@ impl Restoring {
         self.left -= 1;
         if !self.sparse {
             let n = chunk.len() as u64;
-            if known_zeros(&chunk) {
+            // Zeros the restore did not read (it yields them from `ZEROS`).
+            if crate::pipeline::in_zeros(&chunk) {
                 self.hole += n;
             } else {
                 self.resume()?;
@@ -1351,12 +1352,6 @@ impl Restoring {
         }
         Ok(())
     }
-}
-
-/// Whether `c` is zeros the restore did not read: a slice of the buffer of zeros it yields
-/// for a chunk whose id is that of zeros.
-fn known_zeros(c: &[u8]) -> bool {
-    !c.is_empty() && crate::pipeline::ZEROS.as_ptr_range().contains(&c.as_ptr())
 }
 
 /// Writes `files` (path, number of chunks) from the chunks received on `rx`, in order,
@@ -1538,7 +1533,7 @@ mod tests {
 
     fn excluded(pattern: &str, path: &str) -> bool {
         let parts: Vec<&str> = path.split('/').collect();
-        Exclude::parse(pattern).expect("pattern").matches(&parts)
+        Pattern::parse(pattern).expect("pattern").matches(&parts)
     }
 
     #[test]
@@ -1561,6 +1556,6 @@ mod tests {
         assert!(excluded("data/*.db", "data/x.db") && !excluded("data/*.db", "data/s/x.db"));
         assert!(excluded("**/cache", "a/b/cache") && excluded("**/cache", "cache"));
         assert!(excluded("naïve?", "naïveX"));
-        assert!(Exclude::parse("/").is_err() && Exclude::parse("").is_err());
+        assert!(Pattern::parse("/").is_err() && Pattern::parse("").is_err());
     }
 }
