@@ -1103,8 +1103,11 @@ async fn run_inner(args: &RepoArgs) -> anyhow::Result<ExitCode> {
         }
         RepoCommand::Find { patterns, filter } => {
             let found = repo.find(&filter.filter()?, patterns).await?;
-            let mut rows = Vec::with_capacity(found.len());
-            for (s, e) in &found {
+            let mut rows = Vec::new();
+            for (s, e) in found
+                .iter()
+                .flat_map(|(s, es)| es.iter().map(move |e| (s, e)))
+            {
                 let mut row = serde_json::to_value(e).context("encoding entries")?;
                 row["snapshot"] = json!(s.id);
                 row["snapshot_time"] = json!(s.time.to_string());
@@ -1117,6 +1120,7 @@ async fn run_inner(args: &RepoArgs) -> anyhow::Result<ExitCode> {
                     }
                     found
                         .iter()
+                        .flat_map(|(s, es)| es.iter().map(move |e| (s, e)))
                         .map(|(s, e)| {
                             format!(
                                 "{:<8}  {:<19}  {:<7} {:>14}  {}  {}",

@@ -983,12 +983,13 @@ impl Repository {
 
     /// What the tree snapshots `filter` selects hold that any of `patterns` matches (as
     /// [`BackupOptions::exclude`] patterns match: a name at any depth, or with `/` the path
-    /// from the root), newest snapshot first: where a file deleted since can be found.
+    /// from the root), by snapshot, newest first (snapshots holding none left out): where a
+    /// file deleted since can be found.
     pub async fn find(
         &self,
         filter: &SnapshotFilter,
         patterns: &[String],
-    ) -> Result<Vec<(SnapshotInfo, TreeEntry)>> {
+    ) -> Result<Vec<(SnapshotInfo, Vec<TreeEntry>)>> {
         let patterns = patterns
             .iter()
             .map(|p| Pattern::parse(p))
@@ -1015,11 +1016,16 @@ impl Repository {
         let mut found = Vec::new();
         while let Some(read) = contents.next().await {
             let (info, nodes) = read?;
-            for n in nodes {
-                let parts: Vec<&str> = n.path.split('/').collect();
-                if patterns.iter().any(|p| p.matches(&parts)) {
-                    found.push((info.clone(), TreeEntry::of(n)));
-                }
+            let matched: Vec<TreeEntry> = nodes
+                .into_iter()
+                .filter(|n| {
+                    let parts: Vec<&str> = n.path.split('/').collect();
+                    patterns.iter().any(|p| p.matches(&parts))
+                })
+                .map(TreeEntry::of)
+                .collect();
+            if !matched.is_empty() {
+                found.push((info, matched));
             }
         }
         Ok(found)

@@ -650,7 +650,7 @@ async fn find_names_the_snapshots_holding_a_path() {
                 .await
                 .unwrap()
                 .into_iter()
-                .map(|(s, e)| (s.id, e.path))
+                .flat_map(|(s, entries)| entries.into_iter().map(move |e| (s.id.clone(), e.path)))
                 .collect::<Vec<_>>()
         }
     };
