@@ -89,6 +89,9 @@ pub(crate) enum Input {
     /// The next chunks of the current file, which the repository holds already under these
     /// ids (the same chunks of an earlier copy): recorded without their data.
     Known(Vec<ChunkId>),
+    /// Inputs sent as one message (a tree's small files), so that each does not wake the
+    /// chunker on its own; never nested.
+    Batch(Vec<Input>),
 }
 
 struct Frame {
@@ -520,40 +523,12 @@ fn chunker_loop(
         }
         let idx = index.read().map_err(|_| poisoned())?;
         match msg {
-            Input::Chunking(c) => chunker.set_mode(c),
-            Input::Data(d) => {
-                st.take_in(d.len(), cfg);
-                chunker.push(&d, &mut |c| st.chunk(c, &idx));
-                blocks.put(d);
-            }
-            Input::Zeros(mut n) => {
-                while n > 0 {
-                    let k = n.min(ZEROS.len() as u64) as usize;
-                    st.take_in(k, cfg);
-                    chunker.push(&ZEROS[..k], &mut |c| st.chunk(c, &idx));
-                    n -= k as u64;
+            Input::Batch(batch) => {
+                for msg in batch {
+                    take(msg, &mut chunker, &mut st, &idx, cfg, blocks)?;
                 }
             }
-            Input::Cut(run) => {
-                for c in run {
-                    st.take_in(c.len(), cfg);
-                    st.chunk(&c, &idx);
-                }
-            }
-            Input::Known(ids) => {
-                for id in ids {
-                    let len = idx.get(&id).map(|l| l.len).ok_or_else(|| {
-                        Error::Invalid(format!("chunk {id} is not in the repository's index"))
-                    })?;
-                    st.take_in(len as usize, cfg);
-                    st.record(id, &idx);
-                }
-            }
-            Input::EndFile => {
-                chunker.finish(&mut |c| st.chunk(c, &idx));
-                st.end_file(&idx);
-            }
-            Input::Chunk(id, c) => st.store(id, &c, &idx),
+            msg => take(msg, &mut chunker, &mut st, &idx, cfg, blocks)?,
         }
         drop(idx);
         send(&mut st)?;
@@ -561,6 +536,57 @@ fn chunker_loop(
     st.flush();
     send(&mut st)?;
     Ok(st.out)
+}
+
+/// Cuts, names and stores what one input brings.
+fn take(
+    msg: Input,
+    chunker: &mut Chunker,
+    st: &mut ChunkState<'_>,
+    idx: &Index,
+    cfg: &PipelineConfig,
+    blocks: &Pool,
+) -> Result<()> {
+    match msg {
+        Input::Chunking(c) => chunker.set_mode(c),
+        Input::Data(d) => {
+            st.take_in(d.len(), cfg);
+            chunker.push(&d, &mut |c| st.chunk(c, idx));
+            blocks.put(d);
+        }
+        Input::Zeros(mut n) => {
+            while n > 0 {
+                let k = n.min(ZEROS.len() as u64) as usize;
+                st.take_in(k, cfg);
+                chunker.push(&ZEROS[..k], &mut |c| st.chunk(c, idx));
+                n -= k as u64;
+            }
+        }
+        Input::Cut(run) => {
+            for c in run {
+                st.take_in(c.len(), cfg);
+                st.chunk(&c, idx);
+            }
+        }
+        Input::Known(ids) => {
+            for id in ids {
+                let len = idx.get(&id).map(|l| l.len).ok_or_else(|| {
+                    Error::Invalid(format!("chunk {id} is not in the repository's index"))
+                })?;
+                st.take_in(len as usize, cfg);
+                st.record(id, idx);
+            }
+        }
+        Input::EndFile => {
+            chunker.finish(&mut |c| st.chunk(c, idx));
+            st.end_file(idx);
+        }
+        Input::Chunk(id, c) => st.store(id, &c, idx),
+        Input::Batch(_) => {
+            return Err(Error::Invalid("a batch of inputs within a batch".into()));
+        }
+    }
+    Ok(())
 }
 
 /// Zeros a hole is cut from ([`Input::Zeros`]), and a restore's chunks of zeros are
