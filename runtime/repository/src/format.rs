@@ -492,7 +492,7 @@ impl NodeKind {
 }
 
 /// The content object of a snapshot.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "lowercase", tag = "type")]
 pub(crate) enum Content {
     Tree {
@@ -511,6 +511,43 @@ pub(crate) enum Content {
         #[serde(default, skip_serializing_if = "ChunkList::is_empty")]
         lists: ChunkList,
     },
+}
+
+impl<'de> Deserialize<'de> for Content {
+    /// Read as one struct of every variant's fields, then checked: serde reads an internally
+    /// tagged enum by buffering the whole object as generic values before it looks at the
+    /// tag, which for a tree of 200,000 files took over 200 MB.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        use serde::de::Error as _;
+        #[derive(Deserialize)]
+        struct Fields {
+            #[serde(rename = "type")]
+            kind: String,
+            #[serde(default)]
+            nodes: Option<Vec<Node>>,
+            #[serde(default)]
+            root: Option<Box<Node>>,
+            #[serde(default)]
+            size: Option<u64>,
+            #[serde(default)]
+            chunks: ChunkList,
+            #[serde(default)]
+            lists: ChunkList,
+        }
+        let f = Fields::deserialize(d)?;
+        match f.kind.as_str() {
+            "tree" => Ok(Content::Tree {
+                nodes: f.nodes.ok_or_else(|| D::Error::missing_field("nodes"))?,
+                root: f.root,
+            }),
+            "stream" => Ok(Content::Stream {
+                size: f.size.ok_or_else(|| D::Error::missing_field("size"))?,
+                chunks: f.chunks,
+                lists: f.lists,
+            }),
+            other => Err(D::Error::unknown_variant(other, &["tree", "stream"])),
+        }
+    }
 }
 
 /// A file's or a stream's chunk ids, in order; stored as one string of concatenated hex ids,
@@ -699,6 +736,28 @@ mod tests {
         ))
         .expect("lists alone decode");
         assert_eq!(listed.chunk_ids().len(), 1);
+    }
+
+    #[test]
+    fn contents_decode_by_their_type_and_refuse_what_they_lack() {
+        let tree: Content = serde_json::from_str(
+            r#"{"nodes":[{"path":"a","type":"file","mode":420,"mtime_ns":0,"size":1}],
+                "type":"tree","future":1}"#,
+        )
+        .expect("a tree, its type last, a field unknown");
+        let Content::Tree { nodes, root } = tree else {
+            panic!("not a tree");
+        };
+        assert_eq!((nodes.len(), root.is_none()), (1, true));
+        for (json, want) in [
+            (r#"{"type":"tree"}"#, "missing field `nodes`"),
+            (r#"{"type":"stream","chunks":""}"#, "missing field `size`"),
+            (r#"{"type":"graph","nodes":[]}"#, "unknown variant `graph`"),
+            (r#"{"nodes":[]}"#, "missing field `type`"),
+        ] {
+            let e = serde_json::from_str::<Content>(json).expect_err(json);
+            assert!(e.to_string().contains(want), "{json}: {e}");
+        }
     }
 
     #[test]
