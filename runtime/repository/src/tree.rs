@@ -13,6 +13,7 @@ use futures::StreamExt;
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
 /// Decoded read units queued in front of the file writer thread.
 const WRITER_QUEUE: usize = 2;
@@ -535,14 +536,21 @@ fn create_file(p: &Path) -> std::io::Result<std::fs::File> {
     })
 }
 
-/// Removes what is at `p`, if anything, then makes it anew with `make`.
-fn replace_with<T>(p: &Path, make: impl FnOnce(&Path) -> std::io::Result<T>) -> std::io::Result<T> {
-    match std::fs::remove_file(p) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
+/// Makes `p` with `make`, which must not follow or overwrite what is there; when something
+/// is, it is removed and `p` made anew. (Trying first spares a new target's files a removal
+/// each.)
+fn replace_with<T>(p: &Path, make: impl Fn(&Path) -> std::io::Result<T>) -> std::io::Result<T> {
+    match make(p) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            match std::fs::remove_file(p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+            make(p)
+        }
+        made => made,
     }
-    make(p)
 }
 
 /// A node of what `m` describes, as a directory: its mode, time and owner.
@@ -581,54 +589,54 @@ impl Owners {
     /// Sets the owner of `path` (of the link itself, for a symlink).
     fn set(&mut self, path: &Path, node: &Node) -> Result<()> {
         #[cfg(unix)]
-        if node.kind == NodeKind::Symlink {
-            return self.set_with(path, node, std::os::unix::fs::lchown);
+        {
+            use std::os::unix::fs::{chown, lchown};
+            let link = node.kind == NodeKind::Symlink;
+            self.set_with(path, node, |u, g| {
+                if link {
+                    lchown(path, u, g)
+                } else {
+                    chown(path, u, g)
+                }
+            })
         }
-        #[cfg(unix)]
-        return self.set_with(path, node, std::os::unix::fs::chown);
         #[cfg(not(unix))]
         Ok(())
     }
 
-    /// Sets the owner of `path` with `chown`: by path, or on an open file.
+    /// Sets the owner of `path` with `chown`: by its path, or on the file open there.
     #[cfg(unix)]
-    fn set_with<P>(
+    fn set_with(
         &mut self,
-        path: P,
+        path: &Path,
         node: &Node,
-        chown: impl FnOnce(P, Option<u32>, Option<u32>) -> std::io::Result<()>,
-    ) -> Result<()>
-    where
-        P: AsRef<Path>,
-    {
+        chown: impl FnOnce(Option<u32>, Option<u32>) -> std::io::Result<()>,
+    ) -> Result<()> {
         if self.refused || (node.uid.is_none() && node.gid.is_none()) {
             return Ok(());
         }
-        {
-            let path = path.as_ref().to_path_buf();
-            match chown(path_arg, node.uid, node.gid) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-                    self.refused = true;
+        match chown(node.uid, node.gid) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                self.refused = true;
+                tracing::warn!(
+                    path = %path.display(),
+                    "owners are not restored: giving files to other users needs root \
+                     (or CAP_CHOWN); what is restored belongs to the user restoring"
+                );
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
+                if !std::mem::replace(&mut self.unmapped, true) {
                     tracing::warn!(
                         path = %path.display(),
-                        "owners are not restored: giving files to other users needs root \
-                         (or CAP_CHOWN); what is restored belongs to the user restoring"
+                        uid = ?node.uid,
+                        gid = ?node.gid,
+                        "an owner this system cannot give (outside its user namespace) \
+                         is left to the user restoring, here and wherever else it recurs"
                     );
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
-                    if !std::mem::replace(&mut self.unmapped, true) {
-                        tracing::warn!(
-                            path = %path.display(),
-                            uid = ?node.uid,
-                            gid = ?node.gid,
-                            "an owner this system cannot give (outside its user namespace) \
-                             is left to the user restoring, here and wherever else it recurs"
-                        );
-                    }
-                }
-                Err(e) => return Err(Error::io("set the owner of", path, e)),
             }
+            Err(e) => return Err(Error::io("set the owner of", path, e)),
         }
         Ok(())
     }
@@ -656,15 +664,36 @@ impl Meta {
             }
         }
         self.xattrs.set(path, &node.xattrs)?;
-        if node.kind != NodeKind::Symlink {
-            let t = std::time::UNIX_EPOCH
-                + std::time::Duration::from_nanos(node.mtime_ns.max(0) as u64);
-            if let Ok(f) = std::fs::File::open(path) {
-                let _ = f.set_modified(t);
-            }
+        if node.kind != NodeKind::Symlink
+            && let Ok(f) = std::fs::File::open(path)
+        {
+            let _ = f.set_modified(mtime(node));
         }
         Ok(())
     }
+
+    /// [`Meta::set`] on a file just written, through the handle it was written with: its path
+    /// is not looked up again, and its time is set after its last write.
+    fn set_file(&mut self, f: &std::fs::File, path: &Path, node: &Node) -> Result<()> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            self.owners
+                .set_with(path, node, |u, g| std::os::unix::fs::fchown(f, u, g))?;
+            f.set_permissions(std::fs::Permissions::from_mode(node.mode))
+                .map_err(|e| Error::io("set permissions", path, e))?;
+            self.xattrs.set_file(f, path, &node.xattrs)?;
+            let _ = f.set_modified(mtime(node));
+            Ok(())
+        }
+        #[cfg(not(unix))]
+        self.set(path, node)
+    }
+}
+
+/// The modification time `node` records.
+fn mtime(node: &Node) -> std::time::SystemTime {
+    std::time::UNIX_EPOCH + std::time::Duration::from_nanos(node.mtime_ns.max(0) as u64)
 }
 
 impl Repository {
@@ -905,7 +934,8 @@ impl Repository {
         let root = root.filter(|_| std::fs::symlink_metadata(&target).is_err());
         std::fs::create_dir_all(&target).map_err(|e| Error::io("create directory", &target, e))?;
         let mut summary = RestoreSummary::default();
-        let mut files: Vec<(PathBuf, usize)> = Vec::new();
+        // Files to write: path, number of chunks, node.
+        let mut files: Vec<(PathBuf, usize, usize)> = Vec::new();
         let mut ids = Vec::new();
         // Hard links whose first name is restored too are linked to it once it is written;
         // the others are written as files of their own.
@@ -915,7 +945,7 @@ impl Repository {
             .map(|n| n.path.as_str())
             .collect();
         let (mut links, mut to_read) = (Vec::new(), 0);
-        for n in &nodes {
+        for (i, n) in nodes.iter().enumerate() {
             let p = safe_join(&target, n).map_err(|e| crate::repo::with_snapshot(e, &info.id))?;
             match n.kind {
                 NodeKind::Dir => {
@@ -929,7 +959,7 @@ impl Repository {
                         links.push((target.join(first), p));
                         continue;
                     }
-                    files.push((p, n.chunks.0.len()));
+                    files.push((p, n.chunks.0.len(), i));
                     ids.extend_from_slice(&n.chunks.0);
                     to_read += n.size;
                 }
@@ -941,7 +971,13 @@ impl Repository {
         let mut stream = Box::pin(self.read_chunks(&ids, &info.id).await?);
         let (tx, rx) = tokio::sync::mpsc::channel::<Vec<Bytes>>(WRITER_QUEUE);
         let sparse = opts.sparse;
-        let writer = tokio::task::spawn_blocking(move || write_files(files, rx, sparse));
+        drop(written);
+        // The writer gives each file its metadata as it finishes it.
+        let nodes = Arc::new(nodes);
+        let writer = tokio::task::spawn_blocking({
+            let nodes = nodes.clone();
+            move || write_files(files, &nodes, rx, sparse)
+        });
         let mut err = None;
         while let Some(item) = stream.next().await {
             match item {
@@ -964,14 +1000,14 @@ impl Repository {
         if let Some(e) = err {
             return Err(e);
         }
-        written?;
+        let mut meta = written?;
         for (first, p) in &links {
             replace_with(p, |p| std::fs::hard_link(first, p))
                 .map_err(|e| Error::io("create hard link", p, e))?;
         }
-        // Links, then metadata: files, then directories deepest first so their mtimes stick.
-        let mut meta = Meta::default();
-        for n in &nodes {
+        // Links, then metadata (the files have theirs): directories deepest first so their
+        // mtimes stick.
+        for n in nodes.iter() {
             if let (NodeKind::Symlink, Some(t)) = (n.kind, &n.target) {
                 let p = safe_join(&target, n)?;
                 let _ = std::fs::remove_file(&p);
@@ -982,9 +1018,6 @@ impl Repository {
                 tracing::warn!(path = %p.display(), target = %t, "symlinks are not restored on this platform");
                 meta.set(&p, n)?;
             }
-        }
-        for n in nodes.iter().filter(|n| n.kind == NodeKind::File) {
-            meta.set(&safe_join(&target, n)?, n)?;
         }
         for n in nodes.iter().rev().filter(|n| n.kind == NodeKind::Dir) {
             meta.set(&safe_join(&target, n)?, n)?;
@@ -1301,6 +1334,8 @@ fn leading_run(pos: u64, buf: &[u8]) -> (bool, usize) {
 struct Restoring {
     file: std::fs::File,
     path: PathBuf,
+    /// Its node, by place in the snapshot's nodes.
+    node: usize,
     left: usize,
     run: Vec<Bytes>,
     sparse: bool,
@@ -1309,11 +1344,12 @@ struct Restoring {
 }
 
 impl Restoring {
-    fn create(path: PathBuf, chunks: usize, sparse: bool) -> Result<Self> {
+    fn create(path: PathBuf, chunks: usize, node: usize, sparse: bool) -> Result<Self> {
         let file = create_file(&path).map_err(|e| Error::io("create", &path, e))?;
         Ok(Self {
             file,
             path,
+            node,
             left: chunks,
             run: Vec::new(),
             sparse,
@@ -1430,29 +1466,34 @@ impl Restoring {
     }
 }
 
-/// Writes `files` (path, number of chunks) from the chunks received on `rx`, in order,
-/// leaving holes for zero blocks when `sparse`. A file the restore could not finish — a
-/// write failed (a full disk), or the chunks stopped coming (the caller reports why) — is
-/// removed rather than left truncated under its real name, and no later file is created.
+/// Writes `files` (path, number of chunks, node in `nodes`) from the chunks received on `rx`,
+/// in order, leaving holes for zero blocks when `sparse`, and gives each its node's metadata
+/// once written; returns what set it, to go on with the rest. A file the restore could not
+/// finish — a write failed (a full disk), or the chunks stopped coming (the caller reports
+/// why) — is removed rather than left truncated under its real name, and no later file is
+/// created.
 fn write_files(
-    files: Vec<(PathBuf, usize)>,
+    files: Vec<(PathBuf, usize, usize)>,
+    nodes: &[Node],
     rx: tokio::sync::mpsc::Receiver<Vec<Bytes>>,
     sparse: bool,
-) -> Result<()> {
-    let mut current = None;
-    let written = write_all(files, rx, sparse, &mut current);
+) -> Result<Meta> {
+    let (mut current, mut meta) = (None, Meta::default());
+    let written = write_all(files, nodes, rx, sparse, &mut current, &mut meta);
     if let Some(Restoring { file, path, .. }) = current.take() {
         drop(file);
         let _ = std::fs::remove_file(&path);
     }
-    written
+    written.map(|()| meta)
 }
 
 fn write_all(
-    files: Vec<(PathBuf, usize)>,
+    files: Vec<(PathBuf, usize, usize)>,
+    nodes: &[Node],
     mut rx: tokio::sync::mpsc::Receiver<Vec<Bytes>>,
     sparse: bool,
     current: &mut Option<Restoring>,
+    meta: &mut Meta,
 ) -> Result<()> {
     let mut files = files.into_iter();
     // Finishes the current file, if any, and starts the next; false when none is left.
@@ -1460,10 +1501,16 @@ fn write_all(
         if let Some(f) = current.as_mut() {
             f.finish()?;
         }
-        *current = None;
+        // Written whole: kept even if its metadata cannot be set.
+        if let Some(f) = current.take() {
+            let node = nodes.get(f.node).ok_or_else(|| {
+                Error::Invalid(format!("restore lost the node of {}", f.path.display()))
+            })?;
+            meta.set_file(&f.file, &f.path, node)?;
+        }
         match files.next() {
-            Some((p, n)) => {
-                *current = Some(Restoring::create(p, n, sparse)?);
+            Some((p, n, node)) => {
+                *current = Some(Restoring::create(p, n, node, sparse)?);
                 Ok(true)
             }
             None => Ok(false),

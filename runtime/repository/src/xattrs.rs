@@ -74,11 +74,30 @@ pub(crate) struct Setter {
 impl Setter {
     /// Sets `attrs` on `path` itself (a symlink's own).
     pub(crate) fn set(&mut self, path: &Path, attrs: &Xattrs) -> Result<()> {
+        self.set_with(path, attrs, |name, value| set(path, name, value))
+    }
+
+    /// Sets `attrs` on the open file `f`, whose path is `path`.
+    pub(crate) fn set_file(
+        &mut self,
+        f: &std::fs::File,
+        path: &Path,
+        attrs: &Xattrs,
+    ) -> Result<()> {
+        self.set_with(path, attrs, |name, value| set_file(f, name, value))
+    }
+
+    fn set_with(
+        &mut self,
+        path: &Path,
+        attrs: &Xattrs,
+        set: impl Fn(&str, &[u8]) -> std::io::Result<()>,
+    ) -> Result<()> {
         for (name, value) in attrs {
             let value = hex::decode(value).map_err(|_| {
                 Error::corrupt("snapshot content", format!("bad extended attribute {name}"))
             })?;
-            if let Err(e) = set(path, name, &value) {
+            if let Err(e) = set(name, &value) {
                 let (seen, why) = match e.kind() {
                     std::io::ErrorKind::PermissionDenied => (
                         &mut self.refused,
@@ -111,17 +130,41 @@ impl Setter {
 
 #[cfg(target_os = "linux")]
 fn set(path: &Path, name: &str, value: &[u8]) -> std::io::Result<()> {
-    use rustix::io::Errno;
-    match rustix::fs::lsetxattr(path, name, value, rustix::fs::XattrFlags::empty()) {
+    unsupported(rustix::fs::lsetxattr(
+        path,
+        name,
+        value,
+        rustix::fs::XattrFlags::empty(),
+    ))
+}
+
+#[cfg(target_os = "linux")]
+fn set_file(f: &std::fs::File, name: &str, value: &[u8]) -> std::io::Result<()> {
+    unsupported(rustix::fs::fsetxattr(
+        f,
+        name,
+        value,
+        rustix::fs::XattrFlags::empty(),
+    ))
+}
+
+/// std leaves `ENOTSUP` uncategorised.
+#[cfg(target_os = "linux")]
+fn unsupported(r: rustix::io::Result<()>) -> std::io::Result<()> {
+    match r {
         Ok(()) => Ok(()),
-        // std leaves this one uncategorised.
-        Err(Errno::NOTSUP) => Err(std::io::ErrorKind::Unsupported.into()),
+        Err(rustix::io::Errno::NOTSUP) => Err(std::io::ErrorKind::Unsupported.into()),
         Err(e) => Err(e.into()),
     }
 }
 
 #[cfg(not(target_os = "linux"))]
 fn set(_: &Path, _: &str, _: &[u8]) -> std::io::Result<()> {
+    Err(std::io::ErrorKind::Unsupported.into())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn set_file(_: &std::fs::File, _: &str, _: &[u8]) -> std::io::Result<()> {
     Err(std::io::ErrorKind::Unsupported.into())
 }
 
