@@ -912,6 +912,15 @@ impl Repository {
 
     /// A snapshot's content object as stored.
     pub(crate) async fn content_object(&self, info: &SnapshotInfo) -> Result<Content> {
+        self.content_object_as(info).await
+    }
+
+    /// The content object of `info` read as `T`: a reader that wants less of it than
+    /// [`Content`] holds keeps only that.
+    pub(crate) async fn content_object_as<T: serde::de::DeserializeOwned>(
+        &self,
+        info: &SnapshotInfo,
+    ) -> Result<T> {
         let path = format::content_path(&info.content);
         let b = self
             .inner

@@ -2,7 +2,7 @@
 
 use crate::chunker::Chunking;
 use crate::error::{Error, Result};
-use crate::format::{self, Content, Node, NodeKind, SnapshotInfo, SnapshotKind};
+use crate::format::{self, ChunkList, Content, Node, NodeKind, SnapshotInfo, SnapshotKind};
 use crate::pipeline::{INPUT_BLOCK, Input, Pool};
 use crate::repo::{
     BackupOptions, Parent, Repository, RestoreOptions, RestoreSummary, SnapshotFilter,
@@ -10,7 +10,7 @@ use crate::repo::{
 use crate::xattrs;
 use bytes::Bytes;
 use futures::StreamExt;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
@@ -443,15 +443,78 @@ fn drop_files(nodes: &mut Vec<Node>, gone: &[usize]) {
 #[derive(Debug)]
 struct ParentFiles {
     started_ns: i128,
-    files: HashMap<String, Node>,
+    files: HashMap<String, ParentFile>,
+}
+
+/// What a backup compares of a parent snapshot's file, and the chunks it takes over when the
+/// file did not change: read from the parent's content object, which holds more.
+#[derive(Debug, Deserialize)]
+struct ParentFile {
+    #[serde(default)]
+    path: String,
+    #[serde(default)]
+    path_raw: Option<String>,
+    #[serde(rename = "type")]
+    kind: NodeKind,
+    #[serde(default)]
+    size: u64,
+    mtime_ns: i64,
+    #[serde(default)]
+    ctime_ns: Option<i64>,
+    #[serde(default)]
+    inode: Option<u64>,
+    #[serde(default)]
+    chunks: ChunkList,
+    #[serde(default)]
+    lists: ChunkList,
+}
+
+/// A parent's content object as [`ParentFiles`] reads it.
+#[derive(Deserialize)]
+struct ParentContent {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    nodes: ParentNodes,
+}
+
+/// The files a later backup may take over, by [`parent_key`], each kept as it is read: the
+/// nodes of a tree of 200,000 files would otherwise be held whole first.
+#[derive(Default)]
+struct ParentNodes(HashMap<String, ParentFile>);
+
+impl<'de> Deserialize<'de> for ParentNodes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Nodes;
+        impl<'de> serde::de::Visitor<'de> for Nodes {
+            type Value = ParentNodes;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a list of nodes")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<ParentNodes, A::Error> {
+                let mut files = HashMap::new();
+                while let Some(mut n) = seq.next_element::<ParentFile>()? {
+                    if n.kind == NodeKind::File && n.size > 0 && n.ctime_ns.is_some() {
+                        let key = parent_key(&std::mem::take(&mut n.path), n.path_raw.take());
+                        files.insert(key, n);
+                    }
+                }
+                Ok(ParentNodes(files))
+            }
+        }
+        d.deserialize_seq(Nodes)
+    }
 }
 
 /// A node's path as a key: its raw bytes (hex) after a NUL, which no name holds, when it is
 /// not UTF-8.
-fn parent_key(n: &Node) -> String {
-    match &n.path_raw {
+fn parent_key(path: &str, path_raw: Option<String>) -> String {
+    match path_raw {
         Some(raw) => format!("\0{raw}"),
-        None => n.path.clone(),
+        None => path.to_owned(),
     }
 }
 
@@ -462,7 +525,7 @@ const CHANGE_MARGIN_NS: i128 = 2_000_000_000;
 
 /// Whether the file `now` describes is the one `before` recorded: same size, times and inode,
 /// and last changed well before the parent backup, which started at `started_ns`, read it.
-fn unchanged(before: &Node, now: &Node, started_ns: i128) -> bool {
+fn unchanged(before: &ParentFile, now: &Node, started_ns: i128) -> bool {
     before.size == now.size
         && before.mtime_ns == now.mtime_ns
         && before.inode == now.inode
@@ -729,7 +792,7 @@ impl Repository {
         let (tags, host) = (opts.tags.clone(), opts.host.clone());
         let parent = self.parent_files(&root, &opts).await?;
         let (lock, pipeline) = self.start_backup(&opts, Chunking::PAGES).await?;
-        let (unchanged, unchanged_bytes) = match &parent {
+        let (unchanged, unchanged_bytes) = match parent {
             Some(parent) => self.take_unchanged(&mut nodes, parent),
             None => (Vec::new(), 0),
         };
@@ -821,14 +884,11 @@ impl Repository {
                 }
             }
         };
-        let Content::Tree { nodes, .. } = self.content_object(&info).await? else {
+        let parent: ParentContent = self.content_object_as(&info).await?;
+        if parent.kind != "tree" {
             return Ok(None);
-        };
-        let files = nodes
-            .into_iter()
-            .filter(|n| n.kind == NodeKind::File && n.size > 0 && n.ctime_ns.is_some())
-            .map(|n| (parent_key(&n), n))
-            .collect();
+        }
+        let files = parent.nodes.0;
         tracing::debug!(
             parent = info.short_id(),
             "files unchanged since are not read"
@@ -845,7 +905,7 @@ impl Repository {
     fn take_unchanged(
         &self,
         nodes: &mut [(PathBuf, Node)],
-        parent: &ParentFiles,
+        mut parent: ParentFiles,
     ) -> (Vec<usize>, u64) {
         let index = self
             .inner
@@ -855,7 +915,10 @@ impl Repository {
         let (mut places, mut bytes) = (Vec::new(), 0);
         let files = nodes.iter_mut().filter(|(_, n)| n.kind == NodeKind::File);
         for (i, (_, n)) in files.enumerate() {
-            let Some(before) = parent.files.get(&parent_key(n)) else {
+            let Some(before) = parent
+                .files
+                .remove(&parent_key(&n.path, n.path_raw.clone()))
+            else {
                 continue;
             };
             let ids = if before.lists.is_empty() {
@@ -863,9 +926,9 @@ impl Repository {
             } else {
                 &before.lists
             };
-            if unchanged(before, n, parent.started_ns) && ids.0.iter().all(|id| index.contains(id))
+            if unchanged(&before, n, parent.started_ns) && ids.0.iter().all(|id| index.contains(id))
             {
-                (n.chunks, n.lists) = (before.chunks.clone(), before.lists.clone());
+                (n.chunks, n.lists) = (before.chunks, before.lists);
                 places.push(i);
                 bytes += n.size;
             }
