@@ -285,9 +285,10 @@ fn feed(
 ) -> Result<Vec<usize>> {
     use std::io::Read;
     let mut out = Batcher::new(tx);
+    let mut ahead = Ahead::new(files);
     let mut gone = Vec::new();
     for (i, (path, size)) in files.iter().enumerate() {
-        let mut f = match std::fs::File::open(path) {
+        let mut f = match ahead.next_file() {
             Ok(f) => f,
             Err(e) if vanished(&e, path) => {
                 gone.push(i);
@@ -343,6 +344,62 @@ fn feed(
     }
     out.flush()?;
     Ok(gone)
+}
+
+/// Most files opened ahead of the one being read.
+const AHEAD_FILES: usize = 64;
+/// Most bytes asked for ahead of the file being read.
+const AHEAD_BYTES: u64 = 16 << 20;
+/// Most bytes of one file asked for ahead: its first block (the kernel's own read-ahead
+/// takes a larger file on from there).
+const AHEAD_FILE_BYTES: u64 = INPUT_BLOCK as u64;
+
+/// The files of a backup opened in order, some ahead of the one being read, each of those
+/// asked into the page cache (`POSIX_FADV_WILLNEED`, which starts the reads and does not wait
+/// for them). A tree of small files that is not in memory (the usual case for a backup: the
+/// files were last read long ago) is otherwise read one disk round trip at a time.
+struct Ahead<'a> {
+    files: &'a [(PathBuf, u64)],
+    /// The next file to open.
+    next: usize,
+    /// Files opened, in order, with the bytes asked for.
+    open: std::collections::VecDeque<(std::io::Result<std::fs::File>, u64)>,
+    bytes: u64,
+}
+
+impl<'a> Ahead<'a> {
+    fn new(files: &'a [(PathBuf, u64)]) -> Self {
+        Self {
+            files,
+            next: 0,
+            open: Default::default(),
+            bytes: 0,
+        }
+    }
+
+    /// The next file, opened (or why it could not be).
+    fn next_file(&mut self) -> std::io::Result<std::fs::File> {
+        while let Some((path, size)) = self.files.get(self.next)
+            && (self.open.is_empty() || (self.open.len() < AHEAD_FILES && self.bytes < AHEAD_BYTES))
+        {
+            let f = std::fs::File::open(path);
+            let want = (*size).min(AHEAD_FILE_BYTES);
+            #[cfg(target_os = "linux")]
+            if let (Ok(f), Some(len)) = (&f, std::num::NonZeroU64::new(want)) {
+                // Advice only: a filesystem that ignores it is read as before.
+                let _ = rustix::fs::fadvise(f, 0, Some(len), rustix::fs::Advice::WillNeed);
+            }
+            self.open.push_back((f, want));
+            self.bytes += want;
+            self.next += 1;
+        }
+        let (f, want) = self
+            .open
+            .pop_front()
+            .ok_or_else(|| std::io::Error::other("no file left to open"))?;
+        self.bytes -= want;
+        f
+    }
 }
 
 /// Inputs gathered until they hold a block's worth of bytes (or [`BATCH_INPUTS`] inputs),
