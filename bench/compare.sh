@@ -4,6 +4,8 @@
 # on the shared database-like dataset (../shared/bench/gen-dataset.py).
 #
 #   bench/compare.sh [WORKDIR] [SIZE_MIB]        # defaults: /tmp/cairn-bench 1024
+#   DATASET=files bench/compare.sh [WORKDIR] [FILES]   # many small files (bench/gen-files.py),
+#                                                      # defaults: /tmp/cairn-files 200000
 #
 # For each tool: init an encrypted repository, day-1 backup, then (after the dataset's day-2
 # mutation, applied once for all tools) a day-2 backup, then a restore of day 2 that is checked
@@ -13,11 +15,21 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(cd "$here/.." && pwd)
-work=${1:-/tmp/cairn-bench}
-size_mib=${2:-1024}
+dataset=${DATASET:-db}
 runs=${RUNS:-1}
 gen="$top/../shared/bench/gen-dataset.py"
 [ -f "$gen" ] || { echo "compare.sh: $gen not found (the shared/ folder beside the checkout)" >&2; exit 2; }
+case $dataset in
+  db)
+    work=${1:-/tmp/cairn-bench}; size=${2:-1024}
+    make_day1() { python3 "$gen" day1 "$1" --size-mib "$size"; }
+    make_day2() { python3 "$gen" mutate "$1"; } ;;
+  files)
+    work=${1:-/tmp/cairn-files}; size=${2:-200000}
+    make_day1() { python3 "$here/gen-files.py" day1 "$1" --files "$size"; }
+    make_day2() { python3 "$here/gen-files.py" mutate "$1"; } ;;
+  *) echo "compare.sh: DATASET is db or files, not $dataset" >&2; exit 2 ;;
+esac
 
 need() { command -v "$1" >/dev/null || { echo "compare.sh: $1 missing; install: $2" >&2; exit 2; }; }
 need restic "apt-get install restic"
@@ -119,8 +131,8 @@ for run in $(seq 1 "$runs"); do
   rm -rf "$work"; mkdir -p "$work"
   results="$out/run-$run.txt"; : >"$results"
   data="$work/data"
-  step "run $run/$runs: dataset day 1 ($size_mib MiB)"
-  python3 "$gen" day1 "$data" --size-mib "$size_mib" >&2
+  step "run $run/$runs: dataset $dataset day 1 ($size)"
+  make_day1 "$data" >&2
   dataset_bytes=$(bytes_of "$data")
   # The tools take turns going first: on a VM, the first step after the dataset is written
   # can pay for memory the host reclaimed (measured here: a Cairn day-1 backup took 2.85 s
@@ -135,7 +147,7 @@ for run in $(seq 1 "$runs"); do
   for t in "${tools[@]}"; do echo "$t-size1 $(bytes_of "$work/$t")" >>"$results"; done
 
   step "day 2"
-  python3 "$gen" mutate "$data" >&2
+  make_day2 "$data" >&2
   python3 "$gen" manifest "$data" >"$work/day2.manifest" 2>/dev/null
   day2_bytes=$(bytes_of "$data")
   for t in "${order[@]}"; do "day2_$t"; done
@@ -188,4 +200,12 @@ lo, hi = span("cairn-restore")
 print(f"cairn restore wall: {lo:.2f}-{hi:.2f} s over the runs ({ds2/hi/1e6:.0f}-{ds2/lo/1e6:.0f} MB/s)")
 lo, hi = span("cairn-day1")
 print(f"cairn day-1 wall: {lo:.2f}-{hi:.2f} s over the runs")
+print("\n| tool | day-1 s | day-1 CPU s | day-1 peak RSS | day-2 s | day-2 CPU s | day-2 peak RSS | restore s | restore peak RSS |")
+print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+for t in ("cairn", "restic", "borg", "rustic"):
+    if f"{t}-day1" in runs[0]:
+        print(f"| {t} | " + " | ".join(
+            f"{med(t+'-'+k, i)/1024:.0f} MiB" if i == 2 else f"{med(t+'-'+k, i):.2f}"
+            for k, i in (("day1", 0), ("day1", 1), ("day1", 2), ("day2", 0), ("day2", 1),
+                         ("day2", 2), ("restore", 0), ("restore", 2))) + " |")
 PY
