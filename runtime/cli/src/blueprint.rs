@@ -95,17 +95,17 @@ fn print_inspect(bp: &cairn_engine::Blueprint, output: Output) -> anyhow::Result
         digest: bp.digest(),
     };
     match output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&view)?),
+        Output::Json => outln!("{}", serde_json::to_string_pretty(&view)?),
         Output::Text => {
-            println!("{} {}", view.name, view.version);
+            outln!("{} {}", view.name, view.version);
             if !view.description.is_empty() {
-                println!("  {}", view.description);
+                outln!("  {}", view.description);
             }
-            println!("wit:          cairn:blueprint@{}", view.wit);
-            println!("digest:       {}", view.digest);
-            println!("min runtime:  {}", view.min_runtime);
+            outln!("wit:          cairn:blueprint@{}", view.wit);
+            outln!("digest:       {}", view.digest);
+            outln!("min runtime:  {}", view.min_runtime);
             let caps: Vec<String> = view.capabilities.iter().map(|c| c.to_string()).collect();
-            println!(
+            outln!(
                 "capabilities: {}",
                 if caps.is_empty() {
                     "(none)".into()
@@ -113,12 +113,12 @@ fn print_inspect(bp: &cairn_engine::Blueprint, output: Output) -> anyhow::Result
                     caps.join(", ")
                 }
             );
-            println!("actions:");
+            outln!("actions:");
             for a in view.actions {
-                println!("  {:<18} {}", a.name, a.description);
+                outln!("  {:<18} {}", a.name, a.description);
             }
             if !view.parameters.is_empty() {
-                println!("parameters:");
+                outln!("parameters:");
                 for p in view.parameters {
                     let mut extra = Vec::new();
                     if p.required {
@@ -141,7 +141,7 @@ fn print_inspect(bp: &cairn_engine::Blueprint, output: Output) -> anyhow::Result
                     } else {
                         format!(" ({})", extra.join(", "))
                     };
-                    println!("  {:<18} {:<8} {}{}", p.name, p.kind, p.description, extra);
+                    outln!("  {:<18} {:<8} {}{}", p.name, p.kind, p.description, extra);
                 }
             }
         }
@@ -188,10 +188,10 @@ async fn build(
         digest: blueprint.digest().to_string(),
     };
     match output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&built)?),
+        Output::Json => outln!("{}", serde_json::to_string_pretty(&built)?),
         Output::Text => {
             eprintln!("built {} {} ({})", built.name, built.version, built.digest);
-            println!("{}", wasm.display());
+            outln!("{}", wasm.display());
         }
     }
     Ok(ExitCode::from(exit::OK))

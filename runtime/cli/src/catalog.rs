@@ -148,10 +148,10 @@ pub(crate) async fn run(cmd: CatalogCommand, home: Option<PathBuf>) -> anyhow::R
         CatalogCommand::Ls { kind: None, output } => {
             let counts = catalog.counts()?;
             match output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&counts)?),
+                Output::Json => outln!("{}", serde_json::to_string_pretty(&counts)?),
                 Output::Text => {
                     for c in &counts {
-                        println!("{:<34} {:>8}", c.kind.as_str(), c.count);
+                        outln!("{:<34} {:>8}", c.kind.as_str(), c.count);
                     }
                 }
             }
@@ -163,10 +163,10 @@ pub(crate) async fn run(cmd: CatalogCommand, home: Option<PathBuf>) -> anyhow::R
             let kind = parse_kind(&kind)?;
             let entries = catalog.list(kind)?;
             match output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&entries)?),
+                Output::Json => outln!("{}", serde_json::to_string_pretty(&entries)?),
                 Output::Text => {
                     for e in &entries {
-                        println!("{:<40} {:>8}  {}", e.key, e.seq, e.value.get());
+                        outln!("{:<40} {:>8}  {}", e.key, e.seq, e.value.get());
                     }
                 }
             }
@@ -184,7 +184,7 @@ pub(crate) async fn run(cmd: CatalogCommand, home: Option<PathBuf>) -> anyhow::R
             let seq = catalog
                 .put(kind, &key, &value)
                 .map_err(|e| UsageError(format!("cannot store {kind} {key:?}: {e}")))?;
-            println!("stored {kind} {key} at change {seq}");
+            outln!("stored {kind} {key} at change {seq}");
         }
     }
     Ok(ExitCode::from(exit::OK))

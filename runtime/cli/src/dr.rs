@@ -744,17 +744,18 @@ async fn enable(
         // A new mode or location starts a new chain of DR points, from the beginning.
         catalog.set_dr_cursor(0)?;
     }
-    println!(
+    outln!(
         "DR enabled: mode {}, runs {}, DR points go to {url}",
-        config.mode, config.frequency
+        config.mode,
+        config.frequency
     );
-    println!("Keep these three things safe; recovering this instance needs all of them:");
-    println!("  1. the cluster id:        {cluster_id}");
-    println!(
+    outln!("Keep these three things safe; recovering this instance needs all of them:");
+    outln!("  1. the cluster id:        {cluster_id}");
+    outln!(
         "  2. the passphrase source: {} (and the passphrase it holds)",
         shown_source(&config.passphrase_from)
     );
-    println!(
+    outln!(
         "  3. the location profile:  {} (and its credentials)",
         config.profile
     );
@@ -1049,7 +1050,7 @@ async fn open_or_init(
     match Repository::open(loc.clone(), key).await {
         Ok(repo) => {
             if let Some(p) = protection.filter(|p| *p != repo.protection()) {
-                println!(
+                outln!(
                     "note: {url} already exists with a protection period of {}; --protection {} applies only \
                      when the DR location is created",
                     humantime::format_duration(repo.protection()),
@@ -1182,7 +1183,7 @@ pub(crate) async fn check_owner(home: &Home, what: &str) -> anyhow::Result<()> {
 }
 
 fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    outln!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
 
@@ -1226,7 +1227,7 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
         DrCommand::Disable => {
             let catalog = crate::catalog::open(&home)?;
             catalog.set_meta(CONFIG_KEY, None)?;
-            println!("DR disabled; DR points already exported stay in the location");
+            outln!("DR disabled; DR points already exported stay in the location");
         }
         DrCommand::Run {
             if_due,
@@ -1248,9 +1249,10 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                         "last_run": last.time,
                         "next_due": next,
                     }))?,
-                    Output::Text => println!(
+                    Output::Text => outln!(
                         "DR not due (frequency {}): the newest DR point is from {}; next run due at {next}",
-                        config.frequency, last.time
+                        config.frequency,
+                        last.time
                     ),
                 }
                 return Ok(ExitCode::from(exit::OK));
@@ -1358,28 +1360,30 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                     },
                 }))?,
                 Output::Text => {
-                    println!(
+                    outln!(
                         "DR point {point}: mode {}, changes {}..{}, {bytes} bytes exported",
-                        config.mode, last.from, last.to
+                        config.mode,
+                        last.from,
+                        last.to
                     );
                     if let Some(why) = rebased {
-                        println!("started a new chain: {why}");
+                        outln!("started a new chain: {why}");
                     }
                     if applied {
-                        println!(
+                        outln!(
                             "retention: kept {} DR point(s), {} of them under the location's protection period; removed {}",
                             number("kept"),
                             number("protected"),
                             removed.len()
                         );
                         if number("unreferenced-removed") > 0 {
-                            println!(
+                            outln!(
                                 "removed {} data export(s) of DR runs that did not finish",
                                 number("unreferenced-removed")
                             );
                         }
                     } else {
-                        println!(
+                        outln!(
                             "retention skipped: this instance does not own maintenance of the backup data \
                              (run `cairn dr take-ownership` once the old instance is gone)"
                         );
@@ -1423,15 +1427,15 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                     "maintenance_owner": owner,
                 }))?,
                 Output::Text => {
-                    println!("cluster id:        {cluster_id}");
+                    outln!("cluster id:        {cluster_id}");
                     match &config {
                         Some(c) => {
-                            println!("mode:              {}", c.mode);
-                            println!("profile:           {}", c.profile);
-                            println!("passphrase source: {}", shown_source(&c.passphrase_from));
-                            println!("frequency:         {}", c.frequency);
+                            outln!("mode:              {}", c.mode);
+                            outln!("profile:           {}", c.profile);
+                            outln!("passphrase source: {}", shown_source(&c.passphrase_from));
+                            outln!("frequency:         {}", c.frequency);
                             let r = c.retention;
-                            println!(
+                            outln!(
                                 "retention:         last {}, hourly {}, daily {}, weekly {}, monthly {}, yearly {}; chains of at most {}",
                                 r.last,
                                 r.hourly,
@@ -1442,24 +1446,27 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                                 c.max_chain
                             );
                         }
-                        None => println!("DR:                not enabled"),
+                        None => outln!("DR:                not enabled"),
                     }
                     match &last {
-                        Some(l) => println!(
+                        Some(l) => outln!(
                             "last run:          {} (point {}, changes {}..{})",
-                            l.time, l.point, l.from, l.to
+                            l.time,
+                            l.point,
+                            l.from,
+                            l.to
                         ),
-                        None => println!("last run:          never"),
+                        None => outln!("last run:          never"),
                     }
                     if let Some(next) = next_due {
-                        println!("next run due:      {next}");
+                        outln!("next run due:      {next}");
                     } else if config.is_some() {
-                        println!("next run due:      now");
+                        outln!("next run due:      now");
                     }
                     if let Some(r) = &restored {
-                        println!("restored from:     cluster {}", r.source);
+                        outln!("restored from:     cluster {}", r.source);
                     }
-                    println!(
+                    outln!(
                         "maintenance owner: {}",
                         if owner {
                             "yes"
@@ -1503,7 +1510,7 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                 Output::Json => print_json(&list)?,
                 Output::Text => {
                     for p in &list {
-                        println!(
+                        outln!(
                             "{}  {}  {:<17}  changes {}..{}",
                             &p.id[..12.min(p.id.len())],
                             p.time,
@@ -1644,25 +1651,28 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                     })),
                 }))?,
                 Output::Text => {
-                    println!(
+                    outln!(
                         "restored DR point {} (mode {}, up to change {}) of cluster {}",
-                        chosen.id, chosen.mode, chosen.to, source.cluster_id
+                        chosen.id,
+                        chosen.mode,
+                        chosen.to,
+                        source.cluster_id
                     );
                     match in_place {
-                        Some(true) => println!(
+                        Some(true) => outln!(
                             "recovered in place: actions and local restore points came back from this home's local catalog snapshot"
                         ),
-                        Some(false) => println!(
+                        Some(false) => outln!(
                             "actions and local restore points were not restored: this home does not hold the point's local catalog snapshot"
                         ),
                         None => {}
                     }
-                    println!(
+                    outln!(
                         "this instance does not own maintenance of the backup data yet: run `cairn dr take-ownership` \
                          once the old instance is gone for good"
                     );
                     match &settings {
-                        Some(c) => println!(
+                        Some(c) => outln!(
                             "DR settings restored but disabled (mode {}, profile {}, frequency {}, passphrase source {}): \
                              `cairn dr take-ownership` re-enables them, or set new ones with `cairn dr enable`",
                             c.mode,
@@ -1670,7 +1680,7 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                             c.frequency,
                             shown_source(&c.passphrase_from)
                         ),
-                        None => println!(
+                        None => outln!(
                             "this DR point carries no DR settings: set them with `cairn dr enable`"
                         ),
                     }
@@ -1715,10 +1725,10 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
             }
             for (url, repo) in &repos {
                 write_marker(repo, &home, &me).await?;
-                println!("owner marker naming this instance written to {url}");
+                outln!("owner marker naming this instance written to {url}");
             }
             catalog.set_maintenance_owner(true)?;
-            println!(
+            outln!(
                 "this instance ({me}) now owns maintenance of the backup data: forget, prune and retention run here; \
                  make sure no other instance does"
             );
@@ -1726,14 +1736,14 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                 && let Some(restored) = load_meta::<Config>(&catalog, RESTORED_KEY)?
             {
                 if restored.passphrase_from == "raw:" {
-                    println!(
+                    outln!(
                         "the restored DR settings had a raw passphrase, which DR points never carry: \
                          turn DR on with `cairn dr enable`"
                     );
                 } else {
                     match enable(&home, &catalog, &restored, None).await {
-                        Ok(()) => println!("the restored DR settings are enabled again"),
-                        Err(e) => println!(
+                        Ok(()) => outln!("the restored DR settings are enabled again"),
+                        Err(e) => outln!(
                             "the restored DR settings were not enabled again ({}): turn DR on with `cairn dr enable`",
                             crate::one_line(&e)
                         ),

@@ -7,6 +7,16 @@
 //!
 //! Exit codes are the same for every command: see [`exit`].
 
+/// `println!` that does not panic when standard output fails: see [`out_line`].
+macro_rules! outln {
+    () => {
+        $crate::out_line(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::out_line(format_args!($($arg)*))
+    };
+}
+
 mod blueprint;
 mod catalog;
 mod dr;
@@ -30,6 +40,35 @@ pub mod exit {
     pub const USAGE: u8 = 2;
     /// The runtime itself failed (I/O, the cache, the state directory).
     pub const RUNTIME: u8 = 3;
+    /// Standard output was closed before all was written (`cairn repo ls | head`): what a
+    /// process killed by `SIGPIPE` reports, so `set -o pipefail` scripts see it the same way.
+    pub const OUTPUT_CLOSED: u8 = 141;
+}
+
+/// The exit code standard output's failure calls for: 0 while it works, then
+/// [`exit::OUTPUT_CLOSED`] when its reader went away, or [`exit::RUNTIME`] for any other
+/// failure (a full disk it is redirected to).
+static OUTPUT_FAILED: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Writes a line to standard output. Once that fails, the rest of the output is dropped (the
+/// command still finishes, releasing what it holds) and the exit code says so: a reader that
+/// quits early gets no message, any other failure one.
+pub(crate) fn out_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    use std::sync::atomic::Ordering;
+    if OUTPUT_FAILED.load(Ordering::Relaxed) != 0 {
+        return;
+    }
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.write_all(b"\n")) {
+        let code = if e.kind() == std::io::ErrorKind::BrokenPipe {
+            exit::OUTPUT_CLOSED
+        } else {
+            eprintln!("cairn: cannot write to standard output: {e}");
+            exit::RUNTIME
+        };
+        OUTPUT_FAILED.store(code, Ordering::Relaxed);
+    }
 }
 
 /// How results are printed on stdout.
@@ -103,7 +142,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(exit::RUNTIME);
         }
     };
-    runtime.block_on(async move {
+    let code = runtime.block_on(async move {
         match dispatch(cli).await {
             Ok(code) => code,
             Err(e) => {
@@ -111,7 +150,11 @@ pub fn main() -> ExitCode {
                 ExitCode::from(classify(&e))
             }
         }
-    })
+    });
+    match OUTPUT_FAILED.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => code,
+        failed => ExitCode::from(failed),
+    }
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {

@@ -18,6 +18,7 @@
 //! | 5 | the repository is locked by another process; retry later |
 //! | 6 | refused by the protection period (immutability) |
 //! | 7 | no repository there, or a format version this build cannot read |
+//! | 141 | standard output was closed early (`\| head`): the rest is dropped, quietly |
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -602,10 +603,10 @@ impl RepoArgs {
             Output::Text => {
                 let t = text();
                 if !t.is_empty() {
-                    println!("{t}");
+                    outln!("{t}");
                 }
             }
-            Output::Json => println!("{json}"),
+            Output::Json => outln!("{json}"),
         }
     }
 }
@@ -629,10 +630,16 @@ pub async fn run(args: RepoArgs, home: Option<PathBuf>) -> anyhow::Result<ExitCo
     match run_inner(&args).await {
         Ok(code) => Ok(code),
         Err(e) => match e.downcast_ref::<Error>() {
+            // A restore to standard output whose reader quit early (`| head`).
+            Some(Error::Io { path, source, .. })
+                if path == "output" && source.kind() == std::io::ErrorKind::BrokenPipe =>
+            {
+                Ok(ExitCode::from(crate::exit::OUTPUT_CLOSED))
+            }
             Some(lib) => {
                 let code = exit_code(lib);
                 if args.output == Output::Json {
-                    println!(
+                    outln!(
                         "{}",
                         json!({ "error": crate::one_line(&e), "exit_code": code })
                     );
@@ -1231,7 +1238,7 @@ async fn run_inner(args: &RepoArgs) -> anyhow::Result<ExitCode> {
                 .map(|s| {
                     let id = &there[s.original_id()];
                     if text {
-                        println!("skipped {}: already there as {}", s.short_id(), &id[..8]);
+                        outln!("skipped {}: already there as {}", s.short_id(), &id[..8]);
                     }
                     json!({ "from": s.id, "to": id })
                 })
@@ -1251,8 +1258,8 @@ async fn run_inner(args: &RepoArgs) -> anyhow::Result<ExitCode> {
                 if text {
                     let line = copied_line(s, &c);
                     match &shown {
-                        Some((bar, _)) => bar.suspend(|| println!("{line}")),
-                        None => println!("{line}"),
+                        Some((bar, _)) => bar.suspend(|| outln!("{line}")),
+                        None => outln!("{line}"),
                     }
                 }
                 copied.push(json!({ "from": s.id, "to": c.id, "summary": c.summary }));

@@ -326,17 +326,17 @@ fn print_report(report: &cairn_engine::RunReport, output: Output) -> anyhow::Res
                 error: report.error.as_deref(),
                 phases: &report.phases,
             };
-            println!("{}", serde_json::to_string_pretty(&view)?);
+            outln!("{}", serde_json::to_string_pretty(&view)?);
         }
         Output::Text => {
             for a in &report.outputs.artifacts {
-                println!("artifact {}", a.name);
+                outln!("artifact {}", a.name);
                 for (k, v) in &a.values {
-                    println!("  {k} = {v}");
+                    outln!("  {k} = {v}");
                 }
             }
             for (k, v) in &report.outputs.values {
-                println!("{k} = {v}");
+                outln!("{k} = {v}");
             }
         }
     }

@@ -155,6 +155,49 @@ impl LocalRepo {
 }
 
 #[test]
+fn a_reader_that_quits_early_ends_the_output_quietly() {
+    use std::io::Read;
+    let repo = LocalRepo::new();
+    let data = repo.dir.path().join("data");
+    std::fs::create_dir_all(&data).expect("data");
+    // More listing than a pipe holds (64 KiB), so writes meet the closed pipe.
+    for i in 0..3000 {
+        std::fs::write(data.join(format!("file-with-a-longish-name-{i:05}")), b"x").expect("file");
+    }
+    std::fs::write(data.join("big.sql"), vec![b'y'; 4 << 20]).expect("big");
+    let d = data.to_str().expect("utf-8");
+    repo.ok(&["repo", "init"]);
+    repo.ok(&["repo", "backup", d]);
+    let common: Vec<&str> = repo.common.iter().map(String::as_str).collect();
+    // `cairn repo ls | head -1`, and one file of the tree to a reader that takes one line.
+    let listing = ["repo", "ls", "latest"];
+    let one_file = [
+        "repo",
+        "restore",
+        "latest",
+        "--include",
+        "big.sql",
+        "--target",
+        "-",
+    ];
+    for args in [&listing[..], &one_file[..]] {
+        let mut child = repo
+            .cairn
+            .command(&[args, &common].concat())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("cairn runs");
+        let mut out = child.stdout.take().expect("stdout");
+        out.read_exact(&mut [0u8; 100]).expect("the first bytes");
+        drop(out);
+        let done = child.wait_with_output().expect("cairn ends");
+        assert_eq!(done.status.code(), Some(141), "{args:?}: {}", stderr(&done));
+        assert_eq!(stderr(&done), "", "{args:?}: no panic, no message");
+    }
+}
+
+#[test]
 fn find_lists_the_snapshots_holding_a_file_deleted_since() {
     let repo = LocalRepo::new();
     let data = repo.dir.path().join("data");
