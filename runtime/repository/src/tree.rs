@@ -555,7 +555,8 @@ impl<'de> Deserialize<'de> for ParentNodes {
                 let mut files = HashMap::new();
                 while let Some(mut n) = seq.next_element::<ParentFile>()? {
                     if n.kind == NodeKind::File && n.size > 0 && n.ctime_ns.is_some() {
-                        let key = parent_key(&std::mem::take(&mut n.path), n.path_raw.take());
+                        let key = parent_key(&n.path, n.path_raw.as_deref()).into_owned();
+                        (n.path, n.path_raw) = (String::new(), None);
                         files.insert(key, n);
                     }
                 }
@@ -568,10 +569,10 @@ impl<'de> Deserialize<'de> for ParentNodes {
 
 /// A node's path as a key: its raw bytes (hex) after a NUL, which no name holds, when it is
 /// not UTF-8.
-fn parent_key(path: &str, path_raw: Option<String>) -> String {
+fn parent_key<'a>(path: &'a str, path_raw: Option<&str>) -> std::borrow::Cow<'a, str> {
     match path_raw {
-        Some(raw) => format!("\0{raw}"),
-        None => path.to_owned(),
+        Some(raw) => format!("\0{raw}").into(),
+        None => path.into(),
     }
 }
 
@@ -974,7 +975,7 @@ impl Repository {
         for (i, (_, n)) in files.enumerate() {
             let Some(before) = parent
                 .files
-                .remove(&parent_key(&n.path, n.path_raw.clone()))
+                .remove(parent_key(&n.path, n.path_raw.as_deref()).as_ref())
             else {
                 continue;
             };
