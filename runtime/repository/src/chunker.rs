@@ -50,6 +50,15 @@ impl Chunking {
         max: 64 * 1024,
     };
 
+    /// Content-defined chunks of 8 KiB average (2/8/32 KiB min/avg/max): a tree's nodes
+    /// (version 3), about 30 files' each, so a change stores the nodes around it again and
+    /// not the whole tree's.
+    pub(crate) const NODES: Chunking = Chunking::Cdc {
+        min: 2 * 1024,
+        avg: 8 * 1024,
+        max: 32 * 1024,
+    };
+
     /// The chunking a tree backup picks for a file of `len` bytes whose first bytes are
     /// `head`: [`Chunking::PAGES`] when the file is whole 4 KiB pages, as every relation file
     /// of PostgreSQL, MySQL/MariaDB and SQLite is, and does not look like text;

@@ -8,11 +8,15 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::io::Write;
 
-/// The format version this build writes and the newest it reads. Version 1 (no list
-/// chunks) is read and, in repositories created as version 1, written.
-pub const FORMAT_VERSION: u32 = 2;
+/// The format version this build writes and the newest it reads. Versions 1 (no list
+/// chunks) and 2 (a tree's nodes in its content object) are read and, in repositories
+/// created as such, written.
+pub const FORMAT_VERSION: u32 = 3;
 /// The first version with list chunks ([`LIST_IDS`]).
 pub(crate) const LIST_CHUNKS_VERSION: u32 = 2;
+/// The first version that keeps a tree's nodes in chunks of their own (node chunks) rather
+/// than in its content object.
+pub(crate) const NODE_CHUNKS_VERSION: u32 = 3;
 /// Chunk ids per list chunk (64 KiB): a file or stream with more chunks than this has its
 /// chunk list written as chunks of ids while it is backed up, so neither the backup's memory
 /// nor the content object grows with its size.
@@ -501,6 +505,13 @@ pub(crate) enum Content {
         /// the target directory it creates. Absent in snapshots of older builds.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         root: Option<Box<Node>>,
+        /// Version 3: the chunks that hold the nodes, one JSON object per line (`nodes` is
+        /// then written empty and filled in when the content is read), or the list chunks
+        /// that hold those ids.
+        #[serde(default, skip_serializing_if = "ChunkList::is_empty")]
+        node_chunks: ChunkList,
+        #[serde(default, skip_serializing_if = "ChunkList::is_empty")]
+        node_lists: ChunkList,
     },
     Stream {
         size: u64,
@@ -533,12 +544,18 @@ impl<'de> Deserialize<'de> for Content {
             chunks: ChunkList,
             #[serde(default)]
             lists: ChunkList,
+            #[serde(default)]
+            node_chunks: ChunkList,
+            #[serde(default)]
+            node_lists: ChunkList,
         }
         let f = Fields::deserialize(d)?;
         match f.kind.as_str() {
             "tree" => Ok(Content::Tree {
                 nodes: f.nodes.ok_or_else(|| D::Error::missing_field("nodes"))?,
                 root: f.root,
+                node_chunks: f.node_chunks,
+                node_lists: f.node_lists,
             }),
             "stream" => Ok(Content::Stream {
                 size: f.size.ok_or_else(|| D::Error::missing_field("size"))?,
@@ -547,6 +564,48 @@ impl<'de> Deserialize<'de> for Content {
             }),
             other => Err(D::Error::unknown_variant(other, &["tree", "stream"])),
         }
+    }
+}
+
+/// Appends node `n` to a tree's node stream (version 3): its JSON object and a newline.
+pub(crate) fn write_node_line(buf: &mut Vec<u8>, n: &Node) -> Result<()> {
+    serde_json::to_writer(&mut *buf, n).map_err(|e| Error::Invalid(e.to_string()))?;
+    buf.push(b'\n');
+    Ok(())
+}
+
+/// Splits a tree's node stream, fed in pieces as its chunks are read, into its lines (one
+/// node each; JSON escapes the newlines within a value).
+#[derive(Debug, Default)]
+pub(crate) struct NodeLines {
+    /// The start of a line that the pieces so far did not end.
+    carry: Vec<u8>,
+}
+
+impl NodeLines {
+    /// Hands each line that `piece` ends to `each`, without its newline.
+    pub(crate) fn feed(
+        &mut self,
+        mut piece: &[u8],
+        mut each: impl FnMut(&[u8]) -> Result<()>,
+    ) -> Result<()> {
+        while let Some(end) = piece.iter().position(|&b| b == b'\n') {
+            if self.carry.is_empty() {
+                each(&piece[..end])?;
+            } else {
+                self.carry.extend_from_slice(&piece[..end]);
+                each(&self.carry)?;
+                self.carry.clear();
+            }
+            piece = &piece[end + 1..];
+        }
+        self.carry.extend_from_slice(piece);
+        Ok(())
+    }
+
+    /// Whether the stream so far ends with a whole line, as a whole node stream does.
+    pub(crate) fn ended(&self) -> bool {
+        self.carry.is_empty()
     }
 }
 
@@ -607,17 +666,56 @@ impl<'de> Deserialize<'de> for ChunkList {
 }
 
 impl Content {
-    /// Every chunk the snapshot references: for each file or stream its list chunks, then
-    /// its data chunks in order (those are known once [`Content::chunk_lists`] were read).
+    /// Every chunk the snapshot references: a tree's node chunks (and their list chunks),
+    /// then for each file or stream its list chunks and its data chunks in order (those are
+    /// known once [`Content::chunk_lists`] were read).
     pub(crate) fn chunk_ids(&self) -> Vec<ChunkId> {
         match self {
             Content::Stream { chunks, lists, .. } => {
                 lists.0.iter().chain(&chunks.0).copied().collect()
             }
-            Content::Tree { nodes, .. } => nodes
+            Content::Tree {
+                nodes,
+                node_chunks,
+                node_lists,
+                ..
+            } => node_lists
+                .0
                 .iter()
-                .flat_map(|n| n.lists.0.iter().chain(&n.chunks.0).copied())
+                .chain(&node_chunks.0)
+                .chain(
+                    nodes
+                        .iter()
+                        .flat_map(|n| n.lists.0.iter().chain(&n.chunks.0)),
+                )
+                .copied()
                 .collect(),
+        }
+    }
+
+    /// A tree's nodes, and the node chunks and their list chunks that hold them (version 3);
+    /// None for a stream.
+    pub(crate) fn tree_parts(
+        &mut self,
+    ) -> Option<(&mut Vec<Node>, &mut ChunkList, &mut ChunkList)> {
+        match self {
+            Content::Tree {
+                nodes,
+                node_chunks,
+                node_lists,
+                ..
+            } => Some((nodes, node_chunks, node_lists)),
+            Content::Stream { .. } => None,
+        }
+    }
+
+    /// A tree with `nodes` (in the content object, as versions 1 and 2 keep them).
+    pub(crate) fn tree(nodes: Vec<Node>, root: Option<Box<Node>>) -> Self {
+        Content::Tree {
+            nodes,
+            root,
+            node_chunks: ChunkList::default(),
+            node_lists: ChunkList::default(),
         }
     }
 
@@ -705,6 +803,27 @@ mod tests {
     }
 
     #[test]
+    fn node_lines_are_whole_however_the_stream_is_cut() {
+        let stream = b"{\"a\":1}\n{\"b\":\"x\\ny\"}\n{}\n";
+        for cut in [1, 2, 5, 7, 100] {
+            let (mut lines, mut got) = (NodeLines::default(), Vec::new());
+            for piece in stream.chunks(cut) {
+                lines
+                    .feed(piece, |l| {
+                        got.push(String::from_utf8_lossy(l).into_owned());
+                        Ok(())
+                    })
+                    .expect("fed");
+            }
+            assert!(lines.ended());
+            assert_eq!(got, ["{\"a\":1}", "{\"b\":\"x\\ny\"}", "{}"], "cut {cut}");
+        }
+        let mut lines = NodeLines::default();
+        lines.feed(b"{}\n{", |_| Ok(())).expect("fed");
+        assert!(!lines.ended(), "a stream cut within a node is not whole");
+    }
+
+    #[test]
     fn a_large_content_seals_streamed_and_opens_as_before() {
         let keys = MasterKeys::generate();
         // 40,000 ids: 2.5 MB of JSON, over the streamed threshold.
@@ -745,7 +864,7 @@ mod tests {
                 "type":"tree","future":1}"#,
         )
         .expect("a tree, its type last, a field unknown");
-        let Content::Tree { nodes, root } = tree else {
+        let Content::Tree { nodes, root, .. } = tree else {
             panic!("not a tree");
         };
         assert_eq!((nodes.len(), root.is_none()), (1, true));

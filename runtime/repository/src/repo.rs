@@ -726,6 +726,8 @@ impl Repository {
         content: Content,
         mut info: SnapshotInfo,
     ) -> Result<SnapshotInfo> {
+        let mut content = content;
+        info.summary.stored_bytes += self.store_nodes(&mut content).await?;
         let keys = &self.inner.keys;
         info.content = format::new_id();
         let sealed = format::seal_json(keys, "content", &info.content, &content)?;
@@ -743,6 +745,55 @@ impl Repository {
             .await?;
         tracing::info!(snapshot = %info.id, bytes = info.summary.bytes, stored = info.summary.stored_bytes, "snapshot written");
         Ok(info)
+    }
+
+    /// Version 3: stores a tree's nodes in chunks of their own, as JSON lines cut by content
+    /// ([`Chunking::NODES`]), and names those in the content instead of the nodes. A snapshot
+    /// then stores again only the stretches of nodes that changed since the last one, and a
+    /// reader takes the nodes one by one as their chunks arrive. They go in packs of their
+    /// own, so reading a tree's nodes reads no file data. Returns the bytes stored.
+    async fn store_nodes(&self, content: &mut Content) -> Result<u64> {
+        let Some((nodes, node_chunks, node_lists)) = content.tree_parts() else {
+            return Ok(0);
+        };
+        // A copy's nodes arrive with the ids of the chunks that held them where they were.
+        (*node_chunks, *node_lists) = Default::default();
+        if self.inner.config.version < format::NODE_CHUNKS_VERSION || nodes.is_empty() {
+            return Ok(0);
+        }
+        let pipeline = self.start_pipeline(
+            &BackupOptions::default(),
+            Chunking::NODES,
+            self.inner.index.clone(),
+        )?;
+        let (tx, blocks) = (pipeline.sender(), pipeline.blocks());
+        let written = std::mem::take(nodes);
+        let fed = tokio::task::spawn_blocking(move || -> Result<()> {
+            let tx = tx.ok_or(Error::Aborted)?;
+            let send = |input| tx.blocking_send(input).map_err(|_| Error::Aborted);
+            let block = || {
+                let mut b = blocks.take().unwrap_or_default();
+                b.clear();
+                b
+            };
+            let mut buf = block();
+            for n in &written {
+                format::write_node_line(&mut buf, n)?;
+                if buf.len() >= pipeline::INPUT_BLOCK {
+                    send(pipeline::Input::Data(std::mem::replace(&mut buf, block())))?;
+                }
+            }
+            send(pipeline::Input::Data(buf))?;
+            send(pipeline::Input::EndFile)
+        })
+        .await
+        .map_err(|e| Error::Invalid(format!("node task failed: {e}")));
+        // The pipeline's error is the cause when both failed.
+        let (cut, packed) = pipeline.finish().await?;
+        fed??;
+        let stream = cut.files.into_iter().next().unwrap_or_default();
+        (node_chunks.0, node_lists.0) = (stream.chunks, stream.lists);
+        Ok(packed.stored_bytes)
     }
 
     async fn snapshot_ids(&self) -> Result<Vec<String>> {
@@ -882,7 +933,15 @@ impl Repository {
         content: &mut Content,
         info: &SnapshotInfo,
     ) -> Result<()> {
-        let lists = content.chunk_lists();
+        self.fill_lists(content.chunk_lists(), info).await
+    }
+
+    /// Reads the list chunks of each pair into the ids they hold.
+    async fn fill_lists(
+        &self,
+        lists: Vec<(&[ChunkId], &mut Vec<ChunkId>)>,
+        info: &SnapshotInfo,
+    ) -> Result<()> {
         let ids: Vec<ChunkId> = lists.iter().flat_map(|(l, _)| l.iter().copied()).collect();
         if ids.is_empty() {
             return Ok(());
@@ -910,9 +969,58 @@ impl Repository {
         Ok(())
     }
 
-    /// A snapshot's content object as stored.
+    /// A snapshot's content object, with a tree's nodes read from its node chunks (version
+    /// 3) and its files' chunk lists still in their list chunks.
     pub(crate) async fn content_object(&self, info: &SnapshotInfo) -> Result<Content> {
-        self.content_object_as(info).await
+        let mut content = self.content_object_as(info).await?;
+        self.read_nodes(&mut content, info).await?;
+        Ok(content)
+    }
+
+    /// Reads the nodes of a tree kept in node chunks (version 3) into its `nodes`.
+    async fn read_nodes(&self, content: &mut Content, info: &SnapshotInfo) -> Result<()> {
+        let Some((nodes, node_chunks, node_lists)) = content.tree_parts() else {
+            return Ok(());
+        };
+        self.each_node(info, node_chunks, node_lists, |n| nodes.push(n))
+            .await
+    }
+
+    /// Hands each node of a tree's node chunks, read as `T`, to `each` as the chunks are
+    /// read, with `chunks` first read from `lists` when those hold the ids. Nothing for a
+    /// tree that keeps its nodes in its content object.
+    pub(crate) async fn each_node<T: serde::de::DeserializeOwned>(
+        &self,
+        info: &SnapshotInfo,
+        chunks: &mut format::ChunkList,
+        lists: &format::ChunkList,
+        mut each: impl FnMut(T) + Send,
+    ) -> Result<()> {
+        if !lists.is_empty() {
+            self.fill_lists(vec![(&lists.0[..], &mut chunks.0)], info)
+                .await?;
+        }
+        if chunks.is_empty() {
+            return Ok(());
+        }
+        let mut read = Box::pin(self.read_chunks(&chunks.0, &info.id).await?);
+        let path = format::content_path(&info.content);
+        let bad = |why: String| with_snapshot(Error::corrupt(&path, why), &info.id);
+        let mut lines = format::NodeLines::default();
+        while let Some(batch) = read.next().await {
+            for piece in batch? {
+                lines.feed(&piece, |line| {
+                    let node = serde_json::from_slice(line)
+                        .map_err(|e| bad(format!("a node in its node chunks: {e}")))?;
+                    each(node);
+                    Ok(())
+                })?;
+            }
+        }
+        if !lines.ended() {
+            return Err(bad("its node chunks end within a node".into()));
+        }
+        Ok(())
     }
 
     /// The content object of `info` read as `T`: a reader that wants less of it than
@@ -993,7 +1101,8 @@ impl Repository {
         info: &SnapshotInfo,
         keep: impl FnOnce(&mut Content) -> Result<()>,
     ) -> Result<Content> {
-        let mut content = self.beside_index(self.content_object(info)).await?;
+        let mut content = self.beside_index(self.content_object_as(info)).await?;
+        self.read_nodes(&mut content, info).await?;
         keep(&mut content)?;
         self.read_lists(&mut content, info).await?;
         Ok(content)

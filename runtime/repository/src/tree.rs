@@ -533,6 +533,19 @@ struct ParentContent {
     kind: String,
     #[serde(default)]
     nodes: ParentNodes,
+    #[serde(default)]
+    node_chunks: ChunkList,
+    #[serde(default)]
+    node_lists: ChunkList,
+}
+
+/// Keeps `n` in `files` when it is a file a later backup may take over.
+fn keep_parent_file(files: &mut HashMap<String, ParentFile>, mut n: ParentFile) {
+    if n.kind == NodeKind::File && n.size > 0 && n.ctime_ns.is_some() {
+        let key = parent_key(&n.path, n.path_raw.as_deref()).into_owned();
+        (n.path, n.path_raw) = (String::new(), None);
+        files.insert(key, n);
+    }
 }
 
 /// The files a later backup may take over, by [`parent_key`], each kept as it is read: the
@@ -553,12 +566,8 @@ impl<'de> Deserialize<'de> for ParentNodes {
                 mut seq: A,
             ) -> std::result::Result<ParentNodes, A::Error> {
                 let mut files = HashMap::new();
-                while let Some(mut n) = seq.next_element::<ParentFile>()? {
-                    if n.kind == NodeKind::File && n.size > 0 && n.ctime_ns.is_some() {
-                        let key = parent_key(&n.path, n.path_raw.as_deref()).into_owned();
-                        (n.path, n.path_raw) = (String::new(), None);
-                        files.insert(key, n);
-                    }
+                while let Some(n) = seq.next_element::<ParentFile>()? {
+                    keep_parent_file(&mut files, n);
                 }
                 Ok(ParentNodes(files))
             }
@@ -878,10 +887,10 @@ impl Repository {
             // The pipeline's error is the cause when both failed.
             let (c, p) = finished?;
             let gone: Vec<usize> = fed??.into_iter().map(|i| places[i]).collect();
-            let mut content = Content::Tree {
-                nodes: nodes.into_iter().map(|(_, n)| n).collect(),
-                root: Some(Box::new(root_node)),
-            };
+            let mut content = Content::tree(
+                nodes.into_iter().map(|(_, n)| n).collect(),
+                Some(Box::new(root_node)),
+            );
             let mut summary = content.fill(c, p.stored_bytes, &unchanged);
             if let Content::Tree { nodes, .. } = &mut content {
                 drop_files(nodes, &gone);
@@ -942,11 +951,14 @@ impl Repository {
                 }
             }
         };
-        let parent: ParentContent = self.content_object_as(&info).await?;
+        let mut parent: ParentContent = self.content_object_as(&info).await?;
         if parent.kind != "tree" {
             return Ok(None);
         }
-        let files = parent.nodes.0;
+        let mut files = parent.nodes.0;
+        let (chunks, lists) = (&mut parent.node_chunks, &parent.node_lists);
+        self.each_node(&info, chunks, lists, |n| keep_parent_file(&mut files, n))
+            .await?;
         tracing::debug!(
             parent = info.short_id(),
             "files unchanged since are not read"
@@ -1042,7 +1054,7 @@ impl Repository {
                 Content::Stream { .. } => Ok(()),
             })
             .await?;
-        let Content::Tree { nodes, root } = content else {
+        let Content::Tree { nodes, root, .. } = content else {
             return Err(Error::Invalid(format!(
                 "snapshot {} is a stream; restore it with --target -",
                 info.short_id()
@@ -1270,7 +1282,7 @@ impl Repository {
     /// `nodes` of the snapshot `info` with the ids their list chunks hold read into their
     /// chunks, and their lists dropped.
     async fn with_ids_read(&self, nodes: Vec<Node>, info: &SnapshotInfo) -> Result<Vec<Node>> {
-        let mut content = Content::Tree { nodes, root: None };
+        let mut content = Content::tree(nodes, None);
         self.read_lists(&mut content, info).await?;
         let Content::Tree { mut nodes, .. } = content else {
             return Ok(Vec::new());

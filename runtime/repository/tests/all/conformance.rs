@@ -898,3 +898,45 @@ async fn unchanged_files_are_taken_from_the_parent_snapshot() {
         .unwrap_err();
     assert!(e.to_string().contains("not a tree"), "{e}");
 }
+
+/// A tree's nodes are kept in chunks cut by content (format version 3): a snapshot after a
+/// change to one file of thousands stores the nodes around it again, not every node, and
+/// reads, lists and restores as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_stores_again_only_the_nodes_around_a_change() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    for dir in ["a", "b", "c"] {
+        std::fs::create_dir_all(src.join(dir)).unwrap();
+        for i in 0..1000 {
+            // The same bytes everywhere: the files' data is one chunk, the nodes are the rest.
+            std::fs::write(src.join(dir).join(format!("{i:04}.eml")), b"Subject: hi\n").unwrap();
+        }
+    }
+    let repo = Repository::init(memory_url().as_str(), &pass("p"), Default::default())
+        .await
+        .unwrap();
+    let first = repo.backup_tree(&src, Default::default()).await.unwrap();
+    std::fs::write(src.join("b/0500.eml"), b"Subject: changed\n").unwrap();
+    let second = repo.backup_tree(&src, Default::default()).await.unwrap();
+    let (one, two) = (first.summary.stored_bytes, second.summary.stored_bytes);
+    assert!(
+        two * 8 < one,
+        "the second stored {two} B, the first {one} B"
+    );
+    assert_eq!(second.summary.files, 3000);
+    let listed = repo
+        .list_tree(&second, &["b/0500.eml".into()])
+        .await
+        .unwrap();
+    assert!(
+        listed
+            .iter()
+            .any(|e| e.path == "b/0500.eml" && e.size == 17),
+        "{listed:?}"
+    );
+    let dst = d.path().join("dst");
+    repo.restore_tree_of(&second, &dst).await.unwrap();
+    assert_same_tree(&src, &dst);
+    assert!(repo.check(true).await.unwrap().is_ok());
+}

@@ -95,6 +95,15 @@ async fn key_file_open_or_init_local() {
     assert!(matches!(e, Error::WrongKey { .. }), "{e}");
 }
 
+/// Rewrites the format version in the config of the repository at `dir`.
+fn set_version(dir: &std::path::Path, v: u32) {
+    let mut cfg = std::fs::read_to_string(dir.join("config")).unwrap();
+    for old in 1..=cairn_repository::FORMAT_VERSION {
+        cfg = cfg.replace(&format!("\"version\": {old}"), &format!("\"version\": {v}"));
+    }
+    std::fs::write(dir.join("config"), cfg).unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_format_version_is_refused() {
     let d = tempfile::tempdir().unwrap();
@@ -102,9 +111,7 @@ async fn unknown_format_version_is_refused() {
     Repository::init(dir.display().to_string(), &pass("p"), Default::default())
         .await
         .unwrap();
-    let cfg = std::fs::read_to_string(dir.join("config")).unwrap();
-    let cfg = cfg.replace("\"version\": 2", "\"version\": 99");
-    std::fs::write(dir.join("config"), cfg).unwrap();
+    set_version(&dir, 99);
     let e = Repository::open(dir.display().to_string(), &pass("p"))
         .await
         .unwrap_err();
@@ -113,7 +120,7 @@ async fn unknown_format_version_is_refused() {
             e,
             Error::UnsupportedVersion {
                 found: 99,
-                supported: 2
+                supported: 3
             }
         ),
         "{e}"
@@ -128,18 +135,16 @@ fn big_tree(root: &std::path::Path) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn version_1_repositories_are_read_and_written_without_list_chunks() {
+async fn older_versions_are_read_and_written_as_they_were() {
     let d = tempfile::tempdir().unwrap();
     let src = d.path().join("src");
     big_tree(&src);
-    for (version, lists) in [(1, 0), (2, 2)] {
+    for (version, lists) in [(1, 0), (2, 2), (3, 2)] {
         let dir = d.path().join(format!("r{version}"));
         Repository::init(dir.display().to_string(), &pass("p"), Default::default())
             .await
             .unwrap();
-        let cfg = std::fs::read_to_string(dir.join("config")).unwrap();
-        let cfg = cfg.replace("\"version\": 2", &format!("\"version\": {version}"));
-        std::fs::write(dir.join("config"), cfg).unwrap();
+        set_version(&dir, version);
         let repo = Repository::open(dir.display().to_string(), &pass("p"))
             .await
             .unwrap();
@@ -188,12 +193,7 @@ async fn diff_sees_through_ids_kept_inline_or_in_list_chunks() {
     Repository::init(dir.display().to_string(), &pass("p"), Default::default())
         .await
         .unwrap();
-    let set_version = |v: u32| {
-        let cfg = std::fs::read_to_string(dir.join("config")).unwrap();
-        let cfg = cfg.replace("\"version\": 2", "\"version\": 1");
-        let cfg = cfg.replace("\"version\": 1", &format!("\"version\": {v}"));
-        std::fs::write(dir.join("config"), cfg).unwrap();
-    };
+    let set_version = |v: u32| set_version(&dir, v);
     let p = pass("p");
     let open = || Repository::open(dir.display().to_string(), &p);
     set_version(1);
