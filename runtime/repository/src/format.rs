@@ -21,6 +21,11 @@ pub(crate) const NODE_CHUNKS_VERSION: u32 = 3;
 /// chunk list written as chunks of ids while it is backed up, so neither the backup's memory
 /// nor the content object grows with its size.
 pub(crate) const LIST_IDS: usize = 2048;
+/// Chunk ids per list chunk of a tree's node chunks (8 KiB): a change among the nodes stores
+/// again one list chunk of this size with the node chunks around it (a tree of 200,000 files
+/// has about 8,500 node chunks; in lists of [`LIST_IDS`], a new file cost the next snapshot
+/// 64 KiB of ids that do not compress).
+pub(crate) const NODE_LIST_IDS: usize = 256;
 /// A tree's file with fewer chunks than [`LIST_IDS`] but at least this many has its ids
 /// written as one list chunk all the same: the content object then holds one id for it, and
 /// as the list chunk deduplicates, a file unchanged since the last snapshot costs the next

@@ -69,6 +69,10 @@ pub(crate) struct PipelineConfig {
     /// Fewest ids a file's list chunk holds, when shorter lists are written as list chunks
     /// too (a tree's files, [`format::MIN_LISTED_IDS`]); `None` keeps them in the content.
     pub(crate) min_listed: Option<usize>,
+    /// List chunks end where an id says so (about every `list_ids`, from a quarter to four
+    /// times that), not after exactly `list_ids`: a chunk inserted or removed then changes
+    /// the list chunk around it, not every list chunk after it (a tree's node chunks).
+    pub(crate) lists_by_content: bool,
 }
 
 pub(crate) enum Input {
@@ -328,6 +332,7 @@ struct ChunkState<'a> {
     window: usize,
     out: ChunkerOut,
     list_ids: usize,
+    lists_by_content: bool,
     /// Fewest ids a file's list chunk holds ([`PipelineConfig::min_listed`]).
     min_listed: usize,
     /// The length and id of the last chunk of zeros cut.
@@ -353,6 +358,7 @@ impl<'a> ChunkState<'a> {
             window: window.max(1),
             out: ChunkerOut::default(),
             list_ids: cfg.list_ids.unwrap_or(usize::MAX).max(1),
+            lists_by_content: cfg.lists_by_content && cfg.list_ids.is_some(),
             min_listed: match (cfg.list_ids, cfg.min_listed) {
                 (Some(n), Some(m)) => m.min(n).max(1),
                 _ => usize::MAX,
@@ -392,7 +398,18 @@ impl<'a> ChunkState<'a> {
     fn record(&mut self, id: ChunkId, index: &Index) {
         self.current.chunks.push(id);
         self.out.chunks += 1;
-        if self.current.chunks.len() >= self.list_ids {
+        let (n, per) = (self.current.chunks.len(), self.list_ids);
+        let full = if self.lists_by_content {
+            // Ids are keyed hashes: their first bytes are uniform. A repeated id (zeros) that
+            // ends lists makes them a quarter long, no shorter.
+            let mut head = [0u8; 8];
+            head.copy_from_slice(&id.0[..8]);
+            n >= per.saturating_mul(4)
+                || (n >= per / 4 && u64::from_le_bytes(head).is_multiple_of(per as u64))
+        } else {
+            n >= per
+        };
+        if full {
             self.spill(index);
         }
     }
@@ -905,7 +922,42 @@ mod tests {
             progress: None,
             list_ids: Some(2),
             min_listed: None,
+            lists_by_content: false,
         }
+    }
+
+    #[test]
+    fn lists_cut_by_content_change_only_around_an_inserted_chunk() {
+        let keys = MasterKeys::generate();
+        let cfg = PipelineConfig {
+            list_ids: Some(16),
+            lists_by_content: true,
+            ..config()
+        };
+        let index = Index::default();
+        let lists = |chunks: &[Vec<u8>]| {
+            let mut st = ChunkState::new(&keys, &cfg, 1 << 16);
+            for c in chunks {
+                st.chunk(c, &index);
+            }
+            st.end_file(&index);
+            st.out.files.remove(0).lists
+        };
+        let mut chunks: Vec<Vec<u8>> = (0u32..2000).map(|i| i.to_le_bytes().to_vec()).collect();
+        let before = lists(&chunks);
+        chunks.insert(1000, b"inserted".to_vec());
+        let after = lists(&chunks);
+        assert!(
+            (2000 / 64..=2000 / 4).contains(&before.len()),
+            "{}",
+            before.len()
+        );
+        let kept = after.iter().filter(|id| before.contains(id)).count();
+        assert!(
+            kept + 3 >= before.len(),
+            "{kept} of {} lists kept after one insertion",
+            before.len()
+        );
     }
 
     #[test]

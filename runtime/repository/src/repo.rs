@@ -705,11 +705,17 @@ impl Repository {
             pack_bytes: pipeline::DEFAULT_PACK_BYTES,
             threads: opts.threads,
             progress: opts.progress.clone(),
-            list_ids: (self.inner.config.version >= format::LIST_CHUNKS_VERSION)
-                .then_some(format::LIST_IDS),
+            list_ids: (self.inner.config.version >= format::LIST_CHUNKS_VERSION).then_some(
+                if default == Chunking::NODES {
+                    format::NODE_LIST_IDS
+                } else {
+                    format::LIST_IDS
+                },
+            ),
             // A tree's files (a copy carries trees too): unchanged ones then cost the next
             // snapshot one id each. A stream's list stays in its content below LIST_IDS.
             min_listed: (default == Chunking::PAGES).then_some(format::MIN_LISTED_IDS),
+            lists_by_content: default == Chunking::NODES,
         };
         let shared = pipeline::Shared {
             backend: self.inner.backend.clone(),
