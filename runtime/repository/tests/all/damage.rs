@@ -418,3 +418,51 @@ async fn a_protected_damaged_index_file_stops_prune_only_until_repair() {
     repo.restore_stream(&a, &mut out).await.unwrap();
     assert!(out == noise(2_000_000, 1));
 }
+
+/// A tree's nodes are in a pack of their own (format version 3): damaged, `check` names it
+/// and the snapshot, restoring or listing that snapshot names both, and another tree restores.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_node_pack_is_named_by_check_restore_and_ls() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("r");
+    let repo = Repository::init(dir.display().to_string(), &pass("p"), Default::default())
+        .await
+        .unwrap();
+    let tree = |name: &str, seed: u64| {
+        let src = d.path().join(name);
+        std::fs::create_dir_all(src.join("sub")).unwrap();
+        std::fs::write(src.join("sub/data.bin"), noise(300_000, seed)).unwrap();
+        src
+    };
+    let (src_a, src_b) = (tree("a", 1), tree("b", 2));
+    let a = repo.backup_tree(&src_a, Default::default()).await.unwrap();
+    // The pack written for a's nodes, beside its data's (300 KB).
+    let node_pack = packs(&dir)
+        .into_iter()
+        .find(|p| std::fs::metadata(p).unwrap().len() < 4096)
+        .expect("a pack of a's nodes");
+    let b = repo.backup_tree(&src_b, Default::default()).await.unwrap();
+    let mut bytes = std::fs::read(&node_pack).unwrap();
+    bytes[10] ^= 1;
+    std::fs::write(&node_pack, bytes).unwrap();
+    let name = node_pack.file_name().unwrap().to_str().unwrap();
+    let report = repo.check(true).await.unwrap();
+    let p = report
+        .errors
+        .iter()
+        .find(|p| p.object.contains(name))
+        .unwrap_or_else(|| panic!("{report:?}"));
+    assert_eq!(p.snapshots, vec![a.id.clone()], "{p:?}");
+    for e in [
+        repo.restore_tree_of(&a, d.path().join("dst-a"))
+            .await
+            .unwrap_err(),
+        repo.list_tree(&a, &[]).await.unwrap_err(),
+    ] {
+        let msg = e.to_string();
+        assert!(msg.contains(name) && msg.contains(&a.id), "{msg}");
+    }
+    let dst = d.path().join("dst-b");
+    repo.restore_tree_of(&b, &dst).await.unwrap();
+    assert_same_tree(&src_b, &dst);
+}
