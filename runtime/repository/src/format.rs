@@ -17,14 +17,19 @@ pub(crate) const LIST_CHUNKS_VERSION: u32 = 2;
 /// The first version that keeps a tree's nodes in chunks of their own (node chunks) rather
 /// than in its content object.
 pub(crate) const NODE_CHUNKS_VERSION: u32 = 3;
-/// Chunk ids per list chunk (64 KiB): a file or stream with more chunks than this has its
-/// chunk list written as chunks of ids while it is backed up, so neither the backup's memory
-/// nor the content object grows with its size.
+/// The first version whose writers end list chunks where an id says so (from a quarter to
+/// four times their usual count) rather than after a fixed count, so that a chunk inserted
+/// early in a long stream changes the list chunk around it, not every one after it. Readers
+/// of every version read lists of any length.
+pub(crate) const LISTS_BY_CONTENT_VERSION: u32 = 3;
+/// Chunk ids per list chunk (64 KiB; on average since version 3): a file or stream with more
+/// chunks than this has its chunk list written as chunks of ids while it is backed up, so
+/// neither the backup's memory nor the content object grows with its size.
 pub(crate) const LIST_IDS: usize = 2048;
-/// Chunk ids per list chunk of a tree's node chunks (8 KiB): a change among the nodes stores
-/// again one list chunk of this size with the node chunks around it (a tree of 200,000 files
-/// has about 8,500 node chunks; in lists of [`LIST_IDS`], a new file cost the next snapshot
-/// 64 KiB of ids that do not compress).
+/// Chunk ids per list chunk of a tree's node chunks, on average (8 KiB): a change among the
+/// nodes stores again one list chunk of about this size with the node chunks around it (a
+/// tree of 200,000 files has about 5,000 node chunks; in lists of [`LIST_IDS`], a new file
+/// would cost the next snapshot 64 KiB of ids that do not compress).
 pub(crate) const NODE_LIST_IDS: usize = 256;
 /// A tree's file with fewer chunks than [`LIST_IDS`] but at least this many has its ids
 /// written as one list chunk all the same: the content object then holds one id for it, and

@@ -71,7 +71,7 @@ pub(crate) struct PipelineConfig {
     pub(crate) min_listed: Option<usize>,
     /// List chunks end where an id says so (about every `list_ids`, from a quarter to four
     /// times that), not after exactly `list_ids`: a chunk inserted or removed then changes
-    /// the list chunk around it, not every list chunk after it (a tree's node chunks).
+    /// the list chunk around it, not every list chunk after it (format version 3).
     pub(crate) lists_by_content: bool,
 }
 

@@ -715,7 +715,7 @@ impl Repository {
             // A tree's files (a copy carries trees too): unchanged ones then cost the next
             // snapshot one id each. A stream's list stays in its content below LIST_IDS.
             min_listed: (default == Chunking::PAGES).then_some(format::MIN_LISTED_IDS),
-            lists_by_content: default == Chunking::NODES,
+            lists_by_content: self.inner.config.version >= format::LISTS_BY_CONTENT_VERSION,
         };
         let shared = pipeline::Shared {
             backend: self.inner.backend.clone(),

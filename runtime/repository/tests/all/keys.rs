@@ -139,7 +139,8 @@ async fn older_versions_are_read_and_written_as_they_were() {
     let d = tempfile::tempdir().unwrap();
     let src = d.path().join("src");
     big_tree(&src);
-    for (version, lists) in [(1, 0), (2, 2), (3, 2)] {
+    // Version 3 ends lists where an id says so: one to a few for 2,560 ids.
+    for (version, lists) in [(1, 0..=0), (2, 2..=2), (3, 1..=4)] {
         let dir = d.path().join(format!("r{version}"));
         Repository::init(dir.display().to_string(), &pass("p"), Default::default())
             .await
@@ -150,7 +151,8 @@ async fn older_versions_are_read_and_written_as_they_were() {
             .unwrap();
         let s = repo.backup_tree(&src, Default::default()).await.unwrap();
         assert_eq!(s.summary.chunks, 2560);
-        assert_eq!(s.summary.new_chunks, 2560 + lists, "version {version}");
+        let listed = s.summary.new_chunks - 2560;
+        assert!(lists.contains(&listed), "version {version}: {listed} lists");
         let repo = Repository::open(dir.display().to_string(), &pass("p"))
             .await
             .unwrap();
