@@ -112,6 +112,8 @@ impl Chunking {
 #[derive(Debug)]
 pub(crate) struct Chunker {
     mode: Chunking,
+    /// Content-defined cuts move on to the end of their line (a tree's nodes, JSON lines).
+    at_lines: bool,
     buf: Vec<u8>,
 }
 
@@ -119,7 +121,19 @@ impl Chunker {
     pub(crate) fn new(mode: Chunking) -> Self {
         Self {
             mode,
+            at_lines: false,
             buf: Vec::new(),
+        }
+    }
+
+    /// A chunker whose content-defined cuts each move on to the end of the line they fall in,
+    /// so that every chunk but a stream's last is whole lines: a tree's node chunks, which a
+    /// reader of many snapshots can then skip where it read them already (`mark`). A line
+    /// longer than `max` is cut within at twice `max`.
+    pub(crate) fn at_lines(mode: Chunking) -> Self {
+        Self {
+            at_lines: true,
+            ..Self::new(mode)
         }
     }
 
@@ -150,6 +164,10 @@ impl Chunker {
                 }
                 self.buf.extend_from_slice(chunks.remainder());
             }
+            Chunking::Cdc { min, avg, max } if self.at_lines => {
+                self.buf.extend_from_slice(data);
+                self.cut_at_lines(min, avg, max, false, emit);
+            }
             Chunking::Cdc { min, avg, max } => {
                 self.buf.extend_from_slice(data);
                 // Cut only when enough is buffered that every cut but the last is final.
@@ -171,6 +189,35 @@ impl Chunker {
         }
     }
 
+    /// Emits the chunks of the buffer that are final, each FastCDC's next cut moved on to the
+    /// end of its line; with `end`, the buffer is the rest of the stream.
+    fn cut_at_lines(
+        &mut self,
+        min: u32,
+        avg: u32,
+        max: u32,
+        end: bool,
+        emit: &mut dyn FnMut(&[u8]),
+    ) {
+        let longest = 2 * max as usize;
+        let mut start = 0;
+        while start < self.buf.len() {
+            let rest = &self.buf[start..];
+            // Cut only with a whole window of what follows, as the other modes do.
+            if rest.len() < longest && !end {
+                break;
+            }
+            let Some(cut) = fastcdc::v2020::FastCDC::new(rest, min, avg, max).next() else {
+                break;
+            };
+            let line_end = rest[cut.length - 1..].iter().position(|&b| b == b'\n');
+            let len = line_end.map_or(rest.len(), |i| cut.length + i).min(longest);
+            emit(&rest[..len]);
+            start += len;
+        }
+        self.buf.drain(..start);
+    }
+
     /// Ends the stream, emitting what is left.
     pub(crate) fn finish(&mut self, emit: &mut dyn FnMut(&[u8])) {
         match self.mode {
@@ -178,6 +225,9 @@ impl Chunker {
                 if !self.buf.is_empty() {
                     emit(&self.buf);
                 }
+            }
+            Chunking::Cdc { min, avg, max } if self.at_lines => {
+                self.cut_at_lines(min, avg, max, true, emit);
             }
             Chunking::Cdc { min, avg, max } => {
                 for c in fastcdc::v2020::FastCDC::new(&self.buf, min, avg, max) {
@@ -206,7 +256,10 @@ mod tests {
     }
 
     fn cuts(mode: Chunking, d: &[u8], block: usize) -> Vec<usize> {
-        let mut c = Chunker::new(mode);
+        cuts_by(Chunker::new(mode), d, block)
+    }
+
+    fn cuts_by(mut c: Chunker, d: &[u8], block: usize) -> Vec<usize> {
         let mut v = Vec::new();
         for b in d.chunks(block) {
             c.push(b, &mut |x| v.push(x.len()));
@@ -246,5 +299,56 @@ mod tests {
             }
             assert!(zero_chunks >= 20, "{mode:?}: {zero_chunks}");
         }
+    }
+
+    /// Node chunks end with their line, however the stream arrives, except within a line
+    /// longer than twice the largest chunk; a line inserted changes only the chunk it is in.
+    #[test]
+    fn node_chunks_end_lines_and_an_insertion_changes_one() {
+        let line = |i: usize| {
+            let mut l = format!(
+                "{{\"path\":\"dir/file-{i}\",\"size\":{}",
+                i * 7919 % 100_000
+            );
+            l.push_str(&"x".repeat(i * 31 % 200));
+            l.push_str("}\n");
+            l
+        };
+        let stream = |lines: &[String]| lines.concat().into_bytes();
+        let mut lines: Vec<String> = (0..3000).map(line).collect();
+        lines.insert(1500, format!("{}\n", "y".repeat(100_000)));
+        let d = stream(&lines);
+        let whole = cuts_by(Chunker::at_lines(Chunking::NODES), &d, d.len());
+        for block in [1000, 65536] {
+            let got = cuts_by(Chunker::at_lines(Chunking::NODES), &d, block);
+            assert_eq!(got, whole, "block {block}");
+        }
+        let (mut at, mut within_long) = (0, 0);
+        for &len in &whole {
+            assert!(len <= 64 * 1024, "{len}");
+            if d[at + len - 1] != b'\n' {
+                within_long += 1;
+                assert!(at >= d.len() / 2 - 100_000 && at < d.len() / 2 + 100_000);
+            }
+            at += len;
+        }
+        assert!(
+            within_long >= 1 && whole.len() > 20,
+            "{within_long} of {}",
+            whole.len()
+        );
+
+        let chunks = |d: &[u8]| {
+            let mut v = Vec::new();
+            let mut c = Chunker::at_lines(Chunking::NODES);
+            c.push(d, &mut |x| v.push(x.to_vec()));
+            c.finish(&mut |x| v.push(x.to_vec()));
+            v
+        };
+        let before = chunks(&d);
+        lines.insert(700, line(99_999));
+        let after = chunks(&stream(&lines));
+        let new = after.iter().filter(|c| !before.contains(c)).count();
+        assert!((1..=2).contains(&new), "{new} new chunks");
     }
 }

@@ -34,6 +34,7 @@ mod format;
 mod index;
 mod keys;
 mod lock;
+mod mark;
 mod pipeline;
 mod repo;
 mod restore;

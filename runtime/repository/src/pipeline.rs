@@ -73,6 +73,8 @@ pub(crate) struct PipelineConfig {
     /// times that), not after exactly `list_ids`: a chunk inserted or removed then changes
     /// the list chunk around it, not every list chunk after it (format version 3).
     pub(crate) lists_by_content: bool,
+    /// Content-defined cuts move on to the end of their line ([`Chunker::at_lines`]).
+    pub(crate) at_lines: bool,
 }
 
 pub(crate) enum Input {
@@ -525,7 +527,11 @@ fn chunker_loop(
     abort: &AtomicBool,
     blocks: &Pool,
 ) -> Result<ChunkerOut> {
-    let mut chunker = Chunker::new(cfg.chunking);
+    let mut chunker = if cfg.at_lines {
+        Chunker::at_lines(cfg.chunking)
+    } else {
+        Chunker::new(cfg.chunking)
+    };
     let mut st = ChunkState::new(keys, cfg, DEDUP_WINDOW);
     let poisoned = || Error::Invalid("repository index lock poisoned".into());
     let send = |st: &mut ChunkState<'_>| -> Result<()> {
@@ -923,6 +929,7 @@ mod tests {
             list_ids: Some(2),
             min_listed: None,
             lists_by_content: false,
+            at_lines: false,
         }
     }
 

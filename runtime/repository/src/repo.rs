@@ -8,6 +8,7 @@ use crate::format::{self, Config, Content, SnapshotInfo};
 use crate::index::{Index, IndexBuilder, Loc};
 use crate::keys::{self, KeyFile, KeyProvider, KeySlotInfo, SlotFile};
 use crate::lock::LockGuard;
+use crate::mark::Marks;
 use crate::pipeline::{self, Pipeline, PipelineConfig};
 use crate::retention::Retention;
 use bytes::Bytes;
@@ -716,6 +717,7 @@ impl Repository {
             // snapshot one id each. A stream's list stays in its content below LIST_IDS.
             min_listed: (default == Chunking::PAGES).then_some(format::MIN_LISTED_IDS),
             lists_by_content: self.inner.config.version >= format::LISTS_BY_CONTENT_VERSION,
+            at_lines: default == Chunking::NODES,
         };
         let shared = pipeline::Shared {
             backend: self.inner.backend.clone(),
@@ -943,7 +945,7 @@ impl Repository {
     }
 
     /// Reads the list chunks of each pair into the ids they hold.
-    async fn fill_lists(
+    pub(crate) async fn fill_lists(
         &self,
         lists: Vec<(&[ChunkId], &mut Vec<ChunkId>)>,
         info: &SnapshotInfo,
@@ -1156,8 +1158,9 @@ impl Repository {
                 ));
             }
         }
-        // Snapshots and the chunks they need.
-        let mut snap_chunks: Vec<(String, IdSet)> = Vec::new();
+        // Snapshots and the chunks they need, each node and list chunk they share read once.
+        let mut marks = Marks::default();
+        let mut marked: Vec<SnapshotInfo> = Vec::new();
         for id in self.snapshot_ids().await? {
             let info = match self.read_snapshot(&id).await {
                 Ok(i) => i,
@@ -1166,19 +1169,14 @@ impl Repository {
                     continue;
                 }
             };
-            match self.content(&info).await.map(|c| c.chunk_ids()) {
-                Ok(ids) => snap_chunks.push((id, ids.into_iter().collect())),
+            match self.mark(&info, &mut marks).await {
+                Ok(()) => marked.push(info),
                 Err(e) => report.errors.push(problem(e, vec![id.clone()])),
             }
         }
-        report.snapshots = snap_chunks.len() + report.errors.len();
-        let affected = |damaged: &IdSet| -> Vec<String> {
-            snap_chunks
-                .iter()
-                .filter(|(_, ids)| ids.iter().any(|c| damaged.contains(c)))
-                .map(|(s, _)| s.clone())
-                .collect()
-        };
+        report.snapshots = marked.len() + report.errors.len();
+        let referenced = marks.referenced;
+        let mut blame = Blame::default();
         report.errors.extend(
             damaged_index_files
                 .into_iter()
@@ -1198,30 +1196,20 @@ impl Repository {
                 .filter(|(_, entries)| !entries.is_empty())
                 .map(|(p, entries)| (format::pack_hex(p), entries))
                 .collect();
-            let mut missing = IdSet::default();
-            for (_, ids) in &snap_chunks {
-                for c in ids {
-                    if !idx.contains(c) {
-                        missing.insert(*c);
-                    }
-                }
-            }
+            let missing: IdSet = referenced
+                .iter()
+                .filter(|c| !idx.contains(c))
+                .copied()
+                .collect();
             (by_pack, missing)
         };
         if !missing_chunks.is_empty() {
-            report.errors.push(Problem {
-                object: "index".into(),
-                reason: format!(
-                    "{} chunks referenced by snapshots are in no index (`cairn repo repair \
-                     index` indexes the packs that still hold them)",
-                    missing_chunks.len()
-                ),
-                snapshots: affected(&missing_chunks),
-            });
-        }
-        let mut referenced = IdSet::default();
-        for (_, ids) in &snap_chunks {
-            referenced.extend(ids.iter().copied());
+            let reason = format!(
+                "{} chunks referenced by snapshots are in no index (`cairn repo repair index` \
+                 indexes the packs that still hold them)",
+                missing_chunks.len()
+            );
+            blame.push(&mut report, "index".into(), reason, missing_chunks);
         }
         let mut unreferenced_packs = 0usize;
         let mut pack_names: Vec<&String> = by_pack.keys().collect();
@@ -1235,11 +1223,7 @@ impl Repository {
                 unreferenced_packs += 1;
             }
             let Some(&size) = packs_present.get(hex.as_str()) else {
-                report.errors.push(Problem {
-                    object: path,
-                    reason: "is missing".into(),
-                    snapshots: affected(&ids_of(entries)),
-                });
+                blame.push(&mut report, path, "is missing".into(), ids_of(entries));
                 continue;
             };
             let needed = entries
@@ -1248,11 +1232,8 @@ impl Repository {
                 .max()
                 .unwrap_or(0);
             if size < needed {
-                report.errors.push(Problem {
-                    object: path,
-                    reason: format!("is truncated ({size} bytes, index needs {needed})"),
-                    snapshots: affected(&ids_of(entries)),
-                });
+                let reason = format!("is truncated ({size} bytes, index needs {needed})");
+                blame.push(&mut report, path, reason, ids_of(entries));
                 continue;
             }
             if read.reads(hex) {
@@ -1275,11 +1256,7 @@ impl Repository {
                     VerifyError::Chunks(c, _) => c.clone(),
                     VerifyError::Whole(_) => ids_of(entries),
                 };
-                report.errors.push(Problem {
-                    object: path,
-                    reason: e.reason(),
-                    snapshots: affected(&bad),
-                });
+                blame.push(&mut report, path, e.reason(), bad);
             }
         }
         for hex in packs_present.keys() {
@@ -1295,6 +1272,20 @@ impl Repository {
             report.warnings.push(format!(
                 "{unreferenced_packs} packs hold only unreferenced data (prune removes them)"
             ));
+        }
+        if !blame.0.is_empty() {
+            // Only a check that found damage reads the snapshots whole again, to name those
+            // that need each damaged chunk.
+            for info in &marked {
+                let Ok(ids) = self.content(info).await.map(|c| c.chunk_ids()) else {
+                    continue;
+                };
+                for (i, damaged) in &blame.0 {
+                    if ids.iter().any(|c| damaged.contains(c)) {
+                        report.errors[*i].snapshots.push(info.id.clone());
+                    }
+                }
+            }
         }
         Ok(report)
     }
@@ -1559,11 +1550,11 @@ impl Repository {
                 ),
             )
         };
-        let mut referenced = IdSet::default();
+        let mut marks = Marks::default();
         let mut contents = HashSet::new();
         for s in &snaps {
-            let c = match self.content(s).await {
-                Ok(c) => c,
+            match self.mark(s, &mut marks).await {
+                Ok(()) => {}
                 // A file's chunk list is kept in list chunks, and one is in no index.
                 Err(Error::Missing { object, .. }) if object.starts_with("chunk ") => {
                     return Err(unindexed(format!(
@@ -1572,10 +1563,10 @@ impl Repository {
                     )));
                 }
                 Err(e) => return Err(e),
-            };
-            referenced.extend(c.chunk_ids());
+            }
             contents.insert(s.content.clone());
         }
+        let referenced = marks.referenced;
         for m in backend.list("content/").await? {
             let Some(id) = m.location.filename().filter(|n| format::is_id(n)) else {
                 continue;
@@ -2201,6 +2192,22 @@ async fn open_slots(
 }
 
 /// The ids of a pack's chunks: what a damaged pack affects.
+/// The problems a check found in chunks, by their place among the report's errors, with the
+/// chunks each found damaged: the snapshots that need those are named at the end.
+#[derive(Default)]
+struct Blame(Vec<(usize, IdSet)>);
+
+impl Blame {
+    fn push(&mut self, report: &mut CheckReport, object: String, reason: String, damaged: IdSet) {
+        self.0.push((report.errors.len(), damaged));
+        report.errors.push(Problem {
+            object,
+            reason,
+            snapshots: Vec::new(),
+        });
+    }
+}
+
 fn ids_of(entries: &[(ChunkId, Loc)]) -> IdSet {
     entries.iter().map(|e| e.0).collect()
 }

@@ -920,8 +920,12 @@ async fn a_snapshot_stores_again_only_the_nodes_around_a_change() {
     std::fs::write(src.join("b/0500.eml"), b"Subject: changed\n").unwrap();
     let second = repo.backup_tree(&src, Default::default()).await.unwrap();
     let (one, two) = (first.summary.stored_bytes, second.summary.stored_bytes);
+    // Inline nodes would store about as much again. Stored again here: the two node chunks
+    // that hold the changed lines (the file's and its directory's), and what every snapshot
+    // writes (its content object, naming the ~50 node chunks, a pack header, an index file),
+    // together a tenth of the first snapshot, give or take with the files' times.
     assert!(
-        two * 8 < one,
+        two * 5 < one,
         "the second stored {two} B, the first {one} B"
     );
     assert_eq!(second.summary.files, 3000);
