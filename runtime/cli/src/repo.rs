@@ -1032,9 +1032,17 @@ async fn run_inner(args: &RepoArgs) -> anyhow::Result<ExitCode> {
                         ));
                     }
                     let path = PathBuf::from(source);
-                    // With excludes, the directory's size overstates what is read.
-                    let total = exclude.is_empty().then(|| dir_bytes(&path));
-                    let shown = watch(progress_bar(total), counter, None);
+                    // The bar's length is the directory's size, summed beside the backup and
+                    // only for a bar that shows (a walk of 200,000 files takes most of a
+                    // second); with excludes, it would overstate what is read.
+                    let sized = exclude.is_empty() && std::io::stderr().is_terminal();
+                    let length = sized.then(|| {
+                        let length = Arc::new(AtomicU64::new(0));
+                        let (l, p) = (length.clone(), path.clone());
+                        std::thread::spawn(move || l.store(dir_bytes(&p), Ordering::Relaxed));
+                        length
+                    });
+                    let shown = watch(progress_bar(sized.then_some(0)), counter, length);
                     (repo.backup_tree(&path, opts).await, shown)
                 }
             };
