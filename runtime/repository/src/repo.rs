@@ -727,15 +727,17 @@ impl Repository {
         Pipeline::start(shared, cfg)
     }
 
-    /// Writes the content and then the snapshot `info` (given its content's id, and the
-    /// content's bytes in its stored bytes): the snapshot is the commit.
+    /// Writes the content (a tree's nodes compressed at the levels `opts` gives) and then
+    /// the snapshot `info` (given its content's id, and the content's bytes in its stored
+    /// bytes): the snapshot is the commit.
     pub(crate) async fn commit(
         &self,
         content: Content,
         mut info: SnapshotInfo,
+        opts: &BackupOptions,
     ) -> Result<SnapshotInfo> {
         let mut content = content;
-        info.summary.stored_bytes += self.store_nodes(&mut content).await?;
+        info.summary.stored_bytes += self.store_nodes(&mut content, opts).await?;
         let keys = &self.inner.keys;
         info.content = format::new_id();
         let sealed = format::seal_json(keys, "content", &info.content, &content)?;
@@ -760,7 +762,7 @@ impl Repository {
     /// then stores again only the stretches of nodes that changed since the last one, and a
     /// reader takes the nodes one by one as their chunks arrive. They go in packs of their
     /// own, so reading a tree's nodes reads no file data. Returns the bytes stored.
-    async fn store_nodes(&self, content: &mut Content) -> Result<u64> {
+    async fn store_nodes(&self, content: &mut Content, opts: &BackupOptions) -> Result<u64> {
         let Some((nodes, node_chunks, node_lists)) = content.tree_parts() else {
             return Ok(0);
         };
@@ -769,11 +771,15 @@ impl Repository {
         if self.inner.config.version < format::NODE_CHUNKS_VERSION || nodes.is_empty() {
             return Ok(0);
         }
-        let pipeline = self.start_pipeline(
-            &BackupOptions::default(),
-            Chunking::NODES,
-            self.inner.index.clone(),
-        )?;
+        // The backup's compression; not its progress, which counts the data read.
+        let node_opts = BackupOptions {
+            zstd_level: opts.zstd_level,
+            text_zstd_level: opts.text_zstd_level,
+            threads: opts.threads,
+            ..BackupOptions::default()
+        };
+        let pipeline =
+            self.start_pipeline(&node_opts, Chunking::NODES, self.inner.index.clone())?;
         let (tx, blocks) = (pipeline.sender(), pipeline.blocks());
         let written = std::mem::take(nodes);
         let fed = tokio::task::spawn_blocking(move || -> Result<()> {

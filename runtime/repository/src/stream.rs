@@ -126,7 +126,10 @@ impl SnapshotWriter {
                 };
                 let tags = std::mem::take(&mut self.tags);
                 let info = SnapshotInfo::made(kind, self.time, self.host.take(), tags, summary);
-                self.repo.commit(content, info).await
+                // A stream has no nodes to compress.
+                self.repo
+                    .commit(content, info, &crate::BackupOptions::default())
+                    .await
             }
             Err(e) => Err(e),
         };
