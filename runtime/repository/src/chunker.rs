@@ -128,8 +128,8 @@ impl Chunker {
 
     /// A chunker whose content-defined cuts each move on to the end of the line they fall in,
     /// so that every chunk but a stream's last is whole lines: a tree's node chunks, which a
-    /// reader of many snapshots can then skip where it read them already (`mark`). A line
-    /// longer than `max` is cut within at twice `max`.
+    /// reader of many snapshots can then skip where it read them already (`mark`). A chunk
+    /// grows to twice `max` at most: one whose line runs on past that is cut within it.
     pub(crate) fn at_lines(mode: Chunking) -> Self {
         Self {
             at_lines: true,

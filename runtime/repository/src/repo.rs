@@ -8,7 +8,7 @@ use crate::format::{self, Config, Content, SnapshotInfo};
 use crate::index::{Index, IndexBuilder, Loc};
 use crate::keys::{self, KeyFile, KeyProvider, KeySlotInfo, SlotFile};
 use crate::lock::LockGuard;
-use crate::mark::Marks;
+use crate::mark::{Marks, NodeLine, SeenNodeChunks, parse_node};
 use crate::pipeline::{self, Pipeline, PipelineConfig};
 use crate::retention::Retention;
 use bytes::Bytes;
@@ -1010,30 +1010,17 @@ impl Repository {
         lists: &format::ChunkList,
         mut each: impl FnMut(T) + Send,
     ) -> Result<()> {
-        if !lists.is_empty() {
-            self.fill_lists(vec![(&lists.0[..], &mut chunks.0)], info)
-                .await?;
-        }
-        if chunks.is_empty() {
-            return Ok(());
-        }
-        let mut read = Box::pin(self.read_chunks(&chunks.0, &info.id).await?);
-        let path = format::content_path(&info.content);
-        let bad = |why: String| with_snapshot(Error::corrupt(&path, why), &info.id);
-        let mut lines = format::NodeLines::default();
-        while let Some(batch) = read.next().await {
-            for piece in batch? {
-                lines.feed(&piece, |line| {
-                    let node = serde_json::from_slice(line)
-                        .map_err(|e| bad(format!("a node in its node chunks: {e}")))?;
-                    each(node);
-                    Ok(())
-                })?;
+        *chunks = self
+            .node_chunk_ids(info, std::mem::take(chunks), lists)
+            .await?;
+        let all = SeenNodeChunks::default();
+        self.node_lines(info, &chunks.0, &all, |l| {
+            if let NodeLine::Line(line) = l {
+                each(parse_node(info, line)?);
             }
-        }
-        if !lines.ended() {
-            return Err(bad("its node chunks end within a node".into()));
-        }
+            Ok(())
+        })
+        .await?;
         Ok(())
     }
 

@@ -1,8 +1,10 @@
 //! Directory trees: walk and back up, restore into a directory.
 
 use crate::chunker::Chunking;
+use crate::crypto::ChunkId;
 use crate::error::{Error, Result};
 use crate::format::{self, ChunkList, Content, Node, NodeKind, SnapshotInfo, SnapshotKind};
+use crate::mark::{NodeLine, SeenNodeChunks, parse_node};
 use crate::pipeline::{INPUT_BLOCK, Input, Pool};
 use crate::repo::{
     BackupOptions, Parent, Repository, RestoreOptions, RestoreSummary, SnapshotFilter,
@@ -1241,24 +1243,63 @@ impl Repository {
             .filter(|s| matches!(s.kind, SnapshotKind::Tree { .. }))
             .collect();
         trees.sort_by_key(|s| std::cmp::Reverse(s.time));
+        // Content objects a few ahead; node chunks that snapshots share read once, what
+        // they matched kept for the snapshots that skip them.
         let contents = futures::stream::iter(trees)
             .map(|info| async move {
-                let nodes = self.tree_nodes(&info).await;
-                nodes.map(|n| (info, n))
+                let content = self.content_object_as::<Content>(&info).await;
+                content.map(|c| (info, c))
             })
-            .buffered(8);
+            .buffered(4);
         futures::pin_mut!(contents);
+        let matches = |n: &Node| {
+            let parts: Vec<&str> = n.path.split('/').collect();
+            patterns.iter().any(|p| p.matches(&parts))
+        };
+        let mut seen = SeenNodeChunks::default();
+        let mut matched_in: HashMap<ChunkId, Vec<TreeEntry>> = HashMap::new();
         let mut found = Vec::new();
         while let Some(read) = contents.next().await {
-            let (info, nodes) = read?;
-            let matched: Vec<TreeEntry> = nodes
+            let (info, content) = read?;
+            let Content::Tree {
+                nodes,
+                node_chunks,
+                node_lists,
+                ..
+            } = content
+            else {
+                continue;
+            };
+            let mut matched: Vec<TreeEntry> = nodes
                 .into_iter()
-                .filter(|n| {
-                    let parts: Vec<&str> = n.path.split('/').collect();
-                    patterns.iter().any(|p| p.matches(&parts))
-                })
+                .filter(|n| matches(n))
                 .map(TreeEntry::of)
                 .collect();
+            let ids = self.node_chunk_ids(&info, node_chunks, &node_lists).await?;
+            let mut in_chunk = Vec::new();
+            let read = self
+                .node_lines(&info, &ids.0, &seen, |l| {
+                    match l {
+                        NodeLine::Line(line) => {
+                            let n: Node = parse_node(&info, line)?;
+                            if matches(&n) {
+                                in_chunk.push(TreeEntry::of(n));
+                            }
+                        }
+                        NodeLine::End { id, whole } => {
+                            if whole {
+                                matched_in.insert(id, in_chunk.clone());
+                            }
+                            matched.append(&mut in_chunk);
+                        }
+                        NodeLine::Skipped(id) => {
+                            matched.extend(matched_in.get(&id).into_iter().flatten().cloned());
+                        }
+                    }
+                    Ok(())
+                })
+                .await?;
+            seen.learn(read);
             if !matched.is_empty() {
                 found.push((info, matched));
             }

@@ -943,4 +943,28 @@ async fn a_snapshot_stores_again_only_the_nodes_around_a_change() {
     repo.restore_tree_of(&second, &dst).await.unwrap();
     assert_same_tree(&src, &dst);
     assert!(repo.check(true).await.unwrap().is_ok());
+
+    // find reads the node chunks the snapshots share once, and still names what they hold
+    // in each snapshot (newest first).
+    std::fs::write(src.join("c/new.eml"), b"Subject: new\n").unwrap();
+    let third = repo.backup_tree(&src, Default::default()).await.unwrap();
+    let all = SnapshotFilter::new();
+    let found = repo.find(&all, &["0500.eml".into()]).await.unwrap();
+    let sizes: Vec<(String, Vec<(String, u64)>)> = found
+        .into_iter()
+        .map(|(s, e)| (s.id, e.into_iter().map(|e| (e.path, e.size)).collect()))
+        .collect();
+    let of = |b: u64| {
+        vec![
+            ("a/0500.eml".to_string(), 12),
+            ("b/0500.eml".to_string(), b),
+            ("c/0500.eml".to_string(), 12),
+        ]
+    };
+    assert_eq!(
+        sizes,
+        [(third.id, of(17)), (second.id, of(17)), (first.id, of(12))]
+    );
+    let found = repo.find(&all, &["new.eml".into()]).await.unwrap();
+    assert_eq!(found.len(), 1);
 }
