@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Maintenance over many snapshots: `prune --dry-run` and `check` of a repository holding
+# Maintenance over many snapshots: `prune --dry-run`, `check` and `find` of a repository holding
 # SNAPSHOTS backups of a tree of small files (bench/gen-files.py), one new file between
 # backups, Cairn against restic (Debian package) in one run.
 #
@@ -46,12 +46,17 @@ measure() { # NAME CMD...
   printf '%-22s %7.2f s wall %7.2f s CPU %6d MiB\n' "$name" "$wall" "$(echo "$user + $sys" | bc)" "$((rss / 1024))"
 }
 echo "$snapshots snapshots of $(find "$data" -type f | wc -l) files"
+# One file's name, to find in every snapshot.
+name=$(basename "$(find "$data" -type f | sort | head -1)")
 measure "cairn prune --dry-run" "$cairn" repo prune --dry-run --repo "file://$work/cairn"
 measure "cairn check" "$cairn" repo check --repo "file://$work/cairn"
+measure "cairn find" "$cairn" repo find "$name" --repo "file://$work/cairn"
 if [ -n "${OLD:-}" ]; then
   measure "old prune --dry-run" "$OLD" repo prune --dry-run --repo "file://$work/cairn"
   measure "old check" "$OLD" repo check --repo "file://$work/cairn"
+  measure "old find" "$OLD" repo find "$name" --repo "file://$work/cairn"
 fi
 measure "restic prune --dry-run" restic prune --dry-run --repo "$work/restic"
 measure "restic check" restic check --repo "$work/restic"
+measure "restic find" restic find --repo "$work/restic" "$name"
 rm -f "$data"/*/added-*.eml
