@@ -142,9 +142,7 @@ async fn restores_count_their_progress() {
     let d = tempfile::tempdir().unwrap();
     let src = d.path().join("src");
     make_tree(&src, 7);
-    let repo = Repository::init(memory_url().as_str(), &pass("p"), Default::default())
-        .await
-        .unwrap();
+    let repo = init_repo(memory_url().as_str()).await;
     let tree = repo.backup_tree(&src, Default::default()).await.unwrap();
     let stream = repo
         .backup_stream("s", &noise(3_000_000, 8)[..], Default::default())
@@ -214,9 +212,7 @@ async fn a_tree_stores_rewritten_pages_and_inserted_rows_alone() {
     let dump = text(3 << 20, 2);
     std::fs::write(src.join("16384"), &pages).unwrap();
     std::fs::write(src.join("dump.sql"), &dump).unwrap();
-    let repo = Repository::init(memory_url().as_str(), &pass("p"), Default::default())
-        .await
-        .unwrap();
+    let repo = init_repo(memory_url().as_str()).await;
     let first = repo.backup_tree(&src, Default::default()).await.unwrap();
     pages[8192 * 7..8192 * 8].copy_from_slice(&noise(8192, 3));
     let mut regenerated = dump[..5000].to_vec();
@@ -243,9 +239,7 @@ async fn listing_and_restoring_only_some_paths_of_a_tree() {
     let d = tempfile::tempdir().unwrap();
     let src = d.path().join("src");
     make_tree(&src, 5);
-    let repo = Repository::init(memory_url().as_str(), &pass("p"), Default::default())
-        .await
-        .unwrap();
+    let repo = init_repo(memory_url().as_str()).await;
     let info = repo.backup_tree(&src, Default::default()).await.unwrap();
 
     let all = repo.list_tree(&info, &[]).await.unwrap();
@@ -362,9 +356,7 @@ impl tokio::io::AsyncRead for FailingReader {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_whose_reading_fails_saves_no_snapshot_and_keeps_its_data() {
-    let repo = Repository::init(memory_url().as_str(), &pass("p"), Default::default())
-        .await
-        .unwrap();
+    let repo = init_repo(memory_url().as_str()).await;
     // A broken pipe too: it is the reader's, not the backup pipeline's.
     for kind in [
         std::io::ErrorKind::BrokenPipe,
@@ -391,9 +383,7 @@ async fn a_stream_whose_reading_fails_saves_no_snapshot_and_keeps_its_data() {
 
 /// An in-memory repository, and a [`make_tree`] in `src` of a temporary directory.
 async fn repo_and_tree(seed: u64) -> (Repository, tempfile::TempDir, std::path::PathBuf) {
-    let repo = Repository::init(memory_url().as_str(), &pass("p"), Default::default())
-        .await
-        .unwrap();
+    let repo = init_repo(memory_url().as_str()).await;
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src");
     make_tree(&src, seed);
@@ -586,9 +576,7 @@ async fn a_sparse_restore_leaves_holes_for_zero_blocks_only() {
 #[tokio::test]
 async fn transfers_keep_to_their_rate_limits() {
     let url = memory_url();
-    Repository::init(url.as_str(), &pass("p"), Default::default())
-        .await
-        .unwrap();
+    init_repo(url.as_str()).await;
     let limited = |up, down| {
         Location::new(url.clone())
             .limit_upload(up)
@@ -913,9 +901,7 @@ async fn a_snapshot_stores_again_only_the_nodes_around_a_change() {
             std::fs::write(src.join(dir).join(format!("{i:04}.eml")), b"Subject: hi\n").unwrap();
         }
     }
-    let repo = Repository::init(memory_url().as_str(), &pass("p"), Default::default())
-        .await
-        .unwrap();
+    let repo = init_repo(memory_url().as_str()).await;
     let first = repo.backup_tree(&src, Default::default()).await.unwrap();
     std::fs::write(src.join("b/0500.eml"), b"Subject: changed\n").unwrap();
     let second = repo.backup_tree(&src, Default::default()).await.unwrap();

@@ -36,9 +36,7 @@ async fn kill_9_during_backup_keeps_earlier_snapshots() {
     }
     let d = tempfile::tempdir().unwrap();
     let url = d.path().join("repo").display().to_string();
-    let repo = Repository::init(url.as_str(), &pass("p"), Default::default())
-        .await
-        .unwrap();
+    let repo = init_repo(url.as_str()).await;
     let base = noise(3_000_000, 77);
     let s0 = repo
         .backup_stream("base", &base[..], Default::default())
@@ -131,9 +129,7 @@ async fn kill_9_during_prune_keeps_every_kept_snapshot() {
     }
     let d = tempfile::tempdir().unwrap();
     let url = d.path().join("repo").display().to_string();
-    Repository::init(url.as_str(), &pass("p"), Default::default())
-        .await
-        .unwrap();
+    init_repo(url.as_str()).await;
     let exe = std::env::current_exe().unwrap();
     // Every trial adds a snapshot to keep and one to forget, so each prune has work to do:
     // the forgotten one is stored first and holds the kept one's data too, so its pack is

@@ -21,9 +21,7 @@ struct Two {
 
 async fn two_snapshots(dir: &Path) -> Two {
     let url = dir.display().to_string();
-    let repo = Repository::init(url.as_str(), &pass("p"), Default::default())
-        .await
-        .unwrap();
+    let repo = init_repo(url.as_str()).await;
     let a = repo
         .backup_stream("a", &noise(2_000_000, 1)[..], Default::default())
         .await
@@ -154,9 +152,7 @@ async fn foreign_files_are_reported_not_fatal() {
 async fn a_damaged_list_chunk_is_named_by_check_and_restore() {
     let d = tempfile::tempdir().unwrap();
     let dir = d.path().join("r");
-    let repo = Repository::init(dir.display().to_string(), &pass("p"), Default::default())
-        .await
-        .unwrap();
+    let repo = init_repo(dir.display().to_string()).await;
     // 2,560 page chunks: the file's chunk list is kept in two list chunks, the second of them
     // stored last, so it lies in the last frame of the last pack.
     let src = d.path().join("src");
@@ -425,9 +421,7 @@ async fn a_protected_damaged_index_file_stops_prune_only_until_repair() {
 async fn a_damaged_node_pack_is_named_by_check_restore_and_ls() {
     let d = tempfile::tempdir().unwrap();
     let dir = d.path().join("r");
-    let repo = Repository::init(dir.display().to_string(), &pass("p"), Default::default())
-        .await
-        .unwrap();
+    let repo = init_repo(dir.display().to_string()).await;
     let tree = |name: &str, seed: u64| {
         let src = d.path().join(name);
         std::fs::create_dir_all(src.join("sub")).unwrap();

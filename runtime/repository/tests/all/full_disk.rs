@@ -137,9 +137,7 @@ async fn backup_into_a_full_repository_fails_cleanly_and_resumes() {
     timed(async {
         let fs = Tmpfs::mount(24);
         let url = fs.path().join("repo").display().to_string();
-        let repo = Repository::init(url.as_str(), &pass("p"), Default::default())
-            .await
-            .unwrap();
+        let repo = init_repo(url.as_str()).await;
         // An earlier snapshot that fits.
         let src = tempfile::tempdir().unwrap();
         let small = src.path().join("small");
@@ -195,9 +193,7 @@ async fn restore_onto_a_full_disk_fails_cleanly_and_changes_nothing() {
         let d = tempfile::tempdir().unwrap();
         let repo_dir = d.path().join("repo");
         let url = repo_dir.display().to_string();
-        let repo = Repository::init(url.as_str(), &pass("p"), Default::default())
-            .await
-            .unwrap();
+        let repo = init_repo(url.as_str()).await;
         let src = d.path().join("src");
         big_tree(&src, 2, 6, 200);
         let tree = repo.backup_tree(&src, Default::default()).await.unwrap();

@@ -108,9 +108,7 @@ fn set_version(dir: &std::path::Path, v: u32) {
 async fn unknown_format_version_is_refused() {
     let d = tempfile::tempdir().unwrap();
     let dir = d.path().join("r");
-    Repository::init(dir.display().to_string(), &pass("p"), Default::default())
-        .await
-        .unwrap();
+    init_repo(dir.display().to_string()).await;
     set_version(&dir, 99);
     let e = Repository::open(dir.display().to_string(), &pass("p"))
         .await
@@ -142,9 +140,7 @@ async fn older_versions_are_read_and_written_as_they_were() {
     // Version 3 ends lists where an id says so: one to a few for 2,560 ids.
     for (version, lists) in [(1, 0..=0), (2, 2..=2), (3, 1..=4)] {
         let dir = d.path().join(format!("r{version}"));
-        Repository::init(dir.display().to_string(), &pass("p"), Default::default())
-            .await
-            .unwrap();
+        init_repo(dir.display().to_string()).await;
         set_version(&dir, version);
         let repo = Repository::open(dir.display().to_string(), &pass("p"))
             .await
@@ -173,9 +169,7 @@ async fn not_a_repository_and_double_init() {
             .unwrap_err(),
         Error::NotARepository { .. }
     ));
-    Repository::init(url.as_str(), &pass("p"), Default::default())
-        .await
-        .unwrap();
+    init_repo(url.as_str()).await;
     assert!(matches!(
         Repository::init(url.as_str(), &pass("p"), Default::default())
             .await
@@ -192,9 +186,7 @@ async fn diff_sees_through_ids_kept_inline_or_in_list_chunks() {
     let d = tempfile::tempdir().unwrap();
     let (src, dir) = (d.path().join("src"), d.path().join("r"));
     make_tree(&src, 21);
-    Repository::init(dir.display().to_string(), &pass("p"), Default::default())
-        .await
-        .unwrap();
+    init_repo(dir.display().to_string()).await;
     let set_version = |v: u32| set_version(&dir, v);
     let p = pass("p");
     let open = || Repository::open(dir.display().to_string(), &p);

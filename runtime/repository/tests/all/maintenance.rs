@@ -11,9 +11,7 @@ use tokio::io::AsyncWriteExt;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prune_removes_forgotten_data_only() {
     let url = memory_url();
-    let repo = Repository::init(url.as_str(), &pass("p"), Default::default())
-        .await
-        .unwrap();
+    let repo = init_repo(url.as_str()).await;
     let old = repo
         .backup_stream("s", &noise(3_000_000, 1)[..], Default::default())
         .await
@@ -79,9 +77,7 @@ async fn protection_refuses_forget_and_prune() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forget_by_name_removes_those_or_nothing() {
-    let repo = Repository::init(memory_url().as_str(), &pass("p"), Default::default())
-        .await
-        .unwrap();
+    let repo = init_repo(memory_url().as_str()).await;
     let mut ids = Vec::new();
     for seed in 1..=3 {
         let s = repo
@@ -122,9 +118,7 @@ async fn forget_by_name_removes_those_or_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gfs_retention() {
     let url = memory_url();
-    let repo = Repository::init(url.as_str(), &pass("p"), Default::default())
-        .await
-        .unwrap();
+    let repo = init_repo(url.as_str()).await;
     for i in 0..3 {
         repo.backup_stream("s", &noise(1000, i)[..], Default::default())
             .await
@@ -146,9 +140,7 @@ async fn gfs_retention() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_concurrent_backups_and_prune_during_backup() {
     let url = memory_url();
-    let repo = Repository::init(url.as_str(), &pass("p"), Default::default())
-        .await
-        .unwrap();
+    let repo = init_repo(url.as_str()).await;
     let other = Repository::open(url.as_str(), &pass("p")).await.unwrap();
     let mut w1 = repo.stream_writer("one", Default::default()).await.unwrap();
     let mut w2 = other
@@ -173,9 +165,7 @@ async fn two_concurrent_backups_and_prune_during_backup() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stats_count_snapshots_distinct_data_and_stored_bytes() {
-    let repo = Repository::init(memory_url().as_str(), &pass("p"), Default::default())
-        .await
-        .unwrap();
+    let repo = init_repo(memory_url().as_str()).await;
     let data = noise(1_000_000, 3);
     for _ in 0..2 {
         repo.backup_stream("s", &data[..], Default::default())
@@ -200,9 +190,7 @@ async fn stats_count_snapshots_distinct_data_and_stored_bytes() {
 async fn locks_of_holders_that_are_gone_are_ignored_tidied_and_unlocked() {
     let d = tempfile::tempdir().unwrap();
     let root = d.path().join("repo");
-    let repo = Repository::init(root.display().to_string(), &pass("p"), Default::default())
-        .await
-        .unwrap();
+    let repo = init_repo(root.display().to_string()).await;
     // The local store removes directories it empties, `locks/` among them.
     let put = |id: &str, body: String| {
         std::fs::create_dir_all(root.join("locks")).unwrap();
@@ -276,9 +264,7 @@ async fn locks_of_holders_that_are_gone_are_ignored_tidied_and_unlocked() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_writer_leaves_no_snapshot_and_prune_cleans_up() {
     let url = memory_url();
-    let repo = Repository::init(url.as_str(), &pass("p"), Default::default())
-        .await
-        .unwrap();
+    let repo = init_repo(url.as_str()).await;
     let mut w = repo
         .stream_writer("partial", BackupOptions::new())
         .await
@@ -330,9 +316,7 @@ async fn prune_repacks_packs_that_pages_rewritten_since_left_mostly_unused() {
     let (src, dir) = (d.path().join("src"), d.path().join("r"));
     std::fs::create_dir_all(&src).unwrap();
     let url = dir.display().to_string();
-    let repo = Repository::init(url.as_str(), &pass("p"), Default::default())
-        .await
-        .unwrap();
+    let repo = init_repo(url.as_str()).await;
     // A database file of 1,024 pages, then the same file with every other page rewritten.
     let mut db = noise(8 << 20, 1);
     std::fs::write(src.join("db"), &db).unwrap();
@@ -398,9 +382,7 @@ async fn prune_repacks_packs_that_pages_rewritten_since_left_mostly_unused() {
 async fn listings_follow_other_handles() {
     let d = tempfile::tempdir().unwrap();
     let url = d.path().display().to_string();
-    let a = Repository::init(url.as_str(), &pass("p"), Default::default())
-        .await
-        .unwrap();
+    let a = init_repo(url.as_str()).await;
     let b = Repository::open(url.as_str(), &pass("p")).await.unwrap();
     let first = a
         .backup_stream("s", &noise(100_000, 1)[..], Default::default())

@@ -1,9 +1,16 @@
-use cairn_repository::{KdfParams, Passphrase};
+use cairn_repository::{KdfParams, Location, Passphrase, Repository};
 use std::path::{Path, PathBuf};
 
 /// A passphrase with cheap Argon2 parameters, so tests stay fast.
 pub fn pass(s: &str) -> Passphrase {
     Passphrase::new(s).with_params(KdfParams::insecure_for_tests())
+}
+
+/// A new repository at `location`, passphrase "p", default options.
+pub async fn init_repo(location: impl Into<Location>) -> Repository {
+    Repository::init(location, &pass("p"), Default::default())
+        .await
+        .unwrap()
 }
 
 pub fn memory_url() -> String {
