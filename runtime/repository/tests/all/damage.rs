@@ -150,9 +150,7 @@ async fn foreign_files_are_reported_not_fatal() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_list_chunk_is_named_by_check_and_restore() {
-    let d = tempfile::tempdir().unwrap();
-    let dir = d.path().join("r");
-    let repo = init_repo(dir.display().to_string()).await;
+    let (d, dir, repo) = local_repo().await;
     // 2,560 page chunks: the file's chunk list is kept in two list chunks, the second of them
     // stored last, so it lies in the last frame of the last pack.
     let src = d.path().join("src");
@@ -419,9 +417,7 @@ async fn a_protected_damaged_index_file_stops_prune_only_until_repair() {
 /// and the snapshot, restoring or listing that snapshot names both, and another tree restores.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_node_pack_is_named_by_check_restore_and_ls() {
-    let d = tempfile::tempdir().unwrap();
-    let dir = d.path().join("r");
-    let repo = init_repo(dir.display().to_string()).await;
+    let (d, dir, repo) = local_repo().await;
     let tree = |name: &str, seed: u64| {
         let src = d.path().join(name);
         std::fs::create_dir_all(src.join("sub")).unwrap();

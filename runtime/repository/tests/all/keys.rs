@@ -106,9 +106,7 @@ fn set_version(dir: &std::path::Path, v: u32) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_format_version_is_refused() {
-    let d = tempfile::tempdir().unwrap();
-    let dir = d.path().join("r");
-    init_repo(dir.display().to_string()).await;
+    let (_d, dir, _) = local_repo().await;
     set_version(&dir, 99);
     let e = Repository::open(dir.display().to_string(), &pass("p"))
         .await

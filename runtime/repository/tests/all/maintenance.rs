@@ -188,9 +188,7 @@ async fn stats_count_snapshots_distinct_data_and_stored_bytes() {
 /// `locks/` that is not a lock.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn locks_of_holders_that_are_gone_are_ignored_tidied_and_unlocked() {
-    let d = tempfile::tempdir().unwrap();
-    let root = d.path().join("repo");
-    let repo = init_repo(root.display().to_string()).await;
+    let (_d, root, repo) = local_repo().await;
     // The local store removes directories it empties, `locks/` among them.
     let put = |id: &str, body: String| {
         std::fs::create_dir_all(root.join("locks")).unwrap();

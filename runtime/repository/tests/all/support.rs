@@ -1,6 +1,15 @@
 use cairn_repository::{KdfParams, Location, Passphrase, Repository};
 use std::path::{Path, PathBuf};
 
+/// A new repository in a directory `r` of a new temporary directory (kept while the first
+/// value lives), and that directory's path.
+pub async fn local_repo() -> (tempfile::TempDir, PathBuf, Repository) {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("r");
+    let repo = init_repo(dir.display().to_string()).await;
+    (d, dir, repo)
+}
+
 /// A passphrase with cheap Argon2 parameters, so tests stay fast.
 pub fn pass(s: &str) -> Passphrase {
     Passphrase::new(s).with_params(KdfParams::insecure_for_tests())
