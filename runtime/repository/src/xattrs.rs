@@ -33,8 +33,12 @@ pub(crate) fn read(path: &Path) -> std::io::Result<Xattrs> {
         },
         Err(e) => return Err(e.into()),
     };
-    let mut value = vec![0u8; 1024];
+    // Allocated for the first attribute: most files have none.
+    let mut value = Vec::new();
     for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        if value.is_empty() {
+            value.resize(1024, 0);
+        }
         let Ok(text) = std::str::from_utf8(name) else {
             tracing::warn!(path = %path.display(), "an extended attribute whose name is not UTF-8 is left out");
             continue;
