@@ -18,8 +18,17 @@ use std::ops::Range;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
-/// Decoded read units queued in front of the file writer thread.
+/// Decoded read units queued in front of each file writer thread.
 const WRITER_QUEUE: usize = 2;
+/// Threads a restore writes files with. Creating a file (its inode, its directory entry) and
+/// giving it its owner, mode and time cost more than writing a small file's data: one thread
+/// restoring 200,000 files of about 3 KiB spent 9 s of 10 in the kernel while the other core
+/// waited.
+const WRITERS: usize = 2;
+/// Most files, and most bytes, a writer takes in turn before the other takes the next files:
+/// files of one directory, so that the two seldom create files in one directory at once
+/// (which waits on the directory's lock).
+const WRITER_RUN: (usize, u64) = (128, 8 << 20);
 
 fn mtime_ns(m: &std::fs::Metadata) -> i64 {
     m.modified()
@@ -1207,22 +1216,37 @@ impl Repository {
         // What is read and written: a hard link is neither.
         opts.set_total(to_read);
         let mut stream = Box::pin(self.read_chunks(&ids, &info.id).await?);
-        let (tx, rx) = tokio::sync::mpsc::channel::<Vec<Bytes>>(WRITER_QUEUE);
         let sparse = opts.sparse;
         drop(written);
-        // The writer gives each file its metadata as it finishes it.
+        // Writers give each file its metadata as they finish it.
         let nodes = Arc::new(nodes);
-        let writer = tokio::task::spawn_blocking({
-            let nodes = nodes.clone();
-            move || write_files(files, &nodes, rx, sparse)
-        });
-        let mut err = None;
-        while let Some(item) = stream.next().await {
+        let meta = Arc::new(std::sync::Mutex::new(Meta::default()));
+        let mut route = Route::new(&files, &nodes);
+        let mut lanes: [Vec<(PathBuf, usize, usize)>; WRITERS] = Default::default();
+        for (f, &lane) in files.into_iter().zip(&route.lanes) {
+            lanes[lane].push(f);
+        }
+        let (mut txs, mut writers) = (Vec::new(), Vec::new());
+        for files in lanes {
+            let (tx, rx) = tokio::sync::mpsc::channel::<Vec<Bytes>>(WRITER_QUEUE);
+            let (nodes, meta) = (nodes.clone(), meta.clone());
+            txs.push(tx);
+            writers.push(tokio::task::spawn_blocking(move || {
+                write_files(files, &nodes, rx, sparse, &meta)
+            }));
+        }
+        // Why the restore stopped early: a read failed, or a writer (its lane) did; the other
+        // writer then reports only that its chunks stopped coming.
+        let (mut err, mut stopped_by) = (None, None);
+        'read: while let Some(item) = stream.next().await {
             match item {
                 Ok(v) => {
                     opts.advance(v.iter().map(Bytes::len).sum());
-                    if tx.send(v).await.is_err() {
-                        break;
+                    for (lane, (tx, part)) in txs.iter().zip(route.split(v)).enumerate() {
+                        if !part.is_empty() && tx.send(part).await.is_err() {
+                            stopped_by = Some(lane);
+                            break 'read;
+                        }
                     }
                 }
                 Err(e) => {
@@ -1231,14 +1255,26 @@ impl Repository {
                 }
             }
         }
-        drop(tx);
-        let written = writer
-            .await
-            .map_err(|e| Error::Invalid(format!("writer task failed: {e}")))?;
-        if let Some(e) = err {
+        drop(txs);
+        let mut failed = Vec::new();
+        for w in writers {
+            let written = w
+                .await
+                .map_err(|e| Error::Invalid(format!("writer task failed: {e}")))?;
+            failed.push(written.err());
+        }
+        let cause = stopped_by.and_then(|lane| failed[lane].take());
+        if let Some(e) = err
+            .or(cause)
+            .or_else(|| failed.into_iter().flatten().next())
+        {
             return Err(e);
         }
-        let mut meta = written?;
+        let mut meta = std::mem::take(
+            &mut *meta
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
         for (first, p) in &links {
             replace_with(p, |p| std::fs::hard_link(first, p))
                 .map_err(|e| Error::io("create hard link", p, e))?;
@@ -1743,25 +1779,84 @@ impl Restoring {
     }
 }
 
+/// Which writer each file of a restore goes to, and so each chunk: writers take runs of files
+/// of one directory in turn ([`WRITER_RUN`]).
+struct Route {
+    /// The writer of each file, in order.
+    lanes: Vec<usize>,
+    /// The files still to come, each with its number of chunks; the current file's chunks
+    /// still to come and its writer.
+    files: std::vec::IntoIter<(usize, usize)>,
+    left: usize,
+    lane: usize,
+}
+
+impl Route {
+    fn new(files: &[(PathBuf, usize, usize)], nodes: &[Node]) -> Self {
+        let mut lanes = Vec::with_capacity(files.len());
+        let (mut lane, mut run, mut bytes) = (0, 0, 0);
+        let mut dir = None;
+        for (p, _, node) in files {
+            let size = nodes.get(*node).map_or(0, |n| n.size);
+            if dir != p.parent() || run == WRITER_RUN.0 || bytes >= WRITER_RUN.1 {
+                if run > 0 {
+                    lane = (lane + 1) % WRITERS;
+                }
+                (run, bytes, dir) = (0, 0, p.parent());
+            }
+            (run, bytes) = (run + 1, bytes + size);
+            lanes.push(lane);
+        }
+        let counts: Vec<(usize, usize)> = files
+            .iter()
+            .map(|f| f.1)
+            .zip(lanes.iter().copied())
+            .collect();
+        Self {
+            lanes,
+            files: counts.into_iter(),
+            left: 0,
+            lane: 0,
+        }
+    }
+
+    /// `chunks`, the next in order, parted by writer. Chunks beyond the files' go to the last
+    /// file's writer, which says that the restore produced more than the snapshot lists.
+    fn split(&mut self, chunks: Vec<Bytes>) -> [Vec<Bytes>; WRITERS] {
+        let mut out: [Vec<Bytes>; WRITERS] = Default::default();
+        for c in chunks {
+            while self.left == 0 {
+                let Some((n, lane)) = self.files.next() else {
+                    break;
+                };
+                (self.left, self.lane) = (n, lane);
+            }
+            self.left = self.left.saturating_sub(1);
+            out[self.lane].push(c);
+        }
+        out
+    }
+}
+
 /// Writes `files` (path, number of chunks, node in `nodes`) from the chunks received on `rx`,
 /// in order, leaving holes for zero blocks when `sparse`, and gives each its node's metadata
-/// once written; returns what set it, to go on with the rest. A file the restore could not
-/// finish — a write failed (a full disk), or the chunks stopped coming (the caller reports
-/// why) — is removed rather than left truncated under its real name, and no later file is
-/// created.
+/// once written with `meta`. A file the restore could not finish — a write failed (a full
+/// disk), or the chunks stopped coming (the caller reports why) — is removed rather than left
+/// truncated under its real name, and this writer creates no later file.
 fn write_files(
     files: Vec<(PathBuf, usize, usize)>,
     nodes: &[Node],
     rx: tokio::sync::mpsc::Receiver<Vec<Bytes>>,
     sparse: bool,
-) -> Result<Meta> {
-    let (mut current, mut meta) = (None, Meta::default());
-    let written = write_all(files, nodes, rx, sparse, &mut current, &mut meta);
+    meta: &std::sync::Mutex<Meta>,
+) -> Result<()> {
+    let mut current = None;
+    let written = write_all(files, nodes, rx, sparse, &mut current, meta);
     if let Some(Restoring { file, path, .. }) = current.take() {
         drop(file);
         let _ = std::fs::remove_file(&path);
     }
-    written.map(|()| meta)
+    written
 }
 
 fn write_all(
@@ -1770,7 +1865,7 @@ fn write_all(
     mut rx: tokio::sync::mpsc::Receiver<Vec<Bytes>>,
     sparse: bool,
     current: &mut Option<Restoring>,
-    meta: &mut Meta,
+    meta: &std::sync::Mutex<Meta>,
 ) -> Result<()> {
     let mut files = files.into_iter();
     // Finishes the current file, if any, and starts the next; false when none is left.
@@ -1783,7 +1878,9 @@ fn write_all(
             let node = nodes.get(f.node).ok_or_else(|| {
                 Error::Invalid(format!("restore lost the node of {}", f.path.display()))
             })?;
-            meta.set_file(&f.file, &f.path, node)?;
+            meta.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .set_file(&f.file, &f.path, node)?;
         }
         match files.next() {
             Some((p, n, node)) => {

@@ -195,7 +195,10 @@ async fn restore_onto_a_full_disk_fails_cleanly_and_changes_nothing() {
         let url = repo_dir.display().to_string();
         let repo = init_repo(url.as_str()).await;
         let src = d.path().join("src");
-        big_tree(&src, 2, 6, 200);
+        // Three files, each written by the writer the file before it did not write: the
+        // second does not fit, and the restore names it rather than the third, which its
+        // writer could not finish once the restore stopped.
+        big_tree(&src, 3, 8, 200);
         let tree = repo.backup_tree(&src, Default::default()).await.unwrap();
         let stream = repo
             .backup_stream("db.dump", &noise(12 << 20, 300)[..], Default::default())
@@ -203,13 +206,13 @@ async fn restore_onto_a_full_disk_fails_cleanly_and_changes_nothing() {
             .unwrap();
         let before = fingerprint(&repo_dir);
 
-        let fs = Tmpfs::mount(8);
+        let fs = Tmpfs::mount(12);
         // A tree: the error names the file that did not fit.
         let target = fs.path().join("restored");
         let e = repo
             .restore_tree(&tree.id, &target)
             .await
-            .expect_err("12 MiB cannot be restored into 8 MiB");
+            .expect_err("24 MiB cannot be restored into 12 MiB");
         assert_full(&e, None, &target.display().to_string());
         // What is left is whole: the file that did not fit was removed, not left truncated.
         let source = fingerprint(&src);
@@ -225,7 +228,7 @@ async fn restore_onto_a_full_disk_fails_cleanly_and_changes_nothing() {
         let e = repo
             .restore_stream(&stream.id, file)
             .await
-            .expect_err("a 12 MiB stream cannot be restored into 8 MiB");
+            .expect_err("a 12 MiB stream cannot be restored into the 4 MiB left");
         assert_full(&e, None, "");
 
         assert_eq!(before, fingerprint(&repo_dir), "the repository changed");
