@@ -1181,8 +1181,7 @@ impl Repository {
         let root = root.filter(|_| std::fs::symlink_metadata(&target).is_err());
         std::fs::create_dir_all(&target).map_err(|e| Error::io("create directory", &target, e))?;
         let mut summary = RestoreSummary::default();
-        // Files to write: path, number of chunks, node.
-        let mut files: Vec<(PathBuf, usize, usize)> = Vec::new();
+        let mut files: Vec<ToWrite> = Vec::new();
         let mut ids = Vec::new();
         // Hard links whose first name is restored too are linked to it once it is written;
         // the others are written as files of their own.
@@ -1221,11 +1220,7 @@ impl Repository {
         // Writers give each file its metadata as they finish it.
         let nodes = Arc::new(nodes);
         let meta = Arc::new(std::sync::Mutex::new(Meta::default()));
-        let mut route = Route::new(&files, &nodes);
-        let mut lanes: [Vec<(PathBuf, usize, usize)>; WRITERS] = Default::default();
-        for (f, &lane) in files.into_iter().zip(&route.lanes) {
-            lanes[lane].push(f);
-        }
+        let (mut route, lanes) = Route::new(files, &nodes);
         let (mut txs, mut writers) = (Vec::new(), Vec::new());
         for files in lanes {
             let (tx, rx) = tokio::sync::mpsc::channel::<Vec<Bytes>>(WRITER_QUEUE);
@@ -1779,45 +1774,47 @@ impl Restoring {
     }
 }
 
-/// Which writer each file of a restore goes to, and so each chunk: writers take runs of files
-/// of one directory in turn ([`WRITER_RUN`]).
+/// A file a restore writes: its path, its number of chunks and its node.
+type ToWrite = (PathBuf, usize, usize);
+
+/// Which writer each chunk of a restore goes to: writers take runs of files of one directory
+/// in turn ([`WRITER_RUN`]).
 struct Route {
-    /// The writer of each file, in order.
-    lanes: Vec<usize>,
-    /// The files still to come, each with its number of chunks; the current file's chunks
-    /// still to come and its writer.
+    /// The files still to come, each with its number of chunks and its writer; the current
+    /// file's chunks still to come and its writer.
     files: std::vec::IntoIter<(usize, usize)>,
     left: usize,
     lane: usize,
 }
 
 impl Route {
-    fn new(files: &[(PathBuf, usize, usize)], nodes: &[Node]) -> Self {
-        let mut lanes = Vec::with_capacity(files.len());
+    /// Parts `files` between the writers, and routes their chunks after them.
+    fn new(files: Vec<ToWrite>, nodes: &[Node]) -> (Self, [Vec<ToWrite>; WRITERS]) {
+        let mut counts = Vec::with_capacity(files.len());
+        let mut lanes: [Vec<ToWrite>; WRITERS] = Default::default();
         let (mut lane, mut run, mut bytes) = (0, 0, 0);
-        let mut dir = None;
-        for (p, _, node) in files {
-            let size = nodes.get(*node).map_or(0, |n| n.size);
-            if dir != p.parent() || run == WRITER_RUN.0 || bytes >= WRITER_RUN.1 {
+        for f in files {
+            let size = nodes.get(f.2).map_or(0, |n| n.size);
+            // The file before this one is the last of the current writer's.
+            let same_dir = lanes[lane]
+                .last()
+                .is_some_and(|last| last.0.parent() == f.0.parent());
+            if !same_dir || run == WRITER_RUN.0 || bytes >= WRITER_RUN.1 {
                 if run > 0 {
                     lane = (lane + 1) % WRITERS;
                 }
-                (run, bytes, dir) = (0, 0, p.parent());
+                (run, bytes) = (0, 0);
             }
             (run, bytes) = (run + 1, bytes + size);
-            lanes.push(lane);
+            counts.push((f.1, lane));
+            lanes[lane].push(f);
         }
-        let counts: Vec<(usize, usize)> = files
-            .iter()
-            .map(|f| f.1)
-            .zip(lanes.iter().copied())
-            .collect();
-        Self {
-            lanes,
+        let route = Self {
             files: counts.into_iter(),
             left: 0,
             lane: 0,
-        }
+        };
+        (route, lanes)
     }
 
     /// `chunks`, the next in order, parted by writer. Chunks beyond the files' go to the last
@@ -1844,7 +1841,7 @@ impl Route {
 /// disk), or the chunks stopped coming (the caller reports why) — is removed rather than left
 /// truncated under its real name, and this writer creates no later file.
 fn write_files(
-    files: Vec<(PathBuf, usize, usize)>,
+    files: Vec<ToWrite>,
     nodes: &[Node],
     rx: tokio::sync::mpsc::Receiver<Vec<Bytes>>,
     sparse: bool,
@@ -1860,7 +1857,7 @@ fn write_files(
 }
 
 fn write_all(
-    files: Vec<(PathBuf, usize, usize)>,
+    files: Vec<ToWrite>,
     nodes: &[Node],
     mut rx: tokio::sync::mpsc::Receiver<Vec<Bytes>>,
     sparse: bool,
