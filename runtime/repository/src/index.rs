@@ -144,14 +144,33 @@ fn bucket_of(id: &ChunkId, bits: u32) -> usize {
 pub(crate) struct IndexBuilder {
     index: Index,
     pack_pos: HashMap<PackId, u32>,
+    /// The first slots, already sorted and one per id: those of an index built before.
+    sorted: usize,
 }
 
 impl IndexBuilder {
     /// A builder with room for `chunks` entries.
     pub(crate) fn with_capacity(chunks: usize) -> Self {
         let mut b = Self::default();
-        b.index.slots.reserve_exact(chunks);
+        b.reserve(chunks);
         b
+    }
+
+    /// A builder that adds to `index`: the new entries are sorted and merged into its slots
+    /// rather than all of them sorted again.
+    pub(crate) fn extend(index: Index) -> Self {
+        let pack_pos = (0u32..).zip(&index.packs).map(|(n, p)| (*p, n)).collect();
+        let sorted = index.slots.len();
+        Self {
+            index,
+            pack_pos,
+            sorted,
+        }
+    }
+
+    /// Room for `chunks` more entries.
+    pub(crate) fn reserve(&mut self, chunks: usize) {
+        self.index.slots.reserve_exact(chunks);
     }
 
     /// Adds the entries of one pack.
@@ -185,17 +204,28 @@ impl IndexBuilder {
         }
     }
 
-    /// Records an index object and the packs it references.
-    pub(crate) fn file(&mut self, id: String, packs: Vec<PackId>) {
-        self.index.files.insert(id, packs);
+    /// Adds index object `id`: the entries of each of its packs.
+    pub(crate) fn add_file(&mut self, id: String, packs: Vec<(PackId, Vec<Entry>)>) {
+        let mut names = Vec::with_capacity(packs.len());
+        for (pack, entries) in packs {
+            self.add(pack, &entries);
+            names.push(pack);
+        }
+        self.index.files.insert(id, names);
     }
 
     /// Sorts the entries by id, keeps one place of each id, and builds the bucket table.
     pub(crate) fn finish(self) -> Index {
         let mut index = self.index;
-        // On every core: a large repository's index is millions of slots, sorted before any
-        // backup or restore can start.
-        index.slots.par_sort_unstable_by(|a, b| order(&a.id, &b.id));
+        if self.sorted == 0 {
+            // On every core: a large repository's index is millions of slots, sorted before
+            // any backup or restore can start.
+            index.slots.par_sort_unstable_by(|a, b| order(&a.id, &b.id));
+        } else {
+            // A sorted run, then the new entries: the standard sort finds the run, sorts only
+            // the rest and merges the two, in a pass over the whole.
+            index.slots.sort_by(|a, b| order(&a.id, &b.id));
+        }
         // A chunk stored twice (by backups that ran at once) is in the index twice; either
         // place holds it.
         index.slots.dedup_by(|a, b| a.id == b.id);
@@ -274,6 +304,40 @@ mod tests {
             );
             assert_eq!(seen.len(), n as usize);
         }
+    }
+
+    #[test]
+    fn an_index_extended_holds_what_one_built_at_once_would() {
+        let entries = |ids: std::ops::Range<u32>, off: u32| -> Vec<Entry> {
+            ids.map(|i| entry(i, off + i / 16 * 1000)).collect()
+        };
+        let mut b = IndexBuilder::with_capacity(3000);
+        b.add_file("a".into(), vec![([1; 16], entries(0..3000, 0))]);
+
+        let mut b = IndexBuilder::extend(b.finish());
+        // The new file repeats 100 of the chunks (two backups stored them at once).
+        b.reserve(2100);
+        b.add_file("b".into(), vec![([2; 16], entries(2900..5000, 9_000_000))]);
+
+        let index = b.finish();
+        assert_eq!(index.len(), 5000);
+        assert_eq!(index.packs, vec![[1; 16], [2; 16]]);
+        assert_eq!(index.files.len(), 2);
+        for i in 0..5000 {
+            let loc = index.get(&id(i)).expect("present");
+            let (pack, off) = if i < 3000 { (0, 0) } else { (1, 9_000_000) };
+            assert_eq!(
+                (loc.pack, loc.frame_off),
+                (pack, off + i / 16 * 1000),
+                "{i}"
+            );
+        }
+        assert!(!index.contains(&id(5000)));
+        let seen: Vec<ChunkId> = index.iter().map(|(c, _)| *c).collect();
+        assert!(
+            seen.windows(2).all(|w| w[0].0 < w[1].0),
+            "sorted, no repeats"
+        );
     }
 
     #[test]

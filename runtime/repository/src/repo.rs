@@ -4,7 +4,7 @@ use crate::backend::{Backend, Location};
 use crate::chunker::Chunking;
 use crate::crypto::{ChunkId, IdSet, MasterKeys};
 use crate::error::{Error, Result};
-use crate::format::{self, Config, Content, SnapshotInfo};
+use crate::format::{self, Config, Content, Entry, PackId, SnapshotInfo};
 use crate::index::{Index, IndexBuilder, Loc};
 use crate::keys::{self, KeyFile, KeyProvider, KeySlotInfo, SlotFile};
 use crate::lock::LockGuard;
@@ -678,7 +678,7 @@ impl Repository {
     ) -> Result<(LockGuard, Pipeline)> {
         let lock = LockGuard::acquire(&self.inner.backend, false, "backup").await?;
         // Dedup against what other processes stored since this handle opened.
-        if let Err(e) = self.refresh_index().await {
+        if let Err(e) = self.update_index().await {
             lock.release().await;
             return Err(e);
         }
@@ -1066,7 +1066,7 @@ impl Repository {
         let plan = match planned {
             Ok(u) => u,
             Err(Error::Missing { .. }) if !fresh => {
-                self.refresh_index().await?;
+                self.update_index().await?;
                 let idx = self.inner.index.read().map_err(|_| poisoned())?;
                 crate::restore::plan(&idx, &self.inner.keys, ids)
                     .map_err(|e| with_snapshot(e, snapshot))?
@@ -1083,10 +1083,63 @@ impl Repository {
     /// Reloads the chunk index from the store; returns why each index file it skipped is
     /// damaged.
     pub(crate) async fn refresh_index(&self) -> Result<Vec<Error>> {
-        let (fresh, damaged) = load_index(&self.inner.backend, &self.inner.keys).await?;
-        *self.inner.index.write().map_err(|_| poisoned())? = fresh;
+        let files = self.inner.backend.list_sized_ids("index/").await?;
+        self.reload_index(files).await
+    }
+
+    async fn reload_index(&self, files: Vec<(String, u64)>) -> Result<Vec<Error>> {
+        let mut index = IndexBuilder::with_capacity(chunk_bound(&files));
+        let read = read_index(&self.inner.backend, &self.inner.keys, files, |id, packs| {
+            index.add_file(id, packs)
+        });
+        let damaged = read.await?;
+        *self.inner.index.write().map_err(|_| poisoned())? = index.finish();
         self.inner.index_read.store(true, Ordering::Release);
         Ok(damaged)
+    }
+
+    /// Brings the chunk index up to date for a backup or a read: reads only the index files
+    /// this handle has not read (index files are never overwritten), or all of them again
+    /// when one it read is gone (a prune replaced it). Damaged files are skipped with a
+    /// warning, as by [`Repository::refresh_index`].
+    pub(crate) async fn update_index(&self) -> Result<()> {
+        let files = self.inner.backend.list_sized_ids("index/").await?;
+        let new = {
+            let idx = self.inner.index.read().map_err(|_| poisoned())?;
+            let listed: HashSet<&str> = files.iter().map(|(id, _)| id.as_str()).collect();
+            let whole = self.inner.index_read.load(Ordering::Acquire)
+                && idx.files.keys().all(|f| listed.contains(f.as_str()));
+            whole.then(|| {
+                let new: Vec<(String, u64)> = files
+                    .iter()
+                    .filter(|(id, _)| !idx.files.contains_key(id))
+                    .cloned()
+                    .collect();
+                new
+            })
+        };
+        let Some(new) = new else {
+            return self.reload_index(files).await.map(drop);
+        };
+        if new.is_empty() {
+            return Ok(());
+        }
+        let bound = chunk_bound(&new);
+        // Read and decoded before the index is taken: other tasks of this handle use it
+        // meanwhile.
+        let mut read = Vec::new();
+        read_index(&self.inner.backend, &self.inner.keys, new, |id, packs| {
+            read.push((id, packs))
+        })
+        .await?;
+        let mut idx = self.inner.index.write().map_err(|_| poisoned())?;
+        let mut index = IndexBuilder::extend(std::mem::take(&mut *idx));
+        index.reserve(bound);
+        for (id, packs) in read {
+            index.add_file(id, packs);
+        }
+        *idx = index.finish();
+        Ok(())
     }
 
     /// A snapshot's content for a restore; the index, when not read yet, is read beside it
@@ -2260,22 +2313,27 @@ fn repack_plan(
 /// The bytes of an index file a chunk takes at least: its id (a keyed hash, incompressible).
 const INDEX_ID_BYTES: u64 = 32;
 
-/// The index of every index file in the store, and why each damaged one was skipped. Each
-/// file goes into the index as it is decoded, in name order (so the index and the damage
-/// reported do not depend on which read finished first), and the index is allocated once:
-/// loading holds the index and the files in flight, not every file decoded as well.
-pub(crate) async fn load_index(
-    backend: &Backend,
-    keys: &MasterKeys,
-) -> Result<(Index, Vec<Error>)> {
-    let mut files = backend.list_sized_ids("index/").await?;
-    files.sort_unstable();
-    // A 32-byte keyed id a chunk, which does not compress: a file's size bounds its chunks.
-    let bound = files
+/// An upper bound on the chunks index files of these sizes hold, so the index is allocated
+/// once.
+fn chunk_bound(files: &[(String, u64)]) -> usize {
+    files
         .iter()
         .map(|(_, size)| usize::try_from(size / INDEX_ID_BYTES).unwrap_or(usize::MAX))
-        .fold(0usize, usize::saturating_add);
-    let mut index = IndexBuilder::with_capacity(bound);
+        .fold(0usize, usize::saturating_add)
+}
+
+/// Reads index `files` (id, size), giving each one's packs and their entries to `each` as it
+/// is decoded, in name order (so the index and the damage reported do not depend on which
+/// read finished first; loading holds the files in flight, not every file decoded). Returns
+/// why each file it skipped is damaged. A file gone since the listing (a prune replaced it)
+/// is given with no packs.
+async fn read_index(
+    backend: &Backend,
+    keys: &MasterKeys,
+    mut files: Vec<(String, u64)>,
+    mut each: impl FnMut(String, Vec<(PackId, Vec<Entry>)>),
+) -> Result<Vec<Error>> {
+    files.sort_unstable();
     let mut damaged = Vec::new();
     // Fetched ahead, decoded one at a time.
     let mut fetched = futures::stream::iter(files)
@@ -2285,9 +2343,8 @@ pub(crate) async fn load_index(
         })
         .buffered(METADATA_READS_IN_FLIGHT);
     while let Some((id, path, sealed)) = fetched.try_next().await? {
-        // Gone since the listing: a prune replaced it.
         let Some(sealed) = sealed else {
-            index.file(id, Vec::new());
+            each(id, Vec::new());
             continue;
         };
         let packs = format::open_object(keys, "index", &id, &path, &sealed).and_then(|p| {
@@ -2301,14 +2358,9 @@ pub(crate) async fn load_index(
             damaged.push(e);
             Vec::new()
         });
-        let mut names = Vec::new();
-        for (p, entries) in packs {
-            index.add(p, &entries);
-            names.push(p);
-        }
-        index.file(id, names);
+        each(id, packs);
     }
-    Ok((index.finish(), damaged))
+    Ok(damaged)
 }
 
 /// Whether S3 refused a write with retention because the bucket has no Object Lock

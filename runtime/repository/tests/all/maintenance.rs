@@ -417,3 +417,32 @@ async fn listings_follow_other_handles() {
         Vec::<String>::new()
     );
 }
+
+/// A backup reads only the index files its handle has not read, unless one it read is gone:
+/// then a prune has removed chunks it knows, and it must not count on them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handle_that_read_the_index_before_a_prune_stores_pruned_data_again() {
+    let url = memory_url();
+    let a = init_repo(url.as_str()).await;
+    let b = Repository::open(url.as_str(), &pass("p")).await.unwrap();
+    let data = noise(2_000_000, 1);
+    let backup = || a.backup_stream("s", &data[..], Default::default());
+    let first = backup().await.unwrap();
+    // The index file the first backup wrote is read now, and only it.
+    let again = backup().await.unwrap();
+    assert_eq!(again.summary.new_chunks, 0, "{:?}", again.summary);
+    let other = b
+        .backup_stream("t", &noise(500_000, 2)[..], Default::default())
+        .await
+        .unwrap();
+    b.forget_ids(&[first.id, again.id], false).await.unwrap();
+    assert!(b.prune(false).await.unwrap().packs_deleted >= 1);
+    let third = backup().await.unwrap();
+    assert!(third.summary.new_chunks > 0, "{:?}", third.summary);
+    for (s, want) in [(&third, data), (&other, noise(500_000, 2))] {
+        let mut out = Vec::new();
+        a.restore_stream(&s.id, &mut out).await.unwrap();
+        assert!(out == want);
+    }
+    assert!(a.check(true).await.unwrap().is_ok());
+}
