@@ -474,6 +474,9 @@ pub(crate) struct Node {
     /// still lists its chunks, so a reader that does not know this field restores a copy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) link: Option<String>,
+    /// In place of `link` when that node's name is not UTF-8: its `path_raw`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) link_raw: Option<String>,
     /// Extended attributes (Linux): name → value, hex.
     #[serde(default, skip_serializing_if = "crate::xattrs::Xattrs::is_empty")]
     pub(crate) xattrs: crate::xattrs::Xattrs,

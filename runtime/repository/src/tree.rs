@@ -13,7 +13,7 @@ use crate::xattrs;
 use bytes::Bytes;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::ops::Range;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
@@ -215,10 +215,16 @@ fn walk(root: &Path, exclude: &[Pattern]) -> Result<Vec<Node>> {
             if let Some(file) = links {
                 match linked.entry(file) {
                     std::collections::hash_map::Entry::Occupied(first) => {
-                        node.link = Some(String::clone(first.get()));
+                        // A name that is not UTF-8 by its bytes alone: a reader that does not
+                        // know `link_raw` then restores a copy rather than link a lossy name.
+                        let (path, raw): &(String, Option<String>) = first.get();
+                        match raw {
+                            Some(raw) => node.link_raw = Some(raw.clone()),
+                            None => node.link = Some(path.clone()),
+                        }
                     }
                     std::collections::hash_map::Entry::Vacant(slot) => {
-                        slot.insert(node.path.clone());
+                        slot.insert((node.path.clone(), node.path_raw.clone()));
                     }
                 }
             }
@@ -292,12 +298,11 @@ fn walk_entry(e: &std::fs::DirEntry, rel: &Path, exclude: &[Pattern]) -> Result<
 }
 
 /// The device and inode of the file `node` describes when it has other links that may name
-/// it earlier (Unix; UTF-8 names only, as a link is recorded by path).
+/// it earlier (Unix).
 #[cfg(unix)]
 fn other_links(node: &Node, m: &std::fs::Metadata) -> Option<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
-    (node.kind == NodeKind::File && m.nlink() >= 2 && node.path_raw.is_none())
-        .then(|| (m.dev(), m.ino()))
+    (node.kind == NodeKind::File && m.nlink() >= 2).then(|| (m.dev(), m.ino()))
 }
 #[cfg(not(unix))]
 fn other_links(_: &Node, _: &std::fs::Metadata) -> Option<(u64, u64)> {
@@ -818,6 +823,7 @@ fn dir_node(path: String, m: &std::fs::Metadata) -> Node {
         ctime_ns: None,
         inode: None,
         link: None,
+        link_raw: None,
         xattrs: Default::default(),
         chunks: format::ChunkList::default(),
         lists: format::ChunkList::default(),
@@ -1185,10 +1191,10 @@ impl Repository {
         let mut ids = Vec::new();
         // Hard links whose first name is restored too are linked to it once it is written;
         // the others are written as files of their own.
-        let written: HashSet<&str> = nodes
+        let written: HashMap<std::borrow::Cow<str>, &Node> = nodes
             .iter()
-            .filter(|n| n.kind == NodeKind::File && n.link.is_none())
-            .map(|n| n.path.as_str())
+            .filter(|n| n.kind == NodeKind::File && n.link.is_none() && n.link_raw.is_none())
+            .map(|n| (parent_key(&n.path, n.path_raw.as_deref()), n))
             .collect();
         let (mut links, mut to_read) = (Vec::new(), 0);
         for (i, n) in nodes.iter().enumerate() {
@@ -1201,8 +1207,15 @@ impl Repository {
                 NodeKind::File => {
                     summary.files += 1;
                     summary.bytes += n.size;
-                    if let Some(first) = n.link.as_deref().filter(|f| written.contains(f)) {
-                        links.push((target.join(first), p));
+                    let first = match (&n.link_raw, &n.link) {
+                        (Some(raw), _) => written.get(parent_key("", Some(raw)).as_ref()),
+                        (None, Some(path)) => written.get(path.as_str()),
+                        (None, None) => None,
+                    };
+                    if let Some(first) = first {
+                        let first = safe_join(&target, first)
+                            .map_err(|e| crate::repo::with_snapshot(e, &info.id))?;
+                        links.push((first, p));
                         continue;
                     }
                     files.push((p, n.chunks.0.len(), i));

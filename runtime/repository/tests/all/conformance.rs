@@ -532,6 +532,35 @@ async fn hard_links_are_restored_as_links() {
     );
 }
 
+/// Names that are not UTF-8 are linked too: the link records the first name's bytes.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hard_links_of_names_that_are_not_utf8_are_restored_as_links() {
+    use std::os::unix::{ffi::OsStrExt, fs::MetadataExt};
+    let (repo, dir, src) = repo_and_tree(8).await;
+    let name = |b: &[u8]| std::ffi::OsStr::from_bytes(b).to_owned();
+    std::fs::create_dir(src.join("z")).unwrap();
+    let names = [
+        std::path::PathBuf::from(name(b"caf\xe9.sql")),
+        std::path::Path::new("z").join(name(b"\xff\xfe")),
+        std::path::PathBuf::from("z/plain.sql"),
+    ];
+    std::fs::write(src.join(&names[0]), b"one file, three names").unwrap();
+    for n in &names[1..] {
+        std::fs::hard_link(src.join(&names[0]), src.join(n)).unwrap();
+    }
+    let snap = repo.backup_tree(&src, BackupOptions::new()).await.unwrap();
+    let dst = dir.path().join("dst");
+    repo.restore_paths_of(&snap, &dst, &[]).await.unwrap();
+    assert_same_tree(&src, &dst);
+    let inodes: Vec<(u64, u64)> = names
+        .iter()
+        .map(|n| std::fs::metadata(dst.join(n)).unwrap())
+        .map(|m| (m.ino(), m.nlink()))
+        .collect();
+    assert_eq!(inodes, vec![(inodes[0].0, 3); 3], "one file, three names");
+}
+
 #[tokio::test]
 async fn a_sparse_restore_leaves_holes_for_zero_blocks_only() {
     use std::os::unix::fs::MetadataExt;
