@@ -313,12 +313,10 @@ mod tests {
         };
         let mut b = IndexBuilder::with_capacity(3000);
         b.add_file("a".into(), vec![([1; 16], entries(0..3000, 0))]);
-
         let mut b = IndexBuilder::extend(b.finish());
         // The new file repeats 100 of the chunks (two backups stored them at once).
         b.reserve(2100);
         b.add_file("b".into(), vec![([2; 16], entries(2900..5000, 9_000_000))]);
-
         let index = b.finish();
         assert_eq!(index.len(), 5000);
         assert_eq!(index.packs, vec![[1; 16], [2; 16]]);

@@ -1190,10 +1190,14 @@ impl Repository {
         let mut files: Vec<ToWrite> = Vec::new();
         let mut ids = Vec::new();
         // Hard links whose first name is restored too are linked to it once it is written;
-        // the others are written as files of their own.
+        // the others are written as files of their own. Most trees have none.
+        let linking = nodes
+            .iter()
+            .any(|n| n.link.is_some() || n.link_raw.is_some());
         let written: HashMap<std::borrow::Cow<str>, &Node> = nodes
             .iter()
-            .filter(|n| n.kind == NodeKind::File && n.link.is_none() && n.link_raw.is_none())
+            .filter(|n| linking && n.kind == NodeKind::File)
+            .filter(|n| n.link.is_none() && n.link_raw.is_none())
             .map(|n| (parent_key(&n.path, n.path_raw.as_deref()), n))
             .collect();
         let (mut links, mut to_read) = (Vec::new(), 0);
