@@ -961,11 +961,22 @@ impl Repository {
     ) -> Result<SnapshotInfo> {
         let root = std::path::absolute(path.as_ref())
             .map_err(|e| Error::io("resolve", path.as_ref(), e))?;
-        if !root.is_dir() {
-            return Err(Error::Invalid(format!(
-                "{} is not a directory",
-                root.display()
-            )));
+        match std::fs::metadata(&root) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(Error::Invalid(format!(
+                    "{} is not a directory: back up a directory, or a file's bytes as a stream \
+                     (`cairn repo backup - --stdin-name NAME < FILE`)",
+                    root.display()
+                )));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::Invalid(format!(
+                    "{} does not exist: name the directory to back up",
+                    root.display()
+                )));
+            }
+            Err(e) => return Err(Error::io("back up", &root, e)),
         }
         let time = jiff::Timestamp::now();
         let exclude = opts
@@ -1185,6 +1196,13 @@ impl Repository {
         // and time (a database's data directory must be its service user's, mode 0700). One
         // that exists is left as it is.
         let root = root.filter(|_| std::fs::symlink_metadata(&target).is_err());
+        if std::fs::metadata(&target).is_ok_and(|m| !m.is_dir()) {
+            return Err(Error::Invalid(format!(
+                "restore target {} exists and is not a directory: name a directory (it is \
+                 created when missing)",
+                target.display()
+            )));
+        }
         std::fs::create_dir_all(&target).map_err(|e| Error::io("create directory", &target, e))?;
         let mut summary = RestoreSummary::default();
         let mut files: Vec<ToWrite> = Vec::new();

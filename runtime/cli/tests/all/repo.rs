@@ -835,3 +835,36 @@ fn backup_from_a_command_saves_its_output_only_when_it_succeeds() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("give the command after `--`"));
 }
+
+#[test]
+fn a_source_that_is_not_a_directory_and_a_target_that_is_a_file_are_refused() {
+    let cairn = Cairn::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = |name: &str| dir.path().join(name).to_str().expect("utf-8").to_string();
+    std::fs::write(path("pass"), "correct horse").expect("passphrase");
+    std::fs::write(path("file"), "a file").expect("file");
+    std::fs::create_dir(path("data")).expect("data");
+    let repo = path("repo");
+    let run = |args: &[&str]| {
+        let common = ["--repo", &repo, "--passphrase-file", &path("pass")];
+        cairn.run(&[args, &common[..]].concat())
+    };
+    assert!(run(&["repo", "init"]).status.success());
+    for (source, says) in [
+        ("missing", "does not exist"),
+        ("file", "is not a directory"),
+    ] {
+        let out = run(&["repo", "backup", &path(source)]);
+        assert_eq!(out.status.code(), Some(2), "{source}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains(&path(source)) && stderr(&out).contains(says),
+            "{source}: {}",
+            stderr(&out)
+        );
+    }
+    assert!(run(&["repo", "backup", &path("data")]).status.success());
+    let out = run(&["repo", "restore", "latest", "--target", &path("file")]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("exists and is not a directory"));
+    assert_eq!(std::fs::read(path("file")).expect("file"), b"a file");
+}
