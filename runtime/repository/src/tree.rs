@@ -219,12 +219,12 @@ fn walk(root: &Path, exclude: &[Pattern]) -> Result<Vec<Node>> {
                         // know `link_raw` then restores a copy rather than link a lossy name.
                         let (path, raw): &(String, Option<String>) = first.get();
                         match raw {
-                            Some(raw) => node.link_raw = Some(raw.clone()),
-                            None => node.link = Some(path.clone()),
+                            Some(raw) => node.rare_mut().link_raw = Some(raw.clone()),
+                            None => node.rare_mut().link = Some(path.clone()),
                         }
                     }
                     std::collections::hash_map::Entry::Vacant(slot) => {
-                        slot.insert((node.path.clone(), node.path_raw.clone()));
+                        slot.insert((node.path.clone(), node.path_raw().map(str::to_owned)));
                     }
                 }
             }
@@ -284,8 +284,11 @@ fn walk_entry(e: &std::fs::DirEntry, rel: &Path, exclude: &[Pattern]) -> Result<
         Err(e) => return Err(Error::io("read the extended attributes of", &path, e)),
     };
     let mut node = dir_node(name, &m);
-    (node.path_raw, node.kind, node.size, node.target) = (raw, kind, size, target);
-    node.xattrs = xattrs;
+    (node.kind, node.size) = (kind, size);
+    if raw.is_some() || target.is_some() || !xattrs.is_empty() {
+        let rare = node.rare_mut();
+        (rare.path_raw, rare.target, rare.xattrs) = (raw, target, xattrs);
+    }
     if kind == NodeKind::File {
         (node.ctime_ns, node.inode) = change_of(&m);
     }
@@ -549,7 +552,7 @@ impl ParentFiles {
     /// What the parent recorded of the file `now` describes, when that file did not change
     /// since and every chunk it names is `indexed`.
     fn same_file(&self, now: &Node, indexed: impl Fn(&ChunkId) -> bool) -> Option<&Recorded> {
-        let key = path_hash(&parent_key(&now.path, now.path_raw.as_deref()));
+        let key = path_hash(&parent_key(&now.path, now.path_raw()));
         self.files.under(key).find(|&before| {
             unchanged(before, now, self.started_ns)
                 && self.files.ids_of(before).iter().all(&indexed)
@@ -736,7 +739,7 @@ impl TreeEntry {
                 .unwrap_or_default(),
             uid: n.uid,
             gid: n.gid,
-            target: n.target,
+            target: n.rare.and_then(|r| r.target),
             path: n.path,
         }
     }
@@ -746,7 +749,7 @@ impl TreeEntry {
 /// when it has them (a name that is not UTF-8); `None` when those are not hex.
 fn rel_path(node: &Node) -> Option<PathBuf> {
     #[cfg(unix)]
-    if let Some(raw) = &node.path_raw {
+    if let Some(raw) = node.path_raw() {
         use std::os::unix::ffi::OsStrExt;
         let b = hex::decode(raw).ok()?;
         return Some(PathBuf::from(std::ffi::OsStr::from_bytes(&b)));
@@ -812,21 +815,17 @@ fn dir_node(path: String, m: &std::fs::Metadata) -> Node {
     let (uid, gid) = owner_of(m);
     Node {
         path,
-        path_raw: None,
         kind: NodeKind::Dir,
         mode: mode_of(m),
         mtime_ns: mtime_ns(m),
         uid,
         gid,
         size: 0,
-        target: None,
         ctime_ns: None,
         inode: None,
-        link: None,
-        link_raw: None,
-        xattrs: Default::default(),
         chunks: format::ChunkList::default(),
         lists: format::ChunkList::default(),
+        rare: None,
     }
 }
 
@@ -918,7 +917,7 @@ impl Meta {
                     .map_err(|e| Error::io("set permissions", path, e))?;
             }
         }
-        self.xattrs.set(path, &node.xattrs)?;
+        self.xattrs.set(path, node.xattrs())?;
         if node.kind != NodeKind::Symlink
             && let Ok(f) = std::fs::File::open(path)
         {
@@ -937,7 +936,7 @@ impl Meta {
                 .set_with(path, node, |u, g| std::os::unix::fs::fchown(f, u, g))?;
             f.set_permissions(std::fs::Permissions::from_mode(node.mode))
                 .map_err(|e| Error::io("set permissions", path, e))?;
-            self.xattrs.set_file(f, path, &node.xattrs)?;
+            self.xattrs.set_file(f, path, node.xattrs())?;
             let _ = f.set_modified(mtime(node));
             Ok(())
         }
@@ -986,8 +985,11 @@ impl Repository {
             .collect::<Result<Vec<_>>>()?;
         let meta = std::fs::metadata(&root).map_err(|e| Error::io("stat", &root, e))?;
         let mut root_node = dir_node(String::new(), &meta);
-        root_node.xattrs = xattrs::read(&root)
+        let root_xattrs = xattrs::read(&root)
             .map_err(|e| Error::io("read the extended attributes of", &root, e))?;
+        if !root_xattrs.is_empty() {
+            root_node.rare_mut().xattrs = root_xattrs;
+        }
         let walk_root = root.clone();
         let walked = async {
             tokio::task::spawn_blocking(move || walk(&walk_root, &exclude))
@@ -1211,12 +1213,12 @@ impl Repository {
         // the others are written as files of their own. Most trees have none.
         let linking = nodes
             .iter()
-            .any(|n| n.link.is_some() || n.link_raw.is_some());
+            .any(|n| n.link().is_some() || n.link_raw().is_some());
         let written: HashMap<std::borrow::Cow<str>, &Node> = nodes
             .iter()
             .filter(|n| linking && n.kind == NodeKind::File)
-            .filter(|n| n.link.is_none() && n.link_raw.is_none())
-            .map(|n| (parent_key(&n.path, n.path_raw.as_deref()), n))
+            .filter(|n| n.link().is_none() && n.link_raw().is_none())
+            .map(|n| (parent_key(&n.path, n.path_raw()), n))
             .collect();
         let (mut links, mut to_read) = (Vec::new(), 0);
         for (i, n) in nodes.iter().enumerate() {
@@ -1229,9 +1231,9 @@ impl Repository {
                 NodeKind::File => {
                     summary.files += 1;
                     summary.bytes += n.size;
-                    let first = match (&n.link_raw, &n.link) {
+                    let first = match (n.link_raw(), n.link()) {
                         (Some(raw), _) => written.get(parent_key("", Some(raw)).as_ref()),
-                        (None, Some(path)) => written.get(path.as_str()),
+                        (None, Some(path)) => written.get(path),
                         (None, None) => None,
                     };
                     if let Some(first) = first {
@@ -1312,7 +1314,7 @@ impl Repository {
         // Links, then metadata (the files have theirs): directories deepest first so their
         // mtimes stick.
         for n in nodes.iter() {
-            if let (NodeKind::Symlink, Some(t)) = (n.kind, &n.target) {
+            if let (NodeKind::Symlink, Some(t)) = (n.kind, n.target()) {
                 let p = safe_join(&target, n)?;
                 let _ = std::fs::remove_file(&p);
                 #[cfg(unix)]
@@ -1512,7 +1514,7 @@ impl Repository {
         to: &SnapshotInfo,
     ) -> Result<Vec<TreeChange>> {
         let (before, mut after) = futures::try_join!(self.tree_nodes(from), self.tree_nodes(to))?;
-        let key = |n: &Node| (n.path.clone(), n.path_raw.clone());
+        let key = |n: &Node| (n.path.clone(), n.path_raw().map(str::to_owned));
         let mut old: std::collections::HashMap<_, Node> =
             before.into_iter().map(|n| (key(&n), n)).collect();
         // A file whose ids one snapshot keeps in list chunks and the other in its content
@@ -1547,14 +1549,14 @@ impl Repository {
                     } else if o.size != new.size
                         || o.chunks != new.chunks
                         || o.lists != new.lists
-                        || o.target != new.target
+                        || o.target() != new.target()
                     {
                         Some("modified")
                     } else if o.mode != new.mode
                         || (o.mtime_ns != new.mtime_ns && new.kind != NodeKind::Dir)
                         || owner_changed(o.uid, new.uid)
                         || owner_changed(o.gid, new.gid)
-                        || o.xattrs != new.xattrs
+                        || o.xattrs() != new.xattrs()
                     {
                         Some("metadata")
                     } else {
