@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::ops::Range;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Decoded read units queued in front of each file writer thread.
 const WRITER_QUEUE: usize = 2;
@@ -835,13 +836,13 @@ fn dir_node(path: String, m: &std::fs::Metadata) -> Node {
 /// system cannot name (an id outside a container's user namespace) is left out alone.
 #[derive(Debug, Default)]
 struct Owners {
-    refused: bool,
-    unmapped: bool,
+    refused: AtomicBool,
+    unmapped: AtomicBool,
 }
 
 impl Owners {
     /// Sets the owner of `path` (of the link itself, for a symlink).
-    fn set(&mut self, path: &Path, node: &Node) -> Result<()> {
+    fn set(&self, path: &Path, node: &Node) -> Result<()> {
         #[cfg(unix)]
         {
             use std::os::unix::fs::{chown, lchown};
@@ -861,26 +862,27 @@ impl Owners {
     /// Sets the owner of `path` with `chown`: by its path, or on the file open there.
     #[cfg(unix)]
     fn set_with(
-        &mut self,
+        &self,
         path: &Path,
         node: &Node,
         chown: impl FnOnce(Option<u32>, Option<u32>) -> std::io::Result<()>,
     ) -> Result<()> {
-        if self.refused || (node.uid.is_none() && node.gid.is_none()) {
+        if self.refused.load(Ordering::Relaxed) || (node.uid.is_none() && node.gid.is_none()) {
             return Ok(());
         }
         match chown(node.uid, node.gid) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-                self.refused = true;
-                tracing::warn!(
-                    path = %path.display(),
-                    "owners are not restored: giving files to other users needs root \
-                     (or CAP_CHOWN); what is restored belongs to the user restoring"
-                );
+                if !self.refused.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        path = %path.display(),
+                        "owners are not restored: giving files to other users needs root \
+                         (or CAP_CHOWN); what is restored belongs to the user restoring"
+                    );
+                }
             }
             Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
-                if !std::mem::replace(&mut self.unmapped, true) {
+                if !self.unmapped.swap(true, Ordering::Relaxed) {
                     tracing::warn!(
                         path = %path.display(),
                         uid = ?node.uid,
@@ -896,7 +898,8 @@ impl Owners {
     }
 }
 
-/// Sets restored nodes' metadata, warning once of what the system refuses.
+/// Sets restored nodes' metadata, warning once of what the system refuses; shared by the
+/// writers of a restore, which set their files' metadata at once.
 #[derive(Debug, Default)]
 struct Meta {
     owners: Owners,
@@ -907,7 +910,7 @@ impl Meta {
     /// The owner first (changing it clears set-id bits and file capabilities), then the
     /// permissions, the extended attributes and the time. A symlink gets only its owner and
     /// attributes: permissions and times would be set on what it points to.
-    fn set(&mut self, path: &Path, node: &Node) -> Result<()> {
+    fn set(&self, path: &Path, node: &Node) -> Result<()> {
         self.owners.set(path, node)?;
         if node.kind != NodeKind::Symlink {
             #[cfg(unix)]
@@ -928,7 +931,7 @@ impl Meta {
 
     /// [`Meta::set`] on a file just written, through the handle it was written with: its path
     /// is not looked up again, and its time is set after its last write.
-    fn set_file(&mut self, f: &std::fs::File, path: &Path, node: &Node) -> Result<()> {
+    fn set_file(&self, f: &std::fs::File, path: &Path, node: &Node) -> Result<()> {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -960,8 +963,8 @@ impl Repository {
     ) -> Result<SnapshotInfo> {
         let root = std::path::absolute(path.as_ref())
             .map_err(|e| Error::io("resolve", path.as_ref(), e))?;
-        match std::fs::metadata(&root) {
-            Ok(m) if m.is_dir() => {}
+        let meta = match std::fs::metadata(&root) {
+            Ok(m) if m.is_dir() => m,
             Ok(_) => {
                 return Err(Error::Invalid(format!(
                     "{} is not a directory: back up a directory, or a file's bytes as a stream \
@@ -976,14 +979,13 @@ impl Repository {
                 )));
             }
             Err(e) => return Err(Error::io("back up", &root, e)),
-        }
+        };
         let time = jiff::Timestamp::now();
         let exclude = opts
             .exclude
             .iter()
             .map(|p| Pattern::parse(p))
             .collect::<Result<Vec<_>>>()?;
-        let meta = std::fs::metadata(&root).map_err(|e| Error::io("stat", &root, e))?;
         let mut root_node = dir_node(String::new(), &meta);
         let root_xattrs = xattrs::read(&root)
             .map_err(|e| Error::io("read the extended attributes of", &root, e))?;
@@ -1256,7 +1258,7 @@ impl Repository {
         drop(written);
         // Writers give each file its metadata as they finish it.
         let nodes = Arc::new(nodes);
-        let meta = Arc::new(std::sync::Mutex::new(Meta::default()));
+        let meta = Arc::new(Meta::default());
         let (mut route, lanes) = Route::new(files, &nodes);
         let (mut txs, mut writers) = (Vec::new(), Vec::new());
         for files in lanes {
@@ -1302,11 +1304,6 @@ impl Repository {
         {
             return Err(e);
         }
-        let mut meta = std::mem::take(
-            &mut *meta
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        );
         for (first, p) in &links {
             replace_with(p, |p| std::fs::hard_link(first, p))
                 .map_err(|e| Error::io("create hard link", p, e))?;
@@ -1882,7 +1879,7 @@ fn write_files(
     nodes: &[Node],
     rx: tokio::sync::mpsc::Receiver<Vec<Bytes>>,
     sparse: bool,
-    meta: &std::sync::Mutex<Meta>,
+    meta: &Meta,
 ) -> Result<()> {
     let mut current = None;
     let written = write_all(files, nodes, rx, sparse, &mut current, meta);
@@ -1899,7 +1896,7 @@ fn write_all(
     mut rx: tokio::sync::mpsc::Receiver<Vec<Bytes>>,
     sparse: bool,
     current: &mut Option<Restoring>,
-    meta: &std::sync::Mutex<Meta>,
+    meta: &Meta,
 ) -> Result<()> {
     let mut files = files.into_iter();
     // Finishes the current file, if any, and starts the next; false when none is left.
@@ -1912,9 +1909,7 @@ fn write_all(
             let node = nodes.get(f.node).ok_or_else(|| {
                 Error::Invalid(format!("restore lost the node of {}", f.path.display()))
             })?;
-            meta.lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .set_file(&f.file, &f.path, node)?;
+            meta.set_file(&f.file, &f.path, node)?;
         }
         match files.next() {
             Some((p, n, node)) => {

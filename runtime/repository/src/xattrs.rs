@@ -5,6 +5,7 @@
 use crate::error::{Error, Result};
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Name → value (hex).
 pub(crate) type Xattrs = BTreeMap<String, String>;
@@ -70,29 +71,24 @@ pub(crate) fn read(_: &Path) -> std::io::Result<Xattrs> {
 /// restore.
 #[derive(Debug, Default)]
 pub(crate) struct Setter {
-    refused: bool,
-    unsupported: bool,
-    too_large: bool,
+    refused: AtomicBool,
+    unsupported: AtomicBool,
+    too_large: AtomicBool,
 }
 
 impl Setter {
     /// Sets `attrs` on `path` itself (a symlink's own).
-    pub(crate) fn set(&mut self, path: &Path, attrs: &Xattrs) -> Result<()> {
+    pub(crate) fn set(&self, path: &Path, attrs: &Xattrs) -> Result<()> {
         self.set_with(path, attrs, |name, value| set(path, name, value))
     }
 
     /// Sets `attrs` on the open file `f`, whose path is `path`.
-    pub(crate) fn set_file(
-        &mut self,
-        f: &std::fs::File,
-        path: &Path,
-        attrs: &Xattrs,
-    ) -> Result<()> {
+    pub(crate) fn set_file(&self, f: &std::fs::File, path: &Path, attrs: &Xattrs) -> Result<()> {
         self.set_with(path, attrs, |name, value| set_file(f, name, value))
     }
 
     fn set_with(
-        &mut self,
+        &self,
         path: &Path,
         attrs: &Xattrs,
         set: impl Fn(&str, &[u8]) -> std::io::Result<()>,
@@ -104,22 +100,22 @@ impl Setter {
             if let Err(e) = set(name, &value) {
                 let (seen, why) = match e.kind() {
                     std::io::ErrorKind::PermissionDenied => (
-                        &mut self.refused,
+                        &self.refused,
                         "needs a privilege this restore lacks (root, for security.* and \
                          trusted.*)",
                     ),
                     std::io::ErrorKind::Unsupported => (
-                        &mut self.unsupported,
+                        &self.unsupported,
                         "is not supported by the target filesystem",
                     ),
                     // ext4 holds a file's attributes in one block, XFS up to 64 KiB each.
                     std::io::ErrorKind::StorageFull | std::io::ErrorKind::ArgumentListTooLong => (
-                        &mut self.too_large,
+                        &self.too_large,
                         "does not fit the target filesystem's room for them",
                     ),
                     _ => return Err(Error::io("set an extended attribute of", path, e)),
                 };
-                if !std::mem::replace(seen, true) {
+                if !seen.swap(true, Ordering::Relaxed) {
                     tracing::warn!(
                         path = %path.display(),
                         attribute = %name,
