@@ -21,8 +21,10 @@ pub(crate) struct RunArgs {
     /// The action to run; `backup` and `restore` also run their pre- and posthooks.
     #[arg(long)]
     action: String,
-    /// Where the application runs: `local:INVENTORY.yaml` (a local target).
-    #[arg(long, value_name = "local:PATH")]
+    /// Where the application runs: `local:INVENTORY.yaml` (a local target), or `kube` for the
+    /// Kubernetes cluster kubectl would use (`kube:CONTEXT` for a kubeconfig context; in a pod,
+    /// its service account).
+    #[arg(long, value_name = "local:PATH|kube[:CONTEXT]")]
     target: String,
     /// The namespace of the target workload.
     #[arg(long, short = 'n', default_value = "default")]
@@ -88,7 +90,7 @@ pub(crate) async fn run(args: RunArgs, home: Option<PathBuf>) -> anyhow::Result<
         (None, Some(id)) => crate::catalog::point_outputs(&crate::catalog::open(&home)?, id)?,
         (None, None) => Default::default(),
     };
-    let cluster = open_target(&args.target, &home)?;
+    let cluster = open_target(&args.target, &home).await?;
     let engine = engine(&home)?;
     let blueprint = crate::blueprint::load(&engine, &args.file).await?;
 
@@ -186,11 +188,18 @@ async fn open_exports(
     ))
 }
 
-fn open_target(target: &str, home: &Home) -> anyhow::Result<Arc<dyn cairn_cluster::Cluster>> {
+async fn open_target(target: &str, home: &Home) -> anyhow::Result<Arc<dyn cairn_cluster::Cluster>> {
+    if target == "kube" || target.starts_with("kube:") {
+        let context = target.strip_prefix("kube:").filter(|c| !c.is_empty());
+        let cluster = cairn_cluster::KubeCluster::connect(context)
+            .await
+            .map_err(|e| UsageError(format!("--target {target}: {e}")))?;
+        return Ok(Arc::new(cluster));
+    }
     let Some(inventory) = target.strip_prefix("local:") else {
         return Err(UsageError(format!(
-            "unsupported target {target:?}: use local:PATH to an inventory file (Kubernetes targets \
-             come with the Kubernetes backend)"
+            "unsupported target {target:?}: use local:PATH to an inventory file, or kube (kube:CONTEXT) \
+             for a Kubernetes cluster"
         ))
         .into());
     };

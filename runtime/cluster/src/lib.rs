@@ -1,21 +1,26 @@
 //! The cluster seam: what Cairn needs from a place where applications run.
 //!
 //! [`Cluster`] is shaped like Kubernetes — namespaces, workloads with replicas, pods,
-//! containers, volumes and volume snapshots — so that the Kubernetes backend drops in beside
-//! [`LocalCluster`], the backend for one machine: an inventory file names namespaces and
-//! workloads whose "pods" are local processes and whose volumes are directories.
+//! containers, volumes and volume snapshots. It has two backends: [`KubeCluster`], a
+//! Kubernetes cluster through its API server, and [`LocalCluster`], the backend for one
+//! machine: an inventory file names namespaces and workloads whose "pods" are local processes
+//! and whose volumes are directories.
 //!
-//! Start with [`LocalCluster::from_inventory`] and the [`Cluster`] methods. The engine checks
-//! capabilities and scope before it calls any of them; a backend only checks what it
-//! must to protect itself (the local backend's program allow-list and directory confinement).
+//! Start with [`KubeCluster::connect`] or [`LocalCluster::from_inventory`] and the [`Cluster`]
+//! methods. The engine checks capabilities and scope before it calls any of them; a backend
+//! only checks what it must to protect itself (the local backend's program allow-list and
+//! directory confinement; on Kubernetes, the cluster's own RBAC).
 
+mod kubernetes;
 mod local;
+mod pipes;
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+pub use kubernetes::KubeCluster;
 pub use local::{Inventory, LocalCluster};
 
 /// A namespace and a workload in it.
@@ -172,6 +177,77 @@ pub struct ExecRequest {
     pub stopped: bool,
 }
 
+impl ExecRequest {
+    /// The programs of the pipeline, in order, each checked to name a program.
+    pub(crate) fn stages(&self) -> Result<Vec<&Vec<String>>> {
+        if self.argv.is_empty() {
+            return Err(Error::Invalid(
+                "exec needs a command: argv is empty".to_owned(),
+            ));
+        }
+        let mut stages = vec![&self.argv];
+        for (i, argv) in self.then.iter().enumerate() {
+            if argv.is_empty() {
+                return Err(Error::Invalid(format!(
+                    "program {} of the pipeline is empty; name a program or drop it",
+                    i + 2
+                )));
+            }
+            stages.push(argv);
+        }
+        Ok(stages)
+    }
+
+    /// The container to run in: the one asked for, if pod `pod` has it, else the pod's first.
+    pub(crate) fn container_in(&self, pod: &str, containers: &[String]) -> Result<String> {
+        match &self.container {
+            None => containers
+                .first()
+                .cloned()
+                .ok_or_else(|| Error::Invalid(format!("pod {pod} has no containers"))),
+            Some(c) if containers.contains(c) => Ok(c.clone()),
+            Some(c) => Err(Error::NotFound {
+                kind: "container",
+                name: c.clone(),
+                hint: list_hint(&format!("pod {pod} has the containers"), containers.iter()),
+            }),
+        }
+    }
+
+    /// The extra environment, each name checked to be well formed and not reserved.
+    pub(crate) fn checked_env(&self) -> Result<&[(String, String)]> {
+        for (name, _) in &self.env {
+            if !is_env_name(name) {
+                return Err(Error::Invalid(format!(
+                    "environment variable name {name:?} is malformed"
+                )));
+            }
+            if !env_allowed(name) {
+                return Err(Error::Denied(format!(
+                    "an exec may not set {name} (PATH, LD_*, DYLD_* and CAIRN_* are reserved)"
+                )));
+            }
+        }
+        Ok(&self.env)
+    }
+}
+
+/// Whether `name` can be an environment variable's name.
+pub(crate) fn is_env_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c == '_' || c.is_ascii_alphabetic())
+        && chars.all(|c| c == '_' || c.is_ascii_alphanumeric())
+}
+
+/// Whether a request may set this environment variable: not the program search path, the
+/// dynamic loader's variables, nor the ones Cairn sets itself.
+fn env_allowed(name: &str) -> bool {
+    name != "PATH"
+        && !name.starts_with("LD_")
+        && !name.starts_with("DYLD_")
+        && !name.starts_with("CAIRN_")
+}
+
 /// What a finished command produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExecOutput {
@@ -239,6 +315,45 @@ pub enum Error {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+}
+
+/// An [`Error::Failed`] of `what`.
+pub(crate) fn failed(
+    what: impl Into<String>,
+    source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+) -> Error {
+    Error::Failed {
+        what: what.into(),
+        source: source.into(),
+    }
+}
+
+/// "; WHAT: a, b" (or "; there are no WHAT"), the hint of a [`Error::NotFound`].
+pub(crate) fn list_hint(what: &str, names: impl Iterator<Item = impl AsRef<str>>) -> String {
+    let names: Vec<String> = names.map(|n| n.as_ref().to_owned()).collect();
+    if names.is_empty() {
+        format!("; there are no {what}")
+    } else {
+        format!("; {what}: {}", names.join(", "))
+    }
+}
+
+/// A workload as `get-object` returns it for the kind `workload`, the same on every backend.
+pub(crate) fn workload_json(w: &Workload, containers: &[String]) -> serde_json::Value {
+    let kind = match w.kind {
+        WorkloadKind::Deployment => "deployment",
+        WorkloadKind::StatefulSet => "statefulset",
+        WorkloadKind::Other => "other",
+    };
+    serde_json::json!({
+        "namespace": w.reference.namespace,
+        "name": w.reference.name,
+        "kind": kind,
+        "replicas": w.replicas,
+        "pods": w.pods.iter().map(|p| p.name.clone()).collect::<Vec<_>>(),
+        "containers": containers,
+        "volumes": w.volumes.iter().map(|v| v.name.clone()).collect::<Vec<_>>(),
+    })
 }
 
 /// A `Result` with [`Error`].

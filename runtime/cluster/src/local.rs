@@ -98,12 +98,10 @@ use serde::{Deserialize, Serialize};
 use tokio::process::Command;
 
 pub use self::inventory::Inventory;
-use self::inventory::{
-    KindSpec, MAX_REPLICAS, WorkloadSpec, confined_relative, is_dns_label, is_env_name,
-};
+use self::inventory::{KindSpec, MAX_REPLICAS, WorkloadSpec, confined_relative, is_dns_label};
 use crate::{
     Cluster, Error, ExecOutput, ExecRequest, Pod, Result, Volume, VolumeSnapshot, Workload,
-    WorkloadKind, WorkloadRef,
+    WorkloadRef, failed, list_hint, workload_json,
 };
 
 /// How long a `start` or `stop` command may run before the scale fails and it is killed.
@@ -202,25 +200,6 @@ impl SnapshotMeta {
             created_ms: self.created_ms,
             bytes: self.bytes,
         }
-    }
-}
-
-fn failed(
-    what: impl Into<String>,
-    source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
-) -> Error {
-    Error::Failed {
-        what: what.into(),
-        source: source.into(),
-    }
-}
-
-fn list_hint(what: &str, names: impl Iterator<Item = impl AsRef<str>>) -> String {
-    let names: Vec<String> = names.map(|n| n.as_ref().to_owned()).collect();
-    if names.is_empty() {
-        format!("; there are no {what}")
-    } else {
-        format!("; {what}: {}", names.join(", "))
     }
 }
 
@@ -585,23 +564,6 @@ fn describe(w: &LocalWorkload, replicas: u32, ready: bool) -> Workload {
     }
 }
 
-fn workload_json(w: &Workload, spec: &LocalWorkload) -> serde_json::Value {
-    let kind = match w.kind {
-        WorkloadKind::Deployment => "deployment",
-        WorkloadKind::StatefulSet => "statefulset",
-        WorkloadKind::Other => "other",
-    };
-    serde_json::json!({
-        "namespace": w.reference.namespace,
-        "name": w.reference.name,
-        "kind": kind,
-        "replicas": w.replicas,
-        "pods": w.pods.iter().map(|p| p.name.clone()).collect::<Vec<_>>(),
-        "containers": spec.containers,
-        "volumes": w.volumes.iter().map(|v| v.name.clone()).collect::<Vec<_>>(),
-    })
-}
-
 fn build_workload(
     reference: WorkloadRef,
     spec: WorkloadSpec,
@@ -782,14 +744,6 @@ fn resolve_hook_program(
     resolve_program(name, env)
 }
 
-/// Whether a request may set this environment variable (see the module docs).
-fn env_allowed(name: &str) -> bool {
-    name != "PATH"
-        && !name.starts_with("LD_")
-        && !name.starts_with("DYLD_")
-        && !name.starts_with("CAIRN_")
-}
-
 #[async_trait]
 impl Cluster for LocalCluster {
     fn backend(&self) -> &'static str {
@@ -861,35 +815,8 @@ impl Cluster for LocalCluster {
                 });
             }
         };
-        let container = match &request.container {
-            None => w.containers[0].clone(),
-            Some(c) if w.containers.contains(c) => c.clone(),
-            Some(c) => {
-                return Err(Error::NotFound {
-                    kind: "container",
-                    name: c.clone(),
-                    hint: list_hint(
-                        &format!("pod {pod} has the containers"),
-                        w.containers.iter(),
-                    ),
-                });
-            }
-        };
-        if request.argv.is_empty() {
-            return Err(Error::Invalid(
-                "exec needs a command: argv is empty".to_owned(),
-            ));
-        }
-        let mut stages = vec![&request.argv];
-        for (i, argv) in request.then.iter().enumerate() {
-            if argv.is_empty() {
-                return Err(Error::Invalid(format!(
-                    "program {} of the pipeline is empty; name a program or drop it",
-                    i + 2
-                )));
-            }
-            stages.push(argv);
-        }
+        let container = request.container_in(&pod, &w.containers)?;
+        let stages = request.stages()?;
         for argv in &stages {
             let program = &argv[0];
             if !w.allow.iter().any(|allowed| allowed == program) {
@@ -902,17 +829,7 @@ impl Cluster for LocalCluster {
             }
         }
         let mut env = Self::base_env(w);
-        for (name, value) in &request.env {
-            if !is_env_name(name) {
-                return Err(Error::Invalid(format!(
-                    "environment variable name {name:?} is malformed"
-                )));
-            }
-            if !env_allowed(name) {
-                return Err(Error::Denied(format!(
-                    "an exec may not set {name} (PATH, LD_*, DYLD_* and CAIRN_* are reserved)"
-                )));
-            }
+        for (name, value) in request.checked_env()? {
             env.insert(name.clone(), value.clone());
         }
         env.insert("CAIRN_POD".to_owned(), pod.clone());
@@ -936,16 +853,7 @@ impl Cluster for LocalCluster {
             request.timeout,
         )
         .await?;
-        Ok(ExecOutput {
-            pod,
-            exit_code: done.exit_code,
-            stdout: done.stdout,
-            stdout_truncated: done.stdout_truncated,
-            stderr: done.stderr,
-            stderr_truncated: done.stderr_truncated,
-            stdout_bytes: done.stdout_bytes,
-            stdin_bytes: done.stdin_bytes,
-        })
+        Ok(done.into_output(pod))
     }
 
     async fn scale(&self, workload: &WorkloadRef, replicas: u32) -> Result<u32> {
@@ -1027,7 +935,7 @@ impl Cluster for LocalCluster {
                 ),
             })?;
             let described = self.describe(w, false).await?;
-            return Ok(workload_json(&described, w));
+            return Ok(workload_json(&described, &w.containers));
         }
         let objects = objects_of(ns, &kind_lower).ok_or_else(|| Error::NotFound {
             kind: "object",
@@ -1053,7 +961,10 @@ impl Cluster for LocalCluster {
         if kind_lower == "workload" || kind_lower == "workloads" {
             let mut out = Vec::with_capacity(ns.workloads.len());
             for w in ns.workloads.values() {
-                out.push(workload_json(&self.describe(w, false).await?, w));
+                out.push(workload_json(
+                    &self.describe(w, false).await?,
+                    &w.containers,
+                ));
             }
             return Ok(out);
         }

@@ -264,3 +264,74 @@ fn a_posthooks_values_join_the_report_and_the_restore_point() {
     );
     assert_eq!(point["artifacts"][0]["name"], "volume-data", "{point:#}");
 }
+
+#[test]
+fn hello_runs_against_a_kubernetes_cluster() {
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime for the fake API server");
+    let api = runtime.block_on(cairn_kube_fake::FakeApi::start());
+    api.put(
+        "/api/v1/namespaces",
+        serde_json::json!({ "metadata": { "name": "default" } }),
+    );
+    api.put(
+        "/apis/apps/v1/namespaces/default/deployments",
+        serde_json::json!({
+            "metadata": { "name": "hello" },
+            "spec": {
+                "replicas": 1,
+                "selector": { "matchLabels": { "app": "hello" } },
+                "template": {
+                    "metadata": { "labels": { "app": "hello" } },
+                    "spec": { "containers": [{ "name": "hello", "image": "busybox" }] },
+                },
+            },
+        }),
+    );
+    let cairn = Cairn::new();
+    let kubeconfig = cairn.home.path().join("kubeconfig");
+    api.kubeconfig(&kubeconfig);
+    let wasm = hello_wasm().to_str().expect("utf-8 path");
+    let args = [
+        "run",
+        wasm,
+        "--action",
+        "backup",
+        "--target",
+        "kube",
+        "--workload",
+        "hello",
+        "--grant",
+        "exec",
+        "--output",
+        "json",
+    ];
+    let out = cairn
+        .command(&args)
+        .env("KUBECONFIG", &kubeconfig)
+        .output()
+        .expect("cairn runs");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v = json(&out);
+    assert_eq!(v["status"], "succeeded");
+    let artifact = &v["outputs"]["artifacts"][0];
+    assert_eq!(
+        artifact["values"],
+        serde_json::json!([
+            ["pod", "hello-0"],
+            ["exit-code", "0"],
+            ["stdout", "hello, world"]
+        ]),
+        "{v}"
+    );
+
+    // A context the kubeconfig does not have is refused before anything runs.
+    let mut args = args;
+    args[5] = "kube:elsewhere";
+    let out = cairn
+        .command(&args)
+        .env("KUBECONFIG", &kubeconfig)
+        .output()
+        .expect("cairn runs");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("elsewhere"), "{}", stderr(&out));
+}

@@ -5,7 +5,7 @@ use std::path::{Component, Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::{Error, Result, WorkloadKind};
+use crate::{Error, Result, WorkloadKind, is_env_name};
 
 /// The parsed inventory file: namespaces, their workloads and their objects.
 ///
@@ -96,13 +96,6 @@ pub(crate) fn is_dns_label(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
         && bytes.first() != Some(&b'-')
         && bytes.last() != Some(&b'-')
-}
-
-/// Whether `name` can be an environment variable's name.
-pub(crate) fn is_env_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    matches!(chars.next(), Some(c) if c == '_' || c.is_ascii_alphabetic())
-        && chars.all(|c| c == '_' || c.is_ascii_alphanumeric())
 }
 
 /// Reduces a volume path to plain components (`./a/b` → `a/b`); `None` for an absolute path,

@@ -2,6 +2,7 @@
 
 mod exec;
 mod inventory;
+mod kubernetes;
 mod objects;
 mod scale;
 mod volumes;

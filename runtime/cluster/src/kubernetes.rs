@@ -1,0 +1,1253 @@
+//! The Kubernetes backend, through `kube`.
+//!
+//! - **Workloads** are the Deployments and StatefulSets of a namespace. Their pods are the pods
+//!   their selector matches; their volumes are the PersistentVolumeClaims their pods mount
+//!   (named in the pod template, or made from a StatefulSet's claim templates).
+//! - **Exec** uses the pods' `exec` subresource over WebSocket. A pipeline runs one exec per
+//!   program in the same container, its pipes joined through Cairn, so no shell is needed in
+//!   the image. Extra environment variables are passed through `env(1)`, which must be in the
+//!   image. At the deadline Cairn closes the exec; Kubernetes gives no way to kill what it
+//!   started, so a command that ignores the end of its input runs on in the container.
+//! - **Scale** uses the workloads' `scale` subresource.
+//! - **Snapshots** are CSI VolumeSnapshots (`snapshot.storage.k8s.io/v1`) of a claim, in the
+//!   claim's namespace, with the cluster's default snapshot class unless one is named. Their
+//!   id is `NAMESPACE/NAME`. Restoring one replaces the claim with one provisioned from the
+//!   snapshot, which needs the workload scaled to zero.
+//! - A command for a stopped workload (`stopped`) is refused: it would need a pod of its own
+//!   with the workload's volumes, which this backend does not create yet.
+
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{
+    Namespace, PersistentVolumeClaim, Pod as KubePod, PodTemplateSpec,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Status};
+use kube::api::{
+    Api, ApiResource, AttachParams, DeleteParams, DynamicObject, ListParams, Patch, PatchParams,
+    PostParams,
+};
+use kube::core::GroupVersionKind;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::pipes::{self, COPY_BUFFER, Pipes, Reader, StreamFailure, Writer, pipefail};
+use crate::{
+    Cluster, Error, ExecOutput, ExecRequest, Pod, Result, Volume, VolumeSnapshot, Workload,
+    WorkloadKind, WorkloadRef, failed, list_hint, workload_json,
+};
+
+/// Pause between two looks at a workload becoming ready, a snapshot becoming ready to use or a
+/// claim going away.
+const POLL: Duration = Duration::from_millis(500);
+
+/// How long a new snapshot may take to become ready to use.
+const SNAPSHOT_READY_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// How long a replaced claim may take to go away.
+const CLAIM_GONE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The annotation naming the workload whose volume a snapshot copies.
+const WORKLOAD_ANNOTATION: &str = "cairn.dev/workload";
+
+/// The group of CSI volume snapshots.
+const SNAPSHOT_GROUP: &str = "snapshot.storage.k8s.io";
+
+/// A Kubernetes cluster, reached through the API server.
+#[derive(Clone)]
+pub struct KubeCluster {
+    client: kube::Client,
+    snapshot_class: Option<String>,
+}
+
+impl std::fmt::Debug for KubeCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeCluster")
+            .field("snapshot_class", &self.snapshot_class)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KubeCluster {
+    /// A backend talking through `client`.
+    pub fn new(client: kube::Client) -> Self {
+        Self {
+            client,
+            snapshot_class: None,
+        }
+    }
+
+    /// A backend for the cluster of a kubeconfig context, or with `None` the one `kubectl`
+    /// would use (`KUBECONFIG`, `~/.kube/config`, else the pod's service account).
+    pub async fn connect(context: Option<&str>) -> Result<Self> {
+        let config = match context {
+            Some(context) => kube::Config::from_kubeconfig(&kube::config::KubeConfigOptions {
+                context: Some(context.to_owned()),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| {
+                Error::Invalid(format!(
+                    "kubeconfig context {context:?}: {e} (list the contexts with `kubectl config \
+                     get-contexts`)"
+                ))
+            })?,
+            None => kube::Config::infer().await.map_err(|e| {
+                Error::Invalid(format!(
+                    "no Kubernetes cluster is configured: {e} (set KUBECONFIG, or run Cairn in a \
+                     pod with a service account)"
+                ))
+            })?,
+        };
+        let client = kube::Client::try_from(config)
+            .map_err(|e| failed("creating the Kubernetes client", e))?;
+        Ok(Self::new(client))
+    }
+
+    /// Takes snapshots with this VolumeSnapshotClass instead of the cluster's default one.
+    #[must_use]
+    pub fn with_snapshot_class(mut self, class: impl Into<String>) -> Self {
+        self.snapshot_class = Some(class.into());
+        self
+    }
+
+    fn api<K>(&self, namespace: &str) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        K::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), namespace)
+    }
+
+    fn snapshots(&self, namespace: &str) -> Api<DynamicObject> {
+        Api::namespaced_with(self.client.clone(), namespace, &snapshot_resource())
+    }
+
+    /// Fails with a not-found error naming the namespaces when `namespace` does not exist.
+    async fn check_namespace(&self, namespace: &str) -> Result<()> {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        let found = match api.get_opt(namespace).await {
+            Ok(found) => found,
+            // Reading namespaces takes a cluster-wide grant that a namespaced Role lacks: the
+            // calls that follow then tell for themselves.
+            Err(kube::Error::Api(status)) if status.code == 403 => return Ok(()),
+            Err(e) => return Err(api_error(format!("reading namespace {namespace}"), e)),
+        };
+        if found.is_some() {
+            return Ok(());
+        }
+        Err(Error::NotFound {
+            kind: "namespace",
+            name: namespace.to_owned(),
+            hint: list_hint("the namespaces are", self.namespaces().await?.iter()),
+        })
+    }
+
+    /// The Deployment or StatefulSet `workload`.
+    async fn find(&self, workload: &WorkloadRef) -> Result<Found> {
+        let ns = &workload.namespace;
+        let reading = |e| api_error(format!("reading workload {workload}"), e);
+        if let Some(d) = self
+            .api::<Deployment>(ns)
+            .get_opt(&workload.name)
+            .await
+            .map_err(reading)?
+        {
+            return Ok(Found::deployment(d));
+        }
+        if let Some(s) = self
+            .api::<StatefulSet>(ns)
+            .get_opt(&workload.name)
+            .await
+            .map_err(reading)?
+        {
+            return Ok(Found::stateful_set(s));
+        }
+        self.check_namespace(ns).await?;
+        let mut names: Vec<String> = self.all(ns).await?.into_iter().map(|f| f.name).collect();
+        names.sort();
+        Err(Error::NotFound {
+            kind: "workload",
+            name: workload.to_string(),
+            hint: list_hint(
+                &format!("namespace {ns} has the Deployments and StatefulSets"),
+                names.iter(),
+            ),
+        })
+    }
+
+    /// Every Deployment and StatefulSet of `namespace`.
+    async fn all(&self, namespace: &str) -> Result<Vec<Found>> {
+        let listing = |e| api_error(format!("listing the workloads of namespace {namespace}"), e);
+        let params = ListParams::default();
+        let mut found: Vec<Found> = self
+            .api::<Deployment>(namespace)
+            .list(&params)
+            .await
+            .map_err(listing)?
+            .items
+            .into_iter()
+            .map(Found::deployment)
+            .collect();
+        found.extend(
+            self.api::<StatefulSet>(namespace)
+                .list(&params)
+                .await
+                .map_err(listing)?
+                .items
+                .into_iter()
+                .map(Found::stateful_set),
+        );
+        Ok(found)
+    }
+
+    /// What the seam knows of a found workload: its pods and its claims.
+    async fn describe(&self, namespace: &str, found: &Found) -> Result<Workload> {
+        let reference = WorkloadRef::new(namespace, &found.name);
+        let pods = match found.selector.as_ref().map(selector_query).transpose()? {
+            // An empty selector would match every pod of the namespace: it has none of its own.
+            None => Vec::new(),
+            Some(query) if query.is_empty() => Vec::new(),
+            Some(query) => self
+                .api::<KubePod>(namespace)
+                .list(&ListParams::default().labels(&query))
+                .await
+                .map_err(|e| api_error(format!("listing the pods of {reference}"), e))?
+                .items
+                .into_iter()
+                .map(pod_of)
+                .collect(),
+        };
+        let mut claims = found.claims.clone();
+        if !found.claim_templates.is_empty() {
+            let existing = self
+                .api::<PersistentVolumeClaim>(namespace)
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| api_error(format!("listing the claims of {reference}"), e))?;
+            for claim in existing.items {
+                let Some(name) = claim.metadata.name else {
+                    continue;
+                };
+                if found
+                    .claim_templates
+                    .iter()
+                    .any(|t| is_ordinal_claim(&name, t, &found.name))
+                {
+                    claims.push(name);
+                }
+            }
+        }
+        claims.sort();
+        claims.dedup();
+        Ok(Workload {
+            reference,
+            kind: found.kind,
+            replicas: found.replicas,
+            ready_replicas: found.ready_replicas,
+            pods,
+            volumes: claims
+                .into_iter()
+                .map(|name| Volume { name, bytes: None })
+                .collect(),
+        })
+    }
+
+    /// Starts one exec per program of the pipeline and joins their pipes.
+    async fn start(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: &str,
+        argvs: Vec<Vec<String>>,
+        has_stdin: bool,
+    ) -> std::result::Result<Started, kube::Error> {
+        let api: Api<KubePod> = self.api(namespace);
+        let mut procs = Vec::with_capacity(argvs.len());
+        for (i, argv) in argvs.into_iter().enumerate() {
+            let mut params = AttachParams::default()
+                .container(container)
+                .stdin(i > 0 || has_stdin)
+                .stdout(true)
+                .stderr(true);
+            params.max_stdin_buf_size = Some(COPY_BUFFER);
+            params.max_stdout_buf_size = Some(COPY_BUFFER);
+            params.max_stderr_buf_size = Some(COPY_BUFFER);
+            procs.push(api.exec(pod, argv, &params).await?);
+        }
+        let statuses: Vec<Shared<BoxFuture<'static, Option<Status>>>> = procs
+            .iter_mut()
+            .map(|p| match p.take_status() {
+                Some(status) => status.boxed().shared(),
+                None => futures::future::ready(None).boxed().shared(),
+            })
+            .collect();
+        let mut stdouts: Vec<Option<Reader>> = procs
+            .iter_mut()
+            .map(|p| p.stdout().map(|r| Box::new(r) as Reader))
+            .collect();
+        let mut stdins: Vec<Option<Writer>> = procs
+            .iter_mut()
+            .map(|p| p.stdin().map(|w| Box::new(w) as Writer))
+            .collect();
+        let stderrs = procs
+            .iter_mut()
+            .map(|p| p.stderr().map(|r| Box::new(r) as Reader))
+            .collect();
+        let mut relays = Vec::with_capacity(procs.len().saturating_sub(1));
+        for i in 1..procs.len() {
+            if let (Some(from), Some(to)) = (stdouts[i - 1].take(), stdins[i].take()) {
+                relays.push(relay(from, to, statuses[i].clone()));
+            }
+        }
+        Ok(Started {
+            pipes: Pipes {
+                stdin: stdins.first_mut().and_then(Option::take),
+                stdout: stdouts.last_mut().and_then(Option::take),
+                stderrs,
+            },
+            relays,
+            statuses,
+            procs,
+        })
+    }
+
+    /// Waits until `name` has gone from `namespace`'s claims.
+    async fn claim_gone(&self, namespace: &str, name: &str) -> Result<()> {
+        let api: Api<PersistentVolumeClaim> = self.api(namespace);
+        let wait = async {
+            loop {
+                let found = api
+                    .get_opt(name)
+                    .await
+                    .map_err(|e| api_error(format!("reading claim {namespace}/{name}"), e))?;
+                if found.is_none() {
+                    return Ok(());
+                }
+                tokio::time::sleep(POLL).await;
+            }
+        };
+        tokio::time::timeout(CLAIM_GONE_TIMEOUT, wait)
+            .await
+            .map_err(|_| Error::TimedOut {
+                what: format!(
+                    "waiting for claim {namespace}/{name} to be deleted (a pod still mounts it?)"
+                ),
+                after: CLAIM_GONE_TIMEOUT,
+            })?
+    }
+}
+
+/// A Deployment or StatefulSet, reduced to what the seam needs.
+struct Found {
+    name: String,
+    kind: WorkloadKind,
+    replicas: u32,
+    ready_replicas: u32,
+    selector: Option<LabelSelector>,
+    containers: Vec<String>,
+    /// Claims named in the pod template.
+    claims: Vec<String>,
+    /// A StatefulSet's claim templates.
+    claim_templates: Vec<String>,
+}
+
+impl Found {
+    fn deployment(d: Deployment) -> Self {
+        let spec = d.spec.unwrap_or_default();
+        let status = d.status.unwrap_or_default();
+        Self::new(
+            d.metadata.name.unwrap_or_default(),
+            WorkloadKind::Deployment,
+            (spec.replicas, status.ready_replicas),
+            Some(spec.selector),
+            &spec.template,
+            Vec::new(),
+        )
+    }
+
+    fn stateful_set(s: StatefulSet) -> Self {
+        let spec = s.spec.unwrap_or_default();
+        let status = s.status.unwrap_or_default();
+        let templates = spec
+            .volume_claim_templates
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|t| t.metadata.name)
+            .collect();
+        Self::new(
+            s.metadata.name.unwrap_or_default(),
+            WorkloadKind::StatefulSet,
+            (spec.replicas, status.ready_replicas),
+            Some(spec.selector),
+            &spec.template,
+            templates,
+        )
+    }
+
+    fn new(
+        name: String,
+        kind: WorkloadKind,
+        (replicas, ready): (Option<i32>, Option<i32>),
+        selector: Option<LabelSelector>,
+        template: &PodTemplateSpec,
+        claim_templates: Vec<String>,
+    ) -> Self {
+        let pod = template.spec.as_ref();
+        Self {
+            name,
+            kind,
+            // Kubernetes defaults a missing count to one.
+            replicas: count(replicas.unwrap_or(1)),
+            ready_replicas: count(ready.unwrap_or(0)),
+            selector,
+            containers: pod
+                .map(|p| p.containers.iter().map(|c| c.name.clone()).collect())
+                .unwrap_or_default(),
+            claims: pod
+                .and_then(|p| p.volumes.as_ref())
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.persistent_volume_claim.as_ref())
+                .map(|c| c.claim_name.clone())
+                .collect(),
+            claim_templates,
+        }
+    }
+}
+
+fn count(n: i32) -> u32 {
+    u32::try_from(n).unwrap_or(0)
+}
+
+/// The execs of a started pipeline: its outer pipes, the relays between its programs, and each
+/// program's exit status.
+struct Started {
+    pipes: Pipes,
+    relays: Vec<BoxFuture<'static, std::result::Result<(), StreamFailure>>>,
+    statuses: Vec<Shared<BoxFuture<'static, Option<Status>>>>,
+    /// Dropping a process closes its exec.
+    procs: Vec<kube::api::AttachedProcess>,
+}
+
+/// Copies one program's stdout into the next one's stdin. When the next one ends first, the
+/// rest is read and dropped, so the program writing it can finish (as it would on SIGPIPE).
+fn relay(
+    mut from: Reader,
+    mut to: Writer,
+    next_ended: Shared<BoxFuture<'static, Option<Status>>>,
+) -> BoxFuture<'static, std::result::Result<(), StreamFailure>> {
+    async move {
+        let ended = {
+            let copy = async {
+                let mut buf = vec![0u8; COPY_BUFFER];
+                loop {
+                    let n = from.read(&mut buf).await?;
+                    if n == 0 {
+                        return to.shutdown().await;
+                    }
+                    to.write_all(&buf[..n]).await?;
+                }
+            };
+            tokio::select! {
+                copied = copy => {
+                    copied.map_err(|error| StreamFailure { stage: "joining the pipeline", error })?;
+                    false
+                }
+                _ = next_ended => true,
+            }
+        };
+        if ended {
+            tokio::io::copy(&mut from, &mut tokio::io::sink())
+                .await
+                .map_err(|error| StreamFailure {
+                    stage: "joining the pipeline",
+                    error,
+                })?;
+        }
+        Ok(())
+    }
+    .boxed()
+}
+
+/// A program's exit code from the status its exec ended with.
+fn exit_code(status: Option<Status>) -> std::result::Result<i32, String> {
+    let Some(status) = status else {
+        return Err("the exec closed without the command's exit status".to_owned());
+    };
+    if status.status.as_deref() == Some("Success") {
+        return Ok(0);
+    }
+    let reason = status.reason.unwrap_or_default();
+    if reason == "NonZeroExitCode" {
+        let code = status
+            .details
+            .iter()
+            .flat_map(|d| d.causes.iter().flatten())
+            .find(|c| c.reason.as_deref() == Some("ExitCode"))
+            .and_then(|c| c.message.as_deref()?.parse().ok());
+        if let Some(code) = code {
+            return Ok(code);
+        }
+    }
+    Err(match status.message {
+        Some(message) if !message.is_empty() => message,
+        _ => format!("the exec failed ({reason})"),
+    })
+}
+
+/// A label selector as the API's query string (`a=b,c in (d,e),!f`).
+fn selector_query(selector: &LabelSelector) -> Result<String> {
+    let mut terms: Vec<String> = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    for e in selector.match_expressions.iter().flatten() {
+        let values = e.values.clone().unwrap_or_default().join(",");
+        terms.push(match e.operator.as_str() {
+            "In" => format!("{} in ({values})", e.key),
+            "NotIn" => format!("{} notin ({values})", e.key),
+            "Exists" => e.key.clone(),
+            "DoesNotExist" => format!("!{}", e.key),
+            other => {
+                return Err(Error::Invalid(format!(
+                    "selector operator {other:?} of key {:?} is not one of In, NotIn, Exists, \
+                     DoesNotExist",
+                    e.key
+                )));
+            }
+        });
+    }
+    Ok(terms.join(","))
+}
+
+fn pod_of(pod: KubePod) -> Pod {
+    let terminating = pod.metadata.deletion_timestamp.is_some();
+    let ready = !terminating
+        && pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .into_iter()
+            .flatten()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
+    Pod {
+        name: pod.metadata.name.unwrap_or_default(),
+        ready,
+        containers: pod
+            .spec
+            .map(|s| s.containers.into_iter().map(|c| c.name).collect())
+            .unwrap_or_default(),
+    }
+}
+
+/// Whether `claim` is a StatefulSet's claim from `template` (`TEMPLATE-SET-ORDINAL`).
+fn is_ordinal_claim(claim: &str, template: &str, set: &str) -> bool {
+    claim
+        .strip_prefix(template)
+        .and_then(|rest| rest.strip_prefix('-'))
+        .and_then(|rest| rest.strip_prefix(set))
+        .and_then(|rest| rest.strip_prefix('-'))
+        .is_some_and(|ordinal| !ordinal.is_empty() && ordinal.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// What the API said, as the seam's error: a missing object, a refusal (RBAC), or a failure.
+fn api_error(what: String, e: kube::Error) -> Error {
+    match &e {
+        kube::Error::Api(status) if status.code == 403 => Error::Denied(format!(
+            "{what}: {} (grant Cairn's service account this in its Role)",
+            status.message
+        )),
+        kube::Error::Api(status) if status.code == 404 => Error::NotFound {
+            kind: "object",
+            name: status
+                .details
+                .as_ref()
+                .map(|d| d.name.clone())
+                .unwrap_or_default(),
+            hint: format!("; {what}: {}", status.message),
+        },
+        _ => failed(what, e),
+    }
+}
+
+fn snapshot_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk(SNAPSHOT_GROUP, "v1", "VolumeSnapshot"),
+        "volumesnapshots",
+    )
+}
+
+/// The resource a kind names (singular or plural, any case, or a short name).
+fn resource_of(kind: &str) -> Option<ApiResource> {
+    use k8s_openapi::api::{apps, batch, core};
+    let kind = kind.to_ascii_lowercase();
+    let kind = kind.strip_suffix('s').unwrap_or(&kind);
+    Some(match kind {
+        "configmap" | "cm" => ApiResource::erase::<core::v1::ConfigMap>(&()),
+        "secret" => ApiResource::erase::<core::v1::Secret>(&()),
+        "service" | "svc" => ApiResource::erase::<core::v1::Service>(&()),
+        "serviceaccount" | "sa" => ApiResource::erase::<core::v1::ServiceAccount>(&()),
+        "persistentvolumeclaim" | "pvc" => ApiResource::erase::<PersistentVolumeClaim>(&()),
+        "pod" => ApiResource::erase::<KubePod>(&()),
+        "deployment" | "deploy" => ApiResource::erase::<apps::v1::Deployment>(&()),
+        "statefulset" | "st" => ApiResource::erase::<apps::v1::StatefulSet>(&()),
+        "daemonset" | "d" => ApiResource::erase::<apps::v1::DaemonSet>(&()),
+        "job" => ApiResource::erase::<batch::v1::Job>(&()),
+        "cronjob" | "cj" => ApiResource::erase::<batch::v1::CronJob>(&()),
+        "volumesnapshot" => snapshot_resource(),
+        _ => return None,
+    })
+}
+
+/// The kinds [`resource_of`] knows, for hints.
+const KINDS: &str = "workload, configmap, secret, service, serviceaccount, \
+                     persistentvolumeclaim, pod, deployment, statefulset, daemonset, job, \
+                     cronjob, volumesnapshot";
+
+fn unknown_kind(kind: &str) -> Error {
+    Error::Invalid(format!(
+        "the Kubernetes backend does not read objects of kind {kind:?}; it reads {KINDS}"
+    ))
+}
+
+/// `NAMESPACE/NAME` of a snapshot id.
+fn parse_snapshot_id(id: &str) -> Result<(&str, &str)> {
+    id.split_once('/')
+        .filter(|(ns, name)| !ns.is_empty() && !name.is_empty() && !name.contains('/'))
+        .ok_or_else(|| {
+            Error::Invalid(format!(
+                "snapshot id {id:?} is not NAMESPACE/NAME, the form the Kubernetes backend gives"
+            ))
+        })
+}
+
+/// The seam's view of a VolumeSnapshot object.
+fn snapshot_of(object: &DynamicObject) -> VolumeSnapshot {
+    let namespace = object.metadata.namespace.clone().unwrap_or_default();
+    let name = object.metadata.name.clone().unwrap_or_default();
+    let workload = object
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(WORKLOAD_ANNOTATION))
+        .cloned()
+        .unwrap_or_default();
+    let volume = object.data["spec"]["source"]["persistentVolumeClaimName"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    VolumeSnapshot {
+        id: format!("{namespace}/{name}"),
+        workload: WorkloadRef::new(namespace, workload),
+        volume,
+        created_ms: object
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .and_then(|t| u64::try_from(t.0.as_millisecond()).ok())
+            .unwrap_or(0),
+        bytes: object.data["status"]["restoreSize"]
+            .as_str()
+            .and_then(quantity_bytes)
+            .unwrap_or(0),
+    }
+}
+
+/// Bytes of a quantity such as `10Gi`, `500M` or `1073741824`.
+fn quantity_bytes(quantity: &str) -> Option<u64> {
+    let split = quantity
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(quantity.len());
+    let (number, suffix) = quantity.split_at(split);
+    let scale: u64 = match suffix {
+        "" => 1,
+        "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "T" => 1_000_000_000_000,
+        "P" => 1_000_000_000_000_000,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        "Pi" => 1 << 50,
+        _ => return None,
+    };
+    match number.split_once('.') {
+        None => number.parse::<u64>().ok()?.checked_mul(scale),
+        Some((whole, fraction)) => {
+            let whole: u64 = if whole.is_empty() {
+                0
+            } else {
+                whole.parse().ok()?
+            };
+            let digits = u32::try_from(fraction.len()).ok()?;
+            let fraction: u64 = if fraction.is_empty() {
+                0
+            } else {
+                fraction.parse().ok()?
+            };
+            let denominator = 10u64.checked_pow(digits)?;
+            let part = u128::from(fraction) * u128::from(scale) / u128::from(denominator);
+            whole
+                .checked_mul(scale)?
+                .checked_add(u64::try_from(part).ok()?)
+        }
+    }
+}
+
+#[async_trait]
+impl Cluster for KubeCluster {
+    fn backend(&self) -> &'static str {
+        "kubernetes"
+    }
+
+    async fn namespaces(&self) -> Result<Vec<String>> {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        let list = api
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| api_error("listing namespaces".to_owned(), e))?;
+        let mut names: Vec<String> = list
+            .items
+            .into_iter()
+            .filter_map(|n| n.metadata.name)
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    async fn workloads(&self, namespace: &str) -> Result<Vec<Workload>> {
+        self.check_namespace(namespace).await?;
+        let mut out = Vec::new();
+        for found in self.all(namespace).await? {
+            out.push(self.describe(namespace, &found).await?);
+        }
+        out.sort_by(|a, b| a.reference.cmp(&b.reference));
+        Ok(out)
+    }
+
+    async fn workload(&self, workload: &WorkloadRef) -> Result<Workload> {
+        let found = self.find(workload).await?;
+        self.describe(&workload.namespace, &found).await
+    }
+
+    async fn exec(&self, workload: &WorkloadRef, request: ExecRequest) -> Result<ExecOutput> {
+        if request.stopped {
+            return Err(Error::Invalid(format!(
+                "the Kubernetes backend cannot run a command for stopped workload {workload}: \
+                 it would need a pod of its own with the workload's volumes. Run it in a pod of \
+                 the running workload, or restore the volume from a snapshot"
+            )));
+        }
+        let stages = request.stages()?;
+        let env = request.checked_env()?;
+        let found = self.find(workload).await?;
+        let described = self.describe(&workload.namespace, &found).await?;
+        let pod = match &request.pod {
+            Some(name) => match described.pods.iter().find(|p| &p.name == name) {
+                Some(pod) if pod.ready => pod,
+                Some(_) => {
+                    return Err(Error::Invalid(format!(
+                        "pod {name} of workload {workload} is not ready; wait for it or leave \
+                         the pod unnamed to use a ready one"
+                    )));
+                }
+                None => {
+                    return Err(Error::NotFound {
+                        kind: "pod",
+                        name: name.clone(),
+                        hint: list_hint(
+                            &format!("workload {workload} has the pods"),
+                            described.pods.iter().map(|p| &p.name),
+                        ),
+                    });
+                }
+            },
+            None => described
+                .pods
+                .iter()
+                .find(|p| p.ready)
+                .ok_or_else(|| Error::NotFound {
+                    kind: "pod",
+                    name: format!("a ready pod of {workload}"),
+                    hint: format!(
+                        "; workload {workload} has {} of {} replicas ready: scale it up or wait \
+                         for it",
+                        described.ready_replicas, described.replicas
+                    ),
+                })?,
+        };
+        let container = request.container_in(&pod.name, &pod.containers)?;
+        let argvs: Vec<Vec<String>> = stages
+            .iter()
+            .map(|argv| {
+                if env.is_empty() {
+                    return argv.to_vec();
+                }
+                let mut with_env = vec!["env".to_owned()];
+                with_env.extend(env.iter().map(|(k, v)| format!("{k}={v}")));
+                with_env.extend(argv.iter().cloned());
+                with_env
+            })
+            .collect();
+        let programs: Vec<&str> = stages.iter().map(|a| a[0].as_str()).collect();
+        let what = format!(
+            "{} in pod {} of workload {workload}",
+            programs.join(" | "),
+            pod.name
+        );
+        let has_stdin = !matches!(request.stdin, crate::Stdin::Empty);
+        let run = async {
+            let started = self
+                .start(&workload.namespace, &pod.name, &container, argvs, has_stdin)
+                .await
+                .map_err(|e| api_error(format!("starting {what}"), e))?;
+            let Started {
+                pipes,
+                relays,
+                statuses,
+                procs,
+            } = started;
+            let exit = async {
+                let (relayed, statuses) = tokio::join!(
+                    futures::future::join_all(relays),
+                    futures::future::join_all(statuses)
+                );
+                for r in relayed {
+                    r?;
+                }
+                let codes = statuses
+                    .into_iter()
+                    .map(exit_code)
+                    .collect::<std::result::Result<Vec<i32>, String>>()
+                    .map_err(|message| StreamFailure {
+                        stage: "running it",
+                        error: std::io::Error::other(message),
+                    })?;
+                pipefail(codes).ok_or(StreamFailure {
+                    stage: "starting it",
+                    error: std::io::Error::other("no program to run"),
+                })
+            };
+            let stdin_bytes = AtomicU64::new(0);
+            let finished = pipes::drive(
+                pipes,
+                request.stdin,
+                request.stdout,
+                request.output_limit,
+                &stdin_bytes,
+                exit,
+            )
+            .await
+            .map_err(|failure| failure.into_error(&what))?;
+            // The execs have ended; closing them is all that is left.
+            drop(procs);
+            Ok(finished)
+        };
+        let finished = tokio::time::timeout(request.timeout, run)
+            .await
+            .map_err(|_| Error::TimedOut {
+                what: what.clone(),
+                after: request.timeout,
+            })??;
+        Ok(finished.into_output(pod.name.clone()))
+    }
+
+    async fn scale(&self, workload: &WorkloadRef, replicas: u32) -> Result<u32> {
+        let found = self.find(workload).await?;
+        let target = i32::try_from(replicas).map_err(|_| {
+            Error::Invalid(format!("cannot scale {workload} to {replicas} replicas"))
+        })?;
+        let patch = Patch::Merge(json!({ "spec": { "replicas": target } }));
+        let params = PatchParams::default();
+        let scaling = |e| api_error(format!("scaling {workload} to {replicas}"), e);
+        let ns = &workload.namespace;
+        match found.kind {
+            WorkloadKind::StatefulSet => {
+                self.api::<StatefulSet>(ns)
+                    .patch_scale(&workload.name, &params, &patch)
+                    .await
+                    .map_err(scaling)?;
+            }
+            _ => {
+                self.api::<Deployment>(ns)
+                    .patch_scale(&workload.name, &params, &patch)
+                    .await
+                    .map_err(scaling)?;
+            }
+        }
+        Ok(found.replicas)
+    }
+
+    async fn wait_ready(&self, workload: &WorkloadRef, timeout: Duration) -> Result<Workload> {
+        let mut last = None;
+        let wait = async {
+            loop {
+                let w = self.workload(workload).await?;
+                let settled = w.ready_replicas == w.replicas
+                    && w.pods.len() == w.replicas as usize
+                    && w.pods.iter().all(|p| p.ready);
+                if settled {
+                    return Ok(w);
+                }
+                last = Some(w);
+                tokio::time::sleep(POLL).await;
+            }
+        };
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::TimedOut {
+                what: match last {
+                    Some(w) => format!(
+                        "waiting for {workload} to be ready ({} of {} replicas ready, {} pods)",
+                        w.ready_replicas,
+                        w.replicas,
+                        w.pods.len()
+                    ),
+                    None => format!("waiting for {workload} to be ready"),
+                },
+                after: timeout,
+            }),
+        }
+    }
+
+    async fn get_object(&self, namespace: &str, kind: &str, name: &str) -> Result<Value> {
+        let lower = kind.to_ascii_lowercase();
+        if lower == "workload" || lower == "workloads" {
+            let found = self.find(&WorkloadRef::new(namespace, name)).await?;
+            let described = self.describe(namespace, &found).await?;
+            return Ok(workload_json(&described, &found.containers));
+        }
+        let resource = resource_of(kind).ok_or_else(|| unknown_kind(kind))?;
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(self.client.clone(), namespace, &resource);
+        let object = api
+            .get_opt(name)
+            .await
+            .map_err(|e| api_error(format!("reading {kind} {namespace}/{name}"), e))?
+            .ok_or_else(|| Error::NotFound {
+                kind: "object",
+                name: format!("{kind}/{name}"),
+                hint: format!(
+                    "; namespace {namespace} has no {} named {name}",
+                    resource.kind
+                ),
+            })?;
+        serde_json::to_value(object).map_err(|e| failed(format!("encoding {kind} {name}"), e))
+    }
+
+    async fn list_objects(&self, namespace: &str, kind: &str) -> Result<Vec<Value>> {
+        let lower = kind.to_ascii_lowercase();
+        if lower == "workload" || lower == "workloads" {
+            self.check_namespace(namespace).await?;
+            let mut out = Vec::new();
+            for found in self.all(namespace).await? {
+                let described = self.describe(namespace, &found).await?;
+                out.push(workload_json(&described, &found.containers));
+            }
+            return Ok(out);
+        }
+        let resource = resource_of(kind).ok_or_else(|| unknown_kind(kind))?;
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(self.client.clone(), namespace, &resource);
+        let list = api
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| api_error(format!("listing {kind} in {namespace}"), e))?;
+        list.items
+            .into_iter()
+            .map(|o| serde_json::to_value(o).map_err(|e| failed(format!("encoding {kind}"), e)))
+            .collect()
+    }
+
+    async fn snapshot(&self, workload: &WorkloadRef, volume: &str) -> Result<VolumeSnapshot> {
+        let described = self.workload(workload).await?;
+        if !described.volumes.iter().any(|v| v.name == volume) {
+            return Err(Error::NotFound {
+                kind: "volume",
+                name: volume.to_owned(),
+                hint: list_hint(
+                    &format!("workload {workload} mounts the claims"),
+                    described.volumes.iter().map(|v| &v.name),
+                ),
+            });
+        }
+        // A generated name: the claim's name, cut so the suffix fits in 63 characters.
+        let prefix: String = volume.chars().take(50).collect();
+        let mut spec = json!({ "source": { "persistentVolumeClaimName": volume } });
+        if let Some(class) = &self.snapshot_class {
+            spec["volumeSnapshotClassName"] = json!(class);
+        }
+        let object: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": format!("{SNAPSHOT_GROUP}/v1"),
+            "kind": "VolumeSnapshot",
+            "metadata": {
+                "generateName": format!("{}-", prefix.trim_end_matches(['-', '.'])),
+                "namespace": workload.namespace,
+                "labels": { "app.kubernetes.io/managed-by": "cairn" },
+                "annotations": { WORKLOAD_ANNOTATION: workload.name },
+            },
+            "spec": spec,
+        }))
+        .map_err(|e| failed("building the VolumeSnapshot", e))?;
+        let api = self.snapshots(&workload.namespace);
+        let created = api
+            .create(&PostParams::default(), &object)
+            .await
+            .map_err(|e| {
+                api_error(
+                    format!(
+                        "creating a VolumeSnapshot of claim {volume} (is the CSI snapshot \
+                         controller installed, with a VolumeSnapshotClass?)"
+                    ),
+                    e,
+                )
+            })?;
+        let name = created.metadata.name.clone().unwrap_or_default();
+        let wait = async {
+            loop {
+                let current = api.get(&name).await.map_err(|e| {
+                    api_error(
+                        format!("reading VolumeSnapshot {}/{name}", workload.namespace),
+                        e,
+                    )
+                })?;
+                if let Some(message) = current.data["status"]["error"]["message"].as_str() {
+                    return Err(Error::Failed {
+                        what: format!("snapshotting claim {volume} of {workload}"),
+                        source: message.into(),
+                    });
+                }
+                if current.data["status"]["readyToUse"].as_bool() == Some(true) {
+                    return Ok(snapshot_of(&current));
+                }
+                tokio::time::sleep(POLL).await;
+            }
+        };
+        tokio::time::timeout(SNAPSHOT_READY_TIMEOUT, wait)
+            .await
+            .map_err(|_| Error::TimedOut {
+                what: format!(
+                    "waiting for VolumeSnapshot {}/{name} of claim {volume} to be ready",
+                    workload.namespace
+                ),
+                after: SNAPSHOT_READY_TIMEOUT,
+            })?
+    }
+
+    async fn snapshot_info(&self, id: &str) -> Result<VolumeSnapshot> {
+        let (namespace, name) = parse_snapshot_id(id)?;
+        let object = self
+            .snapshots(namespace)
+            .get_opt(name)
+            .await
+            .map_err(|e| api_error(format!("reading VolumeSnapshot {id}"), e))?
+            .ok_or_else(|| Error::NotFound {
+                kind: "snapshot",
+                name: id.to_owned(),
+                hint: String::new(),
+            })?;
+        Ok(snapshot_of(&object))
+    }
+
+    async fn restore_snapshot(&self, id: &str) -> Result<VolumeSnapshot> {
+        let snapshot = self.snapshot_info(id).await?;
+        let (namespace, name) = parse_snapshot_id(id)?;
+        let object = self
+            .snapshots(namespace)
+            .get(name)
+            .await
+            .map_err(|e| api_error(format!("reading VolumeSnapshot {id}"), e))?;
+        if object.data["status"]["readyToUse"].as_bool() != Some(true) {
+            return Err(Error::Invalid(format!(
+                "VolumeSnapshot {id} is not ready to use; wait for it, or restore another one"
+            )));
+        }
+        if snapshot.volume.is_empty() {
+            return Err(Error::Invalid(format!(
+                "VolumeSnapshot {id} was not taken from a claim; Cairn restores only snapshots \
+                 of claims"
+            )));
+        }
+        if !snapshot.workload.name.is_empty() {
+            let w = self.workload(&snapshot.workload).await?;
+            if w.replicas > 0 || !w.pods.is_empty() {
+                return Err(Error::Invalid(format!(
+                    "workload {} still has {} replicas and {} pods: scale it to zero before its \
+                     claim {} is replaced",
+                    snapshot.workload,
+                    w.replicas,
+                    w.pods.len(),
+                    snapshot.volume
+                )));
+            }
+        }
+        let claims: Api<PersistentVolumeClaim> = self.api(namespace);
+        let claim = &snapshot.volume;
+        let old = claims
+            .get_opt(claim)
+            .await
+            .map_err(|e| api_error(format!("reading claim {namespace}/{claim}"), e))?;
+        let mut new = json!({
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": { "name": claim, "namespace": namespace },
+            "spec": {
+                "accessModes": ["ReadWriteOnce"],
+                "resources": { "requests": { "storage": snapshot.bytes.max(1).to_string() } },
+            },
+        });
+        if let Some(old) = &old {
+            let old = serde_json::to_value(old).map_err(|e| failed("encoding the claim", e))?;
+            for field in ["labels", "annotations"] {
+                let kept: serde_json::Map<String, Value> = old["metadata"][field]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    // The binding annotations name the old volume.
+                    .filter(|(k, _)| !k.starts_with("pv.kubernetes.io/"))
+                    .filter(|(k, _)| !k.starts_with("volume.kubernetes.io/"))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                if !kept.is_empty() {
+                    new["metadata"][field] = Value::Object(kept);
+                }
+            }
+            for field in ["accessModes", "storageClassName", "volumeMode", "resources"] {
+                if !old["spec"][field].is_null() {
+                    new["spec"][field] = old["spec"][field].clone();
+                }
+            }
+            let requested = new["spec"]["resources"]["requests"]["storage"]
+                .as_str()
+                .and_then(quantity_bytes)
+                .unwrap_or(0);
+            if requested < snapshot.bytes {
+                new["spec"]["resources"]["requests"]["storage"] = json!(snapshot.bytes.to_string());
+            }
+        }
+        new["spec"]["dataSource"] = json!({
+            "apiGroup": SNAPSHOT_GROUP,
+            "kind": "VolumeSnapshot",
+            "name": name,
+        });
+        let new: PersistentVolumeClaim =
+            serde_json::from_value(new).map_err(|e| failed("building the claim", e))?;
+        if old.is_some() {
+            claims
+                .delete(claim, &DeleteParams::default())
+                .await
+                .map_err(|e| api_error(format!("deleting claim {namespace}/{claim}"), e))?;
+            self.claim_gone(namespace, claim).await?;
+        }
+        claims
+            .create(&PostParams::default(), &new)
+            .await
+            .map_err(|e| {
+                api_error(
+                    format!(
+                        "creating claim {namespace}/{claim} from VolumeSnapshot {id} (the old \
+                         claim is deleted; the snapshot still holds the data: restore it again)"
+                    ),
+                    e,
+                )
+            })?;
+        Ok(snapshot)
+    }
+
+    async fn delete_snapshot(&self, id: &str) -> Result<()> {
+        let (namespace, name) = parse_snapshot_id(id)?;
+        self.snapshots(namespace)
+            .delete(name, &DeleteParams::default())
+            .await
+            .map_err(|e| match e {
+                kube::Error::Api(s) if s.code == 404 => Error::NotFound {
+                    kind: "snapshot",
+                    name: id.to_owned(),
+                    hint: String::new(),
+                },
+                e => api_error(format!("deleting VolumeSnapshot {id}"), e),
+            })?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantities_read_as_bytes() {
+        assert_eq!(quantity_bytes("1073741824"), Some(1 << 30));
+        assert_eq!(quantity_bytes("10Gi"), Some(10 << 30));
+        assert_eq!(quantity_bytes("500M"), Some(500_000_000));
+        assert_eq!(quantity_bytes("1.5Gi"), Some(3 << 29));
+        assert_eq!(quantity_bytes("100k"), Some(100_000));
+        assert_eq!(quantity_bytes("3x"), None);
+        assert_eq!(quantity_bytes("Gi"), None);
+    }
+
+    #[test]
+    fn claims_of_a_stateful_set_are_told_by_their_ordinal() {
+        assert!(is_ordinal_claim("data-db-0", "data", "db"));
+        assert!(is_ordinal_claim("data-db-12", "data", "db"));
+        assert!(!is_ordinal_claim("data-db-", "data", "db"));
+        assert!(!is_ordinal_claim("data-dbx-0", "data", "db"));
+        assert!(!is_ordinal_claim("data-db-0a", "data", "db"));
+    }
+
+    #[test]
+    fn selectors_become_queries() {
+        let selector: LabelSelector = serde_json::from_value(json!({
+            "matchLabels": { "app": "db" },
+            "matchExpressions": [
+                { "key": "tier", "operator": "In", "values": ["a", "b"] },
+                { "key": "canary", "operator": "DoesNotExist" },
+            ],
+        }))
+        .expect("selector");
+        assert_eq!(
+            selector_query(&selector).expect("query"),
+            "app=db,tier in (a,b),!canary"
+        );
+        let bad: LabelSelector = serde_json::from_value(json!({
+            "matchExpressions": [{ "key": "x", "operator": "Near" }],
+        }))
+        .expect("selector");
+        assert!(matches!(selector_query(&bad), Err(Error::Invalid(_))));
+    }
+
+    #[test]
+    fn exit_codes_come_from_the_status() {
+        let success: Status =
+            serde_json::from_value(json!({ "status": "Success" })).expect("status");
+        assert_eq!(exit_code(Some(success)), Ok(0));
+        let failed: Status = serde_json::from_value(json!({
+            "status": "Failure",
+            "reason": "NonZeroExitCode",
+            "message": "command terminated with non-zero exit code: 3",
+            "details": { "causes": [{ "reason": "ExitCode", "message": "3" }] },
+        }))
+        .expect("status");
+        assert_eq!(exit_code(Some(failed)), Ok(3));
+        let internal: Status = serde_json::from_value(json!({
+            "status": "Failure",
+            "reason": "InternalError",
+            "message": "executable file not found in $PATH",
+        }))
+        .expect("status");
+        assert_eq!(
+            exit_code(Some(internal)),
+            Err("executable file not found in $PATH".to_owned())
+        );
+        assert!(exit_code(None).is_err());
+    }
+}

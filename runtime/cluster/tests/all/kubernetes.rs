@@ -1,0 +1,392 @@
+//! The Kubernetes backend against an in-process fake API server (`cairn_kube_fake`), and,
+//! when asked for, against a real cluster.
+
+use std::time::Duration;
+
+use cairn_cluster::{Cluster, Error, KubeCluster, Stdin, Stdout, WorkloadKind, WorkloadRef};
+use cairn_kube_fake::FakeApi;
+use serde_json::json;
+
+use super::{TEST_TIMEOUT, request};
+
+fn db() -> WorkloadRef {
+    WorkloadRef::new("shop", "db")
+}
+
+async fn shop() -> (FakeApi, KubeCluster) {
+    let api = FakeApi::shop().await;
+    let cluster = KubeCluster::new(api.client());
+    (api, cluster)
+}
+
+#[tokio::test]
+async fn workloads_their_pods_and_claims_come_from_the_api() {
+    let (_api, cluster) = shop().await;
+    assert_eq!(cluster.backend(), "kubernetes");
+    assert_eq!(
+        cluster.namespaces().await.expect("namespaces"),
+        ["kube-system", "shop"]
+    );
+    let workloads = cluster.workloads("shop").await.expect("workloads");
+    let names: Vec<&str> = workloads
+        .iter()
+        .map(|w| w.reference.name.as_str())
+        .collect();
+    assert_eq!(names, ["db", "web"]);
+
+    let db = &workloads[0];
+    assert_eq!(db.kind, WorkloadKind::StatefulSet);
+    assert_eq!((db.replicas, db.ready_replicas), (2, 2));
+    let pods: Vec<&str> = db.pods.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(pods, ["db-0", "db-1"]);
+    assert!(
+        db.pods
+            .iter()
+            .all(|p| p.ready && p.containers == ["postgres"])
+    );
+    let claims: Vec<&str> = db.volumes.iter().map(|v| v.name.as_str()).collect();
+    assert_eq!(claims, ["data-db-0", "data-db-1"]);
+
+    let web = &workloads[1];
+    assert_eq!(web.kind, WorkloadKind::Deployment);
+    assert_eq!(web.pods[0].containers, ["web", "sidecar"]);
+    assert_eq!(web.volumes[0].name, "web-data");
+
+    match cluster.workload(&WorkloadRef::new("shop", "cache")).await {
+        Err(Error::NotFound { kind, hint, .. }) => {
+            assert_eq!(kind, "workload");
+            assert!(hint.contains("db, web"), "{hint}");
+        }
+        other => panic!("expected not found, got {other:?}"),
+    }
+    match cluster.workloads("nowhere").await {
+        Err(Error::NotFound { kind, hint, .. }) => {
+            assert_eq!(kind, "namespace");
+            assert!(hint.contains("kube-system, shop"), "{hint}");
+        }
+        other => panic!("expected not found, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn exec_captures_output_feeds_stdin_and_reports_the_exit_code() {
+    let (_api, cluster) = shop().await;
+    let mut cat = request(&["cat"]);
+    cat.stdin = Stdin::Bytes(b"hello from cairn".to_vec());
+    let out = cluster.exec(&db(), cat).await.expect("exec runs");
+    assert_eq!(out.pod, "db-0");
+    assert_eq!(out.exit_code, 0);
+    assert_eq!(out.stdout, b"hello from cairn");
+    assert_eq!((out.stdin_bytes, out.stdout_bytes), (16, 16));
+
+    let mut failing = request(&["sh", "-c", "echo oops >&2; exit 3"]);
+    failing.pod = Some("db-1".to_owned());
+    let out = cluster.exec(&db(), failing).await.expect("exec runs");
+    assert_eq!((out.pod.as_str(), out.exit_code), ("db-1", 3));
+    assert_eq!(out.stderr, b"oops\n");
+
+    let mut env = request(&["sh", "-c", "printf %s \"$GREETING\""]);
+    env.env = vec![("GREETING".to_owned(), "hi there".to_owned())];
+    assert_eq!(
+        cluster.exec(&db(), env).await.expect("exec runs").stdout,
+        b"hi there"
+    );
+
+    let mut limited = request(&["head", "-c", "100000", "/dev/zero"]);
+    limited.output_limit = 10;
+    let out = cluster.exec(&db(), limited).await.expect("exec runs");
+    assert_eq!(out.stdout.len(), 10);
+    assert!(out.stdout_truncated);
+    assert_eq!(out.stdout_bytes, 100_000);
+}
+
+#[tokio::test]
+async fn a_pipeline_runs_one_exec_per_program_joined_through_cairn() {
+    let (_api, cluster) = shop().await;
+    let mut pipeline = request(&["printf", "b\\na\\nc\\n"]);
+    pipeline.then = vec![
+        vec!["sort".to_owned()],
+        vec!["tr".to_owned(), "a-z".to_owned(), "A-Z".to_owned()],
+    ];
+    let out = cluster.exec(&db(), pipeline).await.expect("exec runs");
+    assert_eq!(
+        (out.exit_code, out.stdout.as_slice()),
+        (0, &b"A\nB\nC\n"[..])
+    );
+
+    // As `set -o pipefail`: the last non-zero status.
+    let mut failing = request(&["sh", "-c", "echo x; exit 4"]);
+    failing.then = vec![vec!["cat".to_owned()]];
+    let out = cluster.exec(&db(), failing).await.expect("exec runs");
+    assert_eq!((out.exit_code, out.stdout.as_slice()), (4, &b"x\n"[..]));
+
+    // A reader that stops early lets the writer finish.
+    let mut early = request(&["head", "-c", "3000000", "/dev/zero"]);
+    early.then = vec![vec!["head".to_owned(), "-c".to_owned(), "5".to_owned()]];
+    let out = cluster.exec(&db(), early).await.expect("exec runs");
+    assert_eq!((out.exit_code, out.stdout.len()), (0, 5));
+}
+
+#[tokio::test]
+async fn streams_go_through_exec_whole() {
+    let (_api, cluster) = shop().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data: Vec<u8> = (0..4 << 20).map(|i: u32| (i * 7 % 251) as u8).collect();
+    let sink = tokio::fs::File::create(dir.path().join("out"))
+        .await
+        .expect("sink");
+    let mut copy = request(&["cat"]);
+    copy.stdin = Stdin::Stream(Box::new(std::io::Cursor::new(data.clone())));
+    copy.stdout = Stdout::Stream(Box::new(sink));
+    let out = cluster.exec(&db(), copy).await.expect("exec runs");
+    assert_eq!(out.exit_code, 0);
+    assert_eq!((out.stdin_bytes, out.stdout_bytes), (4 << 20, 4 << 20));
+    assert!(out.stdout.is_empty());
+    assert_eq!(
+        std::fs::read(dir.path().join("out")).expect("streamed"),
+        data
+    );
+}
+
+#[tokio::test]
+async fn exec_refusals_name_the_cause() {
+    let (_api, cluster) = shop().await;
+    let mut wrong = request(&["true"]);
+    wrong.container = Some("mysql".to_owned());
+    match cluster.exec(&db(), wrong).await {
+        Err(Error::NotFound { kind, hint, .. }) => {
+            assert_eq!(kind, "container");
+            assert!(hint.contains("postgres"), "{hint}");
+        }
+        other => panic!("expected not found, got {other:?}"),
+    }
+    let mut pod = request(&["true"]);
+    pod.pod = Some("db-7".to_owned());
+    assert!(matches!(
+        cluster.exec(&db(), pod).await,
+        Err(Error::NotFound { kind: "pod", .. })
+    ));
+
+    let mut stopped = request(&["true"]);
+    stopped.stopped = true;
+    assert!(matches!(
+        cluster.exec(&db(), stopped).await,
+        Err(Error::Invalid(_))
+    ));
+
+    let mut reserved = request(&["true"]);
+    reserved.env = vec![("LD_PRELOAD".to_owned(), "x".to_owned())];
+    assert!(matches!(
+        cluster.exec(&db(), reserved).await,
+        Err(Error::Denied(_))
+    ));
+
+    match cluster
+        .exec(&db(), request(&["no-such-program-here"]))
+        .await
+    {
+        Err(e @ Error::Failed { .. }) => {
+            assert!(e.to_string().contains("not found"), "{e}");
+        }
+        other => panic!("expected a failure, got {other:?}"),
+    }
+
+    let mut slow = request(&["sleep", "5"]);
+    slow.timeout = Duration::from_millis(300);
+    assert!(matches!(
+        cluster.exec(&db(), slow).await,
+        Err(Error::TimedOut { .. })
+    ));
+
+    cluster.scale(&db(), 0).await.expect("scale");
+    match cluster.exec(&db(), request(&["true"])).await {
+        Err(Error::NotFound { kind, hint, .. }) => {
+            assert_eq!(kind, "pod");
+            assert!(hint.contains("0 of 0 replicas ready"), "{hint}");
+        }
+        other => panic!("expected not found, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn scaling_returns_the_previous_count_and_waits_for_the_pods() {
+    let (_api, cluster) = shop().await;
+    assert_eq!(cluster.scale(&db(), 0).await.expect("scale"), 2);
+    let w = cluster
+        .wait_ready(&db(), TEST_TIMEOUT)
+        .await
+        .expect("ready");
+    assert_eq!((w.replicas, w.pods.len()), (0, 0));
+    assert_eq!(cluster.scale(&db(), 1).await.expect("scale"), 0);
+    let w = cluster
+        .wait_ready(&db(), TEST_TIMEOUT)
+        .await
+        .expect("ready");
+    assert_eq!((w.replicas, w.ready_replicas, w.pods.len()), (1, 1, 1));
+    let web = WorkloadRef::new("shop", "web");
+    assert_eq!(cluster.scale(&web, 3).await.expect("scale"), 1);
+    assert_eq!(
+        cluster.workload(&web).await.expect("workload").pods.len(),
+        3
+    );
+}
+
+#[tokio::test]
+async fn a_snapshot_is_taken_and_its_claim_replaced_from_it() {
+    let (api, cluster) = shop().await;
+    let snapshot = cluster
+        .snapshot(&db(), "data-db-0")
+        .await
+        .expect("snapshot");
+    assert!(
+        snapshot.id.starts_with("shop/data-db-0-"),
+        "{}",
+        snapshot.id
+    );
+    assert_eq!(snapshot.workload, db());
+    assert_eq!(
+        (snapshot.volume.as_str(), snapshot.bytes),
+        ("data-db-0", 1 << 30)
+    );
+    assert!(snapshot.created_ms > 0);
+    assert_eq!(
+        cluster
+            .snapshot_info(&snapshot.id)
+            .await
+            .expect("snapshot info"),
+        snapshot
+    );
+
+    match cluster.restore_snapshot(&snapshot.id).await {
+        Err(Error::Invalid(message)) => assert!(message.contains("scale it to zero"), "{message}"),
+        other => panic!("expected a refusal while running, got {other:?}"),
+    }
+    cluster.scale(&db(), 0).await.expect("restore");
+    cluster
+        .restore_snapshot(&snapshot.id)
+        .await
+        .expect("restore");
+    let claim = api
+        .get(
+            "/api/v1/namespaces/shop/persistentvolumeclaims",
+            "data-db-0",
+        )
+        .expect("the new claim");
+    let name = snapshot.id.split_once('/').expect("NAMESPACE/NAME").1;
+    assert_eq!(
+        claim["spec"]["dataSource"],
+        json!({ "apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": name })
+    );
+    assert_eq!(claim["spec"]["storageClassName"], "fast");
+    assert_eq!(claim["metadata"]["labels"]["app"], "shop");
+    assert!(
+        claim["metadata"]["annotations"]
+            .get("pv.kubernetes.io/bind-completed")
+            .is_none()
+    );
+
+    cluster.delete_snapshot(&snapshot.id).await.expect("delete");
+    assert!(matches!(
+        cluster.snapshot_info(&snapshot.id).await,
+        Err(Error::NotFound {
+            kind: "snapshot",
+            ..
+        })
+    ));
+    assert!(matches!(
+        cluster.delete_snapshot(&snapshot.id).await,
+        Err(Error::NotFound {
+            kind: "snapshot",
+            ..
+        })
+    ));
+    assert!(matches!(
+        cluster.snapshot_info("no-slash").await,
+        Err(Error::Invalid(_))
+    ));
+    match cluster.snapshot(&db(), "web-data").await {
+        Err(Error::NotFound { kind, hint, .. }) => {
+            assert_eq!(kind, "volume");
+            assert!(hint.contains("data-db-0, data-db-1"), "{hint}");
+        }
+        other => panic!("expected not found, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn objects_are_read_by_kind_and_refusals_say_why() {
+    let (api, cluster) = shop().await;
+    let settings = cluster
+        .get_object("shop", "ConfigMap", "settings")
+        .await
+        .expect("object");
+    assert_eq!(settings["data"]["mode"], "fast");
+    assert_eq!(
+        cluster
+            .list_objects("shop", "configmaps")
+            .await
+            .expect("objects")
+            .len(),
+        1
+    );
+    let db = cluster
+        .get_object("shop", "workload", "db")
+        .await
+        .expect("object");
+    assert_eq!(db["kind"], "statefulset");
+    assert_eq!(db["containers"], json!(["postgres"]));
+    assert_eq!(
+        cluster
+            .list_objects("shop", "workloads")
+            .await
+            .expect("objects")
+            .len(),
+        2
+    );
+    assert!(matches!(
+        cluster.get_object("shop", "configmap", "absent").await,
+        Err(Error::NotFound { .. })
+    ));
+    match cluster.get_object("shop", "gadget", "x").await {
+        Err(Error::Invalid(message)) => assert!(message.contains("configmap, secret"), "{message}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    api.forbid("/api/v1/namespaces/shop/secrets");
+    match cluster.list_objects("shop", "secret").await {
+        Err(Error::Denied(message)) => assert!(message.contains("Role"), "{message}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+/// Against a real cluster: `CAIRN_KUBE_CONTEXT=NAME` (or `CAIRN_KUBE_CONTEXT=` for the
+/// current one) and `CAIRN_KUBE_WORKLOAD=NAMESPACE/NAME` of a workload whose first container
+/// has `sh`; run with `cargo test -p cairn-cluster -- --ignored kubernetes`.
+#[tokio::test]
+#[ignore = "needs a Kubernetes cluster: set CAIRN_KUBE_CONTEXT and CAIRN_KUBE_WORKLOAD"]
+async fn a_real_cluster_answers() {
+    let context = std::env::var("CAIRN_KUBE_CONTEXT").expect("CAIRN_KUBE_CONTEXT");
+    let workload = std::env::var("CAIRN_KUBE_WORKLOAD").expect("CAIRN_KUBE_WORKLOAD");
+    let (ns, name) = workload.split_once('/').expect("NAMESPACE/NAME");
+    let cluster = KubeCluster::connect(Some(context.as_str()).filter(|c| !c.is_empty()))
+        .await
+        .expect("succeeds");
+    assert!(
+        cluster
+            .namespaces()
+            .await
+            .expect("namespaces")
+            .iter()
+            .any(|n| n == ns)
+    );
+    let workload = WorkloadRef::new(ns, name);
+    let w = cluster.workload(&workload).await.expect("workload");
+    assert!(w.ready_replicas > 0, "{workload} has no ready replicas");
+    let mut echo = request(&["sh", "-c", "cat; echo done"]);
+    echo.stdin = Stdin::Bytes(b"cairn ".to_vec());
+    echo.then = vec![vec!["cat".to_owned()]];
+    let out = cluster.exec(&workload, echo).await.expect("exec runs");
+    assert_eq!(
+        (out.exit_code, out.stdout.as_slice()),
+        (0, &b"cairn done\n"[..])
+    );
+}

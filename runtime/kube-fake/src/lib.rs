@@ -1,0 +1,756 @@
+//! An in-process fake of the Kubernetes API server, on loopback, for testing Cairn's Kubernetes
+//! backend (`cairn_cluster::KubeCluster`) and the `cairn` commands that use it.
+//!
+//! It keeps objects as JSON by their API path and answers what `kube` asks of it: get, list
+//! (with equality label selectors), create (with `generateName`), merge patch, delete, the
+//! `scale` subresource, and `exec` over WebSocket (`v5.channel.k8s.io`) that runs the command
+//! as a process on this machine. Small controllers stand in for the cluster's: scaling a
+//! workload makes or removes its ready pods, and a new VolumeSnapshot is ready at once with
+//! its claim's size. Paths in `forbidden` answer 403, as RBAC would.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::convert::Infallible;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+
+use futures::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode, header};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+
+/// The fake server; it stops when dropped.
+#[derive(Debug)]
+pub struct FakeApi {
+    pub url: String,
+    state: Arc<Mutex<State>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FakeApi {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Collection path → name → object.
+    objects: BTreeMap<String, BTreeMap<String, Value>>,
+    /// Paths (prefixes) that answer 403.
+    forbidden: BTreeSet<String>,
+    next: u64,
+}
+
+impl FakeApi {
+    pub async fn start() -> FakeApi {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the fake API server");
+        let url = format!("http://{}", listener.local_addr().expect("its address"));
+        let state = Arc::new(Mutex::new(State::default()));
+        let shared = state.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let state = shared.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| {
+                        let state = state.clone();
+                        async move { Ok::<_, Infallible>(handle(state, req).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .with_upgrades()
+                        .await;
+                });
+            }
+        });
+        FakeApi { url, state, task }
+    }
+
+    /// A client of this server.
+    pub fn client(&self) -> kube::Client {
+        let config = kube::Config::new(self.url.parse().expect("the server's URL"));
+        kube::Client::try_from(config).expect("a client")
+    }
+
+    /// Writes a kubeconfig whose one context, `fake`, points at this server; `kubectl` and
+    /// `cairn --target kube` use it through `KUBECONFIG`.
+    pub fn kubeconfig(&self, path: &std::path::Path) {
+        let config = format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
+             clusters:\n- name: fake\n  cluster:\n    server: {}\n\
+             users:\n- name: fake\n  user: {{}}\n\
+             contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n",
+            self.url
+        );
+        std::fs::write(path, config).expect("write the kubeconfig");
+    }
+
+    /// Stores `object` under the collection `path`, as a create would (controllers included).
+    pub fn put(&self, path: &str, object: Value) {
+        let mut state = self.state.lock().expect("state");
+        create(&mut state, path, object).expect("a new object");
+    }
+
+    /// The object `name` of the collection `path`.
+    pub fn get(&self, path: &str, name: &str) -> Option<Value> {
+        let state = self.state.lock().expect("state");
+        state.objects.get(path)?.get(name).cloned()
+    }
+
+    /// Makes requests to paths under `prefix` answer 403.
+    pub fn forbid(&self, prefix: &str) {
+        let mut state = self.state.lock().expect("state");
+        state.forbidden.insert(prefix.to_owned());
+    }
+
+    /// A namespace with a Deployment `web` (one replica, containers `web` and `sidecar`,
+    /// claim `web-data`), a StatefulSet `db` (two replicas, claim template `data`, 1 GiB
+    /// claims), and a ConfigMap `settings`.
+    pub async fn shop() -> FakeApi {
+        let api = FakeApi::start().await;
+        api.put(
+            "/api/v1/namespaces",
+            json!({ "metadata": { "name": "shop" } }),
+        );
+        api.put(
+            "/api/v1/namespaces",
+            json!({ "metadata": { "name": "kube-system" } }),
+        );
+        api.put(
+            "/apis/apps/v1/namespaces/shop/deployments",
+            json!({
+                "metadata": { "name": "web" },
+                "spec": {
+                    "replicas": 1,
+                    "selector": { "matchLabels": { "app": "web" } },
+                    "template": {
+                        "metadata": { "labels": { "app": "web" } },
+                        "spec": {
+                            "containers": [
+                                { "name": "web", "image": "web" },
+                                { "name": "sidecar", "image": "sidecar" },
+                            ],
+                            "volumes": [
+                                { "name": "data", "persistentVolumeClaim": { "claimName": "web-data" } },
+                            ],
+                        },
+                    },
+                },
+            }),
+        );
+        for claim in ["web-data", "data-db-0", "data-db-1"] {
+            api.put(
+                "/api/v1/namespaces/shop/persistentvolumeclaims",
+                json!({
+                    "metadata": { "name": claim, "labels": { "app": "shop" },
+                                  "annotations": { "pv.kubernetes.io/bind-completed": "yes" } },
+                    "spec": {
+                        "accessModes": ["ReadWriteOnce"],
+                        "storageClassName": "fast",
+                        "resources": { "requests": { "storage": "1Gi" } },
+                    },
+                }),
+            );
+        }
+        api.put(
+            "/apis/apps/v1/namespaces/shop/statefulsets",
+            json!({
+                "metadata": { "name": "db" },
+                "spec": {
+                    "replicas": 2,
+                    "serviceName": "db",
+                    "selector": { "matchLabels": { "app": "db" } },
+                    "template": {
+                        "metadata": { "labels": { "app": "db" } },
+                        "spec": { "containers": [{ "name": "postgres", "image": "postgres" }] },
+                    },
+                    "volumeClaimTemplates": [{ "metadata": { "name": "data" } }],
+                },
+            }),
+        );
+        api.put(
+            "/api/v1/namespaces/shop/configmaps",
+            json!({ "metadata": { "name": "settings" }, "data": { "mode": "fast" } }),
+        );
+        api
+    }
+}
+
+fn status(code: StatusCode, reason: &str, message: String, name: &str) -> Response<Full<Bytes>> {
+    respond(
+        code,
+        &json!({
+            "kind": "Status", "apiVersion": "v1", "metadata": {},
+            "status": "Failure", "reason": reason, "message": message,
+            "code": code.as_u16(), "details": { "name": name },
+        }),
+    )
+}
+
+fn respond(code: StatusCode, body: &Value) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = code;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// What a path addresses: a collection, one object in it, or an object's subresource.
+struct Target {
+    collection: String,
+    name: Option<String>,
+    sub: Option<String>,
+}
+
+fn target(path: &str) -> Option<Target> {
+    let rest = path
+        .strip_prefix("/api/v1/")
+        .map(|r| ("/api/v1".to_owned(), r))
+        .or_else(|| {
+            let r = path.strip_prefix("/apis/")?;
+            let mut parts = r.splitn(3, '/');
+            let (group, version, rest) = (parts.next()?, parts.next()?, parts.next()?);
+            Some((format!("/apis/{group}/{version}"), rest))
+        })?;
+    let (prefix, rest) = rest;
+    let segments: Vec<&str> = rest.split('/').collect();
+    let (collection, tail) = match segments.as_slice() {
+        ["namespaces", tail @ ..] if tail.len() <= 1 => (format!("{prefix}/namespaces"), tail),
+        ["namespaces", ns, plural, tail @ ..] => {
+            (format!("{prefix}/namespaces/{ns}/{plural}"), tail)
+        }
+        _ => return None,
+    };
+    Some(Target {
+        collection,
+        name: tail.first().map(|s| (*s).to_owned()),
+        sub: tail.get(1).map(|s| (*s).to_owned()),
+    })
+}
+
+fn query(req: &Request<Incoming>) -> Vec<(String, String)> {
+    req.uri()
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_owned(), decode(v)))
+        .collect()
+}
+
+fn decode(v: &str) -> String {
+    let bytes = v.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+                out.push(u8::from_str_radix(hex, 16).unwrap_or(b'?'));
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_owned();
+    let forbidden = {
+        let state = state.lock().expect("state");
+        state.forbidden.iter().any(|p| path.starts_with(p.as_str()))
+    };
+    if forbidden {
+        return status(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            format!("{path} is forbidden: User \"cairn\" cannot do this"),
+            "",
+        );
+    }
+    let Some(t) = target(&path) else {
+        return status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("no route {path}"),
+            "",
+        );
+    };
+    if t.sub.as_deref() == Some("exec") {
+        return exec(state, req, &t).await;
+    }
+    let method = req.method().clone();
+    let params = query(&req);
+    let body = match req.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return status(StatusCode::BAD_REQUEST, "BadRequest", e.to_string(), ""),
+    };
+    let body: Value = if body.is_empty() {
+        Value::Null
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(v) => v,
+            Err(e) => return status(StatusCode::BAD_REQUEST, "BadRequest", e.to_string(), ""),
+        }
+    };
+    let mut state = state.lock().expect("state");
+    let Target {
+        collection,
+        name,
+        sub,
+    } = t;
+    match (method, name, sub.as_deref()) {
+        (Method::GET, None, None) => {
+            let selector = params
+                .iter()
+                .find(|(k, _)| k == "labelSelector")
+                .map(|(_, v)| v.clone());
+            let items: Vec<Value> = state
+                .objects
+                .get(&collection)
+                .into_iter()
+                .flat_map(|c| c.values())
+                .filter(|o| selector.as_deref().is_none_or(|s| matches(o, s)))
+                .cloned()
+                .collect();
+            respond(
+                StatusCode::OK,
+                &json!({ "kind": "List", "apiVersion": "v1",
+                         "metadata": { "resourceVersion": "1" }, "items": items }),
+            )
+        }
+        (Method::POST, None, None) => match create(&mut state, &collection, body) {
+            Ok(object) => respond(StatusCode::CREATED, &object),
+            Err(name) => status(
+                StatusCode::CONFLICT,
+                "AlreadyExists",
+                format!("{name} already exists"),
+                &name,
+            ),
+        },
+        (method, Some(name), sub) => {
+            let Some(object) = state.objects.get(&collection).and_then(|c| c.get(&name)) else {
+                return status(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    format!("{collection}/{name} not found"),
+                    &name,
+                );
+            };
+            let object = object.clone();
+            match (method, sub) {
+                (Method::GET, None) => respond(StatusCode::OK, &object),
+                (Method::GET, Some("scale")) => respond(StatusCode::OK, &scale_of(&object)),
+                (Method::PATCH, Some("scale")) => {
+                    let replicas = body["spec"]["replicas"].clone();
+                    let mut object = object;
+                    object["spec"]["replicas"] = replicas;
+                    let object = store(&mut state, &collection, object);
+                    respond(StatusCode::OK, &scale_of(&object))
+                }
+                (Method::PATCH, None) => {
+                    let mut object = object;
+                    merge(&mut object, &body);
+                    let object = store(&mut state, &collection, object);
+                    respond(StatusCode::OK, &object)
+                }
+                (Method::DELETE, None) => {
+                    if let Some(c) = state.objects.get_mut(&collection) {
+                        c.remove(&name);
+                    }
+                    respond(StatusCode::OK, &object)
+                }
+                (method, sub) => status(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "MethodNotAllowed",
+                    format!("{method} {sub:?} is not faked"),
+                    &name,
+                ),
+            }
+        }
+        (method, None, _) => status(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            format!("{method} on a collection is not faked"),
+            "",
+        ),
+    }
+}
+
+/// Whether `object`'s labels satisfy an equality selector (`a=b,c=d`).
+fn matches(object: &Value, selector: &str) -> bool {
+    selector.split(',').filter(|t| !t.is_empty()).all(|term| {
+        let (k, v) = term.split_once('=').unwrap_or((term, ""));
+        object["metadata"]["labels"][k].as_str() == Some(v)
+    })
+}
+
+fn merge(target: &mut Value, patch: &Value) {
+    match (target, patch) {
+        (Value::Object(t), Value::Object(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        (t, p) => *t = p.clone(),
+    }
+}
+
+fn scale_of(object: &Value) -> Value {
+    json!({
+        "apiVersion": "autoscaling/v1", "kind": "Scale",
+        "metadata": { "name": object["metadata"]["name"], "namespace": object["metadata"]["namespace"] },
+        "spec": { "replicas": object["spec"]["replicas"] },
+        "status": { "replicas": object["status"]["replicas"] },
+    })
+}
+
+/// Creates `object` in `collection`; `Err(name)` when the name is taken.
+fn create(state: &mut State, collection: &str, mut object: Value) -> Result<Value, String> {
+    state.next += 1;
+    let name = match object["metadata"]["name"].as_str() {
+        Some(name) => name.to_owned(),
+        None => format!(
+            "{}{:05x}",
+            object["metadata"]["generateName"]
+                .as_str()
+                .unwrap_or("object-"),
+            state.next
+        ),
+    };
+    if state
+        .objects
+        .get(collection)
+        .is_some_and(|c| c.contains_key(&name))
+    {
+        return Err(name);
+    }
+    let namespace = collection
+        .split("/namespaces/")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .map(str::to_owned);
+    object["metadata"]["name"] = json!(name);
+    if let Some(ns) = namespace {
+        object["metadata"]["namespace"] = json!(ns);
+    }
+    object["metadata"]["uid"] = json!(format!("uid-{}", state.next));
+    object["metadata"]["creationTimestamp"] = json!("2026-12-05T10:00:00Z");
+    if collection.ends_with("/volumesnapshots") {
+        let ns = object["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let claim = object["spec"]["source"]["persistentVolumeClaimName"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let size = state
+            .objects
+            .get(&format!("/api/v1/namespaces/{ns}/persistentvolumeclaims"))
+            .and_then(|c| c.get(&claim))
+            .map(|c| c["spec"]["resources"]["requests"]["storage"].clone());
+        object["status"] = match size {
+            Some(size) => json!({ "readyToUse": true, "restoreSize": size }),
+            None => json!({ "readyToUse": false,
+                            "error": { "message": format!("claim {claim} not found") } }),
+        };
+    }
+    Ok(store(state, collection, object))
+}
+
+/// Stores `object` and runs the fake workload controller on it: a Deployment or StatefulSet
+/// gets as many ready pods as it wants replicas.
+fn store(state: &mut State, collection: &str, mut object: Value) -> Value {
+    let is_workload = collection.ends_with("/deployments") || collection.ends_with("/statefulsets");
+    let name = object["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    if is_workload {
+        let replicas = object["spec"]["replicas"].as_u64().unwrap_or(1);
+        object["status"] = json!({ "replicas": replicas, "readyReplicas": replicas });
+        let ns = object["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let pods = state
+            .objects
+            .entry(format!("/api/v1/namespaces/{ns}/pods"))
+            .or_default();
+        let prefix = format!("{name}-");
+        pods.retain(|pod_name, _| {
+            pod_name
+                .strip_prefix(&prefix)
+                .and_then(|i| i.parse::<u64>().ok())
+                .is_none_or(|i| i < replicas)
+        });
+        for i in 0..replicas {
+            let template = &object["spec"]["template"];
+            pods.insert(
+                format!("{name}-{i}"),
+                json!({
+                    "metadata": { "name": format!("{name}-{i}"), "namespace": ns,
+                                  "labels": template["metadata"]["labels"] },
+                    "spec": template["spec"],
+                    "status": { "phase": "Running",
+                                "conditions": [{ "type": "Ready", "status": "True" }] },
+                }),
+            );
+        }
+    }
+    state
+        .objects
+        .entry(collection.to_owned())
+        .or_default()
+        .insert(name, object.clone());
+    object
+}
+
+/// The exec subresource: a WebSocket on which the command's stdin, stdout, stderr and final
+/// status travel as channels 0, 1, 2 and 3 (and 255 closes a channel).
+async fn exec(
+    state: Arc<Mutex<State>>,
+    req: Request<Incoming>,
+    t: &Target,
+) -> Response<Full<Bytes>> {
+    let name = t.name.clone().unwrap_or_default();
+    let params = query(&req);
+    let pod = {
+        let state = state.lock().expect("state");
+        state
+            .objects
+            .get(&t.collection)
+            .and_then(|c| c.get(&name))
+            .cloned()
+    };
+    let Some(pod) = pod else {
+        return status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("pods \"{name}\" not found"),
+            &name,
+        );
+    };
+    let container = params
+        .iter()
+        .find(|(k, _)| k == "container")
+        .map(|(_, v)| v.clone());
+    let known = pod["spec"]["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| Some(c["name"].as_str().unwrap_or_default()) == container.as_deref());
+    if !known {
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            format!("container {container:?} is not valid for pod {name}"),
+            &name,
+        );
+    }
+    let argv: Vec<String> = params
+        .iter()
+        .filter(|(k, _)| k == "command")
+        .map(|(_, v)| v.clone())
+        .collect();
+    let wants_stdin = params.iter().any(|(k, v)| k == "stdin" && v == "true");
+    let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY) else {
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "not a WebSocket".into(),
+            &name,
+        );
+    };
+    let protocols = req
+        .headers()
+        .get(header::SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|p| p.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    if !protocols
+        .split(',')
+        .any(|p| p.trim() == "v5.channel.k8s.io")
+    {
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            format!("the fake speaks v5.channel.k8s.io only, not {protocols}"),
+            &name,
+        );
+    }
+    let accept = derive_accept_key(key.as_bytes());
+    tokio::spawn(async move {
+        let Ok(upgraded) = hyper::upgrade::on(req).await else {
+            return;
+        };
+        let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        run_exec(ws, argv, wants_stdin).await;
+    });
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::UPGRADE,
+        header::HeaderValue::from_static("websocket"),
+    );
+    headers.insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("Upgrade"),
+    );
+    headers.insert(
+        header::SEC_WEBSOCKET_ACCEPT,
+        header::HeaderValue::from_str(&accept).expect("an accept key"),
+    );
+    headers.insert(
+        header::SEC_WEBSOCKET_PROTOCOL,
+        header::HeaderValue::from_static("v5.channel.k8s.io"),
+    );
+    response
+}
+
+fn channel(id: u8, data: &[u8]) -> Message {
+    let mut frame = Vec::with_capacity(data.len() + 1);
+    frame.push(id);
+    frame.extend_from_slice(data);
+    Message::binary(frame)
+}
+
+async fn run_exec<S>(ws: WebSocketStream<S>, argv: Vec<String>, wants_stdin: bool)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut tx, mut rx) = ws.split();
+    let spawned = argv.first().map(|program| {
+        tokio::process::Command::new(program)
+            .args(&argv[1..])
+            .stdin(if wants_stdin {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+    });
+    let mut child = match spawned {
+        Some(Ok(child)) => child,
+        other => {
+            let message = match other {
+                Some(Err(e)) => format!(
+                    "exec: {:?}: executable file not found in $PATH: {e}",
+                    argv[0]
+                ),
+                _ => "exec: no command".to_owned(),
+            };
+            let status = json!({ "metadata": {}, "status": "Failure", "reason": "InternalError",
+                                 "message": message });
+            let _ = tx.send(channel(3, status.to_string().as_bytes())).await;
+            let _ = tx.close().await;
+            return;
+        }
+    };
+    // Stdin is written by a task of its own, so that a command that is slow to read it never
+    // stops its output from being forwarded.
+    let (in_tx, mut in_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    let mut in_tx = Some(in_tx);
+    let mut stdin = child.stdin.take();
+    let feed = tokio::spawn(async move {
+        while let Some(data) = in_rx.recv().await {
+            let Some(pipe) = stdin.as_mut() else { continue };
+            if pipe.write_all(&data).await.is_err() {
+                stdin = None;
+            }
+        }
+    });
+    let stdout = child.stdout.take().expect("stdout");
+    let stderr = child.stderr.take().expect("stderr");
+    let (out_tx, mut out_rx) = tokio::sync::mpsc::channel::<Message>(4);
+    let err_tx = out_tx.clone();
+    let pump = |mut pipe: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+                id: u8,
+                tx: tokio::sync::mpsc::Sender<Message>| {
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 32 * 1024];
+            while let Ok(n) = pipe.read(&mut buf).await {
+                if n == 0 || tx.send(channel(id, &buf[..n])).await.is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    let pump_out = pump(Box::new(stdout), 1, out_tx);
+    let pump_err = pump(Box::new(stderr), 2, err_tx);
+    // Stdin from the client, output to it, until the output pipes close.
+    loop {
+        tokio::select! {
+            incoming = rx.next() => match incoming {
+                Some(Ok(Message::Binary(data))) if !data.is_empty() => match data[0] {
+                    0 => {
+                        if let Some(tx) = &in_tx {
+                            let _ = tx.send(data[1..].to_vec());
+                        }
+                    }
+                    255 if data.get(1) == Some(&0) => in_tx = None,
+                    _ => {}
+                },
+                Some(Ok(_)) => {}
+                // The client went away: the command is killed with the child.
+                Some(Err(_)) | None => return,
+            },
+            outgoing = out_rx.recv() => match outgoing {
+                Some(message) => {
+                    if tx.send(message).await.is_err() {
+                        return;
+                    }
+                }
+                None => break,
+            },
+        }
+    }
+    let _ = (pump_out.await, pump_err.await);
+    drop(in_tx);
+    feed.abort();
+    let status = match child.wait().await {
+        Ok(s) if s.success() => json!({ "metadata": {}, "status": "Success" }),
+        Ok(s) => {
+            let code = s.code().unwrap_or(137);
+            json!({ "metadata": {}, "status": "Failure", "reason": "NonZeroExitCode",
+                    "message": format!("command terminated with non-zero exit code: {code}"),
+                    "details": { "causes": [{ "reason": "ExitCode", "message": code.to_string() }] } })
+        }
+        Err(e) => json!({ "metadata": {}, "status": "Failure", "reason": "InternalError",
+                          "message": e.to_string() }),
+    };
+    let _ = tx.send(channel(3, status.to_string().as_bytes())).await;
+    let _ = tx.close().await;
+    // Read on until the client closes, so that stdin it is still sending never blocks it.
+    while let Some(Ok(_)) = rx.next().await {}
+}
