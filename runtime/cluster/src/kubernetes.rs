@@ -6,8 +6,10 @@
 //! - **Exec** uses the pods' `exec` subresource over WebSocket. A pipeline runs one exec per
 //!   program in the same container, its pipes joined through Cairn, so no shell is needed in
 //!   the image. Extra environment variables are passed through `env(1)`, which must be in the
-//!   image. At the deadline Cairn closes the exec; Kubernetes gives no way to kill what it
-//!   started, so a command that ignores the end of its input runs on in the container.
+//!   image. Closing a command's stdin takes the `v5.channel.k8s.io` protocol, on by default
+//!   since Kubernetes 1.31; older API servers run only commands that read no stdin. At the
+//!   deadline Cairn closes the exec; Kubernetes gives no way to kill what it started, so a
+//!   command that ignores the end of its input runs on in the container.
 //! - **Scale** uses the workloads' `scale` subresource.
 //! - **Snapshots** are CSI VolumeSnapshots (`snapshot.storage.k8s.io/v1`) of a claim, in the
 //!   claim's namespace, with the cluster's default snapshot class unless one is named. Their
@@ -477,7 +479,11 @@ fn relay(
 /// A program's exit code from the status its exec ended with.
 fn exit_code(status: Option<Status>) -> std::result::Result<i32, String> {
     let Some(status) = status else {
-        return Err("the exec closed without the command's exit status".to_owned());
+        return Err(
+            "the exec closed without the command's exit status (a command that reads \
+                    stdin needs Kubernetes 1.31 or later, whose exec protocol can close stdin)"
+                .to_owned(),
+        );
     };
     if status.status.as_deref() == Some("Success") {
         return Ok(0);
