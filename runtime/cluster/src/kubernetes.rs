@@ -15,8 +15,9 @@
 //!   claim's namespace, with the cluster's default snapshot class unless one is named. Their
 //!   id is `NAMESPACE/NAME`. Restoring one replaces the claim with one provisioned from the
 //!   snapshot, which needs the workload scaled to zero.
-//! - A command for a stopped workload (`stopped`) is refused: it would need a pod of its own
-//!   with the workload's volumes, which this backend does not create yet.
+//! - A command for a stopped workload (`stopped`) runs in a pod of Cairn's own,
+//!   `WORKLOAD-stopped`, made from the workload's pod template while it is at zero replicas:
+//!   the container asked for, with its image and volumes, kept alive by `sleep`.
 
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
@@ -26,7 +27,8 @@ use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{
-    Namespace, PersistentVolumeClaim, Pod as KubePod, PodTemplateSpec,
+    Namespace, PersistentVolumeClaim, PersistentVolumeClaimVolumeSource, Pod as KubePod, PodSpec,
+    PodTemplateSpec, Volume as PodVolume,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Status};
 use kube::api::{
@@ -50,8 +52,14 @@ const POLL: Duration = Duration::from_millis(500);
 /// How long a new snapshot may take to become ready to use.
 const SNAPSHOT_READY_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// How long a replaced claim may take to go away.
-const CLAIM_GONE_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long a deleted claim or pod may take to go away.
+const GONE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// How long a stopped workload's pod outlives its command's deadline, should Cairn not delete it.
+const STOPPED_POD_GRACE: Duration = Duration::from_secs(120);
+
+/// How long a stopped workload's pod may take to start (pulling its image included).
+const STOPPED_POD_START_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The annotation naming the workload whose volume a snapshot copies.
 const WORKLOAD_ANNOTATION: &str = "cairn.dev/workload";
@@ -318,30 +326,280 @@ impl KubeCluster {
         })
     }
 
-    /// Waits until `name` has gone from `namespace`'s claims.
-    async fn claim_gone(&self, namespace: &str, name: &str) -> Result<()> {
-        let api: Api<PersistentVolumeClaim> = self.api(namespace);
+    /// Runs the request's pipeline in `container` of `pod`.
+    async fn run_in(
+        &self,
+        workload: &WorkloadRef,
+        pod: &str,
+        container: &str,
+        request: ExecRequest,
+    ) -> Result<ExecOutput> {
+        let stages = request.stages()?;
+        let env = request.checked_env()?;
+        let argvs: Vec<Vec<String>> = stages
+            .iter()
+            .map(|argv| {
+                if env.is_empty() {
+                    return argv.to_vec();
+                }
+                let mut with_env = vec!["env".to_owned()];
+                with_env.extend(env.iter().map(|(k, v)| format!("{k}={v}")));
+                with_env.extend(argv.iter().cloned());
+                with_env
+            })
+            .collect();
+        let programs: Vec<&str> = stages.iter().map(|a| a[0].as_str()).collect();
+        let what = format!(
+            "{} in pod {} of workload {workload}",
+            programs.join(" | "),
+            pod
+        );
+        let has_stdin = !matches!(request.stdin, crate::Stdin::Empty);
+        let run = async {
+            let started = self
+                .start(&workload.namespace, pod, container, argvs, has_stdin)
+                .await
+                .map_err(|e| api_error(format!("starting {what}"), e))?;
+            let Started {
+                pipes,
+                relays,
+                statuses,
+                procs,
+            } = started;
+            let exit = async {
+                let (relayed, statuses) = tokio::join!(
+                    futures::future::join_all(relays),
+                    futures::future::join_all(statuses)
+                );
+                for r in relayed {
+                    r?;
+                }
+                let codes = statuses
+                    .into_iter()
+                    .map(exit_code)
+                    .collect::<std::result::Result<Vec<i32>, String>>()
+                    .map_err(|message| StreamFailure {
+                        stage: "running it",
+                        error: std::io::Error::other(message),
+                    })?;
+                pipefail(codes).ok_or(StreamFailure {
+                    stage: "starting it",
+                    error: std::io::Error::other("no program to run"),
+                })
+            };
+            let stdin_bytes = AtomicU64::new(0);
+            let finished = pipes::drive(
+                pipes,
+                request.stdin,
+                request.stdout,
+                request.output_limit,
+                &stdin_bytes,
+                exit,
+            )
+            .await
+            .map_err(|failure| failure.into_error(&what))?;
+            // The execs have ended; closing them is all that is left.
+            drop(procs);
+            Ok(finished)
+        };
+        let finished = tokio::time::timeout(request.timeout, run)
+            .await
+            .map_err(|_| Error::TimedOut {
+                what: what.clone(),
+                after: request.timeout,
+            })??;
+        Ok(finished.into_output(pod.to_owned()))
+    }
+
+    /// Runs the request in a pod of Cairn's own, `WORKLOAD-stopped`, made from the workload's
+    /// pod template while it is scaled to zero: the one container asked for, with the
+    /// workload's image and volumes, kept alive by `sleep` instead of its own command, without
+    /// probes, init containers or other containers. The pod is deleted afterwards; should
+    /// Cairn die first, its deadline ends it.
+    async fn exec_stopped(
+        &self,
+        workload: &WorkloadRef,
+        request: ExecRequest,
+    ) -> Result<ExecOutput> {
+        request.stages()?;
+        request.checked_env()?;
+        let found = self.find(workload).await?;
+        let described = self.describe(&workload.namespace, &found).await?;
+        if described.replicas > 0 || !described.pods.is_empty() {
+            return Err(Error::Invalid(format!(
+                "workload {workload} has {} replicas and {} pods: a command for a stopped \
+                 workload runs only while it is scaled to zero (scale it down first, or run the \
+                 command in a pod)",
+                described.replicas,
+                described.pods.len()
+            )));
+        }
+        if let Some(pod) = &request.pod {
+            return Err(Error::Invalid(format!(
+                "a command for a stopped workload runs in no pod of its own; drop the pod {pod:?}"
+            )));
+        }
+        let name = format!("{}-stopped", workload.name);
+        let container = request.container_in(&name, &found.containers)?;
+        let keep_alive = request
+            .timeout
+            .as_secs()
+            .saturating_add(STOPPED_POD_GRACE.as_secs());
+        let mut spec = found.pod_spec.clone().unwrap_or_default();
+        spec.containers.retain(|c| c.name == container);
+        for c in &mut spec.containers {
+            c.command = Some(vec!["sleep".to_owned(), keep_alive.to_string()]);
+            c.args = None;
+            c.liveness_probe = None;
+            c.readiness_probe = None;
+            c.startup_probe = None;
+            c.lifecycle = None;
+        }
+        spec.init_containers = None;
+        spec.restart_policy = Some("Never".to_owned());
+        spec.active_deadline_seconds = i64::try_from(keep_alive).ok();
+        // A StatefulSet's claims are not in its template: its first replica's are mounted.
+        let volumes = spec.volumes.get_or_insert_with(Vec::new);
+        for template in &found.claim_templates {
+            volumes.push(PodVolume {
+                name: template.clone(),
+                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                    claim_name: format!("{template}-{}-0", workload.name),
+                    read_only: None,
+                }),
+                ..Default::default()
+            });
+        }
+        let pod: KubePod = serde_json::from_value(json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": name,
+                "namespace": workload.namespace,
+                // Not the workload's labels: its selector must not count this pod.
+                "labels": { "app.kubernetes.io/managed-by": "cairn" },
+                "annotations": { WORKLOAD_ANNOTATION: workload.name },
+            },
+        }))
+        .map(|mut pod: KubePod| {
+            pod.spec = Some(spec);
+            pod
+        })
+        .map_err(|e| failed("building the pod for the stopped workload", e))?;
+        let pods: Api<KubePod> = self.api(&workload.namespace);
+        // One left by a run that died is replaced.
+        self.delete_pod(&pods, &name).await?;
+        pods.create(&PostParams::default(), &pod)
+            .await
+            .map_err(|e| api_error(format!("creating pod {name} for stopped {workload}"), e))?;
+        let result = match self.pod_started(&pods, &name, request.timeout).await {
+            Ok(()) => self.run_in(workload, &name, &container, request).await,
+            Err(e) => Err(e),
+        };
+        let deleted = self.delete_pod(&pods, &name).await;
+        let output = result?;
+        deleted?;
+        Ok(output)
+    }
+
+    /// Deletes pod `name` at once, and waits until it is gone.
+    async fn delete_pod(&self, pods: &Api<KubePod>, name: &str) -> Result<()> {
+        match pods
+            .delete(name, &DeleteParams::default().grace_period(0))
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 404 => return Ok(()),
+            Err(e) => return Err(api_error(format!("deleting pod {name}"), e)),
+        }
+        gone(pods, &format!("pod {name}"), name).await
+    }
+
+    /// Waits until pod `name` runs its container, or says why it will not.
+    async fn pod_started(&self, pods: &Api<KubePod>, name: &str, timeout: Duration) -> Result<()> {
         let wait = async {
             loop {
-                let found = api
-                    .get_opt(name)
+                let pod = pods
+                    .get(name)
                     .await
-                    .map_err(|e| api_error(format!("reading claim {namespace}/{name}"), e))?;
-                if found.is_none() {
+                    .map_err(|e| api_error(format!("reading pod {name}"), e))?;
+                let status = pod.status.unwrap_or_default();
+                let phase = status.phase.unwrap_or_default();
+                let containers = status.container_statuses.unwrap_or_default();
+                if phase == "Running" && containers.iter().all(|c| c.started == Some(true)) {
                     return Ok(());
+                }
+                let waiting = containers
+                    .iter()
+                    .filter_map(|c| c.state.as_ref()?.waiting.as_ref())
+                    .find(|w| {
+                        matches!(
+                            w.reason.as_deref(),
+                            Some(
+                                "ErrImagePull"
+                                    | "ImagePullBackOff"
+                                    | "InvalidImageName"
+                                    | "CreateContainerConfigError"
+                                    | "CreateContainerError"
+                                    | "RunContainerError"
+                                    | "CrashLoopBackOff"
+                            )
+                        )
+                    });
+                if phase == "Failed" || phase == "Succeeded" || waiting.is_some() {
+                    let why = waiting
+                        .map(|w| {
+                            format!(
+                                "{}: {}",
+                                w.reason.clone().unwrap_or_default(),
+                                w.message.clone().unwrap_or_default()
+                            )
+                        })
+                        .or(status.message)
+                        .unwrap_or_else(|| format!("it is {phase}"));
+                    return Err(Error::Failed {
+                        what: format!(
+                            "starting pod {name} with the stopped workload's volumes (its image \
+                             must have `sleep`)"
+                        ),
+                        source: why.into(),
+                    });
                 }
                 tokio::time::sleep(POLL).await;
             }
         };
-        tokio::time::timeout(CLAIM_GONE_TIMEOUT, wait)
+        tokio::time::timeout(timeout.min(STOPPED_POD_START_TIMEOUT), wait)
             .await
             .map_err(|_| Error::TimedOut {
-                what: format!(
-                    "waiting for claim {namespace}/{name} to be deleted (a pod still mounts it?)"
-                ),
-                after: CLAIM_GONE_TIMEOUT,
+                what: format!("waiting for pod {name} to start"),
+                after: timeout.min(STOPPED_POD_START_TIMEOUT),
             })?
     }
+}
+
+/// Waits until object `name` has gone from `api`; `what` names it in the error.
+async fn gone<K>(api: &Api<K>, what: &str, name: &str) -> Result<()>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let wait = async {
+        loop {
+            let found = api
+                .get_opt(name)
+                .await
+                .map_err(|e| api_error(format!("reading {what}"), e))?;
+            if found.is_none() {
+                return Ok(());
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    };
+    tokio::time::timeout(GONE_TIMEOUT, wait)
+        .await
+        .map_err(|_| Error::TimedOut {
+            what: format!("waiting for {what} to be deleted"),
+            after: GONE_TIMEOUT,
+        })?
 }
 
 /// A Deployment or StatefulSet, reduced to what the seam needs.
@@ -356,6 +614,8 @@ struct Found {
     claims: Vec<String>,
     /// A StatefulSet's claim templates.
     claim_templates: Vec<String>,
+    /// The pod template's spec, for a pod of Cairn's own while the workload is stopped.
+    pod_spec: Option<PodSpec>,
 }
 
 impl Found {
@@ -418,6 +678,7 @@ impl Found {
                 .map(|c| c.claim_name.clone())
                 .collect(),
             claim_templates,
+            pod_spec: template.spec.clone(),
         }
     }
 }
@@ -747,14 +1008,10 @@ impl Cluster for KubeCluster {
 
     async fn exec(&self, workload: &WorkloadRef, request: ExecRequest) -> Result<ExecOutput> {
         if request.stopped {
-            return Err(Error::Invalid(format!(
-                "the Kubernetes backend cannot run a command for stopped workload {workload}: \
-                 it would need a pod of its own with the workload's volumes. Run it in a pod of \
-                 the running workload, or restore the volume from a snapshot"
-            )));
+            return self.exec_stopped(workload, request).await;
         }
-        let stages = request.stages()?;
-        let env = request.checked_env()?;
+        request.stages()?;
+        request.checked_env()?;
         let found = self.find(workload).await?;
         let described = self.describe(&workload.namespace, &found).await?;
         let pod = match &request.pod {
@@ -792,79 +1049,8 @@ impl Cluster for KubeCluster {
                 })?,
         };
         let container = request.container_in(&pod.name, &pod.containers)?;
-        let argvs: Vec<Vec<String>> = stages
-            .iter()
-            .map(|argv| {
-                if env.is_empty() {
-                    return argv.to_vec();
-                }
-                let mut with_env = vec!["env".to_owned()];
-                with_env.extend(env.iter().map(|(k, v)| format!("{k}={v}")));
-                with_env.extend(argv.iter().cloned());
-                with_env
-            })
-            .collect();
-        let programs: Vec<&str> = stages.iter().map(|a| a[0].as_str()).collect();
-        let what = format!(
-            "{} in pod {} of workload {workload}",
-            programs.join(" | "),
-            pod.name
-        );
-        let has_stdin = !matches!(request.stdin, crate::Stdin::Empty);
-        let run = async {
-            let started = self
-                .start(&workload.namespace, &pod.name, &container, argvs, has_stdin)
-                .await
-                .map_err(|e| api_error(format!("starting {what}"), e))?;
-            let Started {
-                pipes,
-                relays,
-                statuses,
-                procs,
-            } = started;
-            let exit = async {
-                let (relayed, statuses) = tokio::join!(
-                    futures::future::join_all(relays),
-                    futures::future::join_all(statuses)
-                );
-                for r in relayed {
-                    r?;
-                }
-                let codes = statuses
-                    .into_iter()
-                    .map(exit_code)
-                    .collect::<std::result::Result<Vec<i32>, String>>()
-                    .map_err(|message| StreamFailure {
-                        stage: "running it",
-                        error: std::io::Error::other(message),
-                    })?;
-                pipefail(codes).ok_or(StreamFailure {
-                    stage: "starting it",
-                    error: std::io::Error::other("no program to run"),
-                })
-            };
-            let stdin_bytes = AtomicU64::new(0);
-            let finished = pipes::drive(
-                pipes,
-                request.stdin,
-                request.stdout,
-                request.output_limit,
-                &stdin_bytes,
-                exit,
-            )
-            .await
-            .map_err(|failure| failure.into_error(&what))?;
-            // The execs have ended; closing them is all that is left.
-            drop(procs);
-            Ok(finished)
-        };
-        let finished = tokio::time::timeout(request.timeout, run)
-            .await
-            .map_err(|_| Error::TimedOut {
-                what: what.clone(),
-                after: request.timeout,
-            })??;
-        Ok(finished.into_output(pod.name.clone()))
+        let pod = pod.name.clone();
+        self.run_in(workload, &pod, &container, request).await
     }
 
     async fn scale(&self, workload: &WorkloadRef, replicas: u32) -> Result<u32> {
@@ -1152,7 +1338,12 @@ impl Cluster for KubeCluster {
                 .delete(claim, &DeleteParams::default())
                 .await
                 .map_err(|e| api_error(format!("deleting claim {namespace}/{claim}"), e))?;
-            self.claim_gone(namespace, claim).await?;
+            gone(
+                &claims,
+                &format!("claim {namespace}/{claim} (does a pod still mount it?)"),
+                claim,
+            )
+            .await?;
         }
         claims
             .create(&PostParams::default(), &new)

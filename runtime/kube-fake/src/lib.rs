@@ -5,8 +5,8 @@
 //! (with equality label selectors), create (with `generateName`), merge patch, delete, the
 //! `scale` subresource, and `exec` over WebSocket (`v5.channel.k8s.io`) that runs the command
 //! as a process on this machine. Small controllers stand in for the cluster's: scaling a
-//! workload makes or removes its ready pods, and a new VolumeSnapshot is ready at once with
-//! its claim's size. Paths in `forbidden` answer 403, as RBAC would.
+//! workload makes or removes its ready pods, a new pod runs at once, and a new VolumeSnapshot
+//! is ready at once with its claim's size. Paths in `forbidden` answer 403, as RBAC would.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
@@ -45,6 +45,8 @@ struct State {
     objects: BTreeMap<String, BTreeMap<String, Value>>,
     /// Paths (prefixes) that answer 403.
     forbidden: BTreeSet<String>,
+    /// Every object ever created, by collection path.
+    created: BTreeMap<String, Vec<Value>>,
     next: u64,
 }
 
@@ -106,6 +108,12 @@ impl FakeApi {
     pub fn get(&self, path: &str, name: &str) -> Option<Value> {
         let state = self.state.lock().expect("state");
         state.objects.get(path)?.get(name).cloned()
+    }
+
+    /// Every object created in the collection `path`, deleted ones included, in order.
+    pub fn created(&self, path: &str) -> Vec<Value> {
+        let state = self.state.lock().expect("state");
+        state.created.get(path).cloned().unwrap_or_default()
     }
 
     /// Makes requests to paths under `prefix` answer 403.
@@ -461,6 +469,20 @@ fn create(state: &mut State, collection: &str, mut object: Value) -> Result<Valu
     }
     object["metadata"]["uid"] = json!(format!("uid-{}", state.next));
     object["metadata"]["creationTimestamp"] = json!("2026-12-05T10:00:00Z");
+    if collection.ends_with("/pods") && object.get("status").is_none() {
+        // The kubelet's part: the pod runs at once.
+        let started: Vec<Value> = object["spec"]["containers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| {
+                json!({ "name": c["name"], "started": true, "ready": true,
+                             "state": { "running": {} } })
+            })
+            .collect();
+        object["status"] = json!({ "phase": "Running", "containerStatuses": started,
+                                   "conditions": [{ "type": "Ready", "status": "True" }] });
+    }
     if collection.ends_with("/volumesnapshots") {
         let ns = object["metadata"]["namespace"]
             .as_str()
@@ -481,6 +503,11 @@ fn create(state: &mut State, collection: &str, mut object: Value) -> Result<Valu
                             "error": { "message": format!("claim {claim} not found") } }),
         };
     }
+    state
+        .created
+        .entry(collection.to_owned())
+        .or_default()
+        .push(object.clone());
     Ok(store(state, collection, object))
 }
 

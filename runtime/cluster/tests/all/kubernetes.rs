@@ -209,6 +209,65 @@ async fn exec_refusals_name_the_cause() {
 }
 
 #[tokio::test]
+async fn a_stopped_workload_runs_commands_in_a_pod_of_cairns_own_with_its_volumes() {
+    let (api, cluster) = shop().await;
+    cluster.scale(&db(), 0).await.expect("scale");
+    let mut stopped = request(&["sh", "-c", "cat; echo restored"]);
+    stopped.stopped = true;
+    stopped.stdin = Stdin::Bytes(b"data ".to_vec());
+    let out = cluster.exec(&db(), stopped).await.expect("exec runs");
+    assert_eq!(out.pod, "db-stopped");
+    assert_eq!(
+        (out.exit_code, out.stdout.as_slice()),
+        (0, &b"data restored\n"[..])
+    );
+
+    let pods = "/api/v1/namespaces/shop/pods";
+    assert!(
+        api.get(pods, "db-stopped").is_none(),
+        "the pod is deleted after"
+    );
+    let created = api.created(pods);
+    let pod = created
+        .iter()
+        .find(|p| p["metadata"]["name"] == "db-stopped")
+        .expect("the pod was made");
+    // Not the workload's labels, or its selector would count the pod as a replica.
+    assert!(pod["metadata"]["labels"].get("app").is_none(), "{pod}");
+    let spec = &pod["spec"];
+    assert_eq!(spec["restartPolicy"], "Never");
+    assert_eq!(spec["containers"].as_array().map(Vec::len), Some(1));
+    assert_eq!(spec["containers"][0]["command"][0], "sleep");
+    assert_eq!(
+        spec["volumes"][0],
+        json!({ "name": "data", "persistentVolumeClaim": { "claimName": "data-db-0" } })
+    );
+    assert!(
+        spec["activeDeadlineSeconds"]
+            .as_i64()
+            .is_some_and(|s| s > 0)
+    );
+
+    let mut named = request(&["true"]);
+    named.stopped = true;
+    named.pod = Some("db-0".to_owned());
+    assert!(matches!(
+        cluster.exec(&db(), named).await,
+        Err(Error::Invalid(_))
+    ));
+    let mut wrong = request(&["true"]);
+    wrong.stopped = true;
+    wrong.container = Some("mysql".to_owned());
+    assert!(matches!(
+        cluster.exec(&db(), wrong).await,
+        Err(Error::NotFound {
+            kind: "container",
+            ..
+        })
+    ));
+}
+
+#[tokio::test]
 async fn scaling_returns_the_previous_count_and_waits_for_the_pods() {
     let (_api, cluster) = shop().await;
     assert_eq!(cluster.scale(&db(), 0).await.expect("scale"), 2);
