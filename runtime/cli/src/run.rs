@@ -26,6 +26,10 @@ pub(crate) struct RunArgs {
     /// its service account).
     #[arg(long, value_name = "local:PATH|kube[:CONTEXT]")]
     target: String,
+    /// On a Kubernetes target, the VolumeSnapshotClass of the volume snapshots the action
+    /// takes (the cluster's default one otherwise).
+    #[arg(long, value_name = "CLASS")]
+    snapshot_class: Option<String>,
     /// The namespace of the target workload.
     #[arg(long, short = 'n', default_value = "default")]
     namespace: String,
@@ -90,7 +94,7 @@ pub(crate) async fn run(args: RunArgs, home: Option<PathBuf>) -> anyhow::Result<
         (None, Some(id)) => crate::catalog::point_outputs(&crate::catalog::open(&home)?, id)?,
         (None, None) => Default::default(),
     };
-    let cluster = open_target(&args.target, &home).await?;
+    let cluster = open_target(&args.target, args.snapshot_class.as_deref(), &home).await?;
     let engine = engine(&home)?;
     let blueprint = crate::blueprint::load(&engine, &args.file).await?;
 
@@ -188,18 +192,31 @@ async fn open_exports(
     ))
 }
 
-async fn open_target(target: &str, home: &Home) -> anyhow::Result<Arc<dyn cairn_cluster::Cluster>> {
+async fn open_target(
+    target: &str,
+    snapshot_class: Option<&str>,
+    home: &Home,
+) -> anyhow::Result<Arc<dyn cairn_cluster::Cluster>> {
     if target == "kube" || target.starts_with("kube:") {
         let context = target.strip_prefix("kube:").filter(|c| !c.is_empty());
-        let cluster = cairn_cluster::KubeCluster::connect(context)
+        let mut cluster = cairn_cluster::KubeCluster::connect(context)
             .await
             .map_err(|e| UsageError(format!("--target {target}: {e}")))?;
+        if let Some(class) = snapshot_class {
+            cluster = cluster.with_snapshot_class(class);
+        }
         return Ok(Arc::new(cluster));
+    }
+    if snapshot_class.is_some() {
+        return Err(UsageError(
+            "--snapshot-class is for Kubernetes targets; a local target copies its volumes".into(),
+        )
+        .into());
     }
     let Some(inventory) = target.strip_prefix("local:") else {
         return Err(UsageError(format!(
-            "unsupported target {target:?}: use local:PATH to an inventory file, or kube (kube:CONTEXT) \
-             for a Kubernetes cluster"
+            "unsupported target {target:?}: use local:PATH to an inventory file, or kube \
+             (kube:CONTEXT) for a Kubernetes cluster"
         ))
         .into());
     };

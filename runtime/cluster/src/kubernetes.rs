@@ -517,8 +517,11 @@ impl KubeCluster {
 
     /// Waits until pod `name` runs its container, or says why it will not.
     async fn pod_started(&self, pods: &Api<KubePod>, name: &str, timeout: Duration) -> Result<()> {
-        let wait = async {
-            loop {
+        let what = format!("pod {name} to start");
+        poll(
+            &what,
+            timeout.min(STOPPED_POD_START_TIMEOUT),
+            || async move {
                 let pod = pods
                     .get(name)
                     .await
@@ -527,7 +530,7 @@ impl KubeCluster {
                 let phase = status.phase.unwrap_or_default();
                 let containers = status.container_statuses.unwrap_or_default();
                 if phase == "Running" && containers.iter().all(|c| c.started == Some(true)) {
-                    return Ok(());
+                    return Ok(Some(()));
                 }
                 let waiting = containers
                     .iter()
@@ -546,34 +549,29 @@ impl KubeCluster {
                             )
                         )
                     });
-                if phase == "Failed" || phase == "Succeeded" || waiting.is_some() {
-                    let why = waiting
-                        .map(|w| {
-                            format!(
-                                "{}: {}",
-                                w.reason.clone().unwrap_or_default(),
-                                w.message.clone().unwrap_or_default()
-                            )
-                        })
-                        .or(status.message)
-                        .unwrap_or_else(|| format!("it is {phase}"));
-                    return Err(Error::Failed {
-                        what: format!(
-                            "starting pod {name} with the stopped workload's volumes (its image \
-                             must have `sleep`)"
-                        ),
-                        source: why.into(),
-                    });
+                if phase != "Failed" && phase != "Succeeded" && waiting.is_none() {
+                    return Ok(None);
                 }
-                tokio::time::sleep(POLL).await;
-            }
-        };
-        tokio::time::timeout(timeout.min(STOPPED_POD_START_TIMEOUT), wait)
-            .await
-            .map_err(|_| Error::TimedOut {
-                what: format!("waiting for pod {name} to start"),
-                after: timeout.min(STOPPED_POD_START_TIMEOUT),
-            })?
+                let why = waiting
+                    .map(|w| {
+                        format!(
+                            "{}: {}",
+                            w.reason.clone().unwrap_or_default(),
+                            w.message.clone().unwrap_or_default()
+                        )
+                    })
+                    .or(status.message)
+                    .unwrap_or_else(|| format!("it is {phase}"));
+                Err(Error::Failed {
+                    what: format!(
+                        "starting pod {name} with the stopped workload's volumes (its image must \
+                     have `sleep`)"
+                    ),
+                    source: why.into(),
+                })
+            },
+        )
+        .await
     }
 }
 
@@ -582,23 +580,39 @@ async fn gone<K>(api: &Api<K>, what: &str, name: &str) -> Result<()>
 where
     K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
-    let wait = async {
-        loop {
+    poll(
+        &format!("{what} to be deleted"),
+        GONE_TIMEOUT,
+        || async move {
             let found = api
                 .get_opt(name)
                 .await
                 .map_err(|e| api_error(format!("reading {what}"), e))?;
-            if found.is_none() {
-                return Ok(());
+            Ok(found.is_none().then_some(()))
+        },
+    )
+    .await
+}
+
+/// Asks `look` every [`POLL`] until it has an answer, for at most `timeout`; on timeout the
+/// error says it was waiting for `what`.
+async fn poll<T, Look>(what: &str, timeout: Duration, mut look: impl FnMut() -> Look) -> Result<T>
+where
+    Look: std::future::Future<Output = Result<Option<T>>>,
+{
+    let wait = async {
+        loop {
+            if let Some(answer) = look().await? {
+                return Ok(answer);
             }
             tokio::time::sleep(POLL).await;
         }
     };
-    tokio::time::timeout(GONE_TIMEOUT, wait)
+    tokio::time::timeout(timeout, wait)
         .await
         .map_err(|_| Error::TimedOut {
-            what: format!("waiting for {what} to be deleted"),
-            after: GONE_TIMEOUT,
+            what: format!("waiting for {what}"),
+            after: timeout,
         })?
 }
 
@@ -1204,35 +1218,28 @@ impl Cluster for KubeCluster {
                 )
             })?;
         let name = created.metadata.name.clone().unwrap_or_default();
-        let wait = async {
-            loop {
-                let current = api.get(&name).await.map_err(|e| {
-                    api_error(
-                        format!("reading VolumeSnapshot {}/{name}", workload.namespace),
-                        e,
-                    )
-                })?;
-                if let Some(message) = current.data["status"]["error"]["message"].as_str() {
-                    return Err(Error::Failed {
-                        what: format!("snapshotting claim {volume} of {workload}"),
-                        source: message.into(),
-                    });
-                }
-                if current.data["status"]["readyToUse"].as_bool() == Some(true) {
-                    return Ok(snapshot_of(&current));
-                }
-                tokio::time::sleep(POLL).await;
+        let what = format!(
+            "VolumeSnapshot {}/{name} of claim {volume} to be ready",
+            workload.namespace
+        );
+        let (api, name) = (&api, &name);
+        poll(&what, SNAPSHOT_READY_TIMEOUT, || async move {
+            let current = api.get(name).await.map_err(|e| {
+                api_error(
+                    format!("reading VolumeSnapshot {}/{name}", workload.namespace),
+                    e,
+                )
+            })?;
+            if let Some(message) = current.data["status"]["error"]["message"].as_str() {
+                return Err(Error::Failed {
+                    what: format!("snapshotting claim {volume} of {workload}"),
+                    source: message.into(),
+                });
             }
-        };
-        tokio::time::timeout(SNAPSHOT_READY_TIMEOUT, wait)
-            .await
-            .map_err(|_| Error::TimedOut {
-                what: format!(
-                    "waiting for VolumeSnapshot {}/{name} of claim {volume} to be ready",
-                    workload.namespace
-                ),
-                after: SNAPSHOT_READY_TIMEOUT,
-            })?
+            let ready = current.data["status"]["readyToUse"].as_bool() == Some(true);
+            Ok(ready.then(|| snapshot_of(&current)))
+        })
+        .await
     }
 
     async fn snapshot_info(&self, id: &str) -> Result<VolumeSnapshot> {

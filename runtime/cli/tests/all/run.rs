@@ -334,4 +334,17 @@ fn hello_runs_against_a_kubernetes_cluster() {
         .expect("cairn runs");
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("elsewhere"), "{}", stderr(&out));
+
+    // A snapshot class means nothing to a local target.
+    let out = run_hello(
+        &cairn,
+        "backup",
+        &["--grant", "exec", "--snapshot-class", "fast"],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--snapshot-class"),
+        "{}",
+        stderr(&out)
+    );
 }

@@ -363,6 +363,19 @@ async fn a_snapshot_is_taken_and_its_claim_replaced_from_it() {
         cluster.snapshot_info("no-slash").await,
         Err(Error::Invalid(_))
     ));
+    // A named class is asked for; without one the cluster's default is used.
+    let classed = cluster.clone().with_snapshot_class("csi-fast");
+    classed
+        .snapshot(&db(), "data-db-1")
+        .await
+        .expect("snapshot");
+    let asked: Vec<_> = api
+        .created("/apis/snapshot.storage.k8s.io/v1/namespaces/shop/volumesnapshots")
+        .into_iter()
+        .map(|s| s["spec"]["volumeSnapshotClassName"].clone())
+        .collect();
+    assert_eq!(asked, [json!(null), json!("csi-fast")]);
+
     match cluster.snapshot(&db(), "web-data").await {
         Err(Error::NotFound { kind, hint, .. }) => {
             assert_eq!(kind, "volume");
