@@ -4,7 +4,7 @@
 //! It keeps objects as JSON by their API path and answers what `kube` asks of it: get, list
 //! (with equality label selectors), create (with `generateName`), merge patch, delete, the
 //! `scale` subresource, and `exec` over WebSocket (`v5.channel.k8s.io`) that runs the command
-//! as a process on this machine. Small controllers stand in for the cluster's: scaling a
+//! as a process on this machine, with the container's `env` values and `workingDir`. Small controllers stand in for the cluster's: scaling a
 //! workload makes or removes its ready pods, a new pod runs at once, and a new VolumeSnapshot
 //! is ready at once with its claim's size. Paths in `forbidden` answer 403, as RBAC would.
 
@@ -588,19 +588,35 @@ async fn exec(
         .iter()
         .find(|(k, _)| k == "container")
         .map(|(_, v)| v.clone());
-    let known = pod["spec"]["containers"]
+    let spec = pod["spec"]["containers"]
         .as_array()
         .into_iter()
         .flatten()
-        .any(|c| Some(c["name"].as_str().unwrap_or_default()) == container.as_deref());
-    if !known {
+        .find(|c| Some(c["name"].as_str().unwrap_or_default()) == container.as_deref())
+        .cloned();
+    let Some(spec) = spec else {
         return status(
             StatusCode::BAD_REQUEST,
             "BadRequest",
             format!("container {container:?} is not valid for pod {name}"),
             &name,
         );
-    }
+    };
+    // The container's environment and working directory, as its runtime would give them.
+    let setting = Setting {
+        env: spec["env"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| {
+                Some((
+                    e["name"].as_str()?.to_owned(),
+                    e["value"].as_str()?.to_owned(),
+                ))
+            })
+            .collect(),
+        dir: spec["workingDir"].as_str().map(str::to_owned),
+    };
     let argv: Vec<String> = params
         .iter()
         .filter(|(k, _)| k == "command")
@@ -638,7 +654,7 @@ async fn exec(
             return;
         };
         let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
-        run_exec(ws, argv, wants_stdin).await;
+        run_exec(ws, argv, setting, wants_stdin).await;
     });
     let mut response = Response::new(Full::new(Bytes::new()));
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -669,13 +685,24 @@ fn channel(id: u8, data: &[u8]) -> Message {
     Message::binary(frame)
 }
 
-async fn run_exec<S>(ws: WebSocketStream<S>, argv: Vec<String>, wants_stdin: bool)
+/// A container's environment variables and working directory.
+struct Setting {
+    env: Vec<(String, String)>,
+    dir: Option<String>,
+}
+
+async fn run_exec<S>(ws: WebSocketStream<S>, argv: Vec<String>, setting: Setting, wants_stdin: bool)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let (mut tx, mut rx) = ws.split();
     let spawned = argv.first().map(|program| {
-        tokio::process::Command::new(program)
+        let mut command = tokio::process::Command::new(program);
+        if let Some(dir) = &setting.dir {
+            command.current_dir(dir);
+        }
+        command
+            .envs(setting.env.iter().map(|(k, v)| (k, v)))
             .args(&argv[1..])
             .stdin(if wants_stdin {
                 Stdio::piped()

@@ -274,6 +274,17 @@ struct Harness {
     workload: Workload,
     /// The pid file of the daemon [`Harness::serve`] started.
     pidfile: Option<PathBuf>,
+    /// Set by [`Harness::on_kubernetes`]: runs go to a fake Kubernetes cluster.
+    kube: Option<Kube>,
+}
+
+/// A fake Kubernetes API server (`cairn_kube_fake`) holding the application as a StatefulSet,
+/// and the kubeconfig that points at it. The server's runtime lives as long as it does.
+struct Kube {
+    /// Serves the runs; it stops when dropped.
+    _api: cairn_kube_fake::FakeApi,
+    config: PathBuf,
+    _runtime: tokio::runtime::Runtime,
 }
 
 impl Drop for Harness {
@@ -291,7 +302,49 @@ impl Harness {
             args: Vec::new(),
             workload: Workload::default(),
             pidfile: None,
+            kube: None,
         }
+    }
+
+    /// From now on, runs `cairn run --target kube` against a fake Kubernetes cluster: the
+    /// workload is a StatefulSet of one replica whose container runs in the tempdir with the
+    /// workload's `PATH`, and whose exec runs the commands on this machine.
+    fn on_kubernetes(&mut self) {
+        let runtime = tokio::runtime::Runtime::new().expect("a runtime for the fake API server");
+        let api = runtime.block_on(cairn_kube_fake::FakeApi::start());
+        api.put(
+            "/api/v1/namespaces",
+            serde_json::json!({ "metadata": { "name": "default" } }),
+        );
+        let mut container = serde_json::json!({
+            "name": self.name,
+            "image": self.blueprint,
+            "workingDir": self.root(),
+        });
+        if let Some(path) = &self.workload.path {
+            container["env"] = serde_json::json!([{ "name": "PATH", "value": path }]);
+        }
+        api.put(
+            "/apis/apps/v1/namespaces/default/statefulsets",
+            serde_json::json!({
+                "metadata": { "name": self.name },
+                "spec": {
+                    "replicas": 1,
+                    "selector": { "matchLabels": { "app": self.name } },
+                    "template": {
+                        "metadata": { "labels": { "app": self.name } },
+                        "spec": { "containers": [container] },
+                    },
+                },
+            }),
+        );
+        let config = self.root().join("kubeconfig");
+        api.kubeconfig(&config);
+        self.kube = Some(Kube {
+            _api: api,
+            config,
+            _runtime: runtime,
+        });
     }
 
     /// Starts the workload's daemon: `start`, run in the tempdir, daemonizes and writes its
@@ -362,16 +415,24 @@ impl Harness {
         bin
     }
 
-    /// `cairn run BLUEPRINT.wasm --action ACTION --target local:… --workload … --output json`,
+    /// `cairn run BLUEPRINT.wasm --action ACTION --target local:… --workload … --output json`
+    /// (`--target kube` after [`Harness::on_kubernetes`]),
     /// the harness's arguments, then `extra`.
     fn run(&self, cairn: &Cairn, action: &str, extra: &[&str]) -> Output {
         let args = self.args(action, extra);
-        cairn.run(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        let mut command = cairn.command(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        if let Some(kube) = &self.kube {
+            command.env("KUBECONFIG", &kube.config);
+        }
+        command.output().expect("cairn runs")
     }
 
     /// The arguments of [`Harness::run`].
     fn args(&self, action: &str, extra: &[&str]) -> Vec<String> {
-        let target = format!("local:{}", self.root().join("inventory.yaml").display());
+        let target = match &self.kube {
+            Some(_) => "kube".to_owned(),
+            None => format!("local:{}", self.root().join("inventory.yaml").display()),
+        };
         let wasm = wasm(self.blueprint).display().to_string();
         let workload = self.name;
         let run = [

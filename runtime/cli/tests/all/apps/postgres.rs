@@ -241,18 +241,26 @@ fn lsn(text: &str) -> u64 {
 
 #[test]
 fn pgbench_round_trips_through_backup_and_restore() {
-    round_trips(&[], "plain");
+    round_trips(Pg::start(), &[], "plain");
 }
 
 #[test]
 fn a_custom_dump_round_trips_through_pg_restore() {
-    round_trips(&["--param", "format=custom"], "custom");
+    round_trips(Pg::start(), &["--param", "format=custom"], "custom");
+}
+
+/// The same round trip with `--target kube`: the dump streams out of a pod's exec and back
+/// into one over the exec WebSocket, through a fake API server whose exec runs the tools here.
+#[test]
+fn pgbench_round_trips_on_kubernetes() {
+    let mut pg = Pg::start();
+    pg.h.on_kubernetes();
+    round_trips(pg, &[], "plain");
 }
 
 /// A pgbench database backed up with `extra`, recorded as a dump of `format`, mutated, then
 /// put through [`SqlServer::restores`].
-fn round_trips(extra: &[&str], format: &str) {
-    let pg = Pg::start();
+fn round_trips(pg: Pg, extra: &[&str], format: &str) {
     pg.load_pgbench();
     let before = pg.fingerprint(DB);
     let cairn = Cairn::new();
