@@ -5,7 +5,8 @@
 //! (with equality label selectors), create (with `generateName`), merge patch, delete, the
 //! `scale` subresource, and `exec` over WebSocket (`v5.channel.k8s.io`) that runs the command
 //! as a process on this machine, with the container's `env` values and `workingDir`. Small controllers stand in for the cluster's: scaling a
-//! workload makes or removes its ready pods, a new pod runs at once, and a new VolumeSnapshot
+//! workload makes or removes its ready pods, a new pod runs at once (unless its image is
+//! `missing`: then it cannot be pulled), and a new VolumeSnapshot
 //! is ready at once with its claim's size. Paths in `forbidden` answer 403, as RBAC would.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -470,18 +471,29 @@ fn create(state: &mut State, collection: &str, mut object: Value) -> Result<Valu
     object["metadata"]["uid"] = json!(format!("uid-{}", state.next));
     object["metadata"]["creationTimestamp"] = json!("2026-12-05T10:00:00Z");
     if collection.ends_with("/pods") && object.get("status").is_none() {
-        // The kubelet's part: the pod runs at once.
-        let started: Vec<Value> = object["spec"]["containers"]
+        // The kubelet's part: the pod runs at once, unless an image is named `missing`.
+        let containers = object["spec"]["containers"]
             .as_array()
-            .into_iter()
-            .flatten()
+            .cloned()
+            .unwrap_or_default();
+        let missing = containers.iter().any(|c| c["image"] == "missing");
+        let statuses: Vec<Value> = containers
+            .iter()
             .map(|c| {
-                json!({ "name": c["name"], "started": true, "ready": true,
-                             "state": { "running": {} } })
+                let state = match missing {
+                    false => json!({ "running": {} }),
+                    true => json!({ "waiting": { "reason": "ErrImagePull",
+                                                 "message": "pull access denied" } }),
+                };
+                json!({ "name": c["name"], "started": !missing, "ready": !missing,
+                        "state": state })
             })
             .collect();
-        object["status"] = json!({ "phase": "Running", "containerStatuses": started,
-                                   "conditions": [{ "type": "Ready", "status": "True" }] });
+        object["status"] = match missing {
+            false => json!({ "phase": "Running", "containerStatuses": statuses,
+                             "conditions": [{ "type": "Ready", "status": "True" }] }),
+            true => json!({ "phase": "Pending", "containerStatuses": statuses }),
+        };
     }
     if collection.ends_with("/volumesnapshots") {
         let ns = object["metadata"]["namespace"]

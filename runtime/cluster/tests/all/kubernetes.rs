@@ -248,6 +248,35 @@ async fn a_stopped_workload_runs_commands_in_a_pod_of_cairns_own_with_its_volume
             .is_some_and(|s| s > 0)
     );
 
+    // A pod that cannot start says why, and is deleted all the same.
+    api.put(
+        "/apis/apps/v1/namespaces/shop/statefulsets",
+        json!({
+            "metadata": { "name": "broken" },
+            "spec": {
+                "replicas": 0,
+                "selector": { "matchLabels": { "app": "broken" } },
+                "template": {
+                    "metadata": { "labels": { "app": "broken" } },
+                    "spec": { "containers": [{ "name": "main", "image": "missing" }] },
+                },
+            },
+        }),
+    );
+    let mut broken = request(&["true"]);
+    broken.stopped = true;
+    match cluster
+        .exec(&WorkloadRef::new("shop", "broken"), broken)
+        .await
+    {
+        Err(e @ Error::Failed { .. }) => {
+            let message = e.to_string();
+            assert!(message.contains("ErrImagePull"), "{message}");
+        }
+        other => panic!("expected a failure to start, got {other:?}"),
+    }
+    assert!(api.get(pods, "broken-stopped").is_none());
+
     let mut named = request(&["true"]);
     named.stopped = true;
     named.pod = Some("db-0".to_owned());
