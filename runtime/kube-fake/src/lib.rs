@@ -4,10 +4,12 @@
 //! It keeps objects as JSON by their API path and answers what `kube` asks of it: get, list
 //! (with equality label selectors), create (with `generateName`), merge patch, delete, the
 //! `scale` subresource, and `exec` over WebSocket (`v5.channel.k8s.io`) that runs the command
-//! as a process on this machine, with the container's `env` values and `workingDir`. Small controllers stand in for the cluster's: scaling a
-//! workload makes or removes its ready pods, a new pod runs at once (unless its image is
-//! `missing`: then it cannot be pulled), and a new VolumeSnapshot
-//! is ready at once with its claim's size. Paths in `forbidden` answer 403, as RBAC would.
+//! as a process on this machine, with the container's `env` values and `workingDir`.
+//!
+//! Small controllers stand in for the cluster's: scaling a workload makes or removes its
+//! ready pods; a new pod runs at once, unless its image is `missing` (then it waits in
+//! `ErrImagePull`); a new VolumeSnapshot is ready at once with its claim's size. Paths marked
+//! with [`FakeApi::forbid`] answer 403, as RBAC would.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
