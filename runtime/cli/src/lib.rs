@@ -24,6 +24,7 @@ mod exports;
 mod home;
 mod repo;
 mod run;
+mod workloads;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -108,6 +109,8 @@ enum Command {
     Blueprint(blueprint::BlueprintCommand),
     /// Run an action of a blueprint against a target.
     Run(run::RunArgs),
+    /// List the workloads of a target's namespace, as blueprints see them.
+    Workloads(workloads::WorkloadsArgs),
     /// Manage export repositories.
     Repo(repo::RepoArgs),
     /// Inspect the catalog: restore points, actions, policies and the rest.
@@ -161,6 +164,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Blueprint(cmd) => blueprint::run(cmd, cli.home).await,
         Command::Run(args) => run::run(args, cli.home).await,
+        Command::Workloads(args) => workloads::run(args, cli.home).await,
         Command::Repo(args) => repo::run(args, cli.home).await,
         Command::Catalog(cmd) => catalog::run(cmd, cli.home).await,
         Command::Dr(cmd) => dr::run(cmd, cli.home).await,

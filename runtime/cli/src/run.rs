@@ -192,7 +192,7 @@ async fn open_exports(
     ))
 }
 
-async fn open_target(
+pub(crate) async fn open_target(
     target: &str,
     snapshot_class: Option<&str>,
     home: &Home,

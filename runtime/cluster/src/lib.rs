@@ -59,6 +59,17 @@ pub enum WorkloadKind {
     Other,
 }
 
+impl WorkloadKind {
+    /// Its name in lower case: `deployment`, `statefulset` or `other`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkloadKind::Deployment => "deployment",
+            WorkloadKind::StatefulSet => "statefulset",
+            WorkloadKind::Other => "other",
+        }
+    }
+}
+
 /// One running replica of a workload.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pod {
@@ -340,15 +351,10 @@ pub(crate) fn list_hint(what: &str, names: impl Iterator<Item = impl AsRef<str>>
 
 /// A workload as `get-object` returns it for the kind `workload`, the same on every backend.
 pub(crate) fn workload_json(w: &Workload, containers: &[String]) -> serde_json::Value {
-    let kind = match w.kind {
-        WorkloadKind::Deployment => "deployment",
-        WorkloadKind::StatefulSet => "statefulset",
-        WorkloadKind::Other => "other",
-    };
     serde_json::json!({
         "namespace": w.reference.namespace,
         "name": w.reference.name,
-        "kind": kind,
+        "kind": w.kind.as_str(),
         "replicas": w.replicas,
         "pods": w.pods.iter().map(|p| p.name.clone()).collect::<Vec<_>>(),
         "containers": containers,

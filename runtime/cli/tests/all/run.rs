@@ -324,6 +324,18 @@ fn hello_runs_against_a_kubernetes_cluster() {
         "{v}"
     );
 
+    // `cairn workloads` shows the target as the blueprint sees it.
+    let out = cairn
+        .command(&["workloads", "--target", "kube", "--output", "json"])
+        .env("KUBECONFIG", &kubeconfig)
+        .output()
+        .expect("cairn runs");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let listed = json(&out);
+    assert_eq!(listed[0]["name"], "hello", "{listed}");
+    assert_eq!(listed[0]["kind"], "deployment", "{listed}");
+    assert_eq!(listed[0]["pods"][0]["name"], "hello-0", "{listed}");
+
     // A context the kubeconfig does not have is refused before anything runs.
     let mut args = args;
     args[5] = "kube:elsewhere";
@@ -347,4 +359,30 @@ fn hello_runs_against_a_kubernetes_cluster() {
         "{}",
         stderr(&out)
     );
+}
+
+#[test]
+fn workloads_lists_a_targets_namespace_and_names_a_missing_one() {
+    let cairn = Cairn::new();
+    let out = cairn.run(&["workloads", "--target", INVENTORY]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = crate::support::stdout(&out);
+    let mut lines = text.lines();
+    assert_eq!(
+        lines
+            .next()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>()),
+        Some(vec!["NAME", "KIND", "READY", "PODS", "VOLUMES"]),
+        "{text}"
+    );
+    let row: Vec<&str> = lines.next().expect("a row").split_whitespace().collect();
+    assert_eq!(
+        row[..4],
+        ["hello", "deployment", "1/1", "hello-0"],
+        "{text}"
+    );
+
+    let out = cairn.run(&["workloads", "--target", INVENTORY, "-n", "elsewhere"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("elsewhere"), "{}", stderr(&out));
 }
