@@ -2,7 +2,7 @@
 //! backend (`cairn_cluster::KubeCluster`) and the `cairn` commands that use it.
 //!
 //! It keeps objects as JSON by their API path and answers what `kube` asks of it: get, list
-//! (with equality label selectors), create (with `generateName`), merge patch, delete, the
+//! (with label selectors), create (with `generateName`), merge patch, delete, the
 //! `scale` subresource, and `exec` over WebSocket (`v5.channel.k8s.io`) that runs the command
 //! as a process on this machine, with the container's `env` values and `workingDir`.
 //!
@@ -409,12 +409,55 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Response<Fu
     }
 }
 
-/// Whether `object`'s labels satisfy an equality selector (`a=b,c=d`).
+/// Whether `object`'s labels satisfy a label selector: terms joined by commas, each `k=v`,
+/// `k==v`, `k!=v`, `k in (a,b)`, `k notin (a,b)`, `k` (has it) or `!k` (has it not).
 fn matches(object: &Value, selector: &str) -> bool {
-    selector.split(',').filter(|t| !t.is_empty()).all(|term| {
-        let (k, v) = term.split_once('=').unwrap_or((term, ""));
-        object["metadata"]["labels"][k].as_str() == Some(v)
-    })
+    let label = |k: &str| {
+        object["metadata"]["labels"][k.trim()]
+            .as_str()
+            .map(str::to_owned)
+    };
+    let mut terms = Vec::new();
+    let (mut depth, mut start) = (0, 0);
+    for (i, c) in selector.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                terms.push(&selector[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    terms.push(&selector[start..]);
+    terms
+        .into_iter()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .all(|term| {
+            let set = |rest: &str| -> Vec<String> {
+                rest.trim()
+                    .trim_start_matches('(')
+                    .trim_end_matches(')')
+                    .split(',')
+                    .map(|v| v.trim().to_owned())
+                    .collect()
+            };
+            if let Some((k, rest)) = term.split_once(" notin ") {
+                label(k).is_none_or(|v| !set(rest).contains(&v))
+            } else if let Some((k, rest)) = term.split_once(" in ") {
+                label(k).is_some_and(|v| set(rest).contains(&v))
+            } else if let Some((k, v)) = term.split_once("!=") {
+                label(k).as_deref() != Some(v.trim())
+            } else if let Some((k, v)) = term.split_once('=') {
+                label(k).as_deref() == Some(v.trim_start_matches('=').trim())
+            } else if let Some(k) = term.strip_prefix('!') {
+                label(k).is_none()
+            } else {
+                label(term).is_some()
+            }
+        })
 }
 
 fn merge(target: &mut Value, patch: &Value) {

@@ -21,7 +21,7 @@ async fn shop() -> (FakeApi, KubeCluster) {
 
 #[tokio::test]
 async fn workloads_their_pods_and_claims_come_from_the_api() {
-    let (_api, cluster) = shop().await;
+    let (api, cluster) = shop().await;
     assert_eq!(cluster.backend(), "kubernetes");
     assert_eq!(
         cluster.namespaces().await.expect("namespaces"),
@@ -52,10 +52,50 @@ async fn workloads_their_pods_and_claims_come_from_the_api() {
     assert_eq!(web.pods[0].containers, ["web", "sidecar"]);
     assert_eq!(web.volumes[0].name, "web-data");
 
+    // A selector with expressions finds the pods it means, and only those.
+    api.put(
+        "/apis/apps/v1/namespaces/shop/deployments",
+        json!({
+            "metadata": { "name": "queue" },
+            "spec": {
+                "replicas": 2,
+                "selector": {
+                    "matchLabels": { "app": "queue" },
+                    "matchExpressions": [
+                        { "key": "tier", "operator": "In", "values": ["main", "spare"] },
+                        { "key": "canary", "operator": "DoesNotExist" },
+                    ],
+                },
+                "template": {
+                    "metadata": { "labels": { "app": "queue", "tier": "main" } },
+                    "spec": { "containers": [{ "name": "queue", "image": "queue" }] },
+                },
+            },
+        }),
+    );
+    let canary = |tier: &str, canary: bool| {
+        let mut labels = json!({ "app": "queue", "tier": tier });
+        if canary {
+            labels["canary"] = json!("yes");
+        }
+        json!({
+            "metadata": { "name": format!("queue-{tier}-{canary}"), "labels": labels },
+            "spec": { "containers": [{ "name": "queue", "image": "queue" }] },
+        })
+    };
+    api.put("/api/v1/namespaces/shop/pods", canary("main", true));
+    api.put("/api/v1/namespaces/shop/pods", canary("other", false));
+    let queue = cluster
+        .workload(&WorkloadRef::new("shop", "queue"))
+        .await
+        .expect("workload");
+    let pods: Vec<&str> = queue.pods.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(pods, ["queue-0", "queue-1"]);
+
     match cluster.workload(&WorkloadRef::new("shop", "cache")).await {
         Err(Error::NotFound { kind, hint, .. }) => {
             assert_eq!(kind, "workload");
-            assert!(hint.contains("db, web"), "{hint}");
+            assert!(hint.contains("db, queue, web"), "{hint}");
         }
         other => panic!("expected not found, got {other:?}"),
     }
