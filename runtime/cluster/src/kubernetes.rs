@@ -37,7 +37,7 @@ use kube::api::{
 };
 use kube::core::GroupVersionKind;
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 use crate::pipes::{self, COPY_BUFFER, Pipes, Reader, StreamFailure, Writer, pipefail};
 use crate::{
@@ -135,6 +135,20 @@ impl KubeCluster {
 
     fn snapshots(&self, namespace: &str) -> Api<DynamicObject> {
         Api::namespaced_with(self.client.clone(), namespace, &snapshot_resource())
+    }
+
+    /// The VolumeSnapshot of a snapshot id (`NAMESPACE/NAME`).
+    async fn snapshot_object(&self, id: &str) -> Result<DynamicObject> {
+        let (namespace, name) = parse_snapshot_id(id)?;
+        self.snapshots(namespace)
+            .get_opt(name)
+            .await
+            .map_err(|e| api_error(format!("reading VolumeSnapshot {id}"), e))?
+            .ok_or_else(|| Error::NotFound {
+                kind: "snapshot",
+                name: id.to_owned(),
+                hint: String::new(),
+            })
     }
 
     /// Fails with a not-found error naming the namespaces when `namespace` does not exist.
@@ -719,30 +733,26 @@ fn relay(
     next_ended: Shared<BoxFuture<'static, Option<Status>>>,
 ) -> BoxFuture<'static, std::result::Result<(), StreamFailure>> {
     async move {
-        let ended = {
-            let copy = async {
-                let mut buf = vec![0u8; COPY_BUFFER];
-                loop {
-                    let n = from.read(&mut buf).await?;
-                    if n == 0 {
-                        return to.shutdown().await;
-                    }
-                    to.write_all(&buf[..n]).await?;
-                }
-            };
-            tokio::select! {
-                copied = copy => {
-                    copied.map_err(|error| StreamFailure { stage: "joining the pipeline", error })?;
-                    false
-                }
-                _ = next_ended => true,
+        const JOINING: &str = "joining the pipeline";
+        let counted = AtomicU64::new(0);
+        let ended = tokio::select! {
+            copied = pipes::copy(&mut from, &mut to, (JOINING, JOINING), &counted) => {
+                copied?;
+                false
             }
+            _ = next_ended => true,
         };
+        if !ended {
+            to.shutdown().await.map_err(|error| StreamFailure {
+                stage: JOINING,
+                error,
+            })?;
+        }
         if ended {
             tokio::io::copy(&mut from, &mut tokio::io::sink())
                 .await
                 .map_err(|error| StreamFailure {
-                    stage: "joining the pipeline",
+                    stage: JOINING,
                     error,
                 })?;
         }
@@ -1243,28 +1253,13 @@ impl Cluster for KubeCluster {
     }
 
     async fn snapshot_info(&self, id: &str) -> Result<VolumeSnapshot> {
-        let (namespace, name) = parse_snapshot_id(id)?;
-        let object = self
-            .snapshots(namespace)
-            .get_opt(name)
-            .await
-            .map_err(|e| api_error(format!("reading VolumeSnapshot {id}"), e))?
-            .ok_or_else(|| Error::NotFound {
-                kind: "snapshot",
-                name: id.to_owned(),
-                hint: String::new(),
-            })?;
-        Ok(snapshot_of(&object))
+        Ok(snapshot_of(&self.snapshot_object(id).await?))
     }
 
     async fn restore_snapshot(&self, id: &str) -> Result<VolumeSnapshot> {
-        let snapshot = self.snapshot_info(id).await?;
+        let object = self.snapshot_object(id).await?;
+        let snapshot = snapshot_of(&object);
         let (namespace, name) = parse_snapshot_id(id)?;
-        let object = self
-            .snapshots(namespace)
-            .get(name)
-            .await
-            .map_err(|e| api_error(format!("reading VolumeSnapshot {id}"), e))?;
         if object.data["status"]["readyToUse"].as_bool() != Some(true) {
             return Err(Error::Invalid(format!(
                 "VolumeSnapshot {id} is not ready to use; wait for it, or restore another one"

@@ -204,20 +204,38 @@ async fn feed_stream(
     pipe: &mut (dyn AsyncWrite + Send + Unpin),
     count: &AtomicU64,
 ) -> Result<(), StreamFailure> {
+    copy(
+        source,
+        pipe,
+        ("reading the stdin stream", WRITING_STDIN),
+        count,
+    )
+    .await
+}
+
+/// Copies `from` into `to` through one buffer until `from` ends, counting in `copied` as it
+/// goes (a reader may look before the copy ends); a failure names its side with `stages`
+/// (reading, writing). `to` is not shut down.
+pub(crate) async fn copy(
+    from: &mut (dyn AsyncRead + Send + Unpin),
+    to: &mut (dyn AsyncWrite + Send + Unpin),
+    (read_stage, write_stage): (&'static str, &'static str),
+    copied: &AtomicU64,
+) -> Result<(), StreamFailure> {
     let mut buf = vec![0u8; COPY_BUFFER];
     loop {
-        let n = source.read(&mut buf).await.map_err(|e| StreamFailure {
-            stage: "reading the stdin stream",
+        let n = from.read(&mut buf).await.map_err(|e| StreamFailure {
+            stage: read_stage,
             error: e,
         })?;
         if n == 0 {
             return Ok(());
         }
-        pipe.write_all(&buf[..n]).await.map_err(|e| StreamFailure {
-            stage: WRITING_STDIN,
+        to.write_all(&buf[..n]).await.map_err(|e| StreamFailure {
+            stage: write_stage,
             error: e,
         })?;
-        count.fetch_add(n as u64, Ordering::Relaxed);
+        copied.fetch_add(n as u64, Ordering::Relaxed);
     }
 }
 
@@ -252,22 +270,14 @@ async fn stream(
     pipe: &mut (dyn AsyncRead + Send + Unpin),
     sink: &mut (dyn AsyncWrite + Send + Unpin),
 ) -> Result<Captured, StreamFailure> {
-    let mut total = 0u64;
-    let mut buf = vec![0u8; COPY_BUFFER];
-    loop {
-        let n = pipe.read(&mut buf).await.map_err(|e| StreamFailure {
-            stage: "reading stdout",
-            error: e,
-        })?;
-        if n == 0 {
-            break;
-        }
-        sink.write_all(&buf[..n]).await.map_err(|e| StreamFailure {
-            stage: "writing the stdout stream",
-            error: e,
-        })?;
-        total += n as u64;
-    }
+    let total = AtomicU64::new(0);
+    copy(
+        pipe,
+        sink,
+        ("reading stdout", "writing the stdout stream"),
+        &total,
+    )
+    .await?;
     sink.shutdown().await.map_err(|e| StreamFailure {
         stage: "closing the stdout stream",
         error: e,
@@ -275,7 +285,7 @@ async fn stream(
     Ok(Captured {
         bytes: Vec::new(),
         truncated: false,
-        total,
+        total: total.into_inner(),
     })
 }
 

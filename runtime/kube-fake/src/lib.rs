@@ -34,6 +34,8 @@ pub struct FakeApi {
     pub url: String,
     state: Arc<Mutex<State>>,
     task: tokio::task::JoinHandle<()>,
+    /// The runtime serving it, when [`FakeApi::start_blocking`] made one; dropped last.
+    runtime: Option<tokio::runtime::Runtime>,
 }
 
 impl Drop for FakeApi {
@@ -79,7 +81,29 @@ impl FakeApi {
                 });
             }
         });
-        FakeApi { url, state, task }
+        FakeApi {
+            url,
+            state,
+            task,
+            runtime: None,
+        }
+    }
+
+    /// [`FakeApi::start`] for a test without a runtime of its own (one that runs the `cairn`
+    /// binary): the server gets a runtime, which lives as long as it does.
+    pub fn start_blocking() -> FakeApi {
+        let runtime = tokio::runtime::Runtime::new().expect("a runtime for the fake API server");
+        let mut api = runtime.block_on(FakeApi::start());
+        api.runtime = Some(runtime);
+        api
+    }
+
+    /// Creates namespace `name`.
+    pub fn namespace(&self, name: &str) {
+        self.put(
+            "/api/v1/namespaces",
+            json!({ "metadata": { "name": name } }),
+        );
     }
 
     /// A client of this server.
@@ -130,35 +154,23 @@ impl FakeApi {
     /// claims), and a ConfigMap `settings`.
     pub async fn shop() -> FakeApi {
         let api = FakeApi::start().await;
-        api.put(
-            "/api/v1/namespaces",
-            json!({ "metadata": { "name": "shop" } }),
-        );
-        api.put(
-            "/api/v1/namespaces",
-            json!({ "metadata": { "name": "kube-system" } }),
-        );
+        api.namespace("shop");
+        api.namespace("kube-system");
         api.put(
             "/apis/apps/v1/namespaces/shop/deployments",
-            json!({
-                "metadata": { "name": "web" },
-                "spec": {
-                    "replicas": 1,
-                    "selector": { "matchLabels": { "app": "web" } },
-                    "template": {
-                        "metadata": { "labels": { "app": "web" } },
-                        "spec": {
-                            "containers": [
-                                { "name": "web", "image": "web" },
-                                { "name": "sidecar", "image": "sidecar" },
-                            ],
-                            "volumes": [
-                                { "name": "data", "persistentVolumeClaim": { "claimName": "web-data" } },
-                            ],
-                        },
-                    },
-                },
-            }),
+            workload(
+                "web",
+                1,
+                json!({
+                    "containers": [
+                        { "name": "web", "image": "web" },
+                        { "name": "sidecar", "image": "sidecar" },
+                    ],
+                    "volumes": [
+                        { "name": "data", "persistentVolumeClaim": { "claimName": "web-data" } },
+                    ],
+                }),
+            ),
         );
         for claim in ["web-data", "data-db-0", "data-db-1"] {
             api.put(
@@ -174,28 +186,36 @@ impl FakeApi {
                 }),
             );
         }
-        api.put(
-            "/apis/apps/v1/namespaces/shop/statefulsets",
-            json!({
-                "metadata": { "name": "db" },
-                "spec": {
-                    "replicas": 2,
-                    "serviceName": "db",
-                    "selector": { "matchLabels": { "app": "db" } },
-                    "template": {
-                        "metadata": { "labels": { "app": "db" } },
-                        "spec": { "containers": [{ "name": "postgres", "image": "postgres" }] },
-                    },
-                    "volumeClaimTemplates": [{ "metadata": { "name": "data" } }],
-                },
-            }),
+        let mut db = workload(
+            "db",
+            2,
+            json!({ "containers": [{ "name": "postgres", "image": "postgres" }] }),
         );
+        db["spec"]["serviceName"] = json!("db");
+        db["spec"]["volumeClaimTemplates"] = json!([{ "metadata": { "name": "data" } }]);
+        api.put("/apis/apps/v1/namespaces/shop/statefulsets", db);
         api.put(
             "/api/v1/namespaces/shop/configmaps",
             json!({ "metadata": { "name": "settings" }, "data": { "mode": "fast" } }),
         );
         api
     }
+}
+
+/// A Deployment or StatefulSet `name` of `replicas` pods labelled `app: NAME`, selected by
+/// that label, with the pod spec `pod`; adjust it before [`FakeApi::put`].
+pub fn workload(name: &str, replicas: u32, pod: Value) -> Value {
+    json!({
+        "metadata": { "name": name },
+        "spec": {
+            "replicas": replicas,
+            "selector": { "matchLabels": { "app": name } },
+            "template": {
+                "metadata": { "labels": { "app": name } },
+                "spec": pod,
+            },
+        },
+    })
 }
 
 fn status(code: StatusCode, reason: &str, message: String, name: &str) -> Response<Full<Bytes>> {

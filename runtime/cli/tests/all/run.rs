@@ -267,25 +267,15 @@ fn a_posthooks_values_join_the_report_and_the_restore_point() {
 
 #[test]
 fn hello_runs_against_a_kubernetes_cluster() {
-    let runtime = tokio::runtime::Runtime::new().expect("a runtime for the fake API server");
-    let api = runtime.block_on(cairn_kube_fake::FakeApi::start());
-    api.put(
-        "/api/v1/namespaces",
-        serde_json::json!({ "metadata": { "name": "default" } }),
-    );
+    let api = cairn_kube_fake::FakeApi::start_blocking();
+    api.namespace("default");
     api.put(
         "/apis/apps/v1/namespaces/default/deployments",
-        serde_json::json!({
-            "metadata": { "name": "hello" },
-            "spec": {
-                "replicas": 1,
-                "selector": { "matchLabels": { "app": "hello" } },
-                "template": {
-                    "metadata": { "labels": { "app": "hello" } },
-                    "spec": { "containers": [{ "name": "hello", "image": "busybox" }] },
-                },
-            },
-        }),
+        cairn_kube_fake::workload(
+            "hello",
+            1,
+            serde_json::json!({ "containers": [{ "name": "hello", "image": "busybox" }] }),
+        ),
     );
     let cairn = Cairn::new();
     let kubeconfig = cairn.home.path().join("kubeconfig");

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use cairn_cluster::{Cluster, Error, KubeCluster, Stdin, Stdout, WorkloadKind, WorkloadRef};
-use cairn_kube_fake::FakeApi;
+use cairn_kube_fake::{FakeApi, workload};
 use serde_json::json;
 
 use super::{TEST_TIMEOUT, request};
@@ -53,26 +53,17 @@ async fn workloads_their_pods_and_claims_come_from_the_api() {
     assert_eq!(web.volumes[0].name, "web-data");
 
     // A selector with expressions finds the pods it means, and only those.
-    api.put(
-        "/apis/apps/v1/namespaces/shop/deployments",
-        json!({
-            "metadata": { "name": "queue" },
-            "spec": {
-                "replicas": 2,
-                "selector": {
-                    "matchLabels": { "app": "queue" },
-                    "matchExpressions": [
-                        { "key": "tier", "operator": "In", "values": ["main", "spare"] },
-                        { "key": "canary", "operator": "DoesNotExist" },
-                    ],
-                },
-                "template": {
-                    "metadata": { "labels": { "app": "queue", "tier": "main" } },
-                    "spec": { "containers": [{ "name": "queue", "image": "queue" }] },
-                },
-            },
-        }),
+    let mut queue = workload(
+        "queue",
+        2,
+        json!({ "containers": [{ "name": "queue", "image": "queue" }] }),
     );
+    queue["spec"]["selector"]["matchExpressions"] = json!([
+        { "key": "tier", "operator": "In", "values": ["main", "spare"] },
+        { "key": "canary", "operator": "DoesNotExist" },
+    ]);
+    queue["spec"]["template"]["metadata"]["labels"]["tier"] = json!("main");
+    api.put("/apis/apps/v1/namespaces/shop/deployments", queue);
     let canary = |tier: &str, canary: bool| {
         let mut labels = json!({ "app": "queue", "tier": tier });
         if canary {
@@ -291,17 +282,11 @@ async fn a_stopped_workload_runs_commands_in_a_pod_of_cairns_own_with_its_volume
     // A pod that cannot start says why, and is deleted all the same.
     api.put(
         "/apis/apps/v1/namespaces/shop/statefulsets",
-        json!({
-            "metadata": { "name": "broken" },
-            "spec": {
-                "replicas": 0,
-                "selector": { "matchLabels": { "app": "broken" } },
-                "template": {
-                    "metadata": { "labels": { "app": "broken" } },
-                    "spec": { "containers": [{ "name": "main", "image": "missing" }] },
-                },
-            },
-        }),
+        workload(
+            "broken",
+            0,
+            json!({ "containers": [{ "name": "main", "image": "missing" }] }),
+        ),
     );
     let mut broken = request(&["true"]);
     broken.stopped = true;

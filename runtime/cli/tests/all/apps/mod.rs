@@ -279,12 +279,11 @@ struct Harness {
 }
 
 /// A fake Kubernetes API server (`cairn_kube_fake`) holding the application as a StatefulSet,
-/// and the kubeconfig that points at it. The server's runtime lives as long as it does.
+/// and the kubeconfig that points at it.
 struct Kube {
     /// Serves the runs; it stops when dropped.
     _api: cairn_kube_fake::FakeApi,
     config: PathBuf,
-    _runtime: tokio::runtime::Runtime,
 }
 
 impl Drop for Harness {
@@ -310,12 +309,8 @@ impl Harness {
     /// workload is a StatefulSet of one replica whose container runs in the tempdir with the
     /// workload's `PATH`, and whose exec runs the commands on this machine.
     fn on_kubernetes(&mut self) {
-        let runtime = tokio::runtime::Runtime::new().expect("a runtime for the fake API server");
-        let api = runtime.block_on(cairn_kube_fake::FakeApi::start());
-        api.put(
-            "/api/v1/namespaces",
-            serde_json::json!({ "metadata": { "name": "default" } }),
-        );
+        let api = cairn_kube_fake::FakeApi::start_blocking();
+        api.namespace("default");
         let mut container = serde_json::json!({
             "name": self.name,
             "image": self.blueprint,
@@ -326,25 +321,15 @@ impl Harness {
         }
         api.put(
             "/apis/apps/v1/namespaces/default/statefulsets",
-            serde_json::json!({
-                "metadata": { "name": self.name },
-                "spec": {
-                    "replicas": 1,
-                    "selector": { "matchLabels": { "app": self.name } },
-                    "template": {
-                        "metadata": { "labels": { "app": self.name } },
-                        "spec": { "containers": [container] },
-                    },
-                },
-            }),
+            cairn_kube_fake::workload(
+                self.name,
+                1,
+                serde_json::json!({ "containers": [container] }),
+            ),
         );
         let config = self.root().join("kubeconfig");
         api.kubeconfig(&config);
-        self.kube = Some(Kube {
-            _api: api,
-            config,
-            _runtime: runtime,
-        });
+        self.kube = Some(Kube { _api: api, config });
     }
 
     /// Starts the workload's daemon: `start`, run in the tempdir, daemonizes and writes its
