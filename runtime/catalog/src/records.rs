@@ -236,31 +236,95 @@ impl Record for Blueprint {
 /// How many restore points a policy keeps per period (GFS), as everywhere in Cairn.
 pub use cairn_retention::Retention;
 
-/// A backup policy.
+/// A backup policy: which workloads a blueprint backs up, how often, where the exports go and
+/// what is kept. `cairn policy apply` writes it from YAML; `cairn policy run` and `cairn serve`
+/// run it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Policy {
     /// Its name.
     pub name: String,
-    /// How often it runs (`@hourly`, `@daily`, a cron expression).
+    /// The registered blueprint it runs (`cairn blueprint add`), by name.
+    pub blueprint: String,
+    /// Where the workloads run: `local:INVENTORY.yaml`, `kube` or `kube:CONTEXT`.
+    pub target: String,
+    /// The namespace of the workloads.
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// The workloads it protects: names, or patterns with `*`. Each matching workload is backed
+    /// up by its own run and keeps its own restore points.
+    pub workloads: Vec<String>,
+    /// How often it runs: `@hourly`, `@daily`, `@weekly`, or an interval like `6h`.
     pub frequency: String,
-    /// The blueprint it runs (else bindings decide).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub blueprint: Option<String>,
-    /// The namespace it selects, if it names one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
-    /// Label selector of the workloads it protects.
-    #[serde(default)]
-    pub selector: BTreeMap<String, String>,
-    /// What it keeps.
-    #[serde(default)]
+    /// What it keeps of its restore points, per workload.
     pub retention: Retention,
-    /// The profile it exports to, when it exports.
+    /// The blueprint's parameters.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub params: BTreeMap<String, String>,
+    /// The capabilities granted to the blueprint.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub grants: Vec<String>,
+    /// Secrets the blueprint may read: name to source (`env:VAR` or `file:PATH`; never the
+    /// value, since the catalog travels in DR exports).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, String>,
+    /// The deadline of each run's main phase, e.g. `30m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub export_profile: Option<String>,
-    /// Whether it is paused.
+    pub timeout: Option<String>,
+    /// On a Kubernetes target, the VolumeSnapshotClass of its volume snapshots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_class: Option<String>,
+    /// Where its exports go; the instance's default repository when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub export: Option<PolicyExport>,
+    /// Whether it is paused (`cairn serve` skips it; `cairn policy run` still runs it).
     #[serde(default)]
     pub paused: bool,
+    /// When it was applied (scheduling starts from here).
+    pub applied: Timestamp,
+    /// How its last run went; kept when the policy is applied again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_run: Option<PolicyRun>,
+}
+
+fn default_namespace() -> String {
+    "default".to_owned()
+}
+
+/// Where a policy's exports go: the fields of `cairn run`'s repository flags.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyExport {
+    /// The repository URL (or a path).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repo: Option<String>,
+    /// A repository profile file (`repo:`, `options:`), which keeps credentials out of the
+    /// catalog.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile_file: Option<String>,
+    /// A file holding the repository's passphrase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passphrase_file: Option<String>,
+    /// A key file of the repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<String>,
+}
+
+/// The outcome of a policy's last run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyRun {
+    /// When it started.
+    pub started: Timestamp,
+    /// When it finished.
+    pub finished: Timestamp,
+    /// Whether every workload's backup succeeded.
+    pub succeeded: bool,
+    /// The restore points it made.
+    #[serde(default)]
+    pub points: Vec<String>,
+    /// What went wrong, one line per failed workload or step.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
 }
 
 impl Record for Policy {

@@ -25,7 +25,7 @@ use std::collections::BTreeSet;
 #[cfg_attr(
     feature = "serde",
     derive(serde::Serialize, serde::Deserialize),
-    serde(default)
+    serde(default, deny_unknown_fields)
 )]
 pub struct Retention {
     /// The newest items, whatever their age.

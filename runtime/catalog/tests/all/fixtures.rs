@@ -100,17 +100,25 @@ pub(crate) fn blueprint(name: &str) -> Blueprint {
 pub(crate) fn policy(name: &str) -> Policy {
     Policy {
         name: name.to_owned(),
+        blueprint: "postgres".to_owned(),
+        target: "kube".to_owned(),
+        namespace: "shop".to_owned(),
+        workloads: vec!["db-*".to_owned()],
         frequency: "@hourly".to_owned(),
-        blueprint: Some("postgres".to_owned()),
-        namespace: Some("shop".to_owned()),
-        selector: BTreeMap::from([("app".to_owned(), "db".to_owned())]),
         retention: Retention {
             hourly: 24,
             daily: 7,
             ..Retention::default()
         },
-        export_profile: Some("default".to_owned()),
+        params: BTreeMap::from([("database".to_owned(), "orders".to_owned())]),
+        grants: vec!["exec".to_owned(), "export".to_owned()],
+        secrets: BTreeMap::new(),
+        timeout: None,
+        snapshot_class: None,
+        export: None,
         paused: false,
+        applied: jiff::Timestamp::UNIX_EPOCH,
+        last_run: None,
     }
 }
 
