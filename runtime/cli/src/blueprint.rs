@@ -1,4 +1,4 @@
-//! `cairn blueprint build|inspect`.
+//! `cairn blueprint build|inspect|add`.
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
@@ -27,6 +27,15 @@ pub(crate) enum BlueprintCommand {
         #[arg(long, value_enum, default_value_t)]
         output: Output,
     },
+    /// Register a blueprint in this instance, so that policies (and `cairn run`) can name it:
+    /// its component is copied into the home, and a newer one of the same name replaces it.
+    Add {
+        /// The blueprint component (`.wasm`).
+        file: PathBuf,
+        /// How to print the result.
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
     /// Show what a blueprint is and needs: actions, parameters, capabilities, WIT version, digest.
     Inspect {
         /// The blueprint component (`.wasm`).
@@ -40,6 +49,13 @@ pub(crate) enum BlueprintCommand {
 pub(crate) async fn run(cmd: BlueprintCommand, home: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     match cmd {
         BlueprintCommand::Build { dir, debug, output } => build(&dir, debug, output, home).await,
+        BlueprintCommand::Add { file, output } => {
+            let home = Home::resolve(home)?;
+            let engine = crate::run::engine(&home)?;
+            let blueprint = load(&engine, &file).await?;
+            add(&home, &file, &blueprint, output)?;
+            Ok(ExitCode::from(exit::OK))
+        }
         BlueprintCommand::Inspect { file, output } => {
             let home = Home::resolve(home)?;
             let engine = crate::run::engine(&home)?;
@@ -47,6 +63,20 @@ pub(crate) async fn run(cmd: BlueprintCommand, home: Option<PathBuf>) -> anyhow:
             print_inspect(&blueprint, output)?;
             Ok(ExitCode::from(exit::OK))
         }
+    }
+}
+
+/// Loads `file`, or the registered blueprint it names when it is a bare name and no such file
+/// exists.
+pub(crate) async fn load_or_registered(
+    engine: &cairn_engine::Engine,
+    home: &Home,
+    file: &Path,
+) -> anyhow::Result<cairn_engine::Blueprint> {
+    let bare = file.components().count() == 1 && file.extension().is_none();
+    match file.to_str() {
+        Some(name) if bare && !file.exists() => registered(engine, home, name).await,
+        _ => load(engine, file).await,
     }
 }
 
@@ -66,6 +96,83 @@ pub(crate) async fn load(
         .load_file(file)
         .await
         .map_err(|e| UsageError(format!("blueprint {}: {e}", file.display())).into())
+}
+
+/// Copies the component into the home under its digest and records it by name.
+fn add(
+    home: &Home,
+    file: &Path,
+    blueprint: &cairn_engine::Blueprint,
+    output: Output,
+) -> anyhow::Result<()> {
+    let d = blueprint.description();
+    let dir = home.blueprints();
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let kept = dir.join(format!("{}.wasm", blueprint.digest().replace(':', "-")));
+    if !kept.is_file() {
+        let partial = kept.with_extension("wasm.partial");
+        std::fs::copy(file, &partial)
+            .and_then(|_| std::fs::rename(&partial, &kept))
+            .with_context(|| format!("cannot copy {} to {}", file.display(), kept.display()))?;
+    }
+    let kept = std::fs::canonicalize(&kept)
+        .with_context(|| format!("cannot resolve {}", kept.display()))?;
+    let record = cairn_catalog::Blueprint {
+        name: d.name.clone(),
+        version: d.version.clone(),
+        digest: blueprint.digest().to_owned(),
+        wasm: kept.display().to_string(),
+    };
+    let catalog = crate::catalog::open(home)?;
+    let replaced = catalog.blueprint(&d.name)?;
+    catalog.save(&record)?;
+    match output {
+        Output::Json => outln!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "blueprint": record,
+                "replaced": replaced,
+            }))?
+        ),
+        Output::Text => {
+            outln!(
+                "registered {} {} ({})",
+                record.name,
+                record.version,
+                record.digest
+            );
+            if let Some(old) = replaced.filter(|old| old.digest != record.digest) {
+                outln!("  replacing {} {} ({})", old.name, old.version, old.digest);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The blueprint registered as `name`, checked against the digest it was registered with.
+pub(crate) async fn registered(
+    engine: &cairn_engine::Engine,
+    home: &Home,
+    name: &str,
+) -> anyhow::Result<cairn_engine::Blueprint> {
+    let record = crate::catalog::open(home)?.blueprint(name)?.ok_or_else(|| {
+        UsageError(format!(
+            "no blueprint named {name:?} is registered; register it with `cairn blueprint add FILE` \
+             (`cairn catalog ls blueprint` lists those that are)"
+        ))
+    })?;
+    let blueprint = load(engine, Path::new(&record.wasm)).await?;
+    if blueprint.digest() != record.digest {
+        return Err(UsageError(format!(
+            "the component of blueprint {name:?} at {} has digest {}, not the {} it was registered with; \
+             register it again with `cairn blueprint add FILE`",
+            record.wasm,
+            blueprint.digest(),
+            record.digest
+        ))
+        .into());
+    }
+    Ok(blueprint)
 }
 
 #[derive(Serialize)]

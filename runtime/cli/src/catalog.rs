@@ -202,6 +202,8 @@ pub(crate) struct RunRecord<'a> {
     pub repository: &'a str,
     /// The restore point the run used (`--from-point`).
     pub used_point: Option<&'a str>,
+    /// The policy the run is part of.
+    pub policy: Option<&'a str>,
 }
 
 /// Records a run: the action with its phases and, for a successful `backup`, the restore point
@@ -289,7 +291,7 @@ fn restore_point(run: &RunRecord<'_>, target: &Target) -> RestorePoint {
         artifacts,
         snapshots,
         values: report.outputs.values.clone(),
-        policy: None,
+        policy: run.policy.map(str::to_owned),
     }
 }
 

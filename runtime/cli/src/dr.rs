@@ -90,7 +90,7 @@ pub(crate) enum DrCommand {
         passphrase_from: String,
         /// How often DR runs: @hourly, @daily, @weekly or an interval like 30m or 6h (a timer
         /// runs `cairn dr run --if-due`).
-        #[arg(long, default_value = "@hourly", value_parser = parse_frequency)]
+        #[arg(long, default_value = "@hourly", value_parser = crate::schedule::parse_frequency)]
         frequency: String,
         /// The newest DR points to keep, whatever their age.
         #[arg(long, default_value_t = 3)]
@@ -192,6 +192,11 @@ pub(crate) struct BlueprintArg {
 }
 
 impl BlueprintArg {
+    /// The component at `path`, or the default one when `None`.
+    pub(crate) fn new(path: Option<PathBuf>) -> Self {
+        Self { path }
+    }
+
     fn resolve(&self) -> anyhow::Result<PathBuf> {
         if let Some(path) = &self.path {
             return Ok(path.clone());
@@ -215,30 +220,6 @@ impl BlueprintArg {
 fn parse_mode(s: &str) -> Result<cairn_catalog::DrMode, String> {
     s.parse()
         .map_err(|e: cairn_catalog::ParseNameError| e.to_string())
-}
-
-/// The seconds between DR runs that `frequency` asks for.
-fn frequency_secs(frequency: &str) -> Result<u64, String> {
-    let secs = match frequency {
-        "@hourly" => 3_600,
-        "@daily" => 86_400,
-        "@weekly" => 7 * 86_400,
-        other => humantime::parse_duration(other)
-            .map_err(|_| {
-                format!(
-                    "`{other}`: expected @hourly, @daily, @weekly or an interval like 30m or 6h"
-                )
-            })?
-            .as_secs(),
-    };
-    if secs < 60 {
-        return Err(format!("`{frequency}`: DR runs at most once a minute"));
-    }
-    Ok(secs)
-}
-
-fn parse_frequency(s: &str) -> Result<String, String> {
-    frequency_secs(s).map(|_| s.to_owned())
 }
 
 fn default_max_chain() -> u32 {
@@ -269,14 +250,7 @@ impl Config {
 
     /// When the next run is due, after a run at `last`.
     fn next_due(&self, last: jiff::Timestamp) -> jiff::Timestamp {
-        let secs = frequency_secs(&self.frequency).unwrap_or(3_600);
-        // A timer firing at the frequency itself must not skip every other slot because the
-        // last run finished a little after its own slot: allow a grace of a tenth of the period,
-        // at most five minutes.
-        let grace = (secs / 10).min(300);
-        let due = i64::try_from(secs - grace).unwrap_or(i64::MAX);
-        last.checked_add(jiff::SignedDuration::from_secs(due))
-            .unwrap_or(last)
+        crate::schedule::next_due(&self.frequency, last)
     }
 
     /// The blueprint's retention parameters.
@@ -1171,6 +1145,28 @@ async fn check_markers(
         }
     }
     Ok(())
+}
+
+/// When the next DR run is due (at once if DR never ran); `None` while DR is not enabled.
+pub(crate) fn next_due(home: &Home) -> anyhow::Result<Option<jiff::Timestamp>> {
+    let catalog = crate::catalog::open(home)?;
+    let Some(config) = load_config(&catalog)? else {
+        return Ok(None);
+    };
+    let last: Option<LastRun> = load_meta(&catalog, LAST_RUN_KEY)?;
+    Ok(Some(last.map_or(jiff::Timestamp::UNIX_EPOCH, |l| {
+        config.next_due(l.time)
+    })))
+}
+
+/// For `cairn serve`: `cairn dr run --if-due` with the DR blueprint `blueprint`.
+pub(crate) async fn run_if_due(home: &Home, blueprint: BlueprintArg) -> anyhow::Result<ExitCode> {
+    let cmd = DrCommand::Run {
+        if_due: true,
+        blueprint,
+        output: Output::Text,
+    };
+    run(cmd, Some(home.root().to_path_buf())).await
 }
 
 /// For `cairn repo forget|prune`: refuses when an owner marker names another instance.

@@ -27,6 +27,11 @@ impl RepoExports {
         Self { repo, url }
     }
 
+    /// The repository.
+    pub(crate) fn repository(&self) -> &Repository {
+        &self.repo
+    }
+
     /// The snapshot an artifact names, refusing artifacts of another repository or kind.
     fn snapshot_of<'a>(&self, artifact: &'a Artifact) -> cairn_engine::Result<&'a str> {
         let bad = |reason: String| cairn_engine::Error::BadArtifact {

@@ -66,6 +66,16 @@ impl Home {
         self.dr().join("location.key")
     }
 
+    /// Registered blueprints' components, named by digest.
+    pub(crate) fn blueprints(&self) -> PathBuf {
+        self.root.join("blueprints")
+    }
+
+    /// Held by the `cairn serve` of this instance, so that only one runs its policies.
+    pub(crate) fn serve_lock(&self) -> PathBuf {
+        self.root.join("serve.lock")
+    }
+
     /// The state directory itself.
     pub(crate) fn root(&self) -> &std::path::Path {
         &self.root

@@ -22,8 +22,10 @@ mod catalog;
 mod dr;
 mod exports;
 mod home;
+mod policy;
 mod repo;
 mod run;
+mod schedule;
 mod workloads;
 
 use std::path::PathBuf;
@@ -119,6 +121,12 @@ enum Command {
     /// Cairn's own disaster recovery: enable, run, review, restore.
     #[command(subcommand)]
     Dr(dr::DrCommand),
+    /// Backup policies: which workloads a registered blueprint backs up, how often, where to
+    /// and for how long.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
+    /// Run the policies when they are due, until stopped (SIGINT or SIGTERM).
+    Serve(policy::ServeArgs),
 }
 
 /// Runs the command line and returns the process exit code.
@@ -168,6 +176,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Repo(args) => repo::run(args, cli.home).await,
         Command::Catalog(cmd) => catalog::run(cmd, cli.home).await,
         Command::Dr(cmd) => dr::run(cmd, cli.home).await,
+        Command::Policy(cmd) => policy::run(cmd, cli.home).await,
+        Command::Serve(args) => policy::serve(args, cli.home).await,
     }
 }
 

@@ -524,6 +524,21 @@ fn load_profile(path: &std::path::Path) -> anyhow::Result<Profile> {
 }
 
 impl RepoSelect {
+    /// A policy's export settings, as the flags would give them. With none, the instance's
+    /// default repository.
+    pub(crate) fn of_policy(export: Option<&cairn_catalog::PolicyExport>) -> Self {
+        let export = export.cloned().unwrap_or_default();
+        Self {
+            repo: export.repo,
+            passphrase_file: export.passphrase_file.map(PathBuf::from),
+            key_file: export.key_file.map(PathBuf::from),
+            options: Vec::new(),
+            profile_file: export.profile_file.map(PathBuf::from),
+            limit_upload: None,
+            limit_download: None,
+        }
+    }
+
     /// Whether a repository was named (by --repo, CAIRN_REPO or a profile file).
     pub(crate) fn names_a_repository(&self) -> bool {
         self.repo.is_some() || self.profile_file.is_some()

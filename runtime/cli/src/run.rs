@@ -16,7 +16,8 @@ use crate::{Output, UsageError, exit};
 
 #[derive(Debug, Args)]
 pub(crate) struct RunArgs {
-    /// The blueprint component (`.wasm`).
+    /// The blueprint component (`.wasm`), or the name of a registered one (`cairn blueprint add`).
+    #[arg(value_name = "FILE|NAME")]
     file: PathBuf,
     /// The action to run; `backup` and `restore` also run their pre- and posthooks.
     #[arg(long)]
@@ -96,7 +97,7 @@ pub(crate) async fn run(args: RunArgs, home: Option<PathBuf>) -> anyhow::Result<
     };
     let cluster = open_target(&args.target, args.snapshot_class.as_deref(), &home).await?;
     let engine = engine(&home)?;
-    let blueprint = crate::blueprint::load(&engine, &args.file).await?;
+    let blueprint = crate::blueprint::load_or_registered(&engine, &home, &args.file).await?;
 
     let mut limits = Limits::default();
     if let Some(t) = args.timeout {
@@ -106,17 +107,6 @@ pub(crate) async fn run(args: RunArgs, home: Option<PathBuf>) -> anyhow::Result<
         limits.memory = usize::try_from(m).unwrap_or(usize::MAX);
     }
     let (exports, repository) = open_exports(&args.repo, &home).await?;
-    let audit = Arc::new(
-        cairn_engine::AuditLog::open(home.audit_log())
-            .with_context(|| format!("cannot open the audit log {}", home.audit_log().display()))?,
-    );
-    let host = HostContext {
-        cluster,
-        exports,
-        audit,
-        events: crate::run::event_sink(),
-        catalog: None,
-    };
     let request = RunRequest {
         action: args.action.clone(),
         namespace: args.namespace.clone(),
@@ -128,25 +118,19 @@ pub(crate) async fn run(args: RunArgs, home: Option<PathBuf>) -> anyhow::Result<
         point_values,
         limits,
     };
-    let started = jiff::Timestamp::now();
-    let report = engine
-        .run(&blueprint, &host, request)
-        .await
-        .map_err(|e| UsageError(format!("cannot run {}: {e}", args.action)))?;
-    print_report(&report, args.output)?;
-    let record = crate::catalog::RunRecord {
-        report: &report,
+    let run = Execution {
+        home: &home,
+        engine: &engine,
         blueprint: &blueprint,
-        action: &args.action,
-        namespace: &args.namespace,
-        workload: args.workload.as_deref(),
-        started,
+        cluster,
+        exports,
         repository: &repository,
+        policy: None,
         used_point: args.from_point.as_deref(),
     };
-    crate::catalog::open(&home)
-        .and_then(|catalog| crate::catalog::record_run(&catalog, &record))
-        .context("the action ran, but recording it in the catalog failed")?;
+    let (report, _) = run
+        .execute(request, |report| print_report(report, args.output))
+        .await?;
     if report.ok {
         Ok(ExitCode::from(exit::OK))
     } else {
@@ -161,8 +145,76 @@ pub(crate) async fn run(args: RunArgs, home: Option<PathBuf>) -> anyhow::Result<
     }
 }
 
-/// The repository the action's exports go to: `--repo`, or the home's default one.
-async fn open_exports(
+/// One action of a blueprint, run and recorded in the catalog: what `cairn run` and policies
+/// share.
+#[derive(Clone)]
+pub(crate) struct Execution<'a> {
+    pub home: &'a Home,
+    pub engine: &'a Engine,
+    pub blueprint: &'a cairn_engine::Blueprint,
+    pub cluster: Arc<dyn cairn_cluster::Cluster>,
+    pub exports: Arc<crate::exports::RepoExports>,
+    /// The URL of the repository the exports go to.
+    pub repository: &'a str,
+    /// The policy the run is part of.
+    pub policy: Option<&'a str>,
+    /// The restore point the run uses.
+    pub used_point: Option<&'a str>,
+}
+
+impl Execution<'_> {
+    /// Runs `request`, shows the report with `show` before anything else can fail, and records
+    /// the run (and the restore point a backup made, whose id it returns) in the catalog.
+    pub(crate) async fn execute(
+        &self,
+        request: RunRequest,
+        show: impl FnOnce(&cairn_engine::RunReport) -> anyhow::Result<()>,
+    ) -> anyhow::Result<(cairn_engine::RunReport, Option<String>)> {
+        let audit = Arc::new(
+            cairn_engine::AuditLog::open(self.home.audit_log()).with_context(|| {
+                format!(
+                    "cannot open the audit log {}",
+                    self.home.audit_log().display()
+                )
+            })?,
+        );
+        let host = HostContext {
+            cluster: self.cluster.clone(),
+            exports: self.exports.clone(),
+            audit,
+            events: crate::run::event_sink(),
+            catalog: None,
+        };
+        let action = request.action.clone();
+        let namespace = request.namespace.clone();
+        let workload = request.workload.clone();
+        let started = jiff::Timestamp::now();
+        let report = self
+            .engine
+            .run(self.blueprint, &host, request)
+            .await
+            .map_err(|e| UsageError(format!("cannot run {action}: {e}")))?;
+        show(&report)?;
+        let record = crate::catalog::RunRecord {
+            report: &report,
+            blueprint: self.blueprint,
+            action: &action,
+            namespace: &namespace,
+            workload: workload.as_deref(),
+            started,
+            repository: self.repository,
+            used_point: self.used_point,
+            policy: self.policy,
+        };
+        let point = crate::catalog::open(self.home)
+            .and_then(|catalog| crate::catalog::record_run(&catalog, &record))
+            .context("the action ran, but recording it in the catalog failed")?;
+        Ok((report, point))
+    }
+}
+
+/// The repository the action's exports go to: `select`'s, or the home's default one.
+pub(crate) async fn open_exports(
     select: &crate::repo::RepoSelect,
     home: &Home,
 ) -> anyhow::Result<(Arc<crate::exports::RepoExports>, String)> {
@@ -226,7 +278,7 @@ pub(crate) async fn open_target(
     Ok(Arc::new(cluster))
 }
 
-fn parse_grants(raw: &[String]) -> anyhow::Result<BTreeSet<Capability>> {
+pub(crate) fn parse_grants(raw: &[String]) -> anyhow::Result<BTreeSet<Capability>> {
     raw.iter()
         .filter(|g| !g.is_empty())
         .map(|g| match g.parse::<Capability>() {
@@ -249,7 +301,7 @@ fn parse_params(raw: &[String]) -> anyhow::Result<Vec<(String, String)>> {
         .collect()
 }
 
-fn parse_secrets(raw: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+pub(crate) fn parse_secrets(raw: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     for s in raw {
         let usage = || {

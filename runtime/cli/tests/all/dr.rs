@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::Output;
 
-use crate::support::{Cairn, json, run_hello, stderr, stdout, wasm};
+use crate::support::{Cairn, json, ok, run_hello, stderr, stdout, wasm};
 
 const PASSPHRASE: &str = "raw:correct horse battery staple";
 
@@ -41,16 +41,6 @@ const PUT_KINDS: &[&str] = &[
 
 fn dr_wasm() -> String {
     wasm("dr").to_str().expect("utf-8 path").to_owned()
-}
-
-fn ok(out: &Output) {
-    assert!(
-        out.status.success(),
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        stdout(out),
-        stderr(out)
-    );
 }
 
 /// A usage error (exit 2) whose message names `needle`.
@@ -861,6 +851,37 @@ fn if_due_runs_only_when_the_newest_point_is_older_than_the_frequency() {
     );
     // Without --if-due it runs anyway.
     ok(&dr_run(&cairn));
+}
+
+#[test]
+fn serve_runs_dr_when_it_is_due_after_the_policies() {
+    let profile = tempfile::tempdir().expect("tempdir");
+    let cairn = Cairn::new();
+    // With DR off, serve has nothing to do.
+    let serve = ["serve", "--once", "--dr-blueprint", &dr_wasm()];
+    let out = cairn.run(&serve);
+    ok(&out);
+    assert_eq!(stdout(&out).trim(), "nothing is due", "{}", stdout(&out));
+
+    ok(&enable(
+        &cairn,
+        profile.path(),
+        "no-snapshot",
+        &["--frequency", "6h"],
+    ));
+    let out = cairn.run(&serve);
+    ok(&out);
+    let status = cairn.run(&["dr", "status", "--output", "json"]);
+    ok(&status);
+    assert!(json(&status)["last_run"].is_object(), "{}", stdout(&status));
+    // Not due again for six hours.
+    let out = cairn.run(&serve);
+    ok(&out);
+    assert!(
+        stdout(&out).starts_with("nothing is due; the next run is at"),
+        "{}",
+        stdout(&out)
+    );
 }
 
 /// Restores `lost`'s latest DR point from `profile` into a new instance.

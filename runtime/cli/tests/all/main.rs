@@ -4,6 +4,7 @@ mod apps;
 mod blueprint;
 mod catalog;
 mod dr;
+mod policy;
 mod repo;
 mod run;
 mod support;

@@ -6,8 +6,8 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use super::{Harness, Workload, assert_fails_with, assert_repository_empty, assert_timed_out};
-use super::{free_port, piped, require, wait_for};
-use crate::support::{Cairn, stderr};
+use super::{free_port, piped, require, snapshots, wait_for};
+use crate::support::{Cairn, stderr, stdout};
 
 const PASSWORD: &str = "s3cret-pw";
 
@@ -309,4 +309,80 @@ fn delete_removes_the_export_and_a_later_restore_fails_clearly() {
     // The failed restore left the server running and untouched.
     assert_eq!(redis.key_count(), 0);
     assert_eq!(redis.cli(&["PING"]).trim(), "PONG");
+}
+
+#[test]
+fn a_policy_keeps_its_newest_exports_and_forgets_the_rest() {
+    let redis = Redis::start(None);
+    redis.load();
+    let cairn = Cairn::new();
+    let wasm = crate::support::wasm("redis");
+    let out = cairn.run(&["blueprint", "add", wasm.to_str().expect("utf-8 path")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let policy = redis.h.root().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        format!(
+            "name: cache\nblueprint: redis\ntarget: local:inventory.yaml\nworkloads: [redis]\n\
+             frequency: '@daily'\nretention: {{last: 2}}\ngrants: [exec, export]\n\
+             params: {{port: {}}}\n",
+            redis.port
+        ),
+    )
+    .expect("write the policy");
+    let out = cairn.run(&["policy", "apply", policy.to_str().expect("utf-8 path")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let mut points = Vec::new();
+    for i in 0..3 {
+        redis.cli(&["SET", "generation", &i.to_string()]);
+        let out = cairn.run(&["policy", "run", "cache", "--output", "json"]);
+        assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+        let outcome = crate::support::json(&out);
+        points.push(outcome["points"][0].as_str().expect("a point").to_owned());
+        if i == 2 {
+            assert_eq!(
+                outcome["retention"]["removed"][0],
+                points[0].as_str(),
+                "{outcome}"
+            );
+        }
+    }
+    // The first point's export was deleted (by the blueprint's delete action) and its record
+    // removed; the other two points keep theirs.
+    assert_eq!(snapshots(&cairn, &["export"]).len(), 2);
+    let out = cairn.run(&[
+        "catalog",
+        "ls",
+        "exported-restore-point",
+        "--output",
+        "json",
+    ]);
+    let kept: Vec<String> = crate::support::json(&out)
+        .as_array()
+        .expect("points")
+        .iter()
+        .filter_map(|p| p["key"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(kept.len(), 2);
+    assert!(
+        kept.contains(&points[1]) && kept.contains(&points[2]),
+        "{kept:?}"
+    );
+
+    // The newest point restores the dataset as the last run saw it.
+    redis.cli(&["FLUSHALL"]);
+    let out = redis.h.run(
+        &cairn,
+        "restore",
+        &[
+            "--from-point",
+            &points[2],
+            "--grant",
+            "exec,import,workloads,scale",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(redis.cli(&["GET", "generation"]).trim(), "2");
+    assert_eq!(redis.key_count(), TOTAL_KEYS + 1);
 }

@@ -1,0 +1,1085 @@
+//! Backup policies: `cairn policy apply|list|show|delete|run` and `cairn serve`.
+//!
+//! A policy names a registered blueprint (`cairn blueprint add`), a target, a namespace and the
+//! workloads it protects (names or `*` patterns), how often it runs, its parameters, grants and
+//! secret sources, where its exports go, and what it keeps. A run backs up each matching
+//! workload with the blueprint's `backup` action (hooks included), records each restore point
+//! with the policy's name, and then applies the policy's retention to that workload's points:
+//! a point not kept is deleted with the blueprint's `delete` action when it declares one, its
+//! repository snapshots are forgotten, and its record is removed. The data they held is freed
+//! by `cairn repo prune`, which is safe beside running backups.
+//!
+//! Retention runs only on an instance that owns maintenance of the backup data (see `cairn dr
+//! take-ownership`), and never for a workload whose backup just failed, so that failing backups
+//! cannot age out the last good points.
+//!
+//! `cairn serve` runs every policy that is due, one after another, then Cairn's own DR run when
+//! DR is enabled and due (as `cairn dr run --if-due` would), and sleeps until the next is due;
+//! `--once` runs what is due and exits (for a system timer). A policy that has never run is due
+//! at once. One `serve` runs per home: it holds `serve.lock`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use cairn_catalog::{Catalog, Kind, Location, Policy, PolicyExport, PolicyRun, Retention};
+use cairn_engine::{Capability, Engine, Limits, RunRequest};
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::home::Home;
+use crate::run::Execution;
+use crate::{Output, UsageError, exit};
+
+/// `cairn policy …`.
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum PolicyCommand {
+    /// Create a policy, or replace the one of the same name, from a YAML file.
+    Apply {
+        /// The policy file (`-` for standard input).
+        file: PathBuf,
+        /// How to print the result.
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// List the policies, with when each runs next and how its last run went.
+    List {
+        /// How to print the result.
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Show one policy as stored, with its restore points.
+    Show {
+        /// The policy's name.
+        name: String,
+        /// How to print the result.
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Delete a policy. Its restore points stay, and are no longer pruned by its retention.
+    Delete {
+        /// The policy's name.
+        name: String,
+    },
+    /// Run a policy now, whether due or paused: back up its workloads, then apply retention.
+    Run {
+        /// The policy's name.
+        name: String,
+        /// How to print the result.
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
+}
+
+/// `cairn serve`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ServeArgs {
+    /// Run what is due, then exit.
+    #[arg(long)]
+    once: bool,
+    /// The DR blueprint component, for Cairn's own DR runs when DR is enabled; default:
+    /// `dr.wasm` next to the cairn executable.
+    #[arg(long, env = "CAIRN_DR_BLUEPRINT", value_name = "PATH")]
+    dr_blueprint: Option<PathBuf>,
+}
+
+/// A policy file. Relative paths in it (a local target's inventory, export files, `file:`
+/// secrets) are relative to the file's directory.
+///
+/// ```yaml
+/// name: orders-nightly
+/// blueprint: postgres            # registered with `cairn blueprint add`
+/// target: local:inventory.yaml   # or kube, kube:CONTEXT
+/// namespace: shop
+/// workloads: [orders-db]         # names or patterns: db-*, *
+/// frequency: "@daily"            # @hourly, @daily, @weekly, or an interval: 6h
+/// retention: {last: 3, daily: 7, weekly: 4}
+/// params: {database: orders}
+/// grants: [exec, export]
+/// secrets: {password: env:PGPASSWORD}
+/// timeout: 30m
+/// export: {profile_file: s3.yaml, passphrase_file: s3.passphrase}
+/// ```
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    name: String,
+    blueprint: String,
+    target: String,
+    #[serde(default)]
+    namespace: Option<String>,
+    workloads: Vec<String>,
+    frequency: String,
+    retention: Retention,
+    #[serde(default)]
+    params: BTreeMap<String, Scalar>,
+    #[serde(default)]
+    grants: Vec<String>,
+    #[serde(default)]
+    secrets: BTreeMap<String, String>,
+    #[serde(default)]
+    timeout: Option<String>,
+    #[serde(default)]
+    snapshot_class: Option<String>,
+    #[serde(default)]
+    export: Option<PolicyExport>,
+    #[serde(default)]
+    paused: bool,
+}
+
+/// A parameter's value as YAML gives it: `port: 6379` and `port: "6379"` alike.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Scalar {
+    Text(String),
+    Integer(i64),
+    Float(f64),
+    Boolean(bool),
+}
+
+impl Scalar {
+    fn into_text(self) -> String {
+        match self {
+            Scalar::Text(s) => s,
+            Scalar::Integer(n) => n.to_string(),
+            Scalar::Float(x) => x.to_string(),
+            Scalar::Boolean(b) => b.to_string(),
+        }
+    }
+}
+
+pub(crate) async fn run(cmd: PolicyCommand, home: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let home = Home::resolve(home)?;
+    match cmd {
+        PolicyCommand::Apply { file, output } => {
+            let policy = read_policy_file(&file)?;
+            let engine = crate::run::engine(&home)?;
+            check(&policy, &engine, &home).await?;
+            let catalog = crate::catalog::open(&home)?;
+            let mut policy = policy;
+            let replaced = catalog.policy(&policy.name).ok().flatten();
+            policy.last_run = replaced.and_then(|old| old.last_run);
+            catalog.record_policy(&policy)?;
+            match output {
+                Output::Json => outln!("{}", serde_json::to_string_pretty(&policy)?),
+                Output::Text => outln!(
+                    "policy {} applied: {} on {} {}/{{{}}}, {}; next run {}",
+                    policy.name,
+                    policy.blueprint,
+                    policy.target,
+                    policy.namespace,
+                    policy.workloads.join(","),
+                    policy.frequency,
+                    next_run(&policy)
+                        .map_or_else(|| "when resumed".to_owned(), |t| shown(t).to_string())
+                ),
+            }
+            Ok(ExitCode::from(exit::OK))
+        }
+        PolicyCommand::List { output } => {
+            let catalog = crate::catalog::open(&home)?;
+            let rows: Vec<Listed> = catalog
+                .list(Kind::Policy)?
+                .into_iter()
+                .map(|e| Listed::of(&e.key, serde_json::from_str(e.value.get())))
+                .collect();
+            drop(catalog);
+            match output {
+                Output::Json => outln!("{}", serde_json::to_string_pretty(&rows)?),
+                Output::Text => {
+                    for row in &rows {
+                        outln!("{}", row.line());
+                    }
+                }
+            }
+            Ok(ExitCode::from(exit::OK))
+        }
+        PolicyCommand::Show { name, output } => {
+            let catalog = crate::catalog::open(&home)?;
+            let policy = load(&catalog, &name)?;
+            let mut points: Vec<_> = catalog
+                .restore_points()?
+                .into_iter()
+                .filter(|p| p.policy.as_deref() == Some(&name))
+                .collect();
+            points.sort_by_key(|p| p.created);
+            drop(catalog);
+            match output {
+                Output::Json => outln!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "policy": policy,
+                        "next_run": next_run(&policy),
+                        "restore_points": points,
+                    }))?
+                ),
+                Output::Text => {
+                    outln!("{}", serde_norway::to_string(&policy)?.trim_end());
+                    outln!(
+                        "next run: {}",
+                        next_run(&policy)
+                            .map_or_else(|| "paused".to_owned(), |t| shown(t).to_string())
+                    );
+                    outln!("restore points:");
+                    for p in &points {
+                        outln!(
+                            "  {}  {}  {}",
+                            p.id,
+                            shown(p.created),
+                            p.target.workload.as_deref().unwrap_or("-")
+                        );
+                    }
+                }
+            }
+            Ok(ExitCode::from(exit::OK))
+        }
+        PolicyCommand::Delete { name } => {
+            let catalog = crate::catalog::open(&home)?;
+            if !catalog.delete(Kind::Policy, &name)? {
+                return Err(not_found(&name).into());
+            }
+            outln!("policy {name} deleted; its restore points stay");
+            Ok(ExitCode::from(exit::OK))
+        }
+        PolicyCommand::Run { name, output } => {
+            let policy = load(&crate::catalog::open(&home)?, &name)?;
+            let engine = crate::run::engine(&home)?;
+            let outcome = run_policy(&policy, &engine, &home).await?;
+            match output {
+                Output::Json => outln!("{}", serde_json::to_string_pretty(&outcome)?),
+                Output::Text => outcome.print(),
+            }
+            Ok(ExitCode::from(if outcome.run.succeeded {
+                exit::OK
+            } else {
+                exit::FAILED
+            }))
+        }
+    }
+}
+
+fn not_found(name: &str) -> UsageError {
+    UsageError(format!(
+        "no policy named {name:?}; `cairn policy list` lists them"
+    ))
+}
+
+fn load(catalog: &Catalog, name: &str) -> anyhow::Result<Policy> {
+    let Some(entry) = catalog.entry(Kind::Policy, name)? else {
+        return Err(not_found(name).into());
+    };
+    serde_json::from_str(entry.value.get()).map_err(|e| {
+        UsageError(format!(
+            "the catalog's policy {name:?} is not a policy Cairn can run ({e}); apply it again with `cairn policy apply FILE`"
+        ))
+        .into()
+    })
+}
+
+/// Reads a policy file into a policy, with its relative paths made absolute.
+fn read_policy_file(file: &Path) -> anyhow::Result<Policy> {
+    let bad = |msg: String| UsageError(format!("policy {}: {msg}", file.display()));
+    let (text, base) = if file.as_os_str() == "-" {
+        let text = std::io::read_to_string(std::io::stdin()).context("reading standard input")?;
+        (
+            text,
+            std::env::current_dir().context("the current directory")?,
+        )
+    } else {
+        let text = std::fs::read_to_string(file).map_err(|e| bad(e.to_string()))?;
+        let dir = file.parent().filter(|d| !d.as_os_str().is_empty());
+        let base = std::path::absolute(dir.unwrap_or(Path::new(".")))
+            .map_err(|e| bad(format!("cannot resolve its directory: {e}")))?;
+        (text, base)
+    };
+    let f: PolicyFile = serde_norway::from_str(&text).map_err(|e| {
+        bad(format!(
+            "{e} (expected name, blueprint, target, workloads, frequency and retention; see `cairn policy --help`)"
+        ))
+    })?;
+    let absolute = |p: &str| {
+        let joined = base.join(p);
+        std::fs::canonicalize(&joined)
+            .unwrap_or(joined)
+            .display()
+            .to_string()
+    };
+    let target = match f.target.strip_prefix("local:") {
+        Some(path) => format!("local:{}", absolute(path)),
+        None => f.target,
+    };
+    let secrets = f
+        .secrets
+        .into_iter()
+        .map(|(name, source)| match source.split_once(':') {
+            Some(("file", path)) => Ok((name, format!("file:{}", absolute(path)))),
+            Some(("env", _)) => Ok((name, source)),
+            _ => Err(bad(format!(
+                "secret {name}: {source:?} is not env:VAR or file:PATH (a policy never holds a secret's value: the catalog travels in DR exports)"
+            ))),
+        })
+        .collect::<Result<_, _>>()?;
+    let export = f.export.map(|e| PolicyExport {
+        repo: e.repo,
+        profile_file: e.profile_file.as_deref().map(absolute),
+        passphrase_file: e.passphrase_file.as_deref().map(absolute),
+        key_file: e.key_file.as_deref().map(absolute),
+    });
+    Ok(Policy {
+        name: f.name,
+        blueprint: f.blueprint,
+        target,
+        namespace: f.namespace.unwrap_or_else(|| "default".to_owned()),
+        workloads: f.workloads,
+        frequency: f.frequency,
+        retention: f.retention,
+        params: f
+            .params
+            .into_iter()
+            .map(|(k, v)| (k, v.into_text()))
+            .collect(),
+        grants: f.grants,
+        secrets,
+        timeout: f.timeout,
+        snapshot_class: f.snapshot_class,
+        export,
+        paused: f.paused,
+        applied: Timestamp::now(),
+        last_run: None,
+    })
+}
+
+/// Refuses a policy that could not run, naming the field and what to do.
+async fn check(policy: &Policy, engine: &Engine, home: &Home) -> anyhow::Result<()> {
+    let bad = |msg: String| -> anyhow::Error {
+        UsageError(format!("policy {:?}: {msg}", policy.name)).into()
+    };
+    let name_ok = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 63
+            && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    };
+    if !name_ok(&policy.name) {
+        return Err(bad(
+            "the name must be 1 to 63 lowercase letters, digits and dashes, starting with a letter or digit".into(),
+        ));
+    }
+    crate::schedule::frequency_secs(&policy.frequency)
+        .map_err(|e| bad(format!("frequency {e}")))?;
+    if policy.retention == Retention::default() {
+        return Err(bad(
+            "its retention keeps nothing: set at least one of last, hourly, daily, weekly, monthly, yearly, within (e.g. `retention: {last: 7}`)".into(),
+        ));
+    }
+    if policy.workloads.is_empty() {
+        return Err(bad(
+            "it names no workloads: list names or patterns (`workloads: [db]`, `[db-*]`, `['*']`)"
+                .into(),
+        ));
+    }
+    if let Some(t) = &policy.timeout {
+        humantime::parse_duration(t)
+            .map_err(|e| bad(format!("timeout {t:?}: {e} (e.g. 30m, 2h)")))?;
+    }
+    let grants = crate::run::parse_grants(&policy.grants).map_err(|e| bad(e.to_string()))?;
+    let blueprint = crate::blueprint::registered(engine, home, &policy.blueprint)
+        .await
+        .map_err(|e| bad(e.to_string()))?;
+    let d = blueprint.description();
+    if !d.has_action("backup") {
+        return Err(bad(format!(
+            "blueprint {} has no backup action (it has: {})",
+            d.name,
+            d.actions
+                .iter()
+                .map(|a| a.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    // Blueprints declare capabilities for all their actions together, so a policy may grant
+    // fewer (those its backup and delete need); it may not grant what is never used.
+    let declared: Vec<String> = d
+        .capabilities
+        .iter()
+        .filter(|c| **c != Capability::Catalog)
+        .map(ToString::to_string)
+        .collect();
+    if let Some(extra) = grants.iter().find(|c| !d.capabilities.contains(c)) {
+        return Err(bad(format!(
+            "it grants {extra}, which blueprint {} does not declare (it declares: {})",
+            d.name,
+            if declared.is_empty() {
+                "none".to_owned()
+            } else {
+                declared.join(", ")
+            }
+        )));
+    }
+    if grants.is_empty() && !declared.is_empty() {
+        return Err(bad(format!(
+            "it grants nothing, and blueprint {} declares {}: grant those its backup needs",
+            d.name,
+            declared.join(", ")
+        )));
+    }
+    for param in policy.params.keys() {
+        if !d.parameters.iter().any(|p| &p.name == param) {
+            let known: Vec<&str> = d.parameters.iter().map(|p| p.name.as_str()).collect();
+            return Err(bad(format!(
+                "blueprint {} has no parameter {param:?} (it has: {})",
+                d.name,
+                if known.is_empty() {
+                    "none".to_owned()
+                } else {
+                    known.join(", ")
+                }
+            )));
+        }
+    }
+    // A local target's inventory is read now, so a wrong path fails here and not at night.
+    if policy.target.starts_with("local:") {
+        crate::run::open_target(&policy.target, policy.snapshot_class.as_deref(), home)
+            .await
+            .map_err(|e| bad(e.to_string()))?;
+    } else if policy.target != "kube" && !policy.target.starts_with("kube:") {
+        return Err(bad(format!(
+            "target {:?}: use local:INVENTORY.yaml, kube or kube:CONTEXT",
+            policy.target
+        )));
+    }
+    Ok(())
+}
+
+/// A time as the text output shows it: to the second.
+fn shown(t: Timestamp) -> Timestamp {
+    t.round(jiff::Unit::Second).unwrap_or(t)
+}
+
+/// When a policy runs next: at once if it never ran; never while paused.
+fn next_run(policy: &Policy) -> Option<Timestamp> {
+    if policy.paused {
+        return None;
+    }
+    Some(match &policy.last_run {
+        None => policy.applied,
+        Some(run) => crate::schedule::next_due(&policy.frequency, run.started),
+    })
+}
+
+/// A policy as `cairn policy list` shows it: readable, or why not.
+#[derive(Serialize)]
+struct Listed {
+    name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    policy: Option<Policy>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_run: Option<Timestamp>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unreadable: Option<String>,
+}
+
+impl Listed {
+    fn of(key: &str, parsed: serde_json::Result<Policy>) -> Self {
+        match parsed {
+            Ok(policy) => Self {
+                name: key.to_owned(),
+                next_run: next_run(&policy),
+                policy: Some(policy),
+                unreadable: None,
+            },
+            Err(e) => Self {
+                name: key.to_owned(),
+                policy: None,
+                next_run: None,
+                unreadable: Some(format!(
+                    "{e}; apply it again with `cairn policy apply FILE`"
+                )),
+            },
+        }
+    }
+
+    fn line(&self) -> String {
+        let Some(p) = &self.policy else {
+            return format!(
+                "{:<24} unreadable: {}",
+                self.name,
+                self.unreadable.as_deref().unwrap_or("")
+            );
+        };
+        let next = self
+            .next_run
+            .map_or_else(|| "paused".to_owned(), |t| format!("next {}", shown(t)));
+        let last = match &p.last_run {
+            None => "never ran".to_owned(),
+            Some(r) if r.succeeded => format!("last {} ok", shown(r.started)),
+            Some(r) => format!("last {} FAILED", shown(r.started)),
+        };
+        format!(
+            "{:<24} {:<12} {:<10} {}/{}  {next}  {last}",
+            p.name,
+            p.blueprint,
+            p.frequency,
+            p.namespace,
+            p.workloads.join(",")
+        )
+    }
+}
+
+/// What one run of a policy did.
+#[derive(Debug, Serialize)]
+struct Outcome {
+    policy: String,
+    #[serde(flatten)]
+    run: PolicyRun,
+    /// Per workload: the restore point made, or the error.
+    workloads: Vec<WorkloadOutcome>,
+    /// What retention did, or why it did not run.
+    retention: RetentionOutcome,
+}
+
+#[derive(Debug, Serialize)]
+struct WorkloadOutcome {
+    workload: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    restore_point: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct RetentionOutcome {
+    kept: usize,
+    removed: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    skipped: Option<String>,
+}
+
+impl Outcome {
+    fn print(&self) {
+        for w in &self.workloads {
+            match (&w.restore_point, &w.error) {
+                (Some(point), _) => outln!(
+                    "{}: backed up {}: restore point {point}",
+                    self.policy,
+                    w.workload
+                ),
+                (None, Some(e)) => outln!("{}: backup of {} FAILED: {e}", self.policy, w.workload),
+                (None, None) => {}
+            }
+        }
+        let r = &self.retention;
+        match &r.skipped {
+            Some(why) => outln!("{}: retention skipped: {why}", self.policy),
+            None => outln!(
+                "{}: retention kept {} restore point(s), removed {}{}",
+                self.policy,
+                r.kept,
+                r.removed.len(),
+                if r.removed.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        " ({}); `cairn repo prune` frees their data",
+                        r.removed.join(", ")
+                    )
+                }
+            ),
+        }
+        for e in self
+            .run
+            .errors
+            .iter()
+            .filter(|e| !self.workloads.iter().any(|w| w.error.as_ref() == Some(*e)))
+        {
+            outln!("{}: {e}", self.policy);
+        }
+    }
+}
+
+/// Everything a run needs that does not change between its workloads.
+struct Prepared {
+    blueprint: cairn_engine::Blueprint,
+    cluster: Arc<dyn cairn_cluster::Cluster>,
+    exports: Arc<crate::exports::RepoExports>,
+    repository: String,
+    request: RunRequest,
+    workloads: Vec<String>,
+}
+
+/// Runs a policy once and records how it went in the policy. An error is returned only when
+/// nothing could run (no blueprint, target or repository); a workload's failure is in the
+/// outcome.
+async fn run_policy(policy: &Policy, engine: &Engine, home: &Home) -> anyhow::Result<Outcome> {
+    let started = Timestamp::now();
+    let prepared = prepare(policy, engine, home).await;
+    let outcome = match prepared {
+        Ok(prepared) => back_up_and_retain(policy, engine, home, &prepared, started).await,
+        Err(e) => Outcome {
+            policy: policy.name.clone(),
+            run: PolicyRun {
+                started,
+                finished: Timestamp::now(),
+                succeeded: false,
+                points: Vec::new(),
+                errors: vec![crate::one_line(&e)],
+            },
+            workloads: Vec::new(),
+            retention: RetentionOutcome {
+                skipped: Some("nothing ran".to_owned()),
+                ..RetentionOutcome::default()
+            },
+        },
+    };
+    // Re-read the policy so that an apply while it ran is kept; a deleted one stays deleted.
+    let catalog = crate::catalog::open(home)?;
+    if let Ok(mut current) = load(&catalog, &policy.name) {
+        current.last_run = Some(outcome.run.clone());
+        catalog.record_policy(&current)?;
+    }
+    Ok(outcome)
+}
+
+async fn prepare(policy: &Policy, engine: &Engine, home: &Home) -> anyhow::Result<Prepared> {
+    let blueprint = crate::blueprint::registered(engine, home, &policy.blueprint).await?;
+    let cluster =
+        crate::run::open_target(&policy.target, policy.snapshot_class.as_deref(), home).await?;
+    let present = cluster
+        .workloads(&policy.namespace)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot list the workloads of namespace {}",
+                policy.namespace
+            )
+        })?;
+    let names: BTreeSet<&str> = present.iter().map(|w| w.reference.name.as_str()).collect();
+    let workloads: Vec<String> = names
+        .iter()
+        .filter(|n| policy.workloads.iter().any(|p| matches(p, n)))
+        .map(|n| (*n).to_owned())
+        .collect();
+    if workloads.is_empty() {
+        return Err(UsageError(format!(
+            "no workload of namespace {} matches {}; it has: {}",
+            policy.namespace,
+            policy.workloads.join(", "),
+            if names.is_empty() {
+                "none".to_owned()
+            } else {
+                names.into_iter().collect::<Vec<_>>().join(", ")
+            }
+        ))
+        .into());
+    }
+    let select = crate::repo::RepoSelect::of_policy(policy.export.as_ref());
+    let (exports, repository) = crate::run::open_exports(&select, home).await?;
+    let sources: Vec<String> = policy
+        .secrets
+        .iter()
+        .map(|(name, source)| format!("{name}={source}"))
+        .collect();
+    let mut limits = Limits::default();
+    if let Some(t) = &policy.timeout {
+        limits.deadline =
+            humantime::parse_duration(t).map_err(|e| UsageError(format!("timeout {t:?}: {e}")))?;
+    }
+    let request = RunRequest {
+        action: "backup".to_owned(),
+        namespace: policy.namespace.clone(),
+        workload: None,
+        params: policy
+            .params
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        grants: crate::run::parse_grants(&policy.grants)?,
+        secrets: crate::run::parse_secrets(&sources)?,
+        artifacts: Vec::new(),
+        point_values: Vec::new(),
+        limits,
+    };
+    Ok(Prepared {
+        blueprint,
+        cluster,
+        exports,
+        repository,
+        request,
+        workloads,
+    })
+}
+
+/// Whether `name` matches `pattern`, where `*` stands for any run of characters.
+fn matches(pattern: &str, name: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == name,
+        Some((head, rest)) => {
+            let Some(tail) = name.strip_prefix(head) else {
+                return false;
+            };
+            (0..=tail.len())
+                .filter(|i| tail.is_char_boundary(*i))
+                .any(|i| matches(rest, &tail[i..]))
+        }
+    }
+}
+
+async fn back_up_and_retain(
+    policy: &Policy,
+    engine: &Engine,
+    home: &Home,
+    prepared: &Prepared,
+    started: Timestamp,
+) -> Outcome {
+    let execution = Execution {
+        home,
+        engine,
+        blueprint: &prepared.blueprint,
+        cluster: prepared.cluster.clone(),
+        exports: prepared.exports.clone(),
+        repository: &prepared.repository,
+        policy: Some(&policy.name),
+        used_point: None,
+    };
+    let mut workloads = Vec::new();
+    for workload in &prepared.workloads {
+        let mut request = prepared.request.clone();
+        request.workload = Some(workload.clone());
+        let (restore_point, error) = match execution.execute(request, |_| Ok(())).await {
+            Ok((report, Some(point))) if report.ok => (Some(point), None),
+            Ok((report, _)) => (
+                None,
+                Some(
+                    report
+                        .error
+                        .unwrap_or_else(|| "the backup failed".to_owned()),
+                ),
+            ),
+            Err(e) => (None, Some(crate::one_line(&e))),
+        };
+        workloads.push(WorkloadOutcome {
+            workload: workload.clone(),
+            restore_point,
+            error,
+        });
+    }
+    let succeeded: Vec<&str> = workloads
+        .iter()
+        .filter(|w| w.restore_point.is_some())
+        .map(|w| w.workload.as_str())
+        .collect();
+    let mut errors: Vec<String> = workloads
+        .iter()
+        .filter_map(|w| w.error.as_ref().map(|e| format!("{}: {e}", w.workload)))
+        .collect();
+    let retention = match retain(policy, &execution, &prepared.request, &succeeded).await {
+        Ok((retention, failures)) => {
+            errors.extend(failures);
+            retention
+        }
+        Err(e) => {
+            errors.push(format!("retention: {}", crate::one_line(&e)));
+            RetentionOutcome {
+                skipped: Some("it failed; see the errors".to_owned()),
+                ..RetentionOutcome::default()
+            }
+        }
+    };
+    Outcome {
+        policy: policy.name.clone(),
+        run: PolicyRun {
+            started,
+            finished: Timestamp::now(),
+            succeeded: errors.is_empty(),
+            points: workloads
+                .iter()
+                .filter_map(|w| w.restore_point.clone())
+                .collect(),
+            errors,
+        },
+        workloads,
+        retention,
+    }
+}
+
+/// Applies the policy's retention to the restore points of the workloads just backed up.
+/// Returns what it did and the points it could not remove (kept, and tried again next run).
+async fn retain(
+    policy: &Policy,
+    execution: &Execution<'_>,
+    template: &RunRequest,
+    workloads: &[&str],
+) -> anyhow::Result<(RetentionOutcome, Vec<String>)> {
+    let home = execution.home;
+    if !crate::catalog::open(home)?.maintenance_owner()? {
+        return Ok((
+            RetentionOutcome {
+                skipped: Some(
+                    "this instance does not own maintenance of the backup data; run `cairn dr take-ownership`"
+                        .to_owned(),
+                ),
+                ..RetentionOutcome::default()
+            },
+            Vec::new(),
+        ));
+    }
+    crate::dr::check_owner(home, "policy retention").await?;
+    let points = crate::catalog::open(home)?.restore_points()?;
+    let mut outcome = RetentionOutcome::default();
+    let mut failures = Vec::new();
+    for workload in workloads {
+        let mut mine: Vec<_> = points
+            .iter()
+            .filter(|p| {
+                p.policy.as_deref() == Some(&policy.name)
+                    && p.target.namespace == policy.namespace
+                    && p.target.workload.as_deref() == Some(*workload)
+            })
+            .collect();
+        mine.sort_by_key(|p| p.created);
+        let times: Vec<i64> = mine.iter().map(|p| p.created.as_second()).collect();
+        let keep = policy.retention.keep(&times);
+        for (point, reasons) in mine.iter().zip(&keep) {
+            if !reasons.is_empty() {
+                outcome.kept += 1;
+                continue;
+            }
+            match remove_point(point, execution, template).await {
+                Ok(()) => outcome.removed.push(point.id.clone()),
+                Err(e) => failures.push(format!(
+                    "retention kept restore point {}: {}",
+                    point.id,
+                    crate::one_line(&e)
+                )),
+            }
+        }
+    }
+    Ok((outcome, failures))
+}
+
+/// Removes one restore point: the blueprint's `delete` action (when it has one, with the
+/// policy's parameters, grants and secrets), its repository snapshots, then its record. Stops
+/// at the first step that fails, so the record stays for the next try.
+async fn remove_point(
+    point: &cairn_catalog::RestorePoint,
+    execution: &Execution<'_>,
+    template: &RunRequest,
+) -> anyhow::Result<()> {
+    if let Location::Exported { repository, .. } = &point.location
+        && repository != execution.repository
+    {
+        anyhow::bail!(
+            "it is in {repository}, not in the policy's repository {}; remove it there (`cairn repo forget`)",
+            execution.repository
+        );
+    }
+    // Its snapshots that are still there (a delete action may remove its own exports); while
+    // the repository's protection period covers one, the point stays whole.
+    let repo = execution.exports.repository();
+    let present = existing(repo, &point.snapshots).await?;
+    let dry = repo.forget_ids(&present, true).await?;
+    if let Some((id, until)) = dry.protected.first() {
+        anyhow::bail!(
+            "its snapshot {id} is under the repository's protection period until {until}"
+        );
+    }
+    if execution.blueprint.description().has_action("delete") {
+        let catalog = crate::catalog::open(execution.home)?;
+        let (artifacts, point_values) = crate::catalog::point_outputs(&catalog, &point.id)?;
+        drop(catalog);
+        let request = RunRequest {
+            action: "delete".to_owned(),
+            namespace: point.target.namespace.clone(),
+            workload: point.target.workload.clone(),
+            artifacts,
+            point_values,
+            ..template.clone()
+        };
+        let delete = Execution {
+            used_point: Some(&point.id),
+            ..execution.clone()
+        };
+        let (report, _) = delete.execute(request, |_| Ok(())).await?;
+        if !report.ok {
+            anyhow::bail!(
+                "the blueprint's delete action failed: {}",
+                report.error.as_deref().unwrap_or("unknown error")
+            );
+        }
+    }
+    repo.forget_ids(&existing(repo, &present).await?, false)
+        .await
+        .context("forgetting its repository snapshots")?;
+    let catalog = crate::catalog::open(execution.home)?;
+    catalog.delete(cairn_catalog::Record::kind(point), &point.id)?;
+    Ok(())
+}
+
+/// Those of the snapshots `ids` that the repository still has.
+async fn existing(
+    repo: &cairn_repository::Repository,
+    ids: &[String],
+) -> anyhow::Result<Vec<String>> {
+    let mut present = Vec::new();
+    for id in ids {
+        match repo.snapshot(id).await {
+            Ok(s) => present.push(s.id),
+            Err(cairn_repository::Error::NotFound { .. }) => {}
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("reading snapshot {id}"))),
+        }
+    }
+    Ok(present)
+}
+
+/// `cairn serve`: runs due policies until stopped.
+pub(crate) async fn serve(args: ServeArgs, home: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let home = Home::resolve(home)?;
+    let lock_path = home.serve_lock();
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("cannot open {}", lock_path.display()))?;
+    if lock.try_lock().is_err() {
+        return Err(UsageError(format!(
+            "another `cairn serve` runs the policies of {} (it holds {}); stop it first",
+            home.root().display(),
+            lock_path.display()
+        ))
+        .into());
+    }
+    let engine = crate::run::engine(&home)?;
+    let mut failed = false;
+    let mut ran = 0;
+    loop {
+        let now = Timestamp::now();
+        let policies = {
+            let catalog = crate::catalog::open(&home)?;
+            catalog.list(Kind::Policy)?
+        };
+        let mut soonest: Option<Timestamp> = None;
+        for entry in policies {
+            let policy: Policy = match serde_json::from_str(entry.value.get()) {
+                Ok(p) => p,
+                Err(e) => {
+                    if args.once {
+                        eprintln!(
+                            "cairn: policy {} skipped: it is not a policy Cairn can run ({e})",
+                            entry.key
+                        );
+                    }
+                    continue;
+                }
+            };
+            let Some(due) = next_run(&policy) else {
+                continue;
+            };
+            if due > now {
+                soonest = Some(soonest.map_or(due, |s| s.min(due)));
+                continue;
+            }
+            ran += 1;
+            match run_policy(&policy, &engine, &home).await {
+                Ok(outcome) => {
+                    outcome.print();
+                    failed |= !outcome.run.succeeded;
+                    if let Ok(p) = load(&crate::catalog::open(&home)?, &policy.name)
+                        && let Some(next) = next_run(&p)
+                    {
+                        soonest = Some(soonest.map_or(next, |s| s.min(next)));
+                    }
+                }
+                Err(e) => {
+                    eprintln!("cairn: policy {}: {}", policy.name, crate::one_line(&e));
+                    failed = true;
+                }
+            }
+        }
+        // DR last, so that its point holds what the policies just recorded.
+        match crate::dr::next_due(&home) {
+            Ok(Some(due)) if due <= Timestamp::now() => {
+                ran += 1;
+                let blueprint = crate::dr::BlueprintArg::new(args.dr_blueprint.clone());
+                match crate::dr::run_if_due(&home, blueprint).await {
+                    Ok(code) => failed |= code != ExitCode::from(exit::OK),
+                    Err(e) => {
+                        eprintln!("cairn: DR run: {}", crate::one_line(&e));
+                        failed = true;
+                    }
+                }
+                if let Ok(Some(next)) = crate::dr::next_due(&home) {
+                    soonest = Some(soonest.map_or(next, |s| s.min(next)));
+                }
+            }
+            Ok(Some(due)) => soonest = Some(soonest.map_or(due, |s| s.min(due))),
+            Ok(None) => {}
+            Err(e) => {
+                eprintln!("cairn: DR: {}", crate::one_line(&e));
+                failed = true;
+            }
+        }
+        if args.once {
+            if ran == 0 {
+                outln!(
+                    "nothing is due{}",
+                    soonest.map_or_else(String::new, |t| format!(
+                        "; the next run is at {}",
+                        shown(t)
+                    ))
+                );
+            }
+            break;
+        }
+        // Wake for the soonest policy, and at least every minute for policies applied since.
+        let wait = soonest
+            .map(|t| t.duration_since(Timestamp::now()))
+            .and_then(|d| Duration::try_from(d).ok())
+            .unwrap_or(Duration::ZERO)
+            .clamp(Duration::from_secs(1), Duration::from_secs(60));
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            _ = stop() => break,
+        }
+    }
+    drop(lock);
+    Ok(ExitCode::from(if failed { exit::FAILED } else { exit::OK }))
+}
+
+/// Resolves on SIGINT or SIGTERM. Runs are never interrupted: `serve` checks between them.
+async fn stop() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns() {
+        assert!(matches("db", "db"));
+        assert!(!matches("db", "db-0"));
+        assert!(matches("db-*", "db-0"));
+        assert!(matches("*", "anything"));
+        assert!(matches("*-db", "orders-db"));
+        assert!(matches("a*b*c", "a-b-x-c"));
+        assert!(!matches("a*b*c", "a-c"));
+        assert!(!matches("db-*", "cache"));
+    }
+}

@@ -1,0 +1,318 @@
+//! Backup policies through the real binary: `cairn blueprint add`, `cairn policy …` and
+//! `cairn serve --once`, on `examples/hello`.
+
+use std::path::PathBuf;
+use std::process::Output;
+
+use crate::support::{Cairn, hello_wasm, json, ok, root, stderr, stdout};
+
+/// A refusal (exit 2) whose message has every one of `needles`.
+fn refused_with(out: &Output, needles: &[&str]) {
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(out));
+    for needle in needles {
+        assert!(
+            stderr(out).contains(needle),
+            "no {needle:?} in: {}",
+            stderr(out)
+        );
+    }
+}
+
+/// `cairn blueprint add hello.wasm`.
+fn add_hello(cairn: &Cairn) {
+    let wasm = hello_wasm().to_str().expect("utf-8 path");
+    ok(&cairn.run(&["blueprint", "add", wasm]));
+}
+
+/// `yaml` as the policy file `name.yaml` in the home.
+fn policy_file(cairn: &Cairn, name: &str, yaml: &str) -> PathBuf {
+    let file = cairn.home.path().join(format!("{name}.yaml"));
+    std::fs::write(&file, yaml).expect("write the policy");
+    file
+}
+
+/// A hello policy: the example's local target, its `hello` workload by pattern.
+fn hello_policy(retention: &str) -> String {
+    let inventory = root().join("examples/hello/inventory.yaml");
+    format!(
+        "name: greet\nblueprint: hello\ntarget: local:{}\nworkloads: ['hel*']\n\
+         frequency: '@hourly'\nretention: {retention}\ngrants: [exec]\nparams: {{greeting: hi}}\n",
+        inventory.display()
+    )
+}
+
+fn apply(cairn: &Cairn, yaml: &str) -> Output {
+    let file = policy_file(cairn, "policy", yaml);
+    cairn.run(&["policy", "apply", file.to_str().expect("utf-8 path")])
+}
+
+fn show(cairn: &Cairn) -> serde_json::Value {
+    let out = cairn.run(&["policy", "show", "greet", "--output", "json"]);
+    ok(&out);
+    json(&out)
+}
+
+#[test]
+fn a_policy_backs_up_its_workloads_and_keeps_what_its_retention_says() {
+    let cairn = Cairn::new();
+    add_hello(&cairn);
+    ok(&apply(&cairn, &hello_policy("{last: 2}")));
+
+    let mut made = Vec::new();
+    for _ in 0..3 {
+        let out = cairn.run(&["policy", "run", "greet", "--output", "json"]);
+        ok(&out);
+        let outcome = json(&out);
+        assert_eq!(outcome["succeeded"], true, "{outcome}");
+        assert_eq!(outcome["workloads"][0]["workload"], "hello", "{outcome}");
+        made.push(
+            outcome["workloads"][0]["restore_point"]
+                .as_str()
+                .expect("a restore point")
+                .to_owned(),
+        );
+    }
+
+    // The third run removed the first point; the two newest stay, made by the policy, with
+    // the policy's parameter.
+    let shown = show(&cairn);
+    let points = shown["restore_points"].as_array().expect("points");
+    let ids: Vec<&str> = points.iter().filter_map(|p| p["id"].as_str()).collect();
+    assert_eq!(ids, [made[1].as_str(), made[2].as_str()], "{shown}");
+    for p in points {
+        assert_eq!(p["policy"], "greet");
+        assert_eq!(p["target"]["workload"], "hello");
+        assert_eq!(p["artifacts"][0]["values"]["stdout"], "hi, world");
+    }
+    assert_eq!(shown["policy"]["last_run"]["succeeded"], true);
+    assert_eq!(shown["policy"]["last_run"]["points"][0], made[2].as_str());
+
+    // A point a policy made restores like any other, through the registered blueprint's name.
+    let out = cairn.run(&[
+        "run",
+        "hello",
+        "--action",
+        "restore",
+        "--target",
+        crate::support::HELLO_INVENTORY,
+        "--workload",
+        "hello",
+        "--grant",
+        "exec",
+        "--from-point",
+        &made[2],
+    ]);
+    ok(&out);
+    assert!(
+        stderr(&out).contains("says again: hi, world"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Applying the policy again keeps how its last run went; deleting it keeps its points.
+    ok(&apply(&cairn, &hello_policy("{last: 5}")));
+    assert_eq!(show(&cairn)["policy"]["last_run"]["succeeded"], true);
+    ok(&cairn.run(&["policy", "delete", "greet"]));
+    let out = cairn.run(&["catalog", "ls", "local-restore-point", "--output", "json"]);
+    assert_eq!(json(&out).as_array().map(Vec::len), Some(2));
+    refused_with(
+        &cairn.run(&["policy", "run", "greet"]),
+        &["no policy named \"greet\""],
+    );
+}
+
+#[test]
+fn serve_runs_a_policy_that_never_ran_and_then_waits_for_its_frequency() {
+    let cairn = Cairn::new();
+    add_hello(&cairn);
+    ok(&apply(&cairn, &hello_policy("{last: 3}")));
+
+    let out = cairn.run(&["serve", "--once"]);
+    ok(&out);
+    assert!(
+        stdout(&out).contains("greet: backed up hello"),
+        "{}",
+        stdout(&out)
+    );
+
+    // Run an hour from now (less its grace), not again at once.
+    let out = cairn.run(&["serve", "--once"]);
+    ok(&out);
+    assert!(
+        stdout(&out).starts_with("nothing is due; the next run is at"),
+        "{}",
+        stdout(&out)
+    );
+
+    let out = cairn.run(&["policy", "list", "--output", "json"]);
+    ok(&out);
+    let listed = json(&out);
+    assert_eq!(listed[0]["name"], "greet");
+    assert_eq!(listed[0]["policy"]["last_run"]["succeeded"], true);
+    assert!(listed[0]["next_run"].is_string(), "{listed}");
+
+    // A paused policy is never due; `policy run` still runs it.
+    ok(&apply(
+        &cairn,
+        &format!("{}paused: true\n", hello_policy("{last: 3}")),
+    ));
+    let out = cairn.run(&["serve", "--once"]);
+    assert_eq!(stdout(&out).trim(), "nothing is due", "{}", stdout(&out));
+    ok(&cairn.run(&["policy", "run", "greet"]));
+}
+
+#[test]
+fn a_policy_that_could_not_run_is_refused_naming_the_field() {
+    let cairn = Cairn::new();
+    let base = hello_policy("{last: 2}");
+    refused_with(
+        &apply(&cairn, &base),
+        &[
+            "no blueprint named \"hello\" is registered",
+            "cairn blueprint add",
+        ],
+    );
+    add_hello(&cairn);
+    let cases: &[(&str, &str, &[&str])] = &[
+        (
+            "retention: {last: 2}",
+            "retention: {}",
+            &["retention keeps nothing"],
+        ),
+        (
+            "retention: {last: 2}",
+            "retention: {keep_last: 2}",
+            &["unknown field `keep_last`"],
+        ),
+        (
+            "grants: [exec]",
+            "grants: []",
+            &["grants nothing", "declares exec"],
+        ),
+        ("grants: [exec]", "grants: [everything]", &["everything"]),
+        (
+            "grants: [exec]",
+            "grants: [exec, scale]",
+            &["grants scale, which blueprint hello does not declare"],
+        ),
+        (
+            "params: {greeting: hi}",
+            "params: {greting: hi}",
+            &["no parameter \"greting\"", "greeting"],
+        ),
+        (
+            "frequency: '@hourly'",
+            "frequency: 5s",
+            &["at most once a minute"],
+        ),
+        (
+            "frequency: '@hourly'",
+            "frequency: sometimes",
+            &["expected @hourly"],
+        ),
+        ("name: greet", "name: Greet_Daily", &["lowercase letters"]),
+        (
+            "workloads: ['hel*']",
+            "workloads: []",
+            &["names no workloads"],
+        ),
+        (
+            "params: {greeting: hi}",
+            "secrets: {pw: raw:hunter2}",
+            &["never holds a secret's value"],
+        ),
+        (
+            "target: local:",
+            "target: local:/nonexistent/",
+            &["/nonexistent/"],
+        ),
+        (
+            "target: local:",
+            "target: cloud:",
+            &["use local:INVENTORY.yaml, kube"],
+        ),
+        ("name: greet", "nmae: greet", &["unknown field `nmae`"]),
+    ];
+    for (from, to, needles) in cases {
+        let yaml = base.replacen(from, to, 1);
+        assert_ne!(yaml, base, "{from} is not in the policy");
+        refused_with(&apply(&cairn, &yaml), needles);
+    }
+    // Nothing was stored.
+    let out = cairn.run(&["policy", "list", "--output", "json"]);
+    assert_eq!(json(&out), serde_json::json!([]));
+
+    // A pattern that matches nothing fails the run, naming what the namespace has.
+    ok(&apply(&cairn, &base.replacen("'hel*'", "'db-*'", 1)));
+    let out = cairn.run(&["policy", "run", "greet"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("no workload of namespace default matches db-*; it has: hello"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(show(&cairn)["policy"]["last_run"]["succeeded"], false);
+
+    // A record that is not a policy (stored by hand) is listed as unreadable, not fatal.
+    let file = cairn.home.path().join("junk.json");
+    std::fs::write(&file, r#"{"name": "junk"}"#).expect("write");
+    ok(&cairn.run(&[
+        "catalog",
+        "put",
+        "policy",
+        "junk",
+        "--json",
+        file.to_str().expect("utf-8"),
+    ]));
+    let out = cairn.run(&["policy", "list"]);
+    ok(&out);
+    assert!(
+        stdout(&out).contains("junk") && stdout(&out).contains("unreadable"),
+        "{}",
+        stdout(&out)
+    );
+    refused_with(
+        &cairn.run(&["policy", "run", "junk"]),
+        &["not a policy Cairn can run"],
+    );
+}
+
+#[test]
+fn one_serve_runs_per_home_and_sigterm_stops_it_between_runs() {
+    let cairn = Cairn::new();
+    add_hello(&cairn);
+    ok(&apply(&cairn, &hello_policy("{last: 1}")));
+    let serve = cairn
+        .command(&["serve"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("cairn serve starts");
+    // It runs the new policy at once; then a second serve is refused.
+    let started = std::time::Instant::now();
+    while show(&cairn)["policy"]["last_run"].is_null() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "serve never ran the policy"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    refused_with(
+        &cairn.run(&["serve", "--once"]),
+        &["another `cairn serve`", "serve.lock"],
+    );
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &serve.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(term.success());
+    let out = serve.wait_with_output().expect("serve exits");
+    ok(&out);
+    assert!(
+        stdout(&out).contains("greet: backed up hello"),
+        "{}",
+        stdout(&out)
+    );
+    // The lock went with it.
+    ok(&cairn.run(&["serve", "--once"]));
+}
