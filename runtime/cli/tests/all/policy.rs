@@ -316,3 +316,53 @@ fn one_serve_runs_per_home_and_sigterm_stops_it_between_runs() {
     // The lock went with it.
     ok(&cairn.run(&["serve", "--once"]));
 }
+
+#[test]
+fn a_policy_on_kubernetes_backs_up_each_workload_its_pattern_matches() {
+    let api = cairn_kube_fake::FakeApi::start_blocking();
+    api.namespace("shop");
+    for name in ["web-a", "web-b", "db"] {
+        api.put(
+            "/apis/apps/v1/namespaces/shop/deployments",
+            cairn_kube_fake::workload(
+                name,
+                1,
+                serde_json::json!({ "containers": [{ "name": name, "image": "busybox" }] }),
+            ),
+        );
+    }
+    let cairn = Cairn::new();
+    let kubeconfig = cairn.home.path().join("kubeconfig");
+    api.kubeconfig(&kubeconfig);
+    add_hello(&cairn);
+    let yaml = "name: web\nblueprint: hello\ntarget: kube\nnamespace: shop\nworkloads: ['web-*']\n\
+                frequency: 6h\nretention: {last: 1}\ngrants: [exec]\n";
+    ok(&apply(&cairn, yaml));
+    for _ in 0..2 {
+        let out = cairn
+            .command(&["policy", "run", "web", "--output", "json"])
+            .env("KUBECONFIG", &kubeconfig)
+            .output()
+            .expect("cairn runs");
+        ok(&out);
+        let outcome = json(&out);
+        let done: Vec<&str> = outcome["workloads"]
+            .as_array()
+            .expect("workloads")
+            .iter()
+            .filter(|w| w["restore_point"].is_string())
+            .filter_map(|w| w["workload"].as_str())
+            .collect();
+        assert_eq!(done, ["web-a", "web-b"], "{outcome}");
+    }
+    // One point per workload is kept: retention runs per workload, not across them.
+    let out = cairn.run(&["catalog", "ls", "local-restore-point", "--output", "json"]);
+    let mut kept: Vec<String> = json(&out)
+        .as_array()
+        .expect("points")
+        .iter()
+        .filter_map(|p| p["value"]["target"]["workload"].as_str().map(str::to_owned))
+        .collect();
+    kept.sort();
+    assert_eq!(kept, ["web-a", "web-b"]);
+}
