@@ -1147,16 +1147,17 @@ async fn check_markers(
     Ok(())
 }
 
-/// When the next DR run is due (at once if DR never ran); `None` while DR is not enabled.
-pub(crate) fn next_due(home: &Home) -> anyhow::Result<Option<jiff::Timestamp>> {
+/// When DR last ran and is next due (at once if it never ran); `None` while DR is not enabled.
+pub(crate) fn schedule(home: &Home) -> anyhow::Result<Option<crate::metrics::DrGauges>> {
     let catalog = crate::catalog::open(home)?;
     let Some(config) = load_config(&catalog)? else {
         return Ok(None);
     };
     let last: Option<LastRun> = load_meta(&catalog, LAST_RUN_KEY)?;
-    Ok(Some(last.map_or(jiff::Timestamp::UNIX_EPOCH, |l| {
-        config.next_due(l.time)
-    })))
+    Ok(Some(crate::metrics::DrGauges {
+        last_run: last.as_ref().map(|l| l.time),
+        next_run: last.map_or(jiff::Timestamp::UNIX_EPOCH, |l| config.next_due(l.time)),
+    }))
 }
 
 /// For `cairn serve`: `cairn dr run --if-due` with the DR blueprint `blueprint`.

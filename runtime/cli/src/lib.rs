@@ -22,6 +22,7 @@ mod catalog;
 mod dr;
 mod exports;
 mod home;
+mod metrics;
 mod policy;
 mod repo;
 mod run;

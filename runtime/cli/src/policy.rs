@@ -84,6 +84,10 @@ pub(crate) struct ServeArgs {
     /// `dr.wasm` next to the cairn executable.
     #[arg(long, env = "CAIRN_DR_BLUEPRINT", value_name = "PATH")]
     dr_blueprint: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464): each policy's
+    /// runs, last run and success, next run and restore points, and DR's.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
 }
 
 /// A policy file. Relative paths in it (a local target's inventory, export files, `file:`
@@ -955,6 +959,14 @@ pub(crate) async fn serve(args: ServeArgs, home: Option<PathBuf>) -> anyhow::Res
         .into());
     }
     let engine = crate::run::engine(&home)?;
+    let metrics = crate::metrics::Metrics::default();
+    if let Some(addr) = &args.metrics {
+        let bound = metrics
+            .listen(addr)
+            .await
+            .map_err(|e| UsageError(crate::one_line(&e)))?;
+        eprintln!("cairn: metrics at http://{bound}/metrics");
+    }
     let mut failed = false;
     let mut ran = 0;
     loop {
@@ -985,7 +997,12 @@ pub(crate) async fn serve(args: ServeArgs, home: Option<PathBuf>) -> anyhow::Res
                 continue;
             }
             ran += 1;
-            match run_policy(&policy, &engine, &home).await {
+            let outcome = run_policy(&policy, &engine, &home).await;
+            metrics.ran(
+                &policy.name,
+                outcome.as_ref().is_ok_and(|o| o.run.succeeded),
+            );
+            match outcome {
                 Ok(outcome) => {
                     outcome.print();
                     failed |= !outcome.run.succeeded;
@@ -1002,7 +1019,7 @@ pub(crate) async fn serve(args: ServeArgs, home: Option<PathBuf>) -> anyhow::Res
             }
         }
         // DR last, so that its point holds what the policies just recorded.
-        match crate::dr::next_due(&home) {
+        match crate::dr::schedule(&home).map(|s| s.map(|s| s.next_run)) {
             Ok(Some(due)) if due <= Timestamp::now() => {
                 ran += 1;
                 let blueprint = crate::dr::BlueprintArg::new(args.dr_blueprint.clone());
@@ -1013,8 +1030,8 @@ pub(crate) async fn serve(args: ServeArgs, home: Option<PathBuf>) -> anyhow::Res
                         failed = true;
                     }
                 }
-                if let Ok(Some(next)) = crate::dr::next_due(&home) {
-                    soonest = Some(soonest.map_or(next, |s| s.min(next)));
+                if let Ok(Some(s)) = crate::dr::schedule(&home) {
+                    soonest = Some(soonest.map_or(s.next_run, |t| t.min(s.next_run)));
                 }
             }
             Ok(Some(due)) => soonest = Some(soonest.map_or(due, |s| s.min(due))),
@@ -1022,6 +1039,12 @@ pub(crate) async fn serve(args: ServeArgs, home: Option<PathBuf>) -> anyhow::Res
             Err(e) => {
                 eprintln!("cairn: DR: {}", crate::one_line(&e));
                 failed = true;
+            }
+        }
+        if args.metrics.is_some() {
+            match gauges(&home) {
+                Ok((policies, dr)) => metrics.refresh(policies, dr),
+                Err(e) => eprintln!("cairn: metrics: {}", crate::one_line(&e)),
             }
         }
         if args.once {
@@ -1049,6 +1072,40 @@ pub(crate) async fn serve(args: ServeArgs, home: Option<PathBuf>) -> anyhow::Res
     }
     drop(lock);
     Ok(ExitCode::from(if failed { exit::FAILED } else { exit::OK }))
+}
+
+/// The gauges of every readable policy and of DR, as the catalog has them now.
+fn gauges(
+    home: &Home,
+) -> anyhow::Result<(
+    BTreeMap<String, crate::metrics::PolicyGauges>,
+    Option<crate::metrics::DrGauges>,
+)> {
+    let catalog = crate::catalog::open(home)?;
+    let mut policies: BTreeMap<String, crate::metrics::PolicyGauges> = catalog
+        .list(Kind::Policy)?
+        .into_iter()
+        .filter_map(|e| serde_json::from_str::<Policy>(e.value.get()).ok())
+        .map(|p| {
+            let gauges = crate::metrics::PolicyGauges {
+                last_run: p.last_run.as_ref().map(|r| (r.started, r.succeeded)),
+                next_run: next_run(&p),
+                ..Default::default()
+            };
+            (p.name, gauges)
+        })
+        .collect();
+    for point in catalog.restore_points()? {
+        if let Some(g) = point.policy.as_ref().and_then(|p| policies.get_mut(p)) {
+            g.restore_points += 1;
+            g.last_success = Some(
+                g.last_success
+                    .map_or(point.created, |t| t.max(point.created)),
+            );
+        }
+    }
+    drop(catalog);
+    Ok((policies, crate::dr::schedule(home)?))
 }
 
 /// Resolves on SIGINT or SIGTERM. Runs are never interrupted: `serve` checks between them.

@@ -278,25 +278,66 @@ fn a_policy_that_could_not_run_is_refused_naming_the_field() {
 }
 
 #[test]
-fn one_serve_runs_per_home_and_sigterm_stops_it_between_runs() {
+fn one_serve_runs_per_home_serves_metrics_and_sigterm_stops_it_between_runs() {
+    use std::io::{BufRead as _, Read as _, Write as _};
     let cairn = Cairn::new();
     add_hello(&cairn);
     ok(&apply(&cairn, &hello_policy("{last: 1}")));
-    let serve = cairn
-        .command(&["serve"])
+    let mut serve = cairn
+        .command(&["serve", "--metrics", "127.0.0.1:0"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("cairn serve starts");
-    // It runs the new policy at once; then a second serve is refused.
+    let mut stderr_lines = std::io::BufReader::new(serve.stderr.take().expect("stderr"));
+    let mut first = String::new();
+    stderr_lines.read_line(&mut first).expect("a line");
+    let addr = first
+        .trim()
+        .strip_prefix("cairn: metrics at http://")
+        .and_then(|a| a.strip_suffix("/metrics"))
+        .unwrap_or_else(|| panic!("no metrics address in {first:?}"))
+        .to_owned();
+    // Drain the rest of stderr, so the server never blocks on a full pipe.
+    let drain = std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = stderr_lines.read_to_string(&mut rest);
+        rest
+    });
+    let scrape = |path: &str| {
+        let mut stream = std::net::TcpStream::connect(&addr).expect("connect");
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: cairn\r\n\r\n").expect("send");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).expect("read");
+        response
+    };
+
+    // It runs the new policy at once, and the metrics say so; then a second serve is refused.
     let started = std::time::Instant::now();
-    while show(&cairn)["policy"]["last_run"].is_null() {
+    let want = "cairn_policy_runs_total{policy=\"greet\",result=\"succeeded\"} 1";
+    loop {
+        let response = scrape("/metrics");
+        if response.contains(want) {
+            assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+            for line in [
+                "cairn_policy_last_run_succeeded{policy=\"greet\"} 1",
+                "cairn_policy_restore_points{policy=\"greet\"} 1",
+                "cairn_dr_enabled 0",
+            ] {
+                assert!(
+                    response.lines().any(|l| l == line),
+                    "no {line:?} in {response}"
+                );
+            }
+            break;
+        }
         assert!(
             started.elapsed() < std::time::Duration::from_secs(60),
-            "serve never ran the policy"
+            "serve never reported the run: {response}"
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+    assert!(scrape("/").starts_with("HTTP/1.1 404"));
     refused_with(
         &cairn.run(&["serve", "--once"]),
         &["another `cairn serve`", "serve.lock"],
@@ -307,7 +348,8 @@ fn one_serve_runs_per_home_and_sigterm_stops_it_between_runs() {
         .expect("kill runs");
     assert!(term.success());
     let out = serve.wait_with_output().expect("serve exits");
-    ok(&out);
+    let rest = drain.join().expect("stderr drained");
+    assert!(out.status.success(), "{rest}");
     assert!(
         stdout(&out).contains("greet: backed up hello"),
         "{}",
