@@ -465,13 +465,21 @@ fn shown(t: Timestamp) -> Timestamp {
     t.round(jiff::Unit::Second).unwrap_or(t)
 }
 
-/// When a policy runs next: at once if it never ran; never while paused.
+/// When a policy runs next: at once if it never ran; never while paused; a quarter of its
+/// period after a failed run (at least a minute, at most an hour), so that a passing fault
+/// does not cost a whole period of backups.
 fn next_run(policy: &Policy) -> Option<Timestamp> {
     if policy.paused {
         return None;
     }
     Some(match &policy.last_run {
         None => policy.applied,
+        Some(run) if !run.succeeded => {
+            let period = crate::schedule::frequency_secs(&policy.frequency).unwrap_or(3_600);
+            let retry = (period / 4).clamp(60, 3_600);
+            let retry = jiff::SignedDuration::from_secs(i64::try_from(retry).unwrap_or(3_600));
+            run.started.checked_add(retry).unwrap_or(run.started)
+        }
         Some(run) => crate::schedule::next_due(&policy.frequency, run.started),
     })
 }
@@ -958,6 +966,7 @@ pub(crate) async fn serve(args: ServeArgs, home: Option<PathBuf>) -> anyhow::Res
         ))
         .into());
     }
+    let stop = Stop::install()?;
     let engine = crate::run::engine(&home)?;
     let metrics = crate::metrics::Metrics::default();
     if let Some(addr) = &args.metrics {
@@ -977,6 +986,9 @@ pub(crate) async fn serve(args: ServeArgs, home: Option<PathBuf>) -> anyhow::Res
         };
         let mut soonest: Option<Timestamp> = None;
         for entry in policies {
+            if stop.requested() {
+                break;
+            }
             let policy: Policy = match serde_json::from_str(entry.value.get()) {
                 Ok(p) => p,
                 Err(e) => {
@@ -1019,6 +1031,9 @@ pub(crate) async fn serve(args: ServeArgs, home: Option<PathBuf>) -> anyhow::Res
             }
         }
         // DR last, so that its point holds what the policies just recorded.
+        if stop.requested() {
+            break;
+        }
         match crate::dr::schedule(&home).map(|s| s.map(|s| s.next_run)) {
             Ok(Some(due)) if due <= Timestamp::now() => {
                 ran += 1;
@@ -1065,9 +1080,12 @@ pub(crate) async fn serve(args: ServeArgs, home: Option<PathBuf>) -> anyhow::Res
             .and_then(|d| Duration::try_from(d).ok())
             .unwrap_or(Duration::ZERO)
             .clamp(Duration::from_secs(1), Duration::from_secs(60));
+        if stop.requested() {
+            break;
+        }
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
-            _ = stop() => break,
+            () = stop.notify.notified() => break,
         }
     }
     drop(lock);
@@ -1108,25 +1126,93 @@ fn gauges(
     Ok((policies, crate::dr::schedule(home)?))
 }
 
-/// Resolves on SIGINT or SIGTERM. Runs are never interrupted: `serve` checks between them.
-async fn stop() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+/// Set by SIGINT or SIGTERM. The handlers are installed when `serve` starts, so a signal during
+/// a run is noted rather than fatal: the run (and its posthooks) finishes, then `serve` stops.
+struct Stop {
+    requested: std::sync::atomic::AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl Stop {
+    fn install() -> anyhow::Result<Arc<Self>> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let stop = Arc::new(Self {
+            requested: std::sync::atomic::AtomicBool::new(false),
+            notify: tokio::sync::Notify::new(),
+        });
+        let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+        let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+        let flag = stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
             }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = term => {}
+            eprintln!("cairn: stopping once the current run, if any, has finished");
+            flag.requested
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            // Stores a permit when nobody waits yet, so a sleep that starts later still wakes.
+            flag.notify.notify_one();
+        });
+        Ok(stop)
+    }
+
+    fn requested(&self) -> bool {
+        self.requested.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_run_is_retried_sooner_than_the_period() {
+        let at: Timestamp = "2026-12-05T00:00:00Z".parse().expect("a time");
+        let mut policy = Policy {
+            name: "p".into(),
+            blueprint: "b".into(),
+            target: "kube".into(),
+            namespace: "default".into(),
+            workloads: vec!["*".into()],
+            frequency: "@daily".into(),
+            retention: Retention::new().last(1),
+            params: BTreeMap::new(),
+            grants: Vec::new(),
+            secrets: BTreeMap::new(),
+            timeout: None,
+            snapshot_class: None,
+            export: None,
+            paused: false,
+            applied: at,
+            last_run: None,
+        };
+        assert_eq!(next_run(&policy), Some(at));
+        let run = |succeeded| PolicyRun {
+            started: at,
+            finished: at,
+            succeeded,
+            points: Vec::new(),
+            errors: Vec::new(),
+        };
+        policy.last_run = Some(run(true));
+        assert_eq!(
+            next_run(&policy).map(|t| t.to_string()).as_deref(),
+            Some("2026-12-05T23:55:00Z")
+        );
+        policy.last_run = Some(run(false));
+        assert_eq!(
+            next_run(&policy).map(|t| t.to_string()).as_deref(),
+            Some("2026-12-05T01:00:00Z")
+        );
+        policy.frequency = "20m".into();
+        assert_eq!(
+            next_run(&policy).map(|t| t.to_string()).as_deref(),
+            Some("2026-12-05T00:05:00Z")
+        );
+        policy.paused = true;
+        assert_eq!(next_run(&policy), None);
+    }
 
     #[test]
     fn patterns() {

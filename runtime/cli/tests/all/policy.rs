@@ -408,3 +408,67 @@ fn a_policy_on_kubernetes_backs_up_each_workload_its_pattern_matches() {
     kept.sort();
     assert_eq!(kept, ["web-a", "web-b"]);
 }
+
+#[test]
+fn sigterm_during_a_run_lets_the_run_finish() {
+    use std::io::BufRead as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    let cairn = Cairn::new();
+    add_hello(&cairn);
+    // The workload's `echo` takes two seconds, so the signal lands inside the backup.
+    let bin = cairn.home.path().join("slow-bin");
+    std::fs::create_dir(&bin).expect("mkdir");
+    let echo = bin.join("echo");
+    std::fs::write(&echo, "#!/bin/sh\nsleep 2\nexec /bin/echo \"$@\"\n").expect("write");
+    std::fs::set_permissions(&echo, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let inventory = cairn.home.path().join("inventory.yaml");
+    std::fs::write(
+        &inventory,
+        format!(
+            "namespaces:\n  default:\n    workloads:\n      hello:\n        workdir: .\n        \
+             env: {{PATH: '{}:/usr/bin:/bin'}}\n        allow: [echo]\n        replicas: 1\n",
+            bin.display()
+        ),
+    )
+    .expect("write the inventory");
+    let yaml = hello_policy("{last: 1}").replace(
+        &format!(
+            "local:{}",
+            root().join("examples/hello/inventory.yaml").display()
+        ),
+        "local:inventory.yaml",
+    );
+    ok(&apply(&cairn, &yaml));
+
+    let mut serve = cairn
+        .command(&["serve"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("cairn serve starts");
+    let mut lines = std::io::BufReader::new(serve.stderr.take().expect("stderr")).lines();
+    let started = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .any(|l| l.contains("[backup] progress: 0%"));
+    assert!(started, "the backup never started");
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &serve.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(term.success());
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let out = serve.wait_with_output().expect("serve exits");
+    assert!(out.status.success(), "{rest:?}");
+    assert!(
+        rest.iter()
+            .any(|l| l.contains("stopping once the current run")),
+        "{rest:?}"
+    );
+    assert!(
+        stdout(&out).contains("greet: backed up hello"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(show(&cairn)["policy"]["last_run"]["succeeded"], true);
+}
