@@ -406,6 +406,15 @@ async fn check(policy: &Policy, engine: &Engine, home: &Home) -> anyhow::Result<
                 .join(", ")
         )));
     }
+    // Retention removes a point's exports itself, but only the blueprint knows its volume
+    // snapshots: without a delete action they would outlive the points that name them.
+    if d.capabilities.contains(&Capability::Volumes) && !d.has_action("delete") {
+        return Err(bad(format!(
+            "blueprint {} takes volume snapshots but has no delete action, so retention could not \
+             remove them; give it a delete action, or back up with `cairn run` and delete by hand",
+            d.name
+        )));
+    }
     // Blueprints declare capabilities for all their actions together, so a policy may grant
     // fewer (those its backup and delete need); it may not grant what is never used.
     let declared: Vec<String> = d

@@ -252,3 +252,46 @@ fn a_backup_that_times_out_still_scales_the_workload_back() {
     assert_no_artifacts(&v);
     app.is_back(&cairn, &["stop", "start"]);
 }
+
+#[test]
+fn a_policy_deletes_the_volume_snapshots_of_the_points_it_no_longer_keeps() {
+    let app = App::new();
+    let cairn = Cairn::new();
+    let wasm = crate::support::wasm("quiesce");
+    crate::support::ok(&cairn.run(&["blueprint", "add", wasm.to_str().expect("utf-8 path")]));
+    let policy = app.root().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        format!(
+            "name: app\nblueprint: quiesce\ntarget: local:inventory.yaml\nworkloads: [app]\n\
+             frequency: '@daily'\nretention: {{last: 1}}\ngrants: [{GRANTS}]\n"
+        ),
+    )
+    .expect("write the policy");
+    crate::support::ok(&cairn.run(&["policy", "apply", policy.to_str().expect("utf-8 path")]));
+    let snapshots = || -> Vec<String> {
+        let mut ids: Vec<String> = std::fs::read_dir(cairn.home.path().join("cluster/snapshots"))
+            .expect("snapshots dir")
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        ids.sort();
+        ids
+    };
+    crate::support::ok(&cairn.run(&["policy", "run", "app"]));
+    let first = snapshots();
+    assert_eq!(first.len(), 1, "{first:?}");
+    let out = cairn.run(&["policy", "run", "app", "--output", "json"]);
+    crate::support::ok(&out);
+    let outcome = crate::support::json(&out);
+    assert_eq!(
+        outcome["retention"]["removed"].as_array().map(Vec::len),
+        Some(1),
+        "{outcome}"
+    );
+    // The delete action removed the first point's snapshot; the second point's remains.
+    let second = snapshots();
+    assert_eq!(second.len(), 1, "{second:?}");
+    assert_ne!(first, second);
+    app.is_back(&cairn, &["stop", "start", "stop", "start"]);
+}
