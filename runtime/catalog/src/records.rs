@@ -219,6 +219,9 @@ pub struct Blueprint {
     pub digest: String,
     /// Where the `.wasm` component is (a path or URL).
     pub wasm: String,
+    /// The capabilities the operator lets policies grant it; `None` for all it declares.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow: Option<Vec<String>>,
 }
 
 impl Record for Blueprint {

@@ -32,6 +32,10 @@ pub(crate) enum BlueprintCommand {
     Add {
         /// The blueprint component (`.wasm`).
         file: PathBuf,
+        /// The only capabilities policies and runs by name may grant it (comma-separated);
+        /// default: all it declares.
+        #[arg(long, value_name = "CAP", value_delimiter = ',')]
+        allow: Option<Vec<String>>,
         /// How to print the result.
         #[arg(long, value_enum, default_value_t)]
         output: Output,
@@ -49,11 +53,16 @@ pub(crate) enum BlueprintCommand {
 pub(crate) async fn run(cmd: BlueprintCommand, home: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     match cmd {
         BlueprintCommand::Build { dir, debug, output } => build(&dir, debug, output, home).await,
-        BlueprintCommand::Add { file, output } => {
+        BlueprintCommand::Add {
+            file,
+            allow,
+            output,
+        } => {
             let home = Home::resolve(home)?;
             let engine = crate::run::engine(&home)?;
             let blueprint = load(&engine, &file).await?;
-            add(&home, &file, &blueprint, output)?;
+            let allow = allow.map(|caps| allowed(&blueprint, &caps)).transpose()?;
+            add(&home, &file, &blueprint, allow, output)?;
             Ok(ExitCode::from(exit::OK))
         }
         BlueprintCommand::Inspect { file, output } => {
@@ -67,16 +76,19 @@ pub(crate) async fn run(cmd: BlueprintCommand, home: Option<PathBuf>) -> anyhow:
 }
 
 /// Loads `file`, or the registered blueprint it names when it is a bare name and no such file
-/// exists.
+/// exists (with its registration).
 pub(crate) async fn load_or_registered(
     engine: &cairn_engine::Engine,
     home: &Home,
     file: &Path,
-) -> anyhow::Result<cairn_engine::Blueprint> {
+) -> anyhow::Result<(cairn_engine::Blueprint, Option<cairn_catalog::Blueprint>)> {
     let bare = file.components().count() == 1 && file.extension().is_none();
     match file.to_str() {
-        Some(name) if bare && !file.exists() => registered(engine, home, name).await,
-        _ => load(engine, file).await,
+        Some(name) if bare && !file.exists() => {
+            let (blueprint, record) = registered(engine, home, name).await?;
+            Ok((blueprint, Some(record)))
+        }
+        _ => Ok((load(engine, file).await?, None)),
     }
 }
 
@@ -98,11 +110,45 @@ pub(crate) async fn load(
         .map_err(|e| UsageError(format!("blueprint {}: {e}", file.display())).into())
 }
 
+/// The capabilities of `--allow`, each one the blueprint declares.
+fn allowed(blueprint: &cairn_engine::Blueprint, caps: &[String]) -> anyhow::Result<Vec<String>> {
+    let d = blueprint.description();
+    let parsed = crate::run::parse_grants(caps)?;
+    if let Some(extra) = parsed.iter().find(|c| !d.capabilities.contains(c)) {
+        return Err(UsageError(format!(
+            "--allow {extra}: blueprint {} does not declare it, so it could never use it",
+            d.name
+        ))
+        .into());
+    }
+    Ok(parsed.iter().map(ToString::to_string).collect())
+}
+
+/// Refuses `grants` beyond what the operator allowed the registered blueprint `record`.
+pub(crate) fn check_allowed(
+    record: &cairn_catalog::Blueprint,
+    grants: &std::collections::BTreeSet<cairn_engine::Capability>,
+) -> anyhow::Result<()> {
+    let Some(allow) = &record.allow else {
+        return Ok(());
+    };
+    if let Some(extra) = grants.iter().find(|c| !allow.contains(&c.to_string())) {
+        return Err(UsageError(format!(
+            "blueprint {} was registered allowing only {} (`cairn blueprint add --allow`), not {extra}",
+            record.name,
+            if allow.is_empty() { "no capability".to_owned() } else { allow.join(", ") }
+        ))
+        .into());
+    }
+    Ok(())
+}
+
 /// Copies the component into the home under its digest and records it by name.
 fn add(
     home: &Home,
     file: &Path,
     blueprint: &cairn_engine::Blueprint,
+    allow: Option<Vec<String>>,
     output: Output,
 ) -> anyhow::Result<()> {
     let d = blueprint.description();
@@ -122,6 +168,7 @@ fn add(
         version: d.version.clone(),
         digest: blueprint.digest().to_owned(),
         wasm: kept.display().to_string(),
+        allow,
     };
     let catalog = crate::catalog::open(home)?;
     let replaced = catalog.blueprint(&d.name)?;
@@ -141,6 +188,12 @@ fn add(
                 record.version,
                 record.digest
             );
+            if let Some(allow) = &record.allow {
+                outln!(
+                    "  policies and runs by name may grant only: {}",
+                    allow.join(", ")
+                );
+            }
             if let Some(old) = replaced.filter(|old| old.digest != record.digest) {
                 outln!("  replacing {} {} ({})", old.name, old.version, old.digest);
             }
@@ -149,12 +202,13 @@ fn add(
     Ok(())
 }
 
-/// The blueprint registered as `name`, checked against the digest it was registered with.
+/// The blueprint registered as `name`, checked against the digest it was registered with, and
+/// its registration.
 pub(crate) async fn registered(
     engine: &cairn_engine::Engine,
     home: &Home,
     name: &str,
-) -> anyhow::Result<cairn_engine::Blueprint> {
+) -> anyhow::Result<(cairn_engine::Blueprint, cairn_catalog::Blueprint)> {
     let record = crate::catalog::open(home)?.blueprint(name)?.ok_or_else(|| {
         UsageError(format!(
             "no blueprint named {name:?} is registered; register it with `cairn blueprint add FILE` \
@@ -172,7 +226,7 @@ pub(crate) async fn registered(
         ))
         .into());
     }
-    Ok(blueprint)
+    Ok((blueprint, record))
 }
 
 #[derive(Serialize)]

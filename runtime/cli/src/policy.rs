@@ -391,9 +391,10 @@ async fn check(policy: &Policy, engine: &Engine, home: &Home) -> anyhow::Result<
             .map_err(|e| bad(format!("timeout {t:?}: {e} (e.g. 30m, 2h)")))?;
     }
     let grants = crate::run::parse_grants(&policy.grants).map_err(|e| bad(e.to_string()))?;
-    let blueprint = crate::blueprint::registered(engine, home, &policy.blueprint)
+    let (blueprint, record) = crate::blueprint::registered(engine, home, &policy.blueprint)
         .await
         .map_err(|e| bad(e.to_string()))?;
+    crate::blueprint::check_allowed(&record, &grants).map_err(|e| bad(e.to_string()))?;
     let d = blueprint.description();
     if !d.has_action("backup") {
         return Err(bad(format!(
@@ -667,7 +668,10 @@ async fn run_policy(policy: &Policy, engine: &Engine, home: &Home) -> anyhow::Re
 }
 
 async fn prepare(policy: &Policy, engine: &Engine, home: &Home) -> anyhow::Result<Prepared> {
-    let blueprint = crate::blueprint::registered(engine, home, &policy.blueprint).await?;
+    let (blueprint, record) = crate::blueprint::registered(engine, home, &policy.blueprint).await?;
+    let grants = crate::run::parse_grants(&policy.grants)?;
+    // The operator may have narrowed what the blueprint may do since the policy was applied.
+    crate::blueprint::check_allowed(&record, &grants)?;
     let cluster =
         crate::run::open_target(&policy.target, policy.snapshot_class.as_deref(), home).await?;
     let present = cluster
@@ -719,7 +723,7 @@ async fn prepare(policy: &Policy, engine: &Engine, home: &Home) -> anyhow::Resul
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
-        grants: crate::run::parse_grants(&policy.grants)?,
+        grants,
         secrets: crate::run::parse_secrets(&sources)?,
         artifacts: Vec::new(),
         point_values: Vec::new(),

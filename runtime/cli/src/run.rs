@@ -97,7 +97,11 @@ pub(crate) async fn run(args: RunArgs, home: Option<PathBuf>) -> anyhow::Result<
     };
     let cluster = open_target(&args.target, args.snapshot_class.as_deref(), &home).await?;
     let engine = engine(&home)?;
-    let blueprint = crate::blueprint::load_or_registered(&engine, &home, &args.file).await?;
+    let (blueprint, registration) =
+        crate::blueprint::load_or_registered(&engine, &home, &args.file).await?;
+    if let Some(record) = &registration {
+        crate::blueprint::check_allowed(record, &grants)?;
+    }
 
     let mut limits = Limits::default();
     if let Some(t) = args.timeout {

@@ -94,6 +94,7 @@ pub(crate) fn blueprint(name: &str) -> Blueprint {
         version: "1.2.0".to_owned(),
         digest: "sha256:00ff".to_owned(),
         wasm: format!("/var/lib/cairn/blueprints/{name}.wasm"),
+        allow: None,
     }
 }
 

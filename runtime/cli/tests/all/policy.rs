@@ -472,3 +472,46 @@ fn sigterm_during_a_run_lets_the_run_finish() {
     );
     assert_eq!(show(&cairn)["policy"]["last_run"]["succeeded"], true);
 }
+
+#[test]
+fn the_operator_bounds_what_policies_and_runs_by_name_may_grant() {
+    let cairn = Cairn::new();
+    let hello = hello_wasm().to_str().expect("utf-8 path");
+    refused_with(
+        &cairn.run(&["blueprint", "add", hello, "--allow", "scale"]),
+        &["--allow scale", "does not declare it"],
+    );
+    let out = cairn.run(&["blueprint", "add", hello, "--allow", ""]);
+    ok(&out);
+    assert!(
+        stdout(&out).contains("may grant only: none"),
+        "{}",
+        stdout(&out)
+    );
+    // Registered allowing nothing: a policy granting exec is refused, and so is a run by name.
+    refused_with(
+        &apply(&cairn, &hello_policy("{last: 1}")),
+        &["registered allowing only no capability", "not exec"],
+    );
+    let run = [
+        "run",
+        "hello",
+        "--action",
+        "backup",
+        "--target",
+        crate::support::HELLO_INVENTORY,
+        "--workload",
+        "hello",
+        "--grant",
+        "exec",
+    ];
+    refused_with(&cairn.run(&run), &["not exec"]);
+    // Allowed again, both work; narrowing it later stops the policy's next run.
+    ok(&cairn.run(&["blueprint", "add", hello, "--allow", "exec"]));
+    ok(&apply(&cairn, &hello_policy("{last: 1}")));
+    ok(&cairn.run(&run));
+    ok(&cairn.run(&["blueprint", "add", hello, "--allow", ""]));
+    let out = cairn.run(&["policy", "run", "greet"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stdout(&out).contains("not exec"), "{}", stdout(&out));
+}
