@@ -189,10 +189,12 @@ fn add(
                 record.digest
             );
             if let Some(allow) = &record.allow {
-                outln!(
-                    "  policies and runs by name may grant only: {}",
+                let allow = if allow.is_empty() {
+                    "none".to_owned()
+                } else {
                     allow.join(", ")
-                );
+                };
+                outln!("  policies and runs by name may grant only: {allow}");
             }
             if let Some(old) = replaced.filter(|old| old.digest != record.digest) {
                 outln!("  replacing {} {} ({})", old.name, old.version, old.digest);
