@@ -217,6 +217,14 @@ pub(crate) async fn registered(
              (`cairn catalog ls blueprint` lists those that are)"
         ))
     })?;
+    if !Path::new(&record.wasm).is_file() {
+        return Err(UsageError(format!(
+            "blueprint {name:?} is registered, but its component {} is missing (a DR restore brings \
+             registrations back, not components); register it again with `cairn blueprint add FILE`",
+            record.wasm
+        ))
+        .into());
+    }
     let blueprint = load(engine, Path::new(&record.wasm)).await?;
     if blueprint.digest() != record.digest {
         return Err(UsageError(format!(

@@ -109,9 +109,24 @@ fn a_policy_backs_up_its_workloads_and_keeps_what_its_retention_says() {
         stderr(&out)
     );
 
-    // Applying the policy again keeps how its last run went; deleting it keeps its points.
+    // A registration whose component went missing (as after a DR restore elsewhere) says
+    // what to do.
+    for kept in std::fs::read_dir(cairn.home.path().join("blueprints")).expect("blueprints dir") {
+        std::fs::remove_file(kept.expect("an entry").path()).expect("remove");
+    }
+    let out = cairn.run(&["policy", "run", "greet"]);
+    assert!(
+        stdout(&out).contains("its component") && stdout(&out).contains("cairn blueprint add"),
+        "{}",
+        stdout(&out)
+    );
+    add_hello(&cairn);
+
+    // Applying the policy again keeps how its last run went (that failed one); deleting it
+    // keeps its points.
+    assert_eq!(show(&cairn)["policy"]["last_run"]["succeeded"], false);
     ok(&apply(&cairn, &hello_policy("{last: 5}")));
-    assert_eq!(show(&cairn)["policy"]["last_run"]["succeeded"], true);
+    assert_eq!(show(&cairn)["policy"]["last_run"]["succeeded"], false);
     ok(&cairn.run(&["policy", "delete", "greet"]));
     let out = cairn.run(&["catalog", "ls", "local-restore-point", "--output", "json"]);
     assert_eq!(json(&out).as_array().map(Vec::len), Some(2));
