@@ -64,6 +64,28 @@ pub(crate) enum PolicyCommand {
         /// The policy's name.
         name: String,
     },
+    /// Restore a workload from a restore point the policy made (its newest, or --point), with
+    /// the policy's target, parameters, secrets and repository.
+    Restore {
+        /// The policy's name.
+        name: String,
+        /// The workload to restore.
+        #[arg(long, short = 'w')]
+        workload: String,
+        /// The restore point; default: the policy's newest for the workload.
+        #[arg(long, value_name = "ID")]
+        point: Option<String>,
+        /// Capabilities the restore needs beyond the policy's grants (repeatable or
+        /// comma-separated), e.g. import, scale, workloads.
+        #[arg(long = "grant", short = 'g', value_name = "CAP", value_delimiter = ',')]
+        grants: Vec<String>,
+        /// A parameter for the restore, NAME=VALUE, over the policy's (repeatable).
+        #[arg(long = "param", short = 'p', value_name = "NAME=VALUE")]
+        params: Vec<String>,
+        /// How to print the result.
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
     /// Run a policy now, whether due or paused: back up its workloads, then apply retention.
     Run {
         /// The policy's name.
@@ -247,6 +269,24 @@ pub(crate) async fn run(cmd: PolicyCommand, home: Option<PathBuf>) -> anyhow::Re
             }
             outln!("policy {name} deleted; its restore points stay");
             Ok(ExitCode::from(exit::OK))
+        }
+        PolicyCommand::Restore {
+            name,
+            workload,
+            point,
+            grants,
+            params,
+            output,
+        } => {
+            let policy = load(&crate::catalog::open(&home)?, &name)?;
+            let engine = crate::run::engine(&home)?;
+            let restore = Restore {
+                workload,
+                point,
+                grants,
+                params,
+            };
+            restore.run(&policy, &engine, &home, output).await
         }
         PolicyCommand::Run { name, output } => {
             let policy = load(&crate::catalog::open(&home)?, &name)?;
@@ -627,6 +667,8 @@ impl Outcome {
 /// Everything a run needs that does not change between its workloads.
 struct Prepared {
     blueprint: cairn_engine::Blueprint,
+    /// Its registration, with what the operator allows it.
+    registration: cairn_catalog::Blueprint,
     cluster: Arc<dyn cairn_cluster::Cluster>,
     exports: Arc<crate::exports::RepoExports>,
     repository: String,
@@ -668,10 +710,11 @@ async fn run_policy(policy: &Policy, engine: &Engine, home: &Home) -> anyhow::Re
 }
 
 async fn prepare(policy: &Policy, engine: &Engine, home: &Home) -> anyhow::Result<Prepared> {
-    let (blueprint, record) = crate::blueprint::registered(engine, home, &policy.blueprint).await?;
+    let (blueprint, registration) =
+        crate::blueprint::registered(engine, home, &policy.blueprint).await?;
     let grants = crate::run::parse_grants(&policy.grants)?;
     // The operator may have narrowed what the blueprint may do since the policy was applied.
-    crate::blueprint::check_allowed(&record, &grants)?;
+    crate::blueprint::check_allowed(&registration, &grants)?;
     let cluster =
         crate::run::open_target(&policy.target, policy.snapshot_class.as_deref(), home).await?;
     let present = cluster
@@ -731,12 +774,116 @@ async fn prepare(policy: &Policy, engine: &Engine, home: &Home) -> anyhow::Resul
     };
     Ok(Prepared {
         blueprint,
+        registration,
         cluster,
         exports,
         repository,
         request,
         workloads,
     })
+}
+
+/// `cairn policy restore`: what it adds to the policy.
+struct Restore {
+    workload: String,
+    point: Option<String>,
+    grants: Vec<String>,
+    params: Vec<String>,
+}
+
+impl Restore {
+    async fn run(
+        self,
+        policy: &Policy,
+        engine: &Engine,
+        home: &Home,
+        output: Output,
+    ) -> anyhow::Result<ExitCode> {
+        let prepared = prepare(policy, engine, home).await?;
+        if !prepared.workloads.contains(&self.workload) {
+            return Err(UsageError(format!(
+                "policy {} protects {}, not {}",
+                policy.name,
+                prepared.workloads.join(", "),
+                self.workload
+            ))
+            .into());
+        }
+        let catalog = crate::catalog::open(home)?;
+        let point = match &self.point {
+            Some(id) => catalog.restore_point(id)?.ok_or_else(|| {
+                UsageError(format!(
+                    "--point {id}: no such restore point; `cairn policy show {}` lists the policy's",
+                    policy.name
+                ))
+            })?,
+            None => catalog
+                .restore_points()?
+                .into_iter()
+                .filter(|p| {
+                    p.policy.as_deref() == Some(&policy.name)
+                        && p.target.workload.as_deref() == Some(&self.workload)
+                })
+                .max_by_key(|p| p.created)
+                .ok_or_else(|| {
+                    UsageError(format!(
+                        "policy {} has no restore point of {} yet; `cairn policy run {}` makes one",
+                        policy.name, self.workload, policy.name
+                    ))
+                })?,
+        };
+        if point.policy.as_deref() != Some(&policy.name)
+            || point.target.workload.as_deref() != Some(&self.workload)
+        {
+            return Err(UsageError(format!(
+                "restore point {} is not one of policy {}'s for {}; restore it with `cairn run ... --from-point {}`",
+                point.id, policy.name, self.workload, point.id
+            ))
+            .into());
+        }
+        let (artifacts, point_values) = crate::catalog::point_outputs(&catalog, &point.id)?;
+        drop(catalog);
+        let mut request = RunRequest {
+            action: "restore".to_owned(),
+            workload: Some(self.workload.clone()),
+            artifacts,
+            point_values,
+            ..prepared.request.clone()
+        };
+        request
+            .grants
+            .extend(crate::run::parse_grants(&self.grants)?);
+        crate::blueprint::check_allowed(&prepared.registration, &request.grants)?;
+        for (k, v) in crate::run::parse_params(&self.params)? {
+            request.params.retain(|(name, _)| *name != k);
+            request.params.push((k, v));
+        }
+        let execution = Execution {
+            home,
+            engine,
+            blueprint: &prepared.blueprint,
+            cluster: prepared.cluster.clone(),
+            exports: prepared.exports.clone(),
+            repository: &prepared.repository,
+            policy: Some(&policy.name),
+            used_point: Some(&point.id),
+        };
+        let (report, _) = execution
+            .execute(request, |report| crate::run::print_report(report, output))
+            .await?;
+        if report.ok {
+            return Ok(ExitCode::from(exit::OK));
+        }
+        if output == Output::Text {
+            eprintln!(
+                "cairn: the restore of {} from {} failed: {}",
+                self.workload,
+                point.id,
+                report.error.as_deref().unwrap_or("unknown error")
+            );
+        }
+        Ok(ExitCode::from(exit::FAILED))
+    }
 }
 
 /// Whether `name` matches `pattern`, where `*` stands for any run of characters.

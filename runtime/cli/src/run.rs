@@ -296,7 +296,7 @@ pub(crate) fn parse_grants(raw: &[String]) -> anyhow::Result<BTreeSet<Capability
         .collect()
 }
 
-fn parse_params(raw: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+pub(crate) fn parse_params(raw: &[String]) -> anyhow::Result<Vec<(String, String)>> {
     raw.iter()
         .map(|p| match p.split_once('=') {
             Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
@@ -398,7 +398,7 @@ struct JsonReport<'a> {
     phases: &'a [cairn_engine::PhaseReport],
 }
 
-fn print_report(report: &cairn_engine::RunReport, output: Output) -> anyhow::Result<()> {
+pub(crate) fn print_report(report: &cairn_engine::RunReport, output: Output) -> anyhow::Result<()> {
     match output {
         Output::Json => {
             let view = JsonReport {

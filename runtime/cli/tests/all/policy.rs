@@ -109,6 +109,40 @@ fn a_policy_backs_up_its_workloads_and_keeps_what_its_retention_says() {
         stderr(&out)
     );
 
+    // The policy restores its newest point of a workload, or the one named.
+    let out = cairn.run(&["policy", "restore", "greet", "-w", "hello"]);
+    ok(&out);
+    assert!(
+        stderr(&out).contains("says again: hi, world"),
+        "{}",
+        stderr(&out)
+    );
+    ok(&cairn.run(&[
+        "policy", "restore", "greet", "-w", "hello", "--point", &made[1],
+    ]));
+    refused_with(
+        &cairn.run(&[
+            "policy", "restore", "greet", "-w", "hello", "--point", &made[0],
+        ]),
+        &["no such restore point"],
+    );
+    refused_with(
+        &cairn.run(&["policy", "restore", "greet", "-w", "db"]),
+        &["policy greet protects hello, not db"],
+    );
+    let out = cairn.run(&["catalog", "ls", "action", "--output", "json"]);
+    let restores = json(&out)
+        .as_array()
+        .expect("actions")
+        .iter()
+        .filter(|a| a["value"]["action"] == "restore")
+        .map(|a| a["value"]["restore_point"].clone())
+        .collect::<Vec<_>>();
+    assert!(
+        restores.contains(&serde_json::json!(made[1])),
+        "{restores:?}"
+    );
+
     // A registration whose component went missing (as after a DR restore elsewhere) says
     // what to do.
     for kept in std::fs::read_dir(cairn.home.path().join("blueprints")).expect("blueprints dir") {

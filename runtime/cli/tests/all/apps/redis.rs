@@ -370,18 +370,17 @@ fn a_policy_keeps_its_newest_exports_and_forgets_the_rest() {
         "{kept:?}"
     );
 
-    // The newest point restores the dataset as the last run saw it.
+    // The policy restores its newest point: the dataset as the last run saw it.
     redis.cli(&["FLUSHALL"]);
-    let out = redis.h.run(
-        &cairn,
+    let out = cairn.run(&[
+        "policy",
         "restore",
-        &[
-            "--from-point",
-            &points[2],
-            "--grant",
-            "exec,import,workloads,scale",
-        ],
-    );
+        "cache",
+        "--workload",
+        "redis",
+        "--grant",
+        "import,workloads,scale",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(redis.cli(&["GET", "generation"]).trim(), "2");
     assert_eq!(redis.key_count(), TOTAL_KEYS + 1);
