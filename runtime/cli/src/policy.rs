@@ -614,6 +614,15 @@ struct WorkloadOutcome {
     error: Option<String>,
 }
 
+impl WorkloadOutcome {
+    /// Its error as the run's errors list it.
+    fn failure(&self) -> Option<String> {
+        self.error
+            .as_ref()
+            .map(|e| format!("{}: {e}", self.workload))
+    }
+}
+
 #[derive(Debug, Default, Serialize)]
 struct RetentionOutcome {
     kept: usize,
@@ -653,12 +662,12 @@ impl Outcome {
                 }
             ),
         }
-        for e in self
-            .run
-            .errors
-            .iter()
-            .filter(|e| !self.workloads.iter().any(|w| w.error.as_ref() == Some(*e)))
-        {
+        for e in self.run.errors.iter().filter(|e| {
+            !self
+                .workloads
+                .iter()
+                .any(|w| w.failure().as_ref() == Some(*e))
+        }) {
             outln!("{}: {e}", self.policy);
         }
     }
@@ -947,7 +956,7 @@ async fn back_up_and_retain(
         .collect();
     let mut errors: Vec<String> = workloads
         .iter()
-        .filter_map(|w| w.error.as_ref().map(|e| format!("{}: {e}", w.workload)))
+        .filter_map(WorkloadOutcome::failure)
         .collect();
     let retention = match retain(policy, &execution, &prepared.request, &succeeded).await {
         Ok((retention, failures)) => {
