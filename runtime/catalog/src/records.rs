@@ -254,9 +254,14 @@ pub struct Policy {
     /// The namespace of the workloads.
     #[serde(default = "default_namespace")]
     pub namespace: String,
-    /// The workloads it protects: names, or patterns with `*`. Each matching workload is backed
-    /// up by its own run and keeps its own restore points.
+    /// The workloads it protects: names, or patterns with `*` (every workload when empty, if a
+    /// selector is given). Each matching workload is backed up by its own run and keeps its own
+    /// restore points.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub workloads: Vec<String>,
+    /// Labels a workload must all have to be protected (as a Kubernetes `matchLabels`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub selector: BTreeMap<String, String>,
     /// How often it runs: `@hourly`, `@daily`, `@weekly`, or an interval like `6h`.
     pub frequency: String,
     /// What it keeps of its restore points, per workload.

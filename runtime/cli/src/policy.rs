@@ -137,7 +137,10 @@ struct PolicyFile {
     target: String,
     #[serde(default)]
     namespace: Option<String>,
+    #[serde(default)]
     workloads: Vec<String>,
+    #[serde(default)]
+    selector: BTreeMap<String, String>,
     frequency: String,
     retention: Retention,
     #[serde(default)]
@@ -192,12 +195,12 @@ pub(crate) async fn run(cmd: PolicyCommand, home: Option<PathBuf>) -> anyhow::Re
             match output {
                 Output::Json => outln!("{}", serde_json::to_string_pretty(&policy)?),
                 Output::Text => outln!(
-                    "policy {} applied: {} on {} {}/{{{}}}, {}; next run {}",
+                    "policy {} applied: {} on {} namespace {} ({}), {}; next run {}",
                     policy.name,
                     policy.blueprint,
                     policy.target,
                     policy.namespace,
-                    policy.workloads.join(","),
+                    selection(&policy),
                     policy.frequency,
                     next_run(&policy)
                         .map_or_else(|| "when resumed".to_owned(), |t| shown(t).to_string())
@@ -378,6 +381,7 @@ fn read_policy_file(file: &Path) -> anyhow::Result<Policy> {
         target,
         namespace: f.namespace.unwrap_or_else(|| "default".to_owned()),
         workloads: f.workloads,
+        selector: f.selector,
         frequency: f.frequency,
         retention: f.retention,
         params: f
@@ -420,9 +424,10 @@ async fn check(policy: &Policy, engine: &Engine, home: &Home) -> anyhow::Result<
             "its retention keeps nothing: set at least one of last, hourly, daily, weekly, monthly, yearly, within (e.g. `retention: {last: 7}`)".into(),
         ));
     }
-    if policy.workloads.is_empty() {
+    if policy.workloads.is_empty() && policy.selector.is_empty() {
         return Err(bad(
-            "it names no workloads: list names or patterns (`workloads: [db]`, `[db-*]`, `['*']`)"
+            "it selects no workloads: list names or patterns (`workloads: [db]`, `[db-*]`, `['*']`), \
+             or labels (`selector: {app: db}`)"
                 .into(),
         ));
     }
@@ -583,12 +588,12 @@ impl Listed {
             Some(r) => format!("last {} FAILED", shown(r.started)),
         };
         format!(
-            "{:<24} {:<12} {:<10} {}/{}  {next}  {last}",
+            "{:<24} {:<12} {:<10} {}: {}  {next}  {last}",
             p.name,
             p.blueprint,
             p.frequency,
             p.namespace,
-            p.workloads.join(",")
+            selection(p)
         )
     }
 }
@@ -736,16 +741,17 @@ async fn prepare(policy: &Policy, engine: &Engine, home: &Home) -> anyhow::Resul
             )
         })?;
     let names: BTreeSet<&str> = present.iter().map(|w| w.reference.name.as_str()).collect();
-    let workloads: Vec<String> = names
+    let mut workloads: Vec<String> = present
         .iter()
-        .filter(|n| policy.workloads.iter().any(|p| matches(p, n)))
-        .map(|n| (*n).to_owned())
+        .filter(|w| selects(policy, &w.reference.name, &w.labels))
+        .map(|w| w.reference.name.clone())
         .collect();
+    workloads.sort();
     if workloads.is_empty() {
         return Err(UsageError(format!(
             "no workload of namespace {} matches {}; it has: {}",
             policy.namespace,
-            policy.workloads.join(", "),
+            selection(policy),
             if names.is_empty() {
                 "none".to_owned()
             } else {
@@ -892,6 +898,34 @@ impl Restore {
             );
         }
         Ok(ExitCode::from(exit::FAILED))
+    }
+}
+
+/// Whether the policy protects the workload `name` with `labels`: a name pattern matches (or
+/// there are none) and it has every label of the selector.
+fn selects(policy: &Policy, name: &str, labels: &BTreeMap<String, String>) -> bool {
+    (policy.workloads.is_empty() || policy.workloads.iter().any(|p| matches(p, name)))
+        && policy
+            .selector
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// The policy's selection, for messages: `db-*, cache` and/or `app=db`.
+fn selection(policy: &Policy) -> String {
+    let labels: Vec<String> = policy
+        .selector
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    match (policy.workloads.is_empty(), labels.is_empty()) {
+        (false, true) => policy.workloads.join(", "),
+        (true, _) => format!("labels {}", labels.join(",")),
+        (false, false) => format!(
+            "{} with labels {}",
+            policy.workloads.join(", "),
+            labels.join(",")
+        ),
     }
 }
 
@@ -1179,6 +1213,10 @@ pub(crate) async fn serve(args: ServeArgs, home: Option<PathBuf>) -> anyhow::Res
             }
             ran += 1;
             let outcome = run_policy(&policy, &engine, &home).await;
+            // The gauges first, so that a scrape that sees the run counted sees its outcome.
+            if args.metrics.is_some() {
+                refresh(&metrics, &home);
+            }
             metrics.ran(
                 &policy.name,
                 outcome.as_ref().is_ok_and(|o| o.run.succeeded),
@@ -1226,10 +1264,7 @@ pub(crate) async fn serve(args: ServeArgs, home: Option<PathBuf>) -> anyhow::Res
             }
         }
         if args.metrics.is_some() {
-            match gauges(&home) {
-                Ok((policies, dr)) => metrics.refresh(policies, dr),
-                Err(e) => eprintln!("cairn: metrics: {}", crate::one_line(&e)),
-            }
+            refresh(&metrics, &home);
         }
         if args.once {
             if ran == 0 {
@@ -1259,6 +1294,15 @@ pub(crate) async fn serve(args: ServeArgs, home: Option<PathBuf>) -> anyhow::Res
     }
     drop(lock);
     Ok(ExitCode::from(if failed { exit::FAILED } else { exit::OK }))
+}
+
+/// Sets the gauges to what the catalog says now; a failure to read it is reported, and the
+/// previous gauges stay.
+fn refresh(metrics: &crate::metrics::Metrics, home: &Home) {
+    match gauges(home) {
+        Ok((policies, dr)) => metrics.refresh(policies, dr),
+        Err(e) => eprintln!("cairn: metrics: {}", crate::one_line(&e)),
+    }
 }
 
 /// The gauges of every readable policy and of DR, as the catalog has them now.
@@ -1344,6 +1388,7 @@ mod tests {
             target: "kube".into(),
             namespace: "default".into(),
             workloads: vec!["*".into()],
+            selector: BTreeMap::new(),
             frequency: "@daily".into(),
             retention: Retention::new().last(1),
             params: BTreeMap::new(),
@@ -1381,6 +1426,52 @@ mod tests {
         );
         policy.paused = true;
         assert_eq!(next_run(&policy), None);
+    }
+
+    #[test]
+    fn selectors_and_patterns_must_both_match() {
+        let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let policy = |workloads: &[&str], selector: &[(&str, &str)]| Policy {
+            workloads: workloads.iter().map(|w| (*w).to_owned()).collect(),
+            selector: labels(selector),
+            ..serde_json::from_value(serde_json::json!({
+                "name": "p", "blueprint": "b", "target": "kube", "workloads": [],
+                "frequency": "@daily", "retention": {"last": 1}, "applied": "2026-12-05T00:00:00Z"
+            }))
+            .expect("a policy")
+        };
+        let db = labels(&[("app", "db"), ("tier", "data")]);
+        assert!(selects(&policy(&[], &[("app", "db")]), "orders", &db));
+        assert!(!selects(&policy(&[], &[("app", "web")]), "orders", &db));
+        assert!(selects(
+            &policy(&["ord*"], &[("tier", "data")]),
+            "orders",
+            &db
+        ));
+        assert!(!selects(
+            &policy(&["web-*"], &[("tier", "data")]),
+            "orders",
+            &db
+        ));
+        assert!(selects(
+            &policy(&["orders"], &[]),
+            "orders",
+            &BTreeMap::new()
+        ));
+        assert!(!selects(
+            &policy(&[], &[("app", "db")]),
+            "orders",
+            &BTreeMap::new()
+        ));
+        assert_eq!(
+            selection(&policy(&["a", "b*"], &[("app", "db")])),
+            "a, b* with labels app=db"
+        );
     }
 
     #[test]

@@ -56,6 +56,7 @@ pub(crate) async fn run(args: WorkloadsArgs, home: Option<PathBuf>) -> anyhow::R
                             "name": p.name, "ready": p.ready, "containers": p.containers,
                         })).collect::<Vec<_>>(),
                         "volumes": w.volumes.iter().map(|v| &v.name).collect::<Vec<_>>(),
+                        "labels": w.labels,
                     })
                 })
                 .collect();
@@ -65,7 +66,7 @@ pub(crate) async fn run(args: WorkloadsArgs, home: Option<PathBuf>) -> anyhow::R
             outln!("namespace {} has no workloads", args.namespace);
         }
         Output::Text => {
-            let rows: Vec<[String; 5]> = workloads
+            let rows: Vec<[String; 6]> = workloads
                 .iter()
                 .map(|w| {
                     let pods: Vec<String> = w
@@ -83,10 +84,15 @@ pub(crate) async fn run(args: WorkloadsArgs, home: Option<PathBuf>) -> anyhow::R
                         format!("{}/{}", w.ready_replicas, w.replicas),
                         pods.join(", "),
                         volumes.join(", "),
+                        w.labels
+                            .iter()
+                            .map(|(k, v)| format!("{k}={v}"))
+                            .collect::<Vec<_>>()
+                            .join(","),
                     ]
                 })
                 .collect();
-            let header = ["NAME", "KIND", "READY", "PODS", "VOLUMES"].map(str::to_owned);
+            let header = ["NAME", "KIND", "READY", "PODS", "VOLUMES", "LABELS"].map(str::to_owned);
             let mut widths = header.clone().map(|h| h.len());
             for row in &rows {
                 for (w, cell) in widths.iter_mut().zip(row) {

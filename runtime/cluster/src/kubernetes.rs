@@ -19,6 +19,7 @@
 //!   `WORKLOAD-stopped`, made from the workload's pod template while it is at zero replicas:
 //!   the container asked for, with its image and volumes, kept alive by `sleep`.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
@@ -30,7 +31,7 @@ use k8s_openapi::api::core::v1::{
     Namespace, PersistentVolumeClaim, PersistentVolumeClaimVolumeSource, Pod as KubePod, PodSpec,
     PodTemplateSpec, Volume as PodVolume,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Status};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, Status};
 use kube::api::{
     Api, ApiResource, AttachParams, DeleteParams, DynamicObject, ListParams, Patch, PatchParams,
     PostParams,
@@ -278,6 +279,7 @@ impl KubeCluster {
                 .into_iter()
                 .map(|name| Volume { name, bytes: None })
                 .collect(),
+            labels: found.labels.clone(),
         })
     }
 
@@ -633,6 +635,8 @@ where
 /// A Deployment or StatefulSet, reduced to what the seam needs.
 struct Found {
     name: String,
+    /// The workload's own labels.
+    labels: BTreeMap<String, String>,
     kind: WorkloadKind,
     replicas: u32,
     ready_replicas: u32,
@@ -651,7 +655,7 @@ impl Found {
         let spec = d.spec.unwrap_or_default();
         let status = d.status.unwrap_or_default();
         Self::new(
-            d.metadata.name.unwrap_or_default(),
+            d.metadata,
             WorkloadKind::Deployment,
             (spec.replicas, status.ready_replicas),
             Some(spec.selector),
@@ -670,7 +674,7 @@ impl Found {
             .filter_map(|t| t.metadata.name)
             .collect();
         Self::new(
-            s.metadata.name.unwrap_or_default(),
+            s.metadata,
             WorkloadKind::StatefulSet,
             (spec.replicas, status.ready_replicas),
             Some(spec.selector),
@@ -680,7 +684,7 @@ impl Found {
     }
 
     fn new(
-        name: String,
+        meta: ObjectMeta,
         kind: WorkloadKind,
         (replicas, ready): (Option<i32>, Option<i32>),
         selector: Option<LabelSelector>,
@@ -689,7 +693,8 @@ impl Found {
     ) -> Self {
         let pod = template.spec.as_ref();
         Self {
-            name,
+            name: meta.name.unwrap_or_default(),
+            labels: meta.labels.unwrap_or_default(),
             kind,
             // Kubernetes defaults a missing count to one.
             replicas: count(replicas.unwrap_or(1)),

@@ -15,6 +15,7 @@ mod kubernetes;
 mod local;
 mod pipes;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -105,6 +106,8 @@ pub struct Workload {
     pub pods: Vec<Pod>,
     /// Its volumes.
     pub volumes: Vec<Volume>,
+    /// Its labels: a Kubernetes workload's own (not its pods'), a local workload's `labels`.
+    pub labels: BTreeMap<String, String>,
 }
 
 /// A point-in-time copy of one volume.
@@ -359,6 +362,7 @@ pub(crate) fn workload_json(w: &Workload, containers: &[String]) -> serde_json::
         "pods": w.pods.iter().map(|p| p.name.clone()).collect::<Vec<_>>(),
         "containers": containers,
         "volumes": w.volumes.iter().map(|v| v.name.clone()).collect::<Vec<_>>(),
+        "labels": w.labels,
     })
 }
 

@@ -27,6 +27,7 @@
 //!         ready: [sh, -c, "..."]   # optional readiness probe
 //!         volumes:
 //!           data: ./data       # volume name -> directory
+//!         labels: {app: hello} # optional: what policies' selectors match
 //! ```
 //!
 //! | field | meaning |
@@ -41,6 +42,7 @@
 //! | `start` | A command (`[program, args...]`; the program is a bare name looked up on `PATH`, an absolute path, or a path relative to `workdir` such as `./start.sh`) run (in `workdir`, timeout 2 minutes) when the workload is scaled from 0 to 1 or more; a non-zero exit fails the scale with the tail of its output. Its output goes to `<state_dir>/logs/<ns>.<workload>.start.log`, so it may start a daemon in the background. |
 //! | `stop` | The same, when scaled to 0 (`<ns>.<workload>.stop.log`). |
 //! | `ready` | A readiness probe: the workload's pods are ready while it exits 0 (it gets 10 seconds). Without it, a workload is ready when it has replicas. |
+//! | `labels` | The workload's labels, as a Kubernetes workload has them: a policy's `selector` matches them. |
 //! | `volumes.<name>` | A directory, relative to the inventory file's directory and inside it (no absolute paths, no `..`, no symlink out of it), that must exist and must not overlap the state directory. |
 //!
 //! # Processes
@@ -163,6 +165,7 @@ struct LocalWorkload {
     stop: Option<Vec<String>>,
     ready: Option<Vec<String>>,
     volumes: BTreeMap<String, Arc<LocalVolume>>,
+    labels: BTreeMap<String, String>,
     /// Serializes scales of this workload (start/stop commands must not interleave).
     scale_lock: tokio::sync::Mutex<()>,
 }
@@ -561,6 +564,7 @@ fn describe(w: &LocalWorkload, replicas: u32, ready: bool) -> Workload {
                 bytes: None,
             })
             .collect(),
+        labels: w.labels.clone(),
     }
 }
 
@@ -640,6 +644,7 @@ fn build_workload(
         containers: spec.containers,
         workdir,
         env: spec.env,
+        labels: spec.labels,
         allow: spec.allow,
         start: spec.start,
         stop: spec.stop,

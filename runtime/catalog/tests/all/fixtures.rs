@@ -105,6 +105,7 @@ pub(crate) fn policy(name: &str) -> Policy {
         target: "kube".to_owned(),
         namespace: "shop".to_owned(),
         workloads: vec!["db-*".to_owned()],
+        selector: BTreeMap::from([("tier".to_owned(), "data".to_owned())]),
         frequency: "@hourly".to_owned(),
         retention: Retention {
             hourly: 24,

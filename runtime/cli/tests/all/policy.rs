@@ -263,7 +263,7 @@ fn a_policy_that_could_not_run_is_refused_naming_the_field() {
         (
             "workloads: ['hel*']",
             "workloads: []",
-            &["names no workloads"],
+            &["selects no workloads"],
         ),
         (
             "params: {greeting: hi}",
@@ -301,6 +301,17 @@ fn a_policy_that_could_not_run_is_refused_naming_the_field() {
         stdout(&out)
     );
     assert_eq!(show(&cairn)["policy"]["last_run"]["succeeded"], false);
+    // So does a selector; one that matches the workload's labels (app=hello) selects it.
+    let by_label = base.replacen("workloads: ['hel*']", "selector: {app: nope}", 1);
+    ok(&apply(&cairn, &by_label));
+    let out = cairn.run(&["policy", "run", "greet"]);
+    assert!(
+        stdout(&out).contains("matches labels app=nope; it has: hello"),
+        "{}",
+        stdout(&out)
+    );
+    ok(&apply(&cairn, &by_label.replacen("nope", "hello", 1)));
+    ok(&cairn.run(&["policy", "run", "greet"]));
 
     // A record that is not a policy (stored by hand) is listed as unreadable, not fatal.
     let file = cairn.home.path().join("junk.json");
@@ -412,15 +423,14 @@ fn one_serve_runs_per_home_serves_metrics_and_sigterm_stops_it_between_runs() {
 fn a_policy_on_kubernetes_backs_up_each_workload_its_pattern_matches() {
     let api = cairn_kube_fake::FakeApi::start_blocking();
     api.namespace("shop");
-    for name in ["web-a", "web-b", "db"] {
-        api.put(
-            "/apis/apps/v1/namespaces/shop/deployments",
-            cairn_kube_fake::workload(
-                name,
-                1,
-                serde_json::json!({ "containers": [{ "name": name, "image": "busybox" }] }),
-            ),
+    for (name, tier) in [("web-a", "front"), ("web-b", "front"), ("db", "data")] {
+        let mut workload = cairn_kube_fake::workload(
+            name,
+            1,
+            serde_json::json!({ "containers": [{ "name": name, "image": "busybox" }] }),
         );
+        workload["metadata"]["labels"] = serde_json::json!({ "tier": tier });
+        api.put("/apis/apps/v1/namespaces/shop/deployments", workload);
     }
     let cairn = Cairn::new();
     let kubeconfig = cairn.home.path().join("kubeconfig");
@@ -446,12 +456,29 @@ fn a_policy_on_kubernetes_backs_up_each_workload_its_pattern_matches() {
             .collect();
         assert_eq!(done, ["web-a", "web-b"], "{outcome}");
     }
+    // A selector picks workloads by their labels.
+    let yaml = "name: data\nblueprint: hello\ntarget: kube\nnamespace: shop\n\
+                selector: {tier: data}\nfrequency: 6h\nretention: {last: 1}\ngrants: [exec]\n";
+    ok(&apply(&cairn, yaml));
+    let out = cairn
+        .command(&["policy", "run", "data", "--output", "json"])
+        .env("KUBECONFIG", &kubeconfig)
+        .output()
+        .expect("cairn runs");
+    ok(&out);
+    assert_eq!(json(&out)["workloads"][0]["workload"], "db");
+    assert_eq!(json(&out)["workloads"].as_array().map(Vec::len), Some(1));
+    ok(&cairn.run(&["policy", "delete", "data"]));
+    let out = cairn.run(&["policy", "list"]);
+    assert!(!stdout(&out).contains("data"), "{}", stdout(&out));
+
     // One point per workload is kept: retention runs per workload, not across them.
     let out = cairn.run(&["catalog", "ls", "local-restore-point", "--output", "json"]);
     let mut kept: Vec<String> = json(&out)
         .as_array()
         .expect("points")
         .iter()
+        .filter(|p| p["value"]["policy"] == "web")
         .filter_map(|p| p["value"]["target"]["workload"].as_str().map(str::to_owned))
         .collect();
     kept.sort();

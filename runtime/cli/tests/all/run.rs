@@ -362,13 +362,14 @@ fn workloads_lists_a_targets_namespace_and_names_a_missing_one() {
         lines
             .next()
             .map(|l| l.split_whitespace().collect::<Vec<_>>()),
-        Some(vec!["NAME", "KIND", "READY", "PODS", "VOLUMES"]),
+        Some(vec!["NAME", "KIND", "READY", "PODS", "VOLUMES", "LABELS"]),
         "{text}"
     );
+    // hello has no volumes, so its labels follow its pods.
     let row: Vec<&str> = lines.next().expect("a row").split_whitespace().collect();
     assert_eq!(
-        row[..4],
-        ["hello", "deployment", "1/1", "hello-0"],
+        row,
+        ["hello", "deployment", "1/1", "hello-0", "app=hello"],
         "{text}"
     );
 

@@ -79,6 +79,8 @@ pub(crate) struct WorkloadSpec {
     pub(crate) ready: Option<Vec<String>>,
     #[serde(default)]
     pub(crate) volumes: BTreeMap<String, PathBuf>,
+    #[serde(default)]
+    pub(crate) labels: BTreeMap<String, String>,
 }
 
 /// The most replicas a local workload may have: every replica is a pod name in every listing.
