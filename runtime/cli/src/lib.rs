@@ -1,7 +1,7 @@
 //! The `cairn` command line.
 //!
-//! `cairn blueprint build|inspect`, `cairn run`, `cairn repo …`, `cairn catalog …` and
-//! `cairn dr …`. Every command takes
+//! `cairn blueprint build|inspect|add`, `cairn run`, `cairn workloads`, `cairn repo …`,
+//! `cairn catalog …`, `cairn dr …`, `cairn policy …` and `cairn serve`. Every command takes
 //! `--home DIR` (or `CAIRN_HOME`): the instance's state directory, holding the compile cache,
 //! the audit log, the local target's state and the default export location.
 //!
