@@ -294,7 +294,12 @@ pub(crate) async fn run(cmd: PolicyCommand, home: Option<PathBuf>) -> anyhow::Re
         PolicyCommand::Run { name, output } => {
             let policy = load(&crate::catalog::open(&home)?, &name)?;
             let engine = crate::run::engine(&home)?;
-            let outcome = run_policy(&policy, &engine, &home).await?;
+            let outcome = run_policy(&policy, &engine, &home).await.map_err(|e| {
+                match e.downcast::<Busy>() {
+                    Ok(busy) => UsageError(busy.to_string()).into(),
+                    Err(e) => e,
+                }
+            })?;
             match output {
                 Output::Json => outln!("{}", serde_json::to_string_pretty(&outcome)?),
                 Output::Text => outcome.print(),
@@ -690,10 +695,48 @@ struct Prepared {
     workloads: Vec<String>,
 }
 
+/// A run of a policy already going on in another process (`serve` and `policy run`).
+#[derive(Debug)]
+struct Busy(String);
+
+impl std::fmt::Display for Busy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "policy {} is running in another cairn process; this run is skipped",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for Busy {}
+
+/// Holds the lock of `policy`'s runs in the home while it lives, so that two processes never
+/// run (and retain) the same policy at once.
+fn running(home: &Home, policy: &str) -> anyhow::Result<std::fs::File> {
+    let dir = home.root().join("locks");
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let path = dir.join(format!("policy-{policy}.lock"));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Busy(policy.to_owned()).into()),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(anyhow::Error::new(e).context(format!("cannot lock {}", path.display())))
+        }
+    }
+}
+
 /// Runs a policy once and records how it went in the policy. An error is returned only when
 /// nothing could run (no blueprint, target or repository); a workload's failure is in the
 /// outcome.
 async fn run_policy(policy: &Policy, engine: &Engine, home: &Home) -> anyhow::Result<Outcome> {
+    let _running = running(home, &policy.name)?;
     let started = Timestamp::now();
     let prepared = prepare(policy, engine, home).await;
     let outcome = match prepared {
@@ -1212,7 +1255,13 @@ pub(crate) async fn serve(args: ServeArgs, home: Option<PathBuf>) -> anyhow::Res
                 continue;
             }
             ran += 1;
-            let outcome = run_policy(&policy, &engine, &home).await;
+            let outcome = match run_policy(&policy, &engine, &home).await {
+                Err(e) if e.is::<Busy>() => {
+                    eprintln!("cairn: {e}");
+                    continue;
+                }
+                outcome => outcome,
+            };
             // The gauges first, so that a scrape that sees the run counted sees its outcome.
             if args.metrics.is_some() {
                 refresh(&metrics, &home);

@@ -528,6 +528,11 @@ fn sigterm_during_a_run_lets_the_run_finish() {
         .map_while(Result::ok)
         .any(|l| l.contains("[backup] progress: 0%"));
     assert!(started, "the backup never started");
+    // Meanwhile the same policy cannot run twice.
+    refused_with(
+        &cairn.run(&["policy", "run", "greet"]),
+        &["policy greet is running in another cairn process"],
+    );
     let term = std::process::Command::new("kill")
         .args(["-TERM", &serve.id().to_string()])
         .status()
