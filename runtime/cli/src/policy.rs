@@ -1107,7 +1107,29 @@ async fn retain(
                 outcome.kept += 1;
                 continue;
             }
-            match remove_point(point, execution, template).await {
+            let removed = remove_point(point, execution, template).await;
+            let what = if point.snapshots.is_empty() {
+                point.id.clone()
+            } else {
+                format!("{} (snapshots {})", point.id, point.snapshots.join(", "))
+            };
+            // Opened now, after the delete action's own records, so the chain continues
+            // from them.
+            let audit = cairn_engine::AuditLog::open(home.audit_log()).with_context(|| {
+                format!("cannot open the audit log {}", home.audit_log().display())
+            })?;
+            audit.record_runtime(
+                &format!("policy:{}", policy.name),
+                &point.blueprint_digest,
+                "retention",
+                "retention.remove-point",
+                what,
+                match &removed {
+                    Ok(()) => "ok".to_owned(),
+                    Err(e) => format!("error: {}", crate::one_line(e)),
+                },
+            );
+            match removed {
                 Ok(()) => outcome.removed.push(point.id.clone()),
                 Err(e) => failures.push(format!(
                     "retention kept restore point {}: {}",

@@ -1,4 +1,5 @@
-//! The audit log: one JSON line per side effect a blueprint caused, hash-chained.
+//! The audit log: one JSON line per side effect a blueprint caused (or the runtime made for it,
+//! as a policy's retention removing a restore point), hash-chained.
 //!
 //! Each line carries `prev`, the SHA-256 (hex) of the line before it (64 zeros for the first),
 //! so removing or editing a line breaks the chain at that point: [`AuditLog::verify`] finds it.
@@ -112,6 +113,28 @@ impl AuditLog {
     /// The audit file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Appends a record of a side effect the runtime made itself, not through a blueprint's
+    /// host call: a policy's retention forgetting a restore point's snapshots. `actor` stands
+    /// where a run's action id does (`policy:NAME`), and `kind` where its capability does.
+    pub fn record_runtime(
+        &self,
+        actor: &str,
+        blueprint: &str,
+        kind: &str,
+        operation: &str,
+        target: String,
+        outcome: String,
+    ) {
+        self.append(Entry {
+            action_id: actor,
+            blueprint,
+            capability: kind,
+            target,
+            operation,
+            outcome,
+        });
     }
 
     /// Appends one record. A failure to write is logged, not raised: the side effect already

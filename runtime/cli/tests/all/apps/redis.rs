@@ -370,6 +370,22 @@ fn a_policy_keeps_its_newest_exports_and_forgets_the_rest() {
         "{kept:?}"
     );
 
+    // The removal is in the audit log, after the delete action's own records, and the log's
+    // hash chain holds.
+    let records = cairn_engine::AuditLog::verify(cairn.home.path().join("audit.jsonl"))
+        .expect("an intact audit chain");
+    let removal = records
+        .iter()
+        .position(|r| r.operation == "retention.remove-point")
+        .expect("a retention record");
+    assert_eq!(records[removal].action_id, "policy:cache");
+    assert!(
+        records[removal].target.starts_with(&points[0]),
+        "{:?}",
+        records[removal]
+    );
+    assert_eq!(records[removal].outcome, "ok");
+
     // The policy restores its newest point: the dataset as the last run saw it.
     redis.cli(&["FLUSHALL"]);
     let out = cairn.run(&[
