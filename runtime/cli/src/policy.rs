@@ -716,16 +716,21 @@ impl std::error::Error for Busy {}
 fn running(home: &Home, policy: &str) -> anyhow::Result<std::fs::File> {
     let dir = home.root().join("locks");
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let path = dir.join(format!("policy-{policy}.lock"));
+    hold(&dir.join(format!("policy-{policy}.lock")))?.ok_or_else(|| Busy(policy.to_owned()).into())
+}
+
+/// Takes the lock file `path` for as long as the returned file lives; `None` while another
+/// process holds it. The operating system drops the lock when the process ends, however.
+fn hold(path: &Path) -> anyhow::Result<Option<std::fs::File>> {
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(&path)
+        .open(path)
         .with_context(|| format!("cannot open {}", path.display()))?;
     match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(Busy(policy.to_owned()).into()),
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
         Err(std::fs::TryLockError::Error(e)) => {
             Err(anyhow::Error::new(e).context(format!("cannot lock {}", path.display())))
         }
@@ -1220,20 +1225,14 @@ async fn existing(
 pub(crate) async fn serve(args: ServeArgs, home: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let home = Home::resolve(home)?;
     let lock_path = home.serve_lock();
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .with_context(|| format!("cannot open {}", lock_path.display()))?;
-    if lock.try_lock().is_err() {
+    let Some(lock) = hold(&lock_path)? else {
         return Err(UsageError(format!(
             "another `cairn serve` runs the policies of {} (it holds {}); stop it first",
             home.root().display(),
             lock_path.display()
         ))
         .into());
-    }
+    };
     let stop = Stop::install()?;
     let engine = crate::run::engine(&home)?;
     let metrics = crate::metrics::Metrics::default();
@@ -1246,6 +1245,8 @@ pub(crate) async fn serve(args: ServeArgs, home: Option<PathBuf>) -> anyhow::Res
     }
     let mut failed = false;
     let mut ran = 0;
+    // Unreadable policy records, each reported once.
+    let mut unreadable = BTreeSet::new();
     loop {
         let now = Timestamp::now();
         let policies = {
@@ -1260,9 +1261,9 @@ pub(crate) async fn serve(args: ServeArgs, home: Option<PathBuf>) -> anyhow::Res
             let policy: Policy = match serde_json::from_str(entry.value.get()) {
                 Ok(p) => p,
                 Err(e) => {
-                    if args.once {
+                    if unreadable.insert(entry.key.clone()) {
                         eprintln!(
-                            "cairn: policy {} skipped: it is not a policy Cairn can run ({e})",
+                            "cairn: policy {} skipped: it is not a policy Cairn can run ({e}); apply it again",
                             entry.key
                         );
                     }
