@@ -6,13 +6,45 @@
 //! This is the seed of a tamper-evident log; anchoring the head elsewhere comes later.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
+
+/// The last non-empty line of `f`, read from its end: reopening a log that has grown for months
+/// (every run of a long-lived `cairn serve` does) reads a few KiB, not the whole file.
+fn last_line(mut f: File) -> std::io::Result<Option<String>> {
+    const STEP: u64 = 64 * 1024;
+    let mut start = f.metadata()?.len();
+    // The bytes from `start` to the end of the file.
+    let mut tail: Vec<u8> = Vec::new();
+    loop {
+        let end = tail.iter().rposition(|b| *b != b'\n').map(|i| i + 1);
+        if let Some(end) = end {
+            let begin = tail[..end].iter().rposition(|b| *b == b'\n').map(|i| i + 1);
+            if let Some(begin) = begin.or((start == 0).then_some(0)) {
+                let line = tail[begin..end]
+                    .strip_suffix(b"\r")
+                    .unwrap_or(&tail[begin..end]);
+                return String::from_utf8(line.to_vec())
+                    .map(Some)
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e));
+            }
+        } else if start == 0 {
+            return Ok(None);
+        }
+        let step = STEP.min(start);
+        start -= step;
+        f.seek(SeekFrom::Start(start))?;
+        let mut chunk = vec![0; usize::try_from(step).unwrap_or(usize::MAX)];
+        f.read_exact(&mut chunk)?;
+        chunk.extend_from_slice(&tail);
+        tail = chunk;
+    }
+}
 
 /// The `prev` of the first line of a log.
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -72,16 +104,9 @@ impl AuditLog {
                 .map_err(|e| Error::io("creating the audit directory", parent, e))?;
         }
         let prev = match File::open(&path) {
-            Ok(f) => {
-                let mut last = None;
-                for line in BufReader::new(f).lines() {
-                    let line = line.map_err(|e| Error::io("reading the audit log", &path, e))?;
-                    if !line.is_empty() {
-                        last = Some(line);
-                    }
-                }
-                last.map_or_else(|| GENESIS.to_string(), |l| hash_line(&l))
-            }
+            Ok(f) => last_line(f)
+                .map_err(|e| Error::io("reading the audit log", &path, e))?
+                .map_or_else(|| GENESIS.to_string(), |l| hash_line(&l)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => GENESIS.to_string(),
             Err(e) => return Err(Error::io("reading the audit log", &path, e)),
         };
@@ -202,4 +227,51 @@ impl AuditLog {
 
 fn hash_line(line: &str) -> String {
     hex::encode(Sha256::digest(line.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_line_is_found_from_the_end_across_read_windows() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("log");
+        let last = |text: &str| {
+            std::fs::write(&path, text).expect("write");
+            last_line(File::open(&path).expect("open")).expect("read")
+        };
+        assert_eq!(last(""), None);
+        assert_eq!(last("\n\n"), None);
+        assert_eq!(last("one"), Some("one".into()));
+        assert_eq!(last("one\ntwo\n\n"), Some("two".into()));
+        assert_eq!(last("one\r\ntwo\r\n"), Some("two".into()));
+        // A last line longer than a read window, after many lines.
+        let long = "x".repeat(200_000);
+        let text = format!("{}{long}\n", "line\n".repeat(50_000));
+        assert_eq!(last(&text), Some(long));
+        let text = format!("{}\nend\n", "y".repeat(300_000));
+        assert_eq!(last(&text), Some("end".into()));
+    }
+
+    #[test]
+    fn a_reopened_long_log_continues_its_chain() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.jsonl");
+        for round in 0..3 {
+            let log = AuditLog::open(&path).expect("open");
+            for i in 0..1_000 {
+                log.record_runtime(
+                    "policy:p",
+                    "sha256:00",
+                    "retention",
+                    "retention.remove-point",
+                    format!("point {round}-{i}"),
+                    "ok".into(),
+                );
+            }
+        }
+        let records = AuditLog::verify(&path).expect("the chain holds");
+        assert_eq!(records.len(), 3_000);
+    }
 }
