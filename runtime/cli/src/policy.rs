@@ -41,6 +41,9 @@ pub(crate) enum PolicyCommand {
     Apply {
         /// The policy file (`-` for standard input).
         file: PathBuf,
+        /// Check the policy and show it as it would be stored, without storing it.
+        #[arg(long)]
+        dry_run: bool,
         /// How to print the result.
         #[arg(long, value_enum, default_value_t)]
         output: Output,
@@ -183,14 +186,28 @@ impl Scalar {
 pub(crate) async fn run(cmd: PolicyCommand, home: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let home = Home::resolve(home)?;
     match cmd {
-        PolicyCommand::Apply { file, output } => {
-            let policy = read_policy_file(&file)?;
+        PolicyCommand::Apply {
+            file,
+            dry_run,
+            output,
+        } => {
+            let mut policy = read_policy_file(&file)?;
             let engine = crate::run::engine(&home)?;
             check(&policy, &engine, &home).await?;
             let catalog = crate::catalog::open(&home)?;
-            let mut policy = policy;
             let replaced = catalog.policy(&policy.name).ok().flatten();
             policy.last_run = replaced.and_then(|old| old.last_run);
+            if dry_run {
+                match output {
+                    Output::Json => outln!("{}", serde_json::to_string_pretty(&policy)?),
+                    Output::Text => outln!(
+                        "policy {} is valid (not stored: --dry-run)\n{}",
+                        policy.name,
+                        serde_norway::to_string(&policy)?.trim_end()
+                    ),
+                }
+                return Ok(ExitCode::from(exit::OK));
+            }
             catalog.record_policy(&policy)?;
             match output {
                 Output::Json => outln!("{}", serde_json::to_string_pretty(&policy)?),
@@ -218,6 +235,9 @@ pub(crate) async fn run(cmd: PolicyCommand, home: Option<PathBuf>) -> anyhow::Re
             drop(catalog);
             match output {
                 Output::Json => outln!("{}", serde_json::to_string_pretty(&rows)?),
+                Output::Text if rows.is_empty() => {
+                    outln!("no policies; `cairn policy apply FILE` adds one");
+                }
                 Output::Text => {
                     for row in &rows {
                         outln!("{}", row.line());

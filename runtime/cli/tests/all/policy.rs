@@ -56,6 +56,18 @@ fn show(cairn: &Cairn) -> serde_json::Value {
 fn a_policy_backs_up_its_workloads_and_keeps_what_its_retention_says() {
     let cairn = Cairn::new();
     add_hello(&cairn);
+    // A dry run checks and shows the policy, and stores nothing.
+    let file = policy_file(&cairn, "dry", &hello_policy("{last: 2}"));
+    let out = cairn.run(&[
+        "policy",
+        "apply",
+        "--dry-run",
+        file.to_str().expect("utf-8"),
+    ]);
+    ok(&out);
+    assert!(stdout(&out).contains("not stored"), "{}", stdout(&out));
+    let out = cairn.run(&["policy", "list"]);
+    assert!(stdout(&out).starts_with("no policies"), "{}", stdout(&out));
     ok(&apply(&cairn, &hello_policy("{last: 2}")));
 
     let mut made = Vec::new();
