@@ -369,7 +369,8 @@ fn read_policy_file(file: &Path) -> anyhow::Result<Policy> {
     };
     let f: PolicyFile = serde_norway::from_str(&text).map_err(|e| {
         bad(format!(
-            "{e} (expected name, blueprint, target, workloads, frequency and retention; see `cairn policy --help`)"
+            "{e} (a policy has name, blueprint, target, workloads or selector, frequency and retention; \
+             examples/policies/hello.yaml shows every field)"
         ))
     })?;
     let absolute = |p: &str| {
@@ -395,7 +396,10 @@ fn read_policy_file(file: &Path) -> anyhow::Result<Policy> {
         })
         .collect::<Result<_, _>>()?;
     let export = f.export.map(|e| PolicyExport {
-        repo: e.repo,
+        // A repository given as a path (not a URL) is relative to the file, like the rest.
+        repo: e
+            .repo
+            .map(|r| if r.contains("://") { r } else { absolute(&r) }),
         profile_file: e.profile_file.as_deref().map(absolute),
         passphrase_file: e.passphrase_file.as_deref().map(absolute),
         key_file: e.key_file.as_deref().map(absolute),
