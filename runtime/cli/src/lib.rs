@@ -27,6 +27,7 @@ mod policy;
 mod repo;
 mod run;
 mod schedule;
+mod serve;
 mod workloads;
 
 use std::path::PathBuf;
@@ -127,7 +128,7 @@ enum Command {
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
     /// Run the policies when they are due, until stopped (SIGINT or SIGTERM).
-    Serve(policy::ServeArgs),
+    Serve(serve::ServeArgs),
 }
 
 /// Runs the command line and returns the process exit code.
@@ -178,7 +179,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Catalog(cmd) => catalog::run(cmd, cli.home).await,
         Command::Dr(cmd) => dr::run(cmd, cli.home).await,
         Command::Policy(cmd) => policy::run(cmd, cli.home).await,
-        Command::Serve(args) => policy::serve(args, cli.home).await,
+        Command::Serve(args) => serve::serve(args, cli.home).await,
     }
 }
 

@@ -1,4 +1,4 @@
-//! Backup policies: `cairn policy apply|list|show|delete|run` and `cairn serve`.
+//! Backup policies: `cairn policy apply|list|show|delete|run|restore`.
 //!
 //! A policy names a registered blueprint (`cairn blueprint add`), a target, a namespace and the
 //! workloads it protects (names or `*` patterns), how often it runs, its parameters, grants and
@@ -13,16 +13,12 @@
 //! take-ownership`), and never for a workload whose backup just failed, so that failing backups
 //! cannot age out the last good points.
 //!
-//! `cairn serve` runs every policy that is due, one after another, then Cairn's own DR run when
-//! DR is enabled and due (as `cairn dr run --if-due` would), and sleeps until the next is due;
-//! `--once` runs what is due and exits (for a system timer). A policy that has never run is due
-//! at once. One `serve` runs per home: it holds `serve.lock`.
+//! `cairn serve` (`serve.rs`) runs them when they are due.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use cairn_catalog::{Catalog, Kind, Location, Policy, PolicyExport, PolicyRun, Retention};
@@ -97,22 +93,6 @@ pub(crate) enum PolicyCommand {
         #[arg(long, value_enum, default_value_t)]
         output: Output,
     },
-}
-
-/// `cairn serve`.
-#[derive(Debug, clap::Args)]
-pub(crate) struct ServeArgs {
-    /// Run what is due, then exit.
-    #[arg(long)]
-    once: bool,
-    /// The DR blueprint component, for Cairn's own DR runs when DR is enabled; default:
-    /// `dr.wasm` next to the cairn executable.
-    #[arg(long, env = "CAIRN_DR_BLUEPRINT", value_name = "PATH")]
-    dr_blueprint: Option<PathBuf>,
-    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464): each policy's
-    /// runs, last run and success, next run and restore points, and DR's.
-    #[arg(long, value_name = "ADDR")]
-    metrics: Option<String>,
 }
 
 /// A policy file. Relative paths in it (a local target's inventory, export files, `file:`
@@ -339,7 +319,7 @@ fn not_found(name: &str) -> UsageError {
     ))
 }
 
-fn load(catalog: &Catalog, name: &str) -> anyhow::Result<Policy> {
+pub(crate) fn load(catalog: &Catalog, name: &str) -> anyhow::Result<Policy> {
     let Some(entry) = catalog.entry(Kind::Policy, name)? else {
         return Err(not_found(name).into());
     };
@@ -545,14 +525,14 @@ async fn check(policy: &Policy, engine: &Engine, home: &Home) -> anyhow::Result<
 }
 
 /// A time as the text output shows it: to the second.
-fn shown(t: Timestamp) -> Timestamp {
+pub(crate) fn shown(t: Timestamp) -> Timestamp {
     t.round(jiff::Unit::Second).unwrap_or(t)
 }
 
 /// When a policy runs next: at once if it never ran; never while paused; a quarter of its
 /// period after a failed run (at least a minute, at most an hour), so that a passing fault
 /// does not cost a whole period of backups.
-fn next_run(policy: &Policy) -> Option<Timestamp> {
+pub(crate) fn next_run(policy: &Policy) -> Option<Timestamp> {
     if policy.paused {
         return None;
     }
@@ -629,10 +609,10 @@ impl Listed {
 
 /// What one run of a policy did.
 #[derive(Debug, Serialize)]
-struct Outcome {
+pub(crate) struct Outcome {
     policy: String,
     #[serde(flatten)]
-    run: PolicyRun,
+    pub(crate) run: PolicyRun,
     /// Per workload: the restore point made, or the error.
     workloads: Vec<WorkloadOutcome>,
     /// What retention did, or why it did not run.
@@ -666,7 +646,7 @@ struct RetentionOutcome {
 }
 
 impl Outcome {
-    fn print(&self) {
+    pub(crate) fn print(&self) {
         for w in &self.workloads {
             match (&w.restore_point, &w.error) {
                 (Some(point), _) => outln!(
@@ -721,7 +701,7 @@ struct Prepared {
 
 /// A run of a policy already going on in another process (`serve` and `policy run`).
 #[derive(Debug)]
-struct Busy(String);
+pub(crate) struct Busy(String);
 
 impl std::fmt::Display for Busy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -745,7 +725,7 @@ fn running(home: &Home, policy: &str) -> anyhow::Result<std::fs::File> {
 
 /// Takes the lock file `path` for as long as the returned file lives; `None` while another
 /// process holds it. The operating system drops the lock when the process ends, however.
-fn hold(path: &Path) -> anyhow::Result<Option<std::fs::File>> {
+pub(crate) fn hold(path: &Path) -> anyhow::Result<Option<std::fs::File>> {
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -764,7 +744,11 @@ fn hold(path: &Path) -> anyhow::Result<Option<std::fs::File>> {
 /// Runs a policy once and records how it went in the policy. An error is returned only when
 /// nothing could run (no blueprint, target or repository); a workload's failure is in the
 /// outcome.
-async fn run_policy(policy: &Policy, engine: &Engine, home: &Home) -> anyhow::Result<Outcome> {
+pub(crate) async fn run_policy(
+    policy: &Policy,
+    engine: &Engine,
+    home: &Home,
+) -> anyhow::Result<Outcome> {
     let _running = running(home, &policy.name)?;
     let started = Timestamp::now();
     let prepared = prepare(policy, engine, home).await;
@@ -1243,232 +1227,6 @@ async fn existing(
         }
     }
     Ok(present)
-}
-
-/// `cairn serve`: runs due policies until stopped.
-pub(crate) async fn serve(args: ServeArgs, home: Option<PathBuf>) -> anyhow::Result<ExitCode> {
-    let home = Home::resolve(home)?;
-    let lock_path = home.serve_lock();
-    let Some(lock) = hold(&lock_path)? else {
-        return Err(UsageError(format!(
-            "another `cairn serve` runs the policies of {} (it holds {}); stop it first",
-            home.root().display(),
-            lock_path.display()
-        ))
-        .into());
-    };
-    let stop = Stop::install()?;
-    let engine = crate::run::engine(&home)?;
-    let metrics = crate::metrics::Metrics::default();
-    if let Some(addr) = &args.metrics {
-        let bound = metrics
-            .listen(addr)
-            .await
-            .map_err(|e| UsageError(crate::one_line(&e)))?;
-        eprintln!("cairn: metrics at http://{bound}/metrics");
-    }
-    let mut failed = false;
-    let mut ran = 0;
-    // Unreadable policy records, each reported once.
-    let mut unreadable = BTreeSet::new();
-    loop {
-        let now = Timestamp::now();
-        let policies = {
-            let catalog = crate::catalog::open(&home)?;
-            catalog.list(Kind::Policy)?
-        };
-        let mut soonest: Option<Timestamp> = None;
-        for entry in policies {
-            if stop.requested() {
-                break;
-            }
-            let policy: Policy = match serde_json::from_str(entry.value.get()) {
-                Ok(p) => p,
-                Err(e) => {
-                    if unreadable.insert(entry.key.clone()) {
-                        eprintln!(
-                            "cairn: policy {} skipped: it is not a policy Cairn can run ({e}); apply it again",
-                            entry.key
-                        );
-                    }
-                    continue;
-                }
-            };
-            let Some(due) = next_run(&policy) else {
-                continue;
-            };
-            if due > now {
-                soonest = Some(soonest.map_or(due, |s| s.min(due)));
-                continue;
-            }
-            ran += 1;
-            let outcome = match run_policy(&policy, &engine, &home).await {
-                Err(e) if e.is::<Busy>() => {
-                    eprintln!("cairn: {e}");
-                    continue;
-                }
-                outcome => outcome,
-            };
-            // The gauges first, so that a scrape that sees the run counted sees its outcome.
-            if args.metrics.is_some() {
-                refresh(&metrics, &home);
-            }
-            metrics.ran(
-                &policy.name,
-                outcome.as_ref().is_ok_and(|o| o.run.succeeded),
-            );
-            match outcome {
-                Ok(outcome) => {
-                    outcome.print();
-                    failed |= !outcome.run.succeeded;
-                    if let Ok(p) = load(&crate::catalog::open(&home)?, &policy.name)
-                        && let Some(next) = next_run(&p)
-                    {
-                        soonest = Some(soonest.map_or(next, |s| s.min(next)));
-                    }
-                }
-                Err(e) => {
-                    eprintln!("cairn: policy {}: {}", policy.name, crate::one_line(&e));
-                    failed = true;
-                }
-            }
-        }
-        // DR last, so that its point holds what the policies just recorded.
-        if stop.requested() {
-            break;
-        }
-        match crate::dr::schedule(&home).map(|s| s.map(|s| s.next_run)) {
-            Ok(Some(due)) if due <= Timestamp::now() => {
-                ran += 1;
-                let blueprint = crate::dr::BlueprintArg::new(args.dr_blueprint.clone());
-                match crate::dr::run_if_due(&home, blueprint).await {
-                    Ok(code) => failed |= code != ExitCode::from(exit::OK),
-                    Err(e) => {
-                        eprintln!("cairn: DR run: {}", crate::one_line(&e));
-                        failed = true;
-                    }
-                }
-                if let Ok(Some(s)) = crate::dr::schedule(&home) {
-                    soonest = Some(soonest.map_or(s.next_run, |t| t.min(s.next_run)));
-                }
-            }
-            Ok(Some(due)) => soonest = Some(soonest.map_or(due, |s| s.min(due))),
-            Ok(None) => {}
-            Err(e) => {
-                eprintln!("cairn: DR: {}", crate::one_line(&e));
-                failed = true;
-            }
-        }
-        if args.metrics.is_some() {
-            refresh(&metrics, &home);
-        }
-        if args.once {
-            if ran == 0 {
-                outln!(
-                    "nothing is due{}",
-                    soonest.map_or_else(String::new, |t| format!(
-                        "; the next run is at {}",
-                        shown(t)
-                    ))
-                );
-            }
-            break;
-        }
-        // Wake for the soonest policy, and at least every minute for policies applied since.
-        let wait = soonest
-            .map(|t| t.duration_since(Timestamp::now()))
-            .and_then(|d| Duration::try_from(d).ok())
-            .unwrap_or(Duration::ZERO)
-            .clamp(Duration::from_secs(1), Duration::from_secs(60));
-        if stop.requested() {
-            break;
-        }
-        tokio::select! {
-            () = tokio::time::sleep(wait) => {}
-            () = stop.notify.notified() => break,
-        }
-    }
-    drop(lock);
-    Ok(ExitCode::from(if failed { exit::FAILED } else { exit::OK }))
-}
-
-/// Sets the gauges to what the catalog says now; a failure to read it is reported, and the
-/// previous gauges stay.
-fn refresh(metrics: &crate::metrics::Metrics, home: &Home) {
-    match gauges(home) {
-        Ok((policies, dr)) => metrics.refresh(policies, dr),
-        Err(e) => eprintln!("cairn: metrics: {}", crate::one_line(&e)),
-    }
-}
-
-/// The gauges of every readable policy and of DR, as the catalog has them now.
-fn gauges(
-    home: &Home,
-) -> anyhow::Result<(
-    BTreeMap<String, crate::metrics::PolicyGauges>,
-    Option<crate::metrics::DrGauges>,
-)> {
-    let catalog = crate::catalog::open(home)?;
-    let mut policies: BTreeMap<String, crate::metrics::PolicyGauges> = catalog
-        .list(Kind::Policy)?
-        .into_iter()
-        .filter_map(|e| serde_json::from_str::<Policy>(e.value.get()).ok())
-        .map(|p| {
-            let gauges = crate::metrics::PolicyGauges {
-                last_run: p.last_run.as_ref().map(|r| (r.started, r.succeeded)),
-                next_run: next_run(&p),
-                ..Default::default()
-            };
-            (p.name, gauges)
-        })
-        .collect();
-    for point in catalog.restore_points()? {
-        if let Some(g) = point.policy.as_ref().and_then(|p| policies.get_mut(p)) {
-            g.restore_points += 1;
-            g.last_success = Some(
-                g.last_success
-                    .map_or(point.created, |t| t.max(point.created)),
-            );
-        }
-    }
-    drop(catalog);
-    Ok((policies, crate::dr::schedule(home)?))
-}
-
-/// Set by SIGINT or SIGTERM. The handlers are installed when `serve` starts, so a signal during
-/// a run is noted rather than fatal: the run (and its posthooks) finishes, then `serve` stops.
-struct Stop {
-    requested: std::sync::atomic::AtomicBool,
-    notify: tokio::sync::Notify,
-}
-
-impl Stop {
-    fn install() -> anyhow::Result<Arc<Self>> {
-        use tokio::signal::unix::{SignalKind, signal};
-        let stop = Arc::new(Self {
-            requested: std::sync::atomic::AtomicBool::new(false),
-            notify: tokio::sync::Notify::new(),
-        });
-        let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-        let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-        let flag = stop.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-            eprintln!("cairn: stopping once the current run, if any, has finished");
-            flag.requested
-                .store(true, std::sync::atomic::Ordering::SeqCst);
-            // Stores a permit when nobody waits yet, so a sleep that starts later still wakes.
-            flag.notify.notify_one();
-        });
-        Ok(stop)
-    }
-
-    fn requested(&self) -> bool {
-        self.requested.load(std::sync::atomic::Ordering::SeqCst)
-    }
 }
 
 #[cfg(test)]
