@@ -699,6 +699,28 @@ struct Prepared {
     workloads: Vec<String>,
 }
 
+impl Prepared {
+    /// The execution of an action of this run, for `policy`, using `used_point`.
+    fn execution<'a>(
+        &'a self,
+        home: &'a Home,
+        engine: &'a Engine,
+        policy: &'a str,
+        used_point: Option<&'a str>,
+    ) -> Execution<'a> {
+        Execution {
+            home,
+            engine,
+            blueprint: &self.blueprint,
+            cluster: self.cluster.clone(),
+            exports: self.exports.clone(),
+            repository: &self.repository,
+            policy: Some(policy),
+            used_point,
+        }
+    }
+}
+
 /// A run of a policy already going on in another process (`serve` and `policy run`).
 #[derive(Debug)]
 pub(crate) struct Busy(String);
@@ -929,16 +951,7 @@ impl Restore {
             request.params.retain(|(name, _)| *name != k);
             request.params.push((k, v));
         }
-        let execution = Execution {
-            home,
-            engine,
-            blueprint: &prepared.blueprint,
-            cluster: prepared.cluster.clone(),
-            exports: prepared.exports.clone(),
-            repository: &prepared.repository,
-            policy: Some(&policy.name),
-            used_point: Some(&point.id),
-        };
+        let execution = prepared.execution(home, engine, &policy.name, Some(&point.id));
         let (report, _) = execution
             .execute(request, |report| crate::run::print_report(report, output))
             .await?;
@@ -1007,16 +1020,7 @@ async fn back_up_and_retain(
     prepared: &Prepared,
     started: Timestamp,
 ) -> Outcome {
-    let execution = Execution {
-        home,
-        engine,
-        blueprint: &prepared.blueprint,
-        cluster: prepared.cluster.clone(),
-        exports: prepared.exports.clone(),
-        repository: &prepared.repository,
-        policy: Some(&policy.name),
-        used_point: None,
-    };
+    let execution = prepared.execution(home, engine, &policy.name, None);
     let mut workloads = Vec::new();
     for workload in &prepared.workloads {
         let mut request = prepared.request.clone();
@@ -1181,6 +1185,7 @@ async fn remove_point(
             "its snapshot {id} is under the repository's protection period until {until}"
         );
     }
+    let mut present = present;
     if execution.blueprint.description().has_action("delete") {
         let catalog = crate::catalog::open(execution.home)?;
         let (artifacts, point_values) = crate::catalog::point_outputs(&catalog, &point.id)?;
@@ -1204,8 +1209,10 @@ async fn remove_point(
                 report.error.as_deref().unwrap_or("unknown error")
             );
         }
+        // It may have removed its own exports.
+        present = existing(repo, &present).await?;
     }
-    repo.forget_ids(&existing(repo, &present).await?, false)
+    repo.forget_ids(&present, false)
         .await
         .context("forgetting its repository snapshots")?;
     let catalog = crate::catalog::open(execution.home)?;

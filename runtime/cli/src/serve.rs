@@ -87,7 +87,7 @@ pub(crate) async fn serve(args: ServeArgs, home: Option<PathBuf>) -> anyhow::Res
                 continue;
             };
             if due > now {
-                soonest = Some(soonest.map_or(due, |s| s.min(due)));
+                soonest = sooner(soonest, due);
                 continue;
             }
             ran += 1;
@@ -113,7 +113,7 @@ pub(crate) async fn serve(args: ServeArgs, home: Option<PathBuf>) -> anyhow::Res
                     if let Ok(p) = load(&crate::catalog::open(&home)?, &policy.name)
                         && let Some(next) = next_run(&p)
                     {
-                        soonest = Some(soonest.map_or(next, |s| s.min(next)));
+                        soonest = sooner(soonest, next);
                     }
                 }
                 Err(e) => {
@@ -138,10 +138,10 @@ pub(crate) async fn serve(args: ServeArgs, home: Option<PathBuf>) -> anyhow::Res
                     }
                 }
                 if let Ok(Some(s)) = crate::dr::schedule(&home) {
-                    soonest = Some(soonest.map_or(s.next_run, |t| t.min(s.next_run)));
+                    soonest = sooner(soonest, s.next_run);
                 }
             }
-            Ok(Some(due)) => soonest = Some(soonest.map_or(due, |s| s.min(due))),
+            Ok(Some(due)) => soonest = sooner(soonest, due),
             Ok(None) => {}
             Err(e) => {
                 eprintln!("cairn: DR: {}", crate::one_line(&e));
@@ -222,6 +222,11 @@ fn gauges(
     }
     drop(catalog);
     Ok((policies, crate::dr::schedule(home)?))
+}
+
+/// The sooner of `soonest` (if any) and `t`.
+fn sooner(soonest: Option<Timestamp>, t: Timestamp) -> Option<Timestamp> {
+    Some(soonest.map_or(t, |s| s.min(t)))
 }
 
 /// Set by SIGINT or SIGTERM. The handlers are installed when `serve` starts, so a signal during
