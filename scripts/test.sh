@@ -22,6 +22,9 @@ ensure_app_servers
 export CAIRN_TEST_S3=required
 export CAIRN_TEST_AZURE=required
 
+# CI builds once from clean: incremental state would only cost time and disk.
+export CARGO_INCREMENTAL=0
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
