@@ -154,7 +154,7 @@ fn add(
     let d = blueprint.description();
     let dir = home.blueprints();
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let kept = dir.join(format!("{}.wasm", blueprint.digest().replace(':', "-")));
+    let kept = home.component(blueprint.digest());
     if !kept.is_file() {
         let partial = kept.with_extension("wasm.partial");
         std::fs::copy(file, &partial)
@@ -217,26 +217,34 @@ pub(crate) async fn registered(
              (`cairn catalog ls blueprint` lists those that are)"
         ))
     })?;
-    if !Path::new(&record.wasm).is_file() {
-        return Err(UsageError(format!(
-            "blueprint {name:?} is registered, but its component {} is missing (a DR restore brings \
-             registrations back, not components); register it again with `cairn blueprint add FILE`",
+    let wasm = component_file(home, &record).ok_or_else(|| {
+        UsageError(format!(
+            "blueprint {name:?} is registered, but its component is missing (neither {} nor {} is a \
+             file); register it again with `cairn blueprint add FILE`",
+            home.component(&record.digest).display(),
             record.wasm
         ))
-        .into());
-    }
-    let blueprint = load(engine, Path::new(&record.wasm)).await?;
+    })?;
+    let blueprint = load(engine, &wasm).await?;
     if blueprint.digest() != record.digest {
         return Err(UsageError(format!(
             "the component of blueprint {name:?} at {} has digest {}, not the {} it was registered with; \
              register it again with `cairn blueprint add FILE`",
-            record.wasm,
+            wasm.display(),
             blueprint.digest(),
             record.digest
         ))
         .into());
     }
     Ok((blueprint, record))
+}
+
+/// Where the component of a registration is: in this home under its digest (where `add` keeps
+/// it, and where a DR restore on another machine puts it), else where it was registered.
+pub(crate) fn component_file(home: &Home, record: &cairn_catalog::Blueprint) -> Option<PathBuf> {
+    [home.component(&record.digest), PathBuf::from(&record.wasm)]
+        .into_iter()
+        .find(|p| p.is_file())
 }
 
 #[derive(Serialize)]

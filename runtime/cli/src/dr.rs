@@ -24,6 +24,12 @@
 //! Retention of DR points, and when a run starts a new chain, are the blueprint's (its
 //! `retention` module): `cairn dr run` passes it the manifests in the location and the policy.
 //!
+//! The registered blueprints' components are the runtime's to carry: before the blueprint runs,
+//! `cairn dr run` exports each one the location lacks as a `blueprint/sha256-<hex>.wasm` stream
+//! snapshot (once: the name is the digest), and after a recovery `cairn dr restore` writes those
+//! the restored registrations name into the new home, checked against their digests. The
+//! blueprint never sees them (nor owner markers), so its retention keeps them.
+//!
 //! # Ownership
 //!
 //! `cairn dr take-ownership` writes an owner marker into the DR location of the data it takes
@@ -45,7 +51,10 @@ use cairn_engine::{
     Capability, CatalogAccess, CatalogApplied, CatalogError, CatalogExport, CatalogSnapshot,
     DrMode, DrState, HostContext, RunRequest,
 };
-use cairn_repository::{KeyProvider, Location, Passphrase, Repository, SnapshotFilter, WrappedKey};
+use cairn_repository::{
+    BackupOptions, KeyProvider, Location, Passphrase, Repository, SnapshotFilter, SnapshotInfo,
+    WrappedKey,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::home::Home;
@@ -67,6 +76,9 @@ const SOURCE_KEY: &str = "dr.source";
 const RESTORED_KEY: &str = "dr.restored-settings";
 /// The stream name of an owner marker.
 const OWNER: &str = "owner";
+/// The stream names of registered blueprints' components start so (then the file name under the
+/// home's `blueprints/`, by digest).
+const COMPONENT: &str = "blueprint/";
 /// The default bound of a chain of DR points (the blueprint's reasoning: `MAX_CHAIN` there).
 const MAX_CHAIN: u32 = 48;
 
@@ -756,6 +768,7 @@ struct Summary {
 async fn stored_points(
     home: &Home,
     repo: &Repository,
+    snapshots: &[SnapshotInfo],
 ) -> anyhow::Result<Vec<cairn_engine::Artifact>> {
     let path = home.dr().join("points.json");
     // A missing or unreadable file only costs reading the manifests again.
@@ -763,12 +776,12 @@ async fn stored_points(
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default();
-    let snapshots = repo
-        .snapshots(&SnapshotFilter::new())
-        .await
-        .context("cannot list the DR location")?;
-    let (manifests, data): (Vec<_>, Vec<_>) =
-        snapshots.iter().partition(|s| s.source() == MANIFEST);
+    // Owner markers and components are the runtime's, not data exports of the blueprint's
+    // runs: it would take them for the leftovers of unfinished runs and remove them.
+    let (manifests, data): (Vec<_>, Vec<_>) = snapshots
+        .iter()
+        .filter(|s| s.source() != OWNER && !s.source().starts_with(COMPONENT))
+        .partition(|s| s.source() == MANIFEST);
     let mut artifacts = Vec::with_capacity(snapshots.len());
     let mut seen = std::collections::BTreeMap::new();
     for (i, s) in manifests.iter().enumerate() {
@@ -808,6 +821,145 @@ async fn stored_points(
         .and_then(|()| std::fs::write(&path, serde_json::to_vec(&seen)?))
         .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(artifacts)
+}
+
+/// The stream name of the component of `digest` in a DR location.
+fn component_stream(digest: &str) -> String {
+    format!("{COMPONENT}{}.wasm", digest.replace(':', "-"))
+}
+
+/// The registrations in `catalog`, leaving out records that are not registrations (stored by
+/// hand with `cairn catalog put`).
+fn registrations(catalog: &Catalog) -> anyhow::Result<Vec<cairn_catalog::Blueprint>> {
+    Ok(catalog
+        .list(cairn_catalog::Kind::Blueprint)?
+        .iter()
+        .filter_map(|e| e.decode().ok())
+        .collect())
+}
+
+/// Exports the component of each registered blueprint that `snapshots` (the DR location's)
+/// lack, before the DR point that names it is written. Components are exported once, under
+/// their digest. A component missing here or changed since it was registered is left out
+/// with a warning (its runs fail too). Returns how many were exported.
+async fn export_components(
+    home: &Home,
+    catalog: &Catalog,
+    repo: &Repository,
+    snapshots: &[SnapshotInfo],
+) -> anyhow::Result<usize> {
+    let stored: BTreeSet<&str> = snapshots.iter().map(|s| s.source()).collect();
+    let mut exported = 0;
+    for record in registrations(catalog)? {
+        let stream = component_stream(&record.digest);
+        if stored.contains(stream.as_str()) {
+            continue;
+        }
+        let bytes = crate::blueprint::component_file(home, &record)
+            .and_then(|path| std::fs::read(path).ok())
+            .filter(|b| cairn_engine::component_digest(b) == record.digest);
+        let Some(bytes) = bytes else {
+            tracing::warn!(
+                "the component of blueprint {:?} ({}) is missing or changed: it is not in the DR location; \
+                 register it again with `cairn blueprint add FILE`",
+                record.name,
+                record.digest
+            );
+            continue;
+        };
+        repo.backup_stream(&stream, bytes.as_slice(), BackupOptions::new())
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot export the component of blueprint {:?} to the DR location",
+                    record.name
+                )
+            })?;
+        exported += 1;
+    }
+    Ok(exported)
+}
+
+/// What a DR restore did with the components of the blueprints it registered.
+#[derive(Debug, Default, Serialize)]
+struct Components {
+    /// Restored from the DR location into this home.
+    restored: Vec<String>,
+    /// Already in this home.
+    present: Vec<String>,
+    /// Neither: they must be registered again.
+    missing: Vec<String>,
+}
+
+/// Restores into this home the component of each blueprint the restored catalog registers and
+/// the home lacks, checking each against its digest. The catalog is back whatever happens here:
+/// a component that cannot be restored is a warning, and listed as missing.
+async fn restore_components(home: &Home, catalog: &Catalog, repo: &Repository) -> Components {
+    let mut done = Components::default();
+    let records = registrations(catalog).unwrap_or_else(|e| {
+        eprintln!(
+            "cairn: warning: cannot read the registered blueprints: {}",
+            crate::one_line(&e)
+        );
+        Vec::new()
+    });
+    let mut snapshots = None;
+    for record in records {
+        let path = home.component(&record.digest);
+        if path.is_file() {
+            done.present.push(record.name);
+            continue;
+        }
+        if snapshots.is_none() {
+            snapshots = Some(repo.snapshots(&SnapshotFilter::new()).await.unwrap_or_else(|e| {
+                eprintln!("cairn: warning: cannot list the DR location's blueprint components: {e}");
+                Vec::new()
+            }));
+        }
+        let stream = component_stream(&record.digest);
+        let found = snapshots.iter().flatten().find(|s| s.source() == stream);
+        match restore_component(home, repo, &record, found).await {
+            Ok(true) => done.restored.push(record.name),
+            Ok(false) => done.missing.push(record.name),
+            Err(e) => {
+                eprintln!("cairn: warning: {}", crate::one_line(&e));
+                done.missing.push(record.name);
+            }
+        }
+    }
+    done
+}
+
+/// Restores the component of `record` from `snapshot`; `false` when there is none.
+async fn restore_component(
+    home: &Home,
+    repo: &Repository,
+    record: &cairn_catalog::Blueprint,
+    snapshot: Option<&SnapshotInfo>,
+) -> anyhow::Result<bool> {
+    let Some(snapshot) = snapshot else {
+        return Ok(false);
+    };
+    let what = || format!("the component of blueprint {:?}", record.name);
+    let mut bytes = Vec::new();
+    repo.restore_stream(&snapshot.id, &mut bytes)
+        .await
+        .with_context(|| format!("cannot restore {}", what()))?;
+    if cairn_engine::component_digest(&bytes) != record.digest {
+        anyhow::bail!(
+            "{} in the DR location (snapshot {}) does not have the digest {} it was registered with",
+            what(),
+            snapshot.id,
+            record.digest
+        );
+    }
+    let path = home.component(&record.digest);
+    let partial = path.with_extension("wasm.partial");
+    std::fs::create_dir_all(home.blueprints())
+        .and_then(|()| std::fs::write(&partial, &bytes))
+        .and_then(|()| std::fs::rename(&partial, &path))
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(true)
 }
 
 /// The artifact of a DR point's manifest export, for the blueprint.
@@ -1263,7 +1415,12 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
             let repo = open_source(&config.profile, &cluster_id, &key).await?;
             check_markers(&catalog, "the DR run", Some(&repo)).await?;
             let url = location(&config.profile, &cluster_id).url().to_owned();
-            let stored = stored_points(&home, &repo).await?;
+            let snapshots = repo
+                .snapshots(&SnapshotFilter::new())
+                .await
+                .context("cannot list the DR location")?;
+            let components = export_components(&home, &catalog, &repo, &snapshots).await?;
+            let stored = stored_points(&home, &repo, &snapshots).await?;
             let owner = catalog.maintenance_owner()?;
             let mut params = config.params();
             params.push(("protection".into(), repo.protection().as_secs().to_string()));
@@ -1338,6 +1495,7 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                     "from": last.from,
                     "to": last.to,
                     "bytes": bytes,
+                    "components_exported": components,
                     "rebased": rebased,
                     "retention": if applied {
                         serde_json::json!({
@@ -1363,6 +1521,11 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                         last.from,
                         last.to
                     );
+                    if components > 0 {
+                        outln!(
+                            "exported {components} blueprint component(s) registered since the last run"
+                        );
+                    }
                     if let Some(why) = rebased {
                         outln!("started a new chain: {why}");
                     }
@@ -1588,12 +1751,13 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
             let url = location(&source.profile, &source.cluster_id)
                 .url()
                 .to_owned();
+            let exports = Arc::new(crate::exports::RepoExports::new(repo, url));
             let report = run_blueprint(
                 &home,
                 &path,
                 catalog.clone(),
                 mode,
-                Arc::new(crate::exports::RepoExports::new(repo, url)),
+                exports.clone(),
                 RunRequest {
                     action: "restore".into(),
                     artifacts,
@@ -1627,6 +1791,7 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                     .transpose()?
                     .as_deref(),
             )?;
+            let components = restore_components(&home, &catalog, exports.repository()).await;
             let counts = catalog.counts()?;
             // Only a local-snapshot point says: whether its local snapshot was here.
             let in_place = report.outputs.get("in-place").map(|v| v == "true");
@@ -1636,6 +1801,7 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                     "point": chosen,
                     "in_place": in_place,
                     "counts": counts,
+                    "components": components,
                     "maintenance_owner": catalog.maintenance_owner()?,
                     "dr_settings": settings.as_ref().map(|c| serde_json::json!({
                         "mode": c.mode,
@@ -1663,6 +1829,21 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                             "actions and local restore points were not restored: this home does not hold the point's local catalog snapshot"
                         ),
                         None => {}
+                    }
+                    if !components.restored.is_empty() {
+                        outln!(
+                            "restored the components of {} registered blueprint(s): {}",
+                            components.restored.len(),
+                            components.restored.join(", ")
+                        );
+                    }
+                    if !components.missing.is_empty() {
+                        outln!(
+                            "the components of {} registered blueprint(s) are not in the DR location: {}; \
+                             register them again with `cairn blueprint add FILE` before their policies run",
+                            components.missing.len(),
+                            components.missing.join(", ")
+                        );
                     }
                     outln!(
                         "this instance does not own maintenance of the backup data yet: run `cairn dr take-ownership` \

@@ -71,6 +71,12 @@ impl Home {
         self.root.join("blueprints")
     }
 
+    /// Where a registered component of `digest` (`sha256:<hex>`) is kept.
+    pub(crate) fn component(&self, digest: &str) -> PathBuf {
+        self.blueprints()
+            .join(format!("{}.wasm", digest.replace(':', "-")))
+    }
+
     /// Held by the `cairn serve` of this instance, so that only one runs its policies.
     pub(crate) fn serve_lock(&self) -> PathBuf {
         self.root.join("serve.lock")

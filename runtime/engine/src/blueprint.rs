@@ -191,6 +191,12 @@ impl fmt::Debug for Blueprint {
     }
 }
 
+/// A component's digest, `sha256:<hex>` of its bytes: what [`Blueprint::digest`] returns for it.
+pub fn component_digest(wasm: &[u8]) -> String {
+    use sha2::Digest as _;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(wasm)))
+}
+
 impl Blueprint {
     /// `sha256:<hex>` of the component's bytes.
     pub fn digest(&self) -> &str {

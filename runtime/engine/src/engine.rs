@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
 use tracing::Instrument;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{
@@ -227,8 +226,8 @@ impl Engine {
 
     async fn load_named(&self, wasm: &[u8], what: &str) -> Result<Blueprint> {
         check_header(wasm, what)?;
-        let digest_hex = hex::encode(Sha256::digest(wasm));
-        let digest = format!("sha256:{digest_hex}");
+        let digest = crate::blueprint::component_digest(wasm);
+        let digest_hex = digest.trim_start_matches("sha256:").to_owned();
         if let Some(loaded) = self.lock_loaded().get(&digest) {
             return Ok(Blueprint {
                 inner: loaded.clone(),

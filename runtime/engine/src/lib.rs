@@ -49,7 +49,9 @@ mod state;
 mod version;
 
 pub use audit::{AuditLog, AuditRecord};
-pub use blueprint::{ActionSpec, Blueprint, Description, LoadedFrom, ParamKind, ParamSpec};
+pub use blueprint::{
+    ActionSpec, Blueprint, Description, LoadedFrom, ParamKind, ParamSpec, component_digest,
+};
 pub use capability::Capability;
 pub use catalog::{
     CatalogAccess, CatalogApplied, CatalogError, CatalogExport, CatalogSnapshot, DrMode, DrState,

@@ -5,7 +5,9 @@
 use std::path::Path;
 use std::process::Output;
 
-use crate::support::{Cairn, json, ok, run_hello, stderr, stdout, wasm};
+use crate::support::{
+    Cairn, HELLO_INVENTORY, hello_wasm, json, ok, run_hello, stderr, stdout, wasm,
+};
 
 const PASSPHRASE: &str = "raw:correct horse battery staple";
 
@@ -690,6 +692,14 @@ fn runs(
     (profile, cairn, runs, from)
 }
 
+/// The stream names of the snapshots in the DR location of `cluster_id`.
+fn streams(cairn: &Cairn, profile: &Path, cluster_id: &str) -> Vec<String> {
+    location_snapshots(cairn, profile, cluster_id)
+        .iter()
+        .filter_map(|s| s["kind"]["name"].as_str().map(str::to_owned))
+        .collect()
+}
+
 fn cluster_id(cairn: &Cairn) -> String {
     let out = cairn.run(&["dr", "status", "--output", "json"]);
     ok(&out);
@@ -939,6 +949,11 @@ fn the_owner_marker_keeps_two_instances_from_both_maintaining() {
         stdout(&out)
     );
     assert_eq!(json(&out)["retention"]["kept"], 1, "{}", stdout(&out));
+    // Retention took the owner marker in B's own location for no export of its runs.
+    assert!(
+        streams(&b, profile.path(), &b_id).contains(&"owner".to_owned()),
+        "B's owner marker survives its retention"
+    );
 
     // A now refuses every maintenance path, naming B.
     let refused = |out: &Output, who: &str| {
@@ -1082,4 +1097,96 @@ fn the_dr_key_is_cached_for_the_owner_only_and_a_bad_cache_costs_only_time() {
     // Enabling again drops it: the next run checks the passphrase again.
     ok(&enable(&cairn, profile.path(), "no-snapshot", &[]));
     assert!(!cache.exists());
+}
+
+#[test]
+fn registered_components_travel_with_dr_and_come_back_on_another_instance() {
+    let profile = tempfile::tempdir().expect("tempdir");
+    let lost = Cairn::new();
+    // A registration whose component is gone from the home is left out, with a warning.
+    let redis = wasm("redis");
+    ok(&lost.run(&["blueprint", "add", redis.to_str().expect("utf-8 path")]));
+    std::fs::remove_dir_all(lost.home.path().join("blueprints")).expect("remove");
+    let hello = hello_wasm().to_str().expect("utf-8 path");
+    ok(&lost.run(&["blueprint", "add", hello]));
+    ok(&enable_without_gfs(
+        &lost,
+        profile.path(),
+        "no-snapshot",
+        &["--keep-last", "1"],
+    ));
+    let first = dr_run(&lost);
+    ok(&first);
+    assert_eq!(json(&first)["components_exported"], 1, "{}", stdout(&first));
+    assert!(stderr(&first).contains("redis"), "{}", stderr(&first));
+    // Exported once, and kept by the retention that removes older points.
+    for _ in 0..2 {
+        let out = dr_run(&lost);
+        ok(&out);
+        assert_eq!(json(&out)["components_exported"], 0, "{}", stdout(&out));
+        assert_eq!(json(&out)["retention"]["kept"], 1, "{}", stdout(&out));
+    }
+    let lost_id = cluster_id(&lost);
+    let components: Vec<String> = streams(&lost, profile.path(), &lost_id)
+        .into_iter()
+        .filter(|s| s.starts_with("blueprint/sha256-"))
+        .collect();
+    assert_eq!(components.len(), 1, "{components:?}");
+
+    let fresh = Cairn::new();
+    let location = profile.path().to_str().expect("utf-8");
+    let out = restore(&fresh, location, &lost_id, &["--output", "json"]);
+    ok(&out);
+    let restored = &json(&out)["components"];
+    assert_eq!(
+        restored["restored"],
+        serde_json::json!(["hello"]),
+        "{restored}"
+    );
+    assert_eq!(
+        restored["missing"],
+        serde_json::json!(["redis"]),
+        "{restored}"
+    );
+    // The recovered registration runs by name on the new instance; the one left out says what
+    // to do.
+    let by_name = |name: &str| {
+        fresh.run(&[
+            "run",
+            name,
+            "--action",
+            "backup",
+            "--target",
+            HELLO_INVENTORY,
+            "--workload",
+            "hello",
+            "--grant",
+            "exec",
+        ])
+    };
+    ok(&by_name("hello"));
+    refused_with(&by_name("redis"), "cairn blueprint add FILE");
+
+    // A second recovery into a home that has the component finds it there.
+    let again = Cairn::new();
+    let copy = again.home.path().join("blueprints");
+    std::fs::create_dir_all(&copy).expect("mkdir");
+    let name = components[0].trim_start_matches("blueprint/");
+    std::fs::copy(hello, copy.join(name)).expect("copy");
+    let out = restore(&again, location, &lost_id, &["--output", "json"]);
+    ok(&out);
+    assert_eq!(
+        json(&out)["components"]["present"],
+        serde_json::json!(["hello"]),
+        "{}",
+        stdout(&out)
+    );
+    let out = restore(&Cairn::new(), location, &lost_id, &[]);
+    ok(&out);
+    assert!(
+        stdout(&out).contains("restored the components of 1 registered blueprint(s): hello")
+            && stdout(&out).contains("register them again with `cairn blueprint add FILE`"),
+        "{}",
+        stdout(&out)
+    );
 }
