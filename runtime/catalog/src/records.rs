@@ -285,6 +285,11 @@ pub struct Policy {
     /// Where its exports go; the instance's default repository when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub export: Option<PolicyExport>,
+    /// How often its repository is pruned once retention has removed restore points, freeing
+    /// the data only they held: `@hourly`, `@daily`, `@weekly`, an interval, or `never` (then
+    /// `cairn repo prune` does it); `@daily` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prune: Option<String>,
     /// Whether it is paused (`cairn serve` skips it; `cairn policy run` still runs it).
     #[serde(default)]
     pub paused: bool,

@@ -139,6 +139,8 @@ struct PolicyFile {
     #[serde(default)]
     export: Option<PolicyExport>,
     #[serde(default)]
+    prune: Option<String>,
+    #[serde(default)]
     paused: bool,
 }
 
@@ -403,6 +405,7 @@ fn read_policy_file(file: &Path) -> anyhow::Result<Policy> {
         timeout: f.timeout,
         snapshot_class: f.snapshot_class,
         export,
+        prune: f.prune,
         paused: f.paused,
         applied: Timestamp::now(),
         last_run: None,
@@ -443,6 +446,9 @@ async fn check(policy: &Policy, engine: &Engine, home: &Home) -> anyhow::Result<
     if let Some(t) = &policy.timeout {
         humantime::parse_duration(t)
             .map_err(|e| bad(format!("timeout {t:?}: {e} (e.g. 30m, 2h)")))?;
+    }
+    if let Some(p) = prune_frequency(policy) {
+        crate::schedule::frequency_secs(p).map_err(|e| bad(format!("prune {e}, or never")))?;
     }
     let grants = crate::run::parse_grants(&policy.grants).map_err(|e| bad(e.to_string()))?;
     let (blueprint, record) = crate::blueprint::registered(engine, home, &policy.blueprint)
@@ -643,6 +649,22 @@ struct RetentionOutcome {
     removed: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     skipped: Option<String>,
+    /// The prune that followed, when one was due or postponed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prune: Option<PruneOutcome>,
+}
+
+/// What the prune after retention did.
+#[derive(Debug, Serialize)]
+#[serde(tag = "status", rename_all = "kebab-case")]
+enum PruneOutcome {
+    Done {
+        packs_deleted: usize,
+        bytes_deleted: u64,
+        packs_repacked: usize,
+    },
+    /// Not now: data that removed points held is freed by a later run's prune.
+    Postponed { reason: String },
 }
 
 impl Outcome {
@@ -666,15 +688,30 @@ impl Outcome {
                 self.policy,
                 r.kept,
                 r.removed.len(),
-                if r.removed.is_empty() {
-                    String::new()
-                } else {
-                    format!(
-                        " ({}); `cairn repo prune` frees their data",
+                match (r.removed.is_empty(), &r.prune) {
+                    (true, _) => String::new(),
+                    (false, None) => format!(
+                        " ({}); `cairn repo prune` frees their data (the policy prunes never)",
                         r.removed.join(", ")
-                    )
+                    ),
+                    (false, Some(_)) => format!(" ({})", r.removed.join(", ")),
                 }
             ),
+        }
+        match &r.prune {
+            Some(PruneOutcome::Done {
+                packs_deleted,
+                bytes_deleted,
+                packs_repacked,
+            }) => outln!(
+                "{}: pruned the repository: {packs_deleted} pack(s) deleted, {} freed, {packs_repacked} repacked",
+                self.policy,
+                indicatif::HumanBytes(*bytes_deleted)
+            ),
+            Some(PruneOutcome::Postponed { reason }) => {
+                outln!("{}: prune postponed: {reason}", self.policy);
+            }
+            None => {}
         }
         for e in self.run.errors.iter().filter(|e| {
             !self
@@ -1053,8 +1090,14 @@ async fn back_up_and_retain(
         .filter_map(WorkloadOutcome::failure)
         .collect();
     let retention = match retain(policy, &execution, &prepared.request, &succeeded).await {
-        Ok((retention, failures)) => {
+        Ok((mut retention, failures)) => {
             errors.extend(failures);
+            if retention.skipped.is_none() {
+                match prune_if_due(policy, &execution, !retention.removed.is_empty()).await {
+                    Ok(prune) => retention.prune = prune,
+                    Err(e) => errors.push(format!("prune: {}", crate::one_line(&e))),
+                }
+            }
             retention
         }
         Err(e) => {
@@ -1159,6 +1202,88 @@ async fn retain(
     Ok((outcome, failures))
 }
 
+/// How often the policy's repository is pruned after retention; `None` for never.
+fn prune_frequency(policy: &Policy) -> Option<&str> {
+    match policy.prune.as_deref() {
+        None => Some("@daily"),
+        Some("never") => None,
+        Some(frequency) => Some(frequency),
+    }
+}
+
+/// When the repository at a URL was last pruned after retention, and whether retention has
+/// removed points since (catalog meta `policy.prune:<URL>`, shared by the policies that export
+/// there).
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct PruneState {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last: Option<Timestamp>,
+    #[serde(default)]
+    pending: bool,
+}
+
+/// Prunes the policy's repository when retention has removed points since its last prune and
+/// the policy's prune frequency has passed. A repository another process holds (a backup into
+/// it) postpones the prune to a later run; the removed points' data is not lost track of.
+async fn prune_if_due(
+    policy: &Policy,
+    execution: &Execution<'_>,
+    removed: bool,
+) -> anyhow::Result<Option<PruneOutcome>> {
+    let Some(frequency) = prune_frequency(policy) else {
+        return Ok(None);
+    };
+    let key = format!("policy.prune:{}", execution.repository);
+    let save = |state: &PruneState| -> anyhow::Result<()> {
+        crate::catalog::open(execution.home)?
+            .set_meta(&key, Some(&serde_json::to_string(state)?))?;
+        Ok(())
+    };
+    let stored = crate::catalog::open(execution.home)?.meta(&key)?;
+    let mut state: PruneState = stored
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or_default();
+    if removed && !state.pending {
+        state.pending = true;
+        save(&state)?;
+    }
+    if !state.pending {
+        return Ok(None);
+    }
+    let now = Timestamp::now();
+    if let Some(last) = state.last {
+        let due = crate::schedule::next_due(frequency, last);
+        if now < due {
+            return Ok(Some(PruneOutcome::Postponed {
+                reason: format!(
+                    "the repository was pruned at {}; the next prune (every {frequency}) is due at {}",
+                    shown(last),
+                    shown(due)
+                ),
+            }));
+        }
+    }
+    // The catalog is not held while pruning: other commands may need it meanwhile.
+    let options = cairn_repository::PruneOptions::default();
+    match execution.exports.repository().prune_with(&options).await {
+        Ok(report) => {
+            save(&PruneState {
+                last: Some(now),
+                pending: false,
+            })?;
+            Ok(Some(PruneOutcome::Done {
+                packs_deleted: report.packs_deleted,
+                bytes_deleted: report.bytes_deleted,
+                packs_repacked: report.packs_repacked,
+            }))
+        }
+        Err(cairn_repository::Error::Locked { holder, .. }) => Ok(Some(PruneOutcome::Postponed {
+            reason: format!("the repository is in use by {holder}; a later run prunes it"),
+        })),
+        Err(e) => Err(anyhow::Error::new(e).context("pruning the repository")),
+    }
+}
+
 /// Removes one restore point: the blueprint's `delete` action (when it has one, with the
 /// policy's parameters, grants and secrets), its repository snapshots, then its record. Stops
 /// at the first step that fails, so the record stays for the next try.
@@ -1258,6 +1383,7 @@ mod tests {
             timeout: None,
             snapshot_class: None,
             export: None,
+            prune: None,
             paused: false,
             applied: at,
             last_run: None,

@@ -118,6 +118,7 @@ pub(crate) fn policy(name: &str) -> Policy {
         timeout: None,
         snapshot_class: None,
         export: None,
+        prune: None,
         paused: false,
         applied: jiff::Timestamp::UNIX_EPOCH,
         last_run: None,

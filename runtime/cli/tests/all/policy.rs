@@ -271,6 +271,11 @@ fn a_policy_that_could_not_run_is_refused_naming_the_field() {
             "frequency: sometimes",
             &["expected @hourly"],
         ),
+        (
+            "frequency: '@hourly'",
+            "frequency: '@hourly'\nprune: weekly",
+            &["prune `weekly`", "or never"],
+        ),
         ("name: greet", "name: Greet_Daily", &["lowercase letters"]),
         (
             "workloads: ['hel*']",

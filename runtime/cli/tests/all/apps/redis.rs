@@ -346,6 +346,10 @@ fn a_policy_keeps_its_newest_exports_and_forgets_the_rest() {
                 points[0].as_str(),
                 "{outcome}"
             );
+            // The first removal is followed by a prune of the repository.
+            assert_eq!(outcome["retention"]["prune"]["status"], "done", "{outcome}");
+        } else {
+            assert!(outcome["retention"]["prune"].is_null(), "{outcome}");
         }
     }
     // The first point's export was deleted (by the blueprint's delete action) and its record
@@ -400,4 +404,13 @@ fn a_policy_keeps_its_newest_exports_and_forgets_the_rest() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(redis.cli(&["GET", "generation"]).trim(), "2");
     assert_eq!(redis.key_count(), TOTAL_KEYS + 1);
+
+    // The next removal's prune waits for the policy's prune frequency (a day).
+    let out = cairn.run(&["policy", "run", "cache"]);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    assert!(
+        stdout(&out).contains("prune postponed: the repository was pruned at"),
+        "{}",
+        stdout(&out)
+    );
 }
