@@ -262,7 +262,8 @@ pub struct Policy {
     /// Labels a workload must all have to be protected (as a Kubernetes `matchLabels`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub selector: BTreeMap<String, String>,
-    /// How often it runs: `@hourly`, `@daily`, `@weekly`, or an interval like `6h`.
+    /// How often it runs: `@hourly`, `@daily`, `@weekly`, an interval like `6h`, or a cron
+    /// expression like `0 2 * * *` (in the machine's time zone, or `CRON_TZ=ZONE 0 2 * * *`).
     pub frequency: String,
     /// What it keeps of its restore points, per workload.
     pub retention: Retention,

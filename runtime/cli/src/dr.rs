@@ -100,8 +100,9 @@ pub(crate) enum DrCommand {
         /// Where the DR passphrase comes from: `raw:VALUE`, `env:VAR` or `file:PATH`.
         #[arg(long, value_name = "SOURCE")]
         passphrase_from: String,
-        /// How often DR runs: @hourly, @daily, @weekly or an interval like 30m or 6h (a timer
-        /// runs `cairn dr run --if-due`).
+        /// How often DR runs: @hourly, @daily, @weekly, an interval like 30m or 6h, or a cron
+        /// expression like "0 2 * * *" (`cairn serve` runs it when due, or a timer runs
+        /// `cairn dr run --if-due`).
         #[arg(long, default_value = "@hourly", value_parser = crate::schedule::parse_frequency)]
         frequency: String,
         /// The newest DR points to keep, whatever their age.

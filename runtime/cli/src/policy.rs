@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::home::Home;
 use crate::run::Execution;
+use crate::schedule::Schedule;
 use crate::{Output, UsageError, exit};
 
 /// `cairn policy …`.
@@ -429,8 +430,7 @@ async fn check(policy: &Policy, engine: &Engine, home: &Home) -> anyhow::Result<
             "the name must be 1 to 63 lowercase letters, digits and dashes, starting with a letter or digit".into(),
         ));
     }
-    crate::schedule::frequency_secs(&policy.frequency)
-        .map_err(|e| bad(format!("frequency {e}")))?;
+    Schedule::parse(&policy.frequency).map_err(|e| bad(format!("frequency {e}")))?;
     if policy.retention == Retention::default() {
         return Err(bad(
             "its retention keeps nothing: set at least one of last, hourly, daily, weekly, monthly, yearly, within (e.g. `retention: {last: 7}`)".into(),
@@ -448,7 +448,7 @@ async fn check(policy: &Policy, engine: &Engine, home: &Home) -> anyhow::Result<
             .map_err(|e| bad(format!("timeout {t:?}: {e} (e.g. 30m, 2h)")))?;
     }
     if let Some(p) = prune_frequency(policy) {
-        crate::schedule::frequency_secs(p).map_err(|e| bad(format!("prune {e}, or never")))?;
+        Schedule::parse(p).map_err(|e| bad(format!("prune {e}, or never")))?;
     }
     let grants = crate::run::parse_grants(&policy.grants).map_err(|e| bad(e.to_string()))?;
     let (blueprint, record) = crate::blueprint::registered(engine, home, &policy.blueprint)
@@ -535,22 +535,24 @@ pub(crate) fn shown(t: Timestamp) -> Timestamp {
     t.round(jiff::Unit::Second).unwrap_or(t)
 }
 
-/// When a policy runs next: at once if it never ran; never while paused; a quarter of its
-/// period after a failed run (at least a minute, at most an hour), so that a passing fault
+/// When a policy runs next: if it never ran, at once on an interval and at the first matching
+/// time on a cron schedule; never while paused; a quarter of its period after a failed run (at
+/// least a minute, at most an hour, and no later than its next slot), so that a passing fault
 /// does not cost a whole period of backups.
 pub(crate) fn next_run(policy: &Policy) -> Option<Timestamp> {
     if policy.paused {
         return None;
     }
+    let schedule = Schedule::parse(&policy.frequency).unwrap_or(Schedule::Every(3_600));
     Some(match &policy.last_run {
-        None => policy.applied,
+        None => schedule.first(policy.applied),
         Some(run) if !run.succeeded => {
-            let period = crate::schedule::frequency_secs(&policy.frequency).unwrap_or(3_600);
-            let retry = (period / 4).clamp(60, 3_600);
+            let retry = (schedule.period_secs(run.started) / 4).clamp(60, 3_600);
             let retry = jiff::SignedDuration::from_secs(i64::try_from(retry).unwrap_or(3_600));
-            run.started.checked_add(retry).unwrap_or(run.started)
+            let retry = run.started.checked_add(retry).unwrap_or(run.started);
+            retry.min(schedule.next_due(run.started))
         }
-        Some(run) => crate::schedule::next_due(&policy.frequency, run.started),
+        Some(run) => schedule.next_due(run.started),
     })
 }
 

@@ -182,6 +182,17 @@ fn a_policy_backs_up_its_workloads_and_keeps_what_its_retention_says() {
     );
 }
 
+/// `cairn serve --once` runs nothing, and says when the next run is.
+fn nothing_due_yet(cairn: &Cairn) {
+    let out = cairn.run(&["serve", "--once"]);
+    ok(&out);
+    assert!(
+        stdout(&out).starts_with("nothing is due; the next run is at"),
+        "{}",
+        stdout(&out)
+    );
+}
+
 #[test]
 fn serve_runs_a_policy_that_never_ran_and_then_waits_for_its_frequency() {
     let cairn = Cairn::new();
@@ -197,13 +208,7 @@ fn serve_runs_a_policy_that_never_ran_and_then_waits_for_its_frequency() {
     );
 
     // Run an hour from now (less its grace), not again at once.
-    let out = cairn.run(&["serve", "--once"]);
-    ok(&out);
-    assert!(
-        stdout(&out).starts_with("nothing is due; the next run is at"),
-        "{}",
-        stdout(&out)
-    );
+    nothing_due_yet(&cairn);
 
     let out = cairn.run(&["policy", "list", "--output", "json"]);
     ok(&out);
@@ -220,6 +225,30 @@ fn serve_runs_a_policy_that_never_ran_and_then_waits_for_its_frequency() {
     let out = cairn.run(&["serve", "--once"]);
     assert_eq!(stdout(&out).trim(), "nothing is due", "{}", stdout(&out));
     ok(&cairn.run(&["policy", "run", "greet"]));
+}
+
+#[test]
+fn a_cron_policy_waits_for_its_first_matching_time() {
+    let cairn = Cairn::new();
+    add_hello(&cairn);
+    // At 02:30 UTC on the 29th of February only: not due during a test run.
+    let cron = hello_policy("{last: 3}").replace(
+        "frequency: '@hourly'",
+        "frequency: 'CRON_TZ=UTC 30 2 29 feb *'",
+    );
+    ok(&apply(&cairn, &cron));
+    nothing_due_yet(&cairn);
+    let out = cairn.run(&["policy", "list", "--output", "json"]);
+    ok(&out);
+    let next = json(&out)[0]["next_run"]
+        .as_str()
+        .expect("a next run")
+        .to_owned();
+    assert!(next.contains("-02-29T02:30:00"), "{next}");
+    // A run by hand keeps the schedule: the next run is still that slot.
+    ok(&cairn.run(&["policy", "run", "greet"]));
+    let out = cairn.run(&["policy", "list", "--output", "json"]);
+    assert_eq!(json(&out)[0]["next_run"], next.as_str());
 }
 
 #[test]
@@ -270,6 +299,11 @@ fn a_policy_that_could_not_run_is_refused_naming_the_field() {
             "frequency: '@hourly'",
             "frequency: sometimes",
             &["expected @hourly"],
+        ),
+        (
+            "frequency: '@hourly'",
+            "frequency: '0 25 * * *'",
+            &["hour \"25\"", "from 0 to 23"],
         ),
         (
             "frequency: '@hourly'",
