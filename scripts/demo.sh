@@ -30,3 +30,8 @@ step "cairn blueprint add $wasm; cairn policy apply examples/policies/hello.yaml
 step "cairn serve --once (runs the policy if it is due)"
 "$cairn" serve --once
 "$cairn" policy list
+
+step "cairn binding apply examples/policies/hello-binding.yaml; a policy for the whole namespace"
+"$cairn" binding apply examples/policies/hello-binding.yaml
+"$cairn" policy apply examples/policies/namespace.yaml
+"$cairn" policy run default-nightly

@@ -10,6 +10,23 @@ use serde::{Deserialize, Serialize};
 use crate::error::Result;
 use crate::{Catalog, Kind, Transaction};
 
+/// `impl Record` for a type stored as one kind, keyed by one of its fields.
+macro_rules! record {
+    ($type:ty, $kind:ident, $key:ident) => {
+        impl Record for $type {
+            const KINDS: &'static [Kind] = &[Kind::$kind];
+
+            fn kind(&self) -> Kind {
+                Kind::$kind
+            }
+
+            fn key(&self) -> &str {
+                &self.$key
+            }
+        }
+    };
+}
+
 /// A record type with its kind and key.
 pub trait Record: Serialize + DeserializeOwned {
     /// The kinds values of this type are stored as (restore points: local or exported).
@@ -171,17 +188,7 @@ pub struct Action {
     pub restore_point: Option<String>,
 }
 
-impl Record for Action {
-    const KINDS: &'static [Kind] = &[Kind::Action];
-
-    fn kind(&self) -> Kind {
-        Kind::Action
-    }
-
-    fn key(&self) -> &str {
-        &self.id
-    }
-}
+record!(Action, Action, id);
 
 /// A location profile: a repository and how to reach it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -196,17 +203,7 @@ pub struct Profile {
     pub options: BTreeMap<String, String>,
 }
 
-impl Record for Profile {
-    const KINDS: &'static [Kind] = &[Kind::Profile];
-
-    fn kind(&self) -> Kind {
-        Kind::Profile
-    }
-
-    fn key(&self) -> &str {
-        &self.name
-    }
-}
+record!(Profile, Profile, name);
 
 /// A registered blueprint.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -224,17 +221,7 @@ pub struct Blueprint {
     pub allow: Option<Vec<String>>,
 }
 
-impl Record for Blueprint {
-    const KINDS: &'static [Kind] = &[Kind::Blueprint];
-
-    fn kind(&self) -> Kind {
-        Kind::Blueprint
-    }
-
-    fn key(&self) -> &str {
-        &self.name
-    }
-}
+record!(Blueprint, Blueprint, name);
 
 /// How many restore points a policy keeps per period (GFS), as everywhere in Cairn.
 pub use cairn_retention::Retention;
@@ -247,8 +234,11 @@ pub use cairn_retention::Retention;
 pub struct Policy {
     /// Its name.
     pub name: String,
-    /// The registered blueprint it runs (`cairn blueprint add`), by name.
-    pub blueprint: String,
+    /// The registered blueprint it runs (`cairn blueprint add`), by name; when absent, each
+    /// workload's blueprint, parameters, grants and secrets come from the first blueprint
+    /// binding (by name) that selects it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blueprint: Option<String>,
     /// Where the workloads run: `local:INVENTORY.yaml`, `kube` or `kube:CONTEXT`.
     pub target: String,
     /// The namespace of the workloads.
@@ -341,17 +331,42 @@ pub struct PolicyRun {
     pub errors: Vec<String>,
 }
 
-impl Record for Policy {
-    const KINDS: &'static [Kind] = &[Kind::Policy];
+record!(Policy, Policy, name);
 
-    fn kind(&self) -> Kind {
-        Kind::Policy
-    }
-
-    fn key(&self) -> &str {
-        &self.name
-    }
+/// How to protect a kind of workload: the blueprint, with its parameters, grants and secrets,
+/// for the workloads it selects. A policy that names no blueprint takes each workload's from
+/// the first binding (by name) that selects it, so one policy can protect a namespace of
+/// different applications. `cairn binding apply` writes it from YAML.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlueprintBinding {
+    /// Its name (bindings are tried in name order).
+    pub name: String,
+    /// The registered blueprint, by name.
+    pub blueprint: String,
+    /// The namespaces it applies in; every namespace when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<String>,
+    /// Workload names or patterns with `*`; any name when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workloads: Vec<String>,
+    /// Labels a workload must all have.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub selector: BTreeMap<String, String>,
+    /// The blueprint's parameters.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub params: BTreeMap<String, String>,
+    /// The capabilities granted to the blueprint.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub grants: Vec<String>,
+    /// Secrets the blueprint may read: name to source (`env:VAR` or `file:PATH`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, String>,
+    /// When it was applied.
+    pub applied: Timestamp,
 }
+
+record!(BlueprintBinding, BlueprintBinding, name);
 
 impl Transaction<'_> {
     /// Writes a typed record under its kind and key, and removes a record of the same key from

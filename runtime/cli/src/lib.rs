@@ -1,7 +1,7 @@
 //! The `cairn` command line.
 //!
 //! `cairn blueprint build|inspect|add`, `cairn run`, `cairn workloads`, `cairn repo …`,
-//! `cairn catalog …`, `cairn dr …`, `cairn policy …` and `cairn serve`. Every command takes
+//! `cairn catalog …`, `cairn dr …`, `cairn policy …`, `cairn binding …` and `cairn serve`. Every command takes
 //! `--home DIR` (or `CAIRN_HOME`): the instance's state directory, holding the compile cache,
 //! the audit log, the local target's state and the default export location.
 //!
@@ -17,6 +17,7 @@ macro_rules! outln {
     };
 }
 
+mod binding;
 mod blueprint;
 mod catalog;
 mod dr;
@@ -127,6 +128,10 @@ enum Command {
     /// and for how long.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// Blueprint bindings: which blueprint, with which parameters and grants, protects the
+    /// workloads a policy selects when the policy names no blueprint.
+    #[command(subcommand)]
+    Binding(binding::BindingCommand),
     /// Run the policies when they are due, until stopped (SIGINT or SIGTERM).
     Serve(serve::ServeArgs),
 }
@@ -179,6 +184,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Catalog(cmd) => catalog::run(cmd, cli.home).await,
         Command::Dr(cmd) => dr::run(cmd, cli.home).await,
         Command::Policy(cmd) => policy::run(cmd, cli.home).await,
+        Command::Binding(cmd) => binding::run(cmd, cli.home).await,
         Command::Serve(args) => serve::serve(args, cli.home).await,
     }
 }
@@ -199,6 +205,25 @@ fn init_tracing(verbose: u8) {
         .with_writer(std::io::stderr)
         .with_target(false)
         .try_init();
+}
+
+/// Prints a listing: `rows` as JSON, or one `line` each, or `empty` when there are none.
+pub(crate) fn print_rows<T: serde::Serialize>(
+    output: Output,
+    rows: &[T],
+    empty: &str,
+    line: impl Fn(&T) -> String,
+) -> anyhow::Result<()> {
+    match output {
+        Output::Json => outln!("{}", serde_json::to_string_pretty(rows)?),
+        Output::Text if rows.is_empty() => outln!("{empty}"),
+        Output::Text => {
+            for row in rows {
+                outln!("{}", line(row));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// An error and its causes on one line: "what failed: because: because".

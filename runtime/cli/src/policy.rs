@@ -21,7 +21,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use cairn_catalog::{Catalog, Kind, Location, Policy, PolicyExport, PolicyRun, Retention};
+use cairn_catalog::{
+    BlueprintBinding, Catalog, Kind, Location, Policy, PolicyExport, PolicyRun, Retention,
+};
 use cairn_engine::{Capability, Engine, Limits, RunRequest};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -35,16 +37,7 @@ use crate::{Output, UsageError, exit};
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum PolicyCommand {
     /// Create a policy, or replace the one of the same name, from a YAML file.
-    Apply {
-        /// The policy file (`-` for standard input).
-        file: PathBuf,
-        /// Check the policy and show it as it would be stored, without storing it.
-        #[arg(long)]
-        dry_run: bool,
-        /// How to print the result.
-        #[arg(long, value_enum, default_value_t)]
-        output: Output,
-    },
+    Apply(ApplyArgs),
     /// List the policies, with when each runs next and how its last run went.
     List {
         /// How to print the result.
@@ -96,12 +89,25 @@ pub(crate) enum PolicyCommand {
     },
 }
 
+/// `apply` of a policy or a binding.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ApplyArgs {
+    /// The YAML file (`-` for standard input).
+    pub(crate) file: PathBuf,
+    /// Check it and show it as it would be stored, without storing it.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+    /// How to print the result.
+    #[arg(long, value_enum, default_value_t)]
+    pub(crate) output: Output,
+}
+
 /// A policy file. Relative paths in it (a local target's inventory, export files, `file:`
 /// secrets) are relative to the file's directory.
 ///
 /// ```yaml
 /// name: orders-nightly
-/// blueprint: postgres            # registered with `cairn blueprint add`
+/// blueprint: postgres            # registered; absent: each workload's blueprint binding
 /// target: local:inventory.yaml   # or kube, kube:CONTEXT
 /// namespace: shop
 /// workloads: [orders-db]         # names or patterns: db-*, *
@@ -117,7 +123,8 @@ pub(crate) enum PolicyCommand {
 #[serde(deny_unknown_fields)]
 struct PolicyFile {
     name: String,
-    blueprint: String,
+    #[serde(default)]
+    blueprint: Option<String>,
     target: String,
     #[serde(default)]
     namespace: Option<String>,
@@ -145,10 +152,18 @@ struct PolicyFile {
     paused: bool,
 }
 
+/// Parameters as the catalog keeps them: text.
+pub(crate) fn texts(params: BTreeMap<String, Scalar>) -> BTreeMap<String, String> {
+    params
+        .into_iter()
+        .map(|(k, v)| (k, v.into_text()))
+        .collect()
+}
+
 /// A parameter's value as YAML gives it: `port: 6379` and `port: "6379"` alike.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
-enum Scalar {
+pub(crate) enum Scalar {
     Text(String),
     Integer(i64),
     Float(f64),
@@ -169,11 +184,11 @@ impl Scalar {
 pub(crate) async fn run(cmd: PolicyCommand, home: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let home = Home::resolve(home)?;
     match cmd {
-        PolicyCommand::Apply {
+        PolicyCommand::Apply(ApplyArgs {
             file,
             dry_run,
             output,
-        } => {
+        }) => {
             let mut policy = read_policy_file(&file)?;
             let engine = crate::run::engine(&home)?;
             check(&policy, &engine, &home).await?;
@@ -197,10 +212,13 @@ pub(crate) async fn run(cmd: PolicyCommand, home: Option<PathBuf>) -> anyhow::Re
                 Output::Text => outln!(
                     "policy {} applied: {} on {} namespace {} ({}), {}; next run {}",
                     policy.name,
-                    policy.blueprint,
+                    policy
+                        .blueprint
+                        .as_deref()
+                        .unwrap_or("(blueprint bindings)"),
                     policy.target,
                     policy.namespace,
-                    selection(&policy),
+                    selection(&policy.workloads, &policy.selector),
                     policy.frequency,
                     next_run(&policy)
                         .map_or_else(|| "when resumed".to_owned(), |t| shown(t).to_string())
@@ -216,17 +234,12 @@ pub(crate) async fn run(cmd: PolicyCommand, home: Option<PathBuf>) -> anyhow::Re
                 .map(|e| Listed::of(&e.key, serde_json::from_str(e.value.get())))
                 .collect();
             drop(catalog);
-            match output {
-                Output::Json => outln!("{}", serde_json::to_string_pretty(&rows)?),
-                Output::Text if rows.is_empty() => {
-                    outln!("no policies; `cairn policy apply FILE` adds one");
-                }
-                Output::Text => {
-                    for row in &rows {
-                        outln!("{}", row.line());
-                    }
-                }
-            }
+            crate::print_rows(
+                output,
+                &rows,
+                "no policies; `cairn policy apply FILE` adds one",
+                Listed::line,
+            )?;
             Ok(ExitCode::from(exit::OK))
         }
         PolicyCommand::Show { name, output } => {
@@ -335,49 +348,68 @@ pub(crate) fn load(catalog: &Catalog, name: &str) -> anyhow::Result<Policy> {
 }
 
 /// Reads a policy file into a policy, with its relative paths made absolute.
-fn read_policy_file(file: &Path) -> anyhow::Result<Policy> {
-    let bad = |msg: String| UsageError(format!("policy {}: {msg}", file.display()));
-    let (text, base) = if file.as_os_str() == "-" {
+/// The text of a policy or binding file (`-`: standard input) and the directory its relative
+/// paths are relative to (the file's, or the current one).
+pub(crate) fn read_file(
+    file: &Path,
+    bad: impl Fn(String) -> UsageError,
+) -> anyhow::Result<(String, PathBuf)> {
+    if file.as_os_str() == "-" {
         let text = std::io::read_to_string(std::io::stdin()).context("reading standard input")?;
-        (
+        return Ok((
             text,
             std::env::current_dir().context("the current directory")?,
-        )
-    } else {
-        let text = std::fs::read_to_string(file).map_err(|e| bad(e.to_string()))?;
-        let dir = file.parent().filter(|d| !d.as_os_str().is_empty());
-        let base = std::path::absolute(dir.unwrap_or(Path::new(".")))
-            .map_err(|e| bad(format!("cannot resolve its directory: {e}")))?;
-        (text, base)
-    };
+        ));
+    }
+    let text = std::fs::read_to_string(file).map_err(|e| bad(e.to_string()))?;
+    let dir = file.parent().filter(|d| !d.as_os_str().is_empty());
+    let base = std::path::absolute(dir.unwrap_or(Path::new(".")))
+        .map_err(|e| bad(format!("cannot resolve its directory: {e}")))?;
+    Ok((text, base))
+}
+
+/// `path` made absolute against `base` (and resolved, when it exists).
+pub(crate) fn absolute(base: &Path, path: &str) -> String {
+    let joined = base.join(path);
+    std::fs::canonicalize(&joined)
+        .unwrap_or(joined)
+        .display()
+        .to_string()
+}
+
+/// Secret sources as a file gives them: `env:VAR`, or `file:PATH` made absolute against
+/// `base`. A value is refused: the catalog travels in DR exports.
+pub(crate) fn secret_sources(
+    secrets: BTreeMap<String, String>,
+    base: &Path,
+) -> Result<BTreeMap<String, String>, String> {
+    secrets
+        .into_iter()
+        .map(|(name, source)| match source.split_once(':') {
+            Some(("file", path)) => Ok((name, format!("file:{}", absolute(base, path)))),
+            Some(("env", _)) => Ok((name, source)),
+            _ => Err(format!(
+                "secret {name}: {source:?} is not env:VAR or file:PATH (the catalog never holds a secret's value: it travels in DR exports)"
+            )),
+        })
+        .collect()
+}
+
+fn read_policy_file(file: &Path) -> anyhow::Result<Policy> {
+    let bad = |msg: String| UsageError(format!("policy {}: {msg}", file.display()));
+    let (text, base) = read_file(file, bad)?;
     let f: PolicyFile = serde_norway::from_str(&text).map_err(|e| {
         bad(format!(
             "{e} (a policy has name, blueprint, target, workloads or selector, frequency and retention; \
              examples/policies/hello.yaml shows every field)"
         ))
     })?;
-    let absolute = |p: &str| {
-        let joined = base.join(p);
-        std::fs::canonicalize(&joined)
-            .unwrap_or(joined)
-            .display()
-            .to_string()
-    };
+    let absolute = |p: &str| absolute(&base, p);
     let target = match f.target.strip_prefix("local:") {
         Some(path) => format!("local:{}", absolute(path)),
         None => f.target,
     };
-    let secrets = f
-        .secrets
-        .into_iter()
-        .map(|(name, source)| match source.split_once(':') {
-            Some(("file", path)) => Ok((name, format!("file:{}", absolute(path)))),
-            Some(("env", _)) => Ok((name, source)),
-            _ => Err(bad(format!(
-                "secret {name}: {source:?} is not env:VAR or file:PATH (a policy never holds a secret's value: the catalog travels in DR exports)"
-            ))),
-        })
-        .collect::<Result<_, _>>()?;
+    let secrets = secret_sources(f.secrets, &base).map_err(bad)?;
     let export = f.export.map(|e| PolicyExport {
         // A repository given as a path (not a URL) is relative to the file, like the rest.
         repo: e
@@ -396,11 +428,7 @@ fn read_policy_file(file: &Path) -> anyhow::Result<Policy> {
         selector: f.selector,
         frequency: f.frequency,
         retention: f.retention,
-        params: f
-            .params
-            .into_iter()
-            .map(|(k, v)| (k, v.into_text()))
-            .collect(),
+        params: texts(f.params),
         grants: f.grants,
         secrets,
         timeout: f.timeout,
@@ -413,24 +441,31 @@ fn read_policy_file(file: &Path) -> anyhow::Result<Policy> {
     })
 }
 
+/// Whether `name` can name a policy or a binding: a DNS label.
+pub(crate) fn valid_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err("the name must be 1 to 63 lowercase letters, digits and dashes, starting with a letter or digit".into())
+    }
+}
+
 /// Refuses a policy that could not run, naming the field and what to do.
 async fn check(policy: &Policy, engine: &Engine, home: &Home) -> anyhow::Result<()> {
     let bad = |msg: String| -> anyhow::Error {
         UsageError(format!("policy {:?}: {msg}", policy.name)).into()
     };
-    let name_ok = |s: &str| {
-        !s.is_empty()
-            && s.len() <= 63
-            && s.starts_with(|c: char| c.is_ascii_alphanumeric())
-            && s.chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-    };
-    if !name_ok(&policy.name) {
-        return Err(bad(
-            "the name must be 1 to 63 lowercase letters, digits and dashes, starting with a letter or digit".into(),
-        ));
-    }
+    valid_name(&policy.name).map_err(bad)?;
     Schedule::parse(&policy.frequency).map_err(|e| bad(format!("frequency {e}")))?;
+    if let Some(p) = prune_frequency(policy) {
+        Schedule::parse(p).map_err(|e| bad(format!("prune {e}, or never")))?;
+    }
     if policy.retention == Retention::default() {
         return Err(bad(
             "its retention keeps nothing: set at least one of last, hourly, daily, weekly, monthly, yearly, within (e.g. `retention: {last: 7}`)".into(),
@@ -447,14 +482,58 @@ async fn check(policy: &Policy, engine: &Engine, home: &Home) -> anyhow::Result<
         humantime::parse_duration(t)
             .map_err(|e| bad(format!("timeout {t:?}: {e} (e.g. 30m, 2h)")))?;
     }
-    if let Some(p) = prune_frequency(policy) {
-        Schedule::parse(p).map_err(|e| bad(format!("prune {e}, or never")))?;
+    match &policy.blueprint {
+        Some(blueprint) => {
+            check_use(
+                engine,
+                home,
+                blueprint,
+                &policy.grants,
+                policy.params.keys(),
+            )
+            .await
+            .map_err(|e| bad(e.to_string()))?;
+        }
+        None if !policy.params.is_empty()
+            || !policy.grants.is_empty()
+            || !policy.secrets.is_empty() =>
+        {
+            return Err(bad(
+                "it names no blueprint, so each workload's comes from a blueprint binding with its \
+                 params, grants and secrets: move them to the binding (`cairn binding apply FILE`), \
+                 or name the blueprint"
+                    .into(),
+            ));
+        }
+        None => {}
     }
-    let grants = crate::run::parse_grants(&policy.grants).map_err(|e| bad(e.to_string()))?;
-    let (blueprint, record) = crate::blueprint::registered(engine, home, &policy.blueprint)
-        .await
-        .map_err(|e| bad(e.to_string()))?;
-    crate::blueprint::check_allowed(&record, &grants).map_err(|e| bad(e.to_string()))?;
+    // A local target's inventory is read now, so a wrong path fails here and not at night.
+    if policy.target.starts_with("local:") {
+        crate::run::open_target(&policy.target, policy.snapshot_class.as_deref(), home)
+            .await
+            .map_err(|e| bad(e.to_string()))?;
+    } else if policy.target != "kube" && !policy.target.starts_with("kube:") {
+        return Err(bad(format!(
+            "target {:?}: use local:INVENTORY.yaml, kube or kube:CONTEXT",
+            policy.target
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses a scheduled use (a policy's, a binding's) of the registered `blueprint` with
+/// `grants` and parameters named `params` that could not run or clean up after itself.
+pub(crate) async fn check_use(
+    engine: &Engine,
+    home: &Home,
+    blueprint: &str,
+    grants: &[String],
+    mut params: impl Iterator<Item = &String>,
+) -> anyhow::Result<()> {
+    let bad = |msg: String| -> anyhow::Error { UsageError(msg).into() };
+    let grants = crate::run::parse_grants(grants)?;
+    let (blueprint, record) = crate::blueprint::registered(engine, home, blueprint).await?;
+    crate::blueprint::check_allowed(&record, &grants)?;
     let d = blueprint.description();
     if !d.has_action("backup") {
         return Err(bad(format!(
@@ -484,15 +563,18 @@ async fn check(policy: &Policy, engine: &Engine, home: &Home) -> anyhow::Result<
         .filter(|c| **c != Capability::Catalog)
         .map(ToString::to_string)
         .collect();
+    let listed = |names: &[String]| {
+        if names.is_empty() {
+            "none".to_owned()
+        } else {
+            names.join(", ")
+        }
+    };
     if let Some(extra) = grants.iter().find(|c| !d.capabilities.contains(c)) {
         return Err(bad(format!(
             "it grants {extra}, which blueprint {} does not declare (it declares: {})",
             d.name,
-            if declared.is_empty() {
-                "none".to_owned()
-            } else {
-                declared.join(", ")
-            }
+            listed(&declared)
         )));
     }
     if grants.is_empty() && !declared.is_empty() {
@@ -502,29 +584,12 @@ async fn check(policy: &Policy, engine: &Engine, home: &Home) -> anyhow::Result<
             declared.join(", ")
         )));
     }
-    for param in policy.params.keys() {
-        if !d.parameters.iter().any(|p| &p.name == param) {
-            let known: Vec<&str> = d.parameters.iter().map(|p| p.name.as_str()).collect();
-            return Err(bad(format!(
-                "blueprint {} has no parameter {param:?} (it has: {})",
-                d.name,
-                if known.is_empty() {
-                    "none".to_owned()
-                } else {
-                    known.join(", ")
-                }
-            )));
-        }
-    }
-    // A local target's inventory is read now, so a wrong path fails here and not at night.
-    if policy.target.starts_with("local:") {
-        crate::run::open_target(&policy.target, policy.snapshot_class.as_deref(), home)
-            .await
-            .map_err(|e| bad(e.to_string()))?;
-    } else if policy.target != "kube" && !policy.target.starts_with("kube:") {
+    if let Some(param) = params.find(|p| !d.parameters.iter().any(|q| &q.name == *p)) {
+        let known: Vec<String> = d.parameters.iter().map(|p| p.name.clone()).collect();
         return Err(bad(format!(
-            "target {:?}: use local:INVENTORY.yaml, kube or kube:CONTEXT",
-            policy.target
+            "blueprint {} has no parameter {param:?} (it has: {})",
+            d.name,
+            listed(&known)
         )));
     }
     Ok(())
@@ -607,10 +672,10 @@ impl Listed {
         format!(
             "{:<24} {:<12} {:<10} {}: {}  {next}  {last}",
             p.name,
-            p.blueprint,
+            p.blueprint.as_deref().unwrap_or("(bindings)"),
             p.frequency,
             p.namespace,
-            selection(p)
+            selection(&p.workloads, &p.selector)
         )
     }
 }
@@ -728,20 +793,31 @@ impl Outcome {
 
 /// Everything a run needs that does not change between its workloads.
 struct Prepared {
-    blueprint: cairn_engine::Blueprint,
-    /// Its registration, with what the operator allows it.
-    registration: cairn_catalog::Blueprint,
     cluster: Arc<dyn cairn_cluster::Cluster>,
     exports: Arc<crate::exports::RepoExports>,
     repository: String,
+    /// The selected workloads by the blueprint that protects them: the policy's, or each
+    /// binding's.
+    groups: Vec<Group>,
+    /// Selected workloads that no binding protects, with why.
+    unbound: Vec<(String, String)>,
+}
+
+/// Workloads of a run protected by one blueprint, with its request template.
+struct Group {
+    blueprint: cairn_engine::Blueprint,
+    /// Its registration, with what the operator allows it.
+    registration: cairn_catalog::Blueprint,
     request: RunRequest,
     workloads: Vec<String>,
 }
 
 impl Prepared {
-    /// The execution of an action of this run, for `policy`, using `used_point`.
+    /// The execution of an action of this run on `group`'s blueprint, for `policy`, using
+    /// `used_point`.
     fn execution<'a>(
         &'a self,
+        group: &'a Group,
         home: &'a Home,
         engine: &'a Engine,
         policy: &'a str,
@@ -750,13 +826,25 @@ impl Prepared {
         Execution {
             home,
             engine,
-            blueprint: &self.blueprint,
+            blueprint: &group.blueprint,
             cluster: self.cluster.clone(),
             exports: self.exports.clone(),
             repository: &self.repository,
             policy: Some(policy),
             used_point,
         }
+    }
+
+    /// Every selected workload, bound or not, by name.
+    fn workloads(&self) -> Vec<&str> {
+        let mut all: Vec<&str> = self
+            .groups
+            .iter()
+            .flat_map(|g| g.workloads.iter().map(String::as_str))
+            .chain(self.unbound.iter().map(|(w, _)| w.as_str()))
+            .collect();
+        all.sort_unstable();
+        all
     }
 }
 
@@ -841,11 +929,6 @@ pub(crate) async fn run_policy(
 }
 
 async fn prepare(policy: &Policy, engine: &Engine, home: &Home) -> anyhow::Result<Prepared> {
-    let (blueprint, registration) =
-        crate::blueprint::registered(engine, home, &policy.blueprint).await?;
-    let grants = crate::run::parse_grants(&policy.grants)?;
-    // The operator may have narrowed what the blueprint may do since the policy was applied.
-    crate::blueprint::check_allowed(&registration, &grants)?;
     let cluster =
         crate::run::open_target(&policy.target, policy.snapshot_class.as_deref(), home).await?;
     let present = cluster
@@ -858,17 +941,23 @@ async fn prepare(policy: &Policy, engine: &Engine, home: &Home) -> anyhow::Resul
             )
         })?;
     let names: BTreeSet<&str> = present.iter().map(|w| w.reference.name.as_str()).collect();
-    let mut workloads: Vec<String> = present
+    let mut selected: Vec<&cairn_cluster::Workload> = present
         .iter()
-        .filter(|w| selects(policy, &w.reference.name, &w.labels))
-        .map(|w| w.reference.name.clone())
+        .filter(|w| {
+            selects(
+                &policy.workloads,
+                &policy.selector,
+                &w.reference.name,
+                &w.labels,
+            )
+        })
         .collect();
-    workloads.sort();
-    if workloads.is_empty() {
+    selected.sort_by(|a, b| a.reference.name.cmp(&b.reference.name));
+    if selected.is_empty() {
         return Err(UsageError(format!(
             "no workload of namespace {} matches {}; it has: {}",
             policy.namespace,
-            selection(policy),
+            selection(&policy.workloads, &policy.selector),
             if names.is_empty() {
                 "none".to_owned()
             } else {
@@ -877,41 +966,96 @@ async fn prepare(policy: &Policy, engine: &Engine, home: &Home) -> anyhow::Resul
         ))
         .into());
     }
-    let select = crate::repo::RepoSelect::of_policy(policy.export.as_ref());
-    let (exports, repository) = crate::run::open_exports(&select, home).await?;
-    let sources: Vec<String> = policy
-        .secrets
-        .iter()
-        .map(|(name, source)| format!("{name}={source}"))
-        .collect();
     let mut limits = Limits::default();
     if let Some(t) = &policy.timeout {
         limits.deadline =
             humantime::parse_duration(t).map_err(|e| UsageError(format!("timeout {t:?}: {e}")))?;
     }
-    let request = RunRequest {
-        action: "backup".to_owned(),
-        namespace: policy.namespace.clone(),
-        workload: None,
-        params: policy
-            .params
+    let template = |params: &BTreeMap<String, String>,
+                    grants: &[String],
+                    secrets: &BTreeMap<String, String>|
+     -> anyhow::Result<RunRequest> {
+        let sources: Vec<String> = secrets
             .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
-        grants,
-        secrets: crate::run::parse_secrets(&sources)?,
-        artifacts: Vec::new(),
-        point_values: Vec::new(),
-        limits,
+            .map(|(name, source)| format!("{name}={source}"))
+            .collect();
+        Ok(RunRequest {
+            action: "backup".to_owned(),
+            namespace: policy.namespace.clone(),
+            workload: None,
+            params: params.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            grants: crate::run::parse_grants(grants)?,
+            secrets: crate::run::parse_secrets(&sources)?,
+            artifacts: Vec::new(),
+            point_values: Vec::new(),
+            limits: limits.clone(),
+        })
     };
+    let group = async |blueprint: &str, request: RunRequest, workloads: Vec<String>| {
+        let (blueprint, registration) =
+            crate::blueprint::registered(engine, home, blueprint).await?;
+        // The operator may have narrowed what the blueprint may do since it was applied.
+        crate::blueprint::check_allowed(&registration, &request.grants)?;
+        anyhow::Ok(Group {
+            blueprint,
+            registration,
+            request,
+            workloads,
+        })
+    };
+    let mut groups = Vec::new();
+    let mut unbound = Vec::new();
+    match &policy.blueprint {
+        Some(blueprint) => {
+            let request = template(&policy.params, &policy.grants, &policy.secrets)?;
+            let workloads = selected.iter().map(|w| w.reference.name.clone()).collect();
+            groups.push(group(blueprint, request, workloads).await?);
+        }
+        None => {
+            let bindings = crate::binding::bindings(&crate::catalog::open(home)?)?;
+            let mut bound: BTreeMap<&str, (&BlueprintBinding, Vec<String>)> = BTreeMap::new();
+            for w in &selected {
+                let name = w.reference.name.clone();
+                match bindings
+                    .iter()
+                    .find(|b| crate::binding::binds(b, &policy.namespace, &name, &w.labels))
+                {
+                    Some(b) => bound.entry(&b.name).or_insert((b, Vec::new())).1.push(name),
+                    None => unbound.push((
+                        name.clone(),
+                        format!(
+                            "no blueprint binding selects workload {name} of namespace {}{}: add one \
+                             with `cairn binding apply FILE`, or name a blueprint in the policy",
+                            policy.namespace,
+                            crate::binding::shown_labels(&w.labels)
+                        ),
+                    )),
+                }
+            }
+            for (b, workloads) in bound.into_values() {
+                let made = match template(&b.params, &b.grants, &b.secrets) {
+                    Ok(request) => group(&b.blueprint, request, workloads.clone()).await,
+                    Err(e) => Err(e),
+                };
+                match made {
+                    Ok(g) => groups.push(g),
+                    Err(e) => unbound.extend(
+                        workloads
+                            .into_iter()
+                            .map(|w| (w, format!("binding {}: {}", b.name, crate::one_line(&e)))),
+                    ),
+                }
+            }
+        }
+    }
+    let select = crate::repo::RepoSelect::of_policy(policy.export.as_ref());
+    let (exports, repository) = crate::run::open_exports(&select, home).await?;
     Ok(Prepared {
-        blueprint,
-        registration,
         cluster,
         exports,
         repository,
-        request,
-        workloads,
+        groups,
+        unbound,
     })
 }
 
@@ -932,15 +1076,22 @@ impl Restore {
         output: Output,
     ) -> anyhow::Result<ExitCode> {
         let prepared = prepare(policy, engine, home).await?;
-        if !prepared.workloads.contains(&self.workload) {
-            return Err(UsageError(format!(
-                "policy {} protects {}, not {}",
-                policy.name,
-                prepared.workloads.join(", "),
-                self.workload
-            ))
-            .into());
-        }
+        let Some(group) = prepared
+            .groups
+            .iter()
+            .find(|g| g.workloads.contains(&self.workload))
+        else {
+            let why = match prepared.unbound.iter().find(|(w, _)| *w == self.workload) {
+                Some((_, why)) => why.clone(),
+                None => format!(
+                    "policy {} protects {}, not {}",
+                    policy.name,
+                    prepared.workloads().join(", "),
+                    self.workload
+                ),
+            };
+            return Err(UsageError(why).into());
+        };
         let catalog = crate::catalog::open(home)?;
         let point = match &self.point {
             Some(id) => catalog.restore_point(id)?.ok_or_else(|| {
@@ -980,17 +1131,17 @@ impl Restore {
             workload: Some(self.workload.clone()),
             artifacts,
             point_values,
-            ..prepared.request.clone()
+            ..group.request.clone()
         };
         request
             .grants
             .extend(crate::run::parse_grants(&self.grants)?);
-        crate::blueprint::check_allowed(&prepared.registration, &request.grants)?;
+        crate::blueprint::check_allowed(&group.registration, &request.grants)?;
         for (k, v) in crate::run::parse_params(&self.params)? {
             request.params.retain(|(name, _)| *name != k);
             request.params.push((k, v));
         }
-        let execution = prepared.execution(home, engine, &policy.name, Some(&point.id));
+        let execution = prepared.execution(group, home, engine, &policy.name, Some(&point.id));
         let (report, _) = execution
             .execute(request, |report| crate::run::print_report(report, output))
             .await?;
@@ -1011,29 +1162,24 @@ impl Restore {
 
 /// Whether the policy protects the workload `name` with `labels`: a name pattern matches (or
 /// there are none) and it has every label of the selector.
-fn selects(policy: &Policy, name: &str, labels: &BTreeMap<String, String>) -> bool {
-    (policy.workloads.is_empty() || policy.workloads.iter().any(|p| matches(p, name)))
-        && policy
-            .selector
-            .iter()
-            .all(|(k, v)| labels.get(k) == Some(v))
+pub(crate) fn selects(
+    workloads: &[String],
+    selector: &BTreeMap<String, String>,
+    name: &str,
+    labels: &BTreeMap<String, String>,
+) -> bool {
+    (workloads.is_empty() || workloads.iter().any(|p| matches(p, name)))
+        && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
-/// The policy's selection, for messages: `db-*, cache` and/or `app=db`.
-fn selection(policy: &Policy) -> String {
-    let labels: Vec<String> = policy
-        .selector
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    match (policy.workloads.is_empty(), labels.is_empty()) {
-        (false, true) => policy.workloads.join(", "),
-        (true, _) => format!("labels {}", labels.join(",")),
-        (false, false) => format!(
-            "{} with labels {}",
-            policy.workloads.join(", "),
-            labels.join(",")
-        ),
+/// A selection of workloads, for messages: `db-*, cache` and/or `app=db`.
+pub(crate) fn selection(workloads: &[String], selector: &BTreeMap<String, String>) -> String {
+    let labels: Vec<String> = selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    match (workloads.is_empty(), labels.is_empty()) {
+        (true, true) => "every workload".to_owned(),
+        (false, true) => workloads.join(", "),
+        (true, false) => format!("labels {}", labels.join(",")),
+        (false, false) => format!("{} with labels {}", workloads.join(", "), labels.join(",")),
     }
 }
 
@@ -1059,57 +1205,67 @@ async fn back_up_and_retain(
     prepared: &Prepared,
     started: Timestamp,
 ) -> Outcome {
-    let execution = prepared.execution(home, engine, &policy.name, None);
     let mut workloads = Vec::new();
-    for workload in &prepared.workloads {
-        let mut request = prepared.request.clone();
-        request.workload = Some(workload.clone());
-        let (restore_point, error) = match execution.execute(request, |_| Ok(())).await {
-            Ok((report, Some(point))) if report.ok => (Some(point), None),
-            Ok((report, _)) => (
-                None,
-                Some(
-                    report
-                        .error
-                        .unwrap_or_else(|| "the backup failed".to_owned()),
+    let mut errors = Vec::new();
+    let mut retention = RetentionOutcome::default();
+    for group in &prepared.groups {
+        let execution = prepared.execution(group, home, engine, &policy.name, None);
+        let mut succeeded = Vec::new();
+        for workload in &group.workloads {
+            let mut request = group.request.clone();
+            request.workload = Some(workload.clone());
+            let (restore_point, error) = match execution.execute(request, |_| Ok(())).await {
+                Ok((report, Some(point))) if report.ok => (Some(point), None),
+                Ok((report, _)) => (
+                    None,
+                    Some(
+                        report
+                            .error
+                            .unwrap_or_else(|| "the backup failed".to_owned()),
+                    ),
                 ),
-            ),
-            Err(e) => (None, Some(crate::one_line(&e))),
-        };
-        workloads.push(WorkloadOutcome {
-            workload: workload.clone(),
-            restore_point,
-            error,
-        });
+                Err(e) => (None, Some(crate::one_line(&e))),
+            };
+            if restore_point.is_some() {
+                succeeded.push(workload.as_str());
+            }
+            workloads.push(WorkloadOutcome {
+                workload: workload.clone(),
+                restore_point,
+                error,
+            });
+        }
+        match retain(policy, &execution, &group.request, &succeeded).await {
+            Ok((done, failures)) => {
+                errors.extend(failures);
+                retention.kept += done.kept;
+                retention.removed.extend(done.removed);
+                retention.skipped = retention.skipped.or(done.skipped);
+            }
+            Err(e) => {
+                errors.push(format!("retention: {}", crate::one_line(&e)));
+                retention.skipped = Some("it failed; see the errors".to_owned());
+            }
+        }
     }
-    let succeeded: Vec<&str> = workloads
-        .iter()
-        .filter(|w| w.restore_point.is_some())
-        .map(|w| w.workload.as_str())
-        .collect();
-    let mut errors: Vec<String> = workloads
+    workloads.extend(prepared.unbound.iter().map(|(w, why)| WorkloadOutcome {
+        workload: w.clone(),
+        restore_point: None,
+        error: Some(why.clone()),
+    }));
+    workloads.sort_by(|a, b| a.workload.cmp(&b.workload));
+    let mut failures: Vec<String> = workloads
         .iter()
         .filter_map(WorkloadOutcome::failure)
         .collect();
-    let retention = match retain(policy, &execution, &prepared.request, &succeeded).await {
-        Ok((mut retention, failures)) => {
-            errors.extend(failures);
-            if retention.skipped.is_none() {
-                match prune_if_due(policy, &execution, !retention.removed.is_empty()).await {
-                    Ok(prune) => retention.prune = prune,
-                    Err(e) => errors.push(format!("prune: {}", crate::one_line(&e))),
-                }
-            }
-            retention
+    failures.append(&mut errors);
+    let mut errors = failures;
+    if retention.skipped.is_none() {
+        match prune_if_due(policy, home, prepared, !retention.removed.is_empty()).await {
+            Ok(prune) => retention.prune = prune,
+            Err(e) => errors.push(format!("prune: {}", crate::one_line(&e))),
         }
-        Err(e) => {
-            errors.push(format!("retention: {}", crate::one_line(&e)));
-            RetentionOutcome {
-                skipped: Some("it failed; see the errors".to_owned()),
-                ..RetentionOutcome::default()
-            }
-        }
-    };
+    }
     Outcome {
         policy: policy.name.clone(),
         run: PolicyRun {
@@ -1229,19 +1385,19 @@ struct PruneState {
 /// it) postpones the prune to a later run; the removed points' data is not lost track of.
 async fn prune_if_due(
     policy: &Policy,
-    execution: &Execution<'_>,
+    home: &Home,
+    prepared: &Prepared,
     removed: bool,
 ) -> anyhow::Result<Option<PruneOutcome>> {
     let Some(frequency) = prune_frequency(policy) else {
         return Ok(None);
     };
-    let key = format!("policy.prune:{}", execution.repository);
+    let key = format!("policy.prune:{}", prepared.repository);
     let save = |state: &PruneState| -> anyhow::Result<()> {
-        crate::catalog::open(execution.home)?
-            .set_meta(&key, Some(&serde_json::to_string(state)?))?;
+        crate::catalog::open(home)?.set_meta(&key, Some(&serde_json::to_string(state)?))?;
         Ok(())
     };
-    let stored = crate::catalog::open(execution.home)?.meta(&key)?;
+    let stored = crate::catalog::open(home)?.meta(&key)?;
     let mut state: PruneState = stored
         .and_then(|s| serde_json::from_str(&s).ok())
         .unwrap_or_default();
@@ -1267,7 +1423,7 @@ async fn prune_if_due(
     }
     // The catalog is not held while pruning: other commands may need it meanwhile.
     let options = cairn_repository::PruneOptions::default();
-    match execution.exports.repository().prune_with(&options).await {
+    match prepared.exports.repository().prune_with(&options).await {
         Ok(report) => {
             save(&PruneState {
                 last: Some(now),
@@ -1372,7 +1528,7 @@ mod tests {
         let at: Timestamp = "2026-12-05T00:00:00Z".parse().expect("a time");
         let mut policy = Policy {
             name: "p".into(),
-            blueprint: "b".into(),
+            blueprint: Some("b".into()),
             target: "kube".into(),
             namespace: "default".into(),
             workloads: vec!["*".into()],
@@ -1434,33 +1590,30 @@ mod tests {
             }))
             .expect("a policy")
         };
+        let sel = |p: &Policy, name: &str, labels: &BTreeMap<String, String>| {
+            selects(&p.workloads, &p.selector, name, labels)
+        };
         let db = labels(&[("app", "db"), ("tier", "data")]);
-        assert!(selects(&policy(&[], &[("app", "db")]), "orders", &db));
-        assert!(!selects(&policy(&[], &[("app", "web")]), "orders", &db));
-        assert!(selects(
-            &policy(&["ord*"], &[("tier", "data")]),
-            "orders",
-            &db
-        ));
-        assert!(!selects(
+        assert!(sel(&policy(&[], &[("app", "db")]), "orders", &db));
+        assert!(!sel(&policy(&[], &[("app", "web")]), "orders", &db));
+        assert!(sel(&policy(&["ord*"], &[("tier", "data")]), "orders", &db));
+        assert!(!sel(
             &policy(&["web-*"], &[("tier", "data")]),
             "orders",
             &db
         ));
-        assert!(selects(
-            &policy(&["orders"], &[]),
-            "orders",
-            &BTreeMap::new()
-        ));
-        assert!(!selects(
+        assert!(sel(&policy(&["orders"], &[]), "orders", &BTreeMap::new()));
+        assert!(!sel(
             &policy(&[], &[("app", "db")]),
             "orders",
             &BTreeMap::new()
         ));
+        let p = policy(&["a", "b*"], &[("app", "db")]);
         assert_eq!(
-            selection(&policy(&["a", "b*"], &[("app", "db")])),
+            selection(&p.workloads, &p.selector),
             "a, b* with labels app=db"
         );
+        assert_eq!(selection(&[], &BTreeMap::new()), "every workload");
     }
 
     #[test]

@@ -101,7 +101,7 @@ pub(crate) fn blueprint(name: &str) -> Blueprint {
 pub(crate) fn policy(name: &str) -> Policy {
     Policy {
         name: name.to_owned(),
-        blueprint: "postgres".to_owned(),
+        blueprint: Some("postgres".to_owned()),
         target: "kube".to_owned(),
         namespace: "shop".to_owned(),
         workloads: vec!["db-*".to_owned()],

@@ -647,3 +647,154 @@ fn the_operator_bounds_what_policies_and_runs_by_name_may_grant() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stdout(&out).contains("not exec"), "{}", stdout(&out));
 }
+
+/// A local target with two workloads of different kinds, `hello` (app=hello) and `other`
+/// (app=other), in the home; returns its `local:` target.
+fn two_kinds(cairn: &Cairn) -> String {
+    let inventory = cairn.home.path().join("two-kinds.yaml");
+    let workload = |app: &str| {
+        format!(
+            "      {app}:\n        workdir: .\n        env: {{GREETING: hello}}\n        \
+             allow: [echo, sh]\n        replicas: 1\n        labels: {{app: {app}}}\n"
+        )
+    };
+    std::fs::write(
+        &inventory,
+        format!(
+            "namespaces:\n  default:\n    workloads:\n{}{}",
+            workload("hello"),
+            workload("other")
+        ),
+    )
+    .expect("write the inventory");
+    format!("local:{}", inventory.display())
+}
+
+/// `yaml` as the binding file `name.yaml`, applied.
+fn bind(cairn: &Cairn, name: &str, yaml: &str) -> Output {
+    let file = policy_file(cairn, name, yaml);
+    cairn.run(&["binding", "apply", file.to_str().expect("utf-8 path")])
+}
+
+/// The greeting each workload's newest restore point of policy `greet` recorded.
+fn greetings(cairn: &Cairn) -> Vec<(String, String)> {
+    let mut newest = std::collections::BTreeMap::new();
+    for p in show(cairn)["restore_points"].as_array().expect("points") {
+        let workload = p["target"]["workload"].as_str().expect("a workload");
+        let said = p["artifacts"][0]["values"]["stdout"]
+            .as_str()
+            .expect("stdout");
+        newest.insert(workload.to_owned(), said.to_owned());
+    }
+    newest.into_iter().collect()
+}
+
+#[test]
+fn a_policy_without_a_blueprint_protects_each_workload_by_its_binding() {
+    let cairn = Cairn::new();
+    add_hello(&cairn);
+    let policy = format!(
+        "name: greet\ntarget: {}\nworkloads: ['*']\nfrequency: '@hourly'\nretention: {{last: 2}}\n",
+        two_kinds(&cairn)
+    );
+    // Parameters and grants belong to the bindings then.
+    refused_with(
+        &apply(&cairn, &format!("{policy}grants: [exec]\n")),
+        &["names no blueprint", "cairn binding apply"],
+    );
+    ok(&apply(&cairn, &policy));
+    let out = cairn.run(&["policy", "list"]);
+    assert!(stdout(&out).contains("(bindings)"), "{}", stdout(&out));
+
+    // No binding yet: every workload fails, saying what to do.
+    let out = cairn.run(&["policy", "run", "greet"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains(
+            "no blueprint binding selects workload hello of namespace default (labels app=hello)"
+        ) && stdout(&out).contains("cairn binding apply FILE"),
+        "{}",
+        stdout(&out)
+    );
+
+    // A binding is checked like a policy's use of a blueprint.
+    refused_with(
+        &bind(
+            &cairn,
+            "bad",
+            "name: bad\nblueprint: hello\nselector: {app: hello}\nparams: {greting: hi}\ngrants: [exec]\n",
+        ),
+        &["binding \"bad\"", "no parameter \"greting\""],
+    );
+    refused_with(
+        &bind(
+            &cairn,
+            "bad",
+            "name: bad\nblueprint: hello\nparams: {greeting: hi}\ngrants: [exec]\nsecrets: {token: abc}\n",
+        ),
+        &["secret token", "env:VAR or file:PATH"],
+    );
+
+    // One binding by label: hello is backed up with its parameters, other still fails.
+    ok(&bind(
+        &cairn,
+        "hello",
+        "name: a-hello\nblueprint: hello\nnamespaces: [default]\nselector: {app: hello}\n\
+         params: {greeting: hi}\ngrants: [exec]\n",
+    ));
+    let out = cairn.run(&["policy", "run", "greet", "--output", "json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let outcome = json(&out);
+    assert!(
+        outcome["workloads"][0]["restore_point"].is_string(),
+        "{outcome}"
+    );
+    assert!(
+        outcome["workloads"][1]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("workload other")),
+        "{outcome}"
+    );
+    assert_eq!(greetings(&cairn), [("hello".into(), "hi, world".into())]);
+
+    // A catch-all binding, tried after it by name, protects the rest.
+    ok(&bind(
+        &cairn,
+        "rest",
+        "name: zz-rest\nblueprint: hello\nparams: {greeting: hey}\ngrants: [exec]\n",
+    ));
+    let out = cairn.run(&["binding", "list"]);
+    ok(&out);
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines.len() == 2 && lines[0].starts_with("a-hello") && lines[1].contains("every workload"),
+        "{lines:?}"
+    );
+    let out = cairn.run(&["policy", "run", "greet"]);
+    ok(&out);
+    assert_eq!(
+        greetings(&cairn),
+        [
+            ("hello".into(), "hi, world".into()),
+            ("other".into(), "hey, world".into())
+        ]
+    );
+    // A restore takes the workload's binding too.
+    let out = cairn.run(&["policy", "restore", "greet", "-w", "other"]);
+    ok(&out);
+    assert!(
+        stderr(&out).contains("says again: hey, world"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Without its own binding, hello falls to the catch-all.
+    ok(&cairn.run(&["binding", "delete", "a-hello"]));
+    ok(&cairn.run(&["policy", "run", "greet"]));
+    assert_eq!(greetings(&cairn)[0], ("hello".into(), "hey, world".into()));
+    refused_with(
+        &cairn.run(&["binding", "delete", "a-hello"]),
+        &["no binding named \"a-hello\""],
+    );
+}

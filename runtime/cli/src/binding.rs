@@ -1,0 +1,215 @@
+//! `cairn binding …`: blueprint bindings. A binding says how to protect a kind of workload (the
+//! registered blueprint, its parameters, grants and secrets) for the workloads it selects by
+//! namespace, name pattern and labels. A policy that names no blueprint backs up each of its
+//! workloads with the first binding, in name order, that selects it: one policy then protects a
+//! namespace of different applications, each with its own blueprint.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use cairn_catalog::{BlueprintBinding, Kind};
+use serde::Deserialize;
+
+use crate::home::Home;
+use crate::policy::{ApplyArgs, Scalar};
+use crate::{Output, UsageError, exit};
+
+/// `cairn binding …`.
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum BindingCommand {
+    /// Create a binding, or replace the one of the same name, from a YAML file.
+    Apply(ApplyArgs),
+    /// List the bindings, in the order policies try them.
+    List {
+        /// How to print the result.
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Delete a binding. Policies that relied on it report its workloads as unbound.
+    Delete {
+        /// The binding's name.
+        name: String,
+    },
+}
+
+/// A binding file. A relative `file:` secret is relative to the file's directory.
+///
+/// ```yaml
+/// name: redis
+/// blueprint: redis               # registered with `cairn blueprint add`
+/// namespaces: [shop]             # every namespace when absent
+/// workloads: [cache-*]           # names or patterns; any name when absent
+/// selector: {app: redis}         # labels every bound workload must have
+/// params: {port: 6379}
+/// grants: [exec, export]
+/// secrets: {password: env:REDIS_PASSWORD}
+/// ```
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BindingFile {
+    name: String,
+    blueprint: String,
+    #[serde(default)]
+    namespaces: Vec<String>,
+    #[serde(default)]
+    workloads: Vec<String>,
+    #[serde(default)]
+    selector: BTreeMap<String, String>,
+    #[serde(default)]
+    params: BTreeMap<String, Scalar>,
+    #[serde(default)]
+    grants: Vec<String>,
+    #[serde(default)]
+    secrets: BTreeMap<String, String>,
+}
+
+fn read_binding_file(file: &std::path::Path) -> anyhow::Result<BlueprintBinding> {
+    let bad = |msg: String| UsageError(format!("binding {}: {msg}", file.display()));
+    let (text, base) = crate::policy::read_file(file, bad)?;
+    let f: BindingFile = serde_norway::from_str(&text).map_err(|e| {
+        bad(format!(
+            "{e} (a binding has name, blueprint, and namespaces, workloads or selector; \
+             examples/policies/hello-binding.yaml shows every field)"
+        ))
+    })?;
+    Ok(BlueprintBinding {
+        secrets: crate::policy::secret_sources(f.secrets, &base).map_err(bad)?,
+        name: f.name,
+        blueprint: f.blueprint,
+        namespaces: f.namespaces,
+        workloads: f.workloads,
+        selector: f.selector,
+        params: crate::policy::texts(f.params),
+        grants: f.grants,
+        applied: jiff::Timestamp::now(),
+    })
+}
+
+/// The bindings in the order policies try them (by name). A record that is not a binding
+/// (stored by hand with `cairn catalog put`) is left out with a warning.
+pub(crate) fn bindings(catalog: &cairn_catalog::Catalog) -> anyhow::Result<Vec<BlueprintBinding>> {
+    Ok(catalog
+        .list(Kind::BlueprintBinding)?
+        .iter()
+        .filter_map(|e| match e.decode() {
+            Ok(b) => Some(b),
+            Err(err) => {
+                tracing::warn!(
+                    "blueprint binding {:?} is unreadable and left out ({err}); apply it again with `cairn binding apply FILE`",
+                    e.key
+                );
+                None
+            }
+        })
+        .collect())
+}
+
+/// Whether `binding` protects workload `name` with `labels` in `namespace`.
+pub(crate) fn binds(
+    binding: &BlueprintBinding,
+    namespace: &str,
+    name: &str,
+    labels: &BTreeMap<String, String>,
+) -> bool {
+    (binding.namespaces.is_empty() || binding.namespaces.iter().any(|n| n == namespace))
+        && crate::policy::selects(&binding.workloads, &binding.selector, name, labels)
+}
+
+/// A workload's labels for a message: ` (labels app=db,tier=data)`, or ` (no labels)`.
+pub(crate) fn shown_labels(labels: &BTreeMap<String, String>) -> String {
+    if labels.is_empty() {
+        return " (no labels)".to_owned();
+    }
+    let pairs: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    format!(" (labels {})", pairs.join(","))
+}
+
+/// What a binding selects, for its line in `list`.
+fn scope(b: &BlueprintBinding) -> String {
+    let namespaces = if b.namespaces.is_empty() {
+        "every namespace".to_owned()
+    } else {
+        format!("namespace {}", b.namespaces.join(", "))
+    };
+    format!(
+        "{namespaces}: {}",
+        crate::policy::selection(&b.workloads, &b.selector)
+    )
+}
+
+pub(crate) async fn run(cmd: BindingCommand, home: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let home = Home::resolve(home)?;
+    match cmd {
+        BindingCommand::Apply(ApplyArgs {
+            file,
+            dry_run,
+            output,
+        }) => {
+            let binding = read_binding_file(&file)?;
+            let bad = |msg: String| UsageError(format!("binding {:?}: {msg}", binding.name));
+            crate::policy::valid_name(&binding.name).map_err(bad)?;
+            let engine = crate::run::engine(&home)?;
+            crate::policy::check_use(
+                &engine,
+                &home,
+                &binding.blueprint,
+                &binding.grants,
+                binding.params.keys(),
+            )
+            .await
+            .map_err(|e| bad(e.to_string()))?;
+            crate::run::parse_secrets(
+                &binding
+                    .secrets
+                    .iter()
+                    .map(|(name, source)| format!("{name}={source}"))
+                    .collect::<Vec<_>>(),
+            )
+            .map_err(|e| bad(e.to_string()))?;
+            if output == Output::Json {
+                outln!("{}", serde_json::to_string_pretty(&binding)?);
+            }
+            if dry_run {
+                if output == Output::Text {
+                    outln!(
+                        "binding {} is valid (not stored: --dry-run)\n{}",
+                        binding.name,
+                        serde_norway::to_string(&binding)?.trim_end()
+                    );
+                }
+                return Ok(ExitCode::from(exit::OK));
+            }
+            crate::catalog::open(&home)?.save(&binding)?;
+            if output == Output::Text {
+                outln!(
+                    "binding {} applied: {} protects {}",
+                    binding.name,
+                    binding.blueprint,
+                    scope(&binding)
+                );
+            }
+            Ok(ExitCode::from(exit::OK))
+        }
+        BindingCommand::List { output } => {
+            let bindings = bindings(&crate::catalog::open(&home)?)?;
+            crate::print_rows(
+                output,
+                &bindings,
+                "no blueprint bindings; `cairn binding apply FILE` adds one",
+                |b| format!("{:<24} {:<12} {}", b.name, b.blueprint, scope(b)),
+            )?;
+            Ok(ExitCode::from(exit::OK))
+        }
+        BindingCommand::Delete { name } => {
+            if !crate::catalog::open(&home)?.delete(Kind::BlueprintBinding, &name)? {
+                return Err(UsageError(format!(
+                    "no binding named {name:?}; `cairn binding list` lists them"
+                ))
+                .into());
+            }
+            outln!("binding {name} deleted");
+            Ok(ExitCode::from(exit::OK))
+        }
+    }
+}
