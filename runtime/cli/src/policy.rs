@@ -196,13 +196,38 @@ pub(crate) async fn run(cmd: PolicyCommand, home: Option<PathBuf>) -> anyhow::Re
             let replaced = catalog.policy(&policy.name).ok().flatten();
             policy.last_run = replaced.and_then(|old| old.last_run);
             if dry_run {
+                drop(catalog);
+                // What it would back up now, and with which blueprint: the check of a selector
+                // and of the bindings that a stored policy only gets at its first run.
+                let plan = match select(&policy, &engine, &home).await {
+                    Ok(selected) => Ok(selected.plan()),
+                    Err(e) => Err(crate::one_line(&e)),
+                };
                 match output {
-                    Output::Json => outln!("{}", serde_json::to_string_pretty(&policy)?),
-                    Output::Text => outln!(
-                        "policy {} is valid (not stored: --dry-run)\n{}",
-                        policy.name,
-                        serde_norway::to_string(&policy)?.trim_end()
+                    Output::Json => outln!(
+                        "{}",
+                        serde_json::to_string_pretty(&serde_json::json!({
+                            "policy": policy,
+                            "plan": plan.as_ref().ok(),
+                            "plan_error": plan.as_ref().err(),
+                        }))?
                     ),
+                    Output::Text => {
+                        outln!(
+                            "policy {} is valid (not stored: --dry-run)\n{}",
+                            policy.name,
+                            serde_norway::to_string(&policy)?.trim_end()
+                        );
+                        match &plan {
+                            Ok(plan) => {
+                                outln!("it would back up now, in namespace {}:", policy.namespace);
+                                for p in plan {
+                                    outln!("  {}", p.line());
+                                }
+                            }
+                            Err(e) => outln!("what it would back up is not known: {e}"),
+                        }
+                    }
                 }
                 return Ok(ExitCode::from(exit::OK));
             }
@@ -810,6 +835,8 @@ struct Group {
     registration: cairn_catalog::Blueprint,
     request: RunRequest,
     workloads: Vec<String>,
+    /// The binding it comes from, when the policy names no blueprint.
+    binding: Option<String>,
 }
 
 impl Prepared {
@@ -929,6 +956,83 @@ pub(crate) async fn run_policy(
 }
 
 async fn prepare(policy: &Policy, engine: &Engine, home: &Home) -> anyhow::Result<Prepared> {
+    let Selected {
+        cluster,
+        groups,
+        unbound,
+    } = select(policy, engine, home).await?;
+    let select = crate::repo::RepoSelect::of_policy(policy.export.as_ref());
+    let (exports, repository) = crate::run::open_exports(&select, home).await?;
+    Ok(Prepared {
+        cluster,
+        exports,
+        repository,
+        groups,
+        unbound,
+    })
+}
+
+/// The workloads a policy selects on its target, grouped by the blueprint that protects each.
+struct Selected {
+    cluster: Arc<dyn cairn_cluster::Cluster>,
+    groups: Vec<Group>,
+    unbound: Vec<(String, String)>,
+}
+
+/// One workload of a plan: what a run would back up it with.
+#[derive(Serialize)]
+struct Planned {
+    workload: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    blueprint: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    binding: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+impl Planned {
+    fn line(&self) -> String {
+        match (&self.blueprint, &self.binding, &self.error) {
+            (Some(b), Some(binding), _) => {
+                format!("{:<24} with {b} (binding {binding})", self.workload)
+            }
+            (Some(b), None, _) => format!("{:<24} with {b}", self.workload),
+            (_, _, e) => format!(
+                "{:<24} NOT PROTECTED: {}",
+                self.workload,
+                e.as_deref().unwrap_or("")
+            ),
+        }
+    }
+}
+
+impl Selected {
+    fn plan(&self) -> Vec<Planned> {
+        let mut plan: Vec<Planned> = self
+            .groups
+            .iter()
+            .flat_map(|g| {
+                g.workloads.iter().map(|w| Planned {
+                    workload: w.clone(),
+                    blueprint: Some(g.registration.name.clone()),
+                    binding: g.binding.clone(),
+                    error: None,
+                })
+            })
+            .chain(self.unbound.iter().map(|(w, why)| Planned {
+                workload: w.clone(),
+                blueprint: None,
+                binding: None,
+                error: Some(why.clone()),
+            }))
+            .collect();
+        plan.sort_by(|a, b| a.workload.cmp(&b.workload));
+        plan
+    }
+}
+
+async fn select(policy: &Policy, engine: &Engine, home: &Home) -> anyhow::Result<Selected> {
     let cluster =
         crate::run::open_target(&policy.target, policy.snapshot_class.as_deref(), home).await?;
     let present = cluster
@@ -991,7 +1095,10 @@ async fn prepare(policy: &Policy, engine: &Engine, home: &Home) -> anyhow::Resul
             limits: limits.clone(),
         })
     };
-    let group = async |blueprint: &str, request: RunRequest, workloads: Vec<String>| {
+    let group = async |blueprint: &str,
+                       request: RunRequest,
+                       workloads: Vec<String>,
+                       binding: Option<String>| {
         let (blueprint, registration) =
             crate::blueprint::registered(engine, home, blueprint).await?;
         // The operator may have narrowed what the blueprint may do since it was applied.
@@ -1001,6 +1108,7 @@ async fn prepare(policy: &Policy, engine: &Engine, home: &Home) -> anyhow::Resul
             registration,
             request,
             workloads,
+            binding,
         })
     };
     let mut groups = Vec::new();
@@ -1009,7 +1117,7 @@ async fn prepare(policy: &Policy, engine: &Engine, home: &Home) -> anyhow::Resul
         Some(blueprint) => {
             let request = template(&policy.params, &policy.grants, &policy.secrets)?;
             let workloads = selected.iter().map(|w| w.reference.name.clone()).collect();
-            groups.push(group(blueprint, request, workloads).await?);
+            groups.push(group(blueprint, request, workloads, None).await?);
         }
         None => {
             let bindings = crate::binding::bindings(&crate::catalog::open(home)?)?;
@@ -1034,7 +1142,15 @@ async fn prepare(policy: &Policy, engine: &Engine, home: &Home) -> anyhow::Resul
             }
             for (b, workloads) in bound.into_values() {
                 let made = match template(&b.params, &b.grants, &b.secrets) {
-                    Ok(request) => group(&b.blueprint, request, workloads.clone()).await,
+                    Ok(request) => {
+                        group(
+                            &b.blueprint,
+                            request,
+                            workloads.clone(),
+                            Some(b.name.clone()),
+                        )
+                        .await
+                    }
                     Err(e) => Err(e),
                 };
                 match made {
@@ -1048,12 +1164,8 @@ async fn prepare(policy: &Policy, engine: &Engine, home: &Home) -> anyhow::Resul
             }
         }
     }
-    let select = crate::repo::RepoSelect::of_policy(policy.export.as_ref());
-    let (exports, repository) = crate::run::open_exports(&select, home).await?;
-    Ok(Prepared {
+    Ok(Selected {
         cluster,
-        exports,
-        repository,
         groups,
         unbound,
     })

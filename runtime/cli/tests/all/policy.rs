@@ -742,6 +742,24 @@ fn a_policy_without_a_blueprint_protects_each_workload_by_its_binding() {
         "name: a-hello\nblueprint: hello\nnamespaces: [default]\nselector: {app: hello}\n\
          params: {greeting: hi}\ngrants: [exec]\n",
     ));
+    // A dry run shows what a run would back up, and with what.
+    let file = policy_file(&cairn, "plan", &policy);
+    let file = file.to_str().expect("utf-8 path");
+    let out = cairn.run(&["policy", "apply", "--dry-run", file]);
+    ok(&out);
+    let text = stdout(&out);
+    assert!(
+        text.contains("it would back up now, in namespace default:")
+            && text.contains("with hello (binding a-hello)")
+            && text.contains("NOT PROTECTED: no blueprint binding selects workload other"),
+        "{text}"
+    );
+    let out = cairn.run(&["policy", "apply", "--dry-run", file, "--output", "json"]);
+    ok(&out);
+    let plan = json(&out)["plan"].clone();
+    assert_eq!(plan[0]["binding"], "a-hello", "{plan}");
+    assert!(plan[1]["error"].is_string(), "{plan}");
+
     let out = cairn.run(&["policy", "run", "greet", "--output", "json"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let outcome = json(&out);
