@@ -4,6 +4,11 @@
 //! Each line carries `prev`, the SHA-256 (hex) of the line before it (64 zeros for the first),
 //! so removing or editing a line breaks the chain at that point: [`AuditLog::verify`] finds it.
 //! This is the seed of a tamper-evident log; anchoring the head elsewhere comes later.
+//!
+//! Several processes append to one log (`cairn serve` running policies while an operator runs
+//! an action, a DR timer): each append holds an exclusive lock on the file and, when the file
+//! has grown since this process last wrote, continues from its actual last line, so the chain
+//! stays one chain.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -81,7 +86,10 @@ pub struct AuditLog {
 #[derive(Debug)]
 struct Inner {
     file: Option<File>,
+    /// The hash of the last line, as of `end`.
     prev: String,
+    /// The file's length after the last line this process read or wrote.
+    end: u64,
 }
 
 /// What a record says, before the log adds time and chain.
@@ -115,11 +123,16 @@ impl AuditLog {
             .append(true)
             .open(&path)
             .map_err(|e| Error::io("opening the audit log", &path, e))?;
+        let end = file
+            .metadata()
+            .map_err(|e| Error::io("opening the audit log", &path, e))?
+            .len();
         Ok(AuditLog {
             path,
             inner: Mutex::new(Inner {
                 file: Some(file),
                 prev,
+                end,
             }),
         })
     }
@@ -131,6 +144,7 @@ impl AuditLog {
             inner: Mutex::new(Inner {
                 file: None,
                 prev: GENESIS.to_string(),
+                end: 0,
             }),
         }
     }
@@ -169,6 +183,24 @@ impl AuditLog {
             Ok(inner) => inner,
             Err(poisoned) => poisoned.into_inner(),
         };
+        let inner = &mut *inner;
+        // Held until the line is written: another process appends before or after, never
+        // from the same last line.
+        let _locked = inner
+            .file
+            .as_ref()
+            .map(|file| Locked::take(file, &self.path));
+        if let Some(file) = &inner.file {
+            match self.caught_up(file, inner.end) {
+                Ok(Some(prev)) => inner.prev = prev,
+                Ok(None) => {}
+                Err(e) => tracing::error!(
+                    path = %self.path.display(),
+                    error = %e,
+                    "cannot read what another process appended to the audit log"
+                ),
+            }
+        }
         let record = AuditRecord {
             time: jiff::Timestamp::now().to_string(),
             action_id: entry.action_id.to_string(),
@@ -188,11 +220,24 @@ impl AuditLog {
         };
         inner.prev = hash_line(&line);
         tracing::debug!(target: "cairn::audit", %line);
-        if let Some(file) = inner.file.as_mut()
-            && let Err(e) = writeln!(file, "{line}")
-        {
-            tracing::error!(path = %self.path.display(), error = %e, "cannot append to the audit log");
+        if let Some(mut file) = inner.file.as_ref() {
+            if let Err(e) = writeln!(file, "{line}") {
+                tracing::error!(path = %self.path.display(), error = %e, "cannot append to the audit log");
+            }
+            inner.end = file.metadata().map_or(inner.end, |m| m.len());
         }
+    }
+
+    /// The hash of the file's last line when another process has appended since this one last
+    /// read or wrote it (the file is no longer `end` long); `None` when it has not.
+    fn caught_up(&self, file: &File, end: u64) -> std::io::Result<Option<String>> {
+        if file.metadata()?.len() == end {
+            return Ok(None);
+        }
+        let last = last_line(File::open(&self.path)?)?;
+        Ok(Some(
+            last.map_or_else(|| GENESIS.to_string(), |l| hash_line(&l)),
+        ))
     }
 
     /// Reads the audit file at `path` and checks its hash chain; returns the records, or says
@@ -222,6 +267,30 @@ impl AuditLog {
             records.push(record);
         }
         Ok(records)
+    }
+}
+
+/// An exclusive lock on the audit file while it lives. Failing to take it is logged: the record
+/// is still written (the side effect happened), at the risk of a fork in the chain.
+struct Locked<'a>(Option<&'a File>);
+
+impl<'a> Locked<'a> {
+    fn take(file: &'a File, path: &Path) -> Self {
+        match file.lock() {
+            Ok(()) => Self(Some(file)),
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "cannot lock the audit log");
+                Self(None)
+            }
+        }
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        if let Some(file) = self.0 {
+            let _ = file.unlock();
+        }
     }
 }
 
@@ -273,5 +342,29 @@ mod tests {
         }
         let records = AuditLog::verify(&path).expect("the chain holds");
         assert_eq!(records.len(), 3_000);
+    }
+
+    #[test]
+    fn logs_open_at_once_append_to_one_chain() {
+        // As two processes do: each has the file open, and they append in turn.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.jsonl");
+        let (a, b) = (
+            AuditLog::open(&path).expect("open"),
+            AuditLog::open(&path).expect("open"),
+        );
+        for i in 0..10 {
+            let log = if i % 3 == 0 { &a } else { &b };
+            log.record_runtime(
+                "run",
+                "sha256:00",
+                "exec",
+                "exec",
+                format!("{i}"),
+                "ok".into(),
+            );
+        }
+        let records = AuditLog::verify(&path).expect("one chain");
+        assert_eq!(records.len(), 10);
     }
 }
