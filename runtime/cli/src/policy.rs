@@ -68,6 +68,10 @@ pub(crate) enum PolicyCommand {
         /// The restore point; default: the policy's newest for the workload.
         #[arg(long, value_name = "ID")]
         point: Option<String>,
+        /// Restore into this workload of the policy's namespace instead (a clone to test a
+        /// restore on, or a replacement), with the blueprint that protects the backed-up one.
+        #[arg(long, value_name = "WORKLOAD")]
+        into: Option<String>,
         /// Capabilities the restore needs beyond the policy's grants (repeatable or
         /// comma-separated), e.g. import, scale, workloads.
         #[arg(long = "grant", short = 'g', value_name = "CAP", value_delimiter = ',')]
@@ -318,6 +322,7 @@ pub(crate) async fn run(cmd: PolicyCommand, home: Option<PathBuf>) -> anyhow::Re
             name,
             workload,
             point,
+            into,
             grants,
             params,
             output,
@@ -327,6 +332,7 @@ pub(crate) async fn run(cmd: PolicyCommand, home: Option<PathBuf>) -> anyhow::Re
             let restore = Restore {
                 workload,
                 point,
+                into,
                 grants,
                 params,
             };
@@ -1175,6 +1181,7 @@ async fn select(policy: &Policy, engine: &Engine, home: &Home) -> anyhow::Result
 struct Restore {
     workload: String,
     point: Option<String>,
+    into: Option<String>,
     grants: Vec<String>,
     params: Vec<String>,
 }
@@ -1238,9 +1245,31 @@ impl Restore {
         }
         let (artifacts, point_values) = crate::catalog::point_outputs(&catalog, &point.id)?;
         drop(catalog);
+        let into = self.into.as_deref().unwrap_or(&self.workload);
+        if into != self.workload {
+            let present = prepared
+                .cluster
+                .workloads(&policy.namespace)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot list the workloads of namespace {}",
+                        policy.namespace
+                    )
+                })?;
+            if !present.iter().any(|w| w.reference.name == into) {
+                let names: Vec<&str> = present.iter().map(|w| w.reference.name.as_str()).collect();
+                return Err(UsageError(format!(
+                    "--into {into}: namespace {} has no such workload (it has: {})",
+                    policy.namespace,
+                    names.join(", ")
+                ))
+                .into());
+            }
+        }
         let mut request = RunRequest {
             action: "restore".to_owned(),
-            workload: Some(self.workload.clone()),
+            workload: Some(into.to_owned()),
             artifacts,
             point_values,
             ..group.request.clone()
@@ -1262,8 +1291,7 @@ impl Restore {
         }
         if output == Output::Text {
             eprintln!(
-                "cairn: the restore of {} from {} failed: {}",
-                self.workload,
+                "cairn: the restore of {into} from {} failed: {}",
                 point.id,
                 report.error.as_deref().unwrap_or("unknown error")
             );

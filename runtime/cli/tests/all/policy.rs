@@ -802,9 +802,25 @@ fn a_policy_without_a_blueprint_protects_each_workload_by_its_binding() {
     let out = cairn.run(&["policy", "restore", "greet", "-w", "other"]);
     ok(&out);
     assert!(
-        stderr(&out).contains("says again: hey, world"),
+        stderr(&out).contains("other-0 says again: hey, world"),
         "{}",
         stderr(&out)
+    );
+    // Into another workload: hello's point, with hello's binding, in other.
+    let out = cairn.run(&[
+        "policy", "restore", "greet", "-w", "hello", "--into", "other",
+    ]);
+    ok(&out);
+    assert!(
+        stderr(&out).contains("other-0 says again: hi, world"),
+        "{}",
+        stderr(&out)
+    );
+    refused_with(
+        &cairn.run(&[
+            "policy", "restore", "greet", "-w", "hello", "--into", "gone",
+        ]),
+        &["--into gone", "has no such workload", "hello, other"],
     );
 
     // Without its own binding, hello falls to the catch-all.
