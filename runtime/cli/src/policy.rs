@@ -1038,18 +1038,21 @@ impl Selected {
     }
 }
 
+/// The workloads of `namespace` on `cluster`.
+async fn workloads_of(
+    cluster: &dyn cairn_cluster::Cluster,
+    namespace: &str,
+) -> anyhow::Result<Vec<cairn_cluster::Workload>> {
+    cluster
+        .workloads(namespace)
+        .await
+        .with_context(|| format!("cannot list the workloads of namespace {namespace}"))
+}
+
 async fn select(policy: &Policy, engine: &Engine, home: &Home) -> anyhow::Result<Selected> {
     let cluster =
         crate::run::open_target(&policy.target, policy.snapshot_class.as_deref(), home).await?;
-    let present = cluster
-        .workloads(&policy.namespace)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot list the workloads of namespace {}",
-                policy.namespace
-            )
-        })?;
+    let present = workloads_of(cluster.as_ref(), &policy.namespace).await?;
     let names: BTreeSet<&str> = present.iter().map(|w| w.reference.name.as_str()).collect();
     let mut selected: Vec<&cairn_cluster::Workload> = present
         .iter()
@@ -1247,16 +1250,7 @@ impl Restore {
         drop(catalog);
         let into = self.into.as_deref().unwrap_or(&self.workload);
         if into != self.workload {
-            let present = prepared
-                .cluster
-                .workloads(&policy.namespace)
-                .await
-                .with_context(|| {
-                    format!(
-                        "cannot list the workloads of namespace {}",
-                        policy.namespace
-                    )
-                })?;
+            let present = workloads_of(prepared.cluster.as_ref(), &policy.namespace).await?;
             if !present.iter().any(|w| w.reference.name == into) {
                 let names: Vec<&str> = present.iter().map(|w| w.reference.name.as_str()).collect();
                 return Err(UsageError(format!(
