@@ -281,6 +281,9 @@ pub struct Policy {
     /// `cairn repo prune` does it); `@daily` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prune: Option<String>,
+    /// How many of its workloads a run backs up at once (1 when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
     /// Whether it is paused (`cairn serve` skips it; `cairn policy run` still runs it).
     #[serde(default)]
     pub paused: bool,

@@ -153,6 +153,8 @@ struct PolicyFile {
     #[serde(default)]
     prune: Option<String>,
     #[serde(default)]
+    concurrency: Option<u32>,
+    #[serde(default)]
     paused: bool,
 }
 
@@ -466,11 +468,15 @@ fn read_policy_file(file: &Path) -> anyhow::Result<Policy> {
         snapshot_class: f.snapshot_class,
         export,
         prune: f.prune,
+        concurrency: f.concurrency,
         paused: f.paused,
         applied: Timestamp::now(),
         last_run: None,
     })
 }
+
+/// The most workloads a policy backs up at once.
+const MAX_CONCURRENCY: u32 = 32;
 
 /// Whether `name` can name a policy or a binding: a DNS label.
 pub(crate) fn valid_name(name: &str) -> Result<(), String> {
@@ -496,6 +502,12 @@ async fn check(policy: &Policy, engine: &Engine, home: &Home) -> anyhow::Result<
     Schedule::parse(&policy.frequency).map_err(|e| bad(format!("frequency {e}")))?;
     if let Some(p) = prune_frequency(policy) {
         Schedule::parse(p).map_err(|e| bad(format!("prune {e}, or never")))?;
+    }
+    if !(1..=MAX_CONCURRENCY).contains(&concurrency(policy)) {
+        return Err(bad(format!(
+            "concurrency {}: back up 1 to {MAX_CONCURRENCY} workloads at once",
+            concurrency(policy)
+        )));
     }
     if policy.retention == Retention::default() {
         return Err(bad(
@@ -789,7 +801,7 @@ impl Outcome {
                 match (r.removed.is_empty(), &r.prune) {
                     (true, _) => String::new(),
                     (false, None) => format!(
-                        " ({}); `cairn repo prune` frees their data (the policy prunes never)",
+                        " ({}); `cairn repo prune` frees their data (this policy has prune: never)",
                         r.removed.join(", ")
                     ),
                     (false, Some(_)) => format!(" ({})", r.removed.join(", ")),
@@ -1339,13 +1351,11 @@ async fn back_up_and_retain(
     prepared: &Prepared,
     started: Timestamp,
 ) -> Outcome {
-    let mut workloads = Vec::new();
-    let mut errors = Vec::new();
-    let mut retention = RetentionOutcome::default();
-    for group in &prepared.groups {
-        let execution = prepared.execution(group, home, engine, &policy.name, None);
-        let mut succeeded = Vec::new();
-        for workload in &group.workloads {
+    use futures::StreamExt as _;
+    // Every workload of every group, `concurrency` at a time, in order.
+    let backups = prepared.groups.iter().flat_map(|group| {
+        group.workloads.iter().map(move |workload| async move {
+            let execution = prepared.execution(group, home, engine, &policy.name, None);
             let mut request = group.request.clone();
             request.workload = Some(workload.clone());
             let (restore_point, error) = match execution.execute(request, |_| Ok(())).await {
@@ -1360,15 +1370,26 @@ async fn back_up_and_retain(
                 ),
                 Err(e) => (None, Some(crate::one_line(&e))),
             };
-            if restore_point.is_some() {
-                succeeded.push(workload.as_str());
-            }
-            workloads.push(WorkloadOutcome {
+            WorkloadOutcome {
                 workload: workload.clone(),
                 restore_point,
                 error,
-            });
-        }
+            }
+        })
+    });
+    let mut workloads: Vec<WorkloadOutcome> = futures::stream::iter(backups)
+        .buffered(usize::try_from(concurrency(policy)).unwrap_or(1))
+        .collect()
+        .await;
+    let mut errors = Vec::new();
+    let mut retention = RetentionOutcome::default();
+    for group in &prepared.groups {
+        let execution = prepared.execution(group, home, engine, &policy.name, None);
+        let succeeded: Vec<&str> = workloads
+            .iter()
+            .filter(|w| w.restore_point.is_some() && group.workloads.contains(&w.workload))
+            .map(|w| w.workload.as_str())
+            .collect();
         match retain(policy, &execution, &group.request, &succeeded).await {
             Ok((done, failures)) => {
                 errors.extend(failures);
@@ -1492,6 +1513,11 @@ async fn retain(
         }
     }
     Ok((outcome, failures))
+}
+
+/// How many workloads the policy backs up at once.
+fn concurrency(policy: &Policy) -> u32 {
+    policy.concurrency.unwrap_or(1)
 }
 
 /// How often the policy's repository is pruned after retention; `None` for never.
@@ -1676,6 +1702,7 @@ mod tests {
             snapshot_class: None,
             export: None,
             prune: None,
+            concurrency: None,
             paused: false,
             applied: at,
             last_run: None,

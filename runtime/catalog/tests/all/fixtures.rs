@@ -119,6 +119,7 @@ pub(crate) fn policy(name: &str) -> Policy {
         snapshot_class: None,
         export: None,
         prune: None,
+        concurrency: None,
         paused: false,
         applied: jiff::Timestamp::UNIX_EPOCH,
         last_run: None,

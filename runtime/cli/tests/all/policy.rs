@@ -302,6 +302,11 @@ fn a_policy_that_could_not_run_is_refused_naming_the_field() {
         ),
         (
             "frequency: '@hourly'",
+            "frequency: '@hourly'\nconcurrency: 0",
+            &["concurrency 0", "1 to 32"],
+        ),
+        (
+            "frequency: '@hourly'",
             "frequency: '0 25 * * *'",
             &["hour \"25\"", "from 0 to 23"],
         ),
@@ -693,8 +698,10 @@ fn greetings(cairn: &Cairn) -> Vec<(String, String)> {
 fn a_policy_without_a_blueprint_protects_each_workload_by_its_binding() {
     let cairn = Cairn::new();
     add_hello(&cairn);
+    // Both workloads at once.
     let policy = format!(
-        "name: greet\ntarget: {}\nworkloads: ['*']\nfrequency: '@hourly'\nretention: {{last: 2}}\n",
+        "name: greet\ntarget: {}\nworkloads: ['*']\nfrequency: '@hourly'\nretention: {{last: 2}}\n\
+         concurrency: 2\n",
         two_kinds(&cairn)
     );
     // Parameters and grants belong to the bindings then.
@@ -831,4 +838,61 @@ fn a_policy_without_a_blueprint_protects_each_workload_by_its_binding() {
         &cairn.run(&["binding", "delete", "a-hello"]),
         &["no binding named \"a-hello\""],
     );
+}
+
+#[test]
+fn concurrency_backs_up_that_many_workloads_at_once() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let cairn = Cairn::new();
+    add_hello(&cairn);
+    // The workloads' `echo` stays two seconds, and notes when it met another one running.
+    let home = cairn.home.path();
+    let bin = home.join("bin");
+    std::fs::create_dir(&bin).expect("mkdir");
+    let echo = bin.join("echo");
+    std::fs::write(
+        &echo,
+        format!(
+            "#!/bin/sh\nd={}\ntouch \"$d/running.$$\"\nsleep 2\n\
+             [ \"$(ls \"$d\" | grep -c '^running')\" -gt 1 ] && touch \"$d/overlapped\"\n\
+             rm \"$d/running.$$\"\nexec /bin/echo \"$@\"\n",
+            home.display()
+        ),
+    )
+    .expect("write");
+    std::fs::set_permissions(&echo, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let workload = |name: &str| {
+        format!(
+            "      {name}:\n        workdir: .\n        env: {{PATH: '{}:/usr/bin:/bin'}}\n        \
+             allow: [echo]\n        replicas: 1\n",
+            bin.display()
+        )
+    };
+    std::fs::write(
+        home.join("inventory.yaml"),
+        format!(
+            "namespaces:\n  default:\n    workloads:\n{}{}",
+            workload("a"),
+            workload("b")
+        ),
+    )
+    .expect("write the inventory");
+    let policy = |concurrency: u32| {
+        format!(
+            "name: greet\nblueprint: hello\ntarget: local:inventory.yaml\nworkloads: ['*']\n\
+             frequency: '@hourly'\nretention: {{last: 1}}\ngrants: [exec]\nconcurrency: {concurrency}\n"
+        )
+    };
+    let overlapped = home.join("overlapped");
+    ok(&apply(&cairn, &policy(1)));
+    ok(&cairn.run(&["policy", "run", "greet"]));
+    assert!(!overlapped.exists(), "one at a time");
+    ok(&apply(&cairn, &policy(2)));
+    let out = cairn.run(&["policy", "run", "greet", "--output", "json"]);
+    ok(&out);
+    assert!(overlapped.exists(), "both at once");
+    let outcome = json(&out);
+    assert_eq!(outcome["workloads"][0]["workload"], "a", "{outcome}");
+    assert_eq!(outcome["workloads"][1]["workload"], "b", "{outcome}");
+    assert_eq!(outcome["points"].as_array().map(Vec::len), Some(2));
 }
