@@ -1,4 +1,4 @@
-//! `cairn serve`: runs every policy that is due, one after another, then Cairn's own DR run
+//! `cairn serve`: runs every policy that is due (`--jobs` at a time), then Cairn's own DR run
 //! when DR is enabled and due (as `cairn dr run --if-due` would), and sleeps until the next is
 //! due; `--once` runs what is due and exits (for a system timer). A policy that has never run
 //! is due at once. One `serve` runs per home: it holds `serve.lock`. With `--metrics`, it
@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use cairn_catalog::{Kind, Policy};
+use futures::StreamExt as _;
 use jiff::Timestamp;
 
 use crate::home::Home;
@@ -32,6 +33,9 @@ pub(crate) struct ServeArgs {
     /// runs, last run and success, next run and restore points, and DR's.
     #[arg(long, value_name = "ADDR")]
     pub(crate) metrics: Option<String>,
+    /// How many due policies run at once (each runs its own workloads `concurrency:` at a time).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub(crate) jobs: u32,
 }
 
 /// `cairn serve`: runs due policies until stopped.
@@ -67,10 +71,8 @@ pub(crate) async fn serve(args: ServeArgs, home: Option<PathBuf>) -> anyhow::Res
             catalog.list(Kind::Policy)?
         };
         let mut soonest: Option<Timestamp> = None;
+        let mut due_now = Vec::new();
         for entry in policies {
-            if stop.requested() {
-                break;
-            }
             let policy: Policy = match serde_json::from_str(entry.value.get()) {
                 Ok(p) => p,
                 Err(e) => {
@@ -90,8 +92,25 @@ pub(crate) async fn serve(args: ServeArgs, home: Option<PathBuf>) -> anyhow::Res
                 soonest = sooner(soonest, due);
                 continue;
             }
+            due_now.push(policy);
+        }
+        // `--jobs` at a time; a stop request lets those running finish and starts no more.
+        let (stop_ref, engine_ref, home_ref) = (&stop, &engine, &home);
+        let runs = due_now.iter().map(|policy| async move {
+            if stop_ref.requested() {
+                return None;
+            }
+            let outcome = run_policy(policy, engine_ref, home_ref).await;
+            Some((policy, outcome))
+        });
+        let mut runs =
+            futures::stream::iter(runs).buffer_unordered(usize::try_from(args.jobs).unwrap_or(1));
+        while let Some(done) = runs.next().await {
+            let Some((policy, outcome)) = done else {
+                continue;
+            };
             ran += 1;
-            let outcome = match run_policy(&policy, &engine, &home).await {
+            let outcome = match outcome {
                 Err(e) if e.is::<Busy>() => {
                     eprintln!("cairn: {e}");
                     continue;
@@ -122,6 +141,7 @@ pub(crate) async fn serve(args: ServeArgs, home: Option<PathBuf>) -> anyhow::Res
                 }
             }
         }
+        drop(runs);
         // DR last, so that its point holds what the policies just recorded.
         if stop.requested() {
             break;

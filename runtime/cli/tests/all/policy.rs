@@ -895,4 +895,23 @@ fn concurrency_backs_up_that_many_workloads_at_once() {
     assert_eq!(outcome["workloads"][0]["workload"], "a", "{outcome}");
     assert_eq!(outcome["workloads"][1]["workload"], "b", "{outcome}");
     assert_eq!(outcome["points"].as_array().map(Vec::len), Some(2));
+
+    // serve --jobs 2 runs two due policies at once, one workload each.
+    std::fs::remove_file(&overlapped).expect("remove");
+    for w in ["a", "b"] {
+        let one = policy(1)
+            .replace("name: greet", &format!("name: only-{w}"))
+            .replace("workloads: ['*']", &format!("workloads: [{w}]"));
+        ok(&apply(&cairn, &one));
+    }
+    let out = cairn.run(&["serve", "--once", "--jobs", "2"]);
+    ok(&out);
+    assert!(overlapped.exists(), "{}", stdout(&out));
+    for w in ["a", "b"] {
+        assert!(
+            stdout(&out).contains(&format!("only-{w}: backed up {w}")),
+            "{}",
+            stdout(&out)
+        );
+    }
 }
