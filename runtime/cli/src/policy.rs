@@ -57,6 +57,17 @@ pub(crate) enum PolicyCommand {
         /// The policy's name.
         name: String,
     },
+    /// Pause a policy: `cairn serve` skips it until it is resumed (a maintenance window);
+    /// `cairn policy run` still runs it.
+    Pause {
+        /// The policy's name.
+        name: String,
+    },
+    /// Resume a paused policy: it runs when next due (at once, if a run was missed).
+    Resume {
+        /// The policy's name.
+        name: String,
+    },
     /// Restore a workload from a restore point the policy made (its newest, or --point), with
     /// the policy's target, parameters, secrets and repository.
     Restore {
@@ -320,6 +331,8 @@ pub(crate) async fn run(cmd: PolicyCommand, home: Option<PathBuf>) -> anyhow::Re
             outln!("policy {name} deleted; its restore points stay");
             Ok(ExitCode::from(exit::OK))
         }
+        PolicyCommand::Pause { name } => set_paused(&home, &name, true),
+        PolicyCommand::Resume { name } => set_paused(&home, &name, false),
         PolicyCommand::Restore {
             name,
             workload,
@@ -366,6 +379,25 @@ fn not_found(name: &str) -> UsageError {
     UsageError(format!(
         "no policy named {name:?}; `cairn policy list` lists them"
     ))
+}
+
+/// `policy pause` and `policy resume`. Applying the policy's file again sets what it says.
+fn set_paused(home: &Home, name: &str, paused: bool) -> anyhow::Result<ExitCode> {
+    let catalog = crate::catalog::open(home)?;
+    let mut policy = load(&catalog, name)?;
+    let was = policy.paused;
+    policy.paused = paused;
+    catalog.record_policy(&policy)?;
+    match (was, paused) {
+        (true, true) => outln!("policy {name} was already paused"),
+        (false, false) => outln!("policy {name} was not paused"),
+        (false, true) => outln!("policy {name} paused: `cairn serve` skips it until it is resumed"),
+        (true, false) => outln!(
+            "policy {name} resumed; next run {}",
+            next_run(&policy).map_or_else(|| "unknown".to_owned(), |t| shown(t).to_string())
+        ),
+    }
+    Ok(ExitCode::from(exit::OK))
 }
 
 pub(crate) fn load(catalog: &Catalog, name: &str) -> anyhow::Result<Policy> {

@@ -225,6 +225,22 @@ fn serve_runs_a_policy_that_never_ran_and_then_waits_for_its_frequency() {
     let out = cairn.run(&["serve", "--once"]);
     assert_eq!(stdout(&out).trim(), "nothing is due", "{}", stdout(&out));
     ok(&cairn.run(&["policy", "run", "greet"]));
+    // Resumed and paused again from the command line.
+    let out = cairn.run(&["policy", "resume", "greet"]);
+    ok(&out);
+    assert!(
+        stdout(&out).starts_with("policy greet resumed; next run"),
+        "{}",
+        stdout(&out)
+    );
+    nothing_due_yet(&cairn);
+    ok(&cairn.run(&["policy", "pause", "greet"]));
+    let out = cairn.run(&["serve", "--once"]);
+    assert_eq!(stdout(&out).trim(), "nothing is due", "{}", stdout(&out));
+    refused_with(
+        &cairn.run(&["policy", "pause", "nope"]),
+        &["no policy named \"nope\""],
+    );
 }
 
 #[test]
