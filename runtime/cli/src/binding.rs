@@ -18,7 +18,9 @@ use crate::{Output, UsageError, exit};
 /// `cairn binding …`.
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum BindingCommand {
-    /// Create a binding, or replace the one of the same name, from a YAML file.
+    /// Create bindings, or replace those of the same names, from a YAML file (several
+    /// documents may be separated by `---`) or a directory of them: all are checked before
+    /// any is stored.
     Apply(ApplyArgs),
     /// List the bindings, in the order policies try them.
     List {
@@ -64,17 +66,25 @@ struct BindingFile {
     secrets: BTreeMap<String, String>,
 }
 
-fn read_binding_file(file: &std::path::Path) -> anyhow::Result<BlueprintBinding> {
-    let bad = |msg: String| UsageError(format!("binding {}: {msg}", file.display()));
-    let (text, base) = crate::policy::read_file(file, bad)?;
-    let f: BindingFile = serde_norway::from_str(&text).map_err(|e| {
-        bad(format!(
-            "{e} (a binding has name, blueprint, and namespaces, workloads or selector; \
-             examples/policies/hello-binding.yaml shows every field)"
-        ))
-    })?;
+/// The bindings of a file or directory (several documents, or files, may hold several).
+fn read_binding_files(file: &std::path::Path) -> anyhow::Result<Vec<BlueprintBinding>> {
+    crate::policy::read_documents::<BindingFile>(
+        file,
+        "binding",
+        "a binding has name, blueprint, and namespaces, workloads or selector; \
+         examples/policies/hello-binding.yaml shows every field",
+        |f| &f.name,
+    )?
+    .into_iter()
+    .map(binding_of)
+    .collect()
+}
+
+fn binding_of(doc: crate::policy::Document<BindingFile>) -> anyhow::Result<BlueprintBinding> {
+    let f = doc.value;
+    let bad = |msg: String| UsageError(format!("binding {}: {msg}", doc.file.display()));
     Ok(BlueprintBinding {
-        secrets: crate::policy::secret_sources(f.secrets, &base).map_err(bad)?,
+        secrets: crate::policy::secret_sources(f.secrets, &doc.base).map_err(bad)?,
         name: f.name,
         blueprint: f.blueprint,
         namespaces: f.namespaces,
@@ -103,6 +113,32 @@ pub(crate) fn bindings(catalog: &cairn_catalog::Catalog) -> anyhow::Result<Vec<B
             }
         })
         .collect())
+}
+
+/// Refuses a binding that could not run, naming it and the field.
+async fn check(
+    binding: &BlueprintBinding,
+    engine: &cairn_engine::Engine,
+    home: &Home,
+) -> anyhow::Result<()> {
+    let bad = |msg: String| UsageError(format!("binding {:?}: {msg}", binding.name));
+    crate::policy::valid_name(&binding.name).map_err(bad)?;
+    crate::policy::check_use(
+        engine,
+        home,
+        &binding.blueprint,
+        &binding.grants,
+        binding.params.keys(),
+    )
+    .await
+    .map_err(|e| bad(e.to_string()))?;
+    let sources: Vec<String> = binding
+        .secrets
+        .iter()
+        .map(|(name, source)| format!("{name}={source}"))
+        .collect();
+    crate::run::parse_secrets(&sources).map_err(|e| bad(e.to_string()))?;
+    Ok(())
 }
 
 /// Whether `binding` protects workload `name` with `labels` in `namespace`.
@@ -146,49 +182,36 @@ pub(crate) async fn run(cmd: BindingCommand, home: Option<PathBuf>) -> anyhow::R
             dry_run,
             output,
         }) => {
-            let binding = read_binding_file(&file)?;
-            let bad = |msg: String| UsageError(format!("binding {:?}: {msg}", binding.name));
-            crate::policy::valid_name(&binding.name).map_err(bad)?;
+            let bindings = read_binding_files(&file)?;
             let engine = crate::run::engine(&home)?;
-            crate::policy::check_use(
-                &engine,
-                &home,
-                &binding.blueprint,
-                &binding.grants,
-                binding.params.keys(),
-            )
-            .await
-            .map_err(|e| bad(e.to_string()))?;
-            crate::run::parse_secrets(
-                &binding
-                    .secrets
-                    .iter()
-                    .map(|(name, source)| format!("{name}={source}"))
-                    .collect::<Vec<_>>(),
-            )
-            .map_err(|e| bad(e.to_string()))?;
-            if output == Output::Json {
-                outln!("{}", serde_json::to_string_pretty(&binding)?);
+            // Every binding is checked before any is stored.
+            for binding in &bindings {
+                check(binding, &engine, &home).await?;
             }
-            if dry_run {
+            let mut applied = Vec::new();
+            for binding in bindings {
                 if output == Output::Text {
-                    outln!(
-                        "binding {} is valid (not stored: --dry-run)\n{}",
-                        binding.name,
-                        serde_norway::to_string(&binding)?.trim_end()
-                    );
+                    if dry_run {
+                        outln!(
+                            "binding {} is valid (not stored: --dry-run)\n{}",
+                            binding.name,
+                            serde_norway::to_string(&binding)?.trim_end()
+                        );
+                    } else {
+                        outln!(
+                            "binding {} applied: {} protects {}",
+                            binding.name,
+                            binding.blueprint,
+                            scope(&binding)
+                        );
+                    }
                 }
-                return Ok(ExitCode::from(exit::OK));
+                if !dry_run {
+                    crate::catalog::open(&home)?.save(&binding)?;
+                }
+                applied.push(serde_json::to_value(&binding)?);
             }
-            crate::catalog::open(&home)?.save(&binding)?;
-            if output == Output::Text {
-                outln!(
-                    "binding {} applied: {} protects {}",
-                    binding.name,
-                    binding.blueprint,
-                    scope(&binding)
-                );
-            }
+            crate::print_applied(output, applied)?;
             Ok(ExitCode::from(exit::OK))
         }
         BindingCommand::List { output } => {

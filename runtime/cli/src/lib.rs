@@ -226,6 +226,22 @@ pub(crate) fn print_rows<T: serde::Serialize>(
     Ok(())
 }
 
+/// Prints, for `--output json`, what `apply` stored (or would): one object for one document, an
+/// array for several.
+pub(crate) fn print_applied(
+    output: Output,
+    mut applied: Vec<serde_json::Value>,
+) -> anyhow::Result<()> {
+    if output == Output::Json {
+        let value = match applied.len() {
+            1 => applied.remove(0),
+            _ => serde_json::Value::Array(applied),
+        };
+        outln!("{}", serde_json::to_string_pretty(&value)?);
+    }
+    Ok(())
+}
+
 /// An error and its causes on one line: "what failed: because: because".
 pub(crate) fn one_line(e: &anyhow::Error) -> String {
     let mut s = String::new();

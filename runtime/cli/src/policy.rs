@@ -36,7 +36,9 @@ use crate::{Output, UsageError, exit};
 /// `cairn policy …`.
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum PolicyCommand {
-    /// Create a policy, or replace the one of the same name, from a YAML file.
+    /// Create policies, or replace those of the same names, from a YAML file (several
+    /// documents may be separated by `---`) or a directory of them: all are checked before
+    /// any is stored.
     Apply(ApplyArgs),
     /// List the policies, with when each runs next and how its last run went.
     List {
@@ -104,10 +106,47 @@ pub(crate) enum PolicyCommand {
     },
 }
 
+/// Shows what applying `policy` would store and what a run would back up now; returns it for
+/// `--output json`.
+async fn dry_run_of(
+    policy: &Policy,
+    engine: &Engine,
+    home: &Home,
+    output: Output,
+) -> anyhow::Result<serde_json::Value> {
+    // What it would back up now, and with which blueprint: the check of a selector and of the
+    // bindings that a stored policy only gets at its first run.
+    let plan = match select(policy, engine, home).await {
+        Ok(selected) => Ok(selected.plan()),
+        Err(e) => Err(crate::one_line(&e)),
+    };
+    if output == Output::Text {
+        outln!(
+            "policy {} is valid (not stored: --dry-run)\n{}",
+            policy.name,
+            serde_norway::to_string(policy)?.trim_end()
+        );
+        match &plan {
+            Ok(plan) => {
+                outln!("it would back up now, in namespace {}:", policy.namespace);
+                for p in plan {
+                    outln!("  {}", p.line());
+                }
+            }
+            Err(e) => outln!("what it would back up is not known: {e}"),
+        }
+    }
+    Ok(serde_json::json!({
+        "policy": policy,
+        "plan": plan.as_ref().ok(),
+        "plan_error": plan.as_ref().err(),
+    }))
+}
+
 /// `apply` of a policy or a binding.
 #[derive(Debug, clap::Args)]
 pub(crate) struct ApplyArgs {
-    /// The YAML file (`-` for standard input).
+    /// The YAML file (`-` for standard input), or a directory of `.yaml`/`.yml` files.
     pub(crate) file: PathBuf,
     /// Check it and show it as it would be stored, without storing it.
     #[arg(long)]
@@ -206,66 +245,42 @@ pub(crate) async fn run(cmd: PolicyCommand, home: Option<PathBuf>) -> anyhow::Re
             dry_run,
             output,
         }) => {
-            let mut policy = read_policy_file(&file)?;
+            let policies = read_policy_files(&file)?;
             let engine = crate::run::engine(&home)?;
-            check(&policy, &engine, &home).await?;
-            let catalog = crate::catalog::open(&home)?;
-            let replaced = catalog.policy(&policy.name).ok().flatten();
-            policy.last_run = replaced.and_then(|old| old.last_run);
-            if dry_run {
-                drop(catalog);
-                // What it would back up now, and with which blueprint: the check of a selector
-                // and of the bindings that a stored policy only gets at its first run.
-                let plan = match select(&policy, &engine, &home).await {
-                    Ok(selected) => Ok(selected.plan()),
-                    Err(e) => Err(crate::one_line(&e)),
-                };
-                match output {
-                    Output::Json => outln!(
-                        "{}",
-                        serde_json::to_string_pretty(&serde_json::json!({
-                            "policy": policy,
-                            "plan": plan.as_ref().ok(),
-                            "plan_error": plan.as_ref().err(),
-                        }))?
-                    ),
-                    Output::Text => {
-                        outln!(
-                            "policy {} is valid (not stored: --dry-run)\n{}",
-                            policy.name,
-                            serde_norway::to_string(&policy)?.trim_end()
-                        );
-                        match &plan {
-                            Ok(plan) => {
-                                outln!("it would back up now, in namespace {}:", policy.namespace);
-                                for p in plan {
-                                    outln!("  {}", p.line());
-                                }
-                            }
-                            Err(e) => outln!("what it would back up is not known: {e}"),
-                        }
-                    }
+            // Every policy is checked before any is stored.
+            for policy in &policies {
+                check(policy, &engine, &home).await?;
+            }
+            let mut applied = Vec::new();
+            for mut policy in policies {
+                let catalog = crate::catalog::open(&home)?;
+                let replaced = catalog.policy(&policy.name).ok().flatten();
+                policy.last_run = replaced.and_then(|old| old.last_run);
+                if dry_run {
+                    drop(catalog);
+                    applied.push(dry_run_of(&policy, &engine, &home, output).await?);
+                    continue;
                 }
-                return Ok(ExitCode::from(exit::OK));
+                catalog.record_policy(&policy)?;
+                if output == Output::Text {
+                    outln!(
+                        "policy {} applied: {} on {} namespace {} ({}), {}; next run {}",
+                        policy.name,
+                        policy
+                            .blueprint
+                            .as_deref()
+                            .unwrap_or("(blueprint bindings)"),
+                        policy.target,
+                        policy.namespace,
+                        selection(&policy.workloads, &policy.selector),
+                        policy.frequency,
+                        next_run(&policy)
+                            .map_or_else(|| "when resumed".to_owned(), |t| shown(t).to_string())
+                    );
+                }
+                applied.push(serde_json::to_value(&policy)?);
             }
-            catalog.record_policy(&policy)?;
-            match output {
-                Output::Json => outln!("{}", serde_json::to_string_pretty(&policy)?),
-                Output::Text => outln!(
-                    "policy {} applied: {} on {} namespace {} ({}), {}; next run {}",
-                    policy.name,
-                    policy
-                        .blueprint
-                        .as_deref()
-                        .unwrap_or("(blueprint bindings)"),
-                    policy.target,
-                    policy.namespace,
-                    selection(&policy.workloads, &policy.selector),
-                    policy.frequency,
-                    next_run(&policy)
-                        .map_or_else(|| "when resumed".to_owned(), |t| shown(t).to_string())
-                ),
-            }
+            crate::print_applied(output, applied)?;
             Ok(ExitCode::from(exit::OK))
         }
         PolicyCommand::List { output } => {
@@ -460,15 +475,97 @@ pub(crate) fn secret_sources(
         .collect()
 }
 
-fn read_policy_file(file: &Path) -> anyhow::Result<Policy> {
+/// The YAML documents of `file` (`-`: standard input; several may be separated by `---`), or of
+/// every `.yaml`/`.yml` file of a directory in name order, each with the directory its relative
+/// paths are relative to. Two of the same name are refused: which one would win is unclear.
+pub(crate) fn read_documents<T: serde::de::DeserializeOwned>(
+    file: &Path,
+    what: &str,
+    hint: &str,
+    name: impl Fn(&T) -> &str,
+) -> anyhow::Result<Vec<Document<T>>> {
+    let files = if file.is_dir() {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(file)
+            .with_context(|| format!("cannot read the directory {}", file.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            return Err(UsageError(format!(
+                "{}: no .yaml or .yml file in this directory",
+                file.display()
+            ))
+            .into());
+        }
+        files
+    } else {
+        vec![file.to_owned()]
+    };
+    let mut docs: Vec<Document<T>> = Vec::new();
+    for file in &files {
+        let bad = |msg: String| UsageError(format!("{what} {}: {msg}", file.display()));
+        let (text, base) = read_file(file, bad)?;
+        let many = text.lines().any(|l| l.trim_end() == "---");
+        for (i, doc) in serde_norway::Deserializer::from_str(&text).enumerate() {
+            let parsed = T::deserialize(doc).map_err(|e| {
+                let at = if many {
+                    format!("document {}: ", i + 1)
+                } else {
+                    String::new()
+                };
+                bad(format!("{at}{e} ({hint})"))
+            })?;
+            if let Some(first) = docs.iter().find(|d| name(&d.value) == name(&parsed)) {
+                return Err(bad(format!(
+                    "a second {what} named {:?} (the first is in {}): give each its own name",
+                    name(&parsed),
+                    first.file.display()
+                ))
+                .into());
+            }
+            docs.push(Document {
+                value: parsed,
+                file: file.clone(),
+                base: base.clone(),
+            });
+        }
+    }
+    Ok(docs)
+}
+
+/// One YAML document of a policy or binding file.
+pub(crate) struct Document<T> {
+    pub(crate) value: T,
+    /// The file it is in.
+    pub(crate) file: PathBuf,
+    /// The directory its relative paths are relative to.
+    pub(crate) base: PathBuf,
+}
+
+/// The policies of a file or directory (see [`read_documents`]), with their relative paths made
+/// absolute.
+fn read_policy_files(file: &Path) -> anyhow::Result<Vec<Policy>> {
+    read_documents::<PolicyFile>(
+        file,
+        "policy",
+        "a policy has name, blueprint, target, workloads or selector, frequency and retention; \
+         examples/policies/hello.yaml shows every field",
+        |f| &f.name,
+    )?
+    .into_iter()
+    .map(policy_of)
+    .collect()
+}
+
+/// The policy a document of a policy file describes.
+fn policy_of(doc: Document<PolicyFile>) -> anyhow::Result<Policy> {
+    let Document {
+        value: f,
+        file,
+        base,
+    } = doc;
     let bad = |msg: String| UsageError(format!("policy {}: {msg}", file.display()));
-    let (text, base) = read_file(file, bad)?;
-    let f: PolicyFile = serde_norway::from_str(&text).map_err(|e| {
-        bad(format!(
-            "{e} (a policy has name, blueprint, target, workloads or selector, frequency and retention; \
-             examples/policies/hello.yaml shows every field)"
-        ))
-    })?;
     let absolute = |p: &str| absolute(&base, p);
     let target = match f.target.strip_prefix("local:") {
         Some(path) => format!("local:{}", absolute(path)),

@@ -931,3 +931,69 @@ fn concurrency_backs_up_that_many_workloads_at_once() {
         );
     }
 }
+
+#[test]
+fn apply_takes_several_documents_and_directories_all_or_nothing() {
+    let cairn = Cairn::new();
+    add_hello(&cairn);
+    let dir = cairn.home.path().join("policies");
+    std::fs::create_dir(&dir).expect("mkdir");
+    let named =
+        |name: &str| hello_policy("{last: 2}").replace("name: greet", &format!("name: {name}"));
+    std::fs::write(
+        dir.join("a.yaml"),
+        format!("{}---\n{}", named("one"), named("two")),
+    )
+    .expect("write");
+    std::fs::write(dir.join("b.yml"), named("three")).expect("write");
+    std::fs::write(dir.join("notes.txt"), "not a policy").expect("write");
+    let dir_arg = dir.to_str().expect("utf-8 path");
+    let out = cairn.run(&["policy", "apply", dir_arg, "--output", "json"]);
+    ok(&out);
+    let names: Vec<String> = json(&out)
+        .as_array()
+        .expect("an array for several")
+        .iter()
+        .filter_map(|p| p["name"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(names, ["one", "two", "three"]);
+
+    // One bad document stores nothing, and says which.
+    std::fs::write(
+        dir.join("a.yaml"),
+        format!(
+            "{}---\n{}",
+            named("one").replace("{last: 2}", "{last: 5}"),
+            named("two").replace("'@hourly'", "'@sometimes'")
+        ),
+    )
+    .expect("write");
+    refused_with(
+        &cairn.run(&["policy", "apply", dir_arg]),
+        &["policy \"two\"", "frequency"],
+    );
+    let out = cairn.run(&["policy", "show", "one", "--output", "json"]);
+    assert_eq!(json(&out)["policy"]["retention"]["last"], 2);
+    std::fs::write(dir.join("a.yaml"), format!("{}---\nname: [", named("one"))).expect("write");
+    refused_with(
+        &cairn.run(&["policy", "apply", dir_arg]),
+        &["a.yaml", "document 2"],
+    );
+    // Two of one name are refused, naming where the first is.
+    std::fs::write(dir.join("a.yaml"), named("three")).expect("write");
+    refused_with(
+        &cairn.run(&["policy", "apply", dir_arg]),
+        &["a second policy named \"three\"", "a.yaml"],
+    );
+
+    // Bindings likewise.
+    let bindings = policy_file(
+        &cairn,
+        "bindings",
+        "name: a\nblueprint: hello\nselector: {app: a}\ngrants: [exec]\n---\n\
+         name: b\nblueprint: hello\nselector: {app: b}\ngrants: [exec]\n",
+    );
+    ok(&cairn.run(&["binding", "apply", bindings.to_str().expect("utf-8 path")]));
+    let out = cairn.run(&["binding", "list", "--output", "json"]);
+    assert_eq!(json(&out).as_array().map(Vec::len), Some(2));
+}
