@@ -85,6 +85,10 @@ pub(crate) enum PolicyCommand {
         /// restore on, or a replacement), with the blueprint that protects the backed-up one.
         #[arg(long, value_name = "WORKLOAD")]
         into: Option<String>,
+        /// Restore into this namespace of the policy's target instead (a clone namespace), into
+        /// the workload of the same name or `--into`'s.
+        #[arg(long, value_name = "NAMESPACE")]
+        into_namespace: Option<String>,
         /// Capabilities the restore needs beyond the policy's grants (repeatable or
         /// comma-separated), e.g. import, scale, workloads.
         #[arg(long = "grant", short = 'g', value_name = "CAP", value_delimiter = ',')]
@@ -353,6 +357,7 @@ pub(crate) async fn run(cmd: PolicyCommand, home: Option<PathBuf>) -> anyhow::Re
             workload,
             point,
             into,
+            into_namespace,
             grants,
             params,
             output,
@@ -363,6 +368,7 @@ pub(crate) async fn run(cmd: PolicyCommand, home: Option<PathBuf>) -> anyhow::Re
                 workload,
                 point,
                 into,
+                into_namespace,
                 grants,
                 params,
             };
@@ -1326,6 +1332,7 @@ struct Restore {
     workload: String,
     point: Option<String>,
     into: Option<String>,
+    into_namespace: Option<String>,
     grants: Vec<String>,
     params: Vec<String>,
 }
@@ -1390,20 +1397,33 @@ impl Restore {
         let (artifacts, point_values) = crate::catalog::point_outputs(&catalog, &point.id)?;
         drop(catalog);
         let into = self.into.as_deref().unwrap_or(&self.workload);
-        if into != self.workload {
-            let present = workloads_of(prepared.cluster.as_ref(), &policy.namespace).await?;
+        let namespace = self.into_namespace.as_deref().unwrap_or(&policy.namespace);
+        if into != self.workload || namespace != policy.namespace {
+            // A namespace the target lacks is the user's to fix, like a workload.
+            let present = workloads_of(prepared.cluster.as_ref(), namespace)
+                .await
+                .map_err(|e| {
+                    UsageError(format!(
+                        "restoring into {namespace}/{into}: {}",
+                        crate::one_line(&e)
+                    ))
+                })?;
             if !present.iter().any(|w| w.reference.name == into) {
                 let names: Vec<&str> = present.iter().map(|w| w.reference.name.as_str()).collect();
                 return Err(UsageError(format!(
-                    "--into {into}: namespace {} has no such workload (it has: {})",
-                    policy.namespace,
-                    names.join(", ")
+                    "restoring into {namespace}/{into}: namespace {namespace} has no such workload (it has: {})",
+                    if names.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        names.join(", ")
+                    }
                 ))
                 .into());
             }
         }
         let mut request = RunRequest {
             action: "restore".to_owned(),
+            namespace: namespace.to_owned(),
             workload: Some(into.to_owned()),
             artifacts,
             point_values,
@@ -1426,7 +1446,7 @@ impl Restore {
         }
         if output == Output::Text {
             eprintln!(
-                "cairn: the restore of {into} from {} failed: {}",
+                "cairn: the restore of {namespace}/{into} from {} failed: {}",
                 point.id,
                 report.error.as_deref().unwrap_or("unknown error")
             );

@@ -843,7 +843,11 @@ fn a_policy_without_a_blueprint_protects_each_workload_by_its_binding() {
         &cairn.run(&[
             "policy", "restore", "greet", "-w", "hello", "--into", "gone",
         ]),
-        &["--into gone", "has no such workload", "hello, other"],
+        &[
+            "restoring into default/gone",
+            "has no such workload",
+            "hello, other",
+        ],
     );
 
     // Without its own binding, hello falls to the catch-all.
@@ -996,4 +1000,67 @@ fn apply_takes_several_documents_and_directories_all_or_nothing() {
     ok(&cairn.run(&["binding", "apply", bindings.to_str().expect("utf-8 path")]));
     let out = cairn.run(&["binding", "list", "--output", "json"]);
     assert_eq!(json(&out).as_array().map(Vec::len), Some(2));
+}
+
+#[test]
+fn a_point_restores_into_a_clone_namespace() {
+    let cairn = Cairn::new();
+    add_hello(&cairn);
+    let workload = |name: &str| {
+        format!(
+            "      {name}:\n        workdir: .\n        env: {{GREETING: hello}}\n        \
+             allow: [echo, sh]\n        replicas: 1\n"
+        )
+    };
+    std::fs::write(
+        cairn.home.path().join("inventory.yaml"),
+        format!(
+            "namespaces:\n  default:\n    workloads:\n{}  staging:\n    workloads:\n{}{}",
+            workload("hello"),
+            workload("hello"),
+            workload("hello-copy")
+        ),
+    )
+    .expect("write the inventory");
+    let yaml = hello_policy("{last: 2}").replace(
+        &format!(
+            "local:{}",
+            root().join("examples/hello/inventory.yaml").display()
+        ),
+        "local:inventory.yaml",
+    );
+    ok(&apply(&cairn, &yaml));
+    ok(&cairn.run(&["policy", "run", "greet"]));
+    let restore = |extra: &[&str]| {
+        let mut args = vec!["policy", "restore", "greet", "-w", "hello"];
+        args.extend_from_slice(extra);
+        cairn.run(&args)
+    };
+    let out = restore(&["--into-namespace", "staging", "--into", "hello-copy"]);
+    ok(&out);
+    assert!(
+        stderr(&out).contains("hello-copy-0 says again: hi, world"),
+        "{}",
+        stderr(&out)
+    );
+    // The workload of the same name, by default.
+    ok(&restore(&["--into-namespace", "staging"]));
+    let out = cairn.run(&["catalog", "ls", "action", "--output", "json"]);
+    let restored: Vec<String> = json(&out)
+        .as_array()
+        .expect("actions")
+        .iter()
+        .filter(|a| a["value"]["action"] == "restore")
+        .map(|a| {
+            a["value"]["target"]["namespace"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(restored, ["staging", "staging"], "{restored:?}");
+    refused_with(
+        &restore(&["--into-namespace", "prod"]),
+        &["restoring into prod/hello", "namespace \"prod\" not found"],
+    );
 }
