@@ -277,3 +277,13 @@ fn classify(e: &anyhow::Error) -> u8 {
         exit::RUNTIME
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// clap checks its definitions only when a subcommand is first used; this checks them all.
+    #[test]
+    fn the_command_line_definitions_are_consistent() {
+        use clap::CommandFactory as _;
+        super::Cli::command().debug_assert();
+    }
+}

@@ -75,27 +75,8 @@ pub(crate) enum PolicyCommand {
     Restore {
         /// The policy's name.
         name: String,
-        /// The workload to restore.
-        #[arg(long, short = 'w')]
-        workload: String,
-        /// The restore point; default: the policy's newest for the workload.
-        #[arg(long, value_name = "ID")]
-        point: Option<String>,
-        /// Restore into this workload of the policy's namespace instead (a clone to test a
-        /// restore on, or a replacement), with the blueprint that protects the backed-up one.
-        #[arg(long, value_name = "WORKLOAD")]
-        into: Option<String>,
-        /// Restore into this namespace of the policy's target instead (a clone namespace), into
-        /// the workload of the same name or `--into`'s.
-        #[arg(long, value_name = "NAMESPACE")]
-        into_namespace: Option<String>,
-        /// Capabilities the restore needs beyond the policy's grants (repeatable or
-        /// comma-separated), e.g. import, scale, workloads.
-        #[arg(long = "grant", short = 'g', value_name = "CAP", value_delimiter = ',')]
-        grants: Vec<String>,
-        /// A parameter for the restore, NAME=VALUE, over the policy's (repeatable).
-        #[arg(long = "param", short = 'p', value_name = "NAME=VALUE")]
-        params: Vec<String>,
+        #[command(flatten)]
+        restore: RestoreArgs,
         /// How to print the result.
         #[arg(long, value_enum, default_value_t)]
         output: Output,
@@ -354,24 +335,11 @@ pub(crate) async fn run(cmd: PolicyCommand, home: Option<PathBuf>) -> anyhow::Re
         PolicyCommand::Resume { name } => set_paused(&home, &name, false),
         PolicyCommand::Restore {
             name,
-            workload,
-            point,
-            into,
-            into_namespace,
-            grants,
-            params,
+            restore,
             output,
         } => {
             let policy = load(&crate::catalog::open(&home)?, &name)?;
             let engine = crate::run::engine(&home)?;
-            let restore = Restore {
-                workload,
-                point,
-                into,
-                into_namespace,
-                grants,
-                params,
-            };
             restore.run(&policy, &engine, &home, output).await
         }
         PolicyCommand::Run { name, output } => {
@@ -1328,16 +1296,32 @@ async fn select(policy: &Policy, engine: &Engine, home: &Home) -> anyhow::Result
 }
 
 /// `cairn policy restore`: what it adds to the policy.
-struct Restore {
+#[derive(Debug, clap::Args)]
+pub(crate) struct RestoreArgs {
+    /// The workload to restore.
+    #[arg(long, short = 'w')]
     workload: String,
+    /// The restore point; default: the policy's newest for the workload.
+    #[arg(long, value_name = "ID")]
     point: Option<String>,
+    /// Restore into this workload of the policy's namespace instead (a clone to test a
+    /// restore on, or a replacement), with the blueprint that protects the backed-up one.
+    #[arg(long, value_name = "WORKLOAD")]
     into: Option<String>,
+    /// Restore into this namespace of the policy's target instead (a clone namespace), into
+    /// the workload of the same name or `--into`'s.
+    #[arg(long, value_name = "NAMESPACE")]
     into_namespace: Option<String>,
+    /// Capabilities the restore needs beyond the policy's grants (repeatable or
+    /// comma-separated), e.g. import, scale, workloads.
+    #[arg(long = "grant", short = 'g', value_name = "CAP", value_delimiter = ',')]
     grants: Vec<String>,
+    /// A parameter for the restore, NAME=VALUE, over the policy's (repeatable).
+    #[arg(long = "param", short = 'p', value_name = "NAME=VALUE")]
     params: Vec<String>,
 }
 
-impl Restore {
+impl RestoreArgs {
     async fn run(
         self,
         policy: &Policy,
@@ -1532,24 +1516,38 @@ async fn back_up_and_retain(
         .await;
     let mut errors = Vec::new();
     let mut retention = RetentionOutcome::default();
-    for group in &prepared.groups {
-        let execution = prepared.execution(group, home, engine, &policy.name, None);
-        let succeeded: Vec<&str> = workloads
-            .iter()
-            .filter(|w| w.restore_point.is_some() && group.workloads.contains(&w.workload))
-            .map(|w| w.workload.as_str())
-            .collect();
-        match retain(policy, &execution, &group.request, &succeeded).await {
-            Ok((done, failures)) => {
-                errors.extend(failures);
-                retention.kept += done.kept;
-                retention.removed.extend(done.removed);
-                retention.skipped = retention.skipped.or(done.skipped);
+    // Ownership and the restore points are read once for the run, not once per blueprint.
+    match retention_points(home).await {
+        Ok(Some(points)) => {
+            for group in &prepared.groups {
+                let execution = prepared.execution(group, home, engine, &policy.name, None);
+                let succeeded: Vec<&str> = workloads
+                    .iter()
+                    .filter(|w| w.restore_point.is_some() && group.workloads.contains(&w.workload))
+                    .map(|w| w.workload.as_str())
+                    .collect();
+                match retain(policy, &execution, &group.request, &succeeded, &points).await {
+                    Ok((done, failures)) => {
+                        errors.extend(failures);
+                        retention.kept += done.kept;
+                        retention.removed.extend(done.removed);
+                    }
+                    Err(e) => {
+                        errors.push(format!("retention: {}", crate::one_line(&e)));
+                        retention.skipped = Some("it failed; see the errors".to_owned());
+                    }
+                }
             }
-            Err(e) => {
-                errors.push(format!("retention: {}", crate::one_line(&e)));
-                retention.skipped = Some("it failed; see the errors".to_owned());
-            }
+        }
+        Ok(None) => {
+            retention.skipped = Some(
+                "this instance does not own maintenance of the backup data; run `cairn dr take-ownership`"
+                    .to_owned(),
+            );
+        }
+        Err(e) => {
+            errors.push(format!("retention: {}", crate::one_line(&e)));
+            retention.skipped = Some("it failed; see the errors".to_owned());
         }
     }
     workloads.extend(prepared.unbound.iter().map(|(w, why)| WorkloadOutcome {
@@ -1587,29 +1585,27 @@ async fn back_up_and_retain(
     }
 }
 
-/// Applies the policy's retention to the restore points of the workloads just backed up.
-/// Returns what it did and the points it could not remove (kept, and tried again next run).
+/// The restore points retention chooses from, when this instance may remove any: `None` when it
+/// does not own maintenance; an error when another instance's owner marker says it took over.
+async fn retention_points(home: &Home) -> anyhow::Result<Option<Vec<cairn_catalog::RestorePoint>>> {
+    if !crate::catalog::open(home)?.maintenance_owner()? {
+        return Ok(None);
+    }
+    crate::dr::check_owner(home, "policy retention").await?;
+    Ok(Some(crate::catalog::open(home)?.restore_points()?))
+}
+
+/// Applies the policy's retention, among `points`, to the restore points of the workloads just
+/// backed up. Returns what it did and the points it could not remove (kept, and tried again next
+/// run).
 async fn retain(
     policy: &Policy,
     execution: &Execution<'_>,
     template: &RunRequest,
     workloads: &[&str],
+    points: &[cairn_catalog::RestorePoint],
 ) -> anyhow::Result<(RetentionOutcome, Vec<String>)> {
     let home = execution.home;
-    if !crate::catalog::open(home)?.maintenance_owner()? {
-        return Ok((
-            RetentionOutcome {
-                skipped: Some(
-                    "this instance does not own maintenance of the backup data; run `cairn dr take-ownership`"
-                        .to_owned(),
-                ),
-                ..RetentionOutcome::default()
-            },
-            Vec::new(),
-        ));
-    }
-    crate::dr::check_owner(home, "policy retention").await?;
-    let points = crate::catalog::open(home)?.restore_points()?;
     let mut outcome = RetentionOutcome::default();
     let mut failures = Vec::new();
     for workload in workloads {
@@ -1832,29 +1828,21 @@ async fn existing(
 mod tests {
     use super::*;
 
+    /// A daily policy of blueprint `b` on `kube`, keeping one point, applied 2026-12-05.
+    fn minimal() -> Policy {
+        serde_json::from_value(serde_json::json!({
+            "name": "p", "blueprint": "b", "target": "kube",
+            "frequency": "@daily", "retention": {"last": 1}, "applied": "2026-12-05T00:00:00Z"
+        }))
+        .expect("a policy")
+    }
+
     #[test]
     fn a_failed_run_is_retried_sooner_than_the_period() {
         let at: Timestamp = "2026-12-05T00:00:00Z".parse().expect("a time");
         let mut policy = Policy {
-            name: "p".into(),
-            blueprint: Some("b".into()),
-            target: "kube".into(),
-            namespace: "default".into(),
             workloads: vec!["*".into()],
-            selector: BTreeMap::new(),
-            frequency: "@daily".into(),
-            retention: Retention::new().last(1),
-            params: BTreeMap::new(),
-            grants: Vec::new(),
-            secrets: BTreeMap::new(),
-            timeout: None,
-            snapshot_class: None,
-            export: None,
-            prune: None,
-            concurrency: None,
-            paused: false,
-            applied: at,
-            last_run: None,
+            ..minimal()
         };
         assert_eq!(next_run(&policy), Some(at));
         let run = |succeeded| PolicyRun {
@@ -1894,11 +1882,7 @@ mod tests {
         let policy = |workloads: &[&str], selector: &[(&str, &str)]| Policy {
             workloads: workloads.iter().map(|w| (*w).to_owned()).collect(),
             selector: labels(selector),
-            ..serde_json::from_value(serde_json::json!({
-                "name": "p", "blueprint": "b", "target": "kube", "workloads": [],
-                "frequency": "@daily", "retention": {"last": 1}, "applied": "2026-12-05T00:00:00Z"
-            }))
-            .expect("a policy")
+            ..minimal()
         };
         let sel = |p: &Policy, name: &str, labels: &BTreeMap<String, String>| {
             selects(&p.workloads, &p.selector, name, labels)
