@@ -287,6 +287,11 @@ pub struct Policy {
     /// Whether it is paused (`cairn serve` skips it; `cairn policy run` still runs it).
     #[serde(default)]
     pub paused: bool,
+    /// The Kubernetes resource namespace it is kept from (`kube:NAMESPACE`) by `cairn serve
+    /// --operator`, which replaces and deletes it as the resource changes; absent when it was
+    /// applied with the command line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
     /// When it was applied (scheduling starts from here).
     pub applied: Timestamp,
     /// How its last run went; kept when the policy is applied again.
@@ -365,6 +370,11 @@ pub struct BlueprintBinding {
     /// Secrets the blueprint may read: name to source (`env:VAR` or `file:PATH`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub secrets: BTreeMap<String, String>,
+    /// The Kubernetes resource namespace it is kept from (`kube:NAMESPACE`) by `cairn serve
+    /// --operator`, which replaces and deletes it as the resource changes; absent when it was
+    /// applied with the command line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
     /// When it was applied.
     pub applied: Timestamp,
 }

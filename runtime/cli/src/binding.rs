@@ -49,7 +49,7 @@ pub(crate) enum BindingCommand {
 /// ```
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct BindingFile {
+pub(crate) struct BindingFile {
     name: String,
     blueprint: String,
     #[serde(default)]
@@ -80,6 +80,16 @@ fn read_binding_files(file: &std::path::Path) -> anyhow::Result<Vec<BlueprintBin
     .collect()
 }
 
+/// The binding a Kubernetes `BlueprintBinding` resource's spec describes (`operator.rs`).
+pub(crate) fn binding_of_spec(
+    name: &str,
+    spec: serde_json::Value,
+    what: &str,
+    base: &std::path::Path,
+) -> anyhow::Result<BlueprintBinding> {
+    binding_of(crate::operator::document(name, spec, &[], what, base)?)
+}
+
 fn binding_of(doc: crate::policy::Document<BindingFile>) -> anyhow::Result<BlueprintBinding> {
     let f = doc.value;
     let bad = |msg: String| UsageError(format!("binding {}: {msg}", doc.file.display()));
@@ -92,6 +102,7 @@ fn binding_of(doc: crate::policy::Document<BindingFile>) -> anyhow::Result<Bluep
         selector: f.selector,
         params: crate::policy::texts(f.params),
         grants: f.grants,
+        origin: None,
         applied: jiff::Timestamp::now(),
     })
 }
@@ -116,7 +127,7 @@ pub(crate) fn bindings(catalog: &cairn_catalog::Catalog) -> anyhow::Result<Vec<B
 }
 
 /// Refuses a binding that could not run, naming it and the field.
-async fn check(
+pub(crate) async fn check(
     binding: &BlueprintBinding,
     engine: &cairn_engine::Engine,
     home: &Home,
@@ -138,6 +149,18 @@ async fn check(
         .map(|(name, source)| format!("{name}={source}"))
         .collect();
     crate::run::parse_secrets(&sources).map_err(|e| bad(e.to_string()))?;
+    Ok(())
+}
+
+/// Refuses to change binding `name` from the command line when a resource keeps it.
+fn refuse_kept(home: &Home, name: &str) -> anyhow::Result<()> {
+    let stored: Option<BlueprintBinding> = crate::catalog::open(home)?
+        .get(Kind::BlueprintBinding, name)
+        .ok()
+        .flatten();
+    if let Some(stored) = stored {
+        crate::operator::refuse_kept("binding", name, stored.origin.as_deref())?;
+    }
     Ok(())
 }
 
@@ -186,6 +209,7 @@ pub(crate) async fn run(cmd: BindingCommand, home: Option<PathBuf>) -> anyhow::R
             let engine = crate::run::engine(&home)?;
             // Every binding is checked before any is stored.
             for binding in &bindings {
+                refuse_kept(&home, &binding.name)?;
                 check(binding, &engine, &home).await?;
             }
             let mut applied = Vec::new();
@@ -225,6 +249,7 @@ pub(crate) async fn run(cmd: BindingCommand, home: Option<PathBuf>) -> anyhow::R
             Ok(ExitCode::from(exit::OK))
         }
         BindingCommand::Delete { name } => {
+            refuse_kept(&home, &name)?;
             if !crate::catalog::open(&home)?.delete(Kind::BlueprintBinding, &name)? {
                 return Err(UsageError(format!(
                     "no binding named {name:?}; `cairn binding list` lists them"

@@ -24,6 +24,7 @@ mod dr;
 mod exports;
 mod home;
 mod metrics;
+mod operator;
 mod policy;
 mod repo;
 mod run;

@@ -160,7 +160,7 @@ pub(crate) struct ApplyArgs {
 /// ```
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PolicyFile {
+pub(crate) struct PolicyFile {
     name: String,
     #[serde(default)]
     blueprint: Option<String>,
@@ -234,6 +234,9 @@ pub(crate) async fn run(cmd: PolicyCommand, home: Option<PathBuf>) -> anyhow::Re
             let engine = crate::run::engine(&home)?;
             // Every policy is checked before any is stored.
             for policy in &policies {
+                if let Some(stored) = crate::catalog::open(&home)?.policy(&policy.name)? {
+                    crate::operator::refuse_kept("policy", &policy.name, stored.origin.as_deref())?;
+                }
                 check(policy, &engine, &home).await?;
             }
             let mut applied = Vec::new();
@@ -325,6 +328,9 @@ pub(crate) async fn run(cmd: PolicyCommand, home: Option<PathBuf>) -> anyhow::Re
         }
         PolicyCommand::Delete { name } => {
             let catalog = crate::catalog::open(&home)?;
+            if let Ok(Some(stored)) = catalog.policy(&name) {
+                crate::operator::refuse_kept("policy", &name, stored.origin.as_deref())?;
+            }
             if !catalog.delete(Kind::Policy, &name)? {
                 return Err(not_found(&name).into());
             }
@@ -374,6 +380,7 @@ fn not_found(name: &str) -> UsageError {
 fn set_paused(home: &Home, name: &str, paused: bool) -> anyhow::Result<ExitCode> {
     let catalog = crate::catalog::open(home)?;
     let mut policy = load(&catalog, name)?;
+    crate::operator::refuse_kept("policy", name, policy.origin.as_deref())?;
     let was = policy.paused;
     policy.paused = paused;
     catalog.record_policy(&policy)?;
@@ -532,6 +539,23 @@ fn read_policy_files(file: &Path) -> anyhow::Result<Vec<Policy>> {
     .collect()
 }
 
+/// The policy a Kubernetes `Policy` resource's spec describes (`operator.rs`): a policy
+/// file's fields but the name, with `target` `kube` when absent.
+pub(crate) fn policy_of_spec(
+    name: &str,
+    spec: serde_json::Value,
+    what: &str,
+    base: &Path,
+) -> anyhow::Result<Policy> {
+    policy_of(crate::operator::document(
+        name,
+        spec,
+        &[("target", "kube")],
+        what,
+        base,
+    )?)
+}
+
 /// The policy a document of a policy file describes.
 fn policy_of(doc: Document<PolicyFile>) -> anyhow::Result<Policy> {
     let Document {
@@ -573,6 +597,7 @@ fn policy_of(doc: Document<PolicyFile>) -> anyhow::Result<Policy> {
         prune: f.prune,
         concurrency: f.concurrency,
         paused: f.paused,
+        origin: None,
         applied: Timestamp::now(),
         last_run: None,
     })
@@ -597,7 +622,7 @@ pub(crate) fn valid_name(name: &str) -> Result<(), String> {
 }
 
 /// Refuses a policy that could not run, naming the field and what to do.
-async fn check(policy: &Policy, engine: &Engine, home: &Home) -> anyhow::Result<()> {
+pub(crate) async fn check(policy: &Policy, engine: &Engine, home: &Home) -> anyhow::Result<()> {
     let bad = |msg: String| -> anyhow::Error {
         UsageError(format!("policy {:?}: {msg}", policy.name)).into()
     };

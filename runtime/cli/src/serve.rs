@@ -2,7 +2,9 @@
 //! when DR is enabled and due (as `cairn dr run --if-due` would), and sleeps until the next is
 //! due; `--once` runs what is due and exits (for a system timer). A policy that has never run
 //! is due at once. One `serve` runs per home: it holds `serve.lock`. With `--metrics`, it
-//! serves Prometheus metrics (`metrics.rs`).
+//! serves Prometheus metrics (`metrics.rs`). With `--operator`, each pass first brings the
+//! policies and bindings in step with their Kubernetes resources and ends by writing their
+//! status (`operator.rs`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -16,6 +18,7 @@ use futures::StreamExt as _;
 use jiff::Timestamp;
 
 use crate::home::Home;
+use crate::operator::Operator;
 use crate::policy::{Busy, hold, load, next_run, run_policy, shown};
 use crate::{UsageError, exit};
 
@@ -36,6 +39,17 @@ pub(crate) struct ServeArgs {
     /// How many due policies run at once (each runs its own workloads `concurrency:` at a time).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
     pub(crate) jobs: u32,
+    /// Keep the policies and blueprint bindings from the Kubernetes resources
+    /// (policies.cairn.dev, blueprintbindings.cairn.dev) of one namespace, and write their
+    /// status: see examples/kubernetes/install.
+    #[arg(long)]
+    pub(crate) operator: bool,
+    /// The namespace of those resources; default: the pod's own, or the kubeconfig context's.
+    #[arg(long, value_name = "NS", requires = "operator")]
+    pub(crate) operator_namespace: Option<String>,
+    /// The kubeconfig context of their cluster; default: the one `kubectl` would use.
+    #[arg(long, value_name = "CONTEXT", requires = "operator")]
+    pub(crate) operator_context: Option<String>,
 }
 
 /// `cairn serve`: runs due policies until stopped.
@@ -60,11 +74,34 @@ pub(crate) async fn serve(args: ServeArgs, home: Option<PathBuf>) -> anyhow::Res
             .map_err(|e| UsageError(crate::one_line(&e)))?;
         eprintln!("cairn: metrics at http://{bound}/metrics");
     }
+    let mut operator = match args.operator {
+        true => Some(
+            Operator::connect(
+                args.operator_context.as_deref(),
+                args.operator_namespace.clone(),
+            )
+            .await?,
+        ),
+        false => None,
+    };
     let mut failed = false;
     let mut ran = 0;
+    let mut first = true;
     // Unreadable policy records, each reported once.
     let mut unreadable = BTreeSet::new();
     loop {
+        if let Some(operator) = operator.as_mut() {
+            match operator.sync(&engine, &home).await {
+                // Resources that cannot be read at all at the start are a setup to mend.
+                Err(e) if first => return Err(e),
+                Err(e) => {
+                    eprintln!("cairn: {}", crate::one_line(&e));
+                    failed = true;
+                }
+                Ok(()) => {}
+            }
+        }
+        first = false;
         let now = Timestamp::now();
         let policies = {
             let catalog = crate::catalog::open(&home)?;
@@ -171,6 +208,12 @@ pub(crate) async fn serve(args: ServeArgs, home: Option<PathBuf>) -> anyhow::Res
         if args.metrics.is_some() {
             refresh(&metrics, &home);
         }
+        if let Some(operator) = &operator
+            && let Err(e) = operator.report(&home).await
+        {
+            eprintln!("cairn: {}", crate::one_line(&e));
+            failed = true;
+        }
         if args.once {
             if ran == 0 {
                 outln!(
@@ -183,12 +226,14 @@ pub(crate) async fn serve(args: ServeArgs, home: Option<PathBuf>) -> anyhow::Res
             }
             break;
         }
-        // Wake for the soonest policy, and at least every minute for policies applied since.
+        // Wake for the soonest policy, and at least every minute for policies applied since
+        // (every 15 seconds for the resources an operator keeps).
+        let longest = Duration::from_secs(if operator.is_some() { 15 } else { 60 });
         let wait = soonest
             .map(|t| t.duration_since(Timestamp::now()))
             .and_then(|d| Duration::try_from(d).ok())
             .unwrap_or(Duration::ZERO)
-            .clamp(Duration::from_secs(1), Duration::from_secs(60));
+            .clamp(Duration::from_secs(1), longest);
         if stop.requested() {
             break;
         }

@@ -95,28 +95,7 @@ impl KubeCluster {
     /// A backend for the cluster of a kubeconfig context, or with `None` the one `kubectl`
     /// would use (`KUBECONFIG`, `~/.kube/config`, else the pod's service account).
     pub async fn connect(context: Option<&str>) -> Result<Self> {
-        let config = match context {
-            Some(context) => kube::Config::from_kubeconfig(&kube::config::KubeConfigOptions {
-                context: Some(context.to_owned()),
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| {
-                Error::Invalid(format!(
-                    "kubeconfig context {context:?}: {e} (list the contexts with `kubectl config \
-                     get-contexts`)"
-                ))
-            })?,
-            None => kube::Config::infer().await.map_err(|e| {
-                Error::Invalid(format!(
-                    "no Kubernetes cluster is configured: {e} (set KUBECONFIG, or run Cairn in a \
-                     pod with a service account)"
-                ))
-            })?,
-        };
-        let client = kube::Client::try_from(config)
-            .map_err(|e| failed("creating the Kubernetes client", e))?;
-        Ok(Self::new(client))
+        Ok(Self::new(client(context).await?))
     }
 
     /// Takes snapshots with this VolumeSnapshotClass instead of the cluster's default one.
@@ -589,6 +568,31 @@ impl KubeCluster {
         )
         .await
     }
+}
+
+/// A client of the cluster of a kubeconfig context, or with `None` the one `kubectl` would use
+/// (`KUBECONFIG`, `~/.kube/config`, else the pod's service account).
+pub async fn client(context: Option<&str>) -> Result<kube::Client> {
+    let config = match context {
+        Some(context) => kube::Config::from_kubeconfig(&kube::config::KubeConfigOptions {
+            context: Some(context.to_owned()),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| {
+            Error::Invalid(format!(
+                "kubeconfig context {context:?}: {e} (list the contexts with `kubectl config \
+                     get-contexts`)"
+            ))
+        })?,
+        None => kube::Config::infer().await.map_err(|e| {
+            Error::Invalid(format!(
+                "no Kubernetes cluster is configured: {e} (set KUBECONFIG, or run Cairn in a \
+                     pod with a service account)"
+            ))
+        })?,
+    };
+    kube::Client::try_from(config).map_err(|e| failed("creating the Kubernetes client", e))
 }
 
 /// Waits until object `name` has gone from `api`; `what` names it in the error.

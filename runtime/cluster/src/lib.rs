@@ -21,7 +21,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-pub use kubernetes::KubeCluster;
+pub use kubernetes::{KubeCluster, client as kube_client};
 pub use local::{Inventory, LocalCluster};
 
 /// A namespace and a workload in it.

@@ -137,6 +137,12 @@ impl FakeApi {
         state.objects.get(path)?.get(name).cloned()
     }
 
+    /// Deletes the object `name` of the collection `path`, as `kubectl delete` would.
+    pub fn remove(&self, path: &str, name: &str) -> Option<Value> {
+        let mut state = self.state.lock().expect("state");
+        state.objects.get_mut(path)?.remove(name)
+    }
+
     /// Every object created in the collection `path`, deleted ones included, in order.
     pub fn created(&self, path: &str) -> Vec<Value> {
         let state = self.state.lock().expect("state");
@@ -400,6 +406,13 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Response<Fu
                     let object = store(&mut state, &collection, object);
                     respond(StatusCode::OK, &scale_of(&object))
                 }
+                // The status subresource changes the status alone, as the API server does.
+                (Method::PATCH, Some("status")) => {
+                    let mut object = object;
+                    merge(&mut object["status"], &body["status"]);
+                    let object = store(&mut state, &collection, object);
+                    respond(StatusCode::OK, &object)
+                }
                 (Method::PATCH, None) => {
                     let mut object = object;
                     merge(&mut object, &body);
@@ -480,18 +493,24 @@ fn matches(object: &Value, selector: &str) -> bool {
         })
 }
 
+/// A JSON merge patch (RFC 7386): nulls remove, objects merge (into an empty one when the
+/// target is not an object), anything else replaces.
 fn merge(target: &mut Value, patch: &Value) {
-    match (target, patch) {
-        (Value::Object(t), Value::Object(p)) => {
-            for (k, v) in p {
-                if v.is_null() {
-                    t.remove(k);
-                } else {
-                    merge(t.entry(k.clone()).or_insert(Value::Null), v);
-                }
+    let Value::Object(p) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    if let Value::Object(t) = target {
+        for (k, v) in p {
+            if v.is_null() {
+                t.remove(k);
+            } else {
+                merge(t.entry(k.clone()).or_insert(Value::Null), v);
             }
         }
-        (t, p) => *t = p.clone(),
     }
 }
 

@@ -121,6 +121,7 @@ pub(crate) fn policy(name: &str) -> Policy {
         prune: None,
         concurrency: None,
         paused: false,
+        origin: None,
         applied: jiff::Timestamp::UNIX_EPOCH,
         last_run: None,
     }

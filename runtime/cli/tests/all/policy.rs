@@ -1064,3 +1064,175 @@ fn a_point_restores_into_a_clone_namespace() {
         &["restoring into prod/hello", "namespace \"prod\" not found"],
     );
 }
+
+#[test]
+fn serve_operator_keeps_policies_and_bindings_from_kubernetes_resources() {
+    use serde_json::json;
+    let api = cairn_kube_fake::FakeApi::start_blocking();
+    api.namespace("cairn");
+    let cairn = Cairn::new();
+    let kubeconfig = cairn.home.path().join("kubeconfig");
+    api.kubeconfig(&kubeconfig);
+    add_hello(&cairn);
+    let policies = "/apis/cairn.dev/v1alpha1/namespaces/cairn/policies";
+    let bindings = "/apis/cairn.dev/v1alpha1/namespaces/cairn/blueprintbindings";
+    let target = format!(
+        "local:{}",
+        root().join("examples/hello/inventory.yaml").display()
+    );
+    let resource = |kind: &str, name: &str, spec: serde_json::Value| {
+        json!({ "apiVersion": "cairn.dev/v1alpha1", "kind": kind,
+                "metadata": { "name": name, "namespace": "cairn", "generation": 1 },
+                "spec": spec })
+    };
+    let nightly = |paused: bool| {
+        resource(
+            "Policy",
+            "nightly",
+            json!({ "target": target, "workloads": ["hel*"], "frequency": "@hourly",
+                    "retention": { "last": 1 }, "paused": paused }),
+        )
+    };
+    api.put(
+        bindings,
+        resource(
+            "BlueprintBinding",
+            "hello",
+            json!({ "blueprint": "hello", "grants": ["exec"], "params": { "greeting": "hi" } }),
+        ),
+    );
+    api.put(policies, nightly(false));
+    // A misspelt field, and a name the command line has taken.
+    api.put(
+        policies,
+        resource(
+            "Policy",
+            "typo",
+            json!({ "target": target, "frequncy": "@daily", "retention": { "last": 1 } }),
+        ),
+    );
+    api.put(
+        policies,
+        resource(
+            "Policy",
+            "greet",
+            json!({ "target": target, "frequency": "@daily", "retention": { "last": 1 } }),
+        ),
+    );
+    ok(&apply(&cairn, &hello_policy("{last: 1}")));
+    let serve = || {
+        cairn
+            .command(&[
+                "serve",
+                "--once",
+                "--operator",
+                "--operator-namespace",
+                "cairn",
+            ])
+            .env("KUBECONFIG", &kubeconfig)
+            .output()
+            .expect("cairn runs")
+    };
+    let status =
+        |path: &str, name: &str| api.get(path, name).expect("the resource")["status"].clone();
+
+    let out = serve();
+    ok(&out);
+    assert!(
+        stdout(&out).contains("nightly: backed up hello"),
+        "{}",
+        stdout(&out)
+    );
+    let s = status(policies, "nightly");
+    assert_eq!(s["state"], "Ready", "{s}");
+    assert_eq!(s["observedGeneration"], 1, "{s}");
+    assert_eq!(s["lastRun"]["succeeded"], true, "{s}");
+    assert_eq!(
+        s["lastRun"]["restorePoints"].as_array().map(Vec::len),
+        Some(1),
+        "{s}"
+    );
+    assert!(s["nextRun"].is_string(), "{s}");
+    assert!(s.get("message").is_none(), "{s}");
+    assert_eq!(status(bindings, "hello")["state"], "Ready");
+    let s = status(policies, "typo");
+    assert_eq!(s["state"], "Invalid", "{s}");
+    assert!(
+        s["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("frequncy")),
+        "{s}"
+    );
+    let s = status(policies, "greet");
+    assert_eq!(s["state"], "Invalid", "{s}");
+    assert!(
+        s["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("cairn policy apply")),
+        "{s}"
+    );
+
+    // The command line leaves what a resource keeps alone.
+    let file = policy_file(
+        &cairn,
+        "nightly",
+        &hello_policy("{last: 1}").replace("name: greet", "name: nightly"),
+    );
+    refused_with(
+        &cairn.run(&["policy", "apply", file.to_str().expect("utf-8")]),
+        &["kubectl edit policy nightly -n cairn"],
+    );
+    refused_with(
+        &cairn.run(&["policy", "delete", "nightly"]),
+        &["policies.cairn.dev/nightly"],
+    );
+    refused_with(
+        &cairn.run(&["binding", "delete", "hello"]),
+        &["blueprintbindings.cairn.dev/hello"],
+    );
+
+    // A change to a resource is applied; the status follows.
+    api.remove(policies, "nightly");
+    api.put(policies, nightly(true));
+    ok(&serve());
+    let out = cairn.run(&["policy", "show", "nightly", "--output", "json"]);
+    ok(&out);
+    assert_eq!(json(&out)["policy"]["paused"], true);
+    assert_eq!(status(policies, "nightly")["state"], "Paused");
+
+    // Deleted resources take their records with them; restore points stay.
+    api.remove(policies, "nightly");
+    api.remove(bindings, "hello");
+    let out = serve();
+    ok(&out);
+    assert!(
+        stderr(&out).contains("policy nightly deleted"),
+        "{}",
+        stderr(&out)
+    );
+    let out = cairn.run(&["policy", "list", "--output", "json"]);
+    let names: Vec<String> = json(&out)
+        .as_array()
+        .expect("policies")
+        .iter()
+        .filter_map(|p| p["name"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(names, ["greet"]);
+    assert!(stdout(&cairn.run(&["binding", "list"])).starts_with("no blueprint bindings"));
+    let out = cairn.run(&["catalog", "ls", "local-restore-point", "--output", "json"]);
+    assert!(
+        json(&out)
+            .as_array()
+            .expect("points")
+            .iter()
+            .any(|p| p["value"]["policy"] == "nightly"),
+        "{}",
+        stdout(&out)
+    );
+
+    // Resources Cairn may not read stop serve at its start, saying what to grant.
+    api.forbid(policies);
+    let out = serve();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("forbidden"), "{}", stderr(&out));
+}

@@ -1,0 +1,556 @@
+//! `cairn serve --operator`: policies and blueprint bindings as Kubernetes resources
+//! (`policies.cairn.dev` and `blueprintbindings.cairn.dev`, defined by
+//! `examples/kubernetes/install/crds.yaml`) in one namespace.
+//!
+//! Each pass of `serve` lists them, stores in the catalog each one that changed, with the same
+//! checks as `cairn policy apply` and `cairn binding apply`, and deletes the records of
+//! resources that are gone (their restore points stay). After the pass's runs it writes each
+//! resource's status: `Ready`, `Paused` or `Invalid` with the reason, and for a policy its last
+//! run and next run. A resource's spec is the file form without `name` (the resource's name)
+//! and, for a policy, with `target` defaulting to `kube`. A record applied from the command
+//! line is never replaced by a resource of the same name: the resource reports the clash. The
+//! command line in turn refuses to change or delete a record a resource keeps.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use cairn_catalog::{Kind as RecordKind, Policy};
+use kube::api::{
+    Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
+};
+use serde_json::{Value, json};
+
+use crate::UsageError;
+use crate::home::Home;
+
+/// The API group of Cairn's resources.
+const GROUP: &str = "cairn.dev";
+/// Their version.
+const VERSION: &str = "v1alpha1";
+
+/// A kind of Cairn resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Kind {
+    Binding,
+    Policy,
+}
+
+impl Kind {
+    fn kind(self) -> &'static str {
+        match self {
+            Kind::Binding => "BlueprintBinding",
+            Kind::Policy => "Policy",
+        }
+    }
+
+    fn plural(self) -> &'static str {
+        match self {
+            Kind::Binding => "blueprintbindings",
+            Kind::Policy => "policies",
+        }
+    }
+
+    /// The word for it in messages, as the command line names it.
+    fn what(self) -> &'static str {
+        match self {
+            Kind::Binding => "binding",
+            Kind::Policy => "policy",
+        }
+    }
+
+    fn record(self) -> RecordKind {
+        match self {
+            Kind::Binding => RecordKind::BlueprintBinding,
+            Kind::Policy => RecordKind::Policy,
+        }
+    }
+}
+
+/// What the last pass found of one resource.
+#[derive(Debug)]
+struct Found {
+    generation: Option<i64>,
+    /// Its status as the pass read it.
+    status: Value,
+    /// Why it is not applied as it is now.
+    error: Option<String>,
+}
+
+/// Keeps the catalog's policies and bindings in step with the resources of one namespace.
+pub(crate) struct Operator {
+    client: kube::Client,
+    namespace: String,
+    /// The `origin` of the records it keeps: `kube:NAMESPACE`.
+    origin: String,
+    found: BTreeMap<(Kind, String), Found>,
+}
+
+impl Operator {
+    /// An operator of the resources in `namespace` (default: the pod's own, or the kubeconfig
+    /// context's) of the cluster of `context` (default: the one `kubectl` would use).
+    pub(crate) async fn connect(
+        context: Option<&str>,
+        namespace: Option<String>,
+    ) -> anyhow::Result<Self> {
+        let client = cairn_cluster::kube_client(context)
+            .await
+            .map_err(|e| UsageError(e.to_string()))?;
+        let namespace = namespace.unwrap_or_else(|| client.default_namespace().to_owned());
+        Ok(Self {
+            origin: origin_of(&namespace),
+            client,
+            namespace,
+            found: BTreeMap::new(),
+        })
+    }
+
+    fn api(&self, kind: Kind) -> Api<DynamicObject> {
+        let resource = ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk(GROUP, VERSION, kind.kind()),
+            kind.plural(),
+        );
+        Api::namespaced_with(self.client.clone(), &self.namespace, &resource)
+    }
+
+    async fn list(&self, kind: Kind) -> anyhow::Result<Vec<DynamicObject>> {
+        let resources = format!("{}.{GROUP}", kind.plural());
+        match self.api(kind).list(&ListParams::default()).await {
+            Ok(list) => Ok(list.items),
+            Err(kube::Error::Api(s)) if s.code == 404 => Err(UsageError(format!(
+                "the cluster has no {resources} resources: install Cairn's resource definitions \
+                 (kubectl apply -f examples/kubernetes/install/crds.yaml)"
+            ))
+            .into()),
+            Err(kube::Error::Api(s)) if s.code == 403 => Err(UsageError(format!(
+                "listing {resources} in namespace {} is forbidden ({}): grant Cairn's service \
+                 account the role of examples/kubernetes/install/cairn.yaml",
+                self.namespace, s.message
+            ))
+            .into()),
+            Err(e) => Err(anyhow::Error::new(e).context(format!(
+                "listing {resources} in namespace {}",
+                self.namespace
+            ))),
+        }
+    }
+
+    /// Reads the resources and brings the catalog in step with them. Bindings come first: a
+    /// policy's run picks them up in the same pass.
+    pub(crate) async fn sync(
+        &mut self,
+        engine: &cairn_engine::Engine,
+        home: &Home,
+    ) -> anyhow::Result<()> {
+        let bindings = self.list(Kind::Binding).await?;
+        let policies = self.list(Kind::Policy).await?;
+        self.found.clear();
+        for (kind, objects) in [(Kind::Binding, bindings), (Kind::Policy, policies)] {
+            for object in objects {
+                let name = object.metadata.name.clone().unwrap_or_default();
+                let spec = object.data.get("spec").cloned().unwrap_or(Value::Null);
+                let error = self
+                    .keep(kind, &name, spec, engine, home)
+                    .await
+                    .err()
+                    .map(|e| crate::one_line(&e));
+                if let Some(error) = &error {
+                    eprintln!("cairn: {error}");
+                }
+                self.found.insert(
+                    (kind, name),
+                    Found {
+                        generation: object.metadata.generation,
+                        status: object.data.get("status").cloned().unwrap_or(Value::Null),
+                        error,
+                    },
+                );
+            }
+            self.forget(kind, home)?;
+        }
+        Ok(())
+    }
+
+    /// Stores the record resource `name` describes, when it differs from the stored one.
+    async fn keep(
+        &self,
+        kind: Kind,
+        name: &str,
+        spec: Value,
+        engine: &cairn_engine::Engine,
+        home: &Home,
+    ) -> anyhow::Result<()> {
+        let what = format!("{}/{name}", self.namespace);
+        let stored: Option<Value> = crate::catalog::open(home)?.get(kind.record(), name)?;
+        if let Some(stored) = &stored {
+            let origin = stored.get("origin").and_then(Value::as_str);
+            if origin != Some(&self.origin) {
+                let (resource, record) = (kind.kind(), kind.what());
+                let clash = origin.map_or_else(
+                    || {
+                        format!(
+                            "was applied with `cairn {record} apply`; delete it (`cairn {record} \
+                             delete {name}`) or"
+                        )
+                    },
+                    |o| format!("is kept from the resources of {o};"),
+                );
+                return Err(UsageError(format!(
+                    "{resource} {what} is not applied: a {record} named {name} {clash} give \
+                     this resource another name"
+                ))
+                .into());
+            }
+        }
+        let still_runs = |e: anyhow::Error| {
+            let kind = kind.kind();
+            if stored.is_some() {
+                e.context(format!(
+                    "{kind} {what} is not applied (the version before still runs)"
+                ))
+            } else {
+                e.context(format!("{kind} {what} is not applied"))
+            }
+        };
+        let base = home.root();
+        match kind {
+            Kind::Policy => {
+                let mut policy =
+                    crate::policy::policy_of_spec(name, spec, &what, base).map_err(still_runs)?;
+                policy.origin = Some(self.origin.clone());
+                if let Some(stored) = &stored {
+                    if unchanged(stored, &serde_json::to_value(&policy)?) {
+                        return Ok(());
+                    }
+                    policy.last_run = serde_json::from_value(stored["last_run"].clone())?;
+                }
+                crate::policy::check(&policy, engine, home)
+                    .await
+                    .map_err(still_runs)?;
+                crate::catalog::open(home)?.record_policy(&policy)?;
+            }
+            Kind::Binding => {
+                let mut binding =
+                    crate::binding::binding_of_spec(name, spec, &what, base).map_err(still_runs)?;
+                binding.origin = Some(self.origin.clone());
+                if let Some(stored) = &stored
+                    && unchanged(stored, &serde_json::to_value(&binding)?)
+                {
+                    return Ok(());
+                }
+                crate::binding::check(&binding, engine, home)
+                    .await
+                    .map_err(still_runs)?;
+                crate::catalog::open(home)?.save(&binding)?;
+            }
+        }
+        eprintln!(
+            "cairn: {} {name} applied from its resource in namespace {}",
+            kind.what(),
+            self.namespace
+        );
+        Ok(())
+    }
+
+    /// Deletes the records of `kind` this operator keeps whose resources are gone.
+    fn forget(&self, kind: Kind, home: &Home) -> anyhow::Result<()> {
+        let catalog = crate::catalog::open(home)?;
+        for entry in catalog.list(kind.record())? {
+            let Ok(record) = serde_json::from_str::<Value>(entry.value.get()) else {
+                continue;
+            };
+            let ours = record.get("origin").and_then(Value::as_str) == Some(&self.origin);
+            if ours && !self.found.contains_key(&(kind, entry.key.clone())) {
+                catalog.delete(kind.record(), &entry.key)?;
+                eprintln!(
+                    "cairn: {} {} deleted: its resource is gone{}",
+                    kind.what(),
+                    entry.key,
+                    if kind == Kind::Policy {
+                        " (its restore points stay)"
+                    } else {
+                        ""
+                    }
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the status of every resource the last [`Operator::sync`] found, where it changed.
+    /// A status that cannot be written is reported and the others are still written.
+    pub(crate) async fn report(&self, home: &Home) -> anyhow::Result<()> {
+        let catalog = crate::catalog::open(home)?;
+        let mut statuses = Vec::new();
+        for ((kind, name), found) in &self.found {
+            let policy = match kind {
+                Kind::Policy => catalog
+                    .policy(name)
+                    .ok()
+                    .flatten()
+                    .filter(|p| p.origin.as_deref() == Some(&self.origin)),
+                Kind::Binding => None,
+            };
+            let status = status_of(found, policy.as_ref());
+            if without_nulls(&status) != found.status {
+                statuses.push((*kind, name, status));
+            }
+        }
+        drop(catalog);
+        for (kind, name, status) in statuses {
+            let patch = Patch::Merge(json!({ "status": status }));
+            if let Err(e) = self
+                .api(kind)
+                .patch_status(name, &PatchParams::default(), &patch)
+                .await
+            {
+                eprintln!(
+                    "cairn: cannot write the status of {} {}/{name}: {e}",
+                    kind.kind(),
+                    self.namespace
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for Operator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Operator")
+            .field("namespace", &self.namespace)
+            .field("found", &self.found)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The `origin` of the records kept from the resources of `namespace`.
+fn origin_of(namespace: &str) -> String {
+    format!("kube:{namespace}")
+}
+
+/// A resource's status: `state` (`Ready`, `Paused` or `Invalid`), `message` (why it is
+/// invalid), `observedGeneration`, and for a policy `lastRun` and `nextRun`. Fields that do not
+/// apply are null, which a merge patch removes.
+fn status_of(found: &Found, policy: Option<&Policy>) -> Value {
+    let state = match (&found.error, policy) {
+        (Some(_), _) => "Invalid",
+        (None, Some(p)) if p.paused => "Paused",
+        (None, _) => "Ready",
+    };
+    let last_run = policy.and_then(|p| p.last_run.as_ref()).map(|run| {
+        json!({
+            "started": run.started,
+            "finished": run.finished,
+            "succeeded": run.succeeded,
+            "restorePoints": run.points,
+            "errors": run.errors,
+        })
+    });
+    json!({
+        "state": state,
+        "message": found.error,
+        "observedGeneration": found.generation,
+        "lastRun": last_run,
+        "nextRun": policy.and_then(crate::policy::next_run),
+    })
+}
+
+/// `value` without its null fields, at every depth: what a merge patch of it leaves.
+fn without_nulls(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k.clone(), without_nulls(v)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// Whether a stored record and a new one differ only in when they were applied and what they
+/// ran.
+fn unchanged(stored: &Value, new: &Value) -> bool {
+    let strip = |v: &Value| {
+        let mut v = v.clone();
+        if let Some(map) = v.as_object_mut() {
+            map.remove("applied");
+            map.remove("last_run");
+        }
+        v
+    };
+    strip(stored) == strip(new)
+}
+
+/// The document a resource's `spec` gives, with `name` and the `defaults` of fields it lacks
+/// added: what `read_documents` gives of a file. Relative paths are relative to `base`; `what`
+/// (`NAMESPACE/NAME`) stands for the file in messages. Its own errors do not name the
+/// resource: the caller's context does.
+pub(crate) fn document<T: serde::de::DeserializeOwned>(
+    name: &str,
+    spec: Value,
+    defaults: &[(&str, &str)],
+    what: &str,
+    base: &Path,
+) -> anyhow::Result<crate::policy::Document<T>> {
+    let Value::Object(mut spec) = spec else {
+        return Err(UsageError("its spec is not a mapping".to_owned()).into());
+    };
+    if spec.contains_key("name") {
+        return Err(UsageError(
+            "the spec has no `name` field: the resource's name is the name".to_owned(),
+        )
+        .into());
+    }
+    spec.insert("name".to_owned(), name.into());
+    for (field, value) in defaults {
+        spec.entry(*field).or_insert_with(|| (*value).into());
+    }
+    let value =
+        serde_json::from_value(Value::Object(spec)).map_err(|e| UsageError(e.to_string()))?;
+    Ok(crate::policy::Document {
+        value,
+        file: what.into(),
+        base: base.to_owned(),
+    })
+}
+
+/// Refuses to change a record from the command line when a resource keeps it (`origin`).
+pub(crate) fn refuse_kept(what: &str, name: &str, origin: Option<&str>) -> Result<(), UsageError> {
+    let Some(namespace) = origin.and_then(|o| o.strip_prefix("kube:")) else {
+        return Ok(());
+    };
+    let kind = if what == "policy" {
+        Kind::Policy
+    } else {
+        Kind::Binding
+    };
+    Err(UsageError(format!(
+        "{what} {name} is kept by `cairn serve --operator` from the Kubernetes resource \
+         {}.{GROUP}/{name} in namespace {namespace}: change or delete that resource \
+         (kubectl edit {} {name} -n {namespace})",
+        kind.plural(),
+        kind.kind().to_lowercase()
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The field names a deserializer of `T` accepts, from its refusal of an unknown one.
+    fn fields<T: serde::de::DeserializeOwned + std::fmt::Debug>() -> Vec<String> {
+        let error = serde_json::from_value::<T>(json!({ "no such field": 1 }))
+            .expect_err("an unknown field is refused")
+            .to_string();
+        let expected = error
+            .split_once("expected one of ")
+            .expect("the error lists the fields")
+            .1;
+        expected
+            .split(", ")
+            .map(|f| {
+                f.trim_matches(|c: char| c == '`' || c.is_whitespace())
+                    .to_owned()
+            })
+            .filter(|f| f != "name")
+            .collect()
+    }
+
+    /// The properties of the spec of each resource definition in the install manifest.
+    fn crd_properties() -> BTreeMap<String, Vec<String>> {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../examples/kubernetes/install/crds.yaml"
+        );
+        let text = std::fs::read_to_string(path).expect("the CRDs");
+        serde_norway::Deserializer::from_str(&text)
+            .map(|doc| {
+                let crd: Value = serde::Deserialize::deserialize(doc).expect("a CRD");
+                let kind = crd["spec"]["names"]["kind"]
+                    .as_str()
+                    .expect("a kind")
+                    .to_owned();
+                let version = &crd["spec"]["versions"][0];
+                assert_eq!(version["name"], VERSION, "{kind}");
+                assert_eq!(crd["spec"]["group"], GROUP, "{kind}");
+                assert!(version["subresources"]["status"].is_object(), "{kind}");
+                let spec = &version["schema"]["openAPIV3Schema"]["properties"]["spec"];
+                let properties = spec["properties"]
+                    .as_object()
+                    .expect("spec properties")
+                    .keys()
+                    .cloned()
+                    .collect();
+                (kind, properties)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_resource_definitions_have_the_fields_of_the_files() {
+        let crds = crd_properties();
+        let sorted = |mut v: Vec<String>| {
+            v.sort();
+            v
+        };
+        assert_eq!(
+            sorted(crds["Policy"].clone()),
+            sorted(fields::<crate::policy::PolicyFile>())
+        );
+        assert_eq!(
+            sorted(crds["BlueprintBinding"].clone()),
+            sorted(fields::<crate::binding::BindingFile>())
+        );
+        assert_eq!(crds.len(), 2);
+    }
+
+    #[test]
+    fn a_spec_is_a_document_with_the_resource_name() {
+        let base = Path::new("/var/lib/cairn");
+        let doc: crate::policy::Document<Value> = document(
+            "nightly",
+            json!({ "frequency": "@daily" }),
+            &[("target", "kube")],
+            "cairn/nightly",
+            base,
+        )
+        .expect("a document");
+        assert_eq!(
+            doc.value,
+            json!({ "name": "nightly", "frequency": "@daily", "target": "kube" })
+        );
+        for (spec, needle) in [
+            (json!(["a"]), "not a mapping"),
+            (
+                json!({ "name": "other" }),
+                "the resource's name is the name",
+            ),
+        ] {
+            let error = document::<Value>("nightly", spec, &[], "cairn/nightly", base)
+                .err()
+                .expect("refused")
+                .to_string();
+            assert!(error.contains(needle), "{error}");
+        }
+    }
+
+    #[test]
+    fn the_status_is_written_only_when_it_changed() {
+        let found = Found {
+            generation: Some(2),
+            status: Value::Null,
+            error: None,
+        };
+        let status = status_of(&found, None);
+        assert_eq!(
+            without_nulls(&status),
+            json!({ "state": "Ready", "observedGeneration": 2 })
+        );
+        let invalid = Found {
+            error: Some("bad".to_owned()),
+            ..found
+        };
+        assert_eq!(status_of(&invalid, None)["state"], "Invalid");
+    }
+}
