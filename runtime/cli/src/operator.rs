@@ -28,7 +28,14 @@ const GROUP: &str = "cairn.dev";
 /// Their version.
 const VERSION: &str = "v1alpha1";
 
-/// A kind of Cairn resource.
+/// A kind of Cairn resource: its kind and its plural.
+#[derive(Debug, Clone, Copy)]
+struct Resource(&'static str, &'static str);
+
+/// A restore of a policy's restore point, run once (`policy restore`'s flags in its spec).
+const RESTORE: Resource = Resource("Restore", "restores");
+
+/// A kind of resource that Cairn keeps as a catalog record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Kind {
     Binding,
@@ -36,18 +43,15 @@ enum Kind {
 }
 
 impl Kind {
-    fn kind(self) -> &'static str {
+    fn resource(self) -> Resource {
         match self {
-            Kind::Binding => "BlueprintBinding",
-            Kind::Policy => "Policy",
+            Kind::Binding => Resource("BlueprintBinding", "blueprintbindings"),
+            Kind::Policy => Resource("Policy", "policies"),
         }
     }
 
-    fn plural(self) -> &'static str {
-        match self {
-            Kind::Binding => "blueprintbindings",
-            Kind::Policy => "policies",
-        }
+    fn kind(self) -> &'static str {
+        self.resource().0
     }
 
     /// The word for it in messages, as the command line names it.
@@ -104,17 +108,15 @@ impl Operator {
         })
     }
 
-    fn api(&self, kind: Kind) -> Api<DynamicObject> {
-        let resource = ApiResource::from_gvk_with_plural(
-            &GroupVersionKind::gvk(GROUP, VERSION, kind.kind()),
-            kind.plural(),
-        );
+    fn api(&self, Resource(kind, plural): Resource) -> Api<DynamicObject> {
+        let resource =
+            ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(GROUP, VERSION, kind), plural);
         Api::namespaced_with(self.client.clone(), &self.namespace, &resource)
     }
 
-    async fn list(&self, kind: Kind) -> anyhow::Result<Vec<DynamicObject>> {
-        let resources = format!("{}.{GROUP}", kind.plural());
-        match self.api(kind).list(&ListParams::default()).await {
+    async fn list(&self, resource: Resource) -> anyhow::Result<Vec<DynamicObject>> {
+        let resources = format!("{}.{GROUP}", resource.1);
+        match self.api(resource).list(&ListParams::default()).await {
             Ok(list) => Ok(list.items),
             Err(kube::Error::Api(s)) if s.code == 404 => Err(UsageError(format!(
                 "the cluster has no {resources} resources: install Cairn's resource definitions \
@@ -141,9 +143,10 @@ impl Operator {
         engine: &cairn_engine::Engine,
         home: &Home,
     ) -> anyhow::Result<()> {
-        let bindings = self.list(Kind::Binding).await?;
-        let policies = self.list(Kind::Policy).await?;
-        self.found.clear();
+        let bindings = self.list(Kind::Binding.resource()).await?;
+        let policies = self.list(Kind::Policy.resource()).await?;
+        let restores = self.list(RESTORE).await?;
+        let before = std::mem::take(&mut self.found);
         for (kind, objects) in [(Kind::Binding, bindings), (Kind::Policy, policies)] {
             for object in objects {
                 let name = object.metadata.name.clone().unwrap_or_default();
@@ -153,7 +156,11 @@ impl Operator {
                     .await
                     .err()
                     .map(|e| crate::one_line(&e));
-                if let Some(error) = &error {
+                // Said once, not every pass; the status keeps saying it.
+                let said = before.get(&(kind, name.clone())).map(|f| &f.error);
+                if let Some(error) = &error
+                    && said != Some(&Some(error.clone()))
+                {
                     eprintln!("cairn: {error}");
                 }
                 self.found.insert(
@@ -167,7 +174,78 @@ impl Operator {
             }
             self.forget(kind, home)?;
         }
+        for object in restores {
+            self.restore(object, engine, home).await;
+        }
         Ok(())
+    }
+
+    /// Runs a `Restore` resource that has not run, and writes how it went to its status.
+    /// One found running was interrupted (a restore runs within a pass): it is marked failed,
+    /// not run again, since a restore replaces data.
+    async fn restore(&self, object: DynamicObject, engine: &cairn_engine::Engine, home: &Home) {
+        let name = object.metadata.name.clone().unwrap_or_default();
+        let what = format!("Restore {}/{name}", self.namespace);
+        let finished = |state: &str, message: String| json!({ "state": state, "message": message, "finished": jiff::Timestamp::now() });
+        match object.data["status"]["state"].as_str() {
+            Some("Succeeded" | "Failed") => return,
+            Some("Running") => {
+                let message = "interrupted: Cairn stopped during this restore; create another \
+                               Restore to run it again"
+                    .to_owned();
+                eprintln!("cairn: {what}: {message}");
+                self.write_status(RESTORE, &name, finished("Failed", message))
+                    .await;
+                return;
+            }
+            _ => {}
+        }
+        let started = json!({
+            "state": "Running",
+            "started": jiff::Timestamp::now(),
+            "observedGeneration": object.metadata.generation,
+        });
+        self.write_status(RESTORE, &name, started).await;
+        eprintln!("cairn: {what} started");
+        let spec = object.data.get("spec").cloned().unwrap_or(Value::Null);
+        let status = match restore_of(spec, engine, home).await {
+            Ok(restored) => {
+                let state = if restored.error.is_none() {
+                    "Succeeded"
+                } else {
+                    "Failed"
+                };
+                eprintln!("cairn: {what}: {state}");
+                json!({
+                    "state": state,
+                    "message": restored.error,
+                    "point": restored.point,
+                    "workload": restored.workload,
+                    "finished": jiff::Timestamp::now(),
+                })
+            }
+            Err(e) => {
+                let message = crate::one_line(&e);
+                eprintln!("cairn: {what}: {message}");
+                finished("Failed", message)
+            }
+        };
+        self.write_status(RESTORE, &name, status).await;
+    }
+
+    /// Merges `status` into the status of resource `name`; a failure is reported, not fatal.
+    async fn write_status(&self, resource: Resource, name: &str, status: Value) {
+        let patch = Patch::Merge(json!({ "status": status }));
+        if let Err(e) = self
+            .api(resource)
+            .patch_status(name, &PatchParams::default(), &patch)
+            .await
+        {
+            eprintln!(
+                "cairn: cannot write the status of {} {}/{name}: {e}",
+                resource.0, self.namespace
+            );
+        }
     }
 
     /// Stores the record resource `name` describes, when it differs from the stored one.
@@ -297,18 +375,7 @@ impl Operator {
         }
         drop(catalog);
         for (kind, name, status) in statuses {
-            let patch = Patch::Merge(json!({ "status": status }));
-            if let Err(e) = self
-                .api(kind)
-                .patch_status(name, &PatchParams::default(), &patch)
-                .await
-            {
-                eprintln!(
-                    "cairn: cannot write the status of {} {}/{name}: {e}",
-                    kind.kind(),
-                    self.namespace
-                );
-            }
+            self.write_status(kind.resource(), name, status).await;
         }
         Ok(())
     }
@@ -321,6 +388,20 @@ impl std::fmt::Debug for Operator {
             .field("found", &self.found)
             .finish_non_exhaustive()
     }
+}
+
+/// Restores what a `Restore` resource's spec says.
+async fn restore_of(
+    spec: Value,
+    engine: &cairn_engine::Engine,
+    home: &Home,
+) -> anyhow::Result<crate::policy::Restored> {
+    let spec: crate::policy::RestoreSpec =
+        serde_json::from_value(spec).map_err(|e| UsageError(e.to_string()))?;
+    let policy = crate::policy::load(&crate::catalog::open(home)?, &spec.policy)?;
+    crate::policy::RestoreArgs::from(spec)
+        .restore(&policy, engine, home, crate::Output::Text)
+        .await
 }
 
 /// The `origin` of the records kept from the resources of `namespace`.
@@ -429,7 +510,7 @@ pub(crate) fn refuse_kept(what: &str, name: &str, origin: Option<&str>) -> Resul
         "{what} {name} is kept by `cairn serve --operator` from the Kubernetes resource \
          {}.{GROUP}/{name} in namespace {namespace}: change or delete that resource \
          (kubectl edit {} {name} -n {namespace})",
-        kind.plural(),
+        kind.resource().1,
         kind.kind().to_lowercase()
     )))
 }
@@ -502,7 +583,11 @@ mod tests {
             sorted(crds["BlueprintBinding"].clone()),
             sorted(fields::<crate::binding::BindingFile>())
         );
-        assert_eq!(crds.len(), 2);
+        assert_eq!(
+            sorted(crds["Restore"].clone()),
+            sorted(fields::<crate::policy::RestoreSpec>())
+        );
+        assert_eq!(crds.len(), 3);
     }
 
     #[test]

@@ -1346,6 +1346,50 @@ pub(crate) struct RestoreArgs {
     params: Vec<String>,
 }
 
+/// A `Restore` resource's spec (`operator.rs`): the policy, and `cairn policy restore`'s
+/// flags.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RestoreSpec {
+    pub(crate) policy: String,
+    workload: String,
+    #[serde(default)]
+    point: Option<String>,
+    #[serde(default)]
+    into: Option<String>,
+    #[serde(default)]
+    into_namespace: Option<String>,
+    #[serde(default)]
+    grants: Vec<String>,
+    #[serde(default)]
+    params: BTreeMap<String, Scalar>,
+}
+
+impl From<RestoreSpec> for RestoreArgs {
+    fn from(spec: RestoreSpec) -> Self {
+        RestoreArgs {
+            workload: spec.workload,
+            point: spec.point,
+            into: spec.into,
+            into_namespace: spec.into_namespace,
+            grants: spec.grants,
+            params: texts(spec.params)
+                .into_iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect(),
+        }
+    }
+}
+
+/// What a restore did: the point, the workload it restored (`NAMESPACE/NAME`), and why it
+/// failed.
+#[derive(Debug)]
+pub(crate) struct Restored {
+    pub(crate) point: String,
+    pub(crate) workload: String,
+    pub(crate) error: Option<String>,
+}
+
 impl RestoreArgs {
     async fn run(
         self,
@@ -1354,6 +1398,28 @@ impl RestoreArgs {
         home: &Home,
         output: Output,
     ) -> anyhow::Result<ExitCode> {
+        let restored = self.restore(policy, engine, home, output).await?;
+        let Some(error) = restored.error else {
+            return Ok(ExitCode::from(exit::OK));
+        };
+        if output == Output::Text {
+            eprintln!(
+                "cairn: the restore of {} from {} failed: {error}",
+                restored.workload, restored.point,
+            );
+        }
+        Ok(ExitCode::from(exit::FAILED))
+    }
+
+    /// Restores the point; a refusal before anything ran is an error, a failed restore is
+    /// [`Restored::error`].
+    pub(crate) async fn restore(
+        self,
+        policy: &Policy,
+        engine: &Engine,
+        home: &Home,
+        output: Output,
+    ) -> anyhow::Result<Restored> {
         let prepared = prepare(policy, engine, home).await?;
         let Some(group) = prepared
             .groups
@@ -1450,17 +1516,11 @@ impl RestoreArgs {
         let (report, _) = execution
             .execute(request, |report| crate::run::print_report(report, output))
             .await?;
-        if report.ok {
-            return Ok(ExitCode::from(exit::OK));
-        }
-        if output == Output::Text {
-            eprintln!(
-                "cairn: the restore of {namespace}/{into} from {} failed: {}",
-                point.id,
-                report.error.as_deref().unwrap_or("unknown error")
-            );
-        }
-        Ok(ExitCode::from(exit::FAILED))
+        Ok(Restored {
+            point: point.id,
+            workload: format!("{namespace}/{into}"),
+            error: (!report.ok).then(|| report.error.unwrap_or_else(|| "unknown error".to_owned())),
+        })
     }
 }
 

@@ -1065,6 +1065,14 @@ fn a_point_restores_into_a_clone_namespace() {
     );
 }
 
+/// The restore point of a policy resource's last run, from its status.
+fn s_point(status: &serde_json::Value) -> String {
+    status["lastRun"]["restorePoints"][0]
+        .as_str()
+        .expect("a restore point")
+        .to_owned()
+}
+
 #[test]
 fn serve_operator_keeps_policies_and_bindings_from_kubernetes_resources() {
     use serde_json::json;
@@ -1171,6 +1179,65 @@ fn serve_operator_keeps_policies_and_bindings_from_kubernetes_resources() {
             .is_some_and(|m| m.contains("cairn policy apply")),
         "{s}"
     );
+
+    // A Restore runs once; one that was running when Cairn stopped is not run again.
+    let restores = "/apis/cairn.dev/v1alpha1/namespaces/cairn/restores";
+    let point = s_point(&status(policies, "nightly"));
+    api.put(
+        restores,
+        resource(
+            "Restore",
+            "again",
+            json!({ "policy": "nightly", "workload": "hello" }),
+        ),
+    );
+    api.put(
+        restores,
+        resource(
+            "Restore",
+            "nowhere",
+            json!({ "policy": "nightly", "workload": "db" }),
+        ),
+    );
+    let mut cut = resource(
+        "Restore",
+        "cut",
+        json!({ "policy": "nightly", "workload": "hello" }),
+    );
+    cut["status"] = json!({ "state": "Running" });
+    api.put(restores, cut);
+    let out = serve();
+    ok(&out);
+    assert!(
+        stderr(&out).contains("says again: hi, world"),
+        "{}",
+        stderr(&out)
+    );
+    let s = status(restores, "again");
+    assert_eq!(s["state"], "Succeeded", "{s}");
+    assert_eq!(s["point"], point.as_str(), "{s}");
+    assert_eq!(s["workload"], "default/hello", "{s}");
+    let s = status(restores, "nowhere");
+    assert_eq!(s["state"], "Failed", "{s}");
+    assert!(
+        s["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("protects hello, not db")),
+        "{s}"
+    );
+    let s = status(restores, "cut");
+    assert_eq!(s["state"], "Failed", "{s}");
+    assert!(
+        s["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("interrupted")),
+        "{s}"
+    );
+    let finished = status(restores, "again")["finished"].clone();
+    let out = serve();
+    ok(&out);
+    assert!(!stderr(&out).contains("says again"), "{}", stderr(&out));
+    assert_eq!(status(restores, "again")["finished"], finished);
 
     // The command line leaves what a resource keeps alone.
     let file = policy_file(
