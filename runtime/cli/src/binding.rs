@@ -159,7 +159,11 @@ fn refuse_kept(home: &Home, name: &str) -> anyhow::Result<()> {
         .ok()
         .flatten();
     if let Some(stored) = stored {
-        crate::operator::refuse_kept("binding", name, stored.origin.as_deref())?;
+        crate::operator::refuse_kept(
+            crate::operator::Kind::Binding,
+            name,
+            stored.origin.as_deref(),
+        )?;
     }
     Ok(())
 }

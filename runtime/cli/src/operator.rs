@@ -37,7 +37,7 @@ const RESTORE: Resource = Resource("Restore", "restores");
 
 /// A kind of resource that Cairn keeps as a catalog record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Kind {
+pub(crate) enum Kind {
     Binding,
     Policy,
 }
@@ -496,22 +496,19 @@ pub(crate) fn document<T: serde::de::DeserializeOwned>(
     })
 }
 
-/// Refuses to change a record from the command line when a resource keeps it (`origin`).
-pub(crate) fn refuse_kept(what: &str, name: &str, origin: Option<&str>) -> Result<(), UsageError> {
+/// Refuses to change record `name` of `kind` from the command line when a resource keeps it
+/// (`origin`).
+pub(crate) fn refuse_kept(kind: Kind, name: &str, origin: Option<&str>) -> Result<(), UsageError> {
     let Some(namespace) = origin.and_then(|o| o.strip_prefix("kube:")) else {
         return Ok(());
     };
-    let kind = if what == "policy" {
-        Kind::Policy
-    } else {
-        Kind::Binding
-    };
+    let Resource(resource, plural) = kind.resource();
     Err(UsageError(format!(
-        "{what} {name} is kept by `cairn serve --operator` from the Kubernetes resource \
-         {}.{GROUP}/{name} in namespace {namespace}: change or delete that resource \
+        "{} {name} is kept by `cairn serve --operator` from the Kubernetes resource \
+         {plural}.{GROUP}/{name} in namespace {namespace}: change or delete that resource \
          (kubectl edit {} {name} -n {namespace})",
-        kind.resource().1,
-        kind.kind().to_lowercase()
+        kind.what(),
+        resource.to_lowercase()
     )))
 }
 

@@ -235,7 +235,11 @@ pub(crate) async fn run(cmd: PolicyCommand, home: Option<PathBuf>) -> anyhow::Re
             // Every policy is checked before any is stored.
             for policy in &policies {
                 if let Some(stored) = crate::catalog::open(&home)?.policy(&policy.name)? {
-                    crate::operator::refuse_kept("policy", &policy.name, stored.origin.as_deref())?;
+                    crate::operator::refuse_kept(
+                        crate::operator::Kind::Policy,
+                        &policy.name,
+                        stored.origin.as_deref(),
+                    )?;
                 }
                 check(policy, &engine, &home).await?;
             }
@@ -329,7 +333,11 @@ pub(crate) async fn run(cmd: PolicyCommand, home: Option<PathBuf>) -> anyhow::Re
         PolicyCommand::Delete { name } => {
             let catalog = crate::catalog::open(&home)?;
             if let Ok(Some(stored)) = catalog.policy(&name) {
-                crate::operator::refuse_kept("policy", &name, stored.origin.as_deref())?;
+                crate::operator::refuse_kept(
+                    crate::operator::Kind::Policy,
+                    &name,
+                    stored.origin.as_deref(),
+                )?;
             }
             if !catalog.delete(Kind::Policy, &name)? {
                 return Err(not_found(&name).into());
@@ -380,7 +388,11 @@ fn not_found(name: &str) -> UsageError {
 fn set_paused(home: &Home, name: &str, paused: bool) -> anyhow::Result<ExitCode> {
     let catalog = crate::catalog::open(home)?;
     let mut policy = load(&catalog, name)?;
-    crate::operator::refuse_kept("policy", name, policy.origin.as_deref())?;
+    crate::operator::refuse_kept(
+        crate::operator::Kind::Policy,
+        name,
+        policy.origin.as_deref(),
+    )?;
     let was = policy.paused;
     policy.paused = paused;
     catalog.record_policy(&policy)?;
