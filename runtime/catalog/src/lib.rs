@@ -19,6 +19,10 @@
 //!     name: "default".into(),
 //!     repository: "file:///var/lib/cairn/repository".into(),
 //!     options: Default::default(),
+//!     passphrase: Some("env:CAIRN_PASSPHRASE".into()),
+//!     key_file: None,
+//!     limit_upload: 0,
+//!     limit_download: 0,
 //! })?;
 //! let shown = serde_json::to_string(&catalog.list("profile".parse::<Kind>()?)?)?;
 //! assert!(shown.contains(r#""kind":"profile","key":"default""#));

@@ -190,7 +190,8 @@ pub struct Action {
 
 record!(Action, Action, id);
 
-/// A location profile: a repository and how to reach it.
+/// A location profile: a repository and how to reach it (`cairn profile add`), named by
+/// `--profile` and by a policy's `export: {profile: NAME}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Profile {
     /// Its name.
@@ -198,9 +199,25 @@ pub struct Profile {
     /// The repository URL (`file:///...`, `s3://...`, ...).
     pub repository: String,
     /// Backend options (region, endpoint, ...). Keep secrets out: name their source
-    /// (`env:VAR`, `file:PATH`) instead.
+    /// (`env:VAR`, `file:PATH`) instead, read when the profile is used.
     #[serde(default)]
     pub options: BTreeMap<String, String>,
+    /// Where the repository's passphrase comes from: `env:VAR` or `file:PATH`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passphrase: Option<String>,
+    /// A key file of the repository, instead of a passphrase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<String>,
+    /// The average rate, bytes a second, at which it is written; 0 for no limit.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub limit_upload: u64,
+    /// The average rate, bytes a second, at which it is read; 0 for no limit.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub limit_download: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 record!(Profile, Profile, name);
@@ -320,6 +337,10 @@ pub struct PolicyExport {
     /// A key file of the repository.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_file: Option<String>,
+    /// A location profile (`cairn profile add`), by name: where the repository is and its key,
+    /// kept once for every policy that exports there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
 }
 
 /// The outcome of a policy's last run.

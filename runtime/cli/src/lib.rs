@@ -1,7 +1,7 @@
 //! The `cairn` command line.
 //!
 //! `cairn blueprint build|inspect|add`, `cairn run`, `cairn workloads`, `cairn repo …`,
-//! `cairn catalog …`, `cairn dr …`, `cairn policy …`, `cairn binding …` and `cairn serve`. Every command takes
+//! `cairn catalog …`, `cairn dr …`, `cairn policy …`, `cairn binding …`, `cairn profile …` and `cairn serve`. Every command takes
 //! `--home DIR` (or `CAIRN_HOME`): the instance's state directory, holding the compile cache,
 //! the audit log, the local target's state and the default export location.
 //!
@@ -26,6 +26,7 @@ mod home;
 mod metrics;
 mod operator;
 mod policy;
+mod profile;
 mod repo;
 mod run;
 mod schedule;
@@ -133,6 +134,10 @@ enum Command {
     /// workloads a policy selects when the policy names no blueprint.
     #[command(subcommand)]
     Binding(binding::BindingCommand),
+    /// Location profiles: named repositories with their options and key source, which
+    /// `--profile NAME` and a policy's `export: {profile: NAME}` use.
+    #[command(subcommand)]
+    Profile(profile::ProfileCommand),
     /// Run the policies when they are due, until stopped (SIGINT or SIGTERM).
     Serve(serve::ServeArgs),
 }
@@ -186,6 +191,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Dr(cmd) => dr::run(cmd, cli.home).await,
         Command::Policy(cmd) => policy::run(cmd, cli.home).await,
         Command::Binding(cmd) => binding::run(cmd, cli.home).await,
+        Command::Profile(cmd) => profile::run(cmd, cli.home),
         Command::Serve(args) => serve::serve(args, cli.home).await,
     }
 }

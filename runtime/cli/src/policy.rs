@@ -156,7 +156,7 @@ pub(crate) struct ApplyArgs {
 /// grants: [exec, export]
 /// secrets: {password: env:PGPASSWORD}
 /// timeout: 30m
-/// export: {profile_file: s3.yaml, passphrase_file: s3.passphrase}
+/// export: {profile: offsite}   # or {profile_file: s3.yaml, passphrase_file: s3.passphrase}
 /// ```
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -590,6 +590,7 @@ fn policy_of(doc: Document<PolicyFile>) -> anyhow::Result<Policy> {
         profile_file: e.profile_file.as_deref().map(absolute),
         passphrase_file: e.passphrase_file.as_deref().map(absolute),
         key_file: e.key_file.as_deref().map(absolute),
+        profile: e.profile,
     });
     Ok(Policy {
         name: f.name,
@@ -664,6 +665,16 @@ pub(crate) async fn check(policy: &Policy, engine: &Engine, home: &Home) -> anyh
     if let Some(t) = &policy.timeout {
         humantime::parse_duration(t)
             .map_err(|e| bad(format!("timeout {t:?}: {e} (e.g. 30m, 2h)")))?;
+    }
+    if let Some(export) = &policy.export
+        && let Some(profile) = &export.profile
+    {
+        if export.repo.is_some() || export.profile_file.is_some() {
+            return Err(bad(format!(
+                "export names the location profile {profile} and a repository too: keep one"
+            )));
+        }
+        crate::profile::load(home, profile).map_err(|e| bad(format!("export: {e}")))?;
     }
     match &policy.blueprint {
         Some(blueprint) => {

@@ -374,8 +374,21 @@ fn usage(msg: impl Into<String>) -> anyhow::Error {
 }
 
 /// Which repository, and the key to open it: shared by `cairn repo` and `cairn run`.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub(crate) struct RepoSelect {
+    /// A location profile (`cairn profile add`): the repository, its options and its key
+    /// source, by name. Flags given as well take precedence over it.
+    #[arg(
+        long,
+        env = "CAIRN_PROFILE",
+        global = true,
+        value_name = "NAME",
+        conflicts_with = "profile_file"
+    )]
+    profile: Option<String>,
+    /// The environment variable holding the passphrase, when a profile names one.
+    #[arg(skip)]
+    passphrase_env: Option<String>,
     /// The repository: a path, or a file://, s3://, az:// or gs:// URL.
     #[arg(long, env = "CAIRN_REPO", global = true, value_name = "URL")]
     pub(crate) repo: Option<String>,
@@ -408,7 +421,7 @@ pub(crate) struct RepoSelect {
 }
 
 /// Parses a rate, a size a second: `20MiB`, `20MiB/s`, `512KiB`.
-fn parse_rate(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_rate(s: &str) -> Result<u64, String> {
     match crate::run::parse_size(s.trim().trim_end_matches("/s"))? {
         0 => Err("a rate of 0 would stop every transfer; leave the limit out for none".into()),
         n => Ok(n),
@@ -441,6 +454,8 @@ impl CopyTarget {
     /// is what a copy's writes to the destination need).
     async fn open(&self, source: &RepoSelect) -> anyhow::Result<Repository> {
         let select = RepoSelect {
+            profile: None,
+            passphrase_env: None,
             repo: self.to.clone(),
             passphrase_file: self.to_passphrase_file.clone(),
             key_file: self.to_key_file.clone(),
@@ -529,6 +544,8 @@ impl RepoSelect {
     pub(crate) fn of_policy(export: Option<&cairn_catalog::PolicyExport>) -> Self {
         let export = export.cloned().unwrap_or_default();
         Self {
+            profile: export.profile,
+            passphrase_env: None,
             repo: export.repo,
             passphrase_file: export.passphrase_file.map(PathBuf::from),
             key_file: export.key_file.map(PathBuf::from),
@@ -539,9 +556,43 @@ impl RepoSelect {
         }
     }
 
-    /// Whether a repository was named (by --repo, CAIRN_REPO or a profile file).
+    /// Whether a repository was named (by --repo, CAIRN_REPO, a profile or a profile file).
     pub(crate) fn names_a_repository(&self) -> bool {
-        self.repo.is_some() || self.profile_file.is_some()
+        self.repo.is_some() || self.profile_file.is_some() || self.profile.is_some()
+    }
+
+    /// These settings with what the location profile they name gives filled in where no flag
+    /// gave it: the repository, options (flags' last, so they win), the key source and the
+    /// rate limits. Credential options are read from their sources now.
+    pub(crate) fn resolved(&self, home: &crate::home::Home) -> anyhow::Result<Self> {
+        let mut select = self.clone();
+        let Some(name) = select.profile.take() else {
+            return Ok(select);
+        };
+        let profile = crate::profile::load(home, &name)?;
+        select.repo.get_or_insert(profile.repository);
+        let mut options = Vec::new();
+        for (k, v) in &profile.options {
+            let v = crate::profile::read_source(&format!("profile {name}: option {k}"), v)?;
+            options.push(format!("{k}={v}"));
+        }
+        options.append(&mut select.options);
+        select.options = options;
+        if select.key_file.is_none() && select.passphrase_file.is_none() {
+            match (
+                profile.passphrase.as_deref().map(|p| p.split_once(':')),
+                profile.key_file,
+            ) {
+                (Some(Some(("env", var))), _) => select.passphrase_env = Some(var.to_owned()),
+                (Some(Some(("file", path))), _) => select.passphrase_file = Some(path.into()),
+                (_, Some(key_file)) => select.key_file = Some(key_file.into()),
+                _ => {}
+            }
+        }
+        let limit = |n: u64| (n > 0).then_some(n);
+        select.limit_upload = select.limit_upload.or(limit(profile.limit_upload));
+        select.limit_download = select.limit_download.or(limit(profile.limit_download));
+        Ok(select)
     }
 
     pub(crate) fn location(&self) -> anyhow::Result<Location> {
@@ -585,7 +636,10 @@ impl RepoSelect {
     }
 
     pub(crate) fn key(&self) -> anyhow::Result<Box<dyn KeyProvider>> {
-        self.key_from("CAIRN_PASSPHRASE", "--passphrase-file or --key-file")
+        match &self.passphrase_env {
+            Some(var) => self.key_from(var, "--passphrase-file or --key-file"),
+            None => self.key_from("CAIRN_PASSPHRASE", "--passphrase-file or --key-file"),
+        }
     }
 
     /// The key from the key file or passphrase file given, else the passphrase in `env`;
@@ -628,7 +682,12 @@ impl RepoArgs {
 
 /// Runs a `cairn repo` subcommand; library errors are printed here and mapped to the exit
 /// codes in the module docs.
-pub async fn run(args: RepoArgs, home: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+pub async fn run(mut args: RepoArgs, home: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    if args.select.profile.is_some() {
+        args.select = args
+            .select
+            .resolved(&crate::home::Home::resolve(home.clone())?)?;
+    }
     let exclusive = match &args.command {
         RepoCommand::Forget { dry_run, .. } | RepoCommand::Prune { dry_run, .. } => !dry_run,
         _ => false,

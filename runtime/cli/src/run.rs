@@ -223,6 +223,7 @@ pub(crate) async fn open_exports(
     home: &Home,
 ) -> anyhow::Result<(Arc<crate::exports::RepoExports>, String)> {
     let (repo, url) = if select.names_a_repository() {
+        let select = select.resolved(home)?;
         let location = select.location()?;
         let url = location.url().to_string();
         let key = select.key()?;

@@ -85,6 +85,10 @@ pub(crate) fn profile(name: &str) -> Profile {
         name: name.to_owned(),
         repository: format!("s3://backups/{name}"),
         options: BTreeMap::from([("region".to_owned(), "eu-west-1".to_owned())]),
+        passphrase: Some("env:BACKUP_PASSPHRASE".to_owned()),
+        key_file: None,
+        limit_upload: 0,
+        limit_download: 0,
     }
 }
 

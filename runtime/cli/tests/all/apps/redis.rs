@@ -311,6 +311,20 @@ fn delete_removes_the_export_and_a_later_restore_fails_clearly() {
     assert_eq!(redis.cli(&["PING"]).trim(), "PONG");
 }
 
+/// `cairn policy restore cache` of its newest point of `redis`, with the grants it needs.
+fn restore_cache(cairn: &Cairn) {
+    let out = cairn.run(&[
+        "policy",
+        "restore",
+        "cache",
+        "--workload",
+        "redis",
+        "--grant",
+        "import,workloads,scale",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
 #[test]
 fn a_policy_keeps_its_newest_exports_and_forgets_the_rest() {
     let redis = Redis::start(None);
@@ -392,16 +406,7 @@ fn a_policy_keeps_its_newest_exports_and_forgets_the_rest() {
 
     // The policy restores its newest point: the dataset as the last run saw it.
     redis.cli(&["FLUSHALL"]);
-    let out = cairn.run(&[
-        "policy",
-        "restore",
-        "cache",
-        "--workload",
-        "redis",
-        "--grant",
-        "import,workloads,scale",
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    restore_cache(&cairn);
     assert_eq!(redis.cli(&["GET", "generation"]).trim(), "2");
     assert_eq!(redis.key_count(), TOTAL_KEYS + 1);
 
@@ -412,5 +417,103 @@ fn a_policy_keeps_its_newest_exports_and_forgets_the_rest() {
         stdout(&out).contains("prune postponed: the repository was pruned at"),
         "{}",
         stdout(&out)
+    );
+}
+
+#[test]
+fn a_policy_exports_to_a_location_profile_by_name() {
+    let redis = Redis::start(None);
+    redis.load();
+    let cairn = Cairn::new();
+    let wasm = crate::support::wasm("redis");
+    crate::support::ok(&cairn.run(&["blueprint", "add", wasm.to_str().expect("utf-8 path")]));
+    let offsite = redis.h.root().join("offsite");
+    let offsite = offsite.to_str().expect("utf-8 path");
+    let pass = redis.h.root().join("offsite.pass");
+    std::fs::write(&pass, "offsite passphrase\n").expect("write the passphrase");
+    let from_file = format!("file:{}", pass.display());
+    // A credential given as a value is refused: the catalog travels in DR exports.
+    let out = cairn.run(&[
+        "profile",
+        "add",
+        "offsite",
+        "--repo",
+        offsite,
+        "--option",
+        "aws_secret_access_key=hunter2",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not env:VAR or file:PATH"),
+        "{}",
+        stderr(&out)
+    );
+    crate::support::ok(&cairn.run(&[
+        "profile",
+        "add",
+        "offsite",
+        "--repo",
+        offsite,
+        "--passphrase",
+        &from_file,
+    ]));
+    crate::support::ok(&cairn.run(&["repo", "init", "--profile", "offsite"]));
+    let out = cairn.run(&["profile", "list"]);
+    assert!(
+        stdout(&out).contains(&format!("passphrase {from_file}")),
+        "{}",
+        stdout(&out)
+    );
+
+    // A policy naming a profile that does not exist is refused when applied.
+    let policy = redis.h.root().join("policy.yaml");
+    let write = |profile: &str| {
+        std::fs::write(
+            &policy,
+            format!(
+                "name: cache\nblueprint: redis\ntarget: local:inventory.yaml\nworkloads: [redis]\n\
+                 frequency: '@daily'\nretention: {{last: 2}}\ngrants: [exec, export]\n\
+                 params: {{port: {}}}\nexport: {{profile: {profile}}}\n",
+                redis.port
+            ),
+        )
+        .expect("write the policy");
+        cairn.run(&["policy", "apply", policy.to_str().expect("utf-8 path")])
+    };
+    let out = write("elsewhere");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no location profile named \"elsewhere\""),
+        "{}",
+        stderr(&out)
+    );
+    crate::support::ok(&write("offsite"));
+    let out = cairn.run(&["policy", "run", "cache"]);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+
+    // The export is in the profile's repository, opened with its passphrase.
+    let out = cairn.run(&[
+        "repo",
+        "snapshots",
+        "--profile",
+        "offsite",
+        "--output",
+        "json",
+    ]);
+    crate::support::ok(&out);
+    assert_eq!(crate::support::json(&out).as_array().map(Vec::len), Some(1));
+    // Nothing went to the home's default repository.
+    assert!(!cairn.home.path().join("repository").exists());
+    redis.cli(&["FLUSHALL"]);
+    restore_cache(&cairn);
+    assert_eq!(redis.key_count(), TOTAL_KEYS);
+
+    // A profile a policy exports to is not deleted.
+    let out = cairn.run(&["profile", "delete", "offsite"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("policies cache export"),
+        "{}",
+        stderr(&out)
     );
 }

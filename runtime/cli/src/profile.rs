@@ -1,0 +1,252 @@
+//! `cairn profile …`: location profiles. A profile names a repository with its backend
+//! options, its key source and its rate limits, once, in the catalog: `--profile NAME` on
+//! `cairn repo` and `cairn run`, and a policy's `export: {profile: NAME}`, use it. The catalog
+//! travels in DR exports, so a profile never holds a secret: a credential option and the
+//! passphrase are sources (`env:VAR`, `file:PATH`) read when the profile is used.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use cairn_catalog::{Kind, Policy, Profile};
+
+use crate::home::Home;
+use crate::{Output, UsageError, exit};
+
+/// `cairn profile …`.
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum ProfileCommand {
+    /// Add a location profile, or replace the one of the same name.
+    Add {
+        /// Its name (lowercase letters, digits and dashes).
+        name: String,
+        /// The repository: a path, or a file://, s3://, az:// or gs:// URL.
+        #[arg(long, value_name = "URL")]
+        repo: String,
+        /// A backend option, KEY=VALUE (repeatable). A credential's value must be a source,
+        /// `env:VAR` or `file:PATH`, read when the profile is used.
+        #[arg(long = "option", value_name = "KEY=VALUE")]
+        options: Vec<String>,
+        /// Where the passphrase comes from: `env:VAR` or `file:PATH`.
+        #[arg(long, value_name = "SOURCE")]
+        passphrase: Option<String>,
+        /// A key file of the repository, instead of a passphrase.
+        #[arg(long, value_name = "FILE", conflicts_with = "passphrase")]
+        key_file: Option<PathBuf>,
+        /// Keep writes to this average rate a second, e.g. 20MiB.
+        #[arg(long, value_name = "RATE", value_parser = crate::repo::parse_rate)]
+        limit_upload: Option<u64>,
+        /// Keep reads to this average rate a second, e.g. 50MiB.
+        #[arg(long, value_name = "RATE", value_parser = crate::repo::parse_rate)]
+        limit_download: Option<u64>,
+        /// How to print the result.
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// List the location profiles.
+    List {
+        /// How to print the result.
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Delete a location profile that no policy exports to.
+    Delete {
+        /// The profile's name.
+        name: String,
+    },
+}
+
+/// Option keys whose values are credentials: given only as sources. Checked as substrings of
+/// the lowercased key, so `aws_secret_access_key`, `azure_storage_account_key` and
+/// `google_service_account_key` are covered.
+const SECRET_KEYS: &[&str] = &[
+    "secret",
+    "password",
+    "token",
+    "account_key",
+    "sas",
+    "private_key",
+];
+
+/// Whether option `key` holds a credential.
+fn is_secret(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    SECRET_KEYS.iter().any(|s| key.contains(s))
+}
+
+/// `source` as a profile keeps it: `env:VAR`, or `file:PATH` made absolute.
+fn source(what: &str, source: &str) -> Result<String, UsageError> {
+    match source.split_once(':') {
+        Some(("env", var)) if !var.is_empty() => Ok(source.to_owned()),
+        Some(("file", path)) if !path.is_empty() => Ok(format!(
+            "file:{}",
+            crate::policy::absolute(std::path::Path::new("."), path)
+        )),
+        _ => Err(UsageError(format!(
+            "{what}: {source:?} is not env:VAR or file:PATH (a profile keeps where a secret is, \
+             never its value: the catalog travels in DR exports)"
+        ))),
+    }
+}
+
+/// Reads a secret from its source (`env:VAR` or `file:PATH`; a file's last newline dropped).
+pub(crate) fn read_source(what: &str, source: &str) -> anyhow::Result<String> {
+    match source.split_once(':') {
+        Some(("env", var)) => std::env::var(var).map_err(|_| {
+            UsageError(format!("{what}: the environment variable {var} is not set")).into()
+        }),
+        Some(("file", path)) => std::fs::read_to_string(path)
+            .map(|t| t.strip_suffix('\n').unwrap_or(&t).to_owned())
+            .map_err(|e| UsageError(format!("{what}: cannot read {path}: {e}")).into()),
+        _ => Ok(source.to_owned()),
+    }
+}
+
+/// The profile named `name`, or a usage error saying how to list them.
+pub(crate) fn load(home: &Home, name: &str) -> anyhow::Result<Profile> {
+    crate::catalog::open(home)?.profile(name)?.ok_or_else(|| {
+        UsageError(format!(
+            "no location profile named {name:?}; `cairn profile list` lists them, `cairn profile \
+             add` adds one"
+        ))
+        .into()
+    })
+}
+
+/// What a profile says, on one line; sources shown, never read.
+fn line(p: &Profile) -> String {
+    let key = match (&p.passphrase, &p.key_file) {
+        (Some(s), _) => format!("passphrase {s}"),
+        (None, Some(f)) => format!("key file {f}"),
+        (None, None) => "passphrase from CAIRN_PASSPHRASE".to_owned(),
+    };
+    format!("{:<20} {}  ({key})", p.name, p.repository)
+}
+
+pub(crate) fn run(cmd: ProfileCommand, home: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let home = Home::resolve(home)?;
+    match cmd {
+        ProfileCommand::Add {
+            name,
+            repo,
+            options,
+            passphrase,
+            key_file,
+            limit_upload,
+            limit_download,
+            output,
+        } => {
+            let bad = |msg: String| UsageError(format!("profile {name}: {msg}"));
+            crate::policy::valid_name(&name).map_err(bad)?;
+            let mut kept = std::collections::BTreeMap::new();
+            for o in &options {
+                let (k, v) = o
+                    .split_once('=')
+                    .ok_or_else(|| bad(format!("--option {o}: expected KEY=VALUE")))?;
+                let v = if is_secret(k) {
+                    source(&format!("profile {name}: option {k}"), v)?
+                } else {
+                    v.to_owned()
+                };
+                kept.insert(k.to_owned(), v);
+            }
+            let profile = Profile {
+                repository: if repo.contains("://") {
+                    repo
+                } else {
+                    crate::policy::absolute(std::path::Path::new("."), &repo)
+                },
+                options: kept,
+                passphrase: passphrase
+                    .map(|p| source(&format!("profile {name}: --passphrase"), &p))
+                    .transpose()?,
+                key_file: key_file.map(|f| {
+                    crate::policy::absolute(std::path::Path::new("."), &f.to_string_lossy())
+                }),
+                limit_upload: limit_upload.unwrap_or(0),
+                limit_download: limit_download.unwrap_or(0),
+                name,
+            };
+            crate::catalog::open(&home)?.record_profile(&profile)?;
+            if output == Output::Text {
+                outln!("profile added: {}", line(&profile));
+            }
+            crate::print_applied(output, vec![serde_json::to_value(&profile)?])?;
+            Ok(ExitCode::from(exit::OK))
+        }
+        ProfileCommand::List { output } => {
+            let profiles = crate::catalog::open(&home)?.profiles()?;
+            crate::print_rows(
+                output,
+                &profiles,
+                "no location profiles; `cairn profile add NAME --repo URL` adds one",
+                line,
+            )?;
+            Ok(ExitCode::from(exit::OK))
+        }
+        ProfileCommand::Delete { name } => {
+            let catalog = crate::catalog::open(&home)?;
+            let users: Vec<String> = catalog
+                .list(Kind::Policy)?
+                .iter()
+                .filter_map(|e| e.decode::<Policy>().ok())
+                .filter(|p| p.export.as_ref().and_then(|e| e.profile.as_deref()) == Some(&name))
+                .map(|p| p.name)
+                .collect();
+            if !users.is_empty() {
+                return Err(UsageError(format!(
+                    "profile {name} is where policies {} export: change or delete them first",
+                    users.join(", ")
+                ))
+                .into());
+            }
+            if !catalog.delete(Kind::Profile, &name)? {
+                return Err(UsageError(format!(
+                    "no location profile named {name:?}; `cairn profile list` lists them"
+                ))
+                .into());
+            }
+            outln!("profile {name} deleted");
+            Ok(ExitCode::from(exit::OK))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_are_recognised_by_their_keys() {
+        for key in [
+            "aws_secret_access_key",
+            "AWS_SESSION_TOKEN",
+            "azure_storage_account_key",
+            "azure_storage_sas_key",
+            "google_service_account_key",
+        ] {
+            assert!(is_secret(key), "{key}");
+        }
+        for key in [
+            "aws_access_key_id",
+            "aws_endpoint",
+            "azure_storage_account_name",
+            "google_application_credentials",
+        ] {
+            assert!(!is_secret(key), "{key}");
+        }
+    }
+
+    #[test]
+    fn a_source_is_kept_and_a_value_refused() {
+        assert_eq!(source("x", "env:VAR").expect("env"), "env:VAR");
+        assert!(
+            source("x", "file:/etc/key")
+                .expect("file")
+                .starts_with("file:/")
+        );
+        for bad in ["hunter2", "env:", "file:", "vault:x"] {
+            let e = source("option k", bad).expect_err(bad).to_string();
+            assert!(e.contains("not env:VAR or file:PATH"), "{e}");
+        }
+    }
+}
