@@ -34,6 +34,23 @@ struct Resource(&'static str, &'static str);
 
 /// A restore of a policy's restore point, run once (`policy restore`'s flags in its spec).
 const RESTORE: Resource = Resource("Restore", "restores");
+/// A run of a policy now, run once (`policy run`).
+const BACKUP: Resource = Resource("Backup", "backups");
+
+/// How a one-shot resource's run went.
+enum Ran {
+    /// It ran: whether it succeeded, and what its status says of it.
+    Done { ok: bool, status: Value },
+    /// It must wait for the next pass, for this reason.
+    Later(String),
+}
+
+/// A `Backup` resource's spec: the policy to run now.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackupSpec {
+    policy: String,
+}
 
 /// A kind of resource that Cairn keeps as a catalog record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -146,6 +163,7 @@ impl Operator {
         let bindings = self.list(Kind::Binding.resource()).await?;
         let policies = self.list(Kind::Policy.resource()).await?;
         let restores = self.list(RESTORE).await?;
+        let backups = self.list(BACKUP).await?;
         let before = std::mem::take(&mut self.found);
         for (kind, objects) in [(Kind::Binding, bindings), (Kind::Policy, policies)] {
             for object in objects {
@@ -175,62 +193,73 @@ impl Operator {
             self.forget(kind, home)?;
         }
         for object in restores {
-            self.restore(object, engine, home).await;
+            self.once(RESTORE, object, |spec| restore_of(spec, engine, home))
+                .await;
+        }
+        for object in backups {
+            self.once(BACKUP, object, |spec| backup_of(spec, engine, home))
+                .await;
         }
         Ok(())
     }
 
-    /// Runs a `Restore` resource that has not run, and writes how it went to its status.
-    /// One found running was interrupted (a restore runs within a pass): it is marked failed,
-    /// not run again, since a restore replaces data.
-    async fn restore(&self, object: DynamicObject, engine: &cairn_engine::Engine, home: &Home) {
+    /// Runs a one-shot resource (a Restore or a Backup) that has not run, and writes how it
+    /// went to its status: `Running`, then `Succeeded` or `Failed` (or `Pending` again when it
+    /// must wait). One found running was interrupted (it runs within a pass): it is marked
+    /// failed, not run again, since a restore replaces data.
+    async fn once<Fut>(
+        &self,
+        resource: Resource,
+        object: DynamicObject,
+        run: impl FnOnce(Value) -> Fut,
+    ) where
+        Fut: std::future::Future<Output = anyhow::Result<Ran>>,
+    {
         let name = object.metadata.name.clone().unwrap_or_default();
-        let what = format!("Restore {}/{name}", self.namespace);
-        let finished = |state: &str, message: String| json!({ "state": state, "message": message, "finished": jiff::Timestamp::now() });
+        let what = format!("{} {}/{name}", resource.0, self.namespace);
+        let now = jiff::Timestamp::now;
         match object.data["status"]["state"].as_str() {
             Some("Succeeded" | "Failed") => return,
             Some("Running") => {
-                let message = "interrupted: Cairn stopped during this restore; create another \
-                               Restore to run it again"
-                    .to_owned();
+                let message = format!(
+                    "interrupted: Cairn stopped while it ran; create another {} to run it again",
+                    resource.0
+                );
                 eprintln!("cairn: {what}: {message}");
-                self.write_status(RESTORE, &name, finished("Failed", message))
-                    .await;
+                let status = json!({ "state": "Failed", "message": message, "finished": now() });
+                self.write_status(resource, &name, status).await;
                 return;
             }
             _ => {}
         }
         let started = json!({
             "state": "Running",
-            "started": jiff::Timestamp::now(),
+            "message": null,
+            "started": now(),
             "observedGeneration": object.metadata.generation,
         });
-        self.write_status(RESTORE, &name, started).await;
+        self.write_status(resource, &name, started).await;
         eprintln!("cairn: {what} started");
         let spec = object.data.get("spec").cloned().unwrap_or(Value::Null);
-        let status = match restore_of(spec, engine, home).await {
-            Ok(restored) => {
-                let state = if restored.error.is_none() {
-                    "Succeeded"
-                } else {
-                    "Failed"
-                };
-                eprintln!("cairn: {what}: {state}");
-                json!({
-                    "state": state,
-                    "message": restored.error,
-                    "point": restored.point,
-                    "workload": restored.workload,
-                    "finished": jiff::Timestamp::now(),
-                })
+        let status = match run(spec).await {
+            Ok(Ran::Done { ok, mut status }) => {
+                status["state"] = if ok { "Succeeded" } else { "Failed" }.into();
+                status["finished"] = json!(now());
+                status
             }
+            Ok(Ran::Later(message)) => json!({ "state": "Pending", "message": message }),
             Err(e) => {
-                let message = crate::one_line(&e);
-                eprintln!("cairn: {what}: {message}");
-                finished("Failed", message)
+                json!({ "state": "Failed", "message": crate::one_line(&e), "finished": now() })
             }
         };
-        self.write_status(RESTORE, &name, status).await;
+        eprintln!(
+            "cairn: {what}: {}{}",
+            status["state"].as_str().unwrap_or_default(),
+            status["message"]
+                .as_str()
+                .map_or_else(String::new, |m| format!(": {m}"))
+        );
+        self.write_status(resource, &name, status).await;
     }
 
     /// Merges `status` into the status of resource `name`; a failure is reported, not fatal.
@@ -395,13 +424,40 @@ async fn restore_of(
     spec: Value,
     engine: &cairn_engine::Engine,
     home: &Home,
-) -> anyhow::Result<crate::policy::Restored> {
+) -> anyhow::Result<Ran> {
     let spec: crate::policy::RestoreSpec =
         serde_json::from_value(spec).map_err(|e| UsageError(e.to_string()))?;
     let policy = crate::policy::load(&crate::catalog::open(home)?, &spec.policy)?;
-    crate::policy::RestoreArgs::from(spec)
+    let restored = crate::policy::RestoreArgs::from(spec)
         .restore(&policy, engine, home, crate::Output::Text)
-        .await
+        .await?;
+    Ok(Ran::Done {
+        ok: restored.error.is_none(),
+        status: json!({
+            "message": restored.error,
+            "point": restored.point,
+            "workload": restored.workload,
+        }),
+    })
+}
+
+/// Runs the policy a `Backup` resource names, now; one that is running already waits.
+async fn backup_of(spec: Value, engine: &cairn_engine::Engine, home: &Home) -> anyhow::Result<Ran> {
+    let spec: BackupSpec = serde_json::from_value(spec).map_err(|e| UsageError(e.to_string()))?;
+    let policy = crate::policy::load(&crate::catalog::open(home)?, &spec.policy)?;
+    let outcome = match crate::policy::run_policy(&policy, engine, home).await {
+        Err(e) if e.is::<crate::policy::Busy>() => return Ok(Ran::Later(e.to_string())),
+        outcome => outcome?,
+    };
+    outcome.print();
+    let run = outcome.run;
+    Ok(Ran::Done {
+        ok: run.succeeded,
+        status: json!({
+            "message": (!run.errors.is_empty()).then(|| run.errors.join("; ")),
+            "restorePoints": run.points,
+        }),
+    })
 }
 
 /// The `origin` of the records kept from the resources of `namespace`.
@@ -522,9 +578,10 @@ mod tests {
             .expect_err("an unknown field is refused")
             .to_string();
         let expected = error
-            .split_once("expected one of ")
+            .split_once("expected ")
             .expect("the error lists the fields")
             .1;
+        let expected = expected.strip_prefix("one of ").unwrap_or(expected);
         expected
             .split(", ")
             .map(|f| {
@@ -584,7 +641,11 @@ mod tests {
             sorted(crds["Restore"].clone()),
             sorted(fields::<crate::policy::RestoreSpec>())
         );
-        assert_eq!(crds.len(), 3);
+        assert_eq!(
+            sorted(crds["Backup"].clone()),
+            sorted(fields::<BackupSpec>())
+        );
+        assert_eq!(crds.len(), 4);
     }
 
     #[test]

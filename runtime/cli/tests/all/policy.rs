@@ -1239,6 +1239,37 @@ fn serve_operator_keeps_policies_and_bindings_from_kubernetes_resources() {
     assert!(!stderr(&out).contains("says again"), "{}", stderr(&out));
     assert_eq!(status(restores, "again")["finished"], finished);
 
+    // A Backup runs a policy now; one of a policy that does not exist fails, saying so.
+    let backups = "/apis/cairn.dev/v1alpha1/namespaces/cairn/backups";
+    api.put(
+        backups,
+        resource("Backup", "now", json!({ "policy": "nightly" })),
+    );
+    api.put(
+        backups,
+        resource("Backup", "nothing", json!({ "policy": "nope" })),
+    );
+    let out = serve();
+    ok(&out);
+    assert!(
+        stdout(&out).contains("nightly: backed up hello"),
+        "{}",
+        stdout(&out)
+    );
+    let s = status(backups, "now");
+    assert_eq!(s["state"], "Succeeded", "{s}");
+    let made = s["restorePoints"][0].as_str().expect("a point").to_owned();
+    assert_ne!(made, point);
+    assert_eq!(s_point(&status(policies, "nightly")), made);
+    let s = status(backups, "nothing");
+    assert_eq!(s["state"], "Failed", "{s}");
+    assert!(
+        s["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("no policy named")),
+        "{s}"
+    );
+
     // The command line leaves what a resource keeps alone.
     let file = policy_file(
         &cairn,
