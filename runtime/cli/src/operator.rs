@@ -10,6 +10,9 @@
 //! and, for a policy, with `target` defaulting to `kube`. A record applied from the command
 //! line is never replaced by a resource of the same name: the resource reports the clash. The
 //! command line in turn refuses to change or delete a record a resource keeps.
+//!
+//! `Backup` (run a policy now) and `Restore` (restore one of its points) resources are run
+//! once each, in the pass that finds them, their outcome written to their status.
 
 use std::collections::BTreeMap;
 use std::path::Path;
