@@ -125,7 +125,7 @@ pub use error::{Error, Result, StoreError};
 pub use kind::{DrClass, DrMode, Kind, KindSet, ParseNameError};
 pub use records::{
     Action, ActionStatus, Artifact, Blueprint, BlueprintBinding, Location, Phase, Policy,
-    PolicyExport, PolicyRun, Profile, Record, RestorePoint, Retention, Target,
+    PolicyExport, PolicyPreset, PolicyRun, Profile, Record, RestorePoint, Retention, Target,
 };
 pub use store::{
     Catalog, Change, Entry, KindCount, MAX_KEY_BYTES, MAX_RECORD_BYTES, Op, OpenOptions,

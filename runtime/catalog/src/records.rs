@@ -298,6 +298,10 @@ pub struct Policy {
     /// `cairn repo prune` does it); `@daily` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prune: Option<String>,
+    /// The preset its frequency, retention, export and prune come from, by name; they are
+    /// rewritten when the preset is applied again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preset: Option<String>,
     /// How many of its workloads a run backs up at once (1 when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<u32>,
@@ -342,6 +346,30 @@ pub struct PolicyExport {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub profile: Option<String>,
 }
+
+/// A policy preset: a backup service level (frequency, retention, where exports go, how often
+/// the repository is pruned) that policies name with `preset:` instead of each saying it
+/// (`cairn preset apply`). Applying a preset again updates every policy that names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyPreset {
+    /// Its name.
+    pub name: String,
+    /// How often its policies run (as [`Policy::frequency`]).
+    pub frequency: String,
+    /// What its policies keep of each workload's restore points.
+    pub retention: Retention,
+    /// Where its policies' exports go; the instance's default repository when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub export: Option<PolicyExport>,
+    /// How often their repository is pruned (as [`Policy::prune`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prune: Option<String>,
+    /// When it was applied.
+    pub applied: Timestamp,
+}
+
+record!(PolicyPreset, PolicyPreset, name);
 
 /// The outcome of a policy's last run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,7 +1,7 @@
 //! The `cairn` command line.
 //!
 //! `cairn blueprint build|inspect|add`, `cairn run`, `cairn workloads`, `cairn repo …`,
-//! `cairn catalog …`, `cairn dr …`, `cairn policy …`, `cairn binding …`, `cairn profile …` and `cairn serve`. Every command takes
+//! `cairn catalog …`, `cairn dr …`, `cairn policy …`, `cairn binding …`, `cairn profile …`, `cairn preset …` and `cairn serve`. Every command takes
 //! `--home DIR` (or `CAIRN_HOME`): the instance's state directory, holding the compile cache,
 //! the audit log, the local target's state and the default export location.
 //!
@@ -26,6 +26,7 @@ mod home;
 mod metrics;
 mod operator;
 mod policy;
+mod preset;
 mod profile;
 mod repo;
 mod run;
@@ -138,6 +139,10 @@ enum Command {
     /// `--profile NAME` and a policy's `export: {profile: NAME}` use.
     #[command(subcommand)]
     Profile(profile::ProfileCommand),
+    /// Policy presets: service levels (frequency, retention, export, prune) that policies name
+    /// with `preset:`.
+    #[command(subcommand)]
+    Preset(preset::PresetCommand),
     /// Run the policies when they are due, until stopped (SIGINT or SIGTERM).
     Serve(serve::ServeArgs),
 }
@@ -192,6 +197,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Policy(cmd) => policy::run(cmd, cli.home).await,
         Command::Binding(cmd) => binding::run(cmd, cli.home).await,
         Command::Profile(cmd) => profile::run(cmd, cli.home),
+        Command::Preset(cmd) => preset::run(cmd, cli.home),
         Command::Serve(args) => serve::serve(args, cli.home).await,
     }
 }

@@ -325,7 +325,7 @@ impl Operator {
         match kind {
             Kind::Policy => {
                 let mut policy =
-                    crate::policy::policy_of_spec(name, spec, &what, base).map_err(still_runs)?;
+                    crate::policy::policy_of_spec(name, spec, &what, home).map_err(still_runs)?;
                 policy.origin = Some(self.origin.clone());
                 if let Some(stored) = &stored {
                     if unchanged(stored, &serde_json::to_value(&policy)?) {

@@ -22,7 +22,8 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use cairn_catalog::{
-    BlueprintBinding, Catalog, Kind, Location, Policy, PolicyExport, PolicyRun, Retention,
+    BlueprintBinding, Catalog, Kind, Location, Policy, PolicyExport, PolicyPreset, PolicyRun,
+    Retention,
 };
 use cairn_engine::{Capability, Engine, Limits, RunRequest};
 use jiff::Timestamp;
@@ -171,8 +172,12 @@ pub(crate) struct PolicyFile {
     workloads: Vec<String>,
     #[serde(default)]
     selector: BTreeMap<String, String>,
-    frequency: String,
-    retention: Retention,
+    #[serde(default)]
+    preset: Option<String>,
+    #[serde(default)]
+    frequency: Option<String>,
+    #[serde(default)]
+    retention: Option<Retention>,
     #[serde(default)]
     params: BTreeMap<String, Scalar>,
     #[serde(default)]
@@ -230,7 +235,7 @@ pub(crate) async fn run(cmd: PolicyCommand, home: Option<PathBuf>) -> anyhow::Re
             dry_run,
             output,
         }) => {
-            let policies = read_policy_files(&file)?;
+            let policies = read_policy_files(&file, &home)?;
             let engine = crate::run::engine(&home)?;
             // Every policy is checked before any is stored.
             for policy in &policies {
@@ -538,16 +543,17 @@ pub(crate) struct Document<T> {
 
 /// The policies of a file or directory (see [`read_documents`]), with their relative paths made
 /// absolute.
-fn read_policy_files(file: &Path) -> anyhow::Result<Vec<Policy>> {
+fn read_policy_files(file: &Path, home: &Home) -> anyhow::Result<Vec<Policy>> {
+    let presets = crate::preset::presets(home)?;
     read_documents::<PolicyFile>(
         file,
         "policy",
-        "a policy has name, blueprint, target, workloads or selector, frequency and retention; \
-         examples/policies/hello.yaml shows every field",
+        "a policy has name, blueprint, target, workloads or selector, frequency and retention \
+         (or a preset); examples/policies/hello.yaml shows every field",
         |f| &f.name,
     )?
     .into_iter()
-    .map(policy_of)
+    .map(|doc| policy_of(doc, &presets))
     .collect()
 }
 
@@ -557,33 +563,17 @@ pub(crate) fn policy_of_spec(
     name: &str,
     spec: serde_json::Value,
     what: &str,
-    base: &Path,
+    home: &Home,
 ) -> anyhow::Result<Policy> {
-    policy_of(crate::operator::document(
-        name,
-        spec,
-        &[("target", "kube")],
-        what,
-        base,
-    )?)
+    let doc = crate::operator::document(name, spec, &[("target", "kube")], what, home.root())?;
+    policy_of(doc, &crate::preset::presets(home)?)
 }
 
-/// The policy a document of a policy file describes.
-fn policy_of(doc: Document<PolicyFile>) -> anyhow::Result<Policy> {
-    let Document {
-        value: f,
-        file,
-        base,
-    } = doc;
-    let bad = |msg: String| UsageError(format!("policy {}: {msg}", file.display()));
-    let absolute = |p: &str| absolute(&base, p);
-    let target = match f.target.strip_prefix("local:") {
-        Some(path) => format!("local:{}", absolute(path)),
-        None => f.target,
-    };
-    let secrets = secret_sources(f.secrets, &base).map_err(bad)?;
-    let export = f.export.map(|e| PolicyExport {
-        // A repository given as a path (not a URL) is relative to the file, like the rest.
+/// `export` as the catalog keeps it: a repository path (not a URL) and files made absolute
+/// against `base`, like the rest of a file's paths.
+pub(crate) fn export_of(e: PolicyExport, base: &Path) -> PolicyExport {
+    let absolute = |p: &str| absolute(base, p);
+    PolicyExport {
         repo: e
             .repo
             .map(|r| if r.contains("://") { r } else { absolute(&r) }),
@@ -591,7 +581,66 @@ fn policy_of(doc: Document<PolicyFile>) -> anyhow::Result<Policy> {
         passphrase_file: e.passphrase_file.as_deref().map(absolute),
         key_file: e.key_file.as_deref().map(absolute),
         profile: e.profile,
-    });
+    }
+}
+
+/// The policy a document of a policy file describes; a `preset:` is looked up in `presets`.
+fn policy_of(
+    doc: Document<PolicyFile>,
+    presets: &BTreeMap<String, PolicyPreset>,
+) -> anyhow::Result<Policy> {
+    let Document {
+        value: f,
+        file,
+        base,
+    } = doc;
+    let bad = |msg: String| UsageError(format!("policy {}: {msg}", file.display()));
+    let target = match f.target.strip_prefix("local:") {
+        Some(path) => format!("local:{}", absolute(&base, path)),
+        None => f.target,
+    };
+    let secrets = secret_sources(f.secrets, &base).map_err(bad)?;
+    let export = f.export.map(|e| export_of(e, &base));
+    let (frequency, retention, export, prune) = match &f.preset {
+        Some(name) => {
+            let given: Vec<&str> = [
+                ("frequency", f.frequency.is_some()),
+                ("retention", f.retention.is_some()),
+                ("export", export.is_some()),
+                ("prune", f.prune.is_some()),
+            ]
+            .into_iter()
+            .filter_map(|(field, set)| set.then_some(field))
+            .collect();
+            if !given.is_empty() {
+                return Err(bad(format!(
+                    "{} come from preset {name}: leave them out, or drop `preset:`",
+                    given.join(", ")
+                ))
+                .into());
+            }
+            let preset = presets.get(name).ok_or_else(|| {
+                bad(format!(
+                    "no preset named {name:?}; `cairn preset list` lists them, `cairn preset \
+                     apply FILE` adds one"
+                ))
+            })?;
+            (
+                preset.frequency.clone(),
+                preset.retention,
+                preset.export.clone(),
+                preset.prune.clone(),
+            )
+        }
+        None => (
+            f.frequency
+                .ok_or_else(|| bad("no frequency: give one, or a `preset:`".into()))?,
+            f.retention
+                .ok_or_else(|| bad("no retention: give one, or a `preset:`".into()))?,
+            export,
+            f.prune,
+        ),
+    };
     Ok(Policy {
         name: f.name,
         blueprint: f.blueprint,
@@ -599,15 +648,16 @@ fn policy_of(doc: Document<PolicyFile>) -> anyhow::Result<Policy> {
         namespace: f.namespace.unwrap_or_else(|| "default".to_owned()),
         workloads: f.workloads,
         selector: f.selector,
-        frequency: f.frequency,
-        retention: f.retention,
+        frequency,
+        retention,
         params: texts(f.params),
         grants: f.grants,
         secrets,
         timeout: f.timeout,
         snapshot_class: f.snapshot_class,
         export,
-        prune: f.prune,
+        prune,
+        preset: f.preset,
         concurrency: f.concurrency,
         paused: f.paused,
         origin: None,
@@ -634,26 +684,54 @@ pub(crate) fn valid_name(name: &str) -> Result<(), String> {
     }
 }
 
+/// Refuses a service level (a policy's or a preset's) that could not run: its frequency,
+/// retention, prune frequency and export location.
+pub(crate) fn check_service(
+    frequency: &str,
+    retention: &Retention,
+    prune: Option<&str>,
+    export: Option<&PolicyExport>,
+    home: &Home,
+) -> Result<(), String> {
+    Schedule::parse(frequency).map_err(|e| format!("frequency {e}"))?;
+    if let Some(p) = prune.filter(|p| *p != "never") {
+        Schedule::parse(p).map_err(|e| format!("prune {e}, or never"))?;
+    }
+    if *retention == Retention::default() {
+        return Err("its retention keeps nothing: set at least one of last, hourly, daily, weekly, monthly, yearly, within (e.g. `retention: {last: 7}`)".into());
+    }
+    if let Some(export) = export
+        && let Some(profile) = &export.profile
+    {
+        if export.repo.is_some() || export.profile_file.is_some() {
+            return Err(format!(
+                "export names the location profile {profile} and a repository too: keep one"
+            ));
+        }
+        crate::profile::load(home, profile).map_err(|e| format!("export: {e}"))?;
+    }
+    Ok(())
+}
+
 /// Refuses a policy that could not run, naming the field and what to do.
 pub(crate) async fn check(policy: &Policy, engine: &Engine, home: &Home) -> anyhow::Result<()> {
     let bad = |msg: String| -> anyhow::Error {
         UsageError(format!("policy {:?}: {msg}", policy.name)).into()
     };
     valid_name(&policy.name).map_err(bad)?;
-    Schedule::parse(&policy.frequency).map_err(|e| bad(format!("frequency {e}")))?;
-    if let Some(p) = prune_frequency(policy) {
-        Schedule::parse(p).map_err(|e| bad(format!("prune {e}, or never")))?;
-    }
+    check_service(
+        &policy.frequency,
+        &policy.retention,
+        policy.prune.as_deref(),
+        policy.export.as_ref(),
+        home,
+    )
+    .map_err(bad)?;
     if !(1..=MAX_CONCURRENCY).contains(&concurrency(policy)) {
         return Err(bad(format!(
             "concurrency {}: back up 1 to {MAX_CONCURRENCY} workloads at once",
             concurrency(policy)
         )));
-    }
-    if policy.retention == Retention::default() {
-        return Err(bad(
-            "its retention keeps nothing: set at least one of last, hourly, daily, weekly, monthly, yearly, within (e.g. `retention: {last: 7}`)".into(),
-        ));
     }
     if policy.workloads.is_empty() && policy.selector.is_empty() {
         return Err(bad(
@@ -665,16 +743,6 @@ pub(crate) async fn check(policy: &Policy, engine: &Engine, home: &Home) -> anyh
     if let Some(t) = &policy.timeout {
         humantime::parse_duration(t)
             .map_err(|e| bad(format!("timeout {t:?}: {e} (e.g. 30m, 2h)")))?;
-    }
-    if let Some(export) = &policy.export
-        && let Some(profile) = &export.profile
-    {
-        if export.repo.is_some() || export.profile_file.is_some() {
-            return Err(bad(format!(
-                "export names the location profile {profile} and a repository too: keep one"
-            )));
-        }
-        crate::profile::load(home, profile).map_err(|e| bad(format!("export: {e}")))?;
     }
     match &policy.blueprint {
         Some(blueprint) => {

@@ -44,6 +44,33 @@ pub struct Retention {
     pub within: u64,
 }
 
+/// The rules that are on, as `last 3, daily 7` (`nothing` when none is).
+impl std::fmt::Display for Retention {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let rules = [
+            ("last", u64::from(self.last)),
+            ("hourly", u64::from(self.hourly)),
+            ("daily", u64::from(self.daily)),
+            ("weekly", u64::from(self.weekly)),
+            ("monthly", u64::from(self.monthly)),
+            ("yearly", u64::from(self.yearly)),
+        ];
+        let mut on: Vec<String> = rules
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(name, n)| format!("{name} {n}"))
+            .collect();
+        if self.within > 0 {
+            on.push(format!("within {}s", self.within));
+        }
+        if on.is_empty() {
+            f.write_str("nothing")
+        } else {
+            f.write_str(&on.join(", "))
+        }
+    }
+}
+
 impl Retention {
     /// Keeps nothing until rules are set.
     pub fn new() -> Self {
@@ -182,6 +209,18 @@ mod tests {
 
     fn kept(keep: &[Vec<&str>]) -> Vec<usize> {
         (0..keep.len()).filter(|&i| !keep[i].is_empty()).collect()
+    }
+
+    #[test]
+    fn shown_as_the_rules_that_are_on() {
+        assert_eq!(Retention::new().to_string(), "nothing");
+        let r = Retention {
+            last: 3,
+            daily: 7,
+            within: 60,
+            ..Retention::new()
+        };
+        assert_eq!(r.to_string(), "last 3, daily 7, within 60s");
     }
 
     #[test]

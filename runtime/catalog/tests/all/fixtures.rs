@@ -123,6 +123,7 @@ pub(crate) fn policy(name: &str) -> Policy {
         snapshot_class: None,
         export: None,
         prune: None,
+        preset: None,
         concurrency: None,
         paused: false,
         origin: None,

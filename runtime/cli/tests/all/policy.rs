@@ -1334,3 +1334,60 @@ fn serve_operator_keeps_policies_and_bindings_from_kubernetes_resources() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("forbidden"), "{}", stderr(&out));
 }
+
+#[test]
+fn a_preset_gives_the_policies_that_name_it_their_service_level() {
+    let cairn = Cairn::new();
+    add_hello(&cairn);
+    let preset = |retention: &str| {
+        let file = policy_file(
+            &cairn,
+            "gold",
+            &format!("name: gold\nfrequency: '@hourly'\nretention: {retention}\nprune: never\n"),
+        );
+        cairn.run(&["preset", "apply", file.to_str().expect("utf-8 path")])
+    };
+    refused_with(&preset("{}"), &["preset gold", "retention keeps nothing"]);
+    ok(&preset("{last: 3}"));
+    let named = hello_policy("{last: 2}").replace(
+        "frequency: '@hourly'\nretention: {last: 2}\n",
+        "preset: gold\n",
+    );
+    ok(&apply(&cairn, &named));
+    let shown = show(&cairn);
+    assert_eq!(shown["policy"]["retention"]["last"], 3, "{shown}");
+    assert_eq!(shown["policy"]["frequency"], "@hourly", "{shown}");
+    assert_eq!(shown["policy"]["prune"], "never", "{shown}");
+
+    // Applying the preset again changes the policies that name it.
+    let out = preset("{last: 5}");
+    ok(&out);
+    assert!(
+        stdout(&out).contains("policies greet follow it"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(show(&cairn)["policy"]["retention"]["last"], 5);
+    let out = cairn.run(&["preset", "list"]);
+    assert!(stdout(&out).contains("policies: greet"), "{}", stdout(&out));
+
+    // A policy names a preset or says what it gives, not both; an unknown one is refused.
+    refused_with(
+        &apply(
+            &cairn,
+            &hello_policy("{last: 2}").replace("frequency:", "preset: gold\nfrequency:"),
+        ),
+        &["frequency, retention come from preset gold"],
+    );
+    refused_with(
+        &apply(&cairn, &named.replace("gold", "silver")),
+        &["no preset named \"silver\""],
+    );
+    // A preset that policies name is not deleted.
+    refused_with(
+        &cairn.run(&["preset", "delete", "gold"]),
+        &["named by policies greet"],
+    );
+    ok(&cairn.run(&["policy", "delete", "greet"]));
+    ok(&cairn.run(&["preset", "delete", "gold"]));
+}
