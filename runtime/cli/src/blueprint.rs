@@ -40,6 +40,18 @@ pub(crate) enum BlueprintCommand {
         #[arg(long, value_enum, default_value_t)]
         output: Output,
     },
+    /// List the registered blueprints, with what policies may grant them and who uses them.
+    List {
+        /// How to print the result.
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Unregister a blueprint that no policy or binding names. Its component stays in the
+    /// home: restore points it made may still need it.
+    Remove {
+        /// The blueprint's name.
+        name: String,
+    },
     /// Show what a blueprint is and needs: actions, parameters, capabilities, WIT version, digest.
     Inspect {
         /// The blueprint component (`.wasm`).
@@ -65,6 +77,52 @@ pub(crate) async fn run(cmd: BlueprintCommand, home: Option<PathBuf>) -> anyhow:
             add(&home, &file, &blueprint, allow, output)?;
             Ok(ExitCode::from(exit::OK))
         }
+        BlueprintCommand::List { output } => {
+            let home = Home::resolve(home)?;
+            let catalog = crate::catalog::open(&home)?;
+            let (policies, bindings) = (catalog.policies()?, crate::binding::bindings(&catalog)?);
+            let rows: Vec<Registered> = catalog
+                .blueprints()?
+                .into_iter()
+                .map(|blueprint| Registered {
+                    used_by: users(&blueprint.name, &policies, &bindings),
+                    blueprint,
+                })
+                .collect();
+            crate::print_rows(
+                output,
+                &rows,
+                "no blueprints registered; `cairn blueprint add FILE.wasm` registers one",
+                Registered::line,
+            )?;
+            Ok(ExitCode::from(exit::OK))
+        }
+        BlueprintCommand::Remove { name } => {
+            let home = Home::resolve(home)?;
+            let catalog = crate::catalog::open(&home)?;
+            let used_by = users(
+                &name,
+                &catalog.policies()?,
+                &crate::binding::bindings(&catalog)?,
+            );
+            if !used_by.is_empty() {
+                return Err(UsageError(format!(
+                    "blueprint {name} is named by {}: change or delete them first",
+                    used_by.join(", ")
+                ))
+                .into());
+            }
+            if !catalog.delete(cairn_catalog::Kind::Blueprint, &name)? {
+                return Err(UsageError(format!(
+                    "no blueprint named {name:?} is registered; `cairn blueprint list` lists them"
+                ))
+                .into());
+            }
+            outln!(
+                "blueprint {name} removed; its component stays in the home for its restore points"
+            );
+            Ok(ExitCode::from(exit::OK))
+        }
         BlueprintCommand::Inspect { file, output } => {
             let home = Home::resolve(home)?;
             let engine = crate::run::engine(&home)?;
@@ -73,6 +131,55 @@ pub(crate) async fn run(cmd: BlueprintCommand, home: Option<PathBuf>) -> anyhow:
             Ok(ExitCode::from(exit::OK))
         }
     }
+}
+
+/// A registered blueprint as `list` shows it.
+#[derive(Debug, serde::Serialize)]
+struct Registered {
+    #[serde(flatten)]
+    blueprint: cairn_catalog::Blueprint,
+    /// The policies and bindings that name it (`policy NAME`, `binding NAME`).
+    used_by: Vec<String>,
+}
+
+impl Registered {
+    fn line(&self) -> String {
+        let b = &self.blueprint;
+        let allow = match &b.allow {
+            None => "may be granted all it declares".to_owned(),
+            Some(caps) if caps.is_empty() => "may be granted nothing".to_owned(),
+            Some(caps) => format!("may be granted {}", caps.join(",")),
+        };
+        let digest = b.digest.strip_prefix("sha256:").unwrap_or(&b.digest);
+        format!(
+            "{:<16} {:<8} {}  {allow}; used by {}",
+            b.name,
+            b.version,
+            digest.get(..12).unwrap_or(digest),
+            if self.used_by.is_empty() {
+                "nothing".to_owned()
+            } else {
+                self.used_by.join(", ")
+            }
+        )
+    }
+}
+
+/// The policies and bindings that name blueprint `name`.
+fn users(
+    name: &str,
+    policies: &[cairn_catalog::Policy],
+    bindings: &[cairn_catalog::BlueprintBinding],
+) -> Vec<String> {
+    let policies = policies
+        .iter()
+        .filter(|p| p.blueprint.as_deref() == Some(name))
+        .map(|p| format!("policy {}", p.name));
+    let bindings = bindings
+        .iter()
+        .filter(|b| b.blueprint == name)
+        .map(|b| format!("binding {}", b.name));
+    policies.chain(bindings).collect()
 }
 
 /// Loads `file`, or the registered blueprint it names when it is a bare name and no such file

@@ -1337,6 +1337,7 @@ fn serve_operator_keeps_policies_and_bindings_from_kubernetes_resources() {
 
 #[test]
 fn a_preset_gives_the_policies_that_name_it_their_service_level() {
+    // (And a blueprint, like a preset, is not removed while a policy names it.)
     let cairn = Cairn::new();
     add_hello(&cairn);
     let preset = |retention: &str| {
@@ -1388,6 +1389,24 @@ fn a_preset_gives_the_policies_that_name_it_their_service_level() {
         &cairn.run(&["preset", "delete", "gold"]),
         &["named by policies greet"],
     );
+    // So is a blueprint.
+    let out = cairn.run(&["blueprint", "list"]);
+    assert!(
+        stdout(&out).contains("used by policy greet"),
+        "{}",
+        stdout(&out)
+    );
+    refused_with(
+        &cairn.run(&["blueprint", "remove", "hello"]),
+        &["blueprint hello is named by policy greet"],
+    );
     ok(&cairn.run(&["policy", "delete", "greet"]));
     ok(&cairn.run(&["preset", "delete", "gold"]));
+    ok(&cairn.run(&["blueprint", "remove", "hello"]));
+    let out = cairn.run(&["blueprint", "list"]);
+    assert!(
+        stdout(&out).starts_with("no blueprints registered"),
+        "{}",
+        stdout(&out)
+    );
 }
