@@ -441,6 +441,14 @@ struct CopyTarget {
     /// A repository profile file for the destination (`repo:` and `options:`).
     #[arg(long, env = "CAIRN_TO_REPO_PROFILE", value_name = "FILE")]
     to_profile_file: Option<PathBuf>,
+    /// A location profile for the destination (`cairn profile add`); --to flags win over it.
+    #[arg(
+        long,
+        env = "CAIRN_TO_PROFILE",
+        value_name = "NAME",
+        conflicts_with = "to_profile_file"
+    )]
+    to_profile: Option<String>,
     /// Read the destination's passphrase from this file (else from CAIRN_TO_PASSPHRASE).
     #[arg(long, value_name = "FILE")]
     to_passphrase_file: Option<PathBuf>,
@@ -452,9 +460,13 @@ struct CopyTarget {
 impl CopyTarget {
     /// Opens the destination, with the rate limits given for the source (`--limit-upload`
     /// is what a copy's writes to the destination need).
-    async fn open(&self, source: &RepoSelect) -> anyhow::Result<Repository> {
-        let select = RepoSelect {
-            profile: None,
+    async fn open(
+        &self,
+        source: &RepoSelect,
+        home: Option<&PathBuf>,
+    ) -> anyhow::Result<Repository> {
+        let mut select = RepoSelect {
+            profile: self.to_profile.clone(),
             passphrase_env: None,
             repo: self.to.clone(),
             passphrase_file: self.to_passphrase_file.clone(),
@@ -466,12 +478,19 @@ impl CopyTarget {
         };
         if !select.names_a_repository() {
             return Err(usage(
-                "copy: name the destination with --to URL, CAIRN_TO_REPO or --to-profile-file",
+                "copy: name the destination with --to URL, CAIRN_TO_REPO, --to-profile or \
+                 --to-profile-file",
             ));
+        }
+        if select.profile.is_some() {
+            select = select.resolved(&crate::home::Home::resolve(home.cloned())?)?;
         }
         let loc = select.location()?;
         let key = select.key_from(
-            "CAIRN_TO_PASSPHRASE",
+            select
+                .passphrase_env
+                .as_deref()
+                .unwrap_or("CAIRN_TO_PASSPHRASE"),
             "--to-passphrase-file or --to-key-file",
         )?;
         let url = loc.url().to_owned();
@@ -693,7 +712,7 @@ pub async fn run(mut args: RepoArgs, home: Option<PathBuf>) -> anyhow::Result<Ex
         _ => false,
     };
     if exclusive {
-        let home = crate::home::Home::resolve(home)?;
+        let home = crate::home::Home::resolve(home.clone())?;
         check_maintenance_owner(&home)?;
         let what = match &args.command {
             RepoCommand::Prune { .. } => "prune",
@@ -701,7 +720,7 @@ pub async fn run(mut args: RepoArgs, home: Option<PathBuf>) -> anyhow::Result<Ex
         };
         crate::dr::check_owner(&home, what).await?;
     }
-    match run_inner(&args).await {
+    match run_inner(&args, home.as_ref()).await {
         Ok(code) => Ok(code),
         Err(e) => match e.downcast_ref::<Error>() {
             // A restore to standard output whose reader quit early (`| head`).
@@ -985,7 +1004,7 @@ fn describe(s: &SnapshotInfo) -> String {
     .to_string()
 }
 
-async fn run_inner(args: &RepoArgs) -> anyhow::Result<ExitCode> {
+async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<ExitCode> {
     let loc = args.location()?;
     let key = args.key()?;
     if let RepoCommand::Init { protection } = &args.command {
@@ -1286,7 +1305,7 @@ async fn run_inner(args: &RepoArgs) -> anyhow::Result<ExitCode> {
                     "copy: give snapshot ids or filters (--tag, --path, --since, --until), not both",
                 ));
             }
-            let dest = to.open(&args.select).await?;
+            let dest = to.open(&args.select, home).await?;
             let mut chosen = if ids.is_empty() {
                 repo.snapshots(&filter.filter()?).await?
             } else {

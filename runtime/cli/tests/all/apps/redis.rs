@@ -508,6 +508,44 @@ fn a_policy_exports_to_a_location_profile_by_name() {
     restore_cache(&cairn);
     assert_eq!(redis.key_count(), TOTAL_KEYS);
 
+    // A copy goes to another profile's repository, its passphrase from the variable it names.
+    let vault = redis.h.root().join("vault");
+    crate::support::ok(&cairn.run(&[
+        "profile",
+        "add",
+        "vault",
+        "--repo",
+        vault.to_str().expect("utf-8 path"),
+        "--passphrase",
+        "env:VAULT_PASSPHRASE",
+    ]));
+    let with_vault = |args: &[&str]| {
+        cairn
+            .command(args)
+            .env("VAULT_PASSPHRASE", "vault passphrase")
+            .output()
+            .expect("cairn runs")
+    };
+    crate::support::ok(&with_vault(&["repo", "init", "--profile", "vault"]));
+    crate::support::ok(&with_vault(&[
+        "repo",
+        "copy",
+        "--profile",
+        "offsite",
+        "--to-profile",
+        "vault",
+    ]));
+    let out = with_vault(&[
+        "repo",
+        "snapshots",
+        "--profile",
+        "vault",
+        "--output",
+        "json",
+    ]);
+    crate::support::ok(&out);
+    assert_eq!(crate::support::json(&out).as_array().map(Vec::len), Some(1));
+
     // A profile a policy exports to is not deleted.
     let out = cairn.run(&["profile", "delete", "offsite"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
