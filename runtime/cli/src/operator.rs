@@ -12,14 +12,15 @@
 //! command line in turn refuses to change or delete a record a resource keeps.
 //!
 //! `Backup` (run a policy now) and `Restore` (restore one of its points) resources are run
-//! once each, in the pass that finds them, their outcome written to their status.
+//! once each, in the pass that finds them, their outcome written to their status. Runs,
+//! one-shots' outcomes and new refusals are also recorded as Kubernetes Events.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use cairn_catalog::{Kind as RecordKind, Policy};
 use kube::api::{
-    Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
+    Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
 };
 use serde_json::{Value, json};
 
@@ -90,9 +91,17 @@ impl Kind {
     }
 }
 
+/// The resource an event is about.
+struct Involved<'a> {
+    resource: Resource,
+    name: &'a str,
+    uid: Option<&'a str>,
+}
+
 /// What the last pass found of one resource.
 #[derive(Debug)]
 struct Found {
+    uid: Option<String>,
     generation: Option<i64>,
     /// Its status as the pass read it.
     status: Value,
@@ -167,7 +176,7 @@ impl Operator {
         let policies = self.list(Kind::Policy.resource()).await?;
         let restores = self.list(RESTORE).await?;
         let backups = self.list(BACKUP).await?;
-        let before = std::mem::take(&mut self.found);
+        self.found.clear();
         for (kind, objects) in [(Kind::Binding, bindings), (Kind::Policy, policies)] {
             for object in objects {
                 let name = object.metadata.name.clone().unwrap_or_default();
@@ -177,18 +186,25 @@ impl Operator {
                     .await
                     .err()
                     .map(|e| crate::one_line(&e));
-                // Said once, not every pass; the status keeps saying it.
-                let said = before.get(&(kind, name.clone())).map(|f| &f.error);
+                // Said once, not every pass (nor at every start): the status keeps saying it.
+                let status = object.data.get("status").cloned().unwrap_or(Value::Null);
                 if let Some(error) = &error
-                    && said != Some(&Some(error.clone()))
+                    && status["message"].as_str() != Some(error)
                 {
                     eprintln!("cairn: {error}");
+                    let on = Involved {
+                        resource: kind.resource(),
+                        name: &name,
+                        uid: object.metadata.uid.as_deref(),
+                    };
+                    self.event(&on, true, "Invalid", error).await;
                 }
                 self.found.insert(
                     (kind, name),
                     Found {
+                        uid: object.metadata.uid.clone(),
                         generation: object.metadata.generation,
-                        status: object.data.get("status").cloned().unwrap_or(Value::Null),
+                        status,
                         error,
                     },
                 );
@@ -255,14 +271,53 @@ impl Operator {
                 json!({ "state": "Failed", "message": crate::one_line(&e), "finished": now() })
             }
         };
-        eprintln!(
-            "cairn: {what}: {}{}",
-            status["state"].as_str().unwrap_or_default(),
-            status["message"]
-                .as_str()
-                .map_or_else(String::new, |m| format!(": {m}"))
-        );
+        let state = status["state"].as_str().unwrap_or_default().to_owned();
+        let message = status["message"].as_str().unwrap_or(&state).to_owned();
+        eprintln!("cairn: {what}: {state}: {message}");
+        let on = Involved {
+            resource,
+            name: &name,
+            uid: object.metadata.uid.as_deref(),
+        };
+        self.event(&on, state == "Failed", &state, &message).await;
         self.write_status(resource, &name, status).await;
+    }
+
+    /// Records a Kubernetes Event on resource `name` (what `kubectl describe` and `kubectl
+    /// get events` show): `Warning` when `warning`, else `Normal`. A failure is reported, not
+    /// fatal: the status says the same.
+    async fn event(&self, on: &Involved<'_>, warning: bool, reason: &str, message: &str) {
+        let resource =
+            ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("", "v1", "Event"), "events");
+        let now = jiff::Timestamp::now();
+        let mut event = DynamicObject::new("", &resource).within(&self.namespace);
+        event.metadata.name = None;
+        event.metadata.generate_name = Some(format!("{}.", on.name));
+        event.data = json!({
+            "involvedObject": {
+                "apiVersion": format!("{GROUP}/{VERSION}"),
+                "kind": on.resource.0,
+                "name": on.name,
+                "namespace": self.namespace,
+                "uid": on.uid,
+            },
+            "reason": reason,
+            // The API refuses messages over 1 KiB.
+            "message": message.chars().take(1000).collect::<String>(),
+            "type": if warning { "Warning" } else { "Normal" },
+            "source": { "component": "cairn" },
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        });
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(self.client.clone(), &self.namespace, &resource);
+        if let Err(e) = api.create(&PostParams::default(), &event).await {
+            eprintln!(
+                "cairn: cannot record an event on {} {}/{}: {e}",
+                on.resource.0, self.namespace, on.name
+            );
+        }
     }
 
     /// Merges `status` into the status of resource `name`; a failure is reported, not fatal.
@@ -402,11 +457,34 @@ impl Operator {
             };
             let status = status_of(found, policy.as_ref());
             if without_nulls(&status) != found.status {
-                statuses.push((*kind, name, status));
+                statuses.push((*kind, name, found, status));
             }
         }
         drop(catalog);
-        for (kind, name, status) in statuses {
+        for (kind, name, found, status) in statuses {
+            // A run the status does not show yet: an event says how it went.
+            let run = &status["lastRun"];
+            if !run.is_null() && run["finished"] != found.status["lastRun"]["finished"] {
+                let points = run["restorePoints"].as_array().map_or(0, Vec::len);
+                let errors: Vec<&str> = run["errors"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                let on = Involved {
+                    resource: kind.resource(),
+                    name,
+                    uid: found.uid.as_deref(),
+                };
+                if run["succeeded"] == true {
+                    let message = format!("backed up: {points} restore point(s) made");
+                    self.event(&on, false, "BackedUp", &message).await;
+                } else {
+                    let message = format!("{points} restore point(s) made; {}", errors.join("; "));
+                    self.event(&on, true, "BackupFailed", &message).await;
+                }
+            }
             self.write_status(kind.resource(), name, status).await;
         }
         Ok(())
@@ -684,6 +762,7 @@ mod tests {
     #[test]
     fn the_status_is_written_only_when_it_changed() {
         let found = Found {
+            uid: None,
             generation: Some(2),
             status: Value::Null,
             error: None,

@@ -1270,6 +1270,33 @@ fn serve_operator_keeps_policies_and_bindings_from_kubernetes_resources() {
         "{s}"
     );
 
+    // Each run, each one-shot's outcome and each new refusal is an event on its resource.
+    let events: Vec<(String, String, String)> = api
+        .created("/api/v1/namespaces/cairn/events")
+        .iter()
+        .map(|e| {
+            let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+            (
+                text(&e["involvedObject"]["kind"]),
+                text(&e["involvedObject"]["name"]),
+                text(&e["reason"]),
+            )
+        })
+        .collect();
+    for (kind, name, reason) in [
+        ("Policy", "nightly", "BackedUp"),
+        ("Policy", "typo", "Invalid"),
+        ("Restore", "again", "Succeeded"),
+        ("Restore", "nowhere", "Failed"),
+        ("Backup", "now", "Succeeded"),
+        ("Backup", "nothing", "Failed"),
+    ] {
+        let wanted = (kind.to_owned(), name.to_owned(), reason.to_owned());
+        assert!(events.contains(&wanted), "{wanted:?} not in {events:?}");
+    }
+    let invalid = events.iter().filter(|(_, name, _)| name == "typo").count();
+    assert_eq!(invalid, 1, "said once: {events:?}");
+
     // The command line leaves what a resource keeps alone.
     let file = policy_file(
         &cairn,
