@@ -257,7 +257,10 @@ impl Operator {
             "started": now(),
             "observedGeneration": object.metadata.generation,
         });
-        self.write_status(resource, &name, started).await;
+        // Never run what could not be marked running: the next pass would run it again.
+        if !self.write_status(resource, &name, started).await {
+            return;
+        }
         eprintln!("cairn: {what} started");
         let spec = object.data.get("spec").cloned().unwrap_or(Value::Null);
         let status = match run(spec).await {
@@ -302,7 +305,7 @@ impl Operator {
                 "uid": on.uid,
             },
             "reason": reason,
-            // The API refuses messages over 1 KiB.
+            // An event is a line; the status has the whole message.
             "message": message.chars().take(1000).collect::<String>(),
             "type": if warning { "Warning" } else { "Normal" },
             "source": { "component": "cairn" },
@@ -320,18 +323,23 @@ impl Operator {
         }
     }
 
-    /// Merges `status` into the status of resource `name`; a failure is reported, not fatal.
-    async fn write_status(&self, resource: Resource, name: &str, status: Value) {
+    /// Merges `status` into the status of resource `name`, and says whether it could; a
+    /// failure is reported, not fatal.
+    async fn write_status(&self, resource: Resource, name: &str, status: Value) -> bool {
         let patch = Patch::Merge(json!({ "status": status }));
-        if let Err(e) = self
+        match self
             .api(resource)
             .patch_status(name, &PatchParams::default(), &patch)
             .await
         {
-            eprintln!(
-                "cairn: cannot write the status of {} {}/{name}: {e}",
-                resource.0, self.namespace
-            );
+            Ok(_) => true,
+            Err(e) => {
+                eprintln!(
+                    "cairn: cannot write the status of {} {}/{name}: {e}",
+                    resource.0, self.namespace
+                );
+                false
+            }
         }
     }
 

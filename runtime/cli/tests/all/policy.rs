@@ -1239,6 +1239,26 @@ fn serve_operator_keeps_policies_and_bindings_from_kubernetes_resources() {
     assert!(!stderr(&out).contains("says again"), "{}", stderr(&out));
     assert_eq!(status(restores, "again")["finished"], finished);
 
+    // One whose status cannot be written is not run: nothing would keep the next pass from
+    // running it again.
+    api.put(
+        restores,
+        resource(
+            "Restore",
+            "blocked",
+            json!({ "policy": "nightly", "workload": "hello" }),
+        ),
+    );
+    api.forbid(&format!("{restores}/blocked/status"));
+    let out = serve();
+    ok(&out);
+    assert!(
+        stderr(&out).contains("cannot write the status of Restore cairn/blocked"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stderr(&out).contains("says again"), "{}", stderr(&out));
+
     // A Backup runs a policy now; one of a policy that does not exist fails, saying so.
     let backups = "/apis/cairn.dev/v1alpha1/namespaces/cairn/backups";
     api.put(
