@@ -377,13 +377,13 @@ fn usage(msg: impl Into<String>) -> anyhow::Error {
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct RepoSelect {
     /// A location profile (`cairn profile add`): the repository, its options and its key
-    /// source, by name. Flags given as well take precedence over it.
+    /// source, by name. Options, key and rate flags given as well take precedence over it.
     #[arg(
         long,
         env = "CAIRN_PROFILE",
         global = true,
         value_name = "NAME",
-        conflicts_with = "profile_file"
+        conflicts_with_all = ["profile_file", "repo"]
     )]
     profile: Option<String>,
     /// The environment variable holding the passphrase, when a profile names one.
@@ -441,12 +441,13 @@ struct CopyTarget {
     /// A repository profile file for the destination (`repo:` and `options:`).
     #[arg(long, env = "CAIRN_TO_REPO_PROFILE", value_name = "FILE")]
     to_profile_file: Option<PathBuf>,
-    /// A location profile for the destination (`cairn profile add`); --to flags win over it.
+    /// A location profile for the destination (`cairn profile add`); --to-option and key flags
+    /// win over it.
     #[arg(
         long,
         env = "CAIRN_TO_PROFILE",
         value_name = "NAME",
-        conflicts_with = "to_profile_file"
+        conflicts_with_all = ["to_profile_file", "to"]
     )]
     to_profile: Option<String>,
     /// Read the destination's passphrase from this file (else from CAIRN_TO_PASSPHRASE).
