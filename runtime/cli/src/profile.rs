@@ -77,15 +77,17 @@ fn is_secret(key: &str) -> bool {
 fn source(what: &str, source: &str) -> Result<String, UsageError> {
     match source.split_once(':') {
         Some(("env", var)) if !var.is_empty() => Ok(source.to_owned()),
-        Some(("file", path)) if !path.is_empty() => Ok(format!(
-            "file:{}",
-            crate::policy::absolute(std::path::Path::new("."), path)
-        )),
+        Some(("file", path)) if !path.is_empty() => Ok(format!("file:{}", absolute(path))),
         _ => Err(UsageError(format!(
             "{what}: {source:?} is not env:VAR or file:PATH (a profile keeps where a secret is, \
              never its value: the catalog travels in DR exports)"
         ))),
     }
+}
+
+/// `path` made absolute against the current directory: a profile is used from anywhere.
+fn absolute(path: &str) -> String {
+    std::path::absolute(path).map_or_else(|_| path.to_owned(), |p| p.display().to_string())
 }
 
 /// Reads a secret from its source (`env:VAR` or `file:PATH`; a file's last newline dropped).
@@ -153,15 +155,13 @@ pub(crate) fn run(cmd: ProfileCommand, home: Option<PathBuf>) -> anyhow::Result<
                 repository: if repo.contains("://") {
                     repo
                 } else {
-                    crate::policy::absolute(std::path::Path::new("."), &repo)
+                    absolute(&repo)
                 },
                 options: kept,
                 passphrase: passphrase
                     .map(|p| source(&format!("profile {name}: --passphrase"), &p))
                     .transpose()?,
-                key_file: key_file.map(|f| {
-                    crate::policy::absolute(std::path::Path::new("."), &f.to_string_lossy())
-                }),
+                key_file: key_file.map(|f| absolute(&f.to_string_lossy())),
                 limit_upload: limit_upload.unwrap_or(0),
                 limit_download: limit_download.unwrap_or(0),
                 name,
