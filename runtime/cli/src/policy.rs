@@ -931,8 +931,17 @@ impl Listed {
             Some(r) if r.succeeded => format!("last {} ok", shown(r.started)),
             Some(r) => format!("last {} FAILED", shown(r.started)),
         };
+        // Where its settings come from, when not from `policy apply` alone.
+        let from: String = [
+            p.preset.as_deref().map(|n| format!("preset {n}")),
+            p.origin.as_deref().map(|o| format!("kept from {o}")),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|f| format!("  ({f})"))
+        .collect();
         format!(
-            "{:<24} {:<12} {:<10} {}: {}  {next}  {last}",
+            "{:<24} {:<12} {:<10} {}: {}  {next}  {last}{from}",
             p.name,
             p.blueprint.as_deref().unwrap_or("(bindings)"),
             p.frequency,

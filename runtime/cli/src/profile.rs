@@ -114,6 +114,25 @@ pub(crate) fn load(home: &Home, name: &str) -> anyhow::Result<Profile> {
     })
 }
 
+/// A profile as `list` shows it.
+#[derive(Debug, serde::Serialize)]
+struct Listed {
+    #[serde(flatten)]
+    profile: Profile,
+    /// The policies that export to it.
+    policies: Vec<String>,
+}
+
+/// The names of the policies that export to profile `name` (presets' included, as their
+/// policies carry the preset's export).
+fn users(policies: &[Policy], name: &str) -> Vec<String> {
+    policies
+        .iter()
+        .filter(|p| p.export.as_ref().and_then(|e| e.profile.as_deref()) == Some(name))
+        .map(|p| p.name.clone())
+        .collect()
+}
+
 /// What a profile says, on one line; sources shown, never read.
 fn line(p: &Profile) -> String {
     let key = match (&p.passphrase, &p.key_file) {
@@ -174,27 +193,50 @@ pub(crate) fn run(cmd: ProfileCommand, home: Option<PathBuf>) -> anyhow::Result<
             Ok(ExitCode::from(exit::OK))
         }
         ProfileCommand::List { output } => {
-            let profiles = crate::catalog::open(&home)?.profiles()?;
+            let catalog = crate::catalog::open(&home)?;
+            let policies = catalog.policies()?;
+            let rows: Vec<Listed> = catalog
+                .profiles()?
+                .into_iter()
+                .map(|profile| Listed {
+                    policies: users(&policies, &profile.name),
+                    profile,
+                })
+                .collect();
             crate::print_rows(
                 output,
-                &profiles,
+                &rows,
                 "no location profiles; `cairn profile add NAME --repo URL` adds one",
-                line,
+                |r| {
+                    format!(
+                        "{}; policies: {}",
+                        line(&r.profile),
+                        if r.policies.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            r.policies.join(", ")
+                        }
+                    )
+                },
             )?;
             Ok(ExitCode::from(exit::OK))
         }
         ProfileCommand::Delete { name } => {
             let catalog = crate::catalog::open(&home)?;
-            let users: Vec<String> = catalog
-                .list(Kind::Policy)?
-                .iter()
-                .filter_map(|e| e.decode::<Policy>().ok())
-                .filter(|p| p.export.as_ref().and_then(|e| e.profile.as_deref()) == Some(&name))
-                .map(|p| p.name)
+            let mut users: Vec<String> = users(&catalog.policies()?, &name)
+                .into_iter()
+                .map(|p| format!("policy {p}"))
                 .collect();
+            users.extend(
+                catalog
+                    .load_all::<cairn_catalog::PolicyPreset>()?
+                    .into_iter()
+                    .filter(|p| p.export.as_ref().and_then(|e| e.profile.as_deref()) == Some(&name))
+                    .map(|p| format!("preset {}", p.name)),
+            );
             if !users.is_empty() {
                 return Err(UsageError(format!(
-                    "profile {name} is where policies {} export: change or delete them first",
+                    "profile {name} is where {} export: change or delete them first",
                     users.join(", ")
                 ))
                 .into());

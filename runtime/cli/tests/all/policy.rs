@@ -1317,6 +1317,13 @@ fn serve_operator_keeps_policies_and_bindings_from_kubernetes_resources() {
     let invalid = events.iter().filter(|(_, name, _)| name == "typo").count();
     assert_eq!(invalid, 1, "said once: {events:?}");
 
+    let out = cairn.run(&["policy", "list"]);
+    assert!(
+        stdout(&out).contains("(kept from kube:cairn)"),
+        "{}",
+        stdout(&out)
+    );
+
     // The command line leaves what a resource keeps alone.
     let file = policy_file(
         &cairn,
@@ -1416,6 +1423,8 @@ fn a_preset_gives_the_policies_that_name_it_their_service_level() {
         stdout(&out)
     );
     assert_eq!(show(&cairn)["policy"]["retention"]["last"], 5);
+    let out = cairn.run(&["policy", "list"]);
+    assert!(stdout(&out).contains("(preset gold)"), "{}", stdout(&out));
     let out = cairn.run(&["preset", "list"]);
     assert!(stdout(&out).contains("policies: greet"), "{}", stdout(&out));
 

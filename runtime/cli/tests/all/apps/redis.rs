@@ -490,6 +490,8 @@ fn a_policy_exports_to_a_location_profile_by_name() {
     crate::support::ok(&write("offsite"));
     let out = cairn.run(&["policy", "run", "cache"]);
     assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let out = cairn.run(&["profile", "list"]);
+    assert!(stdout(&out).contains("policies: cache"), "{}", stdout(&out));
 
     // The export is in the profile's repository, opened with its passphrase.
     let out = cairn.run(&[
@@ -550,7 +552,7 @@ fn a_policy_exports_to_a_location_profile_by_name() {
     let out = cairn.run(&["profile", "delete", "offsite"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("policies cache export"),
+        stderr(&out).contains("policy cache export"),
         "{}",
         stderr(&out)
     );
