@@ -1793,6 +1793,7 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                     .as_deref(),
             )?;
             let components = restore_components(&home, &catalog, exports.repository()).await;
+            let kept_from_resources = crate::operator::detach_restored(&catalog)?;
             let counts = catalog.counts()?;
             // Only a local-snapshot point says: whether its local snapshot was here.
             let in_place = report.outputs.get("in-place").map(|v| v == "true");
@@ -1803,6 +1804,7 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                     "in_place": in_place,
                     "counts": counts,
                     "components": components,
+                    "kept_from_resources": kept_from_resources,
                     "maintenance_owner": catalog.maintenance_owner()?,
                     "dr_settings": settings.as_ref().map(|c| serde_json::json!({
                         "mode": c.mode,
@@ -1844,6 +1846,12 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                              register them again with `cairn blueprint add FILE` before their policies run",
                             components.missing.len(),
                             components.missing.join(", ")
+                        );
+                    }
+                    if kept_from_resources > 0 {
+                        outln!(
+                            "{kept_from_resources} policies and bindings came from Kubernetes resources: they keep \
+                             running, and `cairn serve --operator` takes each over when its resource is applied here"
                         );
                     }
                     outln!(

@@ -356,7 +356,9 @@ impl Operator {
         let stored: Option<Value> = crate::catalog::open(home)?.get(kind.record(), name)?;
         if let Some(stored) = &stored {
             let origin = stored.get("origin").and_then(Value::as_str);
-            if origin != Some(&self.origin) {
+            // One restored from this namespace's resources elsewhere is taken over.
+            let restored = format!("{}{RESTORED}", self.origin);
+            if origin != Some(&self.origin) && origin != Some(&restored) {
                 let (resource, record) = (kind.kind(), kind.what());
                 let clash = origin.map_or_else(
                     || {
@@ -554,6 +556,39 @@ fn origin_of(namespace: &str) -> String {
     format!("kube:{namespace}")
 }
 
+/// What `origin` becomes when a DR restore brings a record back: the resources it came from
+/// are in the lost cluster, so no operator deletes it for their absence; the command line may
+/// change it, and the operator of the same namespace takes it over when its resource appears.
+const RESTORED: &str = "#restored";
+
+/// Marks every policy and binding that resources kept as restored ([`RESTORED`]), in one
+/// transaction, after a DR restore; says how many.
+pub(crate) fn detach_restored(catalog: &cairn_catalog::Catalog) -> anyhow::Result<usize> {
+    let mut changed = Vec::new();
+    for kind in [RecordKind::Policy, RecordKind::BlueprintBinding] {
+        for entry in catalog.list(kind)? {
+            let Ok(mut record) = serde_json::from_str::<Value>(entry.value.get()) else {
+                continue;
+            };
+            let Some(origin) = record.get("origin").and_then(Value::as_str) else {
+                continue;
+            };
+            if origin.ends_with(RESTORED) {
+                continue;
+            }
+            record["origin"] = format!("{origin}{RESTORED}").into();
+            changed.push((kind, entry.key, record));
+        }
+    }
+    catalog.write(|tx| {
+        for (kind, key, record) in &changed {
+            tx.put(*kind, key, record)?;
+        }
+        Ok(())
+    })?;
+    Ok(changed.len())
+}
+
 /// A resource's status: `state` (`Ready`, `Paused` or `Invalid`), `message` (why it is
 /// invalid), `observedGeneration`, and for a policy `lastRun` and `nextRun`. Fields that do not
 /// apply are null, which a merge patch removes.
@@ -644,7 +679,10 @@ pub(crate) fn document<T: serde::de::DeserializeOwned>(
 /// Refuses to change record `name` of `kind` from the command line when a resource keeps it
 /// (`origin`).
 pub(crate) fn refuse_kept(kind: Kind, name: &str, origin: Option<&str>) -> Result<(), UsageError> {
-    let Some(namespace) = origin.and_then(|o| o.strip_prefix("kube:")) else {
+    let Some(namespace) = origin
+        .filter(|o| !o.ends_with(RESTORED))
+        .and_then(|o| o.strip_prefix("kube:"))
+    else {
         return Ok(());
     };
     let Resource(resource, plural) = kind.resource();

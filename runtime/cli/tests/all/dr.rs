@@ -57,7 +57,17 @@ fn backup_hello(cairn: &Cairn) {
 
 fn put(cairn: &Cairn, kind: &str, key: &str) {
     let file = cairn.home.path().join(format!("{kind}-{key}.json"));
-    std::fs::write(&file, format!(r#"{{"name": "{key}", "kind": "{kind}"}}"#)).expect("write");
+    // Policies as `serve --operator` keeps them from Kubernetes resources.
+    let origin = if kind == "policy" {
+        r#", "origin": "kube:cairn""#
+    } else {
+        ""
+    };
+    std::fs::write(
+        &file,
+        format!(r#"{{"name": "{key}", "kind": "{kind}"{origin}}}"#),
+    )
+    .expect("write");
     ok(&cairn.run(&[
         "catalog",
         "put",
@@ -218,6 +228,22 @@ fn story(mode: &str) {
             if expected == 0 { "not " } else { "" }
         );
     }
+
+    // Policies resources kept are marked restored: no operator here deletes them for want of
+    // their resources, and the command line may change them.
+    let out = fresh.run(&["catalog", "ls", "policy", "--output", "json"]);
+    let origins: Vec<serde_json::Value> = json(&out)
+        .as_array()
+        .expect("policies")
+        .iter()
+        .map(|p| p["value"]["origin"].clone())
+        .collect();
+    assert_eq!(
+        origins,
+        ["kube:cairn#restored", "kube:cairn#restored"],
+        "{origins:?}"
+    );
+    ok(&fresh.run(&["policy", "delete", "one"]));
 
     // Maintenance is refused until this instance takes ownership.
     let out = forget(&fresh);

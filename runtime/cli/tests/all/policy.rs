@@ -1128,6 +1128,34 @@ fn serve_operator_keeps_policies_and_bindings_from_kubernetes_resources() {
         ),
     );
     ok(&apply(&cairn, &hello_policy("{last: 1}")));
+    // Two policies a DR restore brought back from another cluster's resources: one whose
+    // resource is applied here, one whose is not (yet).
+    for name in ["adopted", "orphan"] {
+        let record = json!({
+            "name": name, "target": target, "workloads": ["hel*"], "frequency": "@daily",
+            "retention": { "last": 1 }, "paused": true, "origin": "kube:cairn#restored",
+            "applied": "2026-12-01T00:00:00Z",
+        });
+        let file = cairn.home.path().join(format!("{name}.json"));
+        std::fs::write(&file, record.to_string()).expect("write the record");
+        ok(&cairn.run(&[
+            "catalog",
+            "put",
+            "policy",
+            name,
+            "--json",
+            file.to_str().expect("utf-8 path"),
+        ]));
+    }
+    api.put(
+        policies,
+        resource(
+            "Policy",
+            "adopted",
+            json!({ "target": target, "workloads": ["hel*"], "frequency": "@daily",
+                    "retention": { "last": 1 }, "paused": true }),
+        ),
+    );
     let serve = || {
         cairn
             .command(&[
@@ -1163,6 +1191,19 @@ fn serve_operator_keeps_policies_and_bindings_from_kubernetes_resources() {
     assert!(s["nextRun"].is_string(), "{s}");
     assert!(s.get("message").is_none(), "{s}");
     assert_eq!(status(bindings, "hello")["state"], "Ready");
+    // The restored policy with a resource is taken over; the other stays, the command
+    // line's to change.
+    let origin = |name: &str| {
+        let out = cairn.run(&["policy", "show", name, "--output", "json"]);
+        ok(&out);
+        json(&out)["policy"]["origin"].clone()
+    };
+    assert_eq!(origin("adopted"), "kube:cairn");
+    assert_eq!(status(policies, "adopted")["state"], "Paused");
+    assert_eq!(origin("orphan"), "kube:cairn#restored");
+    ok(&cairn.run(&["policy", "resume", "orphan"]));
+    ok(&cairn.run(&["policy", "delete", "orphan"]));
+    api.remove(policies, "adopted");
     let s = status(policies, "typo");
     assert_eq!(s["state"], "Invalid", "{s}");
     assert!(
