@@ -127,13 +127,14 @@ pub(crate) fn run(cmd: PresetCommand, home: Option<PathBuf>) -> anyhow::Result<E
                 let policies = catalog.policies()?;
                 let following = users(&policies, &preset.name);
                 if !dry_run {
-                    // The preset and its policies change in one transaction.
+                    // The preset and its policies change in one transaction, each policy read
+                    // in it: a run recorded meanwhile is kept.
                     catalog.write(|tx| {
                         tx.save(&preset)?;
-                        for mut policy in policies
-                            .into_iter()
-                            .filter(|p| p.preset.as_deref() == Some(&preset.name))
-                        {
+                        for name in &following {
+                            let Some(mut policy) = tx.get::<Policy>(Kind::Policy, name)? else {
+                                continue;
+                            };
                             policy.frequency.clone_from(&preset.frequency);
                             policy.retention = preset.retention;
                             policy.export.clone_from(&preset.export);
