@@ -254,12 +254,13 @@ pub(crate) async fn run(cmd: BindingCommand, home: Option<PathBuf>) -> anyhow::R
         }
         BindingCommand::Delete { name } => {
             refuse_kept(&home, &name)?;
-            if !crate::catalog::open(&home)?.delete(Kind::BlueprintBinding, &name)? {
-                return Err(UsageError(format!(
-                    "no binding named {name:?}; `cairn binding list` lists them"
-                ))
-                .into());
-            }
+            crate::delete_named(
+                &crate::catalog::open(&home)?,
+                Kind::BlueprintBinding,
+                &name,
+                "binding",
+                "cairn binding list",
+            )?;
             outln!("binding {name} deleted");
             Ok(ExitCode::from(exit::OK))
         }

@@ -112,12 +112,13 @@ pub(crate) async fn run(cmd: BlueprintCommand, home: Option<PathBuf>) -> anyhow:
                 ))
                 .into());
             }
-            if !catalog.delete(cairn_catalog::Kind::Blueprint, &name)? {
-                return Err(UsageError(format!(
-                    "no blueprint named {name:?} is registered; `cairn blueprint list` lists them"
-                ))
-                .into());
-            }
+            crate::delete_named(
+                &catalog,
+                cairn_catalog::Kind::Blueprint,
+                &name,
+                "registered blueprint",
+                "cairn blueprint list",
+            )?;
             outln!(
                 "blueprint {name} removed; its component stays in the home for its restore points"
             );

@@ -255,6 +255,22 @@ pub(crate) fn print_applied(
     Ok(())
 }
 
+/// Deletes record `name` of `kind`; one that does not exist is a usage error naming `what`
+/// the kind is called and the `list` command that lists them.
+pub(crate) fn delete_named(
+    catalog: &cairn_catalog::Catalog,
+    kind: cairn_catalog::Kind,
+    name: &str,
+    what: &str,
+    list: &str,
+) -> anyhow::Result<()> {
+    if catalog.delete(kind, name)? {
+        Ok(())
+    } else {
+        Err(UsageError(format!("no {what} named {name:?}; `{list}` lists them")).into())
+    }
+}
+
 /// An error and its causes on one line: "what failed: because: because".
 pub(crate) fn one_line(e: &anyhow::Error) -> String {
     let mut s = String::new();

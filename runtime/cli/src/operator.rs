@@ -98,6 +98,13 @@ struct Involved<'a> {
     uid: Option<&'a str>,
 }
 
+/// What the catalog held at the start of a pass: the policies and bindings (as JSON, by kind
+/// and name) and the presets.
+struct Stored {
+    records: BTreeMap<(Kind, String), Value>,
+    presets: BTreeMap<String, cairn_catalog::PolicyPreset>,
+}
+
 /// What the last pass found of one resource.
 #[derive(Debug)]
 struct Found {
@@ -177,12 +184,29 @@ impl Operator {
         let restores = self.list(RESTORE).await?;
         let backups = self.list(BACKUP).await?;
         self.found.clear();
+        // One read of what is stored, per pass (its pages verified daily, as a frequent reader
+        // should): a resource opens the catalog again only when it changed.
+        let stored = {
+            let catalog = crate::catalog::open_verified_daily(home)?;
+            let mut records = BTreeMap::new();
+            for kind in [Kind::Binding, Kind::Policy] {
+                for entry in catalog.list(kind.record())? {
+                    if let Ok(record) = serde_json::from_str::<Value>(entry.value.get()) {
+                        records.insert((kind, entry.key), record);
+                    }
+                }
+            }
+            Stored {
+                records,
+                presets: crate::preset::presets_in(&catalog)?,
+            }
+        };
         for (kind, objects) in [(Kind::Binding, bindings), (Kind::Policy, policies)] {
             for object in objects {
                 let name = object.metadata.name.clone().unwrap_or_default();
                 let spec = object.data.get("spec").cloned().unwrap_or(Value::Null);
                 let error = self
-                    .keep(kind, &name, spec, engine, home)
+                    .keep(kind, &name, spec, &stored, engine, home)
                     .await
                     .err()
                     .map(|e| crate::one_line(&e));
@@ -209,8 +233,8 @@ impl Operator {
                     },
                 );
             }
-            self.forget(kind, home)?;
         }
+        self.forget(&stored.records, home)?;
         for object in restores {
             self.once(RESTORE, object, |spec| restore_of(spec, engine, home))
                 .await;
@@ -349,12 +373,13 @@ impl Operator {
         kind: Kind,
         name: &str,
         spec: Value,
+        all: &Stored,
         engine: &cairn_engine::Engine,
         home: &Home,
     ) -> anyhow::Result<()> {
         let what = format!("{}/{name}", self.namespace);
-        let stored: Option<Value> = crate::catalog::open(home)?.get(kind.record(), name)?;
-        if let Some(stored) = &stored {
+        let stored = all.records.get(&(kind, name.to_owned()));
+        if let Some(stored) = stored {
             let origin = stored.get("origin").and_then(Value::as_str);
             // One restored from this namespace's resources elsewhere is taken over.
             let restored = format!("{}{RESTORED}", self.origin);
@@ -390,9 +415,10 @@ impl Operator {
         match kind {
             Kind::Policy => {
                 let mut policy =
-                    crate::policy::policy_of_spec(name, spec, &what, home).map_err(still_runs)?;
+                    crate::policy::policy_of_spec(name, spec, &what, base, &all.presets)
+                        .map_err(still_runs)?;
                 policy.origin = Some(self.origin.clone());
-                if let Some(stored) = &stored {
+                if let Some(stored) = stored {
                     if unchanged(stored, &serde_json::to_value(&policy)?) {
                         return Ok(());
                     }
@@ -407,7 +433,7 @@ impl Operator {
                 let mut binding =
                     crate::binding::binding_of_spec(name, spec, &what, base).map_err(still_runs)?;
                 binding.origin = Some(self.origin.clone());
-                if let Some(stored) = &stored
+                if let Some(stored) = stored
                     && unchanged(stored, &serde_json::to_value(&binding)?)
                 {
                     return Ok(());
@@ -426,27 +452,32 @@ impl Operator {
         Ok(())
     }
 
-    /// Deletes the records of `kind` this operator keeps whose resources are gone.
-    fn forget(&self, kind: Kind, home: &Home) -> anyhow::Result<()> {
+    /// Deletes the records this operator keeps (as `stored` at the start of the pass) whose
+    /// resources are gone; the catalog is opened only when there is one.
+    fn forget(&self, stored: &BTreeMap<(Kind, String), Value>, home: &Home) -> anyhow::Result<()> {
+        let gone: Vec<&(Kind, String)> = stored
+            .iter()
+            .filter(|(key, record)| {
+                record.get("origin").and_then(Value::as_str) == Some(&self.origin)
+                    && !self.found.contains_key(key)
+            })
+            .map(|(key, _)| key)
+            .collect();
+        if gone.is_empty() {
+            return Ok(());
+        }
         let catalog = crate::catalog::open(home)?;
-        for entry in catalog.list(kind.record())? {
-            let Ok(record) = serde_json::from_str::<Value>(entry.value.get()) else {
-                continue;
-            };
-            let ours = record.get("origin").and_then(Value::as_str) == Some(&self.origin);
-            if ours && !self.found.contains_key(&(kind, entry.key.clone())) {
-                catalog.delete(kind.record(), &entry.key)?;
-                eprintln!(
-                    "cairn: {} {} deleted: its resource is gone{}",
-                    kind.what(),
-                    entry.key,
-                    if kind == Kind::Policy {
-                        " (its restore points stay)"
-                    } else {
-                        ""
-                    }
-                );
-            }
+        for (kind, name) in gone {
+            catalog.delete(kind.record(), name)?;
+            eprintln!(
+                "cairn: {} {name} deleted: its resource is gone{}",
+                kind.what(),
+                if *kind == Kind::Policy {
+                    " (its restore points stay)"
+                } else {
+                    ""
+                }
+            );
         }
         Ok(())
     }
@@ -454,7 +485,7 @@ impl Operator {
     /// Writes the status of every resource the last [`Operator::sync`] found, where it changed.
     /// A status that cannot be written is reported and the others are still written.
     pub(crate) async fn report(&self, home: &Home) -> anyhow::Result<()> {
-        let catalog = crate::catalog::open(home)?;
+        let catalog = crate::catalog::open_verified_daily(home)?;
         let mut statuses = Vec::new();
         for ((kind, name), found) in &self.found {
             let policy = match kind {

@@ -544,7 +544,7 @@ pub(crate) struct Document<T> {
 /// The policies of a file or directory (see [`read_documents`]), with their relative paths made
 /// absolute.
 fn read_policy_files(file: &Path, home: &Home) -> anyhow::Result<Vec<Policy>> {
-    let presets = crate::preset::presets(home)?;
+    let presets = crate::preset::presets_in(&crate::catalog::open(home)?)?;
     read_documents::<PolicyFile>(
         file,
         "policy",
@@ -563,10 +563,11 @@ pub(crate) fn policy_of_spec(
     name: &str,
     spec: serde_json::Value,
     what: &str,
-    home: &Home,
+    base: &Path,
+    presets: &BTreeMap<String, PolicyPreset>,
 ) -> anyhow::Result<Policy> {
-    let doc = crate::operator::document(name, spec, &[("target", "kube")], what, home.root())?;
-    policy_of(doc, &crate::preset::presets(home)?)
+    let doc = crate::operator::document(name, spec, &[("target", "kube")], what, base)?;
+    policy_of(doc, presets)
 }
 
 /// `export` as the catalog keeps it: a repository path (not a URL) and files made absolute

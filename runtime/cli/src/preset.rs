@@ -65,8 +65,10 @@ struct Listed {
 }
 
 /// Every preset, by name.
-pub(crate) fn presets(home: &Home) -> anyhow::Result<BTreeMap<String, PolicyPreset>> {
-    Ok(crate::catalog::open(home)?
+pub(crate) fn presets_in(
+    catalog: &cairn_catalog::Catalog,
+) -> anyhow::Result<BTreeMap<String, PolicyPreset>> {
+    Ok(catalog
         .load_all::<PolicyPreset>()?
         .into_iter()
         .map(|p| (p.name.clone(), p))
@@ -208,12 +210,13 @@ pub(crate) fn run(cmd: PresetCommand, home: Option<PathBuf>) -> anyhow::Result<E
                 ))
                 .into());
             }
-            if !catalog.delete(Kind::PolicyPreset, &name)? {
-                return Err(UsageError(format!(
-                    "no preset named {name:?}; `cairn preset list` lists them"
-                ))
-                .into());
-            }
+            crate::delete_named(
+                &catalog,
+                Kind::PolicyPreset,
+                &name,
+                "preset",
+                "cairn preset list",
+            )?;
             outln!("preset {name} deleted");
             Ok(ExitCode::from(exit::OK))
         }

@@ -128,9 +128,14 @@ struct Listed {
 fn users(policies: &[Policy], name: &str) -> Vec<String> {
     policies
         .iter()
-        .filter(|p| p.export.as_ref().and_then(|e| e.profile.as_deref()) == Some(name))
+        .filter(|p| exports_to(p.export.as_ref(), name))
         .map(|p| p.name.clone())
         .collect()
+}
+
+/// Whether `export` goes to profile `name`.
+fn exports_to(export: Option<&cairn_catalog::PolicyExport>, name: &str) -> bool {
+    export.and_then(|e| e.profile.as_deref()) == Some(name)
 }
 
 /// What a profile says, on one line; sources shown, never read.
@@ -231,7 +236,7 @@ pub(crate) fn run(cmd: ProfileCommand, home: Option<PathBuf>) -> anyhow::Result<
                 catalog
                     .load_all::<cairn_catalog::PolicyPreset>()?
                     .into_iter()
-                    .filter(|p| p.export.as_ref().and_then(|e| e.profile.as_deref()) == Some(&name))
+                    .filter(|p| exports_to(p.export.as_ref(), &name))
                     .map(|p| format!("preset {}", p.name)),
             );
             if !users.is_empty() {
@@ -241,12 +246,13 @@ pub(crate) fn run(cmd: ProfileCommand, home: Option<PathBuf>) -> anyhow::Result<
                 ))
                 .into());
             }
-            if !catalog.delete(Kind::Profile, &name)? {
-                return Err(UsageError(format!(
-                    "no location profile named {name:?}; `cairn profile list` lists them"
-                ))
-                .into());
-            }
+            crate::delete_named(
+                &catalog,
+                Kind::Profile,
+                &name,
+                "location profile",
+                "cairn profile list",
+            )?;
             outln!("profile {name} deleted");
             Ok(ExitCode::from(exit::OK))
         }

@@ -104,7 +104,8 @@ pub(crate) async fn serve(args: ServeArgs, home: Option<PathBuf>) -> anyhow::Res
         first = false;
         let now = Timestamp::now();
         let policies = {
-            let catalog = crate::catalog::open(&home)?;
+            // Every pass reads it: its pages are verified daily, as a frequent reader's are.
+            let catalog = crate::catalog::open_verified_daily(&home)?;
             catalog.list(Kind::Policy)?
         };
         let mut soonest: Option<Timestamp> = None;
@@ -166,7 +167,7 @@ pub(crate) async fn serve(args: ServeArgs, home: Option<PathBuf>) -> anyhow::Res
                 Ok(outcome) => {
                     outcome.print();
                     failed |= !outcome.run.succeeded;
-                    if let Ok(p) = load(&crate::catalog::open(&home)?, &policy.name)
+                    if let Ok(p) = load(&crate::catalog::open_verified_daily(&home)?, &policy.name)
                         && let Some(next) = next_run(&p)
                     {
                         soonest = sooner(soonest, next);
@@ -262,7 +263,7 @@ fn gauges(
     BTreeMap<String, crate::metrics::PolicyGauges>,
     Option<crate::metrics::DrGauges>,
 )> {
-    let catalog = crate::catalog::open(home)?;
+    let catalog = crate::catalog::open_verified_daily(home)?;
     let mut policies: BTreeMap<String, crate::metrics::PolicyGauges> = catalog
         .list(Kind::Policy)?
         .into_iter()
