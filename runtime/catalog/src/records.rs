@@ -537,6 +537,31 @@ impl Catalog {
         self.save(policy)
     }
 
+    /// Records a policy applied anew, keeping the last run of the one it replaces; the two are
+    /// read and written in one transaction, so a run recorded meanwhile is not lost.
+    pub fn apply_policy(&self, policy: &mut Policy) -> Result<u64> {
+        self.write(|tx| {
+            policy.last_run = tx
+                .get::<Policy>(Kind::Policy, &policy.name)?
+                .and_then(|old| old.last_run);
+            tx.save(policy)
+        })
+    }
+
+    /// Changes the policy `name` as it is now with `f`, read and written in one transaction
+    /// (a run recorded or an apply made meanwhile is kept); `None` when there is no such
+    /// policy.
+    pub fn update_policy(&self, name: &str, f: impl FnOnce(&mut Policy)) -> Result<Option<Policy>> {
+        self.write(|tx| {
+            let Some(mut policy) = tx.get::<Policy>(Kind::Policy, name)? else {
+                return Ok(None);
+            };
+            f(&mut policy);
+            tx.save(&policy)?;
+            Ok(Some(policy))
+        })
+    }
+
     /// A policy by name.
     pub fn policy(&self, name: &str) -> Result<Option<Policy>> {
         self.load(name)

@@ -418,16 +418,15 @@ impl Operator {
                     crate::policy::policy_of_spec(name, spec, &what, base, &all.presets)
                         .map_err(still_runs)?;
                 policy.origin = Some(self.origin.clone());
-                if let Some(stored) = stored {
-                    if unchanged(stored, &serde_json::to_value(&policy)?) {
-                        return Ok(());
-                    }
-                    policy.last_run = serde_json::from_value(stored["last_run"].clone())?;
+                if let Some(stored) = stored
+                    && unchanged(stored, &serde_json::to_value(&policy)?)
+                {
+                    return Ok(());
                 }
                 crate::policy::check(&policy, engine, home)
                     .await
                     .map_err(still_runs)?;
-                crate::catalog::open(home)?.record_policy(&policy)?;
+                crate::catalog::open(home)?.apply_policy(&mut policy)?;
             }
             Kind::Binding => {
                 let mut binding =

@@ -251,14 +251,14 @@ pub(crate) async fn run(cmd: PolicyCommand, home: Option<PathBuf>) -> anyhow::Re
             let mut applied = Vec::new();
             for mut policy in policies {
                 let catalog = crate::catalog::open(&home)?;
-                let replaced = catalog.policy(&policy.name).ok().flatten();
-                policy.last_run = replaced.and_then(|old| old.last_run);
                 if dry_run {
+                    let replaced = catalog.policy(&policy.name).ok().flatten();
+                    policy.last_run = replaced.and_then(|old| old.last_run);
                     drop(catalog);
                     applied.push(dry_run_of(&policy, &engine, &home, output).await?);
                     continue;
                 }
-                catalog.record_policy(&policy)?;
+                catalog.apply_policy(&mut policy)?;
                 if output == Output::Text {
                     outln!(
                         "policy {} applied: {} on {} namespace {} ({}), {}; next run {}",
@@ -392,15 +392,19 @@ fn not_found(name: &str) -> UsageError {
 /// `policy pause` and `policy resume`. Applying the policy's file again sets what it says.
 fn set_paused(home: &Home, name: &str, paused: bool) -> anyhow::Result<ExitCode> {
     let catalog = crate::catalog::open(home)?;
-    let mut policy = load(&catalog, name)?;
+    let policy = load(&catalog, name)?;
     crate::operator::refuse_kept(
         crate::operator::Kind::Policy,
         name,
         policy.origin.as_deref(),
     )?;
-    let was = policy.paused;
-    policy.paused = paused;
-    catalog.record_policy(&policy)?;
+    let mut was = policy.paused;
+    let policy = catalog
+        .update_policy(name, |p| {
+            was = p.paused;
+            p.paused = paused;
+        })?
+        .ok_or_else(|| not_found(name))?;
     match (was, paused) {
         (true, true) => outln!("policy {name} was already paused"),
         (false, false) => outln!("policy {name} was not paused"),
@@ -1193,12 +1197,11 @@ pub(crate) async fn run_policy(
             },
         },
     };
-    // Re-read the policy so that an apply while it ran is kept; a deleted one stays deleted.
-    let catalog = crate::catalog::open(home)?;
-    if let Ok(mut current) = load(&catalog, &policy.name) {
-        current.last_run = Some(outcome.run.clone());
-        catalog.record_policy(&current)?;
-    }
+    // Recorded on the policy as it is now: an apply while it ran is kept; a deleted one stays
+    // deleted.
+    crate::catalog::open(home)?.update_policy(&policy.name, |p| {
+        p.last_run = Some(outcome.run.clone());
+    })?;
     Ok(outcome)
 }
 

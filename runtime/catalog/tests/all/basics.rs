@@ -81,6 +81,47 @@ fn typed_helpers_round_trip() -> anyhow::Result<()> {
 }
 
 #[test]
+fn a_policy_applied_again_keeps_its_last_run_and_a_run_keeps_the_apply() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let catalog = Catalog::open(dir.path().join("catalog.redb"))?;
+    let run = cairn_catalog::PolicyRun {
+        started: jiff::Timestamp::UNIX_EPOCH,
+        finished: jiff::Timestamp::UNIX_EPOCH,
+        succeeded: true,
+        points: vec!["rp-1".to_owned()],
+        errors: Vec::new(),
+    };
+    assert_eq!(
+        catalog.update_policy("nightly", |p| p.last_run = Some(run.clone()))?,
+        None,
+        "no policy, nothing recorded"
+    );
+    assert_eq!(catalog.policy("nightly")?, None);
+
+    let mut first = policy("nightly");
+    catalog.apply_policy(&mut first)?;
+    // A run finishes after an apply that changed the frequency: both are kept.
+    let mut changed = policy("nightly");
+    changed.frequency = "@daily".to_owned();
+    catalog.apply_policy(&mut changed)?;
+    let updated = catalog.update_policy("nightly", |p| p.last_run = Some(run.clone()))?;
+    assert_eq!(
+        updated.as_ref().map(|p| p.frequency.as_str()),
+        Some("@daily")
+    );
+    // Applied again: the run stays, the new fields land.
+    let mut again = policy("nightly");
+    again.paused = true;
+    catalog.apply_policy(&mut again)?;
+    let stored = catalog.policy("nightly")?.expect("the policy is stored");
+    assert!(stored.paused);
+    assert_eq!(stored.frequency, "@hourly");
+    assert_eq!(stored.last_run, Some(run));
+    assert_eq!(again, stored, "the caller's policy is what was stored");
+    Ok(())
+}
+
+#[test]
 fn exporting_a_restore_point_moves_it_between_kinds() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let catalog = Catalog::open(dir.path().join("catalog.redb"))?;
