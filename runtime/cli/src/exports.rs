@@ -58,9 +58,14 @@ impl RepoExports {
             }
             None => return Err(bad("it names no repository".into())),
         }
-        artifact
-            .get("snapshot")
-            .ok_or_else(|| bad("it names no snapshot".into()))
+        match artifact.get("snapshot") {
+            None => Err(bad("it names no snapshot".into())),
+            // Never `latest` or a prefix: a reference names one snapshot, as finish() wrote it.
+            Some(id) if !cairn_repository::is_snapshot_id(id) => Err(bad(format!(
+                "its snapshot {id:?} is not a whole snapshot id (32 hex digits, as finish() writes it)"
+            ))),
+            Some(id) => Ok(id),
+        }
     }
 }
 
@@ -117,6 +122,27 @@ impl Exports for RepoExports {
             .forget_snapshot(snapshot)
             .await
             .map_err(|e| repo_error(&format!("deleting export {:?}", artifact.name), e))
+    }
+
+    async fn tags(&self, artifact: &Artifact) -> cairn_engine::Result<Vec<(String, String)>> {
+        let snapshot = self.snapshot_of(artifact)?;
+        let info = self
+            .repo
+            .snapshot(snapshot)
+            .await
+            .map_err(|e| repo_error(&format!("reading export {:?}", artifact.name), e))?;
+        if !info.tags.iter().any(|t| t == "export") {
+            return Err(cairn_engine::Error::BadArtifact {
+                name: artifact.name.clone(),
+                reason: format!("snapshot {snapshot} is not an export (it has no `export` tag)"),
+            });
+        }
+        Ok(info
+            .tags
+            .iter()
+            .filter_map(|t| t.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect())
     }
 
     fn reference_keys(&self) -> ReferenceKeys {

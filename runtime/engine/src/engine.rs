@@ -360,6 +360,7 @@ impl Engine {
             deadline: DESCRIBE_DEADLINE,
             host: None,
             sessions: Default::default(),
+            references: Default::default(),
         });
         let mut store = self.store(
             ctx,

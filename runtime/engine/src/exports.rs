@@ -3,10 +3,11 @@
 //! [`Exports`] has three methods; [`DirExports`] keeps plain files under a directory. The
 //! deduplicating, encrypting repository implements the same trait later.
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use async_trait::async_trait;
@@ -88,6 +89,46 @@ impl Artifact {
     }
 }
 
+/// The export references a run may read and delete whatever their tags say: those of the
+/// artifacts it was given (a restore point's, possibly of another namespace when restoring into
+/// a new one) and those its own exports finished with. Other exports are reachable only when
+/// their tags put them in the action's scope; see `HostState::may_use`.
+#[derive(Debug, Default)]
+pub(crate) struct References(Mutex<BTreeSet<Vec<(String, String)>>>);
+
+impl References {
+    /// The references of `artifacts` (as a guest sees them: `keys` apart from values).
+    pub(crate) fn of(artifacts: &[Artifact], keys: ReferenceKeys) -> Self {
+        let given = Self::default();
+        for a in artifacts {
+            given.vouch(a.to_wit(keys).reference);
+        }
+        given
+    }
+
+    pub(crate) fn vouch(&self, mut reference: Vec<(String, String)>) {
+        if reference.is_empty() {
+            return;
+        }
+        reference.sort();
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(reference);
+    }
+
+    pub(crate) fn vouched(&self, reference: &[(String, String)]) -> bool {
+        let mut reference = reference.to_vec();
+        reference.sort();
+        !reference.is_empty()
+            && self
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .contains(&reference)
+    }
+}
+
 /// What an export store's references look like: the `kind` value it writes, and every key its
 /// [`ExportWriter::finish`] writes (`kind` among them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,6 +167,11 @@ pub trait Exports: Send + Sync + fmt::Debug + 'static {
 
     /// Removes an export that an earlier `finish` produced.
     async fn delete(&self, artifact: &Artifact) -> Result<()>;
+
+    /// The tags the export `artifact` names was written with (`create`'s, the host's among
+    /// them), so the host can tell whose it is; an error when it names none of this store's
+    /// exports.
+    async fn tags(&self, artifact: &Artifact) -> Result<Vec<(String, String)>>;
 
     /// The shape of this store's export references, to tell them apart from the blueprint's
     /// values in a flat [`Artifact`].
@@ -388,6 +434,29 @@ impl Exports for DirExports {
                 e,
             )
         })
+    }
+
+    async fn tags(&self, artifact: &Artifact) -> Result<Vec<(String, String)>> {
+        let path = tags_path(&artifact_path(artifact)?);
+        let root = self.root.clone();
+        let p = path.clone();
+        let text = tokio::task::spawn_blocking(move || root.read_to_string(&p))
+            .await
+            .map_err(|e| Error::Host(format!("export task failed: {e}")))?;
+        match text {
+            Ok(text) => Ok(text
+                .lines()
+                .filter_map(|l| l.split_once('='))
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect()),
+            // Exports written before tags were kept have none.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(Error::io(
+                "reading the export's tags",
+                Path::new(&self.display).join(&path),
+                e,
+            )),
+        }
     }
 
     fn reference_keys(&self) -> ReferenceKeys {

@@ -23,7 +23,7 @@ use crate::capability::Capability;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::events::{Event, EventKind, EventSink, LogLevel};
-use crate::exports::{Artifact, Exports, ReferenceKeys};
+use crate::exports::{Artifact, Exports, ReferenceKeys, References};
 use crate::host::describe_error;
 use crate::host::session::Sessions;
 use crate::limits::{Limits, human_bytes, human_duration};
@@ -300,6 +300,10 @@ pub(crate) async fn run(
             None => (None, None),
         };
         let sessions = Arc::new(Sessions::default());
+        let references = Arc::new(References::of(
+            &request.artifacts,
+            host.exports.reference_keys(),
+        ));
         let phase = |name: &str, deadline: Duration| {
             Arc::new(ActionCtx {
                 action_id: action_id.clone(),
@@ -314,6 +318,7 @@ pub(crate) async fn run(
                 deadline,
                 host: Some(host.clone()),
                 sessions: sessions.clone(),
+                references: references.clone(),
             })
         };
         let keys = host.exports.reference_keys();

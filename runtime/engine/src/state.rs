@@ -13,6 +13,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::capability::Capability;
 use crate::events::{Event, EventKind, EventSink, LogLevel, Progress};
+use crate::exports::References;
 use crate::host::session::Sessions;
 use crate::limits::{Limits, MAX_LOG_LINE, human_bytes};
 use crate::run::HostContext;
@@ -41,6 +42,8 @@ pub(crate) struct ActionCtx {
     pub host: Option<HostContext>,
     /// The run's exec sessions, shared by its phases.
     pub sessions: Arc<Sessions>,
+    /// The export references the run was given or wrote, shared by its phases.
+    pub references: Arc<References>,
 }
 
 /// The store's data.

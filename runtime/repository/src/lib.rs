@@ -60,6 +60,11 @@ pub use repo::{
     RestoreSummary, SnapshotFilter,
 };
 pub use retention::{Retention, retained};
+
+/// Whether `s` is a whole snapshot id (32 lowercase hex digits), not a prefix or `latest`.
+pub fn is_snapshot_id(s: &str) -> bool {
+    format::is_id(s)
+}
 pub use stream::{SnapshotReader, SnapshotWriter};
 pub use tree::{TreeChange, TreeEntry};
 

@@ -18,7 +18,8 @@ use crate::bindings::{HostResult, WitError, data, exec, types};
 use crate::capability::Capability;
 use crate::exports::{Artifact, ExportWriter, HOST_TAG_KEYS, check_name, check_tags};
 use crate::limits::{MAX_DATA_IO, human_bytes};
-use crate::state::HostState;
+use crate::run::HostContext;
+use crate::state::{ActionCtx, HostState};
 
 type Writer = Arc<Mutex<Option<Box<dyn ExportWriter>>>>;
 
@@ -116,6 +117,50 @@ impl HostState {
                 .filter_map(|(k, v)| Some((k.to_string(), v?))),
         );
         tags
+    }
+
+    /// Whether this action may read or delete the export `artifact` (whose reference as the
+    /// guest passed it is `reference`): one it was given or wrote in this run, or one whose
+    /// tags put it in the action's scope (its namespace, and its workload when the action has
+    /// one). Without this a blueprint could read or forget any export of the repository, by
+    /// guessing or listing references.
+    async fn may_use(
+        action: Arc<ActionCtx>,
+        host: &HostContext,
+        reference: &[(String, String)],
+        artifact: &Artifact,
+        timeout: std::time::Duration,
+    ) -> Result<(), WitError> {
+        if action.references.vouched(reference) {
+            return Ok(());
+        }
+        let tags = bounded("data.tags", timeout, async {
+            host.exports.tags(artifact).await.map_err(from_engine)
+        })
+        .await?;
+        let tag = |key: &str| tags.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+        let inside = tag("namespace") == Some(action.namespace.as_str())
+            && action
+                .workload
+                .as_deref()
+                .is_none_or(|w| tag("workload") == Some(w));
+        if inside {
+            return Ok(());
+        }
+        let owner = match (tag("namespace"), tag("workload")) {
+            (Some(ns), Some(w)) => format!("workload `{ns}/{w}`"),
+            (Some(ns), None) => format!("namespace `{ns}`"),
+            _ => "no workload (it has no tags)".to_owned(),
+        };
+        let scope = match &action.workload {
+            Some(w) => format!("{}/{w}", action.namespace),
+            None => action.namespace.clone(),
+        };
+        Err(WitError::Denied(format!(
+            "export `{}` belongs to {owner}, outside this action's scope `{scope}`, and was \
+             neither given to this action nor written by it",
+            artifact.name
+        )))
     }
 
     /// Checks a pipe: the command as exec checks it, plus the data capability.
@@ -231,6 +276,7 @@ impl data::HostExportStream for HostState {
                             keys.keys
                         )));
                     }
+                    self.action.references.vouch(reference.clone());
                     Ok(types::Artifact {
                         name: name.clone(),
                         values: Vec::new(),
@@ -385,7 +431,13 @@ impl data::Host for HostState {
             Ok(host) => host,
             Err(e) => return Ok(Err(e)),
         };
+        let reference = source.reference.clone();
         let artifact = Artifact::from_wit(source);
+        if let Err(e) =
+            Self::may_use(self.action.clone(), &host, &reference, &artifact, timeout).await
+        {
+            return Ok(Err(e));
+        }
         let reader = bounded("data.open-import", timeout, async {
             host.exports.open(&artifact).await.map_err(from_engine)
         })
@@ -401,19 +453,30 @@ impl data::Host for HostState {
 
     async fn delete(&mut self, source: types::Artifact) -> HostResult<()> {
         let timeout = self.call_timeout(self.action.limits.host_call_timeout);
+        let reference = source.reference.clone();
         let artifact = Artifact::from_wit(source);
         let target = format!(
             "export {} ({})",
             artifact.name,
-            artifact.get("path").unwrap_or("?")
+            artifact
+                .get("snapshot")
+                .or(artifact.get("path"))
+                .unwrap_or("?")
         );
         let result = match self.require(Capability::Export) {
             Err(e) => Err(e),
             Ok(host) => {
-                bounded("data.delete", timeout, async {
-                    host.exports.delete(&artifact).await.map_err(from_engine)
-                })
-                .await
+                match Self::may_use(self.action.clone(), &host, &reference, &artifact, timeout)
+                    .await
+                {
+                    Err(e) => Err(e),
+                    Ok(()) => {
+                        bounded("data.delete", timeout, async {
+                            host.exports.delete(&artifact).await.map_err(from_engine)
+                        })
+                        .await
+                    }
+                }
             }
         };
         self.audit(Capability::Export, "data.delete", &target, &result);

@@ -118,7 +118,10 @@ impl HostState {
         request.stdin = Stdin::Stream(Box::new(theirs_in));
         request.stdout = Stdout::Stream(Box::new(theirs_out));
         // The session lives until it is closed or the run ends, not just this phase.
-        request.timeout = life.unwrap_or(self.action.limits.run_budget());
+        // Never past the run's budget: on Kubernetes a session of a stopped workload keeps a
+        // pod (with the workload's volumes) alive for this long should Cairn die.
+        let budget = self.action.limits.run_budget();
+        request.timeout = life.map_or(budget, |life| life.min(budget));
         let cluster = host.cluster.clone();
         let exec = Exec(tokio::spawn(async move {
             cluster.exec(&workload, request).await
@@ -160,16 +163,27 @@ impl HostState {
             }
             let mut got = Vec::new();
             let mut line = Vec::new();
+            let too_much = || {
+                WitError::Invalid(format!(
+                    "session `{name}` printed more than {} before `{until}`; print less between markers",
+                    human_bytes(cap as u64)
+                ))
+            };
             loop {
                 line.clear();
-                if session
-                    .stdout
+                // A line is read up to what may still come (and the marker's line), so output
+                // without line ends cannot grow without bound.
+                let room = (cap.saturating_sub(got.len()) + until.len() + 2) as u64;
+                let read = (&mut session.stdout)
+                    .take(room)
                     .read_until(b'\n', &mut line)
                     .await
-                    .unwrap_or(0)
-                    == 0
-                {
+                    .unwrap_or(0);
+                if read == 0 {
                     return Ok(None);
+                }
+                if read as u64 == room && !line.ends_with(b"\n") {
+                    return Err(too_much());
                 }
                 let text = line.strip_suffix(b"\n").unwrap_or(&line);
                 let text = text.strip_suffix(b"\r").unwrap_or(text);
@@ -177,10 +191,7 @@ impl HostState {
                     return Ok(Some(got));
                 }
                 if got.len() + line.len() > cap {
-                    return Err(WitError::Invalid(format!(
-                        "session `{name}` printed more than {} before `{until}`; print less between markers",
-                        human_bytes(cap as u64)
-                    )));
+                    return Err(too_much());
                 }
                 got.extend_from_slice(&line);
             }

@@ -174,3 +174,59 @@ async fn an_export_is_a_file_and_imports_back_into_a_command() {
         "{report:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blueprint_reads_and_deletes_only_exports_given_written_or_in_its_scope() {
+    let fixture = Fixture::new();
+    let report = fixture.run(request("export")).await;
+    assert!(report.ok, "{report:?}");
+    let artifact = report.outputs.artifacts[0].clone();
+    let path = artifact.get("path").expect("path").to_owned();
+    let forge = |namespace: &str, workload: Option<&str>, mode: &str| {
+        let mut req = request("forge");
+        req.namespace = namespace.into();
+        req.workload = workload.map(Into::into);
+        req.params = vec![("label".into(), path.clone()), ("mode".into(), mode.into())];
+        req
+    };
+
+    // Its own namespace and workload, or its whole namespace: the tags say it is in scope.
+    for workload in [Some("hello"), None] {
+        let report = fixture.run(forge("default", workload, "ok")).await;
+        assert!(report.ok, "{report:?}");
+        assert_eq!(report.outputs.get("head"), Some("header\n"));
+    }
+    // Another workload or namespace may neither read nor delete it.
+    for (namespace, workload) in [("default", Some("other")), ("shop", None)] {
+        for mode in ["ok", "delete"] {
+            let report = fixture.run(forge(namespace, workload, mode)).await;
+            let error = report.error.as_deref().unwrap_or_default();
+            assert!(
+                error.contains(
+                    "denied: export `forged` belongs to workload `default/hello`, outside this \
+                     action's scope"
+                ),
+                "{report:?}"
+            );
+        }
+    }
+    assert!(
+        fixture.path("exports").join(&path).exists(),
+        "nothing was deleted"
+    );
+
+    // Given to the action (a restore into another namespace), it is read wherever that runs.
+    let mut req = request("import");
+    req.namespace = "shop".into();
+    req.workload = None;
+    req.params.push(("mode".into(), "ok".into()));
+    req.artifacts = vec![artifact];
+    let report = fixture.run(req).await;
+    assert!(
+        report
+            .error
+            .as_deref()
+            .is_none_or(|e| !e.contains("denied")),
+        "{report:?}"
+    );
+}

@@ -203,6 +203,17 @@ async fn a_session_is_one_process_held_from_the_prehook_to_the_posthook() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_printing_without_line_ends_is_cut_at_the_output_limit() {
+    let fixture = Fixture::new();
+    let report = fixture.run(backup("session-flood")).await;
+    let error = report.error.as_deref().unwrap_or_default();
+    assert!(
+        error.starts_with("backupPrehook: invalid: session `flood` printed more than"),
+        "{report:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_left_open_is_killed_when_the_run_ends() {
     let fixture = Fixture::new();
     let report = fixture.run(backup("session-leak")).await;

@@ -36,6 +36,7 @@ const ACTIONS: &[&str] = &[
     "snapshot",
     "export",
     "import",
+    "forge",
     "catalog",
     "catalog-apply",
     "params",
@@ -244,9 +245,14 @@ fn phase(action: &str, inputs: &Inputs) -> Result<Outputs, Error> {
     if post && mode == "post-value-clash" {
         out.values.push(("phase".into(), action.into()));
     }
-    if let mode @ ("session" | "session-leak" | "session-kill") = mode.as_str() {
+    if let mode @ ("session" | "session-leak" | "session-kill" | "session-flood") = mode.as_str() {
         // A shell held open from the prehook to the posthook: its pid proves it is one process.
         let said = match action {
+            // Output without line ends, forever.
+            "backupPrehook" if mode == "session-flood" => {
+                exec::session_open("flood", &command(None, &["sh"]))?;
+                exec::session_send("flood", b"cat /dev/zero\n", "never", None)?
+            }
             "backupPrehook" => {
                 exec::session_open("shell", &command(None, &["sh"]))?;
                 exec::session_send("shell", b"echo $$; echo ready\n", "ready", None)?
@@ -314,12 +320,14 @@ impl Guest for Misbehave {
                         "session",
                         "session-leak",
                         "session-kill",
+                        "session-flood",
                         "sleep",
                         "checkpoint",
                         "post-clash",
                         "post-value-clash",
                         "shadow",
                         "bad-tag",
+                        "delete",
                     ],
                 ),
                 ParamSpec {
@@ -525,6 +533,27 @@ impl Guest for Misbehave {
                     ("bytes", transfer.bytes.to_string()),
                     ("exit", transfer.exit_code.to_string()),
                 ]))
+            }
+            // An export reference the guest makes up (`label` is its path), read or (`mode`
+            // `delete`) deleted: the host allows it only for an export in the action's scope.
+            "forge" => {
+                let forged = Artifact {
+                    name: "forged".into(),
+                    values: vec![],
+                    reference: vec![
+                        ("kind".into(), "file".into()),
+                        ("path".into(), text(&inputs, "label")),
+                    ],
+                };
+                if text(&inputs, "mode") == "delete" {
+                    data::delete(&forged)?;
+                    return Ok(values(&[("deleted", "yes".into())]));
+                }
+                let head = data::open_import(&forged)?.read(7)?;
+                Ok(values(&[(
+                    "head",
+                    String::from_utf8_lossy(&head).into_owned(),
+                )]))
             }
             "catalog" => {
                 let state = catalog::state()?;
