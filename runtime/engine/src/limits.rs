@@ -51,6 +51,9 @@ pub const DEFAULT_OUTPUT_BYTES: usize = 1 << 20;
 /// input is piped from an import stream.
 pub const MAX_STDIN: usize = 1 << 20;
 
+/// Export and import streams a phase may hold open at once.
+pub const MAX_OPEN_STREAMS: usize = 8;
+
 /// The cap on one `export-stream.write` or `import-stream.read` call: these move small
 /// records through guest memory; bulk data is piped on the host side.
 pub const MAX_DATA_IO: usize = 1 << 20;

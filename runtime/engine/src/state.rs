@@ -58,6 +58,8 @@ pub(crate) struct HostState {
     pub deadline_hit: bool,
     /// Export names opened so far in this phase (they must be unique).
     pub export_names: HashSet<String>,
+    /// Export and import streams open now (at most [`crate::limits::MAX_OPEN_STREAMS`]).
+    pub open_streams: usize,
     /// Values recorded with `log.checkpoint`, in order: the phase's outputs even if it stops.
     pub checkpoints: Vec<(String, String)>,
 }
@@ -98,6 +100,7 @@ impl HostState {
             deadline,
             deadline_hit: false,
             export_names: HashSet::new(),
+            open_streams: 0,
             checkpoints: Vec::new(),
         }
     }

@@ -17,7 +17,7 @@ use super::{bounded, from_cluster, from_engine};
 use crate::bindings::{HostResult, WitError, data, exec, types};
 use crate::capability::Capability;
 use crate::exports::{Artifact, ExportWriter, HOST_TAG_KEYS, check_name, check_tags};
-use crate::limits::{MAX_DATA_IO, human_bytes};
+use crate::limits::{MAX_DATA_IO, MAX_OPEN_STREAMS, human_bytes};
 use crate::run::HostContext;
 use crate::state::{ActionCtx, HostState};
 
@@ -163,6 +163,23 @@ impl HostState {
         )))
     }
 
+    /// Refuses a new export or import stream while [`MAX_OPEN_STREAMS`] are open: each holds
+    /// threads, buffers and (an export) a repository lock.
+    fn room_for_a_stream(&self) -> Result<(), WitError> {
+        if self.open_streams >= MAX_OPEN_STREAMS {
+            return Err(WitError::Invalid(format!(
+                "this phase already has {MAX_OPEN_STREAMS} export and import streams open, the most it may; \
+                 finish or drop one first"
+            )));
+        }
+        Ok(())
+    }
+
+    fn opened_stream(&mut self) -> &mut Self {
+        self.open_streams += 1;
+        self
+    }
+
     /// Checks a pipe: the command as exec checks it, plus the data capability.
     fn check_pipe(&self, cap: Capability, command: exec::Command) -> Result<Checked, WitError> {
         self.require(cap)?;
@@ -257,6 +274,9 @@ impl data::HostExportStream for HostState {
             Ok(mut guard) => guard.take(),
             Err(poisoned) => poisoned.into_inner().take(),
         };
+        if writer.is_some() {
+            self.open_streams = self.open_streams.saturating_sub(1);
+        }
         let result = match (self.require(Capability::Export), writer) {
             (Err(e), _) => Err(e),
             (Ok(_), None) if already => Err(WitError::Invalid(format!(
@@ -300,6 +320,7 @@ impl data::HostExportStream for HostState {
     async fn drop(&mut self, stream: Resource<ExportStreamState>) -> wasmtime::Result<()> {
         let state = self.table().delete(stream)?;
         if !state.finished {
+            self.open_streams = self.open_streams.saturating_sub(1);
             tracing::debug!(export = %state.name, "export stream dropped without finish; discarded");
         }
         Ok(())
@@ -377,6 +398,7 @@ impl data::HostImportStream for HostState {
 
     async fn drop(&mut self, stream: Resource<ImportStreamState>) -> wasmtime::Result<()> {
         self.table().delete(stream)?;
+        self.open_streams = self.open_streams.saturating_sub(1);
         Ok(())
     }
 }
@@ -398,6 +420,9 @@ impl data::Host for HostState {
         if let Err(e) = check_tags(&tags) {
             return Ok(Err(WitError::Invalid(format!("export {name:?}: {e}"))));
         }
+        if let Err(e) = self.room_for_a_stream() {
+            return Ok(Err(e));
+        }
         if !self.export_names.insert(name.clone()) {
             return Ok(Err(WitError::Invalid(format!(
                 "an export named {name:?} was already opened by this action"
@@ -414,7 +439,7 @@ impl data::Host for HostState {
         .await;
         Ok(match writer {
             Err(e) => Err(e),
-            Ok(writer) => Ok(self.table().push(ExportStreamState {
+            Ok(writer) => Ok(self.opened_stream().table().push(ExportStreamState {
                 name,
                 writer: Arc::new(Mutex::new(Some(writer))),
                 finished: false,
@@ -431,6 +456,9 @@ impl data::Host for HostState {
             Ok(host) => host,
             Err(e) => return Ok(Err(e)),
         };
+        if let Err(e) = self.room_for_a_stream() {
+            return Ok(Err(e));
+        }
         let reference = source.reference.clone();
         let artifact = Artifact::from_wit(source);
         if let Err(e) =
@@ -444,7 +472,7 @@ impl data::Host for HostState {
         .await;
         Ok(match reader {
             Err(e) => Err(e),
-            Ok(reader) => Ok(self.table().push(ImportStreamState {
+            Ok(reader) => Ok(self.opened_stream().table().push(ImportStreamState {
                 name: artifact.name,
                 reader: Some(reader),
             })?),

@@ -230,3 +230,19 @@ async fn a_blueprint_reads_and_deletes_only_exports_given_written_or_in_its_scop
         "{report:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_phase_holds_at_most_eight_streams_open() {
+    let fixture = Fixture::new();
+    let mut req = request("export");
+    req.params.push(("mode".into(), "many-streams".into()));
+    let report = fixture.run(req).await;
+    assert!(report.ok, "{report:?}");
+    assert_eq!(
+        report.outputs.get("refused"),
+        Some(
+            "this phase already has 8 export and import streams open, the most it may; finish or \
+             drop one first"
+        )
+    );
+}

@@ -328,6 +328,7 @@ impl Guest for Misbehave {
                         "shadow",
                         "bad-tag",
                         "delete",
+                        "many-streams",
                     ],
                 ),
                 ParamSpec {
@@ -491,6 +492,25 @@ impl Guest for Misbehave {
             "snapshot" => {
                 let snaps = volumes::snapshot(None, &[])?;
                 Ok(values(&[("snapshots", snaps.len().to_string())]))
+            }
+            "export" if text(&inputs, "mode") == "many-streams" => {
+                // Eight streams open at once; a ninth is refused until one is finished or dropped.
+                let mut open = Vec::new();
+                for i in 0..8 {
+                    open.push(data::open_export(&format!("s{i}"), &[])?);
+                }
+                let refused = match data::open_export("s8", &[]) {
+                    Err(Error::Invalid(m)) => m,
+                    Err(e) => return Err(e),
+                    Ok(_) => return Err(Error::Failed("a ninth stream was opened".into())),
+                };
+                if let Some(last) = open.pop() {
+                    last.finish()?;
+                }
+                let _ninth = data::open_export("s9", &[])?;
+                drop(open.pop());
+                let _tenth = data::open_export("s10", &[])?;
+                Ok(values(&[("refused", refused)]))
             }
             "export" => {
                 // Tagged with the `label` parameter; `bad-tag` also sets a key the host owns.
