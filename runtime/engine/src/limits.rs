@@ -51,6 +51,12 @@ pub const DEFAULT_OUTPUT_BYTES: usize = 1 << 20;
 /// input is piped from an import stream.
 pub const MAX_STDIN: usize = 1 << 20;
 
+/// The most of an audit record's target or outcome kept (they may carry what a guest passed).
+pub(crate) const MAX_AUDIT_FIELD: usize = 1024;
+
+/// Refused or failed side-effecting calls of one phase recorded in the audit log.
+pub(crate) const MAX_AUDITED_REFUSALS: usize = 1000;
+
 /// Export and import streams a phase may hold open at once.
 pub const MAX_OPEN_STREAMS: usize = 8;
 

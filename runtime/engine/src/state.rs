@@ -60,6 +60,8 @@ pub(crate) struct HostState {
     pub export_names: HashSet<String>,
     /// Export and import streams open now (at most [`crate::limits::MAX_OPEN_STREAMS`]).
     pub open_streams: usize,
+    /// Refused or failed calls recorded in the audit log so far in this phase.
+    pub audited_refusals: usize,
     /// Values recorded with `log.checkpoint`, in order: the phase's outputs even if it stops.
     pub checkpoints: Vec<(String, String)>,
 }
@@ -101,6 +103,7 @@ impl HostState {
             deadline_hit: false,
             export_names: HashSet::new(),
             open_streams: 0,
+            audited_refusals: 0,
             checkpoints: Vec::new(),
         }
     }
@@ -321,17 +324,23 @@ impl LogCapture {
 }
 
 fn cut_line(message: &str) -> String {
-    if message.len() <= MAX_LOG_LINE {
-        return message.to_string();
+    cut(message, MAX_LOG_LINE, "line")
+}
+
+/// `text` whole when it is at most `max` bytes, else its first `max` (at a character's
+/// boundary) and a note that says the `what` was cut.
+pub(crate) fn cut(text: &str, max: usize, what: &str) -> String {
+    if text.len() <= max {
+        return text.to_string();
     }
-    let mut end = MAX_LOG_LINE;
-    while !message.is_char_boundary(end) {
+    let mut end = max;
+    while !text.is_char_boundary(end) {
         end -= 1;
     }
     format!(
-        "{}… [line cut at {}]",
-        &message[..end],
-        human_bytes(MAX_LOG_LINE as u64)
+        "{}… [{what} cut at {}]",
+        &text[..end],
+        human_bytes(max as u64)
     )
 }
 

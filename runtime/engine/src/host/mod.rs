@@ -35,7 +35,7 @@ use cairn_cluster::WorkloadRef;
 use crate::audit::Entry;
 use crate::bindings::{WitError, types};
 use crate::capability::Capability;
-use crate::limits::human_duration;
+use crate::limits::{MAX_AUDIT_FIELD, MAX_AUDITED_REFUSALS, human_duration};
 use crate::run::HostContext;
 use crate::state::{ActionCtx, HostState};
 
@@ -108,7 +108,7 @@ impl HostState {
 
     /// Appends the audit record of a side-effecting call.
     pub(crate) fn audit<T>(
-        &self,
+        &mut self,
         cap: Capability,
         operation: &str,
         target: &str,
@@ -117,18 +117,34 @@ impl HostState {
         let Some(host) = &self.action.host else {
             return;
         };
-        let outcome = match result {
+        if result.is_err() {
+            // A guest looping over refused calls gets a bounded share of the log.
+            self.audited_refusals += 1;
+            if self.audited_refusals > MAX_AUDITED_REFUSALS {
+                return;
+            }
+        }
+        let mut outcome = match result {
             Ok(_) => "ok".to_string(),
             Err(WitError::Denied(_)) => "denied".to_string(),
             Err(e) => format!("error: {}", message(e)),
         };
+        if result.is_err() && self.audited_refusals == MAX_AUDITED_REFUSALS {
+            outcome = format!(
+                "{} (the phase's {MAX_AUDITED_REFUSALS}th refused or failed call: later ones are not \
+                 recorded)",
+                crate::state::cut(&outcome, MAX_AUDIT_FIELD, "outcome")
+            );
+        }
+        // Both may carry what the guest passed (a name, a message): cut, so a guest calling
+        // in a loop with huge arguments cannot fill the disk through the audit log.
         host.audit.append(Entry {
             action_id: &self.action.action_id,
             blueprint: &self.action.blueprint,
             capability: cap.as_str(),
-            target: target.to_string(),
+            target: crate::state::cut(target, MAX_AUDIT_FIELD, "target"),
             operation,
-            outcome,
+            outcome: crate::state::cut(&outcome, MAX_AUDIT_FIELD, "outcome"),
         });
     }
 }

@@ -61,3 +61,29 @@ async fn side_effects_are_audited_in_a_hash_chain() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_looping_over_refused_calls_gets_a_bounded_share_of_the_log() {
+    let fixture = Fixture::new();
+    let report = fixture.run(request("audit-flood")).await;
+    assert!(report.ok, "{report:?}");
+    let path = fixture.path("audit.jsonl");
+    let records = AuditLog::verify(&path).expect("the chain holds");
+    assert_eq!(
+        records.len(),
+        1000,
+        "1,500 refused calls, the first 1,000 recorded"
+    );
+    assert!(
+        records.iter().all(|r| r.target.len() < 1100),
+        "targets are cut"
+    );
+    assert!(
+        records[999]
+            .outcome
+            .ends_with("(the phase's 1000th refused or failed call: later ones are not recorded)"),
+        "{:?}",
+        records[999]
+    );
+    assert!(std::fs::metadata(&path).expect("the log").len() < 3 << 20);
+}

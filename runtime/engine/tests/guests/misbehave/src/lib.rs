@@ -27,6 +27,7 @@ const ACTIONS: &[&str] = &[
     "exec",
     "exec-outside",
     "exec-other-namespace",
+    "audit-flood",
     "exec-sleep",
     "run-all",
     "exec-stopped",
@@ -424,6 +425,17 @@ impl Guest for Misbehave {
                     name: "db".into(),
                 };
                 exec::run(&command(Some(other), &["echo", "hi"]))?;
+                Ok(values(&[]))
+            }
+            // Refused calls in a loop, each naming a huge namespace.
+            "audit-flood" => {
+                let other = WorkloadRef {
+                    namespace: "n".repeat(100_000),
+                    name: "db".into(),
+                };
+                for _ in 0..1500 {
+                    let _ = exec::run(&command(Some(other.clone()), &["echo", "hi"]));
+                }
                 Ok(values(&[]))
             }
             "exec-sleep" => {
