@@ -746,8 +746,14 @@ pub(crate) async fn check(policy: &Policy, engine: &Engine, home: &Home) -> anyh
         ));
     }
     if let Some(t) = &policy.timeout {
-        humantime::parse_duration(t)
+        let timeout = humantime::parse_duration(t)
             .map_err(|e| bad(format!("timeout {t:?}: {e} (e.g. 30m, 2h)")))?;
+        if timeout.is_zero() || timeout > cairn_engine::MAX_DEADLINE {
+            return Err(bad(format!(
+                "timeout {t:?} is not between 1s and {} (the longest a phase may run)",
+                humantime::format_duration(cairn_engine::MAX_DEADLINE)
+            )));
+        }
     }
     match &policy.blueprint {
         Some(blueprint) => {
@@ -1651,19 +1657,31 @@ pub(crate) fn selection(workloads: &[String], selector: &BTreeMap<String, String
     }
 }
 
-/// Whether `name` matches `pattern`, where `*` stands for any run of characters.
+/// Whether `name` matches `pattern`, where `*` stands for any run of characters. Greedy with
+/// one backtrack point (the last `*`), so time stays linear in the name for each of the
+/// pattern's characters however many `*` it has: a recursive match took exponential time on
+/// a pattern of many `*`, holding up `serve`.
 fn matches(pattern: &str, name: &str) -> bool {
-    match pattern.split_once('*') {
-        None => pattern == name,
-        Some((head, rest)) => {
-            let Some(tail) = name.strip_prefix(head) else {
-                return false;
-            };
-            (0..=tail.len())
-                .filter(|i| tail.is_char_boundary(*i))
-                .any(|i| matches(rest, &tail[i..]))
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
+    let (mut pi, mut ti) = (0, 0);
+    // The last `*` seen and where in `t` its match ends so far, to backtrack to.
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if p.get(pi).is_some_and(|&c| c != '*' && c == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if p.get(pi) == Some(&'*') {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if let Some((s, m)) = star {
+            star = Some((s, m + 1));
+            pi = s + 1;
+            ti = m + 1;
+        } else {
+            return false;
         }
     }
+    p[pi..].iter().all(|&c| c == '*')
 }
 
 async fn back_up_and_retain(
@@ -2109,5 +2127,15 @@ mod tests {
         assert!(matches("a*b*c", "a-b-x-c"));
         assert!(!matches("a*b*c", "a-c"));
         assert!(!matches("db-*", "cache"));
+        assert!(matches("**db**", "orders-db-0"));
+        assert!(matches("d*", "d"));
+        assert!(
+            !matches("db-?", "db-0"),
+            "`?` is no wildcard: names never hold it"
+        );
+        // Many stars and a name that fails at the end: linear, where recursion took hours.
+        let stars = format!("{}x", "*".repeat(40));
+        assert!(!matches(&stars, &"a".repeat(60)));
+        assert!(matches(&stars, &format!("{}x", "a".repeat(60))));
     }
 }

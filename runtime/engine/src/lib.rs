@@ -63,7 +63,7 @@ pub use exports::{Artifact, DirExports, ExportWriter, Exports, ReferenceKeys};
 pub use limits::{
     DEFAULT_DEADLINE, DEFAULT_EXEC_OUTPUT, DEFAULT_EXEC_TIMEOUT, DEFAULT_HOST_CALL_TIMEOUT,
     DEFAULT_LOG_BYTES, DEFAULT_MEMORY, DEFAULT_OUTPUT_BYTES, DEFAULT_POSTHOOK_DEADLINE, EPOCH_TICK,
-    Limits, MAX_DATA_IO, MAX_MEMORY, MAX_STDIN,
+    Limits, MAX_DATA_IO, MAX_DEADLINE, MAX_MEMORY, MAX_STDIN,
 };
 pub use run::{HostContext, Outputs, PhaseReport, PhaseStatus, RunReport, RunRequest};
 pub use version::WIT_VERSION;

@@ -14,6 +14,9 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// hold an application quiesced for hours.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(30 * 60);
 
+/// The longest deadline a phase may be given: a week, past any backup's window.
+pub const MAX_DEADLINE: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// The deadline of a posthook. Posthooks undo what a prehook did (unquiesce, scale back up);
 /// they must finish quickly even after the main phase timed out.
 pub const DEFAULT_POSTHOOK_DEADLINE: Duration = Duration::from_secs(5 * 60);
@@ -133,6 +136,13 @@ impl Limits {
                 "a deadline must be longer than zero".into(),
             ));
         }
+        if self.deadline.max(self.posthook_deadline) > MAX_DEADLINE {
+            return Err(Error::InvalidLimit(format!(
+                "a deadline of {} is longer than the longest a phase may have, {}",
+                human_duration(self.deadline.max(self.posthook_deadline)),
+                human_duration(MAX_DEADLINE)
+            )));
+        }
         Ok(())
     }
 }
@@ -187,5 +197,30 @@ mod tests {
         assert_eq!(human_duration(Duration::from_millis(250)), "250ms");
         assert_eq!(human_duration(Duration::from_secs(5)), "5s");
         assert_eq!(human_duration(Duration::from_secs(1800)), "30m");
+    }
+
+    #[test]
+    fn deadlines_are_bounded_so_a_deadline_instant_cannot_overflow() {
+        assert!(Limits::default().validate().is_ok());
+        for (deadline, posthook) in [
+            (Duration::MAX, DEFAULT_POSTHOOK_DEADLINE),
+            (DEFAULT_DEADLINE, MAX_DEADLINE + Duration::from_secs(1)),
+        ] {
+            let limits = Limits {
+                deadline,
+                posthook_deadline: posthook,
+                ..Limits::default()
+            };
+            let err = limits.validate().expect_err("refused").to_string();
+            assert!(
+                err.contains("longer than the longest a phase may have"),
+                "{err}"
+            );
+        }
+        let week = Limits {
+            deadline: MAX_DEADLINE,
+            ..Limits::default()
+        };
+        assert!(week.validate().is_ok());
     }
 }

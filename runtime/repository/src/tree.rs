@@ -103,11 +103,13 @@ struct Pattern {
 impl Pattern {
     fn parse(pattern: &str) -> Result<Self> {
         let anchored = pattern.trim_end_matches('/').contains('/');
-        let parts: Vec<Vec<char>> = pattern
+        let mut parts: Vec<Vec<char>> = pattern
             .split('/')
             .filter(|p| !p.is_empty())
             .map(|p| p.chars().collect())
             .collect();
+        // `**/**` is `**`; kept apart, each would try every depth of the other.
+        parts.dedup_by(|a, b| a.as_slice() == ['*', '*'] && b.as_slice() == ['*', '*']);
         if parts.is_empty() {
             return Err(Error::Invalid(format!(
                 "pattern {pattern:?} matches nothing; give a name or a path, e.g. \
@@ -2176,5 +2178,10 @@ mod tests {
         assert!(excluded("**/cache", "a/b/cache") && excluded("**/cache", "cache"));
         assert!(excluded("naïve?", "naïveX"));
         assert!(Pattern::parse("/").is_err() && Pattern::parse("").is_err());
+        // Repeated `**` is one: no search of every depth for each.
+        assert!(excluded("a/**/**/**/b", "a/b") && excluded("pg_wal/**/**", "pg_wal/x"));
+        assert!(!excluded("pg_wal/**/**", "pg_wal"));
+        let deep = vec!["d"; 200].join("/");
+        assert!(!excluded(&format!("{}/x", vec!["**"; 30].join("/")), &deep));
     }
 }
