@@ -26,6 +26,8 @@ impl Schedule {
     /// Parses `@hourly`, `@daily`, `@weekly`, an interval of at least a minute, or a cron
     /// expression of five fields that matches at least once in the coming years.
     pub(crate) fn parse(s: &str) -> Result<Self, String> {
+        /// The longest interval: past it a run's next time can leave the calendar.
+        const MAX_INTERVAL_SECS: u64 = 100 * 365 * 86_400;
         let text = s.trim();
         if text.split_whitespace().count() > 1 {
             let cron = Cron::parse(text).map_err(|e| format!("`{s}`: {e}"))?;
@@ -52,6 +54,12 @@ impl Schedule {
         if secs < 60 {
             return Err(format!("`{s}`: scheduled work runs at most once a minute"));
         }
+        if secs > MAX_INTERVAL_SECS {
+            return Err(format!(
+                "`{s}`: an interval is at most {} years; pause the policy instead",
+                MAX_INTERVAL_SECS / (365 * 86_400)
+            ));
+        }
         Ok(Self::Every(secs))
     }
 
@@ -75,7 +83,7 @@ impl Schedule {
                 let grace = (secs / 10).min(300);
                 let due = i64::try_from(secs - grace).unwrap_or(i64::MAX);
                 last.checked_add(SignedDuration::from_secs(due))
-                    .unwrap_or(last)
+                    .unwrap_or(Timestamp::MAX)
             }
             Self::Cron(cron) => cron.next_after(last).unwrap_or(Timestamp::MAX),
         }
@@ -292,6 +300,14 @@ mod tests {
         assert_eq!(every("6h"), Ok(6 * 3_600));
         assert!(every("10s").is_err());
         assert!(every("sometimes").is_err());
+        assert!(every("99y").is_ok());
+        assert_eq!(
+            every("9999y"),
+            Err("`9999y`: an interval is at most 100 years; pause the policy instead".to_owned())
+        );
+        // Past the calendar, never due again rather than due at once.
+        let far = Schedule::Every(u64::MAX).next_due(Timestamp::now());
+        assert_eq!(far, Timestamp::MAX);
     }
 
     #[test]

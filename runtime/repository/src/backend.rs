@@ -163,6 +163,10 @@ struct S3Lock {
 /// How long one Object Lock client stamps the same retention date.
 const LOCK_CLIENT_LIFE: std::time::Duration = std::time::Duration::from_secs(600);
 
+/// The largest object read whole (metadata): a sealed object of at most
+/// [`crate::format::MAX_OBJECT_BYTES`] plaintext, with room for what sealing and framing add.
+pub(crate) const MAX_WHOLE_READ: u64 = crate::format::MAX_OBJECT_BYTES as u64 + (1 << 20);
+
 /// Builds an S3 store from the environment (`AWS_*`), the URL and the location's options;
 /// with `lock_until`, every write it makes carries compliance-mode retention until then.
 fn s3_store(
@@ -367,11 +371,25 @@ impl Backend {
         path: &str,
         range: Option<Range<u64>>,
     ) -> object_store::Result<Bytes> {
+        let whole = range.is_none();
         let options = object_store::GetOptions {
             range: range.map(Into::into),
             ..Default::default()
         };
         let r = self.store.get_opts(&Path::from(path), options).await?;
+        // Objects read whole are metadata, sealed from at most MAX_OBJECT_BYTES: a larger one
+        // (a stray file, a server's bad size) is refused before it is read into memory.
+        if whole && r.meta.size > MAX_WHOLE_READ {
+            return Err(object_store::Error::Generic {
+                store: "cairn",
+                source: format!(
+                    "{path} is {} bytes, larger than any object Cairn reads whole ({MAX_WHOLE_READ} bytes); \
+                     it was not written by Cairn",
+                    r.meta.size
+                )
+                .into(),
+            });
+        }
         match r.payload {
             object_store::GetResultPayload::File(file, _) => {
                 let range = r.range;

@@ -806,8 +806,9 @@ impl<'de> Deserialize<'de> for ChunkList {
                 }
                 let mut out = Vec::with_capacity(s.len() / 64);
                 let mut buf = [0u8; 32];
-                for i in (0..s.len()).step_by(64) {
-                    hex::decode_to_slice(&s[i..i + 64], &mut buf)
+                // By bytes: a slice of the string could end within a character.
+                for id in s.as_bytes().chunks_exact(64) {
+                    hex::decode_to_slice(id, &mut buf)
                         .map_err(|_| E::custom("chunk list is not hex"))?;
                     out.push(ChunkId(buf));
                 }
@@ -1064,7 +1065,9 @@ mod tests {
 
     #[test]
     fn a_chunk_list_of_bad_hex_or_length_is_refused() {
-        for bad in [r#""abc""#, &format!("\"{}\"", "zz".repeat(32))] {
+        // The last: 128 bytes with a two-byte character across the first id's end.
+        let split = format!("\"{}é{}\"", "a".repeat(63), "a".repeat(63));
+        for bad in [r#""abc""#, &format!("\"{}\"", "zz".repeat(32)), &split] {
             let e = serde_json::from_str::<ChunkList>(bad).expect_err("refused");
             assert!(e.to_string().contains("chunk list"), "{e}");
         }

@@ -168,9 +168,10 @@ impl IndexBuilder {
         }
     }
 
-    /// Room for `chunks` more entries.
+    /// Room for `chunks` more entries, if memory allows: `chunks` is an estimate from listed
+    /// sizes, which a stray object or a server can make absurd; entries still fit as they come.
     pub(crate) fn reserve(&mut self, chunks: usize) {
-        self.index.slots.reserve_exact(chunks);
+        let _ = self.index.slots.try_reserve_exact(chunks);
     }
 
     /// Adds the entries of one pack.

@@ -21,6 +21,8 @@ use std::time::Duration;
 
 /// Metadata objects read at once when listing (snapshots, index files).
 const METADATA_READS_IN_FLIGHT: usize = 16;
+/// The longest protection period (100 years): any longer overflows the dates it is added to.
+pub const MAX_PROTECTION: Duration = Duration::from_secs(100 * 365 * 86_400);
 /// Packs `check --read-data` reads and verifies at once: one read while others decode on
 /// both cores; each holds its whole pack (16 MiB by default) and one decoded frame.
 const PACKS_VERIFIED_AT_ONCE: usize = 3;
@@ -538,6 +540,12 @@ impl Repository {
         opts: InitOptions,
     ) -> Result<Self> {
         let location = location.into();
+        if opts.protection > MAX_PROTECTION {
+            return Err(Error::Invalid(format!(
+                "a protection period of {} days is longer than the longest, 100 years",
+                opts.protection.as_secs() / 86_400
+            )));
+        }
         let mut backend = Backend::connect(&location, true)?;
         if backend.get(format::CONFIG).await?.is_some() {
             return Err(Error::AlreadyInitialised { url: location.url });
@@ -609,7 +617,9 @@ impl Repository {
             Some(b) => Config::parse(&b, &location.url)?,
             None => return Err(Error::NotARepository { url: location.url }),
         };
-        backend.protection = Duration::from_secs(config.protection_secs);
+        // The config is not authenticated: a period beyond what init allows is taken as the
+        // longest, never wrapped round to none.
+        backend.protection = Duration::from_secs(config.protection_secs).min(MAX_PROTECTION);
         backend.object_lock = config.object_lock;
         let (keys, slot) = open_slots(slots?, &config.id, key).await?;
         Ok(Self::from_parts(backend, config, keys, slot, None))
@@ -2318,7 +2328,11 @@ const INDEX_ID_BYTES: u64 = 32;
 fn chunk_bound(files: &[(String, u64)]) -> usize {
     files
         .iter()
-        .map(|(_, size)| usize::try_from(size / INDEX_ID_BYTES).unwrap_or(usize::MAX))
+        // No index file is read past the largest object, whatever size the listing says.
+        .map(|(_, size)| {
+            usize::try_from((*size).min(crate::backend::MAX_WHOLE_READ) / INDEX_ID_BYTES)
+                .unwrap_or(usize::MAX)
+        })
         .fold(0usize, usize::saturating_add)
 }
 
@@ -2337,12 +2351,26 @@ async fn read_index(
     let mut damaged = Vec::new();
     // Fetched ahead, decoded one at a time.
     let mut fetched = futures::stream::iter(files)
-        .map(|(id, _)| async move {
+        .map(|(id, size)| async move {
             let path = format::index_path(&id);
-            backend.get(&path).await.map(|b| (id, path, b))
+            if size > crate::backend::MAX_WHOLE_READ {
+                let why = format!("is {size} bytes, larger than any index file Cairn writes");
+                return Ok((id, path.clone(), Err(Error::corrupt(&path, why))));
+            }
+            backend.get(&path).await.map(|b| (id, path, Ok(b)))
         })
         .buffered(METADATA_READS_IN_FLIGHT);
     while let Some((id, path, sealed)) = fetched.try_next().await? {
+        let sealed = match sealed {
+            Err(e) => {
+                // Too large to be an index file: damaged, as one that does not decrypt.
+                tracing::warn!(error = %e, "skipping damaged index file");
+                damaged.push(e);
+                each(id, Vec::new());
+                continue;
+            }
+            Ok(sealed) => sealed,
+        };
         let Some(sealed) = sealed else {
             each(id, Vec::new());
             continue;

@@ -149,6 +149,35 @@ async fn foreign_files_are_reported_not_fatal() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_object_among_the_metadata_is_damage_not_an_allocation() {
+    let d = tempfile::tempdir().unwrap();
+    let Two { b, .. } = two_snapshots(d.path()).await;
+    // 8 GiB, sparse: were it read whole (or its size taken for a count of index entries),
+    // this would take the memory of the machine.
+    let name = "ff".repeat(16);
+    let huge = std::fs::File::create(d.path().join("index").join(&name)).unwrap();
+    huge.set_len(8 << 30).unwrap();
+    let repo = Repository::open(d.path().display().to_string(), &pass("p"))
+        .await
+        .unwrap();
+    let report = repo.check(false).await.unwrap();
+    let damage = report
+        .errors
+        .iter()
+        .find(|p| p.object.contains(&name))
+        .unwrap_or_else(|| panic!("{report:?}"));
+    assert!(
+        damage
+            .reason
+            .contains("larger than any index file Cairn writes"),
+        "{damage:?}"
+    );
+    let mut out = Vec::new();
+    repo.restore_stream(&b, &mut out).await.unwrap();
+    assert!(out == noise(2_000_000, 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_list_chunk_is_named_by_check_and_restore() {
     let (d, dir, repo) = local_repo().await;
     // 2,560 page chunks: the file's chunk list is kept in two list chunks, the second of them

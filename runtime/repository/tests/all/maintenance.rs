@@ -73,6 +73,41 @@ async fn protection_refuses_forget_and_prune() {
         repo.snapshots(&SnapshotFilter::new()).await.unwrap().len(),
         2
     );
+
+    // A period past 100 years is refused at init; one written into the config (which is not
+    // authenticated) is taken as 100 years, never wrapped round to none.
+    let err = Repository::init(
+        d.path().join("r2").display().to_string().as_str(),
+        &pass("p"),
+        InitOptions::new().protection(Duration::from_secs(u64::MAX)),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("longer than the longest, 100 years"),
+        "{err}"
+    );
+    let config = d.path().join("r/config");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = text.replace(
+        "\"protection_secs\": 86400",
+        &format!("\"protection_secs\": {}", u64::MAX),
+    );
+    assert!(text.contains(&u64::MAX.to_string()), "{text}");
+    // The config is written read-only under protection: make it writable to tamper with it.
+    let mut perms = std::fs::metadata(&config).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perms.set_readonly(false);
+    std::fs::set_permissions(&config, perms).unwrap();
+    std::fs::write(&config, text).unwrap();
+    let repo = Repository::open(url.as_str(), &pass("p")).await.unwrap();
+    assert_eq!(repo.protection(), cairn_repository::MAX_PROTECTION);
+    let f = repo
+        .forget_ids(std::slice::from_ref(&a.id), false)
+        .await
+        .unwrap();
+    assert!(f.removed.is_empty(), "{f:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
