@@ -16,7 +16,7 @@
 //! one-shots' outcomes and new refusals are also recorded as Kubernetes Events.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use cairn_catalog::{Kind as RecordKind, Policy};
 use kube::api::{
@@ -122,6 +122,8 @@ pub(crate) struct Operator {
     namespace: String,
     /// The `origin` of the records it keeps: `kube:NAMESPACE`.
     origin: String,
+    /// The only place a resource's secrets may come from.
+    secrets: PathBuf,
     found: BTreeMap<(Kind, String), Found>,
 }
 
@@ -131,6 +133,7 @@ impl Operator {
     pub(crate) async fn connect(
         context: Option<&str>,
         namespace: Option<String>,
+        secrets: PathBuf,
     ) -> anyhow::Result<Self> {
         let client = cairn_cluster::kube_client(context)
             .await
@@ -140,8 +143,33 @@ impl Operator {
             origin: origin_of(&namespace),
             client,
             namespace,
+            secrets,
             found: BTreeMap::new(),
         })
+    }
+
+    /// Refuses a resource's secret that is not a file under the secrets directory: its author
+    /// must not read Cairn's environment (its passphrase) or files (the home's keys).
+    fn check_secrets(&self, secrets: &BTreeMap<String, String>) -> anyhow::Result<()> {
+        for (name, source) in secrets {
+            let inside = source
+                .strip_prefix("file:")
+                .map(Path::new)
+                .is_some_and(|p| {
+                    p.starts_with(&self.secrets)
+                        && !p.components().any(|c| c == std::path::Component::ParentDir)
+                });
+            if !inside {
+                let dir = self.secrets.display();
+                return Err(UsageError(format!(
+                    "secret {name}: {source:?} is not a file under {dir}: a resource's secrets are \
+                     keys of the Secret mounted there (file:{dir}/KEY); env: and other paths would read \
+                     Cairn's own environment and files"
+                ))
+                .into());
+            }
+        }
+        Ok(())
     }
 
     fn api(&self, Resource(kind, plural): Resource) -> Api<DynamicObject> {
@@ -417,6 +445,7 @@ impl Operator {
                 let mut policy =
                     crate::policy::policy_of_spec(name, spec, &what, base, &all.presets)
                         .map_err(still_runs)?;
+                self.check_secrets(&policy.secrets).map_err(still_runs)?;
                 policy.origin = Some(self.origin.clone());
                 if let Some(stored) = stored
                     && unchanged(stored, &serde_json::to_value(&policy)?)
@@ -431,6 +460,7 @@ impl Operator {
             Kind::Binding => {
                 let mut binding =
                     crate::binding::binding_of_spec(name, spec, &what, base).map_err(still_runs)?;
+                self.check_secrets(&binding.secrets).map_err(still_runs)?;
                 binding.origin = Some(self.origin.clone());
                 if let Some(stored) = stored
                     && unchanged(stored, &serde_json::to_value(&binding)?)

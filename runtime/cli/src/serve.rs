@@ -50,6 +50,16 @@ pub(crate) struct ServeArgs {
     /// The kubeconfig context of their cluster; default: the one `kubectl` would use.
     #[arg(long, value_name = "CONTEXT", requires = "operator")]
     pub(crate) operator_context: Option<String>,
+    /// Where the secrets that resources may name are (`file:DIR/KEY`): the Secret the
+    /// Deployment mounts. A resource's `env:` secrets and files elsewhere are refused: its
+    /// author would read Cairn's own environment and files.
+    #[arg(
+        long,
+        value_name = "DIR",
+        requires = "operator",
+        default_value = "/etc/cairn/secrets"
+    )]
+    pub(crate) operator_secrets: PathBuf,
 }
 
 /// `cairn serve`: runs due policies until stopped.
@@ -79,6 +89,7 @@ pub(crate) async fn serve(args: ServeArgs, home: Option<PathBuf>) -> anyhow::Res
             Operator::connect(
                 args.operator_context.as_deref(),
                 args.operator_namespace.clone(),
+                args.operator_secrets.clone(),
             )
             .await?,
         ),

@@ -209,6 +209,14 @@ impl ExecRequest {
             }
             stages.push(argv);
         }
+        // A program named `A=B` would be taken by env(1), which passes the environment on
+        // Kubernetes, for one more variable: past `checked_env`'s refusal of PATH and LD_*.
+        if let Some(program) = stages.iter().map(|a| &a[0]).find(|p| p.contains('=')) {
+            return Err(Error::Invalid(format!(
+                "program name {program:?} contains `=`: name a program, and set environment \
+                 variables with the command's env"
+            )));
+        }
         Ok(stages)
     }
 

@@ -1127,6 +1127,23 @@ fn serve_operator_keeps_policies_and_bindings_from_kubernetes_resources() {
             json!({ "target": target, "frequency": "@daily", "retention": { "last": 1 } }),
         ),
     );
+    // Secrets from Cairn's own environment and files: refused to a resource's author.
+    for (name, source) in [
+        ("leaky", "env:CAIRN_PASSPHRASE"),
+        ("climber", "file:/etc/cairn/secrets/../../../root/key"),
+    ] {
+        api.put(
+            policies,
+            resource(
+                "Policy",
+                name,
+                json!({ "target": target, "blueprint": "hello", "grants": ["exec"],
+                        "params": { "greeting": "hi" }, "workloads": ["hel*"],
+                        "frequency": "@daily", "retention": { "last": 1 },
+                        "secrets": { "pw": source } }),
+            ),
+        );
+    }
     ok(&apply(&cairn, &hello_policy("{last: 1}")));
     // Two policies a DR restore brought back from another cluster's resources: one whose
     // resource is applied here, one whose is not (yet).
@@ -1212,6 +1229,16 @@ fn serve_operator_keeps_policies_and_bindings_from_kubernetes_resources() {
             .is_some_and(|m| m.contains("frequncy")),
         "{s}"
     );
+    for name in ["leaky", "climber"] {
+        let s = status(policies, name);
+        assert_eq!(s["state"], "Invalid", "{s}");
+        assert!(
+            s["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("is not a file under /etc/cairn/secrets")),
+            "{s}"
+        );
+    }
     let s = status(policies, "greet");
     assert_eq!(s["state"], "Invalid", "{s}");
     assert!(

@@ -211,6 +211,13 @@ async fn exec_refusals_name_the_cause() {
         cluster.exec(&db(), reserved).await,
         Err(Error::Denied(_))
     ));
+    // A program named like an assignment would reach env(1) as one more variable.
+    let mut smuggled = request(&["LD_PRELOAD=/tmp/x.so", "sh", "-c", "true"]);
+    smuggled.env = vec![("GREETING".to_owned(), "hi".to_owned())];
+    match cluster.exec(&db(), smuggled).await {
+        Err(e @ Error::Invalid(_)) => assert!(e.to_string().contains("contains `=`"), "{e}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
 
     match cluster
         .exec(&db(), request(&["no-such-program-here"]))
