@@ -74,10 +74,12 @@ impl Artifact {
     /// A guest's artifact, flat, refusing a value named like a key of its reference: one
     /// line naming the artifact and the key.
     pub(crate) fn checked_from_wit(a: types::Artifact) -> std::result::Result<Artifact, String> {
+        let reference: std::collections::HashSet<&str> =
+            a.reference.iter().map(|(k, _)| k.as_str()).collect();
         if let Some((key, _)) = a
             .values
             .iter()
-            .find(|(k, _)| a.reference.iter().any(|(r, _)| r == k))
+            .find(|(k, _)| reference.contains(k.as_str()))
         {
             return Err(format!(
                 "artifact `{}` has a value `{key}`, but `{key}` is a key of its export reference (written by \

@@ -9,7 +9,7 @@
 //! stopped is still among the posthook's earlier phases, with the values it checkpointed
 //! (`log.checkpoint`) before it stopped.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -156,10 +156,18 @@ fn to_outputs(o: guest::Outputs, checkpoints: &[(String, String)]) -> Result<Out
         .map(Artifact::checked_from_wit)
         .collect::<Result<Vec<_>, _>>()?;
     let mut values = checkpoints.to_vec();
+    // Where each key is, so that many values cost linear time, not quadratic.
+    let mut at: HashMap<String, usize> = HashMap::new();
+    for (i, (k, _)) in values.iter().enumerate() {
+        at.entry(k.clone()).or_insert(i);
+    }
     for (key, value) in o.values {
-        match values.iter_mut().find(|(k, _)| *k == key) {
-            Some(slot) => slot.1 = value,
-            None => values.push((key, value)),
+        match at.get(&key) {
+            Some(&i) => values[i].1 = value,
+            None => {
+                at.insert(key.clone(), values.len());
+                values.push((key, value));
+            }
         }
     }
     Ok(Outputs { artifacts, values })
@@ -187,8 +195,9 @@ fn outputs_size(o: &Outputs) -> usize {
 /// something else, is refused in one line: the restore point could not say which one holds.
 fn merge(main: &PhaseReport, post: &PhaseReport) -> Result<Outputs, String> {
     let mut merged = main.outputs.clone();
+    let names: HashSet<String> = merged.artifacts.iter().map(|a| a.name.clone()).collect();
     for artifact in &post.outputs.artifacts {
-        if merged.artifacts.iter().any(|a| a.name == artifact.name) {
+        if names.contains(&artifact.name) {
             return Err(format!(
                 "it returned the artifact `{}`, which {} already returned; the restore point keeps both \
                  phases' outputs, so give the posthook's another name",
@@ -197,10 +206,17 @@ fn merge(main: &PhaseReport, post: &PhaseReport) -> Result<Outputs, String> {
         }
         merged.artifacts.push(artifact.clone());
     }
+    let main_values: HashMap<&str, &str> = main
+        .outputs
+        .values
+        .iter()
+        .rev()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     for (key, value) in &post.outputs.values {
-        match merged.get(key) {
+        match main_values.get(key.as_str()) {
             None => merged.values.push((key.clone(), value.clone())),
-            Some(same) if same == value => {}
+            Some(same) if *same == value => {}
             Some(other) => {
                 return Err(format!(
                     "it set the value `{key}` to {value:?}, which {} set to {other:?}; the restore point keeps \
