@@ -48,12 +48,12 @@ pub struct LockInfo {
     pub removed: bool,
 }
 
-/// Why `lock` no longer counts at `now`, or `None` while it holds: not refreshed for
-/// [`LOCK_STALE_AFTER`], or left by a process of this host that is gone (kill -9, crash).
-fn stale_reason(lock: &LockFile, now: jiff::Timestamp) -> Option<String> {
-    let age = now.duration_since(lock.time).unsigned_abs();
-    if age > LOCK_STALE_AFTER {
-        Some(format!("not refreshed for {} minutes", age.as_secs() / 60))
+/// Why `lock` no longer counts, or `None` while it holds: not refreshed for
+/// [`LOCK_STALE_AFTER`] (`age`: seconds since the store last wrote it), or left by a process of
+/// this host that is gone (kill -9, crash).
+fn stale_reason(lock: &LockFile, age: i64) -> Option<String> {
+    if age > LOCK_STALE_AFTER.as_secs() as i64 {
+        Some(format!("not refreshed for {} minutes", age / 60))
     } else if lock.hostname == hostname() && !pid_alive(lock.pid) {
         Some("its process on this host is gone".into())
     } else {
@@ -61,10 +61,23 @@ fn stale_reason(lock: &LockFile, now: jiff::Timestamp) -> Option<String> {
     }
 }
 
-/// Every object under `locks/`, read and judged at `now` (`removed` false).
-async fn list_locks(backend: &Backend, now: jiff::Timestamp) -> Result<Vec<LockInfo>> {
+/// Every object under `locks/`, read and judged (`removed` false). A lock's age is judged by
+/// the store's clock, never by the time its holder wrote in it: a host whose clock is half an
+/// hour off would otherwise write locks that look stale from the start, and a prune elsewhere
+/// would delete what its backup deduplicated against. The store's present is the write time
+/// of `own`, the id of the lock the caller has just written; without one (`unlock`), this
+/// host's clock.
+async fn list_locks(backend: &Backend, own: Option<&str>) -> Result<Vec<LockInfo>> {
+    let listed = backend.list("locks/").await?;
+    let now = own
+        .and_then(|own| listed.iter().find(|m| m.location.filename() == Some(own)))
+        .map_or_else(
+            || jiff::Timestamp::now().as_second(),
+            |m| m.last_modified.timestamp(),
+        );
     let mut locks = Vec::new();
-    for m in backend.list("locks/").await? {
+    for m in listed {
+        let age = now.saturating_sub(m.last_modified.timestamp());
         let p = m.location.to_string();
         let id = p.rsplit('/').next().unwrap_or(&p).to_string();
         let Some(b) = backend.get(&p).await? else {
@@ -74,7 +87,7 @@ async fn list_locks(backend: &Backend, now: jiff::Timestamp) -> Result<Vec<LockI
             Ok(l) => LockInfo {
                 id,
                 exclusive: l.exclusive,
-                stale: stale_reason(&l, now),
+                stale: stale_reason(&l, age),
                 hostname: l.hostname,
                 pid: l.pid,
                 operation: l.operation,
@@ -101,7 +114,7 @@ async fn list_locks(backend: &Backend, now: jiff::Timestamp) -> Result<Vec<LockI
 /// [`LOCK_STALE_AFTER`] ago). Removing a lock a running operation holds lets a prune delete
 /// what a backup is writing, so `all` is for when nothing runs.
 pub(crate) async fn unlock(backend: &Backend, all: bool) -> Result<Vec<LockInfo>> {
-    let mut locks = list_locks(backend, jiff::Timestamp::now()).await?;
+    let mut locks = list_locks(backend, None).await?;
     for l in &mut locks {
         if all || l.stale.is_some() {
             backend.delete_any(&format::lock_path(&l.id)).await?;
@@ -165,7 +178,7 @@ impl LockGuard {
             path: path.clone(),
             refresher: None,
         };
-        for other in list_locks(backend, jiff::Timestamp::now()).await? {
+        for other in list_locks(backend, Some(&id)).await? {
             if format::lock_path(&other.id) == path {
                 continue;
             }

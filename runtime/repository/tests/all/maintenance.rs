@@ -257,10 +257,39 @@ async fn locks_of_holders_that_are_gone_are_ignored_tidied_and_unlocked() {
         .await
         .unwrap();
 
-    // Not refreshed for 31 minutes: ignored, and removed by the operation that saw it.
+    // Not refreshed for 31 minutes (by the store's clock): ignored, and removed by the
+    // operation that saw it.
     put("old", lock("elsewhere", 7, Duration::from_secs(31 * 60)));
+    let old = std::fs::File::options()
+        .write(true)
+        .open(root.join("locks/old"))
+        .unwrap();
+    old.set_modified(std::time::SystemTime::now() - Duration::from_secs(31 * 60))
+        .unwrap();
     repo.prune(false).await.unwrap();
     assert!(!root.join("locks/old").exists());
+
+    // Written just now by a host whose clock is an hour off, either way: it holds.
+    for skew in ["behind", "ahead"] {
+        let hour = jiff::SignedDuration::from_hours(1);
+        let time = match skew {
+            "behind" => jiff::Timestamp::now() - hour,
+            _ => jiff::Timestamp::now() + hour,
+        };
+        put(
+            skew,
+            format!(
+                r#"{{"exclusive":true,"hostname":"elsewhere","pid":7,"operation":"prune","time":"{time}"}}"#
+            ),
+        );
+        let e = repo
+            .backup_stream("s", &noise(10_000, 1)[..], Default::default())
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::Locked { .. }), "{skew}: {e}");
+        assert!(root.join("locks").join(skew).exists(), "{skew}");
+        std::fs::remove_file(root.join("locks").join(skew)).unwrap();
+    }
 
     // A dead process of this host, and an object that is not a lock: `unlock` removes both
     // and says why.
