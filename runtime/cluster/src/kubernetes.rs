@@ -61,6 +61,8 @@ const STOPPED_POD_GRACE: Duration = Duration::from_secs(120);
 
 /// How long a stopped workload's pod may take to start (pulling its image included).
 const STOPPED_POD_START_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long a scale-down waits for the pods it removes to stop.
+const SCALE_DOWN_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// The annotation naming the workload whose volume a snapshot copies.
 const WORKLOAD_ANNOTATION: &str = "cairn.dev/workload";
@@ -223,6 +225,12 @@ impl KubeCluster {
                 .map_err(|e| api_error(format!("listing the pods of {reference}"), e))?
                 .items
                 .into_iter()
+                // An evicted pod, or one whose node shut down, stays listed as Failed until
+                // it is collected: it runs nothing, so it is no replica.
+                .filter(|p| {
+                    let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
+                    !matches!(phase, Some("Succeeded" | "Failed"))
+                })
                 .map(pod_of)
                 .collect(),
         };
@@ -511,6 +519,19 @@ impl KubeCluster {
     }
 
     /// Waits until pod `name` runs its container, or says why it will not.
+    /// Waits until `workload` runs at most `replicas` pods: a scale-down returns once the pods
+    /// it removes have stopped (their grace period, a database's shutdown), not when the count
+    /// changed, so what follows (a snapshot, a stopped exec, a claim's replacement) sees the
+    /// data at rest. The local backend's scale waits for its stop hook likewise.
+    async fn pods_gone(&self, workload: &WorkloadRef, found: &Found, replicas: u32) -> Result<()> {
+        let what = format!("the pods of {workload} to stop after scaling to {replicas}");
+        poll(&what, SCALE_DOWN_TIMEOUT, || async {
+            let w = self.describe(&workload.namespace, found).await?;
+            Ok((w.pods.len() <= replicas as usize).then_some(()))
+        })
+        .await
+    }
+
     async fn pod_started(&self, pods: &Api<KubePod>, name: &str, timeout: Duration) -> Result<()> {
         let what = format!("pod {name} to start");
         poll(
@@ -652,20 +673,30 @@ struct Found {
     claim_templates: Vec<String>,
     /// The pod template's spec, for a pod of Cairn's own while the workload is stopped.
     pod_spec: Option<PodSpec>,
+    /// A StatefulSet whose claims the controller deletes with the pods a scale-down removes
+    /// (`persistentVolumeClaimRetentionPolicy.whenScaled: Delete`).
+    deletes_claims_when_scaled: bool,
+    /// Whether the controller has seen the latest spec (`status.observedGeneration`): until it
+    /// has, its status describes the spec before.
+    observed: bool,
 }
 
 impl Found {
     fn deployment(d: Deployment) -> Self {
         let spec = d.spec.unwrap_or_default();
         let status = d.status.unwrap_or_default();
-        Self::new(
-            d.metadata,
-            WorkloadKind::Deployment,
-            (spec.replicas, status.ready_replicas),
-            Some(spec.selector),
-            &spec.template,
-            Vec::new(),
-        )
+        let observed = observed(d.metadata.generation, status.observed_generation);
+        Self {
+            observed,
+            ..Self::new(
+                d.metadata,
+                WorkloadKind::Deployment,
+                (spec.replicas, status.ready_replicas),
+                Some(spec.selector),
+                &spec.template,
+                Vec::new(),
+            )
+        }
     }
 
     fn stateful_set(s: StatefulSet) -> Self {
@@ -677,14 +708,24 @@ impl Found {
             .into_iter()
             .filter_map(|t| t.metadata.name)
             .collect();
-        Self::new(
-            s.metadata,
-            WorkloadKind::StatefulSet,
-            (spec.replicas, status.ready_replicas),
-            Some(spec.selector),
-            &spec.template,
-            templates,
-        )
+        let deletes_claims_when_scaled = spec
+            .persistent_volume_claim_retention_policy
+            .as_ref()
+            .and_then(|p| p.when_scaled.as_deref())
+            == Some("Delete");
+        let observed = observed(s.metadata.generation, status.observed_generation);
+        Self {
+            deletes_claims_when_scaled,
+            observed,
+            ..Self::new(
+                s.metadata,
+                WorkloadKind::StatefulSet,
+                (spec.replicas, status.ready_replicas),
+                Some(spec.selector),
+                &spec.template,
+                templates,
+            )
+        }
     }
 
     fn new(
@@ -716,8 +757,16 @@ impl Found {
                 .collect(),
             claim_templates,
             pod_spec: template.spec.clone(),
+            deletes_claims_when_scaled: false,
+            observed: true,
         }
     }
+}
+
+/// Whether a workload's controller has acted on its latest spec, as `kubectl rollout status`
+/// judges it; a workload without a generation (never on a real server) counts as observed.
+fn observed(generation: Option<i64>, observed: Option<i64>) -> bool {
+    generation.is_none_or(|g| observed.is_some_and(|o| o >= g))
 }
 
 fn count(n: i32) -> u32 {
@@ -1091,6 +1140,14 @@ impl Cluster for KubeCluster {
         let target = i32::try_from(replicas).map_err(|_| {
             Error::Invalid(format!("cannot scale {workload} to {replicas} replicas"))
         })?;
+        if found.deletes_claims_when_scaled && replicas < found.replicas {
+            return Err(Error::Denied(format!(
+                "scaling {workload} down from {} to {replicas} would delete the claims of the pods \
+                 it removes (its persistentVolumeClaimRetentionPolicy says whenScaled: Delete); \
+                 set whenScaled: Retain to let Cairn stop it, or use a blueprint that does not",
+                found.replicas
+            )));
+        }
         let patch = Patch::Merge(json!({ "spec": { "replicas": target } }));
         let params = PatchParams::default();
         let scaling = |e| api_error(format!("scaling {workload} to {replicas}"), e);
@@ -1109,6 +1166,9 @@ impl Cluster for KubeCluster {
                     .map_err(scaling)?;
             }
         }
+        if replicas < found.replicas {
+            self.pods_gone(workload, &found, replicas).await?;
+        }
         Ok(found.replicas)
     }
 
@@ -1116,8 +1176,11 @@ impl Cluster for KubeCluster {
         let mut last = None;
         let wait = async {
             loop {
-                let w = self.workload(workload).await?;
-                let settled = w.ready_replicas == w.replicas
+                let found = self.find(workload).await?;
+                let observed = found.observed;
+                let w = self.describe(&workload.namespace, &found).await?;
+                let settled = observed
+                    && w.ready_replicas == w.replicas
                     && w.pods.len() == w.replicas as usize
                     && w.pods.iter().all(|p| p.ready);
                 if settled {
@@ -1391,6 +1454,42 @@ impl Cluster for KubeCluster {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every kind the backend reads for blueprints is readable under both roles Cairn ships.
+    #[test]
+    fn the_shipped_roles_grant_reading_every_kind_served() {
+        let root =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/kubernetes");
+        for file in ["rbac.yaml", "install/cairn.yaml"] {
+            let text = std::fs::read_to_string(root.join(file)).expect("the role file");
+            let docs: Vec<serde_norway::Value> = serde_norway::Deserializer::from_str(&text)
+                .map(|d| serde::Deserialize::deserialize(d).expect("yaml"))
+                .collect();
+            let rules: Vec<&serde_norway::Value> = docs
+                .iter()
+                .filter(|d| d["kind"] == "ClusterRole" || d["kind"] == "Role")
+                .flat_map(|d| d["rules"].as_sequence().into_iter().flatten())
+                .collect();
+            let has = |list: &serde_norway::Value, item: &str| {
+                list.as_sequence()
+                    .is_some_and(|l| l.iter().any(|v| v.as_str() == Some(item)))
+            };
+            for kind in KINDS.split(", ").filter(|k| *k != "workload") {
+                let r = resource_of(kind).expect("a known kind");
+                let granted = rules.iter().any(|rule| {
+                    has(&rule["apiGroups"], &r.group)
+                        && has(&rule["resources"], &r.plural)
+                        && has(&rule["verbs"], "get")
+                        && has(&rule["verbs"], "list")
+                });
+                assert!(
+                    granted,
+                    "{file} grants no get and list on {}/{}",
+                    r.group, r.plural
+                );
+            }
+        }
+    }
 
     #[test]
     fn quantities_read_as_bytes() {

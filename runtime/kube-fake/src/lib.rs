@@ -6,8 +6,10 @@
 //! `scale` subresource, and `exec` over WebSocket (`v5.channel.k8s.io`) that runs the command
 //! as a process on this machine, with the container's `env` values and `workingDir`.
 //!
-//! Small controllers stand in for the cluster's: scaling a workload makes or removes its
-//! ready pods; a new pod runs at once, unless its image is `missing` (then it waits in
+//! Small controllers stand in for the cluster's: scaling a workload makes its ready pods at
+//! once and stops the ones it removes as a kubelet does, listed with a `deletionTimestamp`
+//! for [`POD_SHUTDOWN`] before they are gone; a workload's `generation` counts its spec's
+//! changes and its status says it observed the latest; a new pod runs at once, unless its image is `missing` (then it waits in
 //! `ErrImagePull`); a new VolumeSnapshot is ready at once with its claim's size. Paths marked
 //! with [`FakeApi::forbid`] answer 403, as RBAC would.
 
@@ -53,6 +55,28 @@ struct State {
     /// Every object ever created, by collection path.
     created: BTreeMap<String, Vec<Value>>,
     next: u64,
+    /// Pods shutting down: collection, name, and when they are gone.
+    stopping: Vec<(String, String, std::time::Instant)>,
+}
+
+/// How long a pod a scale-down removed stays listed, shutting down (a real one's grace period
+/// is 30 s by default).
+pub const POD_SHUTDOWN: std::time::Duration = std::time::Duration::from_millis(300);
+
+impl State {
+    /// Removes the pods whose shutdown is over.
+    fn reap(&mut self) {
+        let now = std::time::Instant::now();
+        let (gone, stopping): (Vec<_>, Vec<_>) = std::mem::take(&mut self.stopping)
+            .into_iter()
+            .partition(|(_, _, at)| *at <= now);
+        self.stopping = stopping;
+        for (collection, name, _) in gone {
+            if let Some(c) = self.objects.get_mut(&collection) {
+                c.remove(&name);
+            }
+        }
+    }
 }
 
 impl FakeApi {
@@ -352,6 +376,7 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Response<Fu
         }
     };
     let mut state = state.lock().expect("state");
+    state.reap();
     let Target {
         collection,
         name,
@@ -617,22 +642,47 @@ fn store(state: &mut State, collection: &str, mut object: Value) -> Value {
         .to_owned();
     if is_workload {
         let replicas = object["spec"]["replicas"].as_u64().unwrap_or(1);
-        object["status"] = json!({ "replicas": replicas, "readyReplicas": replicas });
+        let before = state.objects.get(collection).and_then(|c| c.get(&name));
+        let generation = match before {
+            Some(b) if b["spec"] == object["spec"] => b["metadata"]["generation"].as_i64(),
+            Some(b) => b["metadata"]["generation"].as_i64().map(|g| g + 1),
+            None => object["metadata"]["generation"].as_i64(),
+        }
+        .unwrap_or(1);
+        object["metadata"]["generation"] = json!(generation);
+        object["status"] = json!({ "replicas": replicas, "readyReplicas": replicas,
+                                   "observedGeneration": generation });
         let ns = object["metadata"]["namespace"]
             .as_str()
             .unwrap_or_default()
             .to_owned();
-        let pods = state
-            .objects
-            .entry(format!("/api/v1/namespaces/{ns}/pods"))
-            .or_default();
+        let collection_of_pods = format!("/api/v1/namespaces/{ns}/pods");
+        let pods = state.objects.entry(collection_of_pods.clone()).or_default();
         let prefix = format!("{name}-");
-        pods.retain(|pod_name, _| {
-            pod_name
+        let mut stopping = Vec::new();
+        for (pod_name, pod) in pods.iter_mut() {
+            let removed = pod_name
                 .strip_prefix(&prefix)
                 .and_then(|i| i.parse::<u64>().ok())
-                .is_none_or(|i| i < replicas)
-        });
+                .is_some_and(|i| i >= replicas);
+            if removed && pod["metadata"]["deletionTimestamp"].is_null() {
+                pod["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+                pod["status"]["conditions"] = json!([{ "type": "Ready", "status": "False" }]);
+                stopping.push(pod_name.clone());
+            }
+        }
+        let gone = std::time::Instant::now() + POD_SHUTDOWN;
+        state.stopping.extend(
+            stopping
+                .into_iter()
+                .map(|pod| (collection_of_pods.clone(), pod, gone)),
+        );
+        // A pod scaled back up before it was gone runs again.
+        let wanted: BTreeSet<String> = (0..replicas).map(|i| format!("{name}-{i}")).collect();
+        state
+            .stopping
+            .retain(|(c, pod, _)| *c != collection_of_pods || !wanted.contains(pod));
+        let pods = state.objects.entry(collection_of_pods).or_default();
         for i in 0..replicas {
             let template = &object["spec"]["template"];
             pods.insert(

@@ -330,8 +330,19 @@ async fn a_stopped_workload_runs_commands_in_a_pod_of_cairns_own_with_its_volume
 
 #[tokio::test]
 async fn scaling_returns_the_previous_count_and_waits_for_the_pods() {
-    let (_api, cluster) = shop().await;
+    let (api, cluster) = shop().await;
+    // A scale-down returns once the pods it removes have stopped, not when the count changed.
+    let started = std::time::Instant::now();
     assert_eq!(cluster.scale(&db(), 0).await.expect("scale"), 2);
+    assert!(started.elapsed() >= cairn_kube_fake::POD_SHUTDOWN);
+    assert!(
+        cluster
+            .workload(&db())
+            .await
+            .expect("workload")
+            .pods
+            .is_empty()
+    );
     let w = cluster
         .wait_ready(&db(), TEST_TIMEOUT)
         .await
@@ -349,6 +360,29 @@ async fn scaling_returns_the_previous_count_and_waits_for_the_pods() {
         cluster.workload(&web).await.expect("workload").pods.len(),
         3
     );
+
+    // A pod that ended (evicted, or its node shut down) stays listed as Failed: no replica.
+    api.put(
+        "/api/v1/namespaces/shop/pods",
+        json!({ "metadata": { "name": "web-evicted", "labels": { "app": "web" } },
+                "spec": { "containers": [{ "name": "web", "image": "web" }] },
+                "status": { "phase": "Failed", "reason": "Evicted" } }),
+    );
+    let w = cluster.wait_ready(&web, TEST_TIMEOUT).await.expect("ready");
+    assert!(w.pods.iter().all(|p| p.name != "web-evicted"), "{w:?}");
+
+    // A StatefulSet whose claims go with the pods a scale-down removes is not scaled down.
+    let sets = "/apis/apps/v1/namespaces/shop/statefulsets";
+    let mut set = api.remove(sets, "db").expect("db");
+    set["spec"]["persistentVolumeClaimRetentionPolicy"] =
+        json!({ "whenDeleted": "Retain", "whenScaled": "Delete" });
+    api.put(sets, set);
+    match cluster.scale(&db(), 0).await {
+        Err(e @ Error::Denied(_)) => assert!(e.to_string().contains("whenScaled: Delete"), "{e}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(cluster.workload(&db()).await.expect("db").replicas, 1);
+    assert_eq!(cluster.scale(&db(), 2).await.expect("scaling up"), 1);
 }
 
 #[tokio::test]
