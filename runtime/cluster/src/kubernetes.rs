@@ -464,6 +464,8 @@ impl KubeCluster {
         // A StatefulSet's claims are not in its template: its first replica's are mounted.
         let volumes = spec.volumes.get_or_insert_with(Vec::new);
         for template in &found.claim_templates {
+            // The claim takes the place of a template volume of its name, as in the set's pods.
+            volumes.retain(|v| v.name != *template);
             volumes.push(PodVolume {
                 name: template.clone(),
                 persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
@@ -495,20 +497,27 @@ impl KubeCluster {
         pods.create(&PostParams::default(), &pod)
             .await
             .map_err(|e| api_error(format!("creating pod {name} for stopped {workload}"), e))?;
+        let mut guard = PodGuard {
+            pods: pods.clone(),
+            name: name.clone(),
+        };
         let result = match self.pod_started(&pods, &name, request.timeout).await {
             Ok(()) => self.run_in(workload, &name, &container, request).await,
             Err(e) => Err(e),
         };
         let deleted = self.delete_pod(&pods, &name).await;
+        guard.name.clear();
         let output = result?;
         deleted?;
         Ok(output)
     }
 
-    /// Deletes pod `name` at once, and waits until it is gone.
+    /// Deletes pod `name`, and waits until it is gone: its containers stopped (a second's
+    /// grace, not a forced delete, which removes the object while a command may still write
+    /// to the volumes).
     async fn delete_pod(&self, pods: &Api<KubePod>, name: &str) -> Result<()> {
         match pods
-            .delete(name, &DeleteParams::default().grace_period(0))
+            .delete(name, &DeleteParams::default().grace_period(1))
             .await
         {
             Ok(_) => {}
@@ -518,7 +527,6 @@ impl KubeCluster {
         gone(pods, &format!("pod {name}"), name).await
     }
 
-    /// Waits until pod `name` runs its container, or says why it will not.
     /// Waits until `workload` runs at most `replicas` pods: a scale-down returns once the pods
     /// it removes have stopped (their grace period, a database's shutdown), not when the count
     /// changed, so what follows (a snapshot, a stopped exec, a claim's replacement) sees the
@@ -532,6 +540,7 @@ impl KubeCluster {
         .await
     }
 
+    /// Waits until pod `name` runs its container, or says why it will not.
     async fn pod_started(&self, pods: &Api<KubePod>, name: &str, timeout: Duration) -> Result<()> {
         let what = format!("pod {name} to start");
         poll(
@@ -655,6 +664,30 @@ where
             what: format!("waiting for {what}"),
             after: timeout,
         })?
+}
+
+/// A pod of Cairn's own for a stopped workload, deleted should the exec's future be dropped
+/// before it deletes the pod itself (the engine's deadline for the call): the pod would hold
+/// the workload's volumes until its own deadline. Cleared (`name` empty) once deleted.
+struct PodGuard {
+    pods: Api<KubePod>,
+    name: String,
+}
+
+impl Drop for PodGuard {
+    fn drop(&mut self) {
+        if self.name.is_empty() {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let (pods, name) = (self.pods.clone(), std::mem::take(&mut self.name));
+            runtime.spawn(async move {
+                if let Err(e) = pods.delete(&name, &DeleteParams::default().grace_period(1)).await {
+                    tracing::warn!(pod = %name, error = %e, "cannot delete the pod of a stopped workload");
+                }
+            });
+        }
+    }
 }
 
 /// A Deployment or StatefulSet, reduced to what the seam needs.
@@ -1356,8 +1389,39 @@ impl Cluster for KubeCluster {
                 )));
             }
         }
-        let claims: Api<PersistentVolumeClaim> = self.api(namespace);
         let claim = &snapshot.volume;
+        // Any other pod mounting the claim (a debug pod, a Job, a pod a crashed run left)
+        // would keep it Terminating, and the restore would end with no claim at all.
+        let users: Vec<String> = self
+            .api::<KubePod>(namespace)
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| api_error(format!("listing the pods of namespace {namespace}"), e))?
+            .items
+            .into_iter()
+            .filter(|p| {
+                let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
+                !matches!(phase, Some("Succeeded" | "Failed"))
+            })
+            .filter(|p| {
+                p.spec
+                    .iter()
+                    .flat_map(|s| s.volumes.iter().flatten())
+                    .any(|v| {
+                        v.persistent_volume_claim
+                            .as_ref()
+                            .is_some_and(|c| c.claim_name == *claim)
+                    })
+            })
+            .filter_map(|p| p.metadata.name)
+            .collect();
+        if !users.is_empty() {
+            return Err(Error::Invalid(format!(
+                "claim {namespace}/{claim} is mounted by pod(s) {}: stop them before it is replaced",
+                users.join(", ")
+            )));
+        }
+        let claims: Api<PersistentVolumeClaim> = self.api(namespace);
         let old = claims
             .get_opt(claim)
             .await

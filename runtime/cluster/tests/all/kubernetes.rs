@@ -286,6 +286,21 @@ async fn a_stopped_workload_runs_commands_in_a_pod_of_cairns_own_with_its_volume
             .is_some_and(|s| s > 0)
     );
 
+    // An exec dropped before it ends (the engine's deadline for the call) still deletes its
+    // pod, which would otherwise hold the workload's volumes.
+    let mut slow = request(&["sleep", "30"]);
+    slow.stopped = true;
+    let dropped = tokio::time::timeout(Duration::from_millis(700), cluster.exec(&db(), slow)).await;
+    assert!(dropped.is_err(), "the exec was still running");
+    let gone = async {
+        while api.get(pods, "db-stopped").is_some() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(TEST_TIMEOUT, gone)
+        .await
+        .expect("the dropped exec's pod is deleted");
+
     // A pod that cannot start says why, and is deleted all the same.
     api.put(
         "/apis/apps/v1/namespaces/shop/statefulsets",
@@ -416,6 +431,23 @@ async fn a_snapshot_is_taken_and_its_claim_replaced_from_it() {
         other => panic!("expected a refusal while running, got {other:?}"),
     }
     cluster.scale(&db(), 0).await.expect("restore");
+    // A pod of no workload mounting the claim (a debug pod) keeps it: refused, naming it.
+    let pods = "/api/v1/namespaces/shop/pods";
+    api.put(
+        pods,
+        json!({ "metadata": { "name": "debug" },
+                "spec": { "containers": [{ "name": "sh", "image": "busybox" }],
+                          "volumes": [{ "name": "d",
+                                        "persistentVolumeClaim": { "claimName": "data-db-0" } }] },
+                "status": { "phase": "Running" } }),
+    );
+    match cluster.restore_snapshot(&snapshot.id).await {
+        Err(e @ Error::Invalid(_)) => {
+            assert!(e.to_string().contains("mounted by pod(s) debug"), "{e}")
+        }
+        other => panic!("expected a refusal while mounted, got {other:?}"),
+    }
+    api.remove(pods, "debug");
     cluster
         .restore_snapshot(&snapshot.id)
         .await
