@@ -1,5 +1,6 @@
 //! Grandfather-father-son retention of snapshots: the rules are [`cairn_retention`]'s, applied
-//! per source (tree path or stream name), so artifacts are retained independently.
+//! per series: one host's snapshots of one source (tree path or stream name) for one workload,
+//! so artifacts, hosts and workloads are retained independently.
 
 use crate::format::SnapshotInfo;
 pub use cairn_retention::Retention;
@@ -10,9 +11,9 @@ pub fn retained(
     policy: &Retention,
     snapshots: &[SnapshotInfo],
 ) -> BTreeMap<String, Vec<&'static str>> {
-    let mut groups: BTreeMap<&str, Vec<&SnapshotInfo>> = BTreeMap::new();
+    let mut groups: BTreeMap<Series<'_>, Vec<&SnapshotInfo>> = BTreeMap::new();
     for s in snapshots {
-        groups.entry(s.source()).or_default().push(s);
+        groups.entry(series(s)).or_default().push(s);
     }
     let mut keep = BTreeMap::new();
     for group in groups.into_values() {
@@ -24,4 +25,19 @@ pub fn retained(
         }
     }
     keep
+}
+
+/// A series: host, source, and the workload an export was made for (its `namespace=` and
+/// `workload=` tags). Every workload's export of one blueprint has the same name (`dump`):
+/// grouped by name alone, the newest of any workload would decide for all of them.
+type Series<'a> = (&'a str, &'a str, Vec<&'a str>);
+
+fn series(s: &SnapshotInfo) -> Series<'_> {
+    let scope = s
+        .tags
+        .iter()
+        .filter(|t| t.starts_with("namespace=") || t.starts_with("workload="))
+        .map(String::as_str)
+        .collect();
+    (&s.hostname, s.source(), scope)
 }

@@ -170,6 +170,30 @@ async fn gfs_retention() {
             .await
             .is_err()
     );
+
+    // Exports of two workloads share a name (`dump`): each workload keeps its own.
+    for (i, workload) in ["orders", "orders", "billing"].iter().enumerate() {
+        let opts = cairn_repository::BackupOptions::new()
+            .tag("export")
+            .tag("namespace=shop")
+            .tag(format!("workload={workload}"));
+        repo.backup_stream("dump", &noise(1000, 10 + i as u64)[..], opts)
+            .await
+            .unwrap();
+    }
+    let snaps = repo.snapshots(&SnapshotFilter::new()).await.unwrap();
+    let keep = retained(&Retention::new().last(1), &snaps);
+    let kept: Vec<&str> = snaps
+        .iter()
+        .filter(|s| keep.contains_key(&s.id))
+        .map(|s| s.tags.last().map_or(s.source(), String::as_str))
+        .collect();
+    assert_eq!(
+        kept.len(),
+        3,
+        "one of `s`, and one dump per workload: {kept:?}"
+    );
+    assert!(kept.contains(&"workload=orders") && kept.contains(&"workload=billing"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
