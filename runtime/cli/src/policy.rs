@@ -1733,7 +1733,15 @@ async fn back_up_and_retain(
                     .filter(|w| w.restore_point.is_some() && group.workloads.contains(&w.workload))
                     .map(|w| w.workload.as_str())
                     .collect();
-                match retain(policy, &execution, &group.request, &succeeded, &points).await {
+                let made: Vec<&str> = workloads
+                    .iter()
+                    .filter_map(|w| w.restore_point.as_deref())
+                    .collect();
+                let run = Run {
+                    workloads: &succeeded,
+                    made: &made,
+                };
+                match retain(policy, &execution, &group.request, run, &points).await {
                     Ok((done, failures)) => {
                         errors.extend(failures);
                         retention.kept += done.kept;
@@ -1805,17 +1813,23 @@ async fn retention_points(home: &Home) -> anyhow::Result<Option<Vec<cairn_catalo
 /// Applies the policy's retention, among `points`, to the restore points of the workloads just
 /// backed up. Returns what it did and the points it could not remove (kept, and tried again next
 /// run).
+/// What a run retains after: the workloads it backed up, and the restore points it made.
+struct Run<'a> {
+    workloads: &'a [&'a str],
+    made: &'a [&'a str],
+}
+
 async fn retain(
     policy: &Policy,
     execution: &Execution<'_>,
     template: &RunRequest,
-    workloads: &[&str],
+    run: Run<'_>,
     points: &[cairn_catalog::RestorePoint],
 ) -> anyhow::Result<(RetentionOutcome, Vec<String>)> {
     let home = execution.home;
     let mut outcome = RetentionOutcome::default();
     let mut failures = Vec::new();
-    for workload in workloads {
+    for workload in run.workloads {
         let mut mine: Vec<_> = points
             .iter()
             .filter(|p| {
@@ -1829,6 +1843,18 @@ async fn retain(
         let keep = policy.retention.keep(&times);
         for (point, reasons) in mine.iter().zip(&keep) {
             if !reasons.is_empty() {
+                outcome.kept += 1;
+                continue;
+            }
+            // The rules rank points by their time: a point this run made that they would
+            // remove is dated before those kept (the clock went back, or a point is dated in
+            // the future). Removing it would discard every backup until the clock caught up.
+            if run.made.contains(&point.id.as_str()) {
+                eprintln!(
+                    "cairn: warning: policy {}: restore point {} made now is dated before restore \
+                     points retention keeps (has the clock gone back?); it is kept",
+                    policy.name, point.id
+                );
                 outcome.kept += 1;
                 continue;
             }

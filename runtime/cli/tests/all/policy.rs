@@ -1534,3 +1534,35 @@ fn a_preset_gives_the_policies_that_name_it_their_service_level() {
         stdout(&out)
     );
 }
+
+#[test]
+fn retention_keeps_the_point_a_run_made_even_when_the_clock_went_back() {
+    let cairn = Cairn::new();
+    add_hello(&cairn);
+    ok(&apply(&cairn, &hello_policy("{last: 1}")));
+    ok(&cairn.run(&["policy", "run", "greet"]));
+    // The first point, dated a day ahead: as if the clock went back a day since it was made.
+    let points = |cairn: &Cairn| {
+        let out = cairn.run(&["catalog", "ls", "local-restore-point", "--output", "json"]);
+        ok(&out);
+        json(&out)
+    };
+    let mut first = points(&cairn)[0]["value"].clone();
+    let id = first["id"].as_str().expect("an id").to_owned();
+    let ahead = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24);
+    first["created"] = serde_json::json!(ahead.to_string());
+    let file = cairn.home.path().join("point.json");
+    std::fs::write(&file, first.to_string()).expect("write the record");
+    let path = file.to_str().expect("utf-8 path");
+    ok(&cairn.run(&["catalog", "put", "local-restore-point", &id, "--json", path]));
+
+    // `last: 1` ranks the new point below the one dated ahead: it is kept all the same.
+    let out = cairn.run(&["policy", "run", "greet"]);
+    ok(&out);
+    assert!(
+        stderr(&out).contains("made now is dated before restore points retention keeps"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(points(&cairn).as_array().map(Vec::len), Some(2));
+}
