@@ -481,7 +481,10 @@ async fn read_point(repo: &Repository, id: &str) -> anyhow::Result<Point> {
     parse_manifest(id, &text)
 }
 
-/// Every DR point in `repo`, newest first. Only sealed points exist: a manifest is written last.
+/// Every readable DR point in `repo`, newest first. Only sealed points exist: a manifest is
+/// written last. A manifest that cannot be read (damaged data) is left out with a warning: in
+/// a disaster, the points that do not need it must still be listed and restored; a point whose
+/// chain needs it fails for want of that link.
 async fn points(repo: &Repository) -> anyhow::Result<Vec<Point>> {
     let snapshots = repo
         .snapshots(&SnapshotFilter::new().source(MANIFEST))
@@ -489,7 +492,14 @@ async fn points(repo: &Repository) -> anyhow::Result<Vec<Point>> {
         .context("cannot list the DR points")?;
     let mut points = Vec::with_capacity(snapshots.len());
     for s in snapshots {
-        points.push(read_point(repo, &s.id).await?);
+        match read_point(repo, &s.id).await {
+            Ok(point) => points.push(point),
+            Err(e) => eprintln!(
+                "cairn: warning: {}; it is left out (`cairn repo check --read-data` on the DR \
+                 location names the damage)",
+                crate::one_line(&e)
+            ),
+        }
     }
     points.sort_by(|a, b| {
         b.to.cmp(&a.to)

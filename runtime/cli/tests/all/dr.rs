@@ -413,6 +413,40 @@ fn a_corrupted_dr_artifact_is_refused() {
 }
 
 #[test]
+fn a_damaged_dr_point_is_left_out_and_the_others_are_still_listed() {
+    let profile = tempfile::tempdir().expect("tempdir");
+    let profile_url = profile.path().to_str().expect("utf-8").to_owned();
+    let cairn = Cairn::new();
+    ok(&enable_without_gfs(
+        &cairn,
+        profile.path(),
+        "no-snapshot",
+        &[],
+    ));
+    put_and_run(&cairn, "p1");
+    let cluster_id = cluster_id(&cairn);
+    let content = profile.path().join(&cluster_id).join("content");
+    let listed = |dir: &Path| -> std::collections::BTreeSet<std::path::PathBuf> {
+        std::fs::read_dir(dir)
+            .expect("content")
+            .flatten()
+            .map(|e| e.path())
+            .collect()
+    };
+    let before = listed(&content);
+    put_and_run(&cairn, "p2");
+    // The second point's objects lost: its manifest cannot be read.
+    for path in listed(&content).difference(&before) {
+        std::fs::remove_file(path).expect("remove");
+    }
+    let out = review(&cairn, &profile_url, &cluster_id, &["--output", "json"]);
+    ok(&out);
+    assert!(stderr(&out).contains("it is left out"), "{}", stderr(&out));
+    let points = json(&out);
+    assert_eq!(points.as_array().map(Vec::len), Some(1), "{points}");
+}
+
+#[test]
 fn two_dr_runs_at_once_never_break_the_chain() {
     let profile = tempfile::tempdir().expect("tempdir");
     let profile_url = profile.path().to_str().expect("utf-8").to_owned();
