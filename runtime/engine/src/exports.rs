@@ -439,26 +439,32 @@ impl Exports for DirExports {
     }
 
     async fn tags(&self, artifact: &Artifact) -> Result<Vec<(String, String)>> {
-        let path = tags_path(&artifact_path(artifact)?);
+        let export = artifact_path(artifact)?;
         let root = self.root.clone();
-        let p = path.clone();
-        let text = tokio::task::spawn_blocking(move || root.read_to_string(&p))
-            .await
-            .map_err(|e| Error::Host(format!("export task failed: {e}")))?;
-        match text {
-            Ok(text) => Ok(text
-                .lines()
-                .filter_map(|l| l.split_once('='))
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .collect()),
-            // Exports written before tags were kept have none.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-            Err(e) => Err(Error::io(
+        let e = export.clone();
+        let text = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
+            // The export itself first: one that is gone is not found, whatever its tags.
+            root.metadata(&e)?;
+            match root.read_to_string(tags_path(&e)) {
+                // Exports written before tags were kept have none.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+                other => other,
+            }
+        })
+        .await
+        .map_err(|e| Error::Host(format!("export task failed: {e}")))?
+        .map_err(|e| {
+            Error::io(
                 "reading the export's tags",
-                Path::new(&self.display).join(&path),
+                Path::new(&self.display).join(&export),
                 e,
-            )),
-        }
+            )
+        })?;
+        Ok(text
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect())
     }
 
     fn reference_keys(&self) -> ReferenceKeys {

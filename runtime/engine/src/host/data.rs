@@ -494,16 +494,24 @@ impl data::Host for HostState {
         let result = match self.require(Capability::Export) {
             Err(e) => Err(e),
             Ok(host) => {
-                match Self::may_use(self.action.clone(), &host, &reference, &artifact, timeout)
-                    .await
-                {
-                    Err(e) => Err(e),
-                    Ok(()) => {
-                        bounded("data.delete", timeout, async {
-                            host.exports.delete(&artifact).await.map_err(from_engine)
-                        })
+                let deleted =
+                    match Self::may_use(self.action.clone(), &host, &reference, &artifact, timeout)
                         .await
-                    }
+                    {
+                        Err(e) => Err(e),
+                        Ok(()) => {
+                            bounded("data.delete", timeout, async {
+                                host.exports.delete(&artifact).await.map_err(from_engine)
+                            })
+                            .await
+                        }
+                    };
+                // Already gone is deleted: a delete action run again after it removed some
+                // of a point's exports (a later step failed, Cairn stopped) must not fail on
+                // them forever, leaving the point and the rest of its data behind.
+                match deleted {
+                    Err(WitError::NotFound(_)) => Ok(()),
+                    other => other,
                 }
             }
         };

@@ -569,14 +569,15 @@ impl Guest for Misbehave {
             // An export reference the guest makes up (`label` is its path), read or (`mode`
             // `delete`) deleted: the host allows it only for an export in the action's scope.
             "forge" => {
-                let forged = Artifact {
+                // Or the one given, if any.
+                let forged = inputs.artifacts.first().cloned().unwrap_or(Artifact {
                     name: "forged".into(),
                     values: vec![],
                     reference: vec![
                         ("kind".into(), "file".into()),
                         ("path".into(), text(&inputs, "label")),
                     ],
-                };
+                });
                 if text(&inputs, "mode") == "delete" {
                     data::delete(&forged)?;
                     return Ok(values(&[("deleted", "yes".into())]));
