@@ -1459,13 +1459,36 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                         )));
                     }
                     // A stream restored to a path: write it as a file named after the target.
-                    let file = tokio::fs::File::create(target)
+                    // Into a file beside the target, renamed over it once whole: a restore
+                    // that fails leaves the target as it was, never a truncated one under its
+                    // name. A device or a pipe (`/dev/null`, a FIFO) is written directly.
+                    let direct = std::fs::metadata(target).is_ok_and(|m| !m.is_file());
+                    let written = if direct {
+                        target.clone()
+                    } else {
+                        format!("{target}.cairn-partial")
+                    };
+                    let file = tokio::fs::File::create(&written)
                         .await
-                        .with_context(|| format!("creating {target}"))?;
+                        .with_context(|| format!("creating {written}"))?;
                     let (opts, shown) = restore_progress();
                     let n = repo.restore_stream_with(&info, file, &opts).await;
                     finish_bar(shown);
-                    let n = n?;
+                    let n = match n {
+                        Ok(n) if !direct => {
+                            tokio::fs::rename(&written, target)
+                                .await
+                                .with_context(|| format!("renaming {written} to {target}"))?;
+                            n
+                        }
+                        Ok(n) => n,
+                        Err(e) => {
+                            if !direct {
+                                let _ = tokio::fs::remove_file(&written).await;
+                            }
+                            return Err(e.into());
+                        }
+                    };
                     args.print(
                         || format!("restored stream {name} ({n} bytes) to {target}"),
                         json!({ "id": info.id, "bytes": n, "target": target }),

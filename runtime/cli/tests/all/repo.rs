@@ -2,6 +2,7 @@
 //! the command line.
 
 use crate::support::{Cairn, json, stderr, stdout};
+use std::os::unix::fs::FileTypeExt;
 
 #[test]
 fn a_profile_file_names_the_repository_and_its_options() {
@@ -151,6 +152,22 @@ impl LocalRepo {
         let out = self.run(args);
         assert!(out.status.success(), "{args:?}: {}", stderr(&out));
         out
+    }
+
+    /// `repo backup --stdin-from-command` of `sh -c SCRIPT`'s output as `db.sql`, in JSON.
+    fn backup_command(&self, script: &str) -> std::process::Output {
+        let backup = [
+            "repo",
+            "backup",
+            "--stdin-name",
+            "db.sql",
+            "--stdin-from-command",
+            "--output",
+            "json",
+        ];
+        let common: Vec<&str> = self.common.iter().map(String::as_str).collect();
+        self.cairn
+            .run(&[&backup[..], &common, &["--", "sh", "-c", script]].concat())
     }
 }
 
@@ -770,19 +787,7 @@ fn backup_from_a_command_saves_its_output_only_when_it_succeeds() {
     let repo = LocalRepo::new();
     repo.ok(&["repo", "init"]);
     let common: Vec<&str> = repo.common.iter().map(String::as_str).collect();
-    let from = |script: &str| {
-        let backup = [
-            "repo",
-            "backup",
-            "--stdin-name",
-            "db.sql",
-            "--stdin-from-command",
-            "--output",
-            "json",
-        ];
-        repo.cairn
-            .run(&[&backup[..], &common, &["--", "sh", "-c", script]].concat())
-    };
+    let from = |script: &str| repo.backup_command(script);
     // The whole output was written, then the command failed: nothing is saved.
     let out = from("seq 1 200000; echo 'dump failed' >&2; exit 3");
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
@@ -867,4 +872,56 @@ fn a_source_that_is_not_a_directory_and_a_target_that_is_a_file_are_refused() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("exists and is not a directory"));
     assert_eq!(std::fs::read(path("file")).expect("file"), b"a file");
+}
+
+#[test]
+fn a_stream_restore_that_fails_leaves_the_target_as_it_was() {
+    let repo = LocalRepo::new();
+    repo.ok(&["repo", "init"]);
+    let out = repo.backup_command("seq 1 300000");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let target = repo.dir.path().join("db.sql");
+    let t = target.to_str().expect("utf-8");
+    repo.ok(&["repo", "restore", "latest", "--target", t]);
+    let whole = std::fs::read(&target).expect("restored");
+    assert!(whole.starts_with(b"1\n2\n") && whole.ends_with(b"300000\n"));
+    // A device is written directly, never replaced.
+    repo.ok(&["repo", "restore", "latest", "--target", "/dev/null"]);
+    assert!(
+        std::fs::metadata("/dev/null")
+            .expect("/dev/null")
+            .file_type()
+            .is_char_device()
+    );
+
+    // Its data lost, a restore over the earlier copy fails and leaves it whole.
+    for pack in walk(&repo.dir.path().join("repo/data")) {
+        std::fs::remove_file(pack).expect("remove a pack");
+    }
+    let out = repo.run(&["repo", "restore", "latest", "--target", t]);
+    assert!(!out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read(&target).expect("still there"), whole);
+    let beside: Vec<_> = std::fs::read_dir(repo.dir.path())
+        .expect("dir")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains("partial"))
+        .collect();
+    assert!(beside.is_empty(), "{beside:?}");
+}
+
+/// Every file under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                files.push(p);
+            }
+        }
+    }
+    files
 }
