@@ -773,7 +773,7 @@ fn exit_code(e: &Error) -> u8 {
             crate::exit::FAILED
         }
         Error::WrongPassphrase | Error::WrongKey { .. } => EXIT_WRONG_KEY,
-        Error::Locked { .. } => EXIT_LOCKED,
+        Error::Locked { .. } | Error::LockLost { .. } => EXIT_LOCKED,
         Error::Protected { .. } | Error::LastKey { .. } => EXIT_PROTECTED,
         Error::NotARepository { .. }
         | Error::UnsupportedVersion { .. }

@@ -481,6 +481,15 @@ impl Backend {
             .map_err(|e| self.store_err("write", path, e))
     }
 
+    /// Whether the object at `path` exists (a HEAD).
+    pub(crate) async fn exists(&self, path: &str) -> Result<bool> {
+        match self.store.head(&Path::from(path)).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(self.store_err("read", path, e)),
+        }
+    }
+
     pub(crate) async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
         let p = Path::from(prefix);
         self.store

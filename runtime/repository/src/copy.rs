@@ -63,7 +63,7 @@ impl Repository {
             let (kind, host, tags) = (info.kind.clone(), info.hostname.clone(), info.tags.clone());
             let mut copy = SnapshotInfo::made(kind, info.time, Some(host), tags, summary);
             copy.original = Some(info.original_id().to_owned());
-            self.commit(content, copy, opts).await
+            self.commit(&lock, content, copy, opts).await
         }
         .await;
         lock.release().await;

@@ -95,6 +95,18 @@ pub enum Error {
         /// The end of its protection (RFC 3339).
         until: String,
     },
+    /// This process's own lock was removed or went stale while it ran.
+    #[error(
+        "the repository lock {lock} of this process was removed or not refreshed while it ran \
+         (paused or cut off for more than {minutes} minutes, or `cairn repo unlock --remove-all`), \
+         so another process may have deleted data it relied on; nothing was committed: run it again"
+    )]
+    LockLost {
+        /// The lock object.
+        lock: String,
+        /// After how many minutes without a refresh others take a lock for stale.
+        minutes: u64,
+    },
     /// Another process holds a conflicting lock.
     #[error("repository is locked by {holder}: {reason}")]
     Locked {

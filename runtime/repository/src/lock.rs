@@ -9,6 +9,8 @@ use crate::error::{Error, Result};
 use crate::format;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// How often a held lock is rewritten with a fresh time.
@@ -24,6 +26,10 @@ struct LockFile {
     pid: u32,
     operation: String,
     time: jiff::Timestamp,
+    /// The holder's PID namespace (`pid:[…]`): containers of one pod share a host name but
+    /// not their process ids, so a pid is looked up only in the namespace it belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pidns: Option<String>,
 }
 
 /// A lock object as [`Repository::unlock`](crate::Repository::unlock) reports it.
@@ -54,7 +60,11 @@ pub struct LockInfo {
 fn stale_reason(lock: &LockFile, age: i64) -> Option<String> {
     if age > LOCK_STALE_AFTER.as_secs() as i64 {
         Some(format!("not refreshed for {} minutes", age / 60))
-    } else if lock.hostname == hostname() && !pid_alive(lock.pid) {
+    } else if lock.hostname == hostname()
+        && lock.pidns.is_some()
+        && lock.pidns == pid_namespace()
+        && !pid_alive(lock.pid)
+    {
         Some("its process on this host is gone".into())
     } else {
         None
@@ -114,7 +124,21 @@ async fn list_locks(backend: &Backend, own: Option<&str>) -> Result<Vec<LockInfo
 /// [`LOCK_STALE_AFTER`] ago). Removing a lock a running operation holds lets a prune delete
 /// what a backup is writing, so `all` is for when nothing runs.
 pub(crate) async fn unlock(backend: &Backend, all: bool) -> Result<Vec<LockInfo>> {
-    let mut locks = list_locks(backend, None).await?;
+    // A probe written now gives the store's present, so a lock's age is judged by the store's
+    // clock here too: a host whose clock runs ahead would take live locks for stale.
+    let probe = format::new_id();
+    let probe_path = format::lock_path(&probe);
+    let body = serde_json::to_vec(&serde_json::json!({ "probe": "cairn repo unlock" }))
+        .unwrap_or_default();
+    let probed = backend
+        .put_new(&probe_path, Bytes::from(body))
+        .await
+        .is_ok();
+    let listed = list_locks(backend, probed.then_some(probe.as_str())).await;
+    if probed {
+        let _ = backend.delete_any(&probe_path).await;
+    }
+    let mut locks: Vec<LockInfo> = listed?.into_iter().filter(|l| l.id != probe).collect();
     for l in &mut locks {
         if all || l.stale.is_some() {
             backend.delete_any(&format::lock_path(&l.id)).await?;
@@ -130,6 +154,9 @@ pub(crate) struct LockGuard {
     backend: Backend,
     path: String,
     refresher: Option<tokio::task::JoinHandle<()>>,
+    /// Set when the lock is found gone, or could not be refreshed for half the time after
+    /// which others take it for stale: another process may have acted as if it were not held.
+    lost: Arc<AtomicBool>,
 }
 
 pub(crate) fn hostname() -> String {
@@ -143,6 +170,13 @@ pub(crate) fn hostname() -> String {
         })
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "localhost".into())
+}
+
+/// This process's PID namespace, where the platform has them.
+fn pid_namespace() -> Option<String> {
+    std::fs::read_link("/proc/self/ns/pid")
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned())
 }
 
 /// Whether a process of this host is alive; unknown platforms say yes (the lock then expires
@@ -170,6 +204,7 @@ impl LockGuard {
             pid: std::process::id(),
             operation: op.clone(),
             time: jiff::Timestamp::now(),
+            pidns: pid_namespace(),
         };
         let body = |l: &LockFile| Bytes::from(serde_json::to_vec(l).unwrap_or_default());
         backend.put_new(&path, body(&mk())).await?;
@@ -177,6 +212,7 @@ impl LockGuard {
             backend: backend.clone(),
             path: path.clone(),
             refresher: None,
+            lost: Arc::new(AtomicBool::new(false)),
         };
         for other in list_locks(backend, Some(&id)).await? {
             if format::lock_path(&other.id) == path {
@@ -212,15 +248,43 @@ impl LockGuard {
                 });
             }
         }
-        let (b2, p2) = (backend.clone(), path.clone());
+        let (b2, p2, lost) = (backend.clone(), path.clone(), guard.lost.clone());
         let refresher = tokio::spawn(async move {
+            let mut refreshed = std::time::Instant::now();
             loop {
                 tokio::time::sleep(LOCK_REFRESH).await;
-                let _ = b2.put_replace(&p2, body(&mk())).await;
+                // Gone: another process took it for stale (this one was paused, or cut off)
+                // and removed it. Writing it again would hide that.
+                if let Ok(false) = b2.exists(&p2).await {
+                    lost.store(true, Ordering::SeqCst);
+                    return;
+                }
+                match b2.put_replace(&p2, body(&mk())).await {
+                    Ok(()) => refreshed = std::time::Instant::now(),
+                    Err(_) if refreshed.elapsed() > LOCK_STALE_AFTER / 2 => {
+                        lost.store(true, Ordering::SeqCst);
+                    }
+                    Err(_) => {}
+                }
             }
         });
         guard.refresher = Some(refresher);
         Ok(guard)
+    }
+
+    /// Fails when the lock is no longer held: removed by another process that took it for
+    /// stale, or not refreshed for long. What this process relied on (packs a backup
+    /// deduplicated against) may then be gone, so nothing may be committed or deleted.
+    pub(crate) async fn held(&self) -> Result<()> {
+        let lost = self.lost.load(Ordering::SeqCst) || !self.backend.exists(&self.path).await?;
+        if !lost {
+            return Ok(());
+        }
+        self.lost.store(true, Ordering::SeqCst);
+        Err(Error::LockLost {
+            lock: self.path.clone(),
+            minutes: LOCK_STALE_AFTER.as_secs() / 60,
+        })
     }
 
     pub(crate) async fn release(mut self) {

@@ -742,6 +742,7 @@ impl Repository {
     /// bytes): the snapshot is the commit.
     pub(crate) async fn commit(
         &self,
+        lock: &LockGuard,
         content: Content,
         mut info: SnapshotInfo,
         opts: &BackupOptions,
@@ -759,6 +760,9 @@ impl Repository {
             .await?;
         let plain = serde_json::to_vec(&info).map_err(|e| Error::Invalid(e.to_string()))?;
         let sealed = format::seal_object(keys, "snapshot", &info.id, &plain);
+        // Still held: had another process taken the lock for stale, a prune may have deleted
+        // packs this snapshot needs, which it would name.
+        lock.held().await?;
         self.inner
             .backend
             .put_data(&format::snapshot_path(&info.id), Bytes::from(sealed))
@@ -1581,12 +1585,12 @@ impl Repository {
     /// unused.
     pub async fn prune_with(&self, opts: &PruneOptions) -> Result<PruneReport> {
         let lock = LockGuard::acquire(&self.inner.backend, true, "prune").await?;
-        let r = self.prune_locked(opts).await;
+        let r = self.prune_locked(&lock, opts).await;
         lock.release().await;
         r
     }
 
-    async fn prune_locked(&self, opts: &PruneOptions) -> Result<PruneReport> {
+    async fn prune_locked(&self, lock: &LockGuard, opts: &PruneOptions) -> Result<PruneReport> {
         let dry_run = opts.dry_run;
         let backend = &self.inner.backend;
         let mut report = PruneReport::default();
@@ -1623,6 +1627,9 @@ impl Repository {
             contents.insert(s.content.clone());
         }
         let referenced = marks.referenced;
+        if !dry_run {
+            lock.held().await?;
+        }
         for m in backend.list("content/").await? {
             let Some(id) = m.location.filename().filter(|n| format::is_id(n)) else {
                 continue;
@@ -1788,6 +1795,8 @@ impl Repository {
         }
         // 1. one new index with the survivors, 2. drop the old index files, 3. drop packs.
         // A crash between steps leaves duplicates or orphans, never a dangling reference.
+        // Only while the lock is still held: a backup may have started once it was not.
+        lock.held().await?;
         let entries: Vec<(format::PackId, Vec<format::Entry>)> = survivors.into_iter().collect();
         self.write_index_file(&entries).await?;
         for m in &index_files {
@@ -1816,12 +1825,12 @@ impl Repository {
     /// next prune removes what no snapshot uses.
     pub async fn repair_index(&self, dry_run: bool) -> Result<IndexRepair> {
         let lock = LockGuard::acquire(&self.inner.backend, true, "repair index").await?;
-        let r = self.repair_index_locked(dry_run).await;
+        let r = self.repair_index_locked(&lock, dry_run).await;
         lock.release().await;
         r
     }
 
-    async fn repair_index_locked(&self, dry_run: bool) -> Result<IndexRepair> {
+    async fn repair_index_locked(&self, lock: &LockGuard, dry_run: bool) -> Result<IndexRepair> {
         let backend = &self.inner.backend;
         let damaged = self.refresh_index().await?;
         let indexed: HashSet<String> = {
@@ -1874,6 +1883,7 @@ impl Repository {
             report.index_files_removed = damaged.len();
             return Ok(report);
         }
+        lock.held().await?;
         if !packs.is_empty() {
             self.write_index_file(&packs).await?;
         }

@@ -128,7 +128,7 @@ impl SnapshotWriter {
                 let info = SnapshotInfo::made(kind, self.time, self.host.take(), tags, summary);
                 // A stream has no nodes to compress.
                 self.repo
-                    .commit(content, info, &crate::BackupOptions::default())
+                    .commit(&lock, content, info, &crate::BackupOptions::default())
                     .await
             }
             Err(e) => Err(e),

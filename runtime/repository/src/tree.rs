@@ -1048,7 +1048,7 @@ impl Repository {
                 path: root.display().to_string(),
             };
             let info = SnapshotInfo::made(kind, time, host, tags, summary);
-            self.commit(content, info, &opts).await
+            self.commit(&lock, content, info, &opts).await
         }
         .await;
         lock.release().await;

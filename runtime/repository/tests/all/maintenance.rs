@@ -253,10 +253,13 @@ async fn locks_of_holders_that_are_gone_are_ignored_tidied_and_unlocked() {
         std::fs::create_dir_all(root.join("locks")).unwrap();
         std::fs::write(root.join("locks").join(id), body).unwrap()
     };
+    // A pid is judged in its own PID namespace only: this process's.
+    let pidns = std::fs::read_link("/proc/self/ns/pid").unwrap();
+    let pidns = pidns.to_string_lossy();
     let lock = |host: &str, pid: u32, ago: Duration| {
         let time = jiff::Timestamp::now() - jiff::SignedDuration::try_from(ago).unwrap();
         format!(
-            r#"{{"exclusive":true,"hostname":"{host}","pid":{pid},"operation":"prune","time":"{time}"}}"#
+            r#"{{"exclusive":true,"hostname":"{host}","pid":{pid},"operation":"prune","time":"{time}","pidns":"{pidns}"}}"#
         )
     };
 
@@ -327,9 +330,21 @@ async fn locks_of_holders_that_are_gone_are_ignored_tidied_and_unlocked() {
     let here = held[0].hostname.clone();
     writer.finish().await.unwrap();
     put("dead", lock(&here, dead, Duration::from_secs(1)));
+    // The same pid in another PID namespace (a sibling container of one pod) is not judged.
+    put(
+        "sibling",
+        lock(&here, dead, Duration::from_secs(1)).replace(&*pidns, "pid:[1]"),
+    );
     put("junk", "not json".into());
     let mut locks = repo.unlock(false).await.unwrap();
     locks.sort_by(|a, b| a.id.cmp(&b.id));
+    let sibling = locks
+        .iter()
+        .position(|l| l.id == "sibling")
+        .expect("listed");
+    let sibling = locks.remove(sibling);
+    assert!(sibling.stale.is_none() && !sibling.removed, "{sibling:?}");
+    std::fs::remove_file(root.join("locks/sibling")).unwrap();
     assert_eq!(locks.len(), 2, "{locks:?}");
     assert_eq!(locks[0].id, "dead");
     assert_eq!(
@@ -345,6 +360,31 @@ async fn locks_of_holders_that_are_gone_are_ignored_tidied_and_unlocked() {
     );
     assert!(locks.iter().all(|l| l.removed));
     assert!(repo.unlock(false).await.unwrap().is_empty());
+}
+
+/// A backup whose lock another process removed (taken for stale while it was paused) commits
+/// nothing: a prune may have deleted what it deduplicated against.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_whose_lock_was_removed_commits_nothing() {
+    let (_d, root, repo) = local_repo().await;
+    let mut writer = repo.stream_writer("s", Default::default()).await.unwrap();
+    writer.write_all(&noise(100_000, 1)).await.unwrap();
+    for lock in std::fs::read_dir(root.join("locks")).unwrap() {
+        std::fs::remove_file(lock.unwrap().path()).unwrap();
+    }
+    let e = writer.finish().await.unwrap_err();
+    assert!(matches!(e, Error::LockLost { .. }), "{e}");
+    assert!(e.to_string().contains("nothing was committed"), "{e}");
+    assert!(
+        repo.snapshots(&SnapshotFilter::new())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Run again, it commits.
+    repo.backup_stream("s", &noise(100_000, 1)[..], Default::default())
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
