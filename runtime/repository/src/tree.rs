@@ -547,6 +547,8 @@ fn drop_files(nodes: &mut Vec<Node>, gone: &[usize]) {
 /// started.
 #[derive(Debug)]
 struct ParentFiles {
+    /// The parent snapshot's id.
+    id: String,
     started_ns: i128,
     files: ParentIndex,
 }
@@ -1005,6 +1007,29 @@ impl Repository {
         let (mut nodes, parent) = (walked?, parent?);
         let (tags, host) = (opts.tags.clone(), opts.host.clone());
         let (lock, pipeline) = self.start_backup(&opts, Chunking::PAGES).await?;
+        // The parent was read before the lock was taken: forgotten and pruned meanwhile, the
+        // data chunks its list chunks name may be gone while the list chunks stay indexed (a
+        // pack in use keeps all its entries). Still there under the lock, its data stays.
+        let parent = match parent {
+            Some(p) => match self
+                .inner
+                .backend
+                .exists(&format::snapshot_path(&p.id))
+                .await
+            {
+                Ok(true) => Some(p),
+                Ok(false) => {
+                    tracing::warn!(parent = %p.id, "the parent snapshot was removed meanwhile: every file is read");
+                    None
+                }
+                Err(e) => {
+                    lock.release().await;
+                    drop(pipeline);
+                    return Err(e);
+                }
+            },
+            None => None,
+        };
         let (unchanged, unchanged_bytes) = match parent {
             Some(parent) => self.take_unchanged(&mut nodes, parent),
             None => (Vec::new(), 0),
@@ -1112,6 +1137,7 @@ impl Repository {
             "files unchanged since are not read"
         );
         Ok(Some(ParentFiles {
+            id: info.id.clone(),
             started_ns: info.time.as_nanosecond(),
             files: files.sorted(),
         }))
@@ -1994,6 +2020,7 @@ mod tests {
         files.keep(file("a/x", 2, 2));
         files.keep(file("a/y", 3, 3));
         let mut parent = ParentFiles {
+            id: String::new(),
             started_ns: 10_000_000_000,
             files: files.sorted(),
         };
