@@ -1560,6 +1560,7 @@ impl RestoreArgs {
                 .into_iter()
                 .filter(|p| {
                     p.policy.as_deref() == Some(&policy.name)
+                        && p.target.namespace == policy.namespace
                         && p.target.workload.as_deref() == Some(&self.workload)
                 })
                 .max_by_key(|p| p.created)
@@ -1576,6 +1577,16 @@ impl RestoreArgs {
             return Err(UsageError(format!(
                 "restore point {} is not one of policy {}'s for {}; restore it with `cairn run ... --from-point {}`",
                 point.id, policy.name, self.workload, point.id
+            ))
+            .into());
+        }
+        // A point of the namespace the policy protected before it was changed: its data is
+        // not this namespace's workload's, and is restored over it only when asked by name.
+        if point.target.namespace != policy.namespace && self.into_namespace.is_none() {
+            return Err(UsageError(format!(
+                "restore point {} was made in namespace {}, and policy {} now protects namespace \
+                 {}: give --into-namespace to say where it goes",
+                point.id, point.target.namespace, policy.name, policy.namespace
             ))
             .into());
         }
