@@ -124,6 +124,10 @@ pub(crate) struct Operator {
     origin: String,
     /// The only place a resource's secrets may come from.
     secrets: PathBuf,
+    /// Final statuses of one-shots that could not be written yet (`Kind/name`): written
+    /// before such a resource is looked at again, which would otherwise take its `Running`
+    /// for an interrupted run.
+    unwritten: std::sync::Mutex<BTreeMap<String, Value>>,
     found: BTreeMap<(Kind, String), Found>,
 }
 
@@ -144,6 +148,7 @@ impl Operator {
             client,
             namespace,
             secrets,
+            unwritten: Default::default(),
             found: BTreeMap::new(),
         })
     }
@@ -289,6 +294,14 @@ impl Operator {
         let name = object.metadata.name.clone().unwrap_or_default();
         let what = format!("{} {}/{name}", resource.0, self.namespace);
         let now = jiff::Timestamp::now;
+        let key = format!("{}/{name}", resource.0);
+        let unwritten = self.lock_unwritten().remove(&key);
+        if let Some(status) = unwritten {
+            if !self.write_status(resource, &name, status.clone()).await {
+                self.lock_unwritten().insert(key, status);
+            }
+            return;
+        }
         match object.data["status"]["state"].as_str() {
             Some("Succeeded" | "Failed") => return,
             Some("Running") => {
@@ -335,7 +348,21 @@ impl Operator {
             uid: object.metadata.uid.as_deref(),
         };
         self.event(&on, state == "Failed", &state, &message).await;
-        self.write_status(resource, &name, status).await;
+        // Retried, then kept for the next pass: unwritten, the `Running` mark would be taken
+        // for an interrupted run.
+        for wait in [0, 1, 3] {
+            tokio::time::sleep(std::time::Duration::from_secs(wait)).await;
+            if self.write_status(resource, &name, status.clone()).await {
+                return;
+            }
+        }
+        self.lock_unwritten().insert(key, status);
+    }
+
+    fn lock_unwritten(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Value>> {
+        self.unwritten
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Records a Kubernetes Event on resource `name` (what `kubectl describe` and `kubectl
