@@ -61,6 +61,9 @@ const STOPPED_POD_GRACE: Duration = Duration::from_secs(120);
 
 /// How long a stopped workload's pod may take to start (pulling its image included).
 const STOPPED_POD_START_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long an error on a VolumeSnapshot may stand before it counts: the snapshot controller
+/// clears the ones it retries.
+const SNAPSHOT_ERROR_GRACE: Duration = Duration::from_secs(60);
 /// How long a scale-down waits for the pods it removes to stop.
 const SCALE_DOWN_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -1337,24 +1340,47 @@ impl Cluster for KubeCluster {
             "VolumeSnapshot {}/{name} of claim {volume} to be ready",
             workload.namespace
         );
-        let (api, name) = (&api, &name);
-        poll(&what, SNAPSHOT_READY_TIMEOUT, || async move {
+        // The snapshot controller sets errors it then retries and clears itself (a conflict
+        // updating the object): an error is final only once it has stood for a while.
+        let erring_since = std::sync::Mutex::new(None::<std::time::Instant>);
+        let (api, name, erring_since) = (&api, &name, &erring_since);
+        let ready = poll(&what, SNAPSHOT_READY_TIMEOUT, || async move {
             let current = api.get(name).await.map_err(|e| {
                 api_error(
                     format!("reading VolumeSnapshot {}/{name}", workload.namespace),
                     e,
                 )
             })?;
-            if let Some(message) = current.data["status"]["error"]["message"].as_str() {
-                return Err(Error::Failed {
-                    what: format!("snapshotting claim {volume} of {workload}"),
-                    source: message.into(),
-                });
+            match current.data["status"]["error"]["message"].as_str() {
+                Some(message) => {
+                    let since = *erring_since
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .get_or_insert_with(std::time::Instant::now);
+                    if since.elapsed() >= SNAPSHOT_ERROR_GRACE {
+                        return Err(Error::Failed {
+                            what: format!("snapshotting claim {volume} of {workload}"),
+                            source: message.into(),
+                        });
+                    }
+                }
+                None => {
+                    *erring_since
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+                }
             }
             let ready = current.data["status"]["readyToUse"].as_bool() == Some(true);
             Ok(ready.then(|| snapshot_of(&current)))
         })
-        .await
+        .await;
+        if ready.is_err() {
+            // No restore point will name it: left, it would cost storage unseen.
+            if let Err(e) = api.delete(name, &DeleteParams::default()).await {
+                tracing::warn!(snapshot = %name, error = %e, "cannot delete a failed VolumeSnapshot");
+            }
+        }
+        ready
     }
 
     async fn snapshot_info(&self, id: &str) -> Result<VolumeSnapshot> {
