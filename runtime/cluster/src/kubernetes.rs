@@ -10,7 +10,11 @@
 //!   since Kubernetes 1.31; older API servers run only commands that read no stdin. At the
 //!   deadline Cairn closes the exec; Kubernetes gives no way to kill what it started, so a
 //!   command that ignores the end of its input runs on in the container.
-//! - **Scale** uses the workloads' `scale` subresource.
+//! - **Scale** uses the workloads' `scale` subresource. A scale-down returns once the pods it
+//!   removes are gone; one to zero leaves the count the workload had in an annotation
+//!   (`cairn.dev/scaled-from`), which the next scale to zero answers should Cairn have stopped
+//!   before scaling it back. A StatefulSet that deletes its claims on scale-down is not scaled
+//!   down.
 //! - **Snapshots** are CSI VolumeSnapshots (`snapshot.storage.k8s.io/v1`) of a claim, in the
 //!   claim's namespace, with the cluster's default snapshot class unless one is named. Their
 //!   id is `NAMESPACE/NAME`. Restoring one replaces the claim with one provisioned from the
@@ -69,6 +73,12 @@ const SCALE_DOWN_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// The annotation naming the workload whose volume a snapshot copies.
 const WORKLOAD_ANNOTATION: &str = "cairn.dev/workload";
+
+/// The annotation Cairn leaves on a workload it scaled to zero: `N@G`, its replicas before and
+/// its generation after. Should Cairn stop before scaling it back (killed, its node lost), the
+/// next scale reads the count from it, so the workload does not stay down for good; a
+/// generation changed since means someone else changed the workload, and it is ignored.
+const SCALED_FROM_ANNOTATION: &str = "cairn.dev/scaled-from";
 
 /// The group of CSI volume snapshots.
 const SNAPSHOT_GROUP: &str = "snapshot.storage.k8s.io";
@@ -530,6 +540,36 @@ impl KubeCluster {
         gone(pods, &format!("pod {name}"), name).await
     }
 
+    /// Sets (or with `None` removes) [`SCALED_FROM_ANNOTATION`] on `workload`.
+    async fn annotate(
+        &self,
+        workload: &WorkloadRef,
+        found: &Found,
+        mark: Option<&str>,
+    ) -> Result<()> {
+        let patch = Patch::Merge(json!({
+            "metadata": { "annotations": { SCALED_FROM_ANNOTATION: mark } }
+        }));
+        let params = PatchParams::default();
+        let marking = |e| api_error(format!("annotating {workload} with the count it had"), e);
+        let ns = &workload.namespace;
+        match found.kind {
+            WorkloadKind::StatefulSet => {
+                self.api::<StatefulSet>(ns)
+                    .patch(&workload.name, &params, &patch)
+                    .await
+                    .map_err(marking)?;
+            }
+            _ => {
+                self.api::<Deployment>(ns)
+                    .patch(&workload.name, &params, &patch)
+                    .await
+                    .map_err(marking)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Waits until `workload` runs at most `replicas` pods: a scale-down returns once the pods
     /// it removes have stopped (their grace period, a database's shutdown), not when the count
     /// changed, so what follows (a snapshot, a stopped exec, a claim's replacement) sees the
@@ -715,6 +755,10 @@ struct Found {
     /// Whether the controller has seen the latest spec (`status.observedGeneration`): until it
     /// has, its status describes the spec before.
     observed: bool,
+    /// The spec's generation.
+    generation: Option<i64>,
+    /// What [`SCALED_FROM_ANNOTATION`] says: replicas, generation.
+    scaled_from: Option<(u32, i64)>,
 }
 
 impl Found {
@@ -773,7 +817,15 @@ impl Found {
         claim_templates: Vec<String>,
     ) -> Self {
         let pod = template.spec.as_ref();
+        let scaled_from = meta
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(SCALED_FROM_ANNOTATION))
+            .and_then(|v| v.split_once('@'))
+            .and_then(|(n, g)| Some((n.parse().ok()?, g.parse().ok()?)));
         Self {
+            generation: meta.generation,
+            scaled_from,
             name: meta.name.unwrap_or_default(),
             labels: meta.labels.unwrap_or_default(),
             kind,
@@ -1202,10 +1254,23 @@ impl Cluster for KubeCluster {
                     .map_err(scaling)?;
             }
         }
+        // Marked at once, before the wait below: Cairn may stop during it.
+        if replicas == 0 && found.replicas > 0 {
+            let generation = self.find(workload).await?.generation.unwrap_or(0);
+            let mark = format!("{}@{generation}", found.replicas);
+            self.annotate(workload, &found, Some(&mark)).await?;
+        } else if replicas > 0 && found.scaled_from.is_some() {
+            self.annotate(workload, &found, None).await?;
+        }
         if replicas < found.replicas {
             self.pods_gone(workload, &found, replicas).await?;
         }
-        Ok(found.replicas)
+        // Stopped by Cairn, then Cairn stopped before scaling it back: the count it had.
+        let left = found
+            .scaled_from
+            .filter(|(_, g)| replicas == 0 && found.replicas == 0 && Some(*g) == found.generation)
+            .map(|(n, _)| n);
+        Ok(left.unwrap_or(found.replicas))
     }
 
     async fn wait_ready(&self, workload: &WorkloadRef, timeout: Duration) -> Result<Workload> {

@@ -386,6 +386,39 @@ async fn scaling_returns_the_previous_count_and_waits_for_the_pods() {
     let w = cluster.wait_ready(&web, TEST_TIMEOUT).await.expect("ready");
     assert!(w.pods.iter().all(|p| p.name != "web-evicted"), "{w:?}");
 
+    // Scaled to zero, the workload keeps the count it had: should Cairn stop before scaling
+    // it back, the next scale to zero answers that count, not zero, and the run that makes it
+    // scales the workload back up.
+    let deployments = "/apis/apps/v1/namespaces/shop/deployments";
+    let mark = |api: &FakeApi| {
+        api.get(deployments, "web").expect("web")["metadata"]["annotations"]
+            ["cairn.dev/scaled-from"]
+            .as_str()
+            .map(str::to_owned)
+    };
+    assert_eq!(cluster.scale(&web, 0).await.expect("scale"), 3);
+    assert!(
+        mark(&api).is_some_and(|m| m.starts_with("3@")),
+        "{:?}",
+        mark(&api)
+    );
+    assert_eq!(
+        cluster.scale(&web, 0).await.expect("again"),
+        3,
+        "the count it had"
+    );
+    assert_eq!(cluster.scale(&web, 3).await.expect("back"), 0);
+    assert_eq!(mark(&api), None, "cleared once scaled back");
+    // Changed by someone else while at zero (a new spec): the mark no longer counts.
+    assert_eq!(cluster.scale(&web, 0).await.expect("scale"), 3);
+    let patch = json!({ "spec": { "template": { "metadata": { "labels": { "v": "2" } } } } });
+    kube::Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(api.client(), "shop")
+        .patch("web", &Default::default(), &kube::api::Patch::Merge(patch))
+        .await
+        .expect("a new spec");
+    assert_eq!(cluster.scale(&web, 0).await.expect("scale"), 0);
+    cluster.scale(&web, 1).await.expect("up");
+
     // A StatefulSet whose claims go with the pods a scale-down removes is not scaled down.
     let sets = "/apis/apps/v1/namespaces/shop/statefulsets";
     let mut set = api.remove(sets, "db").expect("db");
