@@ -404,12 +404,15 @@ impl KubeCluster {
                 })
             };
             let stdin_bytes = AtomicU64::new(0);
+            // No exec can be killed: an exec closed ends its stdin all the same.
+            let unfinished = std::sync::Mutex::new(None);
             let finished = pipes::drive(
                 pipes,
                 request.stdin,
                 request.stdout,
                 request.output_limit,
                 &stdin_bytes,
+                &unfinished,
                 exit,
             )
             .await

@@ -141,6 +141,8 @@ pub(crate) async fn run(
         children.push(child);
     }
     let stdin_bytes = AtomicU64::new(0);
+    // Holds stdin open past a broken source until the group is killed (below).
+    let unfinished = std::sync::Mutex::new(None);
 
     let pipes = Pipes {
         stdin: children
@@ -170,11 +172,19 @@ pub(crate) async fn run(
             error: io::Error::other("no program to run"),
         })
     };
-    let outcome = tokio::time::timeout(
-        timeout,
-        drive(pipes, stdin, stdout, limit, &stdin_bytes, exit),
-    )
-    .await;
+    let outcome = {
+        let driven = drive(pipes, stdin, stdout, limit, &stdin_bytes, &unfinished, exit);
+        tokio::pin!(driven);
+        tokio::select! {
+            outcome = &mut driven => Ok(outcome),
+            () = tokio::time::sleep(timeout) => {
+                // Killed before the pipes close with `driven`: the command must not read the
+                // end of a cut-short input and act on it.
+                killer.kill();
+                Err(())
+            }
+        }
+    };
     match outcome {
         Err(_elapsed) => {
             reap_all(&mut children, &mut killer).await;

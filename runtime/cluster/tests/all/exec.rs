@@ -432,6 +432,62 @@ async fn a_stdin_stream_that_fails_fails_the_exec_whatever_its_error() {
     );
 }
 
+/// Fails with a broken pipe after a while: the command is running by then.
+struct LateBrokenSource(Pin<Box<tokio::time::Sleep>>);
+
+impl tokio::io::AsyncRead for LateBrokenSource {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        _: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.0.as_mut().poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(()) => Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into())),
+        }
+    }
+}
+
+/// Never gives a byte.
+struct StalledSource;
+
+impl tokio::io::AsyncRead for StalledSource {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        _: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Poll::Pending
+    }
+}
+
+#[tokio::test]
+async fn a_cut_short_stdin_never_reaches_the_command_as_the_end_of_its_input() {
+    let (fx, cluster) = cluster();
+    // The command acts on the end of its input, as `psql --single-transaction` commits there:
+    // a source that fails, or one still feeding at the deadline, must not look like an end.
+    let acts = "cat > got; touch acted";
+    let mut broken = request(&["sh", "-c", acts]);
+    let late = LateBrokenSource(Box::pin(tokio::time::sleep(Duration::from_millis(500))));
+    let source = tokio::io::AsyncReadExt::chain(&b"partial"[..], late);
+    broken.stdin = Stdin::Stream(Box::new(source));
+    let mut stalled = request(&["sh", "-c", acts]);
+    let source = tokio::io::AsyncReadExt::chain(&b"partial"[..], StalledSource);
+    stalled.stdin = Stdin::Stream(Box::new(source));
+    stalled.timeout = Duration::from_millis(500);
+    for req in [broken, stalled] {
+        bounded(cluster.exec(&hello(), req))
+            .await
+            .expect_err("the exec fails");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(fx.path("work/got").exists(), "the command ran");
+        assert!(
+            !fx.path("work/acted").exists(),
+            "it saw an end of its input"
+        );
+    }
+}
+
 /// Counts what it is given and keeps nothing.
 #[derive(Clone, Default)]
 struct CountingSink {
