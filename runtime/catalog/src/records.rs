@@ -541,8 +541,12 @@ impl Catalog {
     /// read and written in one transaction, so a run recorded meanwhile is not lost.
     pub fn apply_policy(&self, policy: &mut Policy) -> Result<u64> {
         self.write(|tx| {
+            // A stored record that no longer decodes is replaced: applying the file again is
+            // how it is mended.
             policy.last_run = tx
-                .get::<Policy>(Kind::Policy, &policy.name)?
+                .get::<Policy>(Kind::Policy, &policy.name)
+                .ok()
+                .flatten()
                 .and_then(|old| old.last_run);
             tx.save(policy)
         })

@@ -116,6 +116,19 @@ struct Found {
     error: Option<String>,
 }
 
+/// Where an unwritten final status of `object` is kept: by uid, since a resource deleted and
+/// made again under its name is another one.
+fn unwritten_key(resource: Resource, object: &DynamicObject) -> String {
+    match &object.metadata.uid {
+        Some(uid) => uid.clone(),
+        None => format!(
+            "{}/{}",
+            resource.0,
+            object.metadata.name.as_deref().unwrap_or("")
+        ),
+    }
+}
+
 /// Keeps the catalog's policies and bindings in step with the resources of one namespace.
 pub(crate) struct Operator {
     client: kube::Client,
@@ -124,7 +137,7 @@ pub(crate) struct Operator {
     origin: String,
     /// The only place a resource's secrets may come from.
     secrets: PathBuf,
-    /// Final statuses of one-shots that could not be written yet (`Kind/name`): written
+    /// Final statuses of one-shots that could not be written yet (by uid): written
     /// before such a resource is looked at again, which would otherwise take its `Running`
     /// for an interrupted run.
     unwritten: std::sync::Mutex<BTreeMap<String, Value>>,
@@ -151,6 +164,29 @@ impl Operator {
             unwritten: Default::default(),
             found: BTreeMap::new(),
         })
+    }
+
+    /// [`Operator::check_secrets`]; a record stored before for such a resource (a version
+    /// stored before the check existed) is removed, not kept running.
+    fn refuse_secrets(
+        &self,
+        kind: Kind,
+        name: &str,
+        secrets: &BTreeMap<String, String>,
+        stored: bool,
+        home: &Home,
+    ) -> anyhow::Result<()> {
+        let Err(e) = self.check_secrets(secrets) else {
+            return Ok(());
+        };
+        let what = format!("{} {}/{name}", kind.kind(), self.namespace);
+        if !stored {
+            return Err(e.context(format!("{what} is not applied")));
+        }
+        crate::catalog::open(home)?.delete(kind.record(), name)?;
+        Err(e.context(format!(
+            "{what} is not applied, and the version stored before is removed"
+        )))
     }
 
     /// Refuses a resource's secret that is not a file under the secrets directory: its author
@@ -268,6 +304,15 @@ impl Operator {
             }
         }
         self.forget(&stored.records, home)?;
+        // Unwritten statuses of one-shots deleted since are dropped.
+        let present: std::collections::BTreeSet<String> =
+            [(RESTORE, &restores), (BACKUP, &backups)]
+                .into_iter()
+                .flat_map(|(resource, objects)| {
+                    objects.iter().map(move |o| unwritten_key(resource, o))
+                })
+                .collect();
+        self.lock_unwritten().retain(|key, _| present.contains(key));
         for object in restores {
             self.once(RESTORE, object, |spec| restore_of(spec, engine, home))
                 .await;
@@ -294,7 +339,7 @@ impl Operator {
         let name = object.metadata.name.clone().unwrap_or_default();
         let what = format!("{} {}/{name}", resource.0, self.namespace);
         let now = jiff::Timestamp::now;
-        let key = format!("{}/{name}", resource.0);
+        let key = unwritten_key(resource, &object);
         let unwritten = self.lock_unwritten().remove(&key);
         if let Some(status) = unwritten {
             if !self.write_status(resource, &name, status.clone()).await {
@@ -472,7 +517,7 @@ impl Operator {
                 let mut policy =
                     crate::policy::policy_of_spec(name, spec, &what, base, &all.presets)
                         .map_err(still_runs)?;
-                self.check_secrets(&policy.secrets).map_err(still_runs)?;
+                self.refuse_secrets(kind, name, &policy.secrets, stored.is_some(), home)?;
                 policy.origin = Some(self.origin.clone());
                 if let Some(stored) = stored
                     && unchanged(stored, &serde_json::to_value(&policy)?)
@@ -487,7 +532,7 @@ impl Operator {
             Kind::Binding => {
                 let mut binding =
                     crate::binding::binding_of_spec(name, spec, &what, base).map_err(still_runs)?;
-                self.check_secrets(&binding.secrets).map_err(still_runs)?;
+                self.refuse_secrets(kind, name, &binding.secrets, stored.is_some(), home)?;
                 binding.origin = Some(self.origin.clone());
                 if let Some(stored) = stored
                     && unchanged(stored, &serde_json::to_value(&binding)?)

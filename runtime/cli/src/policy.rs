@@ -1566,8 +1566,9 @@ impl RestoreArgs {
                 .max_by_key(|p| p.created)
                 .ok_or_else(|| {
                     UsageError(format!(
-                        "policy {} has no restore point of {} yet; `cairn policy run {}` makes one",
-                        policy.name, self.workload, policy.name
+                        "policy {} has no restore point of {} in namespace {} yet; `cairn policy \
+                         run {}` makes one (points of another namespace are restored by --point)",
+                        policy.name, self.workload, policy.namespace, policy.name
                     ))
                 })?,
         };
@@ -1585,7 +1586,7 @@ impl RestoreArgs {
         if point.target.namespace != policy.namespace && self.into_namespace.is_none() {
             return Err(UsageError(format!(
                 "restore point {} was made in namespace {}, and policy {} now protects namespace \
-                 {}: give --into-namespace to say where it goes",
+                 {}: say where it goes (--into-namespace, or into_namespace in a Restore)",
                 point.id, point.target.namespace, policy.name, policy.namespace
             ))
             .into());

@@ -1463,10 +1463,17 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                     // that fails leaves the target as it was, never a truncated one under its
                     // name. A device or a pipe (`/dev/null`, a FIFO) is written directly.
                     let direct = std::fs::metadata(target).is_ok_and(|m| !m.is_file());
+                    // A symlink's file is replaced, not the link; an existing file keeps its
+                    // permissions.
+                    let dest = match std::fs::symlink_metadata(target) {
+                        Ok(m) if m.is_symlink() => std::fs::canonicalize(target)
+                            .map_or_else(|_| target.clone(), |p| p.display().to_string()),
+                        _ => target.clone(),
+                    };
                     let written = if direct {
                         target.clone()
                     } else {
-                        format!("{target}.cairn-partial")
+                        format!("{dest}.cairn-partial")
                     };
                     let file = tokio::fs::File::create(&written)
                         .await
@@ -1476,9 +1483,13 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                     finish_bar(shown);
                     let n = match n {
                         Ok(n) if !direct => {
-                            tokio::fs::rename(&written, target)
+                            if let Ok(before) = std::fs::metadata(&dest) {
+                                std::fs::set_permissions(&written, before.permissions())
+                                    .with_context(|| format!("setting the mode of {written}"))?;
+                            }
+                            tokio::fs::rename(&written, &dest)
                                 .await
-                                .with_context(|| format!("renaming {written} to {target}"))?;
+                                .with_context(|| format!("renaming {written} to {dest}"))?;
                             n
                         }
                         Ok(n) => n,

@@ -50,14 +50,14 @@ pub(crate) struct ServeArgs {
     /// The kubeconfig context of their cluster; default: the one `kubectl` would use.
     #[arg(long, value_name = "CONTEXT", requires = "operator")]
     pub(crate) operator_context: Option<String>,
-    /// Where the secrets that resources may name are (`file:DIR/KEY`): the Secret the
-    /// Deployment mounts. A resource's `env:` secrets and files elsewhere are refused: its
-    /// author would read Cairn's own environment and files.
+    /// Where the secrets that resources may name for their blueprints are (`file:DIR/KEY`):
+    /// a Secret the Deployment mounts apart from Cairn's own. A resource's `env:` secrets and
+    /// files elsewhere are refused: its author would read Cairn's own environment and files.
     #[arg(
         long,
         value_name = "DIR",
         requires = "operator",
-        default_value = "/etc/cairn/secrets"
+        default_value = "/etc/cairn/blueprint-secrets"
     )]
     pub(crate) operator_secrets: PathBuf,
 }

@@ -68,8 +68,9 @@ const STOPPED_POD_START_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long an error on a VolumeSnapshot may stand before it counts: the snapshot controller
 /// clears the ones it retries.
 const SNAPSHOT_ERROR_GRACE: Duration = Duration::from_secs(60);
-/// How long a scale-down waits for the pods it removes to stop.
-const SCALE_DOWN_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long a scale-down waits for the pods it removes to stop: below the engine's timeout of
+/// a host call, so the wait ends here rather than with the call dropped.
+const SCALE_DOWN_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The annotation naming the workload whose volume a snapshot copies.
 const WORKLOAD_ANNOTATION: &str = "cairn.dev/workload";
@@ -513,16 +514,13 @@ impl KubeCluster {
         pods.create(&PostParams::default(), &pod)
             .await
             .map_err(|e| api_error(format!("creating pod {name} for stopped {workload}"), e))?;
-        let mut guard = PodGuard {
-            pods: pods.clone(),
-            name: name.clone(),
-        };
+        let guard = Guard::new(&pods, &name, DeleteParams::default().grace_period(1));
         let result = match self.pod_started(&pods, &name, request.timeout).await {
             Ok(()) => self.run_in(workload, &name, &container, request).await,
             Err(e) => Err(e),
         };
         let deleted = self.delete_pod(&pods, &name).await;
-        guard.name.clear();
+        guard.disarm();
         let output = result?;
         deleted?;
         Ok(output)
@@ -712,24 +710,53 @@ where
         })?
 }
 
-/// A pod of Cairn's own for a stopped workload, deleted should the exec's future be dropped
-/// before it deletes the pod itself (the engine's deadline for the call): the pod would hold
-/// the workload's volumes until its own deadline. Cleared (`name` empty) once deleted.
-struct PodGuard {
-    pods: Api<KubePod>,
+/// An object Cairn made for one call, deleted should the call's future be dropped before it
+/// is done with it (the engine's deadline for the call): a pod of a stopped workload would
+/// hold its volumes until its own deadline; a VolumeSnapshot no restore point names would cost
+/// storage unseen. [`Guard::disarm`] once the call has dealt with it.
+struct Guard<K>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    api: Api<K>,
     name: String,
+    params: DeleteParams,
 }
 
-impl Drop for PodGuard {
+impl<K> Guard<K>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    fn new(api: &Api<K>, name: &str, params: DeleteParams) -> Self {
+        Self {
+            api: api.clone(),
+            name: name.to_owned(),
+            params,
+        }
+    }
+
+    fn disarm(mut self) {
+        self.name.clear();
+    }
+}
+
+impl<K> Drop for Guard<K>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
     fn drop(&mut self) {
         if self.name.is_empty() {
             return;
         }
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let (pods, name) = (self.pods.clone(), std::mem::take(&mut self.name));
+            let (api, name, params) = (
+                self.api.clone(),
+                std::mem::take(&mut self.name),
+                self.params.clone(),
+            );
             runtime.spawn(async move {
-                if let Err(e) = pods.delete(&name, &DeleteParams::default().grace_period(1)).await {
-                    tracing::warn!(pod = %name, error = %e, "cannot delete the pod of a stopped workload");
+                if let Err(e) = api.delete(&name, &params).await {
+                    tracing::warn!(object = %name, error = %e, "cannot delete what a dropped call made");
                 }
             });
         }
@@ -1239,34 +1266,54 @@ impl Cluster for KubeCluster {
                 found.replicas
             )));
         }
+        // Marked before the scale, so Cairn stopping at any point after it leaves the mark: the
+        // generation the scale will give the spec. A mark that cannot be written (a role
+        // without patch on the workload) only loses that recovery, never fails the scale.
+        let marked = replicas == 0 && found.replicas > 0 && {
+            let mark = format!("{}@{}", found.replicas, found.generation.unwrap_or(0) + 1);
+            match self.annotate(workload, &found, Some(&mark)).await {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(%workload, error = %e, "cannot mark the count the workload had");
+                    false
+                }
+            }
+        };
         let patch = Patch::Merge(json!({ "spec": { "replicas": target } }));
         let params = PatchParams::default();
         let scaling = |e| api_error(format!("scaling {workload} to {replicas}"), e);
         let ns = &workload.namespace;
-        match found.kind {
-            WorkloadKind::StatefulSet => {
-                self.api::<StatefulSet>(ns)
-                    .patch_scale(&workload.name, &params, &patch)
-                    .await
-                    .map_err(scaling)?;
+        let scaled = match found.kind {
+            WorkloadKind::StatefulSet => self
+                .api::<StatefulSet>(ns)
+                .patch_scale(&workload.name, &params, &patch)
+                .await
+                .map(drop),
+            _ => self
+                .api::<Deployment>(ns)
+                .patch_scale(&workload.name, &params, &patch)
+                .await
+                .map(drop),
+        };
+        if let Err(e) = scaled {
+            if marked {
+                let _ = self.annotate(workload, &found, None).await;
             }
-            _ => {
-                self.api::<Deployment>(ns)
-                    .patch_scale(&workload.name, &params, &patch)
-                    .await
-                    .map_err(scaling)?;
-            }
+            return Err(scaling(e));
         }
-        // Marked at once, before the wait below: Cairn may stop during it.
-        if replicas == 0 && found.replicas > 0 {
-            let generation = self.find(workload).await?.generation.unwrap_or(0);
-            let mark = format!("{}@{generation}", found.replicas);
-            self.annotate(workload, &found, Some(&mark)).await?;
-        } else if replicas > 0 && found.scaled_from.is_some() {
-            self.annotate(workload, &found, None).await?;
+        if replicas > 0
+            && found.scaled_from.is_some()
+            && let Err(e) = self.annotate(workload, &found, None).await
+        {
+            tracing::warn!(%workload, error = %e, "cannot clear the count the workload had");
         }
-        if replicas < found.replicas {
-            self.pods_gone(workload, &found, replicas).await?;
+        // The pods it removes stop within their grace period; one that does not (its node
+        // lost) is reported, not an error: the workload is scaled, and what needs it stopped
+        // (a claim's replacement, a stopped exec) checks again.
+        if replicas < found.replicas
+            && let Err(e) = self.pods_gone(workload, &found, replicas).await
+        {
+            tracing::warn!(%workload, error = %e, "scaled down, but pods are still stopping");
         }
         // Stopped by Cairn, then Cairn stopped before scaling it back: the count it had.
         let left = found
@@ -1408,6 +1455,8 @@ impl Cluster for KubeCluster {
             "VolumeSnapshot {}/{name} of claim {volume} to be ready",
             workload.namespace
         );
+        // Deleted unless it becomes ready: on an error, a timeout, or the call dropped.
+        let guard = Guard::new(&api, &name, DeleteParams::default());
         // The snapshot controller sets errors it then retries and clears itself (a conflict
         // updating the object): an error is final only once it has stood for a while.
         let erring_since = std::sync::Mutex::new(None::<std::time::Instant>);
@@ -1442,11 +1491,8 @@ impl Cluster for KubeCluster {
             Ok(ready.then(|| snapshot_of(&current)))
         })
         .await;
-        if ready.is_err() {
-            // No restore point will name it: left, it would cost storage unseen.
-            if let Err(e) = api.delete(name, &DeleteParams::default()).await {
-                tracing::warn!(snapshot = %name, error = %e, "cannot delete a failed VolumeSnapshot");
-            }
+        if ready.is_ok() {
+            guard.disarm();
         }
         ready
     }

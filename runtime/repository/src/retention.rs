@@ -29,15 +29,22 @@ pub fn retained(
 
 /// A series: host, source, and the workload an export was made for (its `namespace=` and
 /// `workload=` tags). Every workload's export of one blueprint has the same name (`dump`):
-/// grouped by name alone, the newest of any workload would decide for all of them.
+/// grouped by name alone, the newest of any workload would decide for all of them. An export's
+/// host is left out: it is where Cairn ran (a pod, renamed at every restart), not what was
+/// backed up.
 type Series<'a> = (&'a str, &'a str, Vec<&'a str>);
 
 fn series(s: &SnapshotInfo) -> Series<'_> {
-    let scope = s
+    let scope: Vec<&str> = s
         .tags
         .iter()
         .filter(|t| t.starts_with("namespace=") || t.starts_with("workload="))
         .map(String::as_str)
         .collect();
-    (&s.hostname, s.source(), scope)
+    let host = if s.tags.iter().any(|t| t == "export") {
+        ""
+    } else {
+        &s.hostname
+    };
+    (host, s.source(), scope)
 }

@@ -1130,7 +1130,11 @@ fn serve_operator_keeps_policies_and_bindings_from_kubernetes_resources() {
     // Secrets from Cairn's own environment and files: refused to a resource's author.
     for (name, source) in [
         ("leaky", "env:CAIRN_PASSPHRASE"),
-        ("climber", "file:/etc/cairn/secrets/../../../root/key"),
+        (
+            "climber",
+            "file:/etc/cairn/blueprint-secrets/../../../root/key",
+        ),
+        ("owned", "file:/etc/cairn/secrets/offsite-passphrase"),
     ] {
         api.put(
             policies,
@@ -1144,6 +1148,28 @@ fn serve_operator_keeps_policies_and_bindings_from_kubernetes_resources() {
             ),
         );
     }
+    // One kept before the check existed, whose resource names Cairn's environment: removed.
+    let legacy = json!({
+        "name": "legacy", "target": target, "blueprint": "hello", "grants": ["exec"],
+        "params": { "greeting": "hi" }, "workloads": ["hel*"], "frequency": "@daily",
+        "retention": { "last": 1 }, "secrets": { "pw": "env:CAIRN_PASSPHRASE" },
+        "origin": "kube:cairn", "applied": "2026-12-01T00:00:00Z",
+    });
+    let file = cairn.home.path().join("legacy.json");
+    std::fs::write(&file, legacy.to_string()).expect("write the record");
+    let path = file.to_str().expect("utf-8 path");
+    ok(&cairn.run(&["catalog", "put", "policy", "legacy", "--json", path]));
+    api.put(
+        policies,
+        resource(
+            "Policy",
+            "legacy",
+            json!({ "target": target, "blueprint": "hello", "grants": ["exec"],
+                    "params": { "greeting": "hi" }, "workloads": ["hel*"],
+                    "frequency": "@daily", "retention": { "last": 1 },
+                    "secrets": { "pw": "env:CAIRN_PASSPHRASE" } }),
+        ),
+    );
     ok(&apply(&cairn, &hello_policy("{last: 1}")));
     // Two policies a DR restore brought back from another cluster's resources: one whose
     // resource is applied here, one whose is not (yet).
@@ -1229,13 +1255,21 @@ fn serve_operator_keeps_policies_and_bindings_from_kubernetes_resources() {
             .is_some_and(|m| m.contains("frequncy")),
         "{s}"
     );
-    for name in ["leaky", "climber"] {
+    let s = status(policies, "legacy");
+    assert!(
+        s["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("the version stored before is removed")),
+        "{s}"
+    );
+    assert!(!cairn.run(&["policy", "show", "legacy"]).status.success());
+    for name in ["leaky", "climber", "owned"] {
         let s = status(policies, name);
         assert_eq!(s["state"], "Invalid", "{s}");
         assert!(
             s["message"]
                 .as_str()
-                .is_some_and(|m| m.contains("is not a file under /etc/cairn/secrets")),
+                .is_some_and(|m| m.contains("is not a file under /etc/cairn/blueprint-secrets")),
             "{s}"
         );
     }

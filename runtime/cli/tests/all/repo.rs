@@ -885,6 +885,25 @@ fn a_stream_restore_that_fails_leaves_the_target_as_it_was() {
     repo.ok(&["repo", "restore", "latest", "--target", t]);
     let whole = std::fs::read(&target).expect("restored");
     assert!(whole.starts_with(b"1\n2\n") && whole.ends_with(b"300000\n"));
+    // An existing file keeps its mode; through a symlink, the file it names is replaced.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let link = repo.dir.path().join("link.sql");
+    std::os::unix::fs::symlink(&target, &link).expect("symlink");
+    repo.ok(&[
+        "repo",
+        "restore",
+        "latest",
+        "--target",
+        link.to_str().expect("utf-8"),
+    ]);
+    assert!(std::fs::symlink_metadata(&link).expect("link").is_symlink());
+    let mode = std::fs::metadata(&target)
+        .expect("target")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert_eq!(std::fs::read(&target).expect("restored"), whole);
     // A device is written directly, never replaced.
     repo.ok(&["repo", "restore", "latest", "--target", "/dev/null"]);
     assert!(

@@ -124,27 +124,27 @@ impl HostState {
                 return;
             }
         }
-        let mut outcome = match result {
+        let outcome = match result {
             Ok(_) => "ok".to_string(),
             Err(WitError::Denied(_)) => "denied".to_string(),
             Err(e) => format!("error: {}", message(e)),
         };
-        if result.is_err() && self.audited_refusals == MAX_AUDITED_REFUSALS {
-            outcome = format!(
-                "{} (the phase's {MAX_AUDITED_REFUSALS}th refused or failed call: later ones are not \
-                 recorded)",
-                crate::state::cut(&outcome, MAX_AUDIT_FIELD, "outcome")
-            );
-        }
         // Both may carry what the guest passed (a name, a message): cut, so a guest calling
         // in a loop with huge arguments cannot fill the disk through the audit log.
+        let mut outcome = crate::state::cut(&outcome, MAX_AUDIT_FIELD, "outcome");
+        if result.is_err() && self.audited_refusals == MAX_AUDITED_REFUSALS {
+            outcome.push_str(&format!(
+                " (the phase's {MAX_AUDITED_REFUSALS}th refused or failed call: later ones are not \
+                 recorded)"
+            ));
+        }
         host.audit.append(Entry {
             action_id: &self.action.action_id,
             blueprint: &self.action.blueprint,
             capability: cap.as_str(),
             target: crate::state::cut(target, MAX_AUDIT_FIELD, "target"),
             operation,
-            outcome: crate::state::cut(&outcome, MAX_AUDIT_FIELD, "outcome"),
+            outcome,
         });
     }
 }

@@ -171,9 +171,11 @@ async fn gfs_retention() {
             .is_err()
     );
 
-    // Exports of two workloads share a name (`dump`): each workload keeps its own.
+    // Exports of two workloads share a name (`dump`): each workload keeps its own. Their
+    // host (the pod Cairn ran in, renamed at every restart) does not part them.
     for (i, workload) in ["orders", "orders", "billing"].iter().enumerate() {
         let opts = cairn_repository::BackupOptions::new()
+            .host(format!("cairn-pod-{i}"))
             .tag("export")
             .tag("namespace=shop")
             .tag(format!("workload={workload}"));
