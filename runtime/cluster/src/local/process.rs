@@ -40,7 +40,13 @@ impl GroupKiller {
     }
 
     fn kill(&mut self) {
-        if let Some(pgid) = self.0.take() {
+        self.signal();
+        self.0 = None;
+    }
+
+    /// Kills the group, leaving the killer armed.
+    fn signal(&self) {
+        if let Some(pgid) = self.0 {
             // ESRCH (the group is already gone) is the expected outcome of a race.
             let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
         }
@@ -54,6 +60,17 @@ impl GroupKiller {
 impl Drop for GroupKiller {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Kills a group when dropped while still holding it: see `run`.
+struct KillFirst<'a>(Option<&'a GroupKiller>);
+
+impl Drop for KillFirst<'_> {
+    fn drop(&mut self) {
+        if let Some(killer) = self.0 {
+            killer.signal();
+        }
     }
 }
 
@@ -175,15 +192,20 @@ pub(crate) async fn run(
     let outcome = {
         let driven = drive(pipes, stdin, stdout, limit, &stdin_bytes, &unfinished, exit);
         tokio::pin!(driven);
-        tokio::select! {
+        // Declared after `driven`, so dropped before it should this future be dropped (the
+        // engine's deadline, a cancelled run): the group dies before its pipes close.
+        let mut cancelled = KillFirst(Some(&killer));
+        let outcome = tokio::select! {
             outcome = &mut driven => Ok(outcome),
             () = tokio::time::sleep(timeout) => {
                 // Killed before the pipes close with `driven`: the command must not read the
                 // end of a cut-short input and act on it.
-                killer.kill();
+                killer.signal();
                 Err(())
             }
-        }
+        };
+        cancelled.0 = None;
+        outcome
     };
     match outcome {
         Err(_elapsed) => {

@@ -485,7 +485,21 @@ async fn a_cut_short_stdin_never_reaches_the_command_as_the_end_of_its_input() {
             !fx.path("work/acted").exists(),
             "it saw an end of its input"
         );
+        std::fs::remove_file(fx.path("work/got")).expect("remove");
     }
+    // The exec's future dropped (the engine's deadline for the call) while it feeds.
+    let mut dropped = request(&["sh", "-c", acts]);
+    let source = tokio::io::AsyncReadExt::chain(&b"partial"[..], StalledSource);
+    dropped.stdin = Stdin::Stream(Box::new(source));
+    let workload = hello();
+    let cut = tokio::time::timeout(Duration::from_millis(500), cluster.exec(&workload, dropped));
+    assert!(cut.await.is_err(), "still feeding when dropped");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(fx.path("work/got").exists(), "the command ran");
+    assert!(
+        !fx.path("work/acted").exists(),
+        "it saw an end of its input"
+    );
 }
 
 /// Counts what it is given and keeps nothing.
