@@ -1697,10 +1697,16 @@ mod tests {
 
     #[test]
     fn a_workload_is_settled_only_once_its_controller_saw_the_latest_spec() {
-        assert!(!observed(Some(3), Some(2)), "the scale just made is not seen yet");
+        assert!(
+            !observed(Some(3), Some(2)),
+            "the scale just made is not seen yet"
+        );
         assert!(!observed(Some(1), None));
         assert!(observed(Some(3), Some(3)) && observed(Some(3), Some(4)));
-        assert!(observed(None, None), "no generation (a fake) counts as seen");
+        assert!(
+            observed(None, None),
+            "no generation (a fake) counts as seen"
+        );
     }
 
     #[test]

@@ -1600,3 +1600,61 @@ fn retention_keeps_the_point_a_run_made_even_when_the_clock_went_back() {
     );
     assert_eq!(points(&cairn).as_array().map(Vec::len), Some(2));
 }
+
+#[test]
+fn a_policy_moved_to_another_namespace_restores_the_old_ones_points_only_when_told_where() {
+    let cairn = Cairn::new();
+    add_hello(&cairn);
+    // Two namespaces with a workload `hello` each.
+    let inventory = cairn.home.path().join("two-namespaces.yaml");
+    let hello = "      hello:\n        workdir: .\n        env: {GREETING: hello}\n        \
+                 allow: [echo, sh]\n        replicas: 1\n        labels: {app: hello}\n";
+    std::fs::write(
+        &inventory,
+        format!(
+            "namespaces:\n  default:\n    workloads:\n{hello}  staging:\n    workloads:\n{hello}"
+        ),
+    )
+    .expect("write the inventory");
+    let policy = |namespace: &str| {
+        hello_policy("{last: 3}")
+            .replace(
+                &format!(
+                    "local:{}",
+                    root().join("examples/hello/inventory.yaml").display()
+                ),
+                &format!("local:{}", inventory.display()),
+            )
+            .replace("workloads:", &format!("namespace: {namespace}\nworkloads:"))
+    };
+    ok(&apply(&cairn, &policy("default")));
+    let out = cairn.run(&["policy", "run", "greet", "--output", "json"]);
+    ok(&out);
+    let point = json(&out)["workloads"][0]["restore_point"]
+        .as_str()
+        .expect("a point")
+        .to_owned();
+    // Moved: the old namespace's point is not the newest of the new one's workload.
+    ok(&apply(&cairn, &policy("staging")));
+    refused_with(
+        &cairn.run(&["policy", "restore", "greet", "-w", "hello"]),
+        &["has no restore point of hello in namespace staging yet"],
+    );
+    refused_with(
+        &cairn.run(&[
+            "policy", "restore", "greet", "-w", "hello", "--point", &point,
+        ]),
+        &["was made in namespace default", "--into-namespace"],
+    );
+    ok(&cairn.run(&[
+        "policy",
+        "restore",
+        "greet",
+        "-w",
+        "hello",
+        "--point",
+        &point,
+        "--into-namespace",
+        "default",
+    ]));
+}
