@@ -105,13 +105,7 @@ pub(crate) async fn run(cmd: BlueprintCommand, home: Option<PathBuf>) -> anyhow:
                 &catalog.policies()?,
                 &crate::binding::bindings(&catalog)?,
             );
-            if !used_by.is_empty() {
-                return Err(UsageError(format!(
-                    "blueprint {name} is named by {}: change or delete them first",
-                    used_by.join(", ")
-                ))
-                .into());
-            }
+            crate::refuse_while_used(&used_by, |u| format!("blueprint {name} is named by {u}"))?;
             crate::delete_named(
                 &catalog,
                 cairn_catalog::Kind::Blueprint,

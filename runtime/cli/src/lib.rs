@@ -255,6 +255,22 @@ pub(crate) fn print_applied(
     Ok(())
 }
 
+/// Refuses to delete what `users` still name; `named` says by what, given them joined
+/// (`preset gold is named by policies a, b`).
+pub(crate) fn refuse_while_used(
+    users: &[String],
+    named: impl FnOnce(String) -> String,
+) -> anyhow::Result<()> {
+    if users.is_empty() {
+        return Ok(());
+    }
+    Err(UsageError(format!(
+        "{}: change or delete them first",
+        named(users.join(", "))
+    ))
+    .into())
+}
+
 /// Deletes record `name` of `kind`; one that does not exist is a usage error naming `what`
 /// the kind is called and the `list` command that lists them.
 pub(crate) fn delete_named(

@@ -1669,31 +1669,9 @@ pub(crate) fn selection(workloads: &[String], selector: &BTreeMap<String, String
     }
 }
 
-/// Whether `name` matches `pattern`, where `*` stands for any run of characters. Greedy with
-/// one backtrack point (the last `*`), so time stays linear in the name for each of the
-/// pattern's characters however many `*` it has: a recursive match took exponential time on
-/// a pattern of many `*`, holding up `serve`.
+/// Whether `name` matches `pattern`, where `*` stands for any run of characters.
 fn matches(pattern: &str, name: &str) -> bool {
-    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
-    let (mut pi, mut ti) = (0, 0);
-    // The last `*` seen and where in `t` its match ends so far, to backtrack to.
-    let mut star: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        if p.get(pi).is_some_and(|&c| c != '*' && c == t[ti]) {
-            pi += 1;
-            ti += 1;
-        } else if p.get(pi) == Some(&'*') {
-            star = Some((pi, ti));
-            pi += 1;
-        } else if let Some((s, m)) = star {
-            star = Some((s, m + 1));
-            pi = s + 1;
-            ti = m + 1;
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|&c| c == '*')
+    cairn_repository::star_match(pattern, name)
 }
 
 async fn back_up_and_retain(

@@ -202,14 +202,9 @@ pub(crate) fn run(cmd: PresetCommand, home: Option<PathBuf>) -> anyhow::Result<E
         }
         PresetCommand::Delete { name } => {
             let catalog = crate::catalog::open(&home)?;
-            let following = users(&catalog.policies()?, &name);
-            if !following.is_empty() {
-                return Err(UsageError(format!(
-                    "preset {name} is named by policies {}: change or delete them first",
-                    following.join(", ")
-                ))
-                .into());
-            }
+            crate::refuse_while_used(&users(&catalog.policies()?, &name), |u| {
+                format!("preset {name} is named by policies {u}")
+            })?;
             crate::delete_named(
                 &catalog,
                 Kind::PolicyPreset,

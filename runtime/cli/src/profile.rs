@@ -239,13 +239,7 @@ pub(crate) fn run(cmd: ProfileCommand, home: Option<PathBuf>) -> anyhow::Result<
                     .filter(|p| exports_to(p.export.as_ref(), &name))
                     .map(|p| format!("preset {}", p.name)),
             );
-            if !users.is_empty() {
-                return Err(UsageError(format!(
-                    "profile {name} is where {} export: change or delete them first",
-                    users.join(", ")
-                ))
-                .into());
-            }
+            crate::refuse_while_used(&users, |u| format!("profile {name} is where {u} export"))?;
             crate::delete_named(
                 &catalog,
                 Kind::Profile,

@@ -239,12 +239,7 @@ impl KubeCluster {
                 .map_err(|e| api_error(format!("listing the pods of {reference}"), e))?
                 .items
                 .into_iter()
-                // An evicted pod, or one whose node shut down, stays listed as Failed until
-                // it is collected: it runs nothing, so it is no replica.
-                .filter(|p| {
-                    let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
-                    !matches!(phase, Some("Succeeded" | "Failed"))
-                })
+                .filter(|p| !ended(p))
                 .map(pod_of)
                 .collect(),
         };
@@ -405,15 +400,14 @@ impl KubeCluster {
                 })
             };
             let stdin_bytes = AtomicU64::new(0);
-            // No exec can be killed: an exec closed ends its stdin all the same.
-            let unfinished = std::sync::Mutex::new(None);
             let finished = pipes::drive(
                 pipes,
                 request.stdin,
                 request.stdout,
                 request.output_limit,
                 &stdin_bytes,
-                &unfinished,
+                // No exec can be killed: an exec closed ends its stdin all the same.
+                &|| {},
                 exit,
             )
             .await
@@ -994,6 +988,13 @@ fn selector_query(selector: &LabelSelector) -> Result<String> {
     Ok(terms.join(","))
 }
 
+/// Whether `pod` has ended (Succeeded or Failed): an evicted pod, or one whose node shut down,
+/// stays listed as Failed until it is collected, but runs nothing and mounts nothing.
+fn ended(pod: &KubePod) -> bool {
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    matches!(phase, Some("Succeeded" | "Failed"))
+}
+
 fn pod_of(pod: KubePod) -> Pod {
     let terminating = pod.metadata.deletion_timestamp.is_some();
     let ready = !terminating
@@ -1539,10 +1540,7 @@ impl Cluster for KubeCluster {
             .map_err(|e| api_error(format!("listing the pods of namespace {namespace}"), e))?
             .items
             .into_iter()
-            .filter(|p| {
-                let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
-                !matches!(phase, Some("Succeeded" | "Failed"))
-            })
+            .filter(|p| !ended(p))
             .filter(|p| {
                 p.spec
                     .iter()

@@ -85,17 +85,16 @@ pub(crate) fn pipefail(codes: impl IntoIterator<Item = i32>) -> Option<i32> {
 
 /// Drives `pipes` until the command has finished: `exit` resolves to its exit code once every
 /// program has ended. `stdin_bytes` counts what was fed. When reading the stdin source fails,
-/// the command's stdin is left open in `unfinished` rather than closed: closed, the command
-/// would read the end of its input and might act on a truncated one (`psql
-/// --single-transaction` commits at the end of its input); the caller kills the command first,
-/// then drops it.
+/// `cut` is called before the command's stdin closes: it kills the command where it can, which
+/// would otherwise read the end of its input and might act on a truncated one (`psql
+/// --single-transaction` commits at the end of its input).
 pub(crate) async fn drive(
     pipes: Pipes,
     stdin: Stdin,
     stdout: Stdout,
     limit: usize,
     stdin_bytes: &AtomicU64,
-    unfinished: &std::sync::Mutex<Option<Writer>>,
+    cut: &(dyn Fn() + Sync),
     exit: impl Future<Output = Result<i32, StreamFailure>>,
 ) -> Result<Finished, StreamFailure> {
     let Pipes {
@@ -123,15 +122,13 @@ pub(crate) async fn drive(
             Stdin::Stream(mut source) => feed_stream(&mut source, &mut pipe, stdin_bytes).await,
         };
         // Closing the pipe is how the command sees the end of its input: a process's pipe
-        // closes when dropped, a Kubernetes exec's when shut down. Not when its source broke.
+        // closes when dropped, a Kubernetes exec's when shut down. Not before the command is
+        // cut off, when its source broke.
         if matches!(&result, Err(f) if f.stage != WRITING_STDIN) {
-            *unfinished
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(pipe);
-        } else {
-            let _ = pipe.shutdown().await;
-            drop(pipe);
+            cut();
         }
+        let _ = pipe.shutdown().await;
+        drop(pipe);
         match result {
             // The command stopped reading (exited, or closed stdin): not our failure; its exit
             // code tells. A broken pipe while reading the source is a failure like any other.

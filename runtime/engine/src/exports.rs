@@ -344,6 +344,24 @@ fn artifact_path(artifact: &Artifact) -> Result<String> {
     Ok(path.to_string())
 }
 
+impl DirExports {
+    /// Runs `f` on the export `artifact` names (its path relative to the root) on a blocking
+    /// thread; an error names `what` was done and the export's whole path.
+    async fn at_export<T: Send + 'static>(
+        &self,
+        artifact: &Artifact,
+        what: &'static str,
+        f: impl FnOnce(&Dir, &str) -> std::io::Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let path = artifact_path(artifact)?;
+        let (root, p) = (self.root.clone(), path.clone());
+        tokio::task::spawn_blocking(move || f(&root, &p))
+            .await
+            .map_err(|e| Error::Host(format!("export task failed: {e}")))?
+            .map_err(|e| Error::io(what, Path::new(&self.display).join(&path), e))
+    }
+}
+
 #[async_trait]
 impl Exports for DirExports {
     async fn create(
@@ -396,70 +414,39 @@ impl Exports for DirExports {
     }
 
     async fn open(&self, artifact: &Artifact) -> Result<Box<dyn AsyncRead + Send + Unpin>> {
-        let path = artifact_path(artifact)?;
-        let root = self.root.clone();
-        let p = path.clone();
-        let file = tokio::task::spawn_blocking(move || root.open(&p))
-            .await
-            .map_err(|e| Error::Host(format!("import task failed: {e}")))?
-            .map_err(|e| {
-                Error::io(
-                    "opening the export",
-                    Path::new(&self.display).join(&path),
-                    e,
-                )
-            })?;
+        let file = self
+            .at_export(artifact, "opening the export", |root, path| root.open(path))
+            .await?;
         Ok(Box::new(tokio::fs::File::from_std(file.into_std())))
     }
 
     async fn delete(&self, artifact: &Artifact) -> Result<()> {
-        let path = artifact_path(artifact)?;
-        let root = self.root.clone();
-        let p = path.clone();
-        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            root.remove_file(&p)?;
+        self.at_export(artifact, "deleting the export", |root, path| {
+            root.remove_file(path)?;
             // Exports written before tags were kept have none.
-            match root.remove_file(tags_path(&p)) {
+            match root.remove_file(tags_path(path)) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
                 _ => {}
             }
             // The action's directory goes when its last export does.
-            let _ = root.remove_dir(action_id_of(&p));
+            let _ = root.remove_dir(action_id_of(path));
             Ok(())
         })
         .await
-        .map_err(|e| Error::Host(format!("delete task failed: {e}")))?
-        .map_err(|e| {
-            Error::io(
-                "deleting the export",
-                Path::new(&self.display).join(&path),
-                e,
-            )
-        })
     }
 
     async fn tags(&self, artifact: &Artifact) -> Result<Vec<(String, String)>> {
-        let export = artifact_path(artifact)?;
-        let root = self.root.clone();
-        let e = export.clone();
-        let text = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
-            // The export itself first: one that is gone is not found, whatever its tags.
-            root.metadata(&e)?;
-            match root.read_to_string(tags_path(&e)) {
-                // Exports written before tags were kept have none.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
-                other => other,
-            }
-        })
-        .await
-        .map_err(|e| Error::Host(format!("export task failed: {e}")))?
-        .map_err(|e| {
-            Error::io(
-                "reading the export's tags",
-                Path::new(&self.display).join(&export),
-                e,
-            )
-        })?;
+        let text = self
+            .at_export(artifact, "reading the export's tags", |root, path| {
+                // The export itself first: one that is gone is not found, whatever its tags.
+                root.metadata(path)?;
+                match root.read_to_string(tags_path(path)) {
+                    // Exports written before tags were kept have none.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+                    other => other,
+                }
+            })
+            .await?;
         Ok(text
             .lines()
             .filter_map(|l| l.split_once('='))

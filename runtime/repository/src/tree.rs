@@ -142,18 +142,27 @@ fn parts_match(p: &[Vec<char>], t: &[&str]) -> bool {
         }
         Some((first, rest)) => t
             .split_first()
-            .is_some_and(|(name, more)| wildcard(first, name) && parts_match(rest, more)),
+            .is_some_and(|(name, more)| wildcard(first, name, true) && parts_match(rest, more)),
     }
 }
 
-/// Whether `name` matches `p`, where `*` is any run of characters and `?` any one.
-fn wildcard(p: &[char], name: &str) -> bool {
+/// Whether `name` matches `pattern`, where `*` stands for any run of characters (and nothing
+/// else is special): what a policy's workload patterns are.
+pub fn star_match(pattern: &str, name: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    wildcard(&p, name, false)
+}
+
+/// Whether `name` matches `p`, where `*` is any run of characters and, with `any_one`, `?`
+/// any one. Greedy with one backtrack point (the last `*`): linear in the name for each of the
+/// pattern's characters, however many `*` it has.
+fn wildcard(p: &[char], name: &str, any_one: bool) -> bool {
     let t: Vec<char> = name.chars().collect();
     let (mut pi, mut ti) = (0, 0);
     // The last `*` seen and where in `t` its match ends so far, to backtrack to.
     let mut star: Option<(usize, usize)> = None;
     while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+        if pi < p.len() && p[pi] != '*' && ((any_one && p[pi] == '?') || p[pi] == t[ti]) {
             pi += 1;
             ti += 1;
         } else if pi < p.len() && p[pi] == '*' {

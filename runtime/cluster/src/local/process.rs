@@ -158,8 +158,6 @@ pub(crate) async fn run(
         children.push(child);
     }
     let stdin_bytes = AtomicU64::new(0);
-    // Holds stdin open past a broken source until the group is killed (below).
-    let unfinished = std::sync::Mutex::new(None);
 
     let pipes = Pipes {
         stdin: children
@@ -190,7 +188,8 @@ pub(crate) async fn run(
         })
     };
     let outcome = {
-        let driven = drive(pipes, stdin, stdout, limit, &stdin_bytes, &unfinished, exit);
+        let cut = || killer.signal();
+        let driven = drive(pipes, stdin, stdout, limit, &stdin_bytes, &cut, exit);
         tokio::pin!(driven);
         // Declared after `driven`, so dropped before it should this future be dropped (the
         // engine's deadline, a cancelled run): the group dies before its pipes close.
