@@ -56,26 +56,12 @@ fn backup_hello(cairn: &Cairn) {
 }
 
 fn put(cairn: &Cairn, kind: &str, key: &str) {
-    let file = cairn.home.path().join(format!("{kind}-{key}.json"));
+    let mut record = serde_json::json!({ "name": key, "kind": kind });
     // Policies as `serve --operator` keeps them from Kubernetes resources.
-    let origin = if kind == "policy" {
-        r#", "origin": "kube:cairn""#
-    } else {
-        ""
-    };
-    std::fs::write(
-        &file,
-        format!(r#"{{"name": "{key}", "kind": "{kind}"{origin}}}"#),
-    )
-    .expect("write");
-    ok(&cairn.run(&[
-        "catalog",
-        "put",
-        kind,
-        key,
-        "--json",
-        file.to_str().expect("utf-8"),
-    ]));
+    if kind == "policy" {
+        record["origin"] = "kube:cairn".into();
+    }
+    cairn.put_record(kind, key, &record);
 }
 
 fn counts(cairn: &Cairn) -> serde_json::Value {

@@ -386,16 +386,7 @@ fn a_policy_that_could_not_run_is_refused_naming_the_field() {
     ok(&cairn.run(&["policy", "run", "greet"]));
 
     // A record that is not a policy (stored by hand) is listed as unreadable, not fatal.
-    let file = cairn.home.path().join("junk.json");
-    std::fs::write(&file, r#"{"name": "junk"}"#).expect("write");
-    ok(&cairn.run(&[
-        "catalog",
-        "put",
-        "policy",
-        "junk",
-        "--json",
-        file.to_str().expect("utf-8"),
-    ]));
+    cairn.put_record("policy", "junk", &serde_json::json!({ "name": "junk" }));
     let out = cairn.run(&["policy", "list"]);
     ok(&out);
     assert!(
@@ -1155,10 +1146,7 @@ fn serve_operator_keeps_policies_and_bindings_from_kubernetes_resources() {
         "retention": { "last": 1 }, "secrets": { "pw": "env:CAIRN_PASSPHRASE" },
         "origin": "kube:cairn", "applied": "2026-12-01T00:00:00Z",
     });
-    let file = cairn.home.path().join("legacy.json");
-    std::fs::write(&file, legacy.to_string()).expect("write the record");
-    let path = file.to_str().expect("utf-8 path");
-    ok(&cairn.run(&["catalog", "put", "policy", "legacy", "--json", path]));
+    cairn.put_record("policy", "legacy", &legacy);
     api.put(
         policies,
         resource(
@@ -1179,16 +1167,7 @@ fn serve_operator_keeps_policies_and_bindings_from_kubernetes_resources() {
             "retention": { "last": 1 }, "paused": true, "origin": "kube:cairn#restored",
             "applied": "2026-12-01T00:00:00Z",
         });
-        let file = cairn.home.path().join(format!("{name}.json"));
-        std::fs::write(&file, record.to_string()).expect("write the record");
-        ok(&cairn.run(&[
-            "catalog",
-            "put",
-            "policy",
-            name,
-            "--json",
-            file.to_str().expect("utf-8 path"),
-        ]));
+        cairn.put_record("policy", name, &record);
     }
     api.put(
         policies,
@@ -1214,6 +1193,15 @@ fn serve_operator_keeps_policies_and_bindings_from_kubernetes_resources() {
     };
     let status =
         |path: &str, name: &str| api.get(path, name).expect("the resource")["status"].clone();
+    // The resource's status has `state`, and a message that says `needle`.
+    let says = |path: &str, name: &str, state: &str, needle: &str| {
+        let s = status(path, name);
+        assert_eq!(s["state"], state, "{s}");
+        assert!(
+            s["message"].as_str().is_some_and(|m| m.contains(needle)),
+            "{s}"
+        );
+    };
 
     let out = serve();
     ok(&out);
@@ -1247,14 +1235,7 @@ fn serve_operator_keeps_policies_and_bindings_from_kubernetes_resources() {
     ok(&cairn.run(&["policy", "resume", "orphan"]));
     ok(&cairn.run(&["policy", "delete", "orphan"]));
     api.remove(policies, "adopted");
-    let s = status(policies, "typo");
-    assert_eq!(s["state"], "Invalid", "{s}");
-    assert!(
-        s["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("frequncy")),
-        "{s}"
-    );
+    says(policies, "typo", "Invalid", "frequncy");
     let s = status(policies, "legacy");
     assert!(
         s["message"]
@@ -1264,23 +1245,14 @@ fn serve_operator_keeps_policies_and_bindings_from_kubernetes_resources() {
     );
     assert!(!cairn.run(&["policy", "show", "legacy"]).status.success());
     for name in ["leaky", "climber", "owned"] {
-        let s = status(policies, name);
-        assert_eq!(s["state"], "Invalid", "{s}");
-        assert!(
-            s["message"]
-                .as_str()
-                .is_some_and(|m| m.contains("is not a file under /etc/cairn/blueprint-secrets")),
-            "{s}"
+        says(
+            policies,
+            name,
+            "Invalid",
+            "is not a file under /etc/cairn/blueprint-secrets",
         );
     }
-    let s = status(policies, "greet");
-    assert_eq!(s["state"], "Invalid", "{s}");
-    assert!(
-        s["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("cairn policy apply")),
-        "{s}"
-    );
+    says(policies, "greet", "Invalid", "cairn policy apply");
 
     // A Restore runs once; one that was running when Cairn stopped is not run again.
     let restores = "/apis/cairn.dev/v1alpha1/namespaces/cairn/restores";
@@ -1319,22 +1291,8 @@ fn serve_operator_keeps_policies_and_bindings_from_kubernetes_resources() {
     assert_eq!(s["state"], "Succeeded", "{s}");
     assert_eq!(s["point"], point.as_str(), "{s}");
     assert_eq!(s["workload"], "default/hello", "{s}");
-    let s = status(restores, "nowhere");
-    assert_eq!(s["state"], "Failed", "{s}");
-    assert!(
-        s["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("protects hello, not db")),
-        "{s}"
-    );
-    let s = status(restores, "cut");
-    assert_eq!(s["state"], "Failed", "{s}");
-    assert!(
-        s["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("interrupted")),
-        "{s}"
-    );
+    says(restores, "nowhere", "Failed", "protects hello, not db");
+    says(restores, "cut", "Failed", "interrupted");
     let finished = status(restores, "again")["finished"].clone();
     let out = serve();
     ok(&out);
@@ -1383,14 +1341,7 @@ fn serve_operator_keeps_policies_and_bindings_from_kubernetes_resources() {
     let made = s["restorePoints"][0].as_str().expect("a point").to_owned();
     assert_ne!(made, point);
     assert_eq!(s_point(&status(policies, "nightly")), made);
-    let s = status(backups, "nothing");
-    assert_eq!(s["state"], "Failed", "{s}");
-    assert!(
-        s["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("no policy named")),
-        "{s}"
-    );
+    says(backups, "nothing", "Failed", "no policy named");
 
     // Each run, each one-shot's outcome and each new refusal is an event on its resource.
     let events: Vec<(String, String, String)> = api
@@ -1585,10 +1536,7 @@ fn retention_keeps_the_point_a_run_made_even_when_the_clock_went_back() {
     let id = first["id"].as_str().expect("an id").to_owned();
     let ahead = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24);
     first["created"] = serde_json::json!(ahead.to_string());
-    let file = cairn.home.path().join("point.json");
-    std::fs::write(&file, first.to_string()).expect("write the record");
-    let path = file.to_str().expect("utf-8 path");
-    ok(&cairn.run(&["catalog", "put", "local-restore-point", &id, "--json", path]));
+    cairn.put_record("local-restore-point", &id, &first);
 
     // `last: 1` ranks the new point below the one dated ahead: it is kept all the same.
     let out = cairn.run(&["policy", "run", "greet"]);

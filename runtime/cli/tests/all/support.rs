@@ -101,6 +101,15 @@ impl Cairn {
     pub fn run(&self, args: &[&str]) -> Output {
         self.command(args).output().expect("cairn runs")
     }
+
+    /// Stores `value` as the catalog record `key` of `kind` with `cairn catalog put`, as an
+    /// administrator (or another cluster's DR) would, and asserts it was stored.
+    pub fn put_record(&self, kind: &str, key: &str, value: &serde_json::Value) {
+        let file = self.home.path().join(format!("{kind}-{key}.json"));
+        std::fs::write(&file, value.to_string()).expect("write the record");
+        let path = file.to_str().expect("utf-8 path");
+        ok(&self.run(&["catalog", "put", kind, key, "--json", path]));
+    }
 }
 
 /// Asserts that `out` succeeded, showing its exit code and output when not.
