@@ -291,11 +291,7 @@ fn add(
                 record.digest
             );
             if let Some(allow) = &record.allow {
-                let allow = if allow.is_empty() {
-                    "none".to_owned()
-                } else {
-                    allow.join(", ")
-                };
+                let allow = crate::listed(allow);
                 outln!("  policies and runs by name may grant only: {allow}");
             }
             if let Some(old) = replaced.filter(|old| old.digest != record.digest) {

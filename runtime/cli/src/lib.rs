@@ -255,6 +255,16 @@ pub(crate) fn print_applied(
     Ok(())
 }
 
+/// `names` joined with commas, or `none`.
+pub(crate) fn listed<S: AsRef<str>>(names: impl IntoIterator<Item = S>) -> String {
+    let names: Vec<S> = names.into_iter().collect();
+    if names.is_empty() {
+        return "none".to_owned();
+    }
+    let names: Vec<&str> = names.iter().map(AsRef::as_ref).collect();
+    names.join(", ")
+}
+
 /// Refuses to delete what `users` still name; `named` says by what, given them joined
 /// (`preset gold is named by policies a, b`).
 pub(crate) fn refuse_while_used(

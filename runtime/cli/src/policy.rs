@@ -836,18 +836,11 @@ pub(crate) async fn check_use(
         .filter(|c| **c != Capability::Catalog)
         .map(ToString::to_string)
         .collect();
-    let listed = |names: &[String]| {
-        if names.is_empty() {
-            "none".to_owned()
-        } else {
-            names.join(", ")
-        }
-    };
     if let Some(extra) = grants.iter().find(|c| !d.capabilities.contains(c)) {
         return Err(bad(format!(
             "it grants {extra}, which blueprint {} does not declare (it declares: {})",
             d.name,
-            listed(&declared)
+            crate::listed(&declared)
         )));
     }
     if grants.is_empty() && !declared.is_empty() {
@@ -862,7 +855,7 @@ pub(crate) async fn check_use(
         return Err(bad(format!(
             "blueprint {} has no parameter {param:?} (it has: {})",
             d.name,
-            listed(&known)
+            crate::listed(&known)
         )));
     }
     Ok(())
@@ -1321,11 +1314,7 @@ async fn select(policy: &Policy, engine: &Engine, home: &Home) -> anyhow::Result
             "no workload of namespace {} matches {}; it has: {}",
             policy.namespace,
             selection(&policy.workloads, &policy.selector),
-            if names.is_empty() {
-                "none".to_owned()
-            } else {
-                names.into_iter().collect::<Vec<_>>().join(", ")
-            }
+            crate::listed(names)
         ))
         .into());
     }
@@ -1609,11 +1598,7 @@ impl RestoreArgs {
                 let names: Vec<&str> = present.iter().map(|w| w.reference.name.as_str()).collect();
                 return Err(UsageError(format!(
                     "restoring into {namespace}/{into}: namespace {namespace} has no such workload (it has: {})",
-                    if names.is_empty() {
-                        "none".to_owned()
-                    } else {
-                        names.join(", ")
-                    }
+                    crate::listed(names)
                 ))
                 .into());
             }

@@ -190,11 +190,7 @@ pub(crate) fn run(cmd: PresetCommand, home: Option<PathBuf>) -> anyhow::Result<E
                         r.preset.name,
                         r.preset.frequency,
                         r.preset.retention,
-                        if r.policies.is_empty() {
-                            "none".to_owned()
-                        } else {
-                            r.policies.join(", ")
-                        }
+                        crate::listed(&r.policies)
                     )
                 },
             )?;

@@ -216,11 +216,7 @@ pub(crate) fn run(cmd: ProfileCommand, home: Option<PathBuf>) -> anyhow::Result<
                     format!(
                         "{}; policies: {}",
                         line(&r.profile),
-                        if r.policies.is_empty() {
-                            "none".to_owned()
-                        } else {
-                            r.policies.join(", ")
-                        }
+                        crate::listed(&r.policies)
                     )
                 },
             )?;
