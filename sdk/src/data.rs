@@ -201,6 +201,31 @@ impl Import {
             .map_err(|e| e.context(format_args!("import `{}`", self.name)))
     }
 
+    /// As [`pipe_into`](Self::pipe_into), then writes `trailer` (at most 1 MiB) once the
+    /// whole stream has crossed. When the stream cannot be read to its end (damage, the
+    /// deadline), the command's stdin closes without it: a command that keeps its work only on
+    /// the trailer keeps nothing of a cut-short import, even on Kubernetes, where the host
+    /// cannot kill the command first.
+    ///
+    /// ```no_run
+    /// # use cairn_sdk::{data::Import, exec::Command, Result};
+    /// # fn restore(import: &Import) -> Result<()> {
+    /// // psql leaves the transaction open at the end of its input, and the server rolls it
+    /// // back, unless the trailer commits it.
+    /// let psql = Command::new(["psql", "-v", "ON_ERROR_STOP=1", "-c", "BEGIN", "-f", "-", "shop"]);
+    /// import.pipe_into_with_trailer(&psql, b"\nCOMMIT;\n")?.ok()?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn pipe_into_with_trailer(&self, command: &Command, trailer: &[u8]) -> Result<Transfer> {
+        let c = command.to_wit()?;
+        host("data.pipe-into-with-trailer", || {
+            self.stream.pipe_into_with_trailer(&c, trailer)
+        })
+        .map(|t| Transfer::new(command, t))
+        .map_err(|e| e.context(format_args!("import `{}`", self.name)))
+    }
+
     /// Reads up to `max` bytes into the blueprint (bounded by the host); empty at the end.
     pub fn read(&self, max: u32) -> Result<Vec<u8>> {
         host("data.read", || self.stream.read(max))

@@ -741,10 +741,22 @@ fn restore_database(
             [&PSQL_SCRIPT[..], &["-v", "ON_ERROR_STOP=1"]].concat(),
         ),
     };
-    // Both tools take the same flag.
-    if atomic {
-        argv.push("--single-transaction");
-    }
+    // pg_restore fails on an archive cut short, and rolls back. psql's own
+    // `--single-transaction` commits at the end of its input, wherever that falls: it opens
+    // the transaction itself instead, and only the trailer, which the host writes once the
+    // whole dump has crossed, commits it. A cut-short input leaves psql at its end inside the
+    // transaction, and the server rolls it back when psql leaves.
+    let trailer: Option<&[u8]> = match (atomic, format) {
+        (false, _) => None,
+        (true, Format::Custom) => {
+            argv.push("--single-transaction");
+            None
+        }
+        (true, Format::Plain) => {
+            argv.extend(["-c", "BEGIN", "-f", "-"]);
+            Some(b"\nCOMMIT;\n")
+        }
+    };
     info!(
         "restoring into database `{database}` at {}{}",
         conn.at(),
@@ -752,9 +764,11 @@ fn restore_database(
     );
     progress(Progress::percent(0.0).message("restoring"));
     let command = conn.command(database, argv);
-    let transfer = import
-        .pipe_into(&command)
-        .map_err(|e| missing_tool(e, &command, conn))?;
+    let transfer = match trailer {
+        Some(trailer) => import.pipe_into_with_trailer(&command, trailer),
+        None => import.pipe_into(&command),
+    }
+    .map_err(|e| missing_tool(e, &command, conn))?;
     let transfer = check(tool, transfer, conn, database)?;
     progress(Progress::percent(100.0).message("restored"));
     Ok(transfer)

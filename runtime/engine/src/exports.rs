@@ -417,7 +417,15 @@ impl Exports for DirExports {
         let file = self
             .at_export(artifact, "opening the export", |root, path| root.open(path))
             .await?;
-        Ok(Box::new(tokio::fs::File::from_std(file.into_std())))
+        Ok(Box::new(Verified {
+            file: tokio::fs::File::from_std(file.into_std()),
+            hasher: Sha256::new(),
+            bytes: 0,
+            want_bytes: artifact.get("bytes").map(str::to_owned),
+            want_sha: artifact.get("sha256").map(str::to_owned),
+            path: artifact_path(artifact)?,
+            end: None,
+        }))
     }
 
     async fn delete(&self, artifact: &Artifact) -> Result<()> {
@@ -545,6 +553,73 @@ impl ExportWriter for DirWriter {
             ("bytes".into(), self.bytes.to_string()),
             ("sha256".into(), sha),
         ])
+    }
+}
+
+/// A file export read back, checked against its reference's `bytes` and `sha256` at the end:
+/// a damaged or truncated file fails the read there, instead of ending like a whole one.
+struct Verified {
+    file: tokio::fs::File,
+    hasher: Sha256,
+    bytes: u64,
+    want_bytes: Option<String>,
+    want_sha: Option<String>,
+    path: String,
+    /// Set at the end: `Ok` once checked, or the damage, returned again on every later read.
+    end: Option<std::result::Result<(), String>>,
+}
+
+impl Verified {
+    fn check_end(&mut self) -> std::io::Result<()> {
+        let end = self.end.get_or_insert_with(|| {
+            let sha = hex::encode(std::mem::take(&mut self.hasher).finalize());
+            let damage = match (&self.want_bytes, &self.want_sha) {
+                (Some(want), _) if *want != self.bytes.to_string() => Some(format!(
+                    "it holds {} bytes where its reference says {want}",
+                    self.bytes
+                )),
+                (_, Some(want)) if *want != sha => {
+                    Some(format!("its SHA-256 is {sha}, not {want}"))
+                }
+                _ => None,
+            };
+            match damage {
+                None => Ok(()),
+                Some(what) => Err(format!(
+                    "export {} is damaged: {what}; restore from another restore point",
+                    self.path
+                )),
+            }
+        });
+        end.clone()
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    }
+}
+
+impl AsyncRead for Verified {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.end.is_some() {
+            return Poll::Ready(self.check_end());
+        }
+        let before = buf.filled().len();
+        let asked = buf.remaining() > 0;
+        match Pin::new(&mut self.file).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let this = &mut *self;
+                let read = &buf.filled()[before..];
+                if read.is_empty() && asked {
+                    return Poll::Ready(this.check_end());
+                }
+                this.hasher.update(read);
+                this.bytes += read.len() as u64;
+                Poll::Ready(Ok(()))
+            }
+            other => other,
+        }
     }
 }
 

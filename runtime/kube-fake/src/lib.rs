@@ -4,7 +4,9 @@
 //! It keeps objects as JSON by their API path and answers what `kube` asks of it: get, list
 //! (with label selectors), create (with `generateName`), merge patch, delete, the
 //! `scale` subresource, and `exec` over WebSocket (`v5.channel.k8s.io`) that runs the command
-//! as a process on this machine, with the container's `env` values and `workingDir`.
+//! as a process on this machine, with the container's `env` values and `workingDir`. As with a
+//! kubelet, a client that goes away does not kill its command: the command's stdin ends and it
+//! runs on.
 //!
 //! Small controllers stand in for the cluster's: scaling a workload makes its ready pods at
 //! once and stops the ones it removes as a kubelet does, listed with a `deletionTimestamp`
@@ -909,7 +911,7 @@ where
     let pump_out = pump(Box::new(stdout), 1, out_tx);
     let pump_err = pump(Box::new(stderr), 2, err_tx);
     // Stdin from the client, output to it, until the output pipes close.
-    loop {
+    let client_left = loop {
         tokio::select! {
             incoming = rx.next() => match incoming {
                 Some(Ok(Message::Binary(data))) if !data.is_empty() => match data[0] {
@@ -922,18 +924,32 @@ where
                     _ => {}
                 },
                 Some(Ok(_)) => {}
-                // The client went away: the command is killed with the child.
-                Some(Err(_)) | None => return,
+                Some(Err(_)) | None => break true,
             },
             outgoing = out_rx.recv() => match outgoing {
                 Some(message) => {
                     if tx.send(message).await.is_err() {
-                        return;
+                        break true;
                     }
                 }
-                None => break,
+                None => break false,
             },
         }
+    };
+    if client_left {
+        // As a kubelet does: the connection gone, the command is not killed. Its stdin ends
+        // and it runs on, its output read and dropped.
+        drop(in_tx);
+        tokio::spawn(async move {
+            while out_rx.recv().await.is_some() {}
+            let _ = (
+                pump_out.await,
+                pump_err.await,
+                feed.await,
+                child.wait().await,
+            );
+        });
+        return;
     }
     let _ = (pump_out.await, pump_err.await);
     drop(in_tx);

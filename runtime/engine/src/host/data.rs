@@ -6,6 +6,7 @@
 //! `write` and `read` move bytes through the guest, each bounded by [`MAX_DATA_IO`].
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -34,6 +35,26 @@ pub struct ExportStreamState {
 pub struct ImportStreamState {
     name: String,
     reader: Option<Box<dyn AsyncRead + Send + Unpin>>,
+}
+
+/// An import, counting the bytes read from it.
+struct Counted {
+    inner: Box<dyn AsyncRead + Send + Unpin>,
+    read: Arc<AtomicU64>,
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = (buf.filled().len() - before) as u64;
+        self.read.fetch_add(n, Ordering::Relaxed);
+        polled
+    }
 }
 
 /// The export writer, lent to a command's stdout; shutting it down only flushes, because the
@@ -185,6 +206,92 @@ impl HostState {
         self.require(cap)?;
         self.check_command(Capability::Exec, command)
     }
+
+    /// Pipes the rest of an import into `command`'s stdin, then `trailer` if the import was
+    /// read to its end; the transfer counts the import's bytes only.
+    async fn pipe_import(
+        &mut self,
+        call: &'static str,
+        stream: Resource<ImportStreamState>,
+        command: exec::Command,
+        trailer: Option<Vec<u8>>,
+    ) -> HostResult<data::Transfer> {
+        let checked = self
+            .check_pipe(Capability::Import, command)
+            .and_then(|c| match &trailer {
+                Some(t) if t.len() > MAX_DATA_IO => Err(WitError::Invalid(format!(
+                    "a trailer of {} is over the limit of {}",
+                    human_bytes(t.len() as u64),
+                    human_bytes(MAX_DATA_IO as u64)
+                ))),
+                _ => Ok(c),
+            });
+        let state = self.table().get_mut(&stream)?;
+        let name = state.name.clone();
+        let target = match &checked {
+            Ok(c) => format!("import {name} -> {}", c.workload),
+            Err(_) => format!("import {name}"),
+        };
+        let result = match checked {
+            Err(e) => Err(e),
+            Ok(mut checked) => {
+                let reader = state
+                    .reader
+                    .take()
+                    .unwrap_or_else(|| Box::new(tokio::io::empty()));
+                let read = Arc::new(AtomicU64::new(0));
+                let counted = Counted {
+                    inner: reader,
+                    read: read.clone(),
+                };
+                // `chain` reads the trailer only after the import's end, never after an error.
+                checked.request.stdin = cairn_cluster::Stdin::Stream(match trailer {
+                    Some(t) => Box::new(counted.chain(std::io::Cursor::new(t))),
+                    None => Box::new(counted),
+                });
+                // The import reaches stdin before the trailer, so the smaller is the import's
+                // share of what crossed.
+                checked
+                    .transfer(call, |out| {
+                        out.stdin_bytes.min(read.load(Ordering::Relaxed))
+                    })
+                    .await
+            }
+        };
+        self.audit(Capability::Import, call, &target, &result);
+        Ok(result)
+    }
+}
+
+impl Checked {
+    /// Runs the checked command within its call's time, as a transfer of the bytes `crossed`
+    /// counts.
+    async fn transfer(
+        self,
+        call: &'static str,
+        crossed: impl FnOnce(&cairn_cluster::ExecOutput) -> u64 + Send,
+    ) -> Result<data::Transfer, WitError> {
+        let Checked {
+            host,
+            workload,
+            request,
+            call_timeout,
+        } = self;
+        bounded(call, call_timeout, async {
+            let out = host
+                .cluster
+                .exec(&workload, request)
+                .await
+                .map_err(from_cluster)?;
+            Ok(data::Transfer {
+                bytes: crossed(&out),
+                exit_code: out.exit_code,
+                stderr: out.stderr,
+                stderr_truncated: out.stderr_truncated,
+            })
+        })
+        .await
+    }
 }
 
 impl data::HostExportStream for HostState {
@@ -205,27 +312,11 @@ impl data::HostExportStream for HostState {
             Ok(_) if finished => Err(WitError::Invalid(format!(
                 "export {name:?} is already finished"
             ))),
-            Ok(Checked {
-                host,
-                workload,
-                mut request,
-                call_timeout,
-            }) => {
-                request.stdout = cairn_cluster::Stdout::Stream(Box::new(Lent(writer)));
-                bounded("data.pipe-from", call_timeout, async {
-                    let out = host
-                        .cluster
-                        .exec(&workload, request)
-                        .await
-                        .map_err(from_cluster)?;
-                    Ok(data::Transfer {
-                        bytes: out.stdout_bytes,
-                        exit_code: out.exit_code,
-                        stderr: out.stderr,
-                        stderr_truncated: out.stderr_truncated,
-                    })
-                })
-                .await
+            Ok(mut checked) => {
+                checked.request.stdout = cairn_cluster::Stdout::Stream(Box::new(Lent(writer)));
+                checked
+                    .transfer("data.pipe-from", |out| out.stdout_bytes)
+                    .await
             }
         };
         self.audit(Capability::Export, "data.pipe-from", &target, &result);
@@ -333,44 +424,23 @@ impl data::HostImportStream for HostState {
         stream: Resource<ImportStreamState>,
         command: exec::Command,
     ) -> HostResult<data::Transfer> {
-        let checked = self.check_pipe(Capability::Import, command);
-        let state = self.table().get_mut(&stream)?;
-        let name = state.name.clone();
-        let target = match &checked {
-            Ok(c) => format!("import {name} -> {}", c.workload),
-            Err(_) => format!("import {name}"),
-        };
-        let result = match checked {
-            Err(e) => Err(e),
-            Ok(Checked {
-                host,
-                workload,
-                mut request,
-                call_timeout,
-            }) => {
-                let reader = state
-                    .reader
-                    .take()
-                    .unwrap_or_else(|| Box::new(tokio::io::empty()));
-                request.stdin = cairn_cluster::Stdin::Stream(reader);
-                bounded("data.pipe-into", call_timeout, async {
-                    let out = host
-                        .cluster
-                        .exec(&workload, request)
-                        .await
-                        .map_err(from_cluster)?;
-                    Ok(data::Transfer {
-                        bytes: out.stdin_bytes,
-                        exit_code: out.exit_code,
-                        stderr: out.stderr,
-                        stderr_truncated: out.stderr_truncated,
-                    })
-                })
-                .await
-            }
-        };
-        self.audit(Capability::Import, "data.pipe-into", &target, &result);
-        Ok(result)
+        self.pipe_import("data.pipe-into", stream, command, None)
+            .await
+    }
+
+    async fn pipe_into_with_trailer(
+        &mut self,
+        stream: Resource<ImportStreamState>,
+        command: exec::Command,
+        trailer: Vec<u8>,
+    ) -> HostResult<data::Transfer> {
+        self.pipe_import(
+            "data.pipe-into-with-trailer",
+            stream,
+            command,
+            Some(trailer),
+        )
+        .await
     }
 
     async fn read(&mut self, stream: Resource<ImportStreamState>, max: u32) -> HostResult<Vec<u8>> {

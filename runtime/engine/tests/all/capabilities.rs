@@ -175,6 +175,96 @@ async fn an_export_is_a_file_and_imports_back_into_a_command() {
     );
 }
 
+/// A trailer follows an import read to its end, and never one cut short: a damaged export
+/// fails the pipe before its end, and the command never sees the trailer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trailer_follows_only_a_whole_import() {
+    let fixture = Fixture::new();
+    let report = fixture.run(request("export")).await;
+    assert!(report.ok, "{report:?}");
+    let artifact = report.outputs.artifacts[0].clone();
+    let import = |mode: &str| {
+        let mut req = request("import");
+        req.artifacts = vec![artifact.clone()];
+        req.params.push(("mode".into(), mode.into()));
+        req
+    };
+    let restored = || std::fs::read_to_string(fixture.path("restored.txt")).unwrap_or_default();
+
+    let report = fixture.run(import("trailer")).await;
+    assert!(report.ok, "{report:?}");
+    assert_eq!(restored(), "payload\nTRAILER\n");
+    assert_eq!(
+        report.outputs.get("bytes"),
+        Some("8"),
+        "the import's bytes, not the trailer's"
+    );
+
+    // The same length, other bytes: only the end of the read can tell.
+    let stored = fixture
+        .path("exports")
+        .join(artifact.get("path").expect("path"));
+    std::fs::write(&stored, "header\npayloaD\n").expect("damage the export");
+    std::fs::remove_file(fixture.path("restored.txt")).expect("restored");
+    for mode in ["trailer", "plain"] {
+        let report = fixture.run(import(mode)).await;
+        let error = report.error.as_deref().unwrap_or_default();
+        assert!(
+            error.contains("is damaged: its SHA-256 is") && error.contains("restore from another"),
+            "{mode}: {report:?}"
+        );
+        assert!(!restored().contains("TRAILER"), "{mode}: {:?}", restored());
+    }
+    std::fs::write(&stored, "header\npay").expect("truncate the export");
+    let report = fixture.run(import("trailer")).await;
+    assert!(
+        report
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("holds 10 bytes where its reference says 15")),
+        "{report:?}"
+    );
+    assert!(!restored().contains("TRAILER"), "{:?}", restored());
+}
+
+/// On Kubernetes no exec can be killed: an import cut short closes the exec, and the command
+/// reads that as the end of its input and runs on. It never reads the trailer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_kubernetes_a_command_whose_import_is_cut_short_never_reads_the_trailer() {
+    let mut fixture = Fixture::new();
+    let report = fixture.run(request("export")).await;
+    assert!(report.ok, "{report:?}");
+    let artifact = report.outputs.artifacts[0].clone();
+    let stored = fixture
+        .path("exports")
+        .join(artifact.get("path").expect("path"));
+    std::fs::write(&stored, "header\npayloaD\n").expect("damage the export");
+    let _api = fixture.on_kubernetes().await;
+    let mut req = request("import");
+    req.artifacts = vec![artifact];
+    req.params.push(("mode".into(), "trailer".into()));
+    let report = fixture.run(req).await;
+    assert!(
+        report
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("is damaged")),
+        "{report:?}"
+    );
+    // The command read an end where the import was cut, and finished (`restored.txt`
+    // appears then): the hazard the trailer is for. It got what crossed before the cut, at
+    // most the import's bytes, never the trailer.
+    let restored = fixture.path("restored.txt");
+    for _ in 0..250 {
+        if restored.exists() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let got = std::fs::read_to_string(&restored).expect("the command finished");
+    assert!("payloaD\n".starts_with(&got), "{got:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blueprint_reads_and_deletes_only_exports_given_written_or_in_its_scope() {
     let fixture = Fixture::new();

@@ -129,6 +129,27 @@ impl Fixture {
         Fixture { dir, host, events }
     }
 
+    /// From now on, runs go to a fake Kubernetes API server, kept alive by what this returns,
+    /// holding `default/hello` as a Deployment whose pod runs commands here, in this fixture's
+    /// directory.
+    pub async fn on_kubernetes(&mut self) -> cairn_kube_fake::FakeApi {
+        let api = cairn_kube_fake::FakeApi::start().await;
+        api.namespace("default");
+        let dir = self.dir.path().to_str().expect("a UTF-8 directory");
+        api.put(
+            "/apis/apps/v1/namespaces/default/deployments",
+            cairn_kube_fake::workload(
+                "hello",
+                1,
+                serde_json::json!({
+                    "containers": [{ "name": "hello", "image": "hello", "workingDir": dir }],
+                }),
+            ),
+        );
+        self.host.cluster = Arc::new(cairn_cluster::KubeCluster::new(api.client()));
+        api
+    }
+
     pub fn path(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
     }

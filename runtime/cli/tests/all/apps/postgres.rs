@@ -291,6 +291,73 @@ fn round_trips(pg: Pg, extra: &[&str], format: &str) {
     pg.restores(&cairn, &report, &before, probe);
 }
 
+/// On Kubernetes no exec can be killed: a restore cut short by a damaged export closes psql's
+/// stdin, which psql reads as the end of the dump, and runs on. It must commit nothing.
+///
+/// The dump ends in a long comment, and its last frame in the repository is damaged, so the
+/// cut falls inside the comment: psql then holds no half statement whose error would roll the
+/// transaction back by chance. Only the trailer the host writes after the whole dump commits.
+#[test]
+fn a_restore_cut_short_on_kubernetes_changes_nothing() {
+    let mut pg = Pg::start();
+    // pg_dump, then a comment of 4 MB of unique text: several frames of their own.
+    let tools = pg.h.root().join("long-dump");
+    std::fs::create_dir_all(&tools).expect("mkdir");
+    super::script(
+        &tools.join("pg_dump"),
+        &format!(
+            "#!/bin/sh\n{BIN}/pg_dump \"$@\" || exit\n\
+             printf -- '-- '; head -c 3000000 /dev/urandom | base64 -w 0; echo\n"
+        ),
+    );
+    let path = format!("{}:{BIN}:/usr/bin:/bin", tools.display());
+    pg.h.set_workload(Workload {
+        path: Some(path),
+        ..pg.h.workload.clone()
+    });
+    pg.h.on_kubernetes();
+    pg.load_pgbench();
+    let cairn = Cairn::new();
+    let out = pg.backup(&cairn, &[]);
+    let report = pg.h.save(&out);
+    pg.query(DB, "DELETE FROM pgbench_accounts WHERE aid % 2 = 0");
+    let before = pg.fingerprint(DB);
+
+    // The last frame before the pack header, in the largest pack.
+    let mut packs: Vec<PathBuf> = walk(&cairn.home.path().join("repository/data"));
+    packs.sort_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0));
+    let pack = packs.last().expect("a pack");
+    let mut bytes = std::fs::read(pack).expect("read the pack");
+    let tail: [u8; 4] = bytes[bytes.len() - 4..].try_into().expect("4 bytes");
+    let header = u32::from_le_bytes(tail) as usize;
+    let at = bytes.len() - 4 - header - 1000;
+    bytes[at] ^= 0xff;
+    std::fs::write(pack, bytes).expect("damage the pack");
+
+    let out = pg.restore(&cairn, &report, &["--param", "replace=true"]);
+    assert_fails_with(&out, &["damaged"]);
+    // psql runs on after its exec closed: wait for it to leave.
+    pg.sessions_end();
+    assert_eq!(
+        pg.fingerprint(DB),
+        before,
+        "a cut-short restore changed data"
+    );
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("read dir").flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
 #[test]
 fn a_replacing_restore_that_fails_drops_nothing() {
     let pg = Pg::start();

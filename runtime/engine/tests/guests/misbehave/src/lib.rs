@@ -330,6 +330,8 @@ impl Guest for Misbehave {
                         "bad-tag",
                         "delete",
                         "many-streams",
+                        "trailer",
+                        "plain",
                     ],
                 ),
                 ParamSpec {
@@ -557,8 +559,20 @@ impl Guest for Misbehave {
                     .ok_or_else(|| Error::Invalid("no artifact to import".into()))?;
                 let stream = data::open_import(source)?;
                 let head = stream.read(7)?;
-                let transfer =
-                    stream.pipe_into(&command(None, &["sh", "-c", "cat > restored.txt"]))?;
+                // `restored.txt` appears once the command has read to the end of its input.
+                let restore = command(
+                    None,
+                    &[
+                        "sh",
+                        "-c",
+                        "cat > restored.part && mv restored.part restored.txt",
+                    ],
+                );
+                let transfer = if text(&inputs, "mode") == "trailer" {
+                    stream.pipe_into_with_trailer(&restore, b"TRAILER\n")?
+                } else {
+                    stream.pipe_into(&restore)?
+                };
                 Ok(values(&[
                     ("source", keys(source)),
                     ("head", String::from_utf8_lossy(&head).into_owned()),
