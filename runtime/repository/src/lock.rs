@@ -154,9 +154,48 @@ pub(crate) struct LockGuard {
     backend: Backend,
     path: String,
     refresher: Option<tokio::task::JoinHandle<()>>,
-    /// Set when the lock is found gone, or could not be refreshed for half the time after
-    /// which others take it for stale: another process may have acted as if it were not held.
+    /// Set when the lock is found gone, or was not refreshed for [`UNSURE_AFTER`]: another
+    /// process may have acted as if it were not held.
     lost: Arc<AtomicBool>,
+    /// When this process last wrote the lock.
+    written: Arc<Written>,
+}
+
+/// Half the time after which others take a lock for stale: a holder whose last write is older
+/// may have been taken for gone (its lock removed, or about to be), and must not rely on it,
+/// nor write it again (which would hide a removal between its check and its write).
+const UNSURE_AFTER: Duration = Duration::from_secs(LOCK_STALE_AFTER.as_secs() / 2);
+
+/// When a lock was last written, by both clocks: the monotonic one does not run while the
+/// machine sleeps, the wall clock may be set back; the longer of the two counts.
+#[derive(Debug)]
+struct Written(std::sync::Mutex<(std::time::Instant, std::time::SystemTime)>);
+
+impl Written {
+    fn now() -> Self {
+        Self(std::sync::Mutex::new((
+            std::time::Instant::now(),
+            std::time::SystemTime::now(),
+        )))
+    }
+
+    fn mark(&self) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) =
+            (std::time::Instant::now(), std::time::SystemTime::now());
+    }
+
+    fn age(&self) -> Duration {
+        let (mono, wall) = *self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let by_wall = std::time::SystemTime::now()
+            .duration_since(wall)
+            .unwrap_or_default();
+        mono.elapsed().max(by_wall)
+    }
+
+    /// Whether others may take the lock for stale by now.
+    fn unsure(&self) -> bool {
+        self.age() > UNSURE_AFTER
+    }
 }
 
 pub(crate) fn hostname() -> String {
@@ -189,6 +228,26 @@ fn pid_alive(pid: u32) -> bool {
     }
 }
 
+/// Writes the lock at `path` again, unless it is gone or possibly taken for stale (this
+/// process was paused, asleep or cut off): another process may have removed it, and writing it
+/// again would hide that. Then sets `lost` and says false; it is never written again.
+async fn refresh(
+    backend: &Backend,
+    path: &str,
+    written: &Written,
+    lost: &AtomicBool,
+    body: Bytes,
+) -> bool {
+    if written.unsure() || matches!(backend.exists(path).await, Ok(false)) {
+        lost.store(true, Ordering::SeqCst);
+        return false;
+    }
+    if backend.put_replace(path, body).await.is_ok() {
+        written.mark();
+    }
+    true
+}
+
 impl LockGuard {
     pub(crate) async fn acquire(
         backend: &Backend,
@@ -213,6 +272,7 @@ impl LockGuard {
             path: path.clone(),
             refresher: None,
             lost: Arc::new(AtomicBool::new(false)),
+            written: Arc::new(Written::now()),
         };
         for other in list_locks(backend, Some(&id)).await? {
             if format::lock_path(&other.id) == path {
@@ -248,23 +308,13 @@ impl LockGuard {
                 });
             }
         }
-        let (b2, p2, lost) = (backend.clone(), path.clone(), guard.lost.clone());
+        let (b2, p2) = (backend.clone(), path.clone());
+        let (lost, written) = (guard.lost.clone(), guard.written.clone());
         let refresher = tokio::spawn(async move {
-            let mut refreshed = std::time::Instant::now();
             loop {
                 tokio::time::sleep(LOCK_REFRESH).await;
-                // Gone: another process took it for stale (this one was paused, or cut off)
-                // and removed it. Writing it again would hide that.
-                if let Ok(false) = b2.exists(&p2).await {
-                    lost.store(true, Ordering::SeqCst);
+                if !refresh(&b2, &p2, &written, &lost, body(&mk())).await {
                     return;
-                }
-                match b2.put_replace(&p2, body(&mk())).await {
-                    Ok(()) => refreshed = std::time::Instant::now(),
-                    Err(_) if refreshed.elapsed() > LOCK_STALE_AFTER / 2 => {
-                        lost.store(true, Ordering::SeqCst);
-                    }
-                    Err(_) => {}
                 }
             }
         });
@@ -273,10 +323,12 @@ impl LockGuard {
     }
 
     /// Fails when the lock is no longer held: removed by another process that took it for
-    /// stale, or not refreshed for long. What this process relied on (packs a backup
+    /// stale, or not written for so long that another may take it for stale now. What this process relied on (packs a backup
     /// deduplicated against) may then be gone, so nothing may be committed or deleted.
     pub(crate) async fn held(&self) -> Result<()> {
-        let lost = self.lost.load(Ordering::SeqCst) || !self.backend.exists(&self.path).await?;
+        let lost = self.lost.load(Ordering::SeqCst)
+            || self.written.unsure()
+            || !self.backend.exists(&self.path).await?;
         if !lost {
             return Ok(());
         }
@@ -311,5 +363,62 @@ impl Drop for LockGuard {
                 });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Location;
+
+    /// A holder whose lock was last written long ago (paused, asleep) may have been taken for
+    /// gone, even if its lock is still there: it relies on it no more, and never writes it
+    /// again.
+    #[tokio::test]
+    async fn a_lock_not_written_for_long_is_not_relied_on() {
+        let backend =
+            Backend::connect(&Location::new("memory://unsure-lock"), false).expect("a store");
+        let guard = LockGuard::acquire(&backend, false, "backup")
+            .await
+            .expect("the lock");
+        guard.held().await.expect("held");
+        let fresh = Bytes::from_static(b"{}");
+        assert!(
+            refresh(
+                &backend,
+                &guard.path,
+                &guard.written,
+                &guard.lost,
+                fresh.clone()
+            )
+            .await
+        );
+        assert_eq!(backend.get(&guard.path).await.expect("read"), Some(fresh));
+        guard.held().await.expect("held");
+
+        let long_ago = std::time::Instant::now() - UNSURE_AFTER - Duration::from_secs(60);
+        guard.written.0.lock().expect("lock").0 = long_ago;
+        assert!(matches!(guard.held().await, Err(Error::LockLost { .. })));
+        let written = backend.get(&guard.path).await.expect("read");
+        let again = Bytes::from_static(b"{\"again\":1}");
+        assert!(!refresh(&backend, &guard.path, &guard.written, &guard.lost, again).await);
+        assert_eq!(
+            backend.get(&guard.path).await.expect("read"),
+            written,
+            "not written again"
+        );
+        assert!(guard.lost.load(Ordering::SeqCst));
+        guard.release().await;
+    }
+
+    #[test]
+    fn the_longer_clock_counts() {
+        let w = Written::now();
+        assert!(!w.unsure());
+        w.0.lock().expect("lock").1 = std::time::SystemTime::now() - UNSURE_AFTER * 2;
+        assert!(w.unsure(), "asleep: the wall clock ran on");
+        w.mark();
+        w.0.lock().expect("lock").1 = std::time::SystemTime::now() + UNSURE_AFTER * 2;
+        assert!(!w.unsure(), "a wall clock set back is not a pause");
     }
 }
