@@ -471,7 +471,12 @@ impl KubeCluster {
         }
         spec.init_containers = None;
         spec.restart_policy = Some("Never".to_owned());
-        spec.active_deadline_seconds = i64::try_from(keep_alive).ok();
+        // The deadline runs from the pod's start time, before its image is pulled; `sleep`
+        // from its container's start, after.
+        spec.active_deadline_seconds = i64::try_from(
+            keep_alive.saturating_add(request.timeout.min(STOPPED_POD_START_TIMEOUT).as_secs()),
+        )
+        .ok();
         // A StatefulSet's claims are not in its template: its first replica's are mounted.
         let volumes = spec.volumes.get_or_insert_with(Vec::new);
         for template in &found.claim_templates {

@@ -280,10 +280,15 @@ async fn a_stopped_workload_runs_commands_in_a_pod_of_cairns_own_with_its_volume
         spec["volumes"][0],
         json!({ "name": "data", "persistentVolumeClaim": { "claimName": "data-db-0" } })
     );
+    // The deadline counts from before the image is pulled; `sleep` from the container's start.
+    let sleep: i64 = spec["containers"][0]["command"][1]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("sleep's seconds");
+    let deadline = spec["activeDeadlineSeconds"].as_i64().expect("a deadline");
     assert!(
-        spec["activeDeadlineSeconds"]
-            .as_i64()
-            .is_some_and(|s| s > 0)
+        deadline > sleep,
+        "the time to start is the command's too: {deadline} s for sleep {sleep}"
     );
 
     // An exec dropped before it ends (the engine's deadline for the call) still deletes its
