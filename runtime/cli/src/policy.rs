@@ -1785,15 +1785,15 @@ async fn retention_points(home: &Home) -> anyhow::Result<Option<Vec<cairn_catalo
     Ok(Some(crate::catalog::open(home)?.restore_points()?))
 }
 
-/// Applies the policy's retention, among `points`, to the restore points of the workloads just
-/// backed up. Returns what it did and the points it could not remove (kept, and tried again next
-/// run).
 /// What a run retains after: the workloads it backed up, and the restore points it made.
 struct Run<'a> {
     workloads: &'a [&'a str],
     made: &'a [&'a str],
 }
 
+/// Applies the policy's retention, among `points`, to the restore points of the workloads just
+/// backed up. Returns what it did and the points it could not remove (kept, and tried again next
+/// run).
 async fn retain(
     policy: &Policy,
     execution: &Execution<'_>,
