@@ -534,24 +534,8 @@ fn retain(
     outputs: Outputs,
 ) -> Outputs {
     let known: Vec<retention::Point> = points.iter().map(|p| p.point).collect();
-    let times: Vec<u64> = known.iter().map(|p| p.time).collect();
-    let now = now();
     let protection = u64::try_from(protection).unwrap_or(0);
-    let protected: Vec<bool> = times
-        .iter()
-        .map(|&t| t.saturating_add(protection) > now)
-        .collect();
-    let by_rules = policy.kept(&times);
-    let kept: Vec<bool> = (0..points.len())
-        .map(|i| by_rules[i] || protected[i])
-        .collect();
-    let needed = retention::needed(&known, &kept);
-    // Points kept only because the protection period still covers them (or a chain they are
-    // in needs them for that reason).
-    let by_rules_needed = retention::needed(&known, &by_rules);
-    let held = (0..points.len())
-        .filter(|&i| needed[i] && !by_rules_needed[i])
-        .count();
+    let (needed, held) = retention::decide(policy, protection, &known, now());
     let (mut removed, mut failed) = (Vec::new(), 0);
     for (i, p) in points.iter().enumerate().filter(|(i, _)| !needed[*i]) {
         let manifest = match &p.manifest {

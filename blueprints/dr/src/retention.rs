@@ -2,7 +2,8 @@
 //!
 //! A DR point is kept when a rule keeps it (as `cairn repo forget` does: keep the newest N;
 //! the newest of each of the last N hours, days, ISO weeks, months, years that have points, in
-//! UTC), when it is the newest point, or while the location's protection period covers it.
+//! UTC), when it is the newest point or the one this run made (whatever the clock says), or
+//! while the location's protection period covers it.
 //! A kept point needs its whole chain (every increment back to its base), so those stay too;
 //! every other point is removed.
 //!
@@ -87,6 +88,34 @@ pub(crate) fn needed(points: &[Point], kept: &[bool]) -> Vec<bool> {
     needed
 }
 
+/// What retention keeps of `points`, the last of which this run made: the points the rules
+/// keep, those the protection period (`protection` seconds from their time) still covers at
+/// `now`, the point this run made whatever its time says (with the clock gone back the rules
+/// rank it below older points; removing it would lose the changes it holds, which the cursor has
+/// moved past), and every point their chains need. Also how many of those are kept only for the
+/// protection period.
+pub(crate) fn decide(
+    policy: &Policy,
+    protection: u64,
+    points: &[Point],
+    now: u64,
+) -> (Vec<bool>, usize) {
+    let times: Vec<u64> = points.iter().map(|p| p.time).collect();
+    let mut by_rules = policy.kept(&times);
+    if let Some(made) = by_rules.last_mut() {
+        *made = true;
+    }
+    let kept: Vec<bool> = (0..points.len())
+        .map(|i| by_rules[i] || times[i].saturating_add(protection) > now)
+        .collect();
+    let keep = needed(points, &kept);
+    let for_rules = needed(points, &by_rules);
+    let held = (0..points.len())
+        .filter(|&i| keep[i] && !for_rules[i])
+        .count();
+    (keep, held)
+}
+
 /// Why a run at `now` that would extend the chain ending at `current` starts a new one
 /// instead, if it should. `current` is the point the cursor follows (none when it is gone).
 pub(crate) fn rebase(
@@ -168,6 +197,42 @@ mod tests {
         let kept = [false, true, false, false, true];
         assert_eq!(needed(&points, &kept), [true, true, false, true, true]);
         assert_eq!(chain(&points, 2), [2, 1, 0]);
+    }
+
+    #[test]
+    fn the_point_a_run_made_is_kept_whatever_the_clock_says() {
+        let policy = Policy {
+            rules: Retention::new().last(2),
+            max_chain: 10,
+        };
+        // The clock went back an hour: the new point (last) is dated before the others.
+        let points = [
+            point(0, 4, 10 * HOUR),
+            point(4, 9, 11 * HOUR),
+            point(9, 12, 12 * HOUR),
+            point(12, 15, 11 * HOUR - 5),
+        ];
+        let (keep, held) = decide(&policy, 0, &points, 11 * HOUR);
+        assert_eq!(
+            keep,
+            [true, true, true, true],
+            "the new point and its chain"
+        );
+        assert_eq!(held, 0);
+
+        // On time, the rules decide, and the protection period holds what they let go.
+        let points = [
+            point(0, 4, HOUR),
+            point(0, 9, 2 * HOUR),
+            point(0, 12, 3 * HOUR),
+            point(0, 15, 4 * HOUR),
+        ];
+        let (keep, held) = decide(&policy, 0, &points, 4 * HOUR);
+        assert_eq!(keep, [false, false, true, true]);
+        assert_eq!(held, 0);
+        let (keep, held) = decide(&policy, 2 * HOUR + 1, &points, 4 * HOUR);
+        assert_eq!(keep, [false, true, true, true]);
+        assert_eq!(held, 1);
     }
 
     #[test]
