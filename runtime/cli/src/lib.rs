@@ -49,6 +49,9 @@ pub mod exit {
     pub const USAGE: u8 = 2;
     /// The runtime itself failed (I/O, the cache, the state directory).
     pub const RUNTIME: u8 = 3;
+    /// The run was interrupted (SIGINT, SIGTERM) and stopped, its posthook run: what a shell
+    /// reports for a process Ctrl-C ended.
+    pub const INTERRUPTED: u8 = 130;
     /// Standard output was closed before all was written (`cairn repo ls | head`): what a
     /// process killed by `SIGPIPE` reports, so `set -o pipefail` scripts see it the same way.
     pub const OUTPUT_CLOSED: u8 = 141;

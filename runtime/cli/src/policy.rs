@@ -1341,6 +1341,7 @@ async fn select(policy: &Policy, engine: &Engine, home: &Home) -> anyhow::Result
             artifacts: Vec::new(),
             point_values: Vec::new(),
             limits: limits.clone(),
+            ..RunRequest::default()
         })
     };
     let group = async |blueprint: &str,

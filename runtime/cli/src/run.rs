@@ -121,7 +121,9 @@ pub(crate) async fn run(args: RunArgs, home: Option<PathBuf>) -> anyhow::Result<
         artifacts,
         point_values,
         limits,
+        interrupt: interrupt_on_signals()?,
     };
+    let interrupted = request.interrupt.clone();
     let run = Execution {
         home: &home,
         engine: &engine,
@@ -137,6 +139,15 @@ pub(crate) async fn run(args: RunArgs, home: Option<PathBuf>) -> anyhow::Result<
         .await?;
     if report.ok {
         Ok(ExitCode::from(exit::OK))
+    } else if interrupted.is_triggered() {
+        if args.output == Output::Text {
+            eprintln!(
+                "cairn: action {} interrupted: {}",
+                args.action,
+                report.error.as_deref().unwrap_or("unknown error")
+            );
+        }
+        Ok(ExitCode::from(exit::INTERRUPTED))
     } else {
         if args.output == Output::Text {
             eprintln!(
@@ -147,6 +158,34 @@ pub(crate) async fn run(args: RunArgs, home: Option<PathBuf>) -> anyhow::Result<
         }
         Ok(ExitCode::from(exit::FAILED))
     }
+}
+
+/// An interrupt that the first SIGINT (Ctrl-C) or SIGTERM triggers: the running phase stops,
+/// the posthook still runs and the run is recorded. A second signal ends the process at once.
+fn interrupt_on_signals() -> anyhow::Result<cairn_engine::Interrupt> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let interrupt = cairn_engine::Interrupt::default();
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let trigger = interrupt.clone();
+    tokio::spawn(async move {
+        for n in 0.. {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            if n > 0 {
+                eprintln!("cairn: interrupted again; exiting without waiting for the posthook");
+                std::process::exit(i32::from(exit::INTERRUPTED));
+            }
+            eprintln!(
+                "cairn: interrupted; stopping the action and running its posthook (interrupt \
+                 again to exit at once)"
+            );
+            trigger.trigger();
+        }
+    });
+    Ok(interrupt)
 }
 
 /// One action of a blueprint, run and recorded in the catalog: what `cairn run` and policies

@@ -72,6 +72,45 @@ pub struct RunRequest {
     pub point_values: Vec<(String, String)>,
     /// The run's limits.
     pub limits: Limits,
+    /// Stops the run early when triggered (Ctrl-C, SIGTERM); the posthook still runs.
+    pub interrupt: Interrupt,
+}
+
+/// Stops a run early, as Ctrl-C does: the prehook or main phase then running is stopped (its
+/// host calls dropped: a local command killed, a Kubernetes exec closed), a main phase not yet
+/// started is skipped, and the posthook still runs, with its own deadline, so an application
+/// is never left quiesced. Cheap to clone; every clone triggers the same run.
+#[derive(Debug, Clone, Default)]
+pub struct Interrupt(Arc<InterruptState>);
+
+#[derive(Debug, Default)]
+struct InterruptState {
+    set: std::sync::atomic::AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl Interrupt {
+    /// Stops the run (or the next one given this interrupt) at once.
+    pub fn trigger(&self) {
+        self.0.set.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.0.notify.notify_waiters();
+    }
+
+    /// Whether it was triggered.
+    pub fn is_triggered(&self) -> bool {
+        self.0.set.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Returns once it is triggered.
+    async fn triggered(&self) {
+        let notified = self.0.notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if self.is_triggered() {
+            return;
+        }
+        notified.await;
+    }
 }
 
 /// What a phase produced.
@@ -109,6 +148,8 @@ pub enum PhaseStatus {
     TimedOut,
     /// It did not run because an earlier phase failed.
     Skipped,
+    /// The run was interrupted ([`Interrupt`]) while it ran, and it was stopped.
+    Interrupted,
 }
 
 /// One phase of a run.
@@ -367,6 +408,7 @@ pub(crate) async fn run(
                 host,
                 phase(pre, request.limits.deadline),
                 inputs(None, &reports),
+                Some(&request.interrupt),
             )
             .await;
             failure = ran.failure;
@@ -379,6 +421,7 @@ pub(crate) async fn run(
                 host,
                 phase(&main, request.limits.deadline),
                 inputs(None, &reports),
+                Some(&request.interrupt),
             )
             .await;
             failure = ran.failure;
@@ -389,10 +432,15 @@ pub(crate) async fn run(
                 status: PhaseStatus::Skipped,
                 duration_ms: 0,
                 outputs: Outputs::default(),
-                error: Some(format!(
-                    "skipped because {} failed",
-                    pre.unwrap_or("an earlier phase")
-                )),
+                error: Some(match pre {
+                    Some(pre) if request.interrupt.is_triggered() => {
+                        format!("skipped because the run was interrupted during {pre}")
+                    }
+                    pre => format!(
+                        "skipped because {} failed",
+                        pre.unwrap_or("an earlier phase")
+                    ),
+                }),
                 log_truncated: false,
             });
         }
@@ -403,6 +451,7 @@ pub(crate) async fn run(
                 host,
                 phase(post, request.limits.posthook_deadline),
                 inputs(failure.clone(), &reports),
+                None,
             )
             .await;
             reports.push(ran.report);
@@ -451,7 +500,10 @@ pub(crate) async fn run(
             .find(|p| {
                 matches!(
                     p.status,
-                    PhaseStatus::Failed | PhaseStatus::Trapped | PhaseStatus::TimedOut
+                    PhaseStatus::Failed
+                        | PhaseStatus::Trapped
+                        | PhaseStatus::TimedOut
+                        | PhaseStatus::Interrupted
                 )
             })
             .map(|p| {
@@ -484,6 +536,7 @@ async fn run_phase(
     host: &HostContext,
     ctx: Arc<ActionCtx>,
     inputs: guest::Inputs,
+    interrupt: Option<&Interrupt>,
 ) -> Ran {
     let name = ctx.phase.clone();
     let budget = ctx.deadline;
@@ -498,13 +551,28 @@ async fn run_phase(
             let instance = blueprint.inner.pre.instantiate_async(&mut store).await?;
             instance.cairn_blueprint_guest().call_run(&mut store, &name, &inputs).await
         };
-        let result = tokio::time::timeout(budget + ABANDON_GRACE, call).await;
+        let interrupted = async {
+            match interrupt {
+                Some(i) => i.triggered().await,
+                None => std::future::pending().await,
+            }
+        };
+        // `None` when interrupted: the phase's call, and the host calls it is in, are dropped.
+        let result = tokio::select! {
+            biased;
+            () = interrupted => None,
+            r = tokio::time::timeout(budget + ABANDON_GRACE, call) => Some(r),
+        };
         let duration = started.elapsed();
         let state = store.data();
         // A phase that stops keeps what it checkpointed, for the posthook.
         let stopped = || Outputs { artifacts: Vec::new(), values: state.checkpoints.clone() };
         let (status, outputs, error, failure) = match result {
-            Ok(Ok(Ok(returned))) => match to_outputs(returned, &state.checkpoints) {
+            None => {
+                let why = "the run was interrupted (Ctrl-C or SIGTERM), which stopped this phase".to_owned();
+                (PhaseStatus::Interrupted, stopped(), Some(why.clone()), Some(WitError::Failed(why)))
+            }
+            Some(Ok(Ok(Ok(returned)))) => match to_outputs(returned, &state.checkpoints) {
                 Err(why) => (PhaseStatus::Failed, stopped(), Some(why.clone()), Some(WitError::Invalid(why))),
                 Ok(outputs) if outputs_size(&outputs) > output_cap => {
                     let why = format!(
@@ -517,14 +585,14 @@ async fn run_phase(
                 }
                 Ok(outputs) => (PhaseStatus::Ok, outputs, None, None),
             },
-            Ok(Ok(Err(e))) => (PhaseStatus::Failed, stopped(), Some(describe_error(&e)), Some(e)),
-            Ok(Err(trap)) => {
+            Some(Ok(Ok(Err(e)))) => (PhaseStatus::Failed, stopped(), Some(describe_error(&e)), Some(e)),
+            Some(Ok(Err(trap))) => {
                 let why = trap_reason(&trap, state);
                 let status = if state.deadline_hit { PhaseStatus::TimedOut } else { PhaseStatus::Trapped };
                 let failure = if state.deadline_hit { WitError::TimedOut(why.clone()) } else { WitError::Failed(why.clone()) };
                 (status, stopped(), Some(why), Some(failure))
             }
-            Err(_) => {
+            Some(Err(_)) => {
                 let why = format!(
                     "the blueprint ran past its deadline of {} inside a host call that did not return, and was \
                      abandoned",

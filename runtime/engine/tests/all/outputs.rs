@@ -61,6 +61,60 @@ async fn a_prehook_that_times_out_after_scaling_leaves_its_checkpoint_to_the_pos
     );
 }
 
+/// An interrupted run (Ctrl-C) stops the phase that runs, spinning or asleep in a host call, at
+/// once; a main phase not yet started is skipped; the posthook still runs, told what stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_run_stops_its_phase_and_still_runs_its_posthook() {
+    let fixture = Fixture::new();
+    let interrupted = |req: RunRequest| async {
+        let interrupt = req.interrupt.clone();
+        let started = std::time::Instant::now();
+        let (report, ()) = tokio::join!(fixture.run(req), async {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            interrupt.trigger();
+        });
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "stopped long before the 20 s deadline: {report:?}"
+        );
+        report
+    };
+    for mode in ["spin", "sleep"] {
+        let report = interrupted(with_mode("backup", mode)).await;
+        assert_eq!(
+            statuses(&report),
+            [PhaseStatus::Ok, PhaseStatus::Interrupted, PhaseStatus::Ok],
+            "{mode}: {report:?}"
+        );
+        let post = &report.phases[2].outputs;
+        assert_eq!(post.get("post-stopped"), Some("backup"), "{mode}: {post:?}");
+        assert!(
+            post.get("post-failure")
+                .is_some_and(|f| f.contains("interrupted")),
+            "{mode}: {post:?}"
+        );
+        assert_error_has(&report, "backup: the run was interrupted");
+    }
+    let report = interrupted(with_mode("backup", "checkpoint")).await;
+    assert_eq!(
+        statuses(&report),
+        [
+            PhaseStatus::Interrupted,
+            PhaseStatus::Skipped,
+            PhaseStatus::Ok
+        ],
+        "{report:?}"
+    );
+    assert!(
+        report.phases[1]
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("interrupted during backupPrehook")),
+        "{report:?}"
+    );
+    assert_eq!(report.phases[2].outputs.get("post-scaled"), Some("1"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checkpoints_are_outputs_a_returned_value_replaces() {
     let fixture = Fixture::new();

@@ -388,6 +388,81 @@ fn a_timeout_mid_dump_still_releases_the_lock_and_records_nothing() {
     assert!(insert_within(&maria, 5), "the lock was not released");
 }
 
+/// Ctrl-C in the middle of a quiesced dump: the dump stops, the posthook still releases the
+/// global read lock, nothing is recorded as a restore point, and `cairn` exits 130.
+#[test]
+fn an_interrupt_mid_dump_still_releases_the_lock_and_records_nothing() {
+    let maria = Maria::start();
+    maria.load();
+    let cairn = Cairn::new();
+    // A mariadb-dump that streams the whole dump, says so, then hangs.
+    let tools = maria
+        .h
+        .tools("tools", &[("mariadb", Path::new("/usr/bin/mariadb"))]);
+    let dumped = maria.h.root().join("dumped");
+    let slow = format!(
+        "#!/bin/sh\n/usr/bin/mariadb-dump \"$@\"\ntouch '{}'\nexec sleep 600\n",
+        dumped.display()
+    );
+    script(&tools.join("mariadb-dump"), &slow);
+    let path = PathBuf::from(format!("{}:/usr/bin:/bin", tools.display()));
+    maria.h.write_inventory(&maria.h.workload.with_path(&path));
+    let args = maria.h.args(
+        "backup",
+        &[
+            "--grant",
+            "exec,export,secrets,volumes",
+            "--secret",
+            Maria::SECRET,
+            "--param",
+            "database=shop",
+            "--param",
+            "quiesce=true",
+        ],
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let child = cairn
+        .command(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cairn starts");
+    wait_for(
+        "the dump to be written",
+        60,
+        || dumped.exists(),
+        String::new,
+    );
+    assert!(
+        !insert_within(&maria, 1),
+        "the lock is held while the dump runs"
+    );
+    let signal = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(signal.success());
+    let started = Instant::now();
+    let out = child.wait_with_output().expect("cairn ends");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "it stopped at once"
+    );
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    let v = json(&out);
+    assert_eq!(phase(&v, "backup")["status"], "interrupted", "{v}");
+    assert_eq!(phase(&v, "backupPosthook")["status"], "ok", "{v}");
+    assert!(stderr(&out).contains("interrupted"), "{}", stderr(&out));
+    assert!(insert_within(&maria, 5), "the lock was not released");
+    assert_repository_empty(&cairn);
+    let actions = cairn.run(&["catalog", "ls", "action", "--output", "json"]);
+    assert!(
+        String::from_utf8_lossy(&actions.stdout).contains("cancelled"),
+        "recorded as cancelled: {}",
+        String::from_utf8_lossy(&actions.stdout)
+    );
+}
+
 #[test]
 fn a_prehook_that_times_out_waiting_for_the_lock_has_its_connection_killed() {
     let maria = Maria::start();
