@@ -289,19 +289,7 @@ fn the_read_lock_holds_writes_until_the_posthook() {
         volume: true,
         ..maria.h.workload.clone()
     });
-    let a = maria.h.args(
-        "backup",
-        &[
-            "--grant",
-            "exec,export,secrets,volumes",
-            "--secret",
-            Maria::SECRET,
-            "--param",
-            "database=shop",
-            "--param",
-            "quiesce=true",
-        ],
-    );
+    let a = quiesced_backup(&maria);
     let a: Vec<&str> = a.iter().map(String::as_str).collect();
     let mut child = cairn
         .command(&a)
@@ -370,44 +358,10 @@ fn the_read_lock_holds_writes_until_the_posthook() {
     assert!(insert_within(&maria, 5), "the lock was not released");
 }
 
-#[test]
-fn a_timeout_mid_dump_still_releases_the_lock_and_records_nothing() {
-    let maria = Maria::start();
-    maria.load();
-    let cairn = Cairn::new();
-    // A mariadb-dump that streams the whole dump, then hangs: the deadline hits mid-dump,
-    // before the command has ended.
-    let tools = maria
-        .h
-        .tools("tools", &[("mariadb", Path::new("/usr/bin/mariadb"))]);
-    let slow = "#!/bin/sh\n/usr/bin/mariadb-dump \"$@\"\nexec sleep 600\n";
-    script(&tools.join("mariadb-dump"), slow);
-    let path = PathBuf::from(format!("{}:/usr/bin:/bin", tools.display()));
-    maria.h.write_inventory(&maria.h.workload.with_path(&path));
-    maria.times_out_mid_dump(&cairn);
-    assert!(insert_within(&maria, 5), "the lock was not released");
-}
-
-/// Ctrl-C in the middle of a quiesced dump: the dump stops, the posthook still releases the
-/// global read lock, nothing is recorded as a restore point, and `cairn` exits 130.
-#[test]
-fn an_interrupt_mid_dump_still_releases_the_lock_and_records_nothing() {
-    let maria = Maria::start();
-    maria.load();
-    let cairn = Cairn::new();
-    // A mariadb-dump that streams the whole dump, says so, then hangs.
-    let tools = maria
-        .h
-        .tools("tools", &[("mariadb", Path::new("/usr/bin/mariadb"))]);
-    let dumped = maria.h.root().join("dumped");
-    let slow = format!(
-        "#!/bin/sh\n/usr/bin/mariadb-dump \"$@\"\ntouch '{}'\nexec sleep 600\n",
-        dumped.display()
-    );
-    script(&tools.join("mariadb-dump"), &slow);
-    let path = PathBuf::from(format!("{}:/usr/bin:/bin", tools.display()));
-    maria.h.write_inventory(&maria.h.workload.with_path(&path));
-    let args = maria.h.args(
+/// The arguments of a quiesced backup of [`DB`] (the global read lock from prehook to
+/// posthook).
+fn quiesced_backup(maria: &Maria) -> Vec<String> {
+    maria.h.args(
         "backup",
         &[
             "--grant",
@@ -419,7 +373,46 @@ fn an_interrupt_mid_dump_still_releases_the_lock_and_records_nothing() {
             "--param",
             "quiesce=true",
         ],
+    )
+}
+
+/// Puts in the workload's `PATH` a mariadb-dump that streams the whole dump, creates the file
+/// this returns, then hangs.
+fn hanging_dump(maria: &Maria) -> PathBuf {
+    let tools = maria
+        .h
+        .tools("tools", &[("mariadb", Path::new("/usr/bin/mariadb"))]);
+    let dumped = maria.h.root().join("dumped");
+    let slow = format!(
+        "#!/bin/sh\n/usr/bin/mariadb-dump \"$@\"\ntouch '{}'\nexec sleep 600\n",
+        dumped.display()
     );
+    script(&tools.join("mariadb-dump"), &slow);
+    let path = PathBuf::from(format!("{}:/usr/bin:/bin", tools.display()));
+    maria.h.write_inventory(&maria.h.workload.with_path(&path));
+    dumped
+}
+
+#[test]
+fn a_timeout_mid_dump_still_releases_the_lock_and_records_nothing() {
+    let maria = Maria::start();
+    maria.load();
+    let cairn = Cairn::new();
+    // The deadline hits mid-dump, before the command has ended.
+    hanging_dump(&maria);
+    maria.times_out_mid_dump(&cairn);
+    assert!(insert_within(&maria, 5), "the lock was not released");
+}
+
+/// Ctrl-C in the middle of a quiesced dump: the dump stops, the posthook still releases the
+/// global read lock, nothing is recorded as a restore point, and `cairn` exits 130.
+#[test]
+fn an_interrupt_mid_dump_still_releases_the_lock_and_records_nothing() {
+    let maria = Maria::start();
+    maria.load();
+    let cairn = Cairn::new();
+    let dumped = hanging_dump(&maria);
+    let args = quiesced_backup(&maria);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let child = cairn
         .command(&args)
@@ -437,11 +430,7 @@ fn an_interrupt_mid_dump_still_releases_the_lock_and_records_nothing() {
         !insert_within(&maria, 1),
         "the lock is held while the dump runs"
     );
-    let signal = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(signal.success());
+    signal(child.id(), "-INT");
     let started = Instant::now();
     let out = child.wait_with_output().expect("cairn ends");
     assert!(
