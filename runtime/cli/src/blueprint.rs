@@ -32,8 +32,9 @@ pub(crate) enum BlueprintCommand {
     Add {
         /// The blueprint component (`.wasm`).
         file: PathBuf,
-        /// The only capabilities policies and runs by name may grant it (comma-separated);
-        /// default: all it declares.
+        /// The only capabilities policies and runs by name may grant it (comma-separated), or
+        /// `all` for all it declares. Default: what the blueprint of that name registered
+        /// before was allowed (of what this one declares), or all it declares when it is new.
         #[arg(long, value_name = "CAP", value_delimiter = ',')]
         allow: Option<Vec<String>>,
         /// How to print the result.
@@ -73,7 +74,10 @@ pub(crate) async fn run(cmd: BlueprintCommand, home: Option<PathBuf>) -> anyhow:
             let home = Home::resolve(home)?;
             let engine = crate::run::engine(&home)?;
             let blueprint = load(&engine, &file).await?;
-            let allow = allow.map(|caps| allowed(&blueprint, &caps)).transpose()?;
+            let allow = match allow {
+                Some(caps) => allowed(&blueprint, &caps)?,
+                None => still_allowed(&home, &blueprint)?,
+            };
             add(&home, &file, &blueprint, allow, output)?;
             Ok(ExitCode::from(exit::OK))
         }
@@ -212,10 +216,18 @@ pub(crate) async fn load(
         .map_err(|e| UsageError(format!("blueprint {}: {e}", file.display())).into())
 }
 
-/// The capabilities of `--allow`, each one the blueprint declares.
-fn allowed(blueprint: &cairn_engine::Blueprint, caps: &[String]) -> anyhow::Result<Vec<String>> {
+/// The capabilities of `--allow`, each one the blueprint declares; `None` for `all`.
+fn allowed(
+    blueprint: &cairn_engine::Blueprint,
+    caps: &[String],
+) -> anyhow::Result<Option<Vec<String>>> {
+    if let [all] = caps
+        && all == "all"
+    {
+        return Ok(None);
+    }
     let d = blueprint.description();
-    let parsed = crate::run::parse_grants(caps)?;
+    let parsed = crate::run::parse_capabilities(caps, "--allow")?;
     if let Some(extra) = parsed.iter().find(|c| !d.capabilities.contains(c)) {
         return Err(UsageError(format!(
             "--allow {extra}: blueprint {} does not declare it, so it could never use it",
@@ -223,7 +235,27 @@ fn allowed(blueprint: &cairn_engine::Blueprint, caps: &[String]) -> anyhow::Resu
         ))
         .into());
     }
-    Ok(parsed.iter().map(ToString::to_string).collect())
+    Ok(Some(parsed.iter().map(ToString::to_string).collect()))
+}
+
+/// Without `--allow`, a blueprint that replaces one of its name keeps what that one was
+/// allowed (what it still declares): adding a new version never widens what may be granted.
+fn still_allowed(
+    home: &Home,
+    blueprint: &cairn_engine::Blueprint,
+) -> anyhow::Result<Option<Vec<String>>> {
+    let d = blueprint.description();
+    let before = crate::catalog::open(home)?.blueprint(&d.name)?;
+    Ok(before.and_then(|b| b.allow).map(|allow| {
+        allow
+            .into_iter()
+            .filter(|c| {
+                d.capabilities
+                    .iter()
+                    .any(|declared| declared.to_string() == *c)
+            })
+            .collect()
+    }))
 }
 
 /// Refuses `grants` beyond what the operator allowed the registered blueprint `record`.

@@ -323,15 +323,23 @@ pub(crate) async fn open_target(
 }
 
 pub(crate) fn parse_grants(raw: &[String]) -> anyhow::Result<BTreeSet<Capability>> {
+    parse_capabilities(raw, "--grant")
+}
+
+/// The capabilities `raw` names (the values of `flag`, which errors name).
+pub(crate) fn parse_capabilities(
+    raw: &[String],
+    flag: &str,
+) -> anyhow::Result<BTreeSet<Capability>> {
     raw.iter()
         .filter(|g| !g.is_empty())
         .map(|g| match g.parse::<Capability>() {
             Ok(Capability::Catalog) => Err(UsageError(format!(
-                "--grant {g}: the catalog capability is granted by the runtime to its DR blueprint only (`cairn dr run`)"
+                "{flag} {g}: the catalog capability is granted by the runtime to its DR blueprint only (`cairn dr run`)"
             ))
             .into()),
             Ok(cap) => Ok(cap),
-            Err(e) => Err(UsageError(format!("--grant {g}: {e}")).into()),
+            Err(e) => Err(UsageError(format!("{flag} {g}: {e}")).into()),
         })
         .collect()
 }

@@ -658,6 +658,21 @@ fn the_operator_bounds_what_policies_and_runs_by_name_may_grant() {
     let out = cairn.run(&["policy", "run", "greet"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stdout(&out).contains("not exec"), "{}", stdout(&out));
+    // Added again without --allow, it keeps what it was allowed; `all` lifts the bound.
+    let out = cairn.run(&["blueprint", "add", hello]);
+    assert!(
+        stdout(&out).contains("may grant only: none"),
+        "{}",
+        stdout(&out)
+    );
+    refused_with(&cairn.run(&run), &["not exec"]);
+    refused_with(
+        &cairn.run(&["blueprint", "add", hello, "--allow", "exec,bogus"]),
+        &["--allow bogus"],
+    );
+    let out = cairn.run(&["blueprint", "add", hello, "--allow", "all"]);
+    assert!(!stdout(&out).contains("may grant only"), "{}", stdout(&out));
+    ok(&cairn.run(&run));
 }
 
 /// A local target with two workloads of different kinds, `hello` (app=hello) and `other`
