@@ -245,11 +245,7 @@ pub(crate) fn record_run(catalog: &Catalog, run: &RunRecord<'_>) -> anyhow::Resu
         target: target.clone(),
         status: if report.ok {
             ActionStatus::Succeeded
-        } else if report
-            .phases
-            .iter()
-            .any(|p| p.status == cairn_engine::PhaseStatus::Interrupted)
-        {
+        } else if report.interrupted() {
             ActionStatus::Cancelled
         } else {
             ActionStatus::Failed

@@ -139,7 +139,7 @@ pub(crate) async fn run(args: RunArgs, home: Option<PathBuf>) -> anyhow::Result<
         .await?;
     if report.ok {
         Ok(ExitCode::from(exit::OK))
-    } else if interrupted.is_triggered() {
+    } else if report.interrupted() || interrupted.is_triggered() {
         if args.output == Output::Text {
             eprintln!(
                 "cairn: action {} interrupted: {}",
@@ -395,6 +395,17 @@ fn read_restore_point(path: &Path) -> anyhow::Result<PointOutputs> {
             path.display()
         ))
     })?;
+    // A failed backup made no restore point, whatever artifacts it lists: restoring from it
+    // would run the restore's prehook (which moves data aside) for nothing.
+    if report["status"].as_str().is_some_and(|s| s != "succeeded") {
+        return Err(UsageError(format!(
+            "--from {}: the report is of a run that failed ({}); it made no restore point: pass the \
+             report of a backup that succeeded",
+            path.display(),
+            report["error"].as_str().unwrap_or("no error recorded")
+        ))
+        .into());
+    }
     let artifacts = serde_json::from_value(report["outputs"]["artifacts"].clone()).map_err(|e| {
         UsageError(format!(
             "--from {}: no artifacts in it ({e}); pass the `--output json` report of a backup run",
@@ -450,7 +461,11 @@ pub(crate) fn print_report(report: &cairn_engine::RunReport, output: Output) -> 
     match output {
         Output::Json => {
             let view = JsonReport {
-                status: if report.ok { "succeeded" } else { "failed" },
+                status: match (report.ok, report.interrupted()) {
+                    (true, _) => "succeeded",
+                    (false, true) => "cancelled",
+                    (false, false) => "failed",
+                },
                 action_id: &report.action_id,
                 outputs: &report.outputs,
                 error: report.error.as_deref(),

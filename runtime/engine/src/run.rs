@@ -187,6 +187,15 @@ pub struct RunReport {
     pub error: Option<String>,
 }
 
+impl RunReport {
+    /// Whether an [`Interrupt`] stopped a phase of it.
+    pub fn interrupted(&self) -> bool {
+        self.phases
+            .iter()
+            .any(|p| p.status == PhaseStatus::Interrupted)
+    }
+}
+
 /// What a phase returned, flat, over the values it checkpointed (a returned value replaces
 /// the checkpoint of the same name). Refused, in one line, when an artifact has a value named
 /// like a key of its export reference.

@@ -84,6 +84,22 @@ fn a_failed_run_is_recorded_as_failed_without_a_restore_point() {
     );
     let out = cairn.run(&["catalog", "ls", "--output", "json"]);
     assert_eq!(count(&json(&out), "local-restore-point"), 0);
+
+    // Its report is no restore point: a restore from it is refused before anything runs.
+    let out = run_hello(&cairn, "backup", &["--output", "json"]);
+    let report = cairn.home.path().join("failed.json");
+    std::fs::write(&report, &out.stdout).expect("save the report");
+    let out = hello(
+        &cairn,
+        "restore",
+        &["--from", report.to_str().expect("utf-8")],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is of a run that failed") && stderr(&out).contains("denied"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]

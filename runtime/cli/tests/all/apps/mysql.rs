@@ -439,6 +439,7 @@ fn an_interrupt_mid_dump_still_releases_the_lock_and_records_nothing() {
     );
     assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
     let v = json(&out);
+    assert_eq!(v["status"], "cancelled", "{v}");
     assert_eq!(phase(&v, "backup")["status"], "interrupted", "{v}");
     assert_eq!(phase(&v, "backupPosthook")["status"], "ok", "{v}");
     assert!(stderr(&out).contains("interrupted"), "{}", stderr(&out));
