@@ -1982,7 +1982,6 @@ async fn remove_point(
             "its snapshot {id} is under the repository's protection period until {until}"
         );
     }
-    let mut present = present;
     if execution.blueprint.description().has_action("delete") {
         let catalog = crate::catalog::open(execution.home)?;
         let (artifacts, point_values) = crate::catalog::point_outputs(&catalog, &point.id)?;
@@ -2006,13 +2005,22 @@ async fn remove_point(
                 report.error.as_deref().unwrap_or("unknown error")
             );
         }
-        // It may have removed its own exports.
-        present = existing(repo, &present).await?;
     }
+    retire(execution.home, repo, point).await
+}
+
+/// Forgets the snapshots of `point` that `repo` still holds (its delete action may have
+/// removed its own exports) and removes its catalog record.
+pub(crate) async fn retire(
+    home: &Home,
+    repo: &cairn_repository::Repository,
+    point: &cairn_catalog::RestorePoint,
+) -> anyhow::Result<()> {
+    let present = existing(repo, &point.snapshots).await?;
     repo.forget_ids(&present, false)
         .await
         .context("forgetting its repository snapshots")?;
-    let catalog = crate::catalog::open(execution.home)?;
+    let catalog = crate::catalog::open(home)?;
     catalog.delete(cairn_catalog::Record::kind(point), &point.id)?;
     Ok(())
 }

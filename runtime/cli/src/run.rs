@@ -90,9 +90,12 @@ pub(crate) async fn run(args: RunArgs, home: Option<PathBuf>) -> anyhow::Result<
         )
         .into());
     }
-    let (artifacts, point_values) = match (&args.from, &args.from_point) {
+    let ((artifacts, point_values), point) = match (&args.from, &args.from_point) {
         (Some(path), _) => read_restore_point(path)?,
-        (None, Some(id)) => crate::catalog::point_outputs(&crate::catalog::open(&home)?, id)?,
+        (None, Some(id)) => (
+            crate::catalog::point_outputs(&crate::catalog::open(&home)?, id)?,
+            Some(id.clone()),
+        ),
         (None, None) => Default::default(),
     };
     let cluster = open_target(&args.target, args.snapshot_class.as_deref(), &home).await?;
@@ -132,11 +135,17 @@ pub(crate) async fn run(args: RunArgs, home: Option<PathBuf>) -> anyhow::Result<
         exports,
         repository: &repository,
         policy: None,
-        used_point: args.from_point.as_deref(),
+        used_point: point.as_deref(),
     };
     let (report, _) = run
         .execute(request, |report| print_report(report, args.output))
         .await?;
+    if report.ok
+        && args.action == "delete"
+        && let Some(id) = &point
+    {
+        retire_deleted(&home, &run, id).await?;
+    }
     if report.ok {
         Ok(ExitCode::from(exit::OK))
     } else if report.interrupted() || interrupted.is_triggered() {
@@ -157,6 +166,30 @@ pub(crate) async fn run(args: RunArgs, home: Option<PathBuf>) -> anyhow::Result<
             );
         }
         Ok(ExitCode::from(exit::FAILED))
+    }
+}
+
+/// After a `delete` action of the restore point `id` succeeded: forgets what is left of it in
+/// the run's repository and removes its record, as retention does, so it is no longer listed
+/// as restorable. A point in another repository keeps its record, with a warning.
+async fn retire_deleted(home: &Home, run: &Execution<'_>, id: &str) -> anyhow::Result<()> {
+    let Some(point) = crate::catalog::open(home)?.restore_point(id)? else {
+        return Ok(());
+    };
+    match &point.location {
+        cairn_catalog::Location::Exported { repository, .. } if repository != run.repository => {
+            eprintln!(
+                "cairn: warning: restore point {id} is in {repository}, not in this run's repository \
+                 {}: its record is kept; run the delete again with --repo {repository}",
+                run.repository
+            );
+            Ok(())
+        }
+        _ => crate::policy::retire(home, run.exports.repository(), &point)
+            .await
+            .with_context(|| {
+                format!("the delete action succeeded, but removing restore point {id} failed")
+            }),
     }
 }
 
@@ -385,8 +418,9 @@ pub(crate) fn parse_secrets(raw: &[String]) -> anyhow::Result<BTreeMap<String, S
     Ok(out)
 }
 
-/// The artifacts and values of the restore point a `--from` report describes.
-fn read_restore_point(path: &Path) -> anyhow::Result<PointOutputs> {
+/// The restore point a backup's `--output json` report at `path` made, and its id (the
+/// backup's action id, when the report has one).
+fn read_restore_point(path: &Path) -> anyhow::Result<(PointOutputs, Option<String>)> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| UsageError(format!("--from {}: {e}", path.display())))?;
     let report: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
@@ -423,7 +457,8 @@ fn read_restore_point(path: &Path) -> anyhow::Result<PointOutputs> {
             ))
         })?,
     };
-    Ok((artifacts, values))
+    let id = report["action_id"].as_str().map(str::to_owned);
+    Ok(((artifacts, values), id))
 }
 
 /// A restore point as a run receives it: its artifacts and its own values.

@@ -206,6 +206,24 @@ fn snapshots(cairn: &Cairn, tags: &[&str]) -> Vec<Value> {
         .unwrap_or_else(|| panic!("not a list of snapshots: {}", stdout(&out)))
 }
 
+/// The ids of the exported restore points in the catalog.
+fn exported_points(cairn: &Cairn) -> Vec<String> {
+    let out = cairn.run(&[
+        "catalog",
+        "ls",
+        "exported-restore-point",
+        "--output",
+        "json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    json(&out)
+        .as_array()
+        .expect("points")
+        .iter()
+        .filter_map(|p| p["key"].as_str().map(str::to_owned))
+        .collect()
+}
+
 /// The one workload (of kind statefulset) of a test's local target: its commands run in the
 /// tempdir, with `path` as `PATH` when set, and may run only the `allow`ed programs; `start`,
 /// `stop` and `ready` (YAML flow sequences) make it scalable; with `volume`, `./data` is its
@@ -459,10 +477,19 @@ impl Harness {
         (self.save(&out), json(&out))
     }
 
-    /// `delete` of the restore point in `report`, which must succeed.
+    /// `delete` of the restore point in `report`, which must succeed, and then is no longer in
+    /// the catalog.
     fn delete(&self, cairn: &Cairn, report: &Path) {
         let from = report.to_str().expect("utf-8 path");
         self.run_ok(cairn, "delete", &["--from", from, "--grant", "export"]);
+        let text = std::fs::read_to_string(report).expect("the report");
+        let id = serde_json::from_str::<Value>(&text).expect("JSON")["action_id"].clone();
+        let id = id.as_str().expect("an action id").to_owned();
+        let listed = exported_points(cairn);
+        assert!(
+            !listed.contains(&id),
+            "restore point {id} is still listed: {listed:?}"
+        );
     }
 
     /// A backup whose workload lacks `tool`: not in its allow list, then allowed but missing

@@ -369,19 +369,7 @@ fn a_policy_keeps_its_newest_exports_and_forgets_the_rest() {
     // The first point's export was deleted (by the blueprint's delete action) and its record
     // removed; the other two points keep theirs.
     assert_eq!(snapshots(&cairn, &["export"]).len(), 2);
-    let out = cairn.run(&[
-        "catalog",
-        "ls",
-        "exported-restore-point",
-        "--output",
-        "json",
-    ]);
-    let kept: Vec<String> = crate::support::json(&out)
-        .as_array()
-        .expect("points")
-        .iter()
-        .filter_map(|p| p["key"].as_str().map(str::to_owned))
-        .collect();
+    let kept = super::exported_points(&cairn);
     assert_eq!(kept.len(), 2);
     assert!(
         kept.contains(&points[1]) && kept.contains(&points[2]),
