@@ -139,7 +139,7 @@ pub(crate) async fn check(
         home,
         &binding.blueprint,
         &binding.grants,
-        binding.params.keys(),
+        &binding.params,
     )
     .await
     .map_err(|e| bad(e.to_string()))?;

@@ -757,15 +757,9 @@ pub(crate) async fn check(policy: &Policy, engine: &Engine, home: &Home) -> anyh
     }
     match &policy.blueprint {
         Some(blueprint) => {
-            check_use(
-                engine,
-                home,
-                blueprint,
-                &policy.grants,
-                policy.params.keys(),
-            )
-            .await
-            .map_err(|e| bad(e.to_string()))?;
+            check_use(engine, home, blueprint, &policy.grants, &policy.params)
+                .await
+                .map_err(|e| bad(e.to_string()))?;
         }
         None if !policy.params.is_empty()
             || !policy.grants.is_empty()
@@ -801,7 +795,7 @@ pub(crate) async fn check_use(
     home: &Home,
     blueprint: &str,
     grants: &[String],
-    mut params: impl Iterator<Item = &String>,
+    params: &BTreeMap<String, String>,
 ) -> anyhow::Result<()> {
     let bad = |msg: String| -> anyhow::Error { UsageError(msg).into() };
     let grants = crate::run::parse_grants(grants)?;
@@ -850,7 +844,10 @@ pub(crate) async fn check_use(
             declared.join(", ")
         )));
     }
-    if let Some(param) = params.find(|p| !d.parameters.iter().any(|q| &q.name == *p)) {
+    if let Some(param) = params
+        .keys()
+        .find(|p| !d.parameters.iter().any(|q| &q.name == *p))
+    {
         let known: Vec<String> = d.parameters.iter().map(|p| p.name.clone()).collect();
         return Err(bad(format!(
             "blueprint {} has no parameter {param:?} (it has: {})",
@@ -858,6 +855,10 @@ pub(crate) async fn check_use(
             crate::listed(&known)
         )));
     }
+    // Checked as the backup will check them, so a bad value fails now, not at night.
+    let given: Vec<(String, String)> = params.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    cairn_engine::check_params(&d.parameters, &given)
+        .map_err(|e| bad(format!("blueprint {}: {e}", d.name)))?;
     Ok(())
 }
 

@@ -65,5 +65,6 @@ pub use limits::{
     DEFAULT_LOG_BYTES, DEFAULT_MEMORY, DEFAULT_OUTPUT_BYTES, DEFAULT_POSTHOOK_DEADLINE, EPOCH_TICK,
     Limits, MAX_DATA_IO, MAX_DEADLINE, MAX_MEMORY, MAX_STDIN,
 };
+pub use params::check_params;
 pub use run::{HostContext, Interrupt, Outputs, PhaseReport, PhaseStatus, RunReport, RunRequest};
 pub use version::WIT_VERSION;

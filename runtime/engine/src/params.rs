@@ -42,6 +42,23 @@ pub(crate) fn validate(
     specs: &[ParamSpec],
     given: &[(String, String)],
 ) -> Result<Vec<(String, ParamValue)>> {
+    validate_as(specs, given, "--param ")
+}
+
+/// Checks parameter values as a run will ([`validate`]: names, kinds, ranges, choices, the
+/// required ones given, the blueprint's defaults), for what schedules runs (a policy, a
+/// binding), so a bad value is refused when it is written, not when it runs. Errors name a
+/// parameter as `params: NAME=VALUE`.
+pub fn check_params(specs: &[ParamSpec], given: &[(String, String)]) -> Result<()> {
+    validate_as(specs, given, "params: ").map(|_| ())
+}
+
+/// [`validate`], its errors naming a parameter after `flag` (`--param `).
+fn validate_as(
+    specs: &[ParamSpec],
+    given: &[(String, String)],
+    flag: &str,
+) -> Result<Vec<(String, ParamValue)>> {
     for (i, (name, value)) in given.iter().enumerate() {
         if !specs.iter().any(|s| s.name == *name) {
             let known: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
@@ -51,12 +68,12 @@ pub(crate) fn validate(
                 format!("it accepts {}", known.join(", "))
             };
             return Err(Error::InvalidParam(format!(
-                "--param {name}={value}: the blueprint has no parameter {name:?}; {accepts}"
+                "{flag}{name}={value}: the blueprint has no parameter {name:?}; {accepts}"
             )));
         }
         if given[..i].iter().any(|(n, _)| n == name) {
             return Err(Error::InvalidParam(format!(
-                "--param {name} is given more than once"
+                "{flag}{name} is given more than once"
             )));
         }
     }
@@ -65,18 +82,18 @@ pub(crate) fn validate(
         let name = &spec.name;
         let value = match given.iter().find(|(n, _)| n == name) {
             Some((_, raw)) => parse(spec, raw).map_err(|why| {
-                Error::InvalidParam(format!("--param {name}={raw}: {why}"))
+                Error::InvalidParam(format!("{flag}{name}={raw}: {why}"))
             })?,
             None => match &spec.default {
                 Some(default) => parse(spec, default).map_err(|why| {
                     Error::InvalidParam(format!(
                         "the blueprint's default for parameter {name:?} ({default:?}) is malformed: {why}; \
-                         pass --param {name}=… or fix the blueprint"
+                         pass {flag}{name}=… or fix the blueprint"
                     ))
                 })?,
                 None if spec.required => {
                     return Err(Error::InvalidParam(format!(
-                        "missing --param {name}=…: the parameter is required ({}; {})",
+                        "missing {flag}{name}=…: the parameter is required ({}; {})",
                         spec.kind, spec.description
                     )));
                 }

@@ -617,6 +617,38 @@ fn sigterm_during_a_run_lets_the_run_finish() {
     assert_eq!(show(&cairn)["policy"]["last_run"]["succeeded"], true);
 }
 
+/// A parameter's value is checked when the policy is applied, as the run would check it: a
+/// bad one fails now, not at night.
+#[test]
+fn a_policys_parameter_values_are_checked_when_it_is_applied() {
+    let cairn = Cairn::new();
+    let postgres = crate::support::wasm("postgres");
+    ok(&cairn.run(&["blueprint", "add", postgres.to_str().expect("utf-8")]));
+    let inventory = root().join("examples/hello/inventory.yaml");
+    let policy = |params: &str| {
+        format!(
+            "name: db\nblueprint: postgres\ntarget: local:{}\nworkloads: [hello]\n\
+             frequency: '@daily'\nretention: {{last: 1}}\ngrants: [exec, export]\n\
+             params: {params}\n",
+            inventory.display()
+        )
+    };
+    for (params, says) in [
+        ("{port: abc}", "params: port=abc"),
+        ("{port: '70000'}", "params: port=70000"),
+        ("{format: bogus}", "params: format=bogus"),
+        ("{single-transaction: maybe}", "expected true or false"),
+    ] {
+        let file = policy_file(&cairn, "db", &policy(params));
+        let file = file.to_str().expect("utf-8");
+        for dry in [&["--dry-run"][..], &[]] {
+            let args = [&["policy", "apply", file][..], dry].concat();
+            refused_with(&cairn.run(&args), &["blueprint postgres", says]);
+        }
+    }
+    ok(&apply(&cairn, &policy("{port: '5433', format: custom}")));
+}
+
 #[test]
 fn the_operator_bounds_what_policies_and_runs_by_name_may_grant() {
     let cairn = Cairn::new();
