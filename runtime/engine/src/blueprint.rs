@@ -78,13 +78,36 @@ impl ParamSpec {
                 self.name, self.kind
             ));
         }
-        match (self.minimum, self.maximum) {
-            (Some(min), Some(max)) if min > max => Some(format!(
+        if let (Some(min), Some(max)) = (self.minimum, self.maximum)
+            && min > max
+        {
+            return Some(format!(
                 "parameter {:?} has a minimum ({min}) above its maximum ({max})",
                 self.name
-            )),
-            _ => None,
+            ));
         }
+        // Every choice a value of its kind and range; the default one of the values it takes.
+        let any = ParamSpec {
+            choices: Vec::new(),
+            ..self.clone()
+        };
+        if let Some((choice, why)) = self
+            .choices
+            .iter()
+            .find_map(|c| crate::params::parse(&any, c).err().map(|why| (c, why)))
+        {
+            return Some(format!(
+                "parameter {:?} offers the choice {choice:?}, which its kind refuses: {why}",
+                self.name
+            ));
+        }
+        let default = self.default.as_deref()?;
+        crate::params::parse(self, default).err().map(|why| {
+            format!(
+                "parameter {:?} has the default {default:?}, which it refuses: {why}",
+                self.name
+            )
+        })
     }
 }
 
@@ -109,6 +132,25 @@ pub struct Description {
 }
 
 impl Description {
+    /// What is wrong with the description, if anything: a parameter spec's problem, or an
+    /// action or parameter named twice (a run could not tell which is meant).
+    pub(crate) fn problem(&self) -> Option<String> {
+        let twice = |names: Vec<&str>| {
+            names
+                .iter()
+                .enumerate()
+                .find(|(i, n)| names[..*i].contains(n))
+                .map(|(_, n)| n.to_string())
+        };
+        if let Some(name) = twice(self.actions.iter().map(|a| a.name.as_str()).collect()) {
+            return Some(format!("it declares the action {name:?} twice"));
+        }
+        if let Some(name) = twice(self.parameters.iter().map(|p| p.name.as_str()).collect()) {
+            return Some(format!("it declares the parameter {name:?} twice"));
+        }
+        self.parameters.iter().find_map(ParamSpec::problem)
+    }
+
     /// Whether the blueprint describes an action named `name`.
     pub fn has_action(&self, name: &str) -> bool {
         self.actions.iter().any(|a| a.name == name)

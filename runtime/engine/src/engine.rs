@@ -287,8 +287,8 @@ impl Engine {
                 reason: reason.into(),
             });
         }
-        if let Some(problem) = description.parameters.iter().find_map(|p| p.problem()) {
-            return Err(Error::BadParamSpec(problem));
+        if let Some(problem) = description.problem() {
+            return Err(Error::BadDescription(problem));
         }
         if let (Some(needed), Some(ours)) = (
             Semver::parse(&description.min_runtime),

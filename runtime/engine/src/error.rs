@@ -56,9 +56,10 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
-    /// The blueprint's `describe()` declares a parameter the host cannot check.
-    #[error("the blueprint's describe() is invalid: {0}; fix the parameter in the blueprint")]
-    BadParamSpec(String),
+    /// The blueprint's `describe()` declares something the host cannot use: a parameter it
+    /// cannot check, a default its own parameter refuses, a name given twice.
+    #[error("the blueprint's describe() is invalid: {0}; fix it in the blueprint")]
+    BadDescription(String),
     /// The component imports something this runtime does not provide.
     #[error("the blueprint imports what this runtime does not provide: {}", .names.join(", "))]
     UnsatisfiedImports {

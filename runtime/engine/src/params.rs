@@ -5,7 +5,7 @@ use crate::blueprint::{ParamKind, ParamSpec};
 use crate::error::{Error, Result};
 
 /// Parses one value as `spec` declares it.
-fn parse(spec: &ParamSpec, raw: &str) -> std::result::Result<ParamValue, String> {
+pub(crate) fn parse(spec: &ParamSpec, raw: &str) -> std::result::Result<ParamValue, String> {
     if !spec.choices.is_empty() && !spec.choices.iter().any(|c| c == raw) {
         return Err(format!("expected one of {}", spec.choices.join(", ")));
     }
@@ -197,6 +197,52 @@ mod tests {
         assert!(
             err.contains("the blueprint's default for parameter \"n\""),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn defaults_and_choices_must_be_values_the_parameter_takes() {
+        let problem = |kind, default: Option<&str>, choices: &[&str]| {
+            let mut spec = spec("p", kind, false, default, choices);
+            spec.maximum = (kind == ParamKind::Integer).then_some(10);
+            spec.problem().unwrap_or_default()
+        };
+        assert_eq!(problem(ParamKind::Integer, Some("7"), &[]), "");
+        assert!(problem(ParamKind::Integer, Some("abc"), &[]).contains("default \"abc\""));
+        assert!(problem(ParamKind::Integer, Some("11"), &[]).contains("at most 10"));
+        assert!(problem(ParamKind::Integer, None, &["1", "x"]).contains("choice \"x\""));
+        assert!(problem(ParamKind::Text, Some("z"), &["a", "b"]).contains("expected one of a, b"));
+        assert!(problem(ParamKind::Boolean, Some("maybe"), &[]).contains("true or false"));
+        assert_eq!(problem(ParamKind::Text, Some("a"), &["a", "b"]), "");
+    }
+
+    #[test]
+    fn a_description_names_each_action_and_parameter_once() {
+        let action = |name: &str| crate::blueprint::ActionSpec {
+            name: name.into(),
+            description: String::new(),
+        };
+        let mut d = crate::blueprint::Description {
+            name: "b".into(),
+            version: "1".into(),
+            description: String::new(),
+            actions: vec![action("backup"), action("restore")],
+            parameters: vec![spec("a", ParamKind::Text, false, None, &[])],
+            capabilities: Vec::new(),
+            min_runtime: "0.1.0".into(),
+        };
+        assert_eq!(d.problem(), None);
+        d.actions.push(action("backup"));
+        assert!(
+            d.problem()
+                .is_some_and(|p| p.contains("action \"backup\" twice"))
+        );
+        d.actions.pop();
+        d.parameters
+            .push(spec("a", ParamKind::Integer, false, None, &[]));
+        assert!(
+            d.problem()
+                .is_some_and(|p| p.contains("parameter \"a\" twice"))
         );
     }
 
