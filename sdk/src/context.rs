@@ -98,7 +98,8 @@ pub trait FromParam: Sized {
 
 fn missing(name: &str) -> Error {
     Error::not_found(format!(
-        "parameter `{name}` has no value: declare it with a default or as required, or read it as an Option"
+        "parameter `{name}` has no value: declare it with a default or as required, or read it as an Option \
+         (a test's Context::builder applies the defaults only with `.defaults(&T::describe())`)"
     ))
 }
 
@@ -487,6 +488,31 @@ impl ContextBuilder {
         self
     }
 
+    /// Gives every parameter of `description` that has a default and no value yet its
+    /// default, as the host does before a run: `Context::builder(..).defaults(&T::describe())`.
+    /// A default its parameter's kind cannot read is left out (the host refuses the blueprint).
+    #[must_use]
+    pub fn defaults(mut self, description: &crate::Description) -> Self {
+        for p in description.params() {
+            let Some(raw) = p.default_value() else {
+                continue;
+            };
+            if self.0.params.iter().any(|(k, _)| k == p.name()) {
+                continue;
+            }
+            let value = match p.kind() {
+                crate::ParamKind::Text => Some(ParamValue::Text(raw.to_owned())),
+                crate::ParamKind::Integer => raw.trim().parse().ok().map(ParamValue::Integer),
+                crate::ParamKind::Boolean => raw.trim().parse().ok().map(ParamValue::Boolean),
+                crate::ParamKind::Float => raw.trim().parse().ok().map(ParamValue::Float),
+            };
+            if let Some(value) = value {
+                self.0.params.push((p.name().to_owned(), value));
+            }
+        }
+        self
+    }
+
     /// The context.
     pub fn build(self) -> Context {
         self.0
@@ -507,6 +533,28 @@ mod tests {
             .param("loud", true)
             .param("ratio", 0.5)
             .build()
+    }
+
+    #[test]
+    fn a_test_context_takes_the_described_defaults() {
+        let d = crate::Description::new("b", "1")
+            .param(crate::Param::text("db").default("notes.db"))
+            .param(crate::Param::integer("n").default(3))
+            .param(crate::Param::flag("v").default(true))
+            .param(crate::Param::text("given").default("no"));
+        let ctx = Context::builder("backup", "default")
+            .param("given", "yes")
+            .defaults(&d)
+            .build();
+        assert_eq!(ctx.text("db"), Ok("notes.db"));
+        assert_eq!(ctx.param::<i64>("n"), Ok(3));
+        assert_eq!(ctx.flag("v"), Ok(true));
+        assert_eq!(ctx.text("given"), Ok("yes"), "a given value wins");
+        let bare = Context::builder("backup", "default").build();
+        assert!(
+            bare.text("db")
+                .is_err_and(|e| e.to_string().contains(".defaults("))
+        );
     }
 
     #[test]

@@ -55,7 +55,7 @@ pub(crate) enum BlueprintCommand {
     },
     /// Show what a blueprint is and needs: actions, parameters, capabilities, WIT version, digest.
     Inspect {
-        /// The blueprint component (`.wasm`).
+        /// The blueprint component (`.wasm`), or the name of a registered one.
         file: PathBuf,
         /// How to print the result.
         #[arg(long, value_enum, default_value_t)]
@@ -125,7 +125,7 @@ pub(crate) async fn run(cmd: BlueprintCommand, home: Option<PathBuf>) -> anyhow:
         BlueprintCommand::Inspect { file, output } => {
             let home = Home::resolve(home)?;
             let engine = crate::run::engine(&home)?;
-            let blueprint = load(&engine, &file).await?;
+            let (blueprint, _) = load_or_registered(&engine, &home, &file).await?;
             print_inspect(&blueprint, output)?;
             Ok(ExitCode::from(exit::OK))
         }
@@ -189,8 +189,10 @@ pub(crate) async fn load_or_registered(
     file: &Path,
 ) -> anyhow::Result<(cairn_engine::Blueprint, Option<cairn_catalog::Blueprint>)> {
     let bare = file.components().count() == 1 && file.extension().is_none();
+    // A directory is no component: a bare name that is one (the blueprint's crate, often
+    // named like it) still names the registered blueprint.
     match file.to_str() {
-        Some(name) if bare && !file.exists() => {
+        Some(name) if bare && !file.is_file() => {
             let (blueprint, record) = registered(engine, home, name).await?;
             Ok((blueprint, Some(record)))
         }
@@ -203,6 +205,15 @@ pub(crate) async fn load(
     engine: &cairn_engine::Engine,
     file: &Path,
 ) -> anyhow::Result<cairn_engine::Blueprint> {
+    if file.is_dir() {
+        return Err(UsageError(format!(
+            "blueprint {} is a directory; build its component with `cairn blueprint build {}`, \
+             then pass the .wasm file it names",
+            file.display(),
+            file.display()
+        ))
+        .into());
+    }
     if !file.is_file() {
         return Err(UsageError(format!(
             "blueprint {} does not exist (build one with `cairn blueprint build DIR`)",
@@ -552,11 +563,13 @@ fn cargo_build(manifest: &Path, debug: bool) -> anyhow::Result<PathBuf> {
     }
     let out = cmd.output().context("cannot run cargo")?;
     if !out.status.success() {
-        bail!(
-            "cargo build of {} failed ({})",
+        // The blueprint's source, not the runtime: fix what cargo printed above.
+        return Err(UsageError(format!(
+            "cargo build of {} failed ({}); fix what cargo reported above",
             manifest.display(),
             out.status
-        );
+        ))
+        .into());
     }
     let mut wasm = None;
     for line in out.stdout.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {

@@ -54,7 +54,8 @@ pub(crate) struct RunArgs {
     /// The restore point to restore or delete, by its id in the catalog (`cairn catalog ls`).
     #[arg(long, value_name = "ID", conflicts_with = "from")]
     from_point: Option<String>,
-    /// Deadline for the main phase, e.g. `30s`, `10m`.
+    /// Deadline of the prehook and of the main phase, each, e.g. `30s`, `10m` (default 30m,
+    /// at most a week); the posthook has its own 5 minutes.
     #[arg(long, value_parser = humantime::parse_duration)]
     timeout: Option<Duration>,
     /// Memory cap for the blueprint, e.g. `64MiB`, `1GiB`.
@@ -104,6 +105,13 @@ pub(crate) async fn run(args: RunArgs, home: Option<PathBuf>) -> anyhow::Result<
         crate::blueprint::load_or_registered(&engine, &home, &args.file).await?;
     if let Some(record) = &registration {
         crate::blueprint::check_allowed(record, &grants)?;
+    }
+    let declared = &blueprint.description().capabilities;
+    for extra in grants.iter().filter(|g| !declared.contains(g)) {
+        eprintln!(
+            "cairn: warning: --grant {extra}: blueprint {} does not declare it, so it never uses it",
+            blueprint.description().name
+        );
     }
 
     let mut limits = Limits::default();

@@ -37,7 +37,8 @@ pub enum Error {
     /// The component does not export `cairn:blueprint/guest` (`describe` and `run`).
     #[error(
         "the component does not export cairn:blueprint/guest@{ours} (`describe` and `run`), so \
-         it is not a Cairn blueprint{found}; export the `blueprint` world's `guest` interface"
+         it is not a Cairn blueprint{found}; export the `blueprint` world's `guest` interface \
+         (with the Rust SDK: `cairn_sdk::export!(YourType);`)"
     )]
     NotABlueprint {
         /// This runtime's version of the contract.

@@ -69,3 +69,29 @@ fn build_refuses_a_directory_without_a_crate() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("no Cargo.toml"), "{}", stderr(&out));
 }
+
+/// A registered blueprint is found by name even beside a directory of that name (its crate),
+/// and a directory given as a component says how to build it.
+#[test]
+fn a_name_beside_a_directory_of_that_name_is_the_registered_blueprint() {
+    let cairn = Cairn::new();
+    let wasm = hello_wasm().to_str().expect("utf-8").to_owned();
+    let add = cairn.run(&["blueprint", "add", &wasm]);
+    assert!(add.status.success(), "{}", stderr(&add));
+    let crate_dir = cairn.home.path().join("hello");
+    std::fs::create_dir_all(&crate_dir).expect("mkdir");
+    let out = cairn
+        .command(&["blueprint", "inspect", "hello", "--output", "json"])
+        .current_dir(cairn.home.path())
+        .output()
+        .expect("cairn runs");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(json(&out)["name"], "hello");
+    let out = cairn.run(&["blueprint", "inspect", crate_dir.to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("is a directory; build its component with `cairn blueprint build"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -21,6 +21,15 @@ fn the_readme_command_backs_up_hello() {
     // Every side effect is audited in the home.
     let audit = std::fs::read_to_string(cairn.home.path().join("audit.jsonl")).expect("audit log");
     assert!(audit.lines().any(|l| l.contains("\"exec\"")), "{audit}");
+    // A grant the blueprint never uses is said so, and harms nothing.
+    let out = hello(&cairn, &["--grant", "exec,scale"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--grant scale: blueprint hello does not declare it"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stderr(&out).contains("--grant exec:"), "{}", stderr(&out));
 }
 
 #[test]
