@@ -201,6 +201,27 @@ pub mod __private {
         }
 
         fn run(action: String, inputs: wit::Inputs) -> Result<wit::Outputs, wit::Error> {
+            // A panic is one error line in the run's log: std's hook would print several to
+            // stderr (each a log line), with a RUST_BACKTRACE hint a blueprint cannot follow.
+            std::panic::set_hook(Box::new(|info| {
+                let payload = info.payload();
+                let message = payload
+                    .downcast_ref::<&str>()
+                    .copied()
+                    .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+                    .unwrap_or("(no message)");
+                let at = info
+                    .location()
+                    .map(|l| format!(" at {}:{}", l.file(), l.line()))
+                    .unwrap_or_default();
+                crate::log(
+                    crate::Level::Error,
+                    &format!(
+                        "the blueprint panicked{at}: {}",
+                        message.replace('\n', "; ")
+                    ),
+                );
+            }));
             let ctx = Context::from_wit(action, inputs);
             T::run(ctx.action(), &ctx)
                 .map(Into::into)

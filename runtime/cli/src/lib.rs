@@ -207,8 +207,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
 
 fn init_tracing(verbose: u8) {
     use tracing_subscriber::EnvFilter;
+    // The run's events (the blueprint's log, a phase's failure) are printed as they come;
+    // the engine's tracing of the same would say each twice.
     let default = match verbose {
-        0 => "warn",
+        0 => "warn,cairn::guest=off,cairn_engine::run=error",
         1 => "info,cairn=debug",
         _ => "debug",
     };

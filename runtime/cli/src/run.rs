@@ -537,7 +537,16 @@ pub(crate) fn event_sink() -> cairn_engine::EventSink {
     cairn_engine::EventSink::new(|event: &cairn_engine::Event| {
         let phase = &event.phase;
         match &event.kind {
-            EventKind::Log { level, message } => eprintln!("[{phase}] {level}: {message}"),
+            EventKind::Log { level, message } => {
+                // The blueprint's debug and trace lines only with -v (or RUST_LOG).
+                let detail = matches!(
+                    level,
+                    cairn_engine::LogLevel::Debug | cairn_engine::LogLevel::Trace
+                );
+                if !detail || tracing::enabled!(target: "cairn::guest", tracing::Level::DEBUG) {
+                    eprintln!("[{phase}] {level}: {message}");
+                }
+            }
             EventKind::Progress(progress) => {
                 let mut parts = Vec::new();
                 if let Some(p) = progress.percent {
