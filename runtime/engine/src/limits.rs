@@ -26,8 +26,9 @@ pub const DEFAULT_POSTHOOK_DEADLINE: Duration = Duration::from_secs(5 * 60);
 /// its own bound; it is also never longer than what is left of the phase's deadline.
 pub const DEFAULT_HOST_CALL_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 
-/// The timeout of a command run by exec or a data pipe when the guest names none. A dump of
-/// a large database runs this long at most unless the blueprint asks for more.
+/// The timeout of a command run by exec (or a session) when the guest names none. A command
+/// piped to or from an export without a timeout of its own runs as long as its phase: a dump
+/// takes as long as its data, and the phase's deadline (`--timeout`) is the user's bound.
 pub const DEFAULT_EXEC_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 /// The memory cap of one guest. Blueprints orchestrate and never hold bulk data, so a few

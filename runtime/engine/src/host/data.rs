@@ -9,6 +9,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use wasmtime::component::Resource;
@@ -201,10 +202,11 @@ impl HostState {
         self
     }
 
-    /// Checks a pipe: the command as exec checks it, plus the data capability.
+    /// Checks a pipe: the command as exec checks it, plus the data capability. Without a
+    /// timeout of its own it may run as long as the phase: a dump takes as long as its data.
     fn check_pipe(&self, cap: Capability, command: exec::Command) -> Result<Checked, WitError> {
         self.require(cap)?;
-        self.check_command(Capability::Exec, command)
+        self.check_command(Capability::Exec, command, Duration::MAX)
     }
 
     /// Pipes the rest of an import into `command`'s stdin, then `trailer` if the import was

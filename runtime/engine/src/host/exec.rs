@@ -26,11 +26,13 @@ const MAX_PIPELINE: usize = 8;
 const REPORT_MARGIN: Duration = Duration::from_secs(5);
 
 impl HostState {
-    /// Checks a command against the grant and the scope, and builds the backend request.
+    /// Checks a command against the grant and the scope, and builds the backend request; a
+    /// command that names no timeout gets `default` (at most what is left of the phase).
     pub(crate) fn check_command(
         &self,
         cap: Capability,
         command: exec::Command,
+        default: Duration,
     ) -> Result<Checked, WitError> {
         let host = self.require(cap)?;
         let workload = self.resolve(command.workload)?;
@@ -62,9 +64,7 @@ impl HostState {
             Some(bytes) => Stdin::Bytes(bytes),
         };
         let limits = &self.action.limits;
-        let wanted = command
-            .timeout_ms
-            .map_or(limits.exec_timeout, Duration::from_millis);
+        let wanted = command.timeout_ms.map_or(default, Duration::from_millis);
         let timeout = self.call_timeout(wanted);
         Ok(Checked {
             host,
@@ -103,7 +103,8 @@ impl exec::Host for HostState {
             .workload
             .as_ref()
             .map_or_else(|| self.scope(), |w| format!("{}/{}", w.namespace, w.name));
-        let checked = self.check_command(Capability::Exec, command);
+        let checked =
+            self.check_command(Capability::Exec, command, self.action.limits.exec_timeout);
         let result = match checked {
             Err(e) => Err(e),
             Ok(Checked {
@@ -142,7 +143,8 @@ impl exec::Host for HostState {
             self.audit(Capability::Exec, "exec.run-all", &target, &refused);
             return Ok(refused);
         }
-        let checked = self.check_command(Capability::Exec, command);
+        let checked =
+            self.check_command(Capability::Exec, command, self.action.limits.exec_timeout);
         let result = match checked {
             Err(e) => Err(e),
             Ok(Checked {

@@ -96,7 +96,7 @@ impl HostState {
             workload,
             mut request,
             ..
-        } = self.check_command(Capability::Exec, command)?;
+        } = self.check_command(Capability::Exec, command, self.action.limits.exec_timeout)?;
         let sessions = self.action.sessions.clone();
         let mut open = sessions.open.lock().await;
         if open.contains_key(&name) {

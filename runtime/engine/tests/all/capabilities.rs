@@ -175,6 +175,19 @@ async fn an_export_is_a_file_and_imports_back_into_a_command() {
     );
 }
 
+/// A command piped into an export runs as long as its phase allows, past the default timeout
+/// of a command: a dump takes as long as its data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_piped_command_is_bounded_by_its_phase_not_by_the_exec_timeout() {
+    let fixture = Fixture::new();
+    let mut req = request("export");
+    req.params.push(("mode".into(), "slow-dump".into()));
+    req.limits.exec_timeout = std::time::Duration::from_secs(1);
+    let report = fixture.run(req).await;
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.outputs.get("bytes"), Some("8"));
+}
+
 /// A trailer follows an import read to its end, and never one cut short: a damaged export
 /// fails the pipe before its end, and the command never sees the trailer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

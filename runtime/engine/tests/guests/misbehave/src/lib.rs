@@ -332,6 +332,7 @@ impl Guest for Misbehave {
                         "many-streams",
                         "trailer",
                         "plain",
+                        "slow-dump",
                     ],
                 ),
                 ParamSpec {
@@ -534,7 +535,11 @@ impl Guest for Misbehave {
                 }
                 let stream = data::open_export("dump", &tags)?;
                 stream.write(b"header\n")?;
-                let transfer = stream.pipe_from(&command(None, &["cat", "data.txt"]))?;
+                let dump = match text(&inputs, "mode").as_str() {
+                    "slow-dump" => command(None, &["sh", "-c", "sleep 2; cat data.txt"]),
+                    _ => command(None, &["cat", "data.txt"]),
+                };
+                let transfer = stream.pipe_from(&dump)?;
                 let mut artifact = stream.finish()?;
                 let finished = keys(&artifact);
                 // The blueprint's own value; `shadow` names it like a key of the reference.
