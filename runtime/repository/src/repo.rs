@@ -631,11 +631,20 @@ impl Repository {
         dir: impl AsRef<std::path::Path>,
         key_file: impl AsRef<std::path::Path>,
     ) -> Result<Self> {
-        let dir = dir.as_ref();
-        let key = KeyFile::load_or_create(key_file)?;
+        let (dir, key_file) = (dir.as_ref(), key_file.as_ref());
         if dir.join(format::CONFIG).exists() {
-            Self::open(dir, &key).await
+            // A new key would open nothing, and would stand where the user expects theirs.
+            if !key_file.exists() {
+                return Err(Error::Invalid(format!(
+                    "the repository {} exists, but its key file {} is missing: put back your copy \
+                     of it; without it the repository cannot be opened",
+                    dir.display(),
+                    key_file.display()
+                )));
+            }
+            Self::open(dir, &KeyFile::load(key_file)?).await
         } else {
+            let key = KeyFile::load_or_create(key_file)?;
             let opts = InitOptions {
                 label: "default local key file".into(),
                 ..Default::default()

@@ -93,6 +93,16 @@ async fn key_file_open_or_init_local() {
         .await
         .unwrap_err();
     assert!(matches!(e, Error::WrongKey { .. }), "{e}");
+    // A lost key file is said so, and no new one takes its place.
+    std::fs::remove_file(&key).unwrap();
+    let e = Repository::open_or_init_local(&dir, &key)
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("key file") && e.to_string().contains("is missing"),
+        "{e}"
+    );
+    assert!(!key.exists(), "no new key was written");
 }
 
 /// Rewrites the format version in the config of the repository at `dir`.
