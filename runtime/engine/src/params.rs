@@ -45,10 +45,10 @@ pub(crate) fn validate(
     validate_as(specs, given, "--param ")
 }
 
-/// Checks parameter values as a run will ([`validate`]: names, kinds, ranges, choices, the
-/// required ones given, the blueprint's defaults), for what schedules runs (a policy, a
-/// binding), so a bad value is refused when it is written, not when it runs. Errors name a
-/// parameter as `params: NAME=VALUE`.
+/// Checks parameter values as a run will (names, kinds, ranges, choices, the required ones
+/// given, the blueprint's defaults), for what schedules runs (a policy, a binding), so a bad
+/// value is refused when it is written, not when it runs. Errors name a parameter as
+/// `params: NAME=VALUE`.
 pub fn check_params(specs: &[ParamSpec], given: &[(String, String)]) -> Result<()> {
     validate_as(specs, given, "params: ").map(|_| ())
 }
