@@ -338,7 +338,7 @@ fn passphrase(source: &str) -> anyhow::Result<Passphrase> {
     let empty = || {
         usage(format!(
             "--passphrase-from {}: the passphrase is empty",
-            shown_source(source)
+            crate::shown_source(source)
         ))
     };
     let secret = if let Some(value) = source.strip_prefix("raw:") {
@@ -359,22 +359,13 @@ fn passphrase(source: &str) -> anyhow::Result<Passphrase> {
     } else {
         return Err(usage(format!(
             "--passphrase-from {}: expected raw:VALUE, env:VAR or file:PATH",
-            shown_source(source)
+            crate::shown_source(source)
         )));
     };
     if secret.is_empty() {
         return Err(empty());
     }
     Ok(Passphrase::new(secret))
-}
-
-/// A passphrase source as printed: a raw value is masked.
-fn shown_source(source: &str) -> String {
-    if source.starts_with("raw:") {
-        "raw:****".to_owned()
-    } else {
-        source.to_owned()
-    }
 }
 
 /// The DR location of `cluster_id` under `profile`.
@@ -750,7 +741,7 @@ async fn enable(
     outln!("  1. the cluster id:        {cluster_id}");
     outln!(
         "  2. the passphrase source: {} (and the passphrase it holds)",
-        shown_source(&config.passphrase_from)
+        crate::shown_source(&config.passphrase_from)
     );
     outln!(
         "  3. the location profile:  {} (and its credentials)",
@@ -1420,7 +1411,7 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
             let key = CachedKey {
                 passphrase: passphrase(&config.passphrase_from)?,
                 file: home.dr_key_cache(),
-                source: shown_source(&config.passphrase_from),
+                source: crate::shown_source(&config.passphrase_from),
             };
             let cluster_id = catalog.cluster_id().to_string();
             let repo = open_source(&config.profile, &cluster_id, &key).await?;
@@ -1587,7 +1578,7 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                     "enabled": config.is_some(),
                     "mode": config.as_ref().map(|c| c.mode),
                     "profile": config.as_ref().map(|c| c.profile.clone()),
-                    "passphrase_from": config.as_ref().map(|c| shown_source(&c.passphrase_from)),
+                    "passphrase_from": config.as_ref().map(|c| crate::shown_source(&c.passphrase_from)),
                     "frequency": config.as_ref().map(|c| c.frequency.clone()),
                     "retention": config.as_ref().map(|c| c.retention),
                     "cursor": catalog.dr_cursor()?,
@@ -1603,7 +1594,10 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                         Some(c) => {
                             outln!("mode:              {}", c.mode);
                             outln!("profile:           {}", c.profile);
-                            outln!("passphrase source: {}", shown_source(&c.passphrase_from));
+                            outln!(
+                                "passphrase source: {}",
+                                crate::shown_source(&c.passphrase_from)
+                            );
                             outln!("frequency:         {}", c.frequency);
                             let r = c.retention;
                             outln!(
@@ -1822,7 +1816,7 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                         "frequency": c.frequency,
                         "retention": c.retention,
                         "max_chain": c.max_chain,
-                        "passphrase_from": shown_source(&c.passphrase_from),
+                        "passphrase_from": crate::shown_source(&c.passphrase_from),
                         "enabled": false,
                     })),
                 }))?,
@@ -1875,7 +1869,7 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                             c.mode,
                             c.profile,
                             c.frequency,
-                            shown_source(&c.passphrase_from)
+                            crate::shown_source(&c.passphrase_from)
                         ),
                         None => outln!(
                             "this DR point carries no DR settings: set them with `cairn dr enable`"

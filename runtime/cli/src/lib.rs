@@ -260,6 +260,21 @@ pub(crate) fn print_applied(
     Ok(())
 }
 
+/// A secret's source as messages show it: `env:VAR` and `file:PATH` say where the secret is;
+/// anything else may be the secret itself (a passphrase typed where its source belongs), and
+/// only its scheme is shown.
+pub(crate) fn shown_source(source: &str) -> String {
+    match source.split_once(':') {
+        Some(("env" | "file", _)) => source.to_owned(),
+        Some((scheme, _))
+            if !scheme.is_empty() && scheme.chars().all(|c| c.is_ascii_lowercase()) =>
+        {
+            format!("{scheme}:****")
+        }
+        _ => "**** (hidden: it may be the secret itself)".to_owned(),
+    }
+}
+
 /// `names` joined with commas, or `none`.
 pub(crate) fn listed<S: AsRef<str>>(names: impl IntoIterator<Item = S>) -> String {
     let names: Vec<S> = names.into_iter().collect();
@@ -340,6 +355,17 @@ fn classify(e: &anyhow::Error) -> u8 {
 
 #[cfg(test)]
 mod tests {
+    /// A value typed where a secret's source belongs is never repeated in a message.
+    #[test]
+    fn a_secret_source_is_shown_without_a_secret() {
+        use super::shown_source;
+        assert_eq!(shown_source("env:PG_PASSWORD"), "env:PG_PASSWORD");
+        assert_eq!(shown_source("file:/etc/pw"), "file:/etc/pw");
+        assert_eq!(shown_source("raw:hunter2"), "raw:****");
+        assert!(!shown_source("hunter2").contains("hunter2"));
+        assert!(!shown_source("Hunter:2").contains("2"));
+    }
+
     /// clap checks its definitions only when a subcommand is first used; this checks them all.
     #[test]
     fn the_command_line_definitions_are_consistent() {

@@ -203,9 +203,10 @@ impl Operator {
             if !inside {
                 let dir = self.secrets.display();
                 return Err(UsageError(format!(
-                    "secret {name}: {source:?} is not a file under {dir}: a resource's secrets are \
+                    "secret {name}: {} is not a file under {dir}: a resource's secrets are \
                      keys of the Secret mounted there (file:{dir}/KEY); env: and other paths would read \
-                     Cairn's own environment and files"
+                     Cairn's own environment and files",
+                    crate::shown_source(source)
                 ))
                 .into());
             }

@@ -471,7 +471,8 @@ pub(crate) fn secret_sources(
             Some(("file", path)) => Ok((name, format!("file:{}", absolute(base, path)))),
             Some(("env", _)) => Ok((name, source)),
             _ => Err(format!(
-                "secret {name}: {source:?} is not env:VAR or file:PATH (the catalog never holds a secret's value: it travels in DR exports)"
+                "secret {name}: {} is not env:VAR or file:PATH (the catalog never holds a secret's value: it travels in DR exports)",
+                crate::shown_source(&source)
             )),
         })
         .collect()

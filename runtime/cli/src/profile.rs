@@ -79,8 +79,9 @@ fn source(what: &str, source: &str) -> Result<String, UsageError> {
         Some(("env", var)) if !var.is_empty() => Ok(source.to_owned()),
         Some(("file", path)) if !path.is_empty() => Ok(format!("file:{}", absolute(path))),
         _ => Err(UsageError(format!(
-            "{what}: {source:?} is not env:VAR or file:PATH (a profile keeps where a secret is, \
-             never its value: the catalog travels in DR exports)"
+            "{what}: {} is not env:VAR or file:PATH (a profile keeps where a secret is, \
+             never its value: the catalog travels in DR exports)",
+            crate::shown_source(source)
         ))),
     }
 }
