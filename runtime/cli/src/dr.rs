@@ -1356,6 +1356,17 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
             protection,
         } => {
             let catalog = crate::catalog::open(&home)?;
+            // Relative paths would be resolved wherever each later run starts (`serve` under
+            // systemd starts in /): kept absolute.
+            let profile = if profile.contains("://") {
+                profile
+            } else {
+                crate::profile::absolute(&profile)
+            };
+            let passphrase_from = match passphrase_from.strip_prefix("file:") {
+                Some(path) => format!("file:{}", crate::profile::absolute(path)),
+                None => passphrase_from,
+            };
             let config = Config {
                 profile,
                 mode,

@@ -87,7 +87,7 @@ fn source(what: &str, source: &str) -> Result<String, UsageError> {
 }
 
 /// `path` made absolute against the current directory: a profile is used from anywhere.
-fn absolute(path: &str) -> String {
+pub(crate) fn absolute(path: &str) -> String {
     std::path::absolute(path).map_or_else(|_| path.to_owned(), |p| p.display().to_string())
 }
 

@@ -1236,3 +1236,42 @@ fn registered_components_travel_with_dr_and_come_back_on_another_instance() {
         stdout(&out)
     );
 }
+
+/// Relative paths given to `dr enable` are kept absolute: later runs start elsewhere (`serve`
+/// under systemd starts in /).
+#[test]
+fn dr_enable_keeps_relative_paths_absolute() {
+    let cairn = Cairn::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("pw.txt"), "dr-passphrase\n").expect("write");
+    let out = cairn
+        .command(&[
+            "dr",
+            "enable",
+            "--profile",
+            "offsite",
+            "--passphrase-from",
+            "file:pw.txt",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .expect("cairn runs");
+    ok(&out);
+    let status = json(&cairn.run(&["dr", "status", "--output", "json"]));
+    let base = std::fs::canonicalize(dir.path()).expect("canonical");
+    let under = |v: &serde_json::Value, prefix: &str, name: &str| {
+        v.as_str().is_some_and(|s| {
+            s.strip_prefix(prefix).is_some_and(|p| {
+                std::path::Path::new(p) == dir.path().join(name)
+                    || std::path::Path::new(p) == base.join(name)
+            })
+        })
+    };
+    assert!(under(&status["profile"], "", "offsite"), "{status}");
+    assert!(
+        under(&status["passphrase_from"], "file:", "pw.txt"),
+        "{status}"
+    );
+    // A run from anywhere else finds both.
+    ok(&dr_run(&cairn));
+}
