@@ -621,7 +621,7 @@ impl RepoSelect {
             None => Profile::default(),
         };
         let url = self.repo.clone().or(profile.repo).ok_or_else(|| {
-            usage("no repository: give --repo URL, set CAIRN_REPO, or give a --profile-file with `repo:`")
+            usage("no repository: give --repo URL, set CAIRN_REPO, or give a --profile-file with `repo:` (without them, the home's default repository, which `cairn run` creates, is used when it exists)")
         })?;
         let rate = |flag: Option<u64>, kept: Option<Rate>, key: &str| {
             match (flag, kept) {
@@ -707,6 +707,17 @@ pub async fn run(mut args: RepoArgs, home: Option<PathBuf>) -> anyhow::Result<Ex
         args.select = args
             .select
             .resolved(&crate::home::Home::resolve(home.clone())?)?;
+    } else if !args.select.names_a_repository() && !matches!(args.command, RepoCommand::Init { .. })
+    {
+        // No repository named: the home's default one (where `cairn run` exports by default),
+        // with its key file, when there is one.
+        let home = crate::home::Home::resolve(home.clone())?;
+        if home.repository().join("config").is_file() {
+            args.select.repo = Some(home.repository().display().to_string());
+            if args.select.passphrase_file.is_none() && args.select.key_file.is_none() {
+                args.select.key_file = Some(home.repository_key());
+            }
+        }
     }
     let exclusive = match &args.command {
         RepoCommand::Forget { dry_run, .. } | RepoCommand::Prune { dry_run, .. } => !dry_run,

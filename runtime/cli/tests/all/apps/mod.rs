@@ -180,21 +180,8 @@ fn assert_repository_empty(cairn: &Cairn) {
 /// `cairn repo snapshots --tag …` on the default export repository of `cairn`'s home: the
 /// snapshots carrying every one of `tags`, as JSON.
 fn snapshots(cairn: &Cairn, tags: &[&str]) -> Vec<Value> {
-    let home = cairn.home.path().display();
-    let (repo, key) = (
-        format!("{home}/repository"),
-        format!("{home}/repository.key"),
-    );
-    let mut args = vec![
-        "repo",
-        "snapshots",
-        "--repo",
-        &repo,
-        "--key-file",
-        &key,
-        "--output",
-        "json",
-    ];
+    // No --repo: the home's default repository, as the blueprints' READMEs show.
+    let mut args = vec!["repo", "snapshots", "--output", "json"];
     for t in tags {
         args.extend(["--tag", t]);
     }
