@@ -91,6 +91,17 @@ pub(crate) async fn run(args: RunArgs, home: Option<PathBuf>) -> anyhow::Result<
         )
         .into());
     }
+    if matches!(args.action.as_str(), "restore" | "delete")
+        && args.from.is_none()
+        && args.from_point.is_none()
+    {
+        return Err(UsageError(format!(
+            "{} needs the restore point it acts on: --from REPORT.json (a backup's --output json \
+             report) or --from-point ID (`cairn catalog ls exported-restore-point`)",
+            args.action
+        ))
+        .into());
+    }
     let ((artifacts, point_values), point) = match (&args.from, &args.from_point) {
         (Some(path), _) => read_restore_point(path)?,
         (None, Some(id)) => (

@@ -105,6 +105,13 @@ fn a_failed_run_is_recorded_as_failed_without_a_restore_point() {
 #[test]
 fn an_unknown_restore_point_or_kind_is_a_usage_error() {
     let cairn = Cairn::new();
+    let out = hello(&cairn, "restore", &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("restore needs the restore point it acts on"),
+        "{}",
+        stderr(&out)
+    );
     let out = hello(&cairn, "restore", &["--from-point", "nope"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(
