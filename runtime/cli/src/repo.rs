@@ -1635,6 +1635,15 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                 },
                 json!({ "forget": r, "prune": pruned }),
             );
+            // Snapshots named by id were asked for: one the protection period keeps is a refusal.
+            if !ids.is_empty() && !*dry_run && !r.protected.is_empty() {
+                eprintln!(
+                    "cairn: {} of the snapshots named were not removed: the repository's protection \
+                     period covers them",
+                    r.protected.len()
+                );
+                return Ok(ExitCode::from(EXIT_PROTECTED));
+            }
         }
         RepoCommand::Prune {
             dry_run,

@@ -743,6 +743,33 @@ fn forget_by_id_removes_the_snapshots_named_and_refuses_rules_beside_them() {
 }
 
 #[test]
+fn forgetting_a_protected_snapshot_by_id_is_refused() {
+    let repo = LocalRepo::new();
+    let (dir, run) = (&repo.dir, |args: &[&str]| repo.ok(args));
+    run(&["repo", "init", "--protection", "1d"]);
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).expect("data");
+    std::fs::write(data.join("f"), "one").expect("file");
+    let out = run(&[
+        "repo",
+        "backup",
+        data.to_str().expect("utf-8"),
+        "--output",
+        "json",
+    ]);
+    let id = json(&out)["id"].as_str().expect("id").to_string();
+    let out = repo.run(&["repo", "forget", &id]);
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("protection period"),
+        "{}",
+        stderr(&out)
+    );
+    let listed = json(&run(&["repo", "snapshots", "--output", "json"]));
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+}
+
+#[test]
 fn prune_waits_for_repair_index_after_an_index_file_is_lost() {
     let repo = LocalRepo::new();
     let run = |args: &[&str]| repo.ok(args);
