@@ -33,9 +33,17 @@ ensure_test_servers() {
     step "cargo install s3s-fs 0.14.1"
     cargo install --quiet --locked s3s-fs --version 0.14.1 --features binary
   fi
+  # Debian's own Python refuses system-wide pip installs (PEP 668): moto then goes to a venv.
+  local venv="$HOME/.local/share/cairn-test/moto"
+  if [ -x "$venv/bin/moto_server" ]; then export PATH="$venv/bin:$PATH"; fi
   if ! command -v moto_server >/dev/null; then
     step "pip install moto[server]"
-    python3 -m pip install --quiet 'moto[server]'
+    if ! python3 -m pip install --quiet 'moto[server]'; then
+      step "python3 -m venv $venv; pip install moto[server] there"
+      python3 -m venv "$venv" || { apt_install python3-venv; python3 -m venv "$venv"; }
+      "$venv/bin/pip" install --quiet 'moto[server]'
+      export PATH="$venv/bin:$PATH"
+    fi
   fi
   if ! command -v azurite-blob >/dev/null; then
     command -v npm >/dev/null || apt_install nodejs npm

@@ -4,7 +4,7 @@
 #
 #   ./scripts/test.sh
 #
-# Needs: a Rust toolchain from rustup (1.95), and root for apt-get/pip when test servers are
+# Needs: a Rust toolchain from rustup (1.95), and root for apt-get/pip/npm when test servers are
 # missing. Set CARGO_TARGET_DIR to reuse a build directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
