@@ -123,11 +123,13 @@ enum Command {
     /// List the workloads of a target's namespace, as blueprints see them.
     Workloads(workloads::WorkloadsArgs),
     /// Manage export repositories.
-    #[command(after_help = "Exit codes: 0 success; 1 the operation found a problem (check found \
+    #[command(
+        after_help = "Exit codes: 0 success; 1 the operation found a problem (check found \
 damage, a restore hit damaged data, backup's command failed); 2 usage (bad arguments, no such \
 snapshot, no key given); 3 runtime (I/O, the object store); 4 wrong passphrase or key; 5 locked \
 by another process, retry later; 6 refused by the protection period; 7 no repository there, or a \
-format version this build cannot read; 141 standard output closed early.")]
+format version this build cannot read; 141 standard output closed early."
+    )]
     Repo(repo::RepoArgs),
     /// Inspect the catalog: restore points, actions, policies and the rest.
     #[command(subcommand)]

@@ -665,11 +665,15 @@ impl RepoSelect {
     /// The key from the key file or passphrase file given, else the passphrase in `env`;
     /// `flags` names the options that give them.
     fn key_from(&self, env: &str, flags: &str) -> anyhow::Result<Box<dyn KeyProvider>> {
+        // A key or passphrase file that cannot be read is the user's input, not the runtime.
         if let Some(f) = &self.key_file {
-            return Ok(Box::new(KeyFile::load(f)?));
+            let key = KeyFile::load(f).map_err(|e| usage(format!("--key-file: {e}")))?;
+            return Ok(Box::new(key));
         }
         if let Some(f) = &self.passphrase_file {
-            return Ok(Box::new(Passphrase::from_file(f)?));
+            let passphrase =
+                Passphrase::from_file(f).map_err(|e| usage(format!("--passphrase-file: {e}")))?;
+            return Ok(Box::new(passphrase));
         }
         match Passphrase::from_env(env) {
             Ok(p) => Ok(Box::new(p)),

@@ -971,3 +971,24 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     files
 }
+
+#[test]
+fn a_key_or_passphrase_file_that_cannot_be_read_is_a_usage_error() {
+    let cairn = Cairn::new();
+    for flag in ["--passphrase-file", "--key-file"] {
+        let out = cairn.run(&[
+            "repo",
+            "snapshots",
+            "--repo",
+            "/nonexistent",
+            flag,
+            "/no/such/file",
+        ]);
+        assert_eq!(out.status.code(), Some(2), "{flag}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains(flag) && stderr(&out).contains("/no/such/file"),
+            "{}",
+            stderr(&out)
+        );
+    }
+}
