@@ -111,6 +111,21 @@ pub(crate) async fn run(args: RunArgs, home: Option<PathBuf>) -> anyhow::Result<
         (None, None) => Default::default(),
     };
     let cluster = open_target(&args.target, args.snapshot_class.as_deref(), &home).await?;
+    // A workload that is not there fails now, before a prehook quiesces anything.
+    if let Some(name) = &args.workload {
+        let workload = cairn_cluster::WorkloadRef::new(&args.namespace, name);
+        // Only its absence: other failures (its ready check, the API) are the blueprint's to
+        // meet and report in its own terms.
+        if let Err(
+            e @ cairn_cluster::Error::NotFound {
+                kind: "workload" | "namespace",
+                ..
+            },
+        ) = cluster.workload(&workload).await
+        {
+            return Err(UsageError(format!("--workload {name}: {e}")).into());
+        }
+    }
     let engine = engine(&home)?;
     let (blueprint, registration) =
         crate::blueprint::load_or_registered(&engine, &home, &args.file).await?;

@@ -94,9 +94,10 @@ fn a_missing_workload_names_the_defined_ones() {
         "--grant",
         "exec",
     ]);
-    assert_ne!(out.status.code(), Some(0));
+    assert_eq!(out.status.code(), Some(2), "refused before any phase ran");
     let err = stderr(&out);
     assert!(err.contains("nope") && err.contains("hello"), "{err}");
+    assert!(!err.contains("[backup]"), "no phase ran: {err}");
 }
 
 #[test]
