@@ -353,7 +353,18 @@ impl std::fmt::Display for UsageError {
 impl std::error::Error for UsageError {}
 
 fn classify(e: &anyhow::Error) -> u8 {
-    if e.chain().any(|c| c.is::<UsageError>()) {
+    // A wrong passphrase or key is what the user gave, refused before anything ran.
+    let wrong_key = |c: &(dyn std::error::Error + 'static)| {
+        c.downcast_ref::<cairn_repository::Error>()
+            .is_some_and(|r| {
+                matches!(
+                    r,
+                    cairn_repository::Error::WrongKey { .. }
+                        | cairn_repository::Error::WrongPassphrase
+                )
+            })
+    };
+    if e.chain().any(|c| c.is::<UsageError>() || wrong_key(c)) {
         exit::USAGE
     } else {
         exit::RUNTIME

@@ -58,7 +58,7 @@ pub(crate) struct RunArgs {
     /// at most a week); the posthook has its own 5 minutes.
     #[arg(long, value_parser = humantime::parse_duration)]
     timeout: Option<Duration>,
-    /// Memory cap for the blueprint, e.g. `64MiB`, `1GiB`.
+    /// Memory cap for the blueprint, e.g. `64MiB`, `1GiB` (default 64 MiB).
     #[arg(long, value_parser = parse_size)]
     memory: Option<u64>,
     /// How to print the result.

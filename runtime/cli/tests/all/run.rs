@@ -387,3 +387,44 @@ fn workloads_lists_a_targets_namespace_and_names_a_missing_one() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("elsewhere"), "{}", stderr(&out));
 }
+
+/// A wrong passphrase for the export repository is the user's input: refused (exit 2) before
+/// any phase runs.
+#[test]
+fn a_wrong_repository_passphrase_is_a_usage_error() {
+    let cairn = Cairn::new();
+    let repo = cairn.home.path().join("exports");
+    let repo = repo.to_str().expect("utf-8");
+    let init = cairn
+        .command(&["repo", "init", "--repo", repo])
+        .env("CAIRN_PASSPHRASE", "right")
+        .output()
+        .expect("cairn runs");
+    assert!(init.status.success(), "{}", stderr(&init));
+    let wasm = hello_wasm().to_str().expect("utf-8 path").to_owned();
+    let out = cairn
+        .command(&[
+            "run",
+            &wasm,
+            "--action",
+            "backup",
+            "--target",
+            INVENTORY,
+            "--workload",
+            "hello",
+            "--grant",
+            "exec",
+            "--repo",
+            repo,
+        ])
+        .env("CAIRN_PASSPHRASE", "wrong")
+        .output()
+        .expect("cairn runs");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("wrong"), "{}", stderr(&out));
+    assert!(
+        !stderr(&out).contains("[backup]"),
+        "no phase ran: {}",
+        stderr(&out)
+    );
+}
