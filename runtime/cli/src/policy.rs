@@ -2019,9 +2019,16 @@ pub(crate) async fn retire(
     point: &cairn_catalog::RestorePoint,
 ) -> anyhow::Result<()> {
     let present = existing(repo, &point.snapshots).await?;
-    repo.forget_ids(&present, false)
+    let forgot = repo
+        .forget_ids(&present, false)
         .await
         .context("forgetting its repository snapshots")?;
+    // A snapshot the protection period keeps keeps its point's record too.
+    if let Some((id, until)) = forgot.protected.first() {
+        anyhow::bail!(
+            "its snapshot {id} is under the repository's protection period until {until}"
+        );
+    }
     let catalog = crate::catalog::open(home)?;
     catalog.delete(cairn_catalog::Record::kind(point), &point.id)?;
     Ok(())
