@@ -715,8 +715,9 @@ pub async fn run(mut args: RepoArgs, home: Option<PathBuf>) -> anyhow::Result<Ex
     {
         // No repository named: the home's default one (where `cairn run` exports by default),
         // with its key file, when there is one.
-        let home = crate::home::Home::resolve(home.clone())?;
-        if home.repository().join("config").is_file() {
+        if let Ok(home) = crate::home::Home::resolve(home.clone())
+            && home.repository().join("config").is_file()
+        {
             args.select.repo = Some(home.repository().display().to_string());
             if args.select.passphrase_file.is_none() && args.select.key_file.is_none() {
                 args.select.key_file = Some(home.repository_key());
