@@ -267,6 +267,32 @@ pub(crate) fn print_applied(
     Ok(())
 }
 
+/// SIGTERM and SIGINT, handled instead of ending the process: what `serve` and `cairn run`
+/// stop on.
+pub(crate) struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    pub(crate) fn install() -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+        })
+    }
+
+    /// Returns when the next of either arrives.
+    pub(crate) async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
+}
+
 /// A secret's source as messages show it: `env:VAR` and `file:PATH` say where the secret is;
 /// anything else may be the secret itself (a passphrase typed where its source belongs), and
 /// only its scheme is shown.

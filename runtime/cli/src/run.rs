@@ -160,7 +160,6 @@ pub(crate) async fn run(args: RunArgs, home: Option<PathBuf>) -> anyhow::Result<
         limits,
         interrupt: interrupt_on_signals()?,
     };
-    let interrupted = request.interrupt.clone();
     let run = Execution {
         home: &home,
         engine: &engine,
@@ -181,26 +180,21 @@ pub(crate) async fn run(args: RunArgs, home: Option<PathBuf>) -> anyhow::Result<
         retire_deleted(&home, &run, id).await?;
     }
     if report.ok {
-        Ok(ExitCode::from(exit::OK))
-    } else if report.interrupted() || interrupted.is_triggered() {
-        if args.output == Output::Text {
-            eprintln!(
-                "cairn: action {} interrupted: {}",
-                args.action,
-                report.error.as_deref().unwrap_or("unknown error")
-            );
-        }
-        Ok(ExitCode::from(exit::INTERRUPTED))
-    } else {
-        if args.output == Output::Text {
-            eprintln!(
-                "cairn: action {} failed: {}",
-                args.action,
-                report.error.as_deref().unwrap_or("unknown error")
-            );
-        }
-        Ok(ExitCode::from(exit::FAILED))
+        return Ok(ExitCode::from(exit::OK));
     }
+    let (how, code) = if report.interrupted() {
+        ("interrupted", exit::INTERRUPTED)
+    } else {
+        ("failed", exit::FAILED)
+    };
+    if args.output == Output::Text {
+        eprintln!(
+            "cairn: action {} {how}: {}",
+            args.action,
+            report.error.as_deref().unwrap_or("unknown error")
+        );
+    }
+    Ok(ExitCode::from(code))
 }
 
 /// After a `delete` action of the restore point `id` succeeded: forgets what is left of it in
@@ -230,17 +224,12 @@ async fn retire_deleted(home: &Home, run: &Execution<'_>, id: &str) -> anyhow::R
 /// An interrupt that the first SIGINT (Ctrl-C) or SIGTERM triggers: the running phase stops,
 /// the posthook still runs and the run is recorded. A second signal ends the process at once.
 fn interrupt_on_signals() -> anyhow::Result<cairn_engine::Interrupt> {
-    use tokio::signal::unix::{SignalKind, signal};
     let interrupt = cairn_engine::Interrupt::default();
-    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut signals = crate::StopSignals::install()?;
     let trigger = interrupt.clone();
     tokio::spawn(async move {
         for n in 0.. {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
+            signals.recv().await;
             if n > 0 {
                 eprintln!("cairn: interrupted again; exiting without waiting for the posthook");
                 std::process::exit(i32::from(exit::INTERRUPTED));

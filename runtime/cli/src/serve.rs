@@ -12,7 +12,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use cairn_catalog::{Kind, Policy};
 use futures::StreamExt as _;
 use jiff::Timestamp;
@@ -315,19 +314,14 @@ struct Stop {
 
 impl Stop {
     fn install() -> anyhow::Result<Arc<Self>> {
-        use tokio::signal::unix::{SignalKind, signal};
         let stop = Arc::new(Self {
             requested: std::sync::atomic::AtomicBool::new(false),
             notify: tokio::sync::Notify::new(),
         });
-        let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-        let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+        let mut signals = crate::StopSignals::install()?;
         let flag = stop.clone();
         tokio::spawn(async move {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
+            signals.recv().await;
             eprintln!("cairn: stopping once the current run, if any, has finished");
             flag.requested
                 .store(true, std::sync::atomic::Ordering::SeqCst);

@@ -154,6 +154,13 @@ impl LocalRepo {
         out
     }
 
+    /// `repo backup DIR`, which must succeed; the snapshot's id.
+    fn backup(&self, dir: &std::path::Path) -> String {
+        let dir = dir.to_str().expect("utf-8");
+        let out = self.ok(&["repo", "backup", dir, "--output", "json"]);
+        json(&out)["id"].as_str().expect("id").to_string()
+    }
+
     /// `repo backup --stdin-from-command` of `sh -c SCRIPT`'s output as `db.sql`, in JSON.
     fn backup_command(&self, script: &str) -> std::process::Output {
         let backup = [
@@ -262,14 +269,7 @@ fn prune_repacks_a_half_unused_pack_the_next_deletes_it_and_check_reads_subsets(
     std::fs::write(data.join("db"), db(0)).expect("db");
     run(&["repo", "backup", data.to_str().expect("utf-8")]);
     std::fs::write(data.join("db"), db(0x55)).expect("db");
-    let out = run(&[
-        "repo",
-        "backup",
-        data.to_str().expect("utf-8"),
-        "--output",
-        "json",
-    ]);
-    let id = json(&out)["id"].as_str().expect("id").to_string();
+    let id = repo.backup(&data);
     run(&["repo", "forget", "--keep-last", "1"]);
 
     let out = repo.run(&["repo", "prune", "--repack-unused", "150"]);
@@ -727,8 +727,7 @@ fn forget_by_id_removes_the_snapshots_named_and_refuses_rules_beside_them() {
     let mut ids = Vec::new();
     for text in ["one", "two"] {
         std::fs::write(dir.path().join("data/f"), text).expect("file");
-        let out = run(&["repo", "backup", data, "--output", "json"]);
-        ids.push(json(&out)["id"].as_str().expect("id").to_string());
+        ids.push(repo.backup(std::path::Path::new(data)));
     }
     let out = repo.run(&["repo", "forget", &ids[0], "--keep-last", "1"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
@@ -750,14 +749,7 @@ fn forgetting_a_protected_snapshot_by_id_is_refused() {
     let data = dir.path().join("data");
     std::fs::create_dir(&data).expect("data");
     std::fs::write(data.join("f"), "one").expect("file");
-    let out = run(&[
-        "repo",
-        "backup",
-        data.to_str().expect("utf-8"),
-        "--output",
-        "json",
-    ]);
-    let id = json(&out)["id"].as_str().expect("id").to_string();
+    let id = repo.backup(&data);
     let out = repo.run(&["repo", "forget", &id]);
     assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
     assert!(
