@@ -75,6 +75,16 @@ const SCALE_DOWN_TIMEOUT: Duration = Duration::from_secs(300);
 /// The annotation naming the workload whose volume a snapshot copies.
 const WORKLOAD_ANNOTATION: &str = "cairn.dev/workload";
 
+/// The annotation recording, as JSON, what of its claim a snapshot needs to make the claim
+/// again once it is gone (a claim deleted, a StatefulSet's claims removed with it): its storage
+/// class, access modes, volume mode and requested size. A claim made with the cluster's default
+/// class, `ReadWriteOnce` and `Filesystem` would not provision from a snapshot of a block volume
+/// or of another driver's class, and `status.restoreSize` is optional.
+const CLAIM_ANNOTATION: &str = "cairn.dev/claim";
+
+/// The fields of a claim's spec [`CLAIM_ANNOTATION`] keeps.
+const CLAIM_FIELDS: [&str; 4] = ["accessModes", "storageClassName", "volumeMode", "resources"];
+
 /// The annotation Cairn leaves on a workload it scaled to zero: `N@G`, its replicas before and
 /// its generation after. Should Cairn stop before scaling it back (killed, its node lost), the
 /// next scale reads the count from it, so the workload does not stay down for good; a
@@ -1431,6 +1441,21 @@ impl Cluster for KubeCluster {
         if let Some(class) = &self.snapshot_class {
             spec["volumeSnapshotClassName"] = json!(class);
         }
+        let mut annotations = json!({ WORKLOAD_ANNOTATION: workload.name });
+        let claim = self
+            .api::<PersistentVolumeClaim>(&workload.namespace)
+            .get_opt(volume)
+            .await
+            .map_err(|e| api_error(format!("reading claim {}/{volume}", workload.namespace), e))?;
+        if let Some(claim) = claim {
+            let claim = serde_json::to_value(claim).map_err(|e| failed("encoding the claim", e))?;
+            let kept: serde_json::Map<String, Value> = CLAIM_FIELDS
+                .iter()
+                .filter(|f| !claim["spec"][**f].is_null())
+                .map(|f| ((*f).to_owned(), claim["spec"][*f].clone()))
+                .collect();
+            annotations[CLAIM_ANNOTATION] = json!(Value::Object(kept).to_string());
+        }
         let object: DynamicObject = serde_json::from_value(json!({
             "apiVersion": format!("{SNAPSHOT_GROUP}/v1"),
             "kind": "VolumeSnapshot",
@@ -1438,7 +1463,7 @@ impl Cluster for KubeCluster {
                 "generateName": format!("{}-", prefix.trim_end_matches(['-', '.'])),
                 "namespace": workload.namespace,
                 "labels": { "app.kubernetes.io/managed-by": "cairn" },
-                "annotations": { WORKLOAD_ANNOTATION: workload.name },
+                "annotations": annotations,
             },
             "spec": spec,
         }))
@@ -1575,37 +1600,59 @@ impl Cluster for KubeCluster {
             "metadata": { "name": claim, "namespace": namespace },
             "spec": {
                 "accessModes": ["ReadWriteOnce"],
-                "resources": { "requests": { "storage": snapshot.bytes.max(1).to_string() } },
+                "resources": { "requests": { "storage": snapshot.bytes.to_string() } },
             },
         });
-        if let Some(old) = &old {
-            let old = serde_json::to_value(old).map_err(|e| failed("encoding the claim", e))?;
-            for field in ["labels", "annotations"] {
-                let kept: serde_json::Map<String, Value> = old["metadata"][field]
-                    .as_object()
-                    .into_iter()
-                    .flatten()
-                    // The binding annotations name the old volume.
-                    .filter(|(k, _)| !k.starts_with("pv.kubernetes.io/"))
-                    .filter(|(k, _)| !k.starts_with("volume.kubernetes.io/"))
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect();
-                if !kept.is_empty() {
-                    new["metadata"][field] = Value::Object(kept);
+        // The claim's spec: the present claim's, else what the snapshot recorded of it.
+        let recorded: Option<Value> = object
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(CLAIM_ANNOTATION))
+            .and_then(|s| serde_json::from_str(s).ok());
+        let source = match &old {
+            Some(old) => {
+                let old = serde_json::to_value(old).map_err(|e| failed("encoding the claim", e))?;
+                for field in ["labels", "annotations"] {
+                    let kept: serde_json::Map<String, Value> = old["metadata"][field]
+                        .as_object()
+                        .into_iter()
+                        .flatten()
+                        // The binding annotations name the old volume.
+                        .filter(|(k, _)| !k.starts_with("pv.kubernetes.io/"))
+                        .filter(|(k, _)| !k.starts_with("volume.kubernetes.io/"))
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect();
+                    if !kept.is_empty() {
+                        new["metadata"][field] = Value::Object(kept);
+                    }
+                }
+                Some(old["spec"].clone())
+            }
+            None => recorded,
+        };
+        if let Some(source) = &source {
+            for field in CLAIM_FIELDS {
+                if !source[field].is_null() {
+                    new["spec"][field] = source[field].clone();
                 }
             }
-            for field in ["accessModes", "storageClassName", "volumeMode", "resources"] {
-                if !old["spec"][field].is_null() {
-                    new["spec"][field] = old["spec"][field].clone();
-                }
-            }
-            let requested = new["spec"]["resources"]["requests"]["storage"]
-                .as_str()
-                .and_then(quantity_bytes)
-                .unwrap_or(0);
-            if requested < snapshot.bytes {
-                new["spec"]["resources"]["requests"]["storage"] = json!(snapshot.bytes.to_string());
-            }
+        }
+        let requested = source
+            .as_ref()
+            .and_then(|s| s["resources"]["requests"]["storage"].as_str())
+            .and_then(quantity_bytes)
+            .unwrap_or(0);
+        if requested == 0 && snapshot.bytes == 0 {
+            return Err(Error::Invalid(format!(
+                "VolumeSnapshot {id} reports no restoreSize and claim {namespace}/{claim} is \
+                 gone, so the size of the claim to make is unknown: create claim {claim} from \
+                 the snapshot yourself (spec.dataSource naming VolumeSnapshot {name}), as \
+                 large as the volume was"
+            )));
+        }
+        if requested < snapshot.bytes {
+            new["spec"]["resources"]["requests"]["storage"] = json!(snapshot.bytes.to_string());
         }
         new["spec"]["dataSource"] = json!({
             "apiGroup": SNAPSHOT_GROUP,

@@ -438,6 +438,64 @@ async fn scaling_returns_the_previous_count_and_waits_for_the_pods() {
     assert_eq!(cluster.scale(&db(), 2).await.expect("scaling up"), 1);
 }
 
+/// A claim that is gone (deleted, or removed with its StatefulSet) is made again as it was when
+/// snapshotted: a block volume of another class and size than the defaults would not provision.
+#[tokio::test]
+async fn a_claim_that_is_gone_is_made_again_as_it_was() {
+    let (api, cluster) = shop().await;
+    let claims = "/api/v1/namespaces/shop/persistentvolumeclaims";
+    let mut claim = api.get(claims, "data-db-0").expect("the claim");
+    claim["spec"]["storageClassName"] = json!("raw-disks");
+    claim["spec"]["volumeMode"] = json!("Block");
+    claim["spec"]["accessModes"] = json!(["ReadWriteOncePod"]);
+    claim["spec"]["resources"]["requests"]["storage"] = json!("5Gi");
+    api.remove(claims, "data-db-0");
+    api.put(claims, claim);
+    let snapshot = cluster
+        .snapshot(&db(), "data-db-0")
+        .await
+        .expect("snapshot");
+    cluster.scale(&db(), 0).await.expect("scale down");
+    api.remove(claims, "data-db-0");
+    // What a CSI driver may leave out: the size the snapshot restores to.
+    let snapshots = "/apis/snapshot.storage.k8s.io/v1/namespaces/shop/volumesnapshots";
+    let name = snapshot.id.split_once('/').expect("NAMESPACE/NAME").1;
+    let mut object = api.get(snapshots, name).expect("the snapshot");
+    object["status"]
+        .as_object_mut()
+        .expect("a status")
+        .remove("restoreSize");
+    api.remove(snapshots, name);
+    api.put(snapshots, object.clone());
+
+    cluster
+        .restore_snapshot(&snapshot.id)
+        .await
+        .expect("restore");
+    let made = api.get(claims, "data-db-0").expect("the claim made again");
+    assert_eq!(made["spec"]["storageClassName"], "raw-disks");
+    assert_eq!(made["spec"]["volumeMode"], "Block");
+    assert_eq!(made["spec"]["accessModes"], json!(["ReadWriteOncePod"]));
+    assert_eq!(made["spec"]["resources"]["requests"]["storage"], "5Gi");
+
+    // A snapshot that records nothing of its claim and reports no size: refused, and the
+    // claim there stays.
+    object["metadata"]["annotations"]
+        .as_object_mut()
+        .expect("annotations")
+        .remove("cairn.dev/claim");
+    api.remove(snapshots, name);
+    api.put(snapshots, object);
+    api.remove(claims, "data-db-0");
+    match cluster.restore_snapshot(&snapshot.id).await {
+        Err(e @ Error::Invalid(_)) => {
+            assert!(e.to_string().contains("reports no restoreSize"), "{e}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert!(api.get(claims, "data-db-0").is_none());
+}
+
 #[tokio::test]
 async fn a_snapshot_is_taken_and_its_claim_replaced_from_it() {
     let (api, cluster) = shop().await;
