@@ -44,7 +44,8 @@ use kube::core::GroupVersionKind;
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 
-use crate::pipes::{self, COPY_BUFFER, Pipes, Reader, StreamFailure, Writer, pipefail};
+use crate::pipes::{self, Pipes, Reader, StreamFailure, Writer, pipefail};
+use crate::ws_exec::Exec;
 use crate::{
     Cluster, Error, ExecOutput, ExecRequest, Pod, Result, Volume, VolumeSnapshot, Workload,
     WorkloadKind, WorkloadRef, failed, list_hint, workload_json,
@@ -298,18 +299,14 @@ impl KubeCluster {
         argvs: Vec<Vec<String>>,
         has_stdin: bool,
     ) -> std::result::Result<Started, kube::Error> {
-        let api: Api<KubePod> = self.api(namespace);
         let mut procs = Vec::with_capacity(argvs.len());
         for (i, argv) in argvs.into_iter().enumerate() {
-            let mut params = AttachParams::default()
+            let params = AttachParams::default()
                 .container(container)
                 .stdin(i > 0 || has_stdin)
                 .stdout(true)
                 .stderr(true);
-            params.max_stdin_buf_size = Some(COPY_BUFFER);
-            params.max_stdout_buf_size = Some(COPY_BUFFER);
-            params.max_stderr_buf_size = Some(COPY_BUFFER);
-            procs.push(api.exec(pod, argv, &params).await?);
+            procs.push(Exec::start(&self.client, namespace, pod, argv, &params).await?);
         }
         let statuses: Vec<Shared<BoxFuture<'static, Option<Status>>>> = procs
             .iter_mut()
@@ -907,7 +904,7 @@ struct Started {
     relays: Vec<BoxFuture<'static, std::result::Result<(), StreamFailure>>>,
     statuses: Vec<Shared<BoxFuture<'static, Option<Status>>>>,
     /// Dropping a process closes its exec.
-    procs: Vec<kube::api::AttachedProcess>,
+    procs: Vec<Exec>,
 }
 
 /// Copies one program's stdout into the next one's stdin. When the next one ends first, the

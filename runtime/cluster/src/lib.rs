@@ -14,6 +14,7 @@
 mod kubernetes;
 mod local;
 mod pipes;
+mod ws_exec;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

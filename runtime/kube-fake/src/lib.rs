@@ -81,11 +81,24 @@ impl State {
     }
 }
 
+/// Bytes of the send and receive buffers of the server's sockets.
+const SOCKET_BUFFER: u32 = 16 * 1024;
+
 impl FakeApi {
     pub async fn start() -> FakeApi {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
+        // Small socket buffers, as a congested path between client, API server and kubelet:
+        // flow control that waits on the wrong side deadlocks within megabytes, not gigabytes.
+        let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+        socket
+            .set_recv_buffer_size(SOCKET_BUFFER)
+            .expect("a receive buffer size");
+        socket
+            .set_send_buffer_size(SOCKET_BUFFER)
+            .expect("a send buffer size");
+        socket
+            .bind(([127, 0, 0, 1], 0).into())
             .expect("bind the fake API server");
+        let listener = socket.listen(64).expect("listen");
         let url = format!("http://{}", listener.local_addr().expect("its address"));
         let state = Arc::new(Mutex::new(State::default()));
         let shared = state.clone();
@@ -880,18 +893,31 @@ where
             return;
         }
     };
-    // Stdin is written by a task of its own, so that a command that is slow to read it never
-    // stops its output from being forwarded.
-    let (in_tx, mut in_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
-    let mut in_tx = Some(in_tx);
+    // Stdin as a kubelet takes it: each frame is written into the command's stdin before the
+    // next is read, so a command that stops reading its stdin stops the client's sending (TCP
+    // backpressure), while its output goes on being sent by the loop below. Once the client
+    // leaves, stdin ends.
+    let (left_tx, mut left_rx) = tokio::sync::oneshot::channel::<()>();
     let mut stdin = child.stdin.take();
-    let feed = tokio::spawn(async move {
-        while let Some(data) = in_rx.recv().await {
-            let Some(pipe) = stdin.as_mut() else { continue };
-            if pipe.write_all(&data).await.is_err() {
-                stdin = None;
+    let reader = tokio::spawn(async move {
+        while let Some(Ok(message)) = rx.next().await {
+            let Message::Binary(data) = message else {
+                continue;
+            };
+            match data.first() {
+                Some(0) => {
+                    if let Some(pipe) = stdin.as_mut()
+                        && pipe.write_all(&data[1..]).await.is_err()
+                    {
+                        stdin = None;
+                    }
+                }
+                Some(255) if data.get(1) == Some(&0) => stdin = None,
+                _ => {}
             }
         }
+        drop(stdin);
+        let _ = left_tx.send(());
     });
     let stdout = child.stdout.take().expect("stdout");
     let stderr = child.stderr.take().expect("stderr");
@@ -911,22 +937,9 @@ where
     };
     let pump_out = pump(Box::new(stdout), 1, out_tx);
     let pump_err = pump(Box::new(stderr), 2, err_tx);
-    // Stdin from the client, output to it, until the output pipes close.
+    // Output to the client until the output pipes close or the client leaves.
     let client_left = loop {
         tokio::select! {
-            incoming = rx.next() => match incoming {
-                Some(Ok(Message::Binary(data))) if !data.is_empty() => match data[0] {
-                    0 => {
-                        if let Some(tx) = &in_tx {
-                            let _ = tx.send(data[1..].to_vec());
-                        }
-                    }
-                    255 if data.get(1) == Some(&0) => in_tx = None,
-                    _ => {}
-                },
-                Some(Ok(_)) => {}
-                Some(Err(_)) | None => break true,
-            },
             outgoing = out_rx.recv() => match outgoing {
                 Some(message) => {
                     if tx.send(message).await.is_err() {
@@ -935,26 +948,24 @@ where
                 }
                 None => break false,
             },
+            _ = &mut left_rx => break true,
         }
     };
     if client_left {
         // As a kubelet does: the connection gone, the command is not killed. Its stdin ends
         // and it runs on, its output read and dropped.
-        drop(in_tx);
         tokio::spawn(async move {
             while out_rx.recv().await.is_some() {}
             let _ = (
                 pump_out.await,
                 pump_err.await,
-                feed.await,
+                reader.await,
                 child.wait().await,
             );
         });
         return;
     }
     let _ = (pump_out.await, pump_err.await);
-    drop(in_tx);
-    feed.abort();
     let status = match child.wait().await {
         Ok(s) if s.success() => json!({ "metadata": {}, "status": "Success" }),
         Ok(s) => {
@@ -968,6 +979,7 @@ where
     };
     let _ = tx.send(channel(3, status.to_string().as_bytes())).await;
     let _ = tx.close().await;
-    // Read on until the client closes, so that stdin it is still sending never blocks it.
-    while let Some(Ok(_)) = rx.next().await {}
+    // The reader reads on until the client closes, so that stdin it is still sending never
+    // blocks it (writes into the ended command's stdin fail and are dropped).
+    let _ = reader.await;
 }

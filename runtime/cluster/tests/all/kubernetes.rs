@@ -685,3 +685,19 @@ async fn a_real_cluster_answers() {
         (0, &b"cairn done\n"[..])
     );
 }
+
+/// A command writing as much as it reads: its output must keep being received while its stdin
+/// waits, or neither moves once the buffers between fill (kube's own exec loop hung here).
+#[tokio::test]
+async fn a_command_echoing_its_input_never_stalls() {
+    use tokio::io::AsyncReadExt;
+    let (_api, cluster) = shop().await;
+    let mut echo = request(&["cat"]);
+    echo.stdin = Stdin::Stream(Box::new(tokio::io::repeat(7).take(64 << 20)));
+    echo.stdout = Stdout::Stream(Box::new(tokio::io::sink()));
+    let out = cluster.exec(&db(), echo).await.expect("exec runs");
+    assert_eq!(
+        (out.exit_code, out.stdin_bytes, out.stdout_bytes),
+        (0, 64 << 20, 64 << 20)
+    );
+}
