@@ -137,6 +137,8 @@ pub(crate) struct Operator {
     origin: String,
     /// The only place a resource's secrets may come from.
     secrets: PathBuf,
+    /// The namespaces its resources may act on; empty: any.
+    allowed: Vec<String>,
     /// Final statuses of one-shots that could not be written yet (by uid): written
     /// before such a resource is looked at again, which would otherwise take its `Running`
     /// for an interrupted run.
@@ -151,6 +153,7 @@ impl Operator {
         context: Option<&str>,
         namespace: Option<String>,
         secrets: PathBuf,
+        allowed: Vec<String>,
     ) -> anyhow::Result<Self> {
         let client = cairn_cluster::kube_client(context)
             .await
@@ -161,22 +164,24 @@ impl Operator {
             client,
             namespace,
             secrets,
+            allowed,
             unwritten: Default::default(),
             found: BTreeMap::new(),
         })
     }
 
-    /// [`Operator::check_secrets`]; a record stored before for such a resource (a version
-    /// stored before the check existed) is removed, not kept running.
-    fn refuse_secrets(
+    /// Refuses a resource that `check` refuses; a record stored before for such a resource
+    /// (a version stored before the check existed, or before the operator was narrowed) is
+    /// removed, not kept running.
+    fn refuse(
         &self,
         kind: Kind,
         name: &str,
-        secrets: &BTreeMap<String, String>,
+        check: anyhow::Result<()>,
         stored: bool,
         home: &Home,
     ) -> anyhow::Result<()> {
-        let Err(e) = self.check_secrets(secrets) else {
+        let Err(e) = check else {
             return Ok(());
         };
         let what = format!("{} {}/{name}", kind.kind(), self.namespace);
@@ -187,6 +192,12 @@ impl Operator {
         Err(e.context(format!(
             "{what} is not applied, and the version stored before is removed"
         )))
+    }
+
+    /// Refuses a namespace outside `--operator-allow-namespaces`: whoever may create a
+    /// resource in Cairn's namespace must not reach the others through Cairn's ClusterRole.
+    fn check_namespace(&self, namespace: &str) -> anyhow::Result<()> {
+        allow_namespace(&self.allowed, namespace)
     }
 
     /// Refuses a resource's secret that is not a file under the secrets directory: its author
@@ -315,12 +326,16 @@ impl Operator {
                 .collect();
         self.lock_unwritten().retain(|key, _| present.contains(key));
         for object in restores {
-            self.once(RESTORE, object, |spec| restore_of(spec, engine, home))
-                .await;
+            self.once(RESTORE, object, |spec| {
+                restore_of(spec, &self.allowed, engine, home)
+            })
+            .await;
         }
         for object in backups {
-            self.once(BACKUP, object, |spec| backup_of(spec, engine, home))
-                .await;
+            self.once(BACKUP, object, |spec| {
+                backup_of(spec, &self.allowed, engine, home)
+            })
+            .await;
         }
         Ok(())
     }
@@ -518,7 +533,10 @@ impl Operator {
                 let mut policy =
                     crate::policy::policy_of_spec(name, spec, &what, base, &all.presets)
                         .map_err(still_runs)?;
-                self.refuse_secrets(kind, name, &policy.secrets, stored.is_some(), home)?;
+                let check = self
+                    .check_secrets(&policy.secrets)
+                    .and_then(|()| self.check_namespace(&policy.namespace));
+                self.refuse(kind, name, check, stored.is_some(), home)?;
                 policy.origin = Some(self.origin.clone());
                 if let Some(stored) = stored
                     && unchanged(stored, &serde_json::to_value(&policy)?)
@@ -533,7 +551,8 @@ impl Operator {
             Kind::Binding => {
                 let mut binding =
                     crate::binding::binding_of_spec(name, spec, &what, base).map_err(still_runs)?;
-                self.refuse_secrets(kind, name, &binding.secrets, stored.is_some(), home)?;
+                let check = self.check_secrets(&binding.secrets);
+                self.refuse(kind, name, check, stored.is_some(), home)?;
                 binding.origin = Some(self.origin.clone());
                 if let Some(stored) = stored
                     && unchanged(stored, &serde_json::to_value(&binding)?)
@@ -646,12 +665,17 @@ impl std::fmt::Debug for Operator {
 /// Restores what a `Restore` resource's spec says.
 async fn restore_of(
     spec: Value,
+    allowed: &[String],
     engine: &cairn_engine::Engine,
     home: &Home,
 ) -> anyhow::Result<Ran> {
     let spec: crate::policy::RestoreSpec =
         serde_json::from_value(spec).map_err(|e| UsageError(e.to_string()))?;
     let policy = crate::policy::load(&crate::catalog::open(home)?, &spec.policy)?;
+    allow_namespace(allowed, &policy.namespace)?;
+    if let Some(into) = spec.target_namespace() {
+        allow_namespace(allowed, into)?;
+    }
     let restored = crate::policy::RestoreArgs::from(spec)
         .restore(&policy, engine, home, crate::Output::Text)
         .await?;
@@ -666,9 +690,16 @@ async fn restore_of(
 }
 
 /// Runs the policy a `Backup` resource names, now; one that is running already waits.
-async fn backup_of(spec: Value, engine: &cairn_engine::Engine, home: &Home) -> anyhow::Result<Ran> {
+async fn backup_of(
+    spec: Value,
+    allowed: &[String],
+    engine: &cairn_engine::Engine,
+    home: &Home,
+) -> anyhow::Result<Ran> {
     let spec: BackupSpec = serde_json::from_value(spec).map_err(|e| UsageError(e.to_string()))?;
     let policy = crate::policy::load(&crate::catalog::open(home)?, &spec.policy)?;
+    // A policy applied from the command line may protect any namespace.
+    allow_namespace(allowed, &policy.namespace)?;
     let outcome = match crate::policy::run_policy(&policy, engine, home).await {
         Err(e) if e.is::<crate::policy::Busy>() => return Ok(Ran::Later(e.to_string())),
         outcome => outcome?,
@@ -682,6 +713,19 @@ async fn backup_of(spec: Value, engine: &cairn_engine::Engine, home: &Home) -> a
             "restorePoints": run.points,
         }),
     })
+}
+
+/// Refuses `namespace` unless `allowed` is empty (any) or names it.
+fn allow_namespace(allowed: &[String], namespace: &str) -> anyhow::Result<()> {
+    if allowed.is_empty() || allowed.iter().any(|a| a == namespace) {
+        return Ok(());
+    }
+    Err(UsageError(format!(
+        "namespace {namespace} is not one this operator acts on (--operator-allow-namespaces {}); \
+         add it there, or act on it from the command line",
+        allowed.join(",")
+    ))
+    .into())
 }
 
 /// The `origin` of the records kept from the resources of `namespace`.

@@ -1467,6 +1467,13 @@ pub(crate) struct RestoreSpec {
     params: BTreeMap<String, Scalar>,
 }
 
+impl RestoreSpec {
+    /// The namespace it restores into, when not the policy's.
+    pub(crate) fn target_namespace(&self) -> Option<&str> {
+        self.into_namespace.as_deref()
+    }
+}
+
 impl From<RestoreSpec> for RestoreArgs {
     fn from(spec: RestoreSpec) -> Self {
         RestoreArgs {

@@ -46,6 +46,16 @@ pub(crate) struct ServeArgs {
     /// The namespace of those resources; default: the pod's own, or the kubeconfig context's.
     #[arg(long, value_name = "NS", requires = "operator")]
     pub(crate) operator_namespace: Option<String>,
+    /// The only namespaces those resources may act on (policies' workloads, Restores' targets,
+    /// the policies Backups run), comma-separated; default: any, as Cairn's ClusterRole allows.
+    /// A resource in Cairn's namespace otherwise reaches every namespace through Cairn.
+    #[arg(
+        long,
+        value_name = "NS,...",
+        value_delimiter = ',',
+        requires = "operator"
+    )]
+    pub(crate) operator_allow_namespaces: Vec<String>,
     /// The kubeconfig context of their cluster; default: the one `kubectl` would use.
     #[arg(long, value_name = "CONTEXT", requires = "operator")]
     pub(crate) operator_context: Option<String>,
@@ -89,6 +99,7 @@ pub(crate) async fn serve(args: ServeArgs, home: Option<PathBuf>) -> anyhow::Res
                 args.operator_context.as_deref(),
                 args.operator_namespace.clone(),
                 args.operator_secrets.clone(),
+                args.operator_allow_namespaces.clone(),
             )
             .await?,
         ),

@@ -1227,19 +1227,22 @@ fn serve_operator_keeps_policies_and_bindings_from_kubernetes_resources() {
                     "retention": { "last": 1 }, "paused": true }),
         ),
     );
-    let serve = || {
+    let serve_with = |extra: &[&str]| {
+        let mut args = vec![
+            "serve",
+            "--once",
+            "--operator",
+            "--operator-namespace",
+            "cairn",
+        ];
+        args.extend(extra);
         cairn
-            .command(&[
-                "serve",
-                "--once",
-                "--operator",
-                "--operator-namespace",
-                "cairn",
-            ])
+            .command(&args)
             .env("KUBECONFIG", &kubeconfig)
             .output()
             .expect("cairn runs")
     };
+    let serve = || serve_with(&[]);
     let status =
         |path: &str, name: &str| api.get(path, name).expect("the resource")["status"].clone();
     // The resource's status has `state`, and a message that says `needle`.
@@ -1483,6 +1486,33 @@ fn serve_operator_keeps_policies_and_bindings_from_kubernetes_resources() {
         "{}",
         stdout(&out)
     );
+
+    // An operator narrowed to other namespaces refuses what reaches `default`: a policy
+    // resource (the version kept before is removed) and a Backup of a command-line policy.
+    api.put(policies, nightly(true));
+    ok(&serve());
+    ok(&cairn.run(&["policy", "show", "nightly"]));
+    api.put(
+        backups,
+        resource("Backup", "narrowed", json!({ "policy": "greet" })),
+    );
+    let narrowed = serve_with(&["--operator-allow-namespaces", "elsewhere,other"]);
+    ok(&narrowed);
+    says(
+        policies,
+        "nightly",
+        "Invalid",
+        "namespace default is not one this operator acts on (--operator-allow-namespaces \
+         elsewhere,other)",
+    );
+    assert!(!cairn.run(&["policy", "show", "nightly"]).status.success());
+    says(
+        backups,
+        "narrowed",
+        "Failed",
+        "namespace default is not one this operator acts on",
+    );
+    assert!(!stdout(&narrowed).contains("greet: backed up"));
 
     // Resources Cairn may not read stop serve at its start, saying what to grant.
     api.forbid(policies);
