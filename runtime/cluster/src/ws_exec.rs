@@ -81,9 +81,13 @@ impl Exec {
                 let Message::Binary(data) = message else {
                     continue;
                 };
+                // A message of the channel byte alone opens each channel: nothing to pass on.
                 let (Some(&channel), Some(body)) = (data.first(), data.get(1..)) else {
                     continue;
                 };
+                if body.is_empty() {
+                    continue;
+                }
                 let to = match channel {
                     STDOUT => stdout_tx.as_mut(),
                     STDERR => stderr_tx.as_mut(),

@@ -858,6 +858,13 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let (mut tx, mut rx) = ws.split();
+    // As the API server does: a message of the channel byte alone opens each output channel
+    // (the status channel too), which a client must not take for output or a status.
+    for id in [1, 2, 3] {
+        if tx.send(channel(id, &[])).await.is_err() {
+            return;
+        }
+    }
     let spawned = argv.first().map(|program| {
         let mut command = tokio::process::Command::new(program);
         if let Some(dir) = &setting.dir {
