@@ -25,6 +25,9 @@ const STATUS: u8 = 3;
 /// `v5`: `[CLOSE, STDIN]` ends the command's stdin.
 const CLOSE: u8 = 255;
 
+/// Most stdin bytes in one message: what kubectl (client-go's copy buffer) sends.
+const STDIN_MESSAGE: usize = 32 * 1024;
+
 /// A ping this often keeps an idle connection (a long dump writing nothing yet) from being
 /// closed by a proxy.
 const PING_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
@@ -112,7 +115,7 @@ impl Exec {
         });
         let sender = tokio::spawn(async move {
             let mut stdin_rx = stdin_rx;
-            let mut buf = vec![0u8; COPY_BUFFER + 1];
+            let mut buf = vec![0u8; STDIN_MESSAGE + 1];
             let mut ping =
                 tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
             loop {
