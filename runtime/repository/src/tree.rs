@@ -795,16 +795,29 @@ fn make_dir(p: &Path) -> Result<()> {
     std::fs::create_dir_all(p).map_err(|e| Error::io("create directory", p, e))
 }
 
-/// Creates the file `p` anew. What was there is removed first, so a symlink, or a hard link to
-/// a file elsewhere, is never written through; and `create_new` does not follow a symlink put
-/// there meanwhile.
-fn create_file(p: &Path) -> std::io::Result<std::fs::File> {
-    replace_with(p, |p| {
+/// Creates the file `p` anew where nothing is; where something is, creates a file beside it
+/// in the same directory (`.cairn-restore-PID-N`), to be renamed over it once written whole,
+/// and returns that file's path too.
+fn create_or_beside(p: &Path) -> std::io::Result<(std::fs::File, Option<PathBuf>)> {
+    let create = |p: &Path| {
         std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(p)
-    })
+    };
+    match create(p) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        made => return made.map(|f| (f, None)),
+    }
+    let dir = p.parent().unwrap_or(Path::new("."));
+    for n in 0u32.. {
+        let beside = dir.join(format!(".cairn-restore-{}-{n}", std::process::id()));
+        match create(&beside) {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            made => return made.map(|f| (f, Some(beside))),
+        }
+    }
+    unreachable!("one of 2^32 names is free")
 }
 
 /// Makes `p` with `make`, which must not follow or overwrite what is there; when something
@@ -1713,6 +1726,9 @@ fn leading_run(pos: u64, buf: &[u8]) -> (bool, usize) {
 struct Restoring {
     file: std::fs::File,
     path: PathBuf,
+    /// Where it is written when a file was at `path` already: renamed over it once whole, so
+    /// a restore that fails or stops leaves that file as it was.
+    beside: Option<PathBuf>,
     /// Its node, by place in the snapshot's nodes.
     node: usize,
     left: usize,
@@ -1724,10 +1740,11 @@ struct Restoring {
 
 impl Restoring {
     fn create(path: PathBuf, chunks: usize, node: usize, sparse: bool) -> Result<Self> {
-        let file = create_file(&path).map_err(|e| Error::io("create", &path, e))?;
+        let (file, beside) = create_or_beside(&path).map_err(|e| Error::io("create", &path, e))?;
         Ok(Self {
             file,
             path,
+            beside,
             node,
             left: chunks,
             run: Vec::new(),
@@ -1832,6 +1849,24 @@ impl Restoring {
         Ok(())
     }
 
+    /// Puts a file written beside the one it replaces in its place (a symlink or a hard link
+    /// there is replaced, never written through).
+    fn commit(self) -> Result<()> {
+        match &self.beside {
+            Some(beside) => {
+                std::fs::rename(beside, &self.path).map_err(|e| Error::io("replace", &self.path, e))
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Removes what was written of a file the restore could not finish: a file it replaces
+    /// stays as it was; a new one is not left truncated under its name.
+    fn discard(self) {
+        drop(self.file);
+        let _ = std::fs::remove_file(self.beside.as_ref().unwrap_or(&self.path));
+    }
+
     /// Writes what is left; a file that ends in zeros skipped gets its length.
     fn finish(&mut self) -> Result<()> {
         let hole = self.hole > 0;
@@ -1920,9 +1955,8 @@ fn write_files(
 ) -> Result<()> {
     let mut current = None;
     let written = write_all(files, nodes, rx, sparse, &mut current, meta);
-    if let Some(Restoring { file, path, .. }) = current.take() {
-        drop(file);
-        let _ = std::fs::remove_file(&path);
+    if let Some(f) = current.take() {
+        f.discard();
     }
     written
 }
@@ -1943,10 +1977,15 @@ fn write_all(
         }
         // Written whole: kept even if its metadata cannot be set.
         if let Some(f) = current.take() {
-            let node = nodes.get(f.node).ok_or_else(|| {
-                Error::Invalid(format!("restore lost the node of {}", f.path.display()))
-            })?;
-            meta.set_file(&f.file, &f.path, node)?;
+            let set = match nodes.get(f.node) {
+                Some(node) => meta.set_file(&f.file, &f.path, node),
+                None => Err(Error::Invalid(format!(
+                    "restore lost the node of {}",
+                    f.path.display()
+                ))),
+            };
+            f.commit()?;
+            set?;
         }
         match files.next() {
             Some((p, n, node)) => {

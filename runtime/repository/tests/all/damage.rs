@@ -485,3 +485,54 @@ async fn a_damaged_node_pack_is_named_by_check_restore_and_ls() {
     repo.restore_tree_of(&b, &dst).await.unwrap();
     assert_same_tree(&src_b, &dst);
 }
+
+/// A restore over files that are there already, stopped by damage, leaves each of them as it
+/// was or whole: never removed, never truncated, and no file of its own beside them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_restore_over_existing_files_leaves_them_as_they_were() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("repo");
+    let url = dir.display().to_string();
+    let repo = init_repo(url.as_str()).await;
+    let src = d.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for (i, name) in ["a", "b", "c"].iter().enumerate() {
+        std::fs::write(src.join(name), noise(600_000, 10 + i as u64)).unwrap();
+    }
+    let tree = repo.backup_tree(&src, Default::default()).await.unwrap();
+    let target = d.path().join("target");
+    std::fs::create_dir_all(&target).unwrap();
+    for name in ["a", "b", "c"] {
+        std::fs::write(target.join(name), format!("old {name}")).unwrap();
+    }
+    // The data packs' first frames (the tree's nodes are in a small pack of their own).
+    for pack in packs(&dir) {
+        let mut bytes = std::fs::read(&pack).unwrap();
+        if bytes.len() > 100_000 {
+            bytes[1000] ^= 0x40;
+            std::fs::write(&pack, bytes).unwrap();
+        }
+    }
+    let e = repo.restore_tree(&tree.id, &target).await.unwrap_err();
+    assert!(matches!(e, Error::Corrupt { .. }), "{e}");
+    let mut names: Vec<String> = std::fs::read_dir(&target)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["a", "b", "c"],
+        "a file was removed, or one was left beside"
+    );
+    for name in ["a", "b", "c"] {
+        let now = std::fs::read(target.join(name)).unwrap();
+        assert!(
+            now == format!("old {name}").as_bytes()
+                || now == std::fs::read(src.join(name)).unwrap(),
+            "{name} is neither as it was nor whole ({} bytes)",
+            now.len()
+        );
+    }
+    assert_eq!(std::fs::read(target.join("a")).unwrap(), b"old a");
+}
