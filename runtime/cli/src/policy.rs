@@ -176,7 +176,7 @@ pub(crate) struct PolicyFile {
     preset: Option<String>,
     #[serde(default)]
     frequency: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "retention_of_file")]
     retention: Option<Retention>,
     #[serde(default)]
     params: BTreeMap<String, Scalar>,
@@ -476,6 +476,70 @@ pub(crate) fn secret_sources(
             )),
         })
         .collect()
+}
+
+/// A retention as a file writes it: the counts, and `within` as a duration with its unit
+/// (`30d`, `12h`, `90m`). A bare number is refused: the catalog keeps seconds, and `within: 30`
+/// meant as days kept 30 seconds.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetentionFile {
+    #[serde(default)]
+    last: u32,
+    #[serde(default)]
+    hourly: u32,
+    #[serde(default)]
+    daily: u32,
+    #[serde(default)]
+    weekly: u32,
+    #[serde(default)]
+    monthly: u32,
+    #[serde(default)]
+    yearly: u32,
+    #[serde(default)]
+    within: Option<Within>,
+}
+
+/// What a file may give as `within`: text is parsed, a number refused with the reason.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Within {
+    Text(String),
+    Number(u64),
+}
+
+impl RetentionFile {
+    fn into_retention(self) -> Result<Retention, String> {
+        let within = match self.within {
+            None => 0,
+            Some(Within::Text(t)) => humantime::parse_duration(&t)
+                .map_err(|e| format!("retention within {t:?}: {e} (a duration: 30d, 12h, 90m)"))?
+                .as_secs(),
+            Some(Within::Number(n)) => {
+                return Err(format!(
+                    "retention within {n}: give its unit ({n}d, {n}h, {n}m or {n}s): a number \
+                     alone is ambiguous"
+                ));
+            }
+        };
+        Ok(Retention::new()
+            .last(self.last)
+            .hourly(self.hourly)
+            .daily(self.daily)
+            .weekly(self.weekly)
+            .monthly(self.monthly)
+            .yearly(self.yearly)
+            .within(within))
+    }
+}
+
+/// Reads a policy's or preset's `retention` as [`RetentionFile`] says.
+pub(crate) fn retention_of_file<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Retention>, D::Error> {
+    let file: Option<RetentionFile> = Option::deserialize(d)?;
+    file.map(|f| f.into_retention().map_err(serde::de::Error::custom))
+        .transpose()
 }
 
 /// The YAML documents of `file` (`-`: standard input; several may be separated by `---`), or of
@@ -1590,6 +1654,18 @@ impl RestoreArgs {
             ))
             .into());
         }
+        // The blueprint that made the point restores it: another (the policy's or binding's
+        // blueprint changed since) would run its own restore on data it never wrote.
+        let now = &group.blueprint.description().name;
+        if point.blueprint != *now {
+            return Err(UsageError(format!(
+                "restore point {} was made by blueprint {}, and policy {} now runs {now} for {}: \
+                 restore it with its own blueprint (`cairn run {} --action restore \
+                 --from-point {} --grant ...`)",
+                point.id, point.blueprint, policy.name, self.workload, point.blueprint, point.id
+            ))
+            .into());
+        }
         let (artifacts, point_values) = crate::catalog::point_outputs(&catalog, &point.id)?;
         drop(catalog);
         let into = self.into.as_deref().unwrap_or(&self.workload);
@@ -1979,6 +2055,17 @@ async fn remove_point(
         anyhow::bail!(
             "it is in {repository}, not in the policy's repository {}; remove it there (`cairn repo forget`)",
             execution.repository
+        );
+    }
+    // Only the blueprint that made it knows what else it made (volume snapshots, say).
+    let now = &execution.blueprint.description().name;
+    if point.blueprint != *now {
+        anyhow::bail!(
+            "it was made by blueprint {}, and the policy now runs {now}; remove it with its own \
+             blueprint (`cairn run {} --action delete --from-point {} --grant ...`)",
+            point.blueprint,
+            point.blueprint,
+            point.id
         );
     }
     // Its snapshots that are still there (a delete action may remove its own exports); while

@@ -48,7 +48,8 @@ pub(crate) enum PresetCommand {
 struct PresetFile {
     name: String,
     frequency: String,
-    retention: Retention,
+    #[serde(deserialize_with = "crate::policy::retention_of_file")]
+    retention: Option<Retention>,
     #[serde(default)]
     export: Option<PolicyExport>,
     #[serde(default)]
@@ -106,9 +107,12 @@ pub(crate) fn run(cmd: PresetCommand, home: Option<PathBuf>) -> anyhow::Result<E
                 let bad = |msg: String| UsageError(format!("preset {}: {msg}", f.name));
                 crate::policy::valid_name(&f.name).map_err(bad)?;
                 let export = f.export.map(|e| crate::policy::export_of(e, &doc.base));
+                let retention = f.retention.ok_or_else(|| {
+                    bad("it has no retention (e.g. `retention: {daily: 7}`)".into())
+                })?;
                 crate::policy::check_service(
                     &f.frequency,
-                    &f.retention,
+                    &retention,
                     f.prune.as_deref(),
                     export.as_ref(),
                     &home,
@@ -117,7 +121,7 @@ pub(crate) fn run(cmd: PresetCommand, home: Option<PathBuf>) -> anyhow::Result<E
                 presets.push(PolicyPreset {
                     name: f.name,
                     frequency: f.frequency,
-                    retention: f.retention,
+                    retention,
                     export,
                     prune: f.prune,
                     applied: jiff::Timestamp::now(),

@@ -1685,3 +1685,82 @@ fn a_policy_moved_to_another_namespace_restores_the_old_ones_points_only_when_to
         "default",
     ]));
 }
+
+/// A point is restored and removed only by the blueprint that made it: the policy's blueprint
+/// changed since would run its own restore or delete on what it never wrote (quiesce's
+/// volume snapshots, left behind by hello's retention).
+#[test]
+fn a_point_is_restored_and_removed_only_by_its_own_blueprint() {
+    let cairn = Cairn::new();
+    let app = crate::run::slow_stopping_app("0");
+    let inventory = app.path().join("inventory.yaml");
+    let text = std::fs::read_to_string(&inventory).expect("inventory");
+    std::fs::write(&inventory, text.replace("allow: [sh]", "allow: [sh, echo]")).expect("write");
+    for package in ["quiesce", "hello"] {
+        let wasm = crate::support::wasm(package);
+        ok(&cairn.run(&["blueprint", "add", wasm.to_str().expect("utf-8 path")]));
+    }
+    let policy = |blueprint: &str| {
+        let (grants, params) = match blueprint {
+            "quiesce" => ("[workloads, scale, volumes]", "{}"),
+            _ => ("[exec]", "{greeting: hi}"),
+        };
+        format!(
+            "name: app\nblueprint: {blueprint}\ntarget: local:{}\nworkloads: [app]\n\
+             frequency: '@daily'\nretention: {{last: 1}}\ngrants: {grants}\nparams: {params}\n",
+            inventory.display()
+        )
+    };
+    ok(&apply(&cairn, &policy("quiesce")));
+    ok(&cairn.run(&["policy", "run", "app"]));
+    let points = || {
+        let out = cairn.run(&["catalog", "ls", "local-restore-point", "--output", "json"]);
+        ok(&out);
+        json(&out)
+            .as_array()
+            .expect("points")
+            .iter()
+            .map(|p| {
+                p["value"]["blueprint"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+            .collect::<Vec<String>>()
+    };
+    assert_eq!(points(), ["quiesce"]);
+
+    ok(&apply(&cairn, &policy("hello")));
+    refused_with(
+        &cairn.run(&["policy", "restore", "app", "-w", "app"]),
+        &[
+            "was made by blueprint quiesce",
+            "cairn run quiesce --action restore",
+        ],
+    );
+    // hello's backup runs; its retention leaves quiesce's point, saying how to remove it.
+    let out = cairn.run(&["policy", "run", "app"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let said = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(said.contains("cairn run quiesce --action delete"), "{said}");
+    let mut left = points();
+    left.sort();
+    assert_eq!(left, ["hello", "quiesce"]);
+}
+
+/// `within` takes a duration with its unit; a bare number (seconds in the catalog) is refused.
+#[test]
+fn retention_within_takes_a_duration_with_its_unit() {
+    let cairn = Cairn::new();
+    add_hello(&cairn);
+    refused_with(
+        &apply(&cairn, &hello_policy("{within: 30}")),
+        &["retention within 30: give its unit (30d, 30h, 30m or 30s)"],
+    );
+    refused_with(
+        &apply(&cairn, &hello_policy("{within: 2 fortnights}")),
+        &["retention within \"2 fortnights\""],
+    );
+    ok(&apply(&cairn, &hello_policy("{within: 2d, last: 1}")));
+    assert_eq!(show(&cairn)["policy"]["retention"]["within"], 2 * 86_400);
+}

@@ -146,7 +146,7 @@ fn a_secret_without_the_secrets_grant_is_a_usage_error() {
 /// seconds after the latest readiness probe (a slow shutdown). The prehook probes first thing
 /// (`workloads::get`), so that is `linger` seconds after the prehook began, give or take its
 /// instantiation.
-fn slow_stopping_app(linger: &str) -> tempfile::TempDir {
+pub(crate) fn slow_stopping_app(linger: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).expect(name);
     std::fs::create_dir(dir.path().join("data")).expect("data");
