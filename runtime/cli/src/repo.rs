@@ -1718,6 +1718,22 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                             r.packs_unreadable.len()
                         ));
                     }
+                    if !r.packs_missing.is_empty() {
+                        lines.push(format!(
+                            "{} missing packs ({}) {} the index ({} index files {}): back up \
+                             the same data again and the snapshots that need them restore \
+                             again; `cairn repo check` names those snapshots",
+                            r.packs_missing.len(),
+                            r.packs_missing.join(", "),
+                            if *dry_run {
+                                "would be dropped from"
+                            } else {
+                                "dropped from"
+                            },
+                            r.index_files_replaced,
+                            if *dry_run { "to replace" } else { "replaced" },
+                        ));
+                    }
                     lines.join("\n")
                 },
                 serde_json::to_value(&r).context("encoding report")?,

@@ -381,6 +381,12 @@ pub struct IndexRepair {
     /// chunks stay unindexed (`check` names the snapshots that need them). A store that
     /// fails to answer stops the repair with its error instead, writing nothing.
     pub packs_unreadable: Vec<(String, String)>,
+    /// Packs the index lists that are gone: their chunks are dropped from the index, so the
+    /// next backup of the same data stores them again, and the snapshots that need them
+    /// restore again.
+    pub packs_missing: Vec<String>,
+    /// Index files that listed a missing pack, replaced by one without it.
+    pub index_files_replaced: usize,
 }
 
 /// The result of [`Repository::prune`].
@@ -1846,15 +1852,59 @@ impl Repository {
             let idx = self.inner.index.read().map_err(|_| poisoned())?;
             idx.packs.iter().map(format::pack_hex).collect()
         };
-        let unindexed: Vec<(String, format::PackId, u64)> = backend
-            .list("data/")
-            .await?
-            .into_iter()
+        let stored = backend.list("data/").await?;
+        let present: HashSet<&str> = stored
+            .iter()
+            .filter_map(|m| m.location.filename())
+            .collect();
+        let unindexed: Vec<(String, format::PackId, u64)> = stored
+            .iter()
             .filter_map(|m| {
                 let hex = m.location.filename().filter(|n| !indexed.contains(*n))?;
                 Some((hex.to_string(), format::pack_id(hex)?, m.size))
             })
             .collect();
+        // Index files listing a pack that is gone, and what they list of the packs that are
+        // not (a chunk the merged index holds elsewhere is left out: it stays indexed there).
+        let (mut missing, stale, kept) = {
+            let idx = self.inner.index.read().map_err(|_| poisoned())?;
+            let gone: HashSet<format::PackId> = idx
+                .packs
+                .iter()
+                .filter(|p| !present.contains(format::pack_hex(p).as_str()))
+                .copied()
+                .collect();
+            let stale: Vec<String> = idx
+                .files
+                .iter()
+                .filter(|(_, packs)| packs.iter().any(|p| gone.contains(p)))
+                .map(|(id, _)| id.clone())
+                .collect();
+            let keep: HashSet<format::PackId> = idx
+                .files
+                .iter()
+                .filter(|(id, _)| stale.contains(id))
+                .flat_map(|(_, packs)| packs.iter().copied())
+                .filter(|p| !gone.contains(p))
+                .collect();
+            let mut kept: std::collections::BTreeMap<format::PackId, Vec<format::Entry>> =
+                Default::default();
+            for (id, loc) in idx.iter() {
+                let pack = idx.packs[loc.pack as usize];
+                if keep.contains(&pack) {
+                    kept.entry(pack).or_default().push(format::Entry {
+                        id: *id,
+                        frame_off: loc.frame_off,
+                        frame_len: loc.frame_len,
+                        inner_off: loc.inner_off,
+                        len: loc.len,
+                    });
+                }
+            }
+            let missing: Vec<String> = gone.iter().map(format::pack_hex).collect();
+            (missing, stale, kept)
+        };
+        missing.sort();
         let headers: Vec<_> = futures::stream::iter(unindexed)
             .map(|(hex, id, size)| async move {
                 let h = self.pack_header(&hex, size).await;
@@ -1888,13 +1938,31 @@ impl Repository {
                 _ => None,
             })
             .collect();
+        report.packs_missing = missing;
         if dry_run {
             report.index_files_removed = damaged.len();
+            report.index_files_replaced = stale.len();
             return Ok(report);
         }
         lock.held().await?;
+        // The packs indexed again and what the stale files list of the others, in one new
+        // file, before any file is removed: a crash in between leaves chunks indexed twice.
+        let replaced_packs: HashSet<format::PackId> = packs.iter().map(|p| p.0).collect();
+        packs.extend(
+            kept.into_iter()
+                .filter(|(p, _)| !replaced_packs.contains(p)),
+        );
+        packs.sort_unstable_by_key(|p| p.0);
         if !packs.is_empty() {
             self.write_index_file(&packs).await?;
+        }
+        for id in &stale {
+            match backend.delete_data(&format::index_path(id), None).await {
+                Ok(()) => report.index_files_replaced += 1,
+                Err(e) => {
+                    tracing::warn!(error = %e, "keeping index file {id}, which lists a missing pack")
+                }
+            }
         }
         // Only now: until the new index file is written, a crash leaves the damaged ones
         // where they were.

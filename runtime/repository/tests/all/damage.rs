@@ -536,3 +536,55 @@ async fn a_failed_restore_over_existing_files_leaves_them_as_they_were() {
     }
     assert_eq!(std::fs::read(target.join("a")).unwrap(), b"old a");
 }
+
+/// A lost pack stays in the index, so a backup of the same data reuses its chunks and saves a
+/// snapshot that cannot be restored. `repair_index` drops it from the index; the next backup
+/// stores those chunks again, and every snapshot that needs them restores again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_pack_is_dropped_from_the_index_and_the_next_backup_heals_it() {
+    let d = tempfile::tempdir().unwrap();
+    let Two {
+        repo, a, a_packs, ..
+    } = two_snapshots(d.path()).await;
+    for pack in &a_packs {
+        std::fs::remove_file(pack).unwrap();
+    }
+    let data = noise(2_000_000, 1);
+    let reused = repo
+        .backup_stream("a", &data[..], Default::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        reused.summary.new_chunks, 0,
+        "the index still lists the lost pack"
+    );
+    assert!(
+        repo.restore_stream(&reused.id, &mut Vec::new())
+            .await
+            .is_err()
+    );
+
+    let dry = repo.repair_index(true).await.unwrap();
+    let lost: Vec<String> = a_packs
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(dry.packs_missing, lost, "{dry:?}");
+    assert_eq!(dry.index_files_replaced, 1, "{dry:?}");
+    let repaired = repo.repair_index(false).await.unwrap();
+    assert_eq!(repaired.packs_missing, lost);
+    assert_eq!(repaired.index_files_replaced, 1);
+
+    let healed = repo
+        .backup_stream("a", &data[..], Default::default())
+        .await
+        .unwrap();
+    assert!(healed.summary.new_chunks > 0, "{:?}", healed.summary);
+    for id in [&a, &reused.id, &healed.id] {
+        let mut out = Vec::new();
+        repo.restore_stream(id, &mut out).await.unwrap();
+        assert!(out == data, "snapshot {id} restores other bytes");
+    }
+    let report = repo.check(true).await.unwrap();
+    assert!(report.is_ok(), "{report:?}");
+}
