@@ -140,6 +140,11 @@ pub(crate) async fn check(
         &binding.blueprint,
         &binding.grants,
         &binding.params,
+        &binding
+            .secrets
+            .keys()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
     )
     .await
     .map_err(|e| bad(e.to_string()))?;

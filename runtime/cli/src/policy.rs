@@ -822,9 +822,17 @@ pub(crate) async fn check(policy: &Policy, engine: &Engine, home: &Home) -> anyh
     }
     match &policy.blueprint {
         Some(blueprint) => {
-            check_use(engine, home, blueprint, &policy.grants, &policy.params)
-                .await
-                .map_err(|e| bad(e.to_string()))?;
+            let secrets: Vec<&str> = policy.secrets.keys().map(String::as_str).collect();
+            check_use(
+                engine,
+                home,
+                blueprint,
+                &policy.grants,
+                &policy.params,
+                &secrets,
+            )
+            .await
+            .map_err(|e| bad(e.to_string()))?;
         }
         None if !policy.params.is_empty()
             || !policy.grants.is_empty()
@@ -861,9 +869,18 @@ pub(crate) async fn check_use(
     blueprint: &str,
     grants: &[String],
     params: &BTreeMap<String, String>,
+    secrets: &[&str],
 ) -> anyhow::Result<()> {
     let bad = |msg: String| -> anyhow::Error { UsageError(msg).into() };
     let grants = crate::run::parse_grants(grants)?;
+    // Without the grant the blueprint cannot read them: the run would go on without them.
+    if !secrets.is_empty() && !grants.contains(&Capability::Secrets) {
+        return Err(bad(format!(
+            "secrets {} are given but not the `secrets` grant, without which the blueprint \
+             cannot read them: add `secrets` to grants",
+            secrets.join(", ")
+        )));
+    }
     let (blueprint, record) = crate::blueprint::registered(engine, home, blueprint).await?;
     crate::blueprint::check_allowed(&record, &grants)?;
     let d = blueprint.description();

@@ -38,6 +38,15 @@ impl Schedule {
             }
             return Ok(Self::Cron(Box::new(cron)));
         }
+        // `30M` is thirty months to the parser; nobody asking for a schedule means that.
+        if let Some(at) = text.find('M')
+            && !text[at + 1..].starts_with(|c: char| c.is_ascii_lowercase())
+        {
+            return Err(format!(
+                "`{s}`: M means months in an interval: write m for minutes (30m), or spell out \
+                 months (3months)"
+            ));
+        }
         let secs = match text {
             "@hourly" => 3_600,
             "@daily" => 86_400,
@@ -301,6 +310,8 @@ mod tests {
         assert!(every("10s").is_err());
         assert!(every("sometimes").is_err());
         assert!(every("99y").is_ok());
+        assert!(every("30M").is_err_and(|e| e.contains("write m for minutes")));
+        assert_eq!(every("2months"), Ok(5_260_032));
         assert_eq!(
             every("9999y"),
             Err("`9999y`: an interval is at most 100 years; pause the policy instead".to_owned())

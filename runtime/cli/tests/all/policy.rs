@@ -1764,3 +1764,15 @@ fn retention_within_takes_a_duration_with_its_unit() {
     ok(&apply(&cairn, &hello_policy("{within: 2d, last: 1}")));
     assert_eq!(show(&cairn)["policy"]["retention"]["within"], 2 * 86_400);
 }
+
+/// Secrets without the `secrets` grant would never reach the blueprint: refused at apply.
+#[test]
+fn secrets_without_their_grant_are_refused() {
+    let cairn = Cairn::new();
+    add_hello(&cairn);
+    let policy = format!("{}secrets: {{pw: env:HOME}}\n", hello_policy("{last: 1}"));
+    refused_with(
+        &apply(&cairn, &policy),
+        &["secrets pw are given but not the `secrets` grant"],
+    );
+}
