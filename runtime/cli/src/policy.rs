@@ -780,6 +780,11 @@ pub(crate) fn check_service(
         }
         crate::profile::load(home, profile).map_err(|e| format!("export: {e}"))?;
     }
+    // Read now, so a wrong path fails here and not at night.
+    if let Some(file) = export.and_then(|e| e.profile_file.as_deref()) {
+        crate::repo::load_profile(std::path::Path::new(file))
+            .map_err(|e| format!("export: {}", crate::one_line(&e)))?;
+    }
     Ok(())
 }
 

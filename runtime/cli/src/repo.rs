@@ -515,7 +515,7 @@ impl CopyTarget {
 /// ```
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Profile {
+pub(crate) struct Profile {
     repo: Option<String>,
     #[serde(default)]
     options: std::collections::BTreeMap<String, String>,
@@ -531,7 +531,7 @@ enum Rate {
     Text(String),
 }
 
-fn load_profile(path: &std::path::Path) -> anyhow::Result<Profile> {
+pub(crate) fn load_profile(path: &std::path::Path) -> anyhow::Result<Profile> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         usage(format!(
             "cannot read the repository profile {}: {e}",

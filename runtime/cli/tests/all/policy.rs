@@ -1776,3 +1776,18 @@ fn secrets_without_their_grant_are_refused() {
         &["secrets pw are given but not the `secrets` grant"],
     );
 }
+
+/// A profile file that cannot be read fails at apply, not at the first run.
+#[test]
+fn a_missing_profile_file_is_refused_at_apply() {
+    let cairn = Cairn::new();
+    add_hello(&cairn);
+    let policy = format!(
+        "{}export: {{profile_file: nowhere.yaml}}\n",
+        hello_policy("{last: 1}")
+    );
+    refused_with(
+        &apply(&cairn, &policy),
+        &["export: cannot read the repository profile", "nowhere.yaml"],
+    );
+}
