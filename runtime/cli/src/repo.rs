@@ -12,7 +12,7 @@
 //! | --- | --- |
 //! | 0 | success |
 //! | 1 | the operation ran and found a problem: `check` found damage, a restore hit damaged data, the command of `backup --stdin-from-command` failed |
-//! | 2 | usage: bad arguments, no such snapshot, no key given |
+//! | 2 | usage: bad arguments, no such snapshot, no key given, `init` where a repository is, removing the last key slot or the one in use |
 //! | 3 | runtime: I/O or object-store failure |
 //! | 4 | wrong passphrase or key |
 //! | 5 | the repository is locked by another process; retry later |
@@ -719,8 +719,23 @@ pub async fn run(mut args: RepoArgs, home: Option<PathBuf>) -> anyhow::Result<Ex
             && home.repository().join("config").is_file()
         {
             args.select.repo = Some(home.repository().display().to_string());
+            let env = args
+                .select
+                .passphrase_env
+                .as_deref()
+                .unwrap_or("CAIRN_PASSPHRASE");
             if args.select.passphrase_file.is_none() && args.select.key_file.is_none() {
-                args.select.key_file = Some(home.repository_key());
+                let key = home.repository_key();
+                if key.exists() {
+                    args.select.key_file = Some(key);
+                } else if std::env::var_os(env).is_none() {
+                    return Err(usage(format!(
+                        "the home's repository {} has no key file {}: put back your copy of it \
+                         (or give {env} or --passphrase-file, when you added a passphrase slot)",
+                        home.repository().display(),
+                        key.display()
+                    )));
+                }
             }
         }
     }
@@ -790,12 +805,13 @@ fn exit_code(e: &Error) -> u8 {
         }
         Error::WrongPassphrase | Error::WrongKey { .. } => EXIT_WRONG_KEY,
         Error::Locked { .. } | Error::LockLost { .. } => EXIT_LOCKED,
-        Error::Protected { .. } | Error::LastKey { .. } => EXIT_PROTECTED,
-        Error::NotARepository { .. }
-        | Error::UnsupportedVersion { .. }
-        | Error::AlreadyInitialised { .. } => EXIT_NO_REPOSITORY,
+        Error::Protected { .. } => EXIT_PROTECTED,
+        Error::NotARepository { .. } | Error::UnsupportedVersion { .. } => EXIT_NO_REPOSITORY,
         Error::Corrupt { .. } | Error::Missing { .. } => crate::exit::FAILED,
         Error::InvalidLocation { .. }
+        | Error::AlreadyInitialised { .. }
+        | Error::LastKey { .. }
+        | Error::KeyProvider { .. }
         | Error::NotFound { .. }
         | Error::Ambiguous { .. }
         | Error::Invalid(_) => crate::exit::USAGE,

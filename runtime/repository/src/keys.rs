@@ -140,6 +140,13 @@ impl Passphrase {
             .map_err(|e| Error::io("read passphrase file", path, e))?;
         let s = s.strip_suffix('\n').unwrap_or(&s);
         let s = s.strip_suffix('\r').unwrap_or(s);
+        // An empty file is a secret not mounted or not written yet, not a passphrase to try.
+        if s.is_empty() {
+            return Err(Error::KeyProvider {
+                provider: "file".into(),
+                reason: format!("the passphrase file {} is empty", path.display()),
+            });
+        }
         Ok(Self::new(s))
     }
 

@@ -2148,6 +2148,12 @@ impl Repository {
         if slots.len() <= 1 {
             return Err(Error::LastKey { slot: id });
         }
+        if id == self.inner.slot {
+            return Err(Error::Invalid(format!(
+                "key slot {id} is the one this repository was opened with: open it with another \
+                 key to remove this one, or replace it with `key rotate`"
+            )));
+        }
         self.inner.backend.delete_any(&format::key_path(&id)).await
     }
 

@@ -984,3 +984,17 @@ fn a_key_or_passphrase_file_that_cannot_be_read_is_a_usage_error() {
         );
     }
 }
+
+/// `init` where a repository is, and removing the key slot in use or the last one, are usage
+/// errors (2), not "no repository" (7) or "protected" (6).
+#[test]
+fn refusals_of_init_and_key_remove_are_usage_errors() {
+    let repo = LocalRepo::new();
+    repo.ok(&["repo", "init"]);
+    let out = repo.run(&["repo", "init"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let out = repo.ok(&["repo", "key", "list", "--output", "json"]);
+    let slot = json(&out)[0]["id"].as_str().expect("a slot").to_owned();
+    let out = repo.run(&["repo", "key", "remove", &slot]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}

@@ -64,6 +64,12 @@ async fn add_list_remove_rotate_without_rewriting_data() {
     let listed = r3.keys().await.unwrap();
     assert_eq!(listed.len(), 2);
     assert!(listed.iter().any(|k| k.id == three && k.current));
+    // The slot in use cannot go while another is there: its holder could be locked out.
+    let e = r3.remove_key(&three).await.unwrap_err();
+    assert!(
+        matches!(&e, Error::Invalid(m) if m.contains("opened with")),
+        "{e}"
+    );
     // Remove "two"; then the last key cannot go.
     r3.remove_key(&two[..8]).await.unwrap();
     let e = r3.remove_key(&three).await.unwrap_err();
