@@ -40,7 +40,10 @@ pub enum Error {
         supported: u32,
     },
     /// No key slot opens with the passphrase given.
-    #[error("wrong passphrase: no key slot of this repository opens with it")]
+    #[error(
+        "wrong passphrase: no key slot of this repository opens with it (a damaged slot fails \
+         the same way)"
+    )]
     WrongPassphrase,
     /// No key slot opens with the key provider given (key file, environment, KMS...).
     #[error("wrong key: no key slot of this repository opens with the {provider} key")]

@@ -2304,13 +2304,17 @@ async fn read_slots(backend: &Backend) -> Result<Vec<(String, SlotFile)>> {
             let Some(b) = backend.get(&format::key_path(&id)).await? else {
                 return Ok(None);
             };
-            // A slot that does not parse is not a working key; it is skipped, not fatal.
-            Ok::<_, Error>(
-                serde_json::from_slice::<SlotFile>(&b)
-                    .ok()
-                    .filter(|s| s.id == id)
-                    .map(|s| (id, s)),
-            )
+            // A slot that does not parse is not a working key; it is skipped, not fatal, and
+            // said, or a wrong passphrase would be all the user hears of it.
+            let slot = serde_json::from_slice::<SlotFile>(&b)
+                .ok()
+                .filter(|s| s.id == id);
+            if slot.is_none() {
+                tracing::warn!(
+                    "key slot {id} is damaged (keys/{id} is not a key slot of its name); skipped"
+                );
+            }
+            Ok::<_, Error>(slot.map(|s| (id, s)))
         })
         .buffered(METADATA_READS_IN_FLIGHT)
         .try_collect()
