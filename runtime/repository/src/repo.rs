@@ -863,8 +863,22 @@ impl Repository {
         Ok(info)
     }
 
-    /// Lists snapshots matching `filter`, oldest first.
+    /// Lists snapshots matching `filter`, oldest first. A snapshot object that is damaged is
+    /// left out with a warning naming it (`forget ID` removes it), so one damaged object does
+    /// not hide every other snapshot; prune, which must know every snapshot, refuses instead.
     pub async fn snapshots(&self, filter: &SnapshotFilter) -> Result<Vec<SnapshotInfo>> {
+        let (found, damaged) = self.snapshots_and_damage(filter).await?;
+        for (id, e) in damaged {
+            tracing::warn!("snapshot {id} is left out: {e} (`cairn repo forget {id}` removes it)");
+        }
+        Ok(found)
+    }
+
+    /// [`Repository::snapshots`], with the ids of the damaged snapshot objects and why.
+    async fn snapshots_and_damage(
+        &self,
+        filter: &SnapshotFilter,
+    ) -> Result<(Vec<SnapshotInfo>, Vec<(String, Error)>)> {
         let ids = self.snapshot_ids().await?;
         // A cache: a panic elsewhere while it was held leaves nothing wrong in it.
         let listed = || {
@@ -883,11 +897,25 @@ impl Repository {
                 }
             }
         }
-        let read: Vec<SnapshotInfo> = futures::stream::iter(unread)
-            .map(|id| async move { self.read_snapshot(&id).await })
+        let results: Vec<(String, Result<SnapshotInfo>)> = futures::stream::iter(unread)
+            .map(|id| async move {
+                let r = self.read_snapshot(&id).await;
+                (id, r)
+            })
             .buffer_unordered(METADATA_READS_IN_FLIGHT)
-            .try_collect()
-            .await?;
+            .collect()
+            .await;
+        let (mut read, mut damaged) = (Vec::new(), Vec::new());
+        for (id, r) in results {
+            match r {
+                Ok(s) => read.push(s),
+                // Forgotten since it was listed.
+                Err(Error::NotFound { .. }) => {}
+                Err(e @ Error::Corrupt { .. }) => damaged.push((id, e)),
+                Err(e) => return Err(e),
+            }
+        }
+        damaged.sort_by(|a, b| a.0.cmp(&b.0));
         {
             // Forgotten snapshots leave the cache as they leave the listing.
             let present: HashSet<&String> = ids.iter().collect();
@@ -898,7 +926,7 @@ impl Repository {
         v.extend(read);
         v.retain(|s| filter.matches(s));
         v.sort_by(|a, b| a.time.cmp(&b.time).then_with(|| a.id.cmp(&b.id)));
-        Ok(v)
+        Ok((v, damaged))
     }
 
     /// [`Repository::snapshot`], for a restore that follows: the chunk index, when this
@@ -1514,14 +1542,34 @@ impl Repository {
     /// so a typo removes nothing.
     pub async fn forget_ids(&self, ids: &[String], dry_run: bool) -> Result<ForgetReport> {
         let mut doomed: Vec<SnapshotInfo> = Vec::with_capacity(ids.len());
+        // Named by their whole id, damaged snapshot objects are removed too, unread.
+        let mut damaged: Vec<String> = Vec::new();
         for id in ids {
-            let s = self.snapshot(id).await?;
-            if !doomed.iter().any(|d| d.id == s.id) {
-                doomed.push(s);
+            match self.snapshot(id).await {
+                Ok(s) => {
+                    if !doomed.iter().any(|d| d.id == s.id) {
+                        doomed.push(s);
+                    }
+                }
+                Err(Error::Corrupt { .. }) if format::is_id(id) => damaged.push(id.clone()),
+                Err(e) => return Err(e),
             }
         }
-        self.remove_unprotected(doomed, ForgetReport::default(), dry_run)
-            .await
+        let mut report = self
+            .remove_unprotected(doomed, ForgetReport::default(), dry_run)
+            .await?;
+        for id in damaged {
+            if !dry_run {
+                // The backend refuses it inside the protection period (Error::Protected);
+                // its content object, which only it names, goes at the next prune.
+                self.inner
+                    .backend
+                    .delete_data(&format::snapshot_path(&id), None)
+                    .await?;
+            }
+            report.removed.push(id);
+        }
+        Ok(report)
     }
 
     /// Removes `doomed` but the snapshots still protected, adding both to `report`.
@@ -1611,7 +1659,19 @@ impl Repository {
         let mut report = PruneReport::default();
         // Reload the index: other processes may have added to it.
         let damaged = self.refresh_index().await?;
-        let snaps = self.snapshots(&SnapshotFilter::default()).await?;
+        let (snaps, damaged_snaps) = self
+            .snapshots_and_damage(&SnapshotFilter::default())
+            .await?;
+        // A snapshot it cannot read: prune would take its data for unused.
+        if let Some((id, e)) = damaged_snaps.into_iter().next() {
+            return Err(Error::corrupt(
+                format::snapshot_path(&id),
+                format!(
+                    "{e}; prune cannot tell what it uses, and stops: `cairn repo forget {id}` \
+                     removes it, then prune"
+                ),
+            ));
+        }
         // Chunks in no index file (one lost): prune would take their packs for unused.
         let unindexed = |what: String| {
             Error::corrupt(
