@@ -747,6 +747,23 @@ async fn enable(
         "  3. the location profile:  {} (and its credentials)",
         config.profile
     );
+    // DR brings back the catalog, not the data in the home: the exports of these policies
+    // would be lost with the machine.
+    let local: Vec<String> = catalog
+        .policies()?
+        .into_iter()
+        .filter(|p| p.export.is_none())
+        .map(|p| p.name)
+        .collect();
+    if !local.is_empty() {
+        eprintln!(
+            "warning: policies {} export into the home's repository ({}), which DR does not \
+             copy: their restore points are lost with this home. Give them `export: {{profile: \
+             NAME}}` to a location off this machine",
+            local.join(", "),
+            home.repository().display()
+        );
+    }
     Ok(())
 }
 

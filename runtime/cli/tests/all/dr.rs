@@ -1275,3 +1275,33 @@ fn dr_enable_keeps_relative_paths_absolute() {
     // A run from anywhere else finds both.
     ok(&dr_run(&cairn));
 }
+
+/// DR copies the catalog, not the home's repository: enabling it names the policies whose
+/// restore points live there and would be lost with the home.
+#[test]
+fn dr_enable_names_policies_whose_points_stay_in_the_home() {
+    let cairn = Cairn::new();
+    let hello = crate::support::hello_wasm().to_str().expect("utf-8 path");
+    ok(&cairn.run(&["blueprint", "add", hello]));
+    let policy = cairn.home.path().join("p.yaml");
+    std::fs::write(
+        &policy,
+        format!(
+            "name: local-only\nblueprint: hello\ntarget: local:{}\nworkloads: [hello]\n\
+             frequency: '@daily'\nretention: {{last: 1}}\ngrants: [exec]\nparams: {{greeting: hi}}\n",
+            crate::support::root()
+                .join("examples/hello/inventory.yaml")
+                .display()
+        ),
+    )
+    .expect("policy");
+    ok(&cairn.run(&["policy", "apply", policy.to_str().expect("utf-8")]));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = enable(&cairn, &dir.path().join("dr"), "local-snapshot", &[]);
+    ok(&out);
+    assert!(
+        stderr(&out).contains("policies local-only export into the home's repository"),
+        "{}",
+        stderr(&out)
+    );
+}
