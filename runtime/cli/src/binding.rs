@@ -259,14 +259,37 @@ pub(crate) async fn run(cmd: BindingCommand, home: Option<PathBuf>) -> anyhow::R
         }
         BindingCommand::Delete { name } => {
             refuse_kept(&home, &name)?;
+            let catalog = crate::catalog::open(&home)?;
+            let binding: Option<BlueprintBinding> =
+                catalog.get(Kind::BlueprintBinding, &name).ok().flatten();
             crate::delete_named(
-                &crate::catalog::open(&home)?,
+                &catalog,
                 Kind::BlueprintBinding,
                 &name,
                 "binding",
                 "cairn binding list",
             )?;
             outln!("binding {name} deleted");
+            // Policies without a blueprint of their own find theirs in bindings at each run.
+            let relying: Vec<String> = catalog
+                .policies()?
+                .into_iter()
+                .filter(|p| p.blueprint.is_none())
+                .filter(|p| {
+                    binding.as_ref().is_some_and(|b| {
+                        b.namespaces.is_empty() || b.namespaces.contains(&p.namespace)
+                    })
+                })
+                .map(|p| p.name)
+                .collect();
+            if !relying.is_empty() {
+                eprintln!(
+                    "warning: policies {} name no blueprint and may have relied on it: the \
+                     workloads it bound are unbound now, and their runs and restores fail for \
+                     them until another binding selects them",
+                    relying.join(", ")
+                );
+            }
             Ok(ExitCode::from(exit::OK))
         }
     }

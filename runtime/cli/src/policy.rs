@@ -258,7 +258,16 @@ pub(crate) async fn run(cmd: PolicyCommand, home: Option<PathBuf>) -> anyhow::Re
                     applied.push(dry_run_of(&policy, &engine, &home, output).await?);
                     continue;
                 }
+                let was_paused = catalog.policy(&policy.name)?.is_some_and(|old| old.paused);
                 catalog.apply_policy(&mut policy)?;
+                // The file decides; a pause made with `policy pause` does not outlive it.
+                if was_paused && !policy.paused {
+                    eprintln!(
+                        "warning: policy {} was paused and runs again: its file does not say \
+                         `paused: true`",
+                        policy.name
+                    );
+                }
                 if output == Output::Text {
                     outln!(
                         "policy {} applied: {} on {} namespace {} ({}), {}; next run {}",

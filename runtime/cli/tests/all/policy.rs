@@ -241,6 +241,14 @@ fn serve_runs_a_policy_that_never_ran_and_then_waits_for_its_frequency() {
         &cairn.run(&["policy", "pause", "nope"]),
         &["no policy named \"nope\""],
     );
+    // The file decides: applied again without `paused: true`, it runs again, and says so.
+    let out = apply(&cairn, &hello_policy("{last: 3}"));
+    ok(&out);
+    assert!(
+        stderr(&out).contains("warning: policy greet was paused and runs again"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -890,8 +898,15 @@ fn a_policy_without_a_blueprint_protects_each_workload_by_its_binding() {
         ],
     );
 
-    // Without its own binding, hello falls to the catch-all.
-    ok(&cairn.run(&["binding", "delete", "a-hello"]));
+    // Without its own binding, hello falls to the catch-all; the delete warns of the
+    // policies that find their blueprint in bindings.
+    let out = cairn.run(&["binding", "delete", "a-hello"]);
+    ok(&out);
+    assert!(
+        stderr(&out).contains("warning: policies greet name no blueprint"),
+        "{}",
+        stderr(&out)
+    );
     ok(&cairn.run(&["policy", "run", "greet"]));
     assert_eq!(greetings(&cairn)[0], ("hello".into(), "hey, world".into()));
     refused_with(
