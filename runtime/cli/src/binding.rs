@@ -153,7 +153,7 @@ pub(crate) async fn check(
         .iter()
         .map(|(name, source)| format!("{name}={source}"))
         .collect();
-    crate::run::parse_secrets(&sources).map_err(|e| bad(e.to_string()))?;
+    crate::run::parse_secrets_of(&sources, "secrets:").map_err(|e| bad(e.to_string()))?;
     Ok(())
 }
 

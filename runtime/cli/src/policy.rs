@@ -886,7 +886,7 @@ pub(crate) async fn check_use(
     secrets: &[&str],
 ) -> anyhow::Result<()> {
     let bad = |msg: String| -> anyhow::Error { UsageError(msg).into() };
-    let grants = crate::run::parse_grants(grants)?;
+    let grants = crate::run::parse_capabilities(grants, "grants:")?;
     // Without the grant the blueprint cannot read them: the run would go on without them.
     if !secrets.is_empty() && !grants.contains(&Capability::Secrets) {
         return Err(bad(format!(
@@ -1434,7 +1434,7 @@ async fn select(policy: &Policy, engine: &Engine, home: &Home) -> anyhow::Result
             workload: None,
             params: params.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             grants: crate::run::parse_grants(grants)?,
-            secrets: crate::run::parse_secrets(&sources)?,
+            secrets: crate::run::parse_secrets_of(&sources, "secrets:")?,
             artifacts: Vec::new(),
             point_values: Vec::new(),
             limits: limits.clone(),

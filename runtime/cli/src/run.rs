@@ -410,11 +410,20 @@ pub(crate) fn parse_params(raw: &[String]) -> anyhow::Result<Vec<(String, String
 }
 
 pub(crate) fn parse_secrets(raw: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    parse_secrets_of(raw, "--secret")
+}
+
+/// [`parse_secrets`] of `raw`, given as `flag` (`--secret`, or a file's `secrets:`), which
+/// errors name.
+pub(crate) fn parse_secrets_of(
+    raw: &[String],
+    flag: &str,
+) -> anyhow::Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     for s in raw {
         let usage = || {
             UsageError(format!(
-                "--secret {s:?}: expected NAME=env:VAR, NAME=file:PATH or NAME=raw:VALUE"
+                "{flag} {s:?}: expected NAME=env:VAR, NAME=file:PATH or NAME=raw:VALUE"
             ))
         };
         let (name, source) = s
@@ -424,12 +433,12 @@ pub(crate) fn parse_secrets(raw: &[String]) -> anyhow::Result<BTreeMap<String, S
         let value = if let Some(var) = source.strip_prefix("env:") {
             std::env::var(var).map_err(|_| {
                 UsageError(format!(
-                    "--secret {name}: environment variable {var} is not set"
+                    "{flag} {name}: environment variable {var} is not set"
                 ))
             })?
         } else if let Some(path) = source.strip_prefix("file:") {
             let text = std::fs::read_to_string(path)
-                .map_err(|e| UsageError(format!("--secret {name}: cannot read {path}: {e}")))?;
+                .map_err(|e| UsageError(format!("{flag} {name}: cannot read {path}: {e}")))?;
             text.trim_end_matches(['\r', '\n']).to_string()
         } else if let Some(value) = source.strip_prefix("raw:") {
             value.to_string()
