@@ -1737,6 +1737,18 @@ impl RestoreArgs {
             request.params.push((k, v));
         }
         let execution = prepared.execution(group, home, engine, &policy.name, Some(&point.id));
+        // Exported before the policy's export changed: its data is where it was written.
+        if let Location::Exported { repository, .. } = &point.location
+            && repository != execution.repository
+        {
+            return Err(UsageError(format!(
+                "restore point {} was exported to {repository}, and policy {} now exports to {}: \
+                 restore it from there (`cairn run {} --action restore --from-point {} --repo \
+                 {repository} --grant ...`)",
+                point.id, policy.name, execution.repository, point.blueprint, point.id
+            ))
+            .into());
+        }
         let (report, _) = execution
             .execute(request, |report| crate::run::print_report(report, output))
             .await?;

@@ -544,4 +544,17 @@ fn a_policy_exports_to_a_location_profile_by_name() {
         "{}",
         stderr(&out)
     );
+
+    // Once the policy exports elsewhere, its earlier point is restored from where it was
+    // written, which the refusal names.
+    crate::support::ok(&write("vault"));
+    let out = with_vault(&["policy", "restore", "cache", "-w", "redis"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("was exported to")
+            && stderr(&out).contains(offsite)
+            && stderr(&out).contains("cairn run redis --action restore --from-point"),
+        "{}",
+        stderr(&out)
+    );
 }
