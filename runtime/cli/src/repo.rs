@@ -1539,13 +1539,27 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                 } else {
                     let (opts, shown) = restore_progress();
                     let opts = opts.sparse(*sparse);
-                    let r = repo.restore_paths_with(&info, target, include, &opts).await;
+                    let r = repo
+                        .restore_paths_salvaging(&info, target, include, &opts)
+                        .await;
                     finish_bar(shown);
                     let r = r?;
+                    for (path, why) in &r.lost {
+                        eprintln!("error: {path} is not restored: {why}");
+                    }
                     args.print(
                         || format!("restored {} files, {} directories, {} bytes to {target}", r.files, r.dirs, r.bytes),
-                        json!({ "id": info.id, "files": r.files, "dirs": r.dirs, "bytes": r.bytes, "target": target }),
+                        json!({ "id": info.id, "files": r.files, "dirs": r.dirs, "bytes": r.bytes, "target": target, "lost": r.lost }),
                     );
+                    if !r.lost.is_empty() {
+                        eprintln!(
+                            "cairn: {} of the snapshot's paths could not be restored (damaged or \
+                             missing data; `cairn repo check --read-data` names the objects); \
+                             the rest is restored",
+                            r.lost.len()
+                        );
+                        return Ok(ExitCode::from(crate::exit::FAILED));
+                    }
                 }
             }
         }

@@ -504,6 +504,10 @@ pub struct RestoreSummary {
     pub dirs: u64,
     /// Bytes written.
     pub bytes: u64,
+    /// Paths a salvaging restore could not restore (damaged or missing data), with why; the
+    /// rest of the tree was restored.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub lost: Vec<(String, String)>,
 }
 
 pub(crate) struct Inner {

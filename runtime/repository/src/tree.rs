@@ -13,7 +13,7 @@ use crate::xattrs;
 use bytes::Bytes;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
@@ -1425,6 +1425,65 @@ pub struct TreeEntry {
 }
 
 impl Repository {
+    /// [`Repository::restore_paths_with`], going on past damage: when the restore meets
+    /// damaged or missing data, the selected paths are restored again in halves, down to the
+    /// single files that cannot be, so everything else is restored. Those are listed in
+    /// [`RestoreSummary::lost`] (each file the first pass finished is written once more, and
+    /// files it was replacing stay as they were, see `Restoring`).
+    pub async fn restore_paths_salvaging(
+        &self,
+        info: &SnapshotInfo,
+        target: impl AsRef<Path>,
+        include: &[String],
+        opts: &RestoreOptions,
+    ) -> Result<RestoreSummary> {
+        let target = target.as_ref();
+        let damage = |e: &Error| matches!(e, Error::Corrupt { .. } | Error::Missing { .. });
+        match self.restore_paths_with(info, target, include, opts).await {
+            Err(e) if damage(&e) => tracing::warn!("{e}; restoring the rest"),
+            done => return done,
+        }
+        // The leaves: what is not a directory, and directories with nothing below.
+        let entries = self.list_tree(info, include).await?;
+        let parents: HashSet<&str> = entries
+            .iter()
+            .filter(|e| !e.path.is_empty())
+            .map(|e| e.path.rsplit_once('/').map_or("", |(dir, _)| dir))
+            .collect();
+        let leaves: Vec<String> = entries
+            .iter()
+            .filter(|e| {
+                e.kind != "dir" || !(e.path.is_empty() || parents.contains(e.path.as_str()))
+            })
+            .map(|e| e.path.clone())
+            .collect();
+        let mut summary = RestoreSummary::default();
+        let mut groups = vec![leaves];
+        while let Some(mut group) = groups.pop() {
+            if group.is_empty() {
+                continue;
+            }
+            match self.restore_paths_with(info, target, &group, opts).await {
+                Ok(r) => {
+                    summary.files += r.files;
+                    summary.dirs = summary.dirs.max(r.dirs);
+                    summary.bytes += r.bytes;
+                }
+                Err(e) if damage(&e) && group.len() == 1 => {
+                    summary.lost.push((group.remove(0), e.to_string()));
+                }
+                Err(e) if damage(&e) => {
+                    let half = group.split_off(group.len() / 2);
+                    groups.push(half);
+                    groups.push(group);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        summary.lost.sort();
+        Ok(summary)
+    }
+
     /// The entries of a tree snapshot, in the order they are stored (a directory before what
     /// it holds), limited to `include` as [`Repository::restore_paths_of`] limits a restore.
     pub async fn list_tree(

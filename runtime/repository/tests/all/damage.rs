@@ -613,3 +613,52 @@ async fn a_lost_pack_is_dropped_from_the_index_and_the_next_backup_heals_it() {
     let report = repo.check(true).await.unwrap();
     assert!(report.is_ok(), "{report:?}");
 }
+
+/// A salvaging restore goes on past damage: every file whose data is intact is restored, and
+/// the ones that are not are listed with why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_salvaging_restore_restores_all_but_the_damaged_files() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("repo");
+    let url = dir.display().to_string();
+    let repo = init_repo(url.as_str()).await;
+    let src = d.path().join("src");
+    std::fs::create_dir_all(src.join("sub/empty")).unwrap();
+    for (i, name) in ["a", "b", "sub/c"].iter().enumerate() {
+        std::fs::write(src.join(name), noise(600_000, 20 + i as u64)).unwrap();
+    }
+    std::os::unix::fs::symlink("b", src.join("link")).unwrap();
+    let tree = repo.backup_tree(&src, Default::default()).await.unwrap();
+    // The first frame of the data pack: the start of `a`, stored first.
+    for pack in packs(&dir) {
+        let mut bytes = std::fs::read(&pack).unwrap();
+        if bytes.len() > 100_000 {
+            bytes[1000] ^= 0x40;
+            std::fs::write(&pack, bytes).unwrap();
+        }
+    }
+    let target = d.path().join("target");
+    let opts = cairn_repository::RestoreOptions::new();
+    let r = repo
+        .restore_paths_salvaging(&tree, &target, &[], &opts)
+        .await
+        .unwrap();
+    assert_eq!(
+        r.lost.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>(),
+        ["a"],
+        "{r:?}"
+    );
+    assert!(r.lost[0].1.contains("does not match") || r.lost[0].1.contains("authentication"));
+    assert!(!target.join("a").exists());
+    for name in ["b", "sub/c"] {
+        assert_eq!(
+            std::fs::read(target.join(name)).unwrap(),
+            std::fs::read(src.join(name)).unwrap()
+        );
+    }
+    assert!(target.join("sub/empty").is_dir());
+    assert_eq!(
+        std::fs::read_link(target.join("link")).unwrap(),
+        Path::new("b")
+    );
+}
