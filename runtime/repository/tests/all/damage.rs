@@ -9,6 +9,18 @@ fn packs(repo: &Path) -> Vec<PathBuf> {
     files(repo, "data")
 }
 
+/// Flips a byte in the first frame of every data pack (a tree's nodes are in a small pack of
+/// their own, left alone).
+fn damage_first_frames(repo: &Path) {
+    for pack in packs(repo) {
+        let mut bytes = std::fs::read(&pack).unwrap();
+        if bytes.len() > 100_000 {
+            bytes[1000] ^= 0x40;
+            std::fs::write(&pack, bytes).unwrap();
+        }
+    }
+}
+
 /// Snapshots `a` and `b` of two streams, each backup in packs and an index file of its own;
 /// the files in `data` and `index` once `a` was stored.
 struct Two {
@@ -530,14 +542,7 @@ async fn a_failed_restore_over_existing_files_leaves_them_as_they_were() {
     for name in ["a", "b", "c"] {
         std::fs::write(target.join(name), format!("old {name}")).unwrap();
     }
-    // The data packs' first frames (the tree's nodes are in a small pack of their own).
-    for pack in packs(&dir) {
-        let mut bytes = std::fs::read(&pack).unwrap();
-        if bytes.len() > 100_000 {
-            bytes[1000] ^= 0x40;
-            std::fs::write(&pack, bytes).unwrap();
-        }
-    }
+    damage_first_frames(&dir);
     let e = repo.restore_tree(&tree.id, &target).await.unwrap_err();
     assert!(matches!(e, Error::Corrupt { .. }), "{e}");
     let mut names: Vec<String> = std::fs::read_dir(&target)
@@ -629,14 +634,8 @@ async fn a_salvaging_restore_restores_all_but_the_damaged_files() {
     }
     std::os::unix::fs::symlink("b", src.join("link")).unwrap();
     let tree = repo.backup_tree(&src, Default::default()).await.unwrap();
-    // The first frame of the data pack: the start of `a`, stored first.
-    for pack in packs(&dir) {
-        let mut bytes = std::fs::read(&pack).unwrap();
-        if bytes.len() > 100_000 {
-            bytes[1000] ^= 0x40;
-            std::fs::write(&pack, bytes).unwrap();
-        }
-    }
+    // The start of `a`, stored first.
+    damage_first_frames(&dir);
     let target = d.path().join("target");
     let opts = cairn_repository::RestoreOptions::new();
     let r = repo
