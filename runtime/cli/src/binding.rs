@@ -272,7 +272,8 @@ pub(crate) async fn run(cmd: BindingCommand, home: Option<PathBuf>) -> anyhow::R
             outln!("binding {name} deleted");
             // Policies without a blueprint of their own find theirs in bindings at each run.
             let relying: Vec<String> = catalog
-                .policies()?
+                .policies()
+                .unwrap_or_default()
                 .into_iter()
                 .filter(|p| p.blueprint.is_none())
                 .filter(|p| {

@@ -749,8 +749,10 @@ async fn enable(
     );
     // DR brings back the catalog, not the data in the home: the exports of these policies
     // would be lost with the machine.
+    // A policy record that cannot be read is for `policy list` to report, not for this.
     let local: Vec<String> = catalog
-        .policies()?
+        .policies()
+        .unwrap_or_default()
         .into_iter()
         .filter(|p| p.export.is_none())
         .map(|p| p.name)
@@ -908,6 +910,9 @@ struct Components {
     present: Vec<String>,
     /// Neither: they must be registered again.
     missing: Vec<String>,
+    /// In the DR location, but damaged (or not readable): they must be registered again.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    damaged: Vec<String>,
 }
 
 /// Restores into this home the component of each blueprint the restored catalog registers and
@@ -942,7 +947,7 @@ async fn restore_components(home: &Home, catalog: &Catalog, repo: &Repository) -
             Ok(false) => done.missing.push(record.name),
             Err(e) => {
                 eprintln!("cairn: warning: {}", crate::one_line(&e));
-                done.missing.push(record.name);
+                done.damaged.push(record.name);
             }
         }
     }
@@ -1878,6 +1883,15 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                              register them again with `cairn blueprint add FILE` before their policies run",
                             components.missing.len(),
                             components.missing.join(", ")
+                        );
+                    }
+                    if !components.damaged.is_empty() {
+                        outln!(
+                            "the components of {} registered blueprint(s) in the DR location could not be restored \
+                             (the warnings above say why): {}; register them again with `cairn blueprint add FILE` \
+                             before their policies run",
+                            components.damaged.len(),
+                            components.damaged.join(", ")
                         );
                     }
                     if kept_from_resources > 0 {

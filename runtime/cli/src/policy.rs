@@ -208,7 +208,10 @@ pub(crate) fn texts(params: BTreeMap<String, Scalar>) -> BTreeMap<String, String
 
 /// A parameter's value as YAML gives it: `port: 6379` and `port: "6379"` alike.
 #[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "a parameter value: a string, a number or true/false"
+)]
 pub(crate) enum Scalar {
     Text(String),
     Integer(i64),
@@ -258,7 +261,11 @@ pub(crate) async fn run(cmd: PolicyCommand, home: Option<PathBuf>) -> anyhow::Re
                     applied.push(dry_run_of(&policy, &engine, &home, output).await?);
                     continue;
                 }
-                let was_paused = catalog.policy(&policy.name)?.is_some_and(|old| old.paused);
+                let was_paused = catalog
+                    .policy(&policy.name)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|old| old.paused);
                 catalog.apply_policy(&mut policy)?;
                 // The file decides; a pause made with `policy pause` does not outlive it.
                 if was_paused && !policy.paused {
@@ -692,9 +699,11 @@ fn policy_of(
             .filter_map(|(field, set)| set.then_some(field))
             .collect();
             if !given.is_empty() {
+                let verb = if given.len() == 1 { "comes" } else { "come" };
                 return Err(bad(format!(
-                    "{} come from preset {name}: leave them out, or drop `preset:`",
-                    given.join(", ")
+                    "{} {verb} from preset {name}: leave {} out, or drop `preset:`",
+                    given.join(", "),
+                    if given.len() == 1 { "it" } else { "them" }
                 ))
                 .into());
             }
@@ -861,11 +870,35 @@ pub(crate) async fn check(policy: &Policy, engine: &Engine, home: &Home) -> anyh
         }
         None => {}
     }
-    // A local target's inventory is read now, so a wrong path fails here and not at night.
+    // A local target's inventory is read now, so a wrong path or namespace fails here and
+    // not at night; a selection that matches nothing there is said.
     if policy.target.starts_with("local:") {
-        crate::run::open_target(&policy.target, policy.snapshot_class.as_deref(), home)
+        let cluster =
+            crate::run::open_target(&policy.target, policy.snapshot_class.as_deref(), home)
+                .await
+                .map_err(|e| bad(e.to_string()))?;
+        let present = workloads_of(cluster.as_ref(), &policy.namespace)
             .await
-            .map_err(|e| bad(e.to_string()))?;
+            .map_err(|e| bad(crate::one_line(&e)))?;
+        let matched = present.iter().any(|w| {
+            selects(
+                &policy.workloads,
+                &policy.selector,
+                &w.reference.name,
+                &w.labels,
+            )
+        });
+        if !matched {
+            let names: Vec<&str> = present.iter().map(|w| w.reference.name.as_str()).collect();
+            eprintln!(
+                "warning: policy {} selects no workload of namespace {} ({}; it has: {}): its \
+                 runs fail until one matches",
+                policy.name,
+                policy.namespace,
+                selection(&policy.workloads, &policy.selector),
+                crate::listed(names)
+            );
+        }
     } else if policy.target != "kube" && !policy.target.starts_with("kube:") {
         return Err(bad(format!(
             "target {:?}: use local:INVENTORY.yaml, kube or kube:CONTEXT",
