@@ -1806,3 +1806,24 @@ fn a_missing_profile_file_is_refused_at_apply() {
         &["export: cannot read the repository profile", "nowhere.yaml"],
     );
 }
+
+/// On a local target, apply refuses a namespace the inventory lacks and warns of a selection
+/// that matches no workload there.
+#[test]
+fn a_local_policy_that_selects_nothing_is_said_at_apply() {
+    let cairn = Cairn::new();
+    add_hello(&cairn);
+    let policy = hello_policy("{last: 1}");
+    refused_with(
+        &apply(&cairn, &format!("{policy}namespace: prod\n")),
+        &["prod"],
+    );
+    let out = apply(&cairn, &policy.replace("['hel*']", "[helo]"));
+    ok(&out);
+    assert!(
+        stderr(&out).contains("policy greet selects no workload of namespace default")
+            && stderr(&out).contains("it has: hello"),
+        "{}",
+        stderr(&out)
+    );
+}
