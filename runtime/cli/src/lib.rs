@@ -128,7 +128,8 @@ enum Command {
 damage, a restore hit damaged data, backup's command failed); 2 usage (bad arguments, no such \
 snapshot, no key given, init where a repository is, removing the last key slot or the one in use); 3 runtime (I/O, the object store); 4 wrong passphrase or key; 5 locked \
 by another process, retry later; 6 refused by the protection period; 7 no repository there, or a \
-format version this build cannot read; 141 standard output closed early."
+format version this build cannot read; 130 a restore interrupted (Ctrl-C), leaving nothing half \
+written; 141 standard output closed early."
     )]
     Repo(repo::RepoArgs),
     /// Inspect the catalog: restore points, actions, policies and the rest.

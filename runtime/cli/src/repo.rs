@@ -18,6 +18,7 @@
 //! | 5 | the repository is locked by another process; retry later |
 //! | 6 | refused by the protection period (immutability) |
 //! | 7 | no repository there, or a format version this build cannot read |
+//! | 130 | a restore was interrupted (Ctrl-C, SIGTERM): nothing half written is left |
 //! | 141 | standard output was closed early (`\| head`): the rest is dropped, quietly |
 
 use std::io::IsTerminal;
@@ -806,6 +807,7 @@ fn exit_code(e: &Error) -> u8 {
         Error::WrongPassphrase | Error::WrongKey { .. } => EXIT_WRONG_KEY,
         Error::Locked { .. } | Error::LockLost { .. } => EXIT_LOCKED,
         Error::Protected { .. } => EXIT_PROTECTED,
+        Error::Interrupted => crate::exit::INTERRUPTED,
         Error::NotARepository { .. } | Error::UnsupportedVersion { .. } => EXIT_NO_REPOSITORY,
         Error::Corrupt { .. } | Error::Missing { .. } => crate::exit::FAILED,
         Error::InvalidLocation { .. }
@@ -983,7 +985,21 @@ fn restore_progress() -> (
 ) {
     let (done, total) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let shown = watch(progress_bar(Some(0)), done.clone(), Some(total.clone()));
-    (RestoreOptions::new().progress(done).total(total), shown)
+    // Ctrl-C (or SIGTERM) stops the restore cleanly instead of ending the process mid-file.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    if let Ok(mut signals) = crate::StopSignals::install() {
+        tokio::spawn(async move {
+            signals.recv().await;
+            let _ = stop.send(true);
+        });
+    }
+    (
+        RestoreOptions::new()
+            .progress(done)
+            .total(total)
+            .stop(stopped),
+        shown,
+    )
 }
 
 /// One line of `copy`'s report: the copy's id and what it added to the destination.

@@ -57,6 +57,9 @@ pub enum Error {
         /// The slot id.
         slot: String,
     },
+    /// The operation was asked to stop (Ctrl-C) and stopped, leaving nothing half done.
+    #[error("interrupted")]
+    Interrupted,
     /// A named object (snapshot, key slot) does not exist.
     #[error("{kind} {id} not found")]
     NotFound {

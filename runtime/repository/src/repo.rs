@@ -449,6 +449,7 @@ pub struct RestoreOptions {
     pub(crate) progress: Option<Arc<AtomicU64>>,
     pub(crate) total: Option<Arc<AtomicU64>>,
     pub(crate) sparse: bool,
+    pub(crate) stop: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl RestoreOptions {
@@ -479,6 +480,26 @@ impl RestoreOptions {
     pub fn sparse(mut self, yes: bool) -> Self {
         self.sparse = yes;
         self
+    }
+
+    /// Stops a tree restore once `stop` holds `true` (Ctrl-C): the files it was writing are
+    /// removed (those it was replacing stay as they were) and the restore returns
+    /// [`Error::Interrupted`].
+    pub fn stop(mut self, stop: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.stop = Some(stop);
+        self
+    }
+
+    /// Returns once the restore is asked to stop; never without a stop signal.
+    pub(crate) async fn stopped(&self) {
+        match self.stop.clone() {
+            Some(mut rx) => {
+                if rx.wait_for(|stop| *stop).await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+            None => std::future::pending().await,
+        }
     }
 
     pub(crate) fn advance(&self, bytes: usize) {

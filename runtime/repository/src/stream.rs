@@ -427,14 +427,17 @@ async fn copy_out<W: AsyncWrite + Unpin>(
     let mut r = tokio::io::BufReader::with_capacity(RESTORE_WRITE_BYTES, r);
     let write_err = |e| Error::io("write restored stream", "output", e);
     let mut n = 0u64;
+    let stopped = opts.stopped();
+    tokio::pin!(stopped);
     loop {
-        let buf = r
-            .fill_buf()
-            .await
-            .map_err(|e| match e.downcast::<Error>() {
-                Ok(e) => e,
-                Err(e) => Error::io("read snapshot", id, e),
-            })?;
+        let buf = tokio::select! {
+            buf = r.fill_buf() => buf,
+            () = &mut stopped => return Err(Error::Interrupted),
+        };
+        let buf = buf.map_err(|e| match e.downcast::<Error>() {
+            Ok(e) => e,
+            Err(e) => Error::io("read snapshot", id, e),
+        })?;
         if buf.is_empty() {
             break;
         }

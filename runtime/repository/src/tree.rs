@@ -1322,7 +1322,19 @@ impl Repository {
         // Why the restore stopped early: a read failed, or a writer (its lane) did; the other
         // writer then reports only that its chunks stopped coming.
         let (mut err, mut stopped_by) = (None, None);
-        'read: while let Some(item) = stream.next().await {
+        let stopped = opts.stopped();
+        tokio::pin!(stopped);
+        'read: loop {
+            let item = tokio::select! {
+                item = stream.next() => item,
+                () = &mut stopped => {
+                    err = Some(Error::Interrupted);
+                    break;
+                }
+            };
+            let Some(item) = item else {
+                break;
+            };
             match item {
                 Ok(v) => {
                     opts.advance(v.iter().map(Bytes::len).sum());

@@ -9,6 +9,26 @@ fn packs(repo: &Path) -> Vec<PathBuf> {
     files(repo, "data")
 }
 
+/// A repository in `d/repo` holding a tree snapshot of `d/src`: the files `names`, each `size`
+/// bytes of noise (seeds from `seed` on).
+async fn tree_of_files(
+    d: &Path,
+    names: &[&str],
+    size: usize,
+    seed: u64,
+) -> (PathBuf, Repository, PathBuf, cairn_repository::SnapshotInfo) {
+    let dir = d.join("repo");
+    let url = dir.display().to_string();
+    let repo = init_repo(url.as_str()).await;
+    let src = d.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for (i, name) in names.iter().enumerate() {
+        std::fs::write(src.join(name), noise(size, seed + i as u64)).unwrap();
+    }
+    let tree = repo.backup_tree(&src, Default::default()).await.unwrap();
+    (dir, repo, src, tree)
+}
+
 /// Flips a byte in the first frame of every data pack (a tree's nodes are in a small pack of
 /// their own, left alone).
 fn damage_first_frames(repo: &Path) {
@@ -528,15 +548,7 @@ async fn a_damaged_node_pack_is_named_by_check_restore_and_ls() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_restore_over_existing_files_leaves_them_as_they_were() {
     let d = tempfile::tempdir().unwrap();
-    let dir = d.path().join("repo");
-    let url = dir.display().to_string();
-    let repo = init_repo(url.as_str()).await;
-    let src = d.path().join("src");
-    std::fs::create_dir_all(&src).unwrap();
-    for (i, name) in ["a", "b", "c"].iter().enumerate() {
-        std::fs::write(src.join(name), noise(600_000, 10 + i as u64)).unwrap();
-    }
-    let tree = repo.backup_tree(&src, Default::default()).await.unwrap();
+    let (dir, repo, src, tree) = tree_of_files(d.path(), &["a", "b", "c"], 600_000, 10).await;
     let target = d.path().join("target");
     std::fs::create_dir_all(&target).unwrap();
     for name in ["a", "b", "c"] {
@@ -660,4 +672,45 @@ async fn a_salvaging_restore_restores_all_but_the_damaged_files() {
         std::fs::read_link(target.join("link")).unwrap(),
         Path::new("b")
     );
+}
+
+/// A restore asked to stop (Ctrl-C) stops with `Interrupted`, leaving no file half written and
+/// the files it was replacing as they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_asked_to_stop_leaves_nothing_half_written() {
+    let d = tempfile::tempdir().unwrap();
+    let (_dir, repo, src, tree) = tree_of_files(d.path(), &["a", "b"], 3_000_000, 40).await;
+    let stream = repo
+        .backup_stream("s", &noise(3_000_000, 42)[..], Default::default())
+        .await
+        .unwrap();
+    let target = d.path().join("target");
+    std::fs::create_dir_all(&target).unwrap();
+    std::fs::write(target.join("a"), "old a").unwrap();
+    let (stop, stopped) = tokio::sync::watch::channel(true);
+    let opts = cairn_repository::RestoreOptions::new().stop(stopped);
+    let e = repo
+        .restore_paths_salvaging(&tree, &target, &[], &opts)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Interrupted), "{e}");
+    let names: Vec<String> = std::fs::read_dir(&target)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["a"], "a file half written, or one left beside");
+    assert_eq!(std::fs::read(target.join("a")).unwrap(), b"old a");
+    let e = repo
+        .restore_stream_with(&stream, &mut Vec::new(), &opts)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Interrupted), "{e}");
+    // Not asked to stop, it restores.
+    drop(stop);
+    let (_go, running) = tokio::sync::watch::channel(false);
+    let opts = cairn_repository::RestoreOptions::new().stop(running);
+    repo.restore_paths_salvaging(&tree, &target, &[], &opts)
+        .await
+        .unwrap();
+    assert_same_tree(&src, &target);
 }
