@@ -1390,8 +1390,9 @@ impl Repository {
         for hex in packs_present.keys() {
             if !by_pack.contains_key(hex) {
                 report.warnings.push(format!(
-                    "pack {} is in no index (left by an interrupted backup, or replaced by a \
-                     repack; the next prune removes it)",
+                    "pack {} is in no index (being written by a backup that is running, left \
+                     by an interrupted one, or replaced by a repack; prune removes it when \
+                     no backup runs)",
                     format::pack_path(hex)
                 ));
             }
