@@ -105,6 +105,17 @@ pub(crate) async fn serve(args: ServeArgs, home: Option<PathBuf>) -> anyhow::Res
         ),
         false => None,
     };
+    if !args.once {
+        eprintln!(
+            "cairn: serving the policies of {}{}; Ctrl-C or SIGTERM stops after the current run",
+            home.root().display(),
+            if operator.is_some() {
+                " and the Kubernetes resources of the operator's namespace"
+            } else {
+                ""
+            }
+        );
+    }
     let mut failed = false;
     let mut ran = 0;
     let mut first = true;
