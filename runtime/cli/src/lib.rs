@@ -128,8 +128,8 @@ enum Command {
 damage, a restore hit damaged data, backup's command failed); 2 usage (bad arguments, no such \
 snapshot, no key given, init where a repository is, removing the last key slot or the one in use); 3 runtime (I/O, the object store); 4 wrong passphrase or key; 5 locked \
 by another process, retry later; 6 refused by the protection period; 7 no repository there, or a \
-format version this build cannot read; 130 a restore interrupted (Ctrl-C), leaving nothing half \
-written; 141 standard output closed early."
+format version this build cannot read; 130 a restore or a directory's backup interrupted (Ctrl-C), \
+leaving nothing half written; 141 standard output closed early."
     )]
     Repo(repo::RepoArgs),
     /// Inspect the catalog: restore points, actions, policies and the rest.
@@ -292,6 +292,21 @@ impl StopSignals {
             _ = self.int.recv() => {}
         }
     }
+}
+
+/// Calls `stop` at the first SIGINT or SIGTERM, so the work in hand stops cleanly; a second
+/// ends the process at once (exit 130), for when stopping cleanly hangs (a store not answering).
+pub(crate) fn on_interrupt(stop: impl FnOnce() + Send + 'static) {
+    let Ok(mut signals) = StopSignals::install() else {
+        return;
+    };
+    tokio::spawn(async move {
+        signals.recv().await;
+        eprintln!("cairn: stopping (again to stop at once)");
+        stop();
+        signals.recv().await;
+        std::process::exit(i32::from(exit::INTERRUPTED));
+    });
 }
 
 /// A secret's source as messages show it: `env:VAR` and `file:PATH` say where the secret is;

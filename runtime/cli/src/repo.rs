@@ -18,7 +18,7 @@
 //! | 5 | the repository is locked by another process; retry later |
 //! | 6 | refused by the protection period (immutability) |
 //! | 7 | no repository there, or a format version this build cannot read |
-//! | 130 | a restore was interrupted (Ctrl-C, SIGTERM): nothing half written is left |
+//! | 130 | a restore or a directory's backup was interrupted (Ctrl-C, SIGTERM): nothing half written is left |
 //! | 141 | standard output was closed early (`\| head`): the rest is dropped, quietly |
 
 use std::io::IsTerminal;
@@ -987,12 +987,9 @@ fn restore_progress() -> (
     let shown = watch(progress_bar(Some(0)), done.clone(), Some(total.clone()));
     // Ctrl-C (or SIGTERM) stops the restore cleanly instead of ending the process mid-file.
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    if let Ok(mut signals) = crate::StopSignals::install() {
-        tokio::spawn(async move {
-            signals.recv().await;
-            let _ = stop.send(true);
-        });
-    }
+    crate::on_interrupt(move || {
+        let _ = stop.send(true);
+    });
     (
         RestoreOptions::new()
             .progress(done)
@@ -1185,6 +1182,15 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                         length
                     });
                     let shown = watch(progress_bar(sized.then_some(0)), counter, length);
+                    // Ctrl-C stops a directory's backup cleanly: no snapshot, what was
+                    // uploaded indexed for the next one, the lock released. (A stream from
+                    // standard input keeps the default: its writer, killed by the same
+                    // Ctrl-C, ends the stream, which must never look whole.)
+                    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                    let stopping = stop.clone();
+                    crate::on_interrupt(move || stopping.store(true, Ordering::Relaxed));
+                    let mut opts = opts;
+                    opts.stop = Some(stop);
                     (repo.backup_tree(&path, opts).await, shown)
                 }
             };

@@ -80,6 +80,9 @@ pub struct BackupOptions {
     /// The host the snapshot is recorded as made on (default: this host's name), and whose
     /// latest snapshot of the same directory is the parent.
     pub host: Option<String>,
+    /// Set to stop the backup (Ctrl-C): it saves no snapshot, indexes what it uploaded (the
+    /// next backup reuses it), releases its lock and returns [`Error::Interrupted`].
+    pub stop: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// Where a tree backup takes the files that did not change from, instead of reading them.
@@ -110,6 +113,7 @@ impl Default for BackupOptions {
             exclude: Vec::new(),
             parent: Parent::Latest,
             host: None,
+            stop: None,
         }
     }
 }

@@ -339,11 +339,25 @@ impl Repository {
         opts: BackupOptions,
     ) -> Result<SnapshotInfo> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let stop = opts.stop.clone();
+        let stopped = || {
+            stop.as_ref()
+                .is_some_and(|s| s.load(std::sync::atomic::Ordering::Relaxed))
+        };
         let mut w = self.stream_writer(name, opts).await?;
         // Reads of a pipe return at most its 64 KiB; a file's fill the buffer.
         let mut buf = vec![0u8; STREAM_READ_BYTES];
         loop {
+            if stopped() {
+                if let Err(stored) = w.abandon().await {
+                    tracing::warn!(stream = name, "storing what was read failed: {stored}");
+                }
+                return Err(Error::Interrupted);
+            }
             let n = match reader.read(&mut buf).await {
+                // Asked to stop meanwhile, the end may be the writer's, killed by the same
+                // Ctrl-C: never taken for a whole stream.
+                Ok(0) if stopped() => continue,
                 Ok(0) => return w.finish().await,
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,

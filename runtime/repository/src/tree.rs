@@ -339,6 +339,7 @@ fn feed(
     per_file: bool,
     tx: &tokio::sync::mpsc::Sender<Input>,
     blocks: &Pool,
+    stop: Option<&std::sync::atomic::AtomicBool>,
 ) -> Result<Vec<usize>> {
     use std::io::Read;
     let mut out = Batcher::new(tx);
@@ -360,6 +361,9 @@ fn feed(
         // block is read as it is, to pick the chunking from.
         let (mut pos, mut data_end) = (0u64, INPUT_BLOCK as u64);
         loop {
+            if stop.is_some_and(|s| s.load(std::sync::atomic::Ordering::Relaxed)) {
+                return Err(Error::Interrupted);
+            }
             if pos >= data_end {
                 let r = data_region(&f, pos).map_err(|e| Error::io("read", path, e))?;
                 out.zeros(r.start - pos)?;
@@ -1073,9 +1077,9 @@ impl Repository {
                 ((root.join(rel), n.size), i)
             })
             .unzip();
-        let (tx, blocks) = (pipeline.sender(), pipeline.blocks());
+        let (tx, blocks, stop) = (pipeline.sender(), pipeline.blocks(), opts.stop.clone());
         let fed = tokio::task::spawn_blocking(move || match tx {
-            Some(tx) => feed(&files, per_file, &tx, &blocks),
+            Some(tx) => feed(&files, per_file, &tx, &blocks, stop.as_deref()),
             None => Err(Error::Aborted),
         })
         .await
@@ -2177,7 +2181,7 @@ mod tests {
         std::fs::write(&c, b"").expect("c");
         let files = vec![(a, 5), (gone, 3), (c, 0)];
         let (tx, mut rx) = tokio::sync::mpsc::channel(16);
-        let left_out = feed(&files, false, &tx, &Pool::new(1)).expect("fed");
+        let left_out = feed(&files, false, &tx, &Pool::new(1), None).expect("fed");
         assert_eq!(left_out, [1]);
         drop(tx);
         let mut seen = Vec::new();
@@ -2223,7 +2227,7 @@ mod tests {
         files.push((grown, 10));
         files.push((shrunk, 5000));
         let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
-        let reader = std::thread::spawn(move || feed(&files, true, &tx, &Pool::new(1)));
+        let reader = std::thread::spawn(move || feed(&files, true, &tx, &Pool::new(1), None));
         let (mut messages, mut sizes, mut size) = (0, Vec::new(), 0);
         while let Some(m) = rx.blocking_recv() {
             messages += 1;
@@ -2258,7 +2262,7 @@ mod tests {
         drop(f);
         let files = vec![(path, 24 << 20)];
         let (tx, mut rx) = tokio::sync::mpsc::channel(64);
-        let reader = std::thread::spawn(move || feed(&files, true, &tx, &Pool::new(1)));
+        let reader = std::thread::spawn(move || feed(&files, true, &tx, &Pool::new(1), None));
         let (mut data, mut zeros, mut data_nonzero) = (0u64, 0u64, 0u64);
         while let Some(i) = rx.blocking_recv() {
             for i in unbatched(i) {

@@ -576,3 +576,57 @@ async fn a_handle_that_read_the_index_before_a_prune_stores_pruned_data_again() 
     }
     assert!(a.check(true).await.unwrap().is_ok());
 }
+
+/// A backup asked to stop (Ctrl-C) saves no snapshot, releases its lock and indexes what it
+/// uploaded, so the next backup reuses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_asked_to_stop_keeps_what_it_uploaded_for_the_next() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let d = tempfile::tempdir().unwrap();
+    let url = d.path().join("repo").display().to_string();
+    let repo = init_repo(url.as_str()).await;
+    let src = d.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..8u64 {
+        std::fs::write(src.join(format!("f{i}")), noise(8 << 20, 60 + i)).unwrap();
+    }
+    let (stop, read) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let watcher = {
+        let (stop, read) = (stop.clone(), read.clone());
+        tokio::spawn(async move {
+            while read.load(Ordering::Relaxed) < 40 << 20 {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            stop.store(true, Ordering::Relaxed);
+        })
+    };
+    let mut opts = BackupOptions::new().progress(read.clone());
+    opts.stop = Some(stop);
+    let e = repo.backup_tree(&src, opts).await.unwrap_err();
+    watcher.await.unwrap();
+    assert!(matches!(e, Error::Interrupted), "{e}");
+    assert!(
+        repo.snapshots(&SnapshotFilter::new())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let locks = d.path().join("repo/locks");
+    assert!(
+        !locks.exists() || std::fs::read_dir(&locks).unwrap().next().is_none(),
+        "a lock is left"
+    );
+    let s = repo.backup_tree(&src, Default::default()).await.unwrap();
+    assert!(
+        s.summary.new_chunks < s.summary.chunks,
+        "the next backup stored everything again: {:?}",
+        s.summary
+    );
+    let out = tempfile::tempdir().unwrap();
+    repo.restore_tree_of(&s, out.path()).await.unwrap();
+    assert_same_tree(&src, out.path());
+}
