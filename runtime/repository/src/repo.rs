@@ -650,7 +650,13 @@ impl Repository {
         let (config, slots) = tokio::join!(backend.get(format::CONFIG), read_slots(&backend));
         let config = match config? {
             Some(b) => Config::parse(&b, &location.url)?,
-            None => return Err(Error::NotARepository { url: location.url }),
+            // A store that cannot list either (a bucket that does not exist) says why: `init`
+            // would fail the same way.
+            None => {
+                return Err(slots
+                    .err()
+                    .unwrap_or(Error::NotARepository { url: location.url }));
+            }
         };
         // The config is not authenticated: a period beyond what init allows is taken as the
         // longest, never wrapped round to none.
