@@ -1152,6 +1152,16 @@ impl Outcome {
                 (None, None) => {}
             }
         }
+        // What failed besides the workloads (retention's own errors, say), before what
+        // retention then did or why it did nothing.
+        for e in self.run.errors.iter().filter(|e| {
+            !self
+                .workloads
+                .iter()
+                .any(|w| w.failure().as_ref() == Some(*e))
+        }) {
+            outln!("{}: {e}", self.policy);
+        }
         let r = &self.retention;
         match &r.skipped {
             Some(why) => outln!("{}: retention skipped: {why}", self.policy),
@@ -1184,14 +1194,6 @@ impl Outcome {
                 outln!("{}: prune postponed: {reason}", self.policy);
             }
             None => {}
-        }
-        for e in self.run.errors.iter().filter(|e| {
-            !self
-                .workloads
-                .iter()
-                .any(|w| w.failure().as_ref() == Some(*e))
-        }) {
-            outln!("{}: {e}", self.policy);
         }
     }
 }
