@@ -11,7 +11,7 @@
 use futures::{FutureExt, SinkExt, StreamExt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Status;
 use kube::api::AttachParams;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, SimplexStream, WriteHalf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, SimplexStream, WriteHalf};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -35,8 +35,8 @@ const PING_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 /// A command started by exec: its pipes (those asked for), and its status once it ends.
 pub(crate) struct Exec {
     stdin: Option<WriteHalf<SimplexStream>>,
-    stdout: Option<ReadHalf<SimplexStream>>,
-    stderr: Option<ReadHalf<SimplexStream>>,
+    stdout: Option<DuplexStream>,
+    stderr: Option<DuplexStream>,
     status: Option<tokio::sync::oneshot::Receiver<Status>>,
     tasks: [JoinHandle<()>; 2],
 }
@@ -57,9 +57,14 @@ impl Exec {
         let connection = client.connect(request).await?;
         let closes_stdin = connection.supports_stream_close();
         let (mut sink, mut stream) = connection.into_stream().split();
-        let pipe = || tokio::io::simplex(COPY_BUFFER);
+        // Output goes through duplex pipes: an end dropped closes them (a write fails, a read
+        // ends), so output nobody reads any more is dropped rather than waited on, and a
+        // reader never waits on a task that is gone. Stdin stays a simplex pipe, as kube's:
+        // a write waits while the command runs, and the pipeline's relay stops waiting when
+        // the command's status arrives.
+        let pipe = || tokio::io::duplex(COPY_BUFFER);
         let (stdin_rx, stdin) = if params.stdin {
-            let (r, w) = pipe();
+            let (r, w) = tokio::io::simplex(COPY_BUFFER);
             (Some(r), Some(w))
         } else {
             (None, None)
@@ -165,12 +170,12 @@ impl Exec {
     }
 
     /// The command's stdout, once.
-    pub(crate) fn stdout(&mut self) -> Option<ReadHalf<SimplexStream>> {
+    pub(crate) fn stdout(&mut self) -> Option<DuplexStream> {
         self.stdout.take()
     }
 
     /// The command's stderr, once.
-    pub(crate) fn stderr(&mut self) -> Option<ReadHalf<SimplexStream>> {
+    pub(crate) fn stderr(&mut self) -> Option<DuplexStream> {
         self.stderr.take()
     }
 

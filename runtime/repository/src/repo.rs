@@ -1997,10 +1997,38 @@ impl Repository {
                     });
                 }
             }
+            for pack in &keep {
+                kept.entry(*pack).or_default();
+            }
             let missing: Vec<String> = gone.iter().map(format::pack_hex).collect();
             (missing, stale, kept)
         };
         missing.sort();
+        // A store that lists no pack at all while the index names some is more likely a wrong
+        // location or a listing gone wrong than every pack lost: nothing is dropped.
+        if present.is_empty() && !missing.is_empty() {
+            return Err(Error::Invalid(format!(
+                "the store lists no pack under data/ while the index names {}: check the \
+                 location; nothing is dropped",
+                missing.len()
+            )));
+        }
+        // What the stale files list of the packs that are there comes from those packs' own
+        // headers: the merged index holds one place per chunk, which may be the lost one.
+        let sizes: HashMap<&str, u64> = stored
+            .iter()
+            .filter_map(|m| Some((m.location.filename()?, m.size)))
+            .collect();
+        let mut kept = kept;
+        for (pack, entries) in kept.iter_mut() {
+            let hex = format::pack_hex(pack);
+            if let Some(&size) = sizes.get(hex.as_str())
+                && let Ok(whole) = self.pack_header(&hex, size).await
+            {
+                *entries = whole;
+            }
+        }
+        kept.retain(|_, entries| !entries.is_empty());
         let headers: Vec<_> = futures::stream::iter(unindexed)
             .map(|(hex, id, size)| async move {
                 let h = self.pack_header(&hex, size).await;

@@ -1445,7 +1445,8 @@ impl Repository {
     /// damaged or missing data, the selected paths are restored again in halves, down to the
     /// single files that cannot be, so everything else is restored. Those are listed in
     /// [`RestoreSummary::lost`] (each file the first pass finished is written once more, and
-    /// files it was replacing stay as they were, see `Restoring`).
+    /// files it was replacing stay as they were, see `Restoring`; the names of a hard link that
+    /// land in different halves are restored as copies).
     pub async fn restore_paths_salvaging(
         &self,
         info: &SnapshotInfo,
@@ -1927,12 +1928,14 @@ impl Restoring {
     /// Puts a file written beside the one it replaces in its place (a symlink or a hard link
     /// there is replaced, never written through).
     fn commit(self) -> Result<()> {
-        match &self.beside {
-            Some(beside) => {
-                std::fs::rename(beside, &self.path).map_err(|e| Error::io("replace", &self.path, e))
-            }
-            None => Ok(()),
-        }
+        let Some(beside) = &self.beside else {
+            return Ok(());
+        };
+        std::fs::rename(beside, &self.path).map_err(|e| {
+            // Not over a directory, say: nothing of this restore is left beside it.
+            let _ = std::fs::remove_file(beside);
+            Error::io("replace", &self.path, e)
+        })
     }
 
     /// Removes what was written of a file the restore could not finish: a file it replaces

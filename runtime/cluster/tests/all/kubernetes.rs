@@ -686,6 +686,48 @@ async fn a_real_cluster_answers() {
     );
 }
 
+/// A sink that refuses every write, as a full disk would.
+struct Refusing;
+
+impl tokio::io::AsyncWrite for Refusing {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        _: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::task::Poll::Ready(Err(std::io::Error::other("no space left")))
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// Output that can no longer be written (its sink failed) fails the exec at once: the output
+/// still coming is dropped, not waited on until the timeout.
+#[tokio::test]
+async fn a_failed_output_sink_fails_the_exec_at_once() {
+    let (_api, cluster) = shop().await;
+    let mut dump = request(&["head", "-c", "8000000", "/dev/zero"]);
+    dump.stdout = Stdout::Stream(Box::new(Refusing));
+    let started = std::time::Instant::now();
+    let e = cluster.exec(&db(), dump).await.expect_err("the sink fails");
+    assert!(e.to_string().contains("no space left"), "{e}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "waited {:?}: {e}",
+        started.elapsed()
+    );
+}
+
 /// A command writing as much as it reads: its output must keep being received while its stdin
 /// waits, or neither moves once the buffers between fill (kube's own exec loop hung here).
 #[tokio::test]
