@@ -294,19 +294,33 @@ impl StopSignals {
     }
 }
 
-/// Calls `stop` at the first SIGINT or SIGTERM, so the work in hand stops cleanly; a second
-/// ends the process at once (exit 130), for when stopping cleanly hangs (a store not answering).
-pub(crate) fn on_interrupt(stop: impl FnOnce() + Send + 'static) {
-    let Ok(mut signals) = StopSignals::install() else {
-        return;
-    };
+/// Calls `stop` at the first SIGINT or SIGTERM, saying `stopping` (what it does then), so the
+/// work in hand stops cleanly; a second ends the process at once (exit 130), for when
+/// stopping cleanly hangs (a store not answering, a posthook).
+pub(crate) fn on_interrupt(
+    stopping: &'static str,
+    stop: impl FnOnce() + Send + 'static,
+) -> anyhow::Result<()> {
+    let mut signals = StopSignals::install()?;
     tokio::spawn(async move {
         signals.recv().await;
-        eprintln!("cairn: stopping (again to stop at once)");
+        eprintln!("cairn: interrupted; {stopping} (interrupt again to exit at once)");
         stop();
         signals.recv().await;
+        eprintln!("cairn: interrupted again; exiting at once");
         std::process::exit(i32::from(exit::INTERRUPTED));
     });
+    Ok(())
+}
+
+/// What a repository operation stops on: set by the first SIGINT or SIGTERM
+/// ([`on_interrupt`]).
+pub(crate) fn stop_on_interrupt() -> anyhow::Result<tokio::sync::watch::Receiver<bool>> {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    on_interrupt("stopping cleanly", move || {
+        let _ = stop.send(true);
+    })?;
+    Ok(stopped)
 }
 
 /// A secret's source as messages show it: `env:VAR` and `file:PATH` say where the secret is;

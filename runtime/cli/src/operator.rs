@@ -194,12 +194,6 @@ impl Operator {
         )))
     }
 
-    /// Refuses a namespace outside `--operator-allow-namespaces`: whoever may create a
-    /// resource in Cairn's namespace must not reach the others through Cairn's ClusterRole.
-    fn check_namespace(&self, namespace: &str) -> anyhow::Result<()> {
-        allow_namespace(&self.allowed, namespace)
-    }
-
     /// Refuses a resource's secret that is not a file under the secrets directory: its author
     /// must not read Cairn's environment (its passphrase) or files (the home's keys).
     fn check_secrets(&self, secrets: &BTreeMap<String, String>) -> anyhow::Result<()> {
@@ -535,7 +529,7 @@ impl Operator {
                         .map_err(still_runs)?;
                 let check = self
                     .check_secrets(&policy.secrets)
-                    .and_then(|()| self.check_namespace(&policy.namespace));
+                    .and_then(|()| allow_namespace(&self.allowed, &policy.namespace));
                 self.refuse(kind, name, check, stored.is_some(), home)?;
                 policy.origin = Some(self.origin.clone());
                 if let Some(stored) = stored
@@ -715,7 +709,8 @@ async fn backup_of(
     })
 }
 
-/// Refuses `namespace` unless `allowed` is empty (any) or names it.
+/// Refuses `namespace` unless `allowed` is empty (any) or names it: whoever may create a
+/// resource in Cairn's namespace must not reach the others through Cairn's ClusterRole.
 fn allow_namespace(allowed: &[String], namespace: &str) -> anyhow::Result<()> {
     if allowed.is_empty() || allowed.iter().any(|a| a == namespace) {
         return Ok(());

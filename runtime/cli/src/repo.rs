@@ -986,17 +986,11 @@ fn restore_progress() -> (
     let (done, total) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let shown = watch(progress_bar(Some(0)), done.clone(), Some(total.clone()));
     // Ctrl-C (or SIGTERM) stops the restore cleanly instead of ending the process mid-file.
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    crate::on_interrupt(move || {
-        let _ = stop.send(true);
-    });
-    (
-        RestoreOptions::new()
-            .progress(done)
-            .total(total)
-            .stop(stopped),
-        shown,
-    )
+    let mut opts = RestoreOptions::new().progress(done).total(total);
+    if let Ok(stopped) = crate::stop_on_interrupt() {
+        opts = opts.stop(stopped);
+    }
+    (opts, shown)
 }
 
 /// One line of `copy`'s report: the copy's id and what it added to the destination.
@@ -1186,11 +1180,8 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                     // uploaded indexed for the next one, the lock released. (A stream from
                     // standard input keeps the default: its writer, killed by the same
                     // Ctrl-C, ends the stream, which must never look whole.)
-                    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-                    let stopping = stop.clone();
-                    crate::on_interrupt(move || stopping.store(true, Ordering::Relaxed));
                     let mut opts = opts;
-                    opts.stop = Some(stop);
+                    opts.stop = crate::stop_on_interrupt().ok();
                     (repo.backup_tree(&path, opts).await, shown)
                 }
             };

@@ -225,22 +225,10 @@ async fn retire_deleted(home: &Home, run: &Execution<'_>, id: &str) -> anyhow::R
 /// the posthook still runs and the run is recorded. A second signal ends the process at once.
 fn interrupt_on_signals() -> anyhow::Result<cairn_engine::Interrupt> {
     let interrupt = cairn_engine::Interrupt::default();
-    let mut signals = crate::StopSignals::install()?;
     let trigger = interrupt.clone();
-    tokio::spawn(async move {
-        for n in 0.. {
-            signals.recv().await;
-            if n > 0 {
-                eprintln!("cairn: interrupted again; exiting without waiting for the posthook");
-                std::process::exit(i32::from(exit::INTERRUPTED));
-            }
-            eprintln!(
-                "cairn: interrupted; stopping the action and running its posthook (interrupt \
-                 again to exit at once)"
-            );
-            trigger.trigger();
-        }
-    });
+    crate::on_interrupt("stopping the action and running its posthook", move || {
+        trigger.trigger()
+    })?;
     Ok(interrupt)
 }
 

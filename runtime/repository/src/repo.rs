@@ -82,7 +82,7 @@ pub struct BackupOptions {
     pub host: Option<String>,
     /// Set to stop the backup (Ctrl-C): it saves no snapshot, indexes what it uploaded (the
     /// next backup reuses it), releases its lock and returns [`Error::Interrupted`].
-    pub stop: Option<Arc<std::sync::atomic::AtomicBool>>,
+    pub stop: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 /// Where a tree backup takes the files that did not change from, instead of reading them.

@@ -340,10 +340,7 @@ impl Repository {
     ) -> Result<SnapshotInfo> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let stop = opts.stop.clone();
-        let stopped = || {
-            stop.as_ref()
-                .is_some_and(|s| s.load(std::sync::atomic::Ordering::Relaxed))
-        };
+        let stopped = || stop.as_ref().is_some_and(|s| *s.borrow());
         let mut w = self.stream_writer(name, opts).await?;
         // Reads of a pipe return at most its 64 KiB; a file's fill the buffer.
         let mut buf = vec![0u8; STREAM_READ_BYTES];

@@ -339,7 +339,7 @@ fn feed(
     per_file: bool,
     tx: &tokio::sync::mpsc::Sender<Input>,
     blocks: &Pool,
-    stop: Option<&std::sync::atomic::AtomicBool>,
+    stop: Option<&tokio::sync::watch::Receiver<bool>>,
 ) -> Result<Vec<usize>> {
     use std::io::Read;
     let mut out = Batcher::new(tx);
@@ -361,7 +361,7 @@ fn feed(
         // block is read as it is, to pick the chunking from.
         let (mut pos, mut data_end) = (0u64, INPUT_BLOCK as u64);
         loop {
-            if stop.is_some_and(|s| s.load(std::sync::atomic::Ordering::Relaxed)) {
+            if stop.is_some_and(|s| *s.borrow()) {
                 return Err(Error::Interrupted);
             }
             if pos >= data_end {
@@ -1079,7 +1079,7 @@ impl Repository {
             .unzip();
         let (tx, blocks, stop) = (pipeline.sender(), pipeline.blocks(), opts.stop.clone());
         let fed = tokio::task::spawn_blocking(move || match tx {
-            Some(tx) => feed(&files, per_file, &tx, &blocks, stop.as_deref()),
+            Some(tx) => feed(&files, per_file, &tx, &blocks, stop.as_ref()),
             None => Err(Error::Aborted),
         })
         .await

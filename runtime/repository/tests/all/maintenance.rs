@@ -582,7 +582,7 @@ async fn a_handle_that_read_the_index_before_a_prune_stores_pruned_data_again() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_asked_to_stop_keeps_what_it_uploaded_for_the_next() {
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::atomic::{AtomicU64, Ordering};
     let d = tempfile::tempdir().unwrap();
     let url = d.path().join("repo").display().to_string();
     let repo = init_repo(url.as_str()).await;
@@ -591,21 +591,19 @@ async fn a_backup_asked_to_stop_keeps_what_it_uploaded_for_the_next() {
     for i in 0..8u64 {
         std::fs::write(src.join(format!("f{i}")), noise(8 << 20, 60 + i)).unwrap();
     }
-    let (stop, read) = (
-        Arc::new(AtomicBool::new(false)),
-        Arc::new(AtomicU64::new(0)),
-    );
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let read = Arc::new(AtomicU64::new(0));
     let watcher = {
-        let (stop, read) = (stop.clone(), read.clone());
+        let read = read.clone();
         tokio::spawn(async move {
             while read.load(Ordering::Relaxed) < 40 << 20 {
                 tokio::time::sleep(std::time::Duration::from_millis(1)).await;
             }
-            stop.store(true, Ordering::Relaxed);
+            let _ = stop.send(true);
         })
     };
     let mut opts = BackupOptions::new().progress(read.clone());
-    opts.stop = Some(stop);
+    opts.stop = Some(stopped);
     let e = repo.backup_tree(&src, opts).await.unwrap_err();
     watcher.await.unwrap();
     assert!(matches!(e, Error::Interrupted), "{e}");
