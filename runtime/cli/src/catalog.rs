@@ -200,6 +200,8 @@ pub(crate) struct RunRecord<'a> {
     pub started: Timestamp,
     /// The URL of the repository the run's exports went to.
     pub repository: &'a str,
+    /// The location profile that repository was opened through, if any.
+    pub profile: Option<&'a str>,
     /// The restore point the run used (`--from-point`).
     pub used_point: Option<&'a str>,
     /// The policy the run is part of.
@@ -280,7 +282,7 @@ fn restore_point(run: &RunRecord<'_>, target: &Target) -> RestorePoint {
             values: a.values.iter().cloned().collect(),
         })
         .collect();
-    let (location, snapshots) = placement(&report.outputs.artifacts, run.repository);
+    let (location, snapshots) = placement(&report.outputs.artifacts, run.repository, run.profile);
     RestorePoint {
         id: report.action_id.clone(),
         location,
@@ -299,7 +301,11 @@ fn restore_point(run: &RunRecord<'_>, target: &Target) -> RestorePoint {
 
 /// Where a backup's data went: exported, with the repository snapshots its artifacts
 /// reference, when any artifact is a repository export; local otherwise.
-fn placement(artifacts: &[cairn_engine::Artifact], repository: &str) -> (Location, Vec<String>) {
+fn placement(
+    artifacts: &[cairn_engine::Artifact],
+    repository: &str,
+    profile: Option<&str>,
+) -> (Location, Vec<String>) {
     let snapshots: Vec<String> = artifacts
         .iter()
         .filter(|a| a.get("kind") == Some("repository"))
@@ -310,7 +316,7 @@ fn placement(artifacts: &[cairn_engine::Artifact], repository: &str) -> (Locatio
     } else {
         Location::Exported {
             repository: repository.to_owned(),
-            profile: None,
+            profile: profile.map(str::to_owned),
         }
     };
     (location, snapshots)
@@ -358,16 +364,16 @@ mod tests {
             artifact("lsn", &[("lsn", "0/16B3748")]),
             artifact("wal", &[("kind", "repository"), ("snapshot", "def456")]),
         ];
-        let (location, snapshots) = placement(&artifacts, "/srv/repo");
+        let (location, snapshots) = placement(&artifacts, "/srv/repo", Some("offsite"));
         assert_eq!(
             location,
             Location::Exported {
                 repository: "/srv/repo".into(),
-                profile: None
+                profile: Some("offsite".into())
             }
         );
         assert_eq!(snapshots, ["abc123", "def456"]);
-        let (location, snapshots) = placement(&artifacts[1..2], "/srv/repo");
+        let (location, snapshots) = placement(&artifacts[1..2], "/srv/repo", None);
         assert_eq!(location, Location::Local);
         assert!(snapshots.is_empty());
     }

@@ -1469,7 +1469,7 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                 &path,
                 catalog.clone(),
                 config.mode,
-                Arc::new(crate::exports::RepoExports::new(repo, url)),
+                Arc::new(crate::exports::RepoExports::new(repo, url, None)),
                 RunRequest {
                     action: "backup".into(),
                     params,
@@ -1789,7 +1789,7 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
             let url = location(&source.profile, &source.cluster_id)
                 .url()
                 .to_owned();
-            let exports = Arc::new(crate::exports::RepoExports::new(repo, url));
+            let exports = Arc::new(crate::exports::RepoExports::new(repo, url, None));
             let report = run_blueprint(
                 &home,
                 &path,

@@ -20,11 +20,18 @@ pub(crate) struct RepoExports {
     repo: Repository,
     /// Where the repository is, for messages.
     url: String,
+    /// The location profile it was opened through, if any: recorded on restore points.
+    profile: Option<String>,
 }
 
 impl RepoExports {
-    pub(crate) fn new(repo: Repository, url: String) -> Self {
-        Self { repo, url }
+    pub(crate) fn new(repo: Repository, url: String, profile: Option<String>) -> Self {
+        Self { repo, url, profile }
+    }
+
+    /// The location profile the repository was opened through, if any.
+    pub(crate) fn profile(&self) -> Option<&str> {
+        self.profile.as_deref()
     }
 
     /// The repository.

@@ -110,7 +110,7 @@ async fn dry_run_of(
         outln!(
             "policy {} is valid (not stored: --dry-run)\n{}",
             policy.name,
-            serde_norway::to_string(policy)?.trim_end()
+            policy_text(policy)?
         );
         match &plan {
             Ok(plan) => {
@@ -301,7 +301,7 @@ pub(crate) async fn run(cmd: PolicyCommand, home: Option<PathBuf>) -> anyhow::Re
             let rows: Vec<Listed> = catalog
                 .list(Kind::Policy)?
                 .into_iter()
-                .map(|e| Listed::of(&e.key, serde_json::from_str(e.value.get())))
+                .map(|e| Listed::of(&home, &e.key, serde_json::from_str(e.value.get())))
                 .collect();
             drop(catalog);
             crate::print_rows(
@@ -332,7 +332,13 @@ pub(crate) async fn run(cmd: PolicyCommand, home: Option<PathBuf>) -> anyhow::Re
                     }))?
                 ),
                 Output::Text => {
-                    outln!("{}", serde_norway::to_string(&policy)?.trim_end());
+                    outln!("{}", policy_text(&policy)?);
+                    if let Some(Running { since }) = in_progress(&home, &name) {
+                        outln!(
+                            "running since: {}",
+                            since.map_or_else(|| "now".to_owned(), |t| shown(t).to_string())
+                        );
+                    }
                     outln!(
                         "next run: {}",
                         next_run(&policy)
@@ -991,6 +997,40 @@ pub(crate) async fn check_use(
     Ok(())
 }
 
+/// A policy as the text output shows it: its record in YAML, its retention as a policy file
+/// gives it (the rules that are on; `within`, seconds in the catalog, as a duration).
+fn policy_text(policy: &Policy) -> anyhow::Result<String> {
+    // A YAML value keeps the record's order of fields.
+    let mut value = serde_norway::to_value(policy)?;
+    if let Some(serde_norway::Value::Mapping(rules)) = value.get_mut("retention") {
+        rules.retain(|_, n| n.as_u64() != Some(0));
+        if let Some(within) = rules.get_mut("within")
+            && let Some(secs) = within.as_u64()
+        {
+            *within = serde_norway::Value::String(duration_text(secs));
+        }
+    }
+    Ok(serde_norway::to_string(&value)?.trim_end().to_owned())
+}
+
+/// `secs` in days, hours, minutes and seconds, largest first (`2d`, `1d 12h`, `90s` as `1m 30s`).
+fn duration_text(secs: u64) -> String {
+    let parts: Vec<String> = [(86_400, "d"), (3_600, "h"), (60, "m"), (1, "s")]
+        .into_iter()
+        .scan(secs, |left, (unit, name)| {
+            let n = *left / unit;
+            *left %= unit;
+            Some((n > 0).then(|| format!("{n}{name}")))
+        })
+        .flatten()
+        .collect();
+    if parts.is_empty() {
+        "0s".to_owned()
+    } else {
+        parts.join(" ")
+    }
+}
+
 /// A time as the text output shows it: to the second.
 pub(crate) fn shown(t: Timestamp) -> Timestamp {
     t.round(jiff::Unit::Second).unwrap_or(t)
@@ -1025,16 +1065,20 @@ struct Listed {
     policy: Option<Policy>,
     #[serde(skip_serializing_if = "Option::is_none")]
     next_run: Option<Timestamp>,
+    /// A run in progress.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    running: Option<Running>,
     #[serde(skip_serializing_if = "Option::is_none")]
     unreadable: Option<String>,
 }
 
 impl Listed {
-    fn of(key: &str, parsed: serde_json::Result<Policy>) -> Self {
+    fn of(home: &Home, key: &str, parsed: serde_json::Result<Policy>) -> Self {
         match parsed {
             Ok(policy) => Self {
                 name: key.to_owned(),
                 next_run: next_run(&policy),
+                running: in_progress(home, key),
                 policy: Some(policy),
                 unreadable: None,
             },
@@ -1042,6 +1086,7 @@ impl Listed {
                 name: key.to_owned(),
                 policy: None,
                 next_run: None,
+                running: None,
                 unreadable: Some(format!(
                     "{e}; apply it again with `cairn policy apply FILE`"
                 )),
@@ -1064,6 +1109,11 @@ impl Listed {
             None => "never ran".to_owned(),
             Some(r) if r.succeeded => format!("last {} ok", shown(r.started)),
             Some(r) => format!("last {} FAILED", shown(r.started)),
+        };
+        let last = match &self.running {
+            None => last,
+            Some(Running { since: Some(t) }) => format!("running since {} ({last})", shown(*t)),
+            Some(Running { since: None }) => format!("running ({last})"),
         };
         // Where its settings come from, when not from `policy apply` alone.
         let from: String = [
@@ -1273,12 +1323,57 @@ impl std::fmt::Display for Busy {
 
 impl std::error::Error for Busy {}
 
+/// The lock file of `policy`'s runs in the home.
+fn run_lock(home: &Home, policy: &str) -> PathBuf {
+    home.root()
+        .join("locks")
+        .join(format!("policy-{policy}.lock"))
+}
+
 /// Holds the lock of `policy`'s runs in the home while it lives, so that two processes never
-/// run (and retain) the same policy at once.
-fn running(home: &Home, policy: &str) -> anyhow::Result<std::fs::File> {
-    let dir = home.root().join("locks");
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    hold(&dir.join(format!("policy-{policy}.lock")))?.ok_or_else(|| Busy(policy.to_owned()).into())
+/// run (and retain) the same policy at once. It holds the run's start, for listings.
+fn running(home: &Home, policy: &str, started: Timestamp) -> anyhow::Result<std::fs::File> {
+    let path = run_lock(home, policy);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    // A listing holds the lock shared for an instant (`in_progress`): tried again over 100 ms
+    // before the policy counts as running elsewhere.
+    for _ in 0..5 {
+        if let Some(mut file) = hold(&path)? {
+            use std::io::Write as _;
+            // Only for listings: a run that cannot say when it started still runs.
+            let _ = file
+                .set_len(0)
+                .and_then(|()| file.write_all(started.to_string().as_bytes()));
+            return Ok(file);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Err(Busy(policy.to_owned()).into())
+}
+
+/// Whether a process runs `policy` now, and since when: its run lock is held. The lock is
+/// tried shared, never waited for.
+fn in_progress(home: &Home, policy: &str) -> Option<Running> {
+    let path = run_lock(home, policy);
+    let file = std::fs::File::open(&path).ok()?;
+    match file.try_lock_shared() {
+        Err(std::fs::TryLockError::WouldBlock) => Some(Running {
+            since: std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|t| t.parse().ok()),
+        }),
+        _ => None,
+    }
+}
+
+/// A run in progress, as listings show it.
+#[derive(Debug, Serialize)]
+struct Running {
+    /// When it started, when its lock says.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    since: Option<Timestamp>,
 }
 
 /// Takes the lock file `path` for as long as the returned file lives; `None` while another
@@ -1307,8 +1402,8 @@ pub(crate) async fn run_policy(
     engine: &Engine,
     home: &Home,
 ) -> anyhow::Result<Outcome> {
-    let _running = running(home, &policy.name)?;
     let started = Timestamp::now();
+    let _running = running(home, &policy.name, started)?;
     let prepared = prepare(policy, engine, home).await;
     let outcome = match prepared {
         Ok(prepared) => back_up_and_retain(policy, engine, home, &prepared, started).await,
@@ -1773,17 +1868,15 @@ impl RestoreArgs {
         }
         let execution = prepared.execution(group, home, engine, &policy.name, Some(&point.id));
         // Exported before the policy's export changed: its data is where it was written.
-        if let Location::Exported { repository, .. } = &point.location
-            && repository != execution.repository
-        {
-            return Err(UsageError(format!(
-                "restore point {} was exported to {repository}, and policy {} now exports to {}: \
-                 restore it from there (`cairn run {} --action restore --from-point {} --repo \
-                 {repository} --grant ...`)",
-                point.id, policy.name, execution.repository, point.blueprint, point.id
-            ))
-            .into());
-        }
+        let elsewhere = elsewhere(home, policy, &point, &execution).await?;
+        let execution = match &elsewhere {
+            Some((exports, repository)) => Execution {
+                exports: exports.clone(),
+                repository,
+                ..execution
+            },
+            None => execution,
+        };
         let (report, _) = execution
             .execute(request, |report| crate::run::print_report(report, output))
             .await?;
@@ -1997,7 +2090,7 @@ async fn retain(
                 outcome.kept += 1;
                 continue;
             }
-            let removed = remove_point(point, execution, template).await;
+            let removed = remove_point(policy, point, execution, template).await;
             let what = if point.snapshots.is_empty() {
                 point.id.clone()
             } else {
@@ -2123,18 +2216,20 @@ async fn prune_if_due(
 /// policy's parameters, grants and secrets), its repository snapshots, then its record. Stops
 /// at the first step that fails, so the record stays for the next try.
 async fn remove_point(
+    policy: &Policy,
     point: &cairn_catalog::RestorePoint,
     execution: &Execution<'_>,
     template: &RunRequest,
 ) -> anyhow::Result<()> {
-    if let Location::Exported { repository, .. } = &point.location
-        && repository != execution.repository
-    {
-        anyhow::bail!(
-            "it is in {repository}, not in the policy's repository {}; remove it there (`cairn repo forget`)",
-            execution.repository
-        );
-    }
+    let elsewhere = elsewhere(execution.home, policy, point, execution).await?;
+    let execution = &match &elsewhere {
+        Some((exports, repository)) => Execution {
+            exports: exports.clone(),
+            repository,
+            ..execution.clone()
+        },
+        None => execution.clone(),
+    };
     // Only the blueprint that made it knows what else it made (volume snapshots, say).
     let now = &execution.blueprint.description().name;
     if point.blueprint != *now {
@@ -2181,6 +2276,24 @@ async fn remove_point(
         }
     }
     retire(execution.home, repo, point).await
+}
+
+/// The exports of the repository `point` was exported to when the policy's export has moved
+/// since (opened as [`crate::run::open_point_exports`] does, with the policy's key and options
+/// at the old URL when no location profile names it); `None` when it is `execution`'s.
+async fn elsewhere(
+    home: &Home,
+    policy: &Policy,
+    point: &cairn_catalog::RestorePoint,
+    execution: &Execution<'_>,
+) -> anyhow::Result<Option<(Arc<crate::exports::RepoExports>, String)>> {
+    match &point.location {
+        Location::Exported { repository, .. } if repository != execution.repository => {
+            let fallback = crate::repo::RepoSelect::of_policy(policy.export.as_ref());
+            crate::run::open_point_exports(home, point, &fallback).await
+        }
+        _ => Ok(None),
+    }
 }
 
 /// Forgets the snapshots of `point` that `repo` still holds (its delete action may have
@@ -2233,6 +2346,18 @@ mod tests {
             "frequency": "@daily", "retention": {"last": 1}, "applied": "2026-12-05T00:00:00Z"
         }))
         .expect("a policy")
+    }
+
+    #[test]
+    fn durations_are_shown_as_a_policy_file_takes_them() {
+        assert_eq!(duration_text(2 * 86_400), "2d");
+        assert_eq!(duration_text(86_400 + 12 * 3_600), "1d 12h");
+        assert_eq!(duration_text(90), "1m 30s");
+        assert_eq!(duration_text(0), "0s");
+        for secs in [90, 86_400 + 12 * 3_600 + 5] {
+            let parsed = humantime::parse_duration(&duration_text(secs)).expect("parses");
+            assert_eq!(parsed.as_secs(), secs);
+        }
     }
 
     #[test]

@@ -375,7 +375,7 @@ fn usage(msg: impl Into<String>) -> anyhow::Error {
 }
 
 /// Which repository, and the key to open it: shared by `cairn repo` and `cairn run`.
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone, Default, clap::Args)]
 pub(crate) struct RepoSelect {
     /// A location profile (`cairn profile add`): the repository, its options and its key
     /// source, by name. Options, key and rate flags given as well take precedence over it.
@@ -575,6 +575,29 @@ impl RepoSelect {
             limit_upload: None,
             limit_download: None,
         }
+    }
+
+    /// The settings of location profile `name`.
+    pub(crate) fn of_profile(name: &str) -> Self {
+        Self {
+            profile: Some(name.to_owned()),
+            ..Self::default()
+        }
+    }
+
+    /// These settings' key and options for the repository at `url` (a location profile they
+    /// name dropped: it would name its own repository).
+    pub(crate) fn at(&self, url: &str) -> Self {
+        Self {
+            repo: Some(url.to_owned()),
+            profile: None,
+            ..self.clone()
+        }
+    }
+
+    /// The location profile named, if any.
+    pub(crate) fn profile(&self) -> Option<&str> {
+        self.profile.as_deref()
     }
 
     /// Whether a repository was named (by --repo, CAIRN_REPO, a profile or a profile file).

@@ -64,8 +64,9 @@ pub(crate) struct RunArgs {
     /// How to print the result.
     #[arg(long, value_enum, default_value_t)]
     output: Output,
-    /// Where the action's exports go. Without `--repo`, the default repository in the home,
-    /// whose key is a file in the home.
+    /// Where the action's exports go. Without `--repo`, the repository a `--from-point` point
+    /// was exported to, else the default repository in the home, whose key is a file in the
+    /// home.
     #[command(flatten)]
     repo: crate::repo::RepoSelect,
 }
@@ -147,7 +148,21 @@ pub(crate) async fn run(args: RunArgs, home: Option<PathBuf>) -> anyhow::Result<
     if let Some(m) = args.memory {
         limits.memory = usize::try_from(m).unwrap_or(usize::MAX);
     }
-    let (exports, repository) = open_exports(&args.repo, &home).await?;
+    // A point from the catalog is read where it was exported, unless --repo says otherwise.
+    let record = match &point {
+        Some(id) if !args.repo.names_a_repository() => {
+            crate::catalog::open(&home)?.restore_point(id)?
+        }
+        _ => None,
+    };
+    let opened = match &record {
+        Some(record) => open_point_exports(&home, record, &args.repo).await?,
+        None => None,
+    };
+    let (exports, repository) = match opened {
+        Some(opened) => opened,
+        None => open_exports(&args.repo, &home).await?,
+    };
     let request = RunRequest {
         action: args.action.clone(),
         namespace: args.namespace.clone(),
@@ -290,6 +305,7 @@ impl Execution<'_> {
             workload: workload.as_deref(),
             started,
             repository: self.repository,
+            profile: self.exports.profile(),
             used_point: self.used_point,
             policy: self.policy,
         };
@@ -327,9 +343,59 @@ pub(crate) async fn open_exports(
         (repo, dir.display().to_string())
     };
     Ok((
-        Arc::new(crate::exports::RepoExports::new(repo, url.clone())),
+        Arc::new(crate::exports::RepoExports::new(
+            repo,
+            url.clone(),
+            select.profile().map(str::to_owned),
+        )),
         url,
     ))
+}
+
+/// The exports of the repository restore point `point` was exported to, when the command
+/// names no repository: through the location profile it was exported through, else a
+/// profile of that repository, else the home's default repository when it is that one, else
+/// at its URL with `fallback`'s key and options (a policy's export settings, or `cairn run`'s
+/// flags). `None` for a point kept in the cluster.
+pub(crate) async fn open_point_exports(
+    home: &Home,
+    point: &cairn_catalog::RestorePoint,
+    fallback: &crate::repo::RepoSelect,
+) -> anyhow::Result<Option<(Arc<crate::exports::RepoExports>, String)>> {
+    let cairn_catalog::Location::Exported {
+        repository,
+        profile,
+    } = &point.location
+    else {
+        return Ok(None);
+    };
+    let profiles = crate::catalog::open(home)?.profiles()?;
+    let by_name = profile
+        .as_deref()
+        .filter(|name| profiles.iter().any(|p| p.name == *name));
+    let by_url = || {
+        profiles
+            .iter()
+            .find(|p| {
+                p.repository == *repository
+                    || crate::profile::absolute(&p.repository) == *repository
+            })
+            .map(|p| p.name.as_str())
+    };
+    let select = match by_name.or_else(by_url) {
+        Some(name) => crate::repo::RepoSelect::of_profile(name),
+        None if *repository == home.repository().display().to_string() => Default::default(),
+        None => fallback.at(repository),
+    };
+    let opened = open_exports(&select, home).await.with_context(|| {
+        format!(
+            "restore point {} is in {repository}, which cannot be opened this way; add a \
+             location profile of it (`cairn profile add NAME --repo {repository} ...`), which \
+             is then used for its points",
+            point.id
+        )
+    })?;
+    Ok(Some(opened))
 }
 
 pub(crate) async fn open_target(

@@ -601,10 +601,22 @@ fn sigterm_during_a_run_lets_the_run_finish() {
         .map_while(Result::ok)
         .any(|l| l.contains("[backup] progress: 0%"));
     assert!(started, "the backup never started");
-    // Meanwhile the same policy cannot run twice.
+    // Meanwhile the same policy cannot run twice, and listings say it runs.
     refused_with(
         &cairn.run(&["policy", "run", "greet"]),
         &["policy greet is running in another cairn process"],
+    );
+    let out = cairn.run(&["policy", "list"]);
+    assert!(
+        stdout(&out).contains("running since") && stdout(&out).contains("(never ran)"),
+        "{}",
+        stdout(&out)
+    );
+    let out = cairn.run(&["policy", "list", "--output", "json"]);
+    assert!(
+        json(&out)[0]["running"]["since"].is_string(),
+        "{}",
+        stdout(&out)
     );
     let term = std::process::Command::new("kill")
         .args(["-TERM", &serve.id().to_string()])

@@ -545,16 +545,64 @@ fn a_policy_exports_to_a_location_profile_by_name() {
         stderr(&out)
     );
 
-    // Once the policy exports elsewhere, its earlier point is restored from where it was
-    // written, which the refusal names.
+    // Once the policy exports elsewhere, its earlier point is still restored where it was
+    // written: through the profile it was exported through or, that profile gone, a profile
+    // of its repository; with neither, the message says to add one.
     crate::support::ok(&write("vault"));
-    let out = with_vault(&["policy", "restore", "cache", "-w", "redis"]);
+    let first = super::exported_points(&cairn);
+    assert_eq!(first.len(), 1, "{first:?}");
+    crate::support::ok(&cairn.run(&["profile", "delete", "offsite"]));
+    let restore = [
+        "policy",
+        "restore",
+        "cache",
+        "--workload",
+        "redis",
+        "--grant",
+        "import,workloads,scale",
+    ];
+    let out = with_vault(&restore);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("was exported to")
-            && stderr(&out).contains(offsite)
-            && stderr(&out).contains("cairn run redis --action restore --from-point"),
+        stderr(&out).contains(offsite) && stderr(&out).contains("cairn profile add NAME --repo"),
         "{}",
         stderr(&out)
     );
+    crate::support::ok(&cairn.run(&[
+        "profile",
+        "add",
+        "old",
+        "--repo",
+        offsite,
+        "--passphrase",
+        &from_file,
+    ]));
+    redis.cli(&["FLUSHALL"]);
+    crate::support::ok(&with_vault(&restore));
+    assert_eq!(redis.key_count(), TOTAL_KEYS);
+    // And by `cairn run --from-point` without --repo.
+    redis.cli(&["FLUSHALL"]);
+    let out = redis.h.run(
+        &cairn,
+        "restore",
+        &[
+            "--from-point",
+            &first[0],
+            "--grant",
+            "exec,import,workloads,scale",
+        ],
+    );
+    crate::support::ok(&out);
+    assert_eq!(redis.key_count(), TOTAL_KEYS);
+
+    // Retention removes it there too: its export deleted and forgotten in its repository.
+    for _ in 0..2 {
+        let out = with_vault(&["policy", "run", "cache", "--output", "json"]);
+        crate::support::ok(&out);
+    }
+    let kept = super::exported_points(&cairn);
+    assert!(!kept.contains(&first[0]), "{kept:?}");
+    let out = cairn.run(&["repo", "snapshots", "--profile", "old", "--output", "json"]);
+    crate::support::ok(&out);
+    assert_eq!(crate::support::json(&out).as_array().map(Vec::len), Some(0));
 }
