@@ -1456,10 +1456,26 @@ impl Repository {
     ) -> Result<RestoreSummary> {
         let target = target.as_ref();
         let damage = |e: &Error| matches!(e, Error::Corrupt { .. } | Error::Missing { .. });
+        // A progress counter counts what is restored in the end: what a failed attempt wrote
+        // (restored again by the next) is taken back off, and the length stays the whole
+        // selection's, which the first attempt sets.
+        let progress = || {
+            opts.progress
+                .as_ref()
+                .map_or(0, |p| p.load(Ordering::Relaxed))
+        };
+        let take_back = |to: u64| {
+            if let Some(p) = &opts.progress {
+                p.store(to, Ordering::Relaxed);
+            }
+        };
+        let before = progress();
         match self.restore_paths_with(info, target, include, opts).await {
             Err(e) if damage(&e) => tracing::warn!("{e}; restoring the rest"),
             done => return done,
         }
+        take_back(before);
+        let whole = opts.total.as_ref().map(|t| t.load(Ordering::Relaxed));
         // The leaves: what is not a directory, and directories with nothing below.
         let entries = self.list_tree(info, include).await?;
         let parents: HashSet<&str> = entries
@@ -1480,7 +1496,15 @@ impl Repository {
             if group.is_empty() {
                 continue;
             }
-            match self.restore_paths_with(info, target, &group, opts).await {
+            let before = progress();
+            let restored = self.restore_paths_with(info, target, &group, opts).await;
+            if let (Some(t), Some(whole)) = (&opts.total, whole) {
+                t.store(whole, Ordering::Relaxed);
+            }
+            if restored.is_err() {
+                take_back(before);
+            }
+            match restored {
                 Ok(r) => {
                     summary.files += r.files;
                     summary.dirs = summary.dirs.max(r.dirs);

@@ -4,6 +4,8 @@
 use crate::support::*;
 use cairn_repository::{Error, InitOptions, ReadData, Repository, SnapshotFilter};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 fn packs(repo: &Path) -> Vec<PathBuf> {
     files(repo, "data")
@@ -649,7 +651,11 @@ async fn a_salvaging_restore_restores_all_but_the_damaged_files() {
     // The start of `a`, stored first.
     damage_first_frames(&dir);
     let target = d.path().join("target");
-    let opts = cairn_repository::RestoreOptions::new();
+    let progress = Arc::new(AtomicU64::new(0));
+    let total = Arc::new(AtomicU64::new(0));
+    let opts = cairn_repository::RestoreOptions::new()
+        .progress(progress.clone())
+        .total(total.clone());
     let r = repo
         .restore_paths_salvaging(&tree, &target, &[], &opts)
         .await
@@ -659,6 +665,9 @@ async fn a_salvaging_restore_restores_all_but_the_damaged_files() {
         ["a"],
         "{r:?}"
     );
+    // The progress counts what was restored once, against the whole selection's length.
+    assert_eq!(progress.load(Ordering::Relaxed), r.bytes);
+    assert_eq!(total.load(Ordering::Relaxed), 1_800_000);
     assert!(r.lost[0].1.contains("does not match") || r.lost[0].1.contains("authentication"));
     assert!(!target.join("a").exists());
     for name in ["b", "sub/c"] {
