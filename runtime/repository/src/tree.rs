@@ -1445,8 +1445,8 @@ impl Repository {
     /// damaged or missing data, the selected paths are restored again in halves, down to the
     /// single files that cannot be, so everything else is restored. Those are listed in
     /// [`RestoreSummary::lost`] (each file the first pass finished is written once more, and
-    /// files it was replacing stay as they were, see `Restoring`; the names of a hard link that
-    /// land in different halves are restored as copies).
+    /// files it was replacing stay as they were, see `Restoring`; the names of a hard link stay
+    /// in one half, and are restored as one file).
     pub async fn restore_paths_salvaging(
         &self,
         info: &SnapshotInfo,
@@ -1476,28 +1476,39 @@ impl Repository {
         }
         take_back(before);
         let whole = opts.total.as_ref().map(|t| t.load(Ordering::Relaxed));
-        // The leaves: what is not a directory, and directories with nothing below.
-        let entries = self.list_tree(info, include).await?;
-        let parents: HashSet<&str> = entries
+        // The leaves: what is not a directory, and directories with nothing below; the names
+        // of one hard link kept together, so that they are restored as one file.
+        let mut nodes = self.tree_nodes(info).await?;
+        select(&mut nodes, include, info)?;
+        let parents: HashSet<&str> = nodes
             .iter()
-            .filter(|e| !e.path.is_empty())
-            .map(|e| e.path.rsplit_once('/').map_or("", |(dir, _)| dir))
+            .filter(|n| !n.path.is_empty())
+            .map(|n| n.path.rsplit_once('/').map_or("", |(dir, _)| dir))
             .collect();
-        let leaves: Vec<String> = entries
-            .iter()
-            .filter(|e| {
-                e.kind != "dir" || !(e.path.is_empty() || parents.contains(e.path.as_str()))
-            })
-            .map(|e| e.path.clone())
-            .collect();
+        let mut units: Vec<Vec<String>> = Vec::new();
+        let mut unit_of: HashMap<&str, usize> = HashMap::new();
+        for n in &nodes {
+            if n.kind == NodeKind::Dir && (n.path.is_empty() || parents.contains(n.path.as_str())) {
+                continue;
+            }
+            let first = n.link().unwrap_or(&n.path);
+            match unit_of.get(first) {
+                Some(&i) => units[i].push(n.path.clone()),
+                None => {
+                    unit_of.insert(first, units.len());
+                    units.push(vec![n.path.clone()]);
+                }
+            }
+        }
         let mut summary = RestoreSummary::default();
-        let mut groups = vec![leaves];
+        let mut groups = vec![units];
         while let Some(mut group) = groups.pop() {
             if group.is_empty() {
                 continue;
             }
+            let paths = group.concat();
             let before = progress();
-            let restored = self.restore_paths_with(info, target, &group, opts).await;
+            let restored = self.restore_paths_with(info, target, &paths, opts).await;
             if let (Some(t), Some(whole)) = (&opts.total, whole) {
                 t.store(whole, Ordering::Relaxed);
             }
@@ -1511,7 +1522,10 @@ impl Repository {
                     summary.bytes += r.bytes;
                 }
                 Err(e) if damage(&e) && group.len() == 1 => {
-                    summary.lost.push((group.remove(0), e.to_string()));
+                    let why = e.to_string();
+                    summary
+                        .lost
+                        .extend(paths.into_iter().map(|p| (p, why.clone())));
                 }
                 Err(e) if damage(&e) => {
                     let half = group.split_off(group.len() / 2);

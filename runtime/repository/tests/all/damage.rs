@@ -647,6 +647,8 @@ async fn a_salvaging_restore_restores_all_but_the_damaged_files() {
         std::fs::write(src.join(name), noise(600_000, 20 + i as u64)).unwrap();
     }
     std::os::unix::fs::symlink("b", src.join("link")).unwrap();
+    // A name of `b` far from it in the tree: the two stay one file.
+    std::fs::hard_link(src.join("b"), src.join("z-b")).unwrap();
     let tree = repo.backup_tree(&src, Default::default()).await.unwrap();
     // The start of `a`, stored first.
     damage_first_frames(&dir);
@@ -665,8 +667,9 @@ async fn a_salvaging_restore_restores_all_but_the_damaged_files() {
         ["a"],
         "{r:?}"
     );
-    // The progress counts what was restored once, against the whole selection's length.
-    assert_eq!(progress.load(Ordering::Relaxed), r.bytes);
+    // The progress counts what was read and restored, once (`b` and `sub/c`), against the
+    // whole selection's length (`a` too; a hard link's second name is not read).
+    assert_eq!(progress.load(Ordering::Relaxed), 1_200_000);
     assert_eq!(total.load(Ordering::Relaxed), 1_800_000);
     assert!(r.lost[0].1.contains("does not match") || r.lost[0].1.contains("authentication"));
     assert!(!target.join("a").exists());
@@ -681,6 +684,9 @@ async fn a_salvaging_restore_restores_all_but_the_damaged_files() {
         std::fs::read_link(target.join("link")).unwrap(),
         Path::new("b")
     );
+    use std::os::unix::fs::MetadataExt as _;
+    let inode = |name: &str| std::fs::metadata(target.join(name)).unwrap().ino();
+    assert_eq!(inode("b"), inode("z-b"), "a hard link restored as a copy");
 }
 
 /// A restore asked to stop (Ctrl-C) stops with `Interrupted`, leaving no file half written and
