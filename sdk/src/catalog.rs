@@ -206,7 +206,12 @@ pub fn export_changes(
     into: &Export,
 ) -> Result<ExportInfo> {
     host("catalog.export-changes", || {
-        wit::export_changes(since, mode.into(), snapshot, &into.stream)
+        wit::export_changes(
+            since,
+            mode.into(),
+            snapshot,
+            crate::wit::live(into.stream.as_ref())?,
+        )
     })
     .map(Into::into)
 }
@@ -215,14 +220,17 @@ pub fn export_changes(
 /// points) that changed in the local snapshot `snapshot` after `since`.
 pub fn export_snapshot(snapshot: &str, since: u64, into: &Export) -> Result<ExportInfo> {
     host("catalog.export-snapshot", || {
-        wit::export_snapshot(snapshot, since, &into.stream)
+        wit::export_snapshot(snapshot, since, crate::wit::live(into.stream.as_ref())?)
     })
     .map(Into::into)
 }
 
 /// Writes into `into` a full copy of what the legacy mode protects.
 pub fn export_full(into: &Export) -> Result<ExportInfo> {
-    host("catalog.export-full", || wit::export_full(&into.stream)).map(Into::into)
+    host("catalog.export-full", || {
+        wit::export_full(crate::wit::live(into.stream.as_ref())?)
+    })
+    .map(Into::into)
 }
 
 /// Stores the DR cursor; call it after the run's exports are sealed.
@@ -232,7 +240,10 @@ pub fn advance_cursor(to: u64) -> Result<()> {
 
 /// Applies the DR artifact `source` (read on the host side) to the catalog being restored.
 pub fn apply(source: &Import) -> Result<Applied> {
-    host("catalog.apply", || wit::apply(&source.stream)).map(Into::into)
+    host("catalog.apply", || {
+        wit::apply(crate::wit::live(source.stream.as_ref())?)
+    })
+    .map(Into::into)
 }
 
 /// Recovery in place: applies the actions and local restore points of the local catalog

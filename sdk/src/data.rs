@@ -29,7 +29,7 @@ use std::io;
 
 use crate::exec::{Command, exit_error};
 use crate::wit::bindings::cairn::blueprint::data as wit;
-use crate::wit::{host, types};
+use crate::wit::{faked, live, types};
 use crate::{Artifact, Result};
 
 /// The outcome of a pipe between a command and a stream.
@@ -86,7 +86,9 @@ impl Transfer {
 /// it is discarded and never becomes part of a restore point.
 #[derive(Debug)]
 pub struct Export {
-    pub(crate) stream: wit::ExportStream,
+    /// The host's stream; `None` under a fake host, which numbers it `fake`.
+    pub(crate) stream: Option<wit::ExportStream>,
+    fake: u32,
     name: String,
 }
 
@@ -122,8 +124,15 @@ impl Export {
             .into_iter()
             .map(|(k, v)| (k.into(), v.into()))
             .collect();
-        host("data.open-export", || wit::open_export(name, &tags)).map(|stream| Self {
+        faked(
+            "data.open-export",
+            || name.to_owned(),
+            || wit::open_export(name, &tags).map(|s| (Some(s), 0)),
+            |f| f.open_export(name).map(|n| (None, n)),
+        )
+        .map(|(stream, fake)| Self {
             stream,
+            fake,
             name: name.to_owned(),
         })
     }
@@ -131,24 +140,39 @@ impl Export {
     /// Runs `command` and pipes its stdout into the stream on the host side.
     pub fn pipe_from(&self, command: &Command) -> Result<Transfer> {
         let c = command.to_wit()?;
-        host("data.pipe-from", || self.stream.pipe_from(&c))
-            .map(|t| Transfer::new(command, t))
-            .map_err(|e| e.context(format_args!("export `{}`", self.name)))
+        faked(
+            "data.pipe-from",
+            || format!("{} {}", self.name, command.shown()),
+            || live(self.stream.as_ref())?.pipe_from(&c),
+            |f| f.pipe_from(self.fake, command),
+        )
+        .map(|t| Transfer::new(command, t))
+        .map_err(|e| e.context(format_args!("export `{}`", self.name)))
     }
 
     /// Appends a few bytes written by the blueprint itself (bounded by the host).
     pub fn write(&self, bytes: &[u8]) -> Result<()> {
-        host("data.write", || self.stream.write(bytes))
-            .map_err(|e| e.context(format_args!("export `{}`", self.name)))
+        faked(
+            "data.write",
+            || format!("{} {} bytes", self.name, bytes.len()),
+            || live(self.stream.as_ref())?.write(bytes),
+            |f| f.write(self.fake, bytes),
+        )
+        .map_err(|e| e.context(format_args!("export `{}`", self.name)))
     }
 
     /// Seals the stream; the artifact's [reference](Artifact::reference) names it for
     /// [`Import::open`] and [`delete`]. Add the blueprint's own values with
     /// [`Artifact::value`]: they never change the reference.
     pub fn finish(self) -> Result<Artifact> {
-        host("data.finish", || self.stream.finish())
-            .map(Into::into)
-            .map_err(|e| e.context(format_args!("export `{}`", self.name)))
+        faked(
+            "data.finish",
+            || self.name.clone(),
+            || live(self.stream.as_ref())?.finish(),
+            |f| f.finish(self.fake),
+        )
+        .map(Into::into)
+        .map_err(|e| e.context(format_args!("export `{}`", self.name)))
     }
 }
 
@@ -179,7 +203,9 @@ pub fn is_tag_value(value: &str) -> bool {
 /// A stream being read back from the export repository.
 #[derive(Debug)]
 pub struct Import {
-    pub(crate) stream: wit::ImportStream,
+    /// The host's stream; `None` under a fake host, which numbers it `fake`.
+    pub(crate) stream: Option<wit::ImportStream>,
+    fake: u32,
     name: String,
 }
 
@@ -187,8 +213,15 @@ impl Import {
     /// Opens the export that `artifact` (from [`Export::finish`]) names.
     pub fn open(artifact: &Artifact) -> Result<Self> {
         let source = types::Artifact::from(artifact);
-        host("data.open-import", || wit::open_import(&source)).map(|stream| Self {
+        faked(
+            "data.open-import",
+            || artifact.name().to_owned(),
+            || wit::open_import(&source).map(|s| (Some(s), 0)),
+            |f| f.open_import(&source).map(|n| (None, n)),
+        )
+        .map(|(stream, fake)| Self {
             stream,
+            fake,
             name: artifact.name().to_owned(),
         })
     }
@@ -196,9 +229,14 @@ impl Import {
     /// Runs `command` and pipes the rest of the stream into its stdin on the host side.
     pub fn pipe_into(&self, command: &Command) -> Result<Transfer> {
         let c = command.to_wit()?;
-        host("data.pipe-into", || self.stream.pipe_into(&c))
-            .map(|t| Transfer::new(command, t))
-            .map_err(|e| e.context(format_args!("import `{}`", self.name)))
+        faked(
+            "data.pipe-into",
+            || format!("{} {}", self.name, command.shown()),
+            || live(self.stream.as_ref())?.pipe_into(&c),
+            |f| f.pipe_into(self.fake, command, &[]),
+        )
+        .map(|t| Transfer::new(command, t))
+        .map_err(|e| e.context(format_args!("import `{}`", self.name)))
     }
 
     /// As [`pipe_into`](Self::pipe_into), then writes `trailer` (at most 1 MiB) once the
@@ -219,17 +257,25 @@ impl Import {
     /// ```
     pub fn pipe_into_with_trailer(&self, command: &Command, trailer: &[u8]) -> Result<Transfer> {
         let c = command.to_wit()?;
-        host("data.pipe-into-with-trailer", || {
-            self.stream.pipe_into_with_trailer(&c, trailer)
-        })
+        faked(
+            "data.pipe-into-with-trailer",
+            || format!("{} {}", self.name, command.shown()),
+            || live(self.stream.as_ref())?.pipe_into_with_trailer(&c, trailer),
+            |f| f.pipe_into(self.fake, command, trailer),
+        )
         .map(|t| Transfer::new(command, t))
         .map_err(|e| e.context(format_args!("import `{}`", self.name)))
     }
 
     /// Reads up to `max` bytes into the blueprint (bounded by the host); empty at the end.
     pub fn read(&self, max: u32) -> Result<Vec<u8>> {
-        host("data.read", || self.stream.read(max))
-            .map_err(|e| e.context(format_args!("import `{}`", self.name)))
+        faked(
+            "data.read",
+            || format!("{} {max}", self.name),
+            || live(self.stream.as_ref())?.read(max),
+            |f| f.read(self.fake, max),
+        )
+        .map_err(|e| e.context(format_args!("import `{}`", self.name)))
     }
 }
 
@@ -248,8 +294,13 @@ impl io::Read for Import {
 /// [`Export`](crate::Capability::Export).
 pub fn delete(artifact: &Artifact) -> Result<()> {
     let source = types::Artifact::from(artifact);
-    host("data.delete", || wit::delete(&source))
-        .map_err(|e| e.context(format_args!("deleting export `{}`", artifact.name())))
+    faked(
+        "data.delete",
+        || artifact.name().to_owned(),
+        || wit::delete(&source),
+        |f| f.delete(&source),
+    )
+    .map_err(|e| e.context(format_args!("deleting export `{}`", artifact.name())))
 }
 
 #[cfg(test)]

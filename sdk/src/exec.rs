@@ -27,7 +27,7 @@ use std::borrow::Cow;
 use std::time::Duration;
 
 use crate::wit::bindings::cairn::blueprint::exec as wit;
-use crate::wit::{host, types};
+use crate::wit::{faked, types};
 use crate::workloads::millis;
 use crate::{Error, Result, WorkloadRef};
 
@@ -175,9 +175,19 @@ impl Command {
         &self.then
     }
 
-    /// The program, for messages.
-    fn program(&self) -> &str {
+    /// The program: the first word of [`argv`](Self::argv).
+    pub fn program(&self) -> &str {
         self.argv.first().map_or("", String::as_str)
+    }
+
+    /// The command as one line, for the fake host's record of calls: the pipeline's programs
+    /// and arguments joined by spaces and ` | `.
+    pub(crate) fn shown(&self) -> String {
+        std::iter::once(&self.argv)
+            .chain(&self.then)
+            .map(|argv| argv.join(" "))
+            .collect::<Vec<_>>()
+            .join(" | ")
     }
 
     pub(crate) fn to_wit(&self) -> Result<wit::Command> {
@@ -200,21 +210,32 @@ impl Command {
     /// Runs the command in one pod and waits for it.
     pub fn run(&self) -> Result<Output> {
         let command = self.to_wit()?;
-        host("exec.run", || wit::run(&command))
-            .map(|o| Output::new(self.program(), o))
-            .map_err(|e| e.context(format_args!("running `{}`", self.program())))
+        let stdin = command.stdin.clone().unwrap_or_default();
+        faked(
+            "exec.run",
+            || self.shown(),
+            || wit::run(&command),
+            |f| f.run(self, &command, &stdin),
+        )
+        .map(|o| Output::new(self.program(), o))
+        .map_err(|e| e.context(format_args!("running `{}`", self.program())))
     }
 
     /// Runs the command in every pod of the workload in parallel; one output per pod.
     pub fn run_all(&self) -> Result<Vec<Output>> {
         let command = self.to_wit()?;
-        host("exec.run-all", || wit::run_all(&command))
-            .map(|outs| {
-                outs.into_iter()
-                    .map(|o| Output::new(self.program(), o))
-                    .collect()
-            })
-            .map_err(|e| e.context(format_args!("running `{}` in every pod", self.program())))
+        faked(
+            "exec.run-all",
+            || self.shown(),
+            || wit::run_all(&command),
+            |f| f.run_all(self, &command),
+        )
+        .map(|outs| {
+            outs.into_iter()
+                .map(|o| Output::new(self.program(), o))
+                .collect()
+        })
+        .map_err(|e| e.context(format_args!("running `{}` in every pod", self.program())))
     }
 }
 
@@ -253,14 +274,19 @@ impl Session {
     /// first.
     pub fn open(name: &str, command: &Command) -> Result<Self> {
         let c = command.to_wit()?;
-        host("exec.session-open", || wit::session_open(name, &c))
-            .map(|()| Self::attach(name))
-            .map_err(|e| {
-                e.context(format_args!(
-                    "opening session `{name}` (`{}`)",
-                    command.program()
-                ))
-            })
+        faked(
+            "exec.session-open",
+            || format!("{name} {}", command.shown()),
+            || wit::session_open(name, &c),
+            |f| f.session_open(name, command),
+        )
+        .map(|()| Self::attach(name))
+        .map_err(|e| {
+            e.context(format_args!(
+                "opening session `{name}` (`{}`)",
+                command.program()
+            ))
+        })
     }
 
     /// The session `name` that this or an earlier phase of the run opened. No host call is
@@ -288,9 +314,12 @@ impl Session {
     }
 
     fn exchange(&self, input: &str, until: &str, timeout: Option<Duration>) -> Result<String> {
-        host("exec.session-send", || {
-            wit::session_send(&self.name, input.as_bytes(), until, timeout.map(millis))
-        })
+        faked(
+            "exec.session-send",
+            || self.name.clone(),
+            || wit::session_send(&self.name, input.as_bytes(), until, timeout.map(millis)),
+            |f| f.session_send(&self.name, input),
+        )
         .map(|out| String::from_utf8_lossy(&out).into_owned())
         .map_err(|e| e.context(format_args!("session `{}`", self.name)))
     }
@@ -298,16 +327,26 @@ impl Session {
     /// Closes the session's stdin and waits for it to exit: its output is what it printed after
     /// the last [`send`](Self::send), and its stderr.
     pub fn close(self) -> Result<Output> {
-        host("exec.session-close", || wit::session_close(&self.name))
-            .map(|o| Output::new(&format!("session {}", self.name), o))
-            .map_err(|e| e.context(format_args!("closing session `{}`", self.name)))
+        faked(
+            "exec.session-close",
+            || self.name.clone(),
+            || wit::session_close(&self.name),
+            |f| f.session_end(&self.name),
+        )
+        .map(|o| Output::new(&format!("session {}", self.name), o))
+        .map_err(|e| e.context(format_args!("closing session `{}`", self.name)))
     }
 
     /// Kills the session without waiting for it, discarding its unread output: for a session
     /// that hangs or whose work must be abandoned.
     pub fn kill(self) -> Result<()> {
-        host("exec.session-kill", || wit::session_kill(&self.name))
-            .map_err(|e| e.context(format_args!("killing session `{}`", self.name)))
+        faked(
+            "exec.session-kill",
+            || self.name.clone(),
+            || wit::session_kill(&self.name),
+            |f| f.session_end(&self.name).map(drop),
+        )
+        .map_err(|e| e.context(format_args!("killing session `{}`", self.name)))
     }
 }
 

@@ -64,7 +64,8 @@
 //!
 //! Off `wasm32` (unit tests, `cargo clippy` on the host) the crate still compiles: logging
 //! goes to stderr, every other host call returns [`Error::Failed`], and [`export!`] exports
-//! nothing. [`Context::builder`] makes a context for testing an action's own logic natively.
+//! nothing. [`Context::builder`] makes a context for testing an action natively, and
+//! [`testing::FakeHost`] runs it with its host calls answered in memory.
 //!
 //! [Cairn]: https://github.com/cairn-dr/cairn
 #![deny(missing_docs)]
@@ -84,6 +85,7 @@ pub mod data;
 pub mod exec;
 pub mod params;
 pub mod secrets;
+pub mod testing;
 pub mod volumes;
 pub mod workloads;
 

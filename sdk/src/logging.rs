@@ -35,7 +35,9 @@ pub fn log(level: Level, message: &str) {
     #[cfg(target_arch = "wasm32")]
     wit::log(level.into(), message);
     #[cfg(not(target_arch = "wasm32"))]
-    eprintln!("[{level:?}] {message}");
+    if !crate::testing::log(level, message) {
+        eprintln!("[{level:?}] {message}");
+    }
 }
 
 /// Progress of the running action; the host renders whatever fields are set.
@@ -91,6 +93,23 @@ impl Progress {
     }
 }
 
+/// `50% dumping orders`, `4194304 of 16777216 bytes`: the fields that are set.
+impl std::fmt::Display for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        if let Some(p) = self.percent {
+            parts.push(format!("{p}%"));
+        }
+        match (self.bytes_done, self.bytes_total) {
+            (Some(done), Some(total)) => parts.push(format!("{done} of {total} bytes")),
+            (Some(done), None) => parts.push(format!("{done} bytes")),
+            _ => {}
+        }
+        parts.extend(self.message.clone());
+        f.write_str(&parts.join(" "))
+    }
+}
+
 impl From<Progress> for wit::Progress {
     fn from(p: Progress) -> Self {
         Self {
@@ -107,7 +126,9 @@ pub fn progress(progress: Progress) {
     #[cfg(target_arch = "wasm32")]
     wit::report(&progress.into());
     #[cfg(not(target_arch = "wasm32"))]
-    eprintln!("[progress] {progress:?}");
+    if !crate::testing::log(Level::Info, &format!("progress: {progress}")) {
+        eprintln!("[progress] {progress}");
+    }
 }
 
 /// Pauses the action for `duration` without spinning: the way to wait between polls.
@@ -118,8 +139,11 @@ pub fn progress(progress: Progress) {
 pub fn sleep(duration: std::time::Duration) {
     #[cfg(target_arch = "wasm32")]
     wit::sleep(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX));
+    // Under a fake host the pause is recorded, not waited.
     #[cfg(not(target_arch = "wasm32"))]
-    std::thread::sleep(duration);
+    if !crate::testing::log(Level::Trace, &format!("sleep {duration:?}")) {
+        std::thread::sleep(duration);
+    }
 }
 
 #[cfg(test)]

@@ -113,9 +113,12 @@ impl From<Artifact> for types::Artifact {
 /// ```
 pub fn checkpoint(name: &str, value: impl fmt::Display) -> Result<()> {
     let value = value.to_string();
-    crate::wit::host("log.checkpoint", || {
-        crate::wit::bindings::cairn::blueprint::log::checkpoint(name, &value)
-    })
+    crate::wit::faked(
+        "log.checkpoint",
+        || format!("{name}={value}"),
+        || crate::wit::bindings::cairn::blueprint::log::checkpoint(name, &value),
+        |f| f.checkpoint(name, &value),
+    )
 }
 
 impl From<&Artifact> for types::Artifact {

@@ -3,12 +3,17 @@
 
 use crate::Result;
 use crate::wit::bindings::cairn::blueprint::secrets as wit;
-use crate::wit::host;
+use crate::wit::faked;
 
 /// The value of the granted secret `name`; [`Error::NotFound`](crate::Error::NotFound) if the
 /// operator granted none by that name.
 pub fn get(name: &str) -> Result<String> {
-    host("secrets.get", || wit::get(name))
+    faked(
+        "secrets.get",
+        || name.to_owned(),
+        || wit::get(name),
+        |f| f.secret(name),
+    )
 }
 
 /// The value of the granted secret `name`, or `None` when the run grants no secret by that

@@ -13,7 +13,8 @@
 //! ```
 
 use crate::wit::bindings::cairn::blueprint::volumes as wit;
-use crate::wit::{host, types};
+use crate::wit::{faked, types};
+use crate::workloads::shown;
 use crate::{Result, WorkloadRef};
 
 /// A point-in-time copy of one volume.
@@ -49,16 +50,32 @@ impl From<wit::VolumeSnapshot> for VolumeSnapshot {
 pub fn snapshot(workload: Option<&WorkloadRef>, volumes: &[&str]) -> Result<Vec<VolumeSnapshot>> {
     let w = workload.map(types::WorkloadRef::from);
     let names: Vec<String> = volumes.iter().map(|&v| v.to_owned()).collect();
-    host("volumes.snapshot", || wit::snapshot(w.as_ref(), &names))
-        .map(|snaps| snaps.into_iter().map(Into::into).collect())
+    faked(
+        "volumes.snapshot",
+        || shown(workload, &names.join(" ")),
+        || wit::snapshot(w.as_ref(), &names),
+        |f| f.snapshot(w.as_ref(), &names),
+    )
+    .map(|snaps| snaps.into_iter().map(Into::into).collect())
 }
 
 /// Replaces a volume's contents with snapshot `id`'s. Scale the workload down first.
 pub fn restore(id: &str) -> Result<VolumeSnapshot> {
-    host("volumes.restore", || wit::restore(id)).map(Into::into)
+    faked(
+        "volumes.restore",
+        || id.to_owned(),
+        || wit::restore(id),
+        |f| f.restore(id),
+    )
+    .map(Into::into)
 }
 
 /// Deletes snapshot `id`.
 pub fn delete(id: &str) -> Result<()> {
-    host("volumes.delete", || wit::delete(id))
+    faked(
+        "volumes.delete",
+        || id.to_owned(),
+        || wit::delete(id),
+        |f| f.delete_snapshot(id),
+    )
 }

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use crate::Result;
 use crate::wit::bindings::cairn::blueprint::workloads as wit;
-use crate::wit::{host, types};
+use crate::wit::{faked, types};
 
 /// A workload (deployment- or statefulset-like) in a namespace.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -158,39 +158,73 @@ pub(crate) fn millis(timeout: Duration) -> u64 {
     u64::try_from(ms).unwrap_or(u64::MAX)
 }
 
+/// `workload` (the target when `None`) and `rest`, for the fake host's record of calls.
+pub(crate) fn shown(workload: Option<&WorkloadRef>, rest: &str) -> String {
+    let w = workload.map_or_else(|| "(target)".to_owned(), |w| w.name.clone());
+    if rest.is_empty() {
+        w
+    } else {
+        format!("{w} {rest}")
+    }
+}
+
 /// Describes a workload. Needs [`Workloads`](crate::Capability::Workloads).
 pub fn get(workload: Option<&WorkloadRef>) -> Result<WorkloadInfo> {
     let w = workload.map(types::WorkloadRef::from);
-    host("workloads.get", || wit::get(w.as_ref())).map(Into::into)
+    faked(
+        "workloads.get",
+        || shown(workload, ""),
+        || wit::get(w.as_ref()),
+        |f| f.get(w.as_ref()),
+    )
+    .map(Into::into)
 }
 
 /// Sets a workload's desired replicas and returns the count it had before, so a posthook can
 /// put it back. Needs [`Scale`](crate::Capability::Scale).
 pub fn scale(workload: Option<&WorkloadRef>, replicas: u32) -> Result<u32> {
     let w = workload.map(types::WorkloadRef::from);
-    host("workloads.scale", || wit::scale(w.as_ref(), replicas))
+    faked(
+        "workloads.scale",
+        || shown(workload, &replicas.to_string()),
+        || wit::scale(w.as_ref(), replicas),
+        |f| f.scale(w.as_ref(), replicas),
+    )
 }
 
 /// Waits until every desired replica is ready, or fails with
 /// [`Error::TimedOut`](crate::Error::TimedOut). Needs [`Workloads`](crate::Capability::Workloads).
 pub fn wait_ready(workload: Option<&WorkloadRef>, timeout: Duration) -> Result<WorkloadInfo> {
     let w = workload.map(types::WorkloadRef::from);
-    host("workloads.wait-ready", || {
-        wit::wait_ready(w.as_ref(), millis(timeout))
-    })
+    faked(
+        "workloads.wait-ready",
+        || shown(workload, ""),
+        || wit::wait_ready(w.as_ref(), millis(timeout)),
+        |f| f.get(w.as_ref()),
+    )
     .map(Into::into)
 }
 
 /// One object of `kind` (for example `configmap`) in the action's namespace, as JSON. Needs
 /// [`Workloads`](crate::Capability::Workloads).
 pub fn get_object(kind: &str, name: &str) -> Result<String> {
-    host("workloads.get-object", || wit::get_object(kind, name))
+    faked(
+        "workloads.get-object",
+        || format!("{kind} {name}"),
+        || wit::get_object(kind, name),
+        |f| f.get_object(kind, name),
+    )
 }
 
 /// Every object of `kind` in the action's namespace, as a JSON array. Needs
 /// [`Workloads`](crate::Capability::Workloads).
 pub fn list_objects(kind: &str) -> Result<String> {
-    host("workloads.list-objects", || wit::list_objects(kind))
+    faked(
+        "workloads.list-objects",
+        || kind.to_owned(),
+        || wit::list_objects(kind),
+        |f| Ok(f.list_objects(kind)),
+    )
 }
 
 #[cfg(test)]

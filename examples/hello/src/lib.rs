@@ -104,6 +104,7 @@ cairn_sdk::export!(Hello);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cairn_sdk::testing::{FakeHost, Reply};
 
     #[test]
     fn declares_only_exec() {
@@ -120,6 +121,49 @@ mod tests {
             Hello::run("frobnicate", &ctx),
             Err(Error::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn a_backup_records_what_the_workload_said_and_a_restore_says_it_again() {
+        let host = FakeHost::new()
+            .on_exec(|command, _stdin| Reply::ok(format!("{}\n", command.argv()[1..].join(" "))));
+        let ctx = Context::builder(BACKUP, "default")
+            .workload("hello")
+            .defaults(&Hello::describe())
+            .param("greeting", "hi")
+            .build();
+        let outputs = host.run::<Hello>(BACKUP, &ctx).expect("the backup");
+        let recorded = outputs.get_artifact(ARTIFACT).expect("the artifact");
+        assert_eq!(recorded.get("stdout"), Some("hi, world"));
+        assert_eq!(recorded.get("pod"), Some("hello-0"));
+        assert_eq!(outputs.get("greeting"), Some("hi"));
+
+        let ctx = Context::builder(RESTORE, "default")
+            .workload("hello")
+            .restore_artifact(recorded.clone())
+            .restore_value("greeting", "hi")
+            .build();
+        host.run::<Hello>(RESTORE, &ctx).expect("the restore");
+        assert_eq!(
+            host.calls(),
+            ["exec.run echo hi, world", "exec.run echo hi, world"]
+        );
+        assert!(
+            host.logs()
+                .iter()
+                .any(|(_, line)| line == "the restore point was greeted with \"hi\"")
+        );
+    }
+
+    #[test]
+    fn a_failing_command_fails_the_backup_with_its_stderr() {
+        let host = FakeHost::new().on_exec(|_, _| Reply::exit(1, "echo: write error"));
+        let ctx = Context::builder(BACKUP, "default")
+            .workload("hello")
+            .defaults(&Hello::describe())
+            .build();
+        let e = host.run::<Hello>(BACKUP, &ctx).expect_err("a failed echo");
+        assert!(e.message().contains("write error"), "{e}");
     }
 
     #[test]
