@@ -3,7 +3,9 @@
 //! becomes a stream snapshot tagged `export`, `action:<action id>`, and `key=value` for each of
 //! the export's tags (the blueprint's and the host's).
 
+use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use async_trait::async_trait;
@@ -14,6 +16,12 @@ use tokio::io::{AsyncRead, AsyncWrite};
 /// The artifact value that says an export lives in a repository.
 const KIND: &str = "repository";
 
+/// The tag of every export's repository snapshot.
+pub(crate) const TAG: &str = "export";
+
+/// The snapshots of the exports each action finished, by action id.
+type Finished = Arc<Mutex<HashMap<String, Vec<String>>>>;
+
 /// [`Exports`] into one repository.
 #[derive(Debug)]
 pub(crate) struct RepoExports {
@@ -22,11 +30,38 @@ pub(crate) struct RepoExports {
     url: String,
     /// The location profile it was opened through, if any: recorded on restore points.
     profile: Option<String>,
+    finished: Finished,
 }
 
 impl RepoExports {
     pub(crate) fn new(repo: Repository, url: String, profile: Option<String>) -> Self {
-        Self { repo, url, profile }
+        Self {
+            repo,
+            url,
+            profile,
+            finished: Finished::default(),
+        }
+    }
+
+    /// Forgets the exports action `action_id` finished whose snapshots are not in `keep` (a
+    /// failed backup's, which no restore point references, or ones a backup finished and did
+    /// not return); returns their snapshot ids. The action's record of them goes either way.
+    pub(crate) async fn discard_unkept(
+        &self,
+        action_id: &str,
+        keep: &[String],
+    ) -> cairn_repository::Result<Vec<String>> {
+        let finished = self
+            .finished
+            .lock()
+            .map(|mut f| f.remove(action_id))
+            .unwrap_or_default()
+            .unwrap_or_default();
+        let unkept: Vec<String> = finished.into_iter().filter(|s| !keep.contains(s)).collect();
+        if !unkept.is_empty() {
+            self.repo.forget_ids(&unkept, false).await?;
+        }
+        Ok(unkept)
     }
 
     /// The location profile the repository was opened through, if any.
@@ -95,7 +130,7 @@ impl Exports for RepoExports {
     ) -> cairn_engine::Result<Box<dyn ExportWriter>> {
         let opts = tags.iter().fold(
             BackupOptions::new()
-                .tag("export")
+                .tag(TAG)
                 .tag(format!("action:{action_id}")),
             |opts, (k, v)| opts.tag(format!("{k}={v}")),
         );
@@ -107,6 +142,8 @@ impl Exports for RepoExports {
         Ok(Box::new(RepoWriter {
             inner: writer,
             repository: self.repo.id().to_string(),
+            finished: self.finished.clone(),
+            action_id: action_id.to_owned(),
         }))
     }
 
@@ -138,7 +175,7 @@ impl Exports for RepoExports {
             .snapshot(snapshot)
             .await
             .map_err(|e| repo_error(&format!("reading export {:?}", artifact.name), e))?;
-        if !info.tags.iter().any(|t| t == "export") {
+        if !info.tags.iter().any(|t| t == TAG) {
             return Err(cairn_engine::Error::BadArtifact {
                 name: artifact.name.clone(),
                 reason: format!("snapshot {snapshot} is not an export (it has no `export` tag)"),
@@ -164,6 +201,9 @@ impl Exports for RepoExports {
 struct RepoWriter {
     inner: SnapshotWriter,
     repository: String,
+    /// Where its snapshot is recorded once finished, under `action_id`.
+    finished: Finished,
+    action_id: String,
 }
 
 impl AsyncWrite for RepoWriter {
@@ -187,11 +227,19 @@ impl AsyncWrite for RepoWriter {
 #[async_trait]
 impl ExportWriter for RepoWriter {
     async fn finish(self: Box<Self>) -> cairn_engine::Result<Vec<(String, String)>> {
-        let RepoWriter { inner, repository } = *self;
+        let RepoWriter {
+            inner,
+            repository,
+            finished,
+            action_id,
+        } = *self;
         let info = inner
             .finish()
             .await
             .map_err(|e| repo_error("sealing the export", e))?;
+        if let Ok(mut f) = finished.lock() {
+            f.entry(action_id).or_default().push(info.id.clone());
+        }
         Ok(vec![
             ("kind".into(), KIND.into()),
             ("repository".into(), repository),

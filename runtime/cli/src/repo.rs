@@ -21,6 +21,7 @@
 //! | 130 | a restore or a directory's backup was interrupted (Ctrl-C, SIGTERM): nothing half written is left |
 //! | 141 | standard output was closed early (`\| head`): the rest is dropped, quietly |
 
+use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -799,6 +800,22 @@ pub async fn run(mut args: RepoArgs, home: Option<PathBuf>) -> anyhow::Result<Ex
             None => Err(e),
         },
     }
+}
+
+/// The exported restore points of the home's catalog (none without a catalog), by each
+/// repository snapshot they reference.
+fn points_by_snapshot(
+    home: Option<&PathBuf>,
+) -> anyhow::Result<HashMap<String, cairn_catalog::RestorePoint>> {
+    let home = crate::home::Home::resolve(home.cloned())?;
+    if !home.catalog().exists() {
+        return Ok(HashMap::new());
+    }
+    let points = crate::catalog::open(&home)?.restore_points()?;
+    Ok(points
+        .into_iter()
+        .flat_map(|p| p.snapshots.clone().into_iter().map(move |s| (s, p.clone())))
+        .collect())
 }
 
 /// Refuses exclusive maintenance on an instance that a DR restore rebuilt and that has not
@@ -1660,21 +1677,62 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                 .monthly(*keep_monthly)
                 .yearly(*keep_yearly)
                 .within(keep_within.map_or(0, |d| d.as_secs()));
+            // Exports hold restore points' data: rules never remove them, and one a point of
+            // this home references is removed only with its point.
+            let points = points_by_snapshot(home)?;
+            let mut exports_left = Vec::new();
             let r = if ids.is_empty() {
                 if policy.is_empty() {
                     return Err(usage(
                         "forget: give at least one --keep-* rule, or the snapshots to remove",
                     ));
                 }
-                repo.forget(&policy, &filter.filter()?, *dry_run).await?
+                let filter = filter.filter()?;
+                if filter.tags.iter().any(|t| t == crate::exports::TAG) {
+                    return Err(usage(format!(
+                        "forget: export snapshots (tag {}) are not removed by rules: they hold \
+                         restore points' data, and go with their points (a policy's retention, \
+                         or `cairn run BLUEPRINT --action delete --from-point ID`); one no point \
+                         references is removed by its id",
+                        crate::exports::TAG
+                    )));
+                }
+                exports_left = repo
+                    .snapshots(&filter.clone().tag(crate::exports::TAG))
+                    .await?;
+                let rules = filter.without_tag(crate::exports::TAG);
+                repo.forget(&policy, &rules, *dry_run).await?
             } else {
                 if !policy.is_empty() || filter.given() {
                     return Err(usage(
                         "forget: give snapshot ids or --keep-* rules and filters, not both",
                     ));
                 }
+                for id in ids {
+                    // A damaged snapshot object is removed unread, as the library does.
+                    let Ok(s) = repo.snapshot(id).await else {
+                        continue;
+                    };
+                    if let Some(p) = points.get(&s.id) {
+                        return Err(usage(format!(
+                            "forget: snapshot {} holds restore point {}'s data (blueprint {}); \
+                             remove the point instead: `cairn run {} --action delete \
+                             --from-point {}`, or let its policy's retention remove it",
+                            &s.id[..8],
+                            p.id,
+                            p.blueprint,
+                            p.blueprint,
+                            p.id
+                        )));
+                    }
+                }
                 repo.forget_ids(ids, *dry_run).await?
             };
+            let orphaned: Vec<&str> = exports_left
+                .iter()
+                .filter(|s| !points.contains_key(&s.id))
+                .map(|s| s.id.as_str())
+                .collect();
             let pruned = if *prune && !*dry_run {
                 Some(repo.prune(false).await?)
             } else {
@@ -1696,6 +1754,23 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                     for (id, until) in &r.protected {
                         lines.push(format!("protected {} until {until}: skipped", &id[..8]));
                     }
+                    if !exports_left.is_empty() {
+                        lines.push(format!(
+                            "left {} export snapshot(s): restore points' data, removed with \
+                             their points",
+                            exports_left.len()
+                        ));
+                    }
+                    if !orphaned.is_empty() {
+                        let short: Vec<&str> = orphaned.iter().map(|id| &id[..8]).collect();
+                        lines.push(format!(
+                            "{} of them no restore point of this home references (a run that \
+                             failed or was killed, or another home's): {}; `cairn repo forget \
+                             ID...` removes them",
+                            orphaned.len(),
+                            short.join(" ")
+                        ));
+                    }
                     if let Some(p) = &pruned {
                         lines.push(format!(
                             "pruned {} packs ({} bytes); repacked {} mostly unused packs",
@@ -1704,7 +1779,12 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                     }
                     lines.join("\n")
                 },
-                json!({ "forget": r, "prune": pruned }),
+                json!({
+                    "forget": r,
+                    "prune": pruned,
+                    "exports_left": exports_left.len(),
+                    "orphaned_exports": orphaned,
+                }),
             );
             // Snapshots named by id were asked for: one the protection period keeps is a refusal.
             if !ids.is_empty() && !*dry_run && !r.protected.is_empty() {

@@ -312,7 +312,50 @@ impl Execution<'_> {
         let point = crate::catalog::open(self.home)
             .and_then(|catalog| crate::catalog::record_run(&catalog, &record))
             .context("the action ran, but recording it in the catalog failed")?;
+        if action == "backup" {
+            self.discard_unkept(&report, point.is_some()).await;
+        }
         Ok((report, point))
+    }
+}
+
+impl Execution<'_> {
+    /// Forgets the exports a backup finished that its restore point does not reference (every
+    /// one when it made no point: it failed, or was interrupted), so that no data is left in
+    /// the repository that nothing could restore or remove. A failure to is a warning: the
+    /// action itself is recorded.
+    async fn discard_unkept(&self, report: &cairn_engine::RunReport, made_point: bool) {
+        let keep: Vec<String> = if made_point {
+            report
+                .outputs
+                .artifacts
+                .iter()
+                .filter_map(|a| a.get("snapshot").map(str::to_owned))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        match self.exports.discard_unkept(&report.action_id, &keep).await {
+            Ok(gone) if gone.is_empty() => {}
+            Ok(gone) => eprintln!(
+                "cairn: discarded {} export(s) of action {} that no restore point references \
+                 ({}): {}",
+                gone.len(),
+                report.action_id,
+                if made_point {
+                    "finished but not returned by the backup"
+                } else {
+                    "the backup did not succeed"
+                },
+                gone.join(", ")
+            ),
+            Err(e) => eprintln!(
+                "cairn: warning: exports of action {} that no restore point references are left \
+                 in {}: {e}; `cairn repo snapshots --tag action:{}` lists them, `cairn repo \
+                 forget ID...` removes them",
+                report.action_id, self.repository, report.action_id
+            ),
+        }
     }
 }
 

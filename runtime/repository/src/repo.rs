@@ -182,6 +182,8 @@ impl BackupOptions {
 pub struct SnapshotFilter {
     /// Snapshots carrying all of these tags.
     pub tags: Vec<String>,
+    /// Snapshots carrying none of these tags.
+    pub without_tags: Vec<String>,
     /// Snapshots of this tree path or stream name.
     pub source: Option<String>,
     /// Snapshots made on this host.
@@ -200,6 +202,11 @@ impl SnapshotFilter {
     /// Requires a tag.
     pub fn tag(mut self, t: impl Into<String>) -> Self {
         self.tags.push(t.into());
+        self
+    }
+    /// Leaves out the snapshots carrying a tag.
+    pub fn without_tag(mut self, t: impl Into<String>) -> Self {
+        self.without_tags.push(t.into());
         self
     }
     /// Requires a source (path or stream name).
@@ -224,6 +231,7 @@ impl SnapshotFilter {
     }
     fn matches(&self, s: &SnapshotInfo) -> bool {
         self.tags.iter().all(|t| s.tags.contains(t))
+            && !self.without_tags.iter().any(|t| s.tags.contains(t))
             && self.source.as_deref().is_none_or(|p| s.source() == p)
             && self.host.as_deref().is_none_or(|h| s.hostname == h)
             && self.since.is_none_or(|t| s.time >= t)

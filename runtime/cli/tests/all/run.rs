@@ -428,3 +428,107 @@ fn a_wrong_repository_passphrase_is_a_usage_error() {
         stderr(&out)
     );
 }
+
+/// Exports live and die with their restore points: a failed backup's are discarded, and so is
+/// one a backup finished but did not return; `repo forget` rules leave exports alone, and one a
+/// point references is forgotten only with its point; an export nothing references is listed.
+#[test]
+fn exports_live_and_die_with_their_restore_points() {
+    let cairn = Cairn::new();
+    let wasm = wasm("cairn-engine-guest-misbehave");
+    let wasm = wasm.to_str().expect("utf-8 path");
+    let backup = |mode: &str| {
+        let mode = format!("mode={mode}");
+        cairn.run(&[
+            "run",
+            wasm,
+            "--action",
+            "backup",
+            "--target",
+            INVENTORY,
+            "--workload",
+            "hello",
+            "--param",
+            &mode,
+            "--param",
+            "label=x",
+            "--grant",
+            "export",
+        ])
+    };
+    let exports = || {
+        let out = cairn.run(&["repo", "snapshots", "--tag", "export", "--output", "json"]);
+        crate::support::ok(&out);
+        json(&out)
+            .as_array()
+            .expect("snapshots")
+            .iter()
+            .map(|s| s["id"].as_str().expect("an id").to_owned())
+            .collect::<Vec<_>>()
+    };
+
+    let out = backup("export-fail");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("discarded 1 export(s)"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(exports().is_empty());
+
+    let out = backup("export-unreturned");
+    crate::support::ok(&out);
+    assert!(
+        stderr(&out).contains("finished but not returned"),
+        "{}",
+        stderr(&out)
+    );
+    let kept = exports();
+    assert_eq!(kept.len(), 1, "only the returned export is kept");
+    let points = cairn.run(&[
+        "catalog",
+        "ls",
+        "exported-restore-point",
+        "--output",
+        "json",
+    ]);
+    let point = json(&points)[0]["key"]
+        .as_str()
+        .expect("a point")
+        .to_owned();
+
+    // An export no restore point references: listed by rules, removed by its id.
+    let stray = tempfile::tempdir().expect("tempdir");
+    std::fs::write(stray.path().join("f"), "stray").expect("write");
+    crate::support::ok(&cairn.run(&[
+        "repo",
+        "backup",
+        stray.path().to_str().expect("utf-8"),
+        "--tag",
+        "export",
+    ]));
+    let out = cairn.run(&["repo", "forget", "--keep-last", "1"]);
+    crate::support::ok(&out);
+    let said = crate::support::stdout(&out);
+    assert!(said.contains("left 2 export snapshot(s)"), "{said}");
+    assert!(
+        said.contains("1 of them no restore point of this home references"),
+        "{said}"
+    );
+    assert_eq!(exports().len(), 2);
+    let out = cairn.run(&["repo", "forget", "--keep-last", "1", "--tag", "export"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let out = cairn.run(&["repo", "forget", &kept[0]]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("holds restore point {point}'s data")),
+        "{}",
+        stderr(&out)
+    );
+    let stray_id = exports()
+        .into_iter()
+        .find(|id| *id != kept[0])
+        .expect("the stray export");
+    crate::support::ok(&cairn.run(&["repo", "forget", &stray_id]));
+    assert_eq!(exports(), kept);
+}

@@ -9,10 +9,18 @@ pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// Every guest the CLI tests run: `examples/hello` and the blueprints under `blueprints/`.
+/// Every guest the CLI tests run: `examples/hello`, the blueprints under `blueprints/` and the
+/// engine's test blueprint (`misbehave`).
 /// Built together, once per test binary, so the tests never wait on one another's builds.
 pub const GUESTS: &[&str] = &[
-    "hello", "redis", "etcd", "quiesce", "postgres", "mysql", "dr",
+    "hello",
+    "redis",
+    "etcd",
+    "quiesce",
+    "postgres",
+    "mysql",
+    "dr",
+    "cairn-engine-guest-misbehave",
 ];
 
 /// The component of `package` (one of [`GUESTS`]), built for wasm32-wasip2 in its own target

@@ -209,6 +209,24 @@ fn phase(action: &str, inputs: &Inputs) -> Result<Outputs, Error> {
                 values: vec![("from".into(), action.into())],
                 reference: vec![],
             }),
+            // An export finished, then returned (`exported`), kept back (`export-unreturned`:
+            // a second one returned beside it) or followed by a failure (`export-fail`).
+            "exported" | "export-unreturned" | "export-fail" => {
+                let stream = data::open_export("dump", &[])?;
+                stream.write(b"dump\n")?;
+                let artifact = stream.finish()?;
+                match mode.as_str() {
+                    "export-fail" => {
+                        return Err(Error::Failed(format!("{action} failed after its export")));
+                    }
+                    "export-unreturned" => {
+                        let kept = data::open_export("kept", &[])?;
+                        kept.write(b"kept\n")?;
+                        out.artifacts.push(kept.finish()?);
+                    }
+                    _ => out.artifacts.push(artifact),
+                }
+            }
             _ => {}
         }
     }
@@ -326,6 +344,9 @@ impl Guest for Misbehave {
                         "checkpoint",
                         "post-clash",
                         "post-value-clash",
+                        "exported",
+                        "export-unreturned",
+                        "export-fail",
                         "shadow",
                         "bad-tag",
                         "delete",
