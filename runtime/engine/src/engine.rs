@@ -355,6 +355,7 @@ impl Engine {
             namespace: String::new(),
             workload: None,
             grants: BTreeSet::new(),
+            declared: BTreeSet::new(),
             secrets: Default::default(),
             limits: Limits::default(),
             deadline: DESCRIBE_DEADLINE,

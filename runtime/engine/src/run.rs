@@ -365,6 +365,7 @@ pub(crate) async fn run(
             ),
             None => (None, None),
         };
+        let declared: BTreeSet<Capability> = description.capabilities.iter().copied().collect();
         let sessions = Arc::new(Sessions::default());
         let references = Arc::new(References::of(
             &request.artifacts,
@@ -378,7 +379,10 @@ pub(crate) async fn run(
                 blueprint_name: description.name.clone(),
                 namespace: request.namespace.clone(),
                 workload: request.workload.clone(),
-                grants: request.grants.clone(),
+                // A capability granted but not declared stays unusable: what a blueprint can
+                // do is what `describe()` says, whatever a run grants.
+                grants: request.grants.intersection(&declared).copied().collect(),
+                declared: declared.clone(),
                 secrets: request.secrets.clone(),
                 limits: request.limits.clone(),
                 deadline,

@@ -33,7 +33,10 @@ pub(crate) struct ActionCtx {
     pub blueprint_name: String,
     pub namespace: String,
     pub workload: Option<String>,
+    /// What the phase may use: the capabilities granted that the blueprint declares.
     pub grants: BTreeSet<Capability>,
+    /// The capabilities the blueprint declares, for the message of a call to another.
+    pub declared: BTreeSet<Capability>,
     pub secrets: BTreeMap<String, String>,
     pub limits: Limits,
     /// How long this phase may run.

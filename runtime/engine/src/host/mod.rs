@@ -48,6 +48,12 @@ impl types::Host for HostState {}
 impl HostState {
     /// The host context, if `cap` is granted; `denied` naming it otherwise.
     pub(crate) fn require(&self, cap: Capability) -> Result<HostContext, WitError> {
+        if !self.action.declared.contains(&cap) && self.action.host.is_some() {
+            return Err(WitError::Denied(format!(
+                "capability `{cap}` is not declared by the blueprint's describe(), so it may not \
+                 use it whatever is granted; declare it (Description::capability) and rebuild"
+            )));
+        }
         if !self.action.grants.contains(&cap) {
             return Err(WitError::Denied(format!(
                 "capability `{cap}` not granted; rerun with --grant {cap}"

@@ -349,3 +349,29 @@ async fn a_phase_holds_at_most_eight_streams_open() {
         )
     );
 }
+
+/// A capability the run grants but the blueprint does not declare is refused: what a blueprint
+/// can do is what its `describe()` says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_granted_capability_the_blueprint_does_not_declare_is_refused() {
+    let fixture = Fixture::new();
+    let blueprint = crate::support::engine()
+        .load_file(&crate::support::guest("undeclared"))
+        .await
+        .expect("loading the undeclared guest");
+    let mut request = request("backup");
+    request.params.clear();
+    let report = crate::support::engine()
+        .run(&blueprint, &fixture.host, request)
+        .await
+        .expect("the run started");
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.outputs.get("taken"), None, "{report:?}");
+    assert!(
+        report
+            .outputs
+            .get("refused")
+            .is_some_and(|m| m.contains("capability `volumes` is not declared")),
+        "{report:?}"
+    );
+}
