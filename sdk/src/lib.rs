@@ -225,9 +225,11 @@ pub mod __private {
                 );
             }));
             let ctx = Context::from_wit(action, inputs);
-            T::run(ctx.action(), &ctx)
-                .map(Into::into)
-                .map_err(Into::into)
+            let result = T::run(ctx.action(), &ctx);
+            // std buffers stdout up to a newline; the instance ends without flushing it, and
+            // the host logs what it gets when the phase ends.
+            let _ = std::io::Write::flush(&mut std::io::stdout());
+            result.map(Into::into).map_err(Into::into)
         }
     }
 }

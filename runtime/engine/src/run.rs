@@ -241,6 +241,36 @@ fn outputs_size(o: &Outputs) -> usize {
 
 /// The run's outputs: the main phase's, and the posthook's added under their own names (the
 /// posthook ends a backup mode and reports where it ended: that belongs to the restore point).
+/// `outputs` when none of their names and values holds a secret of the run: outputs are kept
+/// in the catalog, which travels in DR exports, where a policy keeps only where a secret comes
+/// from.
+fn secret_free(outputs: Outputs, secrets: &crate::state::Secrets) -> Result<Outputs, String> {
+    let values = outputs
+        .artifacts
+        .iter()
+        .flat_map(|a| {
+            a.values
+                .iter()
+                .map(move |(k, v)| (format!("artifact `{}` value `{k}`", a.name), k, v))
+        })
+        .chain(
+            outputs
+                .values
+                .iter()
+                .map(|(k, v)| (format!("value `{k}`"), k, v)),
+        );
+    for (what, key, value) in values {
+        if let Some(name) = secrets.held_by(value).or_else(|| secrets.held_by(key)) {
+            return Err(format!(
+                "the blueprint's {what} holds secret `{name}`: outputs are kept in the catalog, \
+                 which travels in DR exports, so a secret never goes into them; the restore \
+                 reads the secret again"
+            ));
+        }
+    }
+    Ok(outputs)
+}
+
 /// A posthook artifact named like one of the main phase's, or a value the main phase set to
 /// something else, is refused in one line: the restore point could not say which one holds.
 fn merge(main: &PhaseReport, post: &PhaseReport) -> Result<Outputs, String> {
@@ -585,7 +615,9 @@ async fn run_phase(
                 let why = "the run was interrupted (Ctrl-C or SIGTERM), which stopped this phase".to_owned();
                 (PhaseStatus::Interrupted, stopped(), Some(why.clone()), Some(WitError::Failed(why)))
             }
-            Some(Ok(Ok(Ok(returned)))) => match to_outputs(returned, &state.checkpoints) {
+            Some(Ok(Ok(Ok(returned)))) => match to_outputs(returned, &state.checkpoints)
+                .and_then(|o| secret_free(o, state.log.secrets()))
+            {
                 Err(why) => (PhaseStatus::Failed, stopped(), Some(why.clone()), Some(WitError::Invalid(why))),
                 Ok(outputs) if outputs_size(&outputs) > output_cap => {
                     let why = format!(
@@ -614,6 +646,9 @@ async fn run_phase(
                 (PhaseStatus::TimedOut, stopped(), Some(why.clone()), Some(WitError::TimedOut(why)))
             }
         };
+        state.log.flush_partial();
+        // A guest's error message may quote a secret it was given (a failed login's).
+        let error = error.map(|e| state.log.secrets().redact(&e).into_owned());
         let log_truncated = state.log.truncated().is_some();
         match &error {
             None => tracing::info!(elapsed = ?duration, "phase succeeded"),

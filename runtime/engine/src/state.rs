@@ -165,6 +165,8 @@ pub(crate) struct LogCapture {
     sink: EventSink,
     action_id: Arc<str>,
     phase: Arc<str>,
+    /// The run's secrets, blanked out of every line.
+    secrets: Arc<Secrets>,
 }
 
 struct LogInner {
@@ -191,6 +193,7 @@ impl LogCapture {
             sink,
             action_id: action.action_id.as_str().into(),
             phase: action.phase.as_str().into(),
+            secrets: Arc::new(Secrets::of(&action.secrets)),
         }
     }
 
@@ -203,7 +206,7 @@ impl LogCapture {
 
     /// Logs one line, unless the budget is spent (then says so, once).
     pub(crate) fn line(&self, level: LogLevel, message: &str) {
-        let message = cut_line(message);
+        let message = cut_line(&self.secrets.redact(message));
         let notice = {
             let mut inner = self.lock();
             if inner.truncated {
@@ -228,7 +231,10 @@ impl LogCapture {
         }
     }
 
-    pub(crate) fn progress(&self, progress: Progress) {
+    pub(crate) fn progress(&self, mut progress: Progress) {
+        progress.message = progress
+            .message
+            .map(|m| self.secrets.redact(&m).into_owned());
         tracing::info!(
             target: "cairn::guest",
             action_id = %self.action_id, phase = %self.phase,
@@ -269,6 +275,11 @@ impl LogCapture {
         });
     }
 
+    /// The run's secrets, for what else must not carry them.
+    pub(crate) fn secrets(&self) -> &Secrets {
+        &self.secrets
+    }
+
     /// Whether the log was truncated, and how many lines were dropped.
     pub(crate) fn truncated(&self) -> Option<u64> {
         let inner = self.lock();
@@ -278,6 +289,28 @@ impl LogCapture {
     /// The panic message the guest printed, if any.
     pub(crate) fn panic_message(&self) -> Option<String> {
         self.lock().panic.clone()
+    }
+
+    /// Logs what the guest wrote to stdout or stderr after its last newline, once the phase
+    /// has ended: a last `print!` is not lost.
+    pub(crate) fn flush_partial(&self) {
+        let rest: Vec<(LogLevel, String)> = {
+            let mut inner = self.lock();
+            [LogLevel::Info, LogLevel::Warn]
+                .into_iter()
+                .zip(inner.partial.iter_mut())
+                .filter(|(_, p)| !p.is_empty())
+                .map(|(level, p)| {
+                    (
+                        level,
+                        String::from_utf8_lossy(&std::mem::take(p)).into_owned(),
+                    )
+                })
+                .collect()
+        };
+        for (level, line) in rest {
+            self.line(level, &line);
+        }
     }
 
     /// Bytes written by the guest to stdout (`Info`) or stderr (`Warn`), split into lines.
@@ -313,6 +346,11 @@ impl LogCapture {
             }
         }
         for line in lines {
+            // std's advice after a panic or an allocation failure: a guest has no environment
+            // to set it in.
+            if idx == 1 && line.starts_with("note: run with `RUST_BACKTRACE=1`") {
+                continue;
+            }
             self.line(level, &line);
         }
     }
@@ -323,6 +361,57 @@ impl LogCapture {
             log: self.clone(),
             level,
         }
+    }
+}
+
+/// A run's secret values, to keep them out of its logs, errors and outputs.
+#[derive(Debug, Default)]
+pub(crate) struct Secrets {
+    /// By name; each value at least [`Secrets::FINDABLE`] bytes long, longest first (so that a
+    /// secret holding another is blanked whole).
+    findable: Vec<(String, String)>,
+    /// Every value, for exact matches.
+    all: Vec<(String, String)>,
+}
+
+impl Secrets {
+    /// Shorter values would be found in too much ordinary text to blank out.
+    const FINDABLE: usize = 4;
+
+    pub(crate) fn of(secrets: &BTreeMap<String, String>) -> Self {
+        let all: Vec<(String, String)> = secrets
+            .iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let mut findable: Vec<(String, String)> = all
+            .iter()
+            .filter(|(_, v)| v.len() >= Self::FINDABLE)
+            .cloned()
+            .collect();
+        findable.sort_by_key(|(_, v)| std::cmp::Reverse(v.len()));
+        Secrets { findable, all }
+    }
+
+    /// `text` with every secret value in it replaced by `[secret NAME]`.
+    pub(crate) fn redact<'a>(&self, text: &'a str) -> std::borrow::Cow<'a, str> {
+        let mut out = std::borrow::Cow::Borrowed(text);
+        for (name, value) in &self.findable {
+            if out.contains(value.as_str()) {
+                out = std::borrow::Cow::Owned(
+                    out.replace(value.as_str(), &format!("[secret {name}]")),
+                );
+            }
+        }
+        out
+    }
+
+    /// The name of a secret `text` holds (is, or contains when long enough to find).
+    pub(crate) fn held_by(&self, text: &str) -> Option<&str> {
+        self.all
+            .iter()
+            .find(|(_, v)| text == v || (v.len() >= Self::FINDABLE && text.contains(v.as_str())))
+            .map(|(k, _)| k.as_str())
     }
 }
 

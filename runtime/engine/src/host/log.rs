@@ -60,6 +60,12 @@ impl HostState {
                 "describe() may only log; a checkpoint there is refused".into(),
             ));
         }
+        if let Some(secret) = self.log.secrets().held_by(&value) {
+            return Err(WitError::Invalid(format!(
+                "checkpoint `{name}` holds secret `{secret}`: checkpoints are kept in the \
+                 catalog, so a secret never goes into one"
+            )));
+        }
         if name.is_empty() || name.len() > MAX_CHECKPOINT_NAME {
             return Err(WitError::Invalid(format!(
                 "a checkpoint name must be 1 to {MAX_CHECKPOINT_NAME} bytes long"

@@ -137,6 +137,7 @@ impl HostState {
         };
         // Both may carry what the guest passed (a name, a message): cut, so a guest calling
         // in a loop with huge arguments cannot fill the disk through the audit log.
+        let outcome = self.log.secrets().redact(&outcome).into_owned();
         let mut outcome = crate::state::cut(&outcome, MAX_AUDIT_FIELD, "outcome");
         if result.is_err() && self.audited_refusals == MAX_AUDITED_REFUSALS {
             outcome.push_str(&format!(
@@ -148,7 +149,12 @@ impl HostState {
             action_id: &self.action.action_id,
             blueprint: &self.action.blueprint,
             capability: cap.as_str(),
-            target: crate::state::cut(target, MAX_AUDIT_FIELD, "target"),
+            // An exec's target is its command line, which may pass a secret (`-pPASSWORD`).
+            target: crate::state::cut(
+                &self.log.secrets().redact(target),
+                MAX_AUDIT_FIELD,
+                "target",
+            ),
             operation,
             outcome,
         });

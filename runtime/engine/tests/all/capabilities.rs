@@ -70,7 +70,7 @@ async fn secrets_are_read_only_when_granted() {
     let mut req = request("secret");
     req.secrets.insert("token".into(), "s3cr3t".into());
     let report = fixture.run(req.clone()).await;
-    assert_eq!(report.outputs.get("token"), Some("s3cr3t"));
+    assert_eq!(report.outputs.get("token-length"), Some("6"));
     req.grants.remove(&Capability::Secrets);
     let report = fixture.run(req).await;
     assert!(
@@ -374,4 +374,44 @@ async fn a_granted_capability_the_blueprint_does_not_declare_is_refused() {
             .is_some_and(|m| m.contains("capability `volumes` is not declared")),
         "{report:?}"
     );
+}
+
+/// A secret never leaves the run in the clear: the log shows its name where the guest wrote
+/// it, and outputs holding it (kept in the catalog) fail the phase. (And a last `print!`
+/// without its newline is logged when the phase ends.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_are_blanked_out_of_logs_and_refused_in_outputs() {
+    let fixture = Fixture::new();
+    let mut req = request("secret");
+    req.secrets.insert("token".into(), "s3cr3t".into());
+    let report = fixture.run(req.clone()).await;
+    assert!(report.ok, "{report:?}");
+    let logged: Vec<String> = fixture
+        .events
+        .lock()
+        .expect("events")
+        .iter()
+        .filter_map(|e| match &e.kind {
+            cairn_engine::EventKind::Log { message, .. } => Some(message.clone()),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        logged.iter().any(|l| l == "the token is [secret token]"),
+        "{logged:?}"
+    );
+    assert!(!logged.iter().any(|l| l.contains("s3cr3t")), "{logged:?}");
+    assert!(
+        logged.iter().any(|l| l == "printed without a newline"),
+        "{logged:?}"
+    );
+    req.params.push(("mode".into(), "leak".into()));
+    let report = fixture.run(req).await;
+    assert!(!report.ok, "{report:?}");
+    let error = report.error.as_deref().unwrap_or_default();
+    assert!(
+        error.contains("value `dsn` holds secret `token`") && !error.contains("s3cr3t"),
+        "{error}"
+    );
+    assert_eq!(report.outputs.get("dsn"), None, "{report:?}");
 }

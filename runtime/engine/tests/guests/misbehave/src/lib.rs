@@ -344,6 +344,7 @@ impl Guest for Misbehave {
                         "checkpoint",
                         "post-clash",
                         "post-value-clash",
+                        "leak",
                         "exported",
                         "export-unreturned",
                         "export-fail",
@@ -519,7 +520,18 @@ impl Guest for Misbehave {
                     ("run-all", all),
                 ]))
             }
-            "secret" => Ok(values(&[("token", secrets::get("token")?)])),
+            "secret" => {
+                // Logged (the host blanks it out) and, with `mode` `leak`, returned (refused).
+                let token = secrets::get("token")?;
+                log::log(log::Level::Info, &format!("the token is {token}"));
+                // A last line without its newline still reaches the log.
+                print!("printed without a newline");
+                let _ = std::io::Write::flush(&mut std::io::stdout());
+                if text(&inputs, "mode") == "leak" {
+                    return Ok(values(&[("dsn", format!("db://app:{token}@host"))]));
+                }
+                Ok(values(&[("token-length", token.len().to_string())]))
+            }
             "scale" => {
                 let before = workloads::scale(None, 0)?;
                 workloads::scale(None, before)?;
