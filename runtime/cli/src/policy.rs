@@ -1878,7 +1878,9 @@ impl RestoreArgs {
             None => execution,
         };
         let (report, _) = execution
-            .execute(request, |report| crate::run::print_report(report, output))
+            .execute(request, |report| {
+                crate::run::print_report(report, execution.blueprint, output)
+            })
             .await?;
         Ok(Restored {
             point: point.id,

@@ -103,14 +103,32 @@ pub(crate) async fn run(args: RunArgs, home: Option<PathBuf>) -> anyhow::Result<
         ))
         .into());
     }
-    let ((artifacts, point_values), point) = match (&args.from, &args.from_point) {
+    let ((artifacts, point_values), point, made_by) = match (&args.from, &args.from_point) {
         (Some(path), _) => read_restore_point(path)?,
-        (None, Some(id)) => (
-            crate::catalog::point_outputs(&crate::catalog::open(&home)?, id)?,
-            Some(id.clone()),
-        ),
+        (None, Some(id)) => {
+            let catalog = crate::catalog::open(&home)?;
+            let made_by = catalog.restore_point(id)?.map(|p| p.blueprint);
+            (
+                crate::catalog::point_outputs(&catalog, id)?,
+                Some(id.clone()),
+                made_by,
+            )
+        }
         (None, None) => Default::default(),
     };
+    if (args.from.is_some() || args.from_point.is_some())
+        && matches!(
+            args.action.as_str(),
+            "backup" | "backupPrehook" | "backupPosthook"
+        )
+    {
+        return Err(UsageError(format!(
+            "--from and --from-point give the restore point a restore or delete acts on; a {} \
+             makes a new one and takes none",
+            args.action
+        ))
+        .into());
+    }
     let cluster = open_target(&args.target, args.snapshot_class.as_deref(), &home).await?;
     // A workload that is not there fails now, before a prehook quiesces anything.
     if let Some(name) = &args.workload {
@@ -132,6 +150,24 @@ pub(crate) async fn run(args: RunArgs, home: Option<PathBuf>) -> anyhow::Result<
         crate::blueprint::load_or_registered(&engine, &home, &args.file).await?;
     if let Some(record) = &registration {
         crate::blueprint::check_allowed(record, &grants)?;
+    }
+    if let Some(main) = args.action.strip_suffix("Prehook") {
+        eprintln!(
+            "cairn: warning: --action {} runs the prehook alone: nothing runs its posthook, so \
+             what it quiesced stays so until `--action {main}Posthook` (or `--action {main}` runs \
+             all three)",
+            args.action
+        );
+    }
+    // Only the blueprint that made a point knows what its artifacts mean.
+    let name = &blueprint.description().name;
+    if let Some(made_by) = made_by.filter(|b| b != name) {
+        return Err(UsageError(format!(
+            "the restore point was made by blueprint {made_by}, not {name}: run {made_by}'s {} \
+             on it (`cairn run {made_by} --action {} ...`)",
+            args.action, args.action
+        ))
+        .into());
     }
     let declared = &blueprint.description().capabilities;
     for extra in grants.iter().filter(|g| !declared.contains(g)) {
@@ -186,7 +222,9 @@ pub(crate) async fn run(args: RunArgs, home: Option<PathBuf>) -> anyhow::Result<
         used_point: point.as_deref(),
     };
     let (report, _) = run
-        .execute(request, |report| print_report(report, args.output))
+        .execute(request, |report| {
+            print_report(report, &blueprint, args.output)
+        })
         .await?;
     if report.ok
         && args.action == "delete"
@@ -549,7 +587,9 @@ pub(crate) fn parse_secrets_of(
 
 /// The restore point a backup's `--output json` report at `path` made, and its id (the
 /// backup's action id, when the report has one).
-fn read_restore_point(path: &Path) -> anyhow::Result<(PointOutputs, Option<String>)> {
+fn read_restore_point(
+    path: &Path,
+) -> anyhow::Result<(PointOutputs, Option<String>, Option<String>)> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| UsageError(format!("--from {}: {e}", path.display())))?;
     let report: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
@@ -587,7 +627,9 @@ fn read_restore_point(path: &Path) -> anyhow::Result<(PointOutputs, Option<Strin
         })?,
     };
     let id = report["action_id"].as_str().map(str::to_owned);
-    Ok(((artifacts, values), id))
+    // Reports written before they named their blueprint do not.
+    let blueprint = report["blueprint"].as_str().map(str::to_owned);
+    Ok(((artifacts, values), id, blueprint))
 }
 
 /// A restore point as a run receives it: its artifacts and its own values.
@@ -616,12 +658,18 @@ pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
 struct JsonReport<'a> {
     status: &'static str,
     action_id: &'a str,
+    /// The blueprint's name: a restore `--from` this report must be run by it.
+    blueprint: &'a str,
     outputs: &'a cairn_engine::Outputs,
     error: Option<&'a str>,
     phases: &'a [cairn_engine::PhaseReport],
 }
 
-pub(crate) fn print_report(report: &cairn_engine::RunReport, output: Output) -> anyhow::Result<()> {
+pub(crate) fn print_report(
+    report: &cairn_engine::RunReport,
+    blueprint: &cairn_engine::Blueprint,
+    output: Output,
+) -> anyhow::Result<()> {
     match output {
         Output::Json => {
             let view = JsonReport {
@@ -631,6 +679,7 @@ pub(crate) fn print_report(report: &cairn_engine::RunReport, output: Output) -> 
                     (false, false) => "failed",
                 },
                 action_id: &report.action_id,
+                blueprint: &blueprint.description().name,
                 outputs: &report.outputs,
                 error: report.error.as_deref(),
                 phases: &report.phases,

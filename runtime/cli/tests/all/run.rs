@@ -532,3 +532,70 @@ fn exports_live_and_die_with_their_restore_points() {
     crate::support::ok(&cairn.run(&["repo", "forget", &stray_id]));
     assert_eq!(exports(), kept);
 }
+
+/// A restore point is restored only by the blueprint that made it, and only by an action that
+/// takes one; a prehook run alone is warned about.
+#[test]
+fn a_point_is_used_only_by_its_blueprint_and_by_actions_that_take_one() {
+    let cairn = Cairn::new();
+    let out = hello(&cairn, &["--grant", "exec", "--output", "json"]);
+    crate::support::ok(&out);
+    assert_eq!(json(&out)["blueprint"], "hello");
+    let report = cairn.home.path().join("report.json");
+    std::fs::write(&report, &out.stdout).expect("write the report");
+    let report = report.to_str().expect("utf-8 path");
+    let point = json(&out)["action_id"].as_str().expect("an id").to_owned();
+
+    let other = wasm("cairn-engine-guest-misbehave");
+    let other = other.to_str().expect("utf-8 path");
+    for from in [["--from", report], ["--from-point", point.as_str()]] {
+        let out = cairn.run(
+            &[
+                &[
+                    "run",
+                    other,
+                    "--action",
+                    "restore",
+                    "--target",
+                    INVENTORY,
+                    "--workload",
+                    "hello",
+                    "--param",
+                    "label=x",
+                ][..],
+                &from[..],
+            ]
+            .concat(),
+        );
+        assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("made by blueprint hello, not misbehave"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    let out = hello(&cairn, &["--grant", "exec", "--from", report]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("a backup makes a new one"),
+        "{}",
+        stderr(&out)
+    );
+    let out = cairn.run(&[
+        "run",
+        other,
+        "--action",
+        "backupPrehook",
+        "--target",
+        INVENTORY,
+        "--workload",
+        "hello",
+        "--param",
+        "label=x",
+    ]);
+    assert!(
+        stderr(&out).contains("runs the prehook alone"),
+        "{}",
+        stderr(&out)
+    );
+}
