@@ -142,6 +142,25 @@ impl Description {
                 .find(|(i, n)| names[..*i].contains(n))
                 .map(|(_, n)| n.to_string())
         };
+        if crate::version::Semver::parse(&self.version).is_none() {
+            return Some(format!(
+                "its version {:?} is not a semantic version (MAJOR.MINOR.PATCH, e.g. 1.4.0)",
+                self.version
+            ));
+        }
+        if crate::version::Semver::parse(&self.min_runtime).is_none() {
+            return Some(format!(
+                "the runtime it requires, {:?}, is not a semantic version (e.g. 0.1.0)",
+                self.min_runtime
+            ));
+        }
+        if let Some(a) = self.actions.iter().find(|a| !is_action_name(&a.name)) {
+            return Some(format!(
+                "it declares an action named {:?}: an action's name is 1 to 64 letters, digits, \
+                 `-` or `_`, starting with a letter (as `cairn run --action` takes it)",
+                a.name
+            ));
+        }
         if let Some(name) = twice(self.actions.iter().map(|a| a.name.as_str()).collect()) {
             return Some(format!("it declares the action {name:?} twice"));
         }
@@ -155,6 +174,16 @@ impl Description {
     pub fn has_action(&self, name: &str) -> bool {
         self.actions.iter().any(|a| a.name == name)
     }
+}
+
+/// Whether `name` can name an action: 1 to 64 ASCII letters, digits, `-` or `_`, starting with
+/// a letter (`backupPrehook`, `verify-dump`).
+fn is_action_name(name: &str) -> bool {
+    name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_alphabetic())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 impl From<guest::Description> for Description {
@@ -258,5 +287,39 @@ impl Blueprint {
     /// Where its compiled code came from.
     pub fn loaded_from(&self) -> LoadedFrom {
         self.loaded_from
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn described(version: &str, min_runtime: &str, action: &str) -> Description {
+        Description {
+            name: "b".into(),
+            version: version.into(),
+            description: String::new(),
+            actions: vec![ActionSpec {
+                name: action.into(),
+                description: String::new(),
+            }],
+            parameters: Vec::new(),
+            capabilities: Vec::new(),
+            min_runtime: min_runtime.into(),
+        }
+    }
+
+    #[test]
+    fn versions_and_action_names_are_checked() {
+        assert_eq!(described("1.4.0", "0.1.0", "verify-dump").problem(), None);
+        for (d, says) in [
+            (described("not-semver", "0.1.0", "backup"), "is not a semantic version"),
+            (described("1.0.0", "banana", "backup"), "\"banana\", is not a semantic"),
+            (described("1.0.0", "0.1.0", ""), "an action named \"\""),
+            (described("1.0.0", "0.1.0", "back up"), "an action named \"back up\""),
+        ] {
+            let problem = d.problem().unwrap_or_default();
+            assert!(problem.contains(says), "{problem}");
+        }
     }
 }
