@@ -507,10 +507,7 @@ impl LocalCluster {
             .ok_or_else(|| Error::NotFound {
                 kind: "volume",
                 name: volume.to_owned(),
-                hint: list_hint(
-                    &format!("workload {workload} has the volumes"),
-                    w.volumes.keys(),
-                ),
+                hint: list_hint(&format!("volumes of workload {workload}"), w.volumes.keys()),
             })
     }
 

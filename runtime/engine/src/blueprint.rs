@@ -313,10 +313,19 @@ mod tests {
     fn versions_and_action_names_are_checked() {
         assert_eq!(described("1.4.0", "0.1.0", "verify-dump").problem(), None);
         for (d, says) in [
-            (described("not-semver", "0.1.0", "backup"), "is not a semantic version"),
-            (described("1.0.0", "banana", "backup"), "\"banana\", is not a semantic"),
+            (
+                described("not-semver", "0.1.0", "backup"),
+                "is not a semantic version",
+            ),
+            (
+                described("1.0.0", "banana", "backup"),
+                "\"banana\", is not a semantic",
+            ),
             (described("1.0.0", "0.1.0", ""), "an action named \"\""),
-            (described("1.0.0", "0.1.0", "back up"), "an action named \"back up\""),
+            (
+                described("1.0.0", "0.1.0", "back up"),
+                "an action named \"back up\"",
+            ),
         ] {
             let problem = d.problem().unwrap_or_default();
             assert!(problem.contains(says), "{problem}");

@@ -328,7 +328,8 @@ pub(crate) fn trap_reason(err: &wasmtime::Error, state: &HostState) -> String {
     }
     if let Some(asked) = state.limiter.rejected {
         return format!(
-            "the blueprint exceeded the memory limit of {} (it tried to grow its memory to {})",
+            "the blueprint exceeded the memory limit of {} (it tried to grow its memory to {}); \
+             `cairn run --memory` raises it",
             human_bytes(state.action.limits.memory as u64),
             human_bytes(asked as u64)
         );

@@ -123,10 +123,15 @@ impl Inventory {
             reason,
         };
         let inventory: Inventory = serde_norway::from_str(text).map_err(|e| {
+            let e = e.to_string();
+            // An unknown field's message lists that level's fields already.
+            if e.contains("expected one of") {
+                return fail(e);
+            }
             fail(format!(
                 "{e}\n(valid fields: top level `namespaces`; a namespace: `objects`, `workloads`; \
                  a workload: `kind`, `replicas`, `containers`, `workdir`, `env`, `allow`, \
-                 `start`, `stop`, `ready`, `volumes`)"
+                 `start`, `stop`, `ready`, `volumes`, `labels`)"
             ))
         })?;
         inventory.check().map_err(fail)?;

@@ -400,10 +400,14 @@ impl data::HostExportStream for HostState {
             }
         };
         let target = match &result {
-            Ok(a) => format!(
-                "export {name} ({})",
-                Artifact::from_wit(a.clone()).get("path").unwrap_or("?")
-            ),
+            // Where it went: a repository's snapshot, or a directory export's file.
+            Ok(a) => {
+                let a = Artifact::from_wit(a.clone());
+                match a.get("snapshot").or(a.get("path")) {
+                    Some(at) => format!("export {name} ({at})"),
+                    None => format!("export {name}"),
+                }
+            }
             Err(_) => format!("export {name}"),
         };
         self.audit(Capability::Export, "data.finish", &target, &result);
@@ -555,14 +559,10 @@ impl data::Host for HostState {
         let timeout = self.call_timeout(self.action.limits.host_call_timeout);
         let reference = source.reference.clone();
         let artifact = Artifact::from_wit(source);
-        let target = format!(
-            "export {} ({})",
-            artifact.name,
-            artifact
-                .get("snapshot")
-                .or(artifact.get("path"))
-                .unwrap_or("?")
-        );
+        let target = match artifact.get("snapshot").or(artifact.get("path")) {
+            Some(at) => format!("export {} ({at})", artifact.name),
+            None => format!("export {}", artifact.name),
+        };
         let result = match self.require(Capability::Export) {
             Err(e) => Err(e),
             Ok(host) => {

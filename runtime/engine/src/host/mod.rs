@@ -84,8 +84,9 @@ impl HostState {
             None => match &action.workload {
                 Some(w) => Ok(WorkloadRef::new(&action.namespace, w)),
                 None => Err(WitError::Invalid(
-                    "this action has no target workload, so `none` names nothing; run it with --workload \
-                     or name a workload"
+                    "this action has no target workload (it was run without --workload), so a call \
+                     without a workload has none to act on: run it with --workload, or name the \
+                     workload in the call"
                         .into(),
                 )),
             },
