@@ -16,6 +16,7 @@
 //!   pod = hello-0
 //!   exit-code = 0
 //!   stdout = hello, world
+//! greeting = hello
 //! ```
 //!
 //! `--param greeting=hi` changes the greeting. `--action restore --from REPORT.json` (the

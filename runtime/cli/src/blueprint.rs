@@ -28,10 +28,15 @@ pub(crate) enum BlueprintCommand {
         output: Output,
     },
     /// Register a blueprint in this instance, so that policies (and `cairn run`) can name it:
-    /// its component is copied into the home, and a newer one of the same name replaces it.
+    /// its component is copied into the home, and a newer one of the same name replaces it (an
+    /// older one only with --downgrade).
     Add {
         /// The blueprint component (`.wasm`).
         file: PathBuf,
+        /// Replace the registered blueprint of the same name with an older version (a
+        /// rollback): every policy naming it runs the older one from its next run.
+        #[arg(long)]
+        downgrade: bool,
         /// The only capabilities policies and runs by name may grant it (comma-separated), or
         /// `all` for all it declares. Default: what the blueprint of that name registered
         /// before was allowed (of what this one declares), or all it declares when it is new.
@@ -68,12 +73,14 @@ pub(crate) async fn run(cmd: BlueprintCommand, home: Option<PathBuf>) -> anyhow:
         BlueprintCommand::Build { dir, debug, output } => build(&dir, debug, output, home).await,
         BlueprintCommand::Add {
             file,
+            downgrade,
             allow,
             output,
         } => {
             let home = Home::resolve(home)?;
             let engine = crate::run::engine(&home)?;
             let blueprint = load(&engine, &file).await?;
+            check_version(&home, &blueprint, downgrade)?;
             let allow = match allow {
                 Some(caps) => allowed(&blueprint, &caps)?,
                 None => still_allowed(&home, &blueprint)?,
@@ -286,6 +293,50 @@ pub(crate) fn check_allowed(
         .into());
     }
     Ok(())
+}
+
+/// Refuses to replace the registered blueprint of the same name with an older version unless
+/// `downgrade`, and warns of another build of the same version.
+fn check_version(
+    home: &Home,
+    blueprint: &cairn_engine::Blueprint,
+    downgrade: bool,
+) -> anyhow::Result<()> {
+    let d = blueprint.description();
+    let Some(old) = crate::catalog::open(home)?.blueprint(&d.name)? else {
+        return Ok(());
+    };
+    if old.digest == blueprint.digest() {
+        return Ok(());
+    }
+    match version_key(&d.version).cmp(&version_key(&old.version)) {
+        std::cmp::Ordering::Less if !downgrade => Err(UsageError(format!(
+            "blueprint {} {} is older than the registered {}; pass --downgrade to roll back to \
+             it (every policy naming {} then runs it)",
+            d.name, d.version, old.version, d.name
+        ))
+        .into()),
+        std::cmp::Ordering::Equal => {
+            eprintln!(
+                "cairn: warning: blueprint {} {} replaces another build of the same version \
+                 ({}); give a new build a new version, so that restore points say which made them",
+                d.name, d.version, old.digest
+            );
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A version's MAJOR.MINOR.PATCH numbers, for ordering (the engine checks their form at load;
+/// what does not parse orders first).
+fn version_key(version: &str) -> [u64; 3] {
+    let mut key = [0; 3];
+    let core = version.split(['-', '+']).next().unwrap_or_default();
+    for (k, n) in key.iter_mut().zip(core.split('.')) {
+        *k = n.parse().unwrap_or(0);
+    }
+    key
 }
 
 /// Copies the component into the home under its digest and records it by name.
@@ -597,4 +648,17 @@ fn cargo_build(manifest: &Path, debug: bool) -> anyhow::Result<PathBuf> {
         ))
         .into()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_order_by_their_numbers() {
+        assert!(version_key("0.10.0") > version_key("0.9.3"));
+        assert_eq!(version_key("1.0"), version_key("1.0.0"));
+        assert!(version_key("1.0.0-rc.1") == version_key("1.0.0"));
+        assert!(version_key("2.0.0") > version_key("1.99.99"));
+    }
 }
