@@ -7,7 +7,8 @@
 //!   program in the same container, its pipes joined through Cairn, so no shell is needed in
 //!   the image. Extra environment variables are passed through `env(1)`, which must be in the
 //!   image. Closing a command's stdin takes the `v5.channel.k8s.io` protocol, on by default
-//!   since Kubernetes 1.31; older API servers run only commands that read no stdin. At the
+//!   since Kubernetes 1.30; with older API servers a command that reads stdin is refused before
+//!   any input is sent (its exit status would be lost with the connection). At the
 //!   deadline Cairn closes the exec; Kubernetes gives no way to kill what it started, so a
 //!   command that ignores the end of its input runs on in the container.
 //! - **Scale** uses the workloads' `scale` subresource. A scale-down returns once the pods it
@@ -947,8 +948,8 @@ fn relay(
 fn exit_code(status: Option<Status>) -> std::result::Result<i32, String> {
     let Some(status) = status else {
         return Err(
-            "the exec closed without the command's exit status (a command that reads \
-                    stdin needs Kubernetes 1.31 or later, whose exec protocol can close stdin)"
+            "the exec closed without the command's exit status (the connection to the API \
+             server was lost)"
                 .to_owned(),
         );
     };

@@ -56,6 +56,18 @@ impl Exec {
         request.extensions_mut().insert("exec");
         let connection = client.connect(request).await?;
         let closes_stdin = connection.supports_stream_close();
+        // Without `v5` the end of stdin can be told only by closing the connection, which
+        // loses the command's exit status: a command that read all of its input (a restore
+        // that committed) would be reported failed. Refused before a byte is sent.
+        if params.stdin && !closes_stdin {
+            let _ = connection.into_stream().close(None).await;
+            return Err(kube::Error::Service(Box::new(std::io::Error::other(
+                "this API server's exec cannot close a command's stdin (it does not speak \
+                 v5.channel.k8s.io: Kubernetes before 1.30, or 1.29 without the \
+                 TranslateStreamCloseWebsocketRequests feature gate), so a command that reads \
+                 stdin cannot report how it ended; upgrade the cluster to 1.30 or later",
+            ))));
+        }
         let (mut sink, mut stream) = connection.into_stream().split();
         // Output goes through duplex pipes: an end dropped closes them (a write fails, a read
         // ends), so output nobody reads any more is dropped rather than waited on, and a

@@ -59,6 +59,9 @@ struct State {
     next: u64,
     /// Pods shutting down: collection, name, and when they are gone.
     stopping: Vec<(String, String, std::time::Instant)>,
+    /// Exec speaks `v4.channel.k8s.io` only, as Kubernetes 1.29 does by default: stdin can
+    /// end only with the whole connection.
+    exec_v4_only: bool,
 }
 
 /// How long a pod a scale-down removed stays listed, shutting down (a real one's grace period
@@ -189,6 +192,11 @@ impl FakeApi {
     }
 
     /// Makes requests to paths under `prefix` answer 403.
+    /// Makes exec speak `v4.channel.k8s.io` only, as Kubernetes 1.29 does by default.
+    pub fn exec_v4_only(&self) {
+        self.state.lock().expect("state").exec_v4_only = true;
+    }
+
     pub fn forbid(&self, prefix: &str) {
         let mut state = self.state.lock().expect("state");
         state.forbidden.insert(prefix.to_owned());
@@ -799,14 +807,16 @@ async fn exec(
         .and_then(|p| p.to_str().ok())
         .unwrap_or_default()
         .to_owned();
-    if !protocols
-        .split(',')
-        .any(|p| p.trim() == "v5.channel.k8s.io")
-    {
+    let speaks = if state.lock().expect("state").exec_v4_only {
+        "v4.channel.k8s.io"
+    } else {
+        "v5.channel.k8s.io"
+    };
+    if !protocols.split(',').any(|p| p.trim() == speaks) {
         return status(
             StatusCode::BAD_REQUEST,
             "BadRequest",
-            format!("the fake speaks v5.channel.k8s.io only, not {protocols}"),
+            format!("the fake speaks {speaks} only, not {protocols}"),
             &name,
         );
     }
@@ -835,7 +845,7 @@ async fn exec(
     );
     headers.insert(
         header::SEC_WEBSOCKET_PROTOCOL,
-        header::HeaderValue::from_static("v5.channel.k8s.io"),
+        header::HeaderValue::from_static(speaks),
     );
     response
 }

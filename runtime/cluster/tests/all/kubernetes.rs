@@ -99,6 +99,24 @@ async fn workloads_their_pods_and_claims_come_from_the_api() {
     }
 }
 
+/// An API server that cannot close an exec's stdin (v4 only, Kubernetes 1.29) runs commands
+/// without input and refuses, before sending any, one with input: its end would lose the
+/// command's exit status, and a restore that committed would be reported failed.
+#[tokio::test]
+async fn exec_without_stream_close_refuses_stdin_and_runs_the_rest() {
+    let (api, cluster) = shop().await;
+    api.exec_v4_only();
+    let out = cluster
+        .exec(&db(), request(&["sh", "-c", "echo hi; exit 2"]))
+        .await
+        .expect("exec runs");
+    assert_eq!((out.exit_code, out.stdout.as_slice()), (2, &b"hi\n"[..]));
+    let mut cat = request(&["cat"]);
+    cat.stdin = Stdin::Bytes(b"a restore".to_vec());
+    let e = cluster.exec(&db(), cat).await.expect_err("refused");
+    assert!(e.to_string().contains("1.30 or later"), "{e}");
+}
+
 #[tokio::test]
 async fn exec_captures_output_feeds_stdin_and_reports_the_exit_code() {
     let (_api, cluster) = shop().await;
