@@ -1042,7 +1042,8 @@ fn is_ordinal_claim(claim: &str, template: &str, set: &str) -> bool {
 fn api_error(what: String, e: kube::Error) -> Error {
     match &e {
         kube::Error::Api(status) if status.code == 403 => Error::Denied(format!(
-            "{what}: {} (grant Cairn's service account this in its Role)",
+            "{what}: {} (grant Cairn's service account this in that namespace: \
+             examples/kubernetes/install/namespace-access.yaml, or its Role)",
             status.message
         )),
         kube::Error::Api(status) if status.code == 404 => Error::NotFound {
