@@ -870,9 +870,11 @@ impl Found {
             replicas: count(replicas.unwrap_or(1)),
             ready_replicas: count(ready.unwrap_or(0)),
             selector,
-            containers: pod
-                .map(|p| p.containers.iter().map(|c| c.name.clone()).collect())
-                .unwrap_or_default(),
+            containers: default_first(
+                template.metadata.as_ref(),
+                pod.map(|p| p.containers.iter().map(|c| c.name.clone()).collect())
+                    .unwrap_or_default(),
+            ),
             claims: pod
                 .and_then(|p| p.volumes.as_ref())
                 .into_iter()
@@ -1018,14 +1020,32 @@ fn pod_of(pod: KubePod) -> Pod {
             .into_iter()
             .flatten()
             .any(|c| c.type_ == "Ready" && c.status == "True");
+    let containers = pod
+        .spec
+        .map(|s| s.containers.into_iter().map(|c| c.name).collect())
+        .unwrap_or_default();
     Pod {
+        containers: default_first(Some(&pod.metadata), containers),
         name: pod.metadata.name.unwrap_or_default(),
         ready,
-        containers: pod
-            .spec
-            .map(|s| s.containers.into_iter().map(|c| c.name).collect())
-            .unwrap_or_default(),
     }
+}
+
+/// The annotation that names a pod's default container, as `kubectl exec` honours it: a
+/// service mesh's proxy injected first in the list is not where commands belong.
+const DEFAULT_CONTAINER_ANNOTATION: &str = "kubectl.kubernetes.io/default-container";
+
+/// `containers` with the one `meta`'s annotation names as the default first (the container
+/// a command runs in when it names none).
+fn default_first(meta: Option<&ObjectMeta>, mut containers: Vec<String>) -> Vec<String> {
+    let named = meta
+        .and_then(|m| m.annotations.as_ref())
+        .and_then(|a| a.get(DEFAULT_CONTAINER_ANNOTATION));
+    if let Some(i) = named.and_then(|n| containers.iter().position(|c| c == n)) {
+        let default = containers.remove(i);
+        containers.insert(0, default);
+    }
+    containers
 }
 
 /// Whether `claim` is a StatefulSet's claim from `template` (`TEMPLATE-SET-ORDINAL`).
@@ -1755,6 +1775,31 @@ mod tests {
         assert!(
             observed(None, None),
             "no generation (a fake) counts as seen"
+        );
+    }
+
+    #[test]
+    fn the_annotated_default_container_comes_first() {
+        let names = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let meta: ObjectMeta = serde_json::from_value(json!({
+            "annotations": { DEFAULT_CONTAINER_ANNOTATION: "db" }
+        }))
+        .expect("meta");
+        assert_eq!(
+            default_first(Some(&meta), names(&["linkerd-proxy", "db"])),
+            names(&["db", "linkerd-proxy"])
+        );
+        assert_eq!(
+            default_first(None, names(&["proxy", "db"])),
+            names(&["proxy", "db"])
+        );
+        let other: ObjectMeta = serde_json::from_value(json!({
+            "annotations": { DEFAULT_CONTAINER_ANNOTATION: "gone" }
+        }))
+        .expect("meta");
+        assert_eq!(
+            default_first(Some(&other), names(&["a", "b"])),
+            names(&["a", "b"])
         );
     }
 
