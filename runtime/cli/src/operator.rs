@@ -27,6 +27,26 @@ use serde_json::{Value, json};
 use crate::UsageError;
 use crate::home::Home;
 
+/// The longest one of the operator's own API calls may take: a connection the API server
+/// stopped answering on (a control-plane upgrade behind a load balancer) must not stall every
+/// later pass.
+const API_CALL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// `call`, failing once it has taken [`API_CALL`].
+async fn bounded<T>(call: impl std::future::Future<Output = kube::Result<T>>) -> kube::Result<T> {
+    tokio::time::timeout(API_CALL, call)
+        .await
+        .unwrap_or_else(|_| {
+            Err(kube::Error::Service(Box::new(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "the API server did not answer within {} s",
+                    API_CALL.as_secs()
+                ),
+            ))))
+        })
+}
+
 /// The API group of Cairn's resources.
 const GROUP: &str = "cairn.dev";
 /// Their version.
@@ -227,7 +247,7 @@ impl Operator {
 
     async fn list(&self, resource: Resource) -> anyhow::Result<Vec<DynamicObject>> {
         let resources = format!("{}.{GROUP}", resource.1);
-        match self.api(resource).list(&ListParams::default()).await {
+        match bounded(self.api(resource).list(&ListParams::default())).await {
             Ok(list) => Ok(list.items),
             Err(kube::Error::Api(s)) if s.code == 404 => Err(UsageError(format!(
                 "the cluster has no {resources} resources: install Cairn's resource definitions \
@@ -449,7 +469,7 @@ impl Operator {
         });
         let api: Api<DynamicObject> =
             Api::namespaced_with(self.client.clone(), &self.namespace, &resource);
-        if let Err(e) = api.create(&PostParams::default(), &event).await {
+        if let Err(e) = bounded(api.create(&PostParams::default(), &event)).await {
             eprintln!(
                 "cairn: cannot record an event on {} {}/{}: {e}",
                 on.resource.0, self.namespace, on.name
@@ -461,10 +481,11 @@ impl Operator {
     /// failure is reported, not fatal.
     async fn write_status(&self, resource: Resource, name: &str, status: Value) -> bool {
         let patch = Patch::Merge(json!({ "status": status }));
-        match self
-            .api(resource)
-            .patch_status(name, &PatchParams::default(), &patch)
-            .await
+        match bounded(
+            self.api(resource)
+                .patch_status(name, &PatchParams::default(), &patch),
+        )
+        .await
         {
             Ok(_) => true,
             Err(e) => {
