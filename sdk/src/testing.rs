@@ -48,7 +48,9 @@ use std::rc::Rc;
 use crate::exec::Command;
 use crate::wit::bindings::cairn::blueprint::{data, exec, volumes};
 use crate::wit::types;
-use crate::{Artifact, Blueprint, Capability, Context, Error, Level, Outputs, Result};
+use crate::{
+    Artifact, Blueprint, Capability, Context, Error, Level, Outputs, ParamKind, ParamValue, Result,
+};
 
 /// What a faked command returns: its exit status, stdout and stderr.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -265,7 +267,14 @@ impl FakeHost {
     }
 
     /// Runs `action` of blueprint `B` with `ctx`, every host call answered by this host.
+    ///
+    /// As the runtime does before a run, it refuses ([`Error::Invalid`]) an action `B` does
+    /// not describe, and parameters it does not declare, of another type, outside their choices
+    /// or range, or required and missing (build the context with
+    /// [`defaults`](crate::ContextBuilder::defaults) for the declared defaults).
     pub fn run<B: Blueprint>(&self, action: &str, ctx: &Context) -> Result<Outputs> {
+        let description = B::describe();
+        check_run(&description, action, ctx)?;
         {
             let mut state = self.state.borrow_mut();
             state.declared = B::describe().capabilities().to_vec();
@@ -331,6 +340,67 @@ impl FakeHost {
     pub fn volume_snapshots(&self) -> Vec<String> {
         self.state.borrow().snapshots.keys().cloned().collect()
     }
+}
+
+/// What the runtime checks of a run before it starts: the action, and the parameters against
+/// their declarations.
+fn check_run(description: &crate::Description, action: &str, ctx: &Context) -> Result<()> {
+    if !description.has_action(action) {
+        let names: Vec<&str> = description.actions().map(|(n, _)| n).collect();
+        return Err(Error::invalid(format!(
+            "blueprint {} has no action {action:?}; it has: {}",
+            description.name(),
+            names.join(", ")
+        )));
+    }
+    for (name, value) in ctx.params() {
+        let Some(p) = description.params().iter().find(|p| p.name() == name) else {
+            let names: Vec<&str> = description.params().iter().map(|p| p.name()).collect();
+            return Err(Error::invalid(format!(
+                "the blueprint has no parameter {name:?}; it accepts: {}",
+                names.join(", ")
+            )));
+        };
+        let (kind, text) = match value {
+            ParamValue::Text(t) => (ParamKind::Text, t.clone()),
+            ParamValue::Integer(i) => (ParamKind::Integer, i.to_string()),
+            ParamValue::Boolean(b) => (ParamKind::Boolean, b.to_string()),
+            ParamValue::Float(f) => (ParamKind::Float, f.to_string()),
+        };
+        if kind != p.kind() {
+            return Err(Error::invalid(format!(
+                "parameter {name}: expected {:?}, got {kind:?} {text}",
+                p.kind()
+            )));
+        }
+        if !p.allowed_values().is_empty() && !p.allowed_values().contains(&text) {
+            return Err(Error::invalid(format!(
+                "parameter {name}: expected one of {}, got {text}",
+                p.allowed_values().join(", ")
+            )));
+        }
+        if let (ParamValue::Integer(i), (low, high)) = (value, p.bounds())
+            && (low.is_some_and(|l| *i < l) || high.is_some_and(|h| *i > h))
+        {
+            let shown = |b: Option<i64>| b.map_or_else(|| "…".to_owned(), |b| b.to_string());
+            return Err(Error::invalid(format!(
+                "parameter {name}: expected an integer from {} to {}, got {i}",
+                shown(low),
+                shown(high)
+            )));
+        }
+    }
+    if let Some(p) = description
+        .params()
+        .iter()
+        .find(|p| p.is_required() && ctx.param_value(p.name()).is_none())
+    {
+        return Err(Error::invalid(format!(
+            "missing parameter {}: it is required",
+            p.name()
+        )));
+    }
+    Ok(())
 }
 
 /// The reference key of a faked export's id.
@@ -722,7 +792,7 @@ mod tests {
     use super::*;
     use crate::data::{Export, Import};
     use crate::exec::Session;
-    use crate::{Description, WorkloadRef, checkpoint, info, progress, workloads};
+    use crate::{ContextBuilder, Description, WorkloadRef, checkpoint, info, progress, workloads};
 
     /// A blueprint whose `backup` quiesces, dumps and snapshots, and whose `restore` pipes the
     /// dump back: every capability the fake host models.
@@ -857,6 +927,54 @@ mod tests {
             matches!(&e, Error::Invalid(m) if m.contains("names no export")),
             "{e}"
         );
+    }
+
+    #[test]
+    fn actions_and_parameters_are_checked_as_the_runtime_checks_them() {
+        struct Typed;
+        impl Blueprint for Typed {
+            fn describe() -> Description {
+                Description::new("typed", "0.1.0")
+                    .action("backup", "Dumps")
+                    .param(crate::Param::integer("level").range(1..=19).default(3))
+                    .param(crate::Param::text("format").choices(["plain", "custom"]))
+                    .param(crate::Param::text("database").required())
+            }
+            fn run(_: &str, _: &Context) -> Result<Outputs> {
+                Ok(Outputs::new())
+            }
+        }
+        let host = FakeHost::new();
+        let run = |action: &str, ctx: ContextBuilder| host.run::<Typed>(action, &ctx.build());
+        let base = || {
+            Context::builder("backup", "shop")
+                .defaults(&Typed::describe())
+                .param("database", "shop")
+        };
+        assert_eq!(run("backup", base()), Ok(Outputs::new()));
+        for (action, ctx, says) in [
+            ("restore", base(), "has no action \"restore\""),
+            ("backup", base().param("level", 50), "from 1 to 19, got 50"),
+            (
+                "backup",
+                base().param("level", "high"),
+                "expected Integer, got Text",
+            ),
+            (
+                "backup",
+                base().param("format", "xml"),
+                "one of plain, custom",
+            ),
+            ("backup", base().param("levle", 2), "no parameter \"levle\""),
+            (
+                "backup",
+                Context::builder("backup", "shop").defaults(&Typed::describe()),
+                "missing parameter database",
+            ),
+        ] {
+            let e = run(action, ctx).expect_err(says);
+            assert!(matches!(&e, Error::Invalid(m) if m.contains(says)), "{e}");
+        }
     }
 
     #[test]
