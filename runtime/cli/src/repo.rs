@@ -802,20 +802,36 @@ pub async fn run(mut args: RepoArgs, home: Option<PathBuf>) -> anyhow::Result<Ex
     }
 }
 
+/// A restore point that references a repository snapshot: its id and its blueprint.
+struct Referrer {
+    point: String,
+    blueprint: String,
+}
+
 /// The exported restore points of the home's catalog (none without a catalog), by each
-/// repository snapshot they reference.
-fn points_by_snapshot(
-    home: Option<&PathBuf>,
-) -> anyhow::Result<HashMap<String, cairn_catalog::RestorePoint>> {
+/// repository snapshot they reference. Read leniently: a record another build wrote, or a
+/// damaged one, still protects the snapshots it names.
+fn points_by_snapshot(home: Option<&PathBuf>) -> anyhow::Result<HashMap<String, Referrer>> {
     let home = crate::home::Home::resolve(home.cloned())?;
     if !home.catalog().exists() {
         return Ok(HashMap::new());
     }
-    let points = crate::catalog::open(&home)?.restore_points()?;
-    Ok(points
-        .into_iter()
-        .flat_map(|p| p.snapshots.clone().into_iter().map(move |s| (s, p.clone())))
-        .collect())
+    let entries = crate::catalog::open(&home)?.list(cairn_catalog::Kind::ExportedRestorePoint)?;
+    let mut by_snapshot = HashMap::new();
+    for entry in entries {
+        let value: serde_json::Value = serde_json::from_str(entry.value.get()).unwrap_or_default();
+        let blueprint = value["blueprint"].as_str().unwrap_or("?").to_owned();
+        for snapshot in value["snapshots"].as_array().into_iter().flatten() {
+            if let Some(s) = snapshot.as_str() {
+                let referrer = Referrer {
+                    point: entry.key.clone(),
+                    blueprint: blueprint.clone(),
+                };
+                by_snapshot.insert(s.to_owned(), referrer);
+            }
+        }
+    }
+    Ok(by_snapshot)
 }
 
 /// Refuses exclusive maintenance on an instance that a DR restore rebuilt and that has not
@@ -1719,10 +1735,10 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                              remove the point instead: `cairn run {} --action delete \
                              --from-point {}`, or let its policy's retention remove it",
                             &s.id[..8],
-                            p.id,
+                            p.point,
                             p.blueprint,
                             p.blueprint,
-                            p.id
+                            p.point
                         )));
                     }
                 }

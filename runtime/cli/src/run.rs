@@ -450,7 +450,12 @@ pub(crate) async fn open_point_exports(
     else {
         return Ok(None);
     };
-    let profiles = crate::catalog::open(home)?.profiles()?;
+    // A profile record that does not read (another build's) only is not a candidate.
+    let profiles: Vec<cairn_catalog::Profile> = crate::catalog::open(home)?
+        .list(cairn_catalog::Kind::Profile)?
+        .iter()
+        .filter_map(|e| e.decode().ok())
+        .collect();
     let by_name = profile
         .as_deref()
         .filter(|name| profiles.iter().any(|p| p.name == *name));

@@ -312,16 +312,19 @@ fn delete_removes_the_export_and_a_later_restore_fails_clearly() {
 }
 
 /// `cairn policy restore cache` of its newest point of `redis`, with the grants it needs.
+const RESTORE_CACHE: [&str; 7] = [
+    "policy",
+    "restore",
+    "cache",
+    "--workload",
+    "redis",
+    "--grant",
+    "import,workloads,scale",
+];
+
+/// Runs [`RESTORE_CACHE`], which must succeed.
 fn restore_cache(cairn: &Cairn) {
-    let out = cairn.run(&[
-        "policy",
-        "restore",
-        "cache",
-        "--workload",
-        "redis",
-        "--grant",
-        "import,workloads,scale",
-    ]);
+    let out = cairn.run(&RESTORE_CACHE);
     assert!(out.status.success(), "{}", stderr(&out));
 }
 
@@ -552,16 +555,7 @@ fn a_policy_exports_to_a_location_profile_by_name() {
     let first = super::exported_points(&cairn);
     assert_eq!(first.len(), 1, "{first:?}");
     crate::support::ok(&cairn.run(&["profile", "delete", "offsite"]));
-    let restore = [
-        "policy",
-        "restore",
-        "cache",
-        "--workload",
-        "redis",
-        "--grant",
-        "import,workloads,scale",
-    ];
-    let out = with_vault(&restore);
+    let out = with_vault(&RESTORE_CACHE);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(
         stderr(&out).contains(offsite) && stderr(&out).contains("cairn profile add NAME --repo"),
@@ -578,7 +572,7 @@ fn a_policy_exports_to_a_location_profile_by_name() {
         &from_file,
     ]));
     redis.cli(&["FLUSHALL"]);
-    crate::support::ok(&with_vault(&restore));
+    crate::support::ok(&with_vault(&RESTORE_CACHE));
     assert_eq!(redis.key_count(), TOTAL_KEYS);
     // And by `cairn run --from-point` without --repo.
     redis.cli(&["FLUSHALL"]);
