@@ -357,6 +357,7 @@ impl Engine {
             grants: BTreeSet::new(),
             declared: BTreeSet::new(),
             secrets: Default::default(),
+            public: Vec::new(),
             limits: Limits::default(),
             deadline: DESCRIBE_DEADLINE,
             host: None,

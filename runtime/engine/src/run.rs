@@ -397,6 +397,13 @@ pub(crate) async fn run(
             None => (None, None),
         };
         let declared: BTreeSet<Capability> = description.capabilities.iter().copied().collect();
+        let public: Vec<String> = params
+            .iter()
+            .filter_map(|(_, v)| match v {
+                crate::bindings::types::ParamValue::Text(t) => Some(t.clone()),
+                _ => None,
+            })
+            .collect();
         let sessions = Arc::new(Sessions::default());
         let references = Arc::new(References::of(
             &request.artifacts,
@@ -415,6 +422,7 @@ pub(crate) async fn run(
                 grants: request.grants.intersection(&declared).copied().collect(),
                 declared: declared.clone(),
                 secrets: request.secrets.clone(),
+                public: public.clone(),
                 limits: request.limits.clone(),
                 deadline,
                 host: Some(host.clone()),

@@ -38,6 +38,9 @@ pub(crate) struct ActionCtx {
     /// The capabilities the blueprint declares, for the message of a call to another.
     pub declared: BTreeSet<Capability>,
     pub secrets: BTreeMap<String, String>,
+    /// The run's text parameters: kept in the catalog in the clear, so a secret one of them
+    /// holds (a password that is also the user's name) is no secret to hide.
+    pub public: Vec<String>,
     pub limits: Limits,
     /// How long this phase may run.
     pub deadline: std::time::Duration,
@@ -193,7 +196,7 @@ impl LogCapture {
             sink,
             action_id: action.action_id.as_str().into(),
             phase: action.phase.as_str().into(),
-            secrets: Arc::new(Secrets::of(&action.secrets)),
+            secrets: Arc::new(Secrets::of(&action.secrets, &action.public)),
         }
     }
 
@@ -367,36 +370,31 @@ impl LogCapture {
 /// A run's secret values, to keep them out of its logs, errors and outputs.
 #[derive(Debug, Default)]
 pub(crate) struct Secrets {
-    /// By name; each value at least [`Secrets::FINDABLE`] bytes long, longest first (so that a
-    /// secret holding another is blanked whole).
-    findable: Vec<(String, String)>,
-    /// Every value, for exact matches.
-    all: Vec<(String, String)>,
+    /// By name; longest first (so that a secret holding another is blanked whole).
+    values: Vec<(String, String)>,
 }
 
 impl Secrets {
-    /// Shorter values would be found in too much ordinary text to blank out.
+    /// Shorter values (`1`, `yes`) would be found in too much ordinary text to hide.
     const FINDABLE: usize = 4;
 
-    pub(crate) fn of(secrets: &BTreeMap<String, String>) -> Self {
-        let all: Vec<(String, String)> = secrets
-            .iter()
-            .filter(|(_, v)| !v.is_empty())
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        let mut findable: Vec<(String, String)> = all
+    /// The secrets worth hiding: at least [`Secrets::FINDABLE`] bytes long, and in none of
+    /// the run's `public` values (a parameter, in the catalog anyway).
+    pub(crate) fn of(secrets: &BTreeMap<String, String>, public: &[String]) -> Self {
+        let mut values: Vec<(String, String)> = secrets
             .iter()
             .filter(|(_, v)| v.len() >= Self::FINDABLE)
-            .cloned()
+            .filter(|(_, v)| !public.iter().any(|p| p.contains(v.as_str())))
+            .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        findable.sort_by_key(|(_, v)| std::cmp::Reverse(v.len()));
-        Secrets { findable, all }
+        values.sort_by_key(|(_, v)| std::cmp::Reverse(v.len()));
+        Secrets { values }
     }
 
     /// `text` with every secret value in it replaced by `[secret NAME]`.
     pub(crate) fn redact<'a>(&self, text: &'a str) -> std::borrow::Cow<'a, str> {
         let mut out = std::borrow::Cow::Borrowed(text);
-        for (name, value) in &self.findable {
+        for (name, value) in &self.values {
             if out.contains(value.as_str()) {
                 out = std::borrow::Cow::Owned(
                     out.replace(value.as_str(), &format!("[secret {name}]")),
@@ -406,11 +404,11 @@ impl Secrets {
         out
     }
 
-    /// The name of a secret `text` holds (is, or contains when long enough to find).
+    /// The name of a secret `text` holds.
     pub(crate) fn held_by(&self, text: &str) -> Option<&str> {
-        self.all
+        self.values
             .iter()
-            .find(|(_, v)| text == v || (v.len() >= Self::FINDABLE && text.contains(v.as_str())))
+            .find(|(_, v)| text.contains(v.as_str()))
             .map(|(k, _)| k.as_str())
     }
 }
@@ -503,5 +501,43 @@ impl tokio::io::AsyncWrite for StdioLog {
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secrets(pairs: &[(&str, &str)], public: &[&str]) -> Secrets {
+        let map = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let public: Vec<String> = public.iter().map(|p| (*p).to_owned()).collect();
+        Secrets::of(&map, &public)
+    }
+
+    #[test]
+    fn secrets_are_hidden_unless_too_short_or_public_already() {
+        let s = secrets(
+            &[
+                ("pw", "hunter22"),
+                ("pin", "42"),
+                ("user-pw", "postgres"),
+                ("k", "hunter2"),
+            ],
+            &["postgres"],
+        );
+        // The longer of two overlapping secrets is blanked whole.
+        assert_eq!(s.redact("login hunter22 ok"), "login [secret pw] ok");
+        assert_eq!(s.redact("hunter2!"), "[secret k]!");
+        // Too short to find, or a parameter's value already: left alone.
+        assert_eq!(
+            s.redact("answer 42, user postgres"),
+            "answer 42, user postgres"
+        );
+        assert_eq!(s.held_by("db://app:hunter22@host"), Some("pw"));
+        assert_eq!(s.held_by("user=postgres"), None);
+        assert_eq!(s.held_by("42"), None);
     }
 }
