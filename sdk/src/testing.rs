@@ -3,10 +3,11 @@
 //! [`FakeHost::run`] runs one action of a [`Blueprint`] the way the runtime would call it, with
 //! every host call answered in memory: commands by a closure the test gives
 //! ([`FakeHost::on_exec`]), exports kept as bytes ([`FakeHost::export_bytes`]), secrets,
-//! workloads, volume snapshots, checkpoints, logs and progress recorded. A call to a
-//! capability the blueprint does not declare is [`Error::Denied`], as on the runtime. What it
-//! does not model: the host's limits (sizes, deadlines), other namespaces (`denied`) and the
-//! DR catalog interface (`failed`).
+//! workloads, volume snapshots, checkpoints, logs and progress recorded. As on the runtime, a
+//! call to a capability the blueprint does not declare is [`Error::Denied`], a workload of
+//! another namespace too, and outputs or checkpoints holding a secret are refused. What it does
+//! not model: the host's limits (sizes, deadlines, the log's cap) and the DR catalog interface
+//! (`failed`).
 //!
 //! ```
 //! use cairn_sdk::exec::Command;
@@ -105,6 +106,8 @@ pub(crate) struct Fake {
     namespace: String,
     target: Option<String>,
     secrets: BTreeMap<String, String>,
+    /// The run's text parameters (a secret one of them holds is not looked for).
+    public: Vec<String>,
     workloads: BTreeMap<String, Workload>,
     objects: BTreeMap<(String, String), String>,
     /// Open export streams by handle: name and bytes so far.
@@ -150,12 +153,20 @@ pub(crate) fn answer<T>(
     } else {
         format!("{what} {detail}")
     });
-    if let Some(needed) = capability_of(what)
-        && !state.declared.contains(&needed)
-    {
-        return Some(Err(Error::denied(format!(
-            "{what} needs the `{needed:?}` capability, which the blueprint does not declare"
-        ))));
+    // A pipe runs a command too: it needs `exec` as well, as on the runtime.
+    let pipe = matches!(
+        what,
+        "data.pipe-from" | "data.pipe-into" | "data.pipe-into-with-trailer"
+    );
+    let needs = capability_of(what)
+        .into_iter()
+        .chain(pipe.then_some(Capability::Exec));
+    for needed in needs {
+        if !state.declared.contains(&needed) {
+            return Some(Err(Error::denied(format!(
+                "{what} needs the `{needed:?}` capability, which the blueprint does not declare"
+            ))));
+        }
     }
     Some(fake(&mut state))
 }
@@ -165,10 +176,14 @@ pub(crate) fn answer<T>(
 /// one does.
 pub(crate) fn log(level: Level, message: &str) -> bool {
     INSTALLED.with(|i| match &*i.borrow() {
-        Some(state) => {
-            state.borrow_mut().logs.push((level, message.to_owned()));
-            true
-        }
+        // From inside an exec handler the host is busy: the line goes to stderr.
+        Some(state) => match state.try_borrow_mut() {
+            Ok(mut state) => {
+                state.logs.push((level, message.to_owned()));
+                true
+            }
+            Err(_) => false,
+        },
         None => false,
     })
 }
@@ -220,7 +235,8 @@ impl FakeHost {
 
     /// Answers every command (`run`, `run_all` once per pod, pipes from and into streams, each
     /// input sent to a session) with `handler`, given the command and what its stdin receives;
-    /// a session's `send` returns the reply's stdout.
+    /// a session's `send` returns the reply's stdout. The handler runs while the host is busy
+    /// with the call: it must not call this host's methods (what it logs goes to stderr).
     #[must_use]
     pub fn on_exec(self, handler: impl FnMut(&Command, &[u8]) -> Reply + 'static) -> Self {
         self.state.borrow_mut().exec = Some(Box::new(handler));
@@ -280,6 +296,13 @@ impl FakeHost {
             state.declared = B::describe().capabilities().to_vec();
             state.namespace = ctx.namespace().to_owned();
             state.target = ctx.workload().map(str::to_owned);
+            state.public = ctx
+                .params()
+                .filter_map(|(_, v)| match v {
+                    ParamValue::Text(t) => Some(t.clone()),
+                    _ => None,
+                })
+                .collect();
             if let Some(target) = ctx.workload() {
                 state
                     .workloads
@@ -296,7 +319,27 @@ impl FakeHost {
         }
         INSTALLED.with(|i| *i.borrow_mut() = Some(self.state.clone()));
         let _installed = Installed;
-        B::run(action, ctx)
+        let outputs = B::run(action, ctx)?;
+        // As the runtime refuses them: outputs are kept in the catalog.
+        let state = self.state.borrow();
+        let values = outputs
+            .artifacts()
+            .iter()
+            .flat_map(|a| {
+                a.values()
+                    .filter(|(k, _)| !a.reference().any(|(r, _)| r == *k))
+            })
+            .chain(outputs.values());
+        for (key, value) in values {
+            if let Some(secret) = state.secret_in(value).or_else(|| state.secret_in(key)) {
+                return Err(Error::invalid(format!(
+                    "the blueprint's output `{key}` holds secret `{secret}`: outputs are kept in \
+                     the catalog, which travels in DR exports, so a secret never goes into them"
+                )));
+            }
+        }
+        drop(state);
+        Ok(outputs)
     }
 
     /// The bytes of the export `artifact` names ([`Export::finish`](crate::data::Export::finish)'s
@@ -310,7 +353,7 @@ impl FakeHost {
     /// for a restore's context ([`ContextBuilder::restore_artifact`](crate::ContextBuilder::restore_artifact)).
     pub fn add_export(&self, name: &str, bytes: impl Into<Vec<u8>>) -> Artifact {
         let mut state = self.state.borrow_mut();
-        let id = format!("{name}-{}", state.exports.len());
+        let id = format!("{name}-{}", state.handle());
         state.exports.insert(id.clone(), bytes.into());
         reference(name, &id).into()
     }
@@ -612,7 +655,7 @@ impl Fake {
             .writing
             .remove(&handle)
             .ok_or_else(|| Error::invalid("the export stream is closed"))?;
-        let id = format!("{name}-{}", self.exports.len());
+        let id = format!("{name}-{}", self.handle());
         self.exports.insert(id.clone(), bytes);
         Ok(reference(&name, &id))
     }
@@ -687,6 +730,17 @@ impl Fake {
         Ok(())
     }
 
+    /// The name of a secret `text` holds, as the runtime looks for them: values of 4 bytes or
+    /// more that no text parameter of the run holds.
+    fn secret_in(&self, text: &str) -> Option<&str> {
+        self.secrets
+            .iter()
+            .filter(|(_, v)| v.len() >= 4)
+            .filter(|(_, v)| !self.public.iter().any(|p| p.contains(v.as_str())))
+            .find(|(_, v)| text.contains(v.as_str()))
+            .map(|(k, _)| k.as_str())
+    }
+
     pub(crate) fn secret(&self, name: &str) -> Result<String> {
         self.secrets.get(name).cloned().ok_or_else(|| {
             Error::not_found(format!(
@@ -755,11 +809,21 @@ impl Fake {
         Ok(taken)
     }
 
-    pub(crate) fn restore(&self, id: &str) -> Result<volumes::VolumeSnapshot> {
-        self.snapshots
+    pub(crate) fn restore(&mut self, id: &str) -> Result<volumes::VolumeSnapshot> {
+        let snapshot = self
+            .snapshots
             .get(id)
             .cloned()
-            .ok_or_else(|| Error::not_found(format!("volume snapshot {id}")))
+            .ok_or_else(|| Error::not_found(format!("volume snapshot {id}")))?;
+        let (name, w) = self.workload(Some(&snapshot.workload))?;
+        if w.replicas > 0 {
+            return Err(Error::invalid(format!(
+                "workload {name} has {} replicas: a volume is restored while its workload is \
+                 scaled to zero",
+                w.replicas
+            )));
+        }
+        Ok(snapshot)
     }
 
     pub(crate) fn delete_snapshot(&mut self, id: &str) -> Result<()> {
@@ -772,6 +836,12 @@ impl Fake {
     pub(crate) fn checkpoint(&mut self, name: &str, value: &str) -> Result<()> {
         if name.is_empty() {
             return Err(Error::invalid("a checkpoint needs a name"));
+        }
+        if let Some(secret) = self.secret_in(value) {
+            return Err(Error::invalid(format!(
+                "checkpoint `{name}` holds secret `{secret}`: checkpoints are kept in the \
+                 catalog, so a secret never goes into one"
+            )));
         }
         self.checkpoints.push((name.to_owned(), value.to_owned()));
         Ok(())
@@ -925,6 +995,41 @@ mod tests {
         let e = host.run::<Db>("restore", &ctx).expect_err("no reference");
         assert!(
             matches!(&e, Error::Invalid(m) if m.contains("names no export")),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn pipes_need_exec_and_outputs_may_not_hold_a_secret() {
+        struct Leaky;
+        impl Blueprint for Leaky {
+            fn describe() -> Description {
+                Description::new("leaky", "0.1.0")
+                    .action("backup", "Pipes without exec, or records the password")
+                    .action("leak", "Records the password")
+                    .capability(Capability::Export)
+                    .capability(Capability::Secrets)
+            }
+            fn run(action: &str, _: &Context) -> Result<Outputs> {
+                if action == "leak" {
+                    let pw = crate::secrets::get("password")?;
+                    return Ok(Outputs::new().value("dsn", format!("db://app:{pw}@db")));
+                }
+                let export = Export::open("dump")?;
+                export.pipe_from(&Command::new(["pg_dump"]))?;
+                Ok(Outputs::new().artifact(export.finish()?))
+            }
+        }
+        let host = FakeHost::new().secret("password", "s3cret-pw");
+        let ctx = Context::builder("backup", "shop").build();
+        let e = host.run::<Leaky>("backup", &ctx).expect_err("no exec");
+        assert!(matches!(&e, Error::Denied(m) if m.contains("Exec")), "{e}");
+        let ctx = Context::builder("leak", "shop").build();
+        let e = host
+            .run::<Leaky>("leak", &ctx)
+            .expect_err("a secret in outputs");
+        assert!(
+            matches!(&e, Error::Invalid(m) if m.contains("`dsn` holds secret `password`")),
             "{e}"
         );
     }

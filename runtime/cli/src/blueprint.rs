@@ -35,8 +35,12 @@ pub(crate) enum BlueprintCommand {
         file: PathBuf,
         /// Replace the registered blueprint of the same name with an older version (a
         /// rollback): every policy naming it runs the older one from its next run.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "keep_newer")]
         downgrade: bool,
+        /// Leave a registered blueprint of a newer version in place and succeed, instead of
+        /// refusing (for registering bundled blueprints at every start).
+        #[arg(long)]
+        keep_newer: bool,
         /// The only capabilities policies and runs by name may grant it (comma-separated), or
         /// `all` for all it declares. Default: what the blueprint of that name registered
         /// before was allowed (of what this one declares), or all it declares when it is new.
@@ -74,13 +78,27 @@ pub(crate) async fn run(cmd: BlueprintCommand, home: Option<PathBuf>) -> anyhow:
         BlueprintCommand::Add {
             file,
             downgrade,
+            keep_newer,
             allow,
             output,
         } => {
             let home = Home::resolve(home)?;
             let engine = crate::run::engine(&home)?;
             let blueprint = load(&engine, &file).await?;
-            check_version(&home, &blueprint, downgrade)?;
+            if let Err(e) = check_version(&home, &blueprint, downgrade) {
+                return match e.downcast_ref::<Older>() {
+                    Some(older) if keep_newer => {
+                        outln!("{older}: the registered one is kept (--keep-newer)");
+                        Ok(ExitCode::from(exit::OK))
+                    }
+                    Some(older) => Err(UsageError(format!(
+                        "{older}; pass --downgrade to roll back to it (every policy naming it \
+                         then runs it), or --keep-newer to keep the registered one"
+                    ))
+                    .into()),
+                    None => Err(e),
+                };
+            }
             let allow = match allow {
                 Some(caps) => allowed(&blueprint, &caps)?,
                 None => still_allowed(&home, &blueprint)?,
@@ -310,10 +328,9 @@ fn check_version(
         return Ok(());
     }
     match version_key(&d.version).cmp(&version_key(&old.version)) {
-        std::cmp::Ordering::Less if !downgrade => Err(UsageError(format!(
-            "blueprint {} {} is older than the registered {}; pass --downgrade to roll back to \
-             it (every policy naming {} then runs it)",
-            d.name, d.version, old.version, d.name
+        std::cmp::Ordering::Less if !downgrade => Err(Older(format!(
+            "blueprint {} {} is older than the registered {}",
+            d.name, d.version, old.version
         ))
         .into()),
         std::cmp::Ordering::Equal => {
@@ -327,6 +344,18 @@ fn check_version(
         _ => Ok(()),
     }
 }
+
+/// A blueprint older than the registered one of its name, refused without --downgrade.
+#[derive(Debug)]
+struct Older(String);
+
+impl std::fmt::Display for Older {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Older {}
 
 /// A version's MAJOR.MINOR.PATCH numbers, for ordering (the engine checks their form at load;
 /// what does not parse orders first).

@@ -57,11 +57,20 @@ impl RepoExports {
             .map(|mut f| f.remove(action_id))
             .unwrap_or_default()
             .unwrap_or_default();
-        let unkept: Vec<String> = finished.into_iter().filter(|s| !keep.contains(s)).collect();
-        if !unkept.is_empty() {
-            self.repo.forget_ids(&unkept, false).await?;
+        let mut unkept = Vec::new();
+        for id in finished.into_iter().filter(|s| !keep.contains(s)) {
+            // One the blueprint deleted itself is gone already.
+            match self.repo.snapshot(&id).await {
+                Ok(_) => unkept.push(id),
+                Err(cairn_repository::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
         }
-        Ok(unkept)
+        if unkept.is_empty() {
+            return Ok(unkept);
+        }
+        // What the protection period keeps stays, and is not said to be discarded.
+        Ok(self.repo.forget_ids(&unkept, false).await?.removed)
     }
 
     /// The location profile the repository was opened through, if any.

@@ -93,7 +93,7 @@ impl Home {
     }
 }
 
-fn default_home() -> Option<PathBuf> {
+pub(crate) fn default_home() -> Option<PathBuf> {
     if let Some(data) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
         return Some(PathBuf::from(data).join("cairn"));
     }

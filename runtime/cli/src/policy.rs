@@ -1332,7 +1332,7 @@ fn run_lock(home: &Home, policy: &str) -> PathBuf {
 
 /// Holds the lock of `policy`'s runs in the home while it lives, so that two processes never
 /// run (and retain) the same policy at once. It holds the run's start, for listings.
-fn running(home: &Home, policy: &str, started: Timestamp) -> anyhow::Result<std::fs::File> {
+async fn running(home: &Home, policy: &str, started: Timestamp) -> anyhow::Result<std::fs::File> {
     let path = run_lock(home, policy);
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -1348,7 +1348,7 @@ fn running(home: &Home, policy: &str, started: Timestamp) -> anyhow::Result<std:
                 .and_then(|()| file.write_all(started.to_string().as_bytes()));
             return Ok(file);
         }
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     Err(Busy(policy.to_owned()).into())
 }
@@ -1403,7 +1403,7 @@ pub(crate) async fn run_policy(
     home: &Home,
 ) -> anyhow::Result<Outcome> {
     let started = Timestamp::now();
-    let _running = running(home, &policy.name, started)?;
+    let _running = running(home, &policy.name, started).await?;
     let prepared = prepare(policy, engine, home).await;
     let outcome = match prepared {
         Ok(prepared) => back_up_and_retain(policy, engine, home, &prepared, started).await,

@@ -812,11 +812,16 @@ struct Referrer {
 /// repository snapshot they reference. Read leniently: a record another build wrote, or a
 /// damaged one, still protects the snapshots it names.
 fn points_by_snapshot(home: Option<&PathBuf>) -> anyhow::Result<HashMap<String, Referrer>> {
-    let home = crate::home::Home::resolve(home.cloned())?;
-    if !home.catalog().exists() {
+    // No home (a repository used on its own) is no restore point, and none is made for it.
+    let Some(root) = home.cloned().or_else(crate::home::default_home) else {
+        return Ok(HashMap::new());
+    };
+    if !root.join("catalog.redb").exists() {
         return Ok(HashMap::new());
     }
-    let entries = crate::catalog::open(&home)?.list(cairn_catalog::Kind::ExportedRestorePoint)?;
+    let home = crate::home::Home::resolve(Some(root))?;
+    let entries = crate::catalog::open_verified_daily(&home)?
+        .list(cairn_catalog::Kind::ExportedRestorePoint)?;
     let mut by_snapshot = HashMap::new();
     for entry in entries {
         let value: serde_json::Value = serde_json::from_str(entry.value.get()).unwrap_or_default();
@@ -1744,9 +1749,11 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                 }
                 repo.forget_ids(ids, *dry_run).await?
             };
+            // Cairn's own DR exports belong to no restore point: not listed.
             let orphaned: Vec<&str> = exports_left
                 .iter()
                 .filter(|s| !points.contains_key(&s.id))
+                .filter(|s| !s.tags.iter().any(|t| t == "blueprint=dr"))
                 .map(|s| s.id.as_str())
                 .collect();
             let pruned = if *prune && !*dry_run {
@@ -1780,9 +1787,10 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                     if !orphaned.is_empty() {
                         let short: Vec<&str> = orphaned.iter().map(|id| &id[..8]).collect();
                         lines.push(format!(
-                            "{} of them no restore point of this home references (a run that \
-                             failed or was killed, or another home's): {}; `cairn repo forget \
-                             ID...` removes them",
+                            "{} of them no restore point of this home references: {} (a backup \
+                             killed outright left them, or one running now has not recorded \
+                             its point yet, or they are another home's; `cairn repo forget ID` \
+                             removes one once you know it is none of those)",
                             orphaned.len(),
                             short.join(" ")
                         ));
@@ -1799,7 +1807,7 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                     "forget": r,
                     "prune": pruned,
                     "exports_left": exports_left.len(),
-                    "orphaned_exports": orphaned,
+                    "unreferenced_exports": orphaned,
                 }),
             );
             // Snapshots named by id were asked for: one the protection period keeps is a refusal.

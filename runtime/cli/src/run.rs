@@ -456,18 +456,15 @@ pub(crate) async fn open_point_exports(
         .iter()
         .filter_map(|e| e.decode().ok())
         .collect();
+    // A profile still naming the point's repository: the one it was exported through (unless
+    // it was pointed elsewhere since), else any.
+    let names_it = |p: &&cairn_catalog::Profile| {
+        p.repository == *repository || crate::profile::absolute(&p.repository) == *repository
+    };
     let by_name = profile
         .as_deref()
-        .filter(|name| profiles.iter().any(|p| p.name == *name));
-    let by_url = || {
-        profiles
-            .iter()
-            .find(|p| {
-                p.repository == *repository
-                    || crate::profile::absolute(&p.repository) == *repository
-            })
-            .map(|p| p.name.as_str())
-    };
+        .filter(|name| profiles.iter().filter(names_it).any(|p| p.name == *name));
+    let by_url = || profiles.iter().find(names_it).map(|p| p.name.as_str());
     let select = match by_name.or_else(by_url) {
         Some(name) => crate::repo::RepoSelect::of_profile(name),
         None if *repository == home.repository().display().to_string() => Default::default(),

@@ -239,18 +239,21 @@ fn outputs_size(o: &Outputs) -> usize {
             .sum::<usize>()
 }
 
-/// The run's outputs: the main phase's, and the posthook's added under their own names (the
-/// posthook ends a backup mode and reports where it ended: that belongs to the restore point).
 /// `outputs` when none of their names and values holds a secret of the run: outputs are kept
 /// in the catalog, which travels in DR exports, where a policy keeps only where a secret comes
-/// from.
-fn secret_free(outputs: Outputs, secrets: &crate::state::Secrets) -> Result<Outputs, String> {
+/// from. An export's reference (`reference` keys), which the host wrote, is not looked at.
+fn secret_free(
+    outputs: Outputs,
+    secrets: &crate::state::Secrets,
+    reference: &[&str],
+) -> Result<Outputs, String> {
     let values = outputs
         .artifacts
         .iter()
         .flat_map(|a| {
             a.values
                 .iter()
+                .filter(|(k, _)| !reference.contains(&k.as_str()))
                 .map(move |(k, v)| (format!("artifact `{}` value `{k}`", a.name), k, v))
         })
         .chain(
@@ -273,6 +276,8 @@ fn secret_free(outputs: Outputs, secrets: &crate::state::Secrets) -> Result<Outp
 
 /// A posthook artifact named like one of the main phase's, or a value the main phase set to
 /// something else, is refused in one line: the restore point could not say which one holds.
+/// The run's outputs: the main phase's, and the posthook's added under their own names (the
+/// posthook ends a backup mode and reports where it ended: that belongs to the restore point).
 fn merge(main: &PhaseReport, post: &PhaseReport) -> Result<Outputs, String> {
     let mut merged = main.outputs.clone();
     let names: HashSet<String> = merged.artifacts.iter().map(|a| a.name.clone()).collect();
@@ -625,7 +630,7 @@ async fn run_phase(
                 (PhaseStatus::Interrupted, stopped(), Some(why.clone()), Some(WitError::Failed(why)))
             }
             Some(Ok(Ok(Ok(returned)))) => match to_outputs(returned, &state.checkpoints)
-                .and_then(|o| secret_free(o, state.log.secrets()))
+                .and_then(|o| secret_free(o, state.log.secrets(), host.exports.reference_keys().keys))
             {
                 Err(why) => (PhaseStatus::Failed, stopped(), Some(why.clone()), Some(WitError::Invalid(why))),
                 Ok(outputs) if outputs_size(&outputs) > output_cap => {
@@ -656,8 +661,20 @@ async fn run_phase(
             }
         };
         state.log.flush_partial();
-        // A guest's error message may quote a secret it was given (a failed login's).
-        let error = error.map(|e| state.log.secrets().redact(&e).into_owned());
+        // A guest's error message may quote a secret it was given (a failed login's); the
+        // error goes to the report, the posthook and the catalog.
+        let secrets = state.log.secrets();
+        let error = error.map(|e| secrets.redact(&e).into_owned());
+        let failure = failure.map(|f| {
+            let blank = |m: String| secrets.redact(&m).into_owned();
+            match f {
+                WitError::Denied(m) => WitError::Denied(blank(m)),
+                WitError::NotFound(m) => WitError::NotFound(blank(m)),
+                WitError::Invalid(m) => WitError::Invalid(blank(m)),
+                WitError::TimedOut(m) => WitError::TimedOut(blank(m)),
+                WitError::Failed(m) => WitError::Failed(blank(m)),
+            }
+        });
         let log_truncated = state.log.truncated().is_some();
         match &error {
             None => tracing::info!(elapsed = ?duration, "phase succeeded"),

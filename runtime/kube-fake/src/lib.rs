@@ -191,12 +191,12 @@ impl FakeApi {
         state.created.get(path).cloned().unwrap_or_default()
     }
 
-    /// Makes requests to paths under `prefix` answer 403.
     /// Makes exec speak `v4.channel.k8s.io` only, as Kubernetes 1.29 does by default.
     pub fn exec_v4_only(&self) {
         self.state.lock().expect("state").exec_v4_only = true;
     }
 
+    /// Makes requests to paths under `prefix` answer 403.
     pub fn forbid(&self, prefix: &str) {
         let mut state = self.state.lock().expect("state");
         state.forbidden.insert(prefix.to_owned());

@@ -1475,7 +1475,11 @@ impl Repository {
             done => return done,
         }
         take_back(before);
-        let whole = opts.total.as_ref().map(|t| t.load(Ordering::Relaxed));
+        // Later attempts leave the length alone: each would set it to its own group's.
+        let again = RestoreOptions {
+            total: None,
+            ..opts.clone()
+        };
         // The leaves: what is not a directory, and directories with nothing below; the names
         // of one hard link kept together, so that they are restored as one file.
         let mut nodes = self.tree_nodes(info).await?;
@@ -1508,10 +1512,7 @@ impl Repository {
             }
             let paths = group.concat();
             let before = progress();
-            let restored = self.restore_paths_with(info, target, &paths, opts).await;
-            if let (Some(t), Some(whole)) = (&opts.total, whole) {
-                t.store(whole, Ordering::Relaxed);
-            }
+            let restored = self.restore_paths_with(info, target, &paths, &again).await;
             if restored.is_err() {
                 take_back(before);
             }
