@@ -46,7 +46,9 @@ impl From<wit::VolumeSnapshot> for VolumeSnapshot {
 }
 
 /// Snapshots the named volumes of a workload (`None`: the action's target; no names: all of
-/// its volumes).
+/// its volumes). Returns once each snapshot's point in time is taken, so the posthook may
+/// release a quiesced workload; the host waits until they are ready to restore from after the
+/// run's phases, and a backup that fails has the snapshots it took deleted.
 pub fn snapshot(workload: Option<&WorkloadRef>, volumes: &[&str]) -> Result<Vec<VolumeSnapshot>> {
     let w = workload.map(types::WorkloadRef::from);
     let names: Vec<String> = volumes.iter().map(|&v| v.to_owned()).collect();

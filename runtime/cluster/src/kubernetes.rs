@@ -18,8 +18,9 @@
 //!   down.
 //! - **Snapshots** are CSI VolumeSnapshots (`snapshot.storage.k8s.io/v1`) of a claim, in the
 //!   claim's namespace, with the cluster's default snapshot class unless one is named. Their
-//!   id is `NAMESPACE/NAME`. Restoring one replaces the claim with one provisioned from the
-//!   snapshot, which needs the workload scaled to zero.
+//!   id is `NAMESPACE/NAME`. Taking one returns once it is cut (`creationTime` set), and
+//!   [`Cluster::snapshot_ready`] waits until it is ready to use. Restoring one replaces the
+//!   claim with one provisioned from the snapshot, which needs the workload scaled to zero.
 //! - A command for a stopped workload (`stopped`) runs in a pod of Cairn's own,
 //!   `WORKLOAD-stopped`, made from the workload's pod template while it is at zero replicas:
 //!   the container asked for, with its image and volumes, kept alive by `sleep`.
@@ -56,8 +57,9 @@ use crate::{
 /// claim going away.
 const POLL: Duration = Duration::from_millis(500);
 
-/// How long a new snapshot may take to become ready to use.
-const SNAPSHOT_READY_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long a new snapshot may take to be cut (its point in time taken: `creationTime` set),
+/// while the workload may be quiesced.
+const SNAPSHOT_CUT_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// How long a deleted claim or pod may take to go away.
 const GONE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -112,6 +114,55 @@ impl std::fmt::Debug for KubeCluster {
 }
 
 impl KubeCluster {
+    /// Waits until VolumeSnapshot `namespace/name` is cut (its `creationTime` set: the point in
+    /// time is taken, though a cloud may still be copying it) or, with `ready`, ready to use.
+    /// An error the snapshot controller reports is final once it has stood for a while: it sets
+    /// errors it then retries and clears itself (a conflict updating the object).
+    async fn await_snapshot(
+        &self,
+        namespace: &str,
+        name: &str,
+        timeout: Duration,
+        ready: bool,
+    ) -> Result<VolumeSnapshot> {
+        let api = self.snapshots(namespace);
+        let what = format!(
+            "VolumeSnapshot {namespace}/{name} to be {}",
+            if ready { "ready to use" } else { "taken" }
+        );
+        let erring_since = std::sync::Mutex::new(None::<std::time::Instant>);
+        let (api, erring_since) = (&api, &erring_since);
+        poll(&what, timeout, || async move {
+            let current = api
+                .get(name)
+                .await
+                .map_err(|e| api_error(format!("reading VolumeSnapshot {namespace}/{name}"), e))?;
+            let status = &current.data["status"];
+            match status["error"]["message"].as_str() {
+                Some(message) => {
+                    let since = *erring_since
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .get_or_insert_with(std::time::Instant::now);
+                    if since.elapsed() >= SNAPSHOT_ERROR_GRACE {
+                        return Err(Error::Failed {
+                            what: format!("VolumeSnapshot {namespace}/{name}"),
+                            source: message.into(),
+                        });
+                    }
+                }
+                None => {
+                    *erring_since
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+                }
+            }
+            let usable = status["readyToUse"].as_bool() == Some(true);
+            let done = usable || (!ready && !status["creationTime"].is_null());
+            Ok(done.then(|| snapshot_of(&current)))
+        })
+        .await
+    }
     /// A backend talking through `client`.
     pub fn new(client: kube::Client) -> Self {
         Self {
@@ -1501,50 +1552,27 @@ impl Cluster for KubeCluster {
                 )
             })?;
         let name = created.metadata.name.clone().unwrap_or_default();
-        let what = format!(
-            "VolumeSnapshot {}/{name} of claim {volume} to be ready",
-            workload.namespace
-        );
-        // Deleted unless it becomes ready: on an error, a timeout, or the call dropped.
+        // Deleted unless it is cut: on an error, a timeout, or the call dropped.
         let guard = Guard::new(&api, &name, DeleteParams::default());
-        // The snapshot controller sets errors it then retries and clears itself (a conflict
-        // updating the object): an error is final only once it has stood for a while.
-        let erring_since = std::sync::Mutex::new(None::<std::time::Instant>);
-        let (api, name, erring_since) = (&api, &name, &erring_since);
-        let ready = poll(&what, SNAPSHOT_READY_TIMEOUT, || async move {
-            let current = api.get(name).await.map_err(|e| {
-                api_error(
-                    format!("reading VolumeSnapshot {}/{name}", workload.namespace),
-                    e,
-                )
-            })?;
-            match current.data["status"]["error"]["message"].as_str() {
-                Some(message) => {
-                    let since = *erring_since
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .get_or_insert_with(std::time::Instant::now);
-                    if since.elapsed() >= SNAPSHOT_ERROR_GRACE {
-                        return Err(Error::Failed {
-                            what: format!("snapshotting claim {volume} of {workload}"),
-                            source: message.into(),
-                        });
-                    }
-                }
-                None => {
-                    *erring_since
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
-                }
-            }
-            let ready = current.data["status"]["readyToUse"].as_bool() == Some(true);
-            Ok(ready.then(|| snapshot_of(&current)))
-        })
-        .await;
-        if ready.is_ok() {
+        let cut = self
+            .await_snapshot(&workload.namespace, &name, SNAPSHOT_CUT_TIMEOUT, false)
+            .await
+            .map_err(|e| match e {
+                Error::Failed { source, .. } => Error::Failed {
+                    what: format!("snapshotting claim {volume} of {workload}"),
+                    source,
+                },
+                e => e,
+            });
+        if cut.is_ok() {
             guard.disarm();
         }
-        ready
+        cut
+    }
+
+    async fn snapshot_ready(&self, id: &str, timeout: Duration) -> Result<VolumeSnapshot> {
+        let (namespace, name) = parse_snapshot_id(id)?;
+        self.await_snapshot(namespace, name, timeout, true).await
     }
 
     async fn snapshot_info(&self, id: &str) -> Result<VolumeSnapshot> {

@@ -416,8 +416,17 @@ pub trait Cluster: Send + Sync + std::fmt::Debug + 'static {
     /// Every object of `kind` in `namespace`.
     async fn list_objects(&self, namespace: &str, kind: &str) -> Result<Vec<serde_json::Value>>;
 
-    /// Snapshots one volume of a workload.
+    /// Snapshots one volume of a workload: returns once the snapshot is cut (its point in time
+    /// taken), which is when a quiesced application may resume; see [`Cluster::snapshot_ready`].
     async fn snapshot(&self, workload: &WorkloadRef, volume: &str) -> Result<VolumeSnapshot>;
+
+    /// Waits, at most `timeout`, until snapshot `id` is ready to restore from: a cloud may copy
+    /// a snapshot's data for a while after it is cut. Backends whose snapshots are ready once
+    /// taken answer at once.
+    async fn snapshot_ready(&self, id: &str, timeout: Duration) -> Result<VolumeSnapshot> {
+        let _ = timeout;
+        self.snapshot_info(id).await
+    }
 
     /// Looks a snapshot up by id.
     async fn snapshot_info(&self, id: &str) -> Result<VolumeSnapshot>;

@@ -363,6 +363,7 @@ impl Engine {
             host: None,
             sessions: Default::default(),
             references: Default::default(),
+            taken: Default::default(),
         });
         let mut store = self.store(
             ctx,

@@ -410,6 +410,7 @@ pub(crate) async fn run(
             })
             .collect();
         let sessions = Arc::new(Sessions::default());
+        let taken: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
         let references = Arc::new(References::of(
             &request.artifacts,
             host.exports.reference_keys(),
@@ -433,6 +434,7 @@ pub(crate) async fn run(
                 host: Some(host.clone()),
                 sessions: sessions.clone(),
                 references: references.clone(),
+                taken: taken.clone(),
             })
         };
         let keys = host.exports.reference_keys();
@@ -549,7 +551,23 @@ pub(crate) async fn run(
             });
         }
 
-        let ok = reports.iter().all(|p| p.status == PhaseStatus::Ok);
+        let taken = std::mem::take(
+            &mut *taken
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        let phases_ok = reports.iter().all(|p| p.status == PhaseStatus::Ok);
+        let unsettled = settle_snapshots(
+            host,
+            &action_id,
+            post.unwrap_or(&main),
+            &main,
+            &taken,
+            phases_ok,
+            &request.interrupt,
+        )
+        .await;
+        let ok = phases_ok && unsettled.is_none();
         let main_report = reports.iter().find(|p| p.action == main);
         let main_ok = main_report.is_some_and(|p| p.status == PhaseStatus::Ok);
         let error = reports
@@ -571,6 +589,7 @@ pub(crate) async fn run(
                     format!("{}: {why}", p.action)
                 }
             });
+        let error = error.or(unsettled);
         match &error {
             None => tracing::info!("action succeeded"),
             Some(e) => tracing::warn!(error = %e, "action failed"),
@@ -585,6 +604,71 @@ pub(crate) async fn run(
     }
     .instrument(span)
     .await
+}
+
+/// How long the snapshots a run took may take to become ready to restore from, once its phases
+/// are done: the workload is released by then, so this is only the copy's time.
+const SNAPSHOT_READY: Duration = Duration::from_secs(3600);
+
+/// Once a run's phases are done: waits until every volume snapshot it took is ready to restore
+/// from (a cloud copies a snapshot's data after its point in time is taken, which is when the
+/// volumes host call returned and the posthook could release the workload). A backup that
+/// failed, or whose snapshots did not become ready, has its snapshots deleted: no restore
+/// point references them. Returns why the run fails, if it does here.
+async fn settle_snapshots(
+    host: &HostContext,
+    action_id: &str,
+    phase: &str,
+    main: &str,
+    taken: &[String],
+    phases_ok: bool,
+    interrupt: &Interrupt,
+) -> Option<String> {
+    if taken.is_empty() {
+        return None;
+    }
+    let log = |level, message: String| {
+        host.events.emit(Event {
+            action_id: action_id.to_owned(),
+            phase: phase.to_owned(),
+            kind: EventKind::Log { level, message },
+        });
+    };
+    let mut unsettled = None;
+    if phases_ok {
+        log(
+            LogLevel::Info,
+            format!(
+                "waiting for {} volume snapshot(s) to be ready to restore from (the workload is not held meanwhile)",
+                taken.len()
+            ),
+        );
+        for id in taken {
+            let ready = tokio::select! {
+                biased;
+                () = interrupt.triggered() => Err("the run was interrupted while it waited".to_owned()),
+                r = host.cluster.snapshot_ready(id, SNAPSHOT_READY) => r.map_err(|e| e.to_string()),
+            };
+            if let Err(why) = ready {
+                unsettled = Some(format!(
+                    "volume snapshot {id} did not become ready to restore from: {why}"
+                ));
+                break;
+            }
+        }
+    }
+    if main == "backup" && (!phases_ok || unsettled.is_some()) {
+        for id in taken {
+            let message = match host.cluster.delete_snapshot(id).await {
+                Ok(()) => format!("deleted volume snapshot {id}: the backup made no restore point"),
+                Err(e) => format!(
+                    "volume snapshot {id} is left: the backup made no restore point, and deleting it failed: {e}"
+                ),
+            };
+            log(LogLevel::Warn, message);
+        }
+    }
+    unsettled
 }
 
 async fn run_phase(

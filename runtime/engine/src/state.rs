@@ -50,6 +50,9 @@ pub(crate) struct ActionCtx {
     pub sessions: Arc<Sessions>,
     /// The export references the run was given or wrote, shared by its phases.
     pub references: Arc<References>,
+    /// The volume snapshots the run has taken and not deleted, by id: waited on until ready
+    /// to restore from once the run's phases are done (the workload released by then).
+    pub taken: Arc<Mutex<Vec<String>>>,
 }
 
 /// The store's data.

@@ -62,6 +62,8 @@ struct State {
     /// Exec speaks `v4.channel.k8s.io` only, as Kubernetes 1.29 does by default: stdin can
     /// end only with the whole connection.
     exec_v4_only: bool,
+    /// New snapshots are cut but not ready to use, as a cloud's while it copies them.
+    snapshots_pending: bool,
 }
 
 /// How long a pod a scale-down removed stays listed, shutting down (a real one's grace period
@@ -194,6 +196,26 @@ impl FakeApi {
     /// Makes exec speak `v4.channel.k8s.io` only, as Kubernetes 1.29 does by default.
     pub fn exec_v4_only(&self) {
         self.state.lock().expect("state").exec_v4_only = true;
+    }
+
+    /// Makes new VolumeSnapshots cut (`creationTime` set) but not ready to use, until
+    /// [`FakeApi::ready_snapshots`].
+    pub fn snapshots_pending(&self) {
+        self.state.lock().expect("state").snapshots_pending = true;
+    }
+
+    /// Makes every VolumeSnapshot ready to use, as a cloud's copy finishing.
+    pub fn ready_snapshots(&self) {
+        let mut state = self.state.lock().expect("state");
+        for (collection, objects) in &mut state.objects {
+            if collection.ends_with("/volumesnapshots") {
+                for snapshot in objects.values_mut() {
+                    if snapshot["status"]["error"].is_null() {
+                        snapshot["status"]["readyToUse"] = json!(true);
+                    }
+                }
+            }
+        }
     }
 
     /// Makes requests to paths under `prefix` answer 403.
@@ -643,6 +665,9 @@ fn create(state: &mut State, collection: &str, mut object: Value) -> Result<Valu
             .and_then(|c| c.get(&claim))
             .map(|c| c["spec"]["resources"]["requests"]["storage"].clone());
         object["status"] = match size {
+            Some(size) if state.snapshots_pending => json!({
+                "readyToUse": false, "restoreSize": size, "creationTime": "2026-12-05T10:00:00Z"
+            }),
             Some(size) => json!({ "readyToUse": true, "restoreSize": size }),
             None => json!({ "readyToUse": false,
                             "error": { "message": format!("claim {claim} not found") } }),

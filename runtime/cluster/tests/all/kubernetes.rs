@@ -514,6 +514,44 @@ async fn a_claim_that_is_gone_is_made_again_as_it_was() {
     assert!(api.get(claims, "data-db-0").is_none());
 }
 
+/// A snapshot returns once it is cut (the point in time taken), while a cloud may still copy
+/// it: a quiesced workload need not wait for the copy. Being ready to restore from is waited on
+/// apart, and a restore refuses one that is not.
+#[tokio::test]
+async fn a_snapshot_returns_once_cut_and_readiness_is_waited_on_apart() {
+    let (api, cluster) = shop().await;
+    api.snapshots_pending();
+    let snapshot = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        cluster.snapshot(&db(), "data-db-0"),
+    )
+    .await
+    .expect("returned once cut")
+    .expect("snapshot");
+    match cluster
+        .snapshot_ready(&snapshot.id, std::time::Duration::from_millis(700))
+        .await
+    {
+        Err(Error::TimedOut { what, .. }) => assert!(what.contains("ready to use"), "{what}"),
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    assert!(cluster.restore_snapshot(&snapshot.id).await.is_err());
+    let ready = {
+        let cluster = &cluster;
+        let id = snapshot.id.clone();
+        async move {
+            cluster
+                .snapshot_ready(&id, std::time::Duration::from_secs(10))
+                .await
+        }
+    };
+    let (ready, ()) = tokio::join!(ready, async {
+        tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+        api.ready_snapshots();
+    });
+    assert_eq!(ready.expect("ready").id, snapshot.id);
+}
+
 #[tokio::test]
 async fn a_snapshot_is_taken_and_its_claim_replaced_from_it() {
     let (api, cluster) = shop().await;

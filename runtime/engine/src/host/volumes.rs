@@ -59,6 +59,13 @@ impl volumes::Host for HostState {
                 .await
             }
         };
+        if let Ok(taken) = &result {
+            self.action
+                .taken
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .extend(taken.iter().map(|s| s.id.clone()));
+        }
         self.audit(Capability::Volumes, "volumes.snapshot", &target, &result);
         Ok(result)
     }
@@ -78,6 +85,13 @@ impl volumes::Host for HostState {
                 cluster.delete_snapshot(&id).await
             })
             .await;
+        if result.is_ok() {
+            self.action
+                .taken
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .retain(|id| *id != snapshot_id);
+        }
         Ok(result)
     }
 }

@@ -415,3 +415,50 @@ async fn secrets_are_blanked_out_of_logs_and_refused_in_outputs() {
     );
     assert_eq!(report.outputs.get("dsn"), None, "{report:?}");
 }
+
+/// Once a backup's phases are done its snapshots are waited on until ready to restore from;
+/// a backup that fails after taking one deletes it, as no restore point references it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_backup_deletes_its_snapshots_and_a_good_one_waits_for_them() {
+    let fixture = Fixture::new();
+    let mut req = request("backup");
+    req.params.push(("mode".into(), "snapshotted".into()));
+    let report = fixture.run(req).await;
+    assert!(report.ok, "{report:?}");
+    let id = report
+        .outputs
+        .get("snapshot")
+        .expect("a snapshot")
+        .to_owned();
+    assert!(fixture.host.cluster.snapshot_info(&id).await.is_ok());
+    assert!(
+        fixture
+            .logs()
+            .iter()
+            .any(|l| l.starts_with("waiting for 1 volume snapshot(s) to be ready")),
+        "{:?}",
+        fixture.logs()
+    );
+
+    let mut req = request("backup");
+    req.params.push(("mode".into(), "snapshot-fail".into()));
+    let report = fixture.run(req).await;
+    assert!(!report.ok, "{report:?}");
+    let main = report
+        .phases
+        .iter()
+        .find(|p| p.action == "backup")
+        .expect("the backup phase");
+    let id = main
+        .outputs
+        .get("snapshot")
+        .expect("checkpointed")
+        .to_owned();
+    assert!(
+        matches!(
+            fixture.host.cluster.snapshot_info(&id).await,
+            Err(cairn_cluster::Error::NotFound { .. })
+        ),
+        "the failed backup's snapshot {id} is left"
+    );
+}

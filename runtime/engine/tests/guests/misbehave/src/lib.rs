@@ -209,6 +209,17 @@ fn phase(action: &str, inputs: &Inputs) -> Result<Outputs, Error> {
                 values: vec![("from".into(), action.into())],
                 reference: vec![],
             }),
+            // Volume snapshots taken, then the backup fails (`snapshot-fail`, the first's id
+            // checkpointed) or succeeds (`snapshotted`).
+            "snapshot-fail" | "snapshotted" if action == "backup" => {
+                let snaps = volumes::snapshot(None, &[])?;
+                if let Some(first) = snaps.first() {
+                    log::checkpoint("snapshot", &first.id)?;
+                }
+                if mode == "snapshot-fail" {
+                    return Err(Error::Failed("backup failed after its snapshot".into()));
+                }
+            }
             // An export finished, then returned (`exported`), kept back (`export-unreturned`:
             // a second one returned beside it) or followed by a failure (`export-fail`).
             "exported" | "export-unreturned" | "export-fail" => {
@@ -345,6 +356,8 @@ impl Guest for Misbehave {
                         "post-clash",
                         "post-value-clash",
                         "leak",
+                        "snapshot-fail",
+                        "snapshotted",
                         "exported",
                         "export-unreturned",
                         "export-fail",
