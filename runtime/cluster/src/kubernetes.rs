@@ -302,7 +302,7 @@ impl KubeCluster {
                 .map_err(|e| api_error(format!("listing the pods of {reference}"), e))?
                 .items
                 .into_iter()
-                .filter(|p| !ended(p))
+                .filter(|p| !ended(p) && !controlled_elsewhere(p, found))
                 .map(pod_of)
                 .collect(),
         };
@@ -1052,6 +1052,44 @@ fn selector_query(selector: &LabelSelector) -> Result<String> {
         });
     }
     Ok(terms.join(","))
+}
+
+/// Whether `pod`, though the workload's selector matches it, is another controller's: one of
+/// another workload whose selector overlaps (a `db` and a `db-canary` both selecting `app: db`),
+/// or a Job's. A pod with no controller (made by hand) is counted, as Kubernetes' own
+/// controllers would adopt it.
+fn controlled_elsewhere(pod: &KubePod, found: &Found) -> bool {
+    let Some(owner) = pod
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))
+    else {
+        return false;
+    };
+    let ours = match found.kind {
+        WorkloadKind::StatefulSet => owner.kind == "StatefulSet" && owner.name == found.name,
+        // A Deployment's pods belong to its ReplicaSets, `NAME-HASH`, the pods labelled with
+        // the hash.
+        WorkloadKind::Deployment => {
+            let hash = pod
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("pod-template-hash"));
+            owner.kind == "ReplicaSet"
+                && match hash {
+                    Some(hash) => owner.name == format!("{}-{hash}", found.name),
+                    None => owner
+                        .name
+                        .strip_prefix(&found.name)
+                        .is_some_and(|rest| rest.starts_with('-')),
+                }
+        }
+        WorkloadKind::Other => owner.name == found.name,
+    };
+    !ours
 }
 
 /// Whether `pod` has ended (Succeeded or Failed): an evicted pod, or one whose node shut down,

@@ -76,12 +76,34 @@ async fn workloads_their_pods_and_claims_come_from_the_api() {
     };
     api.put("/api/v1/namespaces/shop/pods", canary("main", true));
     api.put("/api/v1/namespaces/shop/pods", canary("other", false));
+    // Pods the selector matches but another controller owns: another Deployment's (whose
+    // selector overlaps) and a Job's. One of the queue's own ReplicaSets is counted.
+    let owned = |name: &str, kind: &str, owner: &str, hash: &str| {
+        json!({
+            "metadata": {
+                "name": name,
+                "labels": { "app": "queue", "tier": "main", "pod-template-hash": hash },
+                "ownerReferences": [{
+                    "apiVersion": "apps/v1", "kind": kind, "name": owner, "uid": "u",
+                    "controller": true,
+                }],
+            },
+            "spec": { "containers": [{ "name": "queue", "image": "queue" }] },
+        })
+    };
+    for pod in [
+        owned("queue-canary-x", "ReplicaSet", "queue-canary-5d8f", "5d8f"),
+        owned("queue-job-x", "Job", "queue-migrate", "none"),
+        owned("queue-7c9b-x", "ReplicaSet", "queue-7c9b", "7c9b"),
+    ] {
+        api.put("/api/v1/namespaces/shop/pods", pod);
+    }
     let queue = cluster
         .workload(&WorkloadRef::new("shop", "queue"))
         .await
         .expect("workload");
     let pods: Vec<&str> = queue.pods.iter().map(|p| p.name.as_str()).collect();
-    assert_eq!(pods, ["queue-0", "queue-1"]);
+    assert_eq!(pods, ["queue-0", "queue-1", "queue-7c9b-x"]);
 
     match cluster.workload(&WorkloadRef::new("shop", "cache")).await {
         Err(Error::NotFound { kind, hint, .. }) => {
