@@ -150,6 +150,22 @@ pub(crate) async fn run(cmd: BlueprintCommand, home: Option<PathBuf>) -> anyhow:
         BlueprintCommand::Inspect { file, output } => {
             let home = Home::resolve(home)?;
             let engine = crate::run::engine(&home)?;
+            // One that needs a newer runtime is shown all the same, said so: inspecting is how
+            // an author finds out what a file is.
+            if file.is_file()
+                && let Err(cairn_engine::Error::RuntimeTooOld {
+                    needed,
+                    ours,
+                    blueprint,
+                }) = engine.load_file(&file).await
+            {
+                eprintln!(
+                    "cairn: warning: this blueprint needs Cairn runtime {needed} or newer; this \
+                     is {ours}, which will not run it"
+                );
+                print_inspect(&blueprint, output)?;
+                return Ok(ExitCode::from(exit::OK));
+            }
             let (blueprint, _) = load_or_registered(&engine, &home, &file).await?;
             print_inspect(&blueprint, output)?;
             Ok(ExitCode::from(exit::OK))

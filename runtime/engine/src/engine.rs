@@ -290,22 +290,27 @@ impl Engine {
         if let Some(problem) = description.problem() {
             return Err(Error::BadDescription(problem));
         }
-        if let (Some(needed), Some(ours)) = (
-            Semver::parse(&description.min_runtime),
-            Semver::parse(RUNTIME_VERSION),
-        ) && needed > ours
-        {
-            return Err(Error::RuntimeTooOld {
-                needed: description.min_runtime.clone(),
-                ours: RUNTIME_VERSION.into(),
-            });
-        }
+        let too_new = matches!(
+            (Semver::parse(&description.min_runtime), Semver::parse(RUNTIME_VERSION)),
+            (Some(needed), Some(ours)) if needed > ours
+        );
         let loaded = Arc::new(Loaded {
             digest: digest.clone(),
             wit_version,
             description,
             pre,
         });
+        if too_new {
+            // Not kept among the loaded: it is never run.
+            return Err(Error::RuntimeTooOld {
+                needed: loaded.description.min_runtime.clone(),
+                ours: RUNTIME_VERSION.into(),
+                blueprint: Box::new(Blueprint {
+                    inner: loaded,
+                    loaded_from,
+                }),
+            });
+        }
         let loaded = self.lock_loaded().entry(digest).or_insert(loaded).clone();
         Ok(Blueprint {
             inner: loaded,

@@ -74,6 +74,9 @@ pub enum Error {
         needed: String,
         /// This runtime's version.
         ours: String,
+        /// The blueprint, loaded and described, to be shown (`cairn blueprint inspect`),
+        /// never run.
+        blueprint: Box<crate::Blueprint>,
     },
     /// Compiling the component failed.
     #[error("compiling the blueprint failed: {source}")]

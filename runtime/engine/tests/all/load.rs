@@ -87,3 +87,18 @@ async fn a_component_without_describe_is_not_a_blueprint() {
     );
     assert!(msg.contains("it exports hello"), "{msg}");
 }
+
+/// A blueprint needing a newer runtime is refused to run, but comes with its description (for
+/// `cairn blueprint inspect`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blueprint_needing_a_newer_runtime_is_refused_but_described() {
+    match engine().load_file(&guest("future-runtime")).await {
+        Err(cairn_engine::Error::RuntimeTooOld {
+            needed, blueprint, ..
+        }) => {
+            assert_eq!(needed, "99.0.0");
+            assert_eq!(blueprint.description().name, "future-runtime");
+        }
+        other => panic!("expected RuntimeTooOld, got {other:?}"),
+    }
+}

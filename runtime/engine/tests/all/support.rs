@@ -14,10 +14,16 @@ use cairn_engine::{
 };
 
 /// The guests under `tests/guests/`, built together once per test binary.
-const GUESTS: &[&str] = &["misbehave", "future-wit", "no-describe", "undeclared"];
+const GUESTS: &[&str] = &[
+    "misbehave",
+    "future-wit",
+    "no-describe",
+    "undeclared",
+    "future-runtime",
+];
 
 /// The path of the built guest `name` (`misbehave`, `future-wit`, `no-describe`,
-/// `undeclared`). The first
+/// `undeclared`, `future-runtime`). The first
 /// call builds every guest with cargo for `wasm32-wasip2`; a failed build fails the test.
 pub fn guest(name: &str) -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
