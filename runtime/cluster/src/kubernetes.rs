@@ -133,10 +133,18 @@ impl KubeCluster {
         let erring_since = std::sync::Mutex::new(None::<std::time::Instant>);
         let (api, erring_since) = (&api, &erring_since);
         poll(&what, timeout, || async move {
-            let current = api
-                .get(name)
-                .await
-                .map_err(|e| api_error(format!("reading VolumeSnapshot {namespace}/{name}"), e))?;
+            let current = match api.get(name).await {
+                Ok(current) => current,
+                // A long wait for readiness outlives a passing API error; a snapshot that is
+                // gone ends it.
+                Err(e) if ready && !matches!(&e, kube::Error::Api(s) if s.code == 404) => {
+                    tracing::debug!(error = %e, "reading VolumeSnapshot {namespace}/{name}; trying again");
+                    return Ok(None);
+                }
+                Err(e) => {
+                    return Err(api_error(format!("reading VolumeSnapshot {namespace}/{name}"), e));
+                }
+            };
             let status = &current.data["status"];
             match status["error"]["message"].as_str() {
                 Some(message) => {
@@ -1619,13 +1627,15 @@ impl Cluster for KubeCluster {
 
     async fn restore_snapshot(&self, id: &str) -> Result<VolumeSnapshot> {
         let object = self.snapshot_object(id).await?;
-        let snapshot = snapshot_of(&object);
         let (namespace, name) = parse_snapshot_id(id)?;
-        if object.data["status"]["readyToUse"].as_bool() != Some(true) {
-            return Err(Error::Invalid(format!(
-                "VolumeSnapshot {id} is not ready to use; wait for it, or restore another one"
-            )));
-        }
+        // One taken moments ago (in the same run) may still be copied: waited for (its size
+        // known by then).
+        let snapshot = if object.data["status"]["readyToUse"].as_bool() == Some(true) {
+            snapshot_of(&object)
+        } else {
+            self.await_snapshot(namespace, name, SNAPSHOT_CUT_TIMEOUT, true)
+                .await?
+        };
         if snapshot.volume.is_empty() {
             return Err(Error::Invalid(format!(
                 "VolumeSnapshot {id} was not taken from a claim; Cairn restores only snapshots \

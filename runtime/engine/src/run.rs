@@ -185,14 +185,19 @@ pub struct RunReport {
     pub outputs: Outputs,
     /// Why the run failed, in one line.
     pub error: Option<String>,
+    /// An [`Interrupt`] stopped the wait for its volume snapshots, after its phases.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub stopped_waiting: bool,
 }
 
 impl RunReport {
-    /// Whether an [`Interrupt`] stopped a phase of it.
+    /// Whether an [`Interrupt`] stopped a phase of it, or the wait after them.
     pub fn interrupted(&self) -> bool {
-        self.phases
-            .iter()
-            .any(|p| p.status == PhaseStatus::Interrupted)
+        self.stopped_waiting
+            || self
+                .phases
+                .iter()
+                .any(|p| p.status == PhaseStatus::Interrupted)
     }
 }
 
@@ -239,6 +244,14 @@ fn outputs_size(o: &Outputs) -> usize {
             .sum::<usize>()
 }
 
+/// Whether `value` is made only of what the host writes into an export reference: ids, byte
+/// counts, kinds and paths.
+fn is_host_token(value: &str) -> bool {
+    value
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'))
+}
+
 /// `outputs` when none of their names and values holds a secret of the run: outputs are kept
 /// in the catalog, which travels in DR exports, where a policy keeps only where a secret comes
 /// from. An export's reference (`reference` keys), which the host wrote, is not looked at.
@@ -253,7 +266,9 @@ fn secret_free(
         .flat_map(|a| {
             a.values
                 .iter()
-                .filter(|(k, _)| !reference.contains(&k.as_str()))
+                // What the host wrote there is an id, a count or a path (a value with a
+                // URL's `:` or `@` in it is the blueprint's, and looked at).
+                .filter(|(k, v)| !(reference.contains(&k.as_str()) && is_host_token(v)))
                 .map(move |(k, v)| (format!("artifact `{}` value `{k}`", a.name), k, v))
         })
         .chain(
@@ -557,7 +572,7 @@ pub(crate) async fn run(
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
         );
         let phases_ok = reports.iter().all(|p| p.status == PhaseStatus::Ok);
-        let unsettled = settle_snapshots(
+        let (unsettled, stopped_waiting) = settle_snapshots(
             host,
             &action_id,
             post.unwrap_or(&main),
@@ -600,6 +615,7 @@ pub(crate) async fn run(
             phases: reports,
             outputs,
             error,
+            stopped_waiting,
         })
     }
     .instrument(span)
@@ -612,9 +628,12 @@ const SNAPSHOT_READY: Duration = Duration::from_secs(3600);
 
 /// Once a run's phases are done: waits until every volume snapshot it took is ready to restore
 /// from (a cloud copies a snapshot's data after its point in time is taken, which is when the
-/// volumes host call returned and the posthook could release the workload). A backup that
-/// failed, or whose snapshots did not become ready, has its snapshots deleted: no restore
-/// point references them. Returns why the run fails, if it does here.
+/// volumes host call returned and the posthook could release the workload), all within
+/// [`SNAPSHOT_READY`]. A backup that failed, or whose snapshots did not become ready, has its
+/// snapshots deleted: no restore point references them; another action is only warned about
+/// one that is not ready (its work is done). Returns why the run fails, if it does here, and
+/// whether an interrupt stopped the wait (one that came during the posthook does not: the
+/// backup is whole by then).
 async fn settle_snapshots(
     host: &HostContext,
     action_id: &str,
@@ -623,9 +642,9 @@ async fn settle_snapshots(
     taken: &[String],
     phases_ok: bool,
     interrupt: &Interrupt,
-) -> Option<String> {
+) -> (Option<String>, bool) {
     if taken.is_empty() {
-        return None;
+        return (None, false);
     }
     let log = |level, message: String| {
         host.events.emit(Event {
@@ -634,7 +653,9 @@ async fn settle_snapshots(
             kind: EventKind::Log { level, message },
         });
     };
+    let backup = main == "backup";
     let mut unsettled = None;
+    let mut stopped = false;
     if phases_ok {
         log(
             LogLevel::Info,
@@ -643,21 +664,36 @@ async fn settle_snapshots(
                 taken.len()
             ),
         );
+        let until = Instant::now() + SNAPSHOT_READY;
+        let interruptible = !interrupt.is_triggered();
         for id in taken {
-            let ready = tokio::select! {
-                biased;
-                () = interrupt.triggered() => Err("the run was interrupted while it waited".to_owned()),
-                r = host.cluster.snapshot_ready(id, SNAPSHOT_READY) => r.map_err(|e| e.to_string()),
+            let left = until.saturating_duration_since(Instant::now());
+            let wait = host.cluster.snapshot_ready(id, left);
+            let ready = if interruptible {
+                tokio::select! {
+                    biased;
+                    () = interrupt.triggered() => {
+                        stopped = true;
+                        Err("the run was interrupted while it waited".to_owned())
+                    }
+                    r = wait => r.map_err(|e| e.to_string()),
+                }
+            } else {
+                wait.await.map_err(|e| e.to_string())
             };
             if let Err(why) = ready {
-                unsettled = Some(format!(
-                    "volume snapshot {id} did not become ready to restore from: {why}"
-                ));
-                break;
+                let why =
+                    format!("volume snapshot {id} did not become ready to restore from: {why}");
+                if backup {
+                    unsettled = Some(why);
+                    break;
+                }
+                log(LogLevel::Warn, why);
+                stopped = false;
             }
         }
     }
-    if main == "backup" && (!phases_ok || unsettled.is_some()) {
+    if backup && (!phases_ok || unsettled.is_some()) {
         for id in taken {
             let message = match host.cluster.delete_snapshot(id).await {
                 Ok(()) => format!("deleted volume snapshot {id}: the backup made no restore point"),
@@ -668,7 +704,7 @@ async fn settle_snapshots(
             log(LogLevel::Warn, message);
         }
     }
-    unsettled
+    (unsettled, stopped)
 }
 
 async fn run_phase(
@@ -779,4 +815,25 @@ async fn run_phase(
     }
     .instrument(span)
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_what_the_host_writes_in_a_reference_is_left_unsearched() {
+        for host_wrote in [
+            "3f9a0c1d2e4b5a6978877665544332211",
+            "1048576",
+            "repository",
+            "shop/data-db-0-x7k2p",
+            "/var/lib/cairn/exports/dump.zst",
+        ] {
+            assert!(is_host_token(host_wrote), "{host_wrote}");
+        }
+        for blueprint_wrote in ["db://app:hunter22@db/shop", "s3://k:s@bucket", "a b"] {
+            assert!(!is_host_token(blueprint_wrote), "{blueprint_wrote}");
+        }
+    }
 }

@@ -38,6 +38,7 @@ impl volumes::Host for HostState {
             Err(e) => Err(e),
             Ok((host, w)) => {
                 target = w.to_string();
+                let taken = self.action.taken.clone();
                 bounded("volumes.snapshot", timeout, async {
                     let names = if names.is_empty() {
                         let info = host.cluster.workload(&w).await.map_err(from_cluster)?;
@@ -47,25 +48,24 @@ impl volumes::Host for HostState {
                     };
                     let mut snapshots = Vec::with_capacity(names.len());
                     for name in &names {
-                        snapshots.push(to_wit(
-                            host.cluster
-                                .snapshot(&w, name)
-                                .await
-                                .map_err(from_cluster)?,
-                        ));
+                        let snapshot = host
+                            .cluster
+                            .snapshot(&w, name)
+                            .await
+                            .map_err(from_cluster)?;
+                        // Recorded at once: should a later volume fail, or the call's time run
+                        // out, the run still knows of it (to wait on it, or delete it).
+                        taken
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .push(snapshot.id.clone());
+                        snapshots.push(to_wit(snapshot));
                     }
                     Ok(snapshots)
                 })
                 .await
             }
         };
-        if let Ok(taken) = &result {
-            self.action
-                .taken
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .extend(taken.iter().map(|s| s.id.clone()));
-        }
         self.audit(Capability::Volumes, "volumes.snapshot", &target, &result);
         Ok(result)
     }
@@ -85,7 +85,8 @@ impl volumes::Host for HostState {
                 cluster.delete_snapshot(&id).await
             })
             .await;
-        if result.is_ok() {
+        // Deleted, or gone already: not waited on.
+        if matches!(result, Ok(()) | Err(WitError::NotFound(_))) {
             self.action
                 .taken
                 .lock()
