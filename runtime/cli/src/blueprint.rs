@@ -85,19 +85,18 @@ pub(crate) async fn run(cmd: BlueprintCommand, home: Option<PathBuf>) -> anyhow:
             let home = Home::resolve(home)?;
             let engine = crate::run::engine(&home)?;
             let blueprint = load(&engine, &file).await?;
-            if let Err(e) = check_version(&home, &blueprint, downgrade) {
-                return match e.downcast_ref::<Older>() {
-                    Some(older) if keep_newer => {
-                        outln!("{older}: the registered one is kept (--keep-newer)");
-                        Ok(ExitCode::from(exit::OK))
-                    }
-                    Some(older) => Err(UsageError(format!(
-                        "{older}; pass --downgrade to roll back to it (every policy naming it \
-                         then runs it), or --keep-newer to keep the registered one"
-                    ))
-                    .into()),
-                    None => Err(e),
-                };
+            if let Some(older) = older_than_registered(&home, &blueprint)?
+                && !downgrade
+            {
+                if keep_newer {
+                    outln!("{older}: the registered one is kept (--keep-newer)");
+                    return Ok(ExitCode::from(exit::OK));
+                }
+                return Err(UsageError(format!(
+                    "{older}; pass --downgrade to roll back to it (every policy naming it then \
+                     runs it), or --keep-newer to keep the registered one"
+                ))
+                .into());
             }
             let allow = match allow {
                 Some(caps) => allowed(&blueprint, &caps)?,
@@ -329,59 +328,39 @@ pub(crate) fn check_allowed(
     Ok(())
 }
 
-/// Refuses to replace the registered blueprint of the same name with an older version unless
-/// `downgrade`, and warns of another build of the same version.
-fn check_version(
+/// Says so when the registered blueprint of the same name is of a newer version than
+/// `blueprint` (which replaces it only with --downgrade); warns of another build of the same
+/// version.
+fn older_than_registered(
     home: &Home,
     blueprint: &cairn_engine::Blueprint,
-    downgrade: bool,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<String>> {
     let d = blueprint.description();
     let Some(old) = crate::catalog::open(home)?.blueprint(&d.name)? else {
-        return Ok(());
+        return Ok(None);
     };
     if old.digest == blueprint.digest() {
-        return Ok(());
+        return Ok(None);
     }
-    match version_key(&d.version).cmp(&version_key(&old.version)) {
-        std::cmp::Ordering::Less if !downgrade => Err(Older(format!(
+    // The engine checked this one's version at load; one registered that does not parse is
+    // replaced.
+    let (ours, theirs) = (
+        cairn_engine::Semver::parse(&d.version),
+        cairn_engine::Semver::parse(&old.version),
+    );
+    if ours == theirs {
+        eprintln!(
+            "cairn: warning: blueprint {} {} replaces another build of the same version ({}); \
+             give a new build a new version, so that restore points say which made them",
+            d.name, d.version, old.digest
+        );
+    }
+    Ok((theirs.is_some() && ours < theirs).then(|| {
+        format!(
             "blueprint {} {} is older than the registered {}",
             d.name, d.version, old.version
-        ))
-        .into()),
-        std::cmp::Ordering::Equal => {
-            eprintln!(
-                "cairn: warning: blueprint {} {} replaces another build of the same version \
-                 ({}); give a new build a new version, so that restore points say which made them",
-                d.name, d.version, old.digest
-            );
-            Ok(())
-        }
-        _ => Ok(()),
-    }
-}
-
-/// A blueprint older than the registered one of its name, refused without --downgrade.
-#[derive(Debug)]
-struct Older(String);
-
-impl std::fmt::Display for Older {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Older {}
-
-/// A version's MAJOR.MINOR.PATCH numbers, for ordering (the engine checks their form at load;
-/// what does not parse orders first).
-fn version_key(version: &str) -> [u64; 3] {
-    let mut key = [0; 3];
-    let core = version.split(['-', '+']).next().unwrap_or_default();
-    for (k, n) in key.iter_mut().zip(core.split('.')) {
-        *k = n.parse().unwrap_or(0);
-    }
-    key
+        )
+    }))
 }
 
 /// Copies the component into the home under its digest and records it by name.
@@ -693,17 +672,4 @@ fn cargo_build(manifest: &Path, debug: bool) -> anyhow::Result<PathBuf> {
         ))
         .into()
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn versions_order_by_their_numbers() {
-        assert!(version_key("0.10.0") > version_key("0.9.3"));
-        assert_eq!(version_key("1.0"), version_key("1.0.0"));
-        assert!(version_key("1.0.0-rc.1") == version_key("1.0.0"));
-        assert!(version_key("2.0.0") > version_key("1.99.99"));
-    }
 }

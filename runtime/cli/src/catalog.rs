@@ -306,11 +306,7 @@ fn placement(
     repository: &str,
     profile: Option<&str>,
 ) -> (Location, Vec<String>) {
-    let snapshots: Vec<String> = artifacts
-        .iter()
-        .filter(|a| a.get("kind") == Some("repository"))
-        .filter_map(|a| a.get("snapshot").map(str::to_owned))
-        .collect();
+    let snapshots = exported_snapshots(artifacts);
     let location = if snapshots.is_empty() {
         Location::Local
     } else {
@@ -322,25 +318,37 @@ fn placement(
     (location, snapshots)
 }
 
-/// The artifacts and values of the catalog's restore point `id`, for `--from-point`.
-pub(crate) fn point_outputs(
-    catalog: &Catalog,
-    id: &str,
-) -> anyhow::Result<crate::run::PointOutputs> {
-    let point = catalog.restore_point(id)?.ok_or_else(|| {
+/// The repository snapshots that `artifacts`' repository exports reference: what a backup's
+/// restore point keeps.
+pub(crate) fn exported_snapshots(artifacts: &[cairn_engine::Artifact]) -> Vec<String> {
+    artifacts
+        .iter()
+        .filter(|a| a.get("kind") == Some("repository"))
+        .filter_map(|a| a.get("snapshot").map(str::to_owned))
+        .collect()
+}
+
+/// The catalog's restore point `id`, for `--from-point`.
+pub(crate) fn from_point(catalog: &Catalog, id: &str) -> anyhow::Result<RestorePoint> {
+    catalog.restore_point(id)?.ok_or_else(|| {
         UsageError(format!(
             "--from-point {id}: no such restore point in the catalog; list them with `cairn catalog ls exported-restore-point` or `local-restore-point`"
         ))
-    })?;
+        .into()
+    })
+}
+
+/// The artifacts and values of restore point `point`, as a run is given them.
+pub(crate) fn point_outputs(point: &RestorePoint) -> crate::run::PointOutputs {
     let artifacts = point
         .artifacts
-        .into_iter()
+        .iter()
         .map(|a| cairn_engine::Artifact {
-            name: a.name,
-            values: a.values.into_iter().collect(),
+            name: a.name.clone(),
+            values: a.values.clone().into_iter().collect(),
         })
         .collect();
-    Ok((artifacts, point.values))
+    (artifacts, point.values.clone())
 }
 
 #[cfg(test)]

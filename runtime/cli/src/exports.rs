@@ -73,6 +73,11 @@ impl RepoExports {
         Ok(self.repo.forget_ids(&unkept, false).await?.removed)
     }
 
+    /// Where the repository is: the URL restore points record.
+    pub(crate) fn url(&self) -> &str {
+        &self.url
+    }
+
     /// The location profile the repository was opened through, if any.
     pub(crate) fn profile(&self) -> Option<&str> {
         self.profile.as_deref()

@@ -25,6 +25,13 @@ impl Home {
         Ok(Self { root })
     }
 
+    /// The home `explicit` names (or the default one) when it exists already; `None` when it
+    /// does not, for a command that works without one and must not make it.
+    pub(crate) fn existing(explicit: Option<PathBuf>) -> Option<Self> {
+        let root = explicit.or_else(default_home)?;
+        root.is_dir().then_some(Self { root })
+    }
+
     /// Compiled components, keyed by digest and engine.
     pub(crate) fn cache(&self) -> PathBuf {
         self.root.join("cache")
@@ -93,7 +100,7 @@ impl Home {
     }
 }
 
-pub(crate) fn default_home() -> Option<PathBuf> {
+fn default_home() -> Option<PathBuf> {
     if let Some(data) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
         return Some(PathBuf::from(data).join("cairn"));
     }

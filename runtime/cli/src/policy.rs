@@ -1252,7 +1252,6 @@ impl Outcome {
 struct Prepared {
     cluster: Arc<dyn cairn_cluster::Cluster>,
     exports: Arc<crate::exports::RepoExports>,
-    repository: String,
     /// The selected workloads by the blueprint that protects them: the policy's, or each
     /// binding's.
     groups: Vec<Group>,
@@ -1288,7 +1287,6 @@ impl Prepared {
             blueprint: &group.blueprint,
             cluster: self.cluster.clone(),
             exports: self.exports.clone(),
-            repository: &self.repository,
             policy: Some(policy),
             used_point,
         }
@@ -1438,11 +1436,10 @@ async fn prepare(policy: &Policy, engine: &Engine, home: &Home) -> anyhow::Resul
         unbound,
     } = select(policy, engine, home).await?;
     let select = crate::repo::RepoSelect::of_policy(policy.export.as_ref());
-    let (exports, repository) = crate::run::open_exports(&select, home).await?;
+    let exports = crate::run::open_exports(&select, home).await?;
     Ok(Prepared {
         cluster,
         exports,
-        repository,
         groups,
         unbound,
     })
@@ -1827,8 +1824,8 @@ impl RestoreArgs {
             ))
             .into());
         }
-        let (artifacts, point_values) = crate::catalog::point_outputs(&catalog, &point.id)?;
         drop(catalog);
+        let (artifacts, point_values) = crate::catalog::point_outputs(&point);
         let into = self.into.as_deref().unwrap_or(&self.workload);
         let namespace = self.into_namespace.as_deref().unwrap_or(&policy.namespace);
         if into != self.workload || namespace != policy.namespace {
@@ -1868,15 +1865,7 @@ impl RestoreArgs {
         }
         let execution = prepared.execution(group, home, engine, &policy.name, Some(&point.id));
         // Exported before the policy's export changed: its data is where it was written.
-        let elsewhere = elsewhere(home, policy, &point, &execution).await?;
-        let execution = match &elsewhere {
-            Some((exports, repository)) => Execution {
-                exports: exports.clone(),
-                repository,
-                ..execution
-            },
-            None => execution,
-        };
+        let execution = at_point(home, policy, &point, execution).await?;
         let (report, _) = execution
             .execute(request, |report| {
                 crate::run::print_report(report, execution.blueprint, output)
@@ -2164,7 +2153,7 @@ async fn prune_if_due(
     let Some(frequency) = prune_frequency(policy) else {
         return Ok(None);
     };
-    let key = format!("policy.prune:{}", prepared.repository);
+    let key = format!("policy.prune:{}", prepared.exports.url());
     let save = |state: &PruneState| -> anyhow::Result<()> {
         crate::catalog::open(home)?.set_meta(&key, Some(&serde_json::to_string(state)?))?;
         Ok(())
@@ -2223,15 +2212,7 @@ async fn remove_point(
     execution: &Execution<'_>,
     template: &RunRequest,
 ) -> anyhow::Result<()> {
-    let elsewhere = elsewhere(execution.home, policy, point, execution).await?;
-    let execution = &match &elsewhere {
-        Some((exports, repository)) => Execution {
-            exports: exports.clone(),
-            repository,
-            ..execution.clone()
-        },
-        None => execution.clone(),
-    };
+    let execution = &at_point(execution.home, policy, point, execution.clone()).await?;
     // Only the blueprint that made it knows what else it made (volume snapshots, say).
     let now = &execution.blueprint.description().name;
     if point.blueprint != *now {
@@ -2254,9 +2235,7 @@ async fn remove_point(
         );
     }
     if execution.blueprint.description().has_action("delete") {
-        let catalog = crate::catalog::open(execution.home)?;
-        let (artifacts, point_values) = crate::catalog::point_outputs(&catalog, &point.id)?;
-        drop(catalog);
+        let (artifacts, point_values) = crate::catalog::point_outputs(point);
         let request = RunRequest {
             action: "delete".to_owned(),
             namespace: point.target.namespace.clone(),
@@ -2280,21 +2259,29 @@ async fn remove_point(
     retire(execution.home, repo, point).await
 }
 
-/// The exports of the repository `point` was exported to when the policy's export has moved
-/// since (opened as [`crate::run::open_point_exports`] does, with the policy's key and options
-/// at the old URL when no location profile names it); `None` when it is `execution`'s.
-async fn elsewhere(
+/// `execution`, reading and removing `point` in the repository it was exported to when the
+/// policy's export has moved since (opened as [`crate::run::open_point_exports`] does, with
+/// the policy's key and options at the old URL when no location profile names it).
+async fn at_point<'a>(
     home: &Home,
     policy: &Policy,
     point: &cairn_catalog::RestorePoint,
-    execution: &Execution<'_>,
-) -> anyhow::Result<Option<(Arc<crate::exports::RepoExports>, String)>> {
+    execution: Execution<'a>,
+) -> anyhow::Result<Execution<'a>> {
     match &point.location {
-        Location::Exported { repository, .. } if repository != execution.repository => {
+        Location::Exported { repository, .. } if repository != execution.repository() => {
             let fallback = crate::repo::RepoSelect::of_policy(policy.export.as_ref());
-            crate::run::open_point_exports(home, point, &fallback).await
+            Ok(
+                match crate::run::open_point_exports(home, point, &fallback).await? {
+                    Some(exports) => Execution {
+                        exports,
+                        ..execution
+                    },
+                    None => execution,
+                },
+            )
         }
-        _ => Ok(None),
+        _ => Ok(execution),
     }
 }
 

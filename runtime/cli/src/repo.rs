@@ -813,13 +813,10 @@ struct Referrer {
 /// damaged one, still protects the snapshots it names.
 fn points_by_snapshot(home: Option<&PathBuf>) -> anyhow::Result<HashMap<String, Referrer>> {
     // No home (a repository used on its own) is no restore point, and none is made for it.
-    let Some(root) = home.cloned().or_else(crate::home::default_home) else {
+    let Some(home) = crate::home::Home::existing(home.cloned()).filter(|h| h.catalog().exists())
+    else {
         return Ok(HashMap::new());
     };
-    if !root.join("catalog.redb").exists() {
-        return Ok(HashMap::new());
-    }
-    let home = crate::home::Home::resolve(Some(root))?;
     let entries = crate::catalog::open_verified_daily(&home)?
         .list(cairn_catalog::Kind::ExportedRestorePoint)?;
     let mut by_snapshot = HashMap::new();

@@ -103,17 +103,21 @@ pub(crate) async fn run(args: RunArgs, home: Option<PathBuf>) -> anyhow::Result<
         ))
         .into());
     }
-    let ((artifacts, point_values), point, made_by) = match (&args.from, &args.from_point) {
+    // A point from the catalog, read once: its outputs, its blueprint, where it was exported.
+    let record = match &args.from_point {
+        Some(id) if args.from.is_none() => Some(crate::catalog::from_point(
+            &crate::catalog::open(&home)?,
+            id,
+        )?),
+        _ => None,
+    };
+    let ((artifacts, point_values), point, made_by) = match (&args.from, &record) {
         (Some(path), _) => read_restore_point(path)?,
-        (None, Some(id)) => {
-            let catalog = crate::catalog::open(&home)?;
-            let made_by = catalog.restore_point(id)?.map(|p| p.blueprint);
-            (
-                crate::catalog::point_outputs(&catalog, id)?,
-                Some(id.clone()),
-                made_by,
-            )
-        }
+        (None, Some(p)) => (
+            crate::catalog::point_outputs(p),
+            Some(p.id.clone()),
+            Some(p.blueprint.clone()),
+        ),
         (None, None) => Default::default(),
     };
     if (args.from.is_some() || args.from_point.is_some())
@@ -185,17 +189,13 @@ pub(crate) async fn run(args: RunArgs, home: Option<PathBuf>) -> anyhow::Result<
         limits.memory = usize::try_from(m).unwrap_or(usize::MAX);
     }
     // A point from the catalog is read where it was exported, unless --repo says otherwise.
-    let record = match &point {
-        Some(id) if !args.repo.names_a_repository() => {
-            crate::catalog::open(&home)?.restore_point(id)?
+    let opened = match &record {
+        Some(record) if !args.repo.names_a_repository() => {
+            open_point_exports(&home, record, &args.repo).await?
         }
         _ => None,
     };
-    let opened = match &record {
-        Some(record) => open_point_exports(&home, record, &args.repo).await?,
-        None => None,
-    };
-    let (exports, repository) = match opened {
+    let exports = match opened {
         Some(opened) => opened,
         None => open_exports(&args.repo, &home).await?,
     };
@@ -217,7 +217,6 @@ pub(crate) async fn run(args: RunArgs, home: Option<PathBuf>) -> anyhow::Result<
         blueprint: &blueprint,
         cluster,
         exports,
-        repository: &repository,
         policy: None,
         used_point: point.as_deref(),
     };
@@ -258,11 +257,11 @@ async fn retire_deleted(home: &Home, run: &Execution<'_>, id: &str) -> anyhow::R
         return Ok(());
     };
     match &point.location {
-        cairn_catalog::Location::Exported { repository, .. } if repository != run.repository => {
+        cairn_catalog::Location::Exported { repository, .. } if repository != run.repository() => {
             eprintln!(
                 "cairn: warning: restore point {id} is in {repository}, not in this run's repository \
                  {}: its record is kept; run the delete again with --repo {repository}",
-                run.repository
+                run.repository()
             );
             Ok(())
         }
@@ -294,8 +293,6 @@ pub(crate) struct Execution<'a> {
     pub blueprint: &'a cairn_engine::Blueprint,
     pub cluster: Arc<dyn cairn_cluster::Cluster>,
     pub exports: Arc<crate::exports::RepoExports>,
-    /// The URL of the repository the exports go to.
-    pub repository: &'a str,
     /// The policy the run is part of.
     pub policy: Option<&'a str>,
     /// The restore point the run uses.
@@ -303,6 +300,11 @@ pub(crate) struct Execution<'a> {
 }
 
 impl Execution<'_> {
+    /// The URL of the repository the exports go to.
+    pub(crate) fn repository(&self) -> &str {
+        self.exports.url()
+    }
+
     /// Runs `request`, shows the report with `show` before anything else can fail, and records
     /// the run (and the restore point a backup made, whose id it returns) in the catalog.
     pub(crate) async fn execute(
@@ -342,7 +344,7 @@ impl Execution<'_> {
             namespace: &namespace,
             workload: workload.as_deref(),
             started,
-            repository: self.repository,
+            repository: self.repository(),
             profile: self.exports.profile(),
             used_point: self.used_point,
             policy: self.policy,
@@ -363,13 +365,8 @@ impl Execution<'_> {
     /// the repository that nothing could restore or remove. A failure to is a warning: the
     /// action itself is recorded.
     async fn discard_unkept(&self, report: &cairn_engine::RunReport, made_point: bool) {
-        let keep: Vec<String> = if made_point {
-            report
-                .outputs
-                .artifacts
-                .iter()
-                .filter_map(|a| a.get("snapshot").map(str::to_owned))
-                .collect()
+        let keep = if made_point {
+            crate::catalog::exported_snapshots(&report.outputs.artifacts)
         } else {
             Vec::new()
         };
@@ -391,7 +388,9 @@ impl Execution<'_> {
                 "cairn: warning: exports of action {} that no restore point references are left \
                  in {}: {e}; `cairn repo snapshots --tag action:{}` lists them, `cairn repo \
                  forget ID...` removes them",
-                report.action_id, self.repository, report.action_id
+                report.action_id,
+                self.repository(),
+                report.action_id
             ),
         }
     }
@@ -401,7 +400,7 @@ impl Execution<'_> {
 pub(crate) async fn open_exports(
     select: &crate::repo::RepoSelect,
     home: &Home,
-) -> anyhow::Result<(Arc<crate::exports::RepoExports>, String)> {
+) -> anyhow::Result<Arc<crate::exports::RepoExports>> {
     let (repo, url) = if select.names_a_repository() {
         let select = select.resolved(home)?;
         let location = select.location()?;
@@ -423,14 +422,11 @@ pub(crate) async fn open_exports(
             })?;
         (repo, dir.display().to_string())
     };
-    Ok((
-        Arc::new(crate::exports::RepoExports::new(
-            repo,
-            url.clone(),
-            select.profile().map(str::to_owned),
-        )),
+    Ok(Arc::new(crate::exports::RepoExports::new(
+        repo,
         url,
-    ))
+        select.profile().map(str::to_owned),
+    )))
 }
 
 /// The exports of the repository restore point `point` was exported to, when the command
@@ -442,7 +438,7 @@ pub(crate) async fn open_point_exports(
     home: &Home,
     point: &cairn_catalog::RestorePoint,
     fallback: &crate::repo::RepoSelect,
-) -> anyhow::Result<Option<(Arc<crate::exports::RepoExports>, String)>> {
+) -> anyhow::Result<Option<Arc<crate::exports::RepoExports>>> {
     let cairn_catalog::Location::Exported {
         repository,
         profile,

@@ -362,7 +362,7 @@ impl Engine {
             grants: BTreeSet::new(),
             declared: BTreeSet::new(),
             secrets: Default::default(),
-            public: Vec::new(),
+            hidden: Default::default(),
             limits: Limits::default(),
             deadline: DESCRIBE_DEADLINE,
             host: None,

@@ -67,4 +67,4 @@ pub use limits::{
 };
 pub use params::check_params;
 pub use run::{HostContext, Interrupt, Outputs, PhaseReport, PhaseStatus, RunReport, RunRequest};
-pub use version::WIT_VERSION;
+pub use version::{Semver, WIT_VERSION};

@@ -417,6 +417,8 @@ pub(crate) async fn run(
             None => (None, None),
         };
         let declared: BTreeSet<Capability> = description.capabilities.iter().copied().collect();
+        // A secret a text parameter holds (a password that is also the user's name) is kept
+        // in the catalog with the parameter anyway: not hidden.
         let public: Vec<String> = params
             .iter()
             .filter_map(|(_, v)| match v {
@@ -424,6 +426,7 @@ pub(crate) async fn run(
                 _ => None,
             })
             .collect();
+        let hidden = Arc::new(crate::state::Secrets::of(&request.secrets, &public));
         let sessions = Arc::new(Sessions::default());
         let taken: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
         let references = Arc::new(References::of(
@@ -443,7 +446,7 @@ pub(crate) async fn run(
                 grants: request.grants.intersection(&declared).copied().collect(),
                 declared: declared.clone(),
                 secrets: request.secrets.clone(),
-                public: public.clone(),
+                hidden: hidden.clone(),
                 limits: request.limits.clone(),
                 deadline,
                 host: Some(host.clone()),

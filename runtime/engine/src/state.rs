@@ -38,9 +38,8 @@ pub(crate) struct ActionCtx {
     /// The capabilities the blueprint declares, for the message of a call to another.
     pub declared: BTreeSet<Capability>,
     pub secrets: BTreeMap<String, String>,
-    /// The run's text parameters: kept in the catalog in the clear, so a secret one of them
-    /// holds (a password that is also the user's name) is no secret to hide.
-    pub public: Vec<String>,
+    /// Those of `secrets` to keep out of logs, errors and outputs, made once per run.
+    pub hidden: Arc<Secrets>,
     pub limits: Limits,
     /// How long this phase may run.
     pub deadline: std::time::Duration,
@@ -199,7 +198,7 @@ impl LogCapture {
             sink,
             action_id: action.action_id.as_str().into(),
             phase: action.phase.as_str().into(),
-            secrets: Arc::new(Secrets::of(&action.secrets, &action.public)),
+            secrets: action.hidden.clone(),
         }
     }
 

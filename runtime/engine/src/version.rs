@@ -11,14 +11,18 @@ pub(crate) const RUNTIME_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// A `major.minor.patch` version (pre-release and build suffixes are ignored).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) struct Semver {
+pub struct Semver {
+    /// The major version.
     pub major: u64,
+    /// The minor version.
     pub minor: u64,
+    /// The patch version.
     pub patch: u64,
 }
 
 impl Semver {
-    pub(crate) fn parse(s: &str) -> Option<Semver> {
+    /// `s` as a version, when it is one (a description's `version` is checked to be at load).
+    pub fn parse(s: &str) -> Option<Semver> {
         let core = s.trim().split(['-', '+']).next()?;
         let mut parts = core.split('.');
         let major = parts.next()?.parse().ok()?;
@@ -60,6 +64,15 @@ impl Semver {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn versions_order_by_their_numbers() {
+        let version_key = Semver::parse;
+        assert!(version_key("0.10.0") > version_key("0.9.3"));
+        assert_eq!(version_key("1.0"), version_key("1.0.0"));
+        assert!(version_key("1.0.0-rc.1") == version_key("1.0.0"));
+        assert!(version_key("2.0.0") > version_key("1.99.99"));
+    }
 
     fn v(s: &str) -> Semver {
         Semver::parse(s).expect("valid version")

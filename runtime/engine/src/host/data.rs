@@ -400,14 +400,7 @@ impl data::HostExportStream for HostState {
             }
         };
         let target = match &result {
-            // Where it went: a repository's snapshot, or a directory export's file.
-            Ok(a) => {
-                let a = Artifact::from_wit(a.clone());
-                match a.get("snapshot").or(a.get("path")) {
-                    Some(at) => format!("export {name} ({at})"),
-                    None => format!("export {name}"),
-                }
-            }
+            Ok(a) => export_target(&name, &Artifact::from_wit(a.clone())),
             Err(_) => format!("export {name}"),
         };
         self.audit(Capability::Export, "data.finish", &target, &result);
@@ -559,10 +552,7 @@ impl data::Host for HostState {
         let timeout = self.call_timeout(self.action.limits.host_call_timeout);
         let reference = source.reference.clone();
         let artifact = Artifact::from_wit(source);
-        let target = match artifact.get("snapshot").or(artifact.get("path")) {
-            Some(at) => format!("export {} ({at})", artifact.name),
-            None => format!("export {}", artifact.name),
-        };
+        let target = export_target(&artifact.name, &artifact);
         let result = match self.require(Capability::Export) {
             Err(e) => Err(e),
             Ok(host) => {
@@ -589,5 +579,14 @@ impl data::Host for HostState {
         };
         self.audit(Capability::Export, "data.delete", &target, &result);
         Ok(result)
+    }
+}
+
+/// An export as the audit log names it: with where it went, a repository's snapshot or a
+/// directory export's file.
+fn export_target(name: &str, artifact: &Artifact) -> String {
+    match artifact.get("snapshot").or(artifact.get("path")) {
+        Some(at) => format!("export {name} ({at})"),
+        None => format!("export {name}"),
     }
 }
