@@ -20,7 +20,8 @@
 //!   claim's namespace, with the cluster's default snapshot class unless one is named. Their
 //!   id is `NAMESPACE/NAME`. Taking one returns once it is cut (`creationTime` set), and
 //!   [`Cluster::snapshot_ready`] waits until it is ready to use. Restoring one replaces the
-//!   claim with one provisioned from the snapshot, which needs the workload scaled to zero.
+//!   claim with one provisioned from the snapshot, which needs the workload scaled to zero, and
+//!   waits until the new claim is bound when its storage class binds at once.
 //! - A command for a stopped workload (`stopped`) runs in a pod of Cairn's own,
 //!   `WORKLOAD-stopped`, made from the workload's pod template while it is at zero replicas:
 //!   the container asked for, with its image and volumes, kept alive by `sleep`.
@@ -37,6 +38,7 @@ use k8s_openapi::api::core::v1::{
     Namespace, PersistentVolumeClaim, PersistentVolumeClaimVolumeSource, Pod as KubePod, PodSpec,
     PodTemplateSpec, Volume as PodVolume,
 };
+use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, Status};
 use kube::api::{
     Api, ApiResource, AttachParams, DeleteParams, DynamicObject, ListParams, Patch, PatchParams,
@@ -60,6 +62,9 @@ const POLL: Duration = Duration::from_millis(500);
 /// How long a new snapshot may take to be cut (its point in time taken: `creationTime` set),
 /// while the workload may be quiesced.
 const SNAPSHOT_CUT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// How long a claim made from a snapshot may take to be bound, when its class binds at once.
+const CLAIM_BIND_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// How long a deleted claim or pod may take to go away.
 const GONE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -171,6 +176,118 @@ impl KubeCluster {
         })
         .await
     }
+    /// Waits until claim `namespace/claim`, just made from VolumeSnapshot `id`, is bound, when
+    /// its storage class provisions at once (`volumeBindingMode: Immediate`, the default): a
+    /// failure to provision (a snapshot of another driver, a quota, a zone) then fails the
+    /// restore rather than showing only as the workload's pods staying Pending. A class that
+    /// binds on its first consumer is not waited for (the workload is at zero replicas), nor is
+    /// a class Cairn cannot read or a claim of no class (it is warned about).
+    async fn await_bound(
+        &self,
+        namespace: &str,
+        claim: &str,
+        class: Option<&str>,
+        id: &str,
+    ) -> Result<()> {
+        let class = match self.binding_class(class).await {
+            Ok(Some(class)) => class,
+            Ok(None) => {
+                tracing::warn!(claim = %format!("{namespace}/{claim}"),
+                    "the claim has no storage class and the cluster no default one: not waiting \
+                     for it to be bound");
+                return Ok(());
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 => {
+                tracing::warn!(claim = %format!("{namespace}/{claim}"), class = class.unwrap_or_default(),
+                    "the claim's storage class does not exist: it is bound only to a volume made \
+                     for it by hand");
+                return Ok(());
+            }
+            Err(e) => {
+                tracing::warn!(claim = %format!("{namespace}/{claim}"), error = %e,
+                    "cannot read the claim's storage class (grant Cairn get and list on \
+                     storageclasses): not waiting for the claim to be bound");
+                return Ok(());
+            }
+        };
+        let mode = class
+            .volume_binding_mode
+            .clone()
+            .unwrap_or_else(|| "Immediate".into());
+        if mode != "Immediate" {
+            return Ok(());
+        }
+        let class_name = class.metadata.name.unwrap_or_default();
+        let claims: Api<PersistentVolumeClaim> = self.api(namespace);
+        let what = format!("claim {namespace}/{claim} to be bound");
+        let claims = &claims;
+        poll(&what, CLAIM_BIND_TIMEOUT, || async move {
+            let current = claims
+                .get_opt(claim)
+                .await
+                .map_err(|e| api_error(format!("reading claim {namespace}/{claim}"), e))?;
+            let phase = current
+                .as_ref()
+                .and_then(|c| c.status.as_ref())
+                .and_then(|s| s.phase.clone())
+                .unwrap_or_default();
+            match (current, phase.as_str()) {
+                (Some(_), "Bound") => Ok(Some(())),
+                (Some(_), "Lost") | (None, _) => Err(Error::Invalid(format!(
+                    "claim {namespace}/{claim}, made from VolumeSnapshot {id}, is {}: restore \
+                     the snapshot again",
+                    if phase == "Lost" {
+                        "lost its volume"
+                    } else {
+                        "gone"
+                    }
+                ))),
+                _ => Ok(None),
+            }
+        })
+        .await
+        .map_err(|e| match e {
+            Error::TimedOut { after, .. } => failed(
+                format!("provisioning claim {namespace}/{claim} from VolumeSnapshot {id}"),
+                format!(
+                    "still Pending after {} s although class {class_name} binds at once: see \
+                     `kubectl describe pvc -n {namespace} {claim}` (the snapshot still holds the \
+                     data; restore it again once the cause is fixed)",
+                    after.as_secs()
+                ),
+            ),
+            e => e,
+        })
+    }
+
+    /// The storage class a claim of class `name` gets: that one, or with no name the cluster's
+    /// default (`None` when it has none).
+    async fn binding_class(
+        &self,
+        name: Option<&str>,
+    ) -> std::result::Result<Option<StorageClass>, kube::Error> {
+        let classes: Api<StorageClass> = Api::all(self.client.clone());
+        if let Some(name) = name {
+            return classes.get(name).await.map(Some);
+        }
+        let is_default = |c: &StorageClass| {
+            c.metadata.annotations.as_ref().is_some_and(|a| {
+                [
+                    "storageclass.kubernetes.io/is-default-class",
+                    "storageclass.beta.kubernetes.io/is-default-class",
+                ]
+                .iter()
+                .any(|k| a.get(*k).is_some_and(|v| v == "true"))
+            })
+        };
+        Ok(classes
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .find(is_default))
+    }
+
     /// A backend talking through `client`.
     pub fn new(client: kube::Client) -> Self {
         Self {
@@ -1768,6 +1885,7 @@ impl Cluster for KubeCluster {
             )
             .await?;
         }
+        let class = new.spec.as_ref().and_then(|s| s.storage_class_name.clone());
         claims
             .create(&PostParams::default(), &new)
             .await
@@ -1780,6 +1898,8 @@ impl Cluster for KubeCluster {
                     e,
                 )
             })?;
+        self.await_bound(namespace, claim, class.as_deref(), id)
+            .await?;
         Ok(snapshot)
     }
 

@@ -64,6 +64,8 @@ struct State {
     exec_v4_only: bool,
     /// New snapshots are cut but not ready to use, as a cloud's while it copies them.
     snapshots_pending: bool,
+    /// New claims stay Pending whatever their class, as while a provisioner works or fails.
+    claims_pending: bool,
 }
 
 /// How long a pod a scale-down removed stays listed, shutting down (a real one's grace period
@@ -218,6 +220,25 @@ impl FakeApi {
         }
     }
 
+    /// Makes new claims stay Pending, until [`FakeApi::bind_claims`].
+    pub fn claims_pending(&self) {
+        self.state.lock().expect("state").claims_pending = true;
+    }
+
+    /// Binds every Pending claim, as a provisioner finishing, and binds new ones at once again
+    /// (those of a class that waits for its first consumer aside).
+    pub fn bind_claims(&self) {
+        let mut state = self.state.lock().expect("state");
+        state.claims_pending = false;
+        for (collection, objects) in &mut state.objects {
+            if collection.ends_with("/persistentvolumeclaims") {
+                for claim in objects.values_mut() {
+                    claim["status"]["phase"] = json!("Bound");
+                }
+            }
+        }
+    }
+
     /// Makes requests to paths under `prefix` answer 403.
     pub fn forbid(&self, prefix: &str) {
         let mut state = self.state.lock().expect("state");
@@ -338,6 +359,8 @@ fn target(path: &str) -> Option<Target> {
         ["namespaces", ns, plural, tail @ ..] => {
             (format!("{prefix}/namespaces/{ns}/{plural}"), tail)
         }
+        // Cluster-scoped kinds: storage classes.
+        [plural, tail @ ..] if tail.len() <= 2 => (format!("{prefix}/{plural}"), tail),
         _ => return None,
     };
     Some(Target {
@@ -648,6 +671,26 @@ fn create(state: &mut State, collection: &str, mut object: Value) -> Result<Valu
                              "conditions": [{ "type": "Ready", "status": "True" }] }),
             true => json!({ "phase": "Pending", "containerStatuses": statuses }),
         };
+    }
+    // A claim is bound at once, unless its class (or the default one) waits for a consumer.
+    if collection.ends_with("/persistentvolumeclaims") && object["status"].is_null() {
+        let classes = state.objects.get("/apis/storage.k8s.io/v1/storageclasses");
+        let class = match object["spec"]["storageClassName"].as_str() {
+            Some(name) => classes.and_then(|c| c.get(name)),
+            None => classes.and_then(|c| {
+                c.values().find(|class| {
+                    class["metadata"]["annotations"]["storageclass.kubernetes.io/is-default-class"]
+                        == "true"
+                })
+            }),
+        };
+        let waits = class.is_some_and(|c| c["volumeBindingMode"] == "WaitForFirstConsumer");
+        let phase = if waits || state.claims_pending {
+            "Pending"
+        } else {
+            "Bound"
+        };
+        object["status"] = json!({ "phase": phase });
     }
     // A snapshot put with a status (a test's) keeps it; one created gets the controller's.
     if collection.ends_with("/volumesnapshots") && object["status"].is_null() {

@@ -536,6 +536,63 @@ async fn a_claim_that_is_gone_is_made_again_as_it_was() {
     assert!(api.get(claims, "data-db-0").is_none());
 }
 
+/// A claim made from a snapshot is waited for until it is bound when its class provisions at
+/// once, so a failure to provision fails the restore; one whose class waits for its first
+/// consumer is not (the workload is at zero replicas: nothing would consume it).
+#[tokio::test]
+async fn a_restored_claim_is_waited_for_until_bound_when_its_class_binds_at_once() {
+    let (api, cluster) = shop().await;
+    let classes = "/apis/storage.k8s.io/v1/storageclasses";
+    let class = |mode: &str| json!({ "metadata": { "name": "fast" }, "volumeBindingMode": mode });
+    api.put(classes, class("Immediate"));
+    let snapshot = cluster
+        .snapshot(&db(), "data-db-0")
+        .await
+        .expect("snapshot");
+    cluster.scale(&db(), 0).await.expect("scale down");
+
+    api.claims_pending();
+    let started = std::time::Instant::now();
+    let (restored, ()) = tokio::join!(cluster.restore_snapshot(&snapshot.id), async {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        api.bind_claims();
+    });
+    restored.expect("restore");
+    assert!(
+        started.elapsed() >= Duration::from_millis(800),
+        "returned before the claim was bound"
+    );
+
+    // A claim that loses its volume while provisioning fails the restore, naming it.
+    let claims = "/api/v1/namespaces/shop/persistentvolumeclaims";
+    api.claims_pending();
+    let (restored, ()) = tokio::join!(cluster.restore_snapshot(&snapshot.id), async {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let mut claim = api.get(claims, "data-db-0").expect("the new claim");
+        claim["status"]["phase"] = json!("Lost");
+        api.remove(claims, "data-db-0");
+        api.put(claims, claim);
+    });
+    match restored {
+        Err(e) => assert!(
+            e.to_string().contains("data-db-0") && e.to_string().contains("lost its volume"),
+            "{e}"
+        ),
+        other => panic!("expected a failure, got {other:?}"),
+    }
+
+    // A class that binds on its first consumer: the restore returns with the claim Pending.
+    api.remove(classes, "fast");
+    api.put(classes, class("WaitForFirstConsumer"));
+    api.remove(claims, "data-db-0");
+    tokio::time::timeout(TEST_TIMEOUT, cluster.restore_snapshot(&snapshot.id))
+        .await
+        .expect("not waited for")
+        .expect("restore");
+    let claim = api.get(claims, "data-db-0").expect("the new claim");
+    assert_eq!(claim["status"]["phase"], "Pending");
+}
+
 /// A snapshot returns once it is cut (the point in time taken), while a cloud may still copy
 /// it: a quiesced workload need not wait for the copy. Being ready to restore from is waited on
 /// apart (a restore waits for it too).
