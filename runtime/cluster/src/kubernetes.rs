@@ -35,8 +35,7 @@ use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{
-    Namespace, PersistentVolumeClaim, PersistentVolumeClaimVolumeSource, Pod as KubePod, PodSpec,
-    PodTemplateSpec, Volume as PodVolume,
+    Namespace, PersistentVolumeClaim, Pod as KubePod, PodTemplateSpec,
 };
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, Status};
@@ -643,60 +642,65 @@ impl KubeCluster {
             .timeout
             .as_secs()
             .saturating_add(STOPPED_POD_GRACE.as_secs());
-        let mut spec = found.pod_spec.clone().unwrap_or_default();
-        spec.containers.retain(|c| c.name == container);
-        for c in &mut spec.containers {
-            c.command = Some(vec!["sleep".to_owned(), keep_alive.to_string()]);
-            c.args = None;
-            c.liveness_probe = None;
-            c.readiness_probe = None;
-            c.startup_probe = None;
-            c.lifecycle = None;
-        }
-        spec.init_containers = None;
-        spec.restart_policy = Some("Never".to_owned());
-        // The deadline runs from the pod's start time, before its image is pulled; `sleep`
-        // from its container's start, after.
-        spec.active_deadline_seconds = i64::try_from(
-            keep_alive.saturating_add(request.timeout.min(STOPPED_POD_START_TIMEOUT).as_secs()),
+        // The template as the API server gave it, not through k8s-openapi's types, which drop
+        // the fields of Kubernetes versions newer than theirs.
+        let resource = match found.kind {
+            WorkloadKind::StatefulSet => ApiResource::erase::<StatefulSet>(&()),
+            _ => ApiResource::erase::<Deployment>(&()),
+        };
+        let mut raw = Api::<DynamicObject>::namespaced_with(
+            self.client.clone(),
+            &workload.namespace,
+            &resource,
         )
-        .ok();
-        // A StatefulSet's claims are not in its template: its first replica's are mounted.
-        let volumes = spec.volumes.get_or_insert_with(Vec::new);
-        for template in &found.claim_templates {
-            // The claim takes the place of a template volume of its name, as in the set's pods.
-            volumes.retain(|v| v.name != *template);
-            volumes.push(PodVolume {
-                name: template.clone(),
-                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                    claim_name: format!("{template}-{}-0", workload.name),
-                    read_only: None,
-                }),
-                ..Default::default()
-            });
-        }
-        let pod: KubePod = serde_json::from_value(json!({
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {
-                "name": name,
-                "namespace": workload.namespace,
+        .get(&workload.name)
+        .await
+        .map_err(|e| api_error(format!("reading workload {workload}"), e))?;
+        let spec = stopped_pod_spec(
+            raw.data["spec"]["template"]["spec"].take(),
+            &container,
+            keep_alive,
+            // The deadline runs from the pod's start time, before its image is pulled; `sleep`
+            // from its container's start, after.
+            keep_alive.saturating_add(request.timeout.min(STOPPED_POD_START_TIMEOUT).as_secs()),
+            // A StatefulSet's claims are not in its template: its first replica's are mounted.
+            found
+                .claim_templates
+                .iter()
+                .map(|t| (t.as_str(), format!("{t}-{}-0", workload.name))),
+        );
+        let pod = DynamicObject {
+            types: Some(kube::core::TypeMeta {
+                api_version: "v1".into(),
+                kind: "Pod".into(),
+            }),
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                namespace: Some(workload.namespace.clone()),
                 // Not the workload's labels: its selector must not count this pod.
-                "labels": { "app.kubernetes.io/managed-by": "cairn" },
-                "annotations": { WORKLOAD_ANNOTATION: workload.name },
+                labels: Some(BTreeMap::from([(
+                    "app.kubernetes.io/managed-by".to_owned(),
+                    "cairn".to_owned(),
+                )])),
+                annotations: Some(BTreeMap::from([(
+                    WORKLOAD_ANNOTATION.to_owned(),
+                    workload.name.clone(),
+                )])),
+                ..Default::default()
             },
-        }))
-        .map(|mut pod: KubePod| {
-            pod.spec = Some(spec);
-            pod
-        })
-        .map_err(|e| failed("building the pod for the stopped workload", e))?;
+            data: json!({ "spec": spec }),
+        };
         let pods: Api<KubePod> = self.api(&workload.namespace);
         // One left by a run that died is replaced.
         self.delete_pod(&pods, &name).await?;
-        pods.create(&PostParams::default(), &pod)
-            .await
-            .map_err(|e| api_error(format!("creating pod {name} for stopped {workload}"), e))?;
+        Api::<DynamicObject>::namespaced_with(
+            self.client.clone(),
+            &workload.namespace,
+            &ApiResource::erase::<KubePod>(&()),
+        )
+        .create(&PostParams::default(), &pod)
+        .await
+        .map_err(|e| api_error(format!("creating pod {name} for stopped {workload}"), e))?;
         let guard = Guard::new(&pods, &name, DeleteParams::default().grace_period(1));
         let result = match self.pod_started(&pods, &name, request.timeout).await {
             Ok(()) => self.run_in(workload, &name, &container, request).await,
@@ -893,6 +897,64 @@ where
         })?
 }
 
+/// The spec of the pod that runs a command for a stopped workload, from its pod template's
+/// `spec`: only `container`, kept alive `keep_alive` seconds by `sleep` instead of its own
+/// command, without probes or lifecycle hooks; no init containers (sidecars among them); never
+/// restarted, and ended after `deadline` seconds should Cairn not delete it. `claims` (a volume
+/// name, a claim) mount claims in place of the template's volumes of those names. Fields Cairn
+/// does not know are kept as they are.
+fn stopped_pod_spec<'a>(
+    spec: Value,
+    container: &str,
+    keep_alive: u64,
+    deadline: u64,
+    claims: impl Iterator<Item = (&'a str, String)>,
+) -> Value {
+    let mut spec = match spec {
+        Value::Object(spec) => spec,
+        _ => serde_json::Map::new(),
+    };
+    let containers: Vec<Value> = spec
+        .get("containers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|c| c["name"] == container)
+        .cloned()
+        .map(|mut c| {
+            if let Some(c) = c.as_object_mut() {
+                for field in [
+                    "args",
+                    "livenessProbe",
+                    "readinessProbe",
+                    "startupProbe",
+                    "lifecycle",
+                ] {
+                    c.remove(field);
+                }
+                c.insert("command".into(), json!(["sleep", keep_alive.to_string()]));
+            }
+            c
+        })
+        .collect();
+    let mut volumes: Vec<Value> = spec
+        .get("volumes")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    for (volume, claim) in claims {
+        // The claim takes the place of a template volume of its name, as in the set's pods.
+        volumes.retain(|v| v["name"] != volume);
+        volumes.push(json!({ "name": volume, "persistentVolumeClaim": { "claimName": claim } }));
+    }
+    spec.remove("initContainers");
+    spec.insert("containers".into(), Value::Array(containers));
+    spec.insert("volumes".into(), Value::Array(volumes));
+    spec.insert("restartPolicy".into(), json!("Never"));
+    spec.insert("activeDeadlineSeconds".into(), json!(deadline));
+    Value::Object(spec)
+}
+
 /// An object Cairn made for one call, deleted should the call's future be dropped before it
 /// is done with it (the engine's deadline for the call): a pod of a stopped workload would
 /// hold its volumes until its own deadline; a VolumeSnapshot no restore point names would cost
@@ -960,8 +1022,6 @@ struct Found {
     claims: Vec<String>,
     /// A StatefulSet's claim templates.
     claim_templates: Vec<String>,
-    /// The pod template's spec, for a pod of Cairn's own while the workload is stopped.
-    pod_spec: Option<PodSpec>,
     /// A StatefulSet whose claims the controller deletes with the pods a scale-down removes
     /// (`persistentVolumeClaimRetentionPolicy.whenScaled: Delete`).
     deletes_claims_when_scaled: bool,
@@ -1059,7 +1119,6 @@ impl Found {
                 .map(|c| c.claim_name.clone())
                 .collect(),
             claim_templates,
-            pod_spec: template.spec.clone(),
             deletes_claims_when_scaled: false,
             observed: true,
         }

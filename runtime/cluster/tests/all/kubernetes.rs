@@ -289,6 +289,14 @@ async fn exec_refusals_name_the_cause() {
 #[tokio::test]
 async fn a_stopped_workload_runs_commands_in_a_pod_of_cairns_own_with_its_volumes() {
     let (api, cluster) = shop().await;
+    // Fields of a Kubernetes newer than Cairn's API types are kept (a security setting an
+    // admission policy requires, say).
+    let sets = "/apis/apps/v1/namespaces/shop/statefulsets";
+    let mut set = api.get(sets, "db").expect("the set");
+    set["spec"]["template"]["spec"]["podFutureField"] = json!({ "on": true });
+    set["spec"]["template"]["spec"]["containers"][0]["containerFutureField"] = json!("kept");
+    api.remove(sets, "db");
+    api.put(sets, set);
     cluster.scale(&db(), 0).await.expect("scale");
     let mut stopped = request(&["sh", "-c", "cat; echo restored"]);
     stopped.stopped = true;
@@ -316,6 +324,8 @@ async fn a_stopped_workload_runs_commands_in_a_pod_of_cairns_own_with_its_volume
     assert_eq!(spec["restartPolicy"], "Never");
     assert_eq!(spec["containers"].as_array().map(Vec::len), Some(1));
     assert_eq!(spec["containers"][0]["command"][0], "sleep");
+    assert_eq!(spec["podFutureField"], json!({ "on": true }));
+    assert_eq!(spec["containers"][0]["containerFutureField"], "kept");
     assert_eq!(
         spec["volumes"][0],
         json!({ "name": "data", "persistentVolumeClaim": { "claimName": "data-db-0" } })
