@@ -23,7 +23,7 @@
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -1562,43 +1562,62 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                         )));
                     }
                     // A stream restored to a path: write it as a file named after the target.
-                    // Into a file beside the target, renamed over it once whole: a restore
-                    // that fails leaves the target as it was, never a truncated one under its
-                    // name. A device or a pipe (`/dev/null`, a FIFO) is written directly.
-                    let direct = std::fs::metadata(target).is_ok_and(|m| !m.is_file());
-                    // A symlink's file is replaced, not the link; an existing file keeps its
-                    // permissions.
-                    let dest = match std::fs::symlink_metadata(target) {
-                        Ok(m) if m.is_symlink() => std::fs::canonicalize(target)
-                            .map_or_else(|_| target.clone(), |p| p.display().to_string()),
-                        _ => target.clone(),
-                    };
-                    let written = if direct {
-                        target.clone()
+                    // Where something is, into a new file beside it, renamed over it once
+                    // whole: a restore that fails leaves the target as it was, never a
+                    // truncated one under its name, and nothing another user left there (a
+                    // symlink) is written through. A device or a pipe (`/dev/null`, a FIFO)
+                    // is written directly.
+                    let found = std::fs::metadata(target);
+                    if found.as_ref().is_ok_and(std::fs::Metadata::is_dir) {
+                        return Err(usage(format!(
+                            "restore: {target} is a directory, and {} is the stream {name}: \
+                             name a file to write it to (such as {}/{name}), or `--target -`",
+                            info.short_id(),
+                            target.trim_end_matches('/')
+                        )));
+                    }
+                    let direct = found.is_ok_and(|m| !m.is_file());
+                    let dest = link_target(Path::new(target));
+                    let (file, beside) = if direct {
+                        let file = std::fs::OpenOptions::new()
+                            .write(true)
+                            .open(target)
+                            .with_context(|| format!("opening {target}"))?;
+                        (file, None)
                     } else {
-                        format!("{dest}.cairn-partial")
+                        if let Some(dir) = dest.parent().filter(|d| !d.as_os_str().is_empty()) {
+                            std::fs::create_dir_all(dir)
+                                .with_context(|| format!("creating directory {}", dir.display()))?;
+                        }
+                        cairn_repository::create_or_beside(&dest)
+                            .with_context(|| format!("creating {}", dest.display()))?
                     };
-                    let file = tokio::fs::File::create(&written)
-                        .await
-                        .with_context(|| format!("creating {written}"))?;
+                    // What is removed should the restore fail: the file beside, or the new one.
+                    let written = beside.clone().unwrap_or_else(|| dest.clone());
                     let (opts, shown) = restore_progress();
-                    let n = repo.restore_stream_with(&info, file, &opts).await;
+                    let n = repo
+                        .restore_stream_with(&info, tokio::fs::File::from_std(file), &opts)
+                        .await;
                     finish_bar(shown);
                     let n = match n {
-                        Ok(n) if !direct => {
-                            if let Ok(before) = std::fs::metadata(&dest) {
-                                std::fs::set_permissions(&written, before.permissions())
-                                    .with_context(|| format!("setting the mode of {written}"))?;
+                        Ok(n) => {
+                            // An existing file keeps its permissions.
+                            if let Some(beside) = &beside {
+                                if let Ok(before) = std::fs::metadata(&dest) {
+                                    std::fs::set_permissions(beside, before.permissions())
+                                        .with_context(|| {
+                                            format!("setting the mode of {}", beside.display())
+                                        })?;
+                                }
+                                std::fs::rename(beside, &dest).with_context(|| {
+                                    format!("renaming {} to {}", beside.display(), dest.display())
+                                })?;
                             }
-                            tokio::fs::rename(&written, &dest)
-                                .await
-                                .with_context(|| format!("renaming {written} to {dest}"))?;
                             n
                         }
-                        Ok(n) => n,
                         Err(e) => {
                             if !direct {
-                                let _ = tokio::fs::remove_file(&written).await;
+                                let _ = std::fs::remove_file(&written);
                             }
                             return Err(e.into());
                         }
@@ -1992,4 +2011,19 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
         },
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The file a stream restored to `path` is written as: `path`, or where a symlink there points
+/// (a link that dangles included): the link's file is replaced, not the link.
+fn link_target(path: &Path) -> PathBuf {
+    let Ok(to) = std::fs::read_link(path) else {
+        return path.to_path_buf();
+    };
+    match std::fs::canonicalize(path) {
+        Ok(resolved) => resolved,
+        Err(_) => match path.parent() {
+            Some(dir) if to.is_relative() => dir.join(to),
+            _ => to,
+        },
+    }
 }

@@ -499,6 +499,16 @@ impl Backend {
             .map_err(|e| self.store_err("list", prefix, e))
     }
 
+    /// The path of some object under `prefix`, if there is one (the first listed).
+    pub(crate) async fn first(&self, prefix: &str) -> Result<Option<String>> {
+        let p = Path::from(prefix);
+        match futures::StreamExt::next(&mut self.store.list(Some(&p))).await {
+            None | Some(Err(object_store::Error::NotFound { .. })) => Ok(None),
+            Some(Ok(m)) => Ok(Some(m.location.to_string())),
+            Some(Err(e)) => Err(self.store_err("list", prefix, e)),
+        }
+    }
+
     /// The names under `prefix` that are object ids; anything else there (a foreign file) is
     /// left out.
     pub(crate) async fn list_ids(&self, prefix: &str) -> Result<Vec<String>> {

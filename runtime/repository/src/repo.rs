@@ -593,6 +593,18 @@ impl Repository {
         if backend.get(format::CONFIG).await?.is_some() {
             return Err(Error::AlreadyInitialised { url: location.url });
         }
+        // A repository whose config is lost still holds its data, which a new repository's
+        // keys could never read: nothing is made over it.
+        for prefix in ["keys/", "snapshots/", "index/", "data/"] {
+            if let Some(found) = backend.first(prefix).await? {
+                return Err(Error::Invalid(format!(
+                    "{} has no config but holds a repository's objects ({found}): a repository \
+                     whose config is lost cannot be made again over its data. Put the config \
+                     back from a copy (`cairn repo` then opens it), or init at another URL",
+                    location.url
+                )));
+            }
+        }
         let keys = MasterKeys::generate();
         let mut config = Config {
             format: format::FORMAT_NAME.into(),
@@ -603,7 +615,34 @@ impl Repository {
             object_lock: false,
         };
         let slot = write_slot(&backend, &config.id, &keys, key, &opts.label).await?;
-        backend.protection = opts.protection;
+        match Self::write_config(&mut backend, &mut config, &location, opts.protection).await {
+            Ok(()) => {}
+            Err(e) => {
+                // The key slot of a repository that was not made would be taken for one of the
+                // next init's (and refused by it).
+                let _ = backend.delete_any(&format::key_path(&slot)).await;
+                return Err(e);
+            }
+        }
+        // A new repository's index is known: empty.
+        Ok(Self::from_parts(
+            backend,
+            config,
+            keys,
+            slot,
+            Some(Index::default()),
+        ))
+    }
+
+    /// Writes a new repository's config, under Object Lock where the bucket has it and a
+    /// protection period is asked for.
+    async fn write_config(
+        backend: &mut Backend,
+        config: &mut Config,
+        location: &Location,
+        protection: Duration,
+    ) -> Result<()> {
+        backend.protection = protection;
         let already = |e| match e {
             Error::Protected { .. } => Error::AlreadyInitialised {
                 url: location.url.clone(),
@@ -617,10 +656,10 @@ impl Repository {
         };
         // On S3 with a protection period, data objects go under Object Lock when the bucket
         // has it enabled; the config, written first, is the probe.
-        if !opts.protection.is_zero() && backend.supports_object_lock() {
+        if !protection.is_zero() && backend.supports_object_lock() {
             config.object_lock = true;
             backend.object_lock = true;
-            match backend.put_data(format::CONFIG, body(&config)?).await {
+            match backend.put_data(format::CONFIG, body(config)?).await {
                 Ok(()) => {}
                 Err(Error::Store { ref cause, .. }) if lacks_object_lock(cause) => {
                     tracing::warn!(
@@ -635,18 +674,11 @@ impl Repository {
         }
         if !config.object_lock {
             backend
-                .put_data(format::CONFIG, body(&config)?)
+                .put_data(format::CONFIG, body(config)?)
                 .await
                 .map_err(already)?;
         }
-        // A new repository's index is known: empty.
-        Ok(Self::from_parts(
-            backend,
-            config,
-            keys,
-            slot,
-            Some(Index::default()),
-        ))
+        Ok(())
     }
 
     /// Opens the repository at `location` with `key`. Reads only: a wrong key writes nothing.
@@ -2625,7 +2657,9 @@ async fn read_index(
 /// accept the headers and ignore them cannot be told apart here.
 fn lacks_object_lock(e: &object_store::Error) -> bool {
     let text = e.to_string();
-    text.contains("InvalidRequest") && text.contains("Object Lock Configuration")
+    // AWS says "Object Lock Configuration", moto and MinIO "ObjectLockConfiguration".
+    text.contains("InvalidRequest")
+        && (text.contains("Object Lock Configuration") || text.contains("ObjectLockConfiguration"))
 }
 
 #[cfg(test)]
@@ -2643,6 +2677,10 @@ mod tests {
     fn only_a_bucket_without_object_lock_falls_back() {
         assert!(lacks_object_lock(&s3_error(
             "<Error><Code>InvalidRequest</Code><Message>Bucket is missing Object Lock Configuration</Message></Error>"
+        )));
+        // moto's and MinIO's words.
+        assert!(lacks_object_lock(&s3_error(
+            "<Error><Code>InvalidRequest</Code><Message>Bucket is missing ObjectLockConfiguration</Message></Error>"
         )));
         assert!(!lacks_object_lock(&s3_error(
             "<Error><Code>MissingUploadObjectWithObjectLockHeaders</Code><Message>Content-MD5 or \

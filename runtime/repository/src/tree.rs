@@ -801,8 +801,9 @@ fn make_dir(p: &Path) -> Result<()> {
 
 /// Creates the file `p` anew where nothing is; where something is, creates a file beside it
 /// in the same directory (`.cairn-restore-PID-N`), to be renamed over it once written whole,
-/// and returns that file's path too.
-fn create_or_beside(p: &Path) -> std::io::Result<(std::fs::File, Option<PathBuf>)> {
+/// and returns that file's path too. Neither follows a symlink: what is there (a link another
+/// user left) is never written through.
+pub fn create_or_beside(p: &Path) -> std::io::Result<(std::fs::File, Option<PathBuf>)> {
     let create = |p: &Path| {
         std::fs::OpenOptions::new()
             .write(true)

@@ -932,6 +932,26 @@ fn a_stream_restore_that_fails_leaves_the_target_as_it_was() {
             .is_char_device()
     );
 
+    // A directory is refused, saying what to name; missing directories are made.
+    let out = repo.run(&[
+        "repo",
+        "restore",
+        "latest",
+        "--target",
+        repo.dir.path().to_str().expect("utf-8"),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("is a directory"), "{}", stderr(&out));
+    let deep = repo.dir.path().join("new/dir/db.sql");
+    repo.ok(&[
+        "repo",
+        "restore",
+        "latest",
+        "--target",
+        deep.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(std::fs::read(&deep).expect("restored"), whole);
+
     // Its data lost, a restore over the earlier copy fails and leaves it whole.
     for pack in walk(&repo.dir.path().join("repo/data")) {
         std::fs::remove_file(pack).expect("remove a pack");
@@ -942,7 +962,7 @@ fn a_stream_restore_that_fails_leaves_the_target_as_it_was() {
     let beside: Vec<_> = std::fs::read_dir(repo.dir.path())
         .expect("dir")
         .flatten()
-        .filter(|e| e.file_name().to_string_lossy().contains("partial"))
+        .filter(|e| e.file_name().to_string_lossy().contains("cairn-restore"))
         .collect();
     assert!(beside.is_empty(), "{beside:?}");
 }

@@ -190,6 +190,13 @@ async fn not_a_repository_and_double_init() {
             .unwrap_err(),
         Error::AlreadyInitialised { .. }
     ));
+    // Its config lost, the repository's data is not taken over by a new one.
+    std::fs::remove_file(d.path().join("nothing/config")).unwrap();
+    match Repository::init(url.as_str(), &pass("p"), Default::default()).await {
+        Err(e @ Error::Invalid(_)) => assert!(e.to_string().contains("has no config"), "{e}"),
+        Err(e) => panic!("expected a refusal, got {e}"),
+        Ok(_) => panic!("expected a refusal, got a new repository"),
+    }
 }
 
 /// A file whose ids one snapshot keeps in its content (version 1, or a build before short

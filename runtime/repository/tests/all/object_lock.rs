@@ -164,3 +164,22 @@ async fn object_lock_makes_the_store_refuse_deletes_inside_the_protection_period
     assert!(repo.object_lock());
     assert_eq!(repo.check(true).await.unwrap().errors.len(), 0);
 }
+
+/// A bucket without Object Lock refuses retention (moto and MinIO word it otherwise than AWS):
+/// the repository is made all the same, protected by cairn alone, with one key slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bucket_without_object_lock_gets_protection_by_cairn_alone() {
+    let Some(moto) = Moto::start() else {
+        return;
+    };
+    moto.bucket("plain", false);
+    let repo = Repository::init(
+        moto.location("plain"),
+        &pass("p"),
+        InitOptions::new().protection(Duration::from_secs(3600)),
+    )
+    .await
+    .expect("init falls back to protection by cairn");
+    assert!(!repo.object_lock());
+    assert_eq!(repo.keys().await.expect("slots").len(), 1);
+}
