@@ -1090,6 +1090,10 @@ impl Repository {
             // The pipeline's error is the cause when both failed.
             let (c, p) = finished?;
             let gone: Vec<usize> = fed??.into_iter().map(|i| places[i]).collect();
+            // Stopped after the last file was read, while uploads drained: no snapshot either.
+            if opts.stop.as_ref().is_some_and(|s| *s.borrow()) {
+                return Err(Error::Interrupted);
+            }
             let mut content = Content::tree(nodes, Some(Box::new(root_node)));
             let mut summary = content.fill(c, p.stored_bytes, &unchanged);
             if let Content::Tree { nodes, .. } = &mut content {

@@ -729,3 +729,20 @@ async fn a_restore_asked_to_stop_leaves_nothing_half_written() {
         .unwrap();
     assert_same_tree(&src, &target);
 }
+
+/// A backup asked to stop saves no snapshot, also when it was asked after the last file was
+/// read (while the uploads drained).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_asked_to_stop_after_reading_saves_no_snapshot() {
+    let d = tempfile::tempdir().unwrap();
+    let repo =
+        crate::support::init_repo(d.path().join("repo").display().to_string().as_str()).await;
+    let empty = d.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let (_stop, stopped) = tokio::sync::watch::channel(true);
+    let mut opts = cairn_repository::BackupOptions::new();
+    opts.stop = Some(stopped);
+    let e = repo.backup_tree(&empty, opts).await.unwrap_err();
+    assert!(matches!(e, Error::Interrupted), "{e}");
+    assert!(repo.snapshots(&SnapshotFilter::new()).await.unwrap().is_empty());
+}
