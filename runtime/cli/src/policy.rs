@@ -1167,7 +1167,12 @@ impl WorkloadOutcome {
 
 #[derive(Debug, Default, Serialize)]
 struct RetentionOutcome {
+    /// Points kept: those the rules keep, and those they would remove that could not be
+    /// removed (protected, or failing).
     kept: usize,
+    /// Of those kept, points the rules would remove that the repository's protection period
+    /// keeps: removed by a later run once it has passed, which is not a failure.
+    protected: usize,
     removed: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     skipped: Option<String>,
@@ -1216,9 +1221,15 @@ impl Outcome {
         match &r.skipped {
             Some(why) => outln!("{}: retention skipped: {why}", self.policy),
             None => outln!(
-                "{}: retention kept {} restore point(s), removed {}{}",
+                "{}: retention kept {} restore point(s){}, removed {}{}",
                 self.policy,
                 r.kept,
+                match r.protected {
+                    0 => String::new(),
+                    n => format!(
+                        " ({n} of them only while the repository's protection period covers them)"
+                    ),
+                },
                 r.removed.len(),
                 match (r.removed.is_empty(), &r.prune) {
                     (true, _) => String::new(),
@@ -1968,6 +1979,7 @@ async fn back_up_and_retain(
                     Ok((done, failures)) => {
                         errors.extend(failures);
                         retention.kept += done.kept;
+                        retention.protected += done.protected;
                         retention.removed.extend(done.removed);
                     }
                     Err(e) => {
@@ -2099,17 +2111,25 @@ async fn retain(
                 "retention.remove-point",
                 what,
                 match &removed {
-                    Ok(()) => "ok".to_owned(),
+                    Ok(Removal::Done) => "ok".to_owned(),
+                    Ok(Removal::Protected) => "kept: under the protection period".to_owned(),
                     Err(e) => format!("error: {}", crate::one_line(e)),
                 },
             );
             match removed {
-                Ok(()) => outcome.removed.push(point.id.clone()),
-                Err(e) => failures.push(format!(
-                    "retention kept restore point {}: {}",
-                    point.id,
-                    crate::one_line(&e)
-                )),
+                Ok(Removal::Done) => outcome.removed.push(point.id.clone()),
+                Ok(Removal::Protected) => {
+                    outcome.kept += 1;
+                    outcome.protected += 1;
+                }
+                Err(e) => {
+                    outcome.kept += 1;
+                    failures.push(format!(
+                        "retention kept restore point {}: {}",
+                        point.id,
+                        crate::one_line(&e)
+                    ));
+                }
             }
         }
     }
@@ -2203,15 +2223,23 @@ async fn prune_if_due(
     }
 }
 
+/// What [`remove_point`] did.
+enum Removal {
+    Done,
+    /// Nothing: a snapshot of the point is under the repository's protection period.
+    Protected,
+}
+
 /// Removes one restore point: the blueprint's `delete` action (when it has one, with the
 /// policy's parameters, grants and secrets), its repository snapshots, then its record. Stops
-/// at the first step that fails, so the record stays for the next try.
+/// at the first step that fails, so the record stays for the next try. A point whose snapshots
+/// the repository's protection period covers is left whole.
 async fn remove_point(
     policy: &Policy,
     point: &cairn_catalog::RestorePoint,
     execution: &Execution<'_>,
     template: &RunRequest,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Removal> {
     let execution = &at_point(execution.home, policy, point, execution.clone()).await?;
     // Only the blueprint that made it knows what else it made (volume snapshots, say).
     let now = &execution.blueprint.description().name;
@@ -2229,10 +2257,8 @@ async fn remove_point(
     let repo = execution.exports.repository();
     let present = existing(repo, &point.snapshots).await?;
     let dry = repo.forget_ids(&present, true).await?;
-    if let Some((id, until)) = dry.protected.first() {
-        anyhow::bail!(
-            "its snapshot {id} is under the repository's protection period until {until}"
-        );
+    if !dry.protected.is_empty() {
+        return Ok(Removal::Protected);
     }
     if execution.blueprint.description().has_action("delete") {
         let (artifacts, point_values) = crate::catalog::point_outputs(point);
@@ -2256,7 +2282,8 @@ async fn remove_point(
             );
         }
     }
-    retire(execution.home, repo, point).await
+    retire(execution.home, repo, point).await?;
+    Ok(Removal::Done)
 }
 
 /// `execution`, reading and removing `point` in the repository it was exported to when the

@@ -744,5 +744,10 @@ async fn a_backup_asked_to_stop_after_reading_saves_no_snapshot() {
     opts.stop = Some(stopped);
     let e = repo.backup_tree(&empty, opts).await.unwrap_err();
     assert!(matches!(e, Error::Interrupted), "{e}");
-    assert!(repo.snapshots(&SnapshotFilter::new()).await.unwrap().is_empty());
+    assert!(
+        repo.snapshots(&SnapshotFilter::new())
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }

@@ -411,6 +411,64 @@ fn a_policy_keeps_its_newest_exports_and_forgets_the_rest() {
     );
 }
 
+/// Points the repository's protection period keeps are kept by retention without failing the
+/// run: they go once it has passed.
+#[test]
+fn retention_keeps_protected_points_without_failing_the_run() {
+    let redis = Redis::start(None);
+    redis.load();
+    let cairn = Cairn::new();
+    let wasm = crate::support::wasm("redis");
+    crate::support::ok(&cairn.run(&["blueprint", "add", wasm.to_str().expect("utf-8 path")]));
+    let locked = redis.h.root().join("locked");
+    let pass = redis.h.root().join("locked.pass");
+    std::fs::write(&pass, "locked passphrase\n").expect("write the passphrase");
+    crate::support::ok(&cairn.run(&[
+        "profile",
+        "add",
+        "locked",
+        "--repo",
+        locked.to_str().expect("utf-8 path"),
+        "--passphrase",
+        &format!("file:{}", pass.display()),
+    ]));
+    crate::support::ok(&cairn.run(&["repo", "init", "--profile", "locked", "--protection", "1d"]));
+    let policy = redis.h.root().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        format!(
+            "name: cache\nblueprint: redis\ntarget: local:inventory.yaml\nworkloads: [redis]\n\
+             frequency: '@daily'\nretention: {{last: 1}}\ngrants: [exec, export]\n\
+             params: {{port: {}}}\nexport: {{profile: locked}}\n",
+            redis.port
+        ),
+    )
+    .expect("write the policy");
+    crate::support::ok(&cairn.run(&["policy", "apply", policy.to_str().expect("utf-8 path")]));
+    for run in 1..=3 {
+        let out = cairn.run(&["policy", "run", "cache", "--output", "json"]);
+        assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+        let outcome = crate::support::json(&out);
+        assert_eq!(outcome["retention"]["kept"], run, "{outcome}");
+        assert_eq!(
+            outcome["retention"]["protected"],
+            run - 1,
+            "{outcome}\n{}",
+            stderr(&out)
+        );
+        assert!(
+            outcome["errors"].as_array().is_none_or(Vec::is_empty),
+            "{outcome}"
+        );
+    }
+    let out = cairn.run(&["policy", "run", "cache"]);
+    assert!(
+        stdout(&out).contains("kept 4 restore point(s) (3 of them only while"),
+        "{}",
+        stdout(&out)
+    );
+}
+
 #[test]
 fn a_policy_exports_to_a_location_profile_by_name() {
     let redis = Redis::start(None);
