@@ -1302,7 +1302,12 @@ async fn check_markers(
         let repo = match repo {
             Some(repo) => repo,
             None => {
-                let key = passphrase(&passphrase_from)?;
+                let key = passphrase(&passphrase_from).with_context(|| {
+                    format!(
+                        "{what}: checking that no other instance took over maintenance needs the \
+                         DR passphrase, from where `cairn dr enable` was told to read it"
+                    )
+                })?;
                 match Repository::open(location(&profile, &cluster_id), &key).await {
                     Ok(repo) => repo,
                     Err(cairn_repository::Error::NotARepository { .. }) => continue,

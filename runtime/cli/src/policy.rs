@@ -396,11 +396,13 @@ pub(crate) async fn run(cmd: PolicyCommand, home: Option<PathBuf>) -> anyhow::Re
                 Output::Json => outln!("{}", serde_json::to_string_pretty(&outcome)?),
                 Output::Text => outcome.print(),
             }
-            Ok(ExitCode::from(if outcome.run.succeeded {
-                exit::OK
-            } else {
-                exit::FAILED
-            }))
+            Ok(ExitCode::from(
+                if outcome.run.succeeded && outcome.run.errors.is_empty() {
+                    exit::OK
+                } else {
+                    exit::FAILED
+                },
+            ))
         }
     }
 }
@@ -1107,6 +1109,9 @@ impl Listed {
             .map_or_else(|| "paused".to_owned(), |t| format!("next {}", shown(t)));
         let last = match &p.last_run {
             None => "never ran".to_owned(),
+            Some(r) if r.succeeded && !r.errors.is_empty() => {
+                format!("last {} ok, with errors", shown(r.started))
+            }
             Some(r) if r.succeeded => format!("last {} ok", shown(r.started)),
             Some(r) => format!("last {} FAILED", shown(r.started)),
         };
@@ -2010,6 +2015,10 @@ async fn back_up_and_retain(
         .iter()
         .filter_map(WorkloadOutcome::failure)
         .collect();
+    // The run succeeded when every backup did: retention or a prune that failed (the DR
+    // location out of reach while ownership is checked, say) is reported, and tried again at
+    // the next run, but does not bring that run forward as a failed backup would.
+    let backed_up = failures.is_empty();
     failures.append(&mut errors);
     let mut errors = failures;
     if retention.skipped.is_none() {
@@ -2023,7 +2032,7 @@ async fn back_up_and_retain(
         run: PolicyRun {
             started,
             finished: Timestamp::now(),
-            succeeded: errors.is_empty(),
+            succeeded: backed_up,
             points: workloads
                 .iter()
                 .filter_map(|w| w.restore_point.clone())

@@ -198,7 +198,7 @@ pub(crate) async fn serve(args: ServeArgs, home: Option<PathBuf>) -> anyhow::Res
             match outcome {
                 Ok(outcome) => {
                     outcome.print();
-                    failed |= !outcome.run.succeeded;
+                    failed |= !outcome.run.succeeded || !outcome.run.errors.is_empty();
                     if let Ok(p) = load(&crate::catalog::open_verified_daily(&home)?, &policy.name)
                         && let Some(next) = next_run(&p)
                     {

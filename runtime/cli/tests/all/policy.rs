@@ -1839,3 +1839,45 @@ fn a_local_policy_that_selects_nothing_is_said_at_apply() {
         stderr(&out)
     );
 }
+
+/// Retention that cannot run (the DR passphrase unreadable while it checks that no other
+/// instance took over maintenance) is reported and the command fails, but the run's backups
+/// succeeded: the policy is not run again early as after a failed backup.
+#[test]
+fn retention_that_cannot_run_does_not_make_the_backups_a_failed_run() {
+    let cairn = Cairn::new();
+    add_hello(&cairn);
+    ok(&apply(&cairn, &hello_policy("{last: 1}")));
+    let location = cairn.home.path().join("dr-location");
+    let pass = cairn.home.path().join("dr.pass");
+    std::fs::write(&pass, "dr passphrase").expect("write");
+    let from = format!("file:{}", pass.display());
+    ok(&cairn.run(&[
+        "dr",
+        "enable",
+        "--profile",
+        location.to_str().expect("utf-8"),
+        "--passphrase-from",
+        &from,
+    ]));
+    ok(&cairn.run(&[
+        "dr",
+        "run",
+        "--blueprint",
+        crate::support::wasm("dr").to_str().expect("utf-8"),
+    ]));
+    std::fs::remove_file(&pass).expect("remove the passphrase");
+    let out = cairn.run(&["policy", "run", "greet", "--output", "json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let outcome = json(&out);
+    assert_eq!(outcome["succeeded"], true, "{outcome}");
+    assert!(
+        outcome["errors"][0]
+            .as_str()
+            .is_some_and(|e| e.contains("needs the DR passphrase")),
+        "{outcome}"
+    );
+    assert_eq!(show(&cairn)["policy"]["last_run"]["succeeded"], true);
+    let out = cairn.run(&["policy", "list"]);
+    assert!(stdout(&out).contains("ok, with errors"), "{}", stdout(&out));
+}
