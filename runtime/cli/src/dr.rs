@@ -1383,6 +1383,21 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
             protection,
         } => {
             let catalog = crate::catalog::open(&home)?;
+            // `--profile NAME` names a location profile everywhere else; here it is the DR
+            // location itself, read on recovery before there is a catalog to hold profiles.
+            if !profile.contains("://")
+                && !std::path::Path::new(&profile).exists()
+                && let Some(named) = catalog.profile(&profile)?
+            {
+                return Err(usage(format!(
+                    "dr enable --profile {profile}: DR takes the location itself, not a location \
+                     profile's name (a recovery reads it before any catalog holds profiles); give \
+                     its URL, --profile {}, with credentials in the environment (AWS_*, \
+                     AZURE_STORAGE_*, GOOGLE_*). A directory named {profile} is made only when it \
+                     is given as ./{profile}",
+                    named.repository
+                )));
+            }
             // Relative paths would be resolved wherever each later run starts (`serve` under
             // systemd starts in /): kept absolute.
             let profile = if profile.contains("://") {

@@ -1305,3 +1305,33 @@ fn dr_enable_names_policies_whose_points_stay_in_the_home() {
         stderr(&out)
     );
 }
+
+/// `dr enable --profile NAME` with a location profile's name is refused, naming its URL: it
+/// would have made a local directory of that name and kept the DR points there.
+#[test]
+fn a_location_profiles_name_is_not_taken_for_a_directory() {
+    let cairn = Cairn::new();
+    let offsite = cairn.home.path().join("offsite-repo");
+    ok(&cairn.run(&[
+        "profile",
+        "add",
+        "offsite",
+        "--repo",
+        offsite.to_str().expect("utf-8"),
+    ]));
+    let out = cairn.run(&[
+        "dr",
+        "enable",
+        "--profile",
+        "offsite",
+        "--passphrase-from",
+        PASSPHRASE,
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not a location profile's name")
+            && stderr(&out).contains(offsite.to_str().expect("utf-8")),
+        "{}",
+        stderr(&out)
+    );
+}
