@@ -481,10 +481,12 @@ async fn points(repo: &Repository) -> anyhow::Result<Vec<Point>> {
         .snapshots(&SnapshotFilter::new().source(MANIFEST))
         .await
         .context("cannot list the DR points")?;
+    // With the manifest's own time, precise where the point's is to the second: two points
+    // sealed within one second (a DR run, then another after a change of mode) are told apart.
     let mut points = Vec::with_capacity(snapshots.len());
     for s in snapshots {
         match read_point(repo, &s.id).await {
-            Ok(point) => points.push(point),
+            Ok(point) => points.push((s.time, point)),
             Err(e) => eprintln!(
                 "cairn: warning: {}; it is left out (`cairn repo check --read-data` on the DR \
                  location names the damage)",
@@ -492,12 +494,20 @@ async fn points(repo: &Repository) -> anyhow::Result<Vec<Point>> {
             ),
         }
     }
-    points.sort_by(|a, b| {
+    newest_first(&mut points);
+    Ok(points.into_iter().map(|(_, p)| p).collect())
+}
+
+/// Orders DR points, each with the time its manifest was saved, newest first: by the last
+/// change they cover, then by their time, then by the manifest's (the point's own is to the
+/// second), then by id.
+fn newest_first(points: &mut [(jiff::Timestamp, Point)]) {
+    points.sort_by(|(a_saved, a), (b_saved, b)| {
         b.to.cmp(&a.to)
             .then(b.time.cmp(&a.time))
+            .then(b_saved.cmp(a_saved))
             .then(b.id.cmp(&a.id))
     });
-    Ok(points)
 }
 
 /// The host side of the `catalog` interface, over the home's catalog.
@@ -2014,4 +2024,36 @@ fn check_cluster_id(id: &str) -> anyhow::Result<()> {
             "--cluster-id {id}: not a cluster id (a UUID, as `cairn dr status` prints it)"
         ))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two points covering the same changes, sealed within one second (a DR run, then another
+    /// after a change of mode): the later one is the latest, whatever their random ids.
+    #[test]
+    fn points_sealed_in_one_second_are_ordered_by_when_they_were_saved() {
+        let point = |id: &str, mode: &str| Point {
+            id: id.into(),
+            time: jiff::Timestamp::from_second(1_800_000_000).expect("a time"),
+            mode: mode.into(),
+            from: 0,
+            to: 31,
+            exports: 0,
+            export_ids: Vec::new(),
+            cluster_id: "c".into(),
+            settings: None,
+        };
+        let at =
+            |ms: i64| jiff::Timestamp::from_millisecond(1_800_000_000_000 + ms).expect("a time");
+        for (first, second) in [("ff", "00"), ("00", "ff")] {
+            let mut points = vec![
+                (at(100), point(first, "no-snapshot")),
+                (at(700), point(second, "legacy")),
+            ];
+            newest_first(&mut points);
+            assert_eq!(points[0].1.mode, "legacy", "ids {first} then {second}");
+        }
+    }
 }
