@@ -108,6 +108,10 @@ pub struct RestorePoint {
     /// The policy that produced it, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<String>,
+    /// Why its removal stopped part-way (a delete action that failed after some of its
+    /// exports were gone): it is no longer restored, only removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partly_deleted: Option<String>,
 }
 
 impl Record for RestorePoint {

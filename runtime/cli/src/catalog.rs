@@ -296,6 +296,7 @@ fn restore_point(run: &RunRecord<'_>, target: &Target) -> RestorePoint {
         snapshots,
         values: report.outputs.values.clone(),
         policy: run.policy.map(str::to_owned),
+        partly_deleted: None,
     }
 }
 

@@ -1799,6 +1799,7 @@ impl RestoreArgs {
                     p.policy.as_deref() == Some(&policy.name)
                         && p.target.namespace == policy.namespace
                         && p.target.workload.as_deref() == Some(&self.workload)
+                        && p.partly_deleted.is_none()
                 })
                 .max_by_key(|p| p.created)
                 .ok_or_else(|| {
@@ -1809,6 +1810,7 @@ impl RestoreArgs {
                     ))
                 })?,
         };
+        restorable(&point)?;
         if point.policy.as_deref() != Some(&policy.name)
             || point.target.workload.as_deref() != Some(&self.workload)
         {
@@ -2285,10 +2287,9 @@ async fn remove_point(
         };
         let (report, _) = delete.execute(request, |_| Ok(())).await?;
         if !report.ok {
-            anyhow::bail!(
-                "the blueprint's delete action failed: {}",
-                report.error.as_deref().unwrap_or("unknown error")
-            );
+            let why = report.error.as_deref().unwrap_or("unknown error");
+            note_failed_delete(execution.home, repo, point, why).await?;
+            anyhow::bail!("the blueprint's delete action failed: {why}");
         }
     }
     retire(execution.home, repo, point).await?;
@@ -2342,6 +2343,42 @@ pub(crate) async fn retire(
     let catalog = crate::catalog::open(home)?;
     catalog.delete(cairn_catalog::Record::kind(point), &point.id)?;
     Ok(())
+}
+
+/// After restore point `point`'s delete action failed (`why`): when some of its snapshots are
+/// gone from `repo` (the action removed them before it failed), its record says so. It is then
+/// refused for restores, which would find its data partly gone, until a delete finishes it.
+/// Returns whether it was marked.
+pub(crate) async fn note_failed_delete(
+    home: &Home,
+    repo: &cairn_repository::Repository,
+    point: &cairn_catalog::RestorePoint,
+    why: &str,
+) -> anyhow::Result<bool> {
+    let present = existing(repo, &point.snapshots).await?;
+    if present.len() == point.snapshots.len() {
+        return Ok(false);
+    }
+    let marked = cairn_catalog::RestorePoint {
+        partly_deleted: Some(format!("its delete action failed: {why}")),
+        ..point.clone()
+    };
+    crate::catalog::open(home)?.put(cairn_catalog::Record::kind(point), &point.id, &marked)?;
+    Ok(true)
+}
+
+/// Refuses a restore from `point` when its removal stopped part-way.
+pub(crate) fn restorable(point: &cairn_catalog::RestorePoint) -> anyhow::Result<()> {
+    match &point.partly_deleted {
+        None => Ok(()),
+        Some(why) => Err(UsageError(format!(
+            "restore point {} was partly deleted ({why}); its data is not whole, so it is not \
+             restored. Finish removing it: `cairn run {} --action delete --from-point {} --grant \
+             ...` with the grants its delete needs",
+            point.id, point.blueprint, point.id
+        ))
+        .into()),
+    }
 }
 
 /// Those of the snapshots `ids` that the repository still has.

@@ -111,6 +111,11 @@ pub(crate) async fn run(args: RunArgs, home: Option<PathBuf>) -> anyhow::Result<
         )?),
         _ => None,
     };
+    if let Some(record) = &record
+        && args.action != "delete"
+    {
+        crate::policy::restorable(record)?;
+    }
     let ((artifacts, point_values), point, made_by) = match (&args.from, &record) {
         (Some(path), _) => read_restore_point(path)?,
         (None, Some(p)) => (
@@ -225,11 +230,29 @@ pub(crate) async fn run(args: RunArgs, home: Option<PathBuf>) -> anyhow::Result<
             print_report(report, &blueprint, args.output)
         })
         .await?;
-    if report.ok
-        && args.action == "delete"
+    if args.action == "delete"
         && let Some(id) = &point
     {
-        retire_deleted(&home, &run, id).await?;
+        if report.ok {
+            retire_deleted(&home, &run, id).await?;
+        } else {
+            // Read apart: the catalog is not held while the next step opens it.
+            let record = crate::catalog::open(&home)?.restore_point(id)?;
+            if let Some(record) = record
+                && crate::policy::note_failed_delete(
+                    &home,
+                    run.exports.repository(),
+                    &record,
+                    report.error.as_deref().unwrap_or("unknown error"),
+                )
+                .await?
+            {
+                eprintln!(
+                    "cairn: restore point {id} is partly deleted: it is no longer restored; run \
+                     the delete again, with the grants it needs, to finish"
+                );
+            }
+        }
     }
     if report.ok {
         return Ok(ExitCode::from(exit::OK));

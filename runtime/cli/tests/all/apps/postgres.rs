@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
 use super::{DB, Harness, SqlServer, Workload, answer, assert_fails_with, free_port};
-use super::{phase, require, snapshots, value, wait_for};
+use super::{exported_points, phase, require, snapshots, value, wait_for};
 use crate::support::{Cairn, json, stderr};
 
 /// `psql` without `.psqlrc`, unaligned tuples only, stopping at the first error.
@@ -469,6 +469,34 @@ fn backup_mode_brackets_the_volume_snapshot() {
     );
     // The session ended: no connection of the blueprint is left.
     pg.sessions_end();
+
+    // A delete granted too little removes the dump, then fails on the volume snapshot: the
+    // point is marked partly deleted and refused for restores, until a delete finishes it.
+    let point = v["action_id"].as_str().expect("an action id").to_owned();
+    let out = pg.h.run(
+        &cairn,
+        "delete",
+        &["--from-point", &point, "--grant", "export"],
+    );
+    assert!(!out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("partly deleted"), "{}", stderr(&out));
+    let out = pg.h.run(
+        &cairn,
+        "restore",
+        &["--from-point", &point, "--grant", "exec,import,volumes"],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("was partly deleted") && stderr(&out).contains("volumes"),
+        "{}",
+        stderr(&out)
+    );
+    pg.h.run_ok(
+        &cairn,
+        "delete",
+        &["--from-point", &point, "--grant", "export,volumes"],
+    );
+    assert!(!exported_points(&cairn).contains(&point));
 }
 
 /// A `psql` session of the test holding a lock until dropped.
