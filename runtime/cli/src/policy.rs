@@ -381,28 +381,33 @@ pub(crate) async fn run(cmd: PolicyCommand, home: Option<PathBuf>) -> anyhow::Re
         } => {
             let policy = load(&crate::catalog::open(&home)?, &name)?;
             let engine = crate::run::engine(&home)?;
-            restore.run(&policy, &engine, &home, output).await
+            let interrupt = crate::run::interrupt_on_signals()?;
+            restore
+                .run(&policy, &engine, &home, output, &interrupt)
+                .await
         }
         PolicyCommand::Run { name, output } => {
             let policy = load(&crate::catalog::open(&home)?, &name)?;
             let engine = crate::run::engine(&home)?;
-            let outcome = run_policy(&policy, &engine, &home).await.map_err(|e| {
-                match e.downcast::<Busy>() {
+            // Ctrl-C stops the running action (its posthook still runs) and what was left.
+            let interrupt = crate::run::interrupt_on_signals()?;
+            let outcome = run_policy(&policy, &engine, &home, &interrupt)
+                .await
+                .map_err(|e| match e.downcast::<Busy>() {
                     Ok(busy) => UsageError(busy.to_string()).into(),
                     Err(e) => e,
-                }
-            })?;
+                })?;
             match output {
                 Output::Json => outln!("{}", serde_json::to_string_pretty(&outcome)?),
                 Output::Text => outcome.print(),
             }
-            Ok(ExitCode::from(
-                if outcome.run.succeeded && outcome.run.errors.is_empty() {
-                    exit::OK
-                } else {
-                    exit::FAILED
-                },
-            ))
+            Ok(ExitCode::from(if interrupt.is_triggered() {
+                exit::INTERRUPTED
+            } else if outcome.run.succeeded && outcome.run.errors.is_empty() {
+                exit::OK
+            } else {
+                exit::FAILED
+            }))
         }
     }
 }
@@ -1415,10 +1420,11 @@ pub(crate) async fn run_policy(
     policy: &Policy,
     engine: &Engine,
     home: &Home,
+    interrupt: &cairn_engine::Interrupt,
 ) -> anyhow::Result<Outcome> {
     let started = Timestamp::now();
     let _running = running(home, &policy.name, started).await?;
-    let prepared = prepare(policy, engine, home).await;
+    let prepared = prepare(policy, engine, home, interrupt).await;
     let outcome = match prepared {
         Ok(prepared) => back_up_and_retain(policy, engine, home, &prepared, started).await,
         Err(e) => Outcome {
@@ -1445,12 +1451,21 @@ pub(crate) async fn run_policy(
     Ok(outcome)
 }
 
-async fn prepare(policy: &Policy, engine: &Engine, home: &Home) -> anyhow::Result<Prepared> {
+/// The runs of a policy, each stopped by `interrupt`.
+async fn prepare(
+    policy: &Policy,
+    engine: &Engine,
+    home: &Home,
+    interrupt: &cairn_engine::Interrupt,
+) -> anyhow::Result<Prepared> {
     let Selected {
         cluster,
-        groups,
+        mut groups,
         unbound,
     } = select(policy, engine, home).await?;
+    for group in &mut groups {
+        group.request.interrupt = interrupt.clone();
+    }
     let select = crate::repo::RepoSelect::of_policy(policy.export.as_ref());
     let exports = crate::run::open_exports(&select, home).await?;
     Ok(Prepared {
@@ -1744,8 +1759,11 @@ impl RestoreArgs {
         engine: &Engine,
         home: &Home,
         output: Output,
+        interrupt: &cairn_engine::Interrupt,
     ) -> anyhow::Result<ExitCode> {
-        let restored = self.restore(policy, engine, home, output).await?;
+        let restored = self
+            .restore(policy, engine, home, output, interrupt)
+            .await?;
         let Some(error) = restored.error else {
             return Ok(ExitCode::from(exit::OK));
         };
@@ -1766,8 +1784,9 @@ impl RestoreArgs {
         engine: &Engine,
         home: &Home,
         output: Output,
+        interrupt: &cairn_engine::Interrupt,
     ) -> anyhow::Result<Restored> {
-        let prepared = prepare(policy, engine, home).await?;
+        let prepared = prepare(policy, engine, home, interrupt).await?;
         let Some(group) = prepared
             .groups
             .iter()

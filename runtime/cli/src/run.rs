@@ -298,7 +298,7 @@ async fn retire_deleted(home: &Home, run: &Execution<'_>, id: &str) -> anyhow::R
 
 /// An interrupt that the first SIGINT (Ctrl-C) or SIGTERM triggers: the running phase stops,
 /// the posthook still runs and the run is recorded. A second signal ends the process at once.
-fn interrupt_on_signals() -> anyhow::Result<cairn_engine::Interrupt> {
+pub(crate) fn interrupt_on_signals() -> anyhow::Result<cairn_engine::Interrupt> {
     let interrupt = cairn_engine::Interrupt::default();
     let trigger = interrupt.clone();
     crate::on_interrupt("stopping the action and running its posthook", move || {

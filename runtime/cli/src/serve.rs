@@ -165,12 +165,15 @@ pub(crate) async fn serve(args: ServeArgs, home: Option<PathBuf>) -> anyhow::Res
             due_now.push(policy);
         }
         // `--jobs` at a time; a stop request lets those running finish and starts no more.
+        // A stop request takes effect between runs, never inside one.
+        let never = cairn_engine::Interrupt::default();
+        let never = &never;
         let (stop_ref, engine_ref, home_ref) = (&stop, &engine, &home);
         let runs = due_now.iter().map(|policy| async move {
             if stop_ref.requested() {
                 return None;
             }
-            let outcome = run_policy(policy, engine_ref, home_ref).await;
+            let outcome = run_policy(policy, engine_ref, home_ref, never).await;
             Some((policy, outcome))
         });
         let mut runs =

@@ -453,6 +453,73 @@ fn an_interrupt_mid_dump_still_releases_the_lock_and_records_nothing() {
     );
 }
 
+/// `cairn policy run` stops on Ctrl-C as `cairn run` does: the dump stops, the posthook
+/// releases the read lock, and it exits 130.
+#[test]
+fn a_policy_run_stops_on_an_interrupt_and_releases_the_lock() {
+    let maria = Maria::start();
+    maria.load();
+    let cairn = Cairn::new();
+    let dumped = hanging_dump(&maria);
+    let wasm = crate::support::wasm("mysql");
+    crate::support::ok(&cairn.run(&["blueprint", "add", wasm.to_str().expect("utf-8 path")]));
+    // The connection's parameters, as the runs of these tests give them.
+    let params: Vec<String> = maria
+        .h
+        .args("backup", &[])
+        .windows(2)
+        .filter(|w| w[0] == "--param")
+        .map(|w| {
+            let (k, v) = w[1].split_once('=').expect("NAME=VALUE");
+            format!("{k}: '{v}'")
+        })
+        .collect();
+    let policy = maria.h.root().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        format!(
+            "name: db\nblueprint: mysql\ntarget: local:{}\nworkloads: [{}]\n\
+             frequency: '@daily'\nretention: {{last: 1}}\n\
+             grants: [exec, export, secrets, volumes]\n\
+             secrets: {{password: 'env:CAIRN_TEST_MARIA_PASSWORD'}}\n\
+             params: {{database: shop, quiesce: 'true', {}}}\n",
+            maria.h.root().join("inventory.yaml").display(),
+            maria.h.name,
+            params.join(", ")
+        ),
+    )
+    .expect("write the policy");
+    crate::support::ok(&cairn.run(&["policy", "apply", policy.to_str().expect("utf-8 path")]));
+    let child = cairn
+        .command(&["policy", "run", "db"])
+        .env("CAIRN_TEST_MARIA_PASSWORD", "my-s3cret")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cairn starts");
+    wait_for(
+        "the dump to be written",
+        60,
+        || dumped.exists(),
+        String::new,
+    );
+    assert!(
+        !insert_within(&maria, 1),
+        "the lock is held while the dump runs"
+    );
+    signal(child.id(), "-INT");
+    let started = Instant::now();
+    let out = child.wait_with_output().expect("cairn ends");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "it stopped at once"
+    );
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    assert!(stderr(&out).contains("interrupted"), "{}", stderr(&out));
+    assert!(insert_within(&maria, 5), "the lock was not released");
+    assert!(super::exported_points(&cairn).is_empty());
+}
+
 #[test]
 fn a_prehook_that_times_out_waiting_for_the_lock_has_its_connection_killed() {
     let maria = Maria::start();
