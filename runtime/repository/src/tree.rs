@@ -32,11 +32,14 @@ const WRITERS: usize = 2;
 const WRITER_RUN: (usize, u64) = (128, 8 << 20);
 
 fn mtime_ns(m: &std::fs::Metadata) -> i64 {
-    m.modified()
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+    let Ok(t) = m.modified() else {
+        return 0;
+    };
+    // Nanoseconds either side of 1970, as far as 64 bits reach (1677 to 2262).
+    match t.duration_since(std::time::UNIX_EPOCH) {
+        Ok(after) => i64::try_from(after.as_nanos()).unwrap_or(i64::MAX),
+        Err(before) => i64::try_from(before.duration().as_nanos()).map_or(i64::MIN, |n| -n),
+    }
 }
 
 #[cfg(unix)]
@@ -792,7 +795,20 @@ fn safe_join(target: &Path, node: &Node) -> Result<PathBuf> {
 /// through a link the restore did not make.
 fn make_dir(p: &Path) -> Result<()> {
     match std::fs::symlink_metadata(p) {
-        Ok(m) if m.is_dir() => return Ok(()),
+        Ok(m) if m.is_dir() => {
+            // One restored before (a read-only directory of the snapshot) is made writable
+            // while the restore fills it: it gets the snapshot's mode back with its metadata.
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = m.permissions().mode();
+                if mode & 0o700 != 0o700 {
+                    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode | 0o700))
+                        .map_err(|e| Error::io("make writable", p, e))?;
+                }
+            }
+            return Ok(());
+        }
         Ok(_) => std::fs::remove_file(p).map_err(|e| Error::io("replace", p, e))?,
         Err(_) => {}
     }
@@ -939,8 +955,8 @@ struct Meta {
 
 impl Meta {
     /// The owner first (changing it clears set-id bits and file capabilities), then the
-    /// permissions, the extended attributes and the time. A symlink gets only its owner and
-    /// attributes: permissions and times would be set on what it points to.
+    /// permissions, the extended attributes and the time. A symlink gets its owner, attributes
+    /// and time, set on the link itself, not permissions (Linux has none for links).
     fn set(&self, path: &Path, node: &Node) -> Result<()> {
         self.owners.set(path, node)?;
         if node.kind != NodeKind::Symlink {
@@ -952,9 +968,11 @@ impl Meta {
             }
         }
         self.xattrs.set(path, node.xattrs())?;
-        if node.kind != NodeKind::Symlink
-            && let Ok(f) = std::fs::File::open(path)
-        {
+        if node.kind == NodeKind::Symlink {
+            // A filesystem that keeps no time for links refuses it; nothing else is lost.
+            #[cfg(unix)]
+            let _ = set_link_mtime(path, node);
+        } else if let Ok(f) = std::fs::File::open(path) {
             let _ = f.set_modified(mtime(node));
         }
         Ok(())
@@ -981,7 +999,30 @@ impl Meta {
 
 /// The modification time `node` records.
 fn mtime(node: &Node) -> std::time::SystemTime {
-    std::time::UNIX_EPOCH + std::time::Duration::from_nanos(node.mtime_ns.max(0) as u64)
+    let since = std::time::Duration::from_nanos(node.mtime_ns.unsigned_abs());
+    if node.mtime_ns >= 0 {
+        std::time::UNIX_EPOCH + since
+    } else {
+        std::time::UNIX_EPOCH - since
+    }
+}
+
+/// Sets a symlink's own modification time (its access time left as it is).
+#[cfg(unix)]
+fn set_link_mtime(path: &Path, node: &Node) -> std::io::Result<()> {
+    use rustix::fs::{AtFlags, CWD, Timestamps, UTIME_OMIT, utimensat};
+    let modified = rustix::fs::Timespec {
+        tv_sec: node.mtime_ns.div_euclid(1_000_000_000),
+        tv_nsec: node.mtime_ns.rem_euclid(1_000_000_000) as _,
+    };
+    let times = Timestamps {
+        last_access: rustix::fs::Timespec {
+            tv_sec: 0,
+            tv_nsec: UTIME_OMIT,
+        },
+        last_modification: modified,
+    };
+    Ok(utimensat(CWD, path, &times, AtFlags::SYMLINK_NOFOLLOW)?)
 }
 
 impl Repository {
@@ -1265,6 +1306,33 @@ impl Repository {
                  created when missing)",
                 target.display()
             )));
+        }
+        // Into a directory that holds something: a directory where the snapshot has a file or
+        // a link is not removed with what it holds (an empty one is), and is refused before
+        // anything is written.
+        if std::fs::read_dir(&target).is_ok_and(|mut d| d.next().is_some()) {
+            let mut in_the_way = Vec::new();
+            for n in nodes.iter().filter(|n| n.kind != NodeKind::Dir) {
+                let p =
+                    safe_join(&target, n).map_err(|e| crate::repo::with_snapshot(e, &info.id))?;
+                if std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir())
+                    && std::fs::remove_dir(&p).is_err()
+                {
+                    in_the_way.push(p.display().to_string());
+                }
+            }
+            if let Some(first) = in_the_way.first() {
+                return Err(Error::Invalid(format!(
+                    "restore target {} holds directories where snapshot {} has files or links: \
+                     {first}{}; move them away (or restore into an empty directory)",
+                    target.display(),
+                    info.short_id(),
+                    match in_the_way.len() {
+                        1 => String::new(),
+                        n => format!(" and {} more", n - 1),
+                    }
+                )));
+            }
         }
         std::fs::create_dir_all(&target).map_err(|e| Error::io("create directory", &target, e))?;
         let mut summary = RestoreSummary::default();

@@ -390,6 +390,38 @@ async fn repo_and_tree(seed: u64) -> (Repository, tempfile::TempDir, std::path::
     (repo, dir, src)
 }
 
+/// Modification times before 1970 come back, and a symlink's own time too.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn times_before_1970_and_of_symlinks_are_restored() {
+    use std::os::unix::fs::MetadataExt;
+    let (repo, dir, src) = repo_and_tree(6).await;
+    let old = std::time::UNIX_EPOCH - std::time::Duration::from_secs(9 * 365 * 86_400 + 7);
+    std::fs::File::options()
+        .write(true)
+        .open(src.join("a/dump.sql"))
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    // The link's own time, not its target's (touch -h).
+    let out = std::process::Command::new("touch")
+        .args(["-h", "-d", "2001-02-03 04:05:06"])
+        .arg(src.join("link"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let snap = repo.backup_tree(&src, BackupOptions::new()).await.unwrap();
+    let dst = dir.path().join("dst");
+    repo.restore_tree(&snap.id, &dst).await.unwrap();
+    let time = |p: std::path::PathBuf| {
+        let m = std::fs::symlink_metadata(p).unwrap();
+        (m.mtime(), m.mtime_nsec())
+    };
+    assert_eq!(time(dst.join("a/dump.sql")), time(src.join("a/dump.sql")));
+    assert!(time(dst.join("a/dump.sql")).0 < 0);
+    assert_eq!(time(dst.join("link")), time(src.join("link")));
+}
+
 /// Owners come back when the restore may give files away (as root, as in CI), set before
 /// the mode so set-id bits stay; otherwise what is restored belongs to the user restoring.
 /// A target the restore creates gets the backed-up directory's owner, mode and time.

@@ -751,3 +751,29 @@ async fn a_backup_asked_to_stop_after_reading_saves_no_snapshot() {
             .is_empty()
     );
 }
+
+/// A restore into a directory holding a directory where the snapshot has a file refuses before
+/// writing anything, naming it, rather than stopping half-way; an empty one is replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_where_a_file_goes_is_refused_before_anything_is_written() {
+    let d = tempfile::tempdir().unwrap();
+    let (_dir, repo, src, tree) = tree_of_files(d.path(), &["a", "b"], 100_000, 7).await;
+    let target = d.path().join("target");
+    std::fs::create_dir_all(target.join("a")).unwrap();
+    std::fs::write(target.join("a/keep"), "mine").unwrap();
+    let opts = cairn_repository::RestoreOptions::new();
+    let e = repo
+        .restore_paths_salvaging(&tree, &target, &[], &opts)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Invalid(_)), "{e}");
+    assert!(e.to_string().contains("target/a"), "{e}");
+    assert!(!target.join("b").exists(), "nothing is written");
+    assert_eq!(std::fs::read(target.join("a/keep")).unwrap(), b"mine");
+    // Emptied, the directory gives way to the file.
+    std::fs::remove_file(target.join("a/keep")).unwrap();
+    repo.restore_paths_salvaging(&tree, &target, &[], &opts)
+        .await
+        .unwrap();
+    assert_same_tree(&src, &target);
+}
