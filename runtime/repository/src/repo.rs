@@ -1618,7 +1618,7 @@ impl Repository {
     /// so a typo removes nothing.
     pub async fn forget_ids(&self, ids: &[String], dry_run: bool) -> Result<ForgetReport> {
         let mut doomed: Vec<SnapshotInfo> = Vec::with_capacity(ids.len());
-        // Named by their whole id, damaged snapshot objects are removed too, unread.
+        // Damaged snapshot objects are removed too, unread.
         let mut damaged: Vec<String> = Vec::new();
         for id in ids {
             match self.snapshot(id).await {
@@ -1628,6 +1628,15 @@ impl Repository {
                     }
                 }
                 Err(Error::Corrupt { .. }) if format::is_id(id) => damaged.push(id.clone()),
+                // Named by a unique prefix, as `snapshots` shows ids: the one it names.
+                Err(e @ Error::Corrupt { .. }) => {
+                    let mut named = self.snapshot_ids().await?;
+                    named.retain(|i| i.starts_with(id.as_str()));
+                    match named.as_slice() {
+                        [one] => damaged.push(one.clone()),
+                        _ => return Err(e),
+                    }
+                }
                 Err(e) => return Err(e),
             }
         }

@@ -177,6 +177,9 @@ async fn damaged_snapshot_object_is_named() {
         e.to_string().contains(&format!("cairn repo forget {a}")),
         "{e}"
     );
+    // By the short id `snapshots` shows, as by the whole one.
+    let forgot = repo.forget_ids(&[a[..8].to_owned()], true).await.unwrap();
+    assert_eq!(forgot.removed, std::slice::from_ref(&a));
     let forgot = repo
         .forget_ids(std::slice::from_ref(&a), false)
         .await
