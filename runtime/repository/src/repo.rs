@@ -209,9 +209,17 @@ impl SnapshotFilter {
         self.without_tags.push(t.into());
         self
     }
-    /// Requires a source (path or stream name).
+    /// Requires a source (path or stream name). An absolute path is cleaned as a backup
+    /// records it (`/data/` is `/data`).
     pub fn source(mut self, s: impl Into<String>) -> Self {
-        self.source = Some(s.into());
+        let s = s.into();
+        self.source = Some(if s.starts_with('/') {
+            crate::tree::clean(std::path::Path::new(&s))
+                .display()
+                .to_string()
+        } else {
+            s
+        });
         self
     }
     /// Requires the host the snapshots were made on.

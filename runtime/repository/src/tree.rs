@@ -997,6 +997,23 @@ impl Meta {
     }
 }
 
+/// `path` (absolute) without `.`, `..` or a trailing separator, resolved by its text as
+/// restic's and Go's `Clean` do: `dir/`, `./dir` and `x/../dir` are one directory, recorded
+/// once as the source its snapshots and their parent are found by.
+pub(crate) fn clean(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// The modification time `node` records.
 fn mtime(node: &Node) -> std::time::SystemTime {
     let since = std::time::Duration::from_nanos(node.mtime_ns.unsigned_abs());
@@ -1034,6 +1051,7 @@ impl Repository {
         opts: BackupOptions,
     ) -> Result<SnapshotInfo> {
         let root = std::path::absolute(path.as_ref())
+            .map(|p| clean(&p))
             .map_err(|e| Error::io("resolve", path.as_ref(), e))?;
         let meta = match std::fs::metadata(&root) {
             Ok(m) if m.is_dir() => m,
@@ -2226,6 +2244,22 @@ fn write_all(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn sources_are_cleaned_by_their_text() {
+        for (given, clean) in [
+            ("/data/s2/", "/data/s2"),
+            ("/data/./s2", "/data/s2"),
+            ("/data/s2/../s2", "/data/s2"),
+            ("/../data", "/data"),
+            ("/", "/"),
+        ] {
+            assert_eq!(
+                super::clean(std::path::Path::new(given)).to_str(),
+                Some(clean)
+            );
+        }
+    }
+
     use super::*;
 
     /// The inputs a message brings, in order.
