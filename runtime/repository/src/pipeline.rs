@@ -49,6 +49,13 @@ pub const MAX_UPLOADS_IN_FLIGHT: usize = 2;
 /// reusable data behind (about 2.6 MB of index plaintext, 1.6 GiB of a stream): small enough
 /// that the entries held for it do not show in a long stream's memory.
 pub(crate) const INDEX_FLUSH_ENTRIES: usize = 50_000;
+/// Packs uploaded before an index file is written whatever their entries (256 MiB at the
+/// default pack size): a backup of large chunks killed outright (`kill -9`, a lost node) leaves
+/// at most this much that its rerun cannot reuse.
+pub(crate) const INDEX_FLUSH_PACKS: usize = 16;
+/// How long packs wait for their index file at most, for a slow backup (a throttled upload,
+/// a slow stream) killed outright.
+pub(crate) const INDEX_FLUSH_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
 /// Default zstd level: low levels keep up with two cores.
 pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
 /// Default zstd level of frames that look like text.
@@ -775,6 +782,8 @@ fn packer_loop(
     let mut uploads: Vec<tokio::task::JoinHandle<Result<()>>> = Vec::new();
     let mut pending: Vec<(PackId, Vec<Entry>)> = Vec::new();
     let mut pending_entries = 0usize;
+    // When the first pack waiting for an index file was uploaded.
+    let mut pending_since: Option<std::time::Instant> = None;
     let mut out = PackerOut::default();
     // Set by an upload that failed, so the loop stops feeding packs to a store that refuses
     // them (a full disk) instead of waiting for the next index flush to notice.
@@ -880,10 +889,16 @@ fn packer_loop(
         }
         if pack.data.len() >= pack_bytes {
             let full = std::mem::replace(&mut pack, PackBuf::new(cap, &pool));
+            let since = *pending_since.get_or_insert_with(std::time::Instant::now);
             pending_entries += upload(full, &mut uploads, &mut pending, &mut out)?;
-            if pending_entries >= INDEX_FLUSH_ENTRIES || upload_failed.load(Ordering::Relaxed) {
+            if pending_entries >= INDEX_FLUSH_ENTRIES
+                || pending.len() >= INDEX_FLUSH_PACKS
+                || since.elapsed() >= INDEX_FLUSH_AFTER
+                || upload_failed.load(Ordering::Relaxed)
+            {
                 flush_index(&mut uploads, &mut pending, &mut out)?;
                 pending_entries = 0;
+                pending_since = None;
             }
         }
     }
