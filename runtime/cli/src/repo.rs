@@ -1995,7 +1995,7 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                 );
             }
             KeyCommand::Remove { id } => {
-                repo.remove_key(id).await?;
+                let id = repo.remove_key(id).await?;
                 args.print(
                     || format!("removed key slot {id}"),
                     json!({ "removed": id }),

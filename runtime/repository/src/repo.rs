@@ -331,12 +331,13 @@ impl ReadData {
         let bad = || {
             Error::Invalid(format!(
                 "`{s}` is not a subset of the data: give N/M (group N of M, 1 ≤ N ≤ M, e.g. \
-                 2/7) or P% (a random share, e.g. 10%)"
+                 2/7) or P% (a random share above 0, e.g. 10%)"
             ))
         };
         if let Some(p) = s.strip_suffix('%') {
             let p: f64 = p.trim().parse().map_err(|_| bad())?;
-            return if (0.0..=100.0).contains(&p) {
+            // 0% would read nothing and report a clean check.
+            return if p > 0.0 && p <= 100.0 {
                 Ok(Self::Share(p / 100.0))
             } else {
                 Err(bad())
@@ -1361,6 +1362,9 @@ impl Repository {
             }
         }
         report.snapshots = marked.len() + report.errors.len();
+        // Snapshots that could not be read: what they reference is not known, so data no
+        // other snapshot references is not known to be unused.
+        let unreadable = report.errors.len();
         let referenced = marks.referenced;
         let mut blame = Blame::default();
         report.errors.extend(
@@ -1389,11 +1393,24 @@ impl Repository {
                 .collect();
             (by_pack, missing)
         };
+        let unindexed = packs_present
+            .keys()
+            .filter(|h| !by_pack.contains_key(*h))
+            .count();
         if !missing_chunks.is_empty() {
             let reason = format!(
-                "{} chunks referenced by snapshots are in no index (`cairn repo repair index` \
-                 indexes the packs that still hold them)",
-                missing_chunks.len()
+                "{} chunks referenced by snapshots are in no index ({})",
+                missing_chunks.len(),
+                if unindexed > 0 {
+                    format!(
+                        "{unindexed} packs are in no index: `cairn repo repair index` indexes \
+                         them from their own headers"
+                    )
+                } else {
+                    "no pack holds them any more: backing the same data up again stores them \
+                     anew, and the snapshots restore again; or forget the snapshots"
+                        .to_owned()
+                }
             );
             blame.push(&mut report, "index".into(), reason, missing_chunks);
         }
@@ -1448,17 +1465,30 @@ impl Repository {
         for hex in packs_present.keys() {
             if !by_pack.contains_key(hex) {
                 report.warnings.push(format!(
-                    "pack {} is in no index (being written by a backup that is running, left \
-                     by an interrupted one, or replaced by a repack; prune removes it when \
-                     no backup runs)",
-                    format::pack_path(hex)
+                    "pack {} is in no index ({})",
+                    format::pack_path(hex),
+                    if blame.0.is_empty() && unreadable == 0 {
+                        "being written by a backup that is running, left by an interrupted one, \
+                         or replaced by a repack; prune removes it when no backup runs"
+                    } else {
+                        "it may hold what the damage above names as missing: `cairn repo \
+                         repair index` indexes it from its own header"
+                    }
                 ));
             }
         }
         if unreferenced_packs > 0 {
-            report.warnings.push(format!(
-                "{unreferenced_packs} packs hold only unreferenced data (prune removes them)"
-            ));
+            report.warnings.push(if unreadable == 0 {
+                format!(
+                    "{unreferenced_packs} packs hold only unreferenced data (prune removes them)"
+                )
+            } else {
+                format!(
+                    "{unreferenced_packs} packs hold data no readable snapshot references; the \
+                     {unreadable} snapshot(s) that cannot be read may need it, so prune leaves it \
+                     until they are repaired or forgotten"
+                )
+            });
         }
         if !blame.0.is_empty() {
             // Only a check that found damage reads the snapshots whole again, to name those
@@ -2304,8 +2334,9 @@ impl Repository {
         Ok(v)
     }
 
-    /// Removes a key slot (id or unique prefix); refuses to remove the last one.
-    pub async fn remove_key(&self, id_or_prefix: &str) -> Result<()> {
+    /// Removes a key slot (id or unique prefix); refuses to remove the last one. Returns the
+    /// removed slot's id.
+    pub async fn remove_key(&self, id_or_prefix: &str) -> Result<String> {
         let slots = read_slots(&self.inner.backend).await?;
         let matching: Vec<&String> = slots
             .iter()
@@ -2335,7 +2366,11 @@ impl Repository {
                  key to remove this one, or replace it with `key rotate`"
             )));
         }
-        self.inner.backend.delete_any(&format::key_path(&id)).await
+        self.inner
+            .backend
+            .delete_any(&format::key_path(&id))
+            .await?;
+        Ok(id)
     }
 
     /// Replaces the slot this repository was opened with by one wrapped by `new_key` (a new
@@ -2508,6 +2543,12 @@ async fn open_slots(
     repository: &str,
     key: &dyn KeyProvider,
 ) -> Result<(MasterKeys, String)> {
+    if slots.is_empty() {
+        return Err(Error::Invalid(format!(
+            "repository {repository} has no readable key slot (its keys/ objects are gone or \
+             damaged), so no key opens it: put back a copy of keys/"
+        )));
+    }
     for (id, s) in slots {
         if s.key.kind != key.kind() {
             continue;

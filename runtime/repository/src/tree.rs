@@ -1561,10 +1561,16 @@ impl Repository {
             }
         };
         let before = progress();
-        match self.restore_paths_with(info, target, include, opts).await {
-            Err(e) if damage(&e) => tracing::warn!("{e}; restoring the rest"),
+        let first = match self.restore_paths_with(info, target, include, opts).await {
+            Err(e) if damage(&e) => e,
             done => return done,
-        }
+        };
+        // The tree itself damaged (its node chunks), nothing of it can be told apart.
+        let mut nodes = match self.tree_nodes(info).await {
+            Ok(nodes) => nodes,
+            Err(_) => return Err(first),
+        };
+        tracing::warn!("{first}; restoring the rest");
         take_back(before);
         // Later attempts leave the length alone: each would set it to its own group's.
         let again = RestoreOptions {
@@ -1573,7 +1579,6 @@ impl Repository {
         };
         // The leaves: what is not a directory, and directories with nothing below; the names
         // of one hard link kept together, so that they are restored as one file.
-        let mut nodes = self.tree_nodes(info).await?;
         select(&mut nodes, include, info)?;
         let parents: HashSet<&str> = nodes
             .iter()

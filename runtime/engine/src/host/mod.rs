@@ -56,7 +56,8 @@ impl HostState {
         }
         if !self.action.grants.contains(&cap) {
             return Err(WitError::Denied(format!(
-                "capability `{cap}` not granted; rerun with --grant {cap}"
+                "capability `{cap}` not granted; grant it (`--grant {cap}` on `cairn run` and \
+                 `policy restore`, a policy's or binding's `grants:`)"
             )));
         }
         self.action.host.clone().ok_or_else(|| {

@@ -134,7 +134,7 @@ async fn a_call_to_an_ungranted_capability_is_denied_by_name() {
     let report = misbehave_alongside(&fixture, req).await;
     let error = failure_of(&report);
     assert!(
-        error.contains("denied: capability `exec` not granted; rerun with --grant exec"),
+        error.contains("denied: capability `exec` not granted; grant it (`--grant exec`"),
         "{error}"
     );
     assert_eq!(report.phases[0].status, PhaseStatus::Failed);

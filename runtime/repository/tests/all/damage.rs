@@ -410,6 +410,23 @@ async fn lost_index_files_are_rebuilt_from_pack_headers_and_prune_waits_for_it()
     assert!(e.to_string().contains("in no index file"), "{e}");
     assert!(e.to_string().contains("cairn repo repair index"), "{e}");
     assert_eq!(packs(d.path()), all_packs, "prune deleted nothing");
+    // check points at the packs in no index and at `repair index`, not at prune.
+    let report = open().await.unwrap().check(false).await.unwrap();
+    assert!(
+        report
+            .errors
+            .iter()
+            .any(|p| p.reason.contains("`cairn repo repair index` indexes them")),
+        "{report:?}"
+    );
+    assert!(
+        report
+            .warnings
+            .iter()
+            .filter(|w| w.contains("in no index"))
+            .all(|w| w.contains("repair index") && !w.contains("prune removes")),
+        "{report:?}"
+    );
 
     // a's damaged as well.
     let mut bytes = std::fs::read(&a_index[0]).unwrap();

@@ -71,7 +71,11 @@ async fn add_list_remove_rotate_without_rewriting_data() {
         "{e}"
     );
     // Remove "two"; then the last key cannot go.
-    r3.remove_key(&two[..8]).await.unwrap();
+    assert_eq!(
+        r3.remove_key(&two[..8]).await.unwrap(),
+        two,
+        "the whole id, by its prefix"
+    );
     let e = r3.remove_key(&three).await.unwrap_err();
     assert!(matches!(e, Error::LastKey { .. }), "{e}");
     let mut out = Vec::new();
@@ -235,4 +239,19 @@ async fn diff_sees_through_ids_kept_inline_or_in_list_chunks() {
     let diff = repo.diff_trees(&inline, &changed).await.unwrap();
     let diff: Vec<_> = diff.iter().map(|c| (c.path.as_str(), c.change)).collect();
     assert_eq!(diff, [("a/dump.sql", "modified")]);
+}
+
+/// A repository whose key slots are all gone says so, not "wrong passphrase".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repository_without_key_slots_says_so() {
+    let d = tempfile::tempdir().unwrap();
+    let url = d.path().display().to_string();
+    init_repo(url.as_str()).await;
+    for slot in std::fs::read_dir(d.path().join("keys")).unwrap() {
+        std::fs::remove_file(slot.unwrap().path()).unwrap();
+    }
+    let e = Repository::open(url.as_str(), &pass("p"))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("no readable key slot"), "{e}");
 }
