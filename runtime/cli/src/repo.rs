@@ -1264,6 +1264,15 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                 },
                 json!({ "id": info.id, "summary": s }),
             );
+            if s.unreadable > 0 {
+                eprintln!(
+                    "cairn: {} files or directories could not be read (warned about above) and are \
+                     left out of snapshot {}; run the backup as a user who may read them",
+                    s.unreadable,
+                    info.short_id()
+                );
+                return Ok(ExitCode::from(crate::exit::FAILED));
+            }
         }
         RepoCommand::Snapshots { filter } => {
             let list = repo.snapshots(&filter.filter()?).await?;

@@ -380,6 +380,14 @@ pub struct BackupSummary {
     /// and inode had not changed.
     #[serde(default)]
     pub unchanged_files: u64,
+    /// Files and directories of a tree this process could not read (permissions, a path too
+    /// long, a loop), left out of the snapshot.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unreadable: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A snapshot's metadata, as listed and as stored in `snapshots/<id>`.

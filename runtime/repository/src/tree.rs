@@ -17,7 +17,7 @@ use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// Decoded read units queued in front of each file writer thread.
 const WRITER_QUEUE: usize = 2;
@@ -194,11 +194,29 @@ fn vanished(e: &std::io::Error, path: &Path) -> bool {
     gone
 }
 
+/// Whether `e` says that this process cannot read what was listed: no permission (a backup
+/// not run as root), a path longer than the system takes, a symlink loop. It is left out, with
+/// a warning, and counted in `unreadable`: one such file does not fail a tree's backup (the
+/// backup says how many were left out, and exits 1; restic saves its snapshot likewise).
+fn unreadable(e: &std::io::Error, path: &Path, count: &AtomicU64) -> bool {
+    let cannot = e.kind() == std::io::ErrorKind::PermissionDenied
+        || matches!(
+            e.raw_os_error(),
+            Some(code) if code == rustix::io::Errno::NAMETOOLONG.raw_os_error()
+                || code == rustix::io::Errno::LOOP.raw_os_error()
+        );
+    if cannot {
+        tracing::warn!(path = %path.display(), error = %e, "cannot be read; left out");
+        count.fetch_add(1, Ordering::Relaxed);
+    }
+    cannot
+}
+
 /// Walks `root` depth-first, sorted by name, not following symlinks, leaving out what
 /// `exclude` matches and what is removed meanwhile. The entries of a directory are looked at
 /// (their `stat` and extended attributes, the walk's cost) on every core, 64 or more to a
 /// task, and stated relative to the open directory rather than by their whole path.
-fn walk(root: &Path, exclude: &[Pattern]) -> Result<Vec<Node>> {
+fn walk(root: &Path, exclude: &[Pattern], skipped: &AtomicU64) -> Result<Vec<Node>> {
     use rayon::prelude::*;
     let mut out = Vec::new();
     // The first name seen of each file with more than one (device, inode → path).
@@ -209,15 +227,17 @@ fn walk(root: &Path, exclude: &[Pattern]) -> Result<Vec<Node>> {
         let listed = std::fs::read_dir(&dir).and_then(|d| d.collect::<std::io::Result<Vec<_>>>());
         let mut entries = match listed {
             Ok(entries) => entries,
-            // A subdirectory removed since it was listed is kept, empty.
+            // A subdirectory removed since it was listed, or that cannot be read, is kept,
+            // empty.
             Err(e) if !rel.as_os_str().is_empty() && vanished(&e, &dir) => continue,
+            Err(e) if !rel.as_os_str().is_empty() && unreadable(&e, &dir, skipped) => continue,
             Err(e) => return Err(Error::io("read directory", &dir, e)),
         };
         entries.sort_by_key(|e| e.file_name());
         let walked: Vec<Option<Walked>> = entries
             .par_iter()
             .with_min_len(64)
-            .map(|e| walk_entry(e, &rel, exclude))
+            .map(|e| walk_entry(e, &rel, exclude, skipped))
             .collect::<Result<_>>()?;
         let mut subdirs = Vec::new();
         for Walked {
@@ -261,12 +281,17 @@ struct Walked {
 
 /// The walk's look at one entry of the directory `rel`; `None` when `exclude` leaves it out,
 /// it is a special file, or it was removed meanwhile.
-fn walk_entry(e: &std::fs::DirEntry, rel: &Path, exclude: &[Pattern]) -> Result<Option<Walked>> {
+fn walk_entry(
+    e: &std::fs::DirEntry,
+    rel: &Path,
+    exclude: &[Pattern],
+    skipped: &AtomicU64,
+) -> Result<Option<Walked>> {
     let path = e.path();
     // `fstatat` on the open directory: no lookup of the whole path.
     let m = match e.metadata() {
         Ok(m) => m,
-        Err(e) if vanished(&e, &path) => return Ok(None),
+        Err(e) if vanished(&e, &path) || unreadable(&e, &path, skipped) => return Ok(None),
         Err(e) => return Err(Error::io("stat", &path, e)),
     };
     let r = rel.join(e.file_name());
@@ -283,7 +308,7 @@ fn walk_entry(e: &std::fs::DirEntry, rel: &Path, exclude: &[Pattern]) -> Result<
     } else if ft.is_symlink() {
         let t = match std::fs::read_link(&path) {
             Ok(t) => t,
-            Err(e) if vanished(&e, &path) => return Ok(None),
+            Err(e) if vanished(&e, &path) || unreadable(&e, &path, skipped) => return Ok(None),
             Err(e) => return Err(Error::io("read link", &path, e)),
         };
         (NodeKind::Symlink, Some(t.to_string_lossy().into_owned()), 0)
@@ -295,7 +320,7 @@ fn walk_entry(e: &std::fs::DirEntry, rel: &Path, exclude: &[Pattern]) -> Result<
     };
     let xattrs = match xattrs::read(&path) {
         Ok(x) => x,
-        Err(e) if vanished(&e, &path) => return Ok(None),
+        Err(e) if vanished(&e, &path) || unreadable(&e, &path, skipped) => return Ok(None),
         Err(e) => return Err(Error::io("read the extended attributes of", &path, e)),
     };
     let mut node = dir_node(name, &m);
@@ -343,6 +368,7 @@ fn feed(
     tx: &tokio::sync::mpsc::Sender<Input>,
     blocks: &Pool,
     stop: Option<&tokio::sync::watch::Receiver<bool>>,
+    skipped: &AtomicU64,
 ) -> Result<Vec<usize>> {
     use std::io::Read;
     let mut out = Batcher::new(tx);
@@ -351,7 +377,7 @@ fn feed(
     for (i, (path, size)) in files.iter().enumerate() {
         let mut f = match ahead.next_file() {
             Ok(f) => f,
-            Err(e) if vanished(&e, path) => {
+            Err(e) if vanished(&e, path) || unreadable(&e, path, skipped) => {
                 gone.push(i);
                 out.send(Input::EndFile)?;
                 continue;
@@ -1083,8 +1109,11 @@ impl Repository {
             root_node.rare_mut().xattrs = root_xattrs;
         }
         let walk_root = root.clone();
+        // Entries this process cannot read, left out (counted by the walk and the reads).
+        let skipped = Arc::new(AtomicU64::new(0));
+        let walk_skipped = skipped.clone();
         let walked = async {
-            tokio::task::spawn_blocking(move || walk(&walk_root, &exclude))
+            tokio::task::spawn_blocking(move || walk(&walk_root, &exclude, &walk_skipped))
                 .await
                 .map_err(|e| Error::Invalid(format!("walk task failed: {e}")))?
         };
@@ -1138,8 +1167,9 @@ impl Repository {
             })
             .unzip();
         let (tx, blocks, stop) = (pipeline.sender(), pipeline.blocks(), opts.stop.clone());
+        let feed_skipped = skipped.clone();
         let fed = tokio::task::spawn_blocking(move || match tx {
-            Some(tx) => feed(&files, per_file, &tx, &blocks, stop.as_ref()),
+            Some(tx) => feed(&files, per_file, &tx, &blocks, stop.as_ref(), &feed_skipped),
             None => Err(Error::Aborted),
         })
         .await
@@ -1159,6 +1189,7 @@ impl Repository {
                 drop_files(nodes, &gone);
             }
             summary.files -= gone.len() as u64;
+            summary.unreadable = skipped.load(Ordering::Relaxed);
             let kind = SnapshotKind::Tree {
                 path: root.display().to_string(),
             };
@@ -2335,7 +2366,8 @@ mod tests {
         std::fs::write(&c, b"").expect("c");
         let files = vec![(a, 5), (gone, 3), (c, 0)];
         let (tx, mut rx) = tokio::sync::mpsc::channel(16);
-        let left_out = feed(&files, false, &tx, &Pool::new(1), None).expect("fed");
+        let left_out =
+            feed(&files, false, &tx, &Pool::new(1), None, &AtomicU64::new(0)).expect("fed");
         assert_eq!(left_out, [1]);
         drop(tx);
         let mut seen = Vec::new();
@@ -2381,7 +2413,9 @@ mod tests {
         files.push((grown, 10));
         files.push((shrunk, 5000));
         let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
-        let reader = std::thread::spawn(move || feed(&files, true, &tx, &Pool::new(1), None));
+        let reader = std::thread::spawn(move || {
+            feed(&files, true, &tx, &Pool::new(1), None, &AtomicU64::new(0))
+        });
         let (mut messages, mut sizes, mut size) = (0, Vec::new(), 0);
         while let Some(m) = rx.blocking_recv() {
             messages += 1;
@@ -2416,7 +2450,9 @@ mod tests {
         drop(f);
         let files = vec![(path, 24 << 20)];
         let (tx, mut rx) = tokio::sync::mpsc::channel(64);
-        let reader = std::thread::spawn(move || feed(&files, true, &tx, &Pool::new(1), None));
+        let reader = std::thread::spawn(move || {
+            feed(&files, true, &tx, &Pool::new(1), None, &AtomicU64::new(0))
+        });
         let (mut data, mut zeros, mut data_nonzero) = (0u64, 0u64, 0u64);
         while let Some(i) = rx.blocking_recv() {
             for i in unbatched(i) {

@@ -1015,3 +1015,37 @@ async fn a_snapshot_stores_again_only_the_nodes_around_a_change() {
     let found = repo.find(&all, &["new.eml".into()]).await.unwrap();
     assert_eq!(found.len(), 1);
 }
+
+/// What this process cannot read (here a path longer than the system takes; permissions for a
+/// backup not run as root) is left out and counted, and the rest of the tree is backed up.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_cannot_be_read_is_left_out_and_counted() {
+    let (repo, dir, src) = repo_and_tree(8).await;
+    // Made one level at a time from the one before (chdir, in a process of its own): no path
+    // names it whole.
+    let name = "d".repeat(200);
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(format!(
+            "import os\nos.chdir({:?})\nfor _ in range(25):\n    os.mkdir('{name}')\n    \
+             os.chdir('{name}')\nopen('f', 'w').write('deep')\n",
+            src.display().to_string()
+        ))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let snap = repo.backup_tree(&src, BackupOptions::new()).await.unwrap();
+    assert!(snap.summary.unreadable >= 1, "{:?}", snap.summary);
+    let dst = dir.path().join("dst");
+    repo.restore_tree(&snap.id, &dst).await.unwrap();
+    assert_eq!(
+        std::fs::read(dst.join("a/dump.sql")).unwrap(),
+        std::fs::read(src.join("a/dump.sql")).unwrap()
+    );
+    // Removed by `rm`, which walks relative to each directory.
+    let _ = std::process::Command::new("rm")
+        .arg("-rf")
+        .arg(src.join(&name))
+        .output();
+}
