@@ -171,6 +171,9 @@ pub fn main() -> ExitCode {
             });
         }
     };
+    // Asked for JSON, a command that fails says so on stdout too, as `cairn repo` does, so a
+    // script reading stdout gets a document either way.
+    let json = asks_json(std::env::args());
     init_tracing(cli.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -187,7 +190,14 @@ pub fn main() -> ExitCode {
             Ok(code) => code,
             Err(e) => {
                 eprintln!("cairn: {}", one_line(&e));
-                ExitCode::from(classify(&e))
+                let code = classify(&e);
+                if json {
+                    outln!(
+                        "{}",
+                        serde_json::json!({ "error": one_line(&e), "exit_code": code })
+                    );
+                }
+                ExitCode::from(code)
             }
         }
     });
@@ -195,6 +205,14 @@ pub fn main() -> ExitCode {
         0 => code,
         failed => ExitCode::from(failed),
     }
+}
+
+/// Whether the command line asks for `--output json`.
+fn asks_json(args: impl Iterator<Item = String>) -> bool {
+    let args: Vec<String> = args.collect();
+    args.windows(2)
+        .any(|w| w[0] == "--output" && w[1] == "json")
+        || args.iter().any(|a| a == "--output=json")
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {

@@ -599,3 +599,29 @@ fn a_point_is_used_only_by_its_blueprint_and_by_actions_that_take_one() {
         stderr(&out)
     );
 }
+
+/// Asked for JSON, a command refused before it ran still prints a document on stdout, as
+/// `cairn repo` does: the error and the exit code.
+#[test]
+fn a_refusal_asked_for_json_prints_a_document() {
+    let cairn = Cairn::new();
+    let out = cairn.run(&[
+        "run",
+        "/no/such/blueprint.wasm",
+        "--action",
+        "backup",
+        "--target",
+        crate::support::HELLO_INVENTORY,
+        "--output",
+        "json",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let doc = json(&out);
+    assert_eq!(doc["exit_code"], 2, "{doc}");
+    assert!(
+        doc["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("/no/such/blueprint.wasm")),
+        "{doc}"
+    );
+}
