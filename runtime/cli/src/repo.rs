@@ -1312,7 +1312,7 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                                 },
                                 e.size,
                                 e.mtime,
-                                e.path,
+                                shown_path(&e.path),
                                 link.unwrap_or_default()
                             )
                         })
@@ -1350,7 +1350,7 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                                 e.kind,
                                 e.size,
                                 e.mtime,
-                                e.path
+                                shown_path(&e.path)
                             )
                         })
                         .collect::<Vec<_>>()
@@ -1390,7 +1390,7 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                                 "type" => "T",
                                 _ => "U",
                             };
-                            format!("{mark} {}", c.path)
+                            format!("{mark} {}", shown_path(&c.path))
                         })
                         .collect();
                     lines.push(format!(
@@ -2034,5 +2034,30 @@ fn link_target(path: &Path) -> PathBuf {
             Some(dir) if to.is_relative() => dir.join(to),
             _ => to,
         },
+    }
+}
+
+/// A path as a text listing shows it: control characters (a newline in a name) escaped, so
+/// one entry stays one line (`--output json` has the path as it is).
+fn shown_path(path: &str) -> std::borrow::Cow<'_, str> {
+    if path.chars().any(char::is_control) {
+        path.chars()
+            .map(|c| match c {
+                c if c.is_control() => c.escape_default().to_string(),
+                c => c.to_string(),
+            })
+            .collect::<String>()
+            .into()
+    } else {
+        path.into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_listed_path_stays_on_one_line() {
+        assert_eq!(super::shown_path("a/b.sql"), "a/b.sql");
+        assert_eq!(super::shown_path("bad\nname\t1"), "bad\\nname\\t1");
     }
 }

@@ -786,6 +786,7 @@ impl TreeEntry {
                 .unwrap_or_default(),
             uid: n.uid,
             gid: n.gid,
+            path_raw: n.path_raw().map(str::to_owned),
             target: n.rare.and_then(|r| r.target),
             path: n.path,
         }
@@ -1560,6 +1561,9 @@ pub struct TreeEntry {
     /// Where a symlink points.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
+    /// The path's bytes, hex, when it is not UTF-8 (`path` then has U+FFFD in their place).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path_raw: Option<String>,
 }
 
 impl Repository {

@@ -582,6 +582,13 @@ async fn hard_links_of_names_that_are_not_utf8_are_restored_as_links() {
         std::fs::hard_link(src.join(&names[0]), src.join(n)).unwrap();
     }
     let snap = repo.backup_tree(&src, BackupOptions::new()).await.unwrap();
+    // A listing gives the bytes of a name that is not UTF-8.
+    let listed = repo.list_tree(&snap, &[]).await.unwrap();
+    let raw: Vec<&str> = listed
+        .iter()
+        .filter_map(|e| e.path_raw.as_deref())
+        .collect();
+    assert!(raw.contains(&"636166e92e73716c"), "{raw:?}");
     let dst = dir.path().join("dst");
     repo.restore_paths_of(&snap, &dst, &[]).await.unwrap();
     assert_same_tree(&src, &dst);
