@@ -648,6 +648,13 @@ impl RepoSelect {
         let url = self.repo.clone().or(profile.repo).ok_or_else(|| {
             usage("no repository: give --repo URL, set CAIRN_REPO, or give a --profile-file with `repo:` (without them, the home's default repository, which `cairn run` creates, is used when it exists)")
         })?;
+        if url.starts_with("memory:") {
+            return Err(usage(format!(
+                "{url}: an in-memory repository lives only inside one process (the library's \
+                 tests); a command's would be gone when it exits. Give a directory or a \
+                 bucket's URL"
+            )));
+        }
         let rate = |flag: Option<u64>, kept: Option<Rate>, key: &str| {
             match (flag, kept) {
                 (Some(r), _) => Ok(r),
