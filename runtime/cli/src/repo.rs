@@ -1260,10 +1260,13 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                     } else {
                         String::new()
                     };
+                    let what = match &info.kind {
+                        SnapshotKind::Stream { name } => format!("stream {name}"),
+                        _ => format!("{} files{unchanged}", s.files),
+                    };
                     format!(
-                        "snapshot {} saved: {} files{unchanged}, {} bytes, {} new ({} stored)",
+                        "snapshot {} saved: {what}, {} bytes, {} new ({} stored)",
                         info.short_id(),
-                        s.files,
                         s.bytes,
                         s.new_bytes,
                         s.stored_bytes
