@@ -1586,7 +1586,8 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                     // truncated one under its name, and nothing another user left there (a
                     // symlink) is written through. A device or a pipe (`/dev/null`, a FIFO)
                     // is written directly.
-                    let found = std::fs::metadata(target);
+                    let dest = link_target(Path::new(target));
+                    let found = std::fs::symlink_metadata(&dest);
                     if found.as_ref().is_ok_and(std::fs::Metadata::is_dir) {
                         return Err(usage(format!(
                             "restore: {target} is a directory, and {} is the stream {name}: \
@@ -1595,13 +1596,12 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                             target.trim_end_matches('/')
                         )));
                     }
-                    let direct = found.is_ok_and(|m| !m.is_file());
-                    let dest = link_target(Path::new(target));
+                    let direct = found.is_ok_and(|m| !m.is_file() && !m.is_symlink());
                     let (file, beside) = if direct {
                         let file = std::fs::OpenOptions::new()
                             .write(true)
-                            .open(target)
-                            .with_context(|| format!("opening {target}"))?;
+                            .open(&dest)
+                            .with_context(|| format!("opening {}", dest.display()))?;
                         (file, None)
                     } else {
                         if let Some(dir) = dest.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -2032,18 +2032,17 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
     Ok(ExitCode::SUCCESS)
 }
 
-/// The file a stream restored to `path` is written as: `path`, or where a symlink there points
-/// (a link that dangles included): the link's file is replaced, not the link.
+/// The file a stream restored to `path` is written as: `path`, or where a symlink there of the
+/// user's own points (the link's file is replaced, not the link).
 fn link_target(path: &Path) -> PathBuf {
-    let Ok(to) = std::fs::read_link(path) else {
-        return path.to_path_buf();
-    };
+    use std::os::unix::fs::MetadataExt;
+    // Followed only when it is the user's own and leads somewhere: a link another user left
+    // (in /tmp, say) is replaced, never written through, as is one that dangles.
+    let own = std::fs::symlink_metadata(path)
+        .is_ok_and(|m| m.is_symlink() && m.uid() == rustix::process::geteuid().as_raw());
     match std::fs::canonicalize(path) {
-        Ok(resolved) => resolved,
-        Err(_) => match path.parent() {
-            Some(dir) if to.is_relative() => dir.join(to),
-            _ => to,
-        },
+        Ok(resolved) if own => resolved,
+        _ => path.to_path_buf(),
     }
 }
 

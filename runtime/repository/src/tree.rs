@@ -1362,10 +1362,23 @@ impl Repository {
         // anything is written.
         if std::fs::read_dir(&target).is_ok_and(|mut d| d.next().is_some()) {
             let mut in_the_way = Vec::new();
+            // Whether each directory below the target is one (not a link, which the restore
+            // replaces with a directory: what is below a link is never looked at).
+            let mut real_dirs: HashMap<PathBuf, bool> = HashMap::new();
             for n in nodes.iter().filter(|n| n.kind != NodeKind::Dir) {
                 let p =
                     safe_join(&target, n).map_err(|e| crate::repo::with_snapshot(e, &info.id))?;
-                if std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir())
+                let under_real_dirs = p
+                    .ancestors()
+                    .skip(1)
+                    .take_while(|a| *a != target.as_path())
+                    .all(|a| {
+                        *real_dirs.entry(a.to_path_buf()).or_insert_with(|| {
+                            std::fs::symlink_metadata(a).is_ok_and(|m| m.is_dir())
+                        })
+                    });
+                if under_real_dirs
+                    && std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir())
                     && std::fs::remove_dir(&p).is_err()
                 {
                     in_the_way.push(p.display().to_string());

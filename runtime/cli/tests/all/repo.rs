@@ -932,6 +932,32 @@ fn a_stream_restore_that_fails_leaves_the_target_as_it_was() {
             .is_char_device()
     );
 
+    // A link that dangles, or another user's (as one planted in /tmp), is replaced, never
+    // written through.
+    let dangling = repo.dir.path().join("dangling.sql");
+    std::os::unix::fs::symlink(repo.dir.path().join("nowhere/x.sql"), &dangling).expect("symlink");
+    let victim = repo.dir.path().join("victim");
+    std::fs::write(&victim, "keep").expect("victim");
+    let planted = repo.dir.path().join("planted.sql");
+    std::os::unix::fs::symlink(&victim, &planted).expect("symlink");
+    let others = std::os::unix::fs::lchown(&planted, Some(54_321), None).is_ok();
+    for (link, check) in [(&dangling, true), (&planted, others)] {
+        if !check {
+            continue;
+        }
+        repo.ok(&[
+            "repo",
+            "restore",
+            "latest",
+            "--target",
+            link.to_str().expect("utf-8"),
+        ]);
+        assert!(!std::fs::symlink_metadata(link).expect("there").is_symlink());
+        assert_eq!(std::fs::read(link).expect("restored"), whole);
+    }
+    assert!(!repo.dir.path().join("nowhere").exists());
+    assert_eq!(std::fs::read(&victim).expect("victim"), b"keep");
+
     // A directory is refused, saying what to name; missing directories are made.
     let out = repo.run(&[
         "repo",

@@ -796,4 +796,21 @@ async fn a_directory_where_a_file_goes_is_refused_before_anything_is_written() {
         .await
         .unwrap();
     assert_same_tree(&src, &target);
+
+    // What is below a symlink in the target is not looked at (the link is replaced by a
+    // directory): an empty directory outside the target, where the link points, stays.
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    std::fs::write(src.join("sub/x"), "x").unwrap();
+    let nested = repo.backup_tree(&src, Default::default()).await.unwrap();
+    let outside = d.path().join("outside");
+    std::fs::create_dir_all(outside.join("x")).unwrap();
+    std::os::unix::fs::symlink(&outside, target.join("sub")).unwrap();
+    repo.restore_paths_salvaging(&nested, &target, &[], &opts)
+        .await
+        .unwrap();
+    assert!(
+        outside.join("x").is_dir(),
+        "a directory outside the target was removed"
+    );
+    assert_same_tree(&src, &target);
 }
