@@ -65,12 +65,17 @@ static OUTPUT_FAILED: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8:
 /// Writes a line to standard output. Once that fails, the rest of the output is dropped (the
 /// command still finishes, releasing what it holds) and the exit code says so: a reader that
 /// quits early gets no message, any other failure one.
+/// Whether anything was printed on stdout (a JSON document: one that failed after it adds no
+/// second).
+static WROTE_OUTPUT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 pub(crate) fn out_line(args: std::fmt::Arguments<'_>) {
     use std::io::Write;
     use std::sync::atomic::Ordering;
     if OUTPUT_FAILED.load(Ordering::Relaxed) != 0 {
         return;
     }
+    WROTE_OUTPUT.store(true, Ordering::Relaxed);
     let mut out = std::io::stdout().lock();
     if let Err(e) = out.write_fmt(args).and_then(|()| out.write_all(b"\n")) {
         let code = if e.kind() == std::io::ErrorKind::BrokenPipe {
@@ -191,7 +196,7 @@ pub fn main() -> ExitCode {
             Err(e) => {
                 eprintln!("cairn: {}", one_line(&e));
                 let code = classify(&e);
-                if json {
+                if json && !WROTE_OUTPUT.load(std::sync::atomic::Ordering::Relaxed) {
                     outln!(
                         "{}",
                         serde_json::json!({ "error": one_line(&e), "exit_code": code })

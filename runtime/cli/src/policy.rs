@@ -1767,13 +1767,18 @@ impl RestoreArgs {
         let Some(error) = restored.error else {
             return Ok(ExitCode::from(exit::OK));
         };
+        let (how, code) = if interrupt.is_triggered() {
+            ("was interrupted", exit::INTERRUPTED)
+        } else {
+            ("failed", exit::FAILED)
+        };
         if output == Output::Text {
             eprintln!(
-                "cairn: the restore of {} from {} failed: {error}",
+                "cairn: the restore of {} from {} {how}: {error}",
                 restored.workload, restored.point,
             );
         }
-        Ok(ExitCode::from(exit::FAILED))
+        Ok(ExitCode::from(code))
     }
 
     /// Restores the point; a refusal before anything ran is an error, a failed restore is
@@ -1955,6 +1960,14 @@ async fn back_up_and_retain(
     // Every workload of every group, `concurrency` at a time, in order.
     let backups = prepared.groups.iter().flat_map(|group| {
         group.workloads.iter().map(move |workload| async move {
+            // Once interrupted (Ctrl-C on `policy run`), no further workload starts.
+            if group.request.interrupt.is_triggered() {
+                return WorkloadOutcome {
+                    workload: workload.clone(),
+                    restore_point: None,
+                    error: Some("not started: the run was interrupted".to_owned()),
+                };
+            }
             let execution = prepared.execution(group, home, engine, &policy.name, None);
             let mut request = group.request.clone();
             request.workload = Some(workload.clone());
@@ -1983,8 +1996,16 @@ async fn back_up_and_retain(
         .await;
     let mut errors = Vec::new();
     let mut retention = RetentionOutcome::default();
+    let interrupted = prepared
+        .groups
+        .iter()
+        .any(|g| g.request.interrupt.is_triggered());
     // Ownership and the restore points are read once for the run, not once per blueprint.
     match retention_points(home).await {
+        // Nothing is removed after a Ctrl-C: the next run retains.
+        Ok(Some(_)) if interrupted => {
+            retention.skipped = Some("the run was interrupted".to_owned());
+        }
         Ok(Some(points)) => {
             for group in &prepared.groups {
                 let execution = prepared.execution(group, home, engine, &policy.name, None);
@@ -2095,7 +2116,7 @@ async fn retain(
     let mut outcome = RetentionOutcome::default();
     let mut failures = Vec::new();
     for workload in run.workloads {
-        let mut mine: Vec<_> = points
+        let mine: Vec<_> = points
             .iter()
             .filter(|p| {
                 p.policy.as_deref() == Some(&policy.name)
@@ -2103,9 +2124,15 @@ async fn retain(
                     && p.target.workload.as_deref() == Some(*workload)
             })
             .collect();
+        // Points partly deleted already hold no whole backup: they are not ranked (a day's
+        // only whole point must not give way to one), and their removal is finished.
+        let (partial, mut mine): (Vec<_>, Vec<_>) =
+            mine.into_iter().partition(|p| p.partly_deleted.is_some());
         mine.sort_by_key(|p| p.created);
         let times: Vec<i64> = mine.iter().map(|p| p.created.as_second()).collect();
-        let keep = policy.retention.keep(&times);
+        let mut keep = policy.retention.keep(&times);
+        keep.extend(partial.iter().map(|_| Vec::new()));
+        mine.extend(partial);
         for (point, reasons) in mine.iter().zip(&keep) {
             if !reasons.is_empty() {
                 outcome.kept += 1;
@@ -2307,7 +2334,7 @@ async fn remove_point(
         let (report, _) = delete.execute(request, |_| Ok(())).await?;
         if !report.ok {
             let why = report.error.as_deref().unwrap_or("unknown error");
-            note_failed_delete(execution.home, repo, point, why).await?;
+            note_failed_delete(execution.home, repo, point, why).await;
             anyhow::bail!("the blueprint's delete action failed: {why}");
         }
     }
@@ -2367,23 +2394,37 @@ pub(crate) async fn retire(
 /// After restore point `point`'s delete action failed (`why`): when some of its snapshots are
 /// gone from `repo` (the action removed them before it failed), its record says so. It is then
 /// refused for restores, which would find its data partly gone, until a delete finishes it.
-/// Returns whether it was marked.
+/// Returns whether it was marked; what keeps it from looking is warned about, so that the
+/// delete's own failure stays the one reported.
 pub(crate) async fn note_failed_delete(
     home: &Home,
     repo: &cairn_repository::Repository,
     point: &cairn_catalog::RestorePoint,
     why: &str,
-) -> anyhow::Result<bool> {
-    let present = existing(repo, &point.snapshots).await?;
-    if present.len() == point.snapshots.len() {
-        return Ok(false);
-    }
-    let marked = cairn_catalog::RestorePoint {
-        partly_deleted: Some(format!("its delete action failed: {why}")),
-        ..point.clone()
+) -> bool {
+    let marked = async {
+        let present = existing(repo, &point.snapshots).await?;
+        if present.len() == point.snapshots.len() {
+            return Ok(false);
+        }
+        let marked = cairn_catalog::RestorePoint {
+            partly_deleted: Some(format!("its delete action failed: {why}")),
+            ..point.clone()
+        };
+        crate::catalog::open(home)?.put(cairn_catalog::Record::kind(point), &point.id, &marked)?;
+        anyhow::Ok(true)
     };
-    crate::catalog::open(home)?.put(cairn_catalog::Record::kind(point), &point.id, &marked)?;
-    Ok(true)
+    match marked.await {
+        Ok(marked) => marked,
+        Err(e) => {
+            eprintln!(
+                "cairn: warning: cannot tell whether restore point {} is partly deleted: {}",
+                point.id,
+                crate::one_line(&e)
+            );
+            false
+        }
+    }
 }
 
 /// Refuses a restore from `point` when its removal stopped part-way.

@@ -238,14 +238,22 @@ pub(crate) async fn run(args: RunArgs, home: Option<PathBuf>) -> anyhow::Result<
         } else {
             // Read apart: the catalog is not held while the next step opens it.
             let record = crate::catalog::open(&home)?.restore_point(id)?;
-            if let Some(record) = record
+            // Only in the repository the point was exported to: elsewhere its snapshots are
+            // all missing, and say nothing of what the delete did.
+            let here = |r: &cairn_catalog::RestorePoint| match &r.location {
+                cairn_catalog::Location::Exported { repository, .. } => {
+                    repository == run.repository()
+                }
+                _ => true,
+            };
+            if let Some(record) = record.filter(here)
                 && crate::policy::note_failed_delete(
                     &home,
                     run.exports.repository(),
                     &record,
                     report.error.as_deref().unwrap_or("unknown error"),
                 )
-                .await?
+                .await
             {
                 eprintln!(
                     "cairn: restore point {id} is partly deleted: it is no longer restored; run \

@@ -188,6 +188,10 @@ impl KubeCluster {
         class: Option<&str>,
         id: &str,
     ) -> Result<()> {
+        // `""` asks for no class: a volume made for the claim by hand, bound when it is.
+        if class == Some("") {
+            return Ok(());
+        }
         let class = match self.binding_class(class).await {
             Ok(Some(class)) => class,
             Ok(None) => {
@@ -279,12 +283,14 @@ impl KubeCluster {
                 .any(|k| a.get(*k).is_some_and(|v| v == "true"))
             })
         };
+        // With several defaults, Kubernetes gives a new claim the newest.
         Ok(classes
             .list(&ListParams::default())
             .await?
             .items
             .into_iter()
-            .find(is_default))
+            .filter(is_default)
+            .max_by_key(|c| c.metadata.creation_timestamp.clone()))
     }
 
     /// A backend talking through `client`.

@@ -867,7 +867,24 @@ fn packer_loop(
         done(failure)
     };
 
-    for f in rx {
+    loop {
+        // Packs uploaded wait a minute at most for their index file, frames or not.
+        let next = match pending_since {
+            Some(since) => rx.recv_timeout(INDEX_FLUSH_AFTER.saturating_sub(since.elapsed())),
+            None => rx
+                .recv()
+                .map_err(|_| std::sync::mpsc::RecvTimeoutError::Disconnected),
+        };
+        let f = match next {
+            Ok(f) => f,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                flush_index(&mut uploads, &mut pending, &mut out)?;
+                pending_entries = 0;
+                pending_since = None;
+                continue;
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+        };
         if abort.load(Ordering::Relaxed) {
             return Err(Error::Aborted);
         }

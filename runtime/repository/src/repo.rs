@@ -240,10 +240,21 @@ impl SnapshotFilter {
     fn matches(&self, s: &SnapshotInfo) -> bool {
         self.tags.iter().all(|t| s.tags.contains(t))
             && !self.without_tags.iter().any(|t| s.tags.contains(t))
-            && self.source.as_deref().is_none_or(|p| s.source() == p)
+            && self.source.as_deref().is_none_or(|p| same_source(s, p))
             && self.host.as_deref().is_none_or(|h| s.hostname == h)
             && self.since.is_none_or(|t| s.time >= t)
             && self.until.is_none_or(|t| s.time < t)
+    }
+}
+
+/// Whether snapshot `s` is of `source`: a tree's path is compared cleaned, as builds before
+/// 2026-12-06 recorded it as given (`/data/`).
+fn same_source(s: &SnapshotInfo, source: &str) -> bool {
+    match &s.kind {
+        crate::format::SnapshotKind::Tree { path } if path.starts_with('/') => {
+            path == source || crate::tree::clean(std::path::Path::new(path)).as_os_str() == source
+        }
+        _ => s.source() == source,
     }
 }
 
@@ -624,11 +635,20 @@ impl Repository {
             object_lock: false,
         };
         let slot = write_slot(&backend, &config.id, &keys, key, &opts.label).await?;
-        match Self::write_config(&mut backend, &mut config, &location, opts.protection).await {
-            Ok(()) => {}
-            Err(e) => {
-                // The key slot of a repository that was not made would be taken for one of the
-                // next init's (and refused by it).
+        if let Err(e) =
+            Self::write_config(&mut backend, &mut config, &location, opts.protection).await
+        {
+            // A write reported failed may have landed (a retry after a timeout finds its own
+            // first attempt): the config there is then this repository's, and its key stays.
+            let ours = match backend.get(format::CONFIG).await {
+                Ok(Some(b)) => {
+                    serde_json::from_slice::<Config>(&b).is_ok_and(|c| c.id == config.id)
+                }
+                _ => false,
+            };
+            if !ours {
+                // The key slot of a repository that was not made would be taken for one of
+                // the next init's (and refused by it).
                 let _ = backend.delete_any(&format::key_path(&slot)).await;
                 return Err(e);
             }
