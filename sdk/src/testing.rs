@@ -759,20 +759,22 @@ impl Fake {
     }
 
     pub(crate) fn get_object(&self, kind: &str, name: &str) -> Result<String> {
+        readable(kind)?;
         self.objects
             .get(&(kind.to_owned(), name.to_owned()))
             .cloned()
             .ok_or_else(|| Error::not_found(format!("{kind} {name}")))
     }
 
-    pub(crate) fn list_objects(&self, kind: &str) -> String {
+    pub(crate) fn list_objects(&self, kind: &str) -> Result<String> {
+        readable(kind)?;
         let items: Vec<&str> = self
             .objects
             .iter()
             .filter(|((k, _), _)| k == kind)
             .map(|(_, json)| json.as_str())
             .collect();
-        format!("[{}]", items.join(","))
+        Ok(format!("[{}]", items.join(",")))
     }
 
     pub(crate) fn snapshot(
@@ -1104,4 +1106,16 @@ mod tests {
         let pods: Vec<&str> = outs.iter().map(|o| o.pod.as_str()).collect();
         assert_eq!(pods, ["web-0", "web-1", "web-2"]);
     }
+}
+
+/// Refuses Secrets as objects, as the runtime does: credentials come through `secrets`.
+fn readable(kind: &str) -> Result<()> {
+    let kind = kind.to_ascii_lowercase();
+    if kind.strip_suffix('s').unwrap_or(&kind) == "secret" {
+        return Err(Error::denied(
+            "Secrets are not read as objects: a blueprint is given the credentials it needs \
+             through the `secrets` capability",
+        ));
+    }
+    Ok(())
 }

@@ -205,7 +205,8 @@ pub fn wait_ready(workload: Option<&WorkloadRef>, timeout: Duration) -> Result<W
     .map(Into::into)
 }
 
-/// One object of `kind` (for example `configmap`) in the action's namespace, as JSON. Needs
+/// One object of `kind` (for example `configmap`; never a Secret: credentials come through
+/// [`secrets`](crate::secrets)) in the action's namespace, as JSON. Needs
 /// [`Workloads`](crate::Capability::Workloads).
 pub fn get_object(kind: &str, name: &str) -> Result<String> {
     faked(
@@ -223,7 +224,7 @@ pub fn list_objects(kind: &str) -> Result<String> {
         "workloads.list-objects",
         || kind.to_owned(),
         || wit::list_objects(kind),
-        |f| Ok(f.list_objects(kind)),
+        |f| f.list_objects(kind),
     )
 }
 

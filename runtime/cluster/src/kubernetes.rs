@@ -1372,7 +1372,6 @@ fn resource_of(kind: &str) -> Option<ApiResource> {
     let kind = kind.strip_suffix('s').unwrap_or(&kind);
     Some(match kind {
         "configmap" | "cm" => ApiResource::erase::<core::v1::ConfigMap>(&()),
-        "secret" => ApiResource::erase::<core::v1::Secret>(&()),
         "service" | "svc" => ApiResource::erase::<core::v1::Service>(&()),
         "serviceaccount" | "sa" => ApiResource::erase::<core::v1::ServiceAccount>(&()),
         "persistentvolumeclaim" | "pvc" => ApiResource::erase::<PersistentVolumeClaim>(&()),
@@ -1388,7 +1387,7 @@ fn resource_of(kind: &str) -> Option<ApiResource> {
 }
 
 /// The kinds [`resource_of`] knows, for hints.
-const KINDS: &str = "workload, configmap, secret, service, serviceaccount, \
+const KINDS: &str = "workload, configmap, service, serviceaccount, \
                      persistentvolumeclaim, pod, deployment, statefulset, daemonset, job, \
                      cronjob, volumesnapshot";
 

@@ -382,10 +382,19 @@ impl Engine {
                 .call_describe(&mut store)
                 .await
         };
-        match call.await {
-            Ok(d) => Ok(Description::from(d)),
-            Err(e) => Err(Error::Describe {
+        // The epoch deadline stops wasm code, not a guest blocked in a host call (a WASI
+        // sleep): the call is dropped a little after it.
+        match tokio::time::timeout(DESCRIBE_DEADLINE + Duration::from_secs(2), call).await {
+            Ok(Ok(d)) => Ok(Description::from(d)),
+            Ok(Err(e)) => Err(Error::Describe {
                 reason: crate::run::trap_reason(&e, store.data()),
+            }),
+            Err(_) => Err(Error::Describe {
+                reason: format!(
+                    "describe() did not return within {} s (it blocked in a host call); it must \
+                     only say what the blueprint is",
+                    DESCRIBE_DEADLINE.as_secs()
+                ),
             }),
         }
     }

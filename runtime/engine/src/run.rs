@@ -228,6 +228,28 @@ fn to_outputs(o: guest::Outputs, checkpoints: &[(String, String)]) -> Result<Out
     Ok(Outputs { artifacts, values })
 }
 
+/// `outputs` when every export reference among their artifacts is one this run was given or
+/// finished: a reference is what a restore point records, and what later runs may read and
+/// delete whatever its tags say, so a blueprint never names another export (another
+/// namespace's, a `cairn repo backup` snapshot) as its own.
+fn vouched_only(
+    outputs: Outputs,
+    references: &References,
+    keys: ReferenceKeys,
+) -> Result<Outputs, String> {
+    for a in &outputs.artifacts {
+        let reference = a.to_wit(keys).reference;
+        if !reference.is_empty() && !references.vouched(&reference) {
+            return Err(format!(
+                "artifact `{}` names an export this run neither was given nor finished: return \
+                 the reference finish() gave, unchanged",
+                a.name
+            ));
+        }
+    }
+    Ok(outputs)
+}
+
 fn to_guest(o: &Outputs, keys: ReferenceKeys) -> guest::Outputs {
     guest::Outputs {
         artifacts: o.artifacts.iter().map(|a| a.to_wit(keys)).collect(),
@@ -235,14 +257,24 @@ fn to_guest(o: &Outputs, keys: ReferenceKeys) -> guest::Outputs {
     }
 }
 
+/// What outputs cost against their limit: their text, and [`ENTRY_COST`] bytes an entry, so
+/// that millions of empty ones (a host allocation each, and a catalog record) are over it too.
 fn outputs_size(o: &Outputs) -> usize {
-    let pairs = |v: &[(String, String)]| v.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+    let pairs = |v: &[(String, String)]| {
+        v.iter()
+            .map(|(k, v)| ENTRY_COST + k.len() + v.len())
+            .sum::<usize>()
+    };
     pairs(&o.values)
         + o.artifacts
             .iter()
-            .map(|a| a.name.len() + pairs(&a.values))
+            .map(|a| ENTRY_COST + a.name.len() + pairs(&a.values))
             .sum::<usize>()
 }
+
+/// What an output entry (an artifact, a value) costs against the outputs' limit besides its
+/// text: about what the host holds for it.
+const ENTRY_COST: usize = 48;
 
 /// Whether `value` is made only of what the host writes into an export reference: ids, byte
 /// counts, kinds and paths.
@@ -586,6 +618,40 @@ pub(crate) async fn run(
         )
         .await;
         let ok = phases_ok && unsettled.is_none();
+        // A backup's snapshots that no phase returned: no restore point records them, so
+        // nothing would ever delete them.
+        if ok && main == "backup" {
+            let named = |id: &str| {
+                std::iter::once(&outputs)
+                    .chain(reports.iter().map(|r| &r.outputs))
+                    .any(|o| {
+                        o.values.iter().any(|(_, v)| v == id)
+                            || o.artifacts
+                                .iter()
+                                .any(|a| a.values.iter().any(|(_, v)| v == id))
+                    })
+            };
+            for id in taken.iter().filter(|id| !named(id)) {
+                let message = match host.cluster.delete_snapshot(id).await {
+                    Ok(()) => format!(
+                        "deleted volume snapshot {id}: the backup did not return it, so no \
+                         restore point would name it"
+                    ),
+                    Err(e) => format!(
+                        "volume snapshot {id} is left, and no restore point names it: deleting \
+                         it failed: {e}"
+                    ),
+                };
+                host.events.emit(Event {
+                    action_id: action_id.clone(),
+                    phase: post.unwrap_or(&main).to_string(),
+                    kind: EventKind::Log {
+                        level: LogLevel::Warn,
+                        message,
+                    },
+                });
+            }
+        }
         let main_report = reports.iter().find(|p| p.action == main);
         let main_ok = main_report.is_some_and(|p| p.status == PhaseStatus::Ok);
         let error = reports
@@ -753,6 +819,7 @@ async fn run_phase(
                 (PhaseStatus::Interrupted, stopped(), Some(why.clone()), Some(WitError::Failed(why)))
             }
             Some(Ok(Ok(Ok(returned)))) => match to_outputs(returned, &state.checkpoints)
+                .and_then(|o| vouched_only(o, &state.action.references, host.exports.reference_keys()))
                 .and_then(|o| secret_free(o, state.log.secrets(), host.exports.reference_keys().keys))
             {
                 Err(why) => (PhaseStatus::Failed, stopped(), Some(why.clone()), Some(WitError::Invalid(why))),

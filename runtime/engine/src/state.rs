@@ -211,7 +211,7 @@ impl LogCapture {
 
     /// Logs one line, unless the budget is spent (then says so, once).
     pub(crate) fn line(&self, level: LogLevel, message: &str) {
-        let message = cut_line(&self.secrets.redact(message));
+        let message = controls_escaped(cut_line(&self.secrets.redact(message)));
         let notice = {
             let mut inner = self.lock();
             if inner.truncated {
@@ -236,10 +236,21 @@ impl LogCapture {
         }
     }
 
+    /// Reports progress, its message charged to the log's budget: a loop of reports is
+    /// bounded as a loop of log lines is (once it is spent, reports are dropped).
     pub(crate) fn progress(&self, mut progress: Progress) {
         progress.message = progress
             .message
-            .map(|m| self.secrets.redact(&m).into_owned());
+            .map(|m| controls_escaped(cut(&self.secrets.redact(&m), MAX_PROGRESS, "message")));
+        {
+            let mut inner = self.lock();
+            let cost = 32 + progress.message.as_ref().map_or(0, String::len);
+            if inner.truncated || inner.used + cost > inner.cap {
+                inner.dropped += 1;
+                return;
+            }
+            inner.used += cost;
+        }
         tracing::info!(
             target: "cairn::guest",
             action_id = %self.action_id, phase = %self.phase,
@@ -415,6 +426,25 @@ impl Secrets {
     }
 }
 
+/// The longest progress message kept (bytes).
+const MAX_PROGRESS: usize = 1024;
+
+/// `text` with its control characters (a newline, a carriage return, a terminal escape) written
+/// as escapes: a blueprint's line stays one line of the operator's output, and cannot move its
+/// cursor or forge a line of Cairn's own.
+fn controls_escaped(text: String) -> String {
+    if !text.chars().any(|c| c.is_control() && c != '\t') {
+        return text;
+    }
+    text.chars()
+        .map(|c| match c {
+            '\t' => c.to_string(),
+            c if c.is_control() => c.escape_default().to_string(),
+            c => c.to_string(),
+        })
+        .collect()
+}
+
 fn cut_line(message: &str) -> String {
     cut(message, MAX_LOG_LINE, "line")
 }
@@ -508,6 +538,15 @@ impl tokio::io::AsyncWrite for StdioLog {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_blueprints_line_stays_one_line_of_plain_text() {
+        assert_eq!(super::controls_escaped("plain\ttab".into()), "plain\ttab");
+        assert_eq!(
+            super::controls_escaped("two\nlines\r\u{1b}[2J".into()),
+            "two\\nlines\\r\\u{1b}[2J"
+        );
+    }
+
     use super::*;
 
     fn secrets(pairs: &[(&str, &str)], public: &[&str]) -> Secrets {

@@ -787,11 +787,18 @@ async fn objects_are_read_by_kind_and_refusals_say_why() {
         Err(Error::NotFound { .. })
     ));
     match cluster.get_object("shop", "gadget", "x").await {
-        Err(Error::Invalid(message)) => assert!(message.contains("configmap, secret"), "{message}"),
+        Err(Error::Invalid(message)) => {
+            assert!(message.contains("configmap, service"), "{message}")
+        }
         other => panic!("expected a refusal, got {other:?}"),
     }
-    api.forbid("/api/v1/namespaces/shop/secrets");
-    match cluster.list_objects("shop", "secret").await {
+    // Secrets are not objects a blueprint reads (the `secrets` capability gives credentials).
+    assert!(matches!(
+        cluster.list_objects("shop", "secret").await,
+        Err(Error::Invalid(_))
+    ));
+    api.forbid("/api/v1/namespaces/shop/services");
+    match cluster.list_objects("shop", "service").await {
         Err(Error::Denied(message)) => assert!(message.contains("Role"), "{message}"),
         other => panic!("expected a refusal, got {other:?}"),
     }

@@ -30,7 +30,8 @@ impl log::Host for HostState {
             .percent
             .filter(|p| p.is_finite())
             .map(|p| p.clamp(0.0, 100.0));
-        let message = progress.message.map(|m| m.chars().take(1024).collect());
+        // Cut after its secrets are blanked, so none is cut in half and shown in part.
+        let message = progress.message;
         self.log.progress(Progress {
             percent,
             bytes_done: progress.bytes_done,

@@ -23,6 +23,10 @@ fn to_wit(s: VolumeSnapshot) -> volumes::VolumeSnapshot {
     }
 }
 
+/// Volume snapshots one run may take: far more than a workload has volumes, few enough that a
+/// blueprint taking them in a loop cannot fill a disk or a cloud quota.
+const MAX_SNAPSHOTS_PER_RUN: usize = 64;
+
 impl volumes::Host for HostState {
     async fn snapshot(
         &mut self,
@@ -46,6 +50,18 @@ impl volumes::Host for HostState {
                     } else {
                         names
                     };
+                    let already = taken
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .len();
+                    if already + names.len() > MAX_SNAPSHOTS_PER_RUN {
+                        return Err(WitError::Invalid(format!(
+                            "a run takes at most {MAX_SNAPSHOTS_PER_RUN} volume snapshots (each a \
+                             copy of a volume, or a cloud snapshot billed as one); this one has \
+                             {already} and asked for {} more",
+                            names.len()
+                        )));
+                    }
                     let mut snapshots = Vec::with_capacity(names.len());
                     for name in &names {
                         let snapshot = host

@@ -143,38 +143,68 @@ impl workloads::Host for HostState {
     async fn get_object(&mut self, kind: String, name: String) -> HostResult<String> {
         let timeout = self.call_timeout(self.action.limits.host_call_timeout);
         let namespace = self.action.namespace.clone();
-        Ok(match self.require(Capability::Workloads) {
-            Err(e) => Err(e),
-            Ok(host) => {
-                bounded("workloads.get-object", timeout, async {
-                    let value = host
-                        .cluster
-                        .get_object(&namespace, &kind, &name)
-                        .await
-                        .map_err(from_cluster)?;
-                    json_capped(&value, &format!("{kind} {name:?}"))
-                })
-                .await
-            }
-        })
+        Ok(
+            match readable(&kind).and_then(|()| self.require(Capability::Workloads)) {
+                Err(e) => Err(e),
+                Ok(host) => {
+                    bounded("workloads.get-object", timeout, async {
+                        let value = host
+                            .cluster
+                            .get_object(&namespace, &kind, &name)
+                            .await
+                            .map_err(from_cluster)?;
+                        json_capped(&value, &format!("{kind} {name:?}"))
+                    })
+                    .await
+                }
+            },
+        )
     }
 
     async fn list_objects(&mut self, kind: String) -> HostResult<String> {
         let timeout = self.call_timeout(self.action.limits.host_call_timeout);
         let namespace = self.action.namespace.clone();
-        Ok(match self.require(Capability::Workloads) {
-            Err(e) => Err(e),
-            Ok(host) => {
-                bounded("workloads.list-objects", timeout, async {
-                    let values = host
-                        .cluster
-                        .list_objects(&namespace, &kind)
-                        .await
-                        .map_err(from_cluster)?;
-                    json_capped(&values, &format!("the list of {kind}"))
-                })
-                .await
-            }
-        })
+        Ok(
+            match readable(&kind).and_then(|()| self.require(Capability::Workloads)) {
+                Err(e) => Err(e),
+                Ok(host) => {
+                    bounded("workloads.list-objects", timeout, async {
+                        let values = host
+                            .cluster
+                            .list_objects(&namespace, &kind)
+                            .await
+                            .map_err(from_cluster)?;
+                        json_capped(&values, &format!("the list of {kind}"))
+                    })
+                    .await
+                }
+            },
+        )
+    }
+}
+
+/// Refuses Secrets as objects: every credential of the namespace would reach the blueprint
+/// outside the `secrets` capability, unredacted in its logs and outputs.
+fn readable(kind: &str) -> Result<(), WitError> {
+    let kind = kind.to_ascii_lowercase();
+    if kind.strip_suffix('s').unwrap_or(&kind) == "secret" {
+        return Err(WitError::Denied(
+            "Secrets are not read as objects: a blueprint is given the credentials it needs \
+             through the `secrets` capability (`--secret NAME=SOURCE`, a policy's `secrets:`), \
+             which keeps them out of its logs and outputs"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn secrets_are_not_objects_a_blueprint_reads() {
+        for kind in ["secret", "Secrets", "SECRET"] {
+            assert!(super::readable(kind).is_err(), "{kind}");
+        }
+        assert!(super::readable("configmap").is_ok());
     }
 }

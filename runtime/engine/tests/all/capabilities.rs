@@ -317,6 +317,18 @@ async fn a_blueprint_reads_and_deletes_only_exports_given_written_or_in_its_scop
         fixture.path("exports").join(&path).exists(),
         "nothing was deleted"
     );
+    // Nor may one in its scope be returned as this run's own: a restore point records what a
+    // run returns, and later runs and retention act on it.
+    let report = fixture.run(forge("default", Some("hello"), "return")).await;
+    assert!(!report.ok, "{report:?}");
+    assert!(
+        report
+            .error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("names an export this run neither was given nor finished"),
+        "{report:?}"
+    );
 
     // Given to the action (a restore into another namespace), it is read wherever that runs.
     let mut req = forge("shop", None, "ok");

@@ -368,6 +368,7 @@ impl Guest for Misbehave {
                         "trailer",
                         "plain",
                         "slow-dump",
+                        "return",
                     ],
                 ),
                 ParamSpec {
@@ -646,6 +647,13 @@ impl Guest for Misbehave {
                 if text(&inputs, "mode") == "delete" {
                     data::delete(&forged)?;
                     return Ok(values(&[("deleted", "yes".into())]));
+                }
+                // Returned as its own, for a restore point to record.
+                if text(&inputs, "mode") == "return" {
+                    return Ok(Outputs {
+                        artifacts: vec![forged],
+                        values: vec![],
+                    });
                 }
                 let head = data::open_import(&forged)?.read(7)?;
                 Ok(values(&[(
