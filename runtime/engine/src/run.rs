@@ -276,32 +276,29 @@ fn outputs_size(o: &Outputs) -> usize {
 /// text: about what the host holds for it.
 const ENTRY_COST: usize = 48;
 
-/// Whether `value` is made only of what the host writes into an export reference: ids, byte
-/// counts, kinds and paths.
-fn is_host_token(value: &str) -> bool {
-    value
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'))
-}
-
 /// `outputs` when none of their names and values holds a secret of the run: outputs are kept
 /// in the catalog, which travels in DR exports, where a policy keeps only where a secret comes
-/// from. An export's reference (`reference` keys), which the host wrote, is not looked at.
+/// from. An export's reference, which the host wrote (and [`vouched_only`] checked), is not
+/// looked at.
 fn secret_free(
     outputs: Outputs,
     secrets: &crate::state::Secrets,
-    reference: &[&str],
+    keys: ReferenceKeys,
 ) -> Result<Outputs, String> {
     let values = outputs
         .artifacts
         .iter()
         .flat_map(|a| {
+            let reference = a.to_wit(keys).reference;
             a.values
                 .iter()
-                // What the host wrote there is an id, a count or a path (a value with a
-                // URL's `:` or `@` in it is the blueprint's, and looked at).
-                .filter(|(k, v)| !(reference.contains(&k.as_str()) && is_host_token(v)))
+                .filter(move |(k, v)| !reference.iter().any(|(rk, rv)| rk == k && rv == v))
                 .map(move |(k, v)| (format!("artifact `{}` value `{k}`", a.name), k, v))
+                .chain(std::iter::once((
+                    format!("artifact `{}`", a.name),
+                    &a.name,
+                    &a.name,
+                )))
         })
         .chain(
             outputs
@@ -820,7 +817,7 @@ async fn run_phase(
             }
             Some(Ok(Ok(Ok(returned)))) => match to_outputs(returned, &state.checkpoints)
                 .and_then(|o| vouched_only(o, &state.action.references, host.exports.reference_keys()))
-                .and_then(|o| secret_free(o, state.log.secrets(), host.exports.reference_keys().keys))
+                .and_then(|o| secret_free(o, state.log.secrets(), host.exports.reference_keys()))
             {
                 Err(why) => (PhaseStatus::Failed, stopped(), Some(why.clone()), Some(WitError::Invalid(why))),
                 Ok(outputs) if outputs_size(&outputs) > output_cap => {
@@ -885,25 +882,4 @@ async fn run_phase(
     }
     .instrument(span)
     .await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_what_the_host_writes_in_a_reference_is_left_unsearched() {
-        for host_wrote in [
-            "3f9a0c1d2e4b5a6978877665544332211",
-            "1048576",
-            "repository",
-            "shop/data-db-0-x7k2p",
-            "/var/lib/cairn/exports/dump.zst",
-        ] {
-            assert!(is_host_token(host_wrote), "{host_wrote}");
-        }
-        for blueprint_wrote in ["db://app:hunter22@db/shop", "s3://k:s@bucket", "a b"] {
-            assert!(!is_host_token(blueprint_wrote), "{blueprint_wrote}");
-        }
-    }
 }

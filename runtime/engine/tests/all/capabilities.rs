@@ -426,6 +426,20 @@ async fn secrets_are_blanked_out_of_logs_and_refused_in_outputs() {
         "{error}"
     );
     assert_eq!(report.outputs.get("dsn"), None, "{report:?}");
+    // Nor under a key an export reference has, where the host's own ids are not looked at.
+    let mut req = request("secret");
+    req.secrets.insert("token".into(), "s3cr3t".into());
+    req.params.push(("mode".into(), "shadow".into()));
+    let report = fixture.run(req).await;
+    assert!(!report.ok, "{report:?}");
+    assert!(
+        report
+            .error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("value `bytes` holds secret `token`"),
+        "{report:?}"
+    );
 }
 
 /// Once a backup's phases are done its snapshots are waited on until ready to restore from;

@@ -544,6 +544,17 @@ impl Guest for Misbehave {
                 if text(&inputs, "mode") == "leak" {
                     return Ok(values(&[("dsn", format!("db://app:{token}@host"))]));
                 }
+                // Under a key an export reference has, in an artifact that is not one.
+                if text(&inputs, "mode") == "shadow" {
+                    return Ok(Outputs {
+                        artifacts: vec![Artifact {
+                            name: "dump".into(),
+                            values: vec![("bytes".into(), token)],
+                            reference: vec![],
+                        }],
+                        values: vec![],
+                    });
+                }
                 Ok(values(&[("token-length", token.len().to_string())]))
             }
             "scale" => {
