@@ -333,6 +333,9 @@ impl LogCapture {
     fn write_stdio(&self, level: LogLevel, bytes: &[u8]) {
         let idx = usize::from(level != LogLevel::Info);
         let mut lines = Vec::new();
+        // What a line keeps before it is cut: a secret running past the cut is kept whole, so
+        // that it is blanked before the line is cut (not shown in part).
+        let keep = MAX_LOG_LINE + 1 + self.secrets.longest();
         {
             let mut inner = self.lock();
             if inner.truncated {
@@ -344,7 +347,7 @@ impl LogCapture {
                 if b == b'\n' {
                     lines.push(String::from_utf8_lossy(partial).into_owned());
                     partial.clear();
-                } else if partial.len() < MAX_LOG_LINE + 1 {
+                } else if partial.len() < keep {
                     partial.push(b);
                 }
             }
@@ -405,6 +408,11 @@ impl Secrets {
     }
 
     /// `text` with every secret value in it replaced by `[secret NAME]`.
+    /// The longest secret's length (0 without any).
+    pub(crate) fn longest(&self) -> usize {
+        self.values.first().map_or(0, |(_, v)| v.len())
+    }
+
     pub(crate) fn redact<'a>(&self, text: &'a str) -> std::borrow::Cow<'a, str> {
         let mut out = std::borrow::Cow::Borrowed(text);
         for (name, value) in &self.values {
