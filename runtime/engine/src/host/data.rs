@@ -489,6 +489,18 @@ impl data::Host for HostState {
         if let Err(e) = check_tags(&tags) {
             return Ok(Err(WitError::Invalid(format!("export {name:?}: {e}"))));
         }
+        // Its name and tags go into the export's reference and the repository's listing, which
+        // no secret may reach (the reference is kept in the catalog).
+        let secrets = self.log.secrets();
+        if let Some(secret) = std::iter::once(&name)
+            .chain(tags.iter().flat_map(|(k, v)| [k, v]))
+            .find_map(|text| secrets.held_by(text))
+        {
+            return Ok(Err(WitError::Invalid(format!(
+                "an export's name or tags hold secret `{secret}`: they are kept in the \
+                 catalog and the repository's listing, where a secret never goes"
+            ))));
+        }
         if let Err(e) = self.room_for_a_stream() {
             return Ok(Err(e));
         }
