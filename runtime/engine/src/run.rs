@@ -588,14 +588,7 @@ pub(crate) async fn run(
                 "session `{name}` was still open when the run ended; its process was killed"
             );
             tracing::warn!("{message}");
-            host.events.emit(Event {
-                action_id: action_id.clone(),
-                phase: post.unwrap_or(&main).to_string(),
-                kind: EventKind::Log {
-                    level: LogLevel::Warn,
-                    message,
-                },
-            });
+            warn(host, &action_id, post.unwrap_or(&main), message);
         }
 
         let taken = std::mem::take(
@@ -639,14 +632,7 @@ pub(crate) async fn run(
                          it failed: {e}"
                     ),
                 };
-                host.events.emit(Event {
-                    action_id: action_id.clone(),
-                    phase: post.unwrap_or(&main).to_string(),
-                    kind: EventKind::Log {
-                        level: LogLevel::Warn,
-                        message,
-                    },
-                });
+                warn(host, &action_id, post.unwrap_or(&main), message);
             }
         }
         let main_report = reports.iter().find(|p| p.action == main);
@@ -771,6 +757,18 @@ async fn settle_snapshots(
         }
     }
     (unsettled, stopped)
+}
+
+/// A warning of the run's own, in its log as the blueprint's lines are.
+fn warn(host: &HostContext, action_id: &str, phase: &str, message: String) {
+    host.events.emit(Event {
+        action_id: action_id.to_owned(),
+        phase: phase.to_owned(),
+        kind: EventKind::Log {
+            level: LogLevel::Warn,
+            message,
+        },
+    });
 }
 
 async fn run_phase(

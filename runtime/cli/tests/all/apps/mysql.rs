@@ -4,7 +4,7 @@
 
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -404,18 +404,10 @@ fn a_timeout_mid_dump_still_releases_the_lock_and_records_nothing() {
     assert!(insert_within(&maria, 5), "the lock was not released");
 }
 
-/// Ctrl-C in the middle of a quiesced dump: the dump stops, the posthook still releases the
-/// global read lock, nothing is recorded as a restore point, and `cairn` exits 130.
-#[test]
-fn an_interrupt_mid_dump_still_releases_the_lock_and_records_nothing() {
-    let maria = Maria::start();
-    maria.load();
-    let cairn = Cairn::new();
-    let dumped = hanging_dump(&maria);
-    let args = quiesced_backup(&maria);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let child = cairn
-        .command(&args)
+/// Runs `command` until the hanging dump has written `dumped` (the read lock held), then sends
+/// it SIGINT; what it printed, once it has stopped, at once.
+fn interrupted_mid_dump(maria: &Maria, dumped: &Path, mut command: Command) -> Output {
+    let child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -427,7 +419,7 @@ fn an_interrupt_mid_dump_still_releases_the_lock_and_records_nothing() {
         String::new,
     );
     assert!(
-        !insert_within(&maria, 1),
+        !insert_within(maria, 1),
         "the lock is held while the dump runs"
     );
     signal(child.id(), "-INT");
@@ -437,6 +429,20 @@ fn an_interrupt_mid_dump_still_releases_the_lock_and_records_nothing() {
         started.elapsed() < Duration::from_secs(30),
         "it stopped at once"
     );
+    out
+}
+
+/// Ctrl-C in the middle of a quiesced dump: the dump stops, the posthook still releases the
+/// global read lock, nothing is recorded as a restore point, and `cairn` exits 130.
+#[test]
+fn an_interrupt_mid_dump_still_releases_the_lock_and_records_nothing() {
+    let maria = Maria::start();
+    maria.load();
+    let cairn = Cairn::new();
+    let dumped = hanging_dump(&maria);
+    let args = quiesced_backup(&maria);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = interrupted_mid_dump(&maria, &dumped, cairn.command(&args));
     assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
     let v = json(&out);
     assert_eq!(v["status"], "cancelled", "{v}");
@@ -490,30 +496,9 @@ fn a_policy_run_stops_on_an_interrupt_and_releases_the_lock() {
     )
     .expect("write the policy");
     crate::support::ok(&cairn.run(&["policy", "apply", policy.to_str().expect("utf-8 path")]));
-    let child = cairn
-        .command(&["policy", "run", "db"])
-        .env("CAIRN_TEST_MARIA_PASSWORD", "my-s3cret")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("cairn starts");
-    wait_for(
-        "the dump to be written",
-        60,
-        || dumped.exists(),
-        String::new,
-    );
-    assert!(
-        !insert_within(&maria, 1),
-        "the lock is held while the dump runs"
-    );
-    signal(child.id(), "-INT");
-    let started = Instant::now();
-    let out = child.wait_with_output().expect("cairn ends");
-    assert!(
-        started.elapsed() < Duration::from_secs(30),
-        "it stopped at once"
-    );
+    let mut command = cairn.command(&["policy", "run", "db"]);
+    command.env("CAIRN_TEST_MARIA_PASSWORD", "my-s3cret");
+    let out = interrupted_mid_dump(&maria, &dumped, command);
     assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
     assert!(stderr(&out).contains("interrupted"), "{}", stderr(&out));
     assert!(insert_within(&maria, 5), "the lock was not released");
