@@ -820,11 +820,12 @@ fn safe_join(target: &Path, node: &Node) -> Result<PathBuf> {
 /// Makes `p` a directory. Whatever else is there, in a target that was not empty (a file, or
 /// a symlink wherever it points), is removed first, so nothing restored below `p` is written
 /// through a link the restore did not make.
-fn make_dir(p: &Path) -> Result<()> {
+fn make_dir(p: &Path, loosened: &mut Loosened) -> Result<()> {
     match std::fs::symlink_metadata(p) {
         Ok(m) if m.is_dir() => {
             // One restored before (a read-only directory of the snapshot) is made writable
-            // while the restore fills it: it gets the snapshot's mode back with its metadata.
+            // while the restore fills it: it gets the snapshot's mode back with its metadata,
+            // or its own back should the restore stop first.
             #[cfg(unix)]
             {
                 use std::os::unix::fs::PermissionsExt;
@@ -832,6 +833,7 @@ fn make_dir(p: &Path) -> Result<()> {
                 if mode & 0o700 != 0o700 {
                     std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode | 0o700))
                         .map_err(|e| Error::io("make writable", p, e))?;
+                    loosened.0.push((p.to_path_buf(), mode));
                 }
             }
             return Ok(());
@@ -840,6 +842,27 @@ fn make_dir(p: &Path) -> Result<()> {
         Err(_) => {}
     }
     std::fs::create_dir_all(p).map_err(|e| Error::io("create directory", p, e))
+}
+
+/// Directories of the target a restore made writable, with their modes before: given those
+/// modes back when it is dropped, unless [`Loosened::keep`] says the restore set them itself.
+#[derive(Default)]
+struct Loosened(Vec<(PathBuf, u32)>);
+
+impl Loosened {
+    fn keep(mut self) {
+        self.0.clear();
+    }
+}
+
+impl Drop for Loosened {
+    fn drop(&mut self) {
+        #[cfg(unix)]
+        for (p, mode) in self.0.iter().rev() {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(*mode));
+        }
+    }
 }
 
 /// Creates the file `p` anew where nothing is; where something is, creates a file beside it
@@ -1398,6 +1421,7 @@ impl Repository {
             }
         }
         std::fs::create_dir_all(&target).map_err(|e| Error::io("create directory", &target, e))?;
+        let mut loosened = Loosened::default();
         let mut summary = RestoreSummary::default();
         let mut files: Vec<ToWrite> = Vec::new();
         let mut ids = Vec::new();
@@ -1417,7 +1441,7 @@ impl Repository {
             let p = safe_join(&target, n).map_err(|e| crate::repo::with_snapshot(e, &info.id))?;
             match n.kind {
                 NodeKind::Dir => {
-                    make_dir(&p)?;
+                    make_dir(&p, &mut loosened)?;
                     summary.dirs += 1;
                 }
                 NodeKind::File => {
@@ -1527,6 +1551,7 @@ impl Repository {
         for n in nodes.iter().rev().filter(|n| n.kind == NodeKind::Dir) {
             meta.set(&safe_join(&target, n)?, n)?;
         }
+        loosened.keep();
         if let Some(r) = &root {
             meta.set(&target, r)?;
         }

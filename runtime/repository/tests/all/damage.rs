@@ -814,3 +814,37 @@ async fn a_directory_where_a_file_goes_is_refused_before_anything_is_written() {
     );
     assert_same_tree(&src, &target);
 }
+
+/// A read-only directory a second restore made writable to fill it gets its mode back when
+/// that restore stops (here for want of data).
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_made_writable_gets_its_mode_back_when_the_restore_fails() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tempfile::tempdir().unwrap();
+    let (dir, repo, src, _) = tree_of_files(d.path(), &["a"], 100_000, 9).await;
+    std::fs::create_dir(src.join("ro")).unwrap();
+    std::fs::write(src.join("ro/f"), noise(200_000, 3)).unwrap();
+    std::fs::set_permissions(src.join("ro"), std::fs::Permissions::from_mode(0o555)).unwrap();
+    let tree = repo.backup_tree(&src, Default::default()).await.unwrap();
+    let target = d.path().join("target");
+    let opts = cairn_repository::RestoreOptions::new();
+    repo.restore_paths_with(&tree, &target, &[], &opts)
+        .await
+        .unwrap();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&target.join("ro")), 0o555);
+    // The files' data damaged, the tree's nodes (in a small pack of their own) left whole:
+    // the restore makes its directories, then stops at the data.
+    damage_first_frames(&dir);
+    let again = Repository::open(dir.display().to_string().as_str(), &pass("p"))
+        .await
+        .unwrap();
+    let e = again
+        .restore_paths_with(&tree, &target, &[], &opts)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Corrupt { .. }), "{e}");
+    assert_eq!(mode(&target.join("ro")), 0o555);
+    std::fs::set_permissions(src.join("ro"), std::fs::Permissions::from_mode(0o755)).unwrap();
+}
