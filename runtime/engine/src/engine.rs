@@ -369,6 +369,7 @@ impl Engine {
             sessions: Default::default(),
             references: Default::default(),
             taken: Default::default(),
+            snapshots_taken: Default::default(),
         });
         let mut store = self.store(
             ctx,

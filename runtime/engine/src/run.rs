@@ -274,7 +274,7 @@ fn outputs_size(o: &Outputs) -> usize {
 
 /// What an output entry (an artifact, a value) costs against the outputs' limit besides its
 /// text: about what the host holds for it.
-const ENTRY_COST: usize = 48;
+pub(crate) const ENTRY_COST: usize = 48;
 
 /// `outputs` when none of their names and values holds a secret of the run: outputs are kept
 /// in the catalog, which travels in DR exports, where a policy keeps only where a secret comes
@@ -447,17 +447,22 @@ pub(crate) async fn run(
         };
         let declared: BTreeSet<Capability> = description.capabilities.iter().copied().collect();
         // A secret a text parameter holds (a password that is also the user's name) is kept
-        // in the catalog with the parameter anyway: not hidden.
+        // in the catalog with the parameter anyway: not hidden. Nor is one the blueprint's
+        // name, the namespace or the workload hold (a password `redis`), which the host
+        // writes into every export's tags.
         let public: Vec<String> = params
             .iter()
             .filter_map(|(_, v)| match v {
                 crate::bindings::types::ParamValue::Text(t) => Some(t.clone()),
                 _ => None,
             })
+            .chain([description.name.clone(), request.namespace.clone()])
+            .chain(request.workload.clone())
             .collect();
         let hidden = Arc::new(crate::state::Secrets::of(&request.secrets, &public));
         let sessions = Arc::new(Sessions::default());
         let taken: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+        let snapshots_taken: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
         let references = Arc::new(References::of(
             &request.artifacts,
             host.exports.reference_keys(),
@@ -482,6 +487,7 @@ pub(crate) async fn run(
                 sessions: sessions.clone(),
                 references: references.clone(),
                 taken: taken.clone(),
+                snapshots_taken: snapshots_taken.clone(),
             })
         };
         let keys = host.exports.reference_keys();
@@ -597,6 +603,31 @@ pub(crate) async fn run(
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
         );
         let phases_ok = reports.iter().all(|p| p.status == PhaseStatus::Ok);
+        // A backup's snapshots its outputs do not name: no restore point records them, so no
+        // retention will delete them. Said, not deleted: a blueprint may name one otherwise
+        // than by its id.
+        if phases_ok && main == "backup" {
+            let named = |id: &str| {
+                let name = id.rsplit('/').next().unwrap_or(id);
+                outputs.values.iter().any(|(_, v)| v.contains(name))
+                    || outputs
+                        .artifacts
+                        .iter()
+                        .any(|a| a.values.iter().any(|(_, v)| v.contains(name)))
+            };
+            for id in taken.iter().filter(|id| !named(id)) {
+                warn(
+                    host,
+                    &action_id,
+                    post.unwrap_or(&main),
+                    format!(
+                        "volume snapshot {id} is named by none of the backup's outputs: no \
+                         restore point records it, so retention will not delete it; return it \
+                         (or delete it) in the blueprint"
+                    ),
+                );
+            }
+        }
         let (unsettled, stopped_waiting) = settle_snapshots(
             host,
             &action_id,
@@ -608,33 +639,6 @@ pub(crate) async fn run(
         )
         .await;
         let ok = phases_ok && unsettled.is_none();
-        // A backup's snapshots that no phase returned: no restore point records them, so
-        // nothing would ever delete them.
-        if ok && main == "backup" {
-            let named = |id: &str| {
-                std::iter::once(&outputs)
-                    .chain(reports.iter().map(|r| &r.outputs))
-                    .any(|o| {
-                        o.values.iter().any(|(_, v)| v == id)
-                            || o.artifacts
-                                .iter()
-                                .any(|a| a.values.iter().any(|(_, v)| v == id))
-                    })
-            };
-            for id in taken.iter().filter(|id| !named(id)) {
-                let message = match host.cluster.delete_snapshot(id).await {
-                    Ok(()) => format!(
-                        "deleted volume snapshot {id}: the backup did not return it, so no \
-                         restore point would name it"
-                    ),
-                    Err(e) => format!(
-                        "volume snapshot {id} is left, and no restore point names it: deleting \
-                         it failed: {e}"
-                    ),
-                };
-                warn(host, &action_id, post.unwrap_or(&main), message);
-            }
-        }
         let main_report = reports.iter().find(|p| p.action == main);
         let main_ok = main_report.is_some_and(|p| p.status == PhaseStatus::Ok);
         let error = reports

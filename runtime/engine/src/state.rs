@@ -52,6 +52,8 @@ pub(crate) struct ActionCtx {
     /// The volume snapshots the run has taken and not deleted, by id: waited on until ready
     /// to restore from once the run's phases are done (the workload released by then).
     pub taken: Arc<Mutex<Vec<String>>>,
+    /// Volume snapshots the run has taken, deleted ones included (bounded per run).
+    pub snapshots_taken: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// The store's data.
@@ -176,6 +178,8 @@ pub(crate) struct LogCapture {
 
 struct LogInner {
     used: usize,
+    /// What progress reports have used of their budget (as large as the log's).
+    progress_used: usize,
     cap: usize,
     truncated: bool,
     dropped: u64,
@@ -189,6 +193,7 @@ impl LogCapture {
         LogCapture {
             inner: Arc::new(Mutex::new(LogInner {
                 used: 0,
+                progress_used: 0,
                 cap: action.limits.log_bytes,
                 truncated: false,
                 dropped: 0,
@@ -211,7 +216,9 @@ impl LogCapture {
 
     /// Logs one line, unless the budget is spent (then says so, once).
     pub(crate) fn line(&self, level: LogLevel, message: &str) {
-        let message = controls_escaped(cut_line(&self.secrets.redact(message)));
+        let message =
+            self.secrets
+                .cut_clear(&controls_escaped(message.to_owned()), MAX_LOG_LINE, "line");
         let notice = {
             let mut inner = self.lock();
             if inner.truncated {
@@ -236,21 +243,26 @@ impl LogCapture {
         }
     }
 
-    /// Reports progress, its message charged to the log's budget: a loop of reports is
-    /// bounded as a loop of log lines is (once it is spent, reports are dropped).
+    /// Reports progress, within a budget of its own as large as the log's: a loop of reports
+    /// is bounded as a loop of log lines is (once it is spent, reports are dropped), and a
+    /// phase that logged its fill still reports its progress.
     pub(crate) fn progress(&self, mut progress: Progress) {
-        progress.message = progress
-            .message
-            .map(|m| controls_escaped(cut(&self.secrets.redact(&m), MAX_PROGRESS, "message")));
         {
             let mut inner = self.lock();
-            let cost = 32 + progress.message.as_ref().map_or(0, String::len);
-            if inner.truncated || inner.used + cost > inner.cap {
-                inner.dropped += 1;
+            let cost = 32
+                + progress
+                    .message
+                    .as_ref()
+                    .map_or(0, |m| m.len().min(MAX_PROGRESS));
+            if inner.progress_used + cost > inner.cap {
                 return;
             }
-            inner.used += cost;
+            inner.progress_used += cost;
         }
+        progress.message = progress.message.map(|m| {
+            self.secrets
+                .cut_clear(&controls_escaped(m), MAX_PROGRESS, "message")
+        });
         tracing::info!(
             target: "cairn::guest",
             action_id = %self.action_id, phase = %self.phase,
@@ -345,6 +357,10 @@ impl LogCapture {
             let partial = &mut inner.partial[idx];
             for &b in bytes {
                 if b == b'\n' {
+                    // A CRLF line ends without its CR.
+                    if partial.last() == Some(&b'\r') {
+                        partial.pop();
+                    }
                     lines.push(String::from_utf8_lossy(partial).into_owned());
                     partial.clear();
                 } else if partial.len() < keep {
@@ -407,12 +423,37 @@ impl Secrets {
         Secrets { values }
     }
 
-    /// `text` with every secret value in it replaced by `[secret NAME]`.
     /// The longest secret's length (0 without any).
     pub(crate) fn longest(&self) -> usize {
         self.values.first().map_or(0, |(_, v)| v.len())
     }
 
+    /// `text` cut to at most about `max` bytes, then its secrets blanked: the cut is moved back
+    /// to the start of a secret it would split, so no part of one shows; `what` names what
+    /// was cut in the note that says so.
+    pub(crate) fn cut_clear(&self, text: &str, max: usize, what: &str) -> String {
+        if text.len() <= max {
+            return self.redact(text).into_owned();
+        }
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        for (_, value) in &self.values {
+            for (at, _) in text.match_indices(value.as_str()) {
+                if at < end && at + value.len() > end {
+                    end = at;
+                }
+            }
+        }
+        format!(
+            "{}… [{what} cut at {}]",
+            self.redact(&text[..end]),
+            human_bytes(max as u64)
+        )
+    }
+
+    /// `text` with every secret value in it replaced by `[secret NAME]`.
     pub(crate) fn redact<'a>(&self, text: &'a str) -> std::borrow::Cow<'a, str> {
         let mut out = std::borrow::Cow::Borrowed(text);
         for (name, value) in &self.values {
@@ -451,10 +492,6 @@ fn controls_escaped(text: String) -> String {
             c => c.to_string(),
         })
         .collect()
-}
-
-fn cut_line(message: &str) -> String {
-    cut(message, MAX_LOG_LINE, "line")
 }
 
 /// `text` whole when it is at most `max` bytes, else its first `max` (at a character's
@@ -546,6 +583,20 @@ impl tokio::io::AsyncWrite for StdioLog {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_cut_never_shows_part_of_a_secret() {
+        let secrets = secrets(&[("token", "abcdefgh")], &[]);
+        let text = format!("{}abcdefgh and more", "x".repeat(10));
+        let cut = secrets.cut_clear(&text, 14, "line");
+        assert!(cut.starts_with("xxxxxxxxxx…"), "{cut}");
+        assert!(!cut.contains("abcd"), "{cut}");
+        // A secret before the cut is blanked whole, one across it left out.
+        let text = format!("abcdefgh{}abcdefgh", "y".repeat(20));
+        let cut = secrets.cut_clear(&text, 32, "line");
+        assert!(cut.starts_with("[secret token]yyyy"), "{cut}");
+        assert!(!cut.contains("abcd"), "{cut}");
+    }
+
     #[test]
     fn a_blueprints_line_stays_one_line_of_plain_text() {
         assert_eq!(super::controls_escaped("plain\ttab".into()), "plain\ttab");

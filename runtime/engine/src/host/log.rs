@@ -77,9 +77,9 @@ impl HostState {
             .checkpoints
             .iter()
             .filter(|(k, _)| *k != name)
-            .map(|(k, v)| k.len() + v.len())
+            .map(|(k, v)| crate::run::ENTRY_COST + k.len() + v.len())
             .sum();
-        let total = others + name.len() + value.len();
+        let total = others + crate::run::ENTRY_COST + name.len() + value.len();
         if total > cap {
             return Err(WitError::Invalid(format!(
                 "checkpoint `{name}` would bring this phase's checkpoints to {}, over the output limit of {}; \

@@ -43,6 +43,7 @@ impl volumes::Host for HostState {
             Ok((host, w)) => {
                 target = w.to_string();
                 let taken = self.action.taken.clone();
+                let counted = self.action.snapshots_taken.clone();
                 bounded("volumes.snapshot", timeout, async {
                     let names = if names.is_empty() {
                         let info = host.cluster.workload(&w).await.map_err(from_cluster)?;
@@ -50,10 +51,9 @@ impl volumes::Host for HostState {
                     } else {
                         names
                     };
-                    let already = taken
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .len();
+                    // Counted whether deleted since or not: a loop of snapshot and delete
+                    // fills a cloud's quota too (it deletes in the background).
+                    let already = counted.load(std::sync::atomic::Ordering::Relaxed);
                     if already + names.len() > MAX_SNAPSHOTS_PER_RUN {
                         return Err(WitError::Invalid(format!(
                             "a run takes at most {MAX_SNAPSHOTS_PER_RUN} volume snapshots (each a \
@@ -75,6 +75,7 @@ impl volumes::Host for HostState {
                             .lock()
                             .unwrap_or_else(std::sync::PoisonError::into_inner)
                             .push(snapshot.id.clone());
+                        counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         snapshots.push(to_wit(snapshot));
                     }
                     Ok(snapshots)
