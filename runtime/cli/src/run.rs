@@ -233,32 +233,46 @@ pub(crate) async fn run(args: RunArgs, home: Option<PathBuf>) -> anyhow::Result<
     if args.action == "delete"
         && let Some(id) = &point
     {
-        if report.ok {
-            retire_deleted(&home, &run, id).await?;
-        } else {
-            // Read apart: the catalog is not held while the next step opens it.
-            let record = crate::catalog::open(&home)?.restore_point(id)?;
-            // Only in the repository the point was exported to: elsewhere its snapshots are
-            // all missing, and say nothing of what the delete did.
-            let here = |r: &cairn_catalog::RestorePoint| match &r.location {
-                cairn_catalog::Location::Exported { repository, .. } => {
-                    repository == run.repository()
-                }
-                _ => true,
-            };
-            if let Some(record) = record.filter(here)
-                && crate::policy::note_failed_delete(
-                    &home,
-                    run.exports.repository(),
-                    &record,
-                    report.error.as_deref().unwrap_or("unknown error"),
-                )
-                .await
+        // The point read at the start (`--from-point`), or its record (`--from` a report).
+        let record = match record {
+            Some(r) => Some(r),
+            None => crate::catalog::open(&home)?.restore_point(id)?,
+        };
+        // What the delete did is known only in the repository the point was exported to:
+        // elsewhere its snapshots are all missing.
+        let elsewhere = |r: &cairn_catalog::RestorePoint| match &r.location {
+            cairn_catalog::Location::Exported { repository, .. }
+                if repository != run.repository() =>
             {
-                eprintln!(
-                    "cairn: restore point {id} is partly deleted: it is no longer restored; run \
-                     the delete again, with the grants it needs, to finish"
-                );
+                Some(repository.clone())
+            }
+            _ => None,
+        };
+        if let Some(record) = record {
+            match elsewhere(&record) {
+                Some(repository) => eprintln!(
+                    "cairn: warning: restore point {id} is in {repository}, not in this run's \
+                     repository {}: its record is kept; run the delete again with --repo \
+                     {repository}",
+                    run.repository()
+                ),
+                None if report.ok => retire_deleted(&home, &run, &record).await?,
+                None => {
+                    let why = report.error.as_deref().unwrap_or("unknown error");
+                    if crate::policy::note_failed_delete(
+                        &home,
+                        run.exports.repository(),
+                        &record,
+                        why,
+                    )
+                    .await
+                    {
+                        eprintln!(
+                            "cairn: restore point {id} is partly deleted: it is no longer \
+                             restored; run the delete again, with the grants it needs, to finish"
+                        );
+                    }
+                }
             }
         }
     }
@@ -280,28 +294,22 @@ pub(crate) async fn run(args: RunArgs, home: Option<PathBuf>) -> anyhow::Result<
     Ok(ExitCode::from(code))
 }
 
-/// After a `delete` action of the restore point `id` succeeded: forgets what is left of it in
-/// the run's repository and removes its record, as retention does, so it is no longer listed
-/// as restorable. A point in another repository keeps its record, with a warning.
-async fn retire_deleted(home: &Home, run: &Execution<'_>, id: &str) -> anyhow::Result<()> {
-    let Some(point) = crate::catalog::open(home)?.restore_point(id)? else {
-        return Ok(());
-    };
-    match &point.location {
-        cairn_catalog::Location::Exported { repository, .. } if repository != run.repository() => {
-            eprintln!(
-                "cairn: warning: restore point {id} is in {repository}, not in this run's repository \
-                 {}: its record is kept; run the delete again with --repo {repository}",
-                run.repository()
-            );
-            Ok(())
-        }
-        _ => crate::policy::retire(home, run.exports.repository(), &point)
-            .await
-            .with_context(|| {
-                format!("the delete action succeeded, but removing restore point {id} failed")
-            }),
-    }
+/// After a `delete` action of restore point `point` succeeded, in the repository it was
+/// exported to: forgets what is left of it there and removes its record, as retention does, so
+/// it is no longer listed as restorable.
+async fn retire_deleted(
+    home: &Home,
+    run: &Execution<'_>,
+    point: &cairn_catalog::RestorePoint,
+) -> anyhow::Result<()> {
+    crate::policy::retire(home, run.exports.repository(), point)
+        .await
+        .with_context(|| {
+            format!(
+                "the delete action succeeded, but removing restore point {} failed",
+                point.id
+            )
+        })
 }
 
 /// An interrupt that the first SIGINT (Ctrl-C) or SIGTERM triggers: the running phase stops,

@@ -702,13 +702,7 @@ async fn settle_snapshots(
     if taken.is_empty() {
         return (None, false);
     }
-    let log = |level, message: String| {
-        host.events.emit(Event {
-            action_id: action_id.to_owned(),
-            phase: phase.to_owned(),
-            kind: EventKind::Log { level, message },
-        });
-    };
+    let log = |level, message: String| log_line(host, action_id, phase, level, message);
     let backup = main == "backup";
     let mut unsettled = None;
     let mut stopped = false;
@@ -763,16 +757,17 @@ async fn settle_snapshots(
     (unsettled, stopped)
 }
 
-/// A warning of the run's own, in its log as the blueprint's lines are.
-fn warn(host: &HostContext, action_id: &str, phase: &str, message: String) {
+/// A line of the run's own, in its log as the blueprint's lines are.
+fn log_line(host: &HostContext, action_id: &str, phase: &str, level: LogLevel, message: String) {
     host.events.emit(Event {
         action_id: action_id.to_owned(),
         phase: phase.to_owned(),
-        kind: EventKind::Log {
-            level: LogLevel::Warn,
-            message,
-        },
+        kind: EventKind::Log { level, message },
     });
+}
+
+fn warn(host: &HostContext, action_id: &str, phase: &str, message: String) {
+    log_line(host, action_id, phase, LogLevel::Warn, message);
 }
 
 async fn run_phase(
