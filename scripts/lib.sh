@@ -33,6 +33,8 @@ ensure_test_servers() {
     step "cargo install s3s-fs 0.14.1"
     cargo install --quiet --locked s3s-fs --version 0.14.1 --features binary
   fi
+  # Python runs moto, and the repository's tests (a path too long to name whole).
+  command -v python3 >/dev/null || apt_install python3
   # Debian's own Python refuses system-wide pip installs (PEP 668): moto then goes to a venv.
   local venv="$HOME/.local/share/cairn-test/moto"
   if [ -x "$venv/bin/moto_server" ]; then export PATH="$venv/bin:$PATH"; fi
