@@ -51,7 +51,7 @@ use crate::pipes::{self, Pipes, Reader, StreamFailure, Writer, pipefail};
 use crate::ws_exec::Exec;
 use crate::{
     Cluster, Error, ExecOutput, ExecRequest, Pod, Result, Volume, VolumeSnapshot, Workload,
-    WorkloadKind, WorkloadRef, failed, list_hint, workload_json,
+    WorkloadKind, WorkloadRef, failed, is_dns_label, is_dns_subdomain, list_hint, workload_json,
 };
 
 /// Pause between two looks at a workload becoming ready, a snapshot becoming ready to use or a
@@ -362,6 +362,7 @@ impl KubeCluster {
 
     /// The Deployment or StatefulSet `workload`.
     async fn find(&self, workload: &WorkloadRef) -> Result<Found> {
+        checked_ref(workload)?;
         let ns = &workload.namespace;
         let reading = |e| api_error(format!("reading workload {workload}"), e);
         if let Some(d) = self
@@ -1400,12 +1401,42 @@ fn unknown_kind(kind: &str) -> Error {
 /// `NAMESPACE/NAME` of a snapshot id.
 fn parse_snapshot_id(id: &str) -> Result<(&str, &str)> {
     id.split_once('/')
-        .filter(|(ns, name)| !ns.is_empty() && !name.is_empty() && !name.contains('/'))
+        .filter(|(ns, name)| is_dns_label(ns) && is_dns_subdomain(name))
         .ok_or_else(|| {
             Error::Invalid(format!(
                 "snapshot id {id:?} is not NAMESPACE/NAME, the form the Kubernetes backend gives"
             ))
         })
+}
+
+/// Refuses a namespace that is not a DNS label, as Kubernetes names every namespace, before
+/// it goes into an API path: `..` or a `/` there would reach another resource through a proxy
+/// that normalizes paths, outside the scope the engine checked by name.
+fn checked_namespace(namespace: &str) -> Result<()> {
+    if is_dns_label(namespace) {
+        return Ok(());
+    }
+    Err(Error::Invalid(format!(
+        "namespace {namespace:?} is not a Kubernetes namespace name (1 to 63 lowercase letters, \
+         digits and `-`, starting and ending with a letter or digit)"
+    )))
+}
+
+/// Refuses an object name that is not a DNS subdomain (the names of every kind this backend
+/// reads), as [`checked_namespace`] does namespaces.
+fn checked_name(kind: &str, name: &str) -> Result<()> {
+    if is_dns_subdomain(name) {
+        return Ok(());
+    }
+    Err(Error::Invalid(format!(
+        "{kind} name {name:?} is not a Kubernetes object name (lowercase letters, digits, `-` \
+         and `.`, starting and ending with a letter or digit, at most 253 characters)"
+    )))
+}
+
+fn checked_ref(workload: &WorkloadRef) -> Result<()> {
+    checked_namespace(&workload.namespace)?;
+    checked_name("workload", &workload.name)
 }
 
 /// The seam's view of a VolumeSnapshot object.
@@ -1505,6 +1536,7 @@ impl Cluster for KubeCluster {
     }
 
     async fn workloads(&self, namespace: &str) -> Result<Vec<Workload>> {
+        checked_namespace(namespace)?;
         self.check_namespace(namespace).await?;
         let mut out = Vec::new();
         for found in self.all(namespace).await? {
@@ -1672,6 +1704,8 @@ impl Cluster for KubeCluster {
     }
 
     async fn get_object(&self, namespace: &str, kind: &str, name: &str) -> Result<Value> {
+        checked_namespace(namespace)?;
+        checked_name(kind, name)?;
         let lower = kind.to_ascii_lowercase();
         if lower == "workload" || lower == "workloads" {
             let found = self.find(&WorkloadRef::new(namespace, name)).await?;
@@ -1697,6 +1731,7 @@ impl Cluster for KubeCluster {
     }
 
     async fn list_objects(&self, namespace: &str, kind: &str) -> Result<Vec<Value>> {
+        checked_namespace(namespace)?;
         let lower = kind.to_ascii_lowercase();
         if lower == "workload" || lower == "workloads" {
             self.check_namespace(namespace).await?;

@@ -255,6 +255,31 @@ impl ExecRequest {
     }
 }
 
+/// Whether `name` is a DNS label (RFC 1123): lowercase letters, digits and `-`, starting and
+/// ending with a letter or digit, at most 63 characters. Such a name is never `.`, `..`, and
+/// never holds a `/`, so it is safe as a path component and as a part of a snapshot id.
+pub(crate) fn is_dns_label(name: &str) -> bool {
+    name.len() <= 63 && is_label_part(name)
+}
+
+/// Whether `name` is a DNS subdomain as Kubernetes checks one, the form of most of its object
+/// names: dot-separated parts as a label's (of any length), at most 253 characters in all.
+/// Like a label, never `.` or `..`, and never holds a `/` or a `%`, so it is safe in an API
+/// path.
+pub(crate) fn is_dns_subdomain(name: &str) -> bool {
+    name.len() <= 253 && name.split('.').all(is_label_part)
+}
+
+fn is_label_part(part: &str) -> bool {
+    let bytes = part.as_bytes();
+    !bytes.is_empty()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes.first() != Some(&b'-')
+        && bytes.last() != Some(&b'-')
+}
+
 /// Whether `name` can be an environment variable's name.
 pub(crate) fn is_env_name(name: &str) -> bool {
     let mut chars = name.chars();

@@ -100,7 +100,8 @@ use serde::{Deserialize, Serialize};
 use tokio::process::Command;
 
 pub use self::inventory::Inventory;
-use self::inventory::{KindSpec, MAX_REPLICAS, WorkloadSpec, confined_relative, is_dns_label};
+use self::inventory::{KindSpec, MAX_REPLICAS, WorkloadSpec, confined_relative};
+use crate::is_dns_label;
 use crate::{
     Cluster, Error, ExecOutput, ExecRequest, Pod, Result, Volume, VolumeSnapshot, Workload,
     WorkloadRef, failed, list_hint, workload_json,

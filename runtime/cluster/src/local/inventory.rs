@@ -5,7 +5,7 @@ use std::path::{Component, Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::{Error, Result, WorkloadKind, is_env_name};
+use crate::{Error, Result, WorkloadKind, is_dns_label, is_env_name};
 
 /// The parsed inventory file: namespaces, their workloads and their objects.
 ///
@@ -85,20 +85,6 @@ pub(crate) struct WorkloadSpec {
 
 /// The most replicas a local workload may have: every replica is a pod name in every listing.
 pub(crate) const MAX_REPLICAS: u32 = 1024;
-
-/// Whether `name` is a DNS label (RFC 1123): lowercase letters, digits and `-`, starting and
-/// ending with a letter or digit, at most 63 characters. Such a name is never `.`, `..`, and
-/// never holds a `/`, so it is safe as a path component and as a part of a snapshot id.
-pub(crate) fn is_dns_label(name: &str) -> bool {
-    let bytes = name.as_bytes();
-    !bytes.is_empty()
-        && bytes.len() <= 63
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
-        && bytes.first() != Some(&b'-')
-        && bytes.last() != Some(&b'-')
-}
 
 /// Reduces a volume path to plain components (`./a/b` → `a/b`); `None` for an absolute path,
 /// a `..`, or nothing at all.

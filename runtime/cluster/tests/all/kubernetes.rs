@@ -804,6 +804,44 @@ async fn objects_are_read_by_kind_and_refusals_say_why() {
     }
 }
 
+#[tokio::test]
+async fn names_that_are_not_kubernetes_names_never_reach_the_api() {
+    let (_api, cluster) = shop().await;
+    // What a proxy normalizing paths would turn into another resource, and what Kubernetes
+    // itself never names anything.
+    let escaping = "db/../../../api/v1/namespaces/kube-system/secrets/admin";
+    fn invalid<T>(result: Result<T, Error>) -> String {
+        match result {
+            Err(Error::Invalid(message)) => message,
+            Err(e) => panic!("expected a refusal as invalid, got {e}"),
+            Ok(_) => panic!("expected a refusal as invalid, got an answer"),
+        }
+    }
+    let message = invalid(cluster.workload(&WorkloadRef::new("shop", escaping)).await);
+    assert!(
+        message.contains("not a Kubernetes object name"),
+        "{message}"
+    );
+    let message = invalid(cluster.workload(&WorkloadRef::new("..", "db")).await);
+    assert!(
+        message.contains("not a Kubernetes namespace name"),
+        "{message}"
+    );
+    invalid(cluster.scale(&WorkloadRef::new("shop", "DB"), 1).await);
+    invalid(cluster.workloads("shop%2f..").await);
+    invalid(cluster.list_objects("../kube-system", "configmap").await);
+    invalid(cluster.get_object("shop", "configmap", "..").await);
+    invalid(cluster.get_object("shop", "configmap", "a%2fb").await);
+    invalid(cluster.snapshot_info("../db-1").await);
+    invalid(cluster.delete_snapshot("shop/..").await);
+    // A long name of many parts is one Kubernetes takes.
+    let long = format!("{}.{}", "a".repeat(100), "b".repeat(100));
+    assert!(matches!(
+        cluster.get_object("shop", "configmap", &long).await,
+        Err(Error::NotFound { .. })
+    ));
+}
+
 /// Against a real cluster: `CAIRN_KUBE_CONTEXT=NAME` (or `CAIRN_KUBE_CONTEXT=` for the
 /// current one) and `CAIRN_KUBE_WORKLOAD=NAMESPACE/NAME` of a workload whose first container
 /// has `sh`; run with `cargo test -p cairn-cluster -- --ignored kubernetes`.
