@@ -174,6 +174,70 @@ impl Description {
     pub fn has_action(&self, name: &str) -> bool {
         self.actions.iter().any(|a| a.name == name)
     }
+
+    /// What is likely a mistake, though valid: an action named almost like a lifecycle action
+    /// (a custom action the lifecycle never runs: `backupPrehok` quiesces nothing), and a hook
+    /// without its action.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for a in &self.actions {
+            let near = LIFECYCLE.iter().find(|l| {
+                // One slip in a short name (`restart` is no `restore`), two in a long one.
+                let slips = if l.len() < 8 { 1 } else { 2 };
+                **l != a.name
+                    && (l.eq_ignore_ascii_case(&a.name) || edit_distance(l, &a.name) <= slips)
+            });
+            if let Some(l) = near
+                && !self.has_action(l)
+            {
+                out.push(format!(
+                    "action {:?} is named almost like the lifecycle action {l:?}, so it is a \
+                     custom action the lifecycle never runs; rename it {l:?} if that is meant",
+                    a.name
+                ));
+            }
+        }
+        for (main, hooks) in [
+            ("backup", ["backupPrehook", "backupPosthook"]),
+            ("restore", ["restorePrehook", "restorePosthook"]),
+        ] {
+            for hook in hooks.iter().filter(|h| self.has_action(h)) {
+                if !self.has_action(main) {
+                    out.push(format!(
+                        "it declares {hook:?} but no {main:?}: a hook runs only around its action"
+                    ));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The actions the runtime runs in its lifecycle (and `policy` runs by name).
+const LIFECYCLE: &[&str] = &[
+    "backupPrehook",
+    "backup",
+    "backupPosthook",
+    "restorePrehook",
+    "restore",
+    "restorePosthook",
+    "delete",
+];
+
+/// Levenshtein distance of two short ASCII names.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substituted = diagonal + usize::from(ca != cb);
+            diagonal = row[j + 1];
+            row[j + 1] = substituted.min(row[j] + 1).min(diagonal + 1);
+        }
+    }
+    row[b.len()]
 }
 
 /// Whether `name` can name an action: 1 to 64 ASCII letters, digits, `-` or `_`, starting with
@@ -330,5 +394,36 @@ mod tests {
             let problem = d.problem().unwrap_or_default();
             assert!(problem.contains(says), "{problem}");
         }
+    }
+
+    #[test]
+    fn actions_named_almost_like_the_lifecycle_are_warned_of() {
+        let with = |names: &[&str]| {
+            let mut d = described("1.0.0", "0.1.0", "backup");
+            d.actions = names
+                .iter()
+                .map(|n| ActionSpec {
+                    name: (*n).into(),
+                    description: String::new(),
+                })
+                .collect();
+            d.warnings()
+        };
+        let warned = with(&["backupPrehok", "backup", "backupPosthook"]);
+        assert_eq!(warned.len(), 1, "{warned:?}");
+        assert!(warned[0].contains("\"backupPrehook\""), "{warned:?}");
+        assert_eq!(with(&["Restore"]).len(), 1);
+        assert_eq!(with(&["backups"]).len(), 1);
+        // Names that are their own: a near name beside the lifecycle one, a short name two
+        // slips away, a custom action.
+        for ok in [
+            &["backup", "backups"][..],
+            &["restart", "verify-dump"],
+            &["delta"],
+        ] {
+            assert_eq!(with(ok), Vec::<String>::new(), "{ok:?}");
+        }
+        let hook = with(&["restorePosthook"]);
+        assert!(hook[0].contains("no \"restore\""), "{hook:?}");
     }
 }

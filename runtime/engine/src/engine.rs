@@ -423,6 +423,12 @@ fn check_header(wasm: &[u8], what: &str) -> Result<()> {
             reason: reason.to_string(),
         })
     };
+    if wasm.starts_with(b"\x7fELF") || wasm.starts_with(b"MZ") || wasm.starts_with(&[0xcf, 0xfa]) {
+        return not(
+            "it is a native library or program, not WebAssembly; build the blueprint with \
+             `cairn blueprint build DIR` (or cargo build --target wasm32-wasip2)",
+        );
+    }
     if wasm.len() < 8 || &wasm[..4] != b"\0asm" {
         return not(
             "it does not start with the WebAssembly magic bytes (\\0asm); is it the right file?",

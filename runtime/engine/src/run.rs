@@ -412,6 +412,24 @@ struct Ran {
     failure: Option<WitError>,
 }
 
+/// Refuses a restore whose point names an export the store cannot give (a point deleted, an
+/// export forgotten by hand, another repository's) before its prehook quiesces anything.
+async fn exports_present(host: &HostContext, artifacts: &[Artifact]) -> Result<()> {
+    let kind = host.exports.reference_keys().kind;
+    for artifact in artifacts.iter().filter(|a| a.get("kind") == Some(kind)) {
+        if let Err(e) = host.exports.tags(artifact).await {
+            return Err(Error::BadArtifact {
+                name: artifact.name.clone(),
+                reason: format!(
+                    "the restore point's export cannot be read, so nothing ran (a point whose \
+                     exports are gone cannot be restored; pick another): {e}"
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 pub(crate) async fn run(
     engine: &Engine,
     blueprint: &Blueprint,
@@ -427,6 +445,9 @@ pub(crate) async fn run(
         });
     }
     let params = params::validate(&description.parameters, &request.params)?;
+    if matches!(request.action.as_str(), "restore" | "restorePrehook") {
+        exports_present(host, &request.artifacts).await?;
+    }
     let action_id = uuid::Uuid::new_v4().simple().to_string();
     let span = tracing::info_span!(
         "action",
@@ -838,7 +859,8 @@ async fn run_phase(
             Some(Err(_)) => {
                 let why = format!(
                     "the blueprint ran past its deadline of {} inside a host call that did not return, and was \
-                     abandoned",
+                     abandoned (Cairn's own calls end by their deadlines: most likely a WASI wait such as \
+                     std::thread::sleep; a blueprint waits with cairn_sdk::sleep)",
                     human_duration(budget)
                 );
                 (PhaseStatus::TimedOut, stopped(), Some(why.clone()), Some(WitError::TimedOut(why)))

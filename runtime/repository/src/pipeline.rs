@@ -1164,6 +1164,37 @@ mod tests {
         assert_eq!(looks(&text[..8192]), Looks::Other, "too short to sample");
     }
 
+    /// A backup writes an index file every 16 packs, not only every 50,000 chunks: one killed
+    /// outright leaves all but its last packs reusable.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_index_file_follows_every_sixteen_packs() {
+        let backend = Backend::connect(
+            &crate::backend::Location::new("memory://index-every-16-packs"),
+            false,
+        )
+        .expect("a store");
+        let shared = Shared {
+            backend: backend.clone(),
+            keys: Arc::new(MasterKeys::generate()),
+            index: Arc::default(),
+        };
+        // Packs of one 128 KiB frame each: about 40 of them for 5 MiB that does not compress.
+        let cfg = PipelineConfig {
+            pack_bytes: 64 << 10,
+            ..config()
+        };
+        let pipeline = Pipeline::start(shared, cfg).expect("a pipeline");
+        let tx = pipeline.sender().expect("open");
+        tx.send(Input::Data(random(5 << 20))).await.expect("sent");
+        tx.send(Input::EndFile).await.expect("sent");
+        drop(tx);
+        pipeline.finish().await.expect("finished");
+        let packs = backend.list_ids("data/").await.expect("packs").len();
+        let indexes = backend.list_ids("index/").await.expect("index").len();
+        assert!((33..=48).contains(&packs), "{packs} packs");
+        assert_eq!(indexes, 3, "after packs 16 and 32, and at the end");
+    }
+
     #[test]
     fn frames_decode_to_what_was_encoded() {
         let mut z = zstd::bulk::Compressor::new(DEFAULT_ZSTD_LEVEL).ok();

@@ -3,7 +3,7 @@
 
 use cairn_engine::Capability;
 
-use crate::support::{Fixture, request};
+use crate::support::{Fixture, engine, misbehave, request};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_runs_in_the_target_workload() {
@@ -111,6 +111,23 @@ async fn scale_and_snapshot_work_in_scope() {
     );
 }
 
+/// A blueprint snapshotting in a loop is stopped at the run's cap, deleted snapshots counted:
+/// a loop of snapshot and delete would fill a cloud's quota too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_takes_at_most_64_volume_snapshots() {
+    let fixture = Fixture::new();
+    let mut req = request("snapshot");
+    req.params.push(("mode".into(), "snapshot-loop".into()));
+    let report = fixture.run(req).await;
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.outputs.get("taken"), Some("64"), "{report:?}");
+    let refused = report.outputs.get("refused").unwrap_or_default();
+    assert!(
+        refused.contains("at most 64 volume snapshots") && refused.contains("has 64"),
+        "{refused}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_export_is_a_file_and_imports_back_into_a_command() {
     let fixture = Fixture::new();
@@ -172,6 +189,36 @@ async fn an_export_is_a_file_and_imports_back_into_a_command() {
             .as_deref()
             .is_some_and(|e| e.contains("invalid")),
         "{report:?}"
+    );
+}
+
+/// A restore whose point names an export that is gone (the point deleted) is refused before
+/// its prehook quiesces anything, naming the export.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_whose_export_is_gone_is_refused_before_its_prehook() {
+    let fixture = Fixture::new();
+    let report = fixture.run(request("export")).await;
+    assert!(report.ok, "{report:?}");
+    let artifact = report.outputs.artifacts[0].clone();
+    let stored = fixture
+        .path("exports")
+        .join(artifact.get("path").expect("path"));
+    std::fs::remove_file(&stored).expect("delete the export");
+    let before = fixture.events.lock().expect("events").len();
+    let mut req = request("restore");
+    req.artifacts = vec![artifact];
+    let blueprint = misbehave().await;
+    match engine().run(&blueprint, &fixture.host, req).await {
+        Err(cairn_engine::Error::BadArtifact { name, reason }) => {
+            assert_eq!(name, "dump");
+            assert!(reason.contains("nothing ran"), "{reason}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(
+        fixture.events.lock().expect("events").len(),
+        before,
+        "no phase ran"
     );
 }
 

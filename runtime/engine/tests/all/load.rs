@@ -1,5 +1,7 @@
 //! Loading: what is not a blueprint is refused by name; a blueprint is described once.
 
+use std::time::Duration;
+
 use cairn_engine::{Capability, Error, LoadedFrom};
 
 use crate::support::{engine, guest, misbehave};
@@ -86,6 +88,26 @@ async fn a_component_without_describe_is_not_a_blueprint() {
         "{msg}"
     );
     assert!(msg.contains("it exports hello"), "{msg}");
+}
+
+/// `describe()` blocked in a WASI sleep is out of the epoch deadline's reach: loading still
+/// ends, a little after the describe deadline, naming the cause.
+#[tokio::test]
+async fn a_describe_blocked_in_a_host_call_ends_the_load() {
+    let started = std::time::Instant::now();
+    let err = engine()
+        .load_file(&guest("slow-describe"))
+        .await
+        .expect_err("blocked describe");
+    assert!(matches!(err, Error::Describe { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(msg.contains("did not return within 10 s"), "{msg}");
+    assert!(msg.contains("blocked in a host call"), "{msg}");
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 /// A blueprint needing a newer runtime is refused to run, but comes with its description (for

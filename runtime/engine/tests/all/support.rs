@@ -20,10 +20,11 @@ const GUESTS: &[&str] = &[
     "no-describe",
     "undeclared",
     "future-runtime",
+    "slow-describe",
 ];
 
 /// The path of the built guest `name` (`misbehave`, `future-wit`, `no-describe`,
-/// `undeclared`, `future-runtime`). The first
+/// `undeclared`, `future-runtime`, `slow-describe`). The first
 /// call builds every guest with cargo for `wasm32-wasip2`; a failed build fails the test.
 pub fn guest(name: &str) -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();

@@ -5,7 +5,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use super::{Harness, Workload, assert_fails_with, assert_repository_empty, assert_timed_out};
+use super::{
+    Harness, Workload, assert_export_gone, assert_fails_with, assert_repository_empty,
+    assert_timed_out,
+};
 use super::{free_port, piped, require, script, wait_for};
 use crate::support::{Cairn, stderr};
 
@@ -354,7 +357,7 @@ fn delete_removes_the_export_and_a_later_restore_fails_clearly() {
 
     etcd.ctl(&["del", "", "--from-key"]);
     let out = etcd.restore(&cairn, &report, &[]);
-    assert_fails_with(&out, &["export `snapshot`", "not found"]);
+    assert_export_gone(&out, "snapshot");
     // The member still runs, untouched.
     assert!(etcd.dump().is_empty());
     assert!(etcd.data_dir().join("member").is_dir());

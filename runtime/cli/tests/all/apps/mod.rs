@@ -107,6 +107,19 @@ fn wait_for(what: &str, secs: u64, mut cond: impl FnMut() -> bool, why: impl Fn(
     }
 }
 
+/// The restore was refused before anything ran (exit 2) because the export `name` of its
+/// point is gone (the point was deleted).
+fn assert_export_gone(out: &Output, name: &str) {
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(out));
+    let err = stderr(out);
+    assert!(
+        err.contains(&format!("artifact \"{name}\" cannot be used"))
+            && err.contains("nothing ran")
+            && err.contains("not found"),
+        "{err}"
+    );
+}
+
 /// The run failed (exit 1) with a JSON report whose one-line error contains every one of
 /// `needles`; the report.
 fn assert_fails_with(out: &Output, needles: &[&str]) -> Value {
@@ -578,11 +591,11 @@ trait SqlServer {
         assert!(out.status.success(), "{}", stderr(&out));
         assert_eq!(self.fingerprint("shop_copy"), before);
 
-        // Delete retires the restore point: its export is gone, and a restore from it creates
-        // nothing on the server.
+        // Delete retires the restore point: its export is gone, and a restore from it is
+        // refused before it creates anything on the server.
         self.harness().delete(cairn, report);
         let out = self.restore(cairn, report, &["--param", "database=shop_gone"]);
-        assert_fails_with(&out, &["export \"dump\"", "not found"]);
+        assert_export_gone(&out, "dump");
         assert!(!self.exists("shop_gone"));
     }
 

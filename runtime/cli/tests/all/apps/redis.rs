@@ -5,7 +5,10 @@ use std::io::Write as _;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use super::{Harness, Workload, assert_fails_with, assert_repository_empty, assert_timed_out};
+use super::{
+    Harness, Workload, assert_export_gone, assert_fails_with, assert_repository_empty,
+    assert_timed_out,
+};
 use super::{free_port, piped, require, snapshots, wait_for};
 use crate::support::{Cairn, stderr, stdout};
 
@@ -305,7 +308,7 @@ fn delete_removes_the_export_and_a_later_restore_fails_clearly() {
 
     redis.cli(&["FLUSHALL"]);
     let out = redis.restore(&cairn, &report, &[]);
-    assert_fails_with(&out, &["export `rdb`", "not found"]);
+    assert_export_gone(&out, "rdb");
     // The failed restore left the server running and untouched.
     assert_eq!(redis.key_count(), 0);
     assert_eq!(redis.cli(&["PING"]).trim(), "PONG");

@@ -369,6 +369,7 @@ impl Guest for Misbehave {
                         "plain",
                         "slow-dump",
                         "return",
+                        "snapshot-loop",
                     ],
                 ),
                 ParamSpec {
@@ -561,6 +562,28 @@ impl Guest for Misbehave {
                 let before = workloads::scale(None, 0)?;
                 workloads::scale(None, before)?;
                 Ok(values(&[("before", before.to_string())]))
+            }
+            "snapshot" if text(&inputs, "mode") == "snapshot-loop" => {
+                // Snapshot and delete until refused: deleted ones count against the run's cap.
+                let mut taken = 0usize;
+                let refused = loop {
+                    match volumes::snapshot(None, &[]) {
+                        Ok(snaps) => {
+                            for s in &snaps {
+                                volumes::delete(&s.id)?;
+                            }
+                            taken += snaps.len();
+                        }
+                        Err(e) => break format!("{e:?}"),
+                    }
+                    if taken > 1000 {
+                        break "never refused".to_string();
+                    }
+                };
+                Ok(values(&[
+                    ("taken", taken.to_string()),
+                    ("refused", refused),
+                ]))
             }
             "snapshot" => {
                 let snaps = volumes::snapshot(None, &[])?;
