@@ -85,6 +85,7 @@ pub(crate) async fn run(cmd: BlueprintCommand, home: Option<PathBuf>) -> anyhow:
             let home = Home::resolve(home)?;
             let engine = crate::run::engine(&home)?;
             let blueprint = load(&engine, &file).await?;
+            warn_of(&blueprint);
             if let Some(older) = older_than_registered(&home, &blueprint)?
                 && !downgrade
             {
@@ -166,9 +167,21 @@ pub(crate) async fn run(cmd: BlueprintCommand, home: Option<PathBuf>) -> anyhow:
                 return Ok(ExitCode::from(exit::OK));
             }
             let (blueprint, _) = load_or_registered(&engine, &home, &file).await?;
+            warn_of(&blueprint);
             print_inspect(&blueprint, output)?;
             Ok(ExitCode::from(exit::OK))
         }
+    }
+}
+
+/// Warns of what in a blueprint's description is likely a mistake (an action named almost like
+/// a lifecycle action), where an author looks: build, add, inspect.
+fn warn_of(blueprint: &cairn_engine::Blueprint) {
+    for w in blueprint.description().warnings() {
+        eprintln!(
+            "cairn: warning: blueprint {}: {w}",
+            blueprint.description().name
+        );
     }
 }
 
@@ -232,10 +245,20 @@ pub(crate) async fn load_or_registered(
     // A directory is no component: a bare name that is one (the blueprint's crate, often
     // named like it) still names the registered blueprint.
     match file.to_str() {
-        Some(name) if bare && !file.is_file() => {
-            let (blueprint, record) = registered(engine, home, name).await?;
-            Ok((blueprint, Some(record)))
-        }
+        Some(name) if bare && !file.is_file() => match registered(engine, home, name).await {
+            Ok((blueprint, record)) => Ok((blueprint, Some(record))),
+            Err(e) if file.is_dir() => match e.downcast_ref::<UsageError>() {
+                Some(UsageError(m)) if m.starts_with("no blueprint named") => {
+                    Err(UsageError(format!(
+                        "{m}; {name} here is a directory: if it is the blueprint's crate, build \
+                         it with `cairn blueprint build {name}` and pass the .wasm it prints"
+                    ))
+                    .into())
+                }
+                _ => Err(e),
+            },
+            Err(e) => Err(e),
+        },
         _ => Ok((load(engine, file).await?, None)),
     }
 }
@@ -575,6 +598,7 @@ async fn build(
     let home = Home::resolve(home)?;
     let engine = crate::run::engine(&home)?;
     let blueprint = load(&engine, &wasm).await?;
+    warn_of(&blueprint);
     let d = blueprint.description();
     let built = Built {
         wasm: wasm.clone(),

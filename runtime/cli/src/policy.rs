@@ -110,7 +110,8 @@ async fn dry_run_of(
         outln!(
             "policy {} is valid (not stored: --dry-run)\n{}",
             policy.name,
-            policy_text(policy)?
+            // Without `applied`: nothing was.
+            policy_text(policy, false)?
         );
         match &plan {
             Ok(plan) => {
@@ -332,7 +333,7 @@ pub(crate) async fn run(cmd: PolicyCommand, home: Option<PathBuf>) -> anyhow::Re
                     }))?
                 ),
                 Output::Text => {
-                    outln!("{}", policy_text(&policy)?);
+                    outln!("{}", policy_text(&policy, true)?);
                     if let Some(Running { since }) = in_progress(&home, &name) {
                         outln!(
                             "running since: {}",
@@ -1006,9 +1007,14 @@ pub(crate) async fn check_use(
 
 /// A policy as the text output shows it: its record in YAML, its retention as a policy file
 /// gives it (the rules that are on; `within`, seconds in the catalog, as a duration).
-fn policy_text(policy: &Policy) -> anyhow::Result<String> {
+/// A policy as YAML, with when it was applied or (`applied` false, for one not stored)
+/// without.
+fn policy_text(policy: &Policy, applied: bool) -> anyhow::Result<String> {
     // A YAML value keeps the record's order of fields.
     let mut value = serde_norway::to_value(policy)?;
+    if !applied && let serde_norway::Value::Mapping(fields) = &mut value {
+        fields.remove("applied");
+    }
     if let Some(serde_norway::Value::Mapping(rules)) = value.get_mut("retention") {
         rules.retain(|_, n| n.as_u64() != Some(0));
         if let Some(within) = rules.get_mut("within")
