@@ -412,6 +412,29 @@ impl Context {
     pub fn failure(&self) -> Option<&Error> {
         self.failure.as_ref()
     }
+
+    /// This context as phase `action` of a run sees it, after the earlier phases `phases`
+    /// and, for a posthook, the `failure` of the phase before it.
+    pub(crate) fn for_phase(
+        &self,
+        action: &str,
+        phases: impl IntoIterator<Item = (String, bool, Outputs)>,
+        failure: Option<Error>,
+    ) -> Context {
+        let mut ctx = self.clone();
+        ctx.action = action.to_owned();
+        ctx.phases.extend(
+            phases
+                .into_iter()
+                .map(|(action, completed, outputs)| Phase {
+                    action,
+                    completed,
+                    outputs,
+                }),
+        );
+        ctx.failure = failure;
+        ctx
+    }
 }
 
 /// Builds a [`Context`] by hand; see [`Context::builder`].

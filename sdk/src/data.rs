@@ -107,7 +107,8 @@ impl Export {
     /// At most 16 tags; a key is `[a-z0-9][a-z0-9._-]{0,62}`, given once, and not one the
     /// host sets (`action`, `namespace`, `workload`, `blueprint`, `blueprint-digest`); a value is up to 256
     /// bytes of printable text without `=` or `,`. Otherwise
-    /// [`Error::Invalid`](crate::Error::Invalid) names the tag.
+    /// [`Error::Invalid`](crate::Error::Invalid) names the tag. A name or tag holding a secret
+    /// of the run is refused too: both are kept in the catalog and the repository's listing.
     ///
     /// ```no_run
     /// use cairn_sdk::data::Export;
@@ -128,7 +129,7 @@ impl Export {
             "data.open-export",
             || name.to_owned(),
             || wit::open_export(name, &tags).map(|s| (Some(s), 0)),
-            |f| f.open_export(name).map(|n| (None, n)),
+            |f| f.open_export(name, &tags).map(|n| (None, n)),
         )
         .map(|(stream, fake)| Self {
             stream,
@@ -187,17 +188,103 @@ impl io::Write for Export {
     }
 }
 
+/// The most tags a blueprint may put on one export (the host's limit).
+const MAX_EXPORT_TAGS: usize = 16;
+
+/// The longest tag key (the host's limit).
+const MAX_TAG_KEY: usize = 63;
+
 /// The longest export tag value in bytes.
 const MAX_TAG_VALUE: usize = 256;
+
+/// Tag keys the host sets itself on every export; a blueprint may not set them.
+const HOST_TAG_KEYS: &[&str] = &[
+    "action",
+    "namespace",
+    "workload",
+    "blueprint",
+    "blueprint-digest",
+];
 
 /// Whether `value` can be an export tag's value for [`Export::open_tagged`]: at most 256 bytes
 /// of printable text without `=` or `,`. For tagging with names that come from elsewhere (a
 /// database name may hold anything), so a backup is not refused over a tag.
 pub fn is_tag_value(value: &str) -> bool {
-    value.len() <= MAX_TAG_VALUE
-        && !value
-            .chars()
-            .any(|c| c.is_control() || matches!(c, '=' | ','))
+    value.len() <= MAX_TAG_VALUE && refused_in_tag_value(value).is_none()
+}
+
+/// The first character a tag's value may not hold: a control character, `=` or `,`.
+fn refused_in_tag_value(value: &str) -> Option<char> {
+    value
+        .chars()
+        .find(|c| c.is_control() || matches!(c, '=' | ','))
+}
+
+/// Checks export tags as the host does, in one line naming the tag and the rule: the
+/// runtime's `check_tags` (`runtime/engine/src/exports.rs`), for the fake host.
+pub(crate) fn check_tags(tags: &[(String, String)]) -> std::result::Result<(), String> {
+    if tags.len() > MAX_EXPORT_TAGS {
+        return Err(format!(
+            "{} export tags are over the limit of {MAX_EXPORT_TAGS}; keep the ones users filter by",
+            tags.len()
+        ));
+    }
+    for (i, (key, value)) in tags.iter().enumerate() {
+        let key_ok = key.len() <= MAX_TAG_KEY
+            && key
+                .bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            && key.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+            });
+        if !key_ok {
+            return Err(format!(
+                "export tag key {key:?} is invalid: use 1 to {MAX_TAG_KEY} of a-z, 0-9, '.', '_', '-', \
+                 starting with a letter or digit"
+            ));
+        }
+        if HOST_TAG_KEYS.contains(&key.as_str()) {
+            return Err(format!(
+                "export tag key {key:?} is set by the host on every export; name the blueprint's tag \
+                 otherwise"
+            ));
+        }
+        if tags[..i].iter().any(|(k, _)| k == key) {
+            return Err(format!("export tag key {key:?} is given twice"));
+        }
+        if value.len() > MAX_TAG_VALUE {
+            return Err(format!(
+                "export tag {key:?} has a value of {} bytes, over the limit of {MAX_TAG_VALUE}",
+                value.len()
+            ));
+        }
+        if let Some(c) = refused_in_tag_value(value) {
+            return Err(format!(
+                "export tag {key:?} has a value with {c:?}; a value is printable text without '=' or ','"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// What is wrong with `name` as an export's or a blueprint's name (both become path components
+/// and tag values on the host), if anything: the runtime's `name_problem`
+/// (`runtime/engine/src/exports.rs`), for the fake host.
+pub(crate) fn name_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() || name.len() > 128 {
+        return Some("it must be 1 to 128 characters long");
+    }
+    if name.starts_with('.') {
+        return Some("it must not start with a dot");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return Some("use only letters, digits, '.', '_' and '-'");
+    }
+    None
 }
 
 /// A stream being read back from the export repository.
@@ -337,6 +424,92 @@ mod tests {
         assert!(is_tag_value(&"v".repeat(256)));
         for bad in ["a=b", "a,b", "a\nb", &"v".repeat(257)] {
             assert!(!is_tag_value(bad), "{bad:?}");
+        }
+    }
+
+    fn tags(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn refused(pairs: &[(&str, &str)]) -> String {
+        check_tags(&tags(pairs)).expect_err("refused")
+    }
+
+    /// The runtime's own cases (`export_tags_follow_the_rules` in
+    /// `runtime/engine/src/exports.rs`), so the fake host refuses what it refuses.
+    #[test]
+    fn export_tags_are_checked_as_the_host_checks_them() {
+        let ok = [
+            ("app", "postgres"),
+            ("database", "shop floor (eu)"),
+            ("0.x_y-z", ""),
+        ];
+        assert_eq!(check_tags(&tags(&ok)), Ok(()));
+        let longest = "k".repeat(MAX_TAG_KEY);
+        let widest = "v".repeat(MAX_TAG_VALUE);
+        assert_eq!(check_tags(&tags(&[(&longest, &widest)])), Ok(()));
+        let many: Vec<_> = (0..=MAX_EXPORT_TAGS)
+            .map(|i| (format!("k{i}"), "v".to_string()))
+            .collect();
+        assert!(
+            check_tags(&many)
+                .expect_err("too many")
+                .contains("limit of 16")
+        );
+        assert!(check_tags(&many[..MAX_EXPORT_TAGS]).is_ok());
+        for key in [
+            "",
+            "App",
+            "-app",
+            ".app",
+            "a b",
+            "a=b",
+            "é",
+            &"k".repeat(64),
+        ] {
+            assert!(
+                refused(&[(key, "v")]).contains("is invalid: use 1 to 63"),
+                "{key:?}"
+            );
+        }
+        for key in HOST_TAG_KEYS {
+            assert_eq!(
+                refused(&[(key, "x")]),
+                format!(
+                    "export tag key {key:?} is set by the host on every export; name the \
+                     blueprint's tag otherwise"
+                )
+            );
+        }
+        assert!(refused(&[("app", "a"), ("app", "b")]).contains("given twice"));
+        assert!(refused(&[("app", &"v".repeat(257))]).contains("257 bytes"));
+        for value in ["a=b", "a,b", "line\nbreak", "tab\t"] {
+            assert!(
+                refused(&[("app", value)]).contains("printable text without"),
+                "{value:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn names_are_checked_as_the_host_checks_them() {
+        for good in ["dump", "shop.sql.gz", "a_b-c", &"n".repeat(128)] {
+            assert_eq!(name_problem(good), None, "{good:?}");
+        }
+        for (bad, why) in [
+            ("", "1 to 128"),
+            (&*"n".repeat(129), "1 to 128"),
+            (".hidden", "start with a dot"),
+            ("a/b", "only letters"),
+            ("a b", "only letters"),
+        ] {
+            assert!(
+                name_problem(bad).is_some_and(|p| p.contains(why)),
+                "{bad:?}"
+            );
         }
     }
 

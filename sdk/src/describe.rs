@@ -288,6 +288,99 @@ impl Param {
     }
 }
 
+/// What the host checks of a parameter and its values, for the fake host: faithful
+/// re-implementations of the runtime's checks, which the SDK cannot call (it runs in the
+/// guest); each names the function it mirrors.
+impl Param {
+    /// Why the host refuses `raw` (a value as a user writes it) for this parameter, if it does:
+    /// the runtime's `params::parse` (`runtime/engine/src/params.rs`), which checks a run's
+    /// values and the description's defaults and choices alike.
+    pub(crate) fn refusal(&self, raw: &str) -> Option<String> {
+        if !self.choices.is_empty() && !self.choices.iter().any(|c| c == raw) {
+            return Some(format!("expected one of {}", self.choices.join(", ")));
+        }
+        match self.kind {
+            ParamKind::Text => None,
+            ParamKind::Integer => {
+                let Ok(n) = raw.trim().parse::<i64>() else {
+                    return Some(expected(self.kind).to_owned());
+                };
+                match (self.minimum, self.maximum) {
+                    (Some(min), Some(max)) if n < min || n > max => {
+                        Some(format!("expected an integer from {min} to {max}"))
+                    }
+                    (Some(min), _) if n < min => {
+                        Some(format!("expected an integer of at least {min}"))
+                    }
+                    (_, Some(max)) if n > max => {
+                        Some(format!("expected an integer of at most {max}"))
+                    }
+                    _ => None,
+                }
+            }
+            ParamKind::Float => match raw.trim().parse::<f64>() {
+                Ok(f) if f.is_finite() => None,
+                _ => Some(expected(self.kind).to_owned()),
+            },
+            ParamKind::Boolean => match raw.trim() {
+                "true" | "false" => None,
+                _ => Some(expected(self.kind).to_owned()),
+            },
+        }
+    }
+
+    /// What is wrong with the declaration itself, if anything: the runtime's
+    /// `ParamSpec::problem` (`runtime/engine/src/blueprint.rs`).
+    fn problem(&self) -> Option<String> {
+        let bounded = self.minimum.is_some() || self.maximum.is_some();
+        if bounded && self.kind != ParamKind::Integer {
+            return Some(format!(
+                "parameter {:?} is {} but has a minimum or maximum, which only integers take",
+                self.name, self.kind
+            ));
+        }
+        if let (Some(min), Some(max)) = (self.minimum, self.maximum)
+            && min > max
+        {
+            return Some(format!(
+                "parameter {:?} has a minimum ({min}) above its maximum ({max})",
+                self.name
+            ));
+        }
+        let any = Param {
+            choices: Vec::new(),
+            ..self.clone()
+        };
+        if let Some((choice, why)) = self
+            .choices
+            .iter()
+            .find_map(|c| any.refusal(c).map(|why| (c, why)))
+        {
+            return Some(format!(
+                "parameter {:?} offers the choice {choice:?}, which its kind refuses: {why}",
+                self.name
+            ));
+        }
+        let default = self.default.as_deref()?;
+        self.refusal(default).map(|why| {
+            format!(
+                "parameter {:?} has the default {default:?}, which it refuses: {why}",
+                self.name
+            )
+        })
+    }
+}
+
+/// What the host says a value of `kind` must be, as the runtime's `params::parse` words it.
+pub(crate) fn expected(kind: ParamKind) -> &'static str {
+    match kind {
+        ParamKind::Text => "expected text",
+        ParamKind::Integer => "expected an integer",
+        ParamKind::Float => "expected a number",
+        ParamKind::Boolean => "expected true or false",
+    }
+}
+
 impl From<Param> for types::ParamSpec {
     fn from(p: Param) -> Self {
         Self {
@@ -429,6 +522,80 @@ impl Description {
     }
 }
 
+impl Description {
+    /// Why the runtime refuses to load a blueprint that describes itself so, in the runtime's
+    /// words, if it does: the checks of `Engine::load` (`runtime/engine/src/engine.rs`): the
+    /// name (`name_problem`), then `Description::problem` (`runtime/engine/src/blueprint.rs`):
+    /// versions, action names, an action or parameter declared twice, a parameter's bounds,
+    /// choices and default. Not checked: a `min_runtime` newer than the runtime that runs it.
+    pub(crate) fn load_error(&self) -> Option<String> {
+        if let Some(reason) = crate::data::name_problem(&self.name) {
+            return Some(format!(
+                "the blueprint's describe() names it {:?}, which cannot be used: {reason}; fix \
+                 the name its author passes to the SDK's Description",
+                self.name
+            ));
+        }
+        self.problem().map(|problem| {
+            format!("the blueprint's describe() is invalid: {problem}; fix it in the blueprint")
+        })
+    }
+
+    /// The runtime's `Description::problem` (`runtime/engine/src/blueprint.rs`).
+    fn problem(&self) -> Option<String> {
+        let twice = |names: Vec<&str>| {
+            names
+                .iter()
+                .enumerate()
+                .find(|(i, n)| names[..*i].contains(n))
+                .map(|(_, n)| n.to_string())
+        };
+        if !is_semver(&self.version) {
+            return Some(format!(
+                "its version {:?} is not a semantic version (MAJOR.MINOR.PATCH, e.g. 1.4.0)",
+                self.version
+            ));
+        }
+        if !is_semver(&self.min_runtime) {
+            return Some(format!(
+                "the runtime it requires, {:?}, is not a semantic version (e.g. 0.1.0)",
+                self.min_runtime
+            ));
+        }
+        if let Some((name, _)) = self.actions.iter().find(|(n, _)| !is_action_name(n)) {
+            return Some(format!(
+                "it declares an action named {name:?}: an action's name is 1 to 64 letters, \
+                 digits, `-` or `_`, starting with a letter (as `cairn run --action` takes it)"
+            ));
+        }
+        if let Some(name) = twice(self.actions.iter().map(|(n, _)| n.as_str()).collect()) {
+            return Some(format!("it declares the action {name:?} twice"));
+        }
+        if let Some(name) = twice(self.params.iter().map(|p| p.name.as_str()).collect()) {
+            return Some(format!("it declares the parameter {name:?} twice"));
+        }
+        self.params.iter().find_map(Param::problem)
+    }
+}
+
+/// Whether `s` is a version the runtime reads (`Semver::parse` in
+/// `runtime/engine/src/version.rs`): `MAJOR[.MINOR[.PATCH]]`, a `-` or `+` suffix ignored.
+fn is_semver(s: &str) -> bool {
+    let core = s.trim().split(['-', '+']).next().unwrap_or_default();
+    let parts: Vec<&str> = core.split('.').collect();
+    parts.len() <= 3 && parts.iter().all(|p| p.parse::<u64>().is_ok())
+}
+
+/// Whether `name` can name an action: 1 to 64 ASCII letters, digits, `-` or `_`, starting with
+/// a letter (the runtime's `is_action_name`, `runtime/engine/src/blueprint.rs`).
+fn is_action_name(name: &str) -> bool {
+    name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_alphabetic())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
 impl From<Description> for wit::Description {
     fn from(d: Description) -> Self {
         Self {
@@ -523,6 +690,95 @@ mod tests {
     fn requires_runtime_overrides_the_default() {
         let d = hello().requires_runtime("0.3.0");
         assert_eq!(d.min_runtime(), "0.3.0");
+    }
+
+    /// The runtime's own cases (`runtime/engine/src/blueprint.rs` and `params.rs` tests), so
+    /// the fake host refuses to run what the runtime refuses to load.
+    #[test]
+    fn descriptions_are_checked_as_the_runtime_loads_them() {
+        use std::ops::Bound;
+        assert_eq!(hello().load_error(), None);
+        let b = || Description::new("b", "1.4.0").action(lifecycle::BACKUP, "");
+        let invalid = |problem: &str| {
+            format!("the blueprint's describe() is invalid: {problem}; fix it in the blueprint")
+        };
+        for (d, problem) in [
+            (
+                Description::new("b", "not-semver"),
+                "its version \"not-semver\" is not a semantic version (MAJOR.MINOR.PATCH, e.g. \
+                 1.4.0)",
+            ),
+            (
+                b().requires_runtime("banana"),
+                "the runtime it requires, \"banana\", is not a semantic version (e.g. 0.1.0)",
+            ),
+            (
+                b().action("back up", ""),
+                "it declares an action named \"back up\": an action's name is 1 to 64 letters, \
+                 digits, `-` or `_`, starting with a letter (as `cairn run --action` takes it)",
+            ),
+            (
+                b().action(lifecycle::BACKUP, "again"),
+                "it declares the action \"backup\" twice",
+            ),
+            (
+                b().param(Param::text("a")).param(Param::integer("a")),
+                "it declares the parameter \"a\" twice",
+            ),
+            (
+                b().param(Param::text("t").range(1..)),
+                "parameter \"t\" is text but has a minimum or maximum, which only integers take",
+            ),
+            (
+                // A minimum above the maximum (as bounds: a literal `5..=4` is a clippy error).
+                b().param(Param::integer("n").range((Bound::Included(5), Bound::Included(4)))),
+                "parameter \"n\" has a minimum (5) above its maximum (4)",
+            ),
+            (
+                b().param(Param::integer("n").choices(["1", "x"])),
+                "parameter \"n\" offers the choice \"x\", which its kind refuses: expected an \
+                 integer",
+            ),
+            (
+                b().param(Param::text("z").default("zip").choices(["gzip", "none"])),
+                "parameter \"z\" has the default \"zip\", which it refuses: expected one of gzip, \
+                 none",
+            ),
+            (
+                b().param(Param::integer("level").default(42).range(1..=9)),
+                "parameter \"level\" has the default \"42\", which it refuses: expected an \
+                 integer from 1 to 9",
+            ),
+            (
+                b().param(Param::integer("retries").default("three")),
+                "parameter \"retries\" has the default \"three\", which it refuses: expected an \
+                 integer",
+            ),
+            (
+                b().param(Param::flag("loud").default("maybe")),
+                "parameter \"loud\" has the default \"maybe\", which it refuses: expected true \
+                 or false",
+            ),
+            (
+                b().param(Param::float("ratio").default("inf")),
+                "parameter \"ratio\" has the default \"inf\", which it refuses: expected a \
+                 number",
+            ),
+        ] {
+            assert_eq!(d.load_error(), Some(invalid(problem)));
+        }
+        for version in ["1", "1.2", "1.2.3-rc.1+build"] {
+            assert_eq!(Description::new("b", version).load_error(), None);
+        }
+        assert_eq!(
+            Description::new("my app", "1.0.0").load_error(),
+            Some(
+                "the blueprint's describe() names it \"my app\", which cannot be used: use only \
+                 letters, digits, '.', '_' and '-'; fix the name its author passes to the SDK's \
+                 Description"
+                    .to_owned()
+            )
+        );
     }
 
     #[test]

@@ -77,13 +77,17 @@ impl Error {
     /// `failed: dumping orders: …`.
     #[must_use]
     pub fn context(self, doing: impl fmt::Display) -> Self {
-        let wrap = |m: String| format!("{doing}: {m}");
+        self.map_message(|m| format!("{doing}: {m}"))
+    }
+
+    /// The same kind of error with its message passed through `f`.
+    pub(crate) fn map_message(self, f: impl FnOnce(String) -> String) -> Self {
         match self {
-            Self::Denied(m) => Self::Denied(wrap(m)),
-            Self::NotFound(m) => Self::NotFound(wrap(m)),
-            Self::Invalid(m) => Self::Invalid(wrap(m)),
-            Self::TimedOut(m) => Self::TimedOut(wrap(m)),
-            Self::Failed(m) => Self::Failed(wrap(m)),
+            Self::Denied(m) => Self::Denied(f(m)),
+            Self::NotFound(m) => Self::NotFound(f(m)),
+            Self::Invalid(m) => Self::Invalid(f(m)),
+            Self::TimedOut(m) => Self::TimedOut(f(m)),
+            Self::Failed(m) => Self::Failed(f(m)),
         }
     }
 }

@@ -78,6 +78,13 @@ impl Artifact {
     }
 }
 
+impl Artifact {
+    /// The blueprint's own values, without the export reference.
+    pub(crate) fn own_values(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.values.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+}
+
 impl From<types::Artifact> for Artifact {
     fn from(a: types::Artifact) -> Self {
         Self {

@@ -3,10 +3,17 @@
 //! [`FakeHost::run`] runs one action of a [`Blueprint`] the way the runtime would call it, with
 //! every host call answered in memory: commands by a closure the test gives
 //! ([`FakeHost::on_exec`]), exports kept as bytes ([`FakeHost::export_bytes`]), secrets,
-//! workloads, volume snapshots, checkpoints, logs and progress recorded. As on the runtime, a
-//! call to a capability the blueprint does not declare is [`Error::Denied`], a workload of
-//! another namespace too, and outputs or checkpoints holding a secret are refused. What it does
-//! not model: the host's limits (sizes, deadlines, the log's cap) and the DR catalog interface
+//! workloads, volume snapshots, checkpoints, logs and progress recorded.
+//!
+//! It checks what the runtime checks, with the runtime's messages, so a test fails where a run
+//! would: the blueprint's `describe()` (a failed check panics, as the runtime refuses to load
+//! it), the action and parameters, a call to a capability the blueprint does not declare
+//! ([`Error::Denied`]), a workload of another namespace, export names and tags, an artifact
+//! value named like a key of its export reference (`kind`, `repository`, `snapshot`, `bytes`),
+//! and a secret in outputs, checkpoints, export names or tags. Secrets are blanked out of logs
+//! and errors as `[secret NAME]`. [`FakeHost::run_lifecycle`] runs a prehook, main phase and
+//! posthook in the runtime's order. What it does not model: the host's limits (sizes,
+//! deadlines, the log's cap, open streams), the operator's grants and the DR catalog interface
 //! (`failed`).
 //!
 //! ```
@@ -43,14 +50,18 @@
 //! ```
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 
+use crate::describe::expected;
 use crate::exec::Command;
+use crate::lifecycle::{BACKUP, BACKUP_POSTHOOK, BACKUP_PREHOOK};
+use crate::lifecycle::{RESTORE, RESTORE_POSTHOOK, RESTORE_PREHOOK};
 use crate::wit::bindings::cairn::blueprint::{data, exec, volumes};
 use crate::wit::types;
 use crate::{
-    Artifact, Blueprint, Capability, Context, Error, Level, Outputs, ParamKind, ParamValue, Result,
+    Artifact, Blueprint, Capability, Context, Description, Error, Level, Outputs, ParamKind,
+    ParamValue, Result,
 };
 
 /// What a faked command returns: its exit status, stdout and stderr.
@@ -98,25 +109,36 @@ struct Workload {
     volumes: Vec<String>,
 }
 
+/// A fake export: its bytes and the tags the blueprint gave it.
+#[derive(Debug, Clone, Default)]
+struct Stored {
+    bytes: Vec<u8>,
+    tags: Vec<(String, String)>,
+}
+
 /// The fake host's state, shared by a [`FakeHost`] and the run it installs.
 #[derive(Default)]
 pub(crate) struct Fake {
     exec: Option<ExecHandler>,
+    /// Whether a command with no handler to answer it fails the test.
+    strict: bool,
     declared: Vec<Capability>,
     namespace: String,
     target: Option<String>,
     secrets: BTreeMap<String, String>,
-    /// The run's text parameters (a secret one of them holds is not looked for).
-    public: Vec<String>,
+    /// The run's secrets that are looked for and blanked, by name, longest first.
+    hidden: Vec<(String, String)>,
     workloads: BTreeMap<String, Workload>,
     objects: BTreeMap<(String, String), String>,
-    /// Open export streams by handle: name and bytes so far.
-    writing: BTreeMap<u32, (String, Vec<u8>)>,
+    /// Open export streams by handle: name, and bytes so far with the tags.
+    writing: BTreeMap<u32, (String, Stored)>,
+    /// Names of the exports the run opened: each once, as on the runtime.
+    export_names: BTreeSet<String>,
     /// Open import streams by handle: bytes and how far they were read.
     reading: BTreeMap<u32, (Vec<u8>, usize)>,
     next_handle: u32,
     /// Finished exports by id.
-    exports: BTreeMap<String, Vec<u8>>,
+    exports: BTreeMap<String, Stored>,
     sessions: BTreeMap<String, Command>,
     snapshots: BTreeMap<String, volumes::VolumeSnapshot>,
     calls: Vec<String>,
@@ -172,14 +194,15 @@ pub(crate) fn answer<T>(
 }
 
 #[cfg(not(target_arch = "wasm32"))]
-/// Records a log line or progress when a [`FakeHost`] runs an action on this thread; whether
-/// one does.
+/// Records a log line or progress, its secrets blanked, when a [`FakeHost`] runs an action on
+/// this thread; whether one does.
 pub(crate) fn log(level: Level, message: &str) -> bool {
     INSTALLED.with(|i| match &*i.borrow() {
         // From inside an exec handler the host is busy: the line goes to stderr.
         Some(state) => match state.try_borrow_mut() {
             Ok(mut state) => {
-                state.logs.push((level, message.to_owned()));
+                let message = state.redact(message);
+                state.logs.push((level, message));
                 true
             }
             Err(_) => false,
@@ -228,9 +251,18 @@ pub struct FakeHost {
 
 impl FakeHost {
     /// A host with no workloads, secrets or exports, whose commands all exit 0 with no
-    /// output until [`on_exec`](Self::on_exec) says otherwise.
+    /// output until [`on_exec`](Self::on_exec) says otherwise (or [`strict`](Self::strict)).
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Makes a command that no [`on_exec`](Self::on_exec) handler answers panic, failing the
+    /// test with the command, instead of exiting 0 with no output: for a test that must know
+    /// every command the action runs.
+    #[must_use]
+    pub fn strict(self) -> Self {
+        self.state.borrow_mut().strict = true;
+        self
     }
 
     /// Answers every command (`run`, `run_all` once per pod, pipes from and into streams, each
@@ -243,7 +275,10 @@ impl FakeHost {
         self
     }
 
-    /// A secret the run may read.
+    /// A secret the run may read. As on the runtime, a value of 4 bytes or more is blanked as
+    /// `[secret NAME]` in logs and errors and refused in outputs, checkpoints and export names
+    /// and tags, unless a text parameter, the blueprint's name, the namespace or the workload
+    /// holds it.
     #[must_use]
     pub fn secret(self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.state
@@ -287,22 +322,34 @@ impl FakeHost {
     /// As the runtime does before a run, it refuses ([`Error::Invalid`]) an action `B` does
     /// not describe, and parameters it does not declare, of another type, outside their choices
     /// or range, or required and missing (build the context with
-    /// [`defaults`](crate::ContextBuilder::defaults) for the declared defaults).
+    /// [`defaults`](crate::ContextBuilder::defaults) for the declared defaults). As the runtime
+    /// refuses to load it, it panics, failing the test, when `B::describe()` is invalid (a
+    /// parameter or action declared twice, a default its parameter refuses, a bad name or
+    /// version). After the action, it refuses its outputs as the runtime does, and blanks the
+    /// run's secrets out of its error.
     pub fn run<B: Blueprint>(&self, action: &str, ctx: &Context) -> Result<Outputs> {
         let description = B::describe();
+        loadable(&description);
         check_run(&description, action, ctx)?;
         {
             let mut state = self.state.borrow_mut();
-            state.declared = B::describe().capabilities().to_vec();
+            state.declared = description.capabilities().to_vec();
             state.namespace = ctx.namespace().to_owned();
             state.target = ctx.workload().map(str::to_owned);
-            state.public = ctx
+            // As on the runtime: a secret a text parameter holds is in the catalog with the
+            // parameter anyway, and one the blueprint's name, the namespace or the workload
+            // holds is in every export's tags: not hidden.
+            let public: Vec<String> = ctx
                 .params()
                 .filter_map(|(_, v)| match v {
                     ParamValue::Text(t) => Some(t.clone()),
                     _ => None,
                 })
+                .chain([description.name().to_owned(), ctx.namespace().to_owned()])
+                .chain(ctx.workload().map(str::to_owned))
                 .collect();
+            state.hidden = hidden(&state.secrets, &public);
+            state.export_names.clear();
             if let Some(target) = ctx.workload() {
                 state
                     .workloads
@@ -319,34 +366,156 @@ impl FakeHost {
         }
         INSTALLED.with(|i| *i.borrow_mut() = Some(self.state.clone()));
         let _installed = Installed;
-        let outputs = B::run(action, ctx)?;
-        // As the runtime refuses them: outputs are kept in the catalog.
+        let result = B::run(action, ctx);
         let state = self.state.borrow();
-        let values = outputs
-            .artifacts()
+        // A blueprint's error may quote a secret (a failed login's): the runtime blanks it in
+        // the report and in the posthook's failure.
+        let outputs = result.map_err(|e| e.map_message(|m| state.redact(&m)))?;
+        state.check_outputs(&outputs).map_err(Error::invalid)?;
+        Ok(outputs)
+    }
+
+    /// Runs `action` as the runtime runs it, with its lifecycle: for `backup` (`restore`),
+    /// `backupPrehook` (`restorePrehook`) first when `B` describes it, then the action unless
+    /// the prehook failed, then `backupPosthook` (`restorePosthook`) when described, even after
+    /// a failure, which it sees in [`Context::failure`]. Each phase is a [`run`](Self::run)
+    /// whose context is `ctx` with the earlier phases' outputs over what they checkpointed (a
+    /// phase that failed: only what it checkpointed); any other action runs alone.
+    ///
+    /// Refuses the run before any phase as [`run`](Self::run) does (an action `B` does not
+    /// describe, bad parameters); a phase's failure is in the [`Lifecycle`].
+    ///
+    /// ```
+    /// use cairn_sdk::testing::FakeHost;
+    /// use cairn_sdk::{Blueprint, Context, Description, Error, Outputs, Result, checkpoint};
+    ///
+    /// struct Quiesced;
+    ///
+    /// impl Blueprint for Quiesced {
+    ///     fn describe() -> Description {
+    ///         Description::new("quiesced", "0.1.0")
+    ///             .action("backupPrehook", "Pauses writes")
+    ///             .action("backup", "Dumps")
+    ///             .action("backupPosthook", "Resumes writes")
+    ///     }
+    ///     fn run(action: &str, ctx: &Context) -> Result<Outputs> {
+    ///         match action {
+    ///             "backupPrehook" => checkpoint("paused", true).map(|()| Outputs::new()),
+    ///             "backup" => Err(Error::failed("disk full")),
+    ///             _ => Ok(Outputs::new()
+    ///                 .value("resumed", ctx.value("paused")?)
+    ///                 .value("after", ctx.failure().map(Error::message).unwrap_or("ok"))),
+    ///         }
+    ///     }
+    /// }
+    ///
+    /// let ctx = Context::builder("backup", "shop").build();
+    /// let run = FakeHost::new().run_lifecycle::<Quiesced>("backup", &ctx)?;
+    /// assert_eq!(run.outputs(), Err(Error::failed("backup: disk full")));
+    /// let post = run.phase("backupPosthook").expect("the posthook ran").as_ref();
+    /// assert_eq!(post.ok().and_then(|o| o.get("after")), Some("disk full"));
+    /// # Ok::<(), Error>(())
+    /// ```
+    pub fn run_lifecycle<B: Blueprint>(&self, action: &str, ctx: &Context) -> Result<Lifecycle> {
+        let description = B::describe();
+        loadable(&description);
+        check_run(&description, action, ctx)?;
+        let (pre, post) = match hooks(action) {
+            Some((pre, post)) => (
+                description.has_action(pre).then_some(pre),
+                description.has_action(post).then_some(post),
+            ),
+            None => (None, None),
+        };
+        let mut ran = Vec::new();
+        let mut failure = None;
+        if let Some(pre) = pre {
+            failure = self.phase::<B>(pre, ctx, &mut ran, None);
+        }
+        if failure.is_none() {
+            failure = self.phase::<B>(action, ctx, &mut ran, None);
+        }
+        if let Some(post) = post {
+            self.phase::<B>(post, ctx, &mut ran, failure);
+        }
+        // The posthook's outputs join the main phase's when both returned, as the restore
+        // point keeps them.
+        let main = ran
             .iter()
-            .flat_map(|a| {
-                a.values()
-                    .filter(|(k, _)| !a.reference().any(|(r, _)| r == *k))
-            })
-            .chain(outputs.values());
-        for (key, value) in values {
-            if let Some(secret) = state.secret_in(value).or_else(|| state.secret_in(key)) {
-                return Err(Error::invalid(format!(
-                    "the blueprint's output `{key}` holds secret `{secret}`: outputs are kept in \
-                     the catalog, which travels in DR exports, so a secret never goes into them"
-                )));
+            .position(|p| p.action == action && p.result.is_ok());
+        let mut outputs = main
+            .and_then(|i| ran[i].result.clone().ok())
+            .unwrap_or_default();
+        if main.is_some()
+            && let Some(p) = ran.iter_mut().find(|p| Some(p.action.as_str()) == post)
+            && let Ok(theirs) = &p.result
+        {
+            match merge(action, &outputs, theirs) {
+                Ok(merged) => outputs = merged,
+                Err(why) => p.result = Err(Error::invalid(why)),
             }
         }
-        drop(state);
-        Ok(outputs)
+        let outcome = match ran
+            .iter()
+            .find_map(|p| Some((&p.action, p.result.as_ref().err()?)))
+        {
+            Some((phase, e)) if main.is_some() && Some(phase.as_str()) == post => Err(e
+                .clone()
+                .context(format!("{phase} failed after {action} succeeded"))),
+            Some((phase, e)) => Err(e.clone().context(phase)),
+            None => Ok(outputs),
+        };
+        Ok(Lifecycle {
+            phases: ran.into_iter().map(|p| (p.action, p.result)).collect(),
+            outcome,
+        })
+    }
+
+    /// Runs phase `action` after the phases in `ran`, with the `failure` a posthook sees, and
+    /// adds it there; its failure, if it failed.
+    fn phase<B: Blueprint>(
+        &self,
+        action: &str,
+        ctx: &Context,
+        ran: &mut Vec<PhaseRan>,
+        failure: Option<Error>,
+    ) -> Option<Error> {
+        let earlier = ran
+            .iter()
+            .map(|p| (p.action.clone(), p.result.is_ok(), p.seen.clone()));
+        let before = self.state.borrow().checkpoints.len();
+        let result = self.run::<B>(action, &ctx.for_phase(action, earlier, failure));
+        let checkpoints = self.state.borrow().checkpoints[before..].to_vec();
+        let result = result.map(|o| over_checkpoints(o, &checkpoints));
+        let seen = match &result {
+            Ok(outputs) => outputs.clone(),
+            Err(_) => over_checkpoints(Outputs::new(), &checkpoints),
+        };
+        let failed = result.as_ref().err().cloned();
+        ran.push(PhaseRan {
+            action: action.to_owned(),
+            result,
+            seen,
+        });
+        failed
     }
 
     /// The bytes of the export `artifact` names ([`Export::finish`](crate::data::Export::finish)'s
     /// artifact), if it was written and not deleted.
     pub fn export_bytes(&self, artifact: &Artifact) -> Option<Vec<u8>> {
-        let id = artifact.get(EXPORT_KEY)?;
-        self.state.borrow().exports.get(id).cloned()
+        self.export(artifact).map(|e| e.bytes)
+    }
+
+    /// The tags the blueprint gave the export `artifact` names
+    /// ([`Export::open_tagged`](crate::data::Export::open_tagged)'s), if it was written and
+    /// not deleted; the host's own (`action`, `namespace`, …) are not among them.
+    pub fn export_tags(&self, artifact: &Artifact) -> Option<Vec<(String, String)>> {
+        self.export(artifact).map(|e| e.tags)
+    }
+
+    fn export(&self, artifact: &Artifact) -> Option<Stored> {
+        let id = Fake::export_id(&artifact.into()).ok()?;
+        self.state.borrow().exports.get(&id).cloned()
     }
 
     /// An export holding `bytes`, as a backup would have left it: its artifact, named `name`,
@@ -354,8 +523,16 @@ impl FakeHost {
     pub fn add_export(&self, name: &str, bytes: impl Into<Vec<u8>>) -> Artifact {
         let mut state = self.state.borrow_mut();
         let id = format!("{name}-{}", state.handle());
-        state.exports.insert(id.clone(), bytes.into());
-        reference(name, &id).into()
+        let bytes = bytes.into();
+        let artifact = reference(name, &id, bytes.len()).into();
+        state.exports.insert(
+            id,
+            Stored {
+                bytes,
+                tags: Vec::new(),
+            },
+        );
+        artifact
     }
 
     /// The host calls made so far, in order, each as `interface.call` and what it was called
@@ -385,52 +562,154 @@ impl FakeHost {
     }
 }
 
+/// What [`FakeHost::run_lifecycle`] ran: each phase in order, and the run's outcome.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lifecycle {
+    phases: Vec<(String, Result<Outputs>)>,
+    outcome: Result<Outputs>,
+}
+
+impl Lifecycle {
+    /// The phases that ran, in order, each with its outputs (over what it checkpointed, as the
+    /// runtime records them) or its error. A main phase skipped after its prehook failed is
+    /// not among them.
+    pub fn phases(&self) -> impl ExactSizeIterator<Item = (&str, &Result<Outputs>)> {
+        self.phases.iter().map(|(a, r)| (a.as_str(), r))
+    }
+
+    /// What phase `action` returned, if it ran.
+    pub fn phase(&self, action: &str) -> Option<&Result<Outputs>> {
+        self.phases
+            .iter()
+            .find(|(a, _)| a == action)
+            .map(|(_, r)| r)
+    }
+
+    /// The run's outputs, as its restore point keeps them: the main phase's, and the
+    /// posthook's under their own names. Or the first phase's failure, its message prefixed
+    /// with the phase as the runtime's report says it (`backup: …`, `backupPosthook failed
+    /// after backup succeeded: …`).
+    pub fn outputs(&self) -> Result<&Outputs> {
+        self.outcome.as_ref().map_err(Clone::clone)
+    }
+}
+
+/// A phase [`FakeHost::run_lifecycle`] ran: what it returned, and what later phases see of it.
+struct PhaseRan {
+    action: String,
+    result: Result<Outputs>,
+    seen: Outputs,
+}
+
+/// The prehook and posthook the runtime runs around `action` when the blueprint describes
+/// them (the runtime's `hooks`, `runtime/engine/src/run.rs`).
+fn hooks(action: &str) -> Option<(&'static str, &'static str)> {
+    match action {
+        BACKUP => Some((BACKUP_PREHOOK, BACKUP_POSTHOOK)),
+        RESTORE => Some((RESTORE_PREHOOK, RESTORE_POSTHOOK)),
+        _ => None,
+    }
+}
+
+/// A phase's outputs as the runtime records them: the values it checkpointed, each replaced by
+/// a value it returned of the same name, then its other values (`to_outputs`,
+/// `runtime/engine/src/run.rs`).
+fn over_checkpoints(returned: Outputs, checkpoints: &[(String, String)]) -> Outputs {
+    let mut outputs = checkpoints
+        .iter()
+        .fold(Outputs::new(), |o, (k, v)| o.value(k, v));
+    for artifact in returned.artifacts() {
+        outputs = outputs.artifact(artifact.clone());
+    }
+    for (key, value) in returned.values() {
+        outputs = outputs.value(key, value);
+    }
+    outputs
+}
+
+/// The main phase's outputs with the posthook's added under their own names, or one line why
+/// not: the posthook returned an artifact named like one of the main phase's, or set a value
+/// the main phase set otherwise (the runtime's `merge`, `runtime/engine/src/run.rs`).
+fn merge(
+    main_action: &str,
+    main: &Outputs,
+    post: &Outputs,
+) -> std::result::Result<Outputs, String> {
+    let mut merged = main.clone();
+    for artifact in post.artifacts() {
+        if main.get_artifact(artifact.name()).is_some() {
+            return Err(format!(
+                "it returned the artifact `{}`, which {main_action} already returned; the \
+                 restore point keeps both phases' outputs, so give the posthook's another name",
+                artifact.name()
+            ));
+        }
+        merged = merged.artifact(artifact.clone());
+    }
+    for (key, value) in post.values() {
+        match main.get(key) {
+            None => merged = merged.value(key, value),
+            Some(same) if same == value => {}
+            Some(other) => {
+                return Err(format!(
+                    "it set the value `{key}` to {value:?}, which {main_action} set to {other:?}; \
+                     the restore point keeps both phases' values, so give the posthook's another \
+                     name"
+                ));
+            }
+        }
+    }
+    Ok(merged)
+}
+
+/// Panics, failing the test, when the runtime would refuse to load a blueprint that describes
+/// itself as `description`: its run would never start.
+fn loadable(description: &Description) {
+    if let Some(error) = description.load_error() {
+        panic!("{error}");
+    }
+}
+
 /// What the runtime checks of a run before it starts: the action, and the parameters against
-/// their declarations.
-fn check_run(description: &crate::Description, action: &str, ctx: &Context) -> Result<()> {
+/// their declarations, in the runtime's words (`Engine::run` and `params::validate`,
+/// `runtime/engine/src/params.rs`).
+fn check_run(description: &Description, action: &str, ctx: &Context) -> Result<()> {
     if !description.has_action(action) {
         let names: Vec<&str> = description.actions().map(|(n, _)| n).collect();
         return Err(Error::invalid(format!(
-            "blueprint {} has no action {action:?}; it has: {}",
-            description.name(),
+            "the blueprint has no action {action:?}; it has: {}",
             names.join(", ")
         )));
     }
     for (name, value) in ctx.params() {
         let Some(p) = description.params().iter().find(|p| p.name() == name) else {
             let names: Vec<&str> = description.params().iter().map(|p| p.name()).collect();
+            let accepts = if names.is_empty() {
+                "it accepts no parameters".to_owned()
+            } else {
+                format!("it accepts {}", names.join(", "))
+            };
             return Err(Error::invalid(format!(
-                "the blueprint has no parameter {name:?}; it accepts: {}",
-                names.join(", ")
+                "parameter {name}={value}: the blueprint has no parameter {name:?}; {accepts}"
             )));
         };
-        let (kind, text) = match value {
-            ParamValue::Text(t) => (ParamKind::Text, t.clone()),
-            ParamValue::Integer(i) => (ParamKind::Integer, i.to_string()),
-            ParamValue::Boolean(b) => (ParamKind::Boolean, b.to_string()),
-            ParamValue::Float(f) => (ParamKind::Float, f.to_string()),
+        // The host parses a user's text into the declared type; a test gives the value typed,
+        // and one of another type would reach the action as no run's does.
+        let given = match value {
+            ParamValue::Text(t) => (ParamKind::Text, format!("text {t:?}")),
+            ParamValue::Integer(i) => (ParamKind::Integer, format!("the integer {i}")),
+            ParamValue::Boolean(b) => (ParamKind::Boolean, format!("the boolean {b}")),
+            ParamValue::Float(f) => (ParamKind::Float, format!("the float {f}")),
         };
-        if kind != p.kind() {
+        if given.0 != p.kind() {
             return Err(Error::invalid(format!(
-                "parameter {name}: expected {:?}, got {kind:?} {text}",
-                p.kind()
+                "parameter {name}: {}, got {}",
+                expected(p.kind()),
+                given.1
             )));
         }
-        if !p.allowed_values().is_empty() && !p.allowed_values().contains(&text) {
-            return Err(Error::invalid(format!(
-                "parameter {name}: expected one of {}, got {text}",
-                p.allowed_values().join(", ")
-            )));
-        }
-        if let (ParamValue::Integer(i), (low, high)) = (value, p.bounds())
-            && (low.is_some_and(|l| *i < l) || high.is_some_and(|h| *i > h))
-        {
-            let shown = |b: Option<i64>| b.map_or_else(|| "…".to_owned(), |b| b.to_string());
-            return Err(Error::invalid(format!(
-                "parameter {name}: expected an integer from {} to {}, got {i}",
-                shown(low),
-                shown(high)
-            )));
+        if let Some(why) = p.refusal(&value.to_string()) {
+            return Err(Error::invalid(format!("parameter {name}={value}: {why}")));
         }
     }
     if let Some(p) = description
@@ -438,26 +717,60 @@ fn check_run(description: &crate::Description, action: &str, ctx: &Context) -> R
         .iter()
         .find(|p| p.is_required() && ctx.param_value(p.name()).is_none())
     {
+        let hint = if p.default_value().is_some() {
+            " (its default applies with Context::builder(..).defaults(&describe()))"
+        } else {
+            ""
+        };
         return Err(Error::invalid(format!(
-            "missing parameter {}: it is required",
-            p.name()
+            "missing parameter {}: the parameter is required ({}; {}){hint}",
+            p.name(),
+            p.kind(),
+            p.description()
         )));
     }
     Ok(())
 }
 
-/// The reference key of a faked export's id.
-const EXPORT_KEY: &str = "fake-export";
+/// The `kind` of the fake export store's references.
+const FAKE_KIND: &str = "fake";
 
-fn reference(name: &str, id: &str) -> types::Artifact {
+/// The keys of a fake export's reference: those of the runtime's repository export store
+/// (`reference_keys` in `runtime/cli/src/exports.rs`), which a value of the artifact may not
+/// be named like.
+const REFERENCE_KEYS: [&str; 4] = ["kind", "repository", "snapshot", "bytes"];
+
+/// The reference of fake export `id`, named `name`, of `bytes` bytes.
+fn reference(name: &str, id: &str, bytes: usize) -> types::Artifact {
+    let [kind, repository, snapshot, size] = REFERENCE_KEYS.map(str::to_owned);
     types::Artifact {
         name: name.to_owned(),
         values: Vec::new(),
         reference: vec![
-            ("kind".to_owned(), "fake".to_owned()),
-            (EXPORT_KEY.to_owned(), id.to_owned()),
+            (kind, FAKE_KIND.to_owned()),
+            (repository, FAKE_KIND.to_owned()),
+            (snapshot, id.to_owned()),
+            (size, bytes.to_string()),
         ],
     }
+}
+
+/// Shorter secret values (`1`, `yes`) would be found in too much ordinary text to hide (the
+/// runtime's `Secrets::FINDABLE`).
+const FINDABLE: usize = 4;
+
+/// The secrets a run looks for and blanks, by name, longest first (so that a secret holding
+/// another is blanked whole): those of at least [`FINDABLE`] bytes that none of the run's
+/// `public` texts holds (the runtime's `Secrets::of`, `runtime/engine/src/state.rs`).
+fn hidden(secrets: &BTreeMap<String, String>, public: &[String]) -> Vec<(String, String)> {
+    let mut values: Vec<(String, String)> = secrets
+        .iter()
+        .filter(|(_, v)| v.len() >= FINDABLE)
+        .filter(|(_, v)| !public.iter().any(|p| p.contains(v.as_str())))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    values.sort_by_key(|(_, v)| std::cmp::Reverse(v.len()));
+    values
 }
 
 impl Fake {
@@ -545,6 +858,11 @@ impl Fake {
         for pod in pods {
             let reply = match &mut self.exec {
                 Some(handler) => handler(command, stdin),
+                None if self.strict => panic!(
+                    "FakeHost::strict: nothing answers the command `{}` (in {pod}); answer it \
+                     with FakeHost::on_exec",
+                    command.shown()
+                ),
                 None => Reply::default(),
             };
             outputs.push(exec::Output {
@@ -620,19 +938,44 @@ impl Fake {
         self.next_handle
     }
 
-    pub(crate) fn open_export(&mut self, name: &str) -> Result<u32> {
-        if self.writing.values().any(|(n, _)| n == name) {
-            return Err(Error::invalid(format!("export `{name}` is already open")));
+    /// Opens an export after the runtime's checks (`open_export` in
+    /// `runtime/engine/src/host/data.rs`): its name, its tags, no secret in either, and a name
+    /// not opened before in the run.
+    pub(crate) fn open_export(&mut self, name: &str, tags: &[(String, String)]) -> Result<u32> {
+        if let Some(reason) = crate::data::name_problem(name) {
+            return Err(Error::invalid(format!(
+                "invalid export name {name:?}: {reason}"
+            )));
+        }
+        crate::data::check_tags(tags)
+            .map_err(|e| Error::invalid(format!("export {name:?}: {e}")))?;
+        if let Some(secret) = std::iter::once(name)
+            .chain(tags.iter().flat_map(|(k, v)| [k.as_str(), v.as_str()]))
+            .find_map(|text| self.secret_in(text))
+        {
+            return Err(Error::invalid(format!(
+                "an export's name or tags hold secret `{secret}`: they are kept in the \
+                 catalog and the repository's listing, where a secret never goes"
+            )));
+        }
+        if !self.export_names.insert(name.to_owned()) {
+            return Err(Error::invalid(format!(
+                "an export named {name:?} was already opened by this action"
+            )));
         }
         let handle = self.handle();
-        self.writing.insert(handle, (name.to_owned(), Vec::new()));
+        let stored = Stored {
+            bytes: Vec::new(),
+            tags: tags.to_vec(),
+        };
+        self.writing.insert(handle, (name.to_owned(), stored));
         Ok(handle)
     }
 
     fn writing(&mut self, handle: u32) -> Result<&mut Vec<u8>> {
         self.writing
             .get_mut(&handle)
-            .map(|(_, bytes)| bytes)
+            .map(|(_, stored)| &mut stored.bytes)
             .ok_or_else(|| Error::invalid("the export stream is closed"))
     }
 
@@ -651,27 +994,32 @@ impl Fake {
     }
 
     pub(crate) fn finish(&mut self, handle: u32) -> Result<types::Artifact> {
-        let (name, bytes) = self
+        let (name, stored) = self
             .writing
             .remove(&handle)
             .ok_or_else(|| Error::invalid("the export stream is closed"))?;
         let id = format!("{name}-{}", self.handle());
-        self.exports.insert(id.clone(), bytes);
-        Ok(reference(&name, &id))
+        let reference = reference(&name, &id, stored.bytes.len());
+        self.exports.insert(id, stored);
+        Ok(reference)
     }
 
+    /// The id of the fake export `artifact`'s reference names.
     fn export_id(artifact: &types::Artifact) -> Result<String> {
-        artifact
-            .reference
-            .iter()
-            .find(|(k, _)| k == EXPORT_KEY)
-            .map(|(_, v)| v.clone())
-            .ok_or_else(|| {
-                Error::invalid(format!(
-                    "artifact `{}` names no export (FakeHost::add_export makes one)",
-                    artifact.name
-                ))
-            })
+        let get = |key: &str| {
+            artifact
+                .reference
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v)
+        };
+        match (get("kind"), get("snapshot")) {
+            (Some(kind), Some(id)) if kind == FAKE_KIND => Ok(id.clone()),
+            _ => Err(Error::invalid(format!(
+                "artifact `{}` names no export (FakeHost::add_export makes one)",
+                artifact.name
+            ))),
+        }
     }
 
     pub(crate) fn open_import(&mut self, artifact: &types::Artifact) -> Result<u32> {
@@ -679,7 +1027,7 @@ impl Fake {
         let bytes = self
             .exports
             .get(&id)
-            .cloned()
+            .map(|e| e.bytes.clone())
             .ok_or_else(|| Error::not_found(format!("export `{}` not found", artifact.name)))?;
         let handle = self.handle();
         self.reading.insert(handle, (bytes, 0));
@@ -730,15 +1078,62 @@ impl Fake {
         Ok(())
     }
 
-    /// The name of a secret `text` holds, as the runtime looks for them: values of 4 bytes or
-    /// more that no text parameter of the run holds.
+    /// The name of a secret of the run `text` holds (the runtime's `Secrets::held_by`).
     fn secret_in(&self, text: &str) -> Option<&str> {
-        self.secrets
+        self.hidden
             .iter()
-            .filter(|(_, v)| v.len() >= 4)
-            .filter(|(_, v)| !self.public.iter().any(|p| p.contains(v.as_str())))
             .find(|(_, v)| text.contains(v.as_str()))
             .map(|(k, _)| k.as_str())
+    }
+
+    /// `text` with every secret of the run in it replaced by `[secret NAME]` (the runtime's
+    /// `Secrets::redact`).
+    fn redact(&self, text: &str) -> String {
+        self.hidden
+            .iter()
+            .fold(text.to_owned(), |text, (name, value)| {
+                text.replace(value.as_str(), &format!("[secret {name}]"))
+            })
+    }
+
+    /// What the runtime refuses of a phase's outputs, in its words: an artifact value named
+    /// like a key of the artifact's export reference (`Artifact::checked_from_wit`,
+    /// `runtime/engine/src/exports.rs`), then a secret in a name or value (`secret_free`,
+    /// `runtime/engine/src/run.rs`), where the reference, which the host wrote, is not looked.
+    fn check_outputs(&self, outputs: &Outputs) -> std::result::Result<(), String> {
+        for a in outputs.artifacts() {
+            if let Some((key, _)) = a
+                .own_values()
+                .find(|(k, _)| a.reference().any(|(r, _)| r == *k))
+            {
+                return Err(format!(
+                    "artifact `{}` has a value `{key}`, but `{key}` is a key of its export \
+                     reference (written by finish()); a value never shadows the reference: give \
+                     the value another name",
+                    a.name()
+                ));
+            }
+        }
+        let mut named: Vec<(String, &str, &str)> = Vec::new();
+        for a in outputs.artifacts() {
+            for (k, v) in a.own_values() {
+                named.push((format!("artifact `{}` value `{k}`", a.name()), k, v));
+            }
+            named.push((format!("artifact `{}`", a.name()), a.name(), a.name()));
+        }
+        for (k, v) in outputs.values() {
+            named.push((format!("value `{k}`"), k, v));
+        }
+        for (what, key, value) in named {
+            if let Some(name) = self.secret_in(value).or_else(|| self.secret_in(key)) {
+                return Err(format!(
+                    "the blueprint's {what} holds secret `{name}`: outputs are kept in the \
+                     catalog, which travels in DR exports, so a secret never goes into them; the \
+                     restore reads the secret again"
+                ));
+            }
+        }
+        Ok(())
     }
 
     pub(crate) fn secret(&self, name: &str) -> Result<String> {
@@ -836,19 +1231,24 @@ impl Fake {
     }
 
     pub(crate) fn checkpoint(&mut self, name: &str, value: &str) -> Result<()> {
-        if name.is_empty() {
-            return Err(Error::invalid("a checkpoint needs a name"));
-        }
         if let Some(secret) = self.secret_in(value) {
             return Err(Error::invalid(format!(
                 "checkpoint `{name}` holds secret `{secret}`: checkpoints are kept in the \
                  catalog, so a secret never goes into one"
             )));
         }
+        if name.is_empty() || name.len() > MAX_CHECKPOINT_NAME {
+            return Err(Error::invalid(format!(
+                "a checkpoint name must be 1 to {MAX_CHECKPOINT_NAME} bytes long"
+            )));
+        }
         self.checkpoints.push((name.to_owned(), value.to_owned()));
         Ok(())
     }
 }
+
+/// The longest checkpoint name (the runtime's limit).
+const MAX_CHECKPOINT_NAME: usize = 256;
 
 fn transfer(bytes: u64, out: exec::Output) -> data::Transfer {
     data::Transfer {
@@ -1059,29 +1459,426 @@ mod tests {
                 .param("database", "shop")
         };
         assert_eq!(run("backup", base()), Ok(Outputs::new()));
+        // The runtime's words (`params::parse`, `params::validate`).
         for (action, ctx, says) in [
-            ("restore", base(), "has no action \"restore\""),
-            ("backup", base().param("level", 50), "from 1 to 19, got 50"),
+            (
+                "restore",
+                base(),
+                "the blueprint has no action \"restore\"; it has: backup",
+            ),
             (
                 "backup",
-                base().param("level", "high"),
-                "expected Integer, got Text",
+                base().param("level", 50),
+                "parameter level=50: expected an integer from 1 to 19",
+            ),
+            (
+                "backup",
+                base().param("level", "3"),
+                "parameter level: expected an integer, got text \"3\"",
+            ),
+            (
+                "backup",
+                base().param("database", 3),
+                "parameter database: expected text, got the integer 3",
             ),
             (
                 "backup",
                 base().param("format", "xml"),
-                "one of plain, custom",
+                "parameter format=xml: expected one of plain, custom",
             ),
-            ("backup", base().param("levle", 2), "no parameter \"levle\""),
+            (
+                "backup",
+                base().param("levle", 2),
+                "parameter levle=2: the blueprint has no parameter \"levle\"; it accepts level, \
+                 format, database",
+            ),
             (
                 "backup",
                 Context::builder("backup", "shop").defaults(&Typed::describe()),
-                "missing parameter database",
+                "missing parameter database: the parameter is required (text; )",
             ),
         ] {
-            let e = run(action, ctx).expect_err(says);
-            assert!(matches!(&e, Error::Invalid(m) if m.contains(says)), "{e}");
+            assert_eq!(run(action, ctx), Err(Error::invalid(says)));
         }
+        let bounded =
+            |n: crate::Param| Description::new("b", "1.0.0").action("backup", "").param(n);
+        for (d, n, says) in [
+            (
+                bounded(crate::Param::integer("n").range(1..)),
+                0,
+                "expected an integer of at least 1",
+            ),
+            (
+                bounded(crate::Param::integer("n").range(..=9)),
+                10,
+                "expected an integer of at most 9",
+            ),
+        ] {
+            let ctx = Context::builder("backup", "shop").param("n", n).build();
+            let e = check_run(&d, "backup", &ctx).expect_err(says);
+            assert_eq!(e, Error::invalid(format!("parameter n={n}: {says}")));
+        }
+    }
+
+    /// A blueprint whose `describe()` the runtime refuses to load: a parameter's default is not
+    /// among its choices.
+    struct BadDefault;
+
+    impl Blueprint for BadDefault {
+        fn describe() -> Description {
+            Description::new("bad", "0.1.0")
+                .action("backup", "Dumps")
+                .param(
+                    crate::Param::text("compression")
+                        .default("zip")
+                        .choices(["gzip", "none"]),
+                )
+        }
+        fn run(_: &str, _: &Context) -> Result<Outputs> {
+            Ok(Outputs::new())
+        }
+    }
+
+    #[test]
+    #[should_panic(
+        expected = "the blueprint's describe() is invalid: parameter \"compression\" has the \
+                    default \"zip\", which it refuses: expected one of gzip, none; fix it in the \
+                    blueprint"
+    )]
+    fn a_describe_the_runtime_refuses_fails_the_test_as_a_describe_problem() {
+        // With its defaults, as a test builds the context: the default is the blueprint's
+        // fault, not the test's parameter.
+        let ctx = Context::builder("backup", "shop")
+            .defaults(&BadDefault::describe())
+            .build();
+        let _ = FakeHost::new().run::<BadDefault>("backup", &ctx);
+    }
+
+    #[test]
+    fn export_references_have_the_runtimes_keys_and_no_value_shadows_one() {
+        struct Shadow;
+        impl Blueprint for Shadow {
+            fn describe() -> Description {
+                Description::new("shadow", "0.1.0")
+                    .action("backup", "Records the size as a value")
+                    .param(crate::Param::text("key").default("bytes"))
+                    .capability(Capability::Export)
+            }
+            fn run(_: &str, ctx: &Context) -> Result<Outputs> {
+                let export = Export::open("data")?;
+                export.write(b"12345")?;
+                let key = ctx.text("key")?;
+                let own = Artifact::new("own").value(key, 1);
+                Ok(Outputs::new()
+                    .artifact(export.finish()?.value(key, 5))
+                    .artifact(own))
+            }
+        }
+        let host = FakeHost::new();
+        let added = host.add_export("dump", "x");
+        let keys: Vec<&str> = added.reference().map(|(k, _)| k).collect();
+        assert_eq!(keys, REFERENCE_KEYS);
+        for key in ["bytes", "snapshot", "repository", "kind"] {
+            let ctx = Context::builder("backup", "shop").param("key", key).build();
+            assert_eq!(
+                host.run::<Shadow>("backup", &ctx),
+                Err(Error::invalid(format!(
+                    "artifact `data` has a value `{key}`, but `{key}` is a key of its export \
+                     reference (written by finish()); a value never shadows the reference: give \
+                     the value another name"
+                )))
+            );
+        }
+        // Another name is kept; an artifact without a reference may use any.
+        let ctx = Context::builder("backup", "shop")
+            .param("key", "size")
+            .build();
+        let out = host.run::<Shadow>("backup", &ctx).expect("no shadow");
+        let data = out.get_artifact("data").expect("the export");
+        assert_eq!(data.get("bytes"), Some("5"));
+        assert_eq!(data.get("size"), Some("5"));
+        assert_eq!(host.export_bytes(data).as_deref(), Some(&b"12345"[..]));
+    }
+
+    #[test]
+    fn export_names_and_tags_are_checked_as_the_runtime_checks_them() {
+        struct Tagged;
+        impl Blueprint for Tagged {
+            fn describe() -> Description {
+                Description::new("tagged", "0.1.0")
+                    .action("backup", "Exports under the name and tag it is given")
+                    .param(crate::Param::text("name").default("dump"))
+                    .param(crate::Param::text("tag").default("app"))
+                    .param(crate::Param::flag("twice").default(false))
+                    .capability(Capability::Export)
+                    .capability(Capability::Secrets)
+            }
+            fn run(_: &str, ctx: &Context) -> Result<Outputs> {
+                let mut value = "postgres".to_owned();
+                if ctx.text("tag")? == "owner" {
+                    value = crate::secrets::get("password")?;
+                }
+                let export = Export::open_tagged(ctx.text("name")?, [(ctx.text("tag")?, value)])?;
+                if ctx.flag("twice")? {
+                    Export::open(ctx.text("name")?)?;
+                }
+                Ok(Outputs::new().artifact(export.finish()?))
+            }
+        }
+        let host = FakeHost::new().secret("password", "hunter22");
+        let run = |name: &str, tag: &str| {
+            let ctx = Context::builder("backup", "shop")
+                .defaults(&Tagged::describe())
+                .param("name", name)
+                .param("tag", tag)
+                .build();
+            host.run::<Tagged>("backup", &ctx)
+        };
+        let out = run("dump", "app").expect("a good tag");
+        let dump = out.get_artifact("dump").expect("the export");
+        assert_eq!(
+            host.export_tags(dump),
+            Some(vec![("app".to_owned(), "postgres".to_owned())])
+        );
+        for (name, tag, says) in [
+            (
+                "dump",
+                "action",
+                "export \"dump\": export tag key \"action\" is set by the host on every export; \
+                 name the blueprint's tag otherwise",
+            ),
+            (
+                "dump",
+                "Bad Key",
+                "export \"dump\": export tag key \"Bad Key\" is invalid: use 1 to 63 of a-z, 0-9, \
+                 '.', '_', '-', starting with a letter or digit",
+            ),
+            (
+                "dump",
+                "owner",
+                "an export's name or tags hold secret `password`: they are kept in the catalog \
+                 and the repository's listing, where a secret never goes",
+            ),
+            (
+                "db/dump",
+                "app",
+                "invalid export name \"db/dump\": use only letters, digits, '.', '_' and '-'",
+            ),
+        ] {
+            assert_eq!(run(name, tag), Err(Error::invalid(says)), "{name} {tag}");
+        }
+        let ctx = Context::builder("backup", "shop")
+            .defaults(&Tagged::describe())
+            .param("twice", true)
+            .build();
+        assert_eq!(
+            host.run::<Tagged>("backup", &ctx),
+            Err(Error::invalid(
+                "an export named \"dump\" was already opened by this action"
+            ))
+        );
+    }
+
+    #[test]
+    fn secrets_are_blanked_in_logs_and_errors_as_on_the_runtime() {
+        struct Chatty;
+        impl Blueprint for Chatty {
+            fn describe() -> Description {
+                Description::new("chatty", "0.1.0")
+                    .action("backup", "Logs its secrets, then fails quoting one")
+                    .param(crate::Param::text("user").default("app"))
+                    .capability(Capability::Secrets)
+            }
+            fn run(_: &str, _: &Context) -> Result<Outputs> {
+                for name in ["password", "pin", "user"] {
+                    let value = crate::secrets::get(name)?;
+                    info!("{name} is {value}");
+                }
+                progress(crate::Progress::new().message(format!(
+                    "logged in with {}",
+                    crate::secrets::get("password")?
+                )));
+                Err(Error::failed(format!(
+                    "login refused for {}",
+                    crate::secrets::get("password")?
+                )))
+            }
+        }
+        let host = FakeHost::new()
+            .secret("password", "hunter22")
+            .secret("pin", "123")
+            .secret("user", "admin");
+        let ctx = Context::builder("backup", "shop")
+            .param("user", "admin")
+            .build();
+        assert_eq!(
+            host.run::<Chatty>("backup", &ctx),
+            Err(Error::failed("login refused for [secret password]"))
+        );
+        let lines: Vec<String> = host.logs().into_iter().map(|(_, l)| l).collect();
+        // A value under 4 bytes, or one a text parameter holds, is not hidden.
+        assert_eq!(
+            lines,
+            [
+                "password is [secret password]",
+                "pin is 123",
+                "user is admin",
+                "progress: logged in with [secret password]"
+            ]
+        );
+    }
+
+    #[test]
+    #[should_panic(
+        expected = "FakeHost::strict: nothing answers the command `dump` (in pg-stopped)"
+    )]
+    fn a_strict_host_fails_on_a_command_nothing_answers() {
+        let ctx = Context::builder("backup", "shop").workload("pg").build();
+        // Not strict: exit 0, no output.
+        let host = FakeHost::new();
+        host.run::<Db>("backup", &ctx)
+            .expect("answered with nothing");
+        let _ = FakeHost::new().strict().run::<Db>("backup", &ctx);
+    }
+
+    #[test]
+    fn a_lifecycle_runs_its_phases_in_the_runtimes_order() {
+        struct Hooked;
+        impl Blueprint for Hooked {
+            fn describe() -> Description {
+                Description::new("hooked", "0.1.0")
+                    .action("backupPrehook", "Pauses")
+                    .action("backup", "Dumps")
+                    .action("backupPosthook", "Resumes")
+                    .param(crate::Param::text("fail").default(""))
+            }
+            fn run(action: &str, ctx: &Context) -> Result<Outputs> {
+                let failing = ctx.text("fail")? == action;
+                match action {
+                    "backupPrehook" => {
+                        checkpoint("paused", "yes")?;
+                        if failing {
+                            return Err(Error::failed("cannot pause"));
+                        }
+                        Ok(Outputs::new().value("lock", "l1"))
+                    }
+                    "backup" => {
+                        if failing {
+                            return Err(Error::timed_out("the dump"));
+                        }
+                        Ok(Outputs::new()
+                            .artifact(Artifact::new("dump").value("lock", ctx.value("lock")?))
+                            .value("rows", 3))
+                    }
+                    _ => {
+                        let failure = ctx.failure().map(Error::to_string).unwrap_or_default();
+                        let rows = if failing { "4" } else { "3" };
+                        Ok(Outputs::new()
+                            .value("paused", ctx.value("paused")?)
+                            .value("failure", failure)
+                            .value("rows", rows))
+                    }
+                }
+            }
+        }
+        let host = FakeHost::new();
+        let run = |fail: &str| {
+            let ctx = Context::builder("backup", "shop")
+                .param("fail", fail)
+                .build();
+            host.run_lifecycle::<Hooked>("backup", &ctx).expect("a run")
+        };
+        let actions = |r: &Lifecycle| r.phases().map(|(a, _)| a.to_owned()).collect::<Vec<_>>();
+
+        // Outputs reach later phases; the posthook's join the main phase's.
+        let ok = run("");
+        assert_eq!(actions(&ok), ["backupPrehook", "backup", "backupPosthook"]);
+        let out = ok.outputs().expect("ok");
+        assert_eq!(
+            out.get_artifact("dump").and_then(|a| a.get("lock")),
+            Some("l1")
+        );
+        assert_eq!(
+            out.values().collect::<Vec<_>>(),
+            [("rows", "3"), ("paused", "yes"), ("failure", "")]
+        );
+        assert_eq!(
+            ok.phase("backupPrehook")
+                .and_then(|r| r.as_ref().ok())
+                .and_then(|o| o.get("paused")),
+            Some("yes")
+        );
+
+        // A failed main phase: the posthook runs, sees the failure and what was checkpointed.
+        let failed = run("backup");
+        assert_eq!(failed.outputs(), Err(Error::timed_out("backup: the dump")));
+        let post = failed.phase("backupPosthook").expect("ran");
+        assert_eq!(
+            post.as_ref().ok().and_then(|o| o.get("failure")),
+            Some("timed out: the dump")
+        );
+
+        // A failed prehook: the main phase is skipped, the posthook still runs.
+        let failed = run("backupPrehook");
+        assert_eq!(actions(&failed), ["backupPrehook", "backupPosthook"]);
+        assert_eq!(
+            failed.outputs(),
+            Err(Error::failed("backupPrehook: cannot pause"))
+        );
+        let post = failed.phase("backupPosthook").and_then(|r| r.as_ref().ok());
+        assert_eq!(post.and_then(|o| o.get("paused")), Some("yes"));
+
+        // A posthook value the main phase set otherwise fails the posthook.
+        let clash = run("backupPosthook");
+        assert_eq!(
+            clash.outputs(),
+            Err(Error::invalid(
+                "backupPosthook failed after backup succeeded: it set the value `rows` to \"4\", \
+                 which backup set to \"3\"; the restore point keeps both phases' values, so give \
+                 the posthook's another name"
+            ))
+        );
+
+        // Any other action runs alone; a bad parameter is refused before any phase.
+        let ctx = Context::builder("backup", "shop").param("nope", 1).build();
+        assert!(matches!(
+            host.run_lifecycle::<Hooked>("backup", &ctx),
+            Err(Error::Invalid(_))
+        ));
+        let before = host.checkpoints().len();
+        let ctx = Context::builder("backupPrehook", "shop")
+            .param("fail", "")
+            .build();
+        let alone = host
+            .run_lifecycle::<Hooked>("backupPrehook", &ctx)
+            .expect("a run");
+        assert_eq!(actions(&alone), ["backupPrehook"]);
+        assert_eq!(host.checkpoints().len(), before + 1);
+    }
+
+    #[test]
+    fn checkpoints_are_checked_as_the_runtime_checks_them() {
+        let host = FakeHost::new().secret("password", "hunter22");
+        INSTALLED.with(|i| *i.borrow_mut() = Some(host.state.clone()));
+        let _installed = Installed;
+        let secrets = host.state.borrow().secrets.clone();
+        host.state.borrow_mut().hidden = hidden(&secrets, &[]);
+        assert_eq!(
+            checkpoint("dsn", "app:hunter22@db"),
+            Err(Error::invalid(
+                "checkpoint `dsn` holds secret `password`: checkpoints are kept in the catalog, \
+                 so a secret never goes into one"
+            ))
+        );
+        for name in [String::new(), "n".repeat(257)] {
+            assert_eq!(
+                checkpoint(&name, 1),
+                Err(Error::invalid(
+                    "a checkpoint name must be 1 to 256 bytes long"
+                ))
+            );
+        }
+        checkpoint(&"n".repeat(256), 1).expect("a long name");
     }
 
     #[test]
