@@ -57,9 +57,14 @@ impl Error {
         Self::Failed(message.into())
     }
 
-    /// The answer to an action the blueprint does not have: an [`Error::Invalid`] naming it.
+    /// The answer of `run()` to an action it does not handle: an [`Error::Invalid`] naming
+    /// it. The runtime (and `FakeHost`) run only actions `describe()` declares, so this says
+    /// that one is declared but not handled.
     pub fn unknown_action(action: &str) -> Self {
-        Self::invalid(format!("this blueprint has no action `{action}`"))
+        Self::invalid(format!(
+            "this blueprint's run() does not handle the action `{action}`, which its describe() \
+             declares: add a match arm for it in run(), or drop it from describe()"
+        ))
     }
 
     /// The message, without the variant.

@@ -164,7 +164,7 @@ pub(crate) async fn run(args: RunArgs, home: Option<PathBuf>) -> anyhow::Result<
         eprintln!(
             "cairn: warning: --action {} runs the prehook alone: nothing runs its posthook, so \
              what it quiesced stays so until `--action {main}Posthook` (or `--action {main}` runs \
-             all three)",
+             all three); a posthook run alone does not see this run's outputs or checkpoints",
             args.action
         );
     }

@@ -481,7 +481,7 @@ const MAX_PROGRESS: usize = 1024;
 /// `text` with its control characters (a newline, a carriage return, a terminal escape) written
 /// as escapes: a blueprint's line stays one line of the operator's output, and cannot move its
 /// cursor or forge a line of Cairn's own.
-fn controls_escaped(text: String) -> String {
+pub(crate) fn controls_escaped(text: String) -> String {
     if !text.chars().any(|c| c.is_control() && c != '\t') {
         return text;
     }

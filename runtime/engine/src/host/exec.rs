@@ -86,6 +86,31 @@ impl HostState {
     }
 }
 
+/// The longest command line or end of stderr a debug trace shows.
+const TRACED: usize = 400;
+
+impl HostState {
+    /// `text` as a debug trace may show it: one line, secrets blanked, cut.
+    fn shown(&self, text: String) -> String {
+        self.log
+            .secrets()
+            .cut_clear(&crate::state::controls_escaped(text), TRACED, "text")
+    }
+
+    /// The end of a command's output as a debug trace may show it (secrets blanked in the
+    /// whole output first, so a cut never leaves part of one).
+    fn shown_end(&self, output: &[u8]) -> String {
+        let whole = String::from_utf8_lossy(output);
+        let clear = self.log.secrets().redact(&whole).into_owned();
+        let clear = crate::state::controls_escaped(clear);
+        let mut start = clear.len().saturating_sub(TRACED);
+        while !clear.is_char_boundary(start) {
+            start += 1;
+        }
+        clear[start..].to_owned()
+    }
+}
+
 pub(crate) fn to_wit(out: ExecOutput) -> exec::Output {
     exec::Output {
         pod: out.pod,
@@ -113,16 +138,32 @@ impl exec::Host for HostState {
                 request,
                 call_timeout,
             }) => {
-                let argv0 = request.argv.first().cloned().unwrap_or_default();
-                tracing::debug!(%workload, program = %argv0, "exec");
-                bounded("exec.run", call_timeout, async {
+                let traced = tracing::enabled!(tracing::Level::DEBUG);
+                if traced {
+                    let line = self.shown(request.argv.join(" "));
+                    tracing::debug!(%workload, command = %line, "exec");
+                }
+                let result = bounded("exec.run", call_timeout, async {
                     host.cluster
                         .exec(&workload, request)
                         .await
                         .map(to_wit)
                         .map_err(from_cluster)
                 })
-                .await
+                .await;
+                if traced {
+                    match &result {
+                        Ok(out) => tracing::debug!(
+                            pod = %out.pod,
+                            exit_code = out.exit_code,
+                            stdout_bytes = out.stdout.len(),
+                            stderr_end = %self.shown_end(&out.stderr),
+                            "exec ended"
+                        ),
+                        Err(e) => tracing::debug!(error = %super::message(e), "exec failed"),
+                    }
+                }
+                result
             }
         };
         self.audit(Capability::Exec, "exec.run", &target, &result);
