@@ -1,4 +1,4 @@
-//! `cairn blueprint build|inspect|add`.
+//! `cairn blueprint new|build|inspect|add|list|remove`.
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
@@ -15,6 +15,20 @@ const WASM_TARGET: &str = "wasm32-wasip2";
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum BlueprintCommand {
+    /// Make a new blueprint crate: a working blueprint (it backs up a directory of its
+    /// workload as a tar stream, restores it and deletes its export) with native tests and a
+    /// local inventory to try it on, depending on the SDK by path.
+    New {
+        /// The directory to make (it must not exist, or be empty).
+        dir: PathBuf,
+        /// The blueprint's name [default: the directory's name].
+        #[arg(long)]
+        name: Option<String>,
+        /// The SDK: the `sdk/` directory of a Cairn checkout [default: one found in a
+        /// directory above the current one or above this `cairn` program].
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
     /// Build a blueprint crate into a WebAssembly component and print the `.wasm` path.
     Build {
         /// The blueprint crate (a directory with a Cargo.toml).
@@ -74,6 +88,7 @@ pub(crate) enum BlueprintCommand {
 
 pub(crate) async fn run(cmd: BlueprintCommand, home: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     match cmd {
+        BlueprintCommand::New { dir, name, sdk } => crate::scaffold::new(&dir, name, sdk),
         BlueprintCommand::Build { dir, debug, output } => build(&dir, debug, output, home).await,
         BlueprintCommand::Add {
             file,

@@ -30,6 +30,7 @@ mod preset;
 mod profile;
 mod repo;
 mod run;
+mod scaffold;
 mod schedule;
 mod serve;
 mod workloads;

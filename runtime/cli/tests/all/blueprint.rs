@@ -95,3 +95,93 @@ fn a_name_beside_a_directory_of_that_name_is_the_registered_blueprint() {
         stderr(&out)
     );
 }
+
+/// `blueprint new` makes a crate whose tests pass as made, which builds into a blueprint that
+/// backs up, restores and deletes on its own local inventory; it refuses what it cannot make.
+#[test]
+fn a_new_blueprint_builds_tests_and_runs_as_made() {
+    let cairn = Cairn::new();
+    let dir = cairn.home.path().join("crates/my-app");
+    let sdk = crate::support::root().join("sdk");
+    let new = |args: &[&str]| {
+        let mut all = vec!["blueprint", "new"];
+        all.extend_from_slice(args);
+        cairn.run(&all)
+    };
+    let path = dir.to_str().expect("utf-8");
+    let out = new(&[path, "--sdk", sdk.to_str().expect("utf-8")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("cargo test"));
+    for (args, says) in [
+        (
+            vec![path, "--sdk", sdk.to_str().expect("utf-8")],
+            "is not empty",
+        ),
+        (vec!["Bad_Name"], "cannot name a blueprint crate"),
+        (vec!["fresh", "--sdk", path], "not Cairn's SDK"),
+    ] {
+        let out = new(&args);
+        assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+        assert!(stderr(&out).contains(says), "{}", stderr(&out));
+    }
+
+    // The workspace's lock, so the crate builds with the versions Cairn is tested with.
+    std::fs::copy(
+        crate::support::root().join("Cargo.lock"),
+        dir.join("Cargo.lock"),
+    )
+    .expect("the lock");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| crate::support::root().join("target"))
+        .join("new-blueprint");
+    let tested = std::process::Command::new(env!("CARGO"))
+        .args(["test", "--quiet", "--target-dir"])
+        .arg(&target)
+        .current_dir(&dir)
+        .output()
+        .expect("cargo runs");
+    assert!(tested.status.success(), "{}", stderr(&tested));
+
+    let built = cairn
+        .command(&["blueprint", "build", path])
+        .env("CARGO_TARGET_DIR", &target)
+        .output()
+        .expect("cairn runs");
+    assert!(built.status.success(), "{}", stderr(&built));
+    let wasm = String::from_utf8_lossy(&built.stdout).trim().to_owned();
+    let inventory = format!("local:{}", dir.join("inventory.yaml").display());
+    let run = |action: &str, grants: &str, from: Option<&std::path::Path>| {
+        let mut args = vec![
+            "run",
+            &wasm,
+            "--action",
+            action,
+            "--target",
+            &inventory,
+            "--workload",
+            "app",
+            "--grant",
+            grants,
+            "--output",
+            "json",
+        ];
+        let from = from.map(|f| f.to_str().expect("utf-8").to_owned());
+        if let Some(f) = &from {
+            args.extend(["--from", f]);
+        }
+        cairn.run(&args)
+    };
+    let out = run("backup", "exec,export", None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = cairn.home.path().join("backup.json");
+    std::fs::write(&report, &out.stdout).expect("the report");
+    let file = dir.join("data/hello.txt");
+    let before = std::fs::read(&file).expect("the data");
+    std::fs::remove_file(&file).expect("lose the data");
+    let out = run("restore", "exec,import", Some(&report));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read(&file).expect("restored"), before);
+    let out = run("delete", "export", Some(&report));
+    assert!(out.status.success(), "{}", stderr(&out));
+}
