@@ -219,13 +219,14 @@ pub(crate) fn message(e: &WitError) -> &str {
     }
 }
 
-/// `denied: …`, `timed-out: …`: a WIT error in one line.
+/// `denied: …`, `timed out: …`: a WIT error in one line, worded as the SDK's `Error` shows
+/// it (a blueprint's `ctx.failure()`), so a report and a posthook say the same.
 pub(crate) fn describe_error(e: &WitError) -> String {
     let kind = match e {
         WitError::Denied(_) => "denied",
-        WitError::NotFound(_) => "not-found",
+        WitError::NotFound(_) => "not found",
         WitError::Invalid(_) => "invalid",
-        WitError::TimedOut(_) => "timed-out",
+        WitError::TimedOut(_) => "timed out",
         WitError::Failed(_) => "failed",
     };
     format!("{kind}: {}", message(e))

@@ -164,7 +164,7 @@ async fn a_command_past_its_own_timeout_is_timed_out() {
     let fixture = Fixture::new();
     let report = fixture.run(request("exec-sleep")).await;
     let error = failure_of(&report);
-    assert!(error.contains("timed-out"), "{error}");
+    assert!(error.contains("timed out: "), "{error}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

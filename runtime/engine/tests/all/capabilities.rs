@@ -85,7 +85,7 @@ async fn secrets_are_read_only_when_granted() {
         report
             .error
             .as_deref()
-            .is_some_and(|e| e.contains("not-found")),
+            .is_some_and(|e| e.contains("not found: ")),
         "{report:?}"
     );
 }
