@@ -12,8 +12,10 @@
 //! value named like a key of its export reference (`kind`, `repository`, `snapshot`, `bytes`),
 //! and a secret in outputs, checkpoints, export names or tags. Secrets are blanked out of logs
 //! and errors as `[secret NAME]`. [`FakeHost::run_lifecycle`] runs a prehook, main phase and
-//! posthook in the runtime's order. What it does not model: the host's limits (sizes,
-//! deadlines, the log's cap, open streams), the operator's grants and the DR catalog interface
+//! posthook in the runtime's order. Every declared capability is granted unless
+//! [`FakeHost::grant`] names the ones the operator grants; a call to a declared but ungranted
+//! one is [`Error::Denied`] with the runtime's message. What it does not model: the host's
+//! limits (sizes, deadlines, the log's cap, open streams) and the DR catalog interface
 //! (`failed`).
 //!
 //! ```
@@ -123,6 +125,8 @@ pub(crate) struct Fake {
     /// Whether a command with no handler to answer it fails the test.
     strict: bool,
     declared: Vec<Capability>,
+    /// The operator's grants, [`FakeHost::grant`]; `None` grants every declared capability.
+    grants: Option<BTreeSet<Capability>>,
     namespace: String,
     target: Option<String>,
     secrets: BTreeMap<String, String>,
@@ -187,6 +191,14 @@ pub(crate) fn answer<T>(
         if !state.declared.contains(&needed) {
             return Some(Err(Error::denied(format!(
                 "{what} needs the `{needed:?}` capability, which the blueprint does not declare"
+            ))));
+        }
+        // Mirrors the runtime's `HostState::require` (runtime/engine/src/host/mod.rs), with its
+        // words: declared, but not granted to this run.
+        if state.grants.as_ref().is_some_and(|g| !g.contains(&needed)) {
+            return Some(Err(Error::denied(format!(
+                "capability `{needed}` not granted; grant it (`--grant {needed}` on `cairn run` \
+                 and `policy restore`, a policy's or binding's `grants:`)"
             ))));
         }
     }
@@ -272,6 +284,22 @@ impl FakeHost {
     #[must_use]
     pub fn on_exec(self, handler: impl FnMut(&Command, &[u8]) -> Reply + 'static) -> Self {
         self.state.borrow_mut().exec = Some(Box::new(handler));
+        self
+    }
+
+    /// Grants the runs only `capabilities` (added to those of an earlier `grant`), as an
+    /// operator does with `cairn run --grant exec,export` or a policy's `grants:`; without it,
+    /// every capability the blueprint declares is granted. A call that needs a declared but
+    /// ungranted capability is [`Error::Denied`] with the runtime's message. A granted
+    /// capability the blueprint does not declare is harmless, as on the runtime, and grants
+    /// nothing: an undeclared capability is refused whatever is granted.
+    #[must_use]
+    pub fn grant(self, capabilities: impl IntoIterator<Item = Capability>) -> Self {
+        self.state
+            .borrow_mut()
+            .grants
+            .get_or_insert_with(BTreeSet::new)
+            .extend(capabilities);
         self
     }
 
@@ -1397,6 +1425,55 @@ mod tests {
         let e = host.run::<Db>("restore", &ctx).expect_err("no reference");
         assert!(
             matches!(&e, Error::Invalid(m) if m.contains("names no export")),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_ungranted_capability_is_denied_in_the_runtimes_words() {
+        let backup = Context::builder("backup", "shop").workload("pg").build();
+        // By default every declared capability is granted.
+        let host = FakeHost::new();
+        let dump = host.run::<Db>("backup", &backup).expect("all granted");
+        let dump = dump.get_artifact("dump").expect("the dump").clone();
+        let restore = Context::builder("restore", "shop")
+            .workload("pg")
+            .restore_artifact(dump)
+            .build();
+        host.run::<Db>("restore", &restore).expect("all granted");
+
+        // Only the granted ones; `catalog`, granted but not declared, is harmless.
+        let host = host.grant([Capability::Exec, Capability::Export]).grant([
+            Capability::Scale,
+            Capability::Volumes,
+            Capability::Secrets,
+            Capability::Catalog,
+        ]);
+        host.run::<Db>("backup", &backup)
+            .expect("what a backup needs");
+        assert_eq!(
+            host.run::<Db>("restore", &restore),
+            Err(Error::denied(
+                "capability `import` not granted; grant it (`--grant import` on `cairn run` and \
+                 `policy restore`, a policy's or binding's `grants:`)"
+            ))
+        );
+        // A grant does not stand in for a declaration.
+        let host = host.secret("password", "pw");
+        let peek = Context::builder("peek", "shop").build();
+        let e = host.run::<Db>("peek", &peek).expect_err("undeclared");
+        assert!(
+            matches!(&e, Error::Denied(m) if m.contains("does not declare")),
+            "{e}"
+        );
+
+        // An empty grant grants nothing.
+        let e = FakeHost::new()
+            .grant([])
+            .run::<Db>("backup", &backup)
+            .expect_err("nothing granted");
+        assert!(
+            matches!(&e, Error::Denied(m) if m.starts_with("capability `scale` not granted")),
             "{e}"
         );
     }
