@@ -562,7 +562,11 @@ impl Description {
                 self.min_runtime
             ));
         }
-        if let Some((name, _)) = self.actions.iter().find(|(n, _)| !is_action_name(n)) {
+        if let Some((name, _)) = self
+            .actions
+            .iter()
+            .find(|(n, _)| !cairn_contract::is_action_name(n))
+        {
             return Some(format!(
                 "it declares an action named {name:?}: an action's name is 1 to 64 letters, \
                  digits, `-` or `_`, starting with a letter (as `cairn run --action` takes it)"
@@ -584,16 +588,6 @@ fn is_semver(s: &str) -> bool {
     let core = s.trim().split(['-', '+']).next().unwrap_or_default();
     let parts: Vec<&str> = core.split('.').collect();
     parts.len() <= 3 && parts.iter().all(|p| p.parse::<u64>().is_ok())
-}
-
-/// Whether `name` can name an action: 1 to 64 ASCII letters, digits, `-` or `_`, starting with
-/// a letter (the runtime's `is_action_name`, `runtime/engine/src/blueprint.rs`).
-fn is_action_name(name: &str) -> bool {
-    name.len() <= 64
-        && name.starts_with(|c: char| c.is_ascii_alphabetic())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 impl From<Description> for wit::Description {

@@ -154,7 +154,11 @@ impl Description {
                 self.min_runtime
             ));
         }
-        if let Some(a) = self.actions.iter().find(|a| !is_action_name(&a.name)) {
+        if let Some(a) = self
+            .actions
+            .iter()
+            .find(|a| !cairn_contract::is_action_name(&a.name))
+        {
             return Some(format!(
                 "it declares an action named {:?}: an action's name is 1 to 64 letters, digits, \
                  `-` or `_`, starting with a letter (as `cairn run --action` takes it)",
@@ -238,16 +242,6 @@ fn edit_distance(a: &str, b: &str) -> usize {
         }
     }
     row[b.len()]
-}
-
-/// Whether `name` can name an action: 1 to 64 ASCII letters, digits, `-` or `_`, starting with
-/// a letter (`backupPrehook`, `verify-dump`).
-fn is_action_name(name: &str) -> bool {
-    name.len() <= 64
-        && name.starts_with(|c: char| c.is_ascii_alphabetic())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 impl From<guest::Description> for Description {

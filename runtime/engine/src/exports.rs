@@ -216,78 +216,7 @@ impl DirExports {
     }
 }
 
-/// The most tags a blueprint may put on one export: enough to filter by application,
-/// database, schema and a few of its own; few enough to keep snapshot listings readable.
-pub(crate) const MAX_EXPORT_TAGS: usize = 16;
-
-/// The longest tag key: a label, not data.
-const MAX_TAG_KEY: usize = 63;
-
-/// The longest tag value in bytes: a name or a short description, not data.
-const MAX_TAG_VALUE: usize = 256;
-
-/// Tag keys the host sets itself on every export (the phase that wrote it, the target, and the
-/// blueprint's name and digest); a blueprint may not set them.
-pub(crate) const HOST_TAG_KEYS: &[&str] = &[
-    "action",
-    "namespace",
-    "workload",
-    "blueprint",
-    "blueprint-digest",
-];
-
-/// Checks a blueprint's export tags: at most [`MAX_EXPORT_TAGS`], unique keys of
-/// `[a-z0-9][a-z0-9._-]{0,62}` outside [`HOST_TAG_KEYS`], values of at most 256 bytes of
-/// printable text without `=` or `,` (snapshot listings join tags with commas). The error is
-/// one line naming the tag and the rule.
-pub(crate) fn check_tags(tags: &[(String, String)]) -> std::result::Result<(), String> {
-    if tags.len() > MAX_EXPORT_TAGS {
-        return Err(format!(
-            "{} export tags are over the limit of {MAX_EXPORT_TAGS}; keep the ones users filter by",
-            tags.len()
-        ));
-    }
-    for (i, (key, value)) in tags.iter().enumerate() {
-        let key_ok = key.len() <= MAX_TAG_KEY
-            && key
-                .bytes()
-                .next()
-                .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-            && key.bytes().all(|b| {
-                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
-            });
-        if !key_ok {
-            return Err(format!(
-                "export tag key {key:?} is invalid: use 1 to {MAX_TAG_KEY} of a-z, 0-9, '.', '_', '-', \
-                 starting with a letter or digit"
-            ));
-        }
-        if HOST_TAG_KEYS.contains(&key.as_str()) {
-            return Err(format!(
-                "export tag key {key:?} is set by the host on every export; name the blueprint's tag \
-                 otherwise"
-            ));
-        }
-        if tags[..i].iter().any(|(k, _)| k == key) {
-            return Err(format!("export tag key {key:?} is given twice"));
-        }
-        if value.len() > MAX_TAG_VALUE {
-            return Err(format!(
-                "export tag {key:?} has a value of {} bytes, over the limit of {MAX_TAG_VALUE}",
-                value.len()
-            ));
-        }
-        if let Some(c) = value
-            .chars()
-            .find(|c| c.is_control() || matches!(c, '=' | ','))
-        {
-            return Err(format!(
-                "export tag {key:?} has a value with {c:?}; a value is printable text without '=' or ','"
-            ));
-        }
-    }
-    Ok(())
-}
+pub(crate) use cairn_contract::{HOST_TAG_KEYS, check_tags, name_problem};
 
 /// Checks one path component: 1 to 128 of `[A-Za-z0-9._-]`, not starting with a dot.
 pub(crate) fn check_name(name: &str) -> Result<()> {
@@ -298,24 +227,6 @@ pub(crate) fn check_name(name: &str) -> Result<()> {
         }),
         None => Ok(()),
     }
-}
-
-/// What is wrong with `name` as an export name or a blueprint's name (both become path
-/// components and tag values), if anything.
-pub(crate) fn name_problem(name: &str) -> Option<&'static str> {
-    if name.is_empty() || name.len() > 128 {
-        return Some("it must be 1 to 128 characters long");
-    }
-    if name.starts_with('.') {
-        return Some("it must not start with a dot");
-    }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-    {
-        return Some("use only letters, digits, '.', '_' and '-'");
-    }
-    None
 }
 
 fn artifact_path(artifact: &Artifact) -> Result<String> {
@@ -634,65 +545,6 @@ impl Drop for DirWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn tags(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-
-    fn refused(pairs: &[(&str, &str)]) -> String {
-        check_tags(&tags(pairs)).expect_err("refused")
-    }
-
-    #[test]
-    fn export_tags_follow_the_rules() {
-        let ok = [
-            ("app", "postgres"),
-            ("database", "shop floor (eu)"),
-            ("0.x_y-z", ""),
-        ];
-        assert_eq!(check_tags(&tags(&ok)), Ok(()));
-        let longest = "k".repeat(MAX_TAG_KEY);
-        let widest = "v".repeat(MAX_TAG_VALUE);
-        assert_eq!(check_tags(&tags(&[(&longest, &widest)])), Ok(()));
-
-        let many: Vec<_> = (0..=MAX_EXPORT_TAGS)
-            .map(|i| (format!("k{i}"), "v".to_string()))
-            .collect();
-        assert!(
-            check_tags(&many)
-                .expect_err("too many")
-                .contains("limit of 16")
-        );
-        assert!(check_tags(&many[..MAX_EXPORT_TAGS]).is_ok());
-
-        for key in [
-            "",
-            "App",
-            "-app",
-            ".app",
-            "a b",
-            "a=b",
-            "é",
-            &"k".repeat(64),
-        ] {
-            assert!(
-                refused(&[(key, "v")]).contains("is invalid: use 1 to 63"),
-                "{key:?}"
-            );
-        }
-        assert!(refused(&[("workload", "db")]).contains("set by the host"));
-        assert!(refused(&[("app", "a"), ("app", "b")]).contains("given twice"));
-        assert!(refused(&[("app", &"v".repeat(257))]).contains("257 bytes"));
-        for value in ["a=b", "a,b", "line\nbreak", "tab\t"] {
-            assert!(
-                refused(&[("app", value)]).contains("printable text without"),
-                "{value:?}"
-            );
-        }
-    }
 
     #[test]
     fn tags_sit_beside_their_export() {

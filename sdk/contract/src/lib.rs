@@ -1,0 +1,215 @@
+//! The rules of the `cairn:blueprint` contract that both sides apply: the runtime refuses what
+//! breaks them, and the SDK's `FakeHost` refuses it too, in the same words, so a blueprint's
+//! native tests fail where a run would. Plain functions over strings, with no dependencies:
+//! the SDK builds them into every blueprint.
+
+/// The most tags a blueprint may put on one export: enough to filter by application,
+/// database, schema and a few of its own; few enough to keep snapshot listings readable.
+pub const MAX_EXPORT_TAGS: usize = 16;
+
+/// The longest tag key: a label, not data.
+pub const MAX_TAG_KEY: usize = 63;
+
+/// The longest tag value in bytes: a name or a short description, not data.
+pub const MAX_TAG_VALUE: usize = 256;
+
+/// Tag keys the host sets itself on every export (the phase that wrote it, the target, and the
+/// blueprint's name and digest); a blueprint may not set them.
+pub const HOST_TAG_KEYS: &[&str] = &[
+    "action",
+    "namespace",
+    "workload",
+    "blueprint",
+    "blueprint-digest",
+];
+
+/// Checks a blueprint's export tags: at most [`MAX_EXPORT_TAGS`], unique keys of
+/// `[a-z0-9][a-z0-9._-]{0,62}` outside [`HOST_TAG_KEYS`], values of at most 256 bytes of
+/// printable text without `=` or `,` (snapshot listings join tags with commas). The error is
+/// one line naming the tag and the rule.
+pub fn check_tags(tags: &[(String, String)]) -> Result<(), String> {
+    if tags.len() > MAX_EXPORT_TAGS {
+        return Err(format!(
+            "{} export tags are over the limit of {MAX_EXPORT_TAGS}; keep the ones users filter by",
+            tags.len()
+        ));
+    }
+    for (i, (key, value)) in tags.iter().enumerate() {
+        let key_ok = key.len() <= MAX_TAG_KEY
+            && key
+                .bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            && key.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+            });
+        if !key_ok {
+            return Err(format!(
+                "export tag key {key:?} is invalid: use 1 to {MAX_TAG_KEY} of a-z, 0-9, '.', '_', '-', \
+                 starting with a letter or digit"
+            ));
+        }
+        if HOST_TAG_KEYS.contains(&key.as_str()) {
+            return Err(format!(
+                "export tag key {key:?} is set by the host on every export; name the blueprint's tag \
+                 otherwise"
+            ));
+        }
+        if tags[..i].iter().any(|(k, _)| k == key) {
+            return Err(format!("export tag key {key:?} is given twice"));
+        }
+        if value.len() > MAX_TAG_VALUE {
+            return Err(format!(
+                "export tag {key:?} has a value of {} bytes, over the limit of {MAX_TAG_VALUE}",
+                value.len()
+            ));
+        }
+        if let Some(c) = refused_in_tag_value(value) {
+            return Err(format!(
+                "export tag {key:?} has a value with {c:?}; a value is printable text without '=' or ','"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `value` can be an export tag's value: at most 256 bytes of printable text without
+/// `=` or `,`.
+pub fn is_tag_value(value: &str) -> bool {
+    value.len() <= MAX_TAG_VALUE && refused_in_tag_value(value).is_none()
+}
+
+/// The first character a tag's value may not hold: a control character, `=` or `,`.
+fn refused_in_tag_value(value: &str) -> Option<char> {
+    value
+        .chars()
+        .find(|c| c.is_control() || matches!(c, '=' | ','))
+}
+
+/// What is wrong with `name` as an export name or a blueprint's name (both become path
+/// components and tag values), if anything: 1 to 128 of `[A-Za-z0-9._-]`, not starting with a
+/// dot.
+pub fn name_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() || name.len() > 128 {
+        return Some("it must be 1 to 128 characters long");
+    }
+    if name.starts_with('.') {
+        return Some("it must not start with a dot");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return Some("use only letters, digits, '.', '_' and '-'");
+    }
+    None
+}
+
+/// Whether `name` can name an action: 1 to 64 ASCII letters, digits, `-` or `_`, starting with
+/// a letter (`backupPrehook`, `verify-dump`), as `cairn run --action` takes it.
+pub fn is_action_name(name: &str) -> bool {
+    name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_alphabetic())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tags(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn refused(pairs: &[(&str, &str)]) -> String {
+        check_tags(&tags(pairs)).expect_err("refused")
+    }
+
+    #[test]
+    fn export_tags_follow_the_rules() {
+        let ok = [
+            ("app", "postgres"),
+            ("database", "shop floor (eu)"),
+            ("0.x_y-z", ""),
+        ];
+        assert_eq!(check_tags(&tags(&ok)), Ok(()));
+        let longest = "k".repeat(MAX_TAG_KEY);
+        let widest = "v".repeat(MAX_TAG_VALUE);
+        assert_eq!(check_tags(&tags(&[(&longest, &widest)])), Ok(()));
+        assert!(is_tag_value(&widest) && !is_tag_value(&format!("{widest}v")));
+
+        let many: Vec<_> = (0..=MAX_EXPORT_TAGS)
+            .map(|i| (format!("k{i}"), "v".to_string()))
+            .collect();
+        assert!(
+            check_tags(&many)
+                .expect_err("too many")
+                .contains("limit of 16")
+        );
+        assert!(check_tags(&many[..MAX_EXPORT_TAGS]).is_ok());
+
+        for key in [
+            "",
+            "App",
+            "-app",
+            ".app",
+            "a b",
+            "a=b",
+            "é",
+            &"k".repeat(64),
+        ] {
+            assert!(
+                refused(&[(key, "v")]).contains("is invalid: use 1 to 63"),
+                "{key:?}"
+            );
+        }
+        for key in HOST_TAG_KEYS {
+            assert_eq!(
+                refused(&[(key, "x")]),
+                format!(
+                    "export tag key {key:?} is set by the host on every export; name the \
+                     blueprint's tag otherwise"
+                )
+            );
+        }
+        assert!(refused(&[("app", "a"), ("app", "b")]).contains("given twice"));
+        assert!(refused(&[("app", &"v".repeat(257))]).contains("257 bytes"));
+        for value in ["a=b", "a,b", "line\nbreak", "tab\t"] {
+            assert!(
+                refused(&[("app", value)]).contains("printable text without"),
+                "{value:?}"
+            );
+            assert!(!is_tag_value(value), "{value:?}");
+        }
+    }
+
+    #[test]
+    fn names_follow_the_rules() {
+        for good in ["dump", "shop.sql.gz", "a_b-c", &"n".repeat(128)] {
+            assert_eq!(name_problem(good), None, "{good:?}");
+        }
+        for (bad, why) in [
+            ("", "1 to 128"),
+            (&*"n".repeat(129), "1 to 128"),
+            (".hidden", "start with a dot"),
+            ("a/b", "only letters"),
+            ("a b", "only letters"),
+        ] {
+            assert!(
+                name_problem(bad).is_some_and(|p| p.contains(why)),
+                "{bad:?}"
+            );
+        }
+        for good in ["backup", "backupPrehook", "verify-dump", "a_1"] {
+            assert!(is_action_name(good), "{good:?}");
+        }
+        for bad in ["", "1st", "back up", "-x", &"a".repeat(65)] {
+            assert!(!is_action_name(bad), "{bad:?}");
+        }
+    }
+}
