@@ -543,51 +543,14 @@ impl Description {
 
     /// The runtime's `Description::problem` (`runtime/engine/src/blueprint.rs`).
     fn problem(&self) -> Option<String> {
-        let twice = |names: Vec<&str>| {
-            names
-                .iter()
-                .enumerate()
-                .find(|(i, n)| names[..*i].contains(n))
-                .map(|(_, n)| n.to_string())
-        };
-        if !is_semver(&self.version) {
-            return Some(format!(
-                "its version {:?} is not a semantic version (MAJOR.MINOR.PATCH, e.g. 1.4.0)",
-                self.version
-            ));
-        }
-        if !is_semver(&self.min_runtime) {
-            return Some(format!(
-                "the runtime it requires, {:?}, is not a semantic version (e.g. 0.1.0)",
-                self.min_runtime
-            ));
-        }
-        if let Some((name, _)) = self
-            .actions
-            .iter()
-            .find(|(n, _)| !cairn_contract::is_action_name(n))
-        {
-            return Some(format!(
-                "it declares an action named {name:?}: an action's name is 1 to 64 letters, \
-                 digits, `-` or `_`, starting with a letter (as `cairn run --action` takes it)"
-            ));
-        }
-        if let Some(name) = twice(self.actions.iter().map(|(n, _)| n.as_str()).collect()) {
-            return Some(format!("it declares the action {name:?} twice"));
-        }
-        if let Some(name) = twice(self.params.iter().map(|p| p.name.as_str()).collect()) {
-            return Some(format!("it declares the parameter {name:?} twice"));
-        }
-        self.params.iter().find_map(Param::problem)
+        cairn_contract::description_problem(
+            &self.version,
+            &self.min_runtime,
+            self.actions.iter().map(|(n, _)| n.as_str()),
+            self.params.iter().map(|p| p.name.as_str()),
+        )
+        .or_else(|| self.params.iter().find_map(Param::problem))
     }
-}
-
-/// Whether `s` is a version the runtime reads (`Semver::parse` in
-/// `runtime/engine/src/version.rs`): `MAJOR[.MINOR[.PATCH]]`, a `-` or `+` suffix ignored.
-fn is_semver(s: &str) -> bool {
-    let core = s.trim().split(['-', '+']).next().unwrap_or_default();
-    let parts: Vec<&str> = core.split('.').collect();
-    parts.len() <= 3 && parts.iter().all(|p| p.parse::<u64>().is_ok())
 }
 
 impl From<Description> for wit::Description {

@@ -135,43 +135,13 @@ impl Description {
     /// What is wrong with the description, if anything: a parameter spec's problem, or an
     /// action or parameter named twice (a run could not tell which is meant).
     pub(crate) fn problem(&self) -> Option<String> {
-        let twice = |names: Vec<&str>| {
-            names
-                .iter()
-                .enumerate()
-                .find(|(i, n)| names[..*i].contains(n))
-                .map(|(_, n)| n.to_string())
-        };
-        if crate::version::Semver::parse(&self.version).is_none() {
-            return Some(format!(
-                "its version {:?} is not a semantic version (MAJOR.MINOR.PATCH, e.g. 1.4.0)",
-                self.version
-            ));
-        }
-        if crate::version::Semver::parse(&self.min_runtime).is_none() {
-            return Some(format!(
-                "the runtime it requires, {:?}, is not a semantic version (e.g. 0.1.0)",
-                self.min_runtime
-            ));
-        }
-        if let Some(a) = self
-            .actions
-            .iter()
-            .find(|a| !cairn_contract::is_action_name(&a.name))
-        {
-            return Some(format!(
-                "it declares an action named {:?}: an action's name is 1 to 64 letters, digits, \
-                 `-` or `_`, starting with a letter (as `cairn run --action` takes it)",
-                a.name
-            ));
-        }
-        if let Some(name) = twice(self.actions.iter().map(|a| a.name.as_str()).collect()) {
-            return Some(format!("it declares the action {name:?} twice"));
-        }
-        if let Some(name) = twice(self.parameters.iter().map(|p| p.name.as_str()).collect()) {
-            return Some(format!("it declares the parameter {name:?} twice"));
-        }
-        self.parameters.iter().find_map(ParamSpec::problem)
+        cairn_contract::description_problem(
+            &self.version,
+            &self.min_runtime,
+            self.actions.iter().map(|a| a.name.as_str()),
+            self.parameters.iter().map(|p| p.name.as_str()),
+        )
+        .or_else(|| self.parameters.iter().find_map(ParamSpec::problem))
     }
 
     /// Whether the blueprint describes an action named `name`.

@@ -23,14 +23,7 @@ pub struct Semver {
 impl Semver {
     /// `s` as a version, when it is one (a description's `version` is checked to be at load).
     pub fn parse(s: &str) -> Option<Semver> {
-        let core = s.trim().split(['-', '+']).next()?;
-        let mut parts = core.split('.');
-        let major = parts.next()?.parse().ok()?;
-        let minor = parts.next().unwrap_or("0").parse().ok()?;
-        let patch = parts.next().unwrap_or("0").parse().ok()?;
-        if parts.next().is_some() {
-            return None;
-        }
+        let (major, minor, patch) = cairn_contract::version_parts(s)?;
         Some(Semver {
             major,
             minor,

@@ -115,6 +115,62 @@ pub fn is_action_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
+/// `MAJOR[.MINOR[.PATCH]]` (a `-` or `+` suffix ignored) as numbers, the versions a
+/// blueprint and the runtime it needs are given in.
+pub fn version_parts(s: &str) -> Option<(u64, u64, u64)> {
+    let core = s.trim().split(['-', '+']).next()?;
+    let mut parts = core.split('.');
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next().unwrap_or("0").parse().ok()?;
+    let patch = parts.next().unwrap_or("0").parse().ok()?;
+    if parts.next().is_some() {
+        return None;
+    }
+    Some((major, minor, patch))
+}
+
+/// What is wrong with a blueprint's description apart from its parameters' own declarations,
+/// if anything: its version and the runtime it needs, its actions' names, an action or a
+/// parameter declared twice (a run could not tell which is meant).
+pub fn description_problem<'a>(
+    version: &str,
+    min_runtime: &str,
+    actions: impl IntoIterator<Item = &'a str>,
+    parameters: impl IntoIterator<Item = &'a str>,
+) -> Option<String> {
+    let twice = |names: Vec<&'a str>| {
+        names
+            .iter()
+            .enumerate()
+            .find(|(i, n)| names[..*i].contains(n))
+            .map(|(_, n)| n.to_string())
+    };
+    if version_parts(version).is_none() {
+        return Some(format!(
+            "its version {version:?} is not a semantic version (MAJOR.MINOR.PATCH, e.g. 1.4.0)"
+        ));
+    }
+    if version_parts(min_runtime).is_none() {
+        return Some(format!(
+            "the runtime it requires, {min_runtime:?}, is not a semantic version (e.g. 0.1.0)"
+        ));
+    }
+    let actions: Vec<&str> = actions.into_iter().collect();
+    if let Some(name) = actions.iter().find(|a| !is_action_name(a)) {
+        return Some(format!(
+            "it declares an action named {name:?}: an action's name is 1 to 64 letters, digits, \
+             `-` or `_`, starting with a letter (as `cairn run --action` takes it)"
+        ));
+    }
+    if let Some(name) = twice(actions) {
+        return Some(format!("it declares the action {name:?} twice"));
+    }
+    if let Some(name) = twice(parameters.into_iter().collect()) {
+        return Some(format!("it declares the parameter {name:?} twice"));
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,6 +241,43 @@ mod tests {
                 "{value:?}"
             );
             assert!(!is_tag_value(value), "{value:?}");
+        }
+    }
+
+    #[test]
+    fn descriptions_follow_the_rules() {
+        let check = |v, r, actions: &[&'static str], params: &[&'static str]| {
+            description_problem(v, r, actions.iter().copied(), params.iter().copied())
+        };
+        assert_eq!(
+            check("1.4.0", "0.1.0", &["backup", "verify-dump"], &["a"]),
+            None
+        );
+        assert_eq!(version_parts("1.2.3-rc.1+b"), Some((1, 2, 3)));
+        assert_eq!(version_parts("2"), Some((2, 0, 0)));
+        for (found, says) in [
+            (check("x", "0.1.0", &[], &[]), "is not a semantic version"),
+            (
+                check("1.0.0", "1.2.3.4", &[], &[]),
+                "\"1.2.3.4\", is not a semantic",
+            ),
+            (
+                check("1.0.0", "0.1.0", &["back up"], &[]),
+                "an action named \"back up\"",
+            ),
+            (
+                check("1.0.0", "0.1.0", &["a", "a"], &[]),
+                "the action \"a\" twice",
+            ),
+            (
+                check("1.0.0", "0.1.0", &[], &["p", "p"]),
+                "the parameter \"p\" twice",
+            ),
+        ] {
+            assert!(
+                found.as_deref().is_some_and(|f| f.contains(says)),
+                "{found:?}"
+            );
         }
     }
 
