@@ -698,8 +698,34 @@ impl KubeCluster {
             data: json!({ "spec": spec }),
         };
         let pods: Api<KubePod> = self.api(&workload.namespace);
-        // One left by a run that died is replaced.
-        self.delete_pod(&pods, &name).await?;
+        // One left by a run that died is replaced; a pod of that name that is not Cairn's is
+        // someone else's, and left alone.
+        if let Some(there) = pods
+            .get_opt(&name)
+            .await
+            .map_err(|e| api_error(format!("reading pod {}/{name}", workload.namespace), e))?
+        {
+            let ours = there
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("app.kubernetes.io/managed-by"))
+                .is_some_and(|m| m == "cairn")
+                && there
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(WORKLOAD_ANNOTATION))
+                    .is_some_and(|w| *w == workload.name);
+            if !ours {
+                return Err(Error::Invalid(format!(
+                    "pod {}/{name} exists and is not one Cairn made for a stopped {workload}; \
+                     Cairn runs the command in a pod of that name, so rename or delete that pod",
+                    workload.namespace
+                )));
+            }
+            self.delete_pod(&pods, &name).await?;
+        }
         Api::<DynamicObject>::namespaced_with(
             self.client.clone(),
             &workload.namespace,
@@ -1654,7 +1680,8 @@ impl Cluster for KubeCluster {
         }
         // The pods it removes stop within their grace period; one that does not (its node
         // lost) is reported, not an error: the workload is scaled, and what needs it stopped
-        // (a claim's replacement, a stopped exec) checks again.
+        // (a snapshot of it scaled to zero, a claim's replacement, a stopped exec) checks
+        // again.
         if replicas < found.replicas
             && let Err(e) = self.pods_gone(workload, &found, replicas).await
         {
@@ -1757,6 +1784,22 @@ impl Cluster for KubeCluster {
 
     async fn snapshot(&self, workload: &WorkloadRef, volume: &str) -> Result<VolumeSnapshot> {
         let described = self.workload(workload).await?;
+        // Scaled to zero is a request for a snapshot of a stopped application: not while a
+        // pod the scale-down removed still runs (its node lost, a long grace period), which
+        // the scale only warned of.
+        if described.replicas == 0 && !described.pods.is_empty() {
+            return Err(Error::Invalid(format!(
+                "workload {workload} is scaled to zero but its pod(s) {} still run, so a \
+                 snapshot now would not be of a stopped application; wait until they are gone \
+                 (a pod on a lost node must be deleted by hand)",
+                described
+                    .pods
+                    .iter()
+                    .map(|p| p.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
         if !described.volumes.iter().any(|v| v.name == volume) {
             return Err(Error::NotFound {
                 kind: "volume",

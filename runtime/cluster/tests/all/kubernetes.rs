@@ -379,6 +379,35 @@ async fn a_stopped_workload_runs_commands_in_a_pod_of_cairns_own_with_its_volume
     }
     assert!(api.get(pods, "broken-stopped").is_none());
 
+    // A pod of the name Cairn uses that is not Cairn's is left alone; one a run left is
+    // replaced.
+    let theirs = json!({
+        "metadata": { "name": "db-stopped", "namespace": "shop", "labels": { "app": "debug" } },
+        "spec": { "containers": [{ "name": "debug", "image": "busybox" }] },
+    });
+    api.put(pods, theirs.clone());
+    let mut blocked = request(&["true"]);
+    blocked.stopped = true;
+    match cluster.exec(&db(), blocked).await {
+        Err(Error::Invalid(message)) => {
+            assert!(message.contains("is not one Cairn made"), "{message}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let left = api.get(pods, "db-stopped").expect("left alone");
+    assert_eq!(left["metadata"]["labels"], theirs["metadata"]["labels"]);
+    api.remove(pods, "db-stopped");
+    let mut leftover = pod.clone();
+    leftover["spec"]["containers"][0]["command"] = json!(["sleep", "3600"]);
+    api.put(pods, leftover);
+    let mut again = request(&["echo", "again"]);
+    again.stopped = true;
+    let out = cluster
+        .exec(&db(), again)
+        .await
+        .expect("a leftover is replaced");
+    assert_eq!(out.stdout, b"again\n");
+
     let mut named = request(&["true"]);
     named.stopped = true;
     named.pod = Some("db-0".to_owned());
@@ -638,6 +667,23 @@ async fn a_snapshot_returns_once_cut_and_readiness_is_waited_on_apart() {
         api.ready_snapshots();
     });
     assert_eq!(ready.expect("ready").id, snapshot.id);
+
+    // Scaled to zero, with a pod still running (its node lost): no snapshot of a stopped
+    // application can be taken yet.
+    cluster.scale(&db(), 0).await.expect("scaled down");
+    api.put(
+        "/api/v1/namespaces/shop/pods",
+        json!({
+            "metadata": { "name": "db-0", "namespace": "shop", "labels": { "app": "db" } },
+            "spec": { "containers": [{ "name": "postgres", "image": "postgres" }] },
+        }),
+    );
+    match cluster.snapshot(&db(), "data-db-0").await {
+        Err(Error::Invalid(message)) => {
+            assert!(message.contains("db-0 still run"), "{message}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
 }
 
 #[tokio::test]
