@@ -35,7 +35,7 @@ use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{
-    Namespace, PersistentVolumeClaim, Pod as KubePod, PodTemplateSpec,
+    Namespace, PersistentVolume, PersistentVolumeClaim, Pod as KubePod, PodTemplateSpec,
 };
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, Status};
@@ -89,6 +89,10 @@ const WORKLOAD_ANNOTATION: &str = "cairn.dev/workload";
 /// class, `ReadWriteOnce` and `Filesystem` would not provision from a snapshot of a block volume
 /// or of another driver's class, and `status.restoreSize` is optional.
 const CLAIM_ANNOTATION: &str = "cairn.dev/claim";
+
+/// On a volume whose claim a restore replaced: `NAMESPACE/CLAIM`. Cairn set its reclaim policy
+/// to Retain first, so the old data outlives the claim until the new one is bound.
+const REPLACED_ANNOTATION: &str = "cairn.dev/replaced-claim";
 
 /// The fields of a claim's spec [`CLAIM_ANNOTATION`] keeps.
 const CLAIM_FIELDS: [&str; 4] = ["accessModes", "storageClassName", "volumeMode", "resources"];
@@ -175,22 +179,94 @@ impl KubeCluster {
         })
         .await
     }
+    /// Keeps the volume bound to `claim`, about to be deleted and made again from a snapshot:
+    /// its reclaim policy set to Retain, so the data it holds outlives the claim until the new
+    /// one is bound (a failed provisioning would otherwise leave neither). The volume's name
+    /// and the policy to put back; `None` when there is nothing to keep (no bound volume, one
+    /// retained already) or Cairn may not read or change volumes (warned: the claim is then
+    /// replaced as it was before, the old data going with it).
+    async fn keep_volume(&self, claim: &PersistentVolumeClaim) -> Result<Option<(String, String)>> {
+        let Some(name) = claim
+            .spec
+            .as_ref()
+            .and_then(|s| s.volume_name.clone())
+            .filter(|n| !n.is_empty())
+        else {
+            return Ok(None);
+        };
+        let of = format!(
+            "{}/{}",
+            claim.metadata.namespace.as_deref().unwrap_or_default(),
+            claim.metadata.name.as_deref().unwrap_or_default()
+        );
+        let unprotected = |e: &dyn std::fmt::Display| {
+            tracing::warn!(claim = %of, volume = %name, error = %e,
+                "cannot keep the claim's volume while it is replaced (grant Cairn get and patch \
+                 on persistentvolumes): its data goes with the old claim");
+        };
+        let volumes: Api<PersistentVolume> = Api::all(self.client.clone());
+        let volume = match volumes.get_opt(&name).await {
+            Ok(Some(v)) => v,
+            Ok(None) => return Ok(None),
+            Err(kube::Error::Api(s)) if s.code == 403 => {
+                unprotected(&s.message);
+                return Ok(None);
+            }
+            Err(e) => return Err(api_error(format!("reading volume {name}"), e)),
+        };
+        let policy = volume
+            .spec
+            .and_then(|s| s.persistent_volume_reclaim_policy)
+            .unwrap_or_else(|| "Delete".into());
+        if policy == "Retain" {
+            return Ok(None);
+        }
+        let patch = Patch::Merge(json!({
+            "metadata": { "annotations": { REPLACED_ANNOTATION: of } },
+            "spec": { "persistentVolumeReclaimPolicy": "Retain" },
+        }));
+        match volumes.patch(&name, &PatchParams::default(), &patch).await {
+            Ok(_) => Ok(Some((name, policy))),
+            Err(kube::Error::Api(s)) if s.code == 403 => {
+                unprotected(&s.message);
+                Ok(None)
+            }
+            Err(e) => Err(api_error(format!("keeping volume {name}"), e)),
+        }
+    }
+
+    /// Gives a volume [`KubeCluster::keep_volume`] kept back its reclaim policy, once its
+    /// claim's replacement is bound: the cluster then reclaims it as it would have.
+    async fn release_volume(&self, name: &str, policy: &str) {
+        let volumes: Api<PersistentVolume> = Api::all(self.client.clone());
+        let patch = Patch::Merge(json!({
+            "metadata": { "annotations": { REPLACED_ANNOTATION: null } },
+            "spec": { "persistentVolumeReclaimPolicy": policy },
+        }));
+        if let Err(e) = volumes.patch(name, &PatchParams::default(), &patch).await {
+            tracing::warn!(volume = %name, error = %e,
+                "the restored claim is bound, but its old volume keeps reclaim policy Retain: \
+                 delete it with kubectl delete pv when it is no longer needed");
+        }
+    }
+
     /// Waits until claim `namespace/claim`, just made from VolumeSnapshot `id`, is bound, when
     /// its storage class provisions at once (`volumeBindingMode: Immediate`, the default): a
     /// failure to provision (a snapshot of another driver, a quota, a zone) then fails the
     /// restore rather than showing only as the workload's pods staying Pending. A class that
     /// binds on its first consumer is not waited for (the workload is at zero replicas), nor is
-    /// a class Cairn cannot read or a claim of no class (it is warned about).
+    /// a class Cairn cannot read or a claim of no class (it is warned about). Whether it saw
+    /// the claim bound.
     async fn await_bound(
         &self,
         namespace: &str,
         claim: &str,
         class: Option<&str>,
         id: &str,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         // `""` asks for no class: a volume made for the claim by hand, bound when it is.
         if class == Some("") {
-            return Ok(());
+            return Ok(false);
         }
         let class = match self.binding_class(class).await {
             Ok(Some(class)) => class,
@@ -198,19 +274,19 @@ impl KubeCluster {
                 tracing::warn!(claim = %format!("{namespace}/{claim}"),
                     "the claim has no storage class and the cluster no default one: not waiting \
                      for it to be bound");
-                return Ok(());
+                return Ok(false);
             }
             Err(kube::Error::Api(s)) if s.code == 404 => {
                 tracing::warn!(claim = %format!("{namespace}/{claim}"), class = class.unwrap_or_default(),
                     "the claim's storage class does not exist: it is bound only to a volume made \
                      for it by hand");
-                return Ok(());
+                return Ok(false);
             }
             Err(e) => {
                 tracing::warn!(claim = %format!("{namespace}/{claim}"), error = %e,
                     "cannot read the claim's storage class (grant Cairn get and list on \
                      storageclasses): not waiting for the claim to be bound");
-                return Ok(());
+                return Ok(false);
             }
         };
         let mode = class
@@ -218,7 +294,7 @@ impl KubeCluster {
             .clone()
             .unwrap_or_else(|| "Immediate".into());
         if mode != "Immediate" {
-            return Ok(());
+            return Ok(false);
         }
         let class_name = class.metadata.name.unwrap_or_default();
         let claims: Api<PersistentVolumeClaim> = self.api(namespace);
@@ -261,6 +337,7 @@ impl KubeCluster {
             ),
             e => e,
         })
+        .map(|()| true)
     }
 
     /// The storage class a claim of class `name` gets: that one, or with no name the cluster's
@@ -2015,6 +2092,17 @@ impl Cluster for KubeCluster {
         });
         let new: PersistentVolumeClaim =
             serde_json::from_value(new).map_err(|e| failed("building the claim", e))?;
+        let kept = match &old {
+            Some(old) => self.keep_volume(old).await?,
+            None => None,
+        };
+        let kept_note = kept.as_ref().map_or_else(String::new, |(volume, _)| {
+            format!(
+                "; the old data is kept in volume {volume} (reclaim policy Retain, annotated \
+                 {REPLACED_ANNOTATION}): to take it back, clear its spec.claimRef and make claim \
+                 {claim} with spec.volumeName {volume}"
+            )
+        });
         if old.is_some() {
             claims
                 .delete(claim, &DeleteParams::default())
@@ -2035,13 +2123,31 @@ impl Cluster for KubeCluster {
                 api_error(
                     format!(
                         "creating claim {namespace}/{claim} from VolumeSnapshot {id} (the old \
-                         claim is deleted; the snapshot still holds the data: restore it again)"
+                         claim is deleted; the snapshot still holds the data: restore it \
+                         again{kept_note})"
                     ),
                     e,
                 )
             })?;
-        self.await_bound(namespace, claim, class.as_deref(), id)
-            .await?;
+        let bound = self
+            .await_bound(namespace, claim, class.as_deref(), id)
+            .await
+            .inspect_err(|_| {
+                if !kept_note.is_empty() {
+                    tracing::warn!("claim {namespace}/{claim} was not restored{kept_note}");
+                }
+            })?;
+        if let Some((volume, policy)) = &kept {
+            if bound {
+                self.release_volume(volume, policy).await;
+            } else {
+                tracing::warn!(
+                    "claim {namespace}/{claim} is made from VolumeSnapshot {id} but not yet \
+                     bound (its class binds on first use){kept_note}; delete volume {volume} \
+                     once the workload runs on the restored claim"
+                );
+            }
+        }
         Ok(snapshot)
     }
 

@@ -359,9 +359,10 @@ fn target(path: &str) -> Option<Target> {
         ["namespaces", ns, plural, tail @ ..] => {
             (format!("{prefix}/namespaces/{ns}/{plural}"), tail)
         }
-        // Cluster-scoped kinds Cairn reads: storage classes. (Listing a namespaced kind across
-        // namespaces stays unrouted, so code that does so by mistake fails here too.)
-        [plural @ "storageclasses", tail @ ..] if tail.len() <= 1 => {
+        // Cluster-scoped kinds Cairn reads: storage classes and persistent volumes. (Listing
+        // a namespaced kind across namespaces stays unrouted, so code that does so by mistake
+        // fails here too.)
+        [plural @ ("storageclasses" | "persistentvolumes"), tail @ ..] if tail.len() <= 1 => {
             (format!("{prefix}/{plural}"), tail)
         }
         _ => return None,

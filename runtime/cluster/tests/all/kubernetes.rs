@@ -632,6 +632,72 @@ async fn a_restored_claim_is_waited_for_until_bound_when_its_class_binds_at_once
     assert_eq!(claim["status"]["phase"], "Pending");
 }
 
+/// The volume of a claim a restore replaces outlives the old claim (reclaim policy Retain)
+/// until the new one is bound, then gets its policy back; a restore that fails leaves it kept.
+#[tokio::test]
+async fn a_replaced_claims_volume_is_kept_until_the_new_claim_is_bound() {
+    let (api, cluster) = shop().await;
+    let classes = "/apis/storage.k8s.io/v1/storageclasses";
+    api.put(
+        classes,
+        json!({ "metadata": { "name": "fast" }, "volumeBindingMode": "Immediate" }),
+    );
+    let volumes = "/api/v1/persistentvolumes";
+    let claims = "/api/v1/namespaces/shop/persistentvolumeclaims";
+    let bind_to_volume = || {
+        api.remove(volumes, "pv-data");
+        api.put(
+            volumes,
+            json!({ "metadata": { "name": "pv-data" },
+                    "spec": { "persistentVolumeReclaimPolicy": "Delete" } }),
+        );
+        let mut claim = api.get(claims, "data-db-0").expect("the claim");
+        claim["spec"]["volumeName"] = json!("pv-data");
+        api.remove(claims, "data-db-0");
+        api.put(claims, claim);
+    };
+    bind_to_volume();
+    let snapshot = cluster
+        .snapshot(&db(), "data-db-0")
+        .await
+        .expect("snapshot");
+    cluster.scale(&db(), 0).await.expect("scale down");
+
+    // The new claim loses its volume while provisioning: the old data is still there.
+    api.claims_pending();
+    let (restored, ()) = tokio::join!(cluster.restore_snapshot(&snapshot.id), async {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let mut claim = api.get(claims, "data-db-0").expect("the new claim");
+        claim["status"]["phase"] = json!("Lost");
+        api.remove(claims, "data-db-0");
+        api.put(claims, claim);
+    });
+    assert!(restored.is_err(), "{restored:?}");
+    let kept = api.get(volumes, "pv-data").expect("the old volume");
+    assert_eq!(kept["spec"]["persistentVolumeReclaimPolicy"], "Retain");
+    assert_eq!(
+        kept["metadata"]["annotations"]["cairn.dev/replaced-claim"],
+        "shop/data-db-0"
+    );
+
+    // Restored and bound: the volume is given back its policy (the cluster then reclaims it).
+    bind_to_volume();
+    api.claims_pending();
+    let (restored, ()) = tokio::join!(cluster.restore_snapshot(&snapshot.id), async {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        api.bind_claims();
+    });
+    restored.expect("restore");
+    let released = api.get(volumes, "pv-data").expect("the old volume");
+    assert_eq!(released["spec"]["persistentVolumeReclaimPolicy"], "Delete");
+    assert!(
+        released["metadata"]["annotations"]
+            .get("cairn.dev/replaced-claim")
+            .is_none(),
+        "{released}"
+    );
+}
+
 /// A snapshot returns once it is cut (the point in time taken), while a cloud may still copy
 /// it: a quiesced workload need not wait for the copy. Being ready to restore from is waited on
 /// apart (a restore waits for it too).
