@@ -159,6 +159,8 @@ pub(crate) struct Operator {
     secrets: PathBuf,
     /// The namespaces its resources may act on; empty: any.
     allowed: Vec<String>,
+    /// Whether a resource's policy may name a `local:` target (`--operator-local-targets`).
+    local_targets: bool,
     /// Final statuses of one-shots that could not be written yet (by uid): written
     /// before such a resource is looked at again, which would otherwise take its `Running`
     /// for an interrupted run.
@@ -174,6 +176,7 @@ impl Operator {
         namespace: Option<String>,
         secrets: PathBuf,
         allowed: Vec<String>,
+        local_targets: bool,
     ) -> anyhow::Result<Self> {
         let client = cairn_cluster::kube_client(context)
             .await
@@ -185,6 +188,7 @@ impl Operator {
             namespace,
             secrets,
             allowed,
+            local_targets,
             unwritten: Default::default(),
             found: BTreeMap::new(),
         })
@@ -220,11 +224,7 @@ impl Operator {
         for (name, source) in secrets {
             let inside = source
                 .strip_prefix("file:")
-                .map(Path::new)
-                .is_some_and(|p| {
-                    p.starts_with(&self.secrets)
-                        && !p.components().any(|c| c == std::path::Component::ParentDir)
-                });
+                .is_some_and(|p| self.under_secrets(Path::new(p)));
             if !inside {
                 let dir = self.secrets.display();
                 return Err(UsageError(format!(
@@ -232,6 +232,50 @@ impl Operator {
                      keys of the Secret mounted there (file:{dir}/KEY); env: and other paths would read \
                      Cairn's own environment and files",
                     crate::shown_source(source)
+                ))
+                .into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `path` is under the secrets directory (and climbs out of it nowhere).
+    fn under_secrets(&self, path: &Path) -> bool {
+        path.starts_with(&self.secrets)
+            && !path
+                .components()
+                .any(|c| c == std::path::Component::ParentDir)
+    }
+
+    /// Refuses what a resource's policy would reach through Cairn beyond its namespaces: a
+    /// `local:` target (an inventory runs the programs it allows on Cairn's own machine, as
+    /// Cairn) unless `--operator-local-targets`, and an export's files outside the secrets
+    /// directory (Cairn's own key or passphrase files, say).
+    fn check_reach(&self, policy: &Policy) -> anyhow::Result<()> {
+        if policy.target.starts_with("local:") && !self.local_targets {
+            return Err(UsageError(format!(
+                "target {}: a resource's policy acts on the cluster (target kube); a local \
+                 inventory would run its programs on Cairn's own machine, as Cairn (serve \
+                 --operator-local-targets allows it, for a cluster of trusted authors)",
+                policy.target
+            ))
+            .into());
+        }
+        let files = policy.export.iter().flat_map(|e| {
+            [
+                ("profile_file", &e.profile_file),
+                ("passphrase_file", &e.passphrase_file),
+                ("key_file", &e.key_file),
+            ]
+        });
+        for (field, file) in files {
+            if let Some(file) = file
+                && !self.under_secrets(Path::new(file))
+            {
+                let dir = self.secrets.display();
+                return Err(UsageError(format!(
+                    "export.{field} {file} is not a file under {dir}: a resource's files are \
+                     keys of the Secret mounted there; other paths would read Cairn's own files"
                 ))
                 .into());
             }
@@ -550,6 +594,7 @@ impl Operator {
                         .map_err(still_runs)?;
                 let check = self
                     .check_secrets(&policy.secrets)
+                    .and_then(|()| self.check_reach(&policy))
                     .and_then(|()| allow_namespace(&self.allowed, &policy.namespace));
                 self.refuse(kind, name, check, stored.is_some(), home)?;
                 policy.origin = Some(self.origin.clone());

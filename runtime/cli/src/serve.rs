@@ -69,6 +69,11 @@ pub(crate) struct ServeArgs {
         default_value = "/etc/cairn/blueprint-secrets"
     )]
     pub(crate) operator_secrets: PathBuf,
+    /// Let those resources' policies name `local:` targets (inventories on this machine): off
+    /// by default, as an inventory runs the programs it allows here, as Cairn. For a cluster
+    /// whose resource authors are trusted with Cairn's own machine.
+    #[arg(long, requires = "operator")]
+    pub(crate) operator_local_targets: bool,
 }
 
 /// `cairn serve`: runs due policies until stopped.
@@ -100,6 +105,7 @@ pub(crate) async fn serve(args: ServeArgs, home: Option<PathBuf>) -> anyhow::Res
                 args.operator_namespace.clone(),
                 args.operator_secrets.clone(),
                 args.operator_allow_namespaces.clone(),
+                args.operator_local_targets,
             )
             .await?,
         ),

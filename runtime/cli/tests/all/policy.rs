@@ -1215,6 +1215,18 @@ fn serve_operator_keeps_policies_and_bindings_from_kubernetes_resources() {
             ),
         );
     }
+    // An export's key file of Cairn's own: refused too.
+    api.put(
+        policies,
+        resource(
+            "Policy",
+            "keyed",
+            json!({ "target": target, "blueprint": "hello", "grants": ["exec"],
+                    "params": { "greeting": "hi" }, "workloads": ["hel*"],
+                    "frequency": "@daily", "retention": { "last": 1 },
+                    "export": { "key_file": "/var/lib/cairn/key" } }),
+        ),
+    );
     // One kept before the check existed, whose resource names Cairn's environment: removed.
     let legacy = json!({
         "name": "legacy", "target": target, "blueprint": "hello", "grants": ["exec"],
@@ -1261,6 +1273,8 @@ fn serve_operator_keeps_policies_and_bindings_from_kubernetes_resources() {
             "--operator",
             "--operator-namespace",
             "cairn",
+            // The resources run the hello blueprint on this machine.
+            "--operator-local-targets",
         ];
         args.extend(extra);
         cairn
@@ -1331,6 +1345,12 @@ fn serve_operator_keeps_policies_and_bindings_from_kubernetes_resources() {
             "is not a file under /etc/cairn/blueprint-secrets",
         );
     }
+    says(
+        policies,
+        "keyed",
+        "Invalid",
+        "export.key_file /var/lib/cairn/key is not a file under /etc/cairn/blueprint-secrets",
+    );
     says(policies, "greet", "Invalid", "cairn policy apply");
 
     // A Restore runs once; one that was running when Cairn stopped is not run again.
@@ -1540,6 +1560,27 @@ fn serve_operator_keeps_policies_and_bindings_from_kubernetes_resources() {
         "namespace default is not one this operator acts on",
     );
     assert!(!stdout(&narrowed).contains("greet: backed up"));
+
+    // Without --operator-local-targets, a resource's local target is refused: its inventory
+    // would run programs on Cairn's own machine.
+    let out = cairn
+        .command(&[
+            "serve",
+            "--once",
+            "--operator",
+            "--operator-namespace",
+            "cairn",
+        ])
+        .env("KUBECONFIG", &kubeconfig)
+        .output()
+        .expect("cairn runs");
+    ok(&out);
+    says(
+        policies,
+        "nightly",
+        "Invalid",
+        "a resource's policy acts on the cluster (target kube)",
+    );
 
     // Resources Cairn may not read stop serve at its start, saying what to grant.
     api.forbid(policies);
