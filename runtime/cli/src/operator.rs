@@ -441,8 +441,15 @@ impl Operator {
             "started": now(),
             "observedGeneration": object.metadata.generation,
         });
-        // Never run what could not be marked running: the next pass would run it again.
-        if !self.write_status(resource, &name, started).await {
+        // Never run what could not be marked running: the next pass would run it again. The
+        // mark is conditional on the version seen: of two operators watching one namespace
+        // (one in the cluster, one run with --operator-context), the second gets a conflict
+        // and leaves the run to the first.
+        let seen = object.metadata.resource_version.clone();
+        if !self
+            .claim_status(resource, &name, started, seen.as_deref())
+            .await
+        {
             return;
         }
         eprintln!("cairn: {what} started");
@@ -524,7 +531,23 @@ impl Operator {
     /// Merges `status` into the status of resource `name`, and says whether it could; a
     /// failure is reported, not fatal.
     async fn write_status(&self, resource: Resource, name: &str, status: Value) -> bool {
-        let patch = Patch::Merge(json!({ "status": status }));
+        self.claim_status(resource, name, status, None).await
+    }
+
+    /// [`Operator::write_status`], only while the resource is at `version` when one is given
+    /// (a conflict says another writer changed it first).
+    async fn claim_status(
+        &self,
+        resource: Resource,
+        name: &str,
+        status: Value,
+        version: Option<&str>,
+    ) -> bool {
+        let mut patch = json!({ "status": status });
+        if let Some(version) = version {
+            patch["metadata"] = json!({ "resourceVersion": version });
+        }
+        let patch = Patch::Merge(patch);
         match bounded(
             self.api(resource)
                 .patch_status(name, &PatchParams::default(), &patch),
@@ -532,6 +555,14 @@ impl Operator {
         .await
         {
             Ok(_) => true,
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                eprintln!(
+                    "cairn: {} {}/{name} changed as it was taken up (another operator runs it?): \
+                     left to whoever changed it",
+                    resource.0, self.namespace
+                );
+                false
+            }
             Err(e) => {
                 eprintln!(
                     "cairn: cannot write the status of {} {}/{name}: {e}",

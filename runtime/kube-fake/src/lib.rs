@@ -13,7 +13,9 @@
 //! for [`POD_SHUTDOWN`] before they are gone; a workload's `generation` counts its spec's
 //! changes and its status says it observed the latest; a new pod runs at once, unless its image is `missing` (then it waits in
 //! `ErrImagePull`); a new VolumeSnapshot is ready at once with its claim's size. Paths marked
-//! with [`FakeApi::forbid`] answer 403, as RBAC would.
+//! with [`FakeApi::forbid`] answer 403, as RBAC would. Every change gives an object a new
+//! `resourceVersion`, and a patch that names another version than the object's answers 409, as
+//! the API server's optimistic concurrency does.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
@@ -503,6 +505,24 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Response<Fu
                     let object = store(&mut state, &collection, object);
                     respond(StatusCode::OK, &scale_of(&object))
                 }
+                // A patch that names a resourceVersion applies only to that version.
+                (Method::PATCH, _)
+                    if body["metadata"]["resourceVersion"]
+                        .as_str()
+                        .is_some_and(|v| {
+                            Some(v) != object["metadata"]["resourceVersion"].as_str()
+                        }) =>
+                {
+                    status(
+                        StatusCode::CONFLICT,
+                        "Conflict",
+                        format!(
+                            "Operation cannot be fulfilled on {collection} \"{name}\": the object \
+                             has been modified; please apply your changes to the latest version"
+                        ),
+                        &name,
+                    )
+                }
                 // The status subresource changes the status alone, as the API server does.
                 (Method::PATCH, Some("status")) => {
                     let mut object = object;
@@ -650,6 +670,7 @@ fn create(state: &mut State, collection: &str, mut object: Value) -> Result<Valu
         object["metadata"]["namespace"] = json!(ns);
     }
     object["metadata"]["uid"] = json!(format!("uid-{}", state.next));
+    object["metadata"]["resourceVersion"] = json!(state.next.to_string());
     object["metadata"]["creationTimestamp"] = json!("2026-12-05T10:00:00Z");
     if collection.ends_with("/pods") && object.get("status").is_none() {
         // The kubelet's part: the pod runs at once, unless an image is named `missing`.
@@ -731,6 +752,8 @@ fn create(state: &mut State, collection: &str, mut object: Value) -> Result<Valu
 /// Stores `object` and runs the fake workload controller on it: a Deployment or StatefulSet
 /// gets as many ready pods as it wants replicas.
 fn store(state: &mut State, collection: &str, mut object: Value) -> Value {
+    state.next += 1;
+    object["metadata"]["resourceVersion"] = json!(state.next.to_string());
     let is_workload = collection.ends_with("/deployments") || collection.ends_with("/statefulsets");
     let name = object["metadata"]["name"]
         .as_str()
