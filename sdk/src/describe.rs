@@ -288,96 +288,30 @@ impl Param {
     }
 }
 
-/// What the host checks of a parameter and its values, for the fake host: faithful
-/// re-implementations of the runtime's checks, which the SDK cannot call (it runs in the
-/// guest); each names the function it mirrors.
+/// What the host checks of a parameter and its values, for the fake host: the contract's rules
+/// (`cairn-contract`), which the runtime applies too.
 impl Param {
-    /// Why the host refuses `raw` (a value as a user writes it) for this parameter, if it does:
-    /// the runtime's `params::parse` (`runtime/engine/src/params.rs`), which checks a run's
-    /// values and the description's defaults and choices alike.
-    pub(crate) fn refusal(&self, raw: &str) -> Option<String> {
-        if !self.choices.is_empty() && !self.choices.iter().any(|c| c == raw) {
-            return Some(format!("expected one of {}", self.choices.join(", ")));
+    /// The parameter as the contract's rules see it.
+    pub(crate) fn rule(&self) -> cairn_contract::ParamRule<'_> {
+        cairn_contract::ParamRule {
+            name: &self.name,
+            kind: self.kind.into(),
+            choices: &self.choices,
+            minimum: self.minimum,
+            maximum: self.maximum,
+            default: self.default.as_deref(),
         }
-        match self.kind {
-            ParamKind::Text => None,
-            ParamKind::Integer => {
-                let Ok(n) = raw.trim().parse::<i64>() else {
-                    return Some(expected(self.kind).to_owned());
-                };
-                match (self.minimum, self.maximum) {
-                    (Some(min), Some(max)) if n < min || n > max => {
-                        Some(format!("expected an integer from {min} to {max}"))
-                    }
-                    (Some(min), _) if n < min => {
-                        Some(format!("expected an integer of at least {min}"))
-                    }
-                    (_, Some(max)) if n > max => {
-                        Some(format!("expected an integer of at most {max}"))
-                    }
-                    _ => None,
-                }
-            }
-            ParamKind::Float => match raw.trim().parse::<f64>() {
-                Ok(f) if f.is_finite() => None,
-                _ => Some(expected(self.kind).to_owned()),
-            },
-            ParamKind::Boolean => match raw.trim() {
-                "true" | "false" => None,
-                _ => Some(expected(self.kind).to_owned()),
-            },
-        }
-    }
-
-    /// What is wrong with the declaration itself, if anything: the runtime's
-    /// `ParamSpec::problem` (`runtime/engine/src/blueprint.rs`).
-    fn problem(&self) -> Option<String> {
-        let bounded = self.minimum.is_some() || self.maximum.is_some();
-        if bounded && self.kind != ParamKind::Integer {
-            return Some(format!(
-                "parameter {:?} is {} but has a minimum or maximum, which only integers take",
-                self.name, self.kind
-            ));
-        }
-        if let (Some(min), Some(max)) = (self.minimum, self.maximum)
-            && min > max
-        {
-            return Some(format!(
-                "parameter {:?} has a minimum ({min}) above its maximum ({max})",
-                self.name
-            ));
-        }
-        let any = Param {
-            choices: Vec::new(),
-            ..self.clone()
-        };
-        if let Some((choice, why)) = self
-            .choices
-            .iter()
-            .find_map(|c| any.refusal(c).map(|why| (c, why)))
-        {
-            return Some(format!(
-                "parameter {:?} offers the choice {choice:?}, which its kind refuses: {why}",
-                self.name
-            ));
-        }
-        let default = self.default.as_deref()?;
-        self.refusal(default).map(|why| {
-            format!(
-                "parameter {:?} has the default {default:?}, which it refuses: {why}",
-                self.name
-            )
-        })
     }
 }
 
-/// What the host says a value of `kind` must be, as the runtime's `params::parse` words it.
-pub(crate) fn expected(kind: ParamKind) -> &'static str {
-    match kind {
-        ParamKind::Text => "expected text",
-        ParamKind::Integer => "expected an integer",
-        ParamKind::Float => "expected a number",
-        ParamKind::Boolean => "expected true or false",
+impl From<ParamKind> for cairn_contract::Kind {
+    fn from(k: ParamKind) -> Self {
+        match k {
+            ParamKind::Text => Self::Text,
+            ParamKind::Integer => Self::Integer,
+            ParamKind::Boolean => Self::Boolean,
+            ParamKind::Float => Self::Float,
+        }
     }
 }
 
@@ -549,7 +483,7 @@ impl Description {
             self.actions.iter().map(|(n, _)| n.as_str()),
             self.params.iter().map(|p| p.name.as_str()),
         )
-        .or_else(|| self.params.iter().find_map(Param::problem))
+        .or_else(|| self.params.iter().find_map(|p| p.rule().problem()))
     }
 }
 

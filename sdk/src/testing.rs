@@ -55,7 +55,6 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 
-use crate::describe::expected;
 use crate::exec::Command;
 use crate::lifecycle::{BACKUP, BACKUP_POSTHOOK, BACKUP_PREHOOK};
 use crate::lifecycle::{RESTORE, RESTORE_POSTHOOK, RESTORE_PREHOOK};
@@ -732,11 +731,11 @@ fn check_run(description: &Description, action: &str, ctx: &Context) -> Result<(
         if given.0 != p.kind() {
             return Err(Error::invalid(format!(
                 "parameter {name}: {}, got {}",
-                expected(p.kind()),
+                cairn_contract::Kind::from(p.kind()).expected(),
                 given.1
             )));
         }
-        if let Some(why) = p.refusal(&value.to_string()) {
+        if let Some(why) = p.rule().refusal(&value.to_string()) {
             return Err(Error::invalid(format!("parameter {name}={value}: {why}")));
         }
     }

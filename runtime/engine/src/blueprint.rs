@@ -68,46 +68,34 @@ pub struct ParamSpec {
 }
 
 impl ParamSpec {
+    /// The parameter as the contract's rules see it (`cairn-contract`, which the SDK's fake
+    /// host applies too).
+    pub(crate) fn rule(&self) -> cairn_contract::ParamRule<'_> {
+        cairn_contract::ParamRule {
+            name: &self.name,
+            kind: self.kind.into(),
+            choices: &self.choices,
+            minimum: self.minimum,
+            maximum: self.maximum,
+            default: self.default.as_deref(),
+        }
+    }
+
     /// What is wrong with the spec itself, if anything: bounds on a kind other than an
-    /// integer, or a minimum above the maximum.
+    /// integer, a minimum above the maximum, a choice or a default it refuses.
     pub(crate) fn problem(&self) -> Option<String> {
-        let bounded = self.minimum.is_some() || self.maximum.is_some();
-        if bounded && self.kind != ParamKind::Integer {
-            return Some(format!(
-                "parameter {:?} is {} but has a minimum or maximum, which only integers take",
-                self.name, self.kind
-            ));
+        self.rule().problem()
+    }
+}
+
+impl From<ParamKind> for cairn_contract::Kind {
+    fn from(k: ParamKind) -> Self {
+        match k {
+            ParamKind::Text => Self::Text,
+            ParamKind::Integer => Self::Integer,
+            ParamKind::Boolean => Self::Boolean,
+            ParamKind::Float => Self::Float,
         }
-        if let (Some(min), Some(max)) = (self.minimum, self.maximum)
-            && min > max
-        {
-            return Some(format!(
-                "parameter {:?} has a minimum ({min}) above its maximum ({max})",
-                self.name
-            ));
-        }
-        // Every choice a value of its kind and range; the default one of the values it takes.
-        let any = ParamSpec {
-            choices: Vec::new(),
-            ..self.clone()
-        };
-        if let Some((choice, why)) = self
-            .choices
-            .iter()
-            .find_map(|c| crate::params::parse(&any, c).err().map(|why| (c, why)))
-        {
-            return Some(format!(
-                "parameter {:?} offers the choice {choice:?}, which its kind refuses: {why}",
-                self.name
-            ));
-        }
-        let default = self.default.as_deref()?;
-        crate::params::parse(self, default).err().map(|why| {
-            format!(
-                "parameter {:?} has the default {default:?}, which it refuses: {why}",
-                self.name
-            )
-        })
     }
 }
 

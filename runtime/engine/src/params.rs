@@ -6,34 +6,16 @@ use crate::error::{Error, Result};
 
 /// Parses one value as `spec` declares it.
 pub(crate) fn parse(spec: &ParamSpec, raw: &str) -> std::result::Result<ParamValue, String> {
-    if !spec.choices.is_empty() && !spec.choices.iter().any(|c| c == raw) {
-        return Err(format!("expected one of {}", spec.choices.join(", ")));
+    let rule = spec.rule();
+    if let Some(why) = rule.refusal(raw) {
+        return Err(why);
     }
+    let refused = || rule.kind.expected().to_string();
     match spec.kind {
         ParamKind::Text => Ok(ParamValue::Text(raw.to_string())),
-        ParamKind::Integer => {
-            let n: i64 = raw
-                .trim()
-                .parse()
-                .map_err(|_| "expected an integer".to_string())?;
-            match (spec.minimum, spec.maximum) {
-                (Some(min), Some(max)) if n < min || n > max => {
-                    Err(format!("expected an integer from {min} to {max}"))
-                }
-                (Some(min), _) if n < min => Err(format!("expected an integer of at least {min}")),
-                (_, Some(max)) if n > max => Err(format!("expected an integer of at most {max}")),
-                _ => Ok(ParamValue::Integer(n)),
-            }
-        }
-        ParamKind::Float => match raw.trim().parse::<f64>() {
-            Ok(f) if f.is_finite() => Ok(ParamValue::Float(f)),
-            _ => Err("expected a number".into()),
-        },
-        ParamKind::Boolean => match raw.trim() {
-            "true" => Ok(ParamValue::Boolean(true)),
-            "false" => Ok(ParamValue::Boolean(false)),
-            _ => Err("expected true or false".into()),
-        },
+        ParamKind::Integer => (raw.trim().parse().map(ParamValue::Integer)).map_err(|_| refused()),
+        ParamKind::Float => (raw.trim().parse().map(ParamValue::Float)).map_err(|_| refused()),
+        ParamKind::Boolean => (raw.trim().parse().map(ParamValue::Boolean)).map_err(|_| refused()),
     }
 }
 

@@ -171,6 +171,134 @@ pub fn description_problem<'a>(
     None
 }
 
+/// The kind of a blueprint's parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Any text.
+    Text,
+    /// A 64-bit signed integer, within the parameter's bounds.
+    Integer,
+    /// A finite 64-bit float.
+    Float,
+    /// `true` or `false`.
+    Boolean,
+}
+
+impl Kind {
+    /// Its name in messages (`integer`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Text => "text",
+            Kind::Integer => "integer",
+            Kind::Float => "float",
+            Kind::Boolean => "boolean",
+        }
+    }
+
+    /// What a value of this kind must be, as a refusal says it (`expected an integer`).
+    pub fn expected(self) -> &'static str {
+        match self {
+            Kind::Text => "expected text",
+            Kind::Integer => "expected an integer",
+            Kind::Float => "expected a number",
+            Kind::Boolean => "expected true or false",
+        }
+    }
+}
+
+/// A parameter's declaration, as both sides check it.
+#[derive(Debug, Clone, Copy)]
+pub struct ParamRule<'a> {
+    /// Its name.
+    pub name: &'a str,
+    /// Its kind.
+    pub kind: Kind,
+    /// When not empty, the only values accepted.
+    pub choices: &'a [String],
+    /// For an integer: the smallest value accepted.
+    pub minimum: Option<i64>,
+    /// For an integer: the largest value accepted.
+    pub maximum: Option<i64>,
+    /// Its default, as a user would write it.
+    pub default: Option<&'a str>,
+}
+
+impl ParamRule<'_> {
+    /// Why a value written as `raw` (as a user writes it) is refused, if it is: not one of the
+    /// choices, not of the kind, out of the bounds.
+    pub fn refusal(&self, raw: &str) -> Option<String> {
+        if !self.choices.is_empty() && !self.choices.iter().any(|c| c == raw) {
+            return Some(format!("expected one of {}", self.choices.join(", ")));
+        }
+        match self.kind {
+            Kind::Text => None,
+            Kind::Integer => {
+                let Ok(n) = raw.trim().parse::<i64>() else {
+                    return Some(self.kind.expected().to_owned());
+                };
+                match (self.minimum, self.maximum) {
+                    (Some(min), Some(max)) if n < min || n > max => {
+                        Some(format!("expected an integer from {min} to {max}"))
+                    }
+                    (Some(min), _) if n < min => {
+                        Some(format!("expected an integer of at least {min}"))
+                    }
+                    (_, Some(max)) if n > max => {
+                        Some(format!("expected an integer of at most {max}"))
+                    }
+                    _ => None,
+                }
+            }
+            Kind::Float => match raw.trim().parse::<f64>() {
+                Ok(f) if f.is_finite() => None,
+                _ => Some(self.kind.expected().to_owned()),
+            },
+            Kind::Boolean => match raw.trim() {
+                "true" | "false" => None,
+                _ => Some(self.kind.expected().to_owned()),
+            },
+        }
+    }
+
+    /// What is wrong with the declaration itself, if anything: bounds on a kind other than an
+    /// integer, a minimum above the maximum, a choice or a default the parameter refuses.
+    pub fn problem(&self) -> Option<String> {
+        let name = self.name;
+        let bounded = self.minimum.is_some() || self.maximum.is_some();
+        if bounded && self.kind != Kind::Integer {
+            return Some(format!(
+                "parameter {name:?} is {} but has a minimum or maximum, which only integers take",
+                self.kind.name()
+            ));
+        }
+        if let (Some(min), Some(max)) = (self.minimum, self.maximum)
+            && min > max
+        {
+            return Some(format!(
+                "parameter {name:?} has a minimum ({min}) above its maximum ({max})"
+            ));
+        }
+        // Every choice a value of its kind and range; the default one of the values it takes.
+        let any = ParamRule {
+            choices: &[],
+            ..*self
+        };
+        if let Some((choice, why)) = self
+            .choices
+            .iter()
+            .find_map(|c| any.refusal(c).map(|why| (c, why)))
+        {
+            return Some(format!(
+                "parameter {name:?} offers the choice {choice:?}, which its kind refuses: {why}"
+            ));
+        }
+        let default = self.default?;
+        self.refusal(default).map(|why| {
+            format!("parameter {name:?} has the default {default:?}, which it refuses: {why}")
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -279,6 +407,52 @@ mod tests {
                 "{found:?}"
             );
         }
+    }
+
+    #[test]
+    fn parameters_follow_the_rules() {
+        let rule = |kind, minimum, maximum, default| ParamRule {
+            name: "p",
+            kind,
+            choices: &[],
+            minimum,
+            maximum,
+            default,
+        };
+        let level = rule(Kind::Integer, Some(1), Some(9), Some("3"));
+        assert_eq!(level.problem(), None);
+        assert_eq!(level.refusal("9"), None);
+        assert_eq!(
+            level.refusal("10").as_deref(),
+            Some("expected an integer from 1 to 9")
+        );
+        assert_eq!(level.refusal("x").as_deref(), Some("expected an integer"));
+        let text = rule(Kind::Text, Some(1), None, None);
+        assert!(
+            text.problem()
+                .is_some_and(|p| p.contains("only integers take"))
+        );
+        let upside = rule(Kind::Integer, Some(5), Some(4), None);
+        assert!(
+            upside
+                .problem()
+                .is_some_and(|p| p.contains("minimum (5) above"))
+        );
+        let choices = ["gzip".to_string(), "none".to_string()];
+        let zip = ParamRule {
+            choices: &choices,
+            ..rule(Kind::Text, None, None, Some("zip"))
+        };
+        assert!(zip.problem().is_some_and(|p| {
+            p.contains("default \"zip\", which it refuses: expected one of gzip, none")
+        }));
+        let ratio = rule(Kind::Float, None, None, None);
+        assert_eq!(ratio.refusal("inf").as_deref(), Some("expected a number"));
+        let flag = rule(Kind::Boolean, None, None, None);
+        assert_eq!(
+            flag.refusal("yes").as_deref(),
+            Some("expected true or false")
+        );
     }
 
     #[test]
