@@ -406,6 +406,26 @@ pub(crate) fn trap_reason(err: &wasmtime::Error, state: &HostState) -> String {
     }
 }
 
+/// A blueprint's own error that comes from reaching for what the sandbox does not give (a
+/// file, a socket), with what to do instead: WASI answers with errno values its author may not
+/// recognise (`No such file or directory (os error 44)`).
+fn with_sandbox_hint(message: String) -> String {
+    const SANDBOX: [&str; 4] = [
+        "(os error 44)",
+        "(os error 76)",
+        "pre-opened file descriptor",
+        "operation not supported on this platform",
+    ];
+    if SANDBOX.iter().any(|s| message.contains(s)) {
+        format!(
+            "{message} (a blueprint has no filesystem and no network: it reaches its workload \
+             through exec and moves data through exports)"
+        )
+    } else {
+        message
+    }
+}
+
 /// How a phase ended, with what the next phases need.
 struct Ran {
     report: PhaseReport,
@@ -849,7 +869,7 @@ async fn run_phase(
                 }
                 Ok(outputs) => (PhaseStatus::Ok, outputs, None, None),
             },
-            Some(Ok(Ok(Err(e)))) => (PhaseStatus::Failed, stopped(), Some(describe_error(&e)), Some(e)),
+            Some(Ok(Ok(Err(e)))) => (PhaseStatus::Failed, stopped(), Some(with_sandbox_hint(describe_error(&e))), Some(e)),
             Some(Ok(Err(trap))) => {
                 let why = trap_reason(&trap, state);
                 let status = if state.deadline_hit { PhaseStatus::TimedOut } else { PhaseStatus::Trapped };

@@ -236,6 +236,17 @@ async fn params_that_do_not_match_the_declared_types_are_refused_before_running(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blueprint_reaching_for_a_file_is_told_it_has_none() {
+    let fixture = crate::support::Fixture::new();
+    let report = fixture.run(crate::support::request("read-file")).await;
+    let error = report.error.as_deref().unwrap_or_default();
+    assert!(
+        error.contains("reading /etc/hostname") && error.contains("a blueprint has no filesystem"),
+        "{report:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_action_is_refused_before_running() {
     let fixture = Fixture::new();
     let blueprint = crate::support::misbehave().await;

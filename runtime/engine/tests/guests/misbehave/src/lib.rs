@@ -44,6 +44,7 @@ const ACTIONS: &[&str] = &[
     "checkpoint",
     "checkpoint-flood",
     "sleep",
+    "read-file",
     "backupPrehook",
     "backup",
     "backupPosthook",
@@ -720,6 +721,9 @@ impl Guest for Misbehave {
                 let applied = catalog::apply(&stream)?;
                 Ok(values(&[("applied", applied.applied.to_string())]))
             }
+            "read-file" => std::fs::read_to_string("/etc/hostname")
+                .map(|text| values(&[("text", text)]))
+                .map_err(|e| Error::Failed(format!("reading /etc/hostname: {e}"))),
             "params" => Ok(Outputs {
                 artifacts: vec![],
                 values: inputs
