@@ -245,8 +245,9 @@ impl KubeCluster {
         }));
         if let Err(e) = volumes.patch(name, &PatchParams::default(), &patch).await {
             tracing::warn!(volume = %name, error = %e,
-                "the restored claim is bound, but its old volume keeps reclaim policy Retain: \
-                 delete it with kubectl delete pv when it is no longer needed");
+                "the old volume keeps reclaim policy Retain: set its persistentVolumeReclaimPolicy \
+                 back to {policy} when it is no longer needed, so the cluster reclaims it (deleting \
+                 the PersistentVolume alone leaves the storage behind)");
         }
     }
 
@@ -2096,24 +2097,34 @@ impl Cluster for KubeCluster {
             Some(old) => self.keep_volume(old).await?,
             None => None,
         };
-        let kept_note = kept.as_ref().map_or_else(String::new, |(volume, _)| {
+        let kept_note = kept.as_ref().map_or_else(String::new, |(volume, policy)| {
             format!(
                 "; the old data is kept in volume {volume} (reclaim policy Retain, annotated \
-                 {REPLACED_ANNOTATION}): to take it back, clear its spec.claimRef and make claim \
-                 {claim} with spec.volumeName {volume}"
+                 {REPLACED_ANNOTATION}): to take it back, delete claim {claim} if it exists, \
+                 clear the volume's spec.claimRef and make claim {claim} with spec.volumeName \
+                 {volume}; once it is not needed, set its persistentVolumeReclaimPolicy back to \
+                 {policy} so the cluster reclaims it"
             )
         });
         if old.is_some() {
-            claims
-                .delete(claim, &DeleteParams::default())
-                .await
-                .map_err(|e| api_error(format!("deleting claim {namespace}/{claim}"), e))?;
+            // Not deleted: the old claim keeps its volume, which gets its policy back.
+            if let Err(e) = claims.delete(claim, &DeleteParams::default()).await {
+                if let Some((volume, policy)) = &kept {
+                    self.release_volume(volume, policy).await;
+                }
+                return Err(api_error(format!("deleting claim {namespace}/{claim}"), e));
+            }
             gone(
                 &claims,
                 &format!("claim {namespace}/{claim} (does a pod still mount it?)"),
                 claim,
             )
-            .await?;
+            .await
+            .inspect_err(|_| {
+                if !kept_note.is_empty() {
+                    tracing::warn!("claim {namespace}/{claim} is still being deleted{kept_note}");
+                }
+            })?;
         }
         let class = new.spec.as_ref().and_then(|s| s.storage_class_name.clone());
         claims
@@ -2143,8 +2154,9 @@ impl Cluster for KubeCluster {
             } else {
                 tracing::warn!(
                     "claim {namespace}/{claim} is made from VolumeSnapshot {id} but not yet \
-                     bound (its class binds on first use){kept_note}; delete volume {volume} \
-                     once the workload runs on the restored claim"
+                     bound (its class binds on first use){kept_note}, once the workload runs on \
+                     the restored claim (kubectl patch pv {volume} -p \
+                     '{{\"spec\":{{\"persistentVolumeReclaimPolicy\":\"{policy}\"}}}}')"
                 );
             }
         }

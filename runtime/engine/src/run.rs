@@ -441,8 +441,8 @@ async fn exports_present(host: &HostContext, artifacts: &[Artifact]) -> Result<(
             return Err(Error::BadArtifact {
                 name: artifact.name.clone(),
                 reason: format!(
-                    "the restore point's export cannot be read, so nothing ran (a point whose \
-                     exports are gone cannot be restored; pick another): {e}"
+                    "the restore point's export cannot be read, so nothing ran: {e} (a point \
+                     whose exports were deleted cannot be restored: pick another)"
                 ),
             });
         }

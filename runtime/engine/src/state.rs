@@ -216,9 +216,7 @@ impl LogCapture {
 
     /// Logs one line, unless the budget is spent (then says so, once).
     pub(crate) fn line(&self, level: LogLevel, message: &str) {
-        let message =
-            self.secrets
-                .cut_clear(&controls_escaped(message.to_owned()), MAX_LOG_LINE, "line");
+        let message = self.secrets.shown_line(message, MAX_LOG_LINE, "line");
         let notice = {
             let mut inner = self.lock();
             if inner.truncated {
@@ -259,10 +257,9 @@ impl LogCapture {
             }
             inner.progress_used += cost;
         }
-        progress.message = progress.message.map(|m| {
-            self.secrets
-                .cut_clear(&controls_escaped(m), MAX_PROGRESS, "message")
-        });
+        progress.message = progress
+            .message
+            .map(|m| self.secrets.shown_line(&m, MAX_PROGRESS, "message"));
         tracing::info!(
             target: "cairn::guest",
             action_id = %self.action_id, phase = %self.phase,
@@ -453,6 +450,13 @@ impl Secrets {
         )
     }
 
+    /// `text` as one line of the operator's output: cut and its secrets blanked
+    /// ([`Secrets::cut_clear`]) while it is as the blueprint wrote it, so a secret holding a
+    /// newline is still found, then its control characters escaped.
+    pub(crate) fn shown_line(&self, text: &str, max: usize, what: &str) -> String {
+        controls_escaped(self.cut_clear(text, max, what))
+    }
+
     /// `text` with every secret value in it replaced by `[secret NAME]`.
     pub(crate) fn redact<'a>(&self, text: &'a str) -> std::borrow::Cow<'a, str> {
         let mut out = std::borrow::Cow::Borrowed(text);
@@ -595,6 +599,15 @@ mod tests {
         let cut = secrets.cut_clear(&text, 32, "line");
         assert!(cut.starts_with("[secret token]yyyy"), "{cut}");
         assert!(!cut.contains("abcd"), "{cut}");
+    }
+
+    /// A secret that holds a newline (a key file) is blanked before the line's control
+    /// characters are escaped, which would otherwise hide it from the search.
+    #[test]
+    fn a_secret_with_a_newline_is_blanked_in_a_line() {
+        let secrets = secrets(&[("key", "-----BEGIN\nsecret body\n-----END")], &[]);
+        let shown = secrets.shown_line("key: -----BEGIN\nsecret body\n-----END\n", 1024, "line");
+        assert_eq!(shown, "key: [secret key]\\n");
     }
 
     #[test]

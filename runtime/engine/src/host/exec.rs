@@ -91,10 +91,8 @@ const TRACED: usize = 400;
 
 impl HostState {
     /// `text` as a debug trace may show it: one line, secrets blanked, cut.
-    fn shown(&self, text: String) -> String {
-        self.log
-            .secrets()
-            .cut_clear(&crate::state::controls_escaped(text), TRACED, "text")
+    fn shown(&self, text: &str) -> String {
+        self.log.secrets().shown_line(text, TRACED, "text")
     }
 
     /// The end of a command's output as a debug trace may show it (secrets blanked in the
@@ -140,7 +138,7 @@ impl exec::Host for HostState {
             }) => {
                 let traced = tracing::enabled!(tracing::Level::DEBUG);
                 if traced {
-                    let line = self.shown(request.argv.join(" "));
+                    let line = self.shown(&request.argv.join(" "));
                     tracing::debug!(%workload, command = %line, "exec");
                 }
                 let result = bounded("exec.run", call_timeout, async {
@@ -160,7 +158,9 @@ impl exec::Host for HostState {
                             stderr_end = %self.shown_end(&out.stderr),
                             "exec ended"
                         ),
-                        Err(e) => tracing::debug!(error = %super::message(e), "exec failed"),
+                        Err(e) => {
+                            tracing::debug!(error = %self.shown(super::message(e)), "exec failed")
+                        }
                     }
                 }
                 result
