@@ -358,6 +358,7 @@ impl FakeHost {
         let description = B::describe();
         loadable(&description);
         check_run(&description, action, ctx)?;
+        self.exports_present(action, ctx)?;
         {
             let mut state = self.state.borrow_mut();
             state.declared = description.capabilities().to_vec();
@@ -400,6 +401,37 @@ impl FakeHost {
         let outputs = result.map_err(|e| e.map_message(|m| state.redact(&m)))?;
         state.check_outputs(&outputs).map_err(Error::invalid)?;
         Ok(outputs)
+    }
+
+    /// Refuses a restore (or its prehook alone) whose restore point names an export this host
+    /// does not hold, before anything runs: the runtime's `exports_present`
+    /// (`runtime/engine/src/run.rs`), in its words.
+    fn exports_present(&self, action: &str, ctx: &Context) -> Result<()> {
+        if !matches!(action, "restore" | "restorePrehook") {
+            return Ok(());
+        }
+        let state = self.state.borrow();
+        for artifact in ctx.restore_point() {
+            let reference = types::Artifact::from(artifact);
+            let is_export = reference
+                .reference
+                .iter()
+                .any(|(k, v)| k == "kind" && v == FAKE_KIND);
+            if !is_export {
+                continue;
+            }
+            let held = Fake::export_id(&reference).is_ok_and(|id| state.exports.contains_key(&id));
+            if !held {
+                return Err(Error::invalid(format!(
+                    "artifact {:?} cannot be used: the restore point's export cannot be read, so \
+                     nothing ran: export `{}` not found (a point whose exports were deleted \
+                     cannot be restored: pick another)",
+                    artifact.name(),
+                    artifact.name()
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Runs `action` as the runtime runs it, with its lifecycle: for `backup` (`restore`),
@@ -447,6 +479,7 @@ impl FakeHost {
         let description = B::describe();
         loadable(&description);
         check_run(&description, action, ctx)?;
+        self.exports_present(action, ctx)?;
         let (pre, post) = match hooks(action) {
             Some((pre, post)) => (
                 description.has_action(pre).then_some(pre),
@@ -1426,6 +1459,25 @@ mod tests {
             matches!(&e, Error::Invalid(m) if m.contains("names no export")),
             "{e}"
         );
+        // An export this host does not hold (a deleted point's): refused before anything runs,
+        // as the runtime refuses it before the prehook.
+        let other = FakeHost::new();
+        for name in ["a", "b"] {
+            other.add_export(name, "x");
+        }
+        // The other host's third export: an id this host never gave.
+        let foreign = other.add_export("dump", "x");
+        let ctx = Context::builder("restore", "shop")
+            .workload("pg")
+            .restore_artifact(foreign)
+            .build();
+        let before = host.calls().len();
+        let e = host.run::<Db>("restore", &ctx).expect_err("not held");
+        assert!(
+            matches!(&e, Error::Invalid(m) if m.contains("so nothing ran")),
+            "{e}"
+        );
+        assert_eq!(host.calls().len(), before, "{:?}", host.calls());
     }
 
     #[test]
