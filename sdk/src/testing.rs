@@ -130,7 +130,7 @@ pub(crate) struct Fake {
     target: Option<String>,
     secrets: BTreeMap<String, String>,
     /// The run's secrets that are looked for and blanked, by name, longest first.
-    hidden: Vec<(String, String)>,
+    hidden: cairn_contract::Secrets,
     workloads: BTreeMap<String, Workload>,
     objects: BTreeMap<(String, String), String>,
     /// Open export streams by handle: name, and bytes so far with the tags.
@@ -376,7 +376,7 @@ impl FakeHost {
                 .chain([description.name().to_owned(), ctx.namespace().to_owned()])
                 .chain(ctx.workload().map(str::to_owned))
                 .collect();
-            state.hidden = hidden(&state.secrets, &public);
+            state.hidden = cairn_contract::Secrets::of(&state.secrets, &public);
             state.export_names.clear();
             if let Some(target) = ctx.workload() {
                 state
@@ -815,24 +815,6 @@ fn reference(name: &str, id: &str, bytes: usize) -> types::Artifact {
     }
 }
 
-/// Shorter secret values (`1`, `yes`) would be found in too much ordinary text to hide (the
-/// runtime's `Secrets::FINDABLE`).
-const FINDABLE: usize = 4;
-
-/// The secrets a run looks for and blanks, by name, longest first (so that a secret holding
-/// another is blanked whole): those of at least [`FINDABLE`] bytes that none of the run's
-/// `public` texts holds (the runtime's `Secrets::of`, `runtime/engine/src/state.rs`).
-fn hidden(secrets: &BTreeMap<String, String>, public: &[String]) -> Vec<(String, String)> {
-    let mut values: Vec<(String, String)> = secrets
-        .iter()
-        .filter(|(_, v)| v.len() >= FINDABLE)
-        .filter(|(_, v)| !public.iter().any(|p| p.contains(v.as_str())))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    values.sort_by_key(|(_, v)| std::cmp::Reverse(v.len()));
-    values
-}
-
 impl Fake {
     /// The workload `w` names (the target when `None`), in the run's namespace.
     fn workload(&mut self, w: Option<&types::WorkloadRef>) -> Result<(String, &mut Workload)> {
@@ -1140,20 +1122,13 @@ impl Fake {
 
     /// The name of a secret of the run `text` holds (the runtime's `Secrets::held_by`).
     fn secret_in(&self, text: &str) -> Option<&str> {
-        self.hidden
-            .iter()
-            .find(|(_, v)| text.contains(v.as_str()))
-            .map(|(k, _)| k.as_str())
+        self.hidden.held_by(text)
     }
 
     /// `text` with every secret of the run in it replaced by `[secret NAME]` (the runtime's
     /// `Secrets::redact`).
     fn redact(&self, text: &str) -> String {
-        self.hidden
-            .iter()
-            .fold(text.to_owned(), |text, (name, value)| {
-                text.replace(value.as_str(), &format!("[secret {name}]"))
-            })
+        self.hidden.redact(text).into_owned()
     }
 
     /// What the runtime refuses of a phase's outputs, in its words: an artifact value named
@@ -1990,7 +1965,7 @@ mod tests {
         INSTALLED.with(|i| *i.borrow_mut() = Some(host.state.clone()));
         let _installed = Installed;
         let secrets = host.state.borrow().secrets.clone();
-        host.state.borrow_mut().hidden = hidden(&secrets, &[]);
+        host.state.borrow_mut().hidden = cairn_contract::Secrets::of(&secrets, &[]);
         assert_eq!(
             checkpoint("dsn", "app:hunter22@db"),
             Err(Error::invalid(

@@ -396,39 +396,25 @@ impl LogCapture {
     }
 }
 
-/// A run's secret values, to keep them out of its logs, errors and outputs.
-#[derive(Debug, Default)]
-pub(crate) struct Secrets {
-    /// By name; longest first (so that a secret holding another is blanked whole).
-    values: Vec<(String, String)>,
-}
+pub(crate) use cairn_contract::Secrets;
 
-impl Secrets {
-    /// Shorter values (`1`, `yes`) would be found in too much ordinary text to hide.
-    const FINDABLE: usize = 4;
-
-    /// The secrets worth hiding: at least [`Secrets::FINDABLE`] bytes long, and in none of
-    /// the run's `public` values (a parameter, in the catalog anyway).
-    pub(crate) fn of(secrets: &BTreeMap<String, String>, public: &[String]) -> Self {
-        let mut values: Vec<(String, String)> = secrets
-            .iter()
-            .filter(|(_, v)| v.len() >= Self::FINDABLE)
-            .filter(|(_, v)| !public.iter().any(|p| p.contains(v.as_str())))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        values.sort_by_key(|(_, v)| std::cmp::Reverse(v.len()));
-        Secrets { values }
-    }
-
-    /// The longest secret's length (0 without any).
-    pub(crate) fn longest(&self) -> usize {
-        self.values.first().map_or(0, |(_, v)| v.len())
-    }
-
+/// How the host shows a blueprint's text with a run's [`Secrets`] kept out of it.
+pub(crate) trait Blanked {
     /// `text` cut to at most about `max` bytes, then its secrets blanked: the cut is moved back
     /// to the start of a secret it would split, so no part of one shows; `what` names what
     /// was cut in the note that says so.
-    pub(crate) fn cut_clear(&self, text: &str, max: usize, what: &str) -> String {
+    fn cut_clear(&self, text: &str, max: usize, what: &str) -> String;
+
+    /// `text` as one line of the operator's output: cut and its secrets blanked
+    /// ([`Blanked::cut_clear`]) while it is as the blueprint wrote it, so a secret holding a
+    /// newline is still found, then its control characters escaped.
+    fn shown_line(&self, text: &str, max: usize, what: &str) -> String {
+        controls_escaped(self.cut_clear(text, max, what))
+    }
+}
+
+impl Blanked for Secrets {
+    fn cut_clear(&self, text: &str, max: usize, what: &str) -> String {
         if text.len() <= max {
             return self.redact(text).into_owned();
         }
@@ -436,8 +422,8 @@ impl Secrets {
         while !text.is_char_boundary(end) {
             end -= 1;
         }
-        for (_, value) in &self.values {
-            for (at, _) in text.match_indices(value.as_str()) {
+        for (_, value) in self.values() {
+            for (at, _) in text.match_indices(value) {
                 if at < end && at + value.len() > end {
                     end = at;
                 }
@@ -448,34 +434,6 @@ impl Secrets {
             self.redact(&text[..end]),
             human_bytes(max as u64)
         )
-    }
-
-    /// `text` as one line of the operator's output: cut and its secrets blanked
-    /// ([`Secrets::cut_clear`]) while it is as the blueprint wrote it, so a secret holding a
-    /// newline is still found, then its control characters escaped.
-    pub(crate) fn shown_line(&self, text: &str, max: usize, what: &str) -> String {
-        controls_escaped(self.cut_clear(text, max, what))
-    }
-
-    /// `text` with every secret value in it replaced by `[secret NAME]`.
-    pub(crate) fn redact<'a>(&self, text: &'a str) -> std::borrow::Cow<'a, str> {
-        let mut out = std::borrow::Cow::Borrowed(text);
-        for (name, value) in &self.values {
-            if out.contains(value.as_str()) {
-                out = std::borrow::Cow::Owned(
-                    out.replace(value.as_str(), &format!("[secret {name}]")),
-                );
-            }
-        }
-        out
-    }
-
-    /// The name of a secret `text` holds.
-    pub(crate) fn held_by(&self, text: &str) -> Option<&str> {
-        self.values
-            .iter()
-            .find(|(_, v)| text.contains(v.as_str()))
-            .map(|(k, _)| k.as_str())
     }
 }
 

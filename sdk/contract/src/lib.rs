@@ -299,6 +299,63 @@ impl ParamRule<'_> {
     }
 }
 
+/// A run's secret values, as both sides look for them in what a blueprint writes (logs,
+/// errors, outputs, export names and tags) and blank them.
+#[derive(Debug, Clone, Default)]
+pub struct Secrets {
+    /// By name; longest first (so that a secret holding another is blanked whole).
+    values: Vec<(String, String)>,
+}
+
+impl Secrets {
+    /// Shorter values (`1`, `yes`) would be found in too much ordinary text to hide.
+    pub const FINDABLE: usize = 4;
+
+    /// The secrets worth hiding of `secrets` (by name): at least [`Secrets::FINDABLE`] bytes
+    /// long, and in none of the run's `public` values (a parameter, in the catalog anyway).
+    pub fn of(secrets: &std::collections::BTreeMap<String, String>, public: &[String]) -> Self {
+        let mut values: Vec<(String, String)> = secrets
+            .iter()
+            .filter(|(_, v)| v.len() >= Self::FINDABLE)
+            .filter(|(_, v)| !public.iter().any(|p| p.contains(v.as_str())))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        values.sort_by_key(|(_, v)| std::cmp::Reverse(v.len()));
+        Secrets { values }
+    }
+
+    /// The secrets by name, longest first.
+    pub fn values(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.values.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// The longest secret's length (0 without any).
+    pub fn longest(&self) -> usize {
+        self.values.first().map_or(0, |(_, v)| v.len())
+    }
+
+    /// `text` with every secret value in it replaced by `[secret NAME]`.
+    pub fn redact<'a>(&self, text: &'a str) -> std::borrow::Cow<'a, str> {
+        let mut out = std::borrow::Cow::Borrowed(text);
+        for (name, value) in &self.values {
+            if out.contains(value.as_str()) {
+                out = std::borrow::Cow::Owned(
+                    out.replace(value.as_str(), &format!("[secret {name}]")),
+                );
+            }
+        }
+        out
+    }
+
+    /// The name of a secret `text` holds.
+    pub fn held_by(&self, text: &str) -> Option<&str> {
+        self.values
+            .iter()
+            .find(|(_, v)| text.contains(v.as_str()))
+            .map(|(k, _)| k.as_str())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,7 +8,7 @@ use super::{bounded, from_cluster};
 use crate::bindings::{HostResult, WitError, exec};
 use crate::capability::Capability;
 use crate::limits::{MAX_STDIN, human_bytes};
-use crate::state::HostState;
+use crate::state::{Blanked as _, HostState};
 
 /// A checked command: where it runs and how long it may take.
 pub(crate) struct Checked {
