@@ -99,30 +99,8 @@ impl From<Capability> for types::Capability {
     }
 }
 
-/// The type of a [`Param`]; the host checks values against it before `run` is called.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum ParamKind {
-    /// A string.
-    Text,
-    /// A signed 64-bit integer.
-    Integer,
-    /// `true` or `false`.
-    Boolean,
-    /// A 64-bit float.
-    Float,
-}
-
-impl fmt::Display for ParamKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Text => "text",
-            Self::Integer => "integer",
-            Self::Boolean => "boolean",
-            Self::Float => "float",
-        })
-    }
-}
+/// The type of a [`Param`]: the contract's parameter kinds.
+pub use cairn_contract::Kind as ParamKind;
 
 impl From<ParamKind> for types::ParamKind {
     fn from(k: ParamKind) -> Self {
@@ -295,22 +273,11 @@ impl Param {
     pub(crate) fn rule(&self) -> cairn_contract::ParamRule<'_> {
         cairn_contract::ParamRule {
             name: &self.name,
-            kind: self.kind.into(),
+            kind: self.kind,
             choices: &self.choices,
             minimum: self.minimum,
             maximum: self.maximum,
             default: self.default.as_deref(),
-        }
-    }
-}
-
-impl From<ParamKind> for cairn_contract::Kind {
-    fn from(k: ParamKind) -> Self {
-        match k {
-            ParamKind::Text => Self::Text,
-            ParamKind::Integer => Self::Integer,
-            ParamKind::Boolean => Self::Boolean,
-            ParamKind::Float => Self::Float,
         }
     }
 }

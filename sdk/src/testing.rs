@@ -764,7 +764,7 @@ fn check_run(description: &Description, action: &str, ctx: &Context) -> Result<(
         if given.0 != p.kind() {
             return Err(Error::invalid(format!(
                 "parameter {name}: {}, got {}",
-                cairn_contract::Kind::from(p.kind()).expected(),
+                p.kind().expected(),
                 given.1
             )));
         }

@@ -171,8 +171,9 @@ pub fn description_problem<'a>(
     None
 }
 
-/// The kind of a blueprint's parameter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The kind of a blueprint's parameter; the host checks values against it before `run` is
+/// called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
     /// Any text.
     Text,
@@ -203,6 +204,12 @@ impl Kind {
             Kind::Float => "expected a number",
             Kind::Boolean => "expected true or false",
         }
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
