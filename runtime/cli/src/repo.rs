@@ -1878,6 +1878,15 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                             r.packs_protected
                         ));
                     }
+                    if r.unfinished_removed > 0 {
+                        s.push_str(&format!(
+                            "\n{} {} unfinished uploads ({} bytes) that processes killed while \
+                             writing left",
+                            if *dry_run { "would remove" } else { "removed" },
+                            r.unfinished_removed,
+                            r.unfinished_bytes
+                        ));
+                    }
                     if r.packs_repacked > 0 {
                         s.push_str(&format!(
                             "\n{} {} mostly unused packs ({} live bytes copied); the next prune \

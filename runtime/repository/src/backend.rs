@@ -147,6 +147,70 @@ pub(crate) struct Backend {
     s3_lock: Option<Arc<S3Lock>>,
     /// Set from the config: data objects are written with S3 Object Lock retention.
     pub(crate) object_lock: bool,
+    /// A `file://` repository's directory, where uploads a killed process began are found.
+    local_root: Option<std::path::PathBuf>,
+}
+
+/// A file a local upload began and never finished. `object_store` writes an object to
+/// `NAME#N` and renames it into place: a process killed in between leaves the file, which no
+/// listing shows (so neither check nor prune saw it) and which nothing else ever removes.
+#[derive(Debug, Clone)]
+pub(crate) struct Unfinished {
+    /// Relative to the repository, with `/` separators.
+    pub(crate) path: String,
+    pub(crate) size: u64,
+    /// Since it was last written.
+    pub(crate) idle: std::time::Duration,
+}
+
+/// Whether a file name is one of `object_store`'s staging names, `NAME#DIGITS`.
+fn is_staging_name(name: &str) -> bool {
+    name.rsplit_once('#').is_some_and(|(stem, suffix)| {
+        !stem.is_empty() && !suffix.is_empty() && suffix.bytes().all(|b| b.is_ascii_digit())
+    })
+}
+
+/// The unfinished uploads under `root`, directories walked depth first.
+fn find_unfinished(root: &std::path::Path) -> std::io::Result<Vec<Unfinished>> {
+    let mut found = Vec::new();
+    let mut dirs = vec![(root.to_path_buf(), String::new())];
+    let now = std::time::SystemTime::now();
+    while let Some((dir, rel)) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            let path = if rel.is_empty() {
+                name.clone()
+            } else {
+                format!("{rel}/{name}")
+            };
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                dirs.push((entry.path(), path));
+            } else if kind.is_file() && is_staging_name(&name) {
+                let meta = match entry.metadata() {
+                    Ok(m) => m,
+                    // Renamed into place since the directory was read.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                };
+                let idle = meta
+                    .modified()
+                    .ok()
+                    .and_then(|m| now.duration_since(m).ok())
+                    .unwrap_or_default();
+                found.push(Unfinished {
+                    path,
+                    size: meta.len(),
+                    idle,
+                });
+            }
+        }
+    }
+    found.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(found)
 }
 
 /// Writes S3 objects in Object Lock compliance mode, retained until the protection period
@@ -239,11 +303,13 @@ impl Backend {
             }
         };
         let mut s3_lock = None;
+        let mut local_root = None;
         let store: Arc<dyn ObjectStore> = match url.scheme() {
             "file" => {
                 let dir = url
                     .to_file_path()
                     .map_err(|()| invalid(raw, "not a local path"))?;
+                local_root = Some(dir.clone());
                 if create_local {
                     std::fs::create_dir_all(&dir)
                         .map_err(|e| Error::io("create directory", &dir, e))?;
@@ -310,7 +376,34 @@ impl Backend {
             protection: std::time::Duration::ZERO,
             s3_lock: s3_lock.map(Arc::new),
             object_lock: false,
+            local_root,
         })
+    }
+
+    /// The uploads a process began in a local repository and never finished (none elsewhere:
+    /// an object store's single PUT is whole or absent).
+    pub(crate) async fn unfinished_uploads(&self) -> Result<Vec<Unfinished>> {
+        let Some(root) = self.local_root.clone() else {
+            return Ok(Vec::new());
+        };
+        tokio::task::spawn_blocking(move || {
+            find_unfinished(&root).map_err(|e| Error::io("list", &root, e))
+        })
+        .await
+        .map_err(|e| Error::io("list", &self.url, std::io::Error::other(e)))?
+    }
+
+    /// Removes an unfinished upload (gone already is removed).
+    pub(crate) async fn remove_unfinished(&self, u: &Unfinished) -> Result<()> {
+        let Some(root) = &self.local_root else {
+            return Ok(());
+        };
+        let path = root.join(&u.path);
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io("remove", &path, e)),
+        }
     }
 
     /// An object store error on `path` of this repository (a full storage says so).

@@ -437,6 +437,11 @@ pub struct PruneReport {
     pub index_files_replaced: usize,
     /// Orphaned snapshot contents deleted.
     pub contents_deleted: usize,
+    /// Files of uploads that processes began and never finished (killed while writing),
+    /// removed (or that would be): local repositories only.
+    pub unfinished_removed: usize,
+    /// Their bytes.
+    pub unfinished_bytes: u64,
     /// Packs in use whose unused share reached [`PruneOptions::repack_unused`]: their live
     /// chunks were copied into new packs (or would be, in a dry run), and the next prune
     /// deletes them, so a restore that is reading them now still finds them.
@@ -470,6 +475,9 @@ impl Default for PruneOptions {
         }
     }
 }
+
+/// How long an unfinished upload has not been written before `check` names it.
+const UNFINISHED_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Default of [`PruneOptions::repack_unused`].
 pub const DEFAULT_REPACK_UNUSED: f64 = 0.2;
@@ -1365,6 +1373,16 @@ impl Repository {
                 ));
             }
         }
+        // Uploads being written change by the millisecond; one idle for a minute was left.
+        for u in backend.unfinished_uploads().await? {
+            if u.idle >= UNFINISHED_IDLE {
+                report.warnings.push(format!(
+                    "unfinished upload {} ({} bytes), left by a process that stopped while \
+                     writing it; `cairn repo prune` removes it",
+                    u.path, u.size
+                ));
+            }
+        }
         // Snapshots and the chunks they need, each node and list chunk they share read once.
         let mut marks = Marks::default();
         let mut marked: Vec<SnapshotInfo> = Vec::new();
@@ -1861,6 +1879,21 @@ impl Repository {
                     backend.delete_data(m.location.as_ref(), Some(&m)).await?;
                 }
                 report.contents_deleted += 1;
+            }
+        }
+        // Uploads killed processes began: under this lock nothing writes what backups write,
+        // so theirs are dead at any age; a lock or key slot is written outside the locks, so
+        // only one left as long as a dead holder's lock is.
+        for u in backend.unfinished_uploads().await? {
+            let backup_written = ["data/", "index/", "content/", "snapshots/"]
+                .iter()
+                .any(|p| u.path.starts_with(p));
+            if backup_written || u.idle >= crate::lock::LOCK_STALE_AFTER {
+                if !dry_run {
+                    backend.remove_unfinished(&u).await?;
+                }
+                report.unfinished_removed += 1;
+                report.unfinished_bytes += u.size;
             }
         }
         let listed: HashMap<String, object_store::ObjectMeta> = backend

@@ -1,6 +1,7 @@
 //! `kill -9` during backups: every earlier snapshot still restores, `check` finds at most
-//! unreferenced data, prune removes it, and a rerun completes reusing what was uploaded. And
-//! `kill -9` during prunes: every snapshot that was not forgotten still restores bit-exact.
+//! unreferenced data, prune removes it (unfinished uploads too), and a rerun completes reusing
+//! what was indexed. And `kill -9` during prunes: every snapshot that was not forgotten still
+//! restores bit-exact.
 
 use crate::support::*;
 use cairn_repository::{BackupOptions, Repository, SnapshotFilter};
@@ -43,9 +44,8 @@ async fn kill_9_during_backup_keeps_earlier_snapshots() {
         .await
         .unwrap();
     let exe = std::env::current_exe().unwrap();
-    let mut completed = 0;
-    for trial in 0..TRIALS {
-        let mut child = Command::new(&exe)
+    let child = |seed: u64| {
+        Command::new(&exe)
             .args([
                 "--exact",
                 "crash::crash_child",
@@ -53,18 +53,31 @@ async fn kill_9_during_backup_keeps_earlier_snapshots() {
                 "--test-threads=1",
             ])
             .env(CHILD_ENV, &url)
-            .env("CAIRN_CRASH_SEED", (trial % 3).to_string())
+            .env("CAIRN_CRASH_SEED", seed.to_string())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
-            .unwrap();
+            .unwrap()
+    };
+    // How long a whole child takes here: the kills are spread over that life and a little
+    // past it.
+    let started = std::time::Instant::now();
+    assert!(child(0).wait().unwrap().success());
+    let life = started.elapsed();
+    let mut completed = 0;
+    let mut killed = None;
+    for trial in 0..TRIALS {
+        // Data of its own, so no child finishes early by deduplicating against one before.
+        let mut child = child(trial + 100);
         // Kill at a pseudo-random instant of the child's life (startup, chunking, upload,
         // index, commit); this wait is the fault injection itself, not a synchronisation.
-        let delay = 20 + (noise(1, trial)[0] as u64) * 4;
-        std::thread::sleep(std::time::Duration::from_millis(delay));
+        let share = 0.05 + 1.1 * f64::from(noise(1, trial)[0]) / 256.0;
+        std::thread::sleep(life.mul_f64(share));
         child.kill().unwrap(); // SIGKILL on Unix
         if child.wait().unwrap().success() {
             completed += 1;
+        } else {
+            killed = Some(trial + 100);
         }
         let repo = Repository::open(url.as_str(), &pass("p")).await.unwrap();
         let mut out = Vec::new();
@@ -73,7 +86,9 @@ async fn kill_9_during_backup_keeps_earlier_snapshots() {
         let report = repo.check(false).await.unwrap();
         assert!(report.is_ok(), "trial {trial}: {report:?}");
     }
-    eprintln!("{completed} of {TRIALS} children finished before the kill");
+    eprintln!(
+        "{completed} of {TRIALS} children finished before the kill (a whole one takes {life:?})"
+    );
     let repo = Repository::open(url.as_str(), &pass("p")).await.unwrap();
     // Every snapshot that committed restores bit-exact.
     for s in repo
@@ -83,9 +98,11 @@ async fn kill_9_during_backup_keeps_earlier_snapshots() {
     {
         repo.restore_stream(&s.id, &mut Vec::new()).await.unwrap();
     }
-    // A rerun completes, deduplicating against whatever earlier runs committed or indexed.
+    // A rerun of the last killed backup completes, deduplicating against whatever the killed
+    // one indexed before it died (its packs are indexed every 16 packs, more than this holds).
+    let rerun = killed.expect("every child finished before its kill");
     let s = repo
-        .backup_stream("victim", &child_data(0)[..], BackupOptions::new())
+        .backup_stream("victim", &child_data(rerun)[..], BackupOptions::new())
         .await
         .unwrap();
     eprintln!(
@@ -94,12 +111,41 @@ async fn kill_9_during_backup_keeps_earlier_snapshots() {
     );
     // Prune removes what the dead backups left (their locks too); check is then clean with
     // data, and the rerun's snapshot restores bit-exact.
-    repo.prune(false).await.unwrap();
+    let left = staging_files(d.path());
+    let pruned = repo.prune(false).await.unwrap();
+    eprintln!(
+        "{} unfinished uploads left by the kills, {} removed by prune",
+        left.len(),
+        pruned.unfinished_removed
+    );
     let report = repo.check(true).await.unwrap();
     assert!(report.is_ok(), "{report:?}");
+    // Nothing the dead backups began writing is left behind, listed or not.
+    assert_eq!(staging_files(d.path()), Vec::<String>::new());
     let mut out = Vec::new();
     repo.restore_stream(&s.id, &mut out).await.unwrap();
-    assert!(out == child_data(0));
+    assert!(out == child_data(rerun));
+}
+
+/// Files under `dir` named as `object_store`'s local uploads stage them: `NAME#DIGITS`.
+fn staging_files(dir: &std::path::Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(d).unwrap() {
+            let e = e.unwrap();
+            let name = e.file_name().to_string_lossy().into_owned();
+            if e.file_type().unwrap().is_dir() {
+                dirs.push(e.path());
+            } else if name
+                .rsplit_once('#')
+                .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            {
+                found.push(e.path().display().to_string());
+            }
+        }
+    }
+    found
 }
 
 const PRUNE_CHILD_ENV: &str = "CAIRN_CRASH_PRUNE_REPO";
