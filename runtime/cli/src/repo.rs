@@ -96,6 +96,10 @@ enum RepoCommand {
         /// `pg_wal/**` for what pg_wal holds). `*` and `?` stay within a name, `**` crosses.
         #[arg(long, value_name = "PATTERN")]
         exclude: Vec<String>,
+        /// Stay on the directory's filesystem: a directory where another is mounted (a
+        /// `/proc`, a network share, a second disk) is kept, empty, and not read.
+        #[arg(long, short = 'x')]
+        one_file_system: bool,
         /// Take the files that did not change (size, times and inode) from this tree snapshot
         /// instead of reading them (default: the latest of the same directory and host).
         #[arg(long, value_name = "ID", conflicts_with = "force")]
@@ -1150,6 +1154,7 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
             tag,
             zstd_level,
             exclude,
+            one_file_system,
             parent,
             force,
             host,
@@ -1171,13 +1176,14 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
             for x in exclude {
                 opts = opts.exclude(x);
             }
+            opts = opts.one_file_system(*one_file_system);
             if let Some(l) = zstd_level {
                 opts = opts.zstd_level(*l);
             }
             let stream = *stdin_from_command || source.as_deref() == Some("-");
-            if stream && !exclude.is_empty() {
+            if stream && (!exclude.is_empty() || *one_file_system) {
                 return Err(usage(
-                    "--exclude selects paths of a directory, not a stream",
+                    "--exclude and --one-file-system select paths of a directory, not a stream",
                 ));
             }
             if stream && (parent.is_some() || *force) {
@@ -1276,8 +1282,9 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
             );
             if s.unreadable > 0 {
                 eprintln!(
-                    "cairn: {} files or directories could not be read (warned about above) and are \
-                     left out of snapshot {}; run the backup as a user who may read them",
+                    "cairn: {} files or directories could not be read and are left out of \
+                     snapshot {}: the warnings above say why (permission denied: run the backup \
+                     as a user who may read them; an input/output error: the disk under them)",
                     s.unreadable,
                     info.short_id()
                 );
@@ -1311,7 +1318,10 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                     entries
                         .iter()
                         .map(|e| {
-                            let link = e.target.as_ref().map(|t| format!(" -> {t}"));
+                            let link = e
+                                .target
+                                .as_ref()
+                                .map(|t| format!(" -> {}", shown_path(t, e.target_raw.as_deref())));
                             format!(
                                 "{:<7} {:04o} {:>11} {:>14} {}  {}{}",
                                 e.kind,
@@ -1322,7 +1332,7 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                                 },
                                 e.size,
                                 e.mtime,
-                                shown_path(&e.path),
+                                shown_path(&e.path, e.path_raw.as_deref()),
                                 link.unwrap_or_default()
                             )
                         })
@@ -1360,7 +1370,7 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                                 e.kind,
                                 e.size,
                                 e.mtime,
-                                shown_path(&e.path)
+                                shown_path(&e.path, e.path_raw.as_deref())
                             )
                         })
                         .collect::<Vec<_>>()
@@ -1400,7 +1410,7 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                                 "type" => "T",
                                 _ => "U",
                             };
-                            format!("{mark} {}", shown_path(&c.path))
+                            format!("{mark} {}", shown_path(&c.path, c.path_raw.as_deref()))
                         })
                         .collect();
                     lines.push(format!(
@@ -1608,7 +1618,7 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                             std::fs::create_dir_all(dir)
                                 .with_context(|| format!("creating directory {}", dir.display()))?;
                         }
-                        cairn_repository::create_or_beside(&dest)
+                        cairn_repository::create_or_beside(&dest, false)
                             .with_context(|| format!("creating {}", dest.display()))?
                     };
                     // What is removed should the restore fail: the file beside, or the new one.
@@ -2055,17 +2065,34 @@ fn link_target(path: &Path) -> PathBuf {
     }
 }
 
-/// A path as a text listing shows it: control characters (a newline in a name) escaped, so
-/// one entry stays one line (`--output json` has the path as it is).
-fn shown_path(path: &str) -> std::borrow::Cow<'_, str> {
-    if path.chars().any(char::is_control) {
-        path.chars()
-            .map(|c| match c {
-                c if c.is_control() => c.escape_default().to_string(),
-                c => c.to_string(),
-            })
-            .collect::<String>()
-            .into()
+/// A path (or a link's target) as a text listing shows it, one entry to a line and no two
+/// alike: control characters (a newline in a name) and the backslash escaped, and the bytes
+/// of a name that is not UTF-8 (`raw`, hex) as `\xNN` (`--output json` has the path as it
+/// is, with its bytes).
+fn shown_path<'a>(path: &'a str, raw: Option<&str>) -> std::borrow::Cow<'a, str> {
+    let escape = |text: &str, out: &mut String| {
+        for c in text.chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                c if c.is_control() => out.extend(c.escape_default()),
+                c => out.push(c),
+            }
+        }
+    };
+    if let Some(bytes) = raw.and_then(|r| hex::decode(r).ok()) {
+        let mut out = String::new();
+        for chunk in bytes.utf8_chunks() {
+            escape(chunk.valid(), &mut out);
+            for b in chunk.invalid() {
+                out.push_str(&format!("\\x{b:02x}"));
+            }
+        }
+        return out.into();
+    }
+    if path.chars().any(|c| c.is_control() || c == '\\') {
+        let mut out = String::new();
+        escape(path, &mut out);
+        out.into()
     } else {
         path.into()
     }
@@ -2075,7 +2102,13 @@ fn shown_path(path: &str) -> std::borrow::Cow<'_, str> {
 mod tests {
     #[test]
     fn a_listed_path_stays_on_one_line() {
-        assert_eq!(super::shown_path("a/b.sql"), "a/b.sql");
-        assert_eq!(super::shown_path("bad\nname\t1"), "bad\\nname\\t1");
+        use super::shown_path;
+        assert_eq!(shown_path("a/b.sql", None), "a/b.sql");
+        assert_eq!(shown_path("bad\nname\t1", None), "bad\\nname\\t1");
+        // No two names alike: a backslash and an n are not a newline, and bytes that are not
+        // UTF-8 are not the replacement character they read as.
+        assert_eq!(shown_path("bad\\nname", None), "bad\\\\nname");
+        assert_eq!(shown_path("\u{fffd}", None), "\u{fffd}");
+        assert_eq!(shown_path("\u{fffd}x\n", Some("ff780a")), "\\xffx\\n");
     }
 }

@@ -485,6 +485,8 @@ pub(crate) struct Rare {
     pub(crate) path_raw: Option<String>,
     /// A symlink's target.
     pub(crate) target: Option<String>,
+    /// Its bytes, hex, when they are not UTF-8 (`target` then has U+FFFD in their place).
+    pub(crate) target_raw: Option<String>,
     /// A file that is a hard link of an earlier file node: that node's `path`. The node
     /// still lists its chunks, so a reader that does not know this field restores a copy.
     pub(crate) link: Option<String>,
@@ -503,6 +505,9 @@ impl Node {
     }
     pub(crate) fn target(&self) -> Option<&str> {
         self.rare.as_ref()?.target.as_deref()
+    }
+    pub(crate) fn target_raw(&self) -> Option<&str> {
+        self.rare.as_ref()?.target_raw.as_deref()
     }
     pub(crate) fn link(&self) -> Option<&str> {
         self.rare.as_ref()?.link.as_deref()
@@ -542,6 +547,8 @@ struct NodeForm<S, X, C> {
     size: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     target: Option<S>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    target_raw: Option<S>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     ctime_ns: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -598,6 +605,7 @@ impl Serialize for Node {
             gid: self.gid,
             size: self.size,
             target: text(|r| &r.target),
+            target_raw: text(|r| &r.target_raw),
             ctime_ns: self.ctime_ns,
             inode: self.inode,
             link: text(|r| &r.link),
@@ -616,6 +624,7 @@ impl<'de> Deserialize<'de> for Node {
         let rare = Rare {
             path_raw: f.path_raw,
             target: f.target,
+            target_raw: f.target_raw,
             link: f.link,
             link_raw: f.link_raw,
             xattrs: f.xattrs,
@@ -961,7 +970,7 @@ mod tests {
     #[test]
     fn nodes_keep_their_wire_form_and_their_rare_fields_only_when_they_have_some() {
         let plain = r#"{"path":"a/b","type":"file","mode":420,"mtime_ns":5,"uid":1,"gid":2,"size":3,"ctime_ns":6,"inode":7}"#;
-        let rare = r#"{"path":"cx","path_raw":"63ff","type":"symlink","mode":511,"mtime_ns":5,"size":0,"target":"a/b","link":"x","link_raw":"ff","xattrs":{"user.k":"76"}}"#;
+        let rare = r#"{"path":"cx","path_raw":"63ff","type":"symlink","mode":511,"mtime_ns":5,"size":0,"target":"a/�","target_raw":"612fff","link":"x","link_raw":"ff","xattrs":{"user.k":"76"}}"#;
         for (text, has_rare) in [(plain, false), (rare, true)] {
             let n: Node = serde_json::from_str(text).expect("node");
             assert_eq!(n.rare.is_some(), has_rare, "{text}");
@@ -970,8 +979,9 @@ mod tests {
         let n: Node = serde_json::from_str(rare).expect("node");
         assert_eq!(
             (n.path_raw(), n.target(), n.link(), n.link_raw()),
-            (Some("63ff"), Some("a/b"), Some("x"), Some("ff"))
+            (Some("63ff"), Some("a/\u{fffd}"), Some("x"), Some("ff"))
         );
+        assert_eq!(n.target_raw(), Some("612fff"));
         assert_eq!(n.xattrs().get("user.k").map(String::as_str), Some("76"));
         assert!(size_of::<Node>() <= 152, "{} bytes", size_of::<Node>());
     }

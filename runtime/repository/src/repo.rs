@@ -77,6 +77,9 @@ pub struct BackupOptions {
     pub exclude: Vec<String>,
     /// The snapshot a tree backup takes unchanged files from (see [`Parent`]).
     pub parent: Parent,
+    /// A tree backup stays on the filesystem of its root: a directory where another is
+    /// mounted is kept, empty.
+    pub one_file_system: bool,
     /// The host the snapshot is recorded as made on (default: this host's name), and whose
     /// latest snapshot of the same directory is the parent.
     pub host: Option<String>,
@@ -112,6 +115,7 @@ impl Default for BackupOptions {
             progress: None,
             exclude: Vec::new(),
             parent: Parent::Latest,
+            one_file_system: false,
             host: None,
             stop: None,
         }
@@ -166,6 +170,12 @@ impl BackupOptions {
     /// Sets where a tree backup takes unchanged files from.
     pub fn parent(mut self, p: Parent) -> Self {
         self.parent = p;
+        self
+    }
+    /// Keeps a tree backup on the filesystem of its root (see
+    /// [`BackupOptions::one_file_system`]).
+    pub fn one_file_system(mut self, yes: bool) -> Self {
+        self.one_file_system = yes;
         self
     }
     /// Records the snapshot as made on `host`: a pod gets a new hostname each run, and a

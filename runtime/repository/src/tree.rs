@@ -194,17 +194,20 @@ fn vanished(e: &std::io::Error, path: &Path) -> bool {
     gone
 }
 
-/// Whether `e` says that this process cannot read what was listed: no permission (a backup
-/// not run as root), a path longer than the system takes, a symlink loop. It is left out, with
-/// a warning, and counted in `unreadable`: one such file does not fail a tree's backup (the
-/// backup says how many were left out, and exits 1; restic saves its snapshot likewise).
+/// Whether `e` says that this process cannot read what was listed, and only that: no
+/// permission (a backup not run as root), a path longer than the system takes, a symlink
+/// loop, a read error of the disk under that file, a file of `/proc` or a device that refuses
+/// reads. It is left out, with a warning, and counted in `unreadable`: one such file does not
+/// fail a tree's backup (the backup says how many were left out, and exits 1; restic and borg
+/// save their snapshots likewise). What says the process or the system is short of
+/// something (open files, memory) fails the backup: every file after would be left out too.
 fn unreadable(e: &std::io::Error, path: &Path, count: &AtomicU64) -> bool {
+    use rustix::io::Errno;
+    let systemic = [Errno::MFILE, Errno::NFILE, Errno::NOMEM, Errno::NOBUFS]
+        .iter()
+        .any(|c| e.raw_os_error() == Some(c.raw_os_error()));
     let cannot = e.kind() == std::io::ErrorKind::PermissionDenied
-        || matches!(
-            e.raw_os_error(),
-            Some(code) if code == rustix::io::Errno::NAMETOOLONG.raw_os_error()
-                || code == rustix::io::Errno::LOOP.raw_os_error()
-        );
+        || (e.raw_os_error().is_some() && !systemic);
     if cannot {
         tracing::warn!(path = %path.display(), error = %e, "cannot be read; left out");
         count.fetch_add(1, Ordering::Relaxed);
@@ -216,7 +219,14 @@ fn unreadable(e: &std::io::Error, path: &Path, count: &AtomicU64) -> bool {
 /// `exclude` matches and what is removed meanwhile. The entries of a directory are looked at
 /// (their `stat` and extended attributes, the walk's cost) on every core, 64 or more to a
 /// task, and stated relative to the open directory rather than by their whole path.
-fn walk(root: &Path, exclude: &[Pattern], skipped: &AtomicU64) -> Result<Vec<Node>> {
+/// With `device`, directories of other filesystems (mount points under `root`) are kept,
+/// empty, and not walked.
+fn walk(
+    root: &Path,
+    exclude: &[Pattern],
+    device: Option<u64>,
+    skipped: &AtomicU64,
+) -> Result<Vec<Node>> {
     use rayon::prelude::*;
     let mut out = Vec::new();
     // The first name seen of each file with more than one (device, inode → path).
@@ -237,7 +247,7 @@ fn walk(root: &Path, exclude: &[Pattern], skipped: &AtomicU64) -> Result<Vec<Nod
         let walked: Vec<Option<Walked>> = entries
             .par_iter()
             .with_min_len(64)
-            .map(|e| walk_entry(e, &rel, exclude, skipped))
+            .map(|e| walk_entry(e, &rel, exclude, device, skipped))
             .collect::<Result<_>>()?;
         let mut subdirs = Vec::new();
         for Walked {
@@ -285,6 +295,7 @@ fn walk_entry(
     e: &std::fs::DirEntry,
     rel: &Path,
     exclude: &[Pattern],
+    device: Option<u64>,
     skipped: &AtomicU64,
 ) -> Result<Option<Walked>> {
     let path = e.path();
@@ -311,7 +322,7 @@ fn walk_entry(
             Err(e) if vanished(&e, &path) || unreadable(&e, &path, skipped) => return Ok(None),
             Err(e) => return Err(Error::io("read link", &path, e)),
         };
-        (NodeKind::Symlink, Some(t.to_string_lossy().into_owned()), 0)
+        (NodeKind::Symlink, Some(t), 0)
     } else if ft.is_file() {
         (NodeKind::File, None, m.len())
     } else {
@@ -325,19 +336,46 @@ fn walk_entry(
     };
     let mut node = dir_node(name, &m);
     (node.kind, node.size) = (kind, size);
+    if node.mtime_ns == i64::MAX || node.mtime_ns == i64::MIN {
+        tracing::warn!(
+            path = %path.display(),
+            "a modification time outside 1677-2262 is recorded as the nearest time those \
+             years hold"
+        );
+    }
     if raw.is_some() || target.is_some() || !xattrs.is_empty() {
         let rare = node.rare_mut();
-        (rare.path_raw, rare.target, rare.xattrs) = (raw, target, xattrs);
+        (rare.path_raw, rare.xattrs) = (raw, xattrs);
+        if let Some(t) = target {
+            rare.target = Some(t.to_string_lossy().into_owned());
+            #[cfg(unix)]
+            if t.to_str().is_none() {
+                use std::os::unix::ffi::OsStrExt;
+                rare.target_raw = Some(hex::encode(t.as_os_str().as_bytes()));
+            }
+        }
     }
     if kind == NodeKind::File {
         (node.ctime_ns, node.inode) = change_of(&m);
     }
     let links = other_links(&node, &m);
+    let crossing = kind == NodeKind::Dir && device.is_some_and(|d| Some(d) != device_of(&m));
+    if crossing {
+        tracing::info!(path = %path.display(), "another filesystem: kept empty, not crossed");
+    }
     Ok(Some(Walked {
-        subdir: (kind == NodeKind::Dir).then_some(r),
+        subdir: (kind == NodeKind::Dir && !crossing).then_some(r),
         node,
         links,
     }))
+}
+
+/// The device `m` is on (Unix).
+fn device_of(m: &std::fs::Metadata) -> Option<u64> {
+    #[cfg(unix)]
+    return Some(std::os::unix::fs::MetadataExt::dev(m));
+    #[cfg(not(unix))]
+    None
 }
 
 /// The device and inode of the file `node` describes when it has other links that may name
@@ -394,7 +432,14 @@ fn feed(
                 return Err(Error::Interrupted);
             }
             if pos >= data_end {
-                let r = data_region(&f, pos).map_err(|e| Error::io("read", path, e))?;
+                let r = match data_region(&f, pos) {
+                    Ok(r) => r,
+                    Err(e) if unreadable(&e, path, skipped) => {
+                        gone.push(i);
+                        break;
+                    }
+                    Err(e) => return Err(Error::io("read", path, e)),
+                };
                 out.zeros(r.start - pos)?;
                 (pos, data_end) = (r.start, r.end.max(r.start + INPUT_BLOCK as u64));
             }
@@ -406,7 +451,7 @@ fn feed(
             let left = size.checked_sub(pos).map_or(INPUT_BLOCK as u64, |n| n + 1);
             let want = (data_end - pos).min(INPUT_BLOCK as u64).min(left) as usize;
             block.resize(want, 0);
-            let (mut filled, mut eof) = (0, false);
+            let (mut filled, mut eof, mut failed) = (0, false, false);
             while filled < want {
                 match f.read(&mut block[filled..]) {
                     Ok(0) => {
@@ -415,8 +460,19 @@ fn feed(
                     }
                     Ok(n) => filled += n,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    // Part of it may be in the pipeline already: it ends there, and is then
+                    // left out of the snapshot (its chunks are unreferenced, for prune).
+                    Err(e) if unreadable(&e, path, skipped) => {
+                        failed = true;
+                        break;
+                    }
                     Err(e) => return Err(Error::io("read", path, e)),
                 }
+            }
+            if failed {
+                blocks.put(block);
+                gone.push(i);
+                break;
             }
             block.truncate(filled);
             if pos == 0 && per_file {
@@ -427,6 +483,15 @@ fn feed(
                 out.send(Input::Data(block))?;
             }
             if eof {
+                if pos != *size {
+                    tracing::warn!(
+                        path = %path.display(),
+                        listed = size,
+                        read = pos,
+                        "changed size while being backed up: the snapshot holds what was read, \
+                         and the next backup reads it again"
+                    );
+                }
                 break;
             }
         }
@@ -787,6 +852,7 @@ impl TreeEntry {
             uid: n.uid,
             gid: n.gid,
             path_raw: n.path_raw().map(str::to_owned),
+            target_raw: n.target_raw().map(str::to_owned),
             target: n.rare.and_then(|r| r.target),
             path: n.path,
         }
@@ -803,6 +869,18 @@ fn rel_path(node: &Node) -> Option<PathBuf> {
         return Some(PathBuf::from(std::ffi::OsStr::from_bytes(&b)));
     }
     Some(PathBuf::from(&node.path))
+}
+
+/// Where a symlink points, as the file system names it: its raw bytes when it has them.
+#[cfg(unix)]
+fn link_target(target: &str, raw: Option<&str>) -> Result<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    match raw {
+        Some(raw) => hex::decode(raw)
+            .map(|b| PathBuf::from(std::ffi::OsStr::from_bytes(&b)))
+            .map_err(|_| Error::corrupt("snapshot content", "bad raw symlink target")),
+        None => Ok(PathBuf::from(target)),
+    }
 }
 
 /// Resolves a snapshot path under `target`, refusing anything that would escape it.
@@ -841,7 +919,13 @@ fn make_dir(p: &Path, loosened: &mut Loosened) -> Result<()> {
         Ok(_) => std::fs::remove_file(p).map_err(|e| Error::io("replace", p, e))?,
         Err(_) => {}
     }
-    std::fs::create_dir_all(p).map_err(|e| Error::io("create directory", p, e))
+    // Its owner's alone until the restore gives it its recorded mode, at the end: what is
+    // restored into it is not open to others meanwhile.
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+    b.create(p).map_err(|e| Error::io("create directory", p, e))
 }
 
 /// Directories of the target a restore made writable, with their modes before: given those
@@ -868,13 +952,23 @@ impl Drop for Loosened {
 /// Creates the file `p` anew where nothing is; where something is, creates a file beside it
 /// in the same directory (`.cairn-restore-PID-N`), to be renamed over it once written whole,
 /// and returns that file's path too. Neither follows a symlink: what is there (a link another
-/// user left) is never written through.
-pub fn create_or_beside(p: &Path) -> std::io::Result<(std::fs::File, Option<PathBuf>)> {
+/// user left) is never written through. A `private` file is made readable by its owner alone
+/// (its recorded mode comes once it is written): until then it may hold, half written, what
+/// only its owner was to read.
+pub fn create_or_beside(
+    p: &Path,
+    private: bool,
+) -> std::io::Result<(std::fs::File, Option<PathBuf>)> {
     let create = |p: &Path| {
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(p)
+        let mut o = std::fs::OpenOptions::new();
+        o.write(true).create_new(true);
+        #[cfg(unix)]
+        if private {
+            std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+        }
+        #[cfg(not(unix))]
+        let _ = private;
+        o.open(p)
     };
     match create(p) {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
@@ -1001,6 +1095,7 @@ impl Owners {
 struct Meta {
     owners: Owners,
     xattrs: xattrs::Setter,
+    setid_cleared: AtomicBool,
 }
 
 impl Meta {
@@ -1013,7 +1108,8 @@ impl Meta {
             #[cfg(unix)]
             {
                 use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(path, std::fs::Permissions::from_mode(node.mode))
+                let mode = self.mode(path, node, || std::fs::metadata(path));
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
                     .map_err(|e| Error::io("set permissions", path, e))?;
             }
         }
@@ -1028,6 +1124,43 @@ impl Meta {
         Ok(())
     }
 
+    /// The mode to give `path`: the recorded one, without its set-user-ID (set-group-ID) bit
+    /// on a file whose recorded owner (group) it could not be given, as tar does: a program
+    /// set-user-ID root restored by another user must not run as that user.
+    #[cfg(unix)]
+    fn mode(
+        &self,
+        path: &Path,
+        node: &Node,
+        stat: impl FnOnce() -> std::io::Result<std::fs::Metadata>,
+    ) -> u32 {
+        use std::os::unix::fs::MetadataExt;
+        const SETUID: u32 = 0o4000;
+        const SETGID: u32 = 0o2000;
+        if node.mode & (SETUID | SETGID) == 0 || node.kind == NodeKind::Dir {
+            return node.mode;
+        }
+        let (uid, gid) = match stat() {
+            Ok(m) => (Some(m.uid()), Some(m.gid())),
+            Err(_) => (None, None),
+        };
+        let mut mode = node.mode;
+        if node.uid.is_some_and(|u| Some(u) != uid) {
+            mode &= !SETUID;
+        }
+        if node.gid.is_some_and(|g| Some(g) != gid) {
+            mode &= !SETGID;
+        }
+        if mode != node.mode && !self.setid_cleared.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                path = %path.display(),
+                "set-user-ID and set-group-ID bits are left off files whose recorded owner \
+                 could not be given: here and wherever else it recurs"
+            );
+        }
+        mode
+    }
+
     /// [`Meta::set`] on a file just written, through the handle it was written with: its path
     /// is not looked up again, and its time is set after its last write.
     fn set_file(&self, f: &std::fs::File, path: &Path, node: &Node) -> Result<()> {
@@ -1036,7 +1169,8 @@ impl Meta {
             use std::os::unix::fs::PermissionsExt;
             self.owners
                 .set_with(path, node, |u, g| std::os::unix::fs::fchown(f, u, g))?;
-            f.set_permissions(std::fs::Permissions::from_mode(node.mode))
+            let mode = self.mode(path, node, || f.metadata());
+            f.set_permissions(std::fs::Permissions::from_mode(mode))
                 .map_err(|e| Error::io("set permissions", path, e))?;
             self.xattrs.set_file(f, path, node.xattrs())?;
             let _ = f.set_modified(mtime(node));
@@ -1133,11 +1267,16 @@ impl Repository {
             root_node.rare_mut().xattrs = root_xattrs;
         }
         let walk_root = root.clone();
+        let device = if opts.one_file_system {
+            device_of(&meta)
+        } else {
+            None
+        };
         // Entries this process cannot read, left out (counted by the walk and the reads).
         let skipped = Arc::new(AtomicU64::new(0));
         let walk_skipped = skipped.clone();
         let walked = async {
-            tokio::task::spawn_blocking(move || walk(&walk_root, &exclude, &walk_skipped))
+            tokio::task::spawn_blocking(move || walk(&walk_root, &exclude, device, &walk_skipped))
                 .await
                 .map_err(|e| Error::Invalid(format!("walk task failed: {e}")))?
         };
@@ -1541,7 +1680,7 @@ impl Repository {
                 let p = safe_join(&target, n)?;
                 let _ = std::fs::remove_file(&p);
                 #[cfg(unix)]
-                std::os::unix::fs::symlink(t, &p)
+                std::os::unix::fs::symlink(link_target(t, n.target_raw())?, &p)
                     .map_err(|e| Error::io("create symlink", &p, e))?;
                 #[cfg(not(unix))]
                 tracing::warn!(path = %p.display(), target = %t, "symlinks are not restored on this platform");
@@ -1573,6 +1712,9 @@ pub struct TreeChange {
     pub size_before: u64,
     /// Bytes after (0 when removed).
     pub size_after: u64,
+    /// The path's bytes, hex, when it is not UTF-8 (`path` then has U+FFFD in their place).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path_raw: Option<String>,
 }
 
 /// An entry of a tree snapshot, as [`Repository::list_tree`] lists it.
@@ -1599,6 +1741,9 @@ pub struct TreeEntry {
     /// Where a symlink points.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
+    /// The target's bytes, hex, when they are not UTF-8 (as `path_raw`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_raw: Option<String>,
     /// The path's bytes, hex, when it is not UTF-8 (`path` then has U+FFFD in their place).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path_raw: Option<String>,
@@ -1881,6 +2026,7 @@ impl Repository {
                         || o.chunks != new.chunks
                         || o.lists != new.lists
                         || o.target() != new.target()
+                        || o.target_raw() != new.target_raw()
                     {
                         Some("modified")
                     } else if o.mode != new.mode
@@ -1901,6 +2047,7 @@ impl Repository {
                     change,
                     size_before,
                     size_after: new.size,
+                    path_raw: new.path_raw().map(str::to_owned),
                     path: new.path,
                 });
             }
@@ -1909,9 +2056,10 @@ impl Repository {
             change: "removed",
             size_before: o.size,
             size_after: 0,
+            path_raw: o.path_raw().map(str::to_owned),
             path: o.path,
         }));
-        changes.sort_by(|a, b| a.path.cmp(&b.path));
+        changes.sort_by(|a, b| (&a.path, &a.path_raw).cmp(&(&b.path, &b.path_raw)));
         Ok(changes)
     }
 }
@@ -2024,7 +2172,8 @@ struct Restoring {
 
 impl Restoring {
     fn create(path: PathBuf, chunks: usize, node: usize, sparse: bool) -> Result<Self> {
-        let (file, beside) = create_or_beside(&path).map_err(|e| Error::io("create", &path, e))?;
+        let (file, beside) =
+            create_or_beside(&path, true).map_err(|e| Error::io("create", &path, e))?;
         Ok(Self {
             file,
             path,
@@ -2439,6 +2588,58 @@ mod tests {
         assert_eq!(kept, ["a", "d", "c"]);
     }
 
+    /// With the root's device, a directory where another filesystem is mounted is kept and
+    /// not entered. `/dev/shm`, a tmpfs on every Linux this runs on, is one under `/dev`.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn one_file_system_keeps_mount_points_empty() {
+        let dev = std::fs::metadata("/dev").expect("/dev");
+        let shm = std::fs::metadata("/dev/shm").expect("/dev/shm");
+        assert_ne!(
+            device_of(&dev),
+            device_of(&shm),
+            "/dev/shm is not a mount here"
+        );
+        let name = format!("cairn-one-fs-{}", std::process::id());
+        let file = Path::new("/dev/shm").join(&name);
+        std::fs::write(&file, b"x").expect("a file in /dev/shm");
+        let walked = |device| walk(Path::new("/dev"), &[], device, &AtomicU64::new(0));
+        let within = walked(device_of(&dev));
+        let across = walked(None);
+        let _ = std::fs::remove_file(&file);
+        let (within, across) = (within.expect("walk"), across.expect("walk"));
+        let has = |nodes: &[Node], path: &str| nodes.iter().any(|n| n.path == path);
+        assert!(has(&within, "shm") && !has(&within, &format!("shm/{name}")));
+        assert!(has(&across, "shm") && has(&across, &format!("shm/{name}")));
+    }
+
+    /// A file the disk or kernel will not read (an input/output error) is left out and
+    /// counted, as one without permission is: it does not fail the whole backup.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_file_that_fails_to_read_is_left_out_and_counted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (a, c) = (dir.path().join("a"), dir.path().join("c"));
+        std::fs::write(&a, b"alpha").expect("a");
+        std::fs::write(&c, b"gamma").expect("c");
+        // Its first page is not mapped: reading it is EIO.
+        let files = vec![(a, 5), (PathBuf::from("/proc/self/mem"), 4096), (c, 5)];
+        let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+        let skipped = AtomicU64::new(0);
+        let left_out = feed(&files, false, &tx, &Pool::new(1), None, &skipped).expect("fed");
+        assert_eq!((left_out, skipped.into_inner()), (vec![1], 1));
+        drop(tx);
+        let mut seen = Vec::new();
+        while let Ok(i) = rx.try_recv() {
+            seen.extend(unbatched(i).into_iter().map(|i| match i {
+                Input::Data(d) => format!("data {}", d.len()),
+                Input::EndFile => "end".into(),
+                _ => "other".into(),
+            }));
+        }
+        assert_eq!(seen, ["data 5", "end", "end", "data 5", "end"]);
+    }
+
     #[test]
     fn small_files_go_in_few_messages_and_sizes_are_only_hints() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -2565,5 +2766,69 @@ mod tests {
         assert!(!excluded("pg_wal/**/**", "pg_wal"));
         let deep = vec!["d"; 200].join("/");
         assert!(!excluded(&format!("{}/x", vec!["**"; 30].join("/")), &deep));
+    }
+
+    /// What a restore writes is its owner's alone until it is whole and gets its recorded
+    /// mode: a file read by its owner only is never open to others half written.
+    #[cfg(unix)]
+    #[test]
+    fn restored_files_and_directories_are_private_until_their_mode_is_set() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mode = |p: &Path| {
+            std::fs::symlink_metadata(p)
+                .expect("made")
+                .permissions()
+                .mode()
+                & 0o7777
+        };
+        let d = dir.path().join("a/b");
+        make_dir(&d, &mut Loosened::default()).expect("made");
+        assert_eq!((mode(&dir.path().join("a")), mode(&d)), (0o700, 0o700));
+        let (_, beside) = create_or_beside(&d.join("f"), true).expect("created");
+        assert_eq!((beside, mode(&d.join("f"))), (None, 0o600));
+        // Beside a file already there, too; a stream restored to a file keeps the umask's.
+        let (_, beside) = create_or_beside(&d.join("f"), true).expect("created");
+        assert_eq!(mode(beside.as_deref().expect("beside")), 0o600);
+        let (_, _) = create_or_beside(&d.join("g"), false).expect("created");
+        assert_ne!(mode(&d.join("g")), 0o600);
+    }
+
+    /// Set-id bits stay only on a file that got its recorded owner and group.
+    #[cfg(unix)]
+    #[test]
+    fn set_id_bits_go_with_an_owner_that_was_not_given() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let m = std::fs::metadata(dir.path()).expect("meta");
+        let node = |mode, uid: u32, gid: u32| Node {
+            kind: NodeKind::File,
+            mode,
+            uid: Some(uid),
+            gid: Some(gid),
+            ..dir_node("f".into(), &m)
+        };
+        let stat = || std::fs::metadata(dir.path());
+        let meta = Meta::default();
+        let (uid, gid) = (m.uid(), m.gid());
+        assert_eq!(meta.mode(dir.path(), &node(0o6755, uid, gid), stat), 0o6755);
+        assert_eq!(
+            meta.mode(dir.path(), &node(0o6755, uid + 1, gid), stat),
+            0o2755
+        );
+        assert_eq!(
+            meta.mode(dir.path(), &node(0o6755, uid, gid + 1), stat),
+            0o4755
+        );
+        assert_eq!(
+            meta.mode(dir.path(), &node(0o4755, uid + 1, gid + 1), stat),
+            0o755
+        );
+        // A directory's set-group-ID bit gives new files its group, no one a right.
+        let dir_node = Node {
+            kind: NodeKind::Dir,
+            ..node(0o2775, uid + 1, gid + 1)
+        };
+        assert_eq!(meta.mode(dir.path(), &dir_node, stat), 0o2775);
     }
 }

@@ -564,7 +564,8 @@ async fn hard_links_are_restored_as_links() {
     );
 }
 
-/// Names that are not UTF-8 are linked too: the link records the first name's bytes.
+/// Names that are not UTF-8 are linked too: the link records the first name's bytes; and a
+/// symlink's target that is not UTF-8 is restored byte for byte.
 #[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hard_links_of_names_that_are_not_utf8_are_restored_as_links() {
@@ -581,6 +582,8 @@ async fn hard_links_of_names_that_are_not_utf8_are_restored_as_links() {
     for n in &names[1..] {
         std::fs::hard_link(src.join(&names[0]), src.join(n)).unwrap();
     }
+    // A symlink to such a name points at its bytes, not at U+FFFD.
+    std::os::unix::fs::symlink(&names[0], src.join("z/link")).unwrap();
     let snap = repo.backup_tree(&src, BackupOptions::new()).await.unwrap();
     // A listing gives the bytes of a name that is not UTF-8.
     let listed = repo.list_tree(&snap, &[]).await.unwrap();
@@ -589,6 +592,8 @@ async fn hard_links_of_names_that_are_not_utf8_are_restored_as_links() {
         .filter_map(|e| e.path_raw.as_deref())
         .collect();
     assert!(raw.contains(&"636166e92e73716c"), "{raw:?}");
+    let link = listed.iter().find(|e| e.path == "z/link").unwrap();
+    assert_eq!(link.target_raw.as_deref(), Some("636166e92e73716c"));
     let dst = dir.path().join("dst");
     repo.restore_paths_of(&snap, &dst, &[]).await.unwrap();
     assert_same_tree(&src, &dst);

@@ -105,7 +105,8 @@ fn list(root: &Path) -> Vec<(String, String)> {
                 stack.push(p.clone());
                 "dir".to_string()
             } else if m.file_type().is_symlink() {
-                format!("link {}", std::fs::read_link(&p).unwrap().display())
+                // Debug, not display: a target's bytes that are not UTF-8 are compared too.
+                format!("link {:?}", std::fs::read_link(&p).unwrap())
             } else {
                 #[cfg(unix)]
                 let mode = std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777;
