@@ -259,6 +259,18 @@ enum RepairCommand {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Repair damaged packs, as `check --read-data` names them: store their intact chunks
+    /// again in new packs, delete them, and drop them from the index. Until then every backup
+    /// of the same data reuses their damaged chunks; after, the next one stores those again,
+    /// and the snapshots that needed them restore again.
+    Packs {
+        /// Pack ids (or unique prefixes).
+        #[arg(required = true, value_name = "PACK")]
+        packs: Vec<String>,
+        /// Show what is damaged, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 fn parse_subset(s: &str) -> Result<ReadData, String> {
@@ -1914,6 +1926,40 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                         ));
                     }
                     s
+                },
+                serde_json::to_value(&r).context("encoding report")?,
+            );
+        }
+        RepoCommand::Repair(RepairCommand::Packs { packs, dry_run }) => {
+            let r = repo.repair_packs(packs, *dry_run).await?;
+            args.print(
+                || {
+                    let mut lines: Vec<String> = r
+                        .packs
+                        .iter()
+                        .map(|p| match &p.reason {
+                            None => format!("pack {}: intact ({} chunks); left as it is", &p.pack[..8], p.chunks),
+                            Some(why) => format!(
+                                "pack {}: {why}: {} of {} chunks damaged; {} {} intact ones in new packs and {} the pack",
+                                &p.pack[..8],
+                                p.damaged,
+                                p.chunks,
+                                if *dry_run { "would store the" } else { "stored the" },
+                                p.chunks - p.damaged,
+                                if *dry_run { "would delete" } else { "deleted" },
+                            ),
+                        })
+                        .collect();
+                    let damaged: usize = r.packs.iter().map(|p| p.damaged).sum();
+                    if damaged > 0 {
+                        lines.push(format!(
+                            "{damaged} damaged chunks {} in no index: back up the same data again \
+                             and it stores them again, and the snapshots that need them restore \
+                             again; `cairn repo check` names those snapshots until then",
+                            if *dry_run { "would be" } else { "are now" }
+                        ));
+                    }
+                    lines.join("\n")
                 },
                 serde_json::to_value(&r).context("encoding report")?,
             );

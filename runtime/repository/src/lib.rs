@@ -56,8 +56,8 @@ pub use pipeline::{
 };
 pub use repo::{
     BackupOptions, CheckReport, DEFAULT_REPACK_UNUSED, ForgetReport, IndexRepair, InitOptions,
-    MAX_PROTECTION, Parent, Problem, PruneOptions, PruneReport, ReadData, RepoStats, Repository,
-    RestoreOptions, RestoreSummary, SnapshotFilter,
+    MAX_PROTECTION, PackRepair, Parent, Problem, PruneOptions, PruneReport, ReadData, RepairedPack,
+    RepoStats, Repository, RestoreOptions, RestoreSummary, SnapshotFilter,
 };
 pub use retention::{Retention, retained};
 

@@ -431,6 +431,32 @@ pub struct IndexRepair {
     pub index_files_replaced: usize,
 }
 
+/// The result of [`Repository::repair_packs`].
+#[derive(Debug, Clone, Default, Serialize)]
+#[non_exhaustive]
+pub struct PackRepair {
+    /// Each pack named, as it was found and what became of it.
+    pub packs: Vec<RepairedPack>,
+    /// The index repair that dropped the packs from the index.
+    pub index: IndexRepair,
+}
+
+/// One pack [`Repository::repair_packs`] was asked to repair.
+#[derive(Debug, Clone, Default, Serialize)]
+#[non_exhaustive]
+pub struct RepairedPack {
+    /// The pack's id.
+    pub pack: String,
+    /// Chunks the index places in it.
+    pub chunks: usize,
+    /// Of those, the ones that failed to authenticate, decode or match their id: dropped from
+    /// the index, so the next backup of the same data stores them again.
+    pub damaged: usize,
+    /// Why, when it was damaged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
 /// The result of [`Repository::prune`].
 #[derive(Debug, Clone, Default, Serialize)]
 #[non_exhaustive]
@@ -1483,7 +1509,10 @@ impl Repository {
                 .max()
                 .unwrap_or(0);
             if size < needed {
-                let reason = format!("is truncated ({size} bytes, index needs {needed})");
+                let reason = format!(
+                    "is truncated ({size} bytes, index needs {needed}){}",
+                    repair_hint(hex)
+                );
                 blame.push(&mut report, path, reason, ids_of(entries));
                 continue;
             }
@@ -1507,7 +1536,9 @@ impl Repository {
                     VerifyError::Chunks(c, _) => c.clone(),
                     VerifyError::Whole(_) => ids_of(entries),
                 };
-                blame.push(&mut report, path, e.reason(), bad);
+                let hex = path.rsplit('/').next().unwrap_or_default();
+                let reason = format!("{}{}", e.reason(), repair_hint(hex));
+                blame.push(&mut report, path, reason, bad);
             }
         }
         for hex in packs_present.keys() {
@@ -2080,6 +2111,112 @@ impl Repository {
         Ok(report)
     }
 
+    /// Repairs damaged packs (ids or unique prefixes, as `check --read-data` names them):
+    /// the chunks of each that are intact are stored again in new packs, the pack is deleted,
+    /// and the index drops it (see [`Repository::repair_index`]). The damaged chunks are then
+    /// in no index, so the next backup of the same data stores them again, where until then
+    /// every backup deduplicated against them and made snapshots that could not be restored;
+    /// and the snapshots that needed them restore again once it has. A pack found intact is
+    /// left as it is. Takes the exclusive lock, as prune does.
+    pub async fn repair_packs(&self, packs: &[String], dry_run: bool) -> Result<PackRepair> {
+        let lock = LockGuard::acquire(&self.inner.backend, true, "repair packs").await?;
+        let r = self.repair_packs_locked(&lock, packs, dry_run).await;
+        lock.release().await;
+        r
+    }
+
+    async fn repair_packs_locked(
+        &self,
+        lock: &LockGuard,
+        packs: &[String],
+        dry_run: bool,
+    ) -> Result<PackRepair> {
+        let backend = &self.inner.backend;
+        self.refresh_index().await?;
+        let listed: HashMap<String, object_store::ObjectMeta> = backend
+            .list("data/")
+            .await?
+            .into_iter()
+            .filter_map(|m| Some((m.location.filename()?.to_string(), m.clone())))
+            .filter(|(n, _)| format::is_id(n))
+            .collect();
+        let mut report = PackRepair::default();
+        let mut doomed = Vec::new();
+        for name in packs {
+            let found: Vec<&String> = listed.keys().filter(|h| h.starts_with(name)).collect();
+            let hex = match found.as_slice() {
+                [one] => (*one).clone(),
+                [] => {
+                    return Err(Error::NotFound {
+                        kind: "pack",
+                        id: format!(
+                            "{name} (a missing pack needs no repair of its own: `cairn repo \
+                             repair index` drops it from the index)"
+                        ),
+                    });
+                }
+                _ => {
+                    return Err(Error::Ambiguous {
+                        prefix: name.clone(),
+                    });
+                }
+            };
+            let meta = &listed[&hex];
+            if let Some(until) = backend.protected_until(meta.last_modified.timestamp()) {
+                return Err(Error::Protected {
+                    object: format::pack_path(&hex),
+                    until: until.to_string(),
+                });
+            }
+            let entries: Vec<(ChunkId, Loc)> = {
+                let idx = self.inner.index.read().map_err(|_| poisoned())?;
+                idx.iter()
+                    .filter(|(_, l)| format::pack_hex(&idx.packs[l.pack as usize]) == hex)
+                    .map(|(c, l)| (*c, l))
+                    .collect()
+            };
+            let path = format::pack_path(&hex);
+            let (bad, reason) = match self.verify_pack(&hex, &path, meta.size, &entries).await {
+                Ok(()) => (IdSet::default(), None),
+                Err(VerifyError::Chunks(bad, why)) => (bad, Some(why)),
+                Err(VerifyError::Whole(why)) => (ids_of(&entries), Some(why)),
+            };
+            report.packs.push(RepairedPack {
+                pack: hex.clone(),
+                chunks: entries.len(),
+                damaged: bad.len(),
+                reason: reason.clone(),
+            });
+            if reason.is_some() {
+                let intact: Vec<ChunkId> = entries
+                    .iter()
+                    .map(|(c, _)| *c)
+                    .filter(|c| !bad.contains(c))
+                    .collect();
+                doomed.push((hex, intact));
+            }
+        }
+        if dry_run || doomed.is_empty() {
+            return Ok(report);
+        }
+        lock.held().await?;
+        // The intact chunks go into new packs and index files first: a crash after leaves
+        // them indexed twice, never lost.
+        for (_, intact) in &doomed {
+            if !intact.is_empty() {
+                self.repack(intact).await?;
+            }
+        }
+        lock.held().await?;
+        for (hex, _) in &doomed {
+            backend
+                .delete_data(&format::pack_path(hex), listed.get(hex))
+                .await?;
+        }
+        report.index = self.repair_index_locked(lock, false).await?;
+        Ok(report)
+    }
+
     /// Indexes again, from their own headers, the packs no readable index file lists (an
     /// index file deleted or damaged), then removes the damaged index files. Takes the
     /// exclusive lock, as prune does. Packs left by interrupted backups are indexed too; the
@@ -2629,7 +2766,17 @@ async fn open_slots(
     })
 }
 
-/// The ids of a pack's chunks: what a damaged pack affects.
+/// What check says to do of a damaged pack: until it is repaired, every backup of the same
+/// data deduplicates against its damaged chunks.
+fn repair_hint(hex: &str) -> String {
+    format!(
+        "; `cairn repo repair packs {}` keeps its intact chunks and drops the damaged ones, \
+         which backups otherwise go on reusing: the next backup of the same data stores them \
+         again",
+        &hex[..hex.len().min(8)]
+    )
+}
+
 /// The problems a check found in chunks, by their place among the report's errors, with the
 /// chunks each found damaged: the snapshots that need those are named at the end.
 #[derive(Default)]
@@ -2646,6 +2793,7 @@ impl Blame {
     }
 }
 
+/// The ids of a pack's chunks: what a damaged pack affects.
 fn ids_of(entries: &[(ChunkId, Loc)]) -> IdSet {
     entries.iter().map(|e| e.0).collect()
 }

@@ -1052,3 +1052,61 @@ fn refusals_of_init_and_key_remove_are_usage_errors() {
     let out = repo.run(&["repo", "key", "remove", &slot]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
 }
+
+/// `check --read-data` names a damaged pack and says to repair it; `repair packs` does, and
+/// the next backup of the same data stores what was damaged again.
+#[test]
+fn repair_packs_lets_the_next_backup_store_damaged_data_again() {
+    let repo = LocalRepo::new();
+    repo.ok(&["repo", "init"]);
+    let data = repo.dir.path().join("data");
+    std::fs::create_dir(&data).expect("data");
+    // Noise that does not compress: one pack of its own, past its first frame.
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let noise: Vec<u8> = (0..3_000_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(data.join("blob"), &noise).expect("blob");
+    repo.backup(&data);
+    let pack = walkdir(&repo.dir.path().join("repo/data"))
+        .into_iter()
+        .max_by_key(|p| std::fs::metadata(p).expect("pack").len())
+        .expect("a pack");
+    let mut bytes = std::fs::read(&pack).expect("pack");
+    bytes[1000] ^= 0x40;
+    std::fs::write(&pack, bytes).expect("pack");
+
+    let out = repo.run(&["repo", "check", "--read-data"]);
+    assert!(!out.status.success());
+    let name = pack.file_name().and_then(|n| n.to_str()).expect("name");
+    let hint = format!("cairn repo repair packs {}", &name[..8]);
+    assert!(
+        stderr(&out).contains(&hint) || stdout(&out).contains(&hint),
+        "{}",
+        stderr(&out)
+    );
+    let out = repo.ok(&["repo", "repair", "packs", &name[..8]]);
+    assert!(stdout(&out).contains("chunks damaged"), "{}", stdout(&out));
+    // Not --force: a file whose chunks are no longer all indexed is read again.
+    repo.ok(&["repo", "backup", data.to_str().expect("utf-8")]);
+    repo.ok(&["repo", "check", "--read-data"]);
+}
+
+/// Every file under `dir`.
+fn walkdir(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).expect("dir") {
+        let p = e.expect("entry").path();
+        if p.is_dir() {
+            out.extend(walkdir(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

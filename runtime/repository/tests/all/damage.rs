@@ -848,3 +848,83 @@ async fn a_directory_made_writable_gets_its_mode_back_when_the_restore_fails() {
     assert_eq!(mode(&target.join("ro")), 0o555);
     std::fs::set_permissions(src.join("ro"), std::fs::Permissions::from_mode(0o755)).unwrap();
 }
+
+/// A byte flipped in a pack: until it is repaired, a backup of the same data deduplicates
+/// against the damaged chunks and makes a snapshot that cannot be restored. `repair packs`
+/// stores the pack's intact chunks again and drops the damaged ones, so the next backup stores
+/// those again, and the first snapshot restores again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repair_packs_drops_damaged_chunks_so_the_next_backup_stores_them_again() {
+    let d = tempfile::tempdir().unwrap();
+    let Two {
+        repo,
+        a,
+        b,
+        a_packs,
+        ..
+    } = two_snapshots(d.path()).await;
+    let pack = &a_packs[0];
+    let mut bytes = std::fs::read(pack).unwrap();
+    bytes[1000] ^= 0x40;
+    std::fs::write(pack, bytes).unwrap();
+    let hex = pack.file_name().unwrap().to_str().unwrap().to_string();
+    let report = repo.check(true).await.unwrap();
+    assert!(
+        report.errors[0].reason.contains("cairn repo repair packs"),
+        "{report:?}"
+    );
+    // The damage is carried into a new backup of the same data.
+    let again = repo
+        .backup_stream("a", &noise(2_000_000, 1)[..], Default::default())
+        .await
+        .unwrap();
+    assert_eq!(again.summary.new_chunks, 0);
+    assert!(
+        repo.restore_stream(&again.id, &mut Vec::new())
+            .await
+            .is_err()
+    );
+
+    // A dry run changes nothing; an intact pack is left as it is.
+    let dry = repo
+        .repair_packs(&[hex[..10].to_string()], true)
+        .await
+        .unwrap();
+    let damaged = dry.packs[0].damaged;
+    assert!(damaged > 0 && damaged < dry.packs[0].chunks, "{dry:?}");
+    assert!(pack.exists());
+    let r = repo
+        .repair_packs(std::slice::from_ref(&hex), false)
+        .await
+        .unwrap();
+    assert_eq!(r.packs[0].damaged, damaged);
+    assert!(!pack.exists());
+    assert!(repo.restore_stream(&a, &mut Vec::new()).await.is_err());
+
+    let fixed = repo
+        .backup_stream("a", &noise(2_000_000, 1)[..], Default::default())
+        .await
+        .unwrap();
+    assert_eq!(fixed.summary.new_chunks as usize, damaged);
+    for id in [&a, &again.id, &fixed.id] {
+        let mut out = Vec::new();
+        repo.restore_stream(id, &mut out).await.unwrap();
+        assert!(out == noise(2_000_000, 1), "{id}");
+    }
+    repo.restore_stream(&b, &mut Vec::new()).await.unwrap();
+    let report = repo.check(true).await.unwrap();
+    assert!(report.is_ok(), "{report:?}");
+    // Nothing to repair in a pack that is whole; a name that is no pack is an error.
+    let whole = packs(d.path())[0]
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    let r = repo.repair_packs(&[whole], false).await.unwrap();
+    assert!(r.packs[0].reason.is_none(), "{r:?}");
+    assert!(matches!(
+        repo.repair_packs(&["ffffffffff".into()], false).await,
+        Err(Error::NotFound { .. })
+    ));
+}
