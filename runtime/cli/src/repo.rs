@@ -358,6 +358,20 @@ enum KeyCommand {
         #[command(flatten)]
         new: NewKeyArgs,
     },
+    /// Write the key slot the repository is opened with to a file (or `-`, standard output),
+    /// to keep apart from the repository: should every slot there be lost or deleted, `key
+    /// import` puts it back, and the passphrase or key file opens the repository again.
+    Export {
+        /// Where to write it (created readable by its owner only).
+        #[arg(value_name = "FILE")]
+        to: PathBuf,
+    },
+    /// Put back a key slot `key export` wrote, once the passphrase or key given opens it;
+    /// for a repository that can no longer be opened for want of its slots.
+    Import {
+        #[arg(value_name = "FILE")]
+        from: PathBuf,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -1153,6 +1167,16 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                 "protection_secs": protection.as_secs(),
                 "object_lock": repo.object_lock(),
             }),
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    // Before opening: a repository whose slots are gone opens only once one is back.
+    if let RepoCommand::Key(KeyCommand::Import { from }) = &args.command {
+        let slot = std::fs::read(from).with_context(|| format!("reading {}", from.display()))?;
+        let id = Repository::import_key(loc, &slot, key.as_ref()).await?;
+        args.print(
+            || format!("imported key slot {id}"),
+            json!({ "imported": id }),
         );
         return Ok(ExitCode::SUCCESS);
     }
@@ -2092,9 +2116,44 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                     json!({ "id": id }),
                 );
             }
+            KeyCommand::Export { to } => {
+                let slot = repo.export_key().await?;
+                if to.as_os_str() == "-" {
+                    std::io::Write::write_all(&mut std::io::stdout(), &slot)
+                        .context("writing the key slot")?;
+                } else {
+                    write_private(to, &slot)?;
+                    args.print(
+                        || {
+                            format!(
+                                "wrote key slot to {}: keep it apart from the repository; \
+                                 `cairn repo key import` puts it back",
+                                to.display()
+                            )
+                        },
+                        json!({ "exported": to }),
+                    );
+                }
+            }
+            KeyCommand::Import { .. } => unreachable!("handled above"),
         },
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes `bytes` to a new file at `path`, readable by its owner only; an existing file is
+/// refused, not replaced.
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+    let mut f = o
+        .open(path)
+        .with_context(|| format!("creating {} (it must not exist yet)", path.display()))?;
+    std::io::Write::write_all(&mut f, bytes)
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// The file a stream restored to `path` is written as: `path`, or where a symlink there of the

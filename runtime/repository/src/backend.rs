@@ -575,12 +575,17 @@ impl Backend {
     }
 
     /// Whether the object at `path` exists (a HEAD).
-    pub(crate) async fn exists(&self, path: &str) -> Result<bool> {
+    /// An object's metadata; `None` when it does not exist.
+    pub(crate) async fn head(&self, path: &str) -> Result<Option<ObjectMeta>> {
         match self.store.head(&Path::from(path)).await {
-            Ok(_) => Ok(true),
-            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Ok(m) => Ok(Some(m)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(self.store_err("read", path, e)),
         }
+    }
+
+    pub(crate) async fn exists(&self, path: &str) -> Result<bool> {
+        Ok(self.head(path).await?.is_some())
     }
 
     pub(crate) async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {

@@ -697,6 +697,16 @@ impl Repository {
                 return Err(e);
             }
         }
+        // The slot was written before the config said what protects the repository: written
+        // again under that protection, or a deleted slot would leave the protected data
+        // unreadable. (A crash in between leaves both slots, either of which opens it.)
+        let slot = if opts.protection.is_zero() {
+            slot
+        } else {
+            let protected = write_slot(&backend, &config.id, &keys, key, &opts.label).await?;
+            backend.delete_any(&format::key_path(&slot)).await?;
+            protected
+        };
         // A new repository's index is known: empty.
         Ok(Self::from_parts(
             backend,
@@ -2568,8 +2578,9 @@ impl Repository {
         }
         self.inner
             .backend
-            .delete_any(&format::key_path(&id))
-            .await?;
+            .delete_data(&format::key_path(&id), None)
+            .await
+            .map_err(slot_protected)?;
         Ok(id)
     }
 
@@ -2581,11 +2592,77 @@ impl Repository {
             .into_iter()
             .find(|(i, _)| *i == self.inner.slot);
         let label = old.map(|(_, s)| s.label).unwrap_or_default();
+        // A slot inside the protection period cannot go: refused before a new one is added.
+        let path = format::key_path(&self.inner.slot);
+        if let Some(m) = self.inner.backend.head(&path).await?
+            && let Some(until) = self
+                .inner
+                .backend
+                .protected_until(m.last_modified.timestamp())
+        {
+            return Err(slot_protected(Error::Protected {
+                object: path,
+                until: until.to_string(),
+            }));
+        }
         let id = self.add_key(new_key, &label).await?;
         self.inner
             .backend
-            .delete_any(&format::key_path(&self.inner.slot))
-            .await?;
+            .delete_data(&path, None)
+            .await
+            .map_err(slot_protected)?;
+        Ok(id)
+    }
+
+    /// The key slot this repository was opened with, as stored: for [`Repository::import_key`]
+    /// to put back should every slot on the store be lost or deleted. It is as safe to keep
+    /// as the passphrase or key file that opens it is secret.
+    pub async fn export_key(&self) -> Result<Vec<u8>> {
+        let path = format::key_path(&self.inner.slot);
+        match self.inner.backend.get(&path).await? {
+            Some(b) => Ok(b.to_vec()),
+            None => Err(Error::Missing {
+                object: path,
+                snapshots: Vec::new(),
+            }),
+        }
+    }
+
+    /// Puts back a key slot [`Repository::export_key`] wrote, once it is known to open the
+    /// repository at `location` with `key`; returns its id. For a repository whose slots are
+    /// gone (deleted, or damaged), which cannot be opened otherwise.
+    pub async fn import_key(
+        location: impl Into<Location>,
+        slot: &[u8],
+        key: &dyn KeyProvider,
+    ) -> Result<String> {
+        let location = location.into();
+        let mut backend = Backend::connect(&location, false)?;
+        let config = match backend.get(format::CONFIG).await? {
+            Some(b) => Config::parse(&b, &location.url)?,
+            None => return Err(Error::NotARepository { url: location.url }),
+        };
+        backend.protection = Duration::from_secs(config.protection_secs).min(MAX_PROTECTION);
+        backend.object_lock = config.object_lock;
+        let file: SlotFile = serde_json::from_slice(slot).map_err(|e| {
+            Error::Invalid(format!("not a key slot `cairn repo key export` wrote: {e}"))
+        })?;
+        if !format::is_id(&file.id) {
+            return Err(Error::Invalid(format!(
+                "not a key slot `cairn repo key export` wrote: bad slot id {}",
+                file.id
+            )));
+        }
+        let id = file.id.clone();
+        // Refused as opening is (a wrong key, a slot of another repository) before any write.
+        open_slots(vec![(id.clone(), file)], &config.id, key).await?;
+        let path = format::key_path(&id);
+        if backend.exists(&path).await? {
+            return Err(Error::Invalid(format!(
+                "key slot {id} is in the repository already: it opens as it is"
+            )));
+        }
+        backend.put_data(&path, Bytes::from(slot.to_vec())).await?;
         Ok(id)
     }
 }
@@ -2706,10 +2783,23 @@ async fn write_slot(
         key: wrapped,
     };
     let body = serde_json::to_vec_pretty(&slot).map_err(|e| Error::Invalid(e.to_string()))?;
+    // Protected as data is: a slot deleted would leave the data it opens unreadable.
     backend
-        .put_new(&format::key_path(&id), Bytes::from(body))
+        .put_data(&format::key_path(&id), Bytes::from(body))
         .await?;
     Ok(id)
+}
+
+/// A key slot's protection, said as what to do about it.
+fn slot_protected(e: Error) -> Error {
+    match e {
+        Error::Protected { object, until } => Error::Invalid(format!(
+            "key slot {object} is protected until {until}, as data is (a slot deleted would \
+             leave the data it opens unreadable): it can be removed after that; `cairn repo \
+             key add` adds a new key now"
+        )),
+        e => e,
+    }
 }
 
 /// The key slots, in listing order, read at once.

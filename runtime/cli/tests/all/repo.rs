@@ -1110,3 +1110,44 @@ fn walkdir(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// `key export` writes the slot apart (readable by its owner only); with every slot on the
+/// store gone, `key import` puts it back and the passphrase opens the repository again.
+#[test]
+fn an_exported_key_slot_is_put_back_by_import() {
+    let repo = LocalRepo::new();
+    repo.ok(&["repo", "init"]);
+    let saved = repo.dir.path().join("slot.json");
+    let out = repo.ok(&["repo", "key", "export", saved.to_str().expect("utf-8")]);
+    assert!(stdout(&out).contains("keep it apart"), "{}", stdout(&out));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&saved)
+            .expect("saved")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let to_stdout = repo.ok(&["repo", "key", "export", "-"]);
+    assert_eq!(to_stdout.stdout, std::fs::read(&saved).expect("saved"));
+    // A second export to the same file is refused, not written over.
+    assert!(
+        !repo
+            .run(&["repo", "key", "export", saved.to_str().expect("utf-8")])
+            .status
+            .success()
+    );
+
+    for slot in std::fs::read_dir(repo.dir.path().join("repo/keys")).expect("keys") {
+        std::fs::remove_file(slot.expect("slot").path()).expect("removed");
+    }
+    assert!(!repo.run(&["repo", "snapshots"]).status.success());
+    let out = repo.ok(&["repo", "key", "import", saved.to_str().expect("utf-8")]);
+    assert!(
+        stdout(&out).contains("imported key slot"),
+        "{}",
+        stdout(&out)
+    );
+    repo.ok(&["repo", "snapshots"]);
+}

@@ -1,7 +1,7 @@
 //! Key management and bad keys.
 
 use crate::support::*;
-use cairn_repository::{BackupOptions, Error, KeyFile, Location, Repository};
+use cairn_repository::{BackupOptions, Error, InitOptions, KeyFile, Location, Repository};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_passphrase_is_clear_and_writes_nothing() {
@@ -254,4 +254,63 @@ async fn a_repository_without_key_slots_says_so() {
         .await
         .unwrap_err();
     assert!(e.to_string().contains("no readable key slot"), "{e}");
+}
+
+/// Under a protection period key slots are protected as data is (one deleted would leave the
+/// data unreadable): removing or rotating one is refused until its period ends. A slot
+/// exported beforehand is put back into a repository whose slots are gone, and opens it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protected_slots_stay_and_an_exported_slot_is_put_back() {
+    let d = tempfile::tempdir().unwrap();
+    let url = d.path().display().to_string();
+    let hour = std::time::Duration::from_secs(3600);
+    let repo = Repository::init(
+        url.as_str(),
+        &pass("p"),
+        InitOptions::new().protection(hour),
+    )
+    .await
+    .unwrap();
+    // One slot: the one init wrote before the config is replaced by a protected one.
+    assert_eq!(repo.keys().await.unwrap().len(), 1);
+    let s = repo
+        .backup_stream("s", &noise(100_000, 1)[..], Default::default())
+        .await
+        .unwrap();
+    let second = repo.add_key(&pass("two"), "second").await.unwrap();
+    let e = repo.remove_key(&second).await.unwrap_err();
+    assert!(e.to_string().contains("protected until"), "{e}");
+    let e = repo.rotate_key(&pass("three")).await.unwrap_err();
+    assert!(e.to_string().contains("protected until"), "{e}");
+    assert_eq!(
+        repo.keys().await.unwrap().len(),
+        2,
+        "nothing added by a refused rotate"
+    );
+
+    let exported = repo.export_key().await.unwrap();
+    for slot in std::fs::read_dir(d.path().join("keys")).unwrap() {
+        std::fs::remove_file(slot.unwrap().path()).unwrap();
+    }
+    assert!(Repository::open(url.as_str(), &pass("p")).await.is_err());
+    // A wrong passphrase, or what is not a slot, is refused and writes nothing.
+    let e = Repository::import_key(url.as_str(), &exported, &pass("wrong"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::WrongPassphrase), "{e}");
+    let e = Repository::import_key(url.as_str(), b"{}", &pass("p"))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("not a key slot"), "{e}");
+    assert_eq!(std::fs::read_dir(d.path().join("keys")).unwrap().count(), 0);
+
+    Repository::import_key(url.as_str(), &exported, &pass("p"))
+        .await
+        .unwrap();
+    let repo = Repository::open(url.as_str(), &pass("p")).await.unwrap();
+    repo.restore_stream(&s.id, &mut Vec::new()).await.unwrap();
+    let e = Repository::import_key(url.as_str(), &exported, &pass("p"))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("already"), "{e}");
 }
