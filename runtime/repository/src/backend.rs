@@ -293,6 +293,18 @@ fn invalid(url: &str, reason: impl ToString) -> Error {
 impl Backend {
     pub(crate) fn connect(loc: &Location, create_local: bool) -> Result<Self> {
         let raw = loc.url.as_str();
+        // `file:dir` parses as `file:///dir`: a directory at the root, which nobody meant.
+        if let Some(rest) = raw.strip_prefix("file:")
+            && !rest.starts_with("//")
+        {
+            return Err(invalid(
+                raw,
+                format!(
+                    "a file URL is file:///ABSOLUTE/PATH (three slashes); for a path relative to \
+                     this directory give it plainly: --repo {rest}"
+                ),
+            ));
+        }
         let url = match url::Url::parse(raw) {
             Ok(u) if u.scheme().len() > 1 => u,
             // A plain (or Windows drive) path is a local directory.
@@ -306,13 +318,32 @@ impl Backend {
         let mut local_root = None;
         let store: Arc<dyn ObjectStore> = match url.scheme() {
             "file" => {
-                let dir = url
-                    .to_file_path()
-                    .map_err(|()| invalid(raw, "not a local path"))?;
+                let dir = url.to_file_path().map_err(|()| match url.host_str() {
+                    Some(host) => invalid(
+                        raw,
+                        format!(
+                            "file://{host}/... names a host, {host}; a local directory is \
+                             file:///{host}{} (three slashes)",
+                            url.path()
+                        ),
+                    ),
+                    None => invalid(raw, "not a local path"),
+                })?;
                 local_root = Some(dir.clone());
                 if create_local {
                     std::fs::create_dir_all(&dir)
                         .map_err(|e| Error::io("create directory", &dir, e))?;
+                    // Its owner's alone, as restic's and borg's are: others have no business
+                    // with the key slots or the data, even encrypted.
+                    // A filesystem that keeps no modes (a share) refuses: it is said, not fatal.
+                    #[cfg(unix)]
+                    {
+                        use std::os::unix::fs::PermissionsExt;
+                        let private = std::fs::Permissions::from_mode(0o700);
+                        if let Err(e) = std::fs::set_permissions(&dir, private) {
+                            tracing::warn!(dir = %dir.display(), error = %e, "the repository directory could not be made its owner's alone");
+                        }
+                    }
                 } else if !dir.is_dir() {
                     return Err(Error::NotARepository {
                         url: raw.to_string(),
@@ -684,6 +715,29 @@ fn prefixed(store: Arc<dyn ObjectStore>, url: &url::Url) -> Arc<dyn ObjectStore>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The two ways a local URL goes wrong are named with their fix, and nothing is made;
+    /// a repository directory made is its owner's alone.
+    #[test]
+    fn local_urls_that_mean_something_else_are_refused() {
+        let d = tempfile::tempdir().expect("tempdir");
+        for (url, says) in [
+            ("file:relative", "give it plainly: --repo relative"),
+            ("file://tmp/x", "a local directory is file:///tmp/x"),
+        ] {
+            let e = Backend::connect(&Location::new(url), true).expect_err(url);
+            assert!(e.to_string().contains(says), "{url}: {e}");
+        }
+        assert!(!std::path::Path::new("/relative").exists());
+        let dir = d.path().join("r");
+        Backend::connect(&Location::new(dir.display().to_string()), true).expect("made");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&dir).expect("dir").permissions().mode();
+            assert_eq!(mode & 0o777, 0o700);
+        }
+    }
 
     /// A range past an object's end is what a truncated object gives a read planned from the
     /// index: the store calls it an invalid range, the repository calls it truncated.

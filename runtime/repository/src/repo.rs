@@ -172,6 +172,25 @@ impl BackupOptions {
         self.parent = p;
         self
     }
+    /// Refuses a tag or host a listing could not show as it is: empty, holding a control
+    /// character (a newline would forge a line of `snapshots`), or a tag holding a comma
+    /// (listings join tags with commas).
+    pub(crate) fn check_labels(&self) -> Result<()> {
+        let tags = self.tags.iter().map(|t| ("tag", t));
+        for (what, v) in tags.chain(self.host.iter().map(|h| ("host", h))) {
+            let why = if v.is_empty() {
+                "is empty"
+            } else if v.chars().any(char::is_control) {
+                "holds a control character, which listings would show as another line"
+            } else if what == "tag" && v.contains(',') {
+                "holds a comma, which listings put between tags"
+            } else {
+                continue;
+            };
+            return Err(Error::Invalid(format!("the {what} {v:?} {why}")));
+        }
+        Ok(())
+    }
     /// Keeps a tree backup on the filesystem of its root (see
     /// [`BackupOptions::one_file_system`]).
     pub fn one_file_system(mut self, yes: bool) -> Self {
@@ -1419,6 +1438,12 @@ impl Repository {
                 ));
             }
         }
+        for id in read_all_slots(backend).await?.1 {
+            report.warnings.push(format!(
+                "key slot keys/{id} is damaged (not a key slot of its name) and opens nothing: \
+                 `cairn repo key remove {id}` removes it"
+            ));
+        }
         // Uploads being written change by the millisecond; one idle for a minute was left.
         for u in backend.unfinished_uploads().await? {
             if u.idle >= UNFINISHED_IDLE {
@@ -2547,10 +2572,17 @@ impl Repository {
     /// Removes a key slot (id or unique prefix); refuses to remove the last one. Returns the
     /// removed slot's id.
     pub async fn remove_key(&self, id_or_prefix: &str) -> Result<String> {
-        let slots = read_slots(&self.inner.backend).await?;
+        if id_or_prefix.is_empty() {
+            return Err(Error::Invalid(
+                "name the key slot to remove (`key list`)".into(),
+            ));
+        }
+        // A damaged slot is named too: it opens nothing, and removing it is how it goes.
+        let (slots, damaged) = read_all_slots(&self.inner.backend).await?;
         let matching: Vec<&String> = slots
             .iter()
             .map(|(i, _)| i)
+            .chain(&damaged)
             .filter(|i| i.starts_with(id_or_prefix))
             .collect();
         let id = match matching.as_slice() {
@@ -2567,7 +2599,7 @@ impl Repository {
                 });
             }
         };
-        if slots.len() <= 1 {
+        if !damaged.contains(&id) && slots.len() <= 1 {
             return Err(Error::LastKey { slot: id });
         }
         if id == self.inner.slot {
@@ -2804,28 +2836,42 @@ fn slot_protected(e: Error) -> Error {
 
 /// The key slots, in listing order, read at once.
 async fn read_slots(backend: &Backend) -> Result<Vec<(String, SlotFile)>> {
+    let (slots, damaged) = read_all_slots(backend).await?;
+    // A slot that does not parse is not a working key; it is skipped, not fatal, and said,
+    // or a wrong passphrase would be all the user hears of it.
+    for id in damaged {
+        tracing::warn!(
+            "key slot {id} is damaged (keys/{id} is not a key slot of its name); skipped: \
+             `cairn repo key remove {id}` removes it"
+        );
+    }
+    Ok(slots)
+}
+
+/// The key slots that parse, and the ids of those that do not (damaged).
+async fn read_all_slots(backend: &Backend) -> Result<(Vec<(String, SlotFile)>, Vec<String>)> {
     let ids = backend.list_ids("keys/").await?;
-    let read: Vec<Option<(String, SlotFile)>> = futures::stream::iter(ids)
+    let read: Vec<Option<(String, Option<SlotFile>)>> = futures::stream::iter(ids)
         .map(|id| async move {
             let Some(b) = backend.get(&format::key_path(&id)).await? else {
                 return Ok(None);
             };
-            // A slot that does not parse is not a working key; it is skipped, not fatal, and
-            // said, or a wrong passphrase would be all the user hears of it.
             let slot = serde_json::from_slice::<SlotFile>(&b)
                 .ok()
                 .filter(|s| s.id == id);
-            if slot.is_none() {
-                tracing::warn!(
-                    "key slot {id} is damaged (keys/{id} is not a key slot of its name); skipped"
-                );
-            }
-            Ok::<_, Error>(slot.map(|s| (id, s)))
+            Ok::<_, Error>(Some((id, slot)))
         })
         .buffered(METADATA_READS_IN_FLIGHT)
         .try_collect()
         .await?;
-    Ok(read.into_iter().flatten().collect())
+    let (mut slots, mut damaged) = (Vec::new(), Vec::new());
+    for (id, slot) in read.into_iter().flatten() {
+        match slot {
+            Some(s) => slots.push((id, s)),
+            None => damaged.push(id),
+        }
+    }
+    Ok((slots, damaged))
 }
 
 async fn open_slots(
@@ -2836,7 +2882,8 @@ async fn open_slots(
     if slots.is_empty() {
         return Err(Error::Invalid(format!(
             "repository {repository} has no readable key slot (its keys/ objects are gone or \
-             damaged), so no key opens it: put back a copy of keys/"
+             damaged), so no key opens it: `cairn repo key import FILE` puts back a slot `key \
+             export` wrote, or put back a copy of keys/"
         )));
     }
     for (id, s) in slots {

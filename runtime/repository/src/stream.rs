@@ -67,6 +67,13 @@ impl SnapshotWriter {
         if name.is_empty() {
             return Err(Error::Invalid("a stream needs a name".into()));
         }
+        if let Some(c) = name.chars().find(|c| c.is_control()) {
+            return Err(Error::Invalid(format!(
+                "the stream name {name:?} holds the control character {c:?}: listings would \
+                 show it as another line"
+            )));
+        }
+        opts.check_labels()?;
         let time = jiff::Timestamp::now();
         let (lock, pipeline) = repo.start_backup(&opts, Chunking::STREAM).await?;
         let (tx, blocks) = (pipeline.sender(), pipeline.blocks());

@@ -1254,6 +1254,7 @@ impl Repository {
             }
             Err(e) => return Err(Error::io("back up", &root, e)),
         };
+        opts.check_labels()?;
         let time = jiff::Timestamp::now();
         let exclude = opts
             .exclude

@@ -1061,3 +1061,36 @@ async fn what_cannot_be_read_is_left_out_and_counted() {
         .arg(src.join(&name))
         .output();
 }
+
+/// A tag, host or stream name a listing could not show as it is (a newline would forge a
+/// line of `snapshots`; listings join tags with commas) is refused before anything is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_listings_cannot_show_are_refused() {
+    let repo = init_repo(memory_url().as_str()).await;
+    let data = noise(1000, 1);
+    for (opts, name, says) in [
+        (BackupOptions::new().tag("a\nb"), "s", "control character"),
+        (BackupOptions::new().tag(""), "s", "is empty"),
+        (BackupOptions::new().tag("x,y"), "s", "comma"),
+        (BackupOptions::new().host("h\r"), "s", "control character"),
+        (BackupOptions::new(), "evil\nname", "control character"),
+    ] {
+        let e = repo.backup_stream(name, &data[..], opts).await.unwrap_err();
+        assert!(e.to_string().contains(says), "{e}");
+    }
+    let d = tempfile::tempdir().unwrap();
+    let e = repo
+        .backup_tree(d.path(), BackupOptions::new().tag("a\tb"))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("control character"), "{e}");
+    assert!(
+        repo.snapshots(&Default::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    repo.backup_stream("s", &data[..], BackupOptions::new().tag("k=v").host("h"))
+        .await
+        .unwrap();
+}

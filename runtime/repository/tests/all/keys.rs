@@ -314,3 +314,29 @@ async fn protected_slots_stay_and_an_exported_slot_is_put_back() {
         .unwrap_err();
     assert!(e.to_string().contains("already"), "{e}");
 }
+
+/// A damaged key slot opens nothing: check names it, and `key remove` removes it (it is not
+/// the last working key, whatever the count of slots says).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_key_slot_is_named_by_check_and_removed() {
+    let d = tempfile::tempdir().unwrap();
+    let url = d.path().display().to_string();
+    let repo = init_repo(url.as_str()).await;
+    let second = repo.add_key(&pass("two"), "second").await.unwrap();
+    std::fs::write(d.path().join("keys").join(&second), b"{bad").unwrap();
+    let report = repo.check(false).await.unwrap();
+    assert!(
+        report
+            .warnings
+            .iter()
+            .any(|w| w.contains(&second) && w.contains("key remove")),
+        "{report:?}"
+    );
+    assert_eq!(repo.keys().await.unwrap().len(), 1);
+    assert_eq!(repo.remove_key(&second[..8]).await.unwrap(), second);
+    assert!(repo.check(false).await.unwrap().warnings.is_empty());
+    // The working one is still the last, and stays.
+    let only = repo.keys().await.unwrap()[0].id.clone();
+    assert!(repo.remove_key(&only).await.is_err());
+    assert!(repo.remove_key("").await.is_err());
+}
