@@ -179,7 +179,8 @@ pub fn main() -> ExitCode {
     };
     // Asked for JSON, a command that fails says so on stdout too, as `cairn repo` does, so a
     // script reading stdout gets a document either way.
-    let json = asks_json(std::env::args());
+    // `args_os`: a path that is not UTF-8 is an argument like another, never a panic.
+    let json = asks_json(std::env::args_os().map(|a| a.to_string_lossy().into_owned()));
     init_tracing(cli.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -74,7 +74,7 @@ enum RepoCommand {
     /// Back up a directory, standard input with `-`, or a command's output.
     Backup {
         /// The directory, or `-` for standard input (none with --stdin-from-command).
-        source: Option<String>,
+        source: Option<PathBuf>,
         /// The stream's name when backing up standard input or a command's output.
         #[arg(long, value_name = "NAME")]
         stdin_name: Option<String>,
@@ -129,11 +129,11 @@ enum RepoCommand {
         /// Target directory, or `-` for standard output (a stream, or the one file of a tree
         /// that --include names).
         #[arg(long)]
-        target: String,
+        target: PathBuf,
         /// Restore only this path of a tree snapshot (relative to its root), with what is
         /// under it; repeatable.
         #[arg(long, value_name = "PATH")]
-        include: Vec<String>,
+        include: Vec<PathBuf>,
         /// Leave holes where a tree's files hold whole 4 KiB blocks of zeros (disk images),
         /// instead of writing them. A preallocated file (a database's WAL segment) is then
         /// no longer allocated, so it is off by default.
@@ -145,7 +145,7 @@ enum RepoCommand {
         /// Snapshot id, unique prefix, or `latest`.
         id: String,
         /// Only these paths (relative to the snapshot's root), with what is under them.
-        paths: Vec<String>,
+        paths: Vec<PathBuf>,
     },
     /// Which tree snapshots hold what the patterns match, newest first: a name at any depth
     /// (`*.conf`), or with `/` a path from the root (`etc/**/pg_hba.conf`), as --exclude.
@@ -198,17 +198,23 @@ enum RepoCommand {
         /// Snapshots to remove by name (ids, unique prefixes or `latest`) instead of by
         /// retention rules.
         ids: Vec<String>,
-        #[arg(long, default_value_t = 0)]
+        /// Keep the newest N snapshots (of each path or stream and host, as every rule).
+        #[arg(long, default_value_t = 0, value_name = "N")]
         keep_last: u32,
-        #[arg(long, default_value_t = 0)]
+        /// Keep the newest snapshot of each of the last N hours that have one.
+        #[arg(long, default_value_t = 0, value_name = "N")]
         keep_hourly: u32,
-        #[arg(long, default_value_t = 0)]
+        /// Keep the newest snapshot of each of the last N days that have one.
+        #[arg(long, default_value_t = 0, value_name = "N")]
         keep_daily: u32,
-        #[arg(long, default_value_t = 0)]
+        /// Keep the newest snapshot of each of the last N weeks that have one.
+        #[arg(long, default_value_t = 0, value_name = "N")]
         keep_weekly: u32,
-        #[arg(long, default_value_t = 0)]
+        /// Keep the newest snapshot of each of the last N months that have one.
+        #[arg(long, default_value_t = 0, value_name = "N")]
         keep_monthly: u32,
-        #[arg(long, default_value_t = 0)]
+        /// Keep the newest snapshot of each of the last N years that have one.
+        #[arg(long, default_value_t = 0, value_name = "N")]
         keep_yearly: u32,
         /// Keep every snapshot made within this long of the newest one, e.g. "7d".
         #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
@@ -1216,7 +1222,8 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
             if let Some(l) = zstd_level {
                 opts = opts.zstd_level(*l);
             }
-            let stream = *stdin_from_command || source.as_deref() == Some("-");
+            let stream =
+                *stdin_from_command || source.as_ref().is_some_and(|s| s.as_os_str() == "-");
             if stream && (!exclude.is_empty() || *one_file_system) {
                 return Err(usage(
                     "--exclude and --one-file-system select paths of a directory, not a stream",
@@ -1257,7 +1264,7 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                     let shown = watch(progress_bar(None), counter, None);
                     (repo.backup_stream(&name, output, opts).await, shown)
                 }
-                (Some(source), false) if source == "-" => {
+                (Some(source), false) if source.as_os_str() == "-" => {
                     let name = name()?;
                     let shown = watch(progress_bar(None), counter, None);
                     (
@@ -1271,7 +1278,7 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                             "--stdin-name only applies to `backup -` and --stdin-from-command",
                         ));
                     }
-                    let path = PathBuf::from(source);
+                    let path = source.clone();
                     // The bar's length is the directory's size, summed beside the backup and
                     // only for a bar that shows (a walk of 200,000 files takes most of a
                     // second); with excludes, it would overstate what is read.
@@ -1348,7 +1355,7 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
         }
         RepoCommand::Ls { id, paths } => {
             let info = repo.snapshot(id).await?;
-            let entries = repo.list_tree(&info, paths).await?;
+            let entries = repo.list_tree(&info, &named(paths)).await?;
             args.print(
                 || {
                     entries
@@ -1577,19 +1584,23 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
             include,
             sparse,
         } => {
-            if include.len() > 1 && target == "-" {
+            let include = &named(include);
+            let to_stdout = target.as_os_str() == "-";
+            let target_path = target;
+            let target = target.display();
+            if include.len() > 1 && to_stdout {
                 return Err(usage(
                     "restore: --target - writes one file of a tree to standard output; name it \
                      with one --include, or restore into a directory",
                 ));
             }
-            if *sparse && target == "-" {
+            if *sparse && to_stdout {
                 return Err(usage(
                     "restore: --sparse leaves holes in a tree's files; a stream restored to \
                      standard output is written sparse by `dd of=FILE conv=sparse`",
                 ));
             }
-            if target == "-" {
+            if to_stdout {
                 let info = repo.snapshot_to_restore(id).await?;
                 if let (SnapshotKind::Stream { name }, Some(_)) = (&info.kind, include.first()) {
                     return Err(usage(format!(
@@ -1632,14 +1643,14 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                     // truncated one under its name, and nothing another user left there (a
                     // symlink) is written through. A device or a pipe (`/dev/null`, a FIFO)
                     // is written directly.
-                    let dest = link_target(Path::new(target));
+                    let dest = link_target(target_path);
                     let found = std::fs::symlink_metadata(&dest);
                     if found.as_ref().is_ok_and(std::fs::Metadata::is_dir) {
                         return Err(usage(format!(
                             "restore: {target} is a directory, and {} is the stream {name}: \
                              name a file to write it to (such as {}/{name}), or `--target -`",
                             info.short_id(),
-                            target.trim_end_matches('/')
+                            target.to_string().trim_end_matches('/')
                         )));
                     }
                     let direct = found.is_ok_and(|m| !m.is_file() && !m.is_symlink());
@@ -1689,13 +1700,13 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                     };
                     args.print(
                         || format!("restored stream {name} ({n} bytes) to {target}"),
-                        json!({ "id": info.id, "bytes": n, "target": target }),
+                        json!({ "id": info.id, "bytes": n, "target": target.to_string() }),
                     );
                 } else {
                     let (opts, shown) = restore_progress();
                     let opts = opts.sparse(*sparse);
                     let r = repo
-                        .restore_paths_salvaging(&info, target, include, &opts)
+                        .restore_paths_salvaging(&info, target_path, include, &opts)
                         .await;
                     finish_bar(shown);
                     let r = r?;
@@ -1704,7 +1715,7 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                     }
                     args.print(
                         || format!("restored {} files, {} directories, {} bytes to {target}", r.files, r.dirs, r.bytes),
-                        json!({ "id": info.id, "files": r.files, "dirs": r.dirs, "bytes": r.bytes, "target": target, "lost": r.lost }),
+                        json!({ "id": info.id, "files": r.files, "dirs": r.dirs, "bytes": r.bytes, "target": target.to_string(), "lost": r.lost }),
                     );
                     if !r.lost.is_empty() {
                         eprintln!(
@@ -2139,6 +2150,15 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
         },
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Paths of a snapshot named on the command line, as the snapshot's nodes spell them: bytes
+/// that are not UTF-8 as U+FFFD, as in their `path` (`path_raw` keeps the bytes).
+fn named(paths: &[PathBuf]) -> Vec<String> {
+    paths
+        .iter()
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect()
 }
 
 /// Writes `bytes` to a new file at `path`, readable by its owner only; an existing file is

@@ -1151,3 +1151,48 @@ fn an_exported_key_slot_is_put_back_by_import() {
     );
     repo.ok(&["repo", "snapshots"]);
 }
+
+/// Paths that are not UTF-8 are arguments like others: the directory backed up, the target,
+/// an --include (matched as listings spell it); and listings escape their bytes.
+#[cfg(target_os = "linux")]
+#[test]
+fn paths_that_are_not_utf8_are_taken_on_the_command_line() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let repo = LocalRepo::new();
+    repo.ok(&["repo", "init"]);
+    let os = |b: &[u8]| OsStr::from_bytes(b).to_owned();
+    let src = repo.dir.path().join(os(b"src\xff"));
+    std::fs::create_dir_all(src.join(os(b"sub\xfe"))).expect("src");
+    std::fs::write(src.join(os(b"sub\xfe/f\xfd")), b"hi").expect("file");
+    let common: Vec<&str> = repo.common.iter().map(String::as_str).collect();
+    let run = |args: &[&OsStr]| {
+        let out = repo
+            .cairn
+            .command(&[])
+            .args(args)
+            .args(&common)
+            .output()
+            .expect("cairn runs");
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        out
+    };
+    let s = |t: &str| OsStr::new(t).to_owned();
+    run(&[&s("repo"), &s("backup"), src.as_os_str()]);
+    let out = run(&[&s("repo"), &s("ls"), &s("latest")]);
+    assert!(stdout(&out).contains("sub\\xfe/f\\xfd"), "{}", stdout(&out));
+    let target = repo.dir.path().join(os(b"out\xfc"));
+    run(&[
+        &s("repo"),
+        &s("restore"),
+        &s("latest"),
+        &s("--target"),
+        target.as_os_str(),
+        &s("--include"),
+        &os(b"sub\xfe"),
+    ]);
+    assert_eq!(
+        std::fs::read(target.join(os(b"sub\xfe/f\xfd"))).expect("restored"),
+        b"hi"
+    );
+}
