@@ -1523,9 +1523,21 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
             let total = copy.iter().map(|s| s.summary.bytes).sum();
             let shown = watch(progress_bar(Some(total)), counter, None);
             let mut copied = Vec::with_capacity(copy.len());
+            let mut failed = Vec::new();
             for s in &copy {
                 let c = match dest.copy_snapshot(&repo, s, &opts).await {
                     Ok(c) => c,
+                    // A snapshot the source cannot give whole is left behind, named; the
+                    // others are still copied (one damaged pack must not stop every copy).
+                    Err(e @ (Error::Corrupt { .. } | Error::Missing { .. })) => {
+                        let line = format!("error: snapshot {} is not copied: {e}", s.short_id());
+                        match &shown {
+                            Some((bar, _)) => bar.suspend(|| eprintln!("{line}")),
+                            None => eprintln!("{line}"),
+                        }
+                        failed.push(json!({ "from": s.id, "error": e.to_string() }));
+                        continue;
+                    }
                     Err(e) => {
                         finish_bar(shown);
                         return Err(anyhow::Error::new(e)
@@ -1543,9 +1555,22 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
             }
             finish_bar(shown);
             args.print(
-                || format!("copied {}, skipped {}", copied.len(), skipped.len()),
-                json!({ "copied": copied, "skipped": skipped }),
+                || {
+                    let mut line = format!("copied {}, skipped {}", copied.len(), skipped.len());
+                    if !failed.is_empty() {
+                        line.push_str(&format!(
+                            ", {} not copied (damaged in the source: `cairn repo check \
+                             --read-data` there names what)",
+                            failed.len()
+                        ));
+                    }
+                    line
+                },
+                json!({ "copied": copied, "skipped": skipped, "failed": failed }),
             );
+            if !failed.is_empty() {
+                return Ok(ExitCode::from(crate::exit::FAILED));
+            }
         }
         RepoCommand::Stats => {
             let st = repo.stats().await?;

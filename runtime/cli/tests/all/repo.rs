@@ -1196,3 +1196,59 @@ fn paths_that_are_not_utf8_are_taken_on_the_command_line() {
         b"hi"
     );
 }
+
+/// A snapshot the source cannot give whole (a damaged pack) is named and left behind; the
+/// others are still copied, and the copy exits 1.
+#[test]
+fn copy_goes_on_past_a_damaged_snapshot() {
+    let repo = LocalRepo::new();
+    repo.ok(&["repo", "init"]);
+    let data = repo.dir.path().join("data");
+    std::fs::create_dir(&data).expect("data");
+    let noise = |seed: u64| -> Vec<u8> {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..1_000_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    };
+    std::fs::write(data.join("x"), noise(1)).expect("x");
+    let first = repo.backup(&data);
+    let packs = walkdir(&repo.dir.path().join("repo/data"));
+    std::fs::remove_file(data.join("x")).expect("x");
+    std::fs::write(data.join("y"), noise(2)).expect("y");
+    let second = repo.backup(&data);
+    let pack = packs
+        .iter()
+        .max_by_key(|p| std::fs::metadata(p).expect("pack").len())
+        .expect("a pack");
+    let mut bytes = std::fs::read(pack).expect("pack");
+    bytes[1000] ^= 0x40;
+    std::fs::write(pack, bytes).expect("pack");
+
+    let offsite = repo.dir.path().join("offsite");
+    let offsite = offsite.to_str().expect("utf-8");
+    // The source's own passphrase file, for the destination too.
+    let pass = repo.common[3].as_str();
+    let init = ["repo", "init", "--repo", offsite, "--passphrase-file", pass];
+    assert!(repo.cairn.run(&init).status.success());
+    let out = repo.run(&[
+        "repo",
+        "copy",
+        "--to",
+        offsite,
+        "--to-passphrase-file",
+        pass,
+        "--output",
+        "json",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let report = json(&out);
+    assert_eq!(report["failed"][0]["from"], first.as_str(), "{report}");
+    assert_eq!(report["copied"][0]["from"], second.as_str(), "{report}");
+    assert!(stderr(&out).contains("is not copied"), "{}", stderr(&out));
+}
