@@ -494,6 +494,8 @@ pub(crate) struct Rare {
     pub(crate) link_raw: Option<String>,
     /// Extended attributes (Linux): name → value, hex.
     pub(crate) xattrs: crate::xattrs::Xattrs,
+    /// A device's number (`st_rdev`).
+    pub(crate) rdev: Option<u64>,
 }
 
 /// No extended attributes, for nodes without [`Rare`] fields.
@@ -508,6 +510,9 @@ impl Node {
     }
     pub(crate) fn target_raw(&self) -> Option<&str> {
         self.rare.as_ref()?.target_raw.as_deref()
+    }
+    pub(crate) fn rdev(&self) -> Option<u64> {
+        self.rare.as_ref()?.rdev
     }
     pub(crate) fn link(&self) -> Option<&str> {
         self.rare.as_ref()?.link.as_deref()
@@ -559,6 +564,8 @@ struct NodeForm<S, X, C> {
     link_raw: Option<S>,
     #[serde(default, skip_serializing_if = "Empty::is_empty")]
     xattrs: X,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rdev: Option<u64>,
     #[serde(default, skip_serializing_if = "Empty::is_empty")]
     chunks: C,
     #[serde(default, skip_serializing_if = "Empty::is_empty")]
@@ -611,6 +618,7 @@ impl Serialize for Node {
             link: text(|r| &r.link),
             link_raw: text(|r| &r.link_raw),
             xattrs: self.xattrs(),
+            rdev: self.rdev(),
             chunks: &self.chunks,
             lists: &self.lists,
         }
@@ -628,6 +636,7 @@ impl<'de> Deserialize<'de> for Node {
             link: f.link,
             link_raw: f.link_raw,
             xattrs: f.xattrs,
+            rdev: f.rdev,
         };
         Ok(Node {
             path: f.path,
@@ -652,16 +661,35 @@ pub(crate) enum NodeKind {
     File,
     Dir,
     Symlink,
+    /// A named pipe (since 2026-12-06, as the three below).
+    Fifo,
+    /// A character device, with its device number (`rdev`).
+    #[serde(rename = "chardev")]
+    CharDevice,
+    /// A block device, with its device number (`rdev`).
+    #[serde(rename = "blockdev")]
+    BlockDevice,
 }
 
 impl NodeKind {
-    /// `file`, `dir` or `symlink`, as listings print it.
+    /// `file`, `dir`, `symlink`, `fifo`, `chardev` or `blockdev`, as listings print it.
     pub(crate) fn name(self) -> &'static str {
         match self {
             NodeKind::File => "file",
             NodeKind::Dir => "dir",
             NodeKind::Symlink => "symlink",
+            NodeKind::Fifo => "fifo",
+            NodeKind::CharDevice => "chardev",
+            NodeKind::BlockDevice => "blockdev",
         }
+    }
+
+    /// A FIFO or a device: made with `mknod`, holding no data.
+    pub(crate) fn is_special(self) -> bool {
+        matches!(
+            self,
+            NodeKind::Fifo | NodeKind::CharDevice | NodeKind::BlockDevice
+        )
     }
 }
 
@@ -936,7 +964,7 @@ impl Content {
                             file += 1;
                         }
                         NodeKind::Dir => dirs += 1,
-                        NodeKind::Symlink => {}
+                        _ => {}
                     }
                 }
                 summary.dirs = dirs;

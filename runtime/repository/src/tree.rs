@@ -325,8 +325,11 @@ fn walk_entry(
         (NodeKind::Symlink, Some(t), 0)
     } else if ft.is_file() {
         (NodeKind::File, None, m.len())
+    } else if let Some(kind) = special_kind(&ft) {
+        (kind, None, 0)
     } else {
-        tracing::warn!(path = %path.display(), "skipping special file");
+        // A socket is made by the program that listens on it, as restic and borg leave it.
+        tracing::warn!(path = %path.display(), "a socket: left out");
         return Ok(None);
     };
     let xattrs = match xattrs::read(&path) {
@@ -342,6 +345,9 @@ fn walk_entry(
             "a modification time outside 1677-2262 is recorded as the nearest time those \
              years hold"
         );
+    }
+    if matches!(kind, NodeKind::CharDevice | NodeKind::BlockDevice) {
+        node.rare_mut().rdev = device_number(&m);
     }
     if raw.is_some() || target.is_some() || !xattrs.is_empty() {
         let rare = node.rare_mut();
@@ -368,6 +374,77 @@ fn walk_entry(
         node,
         links,
     }))
+}
+
+/// A FIFO's or a device's kind (Unix); `None` for anything else.
+fn special_kind(ft: &std::fs::FileType) -> Option<NodeKind> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if ft.is_fifo() {
+            return Some(NodeKind::Fifo);
+        } else if ft.is_char_device() {
+            return Some(NodeKind::CharDevice);
+        } else if ft.is_block_device() {
+            return Some(NodeKind::BlockDevice);
+        }
+    }
+    let _ = ft;
+    None
+}
+
+/// The device number of the device `m` describes (Unix).
+fn device_number(m: &std::fs::Metadata) -> Option<u64> {
+    #[cfg(unix)]
+    return Some(std::os::unix::fs::MetadataExt::rdev(m));
+    #[cfg(not(unix))]
+    None
+}
+
+/// Makes the FIFO or device `node` describes at `p` (what is there removed first, a symlink
+/// never followed). A device needs root (`CAP_MKNOD`): refused that, it is left out, with one
+/// warning for them all.
+#[cfg(target_os = "linux")]
+fn make_special(p: &Path, node: &Node, refused: &AtomicBool) -> Result<bool> {
+    use rustix::fs::{CWD, FileType, Mode, mknodat};
+    let kind = match node.kind {
+        NodeKind::Fifo => FileType::Fifo,
+        NodeKind::CharDevice => FileType::CharacterDevice,
+        NodeKind::BlockDevice => FileType::BlockDevice,
+        _ => return Ok(false),
+    };
+    if kind != FileType::Fifo && refused.load(Ordering::Relaxed) {
+        return Ok(false);
+    }
+    let make = |p: &Path| {
+        mknodat(
+            CWD,
+            p,
+            kind,
+            Mode::from_bits_truncate(0o600),
+            node.rdev().unwrap_or(0),
+        )
+        .map_err(std::io::Error::from)
+    };
+    match replace_with(p, make) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied && kind != FileType::Fifo => {
+            if !refused.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    path = %p.display(),
+                    "device nodes are left out: making them needs root (CAP_MKNOD)"
+                );
+            }
+            Ok(false)
+        }
+        Err(e) => Err(Error::io("make", p, e)),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn make_special(p: &Path, node: &Node, _: &AtomicBool) -> Result<bool> {
+    tracing::warn!(path = %p.display(), kind = node.kind.name(), "not restored on this platform");
+    Ok(false)
 }
 
 /// The device `m` is on (Unix).
@@ -1096,6 +1173,8 @@ struct Meta {
     owners: Owners,
     xattrs: xattrs::Setter,
     setid_cleared: AtomicBool,
+    /// Whether making a device was refused (not root).
+    mknod_refused: AtomicBool,
 }
 
 impl Meta {
@@ -1114,7 +1193,9 @@ impl Meta {
             }
         }
         self.xattrs.set(path, node.xattrs())?;
-        if node.kind == NodeKind::Symlink {
+        // A FIFO opened would wait for a writer, and a device is not to be opened: their time
+        // is set by path, as a link's.
+        if node.kind == NodeKind::Symlink || node.kind.is_special() {
             // A filesystem that keeps no time for links refuses it; nothing else is lost.
             #[cfg(unix)]
             let _ = set_link_mtime(path, node);
@@ -1602,7 +1683,8 @@ impl Repository {
                     ids.extend_from_slice(&n.chunks.0);
                     to_read += n.size;
                 }
-                NodeKind::Symlink => {}
+                // Made with the links, once the data is written.
+                _ => {}
             }
         }
         // What is read and written: a hard link is neither.
@@ -1686,6 +1768,11 @@ impl Repository {
                 #[cfg(not(unix))]
                 tracing::warn!(path = %p.display(), target = %t, "symlinks are not restored on this platform");
                 meta.set(&p, n)?;
+            } else if n.kind.is_special() {
+                let p = safe_join(&target, n)?;
+                if make_special(&p, n, &meta.mknod_refused)? {
+                    meta.set(&p, n)?;
+                }
             }
         }
         for n in nodes.iter().rev().filter(|n| n.kind == NodeKind::Dir) {
@@ -1724,7 +1811,7 @@ pub struct TreeChange {
 pub struct TreeEntry {
     /// Relative to the snapshot's root, `/`-separated.
     pub path: String,
-    /// `file`, `dir` or `symlink`.
+    /// `file`, `dir`, `symlink`, `fifo`, `chardev` or `blockdev`.
     #[serde(rename = "type")]
     pub kind: &'static str,
     /// Permission bits.
@@ -2028,6 +2115,7 @@ impl Repository {
                         || o.lists != new.lists
                         || o.target() != new.target()
                         || o.target_raw() != new.target_raw()
+                        || o.rdev() != new.rdev()
                     {
                         Some("modified")
                     } else if o.mode != new.mode
