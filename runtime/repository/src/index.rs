@@ -54,6 +54,9 @@ pub(crate) struct Index {
     frames: Vec<Frame>,
     /// Sorted by id, one per id.
     slots: Vec<Slot>,
+    /// The other places of chunks stored more than once (by backups that ran at once, each
+    /// not seeing the other's): what those copies take is unused, for prune to free.
+    duplicates: Vec<Slot>,
     /// Bucket `b` (the id's first `bits` bits) is `slots[starts[b]..starts[b + 1]]`.
     starts: Vec<u32>,
     bits: u32,
@@ -86,6 +89,12 @@ impl Index {
     /// Every chunk and where it lives, in id order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&ChunkId, Loc)> {
         self.slots.iter().map(|s| (&s.id, self.loc(s)))
+    }
+
+    /// The places of chunks the index holds elsewhere too (see [`Index::get`] for the one
+    /// it reads): copies a prune may free.
+    pub(crate) fn duplicates(&self) -> impl Iterator<Item = (&ChunkId, Loc)> {
+        self.duplicates.iter().map(|s| (&s.id, self.loc(s)))
     }
 
     /// How many chunks the index holds.
@@ -218,17 +227,32 @@ impl IndexBuilder {
     /// Sorts the entries by id, keeps one place of each id, and builds the bucket table.
     pub(crate) fn finish(self) -> Index {
         let mut index = self.index;
+        // Of a chunk's places, the one in the pack of lowest id is read: the same place
+        // whatever order the files came in, and for two backups that stored the same data
+        // at once, mostly all of one's packs, so the other's are left unused whole.
+        let (frames, packs) = (&index.frames, &index.packs);
+        let pack_of = |s: &Slot| packs[frames[s.frame as usize].pack as usize];
+        let by_id_then_pack =
+            |a: &Slot, b: &Slot| order(&a.id, &b.id).then_with(|| pack_of(a).cmp(&pack_of(b)));
         if self.sorted == 0 {
             // On every core: a large repository's index is millions of slots, sorted before
             // any backup or restore can start.
-            index.slots.par_sort_unstable_by(|a, b| order(&a.id, &b.id));
+            index.slots.par_sort_unstable_by(by_id_then_pack);
         } else {
             // A sorted run, then the new entries: the standard sort finds the run, sorts only
             // the rest and merges the two, in a pass over the whole.
-            index.slots.sort_by(|a, b| order(&a.id, &b.id));
+            index.slots.sort_by(by_id_then_pack);
         }
-        // A chunk stored twice (by backups that ran at once) is in the index twice; either
-        // place holds it.
+        // A chunk stored twice (by backups that ran at once) is in the index twice: the
+        // first place is kept, the others noted apart.
+        let place = |s: &Slot| (index.frames[s.frame as usize], s.inner_off);
+        let duplicates: Vec<Slot> = index
+            .slots
+            .windows(2)
+            .filter(|w| w[0].id == w[1].id && place(&w[0]) != place(&w[1]))
+            .map(|w| w[1])
+            .collect();
+        index.duplicates.extend(duplicates);
         index.slots.dedup_by(|a, b| a.id == b.id);
         index.slots.shrink_to_fit();
         index.frames.shrink_to_fit();

@@ -2033,7 +2033,10 @@ impl Repository {
             // Entries that survive: the canonical location of every chunk in a used pack.
             let mut survivors: BTreeMap<format::PackId, Vec<format::Entry>> = BTreeMap::new();
             let mut total = vec![0u64; idx.packs.len()];
-            for (c, l) in idx.iter() {
+            // The copies of chunks read elsewhere (two backups that stored the same data at
+            // once) count as their packs' unused bytes, so a pack left mostly copies is
+            // repacked; in a pack that stays they stay indexed, to be counted again.
+            for (c, l) in idx.iter().chain(idx.duplicates()) {
                 total[l.pack as usize] += u64::from(l.len);
                 if in_use[l.pack as usize] {
                     let p = idx.packs[l.pack as usize];
@@ -2972,6 +2975,11 @@ fn repack_plan(
             ids.push((l.pack, l.frame_off, l.inner_off, *c));
             r.live_bytes += u64::from(l.len);
         } else {
+            r.unused_bytes += u64::from(l.len);
+        }
+    }
+    for (_, l) in idx.duplicates() {
+        if chosen[l.pack as usize] {
             r.unused_bytes += u64::from(l.len);
         }
     }

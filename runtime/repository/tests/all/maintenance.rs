@@ -692,3 +692,36 @@ async fn unfinished_uploads_are_reported_and_pruned() {
     assert!(young_lock.exists() && foreign.exists());
     repo.restore_stream(&s.id, &mut Vec::new()).await.unwrap();
 }
+
+/// Two backups of the same data at once, neither seeing the other's new chunks, store it
+/// twice. The index reads one copy, and prune frees the other: the packs left holding only
+/// copies are deleted, and those left mostly copies are repacked, then deleted by the next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_frees_data_two_backups_stored_at_once() {
+    let d = tempfile::tempdir().unwrap();
+    let url = d.path().display().to_string();
+    let repo = init_repo(url.as_str()).await;
+    let other = Repository::open(url.as_str(), &pass("p")).await.unwrap();
+    let data = noise(20_000_000, 31);
+    let (a, b) = tokio::join!(
+        repo.backup_stream("s", &data[..], Default::default()),
+        other.backup_stream("s", &data[..], Default::default()),
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let twice = du(&d.path().join("data"));
+    assert!(twice > 39_000_000, "stored twice: {twice}");
+    for _ in 0..2 {
+        repo.prune(false).await.unwrap();
+    }
+    let once = du(&d.path().join("data"));
+    assert!(
+        once < 22_000_000,
+        "{twice} bytes stored, {once} after prune"
+    );
+    for id in [&a.id, &b.id] {
+        let mut out = Vec::new();
+        repo.restore_stream(id, &mut out).await.unwrap();
+        assert!(out == data);
+    }
+    assert!(repo.check(true).await.unwrap().is_ok());
+}
