@@ -302,11 +302,12 @@ struct FilterArgs {
     /// Only snapshots made on this host (as `backup --host` recorded it).
     #[arg(long)]
     host: Option<String>,
-    /// Only snapshots made at or after this time (RFC 3339).
-    #[arg(long)]
+    /// Only snapshots made at or after this time: RFC 3339, a UTC date (2026-01-31) or a
+    /// while ago (36h, 7d, 2w).
+    #[arg(long, value_name = "TIME")]
     since: Option<String>,
-    /// Only snapshots made before this time (RFC 3339).
-    #[arg(long)]
+    /// Only snapshots made before this time (as --since takes it).
+    #[arg(long, value_name = "TIME")]
     until: Option<String>,
 }
 

@@ -256,14 +256,15 @@ impl SnapshotFilter {
         self.host = Some(h.into());
         self
     }
-    /// Requires snapshots made at or after an RFC 3339 time.
-    pub fn since(mut self, rfc3339: &str) -> Result<Self> {
-        self.since = Some(parse_time(rfc3339)?);
+    /// Requires snapshots made at or after a time: RFC 3339 (`2026-01-31T12:00:00Z`), a UTC
+    /// date (`2026-01-31`, its midnight) or a while ago (`36h`, `7d`, `2w`).
+    pub fn since(mut self, time: &str) -> Result<Self> {
+        self.since = Some(parse_time(time)?);
         Ok(self)
     }
-    /// Requires snapshots made before an RFC 3339 time.
-    pub fn until(mut self, rfc3339: &str) -> Result<Self> {
-        self.until = Some(parse_time(rfc3339)?);
+    /// Requires snapshots made before a time (as [`SnapshotFilter::since`] takes it).
+    pub fn until(mut self, time: &str) -> Result<Self> {
+        self.until = Some(parse_time(time)?);
         Ok(self)
     }
     fn matches(&self, s: &SnapshotInfo) -> bool {
@@ -287,10 +288,39 @@ fn same_source(s: &SnapshotInfo, source: &str) -> bool {
     }
 }
 
+/// A time as a filter takes it: RFC 3339 (`2026-01-31T12:00:00Z`), a UTC date (`2026-01-31`,
+/// its midnight) or a while ago (`36h`, `7d`, `2w`: seconds, minutes, hours, days, weeks).
 fn parse_time(s: &str) -> Result<jiff::Timestamp> {
-    s.parse().map_err(|e| {
+    if let Ok(t) = s.parse::<jiff::Timestamp>() {
+        return Ok(t);
+    }
+    if let Ok(d) = s.parse::<jiff::civil::Date>()
+        && let Ok(z) = d.to_zoned(jiff::tz::TimeZone::UTC)
+    {
+        return Ok(z.timestamp());
+    }
+    let unit = match s.chars().last() {
+        Some('s') => 1,
+        Some('m') => 60,
+        Some('h') => 3600,
+        Some('d') => 86_400,
+        Some('w') => 7 * 86_400,
+        _ => 0,
+    };
+    let ago = s[..s.len().saturating_sub(1)]
+        .parse::<i64>()
+        .ok()
+        .filter(|n| unit > 0 && *n >= 0)
+        .and_then(|n| n.checked_mul(unit))
+        .and_then(|secs| {
+            jiff::Timestamp::now()
+                .checked_sub(jiff::SignedDuration::from_secs(secs))
+                .ok()
+        });
+    ago.ok_or_else(|| {
         Error::Invalid(format!(
-            "{s:?} is not an RFC 3339 time (e.g. 2026-01-31T12:00:00Z): {e}"
+            "{s:?} is not a time: give an RFC 3339 time (2026-01-31T12:00:00Z), a date \
+             (2026-01-31, midnight UTC) or a while ago (36h, 7d, 2w)"
         ))
     })
 }
@@ -3078,6 +3108,37 @@ fn lacks_object_lock(e: &object_store::Error) -> bool {
 
 #[cfg(test)]
 mod tests {
+    /// A filter's time: RFC 3339, a UTC date, or a while ago; anything else is refused
+    /// naming the three.
+    #[test]
+    fn filter_times() {
+        let t = |s: &str| super::parse_time(s);
+        assert_eq!(
+            t("2026-01-31T12:00:00Z").expect("rfc 3339").to_string(),
+            "2026-01-31T12:00:00Z"
+        );
+        assert_eq!(
+            t("2026-01-31").expect("a date").to_string(),
+            "2026-01-31T00:00:00Z"
+        );
+        let ago = jiff::Timestamp::now().as_second() - t("36h").expect("ago").as_second();
+        assert!((36 * 3600..36 * 3600 + 5).contains(&ago), "{ago}");
+        let ago = jiff::Timestamp::now().as_second() - t("2w").expect("ago").as_second();
+        assert!((14 * 86_400..14 * 86_400 + 5).contains(&ago), "{ago}");
+        for bad in [
+            "",
+            "d",
+            "-3d",
+            "3x",
+            "yesterday",
+            "2026-13-01",
+            "99999999999999999w",
+        ] {
+            let e = t(bad).expect_err(bad).to_string();
+            assert!(e.contains("a while ago"), "{bad}: {e}");
+        }
+    }
+
     use super::lacks_object_lock;
 
     fn s3_error(body: &str) -> object_store::Error {
