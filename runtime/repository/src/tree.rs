@@ -2579,6 +2579,19 @@ mod tests {
     use super::*;
 
     /// The inputs a message brings, in order.
+    /// What a feed sent, one word or two an input: `data N`, `end` or `other`.
+    fn received(rx: &mut tokio::sync::mpsc::Receiver<Input>) -> Vec<String> {
+        let mut seen = Vec::new();
+        while let Ok(i) = rx.try_recv() {
+            seen.extend(unbatched(i).into_iter().map(|i| match i {
+                Input::Data(d) => format!("data {}", d.len()),
+                Input::EndFile => "end".into(),
+                _ => "other".into(),
+            }));
+        }
+        seen
+    }
+
     fn unbatched(i: Input) -> Vec<Input> {
         match i {
             Input::Batch(b) => b,
@@ -2650,14 +2663,7 @@ mod tests {
             feed(&files, false, &tx, &Pool::new(1), None, &AtomicU64::new(0)).expect("fed");
         assert_eq!(left_out, [1]);
         drop(tx);
-        let mut seen = Vec::new();
-        while let Ok(i) = rx.try_recv() {
-            seen.extend(unbatched(i).into_iter().map(|i| match i {
-                Input::Data(d) => format!("data {}", d.len()),
-                Input::EndFile => "end".into(),
-                _ => "other".into(),
-            }));
-        }
+        let seen = received(&mut rx);
         // Every file ends, the one removed empty: the pipeline's files stay in step.
         assert_eq!(seen, ["data 5", "end", "end", "end"]);
 
@@ -2718,14 +2724,7 @@ mod tests {
         let left_out = feed(&files, false, &tx, &Pool::new(1), None, &skipped).expect("fed");
         assert_eq!((left_out, skipped.into_inner()), (vec![1], 1));
         drop(tx);
-        let mut seen = Vec::new();
-        while let Ok(i) = rx.try_recv() {
-            seen.extend(unbatched(i).into_iter().map(|i| match i {
-                Input::Data(d) => format!("data {}", d.len()),
-                Input::EndFile => "end".into(),
-                _ => "other".into(),
-            }));
-        }
+        let seen = received(&mut rx);
         assert_eq!(seen, ["data 5", "end", "end", "data 5", "end"]);
     }
 

@@ -1,7 +1,7 @@
 //! `cairn repo` through a profile file: where the repository is and its credentials, kept off
 //! the command line.
 
-use crate::support::{Cairn, json, stderr, stdout};
+use crate::support::{Cairn, files_under, json, noise, stderr, stdout};
 use std::os::unix::fs::FileTypeExt;
 
 #[test]
@@ -1062,18 +1062,9 @@ fn repair_packs_lets_the_next_backup_store_damaged_data_again() {
     let data = repo.dir.path().join("data");
     std::fs::create_dir(&data).expect("data");
     // Noise that does not compress: one pack of its own, past its first frame.
-    let mut x = 0x9E37_79B9_7F4A_7C15u64;
-    let noise: Vec<u8> = (0..3_000_000)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
-    std::fs::write(data.join("blob"), &noise).expect("blob");
+    std::fs::write(data.join("blob"), noise(3_000_000, 7)).expect("blob");
     repo.backup(&data);
-    let pack = walkdir(&repo.dir.path().join("repo/data"))
+    let pack = files_under(&repo.dir.path().join("repo/data"))
         .into_iter()
         .max_by_key(|p| std::fs::metadata(p).expect("pack").len())
         .expect("a pack");
@@ -1095,20 +1086,6 @@ fn repair_packs_lets_the_next_backup_store_damaged_data_again() {
     // Not --force: a file whose chunks are no longer all indexed is read again.
     repo.ok(&["repo", "backup", data.to_str().expect("utf-8")]);
     repo.ok(&["repo", "check", "--read-data"]);
-}
-
-/// Every file under `dir`.
-fn walkdir(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).expect("dir") {
-        let p = e.expect("entry").path();
-        if p.is_dir() {
-            out.extend(walkdir(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 /// `key export` writes the slot apart (readable by its owner only); with every slot on the
@@ -1205,22 +1182,11 @@ fn copy_goes_on_past_a_damaged_snapshot() {
     repo.ok(&["repo", "init"]);
     let data = repo.dir.path().join("data");
     std::fs::create_dir(&data).expect("data");
-    let noise = |seed: u64| -> Vec<u8> {
-        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..1_000_000)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    };
-    std::fs::write(data.join("x"), noise(1)).expect("x");
+    std::fs::write(data.join("x"), noise(1_000_000, 1)).expect("x");
     let first = repo.backup(&data);
-    let packs = walkdir(&repo.dir.path().join("repo/data"));
+    let packs = files_under(&repo.dir.path().join("repo/data"));
     std::fs::remove_file(data.join("x")).expect("x");
-    std::fs::write(data.join("y"), noise(2)).expect("y");
+    std::fs::write(data.join("y"), noise(1_000_000, 2)).expect("y");
     let second = repo.backup(&data);
     let pack = packs
         .iter()

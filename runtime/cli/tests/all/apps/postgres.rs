@@ -9,7 +9,7 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
 use super::{DB, Harness, SqlServer, Workload, answer, assert_fails_with, free_port};
 use super::{exported_points, phase, require, snapshots, value, wait_for};
-use crate::support::{Cairn, json, stderr};
+use crate::support::{Cairn, files_under, json, stderr};
 
 /// `psql` without `.psqlrc`, unaligned tuples only, stopping at the first error.
 const PSQL: [&str; 6] = ["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"];
@@ -324,7 +324,7 @@ fn a_restore_cut_short_on_kubernetes_changes_nothing() {
     let before = pg.fingerprint(DB);
 
     // The last frame before the pack header, in the largest pack.
-    let mut packs: Vec<PathBuf> = walk(&cairn.home.path().join("repository/data"));
+    let mut packs: Vec<PathBuf> = files_under(&cairn.home.path().join("repository/data"));
     packs.sort_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0));
     let pack = packs.last().expect("a pack");
     let mut bytes = std::fs::read(pack).expect("read the pack");
@@ -343,19 +343,6 @@ fn a_restore_cut_short_on_kubernetes_changes_nothing() {
         before,
         "a cut-short restore changed data"
     );
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir).expect("read dir").flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            files.extend(walk(&path));
-        } else {
-            files.push(path);
-        }
-    }
-    files
 }
 
 #[test]
