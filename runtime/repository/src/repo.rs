@@ -1988,13 +1988,14 @@ impl Repository {
             }
         }
         // Uploads killed processes began: under this lock nothing writes what backups write,
-        // so theirs are dead at any age; a lock or key slot is written outside the locks, so
-        // only one left as long as a dead holder's lock is.
+        // so theirs are dead at any age; a lock or key slot is written outside the locks, in
+        // a moment, so one idle for a minute was left (a writer stopped longer only fails its
+        // rename).
         for u in backend.unfinished_uploads().await? {
             let backup_written = ["data/", "index/", "content/", "snapshots/"]
                 .iter()
                 .any(|p| u.path.starts_with(p));
-            if backup_written || u.idle >= crate::lock::LOCK_STALE_AFTER {
+            if backup_written || u.idle >= UNFINISHED_IDLE {
                 if !dry_run {
                     backend.remove_unfinished(&u).await?;
                 }

@@ -120,7 +120,22 @@ async fn kill_9_during_backup_keeps_earlier_snapshots() {
     );
     let report = repo.check(true).await.unwrap();
     assert!(report.is_ok(), "{report:?}");
-    // Nothing the dead backups began writing is left behind, listed or not.
+    // Nothing the dead backups began writing is left behind, listed or not: of what they
+    // wrote, at once; of their locks (written outside the locks), once idle a minute.
+    let left = staging_files(d.path());
+    assert!(
+        left.iter().all(|f| f.contains("/locks/")),
+        "left by the kills: {left:?}"
+    );
+    for f in &left {
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(120);
+        let file = std::fs::File::options().write(true).open(f).unwrap();
+        file.set_modified(old).unwrap();
+    }
+    assert_eq!(
+        repo.prune(false).await.unwrap().unfinished_removed,
+        left.len()
+    );
     assert_eq!(staging_files(d.path()), Vec::<String>::new());
     let mut out = Vec::new();
     repo.restore_stream(&s.id, &mut out).await.unwrap();
