@@ -149,7 +149,14 @@ pub(crate) struct Backend {
     pub(crate) object_lock: bool,
     /// A `file://` repository's directory, where uploads a killed process began are found.
     local_root: Option<std::path::PathBuf>,
+    /// The store's clock less this host's, in seconds, once a write has shown it
+    /// ([`NO_OFFSET`] until then): the protection period is the store's, as locks' ages are,
+    /// so a host whose clock runs ahead (or a process under faketime) deletes nothing early.
+    clock_offset: Arc<std::sync::atomic::AtomicI64>,
 }
+
+/// [`Backend::clock_offset`] not known yet.
+const NO_OFFSET: i64 = i64::MIN;
 
 /// A file a local upload began and never finished. `object_store` writes an object to
 /// `NAME#N` and renames it into place: a process killed in between leaves the file, which no
@@ -408,7 +415,43 @@ impl Backend {
             s3_lock: s3_lock.map(Arc::new),
             object_lock: false,
             local_root,
+            clock_offset: Arc::new(std::sync::atomic::AtomicI64::new(NO_OFFSET)),
         })
+    }
+
+    /// Takes `store_now` (an object's last-modified time, just written) for the store's
+    /// present, to judge protection by.
+    pub(crate) fn learn_clock(&self, store_now: i64) {
+        let offset = store_now.saturating_sub(jiff::Timestamp::now().as_second());
+        self.clock_offset
+            .store(offset, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Learns the store's clock with a probe object written and removed, unless known, or
+    /// there is no protection to judge. A store that takes no probe leaves this host's clock.
+    pub(crate) async fn know_clock(&self) {
+        if self.protection.is_zero()
+            || self.clock_offset.load(std::sync::atomic::Ordering::Relaxed) != NO_OFFSET
+        {
+            return;
+        }
+        let path = format!("locks/{}", crate::format::new_id());
+        let body = Bytes::from_static(br#"{"probe":"the store's clock"}"#);
+        if self.put_new(&path, body).await.is_ok() {
+            if let Ok(Some(m)) = self.head(&path).await {
+                self.learn_clock(m.last_modified.timestamp());
+            }
+            let _ = self.delete_any(&path).await;
+        }
+    }
+
+    /// The present by the store's clock when known, else by this host's.
+    fn now(&self) -> i64 {
+        let local = jiff::Timestamp::now().as_second();
+        match self.clock_offset.load(std::sync::atomic::Ordering::Relaxed) {
+            NO_OFFSET => local,
+            offset => local.saturating_add(offset),
+        }
     }
 
     /// The uploads a process began in a local repository and never finished (none elsewhere:
@@ -668,14 +711,15 @@ impl Backend {
             return None;
         }
         let until = last_modified_unix.saturating_add(self.protection.as_secs() as i64);
-        let now = jiff::Timestamp::now().as_second();
-        (now < until).then(|| jiff::Timestamp::from_second(until).unwrap_or(jiff::Timestamp::MAX))
+        (self.now() < until)
+            .then(|| jiff::Timestamp::from_second(until).unwrap_or(jiff::Timestamp::MAX))
     }
 
     /// Deletes a data object, refusing inside the protection period. `meta` saves a HEAD when
     /// the caller listed the object.
     pub(crate) async fn delete_data(&self, path: &str, meta: Option<&ObjectMeta>) -> Result<()> {
         if !self.protection.is_zero() {
+            self.know_clock().await;
             let lm = match meta {
                 Some(m) => m.last_modified.timestamp(),
                 None => match self.store.head(&Path::from(path)).await {
@@ -715,6 +759,34 @@ fn prefixed(store: Arc<dyn ObjectStore>, url: &url::Url) -> Arc<dyn ObjectStore>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Protection is judged by the store's clock once known: a host whose clock runs two
+    /// hours ahead of the store's (or a process under faketime) would otherwise take an object
+    /// written ten minutes ago, under a one-hour period, for free to delete.
+    #[tokio::test]
+    async fn protection_is_judged_by_the_stores_clock() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let connect = || {
+            let mut b = Backend::connect(&Location::new(d.path().display().to_string()), true)
+                .expect("a store");
+            b.protection = std::time::Duration::from_secs(3600);
+            b
+        };
+        let host = jiff::Timestamp::now().as_second();
+        let store = host - 7200;
+        let (by_host, by_store) = (connect(), connect());
+        by_store.learn_clock(store);
+        assert!(by_host.protected_until(store - 600).is_none());
+        assert!(by_store.protected_until(store - 600).is_some());
+        // A probe learns it, and leaves nothing behind.
+        let probed = connect();
+        probed.know_clock().await;
+        let offset = probed
+            .clock_offset
+            .load(std::sync::atomic::Ordering::Relaxed);
+        assert!(offset != NO_OFFSET && offset.abs() <= 2, "{offset}");
+        assert!(probed.list("locks/").await.expect("listed").is_empty());
+    }
 
     /// The two ways a local URL goes wrong are named with their fix, and nothing is made;
     /// a repository directory made is its owner's alone.

@@ -79,12 +79,14 @@ fn stale_reason(lock: &LockFile, age: i64) -> Option<String> {
 /// host's clock.
 async fn list_locks(backend: &Backend, own: Option<&str>) -> Result<Vec<LockInfo>> {
     let listed = backend.list("locks/").await?;
-    let now = own
+    let store_now = own
         .and_then(|own| listed.iter().find(|m| m.location.filename() == Some(own)))
-        .map_or_else(
-            || jiff::Timestamp::now().as_second(),
-            |m| m.last_modified.timestamp(),
-        );
+        .map(|m| m.last_modified.timestamp());
+    // The protection period is judged by the same clock.
+    if let Some(t) = store_now {
+        backend.learn_clock(t);
+    }
+    let now = store_now.unwrap_or_else(|| jiff::Timestamp::now().as_second());
     let mut locks = Vec::new();
     for m in listed {
         let age = now.saturating_sub(m.last_modified.timestamp());

@@ -1846,6 +1846,7 @@ impl Repository {
         mut report: ForgetReport,
         dry_run: bool,
     ) -> Result<ForgetReport> {
+        self.inner.backend.know_clock().await;
         let listed: HashMap<String, i64> = self
             .inner
             .backend
@@ -2659,6 +2660,7 @@ impl Repository {
             .find(|(i, _)| *i == self.inner.slot);
         let label = old.map(|(_, s)| s.label).unwrap_or_default();
         // A slot inside the protection period cannot go: refused before a new one is added.
+        self.inner.backend.know_clock().await;
         let path = format::key_path(&self.inner.slot);
         if let Some(m) = self.inner.backend.head(&path).await?
             && let Some(until) = self
