@@ -1115,8 +1115,6 @@ impl CachedKey {
 
     /// Best effort: a cache that cannot be written costs the next run a derivation.
     fn store(&self, slot: &WrappedKey, aad: &[u8], secret: &[u8]) {
-        use std::io::Write as _;
-        use std::os::unix::fs::OpenOptionsExt as _;
         let cache = KeyCache {
             source: self.source.clone(),
             aad: to_hex(aad),
@@ -1131,13 +1129,7 @@ impl CachedKey {
                     std::fs::create_dir_all(dir)?;
                 }
                 let _ = std::fs::remove_file(&tmp);
-                let mut f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&tmp)?;
-                f.write_all(&json)?;
-                f.sync_all()?;
+                cairn_repository::write_private(&tmp, &json)?;
                 std::fs::rename(&tmp, &self.file)
             });
         if let Err(e) = written {

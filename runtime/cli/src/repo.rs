@@ -2159,7 +2159,9 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                     std::io::Write::write_all(&mut std::io::stdout(), &slot)
                         .context("writing the key slot")?;
                 } else {
-                    write_private(to, &slot)?;
+                    cairn_repository::write_private(to, &slot).with_context(|| {
+                        format!("writing {} (it must not exist yet)", to.display())
+                    })?;
                     args.print(
                         || {
                             format!(
@@ -2185,21 +2187,6 @@ fn named(paths: &[PathBuf]) -> Vec<String> {
         .iter()
         .map(|p| p.to_string_lossy().into_owned())
         .collect()
-}
-
-/// Writes `bytes` to a new file at `path`, readable by its owner only; an existing file is
-/// refused, not replaced.
-fn write_private(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let mut o = std::fs::OpenOptions::new();
-    o.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
-    let mut f = o
-        .open(path)
-        .with_context(|| format!("creating {} (it must not exist yet)", path.display()))?;
-    std::io::Write::write_all(&mut f, bytes)
-        .and_then(|()| f.sync_all())
-        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// The file a stream restored to `path` is written as: `path`, or where a symlink there of the

@@ -427,14 +427,19 @@ impl Backend {
             .store(offset, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Learns the store's clock with a probe object written and removed, unless known, or
-    /// there is no protection to judge. A store that takes no probe leaves this host's clock.
+    /// Learns the store's clock, unless known, or there is no protection to judge.
     pub(crate) async fn know_clock(&self) {
-        if self.protection.is_zero()
-            || self.clock_offset.load(std::sync::atomic::Ordering::Relaxed) != NO_OFFSET
+        if !self.protection.is_zero()
+            && self.clock_offset.load(std::sync::atomic::Ordering::Relaxed) == NO_OFFSET
         {
-            return;
+            self.probe_clock().await;
         }
+    }
+
+    /// Learns the store's clock from a probe object written, looked at and removed (under
+    /// `locks/`, where others take it for no lock). A store that takes no probe leaves this
+    /// host's clock.
+    pub(crate) async fn probe_clock(&self) {
         let path = format!("locks/{}", crate::format::new_id());
         let body = Bytes::from_static(br#"{"probe":"the store's clock"}"#);
         if self.put_new(&path, body).await.is_ok() {
@@ -446,7 +451,7 @@ impl Backend {
     }
 
     /// The present by the store's clock when known, else by this host's.
-    fn now(&self) -> i64 {
+    pub(crate) fn now(&self) -> i64 {
         let local = jiff::Timestamp::now().as_second();
         match self.clock_offset.load(std::sync::atomic::Ordering::Relaxed) {
             NO_OFFSET => local,

@@ -242,6 +242,18 @@ impl fmt::Debug for KeyFile {
     }
 }
 
+/// Writes `bytes` to a new file at `path`, readable by its owner only, and syncs it; a file
+/// already there is an error (`AlreadyExists`), never replaced.
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts.open(path)?;
+    std::io::Write::write_all(&mut f, bytes)?;
+    f.sync_all()
+}
+
 impl KeyFile {
     /// Loads a key file.
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
@@ -269,20 +281,8 @@ impl KeyFile {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
         }
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o600);
-        }
-        let mut f = opts
-            .open(path)
+        write_private(path, format!("{}\n", hex::encode(key)).as_bytes())
             .map_err(|e| Error::io("create key file", path, e))?;
-        use std::io::Write;
-        writeln!(f, "{}", hex::encode(key))
-            .and_then(|()| f.sync_all())
-            .map_err(|e| Error::io("write key file", path, e))?;
         Ok(Self {
             path: path.to_owned(),
             key,

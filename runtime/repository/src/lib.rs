@@ -48,7 +48,9 @@ pub use chunker::Chunking;
 pub use crypto::ChunkId;
 pub use error::{Error, Result};
 pub use format::{BackupSummary, FORMAT_VERSION, SnapshotInfo, SnapshotKind};
-pub use keys::{KdfParams, KeyFile, KeyProvider, KeySlotInfo, Passphrase, WrappedKey};
+pub use keys::{
+    KdfParams, KeyFile, KeyProvider, KeySlotInfo, Passphrase, WrappedKey, write_private,
+};
 pub use lock::{LOCK_REFRESH, LOCK_STALE_AFTER, LockInfo};
 pub use pipeline::{
     DEFAULT_FRAME_BYTES, DEFAULT_PACK_BYTES, DEFAULT_ZSTD_LEVEL, MAX_UPLOADS_IN_FLIGHT,

@@ -75,8 +75,8 @@ fn stale_reason(lock: &LockFile, age: i64) -> Option<String> {
 /// the store's clock, never by the time its holder wrote in it: a host whose clock is half an
 /// hour off would otherwise write locks that look stale from the start, and a prune elsewhere
 /// would delete what its backup deduplicated against. The store's present is the write time
-/// of `own`, the id of the lock the caller has just written; without one (`unlock`), this
-/// host's clock.
+/// of `own`, the id of the lock the caller has just written; without one (`unlock`), the
+/// store's clock as a probe showed it, or this host's.
 async fn list_locks(backend: &Backend, own: Option<&str>) -> Result<Vec<LockInfo>> {
     let listed = backend.list("locks/").await?;
     let store_now = own
@@ -86,7 +86,7 @@ async fn list_locks(backend: &Backend, own: Option<&str>) -> Result<Vec<LockInfo
     if let Some(t) = store_now {
         backend.learn_clock(t);
     }
-    let now = store_now.unwrap_or_else(|| jiff::Timestamp::now().as_second());
+    let now = store_now.unwrap_or_else(|| backend.now());
     let mut locks = Vec::new();
     for m in listed {
         let age = now.saturating_sub(m.last_modified.timestamp());
@@ -126,21 +126,10 @@ async fn list_locks(backend: &Backend, own: Option<&str>) -> Result<Vec<LockInfo
 /// [`LOCK_STALE_AFTER`] ago). Removing a lock a running operation holds lets a prune delete
 /// what a backup is writing, so `all` is for when nothing runs.
 pub(crate) async fn unlock(backend: &Backend, all: bool) -> Result<Vec<LockInfo>> {
-    // A probe written now gives the store's present, so a lock's age is judged by the store's
-    // clock here too: a host whose clock runs ahead would take live locks for stale.
-    let probe = format::new_id();
-    let probe_path = format::lock_path(&probe);
-    let body = serde_json::to_vec(&serde_json::json!({ "probe": "cairn repo unlock" }))
-        .unwrap_or_default();
-    let probed = backend
-        .put_new(&probe_path, Bytes::from(body))
-        .await
-        .is_ok();
-    let listed = list_locks(backend, probed.then_some(probe.as_str())).await;
-    if probed {
-        let _ = backend.delete_any(&probe_path).await;
-    }
-    let mut locks: Vec<LockInfo> = listed?.into_iter().filter(|l| l.id != probe).collect();
+    // A probe gives the store's present, so a lock's age is judged by the store's clock here
+    // too: a host whose clock runs ahead would take live locks for stale.
+    backend.probe_clock().await;
+    let mut locks = list_locks(backend, None).await?;
     for l in &mut locks {
         if all || l.stale.is_some() {
             backend.delete_any(&format::lock_path(&l.id)).await?;
