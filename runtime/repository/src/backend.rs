@@ -224,11 +224,18 @@ fn find_unfinished(root: &std::path::Path) -> std::io::Result<Vec<Unfinished>> {
 /// after their write. The retention date travels in default headers of a dedicated client,
 /// rebuilt every [`LOCK_CLIENT_LIFE`] (the date it stamps is that much later than needed, never
 /// earlier).
+///
+/// Each new client first writes the key slot the repository was opened with again (`renew`),
+/// so that slot is always retained at least as long as any data written through it: a slot
+/// whose retention ran out could be deleted while the data it opens is still locked, leaving
+/// that data unreadable for good.
 #[derive(Debug)]
 struct S3Lock {
     location: Location,
     url: url::Url,
-    current: Mutex<Option<(std::time::Instant, Arc<dyn ObjectStore>)>>,
+    current: tokio::sync::Mutex<Option<(std::time::Instant, Arc<dyn ObjectStore>)>>,
+    /// The key slot renewed by each new client.
+    renew: Mutex<Option<String>>,
 }
 
 /// How long one Object Lock client stamps the same retention date.
@@ -373,7 +380,8 @@ impl Backend {
                 s3_lock = Some(S3Lock {
                     location: loc.clone(),
                     url: url.clone(),
-                    current: Mutex::new(None),
+                    current: Default::default(),
+                    renew: Mutex::new(None),
                 });
                 s3_store(loc, &url, None)?
             }
@@ -617,18 +625,26 @@ impl Backend {
             self.object_lock && !self.protection.is_zero(),
         ) {
             (Some(lock), true) => {
-                let store = self.lock_store(lock)?;
+                let store = self.lock_store(lock).await?;
                 self.put_new_in(&store, path, data).await
             }
             _ => self.put_new(path, data).await,
         }
     }
 
-    fn lock_store(&self, lock: &S3Lock) -> Result<Arc<dyn ObjectStore>> {
-        let mut current = lock
-            .current
-            .lock()
-            .map_err(|_| invalid(&self.url, "object lock client poisoned"))?;
+    /// Names the key slot that each new Object Lock client writes again before any data
+    /// ([`S3Lock`]): the one the repository was opened with.
+    pub(crate) fn renew_with(&self, slot_path: String) {
+        if let Some(lock) = &self.s3_lock
+            && let Ok(mut renew) = lock.renew.lock()
+        {
+            *renew = Some(slot_path);
+        }
+    }
+
+    async fn lock_store(&self, lock: &S3Lock) -> Result<Arc<dyn ObjectStore>> {
+        // Held while the slot is renewed: no data goes out under the new date before it.
+        let mut current = lock.current.lock().await;
         if let Some((built, store)) = current.as_ref()
             && built.elapsed() < LOCK_CLIENT_LIFE
         {
@@ -639,6 +655,24 @@ impl Backend {
             .checked_add(jiff::SignedDuration::from_secs(period.as_secs() as i64))
             .map_err(|e| invalid(&self.url, e))?;
         let store = s3_store(&lock.location, &lock.url, Some(until))?;
+        let renew = lock.renew.lock().ok().and_then(|r| r.clone());
+        if let Some(path) = renew {
+            // Its bytes as they are: nothing to unwrap or wrap again. A slot removed meanwhile
+            // (`key remove` in another process) is not brought back.
+            match self.get(&path).await? {
+                Some(slot) => {
+                    Limiter::take(&self.upload, slot.len() as u64).await;
+                    store
+                        .put(&Path::from(path.as_str()), PutPayload::from_bytes(slot))
+                        .await
+                        .map_err(|e| self.store_err("renew the retention of", &path, e))?;
+                }
+                None => tracing::warn!(
+                    slot = %path,
+                    "the key slot this repository was opened with is gone; its retention is not renewed"
+                ),
+            }
+        }
         *current = Some((std::time::Instant::now(), store.clone()));
         Ok(store)
     }

@@ -874,6 +874,7 @@ impl Repository {
         index: Option<Index>,
     ) -> Self {
         let index_read = index.is_some().into();
+        backend.renew_with(format::key_path(&slot));
         Self {
             inner: Arc::new(Inner {
                 backend,
@@ -2863,8 +2864,9 @@ fn slot_protected(e: Error) -> Error {
     match e {
         Error::Protected { object, until } => Error::Invalid(format!(
             "key slot {object} is protected until {until}, as data is (a slot deleted would \
-             leave the data it opens unreadable): it can be removed after that; `cairn repo \
-             key add` adds a new key now"
+             leave the data it opens unreadable; on Object Lock, each run that writes data \
+             through it renews that): it can be removed after that; `cairn repo key add` adds a \
+             new key now, and a slot no longer used to open the repository is no longer renewed"
         )),
         e => e,
     }

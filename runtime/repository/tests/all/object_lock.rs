@@ -163,11 +163,31 @@ async fn object_lock_makes_the_store_refuse_deletes_inside_the_protection_period
     assert!(forgot.removed.is_empty());
     assert_eq!(forgot.protected[0].0, first.id);
 
-    // Reopened, the repository still writes under retention.
+    // Reopened later, the repository still writes under retention, and first writes its key
+    // slot again: the slot stays locked as long as the newest data it opens.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
     let repo = Repository::open(moto.location("locked"), &pass("p"))
         .await
         .unwrap();
     assert!(repo.object_lock());
+    let last = repo
+        .backup_stream("dump", &noise(600_000, 3)[..], Default::default())
+        .await
+        .unwrap();
+    let retained_until = |key: String| {
+        let (status, head) = moto.http("HEAD", &format!("/locked/{key}"), &[]);
+        assert_eq!(status, 200, "{key}: {head}");
+        header(&head, "x-amz-object-lock-retain-until-date")
+            .unwrap_or_else(|| panic!("{key} has no retain-until date: {head}"))
+            .parse::<jiff::Timestamp>()
+            .unwrap()
+    };
+    let snapshot = retained_until(format!("repo/snapshots/{}", last.id));
+    let slot = retained_until(slots[0].to_string());
+    assert!(
+        slot >= snapshot,
+        "the key slot is retained until {slot}, the newest snapshot until {snapshot}"
+    );
     assert_eq!(repo.check(true).await.unwrap().errors.len(), 0);
 }
 
