@@ -2569,8 +2569,16 @@ impl Repository {
         Ok(())
     }
 
-    /// Adds a key slot wrapped by `key`; returns its id.
+    /// Adds a key slot wrapped by `key`; returns its id. Refused when `key` opens a slot
+    /// already: a second slot for the same passphrase or key file adds no way in.
     pub async fn add_key(&self, key: &dyn KeyProvider, label: &str) -> Result<String> {
+        let slots = read_slots(&self.inner.backend).await?;
+        if let Ok((_, id)) = open_slots(slots, &self.inner.config.id, key).await {
+            return Err(Error::Invalid(format!(
+                "this {} opens key slot {id} already: choose another",
+                key.kind()
+            )));
+        }
         write_slot(
             &self.inner.backend,
             &self.inner.config.id,

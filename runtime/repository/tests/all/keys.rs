@@ -44,6 +44,13 @@ async fn add_list_remove_rotate_without_rewriting_data() {
         .unwrap();
     let two = repo.add_key(&pass("two"), "second").await.unwrap();
     assert_eq!(repo.keys().await.unwrap().len(), 2);
+    // A passphrase that opens a slot already adds no way in.
+    let e = repo.add_key(&pass("two"), "again").await.unwrap_err();
+    assert!(
+        matches!(&e, Error::Invalid(m) if m.contains(&format!("opens key slot {two} already"))),
+        "{e}"
+    );
+    assert_eq!(repo.keys().await.unwrap().len(), 2);
     // Both open; the data is the same.
     let r2 = Repository::open(url.as_str(), &pass("two")).await.unwrap();
     let mut out = Vec::new();
