@@ -139,6 +139,12 @@ enum RepoCommand {
         /// no longer allocated, so it is off by default.
         #[arg(long)]
         sparse: bool,
+        /// Once every file is written, remove what the target holds that the snapshot does
+        /// not (only below the --include paths when some are given), so the target becomes
+        /// the snapshot: a database's data directory rolled back in place, without the files
+        /// it made since. Without it, other files stay.
+        #[arg(long)]
+        delete: bool,
     },
     /// List what a tree snapshot holds.
     Ls {
@@ -1609,6 +1615,7 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
             target,
             include,
             sparse,
+            delete,
         } => {
             let include = &named(include);
             let to_stdout = target.as_os_str() == "-";
@@ -1624,6 +1631,12 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                 return Err(usage(
                     "restore: --sparse leaves holes in a tree's files; a stream restored to \
                      standard output is written sparse by `dd of=FILE conv=sparse`",
+                ));
+            }
+            if *delete && to_stdout {
+                return Err(usage(
+                    "restore: --delete removes what a target directory holds beside the \
+                     snapshot; name a directory with --target",
                 ));
             }
             if to_stdout {
@@ -1660,6 +1673,13 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                         return Err(usage(format!(
                             "restore: --sparse leaves holes in a tree's files; {} is the stream \
                              {name}: `--target - | dd of={target} conv=sparse` writes it sparse",
+                            info.short_id()
+                        )));
+                    }
+                    if *delete {
+                        return Err(usage(format!(
+                            "restore: --delete removes what a target directory holds beside a \
+                             tree snapshot; {} is the stream {name}, restored to one file",
                             info.short_id()
                         )));
                     }
@@ -1730,7 +1750,7 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                     );
                 } else {
                     let (opts, shown) = restore_progress();
-                    let opts = opts.sparse(*sparse);
+                    let opts = opts.sparse(*sparse).delete(*delete);
                     let r = repo
                         .restore_paths_salvaging(&info, target_path, include, &opts)
                         .await;
@@ -1740,8 +1760,14 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                         eprintln!("error: {path} is not restored: {why}");
                     }
                     args.print(
-                        || format!("restored {} files, {} directories, {} bytes to {target}", r.files, r.dirs, r.bytes),
-                        json!({ "id": info.id, "files": r.files, "dirs": r.dirs, "bytes": r.bytes, "target": target.to_string(), "lost": r.lost }),
+                        || {
+                            let deleted = match r.deleted {
+                                0 if !*delete => String::new(),
+                                n => format!("; deleted {n} entries the snapshot does not hold"),
+                            };
+                            format!("restored {} files, {} directories, {} bytes to {target}{deleted}", r.files, r.dirs, r.bytes)
+                        },
+                        json!({ "id": info.id, "files": r.files, "dirs": r.dirs, "bytes": r.bytes, "deleted": r.deleted, "target": target.to_string(), "lost": r.lost }),
                     );
                     if !r.lost.is_empty() {
                         eprintln!(

@@ -574,6 +574,7 @@ pub struct RestoreOptions {
     pub(crate) progress: Option<Arc<AtomicU64>>,
     pub(crate) total: Option<Arc<AtomicU64>>,
     pub(crate) sparse: bool,
+    pub(crate) delete: bool,
     pub(crate) stop: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
@@ -604,6 +605,15 @@ impl RestoreOptions {
     /// segments) is then no longer allocated, and a full disk shows later than the restore.
     pub fn sparse(mut self, yes: bool) -> Self {
         self.sparse = yes;
+        self
+    }
+
+    /// Whether a tree restore, once every file is written, removes what the restored
+    /// directories hold that the snapshot does not (below the included paths only, when
+    /// some are named), so the target becomes the snapshot: a database's data directory rolled
+    /// back in place, without the files it made since. Off by default: other files stay.
+    pub fn delete(mut self, yes: bool) -> Self {
+        self.delete = yes;
         self
     }
 
@@ -650,6 +660,9 @@ pub struct RestoreSummary {
     pub dirs: u64,
     /// Bytes written.
     pub bytes: u64,
+    /// Entries removed from the target because the snapshot does not hold them
+    /// ([`RestoreOptions::delete`]); a directory counts once, with what it held.
+    pub deleted: u64,
     /// Paths a salvaging restore could not restore (damaged or missing data), with why; the
     /// rest of the tree was restored.
     #[serde(skip_serializing_if = "Vec::is_empty")]

@@ -972,6 +972,63 @@ fn safe_join(target: &Path, node: &Node) -> Result<PathBuf> {
     Ok(target.join(rel))
 }
 
+/// Removes what the restored directories hold that the snapshot does not (a restore with
+/// [`RestoreOptions::delete`]): every directory restored at or below the paths `include` names
+/// (the target itself too when it names none), never one above them. Nothing is followed: a
+/// link is removed as a link, a directory with what it holds. Returns the entries removed.
+fn delete_extras(target: &Path, nodes: &[Node], include: &[String]) -> Result<u64> {
+    let include: Vec<&str> = include
+        .iter()
+        .map(|p| p.trim_start_matches("./").trim_matches('/'))
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect();
+    let within = |path: &str| {
+        include.is_empty()
+            || include.iter().any(|inc| {
+                path == *inc
+                    || path
+                        .strip_prefix(inc)
+                        .is_some_and(|rest| rest.starts_with('/'))
+            })
+    };
+    let restored: HashSet<PathBuf> = nodes
+        .iter()
+        .map(|n| safe_join(target, n))
+        .collect::<Result<_>>()?;
+    let mut dirs = Vec::new();
+    if include.is_empty() {
+        dirs.push(target.to_path_buf());
+    }
+    for n in nodes
+        .iter()
+        .filter(|n| n.kind == NodeKind::Dir && within(&n.path))
+    {
+        dirs.push(safe_join(target, n)?);
+    }
+    let mut deleted = 0;
+    for dir in dirs {
+        let entries = std::fs::read_dir(&dir).map_err(|e| Error::io("list directory", &dir, e))?;
+        for entry in entries {
+            let p = entry
+                .map_err(|e| Error::io("list directory", &dir, e))?
+                .path();
+            if restored.contains(&p) {
+                continue;
+            }
+            let m = std::fs::symlink_metadata(&p).map_err(|e| Error::io("stat", &p, e))?;
+            if m.is_dir() {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            }
+            .map_err(|e| Error::io("delete what the snapshot does not hold", &p, e))?;
+            tracing::info!(path = %p.display(), "deleted: not in the snapshot");
+            deleted += 1;
+        }
+    }
+    Ok(deleted)
+}
+
 /// Makes `p` a directory. Whatever else is there, in a target that was not empty (a file, or
 /// a symlink wherever it points), is removed first, so nothing restored below `p` is written
 /// through a link the restore did not make.
@@ -1775,6 +1832,9 @@ impl Repository {
                 }
             }
         }
+        if opts.delete {
+            summary.deleted = delete_extras(&target, &nodes, include)?;
+        }
         for n in nodes.iter().rev().filter(|n| n.kind == NodeKind::Dir) {
             meta.set(&safe_join(&target, n)?, n)?;
         }
@@ -1881,6 +1941,7 @@ impl Repository {
         // Later attempts leave the length alone: each would set it to its own group's.
         let again = RestoreOptions {
             total: None,
+            delete: false,
             ..opts.clone()
         };
         // The leaves: what is not a directory, and directories with nothing below; the names
@@ -1939,6 +2000,12 @@ impl Repository {
             }
         }
         summary.lost.sort();
+        // What the target holds beside the snapshot goes once, over the whole selection: a
+        // group's restore sees only its own leaves. (What could not be restored is the
+        // snapshot's, and stays as it was.)
+        if opts.delete {
+            summary.deleted = delete_extras(target, &nodes, include)?;
+        }
         Ok(summary)
     }
 

@@ -454,6 +454,17 @@ fn ls_lists_a_tree_and_restore_include_restores_only_those_paths() {
     let out = run(&["repo", "restore", "latest", "--sparse", "--target", "-"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("conv=sparse"), "{}", stderr(&out));
+
+    // --delete: what the target holds beside the snapshot goes, and is counted.
+    std::fs::write(sparse.join("left-over"), b"x").expect("extra file");
+    let out = run(&[
+        "repo", "restore", "latest", "--delete", "--target", s, "--output", "json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(json(&out)["deleted"], 1);
+    assert!(!sparse.join("left-over").exists());
+    let out = run(&["repo", "restore", "latest", "--delete", "--target", "-"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
 }
 
 #[test]

@@ -520,6 +520,61 @@ async fn a_restore_replaces_links_in_its_target_instead_of_writing_through_them(
     assert_eq!(std::fs::read(outside.join("precious")).unwrap(), b"keep me");
 }
 
+/// With `delete`, a restore into a directory that holds more than the snapshot removes the
+/// rest (files, directories with what they hold, links as links, below the included paths
+/// only when some are named); without it, the rest stays.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_with_delete_makes_the_target_the_snapshot() {
+    let (repo, dir, src) = repo_and_tree(8).await;
+    let snap = repo.backup_tree(&src, BackupOptions::new()).await.unwrap();
+    let info = repo.snapshot(&snap.id).await.unwrap();
+    let outside = dir.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("precious"), b"keep me").unwrap();
+    let dst = dir.path().join("dst");
+    let extras = |dst: &std::path::Path| {
+        std::fs::create_dir_all(dst.join("a/new-dir/deeper")).unwrap();
+        std::fs::create_dir_all(dst.join("a/b")).unwrap();
+        std::fs::write(dst.join("a/new-dir/deeper/f"), b"x").unwrap();
+        std::fs::write(dst.join("extra.wal"), b"y").unwrap();
+        std::fs::write(dst.join("a/b/extra"), b"z").unwrap();
+        std::fs::write(dst.join(".cairn-restore-1-0"), b"half").unwrap();
+        std::os::unix::fs::symlink(&outside, dst.join("a/to-outside")).unwrap();
+    };
+    std::fs::create_dir(&dst).unwrap();
+    extras(&dst);
+    let kept = repo.restore_tree(&snap.id, &dst).await.unwrap();
+    assert_eq!(kept.deleted, 0);
+    assert!(
+        dst.join("extra.wal").exists(),
+        "without delete the rest stays"
+    );
+
+    // Only below the included path: `a`'s extras go, the root's stay.
+    let opts = RestoreOptions::new().delete(true);
+    let r = repo
+        .restore_paths_with(&info, &dst, &["a".into()], &opts)
+        .await
+        .unwrap();
+    assert_eq!(r.deleted, 3, "a/new-dir, a/b/extra, a/to-outside");
+    assert!(dst.join("extra.wal").exists());
+    assert!(!dst.join("a/b/extra").exists());
+
+    // The whole tree: the target is the snapshot, and nothing a link pointed at is touched.
+    extras(&dst);
+    let r = repo
+        .restore_paths_with(&info, &dst, &[], &opts)
+        .await
+        .unwrap();
+    assert_eq!(
+        r.deleted, 5,
+        "the three below a, extra.wal and the half-written file"
+    );
+    assert_same_tree(&src, &dst);
+    assert_eq!(std::fs::read(outside.join("precious")).unwrap(), b"keep me");
+}
+
 /// A file with two names comes back as one file with two names; restoring only the second
 /// name writes it whole.
 #[cfg(unix)]
