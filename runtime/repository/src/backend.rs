@@ -285,16 +285,61 @@ fn s3_store(
         }
     }
     b = b.with_url(url.as_str());
-    for (k, v) in &loc.options {
-        let key = k
-            .parse()
-            .map_err(|e| invalid(raw, format!("option {k}: {e}")))?;
+    let (options, retry) = cloud_options(loc)?;
+    for (key, v) in options {
         b = b.with_config(key, v);
     }
+    b = b.with_retry(retry);
     Ok(prefixed(
         Arc::new(b.build().map_err(|e| invalid(raw, e))?),
         url,
     ))
+}
+
+/// A location's options for a cloud store's builder, as its config keys `K`, and the retry
+/// policy of its requests: `object_store`'s (ten retries, backing off from 100 ms to 15 s,
+/// within three minutes of the first try) unless the options `retries` and `retry_timeout`
+/// (a duration: `90s`, `5m`) change it, for a link that drops out longer than that.
+fn cloud_options<K>(loc: &Location) -> Result<(Vec<(K, &str)>, object_store::RetryConfig)>
+where
+    K: std::str::FromStr,
+    K::Err: std::fmt::Display,
+{
+    let raw = loc.url.as_str();
+    let mut retry = object_store::RetryConfig::default();
+    let mut options = Vec::new();
+    for (k, v) in &loc.options {
+        match k.as_str() {
+            "retries" => {
+                retry.max_retries = v.parse().map_err(|e| {
+                    invalid(
+                        raw,
+                        format!("option retries={v}: {e}; give a number, such as 20"),
+                    )
+                })?;
+            }
+            "retry_timeout" => {
+                let d: jiff::SignedDuration = v.parse().map_err(|e| {
+                    invalid(
+                        raw,
+                        format!("option retry_timeout={v}: {e}; give a duration, such as 5m"),
+                    )
+                })?;
+                retry.retry_timeout = d.try_into().map_err(|_| {
+                    invalid(
+                        raw,
+                        format!("option retry_timeout={v}: a duration is positive"),
+                    )
+                })?;
+            }
+            _ => options.push((
+                k.parse()
+                    .map_err(|e| invalid(raw, format!("option {k}: {e}")))?,
+                v.as_str(),
+            )),
+        }
+    }
+    Ok((options, retry))
 }
 
 fn invalid(url: &str, reason: impl ToString) -> Error {
@@ -388,23 +433,21 @@ impl Backend {
             "az" | "azure" | "abfs" | "abfss" => {
                 let mut b =
                     object_store::azure::MicrosoftAzureBuilder::from_env().with_url(url.as_str());
-                for (k, v) in &loc.options {
-                    let key = k
-                        .parse()
-                        .map_err(|e| invalid(raw, format!("option {k}: {e}")))?;
+                let (options, retry) = cloud_options(loc)?;
+                for (key, v) in options {
                     b = b.with_config(key, v);
                 }
+                b = b.with_retry(retry);
                 prefixed(Arc::new(b.build().map_err(|e| invalid(raw, e))?), &url)
             }
             "gs" => {
                 let mut b =
                     object_store::gcp::GoogleCloudStorageBuilder::from_env().with_url(url.as_str());
-                for (k, v) in &loc.options {
-                    let key = k
-                        .parse()
-                        .map_err(|e| invalid(raw, format!("option {k}: {e}")))?;
+                let (options, retry) = cloud_options(loc)?;
+                for (key, v) in options {
                     b = b.with_config(key, v);
                 }
+                b = b.with_retry(retry);
                 prefixed(Arc::new(b.build().map_err(|e| invalid(raw, e))?), &url)
             }
             other => {
@@ -825,6 +868,30 @@ mod tests {
             .load(std::sync::atomic::Ordering::Relaxed);
         assert!(offset != NO_OFFSET && offset.abs() <= 2, "{offset}");
         assert!(probed.list("locks/").await.expect("listed").is_empty());
+    }
+
+    /// `retries` and `retry_timeout` set the retry policy and are not passed on; bad values
+    /// are named with what to give.
+    #[test]
+    fn retries_are_options_of_cloud_stores() {
+        use object_store::aws::AmazonS3ConfigKey;
+        let loc = Location::new("s3://b/p")
+            .option("aws_region", "eu-west-1")
+            .option("retries", "25")
+            .option("retry_timeout", "5m");
+        let (options, retry) = cloud_options::<AmazonS3ConfigKey>(&loc).expect("options");
+        assert_eq!(options.len(), 1, "the retry options are cairn's own");
+        assert_eq!(retry.max_retries, 25);
+        assert_eq!(retry.retry_timeout, std::time::Duration::from_secs(300));
+        for (k, v, says) in [
+            ("retries", "many", "give a number"),
+            ("retry_timeout", "soon", "give a duration"),
+            ("retry_timeout", "-5m", "positive"),
+        ] {
+            let loc = Location::new("s3://b/p").option(k, v);
+            let e = cloud_options::<AmazonS3ConfigKey>(&loc).expect_err(v);
+            assert!(e.to_string().contains(says), "{k}={v}: {e}");
+        }
     }
 
     /// The two ways a local URL goes wrong are named with their fix, and nothing is made;
