@@ -56,21 +56,26 @@ pub(crate) enum ProfileCommand {
 }
 
 /// Option keys whose values are credentials: given only as sources. Checked as substrings of
-/// the lowercased key, so `aws_secret_access_key`, `azure_storage_account_key` and
-/// `google_service_account_key` are covered.
+/// the lowercased key, so `aws_secret_access_key`, `azure_storage_account_key`,
+/// `azure_storage_master_key`, `aws_sse_customer_key_base64` and `google_service_account_key`
+/// are covered, and every alias `object_store` takes for them.
 const SECRET_KEYS: &[&str] = &[
     "secret",
     "password",
     "token",
     "account_key",
+    "master_key",
+    "encryption_key",
+    "customer_key",
     "sas",
     "private_key",
 ];
 
-/// Whether option `key` holds a credential.
+/// Whether option `key` holds a credential: one of [`SECRET_KEYS`], or an access key (Azure's
+/// `access_key`, `azure_storage_access_key`), though not an access key's id, which is not one.
 fn is_secret(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
-    SECRET_KEYS.iter().any(|s| key.contains(s))
+    SECRET_KEYS.iter().any(|s| key.contains(s)) || key.ends_with("access_key")
 }
 
 /// `source` as a profile keeps it: `env:VAR`, or `file:PATH` made absolute.
@@ -262,6 +267,12 @@ mod tests {
             "azure_storage_account_key",
             "azure_storage_sas_key",
             "google_service_account_key",
+            "azure_storage_access_key",
+            "access_key",
+            "master_key",
+            "azure_storage_master_key",
+            "aws_sse_customer_key_base64",
+            "encryption_key",
         ] {
             assert!(is_secret(key), "{key}");
         }
