@@ -184,6 +184,7 @@ impl Catalog {
     fn open_with(path: &Path, options: &OpenOptions) -> Result<Catalog> {
         let path = path.to_path_buf();
         precheck(&path)?;
+        make_private(&path)?;
         let db = open_db(&path, options.verify)?;
         let cluster_id = init(&db, &path)?;
         tracing::debug!(path = %path.display(), %cluster_id, "catalog opened");
@@ -689,6 +690,48 @@ fn run_write<T>(
 }
 
 /// Refuses, before redb sees it, a path that cannot be a catalog.
+/// Makes the catalog readable by its owner alone: it holds what the instance was told in
+/// confidence (a DR passphrase given `raw:`, where secrets are kept). A new file is created
+/// so; one that others may read (made by an older build) is narrowed.
+fn make_private(path: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let io = |op| {
+            move |source| Error::Io {
+                op,
+                path: path.to_path_buf(),
+                source,
+            }
+        };
+        match std::fs::metadata(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                match std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(path)
+                {
+                    Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                        return Err(io("cannot create the catalog")(e));
+                    }
+                    _ => {}
+                }
+            }
+            Err(e) => return Err(io("cannot inspect the catalog")(e)),
+            Ok(m) if m.permissions().mode() & 0o077 != 0 => {
+                let mode = m.permissions().mode() & 0o700;
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+                    .map_err(io("cannot make the catalog private"))?;
+            }
+            Ok(_) => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
 pub(crate) fn precheck(path: &Path) -> Result<()> {
     let io = |op| {
         move |source| Error::Io {

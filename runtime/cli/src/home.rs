@@ -20,7 +20,12 @@ impl Home {
                 "no state directory: set --home DIR or CAIRN_HOME (neither XDG_DATA_HOME nor HOME is set)",
             )?,
         };
-        std::fs::create_dir_all(&root)
+        // Its owner's alone: it holds the default repository's key and the catalog.
+        let mut dir = std::fs::DirBuilder::new();
+        dir.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut dir, 0o700);
+        dir.create(&root)
             .with_context(|| format!("cannot create the state directory {}", root.display()))?;
         Ok(Self { root })
     }

@@ -155,3 +155,23 @@ fn a_catalog_in_use_is_refused() -> anyhow::Result<()> {
     assert!(matches!(err, Error::Locked { .. }), "{err}");
     Ok(())
 }
+
+/// The catalog holds what the instance was told in confidence: a new one is its owner's alone,
+/// and one an older build left readable by others is narrowed on open.
+#[cfg(unix)]
+#[test]
+fn the_catalog_is_readable_by_its_owner_alone() -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("catalog.redb");
+    let mode = |p: &std::path::Path| -> anyhow::Result<u32> {
+        Ok(std::fs::metadata(p)?.permissions().mode() & 0o777)
+    };
+    Catalog::open(&path)?.put(Kind::Policy, "p", &json!({}))?;
+    assert_eq!(mode(&path)?, 0o600);
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))?;
+    let back: Option<serde_json::Value> = Catalog::open(&path)?.get(Kind::Policy, "p")?;
+    assert!(back.is_some());
+    assert_eq!(mode(&path)?, 0o600);
+    Ok(())
+}
