@@ -144,6 +144,7 @@ pub(crate) async fn serve(args: ServeArgs, home: Option<PathBuf>) -> anyhow::Res
         let policies = {
             // Every pass reads it: its pages are verified daily, as a frequent reader's are.
             let catalog = crate::catalog::open_verified_daily(&home)?;
+            crate::dr::refuse_unfinished_restore(&catalog, &home)?;
             catalog.list(Kind::Policy)?
         };
         let mut soonest: Option<Timestamp> = None;
@@ -172,14 +173,12 @@ pub(crate) async fn serve(args: ServeArgs, home: Option<PathBuf>) -> anyhow::Res
         }
         // `--jobs` at a time; a stop request lets those running finish and starts no more.
         // A stop request takes effect between runs, never inside one.
-        let never = cairn_engine::Interrupt::default();
-        let never = &never;
         let (stop_ref, engine_ref, home_ref) = (&stop, &engine, &home);
         let runs = due_now.iter().map(|policy| async move {
             if stop_ref.requested() {
                 return None;
             }
-            let outcome = run_policy(policy, engine_ref, home_ref, never).await;
+            let outcome = run_policy(policy, engine_ref, home_ref, &stop_ref.interrupt).await;
             Some((policy, outcome))
         });
         let mut runs =
@@ -341,23 +340,41 @@ fn sooner(soonest: Option<Timestamp>, t: Timestamp) -> Option<Timestamp> {
 struct Stop {
     requested: std::sync::atomic::AtomicBool,
     notify: tokio::sync::Notify,
+    /// Stops the runs in hand (their posthooks run, and they are recorded as interrupted).
+    interrupt: cairn_engine::Interrupt,
 }
 
 impl Stop {
+    /// The first SIGINT or SIGTERM lets the runs in hand finish and starts no more; a second
+    /// stops those runs as `cairn policy run` stops its own (a run that hangs need not be
+    /// waited on for its whole timeout); a third ends the process at once.
     fn install() -> anyhow::Result<Arc<Self>> {
         let stop = Arc::new(Self {
             requested: std::sync::atomic::AtomicBool::new(false),
             notify: tokio::sync::Notify::new(),
+            interrupt: cairn_engine::Interrupt::default(),
         });
         let mut signals = crate::StopSignals::install()?;
         let flag = stop.clone();
         tokio::spawn(async move {
             signals.recv().await;
-            eprintln!("cairn: stopping once the current run, if any, has finished");
+            eprintln!(
+                "cairn: stopping once the current run, if any, has finished (interrupt again to \
+                 stop it now)"
+            );
             flag.requested
                 .store(true, std::sync::atomic::Ordering::SeqCst);
             // Stores a permit when nobody waits yet, so a sleep that starts later still wakes.
             flag.notify.notify_one();
+            signals.recv().await;
+            eprintln!(
+                "cairn: interrupted again; stopping the runs in hand and running their posthooks \
+                 (interrupt once more to exit at once)"
+            );
+            flag.interrupt.trigger();
+            signals.recv().await;
+            eprintln!("cairn: interrupted again; exiting at once");
+            std::process::exit(i32::from(crate::exit::INTERRUPTED));
         });
         Ok(stop)
     }

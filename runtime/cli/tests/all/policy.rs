@@ -492,6 +492,77 @@ fn one_serve_runs_per_home_serves_metrics_and_sigterm_stops_it_between_runs() {
     ok(&cairn.run(&["serve", "--once"]));
 }
 
+/// A run that hangs (the workload's command never ends): the first SIGTERM waits for it, the
+/// second stops it (recorded as failed), and serve exits.
+#[test]
+fn a_second_sigterm_stops_the_run_serve_is_waiting_for() {
+    use std::io::Read as _;
+    let cairn = Cairn::new();
+    add_hello(&cairn);
+    ok(&apply(&cairn, &hello_policy("{last: 1}")));
+    // `echo` that says it started, then hangs.
+    let bin = cairn.home.path().join("bin");
+    std::fs::create_dir_all(&bin).expect("bin");
+    let started = cairn.home.path().join("echo-started");
+    let echo = bin.join("echo");
+    std::fs::write(
+        &echo,
+        format!("#!/bin/sh\ntouch {}\nexec sleep 600\n", started.display()),
+    )
+    .expect("fake echo");
+    std::fs::set_permissions(&echo, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut serve = cairn
+        .command(&["serve"])
+        .env("PATH", path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("cairn serve starts");
+    let since = std::time::Instant::now();
+    while !started.exists() {
+        assert!(
+            since.elapsed() < std::time::Duration::from_secs(60),
+            "the run never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let pid = serve.id().to_string();
+    let term = || {
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success());
+    };
+    term();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(serve.try_wait().expect("wait").is_none(), "the first waits");
+    term();
+    let stopped = std::time::Instant::now();
+    let status = serve.wait().expect("serve exits");
+    assert!(
+        stopped.elapsed() < std::time::Duration::from_secs(30),
+        "serve took {:?} to stop the run",
+        stopped.elapsed()
+    );
+    let mut err = String::new();
+    serve
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut err)
+        .expect("stderr");
+    assert!(err.contains("stopping the runs in hand"), "{err}");
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert_eq!(show(&cairn)["policy"]["last_run"]["succeeded"], false);
+}
+
 #[test]
 fn a_policy_on_kubernetes_backs_up_each_workload_its_pattern_matches() {
     let api = cairn_kube_fake::FakeApi::start_blocking();
