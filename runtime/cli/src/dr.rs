@@ -290,6 +290,42 @@ struct Source {
     profile: String,
     cluster_id: String,
     passphrase_from: String,
+    /// The catalog's last change when the restore finished: a later one is this instance's own,
+    /// which another restore would mix with the source's.
+    #[serde(default)]
+    catalog_seq: Option<u64>,
+}
+
+/// The catalog meta key of a DR restore begun and not finished: until it is, the catalog is
+/// part of a point, and no policy runs.
+const RESTORING_KEY: &str = "dr.restoring";
+
+/// A DR restore begun ([`RESTORING_KEY`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Restoring {
+    cluster_id: String,
+    point: String,
+}
+
+/// Refuses to run policies in a home whose DR restore did not finish: its catalog holds part
+/// of a point (some policies and not the blueprints they need, say).
+pub(crate) fn refuse_unfinished_restore(catalog: &Catalog, home: &Home) -> anyhow::Result<()> {
+    match load_meta::<Restoring>(catalog, RESTORING_KEY)? {
+        Some(r) => Err(usage(format!(
+            "the DR restore of point {} of cluster {} into {} did not finish, so its catalog is \
+             incomplete and no policy runs: run `cairn dr restore` again with the same flags \
+             (and --point {}) to finish it, or restore into a fresh --home",
+            short(&r.point),
+            r.cluster_id,
+            home.root().display(),
+            short(&r.point)
+        ))),
+        None => Ok(()),
+    }
+}
+
+fn short(id: &str) -> &str {
+    &id[..12.min(id.len())]
 }
 
 /// An owner marker: who took over maintenance of a DR location's backup data, and when.
@@ -386,7 +422,13 @@ async fn open_source(
             "no DR data for cluster {cluster_id} at {profile} (nothing at {url}): check --profile and --cluster-id"
         )),
         cairn_repository::Error::WrongPassphrase | cairn_repository::Error::WrongKey { .. } => usage(format!(
-            "wrong DR passphrase for {url}: check --passphrase-from"
+            "wrong DR passphrase for {url}: check --passphrase-from (a damaged key slot fails \
+             the same way: `cairn repo check --repo {url}` names one)"
+        )),
+        // Damage is a fact about the location to act on, not a fault of this run.
+        damaged @ cairn_repository::Error::Corrupt { .. } => usage(format!(
+            "cannot open the DR location {url}: {damaged}; `cairn repo check --repo {url}` says \
+             what else is damaged"
         )),
         other => anyhow::Error::new(other).context(format!("cannot open the DR location {url}")),
     })
@@ -477,6 +519,13 @@ async fn read_point(repo: &Repository, id: &str) -> anyhow::Result<Point> {
 /// a disaster, the points that do not need it must still be listed and restored; a point whose
 /// chain needs it fails for want of that link.
 async fn points(repo: &Repository) -> anyhow::Result<Vec<Point>> {
+    Ok(points_and_damaged(repo).await?.0)
+}
+
+/// [`points`], and the ids of the manifests that could not be read with when each was saved.
+async fn points_and_damaged(
+    repo: &Repository,
+) -> anyhow::Result<(Vec<Point>, Vec<(String, jiff::Timestamp)>)> {
     let snapshots = repo
         .snapshots(&SnapshotFilter::new().source(MANIFEST))
         .await
@@ -484,18 +533,25 @@ async fn points(repo: &Repository) -> anyhow::Result<Vec<Point>> {
     // With the manifest's own time, precise where the point's is to the second: two points
     // sealed within one second (a DR run, then another after a change of mode) are told apart.
     let mut points = Vec::with_capacity(snapshots.len());
+    let mut damaged = Vec::new();
     for s in snapshots {
         match read_point(repo, &s.id).await {
             Ok(point) => points.push((s.time, point)),
-            Err(e) => eprintln!(
-                "cairn: warning: {}; it is left out (`cairn repo check --read-data` on the DR \
-                 location names the damage)",
-                crate::one_line(&e)
-            ),
+            Err(e) => {
+                eprintln!(
+                    "cairn: warning: {}; it is left out (`cairn repo check --read-data` on the DR \
+                     location names the damage)",
+                    crate::one_line(&e)
+                );
+                damaged.push((s.id, s.time));
+            }
         }
     }
     newest_first(&mut points);
-    Ok(points.into_iter().map(|(_, p)| p).collect())
+    // Told apart from the readable ones by when they were saved, the only time they still have.
+    let newest_saved = points.first().map(|(saved, _)| *saved);
+    damaged.retain(|(_, saved)| newest_saved.is_none_or(|newest| *saved >= newest));
+    Ok((points.into_iter().map(|(_, p)| p).collect(), damaged))
 }
 
 /// Orders DR points, each with the time its manifest was saved, newest first: by the last
@@ -1411,6 +1467,22 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                 Some(path) => format!("file:{}", crate::profile::absolute(path)),
                 None => passphrase_from,
             };
+            if [
+                keep_last,
+                keep_hourly,
+                keep_daily,
+                keep_weekly,
+                keep_monthly,
+                keep_yearly,
+            ]
+            .iter()
+            .all(|k| *k == 0)
+            {
+                return Err(usage(
+                    "dr enable: every --keep-* is 0, which would keep no DR point: keep at least \
+                     the newest (--keep-last 1)",
+                ));
+            }
             let config = Config {
                 profile,
                 mode,
@@ -1752,25 +1824,83 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
             let path = blueprint.resolve()?;
             let key = passphrase(&source.passphrase_from)?;
             let catalog = Arc::new(crate::catalog::open(&home)?);
-            let resuming = catalog
-                .restore_state()?
+            let state = catalog.restore_state()?;
+            let resuming = state
+                .as_ref()
                 .is_some_and(|r| r.source.to_string() == source.cluster_id);
             let changes = catalog.current_seq()?;
-            if changes > 0 && !resuming {
-                return Err(usage(format!(
-                    "the instance at {} is not empty (its catalog has {changes} changes): restore into a fresh --home",
+            let fresh_home = || {
+                usage(format!(
+                    "restore into a fresh --home (the instance at {} is not empty: its catalog \
+                     has {changes} changes)",
                     home.root().display()
-                )));
+                ))
+            };
+            // Where a restore of this home stands: finished (a later point of the same source
+            // may follow, as a standby does, while nothing else changed here), begun (the same
+            // point only, to finish it), or none (an empty home only).
+            let finished = load_meta::<Source>(&catalog, SOURCE_KEY)?;
+            let unfinished = load_meta::<Restoring>(&catalog, RESTORING_KEY)?;
+            if let Some(done) = &finished {
+                if done.cluster_id != source.cluster_id {
+                    return Err(usage(format!(
+                        "this instance was restored from cluster {}, not {}: {}",
+                        done.cluster_id,
+                        source.cluster_id,
+                        fresh_home()
+                    )));
+                }
+                if catalog.maintenance_owner()? {
+                    return Err(usage(format!(
+                        "this instance took over from cluster {} (`cairn dr take-ownership`), and \
+                         its catalog has gone on since: a DR restore would mix the two; {}",
+                        source.cluster_id,
+                        fresh_home()
+                    )));
+                }
+                if let Some(seq) = done.catalog_seq
+                    && changes > seq
+                {
+                    return Err(usage(format!(
+                        "this instance's catalog has changed since its DR restore ({} changes of \
+                         its own): another restore would mix them with the source's; {}",
+                        changes - seq,
+                        fresh_home()
+                    )));
+                }
+            } else if let Some(begun) = &unfinished {
+                if begun.cluster_id != source.cluster_id {
+                    return Err(usage(format!(
+                        "a DR restore of cluster {} into this home did not finish: finish it \
+                         (`cairn dr restore` with its flags and --point {}), or {}",
+                        begun.cluster_id,
+                        short(&begun.point),
+                        fresh_home()
+                    )));
+                }
+            } else if changes > 0 && !resuming {
+                return Err(fresh_home());
             }
             let repo = open_source(&source.profile, &source.cluster_id, &key).await?;
-            let list = points(&repo).await?;
+            let (list, damaged) = points_and_damaged(&repo).await?;
             let chosen = match &point {
-                None => list.first().cloned().ok_or_else(|| {
-                    usage(format!(
-                        "no DR points for cluster {} at {}: nothing to restore",
-                        source.cluster_id, source.profile
-                    ))
-                })?,
+                None => {
+                    if let Some((id, saved)) = damaged.first() {
+                        return Err(usage(format!(
+                            "the newest DR point ({}, saved {saved}) cannot be read (the warning \
+                             above says why), so restoring the newest readable one would lose \
+                             what came after it: choose knowingly with --point ID (`cairn dr \
+                             review` lists the readable ones), or repair the DR location",
+                            short(id)
+                        )));
+                    }
+                    list.first().cloned().ok_or_else(|| {
+                        usage(format!(
+                            "no DR points for cluster {} at {}: nothing to restore",
+                            source.cluster_id, source.profile
+                        ))
+                    })?
+                }
                 Some(id) => {
                     let found: Vec<&Point> = list
                         .iter()
@@ -1797,6 +1927,40 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                     chosen.id, chosen.cluster_id, source.cluster_id
                 )));
             }
+            if let Some(begun) = &unfinished
+                && begun.point != chosen.id
+            {
+                return Err(usage(format!(
+                    "the restore of DR point {} into this home did not finish, and point {} \
+                     would be applied over part of it: finish that one (--point {}), or restore \
+                     point {} into a fresh --home",
+                    short(&begun.point),
+                    short(&chosen.id),
+                    short(&begun.point),
+                    short(&chosen.id)
+                )));
+            }
+            let applied = state
+                .as_ref()
+                .and_then(|s| s.applied.values().max().copied())
+                .unwrap_or(0);
+            if finished.is_some() && chosen.to < applied {
+                return Err(usage(format!(
+                    "this home holds the changes of cluster {} up to {applied} already, and DR \
+                     point {} goes only up to {}: a restore moves a home forward, never back; \
+                     restore it into a fresh --home",
+                    source.cluster_id,
+                    short(&chosen.id),
+                    chosen.to
+                )));
+            }
+            catalog.set_meta(
+                RESTORING_KEY,
+                Some(&serde_json::to_string(&Restoring {
+                    cluster_id: source.cluster_id.clone(),
+                    point: chosen.id.clone(),
+                })?),
+            )?;
             let artifact = |name: String, p: &Point| point_artifact(name, repo.id(), &p.id);
             let mut artifacts = vec![artifact("point".into(), &chosen)];
             for (i, p) in list
@@ -1833,12 +1997,6 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                 eprintln!("cairn: the DR restore failed: {error}");
                 return Ok(ExitCode::from(exit::FAILED));
             }
-            let source_record = Source {
-                profile: source.profile.clone(),
-                cluster_id: source.cluster_id.clone(),
-                passphrase_from: source.passphrase_from.clone(),
-            };
-            catalog.set_meta(SOURCE_KEY, Some(&serde_json::to_string(&source_record)?))?;
             let settings: Option<Config> = chosen
                 .settings
                 .as_deref()
@@ -1853,6 +2011,16 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
             )?;
             let components = restore_components(&home, &catalog, exports.repository()).await;
             let kept_from_resources = crate::operator::detach_restored(&catalog)?;
+            // Finished: what take-ownership marks, and the change from which the catalog is
+            // this instance's own.
+            let source_record = Source {
+                profile: source.profile.clone(),
+                cluster_id: source.cluster_id.clone(),
+                passphrase_from: source.passphrase_from.clone(),
+                catalog_seq: Some(catalog.current_seq()?),
+            };
+            catalog.set_meta(SOURCE_KEY, Some(&serde_json::to_string(&source_record)?))?;
+            catalog.set_meta(RESTORING_KEY, None)?;
             let counts = catalog.counts()?;
             // Only a local-snapshot point says: whether its local snapshot was here.
             let in_place = report.outputs.get("in-place").map(|v| v == "true");
@@ -1944,23 +2112,38 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
         }
         DrCommand::TakeOwnership { force } => {
             let catalog = crate::catalog::open(&home)?;
+            refuse_unfinished_restore(&catalog, &home)?;
             let me = catalog.cluster_id().to_string();
             // The DR locations whose data this instance maintains: the one it was restored
             // from, and its own. All are checked before any marker is written.
             let mut places = Vec::new();
             if let Some(src) = load_meta::<Source>(&catalog, SOURCE_KEY)? {
-                places.push((src.profile, src.cluster_id, src.passphrase_from));
+                places.push((src.profile, src.cluster_id, src.passphrase_from, true));
             }
             if let Some(c) = load_config(&catalog)? {
-                places.push((c.profile, me.clone(), c.passphrase_from));
+                places.push((c.profile, me.clone(), c.passphrase_from, false));
             }
             let mut repos = Vec::new();
-            for (profile, cluster_id, passphrase_from) in places {
+            for (profile, cluster_id, passphrase_from, source) in places {
                 let key = passphrase(&passphrase_from)?;
                 let url = location(&profile, &cluster_id).url().to_owned();
                 let repo = match Repository::open(location(&profile, &cluster_id), &key).await {
                     Ok(repo) => repo,
-                    Err(cairn_repository::Error::NotARepository { .. }) => continue,
+                    // The instance's own location before its first DR run: nothing to mark.
+                    Err(cairn_repository::Error::NotARepository { .. }) if !source => continue,
+                    // The one it was restored from is where the other instance looks for a
+                    // marker: without one there, it goes on maintaining the same data.
+                    Err(cairn_repository::Error::NotARepository { .. }) if !force => {
+                        return Err(usage(format!(
+                            "the DR location this instance was restored from, {url}, is not there                              (moved, or not mounted): the instance that wrote it would not see                              an owner marker and would go on with forget, prune and retention.                              Make it reachable again and rerun; if that instance is gone for                              good, `cairn dr take-ownership --force` goes on without marking it"
+                        )));
+                    }
+                    Err(cairn_repository::Error::NotARepository { .. }) => {
+                        outln!(
+                            "the DR location {url} is not there; no owner marker is written to it (--force)"
+                        );
+                        continue;
+                    }
                     Err(e) => {
                         return Err(anyhow::Error::new(e)
                             .context(format!("cannot open the DR location {url} to mark it")));

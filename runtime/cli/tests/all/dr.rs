@@ -240,6 +240,11 @@ fn story(mode: &str) {
     assert_eq!(json(&out)["restored_from"], cluster_id.as_str());
     ok(&fresh.run(&["dr", "take-ownership"]));
     ok(&forget(&fresh));
+    // Its catalog is its own from now on: another restore would mix the two.
+    refused_with(
+        &restore(&fresh, &profile_url, &cluster_id, &[]),
+        "took over from cluster",
+    );
 
     // The recovered catalog works: a restore point that came back restores.
     if recovered("local-restore-point", mode) {
@@ -398,6 +403,73 @@ fn a_corrupted_dr_artifact_is_refused() {
     assert_eq!(total, 0, "{counts}");
 }
 
+/// Every file below `dir`, with its modification time.
+fn files_below(
+    dir: &Path,
+) -> std::collections::BTreeMap<std::path::PathBuf, std::time::SystemTime> {
+    let mut found = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read dir").flatten() {
+            let meta = entry.metadata().expect("metadata");
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else {
+                found.insert(entry.path(), meta.modified().expect("mtime"));
+            }
+        }
+    }
+    found
+}
+
+/// A restore that fails part way (the newest point's catalog changes damaged, its manifest
+/// intact) leaves the home marked unfinished: no policy runs, and only the same point may
+/// finish it.
+#[test]
+fn a_restore_that_fails_part_way_leaves_the_home_unfinished() {
+    let profile = tempfile::tempdir().expect("tempdir");
+    let profile_url = profile.path().to_str().expect("utf-8").to_owned();
+    let cairn = Cairn::new();
+    ok(&enable_without_gfs(
+        &cairn,
+        profile.path(),
+        "no-snapshot",
+        &[],
+    ));
+    let older = put_and_run(&cairn, "p1");
+    let cluster_id = cluster_id(&cairn);
+    let data = profile.path().join(&cluster_id).join("data");
+    let before = files_below(&data);
+    put_and_run(&cairn, "p2");
+    // The second run's packs but its last (the manifest, written last) damaged.
+    let mut new: Vec<_> = files_below(&data)
+        .into_iter()
+        .filter(|(p, _)| !before.contains_key(p))
+        .collect();
+    new.sort_by_key(|(_, mtime)| *mtime);
+    new.pop().expect("the manifest's pack");
+    assert!(
+        !new.is_empty(),
+        "the second point wrote more than its manifest"
+    );
+    for (path, _) in &new {
+        let mut bytes = std::fs::read(path).expect("read");
+        bytes[16] ^= 0xff;
+        std::fs::write(path, bytes).expect("write");
+    }
+    let fresh = Cairn::new();
+    let out = restore(&fresh, &profile_url, &cluster_id, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    refused_with(&fresh.run(&["policy", "run", "any"]), "did not finish");
+    refused_with(&fresh.run(&["serve", "--once"]), "did not finish");
+    refused_with(&fresh.run(&["dr", "take-ownership"]), "did not finish");
+    let older = older["point"].as_str().expect("point id").to_owned();
+    refused_with(
+        &restore(&fresh, &profile_url, &cluster_id, &["--point", &older]),
+        "would be applied over part of it",
+    );
+}
+
 #[test]
 fn a_damaged_dr_point_is_left_out_and_the_others_are_still_listed() {
     let profile = tempfile::tempdir().expect("tempdir");
@@ -430,6 +502,19 @@ fn a_damaged_dr_point_is_left_out_and_the_others_are_still_listed() {
     assert!(stderr(&out).contains("it is left out"), "{}", stderr(&out));
     let points = json(&out);
     assert_eq!(points.as_array().map(Vec::len), Some(1), "{points}");
+    // The newest point lost, a restore does not fall back to an older one unasked.
+    let fresh = Cairn::new();
+    refused_with(
+        &restore(&fresh, &profile_url, &cluster_id, &[]),
+        "the newest DR point",
+    );
+    let older = points[0]["id"].as_str().expect("id");
+    ok(&restore(
+        &fresh,
+        &profile_url,
+        &cluster_id,
+        &["--point", older],
+    ));
 }
 
 #[test]
