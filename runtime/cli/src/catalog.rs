@@ -30,6 +30,15 @@ pub(crate) enum CatalogCommand {
         #[arg(long, value_enum, default_value_t)]
         output: Output,
     },
+    /// Drop the record of a restore point whose data is lost for good (its repository gone
+    /// with the machine it was on, say), so that retention stops trying to remove it. Nothing
+    /// else is done: no delete action runs, and exports it left anywhere stay (`cairn repo
+    /// forget` removes them). A point whose data is still there is removed with its
+    /// blueprint's delete action instead (`cairn run BLUEPRINT --action delete --from-point`).
+    ForgetPoint {
+        /// The restore point's id, or a unique prefix of it.
+        id: String,
+    },
     /// Store a record (administration and tests): KIND KEY, the value from a JSON file.
     Put {
         /// The record's kind.
@@ -170,6 +179,41 @@ pub(crate) async fn run(cmd: CatalogCommand, home: Option<PathBuf>) -> anyhow::R
                     }
                 }
             }
+        }
+        CatalogCommand::ForgetPoint { id } => {
+            let points = catalog.restore_points()?;
+            let found: Vec<_> = points.iter().filter(|p| p.id.starts_with(&id)).collect();
+            let point = match found.as_slice() {
+                [one] if !id.is_empty() => *one,
+                [] | [_] => {
+                    return Err(UsageError(format!(
+                        "no restore point {id:?}; `cairn catalog ls exported-restore-point` and \
+                         `ls local-restore-point` list them"
+                    ))
+                    .into());
+                }
+                _ => {
+                    return Err(UsageError(format!(
+                        "{} restore points start with {id:?}; give more of the id",
+                        found.len()
+                    ))
+                    .into());
+                }
+            };
+            catalog.delete(cairn_catalog::Record::kind(point), &point.id)?;
+            let at = match &point.location {
+                cairn_catalog::Location::Exported { repository, .. } => {
+                    format!("; its exports in {repository}, if any are left, were not touched")
+                }
+                cairn_catalog::Location::Local => {
+                    "; its volume snapshots, if any are left, were not touched".to_owned()
+                }
+            };
+            outln!(
+                "forgot restore point {} of {}{at}",
+                point.id,
+                point.blueprint
+            );
         }
         CatalogCommand::Put { kind, key, json } => {
             let kind = parse_kind(&kind)?;

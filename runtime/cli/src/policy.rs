@@ -2191,9 +2191,11 @@ async fn retain(
                 Err(e) => {
                     outcome.kept += 1;
                     failures.push(format!(
-                        "retention kept restore point {}: {}",
+                        "retention kept restore point {}: {} (if its data is lost for good, \
+                         `cairn catalog forget-point {}` drops its record)",
                         point.id,
-                        crate::one_line(&e)
+                        crate::one_line(&e),
+                        point.id
                     ));
                 }
             }
@@ -2411,6 +2413,16 @@ pub(crate) async fn note_failed_delete(
     point: &cairn_catalog::RestorePoint,
     why: &str,
 ) -> bool {
+    // Looked for in another repository (the one it went to is lost, or moved), its snapshots
+    // would all seem gone.
+    let elsewhere = point
+        .artifacts
+        .iter()
+        .filter_map(|a| a.values.get("repository"))
+        .any(|id| id != repo.id());
+    if elsewhere {
+        return false;
+    }
     let marked = async {
         let present = existing(repo, &point.snapshots).await?;
         if present.len() == point.snapshots.len() {

@@ -176,6 +176,21 @@ fn a_policy_backs_up_its_workloads_and_keeps_what_its_retention_says() {
     ok(&cairn.run(&["policy", "delete", "greet"]));
     let out = cairn.run(&["catalog", "ls", "local-restore-point", "--output", "json"]);
     assert_eq!(json(&out).as_array().map(Vec::len), Some(2));
+    // A point whose data is lost is forgotten by hand: its record only.
+    let lost = json(&out)[0]["key"].as_str().expect("id").to_owned();
+    refused_with(
+        &cairn.run(&["catalog", "forget-point", "nope"]),
+        &["no restore point \"nope\""],
+    );
+    let out = cairn.run(&["catalog", "forget-point", &lost[..8]]);
+    ok(&out);
+    assert!(
+        stdout(&out).contains(&format!("forgot restore point {lost}")),
+        "{}",
+        stdout(&out)
+    );
+    let out = cairn.run(&["catalog", "ls", "local-restore-point", "--output", "json"]);
+    assert_eq!(json(&out).as_array().map(Vec::len), Some(1));
     refused_with(
         &cairn.run(&["policy", "run", "greet"]),
         &["no policy named \"greet\""],
