@@ -626,8 +626,16 @@ mod tests {
             assert_eq!(d.load_error(), Some(invalid(problem)));
         }
         for version in ["1", "1.2", "1.2.3-rc.1+build"] {
-            assert_eq!(Description::new("b", version).load_error(), None);
+            let d = Description::new("b", version).action(lifecycle::BACKUP, "");
+            assert_eq!(d.load_error(), None);
         }
+        assert_eq!(
+            Description::new("b", "1.0.0").load_error(),
+            Some(invalid(
+                "it declares no action, so nothing could run it: declare its actions (backup, \
+                 restore, ...) in describe()"
+            ))
+        );
         assert_eq!(
             Description::new("my app", "1.0.0").load_error(),
             Some(

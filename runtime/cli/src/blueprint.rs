@@ -413,7 +413,11 @@ fn add(
     let dir = home.blueprints();
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let kept = home.component(blueprint.digest());
-    if !kept.is_file() {
+    // One kept already is taken only when it is whole: a damaged one is replaced, which is
+    // what "register it again" means.
+    let whole = std::fs::read(&kept)
+        .is_ok_and(|b| cairn_engine::component_digest(&b) == blueprint.digest());
+    if !whole {
         let partial = kept.with_extension("wasm.partial");
         std::fs::copy(file, &partial)
             .and_then(|_| std::fs::rename(&partial, &kept))
@@ -479,17 +483,21 @@ pub(crate) async fn registered(
             record.wasm
         ))
     })?;
-    let blueprint = load(engine, &wasm).await?;
-    if blueprint.digest() != record.digest {
+    // Checked before it is compiled: damage that breaks parsing is named as damage too.
+    let digest = std::fs::read(&wasm)
+        .map(|b| cairn_engine::component_digest(&b))
+        .with_context(|| format!("cannot read {}", wasm.display()))?;
+    if digest != record.digest {
         return Err(UsageError(format!(
-            "the component of blueprint {name:?} at {} has digest {}, not the {} it was registered with; \
-             register it again with `cairn blueprint add FILE`",
+            "the component of blueprint {name:?} at {} has digest {digest}, not the {} it was \
+             registered with (damaged, or replaced); register it again with `cairn blueprint add \
+             FILE`",
             wasm.display(),
-            blueprint.digest(),
             record.digest
         ))
         .into());
     }
+    let blueprint = load(engine, &wasm).await?;
     Ok((blueprint, record))
 }
 
@@ -530,9 +538,11 @@ fn print_inspect(bp: &cairn_engine::Blueprint, output: Output) -> anyhow::Result
     match output {
         Output::Json => outln!("{}", serde_json::to_string_pretty(&view)?),
         Output::Text => {
-            outln!("{} {}", view.name, view.version);
+            // The blueprint's own words: shown, never obeyed, by the terminal.
+            let shown = cairn_engine::controls_escaped;
+            outln!("{} {}", view.name, shown(view.version));
             if !view.description.is_empty() {
-                outln!("  {}", view.description);
+                outln!("  {}", shown(view.description));
             }
             outln!("wit:          cairn:blueprint@{}", view.wit);
             outln!("digest:       {}", view.digest);
@@ -548,7 +558,7 @@ fn print_inspect(bp: &cairn_engine::Blueprint, output: Output) -> anyhow::Result
             );
             outln!("actions:");
             for a in view.actions {
-                outln!("  {:<18} {}", a.name, a.description);
+                outln!("  {:<18} {}", a.name, shown(&a.description));
             }
             if !view.parameters.is_empty() {
                 outln!("parameters:");
@@ -558,10 +568,10 @@ fn print_inspect(bp: &cairn_engine::Blueprint, output: Output) -> anyhow::Result
                         extra.push("required".to_string());
                     }
                     if let Some(d) = &p.default {
-                        extra.push(format!("default {d}"));
+                        extra.push(format!("default {}", shown(d)));
                     }
                     if !p.choices.is_empty() {
-                        extra.push(format!("one of {}", p.choices.join("|")));
+                        extra.push(format!("one of {}", shown(&p.choices.join("|"))));
                     }
                     match (p.minimum, p.maximum) {
                         (Some(min), Some(max)) => extra.push(format!("{min} to {max}")),
@@ -574,7 +584,13 @@ fn print_inspect(bp: &cairn_engine::Blueprint, output: Output) -> anyhow::Result
                     } else {
                         format!(" ({})", extra.join(", "))
                     };
-                    outln!("  {:<18} {:<8} {}{}", p.name, p.kind, p.description, extra);
+                    outln!(
+                        "  {:<18} {:<8} {}{}",
+                        p.name,
+                        p.kind,
+                        shown(&p.description),
+                        extra
+                    );
                 }
             }
         }

@@ -724,14 +724,16 @@ pub(crate) fn print_report(
             outln!("{}", serde_json::to_string_pretty(&view)?);
         }
         Output::Text => {
+            // Values are the blueprint's: shown, never obeyed, by the terminal.
+            let shown = cairn_engine::controls_escaped;
             for a in &report.outputs.artifacts {
                 outln!("artifact {}", a.name);
                 for (k, v) in &a.values {
-                    outln!("  {k} = {v}");
+                    outln!("  {k} = {}", shown(v));
                 }
             }
             for (k, v) in &report.outputs.values {
-                outln!("{k} = {v}");
+                outln!("{k} = {}", shown(v));
             }
         }
     }

@@ -205,6 +205,32 @@ impl RunReport {
 /// the checkpoint of the same name). Refused, in one line, when an artifact has a value named
 /// like a key of its export reference.
 fn to_outputs(o: guest::Outputs, checkpoints: &[(String, String)]) -> Result<Outputs, String> {
+    // Names are shown and looked up by (a restore's `--from` names an artifact): never empty,
+    // never holding what a terminal obeys.
+    let named = |what: &str, name: &str| {
+        if name.is_empty() {
+            Err(format!(
+                "the blueprint returned an {what} with an empty name: name it"
+            ))
+        } else if cairn_contract::controls_escaped(name).len() != name.len() {
+            Err(format!(
+                "the blueprint returned an {what} named `{}`, which holds control characters: \
+                 name it in plain text",
+                cairn_contract::controls_escaped(name)
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    for a in &o.artifacts {
+        named("artifact", &a.name)?;
+        for (k, _) in &a.values {
+            named("artifact value", k)?;
+        }
+    }
+    for (k, _) in &o.values {
+        named("output value", k)?;
+    }
     let artifacts = o
         .artifacts
         .into_iter()
@@ -890,7 +916,8 @@ async fn run_phase(
         // A guest's error message may quote a secret it was given (a failed login's); the
         // error goes to the report, the posthook and the catalog.
         let secrets = state.log.secrets();
-        let error = error.map(|e| secrets.redact(&e).into_owned());
+        // And it is shown on the operator's terminal: one line, nothing a terminal obeys.
+        let error = error.map(|e| crate::state::controls_escaped(secrets.redact(&e).into_owned()));
         let failure = failure.map(|f| {
             let blank = |m: String| secrets.redact(&m).into_owned();
             match f {
@@ -921,4 +948,51 @@ async fn run_phase(
     }
     .instrument(span)
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An artifact's or a value's name is shown and looked up by: never empty, never holding
+    /// what a terminal obeys. Values are the blueprint's own and kept as they are.
+    #[test]
+    fn output_names_are_plain_text() {
+        let artifact = |name: &str, key: &str| crate::bindings::types::Artifact {
+            name: name.to_owned(),
+            reference: Vec::new(),
+            values: vec![(key.to_owned(), "v\u{1b}[0m".to_owned())],
+        };
+        let outputs = |artifacts, values| guest::Outputs { artifacts, values };
+        let kept = to_outputs(
+            outputs(
+                vec![artifact("dump", "lsn")],
+                vec![("k".into(), "x\ny".into())],
+            ),
+            &[],
+        )
+        .expect("plain names");
+        assert_eq!(kept.values, [("k".to_owned(), "x\ny".to_owned())]);
+        for (o, says) in [
+            (
+                outputs(vec![artifact("", "k")], Vec::new()),
+                "an empty name",
+            ),
+            (
+                outputs(vec![artifact("a\nb", "k")], Vec::new()),
+                "artifact named `a\\nb`",
+            ),
+            (
+                outputs(vec![artifact("a", "\u{1b}[2J")], Vec::new()),
+                "control characters",
+            ),
+            (
+                outputs(Vec::new(), vec![(String::new(), "v".into())]),
+                "output value with an empty name",
+            ),
+        ] {
+            let e = to_outputs(o, &[]).expect_err(says);
+            assert!(e.contains(says), "{e}");
+        }
+    }
 }

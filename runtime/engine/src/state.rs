@@ -440,20 +440,12 @@ impl Blanked for Secrets {
 /// The longest progress message kept (bytes).
 const MAX_PROGRESS: usize = 1024;
 
-/// `text` with its control characters (a newline, a carriage return, a terminal escape) written
-/// as escapes: a blueprint's line stays one line of the operator's output, and cannot move its
-/// cursor or forge a line of Cairn's own.
+/// `text` as one line of the operator's output ([`cairn_contract::controls_escaped`]).
 pub(crate) fn controls_escaped(text: String) -> String {
-    if !text.chars().any(|c| c.is_control() && c != '\t') {
-        return text;
+    match cairn_contract::controls_escaped(&text) {
+        std::borrow::Cow::Borrowed(_) => text,
+        std::borrow::Cow::Owned(escaped) => escaped,
     }
-    text.chars()
-        .map(|c| match c {
-            '\t' => c.to_string(),
-            c if c.is_control() => c.escape_default().to_string(),
-            c => c.to_string(),
-        })
-        .collect()
 }
 
 /// `text` whole when it is at most `max` bytes, else its first `max` (at a character's
@@ -574,6 +566,11 @@ mod tests {
         assert_eq!(
             super::controls_escaped("two\nlines\r\u{1b}[2J".into()),
             "two\\nlines\\r\\u{1b}[2J"
+        );
+        assert_eq!(
+            super::controls_escaped("safe\u{202e}txt.exe".into()),
+            "safe\\u{202e}txt.exe",
+            "a right-to-left override"
         );
     }
 

@@ -156,6 +156,13 @@ pub fn description_problem<'a>(
         ));
     }
     let actions: Vec<&str> = actions.into_iter().collect();
+    if actions.is_empty() {
+        return Some(
+            "it declares no action, so nothing could run it: declare its actions (backup, \
+             restore, ...) in describe()"
+                .to_owned(),
+        );
+    }
     if let Some(name) = actions.iter().find(|a| !is_action_name(a)) {
         return Some(format!(
             "it declares an action named {name:?}: an action's name is 1 to 64 letters, digits, \
@@ -165,10 +172,44 @@ pub fn description_problem<'a>(
     if let Some(name) = twice(actions) {
         return Some(format!("it declares the action {name:?} twice"));
     }
-    if let Some(name) = twice(parameters.into_iter().collect()) {
+    let parameters: Vec<&str> = parameters.into_iter().collect();
+    if let Some(name) = parameters.iter().find(|p| !is_action_name(p)) {
+        return Some(format!(
+            "it declares a parameter named {name:?}: a parameter's name is 1 to 64 letters, \
+             digits, `-` or `_`, starting with a letter (as `--param NAME=VALUE` and a policy's \
+             `params:` take it)"
+        ));
+    }
+    if let Some(name) = twice(parameters) {
         return Some(format!("it declares the parameter {name:?} twice"));
     }
     None
+}
+
+/// `text` with what could change how a terminal shows it written as escapes: control
+/// characters (a newline, a carriage return, a terminal escape; a tab stays) and the
+/// bidirectional overrides and isolates (which reorder what follows). Text a blueprint or a
+/// workload wrote then stays one line of the operator's output, and cannot move the cursor,
+/// recolour the screen or forge a line of Cairn's own.
+pub fn controls_escaped(text: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| {
+        (c.is_control() && c != '\t')
+            || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !text.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    std::borrow::Cow::Owned(
+        text.chars()
+            .map(|c| {
+                if unsafe_char(c) {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect(),
+    )
 }
 
 /// The kind of a blueprint's parameter; the host checks values against it before `run` is
@@ -437,6 +478,18 @@ mod tests {
     }
 
     #[test]
+    fn what_a_terminal_obeys_is_escaped() {
+        assert!(matches!(
+            controls_escaped("plain\ttext"),
+            std::borrow::Cow::Borrowed("plain\ttext")
+        ));
+        assert_eq!(
+            controls_escaped("a\nb\u{1b}]0;title\u{7}c\u{202e}d"),
+            "a\\nb\\u{1b}]0;title\\u{7}c\\u{202e}d"
+        );
+    }
+
+    #[test]
     fn descriptions_follow_the_rules() {
         let check = |v, r, actions: &[&'static str], params: &[&'static str]| {
             description_problem(v, r, actions.iter().copied(), params.iter().copied())
@@ -448,9 +501,12 @@ mod tests {
         assert_eq!(version_parts("1.2.3-rc.1+b"), Some((1, 2, 3)));
         assert_eq!(version_parts("2"), Some((2, 0, 0)));
         for (found, says) in [
-            (check("x", "0.1.0", &[], &[]), "is not a semantic version"),
             (
-                check("1.0.0", "1.2.3.4", &[], &[]),
+                check("x", "0.1.0", &["a"], &[]),
+                "is not a semantic version",
+            ),
+            (
+                check("1.0.0", "1.2.3.4", &["a"], &[]),
                 "\"1.2.3.4\", is not a semantic",
             ),
             (
@@ -462,9 +518,18 @@ mod tests {
                 "the action \"a\" twice",
             ),
             (
-                check("1.0.0", "0.1.0", &[], &["p", "p"]),
+                check("1.0.0", "0.1.0", &["a"], &["p", "p"]),
                 "the parameter \"p\" twice",
             ),
+            (
+                check("1.0.0", "0.1.0", &["a"], &[""]),
+                "a parameter named \"\"",
+            ),
+            (
+                check("1.0.0", "0.1.0", &["a"], &["a=b"]),
+                "a parameter named \"a=b\"",
+            ),
+            (check("1.0.0", "0.1.0", &[], &[]), "declares no action"),
         ] {
             assert!(
                 found.as_deref().is_some_and(|f| f.contains(says)),

@@ -507,6 +507,28 @@ fn one_serve_runs_per_home_serves_metrics_and_sigterm_stops_it_between_runs() {
     ok(&cairn.run(&["serve", "--once"]));
 }
 
+/// A registered component damaged in the home is named as such, before it is compiled, and
+/// adding it again mends it.
+#[test]
+fn a_damaged_component_is_named_and_adding_it_again_mends_it() {
+    let cairn = Cairn::new();
+    add_hello(&cairn);
+    ok(&apply(&cairn, &hello_policy("{last: 1}")));
+    let kept: Vec<PathBuf> = std::fs::read_dir(cairn.home.path().join("blueprints"))
+        .expect("blueprints dir")
+        .map(|e| e.expect("an entry").path())
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    let mut bytes = std::fs::read(&kept[0]).expect("component");
+    bytes[5000] ^= 0xff;
+    std::fs::write(&kept[0], &bytes).expect("damage");
+    let out = cairn.run(&["policy", "run", "greet"]);
+    let said = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(said.contains("damaged, or replaced"), "{said}");
+    add_hello(&cairn);
+    ok(&cairn.run(&["policy", "run", "greet"]));
+}
+
 /// A run that hangs (the workload's command never ends): the first SIGTERM waits for it, the
 /// second stops it (recorded as failed), and serve exits.
 #[test]
