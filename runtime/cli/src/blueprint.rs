@@ -167,21 +167,29 @@ pub(crate) async fn run(cmd: BlueprintCommand, home: Option<PathBuf>) -> anyhow:
             let engine = crate::run::engine(&home)?;
             // One that needs a newer runtime is shown all the same, said so: inspecting is how
             // an author finds out what a file is.
-            if file.is_file()
-                && let Err(cairn_engine::Error::RuntimeTooOld {
-                    needed,
-                    ours,
-                    blueprint,
-                }) = engine.load_file(&file).await
-            {
-                eprintln!(
-                    "cairn: warning: this blueprint needs Cairn runtime {needed} or newer; this \
-                     is {ours}, which will not run it"
-                );
-                print_inspect(&blueprint, output)?;
-                return Ok(ExitCode::from(exit::OK));
-            }
-            let (blueprint, _) = load_or_registered(&engine, &home, &file).await?;
+            // A file is loaded once (its describe() may take its whole deadline).
+            let blueprint = if file.is_file() {
+                match engine.load_file(&file).await {
+                    Ok(blueprint) => blueprint,
+                    Err(cairn_engine::Error::RuntimeTooOld {
+                        needed,
+                        ours,
+                        blueprint,
+                    }) => {
+                        eprintln!(
+                            "cairn: warning: this blueprint needs Cairn runtime {needed} or \
+                             newer; this is {ours}, which will not run it"
+                        );
+                        print_inspect(&blueprint, output)?;
+                        return Ok(ExitCode::from(exit::OK));
+                    }
+                    Err(e) => {
+                        return Err(UsageError(format!("blueprint {}: {e}", file.display())).into());
+                    }
+                }
+            } else {
+                load_or_registered(&engine, &home, &file).await?.0
+            };
             warn_of(&blueprint);
             print_inspect(&blueprint, output)?;
             Ok(ExitCode::from(exit::OK))
@@ -356,10 +364,14 @@ pub(crate) fn check_allowed(
         return Ok(());
     };
     if let Some(extra) = grants.iter().find(|c| !allow.contains(&c.to_string())) {
+        let allowed = if allow.is_empty() {
+            "allowing no capability".to_owned()
+        } else {
+            format!("allowing only {}", allow.join(", "))
+        };
         return Err(UsageError(format!(
-            "blueprint {} was registered allowing only {} (`cairn blueprint add --allow`), not {extra}",
+            "blueprint {} was registered {allowed} (`cairn blueprint add --allow`), not {extra}",
             record.name,
-            if allow.is_empty() { "no capability".to_owned() } else { allow.join(", ") }
         ))
         .into());
     }
@@ -382,18 +394,15 @@ fn older_than_registered(
     }
     // The engine checked this one's version at load; one registered that does not parse is
     // replaced.
-    let (ours, theirs) = (
-        cairn_engine::Semver::parse(&d.version),
-        cairn_engine::Semver::parse(&old.version),
-    );
-    if ours == theirs {
+    let order = cairn_engine::version_order(&d.version, &old.version);
+    if order == Some(std::cmp::Ordering::Equal) {
         eprintln!(
             "cairn: warning: blueprint {} {} replaces another build of the same version ({}); \
              give a new build a new version, so that restore points say which made them",
             d.name, d.version, old.digest
         );
     }
-    Ok((theirs.is_some() && ours < theirs).then(|| {
+    Ok((order == Some(std::cmp::Ordering::Less)).then(|| {
         format!(
             "blueprint {} {} is older than the registered {}",
             d.name, d.version, old.version

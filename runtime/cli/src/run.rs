@@ -77,7 +77,23 @@ pub(crate) fn engine(home: &Home) -> anyhow::Result<Engine> {
         cache_dir: Some(home.cache()),
         ..EngineConfig::default()
     };
-    Engine::new(config).context("cannot start the WebAssembly engine")
+    match Engine::new(config) {
+        Ok(engine) => Ok(engine),
+        // The compile cache only saves time: one that cannot be used (its key a directory,
+        // the cache a file) is done without, and said.
+        Err(e) => {
+            eprintln!(
+                "cairn: warning: the compile cache in {} cannot be used ({e}); blueprints are \
+                 compiled on every load until it is mended (removing it is safe)",
+                home.cache().display()
+            );
+            Engine::new(EngineConfig {
+                cache_dir: None,
+                ..EngineConfig::default()
+            })
+            .context("cannot start the WebAssembly engine")
+        }
+    }
 }
 
 pub(crate) async fn run(args: RunArgs, home: Option<PathBuf>) -> anyhow::Result<ExitCode> {

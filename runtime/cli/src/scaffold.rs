@@ -74,6 +74,13 @@ pub(crate) fn new(
             )
         })?,
     };
+    if dir.exists() && !dir.is_dir() {
+        return Err(UsageError(format!(
+            "{} exists and is not a directory: name a new directory",
+            dir.display()
+        ))
+        .into());
+    }
     if std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some()) {
         return Err(UsageError(format!(
             "{} exists and is not empty: name a new directory",
@@ -104,12 +111,28 @@ pub(crate) fn new(
         }
         std::fs::write(&file, text).with_context(|| format!("cannot write {}", file.display()))?;
     }
-    let shown = dir.display();
-    let wasm = format!("target/wasm32-wasip2/release/{crate_ident}.wasm");
+    // As a shell takes it: a path with a space (or a quote) quoted.
+    let plain = dir.to_string_lossy();
+    let shown = if plain
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/._-+,:=@".contains(c))
+    {
+        plain.into_owned()
+    } else {
+        format!("'{}'", plain.replace('\'', r"'\''"))
+    };
+    // Where cargo puts it unless CARGO_TARGET_DIR says otherwise; `build` prints the path.
+    let (wasm, prints) = match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(_) => ("WASM".to_owned(), "   # prints WASM, the component's path"),
+        None => (
+            format!("target/wasm32-wasip2/release/{crate_ident}.wasm"),
+            "",
+        ),
+    };
     let target = "--target local:inventory.yaml --workload app";
     outln!(
         "made blueprint {name} in {shown}, with the SDK at {}\nnext:\n  cd {shown}\n  \
-         cargo test\n  cairn blueprint build .\n  cairn run {wasm} --action backup {target} \
+         cargo test\n  cairn blueprint build .{prints}\n  cairn run {wasm} --action backup {target} \
          --grant exec,export --output json > backup.json\n  cairn run {wasm} --action restore \
          --from backup.json {target} --grant exec,import",
         sdk.display()

@@ -458,8 +458,10 @@ fn check_contract(engine: &wasmtime::Engine, component: &Component) -> Result<St
             return Ok(false);
         };
         let version = rest.split_once('@').map(|(_, v)| v).unwrap_or("");
+        // A pre-release of the contract (or a build of it) is another contract: only ours.
+        let released = !version.contains(['-', '+']) || version == WIT_VERSION;
         match Semver::parse(version) {
-            Some(v) if ours.accepts(v) => {
+            Some(v) if released && ours.accepts(v) => {
                 found.get_or_insert_with(|| version.to_string());
                 Ok(true)
             }

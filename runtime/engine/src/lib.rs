@@ -68,4 +68,4 @@ pub use limits::{
 };
 pub use params::check_params;
 pub use run::{HostContext, Interrupt, Outputs, PhaseReport, PhaseStatus, RunReport, RunRequest};
-pub use version::{Semver, WIT_VERSION};
+pub use version::{Semver, WIT_VERSION, version_order};

@@ -176,6 +176,10 @@ pub(crate) fn human_duration(d: Duration) -> String {
     let ms = d.as_millis();
     if ms < 1000 {
         format!("{ms}ms")
+    } else if ms.is_multiple_of(86_400_000) {
+        format!("{}d", ms / 86_400_000)
+    } else if ms.is_multiple_of(3_600_000) {
+        format!("{}h", ms / 3_600_000)
     } else if ms.is_multiple_of(60_000) {
         format!("{}m", ms / 60_000)
     } else if ms.is_multiple_of(1000) {
@@ -198,6 +202,8 @@ mod tests {
         assert_eq!(human_duration(Duration::from_millis(250)), "250ms");
         assert_eq!(human_duration(Duration::from_secs(5)), "5s");
         assert_eq!(human_duration(Duration::from_secs(1800)), "30m");
+        assert_eq!(human_duration(Duration::from_secs(6 * 3600)), "6h");
+        assert_eq!(human_duration(Duration::from_secs(7 * 86_400)), "7d");
     }
 
     #[test]

@@ -54,9 +54,55 @@ impl Semver {
     }
 }
 
+/// How versions `a` and `b` order by semantic versioning's precedence: by their numbers, then
+/// a pre-release (`1.0.0-rc.1`) before its release, pre-releases by their dot-separated fields
+/// (numbers by value and before words, a shorter run of equal fields first); build metadata
+/// (`+…`) ignored. `None` when either is not a version.
+pub fn version_order(a: &str, b: &str) -> Option<std::cmp::Ordering> {
+    use std::cmp::Ordering;
+    let pre = |s: &str| -> Option<String> {
+        let core = s.trim().split('+').next()?;
+        core.split_once('-').map(|(_, p)| p.to_owned())
+    };
+    let by_numbers = Semver::parse(a)?.cmp(&Semver::parse(b)?);
+    if by_numbers != Ordering::Equal {
+        return Some(by_numbers);
+    }
+    Some(match (pre(a), pre(b)) {
+        (None, None) => Ordering::Equal,
+        (Some(_), None) => Ordering::Less,
+        (None, Some(_)) => Ordering::Greater,
+        (Some(x), Some(y)) => {
+            let field = |f: &str| f.parse::<u64>().map_err(|_| f.to_owned());
+            let (xs, ys): (Vec<_>, Vec<_>) = (
+                x.split('.').map(field).collect(),
+                y.split('.').map(field).collect(),
+            );
+            // `Ok` (a number) orders before `Err` (a word), as the rule says.
+            xs.cmp(&ys)
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pre_releases_come_before_their_release() {
+        use std::cmp::Ordering::*;
+        for (a, b, order) in [
+            ("1.0.0-rc.1", "1.0.0", Less),
+            ("1.0.0", "1.0.0+build.7", Equal),
+            ("1.0.0-alpha", "1.0.0-alpha.1", Less),
+            ("1.0.0-alpha.1", "1.0.0-alpha.beta", Less),
+            ("1.0.0-beta.2", "1.0.0-beta.11", Less),
+            ("1.0.0-rc.1", "0.9.0", Greater),
+        ] {
+            assert_eq!(version_order(a, b), Some(order), "{a} against {b}");
+        }
+        assert_eq!(version_order("x", "1.0.0"), None);
+    }
 
     #[test]
     fn versions_order_by_their_numbers() {

@@ -797,7 +797,7 @@ fn the_operator_bounds_what_policies_and_runs_by_name_may_grant() {
     // Registered allowing nothing: a policy granting exec is refused, and so is a run by name.
     refused_with(
         &apply(&cairn, &hello_policy("{last: 1}")),
-        &["registered allowing only no capability", "not exec"],
+        &["registered allowing no capability", "not exec"],
     );
     let run = [
         "run",

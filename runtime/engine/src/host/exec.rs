@@ -52,6 +52,16 @@ impl HostState {
                 "`then[{i}]` of the command is empty; name a program or drop it"
             )));
         }
+        // No program can be given a NUL: each argument and variable ends at one.
+        let words = command.argv.iter().chain(command.then.iter().flatten());
+        let env = command.env.iter().flat_map(|(k, v)| [k, v]);
+        if let Some(word) = words.chain(env).find(|w| w.contains('\0')) {
+            return Err(WitError::Invalid(format!(
+                "the command's argument or variable `{}` holds a NUL byte, which no program can \
+                 be given; pass such data on stdin or through an export",
+                crate::state::controls_escaped(word.clone())
+            )));
+        }
         let stdin = match command.stdin {
             None => Stdin::Empty,
             Some(bytes) if bytes.len() > MAX_STDIN => {
