@@ -1697,7 +1697,25 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                 .zip(last.as_ref())
                 .map(|(c, l)| c.next_due(l.time));
             let restored = catalog.restore_state()?;
-            let owner = catalog.maintenance_owner()?;
+            let mut owner = catalog.maintenance_owner()?;
+            // What this catalog believes, checked against the owner markers: another instance
+            // that took over says so only there.
+            let mut marker_note = None;
+            if owner {
+                match check_markers(&catalog, "maintenance", None).await {
+                    Ok(()) => {}
+                    Err(e) if e.is::<UsageError>() => {
+                        owner = false;
+                        marker_note = Some(crate::one_line(&e));
+                    }
+                    Err(e) => {
+                        marker_note = Some(format!(
+                            "the owner markers could not be read: {}",
+                            crate::one_line(&e)
+                        ));
+                    }
+                }
+            }
             let cluster_id = catalog.cluster_id().to_string();
             match output {
                 Output::Json => print_json(&serde_json::json!({
@@ -1714,6 +1732,7 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                     "next_due": next_due,
                     "restored_from": restored.as_ref().map(|r| r.source.to_string()),
                     "maintenance_owner": owner,
+                    "owner_marker": marker_note,
                 }))?,
                 Output::Text => {
                     outln!("cluster id:        {cluster_id}");
@@ -1760,10 +1779,12 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                     }
                     outln!(
                         "maintenance owner: {}",
-                        if owner {
-                            "yes"
-                        } else {
-                            "no (run `cairn dr take-ownership` to take over)"
+                        match (owner, &marker_note) {
+                            (true, None) => "yes".to_owned(),
+                            (true, Some(note)) => format!("yes, as this catalog says ({note})"),
+                            (false, Some(note)) => format!("no: {note}"),
+                            (false, None) =>
+                                "no (run `cairn dr take-ownership` to take over)".to_owned(),
                         }
                     );
                 }

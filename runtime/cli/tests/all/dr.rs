@@ -1101,6 +1101,17 @@ fn the_owner_marker_keeps_two_instances_from_both_maintaining() {
     ]);
     refused(&out, &b_id);
     ok(&forget(&b));
+    // And its status says so, from B's marker.
+    let out = a.run(&["dr", "status", "--output", "json"]);
+    ok(&out);
+    assert_eq!(json(&out)["maintenance_owner"], false, "{}", stdout(&out));
+    assert!(
+        json(&out)["owner_marker"]
+            .as_str()
+            .is_some_and(|m| m.contains(&b_id)),
+        "{}",
+        stdout(&out)
+    );
 
     // A third instance cannot take over by accident; with --force it can, and B then refuses.
     let c = restored(profile.path(), &a_id);
