@@ -585,18 +585,44 @@ pub(crate) fn read_documents<T: serde::de::DeserializeOwned>(
     name: impl Fn(&T) -> &str,
 ) -> anyhow::Result<Vec<Document<T>>> {
     let files = if file.is_dir() {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(file)
+        let entries: Vec<PathBuf> = std::fs::read_dir(file)
             .with_context(|| format!("cannot read the directory {}", file.display()))?
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+            .collect();
+        let yaml = |p: &PathBuf| {
+            p.extension()
+                .and_then(|x| x.to_str())
+                .is_some_and(|x| x.eq_ignore_ascii_case("yaml") || x.eq_ignore_ascii_case("yml"))
+        };
+        let mut files: Vec<PathBuf> = entries
+            .iter()
+            .filter(|p| yaml(p) && !p.is_dir())
+            .cloned()
             .collect();
         files.sort();
+        // One level, as `kubectl apply -f DIR` reads: what is below is said, not read.
+        let mut below: Vec<String> = entries
+            .iter()
+            .filter(|p| p.is_dir())
+            .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .collect();
+        below.sort();
+        let not_read = match below.as_slice() {
+            [] => String::new(),
+            dirs => format!(
+                "; its subdirectories ({}) are not read: apply each of them",
+                dirs.join(", ")
+            ),
+        };
         if files.is_empty() {
             return Err(UsageError(format!(
-                "{}: no .yaml or .yml file in this directory",
+                "{}: no .yaml or .yml file in this directory{not_read}",
                 file.display()
             ))
             .into());
+        }
+        if !not_read.is_empty() {
+            eprintln!("cairn: note: {}{not_read}", file.display());
         }
         files
     } else {
