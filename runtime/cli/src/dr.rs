@@ -1393,20 +1393,59 @@ pub(crate) fn schedule(home: &Home) -> anyhow::Result<Option<crate::metrics::DrG
         return Ok(None);
     };
     let last: Option<LastRun> = load_meta(&catalog, LAST_RUN_KEY)?;
+    let mut next_run = last
+        .as_ref()
+        .map_or(jiff::Timestamp::UNIX_EPOCH, |l| config.next_due(l.time));
+    // A run that failed since is tried again after a while, not at once in a loop.
+    if let Some(failed) = load_meta::<LastFailure>(&catalog, LAST_FAILURE_KEY)?
+        && last.as_ref().is_none_or(|l| failed.time > l.time)
+    {
+        let retry = (failed.time + DR_RETRY).min(config.next_due(failed.time));
+        next_run = next_run.max(retry);
+    }
     Ok(Some(crate::metrics::DrGauges {
         last_run: last.as_ref().map(|l| l.time),
-        next_run: last.map_or(jiff::Timestamp::UNIX_EPOCH, |l| config.next_due(l.time)),
+        next_run,
     }))
 }
 
-/// For `cairn serve`: `cairn dr run --if-due` with the DR blueprint `blueprint`.
+/// The catalog meta key of the last DR run `cairn serve` started that failed.
+const LAST_FAILURE_KEY: &str = "dr.last-failure";
+
+/// How long `cairn serve` waits to try a failed DR run again (sooner when DR is due sooner).
+const DR_RETRY: jiff::SignedDuration = jiff::SignedDuration::from_secs(300);
+
+/// A DR run that failed, kept for `dr status` and for when to try again.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct LastFailure {
+    time: jiff::Timestamp,
+    error: String,
+}
+
+/// For `cairn serve`: `cairn dr run --if-due` with the DR blueprint `blueprint`. A failure is
+/// kept in the catalog: `dr status` shows it, and the next try waits a while.
 pub(crate) async fn run_if_due(home: &Home, blueprint: BlueprintArg) -> anyhow::Result<ExitCode> {
     let cmd = DrCommand::Run {
         if_due: true,
         blueprint,
         output: Output::Text,
     };
-    run(cmd, Some(home.root().to_path_buf())).await
+    let started = jiff::Timestamp::now();
+    let ran = run(cmd, Some(home.root().to_path_buf())).await;
+    let error = match &ran {
+        Ok(code) if *code == ExitCode::from(exit::OK) => None,
+        Ok(_) => Some("the DR blueprint's run failed (serve's log says why)".to_owned()),
+        Err(e) => Some(crate::one_line(e)),
+    };
+    if let Some(error) = error {
+        let failure = LastFailure {
+            time: started,
+            error,
+        };
+        crate::catalog::open(home)?
+            .set_meta(LAST_FAILURE_KEY, Some(&serde_json::to_string(&failure)?))?;
+    }
+    ran
 }
 
 /// For `cairn repo forget|prune`: refuses when an owner marker names another instance.
@@ -1697,6 +1736,8 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                 .zip(last.as_ref())
                 .map(|(c, l)| c.next_due(l.time));
             let restored = catalog.restore_state()?;
+            let failure: Option<LastFailure> = load_meta(&catalog, LAST_FAILURE_KEY)?
+                .filter(|f: &LastFailure| last.as_ref().is_none_or(|l| f.time > l.time));
             let mut owner = catalog.maintenance_owner()?;
             // What this catalog believes, checked against the owner markers: another instance
             // that took over says so only there.
@@ -1729,6 +1770,7 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                     "cursor": catalog.dr_cursor()?,
                     "max_chain": config.as_ref().map(|c| c.max_chain),
                     "last_run": last,
+                    "failed_since": failure,
                     "next_due": next_due,
                     "restored_from": restored.as_ref().map(|r| r.source.to_string()),
                     "maintenance_owner": owner,
@@ -1768,6 +1810,9 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                             l.to
                         ),
                         None => outln!("last run:          never"),
+                    }
+                    if let Some(f) = &failure {
+                        outln!("failed since:      {}: {}", f.time, f.error);
                     }
                     if let Some(next) = next_due {
                         outln!("next run due:      {next}");

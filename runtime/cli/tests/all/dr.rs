@@ -1025,6 +1025,52 @@ fn serve_runs_dr_when_it_is_due_after_the_policies() {
     );
 }
 
+/// A DR run serve starts that fails is kept for `dr status`, and tried again after a while,
+/// not on every pass.
+#[test]
+fn serve_keeps_a_failed_dr_run_and_waits_to_try_again() {
+    let profile = tempfile::tempdir().expect("tempdir");
+    let cairn = Cairn::new();
+    let serve = ["serve", "--once", "--dr-blueprint", &dr_wasm()];
+    let mut args = vec![
+        "dr",
+        "enable",
+        "--profile",
+        profile.path().to_str().expect("utf-8"),
+    ];
+    args.extend([
+        "--mode",
+        "no-snapshot",
+        "--passphrase-from",
+        "env:CAIRN_TEST_DR_PASS",
+    ]);
+    // Set for enable, and missing from the environment serve runs in.
+    ok(&cairn
+        .command(&args)
+        .env("CAIRN_TEST_DR_PASS", "secret")
+        .output()
+        .expect("cairn runs"));
+    let out = cairn.run(&serve);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let status = cairn.run(&["dr", "status", "--output", "json"]);
+    ok(&status);
+    let failed = &json(&status)["failed_since"];
+    assert!(
+        failed["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("CAIRN_TEST_DR_PASS")),
+        "{}",
+        stdout(&status)
+    );
+    let out = cairn.run(&serve);
+    ok(&out);
+    assert!(
+        stdout(&out).starts_with("nothing is due; the next run is at"),
+        "{}",
+        stdout(&out)
+    );
+}
+
 /// Restores `lost`'s latest DR point from `profile` into a new instance.
 fn restored(profile: &Path, lost: &str) -> Cairn {
     let fresh = Cairn::new();
