@@ -192,6 +192,18 @@ pub fn scale(workload: Option<&WorkloadRef>, replicas: u32) -> Result<u32> {
     )
 }
 
+/// Checks, changing nothing, that this action may restart `workload` (the target when
+/// `None`): that it is granted [`Workloads`](crate::Capability::Workloads) and
+/// [`Scale`](crate::Capability::Scale), by describing the workload and setting its replicas to
+/// what they are. A restore that swaps data under a running server calls it before it changes
+/// anything, so a missing grant fails while there is nothing to undo. Returns the desired
+/// replicas.
+pub fn check_restartable(workload: Option<&WorkloadRef>) -> Result<u32> {
+    let replicas = get(workload)?.replicas;
+    scale(workload, replicas)?;
+    Ok(replicas)
+}
+
 /// Waits until every desired replica is ready, or fails with
 /// [`Error::TimedOut`](crate::Error::TimedOut). Needs [`Workloads`](crate::Capability::Workloads).
 pub fn wait_ready(workload: Option<&WorkloadRef>, timeout: Duration) -> Result<WorkloadInfo> {

@@ -375,10 +375,21 @@ fn restore(ctx: &Context) -> Result<Outputs> {
             replace,
         )?;
     }
+    // The restart needs grants a run may lack: refused now, while nothing has changed.
+    workloads::check_restartable(None)?;
 
     let staged = format!("{data_dir}{STAGED_FILE}");
     let fresh = format!("{data_dir}{STAGED_DIR}");
     let old = format!("{data_dir}{OLD_DIR}");
+    // Left by a restore that could not put it back: it may be the only copy of what the member
+    // held then, so it is never removed here.
+    if shell(r#"if [ -e "$1" ]; then echo left; fi"#, &[&old])?.trim() == "left" {
+        return Err(Error::invalid(format!(
+            "{old} is left from an earlier restore and may hold the only copy of the data the \
+             member had then: move it away (or remove it once you know it is not needed), and \
+             run the restore again"
+        )));
+    }
     progress(Progress::percent(0.0).message(format!("staging the snapshot as {staged}")));
     let import = Import::open(artifact).map_err(|e| {
         e.context(format_args!(
@@ -419,17 +430,65 @@ fn restore(ctx: &Context) -> Result<Outputs> {
         return Err(e.context(format_args!("restoring export `{ARTIFACT}`")));
     }
 
+    // A key the running member gets and the snapshot cannot hold: still there after the
+    // restart, the member did not start from the restored directory.
+    let status = conn.run(
+        "etcdctl endpoint status",
+        ["endpoint", "status", "-w", "json"],
+    )?;
+    let marker = format!(
+        "/cairn/restore-marker/{}",
+        json_number(&status, "revision").unwrap_or(0)
+    );
+    conn.run(
+        "etcdctl put",
+        ["put", marker.as_str(), "the member before the restore"],
+    )?;
+
     // Swap the directories, then restart: the stopping member keeps writing only to the files
-    // it holds open, which moved away with the old directory.
+    // it holds open, which moved away with the old directory. Until the member has restarted on
+    // the restored one, any failure swaps them back, so a failed restore changes nothing.
     progress(Progress::percent(50.0).message("swapping the data directory and restarting"));
+    let swap_back = |e: Error| {
+        let back = shell(
+            r#"rm -rf "$2" && mv "$1" "$2" && mv "$3" "$1""#,
+            &[&data_dir, &fresh, &old],
+        );
+        let _ = shell(r#"rm -rf "$1" "$2""#, &[&fresh, &staged]);
+        let _ = conn.run("etcdctl del", ["del", marker.as_str()]);
+        match back {
+            Ok(_) => e.context(format_args!(
+                "restore undone ({data_dir} is the member's own data directory again)"
+            )),
+            Err(b) => e.context(format_args!(
+                "restore failed, and swapping the data directories back failed too ({b}): the \
+                 member's own is at {old}; move it to {data_dir} before the member next starts"
+            )),
+        }
+    };
     shell(
-        r#"rm -rf "$3" && mv "$1" "$3" && mv "$2" "$1""#,
+        r#"mv "$1" "$3" && mv "$2" "$1""#,
         &[&data_dir, &fresh, &old],
     )?;
-    let replicas = workloads::scale(None, 0)?.max(1);
-    workloads::scale(None, replicas)?;
-    workloads::wait_ready(None, ready_timeout)?;
-    wait_serving(&conn, ready_timeout)?;
+    let restart = || -> Result<String> {
+        let replicas = workloads::scale(None, 0)?.max(1);
+        workloads::scale(None, replicas)?;
+        workloads::wait_ready(None, ready_timeout)?;
+        wait_serving(&conn, ready_timeout)?;
+        conn.run(
+            "etcdctl get",
+            ["get", marker.as_str(), "--print-value-only"],
+        )
+    };
+    let found = restart().map_err(&swap_back)?;
+    if !found.trim().is_empty() {
+        // Still the old member, on the old files: the directories go back where it keeps them.
+        return Err(swap_back(Error::failed(format!(
+            "etcd at {} did not restart when the workload was scaled to 0 and back: check the \
+             workload's stop and start commands",
+            conn.endpoints
+        ))));
+    }
 
     let status = conn.run(
         "etcdctl endpoint status",

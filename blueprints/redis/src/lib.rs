@@ -38,6 +38,8 @@ const POLL: Duration = Duration::from_millis(100);
 
 /// Suffix of the file a restore streams the RDB into before renaming it into place.
 const RESTORE_SUFFIX: &str = ".cairn-restore";
+/// The server's own RDB while a restore replaces it, until the server has restarted.
+const ASIDE_SUFFIX: &str = ".cairn-old";
 
 /// Error replies `redis-cli` prints on stdout (it exits 0 after them).
 const ERROR_REPLIES: &[&str] = &[
@@ -382,6 +384,8 @@ fn restore(ctx: &Context) -> Result<Outputs> {
             replace,
         )?;
     }
+    // The restart needs grants a run may lack: refused now, while nothing has changed.
+    workloads::check_restartable(None)?;
     let persistence = conn.info("persistence")?;
     if persistence.get("aof_enabled").map(String::as_str) == Some("1") {
         return Err(Error::invalid(format!(
@@ -423,23 +427,57 @@ fn restore(ctx: &Context) -> Result<Outputs> {
     // Stopping Redis (SIGTERM or SHUTDOWN) saves the dataset when save points are set, which
     // would write over the restored file; the restart reads `save` from the config again.
     progress(Progress::percent(30.0).message("disabling saves before the restart"));
+    let saves = conn.query(&["CONFIG", "GET", "save"])?;
+    let saves = saves.lines().nth(1).unwrap_or_default().to_owned();
     conn.query(&["CONFIG", "SET", "save", ""])?;
-    wait_no_save(&conn, Duration::from_secs(save_timeout.as_secs()))?;
-    shell(r#"mv -f "$1" "$2""#, &[&staged, &path])?;
-    let run_id = conn.info("server")?.get("run_id").cloned();
+    // The live file goes aside, not away: until the server has restarted on the restored one,
+    // any failure puts it back (and saves on again), so a failed restore changes nothing.
+    let aside = format!("{path}{ASIDE_SUFFIX}");
+    let put_back = |e: Error| {
+        let back = shell(
+            r#"if [ -e "$2" ]; then mv -f "$2" "$1"; else rm -f "$1"; fi"#,
+            &[&path, &aside],
+        );
+        let _ = conn.query(&["CONFIG", "SET", "save", &saves]);
+        match back {
+            Ok(_) => e.context(format_args!(
+                "restore undone ({path} is the server's own RDB again, and saves are on)"
+            )),
+            Err(b) => e.context(format_args!(
+                "restore failed, and putting the server's own RDB back failed too ({b}): it is \
+                 at {aside}; move it to {path} before Redis next starts"
+            )),
+        }
+    };
+    wait_no_save(&conn, Duration::from_secs(save_timeout.as_secs())).map_err(&put_back)?;
+    shell(
+        r#"if [ -e "$2" ]; then mv -f "$2" "$3"; fi && mv -f "$1" "$2""#,
+        &[&staged, &path, &aside],
+    )
+    .map_err(&put_back)?;
+    let run_id = conn
+        .info("server")
+        .map_err(&put_back)?
+        .get("run_id")
+        .cloned();
 
     progress(Progress::percent(50.0).message("restarting the server"));
-    let replicas = workloads::scale(None, 0)?.max(1);
-    workloads::scale(None, replicas)?;
-    workloads::wait_ready(None, ready_timeout)?;
-    let loaded = wait_loaded(&conn, ready_timeout)?;
+    let restart = || -> Result<BTreeMap<String, String>> {
+        let replicas = workloads::scale(None, 0)?.max(1);
+        workloads::scale(None, replicas)?;
+        workloads::wait_ready(None, ready_timeout)?;
+        wait_loaded(&conn, ready_timeout)
+    };
+    let loaded = restart().map_err(&put_back)?;
     if run_id.is_some() && loaded.get("run_id") == run_id.as_ref() {
-        return Err(Error::failed(format!(
+        // Still the old server, its data in memory: the old file back keeps them together.
+        return Err(put_back(Error::failed(format!(
             "Redis at {} did not restart when the workload was scaled to 0 and back: check the \
              workload's stop and start commands",
             conn.addr()
-        )));
+        ))));
     }
+    shell(r#"rm -f "$1""#, &[&aside])?;
 
     // The restored file is what the server loaded unless the stop saved over it: no save has
     // run since the start, so the file on disk is the one the server read.

@@ -273,6 +273,42 @@ fn restore_over_existing_data_is_refused_without_replace() {
     assert_eq!(etcd.dump().len(), KEYS + 1);
 }
 
+/// A restore that could not restart the member (its `scale` grant left out) is refused before
+/// it changes anything: no directory moves, and the member serves what it held.
+#[test]
+fn a_restore_that_cannot_restart_the_member_changes_nothing() {
+    let etcd = Etcd::start(false);
+    etcd.load();
+    let cairn = Cairn::new();
+    let (report, _) = etcd.h.backup(&cairn, &BACKUP);
+    etcd.ctl(&["put", "/newer", "data"]);
+    let data_dir = format!("data-dir={}", etcd.data_dir().display());
+    let peer = format!("initial-advertise-peer-urls=http://127.0.0.1:{}", etcd.peer);
+    let from = report.to_str().expect("utf-8");
+    let args = [
+        "--from",
+        from,
+        "--grant",
+        "exec,import,workloads",
+        "--param",
+        &data_dir,
+        "--param",
+        &peer,
+        "--param",
+        "replace=true",
+    ];
+    let out = etcd.h.run(&cairn, "restore", &args);
+    assert_fails_with(&out, &["scale"]);
+    let moved: Vec<_> = std::fs::read_dir(etcd.h.root())
+        .expect("root")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("cairn"))
+        .collect();
+    assert!(moved.is_empty(), "{moved:?}");
+    assert_eq!(etcd.dump().len(), KEYS + 1);
+}
+
 #[test]
 fn wrong_or_missing_credentials_are_clear_errors() {
     Etcd::start(true).h.credentials_are_checked(

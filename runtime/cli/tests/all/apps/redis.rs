@@ -256,6 +256,34 @@ fn restore_over_existing_data_is_refused_without_replace() {
     assert_eq!(redis.cli(&["GET", "newer"]).trim(), "data");
 }
 
+/// A restore that could not restart the server (its `scale` grant left out) is refused before
+/// it changes anything: the server's own RDB stays, and so do its save points.
+#[test]
+fn a_restore_that_cannot_restart_the_server_changes_nothing() {
+    let redis = Redis::start(None);
+    redis.load();
+    let cairn = Cairn::new();
+    let (report, _) = redis.h.backup(&cairn, &BACKUP);
+    redis.cli(&["SET", "newer", "data"]);
+    redis.cli(&["SAVE"]);
+    let rdb = redis.h.root().join("data/dump.rdb");
+    let saved = std::fs::read(&rdb).expect("the server's RDB");
+    let from = report.to_str().expect("utf-8 path");
+    let args = [
+        "--from",
+        from,
+        "--grant",
+        "exec,import,workloads",
+        "--param",
+        "replace=true",
+    ];
+    let out = redis.h.run(&cairn, "restore", &args);
+    assert_fails_with(&out, &["scale"]);
+    assert_eq!(std::fs::read(&rdb).expect("the server's RDB"), saved);
+    assert!(redis.cli(&["CONFIG", "GET", "save"]).contains("3600 1"));
+    assert_eq!(redis.cli(&["GET", "newer"]).trim(), "data");
+}
+
 #[test]
 fn a_wrong_password_is_a_clear_error() {
     Redis::start(Some(PASSWORD)).h.credentials_are_checked(
