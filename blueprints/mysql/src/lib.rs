@@ -236,6 +236,9 @@ impl Conn {
             format!("--port={}", self.port),
             format!("--user={}", self.user),
             "--protocol=TCP".to_owned(),
+            // Commands run without a locale, where the client talks latin1: a database named
+            // `café` would reach the server as other bytes, and name another database.
+            "--default-character-set=utf8mb4".to_owned(),
         ]);
         match &self.password {
             Some(p) => command.env("MYSQL_PWD", p),

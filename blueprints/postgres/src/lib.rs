@@ -463,6 +463,22 @@ fn backup(ctx: &Context) -> Result<Outputs> {
         .param::<Option<String>>("database")?
         .unwrap_or_else(|| MAINTENANCE_DB.to_owned());
     let version = server_version(&conn, &database)?;
+    // pg_dump writes a plain dump's large objects inside a transaction of their own, whose
+    // COMMIT would end a restore's one transaction half way: counted, before and after the
+    // dump, so a restore knows.
+    let large_objects = || -> Result<u64> {
+        let n = conn.query(
+            &database,
+            &[],
+            "SELECT count(*) FROM pg_catalog.pg_largeobject_metadata;\n",
+        )?;
+        n.parse()
+            .map_err(|_| Error::failed(format!("counting large objects: psql answered {n:?}")))
+    };
+    let plain_objects = match (mode, format) {
+        (Mode::Database, Format::Plain) => large_objects()?,
+        _ => 0,
+    };
     info!(
         "PostgreSQL {version} at {}: dumping {}",
         conn.at(),
@@ -485,13 +501,13 @@ fn backup(ctx: &Context) -> Result<Outputs> {
             (
                 "pg_dump",
                 conn.command(&database, argv.copied())
-                    .args(["--dbname", &database]),
+                    .args(["--dbname", &dbname_conninfo(&database)]),
             )
         }
         Mode::Cluster => (
             "pg_dumpall",
             conn.command(&database, ["pg_dumpall", "--no-password", "--database"])
-                .arg(&database),
+                .arg(dbname_conninfo(&database)),
         ),
     };
     // What a user filters restore points by: `cairn repo snapshots --tag database=shop`.
@@ -510,13 +526,27 @@ fn backup(ctx: &Context) -> Result<Outputs> {
             "`{tool}` exited with 0 but wrote nothing; the dump is discarded"
         )));
     }
-    let artifact = export
+    let plain_objects = match (mode, format) {
+        (Mode::Database, Format::Plain) => plain_objects.max(large_objects()?),
+        _ => 0,
+    };
+    if plain_objects > 0 {
+        warn!(
+            "database `{database}` holds {plain_objects} large objects, which a plain dump keeps \
+             in a transaction of their own: this dump cannot be restored in one transaction \
+             (back up with --param format=custom for that)"
+        );
+    }
+    let mut artifact = export
         .finish()?
         .value("database", &database)
         .value("mode", mode.as_str())
         .value("format", format.as_str())
         .value("server-version", &version)
         .value("dump-bytes", transfer.bytes);
+    if format == Format::Plain && mode == Mode::Database {
+        artifact = artifact.value("large-objects", plain_objects);
+    }
     progress(Progress::bytes(transfer.bytes, Some(transfer.bytes)).message("dumped"));
     info!("dumped {} bytes with {tool}", transfer.bytes);
 
@@ -683,6 +713,18 @@ fn restore(ctx: &Context) -> Result<Outputs> {
             // Restore points from before the format parameter are custom dumps.
             let format = Format::parse(dump.get("format").unwrap_or("custom"))?;
             let atomic = ctx.flag("single-transaction")?;
+            let objects = dump
+                .get("large-objects")
+                .and_then(|n| n.parse::<u64>().ok());
+            if atomic && format == Format::Plain && objects.is_some_and(|n| n > 0) {
+                return Err(Error::invalid(
+                    "this plain dump holds large objects, which pg_dump wrote in a transaction \
+                     of their own: its COMMIT would end the restore's one transaction half way, \
+                     so a failure after it would leave the database part restored. Restore it \
+                     knowingly with --param single-transaction=false, or back up with --param \
+                     format=custom, whose restore keeps them in one transaction",
+                ));
+            }
             restore_database(&conn, &import, &database, format, replace, atomic)?
         }
         Mode::Cluster => restore_cluster(&conn, &import, replace)?,
@@ -721,6 +763,7 @@ fn restore_database(
             replace,
         )?;
     }
+    let conninfo = dbname_conninfo(database);
     let (tool, mut argv) = match format {
         Format::Custom => {
             let mut argv = vec![
@@ -728,7 +771,7 @@ fn restore_database(
                 "--no-password",
                 "--exit-on-error",
                 "--dbname",
-                database,
+                conninfo.as_str(),
             ];
             if replace {
                 argv.extend(["--clean", "--if-exists"]);
@@ -775,6 +818,16 @@ fn restore_database(
 }
 
 /// Tables in `database` outside the system schemas.
+/// `database` as libpq's tools take a database name for certain: a connection string naming it,
+/// quoted. Given plainly, a name holding `=` (or starting `postgresql://`) is read as a
+/// connection string itself, and names another database.
+fn dbname_conninfo(database: &str) -> String {
+    format!(
+        "dbname='{}'",
+        database.replace('\\', "\\\\").replace('\'', "\\'")
+    )
+}
+
 fn count_tables(conn: &Conn, database: &str) -> Result<u64> {
     let n = conn.query(
         database,
@@ -872,6 +925,13 @@ fn delete(ctx: &Context) -> Result<Outputs> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn database_names_reach_libpq_as_names() {
+        assert_eq!(dbname_conninfo("shop"), "dbname='shop'");
+        assert_eq!(dbname_conninfo("dbname=shop2"), "dbname='dbname=shop2'");
+        assert_eq!(dbname_conninfo(r"a'b\c"), r"dbname='a\'b\\c'");
+    }
+
     use super::*;
 
     fn conn() -> Conn {

@@ -256,6 +256,29 @@ fn a_generated_table_set_round_trips() {
     );
 }
 
+/// Names beyond ASCII reach the server as the names given: commands run without a locale,
+/// where the client would otherwise talk latin1 and name other databases.
+#[test]
+fn database_names_beyond_ascii_are_the_names_given() {
+    let maria = Maria::start();
+    let utf8 = |sql: &str| {
+        answer(
+            sql,
+            maria
+                .client()
+                .args(["--default-character-set=utf8mb4", "-e", sql]),
+        )
+    };
+    utf8("CREATE DATABASE `café`; CREATE TABLE `café`.t (x int); INSERT INTO `café`.t VALUES (7)");
+    let cairn = Cairn::new();
+    let out = maria.backup(&cairn, &["--param", "database=café"]);
+    let report = maria.h.save(&out);
+    let out = maria.restore(&cairn, &report, &["--param", "database=crème"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(utf8("SELECT x FROM `crème`.t"), "7");
+    assert_eq!(utf8("SHOW DATABASES LIKE 'cr%'"), "crème");
+}
+
 #[test]
 fn an_all_databases_dump_round_trips() {
     let maria = Maria::start();

@@ -377,6 +377,60 @@ fn a_replacing_restore_that_fails_drops_nothing() {
     }
 }
 
+/// A plain dump holds large objects in a transaction of its own, whose COMMIT would end the
+/// restore's one transaction half way: such a restore is refused unless asked for without one.
+/// And a database named like a connection string is dumped, not the one the string names.
+#[test]
+fn large_objects_and_names_with_equals_signs_are_not_mistaken() {
+    let pg = Pg::start();
+    pg.load_pgbench();
+    pg.query(DB, "SELECT lo_from_bytea(0, '\\x00ff00ff'::bytea)");
+    let cairn = Cairn::new();
+    let out = pg.backup(&cairn, &["--param", "format=plain"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("1 large objects"), "{}", stderr(&out));
+    let report = pg.h.save(&out);
+    assert_eq!(
+        value(&json(&out)["outputs"]["artifacts"][0], "large-objects"),
+        "1"
+    );
+    let out = pg.restore(&cairn, &report, &["--param", "replace=true"]);
+    assert_fails_with(&out, &["large objects", "single-transaction=false"]);
+    let out = pg.restore(
+        &cairn,
+        &report,
+        &[
+            "--param",
+            "replace=true",
+            "--param",
+            "single-transaction=false",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        pg.query(DB, "SELECT count(*) FROM pg_largeobject_metadata"),
+        "1"
+    );
+
+    pg.superuser_sql("CREATE DATABASE \"dbname=shop\" OWNER cairn");
+    // psql reads its -d as a connection string too: the name quoted in one.
+    pg.query("dbname='dbname=shop'", "CREATE TABLE only_here (x int)");
+    let out = pg.backup(&cairn, &["--param", "database=dbname=shop"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = pg.h.save(&out);
+    pg.superuser_sql("CREATE DATABASE copied OWNER cairn");
+    let out = pg.restore(&cairn, &report, &["--param", "database=copied"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(pg.query("copied", "SELECT count(*) FROM only_here"), "0");
+    assert!(
+        pg.query(
+            "copied",
+            "SELECT count(*) FROM pg_tables WHERE tablename = 'pgbench_accounts'"
+        ) == "0",
+        "the dump held another database's tables"
+    );
+}
+
 #[test]
 fn a_cluster_dump_restores_into_an_empty_cluster() {
     let source = Pg::start();
