@@ -1506,22 +1506,6 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                 Some(path) => format!("file:{}", crate::profile::absolute(path)),
                 None => passphrase_from,
             };
-            if [
-                keep_last,
-                keep_hourly,
-                keep_daily,
-                keep_weekly,
-                keep_monthly,
-                keep_yearly,
-            ]
-            .iter()
-            .all(|k| *k == 0)
-            {
-                return Err(usage(
-                    "dr enable: every --keep-* is 0, which would keep no DR point: keep at least \
-                     the newest (--keep-last 1)",
-                ));
-            }
             let config = Config {
                 profile,
                 mode,
@@ -1539,6 +1523,12 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                 },
                 max_chain,
             };
+            if config.retention == cairn_catalog::Retention::default() {
+                return Err(usage(
+                    "dr enable: every --keep-* is 0, which would keep no DR point: keep at least \
+                     the newest (--keep-last 1)",
+                ));
+            }
             enable(&home, &catalog, &config, protection).await?;
         }
         DrCommand::Disable => {
