@@ -462,6 +462,17 @@ fn backup(ctx: &Context) -> Result<Outputs> {
         .value("dump-bytes", transfer.bytes);
     if let Some(db) = &database {
         artifact = artifact.value("database", db);
+        // A one-database dump holds no CREATE DATABASE: what the restore creates the database
+        // with is kept beside it.
+        let defaults = conn.query(&format!(
+            "SELECT DEFAULT_CHARACTER_SET_NAME, DEFAULT_COLLATION_NAME FROM \
+             information_schema.SCHEMATA WHERE SCHEMA_NAME = '{db}';\n"
+        ))?;
+        if let Some((charset, collation)) = defaults.trim().split_once('\t') {
+            artifact = artifact
+                .value("charset", charset)
+                .value("collation", collation);
+        }
     }
     progress(Progress::bytes(transfer.bytes, Some(transfer.bytes)).message("dumped"));
     info!("dumped {} bytes with {tool}", transfer.bytes);
@@ -623,7 +634,20 @@ fn restore(ctx: &Context) -> Result<Outputs> {
                     replace,
                 )?;
             }
-            conn.query(&format!("CREATE DATABASE IF NOT EXISTS {quoted};\n"))?;
+            // With the backed-up database's character set and collation (names only: they
+            // come from the restore point, and go into SQL).
+            let name = |v: &str| v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            let defaults = match (dump.get("charset"), dump.get("collation")) {
+                (Some(cs), Some(co))
+                    if name(cs) && name(co) && !cs.is_empty() && !co.is_empty() =>
+                {
+                    format!(" CHARACTER SET {cs} COLLATE {co}")
+                }
+                _ => String::new(),
+            };
+            conn.query(&format!(
+                "CREATE DATABASE IF NOT EXISTS {quoted}{defaults};\n"
+            ))?;
             info!(
                 "restoring into database `{db}` at {}{}",
                 conn.at(),

@@ -269,7 +269,10 @@ fn database_names_beyond_ascii_are_the_names_given() {
                 .args(["--default-character-set=utf8mb4", "-e", sql]),
         )
     };
-    utf8("CREATE DATABASE `café`; CREATE TABLE `café`.t (x int); INSERT INTO `café`.t VALUES (7)");
+    utf8(
+        "CREATE DATABASE `café` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin; \
+         CREATE TABLE `café`.t (x int); INSERT INTO `café`.t VALUES (7)",
+    );
     let cairn = Cairn::new();
     let out = maria.backup(&cairn, &["--param", "database=café"]);
     let report = maria.h.save(&out);
@@ -277,6 +280,13 @@ fn database_names_beyond_ascii_are_the_names_given() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(utf8("SELECT x FROM `crème`.t"), "7");
     assert_eq!(utf8("SHOW DATABASES LIKE 'cr%'"), "crème");
+    // Created with the backed-up database's collation, which a one-database dump does not hold.
+    assert_eq!(
+        utf8(
+            "SELECT DEFAULT_COLLATION_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = 'crème'"
+        ),
+        "utf8mb4_bin"
+    );
 }
 
 #[test]
