@@ -427,16 +427,8 @@ fn files_below(
 /// finish it.
 #[test]
 fn a_restore_that_fails_part_way_leaves_the_home_unfinished() {
-    let profile = tempfile::tempdir().expect("tempdir");
+    let (profile, cairn, older, _) = runs("no-snapshot", &[], 1);
     let profile_url = profile.path().to_str().expect("utf-8").to_owned();
-    let cairn = Cairn::new();
-    ok(&enable_without_gfs(
-        &cairn,
-        profile.path(),
-        "no-snapshot",
-        &[],
-    ));
-    let older = put_and_run(&cairn, "p1");
     let cluster_id = cluster_id(&cairn);
     let data = profile.path().join(&cluster_id).join("data");
     let before = files_below(&data);
@@ -463,7 +455,7 @@ fn a_restore_that_fails_part_way_leaves_the_home_unfinished() {
     refused_with(&fresh.run(&["policy", "run", "any"]), "did not finish");
     refused_with(&fresh.run(&["serve", "--once"]), "did not finish");
     refused_with(&fresh.run(&["dr", "take-ownership"]), "did not finish");
-    let older = older["point"].as_str().expect("point id").to_owned();
+    let older = older[0]["point"].as_str().expect("point id").to_owned();
     refused_with(
         &restore(&fresh, &profile_url, &cluster_id, &["--point", &older]),
         "would be applied over part of it",
@@ -472,16 +464,8 @@ fn a_restore_that_fails_part_way_leaves_the_home_unfinished() {
 
 #[test]
 fn a_damaged_dr_point_is_left_out_and_the_others_are_still_listed() {
-    let profile = tempfile::tempdir().expect("tempdir");
+    let (profile, cairn, _, _) = runs("no-snapshot", &[], 1);
     let profile_url = profile.path().to_str().expect("utf-8").to_owned();
-    let cairn = Cairn::new();
-    ok(&enable_without_gfs(
-        &cairn,
-        profile.path(),
-        "no-snapshot",
-        &[],
-    ));
-    put_and_run(&cairn, "p1");
     let cluster_id = cluster_id(&cairn);
     let content = profile.path().join(&cluster_id).join("content");
     let listed = |dir: &Path| -> std::collections::BTreeSet<std::path::PathBuf> {

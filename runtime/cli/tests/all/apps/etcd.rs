@@ -165,10 +165,20 @@ impl Etcd {
     }
 
     fn restore(&self, cairn: &Cairn, report: &Path, extra: &[&str]) -> Output {
+        self.restore_granted(cairn, report, "exec,import,workloads,scale,secrets", extra)
+    }
+
+    /// [`Etcd::restore`] with only `grants`.
+    fn restore_granted(
+        &self,
+        cairn: &Cairn,
+        report: &Path,
+        grants: &str,
+        extra: &[&str],
+    ) -> Output {
         let data_dir = format!("data-dir={}", self.data_dir().display());
         let peer = format!("initial-advertise-peer-urls=http://127.0.0.1:{}", self.peer);
         let from = report.to_str().expect("utf-8");
-        let grants = "exec,import,workloads,scale,secrets";
         let params = [
             "--param",
             &data_dir,
@@ -282,22 +292,8 @@ fn a_restore_that_cannot_restart_the_member_changes_nothing() {
     let cairn = Cairn::new();
     let (report, _) = etcd.h.backup(&cairn, &BACKUP);
     etcd.ctl(&["put", "/newer", "data"]);
-    let data_dir = format!("data-dir={}", etcd.data_dir().display());
-    let peer = format!("initial-advertise-peer-urls=http://127.0.0.1:{}", etcd.peer);
-    let from = report.to_str().expect("utf-8");
-    let args = [
-        "--from",
-        from,
-        "--grant",
-        "exec,import,workloads",
-        "--param",
-        &data_dir,
-        "--param",
-        &peer,
-        "--param",
-        "replace=true",
-    ];
-    let out = etcd.h.run(&cairn, "restore", &args);
+    let grants = "exec,import,workloads";
+    let out = etcd.restore_granted(&cairn, &report, grants, &["--param", "replace=true"]);
     assert_fails_with(&out, &["scale"]);
     let moved: Vec<_> = std::fs::read_dir(etcd.h.root())
         .expect("root")

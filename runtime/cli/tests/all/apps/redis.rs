@@ -201,8 +201,18 @@ impl Redis {
 
     /// A restore from `report` with `extra` arguments.
     fn restore(&self, cairn: &Cairn, report: &Path, extra: &[&str]) -> Output {
+        self.restore_granted(cairn, report, "exec,import,workloads,scale,secrets", extra)
+    }
+
+    /// [`Redis::restore`] with only `grants`.
+    fn restore_granted(
+        &self,
+        cairn: &Cairn,
+        report: &Path,
+        grants: &str,
+        extra: &[&str],
+    ) -> Output {
         let from = report.to_str().expect("utf-8 path");
-        let grants = "exec,import,workloads,scale,secrets";
         let args = [&["--from", from, "--grant", grants][..], extra].concat();
         self.h.run(cairn, "restore", &args)
     }
@@ -268,16 +278,8 @@ fn a_restore_that_cannot_restart_the_server_changes_nothing() {
     redis.cli(&["SAVE"]);
     let rdb = redis.h.root().join("data/dump.rdb");
     let saved = std::fs::read(&rdb).expect("the server's RDB");
-    let from = report.to_str().expect("utf-8 path");
-    let args = [
-        "--from",
-        from,
-        "--grant",
-        "exec,import,workloads",
-        "--param",
-        "replace=true",
-    ];
-    let out = redis.h.run(&cairn, "restore", &args);
+    let grants = "exec,import,workloads";
+    let out = redis.restore_granted(&cairn, &report, grants, &["--param", "replace=true"]);
     assert_fails_with(&out, &["scale"]);
     assert_eq!(std::fs::read(&rdb).expect("the server's RDB"), saved);
     assert!(redis.cli(&["CONFIG", "GET", "save"]).contains("3600 1"));
