@@ -659,20 +659,8 @@ fn dr_needs_enabling_and_a_passphrase() {
         "env:CAIRN_TEST_NO_SUCH_VARIABLE",
     ]);
     refused_with(&out, "CAIRN_TEST_NO_SUCH_VARIABLE");
-    let nothing = [
-        "--keep-last",
-        "0",
-        "--keep-hourly",
-        "0",
-        "--keep-daily",
-        "0",
-        "--keep-weekly",
-        "0",
-        "--keep-monthly",
-        "0",
-    ];
     refused_with(
-        &enable(&cairn, profile.path(), "no-snapshot", &nothing),
+        &enable_without_gfs(&cairn, profile.path(), "no-snapshot", &["--keep-last", "0"]),
         "keep no DR point",
     );
     let out = cairn.run(&["dr", "status"]);
