@@ -677,11 +677,11 @@ impl Backend {
 
     /// Names the key slot that each new Object Lock client writes again before any data
     /// ([`S3Lock`]): the one the repository was opened with.
-    pub(crate) fn renew_with(&self, slot_path: String) {
+    pub(crate) fn renew_with(&self, slot_path: Option<String>) {
         if let Some(lock) = &self.s3_lock
             && let Ok(mut renew) = lock.renew.lock()
         {
-            *renew = Some(slot_path);
+            *renew = slot_path;
         }
     }
 

@@ -887,7 +887,7 @@ impl Repository {
         index: Option<Index>,
     ) -> Self {
         let index_read = index.is_some().into();
-        backend.renew_with(format::key_path(&slot));
+        backend.renew_with(Some(format::key_path(&slot)));
         Self {
             inner: Arc::new(Inner {
                 backend,
@@ -2695,7 +2695,11 @@ impl Repository {
                 until: until.to_string(),
             }));
         }
+        // The slot going away is not renewed on its way out (a new retention date would
+        // protect it from the delete below): the new one is, from its first write.
+        self.inner.backend.renew_with(None);
         let id = self.add_key(new_key, &label).await?;
+        self.inner.backend.renew_with(Some(format::key_path(&id)));
         self.inner
             .backend
             .delete_data(&path, None)

@@ -191,6 +191,39 @@ async fn object_lock_makes_the_store_refuse_deletes_inside_the_protection_period
     assert_eq!(repo.check(true).await.unwrap().errors.len(), 0);
 }
 
+/// Rotating a key once its slot's period is over works: the slot going away is not renewed
+/// on the way out, and the new one is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_is_rotated_once_its_period_is_over() {
+    let Some(moto) = Moto::start() else {
+        return;
+    };
+    moto.bucket("rotated", true);
+    let period = Duration::from_secs(2);
+    Repository::init(
+        moto.location("rotated"),
+        &pass("old"),
+        InitOptions::new().protection(period),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(period + Duration::from_millis(1_500)).await;
+    let repo = Repository::open(moto.location("rotated"), &pass("old"))
+        .await
+        .unwrap();
+    repo.rotate_key(&pass("new")).await.expect("rotated");
+    assert!(
+        Repository::open(moto.location("rotated"), &pass("old"))
+            .await
+            .is_err(),
+        "the old passphrase opens nothing"
+    );
+    let repo = Repository::open(moto.location("rotated"), &pass("new"))
+        .await
+        .unwrap();
+    assert_eq!(repo.keys().await.unwrap().len(), 1);
+}
+
 /// A bucket without Object Lock refuses retention (moto and MinIO word it otherwise than AWS):
 /// the repository is made all the same, protected by cairn alone, with one key slot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
