@@ -1337,6 +1337,24 @@ async fn check_markers(
     what: &str,
     open: Option<&Repository>,
 ) -> anyhow::Result<()> {
+    match foreign_marker(catalog, what, open).await? {
+        Some((marker, url)) => Err(taken_over(
+            &marker,
+            &url,
+            &catalog.cluster_id().to_string(),
+            what,
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The first owner marker naming another instance in a DR location this instance relates to
+/// ([`check_markers`]), with that location's URL.
+async fn foreign_marker(
+    catalog: &Catalog,
+    what: &str,
+    open: Option<&Repository>,
+) -> anyhow::Result<Option<(OwnerMarker, String)>> {
     let me = catalog.cluster_id().to_string();
     let mut places = Vec::new();
     if let Some(config) = load_config(catalog)? {
@@ -1380,10 +1398,10 @@ async fn check_markers(
         if let Some(marker) = read_marker(&repo).await?
             && marker.owner != me
         {
-            return Err(taken_over(&marker, &url, &me, what));
+            return Ok(Some((marker, url)));
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 /// When DR last ran and is next due (at once if it never ran); `None` while DR is not enabled.
@@ -1733,11 +1751,12 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
             // that took over says so only there.
             let mut marker_note = None;
             if owner {
-                match check_markers(&catalog, "maintenance", None).await {
-                    Ok(()) => {}
-                    Err(e) if e.is::<UsageError>() => {
+                match foreign_marker(&catalog, "maintenance", None).await {
+                    Ok(None) => {}
+                    Ok(Some((marker, url))) => {
                         owner = false;
-                        marker_note = Some(crate::one_line(&e));
+                        marker_note =
+                            Some(format!("{} (owner marker in {url})", marker.describe()));
                     }
                     Err(e) => {
                         marker_note = Some(format!(
@@ -1897,7 +1916,18 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
             // point only, to finish it), or none (an empty home only).
             let finished = load_meta::<Source>(&catalog, SOURCE_KEY)?;
             let unfinished = load_meta::<Restoring>(&catalog, RESTORING_KEY)?;
-            if let Some(done) = &finished {
+            if let Some(begun) = &unfinished {
+                // What a failed try applied is the source's own: the same point finishes it.
+                if begun.cluster_id != source.cluster_id {
+                    return Err(usage(format!(
+                        "a DR restore of cluster {} into this home did not finish: finish it \
+                         (`cairn dr restore` with its flags and --point {}), or {}",
+                        begun.cluster_id,
+                        short(&begun.point),
+                        fresh_home()
+                    )));
+                }
+            } else if let Some(done) = &finished {
                 if done.cluster_id != source.cluster_id {
                     return Err(usage(format!(
                         "this instance was restored from cluster {}, not {}: {}",
@@ -1921,16 +1951,6 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                         "this instance's catalog has changed since its DR restore ({} changes of \
                          its own): another restore would mix them with the source's; {}",
                         changes - seq,
-                        fresh_home()
-                    )));
-                }
-            } else if let Some(begun) = &unfinished {
-                if begun.cluster_id != source.cluster_id {
-                    return Err(usage(format!(
-                        "a DR restore of cluster {} into this home did not finish: finish it \
-                         (`cairn dr restore` with its flags and --point {}), or {}",
-                        begun.cluster_id,
-                        short(&begun.point),
                         fresh_home()
                     )));
                 }
@@ -2000,7 +2020,7 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                 .as_ref()
                 .and_then(|s| s.applied.values().max().copied())
                 .unwrap_or(0);
-            if finished.is_some() && chosen.to < applied {
+            if finished.is_some() && unfinished.is_none() && chosen.to < applied {
                 return Err(usage(format!(
                     "this home holds the changes of cluster {} up to {applied} already, and DR \
                      point {} goes only up to {}: a restore moves a home forward, never back; \
@@ -2008,6 +2028,15 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                     source.cluster_id,
                     short(&chosen.id),
                     chosen.to
+                )));
+            }
+            // A legacy point is a full copy, which only an empty catalog takes.
+            if chosen.mode == "legacy" && changes > 0 && unfinished.is_none() {
+                return Err(usage(format!(
+                    "DR point {} is a legacy full copy, which is restored only into an empty \
+                     home; {}",
+                    short(&chosen.id),
+                    fresh_home()
                 )));
             }
             catalog.set_meta(
@@ -2046,6 +2075,10 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
             )
             .await?;
             if !report.ok {
+                // Nothing applied: the home is as it was, and not left marked.
+                if unfinished.is_none() && catalog.current_seq()? == changes {
+                    catalog.set_meta(RESTORING_KEY, None)?;
+                }
                 let error = report.error.as_deref().unwrap_or("unknown error");
                 if output == Output::Json {
                     print_json(&serde_json::json!({ "status": "failed", "error": error }))?;
@@ -2191,7 +2224,11 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                     // marker: without one there, it goes on maintaining the same data.
                     Err(cairn_repository::Error::NotARepository { .. }) if !force => {
                         return Err(usage(format!(
-                            "the DR location this instance was restored from, {url}, is not there                              (moved, or not mounted): the instance that wrote it would not see                              an owner marker and would go on with forget, prune and retention.                              Make it reachable again and rerun; if that instance is gone for                              good, `cairn dr take-ownership --force` goes on without marking it"
+                            "the DR location this instance was restored from, {url}, is not there \
+                             (moved, or not mounted): the instance that wrote it would not see \
+                             an owner marker and would go on with forget, prune and retention. \
+                             Make it reachable again and rerun; if that instance is gone for \
+                             good, `cairn dr take-ownership --force` goes on without marking it"
                         )));
                     }
                     Err(cairn_repository::Error::NotARepository { .. }) => {

@@ -125,6 +125,8 @@ pub(crate) async fn serve(args: ServeArgs, home: Option<PathBuf>) -> anyhow::Res
     let mut failed = false;
     let mut ran = 0;
     let mut first = true;
+    // Whether this is serve's first pass, and whether an unfinished DR restore was said.
+    let (mut starting, mut unfinished_said) = (true, false);
     // Unreadable policy records, each reported once.
     let mut unreadable = BTreeSet::new();
     loop {
@@ -144,9 +146,24 @@ pub(crate) async fn serve(args: ServeArgs, home: Option<PathBuf>) -> anyhow::Res
         let policies = {
             // Every pass reads it: its pages are verified daily, as a frequent reader's are.
             let catalog = crate::catalog::open_verified_daily(&home)?;
-            crate::dr::refuse_unfinished_restore(&catalog, &home)?;
-            catalog.list(Kind::Policy)?
+            // A DR restore begun in this home since serve started: no policy runs until it
+            // finishes, and serve waits for that rather than exit (and be restarted in a loop).
+            match crate::dr::refuse_unfinished_restore(&catalog, &home) {
+                Ok(()) => {
+                    unfinished_said = false;
+                    catalog.list(Kind::Policy)?
+                }
+                Err(e) if starting => return Err(e),
+                Err(e) => {
+                    if !unfinished_said {
+                        eprintln!("cairn: {}", crate::one_line(&e));
+                        unfinished_said = true;
+                    }
+                    Vec::new()
+                }
+            }
         };
+        starting = false;
         let mut soonest: Option<Timestamp> = None;
         let mut due_now = Vec::new();
         for entry in policies {

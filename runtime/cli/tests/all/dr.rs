@@ -462,6 +462,62 @@ fn a_restore_that_fails_part_way_leaves_the_home_unfinished() {
     );
 }
 
+/// A standby moves on to its source's newer points; one try that fails part way is finished by
+/// the same command once the damage is mended. A legacy point (a full copy) is refused before
+/// anything is marked, so the standby's policies still run.
+#[test]
+fn a_standby_moves_forward_and_finishes_a_failed_try() {
+    let (profile, source, _, _) = runs("no-snapshot", &[], 1);
+    let profile_url = profile.path().to_str().expect("utf-8").to_owned();
+    let cluster_id = cluster_id(&source);
+    let standby = restored(profile.path(), &cluster_id);
+    put_and_run(&source, "p2");
+    let data = profile.path().join(&cluster_id).join("data");
+    let before = files_below(&data);
+    put_and_run(&source, "p3");
+    let mut new: Vec<_> = files_below(&data)
+        .into_iter()
+        .filter(|(p, _)| !before.contains_key(p))
+        .collect();
+    new.sort_by_key(|(_, mtime)| *mtime);
+    new.pop().expect("the manifest's pack");
+    let kept: Vec<(std::path::PathBuf, Vec<u8>)> = new
+        .iter()
+        .map(|(p, _)| (p.clone(), std::fs::read(p).expect("read")))
+        .collect();
+    for (path, bytes) in &kept {
+        let mut damaged = bytes.clone();
+        damaged[16] ^= 0xff;
+        std::fs::write(path, damaged).expect("damage");
+    }
+    let out = restore(&standby, &profile_url, &cluster_id, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    refused_with(&standby.run(&["policy", "run", "p1"]), "did not finish");
+    for (path, bytes) in &kept {
+        std::fs::write(path, bytes).expect("mend");
+    }
+    ok(&restore(&standby, &profile_url, &cluster_id, &[]));
+    let out = standby.run(&["catalog", "ls", "policy", "--output", "json"]);
+    assert_eq!(
+        json(&out).as_array().map(Vec::len),
+        Some(3),
+        "{}",
+        stdout(&out)
+    );
+
+    let (profile, source, _, _) = runs("legacy", &[], 1);
+    let profile_url = profile.path().to_str().expect("utf-8").to_owned();
+    let legacy_id = self::cluster_id(&source);
+    let standby = restored(profile.path(), &legacy_id);
+    put_and_run(&source, "p2");
+    refused_with(
+        &restore(&standby, &profile_url, &legacy_id, &[]),
+        "legacy full copy",
+    );
+    let out = standby.run(&["policy", "run", "p1"]);
+    assert!(!stderr(&out).contains("did not finish"), "{}", stderr(&out));
+}
+
 #[test]
 fn a_damaged_dr_point_is_left_out_and_the_others_are_still_listed() {
     let (profile, cairn, _, _) = runs("no-snapshot", &[], 1);
@@ -1042,6 +1098,20 @@ fn serve_keeps_a_failed_dr_run_and_waits_to_try_again() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let status = cairn.run(&["dr", "status", "--output", "json"]);
     ok(&status);
+    // Markers it cannot read (no passphrase here) leave the catalog's word, said.
+    assert_eq!(
+        json(&status)["maintenance_owner"],
+        true,
+        "{}",
+        stdout(&status)
+    );
+    assert!(
+        json(&status)["owner_marker"]
+            .as_str()
+            .is_some_and(|m| m.contains("could not be read")),
+        "{}",
+        stdout(&status)
+    );
     let failed = &json(&status)["failed_since"];
     assert!(
         failed["error"]
