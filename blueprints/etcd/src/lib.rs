@@ -466,10 +466,13 @@ fn restore(ctx: &Context) -> Result<Outputs> {
             )),
         }
     };
-    shell(
+    if let Err(e) = shell(
         r#"mv "$1" "$3" && mv "$2" "$1""#,
         &[&data_dir, &fresh, &old],
-    )?;
+    ) {
+        let _ = conn.run("etcdctl del", ["del", marker.as_str()]);
+        return Err(e);
+    }
     let restart = || -> Result<String> {
         let replicas = workloads::scale(None, 0)?.max(1);
         workloads::scale(None, replicas)?;
@@ -480,7 +483,29 @@ fn restore(ctx: &Context) -> Result<Outputs> {
             ["get", marker.as_str(), "--print-value-only"],
         )
     };
-    let found = restart().map_err(&swap_back)?;
+    let found =
+        match restart() {
+            Ok(found) => found,
+            // Whether the member restarted decides what undoing is: the old member (the marker
+            // still there) takes its directory back; a restarted one runs on the restored data,
+            // and one that does not answer may be starting on either, so nothing is moved under it.
+            Err(e) => {
+                return Err(
+                match conn.run("etcdctl get", ["get", marker.as_str(), "--print-value-only"]) {
+                    Ok(v) if !v.trim().is_empty() => swap_back(e),
+                    Ok(_) => e.context(format_args!(
+                        "etcd restarted on the restored data; the member's own directory from \
+                         before the restore is kept at {old}"
+                    )),
+                    Err(_) => e.context(format_args!(
+                        "the member does not answer: the restored data is at {data_dir} and its \
+                         own from before at {old}; start it on the one you want (move {old} to \
+                         {data_dir} for the data it had)"
+                    )),
+                },
+            );
+            }
+        };
     if !found.trim().is_empty() {
         // Still the old member, on the old files: the directories go back where it keeps them.
         return Err(swap_back(Error::failed(format!(

@@ -645,9 +645,22 @@ fn restore(ctx: &Context) -> Result<Outputs> {
                 }
                 _ => String::new(),
             };
-            conn.query(&format!(
+            match conn.query(&format!(
                 "CREATE DATABASE IF NOT EXISTS {quoted}{defaults};\n"
-            ))?;
+            )) {
+                // One this server does not know (MySQL 8's utf8mb4_0900_ai_ci on MariaDB, say):
+                // its own default then, said.
+                Err(e) if !defaults.is_empty() && e.to_string().contains("Unknown") => {
+                    warn!(
+                        "this server does not know the backed-up database's{defaults} ({e}); \
+                         `{db}` is created with the server's default"
+                    );
+                    conn.query(&format!("CREATE DATABASE IF NOT EXISTS {quoted};\n"))?;
+                }
+                made => {
+                    made?;
+                }
+            }
             info!(
                 "restoring into database `{db}` at {}{}",
                 conn.at(),

@@ -468,7 +468,28 @@ fn restore(ctx: &Context) -> Result<Outputs> {
         workloads::wait_ready(None, ready_timeout)?;
         wait_loaded(&conn, ready_timeout)
     };
-    let loaded = restart().map_err(&put_back)?;
+    let loaded = match restart() {
+        Ok(loaded) => loaded,
+        // Whether the server restarted decides what undoing is: one still running on its own
+        // data takes its file back; one that restarted runs on the restored data, and one that
+        // does not answer may be loading either, so nothing is moved under it.
+        Err(e) => {
+            return Err(match conn.info("server") {
+                Ok(server) if run_id.is_some() && server.get("run_id") == run_id.as_ref() => {
+                    put_back(e)
+                }
+                Ok(_) => e.context(format_args!(
+                    "Redis restarted on the restored data; its own RDB from before the restore \
+                     is kept at {aside}"
+                )),
+                Err(_) => e.context(format_args!(
+                    "Redis does not answer: the restored RDB is at {path} and its own from before \
+                     at {aside}; start it on the one you want (move {aside} to {path} for the \
+                     data it had)"
+                )),
+            });
+        }
+    };
     if run_id.is_some() && loaded.get("run_id") == run_id.as_ref() {
         // Still the old server, its data in memory: the old file back keeps them together.
         return Err(put_back(Error::failed(format!(

@@ -719,10 +719,19 @@ fn make_private(path: &Path) -> Result<()> {
                 }
             }
             Err(e) => return Err(io("cannot inspect the catalog")(e)),
+            // Best effort: a catalog this user reads but does not own, or on a read-only
+            // mount, still opens.
             Ok(m) if m.permissions().mode() & 0o077 != 0 => {
                 let mode = m.permissions().mode() & 0o700;
-                std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-                    .map_err(io("cannot make the catalog private"))?;
+                if let Err(e) =
+                    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+                {
+                    tracing::warn!(
+                        path = %path.display(),
+                        error = %e,
+                        "the catalog is readable by others and could not be made private"
+                    );
+                }
             }
             Ok(_) => {}
         }

@@ -20,13 +20,19 @@ impl Home {
                 "no state directory: set --home DIR or CAIRN_HOME (neither XDG_DATA_HOME nor HOME is set)",
             )?,
         };
-        // Its owner's alone: it holds the default repository's key and the catalog.
+        // Its owner's alone (not the directories above it it makes): it holds the default
+        // repository's key and the catalog.
+        let cannot = || format!("cannot create the state directory {}", root.display());
+        if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).with_context(cannot)?;
+        }
         let mut dir = std::fs::DirBuilder::new();
-        dir.recursive(true);
         #[cfg(unix)]
         std::os::unix::fs::DirBuilderExt::mode(&mut dir, 0o700);
-        dir.create(&root)
-            .with_context(|| format!("cannot create the state directory {}", root.display()))?;
+        match dir.create(&root) {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && root.is_dir() => {}
+            made => made.with_context(cannot)?,
+        }
         Ok(Self { root })
     }
 

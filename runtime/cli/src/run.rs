@@ -83,8 +83,9 @@ pub(crate) fn engine(home: &Home) -> anyhow::Result<Engine> {
         // the cache a file) is done without, and said.
         Err(e) => {
             eprintln!(
-                "cairn: warning: the compile cache in {} cannot be used ({e}); blueprints are \
-                 compiled on every load until it is mended (removing it is safe)",
+                "cairn: warning: the WebAssembly engine did not start with the compile cache in \
+                 {} ({e}); trying without it, so blueprints are compiled on every load (if the \
+                 cache is at fault, removing it is safe)",
                 home.cache().display()
             );
             Engine::new(EngineConfig {

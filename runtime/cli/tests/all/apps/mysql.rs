@@ -287,6 +287,14 @@ fn database_names_beyond_ascii_are_the_names_given() {
         ),
         "utf8mb4_bin"
     );
+    // One this server does not know (MySQL 8's) falls back to the server's default, said.
+    let text = std::fs::read_to_string(&report).expect("report");
+    assert!(text.contains("utf8mb4_bin"), "{text}");
+    std::fs::write(&report, text.replace("utf8mb4_bin", "utf8mb4_0900_ai_ci")).expect("report");
+    let out = maria.restore(&cairn, &report, &["--param", "database=crème2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("does not know"), "{}", stderr(&out));
+    assert_eq!(utf8("SELECT x FROM `crème2`.t"), "7");
 }
 
 #[test]
