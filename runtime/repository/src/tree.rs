@@ -2005,6 +2005,16 @@ impl Repository {
         // snapshot's, and stays as it was.)
         if opts.delete {
             summary.deleted = delete_extras(target, &nodes, include)?;
+            // Deleting from a directory set its time again: the restored times go back on.
+            if summary.deleted > 0 {
+                let meta = Meta::default();
+                for n in nodes.iter().rev().filter(|n| n.kind == NodeKind::Dir) {
+                    let p = safe_join(target, n)?;
+                    if p.is_dir() {
+                        meta.set(&p, n)?;
+                    }
+                }
+            }
         }
         Ok(summary)
     }
