@@ -426,6 +426,22 @@ fn restore(ctx: &Context) -> Result<Outputs> {
 
     // Stopping Redis (SIGTERM or SHUTDOWN) saves the dataset when save points are set, which
     // would write over the restored file; the restart reads `save` from the config again.
+    // The server's own file is saved fresh first: should the restart fail after the stop
+    // (which, with saves off, saves nothing), the file put back holds what the server held.
+    progress(Progress::percent(25.0).message("saving the server's own dataset"));
+    let save_timeout = Duration::from_secs(save_timeout.as_secs());
+    wait_no_save(&conn, save_timeout)?;
+    conn.query(&["BGSAVE"])?;
+    wait_no_save(&conn, save_timeout)?;
+    let saved = conn.info("persistence")?;
+    if saved.get("rdb_last_bgsave_status").map(String::as_str) != Some("ok") {
+        return Err(Error::failed(format!(
+            "Redis at {} could not save its own dataset before the restore (rdb_last_bgsave_status \
+             {:?}; its log says why): nothing was changed",
+            conn.addr(),
+            saved.get("rdb_last_bgsave_status")
+        )));
+    }
     progress(Progress::percent(30.0).message("disabling saves before the restart"));
     let saves = conn.query(&["CONFIG", "GET", "save"])?;
     let saves = saves.lines().nth(1).unwrap_or_default().to_owned();
@@ -449,7 +465,7 @@ fn restore(ctx: &Context) -> Result<Outputs> {
             )),
         }
     };
-    wait_no_save(&conn, Duration::from_secs(save_timeout.as_secs())).map_err(&put_back)?;
+    wait_no_save(&conn, save_timeout).map_err(&put_back)?;
     shell(
         r#"if [ -e "$2" ]; then mv -f "$2" "$3"; fi && mv -f "$1" "$2""#,
         &[&staged, &path, &aside],
