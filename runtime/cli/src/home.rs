@@ -20,7 +20,7 @@ impl Home {
                 "no state directory: set --home DIR or CAIRN_HOME (neither XDG_DATA_HOME nor HOME is set)",
             )?,
         };
-        // Its owner's alone (not the directories above it it makes): it holds the default
+        // Its owner's alone (not the directories it makes above it): it holds the default
         // repository's key and the catalog.
         let cannot = || format!("cannot create the state directory {}", root.display());
         if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {

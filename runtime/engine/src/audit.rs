@@ -118,9 +118,12 @@ impl AuditLog {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => GENESIS.to_string(),
             Err(e) => return Err(Error::io("reading the audit log", &path, e)),
         };
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
+        let mut options = OpenOptions::new();
+        options.create(true).append(true);
+        // What ran where, and against what: its owner's to read, as the catalog is.
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let file = options
             .open(&path)
             .map_err(|e| Error::io("opening the audit log", &path, e))?;
         let end = file
@@ -342,6 +345,12 @@ mod tests {
         }
         let records = AuditLog::verify(&path).expect("the chain holds");
         assert_eq!(records.len(), 3_000);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).expect("log").permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "the log is its owner's to read");
+        }
     }
 
     #[test]
