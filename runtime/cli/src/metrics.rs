@@ -6,6 +6,7 @@
 //! | `cairn_policy_runs_total` | counter | `policy`, `result` | runs since this serve started, `succeeded` or `failed` |
 //! | `cairn_policy_last_run_timestamp_seconds` | gauge | `policy` | when its last run started |
 //! | `cairn_policy_last_run_succeeded` | gauge | `policy` | 1 when every workload's backup succeeded |
+//! | `cairn_policy_last_run_errors` | gauge | `policy` | errors of its last run, retention's too (a run can succeed with some) |
 //! | `cairn_policy_last_success_timestamp_seconds` | gauge | `policy` | when its newest restore point was made |
 //! | `cairn_policy_next_run_timestamp_seconds` | gauge | `policy` | when it is due (absent while paused) |
 //! | `cairn_policy_restore_points` | gauge | `policy` | its restore points in the catalog |
@@ -31,6 +32,8 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 #[derive(Debug, Clone, Default)]
 pub(crate) struct PolicyGauges {
     pub last_run: Option<(Timestamp, bool)>,
+    /// The errors of the last run (retention's too: a run succeeds with some).
+    pub last_run_errors: Option<usize>,
     pub last_success: Option<Timestamp>,
     pub next_run: Option<Timestamp>,
     pub restore_points: usize,
@@ -95,7 +98,7 @@ impl Metrics {
                     escape(policy)
                 );
             }
-            let gauges: [Gauge; 5] = [
+            let gauges: [Gauge; 6] = [
                 (
                     "cairn_policy_last_run_timestamp_seconds",
                     "When the policy's last run started.",
@@ -105,6 +108,11 @@ impl Metrics {
                     "cairn_policy_last_run_succeeded",
                     "1 when every workload's backup in the last run succeeded.",
                     |g| g.last_run.map(|(_, ok)| f64::from(u8::from(ok))),
+                ),
+                (
+                    "cairn_policy_last_run_errors",
+                    "Errors of the policy's last run, retention's too (a run can succeed with some).",
+                    |g| g.last_run_errors.map(|n| n as f64),
                 ),
                 (
                     "cairn_policy_last_success_timestamp_seconds",
@@ -254,6 +262,7 @@ mod tests {
         let at: Timestamp = "2026-12-05T00:00:00Z".parse().expect("a time");
         let gauges = PolicyGauges {
             last_run: Some((at, true)),
+            last_run_errors: Some(1),
             last_success: Some(at),
             next_run: None,
             restore_points: 3,
@@ -265,6 +274,7 @@ mod tests {
             "cairn_policy_runs_total{policy=\"we\\\"ird\",result=\"failed\"} 1",
             "cairn_policy_last_run_timestamp_seconds{policy=\"orders\"} 1796428800",
             "cairn_policy_last_run_succeeded{policy=\"orders\"} 1",
+            "cairn_policy_last_run_errors{policy=\"orders\"} 1",
             "cairn_policy_restore_points{policy=\"orders\"} 3",
             "cairn_dr_enabled 0",
             "# TYPE cairn_policy_runs_total counter",

@@ -328,6 +328,7 @@ fn gauges(
         .map(|p| {
             let gauges = crate::metrics::PolicyGauges {
                 last_run: p.last_run.as_ref().map(|r| (r.started, r.succeeded)),
+                last_run_errors: p.last_run.as_ref().map(|r| r.errors.len()),
                 next_run: next_run(&p),
                 ..Default::default()
             };
