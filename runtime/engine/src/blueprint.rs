@@ -99,6 +99,9 @@ impl From<ParamKind> for cairn_contract::Kind {
     }
 }
 
+/// The largest description a blueprint may give of itself (as JSON).
+const MAX_DESCRIPTION_BYTES: usize = 1 << 20;
+
 /// What a blueprint is and needs, from its `describe()`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
@@ -123,6 +126,16 @@ impl Description {
     /// What is wrong with the description, if anything: a parameter spec's problem, or an
     /// action or parameter named twice (a run could not tell which is meant).
     pub(crate) fn problem(&self) -> Option<String> {
+        // It is kept, listed and printed whole: a sentence or two an action and a parameter.
+        let size = serde_json::to_vec(self).map_or(0, |v| v.len());
+        if size > MAX_DESCRIPTION_BYTES {
+            return Some(format!(
+                "it describes itself in {}, over the limit of {}: say what each action and \
+                 parameter is in a sentence or two",
+                crate::limits::human_bytes(size as u64),
+                crate::limits::human_bytes(MAX_DESCRIPTION_BYTES as u64)
+            ));
+        }
         cairn_contract::description_problem(
             &self.version,
             &self.min_runtime,
@@ -323,6 +336,14 @@ mod tests {
             capabilities: Vec::new(),
             min_runtime: min_runtime.into(),
         }
+    }
+
+    #[test]
+    fn a_description_is_bounded() {
+        let mut d = described("1.0.0", "0.1.0", "backup");
+        d.description = "x".repeat(MAX_DESCRIPTION_BYTES);
+        let problem = d.problem().unwrap_or_default();
+        assert!(problem.contains("over the limit of 1 MiB"), "{problem}");
     }
 
     #[test]
