@@ -422,6 +422,36 @@ fn files_below(
     found
 }
 
+/// A DR run of `cairn` after a new policy record `key`, whose packs but the last (its
+/// manifest's, written last) are then damaged: a restore of it fails part way. Returns the
+/// damaged packs' bytes as they were, to mend them.
+fn damaged_run(
+    cairn: &Cairn,
+    profile: &Path,
+    cluster_id: &str,
+    key: &str,
+) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let data = profile.join(cluster_id).join("data");
+    let before = files_below(&data);
+    put_and_run(cairn, key);
+    let mut new: Vec<_> = files_below(&data)
+        .into_iter()
+        .filter(|(p, _)| !before.contains_key(p))
+        .collect();
+    new.sort_by_key(|(_, mtime)| *mtime);
+    new.pop().expect("the manifest's pack");
+    assert!(!new.is_empty(), "the run wrote more than its manifest");
+    new.into_iter()
+        .map(|(path, _)| {
+            let bytes = std::fs::read(&path).expect("read");
+            let mut damaged = bytes.clone();
+            damaged[16] ^= 0xff;
+            std::fs::write(&path, damaged).expect("damage");
+            (path, bytes)
+        })
+        .collect()
+}
+
 /// A restore that fails part way (the newest point's catalog changes damaged, its manifest
 /// intact) leaves the home marked unfinished: no policy runs, and only the same point may
 /// finish it.
@@ -430,25 +460,7 @@ fn a_restore_that_fails_part_way_leaves_the_home_unfinished() {
     let (profile, cairn, older, _) = runs("no-snapshot", &[], 1);
     let profile_url = profile.path().to_str().expect("utf-8").to_owned();
     let cluster_id = cluster_id(&cairn);
-    let data = profile.path().join(&cluster_id).join("data");
-    let before = files_below(&data);
-    put_and_run(&cairn, "p2");
-    // The second run's packs but its last (the manifest, written last) damaged.
-    let mut new: Vec<_> = files_below(&data)
-        .into_iter()
-        .filter(|(p, _)| !before.contains_key(p))
-        .collect();
-    new.sort_by_key(|(_, mtime)| *mtime);
-    new.pop().expect("the manifest's pack");
-    assert!(
-        !new.is_empty(),
-        "the second point wrote more than its manifest"
-    );
-    for (path, _) in &new {
-        let mut bytes = std::fs::read(path).expect("read");
-        bytes[16] ^= 0xff;
-        std::fs::write(path, bytes).expect("write");
-    }
+    damaged_run(&cairn, profile.path(), &cluster_id, "p2");
     let fresh = Cairn::new();
     let out = restore(&fresh, &profile_url, &cluster_id, &[]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
@@ -472,24 +484,7 @@ fn a_standby_moves_forward_and_finishes_a_failed_try() {
     let cluster_id = cluster_id(&source);
     let standby = restored(profile.path(), &cluster_id);
     put_and_run(&source, "p2");
-    let data = profile.path().join(&cluster_id).join("data");
-    let before = files_below(&data);
-    put_and_run(&source, "p3");
-    let mut new: Vec<_> = files_below(&data)
-        .into_iter()
-        .filter(|(p, _)| !before.contains_key(p))
-        .collect();
-    new.sort_by_key(|(_, mtime)| *mtime);
-    new.pop().expect("the manifest's pack");
-    let kept: Vec<(std::path::PathBuf, Vec<u8>)> = new
-        .iter()
-        .map(|(p, _)| (p.clone(), std::fs::read(p).expect("read")))
-        .collect();
-    for (path, bytes) in &kept {
-        let mut damaged = bytes.clone();
-        damaged[16] ^= 0xff;
-        std::fs::write(path, damaged).expect("damage");
-    }
+    let kept = damaged_run(&source, profile.path(), &cluster_id, "p3");
     let out = restore(&standby, &profile_url, &cluster_id, &[]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     refused_with(&standby.run(&["policy", "run", "p1"]), "did not finish");
