@@ -1055,13 +1055,7 @@ fn serve_runs_dr_when_it_is_due_after_the_policies() {
     ok(&status);
     assert!(json(&status)["last_run"].is_object(), "{}", stdout(&status));
     // Not due again for six hours.
-    let out = cairn.run(&serve);
-    ok(&out);
-    assert!(
-        stdout(&out).starts_with("nothing is due; the next run is at"),
-        "{}",
-        stdout(&out)
-    );
+    nothing_due(&cairn, &serve);
 }
 
 /// A DR run serve starts that fails is kept for `dr status`, and tried again after a while,
@@ -1115,7 +1109,12 @@ fn serve_keeps_a_failed_dr_run_and_waits_to_try_again() {
         "{}",
         stdout(&status)
     );
-    let out = cairn.run(&serve);
+    nothing_due(&cairn, &serve);
+}
+
+/// `serve` (a `serve --once` command line) finds nothing due in `cairn`.
+fn nothing_due(cairn: &Cairn, serve: &[&str]) {
+    let out = cairn.run(serve);
     ok(&out);
     assert!(
         stdout(&out).starts_with("nothing is due; the next run is at"),
