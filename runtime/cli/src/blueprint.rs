@@ -492,10 +492,10 @@ pub(crate) async fn registered(
             record.wasm
         ))
     })?;
-    // Checked before it is compiled: damage that breaks parsing is named as damage too.
-    let digest = std::fs::read(&wasm)
-        .map(|b| cairn_engine::component_digest(&b))
-        .with_context(|| format!("cannot read {}", wasm.display()))?;
+    // Checked before it is compiled: damage that breaks parsing is named as damage too. Read
+    // once, for both.
+    let bytes = std::fs::read(&wasm).with_context(|| format!("cannot read {}", wasm.display()))?;
+    let digest = cairn_engine::component_digest(&bytes);
     if digest != record.digest {
         return Err(UsageError(format!(
             "the component of blueprint {name:?} at {} has digest {digest}, not the {} it was \
@@ -506,7 +506,10 @@ pub(crate) async fn registered(
         ))
         .into());
     }
-    let blueprint = load(engine, &wasm).await?;
+    let blueprint = engine
+        .load(&bytes)
+        .await
+        .map_err(|e| UsageError(format!("blueprint {}: {e}", wasm.display())))?;
     Ok((blueprint, record))
 }
 

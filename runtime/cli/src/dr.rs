@@ -1879,7 +1879,7 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                     for p in &list {
                         outln!(
                             "{}  {}  {:<17}  changes {}..{}",
-                            &p.id[..12.min(p.id.len())],
+                            short(&p.id),
                             p.time,
                             p.mode,
                             p.from,

@@ -405,6 +405,20 @@ pub(crate) fn delete_named(
     }
 }
 
+/// `word` as a shell takes it back: as it is when plain, else in single quotes (a quote in it
+/// written `'\''`), so a command or path a message shows can be pasted.
+pub(crate) fn shell_word(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
+    if plain {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
 /// An error and its causes on one line: "what failed: because: because".
 pub(crate) fn one_line(e: &anyhow::Error) -> String {
     let mut s = String::new();

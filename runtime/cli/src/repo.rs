@@ -973,16 +973,7 @@ impl CommandOutput {
         // As a shell would take it back: arguments with spaces or quotes in single quotes.
         let command = argv
             .iter()
-            .map(|a| {
-                let plain = !a.is_empty()
-                    && a.chars()
-                        .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
-                if plain {
-                    a.clone()
-                } else {
-                    format!("'{}'", a.replace('\'', r"'\''"))
-                }
-            })
+            .map(|a| crate::shell_word(a))
             .collect::<Vec<_>>()
             .join(" ");
         let mut child = tokio::process::Command::new(program)

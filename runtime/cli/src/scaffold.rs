@@ -112,15 +112,7 @@ pub(crate) fn new(
         std::fs::write(&file, text).with_context(|| format!("cannot write {}", file.display()))?;
     }
     // As a shell takes it: a path with a space (or a quote) quoted.
-    let plain = dir.to_string_lossy();
-    let shown = if plain
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || "/._-+,:=@".contains(c))
-    {
-        plain.into_owned()
-    } else {
-        format!("'{}'", plain.replace('\'', r"'\''"))
-    };
+    let shown = crate::shell_word(&dir.to_string_lossy());
     // Where cargo puts it unless CARGO_TARGET_DIR says otherwise; `build` prints the path.
     let (wasm, prints) = match std::env::var_os("CARGO_TARGET_DIR") {
         Some(_) => ("WASM".to_owned(), "   # prints WASM, the component's path"),

@@ -703,13 +703,7 @@ impl Backend {
             // Its bytes as they are: nothing to unwrap or wrap again. A slot removed meanwhile
             // (`key remove` in another process) is not brought back.
             match self.get(&path).await? {
-                Some(slot) => {
-                    Limiter::take(&self.upload, slot.len() as u64).await;
-                    store
-                        .put(&Path::from(path.as_str()), PutPayload::from_bytes(slot))
-                        .await
-                        .map_err(|e| self.store_err("renew the retention of", &path, e))?;
-                }
+                Some(slot) => self.put_replace_in(&store, &path, slot).await?,
                 None => tracing::warn!(
                     slot = %path,
                     "the key slot this repository was opened with is gone; its retention is not renewed"
@@ -722,8 +716,17 @@ impl Backend {
 
     /// Writes or replaces a mutable object (key slots, locks).
     pub(crate) async fn put_replace(&self, path: &str, data: Bytes) -> Result<()> {
+        self.put_replace_in(&self.store, path, data).await
+    }
+
+    async fn put_replace_in(
+        &self,
+        store: &Arc<dyn ObjectStore>,
+        path: &str,
+        data: Bytes,
+    ) -> Result<()> {
         Limiter::take(&self.upload, data.len() as u64).await;
-        self.store
+        store
             .put(&Path::from(path), PutPayload::from_bytes(data))
             .await
             .map(|_| ())

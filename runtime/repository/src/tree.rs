@@ -977,20 +977,8 @@ fn safe_join(target: &Path, node: &Node) -> Result<PathBuf> {
 /// (the target itself too when it names none), never one above them. Nothing is followed: a
 /// link is removed as a link, a directory with what it holds. Returns the entries removed.
 fn delete_extras(target: &Path, nodes: &[Node], include: &[String]) -> Result<u64> {
-    let include: Vec<&str> = include
-        .iter()
-        .map(|p| p.trim_start_matches("./").trim_matches('/'))
-        .filter(|p| !p.is_empty() && *p != ".")
-        .collect();
-    let within = |path: &str| {
-        include.is_empty()
-            || include.iter().any(|inc| {
-                path == *inc
-                    || path
-                        .strip_prefix(inc)
-                        .is_some_and(|rest| rest.starts_with('/'))
-            })
-    };
+    let include = included(include).unwrap_or_default();
+    let within = |path: &str| include.is_empty() || include.iter().any(|inc| under(path, inc));
     let restored: HashSet<PathBuf> = nodes
         .iter()
         .map(|n| safe_join(target, n))
@@ -1027,6 +1015,19 @@ fn delete_extras(target: &Path, nodes: &[Node], include: &[String]) -> Result<u6
         }
     }
     Ok(deleted)
+}
+
+/// Gives the directories of `nodes` that are there below `target` their metadata, deepest
+/// first, so each one's time sticks once what is below it is done (a salvaging restore may
+/// have left one out).
+fn set_dirs(meta: &Meta, target: &Path, nodes: &[Node]) -> Result<()> {
+    for n in nodes.iter().rev().filter(|n| n.kind == NodeKind::Dir) {
+        let p = safe_join(target, n)?;
+        if p.is_dir() {
+            meta.set(&p, n)?;
+        }
+    }
+    Ok(())
 }
 
 /// Makes `p` a directory. Whatever else is there, in a target that was not empty (a file, or
@@ -1835,9 +1836,7 @@ impl Repository {
         if opts.delete {
             summary.deleted = delete_extras(&target, &nodes, include)?;
         }
-        for n in nodes.iter().rev().filter(|n| n.kind == NodeKind::Dir) {
-            meta.set(&safe_join(&target, n)?, n)?;
-        }
+        set_dirs(&meta, &target, &nodes)?;
         loosened.keep();
         if let Some(r) = &root {
             meta.set(&target, r)?;
@@ -2007,13 +2006,7 @@ impl Repository {
             summary.deleted = delete_extras(target, &nodes, include)?;
             // Deleting from a directory set its time again: the restored times go back on.
             if summary.deleted > 0 {
-                let meta = Meta::default();
-                for n in nodes.iter().rev().filter(|n| n.kind == NodeKind::Dir) {
-                    let p = safe_join(target, n)?;
-                    if p.is_dir() {
-                        meta.set(&p, n)?;
-                    }
-                }
+                set_dirs(&Meta::default(), target, &nodes)?;
             }
         }
         Ok(summary)
@@ -2238,20 +2231,29 @@ fn owner_changed(before: Option<u32>, after: Option<u32>) -> bool {
 /// Keeps the nodes `include` selects: each path, what is under it, and the directories
 /// above it; every node when `include` is empty or names the root. A path that selects
 /// nothing is an error naming it.
-fn select(nodes: &mut Vec<Node>, include: &[String], info: &SnapshotInfo) -> Result<()> {
+/// The paths `include` names, relative to a snapshot's root as its nodes' paths are; `None`
+/// when one names the root itself (everything).
+fn included(include: &[String]) -> Option<Vec<&str>> {
     let include: Vec<&str> = include
         .iter()
         .map(|p| p.trim_start_matches("./").trim_matches('/'))
         .collect();
-    if include.is_empty() || include.iter().any(|p| p.is_empty() || *p == ".") {
+    (!include.iter().any(|p| p.is_empty() || *p == ".")).then_some(include)
+}
+
+/// Whether `path` is `inc` or below it.
+fn under(path: &str, inc: &str) -> bool {
+    path == inc
+        || path
+            .strip_prefix(inc)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
+fn select(nodes: &mut Vec<Node>, include: &[String], info: &SnapshotInfo) -> Result<()> {
+    let include = included(include).unwrap_or_default();
+    if include.is_empty() {
         return Ok(());
     }
-    let under = |path: &str, inc: &str| {
-        path == inc
-            || path
-                .strip_prefix(inc)
-                .is_some_and(|rest| rest.starts_with('/'))
-    };
     if let Some(missing) = include
         .iter()
         .find(|inc| !nodes.iter().any(|n| under(&n.path, inc)))
@@ -2655,7 +2657,6 @@ mod tests {
 
     use super::*;
 
-    /// The inputs a message brings, in order.
     /// What a feed sent, one word or two an input: `data N`, `end` or `other`.
     fn received(rx: &mut tokio::sync::mpsc::Receiver<Input>) -> Vec<String> {
         let mut seen = Vec::new();
@@ -2669,6 +2670,7 @@ mod tests {
         seen
     }
 
+    /// The inputs a message brings, in order.
     fn unbatched(i: Input) -> Vec<Input> {
         match i {
             Input::Batch(b) => b,
