@@ -25,6 +25,7 @@
 //! ```
 
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::io;
 
 use crate::exec::{Command, exit_error};
@@ -45,6 +46,11 @@ pub struct Transfer {
     /// Whether stderr was cut at the cap.
     pub stderr_truncated: bool,
     program: String,
+    /// For an import piped into the command: the bytes of the import that were left to cross,
+    /// when the export's reference says how large it is.
+    input: Option<u64>,
+    /// Whether [`ok`](Self::ok) accepts an import left partly unread.
+    unread_allowed: bool,
 }
 
 impl Transfer {
@@ -55,6 +61,8 @@ impl Transfer {
             stderr: t.stderr,
             stderr_truncated: t.stderr_truncated,
             program: command.argv().first().cloned().unwrap_or_default(),
+            input: None,
+            unread_allowed: false,
         }
     }
 
@@ -63,17 +71,47 @@ impl Transfer {
         self.exit_code == 0
     }
 
-    /// Itself when the command exited with 0; otherwise [`Error::Failed`](crate::Error::Failed)
-    /// naming the program, the exit status and the end of stderr.
+    /// For an import piped into the command: the bytes of the import it never took, because
+    /// it exited (or closed its stdin) before the end. Zero for an export, and for an import
+    /// read to its end. A command can also leave unread up to what the pipe between it and
+    /// the host buffers (64 KiB, more on Kubernetes), which this cannot see.
+    pub fn unread(&self) -> u64 {
+        self.input.map_or(0, |n| n.saturating_sub(self.bytes))
+    }
+
+    /// The same transfer, with whatever the command left of an import unread accepted by
+    /// [`ok`](Self::ok): for a command known to stop before the end of its input, such as one
+    /// that ignores padding after an end marker.
+    #[must_use]
+    pub fn allow_unread(mut self) -> Self {
+        self.unread_allowed = true;
+        self
+    }
+
+    /// Itself when the command exited with 0 and took all of an import piped into it;
+    /// otherwise [`Error::Failed`](crate::Error::Failed) naming the program and the exit
+    /// status with the end of stderr, or how much of the import it left unread. A restore
+    /// command that exits 0 halfway through its input has restored only part of it.
     pub fn ok(self) -> Result<Self> {
-        if self.success() {
-            return Ok(self);
+        if !self.success() {
+            return Err(exit_error(
+                &format!("`{}`", self.program),
+                self.exit_code,
+                &self.stderr,
+            ));
         }
-        Err(exit_error(
-            &format!("`{}`", self.program),
-            self.exit_code,
-            &self.stderr,
-        ))
+        match self.unread() {
+            0 => Ok(self),
+            _ if self.unread_allowed => Ok(self),
+            unread => Err(crate::Error::failed(format!(
+                "`{}` exited with 0 but left {unread} of the import's last {} bytes unread: it \
+                 stopped before the end of its input, so it acted on part of it (if the \
+                 command is known to ignore the end of its input, call `allow_unread()` \
+                 before `ok()`)",
+                self.program,
+                self.input.unwrap_or_default()
+            ))),
+        }
     }
 
     /// Stderr as text (invalid UTF-8 replaced).
@@ -201,6 +239,8 @@ pub struct Import {
     pub(crate) stream: Option<wit::ImportStream>,
     fake: u32,
     name: String,
+    /// The bytes not yet read, when the export's reference gives its size (`bytes`).
+    left: Cell<Option<u64>>,
 }
 
 impl Import {
@@ -217,7 +257,21 @@ impl Import {
             stream,
             fake,
             name: artifact.name().to_owned(),
+            left: Cell::new(
+                artifact
+                    .reference()
+                    .find(|(k, _)| *k == "bytes")
+                    .and_then(|(_, v)| v.parse().ok()),
+            ),
         })
+    }
+
+    /// The transfer of the rest of the stream into a command: it is all read now.
+    fn piped(&self, command: &Command, t: wit::Transfer) -> Transfer {
+        Transfer {
+            input: self.left.replace(Some(0)),
+            ..Transfer::new(command, t)
+        }
     }
 
     /// Runs `command` and pipes the rest of the stream into its stdin on the host side.
@@ -229,7 +283,7 @@ impl Import {
             || live(self.stream.as_ref())?.pipe_into(&c),
             |f| f.pipe_into(self.fake, command, &[]),
         )
-        .map(|t| Transfer::new(command, t))
+        .map(|t| self.piped(command, t))
         .map_err(|e| e.context(format_args!("import `{}`", self.name)))
     }
 
@@ -257,7 +311,7 @@ impl Import {
             || live(self.stream.as_ref())?.pipe_into_with_trailer(&c, trailer),
             |f| f.pipe_into(self.fake, command, trailer),
         )
-        .map(|t| Transfer::new(command, t))
+        .map(|t| self.piped(command, t))
         .map_err(|e| e.context(format_args!("import `{}`", self.name)))
     }
 
@@ -269,6 +323,11 @@ impl Import {
             || live(self.stream.as_ref())?.read(max),
             |f| f.read(self.fake, max),
         )
+        .inspect(|bytes| {
+            let read = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
+            self.left
+                .set(self.left.get().map(|n| n.saturating_sub(read)));
+        })
         .map_err(|e| e.context(format_args!("import `{}`", self.name)))
     }
 }

@@ -71,6 +71,8 @@ pub struct Reply {
     exit_code: i32,
     stdout: Vec<u8>,
     stderr: Vec<u8>,
+    /// How much of an import piped into it the command took; `None` for all of it.
+    took: Option<usize>,
 }
 
 impl Reply {
@@ -95,6 +97,14 @@ impl Reply {
     #[must_use]
     pub fn stderr(mut self, stderr: impl Into<Vec<u8>>) -> Self {
         self.stderr = stderr.into();
+        self
+    }
+
+    /// The same reply from a command that took only the first `bytes` of an import piped
+    /// into it, and left the rest unread, as a program that exits early does.
+    #[must_use]
+    pub fn took(mut self, bytes: usize) -> Self {
+        self.took = Some(bytes);
         self
     }
 }
@@ -137,6 +147,8 @@ pub(crate) struct Fake {
     writing: BTreeMap<u32, (String, Stored)>,
     /// Names of the exports the run opened: each once, as on the runtime.
     export_names: BTreeSet<String>,
+    /// How much of its stdin the last command took ([`Reply::took`]).
+    took: Option<usize>,
     /// Open import streams by handle: bytes and how far they were read.
     reading: BTreeMap<u32, (Vec<u8>, usize)>,
     next_handle: u32,
@@ -907,6 +919,7 @@ impl Fake {
                 ),
                 None => Reply::default(),
             };
+            self.took = reply.took;
             outputs.push(exec::Output {
                 pod,
                 exit_code: reply.exit_code,
@@ -1094,11 +1107,12 @@ impl Fake {
         trailer: &[u8],
     ) -> Result<data::Transfer> {
         let mut stdin = self.rest(handle)?;
-        let bytes = u64::try_from(stdin.len()).unwrap_or(u64::MAX);
+        let rest = stdin.len();
         stdin.extend_from_slice(trailer);
         let wit = command.to_wit()?;
         let out = self.run(command, &wit, &stdin)?;
-        Ok(transfer(bytes, out))
+        let took = self.took.map_or(rest, |took| took.min(rest));
+        Ok(transfer(u64::try_from(took).unwrap_or(u64::MAX), out))
     }
 
     pub(crate) fn read(&mut self, handle: u32, max: u32) -> Result<Vec<u8>> {
@@ -1402,6 +1416,83 @@ mod tests {
             b"CREATE TABLE t ();\n-- end\nCOMMIT\n"
         );
         assert_eq!(out.get("said"), Some("10 rows"));
+    }
+
+    /// Pipes its `dump` into `load`: all of it, after peeking at its first bytes, or accepting
+    /// what `load` leaves unread.
+    struct Loader;
+
+    impl Blueprint for Loader {
+        fn describe() -> Description {
+            Description::new("loader", "0.1.0")
+                .action("restore", "Loads")
+                .action("peeked", "Peeks, then loads")
+                .action("lenient", "Loads what load takes")
+                .capability(Capability::Exec)
+                .capability(Capability::Import)
+        }
+
+        fn run(action: &str, ctx: &Context) -> Result<Outputs> {
+            let import = Import::open(ctx.artifact("dump")?)?;
+            if action == "peeked" {
+                import.read(4)?;
+            }
+            let transfer = import.pipe_into(&Command::new(["load"]))?;
+            let transfer = match action {
+                "lenient" => transfer.allow_unread(),
+                _ => transfer,
+            };
+            let unread = transfer.unread();
+            transfer.ok()?;
+            Ok(Outputs::new().value("unread", unread))
+        }
+    }
+
+    #[test]
+    fn a_command_that_stops_reading_an_import_early_fails_ok() {
+        let host = FakeHost::new()
+            .workload("pg", 1, &[])
+            .on_exec(|_, stdin| Reply::ok("").took(stdin.len().min(10)));
+        let dump = host.add_export("dump", "0123456789abcdefghij");
+        let ctx = |action: &str| {
+            Context::builder(action, "shop")
+                .workload("pg")
+                .restore_artifact(dump.clone())
+                .build()
+        };
+        let e = host
+            .run::<Loader>("restore", &ctx("restore"))
+            .expect_err("load took half");
+        assert!(
+            e.to_string()
+                .contains("`load` exited with 0 but left 10 of the import's last 20 bytes unread"),
+            "{e}"
+        );
+        let e = host
+            .run::<Loader>("peeked", &ctx("peeked"))
+            .expect_err("load took 10 of 16");
+        assert!(
+            e.to_string().contains("left 6 of the import's last 16"),
+            "{e}"
+        );
+        let out = host
+            .run::<Loader>("lenient", &ctx("lenient"))
+            .expect("allowed");
+        assert_eq!(out.get("unread"), Some("10"));
+
+        // A command that takes all of it passes, and so does one that reads past a peek.
+        let host = FakeHost::new()
+            .workload("pg", 1, &[])
+            .on_exec(|_, _| Reply::ok(""));
+        let dump = host.add_export("dump", "0123456789abcdefghij");
+        for action in ["restore", "peeked"] {
+            let ctx = Context::builder(action, "shop")
+                .workload("pg")
+                .restore_artifact(dump.clone())
+                .build();
+            let out = host.run::<Loader>(action, &ctx).expect("all of it");
+            assert_eq!(out.get("unread"), Some("0"));
+        }
     }
 
     #[test]

@@ -376,10 +376,11 @@ fn why(text: &str) -> String {
     line.to_owned()
 }
 
-/// The pipe's failure, or itself.
+/// `transfer` when `tool` succeeded and, restoring, took the whole dump (a client that exits 0
+/// halfway through its input has restored part of it); otherwise the failure diagnosed.
 fn check(tool: &str, transfer: Transfer, conn: &Conn) -> Result<Transfer> {
     if transfer.success() {
-        Ok(transfer)
+        transfer.ok()
     } else {
         Err(diagnose(tool, transfer.exit_code, &transfer.stderr, conn))
     }

@@ -421,10 +421,11 @@ fn first_line(text: &str, markers: &[&str]) -> String {
     line[from..].trim().to_owned()
 }
 
-/// The pipe's failure, or itself.
+/// `transfer` when `tool` succeeded and, restoring, took the whole dump (a tool that exits 0
+/// halfway through its input has restored part of it); otherwise the failure diagnosed.
 fn check(tool: &str, transfer: Transfer, conn: &Conn, database: &str) -> Result<Transfer> {
     if transfer.success() {
-        Ok(transfer)
+        transfer.ok()
     } else {
         Err(diagnose(
             tool,

@@ -400,6 +400,16 @@ async fn a_command_that_ignores_stdin_still_finishes() {
         .await
         .expect("exec runs");
     assert_eq!(out.exit_code, 0);
+
+    // One that stops reading part way: what crossed says so (the SDK's `Transfer::ok` fails
+    // on it), give or take what the pipe buffered.
+    let mut req = request(&["sh", "-c", "head -c 10 >/dev/null"]);
+    req.stdin = Stdin::Stream(Box::new(std::io::Cursor::new(vec![b'x'; 8 << 20])));
+    let out = bounded(cluster.exec(&hello(), req))
+        .await
+        .expect("exec runs");
+    assert_eq!(out.exit_code, 0);
+    assert!(out.stdin_bytes < 1 << 20, "{} bytes fed", out.stdin_bytes);
 }
 
 /// Fails every read with a broken pipe.
