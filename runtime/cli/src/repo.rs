@@ -283,6 +283,22 @@ enum RepairCommand {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Write again, without the files whose data is lost, the tree snapshots that need chunks
+    /// no pack holds, so the rest of each restores, `check` passes and `prune` runs. Run
+    /// `repair index` and `repair packs` first. A repaired snapshot keeps the time, host,
+    /// source and tags, and is tagged `repaired`. If the lost files still exist, back them up
+    /// instead: the snapshots that need them then restore again whole.
+    Snapshots {
+        /// Snapshot ids (or unique prefixes); every snapshot when none is given.
+        #[arg(value_name = "SNAPSHOT")]
+        snapshots: Vec<String>,
+        /// Remove each damaged snapshot once its repair is written.
+        #[arg(long)]
+        forget: bool,
+        /// Show which files are lost, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 fn parse_subset(s: &str) -> Result<ReadData, String> {
@@ -2042,6 +2058,46 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                 serde_json::to_value(&r).context("encoding report")?,
             );
         }
+        RepoCommand::Repair(RepairCommand::Snapshots {
+            snapshots,
+            forget,
+            dry_run,
+        }) => {
+            let ids = if snapshots.is_empty() {
+                let all = repo.snapshots(&SnapshotFilter::new()).await?;
+                all.into_iter().map(|s| s.id).collect()
+            } else {
+                snapshots.clone()
+            };
+            let (mut done, mut failed) = (Vec::new(), Vec::new());
+            for id in &ids {
+                match repo.repair_snapshot(id, *dry_run, *forget).await {
+                    Ok(r) => done.push(r),
+                    // What is wrong with this snapshot; anything else stops every repair.
+                    Err(
+                        e @ (Error::Invalid(_)
+                        | Error::NotFound { .. }
+                        | Error::Ambiguous { .. }
+                        | Error::Corrupt { .. }
+                        | Error::Missing { .. }),
+                    ) => failed.push((id.clone(), e.to_string())),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            args.print(
+                || repaired_lines(&done, &failed, *dry_run, *forget),
+                json!({
+                    "snapshots": done,
+                    "failed": failed
+                        .iter()
+                        .map(|(id, why)| json!({"snapshot": id, "error": why}))
+                        .collect::<Vec<_>>(),
+                }),
+            );
+            if !failed.is_empty() {
+                return Ok(ExitCode::from(crate::exit::FAILED));
+            }
+        }
         RepoCommand::Repair(RepairCommand::Index { dry_run }) => {
             let r = repo.repair_index(*dry_run).await?;
             args.print(
@@ -2251,6 +2307,61 @@ fn shown_path<'a>(path: &'a str, raw: Option<&str>) -> std::borrow::Cow<'a, str>
     } else {
         path.into()
     }
+}
+
+/// `repair snapshots`' report: each damaged snapshot with its lost files and what became of it,
+/// then those that could not be repaired, then a count.
+fn repaired_lines(
+    done: &[cairn_repository::SnapshotRepair],
+    failed: &[(String, String)],
+    dry_run: bool,
+    forget: bool,
+) -> String {
+    let mut lines = Vec::new();
+    for r in done.iter().filter(|r| !r.dropped.is_empty()) {
+        let id = &r.snapshot[..8.min(r.snapshot.len())];
+        lines.push(format!("snapshot {id}: {} files lost", r.dropped.len()));
+        lines.extend(
+            r.dropped
+                .iter()
+                .map(|(path, why)| format!("  {}: {why}", shown_path(path, None))),
+        );
+        lines.push(match (&r.repaired, dry_run) {
+            (_, true) => format!(
+                "  would be written again without them{}",
+                if forget { ", and removed" } else { "" }
+            ),
+            (Some(new), false) if r.forgotten => {
+                format!("  written again as {}; removed", &new[..8])
+            }
+            (Some(new), false) => match &r.protected_until {
+                Some(until) => format!(
+                    "  written again as {}; kept, protected until {until}",
+                    &new[..8]
+                ),
+                None => format!(
+                    "  written again as {}; kept (`cairn repo forget {}` removes it)",
+                    &new[..8],
+                    r.snapshot
+                ),
+            },
+            (None, false) => "  left as it was".to_owned(),
+        });
+    }
+    lines.extend(
+        failed
+            .iter()
+            .map(|(id, why)| format!("error: snapshot {id}: {why}")),
+    );
+    let damaged = done.iter().filter(|r| !r.dropped.is_empty()).count();
+    lines.push(format!(
+        "{} snapshots: {} whole, {damaged} {}, {} not repairable",
+        done.len() + failed.len(),
+        done.len() - damaged,
+        if dry_run { "to repair" } else { "repaired" },
+        failed.len()
+    ));
+    lines.join("\n")
 }
 
 #[cfg(test)]

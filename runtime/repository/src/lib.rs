@@ -36,6 +36,7 @@ mod keys;
 mod lock;
 mod mark;
 mod pipeline;
+mod repair;
 mod repo;
 mod restore;
 mod retention;
@@ -56,6 +57,7 @@ pub use pipeline::{
     DEFAULT_FRAME_BYTES, DEFAULT_PACK_BYTES, DEFAULT_ZSTD_LEVEL, MAX_UPLOADS_IN_FLIGHT,
     TEXT_FRAME_FACTOR,
 };
+pub use repair::{REPAIRED_TAG, SnapshotRepair};
 pub use repo::{
     BackupOptions, CheckReport, DEFAULT_REPACK_UNUSED, ForgetReport, IndexRepair, InitOptions,
     MAX_PROTECTION, PackRepair, Parent, Problem, PruneOptions, PruneReport, ReadData, RepairedPack,

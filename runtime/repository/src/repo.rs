@@ -1561,7 +1561,9 @@ impl Repository {
                     )
                 } else {
                     "no pack holds them any more: backing the same data up again stores them \
-                     anew, and the snapshots restore again; or forget the snapshots"
+                     anew, and the snapshots restore again; if it is gone, `cairn repo repair \
+                     snapshots --forget` keeps the rest of each tree snapshot, or forget the \
+                     snapshots"
                         .to_owned()
                 }
             );
@@ -1963,7 +1965,7 @@ impl Repository {
                      and prune would delete their packs as unused: run `cairn repo repair \
                      index`, which indexes every pack again from its own header; if chunks are \
                      still missing, `cairn repo check` names the snapshots that need them: \
-                     forget those, then prune"
+                     repair (`cairn repo repair snapshots --forget`) or forget those, then prune"
                 ),
             )
         };

@@ -1099,6 +1099,78 @@ fn repair_packs_lets_the_next_backup_store_damaged_data_again() {
     repo.ok(&["repo", "check", "--read-data"]);
 }
 
+/// Data lost for good (a damaged pack repaired, the file gone from the source): `repair
+/// snapshots` writes the tree again without it, so `check` passes and the rest restores.
+#[test]
+fn repair_snapshots_leaves_out_a_file_whose_data_is_lost() {
+    let repo = LocalRepo::new();
+    repo.ok(&["repo", "init"]);
+    let data = repo.dir.path().join("data");
+    std::fs::create_dir(&data).expect("data");
+    std::fs::write(data.join("blob"), noise(3_000_000, 8)).expect("blob");
+    std::fs::write(data.join("keep"), "kept\n").expect("keep");
+    repo.backup(&data);
+    let pack = files_under(&repo.dir.path().join("repo/data"))
+        .into_iter()
+        .max_by_key(|p| std::fs::metadata(p).expect("pack").len())
+        .expect("a pack");
+    let mut bytes = std::fs::read(&pack).expect("pack");
+    bytes[1000] ^= 0x40;
+    std::fs::write(&pack, bytes).expect("pack");
+    let name = pack.file_name().and_then(|n| n.to_str()).expect("name");
+    repo.ok(&["repo", "repair", "packs", name]);
+    std::fs::remove_file(data.join("blob")).expect("blob gone");
+    assert!(!repo.run(&["repo", "check"]).status.success());
+
+    let out = repo.ok(&["repo", "repair", "snapshots", "--dry-run", "--forget"]);
+    let text = stdout(&out);
+    assert!(
+        text.contains("1 files lost") && text.contains("  blob: "),
+        "{text}"
+    );
+    assert!(
+        text.contains("would be written again without them, and removed"),
+        "{text}"
+    );
+    let out = repo.ok(&[
+        "repo",
+        "repair",
+        "snapshots",
+        "--forget",
+        "--output",
+        "json",
+    ]);
+    let report = json(&out);
+    let new = report["snapshots"][0]["repaired"]
+        .as_str()
+        .expect("repaired")
+        .to_owned();
+    assert_eq!(report["snapshots"][0]["forgotten"], true, "{report}");
+    assert_eq!(report["snapshots"][0]["dropped"][0][0], "blob", "{report}");
+    repo.ok(&["repo", "check", "--read-data"]);
+    let target = repo.dir.path().join("target");
+    repo.ok(&[
+        "repo",
+        "restore",
+        &new,
+        "--target",
+        target.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(
+        std::fs::read_to_string(target.join("keep")).expect("keep"),
+        "kept\n"
+    );
+    assert!(!target.join("blob").exists());
+    // A snapshot that does not exist is named, and fails the command (1).
+    let out = repo.run(&["repo", "repair", "snapshots", "0123456789abcdef"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("error: snapshot 0123456789abcdef"),
+        "{}",
+        stdout(&out)
+    );
+}
+
 /// `key export` writes the slot apart (readable by its owner only); with every slot on the
 /// store gone, `key import` puts it back and the passphrase opens the repository again.
 #[test]

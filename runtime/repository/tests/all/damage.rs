@@ -928,3 +928,99 @@ async fn repair_packs_drops_damaged_chunks_so_the_next_backup_stores_them_again(
         Err(Error::NotFound { .. })
     ));
 }
+
+/// Data lost for good (a damaged pack repaired, the source gone): `repair snapshots` writes
+/// the tree again without the files it cannot restore, so the rest restores, `check` passes
+/// and prune runs; a stream with lost data is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repair_snapshots_leaves_out_the_files_whose_data_is_lost() {
+    let d = tempfile::tempdir().unwrap();
+    let (dir, repo, src, first) = tree_of_files(d.path(), &["a", "b", "c"], 600_000, 40).await;
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    std::os::unix::fs::symlink("b", src.join("sub/link")).unwrap();
+    let tree = repo
+        .backup_tree(&src, cairn_repository::BackupOptions::new().tag("nightly"))
+        .await
+        .unwrap();
+    let stream = repo
+        .backup_stream("s", &noise(300_000, 49)[..], Default::default())
+        .await
+        .unwrap();
+    // The start of `a` (stored first) and of the stream.
+    damage_first_frames(&dir);
+    let damaged: Vec<String> = packs(&dir)
+        .iter()
+        .filter(|p| std::fs::metadata(p).unwrap().len() > 100_000)
+        .map(|p| p.file_name().unwrap().to_str().unwrap().to_owned())
+        .collect();
+    assert!(!damaged.is_empty());
+
+    // Until `repair packs` drops them, damaged chunks are in the index and count as there.
+    let r = repo.repair_snapshot(&tree.id, false, true).await.unwrap();
+    assert!(r.dropped.is_empty() && r.repaired.is_none(), "{r:?}");
+    repo.repair_packs(&damaged, false).await.unwrap();
+
+    let dry = repo
+        .repair_snapshot(&tree.id[..8], true, true)
+        .await
+        .unwrap();
+    assert_eq!(dry.dropped.len(), 1, "{dry:?}");
+    assert_eq!(dry.dropped[0].0, "a");
+    assert!(dry.dropped[0].1.contains("chunks are lost"), "{dry:?}");
+    assert!(dry.repaired.is_none() && !dry.forgotten);
+    assert_eq!(
+        repo.snapshots(&SnapshotFilter::new()).await.unwrap().len(),
+        3
+    );
+
+    let r = repo.repair_snapshot(&tree.id, false, true).await.unwrap();
+    let new = r.repaired.clone().expect("a repaired snapshot");
+    assert!(r.forgotten, "{r:?}");
+    let e = repo.snapshot(&tree.id).await.unwrap_err();
+    assert!(matches!(e, Error::NotFound { .. }), "{e}");
+    let repaired = repo.snapshot(&new).await.unwrap();
+    assert_eq!(repaired.time, tree.time);
+    assert_eq!(repaired.kind, tree.kind);
+    assert_eq!(repaired.tags, ["nightly", cairn_repository::REPAIRED_TAG]);
+    assert_eq!(repaired.summary.files, 2);
+    let target = d.path().join("target");
+    repo.restore_tree(&new, &target).await.unwrap();
+    assert!(!target.join("a").exists());
+    for name in ["b", "c"] {
+        assert_eq!(
+            std::fs::read(target.join(name)).unwrap(),
+            std::fs::read(src.join(name)).unwrap()
+        );
+    }
+    assert_eq!(
+        std::fs::read_link(target.join("sub/link")).unwrap(),
+        Path::new("b")
+    );
+    // Found whole now, it is left alone.
+    let again = repo.repair_snapshot(&new, false, true).await.unwrap();
+    assert!(
+        again.dropped.is_empty() && again.repaired.is_none(),
+        "{again:?}"
+    );
+    // The first snapshot, kept beside its repair when not asked to forget it.
+    let r = repo.repair_snapshot(&first.id, false, false).await.unwrap();
+    assert!(r.repaired.is_some() && !r.forgotten, "{r:?}");
+    repo.forget_ids(std::slice::from_ref(&first.id), false)
+        .await
+        .unwrap();
+
+    // The stream cannot lose part of itself: refused, and kept.
+    let e = repo
+        .repair_snapshot(&stream.id, false, true)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("a stream cannot be repaired"), "{e}");
+    repo.forget_ids(std::slice::from_ref(&stream.id), false)
+        .await
+        .unwrap();
+    let report = repo.check(false).await.unwrap();
+    assert!(report.errors.is_empty(), "{report:?}");
+    repo.prune(false).await.unwrap();
+    let report = repo.check(true).await.unwrap();
+    assert!(report.errors.is_empty(), "{report:?}");
+}

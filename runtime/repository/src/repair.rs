@@ -1,0 +1,231 @@
+//! Repairing snapshots whose data is lost (`cairn repo repair snapshots`): a tree snapshot is
+//! written again without the files whose chunks no pack holds, so the rest of it stays
+//! restorable, `check` passes and `prune` can run.
+
+use crate::crypto::ChunkId;
+use crate::error::{Error, Result};
+use crate::format::{self, Content, Node, NodeKind, SnapshotInfo};
+use crate::lock::LockGuard;
+use crate::pipeline::ChunkerOut;
+use crate::repo::{BackupOptions, Repository, poisoned};
+use serde::Serialize;
+use std::collections::HashSet;
+
+/// The tag a repaired snapshot carries beside the original's.
+pub const REPAIRED_TAG: &str = "repaired";
+
+/// What [`Repository::repair_snapshot`] found in one snapshot and did about it.
+#[derive(Debug, Clone, Default, Serialize)]
+#[non_exhaustive]
+pub struct SnapshotRepair {
+    /// The snapshot looked at.
+    pub snapshot: String,
+    /// The files it holds whose data is lost, each with why: left out of the repaired
+    /// snapshot. Empty for a snapshot found whole.
+    pub dropped: Vec<(String, String)>,
+    /// The repaired snapshot written in its place; none when it was whole, or on a dry run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repaired: Option<String>,
+    /// Whether the damaged snapshot was removed (`forget`).
+    pub forgotten: bool,
+    /// Why it was kept although asked to remove it: the protection period (until when).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protected_until: Option<String>,
+}
+
+impl Repository {
+    /// Looks for lost data in tree snapshot `id_or_prefix`: files with a chunk, or a list
+    /// chunk of their chunk ids, that no pack holds (per the index, and the packs listed).
+    /// When it finds some, and unless `dry_run`, it writes a new snapshot of the same time,
+    /// host, source and tags (and [`REPAIRED_TAG`]) without those files; with `forget`, it
+    /// then removes the damaged one (unless the protection period keeps it). Directories,
+    /// links and the other files stay as they were; a hard link whose first name was left
+    /// out becomes a file of its own.
+    ///
+    /// Run `repair index` and `repair packs` first: a chunk the index still places in a pack
+    /// that is there counts as whole, as a damaged pack's chunks do until `repair packs`
+    /// drops them. A stream with lost data, and a tree whose list of files (its node chunks)
+    /// is lost, cannot be repaired by leaving files out, and are an error that says so.
+    ///
+    /// Takes the backup lock, as a backup does: what it writes is a snapshot, and the data it
+    /// names is in packs already.
+    pub async fn repair_snapshot(
+        &self,
+        id_or_prefix: &str,
+        dry_run: bool,
+        forget: bool,
+    ) -> Result<SnapshotRepair> {
+        let info = self.snapshot(id_or_prefix).await?;
+        let lock = LockGuard::acquire(&self.inner.backend, false, "repair snapshots").await?;
+        let r = self.repair_locked(&lock, &info, dry_run, forget).await;
+        lock.release().await;
+        r
+    }
+
+    async fn repair_locked(
+        &self,
+        lock: &LockGuard,
+        info: &SnapshotInfo,
+        dry_run: bool,
+        forget: bool,
+    ) -> Result<SnapshotRepair> {
+        self.update_index().await?;
+        let packs: HashSet<String> = self
+            .inner
+            .backend
+            .list("data/")
+            .await?
+            .iter()
+            .filter_map(|m| m.location.filename().map(str::to_owned))
+            .collect();
+        let lost = |ids: &[ChunkId]| -> Result<usize> {
+            let idx = self.inner.index.read().map_err(|_| poisoned())?;
+            Ok(ids
+                .iter()
+                .filter(|id| {
+                    idx.get(id).is_none_or(|l| {
+                        !packs.contains(&format::pack_hex(&idx.packs[l.pack as usize]))
+                    })
+                })
+                .count())
+        };
+        let mut report = SnapshotRepair {
+            snapshot: info.id.clone(),
+            ..SnapshotRepair::default()
+        };
+        let mut content = self.content_object(info).await.map_err(|e| {
+            Error::Invalid(format!(
+                "snapshot {}: {e}; its list of files is lost, so no repair can keep part of \
+                 it: `cairn repo forget {}` removes it",
+                info.short_id(),
+                info.id
+            ))
+        })?;
+        let nodes = match &mut content {
+            Content::Stream { chunks, lists, .. } => {
+                let mut ids = lists.0.clone();
+                if lost(&lists.0)? == 0 {
+                    self.fill_lists(vec![(&lists.0[..], &mut chunks.0)], info)
+                        .await?;
+                    ids = chunks.0.clone();
+                }
+                return match lost(&ids)? {
+                    0 => Ok(report),
+                    n => Err(Error::Invalid(format!(
+                        "stream snapshot {} has lost {n} of its chunks; a stream cannot be \
+                         repaired by leaving files out: restore what is left of it, then \
+                         `cairn repo forget {}`",
+                        info.short_id(),
+                        info.id
+                    ))),
+                };
+            }
+            Content::Tree { nodes, .. } => nodes,
+        };
+        // Each file's chunk ids: its own, or those its list chunks hold when all of those are
+        // there (read together; one at a time when one of them cannot be read).
+        let files: Vec<usize> = (0..nodes.len())
+            .filter(|&i| nodes[i].kind == NodeKind::File)
+            .collect();
+        let mut ids: Vec<Vec<ChunkId>> = vec![Vec::new(); nodes.len()];
+        let mut why: Vec<Option<String>> = vec![None; nodes.len()];
+        let mut listed = Vec::new();
+        for &i in &files {
+            let n = &nodes[i];
+            if n.lists.is_empty() {
+                ids[i] = n.chunks.0.clone();
+            } else if lost(&n.lists.0)? > 0 {
+                why[i] = Some("the list of its chunks is lost".to_owned());
+            } else {
+                listed.push(i);
+            }
+        }
+        if self
+            .fill_lists(lists_of(nodes, &mut ids, &listed), info)
+            .await
+            .is_err()
+        {
+            for &i in &listed {
+                if let Err(e) = self.fill_lists(lists_of(nodes, &mut ids, &[i]), info).await {
+                    why[i] = Some(format!("the list of its chunks cannot be read: {e}"));
+                }
+            }
+        }
+        for &i in &files {
+            if why[i].is_none() {
+                let n = lost(&ids[i])?;
+                if n > 0 {
+                    why[i] = Some(format!("{n} of its {} chunks are lost", ids[i].len()));
+                }
+            }
+        }
+        drop(ids);
+        let dropped: HashSet<&str> = files
+            .iter()
+            .filter(|&&i| why[i].is_some())
+            .map(|&i| nodes[i].key())
+            .collect();
+        report.dropped = files
+            .iter()
+            .filter_map(|&i| Some((nodes[i].path.clone(), why[i].clone()?)))
+            .collect();
+        if report.dropped.is_empty() || dry_run {
+            return Ok(report);
+        }
+        // A hard link of a file left out keeps its own chunks: it becomes that file.
+        let unlinked: Vec<usize> = (0..nodes.len())
+            .filter(|&i| why[i].is_none() && nodes[i].linked().is_some_and(|l| dropped.contains(l)))
+            .collect();
+        drop(dropped);
+        for i in unlinked {
+            nodes[i].unlink();
+        }
+        let mut i = 0;
+        nodes.retain(|_| {
+            i += 1;
+            why[i - 1].is_none()
+        });
+        let kept: Vec<usize> =
+            (0..nodes.iter().filter(|n| n.kind == NodeKind::File).count()).collect();
+        let summary = content.fill(ChunkerOut::default(), 0, &kept);
+        let mut tags = info.tags.clone();
+        if !tags.iter().any(|t| t == REPAIRED_TAG) {
+            tags.push(REPAIRED_TAG.to_owned());
+        }
+        let mut repaired = SnapshotInfo::made(
+            info.kind.clone(),
+            info.time,
+            Some(info.hostname.clone()),
+            tags,
+            summary,
+        );
+        // What copies of it elsewhere still hold whole is not copied there again.
+        repaired.original = Some(info.original_id().to_owned());
+        let repaired = self
+            .commit(lock, content, repaired, &BackupOptions::default())
+            .await?;
+        report.repaired = Some(repaired.id);
+        if forget {
+            let removed = self
+                .forget_ids(std::slice::from_ref(&info.id), false)
+                .await?;
+            report.forgotten = !removed.removed.is_empty();
+            report.protected_until = removed.protected.into_iter().next().map(|(_, until)| until);
+        }
+        Ok(report)
+    }
+}
+
+/// The list chunks of the nodes at `which` (sorted), each paired with where the ids they hold
+/// go.
+fn lists_of<'a>(
+    nodes: &'a [Node],
+    ids: &'a mut [Vec<ChunkId>],
+    which: &[usize],
+) -> Vec<(&'a [ChunkId], &'a mut Vec<ChunkId>)> {
+    ids.iter_mut()
+        .enumerate()
+        .filter(|(i, _)| which.binary_search(i).is_ok())
+        .map(|(i, out)| (&nodes[i].lists.0[..], out))
+        .collect()
+}
