@@ -396,7 +396,7 @@ fn policy(ctx: &Context) -> Result<retention::Policy> {
             weekly: weekly?,
             monthly: monthly?,
             yearly: yearly?,
-            within: 0,
+            ..cairn_retention::Retention::default()
         },
         max_chain: ctx.param::<u32>("max-chain")?,
     })

@@ -1537,7 +1537,7 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                     monthly: keep_monthly,
                     yearly: keep_yearly,
                     // DR points take the count and calendar rules (no --keep-within here).
-                    within: 0,
+                    ..cairn_catalog::Retention::default()
                 },
                 max_chain,
             };

@@ -543,15 +543,15 @@ enum Within {
 
 impl RetentionFile {
     fn into_retention(self) -> Result<Retention, String> {
-        let within = match self.within {
-            None => 0,
-            Some(Within::Text(t)) => humantime::parse_duration(&t)
-                .map_err(|e| format!("retention within {t:?}: {e} (a duration: 30d, 12h, 90m)"))?
-                .as_secs(),
+        let (months, within) = match self.within {
+            None => (0, 0),
+            Some(Within::Text(t)) => {
+                Retention::parse_within(&t).map_err(|e| format!("retention within: {e}"))?
+            }
             Some(Within::Number(n)) => {
                 return Err(format!(
-                    "retention within {n}: give its unit ({n}d, {n}h, {n}m or {n}s): a number \
-                     alone is ambiguous"
+                    "retention within {n}: give its unit ({n}d, {n}h, {n}min or {n}mo): a \
+                     number alone is ambiguous"
                 ));
             }
         };
@@ -562,6 +562,7 @@ impl RetentionFile {
             .weekly(self.weekly)
             .monthly(self.monthly)
             .yearly(self.yearly)
+            .within_months(months)
             .within(within))
     }
 }
@@ -1046,31 +1047,15 @@ fn policy_text(policy: &Policy, applied: bool) -> anyhow::Result<String> {
     }
     if let Some(serde_norway::Value::Mapping(rules)) = value.get_mut("retention") {
         rules.retain(|_, n| n.as_u64() != Some(0));
-        if let Some(within) = rules.get_mut("within")
-            && let Some(secs) = within.as_u64()
-        {
-            *within = serde_norway::Value::String(duration_text(secs));
+        rules.remove("within_months");
+        if policy.retention.within > 0 || policy.retention.within_months > 0 {
+            rules.insert(
+                "within".into(),
+                serde_norway::Value::String(policy.retention.within_text()),
+            );
         }
     }
     Ok(serde_norway::to_string(&value)?.trim_end().to_owned())
-}
-
-/// `secs` in days, hours, minutes and seconds, largest first (`2d`, `1d 12h`, `90s` as `1m 30s`).
-fn duration_text(secs: u64) -> String {
-    let parts: Vec<String> = [(86_400, "d"), (3_600, "h"), (60, "m"), (1, "s")]
-        .into_iter()
-        .scan(secs, |left, (unit, name)| {
-            let n = *left / unit;
-            *left %= unit;
-            Some((n > 0).then(|| format!("{n}{name}")))
-        })
-        .flatten()
-        .collect();
-    if parts.is_empty() {
-        "0s".to_owned()
-    } else {
-        parts.join(" ")
-    }
 }
 
 /// A time as the text output shows it: to the second.
@@ -2515,18 +2500,6 @@ mod tests {
             "frequency": "@daily", "retention": {"last": 1}, "applied": "2026-12-05T00:00:00Z"
         }))
         .expect("a policy")
-    }
-
-    #[test]
-    fn durations_are_shown_as_a_policy_file_takes_them() {
-        assert_eq!(duration_text(2 * 86_400), "2d");
-        assert_eq!(duration_text(86_400 + 12 * 3_600), "1d 12h");
-        assert_eq!(duration_text(90), "1m 30s");
-        assert_eq!(duration_text(0), "0s");
-        for secs in [90, 86_400 + 12 * 3_600 + 5] {
-            let parsed = humantime::parse_duration(&duration_text(secs)).expect("parses");
-            assert_eq!(parsed.as_secs(), secs);
-        }
     }
 
     #[test]

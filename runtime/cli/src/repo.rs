@@ -87,9 +87,9 @@ enum RepoCommand {
         /// A tag for the snapshot; repeatable.
         #[arg(long)]
         tag: Vec<String>,
-        /// zstd level for all data (default: 1, and 3 for text such as dumps and logs;
-        /// negative is faster, higher compresses more).
-        #[arg(long, allow_hyphen_values = true)]
+        /// zstd level for all data, -7 to 22 (default: 1, and 3 for text such as dumps and
+        /// logs; negative is faster, higher compresses more).
+        #[arg(long, allow_hyphen_values = true, value_parser = clap::value_parser!(i32).range(-7..=22))]
         zstd_level: Option<i32>,
         /// Leave out what this glob matches; repeatable. Without `/` it matches a name at
         /// any depth (`*.tmp`); with `/`, the path from the directory (`/postmaster.pid`,
@@ -181,8 +181,8 @@ enum RepoCommand {
         filter: FilterArgs,
         #[command(flatten)]
         to: CopyTarget,
-        /// zstd level for what the destination stores (default: 1, and 3 for text).
-        #[arg(long, allow_hyphen_values = true)]
+        /// zstd level for what the destination stores, -7 to 22 (default: 1, and 3 for text).
+        #[arg(long, allow_hyphen_values = true, value_parser = clap::value_parser!(i32).range(-7..=22))]
         zstd_level: Option<i32>,
     },
     /// What the repository holds and what it costs: snapshots, distinct data, stored bytes,
@@ -222,9 +222,11 @@ enum RepoCommand {
         /// Keep the newest snapshot of each of the last N years that have one.
         #[arg(long, default_value_t = 0, value_name = "N")]
         keep_yearly: u32,
-        /// Keep every snapshot made within this long of the newest one, e.g. "7d".
-        #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
-        keep_within: Option<Duration>,
+        /// Keep every snapshot made within this long of the newest one in its series, as
+        /// restic does: "7d", "36h", "1y 6mo" (calendar years and months counted back from the
+        /// newest snapshot's date), also w, min, s. A bare "m" is refused: write "mo" or "min".
+        #[arg(long, value_parser = Retention::parse_within, value_name = "DURATION")]
+        keep_within: Option<(u32, u64)>,
         #[command(flatten)]
         filter: FilterArgs,
         /// Show what would be removed.
@@ -324,8 +326,8 @@ struct FilterArgs {
     /// Only snapshots made on this host (as `backup --host` recorded it).
     #[arg(long)]
     host: Option<String>,
-    /// Only snapshots made at or after this time: RFC 3339, a UTC date (2026-01-31) or a
-    /// while ago (36h, 7d, 2w).
+    /// Only snapshots made at or after this time: RFC 3339, a UTC date and time
+    /// (2026-01-31T12:00:00), a UTC date (2026-01-31) or a while ago (36h, 7d, 2w, 1y 6mo).
     #[arg(long, value_name = "TIME")]
     since: Option<String>,
     /// Only snapshots made before this time (as --since takes it).
@@ -1227,6 +1229,16 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                 opts = opts.host(h.clone());
             }
             for t in tag {
+                let key = t.split_once('=').map_or(t.as_str(), |(k, _)| k);
+                if t == crate::exports::TAG || cairn_engine::HOST_TAG_KEYS.contains(&key) {
+                    return Err(usage(format!(
+                        "backup: tag `{t}` is one Cairn sets on blueprints' exports (`{}`, and \
+                         {}=…): retention and restore points read it, so a backup may not \
+                         carry it; choose another",
+                        crate::exports::TAG,
+                        cairn_engine::HOST_TAG_KEYS.join("=…, ")
+                    )));
+                }
                 opts = opts.tag(t);
             }
             for x in exclude {
@@ -1848,7 +1860,8 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                 .weekly(*keep_weekly)
                 .monthly(*keep_monthly)
                 .yearly(*keep_yearly)
-                .within(keep_within.map_or(0, |d| d.as_secs()));
+                .within_months(keep_within.map_or(0, |w| w.0))
+                .within(keep_within.map_or(0, |w| w.1));
             // Exports hold restore points' data: rules never remove them, and one a point of
             // this home references is removed only with its point.
             let points = points_by_snapshot(home)?;
@@ -1915,6 +1928,11 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
             args.print(
                 || {
                     let mut lines = Vec::new();
+                    if !policy.is_empty() {
+                        lines.push(format!(
+                            "rules: {policy} (in each series: host, source, workload; UTC)"
+                        ));
+                    }
                     for (id, why) in &r.kept {
                         lines.push(format!("keep   {} ({})", &id[..8], why.join(", ")));
                     }
@@ -2232,9 +2250,16 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                     std::io::Write::write_all(&mut std::io::stdout(), &slot)
                         .context("writing the key slot")?;
                 } else {
-                    cairn_repository::write_private(to, &slot).with_context(|| {
-                        format!("writing {} (it must not exist yet)", to.display())
-                    })?;
+                    match cairn_repository::write_private(to, &slot) {
+                        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                            return Err(usage(format!(
+                                "key export: {} exists already; give a new file, or `-` for \
+                                 standard output",
+                                to.display()
+                            )));
+                        }
+                        r => r.with_context(|| format!("writing {}", to.display()))?,
+                    }
                     args.print(
                         || {
                             format!(

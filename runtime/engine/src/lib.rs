@@ -52,7 +52,7 @@ pub use audit::{AuditLog, AuditRecord};
 pub use blueprint::{
     ActionSpec, Blueprint, Description, LoadedFrom, ParamKind, ParamSpec, component_digest,
 };
-pub use cairn_contract::controls_escaped;
+pub use cairn_contract::{HOST_TAG_KEYS, controls_escaped};
 pub use capability::Capability;
 pub use catalog::{
     CatalogAccess, CatalogApplied, CatalogError, CatalogExport, CatalogSnapshot, DrMode, DrState,

@@ -4,8 +4,10 @@
 //!
 //! A rule keeps the newest item of each of the last N periods that have items: hours, days,
 //! ISO weeks (Monday to Sunday), months and years, in UTC; `last` keeps the newest N items
-//! whatever their age, and `within` every item made within that many seconds of the newest
-//! (so a pause in backups does not age everything out). An item kept by any rule is kept.
+//! whatever their age, and `within` every item made within that long of the newest (so a pause
+//! in backups does not age everything out): calendar months (`within_months`, as restic's
+//! `--keep-within 1y2m` counts them back from the newest item's date) and then seconds. An item
+//! kept by any rule is kept.
 //!
 //! ```
 //! use cairn_retention::Retention;
@@ -40,8 +42,18 @@ pub struct Retention {
     pub monthly: u32,
     /// ... years.
     pub yearly: u32,
-    /// Every item at most this many seconds older than the newest item.
+    /// Every item at most this many seconds older than the newest item (after
+    /// `within_months`).
     pub within: u64,
+    /// Every item at most this many calendar months older than the newest item: the same day
+    /// of the month that many months before (the month's last day when it is shorter).
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "is_zero"))]
+    pub within_months: u32,
+}
+
+#[cfg(feature = "serde")]
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// The rules that are on, as `last 3, daily 7` (`nothing` when none is).
@@ -60,8 +72,8 @@ impl std::fmt::Display for Retention {
             .filter(|(_, n)| *n > 0)
             .map(|(name, n)| format!("{name} {n}"))
             .collect();
-        if self.within > 0 {
-            on.push(format!("within {}s", self.within));
+        if self.within > 0 || self.within_months > 0 {
+            on.push(format!("within {}", self.within_text()));
         }
         if on.is_empty() {
             f.write_str("nothing")
@@ -126,6 +138,95 @@ impl Retention {
         self
     }
 
+    /// Sets keep-within's calendar months (counted back before its seconds).
+    #[must_use]
+    pub fn within_months(mut self, months: u32) -> Self {
+        self.within_months = months;
+        self
+    }
+
+    /// Reads keep-within as a user writes it, into calendar months and seconds: numbers with
+    /// units, largest first or not, spaces optional (`1y 6mo`, `7d`, `36h`, `90min`): `y`
+    /// (12 months), `mo`, `w`, `d`, `h`, `min`, `s`, or their names (`years`, `month`, …). A
+    /// bare `m` is refused: restic reads it as months, other tools as minutes.
+    pub fn parse_within(text: &str) -> Result<(u32, u64), String> {
+        let (mut months, mut secs) = (0u64, 0u64);
+        let mut rest = text.trim();
+        if rest.is_empty() {
+            return Err("an empty duration: give one such as 30d, 12h or 1y".into());
+        }
+        while !rest.is_empty() {
+            let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+            let n: u64 = rest[..digits].parse().map_err(|_| {
+                format!("`{text}`: a number goes before each unit (30d, 12h, 1y 6mo)")
+            })?;
+            rest = rest[digits..].trim_start();
+            let letters = rest.len()
+                - rest
+                    .trim_start_matches(|c: char| c.is_ascii_alphabetic())
+                    .len();
+            let unit = rest[..letters].to_ascii_lowercase();
+            rest = rest[letters..].trim_start();
+            let (to_months, to_secs) = match unit.as_str() {
+                "y" | "yr" | "yrs" | "year" | "years" => (12, 0),
+                "mo" | "mon" | "month" | "months" => (1, 0),
+                "w" | "week" | "weeks" => (0, 7 * 86_400),
+                "d" | "day" | "days" => (0, 86_400),
+                "h" | "hr" | "hrs" | "hour" | "hours" => (0, 3_600),
+                "min" | "mins" | "minute" | "minutes" => (0, 60),
+                "s" | "sec" | "secs" | "second" | "seconds" => (0, 1),
+                "m" => {
+                    return Err(format!(
+                        "`{text}`: `m` could be minutes or months (restic reads months): write \
+                         `{n}mo` for months or `{n}min` for minutes"
+                    ));
+                }
+                "" => {
+                    return Err(format!(
+                        "`{text}`: {n} needs a unit: {n}d, {n}h, {n}min, {n}mo or {n}y"
+                    ));
+                }
+                other => {
+                    return Err(format!(
+                        "`{text}`: unknown unit `{other}` (y, mo, w, d, h, min, s)"
+                    ));
+                }
+            };
+            months = n
+                .checked_mul(to_months)
+                .and_then(|m| months.checked_add(m))
+                .ok_or_else(|| format!("`{text}` is too long"))?;
+            secs = n
+                .checked_mul(to_secs)
+                .and_then(|s| secs.checked_add(s))
+                .ok_or_else(|| format!("`{text}` is too long"))?;
+        }
+        let months = u32::try_from(months).map_err(|_| format!("`{text}` is too long"))?;
+        Ok((months, secs))
+    }
+
+    /// Keep-within as [`Retention::parse_within`] reads it back (`1y 6mo 3d 12h`, `0s`).
+    pub fn within_text(&self) -> String {
+        let m = self.within_months;
+        let mut parts: Vec<String> = [(m / 12, "y"), (m % 12, "mo")]
+            .into_iter()
+            .filter(|(n, _)| *n > 0)
+            .map(|(n, unit)| format!("{n}{unit}"))
+            .collect();
+        let mut left = self.within;
+        for (unit, name) in [(86_400, "d"), (3_600, "h"), (60, "min"), (1, "s")] {
+            if left >= unit {
+                parts.push(format!("{}{name}", left / unit));
+                left %= unit;
+            }
+        }
+        if parts.is_empty() {
+            "0s".to_owned()
+        } else {
+            parts.join(" ")
+        }
+    }
+
     /// Whether no rule is set (applied, it would keep nothing).
     pub fn is_empty(&self) -> bool {
         *self == Self::default()
@@ -141,9 +242,9 @@ impl Retention {
         for &i in order.iter().take(self.last as usize) {
             keep[i].push("last");
         }
-        if let (Some(&newest), true) = (order.first(), self.within > 0) {
-            let since =
-                times[newest].saturating_sub(i64::try_from(self.within).unwrap_or(i64::MAX));
+        if let (Some(&newest), true) = (order.first(), self.within > 0 || self.within_months > 0) {
+            let since = months_before(times[newest], self.within_months)
+                .saturating_sub(i64::try_from(self.within).unwrap_or(i64::MAX));
             for &i in order.iter().take_while(|&&i| times[i] >= since) {
                 keep[i].push("within");
             }
@@ -183,6 +284,50 @@ fn civil(days: i64) -> (i64, u32) {
     (year, u32::try_from(month).unwrap_or(1))
 }
 
+/// Unix time `t` moved `months` calendar months back: the same time of day on the same day of
+/// the month, or on the month's last day when it is shorter.
+fn months_before(t: i64, months: u32) -> i64 {
+    if months == 0 {
+        return t;
+    }
+    let (days, time) = (t.div_euclid(86_400), t.rem_euclid(86_400));
+    let (year, month, day) = civil_date(days);
+    let total = year * 12 + i64::from(month) - 1 - i64::from(months);
+    let (year, month) = (
+        total.div_euclid(12),
+        u32::try_from(total.rem_euclid(12) + 1).unwrap_or(1),
+    );
+    let last = days_in_month(year, month);
+    days_from_civil(year, month, day.min(last)) * 86_400 + time
+}
+
+/// Days since 1970-01-01 to (year, month, day).
+fn civil_date(days: i64) -> (i64, u32, u32) {
+    let (year, month) = civil(days);
+    let day = days - days_from_civil(year, month, 1) + 1;
+    (year, month, u32::try_from(day).unwrap_or(1))
+}
+
+/// (year, month, day) to days since 1970-01-01, proleptic Gregorian (H. Hinnant's algorithm).
+fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let m = i64::from(month);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(day) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn days_in_month(year: i64, month: u32) -> u32 {
+    match month {
+        2 if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
 /// The hour, day, ISO week, month and year of unix time `t`, each as a number that differs
 /// exactly when the period does.
 fn periods_of(t: i64) -> [i64; 5] {
@@ -220,7 +365,7 @@ mod tests {
             within: 60,
             ..Retention::new()
         };
-        assert_eq!(r.to_string(), "last 3, daily 7, within 60s");
+        assert_eq!(r.to_string(), "last 3, daily 7, within 1min");
     }
 
     #[test]
@@ -256,6 +401,62 @@ mod tests {
         assert_eq!(kept(&keep), [9]);
         assert!(Retention::new().within(DAY as u64).keep(&[]).is_empty());
         assert!(!Retention::new().within(1).is_empty());
+    }
+
+    /// Unix time of a UTC date and time.
+    fn at(year: i64, month: u32, day: u32, hour: i64) -> i64 {
+        days_from_civil(year, month, day) * DAY + hour * HOUR
+    }
+
+    #[test]
+    fn within_months_count_back_calendar_months_as_restic_does() {
+        assert_eq!(at(1970, 1, 1, 0), 0);
+        assert_eq!(at(2026, 12, 2, 5), T);
+        // A year back from 2024-06-30 22:00 is 2023-06-30 22:00: 2023-07-01 is within it,
+        // where 365.25 days would not reach it (2024 is a leap year).
+        let times = [at(2023, 6, 30, 21), at(2023, 7, 1, 10), at(2024, 6, 30, 22)];
+        let keep = Retention::new().within_months(12).keep(&times);
+        assert_eq!(kept(&keep), [1, 2]);
+        // The month's last day when it is shorter: a month before March 31 is February's
+        // last day, and leap years count.
+        assert_eq!(months_before(at(2023, 3, 31, 7), 1), at(2023, 2, 28, 7));
+        assert_eq!(months_before(at(2024, 3, 31, 7), 1), at(2024, 2, 29, 7));
+        assert_eq!(months_before(at(2024, 1, 15, 0), 13), at(2022, 12, 15, 0));
+        assert_eq!(months_before(at(1969, 12, 31, 23), 1), at(1969, 11, 30, 23));
+        // Months, then seconds.
+        let r = Retention::new().within_months(1).within(DAY as u64);
+        let times = [at(2024, 2, 14, 0), at(2024, 2, 15, 0), at(2024, 3, 16, 0)];
+        assert_eq!(kept(&r.keep(&times)), [1, 2]);
+        assert!(!Retention::new().within_months(1).is_empty());
+    }
+
+    #[test]
+    fn within_is_read_with_its_units_and_shown_so_it_reads_back() {
+        let parse = Retention::parse_within;
+        assert_eq!(parse("7d"), Ok((0, 7 * 86_400)));
+        assert_eq!(parse("1y 6mo"), Ok((18, 0)));
+        assert_eq!(
+            parse("1y6mo2w3d4h5min6s"),
+            Ok((18, 17 * 86_400 + 4 * 3_600 + 306))
+        );
+        assert_eq!(parse(" 2 weeks 1 day "), Ok((0, 15 * 86_400)));
+        assert_eq!(parse("36H"), Ok((0, 36 * 3_600)));
+        for (bad, says) in [
+            ("1m", "`1mo` for months or `1min` for minutes"),
+            ("5", "5 needs a unit"),
+            ("", "empty"),
+            ("d", "a number goes before each unit"),
+            ("3 fortnights", "unknown unit `fortnights`"),
+            ("99999999999y", "too long"),
+        ] {
+            let e = parse(bad).expect_err(bad);
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        let r = Retention::new().within_months(18).within(3 * 86_400 + 90);
+        assert_eq!(r.within_text(), "1y 6mo 3d 1min 30s");
+        assert_eq!(parse(&r.within_text()), Ok((18, 3 * 86_400 + 90)));
+        assert_eq!(r.to_string(), "within 1y 6mo 3d 1min 30s");
+        assert_eq!(Retention::new().within_text(), "0s");
     }
 
     #[test]

@@ -1931,14 +1931,31 @@ fn retention_within_takes_a_duration_with_its_unit() {
     add_hello(&cairn);
     refused_with(
         &apply(&cairn, &hello_policy("{within: 30}")),
-        &["retention within 30: give its unit (30d, 30h, 30m or 30s)"],
+        &["retention within 30: give its unit (30d, 30h, 30min or 30mo)"],
     );
     refused_with(
         &apply(&cairn, &hello_policy("{within: 2 fortnights}")),
-        &["retention within \"2 fortnights\""],
+        &["retention within: `2 fortnights`: unknown unit `fortnights`"],
+    );
+    // Minutes to some tools, months to restic: refused rather than guessed.
+    refused_with(
+        &apply(&cairn, &hello_policy("{within: 90m}")),
+        &["`m` could be minutes or months"],
     );
     ok(&apply(&cairn, &hello_policy("{within: 2d, last: 1}")));
     assert_eq!(show(&cairn)["policy"]["retention"]["within"], 2 * 86_400);
+    // Calendar months are kept as months, and shown as the file gave them.
+    ok(&apply(
+        &cairn,
+        &hello_policy("{within: 1y 6mo 2d, last: 1}"),
+    ));
+    let shown = show(&cairn);
+    assert_eq!(shown["policy"]["retention"]["within_months"], 18, "{shown}");
+    assert_eq!(
+        shown["policy"]["retention"]["within"],
+        2 * 86_400,
+        "{shown}"
+    );
 }
 
 /// Secrets without the `secrets` grant would never reach the blueprint: refused at apply.

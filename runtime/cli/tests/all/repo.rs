@@ -563,6 +563,14 @@ fn diff_shows_what_changed_between_two_tree_snapshots() {
             && report["kept"][&first] == serde_json::json!(["within"]),
         "{report}"
     );
+    // restic reads `1m` as a month, other tools as a minute: refused, as a usage error.
+    let out = repo.run(&["repo", "forget", "--keep-within", "1m", "--dry-run"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("write `1mo` for months or `1min`"),
+        "{}",
+        stderr(&out)
+    );
 
     let out = run(&["repo", "stats"]);
     assert!(
@@ -1099,6 +1107,79 @@ fn repair_packs_lets_the_next_backup_store_damaged_data_again() {
     repo.ok(&["repo", "check", "--read-data"]);
 }
 
+/// What a restic user types is read as restic reads it, or refused: a filter's time of day
+/// without an offset is UTC's, a relative `--path` is the directory `backup` made absolute,
+/// tags Cairn sets on exports and zstd levels out of range are refused (2).
+#[test]
+fn filters_tags_and_levels_are_read_as_given_or_refused() {
+    let repo = LocalRepo::new();
+    repo.ok(&["repo", "init"]);
+    let data = repo.dir.path().join("data");
+    std::fs::create_dir(&data).expect("data");
+    std::fs::write(data.join("f"), "x").expect("f");
+    let common: Vec<&str> = repo.common.iter().map(String::as_str).collect();
+    let out = repo
+        .cairn
+        .command(&[&["repo", "backup", "data", "--output", "json"], &common[..]].concat())
+        .current_dir(repo.dir.path())
+        .output()
+        .expect("cairn runs");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let id = json(&out)["id"].as_str().expect("id").to_owned();
+    let listed = |extra: &[&str], dir: &std::path::Path| {
+        let out = repo
+            .cairn
+            .command(
+                &[
+                    &["repo", "snapshots", "--output", "json"],
+                    extra,
+                    &common[..],
+                ]
+                .concat(),
+            )
+            .current_dir(dir)
+            .output()
+            .expect("cairn runs");
+        assert!(out.status.success(), "{}", stderr(&out));
+        json(&out)
+            .as_array()
+            .expect("a list")
+            .iter()
+            .map(|s| s["id"].as_str().expect("id").to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(listed(&["--path", "data"], repo.dir.path()), [id.clone()]);
+    assert_eq!(
+        listed(&["--path", "./data/"], repo.dir.path()),
+        [id.clone()]
+    );
+    assert!(listed(&["--path", "data"], &data).is_empty());
+    // Today, late: the snapshot was made before it, whatever the hour now.
+    let late = format!("{}T23:59:59", &jiff::Timestamp::now().to_string()[..10]);
+    assert!(listed(&["--since", &late], repo.dir.path()).is_empty());
+    assert_eq!(listed(&["--until", &late], repo.dir.path()), [id]);
+
+    for tag in ["export", "namespace=shop", "workload=db", "blueprint=pg"] {
+        let out = repo.run(&[
+            "repo",
+            "backup",
+            data.to_str().expect("utf-8"),
+            "--tag",
+            tag,
+        ]);
+        assert_eq!(out.status.code(), Some(2), "{tag}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("is one Cairn sets"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    for level in ["100", "-200", "23"] {
+        let out = repo.run(&["repo", "backup", "data", "--zstd-level", level]);
+        assert_eq!(out.status.code(), Some(2), "{level}: {}", stderr(&out));
+    }
+}
+
 /// Data lost for good (a damaged pack repaired, the file gone from the source): `repair
 /// snapshots` writes the tree again without it, so `check` passes and the rest restores.
 #[test]
@@ -1191,13 +1272,10 @@ fn an_exported_key_slot_is_put_back_by_import() {
     }
     let to_stdout = repo.ok(&["repo", "key", "export", "-"]);
     assert_eq!(to_stdout.stdout, std::fs::read(&saved).expect("saved"));
-    // A second export to the same file is refused, not written over.
-    assert!(
-        !repo
-            .run(&["repo", "key", "export", saved.to_str().expect("utf-8")])
-            .status
-            .success()
-    );
+    // A second export to the same file is refused (2, usage), not written over.
+    let out = repo.run(&["repo", "key", "export", saved.to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("exists already"), "{}", stderr(&out));
 
     for slot in std::fs::read_dir(repo.dir.path().join("repo/keys")).expect("keys") {
         std::fs::remove_file(slot.expect("slot").path()).expect("removed");
