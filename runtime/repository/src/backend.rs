@@ -409,9 +409,14 @@ impl Backend {
                     });
                 }
                 Arc::new(
+                    // Every object durable (its file and its directory entry) before its write
+                    // returns, as on S3: the order FORMAT.md promises (packs, then the index,
+                    // then the snapshot) must hold on the disk after a power cut too, not only
+                    // in the page cache.
                     object_store::local::LocalFileSystem::new_with_prefix(&dir)
                         .map_err(|e| invalid(raw, e))?
-                        .with_automatic_cleanup(true),
+                        .with_automatic_cleanup(true)
+                        .with_fsync(true),
                 )
             }
             "memory" => {
@@ -774,6 +779,21 @@ impl Backend {
             .await?
             .into_iter()
             .map(|(id, _)| id)
+            .collect())
+    }
+
+    /// The packs, by id: each object under `data/` at the path a pack of its name has
+    /// (`data/<first two>/<id>`). Anything else there is foreign, and left out.
+    pub(crate) async fn list_packs(&self) -> Result<Vec<(String, ObjectMeta)>> {
+        Ok(self
+            .list("data/")
+            .await?
+            .into_iter()
+            .filter_map(|m| {
+                let name = m.location.filename().filter(|n| crate::format::is_id(n))?;
+                (m.location.as_ref() == crate::format::pack_path(name))
+                    .then(|| (name.to_string(), m.clone()))
+            })
             .collect())
     }
 

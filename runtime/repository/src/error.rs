@@ -94,7 +94,10 @@ pub enum Error {
     },
     /// The object is inside the repository's protection period and may not be deleted or
     /// overwritten.
-    #[error("object {object} is protected until {until} and cannot be deleted or overwritten")]
+    #[error(
+        "object {object} is protected until {until} and cannot be deleted or overwritten{}",
+        protected_hint(object)
+    )]
     Protected {
         /// The object path.
         object: String,
@@ -335,6 +338,18 @@ fn full_cause(e: &object_store::Error) -> Option<std::io::Error> {
         .iter()
         .any(|t| text.contains(t))
         .then(|| std::io::Error::new(std::io::ErrorKind::StorageFull, text))
+}
+
+/// What to do about a protected object, when there is more to say than that it is protected.
+fn protected_hint(object: &str) -> &'static str {
+    if object.starts_with("keys/") {
+        " (a key slot is protected as data is: deleted, it would leave the data it opens \
+         unreadable; on Object Lock, each run that writes data through it renews that): it can \
+         be removed after that; `cairn repo key add` adds a new key now, and a slot no longer \
+         used to open the repository is no longer renewed"
+    } else {
+        ""
+    }
 }
 
 impl Error {

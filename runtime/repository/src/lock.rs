@@ -152,6 +152,32 @@ pub(crate) struct LockGuard {
     written: Arc<Written>,
 }
 
+/// A held lock, as [`LockGuard::check`] hands it out.
+#[derive(Clone)]
+pub(crate) struct LockCheck {
+    backend: Backend,
+    path: String,
+    lost: Arc<AtomicBool>,
+    written: Arc<Written>,
+}
+
+impl LockCheck {
+    /// As [`LockGuard::held`].
+    pub(crate) async fn held(&self) -> Result<()> {
+        let lost = self.lost.load(Ordering::SeqCst)
+            || self.written.unsure()
+            || !self.backend.exists(&self.path).await?;
+        if !lost {
+            return Ok(());
+        }
+        self.lost.store(true, Ordering::SeqCst);
+        Err(Error::LockLost {
+            lock: self.path.clone(),
+            minutes: LOCK_STALE_AFTER.as_secs() / 60,
+        })
+    }
+}
+
 /// Half the time after which others take a lock for stale: a holder whose last write is older
 /// may have been taken for gone (its lock removed, or about to be), and must not rely on it,
 /// nor write it again (which would hide a removal between its check and its write).
@@ -314,20 +340,22 @@ impl LockGuard {
     }
 
     /// Fails when the lock is no longer held: removed by another process that took it for
-    /// stale, or not written for so long that another may take it for stale now. What this process relied on (packs a backup
-    /// deduplicated against) may then be gone, so nothing may be committed or deleted.
+    /// stale, or not written for so long that another may take it for stale now. What this
+    /// process relied on (packs a backup deduplicated against) may then be gone, so nothing
+    /// may be committed or deleted.
     pub(crate) async fn held(&self) -> Result<()> {
-        let lost = self.lost.load(Ordering::SeqCst)
-            || self.written.unsure()
-            || !self.backend.exists(&self.path).await?;
-        if !lost {
-            return Ok(());
+        self.check().held().await
+    }
+
+    /// What asks [`LockGuard::held`] from elsewhere (a backup's packer, before each index
+    /// file it writes).
+    pub(crate) fn check(&self) -> LockCheck {
+        LockCheck {
+            backend: self.backend.clone(),
+            path: self.path.clone(),
+            lost: self.lost.clone(),
+            written: self.written.clone(),
         }
-        self.lost.store(true, Ordering::SeqCst);
-        Err(Error::LockLost {
-            lock: self.path.clone(),
-            minutes: LOCK_STALE_AFTER.as_secs() / 60,
-        })
     }
 
     pub(crate) async fn release(mut self) {

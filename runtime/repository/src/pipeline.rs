@@ -15,6 +15,7 @@ use crate::crypto::{self, ChunkId, IdSet, MasterKeys};
 use crate::error::{Error, Result};
 use crate::format::{self, Entry, PackId};
 use crate::index::Index;
+use crate::lock::LockCheck;
 use bytes::Bytes;
 use rand::RngCore;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -199,6 +200,10 @@ pub(crate) struct Shared {
     pub(crate) backend: Backend,
     pub(crate) keys: Arc<MasterKeys>,
     pub(crate) index: Arc<RwLock<Index>>,
+    /// The lock the pipeline writes under: checked before each index file, so a backup that
+    /// lost it (taken for stale while the machine slept, and a prune ran) indexes no pack
+    /// that prune may have deleted meanwhile.
+    pub(crate) lock: LockCheck,
 }
 
 /// A running pipeline; [`Pipeline::finish`] waits for everything to be durable.
@@ -847,6 +852,11 @@ fn packer_loop(
         if pending.is_empty() {
             return done(failure);
         }
+        if let Err(e) = handle.block_on(shared.lock.held()) {
+            // Its packs stay unindexed: prune removes them, or `repair index` takes them in.
+            pending.clear();
+            return Err(failure.unwrap_or(e));
+        }
         let id = format::new_id();
         let sealed =
             format::seal_object(&shared.keys, "index", &id, &format::encode_index(pending));
@@ -1173,10 +1183,14 @@ mod tests {
             false,
         )
         .expect("a store");
+        let lock = crate::lock::LockGuard::acquire(&backend, false, "test")
+            .await
+            .expect("a lock");
         let shared = Shared {
             backend: backend.clone(),
             keys: Arc::new(MasterKeys::generate()),
             index: Arc::default(),
+            lock: lock.check(),
         };
         // Packs of one 128 KiB frame each: about 40 of them for 5 MiB that does not compress.
         let cfg = PipelineConfig {

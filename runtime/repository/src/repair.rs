@@ -73,10 +73,10 @@ impl Repository {
         let packs: HashSet<String> = self
             .inner
             .backend
-            .list("data/")
+            .list_packs()
             .await?
-            .iter()
-            .filter_map(|m| m.location.filename().map(str::to_owned))
+            .into_iter()
+            .map(|(hex, _)| hex)
             .collect();
         let lost = |ids: &[ChunkId]| -> Result<usize> {
             let idx = self.inner.index.read().map_err(|_| poisoned())?;

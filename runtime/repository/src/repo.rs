@@ -221,6 +221,9 @@ pub struct SnapshotFilter {
     pub since: Option<jiff::Timestamp>,
     /// Made before.
     pub until: Option<jiff::Timestamp>,
+    /// A relative `source` made absolute against the current directory, as a backup of a
+    /// relative path records it: a tree of it matches too.
+    pub source_dir: Option<String>,
 }
 
 impl SnapshotFilter {
@@ -242,13 +245,13 @@ impl SnapshotFilter {
     /// records it (`/data/` is `/data`).
     pub fn source(mut self, s: impl Into<String>) -> Self {
         let s = s.into();
-        self.source = Some(if s.starts_with('/') {
-            crate::tree::clean(std::path::Path::new(&s))
-                .display()
-                .to_string()
+        let clean = |p: &std::path::Path| crate::tree::clean(p).display().to_string();
+        if s.starts_with('/') {
+            self.source = Some(clean(std::path::Path::new(&s)));
         } else {
-            s
-        });
+            self.source_dir = std::path::absolute(&s).ok().map(|p| clean(&p));
+            self.source = Some(s);
+        }
         self
     }
     /// Requires the host the snapshots were made on.
@@ -257,7 +260,8 @@ impl SnapshotFilter {
         self
     }
     /// Requires snapshots made at or after a time: RFC 3339 (`2026-01-31T12:00:00Z`), a UTC
-    /// date (`2026-01-31`, its midnight) or a while ago (`36h`, `7d`, `2w`).
+    /// date and time (`2026-01-31T12:00:00`), a UTC date (`2026-01-31`, its midnight) or a
+    /// while ago (`36h`, `7d`, `2w`, `1y 6mo`).
     pub fn since(mut self, time: &str) -> Result<Self> {
         self.since = Some(parse_time(time)?);
         Ok(self)
@@ -270,7 +274,14 @@ impl SnapshotFilter {
     fn matches(&self, s: &SnapshotInfo) -> bool {
         self.tags.iter().all(|t| s.tags.contains(t))
             && !self.without_tags.iter().any(|t| s.tags.contains(t))
-            && self.source.as_deref().is_none_or(|p| same_source(s, p))
+            && self.source.as_deref().is_none_or(|p| {
+                same_source(s, p)
+                    || matches!(s.kind, crate::format::SnapshotKind::Tree { .. })
+                        && self
+                            .source_dir
+                            .as_deref()
+                            .is_some_and(|d| same_source(s, d))
+            })
             && self.host.as_deref().is_none_or(|h| s.hostname == h)
             && self.since.is_none_or(|t| s.time >= t)
             && self.until.is_none_or(|t| s.time < t)
@@ -288,41 +299,50 @@ fn same_source(s: &SnapshotInfo, source: &str) -> bool {
     }
 }
 
-/// A time as a filter takes it: RFC 3339 (`2026-01-31T12:00:00Z`), a UTC date (`2026-01-31`,
-/// its midnight) or a while ago (`36h`, `7d`, `2w`: seconds, minutes, hours, days, weeks).
+/// A time as a filter takes it: RFC 3339 (`2026-01-31T12:00:00Z`), a UTC date and time
+/// (`2026-01-31T12:00:00`, `2026-01-31 12:00`), a UTC date (`2026-01-31`, its midnight) or a
+/// while ago, in the units `--keep-within` takes (`36h`, `7d`, `2w`, `1y 6mo`, `90min`).
 fn parse_time(s: &str) -> Result<jiff::Timestamp> {
     if let Ok(t) = s.parse::<jiff::Timestamp>() {
         return Ok(t);
     }
-    if let Ok(d) = s.parse::<jiff::civil::Date>()
-        && let Ok(z) = d.to_zoned(jiff::tz::TimeZone::UTC)
+    let utc = |t: jiff::civil::DateTime| t.to_zoned(jiff::tz::TimeZone::UTC).ok();
+    // A date and time before a date: a date's parser would take the date of either.
+    if let Some(z) = s.parse::<jiff::civil::DateTime>().ok().and_then(utc) {
+        return Ok(z.timestamp());
+    }
+    if let Some(z) = s
+        .parse::<jiff::civil::Date>()
+        .ok()
+        .and_then(|d| utc(d.to_datetime(jiff::civil::Time::midnight())))
     {
         return Ok(z.timestamp());
     }
-    let unit = match s.chars().last() {
-        Some('s') => 1,
-        Some('m') => 60,
-        Some('h') => 3600,
-        Some('d') => 86_400,
-        Some('w') => 7 * 86_400,
-        _ => 0,
+    let bad = |why: String| {
+        Error::Invalid(format!(
+            "{s:?} is not a time: give an RFC 3339 time (2026-01-31T12:00:00Z), a UTC date and \
+             time (2026-01-31T12:00:00), a date (2026-01-31, midnight UTC) or a while ago (36h, \
+             7d, 2w, 1y 6mo){why}"
+        ))
     };
-    let ago = s[..s.len().saturating_sub(1)]
-        .parse::<i64>()
+    let (months, secs) = cairn_retention::Retention::parse_within(s).map_err(|e| {
+        bad(if s.ends_with('m') {
+            format!(": {e}")
+        } else {
+            String::new()
+        })
+    })?;
+    jiff::Timestamp::now()
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .checked_sub(jiff::Span::new().months(i64::from(months)))
         .ok()
-        .filter(|n| unit > 0 && *n >= 0)
-        .and_then(|n| n.checked_mul(unit))
-        .and_then(|secs| {
-            jiff::Timestamp::now()
+        .and_then(|z| {
+            let secs = i64::try_from(secs).ok()?;
+            z.timestamp()
                 .checked_sub(jiff::SignedDuration::from_secs(secs))
                 .ok()
-        });
-    ago.ok_or_else(|| {
-        Error::Invalid(format!(
-            "{s:?} is not a time: give an RFC 3339 time (2026-01-31T12:00:00Z), a date \
-             (2026-01-31, midnight UTC) or a while ago (36h, 7d, 2w)"
-        ))
-    })
+        })
+        .ok_or_else(|| bad(": it is too long ago".into()))
 }
 
 /// A damaged or missing object found by `check`.
@@ -391,7 +411,8 @@ pub enum ReadData {
         /// How many groups.
         m: u32,
     },
-    /// About this share of the packs (0.0–1.0), chosen at random on every check.
+    /// This share of the packs (0.0–1.0, rounded, at least one), chosen at random on every
+    /// check.
     Share(f64),
 }
 
@@ -433,8 +454,21 @@ impl ReadData {
                 .get(..16)
                 .and_then(|h| u64::from_str_radix(h, 16).ok())
                 .is_some_and(|v| v % u64::from(m) == u64::from(n - 1)),
-            Self::Share(share) => rand::random::<f64>() < share,
+            // Chosen by `chosen` beforehand.
+            Self::Share(_) => true,
         }
+    }
+
+    /// The packs (of `packs`) a share reads: that share of them, rounded, at least one, at
+    /// random; None for the other kinds, which choose by `reads`.
+    fn chosen<'a>(&self, packs: &[&'a String]) -> Option<HashSet<&'a String>> {
+        let Self::Share(share) = *self else {
+            return None;
+        };
+        let n = packs.len();
+        let k = ((n as f64 * share).round() as usize).clamp(usize::from(share > 0.0 && n > 0), n);
+        let picked = rand::seq::index::sample(&mut rand::rng(), n, k);
+        Some(picked.into_iter().map(|i| packs[i]).collect())
     }
 }
 
@@ -721,7 +755,7 @@ impl Repository {
         }
         // A repository whose config is lost still holds its data, which a new repository's
         // keys could never read: nothing is made over it.
-        for prefix in ["keys/", "snapshots/", "index/", "data/"] {
+        for prefix in ["snapshots/", "index/", "data/"] {
             if let Some(found) = backend.first(prefix).await? {
                 return Err(Error::Invalid(format!(
                     "{} has no config but holds a repository's objects ({found}): a repository \
@@ -730,6 +764,22 @@ impl Repository {
                     location.url
                 )));
             }
+        }
+        // Key slots alone: an init stopped between its slot and its config. They open nothing
+        // (no data was written under a key that has no config), and go.
+        for (id, _) in backend.list_sized_ids("keys/").await? {
+            backend
+                .delete_any(&format::key_path(&id))
+                .await
+                .map_err(|e| {
+                    Error::Invalid(format!(
+                        "{} has key slots but no config, as an init stopped before its config \
+                         leaves it, and slot {id} cannot be removed ({e}); remove it, then init \
+                         again",
+                        location.url
+                    ))
+                })?;
+            tracing::warn!(slot = %id, "removed a key slot an earlier, unfinished init left");
         }
         let keys = MasterKeys::generate();
         let mut config = Config {
@@ -928,7 +978,7 @@ impl Repository {
             lock.release().await;
             return Err(e);
         }
-        match self.start_pipeline(opts, default, self.inner.index.clone()) {
+        match self.start_pipeline(opts, default, self.inner.index.clone(), &lock) {
             Ok(p) => Ok((lock, p)),
             Err(e) => {
                 lock.release().await;
@@ -943,6 +993,7 @@ impl Repository {
         opts: &BackupOptions,
         default: Chunking,
         index: Arc<RwLock<Index>>,
+        lock: &LockGuard,
     ) -> Result<Pipeline> {
         let cfg = PipelineConfig {
             chunking: opts.chunking.unwrap_or(default),
@@ -969,6 +1020,7 @@ impl Repository {
             backend: self.inner.backend.clone(),
             keys: self.inner.keys.clone(),
             index,
+            lock: lock.check(),
         };
         Pipeline::start(shared, cfg)
     }
@@ -984,7 +1036,7 @@ impl Repository {
         opts: &BackupOptions,
     ) -> Result<SnapshotInfo> {
         let mut content = content;
-        info.summary.stored_bytes += self.store_nodes(&mut content, opts).await?;
+        info.summary.stored_bytes += self.store_nodes(lock, &mut content, opts).await?;
         let keys = &self.inner.keys;
         info.content = format::new_id();
         let sealed = format::seal_json(keys, "content", &info.content, &content)?;
@@ -1012,7 +1064,12 @@ impl Repository {
     /// then stores again only the stretches of nodes that changed since the last one, and a
     /// reader takes the nodes one by one as their chunks arrive. They go in packs of their
     /// own, so reading a tree's nodes reads no file data. Returns the bytes stored.
-    async fn store_nodes(&self, content: &mut Content, opts: &BackupOptions) -> Result<u64> {
+    async fn store_nodes(
+        &self,
+        lock: &LockGuard,
+        content: &mut Content,
+        opts: &BackupOptions,
+    ) -> Result<u64> {
         let Some((nodes, node_chunks, node_lists)) = content.tree_parts() else {
             return Ok(0);
         };
@@ -1029,7 +1086,7 @@ impl Repository {
             ..BackupOptions::default()
         };
         let pipeline =
-            self.start_pipeline(&node_opts, Chunking::NODES, self.inner.index.clone())?;
+            self.start_pipeline(&node_opts, Chunking::NODES, self.inner.index.clone(), lock)?;
         let (tx, blocks) = (pipeline.sender(), pipeline.blocks());
         let written = std::mem::take(nodes);
         let fed = tokio::task::spawn_blocking(move || -> Result<()> {
@@ -1525,13 +1582,28 @@ impl Repository {
                 .into_iter()
                 .map(|e| problem(e, Vec::new())),
         );
-        let (by_pack, missing_chunks) = {
+        let (by_pack, missing_chunks, dup_only) = {
             let idx = self.inner.index.read().map_err(|_| poisoned())?;
             // Grouped by pack number, then named: one hex name per pack, not per chunk.
+            // With the second places of chunks stored twice (two backups of the same data at
+            // once): their packs are indexed, and read by `--read-data` like any other.
             let mut per_pack: Vec<Vec<(ChunkId, Loc)>> = vec![Vec::new(); idx.packs.len()];
+            let mut primary = vec![false; idx.packs.len()];
             for (c, l) in idx.iter() {
                 per_pack[l.pack as usize].push((*c, l));
+                primary[l.pack as usize] = true;
             }
+            for (c, l) in idx.duplicates() {
+                per_pack[l.pack as usize].push((*c, l));
+            }
+            // Packs of second places only: what they hold is read from elsewhere.
+            let dup_only: HashSet<String> = idx
+                .packs
+                .iter()
+                .zip(&primary)
+                .filter(|(_, p)| !**p)
+                .map(|(p, _)| format::pack_hex(p))
+                .collect();
             let by_pack: HashMap<String, Vec<(ChunkId, Loc)>> = idx
                 .packs
                 .iter()
@@ -1544,7 +1616,7 @@ impl Repository {
                 .filter(|c| !idx.contains(c))
                 .copied()
                 .collect();
-            (by_pack, missing)
+            (by_pack, missing, dup_only)
         };
         let unindexed = packs_present
             .keys()
@@ -1573,6 +1645,7 @@ impl Repository {
         let mut pack_names: Vec<&String> = by_pack.keys().collect();
         pack_names.sort();
         report.packs = pack_names.len();
+        let chosen = read.chosen(&pack_names);
         let mut to_read = Vec::new();
         for hex in pack_names {
             let entries = &by_pack[hex];
@@ -1581,7 +1654,14 @@ impl Repository {
                 unreferenced_packs += 1;
             }
             let Some(&size) = packs_present.get(hex.as_str()) else {
-                blame.push(&mut report, path, "is missing".into(), ids_of(entries));
+                if dup_only.contains(hex) {
+                    report.warnings.push(format!(
+                        "pack {path} is missing; the index holds every chunk it held in other \
+                         packs too, so nothing is lost: `cairn repo repair index` drops it"
+                    ));
+                } else {
+                    blame.push(&mut report, path, "is missing".into(), ids_of(entries));
+                }
                 continue;
             };
             let needed = entries
@@ -1597,7 +1677,7 @@ impl Repository {
                 blame.push(&mut report, path, reason, ids_of(entries));
                 continue;
             }
-            if read.reads(hex) {
+            if read.reads(hex) && chosen.as_ref().is_none_or(|c| c.contains(hex)) {
                 report.packs_read += 1;
                 report.bytes_read += size;
                 to_read.push((hex, path, size, entries));
@@ -1948,10 +2028,17 @@ impl Repository {
             .await?;
         // A snapshot it cannot read: prune would take its data for unused.
         if let Some((id, e)) = damaged_snaps.into_iter().next() {
+            // The object is named once, by the error made here.
+            let why = match &e {
+                Error::Corrupt { object, reason, .. } if *object == format::snapshot_path(&id) => {
+                    reason.clone()
+                }
+                e => e.to_string(),
+            };
             return Err(Error::corrupt(
                 format::snapshot_path(&id),
                 format!(
-                    "{e}; prune cannot tell what it uses, and stops: `cairn repo forget {id}` \
+                    "{why}; prune cannot tell what it uses, and stops: `cairn repo forget {id}` \
                      removes it, then prune"
                 ),
             ));
@@ -2020,17 +2107,8 @@ impl Repository {
                 report.unfinished_bytes += u.size;
             }
         }
-        let listed: HashMap<String, object_store::ObjectMeta> = backend
-            .list("data/")
-            .await?
-            .into_iter()
-            .filter_map(|m| {
-                m.location
-                    .filename()
-                    .filter(|n| format::is_id(n))
-                    .map(|n| (n.to_string(), m.clone()))
-            })
-            .collect();
+        let listed: HashMap<String, object_store::ObjectMeta> =
+            backend.list_packs().await?.into_iter().collect();
         // Prune deletes the packs the index does not show in use: with an index file unread,
         // the packs it listed would look unused, unless `repair index` has indexed every pack
         // again (a damaged file it could not delete, being protected, then names none).
@@ -2137,7 +2215,7 @@ impl Repository {
         report.bytes_repacked = repack.live_bytes;
         report.bytes_reclaimable = repack.unused_bytes;
         if !dry_run && !repack.packs.is_empty() {
-            match self.repack(&repack.ids).await {
+            match self.repack(lock, &repack.ids).await {
                 // Their chunks are indexed in the new packs now: the old packs leave the
                 // index here and the store at the next prune.
                 Ok(()) => survivors.retain(|p, _| !repack.packs.contains(p)),
@@ -2219,13 +2297,8 @@ impl Repository {
     ) -> Result<PackRepair> {
         let backend = &self.inner.backend;
         self.refresh_index().await?;
-        let listed: HashMap<String, object_store::ObjectMeta> = backend
-            .list("data/")
-            .await?
-            .into_iter()
-            .filter_map(|m| Some((m.location.filename()?.to_string(), m.clone())))
-            .filter(|(n, _)| format::is_id(n))
-            .collect();
+        let listed: HashMap<String, object_store::ObjectMeta> =
+            backend.list_packs().await?.into_iter().collect();
         let mut report = PackRepair::default();
         let mut doomed = Vec::new();
         for name in packs {
@@ -2290,7 +2363,7 @@ impl Repository {
         // them indexed twice, never lost.
         for (_, intact) in &doomed {
             if !intact.is_empty() {
-                self.repack(intact).await?;
+                self.repack(lock, intact).await?;
             }
         }
         lock.held().await?;
@@ -2321,17 +2394,12 @@ impl Repository {
             let idx = self.inner.index.read().map_err(|_| poisoned())?;
             idx.packs.iter().map(format::pack_hex).collect()
         };
-        let stored = backend.list("data/").await?;
-        let present: HashSet<&str> = stored
-            .iter()
-            .filter_map(|m| m.location.filename())
-            .collect();
+        let stored = backend.list_packs().await?;
+        let present: HashSet<&str> = stored.iter().map(|(hex, _)| hex.as_str()).collect();
         let unindexed: Vec<(String, format::PackId, u64)> = stored
             .iter()
-            .filter_map(|m| {
-                let hex = m.location.filename().filter(|n| !indexed.contains(*n))?;
-                Some((hex.to_string(), format::pack_id(hex)?, m.size))
-            })
+            .filter(|(hex, _)| !indexed.contains(hex))
+            .filter_map(|(hex, m)| Some((hex.clone(), format::pack_id(hex)?, m.size)))
             .collect();
         // Index files listing a pack that is gone, and what they list of the packs that are
         // not (a chunk the merged index holds elsewhere is left out: it stays indexed there).
@@ -2390,7 +2458,7 @@ impl Repository {
         // headers: the merged index holds one place per chunk, which may be the lost one.
         let sizes: HashMap<&str, u64> = stored
             .iter()
-            .filter_map(|m| Some((m.location.filename()?, m.size)))
+            .map(|(hex, m)| (hex.as_str(), m.size))
             .collect();
         let mut kept = kept;
         for (pack, entries) in kept.iter_mut() {
@@ -2546,7 +2614,7 @@ impl Repository {
 
     /// Copies the chunks `ids` (in pack order) into new packs and index files, through the
     /// backup pipeline, with nothing deduplicated against the current index.
-    async fn repack(&self, ids: &[ChunkId]) -> Result<()> {
+    async fn repack(&self, lock: &LockGuard, ids: &[ChunkId]) -> Result<()> {
         let plan = {
             let idx = self.inner.index.read().map_err(|_| poisoned())?;
             crate::restore::plan(&idx, &self.inner.keys, ids)?
@@ -2556,6 +2624,7 @@ impl Repository {
             &BackupOptions::default(),
             Chunking::PAGES,
             Arc::new(RwLock::new(Index::default())),
+            lock,
         )?;
         let tx = pipeline
             .sender()
@@ -2670,8 +2739,7 @@ impl Repository {
         self.inner
             .backend
             .delete_data(&format::key_path(&id), None)
-            .await
-            .map_err(slot_protected)?;
+            .await?;
         Ok(id)
     }
 
@@ -2692,21 +2760,17 @@ impl Repository {
                 .backend
                 .protected_until(m.last_modified.timestamp())
         {
-            return Err(slot_protected(Error::Protected {
+            return Err(Error::Protected {
                 object: path,
                 until: until.to_string(),
-            }));
+            });
         }
         // The slot going away is not renewed on its way out (a new retention date would
         // protect it from the delete below): the new one is, from its first write.
         self.inner.backend.renew_with(None);
         let id = self.add_key(new_key, &label).await?;
         self.inner.backend.renew_with(Some(format::key_path(&id)));
-        self.inner
-            .backend
-            .delete_data(&path, None)
-            .await
-            .map_err(slot_protected)?;
+        self.inner.backend.delete_data(&path, None).await?;
         Ok(id)
     }
 
@@ -2884,19 +2948,6 @@ async fn write_slot(
         .put_data(&format::key_path(&id), Bytes::from(body))
         .await?;
     Ok(id)
-}
-
-/// A key slot's protection, said as what to do about it.
-fn slot_protected(e: Error) -> Error {
-    match e {
-        Error::Protected { object, until } => Error::Invalid(format!(
-            "key slot {object} is protected until {until}, as data is (a slot deleted would \
-             leave the data it opens unreadable; on Object Lock, each run that writes data \
-             through it renews that): it can be removed after that; `cairn repo key add` adds a \
-             new key now, and a slot no longer used to open the repository is no longer renewed"
-        )),
-        e => e,
-    }
 }
 
 /// The key slots, in listing order, read at once.
@@ -3153,6 +3204,14 @@ mod tests {
             t("2026-01-31").expect("a date").to_string(),
             "2026-01-31T00:00:00Z"
         );
+        // Without an offset, the time of day is UTC's, not dropped.
+        for utc in ["2024-06-30T23:59:59", "2024-06-30 23:59:59"] {
+            assert_eq!(t(utc).expect(utc).to_string(), "2024-06-30T23:59:59Z");
+        }
+        let ago = jiff::Timestamp::now().as_second() - t("1y").expect("ago").as_second();
+        assert!((365 * 86_400..=366 * 86_400 + 5).contains(&ago), "{ago}");
+        let e = t("30m").expect_err("ambiguous").to_string();
+        assert!(e.contains("`30mo` for months or `30min`"), "{e}");
         let ago = jiff::Timestamp::now().as_second() - t("36h").expect("ago").as_second();
         assert!((36 * 3600..36 * 3600 + 5).contains(&ago), "{ago}");
         let ago = jiff::Timestamp::now().as_second() - t("2w").expect("ago").as_second();

@@ -208,6 +208,19 @@ async fn foreign_files_are_reported_not_fatal() {
         "{report:?}"
     );
     repo2.restore_stream(&a, &mut Vec::new()).await.unwrap();
+    // Files named like packs, but not where a pack of their name is: not packs. Repairing
+    // the index passes them by, and prune neither deletes nor counts them.
+    let id = "ffffffffffffffffffffffffffffffff";
+    for foreign in [format!("data/zz/{id}"), format!("data/{id}")] {
+        let path = d.path().join(&foreign);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, b"foreign").unwrap();
+    }
+    let fixed = repo.repair_index(false).await.unwrap();
+    assert_eq!(fixed.packs_indexed, 0, "{fixed:?}");
+    let pruned = repo.prune(false).await.unwrap();
+    assert_eq!(pruned.packs_deleted, 0, "{pruned:?}");
+    assert!(d.path().join(format!("data/zz/{id}")).exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -384,6 +397,11 @@ async fn data_subsets_together_read_every_pack_once_and_name_the_damage() {
     assert_eq!(none.packs_read, 0);
     let every = repo.check_data(ReadData::Share(1.0)).await.unwrap();
     assert_eq!(every.packs_read, all.packs);
+    // A share is of the count, rounded, and at least one pack (restic's `P%`).
+    let one = repo.check_data(ReadData::Share(0.001)).await.unwrap();
+    assert_eq!(one.packs_read, 1);
+    let half = repo.check_data(ReadData::Share(0.5)).await.unwrap();
+    assert_eq!(half.packs_read, all.packs.div_ceil(2), "{half:?}");
     for bad in ["0/3", "4/3", "1/0", "3", "x/2", "150%", "-1%"] {
         let e = ReadData::parse_subset(bad).unwrap_err().to_string();
         assert!(e.contains(bad) && e.contains("N/M"), "{e}");

@@ -711,6 +711,18 @@ async fn prune_frees_data_two_backups_stored_at_once() {
     let (a, b) = (a.unwrap(), b.unwrap());
     let twice = du(&d.path().join("data"));
     assert!(twice > 39_000_000, "stored twice: {twice}");
+    // Before prune, check reads both copies' packs, and none is "in no index".
+    let packs = std::fs::read_dir(d.path().join("data"))
+        .unwrap()
+        .flat_map(|sub| std::fs::read_dir(sub.unwrap().path()).unwrap())
+        .count();
+    let report = repo.check(true).await.unwrap();
+    assert!(report.is_ok(), "{report:?}");
+    assert_eq!(report.packs_read, packs, "{report:?}");
+    assert!(
+        !report.warnings.iter().any(|w| w.contains("in no index")),
+        "{report:?}"
+    );
     for _ in 0..2 {
         repo.prune(false).await.unwrap();
     }
