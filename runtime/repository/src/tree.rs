@@ -1705,11 +1705,12 @@ impl Repository {
         let mut files: Vec<ToWrite> = Vec::new();
         let mut ids = Vec::new();
         // Hard links whose first name is restored too are linked to it once it is written;
-        // the others are written as files of their own. Most trees have none.
+        // when it is not, the first of them restored is written and the others linked to it.
+        // Most trees have none.
         let linking = nodes
             .iter()
             .any(|n| n.link().is_some() || n.link_raw().is_some());
-        let written: HashMap<std::borrow::Cow<str>, &Node> = nodes
+        let mut written: HashMap<std::borrow::Cow<str>, &Node> = nodes
             .iter()
             .filter(|n| linking && n.kind == NodeKind::File)
             .filter(|n| n.link().is_none() && n.link_raw().is_none())
@@ -1726,16 +1727,23 @@ impl Repository {
                 NodeKind::File => {
                     summary.files += 1;
                     summary.bytes += n.size;
-                    let first = match (n.link_raw(), n.link()) {
-                        (Some(raw), _) => written.get(parent_key("", Some(raw)).as_ref()),
-                        (None, Some(path)) => written.get(path),
+                    let key = match (n.link_raw(), n.link()) {
+                        (Some(raw), _) => Some(parent_key("", Some(raw))),
+                        (None, Some(path)) => Some(path.into()),
                         (None, None) => None,
                     };
-                    if let Some(first) = first {
-                        let first = safe_join(&target, first)
-                            .map_err(|e| crate::repo::with_snapshot(e, &info.id))?;
-                        links.push((first, p));
-                        continue;
+                    if let Some(key) = key {
+                        match written.get(key.as_ref()) {
+                            Some(first) => {
+                                let first = safe_join(&target, first)
+                                    .map_err(|e| crate::repo::with_snapshot(e, &info.id))?;
+                                links.push((first, p));
+                                continue;
+                            }
+                            None => {
+                                written.insert(key, n);
+                            }
+                        }
                     }
                     files.push((p, n.chunks.0.len(), i));
                     ids.extend_from_slice(&n.chunks.0);

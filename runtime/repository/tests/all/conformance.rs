@@ -584,6 +584,7 @@ async fn hard_links_are_restored_as_links() {
     let (repo, dir, src) = repo_and_tree(7).await;
     std::fs::create_dir(src.join("z")).unwrap();
     std::fs::hard_link(src.join("a/dump.sql"), src.join("z/again.sql")).unwrap();
+    std::fs::hard_link(src.join("a/dump.sql"), src.join("z/third.sql")).unwrap();
     let snap = repo.backup_tree(&src, BackupOptions::new()).await.unwrap();
     let dst = dir.path().join("dst");
     let (counted, total) = (
@@ -597,18 +598,19 @@ async fn hard_links_are_restored_as_links() {
         .restore_paths_with(&snap, &dst, &[], &opts)
         .await
         .unwrap();
-    assert_eq!(r.files, 5);
-    // The link is neither read nor written: the bar's total leaves it out and is reached.
+    assert_eq!(r.files, 6);
+    // The links are neither read nor written: the bar's total leaves them out and is reached.
     let linked = std::fs::metadata(src.join("a/dump.sql")).unwrap().len();
     let total = total.load(std::sync::atomic::Ordering::Relaxed);
-    assert_eq!(total, r.bytes - linked);
+    assert_eq!(total, r.bytes - 2 * linked);
     assert_eq!(counted.load(std::sync::atomic::Ordering::Relaxed), total);
     assert_same_tree(&src, &dst);
     let (a, b) = (
         std::fs::metadata(dst.join("a/dump.sql")).unwrap(),
         std::fs::metadata(dst.join("z/again.sql")).unwrap(),
     );
-    assert_eq!((a.ino(), a.nlink()), (b.ino(), 2), "one file, two names");
+    assert_eq!((a.ino(), a.nlink()), (b.ino(), 3), "one file, three names");
+    // Without the first name, the names restored are still one file.
     let part = dir.path().join("part");
     repo.restore_paths_of(&snap, &part, &["z".to_string()])
         .await
@@ -617,6 +619,11 @@ async fn hard_links_are_restored_as_links() {
         std::fs::read(part.join("z/again.sql")).unwrap(),
         std::fs::read(src.join("a/dump.sql")).unwrap()
     );
+    let (b, c) = (
+        std::fs::metadata(part.join("z/again.sql")).unwrap(),
+        std::fs::metadata(part.join("z/third.sql")).unwrap(),
+    );
+    assert_eq!((b.ino(), b.nlink()), (c.ino(), 2), "one file, two names");
 }
 
 /// Names that are not UTF-8 are linked too: the link records the first name's bytes; and a
