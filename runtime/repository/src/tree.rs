@@ -1661,7 +1661,9 @@ impl Repository {
         }
         // Into a directory that holds something: a directory where the snapshot has a file or
         // a link is not removed with what it holds (an empty one is), and is refused before
-        // anything is written.
+        // anything is written; unless the restore deletes what the snapshot does not hold,
+        // which such a directory is, with all below it.
+        let mut removed = 0;
         if std::fs::read_dir(&target).is_ok_and(|mut d| d.next().is_some()) {
             let mut in_the_way = Vec::new();
             // Whether each directory below the target is one (not a link, which the restore
@@ -1683,15 +1685,24 @@ impl Repository {
                     && std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir())
                     && std::fs::remove_dir(&p).is_err()
                 {
-                    in_the_way.push(p.display().to_string());
+                    in_the_way.push(p);
+                }
+            }
+            if opts.delete {
+                for p in in_the_way.drain(..) {
+                    std::fs::remove_dir_all(&p)
+                        .map_err(|e| Error::io("remove directory", &p, e))?;
+                    removed += 1;
                 }
             }
             if let Some(first) = in_the_way.first() {
                 return Err(Error::Invalid(format!(
                     "restore target {} holds directories where snapshot {} has files or links: \
-                     {first}{}; move them away (or restore into an empty directory)",
+                     {}{}; move them away (or restore into an empty directory, or with \
+                     --delete, which removes them)",
                     target.display(),
                     info.short_id(),
+                    first.display(),
                     match in_the_way.len() {
                         1 => String::new(),
                         n => format!(" and {} more", n - 1),
@@ -1842,7 +1853,7 @@ impl Repository {
             }
         }
         if opts.delete {
-            summary.deleted = delete_extras(&target, &nodes, include)?;
+            summary.deleted = removed + delete_extras(&target, &nodes, include)?;
         }
         set_dirs(&meta, &target, &nodes)?;
         loosened.keep();

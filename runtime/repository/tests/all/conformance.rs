@@ -561,15 +561,22 @@ async fn a_restore_with_delete_makes_the_target_the_snapshot() {
     assert!(dst.join("extra.wal").exists());
     assert!(!dst.join("a/b/extra").exists());
 
-    // The whole tree: the target is the snapshot, and nothing a link pointed at is touched.
+    // The whole tree: the target is the snapshot, and nothing a link pointed at is touched;
+    // a directory where the snapshot has a file goes with what it holds, which a restore
+    // without --delete refuses to touch.
     extras(&dst);
+    std::fs::remove_file(dst.join("a/dump.sql")).unwrap();
+    std::fs::create_dir_all(dst.join("a/dump.sql/since")).unwrap();
+    std::fs::write(dst.join("a/dump.sql/since/f"), b"made since").unwrap();
+    let e = repo.restore_tree(&snap.id, &dst).await.unwrap_err();
+    assert!(e.to_string().contains("with --delete, which removes them"), "{e}");
     let r = repo
         .restore_paths_with(&info, &dst, &[], &opts)
         .await
         .unwrap();
     assert_eq!(
-        r.deleted, 5,
-        "the three below a, extra.wal and the half-written file"
+        r.deleted, 6,
+        "the three below a, extra.wal, the half-written file and a/dump.sql/"
     );
     assert_same_tree(&src, &dst);
     assert_eq!(std::fs::read(outside.join("precious")).unwrap(), b"keep me");
