@@ -134,6 +134,9 @@ enum RepoCommand {
         /// under it; repeatable.
         #[arg(long, value_name = "PATH")]
         include: Vec<PathBuf>,
+        /// Which snapshot `latest` is: the newest of those these select.
+        #[command(flatten)]
+        filter: FilterArgs,
         /// Leave holes where a tree's files hold whole 4 KiB blocks of zeros (disk images),
         /// instead of writing them. A preallocated file (a database's WAL segment) is then
         /// no longer allocated, so it is off by default.
@@ -153,6 +156,9 @@ enum RepoCommand {
         id: String,
         /// Only these paths (relative to the snapshot's root), with what is under them.
         paths: Vec<PathBuf>,
+        /// Which snapshot `latest` is: the newest of those these select.
+        #[command(flatten)]
+        filter: FilterArgs,
     },
     /// Which tree snapshots hold what the patterns match, newest first: a name at any depth
     /// (`*.conf`), or with `/` a path from the root (`etc/**/pg_hba.conf`), as --exclude.
@@ -344,6 +350,24 @@ impl FilterArgs {
             || self.host.is_some()
             || self.since.is_some()
             || self.until.is_some()
+    }
+
+    /// The snapshot `id` names, where `latest` is the newest of those these select (restic's
+    /// `latest` with `--host`, `--path`, `--tag`).
+    async fn chosen(&self, repo: &Repository, id: &str) -> anyhow::Result<String> {
+        if !self.given() {
+            return Ok(id.to_owned());
+        }
+        if id != "latest" {
+            return Err(usage(format!(
+                "--tag, --path, --host, --since and --until choose which snapshot `latest` is; \
+                 snapshot {id} is named already: leave them out"
+            )));
+        }
+        let snaps = repo.snapshots(&self.filter()?).await?;
+        snaps.last().map(|s| s.id.clone()).ok_or_else(|| {
+            usage("no snapshot matches --tag, --path, --host, --since and --until: there is no `latest` among them")
+        })
     }
 
     fn filter(&self) -> anyhow::Result<SnapshotFilter> {
@@ -1380,8 +1404,8 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                 serde_json::to_value(&list).context("encoding snapshots")?,
             );
         }
-        RepoCommand::Ls { id, paths } => {
-            let info = repo.snapshot(id).await?;
+        RepoCommand::Ls { id, paths, filter } => {
+            let info = repo.snapshot(&filter.chosen(&repo, id).await?).await?;
             let entries = repo.list_tree(&info, &named(paths)).await?;
             args.print(
                 || {
@@ -1636,7 +1660,9 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
             include,
             sparse,
             delete,
+            filter,
         } => {
+            let id = &filter.chosen(&repo, id).await?;
             let include = &named(include);
             let to_stdout = target.as_os_str() == "-";
             let target_path = target;

@@ -1157,7 +1157,55 @@ fn filters_tags_and_levels_are_read_as_given_or_refused() {
     // Today, late: the snapshot was made before it, whatever the hour now.
     let late = format!("{}T23:59:59", &jiff::Timestamp::now().to_string()[..10]);
     assert!(listed(&["--since", &late], repo.dir.path()).is_empty());
-    assert_eq!(listed(&["--until", &late], repo.dir.path()), [id]);
+    assert_eq!(listed(&["--until", &late], repo.dir.path()), [id.clone()]);
+
+    // `latest` among those the filters select: the tree, not the newer stream.
+    let stream = repo.dir.path().join("big.sql");
+    std::fs::write(&stream, "a stream").expect("stream");
+    let out = repo
+        .cairn
+        .command(
+            &[
+                &["repo", "backup", "-", "--stdin-name", "big.sql"],
+                &common[..],
+            ]
+            .concat(),
+        )
+        .stdin(std::fs::File::open(&stream).expect("stream"))
+        .output()
+        .expect("cairn runs");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = repo.ok(&["repo", "restore", "latest", "--target", "-"]);
+    assert_eq!(out.stdout, b"a stream");
+    let target = repo.dir.path().join("back");
+    let to = target.to_str().expect("utf-8");
+    let out = repo.ok(&[
+        "repo",
+        "ls",
+        "latest",
+        "--path",
+        data.to_str().expect("utf-8"),
+    ]);
+    assert!(stdout(&out).contains("f"), "{}", stdout(&out));
+    repo.ok(&[
+        "repo",
+        "restore",
+        "latest",
+        "--target",
+        to,
+        "--path",
+        data.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(std::fs::read_to_string(target.join("f")).expect("f"), "x");
+    for args in [
+        &[
+            "repo", "restore", "latest", "--target", to, "--path", "/nothing",
+        ][..],
+        &["repo", "restore", &id[..8], "--target", to, "--tag", "x"][..],
+    ] {
+        let out = repo.run(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+    }
 
     for tag in ["export", "namespace=shop", "workload=db", "blueprint=pg"] {
         let out = repo.run(&[

@@ -569,7 +569,10 @@ async fn a_restore_with_delete_makes_the_target_the_snapshot() {
     std::fs::create_dir_all(dst.join("a/dump.sql/since")).unwrap();
     std::fs::write(dst.join("a/dump.sql/since/f"), b"made since").unwrap();
     let e = repo.restore_tree(&snap.id, &dst).await.unwrap_err();
-    assert!(e.to_string().contains("with --delete, which removes them"), "{e}");
+    assert!(
+        e.to_string().contains("with --delete, which removes them"),
+        "{e}"
+    );
     let r = repo
         .restore_paths_with(&info, &dst, &[], &opts)
         .await
