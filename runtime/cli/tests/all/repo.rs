@@ -1148,16 +1148,22 @@ fn filters_tags_and_levels_are_read_as_given_or_refused() {
             .map(|s| s["id"].as_str().expect("id").to_owned())
             .collect::<Vec<_>>()
     };
-    assert_eq!(listed(&["--path", "data"], repo.dir.path()), [id.clone()]);
+    assert_eq!(
+        listed(&["--path", "data"], repo.dir.path()),
+        std::slice::from_ref(&id)
+    );
     assert_eq!(
         listed(&["--path", "./data/"], repo.dir.path()),
-        [id.clone()]
+        std::slice::from_ref(&id)
     );
     assert!(listed(&["--path", "data"], &data).is_empty());
     // Today, late: the snapshot was made before it, whatever the hour now.
     let late = format!("{}T23:59:59", &jiff::Timestamp::now().to_string()[..10]);
     assert!(listed(&["--since", &late], repo.dir.path()).is_empty());
-    assert_eq!(listed(&["--until", &late], repo.dir.path()), [id.clone()]);
+    assert_eq!(
+        listed(&["--until", &late], repo.dir.path()),
+        std::slice::from_ref(&id)
+    );
 
     // `latest` among those the filters select: the tree, not the newer stream.
     let stream = repo.dir.path().join("big.sql");
