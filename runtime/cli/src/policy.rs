@@ -511,9 +511,9 @@ pub(crate) fn secret_sources(
         .collect()
 }
 
-/// A retention as a file writes it: the counts, and `within` as a duration with its unit
-/// (`30d`, `12h`, `90m`). A bare number is refused: the catalog keeps seconds, and `within: 30`
-/// meant as days kept 30 seconds.
+/// A retention as a file writes it: the counts, and `within` as a duration with its units
+/// (`30d`, `12h`, `90m` minutes, `6mo` and `1y` calendar months and years). A bare number is
+/// refused: the catalog keeps seconds, and `within: 30` meant as days kept 30 seconds.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RetentionFile {
@@ -545,8 +545,10 @@ impl RetentionFile {
     fn into_retention(self) -> Result<Retention, String> {
         let (months, within) = match self.within {
             None => (0, 0),
+            // As files written for earlier releases give it (`90m` minutes): a file applied
+            // again must mean what it did.
             Some(Within::Text(t)) => {
-                Retention::parse_within(&t).map_err(|e| format!("retention within: {e}"))?
+                Retention::parse_within_legacy(&t).map_err(|e| format!("retention within: {e}"))?
             }
             Some(Within::Number(n)) => {
                 return Err(format!(

@@ -852,10 +852,15 @@ fn packer_loop(
         if pending.is_empty() {
             return done(failure);
         }
-        if let Err(e) = handle.block_on(shared.lock.held()) {
+        match handle.block_on(shared.lock.held()) {
+            Ok(()) => {}
             // Its packs stay unindexed: prune removes them, or `repair index` takes them in.
-            pending.clear();
-            return Err(failure.unwrap_or(e));
+            Err(e @ Error::LockLost { .. }) => {
+                pending.clear();
+                return Err(failure.unwrap_or(e));
+            }
+            // The store not answering about the lock proves nothing lost; the commit asks again.
+            Err(e) => tracing::warn!(error = %e, "the backup's lock could not be looked at"),
         }
         let id = format::new_id();
         let sealed =

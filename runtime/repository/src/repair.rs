@@ -35,17 +35,19 @@ pub struct SnapshotRepair {
 
 impl Repository {
     /// Looks for lost data in tree snapshot `id_or_prefix`: files with a chunk, or a list
-    /// chunk of their chunk ids, that no pack holds (per the index, and the packs listed).
-    /// When it finds some, and unless `dry_run`, it writes a new snapshot of the same time,
-    /// host, source and tags (and [`REPAIRED_TAG`]) without those files; with `forget`, it
-    /// then removes the damaged one (unless the protection period keeps it). Directories,
-    /// links and the other files stay as they were; a hard link whose first name was left
-    /// out becomes a file of its own.
+    /// chunk of their chunk ids, that the index does not hold. When it finds some, and unless
+    /// `dry_run`, it writes a new snapshot of the same time, host, source and tags (and
+    /// [`REPAIRED_TAG`]) without those files, unless an earlier run wrote that already; with
+    /// `forget`, it then removes the damaged one (unless the protection period keeps it).
+    /// Directories, links and the other files stay as they were; a hard link whose first name
+    /// was left out becomes a file of its own.
     ///
-    /// Run `repair index` and `repair packs` first: a chunk the index still places in a pack
-    /// that is there counts as whole, as a damaged pack's chunks do until `repair packs`
-    /// drops them. A stream with lost data, and a tree whose list of files (its node chunks)
-    /// is lost, cannot be repaired by leaving files out, and are an error that says so.
+    /// Run `repair index` and `repair packs` first: while the index names a missing pack this
+    /// refuses (a chunk in it may be whole elsewhere), and a damaged pack's chunks count as
+    /// whole until `repair packs` drops them. Only damage leaves a file out: a store that
+    /// fails, or a permission, stops the repair with nothing written. A stream with lost data,
+    /// and a tree whose list of files (its node chunks) is lost, cannot be repaired by leaving
+    /// files out, and are an error that says so.
     ///
     /// Takes the backup lock, as a backup does: what it writes is a snapshot, and the data it
     /// names is in packs already.
@@ -70,6 +72,8 @@ impl Repository {
         forget: bool,
     ) -> Result<SnapshotRepair> {
         self.update_index().await?;
+        // A chunk the index places in a missing pack may be whole in another (two backups
+        // stored it at once): only `repair index`, which drops the missing packs, can tell.
         let packs: HashSet<String> = self
             .inner
             .backend
@@ -78,28 +82,37 @@ impl Repository {
             .into_iter()
             .map(|(hex, _)| hex)
             .collect();
+        let gone = {
+            let idx = self.inner.index.read().map_err(|_| poisoned())?;
+            idx.packs
+                .iter()
+                .filter(|p| !packs.contains(&format::pack_hex(p)))
+                .count()
+        };
+        if gone > 0 {
+            return Err(Error::Invalid(format!(
+                "the index names {gone} packs that are missing; run `cairn repo repair index` \
+                 first, which drops them (a chunk they held may be whole in another pack), \
+                 then repair the snapshots"
+            )));
+        }
         let lost = |ids: &[ChunkId]| -> Result<usize> {
             let idx = self.inner.index.read().map_err(|_| poisoned())?;
-            Ok(ids
-                .iter()
-                .filter(|id| {
-                    idx.get(id).is_none_or(|l| {
-                        !packs.contains(&format::pack_hex(&idx.packs[l.pack as usize]))
-                    })
-                })
-                .count())
+            Ok(ids.iter().filter(|id| !idx.contains(id)).count())
         };
         let mut report = SnapshotRepair {
             snapshot: info.id.clone(),
             ..SnapshotRepair::default()
         };
-        let mut content = self.content_object(info).await.map_err(|e| {
-            Error::Invalid(format!(
+        // Damage only: a store that fails, or a permission, is not lost data.
+        let mut content = self.content_object(info).await.map_err(|e| match e {
+            Error::Corrupt { .. } | Error::Missing { .. } => Error::Invalid(format!(
                 "snapshot {}: {e}; its list of files is lost, so no repair can keep part of \
                  it: `cairn repo forget {}` removes it",
                 info.short_id(),
                 info.id
-            ))
+            )),
+            e => e,
         })?;
         let nodes = match &mut content {
             Content::Stream { chunks, lists, .. } => {
@@ -140,16 +153,24 @@ impl Repository {
                 listed.push(i);
             }
         }
-        if self
+        match self
             .fill_lists(lists_of(nodes, &mut ids, &listed), info)
             .await
-            .is_err()
         {
-            for &i in &listed {
-                if let Err(e) = self.fill_lists(lists_of(nodes, &mut ids, &[i]), info).await {
-                    why[i] = Some(format!("the list of its chunks cannot be read: {e}"));
+            Ok(()) => {}
+            Err(Error::Corrupt { .. } | Error::Missing { .. }) => {
+                for &i in &listed {
+                    match self.fill_lists(lists_of(nodes, &mut ids, &[i]), info).await {
+                        Ok(()) => {}
+                        Err(e @ (Error::Corrupt { .. } | Error::Missing { .. })) => {
+                            why[i] = Some(format!("the list of its chunks is damaged: {e}"));
+                        }
+                        Err(e) => return Err(e),
+                    }
                 }
             }
+            // Not damage (the store failing, a permission): nothing is known lost.
+            Err(e) => return Err(e),
         }
         for &i in &files {
             if why[i].is_none() {
@@ -172,6 +193,26 @@ impl Repository {
         if report.dropped.is_empty() || dry_run {
             return Ok(report);
         }
+        // Repaired before (a run that could not remove it, or was not asked to): that repair
+        // stands, and no second one is written.
+        let earlier = self
+            .snapshots(&crate::repo::SnapshotFilter::new().tag(REPAIRED_TAG))
+            .await?
+            .into_iter()
+            .find(|s| {
+                s.id != info.id
+                    && s.time == info.time
+                    && s.kind == info.kind
+                    && s.hostname == info.hostname
+                    && s.tags
+                        .iter()
+                        .filter(|t| *t != REPAIRED_TAG)
+                        .eq(info.tags.iter().filter(|t| *t != REPAIRED_TAG))
+            });
+        if let Some(earlier) = earlier {
+            report.repaired = Some(earlier.id);
+            return self.forget_repaired(info, forget, report).await;
+        }
         // A hard link of a file left out keeps its own chunks: it becomes that file.
         let unlinked: Vec<usize> = (0..nodes.len())
             .filter(|&i| why[i].is_none() && nodes[i].linked().is_some_and(|l| dropped.contains(l)))
@@ -192,19 +233,30 @@ impl Repository {
         if !tags.iter().any(|t| t == REPAIRED_TAG) {
             tags.push(REPAIRED_TAG.to_owned());
         }
-        let mut repaired = SnapshotInfo::made(
+        let repaired = SnapshotInfo::made(
             info.kind.clone(),
             info.time,
             Some(info.hostname.clone()),
             tags,
             summary,
         );
-        // What copies of it elsewhere still hold whole is not copied there again.
-        repaired.original = Some(info.original_id().to_owned());
+        // Not named a copy of the original: a `copy` from where it is whole then brings it
+        // whole again, rather than taking this part of it for it.
         let repaired = self
             .commit(lock, content, repaired, &BackupOptions::default())
             .await?;
         report.repaired = Some(repaired.id);
+        self.forget_repaired(info, forget, report).await
+    }
+
+    /// With `forget`, removes the damaged snapshot `info` that `report` repaired, unless the
+    /// protection period keeps it.
+    async fn forget_repaired(
+        &self,
+        info: &SnapshotInfo,
+        forget: bool,
+        mut report: SnapshotRepair,
+    ) -> Result<SnapshotRepair> {
         if forget {
             let removed = self
                 .forget_ids(std::slice::from_ref(&info.id), false)

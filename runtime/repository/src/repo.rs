@@ -735,6 +735,10 @@ pub(crate) fn poisoned() -> Error {
     Error::Invalid("repository index lock poisoned".into())
 }
 
+/// How old, in seconds, a key slot with no config is taken for one an interrupted init left
+/// (an init writes its config a moment after its slot).
+const LEFT_SLOT_AGE: i64 = 600;
+
 impl Repository {
     /// Creates a repository at `location`, with one key slot wrapped by `key`.
     pub async fn init(
@@ -766,20 +770,37 @@ impl Repository {
             }
         }
         // Key slots alone: an init stopped between its slot and its config. They open nothing
-        // (no data was written under a key that has no config), and go.
-        for (id, _) in backend.list_sized_ids("keys/").await? {
-            backend
-                .delete_any(&format::key_path(&id))
-                .await
-                .map_err(|e| {
-                    Error::Invalid(format!(
-                        "{} has key slots but no config, as an init stopped before its config \
-                         leaves it, and slot {id} cannot be removed ({e}); remove it, then init \
-                         again",
-                        location.url
-                    ))
-                })?;
-            tracing::warn!(slot = %id, "removed a key slot an earlier, unfinished init left");
+        // (no data was written under a key that has no config), and go; but not while they
+        // are young, when another init may be between its slot and its config now.
+        let slots: Vec<object_store::ObjectMeta> = backend
+            .list("keys/")
+            .await?
+            .into_iter()
+            .filter(|m| m.location.filename().is_some_and(format::is_id))
+            .collect();
+        if !slots.is_empty() {
+            backend.probe_clock().await;
+        }
+        for m in slots {
+            let age = backend.now() - m.last_modified.timestamp();
+            if age < LEFT_SLOT_AGE {
+                return Err(Error::Invalid(format!(
+                    "{} has a key slot written {age} s ago ({}) but no config: another init may \
+                     be making the repository now. If none is, init again in {} minutes, when \
+                     the slot is taken for one an interrupted init left, or remove it",
+                    location.url,
+                    m.location,
+                    LEFT_SLOT_AGE / 60
+                )));
+            }
+            backend.delete_any(m.location.as_ref()).await.map_err(|e| {
+                Error::Invalid(format!(
+                    "{} has key slots but no config, as an init stopped before its config \
+                     leaves it, and {} cannot be removed ({e}); remove it, then init again",
+                    location.url, m.location
+                ))
+            })?;
+            tracing::warn!(slot = %m.location, "removed a key slot an earlier, unfinished init left");
         }
         let keys = MasterKeys::generate();
         let mut config = Config {
@@ -1645,7 +1666,13 @@ impl Repository {
         let mut pack_names: Vec<&String> = by_pack.keys().collect();
         pack_names.sort();
         report.packs = pack_names.len();
-        let chosen = read.chosen(&pack_names);
+        // A share of the packs that are there: a missing one is named, never read.
+        let present: Vec<&String> = pack_names
+            .iter()
+            .filter(|h| packs_present.contains_key(h.as_str()))
+            .copied()
+            .collect();
+        let chosen = read.chosen(&present);
         let mut to_read = Vec::new();
         for hex in pack_names {
             let entries = &by_pack[hex];

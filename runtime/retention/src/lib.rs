@@ -150,6 +150,16 @@ impl Retention {
     /// (12 months), `mo`, `w`, `d`, `h`, `min`, `s`, or their names (`years`, `month`, …). A
     /// bare `m` is refused: restic reads it as months, other tools as minutes.
     pub fn parse_within(text: &str) -> Result<(u32, u64), String> {
+        Self::parse_within_as(text, false)
+    }
+
+    /// [`Retention::parse_within`] as policy files of earlier releases were written and shown:
+    /// `m` is minutes there, and `M` months (`90m`, `1h 30m`, `1M`).
+    pub fn parse_within_legacy(text: &str) -> Result<(u32, u64), String> {
+        Self::parse_within_as(text, true)
+    }
+
+    fn parse_within_as(text: &str, m_is_minutes: bool) -> Result<(u32, u64), String> {
         let (mut months, mut secs) = (0u64, 0u64);
         let mut rest = text.trim();
         if rest.is_empty() {
@@ -165,7 +175,12 @@ impl Retention {
                 - rest
                     .trim_start_matches(|c: char| c.is_ascii_alphabetic())
                     .len();
-            let unit = rest[..letters].to_ascii_lowercase();
+            let given = &rest[..letters];
+            let unit = match given {
+                "m" if m_is_minutes => "min".to_owned(),
+                "M" if m_is_minutes => "mo".to_owned(),
+                _ => given.to_ascii_lowercase(),
+            };
             rest = rest[letters..].trim_start();
             let (to_months, to_secs) = match unit.as_str() {
                 "y" | "yr" | "yrs" | "year" | "years" => (12, 0),
@@ -441,6 +456,11 @@ mod tests {
         );
         assert_eq!(parse(" 2 weeks 1 day "), Ok((0, 15 * 86_400)));
         assert_eq!(parse("36H"), Ok((0, 36 * 3_600)));
+        // Policy files of earlier releases: `m` minutes, `M` months.
+        let legacy = Retention::parse_within_legacy;
+        assert_eq!(legacy("1h 30m"), Ok((0, 5_400)));
+        assert_eq!(legacy("1M 2d"), Ok((1, 2 * 86_400)));
+        assert_eq!(legacy("2mo"), Ok((2, 0)));
         for (bad, says) in [
             ("1m", "`1mo` for months or `1min` for minutes"),
             ("5", "5 needs a unit"),

@@ -1937,11 +1937,10 @@ fn retention_within_takes_a_duration_with_its_unit() {
         &apply(&cairn, &hello_policy("{within: 2 fortnights}")),
         &["retention within: `2 fortnights`: unknown unit `fortnights`"],
     );
-    // Minutes to some tools, months to restic: refused rather than guessed.
-    refused_with(
-        &apply(&cairn, &hello_policy("{within: 90m}")),
-        &["`m` could be minutes or months"],
-    );
+    // Minutes, as policy files of earlier releases meant them (the CLI's --keep-within,
+    // where restic users mean months, refuses a bare m).
+    ok(&apply(&cairn, &hello_policy("{within: 90m, last: 1}")));
+    assert_eq!(show(&cairn)["policy"]["retention"]["within"], 90 * 60);
     ok(&apply(&cairn, &hello_policy("{within: 2d, last: 1}")));
     assert_eq!(show(&cairn)["policy"]["retention"]["within"], 2 * 86_400);
     // Calendar months are kept as months, and shown as the file gave them.

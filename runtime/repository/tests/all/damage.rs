@@ -976,6 +976,24 @@ async fn repair_snapshots_leaves_out_the_files_whose_data_is_lost() {
     // Until `repair packs` drops them, damaged chunks are in the index and count as there.
     let r = repo.repair_snapshot(&tree.id, false, true).await.unwrap();
     assert!(r.dropped.is_empty() && r.repaired.is_none(), "{r:?}");
+    // A pack missing from under the index: its chunks may be whole elsewhere, which only
+    // `repair index` tells; refused until it has run.
+    let pack = packs(&dir)
+        .into_iter()
+        .find(|p| std::fs::metadata(p).unwrap().len() <= 100_000)
+        .expect("a small pack");
+    let saved = std::fs::read(&pack).unwrap();
+    std::fs::remove_file(&pack).unwrap();
+    let e = repo
+        .repair_snapshot(&tree.id, false, true)
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("run `cairn repo repair index` first"),
+        "{e}"
+    );
+    std::fs::write(&pack, saved).unwrap();
     repo.repair_packs(&damaged, false).await.unwrap();
 
     let dry = repo
@@ -1023,6 +1041,14 @@ async fn repair_snapshots_leaves_out_the_files_whose_data_is_lost() {
     // The first snapshot, kept beside its repair when not asked to forget it.
     let r = repo.repair_snapshot(&first.id, false, false).await.unwrap();
     assert!(r.repaired.is_some() && !r.forgotten, "{r:?}");
+    // Run again, it finds that repair and writes no second one.
+    let count = repo.snapshots(&SnapshotFilter::new()).await.unwrap().len();
+    let again = repo.repair_snapshot(&first.id, false, false).await.unwrap();
+    assert_eq!(again.repaired, r.repaired);
+    assert_eq!(
+        repo.snapshots(&SnapshotFilter::new()).await.unwrap().len(),
+        count
+    );
     repo.forget_ids(std::slice::from_ref(&first.id), false)
         .await
         .unwrap();

@@ -202,8 +202,22 @@ async fn not_a_repository_and_double_init() {
         Error::AlreadyInitialised { .. }
     ));
     // Its config lost before anything was stored, as an init killed between its key slot
-    // and its config leaves it: only the slot, which opens nothing. Init goes ahead.
+    // and its config leaves it: only the slot, which opens nothing. While the slot is young,
+    // another init may be writing its config: refused. Once it is old, init goes ahead.
     std::fs::remove_file(d.path().join("nothing/config")).unwrap();
+    let e = Repository::init(url.as_str(), &pass("p"), Default::default())
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("another init may"), "{e}");
+    for slot in std::fs::read_dir(d.path().join("nothing/keys")).unwrap() {
+        let an_hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        std::fs::File::options()
+            .write(true)
+            .open(slot.unwrap().path())
+            .unwrap()
+            .set_modified(an_hour_ago)
+            .unwrap();
+    }
     let repo = Repository::init(url.as_str(), &pass("p"), Default::default())
         .await
         .unwrap();
