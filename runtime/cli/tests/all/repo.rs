@@ -1072,16 +1072,18 @@ fn refusals_of_init_and_key_remove_are_usage_errors() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
 }
 
-/// `check --read-data` names a damaged pack and says to repair it; `repair packs` does, and
-/// the next backup of the same data stores what was damaged again.
-#[test]
-fn repair_packs_lets_the_next_backup_store_damaged_data_again() {
+/// A repository holding a tree snapshot of `data`: `blob`, 3 MB of noise that does not
+/// compress (a pack of its own, past its first frame, stored first), and `files`; with a byte
+/// of `blob`'s pack flipped. The repository, `data` and the pack.
+fn a_damaged_blob(files: &[(&str, &str)]) -> (LocalRepo, std::path::PathBuf, std::path::PathBuf) {
     let repo = LocalRepo::new();
     repo.ok(&["repo", "init"]);
     let data = repo.dir.path().join("data");
     std::fs::create_dir(&data).expect("data");
-    // Noise that does not compress: one pack of its own, past its first frame.
     std::fs::write(data.join("blob"), noise(3_000_000, 7)).expect("blob");
+    for (name, text) in files {
+        std::fs::write(data.join(name), text).expect("a file");
+    }
     repo.backup(&data);
     let pack = files_under(&repo.dir.path().join("repo/data"))
         .into_iter()
@@ -1090,7 +1092,14 @@ fn repair_packs_lets_the_next_backup_store_damaged_data_again() {
     let mut bytes = std::fs::read(&pack).expect("pack");
     bytes[1000] ^= 0x40;
     std::fs::write(&pack, bytes).expect("pack");
+    (repo, data, pack)
+}
 
+/// `check --read-data` names a damaged pack and says to repair it; `repair packs` does, and
+/// the next backup of the same data stores what was damaged again.
+#[test]
+fn repair_packs_lets_the_next_backup_store_damaged_data_again() {
+    let (repo, data, pack) = a_damaged_blob(&[]);
     let out = repo.run(&["repo", "check", "--read-data"]);
     assert!(!out.status.success());
     let name = pack.file_name().and_then(|n| n.to_str()).expect("name");
@@ -1238,20 +1247,7 @@ fn filters_tags_and_levels_are_read_as_given_or_refused() {
 /// snapshots` writes the tree again without it, so `check` passes and the rest restores.
 #[test]
 fn repair_snapshots_leaves_out_a_file_whose_data_is_lost() {
-    let repo = LocalRepo::new();
-    repo.ok(&["repo", "init"]);
-    let data = repo.dir.path().join("data");
-    std::fs::create_dir(&data).expect("data");
-    std::fs::write(data.join("blob"), noise(3_000_000, 8)).expect("blob");
-    std::fs::write(data.join("keep"), "kept\n").expect("keep");
-    repo.backup(&data);
-    let pack = files_under(&repo.dir.path().join("repo/data"))
-        .into_iter()
-        .max_by_key(|p| std::fs::metadata(p).expect("pack").len())
-        .expect("a pack");
-    let mut bytes = std::fs::read(&pack).expect("pack");
-    bytes[1000] ^= 0x40;
-    std::fs::write(&pack, bytes).expect("pack");
+    let (repo, data, pack) = a_damaged_blob(&[("keep", "kept\n")]);
     let name = pack.file_name().and_then(|n| n.to_str()).expect("name");
     repo.ok(&["repo", "repair", "packs", name]);
     std::fs::remove_file(data.join("blob")).expect("blob gone");

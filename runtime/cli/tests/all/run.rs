@@ -485,33 +485,14 @@ fn exports_live_and_die_with_their_restore_points() {
     );
     let kept = exports();
     assert_eq!(kept.len(), 1, "only the returned export is kept");
-    let points = cairn.run(&[
-        "catalog",
-        "ls",
-        "exported-restore-point",
-        "--output",
-        "json",
-    ]);
-    let point = json(&points)[0]["key"]
-        .as_str()
-        .expect("a point")
-        .to_owned();
+    let points = || crate::apps::exported_points(&cairn);
+    let point = points()[0].clone();
 
     // An export no restore point references (its point's record dropped, as after a run
     // killed before it recorded it): listed by rules, removed by its id.
     crate::support::ok(&backup("export-unreturned"));
-    let points = cairn.run(&[
-        "catalog",
-        "ls",
-        "exported-restore-point",
-        "--output",
-        "json",
-    ]);
-    let second = json(&points)
-        .as_array()
-        .expect("points")
-        .iter()
-        .map(|p| p["key"].as_str().expect("a point").to_owned())
+    let second = points()
+        .into_iter()
         .find(|p| *p != point)
         .expect("the second point");
     crate::support::ok(&cairn.run(&["catalog", "forget-point", &second]));

@@ -207,7 +207,7 @@ fn snapshots(cairn: &Cairn, tags: &[&str]) -> Vec<Value> {
 }
 
 /// The ids of the exported restore points in the catalog.
-fn exported_points(cairn: &Cairn) -> Vec<String> {
+pub(crate) fn exported_points(cairn: &Cairn) -> Vec<String> {
     let out = cairn.run(&[
         "catalog",
         "ls",
