@@ -332,10 +332,16 @@ fn parse_time(s: &str) -> Result<jiff::Timestamp> {
             String::new()
         })
     })?;
-    jiff::Timestamp::now()
-        .to_zoned(jiff::tz::TimeZone::UTC)
-        .checked_sub(jiff::Span::new().months(i64::from(months)))
+    // Spans hold months only so far (`try_months`): beyond, an error rather than a panic.
+    jiff::Span::new()
+        .try_months(i64::from(months))
         .ok()
+        .and_then(|span| {
+            jiff::Timestamp::now()
+                .to_zoned(jiff::tz::TimeZone::UTC)
+                .checked_sub(span)
+                .ok()
+        })
         .and_then(|z| {
             let secs = i64::try_from(secs).ok()?;
             z.timestamp()
@@ -3235,6 +3241,7 @@ mod tests {
         for utc in ["2024-06-30T23:59:59", "2024-06-30 23:59:59"] {
             assert_eq!(t(utc).expect(utc).to_string(), "2024-06-30T23:59:59Z");
         }
+        assert!(t("99999999y").is_err(), "too long ago, not a panic");
         let ago = jiff::Timestamp::now().as_second() - t("1y").expect("ago").as_second();
         assert!((365 * 86_400..=366 * 86_400 + 5).contains(&ago), "{ago}");
         let e = t("30m").expect_err("ambiguous").to_string();
