@@ -1120,6 +1120,43 @@ pub fn create_or_beside(
     unreachable!("one of 2^32 names is free")
 }
 
+/// Removes what restores killed part way left beside the files they were replacing
+/// (`.cairn-restore-PID-N`, [`create_or_beside`]) in the directories this restore wrote files
+/// into, once their process is gone (no `/proc/PID`; Linux only). Best effort: what cannot be
+/// looked at or removed stays, as does every other name.
+fn remove_stale_besides(target: &Path, nodes: &[Node]) {
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let dirs: HashSet<PathBuf> = nodes
+        .iter()
+        .filter(|n| n.kind == NodeKind::File)
+        .filter_map(|n| Some(safe_join(target, n).ok()?.parent()?.to_path_buf()))
+        .collect();
+    let me = std::process::id();
+    for dir in dirs {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let pid = name
+                .to_str()
+                .and_then(|n| n.strip_prefix(".cairn-restore-"))
+                .and_then(|rest| rest.split_once('-'))
+                .filter(|(_, n)| n.parse::<u32>().is_ok())
+                .and_then(|(pid, _)| pid.parse::<u32>().ok());
+            if let Some(pid) = pid
+                && pid != me
+                && !Path::new(&format!("/proc/{pid}")).exists()
+                && std::fs::remove_file(e.path()).is_ok()
+            {
+                tracing::info!(file = %e.path().display(), "removed what a restore killed part way left");
+            }
+        }
+    }
+}
+
 /// Makes `p` with `make`, which must not follow or overwrite what is there; when something
 /// is, it is removed and `p` made anew. (Trying first spares a new target's files a removal
 /// each.)
@@ -1664,7 +1701,8 @@ impl Repository {
         // anything is written; unless the restore deletes what the snapshot does not hold,
         // which such a directory is, with all below it.
         let mut removed = 0;
-        if std::fs::read_dir(&target).is_ok_and(|mut d| d.next().is_some()) {
+        let holds_something = std::fs::read_dir(&target).is_ok_and(|mut d| d.next().is_some());
+        if holds_something {
             let mut in_the_way = Vec::new();
             // Whether each directory below the target is one (not a link, which the restore
             // replaces with a directory: what is below a link is never looked at).
@@ -1854,6 +1892,8 @@ impl Repository {
         }
         if opts.delete {
             summary.deleted = removed + delete_extras(&target, &nodes, include)?;
+        } else if holds_something {
+            remove_stale_besides(&target, &nodes);
         }
         set_dirs(&meta, &target, &nodes)?;
         loosened.keep();

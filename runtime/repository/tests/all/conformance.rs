@@ -544,12 +544,17 @@ async fn a_restore_with_delete_makes_the_target_the_snapshot() {
     };
     std::fs::create_dir(&dst).unwrap();
     extras(&dst);
+    // What a restore killed part way left beside a file it was replacing, by a process that
+    // is gone (above the largest pid): removed without --delete too; pid 1's stays.
+    std::fs::write(dst.join("a/.cairn-restore-4194305-0"), b"half").unwrap();
     let kept = repo.restore_tree(&snap.id, &dst).await.unwrap();
     assert_eq!(kept.deleted, 0);
     assert!(
         dst.join("extra.wal").exists(),
         "without delete the rest stays"
     );
+    assert!(!dst.join("a/.cairn-restore-4194305-0").exists());
+    assert!(dst.join(".cairn-restore-1-0").exists());
 
     // Only below the included path: `a`'s extras go, the root's stay.
     let opts = RestoreOptions::new().delete(true);
