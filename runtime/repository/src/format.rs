@@ -520,15 +520,6 @@ impl Node {
     pub(crate) fn link_raw(&self) -> Option<&str> {
         self.rare.as_ref()?.link_raw.as_deref()
     }
-    /// The node this one is a hard link of, by its `path`, or by its `path_raw` when that
-    /// name is not UTF-8: what [`Node::key`] of that node is.
-    pub(crate) fn linked(&self) -> Option<&str> {
-        self.link_raw().or(self.link())
-    }
-    /// The name hard links give this node: its `path_raw` when it has one, else its `path`.
-    pub(crate) fn key(&self) -> &str {
-        self.path_raw().unwrap_or(&self.path)
-    }
     /// No longer a hard link of another node: a file of its own, with its own chunks.
     pub(crate) fn unlink(&mut self) {
         if let Some(r) = self.rare.as_mut() {

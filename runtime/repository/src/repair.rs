@@ -181,10 +181,10 @@ impl Repository {
             }
         }
         drop(ids);
-        let dropped: HashSet<&str> = files
+        let dropped: HashSet<std::borrow::Cow<str>> = files
             .iter()
             .filter(|&&i| why[i].is_some())
-            .map(|&i| nodes[i].key())
+            .map(|&i| crate::tree::link_key(&nodes[i]))
             .collect();
         report.dropped = files
             .iter()
@@ -215,7 +215,10 @@ impl Repository {
         }
         // A hard link of a file left out keeps its own chunks: it becomes that file.
         let unlinked: Vec<usize> = (0..nodes.len())
-            .filter(|&i| why[i].is_none() && nodes[i].linked().is_some_and(|l| dropped.contains(l)))
+            .filter(|&i| {
+                why[i].is_none()
+                    && crate::tree::linked_key(&nodes[i]).is_some_and(|l| dropped.contains(&l))
+            })
             .collect();
         drop(dropped);
         for i in unlinked {

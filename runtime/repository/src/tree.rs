@@ -902,6 +902,20 @@ fn parent_key<'a>(path: &'a str, path_raw: Option<&str>) -> std::borrow::Cow<'a,
     }
 }
 
+/// The name hard links give node `n`: its path, or its name's bytes when it is not UTF-8.
+pub(crate) fn link_key(n: &Node) -> std::borrow::Cow<'_, str> {
+    parent_key(&n.path, n.path_raw())
+}
+
+/// The [`link_key`] of the node `n` is a hard link of, if it is one.
+pub(crate) fn linked_key(n: &Node) -> Option<std::borrow::Cow<'_, str>> {
+    match (n.link_raw(), n.link()) {
+        (Some(raw), _) => Some(parent_key("", Some(raw))),
+        (None, Some(path)) => Some(path.into()),
+        (None, None) => None,
+    }
+}
+
 /// Margin under a parent backup's start within which a file's change time does not prove it
 /// unchanged: a file written in the same clock tick as it was read, just after, keeps the
 /// times it was read with (and filesystem clocks tick coarsely, NFS servers' drift).
@@ -1763,7 +1777,7 @@ impl Repository {
             .iter()
             .filter(|n| linking && n.kind == NodeKind::File)
             .filter(|n| n.link().is_none() && n.link_raw().is_none())
-            .map(|n| (parent_key(&n.path, n.path_raw()), n))
+            .map(|n| (link_key(n), n))
             .collect();
         let (mut links, mut to_read) = (Vec::new(), 0);
         for (i, n) in nodes.iter().enumerate() {
@@ -1776,12 +1790,7 @@ impl Repository {
                 NodeKind::File => {
                     summary.files += 1;
                     summary.bytes += n.size;
-                    let key = match (n.link_raw(), n.link()) {
-                        (Some(raw), _) => Some(parent_key("", Some(raw))),
-                        (None, Some(path)) => Some(path.into()),
-                        (None, None) => None,
-                    };
-                    if let Some(key) = key {
+                    if let Some(key) = linked_key(n) {
                         match written.get(key.as_ref()) {
                             Some(first) => {
                                 let first = safe_join(&target, first)
