@@ -255,9 +255,38 @@ fn init_tracing(verbose: u8) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
-        .with_writer(std::io::stderr)
+        .with_writer(|| AboveBar)
         .with_target(false)
         .try_init();
+}
+
+/// The progress bar on the terminal while one shows, so that tracing's lines (a file a backup
+/// cannot read) are printed above it rather than into it.
+static BAR: std::sync::Mutex<Option<indicatif::WeakProgressBar>> = std::sync::Mutex::new(None);
+
+/// Shows tracing's lines above `bar` from now until it is finished.
+pub(crate) fn print_above(bar: &indicatif::ProgressBar) {
+    if let Ok(mut shown) = BAR.lock() {
+        *shown = Some(bar.downgrade());
+    }
+}
+
+/// Standard error, written with the progress bar cleared and drawn again after (tracing
+/// writes each line whole).
+struct AboveBar;
+
+impl std::io::Write for AboveBar {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let bar = BAR.lock().ok().and_then(|b| b.as_ref()?.upgrade());
+        match bar {
+            Some(bar) if !bar.is_finished() => bar.suspend(|| std::io::stderr().write(buf)),
+            _ => std::io::stderr().write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
 }
 
 /// Prints a listing: `rows` as JSON, or one `line` each, or `empty` when there are none.

@@ -1088,6 +1088,7 @@ fn progress_bar(total: Option<u64>) -> Option<indicatif::ProgressBar> {
         bar.set_style(style);
     }
     bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+    crate::print_above(&bar);
     Some(bar)
 }
 
