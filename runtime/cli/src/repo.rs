@@ -1245,7 +1245,10 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
             command,
         } => {
             let counter = Arc::new(AtomicU64::new(0));
-            let mut opts = BackupOptions::new().progress(counter.clone());
+            let left_out = Arc::new(cairn_repository::LeftOut::default());
+            let mut opts = BackupOptions::new()
+                .progress(counter.clone())
+                .left_out(left_out.clone());
             match (parent, force) {
                 (Some(id), _) => opts = opts.parent(Parent::Snapshot(id.clone())),
                 (None, true) => opts = opts.parent(Parent::None),
@@ -1373,7 +1376,18 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                         s.stored_bytes
                     )
                 },
-                json!({ "id": info.id, "summary": s }),
+                {
+                    let mut out = json!({ "id": info.id, "summary": s });
+                    if s.unreadable > 0 {
+                        // The first LEFT_OUT_NAMED of them; `summary.unreadable` counts all.
+                        out["unreadable"] = left_out
+                            .named()
+                            .into_iter()
+                            .map(|(path, error)| json!({ "path": path, "error": error }))
+                            .collect();
+                    }
+                    out
+                },
             );
             if s.unreadable > 0 {
                 eprintln!(

@@ -86,6 +86,9 @@ pub struct BackupOptions {
     /// Set to stop the backup (Ctrl-C): it saves no snapshot, indexes what it uploaded (the
     /// next backup reuses it), releases its lock and returns [`Error::Interrupted`].
     pub stop: Option<tokio::sync::watch::Receiver<bool>>,
+    /// Receives what a tree backup left out because it could not read it (see
+    /// [`BackupOptions::left_out`]).
+    pub left_out: Option<Arc<crate::LeftOut>>,
 }
 
 /// Where a tree backup takes the files that did not change from, instead of reading them.
@@ -118,6 +121,7 @@ impl Default for BackupOptions {
             one_file_system: false,
             host: None,
             stop: None,
+            left_out: None,
         }
     }
 }
@@ -156,6 +160,14 @@ impl BackupOptions {
     /// Sets the progress counter.
     pub fn progress(mut self, p: Arc<AtomicU64>) -> Self {
         self.progress = Some(p);
+        self
+    }
+    /// Where a tree backup notes each file or directory it leaves out because this process
+    /// cannot read it (a permission, a path too long, a read error of the disk), with why: the
+    /// snapshot counts them in [`BackupSummary::unreadable`](crate::BackupSummary), and this
+    /// names them.
+    pub fn left_out(mut self, l: Arc<crate::LeftOut>) -> Self {
+        self.left_out = Some(l);
         self
     }
     /// Leaves out of a tree backup what `pattern` matches (and, for a directory, all under

@@ -201,7 +201,7 @@ fn vanished(e: &std::io::Error, path: &Path) -> bool {
 /// fail a tree's backup (the backup says how many were left out, and exits 1; restic and borg
 /// save their snapshots likewise). What says the process or the system is short of
 /// something (open files, memory) fails the backup: every file after would be left out too.
-fn unreadable(e: &std::io::Error, path: &Path, count: &AtomicU64) -> bool {
+fn unreadable(e: &std::io::Error, path: &Path, left_out: &LeftOut) -> bool {
     use rustix::io::Errno;
     let systemic = [Errno::MFILE, Errno::NFILE, Errno::NOMEM, Errno::NOBUFS]
         .iter()
@@ -210,9 +210,42 @@ fn unreadable(e: &std::io::Error, path: &Path, count: &AtomicU64) -> bool {
         || (e.raw_os_error().is_some() && !systemic);
     if cannot {
         tracing::warn!(path = %path.display(), error = %e, "cannot be read; left out");
-        count.fetch_add(1, Ordering::Relaxed);
+        left_out.add(path, e);
     }
     cannot
+}
+
+/// How many names of what a backup left out [`LeftOut`] keeps; past them it only counts.
+pub const LEFT_OUT_NAMED: usize = 1000;
+
+/// What a tree's backup left out because this process could not read it (see
+/// [`BackupOptions::left_out`](crate::BackupOptions::left_out)): how many files and
+/// directories, and the first [`LEFT_OUT_NAMED`] of them with why.
+#[derive(Debug, Default)]
+pub struct LeftOut {
+    count: AtomicU64,
+    named: std::sync::Mutex<Vec<(String, String)>>,
+}
+
+impl LeftOut {
+    fn add(&self, path: &Path, e: &std::io::Error) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut named) = self.named.lock()
+            && named.len() < LEFT_OUT_NAMED
+        {
+            named.push((path.display().to_string(), e.to_string()));
+        }
+    }
+
+    /// How many files and directories were left out.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// The first [`LEFT_OUT_NAMED`] left out, each path with why it could not be read.
+    pub fn named(&self) -> Vec<(String, String)> {
+        self.named.lock().map(|n| n.clone()).unwrap_or_default()
+    }
 }
 
 /// Walks `root` depth-first, sorted by name, not following symlinks, leaving out what
@@ -225,7 +258,7 @@ fn walk(
     root: &Path,
     exclude: &[Pattern],
     device: Option<u64>,
-    skipped: &AtomicU64,
+    skipped: &LeftOut,
 ) -> Result<Vec<Node>> {
     use rayon::prelude::*;
     let mut out = Vec::new();
@@ -296,7 +329,7 @@ fn walk_entry(
     rel: &Path,
     exclude: &[Pattern],
     device: Option<u64>,
-    skipped: &AtomicU64,
+    skipped: &LeftOut,
 ) -> Result<Option<Walked>> {
     let path = e.path();
     // `fstatat` on the open directory: no lookup of the whole path.
@@ -483,7 +516,7 @@ fn feed(
     tx: &tokio::sync::mpsc::Sender<Input>,
     blocks: &Pool,
     stop: Option<&tokio::sync::watch::Receiver<bool>>,
-    skipped: &AtomicU64,
+    skipped: &LeftOut,
 ) -> Result<Vec<usize>> {
     use std::io::Read;
     let mut out = Batcher::new(tx);
@@ -1464,7 +1497,7 @@ impl Repository {
             None
         };
         // Entries this process cannot read, left out (counted by the walk and the reads).
-        let skipped = Arc::new(AtomicU64::new(0));
+        let skipped = opts.left_out.clone().unwrap_or_default();
         let walk_skipped = skipped.clone();
         let walked = async {
             tokio::task::spawn_blocking(move || walk(&walk_root, &exclude, device, &walk_skipped))
@@ -1543,7 +1576,7 @@ impl Repository {
                 drop_files(nodes, &gone);
             }
             summary.files -= gone.len() as u64;
-            summary.unreadable = skipped.load(Ordering::Relaxed);
+            summary.unreadable = skipped.count();
             let kind = SnapshotKind::Tree {
                 path: root.display().to_string(),
             };
@@ -2807,7 +2840,7 @@ mod tests {
         let files = vec![(a, 5), (gone, 3), (c, 0)];
         let (tx, mut rx) = tokio::sync::mpsc::channel(16);
         let left_out =
-            feed(&files, false, &tx, &Pool::new(1), None, &AtomicU64::new(0)).expect("fed");
+            feed(&files, false, &tx, &Pool::new(1), None, &LeftOut::default()).expect("fed");
         assert_eq!(left_out, [1]);
         drop(tx);
         let seen = received(&mut rx);
@@ -2845,7 +2878,7 @@ mod tests {
         let name = format!("cairn-one-fs-{}", std::process::id());
         let file = Path::new("/dev/shm").join(&name);
         std::fs::write(&file, b"x").expect("a file in /dev/shm");
-        let walked = |device| walk(Path::new("/dev"), &[], device, &AtomicU64::new(0));
+        let walked = |device| walk(Path::new("/dev"), &[], device, &LeftOut::default());
         let within = walked(device_of(&dev));
         let across = walked(None);
         let _ = std::fs::remove_file(&file);
@@ -2867,9 +2900,10 @@ mod tests {
         // Its first page is not mapped: reading it is EIO.
         let files = vec![(a, 5), (PathBuf::from("/proc/self/mem"), 4096), (c, 5)];
         let (tx, mut rx) = tokio::sync::mpsc::channel(16);
-        let skipped = AtomicU64::new(0);
+        let skipped = LeftOut::default();
         let left_out = feed(&files, false, &tx, &Pool::new(1), None, &skipped).expect("fed");
-        assert_eq!((left_out, skipped.into_inner()), (vec![1], 1));
+        assert_eq!((left_out, skipped.count()), (vec![1], 1));
+        assert_eq!(skipped.named()[0].0, files[1].0.display().to_string());
         drop(tx);
         let seen = received(&mut rx);
         assert_eq!(seen, ["data 5", "end", "end", "data 5", "end"]);
@@ -2892,7 +2926,7 @@ mod tests {
         files.push((shrunk, 5000));
         let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
         let reader = std::thread::spawn(move || {
-            feed(&files, true, &tx, &Pool::new(1), None, &AtomicU64::new(0))
+            feed(&files, true, &tx, &Pool::new(1), None, &LeftOut::default())
         });
         let (mut messages, mut sizes, mut size) = (0, Vec::new(), 0);
         while let Some(m) = rx.blocking_recv() {
@@ -2929,7 +2963,7 @@ mod tests {
         let files = vec![(path, 24 << 20)];
         let (tx, mut rx) = tokio::sync::mpsc::channel(64);
         let reader = std::thread::spawn(move || {
-            feed(&files, true, &tx, &Pool::new(1), None, &AtomicU64::new(0))
+            feed(&files, true, &tx, &Pool::new(1), None, &LeftOut::default())
         });
         let (mut data, mut zeros, mut data_nonzero) = (0u64, 0u64, 0u64);
         while let Some(i) = rx.blocking_recv() {

@@ -587,6 +587,60 @@ fn diff_shows_what_changed_between_two_tree_snapshots() {
     );
 }
 
+/// A file the backup cannot read is left out with a warning; the snapshot of the rest is
+/// saved, the backup exits 1, and its JSON names the file and why.
+#[test]
+fn backup_names_what_it_could_not_read() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let repo = LocalRepo::new();
+    repo.ok(&["repo", "init"]);
+    let data = repo.dir.path().join("data");
+    std::fs::create_dir(&data).expect("data");
+    std::fs::write(data.join("a.txt"), "alpha").expect("file");
+    let secret = data.join("secret");
+    std::fs::write(&secret, "kept from the backup").expect("file");
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o000)).expect("chmod");
+    // Root reads any file: the backup runs without the capabilities that let it (as the
+    // owner, root still reads the repository and the passphrase).
+    let as_root = std::fs::metadata("/proc/self").expect("proc").uid() == 0;
+    let mut command = std::process::Command::new(if as_root {
+        "setpriv"
+    } else {
+        env!("CARGO_BIN_EXE_cairn")
+    });
+    if as_root {
+        command
+            .arg("--bounding-set=-dac_override,-dac_read_search")
+            .arg(env!("CARGO_BIN_EXE_cairn"));
+    }
+    let out = command
+        .args([
+            "repo",
+            "backup",
+            data.to_str().expect("utf-8"),
+            "--output",
+            "json",
+        ])
+        .args(&repo.common)
+        .env("CAIRN_HOME", repo.cairn.home.path())
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("cairn runs");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let report = json(&out);
+    assert_eq!(report["summary"]["unreadable"], 1, "{report}");
+    assert_eq!(report["summary"]["files"], 1, "{report}");
+    let named = &report["unreadable"][0];
+    assert_eq!(named["path"], secret.display().to_string(), "{report}");
+    assert!(
+        named["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("ermission denied")),
+        "{report}"
+    );
+    assert!(stderr(&out).contains("secret"), "{}", stderr(&out));
+}
+
 #[test]
 fn backup_exclude_leaves_out_what_the_patterns_match() {
     let repo = LocalRepo::new();
