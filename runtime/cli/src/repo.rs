@@ -2130,18 +2130,10 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                 snapshots.clone()
             };
             let (mut done, mut failed) = (Vec::new(), Vec::new());
-            for id in &ids {
-                match repo.repair_snapshot(id, *dry_run, *forget).await {
+            for (id, r) in repo.repair_snapshots(&ids, *dry_run, *forget).await? {
+                match r {
                     Ok(r) => done.push(r),
-                    // What is wrong with this snapshot; anything else stops every repair.
-                    Err(
-                        e @ (Error::Invalid(_)
-                        | Error::NotFound { .. }
-                        | Error::Ambiguous { .. }
-                        | Error::Corrupt { .. }
-                        | Error::Missing { .. }),
-                    ) => failed.push((id.clone(), e.to_string())),
-                    Err(e) => return Err(e.into()),
+                    Err(e) => failed.push((id, e.to_string())),
                 }
             }
             args.print(

@@ -50,27 +50,46 @@ impl Repository {
     /// files out, and are an error that says so.
     ///
     /// Takes the backup lock, as a backup does: what it writes is a snapshot, and the data it
-    /// names is in packs already.
+    /// names is in packs already. [`Repository::repair_snapshots`] repairs many under one lock.
     pub async fn repair_snapshot(
         &self,
         id_or_prefix: &str,
         dry_run: bool,
         forget: bool,
     ) -> Result<SnapshotRepair> {
-        let info = self.snapshot(id_or_prefix).await?;
+        let mut done = self
+            .repair_snapshots(&[id_or_prefix.to_owned()], dry_run, forget)
+            .await?;
+        match done.pop() {
+            Some((_, r)) => r,
+            None => Err(Error::Invalid("no snapshot was repaired".into())),
+        }
+    }
+
+    /// [`Repository::repair_snapshot`] for each of `ids`, under one lock, with one look at
+    /// the index and the packs. Each comes back with its own result: what is wrong with one
+    /// snapshot (not found, a stream with lost data, its list of files lost) is that one's
+    /// error, and the others are repaired; what is wrong with the repository or the store
+    /// stops them all.
+    pub async fn repair_snapshots(
+        &self,
+        ids: &[String],
+        dry_run: bool,
+        forget: bool,
+    ) -> Result<Vec<(String, Result<SnapshotRepair>)>> {
         let lock = LockGuard::acquire(&self.inner.backend, false, "repair snapshots").await?;
-        let r = self.repair_locked(&lock, &info, dry_run, forget).await;
+        let r = self.repair_all_locked(&lock, ids, dry_run, forget).await;
         lock.release().await;
         r
     }
 
-    async fn repair_locked(
+    async fn repair_all_locked(
         &self,
         lock: &LockGuard,
-        info: &SnapshotInfo,
+        ids: &[String],
         dry_run: bool,
         forget: bool,
-    ) -> Result<SnapshotRepair> {
+    ) -> Result<Vec<(String, Result<SnapshotRepair>)>> {
         self.update_index().await?;
         // A chunk the index places in a missing pack may be whole in another (two backups
         // stored it at once): only `repair index`, which drops the missing packs, can tell.
@@ -96,6 +115,49 @@ impl Repository {
                  then repair the snapshots"
             )));
         }
+        // Repairs written before (a run that could not remove the damaged snapshot, or was
+        // not asked to), and by this run: each stands, and no second one is written.
+        let mut repairs = self
+            .snapshots(&crate::repo::SnapshotFilter::new().tag(REPAIRED_TAG))
+            .await?;
+        let mut done = Vec::with_capacity(ids.len());
+        for id in ids {
+            let r = match self.snapshot(id).await {
+                Ok(info) => {
+                    self.repair_locked(lock, &info, &mut repairs, dry_run, forget)
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            match r {
+                Ok(r) => {
+                    if r.forgotten {
+                        repairs.retain(|s| s.id != r.snapshot);
+                    }
+                    done.push((id.clone(), Ok(r)));
+                }
+                // What is wrong with this snapshot; anything else stops every repair.
+                Err(
+                    e @ (Error::Invalid(_)
+                    | Error::NotFound { .. }
+                    | Error::Ambiguous { .. }
+                    | Error::Corrupt { .. }
+                    | Error::Missing { .. }),
+                ) => done.push((id.clone(), Err(e))),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(done)
+    }
+
+    async fn repair_locked(
+        &self,
+        lock: &LockGuard,
+        info: &SnapshotInfo,
+        repairs: &mut Vec<SnapshotInfo>,
+        dry_run: bool,
+        forget: bool,
+    ) -> Result<SnapshotRepair> {
         let lost = |ids: &[ChunkId]| -> Result<usize> {
             let idx = self.inner.index.read().map_err(|_| poisoned())?;
             Ok(ids.iter().filter(|id| !idx.contains(id)).count())
@@ -193,24 +255,18 @@ impl Repository {
         if report.dropped.is_empty() || dry_run {
             return Ok(report);
         }
-        // Repaired before (a run that could not remove it, or was not asked to): that repair
-        // stands, and no second one is written.
-        let earlier = self
-            .snapshots(&crate::repo::SnapshotFilter::new().tag(REPAIRED_TAG))
-            .await?
-            .into_iter()
-            .find(|s| {
-                s.id != info.id
-                    && s.time == info.time
-                    && s.kind == info.kind
-                    && s.hostname == info.hostname
-                    && s.tags
-                        .iter()
-                        .filter(|t| *t != REPAIRED_TAG)
-                        .eq(info.tags.iter().filter(|t| *t != REPAIRED_TAG))
-            });
+        let earlier = repairs.iter().find(|s| {
+            s.id != info.id
+                && s.time == info.time
+                && s.kind == info.kind
+                && s.hostname == info.hostname
+                && s.tags
+                    .iter()
+                    .filter(|t| *t != REPAIRED_TAG)
+                    .eq(info.tags.iter().filter(|t| *t != REPAIRED_TAG))
+        });
         if let Some(earlier) = earlier {
-            report.repaired = Some(earlier.id);
+            report.repaired = Some(earlier.id.clone());
             return self.forget_repaired(info, forget, report).await;
         }
         // A hard link of a file left out keeps its own chunks: it becomes that file.
@@ -248,7 +304,8 @@ impl Repository {
         let repaired = self
             .commit(lock, content, repaired, &BackupOptions::default())
             .await?;
-        report.repaired = Some(repaired.id);
+        report.repaired = Some(repaired.id.clone());
+        repairs.push(repaired);
         self.forget_repaired(info, forget, report).await
     }
 
