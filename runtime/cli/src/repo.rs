@@ -206,7 +206,8 @@ enum RepoCommand {
               value_parser = parse_subset)]
         read_data_subset: Option<ReadData>,
     },
-    /// Remove snapshots by GFS retention, or the ones named.
+    /// Remove snapshots by GFS retention, or the ones named. Hours, days, weeks, months and
+    /// years are those of the local time zone (`TZ`; `TZ=UTC` for UTC's).
     Forget {
         /// Snapshots to remove by name (ids, unique prefixes or `latest`) instead of by
         /// retention rules.
@@ -1907,6 +1908,7 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
             // Exports hold restore points' data: rules never remove them, and one a point of
             // this home references is removed only with its point.
             let points = points_by_snapshot(home)?;
+            let zone = jiff::tz::TimeZone::system();
             let mut exports_left = Vec::new();
             let r = if ids.is_empty() {
                 if policy.is_empty() {
@@ -1928,7 +1930,7 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                     .snapshots(&filter.clone().tag(crate::exports::TAG))
                     .await?;
                 let rules = filter.without_tag(crate::exports::TAG);
-                repo.forget(&policy, &rules, *dry_run).await?
+                repo.forget(&policy, &rules, &zone, *dry_run).await?
             } else {
                 if !policy.is_empty() || filter.given() {
                     return Err(usage(
@@ -1972,7 +1974,9 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                     let mut lines = Vec::new();
                     if !policy.is_empty() {
                         lines.push(format!(
-                            "rules: {policy} (in each series: host, source, workload; UTC)"
+                            "rules: {policy} (in each series: host, source, workload; \
+                             periods of {})",
+                            zone.iana_name().unwrap_or("the local time zone")
                         ));
                     }
                     for (id, why) in &r.kept {

@@ -1910,12 +1910,14 @@ impl Repository {
         Ok(stats)
     }
 
-    /// Removes snapshots that `policy` does not keep, among those matching `filter`. Protected
+    /// Removes snapshots that `policy` does not keep, among those matching `filter`, its
+    /// periods those of time zone `zone` (see [`retained`](crate::retained)). Protected
     /// snapshots are kept and reported.
     pub async fn forget(
         &self,
         policy: &Retention,
         filter: &SnapshotFilter,
+        zone: &jiff::tz::TimeZone,
         dry_run: bool,
     ) -> Result<ForgetReport> {
         if policy.is_empty() {
@@ -1924,7 +1926,7 @@ impl Repository {
             ));
         }
         let snaps = self.snapshots(filter).await?;
-        let kept = crate::retention::retained(policy, &snaps);
+        let kept = crate::retention::retained(policy, &snaps, zone);
         let doomed = snaps
             .into_iter()
             .filter(|s| !kept.contains_key(&s.id))

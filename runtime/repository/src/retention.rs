@@ -6,11 +6,16 @@ use crate::format::SnapshotInfo;
 pub use cairn_retention::Retention;
 use std::collections::BTreeMap;
 
-/// Ids of the snapshots `policy` keeps, with the rules that keep each.
+/// Ids of the snapshots `policy` keeps, with the rules that keep each; its hours, days, weeks,
+/// months and years are those of time zone `zone` (UTC's with [`jiff::tz::TimeZone::UTC`]).
 pub fn retained(
     policy: &Retention,
     snapshots: &[SnapshotInfo],
+    zone: &jiff::tz::TimeZone,
 ) -> BTreeMap<String, Vec<&'static str>> {
+    let offset = |t: i64| {
+        jiff::Timestamp::from_second(t).map_or(0, |t| i64::from(zone.to_offset(t).seconds()))
+    };
     let mut groups: BTreeMap<Series<'_>, Vec<&SnapshotInfo>> = BTreeMap::new();
     for s in snapshots {
         groups.entry(series(s)).or_default().push(s);
@@ -18,7 +23,7 @@ pub fn retained(
     let mut keep = BTreeMap::new();
     for group in groups.into_values() {
         let times: Vec<i64> = group.iter().map(|s| s.time.as_second()).collect();
-        for (s, rules) in group.iter().zip(policy.keep(&times)) {
+        for (s, rules) in group.iter().zip(policy.keep_in(&times, offset)) {
             if !rules.is_empty() {
                 keep.insert(s.id.clone(), rules);
             }
@@ -47,4 +52,40 @@ fn series(s: &SnapshotInfo) -> Series<'_> {
         &s.hostname
     };
     (host, s.source(), scope)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::{BackupSummary, SnapshotKind};
+
+    /// Daily backups at 00:30 in UTC+1 (23:30 UTC the day before) and one at 23:00 there the
+    /// same day: in UTC+1 the last two share a day, in UTC they do not.
+    #[test]
+    fn periods_are_the_zone_s() {
+        let at = |s: &str| s.parse::<jiff::Timestamp>().expect("time");
+        let snaps: Vec<SnapshotInfo> = [
+            "2026-12-01T23:30:00Z",
+            "2026-12-02T23:30:00Z",
+            "2026-12-03T22:00:00Z",
+        ]
+        .iter()
+        .map(|t| {
+            let kind = SnapshotKind::Stream {
+                name: "db.sql".into(),
+            };
+            SnapshotInfo::made(kind, at(t), None, Vec::new(), BackupSummary::default())
+        })
+        .collect();
+        let daily = Retention::new().daily(2);
+        let kept = |zone: &jiff::tz::TimeZone| -> Vec<usize> {
+            let keep = retained(&daily, &snaps, zone);
+            (0..snaps.len())
+                .filter(|&i| keep.contains_key(&snaps[i].id))
+                .collect()
+        };
+        assert_eq!(kept(&jiff::tz::TimeZone::UTC), [1, 2]);
+        let paris_in_winter = jiff::tz::TimeZone::fixed(jiff::tz::offset(1));
+        assert_eq!(kept(&paris_in_winter), [0, 2]);
+    }
 }

@@ -3,7 +3,7 @@
 //! guest, which is why this crate has no dependencies) and the catalog's backup policies.
 //!
 //! A rule keeps the newest item of each of the last N periods that have items: hours, days,
-//! ISO weeks (Monday to Sunday), months and years, in UTC; `last` keeps the newest N items
+//! ISO weeks (Monday to Sunday), months and years, in UTC or a time zone's; `last` keeps the newest N items
 //! whatever their age, and `within` every item made within that long of the newest (so a pause
 //! in backups does not age everything out): calendar months (`within_months`, as restic's
 //! `--keep-within 1y2m` counts them back from the newest item's date) and then seconds. An item
@@ -250,7 +250,16 @@ impl Retention {
     /// For each of `times` (unix seconds, in any order), the names of the rules that keep it,
     /// in the order `last`, `within`, `hourly`, `daily`, `weekly`, `monthly`, `yearly`; empty
     /// when none does. Of items with the same time, the later in `times` counts as the newer.
+    /// Periods are UTC's; [`Retention::keep_in`] takes them in a time zone.
     pub fn keep(&self, times: &[i64]) -> Vec<Vec<&'static str>> {
+        self.keep_in(times, |_| 0)
+    }
+
+    /// [`Retention::keep`] with hours, days, weeks, months and years, and `within`'s calendar
+    /// months, those of a time zone: `offset` gives its offset from UTC, in seconds, at a unix
+    /// time (so a daily backup at 00:30 in Paris falls on its own day, not on the UTC day
+    /// before). Items are still ordered by their unix time.
+    pub fn keep_in(&self, times: &[i64], offset: impl Fn(i64) -> i64) -> Vec<Vec<&'static str>> {
         let mut order: Vec<usize> = (0..times.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse((times[i], i)));
         let mut keep = vec![Vec::new(); times.len()];
@@ -258,7 +267,10 @@ impl Retention {
             keep[i].push("last");
         }
         if let (Some(&newest), true) = (order.first(), self.within > 0 || self.within_months > 0) {
-            let since = months_before(times[newest], self.within_months)
+            // Months are counted back on the zone's calendar, then taken back to unix time.
+            let local = times[newest].saturating_add(offset(times[newest]));
+            let since = months_before(local, self.within_months)
+                .saturating_sub(local - times[newest])
                 .saturating_sub(i64::try_from(self.within).unwrap_or(i64::MAX));
             for &i in order.iter().take_while(|&&i| times[i] >= since) {
                 keep[i].push("within");
@@ -277,7 +289,7 @@ impl Retention {
                 if seen.len() >= n as usize {
                     break;
                 }
-                if seen.insert(periods_of(times[i])[period]) {
+                if seen.insert(periods_of(times[i].saturating_add(offset(times[i])))[period]) {
                     keep[i].push(name);
                 }
             }
@@ -416,6 +428,30 @@ mod tests {
         assert_eq!(kept(&keep), [9]);
         assert!(Retention::new().within(DAY as u64).keep(&[]).is_empty());
         assert!(!Retention::new().within(1).is_empty());
+    }
+
+    #[test]
+    fn periods_in_a_time_zone_are_its_calendar_s() {
+        // Daily at 00:30 in UTC+1 (23:30 UTC the day before) for three days, and one at 23:00
+        // of the third: in UTC the first three fall on three days; in UTC+1, the last two
+        // share the third day, so two daily rules keep the last and the first.
+        let day3 = at(2026, 12, 3, 0);
+        let times = [
+            day3 - 2 * DAY - HOUR / 2,
+            day3 - DAY - HOUR / 2,
+            day3 - HOUR / 2,
+            day3 + 22 * HOUR,
+        ];
+        let daily = Retention::new().daily(2);
+        assert_eq!(kept(&daily.keep(&times)), [2, 3]);
+        assert_eq!(kept(&daily.keep_in(&times, |_| HOUR)), [1, 3]);
+        // A month back from 2026-03-31 00:30 in UTC+1 (03-30 23:30 UTC) is February's last
+        // day there, 02-28 00:30, which is 02-27 23:30 UTC; counted in UTC, it is 02-28 23:30.
+        let newest = at(2026, 3, 30, 23) + HOUR / 2;
+        let times = [at(2026, 2, 28, 0), newest];
+        let month = Retention::new().within_months(1);
+        assert_eq!(kept(&month.keep(&times)), [1]);
+        assert_eq!(kept(&month.keep_in(&times, |_| HOUR)), [0, 1]);
     }
 
     /// Unix time of a UTC date and time.

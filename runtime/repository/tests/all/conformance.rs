@@ -79,6 +79,7 @@ async fn suite(loc: Location) {
         .forget(
             &Retention::new().last(1),
             &SnapshotFilter::new().source("db.sql"),
+            &jiff::tz::TimeZone::UTC,
             false,
         )
         .await

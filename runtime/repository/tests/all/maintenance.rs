@@ -21,7 +21,12 @@ async fn prune_removes_forgotten_data_only() {
         .await
         .unwrap();
     let f = repo
-        .forget(&Retention::new().last(1), &SnapshotFilter::new(), false)
+        .forget(
+            &Retention::new().last(1),
+            &SnapshotFilter::new(),
+            &jiff::tz::TimeZone::UTC,
+            false,
+        )
         .await
         .unwrap();
     assert_eq!(f.removed, vec![old.id.clone()]);
@@ -53,7 +58,12 @@ async fn protection_refuses_forget_and_prune() {
         .await
         .unwrap();
     let f = repo
-        .forget(&Retention::new().last(1), &SnapshotFilter::new(), false)
+        .forget(
+            &Retention::new().last(1),
+            &SnapshotFilter::new(),
+            &jiff::tz::TimeZone::UTC,
+            false,
+        )
         .await
         .unwrap();
     assert!(f.removed.is_empty());
@@ -161,14 +171,22 @@ async fn gfs_retention() {
     }
     // All three were made within the same day: daily=1 keeps one, last=2 keeps two.
     let snaps = repo.snapshots(&SnapshotFilter::new()).await.unwrap();
-    let keep = retained(&Retention::new().daily(1), &snaps);
+    let keep = retained(&Retention::new().daily(1), &snaps, &jiff::tz::TimeZone::UTC);
     assert_eq!(keep.len(), 1);
     assert!(keep.contains_key(&snaps[2].id));
-    assert_eq!(retained(&Retention::new().last(2), &snaps).len(), 2);
+    assert_eq!(
+        retained(&Retention::new().last(2), &snaps, &jiff::tz::TimeZone::UTC).len(),
+        2
+    );
     assert!(
-        repo.forget(&Retention::new(), &SnapshotFilter::new(), true)
-            .await
-            .is_err()
+        repo.forget(
+            &Retention::new(),
+            &SnapshotFilter::new(),
+            &jiff::tz::TimeZone::UTC,
+            true
+        )
+        .await
+        .is_err()
     );
 
     // Exports of two workloads share a name (`dump`): each workload keeps its own. Their
@@ -184,7 +202,7 @@ async fn gfs_retention() {
             .unwrap();
     }
     let snaps = repo.snapshots(&SnapshotFilter::new()).await.unwrap();
-    let keep = retained(&Retention::new().last(1), &snaps);
+    let keep = retained(&Retention::new().last(1), &snaps, &jiff::tz::TimeZone::UTC);
     let kept: Vec<&str> = snaps
         .iter()
         .filter(|s| keep.contains_key(&s.id))
@@ -456,9 +474,14 @@ async fn prune_repacks_packs_that_pages_rewritten_since_left_mostly_unused() {
     }
     std::fs::write(src.join("db"), &db).unwrap();
     let new = repo.backup_tree(&src, Default::default()).await.unwrap();
-    repo.forget(&Retention::new().last(1), &SnapshotFilter::new(), false)
-        .await
-        .unwrap();
+    repo.forget(
+        &Retention::new().last(1),
+        &SnapshotFilter::new(),
+        &jiff::tz::TimeZone::UTC,
+        false,
+    )
+    .await
+    .unwrap();
 
     // Never repacking deletes only the forgotten snapshot's node pack (its file's chunk list
     // changed, so its nodes did), and a dry run changes nothing.

@@ -157,7 +157,12 @@ async fn object_lock_makes_the_store_refuse_deletes_inside_the_protection_period
 
     // And cairn's own forget/prune skip protected data and say so.
     let forgot = repo
-        .forget(&Retention::new().last(1), &SnapshotFilter::new(), false)
+        .forget(
+            &Retention::new().last(1),
+            &SnapshotFilter::new(),
+            &jiff::tz::TimeZone::UTC,
+            false,
+        )
         .await
         .unwrap();
     assert!(forgot.removed.is_empty());
