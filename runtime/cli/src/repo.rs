@@ -334,8 +334,9 @@ struct FilterArgs {
     /// Only snapshots made on this host (as `backup --host` recorded it).
     #[arg(long)]
     host: Option<String>,
-    /// Only snapshots made at or after this time: RFC 3339, a UTC date and time
-    /// (2026-01-31T12:00:00), a UTC date (2026-01-31) or a while ago (36h, 7d, 2w, 1y 6mo).
+    /// Only snapshots made at or after this time: RFC 3339, a local date and time
+    /// (2026-01-31T12:00:00; the zone is TZ's), a date (2026-01-31) or a while ago (36h, 7d,
+    /// 2w, 1y 6mo).
     #[arg(long, value_name = "TIME")]
     since: Option<String>,
     /// Only snapshots made before this time (as --since takes it).
@@ -383,10 +384,14 @@ impl FilterArgs {
             f = f.host(h);
         }
         if let Some(t) = &self.since {
-            f = f.since(t).map_err(|e| usage(e.to_string()))?;
+            f = f
+                .since(t, &local_zone())
+                .map_err(|e| usage(e.to_string()))?;
         }
         if let Some(t) = &self.until {
-            f = f.until(t).map_err(|e| usage(e.to_string()))?;
+            f = f
+                .until(t, &local_zone())
+                .map_err(|e| usage(e.to_string()))?;
         }
         Ok(f)
     }
@@ -1168,7 +1173,25 @@ fn dir_bytes(p: &std::path::Path) -> u64 {
     n
 }
 
-fn describe(s: &SnapshotInfo) -> String {
+/// The time zone snapshots' times are shown and read in, and retention's periods counted in:
+/// the system's (`TZ`).
+fn local_zone() -> jiff::tz::TimeZone {
+    jiff::tz::TimeZone::system()
+}
+
+/// A time as shown in listings: its date and time in `zone`, to the second.
+fn shown_time(t: jiff::Timestamp, zone: &jiff::tz::TimeZone) -> String {
+    t.to_zoned(zone.clone())
+        .strftime("%Y-%m-%d %H:%M:%S")
+        .to_string()
+}
+
+/// A listing's header for times shown in `zone`: `time (Europe/Paris)`.
+fn time_header(zone: &jiff::tz::TimeZone) -> String {
+    format!("time ({})", zone.iana_name().unwrap_or("local"))
+}
+
+fn describe(s: &SnapshotInfo, zone: &jiff::tz::TimeZone) -> String {
     let (kind, src) = match &s.kind {
         SnapshotKind::Tree { path } => ("tree", path.as_str()),
         SnapshotKind::Stream { name } => ("stream", name.as_str()),
@@ -1177,7 +1200,7 @@ fn describe(s: &SnapshotInfo) -> String {
     format!(
         "{}  {}  {:<16} {:<6} {:<40} {:>12}  {}",
         s.short_id(),
-        s.time.strftime("%Y-%m-%d %H:%M:%S"),
+        shown_time(s.time, zone),
         s.hostname,
         kind,
         src,
@@ -1408,12 +1431,18 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                     if list.is_empty() {
                         return "no snapshots".into();
                     }
+                    let zone = local_zone();
                     let header = format!(
                         "{:<8}  {:<19}  {:<16} {:<6} {:<40} {:>12}  tags",
-                        "id", "time (UTC)", "host", "type", "source", "bytes"
+                        "id",
+                        time_header(&zone),
+                        "host",
+                        "type",
+                        "source",
+                        "bytes"
                     );
                     std::iter::once(header)
-                        .chain(list.iter().map(describe))
+                        .chain(list.iter().map(|s| describe(s, &zone)))
                         .collect::<Vec<_>>()
                         .join("\n")
                 },
@@ -1469,6 +1498,7 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                     if found.is_empty() {
                         return "nothing found".into();
                     }
+                    let zone = local_zone();
                     found
                         .iter()
                         .flat_map(|(s, es)| es.iter().map(move |e| (s, e)))
@@ -1476,7 +1506,7 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                             format!(
                                 "{:<8}  {:<19}  {:<7} {:>14}  {}  {}",
                                 s.short_id(),
-                                s.time.strftime("%Y-%m-%d %H:%M:%S"),
+                                shown_time(s.time, &zone),
                                 e.kind,
                                 e.size,
                                 e.mtime,
@@ -1908,7 +1938,7 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
             // Exports hold restore points' data: rules never remove them, and one a point of
             // this home references is removed only with its point.
             let points = points_by_snapshot(home)?;
-            let zone = jiff::tz::TimeZone::system();
+            let zone = local_zone();
             let mut exports_left = Vec::new();
             let r = if ids.is_empty() {
                 if policy.is_empty() {

@@ -271,16 +271,16 @@ impl SnapshotFilter {
         self.host = Some(h.into());
         self
     }
-    /// Requires snapshots made at or after a time: RFC 3339 (`2026-01-31T12:00:00Z`), a UTC
-    /// date and time (`2026-01-31T12:00:00`), a UTC date (`2026-01-31`, its midnight) or a
-    /// while ago (`36h`, `7d`, `2w`, `1y 6mo`).
-    pub fn since(mut self, time: &str) -> Result<Self> {
-        self.since = Some(parse_time(time)?);
+    /// Requires snapshots made at or after a time: RFC 3339 (`2026-01-31T12:00:00Z`), a date
+    /// and time in time zone `zone` (`2026-01-31T12:00:00`), a date there (`2026-01-31`, its
+    /// midnight) or a while ago (`36h`, `7d`, `2w`, `1y 6mo`; months on `zone`'s calendar).
+    pub fn since(mut self, time: &str, zone: &jiff::tz::TimeZone) -> Result<Self> {
+        self.since = Some(parse_time(time, zone)?);
         Ok(self)
     }
     /// Requires snapshots made before a time (as [`SnapshotFilter::since`] takes it).
-    pub fn until(mut self, time: &str) -> Result<Self> {
-        self.until = Some(parse_time(time)?);
+    pub fn until(mut self, time: &str, zone: &jiff::tz::TimeZone) -> Result<Self> {
+        self.until = Some(parse_time(time, zone)?);
         Ok(self)
     }
     fn matches(&self, s: &SnapshotInfo) -> bool {
@@ -314,27 +314,27 @@ fn same_source(s: &SnapshotInfo, source: &str) -> bool {
 /// A time as a filter takes it: RFC 3339 (`2026-01-31T12:00:00Z`), a UTC date and time
 /// (`2026-01-31T12:00:00`, `2026-01-31 12:00`), a UTC date (`2026-01-31`, its midnight) or a
 /// while ago, in the units `--keep-within` takes (`36h`, `7d`, `2w`, `1y 6mo`, `90min`).
-fn parse_time(s: &str) -> Result<jiff::Timestamp> {
+fn parse_time(s: &str, zone: &jiff::tz::TimeZone) -> Result<jiff::Timestamp> {
     if let Ok(t) = s.parse::<jiff::Timestamp>() {
         return Ok(t);
     }
-    let utc = |t: jiff::civil::DateTime| t.to_zoned(jiff::tz::TimeZone::UTC).ok();
+    let local = |t: jiff::civil::DateTime| t.to_zoned(zone.clone()).ok();
     // A date and time before a date: a date's parser would take the date of either.
-    if let Some(z) = s.parse::<jiff::civil::DateTime>().ok().and_then(utc) {
+    if let Some(z) = s.parse::<jiff::civil::DateTime>().ok().and_then(local) {
         return Ok(z.timestamp());
     }
     if let Some(z) = s
         .parse::<jiff::civil::Date>()
         .ok()
-        .and_then(|d| utc(d.to_datetime(jiff::civil::Time::midnight())))
+        .and_then(|d| local(d.to_datetime(jiff::civil::Time::midnight())))
     {
         return Ok(z.timestamp());
     }
     let bad = |why: String| {
         Error::Invalid(format!(
-            "{s:?} is not a time: give an RFC 3339 time (2026-01-31T12:00:00Z), a UTC date and \
-             time (2026-01-31T12:00:00), a date (2026-01-31, midnight UTC) or a while ago (36h, \
-             7d, 2w, 1y 6mo){why}"
+            "{s:?} is not a time: give an RFC 3339 time (2026-01-31T12:00:00Z), a local date \
+             and time (2026-01-31T12:00:00), a date (2026-01-31, its midnight) or a while ago \
+             (36h, 7d, 2w, 1y 6mo){why}"
         ))
     };
     let (months, secs) = cairn_retention::Retention::parse_within(s).map_err(|e| {
@@ -350,7 +350,7 @@ fn parse_time(s: &str) -> Result<jiff::Timestamp> {
         .ok()
         .and_then(|span| {
             jiff::Timestamp::now()
-                .to_zoned(jiff::tz::TimeZone::UTC)
+                .to_zoned(zone.clone())
                 .checked_sub(span)
                 .ok()
         })
@@ -3238,11 +3238,11 @@ fn lacks_object_lock(e: &object_store::Error) -> bool {
 
 #[cfg(test)]
 mod tests {
-    /// A filter's time: RFC 3339, a UTC date, or a while ago; anything else is refused
+    /// A filter's time: RFC 3339, a date, or a while ago; anything else is refused
     /// naming the three.
     #[test]
     fn filter_times() {
-        let t = |s: &str| super::parse_time(s);
+        let t = |s: &str| super::parse_time(s, &jiff::tz::TimeZone::UTC);
         assert_eq!(
             t("2026-01-31T12:00:00Z").expect("rfc 3339").to_string(),
             "2026-01-31T12:00:00Z"
@@ -3251,9 +3251,18 @@ mod tests {
             t("2026-01-31").expect("a date").to_string(),
             "2026-01-31T00:00:00Z"
         );
-        // Without an offset, the time of day is UTC's, not dropped.
+        // Without an offset, the time of day is the zone's, not dropped.
         for utc in ["2024-06-30T23:59:59", "2024-06-30 23:59:59"] {
             assert_eq!(t(utc).expect(utc).to_string(), "2024-06-30T23:59:59Z");
+        }
+        let plus_two = jiff::tz::TimeZone::fixed(jiff::tz::offset(2));
+        for (local, utc) in [
+            ("2024-06-30T23:59:59", "2024-06-30T21:59:59Z"),
+            ("2024-07-01", "2024-06-30T22:00:00Z"),
+            ("2024-07-01T00:00:00+00:00", "2024-07-01T00:00:00Z"),
+        ] {
+            let parsed = super::parse_time(local, &plus_two).expect(local);
+            assert_eq!(parsed.to_string(), utc);
         }
         assert!(t("99999999y").is_err(), "too long ago, not a panic");
         let ago = jiff::Timestamp::now().as_second() - t("1y").expect("ago").as_second();

@@ -1170,8 +1170,57 @@ fn repair_packs_lets_the_next_backup_store_damaged_data_again() {
     repo.ok(&["repo", "check", "--read-data"]);
 }
 
+/// Snapshots' times are shown and read in the local time zone (`TZ`), as restic's: listed at
+/// UTC+14, a snapshot is 14 hours later than at UTC, and a date and time without an offset is
+/// that zone's.
+#[test]
+fn snapshot_times_are_shown_and_read_in_the_local_zone() {
+    let repo = LocalRepo::new();
+    repo.ok(&["repo", "init"]);
+    let data = repo.dir.path().join("data");
+    std::fs::create_dir(&data).expect("data");
+    let id = repo.backup(&data);
+    let common: Vec<&str> = repo.common.iter().map(String::as_str).collect();
+    let snapshots = |tz: &str, extra: &[&str]| {
+        let out = repo
+            .cairn
+            .command(&[&["repo", "snapshots"], extra, &common[..]].concat())
+            .env("TZ", tz)
+            .output()
+            .expect("cairn runs");
+        assert!(out.status.success(), "{}", stderr(&out));
+        stdout(&out)
+    };
+    let listed = json(&repo.ok(&["repo", "snapshots", "--output", "json"]));
+    let time: jiff::Timestamp = listed[0]["time"]
+        .as_str()
+        .expect("time")
+        .parse()
+        .expect("a time");
+    let shown = |t: jiff::Timestamp| t.strftime("%Y-%m-%d %H:%M:%S").to_string();
+    let plus = |secs: i64| {
+        time.checked_add(jiff::SignedDuration::from_secs(secs))
+            .expect("in range")
+    };
+    let utc = snapshots("UTC", &[]);
+    assert!(
+        utc.contains("time (UTC)") && utc.contains(&shown(time)),
+        "{utc}"
+    );
+    // A POSIX TZ: 14 hours east of UTC.
+    let east = snapshots("XST-14", &[]);
+    assert!(east.contains(&shown(plus(14 * 3600))), "{east}");
+    // Its wall clock a second before the snapshot: there, the snapshot is not before it; in
+    // UTC, that wall clock is 14 hours after the snapshot.
+    let wall = plus(14 * 3600 - 1)
+        .strftime("%Y-%m-%dT%H:%M:%S")
+        .to_string();
+    assert!(!snapshots("XST-14", &["--until", &wall]).contains(&id[..8]));
+    assert!(snapshots("UTC", &["--until", &wall]).contains(&id[..8]));
+}
+
 /// What a restic user types is read as restic reads it, or refused: a filter's time of day
-/// without an offset is UTC's, a relative `--path` is the directory `backup` made absolute,
+/// without an offset is the local zone's (`TZ=UTC` in these tests), a relative `--path` is the directory `backup` made absolute,
 /// tags Cairn sets on exports and zstd levels out of range are refused (2).
 #[test]
 fn filters_tags_and_levels_are_read_as_given_or_refused() {

@@ -101,6 +101,8 @@ impl Cairn {
         command
             .args(args)
             .env("CAIRN_HOME", self.home.path())
+            // Times are shown and read in the local zone: the same on every machine.
+            .env("TZ", "UTC")
             .env_remove("RUST_LOG")
             .current_dir(root());
         command
