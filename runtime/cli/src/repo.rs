@@ -71,9 +71,10 @@ enum RepoCommand {
         #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
         protection: Option<Duration>,
     },
-    /// Back up a directory, standard input with `-`, or a command's output.
+    /// Back up a directory or a file, standard input with `-`, or a command's output.
     Backup {
-        /// The directory, or `-` for standard input (none with --stdin-from-command).
+        /// The directory or file (a file is a tree of that one file, restored under its
+        /// name), or `-` for standard input (none with --stdin-from-command).
         source: Option<PathBuf>,
         /// The stream's name when backing up standard input or a command's output.
         #[arg(long, value_name = "NAME")]
@@ -1156,6 +1157,11 @@ fn copied_line(from: &SnapshotInfo, to: &SnapshotInfo) -> String {
 }
 
 fn dir_bytes(p: &std::path::Path) -> u64 {
+    if let Ok(m) = std::fs::metadata(p)
+        && m.is_file()
+    {
+        return m.len();
+    }
     let mut n = 0;
     if let Ok(rd) = std::fs::read_dir(p) {
         for e in rd.flatten() {
@@ -1333,7 +1339,7 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                 }
                 (None, false) => {
                     return Err(usage(
-                        "give the directory to back up, `-` for standard input, or \
+                        "give the directory or file to back up, `-` for standard input, or \
                          --stdin-from-command -- COMMAND",
                     ));
                 }

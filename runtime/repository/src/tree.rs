@@ -253,9 +253,10 @@ impl LeftOut {
 /// (their `stat` and extended attributes, the walk's cost) on every core, 64 or more to a
 /// task, and stated relative to the open directory rather than by their whole path.
 /// With `device`, directories of other filesystems (mount points under `root`) are kept,
-/// empty, and not walked.
+/// empty, and not walked. With `only`, of `root`'s own entries only the one of that name is.
 fn walk(
     root: &Path,
+    only: Option<&std::ffi::OsStr>,
     exclude: &[Pattern],
     device: Option<u64>,
     skipped: &LeftOut,
@@ -276,6 +277,9 @@ fn walk(
             Err(e) if !rel.as_os_str().is_empty() && unreadable(&e, &dir, skipped) => continue,
             Err(e) => return Err(Error::io("read directory", &dir, e)),
         };
+        if let (Some(name), true) = (only, rel.as_os_str().is_empty()) {
+            entries.retain(|e| e.file_name() == name);
+        }
         entries.sort_by_key(|e| e.file_name());
         let walked: Vec<Option<Walked>> = entries
             .par_iter()
@@ -1451,7 +1455,8 @@ fn set_link_mtime(path: &Path, node: &Node) -> std::io::Result<()> {
 
 impl Repository {
     /// Backs up the directory tree at `path` (each file cut as [`Chunking::for_file`] picks
-    /// unless the options name a chunking).
+    /// unless the options name a chunking), or the file at `path` as a tree of that one file,
+    /// which a restore writes into its target directory under its name.
     pub async fn backup_tree(
         &self,
         path: impl AsRef<Path>,
@@ -1461,21 +1466,29 @@ impl Repository {
             .map(|p| clean(&p))
             .map_err(|e| Error::io("resolve", path.as_ref(), e))?;
         let meta = match std::fs::metadata(&root) {
-            Ok(m) if m.is_dir() => m,
+            Ok(m) if m.is_dir() || m.is_file() => m,
             Ok(_) => {
                 return Err(Error::Invalid(format!(
-                    "{} is not a directory: back up a directory, or a file's bytes as a stream \
-                     (`cairn repo backup - --stdin-name NAME < FILE`)",
+                    "{} is neither a directory nor a file: back up the directory that holds \
+                     it, or its bytes as a stream (`cairn repo backup - --stdin-name NAME < {}`)",
+                    root.display(),
                     root.display()
                 )));
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(Error::Invalid(format!(
-                    "{} does not exist: name the directory to back up",
+                    "{} does not exist: name the directory or file to back up",
                     root.display()
                 )));
             }
             Err(e) => return Err(Error::io("back up", &root, e)),
+        };
+        // A file is a tree of that one file: its directory is walked for that name alone
+        // (restic's way, so a link is kept as a link), and no directory of its own is
+        // recorded for a restore to give the target.
+        let (walk_root, only) = match (meta.is_file(), root.parent(), root.file_name()) {
+            (true, Some(dir), Some(name)) => (dir.to_path_buf(), Some(name.to_owned())),
+            _ => (root.clone(), None),
         };
         opts.check_labels()?;
         let time = jiff::Timestamp::now();
@@ -1484,13 +1497,18 @@ impl Repository {
             .iter()
             .map(|p| Pattern::parse(p))
             .collect::<Result<Vec<_>>>()?;
-        let mut root_node = dir_node(String::new(), &meta);
-        let root_xattrs = xattrs::read(&root)
-            .map_err(|e| Error::io("read the extended attributes of", &root, e))?;
-        if !root_xattrs.is_empty() {
-            root_node.rare_mut().xattrs = root_xattrs;
-        }
-        let walk_root = root.clone();
+        let root_node = match only {
+            Some(_) => None,
+            None => {
+                let mut node = dir_node(String::new(), &meta);
+                let xattrs = xattrs::read(&root)
+                    .map_err(|e| Error::io("read the extended attributes of", &root, e))?;
+                if !xattrs.is_empty() {
+                    node.rare_mut().xattrs = xattrs;
+                }
+                Some(Box::new(node))
+            }
+        };
         let device = if opts.one_file_system {
             device_of(&meta)
         } else {
@@ -1498,11 +1516,13 @@ impl Repository {
         };
         // Entries this process cannot read, left out (counted by the walk and the reads).
         let skipped = opts.left_out.clone().unwrap_or_default();
-        let walk_skipped = skipped.clone();
+        let (walk_skipped, dir) = (skipped.clone(), walk_root.clone());
         let walked = async {
-            tokio::task::spawn_blocking(move || walk(&walk_root, &exclude, device, &walk_skipped))
-                .await
-                .map_err(|e| Error::Invalid(format!("walk task failed: {e}")))?
+            tokio::task::spawn_blocking(move || {
+                walk(&dir, only.as_deref(), &exclude, device, &walk_skipped)
+            })
+            .await
+            .map_err(|e| Error::Invalid(format!("walk task failed: {e}")))?
         };
         // The parent's files are read while the tree is walked.
         let (walked, parent) = tokio::join!(walked, self.parent_files(&root, &opts));
@@ -1550,7 +1570,7 @@ impl Repository {
             .filter(|(i, _)| unchanged.binary_search(i).is_err())
             .map(|(i, n)| {
                 let rel = rel_path(n).unwrap_or_else(|| PathBuf::from(&n.path));
-                ((root.join(rel), n.size), i)
+                ((walk_root.join(rel), n.size), i)
             })
             .unzip();
         let (tx, blocks, stop) = (pipeline.sender(), pipeline.blocks(), opts.stop.clone());
@@ -1570,7 +1590,7 @@ impl Repository {
             if opts.stop.as_ref().is_some_and(|s| *s.borrow()) {
                 return Err(Error::Interrupted);
             }
-            let mut content = Content::tree(nodes, Some(Box::new(root_node)));
+            let mut content = Content::tree(nodes, root_node);
             let mut summary = content.fill(c, p.stored_bytes, &unchanged);
             if let Content::Tree { nodes, .. } = &mut content {
                 drop_files(nodes, &gone);
@@ -2878,7 +2898,7 @@ mod tests {
         let name = format!("cairn-one-fs-{}", std::process::id());
         let file = Path::new("/dev/shm").join(&name);
         std::fs::write(&file, b"x").expect("a file in /dev/shm");
-        let walked = |device| walk(Path::new("/dev"), &[], device, &LeftOut::default());
+        let walked = |device| walk(Path::new("/dev"), None, &[], device, &LeftOut::default());
         let within = walked(device_of(&dev));
         let across = walked(None);
         let _ = std::fs::remove_file(&file);

@@ -587,6 +587,35 @@ fn diff_shows_what_changed_between_two_tree_snapshots() {
     );
 }
 
+/// `backup FILE` saves that one file; `restore` writes it into the target under its name, and
+/// `--target -` with `--include` its bytes alone.
+#[test]
+fn a_file_is_backed_up_and_restored_by_name() {
+    let repo = LocalRepo::new();
+    repo.ok(&["repo", "init"]);
+    let dump = repo.dir.path().join("db.dump");
+    std::fs::write(&dump, "-- a dump\n").expect("dump");
+    std::fs::write(repo.dir.path().join("other"), "not in it").expect("other");
+    let id = repo.backup(&dump);
+    let target = repo.dir.path().join("restored");
+    let target = target.to_str().expect("utf-8");
+    repo.ok(&["repo", "restore", &id, "--target", target]);
+    assert_eq!(
+        files_under(std::path::Path::new(target)),
+        [std::path::Path::new(target).join("db.dump")]
+    );
+    let out = repo.ok(&[
+        "repo",
+        "restore",
+        &id,
+        "--target",
+        "-",
+        "--include",
+        "db.dump",
+    ]);
+    assert_eq!(stdout(&out), "-- a dump\n");
+}
+
 /// A file the backup cannot read is left out with a warning; the snapshot of the rest is
 /// saved, the backup exits 1, and its JSON names the file and why.
 #[test]

@@ -960,6 +960,54 @@ async fn extended_attributes_and_acls_come_back() {
     assert_eq!(changes, [("a/b", "metadata")]);
 }
 
+/// A file is backed up as a tree of that one file: none of its directory's other entries,
+/// restored under its name into the target, and taken unread from the parent by the next
+/// backup of it. A symlink named is kept as the link, as restic keeps it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_is_a_tree_of_that_one_file() {
+    let (repo, dir, src) = repo_and_tree(15).await;
+    let file = src.join("big.db");
+    std::fs::write(&file, noise(1 << 20, 16)).unwrap();
+    // Files changed within two seconds of a backup's start are read again by the next.
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let first = repo.backup_tree(&file, BackupOptions::new()).await.unwrap();
+    assert!(
+        matches!(&first.kind, SnapshotKind::Tree { path } if *path == file.display().to_string()),
+        "{:?}",
+        first.kind
+    );
+    let repo = &repo;
+    let names = |snap| async move {
+        let listed = repo.list_tree(snap, &[]).await.unwrap();
+        listed.into_iter().map(|e| e.path).collect::<Vec<_>>()
+    };
+    assert_eq!(names(&first).await, ["big.db"]);
+    let dst = dir.path().join("dst");
+    repo.restore_tree_of(&first, &dst).await.unwrap();
+    assert_eq!(
+        std::fs::read(dst.join("big.db")).unwrap(),
+        std::fs::read(&file).unwrap()
+    );
+    let mtime = |p: &std::path::Path| std::fs::metadata(p).unwrap().modified().unwrap();
+    assert_eq!(mtime(&dst.join("big.db")), mtime(&file));
+    let second = repo.backup_tree(&file, BackupOptions::new()).await.unwrap();
+    let s = &second.summary;
+    assert_eq!(
+        (s.files, s.unchanged_files, s.new_bytes),
+        (1, 1, 0),
+        "{s:?}"
+    );
+
+    std::os::unix::fs::symlink("big.db", src.join("current")).unwrap();
+    let link = repo
+        .backup_tree(src.join("current"), BackupOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(names(&link).await, ["current"]);
+    let listed = repo.list_tree(&link, &[]).await.unwrap();
+    assert_eq!(listed[0].kind, "symlink");
+}
+
 /// A tree backup takes the files whose size, times and inode did not change from the parent
 /// snapshot instead of reading them — a file rewritten in place with its size and mtime put
 /// back is still read — and the snapshot restores whole.
