@@ -680,6 +680,12 @@ impl Backend {
         }
     }
 
+    /// Whether the store is reached over the network (S3, Azure, GCS), not a local directory
+    /// or memory.
+    pub(crate) fn remote(&self) -> bool {
+        self.local_root.is_none() && !self.url.starts_with("memory:")
+    }
+
     /// Names the key slot that each new Object Lock client writes again before any data
     /// ([`S3Lock`]): the one the repository was opened with.
     pub(crate) fn renew_with(&self, slot_path: Option<String>) {
@@ -938,6 +944,25 @@ mod tests {
             let mode = std::fs::metadata(&dir).expect("dir").permissions().mode();
             assert_eq!(mode & 0o777, 0o700);
         }
+    }
+
+    /// Restores keep more reads in flight from a network store than from a local one.
+    #[test]
+    fn only_cloud_stores_are_remote() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let remote = |url: String| {
+            let loc = Location::new(url)
+                .option("aws_region", "us-east-1")
+                .option("aws_access_key_id", "k")
+                .option("aws_secret_access_key", "s");
+            Backend::connect(&loc, true)
+                .expect("the store opens")
+                .remote()
+        };
+        assert!(!remote(format!("file://{}", dir.path().display())));
+        assert!(!remote(dir.path().display().to_string()));
+        assert!(!remote("memory://".into()));
+        assert!(remote("s3://bucket/prefix".into()));
     }
 
     /// A range past an object's end is what a truncated object gives a read planned from the

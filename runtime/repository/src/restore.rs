@@ -40,6 +40,13 @@ pub(crate) const READ_UNIT_CHUNK_BYTES: u64 = 2 << 20;
 /// 16 of 1 MiB 0.96–1.01 s at 77–78 MiB; 32 of 512 KiB 1.08 s. Smaller reads balance
 /// better over the two cores; more of them buy nothing.
 pub(crate) const READS_IN_FLIGHT: usize = 16;
+/// Read units in flight from a network store (S3, Azure, GCS), where each read waits on the
+/// network more than on the cores. Measured restoring the 1,116 MB day-2 tree of
+/// `bench/compare.sh` from `s3s-fs` on loopback (2026-12-07, two runs each): 16 reads
+/// 5.6–6.3 s at 85–87 MiB, 32 reads 3.8–4.8 s at 96–108 MiB, 64 reads 3.3–3.8 s at 154–158
+/// MiB (over the 128 MiB restore budget); restic 0.14 5.3 s at 151 MiB. Reads of 4 MiB and
+/// 16 MiB instead of 1 MiB were slower (7.1–7.4 s, 12–14 s).
+pub(crate) const REMOTE_READS_IN_FLIGHT: usize = 32;
 /// Most chunk bytes, and most bytes read, in one planning window (8 MiB each). A decoded
 /// read is held until the last of its chunks is yielded, which is within its window, so this
 /// bounds what restore holds beyond the reads in flight.
@@ -244,8 +251,9 @@ fn decode_unit(
     Ok(out)
 }
 
-/// Decoded chunks of `plan`, in order, with at most [`READS_IN_FLIGHT`] reads at once. Each
-/// item is the run of chunks that the latest completed read made ready.
+/// Decoded chunks of `plan`, in order, with at most [`READS_IN_FLIGHT`] reads at once
+/// ([`REMOTE_READS_IN_FLIGHT`] from a network store). Each item is the run of chunks that the
+/// latest completed read made ready.
 pub(crate) fn chunks(
     backend: Backend,
     keys: Arc<MasterKeys>,
@@ -253,6 +261,11 @@ pub(crate) fn chunks(
 ) -> impl Stream<Item = Result<Vec<Bytes>>> + Send + 'static {
     let Plan { units, order } = plan;
     let mut remaining: Vec<u32> = units.iter().map(|u| u.chunks.len() as u32).collect();
+    let in_flight = if backend.remote() {
+        REMOTE_READS_IN_FLIGHT
+    } else {
+        READS_IN_FLIGHT
+    };
     // Each read is its own task, so reads and decoding go on while the consumer is busy
     // writing (the stream is not polled then); dropping the stream aborts the tasks.
     let reads = futures::stream::iter(units)
@@ -260,7 +273,7 @@ pub(crate) fn chunks(
             let (b, k) = (backend.clone(), keys.clone());
             Task(tokio::spawn(async move { fetch(&b, k, u).await }))
         })
-        .buffered(READS_IN_FLIGHT);
+        .buffered(in_flight);
     // Reads complete in their order. `held` holds the decoded reads from number `first` on;
     // a read is released (None) once all its chunks are yielded. After the last read, an
     // item (None) yields the chunks of zeros that follow it.
