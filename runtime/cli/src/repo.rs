@@ -1228,7 +1228,10 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
             String::new()
         } else {
             let by = if repo.object_lock() {
-                "cairn and by S3 Object Lock"
+                // A server that takes the retention headers and ignores them (s3s-fs) looks
+                // the same from here as one that keeps them.
+                "cairn, and by S3 Object Lock where the server keeps the retention it is sent: \
+                 the bucket took it; check that the server implements Object Lock"
             } else {
                 "cairn"
             };
@@ -2248,6 +2251,9 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                             let state = match (l.removed, &l.stale) {
                                 (true, Some(why)) => format!("removed ({why})"),
                                 (true, None) => "removed".into(),
+                                (false, Some(why)) if l.time.is_none() => {
+                                    format!("{why}: left alone")
+                                }
                                 (false, _) => "held".into(),
                             };
                             // A foreign object's name may be anything: cut by characters.
@@ -2264,7 +2270,10 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                             }
                         })
                         .collect();
-                    let held = locks.iter().filter(|l| !l.removed).count();
+                    let held = locks
+                        .iter()
+                        .filter(|l| !l.removed && l.time.is_some())
+                        .count();
                     lines.push(match (locks.len(), held) {
                         (0, _) => "no locks".into(),
                         (_, 0) => "no locks are held now".into(),

@@ -245,6 +245,43 @@ const LOCK_CLIENT_LIFE: std::time::Duration = std::time::Duration::from_secs(600
 /// [`crate::format::MAX_OBJECT_BYTES`] plaintext, with room for what sealing and framing add.
 pub(crate) const MAX_WHOLE_READ: u64 = crate::format::MAX_OBJECT_BYTES as u64 + (1 << 20);
 
+/// Times a create-if-absent write that timed out, or whose connection broke, is sent again.
+const PUT_TRIES: u32 = 3;
+
+/// Whether `e` says a request was cut off once sent (timed out, its connection reset or
+/// closed) rather than answered or never sent.
+fn interrupted(e: &object_store::Error) -> bool {
+    let mut text = e.to_string();
+    let mut cur = std::error::Error::source(e);
+    while let Some(c) = cur {
+        text.push_str(&c.to_string());
+        cur = c.source();
+    }
+    // Never sent (object_store sends those again itself, and a server that is down stays
+    // down for a while).
+    let unsent = ["Connection refused", "tcp connect error", "dns error"];
+    !unsent.iter().any(|w| text.contains(w))
+        && [
+            "timed out",
+            "Connection reset",
+            "connection reset",
+            "connection closed",
+            "broken pipe",
+            "Broken pipe",
+            "error sending request",
+        ]
+        .iter()
+        .any(|w| text.contains(w))
+}
+
+/// Whether the object at `path` holds exactly `data`.
+async fn holds(store: &Arc<dyn ObjectStore>, path: &str, data: &Bytes) -> bool {
+    match store.get(&Path::from(path)).await {
+        Ok(r) if r.meta.size == data.len() as u64 => r.bytes().await.is_ok_and(|b| b == *data),
+        _ => false,
+    }
+}
+
 /// Builds an S3 store from the environment (`AWS_*`), the URL and the location's options;
 /// with `lock_until`, every write it makes carries compliance-mode retention until then.
 fn s3_store(
@@ -290,23 +327,63 @@ fn s3_store(
         b = b.with_config(key, v);
     }
     b = b.with_retry(retry);
+    // object_store takes the endpoint's text as it is and panics on the first request when
+    // it is not a URL.
+    if let Some(endpoint) = b.get_config_value(&AmazonS3ConfigKey::Endpoint) {
+        check_endpoint(raw, &endpoint)?;
+    }
     Ok(prefixed(
         Arc::new(b.build().map_err(|e| invalid(raw, e))?),
         url,
     ))
 }
 
+/// Refuses an S3 endpoint that is not `http(s)://HOST[:PORT][/PATH]` as given (no spaces).
+fn check_endpoint(raw: &str, endpoint: &str) -> Result<()> {
+    let parsed = url::Url::parse(endpoint).ok().filter(|u| {
+        matches!(u.scheme(), "http" | "https") && u.host_str().is_some_and(|h| !h.is_empty())
+    });
+    if parsed.is_some()
+        && !endpoint
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Ok(());
+    }
+    Err(invalid(
+        raw,
+        format!(
+            "the S3 endpoint {endpoint:?} (--option aws_endpoint or AWS_ENDPOINT) is not a URL: \
+             give http(s)://HOST[:PORT], such as https://s3.eu-central-1.amazonaws.com or \
+             http://127.0.0.1:9000"
+        ),
+    ))
+}
+
+/// How long a failed request waits before it is sent again: 1 s, then a random while up to
+/// three times the last wait, at most 30 s. object_store's own (from 100 ms, up to twice the
+/// last) hardly grows: its ten retries were over within three seconds, so a server restarting
+/// for six failed a backup.
+const RETRY_BACKOFF: object_store::BackoffConfig = object_store::BackoffConfig {
+    init_backoff: std::time::Duration::from_secs(1),
+    max_backoff: std::time::Duration::from_secs(30),
+    base: 3.0,
+};
+
 /// A location's options for a cloud store's builder, as its config keys `K`, and the retry
-/// policy of its requests: `object_store`'s (ten retries, backing off from 100 ms to 15 s,
-/// within three minutes of the first try) unless the options `retries` and `retry_timeout`
-/// (a duration: `90s`, `5m`) change it, for a link that drops out longer than that.
+/// policy of its requests: ten retries backing off as [`RETRY_BACKOFF`] (about two minutes
+/// in all), within three minutes of the first try, unless the options `retries` and
+/// `retry_timeout` (a duration: `90s`, `5m`) change it, for a link that drops out longer.
 fn cloud_options<K>(loc: &Location) -> Result<(Vec<(K, &str)>, object_store::RetryConfig)>
 where
     K: std::str::FromStr,
     K::Err: std::fmt::Display,
 {
     let raw = loc.url.as_str();
-    let mut retry = object_store::RetryConfig::default();
+    let mut retry = object_store::RetryConfig {
+        backoff: RETRY_BACKOFF,
+        ..Default::default()
+    };
     let mut options = Vec::new();
     for (k, v) in &loc.options {
         match k.as_str() {
@@ -373,6 +450,21 @@ impl Backend {
                     .map_err(|()| invalid(raw, "not an absolute path"))?
             }
         };
+        // Credentials in the URL are read by no store, and the URL is printed in messages.
+        // (Azure's `abfss://CONTAINER@ACCOUNT.dfs.core.windows.net/…` names its container so.)
+        let azure = matches!(url.scheme(), "az" | "azure" | "abfs" | "abfss");
+        if url.password().is_some() || (!url.username().is_empty() && !azure) {
+            let mut shown = url.clone();
+            let _ = shown.set_username("");
+            let _ = shown.set_password(None);
+            return Err(invalid(
+                shown.as_str(),
+                "the URL holds credentials (USER:SECRET@), which are not read there and would \
+                 be printed with it: remove them, and give them with --option (such as \
+                 aws_access_key_id and aws_secret_access_key), the store's environment \
+                 variables or a profile file",
+            ));
+        }
         let mut s3_lock = None;
         let mut local_root = None;
         let store: Arc<dyn ObjectStore> = match url.scheme() {
@@ -642,20 +734,48 @@ impl Backend {
         data: Bytes,
     ) -> Result<()> {
         Limiter::take(&self.upload, data.len() as u64).await;
-        let opts = PutOptions {
-            mode: PutMode::Create,
-            ..Default::default()
-        };
-        match store
-            .put_opts(&Path::from(path), PutPayload::from_bytes(data), opts)
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(object_store::Error::AlreadyExists { .. }) => Err(Error::Protected {
-                object: path.to_string(),
-                until: "forever (objects are never overwritten)".into(),
-            }),
-            Err(e) => Err(self.store_err("write", path, e)),
+        let mut tries = 0;
+        loop {
+            let opts = PutOptions {
+                mode: PutMode::Create,
+                ..Default::default()
+            };
+            let put = store
+                .put_opts(
+                    &Path::from(path),
+                    PutPayload::from_bytes(data.clone()),
+                    opts,
+                )
+                .await;
+            match put {
+                Ok(_) => return Ok(()),
+                // A write the store took but whose answer was lost (a 5xx, a reset) is sent
+                // again by object_store, and meets itself: the same bytes there are this
+                // write. Every name written so is new (a random id, or a hash of what it
+                // holds), so other bytes are another writer's.
+                Err(object_store::Error::AlreadyExists { .. }) => {
+                    return if holds(store, path, &data).await {
+                        Ok(())
+                    } else {
+                        Err(Error::Protected {
+                            object: path.to_string(),
+                            until: "forever (objects are never overwritten)".into(),
+                        })
+                    };
+                }
+                // A create-if-absent write is not idempotent, so object_store does not send
+                // it again when it timed out or its connection broke: it may have landed, or
+                // may land still. Sent again, it is either taken or meets itself (above).
+                Err(e) if tries < PUT_TRIES && interrupted(&e) => {
+                    if holds(store, path, &data).await {
+                        return Ok(());
+                    }
+                    tries += 1;
+                    tracing::warn!(object = path, error = %e, "write interrupted; sending it again");
+                    tokio::time::sleep(std::time::Duration::from_secs(1 << tries)).await;
+                }
+                Err(e) => return Err(self.store_err("write", path, e)),
+            }
         }
     }
 
@@ -683,7 +803,7 @@ impl Backend {
     /// Whether the store is reached over the network (S3, Azure, GCS), not a local directory
     /// or memory.
     pub(crate) fn remote(&self) -> bool {
-        self.local_root.is_none() && !self.url.starts_with("memory:")
+        self.local_root.is_none() && !self.url.to_ascii_lowercase().starts_with("memory:")
     }
 
     /// Names the key slot that each new Object Lock client writes again before any data
@@ -944,6 +1064,47 @@ mod tests {
             let mode = std::fs::metadata(&dir).expect("dir").permissions().mode();
             assert_eq!(mode & 0o777, 0o700);
         }
+    }
+
+    /// An S3 endpoint that is not a URL is refused when the store is opened, not a panic at
+    /// its first request; and a write whose answer was lost, sent again, meets itself.
+    #[tokio::test]
+    async fn endpoints_are_urls_and_a_write_that_meets_itself_is_done() {
+        for bad in [
+            "127.0.0.1:9000",
+            "http://127.0.0.1:9000 ",
+            "http://127.0.0.1:99999",
+            "",
+            "ftp://host",
+        ] {
+            let loc = Location::new("s3://bucket/prefix")
+                .option("aws_region", "us-east-1")
+                .option("aws_endpoint", bad);
+            let Err(e) = Backend::connect(&loc, true) else {
+                panic!("{bad:?} was taken for an endpoint");
+            };
+            assert!(e.to_string().contains("is not a URL"), "{bad:?}: {e}");
+        }
+        let Err(e) = Backend::connect(&Location::new("s3://AK:SKsecret@bucket/p"), true) else {
+            panic!("credentials in the URL were taken");
+        };
+        let text = e.to_string();
+        assert!(
+            text.contains("holds credentials") && !text.contains("SKsecret"),
+            "{text}"
+        );
+        let b = Backend::connect(&Location::new("memory://"), true).expect("the store opens");
+        let data = Bytes::from_static(b"the same bytes");
+        b.put_new("snapshots/x", data.clone())
+            .await
+            .expect("written");
+        b.put_new("snapshots/x", data)
+            .await
+            .expect("the same bytes: done");
+        let Err(e) = b.put_new("snapshots/x", Bytes::from_static(b"other")).await else {
+            panic!("other bytes overwrote an object");
+        };
+        assert!(matches!(e, Error::Protected { .. }), "{e:?}");
     }
 
     /// Restores keep more reads in flight from a network store than from a local one.

@@ -215,7 +215,8 @@ fn store_hint(url: &str, e: &object_store::Error) -> String {
     let (creds, endpoint, prefix) = match url.split_once("://").map_or("", |(scheme, _)| scheme) {
         "s3" | "s3a" => (
             "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or pass --option \
-             aws_access_key_id=… --option aws_secret_access_key=…",
+             aws_access_key_id=… --option aws_secret_access_key=… (AWS_PROFILE and \
+             ~/.aws/credentials are not read)",
             "aws_endpoint",
             "aws",
         ),
@@ -241,13 +242,42 @@ fn store_hint(url: &str, e: &object_store::Error) -> String {
             "no credentials were given, and the cloud's instance-metadata service (tried last) \
              gave none: {creds} (or put them in the profile file)"
         )
+    } else if has(&["RequestTimeTooSkewed", "RequestTimeSkewed"]) {
+        "this host's clock is too far from the store's, which refuses signed requests then: \
+         set the clock right (NTP)"
+            .into()
     } else if has(&[
         "SignatureDoesNotMatch",
         "InvalidAccessKeyId",
+        "NotSignedUp",
         "AuthenticationFailed",
         "Unauthenticated",
     ]) {
         "the store refused the credentials: check the key id and the secret".into()
+    } else if has(&[
+        "invalid peer certificate",
+        "UnknownIssuer",
+        "certificate verify failed",
+    ]) {
+        "the server's TLS certificate is not trusted here: if your own authority signed it, \
+         point SSL_CERT_FILE at that authority's certificate (PEM)"
+            .into()
+    } else if has(&["InvalidContentType", "received corrupt message"]) {
+        format!(
+            "the endpoint answers plain http, not https: give it as http://… with --option \
+             {prefix}_allow_http=true"
+        )
+    } else if has(&["<html", "<HTML", "<!DOCTYPE", "<!doctype"]) {
+        format!(
+            "the endpoint answered with a web page, not as the store: check it (--option \
+             {endpoint} or {})",
+            env(endpoint)
+        )
+    } else if has(&["501 Not Implemented", "NotImplemented"]) && has(&["PUT", "put"]) {
+        "the server does not implement conditional writes (If-None-Match: *), which Cairn \
+         needs so that no object is ever overwritten: use a server or service that does (AWS \
+         S3, MinIO, Ceph RGW since Squid, moto)"
+            .into()
     } else if has(&[
         "AccessDenied",
         "AuthorizationFailure",
@@ -450,6 +480,35 @@ mod tests {
             (
                 "<Error><Code>AccessDenied</Code></Error>",
                 "not allowed this",
+            ),
+            // What a helper met against s3s-fs, moto and a web server (2026-12-07).
+            (
+                "The operation lacked the necessary privileges to complete for path r/config: \
+                 403 Forbidden: <Error><Code>RequestTimeTooSkewed</Code></Error>",
+                "clock",
+            ),
+            (
+                "403 Forbidden: <Error><Code>NotSignedUp</Code></Error>",
+                "refused the credentials",
+            ),
+            (
+                "HTTP error: error sending request: client error (Connect): invalid peer \
+                 certificate: UnknownIssuer",
+                "SSL_CERT_FILE",
+            ),
+            (
+                "HTTP error: error sending request: client error (Connect): received corrupt \
+                 message of type InvalidContentType",
+                "answers plain http",
+            ),
+            (
+                "Server returned non-2xx status code: 404 Not Found: <!DOCTYPE HTML>\n<html>",
+                "web page",
+            ),
+            (
+                "Error performing PUT http://h/b/r/config in 6s - Server returned non-2xx \
+                 status code: 501 Not Implemented: <Error><Code>NotImplemented</Code></Error>",
+                "conditional writes",
             ),
         ];
         for (text, hint) in cases {

@@ -32,6 +32,10 @@ struct LockFile {
     pidns: Option<String>,
 }
 
+/// The operation of an object under `locks/` that is a probe of the store's clock
+/// ([`Backend::probe_clock`]), which its process removes at once.
+pub(crate) const CLOCK_PROBE: &str = "clock probe";
+
 /// A lock object as [`Repository::unlock`](crate::Repository::unlock) reports it.
 #[derive(Debug, Clone, Serialize)]
 pub struct LockInfo {
@@ -106,16 +110,24 @@ async fn list_locks(backend: &Backend, own: Option<&str>) -> Result<Vec<LockInfo
                 time: Some(l.time),
                 removed: false,
             },
-            Err(e) => LockInfo {
-                id,
-                exclusive: false,
-                hostname: String::new(),
-                pid: 0,
-                operation: String::new(),
-                time: None,
-                stale: Some(format!("not a lock object ({e})")),
-                removed: false,
-            },
+            Err(e) => {
+                let probe = serde_json::from_slice::<serde_json::Value>(&b)
+                    .is_ok_and(|v| v.get("probe").is_some());
+                LockInfo {
+                    id,
+                    exclusive: false,
+                    hostname: String::new(),
+                    pid: 0,
+                    operation: if probe { CLOCK_PROBE } else { "" }.to_owned(),
+                    time: None,
+                    stale: Some(if probe {
+                        "a clock probe a killed process left".to_owned()
+                    } else {
+                        format!("not a lock object ({e})")
+                    }),
+                    removed: false,
+                }
+            }
         });
     }
     Ok(locks)
@@ -131,7 +143,10 @@ pub(crate) async fn unlock(backend: &Backend, all: bool) -> Result<Vec<LockInfo>
     backend.probe_clock().await;
     let mut locks = list_locks(backend, None).await?;
     for l in &mut locks {
-        if all || l.stale.is_some() {
+        // What is not a lock (nor a probe of the store's clock) is another's: left alone, as
+        // every operation leaves foreign objects.
+        let ours = l.time.is_some() || l.operation == CLOCK_PROBE;
+        if ours && (all || l.stale.is_some()) {
             backend.delete_any(&format::lock_path(&l.id)).await?;
             l.removed = true;
         }
@@ -362,7 +377,14 @@ impl LockGuard {
         if let Some(r) = self.refresher.take() {
             r.abort();
         }
-        let _ = self.backend.delete_any(&self.path).await;
+        if let Err(e) = self.backend.delete_any(&self.path).await {
+            // Others then take the lock for held until it is stale (30 minutes).
+            tracing::warn!(
+                lock = %self.path,
+                error = %e,
+                "the lock could not be removed; `cairn repo unlock` removes it once it is stale"
+            );
+        }
         self.path.clear();
     }
 }

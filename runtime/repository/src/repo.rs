@@ -826,7 +826,9 @@ impl Repository {
             version: format::FORMAT_VERSION,
             id: format::new_id(),
             created: jiff::Timestamp::now(),
-            protection_secs: opts.protection.as_secs(),
+            // Whole seconds, rounded up: never shorter than asked (1 ms was none).
+            protection_secs: opts.protection.as_secs()
+                + u64::from(opts.protection.subsec_nanos() > 0),
             object_lock: false,
         };
         let slot = write_slot(&backend, &config.id, &keys, key, &opts.label).await?;
@@ -2817,7 +2819,29 @@ impl Repository {
         self.inner.backend.renew_with(None);
         let id = self.add_key(new_key, &label).await?;
         self.inner.backend.renew_with(Some(format::key_path(&id)));
-        self.inner.backend.delete_data(&path, None).await?;
+        if let Err(e) = self.inner.backend.delete_data(&path, None).await {
+            // Half done: said so, lest a second try add a third slot.
+            let old = &self.inner.slot;
+            let note = format!(
+                "; key rotate added the new key slot {id} but could not remove the old one, \
+                 {old}: both open the repository now; once the cause is fixed, remove the old \
+                 one with `cairn repo key remove {old}` (not another rotate)"
+            );
+            return Err(match e {
+                Error::Store {
+                    op,
+                    object,
+                    cause,
+                    hint,
+                } => Error::Store {
+                    op,
+                    object,
+                    cause,
+                    hint: hint + &note,
+                },
+                e => Error::Invalid(format!("{e}{note}")),
+            });
+        }
         Ok(id)
     }
 
