@@ -144,9 +144,10 @@ enum RepoCommand {
         #[arg(long)]
         sparse: bool,
         /// Once every file is written, remove what the target holds that the snapshot does
-        /// not (only below the --include paths when some are given), so the target becomes
-        /// the snapshot: a database's data directory rolled back in place, without the files
-        /// it made since. Without it, other files stay. A directory where the snapshot has a
+        /// not (only below the --include paths when some are given; of a file's snapshot,
+        /// nothing beside the file), so the target becomes the snapshot: a database's data
+        /// directory rolled back in place, without the files it made since. Without it, other
+        /// files stay. A directory where the snapshot has a
         /// file goes first, with what it holds (without --delete, the restore refuses it).
         #[arg(long)]
         delete: bool,

@@ -1025,9 +1025,10 @@ fn safe_join(target: &Path, node: &Node) -> Result<PathBuf> {
 
 /// Removes what the restored directories hold that the snapshot does not (a restore with
 /// [`RestoreOptions::delete`]): every directory restored at or below the paths `include` names
-/// (the target itself too when it names none), never one above them. Nothing is followed: a
-/// link is removed as a link, a directory with what it holds. Returns the entries removed.
-fn delete_extras(target: &Path, nodes: &[Node], include: &[String]) -> Result<u64> {
+/// (the target itself too when it names none and the snapshot is `of_dir`, a directory's rather
+/// than a file's), never one above them. Nothing is followed: a link is removed as a link, a
+/// directory with what it holds. Returns the entries removed.
+fn delete_extras(target: &Path, nodes: &[Node], include: &[String], of_dir: bool) -> Result<u64> {
     let include = included(include).unwrap_or_default();
     let within = |path: &str| include.is_empty() || include.iter().any(|inc| under(path, inc));
     let restored: HashSet<PathBuf> = nodes
@@ -1035,7 +1036,9 @@ fn delete_extras(target: &Path, nodes: &[Node], include: &[String]) -> Result<u6
         .map(|n| safe_join(target, n))
         .collect::<Result<_>>()?;
     let mut dirs = Vec::new();
-    if include.is_empty() {
+    // The target is the snapshot's directory only when it has one: a snapshot of a file (no
+    // root directory recorded) was never of the target's other entries.
+    if include.is_empty() && of_dir {
         dirs.push(target.to_path_buf());
     }
     for n in nodes
@@ -1465,6 +1468,21 @@ impl Repository {
         let root = std::path::absolute(path.as_ref())
             .map(|p| clean(&p))
             .map_err(|e| Error::io("resolve", path.as_ref(), e))?;
+        // A link to a file is not taken for the file: walked as its directory's entry, it would
+        // be backed up as the link alone, the file's bytes left out.
+        if let (Ok(link), Ok(m)) = (std::fs::symlink_metadata(&root), std::fs::metadata(&root))
+            && link.file_type().is_symlink()
+            && m.is_file()
+        {
+            let to = std::fs::canonicalize(&root).unwrap_or_else(|_| root.clone());
+            return Err(Error::Invalid(format!(
+                "{} is a symbolic link to the file {}: back up {} itself, or the directory \
+                 that holds both",
+                root.display(),
+                to.display(),
+                to.display()
+            )));
+        }
         let meta = match std::fs::metadata(&root) {
             Ok(m) if m.is_dir() || m.is_file() => m,
             Ok(_) => {
@@ -1483,13 +1501,14 @@ impl Repository {
             }
             Err(e) => return Err(Error::io("back up", &root, e)),
         };
-        // A file is a tree of that one file: its directory is walked for that name alone
-        // (restic's way, so a link is kept as a link), and no directory of its own is
-        // recorded for a restore to give the target.
+        // A file is a tree of that one file: its directory is walked for that name alone, and
+        // no directory of its own is recorded for a restore to give the target (nor for
+        // `restore --delete` to empty).
         let (walk_root, only) = match (meta.is_file(), root.parent(), root.file_name()) {
             (true, Some(dir), Some(name)) => (dir.to_path_buf(), Some(name.to_owned())),
             _ => (root.clone(), None),
         };
+        let single = only.is_some();
         opts.check_labels()?;
         let time = jiff::Timestamp::now();
         let exclude = opts
@@ -1527,6 +1546,12 @@ impl Repository {
         // The parent's files are read while the tree is walked.
         let (walked, parent) = tokio::join!(walked, self.parent_files(&root, &opts));
         let (mut nodes, parent) = (walked?, parent?);
+        if single && nodes.is_empty() {
+            return Err(Error::Invalid(format!(
+                "{} is left out by --exclude, or was removed meanwhile: nothing to back up",
+                root.display()
+            )));
+        }
         let (tags, host) = (opts.tags.clone(), opts.host.clone());
         let (lock, pipeline) = self.start_backup(&opts, Chunking::PAGES).await?;
         // The parent was read before the lock was taken: forgotten and pruned meanwhile, the
@@ -1752,6 +1777,8 @@ impl Repository {
             )));
         };
         let target = target.as_ref().to_path_buf();
+        // A snapshot of a file has no root: `--delete` then leaves the target's other entries.
+        let of_dir = root.is_some();
         // A target the restore creates is the snapshot's root: it gets the root's owner, mode
         // and time (a database's data directory must be its service user's, mode 0700). One
         // that exists is left as it is.
@@ -1953,7 +1980,7 @@ impl Repository {
             }
         }
         if opts.delete {
-            summary.deleted = removed + delete_extras(&target, &nodes, include)?;
+            summary.deleted = removed + delete_extras(&target, &nodes, include, of_dir)?;
         } else if holds_something {
             remove_stale_besides(&target, &nodes);
         }
@@ -2052,9 +2079,9 @@ impl Repository {
             done => return done,
         };
         // The tree itself damaged (its node chunks), nothing of it can be told apart.
-        let mut nodes = match self.tree_nodes(info).await {
-            Ok(nodes) => nodes,
-            Err(_) => return Err(first),
+        let (mut nodes, of_dir) = match self.content_object(info).await {
+            Ok(Content::Tree { nodes, root, .. }) => (nodes, root.is_some()),
+            _ => return Err(first),
         };
         tracing::warn!("{first}; restoring the rest");
         take_back(before);
@@ -2124,7 +2151,7 @@ impl Repository {
         // group's restore sees only its own leaves. (What could not be restored is the
         // snapshot's, and stays as it was.)
         if opts.delete {
-            summary.deleted = delete_extras(target, &nodes, include)?;
+            summary.deleted = delete_extras(target, &nodes, include, of_dir)?;
             // Deleting from a directory set its time again: the restored times go back on.
             if summary.deleted > 0 {
                 set_dirs(&Meta::default(), target, &nodes)?;

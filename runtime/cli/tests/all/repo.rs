@@ -971,13 +971,18 @@ fn backup_from_a_command_saves_its_output_only_when_it_succeeds() {
 }
 
 #[test]
-fn a_source_that_is_not_a_directory_and_a_target_that_is_a_file_are_refused() {
+fn a_source_that_is_neither_a_directory_nor_a_file_and_a_target_that_is_a_file_are_refused() {
     let cairn = Cairn::new();
     let dir = tempfile::tempdir().expect("tempdir");
     let path = |name: &str| dir.path().join(name).to_str().expect("utf-8").to_string();
     std::fs::write(path("pass"), "correct horse").expect("passphrase");
     std::fs::write(path("file"), "a file").expect("file");
     std::fs::create_dir(path("data")).expect("data");
+    let fifo = std::process::Command::new("mkfifo")
+        .arg(path("fifo"))
+        .status()
+        .expect("mkfifo runs");
+    assert!(fifo.success());
     let repo = path("repo");
     let run = |args: &[&str]| {
         let common = ["--repo", &repo, "--passphrase-file", &path("pass")];
@@ -986,7 +991,7 @@ fn a_source_that_is_not_a_directory_and_a_target_that_is_a_file_are_refused() {
     assert!(run(&["repo", "init"]).status.success());
     for (source, says) in [
         ("missing", "does not exist"),
-        ("file", "is not a directory"),
+        ("fifo", "is neither a directory nor a file"),
     ] {
         let out = run(&["repo", "backup", &path(source)]);
         assert_eq!(out.status.code(), Some(2), "{source}: {}", stderr(&out));

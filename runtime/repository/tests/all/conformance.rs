@@ -961,8 +961,8 @@ async fn extended_attributes_and_acls_come_back() {
 }
 
 /// A file is backed up as a tree of that one file: none of its directory's other entries,
-/// restored under its name into the target, and taken unread from the parent by the next
-/// backup of it. A symlink named is kept as the link, as restic keeps it.
+/// restored under its name into the target (with --delete, the target's other entries left
+/// alone), and taken unread from the parent by the next backup of it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_is_a_tree_of_that_one_file() {
     let (repo, dir, src) = repo_and_tree(15).await;
@@ -998,14 +998,27 @@ async fn a_file_is_a_tree_of_that_one_file() {
         "{s:?}"
     );
 
-    std::os::unix::fs::symlink("big.db", src.join("current")).unwrap();
-    let link = repo
-        .backup_tree(src.join("current"), BackupOptions::new())
+    // Restored in place with --delete, it leaves the directory's other entries alone: they
+    // were never in it.
+    let dst_file = src.join("small.conf");
+    let before = std::fs::read(&dst_file).unwrap();
+    repo.restore_paths_with(&second, &src, &[], &RestoreOptions::new().delete(true))
         .await
         .unwrap();
-    assert_eq!(names(&link).await, ["current"]);
-    let listed = repo.list_tree(&link, &[]).await.unwrap();
-    assert_eq!(listed[0].kind, "symlink");
+    assert_eq!(std::fs::read(&dst_file).unwrap(), before);
+
+    // A link to the file, and a file --exclude leaves out, are refused, not saved empty.
+    std::os::unix::fs::symlink("big.db", src.join("current")).unwrap();
+    let e = repo
+        .backup_tree(src.join("current"), BackupOptions::new())
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("symbolic link to the file"), "{e}");
+    let e = repo
+        .backup_tree(&file, BackupOptions::new().exclude("*.db"))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("left out by --exclude"), "{e}");
 }
 
 /// A tree backup takes the files whose size, times and inode did not change from the parent
