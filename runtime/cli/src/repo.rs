@@ -208,8 +208,7 @@ enum RepoCommand {
               value_parser = parse_subset)]
         read_data_subset: Option<ReadData>,
     },
-    /// Remove snapshots by GFS retention, or the ones named. Hours, days, weeks, months and
-    /// years are those of the local time zone (`TZ`; `TZ=UTC` for UTC's).
+    /// Remove snapshots by GFS retention, or the ones named.
     Forget {
         /// Snapshots to remove by name (ids, unique prefixes or `latest`) instead of by
         /// retention rules.
@@ -237,6 +236,12 @@ enum RepoCommand {
         /// newest snapshot's date), also w, min, s. A bare "m" is refused: write "mo" or "min".
         #[arg(long, value_parser = Retention::parse_within, value_name = "DURATION")]
         keep_within: Option<(u32, u64)>,
+        /// Count hours, days, weeks, months and years in this time zone: `local` (TZ's), or
+        /// a name such as Europe/Paris. Default: UTC, as every earlier release counted.
+        /// Another zone moves the periods' edges, so a snapshot kept as the newest of its day,
+        /// week or year may no longer be: try it with --dry-run first, and keep to one zone.
+        #[arg(long, value_name = "ZONE", default_value = "UTC")]
+        time_zone: String,
         #[command(flatten)]
         filter: FilterArgs,
         /// Show what would be removed.
@@ -1180,10 +1185,31 @@ fn dir_bytes(p: &std::path::Path) -> u64 {
     n
 }
 
-/// The time zone snapshots' times are shown and read in, and retention's periods counted in:
-/// the system's (`TZ`).
+/// The time zone snapshots' times are shown and read in: the system's (`TZ`), or UTC with a
+/// warning when `TZ` names none.
 fn local_zone() -> jiff::tz::TimeZone {
-    jiff::tz::TimeZone::system()
+    jiff::tz::TimeZone::try_system().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "TZ names no time zone; times are UTC's");
+        jiff::tz::TimeZone::UTC
+    })
+}
+
+/// `forget --time-zone`: UTC, `local` (TZ's), or a name of the time zone database.
+fn named_zone(name: &str) -> anyhow::Result<jiff::tz::TimeZone> {
+    match name {
+        "UTC" | "utc" | "Z" => Ok(jiff::tz::TimeZone::UTC),
+        "local" => jiff::tz::TimeZone::try_system().map_err(|e| {
+            usage(format!(
+                "--time-zone local: {e}; set TZ to a zone's name (Europe/Paris), or give one"
+            ))
+        }),
+        name => jiff::tz::TimeZone::get(name).map_err(|e| {
+            usage(format!(
+                "--time-zone {name}: {e}; give a name of the time zone database \
+                 (Europe/Paris, America/New_York), `local` for TZ's, or UTC"
+            ))
+        }),
+    }
 }
 
 /// A time as shown in listings: its date and time in `zone`, to the second.
@@ -1932,6 +1958,7 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
             keep_monthly,
             keep_yearly,
             keep_within,
+            time_zone,
             filter,
             dry_run,
             prune,
@@ -1948,7 +1975,7 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
             // Exports hold restore points' data: rules never remove them, and one a point of
             // this home references is removed only with its point.
             let points = points_by_snapshot(home)?;
-            let zone = local_zone();
+            let zone = named_zone(time_zone)?;
             let mut exports_left = Vec::new();
             let r = if ids.is_empty() {
                 if policy.is_empty() {
@@ -2016,7 +2043,7 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                         lines.push(format!(
                             "rules: {policy} (in each series: host, source, workload; \
                              periods of {})",
-                            zone.iana_name().unwrap_or("the local time zone")
+                            zone.iana_name().unwrap_or("the local time zone (TZ)")
                         ));
                     }
                     for (id, why) in &r.kept {

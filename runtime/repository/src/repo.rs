@@ -311,9 +311,9 @@ fn same_source(s: &SnapshotInfo, source: &str) -> bool {
     }
 }
 
-/// A time as a filter takes it: RFC 3339 (`2026-01-31T12:00:00Z`), a UTC date and time
-/// (`2026-01-31T12:00:00`, `2026-01-31 12:00`), a UTC date (`2026-01-31`, its midnight) or a
-/// while ago, in the units `--keep-within` takes (`36h`, `7d`, `2w`, `1y 6mo`, `90min`).
+/// A time as a filter takes it: RFC 3339 (`2026-01-31T12:00:00Z`), a date and time in `zone`
+/// (`2026-01-31T12:00:00`, `2026-01-31 12:00`), a date there (`2026-01-31`, its midnight) or a
+/// while ago (`36h`, `7d`, `2w`, `1y 6mo`: `Retention::parse_within`'s units).
 fn parse_time(s: &str, zone: &jiff::tz::TimeZone) -> Result<jiff::Timestamp> {
     if let Ok(t) = s.parse::<jiff::Timestamp>() {
         return Ok(t);

@@ -267,11 +267,15 @@ impl Retention {
             keep[i].push("last");
         }
         if let (Some(&newest), true) = (order.first(), self.within > 0 || self.within_months > 0) {
-            // Months are counted back on the zone's calendar, then taken back to unix time.
+            // Months are counted back on the zone's calendar, then taken back to unix time
+            // at that date's offset (a daylight-saving change between the two moves it).
             let local = times[newest].saturating_add(offset(times[newest]));
-            let since = months_before(local, self.within_months)
-                .saturating_sub(local - times[newest])
-                .saturating_sub(i64::try_from(self.within).unwrap_or(i64::MAX));
+            let back = months_before(local, self.within_months);
+            let mut at = back.saturating_sub(offset(times[newest]));
+            for _ in 0..2 {
+                at = back.saturating_sub(offset(at));
+            }
+            let since = at.saturating_sub(i64::try_from(self.within).unwrap_or(i64::MAX));
             for &i in order.iter().take_while(|&&i| times[i] >= since) {
                 keep[i].push("within");
             }
@@ -452,6 +456,24 @@ mod tests {
         let month = Retention::new().within_months(1);
         assert_eq!(kept(&month.keep(&times)), [1]);
         assert_eq!(kept(&month.keep_in(&times, |_| HOUR)), [0, 1]);
+        // Across a daylight-saving change: six months back from 2026-01-15 00:30 in UTC+1 is
+        // 2025-07-15 00:30 in UTC+2 (summer), 2025-07-14 22:30 UTC; items at 00:45 and 01:00
+        // there are within it (with winter's offset the edge fell an hour later, past them).
+        let summer_from = at(2025, 3, 30, 1);
+        let paris = |t: i64| {
+            if t >= summer_from && t < at(2025, 10, 26, 1) {
+                2 * HOUR
+            } else {
+                HOUR
+            }
+        };
+        let times = [
+            at(2025, 7, 14, 22) + 45 * 60,
+            at(2025, 7, 14, 23),
+            at(2026, 1, 14, 23) + HOUR / 2,
+        ];
+        let half_year = Retention::new().within_months(6);
+        assert_eq!(kept(&half_year.keep_in(&times, paris)), [0, 1, 2]);
     }
 
     /// Unix time of a UTC date and time.

@@ -1251,6 +1251,33 @@ fn snapshot_times_are_shown_and_read_in_the_local_zone() {
         .to_string();
     assert!(!snapshots("XST-14", &["--until", &wall]).contains(&id[..8]));
     assert!(snapshots("UTC", &["--until", &wall]).contains(&id[..8]));
+
+    // forget counts in UTC unless told another zone, which must be one.
+    let out = repo.ok(&["repo", "forget", "--keep-daily", "1", "--dry-run"]);
+    assert!(stdout(&out).contains("periods of UTC"), "{}", stdout(&out));
+    let out = repo.run(&[
+        "repo",
+        "forget",
+        "--keep-daily",
+        "1",
+        "--time-zone",
+        "Nowhere/Atlantis",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--time-zone Nowhere/Atlantis"),
+        "{}",
+        stderr(&out)
+    );
+    repo.ok(&[
+        "repo",
+        "forget",
+        "--keep-daily",
+        "1",
+        "--time-zone",
+        "local",
+        "--dry-run",
+    ]);
 }
 
 /// What a restic user types is read as restic reads it, or refused: a filter's time of day
