@@ -220,7 +220,8 @@ pub const LEFT_OUT_NAMED: usize = 1000;
 
 /// What a tree's backup left out because this process could not read it (see
 /// [`BackupOptions::left_out`](crate::BackupOptions::left_out)): how many files and
-/// directories, and the first [`LEFT_OUT_NAMED`] of them with why.
+/// directories, and the first [`LEFT_OUT_NAMED`] of them with why (a name that is not UTF-8
+/// with U+FFFD in place of its bytes). One per backup: given to another, it names both's.
 #[derive(Debug, Default)]
 pub struct LeftOut {
     count: AtomicU64,
@@ -268,6 +269,15 @@ fn walk(
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
         let dir = root.join(&rel);
+        // The one name asked for is looked at alone: its directory may be one this process
+        // may enter but not list (mode 711).
+        if let (Some(name), true) = (only, rel.as_os_str().is_empty()) {
+            let path = dir.join(name);
+            let meta = std::fs::symlink_metadata(&path);
+            let walked = walk_entry(path, name, meta, &rel, exclude, device, skipped)?;
+            out.extend(walked.map(|w| w.node));
+            continue;
+        }
         let listed = std::fs::read_dir(&dir).and_then(|d| d.collect::<std::io::Result<Vec<_>>>());
         let mut entries = match listed {
             Ok(entries) => entries,
@@ -277,14 +287,22 @@ fn walk(
             Err(e) if !rel.as_os_str().is_empty() && unreadable(&e, &dir, skipped) => continue,
             Err(e) => return Err(Error::io("read directory", &dir, e)),
         };
-        if let (Some(name), true) = (only, rel.as_os_str().is_empty()) {
-            entries.retain(|e| e.file_name() == name);
-        }
         entries.sort_by_key(|e| e.file_name());
         let walked: Vec<Option<Walked>> = entries
             .par_iter()
             .with_min_len(64)
-            .map(|e| walk_entry(e, &rel, exclude, device, skipped))
+            // `fstatat` on the open directory: no lookup of the whole path.
+            .map(|e| {
+                walk_entry(
+                    e.path(),
+                    &e.file_name(),
+                    e.metadata(),
+                    &rel,
+                    exclude,
+                    device,
+                    skipped,
+                )
+            })
             .collect::<Result<_>>()?;
         let mut subdirs = Vec::new();
         for Walked {
@@ -326,23 +344,24 @@ struct Walked {
     links: Option<(u64, u64)>,
 }
 
-/// The walk's look at one entry of the directory `rel`; `None` when `exclude` leaves it out,
-/// it is a special file, or it was removed meanwhile.
+/// The walk's look at the entry `name` of the directory `rel`, at `path`, whose own metadata
+/// (links not followed) is `meta`; `None` when `exclude` leaves it out, it is a socket, or it
+/// was removed meanwhile.
 fn walk_entry(
-    e: &std::fs::DirEntry,
+    path: PathBuf,
+    name: &std::ffi::OsStr,
+    meta: std::io::Result<std::fs::Metadata>,
     rel: &Path,
     exclude: &[Pattern],
     device: Option<u64>,
     skipped: &LeftOut,
 ) -> Result<Option<Walked>> {
-    let path = e.path();
-    // `fstatat` on the open directory: no lookup of the whole path.
-    let m = match e.metadata() {
+    let m = match meta {
         Ok(m) => m,
         Err(e) if vanished(&e, &path) || unreadable(&e, &path, skipped) => return Ok(None),
         Err(e) => return Err(Error::io("stat", &path, e)),
     };
-    let r = rel.join(e.file_name());
+    let r = rel.join(name);
     let (name, raw) = rel_name(&r);
     if !exclude.is_empty() {
         let parts: Vec<&str> = name.split('/').collect();
@@ -1535,6 +1554,7 @@ impl Repository {
         };
         // Entries this process cannot read, left out (counted by the walk and the reads).
         let skipped = opts.left_out.clone().unwrap_or_default();
+        let skipped_before = skipped.count();
         let (walk_skipped, dir) = (skipped.clone(), walk_root.clone());
         let walked = async {
             tokio::task::spawn_blocking(move || {
@@ -1621,7 +1641,7 @@ impl Repository {
                 drop_files(nodes, &gone);
             }
             summary.files -= gone.len() as u64;
-            summary.unreadable = skipped.count();
+            summary.unreadable = skipped.count() - skipped_before;
             let kind = SnapshotKind::Tree {
                 path: root.display().to_string(),
             };

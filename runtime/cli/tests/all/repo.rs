@@ -147,6 +147,32 @@ impl LocalRepo {
         self.cairn.run(&[args, &common].concat())
     }
 
+    /// Runs as the owner of the files, and only that: root reads and lists any file and
+    /// directory, so it runs without the capabilities that let it (as their owner, root still
+    /// reads the repository and the passphrase).
+    fn run_as_owner(&self, args: &[&str]) -> std::process::Output {
+        use std::os::unix::fs::MetadataExt;
+        let as_root = std::fs::metadata("/proc/self").expect("proc").uid() == 0;
+        let mut command = std::process::Command::new(if as_root {
+            "setpriv"
+        } else {
+            env!("CARGO_BIN_EXE_cairn")
+        });
+        if as_root {
+            command
+                .arg("--bounding-set=-dac_override,-dac_read_search")
+                .arg(env!("CARGO_BIN_EXE_cairn"));
+        }
+        command
+            .args(args)
+            .args(&self.common)
+            .env("CAIRN_HOME", self.cairn.home.path())
+            .env("TZ", "UTC")
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("cairn runs")
+    }
+
     /// Runs and asserts success.
     fn ok(&self, args: &[&str]) -> std::process::Output {
         let out = self.run(args);
@@ -614,13 +640,24 @@ fn a_file_is_backed_up_and_restored_by_name() {
         "db.dump",
     ]);
     assert_eq!(stdout(&out), "-- a dump\n");
+
+    // A file in a directory this process may enter but not list (mode 311).
+    use std::os::unix::fs::PermissionsExt;
+    let hidden = repo.dir.path().join("hidden");
+    std::fs::create_dir(&hidden).expect("dir");
+    std::fs::write(hidden.join("db.dump"), "-- hidden\n").expect("dump");
+    std::fs::set_permissions(&hidden, std::fs::Permissions::from_mode(0o311)).expect("chmod");
+    let file = hidden.join("db.dump");
+    let out = repo.run_as_owner(&["repo", "backup", file.to_str().expect("utf-8")]);
+    std::fs::set_permissions(&hidden, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    assert!(out.status.success(), "{}", stderr(&out));
 }
 
 /// A file the backup cannot read is left out with a warning; the snapshot of the rest is
 /// saved, the backup exits 1, and its JSON names the file and why.
 #[test]
 fn backup_names_what_it_could_not_read() {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::fs::PermissionsExt;
     let repo = LocalRepo::new();
     repo.ok(&["repo", "init"]);
     let data = repo.dir.path().join("data");
@@ -629,32 +666,13 @@ fn backup_names_what_it_could_not_read() {
     let secret = data.join("secret");
     std::fs::write(&secret, "kept from the backup").expect("file");
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o000)).expect("chmod");
-    // Root reads any file: the backup runs without the capabilities that let it (as the
-    // owner, root still reads the repository and the passphrase).
-    let as_root = std::fs::metadata("/proc/self").expect("proc").uid() == 0;
-    let mut command = std::process::Command::new(if as_root {
-        "setpriv"
-    } else {
-        env!("CARGO_BIN_EXE_cairn")
-    });
-    if as_root {
-        command
-            .arg("--bounding-set=-dac_override,-dac_read_search")
-            .arg(env!("CARGO_BIN_EXE_cairn"));
-    }
-    let out = command
-        .args([
-            "repo",
-            "backup",
-            data.to_str().expect("utf-8"),
-            "--output",
-            "json",
-        ])
-        .args(&repo.common)
-        .env("CAIRN_HOME", repo.cairn.home.path())
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("cairn runs");
+    let out = repo.run_as_owner(&[
+        "repo",
+        "backup",
+        data.to_str().expect("utf-8"),
+        "--output",
+        "json",
+    ]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let report = json(&out);
     assert_eq!(report["summary"]["unreadable"], 1, "{report}");
