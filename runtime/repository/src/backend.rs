@@ -245,6 +245,12 @@ const LOCK_CLIENT_LIFE: std::time::Duration = std::time::Duration::from_secs(600
 /// [`crate::format::MAX_OBJECT_BYTES`] plaintext, with room for what sealing and framing add.
 pub(crate) const MAX_WHOLE_READ: u64 = crate::format::MAX_OBJECT_BYTES as u64 + (1 << 20);
 
+/// The longest object name S3, GCS and Azure take, in bytes.
+const MAX_KEY_BYTES: usize = 1024;
+/// Room for Cairn's longest name below a repository's prefix (`/snapshots/` and a 32-digit id
+/// is 43 bytes; kept well above).
+const LONGEST_NAME: usize = 80;
+
 /// Times a create-if-absent write that timed out, or whose connection broke, is sent again.
 const PUT_TRIES: u32 = 3;
 
@@ -409,6 +415,14 @@ where
                     )
                 })?;
             }
+            // The client's durations take a unit; a bare number is refused with its words
+            // alone ("failed to parse "60" as Duration").
+            _ if k.ends_with("timeout") && v.trim().parse::<f64>().is_ok() => {
+                return Err(invalid(
+                    raw,
+                    format!("option {k}={v}: give a unit, such as {}s", v.trim()),
+                ));
+            }
             _ => options.push((
                 k.parse()
                     .map_err(|e| invalid(raw, format!("option {k}: {e}")))?,
@@ -463,6 +477,20 @@ impl Backend {
                  be printed with it: remove them, and give them with --option (such as \
                  aws_access_key_id and aws_secret_access_key), the store's environment \
                  variables or a profile file",
+            ));
+        }
+        // A cloud store's keys are at most 1,024 bytes: a prefix near that takes init and
+        // every pack, and fails at the first longer name, a snapshot's.
+        let cloud = matches!(url.scheme(), "s3" | "s3a" | "gs") || azure;
+        let prefix = url.path().trim_matches('/').len();
+        if cloud && prefix + LONGEST_NAME > MAX_KEY_BYTES {
+            return Err(invalid(
+                raw,
+                format!(
+                    "the path in the bucket is {prefix} bytes: a store's object names are at \
+                     most {MAX_KEY_BYTES} bytes, and Cairn's own need {LONGEST_NAME} more; \
+                     choose a shorter one"
+                ),
             ));
         }
         let mut s3_lock = None;
@@ -1085,6 +1113,16 @@ mod tests {
             };
             assert!(e.to_string().contains("is not a URL"), "{bad:?}: {e}");
         }
+        let bare = Location::new("s3://bucket/p").option("timeout", "60");
+        let Err(e) = Backend::connect(&bare, true) else {
+            panic!("a timeout without a unit was taken");
+        };
+        assert!(e.to_string().contains("such as 60s"), "{e}");
+        let long = format!("s3://bucket/{}", "p".repeat(1000));
+        let Err(e) = Backend::connect(&Location::new(long), true) else {
+            panic!("a prefix too long for any name was taken");
+        };
+        assert!(e.to_string().contains("choose a shorter one"), "{e}");
         let Err(e) = Backend::connect(&Location::new("s3://AK:SKsecret@bucket/p"), true) else {
             panic!("credentials in the URL were taken");
         };
