@@ -20,15 +20,7 @@ async fn prune_removes_forgotten_data_only() {
         .backup_stream("s", &noise(3_000_000, 2)[..], Default::default())
         .await
         .unwrap();
-    let f = repo
-        .forget(
-            &Retention::new().last(1),
-            &SnapshotFilter::new(),
-            &jiff::tz::TimeZone::UTC,
-            false,
-        )
-        .await
-        .unwrap();
+    let f = keep_last(&repo, 1).await;
     assert_eq!(f.removed, vec![old.id.clone()]);
     let r = repo.prune(false).await.unwrap();
     assert!(r.packs_deleted >= 1, "{r:?}");
@@ -57,15 +49,7 @@ async fn protection_refuses_forget_and_prune() {
     repo.backup_stream("s", &noise(1_000_000, 2)[..], Default::default())
         .await
         .unwrap();
-    let f = repo
-        .forget(
-            &Retention::new().last(1),
-            &SnapshotFilter::new(),
-            &jiff::tz::TimeZone::UTC,
-            false,
-        )
-        .await
-        .unwrap();
+    let f = keep_last(&repo, 1).await;
     assert!(f.removed.is_empty());
     assert_eq!(f.protected.len(), 1);
     assert_eq!(f.protected[0].0, a.id);
@@ -482,14 +466,7 @@ async fn prune_repacks_packs_that_pages_rewritten_since_left_mostly_unused() {
     }
     std::fs::write(src.join("db"), &db).unwrap();
     let new = repo.backup_tree(&src, Default::default()).await.unwrap();
-    repo.forget(
-        &Retention::new().last(1),
-        &SnapshotFilter::new(),
-        &jiff::tz::TimeZone::UTC,
-        false,
-    )
-    .await
-    .unwrap();
+    keep_last(&repo, 1).await;
 
     // Never repacking deletes only the forgotten snapshot's node pack (its file's chunk list
     // changed, so its nodes did), and a dry run changes nothing.

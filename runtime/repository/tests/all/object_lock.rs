@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
-use cairn_repository::{InitOptions, Location, Repository, Retention, SnapshotFilter};
+use cairn_repository::{InitOptions, Location, Repository};
 
-use crate::support::{LocalServer, http, noise, pass, start_server};
+use crate::support::{LocalServer, http, keep_last, noise, pass, start_server};
 
 struct Moto(LocalServer);
 
@@ -156,15 +156,7 @@ async fn object_lock_makes_the_store_refuse_deletes_inside_the_protection_period
     assert_eq!(status, 403, "the store refuses: {body}");
 
     // And cairn's own forget/prune skip protected data and say so.
-    let forgot = repo
-        .forget(
-            &Retention::new().last(1),
-            &SnapshotFilter::new(),
-            &jiff::tz::TimeZone::UTC,
-            false,
-        )
-        .await
-        .unwrap();
+    let forgot = keep_last(&repo, 1).await;
     assert!(forgot.removed.is_empty());
     assert_eq!(forgot.protected[0].0, first.id);
 

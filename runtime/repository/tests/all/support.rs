@@ -260,3 +260,15 @@ impl Drop for LocalServer {
         let _ = self.child.wait();
     }
 }
+
+/// `forget --keep-last N` over every snapshot.
+pub async fn keep_last(repo: &Repository, n: u32) -> cairn_repository::ForgetReport {
+    repo.forget(
+        &cairn_repository::Retention::new().last(n),
+        &cairn_repository::SnapshotFilter::new(),
+        &jiff::tz::TimeZone::UTC,
+        false,
+    )
+    .await
+    .unwrap()
+}
