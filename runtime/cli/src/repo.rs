@@ -598,6 +598,21 @@ impl CopyTarget {
         let url = loc.url().to_owned();
         Repository::open(loc, key.as_ref())
             .await
+            // The destination's options are --to-option's.
+            .map_err(|e| match e {
+                Error::Store {
+                    op,
+                    object,
+                    cause,
+                    hint,
+                } => Error::Store {
+                    op,
+                    object,
+                    cause,
+                    hint: hint.replace("--option ", "--to-option "),
+                },
+                e => e,
+            })
             .with_context(|| format!("the destination {url}"))
     }
 }

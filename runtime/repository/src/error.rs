@@ -203,7 +203,11 @@ fn chain_text(e: &object_store::Error) -> String {
         }
         cur = c.source();
     }
-    text
+    // object_store's errors nest, each saying so again ("Generic S3 error: Generic S3 error:
+    // …"): said once.
+    let mut parts: Vec<&str> = text.split(": ").collect();
+    parts.dedup();
+    parts.join(": ")
 }
 
 /// What to do about a store error of the repository at `url` whose cause is a common one, as
@@ -519,6 +523,16 @@ mod tests {
             let e = Error::store("read", "config", "s3://b/r", source).to_string();
             assert!(e.contains(hint), "{e}");
         }
+        let nested = object_store::Error::Generic {
+            store: "S3",
+            source: Box::new(object_store::Error::Generic {
+                store: "S3",
+                source: "503 Slow Down".into(),
+            }),
+        };
+        let e = Error::store("read", "config", "s3://b/r", nested).to_string();
+        assert!(e.contains(": Generic S3 error: 503 Slow Down"), "{e}");
+        assert!(!e.contains("Generic S3 error: Generic"), "{e}");
         // Each cloud's hint names its own options.
         for (url, option) in [
             ("s3://b/r", "--option aws_endpoint"),
