@@ -181,6 +181,9 @@ pub(crate) fn run(cmd: ProfileCommand, home: Option<PathBuf>) -> anyhow::Result<
                 };
                 kept.insert(k.to_owned(), v);
             }
+            cairn_repository::Location::new(repo.as_str())
+                .refuse_credentials()
+                .map_err(|e| bad(e.to_string()))?;
             let profile = Profile {
                 repository: if repo.contains("://") {
                     repo

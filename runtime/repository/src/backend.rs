@@ -56,6 +56,28 @@ impl Location {
     pub fn url(&self) -> &str {
         &self.url
     }
+
+    /// Refuses a URL that holds credentials (`s3://KEY:SECRET@bucket`): no store reads them
+    /// there, and the URL is printed in messages and kept in profiles. The error shows the URL
+    /// without them. (Azure's `abfss://CONTAINER@ACCOUNT…` names its container so.)
+    pub fn refuse_credentials(&self) -> Result<()> {
+        let Ok(url) = url::Url::parse(&self.url) else {
+            return Ok(());
+        };
+        let azure = matches!(url.scheme(), "az" | "azure" | "abfs" | "abfss");
+        if url.password().is_none() && (url.username().is_empty() || azure) {
+            return Ok(());
+        }
+        let mut shown = url.clone();
+        let _ = shown.set_username("");
+        let _ = shown.set_password(None);
+        Err(invalid(
+            shown.as_str(),
+            "the URL holds credentials (USER:SECRET@), which are not read there and would be \
+             printed with it: remove them, and give them with --option (the store's key id \
+             and secret options), its environment variables or a profile file",
+        ))
+    }
 }
 
 impl From<&str> for Location {
@@ -245,6 +267,9 @@ const LOCK_CLIENT_LIFE: std::time::Duration = std::time::Duration::from_secs(600
 /// [`crate::format::MAX_OBJECT_BYTES`] plaintext, with room for what sealing and framing add.
 pub(crate) const MAX_WHOLE_READ: u64 = crate::format::MAX_OBJECT_BYTES as u64 + (1 << 20);
 
+/// What a probe of the store's clock under `locks/` holds ([`Backend::probe_clock`]).
+pub(crate) const CLOCK_PROBE_BODY: &[u8] = br#"{"probe":"the store's clock"}"#;
+
 /// The longest object name S3, GCS and Azure take, in bytes.
 const MAX_KEY_BYTES: usize = 1024;
 /// Room for Cairn's longest name below a repository's prefix (`/snapshots/` and a 32-digit id
@@ -280,12 +305,18 @@ fn interrupted(e: &object_store::Error) -> bool {
         .any(|w| text.contains(w))
 }
 
-/// Whether the object at `path` holds exactly `data`.
+/// Whether the object at `path` holds exactly `data`; `false` when the store does not say
+/// within a minute (a hung server would otherwise take its whole retry budget for each look).
 async fn holds(store: &Arc<dyn ObjectStore>, path: &str, data: &Bytes) -> bool {
-    match store.get(&Path::from(path)).await {
-        Ok(r) if r.meta.size == data.len() as u64 => r.bytes().await.is_ok_and(|b| b == *data),
-        _ => false,
-    }
+    let look = async {
+        match store.get(&Path::from(path)).await {
+            Ok(r) if r.meta.size == data.len() as u64 => r.bytes().await.is_ok_and(|b| b == *data),
+            _ => false,
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(60), look)
+        .await
+        .unwrap_or(false)
 }
 
 /// Builds an S3 store from the environment (`AWS_*`), the URL and the location's options;
@@ -349,6 +380,15 @@ fn check_endpoint(raw: &str, endpoint: &str) -> Result<()> {
     let parsed = url::Url::parse(endpoint).ok().filter(|u| {
         matches!(u.scheme(), "http" | "https") && u.host_str().is_some_and(|h| !h.is_empty())
     });
+    if let Some(u) = &parsed
+        && (!u.username().is_empty() || u.password().is_some())
+    {
+        return Err(invalid(
+            raw,
+            "the S3 endpoint holds credentials (USER:SECRET@), which would be printed in every \
+             error: give them with --option aws_access_key_id and aws_secret_access_key",
+        ));
+    }
     if parsed.is_some()
         && !endpoint
             .chars()
@@ -366,19 +406,20 @@ fn check_endpoint(raw: &str, endpoint: &str) -> Result<()> {
     ))
 }
 
-/// How long a failed request waits before it is sent again: 1 s, then a random while up to
-/// three times the last wait, at most 30 s. object_store's own (from 100 ms, up to twice the
-/// last) hardly grows: its ten retries were over within three seconds, so a server restarting
-/// for six failed a backup.
+/// How long a failed request waits before it is sent again: 0.5 s, then a random while up to
+/// three times the last wait, at most 30 s (ten retries: about a minute). object_store's own
+/// (from 100 ms, up to twice the last) hardly grows: its ten retries were over within three
+/// seconds, so a server restarting for six failed a backup. Longer, a wrong port took two
+/// minutes to say so.
 const RETRY_BACKOFF: object_store::BackoffConfig = object_store::BackoffConfig {
-    init_backoff: std::time::Duration::from_secs(1),
+    init_backoff: std::time::Duration::from_millis(500),
     max_backoff: std::time::Duration::from_secs(30),
     base: 3.0,
 };
 
 /// A location's options for a cloud store's builder, as its config keys `K`, and the retry
-/// policy of its requests: ten retries backing off as [`RETRY_BACKOFF`] (about two minutes
-/// in all), within three minutes of the first try, unless the options `retries` and
+/// policy of its requests: ten retries backing off as [`RETRY_BACKOFF`] (about a minute in
+/// all), within three minutes of the first try, unless the options `retries` and
 /// `retry_timeout` (a duration: `90s`, `5m`) change it, for a link that drops out longer.
 fn cloud_options<K>(loc: &Location) -> Result<(Vec<(K, &str)>, object_store::RetryConfig)>
 where
@@ -464,21 +505,8 @@ impl Backend {
                     .map_err(|()| invalid(raw, "not an absolute path"))?
             }
         };
-        // Credentials in the URL are read by no store, and the URL is printed in messages.
-        // (Azure's `abfss://CONTAINER@ACCOUNT.dfs.core.windows.net/…` names its container so.)
+        loc.refuse_credentials()?;
         let azure = matches!(url.scheme(), "az" | "azure" | "abfs" | "abfss");
-        if url.password().is_some() || (!url.username().is_empty() && !azure) {
-            let mut shown = url.clone();
-            let _ = shown.set_username("");
-            let _ = shown.set_password(None);
-            return Err(invalid(
-                shown.as_str(),
-                "the URL holds credentials (USER:SECRET@), which are not read there and would \
-                 be printed with it: remove them, and give them with --option (such as \
-                 aws_access_key_id and aws_secret_access_key), the store's environment \
-                 variables or a profile file",
-            ));
-        }
         // A cloud store's keys are at most 1,024 bytes: a prefix near that takes init and
         // every pack, and fails at the first longer name, a snapshot's.
         let cloud = matches!(url.scheme(), "s3" | "s3a" | "gs") || azure;
@@ -617,7 +645,7 @@ impl Backend {
     /// host's clock.
     pub(crate) async fn probe_clock(&self) {
         let path = format!("locks/{}", crate::format::new_id());
-        let body = Bytes::from_static(br#"{"probe":"the store's clock"}"#);
+        let body = Bytes::from_static(CLOCK_PROBE_BODY);
         if self.put_new(&path, body).await.is_ok() {
             if let Ok(Some(m)) = self.head(&path).await {
                 self.learn_clock(m.last_modified.timestamp());
@@ -801,6 +829,12 @@ impl Backend {
                     tries += 1;
                     tracing::warn!(object = path, error = %e, "write interrupted; sending it again");
                     tokio::time::sleep(std::time::Duration::from_secs(1 << tries)).await;
+                }
+                // The last one cut off may have landed too.
+                Err(e)
+                    if tries == PUT_TRIES && interrupted(&e) && holds(store, path, &data).await =>
+                {
+                    return Ok(());
                 }
                 Err(e) => return Err(self.store_err("write", path, e)),
             }
@@ -1113,6 +1147,17 @@ mod tests {
             };
             assert!(e.to_string().contains("is not a URL"), "{bad:?}: {e}");
         }
+        let creds = Location::new("s3://bucket/p")
+            .option("aws_region", "us-east-1")
+            .option("aws_endpoint", "http://AK:EndpointSecret@127.0.0.1:9000");
+        let Err(e) = Backend::connect(&creds, true) else {
+            panic!("credentials in the endpoint were taken");
+        };
+        let text = e.to_string();
+        assert!(
+            text.contains("holds credentials") && !text.contains("EndpointSecret"),
+            "{text}"
+        );
         let bare = Location::new("s3://bucket/p").option("timeout", "60");
         let Err(e) = Backend::connect(&bare, true) else {
             panic!("a timeout without a unit was taken");

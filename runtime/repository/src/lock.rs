@@ -95,7 +95,11 @@ async fn list_locks(backend: &Backend, own: Option<&str>) -> Result<Vec<LockInfo
     for m in listed {
         let age = now.saturating_sub(m.last_modified.timestamp());
         let p = m.location.to_string();
-        let id = p.rsplit('/').next().unwrap_or(&p).to_string();
+        // Locks are `locks/<id>`; what lies deeper is another's, and is not looked at.
+        let Some(id) = p.strip_prefix("locks/").filter(|id| !id.contains('/')) else {
+            continue;
+        };
+        let id = id.to_owned();
         let Some(b) = backend.get(&p).await? else {
             continue; // Released since the listing.
         };
@@ -111,8 +115,7 @@ async fn list_locks(backend: &Backend, own: Option<&str>) -> Result<Vec<LockInfo
                 removed: false,
             },
             Err(e) => {
-                let probe = serde_json::from_slice::<serde_json::Value>(&b)
-                    .is_ok_and(|v| v.get("probe").is_some());
+                let probe = b.as_ref() == crate::backend::CLOCK_PROBE_BODY;
                 LockInfo {
                     id,
                     exclusive: false,

@@ -832,9 +832,7 @@ impl Repository {
             object_lock: false,
         };
         let slot = write_slot(&backend, &config.id, &keys, key, &opts.label).await?;
-        if let Err(e) =
-            Self::write_config(&mut backend, &mut config, &location, opts.protection).await
-        {
+        if let Err(e) = Self::write_config(&mut backend, &mut config, &location).await {
             // A write reported failed may have landed (a retry after a timeout finds its own
             // first attempt): the config there is then this repository's, and its key stays.
             let ours = match backend.get(format::CONFIG).await {
@@ -876,9 +874,10 @@ impl Repository {
         backend: &mut Backend,
         config: &mut Config,
         location: &Location,
-        protection: Duration,
     ) -> Result<()> {
-        backend.protection = protection;
+        // As the config keeps it (whole seconds, rounded up), so that what init reports is
+        // what holds.
+        backend.protection = Duration::from_secs(config.protection_secs);
         let already = |e| match e {
             Error::Protected { .. } => Error::AlreadyInitialised {
                 url: location.url.clone(),
@@ -892,7 +891,7 @@ impl Repository {
         };
         // On S3 with a protection period, data objects go under Object Lock when the bucket
         // has it enabled; the config, written first, is the probe.
-        if !protection.is_zero() && backend.supports_object_lock() {
+        if !backend.protection.is_zero() && backend.supports_object_lock() {
             config.object_lock = true;
             backend.object_lock = true;
             match backend.put_data(format::CONFIG, body(config)?).await {

@@ -1642,6 +1642,14 @@ impl Repository {
             }
             summary.files -= gone.len() as u64;
             summary.unreadable = skipped.count() - skipped_before;
+            // A file that could not be read leaves nothing: no empty snapshot, which retention
+            // would keep as the latest.
+            if single && summary.files == 0 && summary.unreadable > 0 {
+                return Err(Error::Invalid(format!(
+                    "{} could not be read (the warning above says why): nothing was saved",
+                    root.display()
+                )));
+            }
             let kind = SnapshotKind::Tree {
                 path: root.display().to_string(),
             };

@@ -686,6 +686,31 @@ fn backup_names_what_it_could_not_read() {
         "{report}"
     );
     assert!(stderr(&out).contains("secret"), "{}", stderr(&out));
+    // Named alone, it leaves nothing to save: no empty snapshot.
+    let out = repo.run_as_owner(&["repo", "backup", secret.to_str().expect("utf-8")]);
+    assert!(!out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("nothing was saved"),
+        "{}",
+        stderr(&out)
+    );
+    let listed = json(&repo.ok(&["repo", "snapshots", "--output", "json"]));
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+
+    // A profile keeps no credentials given in its URL either, and says so without them.
+    let out = repo.cairn.run(&[
+        "profile",
+        "add",
+        "creds",
+        "--repo",
+        "s3://AKIAKEY:SuperSecret123@bucket/r",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("holds credentials") && !stderr(&out).contains("SuperSecret"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]

@@ -369,9 +369,13 @@ async fn locks_of_holders_that_are_gone_are_ignored_tidied_and_unlocked() {
         [true, false, true],
         "{locks:?}"
     );
+    // Deeper than `locks/<id>` is not a lock of this repository's: neither listed nor
+    // removed, even with --remove-all.
+    std::fs::create_dir_all(root.join("locks/sub")).unwrap();
+    put("sub/bbbbbbbb", lock("otherhost", 1, Duration::from_secs(1)));
     let left = repo.unlock(true).await.unwrap();
     assert!(left.len() == 1 && left[0].id == "junk" && !left[0].removed);
-    assert!(root.join("locks/junk").exists());
+    assert!(root.join("locks/junk").exists() && root.join("locks/sub/bbbbbbbb").exists());
 }
 
 /// A backup whose lock another process removed (taken for stale while it was paused) commits
