@@ -290,7 +290,12 @@ fn interrupted(e: &object_store::Error) -> bool {
     }
     // Never sent (object_store sends those again itself, and a server that is down stays
     // down for a while).
-    let unsent = ["Connection refused", "tcp connect error", "dns error"];
+    let unsent = [
+        "Connection refused",
+        "tcp connect error",
+        "dns error",
+        "client error (Connect)",
+    ];
     !unsent.iter().any(|w| text.contains(w))
         && [
             "timed out",
@@ -1188,6 +1193,33 @@ mod tests {
             panic!("other bytes overwrote an object");
         };
         assert!(matches!(e, Error::Protected { .. }), "{e:?}");
+    }
+
+    /// A write cut off once sent is sent again; one that never left (no connection, a
+    /// certificate refused) is object_store's to retry, and not again.
+    #[test]
+    fn only_writes_cut_off_once_sent_are_sent_again() {
+        let e = |text: &str| object_store::Error::Generic {
+            store: "S3",
+            source: text.to_owned().into(),
+        };
+        for sent in [
+            "HTTP error: error sending request: operation timed out",
+            "HTTP error: error sending request: connection closed before message completed",
+            "Connection reset by peer (os error 104)",
+        ] {
+            assert!(interrupted(&e(sent)), "{sent}");
+        }
+        for unsent in [
+            "HTTP error: error sending request: client error (Connect): tcp connect error: \
+             Connection refused (os error 111)",
+            "HTTP error: error sending request: client error (Connect): invalid peer \
+             certificate: UnknownIssuer",
+            "HTTP error: error sending request: client error (Connect): dns error",
+            "Server returned non-2xx status code: 403 Forbidden",
+        ] {
+            assert!(!interrupted(&e(unsent)), "{unsent}");
+        }
     }
 
     /// Restores keep more reads in flight from a network store than from a local one.
