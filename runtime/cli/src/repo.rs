@@ -599,20 +599,7 @@ impl CopyTarget {
         Repository::open(loc, key.as_ref())
             .await
             // The destination's options are --to-option's.
-            .map_err(|e| match e {
-                Error::Store {
-                    op,
-                    object,
-                    cause,
-                    hint,
-                } => Error::Store {
-                    op,
-                    object,
-                    cause,
-                    hint: hint.replace("--option ", "--to-option "),
-                },
-                e => e,
-            })
+            .map_err(|e| e.map_hint(|hint| hint.replace("--option ", "--to-option ")))
             .with_context(|| format!("the destination {url}"))
     }
 }

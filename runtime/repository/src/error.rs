@@ -387,6 +387,25 @@ fn protected_hint(object: &str) -> &'static str {
 }
 
 impl Error {
+    /// The same error with its hint (what to do) rewritten by `f` when it is a store error;
+    /// any other is left as it is.
+    pub fn map_hint(self, f: impl FnOnce(String) -> String) -> Self {
+        match self {
+            Error::Store {
+                op,
+                object,
+                cause,
+                hint,
+            } => Error::Store {
+                op,
+                object,
+                cause,
+                hint: f(hint),
+            },
+            e => e,
+        }
+    }
+
     /// An object store error while `op` on `object` of the repository at `url`: a full
     /// storage becomes [`Error::StorageFull`], anything else [`Error::Store`].
     pub(crate) fn store(

@@ -2827,17 +2827,7 @@ impl Repository {
                  one with `cairn repo key remove {old}` (not another rotate)"
             );
             return Err(match e {
-                Error::Store {
-                    op,
-                    object,
-                    cause,
-                    hint,
-                } => Error::Store {
-                    op,
-                    object,
-                    cause,
-                    hint: hint + &note,
-                },
+                e @ Error::Store { .. } => e.map_hint(|hint| hint + &note),
                 e => Error::Invalid(format!("{e}{note}")),
             });
         }
