@@ -282,12 +282,7 @@ const PUT_TRIES: u32 = 3;
 /// Whether `e` says a request was cut off once sent (timed out, its connection reset or
 /// closed) rather than answered or never sent.
 fn interrupted(e: &object_store::Error) -> bool {
-    let mut text = e.to_string();
-    let mut cur = std::error::Error::source(e);
-    while let Some(c) = cur {
-        text.push_str(&c.to_string());
-        cur = c.source();
-    }
+    let text = crate::error::chain_text(e);
     // Never sent (object_store sends those again itself, and a server that is down stays
     // down for a while).
     let unsent = [

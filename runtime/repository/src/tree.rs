@@ -1487,21 +1487,6 @@ impl Repository {
         let root = std::path::absolute(path.as_ref())
             .map(|p| clean(&p))
             .map_err(|e| Error::io("resolve", path.as_ref(), e))?;
-        // A link to a file is not taken for the file: walked as its directory's entry, it would
-        // be backed up as the link alone, the file's bytes left out.
-        if let (Ok(link), Ok(m)) = (std::fs::symlink_metadata(&root), std::fs::metadata(&root))
-            && link.file_type().is_symlink()
-            && m.is_file()
-        {
-            let to = std::fs::canonicalize(&root).unwrap_or_else(|_| root.clone());
-            return Err(Error::Invalid(format!(
-                "{} is a symbolic link to the file {}: back up {} itself, or the directory \
-                 that holds both",
-                root.display(),
-                to.display(),
-                to.display()
-            )));
-        }
         let meta = match std::fs::metadata(&root) {
             Ok(m) if m.is_dir() || m.is_file() => m,
             Ok(_) => {
@@ -1520,6 +1505,20 @@ impl Repository {
             }
             Err(e) => return Err(Error::io("back up", &root, e)),
         };
+        // A link to a file is not taken for the file: walked as its directory's entry, it would
+        // be backed up as the link alone, the file's bytes left out.
+        if meta.is_file()
+            && std::fs::symlink_metadata(&root).is_ok_and(|l| l.file_type().is_symlink())
+        {
+            let to = std::fs::canonicalize(&root).unwrap_or_else(|_| root.clone());
+            return Err(Error::Invalid(format!(
+                "{} is a symbolic link to the file {}: back up {} itself, or the directory \
+                 that holds both",
+                root.display(),
+                to.display(),
+                to.display()
+            )));
+        }
         // A file is a tree of that one file: its directory is walked for that name alone, and
         // no directory of its own is recorded for a restore to give the target (nor for
         // `restore --delete` to empty).
