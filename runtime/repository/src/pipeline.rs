@@ -61,6 +61,14 @@ pub(crate) const INDEX_FLUSH_AFTER: std::time::Duration = std::time::Duration::f
 pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
 /// Default zstd level of frames that look like text.
 pub const DEFAULT_TEXT_ZSTD_LEVEL: i32 = 3;
+/// Minimum match length of text frames at the fast levels, where zstd's own is 5: dumps
+/// repeat whole words and keys, and skipping shorter matches leaves fewer, longer sequences.
+/// On the reference dataset's SQL dumps at level 3 (day-2 tree, 1,116 MB backed up): 1.6 MB
+/// smaller, no more CPU, and zstd's CLI decodes the frames about 10 % faster (2026-12-07).
+const TEXT_MIN_MATCH: u32 = 6;
+/// Text levels up to this one get [`TEXT_MIN_MATCH`]; higher levels search harder, and
+/// their shorter minimum pays for itself.
+const TEXT_MIN_MATCH_UP_TO_LEVEL: i32 = 4;
 
 /// Tunables of one backup.
 #[derive(Debug, Clone)]
@@ -458,9 +466,17 @@ impl<'a> ChunkState<'a> {
                 .frame
                 .looks
                 .get_or_insert_with(|| looks(&self.frame.data));
-            if looks != Looks::Text || len >= self.text_frame_bytes {
-                let f = self.frame.take(self.frame_bytes);
+            if looks != Looks::Text {
+                let f = self.frame.take(self.frame_bytes * 2);
                 self.ready.push(f);
+            } else if len >= self.text_frame_bytes {
+                // Text comes in runs (a dump): the next frame is likely text too.
+                let f = self.frame.take(self.text_room());
+                self.ready.push(f);
+            } else {
+                // Grown once to its full size here, not doubled past it by its last chunk.
+                let room = self.text_room() - len;
+                self.frame.data.reserve(room);
             }
         }
     }
@@ -469,7 +485,7 @@ impl<'a> ChunkState<'a> {
     /// its own, so that it neither dilutes a text frame nor decides how one is sampled.
     fn store_list(&mut self, id: ChunkId, c: &[u8], index: &Index) {
         if self.is_new(id, c.len(), index) && self.lists.push(id, c) >= self.frame_bytes {
-            let f = self.lists.take(self.frame_bytes);
+            let f = self.lists.take(self.frame_bytes * 2);
             self.ready.push(f);
         }
     }
@@ -489,11 +505,16 @@ impl<'a> ChunkState<'a> {
         true
     }
 
+    /// Room for a text frame: its full size and the largest chunk of the default modes.
+    fn text_room(&self) -> usize {
+        self.text_frame_bytes + Chunking::STREAM.max_chunk()
+    }
+
     /// Sends the frames begun on.
     fn flush(&mut self) {
         for f in [&mut self.frame, &mut self.lists] {
             if !f.entries.is_empty() {
-                let f = f.take(self.frame_bytes);
+                let f = f.take(0);
                 self.ready.push(f);
             }
         }
@@ -517,9 +538,9 @@ impl Frame {
         self.data.len()
     }
 
-    /// The frame, leaving an empty one with room for twice `frame_bytes`.
-    fn take(&mut self, frame_bytes: usize) -> Frame {
-        std::mem::replace(self, Frame::new(frame_bytes * 2))
+    /// The frame, leaving an empty one with room for `capacity` bytes.
+    fn take(&mut self, capacity: usize) -> Frame {
+        std::mem::replace(self, Frame::new(capacity))
     }
 }
 
@@ -644,6 +665,12 @@ pub(crate) fn is_zero(c: &[u8]) -> bool {
 fn compress_loop(rx: &Mutex<Receiver<Frame>>, tx: &SyncSender<Frame>, levels: (i32, i32)) {
     let mut binary = zstd::bulk::Compressor::new(levels.0).ok();
     let mut text = zstd::bulk::Compressor::new(levels.1).ok();
+    if levels.1 <= TEXT_MIN_MATCH_UP_TO_LEVEL
+        && let Some(z) = text.as_mut()
+    {
+        // A failure leaves zstd's own minimum: the same frames, a little larger.
+        let _ = z.set_parameter(zstd::zstd_safe::CParameter::MinMatch(TEXT_MIN_MATCH));
+    }
     loop {
         let f = match rx.lock() {
             Ok(r) => match r.recv() {
