@@ -1257,10 +1257,10 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
             String::new()
         } else {
             let by = if repo.object_lock() {
-                // A server that takes the retention headers and ignores them (s3s-fs) looks
-                // the same from here as one that keeps them.
-                "cairn, and by S3 Object Lock where the server keeps the retention it is sent: \
-                 the bucket took it; check that the server implements Object Lock"
+                // Init saw the bucket take the retention and keep versions; whether a server
+                // keeps the retention itself is not visible through object_store.
+                "cairn, and by S3 Object Lock in compliance mode: the bucket took the retention \
+                 and keeps versions"
             } else {
                 "cairn"
             };

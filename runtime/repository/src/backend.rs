@@ -926,8 +926,7 @@ impl Backend {
             .map_err(|e| self.store_err("write", path, e))
     }
 
-    /// Whether the object at `path` exists (a HEAD).
-    /// An object's metadata; `None` when it does not exist.
+    /// An object's metadata (a HEAD); `None` when it does not exist.
     pub(crate) async fn head(&self, path: &str) -> Result<Option<ObjectMeta>> {
         match self.store.head(&Path::from(path)).await {
             Ok(m) => Ok(Some(m)),

@@ -895,7 +895,19 @@ impl Repository {
             config.object_lock = true;
             backend.object_lock = true;
             match backend.put_data(format::CONFIG, body(config)?).await {
-                Ok(()) => {}
+                Ok(()) if keeps_versions(backend).await? => {}
+                Ok(()) => {
+                    // Object Lock needs versioning: a server that took the retention headers
+                    // and keeps no versions (s3s-fs) enforces none of it. Nothing of it is
+                    // held, so the config is replaced as it is.
+                    tracing::warn!(
+                        url = %location.url,
+                        "the server took the Object Lock retention but keeps no object versions, so it cannot enforce it; protection is enforced by cairn only"
+                    );
+                    config.object_lock = false;
+                    backend.object_lock = false;
+                    backend.put_replace(format::CONFIG, body(config)?).await?;
+                }
                 Err(Error::Store { ref cause, .. }) if lacks_object_lock(cause) => {
                     tracing::warn!(
                         url = %location.url,
@@ -3242,6 +3254,15 @@ async fn read_index(
 /// Whether S3 refused a write with retention because the bucket has no Object Lock
 /// configuration (`InvalidRequest: Bucket is missing Object Lock Configuration`). Servers that
 /// accept the headers and ignore them cannot be told apart here.
+/// Whether the store reports a version of the config (S3's `x-amz-version-id`; `null` is the
+/// version in a bucket whose versioning is suspended).
+async fn keeps_versions(backend: &Backend) -> Result<bool> {
+    let meta = backend.head(format::CONFIG).await?;
+    Ok(meta
+        .and_then(|m| m.version)
+        .is_some_and(|v| !v.is_empty() && v != "null"))
+}
+
 fn lacks_object_lock(e: &object_store::Error) -> bool {
     let text = e.to_string();
     // AWS says "Object Lock Configuration", moto and MinIO "ObjectLockConfiguration".

@@ -239,3 +239,24 @@ async fn a_bucket_without_object_lock_gets_protection_by_cairn_alone() {
     assert!(!repo.object_lock());
     assert_eq!(repo.keys().await.expect("slots").len(), 1);
 }
+
+/// A server that takes the retention headers and keeps no versions (s3s-fs) enforces none of
+/// it: the repository says it is protected by cairn alone, and so does its config.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_keeping_no_versions_gets_protection_by_cairn_alone() {
+    let Some(s3) = crate::s3::S3Server::start() else {
+        return;
+    };
+    let loc = s3.location();
+    let repo = Repository::init(
+        loc.clone(),
+        &pass("p"),
+        InitOptions::new().protection(Duration::from_secs(3600)),
+    )
+    .await
+    .expect("init falls back to protection by cairn");
+    assert!(!repo.object_lock());
+    let again = Repository::open(loc, &pass("p")).await.expect("opens");
+    assert!(!again.object_lock(), "the config says so too");
+    assert_eq!(again.protection(), Duration::from_secs(3600));
+}
