@@ -160,6 +160,9 @@ impl Limiter {
 #[derive(Debug, Clone)]
 pub(crate) struct Backend {
     store: Arc<dyn ObjectStore>,
+    /// Times a cut-off create-if-absent write is sent again: [`PUT_TRIES`], or fewer with
+    /// the option `retries`.
+    resends: u32,
     upload: Option<Arc<Limiter>>,
     download: Option<Arc<Limiter>>,
     pub(crate) url: String,
@@ -417,6 +420,16 @@ const RETRY_BACKOFF: object_store::BackoffConfig = object_store::BackoffConfig {
     base: 3.0,
 };
 
+/// The option `retries`: how many times a failed request is tried again.
+fn retries(raw: &str, v: &str) -> Result<usize> {
+    v.parse().map_err(|e| {
+        invalid(
+            raw,
+            format!("option retries={v}: {e}; give a number, such as 20"),
+        )
+    })
+}
+
 /// A location's options for a cloud store's builder, as its config keys `K`, and the retry
 /// policy of its requests: ten retries backing off as [`RETRY_BACKOFF`] (about a minute in
 /// all), within three minutes of the first try, unless the options `retries` and
@@ -434,14 +447,7 @@ where
     let mut options = Vec::new();
     for (k, v) in &loc.options {
         match k.as_str() {
-            "retries" => {
-                retry.max_retries = v.parse().map_err(|e| {
-                    invalid(
-                        raw,
-                        format!("option retries={v}: {e}; give a number, such as 20"),
-                    )
-                })?;
-            }
+            "retries" => retry.max_retries = retries(raw, v)?,
             "retry_timeout" => {
                 let d: jiff::SignedDuration = v.parse().map_err(|e| {
                     invalid(
@@ -610,8 +616,14 @@ impl Backend {
                 ));
             }
         };
+        // `retries` bounds a cut-off write's resends as it bounds object_store's retries.
+        let mut resends = PUT_TRIES;
+        for (_, v) in loc.options.iter().filter(|(k, _)| k == "retries") {
+            resends = u32::try_from(retries(raw, v)?).map_or(PUT_TRIES, |n| n.min(PUT_TRIES));
+        }
         Ok(Self {
             store,
+            resends,
             upload: Limiter::new(loc.limits.0),
             download: Limiter::new(loc.limits.1),
             url: raw.to_string(),
@@ -789,9 +801,10 @@ impl Backend {
         path: &str,
         data: Bytes,
     ) -> Result<()> {
-        Limiter::take(&self.upload, data.len() as u64).await;
         let mut tries = 0;
         loop {
+            // Every send counts against the upload limit, a resend too.
+            Limiter::take(&self.upload, data.len() as u64).await;
             let opts = PutOptions {
                 mode: PutMode::Create,
                 ..Default::default()
@@ -822,7 +835,7 @@ impl Backend {
                 // A create-if-absent write is not idempotent, so object_store does not send
                 // it again when it timed out or its connection broke: it may have landed, or
                 // may land still. Sent again, it is either taken or meets itself (above).
-                Err(e) if tries < PUT_TRIES && interrupted(&e) => {
+                Err(e) if tries < self.resends && interrupted(&e) => {
                     if holds(store, path, &data).await {
                         return Ok(());
                     }
@@ -832,7 +845,9 @@ impl Backend {
                 }
                 // The last one cut off may have landed too.
                 Err(e)
-                    if tries == PUT_TRIES && interrupted(&e) && holds(store, path, &data).await =>
+                    if tries == self.resends
+                        && interrupted(&e)
+                        && holds(store, path, &data).await =>
                 {
                     return Ok(());
                 }
@@ -1187,6 +1202,51 @@ mod tests {
             panic!("other bytes overwrote an object");
         };
         assert!(matches!(e, Error::Protected { .. }), "{e:?}");
+    }
+
+    /// With the option `retries=0` nothing is sent twice: not by object_store, and not a
+    /// create-if-absent write cut off once sent either.
+    #[tokio::test]
+    async fn retries_0_sends_a_cut_off_write_once() {
+        use std::io::{Read, Write};
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+        let port = listener.local_addr().expect("its address").port();
+        let puts = Arc::new(AtomicUsize::new(0));
+        let counted = puts.clone();
+        // A server that reads each request's head, cuts off every PUT without an answer and
+        // has nothing to GET.
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut s) = stream else { return };
+                let (mut head, mut buf) = (Vec::new(), [0u8; 4096]);
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                if head.starts_with(b"PUT") {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                } else {
+                    let _ = s.write_all(
+                        b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                    );
+                }
+            }
+        });
+        let loc = Location::new("s3://bucket/p")
+            .option("aws_region", "us-east-1")
+            .option("aws_endpoint", format!("http://127.0.0.1:{port}"))
+            .option("aws_allow_http", "true")
+            .option("aws_access_key_id", "key")
+            .option("aws_secret_access_key", "secret")
+            .option("retries", "0");
+        let b = Backend::connect(&loc, true).expect("the store opens");
+        let Err(e) = b.put_new("snapshots/x", Bytes::from_static(b"data")).await else {
+            panic!("a write nobody answered was taken");
+        };
+        assert_eq!(puts.load(Ordering::SeqCst), 1, "{e}");
     }
 
     /// A write cut off once sent is sent again; one that never left (no connection, a
