@@ -366,7 +366,7 @@ fn s3_store(
     for (key, v) in options {
         b = b.with_config(key, v);
     }
-    b = b.with_retry(retry);
+    b = b.with_retry(retry).with_http_connector(FailFast::default());
     // object_store takes the endpoint's text as it is and panics on the first request when
     // it is not a URL.
     if let Some(endpoint) = b.get_config_value(&AmazonS3ConfigKey::Endpoint) {
@@ -376,6 +376,81 @@ fn s3_store(
         Arc::new(b.build().map_err(|e| invalid(raw, e))?),
         url,
     ))
+}
+
+/// object_store's HTTP client, with a connection that cannot be made for good (a name that
+/// does not resolve, a certificate not trusted) failed at once. object_store retries every
+/// connection error, so a mistyped endpoint was reported only after the retries' minute.
+/// A name the resolver could not look up for now, or a connection refused (a server
+/// restarting), is still retried.
+#[derive(Debug, Default)]
+struct FailFast(object_store::client::ReqwestConnector);
+
+#[derive(Debug)]
+struct FailFastService(object_store::client::HttpClient);
+
+impl object_store::client::HttpConnector for FailFast {
+    fn connect(
+        &self,
+        options: &object_store::ClientOptions,
+    ) -> object_store::Result<object_store::client::HttpClient> {
+        let inner = self.0.connect(options)?;
+        Ok(object_store::client::HttpClient::new(FailFastService(
+            inner,
+        )))
+    }
+}
+
+#[async_trait::async_trait]
+impl object_store::client::HttpService for FailFastService {
+    async fn call(
+        &self,
+        req: object_store::client::HttpRequest,
+    ) -> std::result::Result<object_store::client::HttpResponse, object_store::client::HttpError>
+    {
+        use object_store::client::{HttpError, HttpErrorKind};
+        self.0.execute(req).await.map_err(|e| {
+            if e.kind() == HttpErrorKind::Connect && unreachable_for_good(&e) {
+                HttpError::new(HttpErrorKind::Unknown, Lasting(e))
+            } else {
+                e
+            }
+        })
+    }
+}
+
+/// A connection error that waiting will not mend, said as the HTTP client said it (an
+/// `HttpError` in an `HttpError` would say "HTTP error" twice).
+#[derive(Debug)]
+struct Lasting(object_store::client::HttpError);
+
+impl std::fmt::Display for Lasting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match std::error::Error::source(&self.0) {
+            Some(cause) => std::fmt::Display::fmt(cause, f),
+            None => std::fmt::Display::fmt(&self.0, f),
+        }
+    }
+}
+
+impl std::error::Error for Lasting {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        std::error::Error::source(&self.0).and_then(std::error::Error::source)
+    }
+}
+
+/// Whether a connection error says the endpoint cannot be reached however long one waits:
+/// its name does not exist, or its certificate is not trusted.
+fn unreachable_for_good(e: &(dyn std::error::Error + 'static)) -> bool {
+    let text = crate::error::chain_text(e);
+    [
+        "Name or service not known",
+        "No address associated with hostname",
+        "nodename nor servname provided",
+        "invalid peer certificate",
+    ]
+    .iter()
+    .any(|w| text.contains(w))
 }
 
 /// Refuses an S3 endpoint that is not `http(s)://HOST[:PORT][/PATH]` as given (no spaces).
@@ -596,7 +671,7 @@ impl Backend {
                 for (key, v) in options {
                     b = b.with_config(key, v);
                 }
-                b = b.with_retry(retry);
+                b = b.with_retry(retry).with_http_connector(FailFast::default());
                 prefixed(Arc::new(b.build().map_err(|e| invalid(raw, e))?), &url)
             }
             "gs" => {
@@ -606,7 +681,7 @@ impl Backend {
                 for (key, v) in options {
                     b = b.with_config(key, v);
                 }
-                b = b.with_retry(retry);
+                b = b.with_retry(retry).with_http_connector(FailFast::default());
                 prefixed(Arc::new(b.build().map_err(|e| invalid(raw, e))?), &url)
             }
             other => {
@@ -1273,6 +1348,32 @@ mod tests {
             "Server returned non-2xx status code: 403 Forbidden",
         ] {
             assert!(!interrupted(&e(unsent)), "{unsent}");
+        }
+    }
+
+    /// A name that does not exist and a certificate not trusted are failed at once; a
+    /// resolver that cannot answer for now and a server that refuses are retried.
+    #[test]
+    fn only_endpoints_unreachable_for_good_fail_at_once() {
+        let e = |text: &str| object_store::Error::Generic {
+            store: "S3",
+            source: text.to_owned().into(),
+        };
+        for lasting in [
+            "error sending request: client error (Connect): dns error: failed to lookup \
+             address information: Name or service not known",
+            "error sending request: client error (Connect): invalid peer certificate: \
+             UnknownIssuer",
+        ] {
+            assert!(unreachable_for_good(&e(lasting)), "{lasting}");
+        }
+        for passing in [
+            "error sending request: client error (Connect): dns error: failed to lookup \
+             address information: Temporary failure in name resolution",
+            "error sending request: client error (Connect): tcp connect error: Connection \
+             refused (os error 111)",
+        ] {
+            assert!(!unreachable_for_good(&e(passing)), "{passing}");
         }
     }
 

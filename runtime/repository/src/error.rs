@@ -190,7 +190,7 @@ fn affected_text(snapshots: &[String]) -> String {
 }
 
 /// An error and its causes, one after the other.
-pub(crate) fn chain_text(e: &object_store::Error) -> String {
+pub(crate) fn chain_text(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
     let mut cur = std::error::Error::source(e);
     while let Some(c) = cur {
