@@ -152,7 +152,8 @@ enum RepoCommand {
         #[arg(long)]
         delete: bool,
     },
-    /// List what a tree snapshot holds.
+    /// List what a tree snapshot holds: type, mode, owner, size, modification time (in the
+    /// local time zone, `TZ`; UTC in `--output json`) and path.
     Ls {
         /// Snapshot id, unique prefix, or `latest`.
         id: String,
@@ -164,6 +165,7 @@ enum RepoCommand {
     },
     /// Which tree snapshots hold what the patterns match, newest first: a name at any depth
     /// (`*.conf`), or with `/` a path from the root (`etc/**/pg_hba.conf`), as --exclude.
+    /// Times are in the local time zone (`TZ`), in UTC with `--output json`.
     Find {
         /// Patterns; an entry matching any is listed.
         #[arg(required = true, value_name = "PATTERN")]
@@ -1221,6 +1223,13 @@ fn shown_time(t: jiff::Timestamp, zone: &jiff::tz::TimeZone) -> String {
         .to_string()
 }
 
+/// An entry's modification time (RFC 3339, as the library gives it) as listings show times.
+fn shown_mtime(mtime: &str, zone: &jiff::tz::TimeZone) -> String {
+    mtime
+        .parse()
+        .map_or_else(|_| mtime.to_string(), |t| shown_time(t, zone))
+}
+
 /// A listing's header for times shown in `zone`: `time (Europe/Paris)`.
 fn time_header(zone: &jiff::tz::TimeZone) -> String {
     format!("time ({})", zone.iana_name().unwrap_or("local"))
@@ -1492,6 +1501,7 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
             let entries = repo.list_tree(&info, &named(paths)).await?;
             args.print(
                 || {
+                    let zone = local_zone();
                     entries
                         .iter()
                         .map(|e| {
@@ -1508,7 +1518,7 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                                     _ => "-".into(),
                                 },
                                 e.size,
-                                e.mtime,
+                                shown_mtime(&e.mtime, &zone),
                                 shown_path(&e.path, e.path_raw.as_deref()),
                                 link.unwrap_or_default()
                             )
@@ -1547,7 +1557,7 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                                 shown_time(s.time, &zone),
                                 e.kind,
                                 e.size,
-                                e.mtime,
+                                shown_mtime(&e.mtime, &zone),
                                 shown_path(&e.path, e.path_raw.as_deref())
                             )
                         })

@@ -1249,25 +1249,37 @@ fn repair_packs_lets_the_next_backup_store_damaged_data_again() {
 
 /// Snapshots' times are shown and read in the local time zone (`TZ`), as restic's: listed at
 /// UTC+14, a snapshot is 14 hours later than at UTC, and a date and time without an offset is
-/// that zone's.
+/// that zone's. `ls` and `find` show files' times in the same zone.
 #[test]
 fn snapshot_times_are_shown_and_read_in_the_local_zone() {
     let repo = LocalRepo::new();
     repo.ok(&["repo", "init"]);
     let data = repo.dir.path().join("data");
     std::fs::create_dir(&data).expect("data");
+    let file = std::fs::File::create(data.join("pg_hba.conf")).expect("a file");
+    // 2026-07-01 12:00:00 UTC.
+    let mtime = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_782_907_200);
+    file.set_modified(mtime).expect("its time");
+    drop(file);
     let id = repo.backup(&data);
     let common: Vec<&str> = repo.common.iter().map(String::as_str).collect();
-    let snapshots = |tz: &str, extra: &[&str]| {
+    let listing = |command: &str, tz: &str, extra: &[&str]| {
         let out = repo
             .cairn
-            .command(&[&["repo", "snapshots"], extra, &common[..]].concat())
+            .command(&[&["repo", command], extra, &common[..]].concat())
             .env("TZ", tz)
             .output()
             .expect("cairn runs");
         assert!(out.status.success(), "{}", stderr(&out));
         stdout(&out)
     };
+    let snapshots = |tz: &str, extra: &[&str]| listing("snapshots", tz, extra);
+    for (command, extra) in [("ls", ["latest"]), ("find", ["pg_hba.conf"])] {
+        let utc = listing(command, "UTC", &extra);
+        assert!(utc.contains("2026-07-01 12:00:00"), "{command}: {utc}");
+        let east = listing(command, "XST-14", &extra);
+        assert!(east.contains("2026-07-02 02:00:00"), "{command}: {east}");
+    }
     let listed = json(&repo.ok(&["repo", "snapshots", "--output", "json"]));
     let time: jiff::Timestamp = listed[0]["time"]
         .as_str()
