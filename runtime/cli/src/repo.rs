@@ -1451,11 +1451,7 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                     let mut out = json!({ "id": info.id, "summary": s });
                     if s.unreadable > 0 {
                         // The first LEFT_OUT_NAMED of them; `summary.unreadable` counts all.
-                        out["unreadable"] = left_out
-                            .named()
-                            .into_iter()
-                            .map(|(path, error)| json!({ "path": path, "error": error }))
-                            .collect();
+                        out["unreadable"] = json!(left_out.named());
                     }
                     out
                 },

@@ -70,7 +70,9 @@ pub fn is_snapshot_id(s: &str) -> bool {
     format::is_id(s)
 }
 pub use stream::{SnapshotReader, SnapshotWriter};
-pub use tree::{LEFT_OUT_NAMED, LeftOut, TreeChange, TreeEntry, create_or_beside, star_match};
+pub use tree::{
+    LEFT_OUT_NAMED, LeftOut, TreeChange, TreeEntry, Unreadable, create_or_beside, star_match,
+};
 
 /// Building blocks exposed for the benchmarks only; not a stable API.
 #[doc(hidden)]

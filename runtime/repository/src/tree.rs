@@ -220,12 +220,25 @@ pub const LEFT_OUT_NAMED: usize = 1000;
 
 /// What a tree's backup left out because this process could not read it (see
 /// [`BackupOptions::left_out`](crate::BackupOptions::left_out)): how many files and
-/// directories, and the first [`LEFT_OUT_NAMED`] of them with why (a name that is not UTF-8
-/// with U+FFFD in place of its bytes). One per backup: given to another, it names both's.
+/// directories, and the first [`LEFT_OUT_NAMED`] of them with why. One per backup: given to
+/// another, it names both's.
 #[derive(Debug, Default)]
 pub struct LeftOut {
     count: AtomicU64,
-    named: std::sync::Mutex<Vec<(String, String)>>,
+    named: std::sync::Mutex<Vec<Unreadable>>,
+}
+
+/// A file or directory a backup could not read.
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct Unreadable {
+    /// Its path (U+FFFD in place of bytes that are not UTF-8).
+    pub path: String,
+    /// The path's bytes, hex, when it is not UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path_raw: Option<String>,
+    /// Why it could not be read.
+    pub error: String,
 }
 
 impl LeftOut {
@@ -234,7 +247,14 @@ impl LeftOut {
         if let Ok(mut named) = self.named.lock()
             && named.len() < LEFT_OUT_NAMED
         {
-            named.push((path.display().to_string(), e.to_string()));
+            named.push(Unreadable {
+                path: path.to_string_lossy().into_owned(),
+                path_raw: path
+                    .to_str()
+                    .is_none()
+                    .then(|| hex::encode(path.as_os_str().as_encoded_bytes())),
+                error: e.to_string(),
+            });
         }
     }
 
@@ -244,7 +264,7 @@ impl LeftOut {
     }
 
     /// The first [`LEFT_OUT_NAMED`] left out, each path with why it could not be read.
-    pub fn named(&self) -> Vec<(String, String)> {
+    pub fn named(&self) -> Vec<Unreadable> {
         self.named.lock().map(|n| n.clone()).unwrap_or_default()
     }
 }
@@ -2977,7 +2997,7 @@ mod tests {
         let skipped = LeftOut::default();
         let left_out = feed(&files, false, &tx, &Pool::new(1), None, &skipped).expect("fed");
         assert_eq!((left_out, skipped.count()), (vec![1], 1));
-        assert_eq!(skipped.named()[0].0, files[1].0.display().to_string());
+        assert_eq!(skipped.named()[0].path, files[1].0.display().to_string());
         drop(tx);
         let seen = received(&mut rx);
         assert_eq!(seen, ["data 5", "end", "end", "data 5", "end"]);

@@ -664,8 +664,12 @@ fn backup_names_what_it_could_not_read() {
     std::fs::create_dir(&data).expect("data");
     std::fs::write(data.join("a.txt"), "alpha").expect("file");
     let secret = data.join("secret");
-    std::fs::write(&secret, "kept from the backup").expect("file");
-    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o000)).expect("chmod");
+    // A name that is not UTF-8 is named by its bytes too.
+    let odd = data.join(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(b"odd\xff"));
+    for f in [&secret, &odd] {
+        std::fs::write(f, "kept from the backup").expect("file");
+        std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o000)).expect("chmod");
+    }
     let out = repo.run_as_owner(&[
         "repo",
         "backup",
@@ -675,9 +679,18 @@ fn backup_names_what_it_could_not_read() {
     ]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let report = json(&out);
-    assert_eq!(report["summary"]["unreadable"], 1, "{report}");
+    assert_eq!(report["summary"]["unreadable"], 2, "{report}");
     assert_eq!(report["summary"]["files"], 1, "{report}");
-    let named = &report["unreadable"][0];
+    // In the walk's order, by name.
+    let (odd_named, named) = (&report["unreadable"][0], &report["unreadable"][1]);
+    let odd_hex: String = odd
+        .as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(odd_named["path_raw"], odd_hex.as_str(), "{report}");
+    assert!(named.get("path_raw").is_none(), "{report}");
     assert_eq!(named["path"], secret.display().to_string(), "{report}");
     assert!(
         named["error"]
