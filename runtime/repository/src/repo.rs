@@ -3251,9 +3251,6 @@ async fn read_index(
     Ok(damaged)
 }
 
-/// Whether S3 refused a write with retention because the bucket has no Object Lock
-/// configuration (`InvalidRequest: Bucket is missing Object Lock Configuration`). Servers that
-/// accept the headers and ignore them cannot be told apart here.
 /// Whether the store reports a version of the config (S3's `x-amz-version-id`; `null` is the
 /// version in a bucket whose versioning is suspended).
 async fn keeps_versions(backend: &Backend) -> Result<bool> {
@@ -3263,6 +3260,9 @@ async fn keeps_versions(backend: &Backend) -> Result<bool> {
         .is_some_and(|v| !v.is_empty() && v != "null"))
 }
 
+/// Whether S3 refused a write with retention because the bucket has no Object Lock
+/// configuration (`InvalidRequest: Bucket is missing Object Lock Configuration`). Servers that
+/// accept the headers and ignore them are told apart by [`keeps_versions`].
 fn lacks_object_lock(e: &object_store::Error) -> bool {
     let text = e.to_string();
     // AWS says "Object Lock Configuration", moto and MinIO "ObjectLockConfiguration".
