@@ -832,7 +832,8 @@ impl Repository {
             object_lock: false,
         };
         let slot = write_slot(&backend, &config.id, &keys, key, &opts.label).await?;
-        if let Err(e) = Self::write_config(&mut backend, &mut config, &location).await {
+        let slot_path = format::key_path(&slot);
+        if let Err(e) = Self::write_config(&mut backend, &mut config, &location, &slot_path).await {
             // A write reported failed may have landed (a retry after a timeout finds its own
             // first attempt): the config there is then this repository's, and its key stays.
             let ours = match backend.get(format::CONFIG).await {
@@ -869,11 +870,13 @@ impl Repository {
     }
 
     /// Writes a new repository's config, under Object Lock where the bucket has it and a
-    /// protection period is asked for.
+    /// protection period is asked for. `slot` is the key slot init wrote just before: whether
+    /// the store keeps versions of it says whether Object Lock can hold anything.
     async fn write_config(
         backend: &mut Backend,
         config: &mut Config,
         location: &Location,
+        slot: &str,
     ) -> Result<()> {
         // As the config keeps it (whole seconds, rounded up), so that what init reports is
         // what holds.
@@ -890,24 +893,20 @@ impl Repository {
                 .map_err(|e| Error::Invalid(e.to_string()))
         };
         // On S3 with a protection period, data objects go under Object Lock when the bucket
-        // has it enabled; the config, written first, is the probe.
-        if !backend.protection.is_zero() && backend.supports_object_lock() {
+        // has it enabled; the config, written first, is the probe. Object Lock needs
+        // versioning: a server that keeps no versions (s3s-fs) would take the retention
+        // headers and hold nothing, so it is not sent them.
+        let lockable = !backend.protection.is_zero() && backend.supports_object_lock();
+        if lockable && !keeps_versions(backend, slot).await? {
+            tracing::warn!(
+                url = %location.url,
+                "the store keeps no object versions, so S3 Object Lock cannot hold its objects; protection is enforced by cairn only"
+            );
+        } else if lockable {
             config.object_lock = true;
             backend.object_lock = true;
             match backend.put_data(format::CONFIG, body(config)?).await {
-                Ok(()) if keeps_versions(backend).await? => {}
-                Ok(()) => {
-                    // Object Lock needs versioning: a server that took the retention headers
-                    // and keeps no versions (s3s-fs) enforces none of it. Nothing of it is
-                    // held, so the config is replaced as it is.
-                    tracing::warn!(
-                        url = %location.url,
-                        "the server took the Object Lock retention but keeps no object versions, so it cannot enforce it; protection is enforced by cairn only"
-                    );
-                    config.object_lock = false;
-                    backend.object_lock = false;
-                    backend.put_replace(format::CONFIG, body(config)?).await?;
-                }
+                Ok(()) => {}
                 Err(Error::Store { ref cause, .. }) if lacks_object_lock(cause) => {
                     tracing::warn!(
                         url = %location.url,
@@ -3251,13 +3250,17 @@ async fn read_index(
     Ok(damaged)
 }
 
-/// Whether the store reports a version of the config (S3's `x-amz-version-id`; `null` is the
-/// version in a bucket whose versioning is suspended).
-async fn keeps_versions(backend: &Backend) -> Result<bool> {
-    let meta = backend.head(format::CONFIG).await?;
-    Ok(meta
-        .and_then(|m| m.version)
-        .is_some_and(|v| !v.is_empty() && v != "null"))
+/// Whether the store reports a version of the object at `path`, just written (S3's
+/// `x-amz-version-id`; `null` is the version in a bucket whose versioning is suspended).
+async fn keeps_versions(backend: &Backend, path: &str) -> Result<bool> {
+    let Some(meta) = backend.head(path).await? else {
+        return Err(Error::Invalid(format!(
+            "{}: {path}, just written, is not there: the store does not keep what it takes; \
+             nothing was made",
+            backend.url
+        )));
+    };
+    Ok(meta.version.is_some_and(|v| !v.is_empty() && v != "null"))
 }
 
 /// Whether S3 refused a write with retention because the bucket has no Object Lock
