@@ -308,6 +308,12 @@ fn interrupted(e: &object_store::Error) -> bool {
         .any(|w| text.contains(w))
 }
 
+/// Whether object_store sent a request again before it gave up (its error then says how
+/// many times).
+fn retried(e: &object_store::Error) -> bool {
+    crate::error::chain_text(e).contains(" retries, max_retries: ")
+}
+
 /// Whether the object at `path` holds exactly `data`; `false` when the store does not say
 /// within a minute (a hung server would otherwise take its whole retry budget for each look).
 async fn holds(store: &Arc<dyn ObjectStore>, path: &str, data: &Bytes) -> bool {
@@ -907,24 +913,22 @@ impl Backend {
                         })
                     };
                 }
-                // A create-if-absent write is not idempotent, so object_store does not send
-                // it again when it timed out or its connection broke: it may have landed, or
-                // may land still. Sent again, it is either taken or meets itself (above).
-                Err(e) if tries < self.resends && interrupted(&e) => {
+                // A create-if-absent write is not idempotent: object_store sends it again
+                // itself only when it was cut off before its answer began (a connection
+                // closed), not when it timed out or its connection was reset. Either way it
+                // may have landed, or may land still. Sent again, it is either taken or meets
+                // itself (above); sent again only when object_store did not, so that
+                // `retries` bounds the sends rather than multiplying them.
+                Err(e) if interrupted(&e) => {
                     if holds(store, path, &data).await {
                         return Ok(());
+                    }
+                    if tries >= self.resends || retried(&e) {
+                        return Err(self.store_err("write", path, e));
                     }
                     tries += 1;
                     tracing::warn!(object = path, error = %e, "write interrupted; sending it again");
                     tokio::time::sleep(std::time::Duration::from_secs(1 << tries)).await;
-                }
-                // The last one cut off may have landed too.
-                Err(e)
-                    if tries == self.resends
-                        && interrupted(&e)
-                        && holds(store, path, &data).await =>
-                {
-                    return Ok(());
                 }
                 Err(e) => return Err(self.store_err("write", path, e)),
             }
@@ -1279,10 +1283,10 @@ mod tests {
         assert!(matches!(e, Error::Protected { .. }), "{e:?}");
     }
 
-    /// With the option `retries=0` nothing is sent twice: not by object_store, and not a
-    /// create-if-absent write cut off once sent either.
+    /// The option `retries` bounds how often a create-if-absent write cut off once sent goes
+    /// out, object_store's retries and Cairn's resends together: with 0 once, with 1 twice.
     #[tokio::test]
-    async fn retries_0_sends_a_cut_off_write_once() {
+    async fn retries_bound_the_sends_of_a_cut_off_write() {
         use std::io::{Read, Write};
         use std::sync::atomic::{AtomicUsize, Ordering};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
@@ -1310,18 +1314,21 @@ mod tests {
                 }
             }
         });
-        let loc = Location::new("s3://bucket/p")
-            .option("aws_region", "us-east-1")
-            .option("aws_endpoint", format!("http://127.0.0.1:{port}"))
-            .option("aws_allow_http", "true")
-            .option("aws_access_key_id", "key")
-            .option("aws_secret_access_key", "secret")
-            .option("retries", "0");
-        let b = Backend::connect(&loc, true).expect("the store opens");
-        let Err(e) = b.put_new("snapshots/x", Bytes::from_static(b"data")).await else {
-            panic!("a write nobody answered was taken");
-        };
-        assert_eq!(puts.load(Ordering::SeqCst), 1, "{e}");
+        for (retries, sends) in [("0", 1), ("1", 2)] {
+            puts.store(0, Ordering::SeqCst);
+            let loc = Location::new("s3://bucket/p")
+                .option("aws_region", "us-east-1")
+                .option("aws_endpoint", format!("http://127.0.0.1:{port}"))
+                .option("aws_allow_http", "true")
+                .option("aws_access_key_id", "key")
+                .option("aws_secret_access_key", "secret")
+                .option("retries", retries);
+            let b = Backend::connect(&loc, true).expect("the store opens");
+            let Err(e) = b.put_new("snapshots/x", Bytes::from_static(b"data")).await else {
+                panic!("a write nobody answered was taken");
+            };
+            assert_eq!(puts.load(Ordering::SeqCst), sends, "retries={retries}: {e}");
+        }
     }
 
     /// A write cut off once sent is sent again; one that never left (no connection, a
