@@ -1216,11 +1216,17 @@ fn named_zone(name: &str) -> anyhow::Result<jiff::tz::TimeZone> {
     }
 }
 
-/// A time as shown in listings: its date and time in `zone`, to the second.
+/// A time as shown in listings: its date and time in `zone`, to the second, and its offset
+/// when that date and time come twice there.
 fn shown_time(t: jiff::Timestamp, zone: &jiff::tz::TimeZone) -> String {
-    t.to_zoned(zone.clone())
-        .strftime("%Y-%m-%d %H:%M:%S")
-        .to_string()
+    let zoned = t.to_zoned(zone.clone());
+    // The hour a night that falls back repeats: its offset says which of the two.
+    let format = if zone.to_ambiguous_timestamp(zoned.datetime()).is_ambiguous() {
+        "%Y-%m-%d %H:%M:%S%:z"
+    } else {
+        "%Y-%m-%d %H:%M:%S"
+    };
+    zoned.strftime(format).to_string()
 }
 
 /// An entry's modification time (RFC 3339, as the library gives it) as listings show times.

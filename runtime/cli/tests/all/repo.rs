@@ -1269,11 +1269,17 @@ fn snapshot_times_are_shown_and_read_in_the_local_zone() {
     repo.ok(&["repo", "init"]);
     let data = repo.dir.path().join("data");
     std::fs::create_dir(&data).expect("data");
-    let file = std::fs::File::create(data.join("pg_hba.conf")).expect("a file");
-    // 2026-07-01 12:00:00 UTC.
-    let mtime = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_782_907_200);
-    file.set_modified(mtime).expect("its time");
-    drop(file);
+    // 2026-07-01 12:00:00 UTC, and the two 01:30s of New York's night that falls back in
+    // 2026 (05:30 and 06:30 UTC).
+    for (name, secs) in [
+        ("pg_hba.conf", 1_782_907_200),
+        ("edt", 1_793_511_000),
+        ("est", 1_793_514_600),
+    ] {
+        let file = std::fs::File::create(data.join(name)).expect("a file");
+        let mtime = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+        file.set_modified(mtime).expect("its time");
+    }
     let id = repo.backup(&data);
     let common: Vec<&str> = repo.common.iter().map(String::as_str).collect();
     let listing = |command: &str, tz: &str, extra: &[&str]| {
@@ -1292,6 +1298,15 @@ fn snapshot_times_are_shown_and_read_in_the_local_zone() {
         assert!(utc.contains("2026-07-01 12:00:00"), "{command}: {utc}");
         let east = listing(command, "XST-14", &extra);
         assert!(east.contains("2026-07-02 02:00:00"), "{command}: {east}");
+    }
+    // A POSIX TZ with New York's rules: the hour it repeats is shown with its offset.
+    let ny = listing("ls", "EST5EDT,M3.2.0,M11.1.0", &["latest"]);
+    for shown in [
+        "2026-11-01 01:30:00-04:00  edt",
+        "2026-11-01 01:30:00-05:00  est",
+        "2026-07-01 08:00:00  pg_hba.conf",
+    ] {
+        assert!(ny.contains(shown), "{shown}: {ny}");
     }
     let listed = json(&repo.ok(&["repo", "snapshots", "--output", "json"]));
     let time: jiff::Timestamp = listed[0]["time"]
