@@ -308,10 +308,13 @@ fn interrupted(e: &object_store::Error) -> bool {
         .any(|w| text.contains(w))
 }
 
-/// Whether object_store sent a request again before it gave up (its error then says how
-/// many times).
-fn retried(e: &object_store::Error) -> bool {
-    crate::error::chain_text(e).contains(" retries, max_retries: ")
+/// How many times object_store sent a request again before it gave up (its error says, as
+/// "after N retries", when it did).
+fn retries_made(e: &object_store::Error) -> u32 {
+    let text = crate::error::chain_text(e);
+    text.split_once(" retries, max_retries: ")
+        .and_then(|(before, _)| before.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Whether the object at `path` holds exactly `data`; `false` when the store does not say
@@ -917,13 +920,15 @@ impl Backend {
                 // itself only when it was cut off before its answer began (a connection
                 // closed), not when it timed out or its connection was reset. Either way it
                 // may have landed, or may land still. Sent again, it is either taken or meets
-                // itself (above); sent again only when object_store did not, so that
-                // `retries` bounds the sends rather than multiplying them.
+                // itself (above). object_store's own retries of it count against the
+                // resends, so that `retries` bounds the sends rather than multiplying them.
                 Err(e) if interrupted(&e) => {
                     if holds(store, path, &data).await {
                         return Ok(());
                     }
-                    if tries >= self.resends || retried(&e) {
+                    // object_store's retries of this send (of a 5xx, say) count too.
+                    tries += retries_made(&e);
+                    if tries >= self.resends {
                         return Err(self.store_err("write", path, e));
                     }
                     tries += 1;
@@ -1355,6 +1360,28 @@ mod tests {
             "Server returned non-2xx status code: 403 Forbidden",
         ] {
             assert!(!interrupted(&e(unsent)), "{unsent}");
+        }
+    }
+
+    /// object_store's retries are read from its error: none when it says none.
+    #[test]
+    fn the_retries_object_store_made_are_read_from_its_error() {
+        let e = |text: &str| object_store::Error::Generic {
+            store: "S3",
+            source: text.to_owned().into(),
+        };
+        for (text, made) in [
+            (
+                "Error performing PUT http://h/b/k in 1.2s, after 1 retries, max_retries: 10, \
+                 retry_timeout: 180s  - HTTP error: error sending request",
+                1,
+            ),
+            (
+                "Error performing PUT http://h/b/k in 1.2s - HTTP error: timed out",
+                0,
+            ),
+        ] {
+            assert_eq!(retries_made(&e(text)), made, "{text}");
         }
     }
 
