@@ -304,13 +304,17 @@ fn store_hint(url: &str, e: &object_store::Error) -> String {
         "Connection refused",
         "dns error",
         "tcp connect error",
-        "timed out",
+        "(Connect)",
     ]) {
         format!(
             "the store cannot be reached: check the endpoint (--option {endpoint} or {}) and \
              that the server is up",
             env(endpoint)
         )
+    } else if has(&["timed out"]) {
+        "the store did not answer in time: it may be overloaded or the link slow; --option \
+         timeout=… gives each request longer, --option retries=… more tries"
+            .into()
     } else {
         return String::new();
     };
@@ -486,6 +490,15 @@ mod tests {
                 "HTTP error: error sending request: client error (Connect): tcp connect error: \
                  Connection refused (os error 111)",
                 "cannot be reached",
+            ),
+            (
+                "HTTP error: error sending request: client error (Connect): operation timed out",
+                "cannot be reached",
+            ),
+            (
+                "Error performing PUT http://h/b/data/ab/cd in 30s - HTTP error: error sending \
+                 request: operation timed out",
+                "did not answer in time",
             ),
             (
                 "HTTP error: error sending request: client error (Connect): dns error: failed to \
