@@ -1241,16 +1241,22 @@ fn time_header(zone: &jiff::tz::TimeZone) -> String {
     format!("time ({})", zone.iana_name().unwrap_or("local"))
 }
 
-fn describe(s: &SnapshotInfo, zone: &jiff::tz::TimeZone) -> String {
+/// The widest of `texts`, and at least `min`: a column's width.
+fn column_width<'a>(texts: impl IntoIterator<Item = &'a String>, min: usize) -> usize {
+    texts.into_iter().map(String::len).fold(min, usize::max)
+}
+
+/// A line of `snapshots`, its time shown as `time` in a column `width` wide.
+fn describe(s: &SnapshotInfo, time: &str, width: usize) -> String {
     let (kind, src) = match &s.kind {
         SnapshotKind::Tree { path } => ("tree", path.as_str()),
         SnapshotKind::Stream { name } => ("stream", name.as_str()),
         _ => ("other", ""),
     };
     format!(
-        "{}  {}  {:<16} {:<6} {:<40} {:>12}  {}",
+        "{}  {:<width$}  {:<16} {:<6} {:<40} {:>12}  {}",
         s.short_id(),
-        shown_time(s.time, zone),
+        time,
         s.hostname,
         kind,
         src,
@@ -1481,17 +1487,16 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                         return "no snapshots".into();
                     }
                     let zone = local_zone();
+                    let times: Vec<String> =
+                        list.iter().map(|s| shown_time(s.time, &zone)).collect();
+                    let title = time_header(&zone);
+                    let width = column_width(&times, title.len());
                     let header = format!(
-                        "{:<8}  {:<19}  {:<16} {:<6} {:<40} {:>12}  tags",
-                        "id",
-                        time_header(&zone),
-                        "host",
-                        "type",
-                        "source",
-                        "bytes"
+                        "{:<8}  {:<width$}  {:<16} {:<6} {:<40} {:>12}  tags",
+                        "id", title, "host", "type", "source", "bytes"
                     );
                     std::iter::once(header)
-                        .chain(list.iter().map(|s| describe(s, &zone)))
+                        .chain(list.iter().zip(&times).map(|(s, t)| describe(s, t, width)))
                         .collect::<Vec<_>>()
                         .join("\n")
                 },
@@ -1504,15 +1509,21 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
             args.print(
                 || {
                     let zone = local_zone();
+                    let times: Vec<String> = entries
+                        .iter()
+                        .map(|e| shown_mtime(&e.mtime, &zone))
+                        .collect();
+                    let width = column_width(&times, 0);
                     entries
                         .iter()
-                        .map(|e| {
+                        .zip(&times)
+                        .map(|(e, time)| {
                             let link = e
                                 .target
                                 .as_ref()
                                 .map(|t| format!(" -> {}", shown_path(t, e.target_raw.as_deref())));
                             format!(
-                                "{:<7} {:04o} {:>11} {:>14} {}  {}{}",
+                                "{:<7} {:04o} {:>11} {:>14} {:<width$}  {}{}",
                                 e.kind,
                                 e.mode,
                                 match (e.uid, e.gid) {
@@ -1520,7 +1531,7 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                                     _ => "-".into(),
                                 },
                                 e.size,
-                                shown_mtime(&e.mtime, &zone),
+                                time,
                                 shown_path(&e.path, e.path_raw.as_deref()),
                                 link.unwrap_or_default()
                             )
@@ -1549,17 +1560,29 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                         return "nothing found".into();
                     }
                     let zone = local_zone();
-                    found
+                    let rows: Vec<_> = found
                         .iter()
                         .flat_map(|(s, es)| es.iter().map(move |e| (s, e)))
                         .map(|(s, e)| {
-                            format!(
-                                "{:<8}  {:<19}  {:<7} {:>14}  {}  {}",
-                                s.short_id(),
+                            (
+                                s,
+                                e,
                                 shown_time(s.time, &zone),
+                                shown_mtime(&e.mtime, &zone),
+                            )
+                        })
+                        .collect();
+                    let taken = column_width(rows.iter().map(|r| &r.2), 0);
+                    let changed = column_width(rows.iter().map(|r| &r.3), 0);
+                    rows.iter()
+                        .map(|(s, e, time, mtime)| {
+                            format!(
+                                "{:<8}  {:<taken$}  {:<7} {:>14}  {:<changed$}  {}",
+                                s.short_id(),
+                                time,
                                 e.kind,
                                 e.size,
-                                shown_mtime(&e.mtime, &zone),
+                                mtime,
                                 shown_path(&e.path, e.path_raw.as_deref())
                             )
                         })
