@@ -1336,20 +1336,24 @@ mod tests {
         }
     }
 
+    /// An S3 store's error carrying `text`, as the HTTP client's errors reach Cairn.
+    fn s3_error(text: &str) -> object_store::Error {
+        object_store::Error::Generic {
+            store: "S3",
+            source: text.to_owned().into(),
+        }
+    }
+
     /// A write cut off once sent is sent again; one that never left (no connection, a
     /// certificate refused) is object_store's to retry, and not again.
     #[test]
     fn only_writes_cut_off_once_sent_are_sent_again() {
-        let e = |text: &str| object_store::Error::Generic {
-            store: "S3",
-            source: text.to_owned().into(),
-        };
         for sent in [
             "HTTP error: error sending request: operation timed out",
             "HTTP error: error sending request: connection closed before message completed",
             "Connection reset by peer (os error 104)",
         ] {
-            assert!(interrupted(&e(sent)), "{sent}");
+            assert!(interrupted(&s3_error(sent)), "{sent}");
         }
         for unsent in [
             "HTTP error: error sending request: client error (Connect): tcp connect error: \
@@ -1359,17 +1363,13 @@ mod tests {
             "HTTP error: error sending request: client error (Connect): dns error",
             "Server returned non-2xx status code: 403 Forbidden",
         ] {
-            assert!(!interrupted(&e(unsent)), "{unsent}");
+            assert!(!interrupted(&s3_error(unsent)), "{unsent}");
         }
     }
 
     /// object_store's retries are read from its error: none when it says none.
     #[test]
     fn the_retries_object_store_made_are_read_from_its_error() {
-        let e = |text: &str| object_store::Error::Generic {
-            store: "S3",
-            source: text.to_owned().into(),
-        };
         for (text, made) in [
             (
                 "Error performing PUT http://h/b/k in 1.2s, after 1 retries, max_retries: 10, \
@@ -1381,7 +1381,7 @@ mod tests {
                 0,
             ),
         ] {
-            assert_eq!(retries_made(&e(text)), made, "{text}");
+            assert_eq!(retries_made(&s3_error(text)), made, "{text}");
         }
     }
 
@@ -1389,17 +1389,13 @@ mod tests {
     /// resolver that cannot answer for now and a server that refuses are retried.
     #[test]
     fn only_endpoints_unreachable_for_good_fail_at_once() {
-        let e = |text: &str| object_store::Error::Generic {
-            store: "S3",
-            source: text.to_owned().into(),
-        };
         for lasting in [
             "error sending request: client error (Connect): dns error: failed to lookup \
              address information: Name or service not known",
             "error sending request: client error (Connect): invalid peer certificate: \
              UnknownIssuer",
         ] {
-            assert!(unreachable_for_good(&e(lasting)), "{lasting}");
+            assert!(unreachable_for_good(&s3_error(lasting)), "{lasting}");
         }
         for passing in [
             "error sending request: client error (Connect): dns error: failed to lookup \
@@ -1407,7 +1403,7 @@ mod tests {
             "error sending request: client error (Connect): tcp connect error: Connection \
              refused (os error 111)",
         ] {
-            assert!(!unreachable_for_good(&e(passing)), "{passing}");
+            assert!(!unreachable_for_good(&s3_error(passing)), "{passing}");
         }
     }
 
