@@ -61,23 +61,32 @@ impl Location {
     /// there, and the URL is printed in messages and kept in profiles. The error shows the URL
     /// without them. (Azure's `abfss://CONTAINER@ACCOUNT…` names its container so.)
     pub fn refuse_credentials(&self) -> Result<()> {
-        let Ok(url) = url::Url::parse(&self.url) else {
-            return Ok(());
-        };
-        let azure = matches!(url.scheme(), "az" | "azure" | "abfs" | "abfss");
-        if url.password().is_none() && (url.username().is_empty() || azure) {
-            return Ok(());
+        match url::Url::parse(&self.url) {
+            Ok(url) => refuse_credentials_in(&url),
+            Err(_) => Ok(()),
         }
-        let mut shown = url.clone();
-        let _ = shown.set_username("");
-        let _ = shown.set_password(None);
-        Err(invalid(
-            shown.as_str(),
-            "the URL holds credentials (USER:SECRET@), which are not read there and would be \
-             printed with it: remove them, and give them with --option (the store's key id \
-             and secret options), its environment variables or a profile file",
-        ))
     }
+}
+
+/// Whether `url` names an Azure store.
+fn is_azure(url: &url::Url) -> bool {
+    matches!(url.scheme(), "az" | "azure" | "abfs" | "abfss")
+}
+
+/// [`Location::refuse_credentials`] of a parsed URL.
+fn refuse_credentials_in(url: &url::Url) -> Result<()> {
+    if url.password().is_none() && (url.username().is_empty() || is_azure(url)) {
+        return Ok(());
+    }
+    let mut shown = url.clone();
+    let _ = shown.set_username("");
+    let _ = shown.set_password(None);
+    Err(invalid(
+        shown.as_str(),
+        "the URL holds credentials (USER:SECRET@), which are not read there and would be \
+         printed with it: remove them, and give them with --option (the store's key id and \
+         secret options), its environment variables or a profile file",
+    ))
 }
 
 impl From<&str> for Location {
@@ -504,34 +513,26 @@ const RETRY_BACKOFF: object_store::BackoffConfig = object_store::BackoffConfig {
     base: 3.0,
 };
 
-/// The option `retries`: how many times a failed request is tried again.
-fn retries(raw: &str, v: &str) -> Result<usize> {
-    v.parse().map_err(|e| {
-        invalid(
-            raw,
-            format!("option retries={v}: {e}; give a number, such as 20"),
-        )
-    })
-}
-
-/// A location's options for a cloud store's builder, as its config keys `K`, and the retry
-/// policy of its requests: ten retries backing off as [`RETRY_BACKOFF`] (about a minute in
-/// all), within three minutes of the first try, unless the options `retries` and
-/// `retry_timeout` (a duration: `90s`, `5m`) change it, for a link that drops out longer.
-fn cloud_options<K>(loc: &Location) -> Result<(Vec<(K, &str)>, object_store::RetryConfig)>
-where
-    K: std::str::FromStr,
-    K::Err: std::fmt::Display,
-{
+/// The retry policy of a cloud store's requests: ten retries backing off as
+/// [`RETRY_BACKOFF`] (about a minute in all), within three minutes of the first try, unless
+/// the options `retries` and `retry_timeout` (a duration: `90s`, `5m`) change it, for a link
+/// that drops out longer.
+fn retry_policy(loc: &Location) -> Result<object_store::RetryConfig> {
     let raw = loc.url.as_str();
     let mut retry = object_store::RetryConfig {
         backoff: RETRY_BACKOFF,
         ..Default::default()
     };
-    let mut options = Vec::new();
     for (k, v) in &loc.options {
         match k.as_str() {
-            "retries" => retry.max_retries = retries(raw, v)?,
+            "retries" => {
+                retry.max_retries = v.parse().map_err(|e| {
+                    invalid(
+                        raw,
+                        format!("option retries={v}: {e}; give a number, such as 20"),
+                    )
+                })?;
+            }
             "retry_timeout" => {
                 let d: jiff::SignedDuration = v.parse().map_err(|e| {
                     invalid(
@@ -546,6 +547,24 @@ where
                     )
                 })?;
             }
+            _ => {}
+        }
+    }
+    Ok(retry)
+}
+
+/// A location's options for a cloud store's builder, as its config keys `K`, and the retry
+/// policy of its requests ([`retry_policy`]).
+fn cloud_options<K>(loc: &Location) -> Result<(Vec<(K, &str)>, object_store::RetryConfig)>
+where
+    K: std::str::FromStr,
+    K::Err: std::fmt::Display,
+{
+    let raw = loc.url.as_str();
+    let mut options = Vec::new();
+    for (k, v) in &loc.options {
+        match k.as_str() {
+            "retries" | "retry_timeout" => {}
             // The client's durations take a unit; a bare number is refused with its words
             // alone ("failed to parse "60" as Duration").
             _ if k.ends_with("timeout") && v.trim().parse::<f64>().is_ok() => {
@@ -561,7 +580,7 @@ where
             )),
         }
     }
-    Ok((options, retry))
+    Ok((options, retry_policy(loc)?))
 }
 
 fn invalid(url: &str, reason: impl ToString) -> Error {
@@ -595,8 +614,8 @@ impl Backend {
                     .map_err(|()| invalid(raw, "not an absolute path"))?
             }
         };
-        loc.refuse_credentials()?;
-        let azure = matches!(url.scheme(), "az" | "azure" | "abfs" | "abfss");
+        refuse_credentials_in(&url)?;
+        let azure = is_azure(&url);
         // A cloud store's keys are at most 1,024 bytes: a prefix near that takes init and
         // every pack, and fails at the first longer name, a snapshot's.
         let cloud = matches!(url.scheme(), "s3" | "s3a" | "gs") || azure;
@@ -701,10 +720,12 @@ impl Backend {
             }
         };
         // `retries` bounds a cut-off write's resends as it bounds object_store's retries.
-        let mut resends = PUT_TRIES;
-        for (_, v) in loc.options.iter().filter(|(k, _)| k == "retries") {
-            resends = u32::try_from(retries(raw, v)?).map_or(PUT_TRIES, |n| n.min(PUT_TRIES));
-        }
+        let resends = if cloud {
+            let retries = retry_policy(loc)?.max_retries;
+            u32::try_from(retries).map_or(PUT_TRIES, |n| n.min(PUT_TRIES))
+        } else {
+            PUT_TRIES
+        };
         Ok(Self {
             store,
             resends,

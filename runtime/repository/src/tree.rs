@@ -85,14 +85,14 @@ fn rel_name(rel: &Path) -> (String, Option<String>) {
         .map(|c| c.as_os_str().to_string_lossy().into_owned())
         .collect::<Vec<_>>()
         .join("/");
-    #[cfg(unix)]
-    {
-        use std::os::unix::ffi::OsStrExt;
-        if rel.to_str().is_none() {
-            return (s, Some(hex::encode(rel.as_os_str().as_bytes())));
-        }
-    }
-    (s, None)
+    (s, raw_hex(rel))
+}
+
+/// A path's bytes, hex, when it is not UTF-8 (where its text has U+FFFD in their place).
+fn raw_hex(p: &Path) -> Option<String> {
+    p.to_str()
+        .is_none()
+        .then(|| hex::encode(p.as_os_str().as_encoded_bytes()))
 }
 
 /// A pattern of [`BackupOptions::exclude`] (and of [`Repository::find`]), split into path
@@ -249,10 +249,7 @@ impl LeftOut {
         {
             named.push(Unreadable {
                 path: path.to_string_lossy().into_owned(),
-                path_raw: path
-                    .to_str()
-                    .is_none()
-                    .then(|| hex::encode(path.as_os_str().as_encoded_bytes())),
+                path_raw: raw_hex(path),
                 error: e.to_string(),
             });
         }
@@ -430,11 +427,7 @@ fn walk_entry(
         (rare.path_raw, rare.xattrs) = (raw, xattrs);
         if let Some(t) = target {
             rare.target = Some(t.to_string_lossy().into_owned());
-            #[cfg(unix)]
-            if t.to_str().is_none() {
-                use std::os::unix::ffi::OsStrExt;
-                rare.target_raw = Some(hex::encode(t.as_os_str().as_bytes()));
-            }
+            rare.target_raw = raw_hex(&t);
         }
     }
     if kind == NodeKind::File {
