@@ -2127,6 +2127,12 @@ struct Run<'a> {
 /// Applies the policy's retention, among `points`, to the restore points of the workloads just
 /// backed up. Returns what it did and the points it could not remove (kept, and tried again next
 /// run).
+/// The time zone whose days, weeks, months and years a policy's retention counts: its
+/// schedule's (see [`Schedule::zone`]), so a nightly window keeps one point a night.
+fn retention_zone(policy: &Policy) -> jiff::tz::TimeZone {
+    Schedule::parse(&policy.frequency).map_or_else(|_| jiff::tz::TimeZone::system(), |s| s.zone())
+}
+
 async fn retain(
     policy: &Policy,
     execution: &Execution<'_>,
@@ -2137,6 +2143,7 @@ async fn retain(
     let home = execution.home;
     let mut outcome = RetentionOutcome::default();
     let mut failures = Vec::new();
+    let zone = retention_zone(policy);
     for workload in run.workloads {
         let mine: Vec<_> = points
             .iter()
@@ -2152,7 +2159,7 @@ async fn retain(
             mine.into_iter().partition(|p| p.partly_deleted.is_some());
         mine.sort_by_key(|p| p.created);
         let times: Vec<i64> = mine.iter().map(|p| p.created.as_second()).collect();
-        let mut keep = policy.retention.keep(&times);
+        let mut keep = cairn_repository::keep_in_zone(&policy.retention, &times, &zone);
         keep.extend(partial.iter().map(|_| Vec::new()));
         mine.extend(partial);
         for (point, reasons) in mine.iter().zip(&keep) {
@@ -2502,6 +2509,34 @@ mod tests {
             "frequency": "@daily", "retention": {"last": 1}, "applied": "2026-12-05T00:00:00Z"
         }))
         .expect("a policy")
+    }
+
+    #[test]
+    fn retention_counts_the_days_of_the_schedule_s_zone() {
+        // 12:00 and 22:50 UTC on 10 January are that day in Paris too; 23:10 UTC is 00:10 on
+        // the 11th there.
+        let times: Vec<i64> = [
+            "2026-01-10T12:00:00Z",
+            "2026-01-10T22:50:00Z",
+            "2026-01-10T23:10:00Z",
+        ]
+        .iter()
+        .map(|t| t.parse::<Timestamp>().expect("a time").as_second())
+        .collect();
+        let kept = |frequency: &str| {
+            let policy = Policy {
+                frequency: frequency.into(),
+                retention: serde_json::from_value(serde_json::json!({"daily": 2}))
+                    .expect("a retention"),
+                ..minimal()
+            };
+            cairn_repository::keep_in_zone(&policy.retention, &times, &retention_zone(&policy))
+                .iter()
+                .map(|rules| !rules.is_empty())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(kept("CRON_TZ=Europe/Paris 10 0 * * *"), [false, true, true]);
+        assert_eq!(kept("CRON_TZ=UTC 10 23 * * *"), [false, false, true]);
     }
 
     #[test]

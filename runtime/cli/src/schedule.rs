@@ -98,6 +98,16 @@ impl Schedule {
         }
     }
 
+    /// The time zone of its calendar: a cron expression's (`CRON_TZ`, else the machine's), the
+    /// machine's for an interval. Retention counts a policy's days and weeks in it, so a
+    /// backup window at 00:30 in Paris keeps one point per Paris day.
+    pub(crate) fn zone(&self) -> TimeZone {
+        match self {
+            Self::Every(_) => TimeZone::system(),
+            Self::Cron(cron) => cron.zone.clone(),
+        }
+    }
+
     /// The period around `at`: the interval, or the time between a cron expression's next two
     /// matching times.
     pub(crate) fn period_secs(&self, at: Timestamp) -> u64 {

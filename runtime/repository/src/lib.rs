@@ -63,7 +63,7 @@ pub use repo::{
     MAX_PROTECTION, PackRepair, Parent, Problem, PruneOptions, PruneReport, ReadData, RepairedPack,
     RepoStats, Repository, RestoreOptions, RestoreSummary, SnapshotFilter,
 };
-pub use retention::{Retention, retained};
+pub use retention::{Retention, keep_in_zone, retained};
 
 /// Whether `s` is a whole snapshot id (32 lowercase hex digits), not a prefix or `latest`.
 pub fn is_snapshot_id(s: &str) -> bool {

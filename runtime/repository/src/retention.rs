@@ -13,9 +13,6 @@ pub fn retained(
     snapshots: &[SnapshotInfo],
     zone: &jiff::tz::TimeZone,
 ) -> BTreeMap<String, Vec<&'static str>> {
-    let offset = |t: i64| {
-        jiff::Timestamp::from_second(t).map_or(0, |t| i64::from(zone.to_offset(t).seconds()))
-    };
     let mut groups: BTreeMap<Series<'_>, Vec<&SnapshotInfo>> = BTreeMap::new();
     for s in snapshots {
         groups.entry(series(s)).or_default().push(s);
@@ -23,13 +20,24 @@ pub fn retained(
     let mut keep = BTreeMap::new();
     for group in groups.into_values() {
         let times: Vec<i64> = group.iter().map(|s| s.time.as_second()).collect();
-        for (s, rules) in group.iter().zip(policy.keep_in(&times, offset)) {
+        for (s, rules) in group.iter().zip(keep_in_zone(policy, &times, zone)) {
             if !rules.is_empty() {
                 keep.insert(s.id.clone(), rules);
             }
         }
     }
     keep
+}
+
+/// [`Retention::keep`] with the hours, days, weeks, months and years of time zone `zone`.
+pub fn keep_in_zone(
+    policy: &Retention,
+    times: &[i64],
+    zone: &jiff::tz::TimeZone,
+) -> Vec<Vec<&'static str>> {
+    policy.keep_in(times, |t| {
+        jiff::Timestamp::from_second(t).map_or(0, |t| i64::from(zone.to_offset(t).seconds()))
+    })
 }
 
 /// A series: host, source, and the workload an export was made for (its `namespace=` and
