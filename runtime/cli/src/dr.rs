@@ -92,40 +92,43 @@ pub(crate) enum DrCommand {
     /// Turn DR on (or change its settings; a new mode or profile starts a new chain of points).
     Enable {
         /// Where DR points go: a repository URL or path; points go under `<URL>/<cluster-id>/`.
+        /// Needed the first time; enabling again changes only the settings given.
         #[arg(long, value_name = "URL")]
-        profile: String,
-        /// How each DR run protects the catalog.
-        #[arg(long, default_value = "local-snapshot", value_parser = parse_mode)]
-        mode: cairn_catalog::DrMode,
-        /// Where the DR passphrase comes from: `raw:VALUE`, `env:VAR` or `file:PATH`.
+        profile: Option<String>,
+        /// How each DR run protects the catalog [first time: local-snapshot].
+        #[arg(long, value_parser = parse_mode)]
+        mode: Option<cairn_catalog::DrMode>,
+        /// Where the DR passphrase comes from: `raw:VALUE`, `env:VAR` or `file:PATH`. Needed
+        /// the first time.
         #[arg(long, value_name = "SOURCE")]
-        passphrase_from: String,
+        passphrase_from: Option<String>,
         /// How often DR runs: @hourly, @daily, @weekly, an interval like 30m or 6h, or a cron
         /// expression like "0 2 * * *" (`cairn serve` runs it when due, or a timer runs
-        /// `cairn dr run --if-due`).
-        #[arg(long, default_value = "@hourly", value_parser = crate::schedule::parse_frequency)]
-        frequency: String,
-        /// The newest DR points to keep, whatever their age.
-        #[arg(long, default_value_t = 3)]
-        keep_last: u32,
-        /// Hourly DR points to keep.
-        #[arg(long, default_value_t = 24)]
-        keep_hourly: u32,
-        /// Daily DR points to keep.
-        #[arg(long, default_value_t = 7)]
-        keep_daily: u32,
-        /// Weekly DR points to keep.
-        #[arg(long, default_value_t = 4)]
-        keep_weekly: u32,
-        /// Monthly DR points to keep.
-        #[arg(long, default_value_t = 12)]
-        keep_monthly: u32,
-        /// Yearly DR points to keep.
-        #[arg(long, default_value_t = 0)]
-        keep_yearly: u32,
-        /// The most DR points in a chain of increments before a run exports in full again.
-        #[arg(long, default_value_t = MAX_CHAIN, value_parser = clap::value_parser!(u32).range(1..))]
-        max_chain: u32,
+        /// `cairn dr run --if-due`) [first time: @hourly].
+        #[arg(long, value_parser = crate::schedule::parse_frequency)]
+        frequency: Option<String>,
+        /// The newest DR points to keep, whatever their age [first time: 3].
+        #[arg(long)]
+        keep_last: Option<u32>,
+        /// Hourly DR points to keep [first time: 24].
+        #[arg(long)]
+        keep_hourly: Option<u32>,
+        /// Daily DR points to keep [first time: 7].
+        #[arg(long)]
+        keep_daily: Option<u32>,
+        /// Weekly DR points to keep [first time: 4].
+        #[arg(long)]
+        keep_weekly: Option<u32>,
+        /// Monthly DR points to keep [first time: 12].
+        #[arg(long)]
+        keep_monthly: Option<u32>,
+        /// Yearly DR points to keep [first time: 0].
+        #[arg(long)]
+        keep_yearly: Option<u32>,
+        /// The most DR points in a chain of increments before a run exports in full again
+        /// [first time: 48].
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        max_chain: Option<u32>,
         /// When the DR location is created: a protection period during which DR points cannot be
         /// deleted, e.g. "30d".
         #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
@@ -803,6 +806,15 @@ async fn enable(
         config.mode,
         config.frequency
     );
+    if let Some(previous) = &previous {
+        let changed = changes(previous, config);
+        if changed.is_empty() {
+            outln!("Settings unchanged.");
+        }
+        for change in changed {
+            outln!("  changed: {change}");
+        }
+    }
     outln!("Keep these three things safe; recovering this instance needs all of them:");
     outln!("  1. the cluster id:        {cluster_id}");
     outln!(
@@ -833,6 +845,42 @@ async fn enable(
         );
     }
     Ok(())
+}
+
+/// The settings `new` changes from `old`, as `name: old → new`.
+fn changes(old: &Config, new: &Config) -> Vec<String> {
+    let (o, n) = (&old.retention, &new.retention);
+    // A `raw:` value is shown masked: a new one shows as a change all the same.
+    let (source, new_source) = match (
+        crate::shown_source(&old.passphrase_from),
+        crate::shown_source(&new.passphrase_from),
+    ) {
+        (a, b) if a == b && old.passphrase_from != new.passphrase_from => {
+            (a, format!("{b} (a new value)"))
+        }
+        pair => pair,
+    };
+    [
+        ("location", old.profile.clone(), new.profile.clone()),
+        ("mode", old.mode.to_string(), new.mode.to_string()),
+        ("passphrase source", source, new_source),
+        ("frequency", old.frequency.clone(), new.frequency.clone()),
+        ("keep-last", o.last.to_string(), n.last.to_string()),
+        ("keep-hourly", o.hourly.to_string(), n.hourly.to_string()),
+        ("keep-daily", o.daily.to_string(), n.daily.to_string()),
+        ("keep-weekly", o.weekly.to_string(), n.weekly.to_string()),
+        ("keep-monthly", o.monthly.to_string(), n.monthly.to_string()),
+        ("keep-yearly", o.yearly.to_string(), n.yearly.to_string()),
+        (
+            "max-chain",
+            old.max_chain.to_string(),
+            new.max_chain.to_string(),
+        ),
+    ]
+    .into_iter()
+    .filter(|(_, a, b)| a != b)
+    .map(|(name, a, b)| format!("{name}: {a} → {b}"))
+    .collect()
 }
 
 /// What the blueprint's retention needs of a DR point, remembered per manifest snapshot in the
@@ -1125,10 +1173,12 @@ async fn run_blueprint(
 /// The DR passphrase, with the DR location's unwrapped key cached in the home
 /// ([`Home::dr_key_cache`]): a run after the first skips the Argon2id derivation (about a third
 /// of a DR run's CPU). The cache holds the repository secret for one key slot, readable by the
-/// owner only, like the default repository's key file beside it; it is bound to the slot and to
+/// owner only, like the default repository's key file beside it; it is bound to the slot, to
 /// the passphrase source as shown (a `raw:` value masked: the cache never holds the
-/// passphrase), and `cairn dr enable`, the only way to change the source, drops it, so the
-/// next run derives (and checks) the passphrase again.
+/// passphrase) and to the passphrase itself by a cheap fingerprint
+/// ([`Passphrase::fingerprint`]), so a passphrase changed in the source (an environment
+/// variable, a file) is derived and checked again, and fails the run if it no longer opens the
+/// location. `cairn dr enable` drops the cache.
 #[derive(Debug)]
 struct CachedKey {
     passphrase: Passphrase,
@@ -1145,6 +1195,10 @@ struct KeyCache {
     wrapped: String,
     /// The unwrapped repository secret, hex.
     secret: String,
+    /// The passphrase's fingerprint, salted with the slot's id, hex (absent in caches of
+    /// older builds, which are then derived again).
+    #[serde(default)]
+    passphrase: String,
 }
 
 fn to_hex(bytes: &[u8]) -> String {
@@ -1164,18 +1218,31 @@ fn from_hex(text: &str) -> Option<Vec<u8>> {
 impl CachedKey {
     fn cached(&self, slot: &WrappedKey, aad: &[u8]) -> Option<Vec<u8>> {
         let cache: KeyCache = serde_json::from_slice(&std::fs::read(&self.file).ok()?).ok()?;
-        (cache.source == self.source && cache.aad == to_hex(aad) && cache.wrapped == slot.wrapped)
-            .then(|| from_hex(&cache.secret))
-            .flatten()
+        (cache.source == self.source
+            && cache.aad == to_hex(aad)
+            && cache.wrapped == slot.wrapped
+            && cache.passphrase == self.fingerprint(aad)?)
+        .then(|| from_hex(&cache.secret))
+        .flatten()
+    }
+
+    /// The passphrase's fingerprint, hex; `None` when it cannot be made (the cache is then
+    /// neither used nor written).
+    fn fingerprint(&self, aad: &[u8]) -> Option<String> {
+        self.passphrase.fingerprint(aad).ok().map(|f| to_hex(&f))
     }
 
     /// Best effort: a cache that cannot be written costs the next run a derivation.
     fn store(&self, slot: &WrappedKey, aad: &[u8], secret: &[u8]) {
+        let Some(passphrase) = self.fingerprint(aad) else {
+            return;
+        };
         let cache = KeyCache {
             source: self.source.clone(),
             aad: to_hex(aad),
             wrapped: slot.wrapped.clone(),
             secret: to_hex(secret),
+            passphrase,
         };
         let tmp = self.file.with_extension("tmp");
         let written = serde_json::to_vec(&cache)
@@ -1498,6 +1565,18 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
             protection,
         } => {
             let catalog = crate::catalog::open(&home)?;
+            // Enabling again changes what is given and keeps the rest: a new passphrase
+            // source must not put retention back to its defaults (and remove DR points).
+            let previous = load_config(&catalog)?;
+            let (Some(profile), Some(passphrase_from)) = (
+                profile.or_else(|| previous.as_ref().map(|p| p.profile.clone())),
+                passphrase_from.or_else(|| previous.as_ref().map(|p| p.passphrase_from.clone())),
+            ) else {
+                return Err(usage(
+                    "dr enable: DR is not enabled on this instance yet: give its location and \
+                     passphrase (--profile URL --passphrase-from SOURCE)",
+                ));
+            };
             // `--profile NAME` names a location profile everywhere else; here it is the DR
             // location itself, read on recovery before there is a catalog to hold profiles.
             if !profile.contains("://")
@@ -1524,22 +1603,39 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                 Some(path) => format!("file:{}", crate::profile::absolute(path)),
                 None => passphrase_from,
             };
-            let config = Config {
-                profile,
-                mode,
-                passphrase_from,
-                frequency,
+            let base = previous.clone().unwrap_or_else(|| Config {
+                profile: String::new(),
+                mode: cairn_catalog::DrMode::LocalSnapshot,
+                passphrase_from: String::new(),
+                frequency: "@hourly".into(),
                 retention: cairn_catalog::Retention {
-                    last: keep_last,
-                    hourly: keep_hourly,
-                    daily: keep_daily,
-                    weekly: keep_weekly,
-                    monthly: keep_monthly,
-                    yearly: keep_yearly,
+                    last: 3,
+                    hourly: 24,
+                    daily: 7,
+                    weekly: 4,
+                    monthly: 12,
+                    yearly: 0,
                     // DR points take the count and calendar rules (no --keep-within here).
                     ..cairn_catalog::Retention::default()
                 },
-                max_chain,
+                max_chain: MAX_CHAIN,
+            });
+            let r = base.retention;
+            let config = Config {
+                profile,
+                mode: mode.unwrap_or(base.mode),
+                passphrase_from,
+                frequency: frequency.unwrap_or(base.frequency),
+                retention: cairn_catalog::Retention {
+                    last: keep_last.unwrap_or(r.last),
+                    hourly: keep_hourly.unwrap_or(r.hourly),
+                    daily: keep_daily.unwrap_or(r.daily),
+                    weekly: keep_weekly.unwrap_or(r.weekly),
+                    monthly: keep_monthly.unwrap_or(r.monthly),
+                    yearly: keep_yearly.unwrap_or(r.yearly),
+                    ..r
+                },
+                max_chain: max_chain.unwrap_or(base.max_chain),
             };
             if config.retention == cairn_catalog::Retention::default() {
                 return Err(usage(

@@ -1222,6 +1222,53 @@ fn the_owner_marker_keeps_two_instances_from_both_maintaining() {
 }
 
 #[test]
+fn enabling_again_changes_only_the_settings_given() {
+    let profile = tempfile::tempdir().expect("tempdir");
+    let cairn = Cairn::new();
+    let out = cairn.run(&["dr", "enable", "--passphrase-from", PASSPHRASE]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--profile URL"), "{}", stderr(&out));
+    ok(&enable(
+        &cairn,
+        profile.path(),
+        "exported-snapshot",
+        &[
+            "--frequency",
+            "@daily",
+            "--keep-last",
+            "5",
+            "--keep-daily",
+            "9",
+        ],
+    ));
+    // Only the newest-points count changes: the mode, the schedule and the other rules stay.
+    let out = cairn.run(&["dr", "enable", "--keep-last", "6"]);
+    ok(&out);
+    assert!(
+        stdout(&out).contains("changed: keep-last: 5 → 6"),
+        "{}",
+        stdout(&out)
+    );
+    let status = json(&cairn.run(&["dr", "status", "--output", "json"]));
+    assert_eq!(status["mode"], "exported-snapshot");
+    assert_eq!(status["frequency"], "@daily");
+    assert_eq!(
+        status["passphrase_from"],
+        PASSPHRASE.replace("correct horse battery staple", "****")
+    );
+    assert_eq!(status["retention"]["last"], 6);
+    assert_eq!(status["retention"]["daily"], 9);
+    assert_eq!(status["retention"]["hourly"], 24);
+    let out = cairn.run(&["dr", "enable"]);
+    ok(&out);
+    assert!(
+        stdout(&out).contains("Settings unchanged."),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
 fn dr_settings_travel_with_each_point_and_come_back_disabled() {
     let profile = tempfile::tempdir().expect("tempdir");
     let pass = tempfile::NamedTempFile::new().expect("tempfile");
@@ -1337,6 +1384,44 @@ fn the_dr_key_is_cached_for_the_owner_only_and_a_bad_cache_costs_only_time() {
     // Enabling again drops it: the next run checks the passphrase again.
     ok(&enable(&cairn, profile.path(), "no-snapshot", &[]));
     assert!(!cache.exists());
+
+    // A passphrase changed where it is read from is checked again, not let through by the
+    // cache: the runs would go on while the passphrase kept for a disaster opens nothing.
+    let source = ["--passphrase-from", "env:CAIRN_TEST_DR_PASS"];
+    let env_run = |value: &str| {
+        cairn
+            .command(&["dr", "run", "--blueprint", &dr_wasm(), "--output", "json"])
+            .env("CAIRN_TEST_DR_PASS", value)
+            .output()
+            .expect("cairn runs")
+    };
+    let out = cairn
+        .command(
+            &[
+                &[
+                    "dr",
+                    "enable",
+                    "--profile",
+                    profile.path().to_str().expect("utf-8"),
+                ][..],
+                &source[..],
+            ]
+            .concat(),
+        )
+        .env("CAIRN_TEST_DR_PASS", "correct horse battery staple")
+        .output()
+        .expect("cairn runs");
+    ok(&out);
+    ok(&env_run("correct horse battery staple"));
+    assert!(cache.exists());
+    let out = env_run("correct horse battery stable");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("wrong DR passphrase"),
+        "{}",
+        stderr(&out)
+    );
+    ok(&env_run("correct horse battery staple"));
 }
 
 #[test]
