@@ -529,14 +529,26 @@ async fn points(repo: &Repository) -> anyhow::Result<Vec<Point>> {
 async fn points_and_damaged(
     repo: &Repository,
 ) -> anyhow::Result<(Vec<Point>, Vec<(String, jiff::Timestamp)>)> {
-    let snapshots = repo
-        .snapshots(&SnapshotFilter::new().source(MANIFEST))
+    let (snapshots, unreadable) = repo
+        .snapshots_with_damage(&SnapshotFilter::new().source(MANIFEST))
         .await
         .context("cannot list the DR points")?;
     // With the manifest's own time, precise where the point's is to the second: two points
     // sealed within one second (a DR run, then another after a change of mode) are told apart.
     let mut points = Vec::with_capacity(snapshots.len());
     let mut damaged = Vec::new();
+    // A snapshot object that cannot be read may be a newer point's manifest: what it is, and
+    // its time, are in the damaged bytes, so the store's time of its write stands in.
+    for s in unreadable {
+        eprintln!(
+            "cairn: warning: snapshot {} in the DR location cannot be read ({}); if it was a DR \
+             point's manifest, that point is left out (`cairn repo check --read-data` on the DR \
+             location names the damage)",
+            s.id,
+            crate::one_line(&anyhow::Error::from(s.error))
+        );
+        damaged.push((s.id, s.stored.unwrap_or(jiff::Timestamp::MAX)));
+    }
     for s in snapshots {
         match read_point(repo, &s.id).await {
             Ok(point) => points.push((s.time, point)),

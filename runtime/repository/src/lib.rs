@@ -59,9 +59,9 @@ pub use pipeline::{
 };
 pub use repair::{REPAIRED_TAG, SnapshotRepair};
 pub use repo::{
-    BackupOptions, CheckReport, DEFAULT_REPACK_UNUSED, ForgetReport, IndexRepair, InitOptions,
-    MAX_PROTECTION, PackRepair, Parent, Problem, PruneOptions, PruneReport, ReadData, RepairedPack,
-    RepoStats, Repository, RestoreOptions, RestoreSummary, SnapshotFilter,
+    BackupOptions, CheckReport, DEFAULT_REPACK_UNUSED, DamagedSnapshot, ForgetReport, IndexRepair,
+    InitOptions, MAX_PROTECTION, PackRepair, Parent, Problem, PruneOptions, PruneReport, ReadData,
+    RepairedPack, RepoStats, Repository, RestoreOptions, RestoreSummary, SnapshotFilter,
 };
 pub use retention::{Retention, keep_in_zone, retained};
 

@@ -217,6 +217,18 @@ impl BackupOptions {
     }
 }
 
+/// A snapshot object [`Repository::snapshots_with_damage`] could not read.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct DamagedSnapshot {
+    /// The snapshot's id (its object's name).
+    pub id: String,
+    /// When the store last wrote the object, by the store's clock.
+    pub stored: Option<jiff::Timestamp>,
+    /// Why it cannot be read.
+    pub error: Error,
+}
+
 /// Which snapshots to list or forget.
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
@@ -1201,6 +1213,27 @@ impl Repository {
             tracing::warn!("snapshot {id} is left out: {e} (`cairn repo forget {id}` removes it)");
         }
         Ok(found)
+    }
+
+    /// [`Repository::snapshots`], with the snapshot objects left out as damaged (of any source:
+    /// what they hold cannot be read), each with when the store last wrote it, for a caller
+    /// that must not take an older snapshot for the newest unawares.
+    pub async fn snapshots_with_damage(
+        &self,
+        filter: &SnapshotFilter,
+    ) -> Result<(Vec<SnapshotInfo>, Vec<DamagedSnapshot>)> {
+        let (found, damaged) = self.snapshots_and_damage(filter).await?;
+        let mut left_out = Vec::with_capacity(damaged.len());
+        for (id, error) in damaged {
+            let path = format::snapshot_path(&id);
+            let stored = match self.inner.backend.head(&path).await? {
+                Some(meta) => jiff::Timestamp::from_second(meta.last_modified.timestamp()).ok(),
+                // Forgotten since it was read.
+                None => continue,
+            };
+            left_out.push(DamagedSnapshot { id, stored, error });
+        }
+        Ok((found, left_out))
     }
 
     /// [`Repository::snapshots`], with the ids of the damaged snapshot objects and why.

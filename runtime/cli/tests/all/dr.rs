@@ -553,6 +553,47 @@ fn a_damaged_dr_point_is_left_out_and_the_others_are_still_listed() {
 }
 
 #[test]
+fn a_damaged_snapshot_object_newer_than_every_point_stops_a_restore_of_the_newest() {
+    let (profile, cairn, _, _) = runs("no-snapshot", &[], 1);
+    let profile_url = profile.path().to_str().expect("utf-8").to_owned();
+    let cluster_id = cluster_id(&cairn);
+    let snapshots = profile.path().join(&cluster_id).join("snapshots");
+    let listed = |dir: &Path| -> std::collections::BTreeSet<std::path::PathBuf> {
+        std::fs::read_dir(dir)
+            .expect("snapshots")
+            .flatten()
+            .map(|e| e.path())
+            .collect()
+    };
+    let before = listed(&snapshots);
+    put_and_run(&cairn, "p2");
+    // The second point's snapshot objects damaged: what they were, and when, is unreadable.
+    for path in listed(&snapshots).difference(&before) {
+        let mut bytes = std::fs::read(path).expect("read");
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x55;
+        std::fs::write(path, bytes).expect("damage");
+    }
+    let out = review(&cairn, &profile_url, &cluster_id, &["--output", "json"]);
+    ok(&out);
+    assert!(stderr(&out).contains("cannot be read"), "{}", stderr(&out));
+    let points = json(&out);
+    assert_eq!(points.as_array().map(Vec::len), Some(1), "{points}");
+    let fresh = Cairn::new();
+    refused_with(
+        &restore(&fresh, &profile_url, &cluster_id, &[]),
+        "the newest DR point",
+    );
+    let older = points[0]["id"].as_str().expect("id");
+    ok(&restore(
+        &fresh,
+        &profile_url,
+        &cluster_id,
+        &["--point", older],
+    ));
+}
+
+#[test]
 fn two_dr_runs_at_once_never_break_the_chain() {
     let profile = tempfile::tempdir().expect("tempdir");
     let profile_url = profile.path().to_str().expect("utf-8").to_owned();
