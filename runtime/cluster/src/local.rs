@@ -63,7 +63,8 @@
 //! # State directory
 //!
 //! `state_dir` holds `replicas.json` (desired replicas, written atomically on every scale, so
-//! they survive a restart), `logs/`, and `snapshots/<id>/` (`data/`, a copy of the volume, and
+//! they survive a restart), `scaled-from.json` (the count of each workload Cairn scaled to zero
+//! and has not scaled up since; see [`SCALED_FROM_FILE`]), `logs/`, and `snapshots/<id>/` (`data/`, a copy of the volume, and
 //! `meta.json`). A snapshot is copied into `snapshots/.tmp-<id>` and renamed into place, so a
 //! snapshot id that exists is complete; a delete renames it away before removing it.
 //!
@@ -126,6 +127,11 @@ const OUTPUT_TAIL: u64 = 2048;
 const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
 const REPLICAS_FILE: &str = "replicas.json";
+/// The counts workloads had when Cairn scaled them to zero, until it scales them up again:
+/// should a run stop (killed, the machine lost) before its posthook scales a workload back,
+/// the next scale to zero answers this count instead of 0, so the next posthook brings the
+/// workload back (as `cairn.dev/scaled-from` does on Kubernetes).
+const SCALED_FROM_FILE: &str = "scaled-from.json";
 const SNAPSHOTS_DIR: &str = "snapshots";
 const LOGS_DIR: &str = "logs";
 const SNAPSHOT_META: &str = "meta.json";
@@ -324,7 +330,7 @@ impl LocalCluster {
             .map_err(|e| failed("opening the logs directory", e))?;
         clean_leftovers(&snapshots);
 
-        let persisted = read_replicas(&state)?;
+        let persisted = read_counts(&state, REPLICAS_FILE)?;
         let mut replicas = BTreeMap::new();
         let mut namespaces = BTreeMap::new();
         for (ns_name, ns) in inventory.namespaces {
@@ -390,6 +396,17 @@ impl LocalCluster {
                     ns.workloads.keys(),
                 ),
             })
+    }
+
+    /// Writes a map of workloads' counts to `file` in the state directory, atomically.
+    async fn save_counts(&self, file: &'static str, counts: &BTreeMap<String, u32>) -> Result<()> {
+        let bytes =
+            serde_json::to_vec_pretty(counts).map_err(|e| failed(format!("encoding {file}"), e))?;
+        let state = Arc::clone(&self.state);
+        blocking("saving replica counts", move || {
+            tree::write_atomic(&state, file, &bytes)
+        })
+        .await
     }
 
     async fn desired(&self, workload: &WorkloadRef) -> u32 {
@@ -691,12 +708,15 @@ fn clean_leftovers(snapshots: &Dir) {
     }
 }
 
-fn read_replicas(state: &Dir) -> Result<BTreeMap<String, u32>> {
-    match state.read(REPLICAS_FILE) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map_err(|e| failed(format!("reading {REPLICAS_FILE}"), e)),
+/// A map of workloads' counts kept in the state directory ([`REPLICAS_FILE`],
+/// [`SCALED_FROM_FILE`]); empty when there is none yet.
+fn read_counts(state: &Dir, file: &str) -> Result<BTreeMap<String, u32>> {
+    match state.read(file) {
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes).map_err(|e| failed(format!("reading {file}"), e))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
-        Err(e) => Err(failed(format!("reading {REPLICAS_FILE}"), e)),
+        Err(e) => Err(failed(format!("reading {file}"), e)),
     }
 }
 
@@ -868,6 +888,14 @@ impl Cluster for LocalCluster {
         let w = self.lookup(workload)?;
         let _serial = w.scale_lock.lock().await;
         let previous = self.desired(workload).await;
+        let key = workload.to_string();
+        let mut scaled_from = read_counts(&self.state, SCALED_FROM_FILE)?;
+        let remembered = scaled_from.get(&key).copied();
+        // Remembered before the workload stops, dropped once it runs again.
+        if replicas == 0 && previous > 0 {
+            scaled_from.insert(key.clone(), previous);
+            self.save_counts(SCALED_FROM_FILE, &scaled_from).await?;
+        }
         if previous == 0
             && replicas > 0
             && let Some(start) = &w.start
@@ -881,17 +909,26 @@ impl Cluster for LocalCluster {
         }
         let mut map = self.replicas.lock().await;
         let mut next = map.clone();
-        next.insert(workload.to_string(), replicas);
-        let bytes =
-            serde_json::to_vec_pretty(&next).map_err(|e| failed("encoding replica counts", e))?;
-        let state = Arc::clone(&self.state);
-        blocking("saving replica counts", move || {
-            tree::write_atomic(&state, REPLICAS_FILE, &bytes)
-        })
-        .await?;
+        next.insert(key.clone(), replicas);
+        self.save_counts(REPLICAS_FILE, &next).await?;
         *map = next;
+        drop(map);
+        if replicas > 0 && scaled_from.remove(&key).is_some() {
+            self.save_counts(SCALED_FROM_FILE, &scaled_from).await?;
+        }
         tracing::info!(%workload, previous, replicas, "scaled");
-        Ok(previous)
+        // Stopped by Cairn, then Cairn stopped before scaling it back: the count it had.
+        match remembered {
+            Some(n) if replicas == 0 && previous == 0 => {
+                tracing::warn!(
+                    %workload,
+                    replicas = n,
+                    "the workload is at 0 replicas since Cairn scaled it down from {n} and never back up (a run stopped before its posthook); answering {n}"
+                );
+                Ok(n)
+            }
+            _ => Ok(previous),
+        }
     }
 
     async fn wait_ready(&self, workload: &WorkloadRef, timeout: Duration) -> Result<Workload> {

@@ -76,6 +76,34 @@ async fn scale_runs_start_and_stop_and_persists() {
 }
 
 #[tokio::test]
+async fn a_workload_cairn_stopped_and_never_started_again_answers_its_count() {
+    let fx = Fixture::new(SERVICE, &["work"]);
+    let cluster = fx.open();
+    assert_eq!(
+        bounded(cluster.scale(&db(), 0)).await.expect("scale down"),
+        1
+    );
+    // The run that scaled it down stopped before its posthook: the next one finds it at 0
+    // and is told the count to put back, not 0.
+    drop(cluster);
+    let cluster = fx.open();
+    assert_eq!(
+        bounded(cluster.scale(&db(), 0)).await.expect("scale down"),
+        1
+    );
+    assert_eq!(crate::read(&fx.path("work/events")), "stop\n");
+    assert_eq!(bounded(cluster.scale(&db(), 1)).await.expect("scale up"), 0);
+    // Once scaled up, nothing is remembered: a workload at 0 by its own inventory is at 0.
+    assert_eq!(
+        bounded(cluster.scale(&db(), 0)).await.expect("scale down"),
+        1
+    );
+    assert_eq!(bounded(cluster.scale(&db(), 2)).await.expect("scale up"), 0);
+    let broken = WorkloadRef::new("apps", "broken");
+    assert_eq!(bounded(cluster.scale(&broken, 0)).await.expect("scale"), 0);
+}
+
+#[tokio::test]
 async fn a_failing_start_command_fails_the_scale_with_its_output() {
     let fx = Fixture::new(SERVICE, &["work"]);
     let cluster = fx.open();
