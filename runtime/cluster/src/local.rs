@@ -92,6 +92,7 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -217,7 +218,7 @@ impl SnapshotMeta {
 /// random per process and per call).
 pub(crate) fn random_suffix() -> String {
     use std::hash::{BuildHasher, Hasher};
-    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::atomic::AtomicU64;
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
@@ -279,6 +280,32 @@ async fn blocking<T: Send + 'static>(
         Ok(Err(e)) => Err(failed(what, e)),
         Err(join) => Err(failed(what, join)),
     }
+}
+
+/// [`blocking`] for work that must stop when the future awaiting it is dropped (its run was
+/// interrupted or timed out): `f` is given a flag that is set then, and checks it (a volume's
+/// copy would otherwise finish and be renamed into place unseen, a snapshot no run records).
+async fn stoppable<T: Send + 'static>(
+    what: &str,
+    f: impl FnOnce(&AtomicBool) -> std::io::Result<T> + Send + 'static,
+) -> Result<T> {
+    struct SetOnDrop(Arc<AtomicBool>);
+    impl Drop for SetOnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Release);
+        }
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let _guard = SetOnDrop(Arc::clone(&stop));
+    blocking(what, move || f(&stop)).await
+}
+
+/// The error of work [`stoppable`] stopped.
+fn stopped() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::Interrupted,
+        "stopped: the run that asked for it has ended",
+    )
 }
 
 impl LocalCluster {
@@ -1036,19 +1063,22 @@ impl Cluster for LocalCluster {
         let vol2 = Arc::clone(&vol);
         let tmp = format!(".tmp-{id}");
         let id2 = id.clone();
-        let bytes = blocking(
+        let bytes = stoppable(
             &format!("snapshotting volume {volume} ({})", vol.path.display()),
-            move || {
+            move |stop| {
                 let result = (|| {
                     let source = vol2.parent.open_dir(&vol2.name)?;
                     snapshots.create_dir(&tmp)?;
                     let staging = snapshots.open_dir(&tmp)?;
                     staging.create_dir(SNAPSHOT_DATA)?;
                     let data = staging.open_dir(SNAPSHOT_DATA)?;
-                    let bytes = tree::copy_tree(&source, &data)?;
+                    let bytes = tree::copy_tree(&source, &data, stop)?;
                     meta.bytes = bytes;
                     let json = serde_json::to_vec_pretty(&meta).map_err(std::io::Error::other)?;
                     tree::write_atomic(&staging, SNAPSHOT_META, &json)?;
+                    if stop.load(Ordering::Acquire) {
+                        return Err(stopped());
+                    }
                     snapshots.rename(&tmp, &snapshots, &id2)?;
                     Ok(bytes)
                 })();
@@ -1081,9 +1111,9 @@ impl Cluster for LocalCluster {
         let snapshots = Arc::clone(&self.snapshots);
         let vol2 = Arc::clone(&vol);
         let data_path = format!("{id}/{SNAPSHOT_DATA}");
-        blocking(
+        stoppable(
             &format!("restoring snapshot {id} into {}", vol.path.display()),
-            move || restore_into(&snapshots, &data_path, &vol2),
+            move |stop| restore_into(&snapshots, &data_path, &vol2, stop),
         )
         .await?;
         tracing::info!(workload = %snapshot.workload, volume = snapshot.volume, id, "volume restored");
@@ -1124,7 +1154,13 @@ fn objects_of<'a>(
 }
 
 /// Copies a snapshot's data beside the volume, swaps it in, and removes the old contents.
-fn restore_into(snapshots: &Dir, data_path: &str, vol: &LocalVolume) -> std::io::Result<()> {
+/// Stops before the swap when `stop` is set, leaving the volume as it was.
+fn restore_into(
+    snapshots: &Dir,
+    data_path: &str,
+    vol: &LocalVolume,
+    stop: &AtomicBool,
+) -> std::io::Result<()> {
     let source = snapshots.open_dir(data_path)?;
     let leaf = vol.name.to_string_lossy();
     let staging = format!(".{leaf}.cairn-restore-{}", random_suffix());
@@ -1132,7 +1168,14 @@ fn restore_into(snapshots: &Dir, data_path: &str, vol: &LocalVolume) -> std::io:
     let copied = vol
         .parent
         .open_dir(&staging)
-        .and_then(|target| tree::copy_tree(&source, &target));
+        .and_then(|target| tree::copy_tree(&source, &target, stop))
+        .and_then(|_| {
+            if stop.load(Ordering::Acquire) {
+                Err(stopped())
+            } else {
+                Ok(())
+            }
+        });
     if let Err(e) = copied {
         let _ = tree::remove_tree(&vol.parent, Path::new(&staging));
         return Err(e);

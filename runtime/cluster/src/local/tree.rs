@@ -5,6 +5,7 @@
 use std::ffi::OsString;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use cap_std::fs::{Dir, File, OpenOptions};
 
@@ -16,7 +17,9 @@ use cap_std::fs::{Dir, File, OpenOptions};
 /// times; symlinks are recreated with the same target text and never followed, so a link to
 /// `/etc` stays a link; other file types (sockets, fifos, devices) are skipped with a warning.
 /// All access goes through `src` and `dst`, so nothing outside them is read or written.
-pub(crate) fn copy_tree(src: &Dir, dst: &Dir) -> io::Result<u64> {
+///
+/// Stops with [`io::ErrorKind::Interrupted`] at the next entry once `stop` is set.
+pub(crate) fn copy_tree(src: &Dir, dst: &Dir, stop: &AtomicBool) -> io::Result<u64> {
     let mut bytes = 0u64;
     // Relative directory paths still to copy, opened through the roots on demand: an explicit
     // stack (no recursion depth limit) and at most a few open descriptors at a time.
@@ -29,6 +32,9 @@ pub(crate) fn copy_tree(src: &Dir, dst: &Dir) -> io::Result<u64> {
             (src.open_dir(&rel)?, dst.open_dir(&rel)?)
         };
         for entry in from.entries()? {
+            if stop.load(Ordering::Acquire) {
+                return Err(super::stopped());
+            }
             let entry = entry?;
             let name: OsString = entry.file_name();
             let file_type = entry.file_type()?;

@@ -266,3 +266,42 @@ async fn restore_swaps_in_a_readonly_tree() {
     let copy = fx.path("state/snapshots").join(&snap.id).join("data/ro");
     std::fs::set_permissions(copy, std::fs::Permissions::from_mode(0o755)).expect("chmod");
 }
+
+#[tokio::test]
+async fn a_snapshot_whose_run_stopped_is_not_left_behind() {
+    let fx = Fixture::new(HELLO, &["work", "data"]);
+    let data = fx.path("data");
+    for i in 0..3_000 {
+        std::fs::write(data.join(format!("f{i}")), [7u8; 64]).expect("write");
+    }
+    let cluster = fx.open();
+    // Dropped almost at once, as an interrupted or timed-out run drops it: the copy on the
+    // blocking pool stops instead of finishing into a snapshot nothing records.
+    let dropped = tokio::time::timeout(
+        std::time::Duration::from_millis(1),
+        cluster.snapshot(&hello(), "data"),
+    )
+    .await;
+    assert!(dropped.is_err(), "the snapshot finished within 1 ms");
+    let snapshots = fx.path("state/snapshots");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let left: Vec<_> = std::fs::read_dir(&snapshots)
+            .expect("snapshots")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            left.iter().all(|name| name.starts_with(".tmp-")),
+            "a snapshot was left behind: {left:?}"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still copying: {left:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
