@@ -26,9 +26,9 @@ use crate::events::{Event, EventKind, EventSink, LogLevel};
 use crate::exports::{Artifact, Exports, ReferenceKeys, References};
 use crate::host::describe_error;
 use crate::host::session::Sessions;
-use crate::limits::{Limits, human_bytes, human_duration};
+use crate::limits::{Limits, MAX_LOG_LINE, human_bytes, human_duration};
 use crate::params;
-use crate::state::{ActionCtx, HostState};
+use crate::state::{ActionCtx, Blanked as _, HostState};
 
 /// How long past a phase's deadline the engine waits for a guest stuck in a host call before
 /// abandoning the phase (host calls are bounded by the deadline themselves; this is the
@@ -916,10 +916,11 @@ async fn run_phase(
         // A guest's error message may quote a secret it was given (a failed login's); the
         // error goes to the report, the posthook and the catalog.
         let secrets = state.log.secrets();
-        // And it is shown on the operator's terminal: one line, nothing a terminal obeys.
-        let error = error.map(|e| crate::state::controls_escaped(secrets.redact(&e).into_owned()));
+        // And it is shown on the operator's terminal: one line, nothing a terminal obeys, cut as
+        // a log line is (a blueprint's message of megabytes would not fit the catalog's record).
+        let error = error.map(|e| secrets.shown_line(&e, MAX_LOG_LINE, "message"));
         let failure = failure.map(|f| {
-            let blank = |m: String| secrets.redact(&m).into_owned();
+            let blank = |m: String| secrets.cut_clear(&m, MAX_LOG_LINE, "message");
             match f {
                 WitError::Denied(m) => WitError::Denied(blank(m)),
                 WitError::NotFound(m) => WitError::NotFound(blank(m)),

@@ -127,6 +127,21 @@ async fn an_output_flood_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_message_of_megabytes_is_cut_as_a_log_line_is() {
+    let fixture = Fixture::new();
+    let mut req = request("error-flood");
+    req.limits.memory = 256 << 20;
+    let report = misbehave_alongside(&fixture, req).await;
+    let error = failure_of(&report);
+    assert!(error.len() < 17 << 10, "{} bytes", error.len());
+    assert!(
+        error.ends_with("[message cut at 16 KiB]"),
+        "{}",
+        &error[error.len() - 60..]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_to_an_ungranted_capability_is_denied_by_name() {
     let fixture = Fixture::new();
     let mut req = request("exec");

@@ -24,6 +24,7 @@ const ACTIONS: &[&str] = &[
     "log-flood",
     "stdout-flood",
     "output-flood",
+    "error-flood",
     "exec",
     "exec-outside",
     "exec-other-namespace",
@@ -444,6 +445,7 @@ impl Guest for Misbehave {
                 Ok(values(&[]))
             }
             "output-flood" => Ok(values(&[("flood", "w".repeat(16 << 20))])),
+            "error-flood" => Err(Error::Failed("e".repeat(16 << 20))),
             "exec" => {
                 let out = exec::run(&command(None, &["echo", "hi"]))?;
                 Ok(values(&[
