@@ -115,10 +115,17 @@ pub fn is_action_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
-/// `MAJOR[.MINOR[.PATCH]]` (a `-` or `+` suffix ignored) as numbers, the versions a
-/// blueprint and the runtime it needs are given in.
+/// `MAJOR[.MINOR[.PATCH]]` (a `-` or `+` suffix of letters, digits, `.` and `-` ignored) as
+/// numbers, the versions a blueprint and the runtime it needs are given in. Nothing else is
+/// taken, so a version is safe to print as it is.
 pub fn version_parts(s: &str) -> Option<(u64, u64, u64)> {
-    let core = s.trim().split(['-', '+']).next()?;
+    if !s
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'+'))
+    {
+        return None;
+    }
+    let core = s.split(['-', '+']).next()?;
     let mut parts = core.split('.');
     let major = parts.next()?.parse().ok()?;
     let minor = parts.next().unwrap_or("0").parse().ok()?;
@@ -500,6 +507,9 @@ mod tests {
         );
         assert_eq!(version_parts("1.2.3-rc.1+b"), Some((1, 2, 3)));
         assert_eq!(version_parts("2"), Some((2, 0, 0)));
+        // A version is printed as it is: nothing a terminal would obey, no blanks.
+        assert_eq!(version_parts("0.1.0+\x1b[31m"), None);
+        assert_eq!(version_parts(" 1 "), None);
         for (found, says) in [
             (
                 check("x", "0.1.0", &["a"], &[]),
