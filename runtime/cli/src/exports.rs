@@ -134,6 +134,11 @@ fn repo_error(what: &str, e: cairn_repository::Error) -> cairn_engine::Error {
     }
 }
 
+/// How long an export waits for a prune of its repository (another policy's, `cairn repo
+/// prune`) to finish: a prune's lock, refreshed while it runs, is taken for gone after
+/// [`cairn_repository::LOCK_STALE_AFTER`]. The action's deadline still applies.
+const EXPORT_LOCK_WAIT: std::time::Duration = cairn_repository::LOCK_STALE_AFTER;
+
 #[async_trait]
 impl Exports for RepoExports {
     async fn create(
@@ -145,7 +150,8 @@ impl Exports for RepoExports {
         let opts = tags.iter().fold(
             BackupOptions::new()
                 .tag(TAG)
-                .tag(format!("action:{action_id}")),
+                .tag(format!("action:{action_id}"))
+                .lock_wait(EXPORT_LOCK_WAIT),
             |opts, (k, v)| opts.tag(format!("{k}={v}")),
         );
         let writer = self

@@ -113,6 +113,11 @@ enum RepoCommand {
         /// pod gets a new hostname each run: give it a stable one.
         #[arg(long, value_name = "NAME")]
         host: Option<String>,
+        /// While a prune holds the repository, wait up to this long for it to finish (e.g.
+        /// 30m) instead of failing at once (exit 5). Exports of `cairn run` and policies wait
+        /// up to 30 minutes.
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        retry_lock: Option<std::time::Duration>,
         /// The command of --stdin-from-command and its arguments, after `--`.
         #[arg(last = true, value_name = "COMMAND")]
         command: Vec<String>,
@@ -1325,6 +1330,7 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
             parent,
             force,
             host,
+            retry_lock,
             command,
         } => {
             let counter = Arc::new(AtomicU64::new(0));
@@ -1357,6 +1363,9 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                 opts = opts.exclude(x);
             }
             opts = opts.one_file_system(*one_file_system);
+            if let Some(wait) = retry_lock {
+                opts = opts.lock_wait(*wait);
+            }
             if let Some(l) = zstd_level {
                 opts = opts.zstd_level(*l);
             }

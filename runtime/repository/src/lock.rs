@@ -357,6 +357,30 @@ impl LockGuard {
         Ok(guard)
     }
 
+    /// A shared lock, waiting up to `wait` while an exclusive one (a prune) is held: tried
+    /// again after 1 s, then twice as long each time, at most 30 s apart.
+    pub(crate) async fn acquire_waiting(
+        backend: &Backend,
+        operation: &str,
+        wait: Duration,
+    ) -> Result<Self> {
+        let start = tokio::time::Instant::now();
+        let mut pause = Duration::from_secs(1);
+        loop {
+            match Self::acquire(backend, false, operation).await {
+                Err(Error::Locked { holder, .. }) if start.elapsed() + pause <= wait => {
+                    tracing::warn!(
+                        "the repository is locked by {holder}; waiting for it to finish (up to {} s more)",
+                        wait.saturating_sub(start.elapsed()).as_secs()
+                    );
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(30));
+                }
+                done => return done,
+            }
+        }
+    }
+
     /// Fails when the lock is no longer held: removed by another process that took it for
     /// stale, or not written for so long that another may take it for stale now. What this
     /// process relied on (packs a backup deduplicated against) may then be gone, so nothing
@@ -414,6 +438,29 @@ impl Drop for LockGuard {
 mod tests {
     use super::*;
     use crate::backend::Location;
+
+    /// A backup meeting a prune waits for it when asked to, and fails at once when not.
+    #[tokio::test]
+    async fn a_shared_lock_waits_for_an_exclusive_one_when_asked() {
+        let backend =
+            Backend::connect(&Location::new("memory://waiting-lock"), false).expect("a store");
+        let prune = LockGuard::acquire(&backend, true, "prune")
+            .await
+            .expect("the lock");
+        let refused = LockGuard::acquire_waiting(&backend, "backup", Duration::ZERO).await;
+        assert!(matches!(refused, Err(Error::Locked { .. })), "{refused:?}");
+        let release = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(1_500)).await;
+            prune.release().await;
+        });
+        let started = std::time::Instant::now();
+        let backup = LockGuard::acquire_waiting(&backend, "backup", Duration::from_secs(20))
+            .await
+            .expect("the lock once the prune is done");
+        assert!(started.elapsed() >= Duration::from_millis(1_500));
+        release.await.expect("released");
+        backup.release().await;
+    }
 
     /// A holder whose lock was last written long ago (paused, asleep) may have been taken for
     /// gone, even if its lock is still there: it relies on it no more, and never writes it

@@ -89,6 +89,9 @@ pub struct BackupOptions {
     /// Receives what a tree backup left out because it could not read it (see
     /// [`BackupOptions::left_out`]).
     pub left_out: Option<Arc<crate::LeftOut>>,
+    /// How long to wait for a prune (or another operation holding the repository alone) to
+    /// finish before failing with [`Error::Locked`] (default: not at all).
+    pub lock_wait: Duration,
 }
 
 /// Where a tree backup takes the files that did not change from, instead of reading them.
@@ -122,6 +125,7 @@ impl Default for BackupOptions {
             host: None,
             stop: None,
             left_out: None,
+            lock_wait: Duration::ZERO,
         }
     }
 }
@@ -168,6 +172,12 @@ impl BackupOptions {
     /// names them.
     pub fn left_out(mut self, l: Arc<crate::LeftOut>) -> Self {
         self.left_out = Some(l);
+        self
+    }
+    /// Waits up to `wait` for a prune running in the repository to finish, instead of
+    /// failing at once (see [`BackupOptions::lock_wait`]).
+    pub fn lock_wait(mut self, wait: Duration) -> Self {
+        self.lock_wait = wait;
         self
     }
     /// Leaves out of a tree backup what `pattern` matches (and, for a directory, all under
@@ -1035,7 +1045,8 @@ impl Repository {
         opts: &BackupOptions,
         default: Chunking,
     ) -> Result<(LockGuard, Pipeline)> {
-        let lock = LockGuard::acquire(&self.inner.backend, false, "backup").await?;
+        let lock =
+            LockGuard::acquire_waiting(&self.inner.backend, "backup", opts.lock_wait).await?;
         // Dedup against what other processes stored since this handle opened.
         if let Err(e) = self.update_index().await {
             lock.release().await;
