@@ -19,9 +19,9 @@ use std::time::{Duration, Instant};
 
 use cairn_sdk::data::{self, Export, Import};
 use cairn_sdk::exec::Command;
-use cairn_sdk::lifecycle::{BACKUP, BACKUP_POSTHOOK, DELETE, RESTORE};
+use cairn_sdk::lifecycle::{BACKUP, BACKUP_POSTHOOK, DELETE, RESTORE, RESTORE_POSTHOOK};
 use cairn_sdk::params::refuse_unless_replace;
-use cairn_sdk::{Blueprint, Capability, Context, Description, Error, Outputs, Param};
+use cairn_sdk::{Blueprint, Capability, Context, Description, Error, Outputs, Param, checkpoint};
 use cairn_sdk::{Progress, Result, info, progress, secrets, sleep, warn, workloads};
 
 /// The artifact a backup records and a restore or delete reads.
@@ -39,6 +39,14 @@ const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 const STAGED_FILE: &str = ".cairn-restore.db";
 const STAGED_DIR: &str = ".cairn-restore";
 const OLD_DIR: &str = ".cairn-old";
+
+/// How far a restore got, checkpointed before each step for its posthook to undo one that
+/// stopped (interrupted, past its deadline) before it could undo itself: `staging`, `marked`
+/// (the marker key [`UNDO_MARKER`] put), `swapping`, `restarting`, then `undone` or
+/// `restarted`, which leave the posthook nothing to do.
+const UNDO_STATE: &str = "restore-state";
+/// The marker key a restore puts in the running member.
+const UNDO_MARKER: &str = "restore-marker";
 
 struct Etcd;
 
@@ -60,6 +68,11 @@ impl Blueprint for Etcd {
             .action(
                 RESTORE,
                 "etcdctl snapshot restore into a fresh data directory, swapped in with a restart",
+            )
+            .action(
+                RESTORE_POSTHOOK,
+                "After a restore that stopped before the member restarted (interrupted, past \
+                 its deadline): swap the member's own data directory back",
             )
             .action(DELETE, "Remove the exported snapshot of a restore point")
             .param(
@@ -116,6 +129,7 @@ impl Blueprint for Etcd {
             BACKUP => backup(ctx),
             BACKUP_POSTHOOK => backup_posthook(ctx),
             RESTORE => restore(ctx),
+            RESTORE_POSTHOOK => restore_posthook(ctx),
             DELETE => delete(ctx),
             other => Err(Error::unknown_action(other)),
         }
@@ -390,6 +404,7 @@ fn restore(ctx: &Context) -> Result<Outputs> {
              run the restore again"
         )));
     }
+    checkpoint(UNDO_STATE, "staging")?;
     progress(Progress::percent(0.0).message(format!("staging the snapshot as {staged}")));
     let import = Import::open(artifact).map_err(|e| {
         e.context(format_args!(
@@ -440,6 +455,8 @@ fn restore(ctx: &Context) -> Result<Outputs> {
         "/cairn/restore-marker/{}",
         json_number(&status, "revision").unwrap_or(0)
     );
+    checkpoint(UNDO_MARKER, &marker)?;
+    checkpoint(UNDO_STATE, "marked")?;
     conn.run(
         "etcdctl put",
         ["put", marker.as_str(), "the member before the restore"],
@@ -449,30 +466,22 @@ fn restore(ctx: &Context) -> Result<Outputs> {
     // it holds open, which moved away with the old directory. Until the member has restarted on
     // the restored one, any failure swaps them back, so a failed restore changes nothing.
     progress(Progress::percent(50.0).message("swapping the data directory and restarting"));
-    let swap_back = |e: Error| {
-        let back = shell(
-            r#"rm -rf "$2" && mv "$1" "$2" && mv "$3" "$1""#,
-            &[&data_dir, &fresh, &old],
-        );
-        let _ = shell(r#"rm -rf "$1" "$2""#, &[&fresh, &staged]);
-        let _ = conn.run("etcdctl del", ["del", marker.as_str()]);
-        match back {
-            Ok(_) => e.context(format_args!(
-                "restore undone ({data_dir} is the member's own data directory again)"
-            )),
-            Err(b) => e.context(format_args!(
-                "restore failed, and swapping the data directories back failed too ({b}): the \
-                 member's own is at {old}; move it to {data_dir} before the member next starts"
-            )),
-        }
+    let swap_back = |e: Error| match undo(&conn, &data_dir, &marker) {
+        Ok(()) => e.context(format_args!(
+            "restore undone ({data_dir} is the member's own data directory again)"
+        )),
+        Err(b) => e.context(format_args!(
+            "restore failed, and swapping the data directories back failed too ({b}): the \
+             member's own is at {old}; move it to {data_dir} before the member next starts"
+        )),
     };
-    if let Err(e) = shell(
+    checkpoint(UNDO_STATE, "swapping")?;
+    shell(
         r#"mv "$1" "$3" && mv "$2" "$1""#,
         &[&data_dir, &fresh, &old],
-    ) {
-        let _ = conn.run("etcdctl del", ["del", marker.as_str()]);
-        return Err(e);
-    }
+    )
+    .map_err(&swap_back)?;
+    checkpoint(UNDO_STATE, "restarting")?;
     let restart = || -> Result<String> {
         let replicas = workloads::scale(None, 0)?.max(1);
         workloads::scale(None, replicas)?;
@@ -493,10 +502,13 @@ fn restore(ctx: &Context) -> Result<Outputs> {
                 return Err(
                 match conn.run("etcdctl get", ["get", marker.as_str(), "--print-value-only"]) {
                     Ok(v) if !v.trim().is_empty() => swap_back(e),
-                    Ok(_) => e.context(format_args!(
-                        "etcd restarted on the restored data; the member's own directory from \
-                         before the restore is kept at {old}"
-                    )),
+                    Ok(_) => {
+                        let _ = checkpoint(UNDO_STATE, "restarted");
+                        e.context(format_args!(
+                            "etcd restarted on the restored data; the member's own directory \
+                             from before the restore is kept at {old}"
+                        ))
+                    }
                     Err(_) => e.context(format_args!(
                         "the member does not answer: the restored data is at {data_dir} and its \
                          own from before at {old}; start it on the one you want (move {old} to \
@@ -515,6 +527,7 @@ fn restore(ctx: &Context) -> Result<Outputs> {
         ))));
     }
 
+    checkpoint(UNDO_STATE, "restarted")?;
     let status = conn.run(
         "etcdctl endpoint status",
         ["endpoint", "status", "-w", "json"],
@@ -541,6 +554,76 @@ fn restore(ctx: &Context) -> Result<Outputs> {
     Ok(Outputs::new()
         .value("keys", keys)
         .value("revision", revision))
+}
+
+/// Undoes a restore the member has not restarted from, however far its swap got: the
+/// member's own directory back at `data_dir`, the staged snapshot and restored directory
+/// removed, the `marker` key deleted (when given). Recorded as done, so the posthook does not
+/// undo twice.
+fn undo(conn: &Conn, data_dir: &str, marker: &str) -> Result<()> {
+    let staged = format!("{data_dir}{STAGED_FILE}");
+    let fresh = format!("{data_dir}{STAGED_DIR}");
+    let old = format!("{data_dir}{OLD_DIR}");
+    let back = shell(
+        r#"if [ -e "$3" ]; then rm -rf "$2" && if [ -e "$1" ]; then mv "$1" "$2"; fi && mv "$3" "$1"; fi && rm -rf "$2" "$4""#,
+        &[data_dir, &fresh, &old, &staged],
+    );
+    if !marker.is_empty() {
+        let _ = conn.run("etcdctl del", ["del", marker]);
+    }
+    back?;
+    checkpoint(UNDO_STATE, "undone")
+}
+
+/// The restore's posthook: a restore stopped (Ctrl-C, past its deadline) before the member
+/// restarted on the restored directory is undone as the restore undoes itself on a failure;
+/// one the member restarted from is left, with where its old directory is.
+fn restore_posthook(ctx: &Context) -> Result<Outputs> {
+    let Some(failure) = ctx.failure() else {
+        return Ok(Outputs::new());
+    };
+    let state = ctx.value(UNDO_STATE).unwrap_or("untouched");
+    if matches!(state, "untouched" | "undone" | "restarted") {
+        return Ok(Outputs::new());
+    }
+    let conn = Conn::new(ctx)?;
+    let data_dir = path_param(ctx, "data-dir")?
+        .ok_or_else(|| Error::invalid("the restore's data-dir parameter is gone"))?;
+    let old = format!("{data_dir}{OLD_DIR}");
+    let marker = ctx.value(UNDO_MARKER).unwrap_or_default();
+    if matches!(state, "swapping" | "restarting") {
+        // The marker is in the member that ran before the restore, and in no restored one.
+        match conn.run("etcdctl get", ["get", marker, "--print-value-only"]) {
+            Ok(v) if !v.trim().is_empty() => {}
+            Ok(_) if state == "restarting" => {
+                warn!(
+                    "the restore stopped ({failure}) after etcd restarted on the restored data; \
+                     the member's own directory from before the restore is kept at {old}"
+                );
+                return Ok(Outputs::new());
+            }
+            _ => {
+                return Err(Error::failed(format!(
+                    "the restore stopped ({failure}) while the data directories were swapped, \
+                     and the member does not answer: the restored data is at {data_dir} if not \
+                     at {data_dir}{STAGED_DIR}, and its own from before at {old}; start it on \
+                     the one you want (move {old} to {data_dir} for the data it had)"
+                )));
+            }
+        }
+    }
+    undo(&conn, &data_dir, marker).map_err(|e| {
+        e.context(format_args!(
+            "the restore stopped ({failure}), and undoing it failed: the member's own data \
+             directory is at {old} if not at {data_dir}; move it back before the member next \
+             starts"
+        ))
+    })?;
+    warn!(
+        "the restore stopped ({failure}) before etcd restarted; undone: {data_dir} is the \
+         member's own data directory again"
+    );
+    Ok(Outputs::new())
 }
 
 /// Waits until the restarted member serves reads (it answers `endpoint status` a little

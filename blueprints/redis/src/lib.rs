@@ -21,9 +21,9 @@ use std::time::{Duration, Instant};
 
 use cairn_sdk::data::{self, Export, Import};
 use cairn_sdk::exec::Command;
-use cairn_sdk::lifecycle::{BACKUP, DELETE, RESTORE};
+use cairn_sdk::lifecycle::{BACKUP, DELETE, RESTORE, RESTORE_POSTHOOK};
 use cairn_sdk::params::refuse_unless_replace;
-use cairn_sdk::{Blueprint, Capability, Context, Description, Error, Outputs, Param};
+use cairn_sdk::{Blueprint, Capability, Context, Description, Error, Outputs, Param, checkpoint};
 use cairn_sdk::{Progress, Result, info, progress, secrets, sleep, warn, workloads};
 
 /// The artifact a backup records and a restore or delete reads.
@@ -40,6 +40,20 @@ const POLL: Duration = Duration::from_millis(100);
 const RESTORE_SUFFIX: &str = ".cairn-restore";
 /// The server's own RDB while a restore replaces it, until the server has restarted.
 const ASIDE_SUFFIX: &str = ".cairn-old";
+
+/// Checkpoints of a restore, for its posthook to undo one that stopped (interrupted, past its
+/// deadline) before it could undo itself: how far it got ([`UNDO_STATE`]: `saves-off`,
+/// `swapping`, `restarting`, then `undone` or `restarted`, which leave the posthook nothing to
+/// do), and what undoing needs, each recorded before the change it undoes.
+const UNDO_STATE: &str = "restore-state";
+/// The server's RDB path.
+const UNDO_RDB: &str = "restore-rdb";
+/// The server's save points before the restore turned them off.
+const UNDO_SAVES: &str = "restore-saves";
+/// Whether the server had an RDB file before the restore (`yes`, `no`).
+const UNDO_HAD_RDB: &str = "restore-had-rdb";
+/// The server's `run_id` before its restart (empty when it gives none).
+const UNDO_RUN_ID: &str = "restore-run-id";
 
 /// Error replies `redis-cli` prints on stdout (it exits 0 after them).
 const ERROR_REPLIES: &[&str] = &[
@@ -72,6 +86,11 @@ impl Blueprint for Redis {
             .action(
                 RESTORE,
                 "Put the exported RDB in the data directory and restart the server to load it",
+            )
+            .action(
+                RESTORE_POSTHOOK,
+                "After a restore that stopped before the server restarted (interrupted, past \
+                 its deadline): put the server's own RDB back and its save points on again",
             )
             .action(DELETE, "Remove the exported RDB of a restore point")
             .param(
@@ -107,6 +126,7 @@ impl Blueprint for Redis {
         match action {
             BACKUP => backup(ctx),
             RESTORE => restore(ctx),
+            RESTORE_POSTHOOK => restore_posthook(ctx),
             DELETE => delete(ctx),
             other => Err(Error::unknown_action(other)),
         }
@@ -445,27 +465,32 @@ fn restore(ctx: &Context) -> Result<Outputs> {
     progress(Progress::percent(30.0).message("disabling saves before the restart"));
     let saves = conn.query(&["CONFIG", "GET", "save"])?;
     let saves = saves.lines().nth(1).unwrap_or_default().to_owned();
+    // What undoing needs is recorded before each change, for the posthook should this phase
+    // be stopped where it cannot undo itself.
+    checkpoint(UNDO_RDB, &path)?;
+    checkpoint(UNDO_SAVES, &saves)?;
+    checkpoint(UNDO_STATE, "saves-off")?;
     conn.query(&["CONFIG", "SET", "save", ""])?;
     // The live file goes aside, not away: until the server has restarted on the restored one,
     // any failure puts it back (and saves on again), so a failed restore changes nothing.
     let aside = format!("{path}{ASIDE_SUFFIX}");
-    let put_back = |e: Error| {
-        let back = shell(
-            r#"if [ -e "$2" ]; then mv -f "$2" "$1"; else rm -f "$1"; fi"#,
-            &[&path, &aside],
-        );
-        let _ = conn.query(&["CONFIG", "SET", "save", &saves]);
-        match back {
-            Ok(_) => e.context(format_args!(
-                "restore undone ({path} is the server's own RDB again, and saves are on)"
-            )),
-            Err(b) => e.context(format_args!(
-                "restore failed, and putting the server's own RDB back failed too ({b}): it is \
-                 at {aside}; move it to {path} before Redis next starts"
-            )),
-        }
+    let put_back = |e: Error, had_rdb: Option<bool>| match undo(&conn, &path, &saves, had_rdb) {
+        Ok(()) => e.context(format_args!(
+            "restore undone ({path} is the server's own RDB again, and saves are on)"
+        )),
+        Err(b) => e.context(format_args!(
+            "restore failed, and putting the server's own RDB back failed too ({b}): it is at \
+             {aside}; move it to {path} before Redis next starts"
+        )),
     };
-    wait_no_save(&conn, save_timeout).map_err(&put_back)?;
+    wait_no_save(&conn, save_timeout).map_err(|e| put_back(e, None))?;
+    let had_rdb = shell(r#"if [ -e "$1" ]; then echo yes; fi"#, &[&path])
+        .map_err(|e| put_back(e, None))?
+        .trim()
+        == "yes";
+    checkpoint(UNDO_HAD_RDB, if had_rdb { "yes" } else { "no" })?;
+    checkpoint(UNDO_STATE, "swapping")?;
+    let put_back = |e: Error| put_back(e, Some(had_rdb));
     shell(
         r#"if [ -e "$2" ]; then mv -f "$2" "$3"; fi && mv -f "$1" "$2""#,
         &[&staged, &path, &aside],
@@ -476,6 +501,8 @@ fn restore(ctx: &Context) -> Result<Outputs> {
         .map_err(&put_back)?
         .get("run_id")
         .cloned();
+    checkpoint(UNDO_RUN_ID, run_id.as_deref().unwrap_or_default())?;
+    checkpoint(UNDO_STATE, "restarting")?;
 
     progress(Progress::percent(50.0).message("restarting the server"));
     let restart = || -> Result<BTreeMap<String, String>> {
@@ -494,10 +521,13 @@ fn restore(ctx: &Context) -> Result<Outputs> {
                 Ok(server) if run_id.is_some() && server.get("run_id") == run_id.as_ref() => {
                     put_back(e)
                 }
-                Ok(_) => e.context(format_args!(
-                    "Redis restarted on the restored data; its own RDB from before the restore \
-                     is kept at {aside}"
-                )),
+                Ok(_) => {
+                    let _ = checkpoint(UNDO_STATE, "restarted");
+                    e.context(format_args!(
+                        "Redis restarted on the restored data; its own RDB from before the \
+                         restore is kept at {aside}"
+                    ))
+                }
                 Err(_) => e.context(format_args!(
                     "Redis does not answer: the restored RDB is at {path} and its own from before \
                      at {aside}; start it on the one you want (move {aside} to {path} for the \
@@ -514,6 +544,7 @@ fn restore(ctx: &Context) -> Result<Outputs> {
             conn.addr()
         ))));
     }
+    checkpoint(UNDO_STATE, "restarted")?;
     shell(r#"rm -f "$1""#, &[&aside])?;
 
     // The restored file is what the server loaded unless the stop saved over it: no save has
@@ -539,6 +570,84 @@ fn restore(ctx: &Context) -> Result<Outputs> {
     Ok(Outputs::new()
         .value("keys", keys)
         .value("bytes", transfer.bytes))
+}
+
+/// Undoes a restore the server has not restarted from: its own RDB back at `path` (when the
+/// files were being swapped: `had_rdb` says whether there was one to put back, or the
+/// restored one is removed), the staged file removed, and its save points `saves` on again.
+/// Recorded as done, so the posthook does not undo twice.
+fn undo(conn: &Conn, path: &str, saves: &str, had_rdb: Option<bool>) -> Result<()> {
+    let aside = format!("{path}{ASIDE_SUFFIX}");
+    let staged = format!("{path}{RESTORE_SUFFIX}");
+    let files = match had_rdb {
+        None => Ok(String::new()),
+        Some(true) => shell(
+            r#"if [ -e "$2" ]; then mv -f "$2" "$1"; fi"#,
+            &[path, &aside],
+        ),
+        Some(false) => shell(r#"rm -f "$1""#, &[path]),
+    };
+    let _ = shell(r#"rm -f "$1""#, &[&staged]);
+    let saves_on = conn.query(&["CONFIG", "SET", "save", saves]);
+    files?;
+    saves_on?;
+    checkpoint(UNDO_STATE, "undone")
+}
+
+/// The restore's posthook: a restore stopped (Ctrl-C, past its deadline) while the server's
+/// own RDB was aside or its save points off is undone as the restore undoes itself on a
+/// failure, unless the server restarted meanwhile (it then runs on the restored data).
+fn restore_posthook(ctx: &Context) -> Result<Outputs> {
+    let Some(failure) = ctx.failure() else {
+        return Ok(Outputs::new());
+    };
+    let state = ctx.value(UNDO_STATE).unwrap_or("untouched");
+    if matches!(state, "untouched" | "undone" | "restarted") {
+        return Ok(Outputs::new());
+    }
+    let conn = Conn::new(ctx)?;
+    let path = ctx.value(UNDO_RDB)?;
+    let saves = ctx.value(UNDO_SAVES)?;
+    let aside = format!("{path}{ASIDE_SUFFIX}");
+    let had_rdb = match state {
+        "saves-off" => None,
+        _ => Some(ctx.value(UNDO_HAD_RDB)? == "yes"),
+    };
+    if state == "restarting" {
+        let before = ctx.value(UNDO_RUN_ID)?;
+        match conn.info("server") {
+            Ok(server)
+                if !before.is_empty()
+                    && server.get("run_id").map(String::as_str) == Some(before) => {}
+            Ok(_) if !before.is_empty() => {
+                warn!(
+                    "the restore stopped ({failure}) after Redis restarted on the restored data; \
+                     its own RDB from before the restore is kept at {aside}"
+                );
+                return Ok(Outputs::new());
+            }
+            _ => {
+                return Err(Error::failed(format!(
+                    "the restore stopped ({failure}) while Redis restarted, and whether it runs \
+                     on the restored data cannot be told: the restored RDB is at {path} and its \
+                     own from before at {aside}; start it on the one you want (move {aside} to \
+                     {path} for the data it had)"
+                )));
+            }
+        }
+    }
+    undo(&conn, path, saves, had_rdb).map_err(|e| {
+        e.context(format_args!(
+            "the restore stopped ({failure}), and undoing it failed: the server's own RDB is at \
+             {aside} if not at {path}; move it to {path}, and set its save points back \
+             (CONFIG SET save \"{saves}\"), before Redis next starts"
+        ))
+    })?;
+    warn!(
+        "the restore stopped ({failure}) before Redis restarted; undone: {path} is the server's \
+         own RDB again, and saves are on"
+    );
+    Ok(Outputs::new())
 }
 
 /// Waits until no RDB save runs (a running save would rename its file over ours).

@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 
 use super::{
     Harness, Workload, assert_export_gone, assert_fails_with, assert_repository_empty,
-    assert_timed_out,
+    assert_timed_out, phase,
 };
 use super::{free_port, piped, require, script, wait_for};
 use crate::support::{Cairn, stderr};
@@ -303,6 +303,67 @@ fn a_restore_that_cannot_restart_the_member_changes_nothing() {
         .collect();
     assert!(moved.is_empty(), "{moved:?}");
     assert_eq!(etcd.dump().len(), KEYS + 1);
+}
+
+/// A restore stopped at its deadline while the member is being stopped for the restart (its
+/// stop command hangs) cannot undo itself: its posthook swaps the member's own directory back,
+/// so its next restart keeps its data.
+#[test]
+fn a_restore_stopped_at_its_deadline_is_undone_by_its_posthook() {
+    let mut etcd = Etcd::start(false);
+    etcd.load();
+    let cairn = Cairn::new();
+    let (report, _) = etcd.h.backup(&cairn, &BACKUP);
+    etcd.ctl(&["put", "/newer", "data"]);
+    let stop = etcd.h.workload.stop.clone().expect("a stop command");
+    etcd.h.set_workload(Workload {
+        stop: Some(stop.replacen("[sh, -c, '", "[sh, -c, 'sleep 60; ", 1)),
+        ..etcd.h.workload.clone()
+    });
+    let extra = ["--param", "replace=true", "--timeout", "5s"];
+    let out = etcd.restore(&cairn, &report, &extra);
+    let v = assert_fails_with(&out, &[]);
+    assert_eq!(phase(&v, "restorePosthook")["status"], "ok", "{v}");
+    let left: Vec<_> = std::fs::read_dir(etcd.h.root())
+        .expect("root")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("cairn"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    // Restarted, the member serves its own data, without the restore's marker.
+    etcd.h.kill();
+    wait_for(
+        "the killed member to stop answering",
+        30,
+        || {
+            etcd.try_ctl(&["get", "/"])
+                .is_none_or(|o| !o.status.success())
+        },
+        String::new,
+    );
+    let started = Command::new("sh")
+        .arg("./start.sh")
+        .current_dir(etcd.h.root())
+        .status()
+        .expect("sh runs");
+    assert!(started.success());
+    wait_for(
+        "etcd coming back",
+        30,
+        || {
+            etcd.try_ctl(&["get", "/"])
+                .is_some_and(|o| o.status.success())
+        },
+        || std::fs::read_to_string(etcd.h.root().join("etcd.log")).unwrap_or_default(),
+    );
+    let dump = etcd.dump();
+    assert_eq!(
+        dump.len(),
+        KEYS + 1,
+        "the member's own data, without the marker"
+    );
+    assert_eq!(dump.get("/newer").map(String::as_str), Some("data"));
 }
 
 #[test]

@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 
 use super::{
     Harness, Workload, assert_export_gone, assert_fails_with, assert_repository_empty,
-    assert_timed_out,
+    assert_timed_out, phase,
 };
 use super::{free_port, piped, require, snapshots, wait_for};
 use crate::support::{Cairn, stderr, stdout};
@@ -283,6 +283,38 @@ fn a_restore_that_cannot_restart_the_server_changes_nothing() {
     assert_fails_with(&out, &["scale"]);
     assert_eq!(std::fs::read(&rdb).expect("the server's RDB"), saved);
     assert!(redis.cli(&["CONFIG", "GET", "save"]).contains("3600 1"));
+    assert_eq!(redis.cli(&["GET", "newer"]).trim(), "data");
+}
+
+/// A restore stopped at its deadline while the server is being stopped for the restart (its
+/// stop command hangs) cannot undo itself: its posthook does, so the server's own RDB is back
+/// and its save points on, and its next restart keeps its data.
+#[test]
+fn a_restore_stopped_at_its_deadline_is_undone_by_its_posthook() {
+    let mut redis = Redis::start(None);
+    redis.load();
+    let cairn = Cairn::new();
+    let (report, _) = redis.h.backup(&cairn, &BACKUP);
+    redis.cli(&["SET", "newer", "data"]);
+    let rdb = redis.h.root().join("data/dump.rdb");
+    let stop = redis.h.workload.stop.clone().expect("a stop command");
+    redis.h.set_workload(Workload {
+        stop: Some(stop.replacen("[sh, -c, '", "[sh, -c, 'sleep 60; ", 1)),
+        ..redis.h.workload.clone()
+    });
+    let extra = ["--param", "replace=true", "--timeout", "3s"];
+    let out = redis.restore(&cairn, &report, &extra);
+    let v = assert_fails_with(&out, &[]);
+    assert_eq!(phase(&v, "restorePosthook")["status"], "ok", "{v}");
+    assert!(redis.cli(&["CONFIG", "GET", "save"]).contains("3600 1"));
+    // The server's own RDB (the restore saved it afresh first), not the backup's.
+    let now = std::fs::read(&rdb).expect("the server's RDB");
+    assert!(
+        now.windows(5).any(|w| w == b"newer"),
+        "not the server's own RDB"
+    );
+    assert!(!redis.h.root().join("data/dump.rdb.cairn-old").exists());
+    assert!(!redis.h.root().join("data/dump.rdb.cairn-restore").exists());
     assert_eq!(redis.cli(&["GET", "newer"]).trim(), "data");
 }
 
