@@ -317,6 +317,18 @@ fn diagnose(tool: &str, exit_code: i32, stderr: &[u8], conn: &Conn) -> Error {
     let text = String::from_utf8_lossy(stderr);
     let at = conn.at();
     let user = &conn.user;
+    // ERROR 1044/1142/1227: the login worked, a privilege is missing; only 1045's
+    // "(using password: …)" says the credentials were refused.
+    if text.contains("Access denied")
+        && !text.contains("(using password:")
+        && (text.contains("1044") || text.contains("1142") || text.contains("1227"))
+    {
+        return Error::denied(format!(
+            "user `{user}` at {at} lacks a privilege this needs: {} (grant it, or restore as \
+             a user that has it with --param user=)",
+            why(&text)
+        ));
+    }
     if text.contains("Access denied for user") {
         return if conn.password.is_some() {
             Error::denied(format!(
@@ -694,6 +706,18 @@ fn restore(ctx: &Context) -> Result<Outputs> {
         .pipe_into(&command)
         .map_err(|e| missing_tool(e, &command, &conn))?;
     let transfer = check(conn.flavor.client(), transfer, &conn)?;
+    if all {
+        // The dump restored the `mysql` schema's tables, users and grants among them, which the
+        // server reads only at startup or on FLUSH PRIVILEGES.
+        match conn.query("FLUSH PRIVILEGES;\n") {
+            Ok(_) => info!("users and grants restored and in effect (FLUSH PRIVILEGES)"),
+            Err(e) => warn!(
+                "users and grants were restored but are not in effect until FLUSH PRIVILEGES \
+                 or a restart of the server, and running it failed ({e}): run it as a user \
+                 that can"
+            ),
+        }
+    }
     progress(Progress::percent(100.0).message("restored"));
     info!("restored {} bytes", transfer.bytes);
     Ok(Outputs::new().value("restored-bytes", transfer.bytes))
@@ -797,6 +821,11 @@ mod tests {
                 None,
                 "ERROR 1045 (28000): Access denied for user 'backup'@'localhost' (using password: NO)\n",
                 "--grant secrets",
+            ),
+            (
+                Some("x"),
+                "ERROR 1044 (42000) at line 1: Access denied for user 'lim'@'%' to database 'shop'\n",
+                "user `backup` at db.example:3307 lacks a privilege this needs: ERROR 1044",
             ),
             (
                 Some("x"),

@@ -301,6 +301,7 @@ fn database_names_beyond_ascii_are_the_names_given() {
 fn an_all_databases_dump_round_trips() {
     let maria = Maria::start();
     maria.load();
+    maria.sql("CREATE USER 'reader'@'%' IDENTIFIED BY 'r'; GRANT SELECT ON *.* TO 'reader'@'%'");
     let before = maria.fingerprint(DB);
     let cairn = Cairn::new();
     let all = ["--grant", "exec,export,secrets", "--secret", Maria::SECRET];
@@ -309,11 +310,30 @@ fn an_all_databases_dump_round_trips() {
 
     maria.sql(&format!("DROP DATABASE {DB}"));
     maria.sql("CREATE DATABASE other");
+    maria.sql("DROP USER 'reader'@'%'; CREATE USER 'late'@'%' IDENTIFIED BY 'l'");
     let out = maria.restore(&cairn, &report, &[]);
     assert_fails_with(&out, &["already holds the databases other", "replace=true"]);
     let out = maria.restore(&cairn, &report, &["--param", "replace=true"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(maria.fingerprint(DB), before);
+    // The restored users and grants are in effect, not only on disk.
+    let logs_in = |user: &str, password: &str| {
+        Command::new("mariadb")
+            .arg("--no-defaults")
+            .args(["--host=127.0.0.1", &format!("--port={}", maria.port)])
+            .arg(format!("--user={user}"))
+            .args(["-e", "SELECT 1"])
+            .env("MYSQL_PWD", password)
+            .output()
+            .expect("mariadb runs")
+            .status
+            .success()
+    };
+    assert!(logs_in("reader", "r"), "a restored user cannot log in");
+    assert!(
+        !logs_in("late", "l"),
+        "a user the restore removed still logs in"
+    );
 }
 
 /// Sends a signal to a process with `kill`.
