@@ -10,6 +10,10 @@ use jiff::civil::{DateTime, Time};
 use jiff::tz::TimeZone;
 use jiff::{SignedDuration, Span, Timestamp};
 
+/// How far a last run may be dated ahead of the clock (clocks of machines that take turns
+/// running the same home differ a little) before [`Schedule::next_due`] stops trusting it.
+const CLOCK_SLACK: SignedDuration = SignedDuration::from_mins(10);
+
 /// How far ahead a cron expression must match at least once (so `0 0 30 2 *` is refused).
 const CRON_HORIZON_YEARS: i16 = 5;
 
@@ -86,7 +90,19 @@ impl Schedule {
     /// An interval allows a grace of a tenth of itself, at most five minutes: a timer firing at
     /// the frequency itself must not skip every other slot because the last run started a
     /// little after its own slot. A cron expression is due at its next matching time.
+    ///
+    /// A last run dated ahead of the clock by more than [`CLOCK_SLACK`] (the clock was set
+    /// forward for a while, then back) would hold off every run until that date: work is due
+    /// at once instead, with a warning.
     pub(crate) fn next_due(&self, last: Timestamp) -> Timestamp {
+        let now = Timestamp::now();
+        if last.duration_since(now) > CLOCK_SLACK {
+            tracing::warn!(
+                "the last run is dated {last}, ahead of this machine's clock ({now}): was the \
+                 clock set back? Running now rather than waiting for that date"
+            );
+            return now;
+        }
         match self {
             Self::Every(secs) => {
                 let grace = (secs / 10).min(300);
@@ -327,6 +343,13 @@ mod tests {
             Err("`9999y`: an interval is at most 100 years; pause the policy instead".to_owned())
         );
         // Past the calendar, never due again rather than due at once.
+        // A last run dated far ahead (a clock set forward, then back) does not hold off runs
+        // until that date.
+        let ahead = Timestamp::now() + SignedDuration::from_hours(400 * 24);
+        for s in ["30m", "0 2 * * *"] {
+            let schedule = Schedule::parse(s).expect("a schedule");
+            assert!(schedule.next_due(ahead) <= Timestamp::now(), "{s}");
+        }
         let far = Schedule::Every(u64::MAX).next_due(Timestamp::now());
         assert_eq!(far, Timestamp::MAX);
     }
