@@ -222,15 +222,31 @@ fn to_outputs(o: guest::Outputs, checkpoints: &[(String, String)]) -> Result<Out
             Ok(())
         }
     };
+    // Once each: a restore looks an artifact and a value up by name, and would find either.
+    let once = |what: &str, names: Vec<&String>| {
+        let mut seen = HashSet::new();
+        match names.into_iter().find(|n| !seen.insert(*n)) {
+            Some(n) => Err(format!(
+                "the blueprint returned {what} `{n}` twice: give each its own name"
+            )),
+            None => Ok(()),
+        }
+    };
     for a in &o.artifacts {
         named("artifact", &a.name)?;
         for (k, _) in &a.values {
             named("artifact value", k)?;
         }
+        once(
+            &format!("artifact `{}`'s value", a.name),
+            a.values.iter().map(|(k, _)| k).collect(),
+        )?;
     }
+    once("artifact", o.artifacts.iter().map(|a| &a.name).collect())?;
     for (k, _) in &o.values {
         named("output value", k)?;
     }
+    once("output value", o.values.iter().map(|(k, _)| k).collect())?;
     let artifacts = o
         .artifacts
         .into_iter()

@@ -142,6 +142,17 @@ async fn an_error_message_of_megabytes_is_cut_as_a_log_line_is() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_artifact_or_an_artifact_value_named_twice_is_refused() {
+    let fixture = Fixture::new();
+    let report = misbehave_alongside(&fixture, request("dup-artifact")).await;
+    let error = failure_of(&report);
+    assert!(error.contains("returned artifact `a` twice"), "{error}");
+    let report = misbehave_alongside(&fixture, request("dup-value")).await;
+    let error = failure_of(&report);
+    assert!(error.contains("artifact `a`'s value `x` twice"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_to_an_ungranted_capability_is_denied_by_name() {
     let fixture = Fixture::new();
     let mut req = request("exec");

@@ -25,6 +25,8 @@ const ACTIONS: &[&str] = &[
     "stdout-flood",
     "output-flood",
     "error-flood",
+    "dup-artifact",
+    "dup-value",
     "exec",
     "exec-outside",
     "exec-other-namespace",
@@ -446,6 +448,24 @@ impl Guest for Misbehave {
             }
             "output-flood" => Ok(values(&[("flood", "w".repeat(16 << 20))])),
             "error-flood" => Err(Error::Failed("e".repeat(16 << 20))),
+            "dup-artifact" | "dup-value" => {
+                let artifact = |name: &str, values: &[(&str, &str)]| Artifact {
+                    name: name.into(),
+                    values: values
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                    reference: vec![],
+                };
+                Ok(Outputs {
+                    artifacts: if action == "dup-artifact" {
+                        vec![artifact("a", &[("x", "1")]), artifact("a", &[("x", "2")])]
+                    } else {
+                        vec![artifact("a", &[("x", "1"), ("x", "2")])]
+                    },
+                    values: vec![],
+                })
+            }
             "exec" => {
                 let out = exec::run(&command(None, &["echo", "hi"]))?;
                 Ok(values(&[
