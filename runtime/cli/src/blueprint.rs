@@ -444,6 +444,44 @@ fn add(
     let catalog = crate::catalog::open(home)?;
     let replaced = catalog.blueprint(&d.name)?;
     catalog.save(&record)?;
+    if d.capabilities.contains(&cairn_engine::Capability::Catalog) {
+        eprintln!(
+            "cairn: warning: blueprint {} declares `catalog`, which only Cairn's DR blueprint \
+             is granted: its calls to the catalog will be refused",
+            d.name
+        );
+    }
+    // Policies and bindings that grant what --allow now leaves out would fail at their next
+    // run: said now.
+    if let Some(allow) = &record.allow {
+        let outside = |grants: &[String]| -> Vec<String> {
+            grants
+                .iter()
+                .filter(|g| !allow.contains(g))
+                .cloned()
+                .collect()
+        };
+        let policies = catalog.policies().unwrap_or_default();
+        let users = policies
+            .iter()
+            .filter(|p| p.blueprint.as_deref() == Some(d.name.as_str()))
+            .map(|p| (format!("policy {}", p.name), outside(&p.grants)))
+            .chain(
+                crate::binding::bindings(&catalog)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|b| b.blueprint == d.name)
+                    .map(|b| (format!("binding {}", b.name), outside(&b.grants))),
+            );
+        for (user, left_out) in users.filter(|(_, l)| !l.is_empty()) {
+            eprintln!(
+                "cairn: warning: {user} grants {}, which --allow no longer allows: its runs of \
+                 {} will fail until the two agree",
+                crate::listed(&left_out),
+                d.name
+            );
+        }
+    }
     match output {
         Output::Json => outln!(
             "{}",

@@ -24,12 +24,12 @@ pub enum Error {
     #[error(
         "the blueprint was built against cairn:blueprint@{found} but this runtime supports \
          {supported}; rebuild it against cairn:blueprint@{ours} (the wit/ of this release, or \
-         its cairn-sdk)"
+         its cairn-sdk), or run it on a Cairn that supports {found}"
     )]
     IncompatibleWit {
         /// The version the component names.
         found: String,
-        /// What this runtime accepts, e.g. `0.1.x`.
+        /// What this runtime accepts, e.g. `0.1.0 to 0.1.2`.
         supported: String,
         /// This runtime's own version of the contract.
         ours: String,

@@ -44,12 +44,18 @@ impl Semver {
         }
     }
 
-    /// `0.1.x` or `1.x`: what [`Semver::accepts`] takes, for messages.
+    /// `0.1.0 to 0.1.2` or `1.0.0 to 1.4.0`: what [`Semver::accepts`] takes, for messages.
     pub(crate) fn accepted_range(self) -> String {
-        if self.major == 0 {
-            format!("0.{}.x", self.minor)
+        let first = if self.major == 0 {
+            format!("0.{}.0", self.minor)
         } else {
-            format!("{}.x", self.major)
+            format!("{}.0.0", self.major)
+        };
+        let ours = format!("{}.{}.{}", self.major, self.minor, self.patch);
+        if first == ours {
+            ours
+        } else {
+            format!("{first} to {ours}")
         }
     }
 }
@@ -125,7 +131,9 @@ mod tests {
         assert!(!v("0.1.0").accepts(v("9.0.0")));
         assert!(v("1.3.0").accepts(v("1.2.9")));
         assert!(!v("1.3.0").accepts(v("1.4.0")));
-        assert_eq!(v("0.1.0").accepted_range(), "0.1.x");
+        assert_eq!(v("0.1.0").accepted_range(), "0.1.0");
+        assert_eq!(v("0.1.2").accepted_range(), "0.1.0 to 0.1.2");
+        assert_eq!(v("1.4.0").accepted_range(), "1.0.0 to 1.4.0");
         assert_eq!(Semver::parse("1.2.3-rc.1"), Some(v("1.2.3")));
         assert_eq!(Semver::parse("x"), None);
     }

@@ -816,7 +816,13 @@ fn the_operator_bounds_what_policies_and_runs_by_name_may_grant() {
     ok(&cairn.run(&["blueprint", "add", hello, "--allow", "exec"]));
     ok(&apply(&cairn, &hello_policy("{last: 1}")));
     ok(&cairn.run(&run));
-    ok(&cairn.run(&["blueprint", "add", hello, "--allow", ""]));
+    let out = cairn.run(&["blueprint", "add", hello, "--allow", ""]);
+    ok(&out);
+    assert!(
+        stderr(&out).contains("policy greet grants exec, which --allow no longer allows"),
+        "{}",
+        stderr(&out)
+    );
     let out = cairn.run(&["policy", "run", "greet"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stdout(&out).contains("not exec"), "{}", stdout(&out));

@@ -48,6 +48,15 @@ impl types::Host for HostState {}
 impl HostState {
     /// The host context, if `cap` is granted; `denied` naming it otherwise.
     pub(crate) fn require(&self, cap: Capability) -> Result<HostContext, WitError> {
+        // Declaring it or asking for it would not help: only the runtime grants it, to the DR
+        // blueprint it runs.
+        if cap == Capability::Catalog && !self.action.grants.contains(&cap) {
+            return Err(WitError::Denied(
+                "capability `catalog` is only for Cairn's DR blueprint, which `cairn dr` runs \
+                 with it; other blueprints cannot be granted it"
+                    .into(),
+            ));
+        }
         if !self.action.declared.contains(&cap) && self.action.host.is_some() {
             return Err(WitError::Denied(format!(
                 "capability `{cap}` is not declared by the blueprint's describe(), so it may not \

@@ -83,7 +83,7 @@ async fn catalog_calls_are_denied_without_the_grant() {
         report
             .error
             .as_deref()
-            .is_some_and(|e| e.contains("capability `catalog` not granted")),
+            .is_some_and(|e| e.contains("capability `catalog` is only for Cairn's DR blueprint")),
         "{report:?}"
     );
     assert_eq!(*fake.cursor.lock().expect("lock"), None);

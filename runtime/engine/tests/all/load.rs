@@ -66,7 +66,7 @@ async fn an_unknown_wit_major_is_refused_by_name() {
     assert!(matches!(err, Error::IncompatibleWit { .. }), "{err:?}");
     let msg = err.to_string();
     assert!(
-        msg.contains("built against cairn:blueprint@9.0.0 but this runtime supports 0.1.x"),
+        msg.contains("built against cairn:blueprint@9.0.0 but this runtime supports 0.1.0"),
         "{msg}"
     );
     assert!(
