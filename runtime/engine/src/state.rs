@@ -180,6 +180,8 @@ struct LogInner {
     used: usize,
     /// What progress reports have used of their budget (as large as the log's).
     progress_used: usize,
+    /// Whether the notice that progress reports are dropped went out.
+    progress_spent: bool,
     cap: usize,
     truncated: bool,
     dropped: u64,
@@ -194,6 +196,7 @@ impl LogCapture {
             inner: Arc::new(Mutex::new(LogInner {
                 used: 0,
                 progress_used: 0,
+                progress_spent: false,
                 cap: action.limits.log_bytes,
                 truncated: false,
                 dropped: 0,
@@ -242,20 +245,37 @@ impl LogCapture {
     }
 
     /// Reports progress, within a budget of its own as large as the log's: a loop of reports
-    /// is bounded as a loop of log lines is (once it is spent, reports are dropped), and a
+    /// is bounded as a loop of log lines is (once it is spent, reports are dropped, said once,
+    /// except one that says the phase is done, so a progress bar does not stop short), and a
     /// phase that logged its fill still reports its progress.
     pub(crate) fn progress(&self, mut progress: Progress) {
-        {
+        let notice = {
             let mut inner = self.lock();
             let cost = 32
                 + progress
                     .message
                     .as_ref()
                     .map_or(0, |m| m.len().min(MAX_PROGRESS));
-            if inner.progress_used + cost > inner.cap {
+            if inner.progress_used + cost <= inner.cap {
+                inner.progress_used += cost;
+                None
+            } else if progress.percent.is_some_and(|p| p >= 100.0) {
+                progress.message = None;
+                None
+            } else if inner.progress_spent {
                 return;
+            } else {
+                inner.progress_spent = true;
+                Some(format!(
+                    "progress reports dropped: this phase reached their limit of {}; the last \
+                     (100 %) is still shown",
+                    human_bytes(inner.cap as u64)
+                ))
             }
-            inner.progress_used += cost;
+        };
+        if let Some(notice) = notice {
+            self.emit(LogLevel::Warn, notice);
+            return;
         }
         progress.message = progress
             .message

@@ -142,6 +142,31 @@ async fn an_error_message_of_megabytes_is_cut_as_a_log_line_is() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_progress_flood_is_cut_said_once_and_its_end_still_shown() {
+    let fixture = Fixture::new();
+    let mut req = request("progress-flood");
+    req.limits.log_bytes = 64 << 10;
+    let report = misbehave_alongside(&fixture, req).await;
+    assert!(report.ok, "{report:?}");
+    let notices = fixture
+        .logs()
+        .iter()
+        .filter(|l| l.starts_with("progress reports dropped"))
+        .count();
+    assert_eq!(notices, 1, "the cut is said exactly once");
+    let events = fixture.events.lock().expect("events lock");
+    let percents: Vec<f32> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            cairn_engine::EventKind::Progress(p) => p.percent,
+            _ => None,
+        })
+        .collect();
+    assert!(percents.len() < 10_000, "{} reports", percents.len());
+    assert_eq!(percents.last(), Some(&100.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_artifact_or_an_artifact_value_named_twice_is_refused() {
     let fixture = Fixture::new();
     let report = misbehave_alongside(&fixture, request("dup-artifact")).await;

@@ -27,6 +27,7 @@ const ACTIONS: &[&str] = &[
     "error-flood",
     "dup-artifact",
     "dup-value",
+    "progress-flood",
     "exec",
     "exec-outside",
     "exec-other-namespace",
@@ -448,6 +449,23 @@ impl Guest for Misbehave {
             }
             "output-flood" => Ok(values(&[("flood", "w".repeat(16 << 20))])),
             "error-flood" => Err(Error::Failed("e".repeat(16 << 20))),
+            "progress-flood" => {
+                for i in 0..100_000u32 {
+                    log::report(&log::Progress {
+                        percent: Some(i as f32 / 1000.0),
+                        bytes_done: None,
+                        bytes_total: None,
+                        message: Some(format!("step {i}")),
+                    });
+                }
+                log::report(&log::Progress {
+                    percent: Some(100.0),
+                    bytes_done: None,
+                    bytes_total: None,
+                    message: Some("done".into()),
+                });
+                Ok(values(&[]))
+            }
             "dup-artifact" | "dup-value" => {
                 let artifact = |name: &str, values: &[(&str, &str)]| Artifact {
                     name: name.into(),
