@@ -636,8 +636,9 @@ pub(crate) fn read_documents<T: serde::de::DeserializeOwned>(
         let bad = |msg: String| UsageError(format!("{what} {}: {msg}", file.display()));
         let (text, base) = read_file(file, bad)?;
         let many = text.lines().any(|l| l.trim_end() == "---");
+        let before = docs.len();
         for (i, doc) in serde_norway::Deserializer::from_str(&text).enumerate() {
-            let parsed = T::deserialize(doc).map_err(|e| {
+            let parsed = Option::<T>::deserialize(doc).map_err(|e| {
                 let at = if many {
                     format!("document {}: ", i + 1)
                 } else {
@@ -645,6 +646,10 @@ pub(crate) fn read_documents<T: serde::de::DeserializeOwned>(
                 };
                 bad(format!("{at}{e} ({hint})"))
             })?;
+            // An empty document (a trailing `---`, one of comments only) holds nothing.
+            let Some(parsed) = parsed else {
+                continue;
+            };
             if let Some(first) = docs.iter().find(|d| name(&d.value) == name(&parsed)) {
                 return Err(bad(format!(
                     "a second {what} named {:?} (the first is in {}): give each its own name",
@@ -658,6 +663,9 @@ pub(crate) fn read_documents<T: serde::de::DeserializeOwned>(
                 file: file.clone(),
                 base: base.clone(),
             });
+        }
+        if docs.len() == before {
+            return Err(bad(format!("holds no {what}: it is empty, or comments only")).into());
         }
     }
     Ok(docs)

@@ -1125,9 +1125,14 @@ fn apply_takes_several_documents_and_directories_all_or_nothing() {
     std::fs::create_dir(&dir).expect("mkdir");
     let named =
         |name: &str| hello_policy("{last: 2}").replace("name: greet", &format!("name: {name}"));
+    // A trailing `---` and a document of comments only hold nothing, and are no error.
     std::fs::write(
         dir.join("a.yaml"),
-        format!("{}---\n{}", named("one"), named("two")),
+        format!(
+            "{}---\n{}---\n# more to come\n---\n",
+            named("one"),
+            named("two")
+        ),
     )
     .expect("write");
     std::fs::write(dir.join("b.yml"), named("three")).expect("write");
@@ -1163,6 +1168,11 @@ fn apply_takes_several_documents_and_directories_all_or_nothing() {
     refused_with(
         &cairn.run(&["policy", "apply", dir_arg]),
         &["a.yaml", "document 2"],
+    );
+    std::fs::write(dir.join("a.yaml"), "# nothing yet\n").expect("write");
+    refused_with(
+        &cairn.run(&["policy", "apply", dir_arg]),
+        &["a.yaml", "holds no policy"],
     );
     // Two of one name are refused, naming where the first is.
     std::fs::write(dir.join("a.yaml"), named("three")).expect("write");
