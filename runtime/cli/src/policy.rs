@@ -1258,7 +1258,18 @@ impl Outcome {
             outln!("{}: {e}", self.policy);
         }
         let r = &self.retention;
-        match &r.skipped {
+        // Retention runs only for the workloads whose backup succeeded.
+        let failed: Vec<&str> = self
+            .workloads
+            .iter()
+            .filter(|w| w.restore_point.is_none() && w.error.is_some())
+            .map(|w| w.workload.as_str())
+            .collect();
+        let skipped = r.skipped.clone().or_else(|| {
+            (!failed.is_empty() && failed.len() == self.workloads.len())
+                .then(|| "no backup succeeded".to_owned())
+        });
+        match &skipped {
             Some(why) => outln!("{}: retention skipped: {why}", self.policy),
             None => outln!(
                 "{}: retention kept {} restore point(s){}, removed {}{}",
@@ -1278,6 +1289,13 @@ impl Outcome {
                         r.removed.join(", ")
                     ),
                     (false, Some(_)) => format!(" ({})", r.removed.join(", ")),
+                } + &if failed.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "; skipped for {}, whose backup failed",
+                        crate::listed(&failed)
+                    )
                 }
             ),
         }
@@ -2132,15 +2150,15 @@ struct Run<'a> {
     made: &'a [&'a str],
 }
 
-/// Applies the policy's retention, among `points`, to the restore points of the workloads just
-/// backed up. Returns what it did and the points it could not remove (kept, and tried again next
-/// run).
 /// The time zone whose days, weeks, months and years a policy's retention counts: its
 /// schedule's (see [`Schedule::zone`]), so a nightly window keeps one point a night.
 fn retention_zone(policy: &Policy) -> jiff::tz::TimeZone {
     Schedule::parse(&policy.frequency).map_or_else(|_| jiff::tz::TimeZone::system(), |s| s.zone())
 }
 
+/// Applies the policy's retention, among `points`, to the restore points of the workloads just
+/// backed up. Returns what it did and the points it could not remove (kept, and tried again next
+/// run).
 async fn retain(
     policy: &Policy,
     execution: &Execution<'_>,

@@ -906,6 +906,12 @@ fn a_policy_without_a_blueprint_protects_each_workload_by_its_binding() {
     // No binding yet: every workload fails, saying what to do.
     let out = cairn.run(&["policy", "run", "greet"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    // Retention did not run, and says so rather than "kept 0".
+    assert!(
+        stdout(&out).contains("greet: retention skipped: no backup succeeded"),
+        "{}",
+        stdout(&out)
+    );
     assert!(
         stdout(&out).contains(
             "no blueprint binding selects workload hello of namespace default (labels app=hello)"
