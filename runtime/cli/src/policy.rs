@@ -548,7 +548,18 @@ impl RetentionFile {
             // As files written for earlier releases give it (`90m` minutes): a file applied
             // again must mean what it did.
             Some(Within::Text(t)) => {
-                Retention::parse_within_legacy(&t).map_err(|e| format!("retention within: {e}"))?
+                let parsed = Retention::parse_within_legacy(&t)
+                    .map_err(|e| format!("retention within: {e}"))?;
+                // Kept for such files, but said: restic (and `cairn repo forget`) read months.
+                if t.split(|c: char| !c.is_ascii_alphabetic())
+                    .any(|u| u == "m")
+                {
+                    eprintln!(
+                        "cairn: warning: retention within {t:?}: `m` is read as minutes here (restic \
+                         reads months); write `min` or `mo` to say which"
+                    );
+                }
+                parsed
             }
             Some(Within::Number(n)) => {
                 return Err(format!(

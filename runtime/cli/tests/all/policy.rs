@@ -1977,6 +1977,15 @@ fn retention_within_takes_a_duration_with_its_unit() {
         2 * 86_400,
         "{shown}"
     );
+    // `m` keeps meaning minutes in a policy file, as it did, but not silently.
+    let out = apply(&cairn, &hello_policy("{within: 90m}"));
+    ok(&out);
+    assert!(
+        stderr(&out).contains("`m` is read as minutes here"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(show(&cairn)["policy"]["retention"]["within"], 90 * 60);
 }
 
 /// Secrets without the `secrets` grant would never reach the blueprint: refused at apply.
