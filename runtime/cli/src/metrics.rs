@@ -76,6 +76,13 @@ impl Metrics {
     /// Replaces the gauges with what the catalog says now.
     pub(crate) fn refresh(&self, policies: BTreeMap<String, PolicyGauges>, dr: Option<DrGauges>) {
         self.with(|s| {
+            // Counters start at 0 for every policy, so `rate()` and `increase()` see the first
+            // run rather than a series that appears with it.
+            for policy in policies.keys() {
+                for result in ["succeeded", "failed"] {
+                    s.runs.entry((policy.clone(), result)).or_default();
+                }
+            }
             s.policies = policies;
             s.dr = dr;
         });

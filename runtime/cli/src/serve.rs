@@ -82,9 +82,15 @@ pub(crate) async fn serve(args: ServeArgs, home: Option<PathBuf>) -> anyhow::Res
     let lock_path = home.serve_lock();
     let Some(lock) = hold(&lock_path)? else {
         return Err(UsageError(format!(
-            "another `cairn serve` runs the policies of {} (it holds {}); stop it first",
+            "another `cairn serve` runs the policies of {} (it holds {}); {}",
             home.root().display(),
-            lock_path.display()
+            lock_path.display(),
+            if args.once {
+                "this pass is skipped: that one runs what is due (a timer firing while the last \
+                 pass still runs needs nothing more)"
+            } else {
+                "stop it first"
+            }
         ))
         .into());
     };
@@ -97,6 +103,9 @@ pub(crate) async fn serve(args: ServeArgs, home: Option<PathBuf>) -> anyhow::Res
             .await
             .map_err(|e| UsageError(crate::one_line(&e)))?;
         eprintln!("cairn: metrics at http://{bound}/metrics");
+        // Scraped during the first pass (a long first backup after a restart), the gauges say
+        // what the catalog held at the start, not nothing.
+        refresh(&metrics, &home);
     }
     let mut operator = match args.operator {
         true => Some(

@@ -468,6 +468,7 @@ fn one_serve_runs_per_home_serves_metrics_and_sigterm_stops_it_between_runs() {
         if response.contains(want) {
             assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
             for line in [
+                "cairn_policy_runs_total{policy=\"greet\",result=\"failed\"} 0",
                 "cairn_policy_last_run_succeeded{policy=\"greet\"} 1",
                 "cairn_policy_restore_points{policy=\"greet\"} 1",
                 "cairn_dr_enabled 0",
