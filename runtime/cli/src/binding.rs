@@ -223,12 +223,17 @@ pub(crate) async fn run(cmd: BindingCommand, home: Option<PathBuf>) -> anyhow::R
             }
             let mut applied = Vec::new();
             for binding in bindings {
+                let mut shown = serde_json::to_value(&binding)?;
+                if dry_run && let Some(fields) = shown.as_object_mut() {
+                    // Nothing was applied: no `applied` time.
+                    fields.remove("applied");
+                }
                 if output == Output::Text {
                     if dry_run {
                         outln!(
                             "binding {} is valid (not stored: --dry-run)\n{}",
                             binding.name,
-                            serde_norway::to_string(&binding)?.trim_end()
+                            serde_norway::to_string(&shown)?.trim_end()
                         );
                     } else {
                         outln!(
@@ -242,7 +247,7 @@ pub(crate) async fn run(cmd: BindingCommand, home: Option<PathBuf>) -> anyhow::R
                 if !dry_run {
                     crate::catalog::open(&home)?.save(&binding)?;
                 }
-                applied.push(serde_json::to_value(&binding)?);
+                applied.push(shown);
             }
             crate::print_applied(output, applied)?;
             Ok(ExitCode::from(exit::OK))
