@@ -565,7 +565,12 @@ async fn points_and_damaged(
     newest_first(&mut points);
     // Told apart from the readable ones by when they were saved, the only time they still have.
     let newest_saved = points.first().map(|(saved, _)| *saved);
-    damaged.retain(|(_, saved)| newest_saved.is_none_or(|newest| *saved >= newest));
+    // Give or take a second: stores that keep whole seconds (S3) date a write up to a second
+    // early.
+    let slack = jiff::SignedDuration::from_secs(1);
+    damaged.retain(|(_, saved)| {
+        newest_saved.is_none_or(|newest| saved.saturating_add(slack).is_ok_and(|s| s >= newest))
+    });
     Ok((points.into_iter().map(|(_, p)| p).collect(), damaged))
 }
 
@@ -837,6 +842,16 @@ async fn enable(
         "  3. the location profile:  {} (and its credentials)",
         config.profile
     );
+    // What this mode never brings back, when the catalog holds some of it now.
+    let left_out = not_carried(catalog, config.mode)?;
+    if !left_out.is_empty() {
+        eprintln!(
+            "warning: DR mode {} does not carry {}: a recovery comes back without them; \
+             another mode (--mode exported-snapshot carries everything) keeps them",
+            config.mode,
+            left_out.join(", ")
+        );
+    }
     // DR brings back the catalog, not the data in the home: the exports of these policies
     // would be lost with the machine.
     // A policy record that cannot be read is for `policy list` to report, not for this.
@@ -857,6 +872,22 @@ async fn enable(
         );
     }
     Ok(())
+}
+
+/// The kinds of records `mode` never brings back, of those the catalog holds, with their
+/// counts (`blueprint-binding (1)`). A local snapshot counts as there: whether it is depends
+/// on where the recovery runs, which the restore says.
+fn not_carried(catalog: &Catalog, mode: cairn_catalog::DrMode) -> anyhow::Result<Vec<String>> {
+    Ok(catalog
+        .counts()?
+        .into_iter()
+        .filter(|c| {
+            c.count > 0
+                && c.dr_class != cairn_catalog::DrClass::Never
+                && !c.dr_class.is_recovered(mode, mode.takes_snapshot())
+        })
+        .map(|c| format!("{} ({})", c.kind, c.count))
+        .collect())
 }
 
 /// The settings `new` changes from `old`, as `name: old → new`.
@@ -2256,6 +2287,25 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                             "actions and local restore points were not restored: this home does not hold the point's local catalog snapshot"
                         ),
                         None => {}
+                    }
+                    if let Ok(mode) = chosen.mode.parse::<cairn_catalog::DrMode>()
+                        && !mode.takes_snapshot()
+                    {
+                        let never: Vec<&str> = cairn_catalog::Kind::ALL
+                            .into_iter()
+                            .filter(|k| {
+                                k.dr_class() != cairn_catalog::DrClass::Never
+                                    && !k.dr_class().is_recovered(mode, false)
+                            })
+                            .map(|k| k.as_str())
+                            .collect();
+                        if !never.is_empty() {
+                            outln!(
+                                "mode {} does not carry {}: none came back",
+                                chosen.mode,
+                                never.join(", ")
+                            );
+                        }
                     }
                     if !components.restored.is_empty() {
                         outln!(

@@ -1238,7 +1238,11 @@ impl Repository {
         for (id, error) in damaged {
             let path = format::snapshot_path(&id);
             let stored = match self.inner.backend.head(&path).await? {
-                Some(meta) => jiff::Timestamp::from_second(meta.last_modified.timestamp()).ok(),
+                Some(meta) => jiff::Timestamp::new(
+                    meta.last_modified.timestamp(),
+                    meta.last_modified.timestamp_subsec_nanos() as i32,
+                )
+                .ok(),
                 // Forgotten since it was read.
                 None => continue,
             };

@@ -105,6 +105,22 @@ fn populated(cairn: &Cairn, profile: &Path, mode: &str) -> String {
         !text.contains("battery"),
         "the raw passphrase is never printed: {text}"
     );
+    // What the mode will never bring back is said, by kind, with its count.
+    // (Kinds no mode carries are rebuilt or set up anew, and not named.)
+    let never = ["report", "action-pod-spec", "audit-config"];
+    for kind in PUT_KINDS
+        .iter()
+        .filter(|kind| !never.contains(kind) && !recovered(kind, mode))
+    {
+        assert!(
+            stderr(&out).contains(&format!("{kind} (1)")),
+            "{kind} not named: {}",
+            stderr(&out)
+        );
+    }
+    if mode.ends_with("-snapshot") && mode != "no-snapshot" {
+        assert!(!stderr(&out).contains("does not carry"), "{}", stderr(&out));
+    }
     let first = dr_run(cairn);
     ok(&first);
     assert_eq!(json(&first)["from"], 0);
