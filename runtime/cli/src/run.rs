@@ -610,9 +610,15 @@ pub(crate) fn parse_secrets_of(
 ) -> anyhow::Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     for s in raw {
+        // What follows `=` may be the secret itself, given without `raw:`: never echoed.
         let usage = || {
+            let shown = match s.split_once('=') {
+                Some((name, _)) => format!("{name}=…"),
+                None => "…".to_owned(),
+            };
             UsageError(format!(
-                "{flag} {s:?}: expected NAME=env:VAR, NAME=file:PATH or NAME=raw:VALUE"
+                "{flag} {shown:?}: expected NAME=env:VAR, NAME=file:PATH or NAME=raw:VALUE \
+                 (what was given after `=` is not shown: it may be the secret)"
             ))
         };
         let (name, source) = s

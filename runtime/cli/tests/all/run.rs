@@ -70,6 +70,19 @@ fn an_unknown_grant_is_a_usage_error() {
     assert!(stderr(&out).contains("root"), "{}", stderr(&out));
 }
 
+/// A secret given without its `raw:` is refused without being echoed.
+#[test]
+fn a_secret_without_its_source_is_refused_unechoed() {
+    let cairn = Cairn::new();
+    let out = hello(
+        &cairn,
+        &["--grant", "exec,secrets", "--secret", "pw=hunter2pass"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("NAME=raw:VALUE"), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("hunter2"), "{}", stderr(&out));
+}
+
 #[test]
 fn a_parameter_of_the_wrong_type_is_refused_before_running() {
     let cairn = Cairn::new();
