@@ -522,6 +522,25 @@ pub(crate) async fn open_point_exports(
         None if *repository == home.repository().display().to_string() => Default::default(),
         None => fallback.at(repository),
     };
+    // A directory that is not there, by no profile: most often the home repository of the
+    // instance this catalog was recovered from, lost with it.
+    if !repository.contains("://") && !Path::new(repository).exists() {
+        return Err(UsageError(format!(
+            "restore point {id} is in {repository}, which does not exist: {}its data is not \
+             there. If a copy of that repository is elsewhere, add a location profile of it \
+             (`cairn profile add NAME --repo URL ...`); if the data is lost for good, \
+             `cairn catalog forget-point {id}` drops the point's record",
+            if *repository == home.repository().display().to_string() {
+                String::new()
+            } else {
+                "a repository on another machine's disk (the home of a lost instance, if this \
+                 catalog came back by DR) is not reachable from here, and "
+                    .to_owned()
+            },
+            id = point.id
+        ))
+        .into());
+    }
     let opened = open_exports(&select, home).await.with_context(|| {
         format!(
             "restore point {} is in {repository}, which cannot be opened this way; add a \

@@ -318,6 +318,30 @@ fn a_restore_stopped_at_its_deadline_is_undone_by_its_posthook() {
     assert_eq!(redis.cli(&["GET", "newer"]).trim(), "data");
 }
 
+/// A point whose repository is gone (the home's, deleted; a lost instance's, after DR) is
+/// refused saying so, not by creating an empty repository to look in.
+#[test]
+fn a_point_whose_repository_is_gone_says_so() {
+    let redis = Redis::start(None);
+    redis.load();
+    let cairn = Cairn::new();
+    let (_, v) = redis.h.backup(&cairn, &BACKUP);
+    let id = v["action_id"].as_str().expect("an action id");
+    std::fs::remove_dir_all(cairn.home.path().join("repository")).expect("remove");
+    let grants = "exec,import,workloads,scale,secrets";
+    let out = redis
+        .h
+        .run(&cairn, "restore", &["--from-point", id, "--grant", grants]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("which does not exist")
+            && stderr(&out).contains(&format!("cairn catalog forget-point {id}")),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!cairn.home.path().join("repository").exists());
+}
+
 #[test]
 fn a_wrong_password_is_a_clear_error() {
     Redis::start(Some(PASSWORD)).h.credentials_are_checked(
