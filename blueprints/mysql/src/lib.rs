@@ -35,7 +35,9 @@
 
 use cairn_sdk::data::{self, Export, Import, Transfer};
 use cairn_sdk::exec::{Command, Output, Session};
-use cairn_sdk::lifecycle::{BACKUP, BACKUP_POSTHOOK, BACKUP_PREHOOK, DELETE, RESTORE};
+use cairn_sdk::lifecycle::{
+    BACKUP, BACKUP_POSTHOOK, BACKUP_PREHOOK, DELETE, RESTORE, RESTORE_POSTHOOK,
+};
 use cairn_sdk::params::refuse_unless_replace;
 use cairn_sdk::{Artifact, Blueprint, Capability, Context, Description, Error, Outputs, Param};
 use cairn_sdk::{Progress, Result, checkpoint, info, progress, secrets, volumes, warn};
@@ -144,6 +146,11 @@ impl Blueprint for MySql {
                 "With quiesce=true: UNLOCK TABLES and close the session",
             )
             .action(RESTORE, "Load a dump back with mariadb/mysql")
+            .action(
+                RESTORE_POSTHOOK,
+                "After a restore that stopped part way (interrupted, past its deadline): say \
+                 what state it left the server in",
+            )
             .action(DELETE, "Remove a backup's dump and volume snapshots")
             .param(Param::host("host"))
             .param(Param::port("port", 3306))
@@ -191,6 +198,7 @@ impl Blueprint for MySql {
             BACKUP => backup(ctx),
             BACKUP_POSTHOOK => posthook(ctx),
             RESTORE => restore(ctx),
+            RESTORE_POSTHOOK => restore_posthook(ctx),
             DELETE => delete(ctx),
             other => Err(Error::unknown_action(other)),
         }
@@ -701,6 +709,7 @@ fn restore(ctx: &Context) -> Result<Outputs> {
             info!("restoring every database at {}", conn.at());
         }
     }
+    checkpoint(RESTORING, target.as_deref().unwrap_or(ALL_DATABASES))?;
     progress(Progress::percent(0.0).message("restoring"));
     let transfer = import
         .pipe_into(&command)
@@ -718,9 +727,40 @@ fn restore(ctx: &Context) -> Result<Outputs> {
             ),
         }
     }
+    checkpoint(RESTORING, DONE)?;
     progress(Progress::percent(100.0).message("restored"));
     info!("restored {} bytes", transfer.bytes);
     Ok(Outputs::new().value("restored-bytes", transfer.bytes))
+}
+
+/// What a restore is loading into, checkpointed before it starts (a database's name, or
+/// [`ALL_DATABASES`]) and set to [`DONE`] once finished, for the posthook to say what a
+/// restore stopped part way left behind.
+const RESTORING: &str = "restoring";
+const ALL_DATABASES: &str = "*all databases*";
+const DONE: &str = "*done*";
+
+/// The restore's posthook: what a restore stopped where it could not say so itself (Ctrl-C,
+/// its deadline) left on the server. Such a restore is not one transaction (see the README).
+fn restore_posthook(ctx: &Context) -> Result<Outputs> {
+    let (Some(failure), Ok(target)) = (ctx.failure(), ctx.value(RESTORING)) else {
+        return Ok(Outputs::new());
+    };
+    if target == DONE {
+        return Ok(Outputs::new());
+    }
+    let at = Conn::from_ctx(ctx).map(|c| c.at()).unwrap_or_default();
+    let what = if target == ALL_DATABASES {
+        "the server's databases are".to_owned()
+    } else {
+        format!("database `{target}` is")
+    };
+    warn!(
+        "the restore at {at} stopped part way ({failure}): {what} partly restored (the tables \
+         before the stop replaced, the one it stopped on dropped or partly loaded, the rest as \
+         they were); run the restore again with replace=true"
+    );
+    Ok(Outputs::new())
 }
 
 fn delete(ctx: &Context) -> Result<Outputs> {
@@ -799,6 +839,29 @@ mod tests {
         let argv = conn(Some("s3cret")).client();
         assert!(argv.argv().iter().all(|a| !a.contains("s3cret")));
         assert_eq!(argv.argv()[1], "--no-defaults");
+    }
+
+    #[test]
+    fn a_restore_stopped_part_way_is_said_by_its_posthook() {
+        let host = cairn_sdk::testing::FakeHost::new();
+        let stopped = |target: &str| {
+            Context::builder(RESTORE_POSTHOOK, "default")
+                .workload("db")
+                .phase(RESTORE, Outputs::new().value(RESTORING, target))
+                .failure(Error::timed_out("past its deadline"))
+                .build()
+        };
+        host.run::<MySql>(RESTORE_POSTHOOK, &stopped("shop"))
+            .expect("the posthook");
+        let logs = host.logs();
+        assert!(
+            logs.iter()
+                .any(|(_, l)| l.contains("database `shop` is partly restored")),
+            "{logs:?}"
+        );
+        host.run::<MySql>(RESTORE_POSTHOOK, &stopped(DONE))
+            .expect("the posthook");
+        assert_eq!(host.logs().len(), logs.len());
     }
 
     #[test]

@@ -38,13 +38,20 @@
 
 use cairn_sdk::data::{self, Export, Import, Transfer};
 use cairn_sdk::exec::{Command, Output, Session};
-use cairn_sdk::lifecycle::{BACKUP, BACKUP_POSTHOOK, BACKUP_PREHOOK, DELETE, RESTORE};
+use cairn_sdk::lifecycle::{
+    BACKUP, BACKUP_POSTHOOK, BACKUP_PREHOOK, DELETE, RESTORE, RESTORE_POSTHOOK,
+};
 use cairn_sdk::params::refuse_unless_replace;
 use cairn_sdk::{Artifact, Blueprint, Capability, Context, Description, Error, Outputs, Param};
 use cairn_sdk::{Progress, Result, checkpoint, info, progress, secrets, volumes, warn};
 
 /// The artifact holding the dump.
 const DUMP: &str = "dump";
+
+/// What a restore is changing, checkpointed before it starts to and set to `done` once
+/// finished, for the posthook to say what a restore stopped part way left behind:
+/// `atomic:DB` (one transaction), `database:DB` (not), `cluster`.
+const RESTORING: &str = "restoring";
 
 /// Artifacts of volume snapshots are named `volume-<volume>`.
 const VOLUME_PREFIX: &str = "volume-";
@@ -177,6 +184,11 @@ impl Blueprint for Postgres {
                 RESTORE,
                 "Load a dump back with pg_restore (or psql for a cluster dump)",
             )
+            .action(
+                RESTORE_POSTHOOK,
+                "After a restore that stopped part way (interrupted, past its deadline): say \
+                 what state it left the server in",
+            )
             .action(DELETE, "Remove a backup's dump and volume snapshots")
             .param(Param::host("host"))
             .param(Param::port("port", 5432))
@@ -239,6 +251,7 @@ impl Blueprint for Postgres {
             BACKUP => backup(ctx),
             BACKUP_POSTHOOK => posthook(ctx),
             RESTORE => restore(ctx),
+            RESTORE_POSTHOOK => restore_posthook(ctx),
             DELETE => delete(ctx),
             other => Err(Error::unknown_action(other)),
         }
@@ -730,8 +743,36 @@ fn restore(ctx: &Context) -> Result<Outputs> {
         }
         Mode::Cluster => restore_cluster(&conn, &import, replace)?,
     };
+    checkpoint(RESTORING, "done")?;
     info!("restored {} bytes", transfer.bytes);
     Ok(Outputs::new().value("restored-bytes", transfer.bytes))
+}
+
+/// The restore's posthook: what a restore stopped where it could not say so itself (Ctrl-C,
+/// its deadline) left on the server.
+fn restore_posthook(ctx: &Context) -> Result<Outputs> {
+    let (Some(failure), Ok(state)) = (ctx.failure(), ctx.value(RESTORING)) else {
+        return Ok(Outputs::new());
+    };
+    let at = Conn::from_ctx(ctx).map(|c| c.at()).unwrap_or_default();
+    match state.split_once(':') {
+        Some(("atomic", db)) => warn!(
+            "the restore into database `{db}` at {at} stopped ({failure}) inside its one \
+             transaction, which the server rolled back: the database is as it was"
+        ),
+        Some(("database", db)) => warn!(
+            "the restore into database `{db}` at {at} stopped part way ({failure}), not in one \
+             transaction: the database is partly restored; run the restore again with \
+             replace=true"
+        ),
+        _ if state == "cluster" => warn!(
+            "the restore of the cluster at {at} stopped part way ({failure}): the databases it \
+             replaced are dropped and the dump's partly loaded; run the restore again with \
+             replace=true"
+        ),
+        _ => {}
+    }
+    Ok(Outputs::new())
 }
 
 fn restore_database(
@@ -806,6 +847,8 @@ fn restore_database(
         conn.at(),
         if replace { " (replacing)" } else { "" }
     );
+    let kind = if atomic { "atomic" } else { "database" };
+    checkpoint(RESTORING, format!("{kind}:{database}"))?;
     progress(Progress::percent(0.0).message("restoring"));
     let command = conn.command(database, argv);
     let transfer = match trailer {
@@ -862,12 +905,14 @@ fn restore_cluster(conn: &Conn, import: &Import, replace: bool) -> Result<Transf
     if !extra.is_empty() {
         refuse_unless_replace(
             &format!(
-                "PostgreSQL at {} already holds the databases {}",
+                "PostgreSQL at {} already holds the databases {} (replace=true drops every one \
+                 of them, those the dump does not hold as well, which do not come back)",
                 conn.at(),
                 extra.join(", ")
             ),
             replace,
         )?;
+        checkpoint(RESTORING, "cluster")?;
         for db in &extra {
             info!("dropping database `{db}` (replace=true)");
             conn.query(
@@ -877,6 +922,7 @@ fn restore_cluster(conn: &Conn, import: &Import, replace: bool) -> Result<Transf
             )?;
         }
     }
+    checkpoint(RESTORING, "cluster")?;
     progress(Progress::percent(0.0).message("restoring the cluster"));
     // Not ON_ERROR_STOP: the dump recreates roles that exist already (at least the one
     // restoring it); those errors are expected, every other one fails the restore.
@@ -1048,6 +1094,36 @@ mod tests {
             .build();
         assert_eq!(Postgres::run(BACKUP_PREHOOK, &ctx), Ok(Outputs::new()));
         assert_eq!(Postgres::run(BACKUP_POSTHOOK, &ctx), Ok(Outputs::new()));
+    }
+
+    #[test]
+    fn a_restore_stopped_part_way_is_said_by_its_posthook() {
+        let host = cairn_sdk::testing::FakeHost::new();
+        let stopped = |state: &str| {
+            Context::builder(RESTORE_POSTHOOK, "default")
+                .workload("db")
+                .phase(RESTORE, Outputs::new().value(RESTORING, state))
+                .failure(Error::timed_out("past its deadline"))
+                .build()
+        };
+        for (state, says) in [
+            ("database:shop", "partly restored"),
+            ("atomic:shop", "rolled back"),
+            ("cluster", "dropped and the dump's partly loaded"),
+        ] {
+            host.run::<Postgres>(RESTORE_POSTHOOK, &stopped(state))
+                .expect("the posthook");
+            let logs = host.logs();
+            assert!(
+                logs.iter().any(|(_, l)| l.contains(says)),
+                "{state}: {logs:?}"
+            );
+        }
+        // Finished, or never started: nothing to say.
+        let before = host.logs().len();
+        host.run::<Postgres>(RESTORE_POSTHOOK, &stopped("done"))
+            .expect("the posthook");
+        assert_eq!(host.logs().len(), before);
     }
 
     #[test]
