@@ -816,10 +816,10 @@ pub(crate) fn event_sink() -> cairn_engine::EventSink {
             EventKind::PhaseFinished {
                 ok: false, error, ..
             } => {
-                eprintln!(
-                    "[{phase}] failed: {}",
-                    error.as_deref().unwrap_or("unknown error")
-                );
+                let error = error.as_deref().unwrap_or("unknown error");
+                // A blueprint's own `failed` error already says so.
+                let error = error.strip_prefix("failed: ").unwrap_or(error);
+                eprintln!("[{phase}] failed: {error}");
             }
             _ => {}
         }

@@ -32,7 +32,15 @@ impl Schedule {
     pub(crate) fn parse(s: &str) -> Result<Self, String> {
         /// The longest interval: past it a run's next time can leave the calendar.
         const MAX_INTERVAL_SECS: u64 = 100 * 365 * 86_400;
-        let text = s.trim();
+        // cron's names for fixed times (`@daily` and `@hourly` are intervals here, from the last
+        // run's start: a run that slips does not crowd the next).
+        let named = match s.trim() {
+            "@midnight" => Some("0 0 * * *"),
+            "@monthly" => Some("0 0 1 * *"),
+            "@yearly" | "@annually" => Some("0 0 1 1 *"),
+            _ => None,
+        };
+        let text = named.unwrap_or(s.trim());
         if text.split_whitespace().count() > 1 {
             let cron = Cron::parse(text).map_err(|e| format!("`{s}`: {e}"))?;
             if cron.next_after(Timestamp::now()).is_none() {
@@ -58,8 +66,9 @@ impl Schedule {
             other => humantime::parse_duration(other)
                 .map_err(|_| {
                     format!(
-                        "`{other}`: expected @hourly, @daily, @weekly, an interval like 30m or 6h, \
-                         or a cron expression like \"0 2 * * *\""
+                        "`{other}`: expected @hourly, @daily, @weekly (intervals), @midnight, \
+                         @monthly, @yearly (cron's), an interval like 30m or 6h, or a cron \
+                         expression like \"0 2 * * *\""
                     )
                 })?
                 .as_secs(),
@@ -349,6 +358,17 @@ mod tests {
         for s in ["30m", "0 2 * * *"] {
             let schedule = Schedule::parse(s).expect("a schedule");
             assert!(schedule.next_due(ahead) <= Timestamp::now(), "{s}");
+        }
+        // cron's names for fixed times are those cron expressions.
+        let after: Timestamp = "2026-03-15T12:00:00Z".parse().expect("a time");
+        for (name, cron) in [
+            ("@midnight", "0 0 * * *"),
+            ("@monthly", "0 0 1 * *"),
+            ("@yearly", "0 0 1 1 *"),
+            ("@annually", "0 0 1 1 *"),
+        ] {
+            let first = |s: &str| Schedule::parse(s).expect(s).first(after);
+            assert_eq!(first(name), first(cron), "{name}");
         }
         let far = Schedule::Every(u64::MAX).next_due(Timestamp::now());
         assert_eq!(far, Timestamp::MAX);

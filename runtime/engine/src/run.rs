@@ -413,7 +413,8 @@ fn hooks(action: &str) -> Option<(&'static str, &'static str)> {
 pub(crate) fn trap_reason(err: &wasmtime::Error, state: &HostState) -> String {
     if state.deadline_hit {
         return format!(
-            "the blueprint ran past its deadline of {} and was stopped",
+            "the blueprint ran past its deadline of {} and was stopped (`cairn run --timeout`, a \
+             policy's `timeout:`, sets it)",
             human_duration(state.action.deadline)
         );
     }
