@@ -2046,8 +2046,9 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
             let fresh_home = || {
                 usage(format!(
                     "restore into a fresh --home (the instance at {} is not empty: its catalog \
-                     has {changes} changes)",
-                    home.root().display()
+                     has {changes} change{})",
+                    home.root().display(),
+                    if changes == 1 { "" } else { "s" }
                 ))
             };
             // Where a restore of this home stands: finished (a later point of the same source
@@ -2087,9 +2088,10 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                     && changes > seq
                 {
                     return Err(usage(format!(
-                        "this instance's catalog has changed since its DR restore ({} changes of \
-                         its own): another restore would mix them with the source's; {}",
+                        "this instance's catalog has changed since its DR restore ({} change{} \
+                         of its own): another restore would mix them with the source's; {}",
                         changes - seq,
+                        if changes - seq == 1 { "" } else { "s" },
                         fresh_home()
                     )));
                 }
