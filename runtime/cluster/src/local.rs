@@ -128,11 +128,52 @@ const OUTPUT_TAIL: u64 = 2048;
 const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
 const REPLICAS_FILE: &str = "replicas.json";
-/// The counts workloads had when Cairn scaled them to zero, until it scales them up again:
-/// should a run stop (killed, the machine lost) before its posthook scales a workload back,
-/// the next scale to zero answers this count instead of 0, so the next posthook brings the
-/// workload back (as `cairn.dev/scaled-from` does on Kubernetes).
+/// The counts workloads had when Cairn scaled them to zero, until it scales them up again,
+/// each with the process that did ([`ScaledFrom`]): should that process be gone (killed, the
+/// machine restarted) before its posthook scaled the workload back, the next scale to zero
+/// answers this count instead of 0, so the next posthook brings the workload back (as
+/// `cairn.dev/scaled-from` does on Kubernetes). While that process lives, its run is still
+/// on, and will scale the workload back itself.
 const SCALED_FROM_FILE: &str = "scaled-from.json";
+
+/// An entry of [`SCALED_FROM_FILE`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ScaledFrom {
+    replicas: u32,
+    /// The process that scaled it down, and when that process started (clock ticks after
+    /// boot, `/proc/PID/stat`), so a pid used again by another process is not taken for it.
+    pid: u32,
+    #[serde(default)]
+    started: Option<u64>,
+}
+
+impl ScaledFrom {
+    fn by_this_process(replicas: u32) -> Self {
+        let pid = std::process::id();
+        Self {
+            replicas,
+            pid,
+            started: process_start(pid),
+        }
+    }
+
+    /// Whether the process that scaled the workload down still runs (this one included).
+    fn owner_lives(&self) -> bool {
+        match self.started {
+            Some(started) => process_start(self.pid) == Some(started),
+            None => Path::new(&format!("/proc/{}", self.pid)).exists(),
+        }
+    }
+}
+
+/// When process `pid` started, in clock ticks after boot; `None` when it does not exist.
+fn process_start(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name, which may hold spaces and parentheses, field 3 on: the start
+    // time is field 22.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
 const SNAPSHOTS_DIR: &str = "snapshots";
 const LOGS_DIR: &str = "logs";
 const SNAPSHOT_META: &str = "meta.json";
@@ -188,7 +229,9 @@ struct LocalVolume {
     /// For messages only.
     path: PathBuf,
     /// Serializes snapshot, restore and delete on this volume; other volumes run in parallel.
-    lock: tokio::sync::Mutex<()>,
+    /// Shared with the blocking work it guards, which holds it to its end even when the
+    /// future that started it is dropped.
+    lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -357,7 +400,7 @@ impl LocalCluster {
             .map_err(|e| failed("opening the logs directory", e))?;
         clean_leftovers(&snapshots);
 
-        let persisted = read_counts(&state, REPLICAS_FILE)?;
+        let persisted: BTreeMap<String, u32> = read_counts(&state, REPLICAS_FILE)?;
         let mut replicas = BTreeMap::new();
         let mut namespaces = BTreeMap::new();
         for (ns_name, ns) in inventory.namespaces {
@@ -426,7 +469,11 @@ impl LocalCluster {
     }
 
     /// Writes a map of workloads' counts to `file` in the state directory, atomically.
-    async fn save_counts(&self, file: &'static str, counts: &BTreeMap<String, u32>) -> Result<()> {
+    async fn save_counts<T: Serialize>(
+        &self,
+        file: &'static str,
+        counts: &BTreeMap<String, T>,
+    ) -> Result<()> {
         let bytes =
             serde_json::to_vec_pretty(counts).map_err(|e| failed(format!("encoding {file}"), e))?;
         let state = Arc::clone(&self.state);
@@ -676,7 +723,7 @@ fn build_workload(
                 parent,
                 name: leaf,
                 path: shown,
-                lock: tokio::sync::Mutex::new(()),
+                lock: Arc::new(tokio::sync::Mutex::new(())),
             }),
         );
     }
@@ -737,7 +784,10 @@ fn clean_leftovers(snapshots: &Dir) {
 
 /// A map of workloads' counts kept in the state directory ([`REPLICAS_FILE`],
 /// [`SCALED_FROM_FILE`]); empty when there is none yet.
-fn read_counts(state: &Dir, file: &str) -> Result<BTreeMap<String, u32>> {
+fn read_counts<T: serde::de::DeserializeOwned>(
+    state: &Dir,
+    file: &str,
+) -> Result<BTreeMap<String, T>> {
     match state.read(file) {
         Ok(bytes) => {
             serde_json::from_slice(&bytes).map_err(|e| failed(format!("reading {file}"), e))
@@ -916,11 +966,12 @@ impl Cluster for LocalCluster {
         let _serial = w.scale_lock.lock().await;
         let previous = self.desired(workload).await;
         let key = workload.to_string();
-        let mut scaled_from = read_counts(&self.state, SCALED_FROM_FILE)?;
-        let remembered = scaled_from.get(&key).copied();
+        let mut scaled_from: BTreeMap<String, ScaledFrom> =
+            read_counts(&self.state, SCALED_FROM_FILE)?;
+        let remembered = scaled_from.get(&key).cloned();
         // Remembered before the workload stops, dropped once it runs again.
         if replicas == 0 && previous > 0 {
-            scaled_from.insert(key.clone(), previous);
+            scaled_from.insert(key.clone(), ScaledFrom::by_this_process(previous));
             self.save_counts(SCALED_FROM_FILE, &scaled_from).await?;
         }
         if previous == 0
@@ -946,11 +997,13 @@ impl Cluster for LocalCluster {
         tracing::info!(%workload, previous, replicas, "scaled");
         // Stopped by Cairn, then Cairn stopped before scaling it back: the count it had.
         match remembered {
-            Some(n) if replicas == 0 && previous == 0 => {
+            Some(from) if replicas == 0 && previous == 0 && !from.owner_lives() => {
+                let n = from.replicas;
                 tracing::warn!(
                     %workload,
                     replicas = n,
-                    "the workload is at 0 replicas since Cairn scaled it down from {n} and never back up (a run stopped before its posthook); answering {n}"
+                    "the workload is at 0 replicas since a Cairn process that is gone (pid {}) scaled it down from {n}, before its posthook scaled it back; answering {n}",
+                    from.pid
                 );
                 Ok(n)
             }
@@ -1042,7 +1095,7 @@ impl Cluster for LocalCluster {
 
     async fn snapshot(&self, workload: &WorkloadRef, volume: &str) -> Result<VolumeSnapshot> {
         let vol = self.volume(workload, volume)?;
-        let _serial = vol.lock.lock().await;
+        let serial = Arc::clone(&vol.lock).lock_owned().await;
         let created_ms = now_ms();
         let id = format!(
             "{}.{}.{volume}.{}.{}",
@@ -1066,6 +1119,7 @@ impl Cluster for LocalCluster {
         let bytes = stoppable(
             &format!("snapshotting volume {volume} ({})", vol.path.display()),
             move |stop| {
+                let _serial = serial;
                 let result = (|| {
                     let source = vol2.parent.open_dir(&vol2.name)?;
                     snapshots.create_dir(&tmp)?;
@@ -1107,13 +1161,16 @@ impl Cluster for LocalCluster {
         let meta = self.read_meta(id).await?;
         let snapshot = meta.to_snapshot();
         let vol = self.volume(&snapshot.workload, &snapshot.volume)?;
-        let _serial = vol.lock.lock().await;
+        let serial = Arc::clone(&vol.lock).lock_owned().await;
         let snapshots = Arc::clone(&self.snapshots);
         let vol2 = Arc::clone(&vol);
         let data_path = format!("{id}/{SNAPSHOT_DATA}");
         stoppable(
             &format!("restoring snapshot {id} into {}", vol.path.display()),
-            move |stop| restore_into(&snapshots, &data_path, &vol2, stop),
+            move |stop| {
+                let _serial = serial;
+                restore_into(&snapshots, &data_path, &vol2, stop)
+            },
         )
         .await?;
         tracing::info!(workload = %snapshot.workload, volume = snapshot.volume, id, "volume restored");
@@ -1126,13 +1183,14 @@ impl Cluster for LocalCluster {
         // Not a restore of this snapshot at the same time; the workload may have left the
         // inventory since, which does not stop a delete.
         let vol = self.volume(&snapshot.workload, &snapshot.volume).ok();
-        let _serial = match &vol {
-            Some(vol) => Some(vol.lock.lock().await),
+        let serial = match &vol {
+            Some(vol) => Some(Arc::clone(&vol.lock).lock_owned().await),
             None => None,
         };
         let snapshots = Arc::clone(&self.snapshots);
         let id2 = id.to_owned();
         blocking(&format!("deleting snapshot {id}"), move || {
+            let _serial = serial;
             let doomed = format!(".deleting-{id2}");
             snapshots.rename(&id2, &snapshots, &doomed)?;
             tree::remove_tree(&snapshots, Path::new(&doomed))

@@ -83,10 +83,24 @@ async fn a_workload_cairn_stopped_and_never_started_again_answers_its_count() {
         bounded(cluster.scale(&db(), 0)).await.expect("scale down"),
         1
     );
-    // The run that scaled it down stopped before its posthook: the next one finds it at 0
-    // and is told the count to put back, not 0.
+    // While the process that scaled it down lives, its run is on and scales it back itself:
+    // another run is told 0.
     drop(cluster);
     let cluster = fx.open();
+    assert_eq!(
+        bounded(cluster.scale(&db(), 0)).await.expect("scale down"),
+        0
+    );
+    // That process gone before its posthook: the next run is told the count to put back.
+    let file = fx.path("state/scaled-from.json");
+    let mut entries: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&file).expect("scaled-from.json")).expect("json");
+    let mut gone = std::process::Command::new("true")
+        .spawn()
+        .expect("true runs");
+    entries["apps/db"]["pid"] = gone.id().into();
+    gone.wait().expect("true exits");
+    std::fs::write(&file, entries.to_string()).expect("write");
     assert_eq!(
         bounded(cluster.scale(&db(), 0)).await.expect("scale down"),
         1
