@@ -413,6 +413,27 @@ impl Context {
         self.failure.as_ref()
     }
 
+    /// In a posthook after the main phase failed (interrupted, past its deadline, or an error
+    /// it returned): that failure, with how far the phase got, the value `key` it
+    /// [checkpointed](crate::checkpoint) last, unless that is one of `settled` (the phase
+    /// finished or undid itself). `None` when there is nothing left to undo or describe: the
+    /// main phase succeeded, or stopped before it checkpointed `key`.
+    ///
+    /// ```
+    /// # use cairn_sdk::{Context, Error, Outputs};
+    /// let ctx = Context::builder("restorePosthook", "default")
+    ///     .phase("restore", Outputs::new().value("state", "swapping"))
+    ///     .failure(Error::timed_out("past its deadline"))
+    ///     .build();
+    /// let (_, state) = ctx.unfinished("state", &["undone", "done"]).expect("unfinished");
+    /// assert_eq!(state, "swapping");
+    /// ```
+    pub fn unfinished(&self, key: &str, settled: &[&str]) -> Option<(&Error, &str)> {
+        let failure = self.failure()?;
+        let state = self.value(key).ok()?;
+        (!settled.contains(&state)).then_some((failure, state))
+    }
+
     /// This context as phase `action` of a run sees it, after the earlier phases `phases`
     /// and, for a posthook, the `failure` of the phase before it.
     pub(crate) fn for_phase(

@@ -579,13 +579,9 @@ fn undo(conn: &Conn, data_dir: &str, marker: &str) -> Result<()> {
 /// restarted on the restored directory is undone as the restore undoes itself on a failure;
 /// one the member restarted from is left, with where its old directory is.
 fn restore_posthook(ctx: &Context) -> Result<Outputs> {
-    let Some(failure) = ctx.failure() else {
+    let Some((failure, state)) = ctx.unfinished(UNDO_STATE, &["undone", "restarted"]) else {
         return Ok(Outputs::new());
     };
-    let state = ctx.value(UNDO_STATE).unwrap_or("untouched");
-    if matches!(state, "untouched" | "undone" | "restarted") {
-        return Ok(Outputs::new());
-    }
     let conn = Conn::new(ctx)?;
     let data_dir = path_param(ctx, "data-dir")?
         .ok_or_else(|| Error::invalid("the restore's data-dir parameter is gone"))?;

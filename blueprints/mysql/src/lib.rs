@@ -327,13 +327,12 @@ fn diagnose(tool: &str, exit_code: i32, stderr: &[u8], conn: &Conn) -> Error {
     let user = &conn.user;
     // ERROR 1044/1142/1227: the login worked, a privilege is missing; only 1045's
     // "(using password: …)" says the credentials were refused.
-    if text.contains("Access denied")
-        && !text.contains("(using password:")
-        && (text.contains("1044") || text.contains("1142") || text.contains("1227"))
+    if (text.contains("Access denied") && !text.contains("(using password:"))
+        || text.contains("command denied to user")
     {
         return Error::denied(format!(
-            "user `{user}` at {at} lacks a privilege this needs: {} (grant it, or restore as \
-             a user that has it with --param user=)",
+            "user `{user}` at {at} lacks a privilege this needs: {} (grant it, or name a user \
+             that has it with --param user=)",
             why(&text)
         ));
     }
@@ -743,12 +742,9 @@ const DONE: &str = "*done*";
 /// The restore's posthook: what a restore stopped where it could not say so itself (Ctrl-C,
 /// its deadline) left on the server. Such a restore is not one transaction (see the README).
 fn restore_posthook(ctx: &Context) -> Result<Outputs> {
-    let (Some(failure), Ok(target)) = (ctx.failure(), ctx.value(RESTORING)) else {
+    let Some((failure, target)) = ctx.unfinished(RESTORING, &[DONE]) else {
         return Ok(Outputs::new());
     };
-    if target == DONE {
-        return Ok(Outputs::new());
-    }
     let at = Conn::from_ctx(ctx).map(|c| c.at()).unwrap_or_default();
     let what = if target == ALL_DATABASES {
         "the server's databases are".to_owned()
@@ -758,7 +754,13 @@ fn restore_posthook(ctx: &Context) -> Result<Outputs> {
     warn!(
         "the restore at {at} stopped part way ({failure}): {what} partly restored (the tables \
          before the stop replaced, the one it stopped on dropped or partly loaded, the rest as \
-         they were); run the restore again with replace=true"
+         they were); run the restore again with replace=true{}",
+        if target == ALL_DATABASES {
+            ". Until then, neither restart the server nor FLUSH PRIVILEGES: the users and grants \
+             on disk may be the dump's, partly"
+        } else {
+            ""
+        }
     );
     Ok(Outputs::new())
 }

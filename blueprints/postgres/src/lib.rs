@@ -52,6 +52,8 @@ const DUMP: &str = "dump";
 /// finished, for the posthook to say what a restore stopped part way left behind:
 /// `atomic:DB` (one transaction), `database:DB` (not), `cluster`.
 const RESTORING: &str = "restoring";
+/// A database the restore created (it did not exist), checkpointed once created.
+const CREATED: &str = "created";
 
 /// Artifacts of volume snapshots are named `volume-<volume>`.
 const VOLUME_PREFIX: &str = "volume-";
@@ -751,14 +753,19 @@ fn restore(ctx: &Context) -> Result<Outputs> {
 /// The restore's posthook: what a restore stopped where it could not say so itself (Ctrl-C,
 /// its deadline) left on the server.
 fn restore_posthook(ctx: &Context) -> Result<Outputs> {
-    let (Some(failure), Ok(state)) = (ctx.failure(), ctx.value(RESTORING)) else {
+    let Some((failure, state)) = ctx.unfinished(RESTORING, &["done"]) else {
         return Ok(Outputs::new());
     };
     let at = Conn::from_ctx(ctx).map(|c| c.at()).unwrap_or_default();
     match state.split_once(':') {
         Some(("atomic", db)) => warn!(
-            "the restore into database `{db}` at {at} stopped ({failure}) inside its one \
-             transaction, which the server rolled back: the database is as it was"
+            "the restore into database `{db}` at {at} stopped ({failure}) in its one \
+             transaction: unless it had just committed (then it is restored), the server \
+             rolled it back and the database is as it was{}",
+            match ctx.value(CREATED) {
+                Ok(created) if created == db => " (empty: this restore created it)",
+                _ => "",
+            }
         ),
         Some(("database", db)) => warn!(
             "the restore into database `{db}` at {at} stopped part way ({failure}), not in one \
@@ -792,6 +799,7 @@ fn restore_database(
                 &[("db", database)],
                 "CREATE DATABASE :\"db\";\n",
             )?;
+            checkpoint(CREATED, database)?;
             0
         }
         Err(e) => return Err(e),
@@ -1108,7 +1116,7 @@ mod tests {
         };
         for (state, says) in [
             ("database:shop", "partly restored"),
-            ("atomic:shop", "rolled back"),
+            ("atomic:shop", "rolled it back"),
             ("cluster", "dropped and the dump's partly loaded"),
         ] {
             host.run::<Postgres>(RESTORE_POSTHOOK, &stopped(state))

@@ -42,7 +42,7 @@ const RESTORE_SUFFIX: &str = ".cairn-restore";
 const ASIDE_SUFFIX: &str = ".cairn-old";
 
 /// Checkpoints of a restore, for its posthook to undo one that stopped (interrupted, past its
-/// deadline) before it could undo itself: how far it got ([`UNDO_STATE`]: `saves-off`,
+/// deadline) before it could undo itself: how far it got ([`UNDO_STATE`]: `staging`, `saves-off`,
 /// `swapping`, `restarting`, then `undone` or `restarted`, which leave the posthook nothing to
 /// do), and what undoing needs, each recorded before the change it undoes.
 const UNDO_STATE: &str = "restore-state";
@@ -416,6 +416,21 @@ fn restore(ctx: &Context) -> Result<Outputs> {
     }
     let path = conn.rdb_path()?;
     let staged = format!("{path}{RESTORE_SUFFIX}");
+    let aside = format!("{path}{ASIDE_SUFFIX}");
+    // Left by a restore that could not put it back, or kept when the server restarted on the
+    // restored data: it may be the only copy of what the server held then, and an undo would
+    // take it for this restore's, so it is never touched here.
+    if shell(r#"if [ -e "$1" ]; then echo left; fi"#, &[&aside])?.trim() == "left" {
+        return Err(Error::invalid(format!(
+            "{aside} is left from an earlier restore and may hold the only copy of the data the \
+             server had then: move it away (or remove it once you know it is not needed), and \
+             run the restore again"
+        )));
+    }
+    // Recorded before each change, for the posthook should this phase be stopped where it
+    // cannot undo itself.
+    checkpoint(UNDO_RDB, &path)?;
+    checkpoint(UNDO_STATE, "staging")?;
 
     progress(Progress::percent(0.0).message(format!("staging the RDB as {staged}")));
     let import = Import::open(artifact).map_err(|e| {
@@ -465,15 +480,11 @@ fn restore(ctx: &Context) -> Result<Outputs> {
     progress(Progress::percent(30.0).message("disabling saves before the restart"));
     let saves = conn.query(&["CONFIG", "GET", "save"])?;
     let saves = saves.lines().nth(1).unwrap_or_default().to_owned();
-    // What undoing needs is recorded before each change, for the posthook should this phase
-    // be stopped where it cannot undo itself.
-    checkpoint(UNDO_RDB, &path)?;
     checkpoint(UNDO_SAVES, &saves)?;
     checkpoint(UNDO_STATE, "saves-off")?;
     conn.query(&["CONFIG", "SET", "save", ""])?;
     // The live file goes aside, not away: until the server has restarted on the restored one,
     // any failure puts it back (and saves on again), so a failed restore changes nothing.
-    let aside = format!("{path}{ASIDE_SUFFIX}");
     let put_back = |e: Error, had_rdb: Option<bool>| match undo(&conn, &path, &saves, had_rdb) {
         Ok(()) => e.context(format_args!(
             "restore undone ({path} is the server's own RDB again, and saves are on)"
@@ -598,15 +609,16 @@ fn undo(conn: &Conn, path: &str, saves: &str, had_rdb: Option<bool>) -> Result<(
 /// own RDB was aside or its save points off is undone as the restore undoes itself on a
 /// failure, unless the server restarted meanwhile (it then runs on the restored data).
 fn restore_posthook(ctx: &Context) -> Result<Outputs> {
-    let Some(failure) = ctx.failure() else {
+    let Some((failure, state)) = ctx.unfinished(UNDO_STATE, &["undone", "restarted"]) else {
         return Ok(Outputs::new());
     };
-    let state = ctx.value(UNDO_STATE).unwrap_or("untouched");
-    if matches!(state, "untouched" | "undone" | "restarted") {
+    let path = ctx.value(UNDO_RDB)?;
+    if state == "staging" {
+        // Nothing of the server's changed yet: only the staged file goes.
+        shell(r#"rm -f "$1""#, &[&format!("{path}{RESTORE_SUFFIX}")])?;
         return Ok(Outputs::new());
     }
     let conn = Conn::new(ctx)?;
-    let path = ctx.value(UNDO_RDB)?;
     let saves = ctx.value(UNDO_SAVES)?;
     let aside = format!("{path}{ASIDE_SUFFIX}");
     let had_rdb = match state {
