@@ -182,6 +182,8 @@ struct LogInner {
     progress_used: usize,
     /// Whether the notice that progress reports are dropped went out.
     progress_spent: bool,
+    /// Whether a report of 100 % went out past the budget.
+    progress_done: bool,
     cap: usize,
     truncated: bool,
     dropped: u64,
@@ -197,6 +199,7 @@ impl LogCapture {
                 used: 0,
                 progress_used: 0,
                 progress_spent: false,
+                progress_done: false,
                 cap: action.limits.log_bytes,
                 truncated: false,
                 dropped: 0,
@@ -259,7 +262,9 @@ impl LogCapture {
             if inner.progress_used + cost <= inner.cap {
                 inner.progress_used += cost;
                 None
-            } else if progress.percent.is_some_and(|p| p >= 100.0) {
+            } else if progress.percent.is_some_and(|p| p >= 100.0) && !inner.progress_done {
+                // One: a loop of them would be the flood the budget stops.
+                inner.progress_done = true;
                 progress.message = None;
                 None
             } else if inner.progress_spent {

@@ -117,8 +117,10 @@ pub fn is_action_name(name: &str) -> bool {
 
 /// `MAJOR[.MINOR[.PATCH]]` (a `-` or `+` suffix of letters, digits, `.` and `-` ignored) as
 /// numbers, the versions a blueprint and the runtime it needs are given in. Nothing else is
-/// taken, so a version is safe to print as it is.
+/// taken (blanks around it aside), so a version is safe to print as it is.
 pub fn version_parts(s: &str) -> Option<(u64, u64, u64)> {
+    // Blanks around it, taken before, still are (blueprints registered with one load).
+    let s = s.trim();
     if !s
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'+'))
@@ -509,7 +511,7 @@ mod tests {
         assert_eq!(version_parts("2"), Some((2, 0, 0)));
         // A version is printed as it is: nothing a terminal would obey, no blanks.
         assert_eq!(version_parts("0.1.0+\x1b[31m"), None);
-        assert_eq!(version_parts(" 1 "), None);
+        assert_eq!(version_parts("1 .0"), None);
         for (found, says) in [
             (
                 check("x", "0.1.0", &["a"], &[]),
