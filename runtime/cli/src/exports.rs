@@ -34,6 +34,22 @@ pub(crate) struct RepoExports {
 }
 
 impl RepoExports {
+    /// Waits, before a backup starts, for a prune running in the repository to finish (up to
+    /// [`EXPORT_LOCK_WAIT`], or until `interrupt`): not once the backup runs, where the wait
+    /// would hold the application quiesced. A prune that starts meanwhile still fails the
+    /// export at once, as a wait past this one does.
+    pub(crate) async fn wait_for_prune(&self, interrupt: &cairn_engine::Interrupt) {
+        let waited = self
+            .repo
+            .wait_for_exclusive(EXPORT_LOCK_WAIT, &|| interrupt.is_triggered())
+            .await;
+        if let Err(e) = waited
+            && !matches!(e, cairn_repository::Error::Interrupted)
+        {
+            tracing::warn!(error = %e, "starting the backup anyway");
+        }
+    }
+
     pub(crate) fn new(repo: Repository, url: String, profile: Option<String>) -> Self {
         Self {
             repo,
@@ -134,9 +150,9 @@ fn repo_error(what: &str, e: cairn_repository::Error) -> cairn_engine::Error {
     }
 }
 
-/// How long an export waits for a prune of its repository (another policy's, `cairn repo
-/// prune`) to finish: a prune's lock, refreshed while it runs, is taken for gone after
-/// [`cairn_repository::LOCK_STALE_AFTER`]. The action's deadline still applies.
+/// How long a backup waits, before it starts, for a prune of its repository (another
+/// policy's, `cairn repo prune`) to finish: a prune's lock, refreshed while it runs, is taken
+/// for gone after [`cairn_repository::LOCK_STALE_AFTER`].
 const EXPORT_LOCK_WAIT: std::time::Duration = cairn_repository::LOCK_STALE_AFTER;
 
 #[async_trait]
@@ -150,8 +166,7 @@ impl Exports for RepoExports {
         let opts = tags.iter().fold(
             BackupOptions::new()
                 .tag(TAG)
-                .tag(format!("action:{action_id}"))
-                .lock_wait(EXPORT_LOCK_WAIT),
+                .tag(format!("action:{action_id}")),
             |opts, (k, v)| opts.tag(format!("{k}={v}")),
         );
         let writer = self

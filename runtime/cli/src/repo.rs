@@ -114,8 +114,8 @@ enum RepoCommand {
         #[arg(long, value_name = "NAME")]
         host: Option<String>,
         /// While a prune holds the repository, wait up to this long for it to finish (e.g.
-        /// 30m) instead of failing at once (exit 5). Exports of `cairn run` and policies wait
-        /// up to 30 minutes.
+        /// 30m) instead of failing at once (exit 5). Backups of `cairn run` and policies wait
+        /// up to 30 minutes before they start.
         #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
         retry_lock: Option<std::time::Duration>,
         /// The command of --stdin-from-command and its arguments, after `--`.

@@ -386,6 +386,9 @@ impl Execution<'_> {
         let action = request.action.clone();
         let namespace = request.namespace.clone();
         let workload = request.workload.clone();
+        if action == "backup" && request.grants.contains(&cairn_engine::Capability::Export) {
+            self.exports.wait_for_prune(&request.interrupt).await;
+        }
         let started = jiff::Timestamp::now();
         let report = self
             .engine

@@ -358,22 +358,33 @@ impl LockGuard {
     }
 
     /// A shared lock, waiting up to `wait` while an exclusive one (a prune) is held: tried
-    /// again after 1 s, then twice as long each time, at most 30 s apart.
+    /// again after 1 s, then twice as long each time, at most 30 s apart, and once more at the
+    /// end of `wait`. Returns [`Error::Interrupted`] as soon as `stopped` says so.
     pub(crate) async fn acquire_waiting(
         backend: &Backend,
         operation: &str,
         wait: Duration,
+        stopped: &(dyn Fn() -> bool + Sync),
     ) -> Result<Self> {
-        let start = tokio::time::Instant::now();
+        let deadline = tokio::time::Instant::now() + wait;
         let mut pause = Duration::from_secs(1);
         loop {
             match Self::acquire(backend, false, operation).await {
-                Err(Error::Locked { holder, .. }) if start.elapsed() + pause <= wait => {
+                Err(Error::Locked { holder, .. }) if tokio::time::Instant::now() < deadline => {
                     tracing::warn!(
                         "the repository is locked by {holder}; waiting for it to finish (up to {} s more)",
-                        wait.saturating_sub(start.elapsed()).as_secs()
+                        deadline
+                            .saturating_duration_since(tokio::time::Instant::now())
+                            .as_secs()
                     );
-                    tokio::time::sleep(pause).await;
+                    let until = (tokio::time::Instant::now() + pause).min(deadline);
+                    while tokio::time::Instant::now() < until {
+                        if stopped() {
+                            return Err(Error::Interrupted);
+                        }
+                        let left = until.saturating_duration_since(tokio::time::Instant::now());
+                        tokio::time::sleep(left.min(Duration::from_millis(200))).await;
+                    }
                     pause = (pause * 2).min(Duration::from_secs(30));
                 }
                 done => return done,
@@ -447,16 +458,24 @@ mod tests {
         let prune = LockGuard::acquire(&backend, true, "prune")
             .await
             .expect("the lock");
-        let refused = LockGuard::acquire_waiting(&backend, "backup", Duration::ZERO).await;
+        let refused =
+            LockGuard::acquire_waiting(&backend, "backup", Duration::ZERO, &|| false).await;
         assert!(matches!(refused, Err(Error::Locked { .. })), "{refused:?}");
+        // Stopped (Ctrl-C) while waiting: at once, not at the end of the wait.
+        let started = std::time::Instant::now();
+        let stopped =
+            LockGuard::acquire_waiting(&backend, "backup", Duration::from_secs(60), &|| true).await;
+        assert!(matches!(stopped, Err(Error::Interrupted)), "{stopped:?}");
+        assert!(started.elapsed() < Duration::from_secs(5));
         let release = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(1_500)).await;
             prune.release().await;
         });
         let started = std::time::Instant::now();
-        let backup = LockGuard::acquire_waiting(&backend, "backup", Duration::from_secs(20))
-            .await
-            .expect("the lock once the prune is done");
+        let backup =
+            LockGuard::acquire_waiting(&backend, "backup", Duration::from_secs(20), &|| false)
+                .await
+                .expect("the lock once the prune is done");
         assert!(started.elapsed() >= Duration::from_millis(1_500));
         release.await.expect("released");
         backup.release().await;

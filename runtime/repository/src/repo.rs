@@ -1046,7 +1046,10 @@ impl Repository {
         default: Chunking,
     ) -> Result<(LockGuard, Pipeline)> {
         let lock =
-            LockGuard::acquire_waiting(&self.inner.backend, "backup", opts.lock_wait).await?;
+            LockGuard::acquire_waiting(&self.inner.backend, "backup", opts.lock_wait, &|| {
+                opts.stop.as_ref().is_some_and(|s| *s.borrow())
+            })
+            .await?;
         // Dedup against what other processes stored since this handle opened.
         if let Err(e) = self.update_index().await {
             lock.release().await;
@@ -1224,6 +1227,22 @@ impl Repository {
             tracing::warn!("snapshot {id} is left out: {e} (`cairn repo forget {id}` removes it)");
         }
         Ok(found)
+    }
+
+    /// Waits up to `wait` for a prune (or another operation that holds the repository alone)
+    /// to finish, so that a backup started next is not refused ([`Error::Locked`] once `wait`
+    /// is over; [`Error::Interrupted`] as soon as `stopped` says so). A caller that must not
+    /// wait while holding something (an application quiesced for the backup) waits here first.
+    pub async fn wait_for_exclusive(
+        &self,
+        wait: Duration,
+        stopped: &(dyn Fn() -> bool + Sync),
+    ) -> Result<()> {
+        LockGuard::acquire_waiting(&self.inner.backend, "waiting", wait, stopped)
+            .await?
+            .release()
+            .await;
+        Ok(())
     }
 
     /// [`Repository::snapshots`], with the snapshot objects left out as damaged (of any source:
