@@ -537,18 +537,6 @@ async fn points_and_damaged(
     // sealed within one second (a DR run, then another after a change of mode) are told apart.
     let mut points = Vec::with_capacity(snapshots.len());
     let mut damaged = Vec::new();
-    // A snapshot object that cannot be read may be a newer point's manifest: what it is, and
-    // its time, are in the damaged bytes, so the store's time of its write stands in.
-    for s in unreadable {
-        eprintln!(
-            "cairn: warning: snapshot {} in the DR location cannot be read ({}); if it was a DR \
-             point's manifest, that point is left out (`cairn repo check --read-data` on the DR \
-             location names the damage)",
-            s.id,
-            crate::one_line(&anyhow::Error::from(s.error))
-        );
-        damaged.push((s.id, s.stored.unwrap_or(jiff::Timestamp::MAX)));
-    }
     for s in snapshots {
         match read_point(repo, &s.id).await {
             Ok(point) => points.push((s.time, point)),
@@ -560,6 +548,23 @@ async fn points_and_damaged(
                 );
                 damaged.push((s.id, s.time));
             }
+        }
+    }
+    // A snapshot object that cannot be read may be a newer point's manifest: what it is, and
+    // its time, are in the damaged bytes, so the store's time of its write stands in. One a
+    // readable point names is that point's data export, not a manifest.
+    let named: std::collections::HashSet<&String> =
+        points.iter().flat_map(|(_, p)| &p.export_ids).collect();
+    for s in unreadable {
+        eprintln!(
+            "cairn: warning: snapshot {} in the DR location cannot be read ({}); if it was a DR \
+             point's manifest, that point is left out (`cairn repo check --read-data` on the DR \
+             location names the damage)",
+            s.id,
+            crate::one_line(&anyhow::Error::from(s.error))
+        );
+        if !named.contains(&s.id) {
+            damaged.push((s.id, s.stored.unwrap_or(jiff::Timestamp::MAX)));
         }
     }
     newest_first(&mut points);
@@ -1524,9 +1529,12 @@ pub(crate) fn schedule(home: &Home) -> anyhow::Result<Option<crate::metrics::DrG
     let mut next_run = last
         .as_ref()
         .map_or(jiff::Timestamp::UNIX_EPOCH, |l| config.next_due(l.time));
-    // A run that failed since is tried again after a while, not at once in a loop.
+    // A run that failed since is tried again after a while, not at once in a loop. A last run
+    // dated ahead of the clock counts as older than any failure.
     if let Some(failed) = load_meta::<LastFailure>(&catalog, LAST_FAILURE_KEY)?
-        && last.as_ref().is_none_or(|l| failed.time > l.time)
+        && last
+            .as_ref()
+            .is_none_or(|l| failed.time > l.time || crate::schedule::ahead_of_clock(l.time))
     {
         let retry = (failed.time + DR_RETRY).min(config.next_due(failed.time));
         next_run = next_run.max(retry);

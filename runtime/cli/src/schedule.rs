@@ -14,6 +14,12 @@ use jiff::{SignedDuration, Span, Timestamp};
 /// running the same home differ a little) before [`Schedule::next_due`] stops trusting it.
 const CLOCK_SLACK: SignedDuration = SignedDuration::from_mins(10);
 
+/// Whether `t` is dated ahead of the clock by more than [`CLOCK_SLACK`]: a run recorded while
+/// the clock was set forward.
+pub(crate) fn ahead_of_clock(t: Timestamp) -> bool {
+    t.duration_since(Timestamp::now()) > CLOCK_SLACK
+}
+
 /// How far ahead a cron expression must match at least once (so `0 0 30 2 *` is refused).
 const CRON_HORIZON_YEARS: i16 = 5;
 
@@ -34,13 +40,24 @@ impl Schedule {
         const MAX_INTERVAL_SECS: u64 = 100 * 365 * 86_400;
         // cron's names for fixed times (`@daily` and `@hourly` are intervals here, from the last
         // run's start: a run that slips does not crowd the next).
-        let named = match s.trim() {
+        let trimmed = s.trim();
+        // After a `CRON_TZ=` prefix too.
+        let (zone, rest) = match trimmed.split_once(char::is_whitespace) {
+            Some((first, rest)) if first.starts_with("CRON_TZ=") => (Some(first), rest.trim()),
+            _ => (None, trimmed),
+        };
+        let named = match rest {
             "@midnight" => Some("0 0 * * *"),
             "@monthly" => Some("0 0 1 * *"),
             "@yearly" | "@annually" => Some("0 0 1 1 *"),
             _ => None,
         };
-        let text = named.unwrap_or(s.trim());
+        let expanded = match (zone, named) {
+            (Some(zone), Some(cron)) => format!("{zone} {cron}"),
+            (None, Some(cron)) => cron.to_owned(),
+            (_, None) => trimmed.to_owned(),
+        };
+        let text = expanded.as_str();
         if text.split_whitespace().count() > 1 {
             let cron = Cron::parse(text).map_err(|e| format!("`{s}`: {e}"))?;
             if cron.next_after(Timestamp::now()).is_none() {
@@ -102,15 +119,16 @@ impl Schedule {
     ///
     /// A last run dated ahead of the clock by more than [`CLOCK_SLACK`] (the clock was set
     /// forward for a while, then back) would hold off every run until that date: work is due
-    /// at once instead, with a warning.
+    /// at once instead (overdue by the slack, so that a caller's earlier look at the clock
+    /// finds it due), with a warning.
     pub(crate) fn next_due(&self, last: Timestamp) -> Timestamp {
         let now = Timestamp::now();
-        if last.duration_since(now) > CLOCK_SLACK {
+        if ahead_of_clock(last) {
             tracing::warn!(
                 "the last run is dated {last}, ahead of this machine's clock ({now}): was the \
                  clock set back? Running now rather than waiting for that date"
             );
-            return now;
+            return now.checked_sub(CLOCK_SLACK).unwrap_or(now);
         }
         match self {
             Self::Every(secs) => {
@@ -354,10 +372,12 @@ mod tests {
         // Past the calendar, never due again rather than due at once.
         // A last run dated far ahead (a clock set forward, then back) does not hold off runs
         // until that date.
-        let ahead = Timestamp::now() + SignedDuration::from_hours(400 * 24);
+        let before = Timestamp::now();
+        let ahead = before + SignedDuration::from_hours(400 * 24);
         for s in ["30m", "0 2 * * *"] {
             let schedule = Schedule::parse(s).expect("a schedule");
-            assert!(schedule.next_due(ahead) <= Timestamp::now(), "{s}");
+            // Due for a caller that looked at the clock before asking.
+            assert!(schedule.next_due(ahead) < before, "{s}");
         }
         // cron's names for fixed times are those cron expressions.
         let after: Timestamp = "2026-03-15T12:00:00Z".parse().expect("a time");
@@ -369,6 +389,8 @@ mod tests {
         ] {
             let first = |s: &str| Schedule::parse(s).expect(s).first(after);
             assert_eq!(first(name), first(cron), "{name}");
+            let paris = |s: &str| format!("CRON_TZ=Europe/Paris {s}");
+            assert_eq!(first(&paris(name)), first(&paris(cron)), "{name} in Paris");
         }
         let far = Schedule::Every(u64::MAX).next_due(Timestamp::now());
         assert_eq!(far, Timestamp::MAX);

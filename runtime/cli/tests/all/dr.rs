@@ -531,68 +531,53 @@ fn a_standby_moves_forward_and_finishes_a_failed_try() {
 
 #[test]
 fn a_damaged_dr_point_is_left_out_and_the_others_are_still_listed() {
-    let (profile, cairn, _, _) = runs("no-snapshot", &[], 1);
-    let profile_url = profile.path().to_str().expect("utf-8").to_owned();
-    let cluster_id = cluster_id(&cairn);
-    let content = profile.path().join(&cluster_id).join("content");
-    let listed = |dir: &Path| -> std::collections::BTreeSet<std::path::PathBuf> {
-        std::fs::read_dir(dir)
-            .expect("content")
-            .flatten()
-            .map(|e| e.path())
-            .collect()
-    };
-    let before = listed(&content);
-    put_and_run(&cairn, "p2");
     // The second point's objects lost: its manifest cannot be read.
-    for path in listed(&content).difference(&before) {
-        std::fs::remove_file(path).expect("remove");
-    }
-    let out = review(&cairn, &profile_url, &cluster_id, &["--output", "json"]);
-    ok(&out);
-    assert!(stderr(&out).contains("it is left out"), "{}", stderr(&out));
-    let points = json(&out);
-    assert_eq!(points.as_array().map(Vec::len), Some(1), "{points}");
-    // The newest point lost, a restore does not fall back to an older one unasked.
-    let fresh = Cairn::new();
-    refused_with(
-        &restore(&fresh, &profile_url, &cluster_id, &[]),
-        "the newest DR point",
+    newest_point_damaged(
+        "content",
+        |path| std::fs::remove_file(path).expect("remove"),
+        "it is left out",
     );
-    let older = points[0]["id"].as_str().expect("id");
-    ok(&restore(
-        &fresh,
-        &profile_url,
-        &cluster_id,
-        &["--point", older],
-    ));
 }
 
 #[test]
 fn a_damaged_snapshot_object_newer_than_every_point_stops_a_restore_of_the_newest() {
+    // The second point's snapshot objects damaged: what they were, and when, is unreadable.
+    newest_point_damaged(
+        "snapshots",
+        |path| {
+            let mut bytes = std::fs::read(path).expect("read");
+            let middle = bytes.len() / 2;
+            bytes[middle] ^= 0x55;
+            std::fs::write(path, bytes).expect("damage");
+        },
+        "cannot be read",
+    );
+}
+
+/// Two DR points, then `damage` done to each object the second added under `dir` of the DR
+/// location: `review` lists the first alone with a warning that says `warned`, a restore of
+/// the newest is refused rather than fall back to the first unasked, and `--point` restores
+/// the first.
+fn newest_point_damaged(dir: &str, damage: impl Fn(&Path), warned: &str) {
     let (profile, cairn, _, _) = runs("no-snapshot", &[], 1);
     let profile_url = profile.path().to_str().expect("utf-8").to_owned();
     let cluster_id = cluster_id(&cairn);
-    let snapshots = profile.path().join(&cluster_id).join("snapshots");
+    let dir = profile.path().join(&cluster_id).join(dir);
     let listed = |dir: &Path| -> std::collections::BTreeSet<std::path::PathBuf> {
         std::fs::read_dir(dir)
-            .expect("snapshots")
+            .expect("a directory of the DR location")
             .flatten()
             .map(|e| e.path())
             .collect()
     };
-    let before = listed(&snapshots);
+    let before = listed(&dir);
     put_and_run(&cairn, "p2");
-    // The second point's snapshot objects damaged: what they were, and when, is unreadable.
-    for path in listed(&snapshots).difference(&before) {
-        let mut bytes = std::fs::read(path).expect("read");
-        let middle = bytes.len() / 2;
-        bytes[middle] ^= 0x55;
-        std::fs::write(path, bytes).expect("damage");
+    for path in listed(&dir).difference(&before) {
+        damage(path);
     }
     let out = review(&cairn, &profile_url, &cluster_id, &["--output", "json"]);
     ok(&out);
-    assert!(stderr(&out).contains("cannot be read"), "{}", stderr(&out));
+    assert!(stderr(&out).contains(warned), "{}", stderr(&out));
     let points = json(&out);
     assert_eq!(points.as_array().map(Vec::len), Some(1), "{points}");
     let fresh = Cairn::new();

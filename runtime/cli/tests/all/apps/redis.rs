@@ -316,6 +316,17 @@ fn a_restore_stopped_at_its_deadline_is_undone_by_its_posthook() {
     assert!(!redis.h.root().join("data/dump.rdb.cairn-old").exists());
     assert!(!redis.h.root().join("data/dump.rdb.cairn-restore").exists());
     assert_eq!(redis.cli(&["GET", "newer"]).trim(), "data");
+
+    // An RDB left aside by an earlier restore may be the only copy of what the server held
+    // then: a restore refuses to start rather than take it for its own.
+    let aside = redis.h.root().join("data/dump.rdb.cairn-old");
+    std::fs::write(&aside, b"REDIS0011 not really").expect("write");
+    let out = redis.restore(&cairn, &report, &["--param", "replace=true"]);
+    assert_fails_with(&out, &["is left from an earlier restore"]);
+    assert_eq!(
+        std::fs::read(&aside).expect("kept"),
+        b"REDIS0011 not really"
+    );
 }
 
 /// A point whose repository is gone (the home's, deleted; a lost instance's, after DR) is
