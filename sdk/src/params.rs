@@ -155,6 +155,26 @@ pub fn refuse_unless_replace(what_exists: &str, replace: bool) -> Result<()> {
     )))
 }
 
+/// Refuses a restore while `path` in the workload is left from an earlier one (data moved
+/// aside that could not be put back, or kept on purpose): it may be the only copy of what
+/// `holder` (the server, the member) had then, and a restore that moved its own data there
+/// could not tell the two apart. The error names the path and the way on.
+pub fn refuse_left_aside(path: &str, holder: &str) -> Result<()> {
+    let found = crate::exec::Command::shell(r#"if [ -e "$1" ]; then echo left; fi"#)
+        .arg("sh")
+        .arg(path)
+        .run()?
+        .ok()?;
+    if found.stdout_str().trim() == "left" {
+        return Err(Error::invalid(format!(
+            "{path} is left from an earlier restore and may hold the only copy of the data \
+             {holder} had then: move it away (or remove it once you know it is not needed), and \
+             run the restore again"
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

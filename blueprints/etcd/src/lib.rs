@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use cairn_sdk::data::{self, Export, Import};
 use cairn_sdk::exec::Command;
 use cairn_sdk::lifecycle::{BACKUP, BACKUP_POSTHOOK, DELETE, RESTORE, RESTORE_POSTHOOK};
-use cairn_sdk::params::refuse_unless_replace;
+use cairn_sdk::params::{refuse_left_aside, refuse_unless_replace};
 use cairn_sdk::{Blueprint, Capability, Context, Description, Error, Outputs, Param, checkpoint};
 use cairn_sdk::{Progress, Result, info, progress, secrets, sleep, warn, workloads};
 
@@ -397,13 +397,7 @@ fn restore(ctx: &Context) -> Result<Outputs> {
     let old = format!("{data_dir}{OLD_DIR}");
     // Left by a restore that could not put it back: it may be the only copy of what the member
     // held then, so it is never removed here.
-    if shell(r#"if [ -e "$1" ]; then echo left; fi"#, &[&old])?.trim() == "left" {
-        return Err(Error::invalid(format!(
-            "{old} is left from an earlier restore and may hold the only copy of the data the \
-             member had then: move it away (or remove it once you know it is not needed), and \
-             run the restore again"
-        )));
-    }
+    refuse_left_aside(&old, "the member")?;
     checkpoint(UNDO_STATE, "staging")?;
     progress(Progress::percent(0.0).message(format!("staging the snapshot as {staged}")));
     let import = Import::open(artifact).map_err(|e| {

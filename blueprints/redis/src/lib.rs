@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use cairn_sdk::data::{self, Export, Import};
 use cairn_sdk::exec::Command;
 use cairn_sdk::lifecycle::{BACKUP, DELETE, RESTORE, RESTORE_POSTHOOK};
-use cairn_sdk::params::refuse_unless_replace;
+use cairn_sdk::params::{refuse_left_aside, refuse_unless_replace};
 use cairn_sdk::{Blueprint, Capability, Context, Description, Error, Outputs, Param, checkpoint};
 use cairn_sdk::{Progress, Result, info, progress, secrets, sleep, warn, workloads};
 
@@ -420,13 +420,7 @@ fn restore(ctx: &Context) -> Result<Outputs> {
     // Left by a restore that could not put it back, or kept when the server restarted on the
     // restored data: it may be the only copy of what the server held then, and an undo would
     // take it for this restore's, so it is never touched here.
-    if shell(r#"if [ -e "$1" ]; then echo left; fi"#, &[&aside])?.trim() == "left" {
-        return Err(Error::invalid(format!(
-            "{aside} is left from an earlier restore and may hold the only copy of the data the \
-             server had then: move it away (or remove it once you know it is not needed), and \
-             run the restore again"
-        )));
-    }
+    refuse_left_aside(&aside, "the server")?;
     // Recorded before each change, for the posthook should this phase be stopped where it
     // cannot undo itself.
     checkpoint(UNDO_RDB, &path)?;
