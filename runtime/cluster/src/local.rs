@@ -64,9 +64,11 @@
 //!
 //! `state_dir` holds `replicas.json` (desired replicas, written atomically on every scale, so
 //! they survive a restart), `scaled-from.json` (the count of each workload Cairn scaled to zero
-//! and has not scaled up since; see [`SCALED_FROM_FILE`]), `logs/`, and `snapshots/<id>/` (`data/`, a copy of the volume, and
-//! `meta.json`). A snapshot is copied into `snapshots/.tmp-<id>` and renamed into place, so a
-//! snapshot id that exists is complete; a delete renames it away before removing it.
+//! and has not scaled up since; see [`SCALED_FROM_FILE`]), `logs/`, and `snapshots/<id>/`
+//! (`data/`, a copy of the volume, and `meta.json`). A snapshot is copied into
+//! `snapshots/.tmp-<process>-<id>` and renamed into place, so a snapshot id that exists is
+//! complete; a delete renames it away (`.deleting-<process>-<id>`) before removing it. Opening
+//! the state removes what a process that is gone left of either, never another live one's.
 //!
 //! # Volumes and confinement
 //!
@@ -140,29 +142,49 @@ const SCALED_FROM_FILE: &str = "scaled-from.json";
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct ScaledFrom {
     replicas: u32,
-    /// The process that scaled it down, and when that process started (clock ticks after
-    /// boot, `/proc/PID/stat`), so a pid used again by another process is not taken for it.
+    /// The process that scaled it down.
+    #[serde(flatten)]
+    owner: Owner,
+}
+
+/// A process of this machine, told apart from a later one given the same pid by when it
+/// started (clock ticks after boot, `/proc/PID/stat`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Owner {
     pid: u32,
     #[serde(default)]
     started: Option<u64>,
 }
 
-impl ScaledFrom {
-    fn by_this_process(replicas: u32) -> Self {
+impl Owner {
+    fn this_process() -> Self {
         let pid = std::process::id();
         Self {
-            replicas,
             pid,
             started: process_start(pid),
         }
     }
 
-    /// Whether the process that scaled the workload down still runs (this one included).
-    fn owner_lives(&self) -> bool {
+    /// Whether it still runs (this process included).
+    fn lives(&self) -> bool {
         match self.started {
             Some(started) => process_start(self.pid) == Some(started),
             None => Path::new(&format!("/proc/{}", self.pid)).exists(),
         }
+    }
+
+    /// As part of a file name: `PID.STARTED`.
+    fn token(&self) -> String {
+        format!("{}.{}", self.pid, self.started.unwrap_or(0))
+    }
+
+    /// [`Owner::token`] read back.
+    fn from_token(token: &str) -> Option<Self> {
+        let (pid, started) = token.split_once('.')?;
+        Some(Self {
+            pid: pid.parse().ok()?,
+            started: Some(started.parse().ok()?).filter(|&s| s != 0),
+        })
     }
 }
 
@@ -174,6 +196,7 @@ fn process_start(pid: u32) -> Option<u64> {
     let rest = &stat[stat.rfind(')')? + 1..];
     rest.split_whitespace().nth(19)?.parse().ok()
 }
+
 const SNAPSHOTS_DIR: &str = "snapshots";
 const LOGS_DIR: &str = "logs";
 const SNAPSHOT_META: &str = "meta.json";
@@ -774,9 +797,18 @@ fn clean_leftovers(snapshots: &Dir) {
     for entry in entries.flatten() {
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if (name.starts_with(".tmp-") || name.starts_with(".deleting-"))
-            && let Err(e) = tree::remove_tree(snapshots, Path::new(&*name))
-        {
+        let Some(rest) = name
+            .strip_prefix(".tmp-")
+            .or_else(|| name.strip_prefix(".deleting-"))
+        else {
+            continue;
+        };
+        // Another process's copy or delete in progress (two runs on one home) is its own.
+        let owner = rest.split_once('-').and_then(|(t, _)| Owner::from_token(t));
+        if owner.is_some_and(|o| o.lives()) {
+            continue;
+        }
+        if let Err(e) = tree::remove_tree(snapshots, Path::new(&*name)) {
             tracing::warn!(entry = %name, error = %e, "cannot remove a leftover snapshot directory");
         }
     }
@@ -964,14 +996,31 @@ impl Cluster for LocalCluster {
         }
         let w = self.lookup(workload)?;
         let _serial = w.scale_lock.lock().await;
-        let previous = self.desired(workload).await;
         let key = workload.to_string();
+        // What another process (another run on this home) scaled it to since this one loaded
+        // the counts: read again, so its start command does not run twice.
+        let persisted: BTreeMap<String, u32> = read_counts(&self.state, REPLICAS_FILE)?;
+        {
+            let mut map = self.replicas.lock().await;
+            for (name, count) in &persisted {
+                if let Some(kept) = map.get_mut(name) {
+                    *kept = *count;
+                }
+            }
+        }
+        let previous = self.desired(workload).await;
         let mut scaled_from: BTreeMap<String, ScaledFrom> =
             read_counts(&self.state, SCALED_FROM_FILE)?;
         let remembered = scaled_from.get(&key).cloned();
         // Remembered before the workload stops, dropped once it runs again.
         if replicas == 0 && previous > 0 {
-            scaled_from.insert(key.clone(), ScaledFrom::by_this_process(previous));
+            scaled_from.insert(
+                key.clone(),
+                ScaledFrom {
+                    replicas: previous,
+                    owner: Owner::this_process(),
+                },
+            );
             self.save_counts(SCALED_FROM_FILE, &scaled_from).await?;
         }
         if previous == 0
@@ -997,13 +1046,13 @@ impl Cluster for LocalCluster {
         tracing::info!(%workload, previous, replicas, "scaled");
         // Stopped by Cairn, then Cairn stopped before scaling it back: the count it had.
         match remembered {
-            Some(from) if replicas == 0 && previous == 0 && !from.owner_lives() => {
+            Some(from) if replicas == 0 && previous == 0 && !from.owner.lives() => {
                 let n = from.replicas;
                 tracing::warn!(
                     %workload,
                     replicas = n,
                     "the workload is at 0 replicas since a Cairn process that is gone (pid {}) scaled it down from {n}, before its posthook scaled it back; answering {n}",
-                    from.pid
+                    from.owner.pid
                 );
                 Ok(n)
             }
@@ -1114,7 +1163,7 @@ impl Cluster for LocalCluster {
         };
         let snapshots = Arc::clone(&self.snapshots);
         let vol2 = Arc::clone(&vol);
-        let tmp = format!(".tmp-{id}");
+        let tmp = format!(".tmp-{}-{id}", Owner::this_process().token());
         let id2 = id.clone();
         let bytes = stoppable(
             &format!("snapshotting volume {volume} ({})", vol.path.display()),
@@ -1191,7 +1240,7 @@ impl Cluster for LocalCluster {
         let id2 = id.to_owned();
         blocking(&format!("deleting snapshot {id}"), move || {
             let _serial = serial;
-            let doomed = format!(".deleting-{id2}");
+            let doomed = format!(".deleting-{}-{id2}", Owner::this_process().token());
             snapshots.rename(&id2, &snapshots, &doomed)?;
             tree::remove_tree(&snapshots, Path::new(&doomed))
         })

@@ -117,6 +117,21 @@ async fn a_workload_cairn_stopped_and_never_started_again_answers_its_count() {
     assert_eq!(bounded(cluster.scale(&broken, 0)).await.expect("scale"), 0);
 }
 
+/// Two processes on one home (a serve and a `cairn run`): what one scaled the workload to is
+/// what the other finds, so its commands do not run twice.
+#[tokio::test]
+async fn a_scale_by_another_process_is_seen() {
+    let fx = Fixture::new(SERVICE, &["work"]);
+    let (a, b) = (fx.open(), fx.open());
+    assert_eq!(bounded(a.scale(&db(), 0)).await.expect("scale down"), 1);
+    assert_eq!(bounded(b.scale(&db(), 0)).await.expect("scale down"), 0);
+    assert_eq!(crate::read(&fx.path("work/events")), "stop\n");
+    assert_eq!(bounded(b.scale(&db(), 1)).await.expect("scale up"), 0);
+    assert_eq!(bounded(a.scale(&db(), 1)).await.expect("scale up"), 1);
+    assert_eq!(crate::read(&fx.path("work/events")), "stop\nstart 1\n");
+    bounded(a.scale(&db(), 0)).await.expect("scale down");
+}
+
 #[tokio::test]
 async fn a_failing_start_command_fails_the_scale_with_its_output() {
     let fx = Fixture::new(SERVICE, &["work"]);

@@ -305,3 +305,31 @@ async fn a_snapshot_whose_run_stopped_is_not_left_behind() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// What a process that is gone left of a copy or a delete is removed when the state is
+/// opened; another live process's copy in progress (two runs on one home) is not.
+#[tokio::test]
+async fn only_leftovers_of_processes_that_are_gone_are_cleaned() {
+    let fx = Fixture::new(HELLO, &["work", "data"]);
+    drop(fx.open());
+    let snapshots = fx.path("state/snapshots");
+    let mut gone = std::process::Command::new("true")
+        .spawn()
+        .expect("true runs");
+    let gone_pid = gone.id();
+    gone.wait().expect("true exits");
+    let live = format!(".tmp-{}.0-default.hello.data.live", std::process::id());
+    let dead = format!(".tmp-{gone_pid}.0-default.hello.data.dead");
+    let deleting = format!(".deleting-{gone_pid}.0-default.hello.data.old");
+    let unowned = ".tmp-default.hello.data.older".to_owned();
+    for name in [&live, &dead, &deleting, &unowned] {
+        std::fs::create_dir_all(snapshots.join(name).join("data")).expect("mkdir");
+    }
+    drop(fx.open());
+    let left: Vec<String> = std::fs::read_dir(&snapshots)
+        .expect("snapshots")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, [live]);
+}
