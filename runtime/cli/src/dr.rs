@@ -801,17 +801,19 @@ fn from_catalog(e: cairn_catalog::Error) -> CatalogError {
 
 /// Stores `config` as the DR settings, creating the DR location if needed; a new mode or
 /// location starts a new chain. Prints the three things to keep.
+/// Stores `config` in place of `previous` (the settings DR had, if enabled), after opening
+/// or creating its location.
 async fn enable(
     home: &Home,
     catalog: &Catalog,
     config: &Config,
+    previous: Option<&Config>,
     protection: Option<std::time::Duration>,
 ) -> anyhow::Result<()> {
     let key = passphrase(&config.passphrase_from)?;
     let cluster_id = catalog.cluster_id().to_string();
     let url = location(&config.profile, &cluster_id).url().to_owned();
     open_or_init(&config.profile, &cluster_id, &key, protection).await?;
-    let previous = load_config(catalog)?;
     let new_chain = previous
         .as_ref()
         .is_none_or(|p| p.mode != config.mode || p.profile != config.profile);
@@ -828,7 +830,7 @@ async fn enable(
         config.mode,
         config.frequency
     );
-    if let Some(previous) = &previous {
+    if let Some(previous) = previous {
         let changed = changes(previous, config);
         if changed.is_empty() {
             outln!("Settings unchanged.");
@@ -886,13 +888,16 @@ fn not_carried(catalog: &Catalog, mode: cairn_catalog::DrMode) -> anyhow::Result
     Ok(catalog
         .counts()?
         .into_iter()
-        .filter(|c| {
-            c.count > 0
-                && c.dr_class != cairn_catalog::DrClass::Never
-                && !c.dr_class.is_recovered(mode, mode.takes_snapshot())
-        })
+        .filter(|c| c.count > 0 && lost_by(mode, mode.takes_snapshot(), c.kind))
         .map(|c| format!("{} ({})", c.kind, c.count))
         .collect())
+}
+
+/// Whether a recovery in `mode` (with a catalog snapshot or not) never brings `kind` back,
+/// of the kinds DR protects at all.
+fn lost_by(mode: cairn_catalog::DrMode, snapshot: bool, kind: cairn_catalog::Kind) -> bool {
+    let class = kind.dr_class();
+    class != cairn_catalog::DrClass::Never && !class.is_recovered(mode, snapshot)
 }
 
 /// The settings `new` changes from `old`, as `name: old → new`.
@@ -1694,7 +1699,7 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                      the newest (--keep-last 1)",
                 ));
             }
-            enable(&home, &catalog, &config, protection).await?;
+            enable(&home, &catalog, &config, previous.as_ref(), protection).await?;
         }
         DrCommand::Disable => {
             let catalog = crate::catalog::open(&home)?;
@@ -2303,10 +2308,7 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                     {
                         let never: Vec<&str> = cairn_catalog::Kind::ALL
                             .into_iter()
-                            .filter(|k| {
-                                k.dr_class() != cairn_catalog::DrClass::Never
-                                    && !k.dr_class().is_recovered(mode, false)
-                            })
+                            .filter(|&k| lost_by(mode, false, k))
                             .map(|k| k.as_str())
                             .collect();
                         if !never.is_empty() {
@@ -2440,7 +2442,7 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                          turn DR on with `cairn dr enable`"
                     );
                 } else {
-                    match enable(&home, &catalog, &restored, None).await {
+                    match enable(&home, &catalog, &restored, None, None).await {
                         Ok(()) => outln!("the restored DR settings are enabled again"),
                         Err(e) => outln!(
                             "the restored DR settings were not enabled again ({}): turn DR on with `cairn dr enable`",

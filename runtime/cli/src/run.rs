@@ -520,9 +520,10 @@ pub(crate) async fn open_point_exports(
         .as_deref()
         .filter(|name| profiles.iter().filter(names_it).any(|p| p.name == *name));
     let by_url = || profiles.iter().find(names_it).map(|p| p.name.as_str());
+    let in_home = *repository == home.repository().display().to_string();
     let select = match by_name.or_else(by_url) {
         Some(name) => crate::repo::RepoSelect::of_profile(name),
-        None if *repository == home.repository().display().to_string() => Default::default(),
+        None if in_home => Default::default(),
         None => fallback.at(repository),
     };
     // A directory that is not there, by no profile: most often the home repository of the
@@ -533,7 +534,7 @@ pub(crate) async fn open_point_exports(
              there. If a copy of that repository is elsewhere, add a location profile of it \
              (`cairn profile add NAME --repo URL ...`); if the data is lost for good, \
              `cairn catalog forget-point {id}` drops the point's record",
-            if *repository == home.repository().display().to_string() {
+            if in_home {
                 String::new()
             } else {
                 "a repository on another machine's disk (the home of a lost instance, if this \

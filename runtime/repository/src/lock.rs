@@ -58,6 +58,79 @@ pub struct LockInfo {
     pub removed: bool,
 }
 
+/// The refusal of an operation (`exclusive`, or a backup) that meets `other`'s lock.
+fn locked_by(other: &LockInfo, exclusive: bool) -> Error {
+    let time = other.time.map(|t| t.to_string()).unwrap_or_default();
+    Error::Locked {
+        holder: format!(
+            "{} (pid {}, {}, since {time})",
+            other.hostname, other.pid, other.operation
+        ),
+        reason: format!(
+            "{}; if it is not running anywhere (its host was lost), `cairn repo unlock \
+             --remove-all` removes its lock, which is otherwise ignored once not refreshed for {} \
+             minutes",
+            if exclusive {
+                "another operation is using the repository; retry when it has finished"
+            } else {
+                "a prune is running; retry when it has finished"
+            },
+            LOCK_STALE_AFTER.as_secs() / 60
+        ),
+    }
+}
+
+/// Waits up to `wait` while no exclusive lock (a prune's) is held, reading the locks only:
+/// [`retry_while_locked`] of a look at them.
+pub(crate) async fn wait_unlocked(
+    backend: &Backend,
+    wait: Duration,
+    stopped: &(dyn Fn() -> bool + Sync),
+) -> Result<()> {
+    retry_while_locked(wait, stopped, || async {
+        let locks = list_locks(backend, None).await?;
+        match locks.iter().find(|l| l.exclusive && l.stale.is_none()) {
+            Some(holder) => Err(locked_by(holder, false)),
+            None => Ok(()),
+        }
+    })
+    .await
+}
+
+/// `attempt`, tried again while it fails with [`Error::Locked`], for up to `wait`: after 1 s,
+/// then twice as long each time, at most 30 s apart, and once more at the end of `wait`.
+/// Returns [`Error::Interrupted`] as soon as `stopped` says so.
+async fn retry_while_locked<T, F: Future<Output = Result<T>>>(
+    wait: Duration,
+    stopped: &(dyn Fn() -> bool + Sync),
+    mut attempt: impl FnMut() -> F,
+) -> Result<T> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut pause = Duration::from_secs(1);
+    loop {
+        match attempt().await {
+            Err(Error::Locked { holder, .. }) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(
+                    "the repository is locked by {holder}; waiting for it to finish (up to {} s more)",
+                    deadline
+                        .saturating_duration_since(tokio::time::Instant::now())
+                        .as_secs()
+                );
+                let until = (tokio::time::Instant::now() + pause).min(deadline);
+                while tokio::time::Instant::now() < until {
+                    if stopped() {
+                        return Err(Error::Interrupted);
+                    }
+                    let left = until.saturating_duration_since(tokio::time::Instant::now());
+                    tokio::time::sleep(left.min(Duration::from_millis(200))).await;
+                }
+                pause = (pause * 2).min(Duration::from_secs(30));
+            }
+            done => return done,
+        }
+    }
+}
+
 /// Why `lock` no longer counts, or `None` while it holds: not refreshed for
 /// [`LOCK_STALE_AFTER`] (`age`: seconds since the store last wrote it), or left by a process of
 /// this host that is gone (kill -9, crash).
@@ -323,24 +396,7 @@ impl LockGuard {
             }
             if exclusive || other.exclusive {
                 guard.release().await;
-                let time = other.time.map(|t| t.to_string()).unwrap_or_default();
-                return Err(Error::Locked {
-                    holder: format!(
-                        "{} (pid {}, {}, since {time})",
-                        other.hostname, other.pid, other.operation
-                    ),
-                    reason: format!(
-                        "{}; if it is not running anywhere (its host was lost), `cairn repo unlock \
-                         --remove-all` removes its lock, which is otherwise ignored once not \
-                         refreshed for {} minutes",
-                        if exclusive {
-                            "another operation is using the repository; retry when it has finished"
-                        } else {
-                            "a prune is running; retry when it has finished"
-                        },
-                        LOCK_STALE_AFTER.as_secs() / 60
-                    ),
-                });
+                return Err(locked_by(&other, exclusive));
             }
         }
         let (b2, p2) = (backend.clone(), path.clone());
@@ -357,39 +413,15 @@ impl LockGuard {
         Ok(guard)
     }
 
-    /// A shared lock, waiting up to `wait` while an exclusive one (a prune) is held: tried
-    /// again after 1 s, then twice as long each time, at most 30 s apart, and once more at the
-    /// end of `wait`. Returns [`Error::Interrupted`] as soon as `stopped` says so.
+    /// A shared lock, waiting up to `wait` while an exclusive one (a prune) is held (see
+    /// [`retry_while_locked`]).
     pub(crate) async fn acquire_waiting(
         backend: &Backend,
         operation: &str,
         wait: Duration,
         stopped: &(dyn Fn() -> bool + Sync),
     ) -> Result<Self> {
-        let deadline = tokio::time::Instant::now() + wait;
-        let mut pause = Duration::from_secs(1);
-        loop {
-            match Self::acquire(backend, false, operation).await {
-                Err(Error::Locked { holder, .. }) if tokio::time::Instant::now() < deadline => {
-                    tracing::warn!(
-                        "the repository is locked by {holder}; waiting for it to finish (up to {} s more)",
-                        deadline
-                            .saturating_duration_since(tokio::time::Instant::now())
-                            .as_secs()
-                    );
-                    let until = (tokio::time::Instant::now() + pause).min(deadline);
-                    while tokio::time::Instant::now() < until {
-                        if stopped() {
-                            return Err(Error::Interrupted);
-                        }
-                        let left = until.saturating_duration_since(tokio::time::Instant::now());
-                        tokio::time::sleep(left.min(Duration::from_millis(200))).await;
-                    }
-                    pause = (pause * 2).min(Duration::from_secs(30));
-                }
-                done => return done,
-            }
-        }
+        retry_while_locked(wait, stopped, || Self::acquire(backend, false, operation)).await
     }
 
     /// Fails when the lock is no longer held: removed by another process that took it for
@@ -461,6 +493,10 @@ mod tests {
         let refused =
             LockGuard::acquire_waiting(&backend, "backup", Duration::ZERO, &|| false).await;
         assert!(matches!(refused, Err(Error::Locked { .. })), "{refused:?}");
+        // Waiting for the prune without a lock of its own writes nothing.
+        let looked = wait_unlocked(&backend, Duration::ZERO, &|| false).await;
+        assert!(matches!(looked, Err(Error::Locked { .. })), "{looked:?}");
+        assert_eq!(list_locks(&backend, None).await.expect("locks").len(), 1);
         // Stopped (Ctrl-C) while waiting: at once, not at the end of the wait.
         let started = std::time::Instant::now();
         let stopped =
@@ -478,6 +514,9 @@ mod tests {
                 .expect("the lock once the prune is done");
         assert!(started.elapsed() >= Duration::from_millis(1_500));
         release.await.expect("released");
+        wait_unlocked(&backend, Duration::ZERO, &|| false)
+            .await
+            .expect("no prune now");
         backup.release().await;
     }
 

@@ -1230,7 +1230,8 @@ impl Repository {
     }
 
     /// Waits up to `wait` for a prune (or another operation that holds the repository alone)
-    /// to finish, so that a backup started next is not refused ([`Error::Locked`] once `wait`
+    /// to finish, reading the locks only, so that a backup started next is not refused
+    /// ([`Error::Locked`] once `wait`
     /// is over; [`Error::Interrupted`] as soon as `stopped` says so). A caller that must not
     /// wait while holding something (an application quiesced for the backup) waits here first.
     pub async fn wait_for_exclusive(
@@ -1238,11 +1239,7 @@ impl Repository {
         wait: Duration,
         stopped: &(dyn Fn() -> bool + Sync),
     ) -> Result<()> {
-        LockGuard::acquire_waiting(&self.inner.backend, "waiting", wait, stopped)
-            .await?
-            .release()
-            .await;
-        Ok(())
+        crate::lock::wait_unlocked(&self.inner.backend, wait, stopped).await
     }
 
     /// [`Repository::snapshots`], with the snapshot objects left out as damaged (of any source:
