@@ -103,6 +103,14 @@ fn missing(name: &str) -> Error {
     ))
 }
 
+fn declared(description: &crate::Description) -> Vec<String> {
+    description
+        .params()
+        .iter()
+        .map(|p| p.name().to_owned())
+        .collect()
+}
+
 fn mismatch(name: &str, value: &ParamValue, expected: &str) -> Error {
     Error::invalid(format!(
         "parameter `{name}` is {}, not {expected}",
@@ -225,10 +233,17 @@ pub struct Context {
     failure: Option<Error>,
     restore_point: Vec<Artifact>,
     restore_point_values: Vec<(String, String)>,
+    /// The parameters the blueprint declares, when known: reading another is a mistake in
+    /// the blueprint, not an absent value.
+    declared: Option<Vec<String>>,
 }
 
 impl Context {
-    pub(crate) fn from_wit(action: String, inputs: wit::Inputs) -> Self {
+    pub(crate) fn from_wit(
+        action: String,
+        inputs: wit::Inputs,
+        description: &crate::Description,
+    ) -> Self {
         Self {
             action,
             action_id: inputs.action_id,
@@ -251,7 +266,14 @@ impl Context {
             failure: inputs.failure.map(Into::into),
             restore_point: inputs.artifacts.into_iter().map(Into::into).collect(),
             restore_point_values: inputs.point_values,
+            declared: Some(declared(description)),
         }
+    }
+
+    /// This context, checking parameter names against `description`'s.
+    pub(crate) fn declaring(mut self, description: &crate::Description) -> Self {
+        self.declared = Some(declared(description));
+        self
     }
 
     /// A context built by hand, to test an action's logic natively.
@@ -266,6 +288,7 @@ impl Context {
             failure: None,
             restore_point: Vec::new(),
             restore_point_values: Vec::new(),
+            declared: None,
         })
     }
 
@@ -306,13 +329,16 @@ impl Context {
     /// Fails with [`Error::NotFound`] when the parameter has no value and `T` is not an
     /// `Option`, and with [`Error::Invalid`] when the value has another type or is out of
     /// `T`'s range.
+    ///
+    /// A parameter the blueprint does not declare is [`Error::Invalid`], whatever `T` is: a
+    /// misspelt name would otherwise read as absent (a [`flag`](Self::flag) as `false`).
     pub fn param<T: FromParam>(&self, name: &str) -> Result<T> {
-        T::from_param(name, self.param_value(name))
+        T::from_param(name, self.declared_value(name)?)
     }
 
     /// Text parameter `name`, borrowed.
     pub fn text(&self, name: &str) -> Result<&str> {
-        match self.param_value(name).ok_or_else(|| missing(name))? {
+        match self.declared_value(name)?.ok_or_else(|| missing(name))? {
             ParamValue::Text(v) => Ok(v),
             other => Err(mismatch(name, other, "text")),
         }
@@ -337,6 +363,24 @@ impl Context {
     /// The raw value of parameter `name`.
     pub fn param_value(&self, name: &str) -> Option<&ParamValue> {
         self.params.iter().find(|(k, _)| k == name).map(|(_, v)| v)
+    }
+
+    fn declared_value(&self, name: &str) -> Result<Option<&ParamValue>> {
+        let value = self.param_value(name);
+        match &self.declared {
+            Some(declared) if value.is_none() && !declared.iter().any(|d| d == name) => {
+                Err(Error::invalid(format!(
+                    "parameter `{name}` is not declared by this blueprint: declare it in \
+                     describe(), or read one it declares ({})",
+                    if declared.is_empty() {
+                        "it declares none".to_owned()
+                    } else {
+                        declared.join(", ")
+                    }
+                )))
+            }
+            _ => Ok(value),
+        }
     }
 
     /// Every parameter with a value, defaults applied.
@@ -535,8 +579,11 @@ impl ContextBuilder {
     /// Gives every parameter of `description` that has a default and no value yet its
     /// default, as the host does before a run: `Context::builder(..).defaults(&T::describe())`.
     /// A default its parameter's kind cannot read is left out (the host refuses the blueprint).
+    /// From then on, reading a parameter `description` does not declare is an error, as in a
+    /// run.
     #[must_use]
     pub fn defaults(mut self, description: &crate::Description) -> Self {
+        self.0.declared = Some(declared(description));
         for p in description.params() {
             let Some(raw) = p.default_value() else {
                 continue;
@@ -734,7 +781,10 @@ mod tests {
             }],
             point_values: vec![("label".into(), "l".into())],
         };
-        let ctx = Context::from_wit("backupPosthook".into(), inputs);
+        let description = crate::Description::new("db", "1.0.0")
+            .param(crate::Param::integer("n"))
+            .param(crate::Param::flag("quiet"));
+        let ctx = Context::from_wit("backupPosthook".into(), inputs, &description);
         assert_eq!(ctx.action(), "backupPosthook");
         assert_eq!(ctx.action_id(), "a1");
         assert_eq!(ctx.workload(), Some("db"));
@@ -744,5 +794,18 @@ mod tests {
         assert_eq!(ctx.artifact("dump").map(Artifact::name), Ok("dump"));
         assert_eq!(ctx.params().count(), 1);
         assert_eq!(ctx.value("label"), Ok("l"));
+        // Declared and absent reads as absent; a misspelt name is the blueprint's mistake.
+        assert_eq!(ctx.flag("quiet"), Ok(false));
+        let e = ctx.flag("quite").expect_err("undeclared");
+        assert!(matches!(e, Error::Invalid(_)), "{e:?}");
+        assert!(e.to_string().contains("`quite` is not declared"), "{e}");
+        assert!(e.to_string().contains("n, quiet"), "{e}");
+        assert!(ctx.text("quite").is_err() && ctx.param::<Option<i64>>("quite").is_err());
+        // A hand-built context without a description cannot tell.
+        assert_eq!(ctx_without_description().flag("quite"), Ok(false));
+    }
+
+    fn ctx_without_description() -> Context {
+        Context::builder("backup", "shop").build()
     }
 }

@@ -224,7 +224,7 @@ pub mod __private {
                     ),
                 );
             }));
-            let ctx = Context::from_wit(action, inputs);
+            let ctx = Context::from_wit(action, inputs, &T::describe());
             let result = T::run(ctx.action(), &ctx);
             // std buffers stdout up to a newline; the instance ends without flushing it, and
             // the host logs what it gets when the phase ends.

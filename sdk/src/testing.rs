@@ -406,7 +406,7 @@ impl FakeHost {
         }
         INSTALLED.with(|i| *i.borrow_mut() = Some(self.state.clone()));
         let _installed = Installed;
-        let result = B::run(action, ctx);
+        let result = B::run(action, &ctx.clone().declaring(&description));
         let state = self.state.borrow();
         // A blueprint's error may quote a secret (a failed login's): the runtime blanks it in
         // the report and in the posthook's failure.
