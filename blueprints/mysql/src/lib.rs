@@ -301,6 +301,36 @@ fn identifier(name: &str) -> Result<String> {
     Ok(format!("`{name}`"))
 }
 
+/// The tables of `database` (or of every user database) whose engine has no transactions
+/// (MyISAM, Aria, MEMORY, ...), as `db.table (ENGINE)`.
+fn non_transactional(conn: &Conn, database: Option<&str>) -> Result<Vec<String>> {
+    let scope = match database {
+        // `identifier` refuses quotes and backslashes, so the name is a plain literal.
+        Some(db) => {
+            identifier(db)?;
+            format!("table_schema = '{db}'")
+        }
+        None => "table_schema NOT IN ('mysql', 'information_schema', 'performance_schema', 'sys')"
+            .to_owned(),
+    };
+    let rows = conn.query(&format!(
+        "SELECT CONCAT(table_schema, '.', table_name, ' (', engine, ')') \
+         FROM information_schema.tables WHERE table_type = 'BASE TABLE' \
+         AND engine NOT IN ('InnoDB', 'ROCKSDB', 'TokuDB') AND {scope} \
+         ORDER BY table_schema, table_name;\n"
+    ))?;
+    Ok(rows.lines().map(str::to_owned).collect())
+}
+
+/// The first `n` of `items`, and how many more there are.
+fn first_few(items: &[String], n: usize) -> String {
+    let shown = items[..items.len().min(n)].join(", ");
+    match items.len().saturating_sub(n) {
+        0 => shown,
+        more => format!("{shown} and {more} more"),
+    }
+}
+
 /// Runs a command, turning a program missing from the workload into an error naming it.
 fn run(command: &Command, conn: &Conn) -> Result<Output> {
     command.run().map_err(|e| missing_tool(e, command, conn))
@@ -422,6 +452,22 @@ fn backup(ctx: &Context) -> Result<Outputs> {
             |d| format!("database `{d}`")
         )
     );
+    // Under quiesce's read lock every table is dumped at one instant; without it only those
+    // of transactional engines are.
+    if !ctx.flag("quiesce")? {
+        match non_transactional(&conn, database.as_deref()) {
+            Ok(tables) if !tables.is_empty() => warn!(
+                "{} table(s) use an engine without transactions, which --single-transaction does \
+                 not dump at one instant: {}; writes during the dump can leave them out of step \
+                 with the rest. Convert them to InnoDB, or back up with quiesce=true (a read lock \
+                 for the dump's length)",
+                tables.len(),
+                first_few(&tables, 5)
+            ),
+            Ok(_) => {}
+            Err(e) => warn!("cannot list the tables' engines: {e}"),
+        }
+    }
     progress(Progress::percent(0.0).message("dumping"));
     let mut command = conn.command(tool).args([
         "--single-transaction",

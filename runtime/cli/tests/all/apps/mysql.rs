@@ -297,6 +297,36 @@ fn database_names_beyond_ascii_are_the_names_given() {
     assert_eq!(utf8("SELECT x FROM `crème2`.t"), "7");
 }
 
+/// `--single-transaction` dumps transactional tables at one instant and others not: a backup
+/// that is not quiesced names those others.
+#[test]
+fn tables_without_transactions_are_named_unless_quiesced() {
+    let maria = Maria::start();
+    maria.sql(
+        "CREATE DATABASE mixed; CREATE TABLE mixed.plain (x int) ENGINE=InnoDB; \
+         CREATE TABLE mixed.old (x int) ENGINE=MyISAM; CREATE TABLE mixed.mem (x int) ENGINE=MEMORY; \
+         CREATE VIEW mixed.v AS SELECT x FROM mixed.old; \
+         CREATE DATABASE clean; CREATE TABLE clean.t (x int) ENGINE=InnoDB",
+    );
+    let cairn = Cairn::new();
+    let out = maria.backup(&cairn, &["--param", "database=mixed"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("2 table(s) use an engine without transactions")
+            && err.contains("mixed.mem (MEMORY), mixed.old (MyISAM);")
+            && err.contains("quiesce=true"),
+        "{err}"
+    );
+    let out = maria.backup(&cairn, &["--param", "database=clean"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        !stderr(&out).contains("without transactions"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 #[test]
 fn an_all_databases_dump_round_trips() {
     let maria = Maria::start();
