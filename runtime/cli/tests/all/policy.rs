@@ -1280,6 +1280,62 @@ fn s_point(status: &serde_json::Value) -> String {
         .to_owned()
 }
 
+/// The resources `examples/kubernetes/resources.yaml` ships are applied by the operator as
+/// they are: a user's first `kubectl apply` must not meet an `Invalid` status.
+#[test]
+fn the_kubernetes_example_resources_are_applied() {
+    let api = cairn_kube_fake::FakeApi::start_blocking();
+    api.namespace("cairn");
+    api.namespace("shop");
+    let cairn = Cairn::new();
+    let kubeconfig = cairn.home.path().join("kubeconfig");
+    api.kubeconfig(&kubeconfig);
+    let postgres = crate::support::wasm("postgres");
+    ok(&cairn.run(&["blueprint", "add", postgres.to_str().expect("utf-8 path")]));
+    // The Secret the install mounts, here.
+    let secrets = cairn.home.path().join("blueprint-secrets");
+    std::fs::create_dir(&secrets).expect("mkdir");
+    std::fs::write(secrets.join("pg-password"), "pw").expect("secret");
+    let secrets = secrets.to_str().expect("utf-8 path");
+    let text = std::fs::read_to_string(root().join("examples/kubernetes/resources.yaml"))
+        .expect("the example")
+        .replace("/etc/cairn/blueprint-secrets", secrets);
+    let mut applied = Vec::new();
+    for doc in text.split("\n---\n") {
+        let mut resource: serde_json::Value = serde_norway::from_str(doc).expect("YAML");
+        let kind = resource["kind"].as_str().expect("a kind").to_owned();
+        let name = resource["metadata"]["name"].as_str().expect("a name").to_owned();
+        resource["metadata"]["namespace"] = "cairn".into();
+        resource["metadata"]["generation"] = 1.into();
+        let plural = match kind.as_str() {
+            "Policy" => "policies".to_owned(),
+            other => format!("{}s", other.to_lowercase()),
+        };
+        let path = format!("/apis/cairn.dev/v1alpha1/namespaces/cairn/{plural}");
+        api.put(&path, resource);
+        applied.push((path, name));
+    }
+    assert_eq!(applied.len(), 2, "a binding and a policy");
+    let out = cairn
+        .command(&[
+            "serve",
+            "--once",
+            "--operator",
+            "--operator-namespace",
+            "cairn",
+            "--operator-secrets",
+            secrets,
+        ])
+        .env("KUBECONFIG", &kubeconfig)
+        .output()
+        .expect("cairn runs");
+    ok(&out);
+    for (path, name) in &applied {
+        let status = api.get(path, name).expect("the resource")["status"].clone();
+        assert_eq!(status["state"], "Ready", "{path}/{name}: {status}");
+    }
+}
+
 #[test]
 fn serve_operator_keeps_policies_and_bindings_from_kubernetes_resources() {
     use serde_json::json;
