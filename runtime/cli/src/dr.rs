@@ -202,15 +202,24 @@ pub(crate) struct SourceArgs {
 /// The DR blueprint's component.
 #[derive(Debug, clap::Args)]
 pub(crate) struct BlueprintArg {
-    /// The DR blueprint component; default: `dr.wasm` next to the cairn executable.
-    #[arg(long = "blueprint", env = "CAIRN_DR_BLUEPRINT", value_name = "PATH")]
+    /// The DR blueprint component; default: `dr.wasm` next to the cairn executable (the
+    /// command as run, else the file a symlink to it names).
+    #[arg(
+        long = "blueprint",
+        alias = "dr-blueprint",
+        env = "CAIRN_DR_BLUEPRINT",
+        value_name = "PATH"
+    )]
     path: Option<PathBuf>,
+    /// The flag that sets `path`, for messages.
+    #[arg(skip = "--blueprint")]
+    flag: &'static str,
 }
 
 impl BlueprintArg {
-    /// The component at `path`, or the default one when `None`.
-    pub(crate) fn new(path: Option<PathBuf>) -> Self {
-        Self { path }
+    /// The component at `path`, or the default one when `None`; `flag` sets it.
+    pub(crate) fn new(path: Option<PathBuf>, flag: &'static str) -> Self {
+        Self { path, flag }
     }
 
     fn resolve(&self) -> anyhow::Result<PathBuf> {
@@ -218,19 +227,36 @@ impl BlueprintArg {
             return Ok(path.clone());
         }
         let exe = std::env::current_exe().context("cannot find the cairn executable")?;
-        let path = exe
-            .parent()
-            .map(|d| d.join("dr.wasm"))
-            .unwrap_or_else(|| PathBuf::from("dr.wasm"));
-        if !path.exists() {
-            return Err(usage(format!(
-                "no DR blueprint at {}: build it (cargo build --release --target wasm32-wasip2 -p dr) and \
-                 install dr.wasm next to cairn, or pass --blueprint PATH",
-                path.display()
-            )));
+        // `/usr/local/bin/cairn` may be a symlink to a build: dr.wasm is looked for beside
+        // either.
+        let mut places: Vec<PathBuf> = invoked_dir().into_iter().collect();
+        places.extend(exe.parent().map(Path::to_owned));
+        places.dedup();
+        let candidates: Vec<PathBuf> = places.iter().map(|d| d.join("dr.wasm")).collect();
+        if let Some(found) = candidates.iter().find(|p| p.is_file()) {
+            return Ok(found.clone());
         }
-        Ok(path)
+        let looked: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
+        Err(usage(format!(
+            "no DR blueprint at {}: build it (cargo build --release --target wasm32-wasip2 -p dr) and \
+             install dr.wasm next to cairn, or pass {} PATH (or set CAIRN_DR_BLUEPRINT)",
+            looked.join(" or "),
+            self.flag
+        )))
     }
+}
+
+/// The directory of the `cairn` command as it was run: its path's, or the `PATH` entry it
+/// was found in. `None` when that cannot be told.
+fn invoked_dir() -> Option<PathBuf> {
+    let arg0 = PathBuf::from(std::env::args_os().next()?);
+    if arg0.components().count() > 1 {
+        let dir = arg0.parent()?;
+        return std::path::absolute(dir).ok();
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .find(|d| d.join(&arg0).is_file())
+        .and_then(|d| std::path::absolute(d).ok())
 }
 
 fn parse_mode(s: &str) -> Result<cairn_catalog::DrMode, String> {

@@ -28,7 +28,8 @@ pub(crate) struct ServeArgs {
     #[arg(long)]
     pub(crate) once: bool,
     /// The DR blueprint component, for Cairn's own DR runs when DR is enabled; default:
-    /// `dr.wasm` next to the cairn executable.
+    /// `dr.wasm` next to the cairn executable (the command as run, else the file a symlink to
+    /// it names).
     #[arg(long, env = "CAIRN_DR_BLUEPRINT", value_name = "PATH")]
     pub(crate) dr_blueprint: Option<PathBuf>,
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464): each policy's
@@ -253,7 +254,7 @@ pub(crate) async fn serve(args: ServeArgs, home: Option<PathBuf>) -> anyhow::Res
         match crate::dr::schedule(&home).map(|s| s.map(|s| s.next_run)) {
             Ok(Some(due)) if due <= Timestamp::now() => {
                 ran += 1;
-                let blueprint = crate::dr::BlueprintArg::new(args.dr_blueprint.clone());
+                let blueprint = crate::dr::BlueprintArg::new(args.dr_blueprint.clone(), "--dr-blueprint");
                 match crate::dr::run_if_due(&home, blueprint).await {
                     Ok(code) => failed |= code != ExitCode::from(exit::OK),
                     Err(e) => {
