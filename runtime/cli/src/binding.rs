@@ -289,7 +289,7 @@ pub(crate) async fn run(cmd: BindingCommand, home: Option<PathBuf>) -> anyhow::R
                 .map(|p| p.name)
                 .collect();
             if !relying.is_empty() {
-                eprintln!(
+                errln!(
                     "warning: policies {} name no blueprint and may have relied on it: the \
                      workloads it bound are unbound now, and their runs and restores fail for \
                      them until another binding selects them",

@@ -176,7 +176,7 @@ pub(crate) async fn run(cmd: BlueprintCommand, home: Option<PathBuf>) -> anyhow:
                         ours,
                         blueprint,
                     }) => {
-                        eprintln!(
+                        errln!(
                             "cairn: warning: this blueprint needs Cairn runtime {needed} or \
                              newer; this is {ours}, which will not run it"
                         );
@@ -201,7 +201,7 @@ pub(crate) async fn run(cmd: BlueprintCommand, home: Option<PathBuf>) -> anyhow:
 /// a lifecycle action), where an author looks: build, add, inspect.
 fn warn_of(blueprint: &cairn_engine::Blueprint) {
     for w in blueprint.description().warnings() {
-        eprintln!(
+        errln!(
             "cairn: warning: blueprint {}: {w}",
             blueprint.description().name
         );
@@ -396,10 +396,12 @@ fn older_than_registered(
     // replaced.
     let order = cairn_engine::version_order(&d.version, &old.version);
     if order == Some(std::cmp::Ordering::Equal) {
-        eprintln!(
+        errln!(
             "cairn: warning: blueprint {} {} replaces another build of the same version ({}); \
              give a new build a new version, so that restore points say which made them",
-            d.name, d.version, old.digest
+            d.name,
+            d.version,
+            old.digest
         );
     }
     Ok((order == Some(std::cmp::Ordering::Less)).then(|| {
@@ -445,7 +447,7 @@ fn add(
     let replaced = catalog.blueprint(&d.name)?;
     catalog.save(&record)?;
     if d.capabilities.contains(&cairn_engine::Capability::Catalog) {
-        eprintln!(
+        errln!(
             "cairn: warning: blueprint {} declares `catalog`, which only Cairn's DR blueprint \
              is granted: its calls to the catalog will be refused",
             d.name
@@ -474,7 +476,7 @@ fn add(
                     .map(|b| (format!("binding {}", b.name), outside(&b.grants))),
             );
         for (user, left_out) in users.filter(|(_, l)| !l.is_empty()) {
-            eprintln!(
+            errln!(
                 "cairn: warning: {user} grants {}, which --allow no longer allows: its runs of \
                  {} will fail until the two agree",
                 crate::listed(&left_out),
@@ -690,7 +692,7 @@ async fn build(
     match output {
         Output::Json => outln!("{}", serde_json::to_string_pretty(&built)?),
         Output::Text => {
-            eprintln!("built {} {} ({})", built.name, built.version, built.digest);
+            errln!("built {} {} ({})", built.name, built.version, built.digest);
             outln!("{}", wasm.display());
         }
     }
@@ -707,7 +709,7 @@ fn ensure_target() -> anyhow::Result<()> {
     if sysroot.join("lib/rustlib").join(WASM_TARGET).is_dir() {
         return Ok(());
     }
-    eprintln!("cairn: installing the {WASM_TARGET} target (rustup target add {WASM_TARGET})");
+    errln!("cairn: installing the {WASM_TARGET} target (rustup target add {WASM_TARGET})");
     let status = std::process::Command::new("rustup")
         .args(["target", "add", WASM_TARGET])
         .status();

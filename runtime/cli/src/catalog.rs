@@ -118,7 +118,7 @@ fn wait_for(home: &Home, options: &cairn_catalog::OpenOptions) -> anyhow::Result
             Ok(catalog) => return Ok(catalog),
             Err(cairn_catalog::Error::Locked { .. }) if started.elapsed() < wait => {
                 if !told && started.elapsed() >= Duration::from_secs(1) {
-                    eprintln!(
+                    errln!(
                         "cairn: waiting for the catalog {}, held by another cairn process (up to {} s)",
                         path.display(),
                         wait.as_secs()

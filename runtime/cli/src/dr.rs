@@ -567,7 +567,7 @@ async fn points_and_damaged(
         match read_point(repo, &s.id).await {
             Ok(point) => points.push((s.time, point)),
             Err(e) => {
-                eprintln!(
+                errln!(
                     "cairn: warning: {}; it is left out (`cairn repo check --read-data` on the DR \
                      location names the damage)",
                     crate::one_line(&e)
@@ -582,7 +582,7 @@ async fn points_and_damaged(
     let named: std::collections::HashSet<&String> =
         points.iter().flat_map(|(_, p)| &p.export_ids).collect();
     for s in unreadable {
-        eprintln!(
+        errln!(
             "cairn: warning: snapshot {} in the DR location cannot be read ({}); if it was a DR \
              point's manifest, that point is left out (`cairn repo check --read-data` on the DR \
              location names the damage)",
@@ -878,7 +878,7 @@ async fn enable(
     // What this mode never brings back, when the catalog holds some of it now.
     let left_out = not_carried(catalog, config.mode)?;
     if !left_out.is_empty() {
-        eprintln!(
+        errln!(
             "warning: DR mode {} does not carry {}: a recovery comes back without them; \
              another mode (--mode exported-snapshot carries everything) keeps them",
             config.mode,
@@ -896,7 +896,7 @@ async fn enable(
         .map(|p| p.name)
         .collect();
     if !local.is_empty() {
-        eprintln!(
+        errln!(
             "warning: policies {} export into the home's repository ({}), which DR does not \
              copy: their restore points are lost with this home. Give them `export: {{profile: \
              NAME}}` to a location off this machine",
@@ -1114,7 +1114,7 @@ struct Components {
 async fn restore_components(home: &Home, catalog: &Catalog, repo: &Repository) -> Components {
     let mut done = Components::default();
     let records = registrations(catalog).unwrap_or_else(|e| {
-        eprintln!(
+        errln!(
             "cairn: warning: cannot read the registered blueprints: {}",
             crate::one_line(&e)
         );
@@ -1129,7 +1129,7 @@ async fn restore_components(home: &Home, catalog: &Catalog, repo: &Repository) -
         }
         if snapshots.is_none() {
             snapshots = Some(repo.snapshots(&SnapshotFilter::new()).await.unwrap_or_else(|e| {
-                eprintln!("cairn: warning: cannot list the DR location's blueprint components: {e}");
+                errln!("cairn: warning: cannot list the DR location's blueprint components: {e}");
                 Vec::new()
             }));
         }
@@ -1139,7 +1139,7 @@ async fn restore_components(home: &Home, catalog: &Catalog, repo: &Repository) -
             Ok(true) => done.restored.push(record.name),
             Ok(false) => done.missing.push(record.name),
             Err(e) => {
-                eprintln!("cairn: warning: {}", crate::one_line(&e));
+                errln!("cairn: warning: {}", crate::one_line(&e));
                 done.damaged.push(record.name);
             }
         }
@@ -1802,7 +1802,7 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                 if output == Output::Json {
                     print_json(&serde_json::json!({ "status": "failed", "error": error }))?;
                 }
-                eprintln!("cairn: the DR run failed: {error}");
+                errln!("cairn: the DR run failed: {error}");
                 return Ok(ExitCode::from(exit::FAILED));
             }
             let outputs = &report.outputs;
@@ -1905,7 +1905,7 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                 }
             }
             if number("remove-failed") > 0 {
-                eprintln!(
+                errln!(
                     "cairn: retention could not remove {} DR point(s); see the warnings above, they are tried again next run",
                     number("remove-failed")
                 );
@@ -2263,7 +2263,7 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                 if output == Output::Json {
                     print_json(&serde_json::json!({ "status": "failed", "error": error }))?;
                 }
-                eprintln!("cairn: the DR restore failed: {error}");
+                errln!("cairn: the DR restore failed: {error}");
                 return Ok(ExitCode::from(exit::FAILED));
             }
             let settings: Option<Config> = chosen

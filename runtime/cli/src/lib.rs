@@ -8,6 +8,14 @@
 //! Exit codes are the same for every command: see [`exit`].
 
 /// `println!` that does not panic when standard output fails: see [`out_line`].
+/// `eprintln!` that never panics: a closed stderr (a log pipe that died, a dropped SSH
+/// session) must not end a run before its posthook has undone its prehook.
+macro_rules! errln {
+    ($($arg:tt)*) => {
+        $crate::err_line(format_args!($($arg)*))
+    };
+}
+
 macro_rules! outln {
     () => {
         $crate::out_line(format_args!(""))
@@ -82,11 +90,18 @@ pub(crate) fn out_line(args: std::fmt::Arguments<'_>) {
         let code = if e.kind() == std::io::ErrorKind::BrokenPipe {
             exit::OUTPUT_CLOSED
         } else {
-            eprintln!("cairn: cannot write to standard output: {e}");
+            errln!("cairn: cannot write to standard output: {e}");
             exit::RUNTIME
         };
         OUTPUT_FAILED.store(code, Ordering::Relaxed);
     }
+}
+
+/// Writes one line to stderr, dropping it when stderr cannot take it.
+pub(crate) fn err_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_fmt(args).and_then(|()| err.write_all(b"\n"));
 }
 
 /// How results are printed on stdout.
@@ -160,7 +175,7 @@ leaving nothing half written; 141 standard output closed early."
     /// with `preset:`.
     #[command(subcommand)]
     Preset(preset::PresetCommand),
-    /// Run the policies when they are due, until stopped (SIGINT or SIGTERM).
+    /// Run the policies when they are due, until stopped (SIGINT, SIGTERM or SIGHUP).
     Serve(serve::ServeArgs),
 }
 
@@ -188,7 +203,7 @@ pub fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("cairn: cannot start the async runtime: {e}");
+            errln!("cairn: cannot start the async runtime: {e}");
             return ExitCode::from(exit::RUNTIME);
         }
     };
@@ -196,7 +211,7 @@ pub fn main() -> ExitCode {
         match dispatch(cli).await {
             Ok(code) => code,
             Err(e) => {
-                eprintln!("cairn: {}", one_line(&e));
+                errln!("cairn: {}", one_line(&e));
                 let code = classify(&e);
                 if json && !WROTE_OUTPUT.load(std::sync::atomic::Ordering::Relaxed) {
                     outln!(
@@ -326,11 +341,13 @@ pub(crate) fn print_applied(
     Ok(())
 }
 
-/// SIGTERM and SIGINT, handled instead of ending the process: what `serve` and `cairn run`
-/// stop on.
+/// SIGTERM, SIGINT and SIGHUP, handled instead of ending the process: what `serve` and
+/// `cairn run` stop on. SIGHUP is a closed terminal or a dropped SSH session: left to its
+/// default it would end a run between its prehook and its posthook.
 pub(crate) struct StopSignals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
 }
 
 impl StopSignals {
@@ -340,19 +357,21 @@ impl StopSignals {
         Ok(Self {
             term: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
             int: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+            hup: signal(SignalKind::hangup()).context("cannot handle SIGHUP")?,
         })
     }
 
-    /// Returns when the next of either arrives.
+    /// Returns when the next of them arrives.
     pub(crate) async fn recv(&mut self) {
         tokio::select! {
             _ = self.term.recv() => {}
             _ = self.int.recv() => {}
+            _ = self.hup.recv() => {}
         }
     }
 }
 
-/// Calls `stop` at the first SIGINT or SIGTERM, saying `stopping` (what it does then), so the
+/// Calls `stop` at the first SIGINT, SIGTERM or SIGHUP, saying `stopping` (what it does then), so the
 /// work in hand stops cleanly; a second ends the process at once (exit 130), for when
 /// stopping cleanly hangs (a store not answering, a posthook).
 pub(crate) fn on_interrupt(
@@ -362,16 +381,16 @@ pub(crate) fn on_interrupt(
     let mut signals = StopSignals::install()?;
     tokio::spawn(async move {
         signals.recv().await;
-        eprintln!("cairn: interrupted; {stopping} (interrupt again to exit at once)");
+        errln!("cairn: interrupted; {stopping} (interrupt again to exit at once)");
         stop();
         signals.recv().await;
-        eprintln!("cairn: interrupted again; exiting at once");
+        errln!("cairn: interrupted again; exiting at once");
         std::process::exit(i32::from(exit::INTERRUPTED));
     });
     Ok(())
 }
 
-/// What a repository operation stops on: set by the first SIGINT or SIGTERM
+/// What a repository operation stops on: set by the first SIGINT, SIGTERM or SIGHUP
 /// ([`on_interrupt`]).
 pub(crate) fn stop_on_interrupt() -> anyhow::Result<tokio::sync::watch::Receiver<bool>> {
     let (stop, stopped) = tokio::sync::watch::channel(false);

@@ -354,7 +354,7 @@ impl Operator {
                 if let Some(error) = &error
                     && status["message"].as_str() != Some(error)
                 {
-                    eprintln!("cairn: {error}");
+                    errln!("cairn: {error}");
                     let on = Involved {
                         resource: kind.resource(),
                         name: &name,
@@ -428,7 +428,7 @@ impl Operator {
                     "interrupted: Cairn stopped while it ran; create another {} to run it again",
                     resource.0
                 );
-                eprintln!("cairn: {what}: {message}");
+                errln!("cairn: {what}: {message}");
                 let status = json!({ "state": "Failed", "message": message, "finished": now() });
                 self.write_status(resource, &name, status).await;
                 return;
@@ -452,7 +452,7 @@ impl Operator {
         {
             return;
         }
-        eprintln!("cairn: {what} started");
+        errln!("cairn: {what} started");
         let spec = object.data.get("spec").cloned().unwrap_or(Value::Null);
         let status = match run(spec).await {
             Ok(Ran::Done { ok, mut status }) => {
@@ -467,7 +467,7 @@ impl Operator {
         };
         let state = status["state"].as_str().unwrap_or_default().to_owned();
         let message = status["message"].as_str().unwrap_or(&state).to_owned();
-        eprintln!("cairn: {what}: {state}: {message}");
+        errln!("cairn: {what}: {state}: {message}");
         let on = Involved {
             resource,
             name: &name,
@@ -521,9 +521,11 @@ impl Operator {
         let api: Api<DynamicObject> =
             Api::namespaced_with(self.client.clone(), &self.namespace, &resource);
         if let Err(e) = bounded(api.create(&PostParams::default(), &event)).await {
-            eprintln!(
+            errln!(
                 "cairn: cannot record an event on {} {}/{}: {e}",
-                on.resource.0, self.namespace, on.name
+                on.resource.0,
+                self.namespace,
+                on.name
             );
         }
     }
@@ -556,17 +558,19 @@ impl Operator {
         {
             Ok(_) => true,
             Err(kube::Error::Api(s)) if s.code == 409 => {
-                eprintln!(
+                errln!(
                     "cairn: {} {}/{name} changed as it was taken up (another operator runs it?): \
                      left to whoever changed it",
-                    resource.0, self.namespace
+                    resource.0,
+                    self.namespace
                 );
                 false
             }
             Err(e) => {
-                eprintln!(
+                errln!(
                     "cairn: cannot write the status of {} {}/{name}: {e}",
-                    resource.0, self.namespace
+                    resource.0,
+                    self.namespace
                 );
                 false
             }
@@ -656,7 +660,7 @@ impl Operator {
                 crate::catalog::open(home)?.save(&binding)?;
             }
         }
-        eprintln!(
+        errln!(
             "cairn: {} {name} applied from its resource in namespace {}",
             kind.what(),
             self.namespace
@@ -681,7 +685,7 @@ impl Operator {
         let catalog = crate::catalog::open(home)?;
         for (kind, name) in gone {
             catalog.delete(kind.record(), name)?;
-            eprintln!(
+            errln!(
                 "cairn: {} {name} deleted: its resource is gone{}",
                 kind.what(),
                 if *kind == Kind::Policy {

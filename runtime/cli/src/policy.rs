@@ -270,7 +270,7 @@ pub(crate) async fn run(cmd: PolicyCommand, home: Option<PathBuf>) -> anyhow::Re
                 catalog.apply_policy(&mut policy)?;
                 // The file decides; a pause made with `policy pause` does not outlive it.
                 if was_paused && !policy.paused {
-                    eprintln!(
+                    errln!(
                         "warning: policy {} was paused and runs again: its file does not say \
                          `paused: true`",
                         policy.name
@@ -554,7 +554,7 @@ impl RetentionFile {
                 if t.split(|c: char| !c.is_ascii_alphabetic())
                     .any(|u| u == "m")
                 {
-                    eprintln!(
+                    errln!(
                         "cairn: warning: retention within {t:?}: `m` is read as minutes here (restic \
                          reads months); write `min` or `mo` to say which"
                     );
@@ -636,7 +636,7 @@ pub(crate) fn read_documents<T: serde::de::DeserializeOwned>(
             .into());
         }
         if !not_read.is_empty() {
-            eprintln!("cairn: note: {}{not_read}", file.display());
+            errln!("cairn: note: {}{not_read}", file.display());
         }
         files
     } else {
@@ -955,7 +955,7 @@ pub(crate) async fn check(policy: &Policy, engine: &Engine, home: &Home) -> anyh
         });
         if !matched {
             let names: Vec<&str> = present.iter().map(|w| w.reference.name.as_str()).collect();
-            eprintln!(
+            errln!(
                 "warning: policy {} selects no workload of namespace {} ({}; it has: {}): its \
                  runs fail until one matches",
                 policy.name,
@@ -1832,9 +1832,10 @@ impl RestoreArgs {
             ("failed", exit::FAILED)
         };
         if output == Output::Text {
-            eprintln!(
+            errln!(
                 "cairn: the restore of {} from {} {how}: {error}",
-                restored.workload, restored.point,
+                restored.workload,
+                restored.point,
             );
         }
         Ok(ExitCode::from(code))
@@ -2208,10 +2209,11 @@ async fn retain(
             // remove is dated before those kept (the clock went back, or a point is dated in
             // the future). Removing it would discard every backup until the clock caught up.
             if run.made.contains(&point.id.as_str()) {
-                eprintln!(
+                errln!(
                     "cairn: warning: policy {}: restore point {} made now is dated before restore \
                      points retention keeps (has the clock gone back?); it is kept",
-                    policy.name, point.id
+                    policy.name,
+                    point.id
                 );
                 outcome.kept += 1;
                 continue;
@@ -2495,7 +2497,7 @@ pub(crate) async fn note_failed_delete(
     match marked.await {
         Ok(marked) => marked,
         Err(e) => {
-            eprintln!(
+            errln!(
                 "cairn: warning: cannot tell whether restore point {} is partly deleted: {}",
                 point.id,
                 crate::one_line(&e)

@@ -659,7 +659,7 @@ pub(crate) fn load_profile(path: &std::path::Path) -> anyhow::Result<Profile> {
         use std::os::unix::fs::PermissionsExt;
         let shared = std::fs::metadata(path).map(|m| m.permissions().mode() & 0o077 != 0);
         if shared.unwrap_or(false) && !profile.options.is_empty() {
-            eprintln!(
+            errln!(
                 "warning: the repository profile {} holds credentials and others can read it; chmod 600 it",
                 path.display()
             );
@@ -909,7 +909,7 @@ pub async fn run(mut args: RepoArgs, home: Option<PathBuf>) -> anyhow::Result<Ex
                         json!({ "error": crate::one_line(&e), "exit_code": code })
                     );
                 }
-                eprintln!("cairn: {}", crate::one_line(&e));
+                errln!("cairn: {}", crate::one_line(&e));
                 Ok(ExitCode::from(code))
             }
             None => Err(e),
@@ -1478,7 +1478,7 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                 },
             );
             if s.unreadable > 0 {
-                eprintln!(
+                errln!(
                     "cairn: {} files or directories could not be read and are left out of \
                      snapshot {}: the warnings above say why (permission denied: run the backup \
                      as a user who may read them; an input/output error: the disk under them)",
@@ -1711,8 +1711,8 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                     Err(e @ (Error::Corrupt { .. } | Error::Missing { .. })) => {
                         let line = format!("error: snapshot {} is not copied: {e}", s.short_id());
                         match &shown {
-                            Some((bar, _)) => bar.suspend(|| eprintln!("{line}")),
-                            None => eprintln!("{line}"),
+                            Some((bar, _)) => bar.suspend(|| errln!("{line}")),
+                            None => errln!("{line}"),
                         }
                         failed.push(json!({ "from": s.id, "error": e.to_string() }));
                         continue;
@@ -1831,7 +1831,7 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                 finish_bar(shown);
                 let n = n?;
                 if args.output == Output::Json {
-                    eprintln!("{}", json!({ "bytes": n }));
+                    errln!("{}", json!({ "bytes": n }));
                 }
             } else {
                 let info = repo.snapshot_to_restore(id).await?;
@@ -1931,7 +1931,7 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                     finish_bar(shown);
                     let r = r?;
                     for (path, why) in &r.lost {
-                        eprintln!("error: {path} is not restored: {why}");
+                        errln!("error: {path} is not restored: {why}");
                     }
                     args.print(
                         || {
@@ -1944,7 +1944,7 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                         json!({ "id": info.id, "files": r.files, "dirs": r.dirs, "bytes": r.bytes, "deleted": r.deleted, "target": target.to_string(), "lost": r.lost }),
                     );
                     if !r.lost.is_empty() {
-                        eprintln!(
+                        errln!(
                             "cairn: {} of the snapshot's paths could not be restored (damaged or \
                              missing data; `cairn repo check --read-data` names the objects); \
                              the rest is restored",
@@ -2140,7 +2140,7 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
             );
             // Snapshots named by id were asked for: one the protection period keeps is a refusal.
             if !ids.is_empty() && !*dry_run && !r.protected.is_empty() {
-                eprintln!(
+                errln!(
                     "cairn: {} of the snapshots named were not removed: the repository's protection \
                      period covers them",
                     r.protected.len()

@@ -82,7 +82,7 @@ pub(crate) fn engine(home: &Home) -> anyhow::Result<Engine> {
         // The compile cache only saves time: one that cannot be used (its key a directory,
         // the cache a file) is done without, and said.
         Err(e) => {
-            eprintln!(
+            errln!(
                 "cairn: warning: the WebAssembly engine did not start with the compile cache in \
                  {} ({e}); trying without it, so blueprints are compiled on every load (if the \
                  cache is at fault, removing it is safe)",
@@ -178,7 +178,7 @@ pub(crate) async fn run(args: RunArgs, home: Option<PathBuf>) -> anyhow::Result<
         crate::blueprint::check_allowed(record, &grants)?;
     }
     if let Some(main) = args.action.strip_suffix("Prehook") {
-        eprintln!(
+        errln!(
             "cairn: warning: --action {} runs the prehook alone: nothing runs its posthook, so \
              what it quiesced stays so until `--action {main}Posthook` (or `--action {main}` runs \
              all three); a posthook run alone does not see this run's outputs or checkpoints",
@@ -197,7 +197,7 @@ pub(crate) async fn run(args: RunArgs, home: Option<PathBuf>) -> anyhow::Result<
     }
     let declared = &blueprint.description().capabilities;
     for extra in grants.iter().filter(|g| !declared.contains(g)) {
-        eprintln!(
+        errln!(
             "cairn: warning: --grant {extra}: blueprint {} does not declare it, so it never uses it",
             blueprint.description().name
         );
@@ -267,7 +267,7 @@ pub(crate) async fn run(args: RunArgs, home: Option<PathBuf>) -> anyhow::Result<
         };
         if let Some(record) = record {
             match elsewhere(&record) {
-                Some(repository) => eprintln!(
+                Some(repository) => errln!(
                     "cairn: warning: restore point {id} is in {repository}, not in this run's \
                      repository {}: its record is kept; run the delete again with --repo \
                      {repository}",
@@ -284,7 +284,7 @@ pub(crate) async fn run(args: RunArgs, home: Option<PathBuf>) -> anyhow::Result<
                     )
                     .await
                     {
-                        eprintln!(
+                        errln!(
                             "cairn: restore point {id} is partly deleted: it is no longer \
                              restored; run the delete again, with the grants it needs, to finish"
                         );
@@ -302,7 +302,7 @@ pub(crate) async fn run(args: RunArgs, home: Option<PathBuf>) -> anyhow::Result<
         ("failed", exit::FAILED)
     };
     if args.output == Output::Text {
-        eprintln!(
+        errln!(
             "cairn: action {} {how}: {}",
             args.action,
             report.error.as_deref().unwrap_or("unknown error")
@@ -431,7 +431,7 @@ impl Execution<'_> {
         };
         match self.exports.discard_unkept(&report.action_id, &keep).await {
             Ok(gone) if gone.is_empty() => {}
-            Ok(gone) => eprintln!(
+            Ok(gone) => errln!(
                 "cairn: discarded {} export(s) of action {} that no restore point references \
                  ({}): {}",
                 gone.len(),
@@ -443,7 +443,7 @@ impl Execution<'_> {
                 },
                 gone.join(", ")
             ),
-            Err(e) => eprintln!(
+            Err(e) => errln!(
                 "cairn: warning: exports of action {} that no restore point references are left \
                  in {}: {e}; `cairn repo snapshots --tag action:{}` lists them, `cairn repo \
                  forget ID...` removes them",
@@ -799,7 +799,7 @@ pub(crate) fn event_sink() -> cairn_engine::EventSink {
                     cairn_engine::LogLevel::Debug | cairn_engine::LogLevel::Trace
                 );
                 if !detail || tracing::enabled!(target: "cairn::guest", tracing::Level::DEBUG) {
-                    eprintln!("[{phase}] {level}: {message}");
+                    errln!("[{phase}] {level}: {message}");
                 }
             }
             EventKind::Progress(progress) => {
@@ -815,7 +815,7 @@ pub(crate) fn event_sink() -> cairn_engine::EventSink {
                 if let Some(m) = &progress.message {
                     parts.push(m.clone());
                 }
-                eprintln!("[{phase}] progress: {}", parts.join(" "));
+                errln!("[{phase}] progress: {}", parts.join(" "));
             }
             EventKind::PhaseFinished {
                 ok: false, error, ..
@@ -823,7 +823,7 @@ pub(crate) fn event_sink() -> cairn_engine::EventSink {
                 let error = error.as_deref().unwrap_or("unknown error");
                 // A blueprint's own `failed` error already says so.
                 let error = error.strip_prefix("failed: ").unwrap_or(error);
-                eprintln!("[{phase}] failed: {error}");
+                errln!("[{phase}] failed: {error}");
             }
             _ => {}
         }

@@ -90,7 +90,7 @@ pub(crate) async fn serve(args: ServeArgs, home: Option<PathBuf>) -> anyhow::Res
         // A timer firing while the last pass still runs: that pass runs what is due, and the
         // timer's unit is not failed for it.
         if args.once {
-            eprintln!("cairn: {held}; this pass is skipped: that one runs what is due");
+            errln!("cairn: {held}; this pass is skipped: that one runs what is due");
             return Ok(ExitCode::from(exit::OK));
         }
         return Err(UsageError(format!("{held}; stop it first")).into());
@@ -103,7 +103,7 @@ pub(crate) async fn serve(args: ServeArgs, home: Option<PathBuf>) -> anyhow::Res
             .listen(addr)
             .await
             .map_err(|e| UsageError(crate::one_line(&e)))?;
-        eprintln!("cairn: metrics at http://{bound}/metrics");
+        errln!("cairn: metrics at http://{bound}/metrics");
         // Scraped during the first pass (a long first backup after a restart), the gauges say
         // what the catalog held at the start, not nothing.
         refresh(&metrics, &home);
@@ -122,7 +122,7 @@ pub(crate) async fn serve(args: ServeArgs, home: Option<PathBuf>) -> anyhow::Res
         false => None,
     };
     if !args.once {
-        eprintln!(
+        errln!(
             "cairn: serving the policies of {}{}; Ctrl-C or SIGTERM stops after the current run",
             home.root().display(),
             if operator.is_some() {
@@ -145,7 +145,7 @@ pub(crate) async fn serve(args: ServeArgs, home: Option<PathBuf>) -> anyhow::Res
                 // Resources that cannot be read at all at the start are a setup to mend.
                 Err(e) if first => return Err(e),
                 Err(e) => {
-                    eprintln!("cairn: {}", crate::one_line(&e));
+                    errln!("cairn: {}", crate::one_line(&e));
                     failed = true;
                 }
                 Ok(()) => {}
@@ -166,7 +166,7 @@ pub(crate) async fn serve(args: ServeArgs, home: Option<PathBuf>) -> anyhow::Res
                 Err(e) if starting => return Err(e),
                 Err(e) => {
                     if !unfinished_said {
-                        eprintln!("cairn: {}", crate::one_line(&e));
+                        errln!("cairn: {}", crate::one_line(&e));
                         unfinished_said = true;
                     }
                     Vec::new()
@@ -181,7 +181,7 @@ pub(crate) async fn serve(args: ServeArgs, home: Option<PathBuf>) -> anyhow::Res
                 Ok(p) => p,
                 Err(e) => {
                     if unreadable.insert(entry.key.clone()) {
-                        eprintln!(
+                        errln!(
                             "cairn: policy {} skipped: it is not a policy Cairn can run ({e}); apply it again",
                             entry.key
                         );
@@ -217,7 +217,7 @@ pub(crate) async fn serve(args: ServeArgs, home: Option<PathBuf>) -> anyhow::Res
             ran += 1;
             let outcome = match outcome {
                 Err(e) if e.is::<Busy>() => {
-                    eprintln!("cairn: {e}");
+                    errln!("cairn: {e}");
                     continue;
                 }
                 outcome => outcome,
@@ -241,7 +241,7 @@ pub(crate) async fn serve(args: ServeArgs, home: Option<PathBuf>) -> anyhow::Res
                     }
                 }
                 Err(e) => {
-                    eprintln!("cairn: policy {}: {}", policy.name, crate::one_line(&e));
+                    errln!("cairn: policy {}: {}", policy.name, crate::one_line(&e));
                     failed = true;
                 }
             }
@@ -254,11 +254,12 @@ pub(crate) async fn serve(args: ServeArgs, home: Option<PathBuf>) -> anyhow::Res
         match crate::dr::schedule(&home).map(|s| s.map(|s| s.next_run)) {
             Ok(Some(due)) if due <= Timestamp::now() => {
                 ran += 1;
-                let blueprint = crate::dr::BlueprintArg::new(args.dr_blueprint.clone(), "--dr-blueprint");
+                let blueprint =
+                    crate::dr::BlueprintArg::new(args.dr_blueprint.clone(), "--dr-blueprint");
                 match crate::dr::run_if_due(&home, blueprint).await {
                     Ok(code) => failed |= code != ExitCode::from(exit::OK),
                     Err(e) => {
-                        eprintln!("cairn: DR run: {}", crate::one_line(&e));
+                        errln!("cairn: DR run: {}", crate::one_line(&e));
                         failed = true;
                     }
                 }
@@ -269,7 +270,7 @@ pub(crate) async fn serve(args: ServeArgs, home: Option<PathBuf>) -> anyhow::Res
             Ok(Some(due)) => soonest = sooner(soonest, due),
             Ok(None) => {}
             Err(e) => {
-                eprintln!("cairn: DR: {}", crate::one_line(&e));
+                errln!("cairn: DR: {}", crate::one_line(&e));
                 failed = true;
             }
         }
@@ -279,7 +280,7 @@ pub(crate) async fn serve(args: ServeArgs, home: Option<PathBuf>) -> anyhow::Res
         if let Some(operator) = &operator
             && let Err(e) = operator.report(&home).await
         {
-            eprintln!("cairn: {}", crate::one_line(&e));
+            errln!("cairn: {}", crate::one_line(&e));
             failed = true;
         }
         if args.once {
@@ -319,7 +320,7 @@ pub(crate) async fn serve(args: ServeArgs, home: Option<PathBuf>) -> anyhow::Res
 fn refresh(metrics: &crate::metrics::Metrics, home: &Home) {
     match gauges(home) {
         Ok((policies, dr)) => metrics.refresh(policies, dr),
-        Err(e) => eprintln!("cairn: metrics: {}", crate::one_line(&e)),
+        Err(e) => errln!("cairn: metrics: {}", crate::one_line(&e)),
     }
 }
 
@@ -363,7 +364,7 @@ fn sooner(soonest: Option<Timestamp>, t: Timestamp) -> Option<Timestamp> {
     Some(soonest.map_or(t, |s| s.min(t)))
 }
 
-/// Set by SIGINT or SIGTERM. The handlers are installed when `serve` starts, so a signal during
+/// Set by SIGINT, SIGTERM or SIGHUP. The handlers are installed when `serve` starts, so a signal during
 /// a run is noted rather than fatal: the run (and its posthooks) finishes, then `serve` stops.
 struct Stop {
     requested: std::sync::atomic::AtomicBool,
@@ -373,7 +374,7 @@ struct Stop {
 }
 
 impl Stop {
-    /// The first SIGINT or SIGTERM lets the runs in hand finish and starts no more; a second
+    /// The first SIGINT, SIGTERM or SIGHUP lets the runs in hand finish and starts no more; a second
     /// stops those runs as `cairn policy run` stops its own (a run that hangs need not be
     /// waited on for its whole timeout); a third ends the process at once.
     fn install() -> anyhow::Result<Arc<Self>> {
@@ -386,7 +387,7 @@ impl Stop {
         let flag = stop.clone();
         tokio::spawn(async move {
             signals.recv().await;
-            eprintln!(
+            errln!(
                 "cairn: stopping once the current run, if any, has finished (interrupt again to \
                  stop it now)"
             );
@@ -395,13 +396,13 @@ impl Stop {
             // Stores a permit when nobody waits yet, so a sleep that starts later still wakes.
             flag.notify.notify_one();
             signals.recv().await;
-            eprintln!(
+            errln!(
                 "cairn: interrupted again; stopping the runs in hand and running their posthooks \
                  (interrupt once more to exit at once)"
             );
             flag.interrupt.trigger();
             signals.recv().await;
-            eprintln!("cairn: interrupted again; exiting at once");
+            errln!("cairn: interrupted again; exiting at once");
             std::process::exit(i32::from(crate::exit::INTERRUPTED));
         });
         Ok(stop)

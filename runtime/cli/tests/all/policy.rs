@@ -1304,7 +1304,10 @@ fn the_kubernetes_example_resources_are_applied() {
     for doc in text.split("\n---\n") {
         let mut resource: serde_json::Value = serde_norway::from_str(doc).expect("YAML");
         let kind = resource["kind"].as_str().expect("a kind").to_owned();
-        let name = resource["metadata"]["name"].as_str().expect("a name").to_owned();
+        let name = resource["metadata"]["name"]
+            .as_str()
+            .expect("a name")
+            .to_owned();
         resource["metadata"]["namespace"] = "cairn".into();
         resource["metadata"]["generation"] = 1.into();
         let plural = match kind.as_str() {

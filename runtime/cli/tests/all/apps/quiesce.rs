@@ -228,17 +228,21 @@ fn a_backup_without_the_scale_grant_never_stops_the_workload() {
     assert_eq!(app.replicas(), "2");
 }
 
-#[test]
-fn a_backup_that_times_out_still_scales_the_workload_back() {
-    let app = App::new();
-    // Enough files that copying the volume takes several times the deadline below even on a
-    // fast machine (100,000 empty files: about 2.5 s to copy on a 2-vCPU VM where 20,000 took
-    // 0.25 s), while the prehook (one scale) takes a few milliseconds.
+/// Enough files that copying the volume takes seconds even on a fast machine (100,000 empty
+/// files: about 2.5 s to copy on a 2-vCPU VM where 20,000 took 0.25 s), while the prehook (one
+/// scale) takes a few milliseconds.
+fn slow_to_copy(app: &App) {
     let many = app.root().join("data/many");
     std::fs::create_dir(&many).expect("dir");
     for i in 0..100_000 {
         std::fs::File::create(many.join(format!("f{i:06}"))).expect("file");
     }
+}
+
+#[test]
+fn a_backup_that_times_out_still_scales_the_workload_back() {
+    let app = App::new();
+    slow_to_copy(&app);
     let cairn = Cairn::new();
     let out = app.run(&cairn, "backup", &["--timeout", "400ms"]);
     let v = assert_fails_with(&out, &[]);
@@ -250,6 +254,41 @@ fn a_backup_that_times_out_still_scales_the_workload_back() {
         "the backup should have run out of time: {v}"
     );
     assert_no_artifacts(&v);
+    app.is_back(&cairn, &["stop", "start"]);
+}
+
+/// A closed terminal or a dropped SSH session: stderr gone (writes fail) and a SIGHUP in the
+/// middle of the backup. The run stops as on Ctrl-C, its posthook brings the workload back.
+#[test]
+fn a_hangup_with_stderr_closed_still_scales_the_workload_back() {
+    let app = App::new();
+    slow_to_copy(&app);
+    let cairn = Cairn::new();
+    let args = app.h.args("backup", &["--grant", GRANTS]);
+    let mut child = cairn
+        .command(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("cairn runs");
+    drop(child.stderr.take());
+    let since = std::time::Instant::now();
+    while app.events() != ["stop"] {
+        assert!(
+            since.elapsed() < std::time::Duration::from_secs(60),
+            "the workload was never stopped: {:?}",
+            app.events()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let sent = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(sent.success());
+    let status = child.wait().expect("cairn exits");
+    // Stopped as on an interrupt: not killed by the signal, not a panic on the closed stderr.
+    assert_eq!(status.code(), Some(130), "{status:?}");
     app.is_back(&cairn, &["stop", "start"]);
 }
 
