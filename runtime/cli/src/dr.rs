@@ -130,8 +130,8 @@ pub(crate) enum DrCommand {
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
         max_chain: Option<u32>,
         /// When the DR location is created: a protection period during which DR points cannot be
-        /// deleted, e.g. "30d".
-        #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+        /// deleted: `30d`, `6mo` (a month counts 30 days), `1y` (365).
+        #[arg(long, value_parser = cairn_repository::Retention::parse_period, value_name = "DURATION")]
         protection: Option<std::time::Duration>,
     },
     /// Turn DR off (DR points already exported stay where they are).
@@ -1407,8 +1407,8 @@ async fn open_or_init(
                 outln!(
                     "note: {url} already exists with a protection period of {}; --protection {} applies only \
                      when the DR location is created",
-                    humantime::format_duration(repo.protection()),
-                    humantime::format_duration(p)
+                    cairn_repository::Retention::period_text(repo.protection()),
+                    cairn_repository::Retention::period_text(p)
                 );
             }
             Ok(repo)

@@ -67,8 +67,9 @@ pub struct RepoArgs {
 enum RepoCommand {
     /// Create a repository.
     Init {
-        /// Protection period during which nothing may be deleted or overwritten, e.g. "30d".
-        #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+        /// Protection period during which nothing may be deleted or overwritten: `30d`, `6mo`
+        /// (a month counts 30 days), `1y` (365). It cannot be changed later.
+        #[arg(long, value_parser = Retention::parse_period, value_name = "DURATION")]
         protection: Option<Duration>,
     },
     /// Back up a directory or a file, standard input with `-`, or a command's output.
@@ -1292,7 +1293,7 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
             };
             format!(
                 "; data is immutable for {} (enforced by {by})",
-                humantime::format_duration(protection)
+                Retention::period_text(protection)
             )
         };
         args.print(

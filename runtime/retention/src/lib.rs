@@ -153,6 +153,29 @@ impl Retention {
         Self::parse_within_as(text, false)
     }
 
+    /// A fixed period (a repository's protection) written as [`Retention::parse_within`]
+    /// reads keep-within, a month counted as 30 days and a year as 365: `30d`, `6mo`, `1y`. A
+    /// bare `m` is refused here too: `1m` meant as a month must not protect for a minute.
+    pub fn parse_period(text: &str) -> Result<std::time::Duration, String> {
+        let (months, secs) = Self::parse_within(text)?;
+        let days = u64::from(months / 12) * 365 + u64::from(months % 12) * 30;
+        days.checked_mul(86_400)
+            .and_then(|d| d.checked_add(secs))
+            .map(std::time::Duration::from_secs)
+            .ok_or_else(|| format!("`{text}` is too long"))
+    }
+
+    /// A period as people read it: `30 days`, or `1d 12h`, `90min` when not whole days.
+    pub fn period_text(period: std::time::Duration) -> String {
+        let secs = period.as_secs();
+        match secs / 86_400 {
+            days if secs.is_multiple_of(86_400) && days > 0 => {
+                format!("{days} day{}", if days == 1 { "" } else { "s" })
+            }
+            _ => Self::default().within(secs).within_text(),
+        }
+    }
+
     /// [`Retention::parse_within`] as policy files of earlier releases were written and shown:
     /// `m` is minutes there, and `M` months (`90m`, `1h 30m`, `1M`).
     pub fn parse_within_legacy(text: &str) -> Result<(u32, u64), String> {
@@ -535,6 +558,24 @@ mod tests {
         assert_eq!(parse(&r.within_text()), Ok((18, 3 * 86_400 + 90)));
         assert_eq!(r.to_string(), "within 1y 6mo 3d 1min 30s");
         assert_eq!(Retention::new().within_text(), "0s");
+    }
+
+    #[test]
+    fn a_protection_period_is_read_as_keep_within_with_fixed_months() {
+        let day = 86_400;
+        let period = |t: &str| Retention::parse_period(t).map(|d| d.as_secs());
+        assert_eq!(period("30d"), Ok(30 * day));
+        assert_eq!(period("1mo"), Ok(30 * day));
+        assert_eq!(period("1y 6mo"), Ok(545 * day));
+        assert_eq!(period("90min"), Ok(5_400));
+        // `1m` meant as a month must not protect for a minute.
+        let e = period("1m").expect_err("ambiguous");
+        assert!(e.contains("`1mo` for months"), "{e}");
+        let text = |secs| Retention::period_text(std::time::Duration::from_secs(secs));
+        assert_eq!(text(30 * day), "30 days");
+        assert_eq!(text(day), "1 day");
+        assert_eq!(text(day + 12 * 3_600), "1d 12h");
+        assert_eq!(text(8), "8s");
     }
 
     #[test]

@@ -911,7 +911,20 @@ fn forget_by_id_removes_the_snapshots_named_and_refuses_rules_beside_them() {
 fn forgetting_a_protected_snapshot_by_id_is_refused() {
     let repo = LocalRepo::new();
     let (dir, run) = (&repo.dir, |args: &[&str]| repo.ok(args));
-    run(&["repo", "init", "--protection", "1d"]);
+    // `1m` could be a minute or a month: refused, creating nothing.
+    let out = repo.run(&["repo", "init", "--protection", "1m"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("`1mo` for months"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(&["repo", "init", "--protection", "1d"]);
+    assert!(
+        stdout(&out).contains("immutable for 1 day"),
+        "{}",
+        stdout(&out)
+    );
     let data = dir.path().join("data");
     std::fs::create_dir(&data).expect("data");
     std::fs::write(data.join("f"), "one").expect("file");
