@@ -43,6 +43,17 @@ use crate::Output;
 pub const EXIT_WRONG_KEY: u8 = 4;
 /// Exit code: locked by another process.
 pub const EXIT_LOCKED: u8 = 5;
+/// What a repair says of the list chunks it dropped from the index for naming lost chunks.
+fn lists_unindexed_line(n: usize) -> Option<String> {
+    (n > 0).then(|| {
+        format!(
+            "{n} list chunks name lost chunks and are now in no index: the next backup reads \
+             the files they list again rather than taking them from its parent, and so stores \
+             the lost chunks again"
+        )
+    })
+}
+
 /// Exit code: refused by the protection period.
 pub const EXIT_PROTECTED: u8 = 6;
 /// Exit code: no repository, or an unsupported format version.
@@ -2231,6 +2242,7 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                             if *dry_run { "would be" } else { "are now" }
                         ));
                     }
+                    lines.extend(lists_unindexed_line(r.index.lists_unindexed));
                     lines.join("\n")
                 },
                 serde_json::to_value(&r).context("encoding report")?,
@@ -2308,6 +2320,7 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                             if *dry_run { "to replace" } else { "replaced" },
                         ));
                     }
+                    lines.extend(lists_unindexed_line(r.lists_unindexed));
                     lines.join("\n")
                 },
                 serde_json::to_value(&r).context("encoding report")?,

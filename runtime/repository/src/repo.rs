@@ -21,6 +21,9 @@ use std::time::Duration;
 
 /// Metadata objects read at once when listing (snapshots, index files).
 const METADATA_READS_IN_FLIGHT: usize = 16;
+/// List chunks read at once when a repair looks for those that name lost chunks (64 MiB of
+/// ids at most).
+const LISTS_PER_READ: usize = 1024;
 /// The longest protection period (100 years): any longer overflows the dates it is added to.
 pub const MAX_PROTECTION: Duration = Duration::from_secs(100 * 365 * 86_400);
 /// Packs `check --read-data` reads and verifies at once: one read while others decode on
@@ -552,6 +555,10 @@ pub struct IndexRepair {
     pub packs_missing: Vec<String>,
     /// Index files that listed a missing pack, replaced by one without it.
     pub index_files_replaced: usize,
+    /// List chunks (a file's or a stream's chunk ids) dropped from the index because they
+    /// name a chunk no longer in it: the next backup that meets such a file unchanged since
+    /// its parent reads it again, and so stores the lost chunks again.
+    pub lists_unindexed: usize,
 }
 
 /// The result of [`Repository::repair_packs`].
@@ -2334,6 +2341,30 @@ impl Repository {
             );
             (used, survivors, protected_packs, repack)
         };
+        // A pack snapshots use that the store no longer holds: their data is lost, and the
+        // index would go on lending it to backups. Said, and nothing removed, as restic does.
+        let mut gone: Vec<&String> = used_packs
+            .iter()
+            .filter(|h| !listed.contains_key(*h))
+            .collect();
+        if !gone.is_empty() {
+            gone.sort();
+            return Err(Error::corrupt(
+                "index",
+                format!(
+                    "it names {} packs that snapshots use and the store no longer holds ({}); prune \
+                     removes nothing: `cairn repo check` names the snapshots that need them, \
+                     `cairn repo repair index` drops them from the index so that the next \
+                     backup of the same data stores it again",
+                    gone.len(),
+                    gone.iter()
+                        .take(3)
+                        .map(|h| &h[..8])
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
         report.packs_repacked = repack.packs.len();
         report.bytes_repacked = repack.live_bytes;
         report.bytes_reclaimable = repack.unused_bytes;
@@ -2661,7 +2692,128 @@ impl Repository {
             }
         }
         self.refresh_index().await?;
+        report.lists_unindexed = self.unindex_broken_lists(lock).await?;
         Ok(report)
+    }
+
+    /// Drops from the index the list chunks that name a chunk it no longer holds, returning
+    /// how many. A backup takes a file unchanged since its parent when the file's list chunks
+    /// are indexed, without reading what they name (that would read every list of every
+    /// unchanged file): after a repair dropped chunks, such a backup would take the file as
+    /// it was, lost chunks and all, and make a snapshot that cannot be restored. Reads every
+    /// snapshot's lists, as `check` does; the packs of the lists dropped are indexed again
+    /// from their headers without them.
+    async fn unindex_broken_lists(&self, lock: &LockGuard) -> Result<usize> {
+        let backend = &self.inner.backend;
+        let mut marks = Marks::default();
+        for s in &self.snapshots(&SnapshotFilter::default()).await? {
+            // A snapshot that cannot be read is no backup's parent; `check` names it.
+            if let Err(e) = self.mark(s, &mut marks).await {
+                tracing::debug!(snapshot = %s.id, error = %e, "not read for its lists");
+            }
+        }
+        let lists: Vec<ChunkId> = {
+            let idx = self.inner.index.read().map_err(|_| poisoned())?;
+            let mut l: Vec<ChunkId> = marks
+                .lists()
+                .iter()
+                .filter(|l| idx.contains(l))
+                .copied()
+                .collect();
+            l.sort_unstable();
+            l
+        };
+        let mut broken: IdSet = IdSet::default();
+        for batch in lists.chunks(LISTS_PER_READ) {
+            let got: Result<Vec<Bytes>> = async {
+                let mut read = Box::pin(self.read_chunks(batch, "").await?);
+                let mut got = Vec::with_capacity(batch.len());
+                while let Some(b) = read.next().await {
+                    got.extend(b?);
+                }
+                Ok(got)
+            }
+            .await;
+            let got = match got {
+                Ok(got) => got,
+                // A pack damaged: `check --read-data` names it, `repair packs` repairs it.
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read {} list chunks to see whether they name lost chunks", batch.len());
+                    continue;
+                }
+            };
+            let idx = self.inner.index.read().map_err(|_| poisoned())?;
+            for (id, bytes) in batch.iter().zip(&got) {
+                let names_lost = format::decode_list(bytes)
+                    .is_none_or(|ids| ids.iter().any(|c| !idx.contains(c)));
+                if names_lost {
+                    broken.insert(*id);
+                }
+            }
+        }
+        if broken.is_empty() {
+            return Ok(0);
+        }
+        // The index files that list a pack holding a broken list, replaced by one listing
+        // those packs' chunks but the broken lists.
+        let (stale, packs) = {
+            let idx = self.inner.index.read().map_err(|_| poisoned())?;
+            let holding: HashSet<format::PackId> = idx
+                .iter()
+                .chain(idx.duplicates())
+                .filter(|(c, _)| broken.contains(c))
+                .map(|(_, l)| idx.packs[l.pack as usize])
+                .collect();
+            let stale: Vec<String> = idx
+                .files
+                .iter()
+                .filter(|(_, packs)| packs.iter().any(|p| holding.contains(p)))
+                .map(|(id, _)| id.clone())
+                .collect();
+            let packs: HashSet<format::PackId> = idx
+                .files
+                .iter()
+                .filter(|(id, _)| stale.contains(id))
+                .flat_map(|(_, packs)| packs.iter().copied())
+                .collect();
+            (stale, packs)
+        };
+        let sizes: HashMap<String, u64> = backend
+            .list_packs()
+            .await?
+            .into_iter()
+            .map(|(hex, m)| (hex, m.size))
+            .collect();
+        let mut entries: Vec<(format::PackId, Vec<format::Entry>)> = Vec::new();
+        for pack in packs {
+            let hex = format::pack_hex(&pack);
+            // Every pack the index lists is there (the repair just dropped those that are
+            // not); one gone since is left out, as the repair would leave it.
+            let Some(&size) = sizes.get(&hex) else {
+                continue;
+            };
+            let mut listed = self.pack_header(&hex, size).await?;
+            listed.retain(|e| !broken.contains(&e.id));
+            if !listed.is_empty() {
+                entries.push((pack, listed));
+            }
+        }
+        entries.sort_unstable_by_key(|p| p.0);
+        lock.held().await?;
+        if !entries.is_empty() {
+            self.write_index_file(&entries).await?;
+        }
+        for id in &stale {
+            if let Err(e) = backend.delete_data(&format::index_path(id), None).await {
+                tracing::warn!(
+                    error = %e,
+                    "keeping index file {id}: the lists it indexes that name lost chunks stay \
+                     indexed, so back up with --force to store those chunks again"
+                );
+            }
+        }
+        self.refresh_index().await?;
+        Ok(broken.len())
     }
 
     /// Writes one new index file listing `packs`.

@@ -646,6 +646,14 @@ async fn a_lost_pack_is_dropped_from_the_index_and_the_next_backup_heals_it() {
             .is_err()
     );
 
+    // Prune refuses while the index lends backups a pack that is gone, as restic's does.
+    let e = repo.prune(false).await.unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("packs that snapshots use and the store no longer holds"),
+        "{e}"
+    );
+
     let dry = repo.repair_index(true).await.unwrap();
     let lost: Vec<String> = a_packs
         .iter()
@@ -945,6 +953,59 @@ async fn repair_packs_drops_damaged_chunks_so_the_next_backup_stores_them_again(
         repo.repair_packs(&["ffffffffff".into()], false).await,
         Err(Error::NotFound { .. })
     ));
+}
+
+/// A tree's files keep their chunk ids in list chunks, and a backup takes a file unchanged
+/// since its parent when those list chunks are indexed, without reading what they name. After
+/// `repair packs` dropped damaged chunks, the lists that name them are dropped from the index
+/// too: the next backup reads those files again and stores what was lost, where it made
+/// another snapshot that could not be restored, and said so nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_repair_packs_a_backup_with_a_parent_stores_the_lost_chunks_again() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("repo");
+    let repo = init_repo(dir.display().to_string().as_str()).await;
+    let src = d.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for (i, name) in ["a", "b", "c"].iter().enumerate() {
+        std::fs::write(src.join(name), noise(600_000, 60 + i as u64)).unwrap();
+    }
+    // Changed (their ctime) well before the first backup starts: taken from the parent after.
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let first = repo.backup_tree(&src, Default::default()).await.unwrap();
+    let again = repo.backup_tree(&src, Default::default()).await.unwrap();
+    assert_eq!(again.summary.unchanged_files, 3, "{:?}", again.summary);
+    damage_first_frames(&dir);
+    let damaged: Vec<String> = packs(&dir)
+        .iter()
+        .filter(|p| std::fs::metadata(p).unwrap().len() > 100_000)
+        .map(|p| p.file_name().unwrap().to_str().unwrap().to_owned())
+        .collect();
+    assert!(!damaged.is_empty());
+    let r = repo.repair_packs(&damaged, false).await.unwrap();
+    assert!(r.index.lists_unindexed > 0, "{r:?}");
+
+    let healed = repo.backup_tree(&src, Default::default()).await.unwrap();
+    assert!(
+        healed.summary.unchanged_files < 3 && healed.summary.new_chunks > 0,
+        "{:?}",
+        healed.summary
+    );
+    for (n, id) in [&first.id, &again.id, &healed.id].into_iter().enumerate() {
+        let target = d.path().join(format!("target-{n}"));
+        repo.restore_tree(id, &target).await.unwrap();
+        for name in ["a", "b", "c"] {
+            assert!(
+                std::fs::read(target.join(name)).unwrap() == std::fs::read(src.join(name)).unwrap(),
+                "{name} of snapshot {id}"
+            );
+        }
+    }
+    let report = repo.check(true).await.unwrap();
+    assert!(report.is_ok(), "{report:?}");
+    // The next backup takes them from its parent again.
+    let next = repo.backup_tree(&src, Default::default()).await.unwrap();
+    assert_eq!(next.summary.unchanged_files, 3, "{:?}", next.summary);
 }
 
 /// Data lost for good (a damaged pack repaired, the source gone): `repair snapshots` writes
