@@ -386,6 +386,15 @@ impl Execution<'_> {
         let action = request.action.clone();
         let namespace = request.namespace.clone();
         let workload = request.workload.clone();
+        // One run at a time on a workload from this home (`cairn run`, policies, serve's
+        // jobs): a second quiesce would find the workload stopped by the first, take 0 for its
+        // count, leave it stopped, and snapshot it while the first started it again.
+        let _workload = match &workload {
+            Some(name) => {
+                hold_workload(self.home, &namespace, name, &action, &request.interrupt).await?
+            }
+            None => None,
+        };
         if action == "backup" && request.grants.contains(&cairn_engine::Capability::Export) {
             self.exports.wait_for_prune(&request.interrupt).await;
         }
@@ -415,6 +424,71 @@ impl Execution<'_> {
             self.discard_unkept(&report, point.is_some()).await;
         }
         Ok((report, point))
+    }
+}
+
+/// Waits for, then holds, the lock of runs on workload `namespace/name` in the home, until the
+/// returned file is dropped; `None` when `interrupt` comes first (the run then stops as
+/// interrupted before it starts). The holder's process, action and start are in the file, for
+/// the message of whoever waits.
+async fn hold_workload(
+    home: &Home,
+    namespace: &str,
+    name: &str,
+    action: &str,
+    interrupt: &cairn_engine::Interrupt,
+) -> anyhow::Result<Option<std::fs::File>> {
+    // Names of namespaces and workloads are DNS labels; anything else is spelt out in hex.
+    let plain = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+            && !s.starts_with('.')
+    };
+    let key = if plain(namespace) && plain(name) {
+        format!("{namespace}_{name}")
+    } else {
+        format!("x{}", hex::encode(format!("{namespace}/{name}")))
+    };
+    let path = home
+        .root()
+        .join("locks")
+        .join(format!("workload-{key}.lock"));
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let mut said = false;
+    loop {
+        if let Some(mut file) = crate::policy::hold(&path)? {
+            use std::io::Write as _;
+            // Only for the message of a run that waits.
+            let _ = file.set_len(0).and_then(|()| {
+                write!(
+                    file,
+                    "{action} by process {} since {}",
+                    std::process::id(),
+                    jiff::Timestamp::now()
+                )
+            });
+            return Ok(Some(file));
+        }
+        if interrupt.is_triggered() {
+            return Ok(None);
+        }
+        if !said {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            errln!(
+                "cairn: workload {namespace}/{name} is in another run ({}); this {action} waits \
+                 for it to end",
+                if holder.is_empty() {
+                    "of another cairn process"
+                } else {
+                    holder.trim()
+                }
+            );
+            said = true;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 

@@ -292,6 +292,43 @@ fn a_hangup_with_stderr_closed_still_scales_the_workload_back() {
     app.is_back(&cairn, &["stop", "start"]);
 }
 
+/// Two runs on one workload at once (a `cairn run` while serve's policy runs, two policies
+/// selecting it): the second waits for the first. Before, it found the workload stopped by
+/// the first, took 0 for its count, and left it stopped, both saying they succeeded.
+#[test]
+fn a_second_run_on_a_workload_waits_for_the_first() {
+    let app = App::new();
+    slow_to_copy(&app);
+    let cairn = Cairn::new();
+    let args = app.h.args("backup", &["--grant", GRANTS]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let first = cairn
+        .command(&args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("cairn runs");
+    let since = std::time::Instant::now();
+    while app.events() != ["stop"] {
+        assert!(
+            since.elapsed() < std::time::Duration::from_secs(60),
+            "the workload was never stopped: {:?}",
+            app.events()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let second = app.run(&cairn, "backup", &[]);
+    let first = first.wait_with_output().expect("the first ends");
+    assert!(first.status.success(), "{first:?}");
+    assert!(second.status.success(), "{}", stderr(&second));
+    assert!(
+        stderr(&second).contains("is in another run (backup by process"),
+        "{}",
+        stderr(&second)
+    );
+    app.is_back(&cairn, &["stop", "start", "stop", "start"]);
+}
+
 #[test]
 fn a_policy_deletes_the_volume_snapshots_of_the_points_it_no_longer_keeps() {
     let app = App::new();
