@@ -49,7 +49,10 @@ pub enum Error {
 
     /// The catalog file is damaged: its pages fail their checksums or its structure is invalid.
     #[error(
-        "the catalog {} is damaged ({reason}); restore it from a DR point (`cairn dr restore`)",
+        "the catalog {} is damaged ({reason}); move it aside (`mv {} {}.damaged`), then restore \
+         it from a DR point (`cairn dr restore`)",
+        path.display(),
+        path.display(),
         path.display()
     )]
     CorruptFile {

@@ -353,6 +353,14 @@ pub(crate) fn refuse_unfinished_restore(catalog: &Catalog, home: &Home) -> anyho
     }
 }
 
+/// [`refuse_unfinished_restore`]'s refusal as a warning, for listings: what they show of an
+/// unfinished restore's home is not the catalog restored.
+pub(crate) fn warn_unfinished_restore(catalog: &Catalog, home: &Home) {
+    if let Err(e) = refuse_unfinished_restore(catalog, home) {
+        errln!("cairn: warning: {}", crate::one_line(&e));
+    }
+}
+
 fn short(id: &str) -> &str {
     &id[..12.min(id.len())]
 }
@@ -1913,6 +1921,7 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
         }
         DrCommand::Status { output } => {
             let catalog = crate::catalog::open(&home)?;
+            warn_unfinished_restore(&catalog, &home);
             let config = load_config(&catalog)?;
             let last: Option<LastRun> = catalog
                 .meta(LAST_RUN_KEY)?

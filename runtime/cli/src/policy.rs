@@ -299,6 +299,7 @@ pub(crate) async fn run(cmd: PolicyCommand, home: Option<PathBuf>) -> anyhow::Re
         }
         PolicyCommand::List { output } => {
             let catalog = crate::catalog::open(&home)?;
+            crate::dr::warn_unfinished_restore(&catalog, &home);
             let rows: Vec<Listed> = catalog
                 .list(Kind::Policy)?
                 .into_iter()

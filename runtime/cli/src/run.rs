@@ -101,6 +101,9 @@ pub(crate) async fn run(args: RunArgs, home: Option<PathBuf>) -> anyhow::Result<
     let home = Home::resolve(home)?;
     let grants = parse_grants(&args.grants)?;
     let secrets = parse_secrets(&args.secrets)?;
+    // Before anything runs: a catalog that cannot record the run (damaged), or that a DR
+    // restore left half written, whose rerun wants nothing recorded in between.
+    crate::dr::refuse_unfinished_restore(&crate::catalog::open_verified_daily(&home)?, &home)?;
     if !secrets.is_empty() && !grants.contains(&Capability::Secrets) {
         // Without the grant the blueprint cannot read them, and would fail later with an
         // authentication error that hides the cause.

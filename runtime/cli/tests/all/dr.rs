@@ -483,6 +483,16 @@ fn a_restore_that_fails_part_way_leaves_the_home_unfinished() {
     refused_with(&fresh.run(&["policy", "run", "any"]), "did not finish");
     refused_with(&fresh.run(&["serve", "--once"]), "did not finish");
     refused_with(&fresh.run(&["dr", "take-ownership"]), "did not finish");
+    // A run would record itself, and the restore's rerun wants nothing recorded in between.
+    refused_with(
+        &crate::support::run_hello(&fresh, "backup", &["--grant", "exec"]),
+        "did not finish",
+    );
+    for listing in [&["dr", "status"][..], &["policy", "list"]] {
+        let out = fresh.run(listing);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(stderr(&out).contains("did not finish"), "{}", stderr(&out));
+    }
     let older = older[0]["point"].as_str().expect("point id").to_owned();
     refused_with(
         &restore(&fresh, &profile_url, &cluster_id, &["--point", &older]),
