@@ -222,6 +222,7 @@ pub(crate) struct Pipeline {
     workers: Vec<JoinHandle<()>>,
     packer: Option<JoinHandle<Result<PackerOut>>>,
     abort: Arc<AtomicBool>,
+    failure: Arc<std::sync::OnceLock<String>>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -274,10 +275,17 @@ impl Pipeline {
             })?);
         }
         drop(ctx);
+        let failure = Arc::new(std::sync::OnceLock::new());
         let packer = {
-            let (abort, pack_bytes) = (abort.clone(), cfg.pack_bytes);
+            let (abort, pack_bytes, failure) = (abort.clone(), cfg.pack_bytes, failure.clone());
             spawn("cairn-packer", move || {
-                packer_loop(crx, &shared, pack_bytes, &handle, &abort)
+                let r = packer_loop(&crx, &shared, pack_bytes, &handle, &abort);
+                // Said before the channels close, so whoever finds them closed can say why.
+                if let Err(e) = &r {
+                    let _ = failure.set(e.to_string());
+                }
+                drop(crx);
+                r
             })?
         };
         Ok(Self {
@@ -287,7 +295,14 @@ impl Pipeline {
             workers,
             packer: Some(packer),
             abort,
+            failure,
         })
+    }
+
+    /// Why the pipeline stopped, once its packer failed (a full store, a store refusing):
+    /// what a producer that finds its input closed says.
+    pub(crate) fn failure(&self) -> Arc<std::sync::OnceLock<String>> {
+        self.failure.clone()
     }
 
     /// The producer side. Sending fails once the pipeline has stopped on an error; call
@@ -800,7 +815,7 @@ impl PackBuf {
 }
 
 fn packer_loop(
-    rx: Receiver<Frame>,
+    rx: &Receiver<Frame>,
     shared: &Shared,
     pack_bytes: usize,
     handle: &tokio::runtime::Handle,

@@ -12,6 +12,7 @@ use futures::StreamExt;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, ready};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::mpsc::{OwnedPermit, Sender};
@@ -45,6 +46,8 @@ pub struct SnapshotWriter {
     buf: Vec<u8>,
     blocks: Pool,
     pending: Option<PermitFuture>,
+    /// Why the pipeline stopped, once it did.
+    failure: Arc<OnceLock<String>>,
 }
 
 impl std::fmt::Debug for SnapshotWriter {
@@ -55,10 +58,14 @@ impl std::fmt::Debug for SnapshotWriter {
     }
 }
 
-fn broken() -> std::io::Error {
+/// The stream's input closed: the pipeline stopped on `failure`, when it said.
+fn broken(failure: &OnceLock<String>) -> std::io::Error {
     std::io::Error::new(
         std::io::ErrorKind::BrokenPipe,
-        "the backup pipeline stopped; finish() tells why",
+        match failure.get() {
+            Some(why) => format!("the backup stopped: {why}"),
+            None => "the backup stopped".to_owned(),
+        },
     )
 }
 
@@ -76,7 +83,7 @@ impl SnapshotWriter {
         opts.check_labels()?;
         let time = jiff::Timestamp::now();
         let (lock, pipeline) = repo.start_backup(&opts, Chunking::STREAM).await?;
-        let (tx, blocks) = (pipeline.sender(), pipeline.blocks());
+        let (tx, blocks, failure) = (pipeline.sender(), pipeline.blocks(), pipeline.failure());
         Ok(Self {
             repo: repo.clone(),
             name: name.to_string(),
@@ -89,6 +96,7 @@ impl SnapshotWriter {
             buf: Vec::with_capacity(INPUT_BLOCK),
             blocks,
             pending: None,
+            failure,
         })
     }
 
@@ -98,15 +106,15 @@ impl SnapshotWriter {
             return Poll::Ready(Ok(()));
         }
         if self.pending.is_none() {
-            let tx = self.tx.clone().ok_or_else(broken)?;
+            let tx = self.tx.clone().ok_or_else(|| broken(&self.failure))?;
             self.pending = Some(Box::pin(tx.reserve_owned()));
         }
         let Some(fut) = self.pending.as_mut() else {
-            return Poll::Ready(Err(broken()));
+            return Poll::Ready(Err(broken(&self.failure)));
         };
         let permit = ready!(fut.as_mut().poll(cx));
         self.pending = None;
-        let permit = permit.map_err(|_| broken())?;
+        let permit = permit.map_err(|_| broken(&self.failure))?;
         let mut next = self
             .blocks
             .take()

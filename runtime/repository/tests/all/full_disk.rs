@@ -152,6 +152,26 @@ async fn backup_into_a_full_repository_fails_cleanly_and_resumes() {
             .await
             .expect_err("a 36 MiB backup cannot fit in 24 MiB");
         assert_full(&e, Some(url.as_str()), "data/");
+        // A stream's writer, which an export's command writes into, says why it stopped too:
+        // the command only sees its write fail.
+        let mut w = repo
+            .stream_writer("big.sql", Default::default())
+            .await
+            .unwrap();
+        let mut failed = None;
+        for i in 0..64 {
+            let block = noise(1 << 20, 1000 + i);
+            if let Err(e) = tokio::io::AsyncWriteExt::write_all(&mut w, &block).await {
+                failed = Some(e);
+                break;
+            }
+        }
+        let e = failed.expect("64 MiB more cannot fit either");
+        assert!(
+            e.to_string().contains("No space left on device"),
+            "{e}: should say why the backup stopped"
+        );
+        drop(w);
         let snaps = repo.snapshots(&SnapshotFilter::new()).await.unwrap();
         assert_eq!(snaps.len(), 1, "the failed backup wrote a snapshot");
 
