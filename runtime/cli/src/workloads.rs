@@ -57,6 +57,7 @@ pub(crate) async fn run(args: WorkloadsArgs, home: Option<PathBuf>) -> anyhow::R
                         })).collect::<Vec<_>>(),
                         "volumes": w.volumes.iter().map(|v| &v.name).collect::<Vec<_>>(),
                         "labels": w.labels,
+                        "left_stopped": w.left_stopped,
                     })
                 })
                 .collect();
@@ -110,6 +111,17 @@ pub(crate) async fn run(args: WorkloadsArgs, home: Option<PathBuf>) -> anyhow::R
                 }
                 outln!("{}", line.trim_end());
             }
+        }
+    }
+    for w in &workloads {
+        if let Some(n) = w.left_stopped {
+            errln!(
+                "cairn: warning: workload {} is at 0 replicas since a cairn run scaled it down \
+                 from {n} and ended (killed, or the machine restarted) before scaling it back: \
+                 its next backup brings it back (its posthook scales it to {n}), or start it \
+                 yourself",
+                w.reference
+            );
         }
     }
     Ok(ExitCode::from(exit::OK))

@@ -548,6 +548,7 @@ impl KubeCluster {
                 .map(|name| Volume { name, bytes: None })
                 .collect(),
             labels: found.labels.clone(),
+            left_stopped: None,
         })
     }
 

@@ -109,6 +109,11 @@ pub struct Workload {
     pub volumes: Vec<Volume>,
     /// Its labels: a Kubernetes workload's own (not its pods'), a local workload's `labels`.
     pub labels: BTreeMap<String, String>,
+    /// Scaled to zero by a Cairn run that ended before scaling it back (killed, the machine
+    /// restarted): the replicas it had. Its next backup's posthook brings it back. Known on
+    /// the local target only: Kubernetes's `cairn.dev/scaled-from` cannot tell a run that
+    /// ended from one still running.
+    pub left_stopped: Option<u32>,
 }
 
 /// A point-in-time copy of one volume.

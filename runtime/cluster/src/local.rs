@@ -576,7 +576,16 @@ impl LocalCluster {
         } else {
             replicas > 0
         };
-        Ok(describe(w, replicas, ready))
+        let mut d = describe(w, replicas, ready);
+        if replicas == 0 {
+            let scaled_from: BTreeMap<String, ScaledFrom> =
+                read_counts(&self.state, SCALED_FROM_FILE)?;
+            d.left_stopped = scaled_from
+                .get(&w.reference.to_string())
+                .filter(|s| !s.owner.lives())
+                .map(|s| s.replicas);
+        }
+        Ok(d)
     }
 
     async fn run_hook(
@@ -677,6 +686,7 @@ fn describe(w: &LocalWorkload, replicas: u32, ready: bool) -> Workload {
             })
             .collect(),
         labels: w.labels.clone(),
+        left_stopped: None,
     }
 }
 

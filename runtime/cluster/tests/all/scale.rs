@@ -91,6 +91,13 @@ async fn a_workload_cairn_stopped_and_never_started_again_answers_its_count() {
         bounded(cluster.scale(&db(), 0)).await.expect("scale down"),
         0
     );
+    let left = || async {
+        bounded(cluster.workload(&db()))
+            .await
+            .expect("workload")
+            .left_stopped
+    };
+    assert_eq!(left().await, None, "its run is still on");
     // That process gone before its posthook: the next run is told the count to put back.
     let file = fx.path("state/scaled-from.json");
     let mut entries: serde_json::Value =
@@ -101,6 +108,8 @@ async fn a_workload_cairn_stopped_and_never_started_again_answers_its_count() {
     entries["apps/db"]["pid"] = gone.id().into();
     gone.wait().expect("true exits");
     std::fs::write(&file, entries.to_string()).expect("write");
+    // Listings say so (`cairn workloads`).
+    assert_eq!(left().await, Some(1));
     assert_eq!(
         bounded(cluster.scale(&db(), 0)).await.expect("scale down"),
         1
