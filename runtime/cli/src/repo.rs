@@ -879,6 +879,15 @@ pub async fn run(mut args: RepoArgs, home: Option<PathBuf>) -> anyhow::Result<Ex
             if args.select.passphrase_file.is_none() && args.select.key_file.is_none() {
                 let key = home.repository_key();
                 if key.exists() {
+                    // Read here, so a damaged one is named as the home's, not as --key-file.
+                    if let Err(e) = KeyFile::load(&key) {
+                        return Err(usage(format!(
+                            "the home's repository key is unusable: {e}; put back your copy of \
+                             {} (or give {env} or --passphrase-file, when you added a \
+                             passphrase slot)",
+                            key.display()
+                        )));
+                    }
                     args.select.key_file = Some(key);
                 } else if std::env::var_os(env).is_none() {
                     return Err(usage(format!(
