@@ -351,8 +351,9 @@ fn parse_percent(s: &str) -> Result<f64, String> {
 
 #[derive(Debug, clap::Args)]
 struct FilterArgs {
-    /// Only snapshots with this tag; repeatable (all must match).
-    #[arg(long)]
+    /// Only snapshots with this tag; repeatable, or comma-separated (all must match: a tag
+    /// holds no comma).
+    #[arg(long, value_delimiter = ',')]
     tag: Vec<String>,
     /// Only snapshots of this path or stream name.
     #[arg(long)]

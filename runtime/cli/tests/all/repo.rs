@@ -1697,3 +1697,31 @@ fn copy_goes_on_past_a_damaged_snapshot() {
     assert_eq!(report["copied"][0]["from"], second.as_str(), "{report}");
     assert!(stderr(&out).contains("is not copied"), "{}", stderr(&out));
 }
+
+/// `--tag a,b` as restic reads it: both tags (a tag holds no comma, so it never matched).
+#[test]
+fn a_comma_separated_tag_filter_wants_every_tag() {
+    let repo = LocalRepo::new();
+    let run = |args: &[&str]| repo.ok(args);
+    run(&["repo", "init"]);
+    let data = repo.dir.path().join("data");
+    std::fs::create_dir(&data).expect("data");
+    std::fs::write(data.join("f"), "one").expect("file");
+    let data = data.to_str().expect("utf-8");
+    run(&["repo", "backup", data, "--tag", "a", "--tag", "b"]);
+    run(&["repo", "backup", data, "--tag", "a"]);
+    let count = |filter: &str| {
+        json(&run(&[
+            "repo",
+            "snapshots",
+            "--tag",
+            filter,
+            "--output",
+            "json",
+        ]))
+        .as_array()
+        .map(Vec::len)
+    };
+    assert_eq!(count("a,b"), Some(1));
+    assert_eq!(count("a"), Some(2));
+}
