@@ -516,7 +516,8 @@ pub(crate) struct RepoSelect {
     /// Read the passphrase from this file (else from CAIRN_PASSPHRASE).
     #[arg(long, global = true, value_name = "FILE")]
     passphrase_file: Option<PathBuf>,
-    /// Use a key file instead of a passphrase.
+    /// Use a key file instead of a passphrase (`repo init` creates it when absent: 32 random
+    /// bytes as hex, mode 0600).
     #[arg(
         long,
         global = true,
@@ -1296,7 +1297,15 @@ fn describe(s: &SnapshotInfo, time: &str, width: usize) -> String {
 
 async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<ExitCode> {
     let loc = args.location()?;
-    let key = args.key()?;
+    // `init --key-file` of a file not there yet makes the key, as `key add --new-key-file` does.
+    let new_key_file = match (&args.command, &args.select.key_file) {
+        (RepoCommand::Init { .. }, Some(f)) if !f.exists() => Some(f),
+        _ => None,
+    };
+    let key: Box<dyn KeyProvider> = match new_key_file {
+        Some(f) => Box::new(KeyFile::load_or_create(f)?),
+        None => args.key()?,
+    };
     if let RepoCommand::Init { protection } = &args.command {
         let opts = InitOptions::new().protection(protection.unwrap_or_default());
         let repo = Repository::init(loc.clone(), key.as_ref(), opts).await?;
@@ -1317,8 +1326,23 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                 Retention::period_text(protection)
             )
         };
+        let made_key = new_key_file
+            .map(|f| {
+                format!(
+                    "\ncreated key file {}: keep a copy apart from the repository, which no one \
+                     opens without it",
+                    f.display()
+                )
+            })
+            .unwrap_or_default();
         args.print(
-            || format!("created repository {} at {}{guard}", repo.id(), loc.url()),
+            || {
+                format!(
+                    "created repository {} at {}{guard}{made_key}",
+                    repo.id(),
+                    loc.url()
+                )
+            },
             json!({
                 "id": repo.id(),
                 "url": loc.url(),

@@ -1725,3 +1725,36 @@ fn a_comma_separated_tag_filter_wants_every_tag() {
     assert_eq!(count("a,b"), Some(1));
     assert_eq!(count("a"), Some(2));
 }
+
+/// `repo init --key-file FILE` of a file not there yet makes the key, as `key add
+/// --new-key-file` does, readable by its owner only; the repository then opens with it.
+#[test]
+fn init_with_a_key_file_not_there_yet_makes_the_key() {
+    let cairn = Cairn::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (repo, key) = (dir.path().join("repo"), dir.path().join("new.key"));
+    let (repo, key) = (repo.to_str().expect("utf-8"), key.to_str().expect("utf-8"));
+    let out = cairn.run(&["repo", "init", "--repo", repo, "--key-file", key]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("created key file"),
+        "{}",
+        stdout(&out)
+    );
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(key).expect("the key file").permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    let out = cairn.run(&["repo", "snapshots", "--repo", repo, "--key-file", key]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Only init makes one: elsewhere a key file not there is an error.
+    let out = cairn.run(&[
+        "repo",
+        "snapshots",
+        "--repo",
+        repo,
+        "--key-file",
+        "/nonexistent.key",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}
