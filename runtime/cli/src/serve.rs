@@ -140,6 +140,12 @@ pub(crate) async fn serve(args: ServeArgs, home: Option<PathBuf>) -> anyhow::Res
     // Unreadable policy records, each reported once.
     let mut unreadable = BTreeSet::new();
     loop {
+        // Until stopped, serve's exit says how its last pass went, when the stop cut that pass
+        // short; a stop between passes is a clean one (exit 0), whatever earlier passes met,
+        // so `systemctl stop` does not mark the unit failed for last week's failed run.
+        if !args.once {
+            failed = false;
+        }
         if let Some(operator) = operator.as_mut() {
             match operator.sync(&engine, &home).await {
                 // Resources that cannot be read at all at the start are a setup to mend.
@@ -308,7 +314,10 @@ pub(crate) async fn serve(args: ServeArgs, home: Option<PathBuf>) -> anyhow::Res
         }
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
-            () = stop.notify.notified() => break,
+            () = stop.notify.notified() => {
+                failed = false;
+                break;
+            }
         }
     }
     drop(lock);

@@ -539,6 +539,50 @@ fn a_damaged_component_is_named_and_adding_it_again_mends_it() {
     ok(&cairn.run(&["policy", "run", "greet"]));
 }
 
+/// A stop between passes is a clean stop (exit 0) whatever an earlier pass met: under systemd
+/// a failed run last week must not mark `systemctl stop` failed.
+#[test]
+fn sigterm_between_passes_exits_0_after_a_failed_run() {
+    let cairn = Cairn::new();
+    add_hello(&cairn);
+    // The policy's inventory goes away after it is applied: its runs fail.
+    let inventory = cairn.home.path().join("inventory.yaml");
+    std::fs::copy(root().join("examples/hello/inventory.yaml"), &inventory).expect("copy");
+    let yaml = hello_policy("{last: 1}").replace(
+        &root()
+            .join("examples/hello/inventory.yaml")
+            .display()
+            .to_string(),
+        &inventory.display().to_string(),
+    );
+    ok(&apply(&cairn, &yaml));
+    std::fs::remove_file(&inventory).expect("remove");
+    let serve = cairn
+        .command(&["serve"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("cairn serve starts");
+    let since = std::time::Instant::now();
+    while show(&cairn)["policy"]["last_run"]["succeeded"] != false {
+        assert!(
+            since.elapsed() < std::time::Duration::from_secs(60),
+            "the run never failed: {}",
+            show(&cairn)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // Between passes now: the next wakes in a minute at the soonest.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &serve.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(term.success());
+    let out = serve.wait_with_output().expect("serve exits");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
 /// A run that hangs (the workload's command never ends): the first SIGTERM waits for it, the
 /// second stops it (recorded as failed), and serve exits.
 #[test]
