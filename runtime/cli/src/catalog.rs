@@ -181,25 +181,12 @@ pub(crate) async fn run(cmd: CatalogCommand, home: Option<PathBuf>) -> anyhow::R
             }
         }
         CatalogCommand::ForgetPoint { id } => {
-            let points = catalog.restore_points()?;
-            let found: Vec<_> = points.iter().filter(|p| p.id.starts_with(&id)).collect();
-            let point = match found.as_slice() {
-                [one] if !id.is_empty() => *one,
-                [] | [_] => {
-                    return Err(UsageError(format!(
-                        "no restore point {id:?}; `cairn catalog ls exported-restore-point` and \
-                         `ls local-restore-point` list them"
-                    ))
-                    .into());
-                }
-                _ => {
-                    return Err(UsageError(format!(
-                        "{} restore points start with {id:?}; give more of the id",
-                        found.len()
-                    ))
-                    .into());
-                }
-            };
+            let point = &point_by_prefix(
+                &catalog,
+                &id,
+                "",
+                "`cairn catalog ls exported-restore-point` and `ls local-restore-point` list them",
+            )?;
             catalog.delete(cairn_catalog::Record::kind(point), &point.id)?;
             let at = match &point.location {
                 cairn_catalog::Location::Exported { repository, .. } => {
@@ -375,12 +362,38 @@ pub(crate) fn exported_snapshots(artifacts: &[cairn_engine::Artifact]) -> Vec<St
 
 /// The catalog's restore point `id`, for `--from-point`.
 pub(crate) fn from_point(catalog: &Catalog, id: &str) -> anyhow::Result<RestorePoint> {
-    catalog.restore_point(id)?.ok_or_else(|| {
-        UsageError(format!(
-            "--from-point {id}: no such restore point in the catalog; list them with `cairn catalog ls exported-restore-point` or `local-restore-point`"
+    point_by_prefix(
+        catalog,
+        id,
+        "--from-point ",
+        "list them with `cairn catalog ls exported-restore-point` or `local-restore-point`",
+    )
+}
+
+/// Restore point `id`, or the one `id` is a unique prefix of. Errors start with `what` (the
+/// flag that gave it) and end with `listed` (where to find the ids).
+pub(crate) fn point_by_prefix(
+    catalog: &Catalog,
+    id: &str,
+    what: &str,
+    listed: &str,
+) -> anyhow::Result<RestorePoint> {
+    if let Some(point) = catalog.restore_point(id)? {
+        return Ok(point);
+    }
+    let mut found: Vec<RestorePoint> = catalog
+        .restore_points()?
+        .into_iter()
+        .filter(|p| !id.is_empty() && p.id.starts_with(id))
+        .collect();
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => Err(UsageError(format!("{what}{id}: no such restore point; {listed}")).into()),
+        n => Err(UsageError(format!(
+            "{what}{id}: {n} restore points start with it; give more of the id"
         ))
-        .into()
-    })
+        .into()),
+    }
 }
 
 /// The artifacts and values of restore point `point`, as a run is given them.

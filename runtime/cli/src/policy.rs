@@ -1741,7 +1741,8 @@ pub(crate) struct RestoreArgs {
     /// The workload to restore.
     #[arg(long, short = 'w')]
     workload: String,
-    /// The restore point; default: the policy's newest for the workload.
+    /// The restore point (its id or a unique prefix); default: the policy's newest for the
+    /// workload.
     #[arg(long, value_name = "ID")]
     point: Option<String>,
     /// Restore into this workload of the policy's namespace instead (a clone to test a
@@ -1871,12 +1872,12 @@ impl RestoreArgs {
         };
         let catalog = crate::catalog::open(home)?;
         let point = match &self.point {
-            Some(id) => catalog.restore_point(id)?.ok_or_else(|| {
-                UsageError(format!(
-                    "--point {id}: no such restore point; `cairn policy show {}` lists the policy's",
-                    policy.name
-                ))
-            })?,
+            Some(id) => crate::catalog::point_by_prefix(
+                &catalog,
+                id,
+                "--point ",
+                &format!("`cairn policy show {}` lists the policy's", policy.name),
+            )?,
             None => catalog
                 .restore_points()?
                 .into_iter()

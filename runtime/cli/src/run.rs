@@ -51,7 +51,8 @@ pub(crate) struct RunArgs {
     /// backup run that produced it.
     #[arg(long, value_name = "REPORT.json")]
     from: Option<PathBuf>,
-    /// The restore point to restore or delete, by its id in the catalog (`cairn catalog ls`).
+    /// The restore point to restore or delete, by its id in the catalog (`cairn catalog ls`)
+    /// or a unique prefix of it.
     #[arg(long, value_name = "ID", conflicts_with = "from")]
     from_point: Option<String>,
     /// Deadline of the prehook and of the main phase, each, e.g. `30s`, `10m` (default 30m,

@@ -129,8 +129,15 @@ fn a_policy_backs_up_its_workloads_and_keeps_what_its_retention_says() {
         "{}",
         stderr(&out)
     );
+    // A unique prefix of the id serves, as everywhere ids are given.
     ok(&cairn.run(&[
-        "policy", "restore", "greet", "-w", "hello", "--point", &made[1],
+        "policy",
+        "restore",
+        "greet",
+        "-w",
+        "hello",
+        "--point",
+        &made[1][..8],
     ]));
     refused_with(
         &cairn.run(&[
@@ -180,7 +187,7 @@ fn a_policy_backs_up_its_workloads_and_keeps_what_its_retention_says() {
     let lost = json(&out)[0]["key"].as_str().expect("id").to_owned();
     refused_with(
         &cairn.run(&["catalog", "forget-point", "nope"]),
-        &["no restore point \"nope\""],
+        &["nope: no such restore point"],
     );
     let out = cairn.run(&["catalog", "forget-point", &lost[..8]]);
     ok(&out);
