@@ -361,6 +361,22 @@ pub(crate) fn warn_unfinished_restore(catalog: &Catalog, home: &Home) {
     }
 }
 
+/// A DR location and a passphrase source as they are stored: relative paths would be resolved
+/// wherever each later command starts (`serve` under systemd starts in /, `take-ownership`
+/// anywhere), so they are kept absolute.
+fn kept_absolute(profile: String, passphrase_from: String) -> (String, String) {
+    let profile = if profile.contains("://") {
+        profile
+    } else {
+        crate::profile::absolute(&profile)
+    };
+    let passphrase_from = match passphrase_from.strip_prefix("file:") {
+        Some(path) => format!("file:{}", crate::profile::absolute(path)),
+        None => passphrase_from,
+    };
+    (profile, passphrase_from)
+}
+
 fn short(id: &str) -> &str {
     &id[..12.min(id.len())]
 }
@@ -1682,17 +1698,7 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                     named.repository
                 )));
             }
-            // Relative paths would be resolved wherever each later run starts (`serve` under
-            // systemd starts in /): kept absolute.
-            let profile = if profile.contains("://") {
-                profile
-            } else {
-                crate::profile::absolute(&profile)
-            };
-            let passphrase_from = match passphrase_from.strip_prefix("file:") {
-                Some(path) => format!("file:{}", crate::profile::absolute(path)),
-                None => passphrase_from,
-            };
+            let (profile, passphrase_from) = kept_absolute(profile, passphrase_from);
             let base = previous.clone().unwrap_or_else(|| Config {
                 profile: String::new(),
                 mode: cairn_catalog::DrMode::LocalSnapshot,
@@ -2082,6 +2088,9 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
             blueprint,
             output,
         } => {
+            let mut source = source;
+            (source.profile, source.passphrase_from) =
+                kept_absolute(source.profile, source.passphrase_from);
             check_cluster_id(&source.cluster_id)?;
             let path = blueprint.resolve()?;
             let key = passphrase(&source.passphrase_from)?;

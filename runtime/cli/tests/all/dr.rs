@@ -468,6 +468,40 @@ fn damaged_run(
         .collect()
 }
 
+/// A DR location given as a relative path is kept absolute, as `dr enable` keeps it: the
+/// restored instance's later commands (`take-ownership`, serve's maintenance under systemd,
+/// which starts in /) run from anywhere.
+#[test]
+fn a_restore_from_a_relative_location_works_from_anywhere_after() {
+    let (profile, cairn, _, _) = runs("no-snapshot", &[], 1);
+    let cluster_id = cluster_id(&cairn);
+    let (parent, name) = (
+        profile.path().parent().expect("a parent"),
+        profile
+            .path()
+            .file_name()
+            .expect("a name")
+            .to_str()
+            .expect("utf-8"),
+    );
+    let fresh = Cairn::new();
+    let wasm = dr_wasm();
+    let mut args = vec!["dr", "restore", "--blueprint", wasm.as_str()];
+    args.extend(source(name, &cluster_id));
+    let out = fresh
+        .command(&args)
+        .current_dir(parent)
+        .output()
+        .expect("cairn runs");
+    ok(&out);
+    let out = fresh
+        .command(&["dr", "take-ownership"])
+        .current_dir("/")
+        .output()
+        .expect("cairn runs");
+    ok(&out);
+}
+
 /// A restore that fails part way (the newest point's catalog changes damaged, its manifest
 /// intact) leaves the home marked unfinished: no policy runs, and only the same point may
 /// finish it.
