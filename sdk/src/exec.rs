@@ -52,8 +52,9 @@ pub struct Command {
 
 impl Command {
     /// A command running `argv` (program and arguments; no shell is involved unless the
-    /// program is one) in a ready pod of the action's target workload, in the pod's first
-    /// container, with the host's default deadline.
+    /// program is one) in a ready pod of the action's target workload, in its default container
+    /// (on Kubernetes the one the `kubectl.kubernetes.io/default-container` annotation names,
+    /// else the first), with the host's default deadline.
     pub fn new<I>(argv: I) -> Self
     where
         I: IntoIterator,
@@ -125,7 +126,7 @@ impl Command {
         self
     }
 
-    /// Runs in this container instead of the pod's first.
+    /// Runs in this container instead of the pod's default one.
     #[must_use]
     pub fn container(mut self, container: impl Into<String>) -> Self {
         self.container = Some(container.into());

@@ -87,7 +87,8 @@ pub struct PodInfo {
     pub name: String,
     /// Whether the pod is ready to serve.
     pub ready: bool,
-    /// Its containers; the first is the default for exec.
+    /// Its containers. Exec's default is the one the `kubectl.kubernetes.io/default-container`
+    /// annotation names on Kubernetes, else the first.
     pub containers: Vec<String>,
 }
 

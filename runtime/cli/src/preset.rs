@@ -97,7 +97,7 @@ pub(crate) fn run(cmd: PresetCommand, home: Option<PathBuf>) -> anyhow::Result<E
                 &file,
                 "preset",
                 "a preset has name, frequency, retention, and optionally export and prune; \
-                 runtime/cli/src/preset.rs shows them",
+                 examples/policies/presets.yaml shows them",
                 |f| &f.name,
             )?;
             let mut presets = Vec::new();

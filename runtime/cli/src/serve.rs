@@ -3,8 +3,8 @@
 //! due; `--once` runs what is due and exits (for a system timer). A policy that has never run
 //! is due at once. One `serve` runs per home: it holds `serve.lock`. With `--metrics`, it
 //! serves Prometheus metrics (`metrics.rs`). With `--operator`, each pass first brings the
-//! policies and bindings in step with their Kubernetes resources and runs new Restore
-//! resources, and ends by writing their status (`operator.rs`).
+//! policies and bindings in step with their Kubernetes resources and runs new Backup and
+//! Restore resources, and ends by writing their status (`operator.rs`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -40,15 +40,16 @@ pub(crate) struct ServeArgs {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
     pub(crate) jobs: u32,
     /// Keep the policies and blueprint bindings from the Kubernetes resources
-    /// (policies.cairn.dev, blueprintbindings.cairn.dev) of one namespace, run its Restore
-    /// resources, and write their status: see examples/kubernetes/install.
+    /// (policies.cairn.dev, blueprintbindings.cairn.dev) of one namespace, run its Backup and
+    /// Restore resources, and write their status: see examples/kubernetes/install.
     #[arg(long)]
     pub(crate) operator: bool,
     /// The namespace of those resources; default: the pod's own, or the kubeconfig context's.
     #[arg(long, value_name = "NS", requires = "operator")]
     pub(crate) operator_namespace: Option<String>,
     /// The only namespaces those resources may act on (policies' workloads, Restores' targets,
-    /// the policies Backups run), comma-separated; default: any, as Cairn's ClusterRole allows.
+    /// the policies Backups run), comma-separated; default: any Cairn's RBAC reaches (with
+    /// the install, those namespace-access.yaml was applied to).
     /// A resource in Cairn's namespace otherwise reaches every namespace through Cairn.
     #[arg(
         long,
