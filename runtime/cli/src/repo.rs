@@ -43,14 +43,12 @@ use crate::Output;
 pub const EXIT_WRONG_KEY: u8 = 4;
 /// Exit code: locked by another process.
 pub const EXIT_LOCKED: u8 = 5;
-/// What a repair says of the list chunks it dropped from the index for naming lost chunks.
-fn lists_unindexed_line(n: usize) -> Option<String> {
-    (n > 0).then(|| {
-        format!(
-            "{n} list chunks name lost chunks and are now in no index: the next backup reads \
-             the files they list again rather than taking them from its parent, and so stores \
-             the lost chunks again"
-        )
+/// What a repair that dropped chunks says of the next backups (its repair marker).
+fn repaired_line(marked: bool) -> Option<String> {
+    marked.then(|| {
+        "the next tree backup reads again every file of several chunks rather than taking it \
+         from an older snapshot, so that what was lost is stored again"
+            .to_owned()
     })
 }
 
@@ -256,7 +254,7 @@ enum RepoCommand {
         #[arg(long, value_parser = Retention::parse_within, value_name = "DURATION")]
         keep_within: Option<(u32, u64)>,
         /// Count hours, days, weeks, months and years in this time zone: `local` (TZ's), or
-        /// a name such as Europe/Paris. Default: UTC, as every earlier release counted.
+        /// a name such as Europe/Paris. Default: UTC.
         /// Another zone moves the periods' edges, so a snapshot kept as the newest of its day,
         /// week or year may no longer be: try it with --dry-run first, and keep to one zone.
         #[arg(long, value_name = "ZONE", default_value = "UTC")]
@@ -458,6 +456,7 @@ enum KeyCommand {
     /// Put back a key slot `key export` wrote, once the passphrase or key given opens it;
     /// for a repository that can no longer be opened for want of its slots.
     Import {
+        /// The file `key export` wrote.
         #[arg(value_name = "FILE")]
         from: PathBuf,
     },
@@ -1219,7 +1218,7 @@ fn dir_bytes(p: &std::path::Path) -> u64 {
 
 /// The time zone snapshots' times are shown and read in: the system's (`TZ`), or UTC with a
 /// warning when `TZ` names none.
-fn local_zone() -> jiff::tz::TimeZone {
+pub(crate) fn local_zone() -> jiff::tz::TimeZone {
     jiff::tz::TimeZone::try_system().unwrap_or_else(|e| {
         tracing::warn!(error = %e, "TZ names no time zone; times are UTC's");
         jiff::tz::TimeZone::UTC
@@ -1308,7 +1307,16 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
     };
     if let RepoCommand::Init { protection } = &args.command {
         let opts = InitOptions::new().protection(protection.unwrap_or_default());
-        let repo = Repository::init(loc.clone(), key.as_ref(), opts).await?;
+        let repo = match Repository::init(loc.clone(), key.as_ref(), opts).await {
+            Ok(repo) => repo,
+            Err(e) => {
+                // A key made for a repository that was not made opens nothing.
+                if let Some(f) = new_key_file {
+                    let _ = std::fs::remove_file(f);
+                }
+                return Err(e.into());
+            }
+        };
         let protection = repo.protection();
         let guard = if protection.is_zero() {
             String::new()
@@ -1348,6 +1356,7 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                 "url": loc.url(),
                 "protection_secs": protection.as_secs(),
                 "object_lock": repo.object_lock(),
+                "key_file_created": new_key_file,
             }),
         );
         return Ok(ExitCode::SUCCESS);
@@ -1504,7 +1513,11 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                     };
                     let what = match &info.kind {
                         SnapshotKind::Stream { name } => format!("stream {name}"),
-                        _ => format!("{} files{unchanged}", s.files),
+                        _ => format!(
+                            "{} file{}{unchanged}",
+                            s.files,
+                            if s.files == 1 { "" } else { "s" }
+                        ),
                     };
                     format!(
                         "snapshot {} saved: {what}, {} bytes, {} new ({} stored)",
@@ -2276,7 +2289,7 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                             if *dry_run { "would be" } else { "are now" }
                         ));
                     }
-                    lines.extend(lists_unindexed_line(r.index.lists_unindexed));
+                    lines.extend(repaired_line(r.index.marked));
                     lines.join("\n")
                 },
                 serde_json::to_value(&r).context("encoding report")?,
@@ -2354,7 +2367,7 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                             if *dry_run { "to replace" } else { "replaced" },
                         ));
                     }
-                    lines.extend(lists_unindexed_line(r.lists_unindexed));
+                    lines.extend(repaired_line(r.marked));
                     lines.join("\n")
                 },
                 serde_json::to_value(&r).context("encoding report")?,

@@ -75,6 +75,11 @@ pub(crate) fn snapshot_path(id: &str) -> String {
 pub(crate) fn content_path(id: &str) -> String {
     format!("content/{id}")
 }
+/// A repair marker: written before a repair drops chunks from the index (FORMAT.md, "Repair
+/// markers").
+pub(crate) fn repair_path(id: &str) -> String {
+    format!("repairs/{id}")
+}
 pub(crate) fn key_path(id: &str) -> String {
     format!("keys/{id}")
 }

@@ -62,6 +62,7 @@ pub use repo::{
     BackupOptions, CheckReport, DEFAULT_REPACK_UNUSED, DamagedSnapshot, ForgetReport, IndexRepair,
     InitOptions, MAX_PROTECTION, PackRepair, Parent, Problem, PruneOptions, PruneReport, ReadData,
     RepairedPack, RepoStats, Repository, RestoreOptions, RestoreSummary, SnapshotFilter,
+    parse_time,
 };
 pub use retention::{Retention, keep_in_zone, retained};
 

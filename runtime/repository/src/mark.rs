@@ -228,11 +228,6 @@ struct ContentRefs {
 }
 
 impl Marks {
-    /// The list chunks of files and streams read: every one the snapshots marked name.
-    pub(crate) fn lists(&self) -> &IdSet {
-        &self.lists_read
-    }
-
     /// Adds a node's (or a stream's) chunks to `to`, and its list chunks not read yet to
     /// its `unread`.
     fn node(&self, to: &mut Marked, chunks: &ChunkList, lists: &ChunkList) {

@@ -210,11 +210,7 @@ impl Repository {
             if n.lists.is_empty() {
                 ids[i] = n.chunks.0.clone();
             } else if lost(&n.lists.0)? > 0 {
-                why[i] = Some(
-                    "its chunks are lost: the list of them is in no index (lost, or dropped by a \
-                     repair for naming lost chunks)"
-                        .to_owned(),
-                );
+                why[i] = Some("the list of its chunks is lost".to_owned());
             } else {
                 listed.push(i);
             }

@@ -21,9 +21,6 @@ use std::time::Duration;
 
 /// Metadata objects read at once when listing (snapshots, index files).
 const METADATA_READS_IN_FLIGHT: usize = 16;
-/// List chunks read at once when a repair looks for those that name lost chunks (64 MiB of
-/// ids at most).
-const LISTS_PER_READ: usize = 1024;
 /// The longest protection period (100 years): any longer overflows the dates it is added to.
 pub const MAX_PROTECTION: Duration = Duration::from_secs(100 * 365 * 86_400);
 /// Packs `check --read-data` reads and verifies at once: one read while others decode on
@@ -339,7 +336,7 @@ fn same_source(s: &SnapshotInfo, source: &str) -> bool {
 /// A time as a filter takes it: RFC 3339 (`2026-01-31T12:00:00Z`), a date and time in `zone`
 /// (`2026-01-31T12:00:00`, `2026-01-31 12:00`), a date there (`2026-01-31`, its midnight) or a
 /// while ago (`36h`, `7d`, `2w`, `1y 6mo`: `Retention::parse_within`'s units).
-fn parse_time(s: &str, zone: &jiff::tz::TimeZone) -> Result<jiff::Timestamp> {
+pub fn parse_time(s: &str, zone: &jiff::tz::TimeZone) -> Result<jiff::Timestamp> {
     if let Ok(t) = s.parse::<jiff::Timestamp>() {
         return Ok(t);
     }
@@ -555,10 +552,9 @@ pub struct IndexRepair {
     pub packs_missing: Vec<String>,
     /// Index files that listed a missing pack, replaced by one without it.
     pub index_files_replaced: usize,
-    /// List chunks (a file's or a stream's chunk ids) dropped from the index because they
-    /// name a chunk no longer in it: the next backup that meets such a file unchanged since
-    /// its parent reads it again, and so stores the lost chunks again.
-    pub lists_unindexed: usize,
+    /// Chunks left the index, and a repair marker says so: the next tree backup reads again
+    /// the files of several chunks rather than taking them from an older parent.
+    pub marked: bool,
 }
 
 /// The result of [`Repository::repair_packs`].
@@ -1645,7 +1641,10 @@ impl Repository {
             let parts: Vec<&str> = p.split('/').collect();
             let known = match parts.as_slice() {
                 ["config"] => true,
-                ["keys" | "index" | "snapshots" | "content" | "locks", id] => format::is_id(id),
+                [
+                    "keys" | "index" | "snapshots" | "content" | "locks" | "repairs",
+                    id,
+                ] => format::is_id(id),
                 ["data", pre, id] => {
                     let ok = format::is_id(id) && id.starts_with(pre);
                     if ok {
@@ -2203,6 +2202,9 @@ impl Repository {
             contents.insert(s.content.clone());
         }
         let referenced = marks.referenced;
+        let listed: HashMap<String, object_store::ObjectMeta> =
+            backend.list_packs().await?.into_iter().collect();
+        self.refuse_lost_packs(&referenced, &listed).await?;
         if !dry_run {
             lock.held().await?;
         }
@@ -2221,6 +2223,25 @@ impl Repository {
                 report.contents_deleted += 1;
             }
         }
+        // Repair markers written before every snapshot (the store's times) no longer make any
+        // backup read what its parent holds: removed.
+        let oldest = backend
+            .list("snapshots/")
+            .await?
+            .into_iter()
+            .map(|m| m.last_modified)
+            .min();
+        for m in backend.list("repairs/").await? {
+            let moot = oldest.is_none_or(|o| m.last_modified < o);
+            if moot
+                && !dry_run
+                && backend
+                    .protected_until(m.last_modified.timestamp())
+                    .is_none()
+            {
+                backend.delete_data(m.location.as_ref(), Some(&m)).await?;
+            }
+        }
         // Uploads killed processes began: under this lock nothing writes what backups write,
         // so theirs are dead at any age; a lock or key slot is written outside the locks, in
         // a moment, so one idle for a minute was left (a writer stopped longer only fails its
@@ -2237,8 +2258,6 @@ impl Repository {
                 report.unfinished_bytes += u.size;
             }
         }
-        let listed: HashMap<String, object_store::ObjectMeta> =
-            backend.list_packs().await?.into_iter().collect();
         // Prune deletes the packs the index does not show in use: with an index file unread,
         // the packs it listed would look unused, unless `repair index` has indexed every pack
         // again (a damaged file it could not delete, being protected, then names none).
@@ -2341,30 +2360,6 @@ impl Repository {
             );
             (used, survivors, protected_packs, repack)
         };
-        // A pack snapshots use that the store no longer holds: their data is lost, and the
-        // index would go on lending it to backups. Said, and nothing removed, as restic does.
-        let mut gone: Vec<&String> = used_packs
-            .iter()
-            .filter(|h| !listed.contains_key(*h))
-            .collect();
-        if !gone.is_empty() {
-            gone.sort();
-            return Err(Error::corrupt(
-                "index",
-                format!(
-                    "it names {} packs that snapshots use and the store no longer holds ({}); prune \
-                     removes nothing: `cairn repo check` names the snapshots that need them, \
-                     `cairn repo repair index` drops them from the index so that the next \
-                     backup of the same data stores it again",
-                    gone.len(),
-                    gone.iter()
-                        .take(3)
-                        .map(|h| &h[..8])
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            ));
-        }
         report.packs_repacked = repack.packs.len();
         report.bytes_repacked = repack.live_bytes;
         report.bytes_reclaimable = repack.unused_bytes;
@@ -2513,6 +2508,8 @@ impl Repository {
             return Ok(report);
         }
         lock.held().await?;
+        // Before any chunk leaves the index: backups must not take files from older parents.
+        self.mark_repair().await?;
         // The intact chunks go into new packs and index files first: a crash after leaves
         // them indexed twice, never lost.
         for (_, intact) in &doomed {
@@ -2664,6 +2661,12 @@ impl Repository {
             return Ok(report);
         }
         lock.held().await?;
+        if !report.packs_missing.is_empty() {
+            // Before their chunks leave the index: backups must not take files from older
+            // parents.
+            self.mark_repair().await?;
+            report.marked = true;
+        }
         // The packs indexed again and what the stale files list of the others, in one new
         // file, before any file is removed: a crash in between leaves chunks indexed twice.
         let replaced_packs: HashSet<format::PackId> = packs.iter().map(|p| p.0).collect();
@@ -2692,128 +2695,103 @@ impl Repository {
             }
         }
         self.refresh_index().await?;
-        report.lists_unindexed = self.unindex_broken_lists(lock).await?;
         Ok(report)
     }
 
-    /// Drops from the index the list chunks that name a chunk it no longer holds, returning
-    /// how many. A backup takes a file unchanged since its parent when the file's list chunks
-    /// are indexed, without reading what they name (that would read every list of every
-    /// unchanged file): after a repair dropped chunks, such a backup would take the file as
-    /// it was, lost chunks and all, and make a snapshot that cannot be restored. Reads every
-    /// snapshot's lists, as `check` does; the packs of the lists dropped are indexed again
-    /// from their headers without them.
-    async fn unindex_broken_lists(&self, lock: &LockGuard) -> Result<usize> {
-        let backend = &self.inner.backend;
-        let mut marks = Marks::default();
-        for s in &self.snapshots(&SnapshotFilter::default()).await? {
-            // A snapshot that cannot be read is no backup's parent; `check` names it.
-            if let Err(e) = self.mark(s, &mut marks).await {
-                tracing::debug!(snapshot = %s.id, error = %e, "not read for its lists");
-            }
-        }
-        let lists: Vec<ChunkId> = {
+    /// Refuses, before prune removes anything, while the index lends snapshots' chunks from
+    /// packs the store no longer holds (`listed`): their data is lost, and backups would go on
+    /// reusing it; `repair index` drops them, as restic's prune refuses too. A pack that only
+    /// protected index files name cannot be dropped before their protection ends: a warning.
+    async fn refuse_lost_packs(
+        &self,
+        referenced: &IdSet,
+        listed: &HashMap<String, object_store::ObjectMeta>,
+    ) -> Result<()> {
+        let (gone, naming) = {
             let idx = self.inner.index.read().map_err(|_| poisoned())?;
-            let mut l: Vec<ChunkId> = marks
-                .lists()
+            let mut gone: Vec<format::PackId> = referenced
                 .iter()
-                .filter(|l| idx.contains(l))
-                .copied()
+                .filter_map(|c| idx.get(c))
+                .map(|l| idx.packs[l.pack as usize])
+                .filter(|p| !listed.contains_key(&format::pack_hex(p)))
                 .collect();
-            l.sort_unstable();
-            l
-        };
-        let mut broken: IdSet = IdSet::default();
-        for batch in lists.chunks(LISTS_PER_READ) {
-            let got: Result<Vec<Bytes>> = async {
-                let mut read = Box::pin(self.read_chunks(batch, "").await?);
-                let mut got = Vec::with_capacity(batch.len());
-                while let Some(b) = read.next().await {
-                    got.extend(b?);
-                }
-                Ok(got)
-            }
-            .await;
-            let got = match got {
-                Ok(got) => got,
-                // A pack damaged: `check --read-data` names it, `repair packs` repairs it.
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read {} list chunks to see whether they name lost chunks", batch.len());
-                    continue;
-                }
-            };
-            let idx = self.inner.index.read().map_err(|_| poisoned())?;
-            for (id, bytes) in batch.iter().zip(&got) {
-                let names_lost = format::decode_list(bytes)
-                    .is_none_or(|ids| ids.iter().any(|c| !idx.contains(c)));
-                if names_lost {
-                    broken.insert(*id);
-                }
-            }
-        }
-        if broken.is_empty() {
-            return Ok(0);
-        }
-        // The index files that list a pack holding a broken list, replaced by one listing
-        // those packs' chunks but the broken lists.
-        let (stale, packs) = {
-            let idx = self.inner.index.read().map_err(|_| poisoned())?;
-            let holding: HashSet<format::PackId> = idx
-                .iter()
-                .chain(idx.duplicates())
-                .filter(|(c, _)| broken.contains(c))
-                .map(|(_, l)| idx.packs[l.pack as usize])
-                .collect();
-            let stale: Vec<String> = idx
+            gone.sort_unstable();
+            gone.dedup();
+            let naming: Vec<String> = idx
                 .files
                 .iter()
-                .filter(|(_, packs)| packs.iter().any(|p| holding.contains(p)))
+                .filter(|(_, packs)| packs.iter().any(|p| gone.contains(p)))
                 .map(|(id, _)| id.clone())
                 .collect();
-            let packs: HashSet<format::PackId> = idx
-                .files
-                .iter()
-                .filter(|(id, _)| stale.contains(id))
-                .flat_map(|(_, packs)| packs.iter().copied())
-                .collect();
-            (stale, packs)
+            (gone, naming)
         };
-        let sizes: HashMap<String, u64> = backend
-            .list_packs()
+        if gone.is_empty() {
+            return Ok(());
+        }
+        let backend = &self.inner.backend;
+        let index_files: HashMap<String, object_store::ObjectMeta> = backend
+            .list("index/")
             .await?
             .into_iter()
-            .map(|(hex, m)| (hex, m.size))
+            .filter_map(|m| Some((m.location.filename()?.to_owned(), m)))
             .collect();
-        let mut entries: Vec<(format::PackId, Vec<format::Entry>)> = Vec::new();
-        for pack in packs {
-            let hex = format::pack_hex(&pack);
-            // Every pack the index lists is there (the repair just dropped those that are
-            // not); one gone since is left out, as the repair would leave it.
-            let Some(&size) = sizes.get(&hex) else {
-                continue;
-            };
-            let mut listed = self.pack_header(&hex, size).await?;
-            listed.retain(|e| !broken.contains(&e.id));
-            if !listed.is_empty() {
-                entries.push((pack, listed));
-            }
+        let stuck = naming.iter().all(|id| {
+            index_files.get(id).is_some_and(|m| {
+                backend
+                    .protected_until(m.last_modified.timestamp())
+                    .is_some()
+            })
+        });
+        let names: Vec<String> = gone.iter().map(format::pack_hex).collect();
+        let shown = match names.len() {
+            n @ 4.. => format!("{} and {} more", names[..3].join(", "), n - 3),
+            _ => names.join(", "),
+        };
+        if stuck {
+            tracing::warn!(
+                "{} packs that snapshots use are gone from the store ({shown}), and only \
+                 protected index files name them: `cairn repo check` names the snapshots that \
+                 need them",
+                names.len()
+            );
+            return Ok(());
         }
-        entries.sort_unstable_by_key(|p| p.0);
-        lock.held().await?;
-        if !entries.is_empty() {
-            self.write_index_file(&entries).await?;
-        }
-        for id in &stale {
-            if let Err(e) = backend.delete_data(&format::index_path(id), None).await {
-                tracing::warn!(
-                    error = %e,
-                    "keeping index file {id}: the lists it indexes that name lost chunks stay \
-                     indexed, so back up with --force to store those chunks again"
-                );
-            }
-        }
-        self.refresh_index().await?;
-        Ok(broken.len())
+        Err(Error::corrupt(
+            "index",
+            format!(
+                "it names {} packs that snapshots use and the store no longer holds ({shown}); \
+                 prune removes nothing: `cairn repo check` names the snapshots that need them, \
+                 `cairn repo repair index` drops them from the index so that the next backup \
+                 of the same data stores it again",
+                names.len()
+            ),
+        ))
+    }
+
+    /// Writes a repair marker: a tree backup whose parent was made before it reads again
+    /// every file whose chunk ids are in list chunks, instead of taking it from the parent
+    /// (which checks only that the list chunks are indexed, not what they name, which the
+    /// repair may drop). FORMAT.md, "Repair markers".
+    async fn mark_repair(&self) -> Result<()> {
+        let id = format::new_id();
+        let body = serde_json::json!({ "time": jiff::Timestamp::now().to_string() });
+        let sealed =
+            format::seal_object(&self.inner.keys, "repair", &id, body.to_string().as_bytes());
+        self.inner
+            .backend
+            .put_data(&format::repair_path(&id), Bytes::from(sealed))
+            .await
+    }
+
+    /// When the newest repair marker was written (the store's time, in milliseconds since the
+    /// epoch), if there is one.
+    pub(crate) async fn last_repair(&self) -> Result<Option<i64>> {
+        let markers = self.inner.backend.list("repairs/").await?;
+        Ok(markers
+            .iter()
+            .filter(|m| m.location.filename().is_some_and(format::is_id))
+            .map(|m| m.last_modified.timestamp_millis())
+            .max())
     }
 
     /// Writes one new index file listing `packs`.

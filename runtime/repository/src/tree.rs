@@ -804,15 +804,20 @@ struct ParentFiles {
     id: String,
     started_ns: i128,
     files: ParentIndex,
+    /// A repair dropped chunks from the index since the parent was made: its files whose ids
+    /// are in list chunks may name lost chunks, which only reading those lists would tell.
+    repaired_since: bool,
 }
 
 impl ParentFiles {
     /// What the parent recorded of the file `now` describes, when that file did not change
-    /// since and every chunk it names is `indexed`.
+    /// since and every chunk it names is `indexed` (its list chunks, for a file whose ids are
+    /// in lists: not taken after a repair).
     fn same_file(&self, now: &Node, indexed: impl Fn(&ChunkId) -> bool) -> Option<&Recorded> {
         let key = path_hash(&parent_key(&now.path, now.path_raw()));
         self.files.under(key).find(|&before| {
             unchanged(before, now, self.started_ns)
+                && !(self.repaired_since && before.lists)
                 && self.files.ids_of(before).iter().all(&indexed)
         })
     }
@@ -1725,14 +1730,34 @@ impl Repository {
         let (chunks, lists) = (&mut parent.node_chunks, &parent.node_lists);
         self.each_node(&info, chunks, lists, |n| files.keep(n))
             .await?;
-        tracing::debug!(
-            parent = info.short_id(),
-            "files unchanged since are not read"
-        );
+        // Both times are the store's: a backup holds a shared lock and a repair the exclusive
+        // one, so a parent written before the marker was made before the repair.
+        let repaired_since = match self.last_repair().await? {
+            None => false,
+            Some(repaired) => self
+                .inner
+                .backend
+                .head(&crate::format::snapshot_path(&info.id))
+                .await?
+                .is_none_or(|m| m.last_modified.timestamp_millis() <= repaired),
+        };
+        if repaired_since {
+            tracing::info!(
+                parent = info.short_id(),
+                "a repair dropped chunks from the index since the parent snapshot: files of \
+                 several chunks are read again, so that what was lost is stored again"
+            );
+        } else {
+            tracing::debug!(
+                parent = info.short_id(),
+                "files unchanged since are not read"
+            );
+        }
         Ok(Some(ParentFiles {
             id: info.id.clone(),
             started_ns: info.time.as_nanosecond(),
             files: files.sorted(),
+            repaired_since,
         }))
     }
 
@@ -2891,6 +2916,7 @@ mod tests {
             id: String::new(),
             started_ns: 10_000_000_000,
             files: files.sorted(),
+            repaired_since: false,
         };
         let now = |path: &str, inode: u64| {
             let mut n = dir_node(path.into(), &std::fs::metadata(".").expect("cwd"));

@@ -983,7 +983,7 @@ async fn after_repair_packs_a_backup_with_a_parent_stores_the_lost_chunks_again(
         .collect();
     assert!(!damaged.is_empty());
     let r = repo.repair_packs(&damaged, false).await.unwrap();
-    assert!(r.index.lists_unindexed > 0, "{r:?}");
+    assert!(r.index.marked, "{r:?}");
 
     let healed = repo.backup_tree(&src, Default::default()).await.unwrap();
     assert!(
@@ -1003,9 +1003,26 @@ async fn after_repair_packs_a_backup_with_a_parent_stores_the_lost_chunks_again(
     }
     let report = repo.check(true).await.unwrap();
     assert!(report.is_ok(), "{report:?}");
+    assert!(
+        report.warnings.iter().all(|w| !w.contains("foreign")),
+        "{report:?}"
+    );
     // The next backup takes them from its parent again.
     let next = repo.backup_tree(&src, Default::default()).await.unwrap();
     assert_eq!(next.summary.unchanged_files, 3, "{:?}", next.summary);
+    // Prune keeps the marker while a snapshot older than it is left, then removes it.
+    let markers = || {
+        std::fs::read_dir(dir.join("repairs"))
+            .map(Iterator::count)
+            .unwrap_or(0)
+    };
+    repo.prune(false).await.unwrap();
+    assert!(markers() > 0);
+    repo.forget_ids(&[first.id.clone(), again.id.clone()], false)
+        .await
+        .unwrap();
+    repo.prune(false).await.unwrap();
+    assert_eq!(markers(), 0);
 }
 
 /// Data lost for good (a damaged pack repaired, the source gone): `repair snapshots` writes
