@@ -315,8 +315,9 @@ fn non_transactional(conn: &Conn, database: Option<&str>) -> Result<Vec<String>>
     };
     let rows = conn.query(&format!(
         "SELECT CONCAT(table_schema, '.', table_name, ' (', engine, ')') \
-         FROM information_schema.tables WHERE table_type = 'BASE TABLE' \
-         AND engine NOT IN ('InnoDB', 'ROCKSDB', 'TokuDB') AND {scope} \
+         FROM information_schema.tables \
+         WHERE table_type IN ('BASE TABLE', 'SYSTEM VERSIONED') \
+         AND UPPER(engine) NOT IN ('INNODB', 'ROCKSDB', 'TOKUDB', 'NDBCLUSTER', 'NDB') AND {scope} \
          ORDER BY table_schema, table_name;\n"
     ))?;
     Ok(rows.lines().map(str::to_owned).collect())

@@ -95,7 +95,8 @@ pub(crate) enum DrCommand {
         /// Needed the first time; enabling again changes only the settings given.
         #[arg(long, value_name = "URL")]
         profile: Option<String>,
-        /// How each DR run protects the catalog [first time: local-snapshot].
+        /// How each DR run protects the catalog: local-snapshot, exported-snapshot, no-snapshot
+        /// or legacy (a full copy, deprecated) [first time: local-snapshot].
         #[arg(long, value_parser = parse_mode)]
         mode: Option<cairn_catalog::DrMode>,
         /// Where the DR passphrase comes from: `raw:VALUE`, `env:VAR` or `file:PATH`. Needed
@@ -157,7 +158,8 @@ pub(crate) enum DrCommand {
     Review {
         #[command(flatten)]
         source: SourceArgs,
-        /// Only points made before this time (RFC 3339), to step back past an incident.
+        /// Only points made before this time, to step back past an incident: RFC 3339, a local
+        /// date and time, a date, or a while ago (`36h`, `7d`), as `repo snapshots --until`.
         #[arg(long, value_name = "TIME")]
         before: Option<String>,
         /// How to print the result.
@@ -247,16 +249,20 @@ impl BlueprintArg {
 }
 
 /// The directory of the `cairn` command as it was run: its path's, or the `PATH` entry it
-/// was found in. `None` when that cannot be told.
+/// was found in, when that names this very executable (a symlink to it, say). `None` when
+/// that cannot be told.
 fn invoked_dir() -> Option<PathBuf> {
     let arg0 = PathBuf::from(std::env::args_os().next()?);
-    if arg0.components().count() > 1 {
-        let dir = arg0.parent()?;
-        return std::path::absolute(dir).ok();
-    }
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .find(|d| d.join(&arg0).is_file())
-        .and_then(|d| std::path::absolute(d).ok())
+    let dir = if arg0.components().count() > 1 {
+        arg0.parent()?.to_owned()
+    } else {
+        std::env::split_paths(&std::env::var_os("PATH")?).find(|d| d.join(&arg0).is_file())?
+    };
+    let this = std::env::current_exe().ok()?.canonicalize().ok()?;
+    let named = dir.join(arg0.file_name()?).canonicalize().ok()?;
+    (named == this)
+        .then(|| std::path::absolute(&dir).ok())
+        .flatten()
 }
 
 fn parse_mode(s: &str) -> Result<cairn_catalog::DrMode, String> {
@@ -2047,11 +2053,8 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
             let repo = open_source(&source.profile, &source.cluster_id, &key).await?;
             let mut list = points(&repo).await?;
             if let Some(before) = &before {
-                let limit: jiff::Timestamp = before.parse().map_err(|e| {
-                    usage(format!(
-                        "--before {before}: not an RFC 3339 time like 2026-12-01T10:00:00Z: {e}"
-                    ))
-                })?;
+                let limit = cairn_repository::parse_time(before, &crate::repo::local_zone())
+                    .map_err(|e| usage(format!("--before {before}: {e}")))?;
                 let total = list.len();
                 list.retain(|p| p.time < limit);
                 if list.is_empty() {

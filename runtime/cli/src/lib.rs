@@ -7,7 +7,6 @@
 //!
 //! Exit codes are the same for every command: see [`exit`].
 
-/// `println!` that does not panic when standard output fails: see [`out_line`].
 /// `eprintln!` that never panics: a closed stderr (a log pipe that died, a dropped SSH
 /// session) must not end a run before its posthook has undone its prehook.
 macro_rules! errln {
@@ -16,6 +15,7 @@ macro_rules! errln {
     };
 }
 
+/// `println!` that does not panic when standard output fails: see [`out_line`].
 macro_rules! outln {
     () => {
         $crate::out_line(format_args!(""))
@@ -136,7 +136,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Build and inspect blueprints.
+    /// Blueprints: new, build, inspect, and the registered ones (add, list, remove).
     #[command(subcommand)]
     Blueprint(blueprint::BlueprintCommand),
     /// Run an action of a blueprint against a target.
@@ -343,11 +343,12 @@ pub(crate) fn print_applied(
 
 /// SIGTERM, SIGINT and SIGHUP, handled instead of ending the process: what `serve` and
 /// `cairn run` stop on. SIGHUP is a closed terminal or a dropped SSH session: left to its
-/// default it would end a run between its prehook and its posthook.
+/// default it would end a run between its prehook and its posthook. One that the process was
+/// started ignoring (`nohup`) stays ignored.
 pub(crate) struct StopSignals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
-    hup: tokio::signal::unix::Signal,
+    hup: Option<tokio::signal::unix::Signal>,
 }
 
 impl StopSignals {
@@ -357,18 +358,49 @@ impl StopSignals {
         Ok(Self {
             term: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
             int: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
-            hup: signal(SignalKind::hangup()).context("cannot handle SIGHUP")?,
+            hup: if hangup_ignored() {
+                None
+            } else {
+                Some(signal(SignalKind::hangup()).context("cannot handle SIGHUP")?)
+            },
         })
     }
 
     /// Returns when the next of them arrives.
     pub(crate) async fn recv(&mut self) {
+        let hup = async {
+            match &mut self.hup {
+                Some(h) => {
+                    h.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
         tokio::select! {
             _ = self.term.recv() => {}
             _ = self.int.recv() => {}
-            _ = self.hup.recv() => {}
+            () = hup => {}
         }
     }
+}
+
+/// Whether SIGHUP was ignored when the process started (`nohup`).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn hangup_ignored() -> bool {
+    // SAFETY: `sigaction` with no new action only reads the current one into `old`, a
+    // zeroed plain C struct it fully owns for the call.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(libc::SIGHUP, std::ptr::null(), &mut old) == 0
+            && old.sa_sigaction == libc::SIG_IGN
+    }
+}
+
+/// Whether SIGHUP was ignored when the process started: not known here, so it is handled.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn hangup_ignored() -> bool {
+    false
 }
 
 /// Calls `stop` at the first SIGINT, SIGTERM or SIGHUP, saying `stopping` (what it does then), so the
@@ -513,6 +545,8 @@ fn classify(e: &anyhow::Error) -> u8 {
     };
     if e.chain().any(|c| c.is::<UsageError>() || wrong_key(c)) {
         exit::USAGE
+    } else if e.chain().any(|c| c.is::<crate::run::NotStarted>()) {
+        exit::INTERRUPTED
     } else {
         exit::RUNTIME
     }

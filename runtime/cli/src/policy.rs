@@ -1331,6 +1331,8 @@ impl Outcome {
 
 /// Everything a run needs that does not change between its workloads.
 struct Prepared {
+    /// The policy's target, as given.
+    target: String,
     cluster: Arc<dyn cairn_cluster::Cluster>,
     exports: Arc<crate::exports::RepoExports>,
     /// The selected workloads by the blueprint that protects them: the policy's, or each
@@ -1370,6 +1372,7 @@ impl Prepared {
             exports: self.exports.clone(),
             policy: Some(policy),
             used_point,
+            target: self.target.clone(),
         }
     }
 
@@ -1529,6 +1532,7 @@ async fn prepare(
     let select = crate::repo::RepoSelect::of_policy(policy.export.as_ref());
     let exports = crate::run::open_exports(&select, home).await?;
     Ok(Prepared {
+        target: policy.target.clone(),
         cluster,
         exports,
         groups,
@@ -1826,6 +1830,13 @@ impl RestoreArgs {
             .restore(policy, engine, home, output, interrupt)
             .await?;
         let Some(error) = restored.error else {
+            if output == Output::Text {
+                outln!(
+                    "restored {} from restore point {}",
+                    restored.workload,
+                    restored.point
+                );
+            }
             return Ok(ExitCode::from(exit::OK));
         };
         let (how, code) = if interrupt.is_triggered() {

@@ -103,8 +103,11 @@ pub(crate) async fn run(args: RunArgs, home: Option<PathBuf>) -> anyhow::Result<
     let grants = parse_grants(&args.grants)?;
     let secrets = parse_secrets(&args.secrets)?;
     // Before anything runs: a catalog that cannot record the run (damaged), or that a DR
-    // restore left half written, whose rerun wants nothing recorded in between.
-    crate::dr::refuse_unfinished_restore(&crate::catalog::open_verified_daily(&home)?, &home)?;
+    // restore left half written, whose rerun wants nothing recorded in between. Not before a
+    // posthook run alone: it undoes what a prehook left, whatever the catalog.
+    if !args.action.ends_with("Posthook") {
+        crate::dr::refuse_unfinished_restore(&crate::catalog::open_verified_daily(&home)?, &home)?;
+    }
     if !secrets.is_empty() && !grants.contains(&Capability::Secrets) {
         // Without the grant the blueprint cannot read them, and would fail later with an
         // authentication error that hides the cause.
@@ -245,6 +248,7 @@ pub(crate) async fn run(args: RunArgs, home: Option<PathBuf>) -> anyhow::Result<
         exports,
         policy: None,
         used_point: point.as_deref(),
+        target: args.target.clone(),
     };
     let (report, _) = run
         .execute(request, |report| {
@@ -357,6 +361,9 @@ pub(crate) struct Execution<'a> {
     pub policy: Option<&'a str>,
     /// The restore point the run uses.
     pub used_point: Option<&'a str>,
+    /// The target as given (`local:PATH`, `kube[:CONTEXT]`): runs on one workload of one
+    /// target take turns.
+    pub target: String,
 }
 
 impl Execution<'_> {
@@ -395,7 +402,25 @@ impl Execution<'_> {
         // count, leave it stopped, and snapshot it while the first started it again.
         let _workload = match &workload {
             Some(name) => {
-                hold_workload(self.home, &namespace, name, &action, &request.interrupt).await?
+                let held = hold_workload(
+                    self.home,
+                    &self.target,
+                    &namespace,
+                    name,
+                    &action,
+                    &request.interrupt,
+                )
+                .await?;
+                // Interrupted while waiting: nothing runs, not even a posthook, which would
+                // meet the workload as the other run left it.
+                if held.is_none() {
+                    return Err(NotStarted(format!(
+                        "{action} of {namespace}/{name} not started: interrupted while it waited \
+                         for another run on the workload"
+                    ))
+                    .into());
+                }
+                held
             }
             None => None,
         };
@@ -431,33 +456,52 @@ impl Execution<'_> {
     }
 }
 
-/// Waits for, then holds, the lock of runs on workload `namespace/name` in the home, until the
-/// returned file is dropped; `None` when `interrupt` comes first (the run then stops as
-/// interrupted before it starts). The holder's process, action and start are in the file, for
-/// the message of whoever waits.
+/// A run that never started: interrupted while it waited for its workload (exit 130).
+#[derive(Debug)]
+pub(crate) struct NotStarted(pub String);
+
+impl std::fmt::Display for NotStarted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NotStarted {}
+
+/// Waits for, then holds, the lock of runs on workload `namespace/name` of `target` in the
+/// home, until the returned file is dropped; `None` when `interrupt` comes first. The holder's
+/// process, action and start are in the file, for the message of whoever waits.
 async fn hold_workload(
     home: &Home,
+    target: &str,
     namespace: &str,
     name: &str,
     action: &str,
     interrupt: &cairn_engine::Interrupt,
 ) -> anyhow::Result<Option<std::fs::File>> {
-    // Names of namespaces and workloads are DNS labels; anything else is spelt out in hex.
-    let plain = |s: &str| {
-        !s.is_empty()
-            && s.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-            && !s.starts_with('.')
+    // A stable hash (FNV-1a) of the target and the names: any length, any characters, the
+    // same in every build; the names' start is kept for people looking at the directory.
+    // One inventory named by two paths (a policy's, a command line's) is one target.
+    let target = match target.strip_prefix("local:") {
+        Some(path) => match std::fs::canonicalize(path) {
+            Ok(p) => format!("local:{}", p.display()),
+            Err(_) => target.to_owned(),
+        },
+        None => target.to_owned(),
     };
-    let key = if plain(namespace) && plain(name) {
-        format!("{namespace}_{name}")
-    } else {
-        format!("x{}", hex::encode(format!("{namespace}/{name}")))
-    };
+    let key = format!("{target}\0{namespace}\0{name}");
+    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    let readable: String = format!("{namespace}_{name}")
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        .take(60)
+        .collect();
     let path = home
         .root()
         .join("locks")
-        .join(format!("workload-{key}.lock"));
+        .join(format!("workload-{readable}-{hash:016x}.lock"));
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }

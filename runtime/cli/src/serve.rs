@@ -124,7 +124,7 @@ pub(crate) async fn serve(args: ServeArgs, home: Option<PathBuf>) -> anyhow::Res
     };
     if !args.once {
         errln!(
-            "cairn: serving the policies of {}{}; Ctrl-C or SIGTERM stops after the current run",
+            "cairn: serving the policies of {}{}; Ctrl-C, SIGTERM or SIGHUP stops after the current run",
             home.root().display(),
             if operator.is_some() {
                 " and the Kubernetes resources of the operator's namespace"

@@ -118,8 +118,8 @@ pub(crate) async fn run(args: WorkloadsArgs, home: Option<PathBuf>) -> anyhow::R
             errln!(
                 "cairn: warning: workload {} is at 0 replicas since a cairn run scaled it down \
                  from {n} and ended (killed, or the machine restarted) before scaling it back: \
-                 its next backup brings it back (its posthook scales it to {n}), or start it \
-                 yourself",
+                 the next backup by a blueprint that scales it (quiesce) brings it back to {n}, \
+                 or start it yourself",
                 w.reference
             );
         }

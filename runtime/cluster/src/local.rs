@@ -578,8 +578,9 @@ impl LocalCluster {
         };
         let mut d = describe(w, replicas, ready);
         if replicas == 0 {
+            // Only said: a file that cannot be read fails the next scale, not a listing.
             let scaled_from: BTreeMap<String, ScaledFrom> =
-                read_counts(&self.state, SCALED_FROM_FILE)?;
+                read_counts(&self.state, SCALED_FROM_FILE).unwrap_or_default();
             d.left_stopped = scaled_from
                 .get(&w.reference.to_string())
                 .filter(|s| !s.owner.lives())

@@ -893,7 +893,7 @@ async fn run_phase(
         let stopped = || Outputs { artifacts: Vec::new(), values: state.checkpoints.clone() };
         let (status, outputs, error, failure) = match result {
             None => {
-                let why = "the run was interrupted (Ctrl-C or SIGTERM), which stopped this phase".to_owned();
+                let why = "the run was interrupted (Ctrl-C, SIGTERM or a hangup), which stopped this phase".to_owned();
                 (PhaseStatus::Interrupted, stopped(), Some(why.clone()), Some(WitError::Failed(why)))
             }
             Some(Ok(Ok(Ok(returned)))) => match to_outputs(returned, &state.checkpoints)

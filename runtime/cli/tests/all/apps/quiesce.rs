@@ -317,6 +317,27 @@ fn a_second_run_on_a_workload_waits_for_the_first() {
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+    // One interrupted while it waits runs nothing, not even its posthook, which would meet
+    // the workload as the first left it.
+    let third = cairn
+        .command(&args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("cairn runs");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let sent = Command::new("kill")
+        .args(["-INT", &third.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(sent.success());
+    let third = third.wait_with_output().expect("the third ends");
+    assert_eq!(third.status.code(), Some(130), "{}", stderr(&third));
+    assert!(
+        stderr(&third).contains("not started: interrupted while it waited"),
+        "{}",
+        stderr(&third)
+    );
     let second = app.run(&cairn, "backup", &[]);
     let first = first.wait_with_output().expect("the first ends");
     assert!(first.status.success(), "{first:?}");
