@@ -1331,6 +1331,26 @@ fn s_point(status: &serde_json::Value) -> String {
         .to_owned()
 }
 
+/// One pass of `serve --operator` on the resources of namespace `cairn`, then `extra`.
+fn serve_operator(cairn: &Cairn, kubeconfig: &std::path::Path, extra: &[&str]) -> Output {
+    let args = [
+        &[
+            "serve",
+            "--once",
+            "--operator",
+            "--operator-namespace",
+            "cairn",
+        ][..],
+        extra,
+    ]
+    .concat();
+    cairn
+        .command(&args)
+        .env("KUBECONFIG", kubeconfig)
+        .output()
+        .expect("cairn runs")
+}
+
 /// The resources `examples/kubernetes/resources.yaml` ships are applied by the operator as
 /// they are: a user's first `kubectl apply` must not meet an `Invalid` status.
 #[test]
@@ -1370,20 +1390,11 @@ fn the_kubernetes_example_resources_are_applied() {
         applied.push((path, name));
     }
     assert_eq!(applied.len(), 2, "a binding and a policy");
-    let out = cairn
-        .command(&[
-            "serve",
-            "--once",
-            "--operator",
-            "--operator-namespace",
-            "cairn",
-            "--operator-secrets",
-            secrets,
-        ])
-        .env("KUBECONFIG", &kubeconfig)
-        .output()
-        .expect("cairn runs");
-    ok(&out);
+    ok(&serve_operator(
+        &cairn,
+        &kubeconfig,
+        &["--operator-secrets", secrets],
+    ));
     for (path, name) in &applied {
         let status = api.get(path, name).expect("the resource")["status"].clone();
         assert_eq!(status["state"], "Ready", "{path}/{name}: {status}");
@@ -1813,17 +1824,7 @@ fn serve_operator_keeps_policies_and_bindings_from_kubernetes_resources() {
 
     // Without --operator-local-targets, a resource's local target is refused: its inventory
     // would run programs on Cairn's own machine.
-    let out = cairn
-        .command(&[
-            "serve",
-            "--once",
-            "--operator",
-            "--operator-namespace",
-            "cairn",
-        ])
-        .env("KUBECONFIG", &kubeconfig)
-        .output()
-        .expect("cairn runs");
+    let out = serve_operator(&cairn, &kubeconfig, &[]);
     ok(&out);
     says(
         policies,

@@ -32,15 +32,19 @@ async fn tree_of_files(
 }
 
 /// Flips a byte in the first frame of every data pack (a tree's nodes are in a small pack of
-/// their own, left alone).
-fn damage_first_frames(repo: &Path) {
+/// their own, left alone); returns the names of the packs damaged.
+fn damage_first_frames(repo: &Path) -> Vec<String> {
+    let mut damaged = Vec::new();
     for pack in packs(repo) {
         let mut bytes = std::fs::read(&pack).unwrap();
         if bytes.len() > 100_000 {
             bytes[1000] ^= 0x40;
             std::fs::write(&pack, bytes).unwrap();
+            damaged.push(pack.file_name().unwrap().to_str().unwrap().to_owned());
         }
     }
+    assert!(!damaged.is_empty(), "no data pack to damage");
+    damaged
 }
 
 /// Snapshots `a` and `b` of two streams, each backup in packs and an index file of its own;
@@ -975,13 +979,7 @@ async fn after_repair_packs_a_backup_with_a_parent_stores_the_lost_chunks_again(
     let first = repo.backup_tree(&src, Default::default()).await.unwrap();
     let again = repo.backup_tree(&src, Default::default()).await.unwrap();
     assert_eq!(again.summary.unchanged_files, 3, "{:?}", again.summary);
-    damage_first_frames(&dir);
-    let damaged: Vec<String> = packs(&dir)
-        .iter()
-        .filter(|p| std::fs::metadata(p).unwrap().len() > 100_000)
-        .map(|p| p.file_name().unwrap().to_str().unwrap().to_owned())
-        .collect();
-    assert!(!damaged.is_empty());
+    let damaged = damage_first_frames(&dir);
     let r = repo.repair_packs(&damaged, false).await.unwrap();
     assert!(r.index.marked, "{r:?}");
 
@@ -1043,13 +1041,7 @@ async fn repair_snapshots_leaves_out_the_files_whose_data_is_lost() {
         .await
         .unwrap();
     // The start of `a` (stored first) and of the stream.
-    damage_first_frames(&dir);
-    let damaged: Vec<String> = packs(&dir)
-        .iter()
-        .filter(|p| std::fs::metadata(p).unwrap().len() > 100_000)
-        .map(|p| p.file_name().unwrap().to_str().unwrap().to_owned())
-        .collect();
-    assert!(!damaged.is_empty());
+    let damaged = damage_first_frames(&dir);
 
     // Until `repair packs` drops them, damaged chunks are in the index and count as there.
     let r = repo.repair_snapshot(&tree.id, false, true).await.unwrap();

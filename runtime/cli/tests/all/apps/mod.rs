@@ -76,6 +76,11 @@ fn answer(what: &str, command: &mut Command) -> String {
 }
 
 /// Writes an executable script.
+/// Sends `sig` (`-INT`, `-STOP`) to process `pid`.
+fn signal(pid: u32, sig: &str) {
+    answer("kill", Command::new("kill").args([sig, &pid.to_string()]));
+}
+
 fn script(path: &Path, text: &str) {
     std::fs::write(path, text).expect("write script");
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");

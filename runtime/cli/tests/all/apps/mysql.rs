@@ -9,7 +9,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use super::{DB, Harness, SqlServer, Workload, answer, assert_fails_with, free_port};
-use super::{assert_repository_empty, phase, require, script, value, wait_for};
+use super::{assert_repository_empty, phase, require, script, signal, value, wait_for};
 use crate::support::{Cairn, json, stderr};
 
 const USER: &str = "cairn";
@@ -367,10 +367,6 @@ fn an_all_databases_dump_round_trips() {
 }
 
 /// Sends a signal to a process with `kill`.
-fn signal(pid: u32, sig: &str) {
-    answer("kill", Command::new("kill").args([sig, &pid.to_string()]));
-}
-
 #[test]
 fn the_read_lock_holds_writes_until_the_posthook() {
     let maria = Maria::start();

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use super::{Harness, Workload, assert_fails_with, assert_no_artifacts, value};
+use super::{Harness, Workload, assert_fails_with, assert_no_artifacts, signal, value, wait_for};
 use crate::support::{Cairn, stderr};
 
 const GRANTS: &str = "workloads,scale,volumes";
@@ -68,6 +68,27 @@ impl App {
     fn run(&self, cairn: &Cairn, action: &str, extra: &[&str]) -> Output {
         self.h
             .run(cairn, action, &[&["--grant", GRANTS][..], extra].concat())
+    }
+
+    /// Starts a backup in the background, its stdout dropped and its stderr piped.
+    fn spawn_backup(&self, cairn: &Cairn) -> std::process::Child {
+        let args = self.h.args("backup", &["--grant", GRANTS]);
+        cairn
+            .command(&args.iter().map(String::as_str).collect::<Vec<_>>())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("cairn runs")
+    }
+
+    /// Waits until a backup's prehook has stopped the workload.
+    fn until_stopped(&self) {
+        wait_for(
+            "the workload being stopped",
+            60,
+            || self.events() == ["stop"],
+            || format!("{:?}", self.events()),
+        );
     }
 
     /// The workload went through `events` and is back at its two replicas.
@@ -264,28 +285,10 @@ fn a_hangup_with_stderr_closed_still_scales_the_workload_back() {
     let app = App::new();
     slow_to_copy(&app);
     let cairn = Cairn::new();
-    let args = app.h.args("backup", &["--grant", GRANTS]);
-    let mut child = cairn
-        .command(&args.iter().map(String::as_str).collect::<Vec<_>>())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("cairn runs");
+    let mut child = app.spawn_backup(&cairn);
     drop(child.stderr.take());
-    let since = std::time::Instant::now();
-    while app.events() != ["stop"] {
-        assert!(
-            since.elapsed() < std::time::Duration::from_secs(60),
-            "the workload was never stopped: {:?}",
-            app.events()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    let sent = Command::new("kill")
-        .args(["-HUP", &child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(sent.success());
+    app.until_stopped();
+    signal(child.id(), "-HUP");
     let status = child.wait().expect("cairn exits");
     // Stopped as on an interrupt: not killed by the signal, not a panic on the closed stderr.
     assert_eq!(status.code(), Some(130), "{status:?}");
@@ -300,37 +303,13 @@ fn a_second_run_on_a_workload_waits_for_the_first() {
     let app = App::new();
     slow_to_copy(&app);
     let cairn = Cairn::new();
-    let args = app.h.args("backup", &["--grant", GRANTS]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let first = cairn
-        .command(&args)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("cairn runs");
-    let since = std::time::Instant::now();
-    while app.events() != ["stop"] {
-        assert!(
-            since.elapsed() < std::time::Duration::from_secs(60),
-            "the workload was never stopped: {:?}",
-            app.events()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let first = app.spawn_backup(&cairn);
+    app.until_stopped();
     // One interrupted while it waits runs nothing, not even its posthook, which would meet
     // the workload as the first left it.
-    let third = cairn
-        .command(&args)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("cairn runs");
+    let third = app.spawn_backup(&cairn);
     std::thread::sleep(std::time::Duration::from_millis(1500));
-    let sent = Command::new("kill")
-        .args(["-INT", &third.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(sent.success());
+    signal(third.id(), "-INT");
     let third = third.wait_with_output().expect("the third ends");
     assert_eq!(third.status.code(), Some(130), "{}", stderr(&third));
     assert!(
