@@ -123,11 +123,17 @@ pub enum Output {
 struct Cli {
     /// The instance's state directory (compile cache, audit log, local target state, default
     /// exports). Default: $XDG_DATA_HOME/cairn, or ~/.local/share/cairn.
-    #[arg(long, env = "CAIRN_HOME", global = true, value_name = "DIR")]
+    #[arg(
+        long,
+        env = "CAIRN_HOME",
+        global = true,
+        value_name = "DIR",
+        help_heading = "Global options"
+    )]
     home: Option<PathBuf>,
 
     /// More diagnostics on stderr (repeat for more); `RUST_LOG` overrides.
-    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    #[arg(short, long, action = clap::ArgAction::Count, global = true, help_heading = "Global options")]
     verbose: u8,
 
     #[command(subcommand)]

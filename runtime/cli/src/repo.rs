@@ -66,7 +66,13 @@ pub struct RepoArgs {
     #[command(flatten)]
     select: RepoSelect,
     /// How results are printed on stdout.
-    #[arg(long, value_enum, default_value_t, global = true)]
+    #[arg(
+        long,
+        value_enum,
+        default_value_t,
+        global = true,
+        help_heading = "Global options"
+    )]
     output: Output,
     #[command(subcommand)]
     command: RepoCommand,
@@ -495,6 +501,7 @@ fn usage(msg: impl Into<String>) -> anyhow::Error {
 
 /// Which repository, and the key to open it: shared by `cairn repo` and `cairn run`.
 #[derive(Debug, Clone, Default, clap::Args)]
+#[command(next_help_heading = "Repository options")]
 pub(crate) struct RepoSelect {
     /// A location profile (`cairn profile add`): the repository, its options and its key
     /// source, by name. Options, key and rate flags given as well take precedence over it.
