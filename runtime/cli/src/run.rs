@@ -103,10 +103,16 @@ pub(crate) async fn run(args: RunArgs, home: Option<PathBuf>) -> anyhow::Result<
     let grants = parse_grants(&args.grants)?;
     let secrets = parse_secrets(&args.secrets)?;
     // Before anything runs: a catalog that cannot record the run (damaged), or that a DR
-    // restore left half written, whose rerun wants nothing recorded in between. Not before a
-    // posthook run alone: it undoes what a prehook left, whatever the catalog.
-    if !args.action.ends_with("Posthook") {
-        crate::dr::refuse_unfinished_restore(&crate::catalog::open_verified_daily(&home)?, &home)?;
+    // restore left half written, whose rerun wants nothing recorded in between (finish the
+    // restore first). A posthook run alone undoes what a prehook left: it runs whatever the
+    // catalog's damage, and only its recording fails.
+    match crate::catalog::open_verified_daily(&home) {
+        Ok(catalog) => crate::dr::refuse_unfinished_restore(&catalog, &home)?,
+        Err(e) if args.action.ends_with("Posthook") => errln!(
+            "cairn: warning: {}; the posthook runs, and recording it will fail",
+            crate::one_line(&e)
+        ),
+        Err(e) => return Err(e),
     }
     if !secrets.is_empty() && !grants.contains(&Capability::Secrets) {
         // Without the grant the blueprint cannot read them, and would fail later with an
@@ -481,13 +487,12 @@ async fn hold_workload(
 ) -> anyhow::Result<Option<std::fs::File>> {
     // A stable hash (FNV-1a) of the target and the names: any length, any characters, the
     // same in every build; the names' start is kept for people looking at the directory.
-    // One inventory named by two paths (a policy's, a command line's) is one target.
-    let target = match target.strip_prefix("local:") {
-        Some(path) => match std::fs::canonicalize(path) {
-            Ok(p) => format!("local:{}", p.display()),
-            Err(_) => target.to_owned(),
-        },
-        None => target.to_owned(),
+    // The local target keeps its workloads' state in the home by namespace and name,
+    // whatever the inventory: one lock for all its inventories. A cluster's are its own.
+    let target = if target.starts_with("local:") {
+        "local"
+    } else {
+        target
     };
     let key = format!("{target}\0{namespace}\0{name}");
     let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
