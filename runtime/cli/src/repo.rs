@@ -101,8 +101,8 @@ enum RepoCommand {
         /// taken for a whole one; its standard error goes to cairn's.
         #[arg(long)]
         stdin_from_command: bool,
-        /// A tag for the snapshot; repeatable.
-        #[arg(long)]
+        /// A tag for the snapshot; repeatable, or comma-separated (`--tag a,b`, as restic).
+        #[arg(long, value_delimiter = ',')]
         tag: Vec<String>,
         /// zstd level for all data, -7 to 22 (default: 1, and 3 for text such as dumps and
         /// logs; negative is faster, higher compresses more).
@@ -405,7 +405,8 @@ impl FilterArgs {
 
     fn filter(&self) -> anyhow::Result<SnapshotFilter> {
         let mut f = SnapshotFilter::new();
-        for t in &self.tag {
+        // `--tag a,` is `--tag a`.
+        for t in self.tag.iter().filter(|t| !t.is_empty()) {
             f = f.tag(t);
         }
         if let Some(p) = &self.path {

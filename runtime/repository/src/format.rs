@@ -417,6 +417,11 @@ pub struct SnapshotInfo {
     /// copy of a copy, so copying again finds what is already there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub original: Option<String>,
+    /// The repair markers there were when a tree backup began (FORMAT.md, "Repair markers"):
+    /// a later backup takes files of several chunks from this snapshot only when it saw every
+    /// marker there is.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) repairs: Vec<String>,
 }
 
 impl SnapshotInfo {
@@ -437,6 +442,7 @@ impl SnapshotInfo {
             summary,
             content: String::new(),
             original: None,
+            repairs: Vec::new(),
         }
     }
     /// The first 8 characters of the id, as shown in listings.

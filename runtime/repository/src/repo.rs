@@ -2197,6 +2197,20 @@ impl Repository {
                         s.short_id()
                     )));
                 }
+                // A pack the index names is gone from the store, with what the snapshot's
+                // nodes or lists need to be read.
+                Err(Error::Missing { object, .. }) if object.starts_with("data/") => {
+                    return Err(Error::corrupt(
+                        "index",
+                        format!(
+                            "it names pack {object}, which the store no longer holds and snapshot \
+                             {} needs to be read; prune removes nothing: `cairn repo check` \
+                             names the snapshots that need it, `cairn repo repair index` drops \
+                             it from the index",
+                            s.short_id()
+                        ),
+                    ));
+                }
                 Err(e) => return Err(e),
             }
             contents.insert(s.content.clone());
@@ -2223,16 +2237,13 @@ impl Repository {
                 report.contents_deleted += 1;
             }
         }
-        // Repair markers written before every snapshot (the store's times) no longer make any
-        // backup read what its parent holds: removed.
-        let oldest = backend
-            .list("snapshots/")
-            .await?
-            .into_iter()
-            .map(|m| m.last_modified)
-            .min();
-        for m in backend.list("repairs/").await? {
-            let moot = oldest.is_none_or(|o| m.last_modified < o);
+        // A repair marker every tree snapshot saw no longer makes any backup read what its
+        // parent holds (streams have no parents): removed.
+        for (id, m) in self.repair_markers().await? {
+            let moot = snaps
+                .iter()
+                .filter(|s| matches!(s.kind, format::SnapshotKind::Tree { .. }))
+                .all(|s| s.repairs.contains(&id));
             if moot
                 && !dry_run
                 && backend
@@ -2783,15 +2794,26 @@ impl Repository {
             .await
     }
 
-    /// When the newest repair marker was written (the store's time, in milliseconds since the
-    /// epoch), if there is one.
-    pub(crate) async fn last_repair(&self) -> Result<Option<i64>> {
-        let markers = self.inner.backend.list("repairs/").await?;
-        Ok(markers
-            .iter()
-            .filter(|m| m.location.filename().is_some_and(format::is_id))
-            .map(|m| m.last_modified.timestamp_millis())
-            .max())
+    /// The repair markers, by id, sorted. Names and ids only, not times: a copy of the
+    /// repository keeps ids, where it would not keep the store's times.
+    pub(crate) async fn repair_markers(&self) -> Result<Vec<(String, object_store::ObjectMeta)>> {
+        let mut markers: Vec<(String, object_store::ObjectMeta)> = self
+            .inner
+            .backend
+            .list("repairs/")
+            .await?
+            .into_iter()
+            .filter_map(|m| {
+                let id = m
+                    .location
+                    .filename()
+                    .filter(|n| format::is_id(n))?
+                    .to_owned();
+                Some((id, m))
+            })
+            .collect();
+        markers.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(markers)
     }
 
     /// Writes one new index file listing `packs`.

@@ -1580,8 +1580,15 @@ impl Repository {
             .await
             .map_err(|e| Error::Invalid(format!("walk task failed: {e}")))?
         };
+        // Listed again under the lock, where no repair adds to them; the snapshot records them.
+        let before_lock: Vec<String> = self
+            .repair_markers()
+            .await?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
         // The parent's files are read while the tree is walked.
-        let (walked, parent) = tokio::join!(walked, self.parent_files(&root, &opts));
+        let (walked, parent) = tokio::join!(walked, self.parent_files(&root, &opts, &before_lock));
         let (mut nodes, parent) = (walked?, parent?);
         if single && nodes.is_empty() {
             return Err(Error::Invalid(format!(
@@ -1614,6 +1621,19 @@ impl Repository {
             },
             None => None,
         };
+        // A repair between the listing above and the lock: the parent did not see it.
+        let repairs = match self.repair_markers().await {
+            Ok(now) => now.into_iter().map(|(id, _)| id).collect::<Vec<_>>(),
+            Err(e) => {
+                lock.release().await;
+                drop(pipeline);
+                return Err(e);
+            }
+        };
+        let parent = parent.map(|mut p| {
+            p.repaired_since |= repairs != before_lock;
+            p
+        });
         let (unchanged, unchanged_bytes) = match parent {
             Some(parent) => self.take_unchanged(&mut nodes, parent),
             None => (Vec::new(), 0),
@@ -1670,7 +1690,8 @@ impl Repository {
             let kind = SnapshotKind::Tree {
                 path: root.display().to_string(),
             };
-            let info = SnapshotInfo::made(kind, time, host, tags, summary);
+            let mut info = SnapshotInfo::made(kind, time, host, tags, summary);
+            info.repairs = repairs;
             self.commit(&lock, content, info, &opts).await
         }
         .await;
@@ -1682,8 +1703,13 @@ impl Repository {
     /// start and its files with what tells whether they changed, by path. The latest snapshot
     /// that cannot be read (damaged) is warned about and every file read: it must not stop
     /// new backups. One the options name must be read.
-    async fn parent_files(&self, root: &Path, opts: &BackupOptions) -> Result<Option<ParentFiles>> {
-        match self.read_parent(root, opts).await {
+    async fn parent_files(
+        &self,
+        root: &Path,
+        opts: &BackupOptions,
+        repairs: &[String],
+    ) -> Result<Option<ParentFiles>> {
+        match self.read_parent(root, opts, repairs).await {
             Err(e) if opts.parent == Parent::Latest => {
                 tracing::warn!(error = %e, "the latest snapshot of this directory cannot be read: every file is read");
                 Ok(None)
@@ -1692,7 +1718,14 @@ impl Repository {
         }
     }
 
-    async fn read_parent(&self, root: &Path, opts: &BackupOptions) -> Result<Option<ParentFiles>> {
+    /// `repairs`: the repair markers there are (a parent that did not see one may name chunks
+    /// its repair dropped).
+    async fn read_parent(
+        &self,
+        root: &Path,
+        opts: &BackupOptions,
+        repairs: &[String],
+    ) -> Result<Option<ParentFiles>> {
         let info = match &opts.parent {
             Parent::None => return Ok(None),
             Parent::Snapshot(id) => {
@@ -1730,17 +1763,8 @@ impl Repository {
         let (chunks, lists) = (&mut parent.node_chunks, &parent.node_lists);
         self.each_node(&info, chunks, lists, |n| files.keep(n))
             .await?;
-        // Both times are the store's: a backup holds a shared lock and a repair the exclusive
-        // one, so a parent written before the marker was made before the repair.
-        let repaired_since = match self.last_repair().await? {
-            None => false,
-            Some(repaired) => self
-                .inner
-                .backend
-                .head(&crate::format::snapshot_path(&info.id))
-                .await?
-                .is_none_or(|m| m.last_modified.timestamp_millis() <= repaired),
-        };
+        // No clock compared: the parent names the markers its backup saw.
+        let repaired_since = repairs.iter().any(|id| !info.repairs.contains(id));
         if repaired_since {
             tracing::info!(
                 parent = info.short_id(),

@@ -194,6 +194,12 @@ impl Retention {
                 format!("`{text}`: a number goes before each unit (30d, 12h, 1y 6mo)")
             })?;
             rest = rest[digits..].trim_start();
+            if rest.starts_with(['.', ',']) {
+                return Err(format!(
+                    "`{text}`: whole numbers only; write a fraction in a smaller unit (36h for \
+                     1.5d)"
+                ));
+            }
             let letters = rest.len()
                 - rest
                     .trim_start_matches(|c: char| c.is_ascii_alphabetic())
@@ -547,6 +553,7 @@ mod tests {
             ("5", "5 needs a unit"),
             ("", "empty"),
             ("d", "a number goes before each unit"),
+            ("1.5d", "whole numbers only"),
             ("3 fortnights", "unknown unit `fortnights`"),
             ("99999999999y", "too long"),
         ] {

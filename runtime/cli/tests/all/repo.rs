@@ -1724,6 +1724,10 @@ fn a_comma_separated_tag_filter_wants_every_tag() {
     };
     assert_eq!(count("a,b"), Some(1));
     assert_eq!(count("a"), Some(2));
+    assert_eq!(count("a,"), Some(2));
+    // backup splits them too.
+    run(&["repo", "backup", data, "--tag", "c,d"]);
+    assert_eq!(count("d,c"), Some(1));
 }
 
 /// `repo init --key-file FILE` of a file not there yet makes the key, as `key add
