@@ -1580,7 +1580,8 @@ impl Repository {
             .await
             .map_err(|e| Error::Invalid(format!("walk task failed: {e}")))?
         };
-        // Listed again under the lock, where no repair adds to them; the snapshot records them.
+        // The repair markers, for the parent's choice here; listed again under the lock (where
+        // no repair adds any) for the snapshot to record.
         let before_lock: Vec<String> = self
             .repair_markers()
             .await?
