@@ -569,16 +569,6 @@ impl LocalCluster {
         }
     }
 
-    /// Records `replicas` as workload `key`'s count, in memory and in the state.
-    async fn record_count(&self, key: &str, replicas: u32) -> Result<()> {
-        let mut map = self.replicas.lock().await;
-        let mut next = map.clone();
-        next.insert(key.to_owned(), replicas);
-        self.save_counts(REPLICAS_FILE, &next).await?;
-        *map = next;
-        Ok(())
-    }
-
     async fn describe(&self, w: &LocalWorkload, probe: bool) -> Result<Workload> {
         let replicas = self.desired(&w.reference).await;
         let ready = if probe {
@@ -1044,23 +1034,23 @@ impl Cluster for LocalCluster {
             );
             self.save_counts(SCALED_FROM_FILE, &scaled_from).await?;
         }
-        if previous > 0 && replicas == 0 {
-            // Counted as stopped before its stop command runs: one cut short (an interrupt
-            // drops the call) may have stopped it already, and the posthook's scale back then
-            // runs its start command rather than finding it "still running".
-            self.record_count(&key, 0).await?;
-            if let Some(stop) = &w.stop {
-                self.run_hook(w, "stop", stop, replicas).await?;
-            }
-        } else {
-            if previous == 0
-                && replicas > 0
-                && let Some(start) = &w.start
-            {
-                self.run_hook(w, "start", start, replicas).await?;
-            }
-            self.record_count(&key, replicas).await?;
+        if previous == 0
+            && replicas > 0
+            && let Some(start) = &w.start
+        {
+            self.run_hook(w, "start", start, replicas).await?;
+        } else if previous > 0
+            && replicas == 0
+            && let Some(stop) = &w.stop
+        {
+            self.run_hook(w, "stop", stop, replicas).await?;
         }
+        let mut map = self.replicas.lock().await;
+        let mut next = map.clone();
+        next.insert(key.clone(), replicas);
+        self.save_counts(REPLICAS_FILE, &next).await?;
+        *map = next;
+        drop(map);
         if replicas > 0 && scaled_from.remove(&key).is_some() {
             self.save_counts(SCALED_FROM_FILE, &scaled_from).await?;
         }
