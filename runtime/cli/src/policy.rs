@@ -1372,7 +1372,7 @@ impl Prepared {
             exports: self.exports.clone(),
             policy: Some(policy),
             used_point,
-            target: self.target.clone(),
+            target: &self.target,
         }
     }
 

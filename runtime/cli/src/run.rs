@@ -254,7 +254,7 @@ pub(crate) async fn run(args: RunArgs, home: Option<PathBuf>) -> anyhow::Result<
         exports,
         policy: None,
         used_point: point.as_deref(),
-        target: args.target.clone(),
+        target: &args.target,
     };
     let (report, _) = run
         .execute(request, |report| {
@@ -369,7 +369,7 @@ pub(crate) struct Execution<'a> {
     pub used_point: Option<&'a str>,
     /// The target as given (`local:PATH`, `kube[:CONTEXT]`): runs on one workload of one
     /// target take turns.
-    pub target: String,
+    pub target: &'a str,
 }
 
 impl Execution<'_> {
@@ -410,7 +410,7 @@ impl Execution<'_> {
             Some(name) => {
                 let held = hold_workload(
                     self.home,
-                    &self.target,
+                    self.target,
                     &namespace,
                     name,
                     &action,

@@ -2534,7 +2534,7 @@ impl Repository {
                 .delete_data(&format::pack_path(hex), listed.get(hex))
                 .await?;
         }
-        report.index = self.repair_index_locked(lock, false).await?;
+        report.index = self.repair_index_locked(lock, false, true).await?;
         Ok(report)
     }
 
@@ -2544,12 +2544,19 @@ impl Repository {
     /// next prune removes what no snapshot uses.
     pub async fn repair_index(&self, dry_run: bool) -> Result<IndexRepair> {
         let lock = LockGuard::acquire(&self.inner.backend, true, "repair index").await?;
-        let r = self.repair_index_locked(&lock, dry_run).await;
+        let r = self.repair_index_locked(&lock, dry_run, false).await;
         lock.release().await;
         r
     }
 
-    async fn repair_index_locked(&self, lock: &LockGuard, dry_run: bool) -> Result<IndexRepair> {
+    /// `marked`: a repair marker is written already (by `repair packs`, before it deleted
+    /// the packs this drops).
+    async fn repair_index_locked(
+        &self,
+        lock: &LockGuard,
+        dry_run: bool,
+        marked: bool,
+    ) -> Result<IndexRepair> {
         let backend = &self.inner.backend;
         let damaged = self.refresh_index().await?;
         let indexed: HashSet<String> = {
@@ -2675,7 +2682,9 @@ impl Repository {
         if !report.packs_missing.is_empty() {
             // Before their chunks leave the index: backups must not take files from older
             // parents.
-            self.mark_repair().await?;
+            if !marked {
+                self.mark_repair().await?;
+            }
             report.marked = true;
         }
         // The packs indexed again and what the stale files list of the others, in one new

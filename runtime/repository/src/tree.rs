@@ -804,8 +804,11 @@ struct ParentFiles {
     id: String,
     started_ns: i128,
     files: ParentIndex,
-    /// A repair dropped chunks from the index since the parent was made: its files whose ids
-    /// are in list chunks may name lost chunks, which only reading those lists would tell.
+    /// The repair markers the parent's backup saw.
+    repairs_seen: Vec<String>,
+    /// A repair dropped chunks from the index since the parent was made (a marker it did not
+    /// see): its files whose ids are in list chunks may name lost chunks, which only reading
+    /// those lists would tell.
     repaired_since: bool,
 }
 
@@ -1580,16 +1583,8 @@ impl Repository {
             .await
             .map_err(|e| Error::Invalid(format!("walk task failed: {e}")))?
         };
-        // The repair markers, for the parent's choice here; listed again under the lock (where
-        // no repair adds any) for the snapshot to record.
-        let before_lock: Vec<String> = self
-            .repair_markers()
-            .await?
-            .into_iter()
-            .map(|(id, _)| id)
-            .collect();
         // The parent's files are read while the tree is walked.
-        let (walked, parent) = tokio::join!(walked, self.parent_files(&root, &opts, &before_lock));
+        let (walked, parent) = tokio::join!(walked, self.parent_files(&root, &opts));
         let (mut nodes, parent) = (walked?, parent?);
         if single && nodes.is_empty() {
             return Err(Error::Invalid(format!(
@@ -1622,7 +1617,9 @@ impl Repository {
             },
             None => None,
         };
-        // A repair between the listing above and the lock: the parent did not see it.
+        // The repair markers, listed under the lock (no repair adds one while it is held): the
+        // snapshot records them, and a parent that did not see one gives no file of several
+        // chunks. No clock is compared.
         let repairs = match self.repair_markers().await {
             Ok(now) => now.into_iter().map(|(id, _)| id).collect::<Vec<_>>(),
             Err(e) => {
@@ -1632,7 +1629,14 @@ impl Repository {
             }
         };
         let parent = parent.map(|mut p| {
-            p.repaired_since |= repairs != before_lock;
+            p.repaired_since = repairs.iter().any(|id| !p.repairs_seen.contains(id));
+            if p.repaired_since {
+                tracing::info!(
+                    parent = %p.id,
+                    "a repair dropped chunks from the index since the parent snapshot: files of \
+                     several chunks are read again, so that what was lost is stored again"
+                );
+            }
             p
         });
         let (unchanged, unchanged_bytes) = match parent {
@@ -1704,13 +1708,8 @@ impl Repository {
     /// start and its files with what tells whether they changed, by path. The latest snapshot
     /// that cannot be read (damaged) is warned about and every file read: it must not stop
     /// new backups. One the options name must be read.
-    async fn parent_files(
-        &self,
-        root: &Path,
-        opts: &BackupOptions,
-        repairs: &[String],
-    ) -> Result<Option<ParentFiles>> {
-        match self.read_parent(root, opts, repairs).await {
+    async fn parent_files(&self, root: &Path, opts: &BackupOptions) -> Result<Option<ParentFiles>> {
+        match self.read_parent(root, opts).await {
             Err(e) if opts.parent == Parent::Latest => {
                 tracing::warn!(error = %e, "the latest snapshot of this directory cannot be read: every file is read");
                 Ok(None)
@@ -1719,14 +1718,7 @@ impl Repository {
         }
     }
 
-    /// `repairs`: the repair markers there are (a parent that did not see one may name chunks
-    /// its repair dropped).
-    async fn read_parent(
-        &self,
-        root: &Path,
-        opts: &BackupOptions,
-        repairs: &[String],
-    ) -> Result<Option<ParentFiles>> {
+    async fn read_parent(&self, root: &Path, opts: &BackupOptions) -> Result<Option<ParentFiles>> {
         let info = match &opts.parent {
             Parent::None => return Ok(None),
             Parent::Snapshot(id) => {
@@ -1764,25 +1756,16 @@ impl Repository {
         let (chunks, lists) = (&mut parent.node_chunks, &parent.node_lists);
         self.each_node(&info, chunks, lists, |n| files.keep(n))
             .await?;
-        // No clock compared: the parent names the markers its backup saw.
-        let repaired_since = repairs.iter().any(|id| !info.repairs.contains(id));
-        if repaired_since {
-            tracing::info!(
-                parent = info.short_id(),
-                "a repair dropped chunks from the index since the parent snapshot: files of \
-                 several chunks are read again, so that what was lost is stored again"
-            );
-        } else {
-            tracing::debug!(
-                parent = info.short_id(),
-                "files unchanged since are not read"
-            );
-        }
+        tracing::debug!(
+            parent = info.short_id(),
+            "files unchanged since are not read"
+        );
         Ok(Some(ParentFiles {
             id: info.id.clone(),
             started_ns: info.time.as_nanosecond(),
             files: files.sorted(),
-            repaired_since,
+            repairs_seen: info.repairs,
+            repaired_since: false,
         }))
     }
 
@@ -2941,6 +2924,7 @@ mod tests {
             id: String::new(),
             started_ns: 10_000_000_000,
             files: files.sorted(),
+            repairs_seen: Vec::new(),
             repaired_since: false,
         };
         let now = |path: &str, inode: u64| {
