@@ -2,6 +2,19 @@
 
 step() { printf '\n==> %s\n' "$*" >&2; }
 
+# Free space under the build directory, and a warning below NEED_GIB. A build from clean writes
+# about 4.5 GiB there (the tests, clippy, the test guests and a new blueprint's crate).
+report_disk() {
+  local dir=$1 need_gib=$2 free_gib
+  mkdir -p "$dir"
+  free_gib=$(df -Pk "$dir" | awk 'NR == 2 { print int($4 / 1048576) }')
+  printf 'free under %s: %s GiB\n' "$dir" "$free_gib" >&2
+  if [ "$free_gib" -lt "$need_gib" ]; then
+    printf 'warning: under %s GiB free: the build or the tests may fail with "No space left on device"\n' \
+      "$need_gib" >&2
+  fi
+}
+
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 apt_updated=
@@ -31,7 +44,8 @@ ensure_test_servers() {
   export PATH="$HOME/.cargo/bin:$PATH"
   if ! command -v s3s-fs >/dev/null; then
     step "cargo install s3s-fs 0.14.1"
-    cargo install --quiet --locked s3s-fs --version 0.14.1 --features binary
+    # In cargo's own temporary directory, removed after: not in a CARGO_TARGET_DIR the tests use.
+    env -u CARGO_TARGET_DIR cargo install --quiet --locked s3s-fs --version 0.14.1 --features binary
   fi
   # Python runs moto, and the repository's tests (a path too long to name whole).
   command -v python3 >/dev/null || apt_install python3

@@ -10,6 +10,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 
+target_dir=${CARGO_TARGET_DIR:-target}
+# A failed run says how much disk was left: a full disk fails builds and tests far from here.
+trap 'rc=$?; if [ $rc -ne 0 ]; then df -h "$target_dir" /tmp >&2; fi' EXIT
+
+step "disk"
+report_disk "$target_dir" 6
+
 step "toolchain"
 ensure_rust_components
 ensure_wasm_target

@@ -125,7 +125,8 @@ fn a_new_blueprint_builds_tests_and_runs_as_made() {
         assert!(stderr(&out).contains(says), "{}", stderr(&out));
     }
 
-    // The workspace's lock, so the crate builds with the versions Cairn is tested with.
+    // The workspace's lock, so the crate builds with the versions Cairn is tested with, and
+    // in the test guests' build directory, whose dependencies it shares.
     std::fs::copy(
         crate::support::root().join("Cargo.lock"),
         dir.join("Cargo.lock"),
@@ -134,7 +135,7 @@ fn a_new_blueprint_builds_tests_and_runs_as_made() {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| crate::support::root().join("target"))
-        .join("new-blueprint");
+        .join("guests");
     let tested = std::process::Command::new(env!("CARGO"))
         .args(["test", "--quiet", "--target-dir"])
         .arg(&target)
