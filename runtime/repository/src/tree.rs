@@ -1021,6 +1021,9 @@ impl TreeEntry {
             gid: n.gid,
             path_raw: n.path_raw().map(str::to_owned),
             target_raw: n.target_raw().map(str::to_owned),
+            rdev: n.rdev(),
+            hard_link_of: n.link().map(str::to_owned),
+            hard_link_of_raw: n.link_raw().map(str::to_owned),
             target: n.rare.and_then(|r| r.target),
             path: n.path,
         }
@@ -2112,6 +2115,15 @@ pub struct TreeEntry {
     /// The target's bytes, hex, when they are not UTF-8 (as `path_raw`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target_raw: Option<String>,
+    /// A device's number (`st_rdev`; `chardev` and `blockdev`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rdev: Option<u64>,
+    /// A file that is a hard link of an earlier entry: that entry's `path`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hard_link_of: Option<String>,
+    /// In place of `hard_link_of` when that entry's path is not UTF-8: its `path_raw`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hard_link_of_raw: Option<String>,
     /// The path's bytes, hex, when it is not UTF-8 (`path` then has U+FFFD in their place).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path_raw: Option<String>,

@@ -602,6 +602,16 @@ async fn hard_links_are_restored_as_links() {
     std::fs::hard_link(src.join("a/dump.sql"), src.join("z/again.sql")).unwrap();
     std::fs::hard_link(src.join("a/dump.sql"), src.join("z/third.sql")).unwrap();
     let snap = repo.backup_tree(&src, BackupOptions::new()).await.unwrap();
+    // A listing names the file each link is of.
+    let listed = repo.list_tree(&snap, &[]).await.unwrap();
+    let of = |p: &str| {
+        let e = listed.iter().find(|e| e.path == p).unwrap();
+        e.hard_link_of.as_deref()
+    };
+    assert_eq!(
+        [of("a/dump.sql"), of("z/again.sql"), of("z/third.sql")],
+        [None, Some("a/dump.sql"), Some("a/dump.sql")]
+    );
     let dst = dir.path().join("dst");
     let (counted, total) = (
         std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0)),
@@ -672,6 +682,14 @@ async fn hard_links_of_names_that_are_not_utf8_are_restored_as_links() {
     assert!(raw.contains(&"636166e92e73716c"), "{raw:?}");
     let link = listed.iter().find(|e| e.path == "z/link").unwrap();
     assert_eq!(link.target_raw.as_deref(), Some("636166e92e73716c"));
+    let plain = listed.iter().find(|e| e.path == "z/plain.sql").unwrap();
+    assert_eq!(
+        (
+            plain.hard_link_of.as_deref(),
+            plain.hard_link_of_raw.as_deref()
+        ),
+        (None, Some("636166e92e73716c"))
+    );
     let dst = dir.path().join("dst");
     repo.restore_paths_of(&snap, &dst, &[]).await.unwrap();
     assert_same_tree(&src, &dst);
@@ -1277,6 +1295,8 @@ async fn fifos_and_devices_are_restored() {
     assert_eq!(pipe.mode() & 0o777, 0o640);
     if root {
         assert_eq!(kind("null"), Some("chardev"));
+        let listed_null = listed.iter().find(|e| e.path == "null").unwrap();
+        assert_eq!(listed_null.rdev, Some(null));
         let dev = std::fs::symlink_metadata(dst.join("null")).unwrap();
         assert!(dev.file_type().is_char_device());
         assert_eq!(dev.rdev(), null);
