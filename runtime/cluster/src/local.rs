@@ -1034,6 +1034,13 @@ impl Cluster for LocalCluster {
             );
             self.save_counts(SCALED_FROM_FILE, &scaled_from).await?;
         }
+        // A stop command begun and never counted: an interrupt or a crash cut it short, or it
+        // failed. Only the ready probe can tell whether it stopped the application.
+        let stop_unfinished = previous > 0
+            && replicas > 0
+            && remembered
+                .as_ref()
+                .is_some_and(|r| r.owner.pid == std::process::id() || !r.owner.lives());
         if previous == 0
             && replicas > 0
             && let Some(start) = &w.start
@@ -1044,6 +1051,19 @@ impl Cluster for LocalCluster {
             && let Some(stop) = &w.stop
         {
             self.run_hook(w, "stop", stop, replicas).await?;
+        } else if stop_unfinished && let Some(start) = &w.start {
+            if w.ready.is_none() {
+                tracing::warn!(
+                    %workload,
+                    "the stop command of the workload did not finish, and without a `ready` probe Cairn cannot tell whether it stopped the application: if it is down, start it"
+                );
+            } else if !self.probe(w, replicas, PROBE_TIMEOUT).await? {
+                tracing::warn!(
+                    %workload,
+                    "the stop command of the workload did not finish but stopped the application: starting it again"
+                );
+                self.run_hook(w, "start", start, replicas).await?;
+            }
         }
         let mut map = self.replicas.lock().await;
         let mut next = map.clone();

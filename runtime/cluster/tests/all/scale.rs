@@ -164,6 +164,61 @@ async fn a_failing_start_command_fails_the_scale_with_its_output() {
     );
 }
 
+/// A stop command that fails part way leaves the workload counted as running. Scaling it back
+/// starts it again when its ready probe finds it down, and leaves it alone when it is up or
+/// when there is no probe to ask.
+#[tokio::test]
+async fn scaling_back_after_a_stop_that_did_not_finish_asks_the_probe() {
+    const HALF_STOPS: &str = r#"
+namespaces:
+  apps:
+    workloads:
+      down:
+        replicas: 1
+        workdir: work
+        start: [sh, -c, "echo start >> events-down; touch up-down"]
+        stop: [sh, -c, "echo stop >> events-down; rm -f up-down; exit 3"]
+        ready: [sh, -c, "test -f up-down"]
+      up:
+        replicas: 1
+        workdir: work
+        start: [sh, -c, "echo start >> events-up"]
+        stop: [sh, -c, "echo stop >> events-up; exit 3"]
+        ready: [sh, -c, "true"]
+      unknown:
+        replicas: 1
+        workdir: work
+        start: [sh, -c, "echo start >> events-unknown"]
+        stop: [sh, -c, "echo stop >> events-unknown; exit 3"]
+"#;
+    let fx = Fixture::new(HALF_STOPS, &["work"]);
+    std::fs::write(fx.path("work/up-down"), "").expect("up");
+    let cluster = fx.open();
+    for (name, events) in [
+        ("down", "stop\nstart\n"),
+        ("up", "stop\n"),
+        ("unknown", "stop\n"),
+    ] {
+        let w = WorkloadRef::new("apps", name);
+        bounded(cluster.scale(&w, 0))
+            .await
+            .expect_err("the stop command fails");
+        assert_eq!(bounded(cluster.scale(&w, 1)).await.expect("scale back"), 1);
+        assert_eq!(
+            crate::read(&fx.path(&format!("work/events-{name}"))),
+            events,
+            "{name}"
+        );
+        // Counted: the next scale back runs nothing.
+        assert_eq!(bounded(cluster.scale(&w, 1)).await.expect("scale"), 1);
+        assert_eq!(
+            crate::read(&fx.path(&format!("work/events-{name}"))),
+            events,
+            "{name}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn scale_bounds_and_unknown_workloads() {
     let fx = Fixture::new(SERVICE, &["work"]);

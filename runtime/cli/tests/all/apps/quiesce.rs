@@ -295,6 +295,30 @@ fn a_hangup_with_stderr_closed_still_scales_the_workload_back() {
     app.is_back(&cairn, &["stop", "start"]);
 }
 
+/// An interrupt while the prehook's stop command runs cuts it short, having stopped the
+/// application already: the posthook's ready probe finds it down and starts it again.
+#[test]
+fn an_interrupt_during_the_stop_command_still_brings_the_workload_back() {
+    let app = App::new();
+    std::fs::write(
+        app.root().join("stop.sh"),
+        "rm -f data/RUNNING\necho stop >> events.log\nsleep 5\necho 0 > replicas.txt\n",
+    )
+    .expect("stop.sh");
+    let cairn = Cairn::new();
+    let child = app.spawn_backup(&cairn);
+    app.until_stopped();
+    signal(child.id(), "-INT");
+    let out = child.wait_with_output().expect("cairn exits");
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("did not finish but stopped the application"),
+        "{}",
+        stderr(&out)
+    );
+    app.is_back(&cairn, &["stop", "start"]);
+}
+
 /// Two runs on one workload at once (a `cairn run` while serve's policy runs, two policies
 /// selecting it): the second waits for the first. Before, it found the workload stopped by
 /// the first, took 0 for its count, and left it stopped, both saying they succeeded.
