@@ -452,10 +452,15 @@ fn set_paused(home: &Home, name: &str, paused: bool) -> anyhow::Result<ExitCode>
 }
 
 pub(crate) fn load(catalog: &Catalog, name: &str) -> anyhow::Result<Policy> {
+    load_if_present(catalog, name)?.ok_or_else(|| not_found(name).into())
+}
+
+/// The policy `name`, `None` when the catalog has none of that name.
+fn load_if_present(catalog: &Catalog, name: &str) -> anyhow::Result<Option<Policy>> {
     let Some(entry) = catalog.entry(Kind::Policy, name)? else {
-        return Err(not_found(name).into());
+        return Ok(None);
     };
-    serde_json::from_str(entry.value.get()).map_err(|e| {
+    serde_json::from_str(entry.value.get()).map(Some).map_err(|e| {
         UsageError(format!(
             "the catalog's policy {name:?} is not a policy Cairn can run ({e}); apply it again with `cairn policy apply FILE`"
         ))
@@ -2074,12 +2079,18 @@ async fn back_up_and_retain(
         .iter()
         .any(|g| g.request.interrupt.is_triggered());
     // Ownership and the restore points are read once for the run, not once per blueprint.
-    match retention_points(home).await {
+    match retention_points(home, &policy.name).await {
         // Nothing is removed after a Ctrl-C: the next run retains.
         Ok(Some(_)) if interrupted => {
             retention.skipped = Some("the run was interrupted".to_owned());
         }
-        Ok(Some(points)) => {
+        Ok(Some((None, _))) => {
+            retention.skipped =
+                Some("the policy was deleted while it ran; its restore points stay".to_owned());
+        }
+        // The retention the policy has now: an apply while it ran decides what is kept.
+        Ok(Some((Some(policy), points))) => {
+            let policy = &policy;
             for group in &prepared.groups {
                 let execution = prepared.execution(group, home, engine, &policy.name, None);
                 let succeeded: Vec<&str> = workloads
@@ -2161,12 +2172,21 @@ async fn back_up_and_retain(
 
 /// The restore points retention chooses from, when this instance may remove any: `None` when it
 /// does not own maintenance; an error when another instance's owner marker says it took over.
-async fn retention_points(home: &Home) -> anyhow::Result<Option<Vec<cairn_catalog::RestorePoint>>> {
+/// The policy `name` as stored now (`None`: deleted) and every restore point, when this instance
+/// owns maintenance.
+async fn retention_points(
+    home: &Home,
+    name: &str,
+) -> anyhow::Result<Option<(Option<Policy>, Vec<cairn_catalog::RestorePoint>)>> {
     if !crate::catalog::open(home)?.maintenance_owner()? {
         return Ok(None);
     }
     crate::dr::check_owner(home, "policy retention").await?;
-    Ok(Some(crate::catalog::open(home)?.restore_points()?))
+    let catalog = crate::catalog::open(home)?;
+    Ok(Some((
+        load_if_present(&catalog, name)?,
+        catalog.restore_points()?,
+    )))
 }
 
 /// What a run retains after: the workloads it backed up, and the restore points it made.

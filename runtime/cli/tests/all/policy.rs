@@ -590,6 +590,89 @@ fn sigterm_between_passes_exits_0_after_a_failed_run() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }
 
+/// A policy applied again or deleted while it runs: its retention is the one stored when the
+/// run retains. Before, the run removed points by the rules it started with, after `policy
+/// delete` had said they stay.
+#[test]
+fn retention_follows_an_apply_or_a_delete_made_while_the_policy_runs() {
+    let cairn = Cairn::new();
+    add_hello(&cairn);
+    ok(&apply(&cairn, &hello_policy("{last: 1}")));
+    ok(&cairn.run(&["policy", "run", "greet"]));
+    // `echo` that says it started, then waits to be let go.
+    let bin = cairn.home.path().join("bin");
+    std::fs::create_dir_all(&bin).expect("bin");
+    let (started, go) = (
+        cairn.home.path().join("echo-started"),
+        cairn.home.path().join("echo-go"),
+    );
+    std::fs::write(
+        bin.join("echo"),
+        format!(
+            "#!/bin/sh\ntouch {}\nwhile [ ! -e {} ]; do sleep 0.05; done\nexec /bin/echo \"$@\"\n",
+            started.display(),
+            go.display()
+        ),
+    )
+    .expect("fake echo");
+    std::fs::set_permissions(
+        bin.join("echo"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let slow_run = |meanwhile: &dyn Fn()| {
+        let _ = std::fs::remove_file(&started);
+        let _ = std::fs::remove_file(&go);
+        let run = cairn
+            .command(&["policy", "run", "greet", "--output", "json"])
+            .env("PATH", &path)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("cairn runs");
+        let since = std::time::Instant::now();
+        while !started.exists() {
+            assert!(
+                since.elapsed() < std::time::Duration::from_secs(60),
+                "the run never started"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        meanwhile();
+        std::fs::write(&go, "").expect("let go");
+        let out = run.wait_with_output().expect("cairn exits");
+        ok(&out);
+        json(&out)
+    };
+    let points = || {
+        let out = cairn.run(&["catalog", "ls", "local-restore-point", "--output", "json"]);
+        ok(&out);
+        json(&out).as_array().expect("points").len()
+    };
+
+    // Kept 1 when the run began, 5 when it retains: nothing is removed.
+    let outcome = slow_run(&|| ok(&apply(&cairn, &hello_policy("{last: 5}"))));
+    assert_eq!(outcome["retention"]["kept"], 2, "{outcome}");
+    assert_eq!(points(), 2);
+
+    // Deleted while it runs: its points stay, as `policy delete` says.
+    let outcome = slow_run(&|| ok(&cairn.run(&["policy", "delete", "greet"])));
+    assert!(
+        outcome["retention"]["skipped"]
+            .as_str()
+            .is_some_and(|s| s.contains("deleted")),
+        "{outcome}"
+    );
+    assert_eq!(points(), 3);
+    let out = cairn.run(&["policy", "show", "greet"]);
+    assert_ne!(out.status.code(), Some(0), "the run did not bring it back");
+}
+
 /// A run that hangs (the workload's command never ends): the first SIGTERM waits for it, the
 /// second stops it (recorded as failed), and serve exits.
 #[test]
