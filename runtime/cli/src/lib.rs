@@ -509,6 +509,47 @@ pub(crate) fn shell_word(word: &str) -> String {
     }
 }
 
+/// `path` absolute, as the catalog keeps paths: the longest part of it that exists resolved
+/// (symlinks, `..`), the rest as written without `.` components and with `..` taking off the
+/// name before it. The same directory gets the same name whether or not it exists yet, and
+/// whatever the current directory was.
+pub(crate) fn resolved_path(path: &std::path::Path) -> std::path::PathBuf {
+    use std::path::Component;
+    let Ok(whole) = std::path::absolute(path) else {
+        return path.to_owned();
+    };
+    let parts: Vec<Component<'_>> = whole.components().collect();
+    for exists in (1..=parts.len()).rev() {
+        let prefix: std::path::PathBuf = parts[..exists].iter().collect();
+        let Ok(mut out) = std::fs::canonicalize(&prefix) else {
+            continue;
+        };
+        for part in &parts[exists..] {
+            match part {
+                Component::ParentDir => {
+                    out.pop();
+                }
+                Component::CurDir => {}
+                other => out.push(other),
+            }
+        }
+        return out;
+    }
+    whole
+}
+
+/// A repository's URL as the catalog keeps it: a path [`resolved`](resolved_path), anything
+/// else (`s3://…`, `file://…`) as given.
+pub(crate) fn repository_url(url: &str) -> String {
+    if url.contains("://") {
+        url.to_owned()
+    } else {
+        resolved_path(std::path::Path::new(url))
+            .display()
+            .to_string()
+    }
+}
+
 /// An error and its causes on one line: "what failed: because: because".
 pub(crate) fn one_line(e: &anyhow::Error) -> String {
     let mut s = String::new();
@@ -569,6 +610,26 @@ mod tests {
         assert_eq!(shown_source("raw:hunter2"), "raw:****");
         assert!(!shown_source("hunter2").contains("hunter2"));
         assert!(!shown_source("Hunter:2").contains("2"));
+    }
+
+    /// A path names a directory one way, whether it exists yet, however it was written.
+    #[test]
+    fn paths_are_resolved_alike_before_and_after_they_exist() {
+        use super::{repository_url, resolved_path};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let real = std::fs::canonicalize(dir.path()).expect("canonical");
+        std::fs::create_dir(real.join("pol")).expect("pol");
+        std::os::unix::fs::symlink(real.join("pol"), real.join("link")).expect("symlink");
+        let name = |p: &str| resolved_path(&real.join(p));
+        assert_eq!(name("pol/./repo2"), real.join("pol/repo2"));
+        assert_eq!(name("pol/../repo3"), real.join("repo3"));
+        assert_eq!(name("pol/missing/../x"), real.join("pol/x"));
+        // A symlink is followed while the path exists, and its target is the name.
+        assert_eq!(name("link/./repo2"), real.join("pol/repo2"));
+        std::fs::create_dir(real.join("pol/repo2")).expect("repo2");
+        assert_eq!(name("link/./repo2"), real.join("pol/repo2"));
+        assert_eq!(name("pol/repo2/"), real.join("pol/repo2"));
+        assert_eq!(repository_url("s3://b/./p"), "s3://b/./p");
     }
 
     /// clap checks its definitions only when a subcommand is first used; this checks them all.

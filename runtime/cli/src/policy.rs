@@ -491,11 +491,7 @@ pub(crate) fn read_file(
 
 /// `path` made absolute against `base` (and resolved, when it exists).
 pub(crate) fn absolute(base: &Path, path: &str) -> String {
-    let joined = base.join(path);
-    std::fs::canonicalize(&joined)
-        .unwrap_or(joined)
-        .display()
-        .to_string()
+    crate::resolved_path(&base.join(path)).display().to_string()
 }
 
 /// Secret sources as a file gives them: `env:VAR`, or `file:PATH` made absolute against

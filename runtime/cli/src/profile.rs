@@ -93,7 +93,9 @@ fn source(what: &str, source: &str) -> Result<String, UsageError> {
 
 /// `path` made absolute against the current directory: a profile is used from anywhere.
 pub(crate) fn absolute(path: &str) -> String {
-    std::path::absolute(path).map_or_else(|_| path.to_owned(), |p| p.display().to_string())
+    crate::resolved_path(std::path::Path::new(path))
+        .display()
+        .to_string()
 }
 
 /// Reads a secret from its source (`env:VAR` or `file:PATH`; a file's last newline dropped).
@@ -185,11 +187,7 @@ pub(crate) fn run(cmd: ProfileCommand, home: Option<PathBuf>) -> anyhow::Result<
                 .refuse_credentials()
                 .map_err(|e| bad(e.to_string()))?;
             let profile = Profile {
-                repository: if repo.contains("://") {
-                    repo
-                } else {
-                    absolute(&repo)
-                },
+                repository: crate::repository_url(&repo),
                 options: kept,
                 passphrase: passphrase
                     .map(|p| source(&format!("profile {name}: --passphrase"), &p))

@@ -633,7 +633,8 @@ impl CopyTarget {
 }
 
 /// A repository profile file: where a repository is and how to reach it, kept out of the
-/// command line (and out of shell history) because it holds credentials.
+/// command line (and out of shell history) because it holds credentials. A `repo:` path that is
+/// relative is relative to the file's directory.
 ///
 /// ```yaml
 /// repo: s3://backups/cairn
@@ -669,7 +670,7 @@ pub(crate) fn load_profile(path: &std::path::Path) -> anyhow::Result<Profile> {
             path.display()
         ))
     })?;
-    let profile: Profile = serde_norway::from_str(&text).map_err(|e| {
+    let mut profile: Profile = serde_norway::from_str(&text).map_err(|e| {
         usage(format!(
             "the repository profile {} is not valid: {e} (expected `repo: URL`, `options: {{KEY: VALUE}}` and optionally `limit_upload:`/`limit_download:` rates)",
             path.display()
@@ -685,6 +686,14 @@ pub(crate) fn load_profile(path: &std::path::Path) -> anyhow::Result<Profile> {
                 path.display()
             );
         }
+    }
+    // A path relative to the file, as a policy file's are: the same repository from wherever
+    // the command runs.
+    if let Some(repo) = profile.repo.as_mut().filter(|r| !r.contains("://")) {
+        let dir = path.parent().unwrap_or(std::path::Path::new(""));
+        *repo = crate::resolved_path(&dir.join(&*repo))
+            .display()
+            .to_string();
     }
     Ok(profile)
 }

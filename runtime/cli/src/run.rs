@@ -590,7 +590,8 @@ pub(crate) async fn open_exports(
     let (repo, url) = if select.names_a_repository() {
         let select = select.resolved(home)?;
         let location = select.location()?;
-        let url = location.url().to_string();
+        // Recorded in restore points: a path that means the same from any directory.
+        let url = crate::repository_url(location.url());
         let key = select.key()?;
         let repo = cairn_repository::Repository::open(location, key.as_ref())
             .await
@@ -640,14 +641,13 @@ pub(crate) async fn open_point_exports(
         .collect();
     // A profile still naming the point's repository: the one it was exported through (unless
     // it was pointed elsewhere since), else any.
-    let names_it = |p: &&cairn_catalog::Profile| {
-        p.repository == *repository || crate::profile::absolute(&p.repository) == *repository
-    };
+    let same = |url: &str| crate::repository_url(url) == crate::repository_url(repository);
+    let names_it = |p: &&cairn_catalog::Profile| same(&p.repository);
     let by_name = profile
         .as_deref()
         .filter(|name| profiles.iter().filter(names_it).any(|p| p.name == *name));
     let by_url = || profiles.iter().find(names_it).map(|p| p.name.as_str());
-    let in_home = *repository == home.repository().display().to_string();
+    let in_home = same(&home.repository().display().to_string());
     let select = match by_name.or_else(by_url) {
         Some(name) => crate::repo::RepoSelect::of_profile(name),
         None if in_home => Default::default(),
@@ -661,7 +661,11 @@ pub(crate) async fn open_point_exports(
              there. If a copy of that repository is elsewhere, add a location profile of it \
              (`cairn profile add NAME --repo URL ...`); if the data is lost for good, \
              `cairn catalog forget-point {id}` drops the point's record",
-            if in_home {
+            if Path::new(repository).is_relative() {
+                "the path is relative to the directory the backup ran in (an older Cairn \
+                 recorded it as given): from that directory it may be there, and otherwise "
+                    .to_owned()
+            } else if in_home {
                 String::new()
             } else {
                 "a repository on another machine's disk (the home of a lost instance, if this \

@@ -47,6 +47,24 @@ fn a_profile_file_names_the_repository_and_its_options() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(json(&out).to_string().contains(&id));
 
+    // A relative `repo:` is relative to the profile file, from any directory.
+    let relative = dir.path().join("relative.yaml");
+    std::fs::write(&relative, "repo: ./rel/../near\n").expect("profile");
+    let out = cairn
+        .command(&[
+            "repo",
+            "init",
+            "--profile-file",
+            relative.to_str().expect("utf-8"),
+            "--passphrase-file",
+            pass.to_str().expect("utf-8"),
+        ])
+        .current_dir(cairn.home.path())
+        .output()
+        .expect("cairn runs");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(dir.path().join("near/config").is_file());
+
     // --repo on the command line wins over the profile.
     let other = dir.path().join("other");
     let out = cairn.run(
