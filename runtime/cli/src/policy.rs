@@ -856,6 +856,18 @@ pub(crate) fn check_service(
         return Err("its retention keeps nothing: set at least one of last, hourly, daily, weekly, monthly, yearly, within (e.g. `retention: {last: 7}`)".into());
     }
     if let Some(export) = export
+        && export.repo.is_none()
+        && export.profile.is_none()
+        && export.profile_file.is_none()
+    {
+        return Err(
+            "export names no repository: give it `repo:`, `profile:` or `profile_file:` \
+             (without `export:`, restore points go to the home's repository, and are lost with \
+             the home)"
+                .into(),
+        );
+    }
+    if let Some(export) = export
         && let Some(profile) = &export.profile
     {
         if export.repo.is_some() || export.profile_file.is_some() {

@@ -383,6 +383,11 @@ fn a_policy_that_could_not_run_is_refused_naming_the_field() {
             &["use local:INVENTORY.yaml, kube"],
         ),
         ("name: greet", "nmae: greet", &["unknown field `nmae`"]),
+        (
+            "params: {greeting: hi}",
+            "params: {greeting: hi}\nexport: {passphrase_file: /etc/hostname}",
+            &["export names no repository", "profile_file"],
+        ),
     ];
     for (from, to, needles) in cases {
         let yaml = base.replacen(from, to, 1);
