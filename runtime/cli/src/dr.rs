@@ -359,6 +359,12 @@ pub(crate) fn refuse_unfinished_restore(catalog: &Catalog, home: &Home) -> anyho
     }
 }
 
+/// Whether this instance owns maintenance of the backup data (forget, prune, retention): not
+/// while a DR restore into it is unfinished, whose catalog may not say yet that it does not.
+pub(crate) fn owns_maintenance(catalog: &Catalog) -> anyhow::Result<bool> {
+    Ok(catalog.maintenance_owner()? && load_meta::<Restoring>(catalog, RESTORING_KEY)?.is_none())
+}
+
 /// [`refuse_unfinished_restore`]'s refusal as a warning, for listings: what they show of an
 /// unfinished restore's home is not the catalog restored.
 pub(crate) fn warn_unfinished_restore(catalog: &Catalog, home: &Home) {
@@ -1795,7 +1801,7 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                 .context("cannot list the DR location")?;
             let components = export_components(&home, &catalog, &repo, &snapshots).await?;
             let stored = stored_points(&home, &repo, &snapshots).await?;
-            let owner = catalog.maintenance_owner()?;
+            let owner = owns_maintenance(&catalog)?;
             let mut params = config.params();
             params.push(("protection".into(), repo.protection().as_secs().to_string()));
             params.push(("maintain".into(), owner.to_string()));
@@ -1945,7 +1951,7 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
             let restored = catalog.restore_state()?;
             let failure: Option<LastFailure> = load_meta(&catalog, LAST_FAILURE_KEY)?
                 .filter(|f: &LastFailure| last.as_ref().is_none_or(|l| f.time > l.time));
-            let mut owner = catalog.maintenance_owner()?;
+            let mut owner = owns_maintenance(&catalog)?;
             // What this catalog believes, checked against the owner markers: another instance
             // that took over says so only there.
             let mut marker_note = None;

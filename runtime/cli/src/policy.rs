@@ -2186,7 +2186,7 @@ async fn retention_points(
     home: &Home,
     name: &str,
 ) -> anyhow::Result<Option<(Option<Policy>, Vec<cairn_catalog::RestorePoint>)>> {
-    if !crate::catalog::open(home)?.maintenance_owner()? {
+    if !crate::dr::owns_maintenance(&crate::catalog::open(home)?)? {
         return Ok(None);
     }
     crate::dr::check_owner(home, "policy retention").await?;

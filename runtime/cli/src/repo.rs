@@ -997,9 +997,10 @@ fn check_maintenance_owner(home: &crate::home::Home) -> anyhow::Result<()> {
         return Ok(());
     }
     let catalog = crate::catalog::open(home)?;
-    if catalog.maintenance_owner()? {
+    if crate::dr::owns_maintenance(&catalog)? {
         return Ok(());
     }
+    crate::dr::refuse_unfinished_restore(&catalog, home)?;
     Err(usage(
         "this instance was rebuilt by `cairn dr restore` and does not own maintenance of the backup data, \
          so forget and prune are refused (two instances must never prune the same data); once the \

@@ -527,6 +527,22 @@ fn a_restore_that_fails_part_way_leaves_the_home_unfinished() {
         assert!(out.status.success(), "{}", stderr(&out));
         assert!(stderr(&out).contains("did not finish"), "{}", stderr(&out));
     }
+    // Its catalog may not say yet that it does not own maintenance: it does not.
+    let out = fresh.run(&["dr", "status", "--output", "json"]);
+    assert_eq!(json(&out)["maintenance_owner"], false, "{}", stdout(&out));
+    let repo = fresh.home.path().join("elsewhere");
+    let repo = repo.to_str().expect("utf-8");
+    for maintenance in [
+        &["repo", "prune"][..],
+        &["repo", "forget", "--keep-last", "1"],
+    ] {
+        let out = fresh
+            .command(&[maintenance, &["--repo", repo]].concat())
+            .env("CAIRN_PASSPHRASE", "pw")
+            .output()
+            .expect("cairn runs");
+        refused_with(&out, "did not finish");
+    }
     let older = older[0]["point"].as_str().expect("point id").to_owned();
     refused_with(
         &restore(&fresh, &profile_url, &cluster_id, &["--point", &older]),
