@@ -591,10 +591,12 @@ async fn points(repo: &Repository) -> anyhow::Result<Vec<Point>> {
 async fn points_and_damaged(
     repo: &Repository,
 ) -> anyhow::Result<(Vec<Point>, Vec<(String, jiff::Timestamp)>)> {
-    let (snapshots, unreadable) = repo
-        .snapshots_with_damage(&SnapshotFilter::new().source(MANIFEST))
+    let (all, unreadable) = repo
+        .snapshots_with_damage(&SnapshotFilter::new())
         .await
         .context("cannot list the DR points")?;
+    let (snapshots, others): (Vec<_>, Vec<_>) =
+        all.into_iter().partition(|s| s.source() == MANIFEST);
     // With the manifest's own time, precise where the point's is to the second: two points
     // sealed within one second (a DR run, then another after a change of mode) are told apart.
     let mut points = Vec::with_capacity(snapshots.len());
@@ -615,8 +617,10 @@ async fn points_and_damaged(
     // A snapshot object that cannot be read may be a newer point's manifest: what it is, and
     // its time, are in the damaged bytes, so the store's time of its write stands in. One a
     // readable point names is that point's data export, not a manifest.
-    let named: std::collections::HashSet<&String> =
-        points.iter().flat_map(|(_, p)| &p.export_ids).collect();
+    let named: std::collections::HashSet<String> = points
+        .iter()
+        .flat_map(|(_, p)| p.export_ids.iter().cloned())
+        .collect();
     for s in unreadable {
         errln!(
             "cairn: warning: snapshot {} in the DR location cannot be read ({}); if it was a DR \
@@ -638,6 +642,27 @@ async fn points_and_damaged(
     damaged.retain(|(_, saved)| {
         newest_saved.is_none_or(|newest| saved.saturating_add(slack).is_ok_and(|s| s >= newest))
     });
+    // A point's data is saved before its manifest: data that no readable point names, saved
+    // after the newest manifest, is a newer point's whose manifest is gone, or a DR run's
+    // that did not finish. Which one only the missing manifest could say.
+    if let Some(newest) = newest_saved {
+        let mut newer: Vec<&SnapshotInfo> = others
+            .iter()
+            .filter(|s| s.source() != OWNER && !s.source().starts_with(COMPONENT))
+            .filter(|s| !named.contains(&s.id) && s.time > newest)
+            .collect();
+        newer.sort_by_key(|s| s.time);
+        if let Some(last) = newer.last() {
+            errln!(
+                "cairn: warning: {} snapshot(s) in the DR location, the last saved {}, are newer \
+                 than the newest readable DR point and belong to none: either a newer point's \
+                 manifest is missing, or the last DR run did not finish",
+                newer.len(),
+                last.time
+            );
+            damaged.push((last.id.clone(), last.time));
+        }
+    }
     Ok((points.into_iter().map(|(_, p)| p).collect(), damaged))
 }
 
@@ -2168,13 +2193,16 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
             let (list, damaged) = points_and_damaged(&repo).await?;
             let chosen = match &point {
                 None => {
-                    if let Some((id, saved)) = damaged.first() {
+                    if let Some((_, saved)) = damaged.iter().max_by_key(|(_, saved)| *saved) {
+                        let readable = list
+                            .first()
+                            .map_or_else(|| "ID".to_owned(), |p| short(&p.id).to_owned());
                         return Err(usage(format!(
-                            "the newest DR point ({}, saved {saved}) cannot be read (the warning \
-                             above says why), so restoring the newest readable one would lose \
-                             what came after it: choose knowingly with --point ID (`cairn dr \
-                             review` lists the readable ones), or repair the DR location",
-                            short(id)
+                            "the DR location holds what was saved at {saved}, after its newest \
+                             readable DR point, and cannot be read as a point (the warning above \
+                             says why), so restoring the newest readable one might lose what came \
+                             after it: choose knowingly with --point {readable} (`cairn dr \
+                             review` lists the readable ones), or repair the DR location"
                         )));
                     }
                     list.first().cloned().ok_or_else(|| {

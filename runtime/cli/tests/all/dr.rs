@@ -594,7 +594,11 @@ fn a_damaged_dr_point_is_left_out_and_the_others_are_still_listed() {
     // The second point's objects lost: its manifest cannot be read.
     newest_point_damaged(
         "content",
-        |path| std::fs::remove_file(path).expect("remove"),
+        |paths| {
+            for path in paths {
+                std::fs::remove_file(path).expect("remove");
+            }
+        },
         "it is left out",
     );
 }
@@ -604,13 +608,33 @@ fn a_damaged_snapshot_object_newer_than_every_point_stops_a_restore_of_the_newes
     // The second point's snapshot objects damaged: what they were, and when, is unreadable.
     newest_point_damaged(
         "snapshots",
-        |path| {
-            let mut bytes = std::fs::read(path).expect("read");
-            let middle = bytes.len() / 2;
-            bytes[middle] ^= 0x55;
-            std::fs::write(path, bytes).expect("damage");
+        |paths| {
+            for path in paths {
+                let mut bytes = std::fs::read(path).expect("read");
+                let middle = bytes.len() / 2;
+                bytes[middle] ^= 0x55;
+                std::fs::write(path, bytes).expect("damage");
+            }
         },
         "cannot be read",
+    );
+}
+
+#[test]
+fn a_missing_manifest_of_the_newest_point_stops_a_restore_of_the_one_before() {
+    // The manifest's snapshot object, saved last, removed: the point's data stays.
+    newest_point_damaged(
+        "snapshots",
+        |paths| {
+            let modified = |p: &&std::path::PathBuf| {
+                std::fs::metadata(p)
+                    .and_then(|m| m.modified())
+                    .expect("mtime")
+            };
+            let manifest = paths.iter().max_by_key(modified).expect("new objects");
+            std::fs::remove_file(manifest).expect("remove");
+        },
+        "belong to none",
     );
 }
 
@@ -618,7 +642,7 @@ fn a_damaged_snapshot_object_newer_than_every_point_stops_a_restore_of_the_newes
 /// location: `review` lists the first alone with a warning that says `warned`, a restore of
 /// the newest is refused rather than fall back to the first unasked, and `--point` restores
 /// the first.
-fn newest_point_damaged(dir: &str, damage: impl Fn(&Path), warned: &str) {
+fn newest_point_damaged(dir: &str, damage: impl Fn(&[std::path::PathBuf]), warned: &str) {
     let (profile, cairn, _, _) = runs("no-snapshot", &[], 1);
     let profile_url = profile.path().to_str().expect("utf-8").to_owned();
     let cluster_id = cluster_id(&cairn);
@@ -632,9 +656,12 @@ fn newest_point_damaged(dir: &str, damage: impl Fn(&Path), warned: &str) {
     };
     let before = listed(&dir);
     put_and_run(&cairn, "p2");
-    for path in listed(&dir).difference(&before) {
-        damage(path);
-    }
+    damage(
+        &listed(&dir)
+            .difference(&before)
+            .cloned()
+            .collect::<Vec<_>>(),
+    );
     let out = review(&cairn, &profile_url, &cluster_id, &["--output", "json"]);
     ok(&out);
     assert!(stderr(&out).contains(warned), "{}", stderr(&out));
@@ -643,7 +670,7 @@ fn newest_point_damaged(dir: &str, damage: impl Fn(&Path), warned: &str) {
     let fresh = Cairn::new();
     refused_with(
         &restore(&fresh, &profile_url, &cluster_id, &[]),
-        "the newest DR point",
+        "after its newest readable DR point",
     );
     let older = points[0]["id"].as_str().expect("id");
     ok(&restore(
