@@ -947,13 +947,15 @@ async fn enable(
         );
     }
     // DR brings back the catalog, not the data in the home: the exports of these policies
-    // would be lost with the machine.
+    // would be lost with the machine. A policy that does not grant `export` exports nothing
+    // (its points are the catalog's own); one whose bindings decide may.
     // A policy record that cannot be read is for `policy list` to report, not for this.
     let local: Vec<String> = catalog
         .policies()
         .unwrap_or_default()
         .into_iter()
         .filter(|p| p.export.is_none())
+        .filter(|p| p.blueprint.is_none() || p.grants.iter().any(|g| g == "export"))
         .map(|p| p.name)
         .collect();
     if !local.is_empty() {

@@ -1685,25 +1685,32 @@ fn dr_enable_keeps_relative_paths_absolute() {
 }
 
 /// DR copies the catalog, not the home's repository: enabling it names the policies whose
-/// restore points live there and would be lost with the home.
+/// restore points live there and would be lost with the home; not one whose blueprint may not
+/// export, whose points are the catalog's own.
 #[test]
 fn dr_enable_names_policies_whose_points_stay_in_the_home() {
     let cairn = Cairn::new();
     let hello = crate::support::hello_wasm().to_str().expect("utf-8 path");
     ok(&cairn.run(&["blueprint", "add", hello]));
-    let policy = cairn.home.path().join("p.yaml");
-    std::fs::write(
-        &policy,
-        format!(
-            "name: local-only\nblueprint: hello\ntarget: local:{}\nworkloads: [hello]\n\
-             frequency: '@daily'\nretention: {{last: 1}}\ngrants: [exec]\nparams: {{greeting: hi}}\n",
-            crate::support::root()
-                .join("examples/hello/inventory.yaml")
-                .display()
-        ),
-    )
-    .expect("policy");
-    ok(&cairn.run(&["policy", "apply", policy.to_str().expect("utf-8")]));
+    let redis = crate::support::wasm("redis");
+    ok(&cairn.run(&["blueprint", "add", redis.to_str().expect("utf-8 path")]));
+    let inventory = crate::support::root().join("examples/hello/inventory.yaml");
+    for (name, blueprint, grants) in [
+        ("values-only", "hello", "[exec]\nparams: {greeting: hi}"),
+        ("local-only", "redis", "[exec, export]"),
+    ] {
+        let policy = cairn.home.path().join(format!("{name}.yaml"));
+        std::fs::write(
+            &policy,
+            format!(
+                "name: {name}\nblueprint: {blueprint}\ntarget: local:{}\nworkloads: [hello]\n\
+                 frequency: '@daily'\nretention: {{last: 1}}\ngrants: {grants}\n",
+                inventory.display()
+            ),
+        )
+        .expect("policy");
+        ok(&cairn.run(&["policy", "apply", policy.to_str().expect("utf-8")]));
+    }
     let dir = tempfile::tempdir().expect("tempdir");
     let out = enable(&cairn, &dir.path().join("dr"), "local-snapshot", &[]);
     ok(&out);
