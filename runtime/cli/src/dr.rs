@@ -495,7 +495,19 @@ async fn open_source(
             "cannot open the DR location {url}: {damaged}; `cairn repo check --repo {url}` says \
              what else is damaged"
         )),
-        other => anyhow::Error::new(other).context(format!("cannot open the DR location {url}")),
+        // The location is a URL alone: what the store's hints give as --option is read from
+        // the environment here.
+        other => anyhow::Error::new(other.map_hint(|hint| {
+            if hint.contains("--option") {
+                format!(
+                    "{hint} (`cairn dr` takes no --option: set the environment variable of that \
+                     option instead, e.g. AWS_ENDPOINT for aws_endpoint)"
+                )
+            } else {
+                hint
+            }
+        }))
+        .context(format!("cannot open the DR location {url}")),
     })
 }
 

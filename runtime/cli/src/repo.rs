@@ -547,6 +547,10 @@ pub(crate) struct RepoSelect {
     /// profile's `limit_download:` otherwise.
     #[arg(long, env = "CAIRN_LIMIT_DOWNLOAD", global = true, value_name = "RATE", value_parser = parse_rate)]
     limit_download: Option<u64>,
+    /// What gave the key file or passphrase file, for messages: a location profile or a
+    /// policy's export (`None`: the flags).
+    #[arg(skip)]
+    key_origin: Option<String>,
 }
 
 /// Parses a rate, a size a second: `20MiB`, `20MiB/s`, `512KiB`.
@@ -605,6 +609,7 @@ impl CopyTarget {
             profile_file: self.to_profile_file.clone(),
             limit_upload: source.limit_upload,
             limit_download: source.limit_download,
+            key_origin: Some("the destination".to_owned()),
         };
         if !select.names_a_repository() {
             return Err(usage(
@@ -713,6 +718,7 @@ impl RepoSelect {
             profile_file: export.profile_file.map(PathBuf::from),
             limit_upload: None,
             limit_download: None,
+            key_origin: Some("the policy's export".to_owned()),
         }
     }
 
@@ -762,6 +768,7 @@ impl RepoSelect {
         options.append(&mut select.options);
         select.options = options;
         if select.key_file.is_none() && select.passphrase_file.is_none() {
+            select.key_origin = Some(format!("profile {name}"));
             match (
                 profile.passphrase.as_deref().map(|p| p.split_once(':')),
                 profile.key_file,
@@ -836,17 +843,31 @@ impl RepoSelect {
     /// `flags` names the options that give them.
     fn key_from(&self, env: &str, flags: &str) -> anyhow::Result<Box<dyn KeyProvider>> {
         // A key or passphrase file that cannot be read is the user's input, not the runtime.
+        let named = |field: &str, flag: &str| match &self.key_origin {
+            Some(origin) => format!("{origin}'s {field}"),
+            None => flag.to_owned(),
+        };
         if let Some(f) = &self.key_file {
-            let key = KeyFile::load(f).map_err(|e| usage(format!("--key-file: {e}")))?;
+            let key = KeyFile::load(f)
+                .map_err(|e| usage(format!("{}: {e}", named("key_file", "--key-file"))))?;
             return Ok(Box::new(key));
         }
         if let Some(f) = &self.passphrase_file {
-            let passphrase =
-                Passphrase::from_file(f).map_err(|e| usage(format!("--passphrase-file: {e}")))?;
+            let passphrase = Passphrase::from_file(f).map_err(|e| {
+                usage(format!(
+                    "{}: {e}",
+                    named("passphrase file", "--passphrase-file")
+                ))
+            })?;
             return Ok(Box::new(passphrase));
         }
         match Passphrase::from_env(env) {
             Ok(p) => Ok(Box::new(p)),
+            Err(_) if self.key_origin.as_deref() == Some("the policy's export") => {
+                Err(usage(format!(
+                    "no key: give the policy's export a key_file or passphrase_file, or set {env} where it runs"
+                )))
+            }
             Err(_) => Err(usage(format!("no key: set {env}, or give {flags}"))),
         }
     }

@@ -678,6 +678,21 @@ fn retention_follows_an_apply_or_a_delete_made_while_the_policy_runs() {
     assert_ne!(out.status.code(), Some(0), "the run did not bring it back");
 }
 
+/// A key the policy's export names and the machine lacks is named as the policy's, not as a
+/// flag nobody gave.
+#[test]
+fn a_missing_export_key_is_named_as_the_policys() {
+    let cairn = Cairn::new();
+    add_hello(&cairn);
+    let yaml = hello_policy("{last: 1}") + "export: {repo: ./repo, key_file: ./missing.key}\n";
+    ok(&apply(&cairn, &yaml));
+    let out = cairn.run(&["policy", "run", "greet"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let said = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(said.contains("the policy's export's key_file"), "{said}");
+    assert!(!said.contains("--key-file"), "{said}");
+}
+
 /// A run that hangs (the workload's command never ends): the first SIGTERM waits for it, the
 /// second stops it (recorded as failed), and serve exits.
 #[test]
