@@ -17,7 +17,8 @@
 //! The gauges are read from the catalog after each pass of `serve` (at least once a minute), so
 //! a scrape never waits for the catalog; the counters count what this process ran. An alert on
 //! `time() - cairn_policy_last_success_timestamp_seconds` catches a policy that fails or stops
-//! running, whatever the cause.
+//! running, whatever the cause; `cairn_policy_last_run_errors > 0` a run that failed in part
+//! (one workload of several, or retention), which the newest point of the others hides.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
