@@ -1722,12 +1722,23 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
             protection,
         } => {
             let catalog = crate::catalog::open(&home)?;
+            refuse_unfinished_restore(&catalog, &home)?;
             // Enabling again changes what is given and keeps the rest: a new passphrase
-            // source must not put retention back to its defaults (and remove DR points).
+            // source must not put retention back to its defaults (and remove DR points). After
+            // a take-over, the settings the DR point carried are the rest (a raw passphrase,
+            // which points never carry, excepted).
             let previous = load_config(&catalog)?;
+            let restored = match &previous {
+                Some(_) => None,
+                None => load_meta::<Config>(&catalog, RESTORED_KEY)?,
+            };
+            let kept = previous.as_ref().or(restored.as_ref());
             let (Some(profile), Some(passphrase_from)) = (
-                profile.or_else(|| previous.as_ref().map(|p| p.profile.clone())),
-                passphrase_from.or_else(|| previous.as_ref().map(|p| p.passphrase_from.clone())),
+                profile.or_else(|| kept.map(|p| p.profile.clone())),
+                passphrase_from.or_else(|| {
+                    kept.map(|p| p.passphrase_from.clone())
+                        .filter(|source| source != "raw:")
+                }),
             ) else {
                 return Err(usage(
                     "dr enable: DR is not enabled on this instance yet: give its location and \
@@ -1750,7 +1761,7 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                 )));
             }
             let (profile, passphrase_from) = kept_absolute(profile, passphrase_from);
-            let base = previous.clone().unwrap_or_else(|| Config {
+            let base = kept.cloned().unwrap_or_else(|| Config {
                 profile: String::new(),
                 mode: cairn_catalog::DrMode::LocalSnapshot,
                 passphrase_from: String::new(),
@@ -2136,6 +2147,11 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
             blueprint,
             output,
         } => {
+            // Cut anywhere, a restore is finished by running it again (its marker says where).
+            crate::exit_on_interrupt(
+                "the DR restore is left unfinished: run the same `cairn dr restore` again to \
+                 finish it",
+            )?;
             let mut source = source;
             (source.profile, source.passphrase_from) =
                 kept_absolute(source.profile, source.passphrase_from);

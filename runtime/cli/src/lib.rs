@@ -428,6 +428,18 @@ pub(crate) fn on_interrupt(
     Ok(())
 }
 
+/// Ends the process at the first SIGINT, SIGTERM or SIGHUP (exit 130), saying `what` happens
+/// then: for work that may be cut anywhere and is finished by running it again.
+pub(crate) fn exit_on_interrupt(what: &'static str) -> anyhow::Result<()> {
+    let mut signals = StopSignals::install()?;
+    tokio::spawn(async move {
+        signals.recv().await;
+        errln!("cairn: interrupted; {what}");
+        std::process::exit(i32::from(exit::INTERRUPTED));
+    });
+    Ok(())
+}
+
 /// What a repository operation stops on: set by the first SIGINT, SIGTERM or SIGHUP
 /// ([`on_interrupt`]).
 pub(crate) fn stop_on_interrupt() -> anyhow::Result<tokio::sync::watch::Receiver<bool>> {

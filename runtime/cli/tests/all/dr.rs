@@ -1485,6 +1485,11 @@ fn dr_settings_travel_with_each_point_and_come_back_disabled() {
     assert!(stdout(&out).contains("raw passphrase"), "{}", stdout(&out));
     let status = raw_fresh.run(&["dr", "status", "--output", "json"]);
     assert_eq!(json(&status)["enabled"], false);
+    // `dr enable` then needs only the passphrase: the rest is the settings restored.
+    ok(&raw_fresh.run(&["dr", "enable", "--passphrase-from", PASSPHRASE]));
+    let status = json(&raw_fresh.run(&["dr", "status", "--output", "json"]));
+    assert_eq!(status["enabled"], true, "{status}");
+    assert_eq!(status["mode"], "no-snapshot", "{status}");
 }
 
 #[test]
