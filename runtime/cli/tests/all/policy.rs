@@ -41,6 +41,40 @@ fn hello_policy(retention: &str) -> String {
     )
 }
 
+/// A fake `echo` first on the PATH it returns: it touches the file it returns, then runs
+/// `then` (shell).
+fn fake_echo(cairn: &Cairn, then: &str) -> (String, PathBuf) {
+    let bin = cairn.home.path().join("bin");
+    std::fs::create_dir_all(&bin).expect("bin");
+    let started = cairn.home.path().join("echo-started");
+    let echo = bin.join("echo");
+    std::fs::write(
+        &echo,
+        format!("#!/bin/sh\ntouch {}\n{then}\n", started.display()),
+    )
+    .expect("fake echo");
+    std::fs::set_permissions(&echo, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    (path, started)
+}
+
+/// Waits, up to a minute, for the [`fake_echo`] to start.
+fn until_started(started: &std::path::Path) {
+    let since = std::time::Instant::now();
+    while !started.exists() {
+        assert!(
+            since.elapsed() < std::time::Duration::from_secs(60),
+            "the run never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 fn apply(cairn: &Cairn, yaml: &str) -> Output {
     let file = policy_file(cairn, "policy", yaml);
     cairn.run(&["policy", "apply", file.to_str().expect("utf-8 path")])
@@ -605,30 +639,13 @@ fn retention_follows_an_apply_or_a_delete_made_while_the_policy_runs() {
     ok(&apply(&cairn, &hello_policy("{last: 1}")));
     ok(&cairn.run(&["policy", "run", "greet"]));
     // `echo` that says it started, then waits to be let go.
-    let bin = cairn.home.path().join("bin");
-    std::fs::create_dir_all(&bin).expect("bin");
-    let (started, go) = (
-        cairn.home.path().join("echo-started"),
-        cairn.home.path().join("echo-go"),
-    );
-    std::fs::write(
-        bin.join("echo"),
-        format!(
-            "#!/bin/sh\ntouch {}\nwhile [ ! -e {} ]; do sleep 0.05; done\nexec /bin/echo \"$@\"\n",
-            started.display(),
+    let go = cairn.home.path().join("echo-go");
+    let (path, started) = fake_echo(
+        &cairn,
+        &format!(
+            "while [ ! -e {} ]; do sleep 0.05; done\nexec /bin/echo \"$@\"",
             go.display()
         ),
-    )
-    .expect("fake echo");
-    std::fs::set_permissions(
-        bin.join("echo"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .expect("chmod");
-    let path = format!(
-        "{}:{}",
-        bin.display(),
-        std::env::var("PATH").unwrap_or_default()
     );
     let slow_run = |meanwhile: &dyn Fn()| {
         let _ = std::fs::remove_file(&started);
@@ -640,14 +657,7 @@ fn retention_follows_an_apply_or_a_delete_made_while_the_policy_runs() {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("cairn runs");
-        let since = std::time::Instant::now();
-        while !started.exists() {
-            assert!(
-                since.elapsed() < std::time::Duration::from_secs(60),
-                "the run never started"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
+        until_started(&started);
         meanwhile();
         std::fs::write(&go, "").expect("let go");
         let out = run.wait_with_output().expect("cairn exits");
@@ -702,22 +712,7 @@ fn a_second_sigterm_stops_the_run_serve_is_waiting_for() {
     add_hello(&cairn);
     ok(&apply(&cairn, &hello_policy("{last: 1}")));
     // `echo` that says it started, then hangs.
-    let bin = cairn.home.path().join("bin");
-    std::fs::create_dir_all(&bin).expect("bin");
-    let started = cairn.home.path().join("echo-started");
-    let echo = bin.join("echo");
-    std::fs::write(
-        &echo,
-        format!("#!/bin/sh\ntouch {}\nexec sleep 600\n", started.display()),
-    )
-    .expect("fake echo");
-    std::fs::set_permissions(&echo, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .expect("chmod");
-    let path = format!(
-        "{}:{}",
-        bin.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
+    let (path, started) = fake_echo(&cairn, "exec sleep 600");
     let mut serve = cairn
         .command(&["serve"])
         .env("PATH", path)
@@ -725,14 +720,7 @@ fn a_second_sigterm_stops_the_run_serve_is_waiting_for() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("cairn serve starts");
-    let since = std::time::Instant::now();
-    while !started.exists() {
-        assert!(
-            since.elapsed() < std::time::Duration::from_secs(60),
-            "the run never started"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    until_started(&started);
     let pid = serve.id().to_string();
     let term = || {
         let sent = std::process::Command::new("kill")
