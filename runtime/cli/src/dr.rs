@@ -377,7 +377,7 @@ pub(crate) fn warn_unfinished_restore(catalog: &Catalog, home: &Home) {
 /// wherever each later command starts (`serve` under systemd starts in /, `take-ownership`
 /// anywhere), so they are kept absolute.
 fn kept_absolute(profile: String, passphrase_from: String) -> (String, String) {
-    let profile = if profile.contains("://") {
+    let profile = if crate::is_url(&profile) {
         profile
     } else {
         crate::profile::absolute(&profile)
@@ -1747,7 +1747,7 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
             };
             // `--profile NAME` names a location profile everywhere else; here it is the DR
             // location itself, read on recovery before there is a catalog to hold profiles.
-            if !profile.contains("://")
+            if !crate::is_url(&profile)
                 && !std::path::Path::new(&profile).exists()
                 && let Some(named) = catalog.profile(&profile)?
             {

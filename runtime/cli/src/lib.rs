@@ -550,10 +550,23 @@ pub(crate) fn resolved_path(path: &std::path::Path) -> std::path::PathBuf {
     whole
 }
 
-/// A repository's URL as the catalog keeps it: a path [`resolved`](resolved_path), anything
-/// else (`s3://…`, `file://…`) as given.
+/// Whether a repository location is a URL rather than a path: it starts with a scheme of two
+/// characters or more, as the repository reads it (one letter is a Windows drive).
+pub(crate) fn is_url(location: &str) -> bool {
+    location.split_once(':').is_some_and(|(scheme, _)| {
+        scheme.len() > 1
+            && scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+    })
+}
+
+/// A repository's URL as the catalog keeps it: a path [`resolved`](resolved_path), a URL
+/// (`s3://…`, `file:///…`: a scheme of two characters or more, as the repository reads it) as
+/// given.
 pub(crate) fn repository_url(url: &str) -> String {
-    if url.contains("://") {
+    if is_url(url) {
         url.to_owned()
     } else {
         resolved_path(std::path::Path::new(url))
@@ -642,6 +655,8 @@ mod tests {
         assert_eq!(name("link/./repo2"), real.join("pol/repo2"));
         assert_eq!(name("pol/repo2/"), real.join("pol/repo2"));
         assert_eq!(repository_url("s3://b/./p"), "s3://b/./p");
+        assert_eq!(repository_url("file:///x/./y"), "file:///x/./y");
+        assert!(repository_url("./r:x").ends_with("/r:x"));
     }
 
     /// clap checks its definitions only when a subcommand is first used; this checks them all.

@@ -729,7 +729,7 @@ pub(crate) fn export_of(e: PolicyExport, base: &Path) -> PolicyExport {
     PolicyExport {
         repo: e
             .repo
-            .map(|r| if r.contains("://") { r } else { absolute(&r) }),
+            .map(|r| if crate::is_url(&r) { r } else { absolute(&r) }),
         profile_file: e.profile_file.as_deref().map(absolute),
         passphrase_file: e.passphrase_file.as_deref().map(absolute),
         key_file: e.key_file.as_deref().map(absolute),

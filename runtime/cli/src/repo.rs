@@ -694,7 +694,7 @@ pub(crate) fn load_profile(path: &std::path::Path) -> anyhow::Result<Profile> {
     }
     // A path relative to the file, as a policy file's are: the same repository from wherever
     // the command runs.
-    if let Some(repo) = profile.repo.as_mut().filter(|r| !r.contains("://")) {
+    if let Some(repo) = profile.repo.as_mut().filter(|r| !crate::is_url(r)) {
         let dir = path.parent().unwrap_or(std::path::Path::new(""));
         *repo = crate::resolved_path(&dir.join(&*repo))
             .display()

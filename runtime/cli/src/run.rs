@@ -655,7 +655,7 @@ pub(crate) async fn open_point_exports(
     };
     // A directory that is not there, by no profile: most often the home repository of the
     // instance this catalog was recovered from, lost with it.
-    if !repository.contains("://") && !Path::new(repository).exists() {
+    if !crate::is_url(repository) && !Path::new(repository).exists() {
         return Err(UsageError(format!(
             "restore point {id} is in {repository}, which does not exist: {}its data is not \
              there. If a copy of that repository is elsewhere, add a location profile of it \
