@@ -348,8 +348,8 @@ pub(crate) fn refuse_unfinished_restore(catalog: &Catalog, home: &Home) -> anyho
     match load_meta::<Restoring>(catalog, RESTORING_KEY)? {
         Some(r) => Err(usage(format!(
             "the DR restore of point {} of cluster {} into {} did not finish, so its catalog is \
-             incomplete and no policy runs: run `cairn dr restore` again with the same flags \
-             (and --point {}) to finish it, or restore into a fresh --home",
+             incomplete, and nothing runs or changes it until it is: run `cairn dr restore` again \
+             with the same flags (and --point {}) to finish it, or restore into a fresh --home",
             short(&r.point),
             r.cluster_id,
             home.root().display(),
@@ -2467,11 +2467,17 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                     match &settings {
                         Some(c) => outln!(
                             "DR settings restored but disabled (mode {}, profile {}, frequency {}, passphrase source {}): \
-                             `cairn dr take-ownership` re-enables them, or set new ones with `cairn dr enable`",
+                             {}, or set new ones with `cairn dr enable`",
                             c.mode,
                             c.profile,
                             c.frequency,
-                            crate::shown_source(&c.passphrase_from)
+                            crate::shown_source(&c.passphrase_from),
+                            if c.passphrase_from == "raw:" {
+                                "after `cairn dr take-ownership`, `cairn dr enable --passphrase-from SOURCE` \
+                                 enables them with a passphrase (a raw one never travels)"
+                            } else {
+                                "`cairn dr take-ownership` re-enables them"
+                            }
                         ),
                         None => outln!(
                             "this DR point carries no DR settings: set them with `cairn dr enable`"

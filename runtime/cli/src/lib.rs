@@ -243,7 +243,33 @@ fn asks_json(args: impl Iterator<Item = String>) -> bool {
         || args.iter().any(|a| a == "--output=json")
 }
 
+/// Whether `command` changes the catalog.
+fn changes_catalog(command: &Command) -> bool {
+    use blueprint::BlueprintCommand as B;
+    use policy::PolicyCommand as P;
+    match command {
+        Command::Blueprint(c) => matches!(c, B::Add { .. } | B::Remove { .. }),
+        Command::Policy(P::Apply(a)) => !a.dry_run,
+        Command::Policy(c) => matches!(c, P::Delete { .. } | P::Pause { .. } | P::Resume { .. }),
+        Command::Binding(binding::BindingCommand::Apply(a))
+        | Command::Preset(preset::PresetCommand::Apply(a)) => !a.dry_run,
+        Command::Binding(c) => matches!(c, binding::BindingCommand::Delete { .. }),
+        Command::Preset(c) => matches!(c, preset::PresetCommand::Delete { .. }),
+        Command::Profile(c) => !matches!(c, profile::ProfileCommand::List { .. }),
+        Command::Catalog(c) => !matches!(c, catalog::CatalogCommand::Ls { .. }),
+        _ => false,
+    }
+}
+
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    // A change to a home whose DR restore did not finish would be kept by the restore's rerun,
+    // which applies the rest of the point around it.
+    if changes_catalog(&cli.command) {
+        let home = home::Home::resolve(cli.home.clone())?;
+        if home.catalog().exists() {
+            dr::refuse_unfinished_restore(&catalog::open(&home)?, &home)?;
+        }
+    }
     match cli.command {
         Command::Blueprint(cmd) => blueprint::run(cmd, cli.home).await,
         Command::Run(args) => run::run(args, cli.home).await,

@@ -517,6 +517,12 @@ fn a_restore_that_fails_part_way_leaves_the_home_unfinished() {
     refused_with(&fresh.run(&["policy", "run", "any"]), "did not finish");
     refused_with(&fresh.run(&["serve", "--once"]), "did not finish");
     refused_with(&fresh.run(&["dr", "take-ownership"]), "did not finish");
+    // A change would be kept by the restore's rerun, which applies the rest around it.
+    refused_with(&fresh.run(&["policy", "delete", "any"]), "did not finish");
+    refused_with(
+        &fresh.run(&["profile", "add", "elsewhere", "--repo", "/nonexistent"]),
+        "did not finish",
+    );
     // A run would record itself, and the restore's rerun wants nothing recorded in between.
     refused_with(
         &crate::support::run_hello(&fresh, "backup", &["--grant", "exec"]),
