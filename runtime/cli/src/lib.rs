@@ -547,33 +547,12 @@ pub(crate) fn shell_word(word: &str) -> String {
     }
 }
 
-/// `path` absolute, as the catalog keeps paths: the longest part of it that exists resolved
-/// (symlinks, `..`), the rest as written without `.` components and with `..` taking off the
-/// name before it. The same directory gets the same name whether or not it exists yet, and
-/// whatever the current directory was.
-pub(crate) fn resolved_path(path: &std::path::Path) -> std::path::PathBuf {
-    use std::path::Component;
-    let Ok(whole) = std::path::absolute(path) else {
-        return path.to_owned();
-    };
-    let parts: Vec<Component<'_>> = whole.components().collect();
-    for exists in (1..=parts.len()).rev() {
-        let prefix: std::path::PathBuf = parts[..exists].iter().collect();
-        let Ok(mut out) = std::fs::canonicalize(&prefix) else {
-            continue;
-        };
-        for part in &parts[exists..] {
-            match part {
-                Component::ParentDir => {
-                    out.pop();
-                }
-                Component::CurDir => {}
-                other => out.push(other),
-            }
-        }
-        return out;
-    }
-    whole
+/// `path` absolute, as the catalog keeps paths: against the current directory, without `.`
+/// components or a trailing slash. Symlinks and `..` stay as written, to be followed where the
+/// path is used: a Kubernetes Secret's file is a link whose target changes at each update, and
+/// a directory whose link is moved to a new disk is the new disk.
+pub(crate) fn absolute_path(path: &std::path::Path) -> std::path::PathBuf {
+    std::path::absolute(path).map_or_else(|_| path.to_owned(), |p| p.components().collect())
 }
 
 /// Whether a repository location is a URL rather than a path: it starts with a scheme of two
@@ -588,17 +567,27 @@ pub(crate) fn is_url(location: &str) -> bool {
     })
 }
 
-/// A repository's URL as the catalog keeps it: a path [`resolved`](resolved_path), a URL
+/// A repository's URL as the catalog keeps it: a path [made absolute](absolute_path), a URL
 /// (`s3://…`, `file:///…`: a scheme of two characters or more, as the repository reads it) as
 /// given.
 pub(crate) fn repository_url(url: &str) -> String {
     if is_url(url) {
         url.to_owned()
     } else {
-        resolved_path(std::path::Path::new(url))
+        absolute_path(std::path::Path::new(url))
             .display()
             .to_string()
     }
+}
+
+/// Whether a restore point's recorded repository is `current`, compared as the catalog keeps
+/// them; a relative path an older build recorded only as written (it was relative to wherever
+/// that backup ran).
+pub(crate) fn same_repository(recorded: &str, current: &str) -> bool {
+    if !is_url(recorded) && std::path::Path::new(recorded).is_relative() {
+        return recorded == current;
+    }
+    repository_url(recorded) == repository_url(current)
 }
 
 /// An error and its causes on one line: "what failed: because: because".
@@ -663,26 +652,30 @@ mod tests {
         assert!(!shown_source("Hunter:2").contains("2"));
     }
 
-    /// A path names a directory one way, whether it exists yet, however it was written.
+    /// A path is kept absolute and as written otherwise: `.` and a trailing slash go, links
+    /// and `..` stay; a repository is the same however its path was spelled that way.
     #[test]
-    fn paths_are_resolved_alike_before_and_after_they_exist() {
-        use super::{repository_url, resolved_path};
+    fn paths_are_kept_absolute_and_as_written() {
+        use super::{absolute_path, repository_url, same_repository};
         let dir = tempfile::tempdir().expect("tempdir");
-        let real = std::fs::canonicalize(dir.path()).expect("canonical");
-        std::fs::create_dir(real.join("pol")).expect("pol");
-        std::os::unix::fs::symlink(real.join("pol"), real.join("link")).expect("symlink");
-        let name = |p: &str| resolved_path(&real.join(p));
-        assert_eq!(name("pol/./repo2"), real.join("pol/repo2"));
-        assert_eq!(name("pol/../repo3"), real.join("repo3"));
-        assert_eq!(name("pol/missing/../x"), real.join("pol/x"));
-        // A symlink is followed while the path exists, and its target is the name.
-        assert_eq!(name("link/./repo2"), real.join("pol/repo2"));
-        std::fs::create_dir(real.join("pol/repo2")).expect("repo2");
-        assert_eq!(name("link/./repo2"), real.join("pol/repo2"));
-        assert_eq!(name("pol/repo2/"), real.join("pol/repo2"));
+        let base = dir.path();
+        std::fs::create_dir(base.join("pol")).expect("pol");
+        std::os::unix::fs::symlink(base.join("pol"), base.join("link")).expect("symlink");
+        let name = |p: &str| absolute_path(&base.join(p));
+        assert_eq!(name("pol/./repo2/"), base.join("pol/repo2"));
+        assert_eq!(name("pol/../repo3"), base.join("pol/../repo3"));
+        assert_eq!(name("link/./repo2"), base.join("link/repo2"));
+        let here = std::env::current_dir().expect("cwd");
+        assert_eq!(repository_url("./r"), here.join("r").display().to_string());
         assert_eq!(repository_url("s3://b/./p"), "s3://b/./p");
         assert_eq!(repository_url("file:///x/./y"), "file:///x/./y");
         assert!(repository_url("./r:x").ends_with("/r:x"));
+        let at = |p: &str| base.join(p).display().to_string();
+        assert!(same_repository(&at("pol/./repo2"), &at("pol/repo2/")));
+        assert!(!same_repository(&at("pol/repo2"), &at("pol/repo3")));
+        // Relative to wherever an older build's backup ran: only as written.
+        assert!(same_repository("./r", "./r"));
+        assert!(!same_repository("./r", &repository_url("./r")));
     }
 
     /// clap checks its definitions only when a subcommand is first used; this checks them all.

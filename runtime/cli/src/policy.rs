@@ -489,9 +489,9 @@ pub(crate) fn read_file(
     Ok((text, base))
 }
 
-/// `path` made absolute against `base` (and resolved, when it exists).
+/// `path` made absolute against `base` ([`crate::absolute_path`]).
 pub(crate) fn absolute(base: &Path, path: &str) -> String {
-    crate::resolved_path(&base.join(path)).display().to_string()
+    crate::absolute_path(&base.join(path)).display().to_string()
 }
 
 /// Secret sources as a file gives them: `env:VAR`, or `file:PATH` made absolute against
@@ -2463,7 +2463,9 @@ async fn at_point<'a>(
     execution: Execution<'a>,
 ) -> anyhow::Result<Execution<'a>> {
     match &point.location {
-        Location::Exported { repository, .. } if repository != execution.repository() => {
+        Location::Exported { repository, .. }
+            if !crate::same_repository(repository, execution.repository()) =>
+        {
             let fallback = crate::repo::RepoSelect::of_policy(policy.export.as_ref());
             Ok(
                 match crate::run::open_point_exports(home, point, &fallback).await? {

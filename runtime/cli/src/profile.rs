@@ -93,7 +93,7 @@ fn source(what: &str, source: &str) -> Result<String, UsageError> {
 
 /// `path` made absolute against the current directory: a profile is used from anywhere.
 pub(crate) fn absolute(path: &str) -> String {
-    crate::resolved_path(std::path::Path::new(path))
+    crate::absolute_path(std::path::Path::new(path))
         .display()
         .to_string()
 }

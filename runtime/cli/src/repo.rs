@@ -696,7 +696,7 @@ pub(crate) fn load_profile(path: &std::path::Path) -> anyhow::Result<Profile> {
     // the command runs.
     if let Some(repo) = profile.repo.as_mut().filter(|r| !crate::is_url(r)) {
         let dir = path.parent().unwrap_or(std::path::Path::new(""));
-        *repo = crate::resolved_path(&dir.join(&*repo))
+        *repo = crate::absolute_path(&dir.join(&*repo))
             .display()
             .to_string();
     }

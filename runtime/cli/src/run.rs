@@ -273,7 +273,7 @@ pub(crate) async fn run(args: RunArgs, home: Option<PathBuf>) -> anyhow::Result<
         // elsewhere its snapshots are all missing.
         let elsewhere = |r: &cairn_catalog::RestorePoint| match &r.location {
             cairn_catalog::Location::Exported { repository, .. }
-                if repository != run.repository() =>
+                if !crate::same_repository(repository, run.repository()) =>
             {
                 Some(repository.clone())
             }
@@ -641,7 +641,7 @@ pub(crate) async fn open_point_exports(
         .collect();
     // A profile still naming the point's repository: the one it was exported through (unless
     // it was pointed elsewhere since), else any.
-    let same = |url: &str| crate::repository_url(url) == crate::repository_url(repository);
+    let same = |url: &str| crate::same_repository(repository, url);
     let names_it = |p: &&cairn_catalog::Profile| same(&p.repository);
     let by_name = profile
         .as_deref()
