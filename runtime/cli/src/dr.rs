@@ -656,7 +656,8 @@ async fn points_and_damaged(
     });
     // A point's data is saved before its manifest: data that no readable point names, saved
     // after the newest manifest, is a newer point's whose manifest is gone, or a DR run's
-    // that did not finish. Which one only the missing manifest could say.
+    // that did not finish (or is running now). Which one only the missing manifest could say,
+    // so it is said, not refused: a DR run cut short by the disaster itself is the likelier.
     if let Some(newest) = newest_saved {
         let mut newer: Vec<&SnapshotInfo> = others
             .iter()
@@ -667,12 +668,12 @@ async fn points_and_damaged(
         if let Some(last) = newer.last() {
             errln!(
                 "cairn: warning: {} snapshot(s) in the DR location, the last saved {}, are newer \
-                 than the newest readable DR point and belong to none: either a newer point's \
-                 manifest is missing, or the last DR run did not finish",
+                 than the newest readable DR point and belong to none: the last DR run did not \
+                 finish (or is running), or a newer point's manifest is missing, and what that \
+                 point held is not in the points listed",
                 newer.len(),
                 last.time
             );
-            damaged.push((last.id.clone(), last.time));
         }
     }
     Ok((points.into_iter().map(|(_, p)| p).collect(), damaged))
