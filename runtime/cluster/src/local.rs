@@ -557,16 +557,27 @@ impl LocalCluster {
         let Some(argv) = &w.ready else {
             return Ok(true);
         };
+        match self.run_probe(w, argv, replicas, timeout).await {
+            Err(Error::TimedOut { .. }) => Ok(false),
+            other => other,
+        }
+    }
+
+    /// The ready probe `argv` run once: whether it exits 0. One that takes longer than
+    /// `timeout`, or cannot run, is an error, not an answer.
+    async fn run_probe(
+        &self,
+        w: &LocalWorkload,
+        argv: &[String],
+        replicas: u32,
+        timeout: Duration,
+    ) -> Result<bool> {
         let mut env = Self::base_env(w);
         env.insert("CAIRN_REPLICAS".to_owned(), replicas.to_string());
         let program = resolve_hook_program(w, &argv[0], &env)?;
         let mut command = Self::command(w, &program, argv, &env);
         let what = format!("the ready probe of workload {}", w.reference);
-        match process::run_logged(&mut command, &what, None, timeout).await {
-            Ok(code) => Ok(code == 0),
-            Err(Error::TimedOut { .. }) => Ok(false),
-            Err(e) => Err(e),
-        }
+        Ok(process::run_logged(&mut command, &what, None, timeout).await? == 0)
     }
 
     async fn describe(&self, w: &LocalWorkload, probe: bool) -> Result<Workload> {
@@ -1052,17 +1063,27 @@ impl Cluster for LocalCluster {
         {
             self.run_hook(w, "stop", stop, replicas).await?;
         } else if stop_unfinished && let Some(start) = &w.start {
-            if w.ready.is_none() {
-                tracing::warn!(
-                    %workload,
-                    "the stop command of the workload did not finish, and without a `ready` probe Cairn cannot tell whether it stopped the application: if it is down, start it"
-                );
-            } else if !self.probe(w, replicas, PROBE_TIMEOUT).await? {
-                tracing::warn!(
-                    %workload,
-                    "the stop command of the workload did not finish but stopped the application: starting it again"
-                );
-                self.run_hook(w, "start", start, replicas).await?;
+            // Started again only on the probe's clear answer: a probe that hangs or cannot run
+            // says nothing, and a second start of a running application is worse than a word.
+            let unknown = "the stop command of the workload did not finish, and Cairn cannot tell whether it stopped the application";
+            match &w.ready {
+                None => {
+                    tracing::warn!(%workload, "{unknown} (it has no `ready` probe): if it is down, start it")
+                }
+                Some(argv) => match self.run_probe(w, argv, replicas, PROBE_TIMEOUT).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(
+                            %workload,
+                            "the stop command of the workload did not finish, and its ready probe says it is down: starting it again"
+                        );
+                        self.run_hook(w, "start", start, replicas).await?;
+                    }
+                    Err(e) => tracing::warn!(
+                        %workload,
+                        "{unknown} ({e}): if it is down, start it"
+                    ),
+                },
             }
         }
         let mut map = self.replicas.lock().await;

@@ -165,8 +165,8 @@ async fn a_failing_start_command_fails_the_scale_with_its_output() {
 }
 
 /// A stop command that fails part way leaves the workload counted as running. Scaling it back
-/// starts it again when its ready probe finds it down, and leaves it alone when it is up or
-/// when there is no probe to ask.
+/// starts it again when its ready probe finds it down, and leaves it alone when it is up, or
+/// when no probe answers (none, or one that cannot run).
 #[tokio::test]
 async fn scaling_back_after_a_stop_that_did_not_finish_asks_the_probe() {
     const HALF_STOPS: &str = r#"
@@ -190,6 +190,12 @@ namespaces:
         workdir: work
         start: [sh, -c, "echo start >> events-unknown"]
         stop: [sh, -c, "echo stop >> events-unknown; exit 3"]
+      mute:
+        replicas: 1
+        workdir: work
+        start: [sh, -c, "echo start >> events-mute"]
+        stop: [sh, -c, "echo stop >> events-mute; exit 3"]
+        ready: [/nonexistent/probe]
 "#;
     let fx = Fixture::new(HALF_STOPS, &["work"]);
     std::fs::write(fx.path("work/up-down"), "").expect("up");
@@ -198,6 +204,7 @@ namespaces:
         ("down", "stop\nstart\n"),
         ("up", "stop\n"),
         ("unknown", "stop\n"),
+        ("mute", "stop\n"),
     ] {
         let w = WorkloadRef::new("apps", name);
         bounded(cluster.scale(&w, 0))

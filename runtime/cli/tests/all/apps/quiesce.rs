@@ -312,7 +312,7 @@ fn an_interrupt_during_the_stop_command_still_brings_the_workload_back() {
     let out = child.wait_with_output().expect("cairn exits");
     assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("did not finish but stopped the application"),
+        stderr(&out).contains("its ready probe says it is down: starting it again"),
         "{}",
         stderr(&out)
     );
