@@ -959,23 +959,26 @@ async fn enable(
             left_out.join(", ")
         );
     }
-    // DR brings back the catalog, not the data in the home: the exports of these policies
-    // would be lost with the machine. A policy that does not grant `export` exports nothing
-    // (its points are the catalog's own); one whose bindings decide may.
+    // DR brings back the catalog, not the data in the home: the exports (and local volume
+    // snapshots) of these policies would be lost with the machine. A policy that grants
+    // neither `export` nor `volumes` keeps nothing there (its points are the catalog's own);
+    // one whose bindings decide may.
     // A policy record that cannot be read is for `policy list` to report, not for this.
     let local: Vec<String> = catalog
         .policies()
         .unwrap_or_default()
         .into_iter()
         .filter(|p| p.export.is_none())
-        .filter(|p| p.blueprint.is_none() || p.grants.iter().any(|g| g == "export"))
+        .filter(|p| {
+            p.blueprint.is_none() || p.grants.iter().any(|g| g == "export" || g == "volumes")
+        })
         .map(|p| p.name)
         .collect();
     if !local.is_empty() {
         errln!(
-            "warning: policies {} export into the home's repository ({}), which DR does not \
-             copy: their restore points are lost with this home. Give them `export: {{profile: \
-             NAME}}` to a location off this machine",
+            "warning: policies {} export into the home's repository ({}), or keep local volume \
+             snapshots in the home, which DR does not copy: their restore points are lost with \
+             this home. Give them `export: {{profile: NAME}}` to a location off this machine",
             local.join(", "),
             home.repository().display()
         );

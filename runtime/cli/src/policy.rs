@@ -855,10 +855,13 @@ pub(crate) fn check_service(
     if *retention == Retention::default() {
         return Err("its retention keeps nothing: set at least one of last, hourly, daily, weekly, monthly, yearly, within (e.g. `retention: {last: 7}`)".into());
     }
+    // An empty block (a template's `export: {}`) is no export; one with a key and nowhere to
+    // use it is a mistake.
     if let Some(export) = export
         && export.repo.is_none()
         && export.profile.is_none()
         && export.profile_file.is_none()
+        && (export.key_file.is_some() || export.passphrase_file.is_some())
     {
         return Err(
             "export names no repository: give it `repo:`, `profile:` or `profile_file:` \
@@ -2096,9 +2099,14 @@ async fn back_up_and_retain(
             retention.skipped =
                 Some("the policy was deleted while it ran; its restore points stay".to_owned());
         }
-        // The retention the policy has now: an apply while it ran decides what is kept.
-        Ok(Some((Some(policy), points))) => {
-            let policy = &policy;
+        // The retention the policy has now: an apply while it ran decides what is kept, among
+        // the points of the namespace and workloads this run backed up.
+        Ok(Some((Some(stored), points))) => {
+            let policy = &Policy {
+                retention: stored.retention,
+                frequency: stored.frequency,
+                ..policy.clone()
+            };
             for group in &prepared.groups {
                 let execution = prepared.execution(group, home, engine, &policy.name, None);
                 let succeeded: Vec<&str> = workloads
