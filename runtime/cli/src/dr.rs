@@ -2006,6 +2006,7 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
             let failure: Option<LastFailure> = load_meta(&catalog, LAST_FAILURE_KEY)?
                 .filter(|f: &LastFailure| last.as_ref().is_none_or(|l| f.time > l.time));
             let mut owner = owns_maintenance(&catalog)?;
+            let unfinished = load_meta::<Restoring>(&catalog, RESTORING_KEY)?.is_some();
             // What this catalog believes, checked against the owner markers: another instance
             // that took over says so only there.
             let mut marker_note = None;
@@ -2096,6 +2097,9 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                             (true, None) => "yes".to_owned(),
                             (true, Some(note)) => format!("yes, as this catalog says ({note})"),
                             (false, Some(note)) => format!("no: {note}"),
+                            (false, None) if unfinished => {
+                                "no (finish the DR restore first, as the warning says)".to_owned()
+                            }
                             (false, None) =>
                                 "no (run `cairn dr take-ownership` to take over)".to_owned(),
                         }
