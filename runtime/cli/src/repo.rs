@@ -2037,7 +2037,15 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                                 0 if !*delete => String::new(),
                                 n => format!("; deleted {n} entries the snapshot does not hold"),
                             };
-                            format!("restored {} files, {} directories, {} bytes to {target}{deleted}", r.files, r.dirs, r.bytes)
+                            let n = |count: u64, one: &str, many: &str| {
+                                format!("{count} {}", if count == 1 { one } else { many })
+                            };
+                            format!(
+                                "restored {}, {}, {} to {target}{deleted}",
+                                n(r.files, "file", "files"),
+                                n(r.dirs, "directory", "directories"),
+                                n(r.bytes, "byte", "bytes")
+                            )
                         },
                         json!({ "id": info.id, "files": r.files, "dirs": r.dirs, "bytes": r.bytes, "deleted": r.deleted, "target": target.to_string(), "lost": r.lost }),
                     );
