@@ -325,7 +325,14 @@ fn an_interrupt_during_the_stop_command_still_brings_the_workload_back() {
 #[test]
 fn a_second_run_on_a_workload_waits_for_the_first() {
     let app = App::new();
-    slow_to_copy(&app);
+    // The first run holds the workload until `go` is there: its posthook's start waits.
+    let start = app.root().join("start.sh");
+    let script = std::fs::read_to_string(&start).expect("start.sh");
+    std::fs::write(
+        &start,
+        format!("while [ ! -e go ]; do sleep 0.05; done\n{script}"),
+    )
+    .expect("start.sh");
     let cairn = Cairn::new();
     let first = app.spawn_backup(&cairn);
     app.until_stopped();
@@ -341,9 +348,12 @@ fn a_second_run_on_a_workload_waits_for_the_first() {
         "{}",
         stderr(&third)
     );
-    let second = app.run(&cairn, "backup", &[]);
+    let second = app.spawn_backup(&cairn);
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    std::fs::write(app.root().join("go"), "").expect("go");
     let first = first.wait_with_output().expect("the first ends");
     assert!(first.status.success(), "{first:?}");
+    let second = second.wait_with_output().expect("the second ends");
     assert!(second.status.success(), "{}", stderr(&second));
     assert!(
         stderr(&second).contains("is in another run (backup by process"),
