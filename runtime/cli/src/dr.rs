@@ -914,9 +914,9 @@ async fn enable(
     let cluster_id = catalog.cluster_id().to_string();
     let url = location(&config.profile, &cluster_id).url().to_owned();
     open_or_init(&config.profile, &cluster_id, &key, protection).await?;
-    let new_chain = previous
-        .as_ref()
-        .is_none_or(|p| p.mode != config.mode || p.profile != config.profile);
+    let new_chain = previous.as_ref().is_none_or(|p| {
+        p.mode != config.mode || !crate::same_repository(&p.profile, &config.profile)
+    });
     catalog.set_meta(CONFIG_KEY, Some(&serde_json::to_string(config)?))?;
     catalog.set_meta(RESTORED_KEY, None)?;
     // The next run derives the key from the passphrase again (and so checks it).

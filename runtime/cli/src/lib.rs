@@ -250,7 +250,11 @@ fn changes_catalog(command: &Command) -> bool {
     match command {
         Command::Blueprint(c) => matches!(c, B::Add { .. } | B::Remove { .. }),
         Command::Policy(P::Apply(a)) => !a.dry_run,
-        Command::Policy(c) => matches!(c, P::Delete { .. } | P::Pause { .. } | P::Resume { .. }),
+        // A restore records its action, as a run does.
+        Command::Policy(c) => matches!(
+            c,
+            P::Delete { .. } | P::Pause { .. } | P::Resume { .. } | P::Restore { .. }
+        ),
         Command::Binding(binding::BindingCommand::Apply(a))
         | Command::Preset(preset::PresetCommand::Apply(a)) => !a.dry_run,
         Command::Binding(c) => matches!(c, binding::BindingCommand::Delete { .. }),
@@ -581,12 +585,9 @@ pub(crate) fn repository_url(url: &str) -> String {
 }
 
 /// Whether a restore point's recorded repository is `current`, compared as the catalog keeps
-/// them; a relative path an older build recorded only as written (it was relative to wherever
-/// that backup ran).
+/// them. A relative path an older build recorded is taken from the current directory, as
+/// opening it does.
 pub(crate) fn same_repository(recorded: &str, current: &str) -> bool {
-    if !is_url(recorded) && std::path::Path::new(recorded).is_relative() {
-        return recorded == current;
-    }
     repository_url(recorded) == repository_url(current)
 }
 
@@ -673,9 +674,8 @@ mod tests {
         let at = |p: &str| base.join(p).display().to_string();
         assert!(same_repository(&at("pol/./repo2"), &at("pol/repo2/")));
         assert!(!same_repository(&at("pol/repo2"), &at("pol/repo3")));
-        // Relative to wherever an older build's backup ran: only as written.
-        assert!(same_repository("./r", "./r"));
-        assert!(!same_repository("./r", &repository_url("./r")));
+        // A relative one from an older build, as opening it from here does.
+        assert!(same_repository("./r", &repository_url("./r")));
     }
 
     /// clap checks its definitions only when a subcommand is first used; this checks them all.

@@ -2099,8 +2099,28 @@ async fn back_up_and_retain(
             retention.skipped =
                 Some("the policy was deleted while it ran; its restore points stay".to_owned());
         }
-        // The retention the policy has now: an apply while it ran decides what is kept, among
-        // the points of the namespace and workloads this run backed up.
+        // Applied again for other workloads: their points are that policy's to retain, and
+        // these (which it no longer covers) are kept, as a deleted policy's are.
+        Ok(Some((Some(stored), _)))
+            if (
+                &stored.target,
+                &stored.namespace,
+                &stored.workloads,
+                &stored.selector,
+            ) != (
+                &policy.target,
+                &policy.namespace,
+                &policy.workloads,
+                &policy.selector,
+            ) || stored.blueprint != policy.blueprint =>
+        {
+            retention.skipped = Some(
+                "the policy was applied again for other workloads while it ran; the next run \
+                 retains"
+                    .to_owned(),
+            );
+        }
+        // The retention the policy has now: an apply while it ran decides what is kept.
         Ok(Some((Some(stored), points))) => {
             let policy = &Policy {
                 retention: stored.retention,

@@ -607,7 +607,7 @@ pub(crate) async fn open_exports(
                     dir.display()
                 )
             })?;
-        (repo, dir.display().to_string())
+        (repo, crate::repository_url(&dir.display().to_string()))
     };
     Ok(Arc::new(crate::exports::RepoExports::new(
         repo,

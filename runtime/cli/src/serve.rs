@@ -147,7 +147,14 @@ pub(crate) async fn serve(args: ServeArgs, home: Option<PathBuf>) -> anyhow::Res
         if !args.once {
             failed = false;
         }
-        if let Some(operator) = operator.as_mut() {
+        // Not into a home whose DR restore did not finish: its rerun would keep what the
+        // resources changed (the check below says so, or ends a start).
+        let restoring = crate::dr::refuse_unfinished_restore(
+            &crate::catalog::open_verified_daily(&home)?,
+            &home,
+        )
+        .is_err();
+        if let Some(operator) = operator.as_mut().filter(|_| !restoring) {
             match operator.sync(&engine, &home).await {
                 // Resources that cannot be read at all at the start are a setup to mend.
                 Err(e) if first => return Err(e),

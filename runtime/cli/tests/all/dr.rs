@@ -520,6 +520,10 @@ fn a_restore_that_fails_part_way_leaves_the_home_unfinished() {
     // A change would be kept by the restore's rerun, which applies the rest around it.
     refused_with(&fresh.run(&["policy", "delete", "any"]), "did not finish");
     refused_with(
+        &fresh.run(&["policy", "restore", "any", "-w", "hello"]),
+        "did not finish",
+    );
+    refused_with(
         &fresh.run(&["profile", "add", "elsewhere", "--repo", "/nonexistent"]),
         "did not finish",
     );

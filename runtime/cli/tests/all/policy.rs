@@ -675,6 +675,19 @@ fn retention_follows_an_apply_or_a_delete_made_while_the_policy_runs() {
     assert_eq!(outcome["retention"]["kept"], 2, "{outcome}");
     assert_eq!(points(), 2);
 
+    // Applied again for other workloads while it runs: these points are no longer its own.
+    let outcome = slow_run(&|| {
+        let yaml = hello_policy("{last: 1}").replacen("['hel*']", "['hello']", 1);
+        ok(&apply(&cairn, &yaml));
+    });
+    assert!(
+        outcome["retention"]["skipped"]
+            .as_str()
+            .is_some_and(|s| s.contains("other workloads")),
+        "{outcome}"
+    );
+    assert_eq!(points(), 3);
+
     // Deleted while it runs: its points stay, as `policy delete` says.
     let outcome = slow_run(&|| ok(&cairn.run(&["policy", "delete", "greet"])));
     assert!(
@@ -683,7 +696,7 @@ fn retention_follows_an_apply_or_a_delete_made_while_the_policy_runs() {
             .is_some_and(|s| s.contains("deleted")),
         "{outcome}"
     );
-    assert_eq!(points(), 3);
+    assert_eq!(points(), 4);
     let out = cairn.run(&["policy", "show", "greet"]);
     assert_ne!(out.status.code(), Some(0), "the run did not bring it back");
 }
