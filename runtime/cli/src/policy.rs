@@ -2206,10 +2206,9 @@ async fn back_up_and_retain(
     }
 }
 
-/// The restore points retention chooses from, when this instance may remove any: `None` when it
-/// does not own maintenance; an error when another instance's owner marker says it took over.
-/// The policy `name` as stored now (`None`: deleted) and every restore point, when this instance
-/// owns maintenance.
+/// The policy `name` as stored now (`None`: deleted) and the restore points retention chooses
+/// from, when this instance may remove any: `None` when it does not own maintenance; an error
+/// when another instance's owner marker says it took over.
 async fn retention_points(
     home: &Home,
     name: &str,
