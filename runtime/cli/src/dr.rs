@@ -1726,7 +1726,6 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
             protection,
         } => {
             let catalog = crate::catalog::open(&home)?;
-            refuse_unfinished_restore(&catalog, &home)?;
             // Enabling again changes what is given and keeps the rest: a new passphrase
             // source must not put retention back to its defaults (and remove DR points). After
             // a take-over, the settings the DR point carried are the rest (a raw passphrase,
@@ -2496,7 +2495,6 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
         }
         DrCommand::TakeOwnership { force } => {
             let catalog = crate::catalog::open(&home)?;
-            refuse_unfinished_restore(&catalog, &home)?;
             let me = catalog.cluster_id().to_string();
             // The DR locations whose data this instance maintains: the one it was restored
             // from, and its own. All are checked before any marker is written.

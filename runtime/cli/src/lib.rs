@@ -243,17 +243,27 @@ fn asks_json(args: impl Iterator<Item = String>) -> bool {
         || args.iter().any(|a| a == "--output=json")
 }
 
-/// Whether `command` changes the catalog.
+/// Whether `command` changes the catalog (or records a run in it). `cairn run` refuses for
+/// itself (a posthook runs whatever the catalog's state); `serve` checks at each pass.
 fn changes_catalog(command: &Command) -> bool {
     use blueprint::BlueprintCommand as B;
+    use dr::DrCommand as D;
     use policy::PolicyCommand as P;
     match command {
         Command::Blueprint(c) => matches!(c, B::Add { .. } | B::Remove { .. }),
         Command::Policy(P::Apply(a)) => !a.dry_run,
-        // A restore records its action, as a run does.
         Command::Policy(c) => matches!(
             c,
-            P::Delete { .. } | P::Pause { .. } | P::Resume { .. } | P::Restore { .. }
+            P::Delete { .. }
+                | P::Pause { .. }
+                | P::Resume { .. }
+                | P::Restore { .. }
+                | P::Run { .. }
+        ),
+        // A DR run would export the half-restored catalog as a point.
+        Command::Dr(c) => matches!(
+            c,
+            D::Enable { .. } | D::Disable | D::Run { .. } | D::TakeOwnership { .. }
         ),
         Command::Binding(binding::BindingCommand::Apply(a))
         | Command::Preset(preset::PresetCommand::Apply(a)) => !a.dry_run,
@@ -271,7 +281,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     if changes_catalog(&cli.command) {
         let home = home::Home::resolve(cli.home.clone())?;
         if home.catalog().exists() {
-            dr::refuse_unfinished_restore(&catalog::open(&home)?, &home)?;
+            dr::refuse_unfinished_restore(&catalog::open_verified_daily(&home)?, &home)?;
         }
     }
     match cli.command {

@@ -389,10 +389,7 @@ pub(crate) async fn run(cmd: PolicyCommand, home: Option<PathBuf>) -> anyhow::Re
                 .await
         }
         PolicyCommand::Run { name, output } => {
-            let catalog = crate::catalog::open(&home)?;
-            crate::dr::refuse_unfinished_restore(&catalog, &home)?;
-            let policy = load(&catalog, &name)?;
-            drop(catalog);
+            let policy = load(&crate::catalog::open(&home)?, &name)?;
             let engine = crate::run::engine(&home)?;
             // Ctrl-C stops the running action (its posthook still runs) and what was left.
             let interrupt = crate::run::interrupt_on_signals()?;

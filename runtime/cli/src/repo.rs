@@ -500,6 +500,9 @@ fn usage(msg: impl Into<String>) -> anyhow::Error {
     anyhow::Error::new(crate::UsageError(msg.into()))
 }
 
+/// [`RepoSelect`]'s key origin when a policy's export gives the key.
+const POLICY_EXPORT: &str = "the policy's export";
+
 /// Which repository, and the key to open it: shared by `cairn repo` and `cairn run`.
 #[derive(Debug, Clone, Default, clap::Args)]
 #[command(next_help_heading = "Repository options")]
@@ -718,7 +721,7 @@ impl RepoSelect {
             profile_file: export.profile_file.map(PathBuf::from),
             limit_upload: None,
             limit_download: None,
-            key_origin: Some("the policy's export".to_owned()),
+            key_origin: Some(POLICY_EXPORT.to_owned()),
         }
     }
 
@@ -863,11 +866,9 @@ impl RepoSelect {
         }
         match Passphrase::from_env(env) {
             Ok(p) => Ok(Box::new(p)),
-            Err(_) if self.key_origin.as_deref() == Some("the policy's export") => {
-                Err(usage(format!(
-                    "no key: give the policy's export a key_file or passphrase_file, or set {env} where it runs"
-                )))
-            }
+            Err(_) if self.key_origin.as_deref() == Some(POLICY_EXPORT) => Err(usage(format!(
+                "no key: give the policy's export a key_file or passphrase_file, or set {env} where it runs"
+            ))),
             Err(_) => Err(usage(format!("no key: set {env}, or give {flags}"))),
         }
     }
@@ -1018,10 +1019,11 @@ fn check_maintenance_owner(home: &crate::home::Home) -> anyhow::Result<()> {
         return Ok(());
     }
     let catalog = crate::catalog::open(home)?;
-    if crate::dr::owns_maintenance(&catalog)? {
+    // Not while a DR restore is unfinished: its catalog may not say yet that it does not own.
+    crate::dr::refuse_unfinished_restore(&catalog, home)?;
+    if catalog.maintenance_owner()? {
         return Ok(());
     }
-    crate::dr::refuse_unfinished_restore(&catalog, home)?;
     Err(usage(
         "this instance was rebuilt by `cairn dr restore` and does not own maintenance of the backup data, \
          so forget and prune are refused (two instances must never prune the same data); once the \

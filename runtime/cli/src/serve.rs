@@ -147,13 +147,27 @@ pub(crate) async fn serve(args: ServeArgs, home: Option<PathBuf>) -> anyhow::Res
         if !args.once {
             failed = false;
         }
-        // Not into a home whose DR restore did not finish: its rerun would keep what the
-        // resources changed (the check below says so, or ends a start).
-        let restoring = crate::dr::refuse_unfinished_restore(
+        // A DR restore begun in this home (since serve started): nothing runs or changes the
+        // catalog until it finishes (its rerun would keep it): no resource, policy or DR run.
+        // Serve waits for that rather than exit (and be restarted in a loop); it does not start.
+        // Every pass reads the catalog: its pages are verified daily, as a frequent reader's are.
+        let restoring = match crate::dr::refuse_unfinished_restore(
             &crate::catalog::open_verified_daily(&home)?,
             &home,
-        )
-        .is_err();
+        ) {
+            Ok(()) => {
+                unfinished_said = false;
+                false
+            }
+            Err(e) if starting => return Err(e),
+            Err(e) => {
+                if !unfinished_said {
+                    errln!("cairn: {}", crate::one_line(&e));
+                    unfinished_said = true;
+                }
+                true
+            }
+        };
         if let Some(operator) = operator.as_mut().filter(|_| !restoring) {
             match operator.sync(&engine, &home).await {
                 // Resources that cannot be read at all at the start are a setup to mend.
@@ -167,25 +181,10 @@ pub(crate) async fn serve(args: ServeArgs, home: Option<PathBuf>) -> anyhow::Res
         }
         first = false;
         let now = Timestamp::now();
-        let policies = {
-            // Every pass reads it: its pages are verified daily, as a frequent reader's are.
-            let catalog = crate::catalog::open_verified_daily(&home)?;
-            // A DR restore begun in this home since serve started: no policy runs until it
-            // finishes, and serve waits for that rather than exit (and be restarted in a loop).
-            match crate::dr::refuse_unfinished_restore(&catalog, &home) {
-                Ok(()) => {
-                    unfinished_said = false;
-                    catalog.list(Kind::Policy)?
-                }
-                Err(e) if starting => return Err(e),
-                Err(e) => {
-                    if !unfinished_said {
-                        errln!("cairn: {}", crate::one_line(&e));
-                        unfinished_said = true;
-                    }
-                    Vec::new()
-                }
-            }
+        let policies = if restoring {
+            Vec::new()
+        } else {
+            crate::catalog::open_verified_daily(&home)?.list(Kind::Policy)?
         };
         starting = false;
         let mut soonest: Option<Timestamp> = None;
@@ -266,6 +265,7 @@ pub(crate) async fn serve(args: ServeArgs, home: Option<PathBuf>) -> anyhow::Res
             break;
         }
         match crate::dr::schedule(&home).map(|s| s.map(|s| s.next_run)) {
+            Ok(Some(_)) if restoring => {}
             Ok(Some(due)) if due <= Timestamp::now() => {
                 ran += 1;
                 let blueprint =

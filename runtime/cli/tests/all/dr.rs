@@ -517,6 +517,8 @@ fn a_restore_that_fails_part_way_leaves_the_home_unfinished() {
     refused_with(&fresh.run(&["policy", "run", "any"]), "did not finish");
     refused_with(&fresh.run(&["serve", "--once"]), "did not finish");
     refused_with(&fresh.run(&["dr", "take-ownership"]), "did not finish");
+    // A DR run would export the half-restored catalog as a point.
+    refused_with(&fresh.run(&["dr", "run"]), "did not finish");
     // A change would be kept by the restore's rerun, which applies the rest around it.
     refused_with(&fresh.run(&["policy", "delete", "any"]), "did not finish");
     refused_with(
