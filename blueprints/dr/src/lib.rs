@@ -50,6 +50,9 @@
 //! from <seq>            the cursor the run started after (0: the start of a chain)
 //! to <seq>              the sequence it reaches
 //! time <unix seconds>
+//! run <id>              the run's id (parameter `run-id`): the host keeps the ids of runs not
+//!                       yet recorded, to tell a point it sealed and never recorded from another
+//!                       home's
 //! snapshot <id>         the local catalog snapshot, when the mode takes one
 //! settings <json>       the DR settings (parameter `settings`, opaque here) for a recovery
 //! artifact <name> <key>=<value> ...   one per data export, in the order to apply them
@@ -145,6 +148,9 @@ impl Blueprint for Dr {
                 "The DR settings, one line, kept in the manifest for a recovery (backup)",
             ),
         )
+        .param(Param::text("run-id").default("").describe(
+            "The run's id, one word, kept in the manifest so the host knows its own points (backup)",
+        ))
     }
 
     fn run(action: &str, ctx: &Context) -> Result<Outputs> {
@@ -165,6 +171,7 @@ struct Manifest {
     from: u64,
     to: u64,
     time: u64,
+    run: Option<String>,
     snapshot: Option<String>,
     settings: Option<String>,
     artifacts: Vec<Artifact>,
@@ -176,6 +183,9 @@ impl Manifest {
             "{MAGIC}\ncluster-id {}\nmode {}\nfrom {}\nto {}\ntime {}\n",
             self.cluster_id, self.mode, self.from, self.to, self.time
         );
+        if let Some(id) = &self.run {
+            s.push_str(&format!("run {id}\n"));
+        }
         if let Some(id) = &self.snapshot {
             s.push_str(&format!("snapshot {id}\n"));
         }
@@ -199,7 +209,7 @@ impl Manifest {
             return Err(bad(&format!("it does not start with `{MAGIC}`")));
         }
         let (mut cluster_id, mut mode, mut from, mut to, mut time) = (None, None, None, None, None);
-        let (mut snapshot, mut settings) = (None, None);
+        let (mut run, mut snapshot, mut settings) = (None, None, None);
         let mut artifacts = Vec::new();
         let number = |v: &str| {
             v.parse::<u64>()
@@ -213,6 +223,7 @@ impl Manifest {
                 "from" => from = Some(number(rest)?),
                 "to" => to = Some(number(rest)?),
                 "time" => time = Some(number(rest)?),
+                "run" => run = Some(rest.to_owned()),
                 "snapshot" => snapshot = Some(rest.to_owned()),
                 "settings" => settings = Some(rest.to_owned()),
                 "artifact" => {
@@ -240,6 +251,7 @@ impl Manifest {
             from: from.ok_or_else(|| missing("from"))?,
             to: to.ok_or_else(|| missing("to"))?,
             time: time.ok_or_else(|| missing("time"))?,
+            run,
             snapshot,
             settings,
             artifacts,
@@ -410,6 +422,13 @@ fn backup(ctx: &Context) -> Result<Outputs> {
     if settings.as_deref().is_some_and(|s| s.contains('\n')) {
         return Err(Error::invalid("parameter `settings` must be one line"));
     }
+    let run = Some(ctx.text("run-id")?.to_owned()).filter(|s| !s.is_empty());
+    if run
+        .as_deref()
+        .is_some_and(|s| s.contains(char::is_whitespace))
+    {
+        return Err(Error::invalid("parameter `run-id` must be one word"));
+    }
     let (mut points, complete) = stored(ctx);
     let cursor = state.cursor.unwrap_or(0);
     let rebased = if cursor == 0 || mode == DrMode::Legacy {
@@ -472,6 +491,7 @@ fn backup(ctx: &Context) -> Result<Outputs> {
         from,
         to,
         time: now(),
+        run,
         snapshot,
         settings,
         artifacts,
@@ -710,6 +730,7 @@ mod tests {
             from,
             to,
             time,
+            run: None,
             snapshot: None,
             settings: None,
             artifacts: vec![
@@ -724,6 +745,7 @@ mod tests {
     fn manifests_round_trip() {
         let mut m = manifest(3, 9, 100);
         m.snapshot = Some("catalog-9".into());
+        m.run = Some("5f0c8e4a-0d7e-4c59-9a43-2d8f1e6b7a10".into());
         m.settings = Some(r#"{"profile":"s3://b/dr","keep":[1, 2]}"#.into());
         assert_eq!(Manifest::parse(&m.render()), Ok(m));
         assert!(Manifest::parse("hello").is_err());

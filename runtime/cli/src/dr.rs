@@ -39,6 +39,17 @@
 //! Every maintenance path (`cairn dr run` and its retention, `cairn repo forget|prune`) reads
 //! the markers of the locations the instance relates to (its own DR location, and the one it
 //! was restored from) and refuses when one names another instance.
+//!
+//! # One writer per location
+//!
+//! A copied home or a cloned machine keeps the cluster id, so it writes into the same
+//! location, and a chain holding two homes' points restores a mixture neither had. Each run
+//! records in the catalog's meta (`x.dr.known-points`) the manifests it listed and sealed, and
+//! before it runs, its own id, which the blueprint writes into the manifest (a run that sealed
+//! its point and died is known by it). A run that finds a manifest this home neither knew nor
+//! sealed refuses, naming when and on which host it was saved; `cairn dr enable` then accepts
+//! the points there and starts a new chain, or another `--profile` gives this home a location
+//! of its own. The first run in a location trusts what is there.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -424,6 +435,89 @@ struct LastRun {
     to: u64,
 }
 
+/// The catalog meta key of what this home knows of the points in its DR location.
+const KNOWN_KEY: &str = "dr.known-points";
+
+/// The most ids kept of runs not yet recorded.
+const MAX_PENDING: usize = 16;
+
+/// What this home knows of the DR points in its location, to notice another writer there: a
+/// copied home or a cloned machine keeps the cluster id, so it writes into the same location,
+/// and two homes' points in one chain restore a mixture neither had.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Known {
+    /// The location's URL: another location's points are trusted on its first run.
+    location: String,
+    /// The manifests its last run listed and sealed, less those its retention removed.
+    points: BTreeSet<String>,
+    /// The ids of its runs not yet recorded: one that sealed its point and then died left a
+    /// point this home wrote, with one of these ids in its manifest.
+    #[serde(default)]
+    pending: Vec<String>,
+    /// A run found another writer's points: the next `cairn dr enable` accepts them and
+    /// starts a new chain.
+    #[serde(default)]
+    conflict: bool,
+}
+
+/// Refuses a DR run when its location (`url`, listed as `snapshots`) holds points this home
+/// neither listed at its last run nor sealed since: another home with this cluster id writes
+/// there, or this home's catalog went back to an older state, and a chain built on either's
+/// points mixes two histories. Returns what this home knows, for the run to extend.
+async fn check_writers(
+    catalog: &Catalog,
+    repo: &Repository,
+    url: &str,
+    snapshots: &[SnapshotInfo],
+) -> anyhow::Result<Known> {
+    let Some(mut known) = load_meta::<Known>(catalog, KNOWN_KEY)?.filter(|k| k.location == url)
+    else {
+        return Ok(Known {
+            location: url.to_owned(),
+            ..Known::default()
+        });
+    };
+    let mut foreign = Vec::new();
+    for s in snapshots
+        .iter()
+        .filter(|s| s.source() == MANIFEST && !known.points.contains(&s.id))
+    {
+        // One that cannot be read is left out of every chain, with a warning.
+        if let Ok(point) = read_point(repo, &s.id).await
+            && point
+                .run
+                .as_ref()
+                .is_none_or(|r| !known.pending.contains(r))
+        {
+            foreign.push(s);
+        }
+    }
+    let Some(newest) = foreign.iter().max_by_key(|s| s.time) else {
+        return Ok(known);
+    };
+    known.conflict = true;
+    catalog.set_meta(KNOWN_KEY, Some(&serde_json::to_string(&known)?))?;
+    Err(usage(format!(
+        "the DR run refused: the DR location {url} holds {} DR point(s) this home did not write \
+         and has not seen, the newest ({}) saved at {} on host {}. Another Cairn home with this \
+         cluster id ({}) writes there (a copied home or a cloned machine), or this home's catalog \
+         was put back to an older state; building on both would mix two histories in one chain. \
+         If this home is the copy, give it a location of its own: `cairn dr enable --profile \
+         <another location>`. If the other home is gone for good, or the catalog was put back \
+         on purpose, run `cairn dr enable` here again: it accepts those points, and the next run \
+         starts a new chain from change 0",
+        foreign.len(),
+        short(&newest.id),
+        newest.time,
+        if newest.hostname.is_empty() {
+            "unknown"
+        } else {
+            &newest.hostname
+        },
+        catalog.cluster_id()
+    )))
+}
+
 fn load_config(catalog: &Catalog) -> anyhow::Result<Option<Config>> {
     load_meta(catalog, CONFIG_KEY)
 }
@@ -527,6 +621,9 @@ struct Point {
     export_ids: Vec<String>,
     #[serde(skip)]
     cluster_id: String,
+    /// The id of the run that sealed it (points of older builds have none).
+    #[serde(skip)]
+    run: Option<String>,
     /// The DR settings the point carries (JSON), if it carries them.
     #[serde(skip)]
     settings: Option<String>,
@@ -540,7 +637,7 @@ fn parse_manifest(id: &str, text: &str) -> anyhow::Result<Point> {
     }
     let (mut mode, mut from, mut to, mut time, mut cluster_id) = (None, None, None, None, None);
     let mut export_ids = Vec::new();
-    let mut settings = None;
+    let (mut run, mut settings) = (None, None);
     for line in lines {
         let (key, value) = line.split_once(' ').unwrap_or((line, ""));
         let number = || {
@@ -554,6 +651,7 @@ fn parse_manifest(id: &str, text: &str) -> anyhow::Result<Point> {
             "to" => to = Some(number()?),
             "time" => time = Some(number()?),
             "cluster-id" => cluster_id = Some(value.to_owned()),
+            "run" => run = Some(value.to_owned()),
             "settings" => settings = Some(value.to_owned()),
             "artifact" => export_ids.push(
                 value
@@ -576,6 +674,7 @@ fn parse_manifest(id: &str, text: &str) -> anyhow::Result<Point> {
         exports: export_ids.len(),
         export_ids,
         cluster_id: cluster_id.ok_or_else(|| bad("no cluster id"))?,
+        run,
         settings,
     })
 }
@@ -679,14 +778,16 @@ async fn points_and_damaged(
     Ok((points.into_iter().map(|(_, p)| p).collect(), damaged))
 }
 
-/// Orders DR points, each with the time its manifest was saved, newest first: by the last
-/// change they cover, then by their time, then by the manifest's (the point's own is to the
-/// second), then by id.
+/// Orders DR points, each with the time its manifest was saved, newest first: by that time
+/// (the point's own is to the second), then by the last change they cover, then by id. Not by
+/// the change first: after a home was put back to an older point, or took over from a copy of
+/// itself, its new points cover lower changes than older points of the history it left.
 fn newest_first(points: &mut [(jiff::Timestamp, Point)]) {
     points.sort_by(|(a_saved, a), (b_saved, b)| {
-        b.to.cmp(&a.to)
+        b_saved
+            .cmp(a_saved)
             .then(b.time.cmp(&a.time))
-            .then(b_saved.cmp(a_saved))
+            .then(b.to.cmp(&a.to))
             .then(b.id.cmp(&a.id))
     });
 }
@@ -914,9 +1015,14 @@ async fn enable(
     let cluster_id = catalog.cluster_id().to_string();
     let url = location(&config.profile, &cluster_id).url().to_owned();
     open_or_init(&config.profile, &cluster_id, &key, protection).await?;
-    let new_chain = previous.as_ref().is_none_or(|p| {
-        p.mode != config.mode || !crate::same_repository(&p.profile, &config.profile)
-    });
+    // After a run found another writer's points there, enabling again accepts them; a new
+    // chain then builds on none of them.
+    let accepted =
+        load_meta::<Known>(catalog, KNOWN_KEY)?.is_some_and(|k| k.conflict && k.location == url);
+    let new_chain = accepted
+        || previous.as_ref().is_none_or(|p| {
+            p.mode != config.mode || !crate::same_repository(&p.profile, &config.profile)
+        });
     catalog.set_meta(CONFIG_KEY, Some(&serde_json::to_string(config)?))?;
     catalog.set_meta(RESTORED_KEY, None)?;
     // The next run derives the key from the passphrase again (and so checks it).
@@ -924,6 +1030,13 @@ async fn enable(
     if new_chain {
         // A new mode or location starts a new chain of DR points, from the beginning.
         catalog.set_dr_cursor(0)?;
+    }
+    if accepted {
+        catalog.set_meta(KNOWN_KEY, None)?;
+        outln!(
+            "Accepted the DR points this home did not write in {url}; the next run starts a new \
+             chain from change 0"
+        );
     }
     outln!(
         "DR enabled: mode {}, runs {}, DR points go to {url}",
@@ -1852,6 +1965,7 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                 .snapshots(&SnapshotFilter::new())
                 .await
                 .context("cannot list the DR location")?;
+            let mut known = check_writers(&catalog, &repo, &url, &snapshots).await?;
             let components = export_components(&home, &catalog, &repo, &snapshots).await?;
             let stored = stored_points(&home, &repo, &snapshots).await?;
             let owner = owns_maintenance(&catalog)?;
@@ -1862,6 +1976,14 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                 "settings".into(),
                 serde_json::to_string(&config.exported())?,
             ));
+            // Kept before the run: a run that seals its point and dies before it is recorded
+            // left a point of this home's, which the next run knows by this id.
+            let run_id = uuid::Uuid::new_v4().to_string();
+            known.pending.push(run_id.clone());
+            let excess = known.pending.len().saturating_sub(MAX_PENDING);
+            known.pending.drain(..excess);
+            catalog.set_meta(KNOWN_KEY, Some(&serde_json::to_string(&known)?))?;
+            params.push(("run-id".into(), run_id));
             let report = run_blueprint(
                 &home,
                 &path,
@@ -1920,6 +2042,19 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                 .split(',')
                 .filter(|p| !p.is_empty())
                 .collect();
+            let mut points: BTreeSet<String> = snapshots
+                .iter()
+                .filter(|s| s.source() == MANIFEST)
+                .map(|s| s.id.clone())
+                .chain([point.clone()])
+                .collect();
+            for r in &removed {
+                points.remove(*r);
+            }
+            known.points = points;
+            known.pending.clear();
+            known.conflict = false;
+            catalog.set_meta(KNOWN_KEY, Some(&serde_json::to_string(&known)?))?;
             match output {
                 Output::Json => print_json(&serde_json::json!({
                     "status": "succeeded",
@@ -2604,6 +2739,7 @@ mod tests {
             exports: 0,
             export_ids: Vec::new(),
             cluster_id: "c".into(),
+            run: None,
             settings: None,
         };
         let at =

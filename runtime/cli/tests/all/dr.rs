@@ -1787,3 +1787,68 @@ fn a_location_profiles_name_is_not_taken_for_a_directory() {
         stderr(&out)
     );
 }
+
+/// The keys of the policies `cairn catalog ls policy` lists.
+fn policy_keys(cairn: &Cairn) -> Vec<String> {
+    let out = cairn.run(&["catalog", "ls", "policy", "--output", "json"]);
+    ok(&out);
+    let mut keys: Vec<String> = json(&out)
+        .as_array()
+        .expect("records")
+        .iter()
+        .map(|r| r["key"].as_str().expect("a key").to_owned())
+        .collect();
+    keys.sort();
+    keys
+}
+
+#[test]
+fn a_copied_home_is_refused_before_its_points_mix_with_the_original() {
+    let profile = tempfile::tempdir().expect("tempdir");
+    let profile_url = profile.path().to_str().expect("utf-8").to_owned();
+    let original = Cairn::new();
+    let cluster_id = populated(&original, profile.path(), "no-snapshot");
+    // A copy of the whole home, as a cloned machine has: the same cluster id, the same
+    // settings, the same DR location.
+    let copy = Cairn::new();
+    let cp = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(original.home.path().join("."))
+        .arg(copy.home.path())
+        .status()
+        .expect("cp runs");
+    assert!(cp.success());
+    put(&original, "policy", "original-only");
+    ok(&dr_run(&original));
+    put(&copy, "policy", "copy-only");
+    let refused = dr_run(&copy);
+    refused_with(&refused, "this home did not write");
+    refused_with(&refused, "cairn dr enable --profile");
+    // The original goes on; the copy wrote nothing into its chain.
+    put(&original, "policy", "original-again");
+    ok(&dr_run(&original));
+    let fresh = Cairn::new();
+    ok(&restore(&fresh, &profile_url, &cluster_id, &[]));
+    assert_eq!(
+        policy_keys(&fresh),
+        ["one", "original-again", "original-only", "two"]
+    );
+    // The original is retired and the copy kept: enabling again there accepts the points it
+    // did not write, and its next run builds on none of them.
+    let out = enable(&copy, profile.path(), "no-snapshot", &[]);
+    ok(&out);
+    assert!(
+        stdout(&out).contains("Accepted the DR points"),
+        "{}",
+        stdout(&out)
+    );
+    let run = dr_run(&copy);
+    ok(&run);
+    assert_eq!(json(&run)["from"], 0, "a new chain: {}", stdout(&run));
+    let fresh = Cairn::new();
+    ok(&restore(&fresh, &profile_url, &cluster_id, &[]));
+    assert_eq!(policy_keys(&fresh), ["copy-only", "one", "two"]);
+    // The original, still running by mistake, is refused in turn.
+    put(&original, "policy", "late");
+    refused_with(&dr_run(&original), "this home did not write");
+}
