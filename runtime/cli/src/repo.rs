@@ -1304,6 +1304,16 @@ fn shown_mtime(mtime: &str, zone: &jiff::tz::TimeZone) -> String {
         .map_or_else(|_| mtime.to_string(), |t| shown_time(t, zone))
 }
 
+/// The major number of Linux device number `dev` (glibc's `gnu_dev_major`).
+fn device_major(dev: u64) -> u64 {
+    ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff)
+}
+
+/// The minor number of Linux device number `dev` (glibc's `gnu_dev_minor`).
+fn device_minor(dev: u64) -> u64 {
+    (dev & 0xff) | ((dev >> 12) & !0xff)
+}
+
 /// A listing's header for times shown in `zone`: `time (Europe/Paris)`.
 fn time_header(zone: &jiff::tz::TimeZone) -> String {
     format!("time ({})", zone.iana_name().unwrap_or("local"))
@@ -1630,7 +1640,21 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                             let link = e
                                 .target
                                 .as_ref()
-                                .map(|t| format!(" -> {}", shown_path(t, e.target_raw.as_deref())));
+                                .map(|t| format!(" -> {}", shown_path(t, e.target_raw.as_deref())))
+                                .or_else(|| {
+                                    e.hard_link_of.as_ref().map(|t| {
+                                        format!(
+                                            " (hard link of {})",
+                                            shown_path(t, e.hard_link_of_raw.as_deref())
+                                        )
+                                    })
+                                });
+                            // A device shows its numbers where a file shows its size, as
+                            // `ls -l` does.
+                            let size = e.rdev.map_or_else(
+                                || e.size.to_string(),
+                                |d| format!("{},{}", device_major(d), device_minor(d)),
+                            );
                             format!(
                                 "{:<7} {:04o} {:>11} {:>14} {:<width$}  {}{}",
                                 e.kind,
@@ -1639,7 +1663,7 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                                     (Some(u), Some(g)) => format!("{u}:{g}"),
                                     _ => "-".into(),
                                 },
-                                e.size,
+                                size,
                                 time,
                                 shown_path(&e.path, e.path_raw.as_deref()),
                                 link.unwrap_or_default()

@@ -512,6 +512,40 @@ fn ls_lists_a_tree_and_restore_include_restores_only_those_paths() {
 }
 
 #[test]
+fn ls_shows_what_a_hard_link_is_of_and_a_devices_numbers() {
+    let repo = LocalRepo::new();
+    let run = |args: &[&str]| repo.run(args);
+    let data = repo.dir.path().join("data");
+    std::fs::create_dir_all(&data).expect("data");
+    std::fs::write(data.join("a"), "one").expect("file");
+    std::fs::hard_link(data.join("a"), data.join("b")).expect("hard link");
+    // /dev/null's numbers, 1,3 (the tests run as root, as the conformance suite's do).
+    let null = std::process::Command::new("mknod")
+        .arg(data.join("null"))
+        .args(["c", "1", "3"])
+        .status()
+        .expect("mknod runs");
+    assert!(null.success());
+    assert!(run(&["repo", "init"]).status.success());
+    assert!(
+        run(&["repo", "backup", data.to_str().expect("utf-8")])
+            .status
+            .success()
+    );
+    let out = run(&["repo", "ls", "latest"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let line = |name: &str| {
+        text.lines()
+            .find(|l| l.ends_with(name) || l.contains(&format!(" {name} ")))
+            .unwrap_or_else(|| panic!("no {name}: {text}"))
+            .to_owned()
+    };
+    assert!(line("b (hard link of a)").contains("file"), "{text}");
+    assert!(line("null").contains(" 1,3 "), "{text}");
+}
+
+#[test]
 fn unlock_lists_locks_and_remove_all_frees_a_lost_hosts_lock() {
     let repo = LocalRepo::new();
     let (dir, run) = (&repo.dir, |args: &[&str]| repo.run(args));
