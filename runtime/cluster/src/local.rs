@@ -559,25 +559,28 @@ impl LocalCluster {
         };
         match self.run_probe(w, argv, replicas, timeout).await {
             Err(Error::TimedOut { .. }) => Ok(false),
-            other => other,
+            other => other.map(|ready| ready.unwrap_or(false)),
         }
     }
 
-    /// The ready probe `argv` run once: whether it exits 0. One that takes longer than
-    /// `timeout`, or cannot run, is an error, not an answer.
+    /// The ready probe `argv` run once: whether it exits 0, or `None` when a signal killed
+    /// it (which says nothing of the application). One that takes longer than `timeout`, or
+    /// cannot run, is an error, not an answer.
     async fn run_probe(
         &self,
         w: &LocalWorkload,
         argv: &[String],
         replicas: u32,
         timeout: Duration,
-    ) -> Result<bool> {
+    ) -> Result<Option<bool>> {
+        use std::os::unix::process::ExitStatusExt as _;
         let mut env = Self::base_env(w);
         env.insert("CAIRN_REPLICAS".to_owned(), replicas.to_string());
         let program = resolve_hook_program(w, &argv[0], &env)?;
         let mut command = Self::command(w, &program, argv, &env);
         let what = format!("the ready probe of workload {}", w.reference);
-        Ok(process::run_logged(&mut command, &what, None, timeout).await? == 0)
+        let status = process::run_logged(&mut command, &what, None, timeout).await?;
+        Ok(status.signal().is_none().then(|| status.success()))
     }
 
     async fn describe(&self, w: &LocalWorkload, probe: bool) -> Result<Workload> {
@@ -621,10 +624,12 @@ impl LocalCluster {
         })
         .await?;
         let what = format!("the {hook} command of workload {}", w.reference);
-        let code = process::run_logged(&mut command, &what, Some(log), START_STOP_TIMEOUT).await?;
-        if code == 0 {
+        let status =
+            process::run_logged(&mut command, &what, Some(log), START_STOP_TIMEOUT).await?;
+        if status.success() {
             return Ok(());
         }
+        let code = process::exit_code(status);
         let logs = Arc::clone(&self.logs);
         let tail = blocking("reading the log file", move || read_tail(&logs, &log_name))
             .await
@@ -1071,14 +1076,18 @@ impl Cluster for LocalCluster {
                     tracing::warn!(%workload, "{unknown} (it has no `ready` probe): if it is down, start it")
                 }
                 Some(argv) => match self.run_probe(w, argv, replicas, PROBE_TIMEOUT).await {
-                    Ok(true) => {}
-                    Ok(false) => {
+                    Ok(Some(true)) => {}
+                    Ok(Some(false)) => {
                         tracing::warn!(
                             %workload,
                             "the stop command of the workload did not finish, and its ready probe says it is down: starting it again"
                         );
                         self.run_hook(w, "start", start, replicas).await?;
                     }
+                    Ok(None) => tracing::warn!(
+                        %workload,
+                        "{unknown} (a signal killed its ready probe): if it is down, start it"
+                    ),
                     Err(e) => tracing::warn!(
                         %workload,
                         "{unknown} ({e}): if it is down, start it"

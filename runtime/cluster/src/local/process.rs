@@ -236,7 +236,7 @@ pub(crate) async fn run_logged(
     what: &str,
     log: Option<std::fs::File>,
     timeout: Duration,
-) -> Result<i32> {
+) -> Result<ExitStatus> {
     let (out, err) = match log {
         Some(file) => {
             let clone = file.try_clone().map_err(|e| Error::Failed {
@@ -267,7 +267,7 @@ pub(crate) async fn run_logged(
         }
         Ok(Ok(status)) => {
             killer.disarm();
-            Ok(exit_code(status))
+            Ok(status)
         }
     }
 }

@@ -196,6 +196,12 @@ namespaces:
         start: [sh, -c, "echo start >> events-mute"]
         stop: [sh, -c, "echo stop >> events-mute; exit 3"]
         ready: [/nonexistent/probe]
+      killed:
+        replicas: 1
+        workdir: work
+        start: [sh, -c, "echo start >> events-killed"]
+        stop: [sh, -c, "echo stop >> events-killed; exit 3"]
+        ready: [sh, -c, "kill -9 $$"]
 "#;
     let fx = Fixture::new(HALF_STOPS, &["work"]);
     std::fs::write(fx.path("work/up-down"), "").expect("up");
@@ -205,6 +211,8 @@ namespaces:
         ("up", "stop\n"),
         ("unknown", "stop\n"),
         ("mute", "stop\n"),
+        // A probe a signal killed says nothing of the application either.
+        ("killed", "stop\n"),
     ] {
         let w = WorkloadRef::new("apps", name);
         bounded(cluster.scale(&w, 0))
