@@ -133,7 +133,10 @@ impl Command {
         self
     }
 
-    /// Sets an environment variable.
+    /// Sets an environment variable. `PATH`, `LD_*`, `DYLD_*` and `CAIRN_*` are refused
+    /// everywhere; on the local target, only the database clients' variables (`PG*`,
+    /// `MYSQL_*`, `MARIADB_*`, `REDISCLI_*`, `ETCDCTL_*`, `TZ`, `LANG`, `LC_*`) pass, and
+    /// others only when the workload's `pass_env` in the inventory names them.
     #[must_use]
     pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.env.push((key.into(), value.into()));

@@ -38,6 +38,7 @@
 //! | `containers` | Names accepted by exec as the container; each pod has all of them. |
 //! | `workdir` | Relative to the inventory file's directory (or absolute); must be an existing directory. |
 //! | `env` | Added to the environment of every command. |
+//! | `pass_env` | Variables an exec request may set beyond the database clients' (below): names, or prefixes ending in `*`. |
 //! | `allow` | The programs exec may run (the first argument must equal one entry): bare names, looked up on `PATH` when the command runs, or absolute paths. Anything else (including `./x`) is denied. `start`, `stop` and `ready` come from the inventory itself and are not checked against it. |
 //! | `start` | A command (`[program, args...]`; the program is a bare name looked up on `PATH`, an absolute path, or a path relative to `workdir` such as `./start.sh`) run (in `workdir`, timeout 2 minutes) when the workload is scaled from 0 to 1 or more; a non-zero exit fails the scale with the tail of its output. Its output goes to `<state_dir>/logs/<ns>.<workload>.start.log`, so it may start a daemon in the background. |
 //! | `stop` | The same, when scaled to 0 (`<ns>.<workload>.stop.log`). |
@@ -52,7 +53,11 @@
 //! `env`, then (exec only) the request's env, then `CAIRN_NAMESPACE`, `CAIRN_WORKLOAD` and, for
 //! exec, `CAIRN_POD` and `CAIRN_CONTAINER` (start and stop get `CAIRN_REPLICAS`). A request may
 //! not set `PATH`, `LD_*`, `DYLD_*` or `CAIRN_*`: those would change which program an allowed
-//! name runs, or lie about where it runs. On timeout (or when the caller gives up on the
+//! name runs, or lie about where it runs. Beyond that, it may set only the database clients'
+//! variables (`PG*`, `MYSQL_*`, `MARIADB_*`, `REDISCLI_*`, `ETCDCTL_*`, `TZ`, `LANG`, `LC_*`)
+//! and those the workload's `pass_env` names: an interpreter's hooks (`PERL5OPT`, `BASH_ENV`)
+//! would run a blueprint's code, as Cairn's user, through any allowed program written in that
+//! language. On timeout (or when the caller gives up on the
 //! command) the whole process group is killed. An exec ends when the command has exited and
 //! closed its stdout and stderr: a background process that keeps them open keeps the exec
 //! running until the timeout. A streamed stdout is shut down when the command has ended (whatever
@@ -104,7 +109,7 @@ use serde::{Deserialize, Serialize};
 use tokio::process::Command;
 
 pub use self::inventory::Inventory;
-use self::inventory::{KindSpec, MAX_REPLICAS, WorkloadSpec, confined_relative};
+use self::inventory::{KindSpec, MAX_REPLICAS, WorkloadSpec, confined_relative, env_matches};
 use crate::is_dns_label;
 use crate::{
     Cluster, Error, ExecOutput, ExecRequest, Pod, Result, Volume, VolumeSnapshot, Workload,
@@ -233,6 +238,7 @@ struct LocalWorkload {
     workdir: PathBuf,
     env: BTreeMap<String, String>,
     allow: Vec<String>,
+    pass_env: Vec<String>,
     start: Option<Vec<String>>,
     stop: Option<Vec<String>>,
     ready: Option<Vec<String>>,
@@ -785,6 +791,7 @@ fn build_workload(
         env: spec.env,
         labels: spec.labels,
         allow: spec.allow,
+        pass_env: spec.pass_env,
         start: spec.start,
         stop: spec.stop,
         ready: spec.ready,
@@ -989,6 +996,16 @@ impl Cluster for LocalCluster {
         }
         let mut env = Self::base_env(w);
         for (name, value) in request.checked_env()? {
+            if !env_matches(name, inventory::PASSED_ENV) && !env_matches(name, &w.pass_env) {
+                return Err(Error::Denied(format!(
+                    "an exec in workload {workload} may not set {name}: the local target passes \
+                     only the database clients' variables ({}) and those the workload's \
+                     `pass_env` names (add {name} to it in {} if the blueprint is trusted with \
+                     what it does: commands run as Cairn's own user)",
+                    inventory::PASSED_ENV.join(", "),
+                    self.inventory_path.display()
+                )));
+            }
             env.insert(name.clone(), value.clone());
         }
         env.insert("CAIRN_POD".to_owned(), pod.clone());

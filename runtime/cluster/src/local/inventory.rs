@@ -71,6 +71,9 @@ pub(crate) struct WorkloadSpec {
     pub(crate) env: BTreeMap<String, String>,
     #[serde(default)]
     pub(crate) allow: Vec<String>,
+    /// The variables a request may set beyond [`PASSED_ENV`]: names, or prefixes ending in `*`.
+    #[serde(default)]
+    pub(crate) pass_env: Vec<String>,
     #[serde(default)]
     pub(crate) start: Option<Vec<String>>,
     #[serde(default)]
@@ -81,6 +84,31 @@ pub(crate) struct WorkloadSpec {
     pub(crate) volumes: BTreeMap<String, PathBuf>,
     #[serde(default)]
     pub(crate) labels: BTreeMap<String, String>,
+}
+
+/// The variables every request may set for a local command: the database clients' own,
+/// which name servers, users and passwords and run nothing. Commands run as Cairn's user, so
+/// the rest stays out unless the inventory's `pass_env` lets it in: an interpreter's hooks
+/// (`PERL5OPT`, `BASH_ENV`, `PYTHONSTARTUP`...) would run a blueprint's code through any
+/// allowed program written in that language (Debian's `pg_dump` is a Perl script).
+pub(crate) const PASSED_ENV: &[&str] = &[
+    "PG*",
+    "MYSQL_*",
+    "MARIADB_*",
+    "REDISCLI_*",
+    "ETCDCTL_*",
+    "TZ",
+    "LANG",
+    "LC_*",
+];
+
+/// Whether `name` matches one of `patterns` (names, or prefixes ending in `*`).
+pub(crate) fn env_matches(name: &str, patterns: &[impl AsRef<str>]) -> bool {
+    patterns.iter().any(|p| {
+        let p = p.as_ref();
+        p.strip_suffix('*')
+            .map_or(name == p, |prefix| name.starts_with(prefix))
+    })
 }
 
 /// The most replicas a local workload may have: every replica is a pod name in every listing.
@@ -211,6 +239,13 @@ fn check_workload(name: &str, w: &WorkloadSpec) -> std::result::Result<(), Strin
         if !is_env_name(key) {
             return Err(format!(
                 "`env`: {key:?} is not a valid environment variable name"
+            ));
+        }
+    }
+    for pattern in &w.pass_env {
+        if !is_env_name(pattern.strip_suffix('*').unwrap_or(pattern)) {
+            return Err(format!(
+                "`pass_env`: {pattern:?} is neither a variable's name nor a prefix ending in `*`"
             ));
         }
     }

@@ -92,6 +92,36 @@ async fn environment_is_cleared_and_scoped() {
 }
 
 #[tokio::test]
+async fn a_local_command_gets_the_clients_variables_and_those_pass_env_names_only() {
+    let (_fx, cluster) = cluster();
+    for name in [
+        "PGPASSWORD",
+        "MYSQL_PWD",
+        "ETCDCTL_API",
+        "EXTRA",
+        "MY_TOOL_TOKEN",
+    ] {
+        let mut req = request(&["env"]);
+        req.env.push((name.to_owned(), "v".to_owned()));
+        let out = bounded(cluster.exec(&hello(), req)).await.expect("passed");
+        let env = String::from_utf8(out.stdout).expect("utf-8");
+        assert!(env.contains(&format!("{name}=v\n")), "{env}");
+    }
+    // An interpreter's hooks would run the blueprint's code through an allowed script.
+    for name in ["PERL5OPT", "BASH_ENV", "PYTHONSTARTUP", "MYX"] {
+        let mut req = request(&["env"]);
+        req.env.push((name.to_owned(), "x".to_owned()));
+        let err = bounded(cluster.exec(&hello(), req))
+            .await
+            .expect_err("not passed");
+        assert!(
+            matches!(err, Error::Denied(ref m) if m.contains(name) && m.contains("pass_env")),
+            "{err}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn request_may_not_override_reserved_variables() {
     let (_fx, cluster) = cluster();
     for name in ["PATH", "LD_PRELOAD", "CAIRN_POD"] {

@@ -183,6 +183,15 @@ async fn unknown_workload_lists_the_defined_ones() {
 }
 
 #[test]
+fn pass_env_takes_names_and_prefixes_only() {
+    let text = "namespaces:\n  a:\n    workloads:\n      w:\n        pass_env: [\"A-B\"]\n";
+    let err = inventory_error(Inventory::parse(text, "inv.yaml").expect_err("malformed"));
+    assert!(err.contains("pass_env") && err.contains("A-B"), "{err}");
+    let text = "namespaces:\n  a:\n    workloads:\n      w:\n        pass_env: [A, B_*]\n";
+    Inventory::parse(text, "inv.yaml").expect("names and prefixes");
+}
+
+#[test]
 fn the_workload_object_kind_is_reserved() {
     let text = "namespaces:\n  default:\n    objects:\n      Workload:\n        x: {}\n";
     let err = inventory_error(Inventory::parse(text, "inv.yaml").expect_err("reserved"));

@@ -62,6 +62,7 @@ namespaces:
         workdir: work
         env: {GREETING: hello}
         allow: [echo, sh, cat, head, pwd, env, "true"]
+        pass_env: [EXTRA, MY_*]
         volumes:
           data: ./data
 "#;
