@@ -30,6 +30,11 @@ struct LockFile {
     /// not their process ids, so a pid is looked up only in the namespace it belongs to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pidns: Option<String>,
+    /// The holder's boot (Linux's `boot_id`): two machines of one host name (cloned VMs,
+    /// `localhost`) share the initial PID namespace's id, and one must not judge the other's
+    /// process gone by its own process table; containers share their host's boot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    boot: Option<String>,
 }
 
 /// The operation of an object under `locks/` that is a probe of the store's clock
@@ -133,13 +138,17 @@ async fn retry_while_locked<T, F: Future<Output = Result<T>>>(
 
 /// Why `lock` no longer counts, or `None` while it holds: not refreshed for
 /// [`LOCK_STALE_AFTER`] (`age`: seconds since the store last wrote it), or left by a process of
-/// this host that is gone (kill -9, crash).
+/// this host that is gone (kill -9, crash). A process is looked for only where it ran: the
+/// same host name, PID namespace and boot (a lock of an older build, without its boot, waits
+/// out its age).
 fn stale_reason(lock: &LockFile, age: i64) -> Option<String> {
     if age > LOCK_STALE_AFTER.as_secs() as i64 {
         Some(format!("not refreshed for {} minutes", age / 60))
     } else if lock.hostname == hostname()
         && lock.pidns.is_some()
         && lock.pidns == pid_namespace()
+        && lock.boot.is_some()
+        && lock.boot == boot_id()
         && !pid_alive(lock.pid)
     {
         Some("its process on this host is gone".into())
@@ -287,9 +296,10 @@ impl Written {
         )))
     }
 
-    fn mark(&self) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) =
-            (std::time::Instant::now(), std::time::SystemTime::now());
+    /// Takes `other`'s times.
+    fn set(&self, other: &Written) {
+        let times = *other.0.lock().unwrap_or_else(|p| p.into_inner());
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = times;
     }
 
     fn age(&self) -> Duration {
@@ -326,6 +336,14 @@ fn pid_namespace() -> Option<String> {
         .map(|p| p.to_string_lossy().into_owned())
 }
 
+/// This machine's boot, where the platform says it: a random id the kernel draws at each boot.
+fn boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+}
+
 /// Whether a process of this host is alive; unknown platforms say yes (the lock then expires
 /// by age).
 fn pid_alive(pid: u32) -> bool {
@@ -346,12 +364,26 @@ async fn refresh(
     lost: &AtomicBool,
     body: Bytes,
 ) -> bool {
-    if written.unsure() || matches!(backend.exists(path).await, Ok(false)) {
-        lost.store(true, Ordering::SeqCst);
-        return false;
+    let there = if written.unsure() {
+        Ok(false)
+    } else {
+        backend.exists(path).await
+    };
+    match there {
+        Ok(true) => {}
+        Ok(false) => {
+            lost.store(true, Ordering::SeqCst);
+            return false;
+        }
+        // A check that failed (the store unreachable) says nothing of whether the lock is still
+        // there, and writing it then could bring back one removed: tried at the next refresh.
+        Err(_) => return true,
     }
+    // Dated when sent: a write that takes long reaches the store later than its start, and
+    // the holder must not take its lock for younger than the store does.
+    let sent = Written::now();
     if backend.put_replace(path, body).await.is_ok() {
-        written.mark();
+        written.set(&sent);
     }
     true
 }
@@ -372,6 +404,7 @@ impl LockGuard {
             operation: op.clone(),
             time: jiff::Timestamp::now(),
             pidns: pid_namespace(),
+            boot: boot_id(),
         };
         let body = |l: &LockFile| Bytes::from(serde_json::to_vec(l).unwrap_or_default());
         backend.put_new(&path, body(&mk())).await?;
@@ -566,7 +599,7 @@ mod tests {
         assert!(!w.unsure());
         w.0.lock().expect("lock").1 = std::time::SystemTime::now() - UNSURE_AFTER * 2;
         assert!(w.unsure(), "asleep: the wall clock ran on");
-        w.mark();
+        w.set(&Written::now());
         w.0.lock().expect("lock").1 = std::time::SystemTime::now() + UNSURE_AFTER * 2;
         assert!(!w.unsure(), "a wall clock set back is not a pause");
     }

@@ -2324,8 +2324,11 @@ impl Repository {
             // repacked; in a pack that stays they stay indexed, to be counted again.
             for (c, l) in idx.iter().chain(idx.duplicates()) {
                 total[l.pack as usize] += u64::from(l.len);
-                if in_use[l.pack as usize] {
-                    let p = idx.packs[l.pack as usize];
+                let p = idx.packs[l.pack as usize];
+                // A pack the store no longer holds (lost, named only by protected index files)
+                // is not carried into the new index, where it would be protected anew and
+                // backups would go on storing nothing of the data it held.
+                if in_use[l.pack as usize] && listed.contains_key(&format::pack_hex(&p)) {
                     survivors.entry(p).or_default().push(format::Entry {
                         id: *c,
                         frame_off: l.frame_off,
@@ -2413,6 +2416,8 @@ impl Repository {
         // A crash between steps leaves duplicates or orphans, never a dangling reference.
         // Only while the lock is still held: a backup may have started once it was not.
         lock.held().await?;
+        self.no_snapshot_since(&snaps, "nothing was removed: run prune again")
+            .await?;
         let entries: Vec<(format::PackId, Vec<format::Entry>)> = survivors.into_iter().collect();
         self.write_index_file(&entries).await?;
         for m in &index_files {
@@ -2426,13 +2431,39 @@ impl Repository {
                 report.index_files_replaced += 1;
             }
         }
-        for (hex, m) in &doomed {
+        // The packs last, and only while no snapshot it did not mark has appeared: a backup
+        // that went on past a lock lost (a holder judged gone by mistake) may use them. The
+        // lock is checked again every few deletes, which a slow store can make long.
+        self.no_snapshot_since(&snaps, "the packs it found unused are kept, and the index no longer lists them: run `cairn repo repair index`, which lists them again, then prune").await?;
+        for (i, (hex, m)) in doomed.iter().enumerate() {
+            if i % 64 == 0 {
+                lock.held().await?;
+            }
             backend
                 .delete_data(&format::pack_path(hex), Some(m))
                 .await?;
         }
         self.refresh_index().await?;
         Ok(report)
+    }
+
+    /// Refuses to go on removing data when a snapshot not among `marked` (those a prune read)
+    /// was saved since: a backup that took the prune's lock for gone by mistake. `then` says
+    /// what was left and what to do.
+    async fn no_snapshot_since(&self, marked: &[SnapshotInfo], then: &str) -> Result<()> {
+        let marked: HashSet<&str> = marked.iter().map(|s| s.id.as_str()).collect();
+        match self
+            .snapshot_ids()
+            .await?
+            .into_iter()
+            .find(|id| !marked.contains(id.as_str()))
+        {
+            Some(id) => Err(Error::Locked {
+                holder: format!("a backup that saved snapshot {id} while the prune ran"),
+                reason: format!("its lock was not seen, and prune stopped; {then}"),
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Repairs damaged packs (ids or unique prefixes, as `check --read-data` names them):
@@ -3575,5 +3606,43 @@ mod tests {
         assert!(!lacks_object_lock(&s3_error(
             "<Error><Code>AccessDenied</Code></Error>"
         )));
+    }
+}
+
+#[cfg(test)]
+mod prune_tests {
+    use super::*;
+    use crate::keys::{KdfParams, Passphrase};
+
+    /// A snapshot prune did not read stops it, naming the snapshot and what to do.
+    #[tokio::test]
+    async fn a_snapshot_saved_while_prune_runs_stops_it() {
+        let key = Passphrase::new("p").with_params(KdfParams::insecure_for_tests());
+        let repo = Repository::init("memory://prune-appeared", &key, InitOptions::default())
+            .await
+            .expect("init");
+        let read = repo
+            .snapshots(&SnapshotFilter::default())
+            .await
+            .expect("list");
+        repo.backup_stream("s", &b"data"[..], BackupOptions::default())
+            .await
+            .expect("backup");
+        let e = repo
+            .no_snapshot_since(&read, "nothing was removed")
+            .await
+            .expect_err("a new snapshot");
+        let text = e.to_string();
+        assert!(
+            matches!(e, Error::Locked { .. }) && text.contains("nothing was removed"),
+            "{text}"
+        );
+        let all = repo
+            .snapshots(&SnapshotFilter::default())
+            .await
+            .expect("list");
+        repo.no_snapshot_since(&all, "")
+            .await
+            .expect("every snapshot read");
     }
 }

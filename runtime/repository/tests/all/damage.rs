@@ -543,6 +543,74 @@ async fn a_protected_damaged_index_file_stops_prune_only_until_repair() {
     assert!(out == noise(2_000_000, 1));
 }
 
+/// A pack lost while only protected index files name it is not written into prune's new
+/// index: there it would be protected anew, and every backup of the data it held would go on
+/// storing nothing. Once the old index file's protection ends, `repair index` drops the pack
+/// and the next backup stores the data again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_does_not_carry_a_lost_pack_into_a_new_index() {
+    let d = tempfile::tempdir().unwrap();
+    let url = d.path().display().to_string();
+    let protection = std::time::Duration::from_secs(3);
+    let opts = InitOptions::new().protection(protection);
+    let repo = Repository::init(url.as_str(), &pass("p"), opts)
+        .await
+        .unwrap();
+    // c stays; b is out of its protection by the time a is saved and lost.
+    repo.backup_stream("c", &noise(300_000, 3)[..], Default::default())
+        .await
+        .unwrap();
+    let b = repo
+        .backup_stream("b", &noise(300_000, 2)[..], Default::default())
+        .await
+        .unwrap()
+        .id;
+    tokio::time::sleep(protection + std::time::Duration::from_millis(300)).await;
+    let (packs_before, index_before) = (files(d.path(), "data"), files(d.path(), "index"));
+    let a = repo
+        .backup_stream("a", &noise(300_000, 1)[..], Default::default())
+        .await
+        .unwrap()
+        .id;
+    let new = |dir: &str, before: &[std::path::PathBuf]| -> Vec<std::path::PathBuf> {
+        files(d.path(), dir)
+            .into_iter()
+            .filter(|p| !before.contains(p))
+            .collect()
+    };
+    let (a_packs, a_index) = (new("data", &packs_before), new("index", &index_before));
+    // a's pack is lost; only its index file, protected for a few seconds more, names it.
+    for p in &a_packs {
+        std::fs::remove_file(p).unwrap();
+    }
+    repo.forget_ids(std::slice::from_ref(&b), false)
+        .await
+        .unwrap();
+    let pruned = repo.prune(false).await.unwrap();
+    assert!(pruned.packs_deleted >= 1, "{pruned:?}");
+    // The old index file's protection ends (its time set back; the index prune wrote is still
+    // protected): repair drops the lost pack, and a backup of a's data stores it again, where
+    // it stored nothing while an index named the lost pack.
+    for p in &a_index {
+        std::fs::File::options()
+            .write(true)
+            .open(p)
+            .unwrap()
+            .set_modified(std::time::SystemTime::now() - 10 * protection)
+            .unwrap();
+    }
+    let repo = Repository::open(url.as_str(), &pass("p")).await.unwrap();
+    repo.repair_index(false).await.unwrap();
+    let again = repo
+        .backup_stream("a", &noise(300_000, 1)[..], Default::default())
+        .await
+        .unwrap();
+    assert!(again.summary.new_chunks > 0, "{:?} (of {a})", again.summary);
+    let mut out = Vec::new();
+    repo.restore_stream(&again.id, &mut out).await.unwrap();
+    assert!(out == noise(300_000, 1));
+}
+
 /// A tree's nodes are in a pack of their own (format version 3): damaged, `check` names it
 /// and the snapshot, restoring or listing that snapshot names both, and another tree restores.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

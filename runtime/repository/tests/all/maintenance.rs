@@ -260,10 +260,13 @@ async fn locks_of_holders_that_are_gone_are_ignored_tidied_and_unlocked() {
     // A pid is judged in its own PID namespace only: this process's.
     let pidns = std::fs::read_link("/proc/self/ns/pid").unwrap();
     let pidns = pidns.to_string_lossy();
+    // And on this boot only: a cloned machine has the same host name and PID namespace id.
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    let boot = boot.trim();
     let lock = |host: &str, pid: u32, ago: Duration| {
         let time = jiff::Timestamp::now() - jiff::SignedDuration::try_from(ago).unwrap();
         format!(
-            r#"{{"exclusive":true,"hostname":"{host}","pid":{pid},"operation":"prune","time":"{time}","pidns":"{pidns}"}}"#
+            r#"{{"exclusive":true,"hostname":"{host}","pid":{pid},"operation":"prune","time":"{time}","pidns":"{pidns}","boot":"{boot}"}}"#
         )
     };
 
@@ -339,17 +342,26 @@ async fn locks_of_holders_that_are_gone_are_ignored_tidied_and_unlocked() {
         "sibling",
         lock(&here, dead, Duration::from_secs(1)).replace(&*pidns, "pid:[1]"),
     );
+    // Nor on another machine of the same name (a clone), nor by an older build that did not
+    // record its boot.
+    put(
+        "clone",
+        lock(&here, dead, Duration::from_secs(1)).replace(boot, "another-boot"),
+    );
+    put(
+        "older",
+        lock(&here, dead, Duration::from_secs(1)).replace(&format!(r#","boot":"{boot}""#), ""),
+    );
     put("junk", "not json".into());
     put("probe", r#"{"probe":"the store's clock"}"#.into());
     let mut locks = repo.unlock(false).await.unwrap();
     locks.sort_by(|a, b| a.id.cmp(&b.id));
-    let sibling = locks
-        .iter()
-        .position(|l| l.id == "sibling")
-        .expect("listed");
-    let sibling = locks.remove(sibling);
-    assert!(sibling.stale.is_none() && !sibling.removed, "{sibling:?}");
-    std::fs::remove_file(root.join("locks/sibling")).unwrap();
+    for held in ["clone", "older", "sibling"] {
+        let at = locks.iter().position(|l| l.id == held).expect("listed");
+        let lock = locks.remove(at);
+        assert!(lock.stale.is_none() && !lock.removed, "{lock:?}");
+        std::fs::remove_file(root.join("locks").join(held)).unwrap();
+    }
     assert_eq!(locks.len(), 3, "{locks:?}");
     assert_eq!(locks[0].id, "dead");
     assert_eq!(
