@@ -1007,7 +1007,12 @@ impl Backend {
             return Ok(store.clone());
         }
         let period = self.protection + LOCK_CLIENT_LIFE;
-        let until = jiff::Timestamp::now()
+        // From the later of the store's clock and this host's: a host whose clock is behind
+        // would stamp a retention shorter than the period, which the store then enforces.
+        self.know_clock().await;
+        let now = jiff::Timestamp::from_second(self.now().max(jiff::Timestamp::now().as_second()))
+            .map_err(|e| invalid(&self.url, e))?;
+        let until = now
             .checked_add(jiff::SignedDuration::from_secs(period.as_secs() as i64))
             .map_err(|e| invalid(&self.url, e))?;
         let store = s3_store(&lock.location, &lock.url, Some(until))?;
@@ -1021,6 +1026,12 @@ impl Backend {
                     slot = %path,
                     "the key slot this repository was opened with is gone; its retention is not renewed"
                 ),
+            }
+            // The config too: written once at `init`, its retention would lapse one period
+            // later however many backups followed, and without it nothing opens the rest.
+            if let Some(config) = self.get(crate::format::CONFIG).await? {
+                self.put_replace_in(&store, crate::format::CONFIG, config)
+                    .await?;
             }
         }
         *current = Some((std::time::Instant::now(), store.clone()));

@@ -185,6 +185,12 @@ async fn object_lock_makes_the_store_refuse_deletes_inside_the_protection_period
         slot >= snapshot,
         "the key slot is retained until {slot}, the newest snapshot until {snapshot}"
     );
+    // And the config, without which nothing opens: written once at init, it is renewed too.
+    let config = retained_until("repo/config".to_string());
+    assert!(
+        config >= snapshot,
+        "the config is retained until {config}, the newest snapshot until {snapshot}"
+    );
     assert_eq!(repo.check(true).await.unwrap().errors.len(), 0);
 }
 
