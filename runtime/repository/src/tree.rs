@@ -568,6 +568,9 @@ fn feed(
             }
             Err(e) => return Err(Error::io("open", path, e)),
         };
+        // Read no further than its size when opened (or when walked, if larger): a file
+        // something keeps appending to (a live log) would otherwise be read without end.
+        let limit = f.metadata().map_or(*size, |m| m.len()).max(*size);
         // Read up to `pos`; holes are looked for again from `data_end`: where the data found
         // last ends, or a block on from where it started, so a file of many small holes is
         // read through them (as zeros) rather than asked about every few KiB. The first
@@ -590,11 +593,21 @@ fn feed(
                 (pos, data_end) = (r.start, r.end.max(r.start + INPUT_BLOCK as u64));
             }
             // A recycled block is read into as it is: only a shortened one's tail is zeroed.
-            // It is read up to a byte past the size the walk saw, to meet the end in the same
-            // read (a small file zeroes no more than its size); a file that has grown since
-            // is read on in whole blocks.
+            // It is read up to a byte past its size, to meet the end in the same read (a small
+            // file zeroes no more than its size); a file that has grown since it was opened
+            // is read up to that size and a byte.
+            if pos > limit {
+                tracing::warn!(
+                    path = %path.display(),
+                    listed = size,
+                    read = pos,
+                    "grew while being backed up: the snapshot holds what it had when it was \
+                     opened, and the next backup reads it again"
+                );
+                break;
+            }
             let mut block = blocks.take().unwrap_or_default();
-            let left = size.checked_sub(pos).map_or(INPUT_BLOCK as u64, |n| n + 1);
+            let left = limit - pos + 1;
             let want = (data_end - pos).min(INPUT_BLOCK as u64).min(left) as usize;
             block.resize(want, 0);
             let (mut filled, mut eof, mut failed) = (0, false, false);

@@ -1321,3 +1321,48 @@ async fn fifos_and_devices_are_restored() {
         );
     }
 }
+
+/// A file something keeps appending to (a live log) is read up to its size when it was opened,
+/// not for as long as it grows: the backup ends, and the snapshot holds that much.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_that_keeps_growing_is_read_to_its_size_when_opened() {
+    let repo = init_repo(memory_url().as_str()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let log = src.join("live.log");
+    std::fs::write(&log, noise(1 << 20, 1)).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (log, stop) = (log.clone(), stop.clone());
+        std::thread::spawn(move || {
+            // Grown by holes (no disk used), far faster than any backup reads, until told to
+            // stop (or 64 GiB at most).
+            let f = std::fs::File::options().write(true).open(&log).unwrap();
+            for _ in 0..1024 {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                let len = f.metadata().unwrap().len();
+                f.set_len(len + (64 << 20)).unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        })
+    };
+    let backed_up = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        repo.backup_tree(&src, Default::default()),
+    )
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    writer.join().unwrap();
+    let info = backed_up.expect("the backup ends").unwrap();
+    let listed = repo.list_tree(&info, &[]).await.unwrap();
+    let size = listed
+        .iter()
+        .find(|e| e.path == "live.log")
+        .expect("listed")
+        .size;
+    let now = std::fs::metadata(&log).unwrap().len();
+    assert!(size >= 1 << 20 && size < now, "{size} of {now}");
+}
