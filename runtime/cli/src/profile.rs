@@ -73,7 +73,7 @@ const SECRET_KEYS: &[&str] = &[
 
 /// Whether option `key` holds a credential: one of [`SECRET_KEYS`], or an access key (Azure's
 /// `access_key`, `azure_storage_access_key`), though not an access key's id, which is not one.
-fn is_secret(key: &str) -> bool {
+pub(crate) fn is_secret(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
     SECRET_KEYS.iter().any(|s| key.contains(s)) || key.ends_with("access_key")
 }

@@ -688,10 +688,17 @@ pub(crate) fn load_profile(path: &std::path::Path) -> anyhow::Result<Profile> {
     {
         use std::os::unix::fs::PermissionsExt;
         let shared = std::fs::metadata(path).map(|m| m.permissions().mode() & 0o077 != 0);
-        if shared.unwrap_or(false) && !profile.options.is_empty() {
+        let secrets: Vec<&str> = profile
+            .options
+            .keys()
+            .map(String::as_str)
+            .filter(|k| crate::profile::is_secret(k))
+            .collect();
+        if shared.unwrap_or(false) && !secrets.is_empty() {
             errln!(
-                "warning: the repository profile {} holds credentials and others can read it; chmod 600 it",
-                path.display()
+                "warning: the repository profile {} holds credentials ({}) and others can read it; chmod 600 it",
+                path.display(),
+                secrets.join(", ")
             );
         }
     }
@@ -1415,7 +1422,28 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
     // Before opening: a repository whose slots are gone opens only once one is back.
     if let RepoCommand::Key(KeyCommand::Import { from }) = &args.command {
         let slot = std::fs::read(from).with_context(|| format!("reading {}", from.display()))?;
-        let id = Repository::import_key(loc, &slot, key.as_ref()).await?;
+        let id = Repository::import_key(loc, &slot, key.as_ref())
+            .await
+            .map_err(|e| {
+                let wrong = matches!(
+                    e,
+                    cairn_repository::Error::WrongKey { .. }
+                        | cairn_repository::Error::WrongPassphrase
+                );
+                let e = anyhow::Error::new(e);
+                // The slot is bound to its repository by how it is sealed: a slot of another
+                // repository fails as a wrong key does, and the two cannot be told apart.
+                if wrong {
+                    e.context(format!(
+                        "the key slot in {} does not open with this key: the passphrase or key \
+                         file is not the one it was made with, or it was exported from another \
+                         repository",
+                        from.display()
+                    ))
+                } else {
+                    e
+                }
+            })?;
         args.print(
             || format!("imported key slot {id}"),
             json!({ "imported": id }),

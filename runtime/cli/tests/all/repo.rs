@@ -79,6 +79,40 @@ fn a_profile_file_names_the_repository_and_its_options() {
 }
 
 #[test]
+fn a_readable_profile_file_is_warned_of_only_when_it_holds_credentials() {
+    let cairn = Cairn::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let warned = |options: &str| {
+        let profile = dir.path().join("p.yaml");
+        std::fs::write(&profile, format!("repo: ./none\noptions: {{{options}}}\n"))
+            .expect("profile");
+        std::fs::set_permissions(
+            &profile,
+            std::os::unix::fs::PermissionsExt::from_mode(0o644),
+        )
+        .expect("chmod");
+        let out = cairn
+            .command(&[
+                "repo",
+                "snapshots",
+                "--profile-file",
+                profile.to_str().expect("utf-8"),
+            ])
+            .env("CAIRN_PASSPHRASE", "p")
+            .output()
+            .expect("cairn runs");
+        stderr(&out)
+    };
+    let text = warned("aws_endpoint: 'http://127.0.0.1:1', aws_allow_http: 'true'");
+    assert!(!text.contains("holds credentials"), "{text}");
+    let text = warned("aws_endpoint: 'http://127.0.0.1:1', aws_secret_access_key: s");
+    assert!(
+        text.contains("holds credentials (aws_secret_access_key)"),
+        "{text}"
+    );
+}
+
+#[test]
 fn a_profile_with_an_unknown_field_is_refused_naming_the_file_and_field() {
     let cairn = Cairn::new();
     let dir = tempfile::tempdir().expect("tempdir");
@@ -1646,6 +1680,16 @@ fn an_exported_key_slot_is_put_back_by_import() {
     let out = repo.run(&["repo", "key", "export", saved.to_str().expect("utf-8")]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("exists already"), "{}", stderr(&out));
+    // Into another repository, it opens nothing, and the refusal says it may be another's.
+    let other = LocalRepo::new();
+    other.ok(&["repo", "init"]);
+    let out = other.run(&["repo", "key", "import", saved.to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("exported from another repository"),
+        "{}",
+        stderr(&out)
+    );
 
     for slot in std::fs::read_dir(repo.dir.path().join("repo/keys")).expect("keys") {
         std::fs::remove_file(slot.expect("slot").path()).expect("removed");
