@@ -81,3 +81,11 @@ pub mod bench_internals {
     pub use crate::bench::*;
 }
 mod bench;
+
+/// A way for the integration tests to write forged or damaged tree snapshots; not a stable
+/// API.
+#[doc(hidden)]
+pub mod test_internals {
+    pub use crate::testing::*;
+}
+mod testing;

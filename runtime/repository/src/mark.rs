@@ -5,11 +5,14 @@
 
 use futures::StreamExt;
 use serde::Deserialize;
+use std::collections::HashMap;
+use std::path::PathBuf;
 
 use crate::crypto::{ChunkId, IdSet};
 use crate::error::{Error, Result};
 use crate::format::{self, ChunkList, NodeLines, SnapshotInfo};
 use crate::repo::{Repository, with_snapshot};
+use crate::tree::{TreeShape, shape_error};
 
 /// The node chunks that snapshots read one after another have read, and which of them a
 /// later snapshot can skip.
@@ -198,15 +201,49 @@ pub(crate) struct Marks {
     nodes: SeenNodeChunks,
     /// List chunks read: the ids they hold are marked.
     lists_read: IdSet,
+    /// For `check`, which checks each tree's shape ([`TreeShape`]) too: the nodes of each node
+    /// chunk read whole, as the shape takes them, for the snapshots that skip that chunk.
+    /// `None` when shapes are not checked (a prune marks what a tree references, whatever
+    /// its shape).
+    shapes: Option<HashMap<ChunkId, Vec<(PathBuf, bool)>>>,
 }
 
-/// A node as marking reads it: only the chunks it names.
+impl Marks {
+    /// Marks that also check each tree's shape, as [`Repository::mark`] says.
+    pub(crate) fn checking_shapes() -> Self {
+        Marks {
+            shapes: Some(HashMap::new()),
+            ..Marks::default()
+        }
+    }
+}
+
+/// A node as marking reads it: the chunks it names, and its path and type for its tree's
+/// shape.
 #[derive(Deserialize)]
 struct NodeRefs {
     #[serde(default)]
     chunks: ChunkList,
     #[serde(default)]
     lists: ChunkList,
+    #[serde(default)]
+    path: String,
+    #[serde(default)]
+    path_raw: Option<String>,
+    /// Read as text: a type this build does not know is no directory, and no damage here.
+    #[serde(rename = "type", default)]
+    kind: String,
+}
+
+impl NodeRefs {
+    /// Adds this node of snapshot `info` to its tree's `shape`; returns what the shape took.
+    fn shape(&self, shape: &mut TreeShape, info: &SnapshotInfo) -> Result<(PathBuf, bool)> {
+        let key = TreeShape::key(&self.path, self.path_raw.as_deref())
+            .map_err(|why| shape_error(info, why))?;
+        let dir = self.kind == "dir";
+        shape.add(&key, dir).map_err(|why| shape_error(info, why))?;
+        Ok((key, dir))
+    }
 }
 
 /// A content object as marking reads it: a stream's chunks or a tree's nodes, or the node
@@ -248,7 +285,9 @@ struct Marked {
 impl Repository {
     /// Adds the chunks snapshot `info` references to `marks`: what its content object names,
     /// its node chunks and the nodes they hold, and the ids its files' list chunks hold. Node
-    /// chunks and list chunks that an earlier snapshot read are not read again.
+    /// chunks and list chunks that an earlier snapshot read are not read again. With
+    /// [`Marks::checking_shapes`], a tree without the shape a restore needs is damage, as it
+    /// is to a restore: the nodes of the chunks skipped are taken from those read before.
     pub(crate) async fn mark(&self, info: &SnapshotInfo, marks: &mut Marks) -> Result<()> {
         let c: ContentRefs = self.content_object_as(info).await?;
         if c.kind != "tree" && c.kind != "stream" {
@@ -257,24 +296,51 @@ impl Repository {
             return Err(with_snapshot(Error::corrupt(&path, why), &info.id));
         }
         let mut new = Marked::default();
+        let mut shape = marks.shapes.is_some().then(TreeShape::default);
         marks.node(&mut new, &c.chunks, &c.lists);
         for n in &c.nodes {
             marks.node(&mut new, &n.chunks, &n.lists);
+            if let Some(shape) = &mut shape {
+                n.shape(shape, info)?;
+            }
         }
         new.ids.extend(c.node_lists.0.iter().copied());
         let ids = self
             .node_chunk_ids(info, c.node_chunks, &c.node_lists)
             .await?;
         new.ids.extend(ids.0.iter().copied());
+        // Taken out while the lines are read, and put back whatever comes of it.
+        let mut shapes = marks.shapes.take();
+        let mut in_chunk = Vec::new();
         let read = self
             .node_lines(info, &ids.0, &marks.nodes, |l| {
-                if let NodeLine::Line(line) = l {
-                    let n: NodeRefs = parse_node(info, line)?;
-                    marks.node(&mut new, &n.chunks, &n.lists);
+                match (l, &mut shape, &mut shapes) {
+                    (NodeLine::Line(line), shape, _) => {
+                        let n: NodeRefs = parse_node(info, line)?;
+                        marks.node(&mut new, &n.chunks, &n.lists);
+                        if let Some(shape) = shape {
+                            in_chunk.push(n.shape(shape, info)?);
+                        }
+                    }
+                    (NodeLine::End { id, whole }, _, Some(shapes)) => {
+                        let nodes = std::mem::take(&mut in_chunk);
+                        if whole {
+                            shapes.insert(id, nodes);
+                        }
+                    }
+                    (NodeLine::Skipped(id), Some(shape), Some(shapes)) => {
+                        // Skipped only once read whole, when its nodes were kept.
+                        for (key, dir) in shapes.get(&id).into_iter().flatten() {
+                            shape.add(key, *dir).map_err(|why| shape_error(info, why))?;
+                        }
+                    }
+                    _ => {}
                 }
                 Ok(())
             })
-            .await?;
+            .await;
+        marks.shapes = shapes;
+        let read = read?;
         new.unread.sort_unstable();
         new.unread.dedup();
         let mut listed = Vec::new();

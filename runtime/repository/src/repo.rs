@@ -1444,13 +1444,17 @@ impl Repository {
         Ok(content)
     }
 
-    /// Reads the nodes of a tree kept in node chunks (version 3) into its `nodes`.
+    /// Reads the nodes of a tree kept in node chunks (version 3) into its `nodes`, and checks
+    /// that they have the shape a restore needs ([`crate::tree::TreeShape`]): every reader
+    /// of a tree's nodes for a restore, `ls`, `diff` or a repair comes here, so a damaged or
+    /// forged tree is refused before anything is made of it.
     async fn read_nodes(&self, content: &mut Content, info: &SnapshotInfo) -> Result<()> {
         let Some((nodes, node_chunks, node_lists)) = content.tree_parts() else {
             return Ok(());
         };
         self.each_node(info, node_chunks, node_lists, |n| nodes.push(n))
-            .await
+            .await?;
+        crate::tree::check_shape(nodes, info)
     }
 
     /// Hands each node of a tree's node chunks, read as `T`, to `each` as the chunks are
@@ -1677,7 +1681,8 @@ impl Repository {
             }
         }
         // Snapshots and the chunks they need, each node and list chunk they share read once.
-        let mut marks = Marks::default();
+        // Each tree's shape too: one a restore would refuse is damaged.
+        let mut marks = Marks::checking_shapes();
         let mut marked: Vec<SnapshotInfo> = Vec::new();
         for id in self.snapshot_ids().await? {
             let info = match self.read_snapshot(&id).await {

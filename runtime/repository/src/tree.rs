@@ -1046,13 +1046,107 @@ impl TreeEntry {
 /// A node's path relative to its tree's root as the file system names it: its raw bytes
 /// when it has them (a name that is not UTF-8); `None` when those are not hex.
 fn rel_path(node: &Node) -> Option<PathBuf> {
+    rel_path_of(&node.path, node.path_raw())
+}
+
+/// [`rel_path`] of a node's `path` and `path_raw` fields.
+fn rel_path_of(path: &str, raw: Option<&str>) -> Option<PathBuf> {
     #[cfg(unix)]
-    if let Some(raw) = node.path_raw() {
+    if let Some(raw) = raw {
         use std::os::unix::ffi::OsStrExt;
         let b = hex::decode(raw).ok()?;
         return Some(PathBuf::from(std::ffi::OsStr::from_bytes(&b)));
     }
-    Some(PathBuf::from(&node.path))
+    #[cfg(not(unix))]
+    let _ = raw;
+    Some(PathBuf::from(path))
+}
+
+/// The shape a tree's nodes must have for a restore to make them safely, checked as they are
+/// read (for a restore, `ls` and `check`): each a plain path below the root, listed once, and
+/// below the root itself or a directory listed before it. A restore makes each node by its
+/// path, and the system follows whatever that path's directories are; were a node of the
+/// snapshot's own that is not a directory (a symlink to `/etc`, say) above another, the
+/// restore would make, delete, chown and chmod through it, outside its target. Snapshots
+/// Cairn writes always have this shape (a directory comes before what it holds); only a
+/// damaged or forged one (written by anyone holding the repository's key) does not.
+#[derive(Debug, Default)]
+pub(crate) struct TreeShape {
+    /// Every path met so far, as the file system names it, and whether it is a directory.
+    seen: HashMap<PathBuf, bool>,
+}
+
+impl TreeShape {
+    /// A node's path (`path_raw` when it has one) as [`TreeShape::add`] takes it, or why it
+    /// is no path a restore may make: `a/./b` and `a//b` are `a/b`, as the system has them.
+    pub(crate) fn key(path: &str, path_raw: Option<&str>) -> std::result::Result<PathBuf, String> {
+        let rel = rel_path_of(path, path_raw)
+            .ok_or_else(|| format!("node {path:?} has a raw path that is not hex"))?;
+        if rel.as_os_str().is_empty()
+            || !rel.components().all(|c| matches!(c, Component::Normal(_)))
+        {
+            return Err(format!(
+                "node {path:?} is not a plain path below the snapshot's root"
+            ));
+        }
+        Ok(rel.components().collect())
+    }
+
+    /// Takes the next node in the listing, at `key` ([`TreeShape::key`]), a directory when
+    /// `dir`; why it breaks the shape, naming its path, when it does.
+    pub(crate) fn add(&mut self, key: &Path, dir: bool) -> std::result::Result<(), String> {
+        let parent = key.parent().unwrap_or(Path::new(""));
+        if !parent.as_os_str().is_empty() {
+            match self.seen.get(parent) {
+                Some(true) => {}
+                Some(false) => {
+                    return Err(format!(
+                        "node {key:?} is below {parent:?}, which is not a directory: a restore \
+                         would write through it"
+                    ));
+                }
+                None => {
+                    return Err(format!(
+                        "node {key:?} is listed without the directory {parent:?} that holds it \
+                         before it"
+                    ));
+                }
+            }
+        }
+        if self.seen.insert(key.to_path_buf(), dir).is_some() {
+            return Err(format!("node {key:?} is listed twice"));
+        }
+        Ok(())
+    }
+
+    /// [`TreeShape::key`] then [`TreeShape::add`] of `node`.
+    pub(crate) fn add_node(&mut self, node: &Node) -> std::result::Result<(), String> {
+        let key = Self::key(&node.path, node.path_raw())?;
+        self.add(&key, node.kind == NodeKind::Dir)
+    }
+}
+
+/// Checks that the `nodes` of tree snapshot `info` have the shape a restore needs
+/// ([`TreeShape`]); damage to its content, naming the first node that breaks it, otherwise.
+pub(crate) fn check_shape(nodes: &[Node], info: &SnapshotInfo) -> Result<()> {
+    let mut shape = TreeShape::default();
+    for n in nodes {
+        shape.add_node(n).map_err(|why| shape_error(info, why))?;
+    }
+    Ok(())
+}
+
+/// The damage [`TreeShape`] found in snapshot `info`: its content object is named, and
+/// `why` names the node.
+pub(crate) fn shape_error(info: &SnapshotInfo, why: String) -> Error {
+    let path = format::content_path(&info.content);
+    let why = format!(
+        "{why}; Cairn writes no such tree, so the snapshot is damaged or was forged by someone \
+         holding the repository's key: nothing is restored from it, and `cairn repo forget {}` \
+         removes it",
+        info.id
+    );
+    crate::repo::with_snapshot(Error::corrupt(&path, why), &info.id)
 }
 
 /// Where a symlink points, as the file system names it: its raw bytes when it has them.
@@ -1077,6 +1171,79 @@ fn safe_join(target: &Path, node: &Node) -> Result<PathBuf> {
         ));
     }
     Ok(target.join(rel))
+}
+
+/// The directories below a restore's target seen to be directories, not symlinks: a restore
+/// makes, removes and sets each node by its path, and the system follows a symlink at any
+/// directory of that path. The target itself is not looked at (it may be a link the user
+/// chose). Each directory is looked at once ([`std::fs::symlink_metadata`]) and remembered,
+/// so a restore of 100,000 files looks at each directory, not each file's directories.
+///
+/// This is for what the target held before the restore (a link left by an earlier restore or
+/// by another user): what changes while the restore runs can change after it was looked at,
+/// as with any restore by path.
+struct RealDirs<'a> {
+    target: &'a Path,
+    known: HashSet<PathBuf>,
+}
+
+impl<'a> RealDirs<'a> {
+    fn new(target: &'a Path) -> Self {
+        RealDirs {
+            target,
+            known: HashSet::new(),
+        }
+    }
+
+    /// The first of the directories between the target and `p` that is there and is no
+    /// directory (a symlink, a file), nearest `p` first; `None` when each is a directory or
+    /// not there yet (then [`make_dir`] makes it one).
+    fn not_dir_above(&mut self, p: &Path) -> Result<Option<PathBuf>> {
+        let mut seen = Vec::new();
+        for a in p.ancestors().skip(1) {
+            if a == self.target || self.known.contains(a) {
+                break;
+            }
+            match std::fs::symlink_metadata(a) {
+                Ok(m) if m.is_dir() => seen.push(a.to_path_buf()),
+                Ok(_) => return Ok(Some(a.to_path_buf())),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io("look at", a, e)),
+            }
+        }
+        self.known.extend(seen);
+        Ok(None)
+    }
+
+    /// Checks, before `p` is made or replaced, that nothing above it below the target is a
+    /// symlink (or a file). The restore made each of those a directory already ([`make_dir`]
+    /// replaces a link the target held, and a snapshot lists a directory before what it
+    /// holds, [`TreeShape`]), so one that is not was put there since, while the restore ran:
+    /// it is refused rather than replaced, as nothing restored into a tree another process
+    /// is changing would be the snapshot's.
+    fn check(&mut self, p: &Path) -> Result<()> {
+        match self.not_dir_above(p)? {
+            None => Ok(()),
+            Some(a) => Err(Error::Invalid(format!(
+                "{} is no longer a directory (a symlink or a file was put there while the \
+                 restore ran): nothing is restored through it; stop what else writes into \
+                 restore target {}, then restore again",
+                a.display(),
+                self.target.display()
+            ))),
+        }
+    }
+
+    /// `p`, below the target, was made a directory by [`make_dir`] after [`RealDirs::check`].
+    fn made(&mut self, p: &Path) {
+        self.known.insert(p.to_path_buf());
+    }
+
+    /// Whether `p` is a directory (not a symlink to one) reached through directories alone.
+    fn is_real_dir(&mut self, p: &Path) -> Result<bool> {
+        Ok(std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir())
+            && self.not_dir_above(p)?.is_none())
+    }
 }
 
 /// Removes what the restored directories hold that the snapshot does not (a restore with
@@ -1104,7 +1271,14 @@ fn delete_extras(target: &Path, nodes: &[Node], include: &[String], of_dir: bool
         dirs.push(safe_join(target, n)?);
     }
     let mut deleted = 0;
+    let mut real = RealDirs::new(target);
     for dir in dirs {
+        // A directory of the snapshot that a salvaging restore did not get to make, where the
+        // target holds a link: what the link points at is not the snapshot's to delete from.
+        if dir != target && !real.is_real_dir(&dir)? {
+            tracing::warn!(path = %dir.display(), "not a directory: nothing is deleted through it");
+            continue;
+        }
         let entries = std::fs::read_dir(&dir).map_err(|e| Error::io("list directory", &dir, e))?;
         for entry in entries {
             let p = entry
@@ -1129,11 +1303,13 @@ fn delete_extras(target: &Path, nodes: &[Node], include: &[String], of_dir: bool
 
 /// Gives the directories of `nodes` that are there below `target` their metadata, deepest
 /// first, so each one's time sticks once what is below it is done (a salvaging restore may
-/// have left one out).
+/// have left one out). Only directories: a symlink the target holds where one was left out
+/// is not followed, as owners and modes are set by path.
 fn set_dirs(meta: &Meta, target: &Path, nodes: &[Node]) -> Result<()> {
+    let mut real = RealDirs::new(target);
     for n in nodes.iter().rev().filter(|n| n.kind == NodeKind::Dir) {
         let p = safe_join(target, n)?;
-        if p.is_dir() {
+        if real.is_real_dir(&p)? {
             meta.set(&p, n)?;
         }
     }
@@ -1949,14 +2125,18 @@ impl Repository {
             .map(|n| (link_key(n), n))
             .collect();
         let (mut links, mut to_read) = (Vec::new(), 0);
+        let mut real = RealDirs::new(&target);
         for (i, n) in nodes.iter().enumerate() {
             let p = safe_join(&target, n).map_err(|e| crate::repo::with_snapshot(e, &info.id))?;
             match n.kind {
                 NodeKind::Dir => {
+                    real.check(&p)?;
                     make_dir(&p, &mut loosened)?;
+                    real.made(&p);
                     summary.dirs += 1;
                 }
                 NodeKind::File => {
+                    real.check(&p)?;
                     summary.files += 1;
                     summary.bytes += n.size;
                     if let Some(key) = linked_key(n) {
@@ -2054,6 +2234,7 @@ impl Repository {
         for n in nodes.iter() {
             if let (NodeKind::Symlink, Some(t)) = (n.kind, n.target()) {
                 let p = safe_join(&target, n)?;
+                real.check(&p)?;
                 let _ = std::fs::remove_file(&p);
                 #[cfg(unix)]
                 std::os::unix::fs::symlink(link_target(t, n.target_raw())?, &p)
@@ -2063,6 +2244,7 @@ impl Repository {
                 meta.set(&p, n)?;
             } else if n.kind.is_special() {
                 let p = safe_join(&target, n)?;
+                real.check(&p)?;
                 if make_special(&p, n, &meta.mknod_refused)? {
                     meta.set(&p, n)?;
                 }

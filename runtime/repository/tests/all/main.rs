@@ -10,6 +10,7 @@ mod conformance;
 mod copy;
 mod crash;
 mod damage;
+mod forged;
 mod full_disk;
 mod keys;
 mod maintenance;
