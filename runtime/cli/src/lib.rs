@@ -153,7 +153,7 @@ enum Command {
     #[command(
         after_help = "Exit codes: 0 success; 1 the operation found a problem (check found \
 damage, a restore hit damaged data, backup's command failed); 2 usage (bad arguments, no such \
-snapshot, no key given, init where a repository is, removing the last key slot or the one in use); 3 runtime (I/O, the object store); 4 wrong passphrase or key; 5 locked \
+snapshot, no key given, a backup's command that cannot be started, init where a repository is, removing the last key slot or the one in use); 3 runtime (I/O, the object store); 4 wrong passphrase or key; 5 locked \
 by another process, retry later; 6 refused by the protection period; 7 no repository there, or a \
 format version this build cannot read; 130 a restore or a directory's backup interrupted (Ctrl-C), \
 leaving nothing half written; 141 standard output closed early."

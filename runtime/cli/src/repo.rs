@@ -168,8 +168,10 @@ enum RepoCommand {
         /// not (only below the --include paths when some are given; of a file's snapshot,
         /// nothing beside the file), so the target becomes the snapshot: a database's data
         /// directory rolled back in place, without the files it made since. Without it, other
-        /// files stay. A directory where the snapshot has a
-        /// file goes first, with what it holds (without --delete, the restore refuses it).
+        /// files stay. A directory where the snapshot has a file goes first, with what it
+        /// holds (without --delete, the restore refuses it). When some of the snapshot's files
+        /// cannot be restored (damage), the rest is still made the snapshot, and the target's
+        /// own copies of those files stay as they were.
         #[arg(long)]
         delete: bool,
     },
