@@ -2364,7 +2364,21 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
             );
         }
         RepoCommand::Repair(RepairCommand::Packs { packs, dry_run }) => {
-            let r = repo.repair_packs(packs, *dry_run).await?;
+            let r = repo.repair_packs(packs, *dry_run).await.map_err(|e| {
+                let protected = matches!(e, cairn_repository::Error::Protected { .. });
+                let e = anyhow::Error::new(e);
+                // The pack stays, and its damaged chunks stay indexed: say what that costs.
+                if protected {
+                    e.context(
+                        "repair refused: until the pack's protection period ends, backups of \
+                         the data it held reuse its damaged chunks, and their snapshots cannot \
+                         be restored; meanwhile back up into a new repository (`cairn repo \
+                         copy` takes the intact snapshots there)",
+                    )
+                } else {
+                    e
+                }
+            })?;
             args.print(
                 || {
                     let mut lines: Vec<String> = r

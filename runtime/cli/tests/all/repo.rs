@@ -1338,6 +1338,33 @@ fn a_damaged_blob(files: &[(&str, &str)]) -> (LocalRepo, std::path::PathBuf, std
     (repo, data, pack)
 }
 
+/// Inside the protection period, `repair packs` is refused (6), and says what leaving the
+/// damaged pack costs until then.
+#[test]
+fn a_protected_damaged_pack_is_refused_saying_what_it_costs() {
+    let repo = LocalRepo::new();
+    repo.ok(&["repo", "init", "--protection", "1d"]);
+    let data = repo.dir.path().join("data");
+    std::fs::create_dir(&data).expect("data");
+    std::fs::write(data.join("blob"), noise(3_000_000, 7)).expect("blob");
+    repo.backup(&data);
+    let pack = files_under(&repo.dir.path().join("repo/data"))
+        .into_iter()
+        .max_by_key(|p| std::fs::metadata(p).expect("pack").len())
+        .expect("a pack");
+    let mut bytes = std::fs::read(&pack).expect("pack");
+    bytes[1000] ^= 0x40;
+    std::fs::write(&pack, bytes).expect("pack");
+    let name = pack.file_name().and_then(|n| n.to_str()).expect("name");
+    let out = repo.run(&["repo", "repair", "packs", &name[..8]]);
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("back up into a new repository"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 /// `check --read-data` names a damaged pack and says to repair it; `repair packs` does, and
 /// the next backup of the same data stores what was damaged again.
 #[test]
