@@ -108,7 +108,7 @@ impl HostState {
                 Err(e) => Err(e),
                 Ok(export) => {
                     let timeout = self.call_timeout(self.action.limits.host_call_timeout);
-                    bounded(operation, timeout, async move {
+                    let written = bounded(operation, timeout, async move {
                         writer.write_all(&export.bytes).await.map_err(|e| {
                             WitError::Failed(format!(
                                 "writing the catalog export into {name:?}: {e}"
@@ -127,7 +127,12 @@ impl HostState {
                             full: export.full,
                         })
                     })
-                    .await
+                    .await;
+                    // Part of the export may have gone in: the stream is no longer whole.
+                    if let Err(e) = &written {
+                        self.table().get_mut(into)?.break_off(operation, e);
+                    }
+                    written
                 }
             },
         };

@@ -30,6 +30,11 @@ pub struct ExportStreamState {
     name: String,
     writer: Writer,
     finished: bool,
+    /// Why the stream is broken, once a write or pipe into it failed part-way: its writer is
+    /// dropped then (discarding what it had) and every later call is refused. Otherwise a
+    /// blueprint that retried on the same stream would seal a cut-short dump followed by a
+    /// whole one as one export that looks complete.
+    broken: Option<String>,
 }
 
 /// An open import stream.
@@ -101,13 +106,45 @@ impl ExportStreamState {
     pub(crate) fn open_writer(
         &self,
     ) -> Result<(String, impl AsyncWrite + Unpin + use<>), WitError> {
+        self.usable()?;
+        Ok((self.name.clone(), Lent(self.writer.clone())))
+    }
+
+    /// Refuses a call on a stream that is finished, or broken by an earlier failure.
+    fn usable(&self) -> Result<(), WitError> {
+        let name = &self.name;
         if self.finished {
             return Err(WitError::Invalid(format!(
-                "export {:?} is already finished",
-                self.name
+                "export {name:?} is already finished"
             )));
         }
-        Ok((self.name.clone(), Lent(self.writer.clone())))
+        match &self.broken {
+            None => Ok(()),
+            Some(why) => Err(WitError::Failed(format!(
+                "export {name:?} is broken: {why}, so the data written into it was discarded; \
+                 open a new export (under another name: this one's stays taken) and write it \
+                 again from the start"
+            ))),
+        }
+    }
+
+    /// Marks the stream broken by the failed `call` and drops its writer, which discards the
+    /// part written so far, as for a stream dropped unfinished. The stream keeps its place
+    /// among the open ones until the guest drops it.
+    pub(crate) fn break_off(&mut self, call: &str, e: &WitError) {
+        if self.broken.is_none() {
+            self.broken = Some(format!(
+                "an earlier {call} into it failed ({})",
+                super::describe_error(e)
+            ));
+        }
+        let writer = match self.writer.lock() {
+            Ok(mut guard) => guard.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        if writer.is_some() {
+            tracing::debug!(export = %self.name, call, "export stream broken by a failed call; discarded");
+        }
     }
 }
 
@@ -303,22 +340,26 @@ impl data::HostExportStream for HostState {
         command: exec::Command,
     ) -> HostResult<data::Transfer> {
         let state = self.table().get(&stream)?;
-        let (name, writer, finished) = (state.name.clone(), state.writer.clone(), state.finished);
+        let (name, writer, usable) = (state.name.clone(), state.writer.clone(), state.usable());
         let checked = self.check_pipe(Capability::Export, command);
         let target = match &checked {
             Ok(c) => format!("{} -> export {name}", c.workload),
             Err(_) => format!("export {name}"),
         };
-        let result = match checked {
-            Err(e) => Err(e),
-            Ok(_) if finished => Err(WitError::Invalid(format!(
-                "export {name:?} is already finished"
-            ))),
-            Ok(mut checked) => {
+        let result = match (checked, usable) {
+            (Err(e), _) | (_, Err(e)) => Err(e),
+            (Ok(mut checked), Ok(())) => {
                 checked.request.stdout = cairn_cluster::Stdout::Stream(Box::new(Lent(writer)));
-                checked
+                let piped = checked
                     .transfer("data.pipe-from", |out| out.stdout_bytes)
-                    .await
+                    .await;
+                // The command ran: some of its output may be in the stream, however it failed.
+                if let Err(e) = &piped {
+                    self.table()
+                        .get_mut(&stream)?
+                        .break_off("data.pipe-from", e);
+                }
+                piped
             }
         };
         self.audit(Capability::Export, "data.pipe-from", &target, &result);
@@ -332,14 +373,9 @@ impl data::HostExportStream for HostState {
     ) -> HostResult<()> {
         let timeout = self.call_timeout(self.action.limits.host_call_timeout);
         let state = self.table().get(&stream)?;
-        let (name, writer, finished) = (state.name.clone(), state.writer.clone(), state.finished);
-        if let Err(e) = self.require(Capability::Export) {
+        let (name, writer, usable) = (state.name.clone(), state.writer.clone(), state.usable());
+        if let Err(e) = self.require(Capability::Export).and(usable) {
             return Ok(Err(e));
-        }
-        if finished {
-            return Ok(Err(WitError::Invalid(format!(
-                "export {name:?} is already finished"
-            ))));
         }
         if bytes.len() > MAX_DATA_IO {
             return Ok(Err(WitError::Invalid(format!(
@@ -348,19 +384,37 @@ impl data::HostExportStream for HostState {
                 human_bytes(MAX_DATA_IO as u64)
             ))));
         }
-        Ok(bounded("data.write", timeout, async {
+        let written = bounded("data.write", timeout, async {
             Lent(writer)
                 .write_all(&bytes)
                 .await
                 .map_err(|e| WitError::Failed(format!("writing export {name:?}: {e}")))
         })
-        .await)
+        .await;
+        // Part of the bytes may have gone in.
+        if let Err(e) = &written {
+            self.table().get_mut(&stream)?.break_off("data.write", e);
+        }
+        Ok(written)
     }
 
     async fn finish(&mut self, stream: Resource<ExportStreamState>) -> HostResult<types::Artifact> {
         let timeout = self.call_timeout(self.action.limits.host_call_timeout);
         let state = self.table().get_mut(&stream)?;
         let name = state.name.clone();
+        // Refused and left as it is: a broken stream keeps its place until it is dropped.
+        if state.broken.is_some()
+            && let Err(e) = state.usable()
+        {
+            let refused: Result<types::Artifact, _> = Err(e);
+            self.audit(
+                Capability::Export,
+                "data.finish",
+                &format!("export {name}"),
+                &refused,
+            );
+            return Ok(refused);
+        }
         let already = state.finished;
         state.finished = true;
         let writer = match state.writer.lock() {
@@ -524,6 +578,7 @@ impl data::Host for HostState {
                 name,
                 writer: Arc::new(Mutex::new(Some(writer))),
                 finished: false,
+                broken: None,
             })?),
         })
     }

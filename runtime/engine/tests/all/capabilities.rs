@@ -393,6 +393,35 @@ async fn a_blueprint_reads_and_deletes_only_exports_given_written_or_in_its_scop
     }
 }
 
+/// A dump cut short (here by its timeout) leaves a stream that can no longer be sealed: a
+/// blueprint retrying on it would otherwise seal the partial dump followed by a whole one as
+/// one export that looks complete. What it held is discarded, as for an unfinished stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_whose_pipe_failed_part_way_is_broken_and_discarded() {
+    let fixture = Fixture::new();
+    let mut req = request("export");
+    req.params.push(("mode".into(), "broken-pipe".into()));
+    let report = fixture.run(req).await;
+    assert!(report.ok, "{report:?}");
+    let first = report.outputs.get("first").unwrap_or_default();
+    assert!(first.starts_with("Error::TimedOut("), "{first}");
+    for call in ["retry", "write", "finish"] {
+        let refused = report.outputs.get(call).unwrap_or_default();
+        assert!(
+            refused.starts_with("Error::Failed(\"export \\\"dump\\\" is broken: an earlier data.pipe-from into it failed (timed out:")
+                && refused.contains("open a new export"),
+            "{call}: {refused}"
+        );
+    }
+    let left: Vec<_> = std::fs::read_dir(fixture.path("exports").join(&report.action_id))
+        .map(|d| d.map(|e| e.expect("entry").file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        left.is_empty(),
+        "the partial export was discarded: {left:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_phase_holds_at_most_eight_streams_open() {
     let fixture = Fixture::new();

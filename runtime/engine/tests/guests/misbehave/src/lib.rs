@@ -133,6 +133,14 @@ fn keys(a: &Artifact) -> String {
     format!("{}/{}", names(&a.reference), names(&a.values))
 }
 
+/// A call's error as `Debug` shows it, or `accepted`.
+fn outcome<T>(result: Result<T, Error>) -> String {
+    match result {
+        Ok(_) => "accepted".into(),
+        Err(e) => format!("{e:?}"),
+    }
+}
+
 #[inline(never)]
 fn recurse(depth: u64) -> u64 {
     let local = std::hint::black_box([depth; 16]);
@@ -375,6 +383,7 @@ impl Guest for Misbehave {
                         "slow-dump",
                         "return",
                         "snapshot-loop",
+                        "broken-pipe",
                     ],
                 ),
                 ParamSpec {
@@ -648,6 +657,22 @@ impl Guest for Misbehave {
                 drop(open.pop());
                 let _tenth = data::open_export("s10", &[])?;
                 Ok(values(&[("refused", refused)]))
+            }
+            "export" if text(&inputs, "mode") == "broken-pipe" => {
+                // A dump cut short by its timeout, then retried on the same stream and sealed.
+                let stream = data::open_export("dump", &[])?;
+                let mut cut = command(None, &["sh", "-c", "echo partial; sleep 30"]);
+                cut.timeout_ms = Some(300);
+                let first = outcome(stream.pipe_from(&cut));
+                let retry = outcome(stream.pipe_from(&command(None, &["cat", "data.txt"])));
+                let write = outcome(stream.write(b"more\n"));
+                let finish = outcome(stream.finish());
+                Ok(values(&[
+                    ("first", first),
+                    ("retry", retry),
+                    ("write", write),
+                    ("finish", finish),
+                ]))
             }
             "export" => {
                 // Tagged with the `label` parameter; `bad-tag` also sets a key the host owns.
