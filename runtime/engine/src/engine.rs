@@ -370,6 +370,7 @@ impl Engine {
             references: Default::default(),
             taken: Default::default(),
             snapshots_taken: Default::default(),
+            deleted_snapshots: Default::default(),
         });
         let mut store = self.store(
             ctx,

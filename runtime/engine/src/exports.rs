@@ -95,8 +95,18 @@ impl Artifact {
 /// artifacts it was given (a restore point's, possibly of another namespace when restoring into
 /// a new one) and those its own exports finished with. Other exports are reachable only when
 /// their tags put them in the action's scope; see `HostState::may_use`.
+///
+/// A reference the run deletes is no longer vouched for, but remembered as deleted: a
+/// restore point recording it would name data that is gone (a posthook deleting the export
+/// its main phase returned), so the run's outputs may not name it.
 #[derive(Debug, Default)]
-pub(crate) struct References(Mutex<BTreeSet<Vec<(String, String)>>>);
+pub(crate) struct References(Mutex<Vouched>);
+
+#[derive(Debug, Default)]
+struct Vouched {
+    kept: BTreeSet<Vec<(String, String)>>,
+    deleted: BTreeSet<Vec<(String, String)>>,
+}
 
 impl References {
     /// The references of `artifacts` (as a guest sees them: `keys` apart from values).
@@ -108,26 +118,43 @@ impl References {
         given
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vouched> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     pub(crate) fn vouch(&self, mut reference: Vec<(String, String)>) {
         if reference.is_empty() {
             return;
         }
         reference.sort();
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(reference);
+        self.lock().kept.insert(reference);
+    }
+
+    /// Forgets a reference the run deleted, remembering it as deleted if it was vouched for
+    /// (only those: a run deleting in a loop does not grow the set).
+    pub(crate) fn unvouch(&self, reference: &[(String, String)]) {
+        let mut reference = reference.to_vec();
+        reference.sort();
+        let mut vouched = self.lock();
+        if vouched.kept.remove(&reference) {
+            vouched.deleted.insert(reference);
+        }
     }
 
     pub(crate) fn vouched(&self, reference: &[(String, String)]) -> bool {
         let mut reference = reference.to_vec();
         reference.sort();
-        !reference.is_empty()
-            && self
-                .0
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .contains(&reference)
+        !reference.is_empty() && self.lock().kept.contains(&reference)
+    }
+
+    /// Whether the run deleted the export `reference` names, which it had been given or had
+    /// finished.
+    pub(crate) fn deleted(&self, reference: &[(String, String)]) -> bool {
+        let mut reference = reference.to_vec();
+        reference.sort();
+        self.lock().deleted.contains(&reference)
     }
 }
 

@@ -273,18 +273,46 @@ fn to_outputs(o: guest::Outputs, checkpoints: &[(String, String)]) -> Result<Out
 /// `outputs` when every export reference among their artifacts is one this run was given or
 /// finished: a reference is what a restore point records, and what later runs may read and
 /// delete whatever its tags say, so a blueprint never names another export (another
-/// namespace's, a `cairn repo backup` snapshot) as its own.
+/// namespace's, a `cairn repo backup` snapshot) as its own. Nor may an artifact name an
+/// export or a volume snapshot (by a value that is its id) the run deleted: the restore
+/// point would look complete and restore nothing.
 fn vouched_only(
     outputs: Outputs,
     references: &References,
+    deleted_snapshots: &[String],
     keys: ReferenceKeys,
 ) -> Result<Outputs, String> {
     for a in &outputs.artifacts {
         let reference = a.to_wit(keys).reference;
+        if !reference.is_empty() && references.deleted(&reference) {
+            return Err(format!(
+                "artifact `{}` names an export this run deleted (data.delete), so a restore point \
+                 recording it would name data that is gone: return only the exports the run keeps",
+                a.name
+            ));
+        }
         if !reference.is_empty() && !references.vouched(&reference) {
             return Err(format!(
                 "artifact `{}` names an export this run neither was given nor finished: return \
                  the reference finish() gave, unchanged",
+                a.name
+            ));
+        }
+        // A Kubernetes snapshot's id is `namespace/name`; a blueprint may keep either.
+        let deleted = |v: &str| {
+            deleted_snapshots
+                .iter()
+                .find(|id| *id == v || id.rsplit('/').next() == Some(v))
+        };
+        if let Some((key, id)) = a
+            .values
+            .iter()
+            .find_map(|(k, v)| deleted(v).map(|id| (k, id)))
+        {
+            return Err(format!(
+                "artifact `{}` names in `{key}` volume snapshot {id}, which this run deleted \
+                 (volumes.delete), so a restore point recording it would name data that is gone: \
+                 return only the snapshots the run keeps",
                 a.name
             ));
         }
@@ -547,6 +575,7 @@ pub(crate) async fn run(
         let sessions = Arc::new(Sessions::default());
         let taken: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
         let snapshots_taken: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
+        let deleted_snapshots: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
         let references = Arc::new(References::of(
             &request.artifacts,
             host.exports.reference_keys(),
@@ -572,6 +601,7 @@ pub(crate) async fn run(
                 references: references.clone(),
                 taken: taken.clone(),
                 snapshots_taken: snapshots_taken.clone(),
+                deleted_snapshots: deleted_snapshots.clone(),
             })
         };
         let keys = host.exports.reference_keys();
@@ -663,7 +693,15 @@ pub(crate) async fn run(
             && main_report.status == PhaseStatus::Ok
             && post_report.status == PhaseStatus::Ok
         {
-            match merge(main_report, post_report) {
+            // Checked again once the posthook ran: it may have deleted what the main phase
+            // returned, which that phase's own check could not know.
+            let deleted = deleted_snapshots
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
+            match merge(main_report, post_report)
+                .and_then(|merged| vouched_only(merged, &references, &deleted, keys))
+            {
                 Ok(merged) => outputs = merged,
                 Err(why) => {
                     tracing::warn!(error = %why, "posthook outputs refused");
@@ -897,7 +935,10 @@ async fn run_phase(
                 (PhaseStatus::Interrupted, stopped(), Some(why.clone()), Some(WitError::Failed(why)))
             }
             Some(Ok(Ok(Ok(returned)))) => match to_outputs(returned, &state.checkpoints)
-                .and_then(|o| vouched_only(o, &state.action.references, host.exports.reference_keys()))
+                .and_then(|o| {
+                    let deleted = state.action.deleted_snapshots.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+                    vouched_only(o, &state.action.references, &deleted, host.exports.reference_keys())
+                })
                 .and_then(|o| secret_free(o, state.log.secrets(), host.exports.reference_keys()))
             {
                 Err(why) => (PhaseStatus::Failed, stopped(), Some(why.clone()), Some(WitError::Invalid(why))),

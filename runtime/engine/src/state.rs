@@ -54,6 +54,10 @@ pub(crate) struct ActionCtx {
     pub taken: Arc<Mutex<Vec<String>>>,
     /// Volume snapshots the run has taken, deleted ones included (bounded per run).
     pub snapshots_taken: Arc<std::sync::atomic::AtomicUsize>,
+    /// The volume snapshots the run took and then deleted, by id (at most as many as it may
+    /// take): an artifact naming one is refused, as a restore point recording it would name
+    /// data that is gone.
+    pub deleted_snapshots: Arc<Mutex<Vec<String>>>,
 }
 
 /// The store's data.

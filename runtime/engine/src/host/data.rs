@@ -638,10 +638,15 @@ impl data::Host for HostState {
                 // Already gone is deleted: a delete action run again after it removed some
                 // of a point's exports (a later step failed, Cairn stopped) must not fail on
                 // them forever, leaving the point and the rest of its data behind.
-                match deleted {
+                let deleted = match deleted {
                     Err(WitError::NotFound(_)) => Ok(()),
                     other => other,
+                };
+                // Gone either way: the run's outputs may no longer name it.
+                if deleted.is_ok() {
+                    self.action.references.unvouch(&reference);
                 }
+                deleted
             }
         };
         self.audit(Capability::Export, "data.delete", &target, &result);

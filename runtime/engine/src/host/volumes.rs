@@ -102,13 +102,22 @@ impl volumes::Host for HostState {
                 cluster.delete_snapshot(&id).await
             })
             .await;
-        // Deleted, or gone already: not waited on.
+        // Deleted, or gone already: not waited on, and not to be named by the run's outputs.
         if matches!(result, Ok(()) | Err(WitError::NotFound(_))) {
-            self.action
+            let mut taken = self
+                .action
                 .taken
                 .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .retain(|id| *id != snapshot_id);
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let before = taken.len();
+            taken.retain(|id| *id != snapshot_id);
+            if taken.len() < before {
+                self.action
+                    .deleted_snapshots
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(snapshot_id);
+            }
         }
         Ok(result)
     }

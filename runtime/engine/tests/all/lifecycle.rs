@@ -86,6 +86,58 @@ async fn backup_runs_prehook_backup_posthook_in_order_with_earlier_outputs() {
     assert_eq!(phases(&alone), [("hello", PhaseStatus::Ok)]);
 }
 
+/// A backup's outputs may not name what the run deleted: an export deleted by the phase that
+/// returns it or by the posthook after the main phase returned it, or a volume snapshot the
+/// posthook deleted. The catalog would otherwise record a complete-looking restore point that
+/// restores nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_may_not_return_an_export_or_snapshot_it_deleted() {
+    let fixture = Fixture::new();
+    let report = fixture.run(backup("delete-returned")).await;
+    assert!(!report.ok, "{report:?}");
+    assert_eq!(
+        phases(&report),
+        [
+            ("backupPrehook", PhaseStatus::Ok),
+            ("backup", PhaseStatus::Failed),
+            ("backupPosthook", PhaseStatus::Ok)
+        ]
+    );
+    let error = report.error.as_deref().unwrap_or_default();
+    assert!(
+        error.starts_with("backup: artifact `dump` names an export this run deleted"),
+        "{error}"
+    );
+
+    for (mode, says) in [
+        (
+            "post-delete",
+            "artifact `dump` names an export this run deleted",
+        ),
+        (
+            "snapshot-deleted",
+            "artifact `volume-data` names in `snapshot-id` volume snapshot",
+        ),
+    ] {
+        let report = fixture.run(backup(mode)).await;
+        assert!(!report.ok, "{report:?}");
+        assert_eq!(
+            phases(&report),
+            [
+                ("backupPrehook", PhaseStatus::Ok),
+                ("backup", PhaseStatus::Ok),
+                ("backupPosthook", PhaseStatus::Failed)
+            ]
+        );
+        let error = report.error.as_deref().unwrap_or_default();
+        assert!(
+            error.starts_with("backupPosthook failed after backup succeeded: ")
+                && error.contains(says),
+            "{mode}: {error}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_posthook_runs_after_the_main_phase_fails() {
     let fixture = Fixture::new();

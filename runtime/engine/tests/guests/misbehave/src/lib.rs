@@ -235,11 +235,18 @@ fn phase(action: &str, inputs: &Inputs) -> Result<Outputs, Error> {
             }
             // An export finished, then returned (`exported`), kept back (`export-unreturned`:
             // a second one returned beside it) or followed by a failure (`export-fail`).
-            "exported" | "export-unreturned" | "export-fail" => {
+            // Or deleted, then returned (`delete-returned`), or returned for the posthook to
+            // delete (`post-delete`).
+            "exported" | "export-unreturned" | "export-fail" | "delete-returned"
+            | "post-delete" => {
                 let stream = data::open_export("dump", &[])?;
                 stream.write(b"dump\n")?;
                 let artifact = stream.finish()?;
                 match mode.as_str() {
+                    "delete-returned" => {
+                        data::delete(&artifact)?;
+                        out.artifacts.push(artifact);
+                    }
                     "export-fail" => {
                         return Err(Error::Failed(format!("{action} failed after its export")));
                     }
@@ -251,7 +258,27 @@ fn phase(action: &str, inputs: &Inputs) -> Result<Outputs, Error> {
                     _ => out.artifacts.push(artifact),
                 }
             }
+            // A volume snapshot returned by its id, for the posthook to delete.
+            "snapshot-deleted" if action == "backup" => {
+                for snap in volumes::snapshot(None, &[])? {
+                    out.artifacts.push(Artifact {
+                        name: format!("volume-{}", snap.volume),
+                        values: vec![("snapshot-id".into(), snap.id)],
+                        reference: vec![],
+                    });
+                }
+            }
             _ => {}
+        }
+    }
+    // The posthook deletes what the main phase returned.
+    if post && (mode == "post-delete" || mode == "snapshot-deleted") {
+        for artifact in inputs.phases.iter().flat_map(|p| &p.outputs.artifacts) {
+            if mode == "post-delete" {
+                data::delete(artifact)?;
+            } else if let Some((_, id)) = artifact.values.iter().find(|(k, _)| k == "snapshot-id") {
+                volumes::delete(id)?;
+            }
         }
     }
     if action.ends_with("Prehook") && mode == "prefail" {
@@ -384,6 +411,9 @@ impl Guest for Misbehave {
                         "return",
                         "snapshot-loop",
                         "broken-pipe",
+                        "delete-returned",
+                        "post-delete",
+                        "snapshot-deleted",
                     ],
                 ),
                 ParamSpec {
