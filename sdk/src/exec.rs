@@ -225,7 +225,11 @@ impl Command {
         .map_err(|e| e.context(format_args!("running `{}`", self.program())))
     }
 
-    /// Runs the command in every pod of the workload in parallel; one output per pod.
+    /// Runs the command in every pod of the workload, at most 8 pods at a time; one output
+    /// per pod, in the order of the workload's pods. The pods share one cap of 16 MiB of
+    /// captured output: each pod's stdout and stderr are each cut (and flagged) at 16 MiB
+    /// divided by twice the pod count, never below 4 KiB nor above the cap of
+    /// [`run`](Self::run) (1 MiB each by default).
     pub fn run_all(&self) -> Result<Vec<Output>> {
         let command = self.to_wit()?;
         faked(

@@ -25,6 +25,27 @@ const MAX_PIPELINE: usize = 8;
 /// Time a backend gets past a command's own timeout to kill it and report.
 const REPORT_MARGIN: Duration = Duration::from_secs(5);
 
+/// Pods one `run-all` runs its command in at once. A workload may have a thousand pods (the
+/// local target's replica cap, or a big StatefulSet), and each exec holds processes, pipes and
+/// buffers on the host (or a stream to the API server): the rest wait their turn.
+const RUN_ALL_IN_FLIGHT: usize = 8;
+
+/// The stdout and stderr one `run-all` captures across all its pods. The whole result is held
+/// on the host before the guest gets it, so the per-command cap times the pod count (2 GiB
+/// for 1024 pods) would let one call exhaust the host; each pod gets an equal share instead.
+const RUN_ALL_OUTPUT: usize = 16 << 20;
+
+/// The least a pod's stdout and its stderr are each cut at in a `run-all`, however many pods
+/// share [`RUN_ALL_OUTPUT`]: enough for a status line and an error message.
+const RUN_ALL_OUTPUT_FLOOR: usize = 4 << 10;
+
+/// The cap on each of a pod's stdout and stderr in a `run-all` over `pods` pods: the
+/// command's own cap, or its pod's share of [`RUN_ALL_OUTPUT`] if smaller.
+fn run_all_output_limit(own: usize, pods: usize) -> usize {
+    let share = RUN_ALL_OUTPUT / (2 * pods.max(1));
+    own.min(share.max(RUN_ALL_OUTPUT_FLOOR))
+}
+
 impl HostState {
     /// Checks a command against the grant and the scope, and builds the backend request; a
     /// command that names no timeout gets `default` (at most what is left of the phase).
@@ -224,29 +245,44 @@ impl exec::Host for HostState {
                         .workload(&workload)
                         .await
                         .map_err(from_cluster)?;
-                    let runs = info.pods.iter().map(|pod| {
-                        let req = ExecRequest {
-                            pod: Some(pod.name.clone()),
-                            container: container.clone(),
-                            argv: argv.clone(),
-                            then: then.clone(),
-                            env: env.clone(),
-                            stdin: stdin.clone().map_or(Stdin::Empty, Stdin::Bytes),
-                            stdout: Stdout::Capture,
-                            output_limit,
-                            timeout,
-                            stopped: false,
-                        };
-                        let (cluster, workload) = (host.cluster.clone(), workload.clone());
-                        async move {
-                            cluster
-                                .exec(&workload, req)
-                                .await
-                                .map(to_wit)
-                                .map_err(from_cluster)
-                        }
-                    });
-                    futures::future::join_all(runs).await.into_iter().collect()
+                    let output_limit = run_all_output_limit(output_limit, info.pods.len());
+                    // Made before they are streamed: a stream over the map would hold its
+                    // closure, which the future of this call cannot (it must be `Send` for
+                    // any borrow of the pods).
+                    let runs: Vec<_> = info
+                        .pods
+                        .iter()
+                        .map(|pod| {
+                            let req = ExecRequest {
+                                pod: Some(pod.name.clone()),
+                                container: container.clone(),
+                                argv: argv.clone(),
+                                then: then.clone(),
+                                env: env.clone(),
+                                stdin: stdin.clone().map_or(Stdin::Empty, Stdin::Bytes),
+                                stdout: Stdout::Capture,
+                                output_limit,
+                                timeout,
+                                stopped: false,
+                            };
+                            let (cluster, workload) = (host.cluster.clone(), workload.clone());
+                            async move {
+                                cluster
+                                    .exec(&workload, req)
+                                    .await
+                                    .map(to_wit)
+                                    .map_err(from_cluster)
+                            }
+                        })
+                        .collect();
+                    // In pod order, whichever finishes first.
+                    use futures::StreamExt as _;
+                    futures::stream::iter(runs)
+                        .buffered(RUN_ALL_IN_FLIGHT)
+                        .collect::<Vec<_>>()
+                        .await
+                        .into_iter()
+                        .collect()
                 })
                 .await
             }
@@ -287,5 +323,24 @@ impl exec::Host for HostState {
         let result = self.kill_session(name).await;
         self.audit(Capability::Exec, "exec.session-kill", &target, &result);
         Ok(result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A run-all's captured output stays within its total however many pods share it, each
+    /// pod keeping at least the floor and at most the command's own cap.
+    #[test]
+    fn run_all_shares_its_output_cap_among_the_pods() {
+        let own = crate::limits::DEFAULT_EXEC_OUTPUT;
+        assert_eq!(run_all_output_limit(own, 1), own);
+        assert_eq!(run_all_output_limit(own, 8), own);
+        assert_eq!(run_all_output_limit(own, 1024), 8 << 10);
+        assert!(2 * 1024 * run_all_output_limit(own, 1024) <= RUN_ALL_OUTPUT);
+        assert_eq!(run_all_output_limit(own, 100_000), RUN_ALL_OUTPUT_FLOOR);
+        assert_eq!(run_all_output_limit(100, 1024), 100);
+        assert_eq!(run_all_output_limit(own, 0), own);
     }
 }

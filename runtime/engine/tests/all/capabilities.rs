@@ -393,6 +393,43 @@ async fn a_blueprint_reads_and_deletes_only_exports_given_written_or_in_its_scop
     }
 }
 
+/// `run-all` over many pods runs a few at a time and shares one output cap among them: 1024
+/// pods each capturing 1 MiB of stdout and of stderr at once took 2.5 GB of host memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_all_over_many_pods_runs_eight_at_once_within_one_output_cap() {
+    let mut fixture = Fixture::new();
+    std::fs::create_dir(fixture.path("inflight")).expect("the in-flight directory");
+    std::fs::write(
+        fixture.path("many.yaml"),
+        "namespaces:\n  default:\n    workloads:\n      hello:\n        replicas: 64\n        \
+         allow: [sh]\n",
+    )
+    .expect("the inventory");
+    fixture.host.cluster = std::sync::Arc::new(
+        cairn_cluster::LocalCluster::from_inventory(
+            &fixture.path("many.yaml"),
+            &fixture.path("many-state"),
+        )
+        .expect("loading the inventory"),
+    );
+    let mut req = request("run-all");
+    req.params.push(("mode".into(), "crowd".into()));
+    let report = fixture.run(req).await;
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.outputs.get("pods"), Some("64"));
+    let most: usize = report
+        .outputs
+        .get("most-at-once")
+        .and_then(|n| n.parse().ok())
+        .expect("a count");
+    assert!((1..=8).contains(&most), "{most} pods ran at once");
+    // 16 MiB over 64 pods' stdout and stderr: 128 KiB each, marked as cut.
+    assert_eq!(report.outputs.get("longest"), Some("131072"));
+    assert_eq!(report.outputs.get("cut"), Some("64"));
+    let order: Vec<String> = (0..64).map(|i| format!("hello-{i}")).collect();
+    assert_eq!(report.outputs.get("order"), Some(order.join(",").as_str()));
+}
+
 /// A dump cut short (here by its timeout) leaves a stream that can no longer be sealed: a
 /// blueprint retrying on it would otherwise seal the partial dump followed by a whole one as
 /// one export that looks complete. What it held is discarded, as for an unfinished stream.

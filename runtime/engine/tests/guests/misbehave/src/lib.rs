@@ -414,6 +414,7 @@ impl Guest for Misbehave {
                         "delete-returned",
                         "post-delete",
                         "snapshot-deleted",
+                        "crowd",
                     ],
                 ),
                 ParamSpec {
@@ -563,6 +564,43 @@ impl Guest for Misbehave {
                 cmd.timeout_ms = Some(200);
                 exec::run(&cmd)?;
                 Ok(values(&[]))
+            }
+            "run-all" if text(&inputs, "mode") == "crowd" => {
+                // Each pod counts the pods running with it (`inflight/` holds one file per
+                // pod while it runs), then prints more than a pod's share of the output cap.
+                let outs = exec::run_all(&command(
+                    None,
+                    &[
+                        "sh",
+                        "-c",
+                        "touch inflight/$$; ls inflight | wc -l >&2; head -c 300000 /dev/zero; \
+                         sleep 0.3; rm inflight/$$",
+                    ],
+                ))?;
+                let most = outs
+                    .iter()
+                    .filter_map(|o| {
+                        String::from_utf8_lossy(&o.stderr)
+                            .trim()
+                            .parse::<u32>()
+                            .ok()
+                    })
+                    .max()
+                    .unwrap_or_default();
+                let longest = outs
+                    .iter()
+                    .map(|o| o.stdout.len())
+                    .max()
+                    .unwrap_or_default();
+                let cut = outs.iter().filter(|o| o.stdout_truncated).count();
+                let order: Vec<&str> = outs.iter().map(|o| o.pod.as_str()).collect();
+                Ok(values(&[
+                    ("pods", outs.len().to_string()),
+                    ("most-at-once", most.to_string()),
+                    ("longest", longest.to_string()),
+                    ("cut", cut.to_string()),
+                    ("order", order.join(",")),
+                ]))
             }
             "run-all" => {
                 let outs = exec::run_all(&command(None, &["echo", "hi"]))?;
