@@ -371,6 +371,7 @@ impl Engine {
             taken: Default::default(),
             snapshots_taken: Default::default(),
             deleted_snapshots: Default::default(),
+            exports_opened: Default::default(),
         });
         let mut store = self.store(
             ctx,

@@ -64,6 +64,13 @@ pub(crate) const MAX_AUDITED_REFUSALS: usize = 1000;
 /// Export and import streams a phase may hold open at once.
 pub const MAX_OPEN_STREAMS: usize = 8;
 
+/// Exports one run may open, finished or not. Each is a repository snapshot with its objects,
+/// and the run holds its reference until it ends; a backup has a few (a dump, a WAL segment,
+/// the catalog), a per-table or per-database dump some hundreds. Like the cap on a run's
+/// volume snapshots, it stops a blueprint opening exports in a loop from filling the
+/// repository and the host's memory until its deadline.
+pub const MAX_EXPORTS_PER_RUN: usize = 1024;
+
 /// The cap on one `export-stream.write` or `import-stream.read` call: these move small
 /// records through guest memory; bulk data is piped on the host side.
 pub const MAX_DATA_IO: usize = 1 << 20;

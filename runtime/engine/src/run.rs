@@ -576,6 +576,7 @@ pub(crate) async fn run(
         let taken: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
         let snapshots_taken: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
         let deleted_snapshots: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+        let exports_opened: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
         let references = Arc::new(References::of(
             &request.artifacts,
             host.exports.reference_keys(),
@@ -602,6 +603,7 @@ pub(crate) async fn run(
                 taken: taken.clone(),
                 snapshots_taken: snapshots_taken.clone(),
                 deleted_snapshots: deleted_snapshots.clone(),
+                exports_opened: exports_opened.clone(),
             })
         };
         let keys = host.exports.reference_keys();

@@ -58,6 +58,8 @@ pub(crate) struct ActionCtx {
     /// take): an artifact naming one is refused, as a restore point recording it would name
     /// data that is gone.
     pub deleted_snapshots: Arc<Mutex<Vec<String>>>,
+    /// Exports the run has opened, finished or not (bounded per run).
+    pub exports_opened: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// The store's data.

@@ -19,7 +19,7 @@ use super::{bounded, from_cluster, from_engine};
 use crate::bindings::{HostResult, WitError, data, exec, types};
 use crate::capability::Capability;
 use crate::exports::{Artifact, ExportWriter, HOST_TAG_KEYS, check_name, check_tags};
-use crate::limits::{MAX_DATA_IO, MAX_OPEN_STREAMS, human_bytes};
+use crate::limits::{MAX_DATA_IO, MAX_EXPORTS_PER_RUN, MAX_OPEN_STREAMS, human_bytes};
 use crate::run::HostContext;
 use crate::state::{ActionCtx, HostState};
 
@@ -558,11 +558,23 @@ impl data::Host for HostState {
         if let Err(e) = self.room_for_a_stream() {
             return Ok(Err(e));
         }
-        if !self.export_names.insert(name.clone()) {
+        if self.export_names.contains(&name) {
             return Ok(Err(WitError::Invalid(format!(
                 "an export named {name:?} was already opened by this action"
             ))));
         }
+        // Counted whether finished or not: a loop of open and drop writes to the repository
+        // too.
+        let opened = self.action.exports_opened.fetch_add(1, Ordering::Relaxed);
+        if opened >= MAX_EXPORTS_PER_RUN {
+            self.action.exports_opened.fetch_sub(1, Ordering::Relaxed);
+            return Ok(Err(WitError::Invalid(format!(
+                "a run opens at most {MAX_EXPORTS_PER_RUN} exports, finished or not (each is a \
+                 repository snapshot the run keeps track of), and this one has opened {opened}: \
+                 put many small items in one export"
+            ))));
+        }
+        self.export_names.insert(name.clone());
         let action_id = self.action.action_id.clone();
         let tags = self.with_host_tags(tags);
         let writer = bounded("data.open-export", timeout, async {

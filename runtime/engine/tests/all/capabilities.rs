@@ -128,6 +128,24 @@ async fn a_run_takes_at_most_64_volume_snapshots() {
     );
 }
 
+/// A blueprint exporting in a loop is stopped at the run's cap: each export is a repository
+/// snapshot, and the run keeps every one it finished until it ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_opens_at_most_1024_exports() {
+    let fixture = Fixture::new();
+    let mut req = request("export");
+    req.params.push(("mode".into(), "export-loop".into()));
+    let report = fixture.run(req).await;
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.outputs.get("finished"), Some("1024"), "{report:?}");
+    let refused = report.outputs.get("refused").unwrap_or_default();
+    assert!(
+        refused.starts_with("Error::Invalid(\"a run opens at most 1024 exports")
+            && refused.contains("has opened 1024"),
+        "{refused}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_export_is_a_file_and_imports_back_into_a_command() {
     let fixture = Fixture::new();

@@ -415,6 +415,7 @@ impl Guest for Misbehave {
                         "post-delete",
                         "snapshot-deleted",
                         "crowd",
+                        "export-loop",
                     ],
                 ),
                 ParamSpec {
@@ -725,6 +726,26 @@ impl Guest for Misbehave {
                 drop(open.pop());
                 let _tenth = data::open_export("s10", &[])?;
                 Ok(values(&[("refused", refused)]))
+            }
+            "export" if text(&inputs, "mode") == "export-loop" => {
+                // Exports opened and finished until refused.
+                let mut finished = 0usize;
+                let refused = loop {
+                    match data::open_export(&format!("e{finished}"), &[]) {
+                        Ok(stream) => {
+                            stream.finish()?;
+                            finished += 1;
+                        }
+                        Err(e) => break format!("{e:?}"),
+                    }
+                    if finished > 2000 {
+                        break "never refused".to_string();
+                    }
+                };
+                Ok(values(&[
+                    ("finished", finished.to_string()),
+                    ("refused", refused),
+                ]))
             }
             "export" if text(&inputs, "mode") == "broken-pipe" => {
                 // A dump cut short by its timeout, then retried on the same stream and sealed.
