@@ -61,15 +61,30 @@ impl HostState {
                 "describe() may only log; a checkpoint there is refused".into(),
             ));
         }
+        if name.is_empty() || name.len() > MAX_CHECKPOINT_NAME {
+            return Err(WitError::Invalid(format!(
+                "a checkpoint name must be 1 to {MAX_CHECKPOINT_NAME} bytes long"
+            )));
+        }
+        // A checkpoint is an output value, even of a phase that stops (whose outputs are not
+        // checked when it ends): its name passes the checks a returned value's name does, here.
+        let shown = cairn_contract::controls_escaped(&name);
+        if shown.len() != name.len() {
+            return Err(WitError::Invalid(format!(
+                "checkpoint `{shown}` has a name holding control characters, which a report \
+                 would show to a terminal: name it in plain text"
+            )));
+        }
+        if let Some(secret) = self.log.secrets().held_by(&name) {
+            return Err(WitError::Invalid(format!(
+                "a checkpoint's name holds secret `{secret}`: checkpoints are kept in the \
+                 catalog, so a secret never goes into one"
+            )));
+        }
         if let Some(secret) = self.log.secrets().held_by(&value) {
             return Err(WitError::Invalid(format!(
                 "checkpoint `{name}` holds secret `{secret}`: checkpoints are kept in the \
                  catalog, so a secret never goes into one"
-            )));
-        }
-        if name.is_empty() || name.len() > MAX_CHECKPOINT_NAME {
-            return Err(WitError::Invalid(format!(
-                "a checkpoint name must be 1 to {MAX_CHECKPOINT_NAME} bytes long"
             )));
         }
         let cap = self.action.limits.output_bytes;

@@ -133,6 +133,31 @@ async fn checkpoints_are_outputs_a_returned_value_replaces() {
     assert_eq!(report.phases[0].outputs.get("b"), Some("2"));
 }
 
+/// A checkpoint's name is checked as a returned value's is, when it is recorded: the
+/// checkpoints of a phase that stops are its outputs as they are, and a report would show a
+/// name holding terminal escapes, or keep one holding a secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_named_with_control_characters_or_a_secret_is_refused() {
+    let fixture = Fixture::new();
+    let mut req = with_mode("checkpoint", "bad-name");
+    req.secrets.insert("token".into(), "s3cr3t".into());
+    let report = fixture.run(req).await;
+    assert_eq!(statuses(&report), [PhaseStatus::Failed], "{report:?}");
+    let outputs = &report.phases[0].outputs;
+    let names: Vec<&str> = outputs.values.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(names, ["control", "secret"], "{report:?}");
+    let control = outputs.get("control").unwrap_or_default();
+    assert!(
+        control.starts_with("Error::Invalid(\"checkpoint `\\\\u{1b}[2Jcairn: backup verified OK` has a name holding control characters"),
+        "{control}"
+    );
+    let secret = outputs.get("secret").unwrap_or_default();
+    assert!(
+        secret.starts_with("Error::Invalid(\"a checkpoint's name holds secret `token`"),
+        "{secret}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checkpoints_are_bounded_by_the_output_limit() {
     let fixture = Fixture::new();

@@ -416,6 +416,7 @@ impl Guest for Misbehave {
                         "snapshot-deleted",
                         "crowd",
                         "export-loop",
+                        "bad-name",
                     ],
                 ),
                 ParamSpec {
@@ -886,6 +887,16 @@ impl Guest for Misbehave {
                     .map(|(k, v)| (k.clone(), format!("{v:?}")))
                     .collect(),
             }),
+            "checkpoint" if text(&inputs, "mode") == "bad-name" => {
+                // Names a report would show to a terminal, or that hold a secret; then a
+                // failure, after which only the checkpoints are kept.
+                let token = secrets::get("token")?;
+                let control = outcome(log::checkpoint("\u{1b}[2Jcairn: backup verified OK", "x"));
+                let secret = outcome(log::checkpoint(&token, "v"));
+                log::checkpoint("control", &control)?;
+                log::checkpoint("secret", &secret)?;
+                Err(Error::Failed("checkpoint failed on purpose".into()))
+            }
             "checkpoint" => {
                 log::checkpoint("a", "1")?;
                 log::checkpoint("b", "2")?;
