@@ -126,10 +126,19 @@ impl HostState {
         let exec = Exec(tokio::spawn(async move {
             cluster.exec(&workload, request).await
         }));
-        if !first.is_empty() && stdin.write_all(&first).await.is_err() {
-            return Err(WitError::Failed(format!(
-                "session `{name}` ended before it read its first input"
-            )));
+        // Bounded like any host call: a program that never reads its stdin would otherwise
+        // hold this call, and the run's sessions, until it exits. On an error `exec` is
+        // dropped, which kills the process.
+        if !first.is_empty() {
+            let timeout = self.call_timeout(self.action.limits.host_call_timeout);
+            bounded("exec.session-open", timeout, async {
+                stdin.write_all(&first).await.map_err(|_| {
+                    WitError::Failed(format!(
+                        "session `{name}` ended before it read its first input"
+                    ))
+                })
+            })
+            .await?;
         }
         open.insert(
             name,

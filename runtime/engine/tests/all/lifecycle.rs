@@ -278,6 +278,28 @@ async fn a_session_left_open_is_killed_when_the_run_ends() {
     assert_gone(&report).await;
 }
 
+/// A session's first input is written within the host-call timeout: a program that never
+/// reads its stdin held session-open (and the run's sessions) until it exited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_that_never_reads_its_first_input_times_out() {
+    let fixture = Fixture::new();
+    let mut req = request("session-stdin");
+    req.limits.host_call_timeout = Duration::from_millis(500);
+    let report = fixture.run(req).await;
+    assert!(report.ok, "{report:?}");
+    let opened = report.outputs.get("opened").unwrap_or_default();
+    assert!(
+        opened.starts_with("Error::TimedOut(\"exec.session-open ran past its timeout of 500ms"),
+        "{opened}"
+    );
+    let ms: u64 = report
+        .outputs
+        .get("ms")
+        .and_then(|ms| ms.parse().ok())
+        .expect("ms");
+    assert!(ms < 5000, "session-open took {ms} ms");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_posthook_can_kill_a_session() {
     let fixture = Fixture::new();

@@ -49,6 +49,7 @@ const ACTIONS: &[&str] = &[
     "checkpoint-flood",
     "sleep",
     "read-file",
+    "session-stdin",
     "backupPrehook",
     "backup",
     "backupPosthook",
@@ -875,6 +876,17 @@ impl Guest for Misbehave {
                 let stream = data::open_import(source)?;
                 let applied = catalog::apply(&stream)?;
                 Ok(values(&[("applied", applied.applied.to_string())]))
+            }
+            // A session whose program never reads the 1 MiB of input it is opened with.
+            "session-stdin" => {
+                let mut cmd = command(None, &["sleep", "30"]);
+                cmd.stdin = Some(vec![b'x'; 1 << 20]);
+                let started = std::time::Instant::now();
+                let opened = outcome(exec::session_open("deaf", &cmd));
+                Ok(values(&[
+                    ("opened", opened),
+                    ("ms", started.elapsed().as_millis().to_string()),
+                ]))
             }
             "read-file" => std::fs::read_to_string("/etc/hostname")
                 .map(|text| values(&[("text", text)]))
