@@ -70,7 +70,8 @@ pub struct AuditRecord {
     pub target: String,
     /// The host call (`exec.run`, `workloads.scale`, `data.finish`, …).
     pub operation: String,
-    /// `ok`, `denied`, or `error: …`.
+    /// `ok`, `denied`, `not-found: …` (a call that found nothing to do, such as deleting an
+    /// export already gone), or `error: …`.
     pub outcome: String,
     /// SHA-256 (hex) of the previous line.
     pub prev: String,

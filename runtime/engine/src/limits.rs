@@ -61,6 +61,12 @@ pub(crate) const MAX_AUDIT_FIELD: usize = 1024;
 /// Refused or failed side-effecting calls of one phase recorded in the audit log.
 pub(crate) const MAX_AUDITED_REFUSALS: usize = 1000;
 
+/// Side-effecting calls of one phase recorded in the audit log, whatever their outcome. Far
+/// more than a backup makes (an exec, a scale, a few exports), few enough that a blueprint
+/// repeating a call that succeeds (scaling to the count a workload has) cannot fill the disk
+/// through a log that is never rotated.
+pub(crate) const MAX_AUDITED_CALLS: usize = 10_000;
+
 /// Export and import streams a phase may hold open at once.
 pub const MAX_OPEN_STREAMS: usize = 8;
 

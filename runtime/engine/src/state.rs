@@ -78,6 +78,8 @@ pub(crate) struct HostState {
     pub open_streams: usize,
     /// Refused or failed calls recorded in the audit log so far in this phase.
     pub audited_refusals: usize,
+    /// Calls recorded in the audit log so far in this phase, whatever their outcome.
+    pub audited_calls: usize,
     /// Values recorded with `log.checkpoint`, in order: the phase's outputs even if it stops.
     pub checkpoints: Vec<(String, String)>,
 }
@@ -120,6 +122,7 @@ impl HostState {
             export_names: HashSet::new(),
             open_streams: 0,
             audited_refusals: 0,
+            audited_calls: 0,
             checkpoints: Vec::new(),
         }
     }

@@ -632,6 +632,8 @@ impl data::Host for HostState {
         let reference = source.reference.clone();
         let artifact = Artifact::from_wit(source);
         let target = export_target(&artifact.name, &artifact);
+        // The reason, when the export was already gone.
+        let mut gone = None;
         let result = match self.require(Capability::Export) {
             Err(e) => Err(e),
             Ok(host) => {
@@ -651,7 +653,10 @@ impl data::Host for HostState {
                 // of a point's exports (a later step failed, Cairn stopped) must not fail on
                 // them forever, leaving the point and the rest of its data behind.
                 let deleted = match deleted {
-                    Err(WitError::NotFound(_)) => Ok(()),
+                    Err(WitError::NotFound(why)) => {
+                        gone = Some(why);
+                        Ok(())
+                    }
                     other => other,
                 };
                 // Gone either way: the run's outputs may no longer name it.
@@ -661,7 +666,16 @@ impl data::Host for HostState {
                 deleted
             }
         };
-        self.audit(Capability::Export, "data.delete", &target, &result);
+        match gone {
+            // Not `ok`: nothing was deleted, and a guest may repeat it in a loop.
+            Some(why) => self.audit_not_found(
+                Capability::Export,
+                "data.delete",
+                &target,
+                &format!("already gone, which counts as deleted ({why})"),
+            ),
+            None => self.audit(Capability::Export, "data.delete", &target, &result),
+        }
         Ok(result)
     }
 }

@@ -35,7 +35,7 @@ use cairn_cluster::WorkloadRef;
 use crate::audit::Entry;
 use crate::bindings::{WitError, types};
 use crate::capability::Capability;
-use crate::limits::{MAX_AUDIT_FIELD, MAX_AUDITED_REFUSALS, human_duration};
+use crate::limits::{MAX_AUDIT_FIELD, MAX_AUDITED_CALLS, MAX_AUDITED_REFUSALS, human_duration};
 use crate::run::HostContext;
 use crate::state::{ActionCtx, HostState};
 
@@ -131,29 +131,64 @@ impl HostState {
         target: &str,
         result: &Result<T, WitError>,
     ) {
+        let outcome = match result {
+            Ok(_) => Audited::Ok,
+            Err(WitError::Denied(_)) => Audited::Refused("denied".to_string()),
+            Err(e) => Audited::Refused(format!("error: {}", message(e))),
+        };
+        self.audit_outcome(cap, operation, target, outcome);
+    }
+
+    /// Appends the audit record of a call that did nothing: not an error to the guest, but
+    /// not `ok` either (deleting what is already gone). Counted as a refused call: a guest
+    /// can repeat it in a loop.
+    pub(crate) fn audit_not_found(
+        &mut self,
+        cap: Capability,
+        operation: &str,
+        target: &str,
+        why: &str,
+    ) {
+        self.audit_outcome(
+            cap,
+            operation,
+            target,
+            Audited::Refused(format!("not-found: {why}")),
+        );
+    }
+
+    fn audit_outcome(&mut self, cap: Capability, operation: &str, target: &str, outcome: Audited) {
         let Some(host) = &self.action.host else {
             return;
         };
-        if result.is_err() {
-            // A guest looping over refused calls gets a bounded share of the log.
+        // A guest looping over calls gets a bounded share of the log, whatever they return.
+        self.audited_calls += 1;
+        if self.audited_calls > MAX_AUDITED_CALLS {
+            return;
+        }
+        let refused = matches!(outcome, Audited::Refused(_));
+        if refused {
             self.audited_refusals += 1;
             if self.audited_refusals > MAX_AUDITED_REFUSALS {
                 return;
             }
         }
-        let outcome = match result {
-            Ok(_) => "ok".to_string(),
-            Err(WitError::Denied(_)) => "denied".to_string(),
-            Err(e) => format!("error: {}", message(e)),
+        let outcome = match outcome {
+            Audited::Ok => "ok".to_string(),
+            Audited::Refused(outcome) => outcome,
         };
         // Both may carry what the guest passed (a name, a message): cut, so a guest calling
         // in a loop with huge arguments cannot fill the disk through the audit log.
         let outcome = self.log.secrets().redact(&outcome).into_owned();
         let mut outcome = crate::state::cut(&outcome, MAX_AUDIT_FIELD, "outcome");
-        if result.is_err() && self.audited_refusals == MAX_AUDITED_REFUSALS {
+        if refused && self.audited_refusals == MAX_AUDITED_REFUSALS {
             outcome.push_str(&format!(
                 " (the phase's {MAX_AUDITED_REFUSALS}th refused or failed call: later ones are not \
                  recorded)"
+            ));
+        } else if self.audited_calls == MAX_AUDITED_CALLS {
+            outcome.push_str(&format!(
+                " (the phase's {MAX_AUDITED_CALLS}th audited call: later ones are not recorded)"
             ));
         }
         host.audit.append(Entry {
@@ -170,6 +205,13 @@ impl HostState {
             outcome,
         });
     }
+}
+
+/// What an audit record says a call did.
+enum Audited {
+    Ok,
+    /// Refused, failed or did nothing: the record's outcome.
+    Refused(String),
 }
 
 /// Checks that a workload a backend object belongs to (a snapshot's) is in the action's scope.
@@ -267,5 +309,84 @@ pub(crate) fn from_engine(e: crate::Error) -> WitError {
             WitError::Invalid(e.to_string())
         }
         other => WitError::Failed(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::audit::AuditLog;
+    use crate::events::EventSink;
+    use crate::exports::DirExports;
+
+    /// A phase whose audit records go to `dir/audit.jsonl`.
+    fn phase(dir: &std::path::Path) -> HostState {
+        let inventory = dir.join("inventory.yaml");
+        std::fs::write(
+            &inventory,
+            "namespaces:\n  default:\n    workloads:\n      hello:\n        allow: [echo]\n",
+        )
+        .expect("the inventory");
+        let cluster = cairn_cluster::LocalCluster::from_inventory(&inventory, &dir.join("state"))
+            .expect("the local cluster");
+        let host = HostContext {
+            cluster: Arc::new(cluster),
+            exports: Arc::new(DirExports::new(dir.join("exports")).expect("the exports")),
+            audit: Arc::new(AuditLog::open(dir.join("audit.jsonl")).expect("the audit log")),
+            events: EventSink::discard(),
+            catalog: None,
+        };
+        let action = Arc::new(ActionCtx {
+            action_id: "a1".into(),
+            phase: "backup".into(),
+            blueprint: "sha256:00".into(),
+            blueprint_name: "test".into(),
+            namespace: "default".into(),
+            workload: Some("hello".into()),
+            grants: Default::default(),
+            declared: Default::default(),
+            secrets: Default::default(),
+            hidden: Default::default(),
+            limits: Default::default(),
+            deadline: Duration::from_secs(60),
+            host: Some(host),
+            sessions: Default::default(),
+            references: Default::default(),
+            taken: Default::default(),
+            snapshots_taken: Default::default(),
+            deleted_snapshots: Default::default(),
+            exports_opened: Default::default(),
+        });
+        HostState::new(
+            action,
+            EventSink::discard(),
+            Instant::now() + Duration::from_secs(60),
+        )
+    }
+
+    /// Calls that succeed are bounded too: a guest repeating one (scaling to the count the
+    /// workload has) in a loop would otherwise fill the disk through a log that is never
+    /// rotated. Refused calls keep their own, smaller, share.
+    #[test]
+    fn a_phase_looping_over_calls_that_succeed_gets_a_bounded_share_of_the_log() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut state = phase(dir.path());
+        let ok: Result<(), WitError> = Ok(());
+        for _ in 0..MAX_AUDITED_CALLS + 500 {
+            state.audit(Capability::Scale, "workloads.scale", "default/hello", &ok);
+        }
+        state.audit_not_found(Capability::Export, "data.delete", "export x", "gone");
+        let records = AuditLog::verify(dir.path().join("audit.jsonl")).expect("the chain holds");
+        assert_eq!(
+            records.len(),
+            MAX_AUDITED_CALLS,
+            "the first 10,000 recorded"
+        );
+        assert_eq!(
+            records[MAX_AUDITED_CALLS - 1].outcome,
+            "ok (the phase's 10000th audited call: later ones are not recorded)"
+        );
     }
 }

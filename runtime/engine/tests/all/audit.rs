@@ -87,3 +87,38 @@ async fn a_guest_looping_over_refused_calls_gets_a_bounded_share_of_the_log() {
     );
     assert!(std::fs::metadata(&path).expect("the log").len() < 3 << 20);
 }
+
+/// Deleting an export that is already gone is not an error to the guest (a delete action
+/// run again), but the log does not say it deleted anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_an_export_already_gone_is_audited_as_not_found() {
+    let fixture = Fixture::new();
+    let report = fixture.run(request("export")).await;
+    assert!(report.ok, "{report:?}");
+    let path = report.outputs.artifacts[0]
+        .get("path")
+        .expect("path")
+        .to_owned();
+    for _ in 0..2 {
+        let mut req = request("forge");
+        req.params = vec![
+            ("label".into(), path.clone()),
+            ("mode".into(), "delete".into()),
+        ];
+        let report = fixture.run(req).await;
+        assert!(report.ok, "{report:?}");
+    }
+    let records = AuditLog::verify(fixture.path("audit.jsonl")).expect("the chain holds");
+    let deletes: Vec<&str> = records
+        .iter()
+        .filter(|r| r.operation == "data.delete")
+        .map(|r| r.outcome.as_str())
+        .collect();
+    assert_eq!(deletes.len(), 2, "{deletes:?}");
+    assert_eq!(deletes[0], "ok");
+    assert!(
+        deletes[1].starts_with("not-found: already gone, which counts as deleted"),
+        "{}",
+        deletes[1]
+    );
+}
