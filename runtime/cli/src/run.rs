@@ -904,13 +904,13 @@ pub(crate) fn print_report(
             // Values are the blueprint's: shown, never obeyed, by the terminal.
             let shown = cairn_engine::controls_escaped;
             for a in &report.outputs.artifacts {
-                outln!("artifact {}", a.name);
+                outln!("artifact {}", shown(&a.name));
                 for (k, v) in &a.values {
-                    outln!("  {k} = {}", shown(v));
+                    outln!("  {} = {}", shown(k), shown(v));
                 }
             }
             for (k, v) in &report.outputs.values {
-                outln!("{k} = {}", shown(v));
+                outln!("{} = {}", shown(k), shown(v));
             }
         }
     }
