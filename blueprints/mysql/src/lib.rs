@@ -669,15 +669,19 @@ fn kill_lock_session(ctx: &Context, id: &str) -> Result<Outputs> {
 
 fn restore(ctx: &Context) -> Result<Outputs> {
     let dump = ctx.artifact(DUMP)?;
+    let all = dump.get("scope") == Some("all");
+    let given = ctx.param::<Option<String>>("database")?;
+    if all {
+        refuse_database_for_all(given.as_deref())?;
+    }
     let conn = Conn::from_ctx(ctx)?;
     let replace = ctx.flag("replace")?;
     // Opened first, so a restore point whose export is gone changes nothing on the server.
     let import = Import::open(dump)?;
-    let all = dump.get("scope") == Some("all");
     let target = if all {
         None
     } else {
-        Some(match ctx.param::<Option<String>>("database")? {
+        Some(match given {
             Some(d) => d,
             None => dump.require("database")?.to_owned(),
         })
@@ -777,6 +781,25 @@ fn restore(ctx: &Context) -> Result<Outputs> {
     progress(Progress::percent(100.0).message("restored"));
     info!("restored {} bytes", transfer.bytes);
     Ok(Outputs::new().value("restored-bytes", transfer.bytes))
+}
+
+/// Refuses `--param database` for a dump of every database. Such a restore loads every
+/// database (and the users and grants) back under their own names, overwriting them with
+/// `replace=true`: an operator who meant a copy of one database in `given` would otherwise
+/// overwrite the server. `database` has no default, and a backup given one dumps that database
+/// alone, so any value here was given for the restore.
+fn refuse_database_for_all(given: Option<&str>) -> Result<()> {
+    match given {
+        Some(given) => Err(Error::invalid(format!(
+            "this restore point is a dump of every database (a backup without --param \
+             database): it holds every database, user and grant, so --param database={given} \
+             does not apply (the restore would load every database under its own name, not \
+             one into `{given}`, and with replace=true overwrite them); run the restore \
+             without --param database to restore every database, or restore a point of one \
+             database (a backup with --param database=NAME) to have it in `{given}`"
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// What a restore is loading into, checkpointed before it starts (a database's name, or
@@ -984,6 +1007,28 @@ mod tests {
             .build();
         assert_eq!(MySql::run(BACKUP_PREHOOK, &ctx), Ok(Outputs::new()));
         assert_eq!(MySql::run(BACKUP_POSTHOOK, &ctx), Ok(Outputs::new()));
+    }
+
+    #[test]
+    fn a_dump_of_every_database_refuses_a_database_parameter() {
+        let refused = refuse_database_for_all(Some("foo"));
+        assert!(
+            matches!(&refused, Err(Error::Invalid(m))
+                if m.contains("every database") && m.contains("database=foo does not apply")),
+            "{refused:?}"
+        );
+        assert_eq!(refuse_database_for_all(None), Ok(()));
+        // Through the action: refused before anything opens or connects.
+        let ctx = Context::builder(RESTORE, "default")
+            .workload("db")
+            .param("database", "foo")
+            .param("replace", true)
+            .restore_artifact(Artifact::new(DUMP).value("scope", "all"))
+            .build();
+        assert!(matches!(
+            MySql::run(RESTORE, &ctx),
+            Err(Error::Invalid(m)) if m.contains("every database")
+        ));
     }
 
     #[test]

@@ -716,6 +716,9 @@ fn terminate_backup_session(ctx: &Context, pid: &str) -> Result<Outputs> {
 fn restore(ctx: &Context) -> Result<Outputs> {
     let dump = ctx.artifact(DUMP)?;
     let mode = Mode::parse(dump.get("mode").unwrap_or("database"))?;
+    if mode == Mode::Cluster {
+        refuse_database_for_cluster(ctx.param::<Option<String>>("database")?, dump)?;
+    }
     let conn = Conn::from_ctx(ctx)?;
     let replace = ctx.flag("replace")?;
     // Opened first, so a restore point whose export is gone changes nothing on the server.
@@ -748,6 +751,27 @@ fn restore(ctx: &Context) -> Result<Outputs> {
     checkpoint(RESTORING, "done")?;
     info!("restored {} bytes", transfer.bytes);
     Ok(Outputs::new().value("restored-bytes", transfer.bytes))
+}
+
+/// Refuses `--param database` for a cluster dump, unless it names the database the dump was
+/// taken through (a policy hands its restores the parameters of its backups). A cluster restore
+/// loads every database and role, and with `replace=true` drops the server's databases first:
+/// an operator who meant a copy of one database in `given` would otherwise lose the server.
+/// `database` has no default, so any value here was given by the run or its policy.
+fn refuse_database_for_cluster(given: Option<String>, dump: &Artifact) -> Result<()> {
+    match given {
+        Some(given) if dump.get("database") != Some(given.as_str()) => {
+            Err(Error::invalid(format!(
+                "this restore point is a dump of the whole cluster (mode=cluster, pg_dumpall): \
+                 it holds every database and role, so --param database={given} does not apply \
+                 (the restore would load every database, not one into `{given}`, and with \
+                 replace=true drop the server's databases first); run the restore without \
+                 --param database to restore the whole cluster, or restore a mode=database \
+                 point to have one database in `{given}`"
+            )))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The restore's posthook: what a restore stopped where it could not say so itself (Ctrl-C,
@@ -1132,6 +1156,36 @@ mod tests {
         host.run::<Postgres>(RESTORE_POSTHOOK, &stopped("done"))
             .expect("the posthook");
         assert_eq!(host.logs().len(), before);
+    }
+
+    #[test]
+    fn a_cluster_dump_refuses_a_database_parameter() {
+        let dump = Artifact::new(DUMP)
+            .value("mode", "cluster")
+            .value("database", "postgres");
+        let refused = refuse_database_for_cluster(Some("foo".into()), &dump);
+        assert!(
+            matches!(&refused, Err(Error::Invalid(m))
+                if m.contains("whole cluster") && m.contains("database=foo does not apply")),
+            "{refused:?}"
+        );
+        // Absent, or the database the dump was taken through (what its policy passes): fine.
+        assert_eq!(refuse_database_for_cluster(None, &dump), Ok(()));
+        assert_eq!(
+            refuse_database_for_cluster(Some("postgres".into()), &dump),
+            Ok(())
+        );
+        // Through the action: refused before anything opens or connects.
+        let ctx = Context::builder(RESTORE, "default")
+            .workload("db")
+            .param("database", "foo")
+            .param("replace", true)
+            .restore_artifact(dump)
+            .build();
+        assert!(matches!(
+            Postgres::run(RESTORE, &ctx),
+            Err(Error::Invalid(m)) if m.contains("whole cluster")
+        ));
     }
 
     #[test]

@@ -366,6 +366,35 @@ fn an_all_databases_dump_round_trips() {
     );
 }
 
+/// Restore QA finding 1: `--param database` on a point of every database was ignored, and with
+/// replace=true every database was overwritten where a copy into one was meant. Refused, and
+/// the server is left as it was.
+#[test]
+fn an_all_databases_point_refuses_a_database_parameter() {
+    let maria = Maria::start();
+    maria.sql(&format!(
+        "CREATE DATABASE {DB}; CREATE TABLE {DB}.items (x int); INSERT INTO {DB}.items VALUES (1)"
+    ));
+    let cairn = Cairn::new();
+    let all = ["--grant", "exec,export,secrets", "--secret", Maria::SECRET];
+    let out = maria.h.run(&cairn, "backup", &all);
+    let report = maria.h.save(&out);
+    maria.sql(&format!("UPDATE {DB}.items SET x = 2"));
+
+    let into_foo = ["--param", "database=foo", "--param", "replace=true"];
+    let out = maria.restore(&cairn, &report, &into_foo);
+    assert_fails_with(
+        &out,
+        &[
+            "every database",
+            "--param database=foo does not apply",
+            "without --param database",
+        ],
+    );
+    assert_eq!(maria.sql(&format!("SELECT x FROM {DB}.items")), "2");
+    assert!(!maria.exists("foo"));
+}
+
 /// Sends a signal to a process with `kill`.
 #[test]
 fn the_read_lock_holds_writes_until_the_posthook() {

@@ -458,6 +458,39 @@ fn a_cluster_dump_restores_into_an_empty_cluster() {
     assert_eq!(target.fingerprint(DB), before);
 }
 
+/// Restore QA finding 1: `--param database` on a cluster point was ignored, and with
+/// replace=true every database was dropped where a copy into one was meant. Refused, and the
+/// server is left as it was.
+#[test]
+fn a_cluster_point_refuses_a_database_parameter() {
+    let pg = Pg::start();
+    pg.query("postgres", &format!("CREATE DATABASE {DB}"));
+    pg.query(
+        DB,
+        "CREATE TABLE items (x int); INSERT INTO items VALUES (1)",
+    );
+    let cairn = Cairn::new();
+    let cluster = ["--param", "mode=cluster", "--param", "database=postgres"];
+    let out = pg.backup(&cairn, &cluster);
+    let report = pg.h.save(&out);
+    pg.query("postgres", "CREATE DATABASE precious_other");
+    pg.query(DB, "UPDATE items SET x = 2");
+
+    let into_foo = ["--param", "database=foo", "--param", "replace=true"];
+    let out = pg.restore(&cairn, &report, &into_foo);
+    assert_fails_with(
+        &out,
+        &[
+            "whole cluster",
+            "--param database=foo does not apply",
+            "without --param database",
+        ],
+    );
+    assert!(pg.exists("precious_other"), "a refused restore dropped it");
+    assert!(!pg.exists("foo"));
+    assert_eq!(pg.query(DB, "SELECT x FROM items"), "2");
+}
+
 #[test]
 fn backup_mode_brackets_the_volume_snapshot() {
     let pg = Pg::start();
