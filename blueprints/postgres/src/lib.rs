@@ -271,6 +271,8 @@ struct Conn {
     password: Option<String>,
     /// The workload, for messages.
     workload: String,
+    /// `application_name` of the tools' sessions: [`APPLICATION_NAME`], or a restore's own.
+    app: String,
 }
 
 impl Conn {
@@ -281,7 +283,19 @@ impl Conn {
             user: ctx.text("user")?.to_owned(),
             password: password(ctx)?,
             workload: ctx.workload().unwrap_or("the target workload").to_owned(),
+            app: APPLICATION_NAME.to_owned(),
         })
+    }
+
+    /// The connection of a restore (and of its posthook): its sessions carry the run's own
+    /// `application_name`, `cairn/restore/<run>`, so that a restore stopped part way has its
+    /// sessions ended, and only those (a backup of the same server running beside it is not
+    /// touched).
+    fn for_restore(self, ctx: &Context) -> Self {
+        Self {
+            app: format!("{APPLICATION_NAME}/restore/{}", ctx.action_id()),
+            ..self
+        }
     }
 
     /// `host:port`, for messages.
@@ -301,7 +315,7 @@ impl Conn {
             .env("PGPORT", self.port.to_string())
             .env("PGUSER", &self.user)
             .env("PGDATABASE", database)
-            .env("PGAPPNAME", APPLICATION_NAME)
+            .env("PGAPPNAME", &self.app)
             .env("PGCONNECT_TIMEOUT", CONNECT_TIMEOUT_SECS.to_string());
         match &self.password {
             Some(p) => command.env("PGPASSWORD", p),
@@ -719,7 +733,7 @@ fn restore(ctx: &Context) -> Result<Outputs> {
     if mode == Mode::Cluster {
         refuse_database_for_cluster(ctx.param::<Option<String>>("database")?, dump)?;
     }
-    let conn = Conn::from_ctx(ctx)?;
+    let conn = Conn::from_ctx(ctx)?.for_restore(ctx);
     let replace = ctx.flag("replace")?;
     // Opened first, so a restore point whose export is gone changes nothing on the server.
     let import = Import::open(dump)?;
@@ -780,7 +794,14 @@ fn restore_posthook(ctx: &Context) -> Result<Outputs> {
     let Some((failure, state)) = ctx.unfinished(RESTORING, &["done"]) else {
         return Ok(Outputs::new());
     };
-    let at = Conn::from_ctx(ctx).map(|c| c.at()).unwrap_or_default();
+    let conn = Conn::from_ctx(ctx).map(|c| c.for_restore(ctx));
+    let at = conn.as_ref().map(Conn::at).unwrap_or_default();
+    // A tool the deadline or Ctrl-C stopped leaves its backend running on the server until it
+    // next talks to its client, which for one queued for a lock is when the lock comes: ended
+    // first, so the application's queries are not held behind it, and the states below hold.
+    if let Ok(conn) = &conn {
+        say_ended_sessions(conn, end_restore_sessions(conn));
+    }
     match state.split_once(':') {
         Some(("atomic", db)) => warn!(
             "the restore into database `{db}` at {at} stopped ({failure}) in its one \
@@ -804,6 +825,56 @@ fn restore_posthook(ctx: &Context) -> Result<Outputs> {
         _ => {}
     }
     Ok(Outputs::new())
+}
+
+/// The sessions of this run's restore still on the server, ended: how many, and the sessions
+/// (pids) that held a lock one of them was queued for. A tool the deadline or Ctrl-C stopped
+/// leaves its backend running until it next talks to its client; one queued for a lock
+/// (`DROP TABLE` of a replacing restore waits for every transaction that read the table) holds
+/// every later query of the application on that table behind it until the lock comes.
+fn end_restore_sessions(conn: &Conn) -> Result<(u64, String)> {
+    let app = [("app", conn.app.as_str())];
+    let blockers = conn.query(
+        MAINTENANCE_DB,
+        &app,
+        "SELECT coalesce(string_agg(DISTINCT b::text, ', '), '') \
+         FROM pg_catalog.pg_stat_activity a, unnest(pg_catalog.pg_blocking_pids(a.pid)) b \
+         WHERE a.application_name = :'app' AND a.pid <> pg_catalog.pg_backend_pid();\n",
+    )?;
+    let ended = conn.query(
+        MAINTENANCE_DB,
+        &app,
+        "SELECT count(*) FILTER (WHERE pg_catalog.pg_terminate_backend(pid, 10000)) \
+         FROM pg_catalog.pg_stat_activity \
+         WHERE application_name = :'app' AND pid <> pg_catalog.pg_backend_pid();\n",
+    )?;
+    let ended = ended
+        .parse()
+        .map_err(|_| Error::failed(format!("ending sessions: psql answered {ended:?}")))?;
+    Ok((ended, blockers))
+}
+
+/// Says what [`end_restore_sessions`] did: above all that the restore was waiting for a lock,
+/// and whose, which the run's own error (a deadline) cannot say.
+fn say_ended_sessions(conn: &Conn, ended: Result<(u64, String)>) {
+    match ended {
+        Ok((0, _)) => {}
+        Ok((n, blockers)) if !blockers.is_empty() => warn!(
+            "the restore was waiting for a lock held by the session(s) {blockers} at {} (see \
+             pg_stat_activity; the application's queries on that table were queued behind \
+             it): its {n} session(s) left on the server are ended; end or commit the \
+             transactions of those sessions before restoring again",
+            conn.at()
+        ),
+        Ok((n, _)) => info!("ended the restore's {n} session(s) left on the server"),
+        Err(e) => warn!(
+            "cannot end the restore's sessions left on PostgreSQL at {} ({e}): find them with \
+             SELECT pid FROM pg_stat_activity WHERE application_name = '{}', and end them with \
+             pg_terminate_backend(pid)",
+            conn.at(),
+            conn.app
+        ),
+    }
 }
 
 fn restore_database(
@@ -1020,6 +1091,7 @@ mod tests {
             user: "backup".into(),
             password: None,
             workload: "db".into(),
+            app: APPLICATION_NAME.into(),
         }
     }
 

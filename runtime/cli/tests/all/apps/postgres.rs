@@ -148,11 +148,13 @@ impl Pg {
         );
     }
 
-    /// No connection of the blueprint (application_name `cairn`) is left on the server.
+    /// No connection of the blueprint (application_name `cairn`, or a restore's
+    /// `cairn/restore/<run>`) is left on the server.
     fn no_blueprint_sessions(&self) -> bool {
         self.query(
             "postgres",
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'cairn'",
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE application_name = 'cairn' OR application_name LIKE 'cairn/%'",
         ) == "0"
     }
 
@@ -489,6 +491,42 @@ fn a_cluster_point_refuses_a_database_parameter() {
     assert!(pg.exists("precious_other"), "a refused restore dropped it");
     assert!(!pg.exists("foo"));
     assert_eq!(pg.query(DB, "SELECT x FROM items"), "2");
+}
+
+/// Restore QA finding 6: a replacing restore stopped by its deadline while queued for a lock
+/// left its session on the server, still queued, and the application's queries on the table
+/// waited behind it until the other transaction ended. The posthook ends it, and says why the
+/// restore stood still.
+#[test]
+fn a_restore_stopped_waiting_for_a_lock_leaves_no_session_behind() {
+    let pg = Pg::start();
+    pg.query("postgres", &format!("CREATE DATABASE {DB}"));
+    pg.query(
+        DB,
+        "CREATE TABLE items (x int PRIMARY KEY); INSERT INTO items VALUES (1)",
+    );
+    let cairn = Cairn::new();
+    let out = pg.backup(&cairn, &[]);
+    let report = pg.h.save(&out);
+    // The dump's first DROP waits for this transaction's lock until the deadline.
+    let locker = Locker::lock(&pg, "LOCK TABLE items IN ACCESS SHARE MODE;");
+    let replace = ["--param", "replace=true", "--timeout", "6s"];
+    let out = pg.restore(&cairn, &report, &replace);
+    let v = assert_fails_with(&out, &[]);
+    assert_eq!(phase(&v, "restorePosthook")["status"], "ok", "{v}");
+    let err = stderr(&out);
+    assert!(
+        err.contains("waiting for a lock held by the session(s)"),
+        "{err}"
+    );
+    // The other transaction still holds its lock: no session of the restore is queued, and
+    // the application reads.
+    assert!(pg.no_blueprint_sessions(), "a restore session is left");
+    assert_eq!(
+        pg.query(DB, "SET lock_timeout = '5s'; SELECT count(*) FROM items"),
+        "1"
+    );
+    drop(locker);
 }
 
 #[test]
