@@ -687,9 +687,13 @@ fn restore(ctx: &Context) -> Result<Outputs> {
         })
     };
     let mut command = conn.command(conn.flavor.client()).arg("--binary-mode");
+    let mut created = false;
     match &target {
         Some(db) => {
             let quoted = identifier(db)?;
+            let exists = conn.query(&format!(
+                "SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = '{db}';\n"
+            ))?;
             let tables = conn.query(&format!(
                 "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = '{db}';\n"
             ))?;
@@ -732,6 +736,10 @@ fn restore(ctx: &Context) -> Result<Outputs> {
                     made?;
                 }
             }
+            if exists == "0" {
+                checkpoint(CREATED, db)?;
+                created = true;
+            }
             info!(
                 "restoring into database `{db}` at {}{}",
                 conn.at(),
@@ -761,10 +769,15 @@ fn restore(ctx: &Context) -> Result<Outputs> {
     }
     checkpoint(RESTORING, target.as_deref().unwrap_or(ALL_DATABASES))?;
     progress(Progress::percent(0.0).message("restoring"));
-    let transfer = import
+    let loaded = import
         .pipe_into(&command)
-        .map_err(|e| missing_tool(e, &command, &conn))?;
-    let transfer = check(conn.flavor.client(), transfer, &conn)?;
+        .map_err(|e| missing_tool(e, &command, &conn))
+        .and_then(|transfer| check(conn.flavor.client(), transfer, &conn));
+    let transfer = match (loaded, &target) {
+        // It did not exist: whatever failed, it goes again.
+        (Err(failure), Some(db)) if created => return Err(undo_create(&conn, db, failure)),
+        (loaded, _) => loaded?,
+    };
     if all {
         // The dump restored the `mysql` schema's tables, users and grants among them, which the
         // server reads only at startup or on FLUSH PRIVILEGES.
@@ -808,14 +821,89 @@ fn refuse_database_for_all(given: Option<&str>) -> Result<()> {
 const RESTORING: &str = "restoring";
 const ALL_DATABASES: &str = "*all databases*";
 const DONE: &str = "*done*";
+/// The state a failed restore checkpoints once it has dropped the database it created: the
+/// server is as it was, and its posthook has nothing to say.
+const UNDONE: &str = "*undone*";
+/// A database the restore created (it did not exist), checkpointed once created.
+const CREATED: &str = "created";
+
+/// How long dropping a database a failed restore created waits for the metadata locks of
+/// sessions still in it (the server's default, `lock_wait_timeout`, is a year): the restore's
+/// own statement, which the server finishes even after its client is gone.
+const DROP_LOCK_WAIT_SECS: u32 = 20;
+
+/// Drops database `db`, which this restore created, after it failed: a failed restore leaves
+/// nothing it made, and a database left behind would also make a rerun without replace=true
+/// find its target there.
+fn drop_created(conn: &Conn, db: &str) -> Result<()> {
+    conn.query(&format!(
+        "SET SESSION lock_wait_timeout = {DROP_LOCK_WAIT_SECS};\nDROP DATABASE IF EXISTS {};\n",
+        identifier(db)?
+    ))?;
+    Ok(())
+}
+
+/// `failure` of a restore into `db`, which it created, once the database is dropped again
+/// (and said so), or saying it is left behind.
+fn undo_create(conn: &Conn, db: &str, failure: Error) -> Error {
+    match drop_created(conn, db) {
+        Ok(()) => {
+            // Settled: the posthook has nothing to drop or say. Should the checkpoint fail, the
+            // posthook finds the database gone.
+            checkpoint(RESTORING, UNDONE).ok();
+            with_note(
+                failure,
+                &format!("database `{db}`, which this restore created, is dropped again"),
+            )
+        }
+        Err(e) => with_note(
+            failure,
+            &format!(
+                "database `{db}`, which this restore created, is left behind partly restored: \
+                 dropping it failed ({e}); drop it before restoring again"
+            ),
+        ),
+    }
+}
+
+/// `error` with `note` after its message, of the same kind.
+fn with_note(error: Error, note: &str) -> Error {
+    let message = format!("{}; {note}", error.message());
+    match error {
+        Error::Denied(_) => Error::denied(message),
+        Error::NotFound(_) => Error::not_found(message),
+        Error::Invalid(_) => Error::invalid(message),
+        Error::TimedOut(_) => Error::timed_out(message),
+        _ => Error::failed(message),
+    }
+}
 
 /// The restore's posthook: what a restore stopped where it could not say so itself (Ctrl-C,
 /// its deadline) left on the server. Such a restore is not one transaction (see the README).
 fn restore_posthook(ctx: &Context) -> Result<Outputs> {
-    let Some((failure, target)) = ctx.unfinished(RESTORING, &[DONE]) else {
+    let Some((failure, target)) = ctx.unfinished(RESTORING, &[DONE, UNDONE]) else {
         return Ok(Outputs::new());
     };
-    let at = Conn::from_ctx(ctx).map(|c| c.at()).unwrap_or_default();
+    let conn = Conn::from_ctx(ctx);
+    let at = conn.as_ref().map(Conn::at).unwrap_or_default();
+    if let (Ok(conn), Ok(created)) = (&conn, ctx.value(CREATED))
+        && created == target
+    {
+        match drop_created(conn, target) {
+            Ok(()) => {
+                warn!(
+                    "the restore into database `{target}` at {at} stopped part way ({failure}); \
+                     this restore created the database, and it is dropped again: the server is \
+                     as it was"
+                );
+                return Ok(Outputs::new());
+            }
+            Err(e) => warn!(
+                "database `{target}`, which the stopped restore created, could not be dropped \
+                 again ({e}); drop it before restoring again"
+            ),
+        }
+    }
     let what = if target == ALL_DATABASES {
         "the server's databases are".to_owned()
     } else {

@@ -54,6 +54,9 @@ const DUMP: &str = "dump";
 const RESTORING: &str = "restoring";
 /// A database the restore created (it did not exist), checkpointed once created.
 const CREATED: &str = "created";
+/// The state a failed restore checkpoints once it has dropped the database it created: the
+/// server is as it was, and its posthook has nothing to say.
+const UNDONE: &str = "undone";
 
 /// Artifacts of volume snapshots are named `volume-<volume>`.
 const VOLUME_PREFIX: &str = "volume-";
@@ -791,7 +794,7 @@ fn refuse_database_for_cluster(given: Option<String>, dump: &Artifact) -> Result
 /// The restore's posthook: what a restore stopped where it could not say so itself (Ctrl-C,
 /// its deadline) left on the server.
 fn restore_posthook(ctx: &Context) -> Result<Outputs> {
-    let Some((failure, state)) = ctx.unfinished(RESTORING, &["done"]) else {
+    let Some((failure, state)) = ctx.unfinished(RESTORING, &["done", UNDONE]) else {
         return Ok(Outputs::new());
     };
     let conn = Conn::from_ctx(ctx).map(|c| c.for_restore(ctx));
@@ -807,9 +810,9 @@ fn restore_posthook(ctx: &Context) -> Result<Outputs> {
             "the restore into database `{db}` at {at} stopped ({failure}) in its one \
              transaction: unless it had just committed (then it is restored), the server \
              rolled it back and the database is as it was{}",
-            match ctx.value(CREATED) {
-                Ok(created) if created == db => " (empty: this restore created it)",
-                _ => "",
+            match (ctx.value(CREATED), &conn) {
+                (Ok(created), Ok(conn)) if created == db => drop_if_empty(conn, db),
+                _ => String::new(),
             }
         ),
         Some(("database", db)) => warn!(
@@ -877,6 +880,59 @@ fn say_ended_sessions(conn: &Conn, ended: Result<(u64, String)>) {
     }
 }
 
+/// Drops database `database`, which this restore created, after it failed: a failed restore
+/// changes nothing, and a database left behind would also make a rerun without replace=true
+/// find its target there. The restore's own sessions are ended first; another session in it
+/// makes the drop fail, which the caller says.
+fn drop_created(conn: &Conn, database: &str) -> Result<()> {
+    end_restore_sessions(conn)?;
+    conn.query(
+        MAINTENANCE_DB,
+        &[("db", database)],
+        "DROP DATABASE IF EXISTS :\"db\";\n",
+    )?;
+    Ok(())
+}
+
+/// For the posthook: drops database `db`, which the stopped restore created, when it holds no
+/// tables (its one transaction was rolled back); what became of it, for the message.
+fn drop_if_empty(conn: &Conn, db: &str) -> String {
+    match count_tables(conn, db) {
+        Ok(0) => match drop_created(conn, db) {
+            Ok(()) => " (this restore created it, and it is dropped again)".to_owned(),
+            Err(e) => format!(" (empty: this restore created it, and dropping it failed: {e})"),
+        },
+        _ => " (this restore created it)".to_owned(),
+    }
+}
+
+/// `error` with `note` after its message, of the same kind.
+fn with_note(error: Error, note: &str) -> Error {
+    let message = format!("{}; {note}", error.message());
+    match error {
+        Error::Denied(_) => Error::denied(message),
+        Error::NotFound(_) => Error::not_found(message),
+        Error::Invalid(_) => Error::invalid(message),
+        Error::TimedOut(_) => Error::timed_out(message),
+        _ => Error::failed(message),
+    }
+}
+
+/// A restore that failed on a role the server lacks (the dump's `ALTER … OWNER TO`, `GRANT`)
+/// says how to get the roles: a one-database dump does not hold them.
+fn missing_role_hint(error: Error) -> Error {
+    let m = error.message();
+    if m.contains("role \"") && m.contains("does not exist") {
+        with_note(
+            error,
+            "the dump names roles (owners, grantees) this server lacks: create them first \
+             (CREATE ROLE), or restore a mode=cluster point, which carries the roles",
+        )
+    } else {
+        error
+    }
+}
+
 fn restore_database(
     conn: &Conn,
     import: &Import,
@@ -895,10 +951,48 @@ fn restore_database(
                 "CREATE DATABASE :\"db\";\n",
             )?;
             checkpoint(CREATED, database)?;
-            0
+            // Whatever fails from here on, the database goes again: it did not exist.
+            return load_database(conn, import, database, format, replace, atomic, 0)
+                .map_err(|failure| undo_create(conn, database, failure));
         }
         Err(e) => return Err(e),
     };
+    load_database(conn, import, database, format, replace, atomic, tables)
+}
+
+/// `failure` of a restore into `database`, which it created, once the database is dropped
+/// again (and said so), or saying it is left behind.
+fn undo_create(conn: &Conn, database: &str, failure: Error) -> Error {
+    match drop_created(conn, database) {
+        Ok(()) => {
+            // Settled: the posthook has nothing to end, drop or say. Should the checkpoint
+            // fail, the posthook finds the database gone and says the restore rolled back.
+            checkpoint(RESTORING, UNDONE).ok();
+            with_note(
+                failure,
+                &format!("database `{database}`, which this restore created, is dropped again"),
+            )
+        }
+        Err(e) => with_note(
+            failure,
+            &format!(
+                "database `{database}`, which this restore created, is left behind: dropping it \
+                 failed ({e}); drop it before restoring again"
+            ),
+        ),
+    }
+}
+
+/// Loads the dump into `database`, which holds `tables` tables.
+fn load_database(
+    conn: &Conn,
+    import: &Import,
+    database: &str,
+    format: Format,
+    replace: bool,
+    atomic: bool,
+    tables: u64,
+) -> Result<Transfer> {
     if tables > 0 {
         refuse_unless_replace(
             &format!(
@@ -959,7 +1053,7 @@ fn restore_database(
         None => import.pipe_into(&command),
     }
     .map_err(|e| missing_tool(e, &command, conn))?;
-    let transfer = check(tool, transfer, conn, database)?;
+    let transfer = check(tool, transfer, conn, database).map_err(missing_role_hint)?;
     progress(Progress::percent(100.0).message("restored"));
     Ok(transfer)
 }

@@ -395,6 +395,31 @@ fn an_all_databases_point_refuses_a_database_parameter() {
     assert!(!maria.exists("foo"));
 }
 
+/// Restore QA finding 12: a restore that failed (here on a statement larger than the server's
+/// `max_allowed_packet`) left behind the database it had created.
+#[test]
+fn a_failed_restore_drops_the_database_it_created() {
+    let maria = Maria::start();
+    maria.sql(&format!(
+        "CREATE DATABASE {DB}; CREATE TABLE {DB}.bigb (id INT PRIMARY KEY, body LONGBLOB); \
+         INSERT INTO {DB}.bigb VALUES (1, REPEAT('x', 700000))"
+    ));
+    let cairn = Cairn::new();
+    let out = maria.backup(&cairn, &[]);
+    let report = maria.h.save(&out);
+    // The dump's INSERT of that row (--hex-blob) is 1.4 MB.
+    maria.root_sql("SET GLOBAL max_allowed_packet = 1048576");
+    let out = maria.restore(&cairn, &report, &["--param", "database=copy"]);
+    assert_fails_with(
+        &out,
+        &["database `copy`, which this restore created, is dropped again"],
+    );
+    assert!(
+        !maria.exists("copy"),
+        "a failed restore left the database it created"
+    );
+}
+
 /// Sends a signal to a process with `kill`.
 #[test]
 fn the_read_lock_holds_writes_until_the_posthook() {

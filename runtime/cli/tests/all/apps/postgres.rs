@@ -493,6 +493,46 @@ fn a_cluster_point_refuses_a_database_parameter() {
     assert_eq!(pg.query(DB, "SELECT x FROM items"), "2");
 }
 
+/// Restore QA finding 12: a restore into a database it created that failed (here on a role the
+/// server lacks, which a one-database dump does not carry) left that database behind, empty,
+/// and its error gave no way on.
+#[test]
+fn a_failed_restore_drops_the_database_it_created() {
+    let pg = Pg::start();
+    pg.query("postgres", &format!("CREATE DATABASE {DB}"));
+    pg.query("postgres", "CREATE ROLE app NOLOGIN");
+    pg.query(
+        DB,
+        "CREATE TABLE items (x int); INSERT INTO items VALUES (1); ALTER TABLE items OWNER TO app",
+    );
+    let cairn = Cairn::new();
+    let mut reports = Vec::new();
+    for format in ["plain", "custom"] {
+        let out = pg.backup(&cairn, &["--param", &format!("format={format}")]);
+        let report = pg.h.root().join(format!("{format}.json"));
+        std::fs::copy(pg.h.save(&out), &report).expect("keep the report");
+        reports.push(report);
+    }
+    pg.query(DB, "DROP OWNED BY app");
+    pg.query("postgres", "DROP ROLE app");
+    for report in &reports {
+        let out = pg.restore(&cairn, report, &["--param", "database=copy"]);
+        assert_fails_with(
+            &out,
+            &[
+                "role \"app\" does not exist",
+                "CREATE ROLE",
+                "mode=cluster",
+                "database `copy`, which this restore created, is dropped again",
+            ],
+        );
+        assert!(
+            !pg.exists("copy"),
+            "a failed restore left the database it created"
+        );
+    }
+}
+
 /// Restore QA finding 6: a replacing restore stopped by its deadline while queued for a lock
 /// left its session on the server, still queued, and the application's queries on the table
 /// waited behind it until the other transaction ended. The posthook ends it, and says why the
