@@ -398,6 +398,16 @@ fn diagnose(tool: &str, exit_code: i32, stderr: &[u8], conn: &Conn) -> Error {
         ));
     }
     let why = why(&text);
+    // The server drops the connection on a statement over its max_allowed_packet (a row of a
+    // few megabytes), and the client reports only that it is gone.
+    if why.starts_with("ERROR 2006") || why.starts_with("ERROR 2013") {
+        return Error::failed(format!(
+            "`{tool}` exited with {exit_code} (server at {at}): {why}; the server closed the \
+             connection: if it is still up, the usual cause is a statement (a large row) over \
+             its max_allowed_packet, so raise that on the server (SET GLOBAL \
+             max_allowed_packet, or in its configuration) and run again; else see its error log"
+        ));
+    }
     if why.is_empty() {
         Error::failed(format!("`{tool}` exited with {exit_code} (server at {at})"))
     } else {
@@ -407,17 +417,34 @@ fn diagnose(tool: &str, exit_code: i32, stderr: &[u8], conn: &Conn) -> Error {
     }
 }
 
-/// The first line of stderr that says what went wrong, trimmed, without the program's name.
+/// The line of stderr that says what went wrong, trimmed, without the program's name: the
+/// server's `ERROR nnnn (…)` line wherever it is (after an echoed statement, at the end of a
+/// long stderr), else the first line naming an error, else the first line that is not part of
+/// a statement the client echoed (between `--------------` lines), which says nothing of why.
 fn why(text: &str) -> String {
-    let line = text
+    const ECHO_RULE: &str = "--------------";
+    let mut echoed = false;
+    let said: Vec<&str> = text
         .lines()
         .map(str::trim)
-        .find(|l| l.contains("ERROR") || l.contains("error") || l.contains("Got error"))
-        .or_else(|| {
-            text.lines()
-                .map(str::trim)
-                .find(|l| !l.is_empty() && !l.starts_with("--"))
+        .filter(|l| {
+            if *l == ECHO_RULE {
+                echoed = !echoed;
+                return false;
+            }
+            !echoed && !l.is_empty()
         })
+        .collect();
+    let line = said
+        .iter()
+        .rev()
+        .find(|l| l.starts_with("ERROR "))
+        .or_else(|| {
+            said.iter()
+                .find(|l| l.contains("ERROR") || l.contains("error") || l.contains("Got error"))
+        })
+        .or_else(|| said.iter().find(|l| !l.starts_with("Warning:")))
+        .copied()
         .unwrap_or("");
     let line = line
         .strip_prefix("mariadb-dump: ")
@@ -687,6 +714,12 @@ fn restore(ctx: &Context) -> Result<Outputs> {
         })
     };
     let mut command = conn.command(conn.flavor.client()).arg("--binary-mode");
+    if conn.flavor == Flavor::MariaDb {
+        // The client echoes a failed statement to stderr before the server's `ERROR nnnn`
+        // line: a multi-megabyte INSERT fills the host's cap on stderr, and the reason is cut
+        // off. `--loose-`: clients from before the option (2024) only warn about it.
+        command = command.arg("--loose-skip-print-query-on-error");
+    }
     let mut created = false;
     match &target {
         Some(db) => {
@@ -1065,12 +1098,39 @@ mod tests {
                 "--------------\nDROP TABLE t\n--------------\n\nERROR 1142 (42000) at line 1: DROP command denied\n",
                 "exited with 1 (server at db.example:3307): ERROR 1142 (42000) at line 1: DROP command denied",
             ),
+            // Restore QA finding 7: the echoed statement (holding `error` in its data) is not
+            // the reason; the server's line after it is.
+            (
+                Some("x"),
+                "Warning: mariadb: unknown option '--loose-skip-print-query-on-error'\n\
+                 --------------\nINSERT INTO `bigb` VALUES (1,'an error log')\n--------------\n\n\
+                 ERROR 1153 (08S01) at line 41: Got a packet bigger than 'max_allowed_packet' bytes\n",
+                "(server at db.example:3307): ERROR 1153 (08S01) at line 41: Got a packet bigger",
+            ),
+            (
+                Some("x"),
+                "ERROR 2006 (HY000) at line 39: Server has gone away\n",
+                "Server has gone away; the server closed the connection: if it is still up, the \
+                 usual cause is a statement (a large row) over its max_allowed_packet",
+            ),
         ];
         for (password, stderr, expected) in cases {
             let e = diagnose("mariadb", 1, stderr.as_bytes(), &conn(password));
             assert!(e.message().contains(expected), "{e} lacks {expected:?}");
             assert!(!e.message().contains('\n'), "{e:?} is not one line");
         }
+    }
+
+    #[test]
+    fn a_statement_echo_cut_at_the_cap_is_not_the_reason() {
+        // The host keeps the head of stderr: an echo longer than its cap has no end, nor the
+        // server's line after it. Then no reason is better than the statement.
+        let cut = "--------------\nINSERT INTO `bigb` VALUES (0x0102";
+        assert_eq!(why(cut), "");
+        assert_eq!(
+            why("mariadb-dump: Got error: 2013: \"Lost connection\" when dumping\n"),
+            "Got error: 2013: \"Lost connection\" when dumping"
+        );
     }
 
     #[test]
