@@ -43,8 +43,10 @@ const ASIDE_SUFFIX: &str = ".cairn-old";
 
 /// Checkpoints of a restore, for its posthook to undo one that stopped (interrupted, past its
 /// deadline) before it could undo itself: how far it got ([`UNDO_STATE`]: `staging`, `saves-off`,
-/// `swapping`, `restarting`, then `undone` or `restarted`, which leave the posthook nothing to
-/// do), and what undoing needs, each recorded before the change it undoes.
+/// `swapping`, `restarting`, `reverting` (putting the server's own RDB back under a workload
+/// scaled to 0, after it did not come back on the restored one), then `undone` or `restarted`,
+/// which leave the posthook nothing to do), and what undoing needs, each recorded before the
+/// change it undoes.
 const UNDO_STATE: &str = "restore-state";
 /// The server's RDB path.
 const UNDO_RDB: &str = "restore-rdb";
@@ -54,6 +56,15 @@ const UNDO_SAVES: &str = "restore-saves";
 const UNDO_HAD_RDB: &str = "restore-had-rdb";
 /// The server's `run_id` before its restart (empty when it gives none).
 const UNDO_RUN_ID: &str = "restore-run-id";
+/// The server's log file (empty when it logs to its standard output), for the reason it gives
+/// when it does not come back on the restored RDB.
+const UNDO_LOG: &str = "restore-log";
+
+/// Lines of the server's log read for the reason it did not start: enough to reach back past
+/// the lines a failing start writes after its reason, few enough for one exec's output.
+const LOG_TAIL_LINES: u32 = 50;
+/// The longest reason quoted from the server's log, so one odd line cannot swamp the error.
+const MAX_REASON: usize = 300;
 
 /// Error replies `redis-cli` prints on stdout (it exits 0 after them).
 const ERROR_REPLIES: &[&str] = &[
@@ -240,6 +251,18 @@ impl Conn {
         let file = config_value(&reply, "dbfilename")?;
         Ok(format!("{}/{file}", dir.trim_end_matches('/')))
     }
+
+    /// The server's log file, absolute (Redis opens a relative one in its `dir`, where `rdb`
+    /// is), or empty when it logs to its standard output.
+    fn log_path(&self, rdb: &str) -> Result<String> {
+        let reply = self.query(&["CONFIG", "GET", "logfile"])?;
+        let file = reply.lines().nth(1).unwrap_or_default();
+        Ok(match (file, rdb.rsplit_once('/')) {
+            ("", _) => String::new(),
+            (file, Some((dir, _))) if !file.starts_with('/') => format!("{dir}/{file}"),
+            (file, _) => file.to_owned(),
+        })
+    }
 }
 
 /// The password from the granted secret, if any. Without the `secrets` grant there is none:
@@ -415,6 +438,7 @@ fn restore(ctx: &Context) -> Result<Outputs> {
         )));
     }
     let path = conn.rdb_path()?;
+    let log = conn.log_path(&path)?;
     let staged = format!("{path}{RESTORE_SUFFIX}");
     let aside = format!("{path}{ASIDE_SUFFIX}");
     // Left by a restore that could not put it back, or kept when the server restarted on the
@@ -507,6 +531,7 @@ fn restore(ctx: &Context) -> Result<Outputs> {
         .get("run_id")
         .cloned();
     checkpoint(UNDO_RUN_ID, run_id.as_deref().unwrap_or_default())?;
+    checkpoint(UNDO_LOG, &log)?;
     checkpoint(UNDO_STATE, "restarting")?;
 
     progress(Progress::percent(50.0).message("restarting the server"));
@@ -519,8 +544,9 @@ fn restore(ctx: &Context) -> Result<Outputs> {
     let loaded = match restart() {
         Ok(loaded) => loaded,
         // Whether the server restarted decides what undoing is: one still running on its own
-        // data takes its file back; one that restarted runs on the restored data, and one that
-        // does not answer may be loading either, so nothing is moved under it.
+        // data takes its file back; one that restarted runs on the restored data; one that does
+        // not answer never ran on it (it cannot load it, or was not up in time), so its own
+        // file goes back under a workload scaled to 0, where nothing loads or saves either.
         Err(e) => {
             return Err(match conn.info("server") {
                 Ok(server) if run_id.is_some() && server.get("run_id") == run_id.as_ref() => {
@@ -533,11 +559,20 @@ fn restore(ctx: &Context) -> Result<Outputs> {
                          restore is kept at {aside}"
                     ))
                 }
-                Err(_) => e.context(format_args!(
-                    "Redis does not answer: the restored RDB is at {path} and its own from before \
-                     at {aside}; start it on the one you want (move {aside} to {path} for the \
-                     data it had)"
-                )),
+                Err(_) => {
+                    let why = load_failure(&log);
+                    match put_back_stopped(&conn, &path, had_rdb, ready_timeout) {
+                        Ok(()) => e.context(format_args!(
+                            "Redis did not come back on the restored RDB ({why}); restore \
+                             undone: Redis runs on its own RDB ({path}) again, with the data it \
+                             had (if it only needed longer to start, raise --param \
+                             ready-timeout)"
+                        )),
+                        Err(b) => e.context(format_args!(
+                            "Redis did not come back on the restored RDB ({why}), {b}"
+                        )),
+                    }
+                }
             });
         }
     };
@@ -599,6 +634,92 @@ fn undo(conn: &Conn, path: &str, saves: &str, had_rdb: Option<bool>) -> Result<(
     checkpoint(UNDO_STATE, "undone")
 }
 
+/// Puts the server's own RDB back after the server did not come back on the restored one (it
+/// cannot load it: more databases than it is configured for, a newer RDB version, a module it
+/// lacks; or it was not up within `ready-timeout`). The workload goes to 0 first, so no server
+/// is loading the restored file or could save it over the one put back; the files move with a
+/// command against the stopped workload; then it starts again and must answer with its data
+/// loaded. Idempotent, so the posthook can finish one that was stopped. The error, when it
+/// fails, says where each file is, as far as it got.
+fn put_back_stopped(conn: &Conn, path: &str, had_rdb: bool, ready_timeout: Duration) -> Result<()> {
+    let aside = format!("{path}{ASIDE_SUFFIX}");
+    let staged = format!("{path}{RESTORE_SUFFIX}");
+    let untouched = |e: Error| {
+        e.context(format_args!(
+            "and putting its own RDB back failed: the restored RDB is at {path} and its own from \
+             before at {aside}; start it on the one you want (move {aside} to {path} for the \
+             data it had)"
+        ))
+    };
+    checkpoint(UNDO_STATE, "reverting")?;
+    let replicas = workloads::scale(None, 0).map_err(untouched)?.max(1);
+    let files = if had_rdb {
+        r#"if [ -e "$2" ]; then mv -f "$2" "$1"; fi && rm -f "$3""#
+    } else {
+        r#"rm -f "$1" "$3""#
+    };
+    let moved = Command::shell(files)
+        .arg("sh")
+        .args([path, aside.as_str(), staged.as_str()])
+        .stopped()
+        .run()
+        .and_then(|out| out.ok().map(drop));
+    // Started again either way: with the files unmoved it is no worse off than before.
+    let started = workloads::scale(None, replicas);
+    moved.map_err(untouched)?;
+    let own = if had_rdb {
+        format!("its own RDB is back at {path}")
+    } else {
+        format!("the restored RDB is removed from {path} (it had none)")
+    };
+    started
+        .and_then(|_| workloads::wait_ready(None, ready_timeout))
+        .and_then(|_| wait_loaded(conn, ready_timeout))
+        .map_err(|e| {
+            e.context(format_args!(
+                "and {own}, but Redis did not come back on it either; see its log"
+            ))
+        })?;
+    checkpoint(UNDO_STATE, "undone")
+}
+
+/// Why the server did not start, from the last warning (`#`) or FATAL line its most recent
+/// start wrote to `log` (empty: it logs to its standard output); else where to look.
+fn load_failure(log: &str) -> String {
+    if log.is_empty() {
+        return "Redis logs to its standard output (logfile \"\"): see the output the \
+                workload's start command or container keeps"
+            .to_owned();
+    }
+    let tail =
+        shell(r#"tail -n "$2" "$1""#, &[log, &LOG_TAIL_LINES.to_string()]).unwrap_or_default();
+    match last_warning(&tail) {
+        Some(line) => format!("its log {log} says: {line}"),
+        None => format!("see its log {log}"),
+    }
+}
+
+/// The last warning or FATAL line of `log` since the server last started (Redis marks
+/// warnings `pid:role date time # message`), without its prefix, cut to [`MAX_REASON`].
+fn last_warning(log: &str) -> Option<String> {
+    let lines: Vec<&str> = log.lines().collect();
+    // The start line is a warning too (`# oO0OoO0OoO0Oo Redis is starting`): after it.
+    let since = lines
+        .iter()
+        .rposition(|l| l.contains("Redis is starting"))
+        .map_or(0, |i| i + 1);
+    let line = lines[since..]
+        .iter()
+        .rev()
+        .find(|l| l.contains(" # ") || l.contains("FATAL"))?;
+    let message = line.split_once(" # ").map_or(*line, |(_, m)| m).trim();
+    let mut cut: String = message.chars().take(MAX_REASON).collect();
+    if cut.len() < message.len() {
+        cut.push('…');
+    }
+    Some(cut)
+}
+
 /// The restore's posthook: a restore stopped (Ctrl-C, past its deadline) while the server's
 /// own RDB was aside or its save points off is undone as the restore undoes itself on a
 /// failure, unless the server restarted meanwhile (it then runs on the restored data).
@@ -619,6 +740,22 @@ fn restore_posthook(ctx: &Context) -> Result<Outputs> {
         "saves-off" => None,
         _ => Some(ctx.value(UNDO_HAD_RDB)? == "yes"),
     };
+    // Stopped while it put the server's own RDB back, or while the server, restarting, did
+    // not answer: it never ran on the restored RDB, so its own goes back as the restore does it.
+    let stopped_down = |why: String| -> Result<Outputs> {
+        let ready_timeout = ctx.seconds("ready-timeout")?;
+        let had_rdb = had_rdb.unwrap_or(true);
+        put_back_stopped(&conn, path, had_rdb, ready_timeout)
+            .map_err(|e| e.context(format_args!("the restore stopped ({failure}) {why}")))?;
+        warn!(
+            "the restore stopped ({failure}) {why}; undone: Redis runs on its own RDB ({path}) \
+             again"
+        );
+        Ok(Outputs::new())
+    };
+    if state == "reverting" {
+        return stopped_down("while it put the server's own RDB back".to_owned());
+    }
     if state == "restarting" {
         let before = ctx.value(UNDO_RUN_ID)?;
         match conn.info("server") {
@@ -632,13 +769,19 @@ fn restore_posthook(ctx: &Context) -> Result<Outputs> {
                 );
                 return Ok(Outputs::new());
             }
-            _ => {
+            Ok(_) => {
                 return Err(Error::failed(format!(
                     "the restore stopped ({failure}) while Redis restarted, and whether it runs \
                      on the restored data cannot be told: the restored RDB is at {path} and its \
                      own from before at {aside}; start it on the one you want (move {aside} to \
                      {path} for the data it had)"
                 )));
+            }
+            Err(_) => {
+                let why = load_failure(ctx.value(UNDO_LOG).unwrap_or_default());
+                return stopped_down(format!(
+                    "while Redis restarted, and it did not come back on the restored RDB ({why})"
+                ));
             }
         }
     }
@@ -757,6 +900,33 @@ mod tests {
             Ok("/var/lib/redis".to_owned())
         );
         assert!(config_value("", "dir").is_err());
+    }
+
+    #[test]
+    fn the_reason_a_restarted_server_gives_is_its_last_warning_since_it_started() {
+        let log = "\
+1:M 07 Dec 2026 17:30:00.000 # Server initialized (an older run)
+2:C 07 Dec 2026 17:40:00.000 # oO0OoO0OoO0Oo Redis is starting oO0OoO0OoO0Oo
+2:C 07 Dec 2026 17:40:00.000 # WARNING Memory overcommit must be enabled!
+2:M 07 Dec 2026 17:40:00.001 * Server initialized
+2:M 07 Dec 2026 17:40:00.002 # FATAL: Data file was created with a Redis server configured \
+to handle more than 16 databases. Exiting
+";
+        assert_eq!(
+            last_warning(log).as_deref(),
+            Some(
+                "FATAL: Data file was created with a Redis server configured to handle more \
+                 than 16 databases. Exiting"
+            )
+        );
+        // Nothing since the last start: no older run's warning is taken for its reason.
+        let quiet = "1:M 07 Dec 2026 17:30:00.000 # an older warning\n\
+                     2:C 07 Dec 2026 17:40:00.000 # oO0OoO0OoO0Oo Redis is starting\n";
+        assert_eq!(last_warning(quiet), None);
+        let long = format!("3:M 07 Dec 2026 17:40:00.000 # {}", "x".repeat(1000));
+        let cut = last_warning(&long).expect("a reason");
+        assert_eq!(cut.chars().count(), MAX_REASON + 1);
+        assert!(cut.ends_with('…'));
     }
 
     #[test]

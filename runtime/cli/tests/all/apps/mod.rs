@@ -358,13 +358,15 @@ impl Harness {
     /// Starts the workload's daemon: `start`, run in the tempdir, daemonizes and writes its
     /// pid to `pidfile`. `start` becomes the workload's start command, and its stop command
     /// SIGTERMs that pid and waits for the daemon to exit (which saves what a server saves on
-    /// shutdown, as in production). Killed on drop.
+    /// shutdown, as in production); a daemon already gone (it exited at startup) is stopped,
+    /// as a scale-down of a crashed pod is. Killed on drop.
     fn serve(&mut self, start: &[&str], pidfile: &str) {
         self.set_workload(Workload {
             start: Some(format!("[{}]", start.join(", "))),
             stop: Some(format!(
-                "[sh, -c, 'pid=$(cat {pidfile}) && kill \"$pid\" && while [ -e /proc/$pid ] && \
-                 ! grep -q \"^State:.*Z\" /proc/$pid/status; do sleep 0.05; done']"
+                "[sh, -c, 'if pid=$(cat {pidfile}) && kill \"$pid\" 2>/dev/null; then while \
+                 [ -e /proc/$pid ] && ! grep -q \"^State:.*Z\" /proc/$pid/status; do sleep \
+                 0.05; done; fi']"
             )),
             ..self.workload.clone()
         });

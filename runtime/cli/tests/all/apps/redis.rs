@@ -9,7 +9,7 @@ use super::{
     Harness, Workload, assert_export_gone, assert_fails_with, assert_repository_empty,
     assert_timed_out, phase,
 };
-use super::{free_port, piped, require, snapshots, wait_for};
+use super::{answer, free_port, piped, require, snapshots, wait_for};
 use crate::support::{Cairn, stderr, stdout};
 
 const PASSWORD: &str = "s3cret-pw";
@@ -62,6 +62,11 @@ struct Redis {
 
 impl Redis {
     fn start(password: Option<&'static str>) -> Self {
+        Self::start_configured(password, "")
+    }
+
+    /// [`Redis::start`] with `extra` lines in its `redis.conf`.
+    fn start_configured(password: Option<&'static str>, extra: &str) -> Self {
         require(
             "Redis",
             "redis-server redis-tools",
@@ -80,6 +85,7 @@ impl Redis {
         if let Some(p) = password {
             conf.push_str(&format!("requirepass {p}\n"));
         }
+        conf.push_str(extra);
         std::fs::write(root.join("redis.conf"), conf).expect("redis.conf");
         h.param("port", port);
         h.workload = Workload {
@@ -90,13 +96,39 @@ impl Redis {
         };
         h.serve(&["redis-server", "./redis.conf"], "redis.pid");
         let redis = Self { h, port, password };
+        redis.wait_up();
+        redis
+    }
+
+    fn wait_up(&self) {
         wait_for(
             "redis-server coming up",
             20,
-            || redis.try_cli(&["PING"]).is_some_and(|o| o.trim() == "PONG"),
-            || std::fs::read_to_string(redis.h.root().join("redis.log")).unwrap_or_default(),
+            || self.try_cli(&["PING"]).is_some_and(|o| o.trim() == "PONG"),
+            || std::fs::read_to_string(self.h.root().join("redis.log")).unwrap_or_default(),
         );
-        redis
+    }
+
+    /// Kills the server and starts it again with the workload's start command, on its
+    /// `redis.conf` as `edit` changes it.
+    fn restart_with(&self, edit: impl FnOnce(String) -> String) {
+        self.h.kill();
+        wait_for(
+            "the killed redis-server to stop answering",
+            20,
+            || self.try_cli(&["PING"]).is_none(),
+            String::new,
+        );
+        let conf = self.h.root().join("redis.conf");
+        let text = std::fs::read_to_string(&conf).expect("redis.conf");
+        std::fs::write(&conf, edit(text)).expect("redis.conf");
+        answer(
+            "starting redis-server",
+            Command::new("redis-server")
+                .arg("./redis.conf")
+                .current_dir(self.h.root()),
+        );
+        self.wait_up();
     }
 
     fn try_cli(&self, args: &[&str]) -> Option<String> {
@@ -327,6 +359,51 @@ fn a_restore_stopped_at_its_deadline_is_undone_by_its_posthook() {
         std::fs::read(&aside).expect("kept"),
         b"REDIS0011 not really"
     );
+}
+
+/// Regression (restore QA, finding 5): an RDB the server cannot load (written by a server with
+/// `databases 32` holding a key in db 20, restored onto one with the default 16) left Redis
+/// down, its own RDB aside. The server never ran on the restored file, so the restore puts its
+/// own back under the workload scaled to 0 and starts it again: it fails saying why, from the
+/// server's log, and Redis serves what it held.
+#[test]
+fn a_restore_whose_rdb_the_server_cannot_load_puts_its_own_back() {
+    let redis = Redis::start_configured(None, "databases 32\n");
+    redis.cli(&["-n", "20", "SET", "deep", "in db 20"]);
+    let cairn = Cairn::new();
+    let (report, _) = redis.h.backup(&cairn, &BACKUP);
+
+    // The same workload, restarted with 16 databases on a dataset of its own.
+    redis.cli(&["FLUSHALL"]);
+    redis.cli(&["SET", "mine", "kept"]);
+    redis.cli(&["SAVE"]);
+    redis.restart_with(|conf| conf.replace("databases 32\n", ""));
+    assert_eq!(
+        redis.cli(&["CONFIG", "GET", "databases"]).trim(),
+        "databases\n16"
+    );
+
+    let extra = ["--param", "replace=true", "--param", "ready-timeout=5"];
+    let out = redis.restore(&cairn, &report, &extra);
+    assert_fails_with(
+        &out,
+        &[
+            "did not come back on the restored RDB",
+            "more than 16 databases",
+            "restore undone",
+            "with the data it had",
+        ],
+    );
+    assert_eq!(redis.cli(&["GET", "mine"]).trim(), "kept");
+    assert_eq!(redis.cli(&["DBSIZE"]).trim(), "1");
+    assert!(redis.cli(&["CONFIG", "GET", "save"]).contains("3600 1"));
+    for left in ["dump.rdb.cairn-old", "dump.rdb.cairn-restore"] {
+        assert!(!redis.h.root().join("data").join(left).exists(), "{left}");
+    }
+    // The workload is up as far as Cairn knows too: the next restore runs (and is refused
+    // for the data the server holds, not for a file left aside).
+    let out = redis.restore(&cairn, &report, &[]);
+    assert_fails_with(&out, &["already holds 1 keys", "replace=true"]);
 }
 
 /// A point whose repository is gone (the home's, deleted; a lost instance's, after DR) is
