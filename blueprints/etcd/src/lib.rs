@@ -383,6 +383,7 @@ fn restore(ctx: &Context) -> Result<Outputs> {
     let ready_timeout = ctx.seconds("ready-timeout")?;
 
     let keys = conn.key_count()?;
+    check_data_dir(&data_dir)?;
     if keys > 0 {
         refuse_unless_replace(
             &format!("etcd at {} already holds {keys} keys", conn.endpoints),
@@ -515,8 +516,9 @@ fn restore(ctx: &Context) -> Result<Outputs> {
     if !found.trim().is_empty() {
         // Still the old member, on the old files: the directories go back where it keeps them.
         return Err(swap_back(Error::failed(format!(
-            "etcd at {} did not restart when the workload was scaled to 0 and back: check the \
-             workload's stop and start commands",
+            "etcd at {} did not restart when the workload was scaled to 0 and back, or restarted \
+             on another directory than {data_dir}: check the workload's stop and start commands, \
+             and that `data-dir` is the member's --data-dir",
             conn.endpoints
         ))));
     }
@@ -548,6 +550,25 @@ fn restore(ctx: &Context) -> Result<Outputs> {
     Ok(Outputs::new()
         .value("keys", keys)
         .value("revision", revision))
+}
+
+/// Refuses a `data-dir` that is not a member's data directory (it does not exist, or holds no
+/// `member/`), while nothing has changed: found later, it would show as a swap that fails, or
+/// as a member that "did not restart" (it did, on the directory it really runs on).
+fn check_data_dir(data_dir: &str) -> Result<()> {
+    let found = shell(
+        r#"if [ -d "$1/member" ]; then echo member; elif [ -e "$1" ]; then echo other; fi"#,
+        &[data_dir],
+    )?;
+    let what = match found.trim() {
+        "member" => return Ok(()),
+        "other" => "holds no `member/` directory (where a member keeps its data)",
+        _ => "does not exist in the workload",
+    };
+    Err(Error::invalid(format!(
+        "parameter `data-dir` is {data_dir}, which {what}: is `data-dir` the member's --data-dir? \
+         (etcd's --data-dir flag, or ETCD_DATA_DIR); nothing was changed"
+    )))
 }
 
 /// Undoes a restore the member has not restarted from, however far its swap got: the

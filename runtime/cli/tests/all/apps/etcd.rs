@@ -178,17 +178,27 @@ impl Etcd {
     ) -> Output {
         let data_dir = format!("data-dir={}", self.data_dir().display());
         let peer = format!("initial-advertise-peer-urls=http://127.0.0.1:{}", self.peer);
+        let params = ["--param", &data_dir, "--param", &peer];
+        self.restore_with(cairn, report, grants, &[&params[..], extra].concat())
+    }
+
+    /// A restore from `report` with `grants` and only `params` (no `data-dir` or peer URLs
+    /// unless they name them).
+    fn restore_with(&self, cairn: &Cairn, report: &Path, grants: &str, params: &[&str]) -> Output {
         let from = report.to_str().expect("utf-8");
-        let params = [
-            "--param",
-            &data_dir,
-            "--param",
-            &peer,
-            "--param",
-            "ready-timeout=60",
-        ];
-        let args = [&["--from", from, "--grant", grants][..], &params, extra].concat();
+        let timeout = ["--param", "ready-timeout=60"];
+        let args = [&["--from", from, "--grant", grants][..], &timeout, params].concat();
         self.h.run(cairn, "restore", &args)
+    }
+
+    /// What a restore staged or set aside beside the data directory and left there.
+    fn leftovers(&self) -> Vec<String> {
+        std::fs::read_dir(self.h.root())
+            .expect("root")
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("cairn"))
+            .collect()
     }
 
     /// Files left in the backup's temporary directory.
@@ -262,13 +272,7 @@ fn backup_destroy_restore_and_compare_every_key() {
     assert_eq!(after.len(), KEYS);
     assert!(after == before, "the restored keys differ");
     // Nothing staged is left beside the data directory.
-    let leftovers: Vec<_> = std::fs::read_dir(etcd.h.root())
-        .expect("root")
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.contains("cairn"))
-        .collect();
-    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert!(etcd.leftovers().is_empty(), "{:?}", etcd.leftovers());
 }
 
 #[test]
@@ -295,13 +299,7 @@ fn a_restore_that_cannot_restart_the_member_changes_nothing() {
     let grants = "exec,import,workloads";
     let out = etcd.restore_granted(&cairn, &report, grants, &["--param", "replace=true"]);
     assert_fails_with(&out, &["scale"]);
-    let moved: Vec<_> = std::fs::read_dir(etcd.h.root())
-        .expect("root")
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.contains("cairn"))
-        .collect();
-    assert!(moved.is_empty(), "{moved:?}");
+    assert!(etcd.leftovers().is_empty(), "{:?}", etcd.leftovers());
     assert_eq!(etcd.dump().len(), KEYS + 1);
 }
 
@@ -324,13 +322,7 @@ fn a_restore_stopped_at_its_deadline_is_undone_by_its_posthook() {
     let out = etcd.restore(&cairn, &report, &extra);
     let v = assert_fails_with(&out, &[]);
     assert_eq!(phase(&v, "restorePosthook")["status"], "ok", "{v}");
-    let left: Vec<_> = std::fs::read_dir(etcd.h.root())
-        .expect("root")
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.contains("cairn"))
-        .collect();
-    assert!(left.is_empty(), "{left:?}");
+    assert!(etcd.leftovers().is_empty(), "{:?}", etcd.leftovers());
     // Restarted, the member serves its own data, without the restore's marker.
     etcd.h.kill();
     wait_for(
@@ -364,6 +356,40 @@ fn a_restore_stopped_at_its_deadline_is_undone_by_its_posthook() {
         "the member's own data, without the marker"
     );
     assert_eq!(dump.get("/newer").map(String::as_str), Some("data"));
+}
+
+/// Regression (restore QA, finding 10): a `data-dir` that does not exist, or is not the
+/// member's (it holds no `member/`), failed late naming another cause ("did not restart").
+/// It is refused up front, before anything is staged or moved.
+#[test]
+fn a_data_dir_that_is_not_the_members_is_refused_before_anything_changes() {
+    let etcd = Etcd::start(false);
+    etcd.ctl(&["put", "/before", "backup"]);
+    let cairn = Cairn::new();
+    let (report, _) = etcd.h.backup(&cairn, &BACKUP);
+    etcd.ctl(&["put", "/newer", "data"]);
+    let grants = "exec,import,workloads,scale";
+    for (dir, why) in [
+        ("nowhere", "does not exist"),
+        ("tmp", "holds no `member/` directory"),
+    ] {
+        let wrong = etcd.h.root().join(dir);
+        let param = format!("data-dir={}", wrong.display());
+        let params = ["--param", &param, "--param", "replace=true"];
+        let out = etcd.restore_with(&cairn, &report, grants, &params);
+        let named = wrong.display().to_string();
+        assert_fails_with(
+            &out,
+            &[
+                &named,
+                why,
+                "is `data-dir` the member's --data-dir?",
+                "nothing was changed",
+            ],
+        );
+        assert!(etcd.leftovers().is_empty(), "{:?}", etcd.leftovers());
+    }
+    assert_eq!(etcd.dump().len(), 2);
 }
 
 #[test]
