@@ -167,6 +167,17 @@ impl Conn {
         })
     }
 
+    /// The same endpoints without credentials, for the requests etcd answers without them
+    /// (`endpoint status`).
+    fn anonymous(&self) -> Self {
+        Self {
+            endpoints: self.endpoints.clone(),
+            command_timeout: self.command_timeout,
+            user: None,
+            password: None,
+        }
+    }
+
     /// `etcdctl args…`; endpoints and credentials go through the environment (never argv), and
     /// as variables they cannot clash with the same variables set in the workload.
     fn etcdctl<I>(&self, args: I) -> Command
@@ -477,22 +488,29 @@ fn restore(ctx: &Context) -> Result<Outputs> {
     )
     .map_err(&swap_back)?;
     checkpoint(UNDO_STATE, "restarting")?;
-    let restart = || -> Result<String> {
+    let restart = || -> Result<Answer> {
         let replicas = workloads::scale(None, 0)?.max(1);
         workloads::scale(None, replicas)?;
         workloads::wait_ready(None, ready_timeout)?;
-        wait_serving(&conn, ready_timeout)?;
-        conn.run(
-            "etcdctl get",
-            ["get", marker.as_str(), "--print-value-only"],
-        )
+        let marker = wait_serving(&conn, ready_timeout).and_then(|()| {
+            conn.run(
+                "etcdctl get",
+                ["get", marker.as_str(), "--print-value-only"],
+            )
+        });
+        match marker {
+            Ok(found) => Ok(Answer::Marker(found)),
+            Err(e @ Error::Denied(_)) => Ok(Answer::Refused(e)),
+            Err(e) => Err(e),
+        }
     };
-    let found =
+    let answer =
         match restart() {
-            Ok(found) => found,
+            Ok(answer) => answer,
             // Whether the member restarted decides what undoing is: the old member (the marker
-            // still there) takes its directory back; a restarted one runs on the restored data,
-            // and one that does not answer may be starting on either, so nothing is moved under it.
+            // still there) takes its directory back; a restarted one runs on the restored data
+            // (one refusing the credentials the old member took is one), and one that does not
+            // answer may be starting on either, so nothing is moved under it.
             Err(e) => {
                 return Err(
                 match conn.run("etcdctl get", ["get", marker.as_str(), "--print-value-only"]) {
@@ -504,6 +522,16 @@ fn restore(ctx: &Context) -> Result<Outputs> {
                              from before the restore is kept at {old}"
                         ))
                     }
+                    Err(refusal @ Error::Denied(_)) => {
+                        let _ = checkpoint(UNDO_STATE, "restarted");
+                        e.context(format_args!(
+                            "etcd restarted on the restored data and {}: the restored keyspace \
+                             holds its own users and passwords, those at backup time, so use \
+                             those; the member's own directory from before the restore is kept \
+                             at {old}",
+                            refusal_of(&refusal)
+                        ))
+                    }
                     Err(_) => e.context(format_args!(
                         "the member does not answer: the restored data is at {data_dir} and its \
                          own from before at {old}; start it on the one you want (move {old} to \
@@ -513,7 +541,9 @@ fn restore(ctx: &Context) -> Result<Outputs> {
             );
             }
         };
-    if !found.trim().is_empty() {
+    if let Answer::Marker(found) = &answer
+        && !found.trim().is_empty()
+    {
         // Still the old member, on the old files: the directories go back where it keeps them.
         return Err(swap_back(Error::failed(format!(
             "etcd at {} did not restart when the workload was scaled to 0 and back, or restarted \
@@ -524,7 +554,9 @@ fn restore(ctx: &Context) -> Result<Outputs> {
     }
 
     checkpoint(UNDO_STATE, "restarted")?;
-    let status = conn.run(
+    // `endpoint status` needs no credentials: it checks the revision also of a member that
+    // refuses those given.
+    let status = conn.anonymous().run(
         "etcdctl endpoint status",
         ["endpoint", "status", "-w", "json"],
     )?;
@@ -541,15 +573,52 @@ fn restore(ctx: &Context) -> Result<Outputs> {
         )));
     }
     shell(r#"rm -rf "$1" "$2""#, &[&old, &staged])?;
+    let outputs = Outputs::new().value("revision", revision);
+    if let Answer::Refused(refusal) = answer {
+        // Done, not failed: the member runs on the restored keyspace at the snapshot's
+        // revision, which is what was asked, and a failure would leave the old directory for
+        // the next restore to refuse. The keyspace holds its own users, roles and passwords, so
+        // the credentials are the backup's now: said here, for every client using the others.
+        warn!(
+            "restored {} bytes of snapshot into {data_dir}; etcd is at revision {revision}, but \
+             {}: the restored keyspace holds its own users, roles and passwords, those at backup \
+             time; use those (or set the new ones again with `etcdctl user passwd`) here and in \
+             every client",
+            transfer.bytes,
+            refusal_of(&refusal)
+        );
+        progress(Progress::percent(100.0).message("restored; use the backup-time credentials"));
+        return Ok(outputs.value("credentials", "backup-time"));
+    }
     let keys = conn.key_count()?;
     info!(
         "restored {} bytes of snapshot into {data_dir}; etcd is at revision {revision} with {keys} keys",
         transfer.bytes
     );
     progress(Progress::percent(100.0).message(format!("restored, {keys} keys")));
-    Ok(Outputs::new()
-        .value("keys", keys)
-        .value("revision", revision))
+    Ok(outputs.value("keys", keys))
+}
+
+/// How a member refused the credentials given (or their absence), from [`Conn::explain`]'s
+/// error.
+fn refusal_of(e: &Error) -> &'static str {
+    let message = e.message();
+    if message.contains("refused the credentials") {
+        "refuses the credentials given (authentication failed)"
+    } else if message.contains("requires authentication") {
+        "has authentication on, and no credentials were given"
+    } else {
+        "denies the user given a read of the keyspace"
+    }
+}
+
+/// What the restarted member answered a read of the marker key.
+enum Answer {
+    /// The marker's value: empty from a member restarted on the restored data.
+    Marker(String),
+    /// It refused the credentials the member before the restore accepted: it runs on the
+    /// restored keyspace, whose users and passwords are those at backup time.
+    Refused(Error),
 }
 
 /// Refuses a `data-dir` that is not a member's data directory (it does not exist, or holds no
@@ -606,7 +675,9 @@ fn restore_posthook(ctx: &Context) -> Result<Outputs> {
         // The marker is in the member that ran before the restore, and in no restored one.
         match conn.run("etcdctl get", ["get", marker, "--print-value-only"]) {
             Ok(v) if !v.trim().is_empty() => {}
-            Ok(_) if state == "restarting" => {
+            // The member before the restore took these credentials: one refusing them runs on
+            // the restored keyspace, with the users and passwords of backup time.
+            Ok(_) | Err(Error::Denied(_)) if state == "restarting" => {
                 warn!(
                     "the restore stopped ({failure}) after etcd restarted on the restored data; \
                      the member's own directory from before the restore is kept at {old}"

@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 
 use super::{
     Harness, Workload, assert_export_gone, assert_fails_with, assert_repository_empty,
-    assert_timed_out, phase,
+    assert_timed_out, phase, value,
 };
 use super::{free_port, piped, require, script, wait_for};
 use crate::support::{Cairn, stderr};
@@ -390,6 +390,53 @@ fn a_data_dir_that_is_not_the_members_is_refused_before_anything_changes() {
         assert!(etcd.leftovers().is_empty(), "{:?}", etcd.leftovers());
     }
     assert_eq!(etcd.dump().len(), 2);
+}
+
+/// Regression (restore QA, finding 9): a snapshot holds the users and passwords of backup
+/// time. Restored with the root password changed since, the restarted member refused the new
+/// one, and the restore failed as "the member does not answer", leaving `data.cairn-old` for
+/// the next restore to refuse. The member runs on the restored data: the restore is done, and
+/// says to use the backup-time credentials.
+#[test]
+fn a_restore_whose_snapshot_holds_other_credentials_is_done_and_says_so() {
+    let etcd = Etcd::start(true);
+    etcd.ctl(&["put", "/before", "backup"]);
+    let cairn = Cairn::new();
+    let password = format!("password=raw:{ROOT_PASSWORD}");
+    let creds = ["--secret", "user=raw:root", "--secret", &password];
+    let (report, _) = etcd.h.backup(&cairn, &[&BACKUP[..], &creds].concat());
+    let mut passwd = etcd.etcdctl();
+    passwd.args(["user", "passwd", "root", "--interactive=false"]);
+    let out = piped(passwd, b"n3w-pw\n");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let new = [
+        "--secret",
+        "user=raw:root",
+        "--secret",
+        "password=raw:n3w-pw",
+        "--param",
+        "replace=true",
+    ];
+    let out = etcd.restore(&cairn, &report, &new);
+    assert!(out.status.success(), "restore failed: {}", stderr(&out));
+    let v = crate::support::json(&out);
+    assert_eq!(value(&v["outputs"], "credentials"), "backup-time", "{v}");
+    assert!(
+        stderr(&out).contains("holds its own users, roles and passwords, those at backup time"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(etcd.leftovers().is_empty(), "{:?}", etcd.leftovers());
+    // The backup-time password is the root's again.
+    assert_eq!(
+        etcd.dump().get("/before").map(String::as_str),
+        Some("backup")
+    );
 }
 
 #[test]
