@@ -99,11 +99,9 @@ impl Blueprint for Etcd {
                     .default("default")
                     .describe("The member's --name (restore)"),
             )
-            .param(
-                Param::text("initial-advertise-peer-urls")
-                    .default("http://localhost:2380")
-                    .describe("The member's peer URLs (restore)"),
-            )
+            .param(Param::text("initial-advertise-peer-urls").describe(
+                "The member's peer URLs (restore; default: those it has now, from member list)",
+            ))
             .param(Param::text("initial-cluster").describe(
                 "The restored cluster's members, NAME=URL,… (restore; default: this member alone)",
             ))
@@ -386,15 +384,22 @@ fn restore(ctx: &Context) -> Result<Outputs> {
         )
     })?;
     let name = ctx.text("name")?;
-    let peer_urls = ctx.text("initial-advertise-peer-urls")?;
-    let cluster = ctx
-        .param::<Option<String>>("initial-cluster")?
-        .unwrap_or_else(|| format!("{name}={peer_urls}"));
+    let given_peer_urls = ctx.param::<Option<String>>("initial-advertise-peer-urls")?;
     let replace = ctx.flag("replace")?;
     let ready_timeout = ctx.seconds("ready-timeout")?;
 
     let keys = conn.key_count()?;
     check_data_dir(&data_dir)?;
+    let peer_urls = peer_urls(&conn, name, given_peer_urls)?;
+    let cluster = ctx
+        .param::<Option<String>>("initial-cluster")?
+        .unwrap_or_else(|| {
+            peer_urls
+                .split(',')
+                .map(|url| format!("{name}={url}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        });
     if keys > 0 {
         refuse_unless_replace(
             &format!("etcd at {} already holds {keys} keys", conn.endpoints),
@@ -443,7 +448,7 @@ fn restore(ctx: &Context) -> Result<Outputs> {
             "--initial-cluster",
             cluster.as_str(),
             "--initial-advertise-peer-urls",
-            peer_urls,
+            peer_urls.as_str(),
         ],
     );
     if let Err(e) = restored {
@@ -621,6 +626,98 @@ enum Answer {
     Refused(Error),
 }
 
+/// The peer URLs the restored member advertises: those `given`, else those the member named
+/// `name` has now (`member list`), so that a restore does not move it to etcd's default
+/// (`http://localhost:2380`), which breaks adding members later. A `given` that differs from
+/// them is used with a warning; without either, the restore is refused while nothing changed.
+fn peer_urls(conn: &Conn, name: &str, given: Option<String>) -> Result<String> {
+    let list = conn.run("etcdctl member list", ["member", "list", "-w", "json"])?;
+    let members = members(&list);
+    let current = members
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, urls)| urls.join(","));
+    match (given, current) {
+        (Some(given), Some(current)) => {
+            let sorted = |urls: &str| {
+                let mut urls: Vec<&str> = urls.split(',').map(str::trim).collect();
+                urls.sort_unstable();
+                urls.join(",")
+            };
+            if sorted(&given) != sorted(&current) {
+                warn!(
+                    "member {name} advertises the peer URLs {current}; the restored member will \
+                     advertise {given} (--param initial-advertise-peer-urls)"
+                );
+            }
+            Ok(given)
+        }
+        (Some(given), None) => {
+            warn!(
+                "etcd at {} has no member named {name:?}: the restored member will be named so \
+                 (--param name)",
+                conn.endpoints
+            );
+            Ok(given)
+        }
+        (None, Some(current)) if !current.is_empty() => Ok(current),
+        (None, _) => {
+            let names: Vec<&str> = members.iter().map(|(n, _)| n.as_str()).collect();
+            Err(Error::invalid(format!(
+                "etcd at {} has no member named {name:?} with peer URLs (its members: {}): pass \
+                 the member's --name with --param name=…, or its peer URLs with --param \
+                 initial-advertise-peer-urls=…; nothing was changed",
+                conn.endpoints,
+                names.join(", ")
+            )))
+        }
+    }
+}
+
+/// The members of `etcdctl member list -w json`, as (name, peer URLs). A member object holds no
+/// nested object, so each ends at the next `}`; a member not started yet has no name.
+fn members(json: &str) -> Vec<(String, Vec<String>)> {
+    let Some(start) = json.find("\"members\":[") else {
+        return Vec::new();
+    };
+    json[start..]
+        .split('}')
+        .filter_map(|member| {
+            let name = json_string(member, "name")?;
+            Some((name, json_strings(member, "peerURLs")))
+        })
+        .collect()
+}
+
+/// The string value of `"key":` in a flat JSON object (names and URLs hold no escapes).
+fn json_string(json: &str, key: &str) -> Option<String> {
+    let pattern = format!("\"{key}\":\"");
+    let rest = &json[json.find(&pattern)? + pattern.len()..];
+    Some(rest[..rest.find('"')?].to_owned())
+}
+
+/// The strings of the array `"key":[…]` in a flat JSON object (an IPv6 URL holds `]`, so the
+/// array ends at the first `]` outside a string).
+fn json_strings(json: &str, key: &str) -> Vec<String> {
+    let pattern = format!("\"{key}\":[");
+    let Some(at) = json.find(&pattern) else {
+        return Vec::new();
+    };
+    let mut rest = &json[at + pattern.len()..];
+    let mut strings = Vec::new();
+    loop {
+        rest = rest.trim_start_matches(|c: char| c == ',' || c.is_whitespace());
+        let Some(string) = rest.strip_prefix('"') else {
+            return strings;
+        };
+        let Some(end) = string.find('"') else {
+            return strings;
+        };
+        strings.push(string[..end].to_owned());
+        rest = &string[end + 1..];
+    }
+}
+
 /// Refuses a `data-dir` that is not a member's data directory (it does not exist, or holds no
 /// `member/`), while nothing has changed: found later, it would show as a swap that fails, or
 /// as a member that "did not restart" (it did, on the directory it really runs on).
@@ -772,6 +869,28 @@ mod tests {
         assert_eq!(json_number(status, "revision"), Some(2));
         assert_eq!(json_number(status, "totalKey"), Some(8));
         assert_eq!(json_number(r#"{"header":{"revision":5}}"#, "count"), None);
+    }
+
+    #[test]
+    fn reads_the_members_peer_urls_from_member_list() {
+        let list = r#"{"header":{"cluster_id":1,"member_id":2,"raft_term":3},"members":[{"ID":2,"name":"default","peerURLs":["http://127.0.0.1:19241"],"clientURLs":["http://127.0.0.1:19240"]},{"ID":4,"name":"two","peerURLs":["http://10.0.0.2:2380","http://[fd00::2]:2380"]},{"ID":5,"peerURLs":["http://10.0.0.3:2380"],"isLearner":true}]}"#;
+        assert_eq!(
+            members(list),
+            [
+                (
+                    "default".to_owned(),
+                    vec!["http://127.0.0.1:19241".to_owned()]
+                ),
+                (
+                    "two".to_owned(),
+                    vec![
+                        "http://10.0.0.2:2380".to_owned(),
+                        "http://[fd00::2]:2380".to_owned()
+                    ]
+                ),
+            ]
+        );
+        assert!(members("Error: no JSON").is_empty());
     }
 
     #[test]

@@ -439,6 +439,45 @@ fn a_restore_whose_snapshot_holds_other_credentials_is_done_and_says_so() {
     );
 }
 
+/// Regression (restore QA, finding 8): without `initial-advertise-peer-urls` a restore gave the
+/// member etcd's default peer URL, http://localhost:2380, whatever it had. It keeps the ones
+/// the member advertises; a member name the cluster does not have is refused up front.
+#[test]
+fn a_restore_keeps_the_members_peer_urls() {
+    let etcd = Etcd::start(false);
+    etcd.ctl(&["put", "/before", "backup"]);
+    let cairn = Cairn::new();
+    let (report, _) = etcd.h.backup(&cairn, &BACKUP);
+    etcd.ctl(&["put", "/newer", "data"]);
+    let data_dir = format!("data-dir={}", etcd.data_dir().display());
+    let grants = "exec,import,workloads,scale";
+    let params = ["--param", &data_dir, "--param", "replace=true"];
+
+    let unknown = [&params[..], &["--param", "name=other"]].concat();
+    let out = etcd.restore_with(&cairn, &report, grants, &unknown);
+    assert_fails_with(
+        &out,
+        &[
+            "no member named \"other\"",
+            "default",
+            "--param name=",
+            "nothing was changed",
+        ],
+    );
+    assert!(etcd.leftovers().is_empty(), "{:?}", etcd.leftovers());
+    assert_eq!(etcd.dump().len(), 2);
+
+    let out = etcd.restore_with(&cairn, &report, grants, &params);
+    assert!(out.status.success(), "restore failed: {}", stderr(&out));
+    let members = etcd.ctl(&["member", "list"]);
+    assert!(
+        members.contains(&format!("http://127.0.0.1:{}", etcd.peer))
+            && !members.contains("localhost:2380"),
+        "{members}"
+    );
+    assert_eq!(etcd.dump().len(), 1);
+}
+
 #[test]
 fn wrong_or_missing_credentials_are_clear_errors() {
     Etcd::start(true).h.credentials_are_checked(
