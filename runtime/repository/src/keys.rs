@@ -256,8 +256,10 @@ impl fmt::Debug for KeyFile {
     }
 }
 
-/// Writes `bytes` to a new file at `path`, readable by its owner only, and syncs it; a file
-/// already there is an error (`AlreadyExists`), never replaced.
+/// Writes `bytes` to a new file at `path`, readable by its owner only, and syncs it and its
+/// directory (a key file a power cut forgot, after `key rotate` removed the old slot, would
+/// leave nothing that opens the repository); a file already there is an error
+/// (`AlreadyExists`), never replaced.
 pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
@@ -265,7 +267,17 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
     let mut f = opts.open(path)?;
     std::io::Write::write_all(&mut f, bytes)?;
-    f.sync_all()
+    f.sync_all()?;
+    #[cfg(unix)]
+    if let Some(dir) = path.parent() {
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 impl KeyFile {

@@ -1315,12 +1315,16 @@ fn refusals_of_init_and_key_remove_are_usage_errors() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
 }
 
-/// A repository holding a tree snapshot of `data`: `blob`, 3 MB of noise that does not
-/// compress (a pack of its own, past its first frame, stored first), and `files`; with a byte
-/// of `blob`'s pack flipped. The repository, `data` and the pack.
-fn a_damaged_blob(files: &[(&str, &str)]) -> (LocalRepo, std::path::PathBuf, std::path::PathBuf) {
+/// A repository (`repo init` with `init` flags) holding a tree snapshot of `data`: `blob`,
+/// 3 MB of noise that does not compress (a pack of its own, past its first frame, stored
+/// first), and `files`; with a byte of `blob`'s pack flipped. The repository, `data` and the
+/// pack.
+fn a_damaged_blob(
+    init: &[&str],
+    files: &[(&str, &str)],
+) -> (LocalRepo, std::path::PathBuf, std::path::PathBuf) {
     let repo = LocalRepo::new();
-    repo.ok(&["repo", "init"]);
+    repo.ok(&[&["repo", "init"][..], init].concat());
     let data = repo.dir.path().join("data");
     std::fs::create_dir(&data).expect("data");
     std::fs::write(data.join("blob"), noise(3_000_000, 7)).expect("blob");
@@ -1342,19 +1346,7 @@ fn a_damaged_blob(files: &[(&str, &str)]) -> (LocalRepo, std::path::PathBuf, std
 /// damaged pack costs until then.
 #[test]
 fn a_protected_damaged_pack_is_refused_saying_what_it_costs() {
-    let repo = LocalRepo::new();
-    repo.ok(&["repo", "init", "--protection", "1d"]);
-    let data = repo.dir.path().join("data");
-    std::fs::create_dir(&data).expect("data");
-    std::fs::write(data.join("blob"), noise(3_000_000, 7)).expect("blob");
-    repo.backup(&data);
-    let pack = files_under(&repo.dir.path().join("repo/data"))
-        .into_iter()
-        .max_by_key(|p| std::fs::metadata(p).expect("pack").len())
-        .expect("a pack");
-    let mut bytes = std::fs::read(&pack).expect("pack");
-    bytes[1000] ^= 0x40;
-    std::fs::write(&pack, bytes).expect("pack");
+    let (repo, _, pack) = a_damaged_blob(&["--protection", "1d"], &[]);
     let name = pack.file_name().and_then(|n| n.to_str()).expect("name");
     let out = repo.run(&["repo", "repair", "packs", &name[..8]]);
     assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
@@ -1369,7 +1361,7 @@ fn a_protected_damaged_pack_is_refused_saying_what_it_costs() {
 /// the next backup of the same data stores what was damaged again.
 #[test]
 fn repair_packs_lets_the_next_backup_store_damaged_data_again() {
-    let (repo, data, pack) = a_damaged_blob(&[]);
+    let (repo, data, pack) = a_damaged_blob(&[], &[]);
     let out = repo.run(&["repo", "check", "--read-data"]);
     assert!(!out.status.success());
     let name = pack.file_name().and_then(|n| n.to_str()).expect("name");
@@ -1628,7 +1620,7 @@ fn filters_tags_and_levels_are_read_as_given_or_refused() {
 /// snapshots` writes the tree again without it, so `check` passes and the rest restores.
 #[test]
 fn repair_snapshots_leaves_out_a_file_whose_data_is_lost() {
-    let (repo, data, pack) = a_damaged_blob(&[("keep", "kept\n")]);
+    let (repo, data, pack) = a_damaged_blob(&[], &[("keep", "kept\n")]);
     let name = pack.file_name().and_then(|n| n.to_str()).expect("name");
     repo.ok(&["repo", "repair", "packs", name]);
     std::fs::remove_file(data.join("blob")).expect("blob gone");
