@@ -85,6 +85,13 @@ impl Error {
         self.map_message(|m| format!("{doing}: {m}"))
     }
 
+    /// The same kind of error, with `note` after its message: `failed: …; the database is
+    /// dropped again`.
+    #[must_use]
+    pub fn note(self, note: impl fmt::Display) -> Self {
+        self.map_message(|m| format!("{m}; {note}"))
+    }
+
     /// The same kind of error with its message passed through `f`.
     pub(crate) fn map_message(self, f: impl FnOnce(String) -> String) -> Self {
         match self {

@@ -229,7 +229,8 @@ impl Command {
     /// per pod, in the order of the workload's pods. The pods share one cap of 16 MiB of
     /// captured output: each pod's stdout and stderr are each cut (and flagged) at 16 MiB
     /// divided by twice the pod count, never below 4 KiB nor above the cap of
-    /// [`run`](Self::run) (1 MiB each by default).
+    /// [`run`](Self::run) (1 MiB each by default). Each pod's command has the command's
+    /// timeout; the call as a whole, the phase's time.
     pub fn run_all(&self) -> Result<Vec<Output>> {
         let command = self.to_wit()?;
         faked(

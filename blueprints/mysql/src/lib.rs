@@ -884,30 +884,14 @@ fn undo_create(conn: &Conn, db: &str, failure: Error) -> Error {
             // Settled: the posthook has nothing to drop or say. Should the checkpoint fail, the
             // posthook finds the database gone.
             checkpoint(RESTORING, UNDONE).ok();
-            with_note(
-                failure,
-                &format!("database `{db}`, which this restore created, is dropped again"),
-            )
+            failure.note(format!(
+                "database `{db}`, which this restore created, is dropped again"
+            ))
         }
-        Err(e) => with_note(
-            failure,
-            &format!(
-                "database `{db}`, which this restore created, is left behind partly restored: \
+        Err(e) => failure.note(format!(
+            "database `{db}`, which this restore created, is left behind partly restored: \
                  dropping it failed ({e}); drop it before restoring again"
-            ),
-        ),
-    }
-}
-
-/// `error` with `note` after its message, of the same kind.
-fn with_note(error: Error, note: &str) -> Error {
-    let message = format!("{}; {note}", error.message());
-    match error {
-        Error::Denied(_) => Error::denied(message),
-        Error::NotFound(_) => Error::not_found(message),
-        Error::Invalid(_) => Error::invalid(message),
-        Error::TimedOut(_) => Error::timed_out(message),
-        _ => Error::failed(message),
+        )),
     }
 }
 

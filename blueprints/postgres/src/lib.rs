@@ -818,7 +818,11 @@ fn restore_posthook(ctx: &Context) -> Result<Outputs> {
         Some(("database", db)) => warn!(
             "the restore into database `{db}` at {at} stopped part way ({failure}), not in one \
              transaction: the database is partly restored; run the restore again with \
-             replace=true"
+             replace=true{}",
+            match (ctx.value(CREATED), &conn) {
+                (Ok(created), Ok(conn)) if created == db => drop_if_empty(conn, db),
+                _ => String::new(),
+            }
         ),
         _ if state == "cluster" => warn!(
             "the restore of the cluster at {at} stopped part way ({failure}): the databases it \
@@ -906,25 +910,12 @@ fn drop_if_empty(conn: &Conn, db: &str) -> String {
     }
 }
 
-/// `error` with `note` after its message, of the same kind.
-fn with_note(error: Error, note: &str) -> Error {
-    let message = format!("{}; {note}", error.message());
-    match error {
-        Error::Denied(_) => Error::denied(message),
-        Error::NotFound(_) => Error::not_found(message),
-        Error::Invalid(_) => Error::invalid(message),
-        Error::TimedOut(_) => Error::timed_out(message),
-        _ => Error::failed(message),
-    }
-}
-
 /// A restore that failed on a role the server lacks (the dump's `ALTER … OWNER TO`, `GRANT`)
 /// says how to get the roles: a one-database dump does not hold them.
 fn missing_role_hint(error: Error) -> Error {
     let m = error.message();
     if m.contains("role \"") && m.contains("does not exist") {
-        with_note(
-            error,
+        error.note(
             "the dump names roles (owners, grantees) this server lacks: create them first \
              (CREATE ROLE), or restore a mode=cluster point, which carries the roles",
         )
@@ -968,18 +959,14 @@ fn undo_create(conn: &Conn, database: &str, failure: Error) -> Error {
             // Settled: the posthook has nothing to end, drop or say. Should the checkpoint
             // fail, the posthook finds the database gone and says the restore rolled back.
             checkpoint(RESTORING, UNDONE).ok();
-            with_note(
-                failure,
-                &format!("database `{database}`, which this restore created, is dropped again"),
-            )
+            failure.note(format!(
+                "database `{database}`, which this restore created, is dropped again"
+            ))
         }
-        Err(e) => with_note(
-            failure,
-            &format!(
-                "database `{database}`, which this restore created, is left behind: dropping it \
+        Err(e) => failure.note(format!(
+            "database `{database}`, which this restore created, is left behind: dropping it \
                  failed ({e}); drop it before restoring again"
-            ),
-        ),
+        )),
     }
 }
 

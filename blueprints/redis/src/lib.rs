@@ -569,7 +569,8 @@ fn restore(ctx: &Context) -> Result<Outputs> {
                              ready-timeout)"
                         )),
                         Err(b) => e.context(format_args!(
-                            "Redis did not come back on the restored RDB ({why}), {b}"
+                            "Redis did not come back on the restored RDB ({why}), {}",
+                            b.message()
                         )),
                     }
                 }

@@ -82,6 +82,12 @@ pub(crate) fn open_verified_daily(home: &Home) -> anyhow::Result<Catalog> {
     open_with(home, Catalog::options().verify(!fresh))
 }
 
+/// [`open`] without verifying the pages, for a check of one meta key before a command that
+/// opens (and verifies) the catalog itself.
+pub(crate) fn open_unverified(home: &Home) -> anyhow::Result<Catalog> {
+    open_with(home, Catalog::options().verify(false))
+}
+
 fn catalog_inode(home: &Home) -> Option<String> {
     use std::os::unix::fs::MetadataExt as _;
     std::fs::metadata(home.catalog())

@@ -388,11 +388,7 @@ pub(crate) fn warn_unfinished_restore(catalog: &Catalog, home: &Home) {
 /// wherever each later command starts (`serve` under systemd starts in /, `take-ownership`
 /// anywhere), so they are kept absolute.
 fn kept_absolute(profile: String, passphrase_from: String) -> (String, String) {
-    let profile = if crate::is_url(&profile) {
-        profile
-    } else {
-        crate::profile::absolute(&profile)
-    };
+    let profile = crate::repository_url(&profile);
     let passphrase_from = match passphrase_from.strip_prefix("file:") {
         Some(path) => format!("file:{}", crate::profile::absolute(path)),
         None => passphrase_from,
@@ -2139,8 +2135,8 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
             let restored = catalog.restore_state()?;
             let failure: Option<LastFailure> = load_meta(&catalog, LAST_FAILURE_KEY)?
                 .filter(|f: &LastFailure| last.as_ref().is_none_or(|l| f.time > l.time));
-            let mut owner = owns_maintenance(&catalog)?;
             let unfinished = load_meta::<Restoring>(&catalog, RESTORING_KEY)?.is_some();
+            let mut owner = catalog.maintenance_owner()? && !unfinished;
             // What this catalog believes, checked against the owner markers: another instance
             // that took over says so only there.
             let mut marker_note = None;

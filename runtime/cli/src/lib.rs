@@ -281,7 +281,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     if changes_catalog(&cli.command) {
         let home = home::Home::resolve(cli.home.clone())?;
         if home.catalog().exists() {
-            dr::refuse_unfinished_restore(&catalog::open_verified_daily(&home)?, &home)?;
+            dr::refuse_unfinished_restore(&catalog::open_unverified(&home)?, &home)?;
         }
     }
     match cli.command {
@@ -569,17 +569,8 @@ pub(crate) fn absolute_path(path: &std::path::Path) -> std::path::PathBuf {
     std::path::absolute(path).map_or_else(|_| path.to_owned(), |p| p.components().collect())
 }
 
-/// Whether a repository location is a URL rather than a path: it starts with a scheme of two
-/// characters or more, as the repository reads it (one letter is a Windows drive).
-pub(crate) fn is_url(location: &str) -> bool {
-    location.split_once(':').is_some_and(|(scheme, _)| {
-        scheme.len() > 1
-            && scheme.starts_with(|c: char| c.is_ascii_alphabetic())
-            && scheme
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
-    })
-}
+/// Whether a repository location is a URL rather than a path, as the repository reads it.
+pub(crate) use cairn_repository::is_url;
 
 /// A repository's URL as the catalog keeps it: a path [made absolute](absolute_path), a URL
 /// (`s3://…`, `file:///…`: a scheme of two characters or more, as the repository reads it) as

@@ -720,10 +720,15 @@ pub(crate) fn policy_of_spec(
 }
 
 /// `export` as the catalog keeps it: a repository path (not a URL) and files made absolute
-/// against `base`, like the rest of a file's paths.
-pub(crate) fn export_of(e: PolicyExport, base: &Path) -> PolicyExport {
+/// against `base`, like the rest of a file's paths; `None` for an empty `export: {}`.
+pub(crate) fn export_of(e: PolicyExport, base: &Path) -> Option<PolicyExport> {
     let absolute = |p: &str| absolute(base, p);
-    PolicyExport {
+    // `export: {}` is no export: the policy's points stay in the home's repository, as
+    // `dr enable` warns of them.
+    if e == PolicyExport::default() {
+        return None;
+    }
+    Some(PolicyExport {
         repo: e
             .repo
             .map(|r| if crate::is_url(&r) { r } else { absolute(&r) }),
@@ -731,7 +736,7 @@ pub(crate) fn export_of(e: PolicyExport, base: &Path) -> PolicyExport {
         passphrase_file: e.passphrase_file.as_deref().map(absolute),
         key_file: e.key_file.as_deref().map(absolute),
         profile: e.profile,
-    }
+    })
 }
 
 /// The policy a document of a policy file describes; a `preset:` is looked up in `presets`.
@@ -750,7 +755,7 @@ fn policy_of(
         None => f.target,
     };
     let secrets = secret_sources(f.secrets, &base).map_err(bad)?;
-    let export = f.export.map(|e| export_of(e, &base));
+    let export = f.export.and_then(|e| export_of(e, &base));
     let (frequency, retention, export, prune) = match &f.preset {
         Some(name) => {
             let given: Vec<&str> = [
@@ -852,13 +857,12 @@ pub(crate) fn check_service(
     if *retention == Retention::default() {
         return Err("its retention keeps nothing: set at least one of last, hourly, daily, weekly, monthly, yearly, within (e.g. `retention: {last: 7}`)".into());
     }
-    // An empty block (a template's `export: {}`) is no export; one with a key and nowhere to
-    // use it is a mistake.
+    // An empty block (a template's `export: {}`) is none ([`export_of`]); one with a key and
+    // nowhere to use it is a mistake.
     if let Some(export) = export
         && export.repo.is_none()
         && export.profile.is_none()
         && export.profile_file.is_none()
-        && (export.key_file.is_some() || export.passphrase_file.is_some())
     {
         return Err(
             "export names no repository: give it `repo:`, `profile:` or `profile_file:` \

@@ -106,7 +106,9 @@ pub(crate) fn run(cmd: PresetCommand, home: Option<PathBuf>) -> anyhow::Result<E
                 let f = doc.value;
                 let bad = |msg: String| UsageError(format!("preset {}: {msg}", f.name));
                 crate::policy::valid_name(&f.name).map_err(bad)?;
-                let export = f.export.map(|e| crate::policy::export_of(e, &doc.base));
+                let export = f
+                    .export
+                    .and_then(|e| crate::policy::export_of(e, &doc.base));
                 let retention = f.retention.ok_or_else(|| {
                     bad("it has no retention (e.g. `retention: {daily: 7}`)".into())
                 })?;

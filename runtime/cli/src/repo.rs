@@ -12,7 +12,7 @@
 //! | --- | --- |
 //! | 0 | success |
 //! | 1 | the operation ran and found a problem: `check` found damage, a restore hit damaged data, the command of `backup --stdin-from-command` failed |
-//! | 2 | usage: bad arguments, no such snapshot, no key given, `init` where a repository is, removing the last key slot or the one in use |
+//! | 2 | usage: bad arguments, no such snapshot, no key given, a `--stdin-from-command` command that cannot be started, `init` where a repository is, removing the last key slot or the one in use |
 //! | 3 | runtime: I/O or object-store failure |
 //! | 4 | wrong passphrase or key |
 //! | 5 | the repository is locked by another process; retry later |
@@ -708,9 +708,7 @@ pub(crate) fn load_profile(path: &std::path::Path) -> anyhow::Result<Profile> {
     // the command runs.
     if let Some(repo) = profile.repo.as_mut().filter(|r| !crate::is_url(r)) {
         let dir = path.parent().unwrap_or(std::path::Path::new(""));
-        *repo = crate::absolute_path(&dir.join(&*repo))
-            .display()
-            .to_string();
+        *repo = crate::policy::absolute(dir, repo);
     }
     Ok(profile)
 }
@@ -1313,16 +1311,6 @@ fn shown_mtime(mtime: &str, zone: &jiff::tz::TimeZone) -> String {
         .map_or_else(|_| mtime.to_string(), |t| shown_time(t, zone))
 }
 
-/// The major number of Linux device number `dev` (glibc's `gnu_dev_major`).
-fn device_major(dev: u64) -> u64 {
-    ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff)
-}
-
-/// The minor number of Linux device number `dev` (glibc's `gnu_dev_minor`).
-fn device_minor(dev: u64) -> u64 {
-    (dev & 0xff) | ((dev >> 12) & !0xff)
-}
-
 /// A listing's header for times shown in `zone`: `time (Europe/Paris)`.
 fn time_header(zone: &jiff::tz::TimeZone) -> String {
     format!("time ({})", zone.iana_name().unwrap_or("local"))
@@ -1683,7 +1671,7 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                             // `ls -l` does.
                             let size = e.rdev.map_or_else(
                                 || e.size.to_string(),
-                                |d| format!("{},{}", device_major(d), device_minor(d)),
+                                |d| format!("{},{}", libc::major(d), libc::minor(d)),
                             );
                             format!(
                                 "{:<7} {:04o} {:>11} {:>14} {:<width$}  {}{}",

@@ -135,7 +135,6 @@ pub(crate) async fn serve(args: ServeArgs, home: Option<PathBuf>) -> anyhow::Res
     }
     let mut failed = false;
     let mut ran = 0;
-    let mut first = true;
     // Whether this is serve's first pass, and whether an unfinished DR restore was said.
     let (mut starting, mut unfinished_said) = (true, false);
     // Unreadable policy records, each reported once.
@@ -150,9 +149,9 @@ pub(crate) async fn serve(args: ServeArgs, home: Option<PathBuf>) -> anyhow::Res
         // A DR restore begun in this home (since serve started): nothing runs or changes the
         // catalog until it finishes (its rerun would keep it): no resource, policy or DR run.
         // Serve waits for that rather than exit (and be restarted in a loop); it does not start.
-        // Every pass reads the catalog: its pages are verified daily, as a frequent reader's are.
+        // Read for one meta key; the listing of policies below verifies the pages, daily.
         let restoring = match crate::dr::refuse_unfinished_restore(
-            &crate::catalog::open_verified_daily(&home)?,
+            &crate::catalog::open_unverified(&home)?,
             &home,
         ) {
             Ok(()) => {
@@ -171,7 +170,7 @@ pub(crate) async fn serve(args: ServeArgs, home: Option<PathBuf>) -> anyhow::Res
         if let Some(operator) = operator.as_mut().filter(|_| !restoring) {
             match operator.sync(&engine, &home).await {
                 // Resources that cannot be read at all at the start are a setup to mend.
-                Err(e) if first => return Err(e),
+                Err(e) if starting => return Err(e),
                 Err(e) => {
                     errln!("cairn: {}", crate::one_line(&e));
                     failed = true;
@@ -179,7 +178,6 @@ pub(crate) async fn serve(args: ServeArgs, home: Option<PathBuf>) -> anyhow::Res
                 Ok(()) => {}
             }
         }
-        first = false;
         let now = Timestamp::now();
         let policies = if restoring {
             Vec::new()

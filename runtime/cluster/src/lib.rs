@@ -294,7 +294,7 @@ pub(crate) fn is_env_name(name: &str) -> bool {
 
 /// Whether a request may set this environment variable: not the program search path, the
 /// dynamic loader's variables, nor the ones Cairn sets itself.
-fn env_allowed(name: &str) -> bool {
+pub(crate) fn env_allowed(name: &str) -> bool {
     name != "PATH"
         && !name.starts_with("LD_")
         && !name.starts_with("DYLD_")

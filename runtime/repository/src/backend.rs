@@ -10,6 +10,12 @@ use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::{Arc, Mutex, OnceLock};
 
+/// Whether a repository location is a URL (`s3://…`, `file:///…`) rather than a path: a
+/// scheme of two characters or more, so a Windows drive (`C:\…`) is a path.
+pub fn is_url(location: &str) -> bool {
+    url::Url::parse(location).is_ok_and(|u| u.scheme().len() > 1)
+}
+
 /// How a repository location is given: a URL and backend options.
 ///
 /// `file:///abs/dir` or a plain path (local filesystem), `memory://name` (an in-process store
@@ -605,8 +611,8 @@ impl Backend {
                 ),
             ));
         }
-        let url = match url::Url::parse(raw) {
-            Ok(u) if u.scheme().len() > 1 => u,
+        let url = match url::Url::parse(raw).ok().filter(|u| u.scheme().len() > 1) {
+            Some(u) => u,
             // A plain (or Windows drive) path is a local directory.
             _ => {
                 let p = std::path::absolute(raw).map_err(|e| invalid(raw, e))?;

@@ -44,7 +44,7 @@ mod stream;
 mod tree;
 mod xattrs;
 
-pub use backend::Location;
+pub use backend::{Location, is_url};
 pub use chunker::Chunking;
 pub use crypto::ChunkId;
 pub use error::{Error, Result};

@@ -2321,6 +2321,14 @@ impl Repository {
                     live[l.pack as usize] += u64::from(l.len);
                 }
             }
+            // A pack the store no longer holds (lost, named only by protected index files) is
+            // not carried into the new index, where it would be protected anew and backups
+            // would go on storing nothing of the data it held.
+            let present: Vec<bool> = idx
+                .packs
+                .iter()
+                .map(|p| listed.contains_key(&format::pack_hex(p)))
+                .collect();
             // Entries that survive: the canonical location of every chunk in a used pack.
             let mut survivors: BTreeMap<format::PackId, Vec<format::Entry>> = BTreeMap::new();
             let mut total = vec![0u64; idx.packs.len()];
@@ -2330,10 +2338,7 @@ impl Repository {
             for (c, l) in idx.iter().chain(idx.duplicates()) {
                 total[l.pack as usize] += u64::from(l.len);
                 let p = idx.packs[l.pack as usize];
-                // A pack the store no longer holds (lost, named only by protected index files)
-                // is not carried into the new index, where it would be protected anew and
-                // backups would go on storing nothing of the data it held.
-                if in_use[l.pack as usize] && listed.contains_key(&format::pack_hex(&p)) {
+                if in_use[l.pack as usize] && present[l.pack as usize] {
                     survivors.entry(p).or_default().push(format::Entry {
                         id: *c,
                         frame_off: l.frame_off,

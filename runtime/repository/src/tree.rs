@@ -589,23 +589,15 @@ fn feed(
                     }
                     Err(e) => return Err(Error::io("read", path, e)),
                 };
-                out.zeros(r.start - pos)?;
-                (pos, data_end) = (r.start, r.end.max(r.start + INPUT_BLOCK as u64));
+                // Never past its size when opened: a file that grew by a hole stops there.
+                let start = r.start.min(limit);
+                out.zeros(start - pos)?;
+                (pos, data_end) = (start, r.end.max(start + INPUT_BLOCK as u64));
             }
             // A recycled block is read into as it is: only a shortened one's tail is zeroed.
             // It is read up to a byte past its size, to meet the end in the same read (a small
-            // file zeroes no more than its size); a file that has grown since it was opened
-            // is read up to that size and a byte.
-            if pos > limit {
-                tracing::warn!(
-                    path = %path.display(),
-                    listed = size,
-                    read = pos,
-                    "grew while being backed up: the snapshot holds what it had when it was \
-                     opened, and the next backup reads it again"
-                );
-                break;
-            }
+            // file zeroes no more than its size); that byte found, the file grew since it was
+            // opened, and it is kept to that size.
             let mut block = blocks.take().unwrap_or_default();
             let left = limit - pos + 1;
             let want = (data_end - pos).min(INPUT_BLOCK as u64).min(left) as usize;
@@ -633,13 +625,24 @@ fn feed(
                 gone.push(i);
                 break;
             }
-            block.truncate(filled);
+            let grew = pos + filled as u64 > limit;
+            block.truncate(filled.min((limit - pos) as usize));
             if pos == 0 && per_file {
                 out.send(Input::Chunking(Chunking::for_file(*size, &block)))?;
             }
-            pos += filled as u64;
-            if filled > 0 {
+            pos += block.len() as u64;
+            if !block.is_empty() {
                 out.send(Input::Data(block))?;
+            }
+            if grew {
+                tracing::warn!(
+                    path = %path.display(),
+                    listed = size,
+                    read = pos,
+                    "grew while being backed up: the snapshot holds what it had when it was \
+                     opened, and the next backup reads it again"
+                );
+                break;
             }
             if eof {
                 if pos != *size {
@@ -1163,13 +1166,8 @@ fn link_target(target: &str, raw: Option<&str>) -> Result<PathBuf> {
 
 /// Resolves a snapshot path under `target`, refusing anything that would escape it.
 fn safe_join(target: &Path, node: &Node) -> Result<PathBuf> {
-    let rel = rel_path(node).ok_or_else(|| Error::corrupt("snapshot content", "bad raw path"))?;
-    if rel.as_os_str().is_empty() || !rel.components().all(|c| matches!(c, Component::Normal(_))) {
-        return Err(Error::corrupt(
-            "snapshot content",
-            format!("unsafe path {:?}", node.path),
-        ));
-    }
+    let rel = TreeShape::key(&node.path, node.path_raw())
+        .map_err(|why| Error::corrupt("snapshot content", why))?;
     Ok(target.join(rel))
 }
 

@@ -1758,6 +1758,34 @@ fn dr_enable_names_policies_whose_points_stay_in_the_home() {
     );
 }
 
+/// An empty `export: {}` (a template's) is no export: `dr enable` names its policy too.
+#[test]
+fn dr_enable_names_a_policy_with_an_empty_export() {
+    let cairn = Cairn::new();
+    let redis = crate::support::wasm("redis");
+    ok(&cairn.run(&["blueprint", "add", redis.to_str().expect("utf-8 path")]));
+    let inventory = crate::support::root().join("examples/hello/inventory.yaml");
+    let policy = cairn.home.path().join("empty.yaml");
+    std::fs::write(
+        &policy,
+        format!(
+            "name: empty-export\nblueprint: redis\ntarget: local:{}\nworkloads: [hello]\n\
+             frequency: '@daily'\nretention: {{last: 1}}\ngrants: [exec, export]\nexport: {{}}\n",
+            inventory.display()
+        ),
+    )
+    .expect("policy");
+    ok(&cairn.run(&["policy", "apply", policy.to_str().expect("utf-8")]));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = enable(&cairn, &dir.path().join("dr"), "local-snapshot", &[]);
+    ok(&out);
+    assert!(
+        stderr(&out).contains("policies empty-export export into the home's repository"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 /// `dr enable --profile NAME` with a location profile's name is refused, naming its URL: it
 /// would have made a local directory of that name and kept the DR points there.
 #[test]

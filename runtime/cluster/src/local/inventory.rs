@@ -243,9 +243,16 @@ fn check_workload(name: &str, w: &WorkloadSpec) -> std::result::Result<(), Strin
         }
     }
     for pattern in &w.pass_env {
-        if !is_env_name(pattern.strip_suffix('*').unwrap_or(pattern)) {
+        let name = pattern.strip_suffix('*').unwrap_or(pattern);
+        if !is_env_name(name) {
             return Err(format!(
                 "`pass_env`: {pattern:?} is neither a variable's name nor a prefix ending in `*`"
+            ));
+        }
+        if !crate::env_allowed(name) {
+            return Err(format!(
+                "`pass_env`: {pattern:?} names variables no exec may set (PATH, LD_*, DYLD_*, \
+                 CAIRN_*)"
             ));
         }
     }

@@ -187,6 +187,9 @@ fn pass_env_takes_names_and_prefixes_only() {
     let text = "namespaces:\n  a:\n    workloads:\n      w:\n        pass_env: [\"A-B\"]\n";
     let err = inventory_error(Inventory::parse(text, "inv.yaml").expect_err("malformed"));
     assert!(err.contains("pass_env") && err.contains("A-B"), "{err}");
+    let text = "namespaces:\n  a:\n    workloads:\n      w:\n        pass_env: [LD_*]\n";
+    let err = inventory_error(Inventory::parse(text, "inv.yaml").expect_err("reserved"));
+    assert!(err.contains("no exec may set"), "{err}");
     let text = "namespaces:\n  a:\n    workloads:\n      w:\n        pass_env: [A, B_*]\n";
     Inventory::parse(text, "inv.yaml").expect("names and prefixes");
 }

@@ -353,8 +353,9 @@ impl data::HostExportStream for HostState {
                 let piped = checked
                     .transfer("data.pipe-from", |out| out.stdout_bytes)
                     .await;
-                // The command ran: some of its output may be in the stream, however it failed.
-                if let Err(e) = &piped {
+                // A command that ran may have put some of its output in the stream, however
+                // it failed; one refused before it started (not allowed, no such pod) put none.
+                if let Err(e @ (WitError::TimedOut(_) | WitError::Failed(_))) = &piped {
                     self.table()
                         .get_mut(&stream)?
                         .break_off("data.pipe-from", e);

@@ -217,6 +217,9 @@ impl exec::Host for HostState {
         }
         let checked =
             self.check_command(Capability::Exec, command, self.action.limits.exec_timeout);
+        // Pods run a few at a time: each within one command's time, the whole within the
+        // phase's.
+        let phase_left = self.call_timeout(Duration::MAX);
         let result = match checked {
             Err(e) => Err(e),
             Ok(Checked {
@@ -239,7 +242,7 @@ impl exec::Host for HostState {
                     Stdin::Bytes(b) => Some(b),
                     _ => None,
                 };
-                bounded("exec.run-all", call_timeout, async {
+                bounded("exec.run-all", phase_left, async {
                     let info = host
                         .cluster
                         .workload(&workload)
@@ -266,13 +269,13 @@ impl exec::Host for HostState {
                                 stopped: false,
                             };
                             let (cluster, workload) = (host.cluster.clone(), workload.clone());
-                            async move {
+                            bounded("exec.run-all", call_timeout, async move {
                                 cluster
                                     .exec(&workload, req)
                                     .await
                                     .map(to_wit)
                                     .map_err(from_cluster)
-                            }
+                            })
                         })
                         .collect();
                     // In pod order, whichever finishes first.

@@ -48,6 +48,14 @@ impl types::Host for HostState {}
 impl HostState {
     /// The host context, if `cap` is granted; `denied` naming it otherwise.
     pub(crate) fn require(&self, cap: Capability) -> Result<HostContext, WitError> {
+        // The log records a bounded number of calls a phase; past it, none goes unrecorded:
+        // a blueprint could otherwise make harmless calls until the rest went unseen.
+        if self.audited_calls >= MAX_AUDITED_CALLS {
+            return Err(WitError::Denied(format!(
+                "this phase made {MAX_AUDITED_CALLS} audited calls, the most the audit log \
+                 records; later calls that need a capability are refused"
+            )));
+        }
         // Declaring it or asking for it would not help: only the runtime grants it, to the DR
         // blueprint it runs.
         if cap == Capability::Catalog && !self.action.grants.contains(&cap) {
@@ -387,6 +395,12 @@ mod tests {
         assert_eq!(
             records[MAX_AUDITED_CALLS - 1].outcome,
             "ok (the phase's 10000th audited call: later ones are not recorded)"
+        );
+        // Past it, a call that acts is refused rather than made unseen.
+        let refused = state.require(Capability::Scale).expect_err("refused");
+        assert!(
+            matches!(&refused, WitError::Denied(m) if m.contains("audited calls")),
+            "{refused:?}"
         );
     }
 }
