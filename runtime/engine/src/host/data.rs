@@ -35,6 +35,11 @@ pub struct ExportStreamState {
     /// blueprint that retried on the same stream would seal a cut-short dump followed by a
     /// whole one as one export that looks complete.
     broken: Option<String>,
+    /// What ended the stream's appending: a command piped into it that exited non-zero after
+    /// writing some of its output, which may then be cut short. Later pipes and writes are
+    /// refused (a retry into the same stream would seal the cut output followed by a whole
+    /// one); the stream may still be finished as it is, or dropped.
+    ended_by: Option<String>,
 }
 
 /// An open import stream.
@@ -106,8 +111,23 @@ impl ExportStreamState {
     pub(crate) fn open_writer(
         &self,
     ) -> Result<(String, impl AsyncWrite + Unpin + use<>), WitError> {
-        self.usable()?;
+        self.appendable()?;
         Ok((self.name.clone(), Lent(self.writer.clone())))
+    }
+
+    /// Refuses an append to a stream that is not [`usable`](Self::usable), or whose appending
+    /// a failed command ended.
+    fn appendable(&self) -> Result<(), WitError> {
+        self.usable()?;
+        match &self.ended_by {
+            None => Ok(()),
+            Some(why) => Err(WitError::Invalid(format!(
+                "export {:?} takes no more data: {why}, so its output may be cut short; finish \
+                 the export as it is, or drop it and write a new one (under another name) from \
+                 the start",
+                self.name
+            ))),
+        }
     }
 
     /// Refuses a call on a stream that is finished, or broken by an earlier failure.
@@ -340,7 +360,7 @@ impl data::HostExportStream for HostState {
         command: exec::Command,
     ) -> HostResult<data::Transfer> {
         let state = self.table().get(&stream)?;
-        let (name, writer, usable) = (state.name.clone(), state.writer.clone(), state.usable());
+        let (name, writer, usable) = (state.name.clone(), state.writer.clone(), state.appendable());
         let checked = self.check_pipe(Capability::Export, command);
         let target = match &checked {
             Ok(c) => format!("{} -> export {name}", c.workload),
@@ -360,6 +380,16 @@ impl data::HostExportStream for HostState {
                         .get_mut(&stream)?
                         .break_off("data.pipe-from", e);
                 }
+                if let Ok(t) = &piped
+                    && t.exit_code != 0
+                    && t.bytes > 0
+                {
+                    self.table().get_mut(&stream)?.ended_by = Some(format!(
+                        "the command piped into it exited with status {} after writing {}",
+                        t.exit_code,
+                        human_bytes(t.bytes)
+                    ));
+                }
                 piped
             }
         };
@@ -374,7 +404,7 @@ impl data::HostExportStream for HostState {
     ) -> HostResult<()> {
         let timeout = self.call_timeout(self.action.limits.host_call_timeout);
         let state = self.table().get(&stream)?;
-        let (name, writer, usable) = (state.name.clone(), state.writer.clone(), state.usable());
+        let (name, writer, usable) = (state.name.clone(), state.writer.clone(), state.appendable());
         if let Err(e) = self.require(Capability::Export).and(usable) {
             return Ok(Err(e));
         }
@@ -592,6 +622,7 @@ impl data::Host for HostState {
                 writer: Arc::new(Mutex::new(Some(writer))),
                 finished: false,
                 broken: None,
+                ended_by: None,
             })?),
         })
     }

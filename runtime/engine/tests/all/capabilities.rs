@@ -477,6 +477,34 @@ async fn an_export_whose_pipe_failed_part_way_is_broken_and_discarded() {
     );
 }
 
+/// A dump that exits non-zero after writing may be cut short: the stream takes nothing more
+/// (a retry into it would seal the cut dump followed by a whole one), but the blueprint, which
+/// saw the status, may still seal what it holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_takes_nothing_more_after_a_command_failed_into_it() {
+    let fixture = Fixture::new();
+    let mut req = request("export");
+    req.params.push(("mode".into(), "failed-dump".into()));
+    let report = fixture.run(req).await;
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.outputs.get("exit"), Some("3"));
+    for call in ["retry", "write"] {
+        let refused = report.outputs.get(call).unwrap_or_default();
+        assert!(
+            refused.starts_with(
+                "Error::Invalid(\"export \\\"dump\\\" takes no more data: the command piped into it \
+                 exited with status 3 after writing 8 bytes"
+            ) && refused.contains("finish the export as it is"),
+            "{call}: {refused}"
+        );
+    }
+    let artifact = report.outputs.artifacts.first().expect("the sealed export");
+    let path = artifact.get("path").expect("path");
+    let stored =
+        std::fs::read_to_string(fixture.path("exports").join(path)).expect("the export file");
+    assert_eq!(stored, "partial\n", "only the failed command's output");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_phase_holds_at_most_eight_streams_open() {
     let fixture = Fixture::new();

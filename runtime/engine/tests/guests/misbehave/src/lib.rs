@@ -412,6 +412,7 @@ impl Guest for Misbehave {
                         "return",
                         "snapshot-loop",
                         "broken-pipe",
+                        "failed-dump",
                         "delete-returned",
                         "post-delete",
                         "snapshot-deleted",
@@ -764,6 +765,23 @@ impl Guest for Misbehave {
                     ("write", write),
                     ("finish", finish),
                 ]))
+            }
+            "export" if text(&inputs, "mode") == "failed-dump" => {
+                // A dump that exited non-zero after writing part of its output, then retried on
+                // the same stream; the blueprint then seals what the first one wrote.
+                let stream = data::open_export("dump", &[])?;
+                let failed =
+                    stream.pipe_from(&command(None, &["sh", "-c", "echo partial; exit 3"]))?;
+                let retry = outcome(stream.pipe_from(&command(None, &["cat", "data.txt"])));
+                let write = outcome(stream.write(b"more\n"));
+                let artifact = stream.finish()?;
+                let mut outputs = values(&[
+                    ("exit", failed.exit_code.to_string()),
+                    ("retry", retry),
+                    ("write", write),
+                ]);
+                outputs.artifacts.push(artifact);
+                Ok(outputs)
             }
             "export" => {
                 // Tagged with the `label` parameter; `bad-tag` also sets a key the host owns.
