@@ -64,6 +64,7 @@ fn restore_point(i: u64) -> RestorePoint {
         snapshots: vec![format!("{i:064x}")],
         values: Vec::new(),
         policy: Some("hourly-gfs".to_owned()),
+        params: None,
         partly_deleted: None,
     }
 }

@@ -105,6 +105,11 @@ pub struct RestorePoint {
     /// label), in the order the run returned them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub values: Vec<(String, String)>,
+    /// The parameters the run was given (its policy's or binding's, then the caller's), so a
+    /// restore through its policy can tell which of them changed since. `None` in restore
+    /// points recorded before they were kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<Vec<(String, String)>>,
     /// The policy that produced it, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<String>,

@@ -243,6 +243,8 @@ pub(crate) struct RunRecord<'a> {
     pub used_point: Option<&'a str>,
     /// The policy the run is part of.
     pub policy: Option<&'a str>,
+    /// The parameters the run was given.
+    pub params: &'a [(String, String)],
 }
 
 /// Records a run: the action with its phases and, for a successful `backup`, the restore point
@@ -332,6 +334,7 @@ fn restore_point(run: &RunRecord<'_>, target: &Target) -> RestorePoint {
         artifacts,
         snapshots,
         values: report.outputs.values.clone(),
+        params: Some(run.params.to_vec()),
         policy: run.policy.map(str::to_owned),
         partly_deleted: None,
     }

@@ -1991,7 +1991,22 @@ impl RestoreArgs {
             .grants
             .extend(crate::run::parse_grants(&self.grants)?);
         crate::blueprint::check_allowed(&group.registration, &request.grants)?;
-        for (k, v) in crate::run::parse_params(&self.params)? {
+        let given = crate::run::parse_params(&self.params)?;
+        if let Some(made) = &point.params {
+            let changed = changed_params(made, &request.params, &given);
+            if !changed.is_empty() {
+                return Err(UsageError(format!(
+                    "restore point {} was made with other parameters than policy {} gives now: \
+                     {}. Say which the restore takes (--param, or params in a Restore): the \
+                     point's values restore it as it was made, the policy's where it is now",
+                    point.id,
+                    policy.name,
+                    changed.join("; ")
+                ))
+                .into());
+            }
+        }
+        for (k, v) in given {
             request.params.retain(|(name, _)| *name != k);
             request.params.push((k, v));
         }
@@ -2009,6 +2024,31 @@ impl RestoreArgs {
             error: (!report.ok).then(|| report.error.unwrap_or_else(|| "unknown error".to_owned())),
         })
     }
+}
+
+/// The parameters a restore point was `made` with that differ from what its policy gives `now`,
+/// leaving out those the caller has `given`, described for a message: a restore given the
+/// policy's new `database` would load the old database's dump into another one.
+fn changed_params(
+    made: &[(String, String)],
+    now: &[(String, String)],
+    given: &[(String, String)],
+) -> Vec<String> {
+    let made: BTreeMap<&str, &str> = made.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let now: BTreeMap<&str, &str> = now.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut names: Vec<&str> = made.keys().chain(now.keys()).copied().collect();
+    names.sort_unstable();
+    names.dedup();
+    names
+        .into_iter()
+        .filter(|k| !given.iter().any(|(g, _)| g == k))
+        .filter_map(|k| match (made.get(k), now.get(k)) {
+            (Some(m), Some(n)) if m != n => Some(format!("{k}={m} (the policy now gives {k}={n})")),
+            (Some(m), None) => Some(format!("{k}={m} (the policy now gives none)")),
+            (None, Some(n)) => Some(format!("no {k} (the policy now gives {k}={n})")),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Whether the policy protects the workload `name` with `labels`: a name pattern matches (or

@@ -434,6 +434,7 @@ impl Execution<'_> {
             self.exports.wait_for_prune(&request.interrupt).await;
         }
         let started = jiff::Timestamp::now();
+        let params = request.params.clone();
         let report = self
             .engine
             .run(self.blueprint, &host, request)
@@ -451,6 +452,7 @@ impl Execution<'_> {
             profile: self.exports.profile(),
             used_point: self.used_point,
             policy: self.policy,
+            params: &params,
         };
         let point = crate::catalog::open(self.home)
             .and_then(|catalog| crate::catalog::record_run(&catalog, &record))

@@ -44,6 +44,7 @@ pub(crate) fn restore_point(id: &str, exported: bool) -> RestorePoint {
         snapshots: vec![format!("snap-{id}")],
         values: Vec::new(),
         policy: Some("nightly".to_owned()),
+        params: None,
         partly_deleted: None,
     }
 }

@@ -2109,6 +2109,41 @@ fn a_policy_moved_to_another_namespace_restores_the_old_ones_points_only_when_to
     ]));
 }
 
+/// A policy whose parameters changed since a point was made (its `database` moved on) does not
+/// restore the point with the new ones unasked: the old database's dump would go into another.
+#[test]
+fn a_point_made_with_other_parameters_is_restored_only_when_told_which() {
+    let cairn = Cairn::new();
+    add_hello(&cairn);
+    ok(&apply(&cairn, &hello_policy("{last: 3}")));
+    ok(&cairn.run(&["policy", "run", "greet"]));
+    ok(&apply(
+        &cairn,
+        &hello_policy("{last: 3}").replace("greeting: hi", "greeting: hey"),
+    ));
+    let out = cairn.run(&["policy", "restore", "greet", "-w", "hello"]);
+    refused_with(
+        &out,
+        &[
+            "was made with other parameters than policy greet gives now: greeting=hi (the \
+             policy now gives greeting=hey)",
+            "--param",
+        ],
+    );
+    ok(&cairn.run(&[
+        "policy",
+        "restore",
+        "greet",
+        "-w",
+        "hello",
+        "--param",
+        "greeting=hey",
+    ]));
+    // A point made with the policy's present parameters restores as before.
+    ok(&cairn.run(&["policy", "run", "greet"]));
+    ok(&cairn.run(&["policy", "restore", "greet", "-w", "hello"]));
+}
+
 /// A point is restored and removed only by the blueprint that made it: the policy's blueprint
 /// changed since would run its own restore or delete on what it never wrote (quiesce's
 /// volume snapshots, left behind by hello's retention).
