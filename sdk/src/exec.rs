@@ -112,7 +112,11 @@ impl Command {
         self
     }
 
-    /// Runs in another workload of the action's namespace instead of the target.
+    /// Runs in `workload` instead of the action's target. The host allows only a workload in
+    /// the action's scope: when the action names a target workload (`--workload`, and always
+    /// under a policy or binding), that workload alone, so naming another (a sidecar
+    /// `-proxy` workload) is [`Error::Denied`]; when it names none, any workload of its
+    /// namespace.
     #[must_use]
     pub fn workload(mut self, workload: WorkloadRef) -> Self {
         self.workload = Some(workload);
@@ -327,7 +331,7 @@ impl Session {
             "exec.session-send",
             || self.name.clone(),
             || wit::session_send(&self.name, input.as_bytes(), until, timeout.map(millis)),
-            |f| f.session_send(&self.name, input),
+            |f| f.session_send(&self.name, input, until, timeout),
         )
         .map(|out| String::from_utf8_lossy(&out).into_owned())
         .map_err(|e| e.context(format_args!("session `{}`", self.name)))

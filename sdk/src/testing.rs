@@ -8,7 +8,8 @@
 //! It checks what the runtime checks, with the runtime's messages, so a test fails where a run
 //! would: the blueprint's `describe()` (a failed check panics, as the runtime refuses to load
 //! it), the action and parameters, a call to a capability the blueprint does not declare
-//! ([`Error::Denied`]), a workload of another namespace, export names and tags, an artifact
+//! ([`Error::Denied`]), a workload outside the action's scope (any but the target when the
+//! context names one, one of another namespace otherwise), export names and tags, an artifact
 //! value named like a key of its export reference (`kind`, `repository`, `snapshot`, `bytes`),
 //! and a secret in outputs, checkpoints, export names or tags. Secrets are blanked out of logs
 //! and errors as `[secret NAME]`. [`FakeHost::run_lifecycle`] runs a prehook, main phase and
@@ -73,6 +74,8 @@ pub struct Reply {
     stderr: Vec<u8>,
     /// How much of an import piped into it the command took; `None` for all of it.
     took: Option<usize>,
+    /// Whether the process ends with this reply ([`Reply::exit`]): what a session sees.
+    ends: bool,
 }
 
 impl Reply {
@@ -84,11 +87,14 @@ impl Reply {
         }
     }
 
-    /// Exit status `code` with `stderr`.
+    /// Exit status `code` with `stderr`. To a [session](crate::exec::Session)'s input, the
+    /// process exits after this reply (whatever `code`), where a [`Reply::ok`] leaves it
+    /// running: the next `send` fails, and `close` reports `code`.
     pub fn exit(code: i32, stderr: impl Into<Vec<u8>>) -> Self {
         Self {
             exit_code: code,
             stderr: stderr.into(),
+            ends: true,
             ..Self::default()
         }
     }
@@ -112,6 +118,85 @@ impl Reply {
 /// The handler of faked commands: the command, and what its stdin receives (its own
 /// [`stdin`](Command::stdin), an import piped into it, or a session's input).
 type ExecHandler = Box<dyn FnMut(&Command, &[u8]) -> Reply>;
+
+/// The process of a fake session.
+struct FakeSession {
+    command: Command,
+    pod: String,
+    /// What it printed that no `send` read yet.
+    unread: Vec<u8>,
+    stderr: Vec<u8>,
+    /// Its exit status once a reply ended it ([`Reply::exit`]).
+    exited: Option<i32>,
+}
+
+impl FakeSession {
+    /// Takes in a reply of its process.
+    fn took(&mut self, reply: Reply) {
+        self.unread.extend_from_slice(&reply.stdout);
+        self.stderr.extend_from_slice(&reply.stderr);
+        if reply.ends {
+            self.exited = Some(reply.exit_code);
+        }
+    }
+
+    /// What it printed before the first line `until`, now read with that line; `None` when
+    /// that line has not come (yet). A last line without its line end counts once the process
+    /// ended, as the runtime reads it at the end of the output.
+    fn read_until(&mut self, until: &str) -> Option<Vec<u8>> {
+        let mut at = 0;
+        while at < self.unread.len() {
+            let (end, next) = match self.unread[at..].iter().position(|&b| b == b'\n') {
+                Some(i) => (at + i, at + i + 1),
+                None if self.exited.is_some() => (self.unread.len(), self.unread.len()),
+                None => return None,
+            };
+            let line = &self.unread[at..end];
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if line == until.as_bytes() {
+                let got = self.unread[..at].to_vec();
+                self.unread.drain(..next);
+                return Some(got);
+            }
+            at = next;
+        }
+        None
+    }
+}
+
+/// The most sessions a run holds open at once (the runtime's `MAX_SESSIONS`).
+const MAX_SESSIONS: usize = 8;
+
+/// The runtime's refusal of a session that is not open (`host/session.rs`).
+fn no_session(name: &str) -> Error {
+    Error::not_found(format!(
+        "no session `{name}` is open in this run; open it with session-open in this or an \
+         earlier phase"
+    ))
+}
+
+/// A duration as the runtime's messages show it (`human_duration`,
+/// `runtime/engine/src/limits.rs`).
+fn human_duration(d: std::time::Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms.is_multiple_of(86_400_000) {
+        format!("{}d", ms / 86_400_000)
+    } else if ms.is_multiple_of(3_600_000) {
+        format!("{}h", ms / 3_600_000)
+    } else if ms.is_multiple_of(60_000) {
+        format!("{}m", ms / 60_000)
+    } else if ms.is_multiple_of(1000) {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{:.1}s", d.as_secs_f64())
+    }
+}
+
+/// The runtime's default timeout of a command, and of a session's `send` (its
+/// `DEFAULT_EXEC_TIMEOUT`).
+const DEFAULT_EXEC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30 * 60);
 
 /// A fake workload.
 #[derive(Debug, Clone)]
@@ -154,7 +239,7 @@ pub(crate) struct Fake {
     next_handle: u32,
     /// Finished exports by id.
     exports: BTreeMap<String, Stored>,
-    sessions: BTreeMap<String, Command>,
+    sessions: BTreeMap<String, FakeSession>,
     snapshots: BTreeMap<String, volumes::VolumeSnapshot>,
     calls: Vec<String>,
     logs: Vec<(Level, String)>,
@@ -200,8 +285,10 @@ pub(crate) fn answer<T>(
         .chain(pipe.then_some(Capability::Exec));
     for needed in needs {
         if !state.declared.contains(&needed) {
+            // The runtime's words (`HostState::require`).
             return Some(Err(Error::denied(format!(
-                "{what} needs the `{needed:?}` capability, which the blueprint does not declare"
+                "capability `{needed}` is not declared by the blueprint's describe(), so it may \
+                 not use it whatever is granted; declare it (Description::capability) and rebuild"
             ))));
         }
         // Mirrors the runtime's `HostState::require` (runtime/engine/src/host/mod.rs), with its
@@ -289,9 +376,19 @@ impl FakeHost {
     }
 
     /// Answers every command (`run`, `run_all` once per pod, pipes from and into streams, each
-    /// input sent to a session) with `handler`, given the command and what its stdin receives;
-    /// a session's `send` returns the reply's stdout. The handler runs while the host is busy
-    /// with the call: it must not call this host's methods (what it logs goes to stderr).
+    /// input sent to a session, and a session's opening [`stdin`](Command::stdin) when it has
+    /// one) with `handler`, given the command and what its stdin receives. The handler runs
+    /// while the host is busy with the call: it must not call this host's methods (what it
+    /// logs goes to stderr).
+    ///
+    /// A session's replies are its process's output, as on the runtime: `send(input, until)`
+    /// returns what the process printed before the line `until` (the marker line itself is
+    /// not returned, and what follows it is kept for the next `send`). A reply made with
+    /// [`Reply::exit`] ends the process: a `send` whose marker it did not print fails with the
+    /// runtime's "session … exited with code … before printing …", and `close` reports its
+    /// status. A [`Reply::ok`] without the marker leaves the process running and the `send`
+    /// waiting: it fails with the runtime's timeout. With no handler (and not
+    /// [`strict`](Self::strict)), a session prints just the marker.
     #[must_use]
     pub fn on_exec(self, handler: impl FnMut(&Command, &[u8]) -> Reply + 'static) -> Self {
         self.state.borrow_mut().exec = Some(Box::new(handler));
@@ -830,18 +927,32 @@ fn reference(name: &str, id: &str, bytes: usize) -> types::Artifact {
 impl Fake {
     /// The workload `w` names (the target when `None`), in the run's namespace.
     fn workload(&mut self, w: Option<&types::WorkloadRef>) -> Result<(String, &mut Workload)> {
+        // The runtime's `resolve` (runtime/engine/src/host/mod.rs), in its words: with a
+        // target workload, the action may act on that workload only; without one, on any
+        // workload of its namespace.
         let name = match w {
-            Some(r) if r.namespace != self.namespace => {
-                return Err(Error::denied(format!(
-                    "workload {}/{} is outside the action's namespace {}",
-                    r.namespace, r.name, self.namespace
-                )));
+            Some(r) => {
+                let inside = r.namespace == self.namespace
+                    && self.target.as_ref().is_none_or(|t| *t == r.name);
+                if !inside {
+                    let scope = match &self.target {
+                        Some(t) => format!("{}/{t}", self.namespace),
+                        None => self.namespace.clone(),
+                    };
+                    return Err(Error::denied(format!(
+                        "workload `{}/{}` is outside this action's scope `{scope}`",
+                        r.namespace, r.name
+                    )));
+                }
+                r.name.clone()
             }
-            Some(r) => r.name.clone(),
-            None => self
-                .target
-                .clone()
-                .ok_or_else(|| Error::invalid("the action has no target workload"))?,
+            None => self.target.clone().ok_or_else(|| {
+                Error::invalid(
+                    "this action has no target workload (it was run without --workload), so a \
+                     call without a workload has none to act on: run it with --workload, or name \
+                     the workload in the call",
+                )
+            })?,
         };
         match self.workloads.get_mut(&name) {
             Some(w) => Ok((name, w)),
@@ -890,6 +1001,43 @@ impl Fake {
         stdin: &[u8],
         all: bool,
     ) -> Result<Vec<exec::Output>> {
+        let mut outputs = Vec::new();
+        for pod in self.pods(wit, all)? {
+            let reply = self.reply(command, stdin, &pod);
+            self.took = reply.took;
+            outputs.push(exec::Output {
+                pod,
+                exit_code: reply.exit_code,
+                stdout: reply.stdout,
+                stderr: reply.stderr,
+                stdout_truncated: false,
+                stderr_truncated: false,
+            });
+        }
+        Ok(outputs)
+    }
+
+    /// What `command` answers in `pod` when its stdin receives `stdin`; `None` when nothing
+    /// answers it and the host is not strict.
+    fn answered(&mut self, command: &Command, stdin: &[u8], pod: &str) -> Option<Reply> {
+        match &mut self.exec {
+            Some(handler) => Some(handler(command, stdin)),
+            None if self.strict => panic!(
+                "FakeHost::strict: nothing answers the command `{}` (in {pod}); answer it \
+                 with FakeHost::on_exec",
+                command.shown()
+            ),
+            None => None,
+        }
+    }
+
+    /// [`answered`](Self::answered), exit 0 with no output when nothing answers.
+    fn reply(&mut self, command: &Command, stdin: &[u8], pod: &str) -> Reply {
+        self.answered(command, stdin, pod).unwrap_or_default()
+    }
+
+    /// The pods a command runs in: every ready pod for `all`.
+    fn pods(&mut self, wit: &exec::Command, all: bool) -> Result<Vec<String>> {
         let (name, w) = self.workload(wit.workload.as_ref())?;
         let replicas = w.replicas;
         let pods: Vec<String> = match (&wit.pod, wit.stopped) {
@@ -908,28 +1056,7 @@ impl Fake {
             (None, false) if all => (0..replicas).map(|i| format!("{name}-{i}")).collect(),
             (None, false) => vec![format!("{name}-0")],
         };
-        let mut outputs = Vec::new();
-        for pod in pods {
-            let reply = match &mut self.exec {
-                Some(handler) => handler(command, stdin),
-                None if self.strict => panic!(
-                    "FakeHost::strict: nothing answers the command `{}` (in {pod}); answer it \
-                     with FakeHost::on_exec",
-                    command.shown()
-                ),
-                None => Reply::default(),
-            };
-            self.took = reply.took;
-            outputs.push(exec::Output {
-                pod,
-                exit_code: reply.exit_code,
-                stdout: reply.stdout,
-                stderr: reply.stderr,
-                stdout_truncated: false,
-                stderr_truncated: false,
-            });
-        }
-        Ok(outputs)
+        Ok(pods)
     }
 
     /// [`exec`](Self::exec) in one pod.
@@ -954,35 +1081,97 @@ impl Fake {
         self.exec(command, wit, &stdin, true)
     }
 
+    /// Starts a session's process after the runtime's checks (`open_session`,
+    /// `runtime/engine/src/host/session.rs`), in its words, and feeds it the command's stdin.
     pub(crate) fn session_open(&mut self, name: &str, command: &Command) -> Result<()> {
-        if self.sessions.contains_key(name) {
-            return Err(Error::invalid(format!("session `{name}` is already open")));
+        let named = !name.is_empty()
+            && name.len() <= 63
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+        if !named {
+            return Err(Error::invalid(format!(
+                "session name `{name}` is not 1 to 63 letters, digits, `-`, `_` or `.`"
+            )));
         }
-        self.workload(command.to_wit()?.workload.as_ref())?;
-        self.sessions.insert(name.to_owned(), command.clone());
+        let wit = command.to_wit()?;
+        let pod = self
+            .pods(&wit, false)?
+            .pop()
+            .ok_or_else(|| Error::failed("the command ran in no pod"))?;
+        if self.sessions.contains_key(name) {
+            return Err(Error::invalid(format!(
+                "a session named `{name}` is already open in this run; close it first or pick \
+                 another name"
+            )));
+        }
+        if self.sessions.len() >= MAX_SESSIONS {
+            return Err(Error::invalid(format!(
+                "this run already holds {MAX_SESSIONS} sessions, the most it may; close one first"
+            )));
+        }
+        let mut session = FakeSession {
+            command: command.clone(),
+            pod,
+            unread: Vec::new(),
+            stderr: Vec::new(),
+            exited: None,
+        };
+        if let Some(stdin) = wit.stdin.filter(|s| !s.is_empty())
+            && let Some(reply) = self.answered(command, &stdin, &session.pod)
+        {
+            session.took(reply);
+        }
+        self.sessions.insert(name.to_owned(), session);
         Ok(())
     }
 
-    pub(crate) fn session_send(&mut self, name: &str, input: &str) -> Result<Vec<u8>> {
-        let command = self
-            .sessions
-            .get(name)
-            .cloned()
-            .ok_or_else(|| Error::not_found(format!("session `{name}` is not open")))?;
-        let wit = command.to_wit()?;
-        Ok(self.run(&command, &wit, input.as_bytes())?.stdout)
+    /// Feeds `input` to session `name`'s process and reads its output up to the line `until`,
+    /// as the runtime's `send_session` does.
+    pub(crate) fn session_send(
+        &mut self,
+        name: &str,
+        input: &str,
+        until: &str,
+        timeout: Option<std::time::Duration>,
+    ) -> Result<Vec<u8>> {
+        let mut session = self.sessions.remove(name).ok_or_else(|| no_session(name))?;
+        if session.exited.is_none() {
+            let reply = self
+                .answered(&session.command, input.as_bytes(), &session.pod)
+                .unwrap_or_else(|| Reply::ok(format!("{until}\n")));
+            session.took(reply);
+        }
+        if let Some(got) = session.read_until(until) {
+            self.sessions.insert(name.to_owned(), session);
+            return Ok(got);
+        }
+        let Some(code) = session.exited else {
+            self.sessions.insert(name.to_owned(), session);
+            return Err(Error::timed_out(format!(
+                "exec.session-send ran past its timeout of {}",
+                human_duration(timeout.unwrap_or(DEFAULT_EXEC_TIMEOUT))
+            )));
+        };
+        // The process is gone, and so is the session, as on the runtime.
+        let stderr = String::from_utf8_lossy(&session.stderr);
+        let tail = stderr.trim();
+        let tail = &tail[tail.floor_char_boundary(tail.len().saturating_sub(512))..];
+        Err(Error::failed(format!(
+            "session `{name}` exited with code {code}: {tail} before printing `{until}`"
+        )))
     }
 
+    /// Ends session `name`: what its process printed after the last `send`, its stderr, and
+    /// its exit status (that of the [`Reply::exit`] that ended it; 0 for one that ends when
+    /// its input does).
     pub(crate) fn session_end(&mut self, name: &str) -> Result<exec::Output> {
-        let command = self
-            .sessions
-            .remove(name)
-            .ok_or_else(|| Error::not_found(format!("session `{name}` is not open")))?;
+        let session = self.sessions.remove(name).ok_or_else(|| no_session(name))?;
         Ok(exec::Output {
-            pod: command.program().to_owned(),
-            exit_code: 0,
-            stdout: Vec::new(),
-            stderr: Vec::new(),
+            pod: session.pod,
+            exit_code: session.exited.unwrap_or(0),
+            stdout: session.unread,
+            stderr: session.stderr,
             stdout_truncated: false,
             stderr_truncated: false,
         })
@@ -1379,7 +1568,7 @@ mod tests {
                         seen.borrow_mut().extend_from_slice(stdin);
                         Reply::ok("")
                     }
-                    "psql" => Reply::ok(format!("{} rows", stdin.len())),
+                    "psql" => Reply::ok(format!("{} rows\ndone\n", stdin.len())),
                     other => Reply::exit(127, format!("{other}: not found")),
                 });
         let ctx = Context::builder("backup", "shop").workload("pg").build();
@@ -1415,7 +1604,7 @@ mod tests {
             &loaded.borrow()[..],
             b"CREATE TABLE t ();\n-- end\nCOMMIT\n"
         );
-        assert_eq!(out.get("said"), Some("10 rows"));
+        assert_eq!(out.get("said"), Some("10 rows\n"));
     }
 
     /// Pipes its `dump` into `load`: all of it, after peeking at its first bytes, or accepting
@@ -1578,10 +1767,13 @@ mod tests {
         // A grant does not stand in for a declaration.
         let host = host.secret("password", "pw");
         let peek = Context::builder("peek", "shop").build();
-        let e = host.run::<Db>("peek", &peek).expect_err("undeclared");
-        assert!(
-            matches!(&e, Error::Denied(m) if m.contains("does not declare")),
-            "{e}"
+        // In the runtime's words (r4 finding 6; the fake had its own, naming `Secrets`).
+        assert_eq!(
+            host.run::<Db>("peek", &peek),
+            Err(Error::denied(
+                "capability `secrets` is not declared by the blueprint's describe(), so it may \
+                 not use it whatever is granted; declare it (Description::capability) and rebuild"
+            ))
         );
 
         // An empty grant grants nothing.
@@ -1619,7 +1811,10 @@ mod tests {
         let host = FakeHost::new().secret("password", "s3cret-pw");
         let ctx = Context::builder("backup", "shop").build();
         let e = host.run::<Leaky>("backup", &ctx).expect_err("no exec");
-        assert!(matches!(&e, Error::Denied(m) if m.contains("Exec")), "{e}");
+        assert!(
+            matches!(&e, Error::Denied(m) if m.contains("capability `exec` is not declared")),
+            "{e}"
+        );
         let ctx = Context::builder("leak", "shop").build();
         let e = host
             .run::<Leaky>("leak", &ctx)
@@ -2096,6 +2291,172 @@ mod tests {
             .expect("three pods");
         let pods: Vec<&str> = outs.iter().map(|o| o.pod.as_str()).collect();
         assert_eq!(pods, ["web-0", "web-1", "web-2"]);
+    }
+
+    /// r4 finding 3: a session's `send` returns what came before its marker line, fails as
+    /// the runtime's when the process exits first, and `close` reports how it exited.
+    #[test]
+    fn r4_sessions_read_up_to_their_marker_and_see_the_process_exit() {
+        struct Locker;
+        impl Blueprint for Locker {
+            fn describe() -> Description {
+                Description::new("locker", "0.1.0")
+                    .action("backupPrehook", "Takes the lock")
+                    .action("backupPosthook", "Releases it")
+                    .capability(Capability::Exec)
+            }
+            fn run(action: &str, _: &Context) -> Result<Outputs> {
+                if action == "backupPrehook" {
+                    let client = Command::new(["mariadb"]).stdin("SET SESSION x=1;\n");
+                    let lock = Session::open("lock", &client)?;
+                    let said =
+                        lock.send("FLUSH TABLES WITH READ LOCK; SELECT 'locked';\n", "locked")?;
+                    return Ok(Outputs::new().value("said", said));
+                }
+                let lock = Session::attach("lock");
+                lock.send("UNLOCK TABLES; SELECT 'unlocked';\n", "unlocked")?;
+                let closed = lock.close()?;
+                Ok(Outputs::new()
+                    .value("exit", closed.exit_code)
+                    .value("rest", closed.stdout_str())
+                    .value("pod", closed.pod))
+            }
+        }
+        let ctx = |action: &str| Context::builder(action, "shop").workload("db").build();
+        let inputs = Rc::new(RefCell::new(Vec::new()));
+        let seen = inputs.clone();
+        let host = FakeHost::new().on_exec(move |_, stdin| {
+            let stdin = String::from_utf8_lossy(stdin).into_owned();
+            seen.borrow_mut().push(stdin.clone());
+            if stdin.starts_with("FLUSH") {
+                Reply::ok("1\r\nlocked\r\nafter\n")
+            } else if stdin.starts_with("UNLOCK") {
+                Reply::ok("unlocked\nbye\n").stderr("closing").took(0)
+            } else {
+                Reply::ok("")
+            }
+        });
+        let out = host
+            .run::<Locker>("backupPrehook", &ctx("backupPrehook"))
+            .expect("locked");
+        assert_eq!(
+            out.get("said"),
+            Some("1\r\n"),
+            "the marker line is not returned"
+        );
+        assert_eq!(
+            inputs.borrow()[0],
+            "SET SESSION x=1;\n",
+            "the open's stdin is fed"
+        );
+        assert_eq!(host.calls()[0], "exec.session-open lock mariadb");
+        let out = host
+            .run::<Locker>("backupPosthook", &ctx("backupPosthook"))
+            .expect("released");
+        // What followed the first marker was read by the second send, before its marker.
+        assert_eq!(out.get("rest"), Some("bye\n"));
+        assert_eq!(out.get("exit"), Some("0"));
+        assert_eq!(out.get("pod"), Some("db-0"));
+
+        // The client exits before printing the marker: the prehook fails, the session is gone.
+        let host = FakeHost::new().on_exec(|_, stdin| {
+            if stdin.starts_with(b"FLUSH") {
+                Reply::exit(1, "ERROR 1045: Access denied\n")
+            } else {
+                Reply::ok("")
+            }
+        });
+        assert_eq!(
+            host.run::<Locker>("backupPrehook", &ctx("backupPrehook")),
+            Err(Error::failed(
+                "session `lock`: session `lock` exited with code 1: ERROR 1045: Access denied \
+                 before printing `locked`"
+            ))
+        );
+        assert_eq!(
+            host.run::<Locker>("backupPosthook", &ctx("backupPosthook")),
+            Err(Error::not_found(
+                "session `lock`: no session `lock` is open in this run; open it with \
+                 session-open in this or an earlier phase"
+            ))
+        );
+
+        // A reply without the marker from a process still running: the send waits, and
+        // times out.
+        let host = FakeHost::new().on_exec(|_, _| Reply::ok("nothing yet\n"));
+        assert_eq!(
+            host.run::<Locker>("backupPrehook", &ctx("backupPrehook")),
+            Err(Error::timed_out(
+                "session `lock`: exec.session-send ran past its timeout of 30m"
+            ))
+        );
+
+        // An exit after the marker: the send succeeds, the close reports the status.
+        let host = FakeHost::new().on_exec(|_, stdin| {
+            if stdin.starts_with(b"UNLOCK") {
+                Reply::exit(3, "gone").stderr("lost connection")
+            } else {
+                Reply::ok("locked\n")
+            }
+        });
+        host.run::<Locker>("backupPrehook", &ctx("backupPrehook"))
+            .expect("locked");
+        let e = host.run::<Locker>("backupPosthook", &ctx("backupPosthook"));
+        assert_eq!(
+            e,
+            Err(Error::failed(
+                "session `lock`: session `lock` exited with code 3: lost connection before \
+                 printing `unlocked`"
+            ))
+        );
+
+        // With no handler, a session prints its marker.
+        let host = FakeHost::new();
+        let out = host
+            .run::<Locker>("backupPrehook", &ctx("backupPrehook"))
+            .expect("locked");
+        assert_eq!(out.get("said"), Some(""));
+    }
+
+    /// r4 finding 1: a run with a target workload may not act on a sibling workload of its
+    /// namespace, as the runtime's `resolve` refuses it; without a target it may.
+    #[test]
+    fn r4_a_sibling_workload_is_denied_when_the_action_names_a_target() {
+        struct Sibling;
+        impl Blueprint for Sibling {
+            fn describe() -> Description {
+                Description::new("sibling", "0.1.0")
+                    .action("backup", "Runs in the proxy workload")
+                    .capability(Capability::Exec)
+                    .capability(Capability::Workloads)
+            }
+            fn run(_: &str, _: &Context) -> Result<Outputs> {
+                let proxy = WorkloadRef::new("shop", "db-proxy");
+                Command::new(["true"]).workload(proxy.clone()).run()?;
+                workloads::get(Some(&proxy))?;
+                Ok(Outputs::new())
+            }
+        }
+        let host = FakeHost::new()
+            .workload("db", 1, &[])
+            .workload("db-proxy", 1, &[]);
+        let ctx = Context::builder("backup", "shop").workload("db").build();
+        assert_eq!(
+            host.run::<Sibling>("backup", &ctx),
+            Err(Error::denied(
+                "running `true`: workload `shop/db-proxy` is outside this action's scope `shop/db`"
+            ))
+        );
+        let ctx = Context::builder("backup", "shop").build();
+        host.run::<Sibling>("backup", &ctx)
+            .expect("any workload of the namespace without a target");
+        let ctx = Context::builder("backup", "prod").build();
+        assert_eq!(
+            host.run::<Sibling>("backup", &ctx),
+            Err(Error::denied(
+                "running `true`: workload `shop/db-proxy` is outside this action's scope `prod`"
+            ))
+        );
     }
 }
 

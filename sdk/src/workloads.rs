@@ -2,8 +2,9 @@
 //! and [`Scale`](crate::Capability::Scale)).
 //!
 //! Functions that take a `workload: Option<&WorkloadRef>` act on the action's target when it
-//! is `None`. Every reference is checked against the action's scope; one outside it is
-//! [`Error::Denied`](crate::Error::Denied).
+//! is `None`. Every reference is checked against the action's scope: the target workload
+//! alone when the action names one (as a policy always does), any workload of the namespace
+//! when it names none; one outside it is [`Error::Denied`](crate::Error::Denied).
 //!
 //! ```no_run
 //! use std::time::Duration;
