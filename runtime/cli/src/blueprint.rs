@@ -51,8 +51,9 @@ pub(crate) enum BlueprintCommand {
         /// rollback): every policy naming it runs the older one from its next run.
         #[arg(long, conflicts_with = "keep_newer")]
         downgrade: bool,
-        /// Leave a registered blueprint of a newer version in place and succeed, instead of
-        /// refusing (for registering bundled blueprints at every start).
+        /// Leave a registered blueprint of a newer version, or another build of the same
+        /// version (an operator's hotfix), in place and succeed, instead of refusing or
+        /// replacing it (for registering bundled blueprints at every start).
         #[arg(long)]
         keep_newer: bool,
         /// The only capabilities policies and runs by name may grant it (comma-separated), or
@@ -101,18 +102,33 @@ pub(crate) async fn run(cmd: BlueprintCommand, home: Option<PathBuf>) -> anyhow:
             let engine = crate::run::engine(&home)?;
             let blueprint = load(&engine, &file).await?;
             warn_of(&blueprint);
-            if let Some(older) = older_than_registered(&home, &blueprint)?
-                && !downgrade
-            {
-                if keep_newer {
-                    outln!("{older}: the registered one is kept (--keep-newer)");
+            match compared(&home, &blueprint)? {
+                Compared::Older(older) if !downgrade => {
+                    if keep_newer {
+                        outln!("{older}: the registered one is kept (--keep-newer)");
+                        return Ok(ExitCode::from(exit::OK));
+                    }
+                    return Err(UsageError(format!(
+                        "{older}; pass --downgrade to roll back to it (every policy naming it \
+                         then runs it), or --keep-newer to keep the registered one"
+                    ))
+                    .into());
+                }
+                // The Kubernetes install adds its bundled builds at every start with
+                // --keep-newer: an operator's build of the same version (a hotfix) must not be
+                // reverted by the next restart.
+                Compared::OtherBuild(other) if keep_newer => {
+                    outln!(
+                        "{other}: the registered one is kept (--keep-newer); add it without \
+                         --keep-newer to replace it"
+                    );
                     return Ok(ExitCode::from(exit::OK));
                 }
-                return Err(UsageError(format!(
-                    "{older}; pass --downgrade to roll back to it (every policy naming it then \
-                     runs it), or --keep-newer to keep the registered one"
-                ))
-                .into());
+                Compared::OtherBuild(other) => errln!(
+                    "cairn: warning: {other}, which it replaces; give a new build a new version, \
+                     so that restore points say which made them"
+                ),
+                Compared::Older(_) | Compared::NewOrSame => {}
             }
             let allow = match allow {
                 Some(caps) => allowed(&blueprint, &caps)?,
@@ -323,6 +339,14 @@ fn allowed(
     {
         return Ok(None);
     }
+    if caps.iter().any(|c| c == "all") {
+        return Err(UsageError(format!(
+            "--allow {}: `all` (every capability the blueprint declares) is given alone; give \
+             `--allow all`, or name only the capabilities to allow (--allow exec,export)",
+            caps.join(",")
+        ))
+        .into());
+    }
     let d = blueprint.description();
     let parsed = crate::run::parse_capabilities(caps, "--allow")?;
     if let Some(extra) = parsed.iter().find(|c| !d.capabilities.contains(c)) {
@@ -378,38 +402,46 @@ pub(crate) fn check_allowed(
     Ok(())
 }
 
-/// Says so when the registered blueprint of the same name is of a newer version than
-/// `blueprint` (which replaces it only with --downgrade); warns of another build of the same
-/// version.
-fn older_than_registered(
-    home: &Home,
-    blueprint: &cairn_engine::Blueprint,
-) -> anyhow::Result<Option<String>> {
+/// How a blueprint being added compares with the registered one of its name.
+enum Compared {
+    /// None is registered, this very build is, or this one is newer.
+    NewOrSame,
+    /// The registered one is of a newer version (replaced only with --downgrade): says so.
+    Older(String),
+    /// The registered one is another build of the same version (build metadata aside, as
+    /// `1.2.0+patched`): says so.
+    OtherBuild(String),
+}
+
+/// Compares `blueprint` with the registered blueprint of the same name.
+fn compared(home: &Home, blueprint: &cairn_engine::Blueprint) -> anyhow::Result<Compared> {
     let d = blueprint.description();
     let Some(old) = crate::catalog::open(home)?.blueprint(&d.name)? else {
-        return Ok(None);
+        return Ok(Compared::NewOrSame);
     };
     if old.digest == blueprint.digest() {
-        return Ok(None);
+        return Ok(Compared::NewOrSame);
     }
     // The engine checked this one's version at load; one registered that does not parse is
     // replaced.
-    let order = cairn_engine::version_order(&d.version, &old.version);
-    if order == Some(std::cmp::Ordering::Equal) {
-        errln!(
-            "cairn: warning: blueprint {} {} replaces another build of the same version ({}); \
-             give a new build a new version, so that restore points say which made them",
-            d.name,
-            d.version,
-            old.digest
-        );
-    }
-    Ok((order == Some(std::cmp::Ordering::Less)).then(|| {
-        format!(
-            "blueprint {} {} is older than the registered {}",
-            d.name, d.version, old.version
-        )
-    }))
+    Ok(
+        match cairn_engine::version_order(&d.version, &old.version) {
+            Some(std::cmp::Ordering::Less) => Compared::Older(format!(
+                "blueprint {} {} is older than the registered {}",
+                d.name, d.version, old.version
+            )),
+            Some(std::cmp::Ordering::Equal) => Compared::OtherBuild(format!(
+                "blueprint {} {} ({}) is another build of the same version as the registered {} \
+                 ({})",
+                d.name,
+                d.version,
+                blueprint.digest(),
+                old.version,
+                old.digest
+            )),
+            _ => Compared::NewOrSame,
+        },
+    )
 }
 
 /// Copies the component into the home under its digest and records it by name.

@@ -1,3 +1,5 @@
+use std::path::PathBuf;
+
 use crate::support::{Cairn, hello_wasm, json, stderr};
 
 #[test]
@@ -185,4 +187,76 @@ fn a_new_blueprint_builds_tests_and_runs_as_made() {
     assert_eq!(std::fs::read(&file).expect("restored"), before);
     let out = run("delete", "export", Some(&report));
     assert!(out.status.success(), "{}", stderr(&out));
+}
+
+/// `hello.wasm` with a custom section appended: another build (digest) of the same version.
+fn patched_hello(cairn: &Cairn) -> PathBuf {
+    let mut bytes = std::fs::read(hello_wasm()).expect("hello.wasm");
+    // Section 0 (custom) of 7 bytes: the name `patch` (5 bytes, length-prefixed), then `x`.
+    bytes.extend_from_slice(&[0, 7, 5, b'p', b'a', b't', b'c', b'h', b'x']);
+    let patched = cairn.home.path().join("hello-patched.wasm");
+    std::fs::write(&patched, bytes).expect("write");
+    patched
+}
+
+/// The digest `blueprint list --output json` shows for `hello`.
+fn registered_digest(cairn: &Cairn) -> String {
+    let out = cairn.run(&["blueprint", "list", "--output", "json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v = json(&out);
+    let rows = v.as_array().expect("a list");
+    let hello = rows.iter().find(|r| r["name"] == "hello").expect("hello");
+    hello["digest"].as_str().expect("a digest").to_owned()
+}
+
+/// r4 finding 2: the Kubernetes install adds its bundled builds with --keep-newer at every
+/// start; an operator's other build of the same version (a hotfix) must survive it.
+#[test]
+fn r4_keep_newer_keeps_another_build_of_the_same_version() {
+    let cairn = Cairn::new();
+    let patched = patched_hello(&cairn);
+    let patched = patched.to_str().expect("utf-8 path");
+    let stock = hello_wasm().to_str().expect("utf-8 path");
+    let add = cairn.run(&["blueprint", "add", patched]);
+    assert!(add.status.success(), "{}", stderr(&add));
+    let hotfix = registered_digest(&cairn);
+
+    let again = cairn.run(&["blueprint", "add", "--keep-newer", stock]);
+    assert!(again.status.success(), "{}", stderr(&again));
+    let said = String::from_utf8_lossy(&again.stdout);
+    assert!(
+        said.contains("is another build of the same version as the registered 0.1.0")
+            && said.contains(&hotfix)
+            && said.contains("the registered one is kept (--keep-newer)"),
+        "{said}"
+    );
+    assert_eq!(registered_digest(&cairn), hotfix, "the hotfix stays");
+
+    // Without --keep-newer it replaces it, with a warning, as before.
+    let replace = cairn.run(&["blueprint", "add", stock]);
+    assert!(replace.status.success(), "{}", stderr(&replace));
+    assert!(
+        stderr(&replace).contains("cairn: warning: blueprint hello 0.1.0")
+            && stderr(&replace).contains("which it replaces"),
+        "{}",
+        stderr(&replace)
+    );
+    assert_ne!(registered_digest(&cairn), hotfix, "replaced");
+}
+
+/// r4 finding 8: `all` with other capabilities says that `all` is given alone, not that it is
+/// unknown.
+#[test]
+fn r4_allow_all_with_other_capabilities_says_all_is_given_alone() {
+    let cairn = Cairn::new();
+    let stock = hello_wasm().to_str().expect("utf-8 path");
+    let out = cairn.run(&["blueprint", "add", stock, "--allow", "all,exec"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains(
+            "--allow all,exec: `all` (every capability the blueprint declares) is given alone"
+        ),
+        "{}",
+        stderr(&out)
+    );
 }
