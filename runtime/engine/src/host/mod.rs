@@ -56,6 +56,13 @@ impl HostState {
                  records; later calls that need a capability are refused"
             )));
         }
+        // First: describe() runs with no host and no grants, so every later check would
+        // refuse it with advice (grant it, declare it) that cannot help there.
+        let Some(host) = self.action.host.clone() else {
+            return Err(WitError::Denied(format!(
+                "describe() may only log; calling a `{cap}` function there is refused"
+            )));
+        };
         // Declaring it or asking for it would not help: only the runtime grants it, to the DR
         // blueprint it runs.
         if cap == Capability::Catalog && !self.action.grants.contains(&cap) {
@@ -65,7 +72,7 @@ impl HostState {
                     .into(),
             ));
         }
-        if !self.action.declared.contains(&cap) && self.action.host.is_some() {
+        if !self.action.declared.contains(&cap) {
             return Err(WitError::Denied(format!(
                 "capability `{cap}` is not declared by the blueprint's describe(), so it may not \
                  use it whatever is granted; declare it (Description::capability) and rebuild"
@@ -77,11 +84,7 @@ impl HostState {
                  `policy restore`, a policy's or binding's `grants:`)"
             )));
         }
-        self.action.host.clone().ok_or_else(|| {
-            WitError::Denied(format!(
-                "describe() may only log; calling a `{cap}` function there is refused"
-            ))
-        })
+        Ok(host)
     }
 
     /// The action's scope, for messages: `ns` or `ns/workload`.
@@ -331,6 +334,11 @@ mod tests {
 
     /// A phase whose audit records go to `dir/audit.jsonl`.
     fn phase(dir: &std::path::Path) -> HostState {
+        state(dir, true)
+    }
+
+    /// A phase (`describe()` when not `with_host`: no host, nothing granted or declared).
+    fn state(dir: &std::path::Path, with_host: bool) -> HostState {
         let inventory = dir.join("inventory.yaml");
         std::fs::write(
             &inventory,
@@ -359,7 +367,7 @@ mod tests {
             hidden: Default::default(),
             limits: Default::default(),
             deadline: Duration::from_secs(60),
-            host: Some(host),
+            host: with_host.then_some(host),
             sessions: Default::default(),
             references: Default::default(),
             taken: Default::default(),
@@ -402,5 +410,21 @@ mod tests {
             matches!(&refused, WitError::Denied(m) if m.contains("audited calls")),
             "{refused:?}"
         );
+    }
+
+    /// r4 finding 5: describe() is never given grants, so "grant it" was wrong advice there.
+    #[test]
+    fn r4_a_capability_call_from_describe_is_refused_as_describe_may_only_log() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let state = state(dir.path(), false);
+        for cap in [Capability::Exec, Capability::Secrets, Capability::Catalog] {
+            let refused = state.require(cap).expect_err("refused in describe()");
+            assert!(
+                matches!(&refused, WitError::Denied(m) if *m == format!(
+                    "describe() may only log; calling a `{cap}` function there is refused"
+                )),
+                "{refused:?}"
+            );
+        }
     }
 }
