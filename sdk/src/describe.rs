@@ -427,8 +427,9 @@ impl Description {
     /// Why the runtime refuses to load a blueprint that describes itself so, in the runtime's
     /// words, if it does: the checks of `Engine::load` (`runtime/engine/src/engine.rs`): the
     /// name (`name_problem`), then `Description::problem` (`runtime/engine/src/blueprint.rs`):
-    /// versions, action names, an action or parameter declared twice, a parameter's bounds,
-    /// choices and default. Not checked: a `min_runtime` newer than the runtime that runs it.
+    /// its size (1 MiB, counted over its texts), versions, action names, an action or
+    /// parameter declared twice, a parameter's bounds, choices and default. Not checked: a
+    /// `min_runtime` newer than the runtime that runs it.
     pub(crate) fn load_error(&self) -> Option<String> {
         if let Some(reason) = crate::data::name_problem(&self.name) {
             return Some(format!(
@@ -444,6 +445,9 @@ impl Description {
 
     /// The runtime's `Description::problem` (`runtime/engine/src/blueprint.rs`).
     fn problem(&self) -> Option<String> {
+        if let Some(problem) = cairn_contract::description_size_problem(self.texts_size()) {
+            return Some(problem);
+        }
         cairn_contract::description_problem(
             &self.version,
             &self.min_runtime,
@@ -451,6 +455,27 @@ impl Description {
             self.params.iter().map(|p| p.name.as_str()),
         )
         .or_else(|| self.params.iter().find_map(|p| p.rule().problem()))
+    }
+}
+
+impl Description {
+    /// The bytes of its texts: a little under the JSON the runtime measures against
+    /// [`MAX_DESCRIPTION_BYTES`](cairn_contract::MAX_DESCRIPTION_BYTES), which adds the keys
+    /// and quotes, so a description this refuses the runtime refuses too.
+    fn texts_size(&self) -> usize {
+        let params = self.params.iter().map(|p| {
+            p.name.len()
+                + p.description.len()
+                + p.default.as_ref().map_or(0, String::len)
+                + p.choices.iter().map(String::len).sum::<usize>()
+        });
+        let actions = self.actions.iter().map(|(n, d)| n.len() + d.len());
+        self.name.len()
+            + self.version.len()
+            + self.description.len()
+            + self.min_runtime.len()
+            + actions.sum::<usize>()
+            + params.sum::<usize>()
     }
 }
 
@@ -490,6 +515,32 @@ mod tests {
             .param(Param::float("ratio").choices(["0.5", "1"]))
             .capability(Capability::Exec)
             .capability(Capability::Exec)
+    }
+
+    /// r4 finding 7: the runtime's 1 MiB limit, in its words (the shared
+    /// `cairn_contract::description_size_problem`).
+    #[test]
+    fn r4_a_description_over_a_mebibyte_is_refused_as_the_runtime_refuses_it() {
+        let big = hello().action("restore", "x".repeat(cairn_contract::MAX_DESCRIPTION_BYTES));
+        assert_eq!(
+            big.load_error().as_deref(),
+            Some(
+                "the blueprint's describe() is invalid: it describes itself in 1 MiB, over the \
+                 limit of 1 MiB: say what each action and parameter is in a sentence or two; fix \
+                 it in the blueprint"
+            )
+        );
+        let generated = (0..40_000).fold(hello(), |d, i| {
+            d.param(Param::text(format!("p{i}")).describe("a generated parameter"))
+        });
+        assert!(
+            generated
+                .load_error()
+                .is_some_and(|e| e.contains("over the limit of 1 MiB")),
+            "{:?}",
+            generated.load_error()
+        );
+        assert_eq!(hello().load_error(), None);
     }
 
     #[test]

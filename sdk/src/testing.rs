@@ -175,25 +175,6 @@ fn no_session(name: &str) -> Error {
     ))
 }
 
-/// A duration as the runtime's messages show it (`human_duration`,
-/// `runtime/engine/src/limits.rs`).
-fn human_duration(d: std::time::Duration) -> String {
-    let ms = d.as_millis();
-    if ms < 1000 {
-        format!("{ms}ms")
-    } else if ms.is_multiple_of(86_400_000) {
-        format!("{}d", ms / 86_400_000)
-    } else if ms.is_multiple_of(3_600_000) {
-        format!("{}h", ms / 3_600_000)
-    } else if ms.is_multiple_of(60_000) {
-        format!("{}m", ms / 60_000)
-    } else if ms.is_multiple_of(1000) {
-        format!("{}s", ms / 1000)
-    } else {
-        format!("{:.1}s", d.as_secs_f64())
-    }
-}
-
 /// The runtime's default timeout of a command, and of a session's `send` (its
 /// `DEFAULT_EXEC_TIMEOUT`).
 const DEFAULT_EXEC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30 * 60);
@@ -1150,7 +1131,7 @@ impl Fake {
             self.sessions.insert(name.to_owned(), session);
             return Err(Error::timed_out(format!(
                 "exec.session-send ran past its timeout of {}",
-                human_duration(timeout.unwrap_or(DEFAULT_EXEC_TIMEOUT))
+                cairn_contract::human_duration(timeout.unwrap_or(DEFAULT_EXEC_TIMEOUT))
             )));
         };
         // The process is gone, and so is the session, as on the runtime.
@@ -1334,11 +1315,27 @@ impl Fake {
         self.hidden.redact(text).into_owned()
     }
 
-    /// What the runtime refuses of a phase's outputs, in its words: an artifact value named
+    /// What the runtime refuses of a phase's outputs, in its words: an empty name or one with
+    /// control characters (`to_outputs`, `runtime/engine/src/run.rs`), an artifact value named
     /// like a key of the artifact's export reference (`Artifact::checked_from_wit`,
     /// `runtime/engine/src/exports.rs`), then a secret in a name or value (`secret_free`,
     /// `runtime/engine/src/run.rs`), where the reference, which the host wrote, is not looked.
     fn check_outputs(&self, outputs: &Outputs) -> std::result::Result<(), String> {
+        // First the names, as the runtime's `to_outputs` checks them, with its code.
+        for a in outputs.artifacts() {
+            let names = std::iter::once(("artifact", a.name()))
+                .chain(a.own_values().map(|(k, _)| ("artifact value", k)));
+            for (what, name) in names {
+                if let Some(problem) = cairn_contract::output_name_problem(what, name) {
+                    return Err(problem);
+                }
+            }
+        }
+        for (name, _) in outputs.values() {
+            if let Some(problem) = cairn_contract::output_name_problem("output value", name) {
+                return Err(problem);
+            }
+        }
         for a in outputs.artifacts() {
             if let Some((key, _)) = a
                 .own_values()
@@ -2416,6 +2413,55 @@ mod tests {
             .run::<Locker>("backupPrehook", &ctx("backupPrehook"))
             .expect("locked");
         assert_eq!(out.get("said"), Some(""));
+    }
+
+    /// r4 finding 7: output names the runtime refuses (`to_outputs`, through the shared
+    /// `cairn_contract::output_name_problem`), in its words.
+    #[test]
+    fn r4_empty_output_names_and_control_characters_are_refused() {
+        struct Named;
+        impl Blueprint for Named {
+            fn describe() -> Description {
+                Description::new("named", "0.1.0")
+                    .action("backup", "Returns what it is told")
+                    .param(crate::Param::text("artifact").default("dump"))
+                    .param(crate::Param::text("value").default("rows"))
+            }
+            fn run(_: &str, ctx: &Context) -> Result<Outputs> {
+                Ok(Outputs::new()
+                    .artifact(Artifact::new(ctx.text("artifact")?).value("k\tv", 1))
+                    .value(ctx.text("value")?, 3))
+            }
+        }
+        let host = FakeHost::new();
+        let run = |artifact: &str, value: &str| {
+            let ctx = Context::builder("backup", "shop")
+                .param("artifact", artifact)
+                .param("value", value)
+                .build();
+            host.run::<Named>("backup", &ctx)
+        };
+        // A tab is plain text, as on the runtime.
+        run("dump", "rows").expect("plain names");
+        assert_eq!(
+            run("", "rows"),
+            Err(Error::invalid(
+                "the blueprint returned an artifact with an empty name: name it"
+            ))
+        );
+        assert_eq!(
+            run("dump", "k\n"),
+            Err(Error::invalid(
+                "the blueprint returned an output value named `k\\n`, which holds control \
+                 characters: name it in plain text"
+            ))
+        );
+        assert_eq!(
+            run("dump", ""),
+            Err(Error::invalid(
+                "the blueprint returned an output value with an empty name: name it"
+            ))
+        );
     }
 
     /// r4 finding 1: a run with a target workload may not act on a sibling workload of its

@@ -99,8 +99,10 @@ impl From<ParamKind> for cairn_contract::Kind {
     }
 }
 
-/// The largest description a blueprint may give of itself (as JSON).
-const MAX_DESCRIPTION_BYTES: usize = 1 << 20;
+// The largest description a blueprint may give of itself (as JSON); the SDK's fake host
+// applies it too.
+#[cfg(test)]
+use cairn_contract::MAX_DESCRIPTION_BYTES;
 
 /// What a blueprint is and needs, from its `describe()`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -128,13 +130,8 @@ impl Description {
     pub(crate) fn problem(&self) -> Option<String> {
         // It is kept, listed and printed whole: a sentence or two an action and a parameter.
         let size = serde_json::to_vec(self).map_or(0, |v| v.len());
-        if size > MAX_DESCRIPTION_BYTES {
-            return Some(format!(
-                "it describes itself in {}, over the limit of {}: say what each action and \
-                 parameter is in a sentence or two",
-                crate::limits::human_bytes(size as u64),
-                crate::limits::human_bytes(MAX_DESCRIPTION_BYTES as u64)
-            ));
+        if let Some(problem) = cairn_contract::description_size_problem(size) {
+            return Some(problem);
         }
         cairn_contract::description_problem(
             &self.version,

@@ -161,46 +161,8 @@ impl Limits {
     }
 }
 
-/// `64 MiB`, `1.5 GiB`, `512 bytes`.
-pub(crate) fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
-    if n < 1024 {
-        return format!("{n} bytes");
-    }
-    let mut value = n as f64;
-    let mut unit = "";
-    for u in UNITS {
-        value /= 1024.0;
-        unit = u;
-        if value < 1024.0 {
-            break;
-        }
-    }
-    let rounded = (value * 10.0).round() / 10.0;
-    if rounded.fract() == 0.0 {
-        format!("{rounded:.0} {unit}")
-    } else {
-        format!("{rounded:.1} {unit}")
-    }
-}
-
-/// `5s`, `1.5s`, `250ms`, `30m`.
-pub(crate) fn human_duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms < 1000 {
-        format!("{ms}ms")
-    } else if ms.is_multiple_of(86_400_000) {
-        format!("{}d", ms / 86_400_000)
-    } else if ms.is_multiple_of(3_600_000) {
-        format!("{}h", ms / 3_600_000)
-    } else if ms.is_multiple_of(60_000) {
-        format!("{}m", ms / 60_000)
-    } else if ms.is_multiple_of(1000) {
-        format!("{}s", ms / 1000)
-    } else {
-        format!("{:.1}s", d.as_secs_f64())
-    }
-}
+// Shared with the SDK's fake host, whose messages quote them in the same words.
+pub(crate) use cairn_contract::{human_bytes, human_duration};
 
 #[cfg(test)]
 mod tests {

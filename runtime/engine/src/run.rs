@@ -206,21 +206,10 @@ impl RunReport {
 /// like a key of its export reference.
 fn to_outputs(o: guest::Outputs, checkpoints: &[(String, String)]) -> Result<Outputs, String> {
     // Names are shown and looked up by (a restore's `--from` names an artifact): never empty,
-    // never holding what a terminal obeys.
-    let named = |what: &str, name: &str| {
-        if name.is_empty() {
-            Err(format!(
-                "the blueprint returned an {what} with an empty name: name it"
-            ))
-        } else if cairn_contract::controls_escaped(name).len() != name.len() {
-            Err(format!(
-                "the blueprint returned an {what} named `{}`, which holds control characters: \
-                 name it in plain text",
-                cairn_contract::controls_escaped(name)
-            ))
-        } else {
-            Ok(())
-        }
+    // never holding what a terminal obeys (the SDK's fake host refuses them too).
+    let named = |what: &str, name: &str| match cairn_contract::output_name_problem(what, name) {
+        Some(problem) => Err(problem),
+        None => Ok(()),
     };
     // Once each: a restore looks an artifact and a value up by name, and would find either.
     let once = |what: &str, names: Vec<&String>| {

@@ -221,6 +221,84 @@ pub fn controls_escaped(text: &str) -> std::borrow::Cow<'_, str> {
     )
 }
 
+/// Why the runtime refuses a name a phase returned (an artifact's, an artifact value's or an
+/// output value's; `what` says which: `artifact`, `artifact value`, `output value`), if it
+/// does. Names are shown and looked up (a restore's `--from` names an artifact): never empty,
+/// never holding what a terminal obeys.
+pub fn output_name_problem(what: &str, name: &str) -> Option<String> {
+    if name.is_empty() {
+        Some(format!(
+            "the blueprint returned an {what} with an empty name: name it"
+        ))
+    } else if controls_escaped(name).len() != name.len() {
+        Some(format!(
+            "the blueprint returned an {what} named `{}`, which holds control characters: name \
+             it in plain text",
+            controls_escaped(name)
+        ))
+    } else {
+        None
+    }
+}
+
+/// The largest description a blueprint may give of itself, as the JSON the runtime keeps in
+/// the catalog, lists and prints: a sentence or two an action and a parameter fit many times
+/// over, and a generated one cannot bloat every listing.
+pub const MAX_DESCRIPTION_BYTES: usize = 1 << 20;
+
+/// Why the runtime refuses a description of `size` bytes, if it does.
+pub fn description_size_problem(size: usize) -> Option<String> {
+    (size > MAX_DESCRIPTION_BYTES).then(|| {
+        format!(
+            "it describes itself in {}, over the limit of {}: say what each action and \
+             parameter is in a sentence or two",
+            human_bytes(size as u64),
+            human_bytes(MAX_DESCRIPTION_BYTES as u64)
+        )
+    })
+}
+
+/// `64 MiB`, `1.5 GiB`, `512 bytes`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} bytes");
+    }
+    let mut value = n as f64;
+    let mut unit = "";
+    for u in UNITS {
+        value /= 1024.0;
+        unit = u;
+        if value < 1024.0 {
+            break;
+        }
+    }
+    let rounded = (value * 10.0).round() / 10.0;
+    if rounded.fract() == 0.0 {
+        format!("{rounded:.0} {unit}")
+    } else {
+        format!("{rounded:.1} {unit}")
+    }
+}
+
+/// `5s`, `1.5s`, `250ms`, `30m`.
+pub fn human_duration(d: std::time::Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms.is_multiple_of(86_400_000) {
+        format!("{}d", ms / 86_400_000)
+    } else if ms.is_multiple_of(3_600_000) {
+        format!("{}h", ms / 3_600_000)
+    } else if ms.is_multiple_of(60_000) {
+        format!("{}m", ms / 60_000)
+    } else if ms.is_multiple_of(1000) {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{:.1}s", d.as_secs_f64())
+    }
+}
+
 /// The kind of a blueprint's parameter; the host checks values against it before `run` is
 /// called.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
