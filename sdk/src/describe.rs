@@ -38,8 +38,11 @@ pub enum Capability {
     Scale,
     /// Snapshot, restore and delete the target workload's volumes ([`volumes`](crate::volumes)).
     Volumes,
-    /// Write export streams, and delete the exports this blueprint wrote
-    /// ([`data::Export`](crate::data::Export)).
+    /// Write export streams ([`data::Export`](crate::data::Export)), and delete exports
+    /// ([`data::delete`](crate::data::delete)) on the same terms as
+    /// [`Import::open`](crate::data::Import::open): one the action was given or wrote in this
+    /// run, or any export whose host tags put it in the action's scope (its namespace, and its
+    /// workload when it has one), whichever blueprint wrote it.
     Export,
     /// Read export streams back for restore ([`data::Import`](crate::data::Import)).
     Import,
