@@ -523,7 +523,7 @@ mod tests {
     /// r4 finding 7: the runtime's 1 MiB limit, in its words (the shared
     /// `cairn_contract::description_size_problem`).
     #[test]
-    fn r4_a_description_over_a_mebibyte_is_refused_as_the_runtime_refuses_it() {
+    fn a_description_over_a_mebibyte_is_refused_as_the_runtime_refuses_it() {
         let big = hello().action("restore", "x".repeat(cairn_contract::MAX_DESCRIPTION_BYTES));
         assert_eq!(
             big.load_error().as_deref(),

@@ -68,7 +68,7 @@ mod tests {
 
     /// r4 finding 4: only "not granted" and "no such secret" are `None`.
     #[test]
-    fn r4_an_undeclared_secrets_capability_is_an_error_not_none() {
+    fn an_undeclared_secrets_capability_is_an_error_not_none() {
         let ctx = Context::builder("backup", "shop").build();
         let given = FakeHost::new().secret("password", "hunter22");
         let out = given.run::<Optional<true>>("backup", &ctx).expect("read");

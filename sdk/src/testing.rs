@@ -2295,7 +2295,7 @@ mod tests {
     /// r4 finding 3: a session's `send` returns what came before its marker line, fails as
     /// the runtime's when the process exits first, and `close` reports how it exited.
     #[test]
-    fn r4_sessions_read_up_to_their_marker_and_see_the_process_exit() {
+    fn sessions_read_up_to_their_marker_and_see_the_process_exit() {
         struct Locker;
         impl Blueprint for Locker {
             fn describe() -> Description {
@@ -2420,7 +2420,7 @@ mod tests {
     /// r4 finding 7: output names the runtime refuses (`to_outputs`, through the shared
     /// `cairn_contract::output_name_problem`), in its words.
     #[test]
-    fn r4_empty_output_names_and_control_characters_are_refused() {
+    fn empty_output_names_and_control_characters_are_refused() {
         struct Named;
         impl Blueprint for Named {
             fn describe() -> Description {
@@ -2469,7 +2469,7 @@ mod tests {
     /// r4 finding 1: a run with a target workload may not act on a sibling workload of its
     /// namespace, as the runtime's `resolve` refuses it; without a target it may.
     #[test]
-    fn r4_a_sibling_workload_is_denied_when_the_action_names_a_target() {
+    fn a_sibling_workload_is_denied_when_the_action_names_a_target() {
         struct Sibling;
         impl Blueprint for Sibling {
             fn describe() -> Description {

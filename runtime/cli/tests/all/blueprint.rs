@@ -212,7 +212,7 @@ fn registered_digest(cairn: &Cairn) -> String {
 /// r4 finding 2: the Kubernetes install adds its bundled builds with --keep-newer at every
 /// start; an operator's other build of the same version (a hotfix) must survive it.
 #[test]
-fn r4_keep_newer_keeps_another_build_of_the_same_version() {
+fn keep_newer_keeps_another_build_of_the_same_version() {
     let cairn = Cairn::new();
     let patched = patched_hello(&cairn);
     let patched = patched.to_str().expect("utf-8 path");
@@ -247,7 +247,7 @@ fn r4_keep_newer_keeps_another_build_of_the_same_version() {
 /// r4 finding 8: `all` with other capabilities says that `all` is given alone, not that it is
 /// unknown.
 #[test]
-fn r4_allow_all_with_other_capabilities_says_all_is_given_alone() {
+fn allow_all_with_other_capabilities_says_all_is_given_alone() {
     let cairn = Cairn::new();
     let stock = hello_wasm().to_str().expect("utf-8 path");
     let out = cairn.run(&["blueprint", "add", stock, "--allow", "all,exec"]);

@@ -414,7 +414,7 @@ mod tests {
 
     /// r4 finding 5: describe() is never given grants, so "grant it" was wrong advice there.
     #[test]
-    fn r4_a_capability_call_from_describe_is_refused_as_describe_may_only_log() {
+    fn a_capability_call_from_describe_is_refused_as_describe_may_only_log() {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let state = state(dir.path(), false);
         for cap in [Capability::Exec, Capability::Secrets, Capability::Catalog] {
