@@ -520,7 +520,7 @@ mod tests {
             .capability(Capability::Exec)
     }
 
-    /// r4 finding 7: the runtime's 1 MiB limit, in its words (the shared
+    /// The runtime's 1 MiB limit, in its words (the shared
     /// `cairn_contract::description_size_problem`).
     #[test]
     fn a_description_over_a_mebibyte_is_refused_as_the_runtime_refuses_it() {

@@ -66,7 +66,7 @@ mod tests {
         }
     }
 
-    /// r4 finding 4: only "not granted" and "no such secret" are `None`.
+    /// Only "not granted" and "no such secret" are `None`.
     #[test]
     fn an_undeclared_secrets_capability_is_an_error_not_none() {
         let ctx = Context::builder("backup", "shop").build();

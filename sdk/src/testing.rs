@@ -1766,7 +1766,7 @@ mod tests {
         // A grant does not stand in for a declaration.
         let host = host.secret("password", "pw");
         let peek = Context::builder("peek", "shop").build();
-        // In the runtime's words (r4 finding 6; the fake had its own, naming `Secrets`).
+        // In the runtime's words (the fake had its own, naming `Secrets`).
         assert_eq!(
             host.run::<Db>("peek", &peek),
             Err(Error::denied(
@@ -2292,7 +2292,7 @@ mod tests {
         assert_eq!(pods, ["web-0", "web-1", "web-2"]);
     }
 
-    /// r4 finding 3: a session's `send` returns what came before its marker line, fails as
+    /// A session's `send` returns what came before its marker line, fails as
     /// the runtime's when the process exits first, and `close` reports how it exited.
     #[test]
     fn sessions_read_up_to_their_marker_and_see_the_process_exit() {
@@ -2417,7 +2417,7 @@ mod tests {
         assert_eq!(out.get("said"), Some(""));
     }
 
-    /// r4 finding 7: output names the runtime refuses (`to_outputs`, through the shared
+    /// Output names the runtime refuses (`to_outputs`, through the shared
     /// `cairn_contract::output_name_problem`), in its words.
     #[test]
     fn empty_output_names_and_control_characters_are_refused() {
@@ -2466,7 +2466,7 @@ mod tests {
         );
     }
 
-    /// r4 finding 1: a run with a target workload may not act on a sibling workload of its
+    /// A run with a target workload may not act on a sibling workload of its
     /// namespace, as the runtime's `resolve` refuses it; without a target it may.
     #[test]
     fn a_sibling_workload_is_denied_when_the_action_names_a_target() {

@@ -209,7 +209,7 @@ fn registered_digest(cairn: &Cairn) -> String {
     hello["digest"].as_str().expect("a digest").to_owned()
 }
 
-/// r4 finding 2: the Kubernetes install adds its bundled builds with --keep-newer at every
+/// The Kubernetes install adds its bundled builds with --keep-newer at every
 /// start; an operator's other build of the same version (a hotfix) must survive it.
 #[test]
 fn keep_newer_keeps_another_build_of_the_same_version() {
@@ -244,7 +244,7 @@ fn keep_newer_keeps_another_build_of_the_same_version() {
     assert_ne!(registered_digest(&cairn), hotfix, "replaced");
 }
 
-/// r4 finding 8: `all` with other capabilities says that `all` is given alone, not that it is
+/// `all` with other capabilities says that `all` is given alone, not that it is
 /// unknown.
 #[test]
 fn allow_all_with_other_capabilities_says_all_is_given_alone() {

@@ -412,7 +412,7 @@ mod tests {
         );
     }
 
-    /// r4 finding 5: describe() is never given grants, so "grant it" was wrong advice there.
+    /// `describe()` is never given grants, so "grant it" was wrong advice there.
     #[test]
     fn a_capability_call_from_describe_is_refused_as_describe_may_only_log() {
         let dir = tempfile::tempdir().expect("a temporary directory");
