@@ -2724,6 +2724,17 @@ mod tests {
     }
 
     #[test]
+    fn a_policy_applied_while_the_clock_was_ahead_runs_now() {
+        // Applied while the clock was set a year forward, never run: due now, not in a year.
+        let before = Timestamp::now();
+        let policy = Policy {
+            applied: before + jiff::SignedDuration::from_hours(365 * 24),
+            ..minimal()
+        };
+        assert!(next_run(&policy).is_some_and(|t| t <= before));
+    }
+
+    #[test]
     fn selectors_and_patterns_must_both_match() {
         let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
             pairs

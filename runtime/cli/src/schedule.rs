@@ -104,7 +104,22 @@ impl Schedule {
 
     /// When work on this schedule that never ran is first due, given when it was set up: at
     /// once for an interval, at the next matching time for a cron expression.
+    ///
+    /// A set-up time dated ahead of the clock by more than [`CLOCK_SLACK`] (set up while the
+    /// clock was set forward) counts as now, as [`Schedule::next_due`] treats a last run: it
+    /// must not hold off the first run until that date.
     pub(crate) fn first(&self, set_up: Timestamp) -> Timestamp {
+        let set_up = if ahead_of_clock(set_up) {
+            let now = Timestamp::now();
+            tracing::warn!(
+                "set up at {set_up}, ahead of this machine's clock ({now}): was the clock set \
+                 back? Counting from now rather than waiting for that date"
+            );
+            // As `next_due`: overdue by the slack, so a caller's earlier look finds it due.
+            now.checked_sub(CLOCK_SLACK).unwrap_or(now)
+        } else {
+            set_up
+        };
         match self {
             Self::Every(_) => set_up,
             Self::Cron(cron) => cron.next_after(set_up).unwrap_or(Timestamp::MAX),
@@ -188,8 +203,9 @@ pub(crate) struct Cron {
     days: u64,
     months: u64,
     weekdays: u64,
-    /// Whether the day of the month or of the week is `*`: as in cron, when both are
-    /// restricted a day matches either.
+    /// Whether the day of the month or of the week starts with `*` (`*`, `*/2`): as in cron,
+    /// when both are restricted a day matches either, and a field starting with `*` is not
+    /// restricted (Vixie cron's rule: `0 0 */2 * 1` is odd days that are Mondays).
     any_day: bool,
     any_weekday: bool,
     zone: TimeZone,
@@ -230,8 +246,8 @@ impl Cron {
             days: field(day, "day of month", 1, 31, &[])?,
             months: field(month, "month", 1, 12, &MONTHS)?,
             weekdays,
-            any_day: day == "*",
-            any_weekday: weekday == "*",
+            any_day: day.starts_with('*'),
+            any_weekday: weekday.starts_with('*'),
             zone: zone.unwrap_or_else(TimeZone::system),
         })
     }
@@ -369,7 +385,6 @@ mod tests {
             every("9999y"),
             Err("`9999y`: an interval is at most 100 years; pause the policy instead".to_owned())
         );
-        // Past the calendar, never due again rather than due at once.
         // A last run dated far ahead (a clock set forward, then back) does not hold off runs
         // until that date.
         let before = Timestamp::now();
@@ -392,6 +407,7 @@ mod tests {
             let paris = |s: &str| format!("CRON_TZ=Europe/Paris {s}");
             assert_eq!(first(&paris(name)), first(&paris(cron)), "{name} in Paris");
         }
+        // Past the calendar, never due again rather than due at once.
         let far = Schedule::Every(u64::MAX).next_due(Timestamp::now());
         assert_eq!(far, Timestamp::MAX);
     }
@@ -431,6 +447,20 @@ mod tests {
                 "0 0 1 * sun",
                 "2026-12-05T20:00:00Z",
                 "2026-12-06T00:00:00Z",
+            ),
+            // A field starting with `*` is not a restriction, as in Vixie cron: odd days that
+            // are Mondays (after Monday 2026-12-07: not Wednesday the 9th, nor Monday the
+            // 14th), and the firsts of the month that fall on a weekend (`*/6`: Sunday and
+            // Saturday).
+            (
+                "0 0 */2 * 1",
+                "2026-12-07T12:00:00Z",
+                "2026-12-21T00:00:00Z",
+            ),
+            (
+                "0 0 1 * */6",
+                "2026-12-05T20:00:00Z",
+                "2027-05-01T00:00:00Z",
             ),
             // Across months and years, with month names.
             (
@@ -480,6 +510,11 @@ mod tests {
             every.first(at("2026-12-05T01:00:00Z")).to_string(),
             "2026-12-05T01:00:00Z"
         );
+        // Set up while the clock was far ahead: the first run does not wait for that date.
+        let before = Timestamp::now();
+        let ahead = before + SignedDuration::from_hours(400 * 24);
+        assert!(every.first(ahead) < before);
+        assert!(s.first(ahead) < before + SignedDuration::from_hours(7));
     }
 
     #[test]
