@@ -330,7 +330,12 @@ fn restore_point(run: &RunRecord<'_>, target: &Target) -> RestorePoint {
         action: run.action.to_owned(),
         action_id: report.action_id.clone(),
         target: target.clone(),
-        created: Timestamp::now(),
+        // When the backup started, not when it was recorded (its end): a point is what the
+        // application held then, and retention counts it in the day (week, month) its backup
+        // began, as the schedule fires by start; a nightly backup crossing midnight stays that
+        // night's point rather than taking the next night's place. (Points recorded before
+        // are dated by their end; they still read, a few minutes later than they began.)
+        created: run.started,
         artifacts,
         snapshots,
         values: report.outputs.values.clone(),

@@ -2302,11 +2302,34 @@ async fn retain(
             .collect();
         // Points partly deleted already hold no whole backup: they are not ranked (a day's
         // only whole point must not give way to one), and their removal is finished.
-        let (partial, mut mine): (Vec<_>, Vec<_>) =
+        let (partial, mine): (Vec<_>, Vec<_>) =
             mine.into_iter().partition(|p| p.partly_deleted.is_some());
+        // Points dated ahead of the clock (made while it was set forward) are kept and not
+        // ranked: newest of all, they would take the places of the points made since, and
+        // `within` would count back from their date and remove everything else.
+        let (ahead, mut mine): (Vec<_>, Vec<_>) = mine
+            .into_iter()
+            .partition(|p| crate::schedule::ahead_of_clock(p.created));
+        for point in &ahead {
+            errln!(
+                "cairn: warning: policy {}: restore point {} is dated {}, ahead of this \
+                 machine's clock (was the clock set back?); it is kept, and left out of \
+                 retention until the clock reaches that date",
+                policy.name,
+                point.id,
+                shown(point.created)
+            );
+            outcome.kept += 1;
+        }
         mine.sort_by_key(|p| p.created);
         let times: Vec<i64> = mine.iter().map(|p| p.created.as_second()).collect();
-        let mut keep = cairn_repository::keep_in_zone(&policy.retention, &times, &zone);
+        // `within` counts back from now when the newest point is dated after it (within the
+        // clocks' slack).
+        let mut keep = policy.retention.keep_in_until(
+            &times,
+            |t| Timestamp::from_second(t).map_or(0, |t| i64::from(zone.to_offset(t).seconds())),
+            Timestamp::now().as_second(),
+        );
         keep.extend(partial.iter().map(|_| Vec::new()));
         mine.extend(partial);
         for (point, reasons) in mine.iter().zip(&keep) {

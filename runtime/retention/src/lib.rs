@@ -289,6 +289,18 @@ impl Retention {
     /// time (so a daily backup at 00:30 in Paris falls on its own day, not on the UTC day
     /// before). Items are still ordered by their unix time.
     pub fn keep_in(&self, times: &[i64], offset: impl Fn(i64) -> i64) -> Vec<Vec<&'static str>> {
+        self.keep_in_until(times, offset, i64::MAX)
+    }
+
+    /// [`Retention::keep_in`] with `within` counted back from `now` (unix seconds) when the
+    /// newest item is dated after it: an item dated in the future (made while the clock was
+    /// set forward) must not move the window past every item made since.
+    pub fn keep_in_until(
+        &self,
+        times: &[i64],
+        offset: impl Fn(i64) -> i64,
+        now: i64,
+    ) -> Vec<Vec<&'static str>> {
         let mut order: Vec<usize> = (0..times.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse((times[i], i)));
         let mut keep = vec![Vec::new(); times.len()];
@@ -298,9 +310,10 @@ impl Retention {
         if let (Some(&newest), true) = (order.first(), self.within > 0 || self.within_months > 0) {
             // Months are counted back on the zone's calendar, then taken back to unix time
             // at that date's offset (a daylight-saving change between the two moves it).
-            let local = times[newest].saturating_add(offset(times[newest]));
+            let anchor = times[newest].min(now);
+            let local = anchor.saturating_add(offset(anchor));
             let back = months_before(local, self.within_months);
-            let mut at = back.saturating_sub(offset(times[newest]));
+            let mut at = back.saturating_sub(offset(anchor));
             for _ in 0..2 {
                 at = back.saturating_sub(offset(at));
             }
@@ -461,6 +474,26 @@ mod tests {
         assert_eq!(kept(&keep), [9]);
         assert!(Retention::new().within(DAY as u64).keep(&[]).is_empty());
         assert!(!Retention::new().within(1).is_empty());
+    }
+
+    #[test]
+    fn within_counts_back_from_now_past_an_item_dated_in_the_future() {
+        // Daily items for ten days and one dated a year ahead (the clock was set forward):
+        // counted from now (the tenth day), `within` keeps the last three days' items and the
+        // future one, not the future one alone.
+        let mut times: Vec<i64> = (0..10).map(|d| T + d * DAY).collect();
+        times.push(T + 365 * DAY);
+        let r = Retention::new().within(2 * DAY as u64);
+        assert_eq!(
+            kept(&r.keep_in_until(&times, |_| 0, T + 9 * DAY)),
+            [7, 8, 9, 10]
+        );
+        assert_eq!(kept(&r.keep(&times)), [10]);
+        // An anchor after the newest item changes nothing.
+        assert_eq!(
+            kept(&r.keep_in_until(&times[..10], |_| 0, i64::MAX)),
+            [7, 8, 9]
+        );
     }
 
     #[test]

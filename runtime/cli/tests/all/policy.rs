@@ -2028,7 +2028,8 @@ fn retention_keeps_the_point_a_run_made_even_when_the_clock_went_back() {
     add_hello(&cairn);
     ok(&apply(&cairn, &hello_policy("{last: 1}")));
     ok(&cairn.run(&["policy", "run", "greet"]));
-    // The first point, dated a day ahead: as if the clock went back a day since it was made.
+    // The first point, dated five minutes ahead: as if the clock went back a little since it
+    // was made (within the slack allowed between clocks: it is still ranked).
     let points = |cairn: &Cairn| {
         let out = cairn.run(&["catalog", "ls", "local-restore-point", "--output", "json"]);
         ok(&out);
@@ -2036,7 +2037,7 @@ fn retention_keeps_the_point_a_run_made_even_when_the_clock_went_back() {
     };
     let mut first = points(&cairn)[0]["value"].clone();
     let id = first["id"].as_str().expect("an id").to_owned();
-    let ahead = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24);
+    let ahead = jiff::Timestamp::now() + jiff::SignedDuration::from_mins(5);
     first["created"] = serde_json::json!(ahead.to_string());
     cairn.put_record("local-restore-point", &id, &first);
 
@@ -2049,6 +2050,71 @@ fn retention_keeps_the_point_a_run_made_even_when_the_clock_went_back() {
         stderr(&out)
     );
     assert_eq!(points(&cairn).as_array().map(Vec::len), Some(2));
+}
+
+/// r2 finding 2: one point dated a year ahead (the clock was set forward for a while) must not
+/// make `within` remove every point made since.
+#[test]
+fn a_point_dated_ahead_of_the_clock_does_not_anchor_within() {
+    let cairn = Cairn::new();
+    add_hello(&cairn);
+    ok(&apply(&cairn, &hello_policy("{within: 1h}")));
+    ok(&cairn.run(&["policy", "run", "greet"]));
+    ok(&cairn.run(&["policy", "run", "greet"]));
+    let points = |cairn: &Cairn| {
+        let out = cairn.run(&["catalog", "ls", "local-restore-point", "--output", "json"]);
+        ok(&out);
+        json(&out)
+    };
+    let mut first = points(&cairn)[0]["value"].clone();
+    let id = first["id"].as_str().expect("an id").to_owned();
+    let ahead = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(365 * 24);
+    first["created"] = serde_json::json!(ahead.to_string());
+    cairn.put_record("local-restore-point", &id, &first);
+
+    let out = cairn.run(&["policy", "run", "greet", "--output", "json"]);
+    ok(&out);
+    assert!(
+        stderr(&out).contains(&format!("restore point {id} is dated"))
+            && stderr(&out).contains("ahead of this machine's clock"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(json(&out)["retention"]["removed"], serde_json::json!([]));
+    // The point dated ahead, the one made between, and the new one.
+    assert_eq!(points(&cairn).as_array().map(Vec::len), Some(3));
+}
+
+/// r2 finding 3: a point is dated by when its backup started (as the schedule fires), not
+/// when it was recorded, so a nightly backup that ends after midnight is that night's.
+#[test]
+fn a_point_is_dated_by_the_start_of_its_backup() {
+    let cairn = Cairn::new();
+    add_hello(&cairn);
+    ok(&apply(&cairn, &hello_policy("{last: 1}")));
+    let (path, _) = fake_echo(&cairn, "sleep 2\nexec /bin/echo \"$@\"");
+    let out = cairn
+        .command(&["policy", "run", "greet"])
+        .env("PATH", &path)
+        .output()
+        .expect("cairn runs");
+    ok(&out);
+    let run = &show(&cairn)["policy"]["last_run"];
+    let at = |v: &serde_json::Value| -> jiff::Timestamp {
+        v.as_str().expect("a time").parse().expect("a time")
+    };
+    let out = cairn.run(&["catalog", "ls", "local-restore-point", "--output", "json"]);
+    ok(&out);
+    let created = at(&json(&out)[0]["value"]["created"]);
+    let (started, finished) = (at(&run["started"]), at(&run["finished"]));
+    assert!(
+        created >= started && created < started + jiff::SignedDuration::from_secs(1),
+        "dated {created}, the run started at {started}"
+    );
+    assert!(
+        finished - jiff::SignedDuration::from_secs(2) > created,
+        "dated {created}, the run finished at {finished}"
+    );
 }
 
 #[test]
