@@ -2412,12 +2412,66 @@ fn prune_frequency(policy: &Policy) -> Option<&str> {
 /// When the repository at a URL was last pruned after retention, and whether retention has
 /// removed points since (catalog meta `policy.prune:<URL>`, shared by the policies that export
 /// there).
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct PruneState {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     last: Option<Timestamp>,
     #[serde(default)]
     pending: bool,
+    /// How many retentions have removed points (wrapping): a prune that ends leaves `pending`
+    /// set when one removed more while it ran. Absent in states written before it was kept.
+    #[serde(default)]
+    removals: u64,
+}
+
+impl PruneState {
+    /// Retention removed points: their data waits for a prune.
+    fn removed(&mut self) {
+        self.pending = true;
+        self.removals = self.removals.wrapping_add(1);
+    }
+
+    /// A prune that began with the state `seen` ended at `at`: what was removed before it is
+    /// freed; what another policy's retention removed while it ran waits for the next.
+    fn pruned(&mut self, at: Timestamp, seen: &PruneState) {
+        self.last = Some(at);
+        self.pending = self.removals != seen.removals;
+    }
+}
+
+/// Reads the prune state at catalog meta `key`, changes it with `f`, and writes it when
+/// changed, holding `locks/prune-state.lock` throughout: policies that share a repository
+/// (`serve --jobs`, or another process) change it at once, and the catalog has no
+/// read-modify-write of a meta value. The lock is held only for this, not while pruning.
+fn update_prune_state<T>(
+    home: &Home,
+    key: &str,
+    f: impl FnOnce(&mut PruneState) -> T,
+) -> anyhow::Result<T> {
+    let path = home.root().join("locks").join("prune-state.lock");
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    lock.lock()
+        .with_context(|| format!("cannot lock {}", path.display()))?;
+    let catalog = crate::catalog::open(home)?;
+    let read: PruneState = catalog
+        .meta(key)?
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or_default();
+    let mut state = read.clone();
+    let out = f(&mut state);
+    if state != read {
+        catalog.set_meta(key, Some(&serde_json::to_string(&state)?))?;
+    }
+    drop(lock);
+    Ok(out)
 }
 
 /// Prunes the policy's repository when retention has removed points since its last prune and
@@ -2433,18 +2487,12 @@ async fn prune_if_due(
         return Ok(None);
     };
     let key = format!("policy.prune:{}", prepared.exports.url());
-    let save = |state: &PruneState| -> anyhow::Result<()> {
-        crate::catalog::open(home)?.set_meta(&key, Some(&serde_json::to_string(state)?))?;
-        Ok(())
-    };
-    let stored = crate::catalog::open(home)?.meta(&key)?;
-    let mut state: PruneState = stored
-        .and_then(|s| serde_json::from_str(&s).ok())
-        .unwrap_or_default();
-    if removed && !state.pending {
-        state.pending = true;
-        save(&state)?;
-    }
+    let state = update_prune_state(home, &key, |state| {
+        if removed {
+            state.removed();
+        }
+        state.clone()
+    })?;
     if !state.pending {
         return Ok(None);
     }
@@ -2465,10 +2513,7 @@ async fn prune_if_due(
     let options = cairn_repository::PruneOptions::default();
     match prepared.exports.repository().prune_with(&options).await {
         Ok(report) => {
-            save(&PruneState {
-                last: Some(now),
-                pending: false,
-            })?;
+            update_prune_state(home, &key, |s| s.pruned(now, &state))?;
             Ok(Some(PruneOutcome::Done {
                 packs_deleted: report.packs_deleted,
                 bytes_deleted: report.bytes_deleted,
@@ -2710,6 +2755,40 @@ mod tests {
         };
         assert_eq!(kept("CRON_TZ=Europe/Paris 10 0 * * *"), [false, true, true]);
         assert_eq!(kept("CRON_TZ=UTC 10 23 * * *"), [false, false, true]);
+    }
+
+    #[test]
+    fn a_removal_while_a_prune_runs_is_not_forgotten() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let home = Home::resolve(Some(dir.path().join("home"))).expect("a home");
+        let key = "policy.prune:file:///shared";
+        let state = |home: &Home| update_prune_state(home, key, |s| s.clone()).expect("a state");
+        // Policy A's retention removed points; its prune begins.
+        let seen = update_prune_state(&home, key, |s| {
+            s.removed();
+            s.clone()
+        })
+        .expect("a state");
+        assert!(seen.pending);
+        // Policy B's retention removes points into the same repository while A prunes.
+        update_prune_state(&home, key, PruneState::removed).expect("a state");
+        let at: Timestamp = "2026-12-05T00:00:00Z".parse().expect("a time");
+        update_prune_state(&home, key, |s| s.pruned(at, &seen)).expect("a state");
+        let after = state(&home);
+        assert_eq!(after.last, Some(at));
+        assert!(
+            after.pending,
+            "B's removal waits for the next prune: {after:?}"
+        );
+        // A prune that nothing raced frees it all.
+        let seen = state(&home);
+        update_prune_state(&home, key, |s| s.pruned(at, &seen)).expect("a state");
+        assert!(!state(&home).pending);
+        // A state written before `removals` was kept still reads.
+        let old: PruneState =
+            serde_json::from_str(r#"{"last":"2026-12-05T00:00:00Z","pending":true}"#)
+                .expect("an old state");
+        assert!(old.pending && old.removals == 0);
     }
 
     #[test]
