@@ -10,6 +10,7 @@
 //! | `cairn_policy_last_success_timestamp_seconds` | gauge | `policy` | when its newest restore point was made |
 //! | `cairn_policy_next_run_timestamp_seconds` | gauge | `policy` | when it is due (absent while paused) |
 //! | `cairn_policy_restore_points` | gauge | `policy` | its restore points in the catalog |
+//! | `cairn_policy_unreadable` | gauge | `policy` | 1 when its record does not read (a newer Cairn's, say): serve does not run it |
 //! | `cairn_dr_enabled` | gauge | | 1 while Cairn's own DR is enabled |
 //! | `cairn_dr_last_run_timestamp_seconds` | gauge | | when the last DR point was made |
 //! | `cairn_dr_next_run_timestamp_seconds` | gauge | | when DR is due |
@@ -17,8 +18,10 @@
 //! The gauges are read from the catalog after each pass of `serve` (at least once a minute), so
 //! a scrape never waits for the catalog; the counters count what this process ran. An alert on
 //! `time() - cairn_policy_last_success_timestamp_seconds` catches a policy that fails or stops
-//! running, whatever the cause; `cairn_policy_last_run_errors > 0` a run that failed in part
-//! (one workload of several, or retention), which the newest point of the others hides.
+//! running, whatever the cause (an unreadable policy keeps that series, from its restore
+//! points, and `cairn_policy_unreadable == 1` says why at once);
+//! `cairn_policy_last_run_errors > 0` a run that failed in part (one workload of several, or
+//! retention), which the newest point of the others hides.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -38,6 +41,8 @@ pub(crate) struct PolicyGauges {
     pub last_success: Option<Timestamp>,
     pub next_run: Option<Timestamp>,
     pub restore_points: usize,
+    /// Its record does not read: serve does not run it.
+    pub unreadable: bool,
 }
 
 /// When DR last ran and runs next, when it is enabled.
@@ -106,7 +111,7 @@ impl Metrics {
                     escape(policy)
                 );
             }
-            let gauges: [Gauge; 6] = [
+            let gauges: [Gauge; 7] = [
                 (
                     "cairn_policy_last_run_timestamp_seconds",
                     "When the policy's last run started.",
@@ -136,6 +141,11 @@ impl Metrics {
                     "cairn_policy_restore_points",
                     "The policy's restore points in the catalog.",
                     |g| Some(g.restore_points as f64),
+                ),
+                (
+                    "cairn_policy_unreadable",
+                    "1 when the policy's record does not read (serve does not run it).",
+                    |g| Some(f64::from(u8::from(g.unreadable))),
                 ),
             ];
             for (name, help, value) in gauges {
@@ -274,8 +284,17 @@ mod tests {
             last_success: Some(at),
             next_run: None,
             restore_points: 3,
+            unreadable: false,
         };
-        m.refresh(BTreeMap::from([("orders".to_owned(), gauges)]), None);
+        let newer = PolicyGauges {
+            unreadable: true,
+            last_success: Some(at),
+            ..PolicyGauges::default()
+        };
+        m.refresh(
+            BTreeMap::from([("orders".to_owned(), gauges), ("newer".to_owned(), newer)]),
+            None,
+        );
         let text = m.render();
         for line in [
             "cairn_policy_runs_total{policy=\"orders\",result=\"succeeded\"} 2",
@@ -284,6 +303,10 @@ mod tests {
             "cairn_policy_last_run_succeeded{policy=\"orders\"} 1",
             "cairn_policy_last_run_errors{policy=\"orders\"} 1",
             "cairn_policy_restore_points{policy=\"orders\"} 3",
+            "cairn_policy_unreadable{policy=\"orders\"} 0",
+            // An unreadable policy keeps the series its staleness alert reads.
+            "cairn_policy_unreadable{policy=\"newer\"} 1",
+            "cairn_policy_last_success_timestamp_seconds{policy=\"newer\"} 1796428800",
             "cairn_dr_enabled 0",
             "# TYPE cairn_policy_runs_total counter",
         ] {

@@ -339,7 +339,9 @@ fn refresh(metrics: &crate::metrics::Metrics, home: &Home) {
     }
 }
 
-/// The gauges of every readable policy and of DR, as the catalog has them now.
+/// The gauges of every policy and of DR, as the catalog has them now. A policy record that
+/// does not read (written by a newer Cairn, say) is not run: it keeps its series, marked
+/// unreadable, with its restore points, so that alerts on it fire rather than go silent.
 fn gauges(
     home: &Home,
 ) -> anyhow::Result<(
@@ -350,15 +352,23 @@ fn gauges(
     let mut policies: BTreeMap<String, crate::metrics::PolicyGauges> = catalog
         .list(Kind::Policy)?
         .into_iter()
-        .filter_map(|e| serde_json::from_str::<Policy>(e.value.get()).ok())
-        .map(|p| {
-            let gauges = crate::metrics::PolicyGauges {
-                last_run: p.last_run.as_ref().map(|r| (r.started, r.succeeded)),
-                last_run_errors: p.last_run.as_ref().map(|r| r.errors.len()),
-                next_run: next_run(&p),
-                ..Default::default()
-            };
-            (p.name, gauges)
+        .map(|e| match serde_json::from_str::<Policy>(e.value.get()) {
+            Ok(p) => {
+                let gauges = crate::metrics::PolicyGauges {
+                    last_run: p.last_run.as_ref().map(|r| (r.started, r.succeeded)),
+                    last_run_errors: p.last_run.as_ref().map(|r| r.errors.len()),
+                    next_run: next_run(&p),
+                    ..Default::default()
+                };
+                (p.name, gauges)
+            }
+            Err(_) => {
+                let gauges = crate::metrics::PolicyGauges {
+                    unreadable: true,
+                    ..Default::default()
+                };
+                (e.key, gauges)
+            }
         })
         .collect();
     for point in catalog.restore_points()? {

@@ -477,6 +477,13 @@ fn one_serve_runs_per_home_serves_metrics_and_sigterm_stops_it_between_runs() {
     let cairn = Cairn::new();
     add_hello(&cairn);
     ok(&apply(&cairn, &hello_policy("{last: 1}")));
+    // A policy record this release cannot read (a newer one's): not run, but not missing
+    // from the metrics either.
+    cairn.put_record(
+        "policy",
+        "newer",
+        &serde_json::json!({"name": "newer", "a_field_of_a_newer_release": 1}),
+    );
     let mut serve = cairn
         .command(&["serve", "--metrics", "127.0.0.1:0"])
         .stdout(std::process::Stdio::piped())
@@ -517,6 +524,8 @@ fn one_serve_runs_per_home_serves_metrics_and_sigterm_stops_it_between_runs() {
                 "cairn_policy_runs_total{policy=\"greet\",result=\"failed\"} 0",
                 "cairn_policy_last_run_succeeded{policy=\"greet\"} 1",
                 "cairn_policy_restore_points{policy=\"greet\"} 1",
+                "cairn_policy_unreadable{policy=\"greet\"} 0",
+                "cairn_policy_unreadable{policy=\"newer\"} 1",
                 "cairn_dr_enabled 0",
             ] {
                 assert!(
