@@ -150,10 +150,9 @@ pub(crate) async fn serve(args: ServeArgs, home: Option<PathBuf>) -> anyhow::Res
         // catalog until it finishes (its rerun would keep it): no resource, policy or DR run.
         // Serve waits for that rather than exit (and be restarted in a loop); it does not start.
         // Read for one meta key; the listing of policies below verifies the pages, daily.
-        let restoring = match crate::dr::refuse_unfinished_restore(
-            &crate::catalog::open_unverified(&home)?,
-            &home,
-        ) {
+        let restoring = match crate::catalog::open_unverified(&home)
+            .and_then(|catalog| crate::dr::refuse_unfinished_restore(&catalog, &home))
+        {
             Ok(()) => {
                 unfinished_said = false;
                 false
@@ -179,13 +178,31 @@ pub(crate) async fn serve(args: ServeArgs, home: Option<PathBuf>) -> anyhow::Res
             }
         }
         let now = Timestamp::now();
+        let mut soonest: Option<Timestamp> = None;
         let policies = if restoring {
             Vec::new()
         } else {
-            crate::catalog::open_verified_daily(&home)?.list(Kind::Policy)?
+            match crate::catalog::open_verified_daily(&home)
+                .and_then(|catalog| Ok(catalog.list(Kind::Policy)?))
+            {
+                Ok(policies) => policies,
+                Err(e) if starting => return Err(e),
+                // Held by another process past its wait, or a page that failed its check:
+                // reported, and tried again at the next pass (a minute on), rather than
+                // ending serve.
+                Err(e) => {
+                    errln!(
+                        "cairn: the catalog cannot be read ({}); this pass runs no policy, the \
+                         next tries again",
+                        crate::one_line(&e)
+                    );
+                    failed = true;
+                    soonest = now.checked_add(CATALOG_RETRY).ok();
+                    Vec::new()
+                }
+            }
         };
         starting = false;
-        let mut soonest: Option<Timestamp> = None;
         let mut due_now = Vec::new();
         for entry in policies {
             let policy: Policy = match serde_json::from_str(entry.value.get()) {
@@ -245,7 +262,10 @@ pub(crate) async fn serve(args: ServeArgs, home: Option<PathBuf>) -> anyhow::Res
                 Ok(outcome) => {
                     outcome.print();
                     failed |= !outcome.run.succeeded || !outcome.run.errors.is_empty();
-                    if let Ok(p) = load(&crate::catalog::open_verified_daily(&home)?, &policy.name)
+                    // Other runs may be in flight: a catalog that cannot be read now is no
+                    // reason to end serve (and them); the next pass reads it again.
+                    if let Ok(p) = crate::catalog::open_verified_daily(&home)
+                        .and_then(|catalog| load(&catalog, &policy.name))
                         && let Some(next) = next_run(&p)
                     {
                         soonest = sooner(soonest, next);
@@ -383,6 +403,9 @@ fn gauges(
     drop(catalog);
     Ok((policies, crate::dr::schedule(home)?))
 }
+
+/// How long serve waits to read the catalog again after it could not.
+const CATALOG_RETRY: Duration = Duration::from_secs(60);
 
 /// The sooner of `soonest` (if any) and `t`.
 fn sooner(soonest: Option<Timestamp>, t: Timestamp) -> Option<Timestamp> {
