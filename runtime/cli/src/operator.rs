@@ -801,13 +801,18 @@ async fn backup_of(
     let policy = crate::policy::load(&crate::catalog::open(home)?, &spec.policy)?;
     // A policy applied from the command line may protect any namespace.
     allow_namespace(allowed, &policy.namespace)?;
-    let outcome =
-        match crate::policy::run_policy(&policy, engine, home, &cairn_engine::Interrupt::default())
-            .await
-        {
-            Err(e) if e.is::<crate::policy::Busy>() => return Ok(Ran::Later(e.to_string())),
-            outcome => outcome?,
-        };
+    let outcome = match crate::policy::run_policy(
+        &policy,
+        crate::policy::Start::Now,
+        engine,
+        home,
+        &cairn_engine::Interrupt::default(),
+    )
+    .await
+    {
+        Err(e) if e.is::<crate::policy::Busy>() => return Ok(Ran::Later(e.to_string())),
+        outcome => outcome?,
+    };
     outcome.print();
     let run = outcome.run;
     Ok(Ran::Done {

@@ -393,7 +393,7 @@ pub(crate) async fn run(cmd: PolicyCommand, home: Option<PathBuf>) -> anyhow::Re
             let engine = crate::run::engine(&home)?;
             // Ctrl-C stops the running action (its posthook still runs) and what was left.
             let interrupt = crate::run::interrupt_on_signals()?;
-            let outcome = run_policy(&policy, &engine, &home, &interrupt)
+            let outcome = run_policy(&policy, Start::Now, &engine, &home, &interrupt)
                 .await
                 .map_err(|e| match e.downcast::<Busy>() {
                     Ok(busy) => UsageError(busy.to_string()).into(),
@@ -1422,6 +1422,87 @@ impl std::fmt::Display for Busy {
 
 impl std::error::Error for Busy {}
 
+/// How a run of a policy was asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Start {
+    /// Now, whatever its schedule (`cairn policy run`, a Backup resource).
+    Now,
+    /// As it was due when `serve` read it: only if, read again once its lock is held, it
+    /// still is (not deleted, paused, or run meanwhile).
+    IfDue,
+}
+
+/// A run `serve` found due that did not start: the policy changed while the run waited for
+/// its turn (`--jobs`) or its lock.
+#[derive(Debug)]
+pub(crate) struct Skipped {
+    policy: String,
+    why: String,
+    /// When it is due now, if ever.
+    pub(crate) next: Option<Timestamp>,
+}
+
+impl std::fmt::Display for Skipped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "policy {} not run: {}", self.policy, self.why)
+    }
+}
+
+impl std::error::Error for Skipped {}
+
+/// The policy `read` as stored now that its run's lock is held, when it is to run: a run
+/// waits (for `serve`'s other runs, `--jobs` at a time, or for the lock), and meanwhile the
+/// policy may have been deleted, paused, applied again or run by hand. A run as it was read
+/// would back up a paused application or a deleted policy's workloads, with an old
+/// definition, or twice.
+fn reread(home: &Home, read: &Policy, start: Start) -> anyhow::Result<Policy> {
+    let name = &read.name;
+    let skipped = |why: String, next| Skipped {
+        policy: name.clone(),
+        why,
+        next,
+    };
+    let Some(fresh) = load_if_present(&crate::catalog::open(home)?, name)? else {
+        return Err(match start {
+            Start::Now => not_found(name).into(),
+            Start::IfDue => {
+                skipped("it was deleted since it was found due".to_owned(), None).into()
+            }
+        });
+    };
+    if start == Start::Now {
+        return Ok(fresh);
+    }
+    let now = Timestamp::now();
+    match next_run(&fresh) {
+        None => {
+            return Err(skipped(
+                "it was paused since it was found due; `cairn policy resume` runs it again"
+                    .to_owned(),
+                None,
+            )
+            .into());
+        }
+        Some(due) if due > now => {
+            let ran = |p: &Policy| p.last_run.as_ref().map(|r| r.started);
+            let why = match ran(&fresh) {
+                Some(at) if ran(read) != Some(at) => {
+                    format!("it ran at {} since it was found due", shown(at))
+                }
+                _ => "it was applied again since it was found due, and is not due yet".to_owned(),
+            };
+            return Err(skipped(format!("{why}; next run at {}", shown(due)), Some(due)).into());
+        }
+        Some(_) => {}
+    }
+    if fresh.applied != read.applied {
+        errln!(
+            "cairn: policy {name} was applied again since it was found due; it runs as it is now"
+        );
+    }
+    Ok(fresh)
+}
+
 /// The lock file of `policy`'s runs in the home.
 fn run_lock(home: &Home, policy: &str) -> PathBuf {
     home.root()
@@ -1496,14 +1577,19 @@ pub(crate) fn hold(path: &Path) -> anyhow::Result<Option<std::fs::File>> {
 /// Runs a policy once and records how it went in the policy. An error is returned only when
 /// nothing could run (no blueprint, target or repository); a workload's failure is in the
 /// outcome.
+///
+/// The policy is read again once its lock is held (see [`reread`]): `start` says whether it
+/// must still be due then ([`Skipped`] when not).
 pub(crate) async fn run_policy(
     policy: &Policy,
+    start: Start,
     engine: &Engine,
     home: &Home,
     interrupt: &cairn_engine::Interrupt,
 ) -> anyhow::Result<Outcome> {
     let started = Timestamp::now();
     let _running = running(home, &policy.name, started).await?;
+    let policy = &reread(home, policy, start)?;
     let prepared = prepare(policy, engine, home, interrupt).await;
     let outcome = match prepared {
         Ok(prepared) => back_up_and_retain(policy, engine, home, &prepared, started).await,

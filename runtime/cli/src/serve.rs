@@ -18,7 +18,7 @@ use jiff::Timestamp;
 
 use crate::home::Home;
 use crate::operator::Operator;
-use crate::policy::{Busy, hold, load, next_run, run_policy, shown};
+use crate::policy::{Busy, Skipped, Start, hold, load, next_run, run_policy, shown};
 use crate::{UsageError, exit};
 
 /// `cairn serve`.
@@ -233,7 +233,14 @@ pub(crate) async fn serve(args: ServeArgs, home: Option<PathBuf>) -> anyhow::Res
             if stop_ref.requested() {
                 return None;
             }
-            let outcome = run_policy(policy, engine_ref, home_ref, &stop_ref.interrupt).await;
+            let outcome = run_policy(
+                policy,
+                Start::IfDue,
+                engine_ref,
+                home_ref,
+                &stop_ref.interrupt,
+            )
+            .await;
             Some((policy, outcome))
         });
         let mut runs =
@@ -242,6 +249,16 @@ pub(crate) async fn serve(args: ServeArgs, home: Option<PathBuf>) -> anyhow::Res
             let Some((policy, outcome)) = done else {
                 continue;
             };
+            // Deleted, paused or run since this pass read it: not a run.
+            if let Err(skipped) = outcome.as_ref().map_err(|e| e.downcast_ref::<Skipped>())
+                && let Some(skipped) = skipped
+            {
+                errln!("cairn: {skipped}");
+                if let Some(next) = skipped.next {
+                    soonest = sooner(soonest, next);
+                }
+                continue;
+            }
             ran += 1;
             let outcome = match outcome {
                 Err(e) if e.is::<Busy>() => {

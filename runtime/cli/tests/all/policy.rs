@@ -774,6 +774,87 @@ fn a_second_sigterm_stops_the_run_serve_is_waiting_for() {
     assert_eq!(show(&cairn)["policy"]["last_run"]["succeeded"], false);
 }
 
+/// r2 finding 1: serve reads the policies due at the start of a pass, and runs them
+/// `--jobs` at a time; one that waits its turn is read again when its turn comes. Paused,
+/// run by hand or deleted meanwhile, it does not run; applied again, it runs as it is now.
+#[test]
+fn serve_reads_a_policy_again_when_its_turn_comes() {
+    let cairn = Cairn::new();
+    add_hello(&cairn);
+    // Workload `slow` runs the fake `echo` (it waits to be let go); `fast` the real one.
+    let go = cairn.home.path().join("echo-go");
+    let (path, started) = fake_echo(
+        &cairn,
+        &format!(
+            "while [ ! -e {} ]; do sleep 0.05; done\nexec /bin/echo \"$@\"",
+            go.display()
+        ),
+    );
+    let home = cairn.home.path().display();
+    let inventory = cairn.home.path().join("inventory.yaml");
+    std::fs::write(
+        &inventory,
+        format!(
+            "namespaces:\n  default:\n    workloads:\n      slow:\n        workdir: {home}\n        \
+             env: {{GREETING: hello, PATH: '{path}'}}\n        allow: [echo, sh]\n        \
+             replicas: 1\n      fast:\n        workdir: {home}\n        env: {{GREETING: hello}}\n        \
+             allow: [echo, sh]\n        replicas: 1\n"
+        ),
+    )
+    .expect("the inventory");
+    let policy = |name: &str, workload: &str, greeting: &str| {
+        format!(
+            "name: {name}\nblueprint: hello\ntarget: local:{}\nworkloads: [{workload}]\n\
+             frequency: '@hourly'\nretention: {{last: 3}}\ngrants: [exec]\n\
+             params: {{greeting: {greeting}}}\n",
+            inventory.display()
+        )
+    };
+    let apply_as = |name: &str, yaml: &str| {
+        let file = policy_file(&cairn, name, yaml);
+        ok(&cairn.run(&["policy", "apply", file.to_str().expect("utf-8 path")]));
+    };
+    // `a-slow` runs first (in the order of their names); the others wait for it.
+    apply_as("a-slow", &policy("a-slow", "slow", "hi"));
+    for name in ["b-paused", "c-by-hand", "d-deleted", "e-applied"] {
+        apply_as(name, &policy(name, "fast", "hi"));
+    }
+    let serve = cairn
+        .command(&["serve", "--once"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("cairn serve starts");
+    until_started(&started);
+    ok(&cairn.run(&["policy", "pause", "b-paused"]));
+    ok(&cairn.run(&["policy", "run", "c-by-hand"]));
+    ok(&cairn.run(&["policy", "delete", "d-deleted"]));
+    apply_as("e-applied", &policy("e-applied", "fast", "howdy"));
+    std::fs::write(&go, "").expect("let go");
+    let out = serve.wait_with_output().expect("serve exits");
+    ok(&out);
+    let said = format!("{}{}", stdout(&out), stderr(&out));
+    for needle in [
+        "policy b-paused not run: it was paused",
+        "policy c-by-hand not run: it ran at",
+        "policy d-deleted not run: it was deleted",
+        "policy e-applied was applied again",
+        "says: howdy",
+    ] {
+        assert!(said.contains(needle), "no {needle:?} in: {said}");
+    }
+    let out = cairn.run(&["catalog", "ls", "local-restore-point", "--output", "json"]);
+    ok(&out);
+    let mut made: Vec<String> = json(&out)
+        .as_array()
+        .expect("points")
+        .iter()
+        .map(|p| p["value"]["policy"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    made.sort();
+    assert_eq!(made, ["a-slow", "c-by-hand", "e-applied"], "{said}");
+}
+
 #[test]
 fn a_policy_on_kubernetes_backs_up_each_workload_its_pattern_matches() {
     let api = cairn_kube_fake::FakeApi::start_blocking();
