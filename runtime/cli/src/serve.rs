@@ -76,6 +76,27 @@ pub(crate) struct ServeArgs {
     /// whose resource authors are trusted with Cairn's own machine.
     #[arg(long, requires = "operator")]
     pub(crate) operator_local_targets: bool,
+    /// After a stop signal, how long the runs in hand may go on before serve interrupts them
+    /// (their posthooks and cleanup still run, and they are recorded as interrupted); `0s`
+    /// interrupts them at once. Keep it below the time the supervisor waits before it kills
+    /// serve (Kubernetes' terminationGracePeriodSeconds, systemd's TimeoutStopSec) by more
+    /// than the longest posthook: a killed run runs no posthook, and leaves its application
+    /// quiesced.
+    #[arg(
+        long,
+        env = "CAIRN_STOP_GRACE",
+        value_name = "DURATION",
+        default_value = "50m",
+        value_parser = parse_grace
+    )]
+    pub(crate) stop_grace: Duration,
+}
+
+/// Reads `--stop-grace`.
+fn parse_grace(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| {
+        format!("`{text}`: {e}; expected a duration like 50m or 30s (0s to interrupt at once)")
+    })
 }
 
 /// `cairn serve`: runs due policies until stopped.
@@ -96,7 +117,7 @@ pub(crate) async fn serve(args: ServeArgs, home: Option<PathBuf>) -> anyhow::Res
         }
         return Err(UsageError(format!("{held}; stop it first")).into());
     };
-    let stop = Stop::install()?;
+    let stop = Stop::install(args.stop_grace)?;
     let engine = crate::run::engine(&home)?;
     let metrics = crate::metrics::Metrics::default();
     if let Some(addr) = &args.metrics {
@@ -124,13 +145,15 @@ pub(crate) async fn serve(args: ServeArgs, home: Option<PathBuf>) -> anyhow::Res
     };
     if !args.once {
         errln!(
-            "cairn: serving the policies of {}{}; Ctrl-C, SIGTERM or SIGHUP stops after the current run",
+            "cairn: serving the policies of {}{}; Ctrl-C, SIGTERM or SIGHUP stops after the current \
+             runs (interrupted after --stop-grace {})",
             home.root().display(),
             if operator.is_some() {
                 " and the Kubernetes resources of the operator's namespace"
             } else {
                 ""
-            }
+            },
+            humantime::format_duration(args.stop_grace)
         );
     }
     let mut failed = false;
@@ -226,8 +249,8 @@ pub(crate) async fn serve(args: ServeArgs, home: Option<PathBuf>) -> anyhow::Res
             }
             due_now.push(policy);
         }
-        // `--jobs` at a time; a stop request lets those running finish and starts no more.
-        // A stop request takes effect between runs, never inside one.
+        // `--jobs` at a time; a stop request lets those running finish (for `--stop-grace`)
+        // and starts no more.
         let (stop_ref, engine_ref, home_ref) = (&stop, &engine, &home);
         let runs = due_now.iter().map(|policy| async move {
             if stop_ref.requested() {
@@ -430,7 +453,8 @@ fn sooner(soonest: Option<Timestamp>, t: Timestamp) -> Option<Timestamp> {
 }
 
 /// Set by SIGINT, SIGTERM or SIGHUP. The handlers are installed when `serve` starts, so a signal during
-/// a run is noted rather than fatal: the run (and its posthooks) finishes, then `serve` stops.
+/// a run is noted rather than fatal: the run (and its posthooks) finishes, or is interrupted
+/// after `--stop-grace`, then `serve` stops.
 struct Stop {
     requested: std::sync::atomic::AtomicBool,
     notify: tokio::sync::Notify,
@@ -439,10 +463,12 @@ struct Stop {
 }
 
 impl Stop {
-    /// The first SIGINT, SIGTERM or SIGHUP lets the runs in hand finish and starts no more; a second
-    /// stops those runs as `cairn policy run` stops its own (a run that hangs need not be
-    /// waited on for its whole timeout); a third ends the process at once.
-    fn install() -> anyhow::Result<Arc<Self>> {
+    /// The first SIGINT, SIGTERM or SIGHUP lets the runs in hand finish and starts no more;
+    /// after `grace`, or at a second signal, those runs are stopped as `cairn policy run` stops
+    /// its own (their posthooks run): a supervisor that kills serve at its own deadline
+    /// (Kubernetes sends one SIGTERM, then SIGKILL) would leave them without. A third signal
+    /// ends the process at once.
+    fn install(grace: Duration) -> anyhow::Result<Arc<Self>> {
         let stop = Arc::new(Self {
             requested: std::sync::atomic::AtomicBool::new(false),
             notify: tokio::sync::Notify::new(),
@@ -452,19 +478,26 @@ impl Stop {
         let flag = stop.clone();
         tokio::spawn(async move {
             signals.recv().await;
+            let shown = humantime::format_duration(grace);
             errln!(
-                "cairn: stopping once the current run, if any, has finished (interrupt again to \
-                 stop it now)"
+                "cairn: stopping once the current runs, if any, have finished; those still \
+                 running in {shown} (--stop-grace) are interrupted (interrupt again to stop them \
+                 now)"
             );
             flag.requested
                 .store(true, std::sync::atomic::Ordering::SeqCst);
             // Stores a permit when nobody waits yet, so a sleep that starts later still wakes.
             flag.notify.notify_one();
-            signals.recv().await;
-            errln!(
-                "cairn: interrupted again; stopping the runs in hand and running their posthooks \
-                 (interrupt once more to exit at once)"
-            );
+            tokio::select! {
+                () = signals.recv() => errln!(
+                    "cairn: interrupted again; stopping the runs in hand and running their \
+                     posthooks (interrupt once more to exit at once)"
+                ),
+                () = tokio::time::sleep(grace) => errln!(
+                    "cairn: --stop-grace {shown} has passed; stopping the runs in hand and \
+                     running their posthooks (interrupt again to exit at once)"
+                ),
+            }
             flag.interrupt.trigger();
             signals.recv().await;
             errln!("cairn: interrupted again; exiting at once");

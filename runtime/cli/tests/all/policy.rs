@@ -774,6 +774,43 @@ fn a_second_sigterm_stops_the_run_serve_is_waiting_for() {
     assert_eq!(show(&cairn)["policy"]["last_run"]["succeeded"], false);
 }
 
+/// A run that hangs, and one SIGTERM (all Kubernetes sends before its SIGKILL): after
+/// `--stop-grace`, serve stops the run itself (its posthooks run) and exits.
+#[test]
+fn after_the_stop_grace_serve_stops_the_runs_in_hand() {
+    let cairn = Cairn::new();
+    add_hello(&cairn);
+    ok(&apply(&cairn, &hello_policy("{last: 1}")));
+    let (path, started) = fake_echo(&cairn, "exec sleep 600");
+    let serve = cairn
+        .command(&["serve", "--stop-grace", "1s"])
+        .env("PATH", path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("cairn serve starts");
+    until_started(&started);
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &serve.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(sent.success());
+    let stopped = std::time::Instant::now();
+    let out = serve.wait_with_output().expect("serve exits");
+    assert!(
+        stopped.elapsed() < std::time::Duration::from_secs(30),
+        "serve took {:?} to stop the run",
+        stopped.elapsed()
+    );
+    let err = stderr(&out);
+    assert!(err.contains("--stop-grace 1s has passed"), "{err}");
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(show(&cairn)["policy"]["last_run"]["succeeded"], false);
+    // A grace that is not a duration is refused, naming the flag.
+    let out = cairn.run(&["serve", "--once", "--stop-grace", "soon"]);
+    refused_with(&out, &["--stop-grace", "expected a duration"]);
+}
+
 /// r2 finding 1: serve reads the policies due at the start of a pass, and runs them
 /// `--jobs` at a time; one that waits its turn is read again when its turn comes. Paused,
 /// run by hand or deleted meanwhile, it does not run; applied again, it runs as it is now.
