@@ -389,7 +389,10 @@ pub(crate) async fn run(cmd: PolicyCommand, home: Option<PathBuf>) -> anyhow::Re
                 .await
         }
         PolicyCommand::Run { name, output } => {
-            let policy = load(&crate::catalog::open(&home)?, &name)?;
+            let catalog = crate::catalog::open(&home)?;
+            let policy = load(&catalog, &name)?;
+            warn_of_another_zone(&catalog, &policy);
+            drop(catalog);
             let engine = crate::run::engine(&home)?;
             // Ctrl-C stops the running action (its posthook still runs) and what was left.
             let interrupt = crate::run::interrupt_on_signals()?;
@@ -411,6 +414,32 @@ pub(crate) async fn run(cmd: PolicyCommand, home: Option<PathBuf>) -> anyhow::Re
                 exit::FAILED
             }))
         }
+    }
+}
+
+/// Catalog meta: the time zone `cairn serve` last started in (its IANA name).
+pub(crate) const SERVE_ZONE: &str = "serve.time-zone";
+
+/// Warns when `policy` counts its retention's days in this machine's time zone (an interval,
+/// or cron without `CRON_TZ=`) and this process's differs from the one `serve` last started
+/// in: a run from a shell with another `TZ` would keep other points than serve's runs.
+fn warn_of_another_zone(catalog: &Catalog, policy: &Policy) {
+    if policy.frequency.trim_start().starts_with("CRON_TZ=") {
+        return;
+    }
+    let (Ok(Some(serves)), Some(mine)) = (
+        catalog.meta(SERVE_ZONE),
+        jiff::tz::TimeZone::system().iana_name().map(str::to_owned),
+    ) else {
+        return;
+    };
+    if serves != mine {
+        errln!(
+            "cairn: warning: policy {}: this run counts retention's days and weeks in time zone \
+             {mine}, and `cairn serve` in {serves}: run it with TZ={serves}, or give its \
+             frequency a CRON_TZ= zone",
+            policy.name
+        );
     }
 }
 

@@ -2212,6 +2212,32 @@ fn a_point_dated_ahead_of_the_clock_does_not_anchor_within() {
     assert_eq!(points(&cairn).as_array().map(Vec::len), Some(3));
 }
 
+/// r2 finding 9: a run from a shell whose time zone is not serve's counts retention's days
+/// in another zone: it says so.
+#[test]
+fn a_run_in_another_time_zone_than_serves_is_warned_of() {
+    let cairn = Cairn::new();
+    add_hello(&cairn);
+    ok(&apply(&cairn, &hello_policy("{daily: 7}")));
+    let run = |args: &[&str], zone: &str| {
+        let out = cairn
+            .command(args)
+            .env("TZ", zone)
+            .output()
+            .expect("cairn runs");
+        ok(&out);
+        stderr(&out)
+    };
+    run(&["serve", "--once"], "Europe/Paris");
+    let said = run(&["policy", "run", "greet"], "UTC");
+    assert!(
+        said.contains("time zone UTC, and `cairn serve` in Europe/Paris"),
+        "{said}"
+    );
+    let said = run(&["policy", "run", "greet"], "Europe/Paris");
+    assert!(!said.contains("time zone"), "{said}");
+}
+
 /// r2 finding 3: a point is dated by when its backup started (as the schedule fires), not
 /// when it was recorded, so a nightly backup that ends after midnight is that night's.
 #[test]
