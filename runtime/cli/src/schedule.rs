@@ -494,6 +494,15 @@ mod tests {
             "02:00 does not exist that night: the run is when the clocks resume"
         );
         assert_eq!(next(paris, "2027-03-28T12:00:00Z"), "2027-03-29T00:00:00Z");
+        // 2026-10-25 03:00 CEST is 02:00 CET: 02:30 happens twice that night, and runs once,
+        // at the first.
+        let fold = "CRON_TZ=Europe/Paris 30 2 * * *";
+        assert_eq!(next(fold, "2026-10-24T12:00:00Z"), "2026-10-25T00:30:00Z");
+        assert_eq!(
+            next(fold, "2026-10-25T00:30:00Z"),
+            "2026-10-26T01:30:00Z",
+            "the repeated 02:30 (01:30 UTC) does not run again"
+        );
     }
 
     #[test]
