@@ -118,22 +118,6 @@ pub(crate) async fn serve(args: ServeArgs, home: Option<PathBuf>) -> anyhow::Res
         return Err(UsageError(format!("{held}; stop it first")).into());
     };
     let stop = Stop::install(args.stop_grace)?;
-    // For `policy run` from a shell to warn when its zone differs (its retention would count
-    // other days); a catalog that cannot take it now is said, and serve goes on.
-    // Written only when it changed: `serve --once` from a timer would write it every pass.
-    if let Some(zone) = jiff::tz::TimeZone::system().iana_name()
-        && let Err(e) = crate::catalog::open(&home).and_then(|c| {
-            if c.meta(crate::policy::SERVE_ZONE)?.as_deref() != Some(zone) {
-                c.set_meta(crate::policy::SERVE_ZONE, Some(zone))?;
-            }
-            Ok(())
-        })
-    {
-        errln!(
-            "cairn: cannot note serve's time zone: {}",
-            crate::one_line(&e)
-        );
-    }
     let engine = crate::run::engine(&home)?;
     let metrics = crate::metrics::Metrics::default();
     if let Some(addr) = &args.metrics {
@@ -205,6 +189,25 @@ pub(crate) async fn serve(args: ServeArgs, home: Option<PathBuf>) -> anyhow::Res
                 true
             }
         };
+        if starting && !restoring {
+            // serve's time zone, for `policy run` from a shell to warn when its own differs (its
+            // retention would count other days): once, not while a DR restore is unfinished, and
+            // only when it changed (`serve --once` from a timer would write it every pass). A
+            // catalog that cannot take it now is said, and serve goes on.
+            if let Some(zone) = jiff::tz::TimeZone::system().iana_name()
+                && let Err(e) = crate::catalog::open(&home).and_then(|c| {
+                    if c.meta(crate::policy::SERVE_ZONE)?.as_deref() != Some(zone) {
+                        c.set_meta(crate::policy::SERVE_ZONE, Some(zone))?;
+                    }
+                    Ok(())
+                })
+            {
+                errln!(
+                    "cairn: cannot note serve's time zone: {}",
+                    crate::one_line(&e)
+                );
+            }
+        }
         if let Some(operator) = operator.as_mut().filter(|_| !restoring) {
             match operator.sync(&engine, &home).await {
                 // Resources that cannot be read at all at the start are a setup to mend.
