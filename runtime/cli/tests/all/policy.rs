@@ -63,6 +63,20 @@ fn fake_echo(cairn: &Cairn, then: &str) -> (String, PathBuf) {
     (path, started)
 }
 
+/// A [`fake_echo`] that, once started, waits to be let go: by creating the file it returns
+/// last.
+fn fake_echo_held(cairn: &Cairn) -> (String, PathBuf, PathBuf) {
+    let go = cairn.home.path().join("echo-go");
+    let (path, started) = fake_echo(
+        cairn,
+        &format!(
+            "while [ ! -e {} ]; do sleep 0.05; done\nexec /bin/echo \"$@\"",
+            go.display()
+        ),
+    );
+    (path, started, go)
+}
+
 /// Waits, up to a minute, for the [`fake_echo`] to start.
 fn until_started(started: &std::path::Path) {
     let since = std::time::Instant::now();
@@ -78,6 +92,14 @@ fn until_started(started: &std::path::Path) {
 fn apply(cairn: &Cairn, yaml: &str) -> Output {
     let file = policy_file(cairn, "policy", yaml);
     cairn.run(&["policy", "apply", file.to_str().expect("utf-8 path")])
+}
+
+/// A new home with the hello blueprint and its policy `greet`, keeping what `retention` says.
+fn hello_home(retention: &str) -> Cairn {
+    let cairn = Cairn::new();
+    add_hello(&cairn);
+    ok(&apply(&cairn, &hello_policy(retention)));
+    cairn
 }
 
 fn show(cairn: &Cairn) -> serde_json::Value {
@@ -648,14 +670,7 @@ fn retention_follows_an_apply_or_a_delete_made_while_the_policy_runs() {
     ok(&apply(&cairn, &hello_policy("{last: 1}")));
     ok(&cairn.run(&["policy", "run", "greet"]));
     // `echo` that says it started, then waits to be let go.
-    let go = cairn.home.path().join("echo-go");
-    let (path, started) = fake_echo(
-        &cairn,
-        &format!(
-            "while [ ! -e {} ]; do sleep 0.05; done\nexec /bin/echo \"$@\"",
-            go.display()
-        ),
-    );
+    let (path, started, go) = fake_echo_held(&cairn);
     let slow_run = |meanwhile: &dyn Fn()| {
         let _ = std::fs::remove_file(&started);
         let _ = std::fs::remove_file(&go);
@@ -725,76 +740,48 @@ fn a_missing_export_key_is_named_as_the_policys() {
     assert!(!said.contains("--key-file"), "{said}");
 }
 
+/// `cairn serve` with `args` on a new home whose policy's run hangs (its `echo` never ends),
+/// once that run has started.
+fn serve_a_hanging_run(args: &[&str]) -> (Cairn, std::process::Child) {
+    let cairn = hello_home("{last: 1}");
+    // `echo` that says it started, then hangs.
+    let (path, started) = fake_echo(&cairn, "exec sleep 600");
+    let serve = cairn
+        .command(&[&["serve"], args].concat())
+        .env("PATH", path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("cairn serve starts");
+    until_started(&started);
+    (cairn, serve)
+}
+
 /// A run that hangs (the workload's command never ends): the first SIGTERM waits for it, the
 /// second stops it (recorded as failed), and serve exits.
 #[test]
 fn a_second_sigterm_stops_the_run_serve_is_waiting_for() {
-    use std::io::Read as _;
-    let cairn = Cairn::new();
-    add_hello(&cairn);
-    ok(&apply(&cairn, &hello_policy("{last: 1}")));
-    // `echo` that says it started, then hangs.
-    let (path, started) = fake_echo(&cairn, "exec sleep 600");
-    let mut serve = cairn
-        .command(&["serve"])
-        .env("PATH", path)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("cairn serve starts");
-    until_started(&started);
-    let pid = serve.id().to_string();
-    let term = || {
-        let sent = std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill runs");
-        assert!(sent.success());
-    };
-    term();
+    let (cairn, mut serve) = serve_a_hanging_run(&[]);
+    sigterm(&serve);
     std::thread::sleep(std::time::Duration::from_millis(500));
     assert!(serve.try_wait().expect("wait").is_none(), "the first waits");
-    term();
-    let stopped = std::time::Instant::now();
-    let status = serve.wait().expect("serve exits");
-    assert!(
-        stopped.elapsed() < std::time::Duration::from_secs(30),
-        "serve took {:?} to stop the run",
-        stopped.elapsed()
-    );
-    let mut err = String::new();
-    serve
-        .stderr
-        .take()
-        .expect("stderr")
-        .read_to_string(&mut err)
-        .expect("stderr");
+    sigterm(&serve);
+    let err = stops_the_hanging_run(&cairn, serve);
     assert!(err.contains("stopping the runs in hand"), "{err}");
-    assert_eq!(status.code(), Some(1), "{err}");
-    assert_eq!(show(&cairn)["policy"]["last_run"]["succeeded"], false);
 }
 
-/// A run that hangs, and one SIGTERM (all Kubernetes sends before its SIGKILL): after
-/// `--stop-grace`, serve stops the run itself (its posthooks run) and exits.
-#[test]
-fn after_the_stop_grace_serve_stops_the_runs_in_hand() {
-    let cairn = Cairn::new();
-    add_hello(&cairn);
-    ok(&apply(&cairn, &hello_policy("{last: 1}")));
-    let (path, started) = fake_echo(&cairn, "exec sleep 600");
-    let serve = cairn
-        .command(&["serve", "--stop-grace", "1s"])
-        .env("PATH", path)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("cairn serve starts");
-    until_started(&started);
+/// Sends SIGTERM to `child`.
+fn sigterm(child: &std::process::Child) {
     let sent = std::process::Command::new("kill")
-        .args(["-TERM", &serve.id().to_string()])
+        .args(["-TERM", &child.id().to_string()])
         .status()
         .expect("kill runs");
     assert!(sent.success());
+}
+
+/// Waits for the `serve` of [`serve_a_hanging_run`], told to stop, to stop its run (within
+/// 30 seconds, recorded as failed) and exit 1; returns its stderr.
+fn stops_the_hanging_run(cairn: &Cairn, serve: std::process::Child) -> String {
     let stopped = std::time::Instant::now();
     let out = serve.wait_with_output().expect("serve exits");
     assert!(
@@ -803,9 +790,19 @@ fn after_the_stop_grace_serve_stops_the_runs_in_hand() {
         stopped.elapsed()
     );
     let err = stderr(&out);
-    assert!(err.contains("--stop-grace 1s has passed"), "{err}");
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert_eq!(show(&cairn)["policy"]["last_run"]["succeeded"], false);
+    assert_eq!(show(cairn)["policy"]["last_run"]["succeeded"], false);
+    err
+}
+
+/// A run that hangs, and one SIGTERM (all Kubernetes sends before its SIGKILL): after
+/// `--stop-grace`, serve stops the run itself (its posthooks run) and exits.
+#[test]
+fn after_the_stop_grace_serve_stops_the_runs_in_hand() {
+    let (cairn, serve) = serve_a_hanging_run(&["--stop-grace", "1s"]);
+    sigterm(&serve);
+    let err = stops_the_hanging_run(&cairn, serve);
+    assert!(err.contains("--stop-grace 1s has passed"), "{err}");
     // A grace that is not a duration is refused, naming the flag.
     let out = cairn.run(&["serve", "--once", "--stop-grace", "soon"]);
     refused_with(&out, &["--stop-grace", "expected a duration"]);
@@ -819,14 +816,7 @@ fn serve_reads_a_policy_again_when_its_turn_comes() {
     let cairn = Cairn::new();
     add_hello(&cairn);
     // Workload `slow` runs the fake `echo` (it waits to be let go); `fast` the real one.
-    let go = cairn.home.path().join("echo-go");
-    let (path, started) = fake_echo(
-        &cairn,
-        &format!(
-            "while [ ! -e {} ]; do sleep 0.05; done\nexec /bin/echo \"$@\"",
-            go.display()
-        ),
-    );
+    let (path, started, go) = fake_echo_held(&cairn);
     let home = cairn.home.path().display();
     let inventory = cairn.home.path().join("inventory.yaml");
     std::fs::write(
@@ -880,9 +870,7 @@ fn serve_reads_a_policy_again_when_its_turn_comes() {
     ] {
         assert!(said.contains(needle), "no {needle:?} in: {said}");
     }
-    let out = cairn.run(&["catalog", "ls", "local-restore-point", "--output", "json"]);
-    ok(&out);
-    let mut made: Vec<String> = json(&out)
+    let mut made: Vec<String> = points(&cairn)
         .as_array()
         .expect("points")
         .iter()
@@ -2149,6 +2137,23 @@ fn a_preset_gives_the_policies_that_name_it_their_service_level() {
     );
 }
 
+/// The local restore points, as `catalog ls --output json` lists them.
+fn points(cairn: &Cairn) -> serde_json::Value {
+    let out = cairn.run(&["catalog", "ls", "local-restore-point", "--output", "json"]);
+    ok(&out);
+    json(&out)
+}
+
+/// Dates the first restore point `by` ahead of the clock, as if the clock went back since it
+/// was made; returns its id.
+fn date_first_point_ahead(cairn: &Cairn, by: jiff::SignedDuration) -> String {
+    let mut first = points(cairn)[0]["value"].clone();
+    let id = first["id"].as_str().expect("an id").to_owned();
+    first["created"] = serde_json::json!((jiff::Timestamp::now() + by).to_string());
+    cairn.put_record("local-restore-point", &id, &first);
+    id
+}
+
 #[test]
 fn retention_keeps_the_point_a_run_made_even_when_the_clock_went_back() {
     let cairn = Cairn::new();
@@ -2157,16 +2162,7 @@ fn retention_keeps_the_point_a_run_made_even_when_the_clock_went_back() {
     ok(&cairn.run(&["policy", "run", "greet"]));
     // The first point, dated five minutes ahead: as if the clock went back a little since it
     // was made (within the slack allowed between clocks: it is still ranked).
-    let points = |cairn: &Cairn| {
-        let out = cairn.run(&["catalog", "ls", "local-restore-point", "--output", "json"]);
-        ok(&out);
-        json(&out)
-    };
-    let mut first = points(&cairn)[0]["value"].clone();
-    let id = first["id"].as_str().expect("an id").to_owned();
-    let ahead = jiff::Timestamp::now() + jiff::SignedDuration::from_mins(5);
-    first["created"] = serde_json::json!(ahead.to_string());
-    cairn.put_record("local-restore-point", &id, &first);
+    date_first_point_ahead(&cairn, jiff::SignedDuration::from_mins(5));
 
     // `last: 1` ranks the new point below the one dated ahead: it is kept all the same.
     let out = cairn.run(&["policy", "run", "greet"]);
@@ -2183,21 +2179,10 @@ fn retention_keeps_the_point_a_run_made_even_when_the_clock_went_back() {
 /// make `within` remove every point made since.
 #[test]
 fn a_point_dated_ahead_of_the_clock_does_not_anchor_within() {
-    let cairn = Cairn::new();
-    add_hello(&cairn);
-    ok(&apply(&cairn, &hello_policy("{within: 1h}")));
+    let cairn = hello_home("{within: 1h}");
     ok(&cairn.run(&["policy", "run", "greet"]));
     ok(&cairn.run(&["policy", "run", "greet"]));
-    let points = |cairn: &Cairn| {
-        let out = cairn.run(&["catalog", "ls", "local-restore-point", "--output", "json"]);
-        ok(&out);
-        json(&out)
-    };
-    let mut first = points(&cairn)[0]["value"].clone();
-    let id = first["id"].as_str().expect("an id").to_owned();
-    let ahead = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(365 * 24);
-    first["created"] = serde_json::json!(ahead.to_string());
-    cairn.put_record("local-restore-point", &id, &first);
+    let id = date_first_point_ahead(&cairn, jiff::SignedDuration::from_hours(365 * 24));
 
     let out = cairn.run(&["policy", "run", "greet", "--output", "json"]);
     ok(&out);
@@ -2216,9 +2201,7 @@ fn a_point_dated_ahead_of_the_clock_does_not_anchor_within() {
 /// in another zone: it says so.
 #[test]
 fn a_run_in_another_time_zone_than_serves_is_warned_of() {
-    let cairn = Cairn::new();
-    add_hello(&cairn);
-    ok(&apply(&cairn, &hello_policy("{daily: 7}")));
+    let cairn = hello_home("{daily: 7}");
     let run = |args: &[&str], zone: &str| {
         let out = cairn
             .command(args)
@@ -2242,9 +2225,7 @@ fn a_run_in_another_time_zone_than_serves_is_warned_of() {
 /// when it was recorded, so a nightly backup that ends after midnight is that night's.
 #[test]
 fn a_point_is_dated_by_the_start_of_its_backup() {
-    let cairn = Cairn::new();
-    add_hello(&cairn);
-    ok(&apply(&cairn, &hello_policy("{last: 1}")));
+    let cairn = hello_home("{last: 1}");
     let (path, _) = fake_echo(&cairn, "sleep 2\nexec /bin/echo \"$@\"");
     let out = cairn
         .command(&["policy", "run", "greet"])
@@ -2256,9 +2237,7 @@ fn a_point_is_dated_by_the_start_of_its_backup() {
     let at = |v: &serde_json::Value| -> jiff::Timestamp {
         v.as_str().expect("a time").parse().expect("a time")
     };
-    let out = cairn.run(&["catalog", "ls", "local-restore-point", "--output", "json"]);
-    ok(&out);
-    let created = at(&json(&out)[0]["value"]["created"]);
+    let created = at(&points(&cairn)[0]["value"]["created"]);
     let (started, finished) = (at(&run["started"]), at(&run["finished"]));
     assert!(
         created >= started && created < started + jiff::SignedDuration::from_secs(1),
