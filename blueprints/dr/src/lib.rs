@@ -53,6 +53,9 @@
 //! run <id>              the run's id (parameter `run-id`): the host keeps the ids of runs not
 //!                       yet recorded, to tell a point it sealed and never recorded from another
 //!                       home's
+//! after <id>            the manifest (its repository snapshot id) of the point the run followed:
+//!                       the one the cursor came from (absent at a chain's start after the
+//!                       cursor went back to 0, and in manifests of older versions)
 //! snapshot <id>         the local catalog snapshot, when the mode takes one
 //! settings <json>       the DR settings (parameter `settings`, opaque here) for a recovery
 //! artifact <name> <key>=<value> ...   one per data export, in the order to apply them
@@ -62,9 +65,13 @@
 //!
 //! The artifacts are DR point manifests: the one named `point` is the point to restore, the
 //! others (any name) are candidates for its chain. Starting at `point`, the chain is walked
-//! back through the manifests whose `to` is the previous one's `from`, down to a point with
-//! `from 0`; then every point's data exports are applied oldest first. A missing link is an
-//! error naming the sequence it needs. For a `local-snapshot` point, the actions and local
+//! back through the manifests each names in its `after` line (which must reach its `from`),
+//! down to a point with `from 0`; then every point's data exports are applied oldest first. A
+//! manifest without an `after` line (an older version's) is linked to the candidate of its
+//! cluster and mode whose `to` is its `from` when only one fits, or only one of those was made
+//! before it; when points of two histories fit (a home put back to an older catalog, or a
+//! copied one, whose points were accepted) the restore is refused, naming them, rather than
+//! mixing the two. A missing link is an error naming the sequence it needs. For a `local-snapshot` point, the actions and local
 //! restore points are then applied from the local catalog snapshot the point names, when this
 //! instance still holds it (recovery in place: the catalog was lost, the instance's state
 //! directory was not); elsewhere they stay behind, as the mode promises (output `in-place`).
@@ -151,6 +158,10 @@ impl Blueprint for Dr {
         .param(Param::text("run-id").default("").describe(
             "The run's id, one word, kept in the manifest so the host knows its own points (backup)",
         ))
+        .param(Param::text("last-point").default("").describe(
+            "The manifest of the point this home's last recorded run sealed: of the points that \
+             reach the cursor, the one the run extends (backup)",
+        ))
     }
 
     fn run(action: &str, ctx: &Context) -> Result<Outputs> {
@@ -172,6 +183,7 @@ struct Manifest {
     to: u64,
     time: u64,
     run: Option<String>,
+    after: Option<String>,
     snapshot: Option<String>,
     settings: Option<String>,
     artifacts: Vec<Artifact>,
@@ -185,6 +197,9 @@ impl Manifest {
         );
         if let Some(id) = &self.run {
             s.push_str(&format!("run {id}\n"));
+        }
+        if let Some(id) = &self.after {
+            s.push_str(&format!("after {id}\n"));
         }
         if let Some(id) = &self.snapshot {
             s.push_str(&format!("snapshot {id}\n"));
@@ -209,7 +224,7 @@ impl Manifest {
             return Err(bad(&format!("it does not start with `{MAGIC}`")));
         }
         let (mut cluster_id, mut mode, mut from, mut to, mut time) = (None, None, None, None, None);
-        let (mut run, mut snapshot, mut settings) = (None, None, None);
+        let (mut run, mut after, mut snapshot, mut settings) = (None, None, None, None);
         let mut artifacts = Vec::new();
         let number = |v: &str| {
             v.parse::<u64>()
@@ -224,6 +239,7 @@ impl Manifest {
                 "to" => to = Some(number(rest)?),
                 "time" => time = Some(number(rest)?),
                 "run" => run = Some(rest.to_owned()),
+                "after" => after = Some(rest.to_owned()),
                 "snapshot" => snapshot = Some(rest.to_owned()),
                 "settings" => settings = Some(rest.to_owned()),
                 "artifact" => {
@@ -252,6 +268,7 @@ impl Manifest {
             to: to.ok_or_else(|| missing("to"))?,
             time: time.ok_or_else(|| missing("time"))?,
             run,
+            after,
             snapshot,
             settings,
             artifacts,
@@ -271,6 +288,7 @@ impl Manifest {
             from: self.from,
             to: self.to,
             time: self.time,
+            after: retention::After::Unsaid,
         }
     }
 }
@@ -298,13 +316,39 @@ fn export(
     Ok((artifact, info))
 }
 
-/// A DR point already in the location: what retention needs of it, the manifest's export,
-/// the snapshot ids of its data exports, and the manifest once read.
+/// A DR point already in the location: what retention needs of it (its `after` line apart), the
+/// manifest's export, the snapshot ids of its data exports, the point its `after` line names,
+/// and the manifest once read.
 struct Stored {
     point: retention::Point,
     export: Artifact,
     exports: Vec<String>,
+    after: Option<String>,
     manifest: Option<Manifest>,
+}
+
+impl Stored {
+    /// The repository snapshot of its manifest: the id `after` lines name.
+    fn id(&self) -> &str {
+        snapshot_of(&self.export).unwrap_or_default()
+    }
+}
+
+/// What retention needs of `points`, their `after` lines resolved to indices.
+fn linked(points: &[Stored]) -> Vec<retention::Point> {
+    points
+        .iter()
+        .map(|p| retention::Point {
+            after: match &p.after {
+                None => retention::After::Unsaid,
+                Some(id) => points
+                    .iter()
+                    .position(|q| q.id() == id)
+                    .map_or(retention::After::Missing, retention::After::Listed),
+            },
+            ..p.point
+        })
+        .collect()
 }
 
 /// The repository snapshot a data export artifact names.
@@ -312,15 +356,20 @@ fn snapshot_of(a: &Artifact) -> Option<&str> {
     a.get("snapshot")
 }
 
-/// What the host says of a stored point (values `from`, `to`, `time` of its artifact, which the
-/// host keeps from the manifest so a run need not read every manifest again), if it says it.
-fn summary(a: &Artifact) -> Option<retention::Point> {
+/// What the host says of a stored point (values `from`, `to`, `time` and, when the manifest has
+/// that line, `after` of its artifact, which the host keeps from the manifest so a run need not
+/// read every manifest again), if it says it.
+fn summary(a: &Artifact) -> Option<(retention::Point, Option<String>)> {
     let number = |k: &str| a.get(k).and_then(|v| v.parse::<u64>().ok());
-    Some(retention::Point {
-        from: number("from")?,
-        to: number("to")?,
-        time: number("time")?,
-    })
+    Some((
+        retention::Point {
+            from: number("from")?,
+            to: number("to")?,
+            time: number("time")?,
+            after: retention::After::Unsaid,
+        },
+        a.get("after").map(str::to_owned),
+    ))
 }
 
 /// The DR points the host listed (artifacts `stored-<n>`), and whether every one could be
@@ -341,14 +390,15 @@ fn stored(ctx: &Context) -> (Vec<Stored>, bool) {
                 .collect::<Vec<_>>()
         });
         let read = match (summary(a), exports) {
-            (Some(point), Some(exports)) => Ok((point, exports, None)),
-            _ => read_manifest(a).map(|m| (m.point(), m.export_ids(), Some(m))),
+            (Some((point, after)), Some(exports)) => Ok((point, exports, after, None)),
+            _ => read_manifest(a).map(|m| (m.point(), m.export_ids(), m.after.clone(), Some(m))),
         };
         match read {
-            Ok((point, exports, manifest)) => points.push(Stored {
+            Ok((point, exports, after, manifest)) => points.push(Stored {
                 point,
                 export: a.clone(),
                 exports,
+                after,
                 manifest,
             }),
             Err(e) => {
@@ -431,15 +481,23 @@ fn backup(ctx: &Context) -> Result<Outputs> {
     }
     let (mut points, complete) = stored(ctx);
     let cursor = state.cursor.unwrap_or(0);
+    // The point the cursor came from: the one this home's last recorded run sealed, or (a run
+    // that sealed its point and died before it was recorded) the newest that reaches it.
+    let last_point = ctx.text("last-point")?;
+    let known = linked(&points);
+    let current = (cursor > 0)
+        .then(|| {
+            (0..known.len())
+                .filter(|&i| known[i].to == cursor)
+                .max_by_key(|&i| (points[i].id() == last_point, known[i].time, i))
+        })
+        .flatten();
     let rebased = if cursor == 0 || mode == DrMode::Legacy {
         None
     } else {
-        let known: Vec<retention::Point> = points.iter().map(|p| p.point).collect();
-        let current = (0..known.len())
-            .filter(|&i| known[i].to == cursor)
-            .max_by_key(|&i| (known[i].time, i));
         retention::rebase(&policy, &known, current, now())
     };
+    let after = current.map(|i| points[i].id().to_owned());
     if let Some(why) = &rebased {
         info!("starting a new chain: {why}");
     }
@@ -492,6 +550,7 @@ fn backup(ctx: &Context) -> Result<Outputs> {
         to,
         time: now(),
         run,
+        after,
         snapshot,
         settings,
         artifacts,
@@ -517,6 +576,7 @@ fn backup(ctx: &Context) -> Result<Outputs> {
         point: manifest.point(),
         export: point,
         exports: manifest.export_ids(),
+        after: manifest.after.clone(),
         manifest: Some(manifest),
     });
     let outputs = if ctx.flag("maintain")? {
@@ -553,7 +613,7 @@ fn retain(
     points: &[Stored],
     outputs: Outputs,
 ) -> Outputs {
-    let known: Vec<retention::Point> = points.iter().map(|p| p.point).collect();
+    let known = linked(points);
     let protection = u64::try_from(protection).unwrap_or(0);
     let (needed, held) = retention::decide(policy, protection, &known, now());
     let (mut removed, mut failed) = (Vec::new(), 0);
@@ -613,37 +673,85 @@ fn read_manifest(artifact: &Artifact) -> Result<Manifest> {
     Manifest::parse(&text).map_err(|e| e.context(format_args!("DR point `{}`", artifact.name())))
 }
 
-/// The chain that ends at `point`, oldest first, from `candidates`.
-fn chain(point: Manifest, candidates: Vec<Manifest>) -> Result<Vec<Manifest>> {
-    let cluster = point.cluster_id.clone();
-    let mut need = point.from;
-    let mut chain = vec![point];
-    while need > 0 {
-        let previous = candidates
-            .iter()
-            .filter(|m| m.to == need && m.from < need && m.cluster_id == cluster)
-            .max_by_key(|m| m.time)
-            .cloned()
-            .ok_or_else(|| {
-                Error::not_found(format!(
-                    "the DR point that reaches change {need} is missing, so the chain cannot be rebuilt; \
-                     restore an older point (`cairn dr review`)"
-                ))
-            })?;
-        need = previous.from;
-        chain.push(previous);
+/// The chain that ends at `point`, oldest first, from `candidates`; each a manifest with its
+/// id (the repository snapshot `after` lines name). Only candidates of the point's cluster and
+/// mode can be links (a new mode starts a new chain).
+fn chain(point: (String, Manifest), candidates: Vec<(String, Manifest)>) -> Result<Vec<Manifest>> {
+    let mut all: Vec<(String, Manifest)> = candidates
+        .into_iter()
+        .filter(|(_, m)| m.cluster_id == point.1.cluster_id && m.mode == point.1.mode)
+        .collect();
+    all.push(point);
+    let points: Vec<retention::Point> = all
+        .iter()
+        .map(|(_, m)| retention::Point {
+            after: match &m.after {
+                None => retention::After::Unsaid,
+                Some(id) => all
+                    .iter()
+                    .position(|(other, _)| other == id)
+                    .map_or(retention::After::Missing, retention::After::Listed),
+            },
+            ..m.point()
+        })
+        .collect();
+    let mut at = all.len() - 1;
+    let mut chain = vec![at];
+    loop {
+        let need = points[at].from;
+        match retention::predecessor(&points, at) {
+            Ok(None) => break,
+            Ok(Some(p)) if !chain.contains(&p) => {
+                chain.push(p);
+                at = p;
+            }
+            Ok(Some(_)) | Err(retention::Gap::Missing) => {
+                let named = all[at]
+                    .1
+                    .after
+                    .as_deref()
+                    .map(|id| format!(" ({id}, which DR point {} names)", all[at].0))
+                    .unwrap_or_default();
+                return Err(Error::not_found(format!(
+                    "the DR point that reaches change {need}{named} is missing, so the chain \
+                     cannot be rebuilt; restore an older point (`cairn dr review`)"
+                )));
+            }
+            Err(retention::Gap::Ambiguous(fit)) => {
+                let ids: Vec<&str> = fit.iter().map(|&i| all[i].0.as_str()).collect();
+                return Err(Error::invalid(format!(
+                    "DR point {} (written by an older version, without an `after` line) extends \
+                     the point that reaches change {need}, and more than one does: {}. They \
+                     belong to different histories (a home put back to an older catalog, or a \
+                     copied one, wrote here) and which one it extends cannot be told, so it is \
+                     not restored as a mixture; restore one of those points, or a point written \
+                     since by this version (`cairn dr review`)",
+                    all[at].0,
+                    ids.join(" and ")
+                )));
+            }
+        }
     }
+    let mut chain: Vec<Manifest> = chain.into_iter().map(|i| all[i].1.clone()).collect();
     chain.reverse();
     Ok(chain)
 }
 
+/// The manifest of artifact `a`, with its id (the repository snapshot `after` lines name).
+fn identified(a: &Artifact) -> Result<(String, Manifest)> {
+    Ok((
+        snapshot_of(a).unwrap_or(a.name()).to_owned(),
+        read_manifest(a)?,
+    ))
+}
+
 fn restore(ctx: &Context) -> Result<Outputs> {
-    let point = read_manifest(ctx.artifact(POINT)?)?;
+    let point = identified(ctx.artifact(POINT)?)?;
     let mut candidates = Vec::new();
     for a in ctx.restore_point().iter().filter(|a| a.name() != POINT) {
-        candidates.push(read_manifest(a)?);
+        candidates.push(identified(a)?);
     }
-    let (mode, to) = (point.mode, point.to);
+    let (mode, to) = (point.1.mode, point.1.to);
     let chain = chain(point, candidates)?;
     info!(
         "restoring {} DR point(s) of mode {mode}, up to change {to}",
@@ -731,6 +839,7 @@ mod tests {
             to,
             time,
             run: None,
+            after: None,
             snapshot: None,
             settings: None,
             artifacts: vec![
@@ -746,25 +855,92 @@ mod tests {
         let mut m = manifest(3, 9, 100);
         m.snapshot = Some("catalog-9".into());
         m.run = Some("5f0c8e4a-0d7e-4c59-9a43-2d8f1e6b7a10".into());
+        m.after = Some("9d2f41c07a1b".into());
         m.settings = Some(r#"{"profile":"s3://b/dr","keep":[1, 2]}"#.into());
         assert_eq!(Manifest::parse(&m.render()), Ok(m));
         assert!(Manifest::parse("hello").is_err());
         assert!(Manifest::parse(MAGIC).is_err());
     }
 
+    fn named(id: &str, m: Manifest) -> (String, Manifest) {
+        (id.to_owned(), m)
+    }
+
+    fn after(id: &str, from: u64, to: u64, time: u64) -> Manifest {
+        Manifest {
+            after: Some(id.to_owned()),
+            ..manifest(from, to, time)
+        }
+    }
+
+    fn times(chain: Result<Vec<Manifest>>) -> Vec<u64> {
+        chain
+            .map(|c| c.iter().map(|m| m.time).collect())
+            .unwrap_or_default()
+    }
+
     #[test]
     fn the_chain_is_walked_back_to_its_base() {
         let chain = chain(
-            manifest(9, 12, 3),
-            vec![manifest(0, 4, 1), manifest(4, 9, 2), manifest(12, 15, 4)],
+            named("c", manifest(9, 12, 3)),
+            vec![
+                named("a", manifest(0, 4, 1)),
+                named("b", manifest(4, 9, 2)),
+                named("d", manifest(12, 15, 4)),
+            ],
         );
-        let tos: Vec<u64> = chain
-            .map(|c| c.iter().map(|m| m.to).collect())
-            .unwrap_or_default();
-        assert_eq!(tos, [4, 9, 12]);
+        assert_eq!(times(chain), [1, 2, 3]);
         assert!(matches!(
-            super::chain(manifest(9, 12, 3), vec![manifest(0, 4, 1)]),
+            super::chain(
+                named("c", manifest(9, 12, 3)),
+                vec![named("a", manifest(0, 4, 1))]
+            ),
             Err(Error::NotFound(_))
         ));
+    }
+
+    /// r1 #1: a point of a retired history (a home put back to an older catalog, whose new
+    /// points were accepted) is restored with its own chain, not the newer history's point
+    /// that reaches the same change.
+    #[test]
+    fn a_point_follows_its_after_line_not_a_newer_history() {
+        let candidates = || {
+            vec![
+                named("p1", manifest(0, 2, 1)),
+                named("p2", after("p1", 2, 4, 2)),
+                named("q1", manifest(0, 4, 4)),
+                named("q2", after("q1", 4, 6, 5)),
+            ]
+        };
+        assert_eq!(
+            times(chain(named("p3", after("p2", 4, 5, 3)), candidates())),
+            [1, 2, 3]
+        );
+        assert_eq!(
+            times(chain(named("q3", after("q2", 6, 7, 6)), candidates())),
+            [4, 5, 6]
+        );
+        // The point named is gone: never another history's instead.
+        let gone = super::chain(
+            named("p3", after("p2", 4, 5, 3)),
+            vec![named("q1", manifest(0, 4, 4))],
+        );
+        assert!(
+            matches!(&gone, Err(Error::NotFound(why)) if why.contains("p2")),
+            "{gone:?}"
+        );
+        // Older manifests: two histories that fit are refused, naming both.
+        let both = super::chain(
+            named("p3", manifest(4, 5, 3)),
+            vec![
+                named("p2", manifest(2, 4, 2)),
+                named("p1", manifest(0, 2, 1)),
+                named("q1", manifest(0, 4, 1)),
+            ],
+        );
+        assert!(
+            matches!(&both, Err(Error::Invalid(why)) if why.contains("p2") && why.contains("q1")),
+            "{both:?}"
+        );
     }
 }

@@ -33,6 +33,30 @@ pub(crate) struct Point {
     pub to: u64,
     /// When it was made (unix seconds).
     pub time: u64,
+    /// The point its run followed, as its manifest's `after` line names it.
+    pub after: After,
+}
+
+/// The point a DR point's run followed (its manifest's `after` line), among those listed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum After {
+    /// No `after` line (a manifest of an older version): the link is found by change numbers.
+    #[default]
+    Unsaid,
+    /// The point at this index.
+    Listed(usize),
+    /// A point not listed (removed, or its manifest unreadable).
+    Missing,
+}
+
+/// Why the point a DR point extends cannot be told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Gap {
+    /// No listed point is the one it extends.
+    Missing,
+    /// Points of more than one history could be the one (manifests without `after` lines,
+    /// linked by change numbers alone): their indices.
+    Ambiguous(Vec<usize>),
 }
 
 impl Policy {
@@ -50,23 +74,49 @@ impl Policy {
     }
 }
 
-/// The point `point` follows: the newest that reaches its `from` (none for a base, or when the
-/// link is missing).
-fn previous(points: &[Point], point: usize) -> Option<usize> {
+/// The points `point` may extend: the one its `after` line names, when that reaches its `from`;
+/// for a manifest without one, every point that reaches its `from` (two histories that share
+/// change numbers both do). None for a base.
+fn previous(points: &[Point], point: usize) -> Vec<usize> {
     let need = points[point].from;
     if need == 0 {
-        return None;
+        return Vec::new();
     }
-    (0..points.len())
-        .filter(|&j| points[j].to == need && points[j].from < need)
-        .max_by_key(|&j| (points[j].time, j))
+    match points[point].after {
+        After::Listed(j) if j != point && points[j].to == need => vec![j],
+        After::Listed(_) | After::Missing => Vec::new(),
+        After::Unsaid => (0..points.len())
+            .filter(|&j| j != point && points[j].to == need && points[j].from < need)
+            .collect(),
+    }
 }
 
-/// The chain that ends at `point`: its indices, newest first (as far back as the links exist).
+/// The point `point` extends (none for a base). A manifest without an `after` line is linked by
+/// change numbers only when one point fits, or one of those that fit was made before it (one
+/// history's points follow each other); else which history it belongs to cannot be told.
+pub(crate) fn predecessor(points: &[Point], point: usize) -> Result<Option<usize>, Gap> {
+    if points[point].from == 0 {
+        return Ok(None);
+    }
+    let fit = previous(points, point);
+    let before: Vec<usize> = fit
+        .iter()
+        .copied()
+        .filter(|&j| points[j].time <= points[point].time)
+        .collect();
+    match (fit.as_slice(), before.as_slice()) {
+        ([], _) => Err(Gap::Missing),
+        ([one], _) | (_, [one]) => Ok(Some(*one)),
+        _ => Err(Gap::Ambiguous(fit)),
+    }
+}
+
+/// The chain that ends at `point`: its indices, newest first (as far back as the links can be
+/// told).
 pub(crate) fn chain(points: &[Point], point: usize) -> Vec<usize> {
     let mut chain = vec![point];
     let mut at = point;
-    while let Some(p) = previous(points, at) {
+    while let Ok(Some(p)) = predecessor(points, at) {
         if chain.contains(&p) {
             break;
         }
@@ -77,13 +127,16 @@ pub(crate) fn chain(points: &[Point], point: usize) -> Vec<usize> {
 }
 
 /// The points to keep: those `kept` (by the rules or the protection period) and every point
-/// their chains need.
+/// their chains may need: where a link cannot be told (two histories fit), every point that
+/// fits is kept.
 pub(crate) fn needed(points: &[Point], kept: &[bool]) -> Vec<bool> {
     let mut needed = vec![false; points.len()];
-    for i in (0..points.len()).filter(|&i| kept[i]) {
-        for j in chain(points, i) {
-            needed[j] = true;
+    let mut todo: Vec<usize> = (0..points.len()).filter(|&i| kept[i]).collect();
+    while let Some(i) = todo.pop() {
+        if std::mem::replace(&mut needed[i], true) {
+            continue;
         }
+        todo.extend(previous(points, i));
     }
     needed
 }
@@ -159,7 +212,63 @@ mod tests {
     const HOUR: u64 = 3_600;
 
     fn point(from: u64, to: u64, time: u64) -> Point {
-        Point { from, to, time }
+        Point {
+            from,
+            to,
+            time,
+            after: After::Unsaid,
+        }
+    }
+
+    fn after(from: u64, to: u64, time: u64, previous: usize) -> Point {
+        Point {
+            after: After::Listed(previous),
+            ..point(from, to, time)
+        }
+    }
+
+    /// A home put back to an older catalog, whose points were accepted: its new chain (2, 3)
+    /// reaches change 4 as the retired history's point 1 did. Each point keeps its own chain.
+    #[test]
+    fn points_follow_their_after_line_not_a_change_number_of_another_history() {
+        let points = [
+            point(0, 2, 1),
+            after(2, 4, 2, 0),
+            after(4, 5, 3, 1),
+            point(0, 4, 4),
+            after(4, 6, 5, 3),
+        ];
+        assert_eq!(chain(&points, 2), [2, 1, 0]);
+        assert_eq!(chain(&points, 4), [4, 3]);
+        let kept = [false, false, true, false, false];
+        assert_eq!(needed(&points, &kept), [true, true, true, false, false]);
+        // A named point that is gone is a gap, not another history's point.
+        let gone = [
+            point(0, 4, 1),
+            Point {
+                after: After::Missing,
+                ..point(4, 6, 2)
+            },
+        ];
+        assert_eq!(predecessor(&gone, 1), Err(Gap::Missing));
+    }
+
+    /// Manifests of older versions (no `after` line) are linked by change numbers only when
+    /// the link can be told: two points made before it that both fit are refused, and
+    /// retention keeps both.
+    #[test]
+    fn unlinked_points_are_linked_only_when_one_fits() {
+        // The retired history's 2 (4..5) was made before the new history's 3 (0..4).
+        let points = [
+            point(0, 2, 1),
+            point(2, 4, 2),
+            point(4, 5, 3),
+            point(0, 4, 4),
+        ];
+        assert_eq!(predecessor(&points, 2), Ok(Some(1)));
+        let both = [point(0, 4, 1), point(0, 4, 2), point(4, 5, 3)];
+        assert_eq!(predecessor(&both, 2), Err(Gap::Ambiguous(vec![0, 1])));
+        assert_eq!(needed(&both, &[false, false, true]), [true, true, true]);
     }
 
     #[test]
