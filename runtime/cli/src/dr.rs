@@ -47,9 +47,19 @@
 //! records in the catalog's meta (`x.dr.known-points`) the manifests it listed and sealed, and
 //! before it runs, its own id, which the blueprint writes into the manifest (a run that sealed
 //! its point and died is known by it). A run that finds a manifest this home neither knew nor
-//! sealed refuses, naming when and on which host it was saved; `cairn dr enable` then accepts
-//! the points there and starts a new chain, or another `--profile` gives this home a location
-//! of its own. The first run in a location trusts what is there.
+//! sealed refuses, naming when and on which host it was saved; `cairn dr enable
+//! --accept-points` then accepts the points there and starts a new chain (a plain `dr enable`
+//! does not), or another `--profile` gives this home a location of its own. The first run in a
+//! location trusts what is there. A manifest of a run of this home's that was not recorded is
+//! recorded as soon as a run finds it; a run that failed and sealed nothing is forgotten.
+//!
+//! # Lineage
+//!
+//! Each manifest names, in its `after` line, the manifest of the point its run followed. Two
+//! histories in one location (accepted points, a catalog put back) share change numbers, so
+//! points are linked by that line, not by numbers: a restore's chain, retention, the order of
+//! `review` (by change within a history; by when they were saved between histories, with a
+//! warning) and a standby moved forward, which must extend the point it applied.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -145,6 +155,11 @@ pub(crate) enum DrCommand {
         /// deleted: `30d`, `6mo` (a month counts 30 days), `1y` (365).
         #[arg(long, value_parser = cairn_repository::Retention::parse_period, value_name = "DURATION")]
         protection: Option<std::time::Duration>,
+        /// Accept the DR points another home (a copy of this one) or this home's catalog before
+        /// it was put back wrote in the location, which DR runs refuse: the next run starts a new
+        /// chain from change 0.
+        #[arg(long)]
+        accept_points: bool,
     },
     /// Turn DR off (DR points already exported stay where they are).
     Disable,
@@ -340,6 +355,10 @@ struct Source {
     /// which another restore would mix with the source's.
     #[serde(default)]
     catalog_seq: Option<u64>,
+    /// The manifest of the DR point restored: a later restore (a standby moving forward) must
+    /// extend it, or it would skip the changes it shares numbers with.
+    #[serde(default)]
+    last_point: Option<String>,
 }
 
 /// The catalog meta key of a DR restore begun and not finished: until it is, the catalog is
@@ -450,10 +469,17 @@ struct Known {
     /// point this home wrote, with one of these ids in its manifest.
     #[serde(default)]
     pending: Vec<String>,
-    /// A run found another writer's points: the next `cairn dr enable` accepts them and
+    /// A run found another writer's points: `cairn dr enable --accept-points` accepts them and
     /// starts a new chain.
     #[serde(default)]
     conflict: bool,
+}
+
+/// What [`check_writers`] found: what this home knows, and the manifests it could not read
+/// (never recorded as known: a read that failed once must not whitelist another home's point).
+struct Writers {
+    known: Known,
+    unreadable: BTreeSet<String>,
 }
 
 /// Refuses a DR run when its location (`url`, listed as `snapshots`) holds points this home
@@ -465,31 +491,58 @@ async fn check_writers(
     repo: &Repository,
     url: &str,
     snapshots: &[SnapshotInfo],
-) -> anyhow::Result<Known> {
+) -> anyhow::Result<Writers> {
     let Some(mut known) = load_meta::<Known>(catalog, KNOWN_KEY)?.filter(|k| k.location == url)
     else {
-        return Ok(Known {
-            location: url.to_owned(),
-            ..Known::default()
+        return Ok(Writers {
+            known: Known {
+                location: url.to_owned(),
+                ..Known::default()
+            },
+            unreadable: BTreeSet::new(),
         });
     };
     let mut foreign = Vec::new();
+    let mut unreadable = BTreeSet::new();
+    let mut adopted = Vec::new();
     for s in snapshots
         .iter()
         .filter(|s| s.source() == MANIFEST && !known.points.contains(&s.id))
     {
-        // One that cannot be read is left out of every chain, with a warning.
-        if let Ok(point) = read_point(repo, &s.id).await
-            && point
-                .run
-                .as_ref()
-                .is_none_or(|r| !known.pending.contains(r))
-        {
-            foreign.push(s);
+        match read_point(repo, &s.id).await {
+            // Sealed by a run of this home's that died before recording it.
+            Ok(point)
+                if point
+                    .run
+                    .as_ref()
+                    .is_some_and(|r| known.pending.contains(r)) =>
+            {
+                adopted.push((s.id.clone(), point.run.unwrap_or_default()));
+            }
+            Ok(_) => foreign.push(s),
+            // Not recorded, so the next run reads it again; its chain fails for want of it.
+            Err(e) => {
+                errln!(
+                    "cairn: warning: {}; this run cannot tell whether another home wrote it, and \
+                     it is not recorded as this home's (`cairn repo check --read-data --repo \
+                     {url}` names damage)",
+                    crate::one_line(&e)
+                );
+                unreadable.insert(s.id.clone());
+            }
         }
     }
+    // Recorded at once: ids of runs not recorded are few, and one drained from them would make
+    // its point another home's.
+    if !adopted.is_empty() {
+        known
+            .pending
+            .retain(|id| adopted.iter().all(|(_, run)| run != id));
+        known.points.extend(adopted.into_iter().map(|(id, _)| id));
+        catalog.set_meta(KNOWN_KEY, Some(&serde_json::to_string(&known)?))?;
+    }
     let Some(newest) = foreign.iter().max_by_key(|s| s.time) else {
-        return Ok(known);
+        return Ok(Writers { known, unreadable });
     };
     known.conflict = true;
     catalog.set_meta(KNOWN_KEY, Some(&serde_json::to_string(&known)?))?;
@@ -500,8 +553,8 @@ async fn check_writers(
          was put back to an older state; building on both would mix two histories in one chain. \
          If this home is the copy, give it a location of its own: `cairn dr enable --profile \
          <another location>`. If the other home is gone for good, or the catalog was put back \
-         on purpose, run `cairn dr enable` here again: it accepts those points, and the next run \
-         starts a new chain from change 0",
+         on purpose, run `cairn dr enable --accept-points` here: it accepts those points, and \
+         the next run starts a new chain from change 0",
         foreign.len(),
         short(&newest.id),
         newest.time,
@@ -620,6 +673,9 @@ struct Point {
     /// The id of the run that sealed it (points of older builds have none).
     #[serde(skip)]
     run: Option<String>,
+    /// The manifest of the point its run followed (points of older builds have none).
+    #[serde(skip)]
+    after: Option<String>,
     /// The DR settings the point carries (JSON), if it carries them.
     #[serde(skip)]
     settings: Option<String>,
@@ -633,7 +689,7 @@ fn parse_manifest(id: &str, text: &str) -> anyhow::Result<Point> {
     }
     let (mut mode, mut from, mut to, mut time, mut cluster_id) = (None, None, None, None, None);
     let mut export_ids = Vec::new();
-    let (mut run, mut settings) = (None, None);
+    let (mut run, mut after, mut settings) = (None, None, None);
     for line in lines {
         let (key, value) = line.split_once(' ').unwrap_or((line, ""));
         let number = || {
@@ -648,6 +704,7 @@ fn parse_manifest(id: &str, text: &str) -> anyhow::Result<Point> {
             "time" => time = Some(number()?),
             "cluster-id" => cluster_id = Some(value.to_owned()),
             "run" => run = Some(value.to_owned()),
+            "after" => after = Some(value.to_owned()),
             "settings" => settings = Some(value.to_owned()),
             "artifact" => export_ids.push(
                 value
@@ -671,17 +728,66 @@ fn parse_manifest(id: &str, text: &str) -> anyhow::Result<Point> {
         export_ids,
         cluster_id: cluster_id.ok_or_else(|| bad("no cluster id"))?,
         run,
+        after,
         settings,
     })
 }
 
+/// The largest DR point manifest read, the DR blueprint's own bound (its `MAX_MANIFEST`): a
+/// manifest is a few hundred bytes, and one that is not (damage, or another writer holding the
+/// passphrase) must not take the memory of a `review` or a recovery.
+const MAX_MANIFEST: usize = 1 << 20;
+
+/// A buffer that takes at most [`MAX_MANIFEST`] bytes.
+#[derive(Default)]
+struct Capped {
+    bytes: Vec<u8>,
+    over: bool,
+}
+
+impl tokio::io::AsyncWrite for Capped {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if self.bytes.len() + buf.len() > MAX_MANIFEST {
+            self.over = true;
+            return std::task::Poll::Ready(Err(std::io::Error::other(format!(
+                "over {MAX_MANIFEST} bytes"
+            ))));
+        }
+        self.bytes.extend_from_slice(buf);
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
 /// The DR point whose manifest is snapshot `id`.
 async fn read_point(repo: &Repository, id: &str) -> anyhow::Result<Point> {
-    let mut bytes = Vec::new();
-    repo.restore_stream(id, &mut bytes)
-        .await
-        .with_context(|| format!("cannot read DR point {id}"))?;
-    let text = String::from_utf8(bytes)
+    let mut capped = Capped::default();
+    let read = repo.restore_stream(id, &mut capped).await;
+    if capped.over {
+        return Err(anyhow::anyhow!(
+            "DR point {id} is damaged: its manifest is over {MAX_MANIFEST} bytes, the most a DR \
+             point's manifest holds (it is not read further)"
+        ));
+    }
+    read.with_context(|| format!("cannot read DR point {id}"))?;
+    let text = String::from_utf8(capped.bytes)
         .map_err(|_| anyhow::anyhow!("DR point {id} is damaged: not text"))?;
     parse_manifest(id, &text)
 }
@@ -740,7 +846,7 @@ async fn points_and_damaged(
             damaged.push((s.id, s.stored.unwrap_or(jiff::Timestamp::MAX)));
         }
     }
-    newest_first(&mut points);
+    let histories = newest_first(&mut points);
     // Told apart from the readable ones by when they were saved, the only time they still have.
     let newest_saved = points.first().map(|(saved, _)| *saved);
     // Give or take a second: stores that keep whole seconds (S3) date a write up to a second
@@ -771,21 +877,181 @@ async fn points_and_damaged(
             );
         }
     }
-    Ok((points.into_iter().map(|(_, p)| p).collect(), damaged))
+    let points: Vec<Point> = points.into_iter().map(|(_, p)| p).collect();
+    warn_histories(&points, histories);
+    Ok((points, damaged))
 }
 
-/// Orders DR points, each with the time its manifest was saved, newest first: by that time
-/// (the point's own is to the second), then by the last change they cover, then by id. Not by
-/// the change first: after a home was put back to an older point, or took over from a copy of
-/// itself, its new points cover lower changes than older points of the history it left.
-fn newest_first(points: &mut [(jiff::Timestamp, Point)]) {
-    points.sort_by(|(a_saved, a), (b_saved, b)| {
-        b_saved
-            .cmp(a_saved)
-            .then(b.time.cmp(&a.time))
-            .then(b.to.cmp(&a.to))
-            .then(b.id.cmp(&a.id))
+/// The point the run of `list[i]` followed: the one its `after` line names (which must reach
+/// its `from`, unless it starts a chain), or for a manifest without one (an older version's)
+/// that starts no chain, the point of its cluster and mode that reaches its `from`, when one
+/// fits or one of those was made before it. `Ok(None)`: it follows none this can tell (it
+/// starts a chain). `Err`: the points that fit, when more than one history does (none: the
+/// one it names is not listed, or no point fits).
+///
+/// The DR blueprint's restore and retention follow the same rule (its `retention::predecessor`).
+fn followed(list: &[Point], i: usize) -> Result<Option<usize>, Vec<usize>> {
+    let p = &list[i];
+    if let Some(after) = &p.after {
+        return match list.iter().position(|q| &q.id == after) {
+            Some(j) if j != i && (p.from == 0 || list[j].to == p.from) => Ok(Some(j)),
+            _ => Err(Vec::new()),
+        };
+    }
+    if p.from == 0 {
+        return Ok(None);
+    }
+    let fit: Vec<usize> = (0..list.len())
+        .filter(|&j| {
+            let q = &list[j];
+            j != i
+                && q.to == p.from
+                && q.from < p.from
+                && q.cluster_id == p.cluster_id
+                && q.mode == p.mode
+        })
+        .collect();
+    let before: Vec<usize> = fit
+        .iter()
+        .copied()
+        .filter(|&j| list[j].time <= p.time)
+        .collect();
+    match (fit.as_slice(), before.as_slice()) {
+        ([one], _) | (_, [one]) => Ok(Some(*one)),
+        _ => Err(fit),
+    }
+}
+
+/// The points `list[i]` was built on, newest first, as far back as `followed` can tell, through
+/// chains' starts (whose `after` names where their run was).
+fn history(list: &[Point], i: usize) -> Vec<usize> {
+    let mut seen = vec![i];
+    let mut at = i;
+    while let Ok(Some(j)) = followed(list, at) {
+        if seen.contains(&j) {
+            break;
+        }
+        seen.push(j);
+        at = j;
+    }
+    seen
+}
+
+/// The chain `point` needs, as candidates for the blueprint's restore: the points it extends
+/// down to its chain's start, or as far as the links exist (the blueprint then names the one
+/// missing). Refused when two histories fit a link (manifests of older versions).
+fn chain_of<'a>(list: &'a [Point], point: &Point) -> anyhow::Result<Vec<&'a Point>> {
+    let Some(mut at) = list.iter().position(|p| p.id == point.id) else {
+        return Ok(Vec::new());
+    };
+    let mut chain = Vec::new();
+    while list[at].from > 0 {
+        match followed(list, at) {
+            Ok(Some(j)) if !chain.iter().any(|p: &&Point| p.id == list[j].id) => {
+                chain.push(&list[j]);
+                at = j;
+            }
+            Err(fit) if fit.len() > 1 => {
+                let ids: Vec<&str> = fit.iter().map(|&j| short(&list[j].id)).collect();
+                return Err(usage(format!(
+                    "DR point {} (written by an older version, without an `after` line) extends \
+                     the point that reaches change {}, and {} do, of different histories (a home \
+                     put back to an older catalog, or a copied one, wrote here): which one cannot \
+                     be told, and a mixture is not restored. Restore one of those points, or a \
+                     point written since by this version (`cairn dr review`)",
+                    short(&list[at].id),
+                    list[at].from,
+                    ids.join(" and ")
+                )));
+            }
+            _ => break,
+        }
+    }
+    Ok(chain)
+}
+
+/// Orders DR points, each with the time its manifest was saved, newest first. Points linked by
+/// `after` lines (or, for older manifests, by the change they extend) are one history, ordered
+/// by the last change they cover: a clock stepped back must not put an older point of it first.
+/// Histories are ordered by when their newest point was saved: after a home was put back to an
+/// older point, or took over from a copy of itself, its new history covers lower changes than
+/// the history it left. Ties go to the time saved, then the id. Returns the number of
+/// histories.
+fn newest_first(points: &mut Vec<(jiff::Timestamp, Point)>) -> usize {
+    let list: Vec<Point> = points.iter().map(|(_, p)| p.clone()).collect();
+    let n = list.len();
+    let parent: Vec<Option<usize>> = (0..n).map(|i| followed(&list, i).ok().flatten()).collect();
+    // Each point's history: the oldest point its links reach (at most n links: a loop of
+    // `after` lines, which only damage makes, ends there).
+    let mut root: Vec<Option<usize>> = vec![None; n];
+    for i in 0..n {
+        let (mut at, mut steps) = (i, 0);
+        let found = loop {
+            if let Some(r) = root[at] {
+                break r;
+            }
+            match parent[at] {
+                Some(j) if steps < n => (at, steps) = (j, steps + 1),
+                _ => break at,
+            }
+        };
+        let mut at = i;
+        while root[at].is_none() {
+            root[at] = Some(found);
+            match parent[at] {
+                Some(j) => at = j,
+                None => break,
+            }
+        }
+    }
+    let root: Vec<usize> = root
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| r.unwrap_or(i))
+        .collect();
+    let mut newest = std::collections::HashMap::new();
+    for (i, (saved, _)) in points.iter().enumerate() {
+        let e = newest.entry(root[i]).or_insert(*saved);
+        *e = (*e).max(*saved);
+    }
+    let mut order: Vec<usize> = (0..points.len()).collect();
+    order.sort_by(|&a, &b| {
+        let (a_saved, a_point) = &points[a];
+        let (b_saved, b_point) = &points[b];
+        newest[&root[b]]
+            .cmp(&newest[&root[a]])
+            .then(root[b].cmp(&root[a]))
+            .then(b_point.to.cmp(&a_point.to))
+            .then(b_saved.cmp(a_saved))
+            .then(b_point.time.cmp(&a_point.time))
+            .then(b_point.id.cmp(&a_point.id))
     });
+    let histories = newest.len();
+    let mut taken: Vec<Option<(jiff::Timestamp, Point)>> =
+        std::mem::take(points).into_iter().map(Some).collect();
+    points.extend(order.into_iter().filter_map(|i| taken[i].take()));
+    histories
+}
+
+/// Warns when the newest history's latest point is not the one that reaches furthest: the
+/// location holds points of another history (a home put back, or a copy) that `review` lists
+/// after it.
+fn warn_histories(list: &[Point], histories: usize) {
+    let (Some(first), true) = (list.first(), histories > 1) else {
+        return;
+    };
+    if let Some(further) = list.iter().filter(|p| p.to > first.to).max_by_key(|p| p.to) {
+        errln!(
+            "cairn: warning: the DR location holds points of {histories} histories that do not \
+             extend one another (a home put back to an older catalog, or a copy of it, wrote \
+             here): the latest saved, {} (up to change {}), comes first, and {} of another \
+             history reaches change {}; `cairn dr review` lists them, and --point chooses",
+            short(&first.id),
+            first.to,
+            short(&further.id),
+            further.to
+        );
+    }
 }
 
 /// The host side of the `catalog` interface, over the home's catalog.
@@ -1006,15 +1272,18 @@ async fn enable(
     config: &Config,
     previous: Option<&Config>,
     protection: Option<std::time::Duration>,
+    accept_points: bool,
 ) -> anyhow::Result<()> {
     let key = passphrase(&config.passphrase_from)?;
     let cluster_id = catalog.cluster_id().to_string();
     let url = location(&config.profile, &cluster_id).url().to_owned();
     open_or_init(&config.profile, &cluster_id, &key, protection).await?;
-    // After a run found another writer's points there, enabling again accepts them; a new
-    // chain then builds on none of them.
-    let accepted =
+    // After a run found another writer's points there, `--accept-points` accepts them; a new
+    // chain then builds on none of them. Only that flag: enabling again to change a setting
+    // (or a configuration tool enabling again) must not trust them unasked.
+    let conflict =
         load_meta::<Known>(catalog, KNOWN_KEY)?.is_some_and(|k| k.conflict && k.location == url);
+    let accepted = conflict && accept_points;
     let new_chain = accepted
         || previous.as_ref().is_none_or(|p| {
             p.mode != config.mode || !crate::same_repository(&p.profile, &config.profile)
@@ -1032,6 +1301,17 @@ async fn enable(
         outln!(
             "Accepted the DR points this home did not write in {url}; the next run starts a new \
              chain from change 0"
+        );
+    } else if conflict {
+        errln!(
+            "warning: DR runs into {url} still refuse: it holds DR points this home did not \
+             write (`cairn dr status` says when a run last failed). Give this home a location of \
+             its own (`cairn dr enable --profile <another location>`), or accept those points \
+             with `cairn dr enable --accept-points`"
+        );
+    } else if accept_points {
+        outln!(
+            "No DR points to accept: no DR run into {url} has found points this home did not write."
         );
     }
     outln!(
@@ -1161,6 +1441,12 @@ struct Summary {
     /// manifest is read again).
     #[serde(default)]
     exports: Option<Vec<String>>,
+    /// The manifest's `after` line.
+    #[serde(default)]
+    after: Option<String>,
+    /// Whether `after` was read (false in files of older versions: the manifest is read again).
+    #[serde(default)]
+    linked: bool,
 }
 
 /// What is in the DR location, as the artifacts a DR run gives the blueprint: the DR points
@@ -1189,13 +1475,15 @@ async fn stored_points(
     for (i, s) in manifests.iter().enumerate() {
         let mut artifact = point_artifact(format!("stored-{i}"), repo.id(), &s.id);
         let summary = match known.remove(&s.id) {
-            Some(summary) if summary.exports.is_some() => Some(summary),
+            Some(summary) if summary.exports.is_some() && summary.linked => Some(summary),
             // Unreadable here: the blueprint reads it, and reports it.
             _ => read_point(repo, &s.id).await.ok().map(|p| Summary {
                 from: p.from,
                 to: p.to,
                 time: p.time.as_second(),
                 exports: Some(p.export_ids),
+                after: p.after,
+                linked: true,
             }),
         };
         if let Some(summary) = summary {
@@ -1208,6 +1496,9 @@ async fn stored_points(
                     summary.exports.as_deref().unwrap_or_default().join(","),
                 ),
             ]);
+            if let Some(after) = &summary.after {
+                artifact.values.push(("after".into(), after.clone()));
+            }
             seen.insert(s.id.clone(), summary);
         }
         artifacts.push(artifact);
@@ -1833,6 +2124,7 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
             keep_yearly,
             max_chain,
             protection,
+            accept_points,
         } => {
             let catalog = crate::catalog::open(&home)?;
             // Enabling again changes what is given and keeps the rest: a new passphrase
@@ -1913,7 +2205,15 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                      the newest (--keep-last 1)",
                 ));
             }
-            enable(&home, &catalog, &config, previous.as_ref(), protection).await?;
+            enable(
+                &home,
+                &catalog,
+                &config,
+                previous.as_ref(),
+                protection,
+                accept_points,
+            )
+            .await?;
         }
         DrCommand::Disable => {
             let catalog = crate::catalog::open(&home)?;
@@ -1961,7 +2261,10 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                 .snapshots(&SnapshotFilter::new())
                 .await
                 .context("cannot list the DR location")?;
-            let mut known = check_writers(&catalog, &repo, &url, &snapshots).await?;
+            let Writers {
+                mut known,
+                unreadable,
+            } = check_writers(&catalog, &repo, &url, &snapshots).await?;
             let components = export_components(&home, &catalog, &repo, &snapshots).await?;
             let stored = stored_points(&home, &repo, &snapshots).await?;
             let owner = owns_maintenance(&catalog)?;
@@ -1979,13 +2282,17 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
             let excess = known.pending.len().saturating_sub(MAX_PENDING);
             known.pending.drain(..excess);
             catalog.set_meta(KNOWN_KEY, Some(&serde_json::to_string(&known)?))?;
-            params.push(("run-id".into(), run_id));
+            params.push(("run-id".into(), run_id.clone()));
+            if let Some(last) = &last {
+                params.push(("last-point".into(), last.point.clone()));
+            }
+            let exports = Arc::new(crate::exports::RepoExports::new(repo, url.clone(), None));
             let report = run_blueprint(
                 &home,
                 &path,
                 catalog.clone(),
                 config.mode,
-                Arc::new(crate::exports::RepoExports::new(repo, url, None)),
+                exports.clone(),
                 RunRequest {
                     action: "backup".into(),
                     params,
@@ -1995,6 +2302,7 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
             )
             .await?;
             if !report.ok {
+                forget_if_unsealed(&catalog, exports.repository(), &mut known, &run_id).await;
                 let error = report.error.as_deref().unwrap_or("unknown error");
                 if output == Output::Json {
                     print_json(&serde_json::json!({ "status": "failed", "error": error }))?;
@@ -2040,7 +2348,7 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                 .collect();
             let mut points: BTreeSet<String> = snapshots
                 .iter()
-                .filter(|s| s.source() == MANIFEST)
+                .filter(|s| s.source() == MANIFEST && !unreadable.contains(&s.id))
                 .map(|s| s.id.clone())
                 .chain([point.clone()])
                 .collect();
@@ -2433,6 +2741,25 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                     chosen.to
                 )));
             }
+            // A standby moved forward skips the changes it holds by number: the point must be
+            // built on the one it applied, or those numbers are another history's changes.
+            if let (Some(done), None) = (&finished, &unfinished)
+                && let Some(last) = &done.last_point
+                && let Some(at) = list.iter().position(|p| p.id == chosen.id)
+                && !history(&list, at).iter().any(|&i| &list[i].id == last)
+            {
+                return Err(usage(format!(
+                    "DR point {} is not built on DR point {}, which this home applied last: \
+                     cluster {} went on from another history (its catalog was put back, or a \
+                     copy's points were accepted), or the points between them are gone, and \
+                     applying it here would keep changes that history does not have. Restore it \
+                     into a fresh --home",
+                    short(&chosen.id),
+                    short(last),
+                    source.cluster_id
+                )));
+            }
+            let chain = chain_of(&list, &chosen)?;
             // A legacy point is a full copy, which only an empty catalog takes.
             if chosen.mode == "legacy" && changes > 0 && unfinished.is_none() {
                 return Err(usage(format!(
@@ -2451,11 +2778,7 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
             )?;
             let artifact = |name: String, p: &Point| point_artifact(name, repo.id(), &p.id);
             let mut artifacts = vec![artifact("point".into(), &chosen)];
-            for (i, p) in list
-                .iter()
-                .filter(|p| p.id != chosen.id && p.to <= chosen.from)
-                .enumerate()
-            {
+            for (i, p) in chain.into_iter().enumerate() {
                 artifacts.push(artifact(format!("candidate-{i}"), p));
             }
             let mode = parse_mode(&chosen.mode)
@@ -2510,6 +2833,7 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                 cluster_id: source.cluster_id.clone(),
                 passphrase_from: source.passphrase_from.clone(),
                 catalog_seq: Some(catalog.current_seq()?),
+                last_point: Some(chosen.id.clone()),
             };
             catalog.set_meta(SOURCE_KEY, Some(&serde_json::to_string(&source_record)?))?;
             catalog.set_meta(RESTORING_KEY, None)?;
@@ -2696,7 +3020,7 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                          turn DR on with `cairn dr enable`"
                     );
                 } else {
-                    match enable(&home, &catalog, &restored, None, None).await {
+                    match enable(&home, &catalog, &restored, None, None, false).await {
                         Ok(()) => outln!("the restored DR settings are enabled again"),
                         Err(e) => outln!(
                             "the restored DR settings were not enabled again ({}): turn DR on with `cairn dr enable`",
@@ -2708,6 +3032,33 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
         }
     }
     Ok(ExitCode::from(exit::OK))
+}
+
+/// After a DR run that failed: forgets its id `run` when the location holds no manifest of it
+/// (it sealed nothing, so no point of this home's carries it), keeping the ids of runs not
+/// recorded to those that may have sealed one. When that cannot be told, the id stays.
+async fn forget_if_unsealed(catalog: &Catalog, repo: &Repository, known: &mut Known, run: &str) {
+    let Ok(snapshots) = repo.snapshots(&SnapshotFilter::new()).await else {
+        return;
+    };
+    for s in snapshots
+        .iter()
+        .filter(|s| s.source() == MANIFEST && !known.points.contains(&s.id))
+    {
+        match read_point(repo, &s.id).await {
+            Ok(point) if point.run.as_deref() != Some(run) => {}
+            _ => return,
+        }
+    }
+    known.pending.retain(|id| id != run);
+    if let Ok(text) = serde_json::to_string(known)
+        && let Err(e) = catalog.set_meta(KNOWN_KEY, Some(&text))
+    {
+        errln!(
+            "cairn: warning: cannot record that the failed DR run sealed nothing: {}",
+            crate::one_line(&anyhow::Error::from(e))
+        );
+    }
 }
 
 fn check_cluster_id(id: &str) -> anyhow::Result<()> {
@@ -2736,6 +3087,7 @@ mod tests {
             export_ids: Vec::new(),
             cluster_id: "c".into(),
             run: None,
+            after: None,
             settings: None,
         };
         let at =
@@ -2748,5 +3100,49 @@ mod tests {
             newest_first(&mut points);
             assert_eq!(points[0].1.mode, "legacy", "ids {first} then {second}");
         }
+    }
+
+    /// r1 #3: the clock stepped back between two points of one history: the one that reaches
+    /// further comes first, linked by its `after` line or (older manifests) by change numbers;
+    /// between histories, the one saved last does.
+    #[test]
+    fn a_clock_stepped_back_does_not_put_an_older_point_of_a_history_first() {
+        let at = |s: i64| jiff::Timestamp::from_second(1_800_000_000 + s).expect("a time");
+        let point = |id: &str, from: u64, to: u64, s: i64, after: Option<&str>| {
+            (
+                at(s),
+                Point {
+                    id: id.into(),
+                    time: at(s),
+                    mode: "no-snapshot".into(),
+                    from,
+                    to,
+                    exports: 0,
+                    export_ids: Vec::new(),
+                    cluster_id: "c".into(),
+                    run: None,
+                    after: after.map(str::to_owned),
+                    settings: None,
+                },
+            )
+        };
+        for after in [Some("p1"), None] {
+            // p2 saved 55 minutes "before" p1, which it extends.
+            let mut points = vec![
+                point("p1", 0, 10, 3_300, None),
+                point("p2", 10, 20, 0, after),
+            ];
+            assert_eq!(newest_first(&mut points), 1);
+            assert_eq!(points[0].1.id, "p2", "after line {after:?}");
+        }
+        // A history put back: its point q1 covers fewer changes, but it is the newer history.
+        let mut points = vec![
+            point("p1", 0, 10, 0, None),
+            point("p2", 10, 20, 10, Some("p1")),
+            point("q1", 0, 12, 20, None),
+        ];
+        assert_eq!(newest_first(&mut points), 2);
+        let ids: Vec<&str> = points.iter().map(|(_, p)| p.id.as_str()).collect();
+        assert_eq!(ids, ["q1", "p2", "p1"]);
     }
 }

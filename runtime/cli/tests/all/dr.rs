@@ -1861,9 +1861,21 @@ fn a_copied_home_is_refused_before_its_points_mix_with_the_original() {
         policy_keys(&fresh),
         ["one", "original-again", "original-only", "two"]
     );
-    // The original is retired and the copy kept: enabling again there accepts the points it
-    // did not write, and its next run builds on none of them.
-    let out = enable(&copy, profile.path(), "no-snapshot", &[]);
+    // Enabling again to change a setting accepts nothing (r1 #4): the copy's runs still
+    // refuse, and both say how to accept.
+    let out = enable(&copy, profile.path(), "no-snapshot", &["--keep-daily", "3"]);
+    ok(&out);
+    assert!(!stdout(&out).contains("Accepted"), "{}", stdout(&out));
+    assert!(stderr(&out).contains("--accept-points"), "{}", stderr(&out));
+    refused_with(&dr_run(&copy), "cairn dr enable --accept-points");
+    // The original is retired and the copy kept: `--accept-points` there accepts the points
+    // it did not write, and its next run builds on none of them.
+    let out = enable(
+        &copy,
+        profile.path(),
+        "no-snapshot",
+        &["--keep-daily", "3", "--accept-points"],
+    );
     ok(&out);
     assert!(
         stdout(&out).contains("Accepted the DR points"),
@@ -1878,5 +1890,208 @@ fn a_copied_home_is_refused_before_its_points_mix_with_the_original() {
     assert_eq!(policy_keys(&fresh), ["copy-only", "one", "two"]);
     // The original, still running by mistake, is refused in turn.
     put(&original, "policy", "late");
+    refused_with(&dr_run(&original), "this home did not write");
+}
+
+/// The ids of the DR points `review` lists, with the change each reaches, newest first.
+fn reviewed(cairn: &Cairn, profile: &str, cluster_id: &str) -> Vec<(String, u64)> {
+    let out = review(cairn, profile, cluster_id, &["--output", "json"]);
+    ok(&out);
+    json(&out)
+        .as_array()
+        .expect("points")
+        .iter()
+        .map(|p| {
+            (
+                p["id"].as_str().expect("id").to_owned(),
+                p["to"].as_u64().expect("to"),
+            )
+        })
+        .collect()
+}
+
+/// r1 #1 and #2: a home's catalog put back to an older state, whose points are then accepted,
+/// leaves two histories that share change numbers in one location. A point of the retired
+/// history restores its own chain, not the new history's point that reaches the same change;
+/// a standby that applied the retired history refuses to move onto the new one.
+#[test]
+fn r1_a_catalog_put_back_keeps_the_two_histories_apart() {
+    let profile = tempfile::tempdir().expect("tempdir");
+    let profile_url = profile.path().to_str().expect("utf-8").to_owned();
+    let home = Cairn::new();
+    ok(&enable_without_gfs(
+        &home,
+        profile.path(),
+        "no-snapshot",
+        &["--keep-last", "100"],
+    ));
+    let cluster_id = cluster_id(&home);
+    put(&home, "policy", "a1");
+    put_and_run(&home, "a2");
+    let catalog = home.home.path().join("catalog.redb");
+    let kept = std::fs::read(&catalog).expect("read the catalog");
+    put(&home, "policy", "b1");
+    put_and_run(&home, "b2");
+    let standby = restored(profile.path(), &cluster_id);
+    let retired = put_and_run(&home, "c1");
+    // The catalog is put back; the home goes on with other changes under the same numbers.
+    std::fs::write(&catalog, kept).expect("put the catalog back");
+    put(&home, "policy", "x1");
+    put(&home, "policy", "x2");
+    refused_with(&dr_run(&home), "this home did not write");
+    ok(&enable(
+        &home,
+        profile.path(),
+        "no-snapshot",
+        &["--accept-points"],
+    ));
+    let run = put_and_run(&home, "x3");
+    assert_eq!(run["from"], 0, "a new chain: {run}");
+    put_and_run(&home, "y1");
+    // The retired history's last point, listed by review, restores as that history had it.
+    let point = retired["point"].as_str().expect("point").to_owned();
+    assert!(
+        reviewed(&home, &profile_url, &cluster_id)
+            .iter()
+            .any(|(id, _)| *id == point),
+        "review lists the retired history's point"
+    );
+    let fresh = Cairn::new();
+    ok(&restore(
+        &fresh,
+        &profile_url,
+        &cluster_id,
+        &["--point", &point],
+    ));
+    assert_eq!(policy_keys(&fresh), ["a1", "a2", "b1", "b2", "c1"]);
+    // The latest is the new history's.
+    let fresh = Cairn::new();
+    ok(&restore(&fresh, &profile_url, &cluster_id, &[]));
+    assert_eq!(policy_keys(&fresh), ["a1", "a2", "x1", "x2", "x3", "y1"]);
+    // The standby applied b1 b2, changes the new history numbers x1 x2 x3.
+    refused_with(
+        &restore(&standby, &profile_url, &cluster_id, &[]),
+        "is not built on",
+    );
+    assert_eq!(policy_keys(&standby), ["a1", "a2", "b1", "b2"]);
+}
+
+/// A standby still moves forward along its source's history, across a new chain.
+#[test]
+fn a_standby_moves_forward_across_a_new_chain() {
+    let (profile, source, _, _) =
+        runs("no-snapshot", &["--max-chain", "2", "--keep-last", "10"], 2);
+    let profile_url = profile.path().to_str().expect("utf-8").to_owned();
+    let cluster_id = cluster_id(&source);
+    let standby = restored(profile.path(), &cluster_id);
+    let run = put_and_run(&source, "p3");
+    assert_eq!(run["from"], 0, "a new chain: {run}");
+    put_and_run(&source, "p4");
+    ok(&restore(&standby, &profile_url, &cluster_id, &[]));
+    assert_eq!(policy_keys(&standby), ["p1", "p2", "p3", "p4"]);
+}
+
+/// r1 #5: a point sealed by a run that died before recording it stays this home's, however
+/// many runs fail after it (each of which keeps its id among the runs not recorded).
+#[test]
+fn r1_a_point_sealed_by_a_run_that_died_stays_this_homes() {
+    let (profile, home, _, _) = runs("no-snapshot", &["--keep-last", "100"], 1);
+    let profile_url = profile.path().to_str().expect("utf-8").to_owned();
+    let cluster_id = cluster_id(&home);
+    let snapshots = profile.path().join(&cluster_id).join("snapshots");
+    let listed = || -> std::collections::BTreeSet<String> {
+        std::fs::read_dir(&snapshots)
+            .expect("read dir")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    // Kill runs as soon as their manifest (the second snapshot: `minimal`, then `dr-point`)
+    // is there, until one dies before recording it.
+    let mut caught = None;
+    for i in 0..20 {
+        put(&home, "policy", &format!("killed-{i}"));
+        let before = listed();
+        let mut child = home
+            .command(&["dr", "run", "--blueprint", &dr_wasm()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("cairn runs");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let new = loop {
+            let new: Vec<String> = listed().difference(&before).cloned().collect();
+            if new.len() >= 2 || std::time::Instant::now() > deadline {
+                break new;
+            }
+            if child.try_wait().expect("wait").is_some() {
+                break listed().difference(&before).cloned().collect();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        };
+        let _ = child.kill();
+        let _ = child.wait();
+        let out = home.run(&["dr", "status", "--output", "json"]);
+        ok(&out);
+        let recorded = json(&out)["last_run"]["point"].as_str().map(str::to_owned);
+        if new.len() >= 2 && recorded.is_none_or(|p| !new.contains(&p)) {
+            caught = Some(i);
+            break;
+        }
+    }
+    let caught = caught.expect("a run killed after sealing its point, before recording it");
+    // More failed runs than the ids kept (a DR blueprint that is not one fails each after its
+    // id is kept).
+    let hello = hello_wasm();
+    for _ in 0..17 {
+        let out = home.run(&["dr", "run", "--blueprint", hello.to_str().expect("utf-8")]);
+        assert_ne!(out.status.code(), Some(0), "{}", stderr(&out));
+        assert!(!stderr(&out).contains("did not write"), "{}", stderr(&out));
+    }
+    put(&home, "policy", "last");
+    ok(&dr_run(&home));
+    let fresh = Cairn::new();
+    ok(&restore(&fresh, &profile_url, &cluster_id, &[]));
+    let keys = policy_keys(&fresh);
+    assert!(
+        keys.contains(&format!("killed-{caught}")) && keys.contains(&"last".to_owned()),
+        "{keys:?}"
+    );
+}
+
+/// r1 #6: another home's manifest that cannot be read when a run looks is not recorded as
+/// this home's: once it reads again, the next run refuses.
+#[test]
+fn r1_an_unreadable_manifest_is_not_taken_for_this_homes() {
+    let profile = tempfile::tempdir().expect("tempdir");
+    let original = Cairn::new();
+    let cluster_id = populated(&original, profile.path(), "no-snapshot");
+    let copy = Cairn::new();
+    let cp = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(original.home.path().join("."))
+        .arg(copy.home.path())
+        .status()
+        .expect("cp runs");
+    assert!(cp.success());
+    // The copy's point, its manifest's pack (written last) damaged.
+    let data = profile.path().join(&cluster_id).join("data");
+    let before = files_below(&data);
+    put_and_run(&copy, "copy-only");
+    let (pack, _) = files_below(&data)
+        .into_iter()
+        .filter(|(p, _)| !before.contains_key(p))
+        .max_by_key(|(_, mtime)| *mtime)
+        .expect("the manifest's pack");
+    let bytes = std::fs::read(&pack).expect("read");
+    let mut damaged = bytes.clone();
+    damaged[16] ^= 0xff;
+    std::fs::write(&pack, damaged).expect("damage");
+    put(&original, "policy", "original-only");
+    let out = dr_run(&original);
+    ok(&out);
+    assert!(stderr(&out).contains("not recorded"), "{}", stderr(&out));
+    std::fs::write(&pack, bytes).expect("mend");
+    put(&original, "policy", "original-again");
     refused_with(&dr_run(&original), "this home did not write");
 }
