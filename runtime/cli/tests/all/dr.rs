@@ -2034,7 +2034,10 @@ fn r1_a_point_sealed_by_a_run_that_died_stays_this_homes() {
         let out = home.run(&["dr", "status", "--output", "json"]);
         ok(&out);
         let recorded = json(&out)["last_run"]["point"].as_str().map(str::to_owned);
-        if new.len() >= 2 && recorded.is_none_or(|p| !new.contains(&p)) {
+        let sealed = reviewed(&home, &profile_url, &cluster_id)
+            .iter()
+            .any(|(id, _)| new.contains(id));
+        if sealed && recorded.is_none_or(|p| !new.contains(&p)) {
             caught = Some(i);
             break;
         }
