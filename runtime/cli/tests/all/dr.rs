@@ -1830,14 +1830,9 @@ fn policy_keys(cairn: &Cairn) -> Vec<String> {
     keys
 }
 
-#[test]
-fn a_copied_home_is_refused_before_its_points_mix_with_the_original() {
-    let profile = tempfile::tempdir().expect("tempdir");
-    let profile_url = profile.path().to_str().expect("utf-8").to_owned();
-    let original = Cairn::new();
-    let cluster_id = populated(&original, profile.path(), "no-snapshot");
-    // A copy of the whole home, as a cloned machine has: the same cluster id, the same
-    // settings, the same DR location.
+/// A copy of the whole home of `original`, as a cloned machine has: the same cluster id, the
+/// same settings, the same DR location.
+fn copy_of(original: &Cairn) -> Cairn {
     let copy = Cairn::new();
     let cp = std::process::Command::new("cp")
         .arg("-a")
@@ -1846,6 +1841,16 @@ fn a_copied_home_is_refused_before_its_points_mix_with_the_original() {
         .status()
         .expect("cp runs");
     assert!(cp.success());
+    copy
+}
+
+#[test]
+fn a_copied_home_is_refused_before_its_points_mix_with_the_original() {
+    let profile = tempfile::tempdir().expect("tempdir");
+    let profile_url = profile.path().to_str().expect("utf-8").to_owned();
+    let original = Cairn::new();
+    let cluster_id = populated(&original, profile.path(), "no-snapshot");
+    let copy = copy_of(&original);
     put(&original, "policy", "original-only");
     ok(&dr_run(&original));
     put(&copy, "policy", "copy-only");
@@ -2069,14 +2074,7 @@ fn r1_an_unreadable_manifest_is_not_taken_for_this_homes() {
     let profile = tempfile::tempdir().expect("tempdir");
     let original = Cairn::new();
     let cluster_id = populated(&original, profile.path(), "no-snapshot");
-    let copy = Cairn::new();
-    let cp = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(original.home.path().join("."))
-        .arg(copy.home.path())
-        .status()
-        .expect("cp runs");
-    assert!(cp.success());
+    let copy = copy_of(&original);
     // The copy's point, its manifest's pack (written last) damaged.
     let data = profile.path().join(&cluster_id).join("data");
     let before = files_below(&data);
