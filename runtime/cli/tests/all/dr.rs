@@ -2096,3 +2096,49 @@ fn r1_an_unreadable_manifest_is_not_taken_for_this_homes() {
     put(&original, "policy", "original-again");
     refused_with(&dr_run(&original), "this home did not write");
 }
+
+/// r1 #7: a manifest over the DR blueprint's bound (1 MiB) is not read into memory: `review`
+/// says so and lists the other points.
+#[test]
+fn r1_an_oversized_manifest_is_refused_not_read() {
+    let (profile, home, _, _) = runs("no-snapshot", &[], 1);
+    let profile_url = profile.path().to_str().expect("utf-8").to_owned();
+    let cluster_id = cluster_id(&home);
+    let location = format!("{profile_url}/{cluster_id}");
+    let mut child = home
+        .command(&[
+            "repo",
+            "backup",
+            "-",
+            "--stdin-name",
+            "dr-point",
+            "--repo",
+            &location,
+        ])
+        .env("CAIRN_PASSPHRASE", PASSPHRASE.trim_start_matches("raw:"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("cairn runs");
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().expect("stdin");
+        let mut big = b"cairn-dr-point 1\n".to_vec();
+        big.resize(2 << 20, b'x');
+        stdin.write_all(&big).expect("write");
+    }
+    assert!(child.wait().expect("wait").success());
+    let out = review(&home, &profile_url, &cluster_id, &["--output", "json"]);
+    ok(&out);
+    assert!(
+        stderr(&out).contains("over 1048576 bytes"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        json(&out).as_array().map(Vec::len),
+        Some(1),
+        "{}",
+        stdout(&out)
+    );
+}
