@@ -899,7 +899,7 @@ mod tests {
         ));
     }
 
-    /// r1 #1: a point of a retired history (a home put back to an older catalog, whose new
+    /// A point of a retired history (a home put back to an older catalog, whose new
     /// points were accepted) is restored with its own chain, not the newer history's point
     /// that reaches the same change.
     #[test]

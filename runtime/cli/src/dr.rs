@@ -3102,7 +3102,7 @@ mod tests {
         }
     }
 
-    /// r1 #3: the clock stepped back between two points of one history: the one that reaches
+    /// The clock stepped back between two points of one history: the one that reaches
     /// further comes first, linked by its `after` line or (older manifests) by change numbers;
     /// between histories, the one saved last does.
     #[test]

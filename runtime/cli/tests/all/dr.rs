@@ -1866,7 +1866,7 @@ fn a_copied_home_is_refused_before_its_points_mix_with_the_original() {
         policy_keys(&fresh),
         ["one", "original-again", "original-only", "two"]
     );
-    // Enabling again to change a setting accepts nothing (r1 #4): the copy's runs still
+    // Enabling again to change a setting accepts nothing: the copy's runs still
     // refuse, and both say how to accept.
     let out = enable(&copy, profile.path(), "no-snapshot", &["--keep-daily", "3"]);
     ok(&out);
@@ -1915,12 +1915,12 @@ fn reviewed(cairn: &Cairn, profile: &str, cluster_id: &str) -> Vec<(String, u64)
         .collect()
 }
 
-/// r1 #1 and #2: a home's catalog put back to an older state, whose points are then accepted,
+/// A home's catalog put back to an older state, whose points are then accepted,
 /// leaves two histories that share change numbers in one location. A point of the retired
 /// history restores its own chain, not the new history's point that reaches the same change;
 /// a standby that applied the retired history refuses to move onto the new one.
 #[test]
-fn r1_a_catalog_put_back_keeps_the_two_histories_apart() {
+fn a_catalog_put_back_keeps_the_two_histories_apart() {
     let profile = tempfile::tempdir().expect("tempdir");
     let profile_url = profile.path().to_str().expect("utf-8").to_owned();
     let home = Cairn::new();
@@ -1996,10 +1996,10 @@ fn a_standby_moves_forward_across_a_new_chain() {
     assert_eq!(policy_keys(&standby), ["p1", "p2", "p3", "p4"]);
 }
 
-/// r1 #5: a point sealed by a run that died before recording it stays this home's, however
+/// A point sealed by a run that died before recording it stays this home's, however
 /// many runs fail after it (each of which keeps its id among the runs not recorded).
 #[test]
-fn r1_a_point_sealed_by_a_run_that_died_stays_this_homes() {
+fn a_point_sealed_by_a_run_that_died_stays_this_homes() {
     let (profile, home, _, _) = runs("no-snapshot", &["--keep-last", "100"], 1);
     let profile_url = profile.path().to_str().expect("utf-8").to_owned();
     let cluster_id = cluster_id(&home);
@@ -2067,10 +2067,10 @@ fn r1_a_point_sealed_by_a_run_that_died_stays_this_homes() {
     );
 }
 
-/// r1 #6: another home's manifest that cannot be read when a run looks is not recorded as
+/// Another home's manifest that cannot be read when a run looks is not recorded as
 /// this home's: once it reads again, the next run refuses.
 #[test]
-fn r1_an_unreadable_manifest_is_not_taken_for_this_homes() {
+fn an_unreadable_manifest_is_not_taken_for_this_homes() {
     let profile = tempfile::tempdir().expect("tempdir");
     let original = Cairn::new();
     let cluster_id = populated(&original, profile.path(), "no-snapshot");
@@ -2097,10 +2097,10 @@ fn r1_an_unreadable_manifest_is_not_taken_for_this_homes() {
     refused_with(&dr_run(&original), "this home did not write");
 }
 
-/// r1 #7: a manifest over the DR blueprint's bound (1 MiB) is not read into memory: `review`
+/// A manifest over the DR blueprint's bound (1 MiB) is not read into memory: `review`
 /// says so and lists the other points.
 #[test]
-fn r1_an_oversized_manifest_is_refused_not_read() {
+fn an_oversized_manifest_is_refused_not_read() {
     let (profile, home, _, _) = runs("no-snapshot", &[], 1);
     let profile_url = profile.path().to_str().expect("utf-8").to_owned();
     let cluster_id = cluster_id(&home);
