@@ -93,7 +93,9 @@ pub struct RestorePoint {
     pub action_id: String,
     /// What was backed up.
     pub target: Target,
-    /// When it was recorded.
+    /// When the run that made it started (what the application held then; retention counts
+    /// it in that day). Points recorded before 2026-12-07 hold when they were recorded, their
+    /// run's end.
     pub created: Timestamp,
     /// The artifacts the run produced.
     #[serde(default)]
