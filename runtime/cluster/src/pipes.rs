@@ -87,7 +87,9 @@ pub(crate) fn pipefail(codes: impl IntoIterator<Item = i32>) -> Option<i32> {
 /// program has ended. `stdin_bytes` counts what was fed. When reading the stdin source fails,
 /// `cut` is called before the command's stdin closes: it kills the command where it can, which
 /// would otherwise read the end of its input and might act on a truncated one (`psql
-/// --single-transaction` commits at the end of its input).
+/// --single-transaction` commits at the end of its input). A failure reading the output or
+/// writing its sink returns at once, without waiting for `exit`: the caller then ends the
+/// command (kills it, or closes its exec).
 pub(crate) async fn drive(
     pipes: Pipes,
     stdin: Stdin,
@@ -154,7 +156,7 @@ pub(crate) async fn drive(
         }
     };
 
-    let err = futures::future::join_all(stderrs.into_iter().map(|pipe| async move {
+    let err = futures::future::try_join_all(stderrs.into_iter().map(|pipe| async move {
         let Some(mut pipe) = pipe else {
             return Ok(Captured::default());
         };
@@ -165,18 +167,20 @@ pub(crate) async fn drive(
     }));
 
     let io = async {
-        let (out, errs, code) = tokio::join!(out, err, exit);
-        let out = out?;
+        // The first failure ends the wait: a stdout sink that failed (an object store down, a
+        // full disk) must not wait for the command to end, which may take the whole phase
+        // (a 500 GB dump into nowhere) while the application stays quiesced. The caller then
+        // drops the command's pipes, so it gets EPIPE on its next write, as in a shell.
+        let (out, errs, code) = tokio::try_join!(out, err, exit)?;
         // One stderr, the programs' in order, within the one limit.
         let mut err = Captured::default();
         for e in errs {
-            let e = e?;
             let room = limit.saturating_sub(err.bytes.len());
             err.truncated |= e.truncated || e.bytes.len() > room;
             err.bytes
                 .extend_from_slice(&e.bytes[..e.bytes.len().min(room)]);
         }
-        Ok::<_, StreamFailure>((out, err, code?))
+        Ok::<_, StreamFailure>((out, err, code))
     };
 
     // Stdin is fed beside the output, but the command's end does not wait for the source of
