@@ -7,8 +7,10 @@
 //!   program in the same container, its pipes joined through Cairn, so no shell is needed in
 //!   the image. Extra environment variables are passed through `env(1)`, which must be in the
 //!   image. Closing a command's stdin takes the `v5.channel.k8s.io` protocol, on by default
-//!   since Kubernetes 1.30; with older API servers a command that reads stdin is refused before
-//!   any input is sent (its exit status would be lost with the connection). At the
+//!   since Kubernetes 1.30; with older API servers a command that reads stdin, and a pipeline,
+//!   are refused before anything starts (the command would see its input end at once, and its
+//!   exit status would be lost with the connection): whether the server can is learned once,
+//!   from an exec of a program that does not exist. At the
 //!   deadline Cairn closes the exec; Kubernetes gives no way to kill what it started, so a
 //!   command that ignores the end of its input runs on in the container.
 //! - **Scale** uses the workloads' `scale` subresource. A scale-down returns once the pods it
@@ -111,6 +113,9 @@ const SNAPSHOT_GROUP: &str = "snapshot.storage.k8s.io";
 pub struct KubeCluster {
     client: kube::Client,
     snapshot_class: Option<String>,
+    /// Whether the API server's exec can close a command's stdin, once a command that needs
+    /// it has asked.
+    closes_stdin: std::sync::Arc<tokio::sync::OnceCell<bool>>,
 }
 
 impl std::fmt::Debug for KubeCluster {
@@ -376,6 +381,7 @@ impl KubeCluster {
         Self {
             client,
             snapshot_class: None,
+            closes_stdin: Default::default(),
         }
     }
 
@@ -561,8 +567,10 @@ impl KubeCluster {
         argvs: Vec<Vec<String>>,
         has_stdin: bool,
     ) -> std::result::Result<Started, kube::Error> {
+        // The last program first: the ones after the first read stdin, and should their exec
+        // be refused (no `v5`) the first, which may read none, has not started.
         let mut procs = Vec::with_capacity(argvs.len());
-        for (i, argv) in argvs.into_iter().enumerate() {
+        for (i, argv) in argvs.into_iter().enumerate().rev() {
             let params = AttachParams::default()
                 .container(container)
                 .stdin(i > 0 || has_stdin)
@@ -570,6 +578,7 @@ impl KubeCluster {
                 .stderr(true);
             procs.push(Exec::start(&self.client, namespace, pod, argv, &params).await?);
         }
+        procs.reverse();
         let statuses: Vec<Shared<BoxFuture<'static, Option<Status>>>> = procs
             .iter_mut()
             .map(|p| match p.take_status() {
@@ -607,6 +616,21 @@ impl KubeCluster {
         })
     }
 
+    /// Whether the API server's exec can close a command's stdin; asked once.
+    async fn exec_closes_stdin(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: &str,
+    ) -> std::result::Result<bool, kube::Error> {
+        self.closes_stdin
+            .get_or_try_init(|| {
+                crate::ws_exec::closes_stdin(&self.client, namespace, pod, container)
+            })
+            .await
+            .copied()
+    }
+
     /// Runs the request's pipeline in `container` of `pod`.
     async fn run_in(
         &self,
@@ -637,6 +661,20 @@ impl KubeCluster {
         );
         let has_stdin = !matches!(request.stdin, crate::Stdin::Empty);
         let run = async {
+            // Refused before anything starts: a command started with stdin on an API server
+            // that cannot close it would see its stdin end at once and run on (`rm -rf DIR/*
+            // && cat > DIR/dump` would run its first half).
+            if (has_stdin || argvs.len() > 1)
+                && !self
+                    .exec_closes_stdin(&workload.namespace, pod, container)
+                    .await
+                    .map_err(|e| api_error(format!("starting {what}"), e))?
+            {
+                return Err(failed(
+                    format!("starting {what}"),
+                    no_stream_close(has_stdin, argvs.len()),
+                ));
+            }
             let started = self
                 .start(&workload.namespace, pod, container, argvs, has_stdin)
                 .await
@@ -1291,6 +1329,28 @@ fn relay(
         Ok(())
     }
     .boxed()
+}
+
+/// Why a command that needs its stdin closed cannot run on an API server without `v5`: one
+/// that reads stdin (`has_stdin`), or a pipeline of `programs`, whose programs after the first
+/// read the one before's output through Cairn.
+fn no_stream_close(has_stdin: bool, programs: usize) -> String {
+    let needs = if has_stdin {
+        "the command reads stdin".to_owned()
+    } else {
+        format!(
+            "the pipeline's {programs} programs are joined through Cairn, each after the first \
+             reading the output of the one before as its stdin (or run the pipeline in a shell \
+             of the image, `sh -c 'a | b'`, as one program)"
+        )
+    };
+    format!(
+        "nothing was started: this API server's exec cannot close a command's stdin (it does \
+         not speak v5.channel.k8s.io: Kubernetes before 1.30, or 1.29 without the \
+         TranslateStreamCloseWebsocketRequests feature gate), so a command could not tell the \
+         end of its input nor report how it ended, and {needs}; upgrade the cluster to 1.30 or \
+         later"
+    )
 }
 
 /// A program's exit code from the status its exec ended with.

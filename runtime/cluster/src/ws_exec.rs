@@ -32,6 +32,35 @@ const STDIN_MESSAGE: usize = 32 * 1024;
 /// closed by a proxy.
 const PING_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// What a protocol probe asks the container to run: a path no image has, so nothing starts
+/// (the container runtime answers "no such file" once the connection is made).
+const PROBE: &str = "/nonexistent/cairn-exec-protocol-probe";
+
+/// Whether this API server's exec can close a command's stdin (`v5.channel.k8s.io`: Kubernetes
+/// 1.30 and later, or 1.29 with the `TranslateStreamCloseWebsocketRequests` feature gate),
+/// learned from an exec without stdin of a program that does not exist: the protocol is agreed
+/// on when the connection is made, which is when a real command would already start.
+pub(crate) async fn closes_stdin(
+    client: &kube::Client,
+    namespace: &str,
+    pod: &str,
+    container: &str,
+) -> Result<bool, kube::Error> {
+    let params = AttachParams::default()
+        .container(container)
+        .stdin(false)
+        .stdout(true)
+        .stderr(false);
+    let mut request = kube::core::Request::new(format!("/api/v1/namespaces/{namespace}/pods"))
+        .exec(pod, vec![PROBE.to_owned()], &params)
+        .map_err(kube::Error::BuildRequest)?;
+    request.extensions_mut().insert("exec");
+    let connection = client.connect(request).await?;
+    let closes = connection.supports_stream_close();
+    let _ = connection.into_stream().close(None).await;
+    Ok(closes)
+}
+
 /// A command started by exec: its pipes (those asked for), and its status once it ends.
 pub(crate) struct Exec {
     stdin: Option<WriteHalf<SimplexStream>>,
@@ -58,7 +87,9 @@ impl Exec {
         let closes_stdin = connection.supports_stream_close();
         // Without `v5` the end of stdin can be told only by closing the connection, which
         // loses the command's exit status: a command that read all of its input (a restore
-        // that committed) would be reported failed. Refused before a byte is sent.
+        // that committed) would be reported failed. The caller asks [`closes_stdin`] before
+        // starting anything; this is the last guard, which comes after the command started
+        // (it then sees its stdin end at once).
         if params.stdin && !closes_stdin {
             let _ = connection.into_stream().close(None).await;
             return Err(kube::Error::Service(Box::new(std::io::Error::other(

@@ -137,6 +137,31 @@ async fn exec_without_stream_close_refuses_stdin_and_runs_the_rest() {
     cat.stdin = Stdin::Bytes(b"a restore".to_vec());
     let e = cluster.exec(&db(), cat).await.expect_err("refused");
     assert!(e.to_string().contains("1.30 or later"), "{e}");
+
+    // Refused before it starts: started, it would see its stdin end at once and run on, its
+    // destructive half done and its data half reading nothing.
+    let dir = tempfile::tempdir().expect("a directory");
+    let wiped = dir.path().join("wiped");
+    let script = format!("touch {}; cat > /dev/null", wiped.display());
+    let mut restore = request(&["sh", "-c", &script]);
+    restore.stdin = Stdin::Bytes(b"a restore".to_vec());
+    let e = cluster.exec(&db(), restore).await.expect_err("refused");
+    assert!(e.to_string().contains("nothing was started"), "{e}");
+    assert!(!wiped.exists(), "the refused command ran");
+
+    // A pipeline without stdin of its own needs it closed between its programs: refused
+    // before its first program runs, and told so.
+    let dumped = dir.path().join("dumped");
+    let script = format!("touch {}; echo data", dumped.display());
+    let mut pipeline = request(&["sh", "-c", &script]);
+    pipeline.then = vec![vec!["cat".to_owned()]];
+    let e = cluster.exec(&db(), pipeline).await.expect_err("refused");
+    let message = e.to_string();
+    assert!(
+        message.contains("pipeline") && !message.contains("reads stdin"),
+        "{message}"
+    );
+    assert!(!dumped.exists(), "the pipeline's first program ran");
 }
 
 #[tokio::test]
