@@ -505,8 +505,16 @@ impl KubeCluster {
 
     /// What the seam knows of a found workload: its pods and its claims.
     async fn describe(&self, namespace: &str, found: &Found) -> Result<Workload> {
+        Ok(self.inspect(namespace, found).await?.0)
+    }
+
+    /// [`KubeCluster::describe`], and the running pods its selector matches that no controller
+    /// owns (made by hand, a debug copy): not its replicas, as neither a ReplicaSet (which
+    /// selects on `pod-template-hash` too) nor a StatefulSet (which takes only pods named by
+    /// its ordinals) adopts them, but named where they may explain a refusal.
+    async fn inspect(&self, namespace: &str, found: &Found) -> Result<(Workload, Vec<String>)> {
         let reference = WorkloadRef::new(namespace, &found.name);
-        let pods = match found.selector.as_ref().map(selector_query).transpose()? {
+        let matched = match found.selector.as_ref().map(selector_query).transpose()? {
             // An empty selector would match every pod of the namespace: it has none of its own.
             None => Vec::new(),
             Some(query) if query.is_empty() => Vec::new(),
@@ -517,10 +525,18 @@ impl KubeCluster {
                 .map_err(|e| api_error(format!("listing the pods of {reference}"), e))?
                 .items
                 .into_iter()
-                .filter(|p| !ended(p) && !controlled_elsewhere(p, found))
-                .map(pod_of)
+                .filter(|p| !ended(p))
                 .collect(),
         };
+        let mut pods = Vec::new();
+        let mut orphans = Vec::new();
+        for pod in matched {
+            match owned_by(&pod, found) {
+                Some(true) => pods.push(pod_of(pod)),
+                Some(false) => {}
+                None => orphans.extend(pod.metadata.name),
+            }
+        }
         let mut claims = found.claims.clone();
         if !found.claim_templates.is_empty() {
             let existing = self
@@ -543,7 +559,7 @@ impl KubeCluster {
         }
         claims.sort();
         claims.dedup();
-        Ok(Workload {
+        let workload = Workload {
             reference,
             kind: found.kind,
             replicas: found.replicas,
@@ -555,7 +571,8 @@ impl KubeCluster {
                 .collect(),
             labels: found.labels.clone(),
             left_stopped: None,
-        })
+        };
+        Ok((workload, orphans))
     }
 
     /// Starts one exec per program of the pipeline and joins their pipes.
@@ -1410,20 +1427,30 @@ fn selector_query(selector: &LabelSelector) -> Result<String> {
     Ok(terms.join(","))
 }
 
-/// Whether `pod`, though the workload's selector matches it, is another controller's: one of
-/// another workload whose selector overlaps (a `db` and a `db-canary` both selecting `app: db`),
-/// or a Job's. A pod with no controller (made by hand) is counted, as Kubernetes' own
-/// controllers would adopt it.
-fn controlled_elsewhere(pod: &KubePod, found: &Found) -> bool {
-    let Some(owner) = pod
+/// A note naming the pods a workload's selector matches that no controller owns, for
+/// messages about its pods: empty when there are none.
+fn orphans_note(orphans: &[String]) -> String {
+    if orphans.is_empty() {
+        return String::new();
+    }
+    format!(
+        "; pod(s) {} match its selector but no controller owns them (made by hand, or a debug \
+         copy): they are not its replicas and Cairn runs nothing in them",
+        orphans.join(", ")
+    )
+}
+
+/// Whether `pod`, which the workload's selector matches, is the workload's: `Some(false)` for
+/// another controller's (another workload whose selector overlaps, a `db` and a `db-canary`
+/// both selecting `app: db`, or a Job's), `None` for a pod no controller owns (made by hand),
+/// which Kubernetes' controllers do not adopt either.
+fn owned_by(pod: &KubePod, found: &Found) -> Option<bool> {
+    let owner = pod
         .metadata
         .owner_references
         .iter()
         .flatten()
-        .find(|o| o.controller == Some(true))
-    else {
-        return false;
-    };
+        .find(|o| o.controller == Some(true))?;
     let ours = match found.kind {
         WorkloadKind::StatefulSet => owner.kind == "StatefulSet" && owner.name == found.name,
         // A Deployment's pods belong to its ReplicaSets, `NAME-HASH`, the pods labelled with
@@ -1445,7 +1472,7 @@ fn controlled_elsewhere(pod: &KubePod, found: &Found) -> bool {
         }
         WorkloadKind::Other => owner.name == found.name,
     };
-    !ours
+    Some(ours)
 }
 
 /// Whether `pod` has ended (Succeeded or Failed): an evicted pod, or one whose node shut down,
@@ -1723,7 +1750,7 @@ impl Cluster for KubeCluster {
         request.stages()?;
         request.checked_env()?;
         let found = self.find(workload).await?;
-        let described = self.describe(&workload.namespace, &found).await?;
+        let (described, orphans) = self.inspect(&workload.namespace, &found).await?;
         let pod = match &request.pod {
             Some(name) => match described.pods.iter().find(|p| &p.name == name) {
                 Some(pod) if pod.ready => pod,
@@ -1731,6 +1758,20 @@ impl Cluster for KubeCluster {
                     return Err(Error::Invalid(format!(
                         "pod {name} of workload {workload} is not ready; wait for it or leave \
                          the pod unnamed to use a ready one"
+                    )));
+                }
+                None if orphans.contains(name) => {
+                    return Err(Error::Invalid(format!(
+                        "pod {name} matches the selector of workload {workload} but no \
+                         controller owns it (made by hand, or a debug copy), so it is not one \
+                         of the workload's replicas; name one of its pods ({}) or leave the \
+                         pod unnamed",
+                        described
+                            .pods
+                            .iter()
+                            .map(|p| p.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     )));
                 }
                 None => {
@@ -1753,8 +1794,10 @@ impl Cluster for KubeCluster {
                     name: format!("a ready pod of {workload}"),
                     hint: format!(
                         "; workload {workload} has {} of {} replicas ready: scale it up or wait \
-                         for it",
-                        described.ready_replicas, described.replicas
+                         for it{}",
+                        described.ready_replicas,
+                        described.replicas,
+                        orphans_note(&orphans)
                     ),
                 })?,
         };
@@ -1840,7 +1883,7 @@ impl Cluster for KubeCluster {
             loop {
                 let found = self.find(workload).await?;
                 let observed = found.observed;
-                let w = self.describe(&workload.namespace, &found).await?;
+                let (w, orphans) = self.inspect(&workload.namespace, &found).await?;
                 let settled = observed
                     && w.ready_replicas == w.replicas
                     && w.pods.len() == w.replicas as usize
@@ -1848,7 +1891,7 @@ impl Cluster for KubeCluster {
                 if settled {
                     return Ok(w);
                 }
-                last = Some(w);
+                last = Some((w, orphans));
                 tokio::time::sleep(POLL).await;
             }
         };
@@ -1856,11 +1899,12 @@ impl Cluster for KubeCluster {
             Ok(result) => result,
             Err(_) => Err(Error::TimedOut {
                 what: match last {
-                    Some(w) => format!(
-                        "waiting for {workload} to be ready ({} of {} replicas ready, {} pods)",
+                    Some((w, orphans)) => format!(
+                        "waiting for {workload} to be ready ({} of {} replicas ready, {} pods{})",
                         w.ready_replicas,
                         w.replicas,
-                        w.pods.len()
+                        w.pods.len(),
+                        orphans_note(&orphans)
                     ),
                     None => format!("waiting for {workload} to be ready"),
                 },

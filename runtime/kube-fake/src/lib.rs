@@ -90,6 +90,10 @@ impl State {
     }
 }
 
+/// The `pod-template-hash` of every Deployment's pods, and the suffix of the ReplicaSet that
+/// owns them.
+pub const TEMPLATE_HASH: &str = "5d9c7f";
+
 /// Bytes of the send and receive buffers of the server's sockets.
 const SOCKET_BUFFER: u32 = 16 * 1024;
 
@@ -801,14 +805,26 @@ fn store(state: &mut State, collection: &str, mut object: Value) -> Value {
         state
             .stopping
             .retain(|(c, pod, _)| *c != collection_of_pods || !wanted.contains(pod));
+        // Owned as the controllers own theirs: a StatefulSet its pods, a Deployment's through
+        // its ReplicaSet `NAME-HASH`, which labels them with the hash.
+        let template = &object["spec"]["template"];
+        let mut labels = template["metadata"]["labels"].clone();
+        let owner = if collection.ends_with("/deployments") {
+            labels["pod-template-hash"] = json!(TEMPLATE_HASH);
+            json!({ "apiVersion": "apps/v1", "kind": "ReplicaSet",
+                    "name": format!("{name}-{TEMPLATE_HASH}"), "uid": "uid-rs",
+                    "controller": true })
+        } else {
+            json!({ "apiVersion": "apps/v1", "kind": "StatefulSet", "name": name,
+                    "uid": object["metadata"]["uid"], "controller": true })
+        };
         let pods = state.objects.entry(collection_of_pods).or_default();
         for i in 0..replicas {
-            let template = &object["spec"]["template"];
             pods.insert(
                 format!("{name}-{i}"),
                 json!({
                     "metadata": { "name": format!("{name}-{i}"), "namespace": ns,
-                                  "labels": template["metadata"]["labels"] },
+                                  "labels": labels, "ownerReferences": [owner] },
                     "spec": template["spec"],
                     "status": { "phase": "Running",
                                 "conditions": [{ "type": "Ready", "status": "True" }] },

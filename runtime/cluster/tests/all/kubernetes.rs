@@ -723,6 +723,53 @@ async fn a_replaced_claims_volume_is_kept_until_the_new_claim_is_bound() {
     );
 }
 
+/// Pods the selector matches that no controller owns (`kubectl run pg-client -l app=db`, a
+/// debug copy) are not the workload's replicas: readiness settles without them, a scale-down
+/// does not wait for them, and no command runs in them; refusals name them.
+#[tokio::test]
+async fn pods_no_controller_owns_are_not_replicas() {
+    let (api, cluster) = shop().await;
+    api.put(
+        "/api/v1/namespaces/shop/pods",
+        json!({ "metadata": { "name": "pg-client", "labels": { "app": "db" } },
+                "spec": { "containers": [{ "name": "postgres", "image": "postgres" }] } }),
+    );
+    let w = tokio::time::timeout(
+        Duration::from_secs(5),
+        cluster.wait_ready(&db(), TEST_TIMEOUT),
+    )
+    .await
+    .expect("settled without the orphan")
+    .expect("ready");
+    let pods: Vec<&str> = w.pods.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(pods, ["db-0", "db-1"]);
+    let mut named = request(&["true"]);
+    named.pod = Some("pg-client".to_owned());
+    match cluster.exec(&db(), named).await {
+        Err(Error::Invalid(message)) => {
+            assert!(message.contains("no controller owns it"), "{message}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let started = std::time::Instant::now();
+    assert_eq!(cluster.scale(&db(), 0).await.expect("scale"), 2);
+    assert!(started.elapsed() < Duration::from_secs(30));
+    cluster
+        .snapshot(&db(), "data-db-0")
+        .await
+        .expect("a snapshot of the stopped set");
+    match cluster.exec(&db(), request(&["true"])).await {
+        Err(e @ Error::NotFound { .. }) => {
+            let message = e.to_string();
+            assert!(
+                message.contains("pg-client") && message.contains("no controller owns"),
+                "{message}"
+            );
+        }
+        other => panic!("expected no pod to run in, got {other:?}"),
+    }
+}
+
 /// A snapshot returns once it is cut (the point in time taken), while a cloud may still copy
 /// it: a quiesced workload need not wait for the copy. Being ready to restore from is waited on
 /// apart (a restore waits for it too).
@@ -765,7 +812,9 @@ async fn a_snapshot_returns_once_cut_and_readiness_is_waited_on_apart() {
     api.put(
         "/api/v1/namespaces/shop/pods",
         json!({
-            "metadata": { "name": "db-0", "namespace": "shop", "labels": { "app": "db" } },
+            "metadata": { "name": "db-0", "namespace": "shop", "labels": { "app": "db" },
+                          "ownerReferences": [{ "apiVersion": "apps/v1", "kind": "StatefulSet",
+                                                "name": "db", "uid": "u", "controller": true }] },
             "spec": { "containers": [{ "name": "postgres", "image": "postgres" }] },
         }),
     );
