@@ -188,8 +188,9 @@ impl KubeCluster {
     /// its reclaim policy set to Retain, so the data it holds outlives the claim until the new
     /// one is bound (a failed provisioning would otherwise leave neither). The volume's name
     /// and the policy to put back; `None` when there is nothing to keep (no bound volume, one
-    /// retained already) or Cairn may not read or change volumes (warned: the claim is then
-    /// replaced as it was before, the old data going with it).
+    /// retained already, one whose `claimRef` is not this claim) or Cairn may not read or change
+    /// volumes (warned: the claim is then replaced as it was before, the old data going with
+    /// it).
     async fn keep_volume(&self, claim: &PersistentVolumeClaim) -> Result<Option<(String, String)>> {
         let Some(name) = claim
             .spec
@@ -219,6 +220,26 @@ impl KubeCluster {
             }
             Err(e) => return Err(api_error(format!("reading volume {name}"), e)),
         };
+        // Only the claim's own volume: a claim names any volume it likes in `volumeName`
+        // (whoever may create claims in a protected namespace), and Cairn's cluster-wide patch
+        // on volumes must not change another namespace's on its word.
+        let bound_back = volume
+            .spec
+            .as_ref()
+            .and_then(|s| s.claim_ref.as_ref())
+            .is_some_and(|r| {
+                r.namespace.as_deref() == claim.metadata.namespace.as_deref()
+                    && r.name.as_deref() == claim.metadata.name.as_deref()
+                    && (r.uid.is_none()
+                        || claim.metadata.uid.is_none()
+                        || r.uid == claim.metadata.uid)
+            });
+        if !bound_back {
+            tracing::warn!(claim = %of, volume = %name,
+                "the volume the claim names is not bound to it (its claimRef names another \
+                 claim, or none): left as it is, and not kept while the claim is replaced");
+            return Ok(None);
+        }
         let policy = volume
             .spec
             .and_then(|s| s.persistent_volume_reclaim_policy)

@@ -671,15 +671,18 @@ async fn a_replaced_claims_volume_is_kept_until_the_new_claim_is_bound() {
     let claims = "/api/v1/namespaces/shop/persistentvolumeclaims";
     let bind_to_volume = || {
         api.remove(volumes, "pv-data");
-        api.put(
-            volumes,
-            json!({ "metadata": { "name": "pv-data" },
-                    "spec": { "persistentVolumeReclaimPolicy": "Delete" } }),
-        );
         let mut claim = api.get(claims, "data-db-0").expect("the claim");
         claim["spec"]["volumeName"] = json!("pv-data");
         api.remove(claims, "data-db-0");
         api.put(claims, claim);
+        let uid = api.get(claims, "data-db-0").expect("the claim")["metadata"]["uid"].clone();
+        api.put(
+            volumes,
+            json!({ "metadata": { "name": "pv-data" },
+                    "spec": { "persistentVolumeReclaimPolicy": "Delete",
+                              "claimRef": { "namespace": "shop", "name": "data-db-0",
+                                            "uid": uid } } }),
+        );
     };
     bind_to_volume();
     let snapshot = cluster
@@ -721,6 +724,36 @@ async fn a_replaced_claims_volume_is_kept_until_the_new_claim_is_bound() {
             .is_none(),
         "{released}"
     );
+}
+
+/// A claim names any volume it likes in `volumeName`: a restore changes only a volume bound
+/// back to that claim, never another namespace's on the claim's word (Cairn may patch every
+/// volume of the cluster).
+#[tokio::test]
+async fn a_restore_leaves_alone_a_volume_its_claim_merely_names() {
+    let (api, cluster) = shop().await;
+    let volumes = "/api/v1/persistentvolumes";
+    let claims = "/api/v1/namespaces/shop/persistentvolumeclaims";
+    let foreign = json!({ "metadata": { "name": "pv-bank" },
+                          "spec": { "persistentVolumeReclaimPolicy": "Delete",
+                                    "claimRef": { "namespace": "bank", "name": "ledger",
+                                                  "uid": "uid-ledger" } } });
+    api.put(volumes, foreign.clone());
+    let mut claim = api.remove(claims, "data-db-0").expect("the claim");
+    claim["spec"]["volumeName"] = json!("pv-bank");
+    api.put(claims, claim);
+    let snapshot = cluster
+        .snapshot(&db(), "data-db-0")
+        .await
+        .expect("snapshot");
+    cluster.scale(&db(), 0).await.expect("scale down");
+    cluster
+        .restore_snapshot(&snapshot.id)
+        .await
+        .expect("restore");
+    let after = api.get(volumes, "pv-bank").expect("the volume");
+    assert_eq!(after["spec"], foreign["spec"]);
+    assert!(after["metadata"].get("annotations").is_none(), "{after}");
 }
 
 /// Pods the selector matches that no controller owns (`kubectl run pg-client -l app=db`, a
