@@ -105,6 +105,10 @@ const CLAIM_FIELDS: [&str; 4] = ["accessModes", "storageClassName", "volumeMode"
 /// generation changed since means someone else changed the workload, and it is ignored.
 const SCALED_FROM_ANNOTATION: &str = "cairn.dev/scaled-from";
 
+/// How many times a scale reads its workload again when someone else changed it between the
+/// read and the write (the mark's generation is only right on the version read).
+const SCALE_CONFLICT_TRIES: u32 = 3;
+
 /// The group of CSI volume snapshots.
 const SNAPSHOT_GROUP: &str = "snapshot.storage.k8s.io";
 
@@ -916,34 +920,81 @@ impl KubeCluster {
         gone(pods, &format!("pod {name}"), name).await
     }
 
-    /// Sets (or with `None` removes) [`SCALED_FROM_ANNOTATION`] on `workload`.
-    async fn annotate(
+    /// Sets `workload`'s replicas to `target` (`replicas`), and [`SCALED_FROM_ANNOTATION`] with
+    /// them in one merge patch of the workload, made on the version `found` read: a scale to
+    /// zero from a count marks that count, a scale up clears a mark. One patch changes the
+    /// generation once whatever the kind (a Deployment's changes with its annotations too, a
+    /// StatefulSet's with its spec alone), so the generation the mark names is the one the
+    /// workload ends at. A role that may not patch the workload itself (the `scale`
+    /// subresource alone) only loses that recovery: the scale goes through the subresource.
+    async fn set_replicas(
         &self,
         workload: &WorkloadRef,
         found: &Found,
-        mark: Option<&str>,
-    ) -> Result<()> {
-        let patch = Patch::Merge(json!({
-            "metadata": { "annotations": { SCALED_FROM_ANNOTATION: mark } }
-        }));
+        replicas: u32,
+        target: i32,
+    ) -> std::result::Result<(), kube::Error> {
+        let next = found.generation.unwrap_or(0) + 1;
+        let mark = if replicas == 0 && found.replicas > 0 {
+            Some(Some(format!("{}@{next}", found.replicas)))
+        } else if replicas > 0 && found.scaled_from.is_some() {
+            Some(None)
+        } else {
+            None
+        };
         let params = PatchParams::default();
-        let marking = |e| api_error(format!("annotating {workload} with the count it had"), e);
         let ns = &workload.namespace;
-        match found.kind {
-            WorkloadKind::StatefulSet => {
-                self.api::<StatefulSet>(ns)
+        if let Some(mark) = mark {
+            let patch = Patch::Merge(json!({
+                "metadata": {
+                    "resourceVersion": found.resource_version,
+                    "annotations": { SCALED_FROM_ANNOTATION: mark },
+                },
+                "spec": { "replicas": target },
+            }));
+            let patched = match found.kind {
+                WorkloadKind::StatefulSet => self
+                    .api::<StatefulSet>(ns)
                     .patch(&workload.name, &params, &patch)
                     .await
-                    .map_err(marking)?;
-            }
-            _ => {
-                self.api::<Deployment>(ns)
+                    .map(|s| s.metadata.generation),
+                _ => self
+                    .api::<Deployment>(ns)
                     .patch(&workload.name, &params, &patch)
                     .await
-                    .map_err(marking)?;
+                    .map(|d| d.metadata.generation),
+            };
+            match patched {
+                Ok(generation) => {
+                    if mark.is_some() && generation.is_some_and(|g| g != next) {
+                        tracing::warn!(%workload, ?generation, expected = next,
+                            "the workload's generation is not the one its scaled-from mark \
+                             names: should Cairn stop before scaling it back, scale it up by hand");
+                    }
+                    return Ok(());
+                }
+                Err(kube::Error::Api(s)) if s.code == 403 => {
+                    tracing::warn!(%workload, error = %s.message,
+                        "cannot mark the count the workload had (grant Cairn patch on \
+                         deployments and statefulsets): should Cairn stop before scaling it \
+                         back, it stays down");
+                }
+                Err(e) => return Err(e),
             }
         }
-        Ok(())
+        let patch = Patch::Merge(json!({ "spec": { "replicas": target } }));
+        match found.kind {
+            WorkloadKind::StatefulSet => self
+                .api::<StatefulSet>(ns)
+                .patch_scale(&workload.name, &params, &patch)
+                .await
+                .map(drop),
+            _ => self
+                .api::<Deployment>(ns)
+                .patch_scale(&workload.name, &params, &patch)
+                .await
+                .map(drop),
+        }
     }
 
     /// Waits until `workload` runs at most `replicas` pods: a scale-down returns once the pods
@@ -1218,6 +1269,8 @@ struct Found {
     observed: bool,
     /// The spec's generation.
     generation: Option<i64>,
+    /// The version of the object read, for writes that must apply to it alone.
+    resource_version: Option<String>,
     /// What [`SCALED_FROM_ANNOTATION`] says: replicas, generation.
     scaled_from: Option<(u32, i64)>,
 }
@@ -1286,6 +1339,7 @@ impl Found {
             .and_then(|(n, g)| Some((n.parse().ok()?, g.parse().ok()?)));
         Self {
             generation: meta.generation,
+            resource_version: meta.resource_version.clone(),
             scaled_from,
             name: meta.name.unwrap_or_default(),
             labels: meta.labels.unwrap_or_default(),
@@ -1828,59 +1882,30 @@ impl Cluster for KubeCluster {
     }
 
     async fn scale(&self, workload: &WorkloadRef, replicas: u32) -> Result<u32> {
-        let found = self.find(workload).await?;
         let target = i32::try_from(replicas).map_err(|_| {
             Error::Invalid(format!("cannot scale {workload} to {replicas} replicas"))
         })?;
-        if found.deletes_claims_when_scaled && replicas < found.replicas {
-            return Err(Error::Denied(format!(
-                "scaling {workload} down from {} to {replicas} would delete the claims of the pods \
-                 it removes (its persistentVolumeClaimRetentionPolicy says whenScaled: Delete); \
-                 set whenScaled: Retain to let Cairn stop it, or use a blueprint that does not",
-                found.replicas
-            )));
-        }
-        // Marked before the scale, so Cairn stopping at any point after it leaves the mark: the
-        // generation the scale will give the spec. A mark that cannot be written (a role
-        // without patch on the workload) only loses that recovery, never fails the scale.
-        let marked = replicas == 0 && found.replicas > 0 && {
-            let mark = format!("{}@{}", found.replicas, found.generation.unwrap_or(0) + 1);
-            match self.annotate(workload, &found, Some(&mark)).await {
-                Ok(()) => true,
-                Err(e) => {
-                    tracing::warn!(%workload, error = %e, "cannot mark the count the workload had");
-                    false
+        let mut tries = 0;
+        let found = loop {
+            let found = self.find(workload).await?;
+            if found.deletes_claims_when_scaled && replicas < found.replicas {
+                return Err(Error::Denied(format!(
+                    "scaling {workload} down from {} to {replicas} would delete the claims of the \
+                     pods it removes (its persistentVolumeClaimRetentionPolicy says whenScaled: \
+                     Delete); set whenScaled: Retain to let Cairn stop it, or use a blueprint that \
+                     does not",
+                    found.replicas
+                )));
+            }
+            match self.set_replicas(workload, &found, replicas, target).await {
+                Ok(()) => break found,
+                // Changed by someone else between the read and the write: read it again.
+                Err(kube::Error::Api(s)) if s.code == 409 && tries < SCALE_CONFLICT_TRIES => {
+                    tries += 1;
                 }
+                Err(e) => return Err(api_error(format!("scaling {workload} to {replicas}"), e)),
             }
         };
-        let patch = Patch::Merge(json!({ "spec": { "replicas": target } }));
-        let params = PatchParams::default();
-        let scaling = |e| api_error(format!("scaling {workload} to {replicas}"), e);
-        let ns = &workload.namespace;
-        let scaled = match found.kind {
-            WorkloadKind::StatefulSet => self
-                .api::<StatefulSet>(ns)
-                .patch_scale(&workload.name, &params, &patch)
-                .await
-                .map(drop),
-            _ => self
-                .api::<Deployment>(ns)
-                .patch_scale(&workload.name, &params, &patch)
-                .await
-                .map(drop),
-        };
-        if let Err(e) = scaled {
-            if marked {
-                let _ = self.annotate(workload, &found, None).await;
-            }
-            return Err(scaling(e));
-        }
-        if replicas > 0
-            && found.scaled_from.is_some()
-            && let Err(e) = self.annotate(workload, &found, None).await
-        {
-            tracing::warn!(%workload, error = %e, "cannot clear the count the workload had");
-        }
         // The pods it removes stop within their grace period; one that does not (its node
         // lost) is reported, not an error: the workload is scaled, and what needs it stopped
         // (a snapshot of it scaled to zero, a claim's replacement, a stopped exec) checks

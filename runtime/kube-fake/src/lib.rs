@@ -11,7 +11,8 @@
 //! Small controllers stand in for the cluster's: scaling a workload makes its ready pods at
 //! once and stops the ones it removes as a kubelet does, listed with a `deletionTimestamp`
 //! for [`POD_SHUTDOWN`] before they are gone; a workload's `generation` counts its spec's
-//! changes and its status says it observed the latest; a new pod runs at once, unless its image is `missing` (then it waits in
+//! changes (a Deployment's, its annotations' too, as the API server's) and its status says it
+//! observed the latest; a new pod runs at once, unless its image is `missing` (then it waits in
 //! `ErrImagePull`); a new VolumeSnapshot is ready at once with its claim's size. Paths marked
 //! with [`FakeApi::forbid`] answer 403, as RBAC would. Every change gives an object a new
 //! `resourceVersion`, and a patch that names another version than the object's answers 409, as
@@ -766,8 +767,18 @@ fn store(state: &mut State, collection: &str, mut object: Value) -> Value {
     if is_workload {
         let replicas = object["spec"]["replicas"].as_u64().unwrap_or(1);
         let before = state.objects.get(collection).and_then(|c| c.get(&name));
+        // As the API server's strategies: a StatefulSet's generation counts changes of its
+        // spec; a Deployment's of its annotations too, which it copies to its ReplicaSets.
+        let annotations = |o: &Value| match &o["metadata"]["annotations"] {
+            Value::Null => json!({}),
+            a => a.clone(),
+        };
+        let same = |b: &Value| {
+            b["spec"] == object["spec"]
+                && (!collection.ends_with("/deployments") || annotations(b) == annotations(&object))
+        };
         let generation = match before {
-            Some(b) if b["spec"] == object["spec"] => b["metadata"]["generation"].as_i64(),
+            Some(b) if same(b) => b["metadata"]["generation"].as_i64(),
             Some(b) => b["metadata"]["generation"].as_i64().map(|g| g + 1),
             None => object["metadata"]["generation"].as_i64(),
         }

@@ -528,6 +528,15 @@ async fn scaling_returns_the_previous_count_and_waits_for_the_pods() {
     assert_eq!(cluster.scale(&web, 0).await.expect("scale"), 0);
     cluster.scale(&web, 1).await.expect("up");
 
+    // A StatefulSet's mark counts as well.
+    assert_eq!(cluster.scale(&db(), 0).await.expect("scale"), 1);
+    assert_eq!(
+        cluster.scale(&db(), 0).await.expect("again"),
+        1,
+        "the count it had"
+    );
+    assert_eq!(cluster.scale(&db(), 1).await.expect("back"), 0);
+
     // A StatefulSet whose claims go with the pods a scale-down removes is not scaled down.
     let sets = "/apis/apps/v1/namespaces/shop/statefulsets";
     let mut set = api.remove(sets, "db").expect("db");
