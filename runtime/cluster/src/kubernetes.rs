@@ -894,29 +894,58 @@ impl KubeCluster {
         .await
         .map_err(|e| api_error(format!("creating pod {name} for stopped {workload}"), e))?;
         let guard = Guard::new(&pods, &name, DeleteParams::default().grace_period(1));
-        let result = match self.pod_started(&pods, &name, request.timeout).await {
-            Ok(()) => self.run_in(workload, &name, &container, request).await,
+        // The pod's start and the command share the command's timeout, as the engine bounds
+        // the whole call by it: a slow start leaves the command less, not the call more.
+        let timeout = request.timeout;
+        let started = std::time::Instant::now();
+        let result = match self.pod_started(&pods, &name, timeout).await {
+            Ok(()) => {
+                let left = timeout.saturating_sub(started.elapsed());
+                let request = ExecRequest {
+                    timeout: left,
+                    ..request
+                };
+                self.run_in(workload, &name, &container, request)
+                    .await
+                    .map_err(|e| match e {
+                        Error::TimedOut { what, .. } => Error::TimedOut {
+                            what: format!(
+                                "{what} (its pod took {} s of the timeout to start)",
+                                (timeout - left).as_secs()
+                            ),
+                            after: timeout,
+                        },
+                        e => e,
+                    })
+            }
             Err(e) => Err(e),
         };
-        let deleted = self.delete_pod(&pods, &name).await;
+        // Deleted, not waited for: the command has ended (or its exec is closed), the pod's
+        // deadline ends it should the deletion not, and a wait here could outlast the call's
+        // timeout and turn a success into one. A stopped exec that follows waits for it.
+        let deleted = self.start_deleting_pod(&pods, &name).await;
         guard.disarm();
         let output = result?;
         deleted?;
         Ok(output)
     }
 
-    /// Deletes pod `name`, and waits until it is gone: its containers stopped (a second's
-    /// grace, not a forced delete, which removes the object while a command may still write
-    /// to the volumes).
-    async fn delete_pod(&self, pods: &Api<KubePod>, name: &str) -> Result<()> {
+    /// Deletes pod `name`, without waiting for it to be gone (a second's grace, not a forced
+    /// delete, which removes the object while a command may still write to the volumes).
+    async fn start_deleting_pod(&self, pods: &Api<KubePod>, name: &str) -> Result<()> {
         match pods
             .delete(name, &DeleteParams::default().grace_period(1))
             .await
         {
-            Ok(_) => {}
-            Err(kube::Error::Api(status)) if status.code == 404 => return Ok(()),
-            Err(e) => return Err(api_error(format!("deleting pod {name}"), e)),
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+            Err(e) => Err(api_error(format!("deleting pod {name}"), e)),
         }
+    }
+
+    /// Deletes pod `name`, and waits until it is gone: its containers stopped.
+    async fn delete_pod(&self, pods: &Api<KubePod>, name: &str) -> Result<()> {
+        self.start_deleting_pod(pods, name).await?;
         gone(pods, &format!("pod {name}"), name).await
     }
 

@@ -69,6 +69,14 @@ struct State {
     snapshots_pending: bool,
     /// New claims stay Pending whatever their class, as while a provisioner works or fails.
     claims_pending: bool,
+    /// How long a deleted pod stays listed, terminating (its containers stopping, its volumes
+    /// unmounted); none by default.
+    pod_deletion: std::time::Duration,
+    /// How long a new pod takes to run (scheduled, its volumes attached, its image pulled);
+    /// none by default.
+    pod_start: std::time::Duration,
+    /// Pods starting: collection, name, when they run, and their status then.
+    starting: Vec<(String, String, std::time::Instant, Value)>,
 }
 
 /// How long a pod a scale-down removed stays listed, shutting down (a real one's grace period
@@ -79,6 +87,19 @@ impl State {
     /// Removes the pods whose shutdown is over.
     fn reap(&mut self) {
         let now = std::time::Instant::now();
+        let (started, starting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.starting)
+            .into_iter()
+            .partition(|(_, _, at, _)| *at <= now);
+        self.starting = starting;
+        for (collection, name, _, status) in started {
+            if let Some(pod) = self
+                .objects
+                .get_mut(&collection)
+                .and_then(|c| c.get_mut(&name))
+            {
+                pod["status"] = status;
+            }
+        }
         let (gone, stopping): (Vec<_>, Vec<_>) = std::mem::take(&mut self.stopping)
             .into_iter()
             .partition(|(_, _, at)| *at <= now);
@@ -244,6 +265,18 @@ impl FakeApi {
                 }
             }
         }
+    }
+
+    /// Makes a deleted pod stay listed, with a `deletionTimestamp`, for `time` before it is
+    /// gone, as a kubelet stopping its containers and unmounting its volumes.
+    pub fn pod_deletion_takes(&self, time: std::time::Duration) {
+        self.state.lock().expect("state").pod_deletion = time;
+    }
+
+    /// Makes a new pod take `time` to run (Pending, its containers `ContainerCreating`), as
+    /// while it is scheduled, its volumes attached and its image pulled.
+    pub fn pod_start_takes(&self, time: std::time::Duration) {
+        self.state.lock().expect("state").pod_start = time;
     }
 
     /// Makes requests to paths under `prefix` answer 403.
@@ -541,6 +574,18 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Response<Fu
                     let object = store(&mut state, &collection, object);
                     respond(StatusCode::OK, &object)
                 }
+                (Method::DELETE, None)
+                    if collection.ends_with("/pods") && !state.pod_deletion.is_zero() =>
+                {
+                    let gone = std::time::Instant::now() + state.pod_deletion;
+                    let mut object = object;
+                    if object["metadata"]["deletionTimestamp"].is_null() {
+                        object["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+                        state.stopping.push((collection.clone(), name, gone));
+                        object = store(&mut state, &collection, object);
+                    }
+                    respond(StatusCode::OK, &object)
+                }
                 (Method::DELETE, None) => {
                     if let Some(c) = state.objects.get_mut(&collection) {
                         c.remove(&name);
@@ -701,6 +746,18 @@ fn create(state: &mut State, collection: &str, mut object: Value) -> Result<Valu
                              "conditions": [{ "type": "Ready", "status": "True" }] }),
             true => json!({ "phase": "Pending", "containerStatuses": statuses }),
         };
+        if !missing && !state.pod_start.is_zero() {
+            let at = std::time::Instant::now() + state.pod_start;
+            let running = std::mem::replace(
+                &mut object["status"],
+                json!({ "phase": "Pending", "containerStatuses": containers.iter().map(|c| json!({
+                    "name": c["name"], "started": false, "ready": false,
+                    "state": { "waiting": { "reason": "ContainerCreating" } } })).collect::<Vec<_>>() }),
+            );
+            state
+                .starting
+                .push((collection.to_owned(), name.clone(), at, running));
+        }
     }
     // A claim is bound at once, unless its class (or the default one) waits for a consumer.
     if collection.ends_with("/persistentvolumeclaims") && object["status"].is_null() {

@@ -812,6 +812,64 @@ async fn pods_no_controller_owns_are_not_replicas() {
     }
 }
 
+/// A stopped exec returns once its command has ended: its pod's deletion (containers
+/// stopping, volumes unmounted) is started, not waited for, so a command that ends just
+/// within its timeout is not turned into a timeout by the cleanup.
+#[tokio::test]
+async fn a_stopped_exec_does_not_wait_for_its_pod_to_go() {
+    let (api, cluster) = shop().await;
+    cluster.scale(&db(), 0).await.expect("scale");
+    api.pod_deletion_takes(Duration::from_secs(20));
+    let mut quick = request(&["echo", "done"]);
+    quick.stopped = true;
+    quick.timeout = Duration::from_secs(5);
+    let started = std::time::Instant::now();
+    let out = tokio::time::timeout(TEST_TIMEOUT, cluster.exec(&db(), quick))
+        .await
+        .expect("returned")
+        .expect("exec runs");
+    assert_eq!((out.exit_code, out.stdout.as_slice()), (0, &b"done\n"[..]));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    let pod = api
+        .get("/api/v1/namespaces/shop/pods", "db-stopped")
+        .expect("still stopping");
+    assert!(!pod["metadata"]["deletionTimestamp"].is_null(), "{pod}");
+}
+
+/// A stopped exec's pod start and its command share the command's timeout, as the engine
+/// bounds the whole call by it: a slow start leaves the command less, not the call more
+/// (beyond which the engine would drop the call and the pod with the command running).
+#[tokio::test]
+async fn a_stopped_exec_keeps_within_its_timeout_however_slow_its_pod_starts() {
+    let (api, cluster) = shop().await;
+    cluster.scale(&db(), 0).await.expect("scale");
+    api.pod_start_takes(Duration::from_secs(2));
+    let mut slow = request(&["sleep", "30"]);
+    slow.stopped = true;
+    slow.timeout = Duration::from_secs(4);
+    let started = std::time::Instant::now();
+    let e = tokio::time::timeout(TEST_TIMEOUT, cluster.exec(&db(), slow))
+        .await
+        .expect("returned")
+        .expect_err("ran past its timeout");
+    assert!(
+        started.elapsed() < Duration::from_millis(5500),
+        "took {:?}",
+        started.elapsed()
+    );
+    match e {
+        Error::TimedOut { what, after } => {
+            assert_eq!(after, Duration::from_secs(4));
+            assert!(what.contains("to start"), "{what}");
+        }
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+}
+
 /// A snapshot returns once it is cut (the point in time taken), while a cloud may still copy
 /// it: a quiesced workload need not wait for the copy. Being ready to restore from is waited on
 /// apart (a restore waits for it too).
