@@ -10,9 +10,17 @@
 //!   since Kubernetes 1.30; with older API servers a command that reads stdin, and a pipeline,
 //!   are refused before anything starts (the command would see its input end at once, and its
 //!   exit status would be lost with the connection): whether the server can is learned once,
-//!   from an exec of a program that does not exist. At the
-//!   deadline Cairn closes the exec; Kubernetes gives no way to kill what it started, so a
-//!   command that ignores the end of its input runs on in the container.
+//!   from an exec of a program that does not exist. At the deadline Cairn closes the exec;
+//!   Kubernetes gives no way to kill what it started, so a command that ignores the end of its
+//!   input runs on in the container.
+//! - **A broken stdin source** (an object store error, a damaged pack part-way through a
+//!   restore stream) cannot be kept from a command in an application's pod: closing or
+//!   dropping the exec ends its stdin, and it sees a clean end of input. A command that commits
+//!   at the end of its input (`psql --single-transaction`, `redis-cli --pipe`) then commits
+//!   the part it read, though Cairn reports the exec failed. Run such restores as commands for
+//!   a stopped workload (`stopped`), whose pod is Cairn's own: there Cairn deletes the pod and
+//!   waits for the command to die before its stdin ends. Otherwise make the input say where it
+//!   ends (a trailer the command checks before committing).
 //! - **Scale** uses the workloads' `scale` subresource. A scale-down returns once the pods it
 //!   removes are gone; one to zero leaves the count the workload had in an annotation
 //!   (`cairn.dev/scaled-from`), which the next scale to zero answers should Cairn have stopped
@@ -673,13 +681,15 @@ impl KubeCluster {
             .copied()
     }
 
-    /// Runs the request's pipeline in `container` of `pod`.
+    /// Runs the request's pipeline in `container` of `pod`; `own` when the pod is Cairn's own
+    /// (a stopped workload's), which may then be deleted to kill the command.
     async fn run_in(
         &self,
         workload: &WorkloadRef,
         pod: &str,
         container: &str,
         request: ExecRequest,
+        own: Option<&Api<KubePod>>,
     ) -> Result<ExecOutput> {
         let stages = request.stages()?;
         let env = request.checked_env()?;
@@ -727,6 +737,7 @@ impl KubeCluster {
                 statuses,
                 procs,
             } = started;
+            let statuses_watched = statuses.clone();
             let exit = async {
                 let (relayed, statuses) = tokio::join!(
                     futures::future::join_all(relays),
@@ -749,14 +760,20 @@ impl KubeCluster {
                 })
             };
             let stdin_bytes = AtomicU64::new(0);
+            // No exec can be killed, and an exec closed ends its stdin all the same; a pod of
+            // Cairn's own can be deleted, which kills the command before its stdin ends.
+            let cut = KillPod {
+                pods: own.cloned(),
+                name: pod.to_owned(),
+                ended: statuses_watched,
+            };
             let finished = pipes::drive(
                 pipes,
                 request.stdin,
                 request.stdout,
                 request.output_limit,
                 &stdin_bytes,
-                // No exec can be killed: an exec closed ends its stdin all the same.
-                &|| {},
+                &cut,
                 exit,
             )
             .await
@@ -905,7 +922,7 @@ impl KubeCluster {
                     timeout: left,
                     ..request
                 };
-                self.run_in(workload, &name, &container, request)
+                self.run_in(workload, &name, &container, request, Some(&pods))
                     .await
                     .map_err(|e| match e {
                         Error::TimedOut { what, .. } => Error::TimedOut {
@@ -1416,6 +1433,35 @@ struct Started {
     procs: Vec<Exec>,
 }
 
+/// Cuts a command off whose stdin source broke, before its stdin closes (a `psql
+/// --single-transaction` would commit the part it read): in a pod of Cairn's own, by deleting
+/// the pod, then waiting for the execs to end as its container is stopped. In an application's
+/// pod nothing can: the command sees the end of its input.
+struct KillPod {
+    pods: Option<Api<KubePod>>,
+    name: String,
+    ended: Vec<Shared<BoxFuture<'static, Option<Status>>>>,
+}
+
+impl pipes::Cut for KillPod {
+    fn cut(&self) -> BoxFuture<'_, ()> {
+        async move {
+            let Some(pods) = &self.pods else {
+                return;
+            };
+            let params = DeleteParams::default().grace_period(1);
+            if let Err(e) = pods.delete(&self.name, &params).await {
+                tracing::warn!(pod = %self.name, error = %e,
+                    "cannot delete the pod to kill a command whose input broke: it sees the end \
+                     of its input");
+                return;
+            }
+            futures::future::join_all(self.ended.iter().cloned()).await;
+        }
+        .boxed()
+    }
+}
+
 /// Copies one program's stdout into the next one's stdin. When the next one ends first, the
 /// rest is read and dropped, so the program writing it can finish (as it would on SIGPIPE).
 fn relay(
@@ -1907,7 +1953,7 @@ impl Cluster for KubeCluster {
         };
         let container = request.container_in(&pod.name, &pod.containers)?;
         let pod = pod.name.clone();
-        self.run_in(workload, &pod, &container, request).await
+        self.run_in(workload, &pod, &container, request, None).await
     }
 
     async fn scale(&self, workload: &WorkloadRef, replicas: u32) -> Result<u32> {

@@ -137,7 +137,10 @@ pub enum Stdin {
     Empty,
     /// A few bytes held in memory.
     Bytes(Vec<u8>),
-    /// A stream copied into stdin until it ends (bulk restore data).
+    /// A stream copied into stdin until it ends (bulk restore data). Should reading it fail,
+    /// the command is killed before its stdin ends where the backend can kill it (a local
+    /// process group, a Kubernetes command for a stopped workload); a command in a Kubernetes
+    /// application pod sees a clean end of its input (see the Kubernetes backend's docs).
     Stream(Box<dyn AsyncRead + Send + Unpin>),
 }
 

@@ -7,6 +7,7 @@ use std::future::Future;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use futures::future::BoxFuture;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::{Stdin, Stdout};
@@ -75,6 +76,21 @@ impl StreamFailure {
     }
 }
 
+/// What cuts a command off when the source of its stdin broke, before its stdin closes: a
+/// closure that kills it at once (a process group), or a future that returns once it is dead
+/// (a Kubernetes pod deleted, its exec ended).
+pub(crate) trait Cut: Sync {
+    /// Cuts the command off; returns once its stdin may close.
+    fn cut(&self) -> BoxFuture<'_, ()>;
+}
+
+impl<F: Fn() + Sync> Cut for F {
+    fn cut(&self) -> BoxFuture<'_, ()> {
+        self();
+        Box::pin(std::future::ready(()))
+    }
+}
+
 /// The exit code of a pipeline, as `set -o pipefail`: the last non-zero one, else the last
 /// one's.
 pub(crate) fn pipefail(codes: impl IntoIterator<Item = i32>) -> Option<i32> {
@@ -96,7 +112,7 @@ pub(crate) async fn drive(
     stdout: Stdout,
     limit: usize,
     stdin_bytes: &AtomicU64,
-    cut: &(dyn Fn() + Sync),
+    cut: &dyn Cut,
     exit: impl Future<Output = Result<i32, StreamFailure>>,
 ) -> Result<Finished, StreamFailure> {
     let Pipes {
@@ -127,7 +143,7 @@ pub(crate) async fn drive(
         // closes when dropped, a Kubernetes exec's when shut down. Not before the command is
         // cut off, when its source broke.
         if matches!(&result, Err(f) if f.stage != WRITING_STDIN) {
-            cut();
+            cut.cut().await;
         }
         let _ = pipe.shutdown().await;
         drop(pipe);

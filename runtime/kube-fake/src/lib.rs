@@ -14,7 +14,8 @@
 //! changes (a Deployment's, its annotations' too, as the API server's) and its status says it
 //! observed the latest; a new pod runs at once, unless its image is `missing` (then it waits in
 //! `ErrImagePull`); a new VolumeSnapshot is ready at once with its claim's size. Paths marked
-//! with [`FakeApi::forbid`] answer 403, as RBAC would. Every change gives an object a new
+//! with [`FakeApi::forbid`] answer 403, as RBAC would. Deleting a pod kills the commands its
+//! execs run (their process groups), as stopping its containers does. Every change gives an object a new
 //! `resourceVersion`, and a patch that names another version than the object's answers 409, as
 //! the API server's optimistic concurrency does.
 
@@ -77,6 +78,9 @@ struct State {
     pod_start: std::time::Duration,
     /// Pods starting: collection, name, when they run, and their status then.
     starting: Vec<(String, String, std::time::Instant, Value)>,
+    /// By `COLLECTION/NAME` of a pod: what tells its execs' commands that it is deleted, so
+    /// they are killed as a kubelet stops the pod's containers.
+    pod_kills: BTreeMap<String, tokio::sync::watch::Sender<bool>>,
 }
 
 /// How long a pod a scale-down removed stays listed, shutting down (a real one's grace period
@@ -577,6 +581,7 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Response<Fu
                 (Method::DELETE, None)
                     if collection.ends_with("/pods") && !state.pod_deletion.is_zero() =>
                 {
+                    kill_execs(&mut state, &collection, &name);
                     let gone = std::time::Instant::now() + state.pod_deletion;
                     let mut object = object;
                     if object["metadata"]["deletionTimestamp"].is_null() {
@@ -587,6 +592,9 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Response<Fu
                     respond(StatusCode::OK, &object)
                 }
                 (Method::DELETE, None) => {
+                    if collection.ends_with("/pods") {
+                        kill_execs(&mut state, &collection, &name);
+                    }
                     if let Some(c) = state.objects.get_mut(&collection) {
                         c.remove(&name);
                     }
@@ -606,6 +614,21 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Response<Fu
             format!("{method} on a collection is not faked"),
             "",
         ),
+    }
+}
+
+/// How long a kubelet takes to stop a deleted pod's containers: it learns of the deletion
+/// through its watch of the API server, then signals them.
+pub const KUBELET_LATENCY: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Kills the commands running in pod `name` by exec, as its containers stop (after
+/// [`KUBELET_LATENCY`]).
+fn kill_execs(state: &mut State, collection: &str, name: &str) {
+    if let Some(kill) = state.pod_kills.remove(&format!("{collection}/{name}")) {
+        tokio::spawn(async move {
+            tokio::time::sleep(KUBELET_LATENCY).await;
+            let _ = kill.send(true);
+        });
     }
 }
 
@@ -1000,12 +1023,19 @@ async fn exec(
         );
     }
     let accept = derive_accept_key(key.as_bytes());
+    let killed = state
+        .lock()
+        .expect("state")
+        .pod_kills
+        .entry(format!("{}/{name}", t.collection))
+        .or_insert_with(|| tokio::sync::watch::channel(false).0)
+        .subscribe();
     tokio::spawn(async move {
         let Ok(upgraded) = hyper::upgrade::on(req).await else {
             return;
         };
         let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
-        run_exec(ws, argv, setting, wants_stdin).await;
+        run_exec(ws, argv, setting, wants_stdin, killed).await;
     });
     let mut response = Response::new(Full::new(Bytes::new()));
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -1042,8 +1072,13 @@ struct Setting {
     dir: Option<String>,
 }
 
-async fn run_exec<S>(ws: WebSocketStream<S>, argv: Vec<String>, setting: Setting, wants_stdin: bool)
-where
+async fn run_exec<S>(
+    ws: WebSocketStream<S>,
+    argv: Vec<String>,
+    setting: Setting,
+    wants_stdin: bool,
+    mut killed: tokio::sync::watch::Receiver<bool>,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let (mut tx, mut rx) = ws.split();
@@ -1070,6 +1105,8 @@ where
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
+            // Its own group, killed whole when the pod is deleted, as a container stopped.
+            .process_group(0)
             .spawn()
     });
     let mut child = match spawned {
@@ -1117,6 +1154,24 @@ where
     });
     let stdout = child.stdout.take().expect("stdout");
     let stderr = child.stderr.take().expect("stderr");
+    // The command ends, or is killed when its pod is deleted, as its container stops.
+    let (exited_tx, exited) = tokio::sync::oneshot::channel();
+    let waiter = tokio::spawn(async move {
+        let status = tokio::select! {
+            status = child.wait() => status,
+            true = async { killed.wait_for(|k| *k).await.is_ok() } => {
+                let group = child
+                    .id()
+                    .and_then(|id| rustix::process::Pid::from_raw(i32::try_from(id).ok()?));
+                if let Some(group) = group {
+                    let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+                }
+                let _ = child.start_kill();
+                child.wait().await
+            }
+        };
+        let _ = exited_tx.send(status);
+    });
     let (out_tx, mut out_rx) = tokio::sync::mpsc::channel::<Message>(4);
     let err_tx = out_tx.clone();
     let pump = |mut pipe: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
@@ -1152,17 +1207,15 @@ where
         // and it runs on, its output read and dropped.
         tokio::spawn(async move {
             while out_rx.recv().await.is_some() {}
-            let _ = (
-                pump_out.await,
-                pump_err.await,
-                reader.await,
-                child.wait().await,
-            );
+            let _ = (pump_out.await, pump_err.await, reader.await, waiter.await);
         });
         return;
     }
     let _ = (pump_out.await, pump_err.await);
-    let status = match child.wait().await {
+    let exited = exited
+        .await
+        .unwrap_or_else(|_| Err(std::io::Error::other("the command's waiter ended")));
+    let status = match exited {
         Ok(s) if s.success() => json!({ "metadata": {}, "status": "Success" }),
         Ok(s) => {
             let code = s.code().unwrap_or(137);

@@ -840,6 +840,47 @@ async fn a_stopped_exec_does_not_wait_for_its_pod_to_go() {
     assert!(!pod["metadata"]["deletionTimestamp"].is_null(), "{pod}");
 }
 
+/// A source that gives some bytes, then fails (an object store error, a damaged pack).
+struct Broken(bool);
+
+impl tokio::io::AsyncRead for Broken {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.0 {
+            return std::task::Poll::Ready(Err(std::io::Error::other("pack damaged")));
+        }
+        self.0 = true;
+        buf.put_slice(b"INSERT 1;\n");
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// A stopped exec whose input broke kills its command before the command's stdin ends, by
+/// deleting the pod (Cairn's own): a restore that commits at the end of its input must not
+/// commit the part it read.
+#[tokio::test]
+async fn a_stopped_exec_whose_input_broke_is_killed_before_its_input_ends() {
+    let (_api, cluster) = shop().await;
+    cluster.scale(&db(), 0).await.expect("scale");
+    let dir = tempfile::tempdir().expect("a directory");
+    let committed = dir.path().join("committed");
+    let script = format!("cat > /dev/null && touch {}", committed.display());
+    let mut restore = request(&["sh", "-c", &script]);
+    restore.stopped = true;
+    restore.stdin = Stdin::Stream(Box::new(Broken(false)));
+    let e = tokio::time::timeout(TEST_TIMEOUT, cluster.exec(&db(), restore))
+        .await
+        .expect("returned")
+        .expect_err("the source broke");
+    assert!(e.to_string().contains("pack damaged"), "{e}");
+    // Give a command that was not killed the time to act on the end of its input.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!committed.exists(), "the command read the end of its input");
+}
+
 /// A stopped exec's pod start and its command share the command's timeout, as the engine
 /// bounds the whole call by it: a slow start leaves the command less, not the call more
 /// (beyond which the engine would drop the call and the pod with the command running).
