@@ -75,6 +75,25 @@ const SNAPSHOT_CUT_TIMEOUT: Duration = Duration::from_secs(600);
 /// How long a claim made from a snapshot may take to be bound, when its class binds at once.
 const CLAIM_BIND_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// How long a restore waits for its snapshot to be ready to use (a cloud still copying one
+/// taken moments ago). With [`CLAIM_GONE_TIMEOUT`] and [`CLAIM_BIND_TIMEOUT`] it keeps a
+/// restore within the engine's 600 s for a host call, so the call is not dropped between the
+/// old claim's deletion and the new one's creation; a longer copy is waited for first, with
+/// [`Cluster::snapshot_ready`].
+const RESTORE_READY_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How long a claim a restore deletes may take to go away: no pod mounts it (checked first), so
+/// only its finalizers are left.
+const CLAIM_GONE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The engine's timeout of a host call (`DEFAULT_HOST_CALL_TIMEOUT`), which a restore's waits
+/// stay below, with room for its API calls.
+const HOST_CALL_BUDGET: Duration = Duration::from_secs(600);
+const _: () = assert!(
+    RESTORE_READY_TIMEOUT.as_secs() + CLAIM_GONE_TIMEOUT.as_secs() + CLAIM_BIND_TIMEOUT.as_secs()
+        < HOST_CALL_BUDGET.as_secs()
+);
+
 /// How long a deleted claim or pod may take to go away.
 const GONE_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -963,7 +982,7 @@ impl KubeCluster {
     /// Deletes pod `name`, and waits until it is gone: its containers stopped.
     async fn delete_pod(&self, pods: &Api<KubePod>, name: &str) -> Result<()> {
         self.start_deleting_pod(pods, name).await?;
-        gone(pods, &format!("pod {name}"), name).await
+        gone(pods, &format!("pod {name}"), name, GONE_TIMEOUT).await
     }
 
     /// Sets `workload`'s replicas to `target` (`replicas`), and [`SCALED_FROM_ANNOTATION`] with
@@ -1141,22 +1160,19 @@ pub async fn client(context: Option<&str>) -> Result<kube::Client> {
     kube::Client::try_from(config).map_err(|e| failed("creating the Kubernetes client", e))
 }
 
-/// Waits until object `name` has gone from `api`; `what` names it in the error.
-async fn gone<K>(api: &Api<K>, what: &str, name: &str) -> Result<()>
+/// Waits at most `timeout` until object `name` has gone from `api`; `what` names it in the
+/// error.
+async fn gone<K>(api: &Api<K>, what: &str, name: &str, timeout: Duration) -> Result<()>
 where
     K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
-    poll(
-        &format!("{what} to be deleted"),
-        GONE_TIMEOUT,
-        || async move {
-            let found = api
-                .get_opt(name)
-                .await
-                .map_err(|e| api_error(format!("reading {what}"), e))?;
-            Ok(found.is_none().then_some(()))
-        },
-    )
+    poll(&format!("{what} to be deleted"), timeout, || async move {
+        let found = api
+            .get_opt(name)
+            .await
+            .map_err(|e| api_error(format!("reading {what}"), e))?;
+        Ok(found.is_none().then_some(()))
+    })
     .await
 }
 
@@ -1289,6 +1305,25 @@ where
                     tracing::warn!(object = %name, error = %e, "cannot delete what a dropped call made");
                 }
             });
+        }
+    }
+}
+
+/// A warning logged should a call be dropped (the engine's deadline) in the middle of a change
+/// that leaves something to say (a restore between deleting a claim and binding its
+/// replacement); [`Unfinished::disarm`] once the call has reported for itself.
+struct Unfinished(String);
+
+impl Unfinished {
+    fn disarm(&mut self) {
+        self.0.clear();
+    }
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if !self.0.is_empty() {
+            tracing::warn!("{}", self.0);
         }
     }
 }
@@ -2196,8 +2231,19 @@ impl Cluster for KubeCluster {
         let snapshot = if object.data["status"]["readyToUse"].as_bool() == Some(true) {
             snapshot_of(&object)
         } else {
-            self.await_snapshot(namespace, name, SNAPSHOT_CUT_TIMEOUT, true)
-                .await?
+            self.await_snapshot(namespace, name, RESTORE_READY_TIMEOUT, true)
+                .await
+                .map_err(|e| match e {
+                    Error::TimedOut { after, .. } => Error::TimedOut {
+                        what: format!(
+                            "waiting for VolumeSnapshot {id} to be ready to use before restoring \
+                             it (nothing was changed; wait for it with snapshot-ready, which \
+                             takes a longer timeout, then restore it)"
+                        ),
+                        after,
+                    },
+                    e => e,
+                })?
         };
         if snapshot.volume.is_empty() {
             return Err(Error::Invalid(format!(
@@ -2332,9 +2378,17 @@ impl Cluster for KubeCluster {
                  {policy} so the cluster reclaims it"
             )
         });
+        // Should the call be dropped from here on (the engine's deadline), the log says where
+        // the claim and its old data are: no error would.
+        let mut unfinished = Unfinished(format!(
+            "the restore of claim {namespace}/{claim} from VolumeSnapshot {id} was cut short \
+             while it deleted the old claim: if claim {claim} is gone, restore the snapshot \
+             again{kept_note}"
+        ));
         if old.is_some() {
             // Not deleted: the old claim keeps its volume, which gets its policy back.
             if let Err(e) = claims.delete(claim, &DeleteParams::default()).await {
+                unfinished.disarm();
                 if let Some((volume, policy)) = &kept {
                     self.release_volume(volume, policy).await;
                 }
@@ -2344,18 +2398,26 @@ impl Cluster for KubeCluster {
                 &claims,
                 &format!("claim {namespace}/{claim} (does a pod still mount it?)"),
                 claim,
+                CLAIM_GONE_TIMEOUT,
             )
             .await
             .inspect_err(|_| {
                 if !kept_note.is_empty() {
                     tracing::warn!("claim {namespace}/{claim} is still being deleted{kept_note}");
                 }
-            })?;
+            })
+            .inspect_err(|_| unfinished.disarm())?;
         }
+        unfinished.0 = format!(
+            "the restore of claim {namespace}/{claim} from VolumeSnapshot {id} was cut short \
+             after the old claim was deleted: if claim {claim} does not exist, restore the \
+             snapshot again{kept_note}"
+        );
         let class = new.spec.as_ref().and_then(|s| s.storage_class_name.clone());
         claims
             .create(&PostParams::default(), &new)
             .await
+            .inspect_err(|_| unfinished.disarm())
             .map_err(|e| {
                 api_error(
                     format!(
@@ -2366,6 +2428,11 @@ impl Cluster for KubeCluster {
                     e,
                 )
             })?;
+        unfinished.0 = format!(
+            "the restore of claim {namespace}/{claim} from VolumeSnapshot {id} was cut short \
+             while the new claim was being bound: see `kubectl describe pvc -n {namespace} \
+             {claim}`{kept_note}"
+        );
         let bound = self
             .await_bound(namespace, claim, class.as_deref(), id)
             .await
@@ -2373,7 +2440,9 @@ impl Cluster for KubeCluster {
                 if !kept_note.is_empty() {
                     tracing::warn!("claim {namespace}/{claim} was not restored{kept_note}");
                 }
-            })?;
+            })
+            .inspect_err(|_| unfinished.disarm())?;
+        unfinished.disarm();
         if let Some((volume, policy)) = &kept {
             if bound {
                 self.release_volume(volume, policy).await;
