@@ -105,9 +105,20 @@ const STOPPED_POD_START_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long an error on a VolumeSnapshot may stand before it counts: the snapshot controller
 /// clears the ones it retries.
 const SNAPSHOT_ERROR_GRACE: Duration = Duration::from_secs(60);
-/// How long a scale-down waits for the pods it removes to stop: below the engine's timeout of
-/// a host call, so the wait ends here rather than with the call dropped.
+/// The least a scale-down waits for the pods it removes to stop (a pod on a lost node, a slow
+/// unmount); longer grace periods wait longer, up to [`SCALE_DOWN_MAX`].
 const SCALE_DOWN_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The longest a scale-down waits, however long its pods' grace periods: below the engine's
+/// timeout of a host call ([`HOST_CALL_BUDGET`]), with room for the scale's API calls.
+const SCALE_DOWN_MAX: Duration = Duration::from_secs(540);
+
+/// What a scale-down waits beyond its pods' grace periods: the controller noticing, the
+/// kubelet stopping each pod, its volumes unmounted.
+const SCALE_DOWN_MARGIN: Duration = Duration::from_secs(30);
+
+/// Kubernetes' default `terminationGracePeriodSeconds`.
+const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 
 /// The annotation naming the workload whose volume a snapshot copies.
 const WORKLOAD_ANNOTATION: &str = "cairn.dev/workload";
@@ -1068,7 +1079,12 @@ impl KubeCluster {
     /// data at rest. The local backend's scale waits for its stop hook likewise.
     async fn pods_gone(&self, workload: &WorkloadRef, found: &Found, replicas: u32) -> Result<()> {
         let what = format!("the pods of {workload} to stop after scaling to {replicas}");
-        poll(&what, SCALE_DOWN_TIMEOUT, || async {
+        let wait = scale_down_wait(
+            found.grace,
+            found.one_at_a_time,
+            found.replicas.saturating_sub(replicas),
+        );
+        poll(&what, wait, || async {
             let w = self.describe(&workload.namespace, found).await?;
             Ok((w.pods.len() <= replicas as usize).then_some(()))
         })
@@ -1352,6 +1368,10 @@ struct Found {
     generation: Option<i64>,
     /// The version of the object read, for writes that must apply to it alone.
     resource_version: Option<String>,
+    /// Its pods' `terminationGracePeriodSeconds`.
+    grace: Duration,
+    /// Whether its controller stops its pods one at a time (a StatefulSet's `OrderedReady`).
+    one_at_a_time: bool,
     /// What [`SCALED_FROM_ANNOTATION`] says: replicas, generation.
     scaled_from: Option<(u32, i64)>,
 }
@@ -1389,9 +1409,11 @@ impl Found {
             .and_then(|p| p.when_scaled.as_deref())
             == Some("Delete");
         let observed = observed(s.metadata.generation, status.observed_generation);
+        let one_at_a_time = spec.pod_management_policy.as_deref() != Some("Parallel");
         Self {
             deletes_claims_when_scaled,
             observed,
+            one_at_a_time,
             ..Self::new(
                 s.metadata,
                 WorkloadKind::StatefulSet,
@@ -1421,6 +1443,11 @@ impl Found {
         Self {
             generation: meta.generation,
             resource_version: meta.resource_version.clone(),
+            grace: pod
+                .and_then(|p| p.termination_grace_period_seconds)
+                .and_then(|s| u64::try_from(s).ok())
+                .map_or(DEFAULT_GRACE, Duration::from_secs),
+            one_at_a_time: false,
             scaled_from,
             name: meta.name.unwrap_or_default(),
             labels: meta.labels.unwrap_or_default(),
@@ -1446,6 +1473,18 @@ impl Found {
             observed: true,
         }
     }
+}
+
+/// How long a scale-down removing `removed` pods waits for them to stop: each pod's `grace`
+/// period, one after the other when the controller removes them `one_at_a_time` (a
+/// StatefulSet's `OrderedReady`, its default), with a margin; at least [`SCALE_DOWN_TIMEOUT`]
+/// and at most [`SCALE_DOWN_MAX`].
+fn scale_down_wait(grace: Duration, one_at_a_time: bool, removed: u32) -> Duration {
+    let rounds = if one_at_a_time { removed.max(1) } else { 1 };
+    grace
+        .saturating_mul(rounds)
+        .saturating_add(SCALE_DOWN_MARGIN)
+        .clamp(SCALE_DOWN_TIMEOUT, SCALE_DOWN_MAX)
 }
 
 /// Whether a workload's controller has acted on its latest spec, as `kubectl rollout status`
@@ -2023,7 +2062,10 @@ impl Cluster for KubeCluster {
         if replicas < found.replicas
             && let Err(e) = self.pods_gone(workload, &found, replicas).await
         {
-            tracing::warn!(%workload, error = %e, "scaled down, but pods are still stopping");
+            tracing::warn!(%workload, error = %e,
+                "scaled down, but pods are still stopping: a snapshot of it scaled to zero, a \
+                 claim's replacement or a stopped exec refuses until they are gone (wait with \
+                 wait-ready; a pod on a lost node must be deleted by hand)");
         }
         // Stopped by Cairn, then Cairn stopped before scaling it back: the count it had.
         let left = found
@@ -2552,6 +2594,17 @@ mod tests {
             default_first(Some(&other), names(&["a", "b"])),
             names(&["a", "b"])
         );
+    }
+
+    #[test]
+    fn a_scale_down_waits_for_its_pods_grace_periods_within_a_host_call() {
+        let secs = Duration::from_secs;
+        assert_eq!(scale_down_wait(secs(30), false, 3), SCALE_DOWN_TIMEOUT);
+        // Three pods of an OrderedReady set with 120 s each: one after the other.
+        assert_eq!(scale_down_wait(secs(120), true, 3), secs(390));
+        assert_eq!(scale_down_wait(secs(120), false, 3), SCALE_DOWN_TIMEOUT);
+        assert_eq!(scale_down_wait(secs(3600), true, 5), SCALE_DOWN_MAX);
+        assert!(SCALE_DOWN_MAX < HOST_CALL_BUDGET);
     }
 
     #[test]
