@@ -10,7 +10,7 @@
 //!   since Kubernetes 1.30; with older API servers a command that reads stdin, and a pipeline,
 //!   are refused before anything starts (the command would see its input end at once, and its
 //!   exit status would be lost with the connection): whether the server can is learned once,
-//!   from an exec of a program that does not exist. At the deadline Cairn closes the exec;
+//!   from an exec of a program that does not exist (until it can). At the deadline Cairn closes the exec;
 //!   Kubernetes gives no way to kill what it started, so a command that ignores the end of its
 //!   input runs on in the container.
 //! - **A broken stdin source** (an object store error, a damaged pack part-way through a
@@ -155,9 +155,8 @@ const SNAPSHOT_GROUP: &str = "snapshot.storage.k8s.io";
 pub struct KubeCluster {
     client: kube::Client,
     snapshot_class: Option<String>,
-    /// Whether the API server's exec can close a command's stdin, once a command that needs
-    /// it has asked.
-    closes_stdin: std::sync::Arc<tokio::sync::OnceCell<bool>>,
+    /// Set once the API server's exec was seen to close a command's stdin.
+    closes_stdin: std::sync::Arc<std::sync::OnceLock<()>>,
 }
 
 impl std::fmt::Debug for KubeCluster {
@@ -696,19 +695,22 @@ impl KubeCluster {
         })
     }
 
-    /// Whether the API server's exec can close a command's stdin; asked once.
+    /// Whether the API server's exec can close a command's stdin: asked until it can (a
+    /// cluster upgraded while Cairn runs is then seen), then known.
     async fn exec_closes_stdin(
         &self,
         namespace: &str,
         pod: &str,
         container: &str,
     ) -> std::result::Result<bool, kube::Error> {
-        self.closes_stdin
-            .get_or_try_init(|| {
-                crate::ws_exec::closes_stdin(&self.client, namespace, pod, container)
-            })
-            .await
-            .copied()
+        if self.closes_stdin.get().is_some() {
+            return Ok(true);
+        }
+        let closes = crate::ws_exec::closes_stdin(&self.client, namespace, pod, container).await?;
+        if closes {
+            let _ = self.closes_stdin.set(());
+        }
+        Ok(closes)
     }
 
     /// Runs the request's pipeline in `container` of `pod`; `own` when the pod is Cairn's own

@@ -5,7 +5,7 @@
 
 use std::future::Future;
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use futures::future::BoxFuture;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -121,6 +121,9 @@ pub(crate) async fn drive(
         stderrs,
     } = pipes;
 
+    // Set when the stdin source broke: the command is being cut off, and its end (killed) is
+    // not a result but that failure's consequence.
+    let broke = AtomicBool::new(false);
     let feed = async {
         let Some(mut pipe) = command_stdin else {
             return Ok(());
@@ -143,6 +146,7 @@ pub(crate) async fn drive(
         // closes when dropped, a Kubernetes exec's when shut down. Not before the command is
         // cut off, when its source broke.
         if matches!(&result, Err(f) if f.stage != WRITING_STDIN) {
+            broke.store(true, Ordering::Relaxed);
             cut.cut().await;
         }
         let _ = pipe.shutdown().await;
@@ -210,7 +214,13 @@ pub(crate) async fn drive(
                 result?;
                 fed = true;
             }
-            result = &mut io => break result?,
+            result = &mut io => {
+                // Ended as it was being cut off: the failure that cut it is the result.
+                if !fed && broke.load(Ordering::Relaxed) {
+                    (&mut feed).await?;
+                }
+                break result?;
+            }
         }
     };
     Ok(Finished {
