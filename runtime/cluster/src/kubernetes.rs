@@ -1653,6 +1653,14 @@ fn selector_query(selector: &LabelSelector) -> Result<String> {
     Ok(terms.join(","))
 }
 
+/// The names of `pods`, comma-separated, for messages.
+fn pod_names(pods: &[Pod]) -> String {
+    pods.iter()
+        .map(|p| p.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// A note naming the pods a workload's selector matches that no controller owns, for
 /// messages about its pods: empty when there are none.
 fn orphans_note(orphans: &[String]) -> String {
@@ -1992,12 +2000,7 @@ impl Cluster for KubeCluster {
                          controller owns it (made by hand, or a debug copy), so it is not one \
                          of the workload's replicas; name one of its pods ({}) or leave the \
                          pod unnamed",
-                        described
-                            .pods
-                            .iter()
-                            .map(|p| p.name.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
+                        pod_names(&described.pods)
                     )));
                 }
                 None => {
@@ -2175,12 +2178,7 @@ impl Cluster for KubeCluster {
                 "workload {workload} is scaled to zero but its pod(s) {} still run, so a \
                  snapshot now would not be of a stopped application; wait until they are gone \
                  (a pod on a lost node must be deleted by hand)",
-                described
-                    .pods
-                    .iter()
-                    .map(|p| p.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                pod_names(&described.pods)
             )));
         }
         if !described.volumes.iter().any(|v| v.name == volume) {

@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use cairn_cluster::{Cluster, Error, KubeCluster, Stdin, Stdout, WorkloadKind, WorkloadRef};
+use cairn_cluster::{
+    Cluster, Error, ExecOutput, ExecRequest, KubeCluster, Stdin, Stdout, WorkloadKind, WorkloadRef,
+};
 use cairn_kube_fake::{FakeApi, workload};
 use serde_json::json;
 
@@ -812,28 +814,46 @@ async fn pods_no_controller_owns_are_not_replicas() {
     }
 }
 
+/// The shop with StatefulSet `db` scaled to zero, for commands for a stopped workload.
+async fn stopped_shop() -> (FakeApi, KubeCluster) {
+    let (api, cluster) = shop().await;
+    cluster.scale(&db(), 0).await.expect("scale");
+    (api, cluster)
+}
+
+/// A request for stopped `db` with this timeout.
+fn stopped(argv: &[&str], timeout: Duration) -> ExecRequest {
+    ExecRequest {
+        stopped: true,
+        timeout,
+        ..request(argv)
+    }
+}
+
+/// The exec of `request` in `db` (failing the test should it hang), and how long it took.
+async fn timed_exec(
+    cluster: &KubeCluster,
+    request: ExecRequest,
+) -> (Result<ExecOutput, Error>, Duration) {
+    let started = std::time::Instant::now();
+    let result = tokio::time::timeout(TEST_TIMEOUT, cluster.exec(&db(), request))
+        .await
+        .expect("the exec returned");
+    (result, started.elapsed())
+}
+
 /// A stopped exec returns once its command has ended: its pod's deletion (containers
 /// stopping, volumes unmounted) is started, not waited for, so a command that ends just
 /// within its timeout is not turned into a timeout by the cleanup.
 #[tokio::test]
 async fn a_stopped_exec_does_not_wait_for_its_pod_to_go() {
-    let (api, cluster) = shop().await;
-    cluster.scale(&db(), 0).await.expect("scale");
+    let (api, cluster) = stopped_shop().await;
     api.pod_deletion_takes(Duration::from_secs(20));
-    let mut quick = request(&["echo", "done"]);
-    quick.stopped = true;
-    quick.timeout = Duration::from_secs(5);
-    let started = std::time::Instant::now();
-    let out = tokio::time::timeout(TEST_TIMEOUT, cluster.exec(&db(), quick))
-        .await
-        .expect("returned")
-        .expect("exec runs");
+    let quick = stopped(&["echo", "done"], Duration::from_secs(5));
+    let (out, took) = timed_exec(&cluster, quick).await;
+    let out = out.expect("exec runs");
     assert_eq!((out.exit_code, out.stdout.as_slice()), (0, &b"done\n"[..]));
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "took {:?}",
-        started.elapsed()
-    );
+    assert!(took < Duration::from_secs(5), "took {took:?}");
     let pod = api
         .get("/api/v1/namespaces/shop/pods", "db-stopped")
         .expect("still stopping");
@@ -863,22 +883,25 @@ impl tokio::io::AsyncRead for Broken {
 /// commit the part it read.
 #[tokio::test]
 async fn a_stopped_exec_whose_input_broke_is_killed_before_its_input_ends() {
-    let (_api, cluster) = shop().await;
-    cluster.scale(&db(), 0).await.expect("scale");
+    let (_api, cluster) = stopped_shop().await;
     let dir = tempfile::tempdir().expect("a directory");
     let committed = dir.path().join("committed");
     let script = format!("cat > /dev/null && touch {}", committed.display());
-    let mut restore = request(&["sh", "-c", &script]);
-    restore.stopped = true;
+    let mut restore = stopped(&["sh", "-c", &script], Duration::from_secs(30));
     restore.stdin = Stdin::Stream(Box::new(Broken(false)));
-    let e = tokio::time::timeout(TEST_TIMEOUT, cluster.exec(&db(), restore))
+    let e = timed_exec(&cluster, restore)
         .await
-        .expect("returned")
+        .0
         .expect_err("the source broke");
     assert!(e.to_string().contains("pack damaged"), "{e}");
-    // Give a command that was not killed the time to act on the end of its input.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(!committed.exists(), "the command read the end of its input");
+    // A command that was not killed acts on the end of its input within moments.
+    let appeared = tokio::time::timeout(Duration::from_millis(500), async {
+        while !committed.exists() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(appeared.is_err(), "the command read the end of its input");
 }
 
 /// A stopped exec's pod start and its command share the command's timeout, as the engine
@@ -886,22 +909,12 @@ async fn a_stopped_exec_whose_input_broke_is_killed_before_its_input_ends() {
 /// (beyond which the engine would drop the call and the pod with the command running).
 #[tokio::test]
 async fn a_stopped_exec_keeps_within_its_timeout_however_slow_its_pod_starts() {
-    let (api, cluster) = shop().await;
-    cluster.scale(&db(), 0).await.expect("scale");
+    let (api, cluster) = stopped_shop().await;
     api.pod_start_takes(Duration::from_secs(2));
-    let mut slow = request(&["sleep", "30"]);
-    slow.stopped = true;
-    slow.timeout = Duration::from_secs(4);
-    let started = std::time::Instant::now();
-    let e = tokio::time::timeout(TEST_TIMEOUT, cluster.exec(&db(), slow))
-        .await
-        .expect("returned")
-        .expect_err("ran past its timeout");
-    assert!(
-        started.elapsed() < Duration::from_millis(5500),
-        "took {:?}",
-        started.elapsed()
-    );
+    let slow = stopped(&["sleep", "30"], Duration::from_secs(4));
+    let (e, took) = timed_exec(&cluster, slow).await;
+    let e = e.expect_err("ran past its timeout");
+    assert!(took < Duration::from_millis(5500), "took {took:?}");
     match e {
         Error::TimedOut { what, after } => {
             assert_eq!(after, Duration::from_secs(4));
@@ -1236,17 +1249,10 @@ async fn a_failed_output_sink_fails_the_exec_at_once() {
     let mut dump = request(&["cat", "/dev/zero"]);
     dump.stdout = Stdout::Stream(Box::new(Refusing));
     dump.timeout = Duration::from_secs(600);
-    let started = std::time::Instant::now();
-    let e = tokio::time::timeout(TEST_TIMEOUT, cluster.exec(&db(), dump))
-        .await
-        .expect("the exec ended before its command did")
-        .expect_err("the sink fails");
+    let (e, took) = timed_exec(&cluster, dump).await;
+    let e = e.expect_err("the sink fails");
     assert!(e.to_string().contains("no space left"), "{e}");
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "waited {:?}: {e}",
-        started.elapsed()
-    );
+    assert!(took < Duration::from_secs(10), "waited {took:?}: {e}");
 }
 
 /// A command writing as much as it reads: its output must keep being received while its stdin
