@@ -713,6 +713,71 @@ impl KubeCluster {
         Ok(closes)
     }
 
+    /// The error of an exec of `what` in `container` of `pod` that could not start. An API
+    /// server that refuses the upgrade (a completed pod, a container not running, as a pod
+    /// dying between Cairn's look and the exec) says little ("container not found"), or
+    /// nothing but a status code: the container's state, read from the pod, says why.
+    async fn exec_refused(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: &str,
+        what: &str,
+        e: kube::Error,
+    ) -> Error {
+        let refused = match &e {
+            kube::Error::UpgradeConnection(_) => true,
+            kube::Error::Api(s) => s.code == 400 || s.code >= 500,
+            _ => false,
+        };
+        if !refused {
+            return api_error(format!("starting {what}"), e);
+        }
+        let state = match self.api::<KubePod>(namespace).get_opt(pod).await {
+            Ok(Some(found)) => {
+                let status = found.status.unwrap_or_default();
+                let phase = status.phase.unwrap_or_default();
+                let state = status
+                    .container_statuses
+                    .iter()
+                    .flatten()
+                    .find(|c| c.name == container)
+                    .and_then(|c| c.state.clone());
+                match state {
+                    _ if phase == "Succeeded" || phase == "Failed" => {
+                        format!("pod {pod} has ended ({phase})")
+                    }
+                    Some(s) if s.running.is_none() => match (s.waiting, s.terminated) {
+                        (Some(w), _) => format!(
+                            "container {container} of pod {pod} is not running: waiting ({})",
+                            w.reason.unwrap_or_default()
+                        ),
+                        (_, Some(t)) => format!(
+                            "container {container} of pod {pod} is not running: terminated ({})",
+                            t.reason.unwrap_or_default()
+                        ),
+                        _ => format!("container {container} of pod {pod} is not running"),
+                    },
+                    _ => format!(
+                        "pod {pod} is {phase}; see `kubectl describe pod -n {namespace} {pod}`"
+                    ),
+                }
+            }
+            Ok(None) => format!("pod {pod} is gone"),
+            Err(read) => format!("reading pod {pod} to tell why: {read}"),
+        };
+        failed(
+            format!("starting {what}"),
+            format!(
+                "the API server refused the exec ({}): {state}; try again once it runs",
+                match &e {
+                    kube::Error::Api(s) => s.message.clone(),
+                    e => e.to_string(),
+                }
+            ),
+        )
+    }
+
     /// Runs the request's pipeline in `container` of `pod`; `own` when the pod is Cairn's own
     /// (a stopped workload's), which may then be deleted to kill the command.
     async fn run_in(
@@ -748,21 +813,28 @@ impl KubeCluster {
             // Refused before anything starts: a command started with stdin on an API server
             // that cannot close it would see its stdin end at once and run on (`rm -rf DIR/*
             // && cat > DIR/dump` would run its first half).
+            let starting = |e| self.exec_refused(&workload.namespace, pod, container, &what, e);
             if (has_stdin || argvs.len() > 1)
-                && !self
+                && !match self
                     .exec_closes_stdin(&workload.namespace, pod, container)
                     .await
-                    .map_err(|e| api_error(format!("starting {what}"), e))?
+                {
+                    Ok(closes) => closes,
+                    Err(e) => return Err(starting(e).await),
+                }
             {
                 return Err(failed(
                     format!("starting {what}"),
                     no_stream_close(has_stdin, argvs.len()),
                 ));
             }
-            let started = self
+            let started = match self
                 .start(&workload.namespace, pod, container, argvs, has_stdin)
                 .await
-                .map_err(|e| api_error(format!("starting {what}"), e))?;
+            {
+                Ok(started) => started,
+                Err(e) => return Err(starting(e).await),
+            };
             let Started {
                 pipes,
                 relays,

@@ -974,6 +974,33 @@ async fn exec(
             &name,
         );
     };
+    // As the API server (a completed pod) and the kubelet (a container not running) refuse it.
+    let phase = pod["status"]["phase"].as_str().unwrap_or("Running");
+    if phase == "Succeeded" || phase == "Failed" {
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            format!("cannot exec into a container in a completed pod; current phase is {phase}"),
+            &name,
+        );
+    }
+    let not_running = pod["status"]["containerStatuses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| Some(c["name"].as_str().unwrap_or_default()) == container.as_deref())
+        .is_some_and(|c| c["state"]["running"].is_null());
+    if not_running {
+        return status(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            format!(
+                "container {:?} in pod {name} is not created or running",
+                container.as_deref().unwrap_or_default()
+            ),
+            &name,
+        );
+    }
     // The container's environment and working directory, as its runtime would give them.
     let setting = Setting {
         env: spec["env"]

@@ -860,6 +860,29 @@ async fn a_stopped_exec_does_not_wait_for_its_pod_to_go() {
     assert!(!pod["metadata"]["deletionTimestamp"].is_null(), "{pod}");
 }
 
+/// An exec the API server refuses (the pod's container stopped between Cairn's look and the
+/// exec) says why, from the container's state: kube keeps only the refusal's status code.
+#[tokio::test]
+async fn an_exec_refused_says_what_the_container_is_doing() {
+    let (api, cluster) = shop().await;
+    let pods = "/api/v1/namespaces/shop/pods";
+    let mut pod = api.remove(pods, "db-0").expect("db-0");
+    pod["status"]["containerStatuses"] = json!([{
+        "name": "postgres", "ready": false,
+        "state": { "waiting": { "reason": "CrashLoopBackOff" } },
+    }]);
+    api.put(pods, pod);
+    let mut named = request(&["true"]);
+    named.pod = Some("db-0".to_owned());
+    let e = cluster.exec(&db(), named).await.expect_err("refused");
+    let message = e.to_string();
+    assert!(
+        message.contains("not running: waiting (CrashLoopBackOff)")
+            && !message.contains("Status {"),
+        "{message}"
+    );
+}
+
 /// A source that gives some bytes, then fails (an object store error, a damaged pack).
 struct Broken(bool);
 
