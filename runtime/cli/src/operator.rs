@@ -902,7 +902,6 @@ fn status_of(found: &Found, policy: Option<&Policy>) -> Value {
     })
 }
 
-/// `value` without its null fields, at every depth: what a merge patch of it leaves.
 /// The status to write on a resource, `None` when it shows that already: a pass that changed
 /// nothing writes nothing (no load on the API server, no watch events every 15 seconds).
 fn status_to_write(found: &Found, policy: Option<&Policy>) -> Option<Value> {
@@ -911,6 +910,7 @@ fn status_to_write(found: &Found, policy: Option<&Policy>) -> Option<Value> {
     (without_nulls(&status) != found.status).then_some(status)
 }
 
+/// `value` without its null fields, at every depth: what a merge patch of it leaves.
 fn without_nulls(value: &Value) -> Value {
     match value {
         Value::Object(map) => Value::Object(
