@@ -160,6 +160,8 @@ pub(crate) async fn serve(args: ServeArgs, home: Option<PathBuf>) -> anyhow::Res
     let mut ran = 0;
     // Whether this is serve's first pass, and whether an unfinished DR restore was said.
     let (mut starting, mut unfinished_said) = (true, false);
+    // Whether serve's time zone is noted in the catalog (or there is none to note).
+    let mut zone_noted = false;
     // Unreadable policy records, each reported once.
     let mut unreadable = BTreeSet::new();
     loop {
@@ -189,23 +191,28 @@ pub(crate) async fn serve(args: ServeArgs, home: Option<PathBuf>) -> anyhow::Res
                 true
             }
         };
-        if starting && !restoring {
+        if !zone_noted && !restoring {
             // serve's time zone, for `policy run` from a shell to warn when its own differs (its
             // retention would count other days): once, not while a DR restore is unfinished, and
             // only when it changed (`serve --once` from a timer would write it every pass). A
-            // catalog that cannot take it now is said, and serve goes on.
-            if let Some(zone) = jiff::tz::TimeZone::system().iana_name()
-                && let Err(e) = crate::catalog::open(&home).and_then(|c| {
+            // catalog that cannot take it now is said (at the first pass), and serve goes on and
+            // tries again at the next.
+            let zone = jiff::tz::TimeZone::system();
+            let noted = zone.iana_name().map_or(Ok(()), |zone| {
+                crate::catalog::open(&home).and_then(|c| {
                     if c.meta(crate::policy::SERVE_ZONE)?.as_deref() != Some(zone) {
                         c.set_meta(crate::policy::SERVE_ZONE, Some(zone))?;
                     }
                     Ok(())
                 })
-            {
-                errln!(
-                    "cairn: cannot note serve's time zone: {}",
+            });
+            match noted {
+                Ok(()) => zone_noted = true,
+                Err(e) if starting => errln!(
+                    "cairn: cannot note serve's time zone (tried again at each pass): {}",
                     crate::one_line(&e)
-                );
+                ),
+                Err(_) => {}
             }
         }
         if let Some(operator) = operator.as_mut().filter(|_| !restoring) {
