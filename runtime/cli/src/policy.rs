@@ -2440,9 +2440,10 @@ async fn retain(
         let times: Vec<i64> = mine.iter().map(|p| p.created.as_second()).collect();
         // `within` counts back from now when the newest point is dated after it (within the
         // clocks' slack).
-        let mut keep = policy.retention.keep_in_until(
+        let mut keep = cairn_repository::keep_in_zone(
+            &policy.retention,
             &times,
-            |t| Timestamp::from_second(t).map_or(0, |t| i64::from(zone.to_offset(t).seconds())),
+            &zone,
             Timestamp::now().as_second(),
         );
         keep.extend(partial.iter().map(|_| Vec::new()));
@@ -2863,7 +2864,8 @@ mod tests {
                     .expect("a retention"),
                 ..minimal()
             };
-            cairn_repository::keep_in_zone(&policy.retention, &times, &retention_zone(&policy))
+            let now = Timestamp::now().as_second();
+            cairn_repository::keep_in_zone(&policy.retention, &times, &retention_zone(&policy), now)
                 .iter()
                 .map(|rules| !rules.is_empty())
                 .collect::<Vec<_>>()

@@ -20,7 +20,10 @@ pub fn retained(
     let mut keep = BTreeMap::new();
     for group in groups.into_values() {
         let times: Vec<i64> = group.iter().map(|s| s.time.as_second()).collect();
-        for (s, rules) in group.iter().zip(keep_in_zone(policy, &times, zone)) {
+        for (s, rules) in group
+            .iter()
+            .zip(keep_in_zone(policy, &times, zone, i64::MAX))
+        {
             if !rules.is_empty() {
                 keep.insert(s.id.clone(), rules);
             }
@@ -29,15 +32,20 @@ pub fn retained(
     keep
 }
 
-/// [`Retention::keep`] with the hours, days, weeks, months and years of time zone `zone`.
+/// [`Retention::keep`] with the hours, days, weeks, months and years of time zone `zone`, and
+/// `within` counted back from `now` (unix seconds) when the newest time is after it, as
+/// [`Retention::keep_in_until`]; `i64::MAX` counts it back from the newest time.
 pub fn keep_in_zone(
     policy: &Retention,
     times: &[i64],
     zone: &jiff::tz::TimeZone,
+    now: i64,
 ) -> Vec<Vec<&'static str>> {
-    policy.keep_in(times, |t| {
-        jiff::Timestamp::from_second(t).map_or(0, |t| i64::from(zone.to_offset(t).seconds()))
-    })
+    policy.keep_in_until(
+        times,
+        |t| jiff::Timestamp::from_second(t).map_or(0, |t| i64::from(zone.to_offset(t).seconds())),
+        now,
+    )
 }
 
 /// A series: host, source, and the workload an export was made for (its `namespace=` and
