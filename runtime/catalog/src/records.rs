@@ -247,6 +247,11 @@ pub struct Blueprint {
     /// The capabilities the operator lets policies grant it; `None` for all it declares.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow: Option<Vec<String>>,
+    /// Whether `cairn blueprint add --keep-newer` registered it (the bundled blueprints, added
+    /// at every start): another build of the same version added so replaces it (a newer image's
+    /// build of the bundled version), while one added without it (an operator's hotfix) stays.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep_newer: bool,
 }
 
 record!(Blueprint, Blueprint, name);

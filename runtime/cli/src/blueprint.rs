@@ -52,8 +52,10 @@ pub(crate) enum BlueprintCommand {
         #[arg(long, conflicts_with = "keep_newer")]
         downgrade: bool,
         /// Leave a registered blueprint of a newer version, or another build of the same
-        /// version (an operator's hotfix), in place and succeed, instead of refusing or
-        /// replacing it (for registering bundled blueprints at every start).
+        /// version added without --keep-newer (an operator's hotfix), in place and succeed,
+        /// instead of refusing or replacing it (for registering bundled blueprints at every
+        /// start: another build of the same version replaces one added with --keep-newer, the
+        /// bundled build of an earlier image).
         #[arg(long)]
         keep_newer: bool,
         /// The only capabilities policies and runs by name may grant it (comma-separated), or
@@ -115,16 +117,25 @@ pub(crate) async fn run(cmd: BlueprintCommand, home: Option<PathBuf>) -> anyhow:
                     .into());
                 }
                 // The Kubernetes install adds its bundled builds at every start with
-                // --keep-newer: an operator's build of the same version (a hotfix) must not be
-                // reverted by the next restart.
-                Compared::OtherBuild(other) if keep_newer => {
+                // --keep-newer, all of the workspace's version: an operator's build of the same
+                // version (a hotfix) must not be reverted by the next restart, while an upgraded
+                // image's builds must replace the previous image's.
+                Compared::OtherBuild {
+                    said,
+                    keep_newer: true,
+                } if keep_newer => outln!(
+                    "{said}, which an earlier --keep-newer add registered (a bundled build): it \
+                     is replaced"
+                ),
+                Compared::OtherBuild { said, .. } if keep_newer => {
                     outln!(
-                        "{other}: the registered one is kept (--keep-newer); add it without \
-                         --keep-newer to replace it"
+                        "{said}, which was added without --keep-newer (an operator's build, such \
+                         as a hotfix): the registered one is kept (--keep-newer); add this one \
+                         without --keep-newer to replace it"
                     );
                     return Ok(ExitCode::from(exit::OK));
                 }
-                Compared::OtherBuild(other) => errln!(
+                Compared::OtherBuild { said: other, .. } => errln!(
                     "cairn: warning: {other}, which it replaces; give a new build a new version, \
                      so that restore points say which made them"
                 ),
@@ -134,7 +145,7 @@ pub(crate) async fn run(cmd: BlueprintCommand, home: Option<PathBuf>) -> anyhow:
                 Some(caps) => allowed(&blueprint, &caps)?,
                 None => still_allowed(&home, &blueprint)?,
             };
-            add(&home, &file, &blueprint, allow, output)?;
+            add(&home, &file, &blueprint, allow, keep_newer, output)?;
             Ok(ExitCode::from(exit::OK))
         }
         BlueprintCommand::List { output } => {
@@ -409,8 +420,8 @@ enum Compared {
     /// The registered one is of a newer version (replaced only with --downgrade): says so.
     Older(String),
     /// The registered one is another build of the same version (build metadata aside, as
-    /// `1.2.0+patched`): says so.
-    OtherBuild(String),
+    /// `1.2.0+patched`): says so, and whether an add with --keep-newer registered it.
+    OtherBuild { said: String, keep_newer: bool },
 }
 
 /// Compares `blueprint` with the registered blueprint of the same name.
@@ -430,26 +441,31 @@ fn compared(home: &Home, blueprint: &cairn_engine::Blueprint) -> anyhow::Result<
                 "blueprint {} {} is older than the registered {}",
                 d.name, d.version, old.version
             )),
-            Some(std::cmp::Ordering::Equal) => Compared::OtherBuild(format!(
-                "blueprint {} {} ({}) is another build of the same version as the registered {} \
-                 ({})",
-                d.name,
-                d.version,
-                blueprint.digest(),
-                old.version,
-                old.digest
-            )),
+            Some(std::cmp::Ordering::Equal) => Compared::OtherBuild {
+                said: format!(
+                    "blueprint {} {} ({}) is another build of the same version as the registered \
+                     {} ({})",
+                    d.name,
+                    d.version,
+                    blueprint.digest(),
+                    old.version,
+                    old.digest
+                ),
+                keep_newer: old.keep_newer,
+            },
             _ => Compared::NewOrSame,
         },
     )
 }
 
-/// Copies the component into the home under its digest and records it by name.
+/// Copies the component into the home under its digest and records it by name, and whether an
+/// add with --keep-newer registered it (`keep_newer`).
 fn add(
     home: &Home,
     file: &Path,
     blueprint: &cairn_engine::Blueprint,
     allow: Option<Vec<String>>,
+    keep_newer: bool,
     output: Output,
 ) -> anyhow::Result<()> {
     let d = blueprint.description();
@@ -468,15 +484,22 @@ fn add(
     }
     let kept = std::fs::canonicalize(&kept)
         .with_context(|| format!("cannot resolve {}", kept.display()))?;
+    let catalog = crate::catalog::open(home)?;
+    let replaced = catalog.blueprint(&d.name)?;
+    // The very build registered again by hand (say, to change --allow) is no hotfix: it stays
+    // one an upgraded image's build replaces.
+    let keep_newer = keep_newer
+        || replaced
+            .as_ref()
+            .is_some_and(|old| old.digest == blueprint.digest() && old.keep_newer);
     let record = cairn_catalog::Blueprint {
         name: d.name.clone(),
         version: d.version.clone(),
         digest: blueprint.digest().to_owned(),
         wasm: kept.display().to_string(),
         allow,
+        keep_newer,
     };
-    let catalog = crate::catalog::open(home)?;
-    let replaced = catalog.blueprint(&d.name)?;
     catalog.save(&record)?;
     if d.capabilities.contains(&cairn_engine::Capability::Catalog) {
         errln!(

@@ -210,7 +210,8 @@ fn registered_digest(cairn: &Cairn) -> String {
 }
 
 /// The Kubernetes install adds its bundled builds with --keep-newer at every
-/// start; an operator's other build of the same version (a hotfix) must survive it.
+/// start; an operator's other build of the same version, added by hand (a hotfix), must
+/// survive it.
 #[test]
 fn keep_newer_keeps_another_build_of_the_same_version() {
     let cairn = Cairn::new();
@@ -227,6 +228,7 @@ fn keep_newer_keeps_another_build_of_the_same_version() {
     assert!(
         said.contains("is another build of the same version as the registered 0.1.0")
             && said.contains(&hotfix)
+            && said.contains("which was added without --keep-newer")
             && said.contains("the registered one is kept (--keep-newer)"),
         "{said}"
     );
@@ -242,6 +244,40 @@ fn keep_newer_keeps_another_build_of_the_same_version() {
         stderr(&replace)
     );
     assert_ne!(registered_digest(&cairn), hotfix, "replaced");
+}
+
+/// An upgraded image's bundled build, of the same version as the previous image's (every
+/// bundled blueprint has the workspace's version), replaces the one an earlier --keep-newer add
+/// registered: otherwise no image upgrade would bring its blueprints' fixes.
+#[test]
+fn keep_newer_replaces_another_build_that_keep_newer_added() {
+    let cairn = Cairn::new();
+    let stock = hello_wasm().to_str().expect("utf-8 path");
+    let patched = patched_hello(&cairn);
+    let patched = patched.to_str().expect("utf-8 path");
+    let add = cairn.run(&["blueprint", "add", "--keep-newer", stock]);
+    assert!(add.status.success(), "{}", stderr(&add));
+    let bundled = registered_digest(&cairn);
+    // Registered again by hand, the very same build is still the bundled one, not a hotfix.
+    let again = cairn.run(&["blueprint", "add", stock]);
+    assert!(again.status.success(), "{}", stderr(&again));
+
+    let upgraded = cairn.run(&["blueprint", "add", "--keep-newer", patched]);
+    assert!(upgraded.status.success(), "{}", stderr(&upgraded));
+    let said = String::from_utf8_lossy(&upgraded.stdout);
+    assert!(
+        said.contains("is another build of the same version as the registered 0.1.0")
+            && said.contains("which an earlier --keep-newer add registered")
+            && said.contains("it is replaced"),
+        "{said}"
+    );
+    let upgraded = registered_digest(&cairn);
+    assert_ne!(upgraded, bundled, "replaced");
+
+    // The next start adds the same build again: it stays.
+    let restart = cairn.run(&["blueprint", "add", "--keep-newer", patched]);
+    assert!(restart.status.success(), "{}", stderr(&restart));
+    assert_eq!(registered_digest(&cairn), upgraded);
 }
 
 /// `all` with other capabilities says that `all` is given alone, not that it is
