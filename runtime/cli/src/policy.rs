@@ -1893,9 +1893,24 @@ pub(crate) struct RestoreArgs {
     /// comma-separated), e.g. import, scale, workloads.
     #[arg(long = "grant", short = 'g', value_name = "CAP", value_delimiter = ',')]
     grants: Vec<String>,
-    /// A parameter for the restore, NAME=VALUE, over the policy's (repeatable).
+    /// A parameter for the restore, NAME=VALUE, over the policy's (repeatable), and over
+    /// --params-of.
     #[arg(long = "param", short = 'p', value_name = "NAME=VALUE")]
     params: Vec<String>,
+    /// Whose parameters a point made with other parameters than the policy gives now is
+    /// restored with (without it, such a restore is refused): the point's, to restore it as it
+    /// was made, or the policy's, as it is now (a new `host` or timeout).
+    #[arg(long, value_enum, value_name = "WHOSE")]
+    params_of: Option<ParamsOf>,
+}
+
+/// Whose parameters a restore takes where the point's and its policy's differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ParamsOf {
+    /// The restore point's: those it was made with.
+    Point,
+    /// The policy's, as it is now.
+    Policy,
 }
 
 /// A `Restore` resource's spec (`operator.rs`): the policy, and `cairn policy restore`'s
@@ -1936,6 +1951,7 @@ impl From<RestoreSpec> for RestoreArgs {
                 .into_iter()
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect(),
+            params_of: None,
         }
     }
 }
@@ -2107,19 +2123,33 @@ impl RestoreArgs {
             .extend(crate::run::parse_grants(&self.grants)?);
         crate::blueprint::check_allowed(&group.registration, &request.grants)?;
         let given = crate::run::parse_params(&self.params)?;
-        if let Some(made) = &point.params {
-            let changed = changed_params(made, &request.params, &given);
-            if !changed.is_empty() {
+        match (&point.params, self.params_of) {
+            (Some(made), None) => {
+                let changed = changed_params(made, &request.params, &given);
+                if !changed.is_empty() {
+                    return Err(UsageError(format!(
+                        "restore point {} was made with other parameters than policy {} gives \
+                         now: {}. Say which the restore takes: --params-of point restores it as \
+                         it was made, --params-of policy where the policy is now, and --param \
+                         NAME=VALUE sets one (params in a Restore)",
+                        point.id,
+                        policy.name,
+                        changed.join("; ")
+                    ))
+                    .into());
+                }
+            }
+            (Some(made), Some(ParamsOf::Point)) => request.params = made.clone(),
+            (None, Some(ParamsOf::Point)) => {
                 return Err(UsageError(format!(
-                    "restore point {} was made with other parameters than policy {} gives now: \
-                     {}. Say which the restore takes (--param, or params in a Restore): the \
-                     point's values restore it as it was made, the policy's where it is now",
-                    point.id,
-                    policy.name,
-                    changed.join("; ")
+                    "restore point {} does not record its parameters (an earlier release made \
+                     it): --params-of point cannot restore with them; give them with --param \
+                     NAME=VALUE",
+                    point.id
                 ))
                 .into());
             }
+            (_, Some(ParamsOf::Policy)) | (None, None) => {}
         }
         for (k, v) in given {
             request.params.retain(|(name, _)| *name != k);

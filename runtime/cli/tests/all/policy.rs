@@ -2326,6 +2326,8 @@ fn a_point_made_with_other_parameters_is_restored_only_when_told_which() {
             "was made with other parameters than policy greet gives now: greeting=hi (the \
              policy now gives greeting=hey)",
             "--param",
+            "--params-of point restores it as it was made, --params-of policy where the policy \
+             is now",
         ],
     );
     ok(&cairn.run(&[
@@ -2337,6 +2339,18 @@ fn a_point_made_with_other_parameters_is_restored_only_when_told_which() {
         "--param",
         "greeting=hey",
     ]));
+    // Every changed parameter settled at once, either way.
+    for whose in ["point", "policy"] {
+        ok(&cairn.run(&[
+            "policy",
+            "restore",
+            "greet",
+            "-w",
+            "hello",
+            "--params-of",
+            whose,
+        ]));
+    }
     // A point made with the policy's present parameters restores as before.
     ok(&cairn.run(&["policy", "run", "greet"]));
     ok(&cairn.run(&["policy", "restore", "greet", "-w", "hello"]));
