@@ -93,9 +93,9 @@ pub struct RestorePoint {
     pub action_id: String,
     /// What was backed up.
     pub target: Target,
-    /// When the run that made it started (what the application held then; retention counts
-    /// it in that day). Points recorded before 2026-12-07 hold when they were recorded, their
-    /// run's end.
+    /// When its workload's backup started (what the application held then; retention counts it
+    /// in that day), not when its policy's run did: a run backs up its workloads a few at a
+    /// time. Points recorded before 2026-12-07 hold when they were recorded, their run's end.
     pub created: Timestamp,
     /// The artifacts the run produced.
     #[serde(default)]
