@@ -808,7 +808,7 @@ fn after_the_stop_grace_serve_stops_the_runs_in_hand() {
     refused_with(&out, &["--stop-grace", "expected a duration"]);
 }
 
-/// r2 finding 1: serve reads the policies due at the start of a pass, and runs them
+/// serve reads the policies due at the start of a pass, and runs them
 /// `--jobs` at a time; one that waits its turn is read again when its turn comes. Paused,
 /// run by hand or deleted meanwhile, it does not run; applied again, it runs as it is now.
 #[test]
@@ -2175,7 +2175,7 @@ fn retention_keeps_the_point_a_run_made_even_when_the_clock_went_back() {
     assert_eq!(points(&cairn).as_array().map(Vec::len), Some(2));
 }
 
-/// r2 finding 2: one point dated a year ahead (the clock was set forward for a while) must not
+/// One point dated a year ahead (the clock was set forward for a while) must not
 /// make `within` remove every point made since.
 #[test]
 fn a_point_dated_ahead_of_the_clock_does_not_anchor_within() {
@@ -2197,7 +2197,7 @@ fn a_point_dated_ahead_of_the_clock_does_not_anchor_within() {
     assert_eq!(points(&cairn).as_array().map(Vec::len), Some(3));
 }
 
-/// r2 finding 9: a run from a shell whose time zone is not serve's counts retention's days
+/// A run from a shell whose time zone is not serve's counts retention's days
 /// in another zone: it says so.
 #[test]
 fn a_run_in_another_time_zone_than_serves_is_warned_of() {
