@@ -358,7 +358,7 @@ fn a_restore_stopped_at_its_deadline_is_undone_by_its_posthook() {
     assert_eq!(dump.get("/newer").map(String::as_str), Some("data"));
 }
 
-/// Regression (restore QA, finding 10): a `data-dir` that does not exist, or is not the
+/// A `data-dir` that does not exist, or is not the
 /// member's (it holds no `member/`), failed late naming another cause ("did not restart").
 /// It is refused up front, before anything is staged or moved.
 #[test]
@@ -392,7 +392,7 @@ fn a_data_dir_that_is_not_the_members_is_refused_before_anything_changes() {
     assert_eq!(etcd.dump().len(), 2);
 }
 
-/// Regression (restore QA, finding 9): a snapshot holds the users and passwords of backup
+/// A snapshot holds the users and passwords of backup
 /// time. Restored with the root password changed since, the restarted member refused the new
 /// one, and the restore failed as "the member does not answer", leaving `data.cairn-old` for
 /// the next restore to refuse. The member runs on the restored data: the restore is done, and
@@ -439,7 +439,7 @@ fn a_restore_whose_snapshot_holds_other_credentials_is_done_and_says_so() {
     );
 }
 
-/// Regression (restore QA, finding 8): without `initial-advertise-peer-urls` a restore gave the
+/// Without `initial-advertise-peer-urls` a restore gave the
 /// member etcd's default peer URL, http://localhost:2380, whatever it had. It keeps the ones
 /// the member advertises; a member name the cluster does not have is refused up front.
 #[test]

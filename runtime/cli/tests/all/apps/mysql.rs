@@ -366,7 +366,7 @@ fn an_all_databases_dump_round_trips() {
     );
 }
 
-/// Restore QA finding 1: `--param database` on a point of every database was ignored, and with
+/// `--param database` on a point of every database was ignored, and with
 /// replace=true every database was overwritten where a copy into one was meant. Refused, and
 /// the server is left as it was.
 #[test]
@@ -395,7 +395,7 @@ fn an_all_databases_point_refuses_a_database_parameter() {
     assert!(!maria.exists("foo"));
 }
 
-/// Restore QA findings 7 and 12: a restore failing on a statement larger than the server's
+/// A restore failing on a statement larger than the server's
 /// `max_allowed_packet` reported the statement the client echoed (cut at the host's cap on
 /// stderr, so the server's line after it was lost), and left the database it had created.
 #[test]

@@ -460,7 +460,7 @@ fn a_cluster_dump_restores_into_an_empty_cluster() {
     assert_eq!(target.fingerprint(DB), before);
 }
 
-/// Restore QA finding 1: `--param database` on a cluster point was ignored, and with
+/// `--param database` on a cluster point was ignored, and with
 /// replace=true every database was dropped where a copy into one was meant. Refused, and the
 /// server is left as it was.
 #[test]
@@ -493,7 +493,7 @@ fn a_cluster_point_refuses_a_database_parameter() {
     assert_eq!(pg.query(DB, "SELECT x FROM items"), "2");
 }
 
-/// Restore QA finding 12: a restore into a database it created that failed (here on a role the
+/// A restore into a database it created that failed (here on a role the
 /// server lacks, which a one-database dump does not carry) left that database behind, empty,
 /// and its error gave no way on.
 #[test]
@@ -533,7 +533,7 @@ fn a_failed_restore_drops_the_database_it_created() {
     }
 }
 
-/// Restore QA finding 6: a replacing restore stopped by its deadline while queued for a lock
+/// A replacing restore stopped by its deadline while queued for a lock
 /// left its session on the server, still queued, and the application's queries on the table
 /// waited behind it until the other transaction ended. The posthook ends it, and says why the
 /// restore stood still.

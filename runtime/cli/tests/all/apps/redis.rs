@@ -361,7 +361,7 @@ fn a_restore_stopped_at_its_deadline_is_undone_by_its_posthook() {
     );
 }
 
-/// Regression (restore QA, finding 5): an RDB the server cannot load (written by a server with
+/// An RDB the server cannot load (written by a server with
 /// `databases 32` holding a key in db 20, restored onto one with the default 16) left Redis
 /// down, its own RDB aside. The server never ran on the restored file, so the restore puts its
 /// own back under the workload scaled to 0 and starts it again: it fails saying why, from the
