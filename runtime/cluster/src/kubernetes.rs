@@ -78,8 +78,9 @@ const CLAIM_BIND_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long a restore waits for its snapshot to be ready to use (a cloud still copying one
 /// taken moments ago). With [`CLAIM_GONE_TIMEOUT`] and [`CLAIM_BIND_TIMEOUT`] it keeps a
 /// restore within the engine's 600 s for a host call, so the call is not dropped between the
-/// old claim's deletion and the new one's creation; a longer copy is waited for first, with
-/// [`Cluster::snapshot_ready`].
+/// old claim's deletion and the new one's creation. A longer copy ends the restore before
+/// anything is changed, and the error tells the user to run it again once `kubectl get
+/// volumesnapshot` shows the snapshot ready to use.
 const RESTORE_READY_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// How long a claim a restore deletes may take to go away: no pod mounts it (checked first), so
@@ -2351,8 +2352,9 @@ impl Cluster for KubeCluster {
                     Error::TimedOut { after, .. } => Error::TimedOut {
                         what: format!(
                             "waiting for VolumeSnapshot {id} to be ready to use before restoring \
-                             it (nothing was changed; wait for it with snapshot-ready, which \
-                             takes a longer timeout, then restore it)"
+                             it (the storage is still copying it; nothing was changed; run the \
+                             restore again once `kubectl get volumesnapshot -n {namespace} \
+                             {name}` shows READYTOUSE true)"
                         ),
                         after,
                     },
