@@ -727,7 +727,11 @@ impl KubeCluster {
         e: kube::Error,
     ) -> Error {
         let refused = match &e {
-            kube::Error::UpgradeConnection(_) => true,
+            // The server answered, but not with the upgrade; the other upgrade errors are
+            // transport faults (kube 5 gives 4xx and 5xx answers as `Error::Api`).
+            kube::Error::UpgradeConnection(
+                kube::client::UpgradeConnectionError::ProtocolSwitch(_),
+            ) => true,
             kube::Error::Api(s) => s.code == 400 || s.code >= 500,
             _ => false,
         };
@@ -750,11 +754,13 @@ impl KubeCluster {
                     }
                     Some(s) if s.running.is_none() => match (s.waiting, s.terminated) {
                         (Some(w), _) => format!(
-                            "container {container} of pod {pod} is not running: waiting ({})",
+                            "container {container} of pod {pod} is not running: waiting ({}); \
+                             try again once it runs",
                             w.reason.unwrap_or_default()
                         ),
                         (_, Some(t)) => format!(
-                            "container {container} of pod {pod} is not running: terminated ({})",
+                            "container {container} of pod {pod} is not running: terminated \
+                             ({}); try again once it runs",
                             t.reason.unwrap_or_default()
                         ),
                         _ => format!("container {container} of pod {pod} is not running"),
@@ -770,7 +776,7 @@ impl KubeCluster {
         failed(
             format!("starting {what}"),
             format!(
-                "the API server refused the exec ({}): {state}; try again once it runs",
+                "the API server refused the exec ({}): {state}",
                 match &e {
                     kube::Error::Api(s) => s.message.clone(),
                     e => e.to_string(),
@@ -1124,11 +1130,18 @@ impl KubeCluster {
                     }
                     return Ok(());
                 }
-                Err(kube::Error::Api(s)) if s.code == 403 => {
+                Err(kube::Error::Api(s)) if s.code == 403 && mark.is_some() => {
                     tracing::warn!(%workload, error = %s.message,
                         "cannot mark the count the workload had (grant Cairn patch on \
                          deployments and statefulsets): should Cairn stop before scaling it \
                          back, it stays down");
+                }
+                // A scale-up through the subresource bumps the generation, which leaves the
+                // mark naming an older one: inert.
+                Err(kube::Error::Api(s)) if s.code == 403 => {
+                    tracing::debug!(%workload, error = %s.message,
+                        "cannot clear the scaled-from mark (no patch on the workload); it is \
+                         ignored from now on");
                 }
                 Err(e) => return Err(e),
             }
