@@ -647,10 +647,12 @@ impl KubeCluster {
         argvs: Vec<Vec<String>>,
         has_stdin: bool,
     ) -> std::result::Result<Started, kube::Error> {
-        // The last program first: the ones after the first read stdin, and should their exec
-        // be refused (no `v5`) the first, which may read none, has not started.
+        // The first program first: should a later start fail (the pod dying, the API server
+        // overloaded), what runs and is then cut off is a producer, not a consumer (often the
+        // destructive half of a restore) left to read an empty input. Without `v5` a pipeline
+        // is refused before this, as its programs' stdin could not be closed.
         let mut procs = Vec::with_capacity(argvs.len());
-        for (i, argv) in argvs.into_iter().enumerate().rev() {
+        for (i, argv) in argvs.into_iter().enumerate() {
             let params = AttachParams::default()
                 .container(container)
                 .stdin(i > 0 || has_stdin)
@@ -658,7 +660,6 @@ impl KubeCluster {
                 .stderr(true);
             procs.push(Exec::start(&self.client, namespace, pod, argv, &params).await?);
         }
-        procs.reverse();
         let statuses: Vec<Shared<BoxFuture<'static, Option<Status>>>> = procs
             .iter_mut()
             .map(|p| match p.take_status() {
