@@ -118,7 +118,7 @@ impl State {
 
 /// The `pod-template-hash` of every Deployment's pods, and the suffix of the ReplicaSet that
 /// owns them.
-pub const TEMPLATE_HASH: &str = "5d9c7f";
+const TEMPLATE_HASH: &str = "5d9c7f";
 
 /// Bytes of the send and receive buffers of the server's sockets.
 const SOCKET_BUFFER: u32 = 16 * 1024;
@@ -619,7 +619,7 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Response<Fu
 
 /// How long a kubelet takes to stop a deleted pod's containers: it learns of the deletion
 /// through its watch of the API server, then signals them.
-pub const KUBELET_LATENCY: std::time::Duration = std::time::Duration::from_millis(200);
+const KUBELET_LATENCY: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Kills the commands running in pod `name` by exec, as its containers stop (after
 /// [`KUBELET_LATENCY`]).
