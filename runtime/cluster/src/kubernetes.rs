@@ -21,10 +21,12 @@
 //!   a stopped workload (`stopped`), whose pod is Cairn's own: there Cairn deletes the pod and
 //!   waits for the command to die before its stdin ends. Otherwise make the input say where it
 //!   ends (a trailer the command checks before committing).
-//! - **Scale** uses the workloads' `scale` subresource. A scale-down returns once the pods it
-//!   removes are gone; one to zero leaves the count the workload had in an annotation
+//! - **Scale** sets a workload's replicas. A scale-down returns once the pods it removes are
+//!   gone; one to zero leaves the count the workload had in an annotation
 //!   (`cairn.dev/scaled-from`), which the next scale to zero answers should Cairn have stopped
-//!   before scaling it back. A StatefulSet that deletes its claims on scale-down is not scaled
+//!   before scaling it back. A scale that writes or clears that mark is one merge patch of the
+//!   Deployment or StatefulSet; the others, and a role that may not patch the workload, go
+//!   through the `scale` subresource. A StatefulSet that deletes its claims on scale-down is not scaled
 //!   down.
 //! - **Snapshots** are CSI VolumeSnapshots (`snapshot.storage.k8s.io/v1`) of a claim, in the
 //!   claim's namespace, with the cluster's default snapshot class unless one is named. Their
@@ -95,7 +97,9 @@ const _: () = assert!(
         < HOST_CALL_BUDGET.as_secs()
 );
 
-/// How long a deleted claim or pod may take to go away.
+/// The longest a stopped workload's pod, deleted, is waited for to go away (its containers
+/// stopped, its volumes unmounted), within the command's timeout. A restore's claims have
+/// [`CLAIM_GONE_TIMEOUT`].
 const GONE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// How long a stopped workload's pod outlives its command's deadline, should Cairn not delete it.

@@ -190,7 +190,8 @@ pub(crate) async fn drive(
         // The first failure ends the wait: a stdout sink that failed (an object store down, a
         // full disk) must not wait for the command to end, which may take the whole phase
         // (a 500 GB dump into nowhere) while the application stays quiesced. The caller then
-        // drops the command's pipes, so it gets EPIPE on its next write, as in a shell.
+        // drops the command's pipes, so it gets EPIPE on its next write, as in a shell
+        // (locally; on Kubernetes the exec is closed, see the backend's docs).
         let (out, errs, code) = tokio::try_join!(out, err, exit)?;
         // One stderr, the programs' in order, within the one limit.
         let mut err = Captured::default();
