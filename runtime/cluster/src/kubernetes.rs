@@ -62,8 +62,9 @@ use tokio::io::AsyncWriteExt;
 use crate::pipes::{self, Pipes, Reader, StreamFailure, Writer, pipefail};
 use crate::ws_exec::Exec;
 use crate::{
-    Cluster, Error, ExecOutput, ExecRequest, Pod, Result, Volume, VolumeSnapshot, Workload,
-    WorkloadKind, WorkloadRef, failed, is_dns_label, is_dns_subdomain, list_hint, workload_json,
+    Cluster, Error, ExecOutput, ExecRequest, HOST_CALL_BUDGET, Pod, Result, Volume, VolumeSnapshot,
+    Workload, WorkloadKind, WorkloadRef, failed, is_dns_label, is_dns_subdomain, list_hint,
+    workload_json,
 };
 
 /// Pause between two looks at a workload becoming ready, a snapshot becoming ready to use or a
@@ -71,8 +72,11 @@ use crate::{
 const POLL: Duration = Duration::from_millis(500);
 
 /// How long a new snapshot may take to be cut (its point in time taken: `creationTime` set),
-/// while the workload may be quiesced.
-const SNAPSHOT_CUT_TIMEOUT: Duration = Duration::from_secs(600);
+/// while the workload may be quiesced: below [`HOST_CALL_BUDGET`], with room for the API calls
+/// around the wait, so a slow cut ends with this timeout (the snapshot deleted) rather than the
+/// call dropped.
+const SNAPSHOT_CUT_TIMEOUT: Duration = Duration::from_secs(540);
+const _: () = assert!(SNAPSHOT_CUT_TIMEOUT.as_secs() < HOST_CALL_BUDGET.as_secs());
 
 /// How long a claim made from a snapshot may take to be bound, when its class binds at once.
 const CLAIM_BIND_TIMEOUT: Duration = Duration::from_secs(300);
@@ -89,9 +93,8 @@ const RESTORE_READY_TIMEOUT: Duration = Duration::from_secs(120);
 /// only its finalizers are left.
 const CLAIM_GONE_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// The engine's timeout of a host call (`DEFAULT_HOST_CALL_TIMEOUT`), which a restore's waits
-/// stay below, with room for its API calls.
-const HOST_CALL_BUDGET: Duration = Duration::from_secs(600);
+// A restore's waits stay below the engine's timeout of a host call, with room for its API
+// calls.
 const _: () = assert!(
     RESTORE_READY_TIMEOUT.as_secs() + CLAIM_GONE_TIMEOUT.as_secs() + CLAIM_BIND_TIMEOUT.as_secs()
         < HOST_CALL_BUDGET.as_secs()

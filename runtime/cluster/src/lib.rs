@@ -408,6 +408,12 @@ pub(crate) fn workload_json(w: &Workload, containers: &[String]) -> serde_json::
     })
 }
 
+/// How long the engine lets one call of a [`Cluster`] method run before it drops the call (its
+/// default timeout of a host call is this constant). A backend keeps its own waits below it,
+/// with room for its API calls, so that a slow call ends with the backend's own error (a
+/// timeout naming what it waited for, a restore saying how far it got), not dropped half-way.
+pub const HOST_CALL_BUDGET: Duration = Duration::from_secs(600);
+
 /// A `Result` with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

@@ -24,7 +24,7 @@ pub const DEFAULT_POSTHOOK_DEADLINE: Duration = Duration::from_secs(5 * 60);
 /// The timeout of one host call that is not a command (scale, snapshot, get, wait-ready's
 /// own bound aside). Epochs cannot interrupt a guest blocked in a host call, so every call has
 /// its own bound; it is also never longer than what is left of the phase's deadline.
-pub const DEFAULT_HOST_CALL_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+pub const DEFAULT_HOST_CALL_TIMEOUT: Duration = cairn_cluster::HOST_CALL_BUDGET;
 
 /// The timeout of a command run by exec (or a session) when the guest names none. A command
 /// piped to or from an export without a timeout of its own runs as long as its phase: a dump
