@@ -920,6 +920,12 @@ impl KubeCluster {
         workload: &WorkloadRef,
         request: ExecRequest,
     ) -> Result<ExecOutput> {
+        // The whole call shares the command's timeout, as the engine bounds the call by it:
+        // the API calls, an earlier pod's removal and the pod's start leave the command less,
+        // not the call more.
+        let started = std::time::Instant::now();
+        let timeout = request.timeout;
+        let left = || timeout.saturating_sub(started.elapsed());
         request.stages()?;
         request.checked_env()?;
         let found = self.find(workload).await?;
@@ -939,6 +945,24 @@ impl KubeCluster {
             )));
         }
         let name = format!("{}-stopped", workload.name);
+        // A pod no controller owns (made by hand, a debug copy) is not a replica, but one that
+        // mounts the volumes means the application is not stopped. Cairn's own pod of that
+        // name is handled below.
+        let claims: Vec<&str> = described.volumes.iter().map(|v| v.name.as_str()).collect();
+        let users: Vec<String> = self
+            .claim_users(&workload.namespace, &claims)
+            .await?
+            .into_iter()
+            .filter(|p| *p != name)
+            .collect();
+        if !users.is_empty() {
+            return Err(Error::Invalid(format!(
+                "workload {workload} is scaled to zero but pod(s) {} mount its claims: a \
+                 command for a stopped workload runs only while no other pod uses its volumes \
+                 (delete those pods first)",
+                users.join(", ")
+            )));
+        }
         let container = request.container_in(&name, &found.containers)?;
         let keep_alive = request
             .timeout
@@ -1019,7 +1043,14 @@ impl KubeCluster {
                     workload.namespace
                 )));
             }
-            self.delete_pod(&pods, &name).await?;
+            self.start_deleting_pod(&pods, &name).await?;
+            gone(
+                &pods,
+                &format!("pod {name}, left by an earlier command"),
+                &name,
+                left().min(GONE_TIMEOUT),
+            )
+            .await?;
         }
         Api::<DynamicObject>::namespaced_with(
             self.client.clone(),
@@ -1030,13 +1061,9 @@ impl KubeCluster {
         .await
         .map_err(|e| api_error(format!("creating pod {name} for stopped {workload}"), e))?;
         let guard = Guard::new(&pods, &name, DeleteParams::default().grace_period(1));
-        // The pod's start and the command share the command's timeout, as the engine bounds
-        // the whole call by it: a slow start leaves the command less, not the call more.
-        let timeout = request.timeout;
-        let started = std::time::Instant::now();
-        let result = match self.pod_started(&pods, &name, timeout).await {
+        let result = match self.pod_started(&pods, &name, left()).await {
             Ok(()) => {
-                let left = timeout.saturating_sub(started.elapsed());
+                let left = left();
                 let request = ExecRequest {
                     timeout: left,
                     ..request
@@ -1056,11 +1083,24 @@ impl KubeCluster {
             }
             Err(e) => Err(e),
         };
-        // Deleted, not waited for: the command has ended (or its exec is closed), the pod's
-        // deadline ends it should the deletion not, and a wait here could outlast the call's
-        // timeout and turn a success into one. A stopped exec that follows waits for it.
         let deleted = self.start_deleting_pod(&pods, &name).await;
         guard.disarm();
+        // Waited for with what is left of the timeout, as while it stops it still mounts the
+        // claims, and a restore that follows would be refused; not past it, which would turn
+        // a success into a timeout. The pod's deadline ends it should the deletion not.
+        if deleted.is_ok()
+            && let Err(e) = gone(
+                &pods,
+                &format!("pod {name}"),
+                &name,
+                left().min(GONE_TIMEOUT),
+            )
+            .await
+        {
+            tracing::warn!(%workload, pod = %name, error = %e,
+                "the pod of a command for the stopped workload is still stopping: until it is \
+                 gone, a restore of the workload's claims is refused");
+        }
         let output = result?;
         deleted?;
         Ok(output)
@@ -1079,10 +1119,29 @@ impl KubeCluster {
         }
     }
 
-    /// Deletes pod `name`, and waits until it is gone: its containers stopped.
-    async fn delete_pod(&self, pods: &Api<KubePod>, name: &str) -> Result<()> {
-        self.start_deleting_pod(pods, name).await?;
-        gone(pods, &format!("pod {name}"), name, GONE_TIMEOUT).await
+    /// The running pods of `namespace` that mount one of `claims`: whatever owns them, they
+    /// keep a claim in use.
+    async fn claim_users(&self, namespace: &str, claims: &[&str]) -> Result<Vec<String>> {
+        Ok(self
+            .api::<KubePod>(namespace)
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| api_error(format!("listing the pods of namespace {namespace}"), e))?
+            .items
+            .into_iter()
+            .filter(|p| !ended(p))
+            .filter(|p| {
+                p.spec
+                    .iter()
+                    .flat_map(|s| s.volumes.iter().flatten())
+                    .any(|v| {
+                        v.persistent_volume_claim
+                            .as_ref()
+                            .is_some_and(|c| claims.contains(&c.claim_name.as_str()))
+                    })
+            })
+            .filter_map(|p| p.metadata.name)
+            .collect())
     }
 
     /// Sets `workload`'s replicas to `target` (`replicas`), and [`SCALED_FROM_ANNOTATION`] with
@@ -2285,6 +2344,20 @@ impl Cluster for KubeCluster {
                 ),
             });
         }
+        // Nor while another pod (made by hand, a debug copy, which are no replicas) mounts
+        // one of its claims.
+        if described.replicas == 0 {
+            let claims: Vec<&str> = described.volumes.iter().map(|v| v.name.as_str()).collect();
+            let users = self.claim_users(&workload.namespace, &claims).await?;
+            if !users.is_empty() {
+                return Err(Error::Invalid(format!(
+                    "workload {workload} is scaled to zero but pod(s) {} mount its claims, so a \
+                     snapshot now would not be of a stopped application; wait until they are \
+                     gone, or delete them",
+                    users.join(", ")
+                )));
+            }
+        }
         // A generated name: the claim's name, cut so the suffix fits in 63 characters.
         let prefix: String = volume.chars().take(50).collect();
         let mut spec = json!({ "source": { "persistentVolumeClaimName": volume } });
@@ -2404,26 +2477,7 @@ impl Cluster for KubeCluster {
         let claim = &snapshot.volume;
         // Any other pod mounting the claim (a debug pod, a Job, a pod a crashed run left)
         // would keep it Terminating, and the restore would end with no claim at all.
-        let users: Vec<String> = self
-            .api::<KubePod>(namespace)
-            .list(&ListParams::default())
-            .await
-            .map_err(|e| api_error(format!("listing the pods of namespace {namespace}"), e))?
-            .items
-            .into_iter()
-            .filter(|p| !ended(p))
-            .filter(|p| {
-                p.spec
-                    .iter()
-                    .flat_map(|s| s.volumes.iter().flatten())
-                    .any(|v| {
-                        v.persistent_volume_claim
-                            .as_ref()
-                            .is_some_and(|c| c.claim_name == *claim)
-                    })
-            })
-            .filter_map(|p| p.metadata.name)
-            .collect();
+        let users = self.claim_users(namespace, &[claim.as_str()]).await?;
         if !users.is_empty() {
             return Err(Error::Invalid(format!(
                 "claim {namespace}/{claim} is mounted by pod(s) {}: stop them before it is replaced",

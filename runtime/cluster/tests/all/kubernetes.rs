@@ -842,22 +842,92 @@ async fn timed_exec(
     (result, started.elapsed())
 }
 
-/// A stopped exec returns once its command has ended: its pod's deletion (containers
-/// stopping, volumes unmounted) is started, not waited for, so a command that ends just
-/// within its timeout is not turned into a timeout by the cleanup.
+/// A stopped exec waits for its pod to go (containers stopping, volumes unmounted) only with
+/// what is left of its timeout: a command that ends just within it is not turned into a
+/// timeout by the cleanup. A stopped exec that follows waits for that pod within its own
+/// timeout, and says so when it runs out.
 #[tokio::test]
-async fn a_stopped_exec_does_not_wait_for_its_pod_to_go() {
+async fn a_stopped_exec_waits_for_its_pod_to_go_only_within_its_timeout() {
     let (api, cluster) = stopped_shop().await;
     api.pod_deletion_takes(Duration::from_secs(20));
     let quick = stopped(&["echo", "done"], Duration::from_secs(5));
     let (out, took) = timed_exec(&cluster, quick).await;
     let out = out.expect("exec runs");
     assert_eq!((out.exit_code, out.stdout.as_slice()), (0, &b"done\n"[..]));
-    assert!(took < Duration::from_secs(5), "took {took:?}");
+    assert!(took < Duration::from_millis(5500), "took {took:?}");
     let pod = api
         .get("/api/v1/namespaces/shop/pods", "db-stopped")
         .expect("still stopping");
     assert!(!pod["metadata"]["deletionTimestamp"].is_null(), "{pod}");
+
+    let next = stopped(&["echo", "again"], Duration::from_secs(2));
+    let (e, took) = timed_exec(&cluster, next).await;
+    assert!(took < Duration::from_millis(2500), "took {took:?}");
+    match e {
+        Err(Error::TimedOut { what, .. }) => {
+            assert!(what.contains("left by an earlier command"), "{what}")
+        }
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+}
+
+/// A restore right after a stopped exec (a restore command, then the claim replaced) is not
+/// refused by the exec's pod: the exec returns once that pod no longer mounts the claim.
+#[tokio::test]
+async fn a_restore_right_after_a_stopped_exec_is_not_refused_by_its_pod() {
+    let (api, cluster) = shop().await;
+    let snapshot = cluster
+        .snapshot(&db(), "data-db-0")
+        .await
+        .expect("snapshot");
+    cluster.scale(&db(), 0).await.expect("scaled down");
+    api.pod_deletion_takes(Duration::from_secs(1));
+    let out = timed_exec(&cluster, stopped(&["true"], Duration::from_secs(10)))
+        .await
+        .0
+        .expect("exec runs");
+    assert_eq!(out.exit_code, 0);
+    tokio::time::timeout(TEST_TIMEOUT, cluster.restore_snapshot(&snapshot.id))
+        .await
+        .expect("the restore returned")
+        .expect("restored");
+}
+
+/// A pod no controller owns that mounts a stopped workload's claim (made by hand, a debug
+/// copy) is no replica, but the application is not stopped while it runs: a command for the
+/// stopped workload and a snapshot of it are refused, naming it.
+#[tokio::test]
+async fn a_pod_no_controller_owns_mounting_a_claim_keeps_a_workload_from_counting_as_stopped() {
+    let (api, cluster) = stopped_shop().await;
+    api.put(
+        "/api/v1/namespaces/shop/pods",
+        json!({ "metadata": { "name": "db-copy", "labels": { "app": "db" } },
+                "spec": { "containers": [{ "name": "postgres", "image": "postgres" }],
+                          "volumes": [{ "name": "data",
+                                        "persistentVolumeClaim": { "claimName": "data-db-0" } }] },
+                "status": { "phase": "Running" } }),
+    );
+    match timed_exec(&cluster, stopped(&["true"], Duration::from_secs(10)))
+        .await
+        .0
+    {
+        Err(Error::Invalid(message)) => assert!(message.contains("db-copy"), "{message}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert!(
+        api.get("/api/v1/namespaces/shop/pods", "db-stopped")
+            .is_none(),
+        "a pod was made beside it"
+    );
+    match cluster.snapshot(&db(), "data-db-1").await {
+        Err(Error::Invalid(message)) => {
+            assert!(
+                message.contains("db-copy") && message.contains("stopped"),
+                "{message}"
+            )
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
 }
 
 /// An exec the API server refuses (the pod's container stopped between Cairn's look and the
