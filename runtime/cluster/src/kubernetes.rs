@@ -35,8 +35,10 @@
 //!   claim with one provisioned from the snapshot, which needs the workload scaled to zero, and
 //!   waits until the new claim is bound when its storage class binds at once.
 //! - A command for a stopped workload (`stopped`) runs in a pod of Cairn's own,
-//!   `WORKLOAD-stopped`, made from the workload's pod template while it is at zero replicas:
-//!   the container asked for, with its image and volumes, kept alive by `sleep`.
+//!   `WORKLOAD-stopped`, made from the workload's pod template while it is at zero replicas
+//!   and no other pod mounts its claims: the container asked for, with its image and volumes,
+//!   kept alive by `sleep`. The call returns once that pod is gone, within the command's
+//!   timeout, so a restore of the claims can follow at once.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
