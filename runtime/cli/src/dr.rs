@@ -475,6 +475,19 @@ struct Known {
     conflict: bool,
 }
 
+impl Known {
+    /// After run `run` succeeded and was recorded: the ids of runs not recorded are forgotten,
+    /// unless a manifest could not be read (`unreadable`): that one may be a point such a run
+    /// sealed, and its id must stay for the run that reads it to take it for this home's.
+    fn recorded(&mut self, run: &str, unreadable: &BTreeSet<String>) {
+        if unreadable.is_empty() {
+            self.pending.clear();
+        } else {
+            self.pending.retain(|id| id != run);
+        }
+    }
+}
+
 /// What [`check_writers`] found: what this home knows, and the manifests it could not read
 /// (never recorded as known: a read that failed once must not whitelist another home's point).
 struct Writers {
@@ -2356,7 +2369,7 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                 points.remove(*r);
             }
             known.points = points;
-            known.pending.clear();
+            known.recorded(&run_id, &unreadable);
             known.conflict = false;
             catalog.set_meta(KNOWN_KEY, Some(&serde_json::to_string(&known)?))?;
             match output {
@@ -3100,6 +3113,20 @@ mod tests {
             newest_first(&mut points);
             assert_eq!(points[0].1.mode, "legacy", "ids {first} then {second}");
         }
+    }
+
+    /// A successful run forgets the ids of runs not recorded only when it read every manifest:
+    /// one it could not read may be such a run's point.
+    #[test]
+    fn ids_of_runs_not_recorded_stay_while_a_manifest_is_unreadable() {
+        let mut known = Known {
+            pending: vec!["died".into(), "this".into()],
+            ..Known::default()
+        };
+        known.recorded("this", &BTreeSet::from(["m1".to_owned()]));
+        assert_eq!(known.pending, ["died"]);
+        known.recorded("next", &BTreeSet::new());
+        assert!(known.pending.is_empty());
     }
 
     /// The clock stepped back between two points of one history: the one that reaches
