@@ -336,17 +336,27 @@ impl Stored {
 
 /// What retention needs of `points`, their `after` lines resolved to indices.
 fn linked(points: &[Stored]) -> Vec<retention::Point> {
+    resolved(points.iter().map(|p| (p.id(), p.after.as_deref(), p.point)))
+}
+
+/// `points`, each given as (its manifest's id, the id its `after` line names, the point), with
+/// their `after` lines resolved to indices among them: the one rule retention, rebasing and
+/// restore link points by.
+fn resolved<'a>(
+    points: impl Iterator<Item = (&'a str, Option<&'a str>, retention::Point)>,
+) -> Vec<retention::Point> {
+    let points: Vec<_> = points.collect();
     points
         .iter()
-        .map(|p| retention::Point {
-            after: match &p.after {
+        .map(|&(_, after, point)| retention::Point {
+            after: match after {
                 None => retention::After::Unsaid,
                 Some(id) => points
                     .iter()
-                    .position(|q| q.id() == id)
+                    .position(|&(other, _, _)| other == id)
                     .map_or(retention::After::Missing, retention::After::Listed),
             },
-            ..p.point
+            ..point
         })
         .collect()
 }
@@ -682,19 +692,10 @@ fn chain(point: (String, Manifest), candidates: Vec<(String, Manifest)>) -> Resu
         .filter(|(_, m)| m.cluster_id == point.1.cluster_id && m.mode == point.1.mode)
         .collect();
     all.push(point);
-    let points: Vec<retention::Point> = all
-        .iter()
-        .map(|(_, m)| retention::Point {
-            after: match &m.after {
-                None => retention::After::Unsaid,
-                Some(id) => all
-                    .iter()
-                    .position(|(other, _)| other == id)
-                    .map_or(retention::After::Missing, retention::After::Listed),
-            },
-            ..m.point()
-        })
-        .collect();
+    let points = resolved(
+        all.iter()
+            .map(|(id, m)| (id.as_str(), m.after.as_deref(), m.point())),
+    );
     let mut at = all.len() - 1;
     let mut chain = vec![at];
     loop {
