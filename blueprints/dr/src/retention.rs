@@ -183,10 +183,16 @@ pub(crate) fn rebase(
     let chain = chain(points, current);
     let base = *chain.last()?;
     if points[base].from != 0 {
-        return Some(format!(
-            "the chain is broken (no point reaches change {})",
-            points[base].from
-        ));
+        let need = points[base].from;
+        return Some(match predecessor(points, base) {
+            Err(Gap::Ambiguous(fit)) => format!(
+                "the chain's link at change {need} cannot be told ({} points of different \
+                 histories reach it, and its point, written by an older version, does not name \
+                 one)",
+                fit.len()
+            ),
+            _ => format!("the chain is broken (no point reaches change {need})"),
+        });
     }
     if chain.len() >= policy.max_chain.max(1) as usize {
         return Some(format!(
@@ -367,5 +373,12 @@ mod tests {
         assert!(rebase(&wide, &three, None, 4).is_some());
         let broken = [point(4, 9, 2)];
         assert!(rebase(&wide, &broken, Some(0), 4).is_some_and(|r| r.contains("broken")));
+        // Two histories reach the link: said as such, not as a link no point reaches.
+        let both = [point(0, 4, 1), point(0, 4, 2), point(4, 9, 3)];
+        let why = rebase(&wide, &both, Some(2), 4).expect("a new chain");
+        assert!(
+            why.contains("cannot be told") && why.contains("2 points"),
+            "{why}"
+        );
     }
 }
