@@ -54,8 +54,10 @@
 //!                       yet recorded, to tell a point it sealed and never recorded from another
 //!                       home's
 //! after <id>            the manifest (its repository snapshot id) of the point the run followed:
-//!                       the one the cursor came from (absent at a chain's start after the
-//!                       cursor went back to 0, and in manifests of older versions)
+//!                       the one the cursor came from, or when that one is gone, the one
+//!                       this home's last recorded run sealed (parameter `last-point`);
+//!                       absent at a chain's start after the cursor went back to 0, and in
+//!                       manifests of older versions
 //! snapshot <id>         the local catalog snapshot, when the mode takes one
 //! settings <json>       the DR settings (parameter `settings`, opaque here) for a recovery
 //! artifact <name> <key>=<value> ...   one per data export, in the order to apply them
@@ -507,7 +509,12 @@ fn backup(ctx: &Context) -> Result<Outputs> {
     } else {
         retention::rebase(&policy, &known, current, now())
     };
-    let after = current.map(|i| points[i].id().to_owned());
+    // With the cursor's point gone, the point this home's last recorded run sealed still says
+    // where this run is: a new chain naming it reads as the same history, not a new one.
+    let after = match current {
+        Some(i) => Some(points[i].id().to_owned()),
+        None => Some(last_point.to_owned()).filter(|id| cursor > 0 && !id.is_empty()),
+    };
     if let Some(why) = &rebased {
         info!("starting a new chain: {why}");
     }

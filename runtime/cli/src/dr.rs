@@ -935,19 +935,43 @@ fn followed(list: &[Point], i: usize) -> Result<Option<usize>, Vec<usize>> {
     }
 }
 
-/// The points `list[i]` was built on, newest first, as far back as `followed` can tell, through
-/// chains' starts (whose `after` names where their run was).
-fn history(list: &[Point], i: usize) -> Vec<usize> {
+/// How `list[i]` stands to the point a standby applied last.
+#[derive(Debug, PartialEq, Eq)]
+enum Lineage {
+    /// It is built on that point (or is it).
+    Built,
+    /// Its history starts at `list[start]` (`from 0`, naming no point before it) without
+    /// passing that point: another history.
+    Starts { start: usize },
+    /// `list[at]` extends a point that more than one listed point (`fit`, of different
+    /// histories) could be.
+    Ambiguous { at: usize, fit: Vec<usize> },
+    /// The walk back stops at `list[at]`, whose link is to a point no longer listed (retention
+    /// removed an old chain's tail, or a manifest cannot be read): which history it is cannot
+    /// be told.
+    Untold { at: usize },
+}
+
+/// Walks back from `list[i]` through the points its runs followed (through chains' starts,
+/// whose `after` names where their run was) to tell whether it is built on the point
+/// `applied` names, which need not be listed any more.
+fn lineage(list: &[Point], i: usize, applied: &str) -> Lineage {
     let mut seen = vec![i];
     let mut at = i;
-    while let Ok(Some(j)) = followed(list, at) {
-        if seen.contains(&j) {
-            break;
+    loop {
+        if list[at].id == applied || list[at].after.as_deref() == Some(applied) {
+            return Lineage::Built;
         }
-        seen.push(j);
-        at = j;
+        match followed(list, at) {
+            Ok(Some(j)) if !seen.contains(&j) => {
+                seen.push(j);
+                at = j;
+            }
+            Ok(None) => return Lineage::Starts { start: at },
+            Err(fit) if fit.len() > 1 => return Lineage::Ambiguous { at, fit },
+            Ok(Some(_)) | Err(_) => return Lineage::Untold { at },
+        }
     }
-    seen
 }
 
 /// The chain `point` needs, as candidates for the blueprint's restore: the points it extends
@@ -2759,18 +2783,8 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
             if let (Some(done), None) = (&finished, &unfinished)
                 && let Some(last) = &done.last_point
                 && let Some(at) = list.iter().position(|p| p.id == chosen.id)
-                && !history(&list, at).iter().any(|&i| &list[i].id == last)
             {
-                return Err(usage(format!(
-                    "DR point {} is not built on DR point {}, which this home applied last: \
-                     cluster {} went on from another history (its catalog was put back, or a \
-                     copy's points were accepted), or the points between them are gone, and \
-                     applying it here would keep changes that history does not have. Restore it \
-                     into a fresh --home",
-                    short(&chosen.id),
-                    short(last),
-                    source.cluster_id
-                )));
+                check_lineage(&list, at, last, &source.cluster_id)?;
             }
             let chain = chain_of(&list, &chosen)?;
             // A legacy point is a full copy, which only an empty catalog takes.
@@ -3074,6 +3088,67 @@ async fn forget_if_unsealed(catalog: &Catalog, repo: &Repository, known: &mut Kn
     }
 }
 
+/// Refuses to move a standby that applied DR point `last` of cluster `cluster_id` onto
+/// `list[at]` when that point is of another history; warns when which history it is cannot be
+/// told (the points between them are gone), and lets it move on, as before points named the one
+/// they extend.
+fn check_lineage(list: &[Point], at: usize, last: &str, cluster_id: &str) -> anyhow::Result<()> {
+    let chosen = short(&list[at].id);
+    let fresh = "Restore it into a fresh --home";
+    match lineage(list, at, last) {
+        Lineage::Built => Ok(()),
+        Lineage::Starts { start } => Err(usage(format!(
+            "DR point {chosen} is not built on DR point {}, which this home applied last: its \
+             history starts anew at DR point {} (a chain from change 0 that follows no earlier \
+             point), so cluster {cluster_id} went on from another history (its catalog was put \
+             back, or a copy's points were accepted), and applying it here would keep changes \
+             that history does not have. {fresh}",
+            short(last),
+            short(&list[start].id),
+        ))),
+        Lineage::Ambiguous { at: link, fit } => {
+            let ids: Vec<&str> = fit.iter().map(|&j| short(&list[j].id)).collect();
+            Err(usage(format!(
+                "whether DR point {chosen} is built on DR point {}, which this home applied \
+                 last, cannot be told: DR point {} (written by an older version, without an \
+                 `after` line) extends the point that reaches change {}, and {} of different \
+                 histories do, so applying it here could keep changes its history does not \
+                 have. {fresh}",
+                short(last),
+                short(&list[link].id),
+                list[link].from,
+                ids.join(" and "),
+            )))
+        }
+        Lineage::Untold { at: link } => {
+            let p = &list[link];
+            let gone = match &p.after {
+                Some(after) => format!(
+                    "DR point {}, which DR point {} names",
+                    short(after),
+                    short(&p.id)
+                ),
+                None => format!(
+                    "the point that reaches change {}, which DR point {} extends",
+                    p.from,
+                    short(&p.id)
+                ),
+            };
+            errln!(
+                "cairn: warning: whether DR point {chosen} is built on DR point {}, which this \
+                 home applied last, cannot be told: {gone}, is no longer listed (retention \
+                 removed it, or its manifest cannot be read), so the walk back stops there. \
+                 This home is moved forward all the same; if cluster {cluster_id}'s catalog \
+                 was put back, or a copy's points were accepted, since DR point {} was made, \
+                 restore into a fresh --home instead",
+                short(last),
+                short(last),
+            );
+            Ok(())
+        }
+    }
+}
+
 fn check_cluster_id(id: &str) -> anyhow::Result<()> {
     uuid::Uuid::parse_str(id).map(drop).map_err(|_| {
         usage(format!(
@@ -3113,6 +3188,62 @@ mod tests {
             newest_first(&mut points);
             assert_eq!(points[0].1.mode, "legacy", "ids {first} then {second}");
         }
+    }
+
+    fn linked(id: &str, from: u64, to: u64, after: Option<&str>) -> Point {
+        Point {
+            id: id.into(),
+            time: jiff::Timestamp::from_second(1_800_000_000 + i64::try_from(to).expect("small"))
+                .expect("a time"),
+            mode: "no-snapshot".into(),
+            from,
+            to,
+            exports: 0,
+            export_ids: Vec::new(),
+            cluster_id: "c".into(),
+            run: None,
+            after: after.map(str::to_owned),
+            settings: None,
+        }
+    }
+
+    /// A standby that applied a point of an old chain whose tail retention removed: the new
+    /// chain's first point names a point no longer listed, so whether it is built on the one
+    /// applied cannot be told (and it moves on); a history that starts anew, or a link two
+    /// histories fit, is another history.
+    #[test]
+    fn a_standby_is_refused_only_a_history_known_to_be_another() {
+        // a1 a2 | b1 (after a2) b2: retention removed a1 and a2.
+        let list = [
+            linked("b1", 0, 20, Some("a2")),
+            linked("b2", 20, 30, Some("b1")),
+        ];
+        assert_eq!(lineage(&list, 1, "a1"), Lineage::Untold { at: 0 });
+        assert_eq!(lineage(&list, 1, "a2"), Lineage::Built);
+        assert_eq!(lineage(&list, 1, "b1"), Lineage::Built);
+        assert!(check_lineage(&list, 1, "a1", "c").is_ok());
+        // Put back: c1 starts from 0 naming nothing.
+        let list = [
+            linked("a1", 0, 10, None),
+            linked("c1", 0, 15, None),
+            linked("c2", 15, 30, Some("c1")),
+        ];
+        assert_eq!(lineage(&list, 2, "a1"), Lineage::Starts { start: 1 });
+        let refused = check_lineage(&list, 2, "a1", "c").expect_err("refused");
+        assert!(refused.to_string().contains("is not built on"), "{refused}");
+        // Older manifests: two histories reach change 10.
+        let list = [
+            linked("a1", 0, 10, None),
+            linked("q1", 0, 10, None),
+            linked("q2", 10, 12, None),
+        ];
+        assert_eq!(
+            lineage(&list, 2, "x"),
+            Lineage::Ambiguous {
+                at: 2,
+                fit: vec![0, 1]
+            }
+        );
     }
 
     /// A successful run forgets the ids of runs not recorded only when it read every manifest:

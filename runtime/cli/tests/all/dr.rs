@@ -1996,6 +1996,33 @@ fn a_standby_moves_forward_across_a_new_chain() {
     assert_eq!(policy_keys(&standby), ["p1", "p2", "p3", "p4"]);
 }
 
+/// A standby still moves forward once retention removed the old chain's tail, which the new
+/// chain's first point names: from the tail it applied, silently; from an earlier point, where
+/// that the point is built on it cannot be told, with a warning saying so.
+#[test]
+fn a_standby_moves_forward_after_retention_removed_the_old_chain() {
+    let (profile, source, _, _) = runs("no-snapshot", &["--keep-last", "2"], 1);
+    let profile_url = profile.path().to_str().expect("utf-8").to_owned();
+    let cluster_id = cluster_id(&source);
+    let early = restored(profile.path(), &cluster_id);
+    let first = put_and_run(&source, "p2");
+    let tail = restored(profile.path(), &cluster_id);
+    // keep-last 2: the third run starts a new chain, the fourth removes the old one.
+    let run = put_and_run(&source, "p3");
+    assert_eq!(run["from"], 0, "a new chain: {run}");
+    let run = put_and_run(&source, "p4");
+    let removed = run["retention"]["removed"].as_array().expect("removed");
+    assert!(removed.contains(&first["point"]), "{run}");
+    let out = restore(&tail, &profile_url, &cluster_id, &[]);
+    ok(&out);
+    assert!(!stderr(&out).contains("cannot be told"), "{}", stderr(&out));
+    assert_eq!(policy_keys(&tail), ["p1", "p2", "p3", "p4"]);
+    let out = restore(&early, &profile_url, &cluster_id, &[]);
+    ok(&out);
+    assert!(stderr(&out).contains("cannot be told"), "{}", stderr(&out));
+    assert_eq!(policy_keys(&early), ["p1", "p2", "p3", "p4"]);
+}
+
 /// A point sealed by a run that died before recording it stays this home's, however
 /// many runs fail after it (each of which keeps its id among the runs not recorded).
 #[test]
