@@ -25,7 +25,14 @@ pub fn get(name: &str) -> Result<String> {
 pub fn get_optional(name: &str) -> Result<Option<String>> {
     match get(name) {
         Ok(value) => Ok(Some(value)),
-        Err(crate::Error::Denied(why)) if why.starts_with(NOT_GRANTED) => {
+        // The host's refusal of a declared but ungranted capability, told by its lead (shared
+        // with `HostState::require`); its other refusals (not declared, from `describe()`, past
+        // the audit log's cap) are errors.
+        Err(crate::Error::Denied(why))
+            if why.starts_with(&cairn_contract::not_granted_lead(
+                crate::Capability::Secrets,
+            )) =>
+        {
             crate::debug!("the `secrets` capability is not granted; going on without `{name}`");
             Ok(None)
         }
@@ -36,11 +43,6 @@ pub fn get_optional(name: &str) -> Result<Option<String>> {
         Err(e) => Err(e),
     }
 }
-
-/// How the host's refusal of an ungranted (but declared) `secrets` capability starts
-/// (`HostState::require`, `runtime/engine/src/host/mod.rs`); its other refusals (not declared,
-/// from `describe()`, past the audit log's cap) are errors.
-const NOT_GRANTED: &str = "capability `secrets` not granted;";
 
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests {

@@ -166,15 +166,11 @@ impl FakeSession {
     }
 }
 
-/// The most sessions a run holds open at once (the runtime's `MAX_SESSIONS`).
-const MAX_SESSIONS: usize = 8;
+use cairn_contract::MAX_SESSIONS;
 
 /// The runtime's refusal of a session that is not open (`host/session.rs`).
 fn no_session(name: &str) -> Error {
-    Error::not_found(format!(
-        "no session `{name}` is open in this run; open it with session-open in this or an \
-         earlier phase"
-    ))
+    Error::not_found(cairn_contract::no_session(name))
 }
 
 /// The runtime's default timeout of a command, and of a session's `send` (its
@@ -267,20 +263,13 @@ pub(crate) fn answer<T>(
         .into_iter()
         .chain(pipe.then_some(Capability::Exec));
     for needed in needs {
+        // The runtime's `HostState::require` (runtime/engine/src/host/mod.rs), in its words:
+        // not declared, then declared but not granted to this run.
         if !state.declared.contains(&needed) {
-            // The runtime's words (`HostState::require`).
-            return Some(Err(Error::denied(format!(
-                "capability `{needed}` is not declared by the blueprint's describe(), so it may \
-                 not use it whatever is granted; declare it (Description::capability) and rebuild"
-            ))));
+            return Some(Err(Error::denied(cairn_contract::not_declared(needed))));
         }
-        // Mirrors the runtime's `HostState::require` (runtime/engine/src/host/mod.rs), with its
-        // words: declared, but not granted to this run.
         if state.grants.as_ref().is_some_and(|g| !g.contains(&needed)) {
-            return Some(Err(Error::denied(format!(
-                "capability `{needed}` not granted; grant it (`--grant {needed}` on `cairn run` \
-                 and `policy restore`, a policy's or binding's `grants:`)"
-            ))));
+            return Some(Err(Error::denied(cairn_contract::not_granted(needed))));
         }
     }
     Some(fake(&mut state))
@@ -1067,15 +1056,8 @@ impl Fake {
     /// Starts a session's process after the runtime's checks (`open_session`,
     /// `runtime/engine/src/host/session.rs`), in its words, and feeds it the command's stdin.
     pub(crate) fn session_open(&mut self, name: &str, command: &Command) -> Result<()> {
-        let named = !name.is_empty()
-            && name.len() <= 63
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
-        if !named {
-            return Err(Error::invalid(format!(
-                "session name `{name}` is not 1 to 63 letters, digits, `-`, `_` or `.`"
-            )));
+        if let Some(problem) = cairn_contract::session_name_problem(name) {
+            return Err(Error::invalid(problem));
         }
         let wit = command.to_wit()?;
         let pod = self

@@ -115,6 +115,54 @@ pub fn is_action_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
+/// How many sessions one run may hold open at once: a few long-lived shells (`psql`,
+/// `redis-cli`) a blueprint drives across its phases, each holding a process and its pipes.
+pub const MAX_SESSIONS: usize = 8;
+
+/// Why the runtime refuses `name` as a session's name, if it does: 1 to 63 letters, digits,
+/// `-`, `_` or `.`.
+pub fn session_name_problem(name: &str) -> Option<String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    (!ok).then(|| format!("session name `{name}` is not 1 to 63 letters, digits, `-`, `_` or `.`"))
+}
+
+/// The runtime's refusal of a call on session `name` when none by that name is open.
+pub fn no_session(name: &str) -> String {
+    format!(
+        "no session `{name}` is open in this run; open it with session-open in this or an \
+         earlier phase"
+    )
+}
+
+/// The refusal of a call that needs capability `cap`, which the blueprint's `describe()` does
+/// not declare: granting it would not help.
+pub fn not_declared(cap: impl std::fmt::Display) -> String {
+    format!(
+        "capability `{cap}` is not declared by the blueprint's describe(), so it may not use it \
+         whatever is granted; declare it (Description::capability) and rebuild"
+    )
+}
+
+/// The refusal of a call that needs capability `cap`, declared but not granted to the run. It
+/// starts with [`not_granted_lead`], which a blueprint may match on to go on without it.
+pub fn not_granted(cap: impl std::fmt::Display) -> String {
+    format!(
+        "{} grant it (`--grant {cap}` on `cairn run` and `policy restore`, a policy's or \
+         binding's `grants:`)",
+        not_granted_lead(&cap)
+    )
+}
+
+/// How [`not_granted`] starts: what tells "not granted" from every other refusal (not
+/// declared, from `describe()`, past the audit log's cap).
+pub fn not_granted_lead(cap: impl std::fmt::Display) -> String {
+    format!("capability `{cap}` not granted;")
+}
+
 /// `MAJOR[.MINOR[.PATCH]]` (a `-` or `+` suffix of letters, digits, `.` and `-` ignored) as
 /// numbers, the versions a blueprint and the runtime it needs are given in. Nothing else is
 /// taken (blanks around it aside), so a version is safe to print as it is.

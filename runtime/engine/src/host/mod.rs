@@ -73,16 +73,11 @@ impl HostState {
             ));
         }
         if !self.action.declared.contains(&cap) {
-            return Err(WitError::Denied(format!(
-                "capability `{cap}` is not declared by the blueprint's describe(), so it may not \
-                 use it whatever is granted; declare it (Description::capability) and rebuild"
-            )));
+            return Err(WitError::Denied(cairn_contract::not_declared(cap)));
         }
         if !self.action.grants.contains(&cap) {
-            return Err(WitError::Denied(format!(
-                "capability `{cap}` not granted; grant it (`--grant {cap}` on `cairn run` and \
-                 `policy restore`, a policy's or binding's `grants:`)"
-            )));
+            // The SDK's `secrets::get_optional` tells this refusal by its lead.
+            return Err(WitError::Denied(cairn_contract::not_granted(cap)));
         }
         Ok(host)
     }

@@ -11,6 +11,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use cairn_cluster::{ExecOutput, Stdin, Stdout};
+// Shared with the SDK's fake host, which refuses the same sessions.
+use cairn_contract::MAX_SESSIONS;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, DuplexStream};
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
@@ -21,9 +23,6 @@ use crate::bindings::{WitError, exec};
 use crate::capability::Capability;
 use crate::limits::human_bytes;
 use crate::state::HostState;
-
-/// How many sessions one run may hold open at once.
-pub const MAX_SESSIONS: usize = 8;
 
 /// Bytes buffered between a session's process and the host in each direction. Output that no
 /// `session-send` reads waits here; past it, the process blocks on its stdout.
@@ -63,24 +62,14 @@ impl Sessions {
 }
 
 fn check_name(name: &str) -> Result<(), WitError> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
-    if ok {
-        Ok(())
-    } else {
-        Err(WitError::Invalid(format!(
-            "session name `{name}` is not 1 to 63 letters, digits, `-`, `_` or `.`"
-        )))
+    match cairn_contract::session_name_problem(name) {
+        None => Ok(()),
+        Some(problem) => Err(WitError::Invalid(problem)),
     }
 }
 
 fn unknown(name: &str) -> WitError {
-    WitError::NotFound(format!(
-        "no session `{name}` is open in this run; open it with session-open in this or an earlier phase"
-    ))
+    WitError::NotFound(cairn_contract::no_session(name))
 }
 
 impl HostState {
