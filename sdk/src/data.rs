@@ -177,6 +177,13 @@ impl Export {
     }
 
     /// Runs `command` and pipes its stdout into the stream on the host side.
+    ///
+    /// When the command exits non-zero after writing, its output may be cut short: the stream
+    /// then takes no more data ([`Error::Invalid`](crate::Error::Invalid) from a later
+    /// `pipe_from` or [`write`](Self::write)), so a retry cannot seal a cut dump followed by a
+    /// whole one. [`finish`](Self::finish) it as it is, or drop it and open a new one (under
+    /// another name). A pipe that fails outright (its time ran out, the cluster failed) breaks
+    /// the stream: everything but dropping it is refused.
     pub fn pipe_from(&self, command: &Command) -> Result<Transfer> {
         let c = command.to_wit()?;
         faked(

@@ -11,10 +11,11 @@
 //! ([`Error::Denied`]), a workload outside the action's scope (any but the target when the
 //! context names one, one of another namespace otherwise), export names and tags, an artifact
 //! value named like a key of its export reference (`kind`, `repository`, `snapshot`, `bytes`),
-//! an output name that is empty or holds control characters, a description over 1 MiB, and a
+//! an output name that is empty or holds control characters, a description over 1 MiB, more
+//! data for an export after a command piped into it exited non-zero having written some, and a
 //! secret in outputs, checkpoints, export names or tags. Sessions read up to their marker line
-//! and see the process exit ([`FakeHost::on_exec`]). Secrets are blanked out of logs
-//! and errors as `[secret NAME]`. [`FakeHost::run_lifecycle`] runs a prehook, main phase and
+//! and see the process exit ([`FakeHost::on_exec`]). Secrets are blanked out of logs and
+//! errors as `[secret NAME]`. [`FakeHost::run_lifecycle`] runs a prehook, main phase and
 //! posthook in the runtime's order. Every declared capability is granted unless
 //! [`FakeHost::grant`] names the ones the operator grants; a call to a declared but ungranted
 //! one is [`Error::Denied`] with the runtime's message. What it does not model: the host's
@@ -191,6 +192,16 @@ struct Stored {
     tags: Vec<(String, String)>,
 }
 
+/// A fake export being written.
+#[derive(Debug)]
+struct Writing {
+    name: String,
+    stored: Stored,
+    /// Why it takes no more data, as the runtime says it: a command piped into it exited
+    /// non-zero after writing.
+    ended_by: Option<String>,
+}
+
 /// The fake host's state, shared by a [`FakeHost`] and the run it installs.
 #[derive(Default)]
 pub(crate) struct Fake {
@@ -207,8 +218,8 @@ pub(crate) struct Fake {
     hidden: cairn_contract::Secrets,
     workloads: BTreeMap<String, Workload>,
     objects: BTreeMap<(String, String), String>,
-    /// Open export streams by handle: name, and bytes so far with the tags.
-    writing: BTreeMap<u32, (String, Stored)>,
+    /// Open export streams by handle.
+    writing: BTreeMap<u32, Writing>,
     /// Names of the exports the run opened: each once, as on the runtime.
     export_names: BTreeSet<String>,
     /// How much of its stdin the last command took ([`Reply::took`]).
@@ -1177,33 +1188,55 @@ impl Fake {
             bytes: Vec::new(),
             tags: tags.to_vec(),
         };
-        self.writing.insert(handle, (name.to_owned(), stored));
+        let writing = Writing {
+            name: name.to_owned(),
+            stored,
+            ended_by: None,
+        };
+        self.writing.insert(handle, writing);
         Ok(handle)
     }
 
-    fn writing(&mut self, handle: u32) -> Result<&mut Vec<u8>> {
-        self.writing
+    /// The open export stream `handle`, if it takes more data (the runtime's `appendable` in
+    /// `runtime/engine/src/host/data.rs`, in its words).
+    fn appendable(&mut self, handle: u32) -> Result<&mut Writing> {
+        let writing = self
+            .writing
             .get_mut(&handle)
-            .map(|(_, stored)| &mut stored.bytes)
-            .ok_or_else(|| Error::invalid("the export stream is closed"))
+            .ok_or_else(|| Error::invalid("the export stream is closed"))?;
+        match &writing.ended_by {
+            None => Ok(writing),
+            Some(why) => Err(Error::invalid(cairn_contract::export_ended(
+                &writing.name,
+                why,
+            ))),
+        }
     }
 
     pub(crate) fn pipe_from(&mut self, handle: u32, command: &Command) -> Result<data::Transfer> {
         let wit = command.to_wit()?;
+        self.appendable(handle)?;
         let stdin = wit.stdin.clone().unwrap_or_default();
         let out = self.run(command, &wit, &stdin)?;
         let bytes = u64::try_from(out.stdout.len()).unwrap_or(u64::MAX);
-        self.writing(handle)?.extend_from_slice(&out.stdout);
+        let writing = self.appendable(handle)?;
+        writing.stored.bytes.extend_from_slice(&out.stdout);
+        if out.exit_code != 0 && bytes > 0 {
+            writing.ended_by = Some(cairn_contract::export_ended_by(out.exit_code, bytes));
+        }
         Ok(transfer(bytes, out))
     }
 
     pub(crate) fn write(&mut self, handle: u32, bytes: &[u8]) -> Result<()> {
-        self.writing(handle)?.extend_from_slice(bytes);
+        self.appendable(handle)?
+            .stored
+            .bytes
+            .extend_from_slice(bytes);
         Ok(())
     }
 
     pub(crate) fn finish(&mut self, handle: u32) -> Result<types::Artifact> {
-        let (name, stored) = self
+        let Writing { name, stored, .. } = self
             .writing
             .remove(&handle)
             .ok_or_else(|| Error::invalid("the export stream is closed"))?;
@@ -1968,6 +2001,63 @@ mod tests {
         assert_eq!(data.get("bytes"), Some("5"));
         assert_eq!(data.get("size"), Some("5"));
         assert_eq!(host.export_bytes(data).as_deref(), Some(&b"12345"[..]));
+    }
+
+    /// A dump cut short by a failing command cannot be followed by a retry in the same export:
+    /// the runtime refuses more data, and so does the fake, in its words.
+    #[test]
+    fn an_export_takes_no_more_data_after_a_command_failed_into_it() {
+        struct Retrying;
+        impl Blueprint for Retrying {
+            fn describe() -> Description {
+                Description::new("retrying", "0.1.0")
+                    .action("backup", "Dumps, and tries again in the same export")
+                    .capability(Capability::Exec)
+                    .capability(Capability::Export)
+            }
+            fn run(_: &str, _: &Context) -> Result<Outputs> {
+                let export = Export::open("dump")?;
+                // Failing before writing anything leaves the stream open to a retry.
+                assert_eq!(
+                    export
+                        .pipe_from(&Command::new(["dump", "refused"]))?
+                        .exit_code,
+                    1
+                );
+                let cut = export.pipe_from(&Command::new(["dump", "cut"]))?;
+                assert_eq!((cut.exit_code, cut.bytes), (2, 7));
+                let retried = export.pipe_from(&Command::new(["dump", "whole"]));
+                let trailer = export.write(b"-- end\n");
+                let artifact = export.finish()?;
+                Ok(Outputs::new()
+                    .value("retried", format!("{:?}", retried.err()))
+                    .value("trailer", format!("{:?}", trailer.err()))
+                    .artifact(artifact))
+            }
+        }
+        let host =
+            FakeHost::new().on_exec(
+                |command, _| match command.argv().get(1).map(String::as_str) {
+                    Some("refused") => Reply::exit(1, "connection refused"),
+                    Some("cut") => Reply {
+                        stdout: b"partial".to_vec(),
+                        ..Reply::exit(2, "out of disk")
+                    },
+                    _ => Reply::ok("whole dump\n"),
+                },
+            );
+        let ctx = Context::builder("backup", "shop").workload("db").build();
+        let out = host
+            .run::<Retrying>("backup", &ctx)
+            .expect("finished as it is");
+        let refused = "Invalid(\"export `dump`: export \\\"dump\\\" takes no more data: the \
+                       command piped into it exited with status 2 after writing 7 bytes, so its \
+                       output may be cut short; finish the export as it is, or drop it and write \
+                       a new one (under another name) from the start\")";
+        assert_eq!(out.get("retried"), Some(&*format!("Some({refused})")));
+        assert_eq!(out.get("trailer"), Some(&*format!("Some({refused})")));
+        let dump = out.get_artifact("dump").expect("the export");
+        assert_eq!(host.export_bytes(dump).as_deref(), Some(&b"partial"[..]));
     }
 
     #[test]

@@ -163,6 +163,26 @@ pub fn not_granted_lead(cap: impl std::fmt::Display) -> String {
     format!("capability `{cap}` not granted;")
 }
 
+/// The refusal of `pipe-from` or `write` on export `name` once a command piped into it exited
+/// non-zero after writing: `why` says so (`the command piped into it exited with status 2
+/// after writing 1 MiB`). Its output may be cut short, and a retry would seal a cut dump
+/// followed by a whole one.
+pub fn export_ended(name: &str, why: &str) -> String {
+    format!(
+        "export {name:?} takes no more data: {why}, so its output may be cut short; finish the \
+         export as it is, or drop it and write a new one (under another name) from the start"
+    )
+}
+
+/// Why an export takes no more data ([`export_ended`]): the command piped into it exited with
+/// `exit_code` after writing `bytes`.
+pub fn export_ended_by(exit_code: i32, bytes: u64) -> String {
+    format!(
+        "the command piped into it exited with status {exit_code} after writing {}",
+        human_bytes(bytes)
+    )
+}
+
 /// `MAJOR[.MINOR[.PATCH]]` (a `-` or `+` suffix of letters, digits, `.` and `-` ignored) as
 /// numbers, the versions a blueprint and the runtime it needs are given in. Nothing else is
 /// taken (blanks around it aside), so a version is safe to print as it is.

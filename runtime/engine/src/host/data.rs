@@ -121,11 +121,8 @@ impl ExportStreamState {
         self.usable()?;
         match &self.ended_by {
             None => Ok(()),
-            Some(why) => Err(WitError::Invalid(format!(
-                "export {:?} takes no more data: {why}, so its output may be cut short; finish \
-                 the export as it is, or drop it and write a new one (under another name) from \
-                 the start",
-                self.name
+            Some(why) => Err(WitError::Invalid(cairn_contract::export_ended(
+                &self.name, why,
             ))),
         }
     }
@@ -384,11 +381,8 @@ impl data::HostExportStream for HostState {
                     && t.exit_code != 0
                     && t.bytes > 0
                 {
-                    self.table().get_mut(&stream)?.ended_by = Some(format!(
-                        "the command piped into it exited with status {} after writing {}",
-                        t.exit_code,
-                        human_bytes(t.bytes)
-                    ));
+                    self.table().get_mut(&stream)?.ended_by =
+                        Some(cairn_contract::export_ended_by(t.exit_code, t.bytes));
                 }
                 piped
             }
