@@ -430,7 +430,7 @@ impl Description {
     /// Why the runtime refuses to load a blueprint that describes itself so, in the runtime's
     /// words, if it does: the checks of `Engine::load` (`runtime/engine/src/engine.rs`): the
     /// name (`name_problem`), then `Description::problem` (`runtime/engine/src/blueprint.rs`):
-    /// its size (1 MiB, counted over its texts), versions, action names, an action or
+    /// its size (1 MiB of the JSON the runtime keeps), versions, action names, an action or
     /// parameter declared twice, a parameter's bounds, choices and default. Not checked: a
     /// `min_runtime` newer than the runtime that runs it.
     pub(crate) fn load_error(&self) -> Option<String> {
@@ -448,7 +448,7 @@ impl Description {
 
     /// The runtime's `Description::problem` (`runtime/engine/src/blueprint.rs`).
     fn problem(&self) -> Option<String> {
-        if let Some(problem) = cairn_contract::description_size_problem(self.texts_size()) {
+        if let Some(problem) = cairn_contract::description_size_problem(self.json_len()) {
             return Some(problem);
         }
         cairn_contract::description_problem(
@@ -462,23 +462,31 @@ impl Description {
 }
 
 impl Description {
-    /// The bytes of its texts: a little under the JSON the runtime measures against
-    /// [`MAX_DESCRIPTION_BYTES`](cairn_contract::MAX_DESCRIPTION_BYTES), which adds the keys
-    /// and quotes, so a description this refuses the runtime refuses too.
-    fn texts_size(&self) -> usize {
-        let params = self.params.iter().map(|p| {
-            p.name.len()
-                + p.description.len()
-                + p.default.as_ref().map_or(0, String::len)
-                + p.choices.iter().map(String::len).sum::<usize>()
-        });
-        let actions = self.actions.iter().map(|(n, d)| n.len() + d.len());
-        self.name.len()
-            + self.version.len()
-            + self.description.len()
-            + self.min_runtime.len()
-            + actions.sum::<usize>()
-            + params.sum::<usize>()
+    /// The bytes of the JSON the runtime keeps of it, which it measures against
+    /// [`MAX_DESCRIPTION_BYTES`](cairn_contract::MAX_DESCRIPTION_BYTES).
+    fn json_len(&self) -> usize {
+        cairn_contract::DescriptionShape {
+            name: &self.name,
+            version: &self.version,
+            description: &self.description,
+            actions: self
+                .actions
+                .iter()
+                .map(|(n, d)| (n.as_str(), d.as_str()))
+                .collect(),
+            parameters: self
+                .params
+                .iter()
+                .map(|p| cairn_contract::ParamShape {
+                    rule: p.rule(),
+                    description: &p.description,
+                    required: p.required,
+                })
+                .collect(),
+            capabilities: self.capabilities.iter().map(|c| c.as_str()).collect(),
+            min_runtime: &self.min_runtime,
+        }
+        .json_len()
     }
 }
 
@@ -521,19 +529,23 @@ mod tests {
     }
 
     /// The runtime's 1 MiB limit, in its words (the shared
-    /// `cairn_contract::description_size_problem`).
+    /// `cairn_contract::description_size_problem`), over the JSON it keeps.
     #[test]
     fn a_description_over_a_mebibyte_is_refused_as_the_runtime_refuses_it() {
         let big = hello().action("restore", "x".repeat(cairn_contract::MAX_DESCRIPTION_BYTES));
+        // What `serde_json` writes of the runtime's `Description` of it.
+        assert_eq!(big.json_len(), 1_049_198);
         assert_eq!(
             big.load_error().as_deref(),
             Some(
-                "the blueprint's describe() is invalid: it describes itself in 1 MiB, over the \
-                 limit of 1 MiB: say what each action and parameter is in a sentence or two; fix \
-                 it in the blueprint"
+                "the blueprint's describe() is invalid: it describes itself in 1049198 bytes, \
+                 over the limit of 1 MiB (1048576 bytes): say what each action and parameter is \
+                 in a sentence or two; fix it in the blueprint"
             )
         );
-        let generated = (0..40_000).fold(hello(), |d, i| {
+        // Each parameter's keys weigh more than its texts: over 100 bytes of JSON apiece, so
+        // 11 000 of them are over the limit though their texts come to about 280 KiB.
+        let generated = (0..11_000).fold(hello(), |d, i| {
             d.param(Param::text(format!("p{i}")).describe("a generated parameter"))
         });
         assert!(

@@ -11,11 +11,11 @@
 //! ([`Error::Denied`]), a workload outside the action's scope (any but the target when the
 //! context names one, one of another namespace otherwise), export names and tags, an artifact
 //! value named like a key of its export reference (`kind`, `repository`, `snapshot`, `bytes`),
-//! an output name that is empty or holds control characters, a description over 1 MiB, more
-//! data for an export after a command piped into it exited non-zero having written some, and a
-//! secret in outputs, checkpoints, export names or tags. Sessions read up to their marker line
-//! and see the process exit ([`FakeHost::on_exec`]). Secrets are blanked out of logs and
-//! errors as `[secret NAME]`. [`FakeHost::run_lifecycle`] runs a prehook, main phase and
+//! an output name that is empty or holds control characters, a description over 1 MiB (as the
+//! JSON the runtime keeps), more data for an export after a command piped into it exited
+//! non-zero having written some, and a secret in outputs, checkpoints, export names or tags.
+//! Sessions read up to their marker line and see the process exit ([`FakeHost::on_exec`]).
+//! Secrets are blanked out of logs and errors as `[secret NAME]`. [`FakeHost::run_lifecycle`] runs a prehook, main phase and
 //! posthook in the runtime's order. Every declared capability is granted unless
 //! [`FakeHost::grant`] names the ones the operator grants; a call to a declared but ungranted
 //! one is [`Error::Denied`] with the runtime's message. What it does not model: the host's

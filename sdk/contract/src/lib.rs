@@ -314,16 +314,135 @@ pub fn output_name_problem(what: &str, name: &str) -> Option<String> {
 /// over, and a generated one cannot bloat every listing.
 pub const MAX_DESCRIPTION_BYTES: usize = 1 << 20;
 
-/// Why the runtime refuses a description of `size` bytes, if it does.
+/// Why the runtime refuses a description of `size` bytes, if it does. A size that rounds to
+/// the limit's own figure is given in bytes, and the limit too, so the message never reads
+/// "1 MiB, over the limit of 1 MiB".
 pub fn description_size_problem(size: usize) -> Option<String> {
     (size > MAX_DESCRIPTION_BYTES).then(|| {
-        format!(
-            "it describes itself in {}, over the limit of {}: say what each action and \
-             parameter is in a sentence or two",
+        let (mut size_shown, mut limit_shown) = (
             human_bytes(size as u64),
-            human_bytes(MAX_DESCRIPTION_BYTES as u64)
+            human_bytes(MAX_DESCRIPTION_BYTES as u64),
+        );
+        if size_shown == limit_shown {
+            size_shown = format!("{size} bytes");
+            limit_shown = format!("{limit_shown} ({MAX_DESCRIPTION_BYTES} bytes)");
+        }
+        format!(
+            "it describes itself in {size_shown}, over the limit of {limit_shown}: say what \
+             each action and parameter is in a sentence or two"
         )
     })
+}
+
+/// A blueprint's description in the shape the runtime keeps it (its `Description` in
+/// `runtime/engine/src/blueprint.rs`, serialized as JSON), so that both sides measure it
+/// against [`MAX_DESCRIPTION_BYTES`] alike.
+#[derive(Debug, Clone, Default)]
+pub struct DescriptionShape<'a> {
+    /// The blueprint's name.
+    pub name: &'a str,
+    /// Its own version.
+    pub version: &'a str,
+    /// What it is for.
+    pub description: &'a str,
+    /// Its actions: name and description.
+    pub actions: Vec<(&'a str, &'a str)>,
+    /// Its parameters.
+    pub parameters: Vec<ParamShape<'a>>,
+    /// The names of its capabilities (`exec`).
+    pub capabilities: Vec<&'a str>,
+    /// The oldest runtime it runs on.
+    pub min_runtime: &'a str,
+}
+
+/// A parameter in a [`DescriptionShape`]: its rule, with what is kept beside it.
+#[derive(Debug, Clone, Copy)]
+pub struct ParamShape<'a> {
+    /// Its name, kind, choices, bounds and default.
+    pub rule: ParamRule<'a>,
+    /// What it means.
+    pub description: &'a str,
+    /// Whether a run must give it.
+    pub required: bool,
+}
+
+impl DescriptionShape<'_> {
+    /// The bytes of the JSON the runtime measures: compact, keys in the order of its fields,
+    /// strings escaped as `serde_json` escapes them, `default` written as `null` when absent,
+    /// `minimum` and `maximum` left out when absent.
+    pub fn json_len(&self) -> usize {
+        // Each `"key":` is its name, two quotes and a colon; each item but the first, a comma.
+        let key = |k: &str| k.len() + 3;
+        let list = |items: &mut dyn Iterator<Item = usize>| {
+            let (count, sum) = items.fold((0usize, 0), |(n, s), len| (n + 1, s + len));
+            2 + sum + count.saturating_sub(1)
+        };
+        let actions = list(&mut self.actions.iter().map(|(name, description)| {
+            2 + key("name")
+                + json_str_len(name)
+                + 1
+                + key("description")
+                + json_str_len(description)
+        }));
+        let parameters = list(&mut self.parameters.iter().map(|p| {
+            let rule = &p.rule;
+            let bound = |k: &str, v: Option<i64>| v.map_or(0, |v| 1 + key(k) + v.to_string().len());
+            2 + key("name")
+                + json_str_len(rule.name)
+                + 1
+                + key("kind")
+                + json_str_len(rule.kind.name())
+                + 1
+                + key("description")
+                + json_str_len(p.description)
+                + 1
+                + key("required")
+                + if p.required { 4 } else { 5 }
+                + 1
+                + key("default")
+                + rule.default.map_or(4, json_str_len)
+                + 1
+                + key("choices")
+                + list(&mut rule.choices.iter().map(|c| json_str_len(c)))
+                + bound("minimum", rule.minimum)
+                + bound("maximum", rule.maximum)
+        }));
+        let capabilities = list(&mut self.capabilities.iter().map(|c| json_str_len(c)));
+        2 + key("name")
+            + json_str_len(self.name)
+            + 1
+            + key("version")
+            + json_str_len(self.version)
+            + 1
+            + key("description")
+            + json_str_len(self.description)
+            + 1
+            + key("actions")
+            + actions
+            + 1
+            + key("parameters")
+            + parameters
+            + 1
+            + key("capabilities")
+            + capabilities
+            + 1
+            + key("min_runtime")
+            + json_str_len(self.min_runtime)
+    }
+}
+
+/// The bytes of `s` as a JSON string, quotes included, escaped as `serde_json` escapes it:
+/// `"`, `\` and the short-named controls in two bytes, other controls as `\u00XX`, the rest as
+/// it is.
+fn json_str_len(s: &str) -> usize {
+    2 + s
+        .bytes()
+        .map(|b| match b {
+            b'"' | b'\\' | b'\x08' | b'\x0c' | b'\n' | b'\r' | b'\t' => 2,
+            0..=0x1f => 6,
+            _ => 1,
+        })
+        .sum::<usize>()
 }
 
 /// `64 MiB`, `1.5 GiB`, `512 bytes`.
@@ -739,6 +858,91 @@ mod tests {
         assert_eq!(
             flag.refusal("yes").as_deref(),
             Some("expected true or false")
+        );
+    }
+
+    /// The runtime measures its `Description` with `serde_json`; the shape counts the same
+    /// bytes, escapes and absent values included.
+    #[test]
+    fn a_description_is_measured_as_the_runtime_writes_it() {
+        let choices = ["a\"b".to_string(), "\\".to_string()];
+        let odd = "tab\t, line\n, bell\u{7}, del\u{7f}, é, \u{202e}";
+        let shape = DescriptionShape {
+            name: "hello",
+            version: "0.1.0",
+            description: odd,
+            actions: vec![("backup", "Greets"), ("restore", "")],
+            parameters: vec![
+                ParamShape {
+                    rule: ParamRule {
+                        name: "level",
+                        kind: Kind::Integer,
+                        choices: &[],
+                        minimum: Some(-3),
+                        maximum: Some(i64::MAX),
+                        default: Some("2"),
+                    },
+                    description: odd,
+                    required: true,
+                },
+                ParamShape {
+                    rule: ParamRule {
+                        name: "mode",
+                        kind: Kind::Text,
+                        choices: &choices,
+                        minimum: None,
+                        maximum: None,
+                        default: None,
+                    },
+                    description: "",
+                    required: false,
+                },
+            ],
+            capabilities: vec!["exec", "export"],
+            min_runtime: "0.1.0",
+        };
+        let json = serde_json::json!({
+            "name": "hello",
+            "version": "0.1.0",
+            "description": odd,
+            "actions": [
+                {"name": "backup", "description": "Greets"},
+                {"name": "restore", "description": ""},
+            ],
+            "parameters": [
+                {"name": "level", "kind": "integer", "description": odd, "required": true,
+                 "default": "2", "choices": [], "minimum": -3, "maximum": i64::MAX},
+                {"name": "mode", "kind": "text", "description": "", "required": false,
+                 "default": null, "choices": choices},
+            ],
+            "capabilities": ["exec", "export"],
+            "min_runtime": "0.1.0",
+        });
+        let written = serde_json::to_vec(&json).expect("JSON");
+        assert_eq!(shape.json_len(), written.len());
+        let empty = DescriptionShape::default();
+        let written = serde_json::to_vec(&serde_json::json!({
+            "name": "", "version": "", "description": "", "actions": [], "parameters": [],
+            "capabilities": [], "min_runtime": "",
+        }))
+        .expect("JSON");
+        assert_eq!(empty.json_len(), written.len());
+    }
+
+    /// A size that rounds to the limit's figure is given in bytes.
+    #[test]
+    fn a_description_just_over_the_limit_says_by_how_much() {
+        assert_eq!(description_size_problem(MAX_DESCRIPTION_BYTES), None);
+        assert_eq!(
+            description_size_problem(MAX_DESCRIPTION_BYTES + 1).as_deref(),
+            Some(
+                "it describes itself in 1048577 bytes, over the limit of 1 MiB (1048576 bytes): \
+                 say what each action and parameter is in a sentence or two"
+            )
+        );
+        assert!(
+            description_size_problem(MAX_DESCRIPTION_BYTES * 3 / 2)
+                .is_some_and(|p| p.contains("in 1.5 MiB, over the limit of 1 MiB"))
         );
     }
 
