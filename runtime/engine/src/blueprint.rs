@@ -343,6 +343,70 @@ mod tests {
         assert!(problem.contains("over the limit of 1 MiB"), "{problem}");
     }
 
+    /// The SDK's fake host measures a description through `cairn_contract::DescriptionShape`;
+    /// the runtime measures its JSON. The two must count the same bytes, or a description
+    /// passes one and not the other.
+    #[test]
+    fn the_fake_hosts_measure_of_a_description_is_the_runtimes() {
+        let mut d = described("1.0.0", "0.1.0", "backup");
+        d.description = "quotes \" and \\ and a\ttab and \u{1} and é".into();
+        d.actions.push(ActionSpec {
+            name: "restore".into(),
+            description: "line\nbreak".into(),
+        });
+        d.parameters = vec![
+            ParamSpec {
+                name: "database".into(),
+                kind: ParamKind::Text,
+                description: "which \"one\"".into(),
+                required: true,
+                default: None,
+                choices: vec!["a".into(), "b\u{7f}".into()],
+                minimum: None,
+                maximum: None,
+            },
+            ParamSpec {
+                name: "count".into(),
+                kind: ParamKind::Integer,
+                description: String::new(),
+                required: false,
+                default: Some("10".into()),
+                choices: Vec::new(),
+                minimum: Some(-3),
+                maximum: Some(1_000_000),
+            },
+        ];
+        d.capabilities = vec![Capability::Exec, Capability::Secrets];
+        let shape = cairn_contract::DescriptionShape {
+            name: &d.name,
+            version: &d.version,
+            description: &d.description,
+            actions: d
+                .actions
+                .iter()
+                .map(|a| (a.name.as_str(), a.description.as_str()))
+                .collect(),
+            parameters: d
+                .parameters
+                .iter()
+                .map(|p| cairn_contract::ParamShape {
+                    rule: p.rule(),
+                    description: &p.description,
+                    required: p.required,
+                })
+                .collect(),
+            capabilities: d.capabilities.iter().map(|c| c.as_str()).collect(),
+            min_runtime: &d.min_runtime,
+        };
+        let json = serde_json::to_vec(&d).expect("serializes");
+        assert_eq!(
+            shape.json_len(),
+            json.len(),
+            "{}",
+            String::from_utf8_lossy(&json)
+        );
+    }
+
     #[test]
     fn versions_and_action_names_are_checked() {
         assert_eq!(described("1.4.0", "0.1.0", "verify-dump").problem(), None);
