@@ -1905,7 +1905,8 @@ pub(crate) struct RestoreArgs {
 }
 
 /// Whose parameters a restore takes where the point's and its policy's differ.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
 enum ParamsOf {
     /// The restore point's: those it was made with.
     Point,
@@ -1930,6 +1931,8 @@ pub(crate) struct RestoreSpec {
     grants: Vec<String>,
     #[serde(default)]
     params: BTreeMap<String, Scalar>,
+    #[serde(default)]
+    params_of: Option<ParamsOf>,
 }
 
 impl RestoreSpec {
@@ -1951,7 +1954,7 @@ impl From<RestoreSpec> for RestoreArgs {
                 .into_iter()
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect(),
-            params_of: None,
+            params_of: spec.params_of,
         }
     }
 }
