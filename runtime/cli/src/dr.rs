@@ -219,12 +219,78 @@ pub(crate) struct SourceArgs {
     /// The DR location profile (the `--profile` DR was enabled with).
     #[arg(long, value_name = "URL")]
     profile: String,
-    /// The cluster id of the lost instance (`cairn dr status` printed it).
+    /// The cluster id of the lost instance (`cairn dr status` printed it); default: the only
+    /// cluster whose DR data the location holds (when it holds several, the refusal lists
+    /// them).
     #[arg(long, value_name = "UUID")]
-    cluster_id: String,
+    cluster_id: Option<String>,
     /// Where the DR passphrase comes from: `raw:VALUE`, `env:VAR` or `file:PATH`.
     #[arg(long, value_name = "SOURCE")]
     passphrase_from: String,
+}
+
+/// A recovery source whose cluster id is settled ([`SourceArgs::resolved`]).
+struct Recovery {
+    profile: String,
+    cluster_id: String,
+    passphrase_from: String,
+}
+
+impl SourceArgs {
+    /// The source, with its cluster id checked, or, when none is given, the only cluster whose
+    /// DR data the location holds: a lost instance's id is easily lost with it.
+    async fn resolved(self) -> anyhow::Result<Recovery> {
+        let cluster_id = match self.cluster_id {
+            Some(id) => {
+                check_cluster_id(&id)?;
+                id
+            }
+            None => {
+                let there = clusters_at(&self.profile).await?;
+                match there.as_slice() {
+                    [one] => {
+                        errln!(
+                            "cairn: cluster {one}, the only one whose DR data {} holds",
+                            self.profile
+                        );
+                        one.clone()
+                    }
+                    [] => {
+                        return Err(usage(format!(
+                            "no DR data at {}: check --profile (each cluster's DR data is in a \
+                             folder named by its id)",
+                            self.profile
+                        )));
+                    }
+                    many => {
+                        return Err(usage(format!(
+                            "{} holds the DR data of {} clusters: {}; say which with \
+                             --cluster-id (`cairn dr status` printed the lost instance's)",
+                            self.profile,
+                            many.len(),
+                            many.join(", ")
+                        )));
+                    }
+                }
+            }
+        };
+        Ok(Recovery {
+            profile: self.profile,
+            cluster_id,
+            passphrase_from: self.passphrase_from,
+        })
+    }
+}
+
+/// The cluster ids whose DR data the location `profile` holds.
+async fn clusters_at(profile: &str) -> anyhow::Result<Vec<String>> {
+    let folders = Repository::repositories_at(Location::new(profile.to_owned()))
+        .await
+        .with_context(|| format!("cannot list the DR location {profile}"))?;
+    Ok(folders
+        .into_iter()
+        .filter(|f| uuid::Uuid::parse_str(f).is_ok())
+        .collect())
 }
 
 /// The DR blueprint's component.
@@ -638,14 +704,25 @@ async fn open_source(
 ) -> anyhow::Result<Repository> {
     let loc = location(profile, cluster_id);
     let url = loc.url().to_owned();
-    Repository::open(loc, key).await.map_err(|e| match e {
-        cairn_repository::Error::NotARepository { .. } => usage(format!(
-            "no DR data for cluster {cluster_id} at {profile} (nothing at {url}): check --profile and --cluster-id"
-        )),
-        cairn_repository::Error::WrongPassphrase | cairn_repository::Error::WrongKey { .. } => usage(format!(
-            "wrong DR passphrase for {url}: check --passphrase-from (a damaged key slot fails \
+    let opened = Repository::open(loc, key).await;
+    if let Err(cairn_repository::Error::NotARepository { .. }) = &opened {
+        let there = match clusters_at(profile).await {
+            Ok(there) if there.is_empty() => String::new(),
+            Ok(there) => format!(" (it holds DR data of: {})", there.join(", ")),
+            Err(_) => String::new(),
+        };
+        return Err(usage(format!(
+            "no DR data for cluster {cluster_id} at {profile}{there} (nothing at {url}): check \
+             --profile and --cluster-id"
+        )));
+    }
+    opened.map_err(|e| match e {
+        cairn_repository::Error::WrongPassphrase | cairn_repository::Error::WrongKey { .. } => {
+            usage(format!(
+                "wrong DR passphrase for {url}: check --passphrase-from (a damaged key slot fails \
              the same way: `cairn repo check --repo {url}` names one)"
-        )),
+            ))
+        }
         // Damage is a fact about the location to act on, not a fault of this run.
         damaged @ cairn_repository::Error::Corrupt { .. } => usage(format!(
             "cannot open the DR location {url}: {damaged}; `cairn repo check --repo {url}` says \
@@ -2587,7 +2664,7 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
             before,
             output,
         } => {
-            check_cluster_id(&source.cluster_id)?;
+            let source = source.resolved().await?;
             let key = passphrase(&source.passphrase_from)?;
             let repo = open_source(&source.profile, &source.cluster_id, &key).await?;
             let mut list = points(&repo).await?;
@@ -2638,7 +2715,7 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
             let mut source = source;
             (source.profile, source.passphrase_from) =
                 kept_absolute(source.profile, source.passphrase_from);
-            check_cluster_id(&source.cluster_id)?;
+            let source = source.resolved().await?;
             let path = blueprint.resolve()?;
             let key = passphrase(&source.passphrase_from)?;
             let catalog = Arc::new(crate::catalog::open(&home)?);

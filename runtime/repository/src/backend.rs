@@ -1085,6 +1085,29 @@ impl Backend {
             .map_err(|e| self.store_err("list", prefix, e))
     }
 
+    /// The folders directly under the location that hold a repository (a `config` object), by
+    /// name, sorted: what a location several repositories share (a DR location, one folder a
+    /// cluster) holds.
+    pub(crate) async fn repositories(&self) -> Result<Vec<String>> {
+        let listed = match self.store.list_with_delimiter(None).await {
+            Ok(listed) => listed,
+            Err(object_store::Error::NotFound { .. }) => return Ok(Vec::new()),
+            Err(e) => return Err(self.store_err("list", "", e)),
+        };
+        let mut names = Vec::new();
+        for folder in listed.common_prefixes {
+            let name = folder.as_ref().to_owned();
+            if self
+                .exists(&format!("{name}/{}", crate::format::CONFIG))
+                .await?
+            {
+                names.push(name);
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
     /// The path of some object under `prefix`, if there is one (the first listed).
     pub(crate) async fn first(&self, prefix: &str) -> Result<Option<String>> {
         let p = Path::from(prefix);

@@ -952,6 +952,15 @@ impl Repository {
         Ok(())
     }
 
+    /// The folders directly under `location` that hold a repository, by name, sorted: where
+    /// several share one location (a DR location keeps each cluster's in a folder named by its
+    /// id). Reads only, and needs no key.
+    pub async fn repositories_at(location: impl Into<Location>) -> Result<Vec<String>> {
+        Backend::connect(&location.into(), false)?
+            .repositories()
+            .await
+    }
+
     /// Opens the repository at `location` with `key`. Reads only: a wrong key writes nothing.
     pub async fn open(location: impl Into<Location>, key: &dyn KeyProvider) -> Result<Self> {
         let location = location.into();

@@ -291,6 +291,37 @@ fn legacy_story() {
     story("legacy");
 }
 
+/// A location two clusters' DR shares: a recovery that does not say which is refused, naming
+/// both, and one that does reviews that cluster's points.
+#[test]
+fn a_recovery_from_a_location_of_two_clusters_names_them() {
+    let profile = tempfile::tempdir().expect("tempdir");
+    let profile_url = profile.path().to_str().expect("utf-8").to_owned();
+    let (one, two) = (Cairn::new(), Cairn::new());
+    let mut ids = [
+        populated(&one, profile.path(), "no-snapshot"),
+        populated(&two, profile.path(), "no-snapshot"),
+    ];
+    ids.sort();
+    let fresh = Cairn::new();
+    let out = fresh.run(&[
+        "dr",
+        "review",
+        "--profile",
+        &profile_url,
+        "--passphrase-from",
+        PASSPHRASE,
+    ]);
+    refused_with(
+        &out,
+        &format!(
+            "holds the DR data of 2 clusters: {}, {}; say which with --cluster-id",
+            ids[0], ids[1]
+        ),
+    );
+    ok(&review(&fresh, &profile_url, &ids[1], &[]));
+}
+
 #[test]
 fn recovery_faults_are_clear_errors() {
     let profile = tempfile::tempdir().expect("tempdir");
@@ -316,8 +347,24 @@ fn recovery_faults_are_clear_errors() {
     let other = "6f1d3c2a-5b4e-4f7a-9c8d-0e1f2a3b4c5d";
     let out = review(&fresh, &profile_url, other, &[]);
     refused_with(&out, "no DR data for cluster");
+    refused_with(&out, &format!("(it holds DR data of: {cluster_id})"));
     let out = review(&fresh, &profile_url, "prod", &[]);
     refused_with(&out, "not a cluster id");
+    // No cluster id: the location's only cluster (the lost instance's id went with it).
+    let out = fresh.run(&[
+        "dr",
+        "review",
+        "--profile",
+        &profile_url,
+        "--passphrase-from",
+        PASSPHRASE,
+    ]);
+    ok(&out);
+    assert!(
+        stderr(&out).contains(&format!("cluster {cluster_id}, the only one")),
+        "{}",
+        stderr(&out)
+    );
 
     // A profile with no DR data.
     let empty = tempfile::tempdir().expect("tempdir");
@@ -328,6 +375,15 @@ fn recovery_faults_are_clear_errors() {
         &[],
     );
     refused_with(&out, "no DR data for cluster");
+    let out = fresh.run(&[
+        "dr",
+        "review",
+        "--profile",
+        empty.path().to_str().expect("utf-8"),
+        "--passphrase-from",
+        PASSPHRASE,
+    ]);
+    refused_with(&out, "no DR data at");
 
     // `--before` with no points before it.
     let out = review(
