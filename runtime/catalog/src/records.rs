@@ -247,11 +247,13 @@ pub struct Blueprint {
     /// The capabilities the operator lets policies grant it; `None` for all it declares.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow: Option<Vec<String>>,
-    /// Whether `cairn blueprint add --keep-newer` registered it (the bundled blueprints, added
-    /// at every start): another build of the same version added so replaces it (a newer image's
-    /// build of the bundled version), while one added without it (an operator's hotfix) stays.
+    /// Whether an operator registered this build by hand (`cairn blueprint add` without
+    /// `--keep-newer`, such as a hotfix): another build of the same version added with
+    /// `--keep-newer` (the bundled blueprints, added at every start) leaves it in place, and
+    /// replaces one that is not (the previous image's bundled build). Records written before
+    /// the field read as not by hand, as `--keep-newer` treated every build before.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub keep_newer: bool,
+    pub by_hand: bool,
 }
 
 record!(Blueprint, Blueprint, name);

@@ -122,11 +122,10 @@ pub(crate) async fn run(cmd: BlueprintCommand, home: Option<PathBuf>) -> anyhow:
                 // image's builds must replace the previous image's.
                 Compared::OtherBuild {
                     said,
-                    keep_newer: true,
-                } if keep_newer => outln!(
-                    "{said}, which an earlier --keep-newer add registered (a bundled build): it \
-                     is replaced"
-                ),
+                    by_hand: false,
+                } if keep_newer => {
+                    outln!("{said}, which was not added by hand (a bundled build): it is replaced")
+                }
                 Compared::OtherBuild { said, .. } if keep_newer => {
                     outln!(
                         "{said}, which was added without --keep-newer (an operator's build, such \
@@ -420,8 +419,8 @@ enum Compared {
     /// The registered one is of a newer version (replaced only with --downgrade): says so.
     Older(String),
     /// The registered one is another build of the same version (build metadata aside, as
-    /// `1.2.0+patched`): says so, and whether an add with --keep-newer registered it.
-    OtherBuild { said: String, keep_newer: bool },
+    /// `1.2.0+patched`): says so, and whether an operator registered it by hand.
+    OtherBuild { said: String, by_hand: bool },
 }
 
 /// Compares `blueprint` with the registered blueprint of the same name.
@@ -451,15 +450,15 @@ fn compared(home: &Home, blueprint: &cairn_engine::Blueprint) -> anyhow::Result<
                     old.version,
                     old.digest
                 ),
-                keep_newer: old.keep_newer,
+                by_hand: old.by_hand,
             },
             _ => Compared::NewOrSame,
         },
     )
 }
 
-/// Copies the component into the home under its digest and records it by name, and whether an
-/// add with --keep-newer registered it (`keep_newer`).
+/// Copies the component into the home under its digest and records it by name, and whether it
+/// was added by hand (without `keep_newer`).
 fn add(
     home: &Home,
     file: &Path,
@@ -486,19 +485,20 @@ fn add(
         .with_context(|| format!("cannot resolve {}", kept.display()))?;
     let catalog = crate::catalog::open(home)?;
     let replaced = catalog.blueprint(&d.name)?;
-    // The very build registered again by hand (say, to change --allow) is no hotfix: it stays
-    // one an upgraded image's build replaces.
-    let keep_newer = keep_newer
-        || replaced
-            .as_ref()
-            .is_some_and(|old| old.digest == blueprint.digest() && old.keep_newer);
+    // The very build registered again (by hand to change --allow, or at a restart) stays what
+    // it was: a bundled build added again by hand is no hotfix, nor a hotfix added again with
+    // --keep-newer a bundled build.
+    let by_hand = match &replaced {
+        Some(old) if old.digest == blueprint.digest() => old.by_hand,
+        _ => !keep_newer,
+    };
     let record = cairn_catalog::Blueprint {
         name: d.name.clone(),
         version: d.version.clone(),
         digest: blueprint.digest().to_owned(),
         wasm: kept.display().to_string(),
         allow,
-        keep_newer,
+        by_hand,
     };
     catalog.save(&record)?;
     if d.capabilities.contains(&cairn_engine::Capability::Catalog) {

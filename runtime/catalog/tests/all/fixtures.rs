@@ -101,7 +101,7 @@ pub(crate) fn blueprint(name: &str) -> Blueprint {
         digest: "sha256:00ff".to_owned(),
         wasm: format!("/var/lib/cairn/blueprints/{name}.wasm"),
         allow: None,
-        keep_newer: false,
+        by_hand: false,
     }
 }
 
