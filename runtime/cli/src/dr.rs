@@ -284,13 +284,15 @@ impl SourceArgs {
 
 /// The cluster ids whose DR data the location `profile` holds.
 async fn clusters_at(profile: &str) -> anyhow::Result<Vec<String>> {
-    let folders = Repository::repositories_at(Location::new(profile.to_owned()))
-        .await
-        .with_context(|| format!("cannot list the DR location {profile}"))?;
-    Ok(folders
-        .into_iter()
-        .filter(|f| uuid::Uuid::parse_str(f).is_ok())
-        .collect())
+    match Repository::repositories_at(Location::new(profile.to_owned()), |f| {
+        uuid::Uuid::parse_str(f).is_ok()
+    })
+    .await
+    {
+        // A local directory that is not there holds none.
+        Err(cairn_repository::Error::NotARepository { .. }) => Ok(Vec::new()),
+        listed => listed.with_context(|| format!("cannot list the DR location {profile}")),
+    }
 }
 
 /// The DR blueprint's component.
@@ -2715,11 +2717,22 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
             let mut source = source;
             (source.profile, source.passphrase_from) =
                 kept_absolute(source.profile, source.passphrase_from);
+            let catalog = Arc::new(crate::catalog::open(&home)?);
+            let state = catalog.restore_state()?;
+            // Without --cluster-id, the cluster this home restored from is the one meant (a
+            // restore run again to finish it, a standby moved forward), whatever else the
+            // location holds.
+            if source.cluster_id.is_none() {
+                source.cluster_id = match &state {
+                    Some(r) => Some(r.source.to_string()),
+                    None => load_meta::<Source>(&catalog, SOURCE_KEY)?
+                        .filter(|done| done.profile == source.profile)
+                        .map(|done| done.cluster_id),
+                };
+            }
             let source = source.resolved().await?;
             let path = blueprint.resolve()?;
             let key = passphrase(&source.passphrase_from)?;
-            let catalog = Arc::new(crate::catalog::open(&home)?);
-            let state = catalog.restore_state()?;
             let resuming = state
                 .as_ref()
                 .is_some_and(|r| r.source.to_string() == source.cluster_id);

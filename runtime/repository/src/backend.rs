@@ -1087,23 +1087,28 @@ impl Backend {
 
     /// The folders directly under the location that hold a repository (a `config` object), by
     /// name, sorted: what a location several repositories share (a DR location, one folder a
-    /// cluster) holds.
-    pub(crate) async fn repositories(&self) -> Result<Vec<String>> {
+    /// cluster) holds. Only folders whose name passes `wanted` are looked into, several at once.
+    pub(crate) async fn repositories(&self, wanted: impl Fn(&str) -> bool) -> Result<Vec<String>> {
+        use futures::StreamExt as _;
         let listed = match self.store.list_with_delimiter(None).await {
             Ok(listed) => listed,
             Err(object_store::Error::NotFound { .. }) => return Ok(Vec::new()),
             Err(e) => return Err(self.store_err("list", "", e)),
         };
-        let mut names = Vec::new();
-        for folder in listed.common_prefixes {
-            let name = folder.as_ref().to_owned();
-            if self
-                .exists(&format!("{name}/{}", crate::format::CONFIG))
-                .await?
-            {
-                names.push(name);
-            }
-        }
+        let folders = listed
+            .common_prefixes
+            .into_iter()
+            .map(|folder| folder.as_ref().to_owned())
+            .filter(|name| wanted(name));
+        let mut names: Vec<String> = futures::stream::iter(folders)
+            .map(|name| async move {
+                let config = format!("{name}/{}", crate::format::CONFIG);
+                Ok::<_, Error>(self.exists(&config).await?.then_some(name))
+            })
+            .buffered(16)
+            .try_filter_map(|name| async move { Ok(name) })
+            .try_collect()
+            .await?;
         names.sort();
         Ok(names)
     }

@@ -955,9 +955,13 @@ impl Repository {
     /// The folders directly under `location` that hold a repository, by name, sorted: where
     /// several share one location (a DR location keeps each cluster's in a folder named by its
     /// id). Reads only, and needs no key.
-    pub async fn repositories_at(location: impl Into<Location>) -> Result<Vec<String>> {
+    /// Only folders whose name passes `wanted` are looked into.
+    pub async fn repositories_at(
+        location: impl Into<Location>,
+        wanted: impl Fn(&str) -> bool,
+    ) -> Result<Vec<String>> {
         Backend::connect(&location.into(), false)?
-            .repositories()
+            .repositories(wanted)
             .await
     }
 

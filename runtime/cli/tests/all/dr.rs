@@ -384,6 +384,17 @@ fn recovery_faults_are_clear_errors() {
         PASSPHRASE,
     ]);
     refused_with(&out, "no DR data at");
+    // A mistyped local profile: nothing there, said as such.
+    let missing = empty.path().join("no-such-dir");
+    let out = fresh.run(&[
+        "dr",
+        "review",
+        "--profile",
+        missing.to_str().expect("utf-8"),
+        "--passphrase-from",
+        PASSPHRASE,
+    ]);
+    refused_with(&out, "no DR data at");
 
     // `--before` with no points before it.
     let out = review(
