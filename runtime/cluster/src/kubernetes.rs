@@ -2347,10 +2347,17 @@ impl Cluster for KubeCluster {
             });
         }
         // Nor while another pod (made by hand, a debug copy, which are no replicas) mounts
-        // one of its claims.
+        // one of its claims. Cairn's own stopped-workload pod runs nothing of the
+        // application's (its command, if any, has returned; it may still be going away).
         if described.replicas == 0 {
             let claims: Vec<&str> = described.volumes.iter().map(|v| v.name.as_str()).collect();
-            let users = self.claim_users(&workload.namespace, &claims).await?;
+            let own = format!("{}-stopped", workload.name);
+            let users: Vec<String> = self
+                .claim_users(&workload.namespace, &claims)
+                .await?
+                .into_iter()
+                .filter(|p| *p != own)
+                .collect();
             if !users.is_empty() {
                 return Err(Error::Invalid(format!(
                     "workload {workload} is scaled to zero but pod(s) {} mount its claims, so a \
