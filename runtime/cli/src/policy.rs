@@ -2134,7 +2134,7 @@ impl RestoreArgs {
                         "restore point {} was made with other parameters than policy {} gives \
                          now: {}. Say which the restore takes: --params-of point restores it as \
                          it was made, --params-of policy where the policy is now, and --param \
-                         NAME=VALUE sets one (params in a Restore)",
+                         NAME=VALUE sets one (params_of and params in a Restore)",
                         point.id,
                         policy.name,
                         changed.join("; ")
