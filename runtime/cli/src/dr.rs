@@ -3360,17 +3360,8 @@ mod tests {
             (
                 at(s),
                 Point {
-                    id: id.into(),
                     time: at(s),
-                    mode: "no-snapshot".into(),
-                    from,
-                    to,
-                    exports: 0,
-                    export_ids: Vec::new(),
-                    cluster_id: "c".into(),
-                    run: None,
-                    after: after.map(str::to_owned),
-                    settings: None,
+                    ..linked(id, from, to, after)
                 },
             )
         };
