@@ -193,7 +193,15 @@ pub(crate) struct Backend {
     /// ([`NO_OFFSET`] until then): the protection period is the store's, as locks' ages are,
     /// so a host whose clock runs ahead (or a process under faketime) deletes nothing early.
     clock_offset: Arc<std::sync::atomic::AtomicI64>,
+    /// Objects whose Object Lock retention was extended past their first write's, by path:
+    /// the latest date known (from the repository's `retention/` records), which protects them
+    /// here too.
+    extended: Arc<Mutex<HashMap<String, i64>>>,
 }
+
+/// The most an Object Lock repository retains its objects past the protection period
+/// ([`Backend::lock_ahead`]).
+const MAX_LOCK_AHEAD: std::time::Duration = std::time::Duration::from_secs(7 * 86_400);
 
 /// [`Backend::clock_offset`] not known yet.
 const NO_OFFSET: i64 = i64::MIN;
@@ -276,10 +284,12 @@ struct S3Lock {
     current: tokio::sync::Mutex<Option<(std::time::Instant, Arc<dyn ObjectStore>)>>,
     /// The key slot renewed by each new client.
     renew: Mutex<Option<String>>,
+    /// Made at the first extension.
+    retainer: Mutex<Option<Arc<Retainer>>>,
 }
 
 /// How long one Object Lock client stamps the same retention date.
-const LOCK_CLIENT_LIFE: std::time::Duration = std::time::Duration::from_secs(600);
+pub(crate) const LOCK_CLIENT_LIFE: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// The largest object read whole (metadata): a sealed object of at most
 /// [`crate::format::MAX_OBJECT_BYTES`] plaintext, with room for what sealing and framing add.
@@ -353,9 +363,21 @@ fn s3_store(
     url: &url::Url,
     lock_until: Option<jiff::Timestamp>,
 ) -> Result<Arc<dyn ObjectStore>> {
+    let (s3, _) = s3_client(loc, url, lock_until)?;
+    Ok(prefixed(Arc::new(s3), url))
+}
+
+/// [`s3_store`]'s S3 client, not yet under the repository's prefix, and the HTTP client
+/// options it was given (for requests object_store does not make, [`Retainer`]).
+fn s3_client(
+    loc: &Location,
+    url: &url::Url,
+    lock_until: Option<jiff::Timestamp>,
+) -> Result<(object_store::aws::AmazonS3, object_store::ClientOptions)> {
     use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey, Checksum};
     let raw = loc.url.as_str();
     let mut b = AmazonS3Builder::new();
+    let mut client = object_store::ClientOptions::new();
     if let Some(until) = lock_until {
         let mut headers = object_store::HeaderMap::new();
         headers.insert(
@@ -382,12 +404,18 @@ fn s3_store(
         if key.starts_with("AWS_")
             && let Ok(k) = key.to_ascii_lowercase().parse::<AmazonS3ConfigKey>()
         {
+            if let AmazonS3ConfigKey::Client(c) = k {
+                client = client.with_config(c, value.clone());
+            }
             b = b.with_config(k, value);
         }
     }
     b = b.with_url(url.as_str());
     let (options, retry) = cloud_options(loc)?;
     for (key, v) in options {
+        if let AmazonS3ConfigKey::Client(c) = key {
+            client = client.with_config(c, v);
+        }
         b = b.with_config(key, v);
     }
     b = b.with_retry(retry).with_http_connector(FailFast::default());
@@ -396,10 +424,108 @@ fn s3_store(
     if let Some(endpoint) = b.get_config_value(&AmazonS3ConfigKey::Endpoint) {
         check_endpoint(raw, &endpoint)?;
     }
-    Ok(prefixed(
-        Arc::new(b.build().map_err(|e| invalid(raw, e))?),
-        url,
-    ))
+    Ok((b.build().map_err(|e| invalid(raw, e))?, client))
+}
+
+/// Extends the Object Lock retention of objects already written: S3's `PutObjectRetention`,
+/// which object_store does not make. The request is presigned by object_store's own S3 client
+/// (credentials, endpoint and addressing as every other request has them), with the
+/// `retention` query and the body's `Content-MD5` in the signature, and sent by an HTTP client
+/// built with the location's client options.
+#[derive(Debug)]
+struct Retainer {
+    s3: object_store::aws::AmazonS3,
+    http: object_store::client::HttpClient,
+    /// The repository's folder in the bucket (`s3://bucket/folder`), without slashes.
+    prefix: String,
+}
+
+/// Times a retention extension is sent when the store answers 5xx or the connection fails.
+const RETAIN_TRIES: u32 = 3;
+
+impl Retainer {
+    fn new(loc: &Location, url: &url::Url) -> Result<Self> {
+        use object_store::client::HttpConnector as _;
+        let (s3, client) = s3_client(loc, url, None)?;
+        let http = FailFast::default()
+            .connect(&client)
+            .map_err(|e| invalid(&loc.url, e))?;
+        Ok(Self {
+            s3,
+            http,
+            prefix: url.path().trim_matches('/').to_string(),
+        })
+    }
+
+    /// Retains the object at `path` (below the repository) in compliance mode until `until`.
+    /// The error is the store's answer, or why it could not be asked.
+    async fn retain(&self, path: &str, until: jiff::Timestamp) -> std::result::Result<(), String> {
+        use base64::Engine as _;
+        use md5::Digest as _;
+        use object_store::signer::{Method, SignedUrlOptions, Signer as _};
+        let body = format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\
+             <Retention xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">\
+             <Mode>COMPLIANCE</Mode><RetainUntilDate>{}</RetainUntilDate></Retention>",
+            until.strftime("%Y-%m-%dT%H:%M:%SZ")
+        );
+        let md5 = base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(&body));
+        let md5 = object_store::HeaderValue::from_str(&md5).map_err(|e| e.to_string())?;
+        let key = if self.prefix.is_empty() {
+            path.to_string()
+        } else {
+            format!("{}/{path}", self.prefix)
+        };
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let opts = SignedUrlOptions::new()
+                .with_query([("retention", "")])
+                .with_signed_header(
+                    object_store::signer::HeaderName::from_static("content-md5"),
+                    md5.clone(),
+                );
+            let url = self
+                .s3
+                .signed_url_opts(
+                    Method::PUT,
+                    &Path::from(key.as_str()),
+                    std::time::Duration::from_secs(300),
+                    &opts,
+                )
+                .await
+                .map_err(|e| crate::error::chain_text(&e))?;
+            let mut req = object_store::client::HttpRequest::new(
+                object_store::client::HttpRequestBody::from(body.clone()),
+            );
+            *req.method_mut() = Method::PUT;
+            *req.uri_mut() = url.as_str().parse().map_err(|e| format!("{e}"))?;
+            req.headers_mut().insert("content-md5", md5.clone());
+            let again = match self.http.execute(req).await {
+                Ok(r) if r.status().is_success() => return Ok(()),
+                Ok(r) => {
+                    let status = r.status();
+                    let text = match r.into_body().bytes().await {
+                        Ok(b) => String::from_utf8_lossy(&b).trim().to_string(),
+                        Err(e) => e.to_string(),
+                    };
+                    if !status.is_server_error() || tries >= RETAIN_TRIES {
+                        return Err(format!("{status}: {text}"));
+                    }
+                    format!("{status}: {text}")
+                }
+                Err(e) => {
+                    let text = crate::error::chain_text(&e);
+                    if tries >= RETAIN_TRIES {
+                        return Err(text);
+                    }
+                    text
+                }
+            };
+            tracing::warn!(object = path, error = %again, "extending retention failed; trying again");
+            tokio::time::sleep(std::time::Duration::from_secs(1 << tries)).await;
+        }
+    }
 }
 
 /// object_store's HTTP client, with a connection that cannot be made for good (a name that
@@ -695,6 +821,7 @@ impl Backend {
                     url: url.clone(),
                     current: Default::default(),
                     renew: Mutex::new(None),
+                    retainer: Mutex::new(None),
                 });
                 s3_store(loc, &url, None)?
             }
@@ -743,6 +870,7 @@ impl Backend {
             object_lock: false,
             local_root,
             clock_offset: Arc::new(std::sync::atomic::AtomicI64::new(NO_OFFSET)),
+            extended: Default::default(),
         })
     }
 
@@ -1012,7 +1140,7 @@ impl Backend {
         {
             return Ok(store.clone());
         }
-        let period = self.protection + LOCK_CLIENT_LIFE;
+        let period = self.protection + self.lock_ahead() + LOCK_CLIENT_LIFE;
         // From the later of the store's clock and this host's: a host whose clock is behind
         // would stamp a retention shorter than the period, which the store then enforces.
         self.know_clock().await;
@@ -1162,14 +1290,125 @@ impl Backend {
             .collect())
     }
 
-    /// The end of an object's protection, if it is still protected.
+    /// The end of the protection of an object written at `last_modified_unix`, if it is
+    /// still protected.
     pub(crate) fn protected_until(&self, last_modified_unix: i64) -> Option<jiff::Timestamp> {
+        self.protected_past(last_modified_unix, None)
+    }
+
+    /// The end of a listed object's protection, if it is still protected: its write's, or a
+    /// later one its retention was extended to.
+    pub(crate) fn protected(&self, m: &ObjectMeta) -> Option<jiff::Timestamp> {
+        self.protected_past(m.last_modified.timestamp(), Some(m.location.as_ref()))
+    }
+
+    /// Until when (unix seconds) a listed object is retained at least: from its write, or
+    /// to a later date its retention was extended to.
+    pub(crate) fn retained_until(&self, m: &ObjectMeta) -> i64 {
+        self.retained(m.last_modified.timestamp(), Some(m.location.as_ref()))
+    }
+
+    fn retained(&self, last_modified_unix: i64, path: Option<&str>) -> i64 {
+        let period = self.protection + self.lock_ahead();
+        let until = last_modified_unix.saturating_add(period.as_secs() as i64);
+        let extended = path.and_then(|path| {
+            self.extended
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get(path)
+                .copied()
+        });
+        until.max(extended.unwrap_or(i64::MIN))
+    }
+
+    fn protected_past(
+        &self,
+        last_modified_unix: i64,
+        path: Option<&str>,
+    ) -> Option<jiff::Timestamp> {
         if self.protection.is_zero() {
             return None;
         }
-        let until = last_modified_unix.saturating_add(self.protection.as_secs() as i64);
+        let until = self.retained(last_modified_unix, path);
         (self.now() < until)
             .then(|| jiff::Timestamp::from_second(until).unwrap_or(jiff::Timestamp::MAX))
+    }
+
+    /// How much longer than the protection period an Object Lock repository retains what it
+    /// writes: a quarter of the period, at most a week (none without Object Lock). An object
+    /// a newer snapshot shares must be retained as long as that snapshot, so its retention is
+    /// extended ([`Backend::retain`]); retained this much longer, it is extended once in a
+    /// while rather than by every backup.
+    pub(crate) fn lock_ahead(&self) -> std::time::Duration {
+        if self.object_lock && self.s3_lock.is_some() {
+            (self.protection / 4).min(MAX_LOCK_AHEAD)
+        } else {
+            std::time::Duration::ZERO
+        }
+    }
+
+    /// The date an extension made now retains objects until: as a new write's.
+    pub(crate) async fn retain_date(&self) -> Result<jiff::Timestamp> {
+        self.know_clock().await;
+        let now = self.now().max(jiff::Timestamp::now().as_second());
+        let period = self.protection + self.lock_ahead() + LOCK_CLIENT_LIFE;
+        jiff::Timestamp::from_second(now.saturating_add(period.as_secs() as i64))
+            .map_err(|e| invalid(&self.url, e))
+    }
+
+    /// Takes in that the objects at `paths` are retained until `until` (unix seconds).
+    pub(crate) fn note_extended(&self, paths: impl IntoIterator<Item = String>, until: i64) {
+        let mut extended = self
+            .extended
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for path in paths {
+            let at = extended.entry(path).or_insert(until);
+            *at = (*at).max(until);
+        }
+    }
+
+    /// Extends the Object Lock retention of the objects at `paths` to `until`, several at
+    /// once. Only on a repository under Object Lock.
+    pub(crate) async fn retain(&self, paths: &[String], until: jiff::Timestamp) -> Result<()> {
+        use futures::StreamExt as _;
+        let Some(lock) = &self.s3_lock else {
+            return Ok(());
+        };
+        if !self.object_lock {
+            return Ok(());
+        }
+        let retainer = {
+            let mut made = lock
+                .retainer
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            match &*made {
+                Some(r) => r.clone(),
+                None => {
+                    let r = Arc::new(Retainer::new(&lock.location, &lock.url)?);
+                    *made = Some(r.clone());
+                    r
+                }
+            }
+        };
+        // Owned paths: a future borrowing them would not be `Send` for every lifetime, which
+        // a backup's future must be.
+        futures::stream::iter(paths.to_vec())
+            .map(move |path| {
+                let retainer = retainer.clone();
+                async move {
+                    match retainer.retain(&path, until).await {
+                        Ok(()) => Ok(()),
+                        Err(why) => Err(Error::Retention { object: path, why }),
+                    }
+                }
+            })
+            .buffer_unordered(16)
+            .try_collect::<Vec<()>>()
+            .await?;
+        self.note_extended(paths.iter().cloned(), until.as_second());
+        Ok(())
     }
 
     /// Deletes a data object, refusing inside the protection period. `meta` saves a HEAD when
@@ -1185,7 +1424,7 @@ impl Backend {
                     Err(e) => return Err(self.store_err("stat", path, e)),
                 },
             };
-            if let Some(until) = self.protected_until(lm) {
+            if let Some(until) = self.protected_past(lm, Some(path)) {
                 return Err(Error::Protected {
                     object: path.to_string(),
                     until: until.to_string(),

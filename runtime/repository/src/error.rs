@@ -104,6 +104,20 @@ pub enum Error {
         /// The end of its protection (RFC 3339).
         until: String,
     },
+    /// The store did not extend the Object Lock retention of an object a new snapshot shares
+    /// with older ones.
+    #[error(
+        "the store did not extend the Object Lock retention of {object}, which the new snapshot \
+         shares with older ones ({why}); the snapshot was not committed (what it wrote stays, \
+         for the next backup to use): grant s3:PutObjectRetention on the bucket's objects, or \
+         check that the store supports it, and back up again"
+    )]
+    Retention {
+        /// The object path.
+        object: String,
+        /// The store's answer, or why it could not be asked.
+        why: String,
+    },
     /// This process's own lock was removed or went stale while it ran.
     #[error(
         "the repository lock {lock} of this process was removed or not refreshed while it ran \

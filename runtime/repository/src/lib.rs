@@ -39,6 +39,7 @@ mod pipeline;
 mod repair;
 mod repo;
 mod restore;
+mod retain;
 mod retention;
 mod stream;
 mod tree;

@@ -1139,6 +1139,8 @@ impl Repository {
             .backend
             .put_data(&format::content_path(&info.content), Bytes::from(sealed))
             .await?;
+        // What it shares with older snapshots is retained as long as it is, before it counts.
+        self.retain_shared(&info).await?;
         let plain = serde_json::to_vec(&info).map_err(|e| Error::Invalid(e.to_string()))?;
         let sealed = format::seal_object(keys, "snapshot", &info.id, &plain);
         // Still held: had another process taken the lock for stale, a prune may have deleted
@@ -1658,6 +1660,7 @@ impl Repository {
             let parts: Vec<&str> = p.split('/').collect();
             let known = match parts.as_slice() {
                 ["config"] => true,
+                ["retention", _] => crate::retain::parse_name(&p).is_some(),
                 [
                     "keys" | "index" | "snapshots" | "content" | "locks" | "repairs",
                     id,
@@ -2170,6 +2173,8 @@ impl Repository {
         let mut report = PruneReport::default();
         // Reload the index: other processes may have added to it.
         let damaged = self.refresh_index().await?;
+        // Packs whose retention was extended are protected until then.
+        let retention = self.read_retention(backend.now()).await?;
         let (snaps, damaged_snaps) = self
             .snapshots_and_damage(&SnapshotFilter::default())
             .await?;
@@ -2244,11 +2249,7 @@ impl Repository {
             let Some(id) = m.location.filename().filter(|n| format::is_id(n)) else {
                 continue;
             };
-            if !contents.contains(id)
-                && backend
-                    .protected_until(m.last_modified.timestamp())
-                    .is_none()
-            {
+            if !contents.contains(id) && backend.protected(&m).is_none() {
                 if !dry_run {
                     backend.delete_data(m.location.as_ref(), Some(&m)).await?;
                 }
@@ -2262,12 +2263,7 @@ impl Repository {
                 .iter()
                 .filter(|s| matches!(s.kind, format::SnapshotKind::Tree { .. }))
                 .all(|s| s.repairs.contains(&id));
-            if moot
-                && !dry_run
-                && backend
-                    .protected_until(m.last_modified.timestamp())
-                    .is_none()
-            {
+            if moot && !dry_run && backend.protected(&m).is_none() {
                 backend.delete_data(m.location.as_ref(), Some(&m)).await?;
             }
         }
@@ -2365,9 +2361,7 @@ impl Repository {
             // would point at nothing.
             let mut protected_packs = HashSet::new();
             for m in &index_files {
-                if backend
-                    .protected_until(m.last_modified.timestamp())
-                    .is_some()
+                if backend.protected(m).is_some()
                     && let Some(ps) = m.location.filename().and_then(|n| idx.files.get(n))
                 {
                     protected_packs.extend(ps.iter().map(format::pack_hex));
@@ -2388,11 +2382,9 @@ impl Repository {
                 |p| {
                     let hex = format::pack_hex(p);
                     protected_packs.contains(&hex)
-                        || listed.get(&hex).is_none_or(|m| {
-                            backend
-                                .protected_until(m.last_modified.timestamp())
-                                .is_some()
-                        })
+                        || listed
+                            .get(&hex)
+                            .is_none_or(|m| backend.protected(m).is_some())
                 },
             );
             (used, survivors, protected_packs, repack)
@@ -2420,11 +2412,7 @@ impl Repository {
         for (hex, m) in &listed {
             if used_packs.contains(hex) {
                 report.packs_kept += 1;
-            } else if protected_index_packs.contains(hex)
-                || backend
-                    .protected_until(m.last_modified.timestamp())
-                    .is_some()
-            {
+            } else if protected_index_packs.contains(hex) || backend.protected(m).is_some() {
                 report.packs_protected += 1;
             } else {
                 doomed.push((hex.clone(), m.clone()));
@@ -2432,6 +2420,9 @@ impl Repository {
         }
         report.packs_deleted = doomed.len();
         report.bytes_deleted = doomed.iter().map(|(_, m)| m.size).sum();
+        if !dry_run {
+            self.drop_past_retention(&retention).await?;
+        }
         if dry_run || (doomed.is_empty() && report.packs_repacked == 0) {
             return Ok(report);
         }
@@ -2445,11 +2436,7 @@ impl Repository {
         self.write_index_file(&entries).await?;
         for m in &index_files {
             let p = m.location.to_string();
-            if m.location.filename().is_some_and(format::is_id)
-                && backend
-                    .protected_until(m.last_modified.timestamp())
-                    .is_none()
-            {
+            if m.location.filename().is_some_and(format::is_id) && backend.protected(m).is_none() {
                 backend.delete_data(&p, Some(m)).await?;
                 report.index_files_replaced += 1;
             }
@@ -2535,7 +2522,7 @@ impl Repository {
                 }
             };
             let meta = &listed[&hex];
-            if let Some(until) = backend.protected_until(meta.last_modified.timestamp()) {
+            if let Some(until) = backend.protected(meta) {
                 return Err(Error::Protected {
                     object: format::pack_path(&hex),
                     until: until.to_string(),
@@ -2810,11 +2797,9 @@ impl Repository {
             .filter_map(|m| Some((m.location.filename()?.to_owned(), m)))
             .collect();
         let stuck = naming.iter().all(|id| {
-            index_files.get(id).is_some_and(|m| {
-                backend
-                    .protected_until(m.last_modified.timestamp())
-                    .is_some()
-            })
+            index_files
+                .get(id)
+                .is_some_and(|m| backend.protected(m).is_some())
         });
         let names: Vec<String> = gone.iter().map(format::pack_hex).collect();
         let shown = match names.len() {
@@ -3093,10 +3078,7 @@ impl Repository {
         self.inner.backend.know_clock().await;
         let path = format::key_path(&self.inner.slot);
         if let Some(m) = self.inner.backend.head(&path).await?
-            && let Some(until) = self
-                .inner
-                .backend
-                .protected_until(m.last_modified.timestamp())
+            && let Some(until) = self.inner.backend.protected(&m)
         {
             return Err(Error::Protected {
                 object: path,

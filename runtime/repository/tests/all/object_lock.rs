@@ -54,6 +54,43 @@ impl Moto {
         assert_eq!(status, 200, "creating bucket {name}: {body}");
     }
 
+    /// A repository protected for `period` in a new bucket with Object Lock.
+    async fn locked_repository(&self, bucket: &str, period: Duration) -> Repository {
+        self.bucket(bucket, true);
+        let repo = Repository::init(
+            self.location(bucket),
+            &pass("p"),
+            InitOptions::new().protection(period),
+        )
+        .await
+        .unwrap();
+        assert!(repo.object_lock(), "the bucket has Object Lock enabled");
+        repo
+    }
+
+    /// The keys under `prefix` in `bucket`.
+    fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        let (_, listing) = self.http(
+            "GET",
+            &format!("/{bucket}?list-type=2&prefix={prefix}"),
+            &[],
+        );
+        tags(&listing, "Key")
+            .into_iter()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// The retain-until date of the object at `key` in `bucket`.
+    fn retained_until(&self, bucket: &str, key: &str) -> jiff::Timestamp {
+        let (status, head) = self.http("HEAD", &format!("/{bucket}/{key}"), &[]);
+        assert_eq!(status, 200, "{key}: {head}");
+        header(&head, "x-amz-object-lock-retain-until-date")
+            .unwrap_or_else(|| panic!("{key} has no retain-until date: {head}"))
+            .parse()
+            .unwrap()
+    }
+
     fn location(&self, bucket: &str) -> Location {
         Location::new(format!("s3://{bucket}/repo"))
             .option("aws_endpoint", format!("http://127.0.0.1:{}", self.0.port))
@@ -87,16 +124,9 @@ async fn object_lock_makes_the_store_refuse_deletes_inside_the_protection_period
     let Some(moto) = Moto::start() else {
         return;
     };
-    moto.bucket("locked", true);
-    let day = Duration::from_secs(86_400);
-    let repo = Repository::init(
-        moto.location("locked"),
-        &pass("p"),
-        InitOptions::new().protection(day),
-    )
-    .await
-    .unwrap();
-    assert!(repo.object_lock(), "the bucket has Object Lock enabled");
+    let repo = moto
+        .locked_repository("locked", Duration::from_secs(86_400))
+        .await;
     let first = repo
         .backup_stream("dump", &noise(600_000, 1)[..], Default::default())
         .await
@@ -106,9 +136,8 @@ async fn object_lock_makes_the_store_refuse_deletes_inside_the_protection_period
         .unwrap();
 
     // Every data object carries compliance-mode retention of at least the period.
-    let (_, listing) = moto.http("GET", "/locked?list-type=2&prefix=repo/", &[]);
-    let keys = tags(&listing, "Key");
-    let data: Vec<&&str> = keys
+    let keys = moto.keys("locked", "repo/");
+    let data: Vec<&String> = keys
         .iter()
         .filter(|k| !k.starts_with("repo/keys/") && !k.starts_with("repo/locks/"))
         .collect();
@@ -121,10 +150,7 @@ async fn object_lock_makes_the_store_refuse_deletes_inside_the_protection_period
             Some("COMPLIANCE"),
             "{key}: {head}"
         );
-        let until: jiff::Timestamp = header(&head, "x-amz-object-lock-retain-until-date")
-            .unwrap_or_else(|| panic!("{key} has no retain-until date: {head}"))
-            .parse()
-            .unwrap();
+        let until = moto.retained_until("locked", key);
         assert!(
             until >= jiff::Timestamp::now() + jiff::SignedDuration::from_secs(86_000),
             "{key} retained until {until}"
@@ -132,7 +158,7 @@ async fn object_lock_makes_the_store_refuse_deletes_inside_the_protection_period
     }
     // The key slot too (one deleted would leave the data unreadable); the one init wrote
     // before it knew of the lock is gone.
-    let slots: Vec<&&str> = keys
+    let slots: Vec<&String> = keys
         .iter()
         .filter(|k| k.starts_with("repo/keys/"))
         .collect();
@@ -171,27 +197,83 @@ async fn object_lock_makes_the_store_refuse_deletes_inside_the_protection_period
         .backup_stream("dump", &noise(600_000, 3)[..], Default::default())
         .await
         .unwrap();
-    let retained_until = |key: String| {
-        let (status, head) = moto.http("HEAD", &format!("/locked/{key}"), &[]);
-        assert_eq!(status, 200, "{key}: {head}");
-        header(&head, "x-amz-object-lock-retain-until-date")
-            .unwrap_or_else(|| panic!("{key} has no retain-until date: {head}"))
-            .parse::<jiff::Timestamp>()
-            .unwrap()
-    };
-    let snapshot = retained_until(format!("repo/snapshots/{}", last.id));
-    let slot = retained_until(slots[0].to_string());
+    let retained_until = |key: &str| moto.retained_until("locked", key);
+    let snapshot = retained_until(&format!("repo/snapshots/{}", last.id));
+    let slot = retained_until(slots[0]);
     assert!(
         slot >= snapshot,
         "the key slot is retained until {slot}, the newest snapshot until {snapshot}"
     );
     // And the config, without which nothing opens: written once at init, it is renewed too.
-    let config = retained_until("repo/config".to_string());
+    let config = retained_until("repo/config");
     assert!(
         config >= snapshot,
         "the config is retained until {config}, the newest snapshot until {snapshot}"
     );
     assert_eq!(repo.check(true).await.unwrap().errors.len(), 0);
+}
+
+/// A pack written by an older snapshot and shared by a newer one is retained as long as the
+/// newer one: its retention is extended before the newer snapshot is committed, and the
+/// extension recorded, so the backups after it leave it be until it is due again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packs_a_newer_snapshot_shares_are_retained_as_long_as_it() {
+    let Some(moto) = Moto::start() else {
+        return;
+    };
+    // Retained two seconds past the period: a pack is due again a second after its write.
+    let repo = moto
+        .locked_repository("shared", Duration::from_secs(8))
+        .await;
+    let keys = |prefix: &str| moto.keys("shared", &format!("repo/{prefix}"));
+    let retained_until = |key: &str| moto.retained_until("shared", key);
+    let data = noise(600_000, 1);
+    repo.backup_stream("dump", &data[..], Default::default())
+        .await
+        .unwrap();
+    let packs = keys("data/");
+    assert!(!packs.is_empty());
+    let before: Vec<_> = packs.iter().map(|k| retained_until(k)).collect();
+    assert!(keys("retention/").is_empty(), "nothing shared yet");
+
+    // The same data again, later: every chunk is in the first snapshot's packs.
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    let second = repo
+        .backup_stream("dump", &data[..], Default::default())
+        .await
+        .unwrap();
+    assert_eq!(keys("data/"), packs, "nothing new stored");
+    let snapshot = retained_until(&format!("repo/snapshots/{}", second.id));
+    for (pack, before) in packs.iter().zip(&before) {
+        let after = retained_until(pack);
+        assert!(
+            after > *before,
+            "{pack} retained until {before}, then {after}"
+        );
+        assert!(
+            after >= snapshot,
+            "{pack} is retained until {after}, the snapshot sharing it until {snapshot}"
+        );
+    }
+    let records = keys("retention/");
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert!(retained_until(&records[0]) >= snapshot);
+
+    // A backup straight after finds them retained far enough, and extends nothing.
+    let third = Repository::open(moto.location("shared"), &pass("p"))
+        .await
+        .unwrap();
+    third
+        .backup_stream("dump", &data[..], Default::default())
+        .await
+        .unwrap();
+    assert_eq!(keys("retention/"), records);
+    // Prune reads the record too, and deletes nothing inside the extended retention.
+    let pruned = third.prune(false).await.unwrap();
+    assert_eq!(pruned.packs_deleted, 0);
+    let checked = third.check(true).await.unwrap();
+    assert!(checked.errors.is_empty(), "{:?}", checked.errors);
+    assert!(checked.warnings.is_empty(), "{:?}", checked.warnings);
 }
 
 /// Rotating a key once its slot's period is over works: the slot going away is not renewed
