@@ -3059,10 +3059,22 @@ impl Repository {
                  key to remove this one, or replace it with `key rotate`"
             )));
         }
-        self.inner
-            .backend
-            .delete_data(&format::key_path(&id), None)
-            .await?;
+        let backend = &self.inner.backend;
+        let path = format::key_path(&id);
+        let Some(bytes) = backend.get(&path).await? else {
+            return Ok(id);
+        };
+        backend.delete_data(&path, None).await?;
+        // Another process removing another slot at the same time (the one this process was
+        // opened with, by a process opened with this one) may have left none that opens the
+        // repository: this slot goes back. Of two such removals, the later to look sees none.
+        if !damaged.contains(&id) && read_all_slots(backend).await?.0.is_empty() {
+            backend.put_data(&path, bytes).await?;
+            return Err(Error::Invalid(format!(
+                "key slot {id} was put back: another key slot was removed at the same time, and \
+                 none would have been left to open the repository (`key list`)"
+            )));
+        }
         Ok(id)
     }
 

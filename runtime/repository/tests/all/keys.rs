@@ -377,3 +377,36 @@ async fn a_damaged_key_slot_is_named_by_check_and_removed() {
     assert!(repo.remove_key(&only).await.is_err());
     assert!(repo.remove_key("").await.is_err());
 }
+
+/// Two processes, each opened with one of the two key slots, removing each other's at once:
+/// a slot is put back, so the repository is not left without a key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_slots_removed_at_once_leave_one() {
+    let d = tempfile::tempdir().unwrap();
+    let url = d.path().join("r").display().to_string();
+    let a = Repository::init(url.as_str(), &pass("a"), Default::default())
+        .await
+        .unwrap();
+    a.add_key(&pass("b"), "b").await.unwrap();
+    let b = Repository::open(url.as_str(), &pass("b")).await.unwrap();
+    let own = |repo: &Repository| {
+        let repo = repo.clone();
+        async move {
+            let slots = repo.keys().await.unwrap();
+            slots.into_iter().find(|s| s.current).unwrap().id
+        }
+    };
+    let (slot_a, slot_b) = (own(&a).await, own(&b).await);
+    let (by_a, by_b) = tokio::join!(a.remove_key(&slot_b), b.remove_key(&slot_a));
+    assert!(
+        by_a.is_err() || by_b.is_err(),
+        "both removed: {by_a:?} {by_b:?}"
+    );
+    // One, or both when each looked after the other's removal and put its own back.
+    let left = a.keys().await.unwrap();
+    assert!(!left.is_empty(), "no key slot left: {by_a:?} {by_b:?}");
+    for slot in &left {
+        let opener = if slot.id == slot_a { "a" } else { "b" };
+        Repository::open(url.as_str(), &pass(opener)).await.unwrap();
+    }
+}
