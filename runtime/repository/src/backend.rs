@@ -458,11 +458,12 @@ impl Retainer {
     }
 
     /// Retains the object at `path` (below the repository) in compliance mode until `until`.
+    /// A store that refuses is asked the object's retention: one already as long (another
+    /// backup's extension, which compliance mode does not let this one shorten) is done.
     /// The error is the store's answer, or why it could not be asked.
     async fn retain(&self, path: &str, until: jiff::Timestamp) -> std::result::Result<(), String> {
         use base64::Engine as _;
         use md5::Digest as _;
-        use object_store::signer::{Method, SignedUrlOptions, Signer as _};
         let body = format!(
             "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\
              <Retention xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">\
@@ -471,61 +472,92 @@ impl Retainer {
         );
         let md5 = base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(&body));
         let md5 = object_store::HeaderValue::from_str(&md5).map_err(|e| e.to_string())?;
+        match self.send(path, Some((body, md5))).await {
+            Ok(_) => Ok(()),
+            Err((Some(400..=499), why)) => match self.send(path, None).await {
+                Ok(held) if retain_until_date(&held).is_some_and(|d| d >= until) => Ok(()),
+                _ => Err(why),
+            },
+            Err((_, why)) => Err(why),
+        }
+    }
+
+    /// Sends `PutObjectRetention` with `put` (its body and the body's MD5), or else
+    /// `GetObjectRetention`, for the object at `path`; a 5xx or a failed connection is sent
+    /// again. The answer's body, or its status (when there was one) and why it failed.
+    async fn send(
+        &self,
+        path: &str,
+        put: Option<(String, object_store::HeaderValue)>,
+    ) -> std::result::Result<String, (Option<u16>, String)> {
+        use object_store::signer::{Method, SignedUrlOptions, Signer as _};
         let key = if self.prefix.is_empty() {
             path.to_string()
         } else {
             format!("{}/{path}", self.prefix)
         };
+        let method = if put.is_some() {
+            Method::PUT
+        } else {
+            Method::GET
+        };
         let mut tries = 0;
         loop {
             tries += 1;
-            let opts = SignedUrlOptions::new()
-                .with_query([("retention", "")])
-                .with_signed_header(
+            let mut opts = SignedUrlOptions::new().with_query([("retention", "")]);
+            if let Some((_, md5)) = &put {
+                opts = opts.with_signed_header(
                     object_store::signer::HeaderName::from_static("content-md5"),
                     md5.clone(),
                 );
+            }
             let url = self
                 .s3
                 .signed_url_opts(
-                    Method::PUT,
+                    method.clone(),
                     &Path::from(key.as_str()),
                     std::time::Duration::from_secs(300),
                     &opts,
                 )
                 .await
-                .map_err(|e| crate::error::chain_text(&e))?;
+                .map_err(|e| (None, crate::error::chain_text(&e)))?;
+            let body = put.as_ref().map(|(b, _)| b.clone()).unwrap_or_default();
             let mut req = object_store::client::HttpRequest::new(
-                object_store::client::HttpRequestBody::from(body.clone()),
+                object_store::client::HttpRequestBody::from(body),
             );
-            *req.method_mut() = Method::PUT;
-            *req.uri_mut() = url.as_str().parse().map_err(|e| format!("{e}"))?;
-            req.headers_mut().insert("content-md5", md5.clone());
-            let again = match self.http.execute(req).await {
-                Ok(r) if r.status().is_success() => return Ok(()),
+            *req.method_mut() = method.clone();
+            *req.uri_mut() = url.as_str().parse().map_err(|e| (None, format!("{e}")))?;
+            if let Some((_, md5)) = &put {
+                req.headers_mut().insert("content-md5", md5.clone());
+            }
+            let (status, why) = match self.http.execute(req).await {
                 Ok(r) => {
                     let status = r.status();
                     let text = match r.into_body().bytes().await {
                         Ok(b) => String::from_utf8_lossy(&b).trim().to_string(),
                         Err(e) => e.to_string(),
                     };
-                    if !status.is_server_error() || tries >= RETAIN_TRIES {
-                        return Err(format!("{status}: {text}"));
+                    if status.is_success() {
+                        return Ok(text);
                     }
-                    format!("{status}: {text}")
+                    (Some(status.as_u16()), format!("{status}: {text}"))
                 }
-                Err(e) => {
-                    let text = crate::error::chain_text(&e);
-                    if tries >= RETAIN_TRIES {
-                        return Err(text);
-                    }
-                    text
-                }
+                Err(e) => (None, crate::error::chain_text(&e)),
             };
-            tracing::warn!(object = path, error = %again, "extending retention failed; trying again");
+            if status.is_some_and(|s| s < 500) || tries >= RETAIN_TRIES {
+                return Err((status, why));
+            }
+            tracing::warn!(object = path, error = %why, "a retention request failed; sending it again");
             tokio::time::sleep(std::time::Duration::from_secs(1 << tries)).await;
         }
     }
+}
+
+/// The `RetainUntilDate` of a `GetObjectRetention` answer.
+fn retain_until_date(xml: &str) -> Option<jiff::Timestamp> {
+    let (_, rest) = xml.split_once("<RetainUntilDate>")?;
+    let (date, _) = rest.split_once("</RetainUntilDate>")?;
+    date.trim().parse().ok()
 }
 
 /// object_store's HTTP client, with a connection that cannot be made for good (a name that
@@ -1369,15 +1401,16 @@ impl Backend {
     }
 
     /// Extends the Object Lock retention of the objects at `paths` to `until`, several at
-    /// once. Only on a repository under Object Lock.
-    pub(crate) async fn retain(&self, paths: &[String], until: jiff::Timestamp) -> Result<()> {
+    /// once (only on a repository under Object Lock): those done, and the first failure.
+    pub(crate) async fn retain(
+        &self,
+        paths: &[String],
+        until: jiff::Timestamp,
+    ) -> (Vec<String>, Option<Error>) {
         use futures::StreamExt as _;
-        let Some(lock) = &self.s3_lock else {
-            return Ok(());
+        let Some(lock) = self.s3_lock.as_ref().filter(|_| self.object_lock) else {
+            return (Vec::new(), None);
         };
-        if !self.object_lock {
-            return Ok(());
-        }
         let retainer = {
             let mut made = lock
                 .retainer
@@ -1385,30 +1418,41 @@ impl Backend {
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             match &*made {
                 Some(r) => r.clone(),
-                None => {
-                    let r = Arc::new(Retainer::new(&lock.location, &lock.url)?);
-                    *made = Some(r.clone());
-                    r
-                }
+                None => match Retainer::new(&lock.location, &lock.url) {
+                    Ok(r) => {
+                        let r = Arc::new(r);
+                        *made = Some(r.clone());
+                        r
+                    }
+                    Err(e) => return (Vec::new(), Some(e)),
+                },
             }
         };
         // Owned paths: a future borrowing them would not be `Send` for every lifetime, which
         // a backup's future must be.
-        futures::stream::iter(paths.to_vec())
-            .map(move |path| {
-                let retainer = retainer.clone();
-                async move {
-                    match retainer.retain(&path, until).await {
-                        Ok(()) => Ok(()),
-                        Err(why) => Err(Error::Retention { object: path, why }),
+        let sent: Vec<(String, std::result::Result<(), String>)> =
+            futures::stream::iter(paths.to_vec())
+                .map(move |path| {
+                    let retainer = retainer.clone();
+                    async move {
+                        let r = retainer.retain(&path, until).await;
+                        (path, r)
                     }
+                })
+                .buffer_unordered(16)
+                .collect()
+                .await;
+        let (mut done, mut failed) = (Vec::new(), None);
+        for (path, r) in sent {
+            match r {
+                Ok(()) => done.push(path),
+                Err(why) => {
+                    failed.get_or_insert(Error::Retention { object: path, why });
                 }
-            })
-            .buffer_unordered(16)
-            .try_collect::<Vec<()>>()
-            .await?;
-        self.note_extended(paths.iter().cloned(), until.as_second());
-        Ok(())
+            }
+        }
+        self.note_extended(done.iter().cloned(), until.as_second());
+        (done, failed)
     }
 
     /// Deletes a data object, refusing inside the protection period. `meta` saves a HEAD when
@@ -1455,6 +1499,21 @@ fn prefixed(store: Arc<dyn ObjectStore>, url: &url::Url) -> Arc<dyn ObjectStore>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_retention_answer_gives_its_date() {
+        let xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Retention \
+                   xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Mode>COMPLIANCE</Mode>\
+                   <RetainUntilDate>2026-12-08T00:10:00.000Z</RetainUntilDate></Retention>";
+        assert_eq!(
+            retain_until_date(xml),
+            Some("2026-12-08T00:10:00Z".parse().expect("a date"))
+        );
+        assert_eq!(
+            retain_until_date("<Error><Code>NoSuchObjectLockConfiguration</Code></Error>"),
+            None
+        );
+    }
 
     /// Protection is judged by the store's clock once known: a host whose clock runs two
     /// hours ahead of the store's (or a process under faketime) would otherwise take an object

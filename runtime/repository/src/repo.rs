@@ -1680,6 +1680,10 @@ impl Repository {
                 ));
             }
         }
+        // Records of retention extensions that do not open or name no writer's date.
+        report
+            .warnings
+            .extend(self.read_retention(i64::MIN).await?.1);
         for id in read_all_slots(backend).await?.1 {
             report.warnings.push(format!(
                 "key slot keys/{id} is damaged (not a key slot of its name) and opens nothing: \
@@ -2174,7 +2178,7 @@ impl Repository {
         // Reload the index: other processes may have added to it.
         let damaged = self.refresh_index().await?;
         // Packs whose retention was extended are protected until then.
-        let retention = self.read_retention(backend.now()).await?;
+        let (retention, _) = self.read_retention(backend.now()).await?;
         let (snaps, damaged_snaps) = self
             .snapshots_and_damage(&SnapshotFilter::default())
             .await?;
@@ -2379,12 +2383,17 @@ impl Repository {
                 &referenced,
                 (&live, &total),
                 opts.repack_unused,
+                // By its write alone: a pack whose retention newer snapshots extend stays
+                // protected for as long as they use it, so its unused part would never be
+                // freed. Repacked, newer snapshots use the copy, and it lapses.
                 |p| {
                     let hex = format::pack_hex(p);
                     protected_packs.contains(&hex)
-                        || listed
-                            .get(&hex)
-                            .is_none_or(|m| backend.protected(m).is_some())
+                        || listed.get(&hex).is_none_or(|m| {
+                            backend
+                                .protected_until(m.last_modified.timestamp())
+                                .is_some()
+                        })
                 },
             );
             (used, survivors, protected_packs, repack)

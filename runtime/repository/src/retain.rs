@@ -35,55 +35,92 @@ pub(crate) fn parse_name(path: &str) -> Option<(i64, &str)> {
         .then(|| Some((until.parse().ok()?, name)))?
 }
 
+/// Records whose date is further ahead than any Cairn stamps, with this much room for clocks,
+/// are not Cairn's (a forged or damaged object): they are left out, as unreadable ones are.
+const RECORD_SLACK_SECS: i64 = 86_400;
+
 impl Repository {
     /// Reads the records of extensions to `from` or later, notes what they retain in the
     /// backend (which then protects those packs so long), and returns the listing of every
-    /// record with the date each names.
+    /// record with the date each names, and what was wrong with those left out: one that
+    /// does not open, or names a date no writer stamps. Such a record only costs time (a
+    /// backup extends again what it named) or leaves an unused pack to prune, which on an
+    /// Object Lock bucket hides a version the store still keeps: never data a snapshot needs.
     pub(crate) async fn read_retention(
         &self,
         from: i64,
-    ) -> Result<Vec<(object_store::ObjectMeta, i64)>> {
+    ) -> Result<(Vec<(object_store::ObjectMeta, i64)>, Vec<String>)> {
+        use futures::StreamExt as _;
         let backend = &self.inner.backend;
+        backend.know_clock().await;
+        let latest = backend.retain_date().await?.as_second() + RECORD_SLACK_SECS;
         let mut records = Vec::new();
+        let mut wanted = Vec::new();
+        let mut problems = Vec::new();
         for m in backend.list(RECORDS).await? {
-            let Some((until, name)) = parse_name(m.location.as_ref()) else {
+            let Some((until, _)) = parse_name(m.location.as_ref()) else {
                 continue;
             };
+            if until > latest {
+                problems.push(format!(
+                    "retention record {} names a date no writer stamps; ignored",
+                    m.location
+                ));
+                continue;
+            }
             if until >= from {
-                let path = m.location.to_string();
-                let Some(sealed) = backend.get(&path).await? else {
-                    continue;
-                };
-                let plain =
-                    format::open_object(&self.inner.keys, "retention", name, &path, &sealed)?;
-                let r: Record =
-                    serde_json::from_slice(&plain).map_err(|e| Error::corrupt(&path, e))?;
-                let packs = r
-                    .packs
-                    .iter()
-                    .filter(|p| format::is_id(p))
-                    .map(|p| format::pack_path(p));
-                backend.note_extended(packs, r.until.min(until));
+                wanted.push(m.location.to_string());
             }
             records.push((m, until));
         }
-        Ok(records)
+        let read: Vec<Result<Option<Record>>> = futures::stream::iter(wanted)
+            .map(|path| async move { self.read_record(&path).await })
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        for r in read {
+            match r {
+                Ok(Some(r)) => {
+                    let packs = r.packs.iter().filter(|p| format::is_id(p));
+                    backend.note_extended(packs.map(|p| format::pack_path(p)), r.until);
+                }
+                Ok(None) => {}
+                Err(e) => problems.push(format!("{e}; the retention record is ignored")),
+            }
+        }
+        for p in &problems {
+            tracing::warn!("{p}");
+        }
+        Ok((records, problems))
+    }
+
+    /// One record; `None` when it is gone. Its date is the lower of the one in its name and
+    /// the one it holds.
+    async fn read_record(&self, path: &str) -> Result<Option<Record>> {
+        let Some((until, name)) = parse_name(path) else {
+            return Ok(None);
+        };
+        let Some(sealed) = self.inner.backend.get(path).await? else {
+            return Ok(None);
+        };
+        let plain = format::open_object(&self.inner.keys, "retention", name, path, &sealed)?;
+        let mut r: Record = serde_json::from_slice(&plain).map_err(|e| Error::corrupt(path, e))?;
+        r.until = r.until.min(until);
+        Ok(Some(r))
     }
 
     /// Before snapshot `info` is committed (its content written, its snapshot object not yet):
-    /// retains the packs it shares with older snapshots at least as long as a pack written now,
-    /// when their retention would end within half of [`crate::backend::Backend::lock_ahead`]
-    /// of the protection period from now, and records it. Nothing to do without Object Lock.
+    /// when a pack it references would be retained for less than the protection period and
+    /// half of [`crate::backend::Backend::lock_ahead`] from now, retains every pack it
+    /// references as long as a pack written now, and records it. Taking them all at once,
+    /// rather than those due alone, makes the extensions come in batches, one each half lead,
+    /// whatever the backups' frequency. Nothing to do without Object Lock.
     pub(crate) async fn retain_shared(&self, info: &SnapshotInfo) -> Result<()> {
         let backend = &self.inner.backend;
         let ahead = backend.lock_ahead();
         if ahead.is_zero() {
             return Ok(());
         }
-        let until = backend.retain_date().await?;
-        // A pack retained to at least this is left until a later backup.
-        let due_below =
-            until.as_second() - (ahead / 2 + crate::backend::LOCK_CLIENT_LIFE).as_secs() as i64;
         // The packs this backup wrote are indexed in files the shared index has not read.
         self.update_index().await?;
         let mut marks = Marks::default();
@@ -98,39 +135,53 @@ impl Repository {
                 .map(format::pack_hex)
                 .collect()
         };
+        drop(marks);
+        // Dated only now that the snapshot is read, which may have taken a while: what is not
+        // extended is retained at least the period and half the lead from here.
+        let until = backend.retain_date().await?;
+        let lead = (ahead / 2 + crate::backend::LOCK_CLIENT_LIFE).as_secs() as i64;
+        let due_below = until.as_second() - lead;
         self.read_retention(due_below).await?;
         let listed: HashMap<String, object_store::ObjectMeta> =
             backend.list_packs().await?.into_iter().collect();
-        let mut due: Vec<String> = shared
+        let known = |hex: &String| listed.get(hex).map(|m| backend.retained_until(m));
+        if !shared
             .iter()
-            .filter(|hex| {
-                listed
-                    .get(*hex)
-                    .is_some_and(|m| backend.retained_until(m) < due_below)
-            })
-            .cloned()
-            .collect();
-        if due.is_empty() {
+            .any(|hex| known(hex).is_some_and(|k| k < due_below))
+        {
             return Ok(());
         }
-        due.sort();
-        let paths: Vec<String> = due.iter().map(|p| format::pack_path(p)).collect();
-        backend.retain(&paths, until).await?;
-        let name = format!("{:012}-{}", until.as_second(), format::new_id());
-        let record = Record {
-            until: until.as_second(),
-            packs: due,
-        };
-        let sealed = format::seal_json(&self.inner.keys, "retention", &name, &record)?;
-        backend
-            .put_data(&format!("{RECORDS}{name}"), bytes::Bytes::from(sealed))
-            .await?;
-        tracing::info!(
-            packs = record.packs.len(),
-            until = %until,
-            "extended the Object Lock retention of packs the new snapshot shares with older ones"
-        );
-        Ok(())
+        let mut packs: Vec<String> = shared
+            .into_iter()
+            .filter(|hex| known(hex).is_some_and(|k| k < until.as_second()))
+            .collect();
+        packs.sort();
+        let paths: Vec<String> = packs.iter().map(|p| format::pack_path(p)).collect();
+        let (done, failed) = backend.retain(&paths, until).await;
+        // Those extended are recorded even when others were not: prune then knows their date,
+        // and the next backup does not send them again.
+        if !done.is_empty() {
+            let done: HashSet<&String> = done.iter().collect();
+            packs.retain(|p| done.contains(&format::pack_path(p)));
+            let name = format!("{:012}-{}", until.as_second(), format::new_id());
+            let record = Record {
+                until: until.as_second(),
+                packs,
+            };
+            let sealed = format::seal_json(&self.inner.keys, "retention", &name, &record)?;
+            backend
+                .put_data(&format!("{RECORDS}{name}"), bytes::Bytes::from(sealed))
+                .await?;
+            tracing::info!(
+                packs = record.packs.len(),
+                until = %until,
+                "extended the Object Lock retention of the packs the new snapshot references"
+            );
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     /// Deletes the records of extensions whose date has passed (a prune's, not in a dry run).

@@ -274,6 +274,28 @@ async fn packs_a_newer_snapshot_shares_are_retained_as_long_as_it() {
     let checked = third.check(true).await.unwrap();
     assert!(checked.errors.is_empty(), "{:?}", checked.errors);
     assert!(checked.warnings.is_empty(), "{:?}", checked.warnings);
+
+    // An object under retention/ that is no record of this repository's (one dated beyond
+    // any writer's stamp, one that does not open) stops neither backups nor prune: check
+    // names both.
+    let id = "0123456789abcdef0123456789abcdef";
+    let near = records[0]
+        .rsplit('/')
+        .next()
+        .and_then(|n| n.split_once('-'))
+        .unwrap()
+        .0;
+    for name in [format!("099999999999-{id}"), format!("{near}-{id}")] {
+        let (status, body) = moto.http("PUT", &format!("/shared/repo/retention/{name}"), &[]);
+        assert_eq!(status, 200, "{body}");
+    }
+    third
+        .backup_stream("dump", &noise(600_000, 4)[..], Default::default())
+        .await
+        .unwrap();
+    third.prune(false).await.unwrap();
+    let checked = third.check(false).await.unwrap();
+    assert_eq!(checked.warnings.len(), 2, "{:?}", checked.warnings);
 }
 
 /// Rotating a key once its slot's period is over works: the slot going away is not renewed
