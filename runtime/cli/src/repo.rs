@@ -118,7 +118,8 @@ enum RepoCommand {
         #[arg(long, short = 'x')]
         one_file_system: bool,
         /// Take the files that did not change (size, times and inode) from this tree snapshot
-        /// instead of reading them (default: the latest of the same directory and host).
+        /// (`latest`: the newest tree) instead of reading them (default: the latest of the
+        /// same directory and host).
         #[arg(long, value_name = "ID", conflicts_with = "force")]
         parent: Option<String>,
         /// Read every file, trusting no earlier snapshot.
@@ -146,7 +147,10 @@ enum RepoCommand {
     /// Restore a snapshot: a tree into a directory, a stream to a file or `-` (stdout), one
     /// file of a tree to `-` with --include.
     Restore {
-        /// Snapshot id, unique prefix, or `latest`.
+        /// Snapshot id, unique prefix, or `latest`: the newest snapshot, or, when those the
+        /// filters select hold trees and streams, the newest of the kind the target takes
+        /// (`-`: a stream; an existing directory or a path ending in `/`: a tree; --include,
+        /// --sparse or --delete: a tree). A target that says neither is refused then.
         id: String,
         /// Target directory, or `-` for standard output (a stream, or the one file of a tree
         /// that --include names).
@@ -156,7 +160,7 @@ enum RepoCommand {
         /// under it; repeatable.
         #[arg(long, value_name = "PATH")]
         include: Vec<PathBuf>,
-        /// Which snapshot `latest` is: the newest of those these select.
+        /// Which snapshot `latest` is: of those these select.
         #[command(flatten)]
         filter: FilterArgs,
         /// Leave holes where a tree's files hold whole 4 KiB blocks of zeros (disk images),
@@ -178,11 +182,11 @@ enum RepoCommand {
     /// List what a tree snapshot holds: type, mode, owner, size, modification time (in the
     /// local time zone, `TZ`; UTC in `--output json`) and path.
     Ls {
-        /// Snapshot id, unique prefix, or `latest`.
+        /// Snapshot id, unique prefix, or `latest` (the newest tree snapshot).
         id: String,
         /// Only these paths (relative to the snapshot's root), with what is under them.
         paths: Vec<PathBuf>,
-        /// Which snapshot `latest` is: the newest of those these select.
+        /// Which snapshot `latest` is: the newest tree of those these select.
         #[command(flatten)]
         filter: FilterArgs,
     },
@@ -199,9 +203,9 @@ enum RepoCommand {
     /// What changed between two tree snapshots: `+` added, `-` removed, `M` modified, `T`
     /// type changed, `U` permissions, owner, modification time or extended attributes only.
     Diff {
-        /// The earlier snapshot: id, unique prefix, or `latest`.
+        /// The earlier snapshot: id, unique prefix, or `latest` (the newest tree snapshot).
         from: String,
-        /// The later snapshot: id, unique prefix, or `latest`.
+        /// The later snapshot: id, unique prefix, or `latest` (the newest tree snapshot).
         to: String,
     },
     /// Copy snapshots into another repository (an offsite copy), keeping their time, host,
@@ -387,22 +391,58 @@ impl FilterArgs {
             || self.until.is_some()
     }
 
-    /// The snapshot `id` names, where `latest` is the newest of those these select (restic's
-    /// `latest` with `--host`, `--path`, `--tag`).
-    async fn chosen(&self, repo: &Repository, id: &str) -> anyhow::Result<String> {
-        if !self.given() {
-            return Ok(id.to_owned());
-        }
-        if id != "latest" {
+    /// Refuses filters beside a snapshot named by id: they only choose which is `latest`.
+    fn refuse_beside(&self, id: &str) -> anyhow::Result<()> {
+        if self.given() && id != "latest" {
             return Err(usage(format!(
                 "--tag, --path, --host, --since and --until choose which snapshot `latest` is; \
                  snapshot {id} is named already: leave them out"
             )));
         }
+        Ok(())
+    }
+
+    /// The tree snapshot `id` names, where `latest` is the newest *tree* of those these select
+    /// (restic's `latest` with `--host`, `--path`, `--tag`): a stream saved since, which a
+    /// listing cannot take, does not hide it.
+    async fn tree(&self, repo: &Repository, id: &str) -> anyhow::Result<SnapshotInfo> {
+        self.refuse_beside(id)?;
+        if !self.given() {
+            return Ok(repo.tree_snapshot(id).await?);
+        }
         let snaps = repo.snapshots(&self.filter()?).await?;
-        snaps.last().map(|s| s.id.clone()).ok_or_else(|| {
-            usage("no snapshot matches --tag, --path, --host, --since and --until: there is no `latest` among them")
+        let any = !snaps.is_empty();
+        snaps.into_iter().rev().find(is_tree).ok_or_else(|| {
+            usage(if any {
+                "the snapshots --tag, --path, --host, --since and --until select are all \
+                 streams: there is no tree among them to be `latest`; select a directory's \
+                 backups (--path DIR), or restore a stream with `cairn repo restore`"
+            } else {
+                "no snapshot matches --tag, --path, --host, --since and --until: there is no \
+                 `latest` among them"
+            })
         })
+    }
+
+    /// The snapshots a restore of `latest` chooses among (all, without filters); the chunk
+    /// index loads meanwhile.
+    async fn to_restore(&self, repo: &Repository) -> anyhow::Result<Vec<SnapshotInfo>> {
+        let snaps = repo.snapshots_to_restore(&self.filter()?).await?;
+        if snaps.is_empty() {
+            return Err(if self.given() {
+                usage(
+                    "no snapshot matches --tag, --path, --host, --since and --until: there is \
+                     no `latest` among them",
+                )
+            } else {
+                Error::NotFound {
+                    kind: "snapshot",
+                    id: "latest".into(),
+                }
+                .into()
+            });
+        }
+        Ok(snaps)
     }
 
     fn filter(&self) -> anyhow::Result<SnapshotFilter> {
@@ -1321,6 +1361,78 @@ fn column_width<'a>(texts: impl IntoIterator<Item = &'a String>, min: usize) -> 
     texts.into_iter().map(String::len).fold(min, usize::max)
 }
 
+fn is_tree(s: &SnapshotInfo) -> bool {
+    matches!(s.kind, SnapshotKind::Tree { .. })
+}
+
+/// `tree /data` or `stream db.sql`: what a snapshot is of, for messages.
+fn kind_and_source(s: &SnapshotInfo) -> String {
+    let kind = if is_tree(s) { "tree" } else { "stream" };
+    format!("{kind} {}", s.source())
+}
+
+/// Which `latest` a restore's target asks for: a tree or a stream (`None`: either).
+fn restore_wants_tree(
+    target: &Path,
+    include: &[PathBuf],
+    sparse: bool,
+    delete: bool,
+) -> Option<bool> {
+    if target.as_os_str() == "-" {
+        // One file of a tree with --include; a stream without.
+        return Some(!include.is_empty());
+    }
+    // What only a tree's restore takes.
+    if !include.is_empty() || sparse || delete {
+        return Some(true);
+    }
+    let slash = target.as_os_str().as_encoded_bytes().ends_with(b"/");
+    (slash || target.is_dir()).then_some(true)
+}
+
+/// Which of `snaps` (oldest first, at least one) a restore of `latest` takes: the newest, or
+/// when they hold trees and streams, the newest of the kind the target asks for
+/// ([`restore_wants_tree`]). When the target does not say, it refuses rather than guess: a
+/// stream written as a file where a directory was meant (or a tree for a dump) is a surprise
+/// found at the worst time.
+fn latest_to_restore(
+    snaps: Vec<SnapshotInfo>,
+    wants_tree: Option<bool>,
+    target: &str,
+) -> anyhow::Result<SnapshotInfo> {
+    let tree = snaps.iter().rposition(is_tree);
+    let stream = snaps.iter().rposition(|s| !is_tree(s));
+    let at = match (tree, stream, wants_tree) {
+        (Some(t), None, _) | (Some(t), Some(_), Some(true)) => t,
+        (None, Some(s), _) | (Some(_), Some(s), Some(false)) => s,
+        (Some(t), Some(s), None) => {
+            let (t, s) = (&snaps[t], &snaps[s]);
+            return Err(usage(format!(
+                "restore: `latest` is ambiguous here: the snapshots selected hold trees and \
+                 streams, and the newest tree is {} ({}), the newest stream {} ({}); choose \
+                 with --path {} or --path {}, or give the snapshot's id (a target ending in \
+                 `/` or an existing directory takes the tree, `--target -` the stream; {target} \
+                 says neither)",
+                t.short_id(),
+                kind_and_source(t),
+                s.short_id(),
+                kind_and_source(s),
+                crate::shell_word(t.source()),
+                crate::shell_word(s.source()),
+            )));
+        }
+        (None, None, _) => {
+            return Err(Error::NotFound {
+                kind: "snapshot",
+                id: "latest".into(),
+            }
+            .into());
+        }
+    };
+    let mut snaps = snaps;
+    Ok(snaps.swap_remove(at))
+}
+
 /// A line of `snapshots`, its time shown as `time` in a column `width` wide.
 fn describe(s: &SnapshotInfo, time: &str, width: usize) -> String {
     let (kind, src) = match &s.kind {
@@ -1641,7 +1753,7 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
             );
         }
         RepoCommand::Ls { id, paths, filter } => {
-            let info = repo.snapshot(&filter.chosen(&repo, id).await?).await?;
+            let info = filter.tree(&repo, id).await?;
             let entries = repo.list_tree(&info, &named(paths)).await?;
             args.print(
                 || {
@@ -1744,7 +1856,10 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
             );
         }
         RepoCommand::Diff { from, to } => {
-            let (from, to) = (repo.snapshot(from).await?, repo.snapshot(to).await?);
+            let (from, to) = (
+                repo.tree_snapshot(from).await?,
+                repo.tree_snapshot(to).await?,
+            );
             let changes = repo.diff_trees(&from, &to).await?;
             let count = |c: &str| changes.iter().filter(|x| x.change == c).count();
             let (grown, shrunk) = changes.iter().fold((0u64, 0u64), |(g, s), c| {
@@ -1932,7 +2047,7 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
             delete,
             filter,
         } => {
-            let id = &filter.chosen(&repo, id).await?;
+            let wants_tree = restore_wants_tree(target, include, *sparse, *delete);
             let include = &named(include);
             let to_stdout = target.as_os_str() == "-";
             let target_path = target;
@@ -1955,8 +2070,14 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                      snapshot; name a directory with --target",
                 ));
             }
+            let info = if id == "latest" {
+                let snaps = filter.to_restore(&repo).await?;
+                latest_to_restore(snaps, wants_tree, &target.to_string())?
+            } else {
+                filter.refuse_beside(id)?;
+                repo.snapshot_to_restore(id).await?
+            };
             if to_stdout {
-                let info = repo.snapshot_to_restore(id).await?;
                 if let (SnapshotKind::Stream { name }, Some(_)) = (&info.kind, include.first()) {
                     return Err(usage(format!(
                         "restore: --include selects a file of a tree snapshot; {} is the stream \
@@ -1975,107 +2096,105 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                 if args.output == Output::Json {
                     errln!("{}", json!({ "bytes": n }));
                 }
-            } else {
-                let info = repo.snapshot_to_restore(id).await?;
-                if let SnapshotKind::Stream { name } = &info.kind {
-                    if !include.is_empty() {
-                        return Err(usage(format!(
-                            "restore: --include selects paths of a tree snapshot; {} is the \
+            } else if let SnapshotKind::Stream { name } = &info.kind {
+                if !include.is_empty() {
+                    return Err(usage(format!(
+                        "restore: --include selects paths of a tree snapshot; {} is the \
                              stream {name}, restored whole",
-                            info.short_id()
-                        )));
-                    }
-                    if *sparse {
-                        return Err(usage(format!(
-                            "restore: --sparse leaves holes in a tree's files; {} is the stream \
+                        info.short_id()
+                    )));
+                }
+                if *sparse {
+                    return Err(usage(format!(
+                        "restore: --sparse leaves holes in a tree's files; {} is the stream \
                              {name}: `--target - | dd of={target} conv=sparse` writes it sparse",
-                            info.short_id()
-                        )));
-                    }
-                    if *delete {
-                        return Err(usage(format!(
-                            "restore: --delete removes what a target directory holds beside a \
+                        info.short_id()
+                    )));
+                }
+                if *delete {
+                    return Err(usage(format!(
+                        "restore: --delete removes what a target directory holds beside a \
                              tree snapshot; {} is the stream {name}, restored to one file",
-                            info.short_id()
-                        )));
-                    }
-                    // A stream restored to a path: write it as a file named after the target.
-                    // Where something is, into a new file beside it, renamed over it once
-                    // whole: a restore that fails leaves the target as it was, never a
-                    // truncated one under its name, and nothing another user left there (a
-                    // symlink) is written through. A device or a pipe (`/dev/null`, a FIFO)
-                    // is written directly.
-                    let dest = link_target(target_path);
-                    let found = std::fs::symlink_metadata(&dest);
-                    if found.as_ref().is_ok_and(std::fs::Metadata::is_dir) {
-                        return Err(usage(format!(
-                            "restore: {target} is a directory, and {} is the stream {name}: \
+                        info.short_id()
+                    )));
+                }
+                // A stream restored to a path: write it as a file named after the target.
+                // Where something is, into a new file beside it, renamed over it once
+                // whole: a restore that fails leaves the target as it was, never a
+                // truncated one under its name, and nothing another user left there (a
+                // symlink) is written through. A device or a pipe (`/dev/null`, a FIFO)
+                // is written directly.
+                let dest = link_target(target_path);
+                let found = std::fs::symlink_metadata(&dest);
+                if found.as_ref().is_ok_and(std::fs::Metadata::is_dir) {
+                    return Err(usage(format!(
+                        "restore: {target} is a directory, and {} is the stream {name}: \
                              name a file to write it to (such as {}/{name}), or `--target -`",
-                            info.short_id(),
-                            target.to_string().trim_end_matches('/')
-                        )));
-                    }
-                    let direct = found.is_ok_and(|m| !m.is_file() && !m.is_symlink());
-                    let (file, beside) = if direct {
-                        let file = std::fs::OpenOptions::new()
-                            .write(true)
-                            .open(&dest)
-                            .with_context(|| format!("opening {}", dest.display()))?;
-                        (file, None)
-                    } else {
-                        if let Some(dir) = dest.parent().filter(|d| !d.as_os_str().is_empty()) {
-                            std::fs::create_dir_all(dir)
-                                .with_context(|| format!("creating directory {}", dir.display()))?;
-                        }
-                        cairn_repository::create_or_beside(&dest, false)
-                            .with_context(|| format!("creating {}", dest.display()))?
-                    };
-                    // What is removed should the restore fail: the file beside, or the new one.
-                    let written = beside.clone().unwrap_or_else(|| dest.clone());
-                    let (opts, shown) = restore_progress();
-                    let n = repo
-                        .restore_stream_with(&info, tokio::fs::File::from_std(file), &opts)
-                        .await;
-                    finish_bar(shown);
-                    let n = match n {
-                        Ok(n) => {
-                            // An existing file keeps its permissions.
-                            if let Some(beside) = &beside {
-                                if let Ok(before) = std::fs::metadata(&dest) {
-                                    std::fs::set_permissions(beside, before.permissions())
-                                        .with_context(|| {
-                                            format!("setting the mode of {}", beside.display())
-                                        })?;
-                                }
-                                std::fs::rename(beside, &dest).with_context(|| {
-                                    format!("renaming {} to {}", beside.display(), dest.display())
-                                })?;
-                            }
-                            n
-                        }
-                        Err(e) => {
-                            if !direct {
-                                let _ = std::fs::remove_file(&written);
-                            }
-                            return Err(e.into());
-                        }
-                    };
-                    args.print(
-                        || format!("restored stream {name} ({n} bytes) to {target}"),
-                        json!({ "id": info.id, "bytes": n, "target": target.to_string() }),
-                    );
+                        info.short_id(),
+                        target.to_string().trim_end_matches('/')
+                    )));
+                }
+                let direct = found.is_ok_and(|m| !m.is_file() && !m.is_symlink());
+                let (file, beside) = if direct {
+                    let file = std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(&dest)
+                        .with_context(|| format!("opening {}", dest.display()))?;
+                    (file, None)
                 } else {
-                    let (opts, shown) = restore_progress();
-                    let opts = opts.sparse(*sparse).delete(*delete);
-                    let r = repo
-                        .restore_paths_salvaging(&info, target_path, include, &opts)
-                        .await;
-                    finish_bar(shown);
-                    let r = r?;
-                    for (path, why) in &r.lost {
-                        errln!("error: {path} is not restored: {why}");
+                    if let Some(dir) = dest.parent().filter(|d| !d.as_os_str().is_empty()) {
+                        std::fs::create_dir_all(dir)
+                            .with_context(|| format!("creating directory {}", dir.display()))?;
                     }
-                    args.print(
+                    cairn_repository::create_or_beside(&dest, false)
+                        .with_context(|| format!("creating {}", dest.display()))?
+                };
+                // What is removed should the restore fail: the file beside, or the new one.
+                let written = beside.clone().unwrap_or_else(|| dest.clone());
+                let (opts, shown) = restore_progress();
+                let n = repo
+                    .restore_stream_with(&info, tokio::fs::File::from_std(file), &opts)
+                    .await;
+                finish_bar(shown);
+                let n = match n {
+                    Ok(n) => {
+                        // An existing file keeps its permissions.
+                        if let Some(beside) = &beside {
+                            if let Ok(before) = std::fs::metadata(&dest) {
+                                std::fs::set_permissions(beside, before.permissions())
+                                    .with_context(|| {
+                                        format!("setting the mode of {}", beside.display())
+                                    })?;
+                            }
+                            std::fs::rename(beside, &dest).with_context(|| {
+                                format!("renaming {} to {}", beside.display(), dest.display())
+                            })?;
+                        }
+                        n
+                    }
+                    Err(e) => {
+                        if !direct {
+                            let _ = std::fs::remove_file(&written);
+                        }
+                        return Err(e.into());
+                    }
+                };
+                args.print(
+                    || format!("restored stream {name} ({n} bytes) to {target}"),
+                    json!({ "id": info.id, "bytes": n, "target": target.to_string() }),
+                );
+            } else {
+                let (opts, shown) = restore_progress();
+                let opts = opts.sparse(*sparse).delete(*delete);
+                let r = repo
+                    .restore_paths_salvaging(&info, target_path, include, &opts)
+                    .await;
+                finish_bar(shown);
+                let r = r?;
+                for (path, why) in &r.lost {
+                    errln!("error: {path} is not restored: {why}");
+                }
+                args.print(
                         || {
                             let deleted = match r.deleted {
                                 0 if !*delete => String::new(),
@@ -2093,15 +2212,14 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                         },
                         json!({ "id": info.id, "files": r.files, "dirs": r.dirs, "bytes": r.bytes, "deleted": r.deleted, "target": target.to_string(), "lost": r.lost }),
                     );
-                    if !r.lost.is_empty() {
-                        errln!(
-                            "cairn: {} of the snapshot's paths could not be restored (damaged or \
+                if !r.lost.is_empty() {
+                    errln!(
+                        "cairn: {} of the snapshot's paths could not be restored (damaged or \
                              missing data; `cairn repo check --read-data` names the objects); \
                              the rest is restored",
-                            r.lost.len()
-                        );
-                        return Ok(ExitCode::from(crate::exit::FAILED));
-                    }
+                        r.lost.len()
+                    );
+                    return Ok(ExitCode::from(crate::exit::FAILED));
                 }
             }
         }

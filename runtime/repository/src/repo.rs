@@ -1350,7 +1350,7 @@ impl Repository {
     /// Awaits `work` while the chunk index, when this handle has not read it, loads on
     /// another task (its files are decrypted and decoded as they arrive, on another core).
     /// When `work` fails (a snapshot id mistyped), the load is stopped rather than waited for.
-    async fn beside_index<T>(&self, work: impl Future<Output = Result<T>>) -> Result<T> {
+    pub(crate) async fn beside_index<T>(&self, work: impl Future<Output = Result<T>>) -> Result<T> {
         let loading = (!self.inner.index_read.load(Ordering::Acquire)).then(|| {
             let repo = self.clone();
             tokio::spawn(async move { repo.refresh_index().await })
@@ -1367,7 +1367,48 @@ impl Repository {
         done
     }
 
-    /// Finds a snapshot by id or unique id prefix; `latest` is the newest snapshot.
+    /// [`Repository::snapshots`], for a restore of one of them that follows: the chunk index,
+    /// when this handle has not read it, is read meanwhile (as [`Repository::snapshot_to_restore`]).
+    pub async fn snapshots_to_restore(&self, filter: &SnapshotFilter) -> Result<Vec<SnapshotInfo>> {
+        self.beside_index(self.snapshots(filter)).await
+    }
+
+    /// [`Repository::snapshot`] for what takes only a tree (a listing, a diff, a backup's
+    /// parent, a tree restore): `latest` is the newest *tree* snapshot, so that a stream saved
+    /// since (a nightly dump beside the directory's backups) does not hide the trees.
+    pub async fn tree_snapshot(&self, id_or_prefix: &str) -> Result<SnapshotInfo> {
+        self.latest_of_kind(id_or_prefix, true).await
+    }
+
+    /// [`Repository::snapshot`] for what takes only a stream: `latest` is the newest *stream*
+    /// snapshot, not a tree saved since.
+    pub async fn stream_snapshot(&self, id_or_prefix: &str) -> Result<SnapshotInfo> {
+        self.latest_of_kind(id_or_prefix, false).await
+    }
+
+    /// The snapshot `id_or_prefix` names, where `latest` is the newest tree (`tree`) or the
+    /// newest stream.
+    async fn latest_of_kind(&self, id_or_prefix: &str, tree: bool) -> Result<SnapshotInfo> {
+        if id_or_prefix != "latest" {
+            return self.snapshot(id_or_prefix).await;
+        }
+        self.snapshots(&SnapshotFilter::default())
+            .await?
+            .into_iter()
+            .rev()
+            .find(|s| matches!(s.kind, format::SnapshotKind::Tree { .. }) == tree)
+            .ok_or_else(|| Error::NotFound {
+                kind: if tree {
+                    "tree snapshot"
+                } else {
+                    "stream snapshot"
+                },
+                id: "latest".into(),
+            })
+    }
+
+    /// Finds a snapshot by id or unique id prefix; `latest` is the newest snapshot, of either
+    /// kind ([`Repository::tree_snapshot`] and [`Repository::stream_snapshot`] take one kind).
     pub async fn snapshot(&self, id_or_prefix: &str) -> Result<SnapshotInfo> {
         if id_or_prefix == "latest" {
             return self

@@ -390,7 +390,7 @@ impl Repository {
 
     /// Opens a stream snapshot for reading.
     pub async fn stream_reader(&self, id_or_prefix: &str) -> Result<SnapshotReader> {
-        let info = self.snapshot(id_or_prefix).await?;
+        let info = self.stream_snapshot(id_or_prefix).await?;
         SnapshotReader::new(self, &info).await
     }
 
@@ -400,7 +400,9 @@ impl Repository {
         id_or_prefix: &str,
         writer: W,
     ) -> Result<u64> {
-        let info = self.snapshot_to_restore(id_or_prefix).await?;
+        let info = self
+            .beside_index(self.stream_snapshot(id_or_prefix))
+            .await?;
         self.restore_stream_of(&info, writer).await
     }
 

@@ -1912,7 +1912,7 @@ impl Repository {
         let info = match &opts.parent {
             Parent::None => return Ok(None),
             Parent::Snapshot(id) => {
-                let info = self.snapshot(id).await?;
+                let info = self.tree_snapshot(id).await?;
                 if !matches!(info.kind, SnapshotKind::Tree { .. }) {
                     return Err(Error::Invalid(format!(
                         "parent snapshot {} is the stream {}, not a tree",
@@ -1992,7 +1992,7 @@ impl Repository {
         id_or_prefix: &str,
         target: impl AsRef<Path>,
     ) -> Result<RestoreSummary> {
-        let info = self.snapshot_to_restore(id_or_prefix).await?;
+        let info = self.beside_index(self.tree_snapshot(id_or_prefix)).await?;
         self.restore_tree_of(&info, target).await
     }
 

@@ -1877,3 +1877,83 @@ fn init_with_a_key_file_not_there_yet_makes_the_key() {
     ]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
 }
+
+#[test]
+fn latest_is_the_newest_tree_for_ls_and_diff_and_a_restore_refuses_to_guess_the_kind() {
+    let repo = LocalRepo::new();
+    repo.ok(&["repo", "init"]);
+    let data = repo.dir.path().join("data");
+    std::fs::create_dir(&data).expect("data");
+    std::fs::write(data.join("a.txt"), "alpha").expect("file");
+    let tree = repo.backup(&data);
+    // A dump saved after the directory's backup: the newest snapshot is a stream.
+    let out = repo.backup_command("echo dump");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stream = json(&out)["id"].as_str().expect("id").to_string();
+
+    let out = repo.ok(&["repo", "ls", "latest"]);
+    assert!(stdout(&out).contains("a.txt"), "{}", stdout(&out));
+    let out = repo.ok(&["repo", "diff", &tree, "latest", "--output", "json"]);
+    assert_eq!(json(&out)["to"], tree.as_str());
+
+    // A target that says neither a tree nor a stream is refused, naming both.
+    let path = |name: &str| repo.dir.path().join(name).display().to_string();
+    let out = repo.run(&["repo", "restore", "latest", "--target", &path("out")]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    let d = data.display().to_string();
+    for said in [
+        &tree[..8],
+        &stream[..8],
+        &format!("tree {d}"),
+        "stream db.sql",
+    ] {
+        assert!(err.contains(said), "{said}: {err}");
+    }
+    assert!(err.contains("--path"), "{err}");
+    assert!(!repo.dir.path().join("out").exists());
+
+    // `/` at the end, or an existing directory, takes the tree; `-`, the stream.
+    repo.ok(&[
+        "repo",
+        "restore",
+        "latest",
+        "--target",
+        &format!("{}/", path("out")),
+    ]);
+    assert_eq!(
+        std::fs::read(repo.dir.path().join("out/a.txt")).expect("a.txt"),
+        b"alpha"
+    );
+    std::fs::create_dir(path("there")).expect("dir");
+    repo.ok(&["repo", "restore", "latest", "--target", &path("there")]);
+    assert!(repo.dir.path().join("there/a.txt").is_file());
+    let out = repo.ok(&["repo", "restore", "latest", "--target", "-"]);
+    assert_eq!(stdout(&out), "dump\n");
+    // --path settles it too, as the README's form does.
+    repo.ok(&[
+        "repo",
+        "restore",
+        "latest",
+        "--path",
+        &d,
+        "--target",
+        &path("by-path"),
+    ]);
+    assert!(repo.dir.path().join("by-path/a.txt").is_file());
+    let out = repo.ok(&[
+        "repo",
+        "restore",
+        "latest",
+        "--path",
+        "db.sql",
+        "--target",
+        &path("db.sql"),
+    ]);
+    assert_eq!(
+        std::fs::read(path("db.sql")).expect("db.sql"),
+        b"dump\n",
+        "{}",
+        stderr(&out)
+    );
+}
