@@ -2126,7 +2126,10 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                 // is written directly.
                 let dest = link_target(target_path);
                 let found = std::fs::symlink_metadata(&dest);
-                if found.as_ref().is_ok_and(std::fs::Metadata::is_dir) {
+                // `outdir/` names a directory whether or not it exists yet: a file cannot be
+                // made under that name.
+                let slash = target_path.as_os_str().as_encoded_bytes().ends_with(b"/");
+                if slash || found.as_ref().is_ok_and(std::fs::Metadata::is_dir) {
                     return Err(usage(format!(
                         "restore: {target} is a directory, and {} is the stream {name}: \
                              name a file to write it to (such as {}/{name}), or `--target -`",

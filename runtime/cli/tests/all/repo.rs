@@ -1238,6 +1238,16 @@ fn a_stream_restore_that_fails_leaves_the_target_as_it_was() {
     ]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("is a directory"), "{}", stderr(&out));
+    // So is one not there yet that ends in `/`: it names a directory, not a file.
+    let outdir = format!("{}/", repo.dir.path().join("outdir").display());
+    let out = repo.run(&["repo", "restore", "latest", "--target", &outdir]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is a directory") && stderr(&out).contains("outdir/db.sql"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!repo.dir.path().join("outdir").exists());
     let deep = repo.dir.path().join("new/dir/db.sql");
     repo.ok(&[
         "repo",
