@@ -1253,8 +1253,10 @@ fn finish_bar(shown: Option<(indicatif::ProgressBar, tokio::task::JoinHandle<()>
 }
 
 /// Restore options counting for a progress bar on a terminal, whose length the restore sets
-/// once it knows what it writes.
-fn restore_progress() -> (
+/// once it knows what it writes, and stopping on `stop` ([`interrupt_before_open`]).
+fn restore_progress(
+    stop: Option<&tokio::sync::watch::Receiver<bool>>,
+) -> (
     RestoreOptions,
     Option<(indicatif::ProgressBar, tokio::task::JoinHandle<()>)>,
 ) {
@@ -1262,8 +1264,8 @@ fn restore_progress() -> (
     let shown = watch(progress_bar(Some(0)), done.clone(), Some(total.clone()));
     // Ctrl-C (or SIGTERM) stops the restore cleanly instead of ending the process mid-file.
     let mut opts = RestoreOptions::new().progress(done).total(total);
-    if let Ok(stopped) = crate::stop_on_interrupt() {
-        opts = opts.stop(stopped);
+    if let Some(stopped) = stop {
+        opts = opts.stop(stopped.clone());
     }
     (opts, shown)
 }
@@ -1454,6 +1456,25 @@ fn describe(s: &SnapshotInfo, time: &str, width: usize) -> String {
     .to_string()
 }
 
+/// For a restore or a directory's backup, what Ctrl-C (SIGINT, SIGTERM, SIGHUP) sets to stop
+/// it cleanly (exit 130). It is heard from before the repository is opened: a passphrase's key
+/// derivation takes half a second or more, and a signal then would end the process with no
+/// word and the signal's own status (143), not the 130 these promise. A stream from standard
+/// input keeps the default: its writer, killed by the same Ctrl-C, ends the stream, which must
+/// never look whole.
+fn interrupt_before_open(command: &RepoCommand) -> Option<tokio::sync::watch::Receiver<bool>> {
+    let stops = match command {
+        RepoCommand::Restore { .. } => true,
+        RepoCommand::Backup {
+            source: Some(source),
+            stdin_from_command: false,
+            ..
+        } => source.as_os_str() != "-",
+        _ => false,
+    };
+    stops.then(crate::stop_on_interrupt).and_then(Result::ok)
+}
+
 async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<ExitCode> {
     let loc = args.location()?;
     // `init --key-file` of a file not there yet makes the key, as `key add --new-key-file` does.
@@ -1552,7 +1573,15 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let repo = Repository::open(loc, key.as_ref()).await?;
+    let stop = interrupt_before_open(&args.command);
+    let repo = match stop.clone() {
+        // Interrupted while the key is derived: nothing was done, and nothing is left to undo.
+        Some(mut stopped) => tokio::select! {
+            repo = Repository::open(loc, key.as_ref()) => repo?,
+            Ok(_) = stopped.wait_for(|s| *s) => return Err(Error::Interrupted.into()),
+        },
+        None => Repository::open(loc, key.as_ref()).await?,
+    };
     match &args.command {
         RepoCommand::Init { .. } => unreachable!("handled above"),
         RepoCommand::Backup {
@@ -1678,7 +1707,7 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                     // standard input keeps the default: its writer, killed by the same
                     // Ctrl-C, ends the stream, which must never look whole.)
                     let mut opts = opts;
-                    opts.stop = crate::stop_on_interrupt().ok();
+                    opts.stop = stop.clone();
                     (repo.backup_tree(&path, opts).await, shown)
                 }
             };
@@ -2085,7 +2114,7 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                         info.short_id()
                     )));
                 }
-                let (opts, shown) = restore_progress();
+                let (opts, shown) = restore_progress(stop.as_ref());
                 let out = tokio::io::stdout();
                 let n = match include.first() {
                     Some(path) => repo.restore_file_with(&info, path, out, &opts).await,
@@ -2154,7 +2183,7 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                 };
                 // What is removed should the restore fail: the file beside, or the new one.
                 let written = beside.clone().unwrap_or_else(|| dest.clone());
-                let (opts, shown) = restore_progress();
+                let (opts, shown) = restore_progress(stop.as_ref());
                 let n = repo
                     .restore_stream_with(&info, tokio::fs::File::from_std(file), &opts)
                     .await;
@@ -2187,7 +2216,7 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                     json!({ "id": info.id, "bytes": n, "target": target.to_string() }),
                 );
             } else {
-                let (opts, shown) = restore_progress();
+                let (opts, shown) = restore_progress(stop.as_ref());
                 let opts = opts.sparse(*sparse).delete(*delete);
                 let r = repo
                     .restore_paths_salvaging(&info, target_path, include, &opts)

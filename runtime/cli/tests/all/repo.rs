@@ -1967,3 +1967,57 @@ fn latest_is_the_newest_tree_for_ls_and_diff_and_a_restore_refuses_to_guess_the_
         stderr(&out)
     );
 }
+
+#[test]
+fn an_interrupt_while_the_repository_opens_exits_as_an_interrupted_restore_or_backup() {
+    // A store that takes the connection and never answers: the command is held where the
+    // repository opens (as it is while a passphrase's key is derived), and once the store
+    // is reached, the signal cannot come before the command is ready for it.
+    let cairn = Cairn::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let target = dir.path().join("out").display().to_string();
+    let data = dir.path().display().to_string();
+    for command in [
+        &["repo", "restore", "latest", "--target", &target][..],
+        &["repo", "backup", &data][..],
+    ] {
+        // One store each: a connection the last command left waiting is not this one's.
+        let store = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+        let endpoint = format!("aws_endpoint=http://{}", store.local_addr().expect("addr"));
+        let child = cairn
+            .command(command)
+            .args(["--repo", "s3://bucket/repo", "--option", &endpoint])
+            .args([
+                "--option",
+                "aws_allow_http=true",
+                "--option",
+                "aws_region=us-east-1",
+            ])
+            .args([
+                "--option",
+                "aws_access_key_id=k",
+                "--option",
+                "aws_secret_access_key=s",
+            ])
+            .env("CAIRN_PASSPHRASE", "correct horse")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("cairn runs");
+        let (_held, _) = store.accept().expect("the repository is reached");
+        let term = std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(term.success());
+        let out = child.wait_with_output().expect("cairn exits");
+        assert_eq!(
+            out.status.code(),
+            Some(130),
+            "{command:?}: {}",
+            stderr(&out)
+        );
+        assert!(stderr(&out).contains("interrupted"), "{}", stderr(&out));
+        assert!(!dir.path().join("out").exists());
+    }
+}
