@@ -1714,6 +1714,27 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
             finish_bar(shown);
             let info = info?;
             let s = &info.summary;
+            // An empty stream is still saved (scripts rely on it), but seldom meant: from a
+            // pipe, it is most often a dump that failed before writing, and the shell does not
+            // tell the backup so.
+            let empty = match &info.kind {
+                SnapshotKind::Stream { name } if s.bytes == 0 => {
+                    let hint = if *stdin_from_command {
+                        ""
+                    } else {
+                        "; if the program writing it failed, the pipe did not say so: \
+                         `--stdin-from-command -- PROGRAM` fails the backup when the program fails"
+                    };
+                    Some(format!(
+                        "the stream {name} was empty (0 bytes) and is saved as snapshot {}{hint}",
+                        info.short_id()
+                    ))
+                }
+                _ => None,
+            };
+            if let Some(warning) = &empty {
+                errln!("warning: {warning}");
+            }
             args.print(
                 || {
                     let unchanged = if s.unchanged_files > 0 {
@@ -1739,6 +1760,9 @@ async fn run_inner(args: &RepoArgs, home: Option<&PathBuf>) -> anyhow::Result<Ex
                 },
                 {
                     let mut out = json!({ "id": info.id, "summary": s });
+                    if let Some(warning) = &empty {
+                        out["warnings"] = json!([warning]);
+                    }
                     if s.unreadable > 0 {
                         // The first LEFT_OUT_NAMED of them; `summary.unreadable` counts all.
                         out["unreadable"] = json!(left_out.named());

@@ -2021,3 +2021,42 @@ fn an_interrupt_while_the_repository_opens_exits_as_an_interrupted_restore_or_ba
         assert!(!dir.path().join("out").exists());
     }
 }
+
+#[test]
+fn an_empty_stream_is_saved_with_a_warning() {
+    let repo = LocalRepo::new();
+    repo.ok(&["repo", "init"]);
+    let common: Vec<&str> = repo.common.iter().map(String::as_str).collect();
+    let backup = [
+        "repo",
+        "backup",
+        "-",
+        "--stdin-name",
+        "x",
+        "--output",
+        "json",
+    ];
+    let out = repo
+        .cairn
+        .command(&[&backup[..], &common].concat())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("cairn runs");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("warning: the stream x was empty") && err.contains("--stdin-from-command"),
+        "{err}"
+    );
+    let report = json(&out);
+    assert_eq!(report["summary"]["bytes"], 0, "{report}");
+    let warning = report["warnings"][0].as_str().expect("a warning");
+    assert!(warning.contains("was empty"), "{report}");
+    let id = report["id"].as_str().expect("id");
+    let snapshots = stdout(&repo.ok(&["repo", "snapshots"]));
+    assert!(snapshots.contains(&id[..8]), "{snapshots}");
+    // A stream with data says nothing of the kind.
+    let out = repo.backup_command("echo data");
+    assert!(!stderr(&out).contains("warning"), "{}", stderr(&out));
+    assert!(json(&out).get("warnings").is_none());
+}
