@@ -1390,9 +1390,12 @@ async fn enable(
     protection: Option<std::time::Duration>,
     accept_points: bool,
 ) -> anyhow::Result<()> {
-    let key = passphrase(&config.passphrase_from)?;
+    let key = CachedKey::new(home, &config.passphrase_from)?;
     let cluster_id = catalog.cluster_id().to_string();
     let url = location(&config.profile, &cluster_id).url().to_owned();
+    // The key is derived from the passphrase again (and so checked), and cached for the runs
+    // and for the owner-marker checks of shells without the passphrase source.
+    forget_cached_key(&home.dr_key_cache())?;
     open_or_init(&config.profile, &cluster_id, &key, protection).await?;
     // After a run found another writer's points there, `--accept-points` accepts them; a new
     // chain then builds on none of them. Only that flag: enabling again to change a setting
@@ -1406,8 +1409,6 @@ async fn enable(
         });
     catalog.set_meta(CONFIG_KEY, Some(&serde_json::to_string(config)?))?;
     catalog.set_meta(RESTORED_KEY, None)?;
-    // The next run derives the key from the passphrase again (and so checks it).
-    forget_cached_key(&home.dr_key_cache())?;
     if new_chain {
         // A new mode or location starts a new chain of DR points, from the beginning.
         catalog.set_dr_cursor(0)?;
@@ -1453,6 +1454,13 @@ async fn enable(
     outln!(
         "  3. the location profile:  {} (and its credentials)",
         config.profile
+    );
+    // Policies often run elsewhere than this shell (cron, CI) and need to reach the location.
+    outln!(
+        "Policy retention now checks the owner markers in {url} first, with the DR key cached in \
+         {} (or the passphrase source): wherever policies run, keep that file and give the \
+         location's credentials",
+        home.dr_key_cache().display()
     );
     // What this mode never brings back, when the catalog holds some of it now.
     let left_out = not_carried(catalog, config.mode)?;
@@ -1852,13 +1860,24 @@ async fn run_blueprint(
 /// passphrase) and to the passphrase itself by a cheap fingerprint
 /// ([`Passphrase::fingerprint`]), so a passphrase changed in the source (an environment
 /// variable, a file) is derived and checked again, and fails the run if it no longer opens the
-/// location. `cairn dr enable` drops the cache.
+/// location. `cairn dr enable` derives it anew.
+///
+/// Without the passphrase ([`CachedKey::cache_only`]) the cache alone opens the slot it was
+/// cached for: the owner-marker checks of policy retention and `repo forget|prune` use it where
+/// the passphrase source cannot be read (a cron job's or CI runner's shell without the
+/// variable). That reads no more than the home already holds, and is sound where a DR run would
+/// not be: a marker is read, never written, and authenticated, so a cache that no longer fits
+/// the location opens nothing and the check fails as it did without the passphrase. A run
+/// writes DR points, which only a passphrase checked against its source may do.
 #[derive(Debug)]
 struct CachedKey {
-    passphrase: Passphrase,
+    passphrase: Option<Passphrase>,
     file: PathBuf,
     source: String,
 }
+
+/// The kind of [`CachedKey`]'s slots: a passphrase's, which it opens faster.
+const PASSPHRASE_KIND: &str = "passphrase";
 
 /// The cache file of [`CachedKey`].
 #[derive(Serialize, Deserialize)]
@@ -1890,20 +1909,48 @@ fn from_hex(text: &str) -> Option<Vec<u8>> {
 }
 
 impl CachedKey {
+    /// The passphrase from `source`, with the home's cache.
+    fn new(home: &Home, source: &str) -> anyhow::Result<Self> {
+        Ok(Self {
+            passphrase: Some(passphrase(source)?),
+            file: home.dr_key_cache(),
+            source: crate::shown_source(source),
+        })
+    }
+
+    /// The home's cache alone, for the passphrase from `source` that cannot be read here: it
+    /// opens only the slot it was cached for, and derives nothing.
+    fn cache_only(home: &Home, source: &str) -> Self {
+        Self {
+            passphrase: None,
+            file: home.dr_key_cache(),
+            source: crate::shown_source(source),
+        }
+    }
+
     fn cached(&self, slot: &WrappedKey, aad: &[u8]) -> Option<Vec<u8>> {
         let cache: KeyCache = serde_json::from_slice(&std::fs::read(&self.file).ok()?).ok()?;
+        let passphrase = match &self.passphrase {
+            Some(_) => cache.passphrase == self.fingerprint(aad)?,
+            // Nothing to compare with; the slot still has to be the one cached.
+            None => true,
+        };
         (cache.source == self.source
             && cache.aad == to_hex(aad)
             && cache.wrapped == slot.wrapped
-            && cache.passphrase == self.fingerprint(aad)?)
-        .then(|| from_hex(&cache.secret))
-        .flatten()
+            && passphrase)
+            .then(|| from_hex(&cache.secret))
+            .flatten()
     }
 
-    /// The passphrase's fingerprint, hex; `None` when it cannot be made (the cache is then
-    /// neither used nor written).
+    /// The passphrase's fingerprint, hex; `None` when it cannot be made or there is no
+    /// passphrase (the cache is then neither checked against it nor written).
     fn fingerprint(&self, aad: &[u8]) -> Option<String> {
-        self.passphrase.fingerprint(aad).ok().map(|f| to_hex(&f))
+        self.passphrase
+            .as_ref()?
+            .fingerprint(aad)
+            .ok()
+            .map(|f| to_hex(&f))
     }
 
     /// Best effort: a cache that cannot be written costs the next run a derivation.
@@ -1938,11 +1985,17 @@ impl CachedKey {
 #[async_trait::async_trait]
 impl KeyProvider for CachedKey {
     fn kind(&self) -> &str {
-        self.passphrase.kind()
+        PASSPHRASE_KIND
     }
 
     async fn wrap(&self, secret: &[u8], aad: &[u8]) -> cairn_repository::Result<WrappedKey> {
-        self.passphrase.wrap(secret, aad).await
+        match &self.passphrase {
+            Some(passphrase) => passphrase.wrap(secret, aad).await,
+            None => Err(cairn_repository::Error::KeyProvider {
+                provider: PASSPHRASE_KIND.into(),
+                reason: "a new key slot needs the DR passphrase, not only its cached key".into(),
+            }),
+        }
     }
 
     async fn unwrap(
@@ -1953,7 +2006,10 @@ impl KeyProvider for CachedKey {
         if let Some(secret) = self.cached(slot, aad) {
             return Ok(Some(secret));
         }
-        let secret = self.passphrase.unwrap(slot, aad).await?;
+        let Some(passphrase) = &self.passphrase else {
+            return Ok(None);
+        };
+        let secret = passphrase.unwrap(slot, aad).await?;
         if let Some(secret) = &secret {
             self.store(slot, aad, secret);
         }
@@ -1987,11 +2043,11 @@ fn load_meta<T: serde::de::DeserializeOwned>(
 }
 
 /// Opens the DR location of `cluster_id` under `profile`, creating it (with `protection`) if
-/// there is none.
+/// there is none; either way `key` caches the location's key.
 async fn open_or_init(
     profile: &str,
     cluster_id: &str,
-    key: &Passphrase,
+    key: &CachedKey,
     protection: Option<std::time::Duration>,
 ) -> anyhow::Result<Repository> {
     let loc = location(profile, cluster_id);
@@ -2011,9 +2067,15 @@ async fn open_or_init(
         Err(cairn_repository::Error::NotARepository { .. }) => {
             let opts =
                 cairn_repository::InitOptions::new().protection(protection.unwrap_or_default());
-            Repository::init(loc, key, opts)
+            let repo = Repository::init(loc.clone(), key, opts)
                 .await
-                .with_context(|| format!("cannot create the DR location {url}"))
+                .with_context(|| format!("cannot create the DR location {url}"))?;
+            // Creating wraps a new slot, which caches nothing: opening it does. Best effort:
+            // without the cache, the first run derives the key.
+            if let Err(e) = Repository::open(loc, key).await {
+                tracing::warn!(error = %e, %url, "cannot cache the DR key");
+            }
+            Ok(repo)
         }
         Err(cairn_repository::Error::WrongPassphrase) => Err(usage(format!(
             "{url} already holds DR points under another passphrase: give that passphrase"
@@ -2074,11 +2136,12 @@ fn taken_over(marker: &OwnerMarker, url: &str, me: &str, what: &str) -> anyhow::
 /// (its own, and the one it was restored from) names another instance. `open` is the
 /// instance's own DR location when the caller has already opened it.
 async fn check_markers(
+    home: &Home,
     catalog: &Catalog,
     what: &str,
     open: Option<&Repository>,
 ) -> anyhow::Result<()> {
-    match foreign_marker(catalog, what, open).await? {
+    match foreign_marker(home, catalog, what, open).await? {
         Some((marker, url)) => Err(taken_over(
             &marker,
             &url,
@@ -2092,6 +2155,7 @@ async fn check_markers(
 /// The first owner marker naming another instance in a DR location this instance relates to
 /// ([`check_markers`]), with that location's URL.
 async fn foreign_marker(
+    home: &Home,
     catalog: &Catalog,
     what: &str,
     open: Option<&Repository>,
@@ -2119,13 +2183,29 @@ async fn foreign_marker(
         let repo = match repo {
             Some(repo) => repo,
             None => {
-                let key = passphrase(&passphrase_from).with_context(|| {
-                    format!(
-                        "{what}: checking that no other instance took over maintenance needs the \
-                         DR passphrase, from where `cairn dr enable` was told to read it"
-                    )
-                })?;
-                match Repository::open(location(&profile, &cluster_id), &key).await {
+                let loc = location(&profile, &cluster_id);
+                let opened = match passphrase(&passphrase_from) {
+                    Ok(key) => Repository::open(loc, &key).await,
+                    // Where the passphrase source cannot be read (a cron job's shell without
+                    // the variable), the key a DR run cached in the home reads the markers.
+                    Err(e) => {
+                        let cached = CachedKey::cache_only(home, &passphrase_from);
+                        match Repository::open(loc, &cached).await {
+                            Err(cairn_repository::Error::WrongPassphrase) => {
+                                return Err(e.context(format!(
+                                    "{what}: checking that no other instance took over \
+                                     maintenance needs the DR passphrase, from where `cairn dr \
+                                     enable` was told to read it, or the DR key cached in {} \
+                                     (none that opens {url} is there: `cairn dr enable` or a \
+                                     `cairn dr run` with the passphrase source caches it)",
+                                    home.dr_key_cache().display()
+                                )));
+                            }
+                            opened => opened,
+                        }
+                    }
+                };
+                match opened {
                     Ok(repo) => repo,
                     Err(cairn_repository::Error::NotARepository { .. }) => continue,
                     Err(e) => {
@@ -2216,7 +2296,7 @@ pub(crate) async fn check_owner(home: &Home, what: &str) -> anyhow::Result<()> {
         return Ok(());
     }
     let catalog = crate::catalog::open(home)?;
-    check_markers(&catalog, what, None).await
+    check_markers(home, &catalog, what, None).await
 }
 
 fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
@@ -2364,14 +2444,10 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
                 }
                 return Ok(ExitCode::from(exit::OK));
             }
-            let key = CachedKey {
-                passphrase: passphrase(&config.passphrase_from)?,
-                file: home.dr_key_cache(),
-                source: crate::shown_source(&config.passphrase_from),
-            };
+            let key = CachedKey::new(&home, &config.passphrase_from)?;
             let cluster_id = catalog.cluster_id().to_string();
             let repo = open_source(&config.profile, &cluster_id, &key).await?;
-            check_markers(&catalog, "the DR run", Some(&repo)).await?;
+            check_markers(&home, &catalog, "the DR run", Some(&repo)).await?;
             let url = location(&config.profile, &cluster_id).url().to_owned();
             let snapshots = repo
                 .snapshots(&SnapshotFilter::new())
@@ -2565,7 +2641,7 @@ pub(crate) async fn run(cmd: DrCommand, home: Option<PathBuf>) -> anyhow::Result
             // that took over says so only there.
             let mut marker_note = None;
             if owner {
-                match foreign_marker(&catalog, "maintenance", None).await {
+                match foreign_marker(&home, &catalog, "maintenance", None).await {
                     Ok(None) => {}
                     Ok(Some((marker, url))) => {
                         owner = false;

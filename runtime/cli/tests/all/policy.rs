@@ -2541,6 +2541,8 @@ fn retention_that_cannot_run_does_not_make_the_backups_a_failed_run() {
         crate::support::wasm("dr").to_str().expect("utf-8"),
     ]));
     std::fs::remove_file(&pass).expect("remove the passphrase");
+    // Nor the DR key cached in the home, which would do instead.
+    std::fs::remove_file(cairn.home.path().join("dr/location.key")).expect("remove the cache");
     let out = cairn.run(&["policy", "run", "greet", "--output", "json"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let outcome = json(&out);
@@ -2554,4 +2556,63 @@ fn retention_that_cannot_run_does_not_make_the_backups_a_failed_run() {
     assert_eq!(show(&cairn)["policy"]["last_run"]["succeeded"], true);
     let out = cairn.run(&["policy", "list"]);
     assert!(stdout(&out).contains("ok, with errors"), "{}", stdout(&out));
+}
+
+#[test]
+fn retention_reads_the_owner_markers_with_the_cached_dr_key_where_the_passphrase_is_not() {
+    let cairn = Cairn::new();
+    add_hello(&cairn);
+    ok(&apply(&cairn, &hello_policy("{last: 1}")));
+    let location = cairn.home.path().join("dr-location");
+    // Enabled in a shell with the passphrase variable; policies then run in one without it
+    // (cron, CI), where retention still has to check who maintains the backup data.
+    let enabled = cairn
+        .command(&[
+            "dr",
+            "enable",
+            "--profile",
+            location.to_str().expect("utf-8"),
+            "--passphrase-from",
+            "env:CAIRN_TEST_DR_PASS",
+        ])
+        .env("CAIRN_TEST_DR_PASS", "dr passphrase")
+        .output()
+        .expect("cairn runs");
+    ok(&enabled);
+    for _ in 0..2 {
+        let out = cairn
+            .command(&["policy", "run", "greet", "--output", "json"])
+            .env_remove("CAIRN_TEST_DR_PASS")
+            .output()
+            .expect("cairn runs");
+        ok(&out);
+        assert!(
+            json(&out)["errors"].as_array().is_none_or(Vec::is_empty),
+            "{}",
+            stdout(&out)
+        );
+    }
+    assert_eq!(
+        show(&cairn)["restore_points"].as_array().map(Vec::len),
+        Some(1),
+        "{}",
+        show(&cairn)
+    );
+    // A cache that no longer opens the location fails the check as before, naming both ways.
+    let cache = cairn.home.path().join("dr/location.key");
+    let text = std::fs::read_to_string(&cache).expect("the key is cached");
+    let mut cached: serde_json::Value = serde_json::from_str(&text).expect("json");
+    cached["secret"] = serde_json::json!("00".repeat(32));
+    cached["wrapped"] = serde_json::json!("00");
+    std::fs::write(&cache, cached.to_string()).expect("write");
+    let out = cairn.run(&["policy", "run", "greet", "--output", "json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let error = json(&out)["errors"][0]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        error.contains("needs the DR passphrase") && error.contains("location.key"),
+        "{error}"
+    );
 }
