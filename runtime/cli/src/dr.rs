@@ -1472,6 +1472,22 @@ async fn enable(
             left_out.join(", ")
         );
     }
+    // The default mode's snapshot stays in this home: a recovery on another machine comes
+    // back without what only it holds, which the mode's name does not say.
+    if config.mode == cairn_catalog::DrMode::LocalSnapshot {
+        let elsewhere: Vec<String> = catalog
+            .counts()?
+            .into_iter()
+            .filter(|c| lost_by(config.mode, false, c.kind) && !lost_by(config.mode, true, c.kind))
+            .map(|c| format!("{} ({} now)", c.kind, c.count))
+            .collect();
+        outln!(
+            "Note: mode local-snapshot keeps its catalog snapshot in this home, so a recovery on \
+             another machine comes back without the records only that snapshot holds: {}. \
+             `cairn dr enable --mode exported-snapshot` carries them to the DR location too",
+            elsewhere.join(", ")
+        );
+    }
     // DR brings back the catalog, not the data in the home: the exports (and local volume
     // snapshots) of these policies would be lost with the machine. A policy that grants
     // neither `export` nor `volumes` keeps nothing there (its points are the catalog's own);

@@ -2040,23 +2040,39 @@ impl RestoreArgs {
                 "--point ",
                 &format!("`cairn policy show {}` lists the policy's", policy.name),
             )?,
-            None => catalog
-                .restore_points()?
-                .into_iter()
-                .filter(|p| {
-                    p.policy.as_deref() == Some(&policy.name)
-                        && p.target.namespace == policy.namespace
-                        && p.target.workload.as_deref() == Some(&self.workload)
-                        && p.partly_deleted.is_none()
-                })
-                .max_by_key(|p| p.created)
-                .ok_or_else(|| {
-                    UsageError(format!(
-                        "policy {} has no restore point of {} in namespace {} yet; `cairn policy \
-                         run {}` makes one (points of another namespace are restored by --point)",
-                        policy.name, self.workload, policy.namespace, policy.name
-                    ))
-                })?,
+            None => {
+                let points = catalog.restore_points()?;
+                let held: BTreeSet<&str> = points.iter().map(|p| p.id.as_str()).collect();
+                let missing: Vec<&str> = policy
+                    .last_run
+                    .iter()
+                    .flat_map(|r| &r.points)
+                    .map(String::as_str)
+                    .filter(|id| !held.contains(id))
+                    .collect();
+                let newest = points
+                    .iter()
+                    .filter(|p| {
+                        p.policy.as_deref() == Some(&policy.name)
+                            && p.target.namespace == policy.namespace
+                            && p.target.workload.as_deref() == Some(&self.workload)
+                            && p.partly_deleted.is_none()
+                    })
+                    .max_by_key(|p| p.created)
+                    .cloned();
+                match newest {
+                    Some(point) => point,
+                    None => {
+                        return Err(no_point(
+                            policy,
+                            &self.workload,
+                            &missing,
+                            catalog.restore_state()?.is_some(),
+                        )
+                        .into());
+                    }
+                }
+            }
         };
         restorable(&point)?;
         if point.policy.as_deref() != Some(&policy.name)
@@ -2833,6 +2849,37 @@ pub(crate) async fn note_failed_delete(
             false
         }
     }
+}
+
+/// Why policy `policy` has no restore point of `workload` to restore. A point its last run
+/// recorded that the catalog lacks was made on an instance whose catalog came back without it:
+/// a DR recovery elsewhere brings local restore points back only from an exported catalog
+/// snapshot, so "yet" would send the operator looking for a backup that was made.
+fn no_point(policy: &Policy, workload: &str, missing: &[&str], restored: bool) -> UsageError {
+    let none = format!(
+        "policy {} has no restore point of {workload} in namespace {}",
+        policy.name, policy.namespace
+    );
+    if missing.is_empty() {
+        return UsageError(format!(
+            "{none} yet; `cairn policy run {}` makes one (points of another namespace are \
+             restored by --point)",
+            policy.name
+        ));
+    }
+    let how = if restored {
+        "were not carried by the DR recovery that brought this catalog back (local restore \
+         points come back on another machine only with `cairn dr enable --mode \
+         exported-snapshot`, or with a policy `export:` to a location off the machine)"
+    } else {
+        "are no longer in the catalog (`cairn catalog forget-point` or a catalog put back)"
+    };
+    UsageError(format!(
+        "{none}: the restore points its last run made ({}) {how}; `cairn policy run {}` makes \
+         a new one",
+        missing.join(", "),
+        policy.name
+    ))
 }
 
 /// Refuses a restore from `point` when its removal stopped part-way.

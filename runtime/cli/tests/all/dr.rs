@@ -2247,3 +2247,55 @@ fn an_oversized_manifest_is_refused_not_read() {
         stdout(&out)
     );
 }
+
+#[test]
+fn local_snapshot_says_what_a_recovery_elsewhere_leaves_and_the_policy_restore_says_why() {
+    let profile = tempfile::tempdir().expect("tempdir");
+    let lost = Cairn::new();
+    ok(&lost.run(&["blueprint", "add", hello_wasm().to_str().expect("utf-8")]));
+    let policy = lost.home.path().join("greet.yaml");
+    let inventory = crate::support::root().join("examples/hello/inventory.yaml");
+    std::fs::write(
+        &policy,
+        format!(
+            "name: greet\nblueprint: hello\ntarget: local:{}\nworkloads: ['hel*']\n\
+             frequency: '@hourly'\nretention: {{last: 2}}\ngrants: [exec]\n\
+             params: {{greeting: hi}}\n",
+            inventory.display()
+        ),
+    )
+    .expect("write the policy");
+    ok(&lost.run(&["policy", "apply", policy.to_str().expect("utf-8")]));
+    let out = lost.run(&["policy", "run", "greet", "--output", "json"]);
+    ok(&out);
+    let point = json(&out)["points"][0]
+        .as_str()
+        .expect("a point")
+        .to_owned();
+    // The default mode names what a recovery on another machine would come back without.
+    let out = enable(&lost, profile.path(), "local-snapshot", &[]);
+    ok(&out);
+    let text = stdout(&out);
+    assert!(
+        text.contains("local-restore-point (1 now)")
+            && text.contains("action (1 now)")
+            && text.contains("--mode exported-snapshot"),
+        "{text}"
+    );
+    ok(&dr_run(&lost));
+
+    let fresh = Cairn::new();
+    let location = profile.path().to_str().expect("utf-8");
+    ok(&restore(&fresh, location, &cluster_id(&lost), &[]));
+    let shown = json(&fresh.run(&["policy", "show", "greet", "--output", "json"]));
+    assert_eq!(shown["policy"]["last_run"]["points"][0], point.as_str());
+    // The point was made: "not yet" would send the operator looking for a backup.
+    let out = fresh.run(&["policy", "restore", "greet", "-w", "hello"]);
+    refused_with(&out, "not carried by the DR recovery");
+    assert!(
+        stderr(&out).contains(&point) && stderr(&out).contains("exported-snapshot"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stderr(&out).contains("yet"), "{}", stderr(&out));
+}
