@@ -2179,7 +2179,7 @@ impl RestoreArgs {
         let execution = at_point(home, policy, &point, execution).await?;
         let (report, _) = execution
             .execute(request, |report| {
-                crate::run::print_report(report, execution.blueprint, output)
+                crate::run::print_report(report, execution.blueprint, "restore", output)
             })
             .await?;
         Ok(Restored {

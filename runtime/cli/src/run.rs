@@ -256,11 +256,17 @@ pub(crate) async fn run(args: RunArgs, home: Option<PathBuf>) -> anyhow::Result<
         used_point: point.as_deref(),
         target: &args.target,
     };
-    let (report, _) = run
+    let (report, made) = run
         .execute(request, |report| {
-            print_report(report, &blueprint, args.output)
+            print_report(report, &blueprint, &args.action, args.output)
         })
         .await?;
+    // The id `--from-point` takes, said once it is recorded (the JSON report has it too).
+    if let Some(id) = &made
+        && args.output == Output::Text
+    {
+        outln!("restore point {id} recorded");
+    }
     if args.action == "delete"
         && let Some(id) = &point
     {
@@ -874,6 +880,9 @@ pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
 struct JsonReport<'a> {
     status: &'static str,
     action_id: &'a str,
+    /// The restore point a successful backup made (its id is the action's): what
+    /// `--from-point` and `cairn catalog ls` take. `null` for other runs.
+    restore_point: Option<&'a str>,
     /// The blueprint's name: a restore `--from` this report must be run by it.
     blueprint: &'a str,
     outputs: &'a cairn_engine::Outputs,
@@ -881,9 +890,11 @@ struct JsonReport<'a> {
     phases: &'a [cairn_engine::PhaseReport],
 }
 
+/// Prints the report of a run of `action`.
 pub(crate) fn print_report(
     report: &cairn_engine::RunReport,
     blueprint: &cairn_engine::Blueprint,
+    action: &str,
     output: Output,
 ) -> anyhow::Result<()> {
     match output {
@@ -895,6 +906,8 @@ pub(crate) fn print_report(
                     (false, false) => "failed",
                 },
                 action_id: &report.action_id,
+                // As the catalog records it (`crate::catalog::record_run`).
+                restore_point: (report.ok && action == "backup").then_some(&*report.action_id),
                 blueprint: &blueprint.description().name,
                 outputs: &report.outputs,
                 error: report.error.as_deref(),

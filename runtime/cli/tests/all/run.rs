@@ -1,7 +1,7 @@
 use std::path::Path;
 
 use crate::support::{
-    Cairn, HELLO_INVENTORY as INVENTORY, hello_wasm, json, run_hello, stderr, wasm,
+    Cairn, HELLO_INVENTORY as INVENTORY, hello_wasm, json, run_hello, stderr, stdout, wasm,
 };
 
 fn hello(cairn: &Cairn, extra: &[&str]) -> std::process::Output {
@@ -46,6 +46,36 @@ fn json_output_has_status_outputs_and_error() {
             .expect("artifacts")
             .is_empty()
     );
+    // The restore point it made, by name, as the catalog has it.
+    let point = v["restore_point"].as_str().expect("a restore point");
+    assert_eq!(v["action_id"], point);
+    let out = cairn.run(&["catalog", "ls", "local-restore-point", "--output", "json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains(point), "{}", stdout(&out));
+    // Other runs make none.
+    let out = run_hello(
+        &cairn,
+        "restore",
+        &["--grant", "exec", "--from-point", point, "--output", "json"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(json(&out)["restore_point"].is_null(), "{}", stdout(&out));
+}
+
+#[test]
+fn a_backup_says_the_restore_point_it_recorded() {
+    let cairn = Cairn::new();
+    let out = hello(&cairn, &["--grant", "exec"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out_text = stdout(&out);
+    let id = out_text
+        .lines()
+        .find_map(|l| l.strip_prefix("restore point ")?.strip_suffix(" recorded"))
+        .unwrap_or_else(|| panic!("no restore point said: {out_text}"));
+    // The id is the one `--from-point` takes.
+    let out = run_hello(&cairn, "restore", &["--grant", "exec", "--from-point", id]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stdout(&out).contains("recorded"), "{}", stdout(&out));
 }
 
 #[test]
