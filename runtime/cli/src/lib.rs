@@ -569,6 +569,29 @@ pub(crate) fn absolute_path(path: &std::path::Path) -> std::path::PathBuf {
     std::path::absolute(path).map_or_else(|_| path.to_owned(), |p| p.components().collect())
 }
 
+/// `path` [made absolute](absolute_path), and each `DIR/..` in it dropped where `DIR` is a
+/// directory, not a symlink: the same file, said the way an operator reads it
+/// (`/x/policies/../hello` is `/x/hello`). Nothing is resolved: a `..` after a symlink (or after
+/// what is not there) stays, since the kernel climbs from the link's target, and dropping it
+/// would name another file.
+pub(crate) fn normalized_path(path: &std::path::Path) -> std::path::PathBuf {
+    use std::path::Component;
+    let mut out = std::path::PathBuf::new();
+    for c in absolute_path(path).components() {
+        let plain_dir = || {
+            !matches!(out.components().next_back(), Some(Component::ParentDir))
+                && out.parent().is_some()
+                && std::fs::symlink_metadata(&out).is_ok_and(|m| m.is_dir())
+        };
+        if c == Component::ParentDir && plain_dir() {
+            out.pop();
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Whether a repository location is a URL rather than a path, as the repository reads it.
 pub(crate) use cairn_repository::is_url;
 

@@ -779,8 +779,12 @@ fn policy_of(
         base,
     } = doc;
     let bad = |msg: String| UsageError(format!("policy {}: {msg}", file.display()));
+    // Stored and shown as the operator would write it, not as the file's relative path joined.
     let target = match f.target.strip_prefix("local:") {
-        Some(path) => format!("local:{}", absolute(&base, path)),
+        Some(path) => format!(
+            "local:{}",
+            crate::normalized_path(&base.join(path)).display()
+        ),
         None => f.target,
     };
     let secrets = secret_sources(f.secrets, &base).map_err(bad)?;

@@ -2616,3 +2616,45 @@ fn retention_reads_the_owner_markers_with_the_cached_dr_key_where_the_passphrase
         "{error}"
     );
 }
+
+#[test]
+fn apply_stores_an_inventory_path_without_the_detours_it_was_written_with() {
+    let cairn = Cairn::new();
+    add_hello(&cairn);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = dir.path();
+    let inventory = std::fs::read_to_string(root().join("examples/hello/inventory.yaml"))
+        .expect("read the inventory");
+    for sub in ["policies", "hello", "deep/down"] {
+        std::fs::create_dir_all(dir.join(sub)).expect("mkdir");
+    }
+    std::fs::write(dir.join("hello/inventory.yaml"), &inventory).expect("write");
+    std::fs::write(dir.join("deep/inventory.yaml"), &inventory).expect("write");
+    std::os::unix::fs::symlink(dir.join("deep/down"), dir.join("link")).expect("symlink");
+    let yaml = |target: &str| {
+        hello_policy("{last: 1}").replace(
+            &format!(
+                "local:{}",
+                root().join("examples/hello/inventory.yaml").display()
+            ),
+            &format!("local:{target}"),
+        )
+    };
+    let file = dir.join("policies/greet.yaml");
+    let apply_target = |target: &str| {
+        std::fs::write(&file, yaml(target)).expect("write the policy");
+        let out = cairn.run(&["policy", "apply", file.to_str().expect("utf-8")]);
+        ok(&out);
+        (stdout(&out), show(&cairn)["policy"]["target"].clone())
+    };
+    let plain = format!("local:{}", dir.join("hello/inventory.yaml").display());
+    let (said, stored) = apply_target("../hello/./inventory.yaml");
+    assert_eq!(stored, plain.as_str());
+    assert!(!said.contains(".."), "{said}");
+    // A `..` after a symlink is where the link's target climbs to: it stays.
+    let (_, stored) = apply_target("../link/../inventory.yaml");
+    assert_eq!(
+        stored,
+        format!("local:{}", dir.join("link/../inventory.yaml").display()).as_str()
+    );
+}
