@@ -2102,10 +2102,24 @@ async fn open_or_init(
 
 /// The newest owner marker in a DR location, if any.
 async fn read_marker(repo: &Repository) -> anyhow::Result<Option<OwnerMarker>> {
-    let mut markers = repo
-        .snapshots(&SnapshotFilter::new().source(OWNER))
+    let (mut markers, damaged) = repo
+        .snapshots_with_damage(&SnapshotFilter::new().source(OWNER))
         .await
         .context("cannot list the DR location's owner markers")?;
+    // A snapshot that does not open may be the newest marker: the check cannot say who
+    // maintains the data then, and says so rather than find none. (A key that does not fit
+    // the location, a cached one gone bad, opens nothing, and ends here too.)
+    if let Some(d) = damaged.first() {
+        anyhow::bail!(
+            "{} of the DR location's snapshots do not open (the first, {}: {}), and one may be \
+             an owner marker: check the DR passphrase (and `dr/location.key`, the home's cached \
+             key: remove it to have the next `cairn dr run` cache it again), or remove what is \
+             damaged from the DR location",
+            damaged.len(),
+            d.id,
+            d.error
+        );
+    }
     markers.sort_by_key(|m| m.time);
     let Some(newest) = markers.pop() else {
         return Ok(None);

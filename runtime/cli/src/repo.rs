@@ -150,7 +150,8 @@ enum RepoCommand {
         /// Snapshot id, unique prefix, or `latest`: the newest snapshot, or, when those the
         /// filters select hold trees and streams, the newest of the kind the target takes
         /// (`-`: a stream; an existing directory or a path ending in `/`: a tree; --include,
-        /// --sparse or --delete: a tree). A target that says neither is refused then.
+        /// --sparse or --delete: a tree). A target that says neither takes the newest tree, when
+        /// it is newer than every stream, and is refused otherwise.
         id: String,
         /// Target directory, or `-` for standard output (a stream, or the one file of a tree
         /// that --include names).
@@ -1394,9 +1395,9 @@ fn restore_wants_tree(
 
 /// Which of `snaps` (oldest first, at least one) a restore of `latest` takes: the newest, or
 /// when they hold trees and streams, the newest of the kind the target asks for
-/// ([`restore_wants_tree`]). When the target does not say, it refuses rather than guess: a
-/// stream written as a file where a directory was meant (or a tree for a dump) is a surprise
-/// found at the worst time.
+/// ([`restore_wants_tree`]). When the target does not say, the newest if it is a tree (as
+/// `latest` always was); if it is a stream, it refuses rather than guess: a stream written as
+/// a file where a directory was meant is a surprise found at the worst time.
 fn latest_to_restore(
     snaps: Vec<SnapshotInfo>,
     wants_tree: Option<bool>,
@@ -1407,6 +1408,9 @@ fn latest_to_restore(
     let at = match (tree, stream, wants_tree) {
         (Some(t), None, _) | (Some(t), Some(_), Some(true)) => t,
         (None, Some(s), _) | (Some(_), Some(s), Some(false)) => s,
+        // The newest is a tree: what `latest` always was, and a directory is what the
+        // target becomes.
+        (Some(t), Some(s), None) if t > s => t,
         (Some(t), Some(s), None) => {
             let (t, s) = (&snaps[t], &snaps[s]);
             return Err(usage(format!(

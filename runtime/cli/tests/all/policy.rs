@@ -2598,10 +2598,35 @@ fn retention_reads_the_owner_markers_with_the_cached_dr_key_where_the_passphrase
         "{}",
         show(&cairn)
     );
-    // A cache that no longer opens the location fails the check as before, naming both ways.
+    // A DR point in the location, as every location soon holds.
+    let run = cairn
+        .command(&[
+            "dr",
+            "run",
+            "--blueprint",
+            crate::support::wasm("dr").to_str().expect("utf-8"),
+        ])
+        .env("CAIRN_TEST_DR_PASS", "dr passphrase")
+        .output()
+        .expect("cairn runs");
+    ok(&run);
     let cache = cairn.home.path().join("dr/location.key");
     let text = std::fs::read_to_string(&cache).expect("the key is cached");
     let mut cached: serde_json::Value = serde_json::from_str(&text).expect("json");
+    // A cached key gone bad for the same slot opens the location, but none of its snapshots:
+    // the check fails rather than find no marker.
+    let secret = cached["secret"].as_str().expect("secret").to_owned();
+    let flipped = if secret.starts_with('0') { "1" } else { "0" };
+    cached["secret"] = serde_json::json!(format!("{flipped}{}", &secret[1..]));
+    std::fs::write(&cache, cached.to_string()).expect("write");
+    let out = cairn.run(&["policy", "run", "greet", "--output", "json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let error = json(&out)["errors"][0]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(error.contains("do not open"), "{error}");
+    // A cache that no longer opens the location fails the check as before, naming both ways.
     cached["secret"] = serde_json::json!("00".repeat(32));
     cached["wrapped"] = serde_json::json!("00");
     std::fs::write(&cache, cached.to_string()).expect("write");

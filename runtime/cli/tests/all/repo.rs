@@ -1889,7 +1889,7 @@ fn init_with_a_key_file_not_there_yet_makes_the_key() {
 }
 
 #[test]
-fn latest_is_the_newest_tree_for_ls_and_diff_and_a_restore_refuses_to_guess_the_kind() {
+fn latest_is_the_newest_tree_for_ls_and_diff_and_a_restore_asks_which_kind_after_a_stream() {
     let repo = LocalRepo::new();
     repo.ok(&["repo", "init"]);
     let data = repo.dir.path().join("data");
@@ -1966,6 +1966,11 @@ fn latest_is_the_newest_tree_for_ls_and_diff_and_a_restore_refuses_to_guess_the_
         "{}",
         stderr(&out)
     );
+    // Once a directory's backup is the newest again, `latest` is that tree, as it always was.
+    std::fs::write(data.join("b.txt"), "beta").expect("file");
+    repo.backup(&data);
+    repo.ok(&["repo", "restore", "latest", "--target", &path("newest")]);
+    assert!(repo.dir.path().join("newest/b.txt").is_file());
 }
 
 #[test]
