@@ -947,16 +947,8 @@ impl KubeCluster {
             )));
         }
         let name = format!("{}-stopped", workload.name);
-        // A pod no controller owns (made by hand, a debug copy) is not a replica, but one that
-        // mounts the volumes means the application is not stopped. Cairn's own pod of that
-        // name is handled below.
-        let claims: Vec<&str> = described.volumes.iter().map(|v| v.name.as_str()).collect();
-        let users: Vec<String> = self
-            .claim_users(&workload.namespace, &claims)
-            .await?
-            .into_iter()
-            .filter(|p| *p != name)
-            .collect();
+        // Cairn's own pod of that name is handled below.
+        let users = self.other_claim_users(workload, &described).await?;
         if !users.is_empty() {
             return Err(Error::Invalid(format!(
                 "workload {workload} is scaled to zero but pod(s) {} mount its claims: a \
@@ -1144,6 +1136,22 @@ impl KubeCluster {
             })
             .filter_map(|p| p.metadata.name)
             .collect())
+    }
+
+    /// The pods that mount one of `described`'s claims, but Cairn's own stopped-workload pod
+    /// (`<workload>-stopped`, which runs nothing of the application's once its command has
+    /// returned): a pod no controller owns (made by hand, a debug copy) is no replica, but
+    /// while one mounts the volumes the application is not stopped.
+    async fn other_claim_users(
+        &self,
+        workload: &WorkloadRef,
+        described: &Workload,
+    ) -> Result<Vec<String>> {
+        let claims: Vec<&str> = described.volumes.iter().map(|v| v.name.as_str()).collect();
+        let own = format!("{}-stopped", workload.name);
+        let mut users = self.claim_users(&workload.namespace, &claims).await?;
+        users.retain(|p| *p != own);
+        Ok(users)
     }
 
     /// Sets `workload`'s replicas to `target` (`replicas`), and [`SCALED_FROM_ANNOTATION`] with
@@ -2346,18 +2354,9 @@ impl Cluster for KubeCluster {
                 ),
             });
         }
-        // Nor while another pod (made by hand, a debug copy, which are no replicas) mounts
-        // one of its claims. Cairn's own stopped-workload pod runs nothing of the
-        // application's (its command, if any, has returned; it may still be going away).
+        // Nor while another pod (made by hand, a debug copy) mounts one of its claims.
         if described.replicas == 0 {
-            let claims: Vec<&str> = described.volumes.iter().map(|v| v.name.as_str()).collect();
-            let own = format!("{}-stopped", workload.name);
-            let users: Vec<String> = self
-                .claim_users(&workload.namespace, &claims)
-                .await?
-                .into_iter()
-                .filter(|p| *p != own)
-                .collect();
+            let users = self.other_claim_users(workload, &described).await?;
             if !users.is_empty() {
                 return Err(Error::Invalid(format!(
                     "workload {workload} is scaled to zero but pod(s) {} mount its claims, so a \

@@ -52,7 +52,12 @@ impl Repository {
     ) -> Result<(Vec<(object_store::ObjectMeta, i64)>, Vec<String>)> {
         use futures::StreamExt as _;
         let backend = &self.inner.backend;
-        backend.know_clock().await;
+        // Only a repository under Object Lock extends, and so has records: no other pays for
+        // a listing and a look at the store's clock at each prune and check.
+        if backend.lock_ahead().is_zero() {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        // By the store's clock ([`Backend::retain_date`] learns it first).
         let latest = backend.retain_date().await?.as_second() + RECORD_SLACK_SECS;
         let mut records = Vec::new();
         let mut wanted = Vec::new();

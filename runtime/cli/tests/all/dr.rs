@@ -166,6 +166,18 @@ fn review(cairn: &Cairn, profile: &str, cluster_id: &str, extra: &[&str]) -> Out
     cairn.run(&args)
 }
 
+/// `dr review` of a profile without `--cluster-id`: the location's only cluster.
+fn review_any(cairn: &Cairn, profile: &str) -> Output {
+    cairn.run(&[
+        "dr",
+        "review",
+        "--profile",
+        profile,
+        "--passphrase-from",
+        PASSPHRASE,
+    ])
+}
+
 fn restore(cairn: &Cairn, profile: &str, cluster_id: &str, extra: &[&str]) -> Output {
     let wasm = dr_wasm();
     let mut args = vec!["dr", "restore", "--blueprint", wasm.as_str()];
@@ -304,14 +316,7 @@ fn a_recovery_from_a_location_of_two_clusters_names_them() {
     ];
     ids.sort();
     let fresh = Cairn::new();
-    let out = fresh.run(&[
-        "dr",
-        "review",
-        "--profile",
-        &profile_url,
-        "--passphrase-from",
-        PASSPHRASE,
-    ]);
+    let out = review_any(&fresh, &profile_url);
     refused_with(
         &out,
         &format!(
@@ -351,14 +356,7 @@ fn recovery_faults_are_clear_errors() {
     let out = review(&fresh, &profile_url, "prod", &[]);
     refused_with(&out, "not a cluster id");
     // No cluster id: the location's only cluster (the lost instance's id went with it).
-    let out = fresh.run(&[
-        "dr",
-        "review",
-        "--profile",
-        &profile_url,
-        "--passphrase-from",
-        PASSPHRASE,
-    ]);
+    let out = review_any(&fresh, &profile_url);
     ok(&out);
     assert!(
         stderr(&out).contains(&format!("cluster {cluster_id}, the only one")),
@@ -375,25 +373,11 @@ fn recovery_faults_are_clear_errors() {
         &[],
     );
     refused_with(&out, "no DR data for cluster");
-    let out = fresh.run(&[
-        "dr",
-        "review",
-        "--profile",
-        empty.path().to_str().expect("utf-8"),
-        "--passphrase-from",
-        PASSPHRASE,
-    ]);
+    let out = review_any(&fresh, empty.path().to_str().expect("utf-8"));
     refused_with(&out, "no DR data at");
     // A mistyped local profile: nothing there, said as such.
     let missing = empty.path().join("no-such-dir");
-    let out = fresh.run(&[
-        "dr",
-        "review",
-        "--profile",
-        missing.to_str().expect("utf-8"),
-        "--passphrase-from",
-        PASSPHRASE,
-    ]);
+    let out = review_any(&fresh, missing.to_str().expect("utf-8"));
     refused_with(&out, "no DR data at");
 
     // `--before` with no points before it.

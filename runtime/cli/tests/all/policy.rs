@@ -2618,24 +2618,22 @@ fn retention_reads_the_owner_markers_with_the_cached_dr_key_where_the_passphrase
     let secret = cached["secret"].as_str().expect("secret").to_owned();
     let flipped = if secret.starts_with('0') { "1" } else { "0" };
     cached["secret"] = serde_json::json!(format!("{flipped}{}", &secret[1..]));
-    std::fs::write(&cache, cached.to_string()).expect("write");
-    let out = cairn.run(&["policy", "run", "greet", "--output", "json"]);
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    let error = json(&out)["errors"][0]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    // The error a policy run gives with `cached` as the home's cache.
+    let error_with = |cached: &serde_json::Value| {
+        std::fs::write(&cache, cached.to_string()).expect("write");
+        let out = cairn.run(&["policy", "run", "greet", "--output", "json"]);
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        json(&out)["errors"][0]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let error = error_with(&cached);
     assert!(error.contains("do not open"), "{error}");
     // A cache that no longer opens the location fails the check as before, naming both ways.
     cached["secret"] = serde_json::json!("00".repeat(32));
     cached["wrapped"] = serde_json::json!("00");
-    std::fs::write(&cache, cached.to_string()).expect("write");
-    let out = cairn.run(&["policy", "run", "greet", "--output", "json"]);
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    let error = json(&out)["errors"][0]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let error = error_with(&cached);
     assert!(
         error.contains("needs the DR passphrase") && error.contains("location.key"),
         "{error}"
